@@ -1,0 +1,409 @@
+"""The platform certificate authority: creates the CA and issues mutual-TLS peer certificates."""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from osmanthus.errors import ConfigError, InvalidArgument
+
+
+class PeerRole(enum.Enum):
+    """What a certificate holder is on the platform; the SPIFFE path segment after the domain."""
+
+    COORDINATOR = "coordinator"
+    NODE = "node"
+    REQUESTER = "requester"
+    OPERATOR = "operator"
+
+
+@dataclass(frozen=True)
+class CertPaths:
+    """Where one peer's certificate, private key and the CA certificate that signed it live."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+TRUST_DOMAIN = "osmanthus"
+SPIFFE_PREFIX = f"spiffe://{TRUST_DOMAIN}/"
+COORDINATOR_DNS_NAME = f"coordinator.{TRUST_DOMAIN}"
+NODE_DNS_SUFFIX = f".node.{TRUST_DOMAIN}"
+#: the coordinator is a singleton, so its identity name is fixed
+COORDINATOR_NAME = "coordinator"
+#: name of the operator certificate that init_platform issues for health probes and the admin CLI
+DEFAULT_OPERATOR_NAME = "operator"
+
+CA_CERT_FILE = "ca.pem"
+CA_KEY_FILE = "ca.key"
+CERT_FILE = "cert.pem"
+KEY_FILE = "key.pem"
+
+MAX_VALIDITY_DAYS = 3650
+# Backdating absorbs small clock differences between the machine that issues and the peers.
+_BACKDATE = datetime.timedelta(minutes=5)
+_NAME_RE = re.compile(r"[a-z0-9_-]{1,63}")
+_FIELD_OF_ROLE = {
+    PeerRole.COORDINATOR: "coordinator",
+    PeerRole.NODE: "department",
+    PeerRole.REQUESTER: "requester",
+    PeerRole.OPERATOR: "operator",
+}
+
+
+def validate_name(name: str, *, field: str) -> str:
+    """Return `name` if it is a valid peer name (department, requester or operator id)."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise InvalidArgument(
+            f"{name!r} is not a valid name: use 1 to 63 lower-case letters, digits, '-' or '_'",
+            field=field,
+        )
+    return name
+
+
+def node_dns_name(department: str) -> str:
+    """The DNS name a department node's certificate carries, e.g. "psb.node.osmanthus"."""
+    return validate_name(department, field="department") + NODE_DNS_SUFFIX
+
+
+def spiffe_uri(role: PeerRole, name: str) -> str:
+    """The URI SAN that names a peer; the coordinator's carries no name segment."""
+    validate_name(name, field=_FIELD_OF_ROLE[role])
+    if role is PeerRole.COORDINATOR:
+        return f"{SPIFFE_PREFIX}{PeerRole.COORDINATOR.value}"
+    return f"{SPIFFE_PREFIX}{role.value}/{name}"
+
+
+def parse_spiffe_uri(uri: str) -> tuple[PeerRole, str] | None:
+    """(role, name) of a platform SPIFFE URI, or None if `uri` is not one."""
+    if not uri.startswith(SPIFFE_PREFIX):
+        return None
+    parts = uri[len(SPIFFE_PREFIX) :].split("/")
+    if parts == [PeerRole.COORDINATOR.value]:
+        return PeerRole.COORDINATOR, COORDINATOR_NAME
+    if len(parts) != 2 or not _NAME_RE.fullmatch(parts[1]):
+        return None
+    role = next((r for r in PeerRole if r.value == parts[0]), None)
+    if role is None or role is PeerRole.COORDINATOR:
+        return None
+    return role, parts[1]
+
+
+def peer_dir(certs_dir: Path, *, role: PeerRole, name: str) -> Path:
+    """The directory under `certs_dir` that holds a peer's cert.pem and key.pem."""
+    validate_name(name, field=_FIELD_OF_ROLE[role])
+    if role is PeerRole.COORDINATOR:
+        _check_coordinator_name(name)
+        return certs_dir / "coordinator"
+    if role is PeerRole.NODE:
+        return certs_dir / "nodes" / name
+    if role is PeerRole.REQUESTER:
+        return certs_dir / "requesters" / name
+    if name == DEFAULT_OPERATOR_NAME:
+        return certs_dir / "operator"
+    return certs_dir / "operators" / name
+
+
+def cert_paths(certs_dir: Path, *, role: PeerRole, name: str) -> CertPaths:
+    """Paths of a peer's files in the layout init_platform writes; ConfigError if any is missing."""
+    directory = peer_dir(certs_dir, role=role, name=name)
+    paths = CertPaths(
+        cert=directory / CERT_FILE, key=directory / KEY_FILE, ca=certs_dir / CA_CERT_FILE
+    )
+    for path in (paths.ca, paths.cert, paths.key):
+        if not path.is_file():
+            raise ConfigError(
+                f"{path} does not exist: no {role.value} certificate for {name!r} has been issued"
+                f" under {certs_dir} (run init_platform or issue_certificate)"
+            )
+    return paths
+
+
+def init_platform(
+    out_dir: Path,
+    *,
+    departments: Sequence[str],
+    requesters: Sequence[str],
+    validity_days: int = 365,
+    overwrite: bool = False,
+) -> dict[str, CertPaths]:
+    """Create the platform CA and every peer certificate under `out_dir`.
+
+    Issues the coordinator certificate, one node certificate per department, one per requester and
+    the operator certificate. The result is keyed by each peer's directory relative to `out_dir`:
+    "coordinator", "operator", "nodes/<department>", "requesters/<requester>".
+    An existing CA is kept (ConfigError) unless `overwrite` is true, because replacing it makes
+    every certificate already deployed to departments useless.
+    """
+    _check_validity(validity_days)
+    _check_unique([validate_name(d, field="department") for d in departments], "departments")
+    _check_unique([validate_name(r, field="requester") for r in requesters], "requesters")
+    ca_cert_path = out_dir / CA_CERT_FILE
+    ca_key_path = out_dir / CA_KEY_FILE
+    if not overwrite:
+        for existing in (ca_cert_path, ca_key_path):
+            if existing.exists():
+                raise ConfigError(
+                    f"{existing} already exists: refusing to replace the platform CA, which would"
+                    " invalidate every certificate it issued (pass overwrite=True to replace it)"
+                )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = _make_ca_certificate(ca_key, validity_days)
+    # The key goes first so that a crash never leaves a CA certificate without its key.
+    _write_private_key(ca_key_path, ca_key)
+    _write_file(ca_cert_path, ca_cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+
+    issued: dict[str, CertPaths] = {}
+    peers: list[tuple[PeerRole, str]] = [(PeerRole.COORDINATOR, COORDINATOR_NAME)]
+    peers += [(PeerRole.NODE, d) for d in departments]
+    peers += [(PeerRole.REQUESTER, r) for r in requesters]
+    peers.append((PeerRole.OPERATOR, DEFAULT_OPERATOR_NAME))
+    for role, name in peers:
+        directory = peer_dir(out_dir, role=role, name=name)
+        issued[directory.relative_to(out_dir).as_posix()] = _issue(
+            ca_cert, ca_key, ca_cert_path, role=role, name=name, out=directory, days=validity_days
+        )
+    return issued
+
+
+def issue_certificate(
+    ca_dir: Path,
+    *,
+    role: PeerRole,
+    name: str,
+    out_dir: Path | None = None,
+    validity_days: int = 365,
+) -> CertPaths:
+    """Issue (or re-issue, replacing the old files) one peer certificate signed by the CA.
+
+    The files go to `out_dir`, or to the peer's place in the init_platform layout under `ca_dir`.
+    The certificate never outlives the CA: its expiry is capped at the CA's.
+    """
+    _check_validity(validity_days)
+    if not isinstance(role, PeerRole):
+        raise InvalidArgument(f"{role!r} is not a PeerRole", field="role")
+    directory = out_dir if out_dir is not None else peer_dir(ca_dir, role=role, name=name)
+    ca_cert_path = ca_dir / CA_CERT_FILE
+    ca_cert, ca_key = _load_ca(ca_cert_path, ca_dir / CA_KEY_FILE)
+    return _issue(
+        ca_cert, ca_key, ca_cert_path, role=role, name=name, out=directory, days=validity_days
+    )
+
+
+def _issue(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert_path: Path,
+    *,
+    role: PeerRole,
+    name: str,
+    out: Path,
+    days: int,
+) -> CertPaths:
+    validate_name(name, field=_FIELD_OF_ROLE[role])
+    if role is PeerRole.COORDINATOR:
+        _check_coordinator_name(name)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _make_peer_certificate(
+        ca_cert, ca_key, key.public_key(), role=role, name=name, days=days
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    paths = CertPaths(cert=out / CERT_FILE, key=out / KEY_FILE, ca=ca_cert_path)
+    _write_private_key(paths.key, key)
+    _write_file(paths.cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    return paths
+
+
+def _make_ca_certificate(key: ec.EllipticCurvePrivateKey, days: int) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Osmanthus"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "Osmanthus platform CA"),
+        ]
+    )
+    public_key = key.public_key()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def _make_peer_certificate(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    role: PeerRole,
+    name: str,
+    days: int,
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    not_after = min(now + datetime.timedelta(days=days), ca_cert.not_valid_after_utc)
+    sans: list[x509.GeneralName] = []
+    if role is PeerRole.COORDINATOR:
+        sans.append(x509.DNSName(COORDINATOR_DNS_NAME))
+    elif role is PeerRole.NODE:
+        sans.append(x509.DNSName(node_dns_name(name)))
+    sans.append(x509.UniformResourceIdentifier(spiffe_uri(role, name)))
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    if role in (PeerRole.COORDINATOR, PeerRole.NODE):
+        usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Osmanthus"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role.value),
+            x509.NameAttribute(NameOID.COMMON_NAME, name),
+        ]
+    )
+    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+
+def _load_ca(
+    cert_path: Path, key_path: Path
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    try:
+        cert_pem = cert_path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the CA certificate {cert_path}: {exc.strerror}") from exc
+    try:
+        key_pem = key_path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the CA private key {key_path}: {exc.strerror}") from exc
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        raise ConfigError(f"{cert_path} is not a PEM certificate: {exc}") from exc
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{key_path} is not an unencrypted PEM private key: {exc}") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{key_path} is not an ECDSA private key")
+    cert_public = cert.public_key()
+    if (
+        not isinstance(cert_public, ec.EllipticCurvePublicKey)
+        or key.public_key().public_numbers() != cert_public.public_numbers()
+    ):
+        raise ConfigError(f"{key_path} is not the private key of the CA certificate {cert_path}")
+    try:
+        cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    except x509.ExtensionNotFound as exc:
+        raise ConfigError(f"{cert_path} lacks a subject key identifier: not a platform CA") from exc
+    return cert, key
+
+
+def _write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    _write_file(path, pem, mode=0o600)
+
+
+def _write_file(path: Path, data: bytes, *, mode: int) -> None:
+    # Write to a temporary file created with the final mode and rename it into place, so a reader
+    # never sees a half-written file and a private key is never briefly world-readable.
+    # mkstemp creates the file with mode 0600; widen it only for public files.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_validity(days: int) -> None:
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_VALIDITY_DAYS:
+        raise InvalidArgument(
+            f"{days!r} is not a whole number of days between 1 and {MAX_VALIDITY_DAYS}",
+            field="validity_days",
+        )
+
+
+def _check_unique(names: list[str], field: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise InvalidArgument(f"{name!r} is listed twice", field=field)
+        seen.add(name)
+
+
+def _check_coordinator_name(name: str) -> None:
+    if name != COORDINATOR_NAME:
+        raise InvalidArgument(
+            f"the coordinator is a singleton, always named {COORDINATOR_NAME!r}, not {name!r}",
+            field="coordinator",
+        )

@@ -1,0 +1,125 @@
+"""Client side of the coordinator: one mTLS channel per department node and concurrent fan-out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from coordinator.config import NodeEndpoint
+from node.convert import contribute_request_message
+from node.service import ContributionRequest
+from osmanthus.errors import ConfigError
+from osmanthus.tls import TlsFiles, node_server_name, secure_channel
+from osmanthus.types import DepartmentId
+from osmanthus.v1 import node_pb2, node_pb2_grpc
+
+_log = logging.getLogger(__name__)
+
+# reconnect quickly after a node restarts, instead of grpc's default backoff of up to 2 minutes
+_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+
+
+@dataclass(frozen=True)
+class NodeAnswer:
+    department: DepartmentId
+    ciphertext: bytes
+    single_source_allowed: bool
+    rules_version: str
+
+
+@dataclass(frozen=True)
+class NodeFailure:
+    department: DepartmentId
+    reason: str
+
+
+def _failure_reason(exc: grpc.RpcError, deadline_s: float) -> str:
+    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"no answer within the {deadline_s:g} s deadline"
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return f"unavailable (node down, unreachable or failed the TLS identity check): {details}"
+    if code is grpc.StatusCode.PERMISSION_DENIED:
+        return f"refused by the department: {details}"
+    return f"{code.name.lower()}: {details}"
+
+
+class NodePool:
+    def __init__(
+        self,
+        endpoints: Sequence[NodeEndpoint],
+        *,
+        tls: TlsFiles,
+        interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
+    ) -> None:
+        self._stubs: dict[DepartmentId, node_pb2_grpc.NodeServiceStub] = {}
+        self._channels: list[grpc.Channel] = []
+        for endpoint in endpoints:
+            channel = secure_channel(
+                endpoint.address,
+                tls,
+                server_name=node_server_name(endpoint.department),
+                options=_CHANNEL_OPTIONS,
+            )
+            if interceptors:
+                channel = grpc.intercept_channel(channel, *interceptors)
+            self._channels.append(channel)
+            self._stubs[endpoint.department] = node_pb2_grpc.NodeServiceStub(channel)
+
+    @property
+    def departments(self) -> frozenset[DepartmentId]:
+        return frozenset(self._stubs)
+
+    def contribute_all(
+        self,
+        departments: Sequence[DepartmentId],
+        request: ContributionRequest,
+        *,
+        token: str,
+        deadline_s: float,
+    ) -> tuple[list[NodeAnswer], list[NodeFailure]]:
+        """Ask every department at once; each call is bounded by the same deadline."""
+        message = contribute_request_message(request)
+        metadata = (("authorization", f"Bearer {token}"),)
+        pending = []
+        for dept in departments:
+            stub = self._stubs.get(dept)
+            if stub is None:
+                raise ConfigError(f"no node registered for department {dept!r}", field="nodes")
+            pending.append(
+                (dept, stub.Contribute.future(message, timeout=deadline_s, metadata=metadata))
+            )
+        answers: list[NodeAnswer] = []
+        failures: list[NodeFailure] = []
+        for dept, future in pending:
+            try:
+                response: node_pb2.ContributeResponse = future.result()
+            except grpc.RpcError as exc:
+                failures.append(NodeFailure(dept, _failure_reason(exc, deadline_s)))
+                continue
+            if response.department != dept:
+                failures.append(
+                    NodeFailure(dept, f"answered as department {response.department!r}; discarded")
+                )
+                continue
+            answers.append(
+                NodeAnswer(
+                    department=dept,
+                    ciphertext=response.ciphertext.value,
+                    single_source_allowed=response.single_source_allowed,
+                    rules_version=response.rules_version,
+                )
+            )
+        return answers, failures
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()

@@ -1,0 +1,112 @@
+"""Assembling the coordinator from its configuration and serving it over mutual TLS."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from certs import PeerRole
+from coordinator.config import load_nodes
+from coordinator.consent import ConsentRegistry
+from coordinator.keys import KeyRegistry
+from coordinator.nodes import NodePool
+from coordinator.service import DEFAULT_DEADLINE_S, CoordinatorService
+from coordinator.servicer import CoordinatorServicer
+from osmanthus.audit import AuditLog, load_or_create_salt
+from osmanthus.catalogue import load_catalogue
+from osmanthus.errors import ConfigError
+from osmanthus.policy import ReloadablePolicy
+from osmanthus.server import RunningServer, start_server
+from osmanthus.tls import TlsFiles, check_files, identity_of_certificate
+from osmanthus.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, ReplayCache, TokenVerifier
+from osmanthus.v1 import coordinator_pb2, coordinator_pb2_grpc
+
+COORDINATOR_SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name[
+    "CoordinatorService"
+].full_name
+DEFAULT_CENTRAL_POLICY = Path(__file__).resolve().parent.parent / "policies" / "central.cedar"
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    nodes: Path
+    tls: TlsFiles
+    issuer_public_key: Path
+    state_dir: Path
+    listen: str = "127.0.0.1:0"
+    policy: Path = DEFAULT_CENTRAL_POLICY
+    catalogue: Path | None = None
+    deadline_s: float = DEFAULT_DEADLINE_S
+    token_issuer: str = DEFAULT_ISSUER
+    token_audience: str = DEFAULT_AUDIENCE
+
+
+@dataclass
+class RunningCoordinator:
+    server: RunningServer
+    service: CoordinatorService
+    _closers: tuple[object, ...]
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def stop(self) -> None:
+        self.server.stop()
+        for closer in self._closers:
+            closer.close()  # type: ignore[attr-defined]
+
+
+def start_coordinator(
+    config: CoordinatorConfig,
+    *,
+    node_interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
+    server_interceptors: Sequence[grpc.ServerInterceptor] = (),
+) -> RunningCoordinator:
+    catalogue = load_catalogue(config.catalogue)
+    check_files(config.tls)
+    identity = identity_of_certificate(config.tls.cert)
+    if identity.role is not PeerRole.COORDINATOR:
+        raise ConfigError(
+            f"{config.tls.cert} names {identity.role.value} {identity.name!r}, not the coordinator",
+            field="tls.cert",
+        )
+    if config.deadline_s <= 0:
+        raise ConfigError("the node deadline must be positive", field="deadline")
+    endpoints = load_nodes(config.nodes, catalogue=catalogue)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    pool = NodePool(endpoints, tls=config.tls, interceptors=node_interceptors)
+    consents = ConsentRegistry(config.state_dir / "consents.duckdb")
+    keys = KeyRegistry(config.state_dir / "keys.duckdb")
+    service = CoordinatorService(
+        catalogue=catalogue,
+        nodes=pool,
+        policy=ReloadablePolicy.from_file(config.policy),
+        verifier=TokenVerifier.from_file(
+            config.issuer_public_key,
+            issuer=config.token_issuer,
+            audience=config.token_audience,
+            replay_cache=ReplayCache(),
+        ),
+        consents=consents,
+        keys=keys,
+        audit=AuditLog(
+            path=config.state_dir / "audit.jsonl",
+            salt=load_or_create_salt(config.state_dir / "audit.salt"),
+        ),
+        deadline_s=config.deadline_s,
+    )
+    servicer = CoordinatorServicer(service)
+    server = start_server(
+        register=[
+            lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s)
+        ],
+        service_names=[COORDINATOR_SERVICE_NAME],
+        listen=config.listen,
+        tls=config.tls,
+        interceptors=server_interceptors,
+    )
+    return RunningCoordinator(server, service, (pool, consents, keys))

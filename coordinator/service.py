@@ -1,0 +1,446 @@
+"""The coordinator's decision path: authenticate, check policy and consent, fan out, sum blindly."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from certs import PeerRole
+from coordinator.consent import Consent, ConsentRegistry, ConsentState
+from coordinator.keys import KeyRegistry
+from coordinator.nodes import NodeAnswer, NodeFailure, NodePool
+from node.service import ContributionRequest, validate_query_fields
+from osmanthus import encoding
+from osmanthus.audit import AuditEntry, AuditLog
+from osmanthus.catalogue import Catalogue
+from osmanthus.crypto import Ciphertext, PublicKey
+from osmanthus.errors import (
+    CryptoError,
+    FailedPrecondition,
+    InvalidArgument,
+    OsmanthusError,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+from osmanthus.ids import validate_subject
+from osmanthus.policy import Decision, PolicyRequest, ReloadablePolicy
+from osmanthus.tls import PeerIdentity
+from osmanthus.tokens import TokenClaims, TokenVerifier
+from osmanthus.types import (
+    ConsentId,
+    DepartmentId,
+    KeyFingerprint,
+    QueryId,
+    RequesterId,
+    Shape,
+    SubjectKind,
+)
+
+_log = logging.getLogger(__name__)
+
+#: ARCHITECTURE.md: a sum of fewer departments is refused unless each allows single-source disclosure
+DEFAULT_MIN_DEPARTMENTS = 3
+#: the policy annotation that overrides DEFAULT_MIN_DEPARTMENTS
+MIN_DEPARTMENTS_ANNOTATION = "min_departments"
+DEFAULT_DEADLINE_S = 5.0
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    subject_kind: SubjectKind
+    subject_id: str
+    shape: Shape | None
+    purpose: str
+    consent_id: str
+    public_key: bytes
+
+
+@dataclass(frozen=True)
+class DepartmentStatus:
+    department: DepartmentId
+    detail: str
+    rules_version: str = ""
+
+
+@dataclass(frozen=True)
+class QueryOutcome:
+    query_id: QueryId
+    shape: Shape
+    ciphertext: bytes
+    slots: tuple[str, ...]
+    slot_bits: int
+    base: int
+    answered: tuple[DepartmentStatus, ...]
+    missing: tuple[DepartmentStatus, ...]
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.missing)
+
+
+def new_query_id() -> QueryId:
+    return QueryId("q_" + secrets.token_urlsafe(16))
+
+
+class CoordinatorService:
+    """Blind combiner. It holds public keys only; it never decrypts and never forwards one part."""
+
+    def __init__(
+        self,
+        *,
+        catalogue: Catalogue,
+        nodes: NodePool,
+        policy: ReloadablePolicy,
+        verifier: TokenVerifier,
+        consents: ConsentRegistry,
+        keys: KeyRegistry,
+        audit: AuditLog,
+        deadline_s: float = DEFAULT_DEADLINE_S,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._catalogue = catalogue
+        self._nodes = nodes
+        self._policy = policy
+        self._verifier = verifier
+        self._consents = consents
+        self._keys = keys
+        self._audit = audit
+        self._deadline_s = deadline_s
+        self._clock = clock
+
+    # --- authentication and policy -------------------------------------------------------------
+
+    def authenticate(self, caller: PeerIdentity, token: str | None) -> TokenClaims:
+        """The token must verify and name the same requester as the client certificate."""
+        if caller.role is not PeerRole.REQUESTER:
+            raise PermissionDenied(
+                f"only requesters may call the coordinator; the client certificate names "
+                f"{caller.role.value} {caller.name!r}"
+            )
+        if not token:
+            raise Unauthenticated("no requester token in the 'authorization' metadata")
+        claims = self._verifier.verify(token)
+        if claims.requester != caller.name:
+            raise Unauthenticated(
+                f"token subject {claims.requester!r} does not match the client certificate "
+                f"({caller.name!r})"
+            )
+        return claims
+
+    def _decide(
+        self, claims: TokenClaims, action: str, resource: tuple[str, str], context: dict[str, Any]
+    ) -> Decision:
+        return self._policy.current().decide(
+            PolicyRequest(
+                principal_type="Requester",
+                principal_id=claims.requester,
+                principal_attrs={"role": claims.role.value},
+                action=action,
+                resource_type=resource[0],
+                resource_id=resource[1],
+                context=context,
+            )
+        )
+
+    def _require(
+        self, claims: TokenClaims, action: str, resource: tuple[str, str], context: dict[str, Any]
+    ) -> Decision:
+        decision = self._decide(claims, action, resource, context)
+        if not decision.allowed:
+            raise PermissionDenied(f"central policy: {decision.reason}")
+        return decision
+
+    def min_departments(self) -> int:
+        for annotations in self._policy.current().annotations().values():
+            value = annotations.get(MIN_DEPARTMENTS_ANNOTATION)
+            if value is not None and value.isdigit() and int(value) >= 1:
+                return int(value)
+        return DEFAULT_MIN_DEPARTMENTS
+
+    # --- keys ----------------------------------------------------------------------------------
+
+    def register_key(
+        self, public_key: bytes, *, caller: PeerIdentity, token: str | None
+    ) -> KeyFingerprint:
+        claims = self.authenticate(caller, token)
+        key = PublicKey.from_bytes(public_key, field="public_key")
+        if key.fingerprint != claims.key_fingerprint:
+            raise PermissionDenied(
+                f"key {key.fingerprint[:16]}… is not the key bound to the token "
+                f"({claims.key_fingerprint[:16]}…); ask the platform for a token for this key"
+            )
+        self._require(claims, "RegisterKey", ("Registry", "keys"), {})
+        return self._keys.register(requester=claims.requester, n=key.n, now=self._clock())
+
+    # --- queries -------------------------------------------------------------------------------
+
+    def query(
+        self, request: QueryRequest, *, caller: PeerIdentity, token: str | None
+    ) -> QueryOutcome:
+        query_id = new_query_id()
+        claims: TokenClaims | None = None
+        consent_id = request.consent_id
+        try:
+            claims = self.authenticate(caller, token)
+            assert token is not None  # authenticate() refuses a missing token
+            outcome = self._query(query_id, request, claims, token)
+        except OsmanthusError as exc:
+            self._record(query_id, request, claims, decision="deny", reason=str(exc))
+            raise
+        self._record(
+            query_id,
+            request,
+            claims,
+            decision="allow",
+            reason="partial sum forwarded" if outcome.partial else "sum forwarded",
+            extra={
+                "ciphertexts_received": len(outcome.answered),
+                "ciphertext_bytes_received": len(outcome.ciphertext) * len(outcome.answered),
+                "ciphertexts_forwarded": 1,
+                "departments_missing": len(outcome.missing),
+                "consent_id": consent_id,
+            },
+        )
+        return outcome
+
+    def _query(
+        self, query_id: QueryId, request: QueryRequest, claims: TokenClaims, token: str
+    ) -> QueryOutcome:
+        _, purpose, shape = validate_query_fields(
+            query_id=query_id, purpose=request.purpose, shape=request.shape
+        )
+        kind = request.subject_kind
+        field = "resident_id" if kind is SubjectKind.PERSON else "credit_code"
+        subject = validate_subject(kind, request.subject_id, field=field)
+        if purpose not in claims.purposes:
+            raise PermissionDenied(
+                f"purpose {purpose!r} is not among the token's purposes "
+                f"({', '.join(sorted(claims.purposes))})"
+            )
+        key = PublicKey.from_bytes(request.public_key, field="public_key")
+        if key.fingerprint != claims.key_fingerprint:
+            raise PermissionDenied(
+                f"public key {key.fingerprint[:16]}… is not the key bound to the token "
+                f"({claims.key_fingerprint[:16]}…)"
+            )
+        if not self._keys.is_registered(claims.requester, key.fingerprint):
+            raise FailedPrecondition(
+                f"public key {key.fingerprint[:16]}… is not registered for {claims.requester}; "
+                "call RegisterKey first"
+            )
+        action = "PersonQuery" if kind is SubjectKind.PERSON else "EnterpriseQuery"
+        resource = ("Dataset", kind.value)
+        context: dict[str, Any] = {"purpose": purpose, "shape": shape.value}
+        if kind is SubjectKind.PERSON:
+            state, why = self._consents.check(
+                request.consent_id or None,
+                subject_id=subject,
+                grantee=claims.requester,
+                purpose=purpose,
+                now=self._clock(),
+            )
+            context["consent"] = state.value
+            decision = self._decide(claims, action, resource, context)
+            if not decision.allowed:
+                if state is not ConsentState.VALID:
+                    # would a valid consent have been enough? then the consent is the cause
+                    if self._decide(
+                        claims, action, resource, {**context, "consent": "valid"}
+                    ).allowed:
+                        raise PermissionDenied(f"no valid consent: {why}", field="consent_id")
+                raise PermissionDenied(f"central policy: {decision.reason}")
+        else:
+            context["consent"] = ConsentState.NOT_APPLICABLE.value
+            self._require(claims, action, resource, context)
+
+        model = self._catalogue.model(kind)
+        expected = sorted(d.id for d in self._catalogue.departments_for(kind))
+        configured = [d for d in expected if d in self._nodes.departments]
+        not_configured = [
+            NodeFailure(d, "no node registered for this department")
+            for d in expected
+            if d not in configured
+        ]
+        slots = model.slot_names() if shape is Shape.BREAKDOWN else ()
+        answers, failures = self._nodes.contribute_all(
+            configured,
+            ContributionRequest(
+                query_id=query_id,
+                subject_kind=kind,
+                subject_id=subject,
+                shape=shape,
+                purpose=purpose,
+                consent_id=request.consent_id,
+                public_key=request.public_key,
+                slots=slots,
+            ),
+            # nodes verify the requester's token themselves (defence in depth)
+            token=token,
+            deadline_s=self._deadline_s,
+        )
+        ciphertexts, answers, invalid = self._validated(key, answers)
+        failures = not_configured + failures + invalid
+        answered = tuple(
+            DepartmentStatus(a.department, "answered", a.rules_version) for a in answers
+        )
+        missing = tuple(
+            DepartmentStatus(f.department, f.reason)
+            for f in sorted(failures, key=lambda f: f.department)
+        )
+        self._check_disclosure(claims, purpose, shape, answers, missing, len(expected))
+        total = key.add(*ciphertexts)
+        if shape is Shape.TOTAL:
+            total = key.add_plain(total, model.base)
+        # a fresh E(0) factor makes the forwarded ciphertext unlinkable to every received one,
+        # which matters when a single department's part may be disclosed on its own
+        total = key.add(total, key.encrypt(0))
+        return QueryOutcome(
+            query_id=query_id,
+            shape=shape,
+            ciphertext=total.to_bytes(),
+            slots=slots,
+            slot_bits=encoding.SLOT_BITS if shape is Shape.BREAKDOWN else 0,
+            base=model.base,
+            answered=answered,
+            missing=missing,
+        )
+
+    @staticmethod
+    def _validated(
+        key: PublicKey, answers: Sequence[NodeAnswer]
+    ) -> tuple[list[Ciphertext], list[NodeAnswer], list[NodeFailure]]:
+        good: list[Ciphertext] = []
+        kept: list[NodeAnswer] = []
+        bad: list[NodeFailure] = []
+        for answer in answers:
+            try:
+                good.append(key.ciphertext_from_bytes(answer.ciphertext, field="ciphertext"))
+                kept.append(answer)
+            except CryptoError as exc:
+                _log.warning("department %s sent an invalid ciphertext: %s", answer.department, exc)
+                bad.append(
+                    NodeFailure(answer.department, f"sent an invalid ciphertext ({exc}); discarded")
+                )
+        return good, kept, bad
+
+    def _check_disclosure(
+        self,
+        claims: TokenClaims,
+        purpose: str,
+        shape: Shape,
+        answers: Sequence[NodeAnswer],
+        missing: Sequence[DepartmentStatus],
+        expected: int,
+    ) -> None:
+        if not answers:
+            raise Unavailable(
+                "no department answered: "
+                + "; ".join(f"{m.department}: {m.detail}" for m in missing)
+            )
+        minimum = self.min_departments()
+        if len(answers) < minimum and not all(a.single_source_allowed for a in answers):
+            raise FailedPrecondition(
+                f"only {len(answers)} department(s) answered ({', '.join(a.department for a in answers)}); "
+                f"the policy requires at least {minimum} unless each allows single-source disclosure "
+                f"for purpose {purpose!r}"
+            )
+        if missing:
+            context = {
+                "purpose": purpose,
+                "shape": shape.value,
+                "answered": len(answers),
+                "expected": expected,
+            }
+            decision = self._decide(claims, "AcceptPartial", ("Dataset", "coverage"), context)
+            if not decision.allowed:
+                raise Unavailable(
+                    f"the answer would be partial ({len(answers)} of {expected} departments; missing: "
+                    + ", ".join(f"{m.department} ({m.detail})" for m in missing)
+                    + f") and the central policy refuses partial answers here: {decision.reason}"
+                )
+
+    def _record(
+        self,
+        query_id: QueryId,
+        request: QueryRequest,
+        claims: TokenClaims | None,
+        *,
+        decision: str,
+        reason: str,
+        extra: dict[str, int | str] | None = None,
+    ) -> None:
+        self._audit.append(
+            AuditEntry(
+                time=self._clock(),
+                query_id=query_id,
+                requester=claims.requester if claims else "unauthenticated",
+                purpose=request.purpose[:64],
+                consent_id=request.consent_id[:64],
+                policy_hash=self._policy.current().hash,
+                decision=decision,
+                reason=reason,
+                shape=request.shape.value if request.shape else "",
+                subject_hash=self._audit.subject_hash(request.subject_id),
+                extra=extra or {},
+            )
+        )
+
+    # --- consent -------------------------------------------------------------------------------
+
+    def grant_consent(
+        self,
+        *,
+        subject_id: str,
+        grantee: str,
+        purpose: str,
+        expires_at: datetime,
+        caller: PeerIdentity,
+        token: str | None,
+    ) -> Consent:
+        claims = self.authenticate(caller, token)
+        self._require(claims, "ManageConsent", ("Registry", "consent"), {"purpose": purpose})
+        if not grantee:
+            raise InvalidArgument(
+                "the requester receiving the consent is required", field="grantee"
+            )
+        subject = validate_subject(SubjectKind.PERSON, subject_id, field="subject_id")
+        return self._consents.grant(
+            subject_id=subject,
+            grantee=RequesterId(grantee),
+            purpose=validate_query_fields(query_id="consent0", purpose=purpose, shape=Shape.TOTAL)[
+                1
+            ],
+            expires_at=expires_at,
+            now=self._clock(),
+        )
+
+    def revoke_consent(
+        self, consent_id: str, *, caller: PeerIdentity, token: str | None
+    ) -> Consent:
+        claims = self.authenticate(caller, token)
+        self._require(claims, "ManageConsent", ("Registry", "consent"), {"purpose": ""})
+        return self._consents.revoke(ConsentId(consent_id), now=self._clock())
+
+    def list_consents(
+        self, *, subject_id: str, grantee: str, caller: PeerIdentity, token: str | None
+    ) -> list[Consent]:
+        claims = self.authenticate(caller, token)
+        manager = self._decide(claims, "ManageConsent", ("Registry", "consent"), {"purpose": ""})
+        if not manager.allowed:
+            # a requester may always see the consents granted to itself, and nothing else
+            if grantee and grantee != claims.requester:
+                raise PermissionDenied("requesters may list only consents granted to themselves")
+            grantee = claims.requester
+        subject = (
+            validate_subject(SubjectKind.PERSON, subject_id, field="subject_id")
+            if subject_id
+            else None
+        )
+        return self._consents.list(
+            subject_id=subject, grantee=RequesterId(grantee) if grantee else None
+        )

@@ -1,0 +1,85 @@
+"""The gRPC CoordinatorService servicer: unpacks messages, identifies the caller, delegates."""
+
+from __future__ import annotations
+
+import grpc
+
+from coordinator import convert
+from coordinator.service import CoordinatorService
+from node.servicer import bearer_token
+from osmanthus.grpc_errors import servicer_method
+from osmanthus.tls import peer_identity
+from osmanthus.v1 import coordinator_pb2, coordinator_pb2_grpc
+
+
+class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
+    def __init__(self, service: CoordinatorService) -> None:
+        self._service = service
+
+    @servicer_method
+    def RegisterKey(  # noqa: N802 - gRPC method name
+        self, request: coordinator_pb2.RegisterKeyRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.RegisterKeyResponse:
+        fingerprint = self._service.register_key(
+            request.public_key.n, caller=peer_identity(context), token=bearer_token(context)
+        )
+        return coordinator_pb2.RegisterKeyResponse(key_fingerprint=fingerprint)
+
+    @servicer_method
+    def PersonQuery(  # noqa: N802 - gRPC method name
+        self, request: coordinator_pb2.PersonQueryRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.QueryResponse:
+        outcome = self._service.query(
+            convert.person_query(request),
+            caller=peer_identity(context),
+            token=bearer_token(context),
+        )
+        return convert.query_response(outcome)
+
+    @servicer_method
+    def EnterpriseQuery(  # noqa: N802 - gRPC method name
+        self, request: coordinator_pb2.EnterpriseQueryRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.QueryResponse:
+        outcome = self._service.query(
+            convert.enterprise_query(request),
+            caller=peer_identity(context),
+            token=bearer_token(context),
+        )
+        return convert.query_response(outcome)
+
+    @servicer_method
+    def GrantConsent(  # noqa: N802 - gRPC method name
+        self, request: coordinator_pb2.GrantConsentRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.Consent:
+        consent = self._service.grant_consent(
+            subject_id=request.subject_id,
+            grantee=request.grantee,
+            purpose=request.purpose,
+            expires_at=convert.datetime_from(request.expires_at, field="expires_at"),
+            caller=peer_identity(context),
+            token=bearer_token(context),
+        )
+        return convert.consent_message(consent)
+
+    @servicer_method
+    def RevokeConsent(  # noqa: N802 - gRPC method name
+        self, request: coordinator_pb2.RevokeConsentRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.Consent:
+        consent = self._service.revoke_consent(
+            request.consent_id, caller=peer_identity(context), token=bearer_token(context)
+        )
+        return convert.consent_message(consent)
+
+    @servicer_method
+    def ListConsents(  # noqa: N802 - gRPC method name
+        self, request: coordinator_pb2.ListConsentsRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.ListConsentsResponse:
+        consents = self._service.list_consents(
+            subject_id=request.subject_id,
+            grantee=request.grantee,
+            caller=peer_identity(context),
+            token=bearer_token(context),
+        )
+        return coordinator_pb2.ListConsentsResponse(
+            consents=[convert.consent_message(c) for c in consents]
+        )

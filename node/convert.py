@@ -1,0 +1,73 @@
+"""Conversion between node protobuf messages and the node's typed Python values."""
+
+from __future__ import annotations
+
+from node.service import ContributionRequest, ContributionResult, NodeDescription
+from osmanthus.types import Shape, SubjectKind
+from osmanthus.v1 import common_pb2, node_pb2
+
+_KIND_FROM_PB = {
+    common_pb2.SUBJECT_KIND_PERSON: SubjectKind.PERSON,
+    common_pb2.SUBJECT_KIND_ENTERPRISE: SubjectKind.ENTERPRISE,
+}
+KIND_TO_PB = {v: k for k, v in _KIND_FROM_PB.items()}
+_SHAPE_FROM_PB = {common_pb2.SHAPE_BREAKDOWN: Shape.BREAKDOWN, common_pb2.SHAPE_TOTAL: Shape.TOTAL}
+SHAPE_TO_PB = {v: k for k, v in _SHAPE_FROM_PB.items()}
+
+
+def kind_from_pb(value: int) -> SubjectKind | None:
+    return _KIND_FROM_PB.get(value)  # type: ignore[call-overload]
+
+
+def shape_from_pb(value: int) -> Shape | None:
+    return _SHAPE_FROM_PB.get(value)  # type: ignore[call-overload]
+
+
+def contribution_request(message: node_pb2.ContributeRequest) -> ContributionRequest:
+    return ContributionRequest(
+        query_id=message.query_id,
+        subject_kind=kind_from_pb(message.subject_kind),
+        subject_id=message.subject_id,
+        shape=shape_from_pb(message.shape),
+        purpose=message.purpose,
+        consent_id=message.consent_id,
+        public_key=message.public_key.n,
+        slots=tuple(message.slots),
+    )
+
+
+def contribute_request_message(request: ContributionRequest) -> node_pb2.ContributeRequest:
+    return node_pb2.ContributeRequest(
+        query_id=request.query_id,
+        subject_kind=KIND_TO_PB[request.subject_kind] if request.subject_kind else 0,
+        subject_id=request.subject_id,
+        shape=SHAPE_TO_PB[request.shape] if request.shape else 0,
+        purpose=request.purpose,
+        consent_id=request.consent_id,
+        public_key=common_pb2.PaillierPublicKey(n=request.public_key),
+        slots=list(request.slots),
+    )
+
+
+def contribution_response(result: ContributionResult) -> node_pb2.ContributeResponse:
+    return node_pb2.ContributeResponse(
+        department=result.department,
+        ciphertext=common_pb2.Ciphertext(value=result.ciphertext),
+        single_source_allowed=result.single_source_allowed,
+        rules_version=result.rules_version,
+        policy_hash=result.policy_hash,
+    )
+
+
+def node_info(description: NodeDescription) -> node_pb2.NodeInfo:
+    dept = description.department
+    return node_pb2.NodeInfo(
+        department=dept.id,
+        name=f"{dept.name} {dept.name_zh}",
+        subject_kinds=[KIND_TO_PB[k] for k in sorted(dept.subject_kinds, key=lambda k: k.value)],
+        rules_version=description.rules_version,
+        rules_digest=description.rules_digest,
+        policy_hash=description.policy_hash,
+        owned_categories=list(description.owned_categories),
+        software_version=description.software_version,
+    )

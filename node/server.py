@@ -1,0 +1,99 @@
+"""Assembling a department node from its configuration and serving it over mutual TLS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from certs import PeerRole
+from node.service import NodeService
+from node.servicer import NodeServicer
+from node.store import RecordStore
+from osmanthus.audit import AuditLog, load_or_create_salt
+from osmanthus.catalogue import Catalogue, load_catalogue
+from osmanthus.errors import ConfigError
+from osmanthus.policy import ReloadablePolicy
+from osmanthus.rules import load_default_rules, load_rules
+from osmanthus.server import RunningServer, start_server
+from osmanthus.tls import TlsFiles, check_files, identity_of_certificate
+from osmanthus.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, ReplayCache, TokenVerifier
+from osmanthus.v1 import node_pb2, node_pb2_grpc
+
+NODE_SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
+DEFAULT_NODE_POLICY = Path(__file__).resolve().parent.parent / "policies" / "node.cedar"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    department: str
+    db: Path
+    tls: TlsFiles
+    issuer_public_key: Path
+    state_dir: Path
+    listen: str = "127.0.0.1:0"
+    rules: Path | None = None
+    policy: Path = DEFAULT_NODE_POLICY
+    catalogue: Path | None = None
+    token_issuer: str = DEFAULT_ISSUER
+    token_audience: str = DEFAULT_AUDIENCE
+
+
+def build_service(config: NodeConfig, *, catalogue: Catalogue | None = None) -> NodeService:
+    """Load and cross-check everything a node needs; any mismatch is a ConfigError at start-up."""
+    catalogue = catalogue or load_catalogue(config.catalogue)
+    department = catalogue.department(config.department)
+    check_files(config.tls)
+    identity = identity_of_certificate(config.tls.cert)
+    if identity.role is not PeerRole.NODE or identity.name != department.id:
+        raise ConfigError(
+            f"{config.tls.cert} names {identity.role.value} {identity.name!r}, "
+            f"not the node of department {department.id!r}",
+            field="tls.cert",
+        )
+    rules = (
+        load_rules(config.rules, catalogue=catalogue)
+        if config.rules
+        else load_default_rules(department.id, catalogue=catalogue)
+    )
+    if rules.department != department.id:
+        raise ConfigError(
+            f"rules file is for department {rules.department!r}, not {department.id!r}",
+            field="rules",
+        )
+    if not config.db.exists():
+        raise ConfigError(
+            f"database {config.db} does not exist (run 'osmanthus seed' or import)", field="db"
+        )
+    store = RecordStore(config.db, department=department.id, read_only=True)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    audit = AuditLog(
+        path=config.state_dir / "audit.jsonl",
+        salt=load_or_create_salt(config.state_dir / "audit.salt"),
+    )
+    verifier = TokenVerifier.from_file(
+        config.issuer_public_key,
+        issuer=config.token_issuer,
+        audience=config.token_audience,
+        replay_cache=ReplayCache(),
+    )
+    policy = ReloadablePolicy.from_file(config.policy)
+    return NodeService(
+        department=department,
+        catalogue=catalogue,
+        store=store,
+        rules=rules,
+        policy=policy,
+        verifier=verifier,
+        audit=audit,
+    )
+
+
+def start_node(config: NodeConfig, *, catalogue: Catalogue | None = None) -> RunningServer:
+    service = build_service(config, catalogue=catalogue)
+    servicer = NodeServicer(service)
+    return start_server(
+        register=[lambda s: node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, s)],
+        service_names=[NODE_SERVICE_NAME],
+        listen=config.listen,
+        tls=config.tls,
+    )

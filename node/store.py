@@ -1,0 +1,660 @@
+"""A department's record store: one DuckDB file, all-or-nothing validated imports, lookups."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import duckdb
+
+from osmanthus.catalogue import Catalogue
+from osmanthus.errors import (
+    ConfigError,
+    FailedPrecondition,
+    ImportRejected,
+    InvalidArgument,
+)
+from osmanthus.ids import validate_subject
+from osmanthus.rules import STATUSES, Record, RuleSet
+from osmanthus.types import DepartmentId, SubjectId, SubjectKind
+
+SCHEMA_VERSION = 1
+
+COLUMNS = (
+    "record_id",
+    "subject_kind",
+    "subject_id",
+    "kind",
+    "quantity",
+    "event_start",
+    "event_end",
+    "status",
+)
+REQUIRED_COLUMNS = frozenset({"record_id", "subject_kind", "subject_id", "kind", "event_start"})
+#: largest quantity a single record may carry (hours, donations, ...); bounds the slot sums
+MAX_QUANTITY = 1_000_000
+MAX_RECORD_ID_LENGTH = 64
+#: how many problems the ImportRejected message spells out; `problems` always has them all
+_MESSAGE_PROBLEMS = 5
+
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_RECORD_ID = re.compile(r"^[^\s\x00-\x1f\x7f]+$")
+_CHINA_STANDARD_TIME = datetime.timezone(datetime.timedelta(hours=8), "CST")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (
+    department VARCHAR NOT NULL,
+    schema_version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS records (
+    record_id VARCHAR PRIMARY KEY,
+    subject_kind VARCHAR NOT NULL CHECK (subject_kind IN ('person', 'enterprise')),
+    subject_id VARCHAR NOT NULL,
+    kind VARCHAR NOT NULL,
+    quantity INTEGER NOT NULL CHECK (quantity BETWEEN 1 AND {MAX_QUANTITY}),
+    event_start DATE NOT NULL,
+    event_end DATE CHECK (event_end IS NULL OR event_end >= event_start),
+    status VARCHAR NOT NULL CHECK (status IN ('active', 'disputed'))
+);
+CREATE INDEX IF NOT EXISTS records_subject ON records (subject_id);
+"""
+
+_CSV_COLUMNS = (
+    "{'record_id': 'VARCHAR', 'subject_kind': 'VARCHAR', 'subject_id': 'VARCHAR', "
+    "'kind': 'VARCHAR', 'quantity': 'INTEGER', 'event_start': 'DATE', 'event_end': 'DATE', "
+    "'status': 'VARCHAR'}"
+)
+
+
+def china_today() -> datetime.date:
+    """Today's date in China Standard Time: the clock "not in the future" is judged by."""
+    return datetime.datetime.now(_CHINA_STANDARD_TIME).date()
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    path: Path
+    rows: int
+
+
+class RecordStore:
+    """One department's records in one DuckDB file.
+
+    Lookups may run from many threads at once (each uses its own cursor); writes are serialised.
+    """
+
+    def __init__(self, path: Path, *, department: DepartmentId, read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.department = department
+        self.read_only = read_only
+        self._lock = threading.Lock()
+        if read_only and not self.path.exists():
+            raise ConfigError(f"{self.path}: record store does not exist")
+        try:
+            self._conn = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.Error as e:
+            raise ConfigError(
+                f"{self.path}: cannot open the record store ({e}); is another process using it?"
+            ) from None
+        try:
+            self._check_or_create_schema()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _check_or_create_schema(self) -> None:
+        tables = {
+            row[0]
+            for row in self._conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
+            ).fetchall()
+        }
+        if "meta" not in tables:
+            if self.read_only:
+                raise ConfigError(
+                    f"{self.path}: not an Osmanthus record store (no meta table); "
+                    "open it writable once to create the schema"
+                )
+            if tables:
+                raise ConfigError(
+                    f"{self.path}: holds other tables ({', '.join(sorted(tables))}) but no "
+                    "Osmanthus meta table; refusing to write into a foreign database"
+                )
+            self._conn.begin()
+            try:
+                self._conn.execute(_SCHEMA)
+                self._conn.execute(
+                    "INSERT INTO meta VALUES (?, ?)", [self.department, SCHEMA_VERSION]
+                )
+                self._conn.commit()
+            except BaseException:
+                self._conn.rollback()
+                raise
+            return
+        rows = self._conn.execute("SELECT department, schema_version FROM meta").fetchall()
+        if len(rows) != 1:
+            raise ConfigError(f"{self.path}: meta table has {len(rows)} rows, expected 1")
+        department, version = rows[0]
+        if department != self.department:
+            raise ConfigError(
+                f"{self.path}: this record store belongs to department {department!r}, "
+                f"not {self.department!r}; check the node's department and data path"
+            )
+        if version != SCHEMA_VERSION:
+            raise ConfigError(
+                f"{self.path}: schema version {version}, this Osmanthus reads version "
+                f"{SCHEMA_VERSION}"
+            )
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def records_for(self, subject_kind: SubjectKind, subject_id: SubjectId) -> list[Record]:
+        """Every stored record about one subject, in record_id order."""
+        with self._lock:
+            cursor = self._conn.cursor()
+        try:
+            rows = cursor.execute(
+                "SELECT record_id, kind, quantity, event_start, event_end, status FROM records "
+                "WHERE subject_id = ? AND subject_kind = ? ORDER BY record_id",
+                [subject_id, subject_kind.value],
+            ).fetchall()
+        finally:
+            cursor.close()
+        return [
+            Record(
+                record_id=record_id,
+                subject_kind=subject_kind,
+                subject_id=subject_id,
+                kind=kind,
+                quantity=quantity,
+                event_start=event_start,
+                event_end=event_end,
+                status=status,
+            )
+            for record_id, kind, quantity, event_start, event_end, status in rows
+        ]
+
+    def all_records(self) -> Iterator[Record]:
+        """Every stored record, in record_id order (for export, checks and tests)."""
+        with self._lock:
+            cursor = self._conn.cursor()
+        try:
+            cursor.execute(
+                "SELECT record_id, subject_kind, subject_id, kind, quantity, event_start, "
+                "event_end, status FROM records ORDER BY record_id"
+            )
+            while batch := cursor.fetchmany(10_000):
+                for rid, skind, sid, kind, quantity, start, end, status in batch:
+                    yield Record(
+                        record_id=rid,
+                        subject_kind=SubjectKind(skind),
+                        subject_id=SubjectId(sid),
+                        kind=kind,
+                        quantity=quantity,
+                        event_start=start,
+                        event_end=end,
+                        status=status,
+                    )
+        finally:
+            cursor.close()
+
+    def count(self) -> int:
+        with self._lock:
+            cursor = self._conn.cursor()
+        try:
+            row = cursor.execute("SELECT count(*) FROM records").fetchone()
+        finally:
+            cursor.close()
+        assert row is not None
+        return int(row[0])
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def _require_writable(self) -> None:
+        if self.read_only:
+            raise FailedPrecondition(
+                f"{self.path}: the record store is open read-only; stop the node or open it "
+                "writable to import"
+            )
+
+    def insert_records(self, records: Iterable[Record]) -> int:
+        """Insert trusted, already-valid records in one transaction; returns how many."""
+        self._require_writable()
+        with self._lock:
+            return self._insert(records)
+
+    def import_file(
+        self,
+        path: Path,
+        *,
+        rules: RuleSet,
+        catalogue: Catalogue,
+        today: datetime.date | None = None,
+    ) -> ImportReport:
+        """Validate every row of a CSV or Parquet file, then insert all of them or none.
+
+        Raises ImportRejected listing (line, field, problem) for every bad row; nothing is
+        written then. `today` (default: today in China) is the date "not in the future" means.
+        """
+        self._require_writable()
+        path = Path(path)
+        if rules.department != self.department:
+            raise InvalidArgument(
+                f"rules are for department {rules.department!r}, this store is {self.department!r}",
+                field="rules",
+            )
+        served = catalogue.department(self.department).subject_kinds
+        suffix = path.suffix.lower()
+        if suffix == ".csv":
+            rows, problems = _read_csv(path)
+            unit = "line"
+        elif suffix == ".parquet":
+            rows, problems = _read_parquet(path)
+            unit = "row"
+        else:
+            raise InvalidArgument(
+                f"{path}: cannot tell the format from the extension {path.suffix!r}; "
+                "use .csv or .parquet",
+                field="path",
+            )
+        validator = _RowValidator(
+            rules=rules,
+            served=served,
+            today=today if today is not None else china_today(),
+            unit=unit,
+        )
+        records = validator.validate(rows, problems)
+        with self._lock:
+            self._conn.begin()
+            try:
+                stored = self._existing_ids([r.record_id for r, _ in records])
+                for record, line in records:
+                    if record.record_id in stored:
+                        problems.append(
+                            (
+                                line,
+                                "record_id",
+                                f"record {record.record_id!r} is already stored; "
+                                "record ids must be new",
+                            )
+                        )
+                if problems:
+                    self._conn.rollback()
+                    raise _rejected(path, unit, problems)
+                count = self._insert((r for r, _ in records), begin=False)
+                self._conn.commit()
+            except BaseException:
+                # begin() above opened the transaction; roll back unless commit() already ran
+                _rollback_quietly(self._conn)
+                raise
+        return ImportReport(path=path, rows=count)
+
+    def _existing_ids(self, ids: list[str]) -> set[str]:
+        if not ids:
+            return set()
+        rows = self._conn.execute(
+            "SELECT record_id FROM records WHERE record_id IN (SELECT unnest(?::VARCHAR[]))",
+            [ids],
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def _insert(self, records: Iterable[Record], *, begin: bool = True) -> int:
+        # A temporary CSV read back by DuckDB is an order of magnitude faster than parameter
+        # binding row by row; it lives next to the database (0600) so personal data does not
+        # spread to a shared temp directory, and it is removed whatever happens.
+        fd, tmp_name = tempfile.mkstemp(prefix=".import-", suffix=".csv", dir=self.path.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f, lineterminator="\n")
+                writer.writerow(COLUMNS)
+                n = 0
+                for r in records:
+                    writer.writerow(
+                        (
+                            r.record_id,
+                            r.subject_kind.value,
+                            r.subject_id,
+                            r.kind,
+                            r.quantity,
+                            r.event_start.isoformat(),
+                            r.event_end.isoformat() if r.event_end is not None else "",
+                            r.status,
+                        )
+                    )
+                    n += 1
+            if n == 0:
+                return 0
+            if begin:
+                self._conn.begin()
+            try:
+                self._conn.execute(
+                    "INSERT INTO records SELECT * FROM read_csv(?, header = true, "
+                    f"auto_detect = false, columns = {_CSV_COLUMNS}, nullstr = '', "
+                    "quote = '\"', escape = '\"', delim = ',')",
+                    [str(tmp)],
+                )
+                if begin:
+                    self._conn.commit()
+            except duckdb.ConstraintException as e:
+                if begin:
+                    _rollback_quietly(self._conn)
+                raise InvalidArgument(
+                    f"records were refused by the store and none were written: {e}",
+                    field="record_id",
+                ) from None
+            except BaseException:
+                if begin:
+                    _rollback_quietly(self._conn)
+                raise
+            return n
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    # -- lifetime -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> RecordStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _rollback_quietly(conn: duckdb.DuckDBPyConnection) -> None:
+    # no active transaction (already committed or rolled back) means nothing to undo
+    with contextlib.suppress(duckdb.Error):
+        conn.rollback()
+
+
+def _rejected(path: Path, unit: str, problems: list[tuple[int, str, str]]) -> ImportRejected:
+    problems.sort(key=lambda p: p[0])
+    bad_rows = len({p[0] for p in problems})
+    shown = "; ".join(
+        f"{unit} {line}, {field}: {problem}" if line else f"{field}: {problem}"
+        for line, field, problem in problems[:_MESSAGE_PROBLEMS]
+    )
+    more = len(problems) - _MESSAGE_PROBLEMS
+    tail = f"; and {more} more" if more > 0 else ""
+    return ImportRejected(
+        f"{path}: {len(problems)} problem(s) in {bad_rows} {unit}(s); nothing was imported. "
+        f"{shown}{tail}",
+        problems=problems,
+    )
+
+
+# -- reading import files ---------------------------------------------------------------------
+
+# A file is read into (line or row number, {column: text}) pairs plus the problems found while
+# reading; a header problem is raised at once, since every row would repeat it.
+_Rows = list[tuple[int, dict[str, str]]]
+_Problems = list[tuple[int, str, str]]
+
+
+def _check_header(path: Path, header: list[str], line: int, unit: str) -> None:
+    problems: list[tuple[int, str, str]] = []
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            problems.append((line, name, "column appears twice in the header"))
+        seen.add(name)
+        if name not in COLUMNS:
+            problems.append(
+                (line, name or "(empty)", f"unknown column; expected columns: {', '.join(COLUMNS)}")
+            )
+    for name in COLUMNS:
+        if name in REQUIRED_COLUMNS and name not in seen:
+            problems.append((line, name, "required column is missing"))
+    if problems:
+        raise _rejected(path, unit, problems)
+
+
+def _read_csv(path: Path) -> tuple[_Rows, _Problems]:
+    try:
+        # utf-8-sig: spreadsheet exports often start with a byte-order mark
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                raise ImportRejected(
+                    f"{path}: the file is empty; expected a header line",
+                    problems=[(1, "header", "file is empty")],
+                )
+            header = [h.strip() for h in header]
+            _check_header(path, header, 1, "line")
+            rows: _Rows = []
+            problems: _Problems = []
+            last_line = reader.line_num
+            for values in reader:
+                line = last_line + 1
+                last_line = reader.line_num
+                if not values or all(not v.strip() for v in values):
+                    continue
+                if len(values) != len(header):
+                    problems.append(
+                        (
+                            line,
+                            "row",
+                            f"has {len(values)} fields, the header has {len(header)}",
+                        )
+                    )
+                    continue
+                rows.append((line, {h: v.strip() for h, v in zip(header, values, strict=True)}))
+    except FileNotFoundError:
+        raise InvalidArgument(f"{path}: file does not exist", field="path") from None
+    except UnicodeDecodeError as e:
+        raise InvalidArgument(
+            f"{path}: not UTF-8 text (byte {e.start}); save the CSV as UTF-8", field="path"
+        ) from None
+    except csv.Error as e:
+        raise InvalidArgument(f"{path}: malformed CSV: {e}", field="path") from None
+    return rows, problems
+
+
+def _cell_text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime.datetime):
+        # a timestamp where a date belongs: keep the text so validation names the problem
+        return value.isoformat()
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    return str(value).strip()
+
+
+def _read_parquet(path: Path) -> tuple[_Rows, _Problems]:
+    if not path.exists():
+        raise InvalidArgument(f"{path}: file does not exist", field="path")
+    conn = duckdb.connect()
+    try:
+        try:
+            cursor = conn.execute("SELECT * FROM read_parquet(?)", [str(path)])
+        except duckdb.Error as e:
+            raise InvalidArgument(
+                f"{path}: not a readable Parquet file: {e}", field="path"
+            ) from None
+        header = [d[0] for d in cursor.description or []]
+        _check_header(path, header, 0, "row")
+        rows: _Rows = []
+        row_number = 0
+        while batch := cursor.fetchmany(10_000):
+            for values in batch:
+                row_number += 1
+                rows.append(
+                    (row_number, {h: _cell_text(v) for h, v in zip(header, values, strict=True)})
+                )
+        return rows, []
+    finally:
+        conn.close()
+
+
+class _RowValidator:
+    """Checks rows of an import file against the rules and the store's department."""
+
+    def __init__(
+        self,
+        *,
+        rules: RuleSet,
+        served: frozenset[SubjectKind],
+        today: datetime.date,
+        unit: str,
+    ) -> None:
+        self.unit = unit
+        self.rules = rules
+        self.served = served
+        self.today = today
+        self.kinds = {kind: rules.kinds(kind) for kind in SubjectKind}
+
+    def validate(self, rows: _Rows, problems: _Problems) -> list[tuple[Record, int]]:
+        """Valid records with their line numbers; appends every problem found to `problems`."""
+        records: list[tuple[Record, int]] = []
+        first_line: dict[str, int] = {}
+        for line, values in rows:
+            record, row_problems = self.row(values)
+            problems.extend((line, field, problem) for field, problem in row_problems)
+            rid = values.get("record_id", "")
+            if rid:
+                if rid in first_line:
+                    problems.append(
+                        (
+                            line,
+                            "record_id",
+                            f"duplicate record id {rid!r} (first on {self.unit} {first_line[rid]})",
+                        )
+                    )
+                else:
+                    first_line[rid] = line
+            if record is not None and not row_problems:
+                records.append((record, line))
+        return records
+
+    def row(self, values: Mapping[str, str]) -> tuple[Record | None, list[tuple[str, str]]]:
+        problems: list[tuple[str, str]] = []
+        rid = values.get("record_id", "")
+        if not rid:
+            problems.append(("record_id", "is empty"))
+        elif len(rid) > MAX_RECORD_ID_LENGTH or not _RECORD_ID.match(rid):
+            problems.append(
+                (
+                    "record_id",
+                    f"must be 1-{MAX_RECORD_ID_LENGTH} characters without spaces or control "
+                    "characters",
+                )
+            )
+        subject_kind: SubjectKind | None = None
+        skind_text = values.get("subject_kind", "")
+        try:
+            subject_kind = SubjectKind(skind_text)
+        except ValueError:
+            problems.append(("subject_kind", f"{skind_text!r} is not 'person' or 'enterprise'"))
+        if subject_kind is not None and subject_kind not in self.served:
+            problems.append(
+                (
+                    "subject_kind",
+                    f"department {self.rules.department!r} does not hold {subject_kind.value} "
+                    "records (see the catalogue)",
+                )
+            )
+            subject_kind = None
+        subject_id: SubjectId | None = None
+        if subject_kind is not None:
+            try:
+                subject_id = validate_subject(
+                    subject_kind, values.get("subject_id", ""), field="subject_id"
+                )
+            except InvalidArgument as e:
+                problems.append(("subject_id", e.message))
+        kind = values.get("kind", "")
+        rule = None
+        if subject_kind is not None:
+            if kind not in self.kinds[subject_kind]:
+                known = ", ".join(sorted(self.kinds[subject_kind])) or "none"
+                problems.append(
+                    (
+                        "kind",
+                        f"{kind!r} is not a {subject_kind.value} record kind of department "
+                        f"{self.rules.department!r} (known: {known})",
+                    )
+                )
+            else:
+                rule = self.rules.rule(subject_kind, kind)
+        quantity_text = values.get("quantity", "") or "1"
+        quantity: int | None = None
+        if not quantity_text.isdigit() or not 1 <= int(quantity_text) <= MAX_QUANTITY:
+            problems.append(
+                ("quantity", f"{quantity_text!r} is not a whole number from 1 to {MAX_QUANTITY}")
+            )
+        else:
+            quantity = int(quantity_text)
+        start = self.date(values.get("event_start", ""), "event_start", problems, required=True)
+        end = self.date(values.get("event_end", ""), "event_end", problems, required=False)
+        if start is not None and start > self.today:
+            problems.append(("event_start", f"{start} is in the future (today is {self.today})"))
+        if start is not None and end is not None and end < start:
+            problems.append(("event_end", f"{end} is before event_start {start}"))
+        if (
+            end is not None
+            and end > self.today
+            and not (rule is not None and rule.validity.mode == "while_listed")
+        ):
+            problems.append(
+                (
+                    "event_end",
+                    f"{end} is in the future (today is {self.today}); only listings that "
+                    "count while listed may carry a planned end date",
+                )
+            )
+        status = values.get("status", "") or "active"
+        if status not in STATUSES:
+            problems.append(("status", f"{status!r} is not one of {', '.join(STATUSES)}"))
+        if problems:
+            return None, problems
+        assert subject_kind is not None and subject_id is not None
+        assert quantity is not None and start is not None
+        return (
+            Record(
+                record_id=rid,
+                subject_kind=subject_kind,
+                subject_id=subject_id,
+                kind=kind,
+                quantity=quantity,
+                event_start=start,
+                event_end=end,
+                status=status,
+            ),
+            [],
+        )
+
+    @staticmethod
+    def date(
+        text: str, field: str, problems: list[tuple[str, str]], *, required: bool
+    ) -> datetime.date | None:
+        if not text:
+            if required:
+                problems.append((field, "is empty; give the date as YYYY-MM-DD"))
+            return None
+        if not _ISO_DATE.match(text):
+            problems.append((field, f"{text!r} is not a date in the form YYYY-MM-DD"))
+            return None
+        try:
+            return datetime.date.fromisoformat(text)
+        except ValueError:
+            problems.append((field, f"{text!r} is not a real calendar date"))
+            return None

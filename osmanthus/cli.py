@@ -1,0 +1,572 @@
+"""The `osmanthus` command: one entry point with a subcommand for each operator task."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from osmanthus.errors import ConfigError, ImportRejected, InvalidArgument, OsmanthusError
+
+EXIT_CODES = """\
+exit codes:
+  0  success
+  1  unexpected internal error (see the log)
+  2  bad command line (usage)
+  3  invalid input or configuration (the message names the file, field and problem)
+  4  refused: authentication, permission, consent or policy
+  5  a server was unavailable or did not answer in time
+"""
+
+_log = logging.getLogger("osmanthus")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def _duration(text: str) -> timedelta:
+    match = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 15m, 12h or 30d")
+    value, unit = int(match.group(1)), match.group(2)
+    return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: value})
+
+
+def _iso_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-26") from exc
+
+
+def _add_tls(parser: argparse.ArgumentParser, *, role_hint: str) -> None:
+    group = parser.add_argument_group(
+        "mutual TLS",
+        f"either --certs-dir (the directory 'osmanthus certs init' made; the {role_hint} "
+        "certificate is found in it) or all of --ca, --cert and --key",
+    )
+    group.add_argument("--certs-dir", type=Path, help="platform certificate directory")
+    group.add_argument("--ca", type=Path, help="platform CA certificate (PEM)")
+    group.add_argument("--cert", type=Path, help="this process's certificate (PEM)")
+    group.add_argument("--key", type=Path, help="this process's private key (PEM)")
+
+
+def _tls_files(args: argparse.Namespace, *, role: str, name: str) -> object:
+    from certs import PeerRole, cert_paths
+    from osmanthus.tls import TlsFiles
+
+    if args.ca and args.cert and args.key:
+        return TlsFiles(ca=args.ca, cert=args.cert, key=args.key)
+    if args.certs_dir:
+        return TlsFiles.from_cert_paths(cert_paths(args.certs_dir, role=PeerRole(role), name=name))
+    raise InvalidArgument("give --certs-dir, or all of --ca, --cert and --key", field="tls")
+
+
+# --- seed -------------------------------------------------------------------------------------
+
+
+def _cmd_seed(args: argparse.Namespace) -> int:
+    from osmanthus.seed import seed
+
+    report = seed(
+        args.out,
+        persons=args.persons,
+        enterprises=args.enterprises,
+        seed=args.seed,
+        as_of=args.as_of or datetime.now(UTC).date(),
+        progress=None if args.quiet else _progress_printer(),
+    )
+    print(f"wrote {len(report.paths)} department databases to {args.out}")
+    return 0
+
+
+def _progress_printer() -> Callable[[str], None]:
+    from tqdm import tqdm
+
+    bar = tqdm(desc="seeding", unit="dept", leave=False)
+
+    def step(message: str) -> None:
+        bar.set_postfix_str(message)
+        bar.update(1)
+
+    return step
+
+
+# --- certs ------------------------------------------------------------------------------------
+
+
+def _cmd_certs_init(args: argparse.Namespace) -> int:
+    from certs import init_platform
+    from osmanthus.catalogue import load_catalogue
+
+    departments = args.departments or [d.id for d in load_catalogue().departments]
+    made = init_platform(
+        args.out,
+        departments=departments,
+        requesters=args.requesters,
+        validity_days=args.days,
+        overwrite=args.overwrite,
+    )
+    print(f"platform CA and {len(made)} certificates written to {args.out}")
+    for name in sorted(made):
+        print(f"  {name}")
+    return 0
+
+
+def _cmd_certs_issue(args: argparse.Namespace) -> int:
+    from certs import PeerRole, issue_certificate
+
+    paths = issue_certificate(
+        args.ca_dir, role=PeerRole(args.role), name=args.name, validity_days=args.days
+    )
+    print(f"issued {args.role} certificate for {args.name!r}: {paths.cert}")
+    return 0
+
+
+# --- keys and tokens --------------------------------------------------------------------------
+
+
+def _cmd_keys_create(args: argparse.Namespace) -> int:
+    from sdk.keys import load_or_create_keys
+
+    if args.out.exists():
+        raise ConfigError(f"{args.out} already exists; refusing to replace a key", field="out")
+    keys = load_or_create_keys(args.out, bits=args.bits)
+    print(keys.fingerprint)
+    return 0
+
+
+def _cmd_keys_fingerprint(args: argparse.Namespace) -> int:
+    from sdk.keys import load_or_create_keys
+
+    if not args.key.exists():
+        raise ConfigError(f"{args.key} does not exist", field="key")
+    print(load_or_create_keys(args.key).fingerprint)
+    return 0
+
+
+def _cmd_token_keygen(args: argparse.Namespace) -> int:
+    from osmanthus.tokens import generate_issuer_keypair
+
+    generate_issuer_keypair(args.private, args.public, overwrite=args.overwrite)
+    print(f"issuer key pair written: {args.private} (keep secret), {args.public} (give to servers)")
+    return 0
+
+
+def _cmd_token_issue(args: argparse.Namespace) -> int:
+    from osmanthus.tokens import TokenIssuer
+    from osmanthus.types import Role
+
+    issuer = TokenIssuer.from_file(args.issuer_key, issuer=args.iss, audience=args.aud)
+    token = issuer.issue(
+        requester=args.requester,
+        role=Role(args.role),
+        purposes=args.purpose,
+        key_fingerprint=args.key_fingerprint,
+        ttl=args.ttl,
+        single_use=args.single_use,
+    )
+    print(token)
+    return 0
+
+
+# --- node -------------------------------------------------------------------------------------
+
+
+def _cmd_node_serve(args: argparse.Namespace) -> int:
+    from node.server import DEFAULT_NODE_POLICY, NodeConfig, start_node
+    from osmanthus.server import serve_until_signalled
+
+    config = NodeConfig(
+        department=args.department,
+        db=args.db,
+        tls=_tls_files(args, role="node", name=args.department),  # type: ignore[arg-type]
+        issuer_public_key=args.issuer_public_key,
+        state_dir=args.state_dir,
+        listen=args.listen,
+        rules=args.rules,
+        policy=args.policy or DEFAULT_NODE_POLICY,
+    )
+    running = start_node(config)
+    _log.info("node %s serving on port %d", args.department, running.port)
+    serve_until_signalled(running, ready_file=args.ready_file)
+    return 0
+
+
+def _cmd_node_import(args: argparse.Namespace) -> int:
+    from node.store import RecordStore
+    from osmanthus.catalogue import load_catalogue
+    from osmanthus.rules import load_default_rules, load_rules
+
+    catalogue = load_catalogue()
+    dept = catalogue.department(args.department)
+    rules = (
+        load_rules(args.rules, catalogue=catalogue)
+        if args.rules
+        else load_default_rules(dept.id, catalogue=catalogue)
+    )
+    with RecordStore(args.db, department=dept.id) as store:
+        report = store.import_file(args.file, rules=rules, catalogue=catalogue)
+    print(f"imported {report.rows} records from {args.file} into {args.db}")
+    return 0
+
+
+# --- coordinator ------------------------------------------------------------------------------
+
+
+def _cmd_coordinator_serve(args: argparse.Namespace) -> int:
+    from coordinator.server import DEFAULT_CENTRAL_POLICY, CoordinatorConfig, start_coordinator
+    from osmanthus.server import serve_until_signalled
+
+    config = CoordinatorConfig(
+        nodes=args.nodes,
+        tls=_tls_files(args, role="coordinator", name="coordinator"),  # type: ignore[arg-type]
+        issuer_public_key=args.issuer_public_key,
+        state_dir=args.state_dir,
+        listen=args.listen,
+        policy=args.policy or DEFAULT_CENTRAL_POLICY,
+        deadline_s=args.deadline,
+    )
+    running = start_coordinator(config)
+    _log.info("coordinator serving on port %d", running.port)
+    try:
+        serve_until_signalled(running.server, ready_file=args.ready_file)
+    finally:
+        running.stop()
+    return 0
+
+
+# --- policy, health, demo ---------------------------------------------------------------------
+
+
+def _cmd_policy_validate(args: argparse.Namespace) -> int:
+    from osmanthus.policy import PolicyEngine
+
+    for path in args.files:
+        engine = PolicyEngine.from_file(path)
+        print(f"{path}: valid ({len(engine.annotations())} policies, sha256 {engine.hash[:16]}…)")
+    return 0
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from osmanthus.errors import Unavailable
+    from osmanthus.tls import secure_channel
+
+    tls = _tls_files(args, role="operator", name=args.operator)
+    with secure_channel(args.target, tls, server_name=args.server_name) as channel:  # type: ignore[arg-type]
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as exc:
+            raise Unavailable(f"{args.target}: {exc.code().name}: {exc.details()}") from None  # type: ignore[attr-defined]
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{args.target}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 5
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from osmanthus.demo import run_demo
+
+    return run_demo(workdir=args.workdir, persons=args.persons, enterprises=args.enterprises)
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from osmanthus.types import Role
+
+    parser = argparse.ArgumentParser(
+        prog="osmanthus",
+        description=(
+            "Osmanthus: a federated credit-data gateway. Each department runs a node that keeps "
+            "its records local and answers only encrypted, policy-checked contributions; the "
+            "coordinator adds them up without being able to read them."
+        ),
+        epilog=EXIT_CODES,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log detail",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        parent: argparse._SubParsersAction,  # type: ignore[type-arg]
+        name: str,
+        help_text: str,
+        description: str,
+        handler: Callable[[argparse.Namespace], int] | None = None,
+    ) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = parent.add_parser(
+            name,
+            help=help_text,
+            description=description,
+            epilog=EXIT_CODES,
+            formatter_class=_Formatter,
+        )
+        if handler:
+            p.set_defaults(handler=handler)
+        return p
+
+    # demo
+    p = command(
+        sub,
+        "demo",
+        "run the local federation demo end to end",
+        "Seed synthetic data, create certificates and tokens, start every department node and the "
+        "coordinator on 127.0.0.1, query persons and enterprises through the SDK, print score "
+        "cards and what the coordinator saw, then shut everything down.",
+        _cmd_demo,
+    )
+    p.add_argument(
+        "--workdir", type=Path, default=Path(".osmanthus/demo"), help="where demo files go"
+    )
+    p.add_argument("--persons", type=int, default=2000, help="synthetic persons to seed")
+    p.add_argument("--enterprises", type=int, default=300, help="synthetic enterprises to seed")
+
+    # seed
+    p = command(
+        sub,
+        "seed",
+        "write deterministic synthetic records, one DuckDB file per department",
+        "Write synthetic records for every department of the default catalogue into "
+        "OUT/<department>.duckdb, plus OUT/subjects.csv listing the synthetic subjects. The same "
+        "--seed and --as-of always give the same records.",
+        _cmd_seed,
+    )
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--persons", type=int, default=2000, help="number of synthetic persons")
+    p.add_argument("--enterprises", type=int, default=300, help="number of synthetic enterprises")
+    p.add_argument("--seed", type=int, default=20261126, help="random seed")
+    p.add_argument("--as-of", type=_iso_date, help="reference date for record ages (default today)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    # certs
+    certs = command(
+        sub, "certs", "platform CA and mutual-TLS certificates", "Manage the platform CA."
+    )
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
+    p = command(
+        certs_sub,
+        "init",
+        "create the platform CA and every certificate",
+        "Create OUT/ca.pem and ca.key, the coordinator certificate, one node certificate per "
+        "department (the department is named in the certificate), one per requester and an "
+        "operator certificate for health probes. Private keys are written mode 0600.",
+        _cmd_certs_init,
+    )
+    p.add_argument("--out", type=Path, required=True, help="certificate directory to create")
+    p.add_argument("--departments", nargs="*", help="department ids (default: the whole catalogue)")
+    p.add_argument("--requesters", nargs="*", default=[], help="requester ids to certify")
+    p.add_argument("--days", type=int, default=365, help="validity in days")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing CA (dangerous)")
+    p = command(
+        certs_sub,
+        "issue",
+        "issue one more certificate from an existing CA",
+        "Issue a certificate for a new department node, requester or operator.",
+        _cmd_certs_issue,
+    )
+    p.add_argument("--ca-dir", type=Path, required=True, help="the directory 'certs init' made")
+    p.add_argument(
+        "--role", required=True, choices=["node", "requester", "operator", "coordinator"]
+    )
+    p.add_argument("--name", required=True, help="department id, requester id or operator name")
+    p.add_argument("--days", type=int, default=365, help="validity in days")
+
+    # keys
+    keys = command(
+        sub, "keys", "requester Paillier keys", "Manage a requester's Paillier key pair."
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    p = command(
+        keys_sub,
+        "create",
+        "generate a Paillier key pair and print its fingerprint",
+        "Generate the requester's Paillier key pair (kept owner-only) and print the fingerprint "
+        "to give to the platform when asking for a token.",
+        _cmd_keys_create,
+    )
+    p.add_argument("--out", type=Path, required=True, help="key file to create")
+    p.add_argument("--bits", type=int, default=2048, choices=[2048, 3072], help="modulus size")
+    p = command(
+        keys_sub,
+        "fingerprint",
+        "print a key file's fingerprint",
+        "Print the fingerprint.",
+        _cmd_keys_fingerprint,
+    )
+    p.add_argument("key", type=Path, help="key file")
+
+    # token
+    token = command(sub, "token", "platform access tokens (EdDSA JWT)", "Issue requester tokens.")
+    token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    p = command(
+        token_sub,
+        "keygen",
+        "create the platform's token-signing key pair",
+        "Create the Ed25519 issuer key pair. Give the public key to the coordinator and every node.",
+        _cmd_token_keygen,
+    )
+    p.add_argument("--private", type=Path, required=True, help="private key file (keep secret)")
+    p.add_argument("--public", type=Path, required=True, help="public key file")
+    p.add_argument("--overwrite", action="store_true", help="replace existing key files")
+    p = command(
+        token_sub,
+        "issue",
+        "issue a token to a requester",
+        "Print a signed token binding a requester, its role, its purposes and its Paillier key "
+        "fingerprint, valid for --ttl.",
+        _cmd_token_issue,
+    )
+    p.add_argument("--issuer-key", type=Path, required=True, help="issuer private key")
+    p.add_argument("--requester", required=True, help="requester id (as in its certificate)")
+    p.add_argument("--role", required=True, choices=[r.value for r in Role], help="requester role")
+    p.add_argument("--purpose", action="append", required=True, help="allowed purpose (repeatable)")
+    p.add_argument("--key-fingerprint", required=True, help="from 'osmanthus keys create'")
+    p.add_argument(
+        "--ttl", type=_duration, default=timedelta(hours=1), help="lifetime, e.g. 15m, 12h"
+    )
+    p.add_argument("--single-use", action="store_true", help="the token may be used for one call")
+    p.add_argument("--iss", default="osmanthus-platform", help="issuer claim")
+    p.add_argument("--aud", default="osmanthus", help="audience claim")
+
+    # node
+    node = command(sub, "node", "run or load a department node", "Department node operations.")
+    node_sub = node.add_subparsers(dest="node_command", required=True, metavar="ACTION")
+    p = command(
+        node_sub,
+        "serve",
+        "serve a department's contributions over mutual TLS",
+        "Serve the department's records to the platform coordinator. Every request is checked: "
+        "the coordinator's certificate, the requester's token and key binding, and this "
+        "department's own Cedar policy (deny by default). Every decision is written to "
+        "STATE_DIR/audit.jsonl without raw personal data. Stops cleanly on SIGTERM.",
+        _cmd_node_serve,
+    )
+    p.add_argument("--department", required=True, help="department id, e.g. psb")
+    p.add_argument("--db", type=Path, required=True, help="the department's DuckDB file")
+    p.add_argument("--rules", type=Path, help="rule file (default: the embedded default rules)")
+    p.add_argument("--policy", type=Path, help="Cedar policy (default: policies/node.cedar)")
+    p.add_argument("--issuer-public-key", type=Path, required=True, help="token issuer public key")
+    p.add_argument("--state-dir", type=Path, required=True, help="audit log and salt directory")
+    p.add_argument("--listen", default="127.0.0.1:50051", help="host:port (port 0 = any free port)")
+    p.add_argument("--ready-file", type=Path, help="write the bound port here once serving")
+    _add_tls(p, role_hint="node")
+    p = command(
+        node_sub,
+        "import",
+        "load records from CSV or Parquet (all rows or none)",
+        "Validate every row of FILE (columns record_id, subject_kind, subject_id, kind, quantity, "
+        "event_start, event_end, status) and insert all of them in one transaction. If any row is "
+        "bad nothing is written and every bad row is reported by line and field. Stop the node "
+        "first: DuckDB allows one writer.",
+        _cmd_node_import,
+    )
+    p.add_argument("--department", required=True, help="department id")
+    p.add_argument("--db", type=Path, required=True, help="the department's DuckDB file")
+    p.add_argument("--rules", type=Path, help="rule file (default: embedded default rules)")
+    p.add_argument("file", type=Path, help="CSV or Parquet file")
+
+    # coordinator
+    coord = command(sub, "coordinator", "run the coordinator", "Coordinator operations.")
+    coord_sub = coord.add_subparsers(dest="coordinator_command", required=True, metavar="ACTION")
+    p = command(
+        coord_sub,
+        "serve",
+        "serve requesters: policy, consent, fan-out and blind sums",
+        "Serve requester queries: verify the token against the client certificate, evaluate the "
+        "central Cedar policy, check consent, ask every relevant node at once within --deadline, "
+        "validate and add the ciphertexts, and answer with the sum and its coverage. The "
+        "coordinator never holds a decryption key.",
+        _cmd_coordinator_serve,
+    )
+    p.add_argument("--nodes", type=Path, required=True, help="nodes.toml: department → address")
+    p.add_argument(
+        "--policy", type=Path, help="central Cedar policy (default policies/central.cedar)"
+    )
+    p.add_argument("--issuer-public-key", type=Path, required=True, help="token issuer public key")
+    p.add_argument("--state-dir", type=Path, required=True, help="consents, keys and audit log")
+    p.add_argument("--listen", default="127.0.0.1:50050", help="host:port (port 0 = any free port)")
+    p.add_argument("--deadline", type=float, default=5.0, help="seconds to wait for the nodes")
+    p.add_argument("--ready-file", type=Path, help="write the bound port here once serving")
+    _add_tls(p, role_hint="coordinator")
+
+    # policy
+    policy = command(sub, "policy", "Cedar access policies", "Policy tools for privacy officers.")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    p = command(
+        policy_sub,
+        "validate",
+        "check that policy files parse",
+        "Parse each Cedar policy file and report errors with file and line.",
+        _cmd_policy_validate,
+    )
+    p.add_argument("files", type=Path, nargs="+", help="policy files")
+
+    # health
+    p = command(
+        sub,
+        "health",
+        "probe a node or coordinator with the standard gRPC health check",
+        "Ask a server for its health over mutual TLS with the operator certificate. Exit 0 when "
+        "SERVING, 5 otherwise. Used by docker-compose health checks.",
+        _cmd_health,
+    )
+    p.add_argument("--target", required=True, help="host:port")
+    p.add_argument(
+        "--server-name", required=True, help="e.g. coordinator.osmanthus or psb.node.osmanthus"
+    )
+    p.add_argument("--service", default="", help="service name ('' = the whole server)")
+    p.add_argument(
+        "--operator", default="operator", help="operator certificate name in --certs-dir"
+    )
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds")
+    _add_tls(p, role_hint="operator")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ImportRejected as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        for line, field, problem in exc.problems[:200]:
+            print(f"  line {line}: {field}: {problem}", file=sys.stderr)
+        if len(exc.problems) > 200:
+            print(f"  … and {len(exc.problems) - 200} more", file=sys.stderr)
+        return exc.exit_code
+    except OsmanthusError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        _log.exception("internal error")
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

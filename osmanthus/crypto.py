@@ -1,0 +1,242 @@
+"""Paillier encryption (g = n + 1) with a narrow API: keys, ciphertexts, homomorphic addition.
+
+Ciphertexts are ordinary Paillier ciphertexts, interchangeable with python-paillier's `raw_encrypt`
+and `raw_decrypt`: no floats and no exponents ever reach the wire. Every ciphertext that arrives
+from outside goes through `PublicKey.ciphertext_from_bytes`, which enforces 0 < c < n², gcd(c, n) = 1
+and the exact byte length. Plaintexts are integers in [0, n); signed values use the usual encoding
+(negative v as n + v) through `encrypt_signed` / `decrypt_signed`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import gmpy2
+
+from osmanthus.errors import CryptoError, InvalidArgument
+from osmanthus.types import KeyFingerprint
+
+#: key sizes a requester may use (ARCHITECTURE.md: 2048 default, 3072 allowed)
+DEFAULT_KEY_BITS = 2048
+MIN_KEY_BITS = 2048
+ALLOWED_KEY_BITS = (2048, 3072)
+#: a signed plaintext must lie in (-n/3, n/3) so that sums of a few values cannot wrap around
+SIGNED_FRACTION = 3
+#: Miller-Rabin rounds on top of gmpy2's primality test when generating p and q
+PRIME_TEST_ROUNDS = 50
+
+_log = logging.getLogger(__name__)
+
+
+def _modulus_bytes(n: int) -> bytes:
+    return n.to_bytes((n.bit_length() + 7) // 8, "big")
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """A requester's Paillier public key; `fingerprint` is what tokens bind."""
+
+    n: int
+    _nsquare: Any = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n, int) or self.n <= 3 or self.n % 2 == 0:
+            raise InvalidArgument("Paillier modulus must be an odd integer > 3", field="public_key")
+        object.__setattr__(self, "_nsquare", gmpy2.mpz(self.n) * self.n)
+
+    @classmethod
+    def checked(cls, n: int, *, field: str = "public_key") -> PublicKey:
+        """Accept a key from outside: refuses moduli shorter than MIN_KEY_BITS."""
+        if n.bit_length() < MIN_KEY_BITS:
+            raise InvalidArgument(
+                f"Paillier key has {n.bit_length()} bits; at least {MIN_KEY_BITS} are required",
+                field=field,
+            )
+        return cls(n=n)
+
+    @property
+    def bits(self) -> int:
+        return self.n.bit_length()
+
+    @property
+    def fingerprint(self) -> KeyFingerprint:
+        return fingerprint_of_modulus(self.n)
+
+    @property
+    def ciphertext_size(self) -> int:
+        """Byte length of every ciphertext on the wire: that of n²."""
+        return (int(self._nsquare).bit_length() + 7) // 8
+
+    def to_bytes(self) -> bytes:
+        return _modulus_bytes(self.n)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, field: str = "public_key") -> PublicKey:
+        if not data:
+            raise InvalidArgument("public key is empty", field=field)
+        return cls.checked(int.from_bytes(data, "big"), field=field)
+
+    def encrypt(self, plaintext: int) -> Ciphertext:
+        if not 0 <= plaintext < self.n:
+            raise CryptoError("plaintext must lie in [0, n)", field="plaintext")
+        nsq = self._nsquare
+        r = secrets.randbelow(self.n - 1) + 1
+        # (n+1)^m = 1 + m·n mod n², which saves one exponentiation
+        c = (1 + gmpy2.mpz(plaintext) * self.n) * gmpy2.powmod(r, self.n, nsq) % nsq
+        return Ciphertext(value=int(c), n=self.n)
+
+    def encrypt_signed(self, value: int) -> Ciphertext:
+        limit = self.n // SIGNED_FRACTION
+        if not -limit < value < limit:
+            raise CryptoError("signed plaintext out of range (|v| < n/3)", field="plaintext")
+        return self.encrypt(value % self.n)
+
+    def add(self, *ciphertexts: Ciphertext) -> Ciphertext:
+        """Homomorphic sum of the plaintexts (product of the ciphertexts mod n²)."""
+        if not ciphertexts:
+            raise CryptoError("nothing to add", field="ciphertexts")
+        acc = gmpy2.mpz(1)
+        for c in ciphertexts:
+            if c.n != self.n:
+                raise CryptoError("ciphertext was made under another key", field="ciphertexts")
+            acc = acc * c.value % self._nsquare
+        return Ciphertext(value=int(acc), n=self.n)
+
+    def add_plain(self, ciphertext: Ciphertext, plaintext: int) -> Ciphertext:
+        """E(m) → E(m + k): multiply by g^k = 1 + k·n (no new randomness needed after a sum)."""
+        if ciphertext.n != self.n:
+            raise CryptoError("ciphertext was made under another key", field="ciphertext")
+        k = plaintext % self.n
+        value = gmpy2.mpz(ciphertext.value) * (1 + gmpy2.mpz(k) * self.n) % self._nsquare
+        return Ciphertext(value=int(value), n=self.n)
+
+    def ciphertext_from_bytes(self, data: bytes, *, field: str = "ciphertext") -> Ciphertext:
+        """Validate a ciphertext received from another party (size, range, unit mod n)."""
+        if len(data) != self.ciphertext_size:
+            raise CryptoError(
+                f"ciphertext is {len(data)} bytes; {self.ciphertext_size} expected for this key",
+                field=field,
+            )
+        c = int.from_bytes(data, "big")
+        if not 0 < c < self._nsquare:
+            raise CryptoError("ciphertext is outside (0, n²)", field=field)
+        if math.gcd(c, self.n) != 1:
+            raise CryptoError("ciphertext shares a factor with n", field=field)
+        return Ciphertext(value=c, n=self.n)
+
+
+@dataclass(frozen=True)
+class Ciphertext:
+    """One Paillier ciphertext together with the modulus it belongs to."""
+
+    value: int
+    n: int = field(repr=False)
+
+    def to_bytes(self) -> bytes:
+        size = ((self.n * self.n).bit_length() + 7) // 8
+        return self.value.to_bytes(size, "big")
+
+
+class PrivateKey:
+    """The requester's decryption key (CRT form). Never leaves the requester's process."""
+
+    def __init__(self, *, public_key: PublicKey, p: int, q: int) -> None:
+        if p == q or p * q != public_key.n:
+            raise CryptoError("p·q does not equal the public modulus", field="private_key")
+        if q < p:
+            p, q = q, p
+        self.public_key = public_key
+        self._p = gmpy2.mpz(p)
+        self._q = gmpy2.mpz(q)
+        self._psq = self._p * self._p
+        self._qsq = self._q * self._q
+        self._p_inv_q = gmpy2.invert(self._p, self._q)
+        g = gmpy2.mpz(public_key.n) + 1
+        self._hp = gmpy2.invert(self._l(gmpy2.powmod(g, self._p - 1, self._psq), self._p), self._p)
+        self._hq = gmpy2.invert(self._l(gmpy2.powmod(g, self._q - 1, self._qsq), self._q), self._q)
+
+    @staticmethod
+    def _l(x: Any, m: Any) -> Any:
+        return (x - 1) // m
+
+    def __repr__(self) -> str:
+        return f"PrivateKey(fingerprint={self.public_key.fingerprint[:16]}…)"
+
+    def decrypt(self, ciphertext: Ciphertext) -> int:
+        if ciphertext.n != self.public_key.n:
+            raise CryptoError("ciphertext was made under another key", field="ciphertext")
+        c = gmpy2.mpz(ciphertext.value)
+        mp = self._l(gmpy2.powmod(c, self._p - 1, self._psq), self._p) * self._hp % self._p
+        mq = self._l(gmpy2.powmod(c, self._q - 1, self._qsq), self._q) * self._hq % self._q
+        # Garner's CRT recombination
+        return int(mp + (mq - mp) * self._p_inv_q % self._q * self._p)
+
+    def decrypt_signed(self, ciphertext: Ciphertext) -> int:
+        m = self.decrypt(ciphertext)
+        n = self.public_key.n
+        if m < n // SIGNED_FRACTION:
+            return m
+        if m > n - n // SIGNED_FRACTION:
+            return m - n
+        raise CryptoError(
+            "decrypted value is outside the signed range: overflow", field="ciphertext"
+        )
+
+    def to_json(self) -> str:
+        return json.dumps({"n": str(self.public_key.n), "p": str(self._p), "q": str(self._q)})
+
+    @classmethod
+    def from_json(cls, text: str) -> PrivateKey:
+        try:
+            data = json.loads(text)
+            n, p, q = int(data["n"]), int(data["p"]), int(data["q"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CryptoError(f"private key file is malformed: {exc}", field="private_key") from exc
+        return cls(public_key=PublicKey.checked(n, field="private_key"), p=p, q=q)
+
+
+def fingerprint_of_modulus(n: int) -> KeyFingerprint:
+    """SHA-256 of n's minimal big-endian bytes, lower-case hex (ARCHITECTURE.md)."""
+    return KeyFingerprint(hashlib.sha256(_modulus_bytes(n)).hexdigest())
+
+
+def _random_prime(bits: int) -> Any:
+    while True:
+        # top two bits set so that p·q has exactly 2·bits bits
+        candidate = gmpy2.mpz(secrets.randbits(bits) | (3 << (bits - 2)) | 1)
+        p = gmpy2.next_prime(candidate)
+        if p.bit_length() == bits and gmpy2.is_prime(p, PRIME_TEST_ROUNDS):
+            return p
+
+
+def _generate(bits: int) -> tuple[PublicKey, PrivateKey]:
+    half = bits // 2
+    while True:
+        p, q = _random_prime(half), _random_prime(bits - half)
+        n = p * q
+        if p != q and n.bit_length() == bits and gmpy2.gcd(n, (p - 1) * (q - 1)) == 1:
+            public = PublicKey(n=int(n))
+            return public, PrivateKey(public_key=public, p=int(p), q=int(q))
+
+
+def generate_keypair(*, bits: int = DEFAULT_KEY_BITS) -> tuple[PublicKey, PrivateKey]:
+    if bits not in ALLOWED_KEY_BITS:
+        raise InvalidArgument(
+            f"key size must be one of {ALLOWED_KEY_BITS}, got {bits}", field="bits"
+        )
+    return _generate(bits)
+
+
+class UnsafeShortKeys:
+    """Test-only: short Paillier keys for unit tests of arithmetic. Nodes refuse such keys."""
+
+    @staticmethod
+    def generate(*, bits: int) -> tuple[PublicKey, PrivateKey]:
+        _log.warning("generating an UNSAFE %d-bit Paillier key: for tests only", bits)
+        return _generate(bits)

@@ -1,0 +1,1 @@
+"""Embedded default catalogue, department rule files and policies."""

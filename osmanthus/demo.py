@@ -1,0 +1,235 @@
+"""The local federation demo: seed, certify, start every node and the coordinator, query, report."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+
+from certs import PeerRole, cert_paths, init_platform
+from osmanthus.audit import AuditEntry
+from osmanthus.catalogue import Catalogue, load_catalogue
+from osmanthus.errors import OsmanthusError
+from osmanthus.ids import mask_subject
+from osmanthus.launcher import LocalFederation
+from osmanthus.seed import seed
+from osmanthus.tls import TlsFiles
+from osmanthus.tokens import TokenIssuer, generate_issuer_keypair
+from osmanthus.types import Role, Shape, SubjectKind
+from sdk import Client, EnterpriseScore, PersonScore, load_or_create_keys
+
+_MARKER = ".osmanthus-demo"
+AGENCY = "agency-1"
+REGISTRAR = "registrar"
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _step(t0: float, text: str) -> None:
+    _say(f"[{time.monotonic() - t0:6.1f}s] {text}")
+
+
+def _interesting_subjects(data_dir: Path, catalogue: Catalogue, kind: SubjectKind) -> list[str]:
+    """Subjects with records in the most departments: they make the richest score cards."""
+    hits: Counter[str] = Counter()
+    for dept in catalogue.departments_for(kind):
+        con = duckdb.connect(str(data_dir / f"{dept.id}.duckdb"), read_only=True)
+        try:
+            rows = con.execute(
+                "SELECT DISTINCT subject_id FROM records WHERE subject_kind = ?", [kind.value]
+            ).fetchall()
+        finally:
+            con.close()
+        hits.update(r[0] for r in rows)
+    return [s for s, _ in hits.most_common()]
+
+
+def _card(result: PersonScore, catalogue: Catalogue) -> str:
+    kind = SubjectKind.ENTERPRISE if isinstance(result, EnterpriseScore) else SubjectKind.PERSON
+    model = catalogue.model(kind)
+    title = "Enterprise" if kind is SubjectKind.ENTERPRISE else "Person"
+    lines = [f"┌─ {title} {mask_subject(result.subject_id)}   query {result.query_id}"]
+    headline = f"│ score {result.score:>3}"
+    if isinstance(result, EnterpriseScore):
+        headline += f"   grade {result.grade}"
+    if result.shape is Shape.BREAKDOWN:
+        headline += (
+            f"   = base {result.base} − deductions {result.deductions} + bonus {result.bonus_total}"
+            f"  (clamped to [{model.floor}, {model.ceiling}])"
+        )
+        lines.append(headline)
+        parts = []
+        for category in model.categories:
+            value = result.bonuses.get(category.name)
+            shown = "n/a (owner missing)" if value is None else f"{value}/{category.cap}"
+            parts.append(f"{category.label} {shown}")
+        lines.append("│ " + " · ".join(parts))
+    else:
+        headline += "   (TOTAL shape: the score only, no breakdown)"
+        lines.append(headline)
+    coverage = f"{len(result.answered)}/{len(result.answered) + len(result.missing)} departments"
+    if result.partial:
+        missing = "; ".join(f"{m.department}: {m.detail[:70]}" for m in result.missing)
+        lines.append(f"│ coverage {coverage} — PARTIAL, missing {missing}")
+    else:
+        lines.append(f"│ coverage {coverage} answered")
+    lines.append("└" + "─" * 60)
+    return "\n".join(lines)
+
+
+def _coordinator_view(audit_path: Path) -> str:
+    entries = [AuditEntry.from_json(line) for line in audit_path.read_text().splitlines() if line]
+    allowed = [e for e in entries if e.decision == "allow"]
+    received = sum(int(e.extra.get("ciphertexts_received", 0)) for e in allowed)
+    size = sum(int(e.extra.get("ciphertext_bytes_received", 0)) for e in allowed)
+    forwarded = sum(int(e.extra.get("ciphertexts_forwarded", 0)) for e in allowed)
+    denied = len(entries) - len(allowed)
+    return (
+        f"The coordinator saw {received} ciphertexts ({size / 1024:.0f} KiB) from the departments, "
+        f"forwarded {forwarded} re-randomised sums over {len(allowed)} answered queries and refused "
+        f"{denied}; it holds no decryption key and logged only salted subject hashes."
+    )
+
+
+def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> int:
+    t0 = time.monotonic()
+    if workdir.exists():
+        if not (workdir / _MARKER).exists():
+            raise OsmanthusError(f"{workdir} exists and is not a demo directory; choose another")
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    (workdir / _MARKER).write_text("created by 'osmanthus demo'; safe to delete\n")
+    catalogue = load_catalogue()
+    departments = [d.id for d in catalogue.departments]
+    person_depts = catalogue.departments_for(SubjectKind.PERSON)
+    enterprise_depts = catalogue.departments_for(SubjectKind.ENTERPRISE)
+
+    _step(t0, f"Seeding {persons} persons and {enterprises} enterprises into {len(departments)} "
+          "department databases (one DuckDB file each)")  # fmt: skip
+    data = workdir / "data"
+    seed(data, persons=persons, enterprises=enterprises, as_of=datetime.now(UTC).date())
+
+    _step(t0, "Creating the platform CA, node/coordinator/requester certificates and issuer key")
+    certs = workdir / "certs"
+    init_platform(certs, departments=departments, requesters=[AGENCY, REGISTRAR])
+    issuer_dir = workdir / "issuer"
+    generate_issuer_keypair(issuer_dir / "issuer.key", issuer_dir / "issuer.pub")
+    issuer = TokenIssuer.from_file(issuer_dir / "issuer.key")
+
+    _step(t0, "Generating 2048-bit Paillier keys for the credit agency and the consent registrar")
+    agency_keys = load_or_create_keys(workdir / "keys" / f"{AGENCY}.key")
+    registrar_keys = load_or_create_keys(workdir / "keys" / f"{REGISTRAR}.key")
+    agency_token = issuer.issue(
+        requester=AGENCY,
+        role=Role.CREDIT_AGENCY,
+        purposes=["loan_underwriting", "credit_report"],
+        key_fingerprint=agency_keys.fingerprint,
+        ttl=timedelta(hours=1),
+    )
+    registrar_token = issuer.issue(
+        requester=REGISTRAR,
+        role=Role.PLATFORM_SERVICE,
+        purposes=["court_enforcement", "consent_management"],
+        key_fingerprint=registrar_keys.fingerprint,
+        ttl=timedelta(hours=1),
+    )
+    people = _interesting_subjects(data, catalogue, SubjectKind.PERSON)
+    firms = _interesting_subjects(data, catalogue, SubjectKind.ENTERPRISE)
+    with (data / "subjects.csv").open() as f:
+        quiet_person = next(
+            r["subject_id"] for r in csv.DictReader(f)
+            if r["subject_kind"] == "person" and r["subject_id"] not in people
+        )  # fmt: skip
+
+    _step(t0, f"Starting {len(person_depts)} person-credit and {len(enterprise_depts)} enterprise "
+          f"nodes ({len(departments)} department processes) and the coordinator on 127.0.0.1")  # fmt: skip
+    federation = LocalFederation(
+        data_dir=data,
+        certs_dir=certs,
+        issuer_public_key=issuer_dir / "issuer.pub",
+        run_dir=workdir / "run",
+        departments=departments,
+    )
+    try:
+        port = federation.start()
+        target = f"127.0.0.1:{port}"
+        _step(t0, f"Federation up: coordinator on {target}")
+
+        def tls(name: str) -> TlsFiles:
+            return TlsFiles.from_cert_paths(cert_paths(certs, role=PeerRole.REQUESTER, name=name))
+
+        with (
+            Client(target, tls=tls(AGENCY), token=agency_token, keys=agency_keys) as agency,
+            Client(target, tls=tls(REGISTRAR), token=registrar_token, keys=registrar_keys) as reg,
+        ):
+            agency.register_key()
+            reg.register_key()
+            _step(t0, "Registrar records consent: three citizens allow agency-1 to check their "
+                  "credit for a loan (purpose loan_underwriting, 30 days)")  # fmt: skip
+            expires = datetime.now(UTC) + timedelta(days=30)
+            consents = [
+                reg.grant_consent(
+                    subject_id=p, grantee=AGENCY, purpose="loan_underwriting", expires_at=expires
+                )
+                for p in [people[0], people[1], quiet_person]
+            ]
+            _step(t0, "agency-1 asks for BREAKDOWN score cards (decrypted only inside the agency)")
+            for consent in consents:
+                result = agency.person_score(
+                    consent.subject_id, purpose="loan_underwriting", consent_id=consent.consent_id
+                )
+                _say(_card(result, catalogue))
+            total = agency.person_score(
+                consents[0].subject_id,
+                purpose="loan_underwriting",
+                consent_id=consents[0].consent_id,
+                shape=Shape.TOTAL,
+            )
+            _say(_card(total, catalogue))
+
+            _step(t0, "agency-1 asks about a citizen who gave no consent")
+            try:
+                agency.person_score(people[2], purpose="loan_underwriting")
+            except OsmanthusError as exc:
+                _say(f"  refused ({type(exc).__name__}): {exc}")
+
+            _step(t0, "Enterprise credit reports (purpose credit_report)")
+            for code in firms[:3]:
+                _say(_card(agency.enterprise_score(code, purpose="credit_report"), catalogue))
+
+            _step(t0, "The citizen revokes consent; the next query is refused at once")
+            reg.revoke_consent(consents[0].consent_id)
+            try:
+                agency.person_score(
+                    consents[0].subject_id,
+                    purpose="loan_underwriting",
+                    consent_id=consents[0].consent_id,
+                )
+            except OsmanthusError as exc:
+                _say(f"  refused ({type(exc).__name__}): {exc}")
+
+            _step(t0, "The volunteers' node goes down; the answer is explicitly partial")
+            federation.nodes["volunteer"].popen.kill()
+            federation.nodes["volunteer"].popen.wait()
+            partial = agency.person_score(
+                consents[1].subject_id,
+                purpose="loan_underwriting",
+                consent_id=consents[1].consent_id,
+            )
+            _say(_card(partial, catalogue))
+    finally:
+        codes = federation.stop()
+    _say()
+    _say(_coordinator_view(federation.coordinator_audit))
+    clean = sum(1 for code in codes.values() if code == 0)
+    unclean = {name: code for name, code in codes.items() if code != 0}
+    _step(t0, f"Shut down: {clean} of {len(codes)} processes exited cleanly "
+          f"(not cleanly: {unclean}; the volunteers' node was killed on purpose)")  # fmt: skip
+    return 0

@@ -1,0 +1,90 @@
+"""The one mapping between Osmanthus errors and gRPC status codes, for servers and clients."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from osmanthus import errors
+
+_log = logging.getLogger(__name__)
+
+#: trailing-metadata key carrying the offending field's name, so clients can rebuild `.field`
+FIELD_METADATA_KEY = "osmanthus-field"
+
+_TO_STATUS: tuple[tuple[type[errors.OsmanthusError], grpc.StatusCode], ...] = (
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.CryptoError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.ConfigError, grpc.StatusCode.INTERNAL),
+)
+
+_FROM_STATUS: dict[grpc.StatusCode, type[errors.OsmanthusError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
+}
+
+
+def status_of(error: errors.OsmanthusError) -> grpc.StatusCode:
+    for cls, code in _TO_STATUS:
+        if isinstance(error, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def abort(context: grpc.ServicerContext, error: errors.OsmanthusError) -> NoReturn:
+    if error.field:
+        context.set_trailing_metadata(((FIELD_METADATA_KEY, error.field),))
+    context.abort(status_of(error), str(error))
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def servicer_method(method: F) -> F:
+    """Turn OsmanthusError into its gRPC status; anything else becomes INTERNAL, logged."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except errors.OsmanthusError as exc:
+            abort(context, exc)
+        except Exception:
+            if context.code() is not None:  # context.abort already chose a status
+                raise
+            _log.exception("internal error in %s", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+    return wrapper  # type: ignore[return-value]
+
+
+def error_from_rpc(exc: grpc.RpcError) -> errors.OsmanthusError:
+    """A failed call's status → the matching Osmanthus error, keeping the server's message."""
+    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    field: str | None = None
+    if isinstance(exc, grpc.Call):
+        for key, value in exc.trailing_metadata() or ():
+            if key == FIELD_METADATA_KEY and isinstance(value, str):
+                field = value
+    message = details or code.name
+    if field and message.startswith(f"{field}: "):
+        message = message[len(field) + 2 :]
+    cls = _FROM_STATUS.get(code, errors.OsmanthusError)
+    return cls(message, field=field)

@@ -1,0 +1,39 @@
+"""Typed identifiers and small enums used across Osmanthus instead of bare strings."""
+
+from __future__ import annotations
+
+import enum
+from typing import NewType
+
+DepartmentId = NewType("DepartmentId", str)
+RequesterId = NewType("RequesterId", str)
+QueryId = NewType("QueryId", str)
+ConsentId = NewType("ConsentId", str)
+Purpose = NewType("Purpose", str)
+#: a validated 18-character resident identity number or unified social credit code
+SubjectId = NewType("SubjectId", str)
+#: lower-case hex SHA-256 of a Paillier modulus n (big-endian, minimal length)
+KeyFingerprint = NewType("KeyFingerprint", str)
+
+
+class SubjectKind(enum.Enum):
+    PERSON = "person"
+    ENTERPRISE = "enterprise"
+
+
+class Shape(enum.Enum):
+    """Disclosure shapes of ARCHITECTURE.md implemented so far."""
+
+    BREAKDOWN = "breakdown"
+    TOTAL = "total"
+
+
+class Role(enum.Enum):
+    """Requester roles carried in tokens and used by Cedar policies."""
+
+    BANK = "bank"
+    CREDIT_AGENCY = "credit_agency"
+    LIBRARY = "library"
+    SYNC_JOB = "sync_job"
+    PLATFORM_SERVICE = "platform_service"
+    DATA_SUBJECT = "data_subject"

@@ -1,0 +1,131 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from osmanthus.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RegisterKeyRequest(_message.Message):
+    __slots__ = ("public_key",)
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    public_key: _common_pb2.PaillierPublicKey
+    def __init__(self, public_key: _Optional[_Union[_common_pb2.PaillierPublicKey, _Mapping]] = ...) -> None: ...
+
+class RegisterKeyResponse(_message.Message):
+    __slots__ = ("key_fingerprint",)
+    KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    key_fingerprint: str
+    def __init__(self, key_fingerprint: _Optional[str] = ...) -> None: ...
+
+class PersonQueryRequest(_message.Message):
+    __slots__ = ("resident_id", "shape", "purpose", "consent_id", "public_key")
+    RESIDENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    resident_id: str
+    shape: _common_pb2.Shape
+    purpose: str
+    consent_id: str
+    public_key: _common_pb2.PaillierPublicKey
+    def __init__(self, resident_id: _Optional[str] = ..., shape: _Optional[_Union[_common_pb2.Shape, str]] = ..., purpose: _Optional[str] = ..., consent_id: _Optional[str] = ..., public_key: _Optional[_Union[_common_pb2.PaillierPublicKey, _Mapping]] = ...) -> None: ...
+
+class EnterpriseQueryRequest(_message.Message):
+    __slots__ = ("credit_code", "shape", "purpose", "public_key")
+    CREDIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    credit_code: str
+    shape: _common_pb2.Shape
+    purpose: str
+    public_key: _common_pb2.PaillierPublicKey
+    def __init__(self, credit_code: _Optional[str] = ..., shape: _Optional[_Union[_common_pb2.Shape, str]] = ..., purpose: _Optional[str] = ..., public_key: _Optional[_Union[_common_pb2.PaillierPublicKey, _Mapping]] = ...) -> None: ...
+
+class DepartmentStatus(_message.Message):
+    __slots__ = ("department", "detail", "rules_version")
+    DEPARTMENT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    RULES_VERSION_FIELD_NUMBER: _ClassVar[int]
+    department: str
+    detail: str
+    rules_version: str
+    def __init__(self, department: _Optional[str] = ..., detail: _Optional[str] = ..., rules_version: _Optional[str] = ...) -> None: ...
+
+class QueryResponse(_message.Message):
+    __slots__ = ("query_id", "shape", "ciphertext", "slots", "slot_bits", "base", "answered", "missing", "partial")
+    QUERY_ID_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    SLOT_BITS_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    query_id: str
+    shape: _common_pb2.Shape
+    ciphertext: _common_pb2.Ciphertext
+    slots: _containers.RepeatedScalarFieldContainer[str]
+    slot_bits: int
+    base: int
+    answered: _containers.RepeatedCompositeFieldContainer[DepartmentStatus]
+    missing: _containers.RepeatedCompositeFieldContainer[DepartmentStatus]
+    partial: bool
+    def __init__(self, query_id: _Optional[str] = ..., shape: _Optional[_Union[_common_pb2.Shape, str]] = ..., ciphertext: _Optional[_Union[_common_pb2.Ciphertext, _Mapping]] = ..., slots: _Optional[_Iterable[str]] = ..., slot_bits: _Optional[int] = ..., base: _Optional[int] = ..., answered: _Optional[_Iterable[_Union[DepartmentStatus, _Mapping]]] = ..., missing: _Optional[_Iterable[_Union[DepartmentStatus, _Mapping]]] = ..., partial: _Optional[bool] = ...) -> None: ...
+
+class Consent(_message.Message):
+    __slots__ = ("consent_id", "subject_id", "grantee", "purpose", "granted_at", "expires_at", "revoked_at")
+    CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    GRANTEE_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    consent_id: str
+    subject_id: str
+    grantee: str
+    purpose: str
+    granted_at: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    revoked_at: _timestamp_pb2.Timestamp
+    def __init__(self, consent_id: _Optional[str] = ..., subject_id: _Optional[str] = ..., grantee: _Optional[str] = ..., purpose: _Optional[str] = ..., granted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GrantConsentRequest(_message.Message):
+    __slots__ = ("subject_id", "grantee", "purpose", "expires_at")
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    GRANTEE_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    grantee: str
+    purpose: str
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, subject_id: _Optional[str] = ..., grantee: _Optional[str] = ..., purpose: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RevokeConsentRequest(_message.Message):
+    __slots__ = ("consent_id",)
+    CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
+    consent_id: str
+    def __init__(self, consent_id: _Optional[str] = ...) -> None: ...
+
+class ListConsentsRequest(_message.Message):
+    __slots__ = ("subject_id", "grantee")
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    GRANTEE_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    grantee: str
+    def __init__(self, subject_id: _Optional[str] = ..., grantee: _Optional[str] = ...) -> None: ...
+
+class ListConsentsResponse(_message.Message):
+    __slots__ = ("consents",)
+    CONSENTS_FIELD_NUMBER: _ClassVar[int]
+    consents: _containers.RepeatedCompositeFieldContainer[Consent]
+    def __init__(self, consents: _Optional[_Iterable[_Union[Consent, _Mapping]]] = ...) -> None: ...

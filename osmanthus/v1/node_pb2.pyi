@@ -1,0 +1,66 @@
+from osmanthus.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ContributeRequest(_message.Message):
+    __slots__ = ("query_id", "subject_kind", "subject_id", "shape", "purpose", "consent_id", "public_key", "slots")
+    QUERY_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    query_id: str
+    subject_kind: _common_pb2.SubjectKind
+    subject_id: str
+    shape: _common_pb2.Shape
+    purpose: str
+    consent_id: str
+    public_key: _common_pb2.PaillierPublicKey
+    slots: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, query_id: _Optional[str] = ..., subject_kind: _Optional[_Union[_common_pb2.SubjectKind, str]] = ..., subject_id: _Optional[str] = ..., shape: _Optional[_Union[_common_pb2.Shape, str]] = ..., purpose: _Optional[str] = ..., consent_id: _Optional[str] = ..., public_key: _Optional[_Union[_common_pb2.PaillierPublicKey, _Mapping]] = ..., slots: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ContributeResponse(_message.Message):
+    __slots__ = ("department", "ciphertext", "single_source_allowed", "rules_version", "policy_hash")
+    DEPARTMENT_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    SINGLE_SOURCE_ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    RULES_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_HASH_FIELD_NUMBER: _ClassVar[int]
+    department: str
+    ciphertext: _common_pb2.Ciphertext
+    single_source_allowed: bool
+    rules_version: str
+    policy_hash: str
+    def __init__(self, department: _Optional[str] = ..., ciphertext: _Optional[_Union[_common_pb2.Ciphertext, _Mapping]] = ..., single_source_allowed: _Optional[bool] = ..., rules_version: _Optional[str] = ..., policy_hash: _Optional[str] = ...) -> None: ...
+
+class GetInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NodeInfo(_message.Message):
+    __slots__ = ("department", "name", "subject_kinds", "rules_version", "rules_digest", "policy_hash", "owned_categories", "software_version")
+    DEPARTMENT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_KINDS_FIELD_NUMBER: _ClassVar[int]
+    RULES_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RULES_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    POLICY_HASH_FIELD_NUMBER: _ClassVar[int]
+    OWNED_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    department: str
+    name: str
+    subject_kinds: _containers.RepeatedScalarFieldContainer[_common_pb2.SubjectKind]
+    rules_version: str
+    rules_digest: str
+    policy_hash: str
+    owned_categories: _containers.RepeatedScalarFieldContainer[str]
+    software_version: str
+    def __init__(self, department: _Optional[str] = ..., name: _Optional[str] = ..., subject_kinds: _Optional[_Iterable[_Union[_common_pb2.SubjectKind, str]]] = ..., rules_version: _Optional[str] = ..., rules_digest: _Optional[str] = ..., policy_hash: _Optional[str] = ..., owned_categories: _Optional[_Iterable[str]] = ..., software_version: _Optional[str] = ...) -> None: ...

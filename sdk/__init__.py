@@ -1,0 +1,39 @@
+"""Osmanthus Python SDK for requesters: encrypted, policy-checked credit queries."""
+
+from osmanthus.errors import (
+    CryptoError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OsmanthusError,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+from osmanthus.tls import TlsFiles
+from osmanthus.types import Shape
+from sdk.client import Client
+from sdk.keys import RequesterKeys, load_or_create_keys
+from sdk.results import ConsentRecord, DepartmentStatus, EnterpriseScore, PersonScore
+
+__all__ = [
+    "Client",
+    "ConsentRecord",
+    "CryptoError",
+    "DeadlineExceeded",
+    "DepartmentStatus",
+    "EnterpriseScore",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "OsmanthusError",
+    "PermissionDenied",
+    "PersonScore",
+    "RequesterKeys",
+    "Shape",
+    "TlsFiles",
+    "Unauthenticated",
+    "Unavailable",
+    "load_or_create_keys",
+]

@@ -1,0 +1,258 @@
+"""The requester-side client: keys, registration, queries, decryption and decoding of results."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import jwt
+
+from osmanthus import encoding
+from osmanthus.catalogue import Catalogue, SubjectModel, load_catalogue
+from osmanthus.crypto import Ciphertext
+from osmanthus.errors import ConfigError, CryptoError
+from osmanthus.grpc_errors import error_from_rpc
+from osmanthus.ids import validate_resident_id, validate_uscc
+from osmanthus.score import Breakdown, grade, score
+from osmanthus.tls import COORDINATOR_SERVER_NAME, TlsFiles, secure_channel
+from osmanthus.types import KeyFingerprint, Shape, SubjectKind
+from osmanthus.v1 import coordinator_pb2, coordinator_pb2_grpc
+from sdk import convert
+from sdk.keys import RequesterKeys, load_or_create_keys
+from sdk.results import ConsentRecord, EnterpriseScore, PersonScore
+
+DEFAULT_TIMEOUT_S = 30.0
+T = TypeVar("T")
+
+
+class Client:
+    """Query the federation through the coordinator; only this process can read the answers.
+
+    >>> client = Client("coordinator:50051", tls=TlsFiles(ca=..., cert=..., key=...),
+    ...                 token=token, keys=Path("~/.osmanthus/agency.key"))
+    >>> card = client.person_score("11010519491231002X", purpose="loan_underwriting",
+    ...                            consent_id="cns_...")
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: TlsFiles,
+        token: str,
+        keys: RequesterKeys | Path,
+        server_name: str = COORDINATOR_SERVER_NAME,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        catalogue: Catalogue | None = None,
+    ) -> None:
+        self._keys = keys if isinstance(keys, RequesterKeys) else load_or_create_keys(keys)
+        self._check_token_binding(token, self._keys.fingerprint)
+        self._token = token
+        self._timeout_s = timeout_s
+        self._catalogue = catalogue or load_catalogue()
+        self._channel = secure_channel(target, tls, server_name=server_name)
+        self._stub = coordinator_pb2_grpc.CoordinatorServiceStub(self._channel)
+        self._registered = False
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _check_token_binding(token: str, fingerprint: KeyFingerprint) -> None:
+        # fail early and locally: the coordinator would refuse the mismatch anyway
+        try:
+            claims = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise ConfigError(f"the token is not a JWT: {exc}", field="token") from exc
+        if claims.get("key_fp") != fingerprint:
+            raise ConfigError(
+                f"the token is bound to key {str(claims.get('key_fp'))[:16]}…, but this client's "
+                f"key is {fingerprint[:16]}…; ask the platform for a token for this key",
+                field="token",
+            )
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _call(self, method: Callable[..., T], request: Any) -> T:
+        try:
+            return method(
+                request,
+                timeout=self._timeout_s,
+                metadata=(("authorization", f"Bearer {self._token}"),),
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def key_fingerprint(self) -> KeyFingerprint:
+        return self._keys.fingerprint
+
+    def register_key(self) -> KeyFingerprint:
+        """Register this client's public key with the coordinator (idempotent; done on first query)."""
+        response = self._call(
+            self._stub.RegisterKey,
+            coordinator_pb2.RegisterKeyRequest(
+                public_key=convert.public_key_message(self._keys.public.to_bytes())
+            ),
+        )
+        with self._lock:
+            self._registered = True
+        return KeyFingerprint(response.key_fingerprint)
+
+    def _ensure_registered(self) -> None:
+        with self._lock:
+            done = self._registered
+        if not done:
+            self.register_key()
+
+    # --- queries -------------------------------------------------------------------------------
+
+    def person_score(
+        self,
+        resident_id: str,
+        *,
+        purpose: str,
+        consent_id: str | None = None,
+        shape: Shape = Shape.BREAKDOWN,
+    ) -> PersonScore:
+        subject = validate_resident_id(resident_id, field="resident_id")
+        self._ensure_registered()
+        response = self._call(
+            self._stub.PersonQuery,
+            coordinator_pb2.PersonQueryRequest(
+                resident_id=subject,
+                shape=convert.shape_message(shape),
+                purpose=purpose,
+                consent_id=consent_id or "",
+                public_key=convert.public_key_message(self._keys.public.to_bytes()),
+            ),
+        )
+        fields = self._decode(response, self._catalogue.model(SubjectKind.PERSON), shape, subject)
+        return PersonScore(**fields)
+
+    def enterprise_score(
+        self, credit_code: str, *, purpose: str, shape: Shape = Shape.BREAKDOWN
+    ) -> EnterpriseScore:
+        subject = validate_uscc(credit_code, field="credit_code")
+        self._ensure_registered()
+        response = self._call(
+            self._stub.EnterpriseQuery,
+            coordinator_pb2.EnterpriseQueryRequest(
+                credit_code=subject,
+                shape=convert.shape_message(shape),
+                purpose=purpose,
+                public_key=convert.public_key_message(self._keys.public.to_bytes()),
+            ),
+        )
+        model = self._catalogue.model(SubjectKind.ENTERPRISE)
+        fields = self._decode(response, model, shape, subject)
+        return EnterpriseScore(**fields, grade=grade(model, fields["score"]))
+
+    def _decode(
+        self,
+        response: coordinator_pb2.QueryResponse,
+        model: SubjectModel,
+        shape: Shape,
+        subject: str,
+    ) -> dict[str, Any]:
+        answered = convert.statuses(response.answered)
+        missing = convert.statuses(response.missing)
+        if not answered:
+            raise CryptoError("the coordinator returned a sum of no departments", field="answered")
+        if response.shape != convert.shape_message(shape):
+            raise CryptoError("the coordinator answered a different shape", field="shape")
+        public = self._keys.public
+        ciphertext: Ciphertext = public.ciphertext_from_bytes(response.ciphertext.value)
+        common: dict[str, Any] = {
+            "subject_id": subject,
+            "base": response.base,
+            "shape": shape,
+            "answered": answered,
+            "missing": missing,
+            "query_id": response.query_id,
+        }
+        if response.base != model.base:
+            raise CryptoError(
+                f"the coordinator reports base {response.base}, the catalogue says {model.base}",
+                field="base",
+            )
+        if shape is Shape.TOTAL:
+            total = self._keys.private.decrypt_signed(ciphertext)
+            clamped = min(max(total, model.floor), model.ceiling)
+            return {**common, "score": clamped, "deductions": None, "bonuses": {}}
+        if tuple(response.slots) != model.slot_names() or response.slot_bits != encoding.SLOT_BITS:
+            raise CryptoError(
+                f"slot layout {list(response.slots)}/{response.slot_bits} bits does not match the "
+                f"catalogue {list(model.slot_names())}/{encoding.SLOT_BITS} bits",
+                field="slots",
+            )
+        values = encoding.unpack_breakdown(
+            self._keys.private.decrypt(ciphertext),
+            slots=len(response.slots),
+            contributors=len(answered),
+        )
+        present = {s.department for s in answered}
+        bonuses: dict[str, int | None] = {}
+        for category, value in zip(model.categories, values[1:], strict=True):
+            if category.owner not in present:
+                if value:
+                    raise CryptoError(
+                        f"category {category.name} is non-zero but its owner did not answer",
+                        field="ciphertext",
+                    )
+                bonuses[category.name] = None
+            elif value > category.cap:
+                raise CryptoError(
+                    f"category {category.name} sums to {value}, above its cap {category.cap}",
+                    field="ciphertext",
+                )
+            else:
+                bonuses[category.name] = value
+        breakdown = Breakdown(deductions=values[0], bonuses=bonuses)
+        return {
+            **common,
+            "score": score(model, breakdown),
+            "deductions": values[0],
+            "bonuses": bonuses,
+        }
+
+    # --- consent (platform services acting for data subjects) ----------------------------------
+
+    def grant_consent(
+        self, *, subject_id: str, grantee: str, purpose: str, expires_at: datetime
+    ) -> ConsentRecord:
+        subject = validate_resident_id(subject_id, field="subject_id")
+        message = self._call(
+            self._stub.GrantConsent,
+            coordinator_pb2.GrantConsentRequest(
+                subject_id=subject,
+                grantee=grantee,
+                purpose=purpose,
+                expires_at=convert.timestamp(expires_at),
+            ),
+        )
+        return convert.consent_record(message)
+
+    def revoke_consent(self, consent_id: str) -> ConsentRecord:
+        message = self._call(
+            self._stub.RevokeConsent, coordinator_pb2.RevokeConsentRequest(consent_id=consent_id)
+        )
+        return convert.consent_record(message)
+
+    def list_consents(self, *, subject_id: str = "", grantee: str = "") -> list[ConsentRecord]:
+        response = self._call(
+            self._stub.ListConsents,
+            coordinator_pb2.ListConsentsRequest(subject_id=subject_id, grantee=grantee),
+        )
+        return [convert.consent_record(c) for c in response.consents]

@@ -1,0 +1,64 @@
+"""Typed results the SDK returns: score cards with coverage, and consent records."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from osmanthus.types import ConsentId, DepartmentId, Shape
+
+
+@dataclass(frozen=True)
+class DepartmentStatus:
+    department: DepartmentId
+    detail: str
+    rules_version: str = ""
+
+
+@dataclass(frozen=True)
+class PersonScore:
+    """A person's Osmanthus score. With Shape.TOTAL only `score` and coverage are known."""
+
+    subject_id: str
+    score: int
+    base: int
+    #: total deductions D (None for TOTAL)
+    deductions: int | None
+    #: bonus category → points; None when the owning department did not answer (or for TOTAL)
+    bonuses: Mapping[str, int | None]
+    shape: Shape
+    answered: tuple[DepartmentStatus, ...]
+    missing: tuple[DepartmentStatus, ...]
+    query_id: str
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.missing)
+
+    @property
+    def bonus_total(self) -> int | None:
+        if self.shape is Shape.TOTAL:
+            return None
+        return sum(v for v in self.bonuses.values() if v is not None)
+
+
+@dataclass(frozen=True)
+class EnterpriseScore(PersonScore):
+    """An enterprise's credit score and grade (A ≥ 110, B ≥ 90, C ≥ 70, D below by default)."""
+
+    grade: str | None = None
+
+
+@dataclass(frozen=True)
+class ConsentRecord:
+    consent_id: ConsentId
+    subject_id: str
+    grantee: str
+    purpose: str
+    granted_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None
+
+    def in_force(self, now: datetime) -> bool:
+        return self.revoked_at is None and now < self.expires_at

@@ -1,0 +1,271 @@
+"""The consent registry: grant, revoke, expiry, purpose and grantee checks, persistence."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from coordinator.consent import Consent, ConsentRegistry, ConsentState
+from osmanthus.errors import InvalidArgument, NotFound
+from osmanthus.ids import make_resident_id
+
+NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+ALICE = make_resident_id(region="320505", birth=date(1990, 1, 1), sequence=1)
+BOB = make_resident_id(region="320508", birth=date(1985, 6, 30), sequence=2)
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[ConsentRegistry]:
+    with ConsentRegistry(tmp_path / "consent.duckdb") as reg:
+        yield reg
+
+
+def grant(
+    registry: ConsentRegistry,
+    *,
+    subject: str = ALICE,
+    grantee: str = "bank-a",
+    purpose: str = "loan_underwriting",
+    days: int = 90,
+) -> Consent:
+    return registry.grant(
+        subject_id=subject,
+        grantee=grantee,
+        purpose=purpose,
+        expires_at=NOW + timedelta(days=days),
+        now=NOW,
+    )
+
+
+def check(
+    registry: ConsentRegistry,
+    consent_id: str | None,
+    *,
+    subject: str = ALICE,
+    grantee: str = "bank-a",
+    purpose: str = "loan_underwriting",
+    now: datetime = NOW + timedelta(days=1),
+) -> tuple[ConsentState, str]:
+    return registry.check(consent_id, subject_id=subject, grantee=grantee, purpose=purpose, now=now)
+
+
+def test_grant_records_the_consent(registry: ConsentRegistry) -> None:
+    consent = grant(registry)
+    assert re.fullmatch(r"cns_[A-Za-z0-9_-]{22}", consent.consent_id)
+    assert consent.subject_id == ALICE
+    assert consent.grantee == "bank-a"
+    assert consent.purpose == "loan_underwriting"
+    assert consent.granted_at == NOW
+    assert consent.expires_at == NOW + timedelta(days=90)
+    assert consent.revoked_at is None
+    assert registry.get(consent.consent_id) == consent
+
+
+def test_consent_ids_are_random(registry: ConsentRegistry) -> None:
+    ids = {grant(registry).consent_id for _ in range(20)}
+    assert len(ids) == 20
+
+
+def test_valid_consent(registry: ConsentRegistry) -> None:
+    consent = grant(registry)
+    state, why = check(registry, consent.consent_id)
+    assert state is ConsentState.VALID
+    assert why == f"consent {consent.consent_id} is valid until 2027-02-24T10:00:00Z"
+
+
+def test_no_consent_id(registry: ConsentRegistry) -> None:
+    assert check(registry, None) == (ConsentState.MISSING, "no consent id given")
+    assert check(registry, "") == (ConsentState.MISSING, "no consent id given")
+
+
+def test_unknown_and_malformed_consent_ids(registry: ConsentRegistry) -> None:
+    unknown = "cns_" + "A" * 22
+    assert check(registry, unknown) == (
+        ConsentState.MISSING,
+        f"consent {unknown} does not exist",
+    )
+    state, why = check(registry, "x' OR 1=1 --")
+    assert state is ConsentState.MISSING
+    assert "is not a consent id" in why
+
+
+def test_revoked_consent(registry: ConsentRegistry) -> None:
+    consent = grant(registry)
+    revoked = registry.revoke(consent.consent_id, now=NOW + timedelta(hours=2))
+    assert revoked.revoked_at == NOW + timedelta(hours=2)
+    state, why = check(registry, consent.consent_id)
+    assert state is ConsentState.REVOKED
+    assert why == f"consent {consent.consent_id} was revoked at 2026-11-26T12:00:00Z"
+
+
+def test_revocation_is_final_even_for_an_earlier_clock(registry: ConsentRegistry) -> None:
+    consent = grant(registry)
+    registry.revoke(consent.consent_id, now=NOW + timedelta(days=5))
+    state, _ = check(registry, consent.consent_id, now=NOW + timedelta(days=1))
+    assert state is ConsentState.REVOKED
+
+
+def test_revoking_twice_is_idempotent(registry: ConsentRegistry) -> None:
+    consent = grant(registry)
+    first = registry.revoke(consent.consent_id, now=NOW + timedelta(hours=1))
+    second = registry.revoke(consent.consent_id, now=NOW + timedelta(hours=5))
+    assert second == first
+    assert registry.get(consent.consent_id).revoked_at == NOW + timedelta(hours=1)
+
+
+def test_revoking_an_unknown_consent_names_it(registry: ConsentRegistry) -> None:
+    unknown = "cns_" + "b" * 22
+    with pytest.raises(NotFound, match=f"consent {unknown} does not exist") as caught:
+        registry.revoke(unknown, now=NOW)
+    assert caught.value.field == "consent_id"
+    with pytest.raises(NotFound):
+        registry.get(unknown)
+
+
+def test_expired_consent(registry: ConsentRegistry) -> None:
+    consent = grant(registry, days=30)
+    state, why = check(registry, consent.consent_id, now=NOW + timedelta(days=30))
+    assert state is ConsentState.EXPIRED
+    assert why == f"consent {consent.consent_id} expired at 2026-12-26T10:00:00Z"
+    state, _ = check(registry, consent.consent_id, now=NOW + timedelta(days=29, hours=23))
+    assert state is ConsentState.VALID
+
+
+def test_consent_not_yet_granted_at_the_query_time(registry: ConsentRegistry) -> None:
+    consent = grant(registry)
+    state, why = check(registry, consent.consent_id, now=NOW - timedelta(minutes=1))
+    assert state is ConsentState.MISSING
+    assert "starts at 2026-11-26T10:00:00Z" in why
+
+
+def test_purpose_mismatch(registry: ConsentRegistry) -> None:
+    consent = grant(registry, purpose="self_query")
+    state, why = check(registry, consent.consent_id, purpose="loan_underwriting")
+    assert state is ConsentState.PURPOSE_MISMATCH
+    assert why == (
+        f"consent {consent.consent_id} is for purpose 'self_query', not 'loan_underwriting'"
+    )
+
+
+def test_grantee_mismatch(registry: ConsentRegistry) -> None:
+    consent = grant(registry, grantee="bank-a")
+    state, why = check(registry, consent.consent_id, grantee="bank-b")
+    assert state is ConsentState.GRANTEE_MISMATCH
+    assert why == f"consent {consent.consent_id} was granted to 'bank-a', not 'bank-b'"
+
+
+def test_consent_of_another_person_does_not_count(registry: ConsentRegistry) -> None:
+    consent = grant(registry, subject=ALICE)
+    state, why = check(registry, consent.consent_id, subject=BOB)
+    assert state is ConsentState.MISSING
+    # the sentence goes to the audit log: it must not carry either identifier
+    assert ALICE not in why
+    assert BOB not in why
+
+
+def test_lower_case_check_character_matches(registry: ConsentRegistry) -> None:
+    subject = next(
+        s
+        for n in range(1000)
+        if (s := make_resident_id(region="320506", birth=date(1970, 3, 3), sequence=n)).endswith(
+            "X"
+        )
+    )
+    consent = grant(registry, subject=subject.lower())
+    assert consent.subject_id == subject
+    state, _ = check(registry, consent.consent_id, subject=subject.lower())
+    assert state is ConsentState.VALID
+
+
+def test_state_values_are_the_policy_context_values() -> None:
+    assert {s.value for s in ConsentState} >= {
+        "valid",
+        "missing",
+        "revoked",
+        "expired",
+        "not_applicable",
+    }
+
+
+def test_invalid_subject_is_refused(registry: ConsentRegistry) -> None:
+    wrong_check_character = ALICE[:17] + ("1" if ALICE[17] == "0" else "0")
+    with pytest.raises(InvalidArgument) as caught:
+        grant(registry, subject=wrong_check_character)
+    assert caught.value.field == "subject_id"
+
+
+@pytest.mark.parametrize(
+    ("days", "message"),
+    [(0, "is not in the future"), (-1, "is not in the future"), (5 * 366 + 1, "more than 5 years")],
+)
+def test_expiry_must_be_future_and_within_five_years(
+    registry: ConsentRegistry, days: int, message: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=message) as caught:
+        grant(registry, days=days)
+    assert caught.value.field == "expires_at"
+
+
+def test_five_years_exactly_is_allowed(registry: ConsentRegistry) -> None:
+    consent = registry.grant(
+        subject_id=ALICE,
+        grantee="bank-a",
+        purpose="loan_underwriting",
+        expires_at=NOW.replace(year=2031),
+        now=NOW,
+    )
+    assert consent.expires_at == datetime(2031, 11, 26, 10, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"grantee": ""}, "grantee"),
+        ({"grantee": "Bank A"}, "grantee"),
+        ({"purpose": "Loan"}, "purpose"),
+        ({"purpose": ""}, "purpose"),
+        ({"now": datetime(2026, 11, 26)}, "now"),
+        ({"expires_at": datetime(2027, 1, 1)}, "expires_at"),
+    ],
+)
+def test_grant_arguments_are_validated(
+    registry: ConsentRegistry, kwargs: dict[str, object], field: str
+) -> None:
+    arguments: dict[str, object] = {
+        "subject_id": ALICE,
+        "grantee": "bank-a",
+        "purpose": "loan_underwriting",
+        "expires_at": NOW + timedelta(days=1),
+        "now": NOW,
+    }
+    arguments.update(kwargs)
+    with pytest.raises(InvalidArgument) as caught:
+        registry.grant(**arguments)  # type: ignore[arg-type]
+    assert caught.value.field == field
+
+
+def test_list_filters_by_subject_and_grantee(registry: ConsentRegistry) -> None:
+    a1 = grant(registry, subject=ALICE, grantee="bank-a")
+    a2 = grant(registry, subject=ALICE, grantee="agency-c", purpose="self_query")
+    b1 = grant(registry, subject=BOB, grantee="bank-a")
+    assert {c.consent_id for c in registry.list()} == {a1.consent_id, a2.consent_id, b1.consent_id}
+    assert {c.consent_id for c in registry.list(subject_id=ALICE)} == {a1.consent_id, a2.consent_id}
+    assert {c.consent_id for c in registry.list(grantee="bank-a")} == {a1.consent_id, b1.consent_id}
+    assert registry.list(subject_id=BOB, grantee="bank-a") == [b1]
+    assert registry.list(grantee="nobody") == []
+
+
+def test_consents_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "consent.duckdb"
+    with ConsentRegistry(path) as first:
+        kept = grant(first)
+        revoked = first.revoke(grant(first, purpose="self_query").consent_id, now=NOW)
+    with ConsentRegistry(path) as second:
+        assert second.get(kept.consent_id) == kept
+        assert second.get(revoked.consent_id) == revoked
+        assert check(second, kept.consent_id)[0] is ConsentState.VALID
+        assert check(second, revoked.consent_id, purpose="self_query")[0] is ConsentState.REVOKED

@@ -1,0 +1,121 @@
+"""The requester key registry: fingerprints, size limits, idempotent registration, persistence."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from coordinator.keys import KeyRegistry, fingerprint_of_modulus
+from osmanthus.crypto import PublicKey, generate_keypair
+from osmanthus.errors import FailedPrecondition, InvalidArgument, NotFound
+from osmanthus.types import KeyFingerprint, RequesterId
+
+NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+BANK = RequesterId("bank-a")
+AGENCY = RequesterId("agency-c")
+
+
+@pytest.fixture(scope="module")
+def key() -> PublicKey:
+    return generate_keypair(bits=2048)[0]
+
+
+@pytest.fixture(scope="module")
+def other_key() -> PublicKey:
+    return generate_keypair(bits=2048)[0]
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[KeyRegistry]:
+    with KeyRegistry(tmp_path / "keys.duckdb") as reg:
+        yield reg
+
+
+def test_fingerprint_is_sha256_of_minimal_big_endian_bytes() -> None:
+    assert fingerprint_of_modulus(1) == hashlib.sha256(b"\x01").hexdigest()
+    assert fingerprint_of_modulus(0x1234) == hashlib.sha256(b"\x12\x34").hexdigest()
+    n = (1 << 2047) + 12345
+    assert fingerprint_of_modulus(n) == hashlib.sha256(n.to_bytes(256, "big")).hexdigest()
+
+
+def test_register_returns_the_fingerprint_tokens_bind(
+    registry: KeyRegistry, key: PublicKey
+) -> None:
+    fingerprint = registry.register(requester=BANK, n=key.n, now=NOW)
+    assert fingerprint == key.fingerprint == fingerprint_of_modulus(key.n)
+    assert registry.is_registered(BANK, fingerprint)
+    assert registry.get(BANK, fingerprint) == key.n
+
+
+def test_registering_again_is_idempotent(registry: KeyRegistry, key: PublicKey) -> None:
+    first = registry.register(requester=BANK, n=key.n, now=NOW)
+    second = registry.register(requester=BANK, n=key.n, now=NOW.replace(year=2027))
+    assert first == second
+    assert registry.get(BANK, first) == key.n
+
+
+def test_a_requester_may_hold_several_keys(
+    registry: KeyRegistry, key: PublicKey, other_key: PublicKey
+) -> None:
+    a = registry.register(requester=BANK, n=key.n, now=NOW)
+    b = registry.register(requester=BANK, n=other_key.n, now=NOW)
+    assert a != b
+    assert registry.get(BANK, a) == key.n
+    assert registry.get(BANK, b) == other_key.n
+
+
+def test_keys_are_per_requester(
+    registry: KeyRegistry, key: PublicKey, other_key: PublicKey
+) -> None:
+    fingerprint = registry.register(requester=BANK, n=key.n, now=NOW)
+    assert not registry.is_registered(AGENCY, fingerprint)
+    assert not registry.is_registered(BANK, other_key.fingerprint)
+    with pytest.raises(NotFound, match="no registered key") as caught:
+        registry.get(AGENCY, fingerprint)
+    assert caught.value.field == "key_fingerprint"
+
+
+def test_one_key_cannot_belong_to_two_requesters(registry: KeyRegistry, key: PublicKey) -> None:
+    registry.register(requester=BANK, n=key.n, now=NOW)
+    with pytest.raises(FailedPrecondition, match="already registered to another requester"):
+        registry.register(requester=AGENCY, n=key.n, now=NOW)
+    assert not registry.is_registered(AGENCY, key.fingerprint)
+
+
+@pytest.mark.parametrize(
+    ("n", "message"),
+    [
+        ((1 << 2046) | 1, "2047 bits; at least 2048"),
+        (3233, "12 bits; at least 2048"),
+        (1 << 2047, "odd integer"),
+        ((1 << 3072) | 1, "3073 bits; at most 3072"),
+    ],
+)
+def test_unacceptable_moduli_are_refused(registry: KeyRegistry, n: int, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message) as caught:
+        registry.register(requester=BANK, n=n, now=NOW)
+    assert caught.value.field == "public_key"
+    assert not registry.is_registered(BANK, fingerprint_of_modulus(n))
+
+
+def test_requester_and_time_are_validated(registry: KeyRegistry, key: PublicKey) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        registry.register(requester=RequesterId("Bank A"), n=key.n, now=NOW)
+    assert caught.value.field == "requester"
+    with pytest.raises(InvalidArgument) as caught:
+        registry.register(requester=BANK, n=key.n, now=datetime(2026, 11, 26))
+    assert caught.value.field == "now"
+
+
+def test_keys_survive_a_restart(tmp_path: Path, key: PublicKey) -> None:
+    path = tmp_path / "keys.duckdb"
+    with KeyRegistry(path) as first:
+        fingerprint = first.register(requester=BANK, n=key.n, now=NOW)
+    with KeyRegistry(path) as second:
+        assert second.is_registered(BANK, fingerprint)
+        assert second.get(BANK, fingerprint) == key.n
+        assert not second.is_registered(BANK, KeyFingerprint("0" * 64))
