@@ -16,7 +16,7 @@ from coordinator.nodes import NodePool
 from coordinator.service import DEFAULT_DEADLINE_S, CoordinatorService
 from coordinator.servicer import CoordinatorServicer
 from osmanthus.audit import AuditLog, load_or_create_salt
-from osmanthus.catalogue import load_catalogue
+from osmanthus.catalogue import Catalogue, load_catalogue
 from osmanthus.errors import ConfigError
 from osmanthus.policy import ReloadablePolicy
 from osmanthus.server import RunningServer, start_server
@@ -65,8 +65,9 @@ def start_coordinator(
     *,
     node_interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
     server_interceptors: Sequence[grpc.ServerInterceptor] = (),
+    catalogue: Catalogue | None = None,
 ) -> RunningCoordinator:
-    catalogue = load_catalogue(config.catalogue)
+    catalogue = catalogue or load_catalogue(config.catalogue)
     check_files(config.tls)
     identity = identity_of_certificate(config.tls.cert)
     if identity.role is not PeerRole.COORDINATOR:

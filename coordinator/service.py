@@ -43,10 +43,6 @@ from osmanthus.types import (
 
 _log = logging.getLogger(__name__)
 
-#: ARCHITECTURE.md: a sum of fewer departments is refused unless each allows single-source disclosure
-DEFAULT_MIN_DEPARTMENTS = 3
-#: the policy annotation that overrides DEFAULT_MIN_DEPARTMENTS
-MIN_DEPARTMENTS_ANNOTATION = "min_departments"
 DEFAULT_DEADLINE_S = 5.0
 
 
@@ -155,13 +151,6 @@ class CoordinatorService:
             raise PermissionDenied(f"central policy: {decision.reason}")
         return decision
 
-    def min_departments(self) -> int:
-        for annotations in self._policy.current().annotations().values():
-            value = annotations.get(MIN_DEPARTMENTS_ANNOTATION)
-            if value is not None and value.isdigit() and int(value) >= 1:
-                return int(value)
-        return DEFAULT_MIN_DEPARTMENTS
-
     # --- keys ----------------------------------------------------------------------------------
 
     def register_key(
@@ -246,17 +235,12 @@ class CoordinatorService:
             )
             context["consent"] = state.value
             decision = self._decide(claims, action, resource, context)
-            if not decision.allowed:
-                if state is not ConsentState.VALID:
-                    # would a valid consent have been enough? then the consent is the cause
-                    if self._decide(
-                        claims, action, resource, {**context, "consent": "valid"}
-                    ).allowed:
-                        raise PermissionDenied(f"no valid consent: {why}", field="consent_id")
-                raise PermissionDenied(f"central policy: {decision.reason}")
+            self._raise_if_denied(claims, action, resource, context, decision, state, why)
         else:
             context["consent"] = ConsentState.NOT_APPLICABLE.value
-            self._require(claims, action, resource, context)
+            decision = self._require(claims, action, resource, context)
+        # ARCHITECTURE.md: fewer departments than this are refused unless each allows single-source
+        minimum = self._policy.current().min_departments(decision)
 
         model = self._catalogue.model(kind)
         expected = sorted(d.id for d in self._catalogue.departments_for(kind))
@@ -292,7 +276,9 @@ class CoordinatorService:
             DepartmentStatus(f.department, f.reason)
             for f in sorted(failures, key=lambda f: f.department)
         )
-        self._check_disclosure(claims, purpose, shape, answers, missing, len(expected))
+        self._check_disclosure(
+            claims, kind, purpose, shape, answers, missing, len(expected), minimum
+        )
         total = key.add(*ciphertexts)
         if shape is Shape.TOTAL:
             total = key.add_plain(total, model.base)
@@ -309,6 +295,24 @@ class CoordinatorService:
             answered=answered,
             missing=missing,
         )
+
+    def _raise_if_denied(
+        self,
+        claims: TokenClaims,
+        action: str,
+        resource: tuple[str, str],
+        context: dict[str, Any],
+        decision: Decision,
+        state: ConsentState,
+        why: str,
+    ) -> None:
+        if decision.allowed:
+            return
+        if state is not ConsentState.VALID:
+            # would a valid consent have been enough? then the consent is the cause
+            if self._decide(claims, action, resource, {**context, "consent": "valid"}).allowed:
+                raise PermissionDenied(f"no valid consent: {why}", field="consent_id")
+        raise PermissionDenied(f"central policy: {decision.reason}")
 
     @staticmethod
     def _validated(
@@ -331,18 +335,19 @@ class CoordinatorService:
     def _check_disclosure(
         self,
         claims: TokenClaims,
+        kind: SubjectKind,
         purpose: str,
         shape: Shape,
         answers: Sequence[NodeAnswer],
         missing: Sequence[DepartmentStatus],
         expected: int,
+        minimum: int,
     ) -> None:
         if not answers:
             raise Unavailable(
                 "no department answered: "
                 + "; ".join(f"{m.department}: {m.detail}" for m in missing)
             )
-        minimum = self.min_departments()
         if len(answers) < minimum and not all(a.single_source_allowed for a in answers):
             raise FailedPrecondition(
                 f"only {len(answers)} department(s) answered ({', '.join(a.department for a in answers)}); "
@@ -356,7 +361,7 @@ class CoordinatorService:
                 "answered": len(answers),
                 "expected": expected,
             }
-            decision = self._decide(claims, "AcceptPartial", ("Dataset", "coverage"), context)
+            decision = self._decide(claims, "AcceptPartial", ("Dataset", kind.value), context)
             if not decision.allowed:
                 raise Unavailable(
                     f"the answer would be partial ({len(answers)} of {expected} departments; missing: "

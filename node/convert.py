@@ -6,21 +6,30 @@ from node.service import ContributionRequest, ContributionResult, NodeDescriptio
 from osmanthus.types import Shape, SubjectKind
 from osmanthus.v1 import common_pb2, node_pb2
 
-_KIND_FROM_PB = {
+_KIND_FROM_PB: dict[int, SubjectKind] = {
     common_pb2.SUBJECT_KIND_PERSON: SubjectKind.PERSON,
     common_pb2.SUBJECT_KIND_ENTERPRISE: SubjectKind.ENTERPRISE,
 }
-KIND_TO_PB = {v: k for k, v in _KIND_FROM_PB.items()}
-_SHAPE_FROM_PB = {common_pb2.SHAPE_BREAKDOWN: Shape.BREAKDOWN, common_pb2.SHAPE_TOTAL: Shape.TOTAL}
-SHAPE_TO_PB = {v: k for k, v in _SHAPE_FROM_PB.items()}
+KIND_TO_PB: dict[SubjectKind, common_pb2.SubjectKind] = {
+    SubjectKind.PERSON: common_pb2.SUBJECT_KIND_PERSON,
+    SubjectKind.ENTERPRISE: common_pb2.SUBJECT_KIND_ENTERPRISE,
+}
+_SHAPE_FROM_PB: dict[int, Shape] = {
+    common_pb2.SHAPE_BREAKDOWN: Shape.BREAKDOWN,
+    common_pb2.SHAPE_TOTAL: Shape.TOTAL,
+}
+SHAPE_TO_PB: dict[Shape, common_pb2.Shape] = {
+    Shape.BREAKDOWN: common_pb2.SHAPE_BREAKDOWN,
+    Shape.TOTAL: common_pb2.SHAPE_TOTAL,
+}
 
 
 def kind_from_pb(value: int) -> SubjectKind | None:
-    return _KIND_FROM_PB.get(value)  # type: ignore[call-overload]
+    return _KIND_FROM_PB.get(value)
 
 
 def shape_from_pb(value: int) -> Shape | None:
-    return _SHAPE_FROM_PB.get(value)  # type: ignore[call-overload]
+    return _SHAPE_FROM_PB.get(value)
 
 
 def contribution_request(message: node_pb2.ContributeRequest) -> ContributionRequest:
@@ -39,9 +48,13 @@ def contribution_request(message: node_pb2.ContributeRequest) -> ContributionReq
 def contribute_request_message(request: ContributionRequest) -> node_pb2.ContributeRequest:
     return node_pb2.ContributeRequest(
         query_id=request.query_id,
-        subject_kind=KIND_TO_PB[request.subject_kind] if request.subject_kind else 0,
+        subject_kind=(
+            KIND_TO_PB[request.subject_kind]
+            if request.subject_kind
+            else common_pb2.SUBJECT_KIND_UNSPECIFIED
+        ),
         subject_id=request.subject_id,
-        shape=SHAPE_TO_PB[request.shape] if request.shape else 0,
+        shape=SHAPE_TO_PB[request.shape] if request.shape else common_pb2.SHAPE_UNSPECIFIED,
         purpose=request.purpose,
         consent_id=request.consent_id,
         public_key=common_pb2.PaillierPublicKey(n=request.public_key),

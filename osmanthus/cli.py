@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from osmanthus.errors import ConfigError, ImportRejected, InvalidArgument, OsmanthusError
+from osmanthus.tls import TlsFiles
 
 EXIT_CODES = """\
 exit codes:
@@ -56,9 +57,8 @@ def _add_tls(parser: argparse.ArgumentParser, *, role_hint: str) -> None:
     group.add_argument("--key", type=Path, help="this process's private key (PEM)")
 
 
-def _tls_files(args: argparse.Namespace, *, role: str, name: str) -> object:
+def _tls_files(args: argparse.Namespace, *, role: str, name: str) -> TlsFiles:
     from certs import PeerRole, cert_paths
-    from osmanthus.tls import TlsFiles
 
     if args.ca and args.cert and args.key:
         return TlsFiles(ca=args.ca, cert=args.cert, key=args.key)
@@ -81,7 +81,7 @@ def _cmd_seed(args: argparse.Namespace) -> int:
         as_of=args.as_of or datetime.now(UTC).date(),
         progress=None if args.quiet else _progress_printer(),
     )
-    print(f"wrote {len(report.paths)} department databases to {args.out}")
+    print(f"wrote {len(report.databases)} department databases to {args.out}")
     return 0
 
 
@@ -185,7 +185,7 @@ def _cmd_node_serve(args: argparse.Namespace) -> int:
     config = NodeConfig(
         department=args.department,
         db=args.db,
-        tls=_tls_files(args, role="node", name=args.department),  # type: ignore[arg-type]
+        tls=_tls_files(args, role="node", name=args.department),
         issuer_public_key=args.issuer_public_key,
         state_dir=args.state_dir,
         listen=args.listen,
@@ -225,7 +225,7 @@ def _cmd_coordinator_serve(args: argparse.Namespace) -> int:
 
     config = CoordinatorConfig(
         nodes=args.nodes,
-        tls=_tls_files(args, role="coordinator", name="coordinator"),  # type: ignore[arg-type]
+        tls=_tls_files(args, role="coordinator", name="coordinator"),
         issuer_public_key=args.issuer_public_key,
         state_dir=args.state_dir,
         listen=args.listen,
@@ -258,17 +258,18 @@ def _cmd_health(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from osmanthus.errors import Unavailable
+    from osmanthus.grpc_errors import error_from_rpc
     from osmanthus.tls import secure_channel
 
     tls = _tls_files(args, role="operator", name=args.operator)
-    with secure_channel(args.target, tls, server_name=args.server_name) as channel:  # type: ignore[arg-type]
+    with secure_channel(args.target, tls, server_name=args.server_name) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
             )
         except grpc.RpcError as exc:
-            raise Unavailable(f"{args.target}: {exc.code().name}: {exc.details()}") from None  # type: ignore[attr-defined]
+            raise Unavailable(f"{args.target}: {error_from_rpc(exc)}") from None
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(f"{args.target}: {status}")
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 5

@@ -183,8 +183,8 @@ class RuleSet:
         for rec in records:
             if rec.subject_kind is not subject_kind:
                 raise InvalidArgument(
-                    f"record {rec.record_id!r} is about a {rec.subject_kind.value}, "
-                    f"not a {subject_kind.value}",
+                    f"record {rec.record_id!r} has subject kind {rec.subject_kind.value!r}, but "
+                    f"this contribution is for subject kind {subject_kind.value!r}",
                     field="subject_kind",
                 )
             rule = by_kind.get(rec.kind)

@@ -16,7 +16,7 @@ def public_key_message(n_bytes: bytes) -> common_pb2.PaillierPublicKey:
     return common_pb2.PaillierPublicKey(n=n_bytes)
 
 
-def shape_message(shape: Shape) -> common_pb2.Shape.ValueType:
+def shape_message(shape: Shape) -> common_pb2.Shape:
     return SHAPE_TO_PB[shape]
 
 

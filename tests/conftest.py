@@ -10,7 +10,7 @@ import pytest
 from certs import init_platform
 from osmanthus.tokens import generate_issuer_keypair
 
-#: departments with node certificates in the session's platform (8 personal + customs)
+#: departments with node certificates in the session's platform (8 personal + customs, eco)
 PLATFORM_DEPARTMENTS = (
     "psb",
     "court",
@@ -21,6 +21,7 @@ PLATFORM_DEPARTMENTS = (
     "volunteer",
     "samr",
     "customs",
+    "eco",
 )
 PLATFORM_REQUESTERS = ("agency-1", "bank-1", "registrar")
 

@@ -436,6 +436,13 @@ def test_duplicate_ids_are_refused() -> None:
         PolicyEngine(source=source, origin="c.cedar")
 
 
+def test_line_numbers_hold_past_ten_policies() -> None:
+    one = '@id("p{}")\npermit (principal, action == Action::"RegisterKey", resource);\n'
+    source = "".join(one.format(i) for i in range(12)) + one.format(3)
+    with pytest.raises(ConfigError, match=r"c\.cedar, line 25: policy id 'p3' is used twice"):
+        PolicyEngine(source=source, origin="c.cedar")
+
+
 def test_templates_are_refused() -> None:
     with pytest.raises(ConfigError, match="templates"):
         PolicyEngine(

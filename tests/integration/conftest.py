@@ -1,0 +1,232 @@
+"""An in-process federation for integration tests: 10 real nodes and a coordinator over mTLS."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from certs import PeerRole, cert_paths
+from coordinator.config import NodeEndpoint, render_nodes
+from coordinator.server import CoordinatorConfig, RunningCoordinator, start_coordinator
+from node.server import NodeConfig, start_node
+from osmanthus.catalogue import Catalogue, load_catalogue
+from osmanthus.seed import SeedReport, seed
+from osmanthus.server import RunningServer
+from osmanthus.tls import TlsFiles
+from osmanthus.tokens import TokenIssuer
+from osmanthus.types import DepartmentId, Role
+from sdk import Client, RequesterKeys
+from sdk.keys import load_or_create_keys
+from tests.conftest import PLATFORM_DEPARTMENTS, IssuerKeyPaths
+
+#: the federation's seed size: big enough for 200 random persons, small enough to seed in ~1 s
+PERSONS = 400
+ENTERPRISES = 80
+AS_OF = datetime.now(UTC).date()
+
+
+def restricted_catalogue(departments: Sequence[str]) -> Catalogue:
+    """The default catalogue cut down to the departments a test federation runs."""
+    full = load_catalogue()
+    return dataclasses.replace(
+        full, departments=tuple(d for d in full.departments if d.id in departments)
+    )
+
+
+@dataclasses.dataclass
+class Federation:
+    catalogue: Catalogue
+    data: SeedReport
+    certs: Path
+    issuer: TokenIssuer
+    issuer_keys: IssuerKeyPaths
+    nodes: dict[str, RunningServer]
+    node_configs: dict[str, NodeConfig]
+    coordinator: RunningCoordinator
+    state_dir: Path
+    keys: dict[str, RequesterKeys]
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.coordinator.port}"
+
+    def tls(self, requester: str) -> TlsFiles:
+        return TlsFiles.from_cert_paths(
+            cert_paths(self.certs, role=PeerRole.REQUESTER, name=requester)
+        )
+
+    def token(
+        self,
+        requester: str,
+        *,
+        role: Role,
+        purposes: Sequence[str],
+        keys: RequesterKeys | None = None,
+        ttl: timedelta = timedelta(minutes=30),
+        single_use: bool = False,
+    ) -> str:
+        keys = keys or self.keys[requester]
+        return self.issuer.issue(
+            requester=requester,
+            role=role,
+            purposes=purposes,
+            key_fingerprint=keys.fingerprint,
+            ttl=ttl,
+            single_use=single_use,
+        )
+
+    def client(
+        self,
+        requester: str,
+        *,
+        role: Role,
+        purposes: Sequence[str],
+        single_use: bool = False,
+    ) -> Client:
+        keys = self.keys[requester]
+        token = self.token(requester, role=role, purposes=purposes, single_use=single_use)
+        return Client(
+            self.target, tls=self.tls(requester), token=token, keys=keys, catalogue=self.catalogue
+        )
+
+
+@pytest.fixture(scope="session")
+def requester_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RequesterKeys]:
+    """Real 2048-bit Paillier keys for each test requester, generated once per session."""
+    directory = tmp_path_factory.mktemp("requester-keys")
+    return {
+        name: load_or_create_keys(directory / f"{name}.key")
+        for name in ("agency-1", "bank-1", "registrar")
+    }
+
+
+def start_federation(
+    base: Path,
+    *,
+    catalogue: Catalogue,
+    data: SeedReport,
+    certs: Path,
+    issuer_keys: IssuerKeyPaths,
+    keys: dict[str, RequesterKeys],
+    departments: Sequence[str],
+    deadline_s: float = 3.0,
+    extra_endpoints: Sequence[NodeEndpoint] = (),
+) -> Federation:
+    nodes: dict[str, RunningServer] = {}
+    configs: dict[str, NodeConfig] = {}
+    for dept in departments:
+        config = NodeConfig(
+            department=dept,
+            db=data.databases[DepartmentId(dept)],
+            tls=TlsFiles.from_cert_paths(cert_paths(certs, role=PeerRole.NODE, name=dept)),
+            issuer_public_key=issuer_keys.public,
+            state_dir=base / "state" / dept,
+        )
+        configs[dept] = config
+        nodes[dept] = start_node(config, catalogue=catalogue)
+    endpoints = [NodeEndpoint(DepartmentId(d), f"127.0.0.1:{s.port}") for d, s in nodes.items()]
+    nodes_toml = base / "nodes.toml"
+    nodes_toml.write_text(render_nodes([*endpoints, *extra_endpoints]))
+    coordinator = start_coordinator(
+        CoordinatorConfig(
+            nodes=nodes_toml,
+            tls=TlsFiles.from_cert_paths(
+                cert_paths(certs, role=PeerRole.COORDINATOR, name="coordinator")
+            ),
+            issuer_public_key=issuer_keys.public,
+            state_dir=base / "state" / "coordinator",
+            deadline_s=deadline_s,
+        ),
+        catalogue=catalogue,
+    )
+    return Federation(
+        catalogue=catalogue,
+        data=data,
+        certs=certs,
+        issuer=TokenIssuer.from_file(issuer_keys.private),
+        issuer_keys=issuer_keys,
+        nodes=nodes,
+        node_configs=configs,
+        coordinator=coordinator,
+        state_dir=base / "state",
+        keys=keys,
+    )
+
+
+def stop_federation(federation: Federation) -> None:
+    federation.coordinator.stop()
+    for server in federation.nodes.values():
+        server.stop(grace=0.5)
+
+
+@pytest.fixture(scope="session")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> SeedReport:
+    return seed(
+        tmp_path_factory.mktemp("seed"), persons=PERSONS, enterprises=ENTERPRISES, as_of=AS_OF
+    )
+
+
+@pytest.fixture(scope="session")
+def federation(
+    tmp_path_factory: pytest.TempPathFactory,
+    seeded: SeedReport,
+    platform_certs: Path,
+    issuer_keys: IssuerKeyPaths,
+    requester_keys: dict[str, RequesterKeys],
+) -> Iterator[Federation]:
+    """Ten department nodes (8 serving persons, 6 enterprises) and a coordinator, all mTLS."""
+    fed = start_federation(
+        tmp_path_factory.mktemp("federation"),
+        catalogue=restricted_catalogue(PLATFORM_DEPARTMENTS),
+        data=seeded,
+        certs=platform_certs,
+        issuer_keys=issuer_keys,
+        keys=requester_keys,
+        departments=PLATFORM_DEPARTMENTS,
+    )
+    yield fed
+    stop_federation(fed)
+
+
+@pytest.fixture(scope="session")
+def registrar(federation: Federation) -> Iterator[Client]:
+    """A platform service allowed to record consents."""
+    client = federation.client(
+        "registrar",
+        role=Role.PLATFORM_SERVICE,
+        purposes=["court_enforcement", "consent_management"],
+    )
+    client.register_key()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def agency(federation: Federation) -> Iterator[Client]:
+    """A credit agency querying for loan underwriting and credit reports."""
+    client = federation.client(
+        "agency-1", role=Role.CREDIT_AGENCY, purposes=["loan_underwriting", "credit_report"]
+    )
+    client.register_key()
+    yield client
+    client.close()
+
+
+def consent_for(
+    registrar: Client,
+    subject: str,
+    *,
+    grantee: str = "agency-1",
+    purpose: str = "loan_underwriting",
+) -> str:
+    record = registrar.grant_consent(
+        subject_id=subject,
+        grantee=grantee,
+        purpose=purpose,
+        expires_at=datetime.now(UTC) + timedelta(days=1),
+    )
+    return record.consent_id
