@@ -308,10 +308,13 @@ class CoordinatorService:
     ) -> None:
         if decision.allowed:
             return
-        if state is not ConsentState.VALID:
-            # would a valid consent have been enough? then the consent is the cause
-            if self._decide(claims, action, resource, {**context, "consent": "valid"}).allowed:
-                raise PermissionDenied(f"no valid consent: {why}", field="consent_id")
+        # would a valid consent have been enough? then the consent is the cause
+        with_consent = {**context, "consent": ConsentState.VALID.value}
+        if (
+            state is not ConsentState.VALID
+            and self._decide(claims, action, resource, with_consent).allowed
+        ):
+            raise PermissionDenied(f"no valid consent: {why}", field="consent_id")
         raise PermissionDenied(f"central policy: {decision.reason}")
 
     @staticmethod
@@ -349,10 +352,11 @@ class CoordinatorService:
                 + "; ".join(f"{m.department}: {m.detail}" for m in missing)
             )
         if len(answers) < minimum and not all(a.single_source_allowed for a in answers):
+            names = ", ".join(a.department for a in answers)
             raise FailedPrecondition(
-                f"only {len(answers)} department(s) answered ({', '.join(a.department for a in answers)}); "
-                f"the policy requires at least {minimum} unless each allows single-source disclosure "
-                f"for purpose {purpose!r}"
+                f"only {len(answers)} department(s) answered ({names}); "
+                f"the policy requires at least {minimum} unless each allows single-source "
+                f"disclosure for purpose {purpose!r}"
             )
         if missing:
             context = {
@@ -364,7 +368,8 @@ class CoordinatorService:
             decision = self._decide(claims, "AcceptPartial", ("Dataset", kind.value), context)
             if not decision.allowed:
                 raise Unavailable(
-                    f"the answer would be partial ({len(answers)} of {expected} departments; missing: "
+                    f"the answer would be partial ({len(answers)} of {expected} departments; "
+                    "missing: "
                     + ", ".join(f"{m.department} ({m.detail})" for m in missing)
                     + f") and the central policy refuses partial answers here: {decision.reason}"
                 )

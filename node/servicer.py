@@ -1,4 +1,4 @@
-"""The gRPC NodeService servicer: unpacks messages, identifies the caller, delegates to NodeService."""
+"""The gRPC NodeService servicer: unpacks messages, identifies the caller, delegates."""
 
 from __future__ import annotations
 

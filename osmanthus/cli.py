@@ -420,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
         token_sub,
         "keygen",
         "create the platform's token-signing key pair",
-        "Create the Ed25519 issuer key pair. Give the public key to the coordinator and every node.",
+        "Create the Ed25519 issuer key pair. Give the public key to the coordinator and every "
+        "node.",
         _cmd_token_keygen,
     )
     p.add_argument("--private", type=Path, required=True, help="private key file (keep secret)")

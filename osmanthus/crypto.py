@@ -2,9 +2,9 @@
 
 Ciphertexts are ordinary Paillier ciphertexts, interchangeable with python-paillier's `raw_encrypt`
 and `raw_decrypt`: no floats and no exponents ever reach the wire. Every ciphertext that arrives
-from outside goes through `PublicKey.ciphertext_from_bytes`, which enforces 0 < c < n², gcd(c, n) = 1
-and the exact byte length. Plaintexts are integers in [0, n); signed values use the usual encoding
-(negative v as n + v) through `encrypt_signed` / `decrypt_signed`.
+from outside goes through `PublicKey.ciphertext_from_bytes`, which enforces 0 < c < n²,
+gcd(c, n) = 1 and the exact byte length. Plaintexts are integers in [0, n); signed values use
+the usual encoding (negative v as n + v) through `encrypt_signed` / `decrypt_signed`.
 """
 
 from __future__ import annotations

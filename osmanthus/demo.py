@@ -93,7 +93,8 @@ def _coordinator_view(audit_path: Path) -> str:
     denied = len(entries) - len(allowed)
     return (
         f"The coordinator saw {received} ciphertexts ({size / 1024:.0f} KiB) from the departments, "
-        f"forwarded {forwarded} re-randomised sums over {len(allowed)} answered queries and refused "
+        f"forwarded {forwarded} re-randomised sums over {len(allowed)} answered queries and "
+        f"refused "
         f"{denied}; it holds no decryption key and logged only salted subject hashes."
     )
 
@@ -149,7 +150,7 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
         )  # fmt: skip
 
     _step(t0, f"Starting {len(person_depts)} person-credit and {len(enterprise_depts)} enterprise "
-          f"nodes ({len(departments)} department processes) and the coordinator on 127.0.0.1")  # fmt: skip
+          f"nodes ({len(departments)} processes) and the coordinator on 127.0.0.1")  # fmt: skip
     federation = LocalFederation(
         data_dir=data,
         certs_dir=certs,

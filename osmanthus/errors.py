@@ -60,7 +60,7 @@ class NotFound(OsmanthusError):
 
 
 class FailedPrecondition(OsmanthusError):
-    """The request is well-formed but the system state does not allow it (e.g. too few departments)."""
+    """The request is well-formed but the state does not allow it (e.g. too few departments)."""
 
     exit_code = 4
 

@@ -154,9 +154,11 @@ _ENTERPRISE = _Profile(
             ),
         ),
     ),
-    negative_rate=0.10,
+    negative_rate=0.12,
     negatives=(
-        (_k("samr", "abnormal_operation_list", "listing"), 20),
+        # the abnormal operation list (missed annual report, unreachable address) is the most
+        # common enterprise listing by far
+        (_k("samr", "abnormal_operation_list", "listing"), 45),
         (_k("tax", "tax_arrears", "arrears"), 10),
         (_k("hrss", "social_insurance_arrears", "arrears"), 8),
         (_k("transport", "road_transport_violation", "once", count=(1, 5)), 8),

@@ -99,7 +99,7 @@ class Client:
         return self._keys.fingerprint
 
     def register_key(self) -> KeyFingerprint:
-        """Register this client's public key with the coordinator (idempotent; done on first query)."""
+        """Register this client's public key with the coordinator (idempotent; automatic)."""
         response = self._call(
             self._stub.RegisterKey,
             coordinator_pb2.RegisterKeyRequest(

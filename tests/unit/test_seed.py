@@ -1,0 +1,230 @@
+"""The synthetic-data seeder: determinism, realistic shape, validity of every record, speed."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from node.store import COLUMNS, RecordStore
+from osmanthus.catalogue import Catalogue, default_rules_dir, load_catalogue
+from osmanthus.errors import FailedPrecondition, InvalidArgument
+from osmanthus.ids import validate_subject
+from osmanthus.rules import Record, RuleSet, load_rules_dir
+from osmanthus.seed import PROFILES, SeedReport, seed
+from osmanthus.types import DepartmentId, SubjectKind
+
+AS_OF = date(2026, 11, 26)
+REPO = Path(__file__).resolve().parents[2]
+CATALOGUE: Catalogue = load_catalogue()
+RULES: dict[DepartmentId, RuleSet] = load_rules_dir(default_rules_dir(), catalogue=CATALOGUE)
+
+_DIGEST_SCRIPT = """
+import datetime, hashlib, sys
+from pathlib import Path
+from node.store import RecordStore
+from osmanthus.seed import seed
+out = Path(sys.argv[1])
+report = seed(out, as_of=datetime.date(2026, 11, 26))
+h = hashlib.sha256((out / "subjects.csv").read_bytes())
+for dept, path in report.databases.items():
+    with RecordStore(path, department=dept, read_only=True) as store:
+        for r in store.all_records():
+            h.update(repr(r).encode())
+print(h.hexdigest())
+"""
+
+
+def load_all(report: SeedReport) -> dict[DepartmentId, list[Record]]:
+    out: dict[DepartmentId, list[Record]] = {}
+    for dept, path in report.databases.items():
+        with RecordStore(path, department=dept, read_only=True) as store:
+            out[dept] = list(store.all_records())
+    return out
+
+
+def digest(report: SeedReport) -> str:
+    h = hashlib.sha256(report.subjects_file.read_bytes())
+    for records in load_all(report).values():
+        for r in records:
+            h.update(repr(r).encode())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[SeedReport, float]:
+    """The demo-sized data set (2000 persons, 300 enterprises), with how long it took."""
+    started = time.perf_counter()
+    report = seed(tmp_path_factory.mktemp("demo"), as_of=AS_OF)
+    return report, time.perf_counter() - started
+
+
+def test_demo_seed_is_fast_and_complete(demo: tuple[SeedReport, float]) -> None:
+    report, seconds = demo
+    # part of a demo with a 3-minute budget; about 1 s on a 2-core machine
+    assert seconds < 10, f"seeding took {seconds:.1f} s"
+    assert set(report.databases) == {d.id for d in CATALOGUE.departments}
+    assert all(p.exists() for p in report.databases.values())
+    assert report.subjects == {SubjectKind.PERSON: 2000, SubjectKind.ENTERPRISE: 300}
+    stored = load_all(report)
+    assert {d: len(r) for d, r in stored.items()} == dict(report.records)
+    assert report.total_records == sum(len(r) for r in stored.values())
+    with report.subjects_file.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["subject_kind", "subject_id"]
+    subjects = {(k, s) for k, s in rows[1:]}
+    assert len(subjects) == len(rows) - 1 == 2300  # no duplicates
+    for kind, subject in rows[1:]:
+        assert validate_subject(SubjectKind(kind), subject) == subject
+    for records in stored.values():
+        for r in records:
+            assert (r.subject_kind.value, r.subject_id) in subjects
+
+
+def test_same_seed_same_records_other_seed_other_records(
+    demo: tuple[SeedReport, float], tmp_path: Path
+) -> None:
+    a, _ = demo
+    b = seed(tmp_path / "b", as_of=AS_OF)
+    assert load_all(a) == load_all(b)
+    assert a.subjects_file.read_bytes() == b.subjects_file.read_bytes()
+    c = seed(tmp_path / "c", persons=300, enterprises=60, seed=8, as_of=AS_OF)
+    assert digest(a) == digest(b) != digest(c)
+    # and independently of the interpreter's string-hash seed
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        [sys.executable, "-c", _DIGEST_SCRIPT, str(tmp_path / "d")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert out.stdout.strip() == digest(a)
+
+
+def test_persons_look_like_the_source(demo: tuple[SeedReport, float]) -> None:
+    report, _ = demo
+    stored = load_all(report)
+    persons = [r for rs in stored.values() for r in rs if r.subject_kind is SubjectKind.PERSON]
+    n = report.subjects[SubjectKind.PERSON]
+
+    def share(predicate: str) -> float:
+        kinds = {
+            "negative": {
+                rule.kind
+                for rs in RULES.values()
+                for rule in rs.rules
+                if rule.is_deduction and rule.subject_kind is SubjectKind.PERSON
+            },
+            "blood": {"blood_donation"},
+            "volunteer": {"volunteer_hours"},
+            "honours": {"district_honour", "city_honour", "provincial_or_national_honour"},
+            "qualifications": {"vocational_certificate", "intermediate_title", "senior_title"},
+        }[predicate]
+        return len({r.subject_id for r in persons if r.kind in kinds}) / n
+
+    assert 0.025 <= share("negative") <= 0.06
+    assert 0.06 <= share("blood") <= 0.10
+    assert 0.075 <= share("volunteer") <= 0.125
+    assert 0.015 <= share("honours") <= 0.045
+    assert 0.125 <= share("qualifications") <= 0.175
+    per_subject = Counter(r.subject_id for r in persons)
+    at_most_two = n - sum(1 for c in per_subject.values() if c > 2)
+    assert at_most_two / n > 0.85  # most people have zero, one or two records
+    births = [int(s[6:10]) for s in per_subject]
+    assert min(births) >= 1940 and max(births) <= 2005
+    assert {s[:6] for s in per_subject} <= {
+        "320505", "320506", "320507", "320508", "320509", "320581", "320582", "320583", "320585",
+    }  # fmt: skip
+
+
+def test_dates_statuses_and_listings(demo: tuple[SeedReport, float]) -> None:
+    report, _ = demo
+    stored = load_all(report)
+    everything = [r for rs in stored.values() for r in rs]
+    disputed = sum(r.status == "disputed" for r in everything) / len(everything)
+    assert 0.002 <= disputed <= 0.025
+    assert all(r.event_start <= AS_OF for r in everything)
+    assert all(r.event_end is None or r.event_start <= r.event_end <= AS_OF for r in everything)
+    assert min(r.event_start for r in everything).year <= AS_OF.year - 9
+    # some records have expired: they are stored but count for nothing on AS_OF
+    counting = 0
+    for dept, records in stored.items():
+        for r in records:
+            rule = RULES[dept].rule(r.subject_kind, r.kind)
+            counting += rule.validity.counts(r.event_start, r.event_end, AS_OF)
+    assert 0.2 < counting / len(everything) < 0.9
+    still_listed = [r for r in stored["court"] if r.event_end is None]
+    assert 1 <= len(still_listed) <= 30
+
+
+def test_enterprises_have_ratings_for_a_minority(demo: tuple[SeedReport, float]) -> None:
+    report, _ = demo
+    stored = load_all(report)
+    n = report.subjects[SubjectKind.ENTERPRISE]
+
+    def holders(dept: str, *kinds: str) -> float:
+        return len({r.subject_id for r in stored[DepartmentId(dept)] if r.kind in kinds}) / n
+
+    assert 0.06 <= holders("tax", "a_level_taxpayer") <= 0.18
+    customs = holders("customs", "advanced_certified_enterprise", "general_certified_enterprise")
+    assert 0.02 <= customs <= 0.11
+    assert 0.03 <= holders("eco", "green_environmental_credit") <= 0.13
+    assert 0.02 <= holders("samr", "abnormal_operation_list") <= 0.10
+    ratings = [r for r in stored[DepartmentId("tax")] if r.kind == "a_level_taxpayer"]
+    assert all(r.event_start.month == 1 and r.event_start.day == 1 for r in ratings)
+    assert all(r.event_end is not None and r.event_end.year < AS_OF.year for r in ratings)
+
+
+def test_every_seeded_record_passes_import_validation(
+    demo: tuple[SeedReport, float], tmp_path: Path
+) -> None:
+    report, _ = demo
+    for dept, records in load_all(report).items():
+        if not records:
+            continue
+        path = tmp_path / f"{dept}.csv"
+        with path.open("w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(COLUMNS)
+            for r in records:
+                w.writerow(
+                    [r.record_id, r.subject_kind.value, r.subject_id, r.kind, r.quantity,
+                     r.event_start, r.event_end or "", r.status]
+                )  # fmt: skip
+        with RecordStore(tmp_path / f"{dept}.duckdb", department=dept) as store:
+            imported = store.import_file(path, rules=RULES[dept], catalogue=CATALOGUE, today=AS_OF)
+            assert imported.rows == len(records)
+
+
+def test_profiles_use_only_known_rules() -> None:
+    for kind, profile in PROFILES.items():
+        entries = [k for m in profile.minorities for k, _ in m.kinds]
+        entries += [k for k, _ in profile.negatives]
+        for entry in entries:
+            assert entry.kind in RULES[DepartmentId(entry.department)].kinds(kind), entry
+
+
+def test_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
+    first = seed(tmp_path, persons=20, enterprises=5, as_of=AS_OF)
+    with pytest.raises(FailedPrecondition, match=r"psb\.duckdb already exists"):
+        seed(tmp_path, persons=20, enterprises=5, as_of=AS_OF)
+    messages: list[str] = []
+    again = seed(
+        tmp_path, persons=20, enterprises=5, as_of=AS_OF, overwrite=True, progress=messages.append
+    )
+    assert again.records == first.records
+    assert messages[0] == "generating 20 persons and 5 enterprises"
+    assert len(messages) == 1 + len(CATALOGUE.departments)
+    assert messages[1] == f"psb: {first.records[DepartmentId('psb')]} records"
+    with pytest.raises(InvalidArgument, match="persons: must be a whole number"):
+        seed(tmp_path / "x", persons=-1, as_of=AS_OF)
