@@ -46,7 +46,7 @@ def _failure_reason(exc: grpc.RpcError, deadline_s: float) -> str:
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"no answer within the {deadline_s:g} s deadline"
     if code is grpc.StatusCode.UNAVAILABLE:
-        return f"unavailable (node down, unreachable or failed the TLS identity check): {details}"
+        return f"unavailable: node down, unreachable or failed the TLS identity check ({details})"
     if code is grpc.StatusCode.PERMISSION_DENIED:
         return f"refused by the department: {details}"
     return f"{code.name.lower()}: {details}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import shutil
 import time
-from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from osmanthus.catalogue import Catalogue, load_catalogue
 from osmanthus.errors import OsmanthusError
 from osmanthus.ids import mask_subject
 from osmanthus.launcher import LocalFederation
+from osmanthus.rules import load_default_rules
 from osmanthus.seed import seed
 from osmanthus.tls import TlsFiles
 from osmanthus.tokens import TokenIssuer, generate_issuer_keypair
@@ -36,19 +36,52 @@ def _step(t0: float, text: str) -> None:
     _say(f"[{time.monotonic() - t0:6.1f}s] {text}")
 
 
-def _interesting_subjects(data_dir: Path, catalogue: Catalogue, kind: SubjectKind) -> list[str]:
-    """Subjects with records in the most departments: they make the richest score cards."""
-    hits: Counter[str] = Counter()
+def _records_by_subject(
+    data_dir: Path, catalogue: Catalogue, kind: SubjectKind
+) -> dict[str, tuple[set[str], set[str]]]:
+    """Per subject: departments with any record, and departments with a bonus record.
+
+    Read straight from the seeded files before the nodes start: the demo operator made the data.
+    """
+    holders: dict[str, tuple[set[str], set[str]]] = {}
     for dept in catalogue.departments_for(kind):
+        rules = load_default_rules(dept.id, catalogue=catalogue)
+        bonus_kinds = [r.kind for r in rules.rules if r.subject_kind is kind and not r.is_deduction]
         con = duckdb.connect(str(data_dir / f"{dept.id}.duckdb"), read_only=True)
         try:
             rows = con.execute(
-                "SELECT DISTINCT subject_id FROM records WHERE subject_kind = ?", [kind.value]
+                # a recent, undisputed bonus record is likely to still count
+                "SELECT subject_id, bool_or(list_contains(?, kind) AND status = 'active' "
+                "AND event_start >= current_date - INTERVAL 2 YEAR) FROM records "
+                "WHERE subject_kind = ? GROUP BY subject_id",
+                [bonus_kinds, kind.value],
             ).fetchall()
         finally:
             con.close()
-        hits.update(r[0] for r in rows)
-    return [s for s, _ in hits.most_common()]
+        for subject, has_bonus in rows:
+            anything, bonus = holders.setdefault(subject, (set(), set()))
+            anything.add(dept.id)
+            if has_bonus:
+                bonus.add(dept.id)
+    return holders
+
+
+def _showcase(data_dir: Path, catalogue: Catalogue) -> tuple[list[str], list[str]]:
+    """Persons and enterprises whose records make instructive score cards."""
+    chosen: list[list[str]] = []
+    for kind in (SubjectKind.PERSON, SubjectKind.ENTERPRISE):
+        subjects = _records_by_subject(data_dir, catalogue, kind)
+        # most bonus categories with fewest other records; then the most-recorded others
+        rich = max(subjects, key=lambda s: (len(subjects[s][1]), -len(subjects[s][0]), s))
+        court = [s for s in subjects if "court" in subjects[s][0] and s != rich]
+        heavy = max(
+            court or [s for s in subjects if s != rich], key=lambda s: (len(subjects[s][0]), s)
+        )
+        busy = max(
+            (s for s in subjects if s not in {rich, heavy}), key=lambda s: (len(subjects[s][0]), s)
+        )
+        chosen.append([rich, heavy, busy])
+    return chosen[0], chosen[1]
 
 
 def _card(result: PersonScore, catalogue: Catalogue) -> str:
@@ -141,8 +174,7 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
         key_fingerprint=registrar_keys.fingerprint,
         ttl=timedelta(hours=1),
     )
-    people = _interesting_subjects(data, catalogue, SubjectKind.PERSON)
-    firms = _interesting_subjects(data, catalogue, SubjectKind.ENTERPRISE)
+    people, firms = _showcase(data, catalogue)
     with (data / "subjects.csv").open() as f:
         quiet_person = next(
             r["subject_id"] for r in csv.DictReader(f)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from osmanthus.catalogue import Catalogue, SubjectModel, default_rules_dir, load_catalogue
 from osmanthus.rules import DEDUCTION, Rule, RuleSet, load_rules_dir
-from osmanthus.types import DepartmentId, SubjectKind
+from osmanthus.types import SubjectKind
 
 _TITLES = {SubjectKind.PERSON: "Persons", SubjectKind.ENTERPRISE: "Enterprises"}
 
@@ -63,9 +63,7 @@ def _model_prose(model: SubjectModel) -> list[str]:
     return lines
 
 
-def render_departments_markdown(
-    catalogue: Catalogue, rules_by_dept: Mapping[DepartmentId, RuleSet]
-) -> str:
+def render_departments_markdown(catalogue: Catalogue, rules_by_dept: Mapping[str, RuleSet]) -> str:
     """The whole docs/departments.md page as Markdown text."""
     out: list[str] = [
         "# Departments, record kinds and points",

@@ -220,9 +220,9 @@ def load_default_rules(department: str, *, catalogue: Catalogue) -> RuleSet:
     return load_rules(default_rules_dir() / f"{dept.id}.toml", catalogue=catalogue)
 
 
-def load_rules_dir(directory: Path, *, catalogue: Catalogue) -> dict[DepartmentId, RuleSet]:
+def load_rules_dir(directory: Path, *, catalogue: Catalogue) -> dict[str, RuleSet]:
     """Load `<department>.toml` from `directory` for every department of the catalogue."""
-    out: dict[DepartmentId, RuleSet] = {}
+    out: dict[str, RuleSet] = {}
     for dept in catalogue.departments:
         out[dept.id] = load_rules(directory / f"{dept.id}.toml", catalogue=catalogue)
     return out

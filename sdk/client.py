@@ -50,7 +50,9 @@ class Client:
         catalogue: Catalogue | None = None,
     ) -> None:
         self._keys = keys if isinstance(keys, RequesterKeys) else load_or_create_keys(keys)
-        self._check_token_binding(token, self._keys.fingerprint)
+        claims = self._check_token_binding(token, self._keys.fingerprint)
+        # a single-use token is spent by its one query, so it cannot also register the key
+        self._auto_register = not claims.get("single_use", False)
         self._token = token
         self._timeout_s = timeout_s
         self._catalogue = catalogue or load_catalogue()
@@ -60,7 +62,7 @@ class Client:
         self._lock = threading.Lock()
 
     @staticmethod
-    def _check_token_binding(token: str, fingerprint: KeyFingerprint) -> None:
+    def _check_token_binding(token: str, fingerprint: KeyFingerprint) -> dict[str, Any]:
         # fail early and locally: the coordinator would refuse the mismatch anyway
         try:
             claims = jwt.decode(token, options={"verify_signature": False})
@@ -72,6 +74,7 @@ class Client:
                 f"key is {fingerprint[:16]}…; ask the platform for a token for this key",
                 field="token",
             )
+        return claims
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -112,7 +115,7 @@ class Client:
 
     def _ensure_registered(self) -> None:
         with self._lock:
-            done = self._registered
+            done = self._registered or not self._auto_register
         if not done:
             self.register_key()
 

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from datetime import date
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -25,11 +26,12 @@ from osmanthus.types import DepartmentId, SubjectKind
 AS_OF = date(2026, 11, 26)
 REPO = Path(__file__).resolve().parents[2]
 CATALOGUE: Catalogue = load_catalogue()
-RULES: dict[DepartmentId, RuleSet] = load_rules_dir(default_rules_dir(), catalogue=CATALOGUE)
+RULES: dict[str, RuleSet] = load_rules_dir(default_rules_dir(), catalogue=CATALOGUE)
 
 _DIGEST_SCRIPT = """
 import datetime, hashlib, sys
 from pathlib import Path
+from typing import NamedTuple
 from node.store import RecordStore
 from osmanthus.seed import seed
 out = Path(sys.argv[1])
@@ -43,38 +45,44 @@ print(h.hexdigest())
 """
 
 
-def load_all(report: SeedReport) -> dict[DepartmentId, list[Record]]:
-    out: dict[DepartmentId, list[Record]] = {}
+def load_all(report: SeedReport) -> dict[str, list[Record]]:
+    out: dict[str, list[Record]] = {}
     for dept, path in report.databases.items():
         with RecordStore(path, department=dept, read_only=True) as store:
             out[dept] = list(store.all_records())
     return out
 
 
-def digest(report: SeedReport) -> str:
+def digest(report: SeedReport, stored: dict[str, list[Record]]) -> str:
     h = hashlib.sha256(report.subjects_file.read_bytes())
-    for records in load_all(report).values():
+    for records in stored.values():
         for r in records:
             h.update(repr(r).encode())
     return h.hexdigest()
 
 
+class Demo(NamedTuple):
+    report: SeedReport
+    seconds: float
+    stored: dict[str, list[Record]]
+
+
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[SeedReport, float]:
-    """The demo-sized data set (2000 persons, 300 enterprises), with how long it took."""
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
+    """The demo-sized data set (2000 persons, 300 enterprises), how long it took, its records."""
     started = time.perf_counter()
     report = seed(tmp_path_factory.mktemp("demo"), as_of=AS_OF)
-    return report, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    return Demo(report, seconds, load_all(report))
 
 
-def test_demo_seed_is_fast_and_complete(demo: tuple[SeedReport, float]) -> None:
-    report, seconds = demo
+def test_demo_seed_is_fast_and_complete(demo: Demo) -> None:
+    report, seconds, stored = demo
     # part of a demo with a 3-minute budget; about 1 s on a 2-core machine
     assert seconds < 10, f"seeding took {seconds:.1f} s"
     assert set(report.databases) == {d.id for d in CATALOGUE.departments}
     assert all(p.exists() for p in report.databases.values())
     assert report.subjects == {SubjectKind.PERSON: 2000, SubjectKind.ENTERPRISE: 300}
-    stored = load_all(report)
     assert {d: len(r) for d, r in stored.items()} == dict(report.records)
     assert report.total_records == sum(len(r) for r in stored.values())
     with report.subjects_file.open(newline="", encoding="utf-8") as f:
@@ -89,15 +97,14 @@ def test_demo_seed_is_fast_and_complete(demo: tuple[SeedReport, float]) -> None:
             assert (r.subject_kind.value, r.subject_id) in subjects
 
 
-def test_same_seed_same_records_other_seed_other_records(
-    demo: tuple[SeedReport, float], tmp_path: Path
-) -> None:
-    a, _ = demo
+def test_same_seed_same_records_other_seed_other_records(demo: Demo, tmp_path: Path) -> None:
+    a, _, a_stored = demo
     b = seed(tmp_path / "b", as_of=AS_OF)
-    assert load_all(a) == load_all(b)
+    b_stored = load_all(b)
+    assert a_stored == b_stored
     assert a.subjects_file.read_bytes() == b.subjects_file.read_bytes()
     c = seed(tmp_path / "c", persons=300, enterprises=60, seed=8, as_of=AS_OF)
-    assert digest(a) == digest(b) != digest(c)
+    assert digest(a, a_stored) == digest(b, b_stored) != digest(c, load_all(c))
     # and independently of the interpreter's string-hash seed
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO)}
     out = subprocess.run(
@@ -108,12 +115,11 @@ def test_same_seed_same_records_other_seed_other_records(
         check=True,
         timeout=60,
     )
-    assert out.stdout.strip() == digest(a)
+    assert out.stdout.strip() == digest(a, a_stored)
 
 
-def test_persons_look_like_the_source(demo: tuple[SeedReport, float]) -> None:
-    report, _ = demo
-    stored = load_all(report)
+def test_persons_look_like_the_source(demo: Demo) -> None:
+    report, _, stored = demo
     persons = [r for rs in stored.values() for r in rs if r.subject_kind is SubjectKind.PERSON]
     n = report.subjects[SubjectKind.PERSON]
 
@@ -147,9 +153,8 @@ def test_persons_look_like_the_source(demo: tuple[SeedReport, float]) -> None:
     }  # fmt: skip
 
 
-def test_dates_statuses_and_listings(demo: tuple[SeedReport, float]) -> None:
-    report, _ = demo
-    stored = load_all(report)
+def test_dates_statuses_and_listings(demo: Demo) -> None:
+    stored = demo.stored
     everything = [r for rs in stored.values() for r in rs]
     disputed = sum(r.status == "disputed" for r in everything) / len(everything)
     assert 0.002 <= disputed <= 0.025
@@ -167,29 +172,25 @@ def test_dates_statuses_and_listings(demo: tuple[SeedReport, float]) -> None:
     assert 1 <= len(still_listed) <= 30
 
 
-def test_enterprises_have_ratings_for_a_minority(demo: tuple[SeedReport, float]) -> None:
-    report, _ = demo
-    stored = load_all(report)
+def test_enterprises_have_ratings_for_a_minority(demo: Demo) -> None:
+    report, _, stored = demo
     n = report.subjects[SubjectKind.ENTERPRISE]
 
     def holders(dept: str, *kinds: str) -> float:
-        return len({r.subject_id for r in stored[DepartmentId(dept)] if r.kind in kinds}) / n
+        return len({r.subject_id for r in stored[dept] if r.kind in kinds}) / n
 
     assert 0.06 <= holders("tax", "a_level_taxpayer") <= 0.18
     customs = holders("customs", "advanced_certified_enterprise", "general_certified_enterprise")
     assert 0.02 <= customs <= 0.11
     assert 0.03 <= holders("eco", "green_environmental_credit") <= 0.13
     assert 0.02 <= holders("samr", "abnormal_operation_list") <= 0.10
-    ratings = [r for r in stored[DepartmentId("tax")] if r.kind == "a_level_taxpayer"]
+    ratings = [r for r in stored["tax"] if r.kind == "a_level_taxpayer"]
     assert all(r.event_start.month == 1 and r.event_start.day == 1 for r in ratings)
     assert all(r.event_end is not None and r.event_end.year < AS_OF.year for r in ratings)
 
 
-def test_every_seeded_record_passes_import_validation(
-    demo: tuple[SeedReport, float], tmp_path: Path
-) -> None:
-    report, _ = demo
-    for dept, records in load_all(report).items():
+def test_every_seeded_record_passes_import_validation(demo: Demo, tmp_path: Path) -> None:
+    for dept, records in demo.stored.items():
         if not records:
             continue
         path = tmp_path / f"{dept}.csv"
@@ -211,7 +212,7 @@ def test_profiles_use_only_known_rules() -> None:
         entries = [k for m in profile.minorities for k, _ in m.kinds]
         entries += [k for k, _ in profile.negatives]
         for entry in entries:
-            assert entry.kind in RULES[DepartmentId(entry.department)].kinds(kind), entry
+            assert entry.kind in RULES[entry.department].kinds(kind), entry
 
 
 def test_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
