@@ -9,7 +9,7 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -46,8 +46,12 @@ MAX_RECORD_ID_LENGTH = 64
 #: how many problems the ImportRejected message spells out; `problems` always has them all
 _MESSAGE_PROBLEMS = 5
 
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_RECORD_ID = re.compile(r"^[^\s\x00-\x1f\x7f]+$")
+# [0-9], not \d: \d also matches other scripts' digits, which int() and dates would accept
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_DIGITS = re.compile(r"[0-9]{1,9}")
+#: the earliest event date accepted; anything older is a typo
+EARLIEST_EVENT = datetime.date(1900, 1, 1)
+_RECORD_ID = re.compile(r"[^\s\x00-\x1f\x7f]+")
 _CHINA_STANDARD_TIME = datetime.timezone(datetime.timedelta(hours=8), "CST")
 
 _SCHEMA = f"""
@@ -68,10 +72,12 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE INDEX IF NOT EXISTS records_subject ON records (subject_id);
 """
 
-_CSV_COLUMNS = (
-    "{'record_id': 'VARCHAR', 'subject_kind': 'VARCHAR', 'subject_id': 'VARCHAR', "
-    "'kind': 'VARCHAR', 'quantity': 'INTEGER', 'event_start': 'DATE', 'event_end': 'DATE', "
-    "'status': 'VARCHAR'}"
+# how a staging file is read back: every column typed, nothing guessed, empty means NULL
+_READ_STAGED = (
+    "read_csv(?, header = true, auto_detect = false, delim = ',', quote = '\"', escape = '\"', "
+    "nullstr = '', columns = {'record_id': 'VARCHAR', 'subject_kind': 'VARCHAR', "
+    "'subject_id': 'VARCHAR', 'kind': 'VARCHAR', 'quantity': 'INTEGER', 'event_start': 'DATE', "
+    "'event_end': 'DATE', 'status': 'VARCHAR'})"
 )
 
 
@@ -229,8 +235,25 @@ class RecordStore:
     def insert_records(self, records: Iterable[Record]) -> int:
         """Insert trusted, already-valid records in one transaction; returns how many."""
         self._require_writable()
-        with self._lock:
-            return self._insert(records)
+        with _Staging(self.path.parent) as staging:
+            for r in records:
+                staging.add(r)
+            staging.finish()
+            with self._lock:
+                self._conn.begin()
+                try:
+                    self._insert_staged(staging)
+                    self._conn.commit()
+                except duckdb.ConstraintException as e:
+                    _rollback_quietly(self._conn)
+                    raise InvalidArgument(
+                        f"records were refused by the store and none were written: {e}",
+                        field="record_id",
+                    ) from None
+                except BaseException:
+                    _rollback_quietly(self._conn)
+                    raise
+            return staging.count
 
     def import_file(
         self,
@@ -244,6 +267,7 @@ class RecordStore:
 
         Raises ImportRejected listing (line, field, problem) for every bad row; nothing is
         written then. `today` (default: today in China) is the date "not in the future" means.
+        Rows stream through a staging file, so memory holds only the record ids.
         """
         self._require_writable()
         path = Path(path)
@@ -254,12 +278,11 @@ class RecordStore:
             )
         served = catalogue.department(self.department).subject_kinds
         suffix = path.suffix.lower()
+        rows: Iterator[_Row]
         if suffix == ".csv":
-            rows, problems = _read_csv(path)
-            unit = "line"
+            rows, unit = _read_csv(path), "line"
         elif suffix == ".parquet":
-            rows, problems = _read_parquet(path)
-            unit = "row"
+            rows, unit = _read_parquet(path), "row"
         else:
             raise InvalidArgument(
                 f"{path}: cannot tell the format from the extension {path.suffix!r}; "
@@ -272,93 +295,44 @@ class RecordStore:
             today=today if today is not None else china_today(),
             unit=unit,
         )
-        records = validator.validate(rows, problems)
-        with self._lock:
-            self._conn.begin()
-            try:
-                stored = self._existing_ids([r.record_id for r, _ in records])
-                for record, line in records:
-                    if record.record_id in stored:
+        problems: _Problems = []
+        with _Staging(self.path.parent) as staging:
+            lines = validator.validate(rows, problems, staging.add)
+            staging.finish()
+            with self._lock:
+                self._conn.begin()
+                try:
+                    for rid in self._stored_ids(staging):
                         problems.append(
                             (
-                                line,
+                                lines[rid],
                                 "record_id",
-                                f"record {record.record_id!r} is already stored; "
-                                "record ids must be new",
+                                f"record {rid!r} is already stored; record ids must be new",
                             )
                         )
-                if problems:
-                    self._conn.rollback()
-                    raise _rejected(path, unit, problems)
-                count = self._insert((r for r, _ in records), begin=False)
-                self._conn.commit()
-            except BaseException:
-                # begin() above opened the transaction; roll back unless commit() already ran
-                _rollback_quietly(self._conn)
-                raise
-        return ImportReport(path=path, rows=count)
-
-    def _existing_ids(self, ids: list[str]) -> set[str]:
-        if not ids:
-            return set()
-        rows = self._conn.execute(
-            "SELECT record_id FROM records WHERE record_id IN (SELECT unnest(?::VARCHAR[]))",
-            [ids],
-        ).fetchall()
-        return {r[0] for r in rows}
-
-    def _insert(self, records: Iterable[Record], *, begin: bool = True) -> int:
-        # A temporary CSV read back by DuckDB is an order of magnitude faster than parameter
-        # binding row by row; it lives next to the database (0600) so personal data does not
-        # spread to a shared temp directory, and it is removed whatever happens.
-        fd, tmp_name = tempfile.mkstemp(prefix=".import-", suffix=".csv", dir=self.path.parent)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-                writer = csv.writer(f, lineterminator="\n")
-                writer.writerow(COLUMNS)
-                n = 0
-                for r in records:
-                    writer.writerow(
-                        (
-                            r.record_id,
-                            r.subject_kind.value,
-                            r.subject_id,
-                            r.kind,
-                            r.quantity,
-                            r.event_start.isoformat(),
-                            r.event_end.isoformat() if r.event_end is not None else "",
-                            r.status,
-                        )
-                    )
-                    n += 1
-            if n == 0:
-                return 0
-            if begin:
-                self._conn.begin()
-            try:
-                self._conn.execute(
-                    "INSERT INTO records SELECT * FROM read_csv(?, header = true, "
-                    f"auto_detect = false, columns = {_CSV_COLUMNS}, nullstr = '', "
-                    "quote = '\"', escape = '\"', delim = ',')",
-                    [str(tmp)],
-                )
-                if begin:
+                    if problems:
+                        raise _rejected(path, unit, problems)
+                    self._insert_staged(staging)
                     self._conn.commit()
-            except duckdb.ConstraintException as e:
-                if begin:
+                except BaseException:
                     _rollback_quietly(self._conn)
-                raise InvalidArgument(
-                    f"records were refused by the store and none were written: {e}",
-                    field="record_id",
-                ) from None
-            except BaseException:
-                if begin:
-                    _rollback_quietly(self._conn)
-                raise
-            return n
-        finally:
-            tmp.unlink(missing_ok=True)
+                    raise
+        return ImportReport(path=path, rows=staging.count)
+
+    def _stored_ids(self, staging: _Staging) -> list[str]:
+        if staging.count == 0:
+            return []
+        rows = self._conn.execute(
+            f"SELECT s.record_id FROM {_READ_STAGED} s JOIN records r USING (record_id)",
+            [str(staging.path)],
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def _insert_staged(self, staging: _Staging) -> None:
+        if staging.count:
+            self._conn.execute(
+                f"INSERT INTO records SELECT * FROM {_READ_STAGED}", [str(staging.path)]
+            )
 
     # -- lifetime -------------------------------------------------------------------------------
 
@@ -400,16 +374,63 @@ def _rejected(path: Path, unit: str, problems: list[tuple[int, str, str]]) -> Im
     )
 
 
+class _Staging:
+    """A temporary CSV of validated records that DuckDB reads back in one statement.
+
+    Reading a CSV is an order of magnitude faster than binding parameters row by row. The file
+    lives next to the database (mode 0600, from mkstemp) so personal data does not spread to a
+    shared temp directory, and it is removed whatever happens.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        fd, name = tempfile.mkstemp(prefix=".import-", suffix=".csv", dir=directory)
+        self.path = Path(name)
+        self.count = 0
+        self._file = os.fdopen(fd, "w", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._file, lineterminator="\n")
+        self._writer.writerow(COLUMNS)
+
+    def add(self, r: Record) -> None:
+        self._writer.writerow(
+            (
+                r.record_id,
+                r.subject_kind.value,
+                r.subject_id,
+                r.kind,
+                r.quantity,
+                r.event_start.isoformat(),
+                r.event_end.isoformat() if r.event_end is not None else "",
+                r.status,
+            )
+        )
+        self.count += 1
+
+    def finish(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> _Staging:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
 # -- reading import files ---------------------------------------------------------------------
 
-# A file is read into (line or row number, {column: text}) pairs plus the problems found while
-# reading; a header problem is raised at once, since every row would repeat it.
-_Rows = list[tuple[int, dict[str, str]]]
+# A reader yields (line or row number, {column: text}), or (line, problem) for a row that cannot
+# be split into columns. A header problem is raised at once, since every row would repeat it.
+_Row = tuple[int, dict[str, str] | str]
 _Problems = list[tuple[int, str, str]]
 
 
 def _check_header(path: Path, header: list[str], line: int, unit: str) -> None:
-    problems: list[tuple[int, str, str]] = []
+    problems: _Problems = []
     seen: set[str] = set()
     for name in header:
         if name in seen:
@@ -426,7 +447,7 @@ def _check_header(path: Path, header: list[str], line: int, unit: str) -> None:
         raise _rejected(path, unit, problems)
 
 
-def _read_csv(path: Path) -> tuple[_Rows, _Problems]:
+def _read_csv(path: Path) -> Iterator[_Row]:
     try:
         # utf-8-sig: spreadsheet exports often start with a byte-order mark
         with path.open(newline="", encoding="utf-8-sig") as f:
@@ -439,24 +460,17 @@ def _read_csv(path: Path) -> tuple[_Rows, _Problems]:
                 )
             header = [h.strip() for h in header]
             _check_header(path, header, 1, "line")
-            rows: _Rows = []
-            problems: _Problems = []
             last_line = reader.line_num
             for values in reader:
+                # a quoted field may span lines: a row starts on the line after the last one
                 line = last_line + 1
                 last_line = reader.line_num
                 if not values or all(not v.strip() for v in values):
                     continue
                 if len(values) != len(header):
-                    problems.append(
-                        (
-                            line,
-                            "row",
-                            f"has {len(values)} fields, the header has {len(header)}",
-                        )
-                    )
+                    yield line, f"has {len(values)} fields, the header has {len(header)}"
                     continue
-                rows.append((line, {h: v.strip() for h, v in zip(header, values, strict=True)}))
+                yield line, {h: v.strip() for h, v in zip(header, values, strict=True)}
     except FileNotFoundError:
         raise InvalidArgument(f"{path}: file does not exist", field="path") from None
     except UnicodeDecodeError as e:
@@ -465,21 +479,18 @@ def _read_csv(path: Path) -> tuple[_Rows, _Problems]:
         ) from None
     except csv.Error as e:
         raise InvalidArgument(f"{path}: malformed CSV: {e}", field="path") from None
-    return rows, problems
 
 
 def _cell_text(value: object) -> str:
     if value is None:
         return ""
-    if isinstance(value, datetime.datetime):
-        # a timestamp where a date belongs: keep the text so validation names the problem
-        return value.isoformat()
+    # a timestamp where a date belongs keeps its time, so validation names the problem
     if isinstance(value, datetime.date):
         return value.isoformat()
     return str(value).strip()
 
 
-def _read_parquet(path: Path) -> tuple[_Rows, _Problems]:
+def _read_parquet(path: Path) -> Iterator[_Row]:
     if not path.exists():
         raise InvalidArgument(f"{path}: file does not exist", field="path")
     conn = duckdb.connect()
@@ -492,15 +503,11 @@ def _read_parquet(path: Path) -> tuple[_Rows, _Problems]:
             ) from None
         header = [d[0] for d in cursor.description or []]
         _check_header(path, header, 0, "row")
-        rows: _Rows = []
         row_number = 0
         while batch := cursor.fetchmany(10_000):
             for values in batch:
                 row_number += 1
-                rows.append(
-                    (row_number, {h: _cell_text(v) for h, v in zip(header, values, strict=True)})
-                )
-        return rows, []
+                yield row_number, {h: _cell_text(v) for h, v in zip(header, values, strict=True)}
     finally:
         conn.close()
 
@@ -522,35 +529,41 @@ class _RowValidator:
         self.today = today
         self.kinds = {kind: rules.kinds(kind) for kind in SubjectKind}
 
-    def validate(self, rows: _Rows, problems: _Problems) -> list[tuple[Record, int]]:
-        """Valid records with their line numbers; appends every problem found to `problems`."""
-        records: list[tuple[Record, int]] = []
+    def validate(
+        self, rows: Iterable[_Row], problems: _Problems, accept: Callable[[Record], None]
+    ) -> dict[str, int]:
+        """Pass each valid record to `accept` and append every problem found to `problems`.
+
+        Returns the line of each record id, to place problems found later (ids already stored).
+        """
         first_line: dict[str, int] = {}
         for line, values in rows:
+            if isinstance(values, str):
+                problems.append((line, "row", values))
+                continue
             record, row_problems = self.row(values)
             problems.extend((line, field, problem) for field, problem in row_problems)
             rid = values.get("record_id", "")
-            if rid:
-                if rid in first_line:
-                    problems.append(
-                        (
-                            line,
-                            "record_id",
-                            f"duplicate record id {rid!r} (first on {self.unit} {first_line[rid]})",
-                        )
+            if rid in first_line:
+                problems.append(
+                    (
+                        line,
+                        "record_id",
+                        f"duplicate record id {rid!r} (first on {self.unit} {first_line[rid]})",
                     )
-                else:
-                    first_line[rid] = line
-            if record is not None and not row_problems:
-                records.append((record, line))
-        return records
+                )
+            elif rid:
+                first_line[rid] = line
+                if record is not None:
+                    accept(record)
+        return first_line
 
     def row(self, values: Mapping[str, str]) -> tuple[Record | None, list[tuple[str, str]]]:
         problems: list[tuple[str, str]] = []
         rid = values.get("record_id", "")
         if not rid:
             problems.append(("record_id", "is empty"))
-        elif len(rid) > MAX_RECORD_ID_LENGTH or not _RECORD_ID.match(rid):
+        elif len(rid) > MAX_RECORD_ID_LENGTH or not _RECORD_ID.fullmatch(rid):
             problems.append(
                 (
                     "record_id",
@@ -597,7 +610,7 @@ class _RowValidator:
                 rule = self.rules.rule(subject_kind, kind)
         quantity_text = values.get("quantity", "") or "1"
         quantity: int | None = None
-        if not quantity_text.isdigit() or not 1 <= int(quantity_text) <= MAX_QUANTITY:
+        if not _DIGITS.fullmatch(quantity_text) or not 1 <= int(quantity_text) <= MAX_QUANTITY:
             problems.append(
                 ("quantity", f"{quantity_text!r} is not a whole number from 1 to {MAX_QUANTITY}")
             )
@@ -650,11 +663,15 @@ class _RowValidator:
             if required:
                 problems.append((field, "is empty; give the date as YYYY-MM-DD"))
             return None
-        if not _ISO_DATE.match(text):
+        if not _ISO_DATE.fullmatch(text):
             problems.append((field, f"{text!r} is not a date in the form YYYY-MM-DD"))
             return None
         try:
-            return datetime.date.fromisoformat(text)
+            value = datetime.date.fromisoformat(text)
         except ValueError:
             problems.append((field, f"{text!r} is not a real calendar date"))
             return None
+        if value < EARLIEST_EVENT:
+            problems.append((field, f"{value} is before {EARLIEST_EVENT}; check the year"))
+            return None
+        return value

@@ -16,8 +16,8 @@ from osmanthus.types import DepartmentId, SubjectKind
 _DEFAULTS = Path(__file__).resolve().parent / "defaults"
 
 #: department ids double as node names, rule-file names and DuckDB file names
-DEPARTMENT_ID_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-_CATEGORY_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+DEPARTMENT_ID_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}\Z")
+_CATEGORY_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
 #: the name of the first BREAKDOWN slot; no bonus category may use it
 DEDUCTIONS_SLOT = "deductions"
 
@@ -80,7 +80,7 @@ class Catalogue:
     models: Mapping[SubjectKind, SubjectModel]
 
     def department(self, id: str) -> Department:
-        if not isinstance(id, str) or not DEPARTMENT_ID_PATTERN.match(id):
+        if not isinstance(id, str) or not DEPARTMENT_ID_PATTERN.fullmatch(id):
             raise InvalidArgument(
                 f"{id!r} is not a department id (lower-case letters, digits and '_', "
                 "starting with a letter, at most 32 characters)",
@@ -186,7 +186,7 @@ class _CatalogueParser:
                 raise self.fail(key, "must be a table")
             self.check_keys(key, entry, {"id", "name", "name_zh", "subject_kinds"})
             dept_id = self.text(f"{key}.id", entry["id"])
-            if not DEPARTMENT_ID_PATTERN.match(dept_id):
+            if not DEPARTMENT_ID_PATTERN.fullmatch(dept_id):
                 raise self.fail(
                     f"{key}.id",
                     f"{dept_id!r} is not a valid department id (lower-case letters, digits and "
@@ -261,7 +261,7 @@ class _CatalogueParser:
                 raise self.fail(ckey, "must be a table")
             self.check_keys(ckey, entry, {"name", "label", "owner", "cap"})
             name = self.text(f"{ckey}.name", entry["name"])
-            if not _CATEGORY_NAME_PATTERN.match(name) or name in {DEDUCTIONS_SLOT, "deduction"}:
+            if not _CATEGORY_NAME_PATTERN.fullmatch(name) or name in {DEDUCTIONS_SLOT, "deduction"}:
                 raise self.fail(
                     f"{ckey}.name",
                     f"{name!r} is not a usable category name (lower-case identifier, "

@@ -147,8 +147,12 @@ class PrivateKey:
     """The requester's decryption key (CRT form). Never leaves the requester's process."""
 
     def __init__(self, *, public_key: PublicKey, p: int, q: int) -> None:
-        if p == q or p * q != public_key.n:
-            raise CryptoError("p·q does not equal the public modulus", field="private_key")
+        n = public_key.n
+        # (1, n) or negated factors also multiply to n but are no factorisation at all
+        if not (1 < p < n and 1 < q < n) or p == q or p * q != n:
+            raise CryptoError(
+                "p and q are not the prime factors of the modulus", field="private_key"
+            )
         if q < p:
             p, q = q, p
         self.public_key = public_key

@@ -15,6 +15,8 @@ _log = logging.getLogger(__name__)
 
 #: trailing-metadata key carrying the offending field's name, so clients can rebuild `.field`
 FIELD_METADATA_KEY = "osmanthus-field"
+#: trailing-metadata key carrying the error class, for classes that share a status code
+ERROR_METADATA_KEY = "osmanthus-error"
 
 _TO_STATUS: tuple[tuple[type[errors.OsmanthusError], grpc.StatusCode], ...] = (
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -27,6 +29,9 @@ _TO_STATUS: tuple[tuple[type[errors.OsmanthusError], grpc.StatusCode], ...] = (
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.ConfigError, grpc.StatusCode.INTERNAL),
 )
+
+#: classes a client may rebuild by name (all take (message, field=...)); anything else by status
+_BY_NAME: dict[str, type[errors.OsmanthusError]] = {cls.__name__: cls for cls, _ in _TO_STATUS}
 
 _FROM_STATUS: dict[grpc.StatusCode, type[errors.OsmanthusError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
@@ -47,8 +52,10 @@ def status_of(error: errors.OsmanthusError) -> grpc.StatusCode:
 
 
 def abort(context: grpc.ServicerContext, error: errors.OsmanthusError) -> NoReturn:
+    metadata = [(ERROR_METADATA_KEY, type(error).__name__)]
     if error.field:
-        context.set_trailing_metadata(((FIELD_METADATA_KEY, error.field),))
+        metadata.append((FIELD_METADATA_KEY, error.field))
+    context.set_trailing_metadata(tuple(metadata))
     context.abort(status_of(error), str(error))
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
@@ -79,12 +86,20 @@ def error_from_rpc(exc: grpc.RpcError) -> errors.OsmanthusError:
     code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
     field: str | None = None
+    name: str | None = None
     if isinstance(exc, grpc.Call):
         for key, value in exc.trailing_metadata() or ():
             if key == FIELD_METADATA_KEY and isinstance(value, str):
                 field = value
+            elif key == ERROR_METADATA_KEY and isinstance(value, str):
+                name = value
     message = details or code.name
     if field and message.startswith(f"{field}: "):
         message = message[len(field) + 2 :]
     cls = _FROM_STATUS.get(code, errors.OsmanthusError)
+    named = _BY_NAME.get(name or "")
+    # trust the name only when it agrees with the status code, so a server cannot, say,
+    # turn a permission refusal into an error the client would retry
+    if named is not None and status_of(named("")) is code:
+        cls = named
     return cls(message, field=field)

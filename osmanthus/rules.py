@@ -29,9 +29,9 @@ ACTIVE = "active"
 DISPUTED = "disputed"
 STATUSES = (ACTIVE, DISPUTED)
 
-_KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_FLAG_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_YEARS_PATTERN = re.compile(r"^([1-9][0-9]?)y$")
+_KIND_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_FLAG_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_YEARS_PATTERN = re.compile(r"([1-9][0-9]?)y")
 _DEFAULT_DEDUCTION_VALIDITY = "5y"
 _DEFAULT_BONUS_VALIDITY = "3y"
 _RULE_KEYS = {
@@ -94,7 +94,7 @@ class Validity:
             return cls("while_listed")
         if text == "permanent":
             return cls("permanent")
-        m = _YEARS_PATTERN.match(text)
+        m = _YEARS_PATTERN.fullmatch(text)
         if m is None:
             raise ValueError(
                 f"validity {text!r} is not understood; use 'Ny' (N years, 1-99), "
@@ -140,12 +140,6 @@ class Rule:
         """Points for `quantity` units summed over the counting records of this kind."""
         value = self.points * (quantity // self.per_quantity)
         return min(value, self.kind_cap) if self.kind_cap else value
-
-    def max_magnitude(self) -> int | None:
-        """The most this kind can contribute for one subject, None when unbounded."""
-        if self.kind_cap:
-            return self.kind_cap
-        return 0 if self.points == 0 else None
 
 
 @dataclass(frozen=True)
@@ -260,7 +254,7 @@ class _RulesParser:
                 f"unknown top-level key {unknown[0]!r}; allowed: department, version, [[rule]]"
             )
         dept_id = raw.get("department")
-        if not isinstance(dept_id, str) or not DEPARTMENT_ID_PATTERN.match(dept_id):
+        if not isinstance(dept_id, str) or not DEPARTMENT_ID_PATTERN.fullmatch(dept_id):
             raise self.fail('department: must name a department id, e.g. department = "tax"')
         try:
             dept = self.catalogue.department(dept_id)
@@ -321,7 +315,7 @@ class _RulesParser:
         missing = sorted(_REQUIRED_RULE_KEYS - set(entry))
         if missing:
             raise fail(f"missing key {missing[0]!r}")
-        if not isinstance(kind_raw, str) or not _KIND_PATTERN.match(kind_raw):
+        if not isinstance(kind_raw, str) or not _KIND_PATTERN.fullmatch(kind_raw):
             raise fail("kind: must be a lower-case identifier such as 'tax_arrears'")
         try:
             subject_kind = SubjectKind(entry["subject_kind"])
@@ -358,7 +352,7 @@ class _RulesParser:
         except ValueError as e:
             raise fail(str(e)) from None
         flag_raw = entry.get("flag", "")
-        if not isinstance(flag_raw, str) or (flag_raw and not _FLAG_PATTERN.match(flag_raw)):
+        if not isinstance(flag_raw, str) or (flag_raw and not _FLAG_PATTERN.fullmatch(flag_raw)):
             raise fail(f"flag: {flag_raw!r} must be empty or a lower-case identifier")
         description = entry["description"]
         if not isinstance(description, str) or not description.strip():

@@ -372,8 +372,7 @@ class _Generator:
 
     def served(self, k: _Kind, subject_kind: SubjectKind) -> bool:
         return any(
-            d.id == k.department and subject_kind in d.subject_kinds
-            for d in self.catalogue.departments
+            d.id == k.department and d.serves(subject_kind) for d in self.catalogue.departments
         )
 
     def dates(self, shape: Shape) -> tuple[datetime.date, datetime.date | None]:

@@ -27,6 +27,7 @@ from osmanthus.tls import (
     identity_of_certificate,
     node_server_name,
 )
+from tests.conftest import PLATFORM_DEPARTMENTS, PLATFORM_REQUESTERS
 
 SERVER_AND_CLIENT = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
 CLIENT_ONLY = [ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -133,8 +134,8 @@ def test_init_platform_returns_every_peer_keyed_by_directory(tmp_path: Path) -> 
 
 def test_private_keys_are_owner_only(platform_certs: Path) -> None:
     keys = [platform_certs / "ca.key", *platform_certs.glob("**/key.pem")]
-    # CA + coordinator + operator + 9 departments + 3 requesters
-    assert len(keys) == 15
+    # CA + coordinator + operator + one per department + one per requester
+    assert len(keys) == 3 + len(PLATFORM_DEPARTMENTS) + len(PLATFORM_REQUESTERS)
     for key in keys:
         assert _mode(key) == 0o600, key
     assert _mode(platform_certs / "ca.pem") & 0o044 == 0o044

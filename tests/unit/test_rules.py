@@ -160,6 +160,14 @@ def edit(old: str, new: str) -> str:
             edit('kind = "tax_arrears"', 'kind = "Tax Arrears"'),
             "rule 1 (kind 'Tax Arrears'): kind: must be a lower-case identifier",
         ),
+        (
+            edit('kind = "tax_arrears"', 'kind = "tax_arrears\\n"'),
+            "kind: must be a lower-case identifier",
+        ),
+        (
+            edit('category = "deduction"', 'category = "deduction"\nflag = "bank_loan\\n"'),
+            "flag: 'bank_loan\\n' must be empty or a lower-case identifier",
+        ),
         (RULE + RULE, "rule 2 (kind 'tax_arrears'): a person rule for this kind already exists"),
         (
             RULE + RULE.replace("tax_arrears", "late_filing").replace("= 10", "= -1"),

@@ -202,7 +202,7 @@ def test_every_seeded_record_passes_import_validation(demo: Demo, tmp_path: Path
                     [r.record_id, r.subject_kind.value, r.subject_id, r.kind, r.quantity,
                      r.event_start, r.event_end or "", r.status]
                 )  # fmt: skip
-        with RecordStore(tmp_path / f"{dept}.duckdb", department=dept) as store:
+        with RecordStore(tmp_path / f"{dept}.duckdb", department=DepartmentId(dept)) as store:
             imported = store.import_file(path, rules=RULES[dept], catalogue=CATALOGUE, today=AS_OF)
             assert imported.rows == len(records)
 

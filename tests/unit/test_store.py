@@ -390,3 +390,28 @@ def test_store_belongs_to_one_department(tmp_path: Path) -> None:
     con.close()
     with pytest.raises(ConfigError, match="schema version 99"):
         RecordStore(path, department=TAX)
+
+
+def test_line_numbers_follow_the_file_and_odd_values_are_refused(
+    store: RecordStore, tmp_path: Path
+) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text(
+        ",".join(HEADER) + "\n"
+        f'T-1,person,{pid(1)},"tax\narrears",1,2024-03-01,,active\n'  # one row on lines 2-3
+        f"T-2,person,{pid(2)},tax_arrears,\u00b2,2024-03-01,,active\n"  # superscript two
+        f"T-3,person,{pid(3)},tax_arrears,\u0663,2024-03-01,,active\n"  # Arabic-Indic three
+        f"T-4,person,{pid(4)},tax_arrears,1,1899-12-31,,active\n"
+        f"T-5,person,{pid(5)},tax_arrears,1,\u0662\u0660\u0662\u0664-01-01,,active\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ImportRejected) as e:
+        do_import(store, path)
+    assert [(line, field) for line, field, _ in e.value.problems] == [
+        (2, "kind"),
+        (4, "quantity"),
+        (5, "quantity"),
+        (6, "event_start"),
+        (7, "event_start"),
+    ]
+    assert "is before 1900-01-01" in e.value.problems[3][2]

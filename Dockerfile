@@ -1,0 +1,45 @@
+# syntax=docker/dockerfile:1
+# One image for every Osmanthus service: department nodes, the coordinator and the init job.
+# docker-compose.yml picks the subcommand per service and defines each service's health check.
+
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+# .dockerignore admits only what the package build needs (and the default policies).
+COPY pyproject.toml README.md ./
+COPY osmanthus/ osmanthus/
+COPY node/ node/
+COPY coordinator/ coordinator/
+COPY sdk/ sdk/
+COPY certs/ certs/
+RUN pip wheel --no-deps --wheel-dir /wheels .
+
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# A fixed uid/gid so that files on volumes keep one owner across image rebuilds.
+RUN groupadd --system --gid 10001 osmanthus \
+ && useradd --system --uid 10001 --gid osmanthus --no-create-home \
+      --home-dir /nonexistent --shell /usr/sbin/nologin osmanthus
+
+# The wheel is bind-mounted rather than copied, so no layer keeps a second copy of it.
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install /wheels/*.whl \
+ && osmanthus --help >/dev/null
+
+# The default Cedar policies are not package data, so the image carries them at a fixed path that
+# docker-compose.yml passes to --policy; a department replaces its own by mounting a file over it.
+COPY policies/node.cedar policies/central.cedar /etc/osmanthus/policies/
+
+# Mount points owned by the service user: Docker copies this ownership into a named volume the
+# first time it is mounted there, so the non-root services can write certificates, data and state.
+RUN mkdir -p /certs /data /state /secrets \
+ && chown osmanthus:osmanthus /certs /data /state /secrets \
+ && chmod 0700 /secrets
+
+USER osmanthus:osmanthus
+ENTRYPOINT ["osmanthus"]
+CMD ["--help"]

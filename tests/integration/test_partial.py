@@ -1,0 +1,208 @@
+"""Partial answers: a department node that dies, hangs or is absent, seen through the SDK."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import sdk
+from coordinator.config import NodeEndpoint
+from osmanthus.launcher import START_TIMEOUT_S, Process, osmanthus_command, spawn
+from osmanthus.types import DepartmentId, Role
+from sdk import Client, EnterpriseScore, RequesterKeys
+from tests.conftest import IssuerKeyPaths
+from tests.integration.conftest import (
+    Federation,
+    restricted_catalogue,
+    start_federation,
+    stop_federation,
+)
+
+#: the coordinator's per-node deadline in these federations; short, so a hung node costs little
+DEADLINE_S = 2.0
+#: how late after the deadline an answer may still arrive (fan-out, sums, decryption, scheduling)
+MARGIN_S = 1.5
+#: runs as its own process so it can be killed or frozen; it owns customs_certification
+SUBPROCESS_DEPARTMENT = "customs"
+IN_PROCESS_DEPARTMENTS = ("court", "tax", "samr", "eco")
+AGENCY = "agency-1"
+
+
+def _firm(federation: Federation) -> str:
+    with federation.data.subjects_file.open() as f:
+        return next(r["subject_id"] for r in csv.DictReader(f) if r["subject_kind"] == "enterprise")
+
+
+@dataclass
+class SplitFederation:
+    federation: Federation
+    node: Process
+    client: Client
+
+
+@pytest.fixture
+def split_federation(
+    tmp_path: Path,
+    federation: Federation,
+    platform_certs: Path,
+    issuer_keys: IssuerKeyPaths,
+    requester_keys: dict[str, RequesterKeys],
+) -> Iterator[SplitFederation]:
+    """Five enterprise departments: four in this process, customs as a real `node serve`."""
+    db = federation.data.databases[DepartmentId(SUBPROCESS_DEPARTMENT)]
+    node = spawn(
+        f"node-{SUBPROCESS_DEPARTMENT}",
+        osmanthus_command(
+            "node", "serve",
+            "--department", SUBPROCESS_DEPARTMENT,
+            "--db", str(db),
+            "--issuer-public-key", str(issuer_keys.public),
+            "--state-dir", str(tmp_path / "state" / SUBPROCESS_DEPARTMENT),
+            "--certs-dir", str(platform_certs),
+            "--listen", "127.0.0.1:0",
+        ),
+        run_dir=tmp_path / "run",
+    )  # fmt: skip
+    try:
+        port = node.wait_ready(time.monotonic() + START_TIMEOUT_S)
+        fed = start_federation(
+            tmp_path,
+            catalogue=restricted_catalogue((*IN_PROCESS_DEPARTMENTS, SUBPROCESS_DEPARTMENT)),
+            data=federation.data,
+            certs=platform_certs,
+            issuer_keys=issuer_keys,
+            keys=requester_keys,
+            departments=IN_PROCESS_DEPARTMENTS,
+            deadline_s=DEADLINE_S,
+            extra_endpoints=[
+                NodeEndpoint(DepartmentId(SUBPROCESS_DEPARTMENT), f"127.0.0.1:{port}")
+            ],
+        )
+        try:
+            client = fed.client(AGENCY, role=Role.CREDIT_AGENCY, purposes=["credit_report"])
+            with client:
+                client.register_key()
+                # every node answers before the fault is injected, so the channel to the
+                # subprocess is connected and a later failure is the fault, not the start-up
+                warm = client.enterprise_score(_firm(fed), purpose="credit_report")
+                assert not warm.partial, warm.missing
+                yield SplitFederation(fed, node, client)
+        finally:
+            stop_federation(fed)
+    finally:
+        if node.popen.poll() is None:
+            node.popen.send_signal(signal.SIGCONT)
+            node.popen.kill()
+        node.popen.wait(timeout=10)
+
+
+def _query_in_thread(
+    split: SplitFederation,
+) -> tuple[threading.Thread, dict[str, EnterpriseScore | BaseException | float]]:
+    outcome: dict[str, EnterpriseScore | BaseException | float] = {}
+
+    def run() -> None:
+        start = time.monotonic()
+        try:
+            outcome["result"] = split.client.enterprise_score(
+                _firm(split.federation), purpose="credit_report"
+            )
+        except BaseException as exc:  # handed to the test thread, which re-raises it
+            outcome["result"] = exc
+        outcome["elapsed"] = time.monotonic() - start
+
+    thread = threading.Thread(target=run, name="query-in-flight")
+    thread.start()
+    return thread, outcome
+
+
+def _finished(
+    thread: threading.Thread, outcome: dict[str, EnterpriseScore | BaseException | float]
+) -> tuple[EnterpriseScore, float]:
+    thread.join(DEADLINE_S + 10)
+    assert not thread.is_alive(), "the query did not return"
+    result, elapsed = outcome["result"], outcome["elapsed"]
+    if isinstance(result, BaseException):
+        raise result
+    assert isinstance(result, EnterpriseScore) and isinstance(elapsed, float)
+    return result, elapsed
+
+
+def _assert_only_customs_missing(report: EnterpriseScore) -> str:
+    assert report.partial
+    assert {s.department for s in report.answered} == set(IN_PROCESS_DEPARTMENTS)
+    (missing,) = report.missing
+    assert missing.department == SUBPROCESS_DEPARTMENT
+    # customs owns this category: with customs absent it is unknown, not zero
+    assert report.bonuses["customs_certification"] is None
+    assert report.bonuses["tax_credit"] is not None
+    return missing.detail
+
+
+def test_a_node_killed_while_a_query_is_in_flight_leaves_a_partial_answer(
+    split_federation: SplitFederation,
+) -> None:
+    node = split_federation.node
+    # Freeze the node first so the query is certainly waiting on it when it dies; a live node
+    # answers in milliseconds and a plain kill would race the answer.
+    node.popen.send_signal(signal.SIGSTOP)
+    thread, outcome = _query_in_thread(split_federation)
+    time.sleep(0.5)
+    node.popen.send_signal(signal.SIGKILL)
+    report, elapsed = _finished(thread, outcome)
+    detail = _assert_only_customs_missing(report)
+    assert detail.startswith("unavailable: "), detail
+    assert elapsed < DEADLINE_S + MARGIN_S
+    assert node.popen.wait(timeout=5) == -signal.SIGKILL
+
+
+def test_a_hung_node_is_reported_after_the_deadline(split_federation: SplitFederation) -> None:
+    node = split_federation.node
+    node.popen.send_signal(signal.SIGSTOP)
+    try:
+        thread, outcome = _query_in_thread(split_federation)
+        report, elapsed = _finished(thread, outcome)
+    finally:
+        node.popen.send_signal(signal.SIGCONT)
+    detail = _assert_only_customs_missing(report)
+    assert detail == f"no answer within the {DEADLINE_S:g} s deadline"
+    # the coordinator waited for the deadline, and not much longer
+    assert DEADLINE_S - 0.1 <= elapsed < DEADLINE_S + MARGIN_S
+
+
+def test_fewer_departments_than_the_policy_minimum_is_refused(
+    tmp_path: Path,
+    federation: Federation,
+    platform_certs: Path,
+    issuer_keys: IssuerKeyPaths,
+    requester_keys: dict[str, RequesterKeys],
+) -> None:
+    # two of five enterprise departments have a node; the enterprise permit's
+    # @min_departments("3") applies and neither node allows single-source disclosure
+    fed = start_federation(
+        tmp_path,
+        catalogue=restricted_catalogue(("court", "tax", "samr", "eco", "customs")),
+        data=federation.data,
+        certs=platform_certs,
+        issuer_keys=issuer_keys,
+        keys=requester_keys,
+        departments=("court", "tax"),
+        deadline_s=DEADLINE_S,
+    )
+    try:
+        client = fed.client(AGENCY, role=Role.CREDIT_AGENCY, purposes=["credit_report"])
+        with client, pytest.raises(sdk.FailedPrecondition) as caught:
+            client.enterprise_score(_firm(fed), purpose="credit_report")
+    finally:
+        stop_federation(fed)
+    message = caught.value.message
+    assert "only 2 department(s) answered (court, tax)" in message
+    assert "the policy requires at least 3" in message
+    assert "single-source disclosure" in message
