@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # One image for every Osmanthus service: department nodes, the coordinator and the init job.
 # docker-compose.yml picks the subcommand per service and defines each service's health check.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import grpc
@@ -27,7 +28,7 @@ from osmanthus.v1 import coordinator_pb2, coordinator_pb2_grpc
 COORDINATOR_SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name[
     "CoordinatorService"
 ].full_name
-DEFAULT_CENTRAL_POLICY = Path(__file__).resolve().parent.parent / "policies" / "central.cedar"
+DEFAULT_CENTRAL_POLICY = Path(str(files("policies") / "central.cedar"))
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 from certs import PeerRole
@@ -20,7 +21,7 @@ from osmanthus.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, ReplayCache, Toke
 from osmanthus.v1 import node_pb2, node_pb2_grpc
 
 NODE_SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
-DEFAULT_NODE_POLICY = Path(__file__).resolve().parent.parent / "policies" / "node.cedar"
+DEFAULT_NODE_POLICY = Path(str(files("policies") / "node.cedar"))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Default Cedar access policies (central and department), shipped as package data."""
