@@ -4,13 +4,14 @@
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-# .dockerignore admits only what the package build needs (and the default policies).
+# .dockerignore admits only what the package build needs.
 COPY pyproject.toml README.md ./
 COPY osmanthus/ osmanthus/
 COPY node/ node/
 COPY coordinator/ coordinator/
 COPY sdk/ sdk/
 COPY certs/ certs/
+COPY policies/ policies/
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
@@ -29,8 +30,8 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install /wheels/*.whl \
  && osmanthus --help >/dev/null
 
-# The default Cedar policies are not package data, so the image carries them at a fixed path that
-# docker-compose.yml passes to --policy; a department replaces its own by mounting a file over it.
+# The default Cedar policies ship inside the package; the image also puts them at a fixed path
+# that docker-compose.yml passes to --policy, so a department replaces its own by mounting a file.
 COPY policies/node.cedar policies/central.cedar /etc/osmanthus/policies/
 
 # Mount points owned by the service user: Docker copies this ownership into a named volume the
