@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import functools
 import random
-import time
 import tomllib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -273,7 +272,6 @@ def test_person_scores_match_plaintext(
     persons = sample(federation, reference, "person", PERSON_SAMPLE)
     consents = {p: consent_for(registrar, p) for p in persons}
     seen: set[str] = set()
-    started = time.monotonic()
     for person in persons:
         for shape in (Shape.BREAKDOWN, Shape.TOTAL):
             run = functools.partial(
@@ -285,12 +283,10 @@ def test_person_scores_match_plaintext(
             )
             ref = check(reference, "person", person, shape, run)
             seen |= ref.features
-    elapsed = time.monotonic() - started
     # the sample must have exercised every part of the model the data offers, or agreement
     # would prove little
     assert {"deductions", "bonus", "expired", "disputed", "per_quantity_remainder"} <= seen, seen
     assert reference.features("person", utc_today()) <= seen
-    assert elapsed < 240, f"{len(persons) * 2} person queries took {elapsed:.0f} s"
 
 
 def test_enterprise_scores_and_grades_match_plaintext(

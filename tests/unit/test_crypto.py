@@ -147,9 +147,7 @@ def test_signed_values_round_trip_at_the_bounds(keys: KeyPair) -> None:
 
 
 @pytest.mark.parametrize("offset", [0, 1])
-def test_signed_encryption_refuses_values_at_or_past_the_bounds(
-    keys: KeyPair, offset: int
-) -> None:
+def test_signed_encryption_refuses_values_at_or_past_the_bounds(keys: KeyPair, offset: int) -> None:
     public, _ = keys
     limit = public.n // SIGNED_FRACTION
     for v in (limit + offset, -(limit + offset)):
@@ -368,16 +366,8 @@ def test_private_key_json_with_wrong_factors_is_refused(keys: KeyPair) -> None:
         assert info.value.field == "private_key"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: osmanthus/crypto.py PrivateKey.__init__ checks only p != q and p*q == n, so the "
-    "trivial split (1, n) and negated factors (-p, -q) are accepted and decrypt to garbage "
-    "instead of failing; fix: also require 1 < p < n and 1 < q < n",
-)
 @pytest.mark.parametrize("split", ["one_and_n", "negated"])
-def test_private_key_with_trivial_or_negative_factors_is_refused(
-    keys: KeyPair, split: str
-) -> None:
+def test_private_key_with_trivial_or_negative_factors_is_refused(keys: KeyPair, split: str) -> None:
     public, private = keys
     p, q = factors(private)
     bad_p, bad_q = (1, public.n) if split == "one_and_n" else (-p, -q)

@@ -43,9 +43,7 @@ def departments(draw: st.DrawFn, *, max_contributors: int = MAX_CONTRIBUTORS) ->
         # worst case (everyone at the maximum) often
         row = draw(st.lists(slot_values, min_size=slots, max_size=slots))
         return [list(row) for _ in range(count)]
-    return [
-        draw(st.lists(slot_values, min_size=slots, max_size=slots)) for _ in range(count)
-    ]
+    return [draw(st.lists(slot_values, min_size=slots, max_size=slots)) for _ in range(count)]
 
 
 def slot_sums(parts: list[list[int]]) -> tuple[int, ...]:
@@ -173,7 +171,7 @@ def short_keys() -> tuple[PublicKey, PrivateKey]:
     # why short: hundreds of encryptions per property run; 512 bits still holds
     # MAX_SLOTS × SLOT_BITS = 320-bit plaintexts, which is all the packing needs
     public, private = UnsafeShortKeys.generate(bits=512)
-    assert SLOT_BITS * MAX_SLOTS < public.bits
+    assert public.bits > SLOT_BITS * MAX_SLOTS
     return public, private
 
 
@@ -196,6 +194,7 @@ def test_homomorphic_sum_at_the_extreme(short_keys: tuple[PublicKey, PrivateKey]
     slots = MAX_SLOTS
     packed = pack_breakdown([MAX_SLOT_VALUE] * slots)
     total = public.add(*(public.encrypt(packed) for _ in range(MAX_CONTRIBUTORS)))
-    assert unpack_breakdown(
-        private.decrypt(total), slots=slots, contributors=MAX_CONTRIBUTORS
-    ) == ((MAX_SLOT_VALUE * MAX_CONTRIBUTORS),) * slots
+    assert (
+        unpack_breakdown(private.decrypt(total), slots=slots, contributors=MAX_CONTRIBUTORS)
+        == ((MAX_SLOT_VALUE * MAX_CONTRIBUTORS),) * slots
+    )

@@ -16,7 +16,13 @@ import grpc
 import pytest
 
 from osmanthus import errors
-from osmanthus.grpc_errors import FIELD_METADATA_KEY, error_from_rpc, servicer_method, status_of
+from osmanthus.grpc_errors import (
+    ERROR_METADATA_KEY,
+    FIELD_METADATA_KEY,
+    error_from_rpc,
+    servicer_method,
+    status_of,
+)
 
 SERVICE = "osmanthus.test.Errors"
 SECRET = "p=1234567890123456789 and the salt is hunter2"
@@ -24,9 +30,10 @@ SECRET = "p=1234567890123456789 and the salt is hunter2"
 #: the documented mapping (osmanthus/grpc_errors.py): class → (status, class the client rebuilds)
 EXPECTED: dict[type[errors.OsmanthusError], tuple[grpc.StatusCode, type[errors.OsmanthusError]]] = {
     errors.InvalidArgument: (grpc.StatusCode.INVALID_ARGUMENT, errors.InvalidArgument),
-    # gRPC has one code for bad input: the client sees the general class
+    # ImportRejected's problem list does not travel: the client sees the general class
     errors.ImportRejected: (grpc.StatusCode.INVALID_ARGUMENT, errors.InvalidArgument),
-    errors.CryptoError: (grpc.StatusCode.INVALID_ARGUMENT, errors.InvalidArgument),
+    # shares INVALID_ARGUMENT; the class name in the trailing metadata tells them apart
+    errors.CryptoError: (grpc.StatusCode.INVALID_ARGUMENT, errors.CryptoError),
     errors.Unauthenticated: (grpc.StatusCode.UNAUTHENTICATED, errors.Unauthenticated),
     errors.PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, errors.PermissionDenied),
     errors.NotFound: (grpc.StatusCode.NOT_FOUND, errors.NotFound),
@@ -34,7 +41,7 @@ EXPECTED: dict[type[errors.OsmanthusError], tuple[grpc.StatusCode, type[errors.O
     errors.Unavailable: (grpc.StatusCode.UNAVAILABLE, errors.Unavailable),
     errors.DeadlineExceeded: (grpc.StatusCode.DEADLINE_EXCEEDED, errors.DeadlineExceeded),
     # a server's broken configuration is the server's problem, not the caller's
-    errors.ConfigError: (grpc.StatusCode.INTERNAL, errors.OsmanthusError),
+    errors.ConfigError: (grpc.StatusCode.INTERNAL, errors.ConfigError),
     errors.OsmanthusError: (grpc.StatusCode.INTERNAL, errors.OsmanthusError),
 }
 
@@ -48,6 +55,10 @@ def all_error_classes() -> set[type[errors.OsmanthusError]]:
                 found.add(sub)
                 todo.append(sub)
     return found
+
+
+def class_name(cls: object) -> str:
+    return cls.__name__ if isinstance(cls, type) else repr(cls)
 
 
 def make_error(name: str, message: str, field: str | None) -> Exception:
@@ -68,6 +79,10 @@ class Raiser:
         if spec["error"] == "abort_not_found":
             # a handler that chose its own status: the decorator must leave it alone
             context.abort(grpc.StatusCode.NOT_FOUND, spec["message"])
+        if spec["error"] == "forge":
+            # a server naming a class of its choice next to a status of its choice
+            context.set_trailing_metadata(((ERROR_METADATA_KEY, spec["name"]),))
+            context.abort(grpc.StatusCode[spec["status"]], spec["message"])
         if spec["error"] == "none":
             return b"ok"
         raise make_error(spec["error"], spec["message"], spec["field"])
@@ -102,7 +117,7 @@ def test_the_expected_table_covers_every_error_class() -> None:
     assert all_error_classes() == set(EXPECTED)
 
 
-@pytest.mark.parametrize("cls", sorted(EXPECTED, key=lambda c: c.__name__), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", sorted(EXPECTED, key=class_name), ids=class_name)
 def test_status_of_matches_the_documented_table(cls: type[errors.OsmanthusError]) -> None:
     error = make_error(cls.__name__, "boom", "x")
     assert isinstance(error, errors.OsmanthusError)
@@ -111,8 +126,8 @@ def test_status_of_matches_the_documented_table(cls: type[errors.OsmanthusError]
 
 @pytest.mark.parametrize(
     "cls",
-    sorted(set(EXPECTED) - {errors.ImportRejected}, key=lambda c: c.__name__),
-    ids=lambda c: c.__name__,
+    sorted(set(EXPECTED) - {errors.ImportRejected}, key=class_name),
+    ids=class_name,
 )
 @pytest.mark.parametrize("field", ["purpose", "parts[3].ciphertext", None])
 def test_error_crosses_the_wire_with_status_class_message_and_field(
@@ -125,6 +140,7 @@ def test_error_crosses_the_wire_with_status_class_message_and_field(
     assert exc.details() == (f"{field}: {message}" if field else message)
     metadata = dict(exc.trailing_metadata() or ())
     assert metadata.get(FIELD_METADATA_KEY) == field
+    assert metadata.get(ERROR_METADATA_KEY) == cls.__name__
     rebuilt = error_from_rpc(exc)
     assert type(rebuilt) is rebuilt_class
     assert rebuilt.field == field
@@ -141,20 +157,30 @@ def test_import_rejected_arrives_as_invalid_argument(stub: grpc.UnaryUnaryMultiC
     assert rebuilt.field is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gap: osmanthus/grpc_errors.py error_from_rpc rebuilds only one class per status code, "
-    "so CryptoError arrives as InvalidArgument and ConfigError as the bare OsmanthusError "
-    "(exit code 1 instead of 3); fix: send the class name in a second trailing-metadata key "
-    "(e.g. 'osmanthus-error') from abort() and map it back through an allow-list of the classes "
-    "that take (message, field=...)",
+@pytest.mark.parametrize(
+    ("claimed", "status", "expected"),
+    [
+        # a name that disagrees with the status is ignored: the status decides
+        ("Unavailable", grpc.StatusCode.PERMISSION_DENIED, errors.PermissionDenied),
+        ("CryptoError", grpc.StatusCode.INTERNAL, errors.OsmanthusError),
+        ("ImportRejected", grpc.StatusCode.INVALID_ARGUMENT, errors.InvalidArgument),
+        ("SystemExit", grpc.StatusCode.INVALID_ARGUMENT, errors.InvalidArgument),
+        ("CryptoError", grpc.StatusCode.INVALID_ARGUMENT, errors.CryptoError),
+    ],
 )
-@pytest.mark.parametrize("cls", [errors.CryptoError, errors.ConfigError], ids=lambda c: c.__name__)
-def test_exact_class_survives_the_wire(
-    stub: grpc.UnaryUnaryMultiCallable, cls: type[errors.OsmanthusError]
+def test_class_name_is_trusted_only_when_it_agrees_with_the_status(
+    stub: grpc.UnaryUnaryMultiCallable,
+    claimed: str,
+    status: grpc.StatusCode,
+    expected: type[errors.OsmanthusError],
 ) -> None:
-    rebuilt = error_from_rpc(call(stub, cls.__name__, "bad", "ciphertext"))
-    assert type(rebuilt) is cls
+    request = json.dumps(
+        {"error": "forge", "message": "x", "field": None, "name": claimed, "status": status.name}
+    ).encode()
+    with pytest.raises(grpc.RpcError) as info:
+        stub(request, timeout=10)
+    assert info.value.code() is status
+    assert type(error_from_rpc(info.value)) is expected
 
 
 def test_unexpected_exception_becomes_internal_without_its_text(
@@ -167,6 +193,7 @@ def test_unexpected_exception_becomes_internal_without_its_text(
     assert "hunter2" not in (exc.details() or "")
     assert exc.details() == "internal error; see the server log"
     assert FIELD_METADATA_KEY not in dict(exc.trailing_metadata() or ())
+    assert ERROR_METADATA_KEY not in dict(exc.trailing_metadata() or ())
     rebuilt = error_from_rpc(exc)
     assert type(rebuilt) is errors.OsmanthusError
     assert SECRET not in str(rebuilt)
