@@ -70,6 +70,17 @@ def servicer_method(method: F) -> F:
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return method(self, request, context)
+        except errors.ConfigError as exc:
+            # a server-side configuration problem: its text may hold file paths, so only the
+            # server's log gets it; the caller learns what kind of failure it was
+            _log.error("configuration problem in %s: %s", method.__name__, exc)
+            abort(
+                context,
+                errors.ConfigError(
+                    "the server's configuration cannot serve this request; "
+                    "its operator has the details in the server log"
+                ),
+            )
         except errors.OsmanthusError as exc:
             abort(context, exc)
         except Exception:

@@ -184,6 +184,53 @@ _ENTERPRISE = _Profile(
     negative_kinds=((1, 70), (2, 22), (3, 8)),
 )
 
+# Edge personas: the first subjects of each kind also get these records, dated recently so they
+# count, so that every seeded data set exercises kind caps, category caps and both clamps.
+# (department, kind, quantity, count, still listed); one tuple list per persona.
+_Edge = tuple[tuple[str, str, int, int, bool], ...]
+_EDGE_PERSONAS: Mapping[SubjectKind, tuple[_Edge, ...]] = MappingProxyType(
+    {
+        SubjectKind.PERSON: (
+            # kind cap (public-order penalties 5 each, capped at 15) and category cap (blood 25)
+            (
+                ("psb", "public_order_penalty", 1, 5, False),
+                ("blood", "blood_donation", 1, 7, False),
+            ),
+            # deductions beyond the base: the score clamps at 0
+            (
+                ("court", "judgement_defaulter", 1, 1, True),
+                ("psb", "fraud_conviction", 1, 1, False),
+                ("tax", "major_tax_violation", 1, 1, False),
+                ("psb", "drunk_driving", 1, 1, False),
+            ),
+            # every bonus category over its cap: B = 100, the score reaches the ceiling 200
+            (
+                ("hrss", "senior_title", 1, 1, False),
+                ("hrss", "intermediate_title", 1, 1, False),
+                ("civility", "provincial_or_national_honour", 1, 1, False),
+                ("civility", "city_honour", 1, 1, False),
+                ("blood", "blood_donation", 1, 6, False),
+                ("volunteer", "volunteer_hours", 100, 3, False),
+            ),
+        ),
+        SubjectKind.ENTERPRISE: (
+            (
+                ("tax", "a_level_taxpayer", 1, 1, False),
+                ("customs", "advanced_certified_enterprise", 1, 1, True),
+                ("eco", "green_environmental_credit", 1, 1, False),
+                ("samr", "provincial_quality_award", 1, 1, False),
+                ("samr", "city_quality_award", 1, 1, False),
+            ),
+            (
+                ("court", "judgement_defaulter", 1, 1, True),
+                ("samr", "serious_dishonest_list", 1, 1, True),
+                ("tax", "major_tax_violation", 1, 1, False),
+                ("customs", "customs_dishonest_enterprise", 1, 1, True),
+            ),
+        ),
+    }
+)
+
 PROFILES: Mapping[SubjectKind, _Profile] = MappingProxyType(
     {SubjectKind.PERSON: _PERSON, SubjectKind.ENTERPRISE: _ENTERPRISE}
 )
@@ -252,6 +299,8 @@ def seed(
     report(f"generating {persons} persons and {enterprises} enterprises")
     person_ids = generator.persons(persons)
     enterprise_ids = generator.enterprises(enterprises)
+    generator.edge_personas(SubjectKind.PERSON, person_ids)
+    generator.edge_personas(SubjectKind.ENTERPRISE, enterprise_ids)
 
     subjects_file = out_dir / SUBJECTS_FILE
     with subjects_file.open("w", newline="", encoding="utf-8") as f:
@@ -319,6 +368,33 @@ class _Generator:
             ids.append(subject)
             self.subject_records(SubjectKind.ENTERPRISE, subject)
         return ids
+
+    def edge_personas(self, kind: SubjectKind, subjects: Sequence[SubjectId]) -> None:
+        """Extra records for the first subjects (no random draws, so the rest stays the same)."""
+        for subject, persona in zip(subjects, _EDGE_PERSONAS[kind], strict=False):
+            for dept, kind_name, quantity, count, listed in persona:
+                if not self.served(_k(dept, kind_name, "once"), kind):
+                    continue
+                for i in range(count):
+                    # a few weeks ago, so every validity window still holds on as_of
+                    start = self.as_of - datetime.timedelta(days=30 + i)
+                    end = None if listed else start
+                    if kind_name in {"a_level_taxpayer", "green_environmental_credit"}:
+                        # yearly ratings are for last calendar year
+                        year = self.as_of.year - 1
+                        start, end = datetime.date(year, 1, 1), datetime.date(year, 12, 31)
+                    self.records.setdefault(dept, []).append(
+                        Record(
+                            record_id=self.record_id(dept),
+                            subject_kind=kind,
+                            subject_id=subject,
+                            kind=kind_name,
+                            quantity=quantity,
+                            event_start=start,
+                            event_end=end,
+                            status=ACTIVE,
+                        )
+                    )
 
     def subject_records(self, kind: SubjectKind, subject: SubjectId) -> None:
         profile = PROFILES[kind]

@@ -285,7 +285,9 @@ def test_person_scores_match_plaintext(
             seen |= ref.features
     # the sample must have exercised every part of the model the data offers, or agreement
     # would prove little
-    assert {"deductions", "bonus", "expired", "disputed", "per_quantity_remainder"} <= seen, seen
+    # the seed's edge personas guarantee caps and both clamps are among them
+    required = {"deductions", "bonus", "expired", "disputed", "per_quantity_remainder"}
+    assert required | {"kind_cap", "category_cap", "clamped"} <= seen, seen
     assert reference.features("person", utc_today()) <= seen
 
 
@@ -303,6 +305,6 @@ def test_enterprise_scores_and_grades_match_plaintext(
             ref = check(reference, "enterprise", firm, shape, run)
             seen |= ref.features
             grades.add(ref.grade)
-    assert {"deductions", "bonus", "expired", "disputed"} <= seen, seen
+    assert {"deductions", "bonus", "expired", "disputed", "category_cap", "clamped"} <= seen, seen
     assert reference.features("enterprise", utc_today()) <= seen
     assert len(grades) >= 2, grades

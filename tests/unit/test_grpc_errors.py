@@ -126,7 +126,8 @@ def test_status_of_matches_the_documented_table(cls: type[errors.OsmanthusError]
 
 @pytest.mark.parametrize(
     "cls",
-    sorted(set(EXPECTED) - {errors.ImportRejected}, key=class_name),
+    # ConfigError is redacted on the way out: see test_config_error_text_stays_in_the_server_log
+    sorted(set(EXPECTED) - {errors.ImportRejected, errors.ConfigError}, key=class_name),
     ids=class_name,
 )
 @pytest.mark.parametrize("field", ["purpose", "parts[3].ciphertext", None])
@@ -146,6 +147,21 @@ def test_error_crosses_the_wire_with_status_class_message_and_field(
     assert rebuilt.field == field
     assert rebuilt.message == message
     assert str(rebuilt) == str(cls(message, field=field))
+
+
+def test_config_error_text_stays_in_the_server_log(
+    stub: grpc.UnaryUnaryMultiCallable, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a server's configuration problem may name its files; the caller gets only the kind
+    secret = "rules file /srv/osmanthus/rules/psb.toml disagrees with the stored records"
+    with caplog.at_level("ERROR", logger="osmanthus.grpc_errors"):
+        exc = call(stub, "ConfigError", secret, "rules")
+    assert exc.code() is grpc.StatusCode.INTERNAL
+    assert "/srv/osmanthus" not in exc.details() and "rules" not in exc.details()
+    assert "server log" in exc.details()
+    rebuilt = error_from_rpc(exc)
+    assert type(rebuilt) is errors.ConfigError and rebuilt.field is None
+    assert secret in caplog.text
 
 
 def test_import_rejected_arrives_as_invalid_argument(stub: grpc.UnaryUnaryMultiCallable) -> None:
