@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import enum
 import os
-import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from osmanthus.errors import ConfigError, InvalidArgument
+from osmanthus.names import PEER_NAME_PATTERN
 
 
 class PeerRole(enum.Enum):
@@ -54,7 +54,7 @@ KEY_FILE = "key.pem"
 MAX_VALIDITY_DAYS = 3650
 # Backdating absorbs small clock differences between the machine that issues and the peers.
 _BACKDATE = datetime.timedelta(minutes=5)
-_NAME_RE = re.compile(r"[a-z0-9_-]{1,63}")
+_NAME_RE = PEER_NAME_PATTERN
 _FIELD_OF_ROLE = {
     PeerRole.COORDINATOR: "coordinator",
     PeerRole.NODE: "department",

@@ -16,14 +16,15 @@ import duckdb
 
 from osmanthus.errors import ConfigError, InvalidArgument, NotFound
 from osmanthus.ids import validate_resident_id
+from osmanthus.names import PEER_NAME_PATTERN, PURPOSE_PATTERN
 from osmanthus.types import ConsentId, Purpose, RequesterId, SubjectId
 
 #: longest consent the registry records; a longer one must be renewed
 MAX_CONSENT_YEARS: Final = 5
 CONSENT_ID_PREFIX: Final = "cns_"
 # the same rules the token issuer applies to requester ids and purposes
-_REQUESTER = re.compile(r"[a-z0-9_-]{1,63}")
-_PURPOSE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_REQUESTER = PEER_NAME_PATTERN
+_PURPOSE = PURPOSE_PATTERN
 _CONSENT_ID = re.compile(r"cns_[A-Za-z0-9_-]{22}")
 
 _SCHEMA = """

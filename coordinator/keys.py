@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +11,7 @@ import duckdb
 
 from osmanthus.crypto import ALLOWED_KEY_BITS, PublicKey, fingerprint_of_modulus
 from osmanthus.errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound
+from osmanthus.names import PEER_NAME_PATTERN
 from osmanthus.types import KeyFingerprint, RequesterId
 
 __all__ = ["MAX_KEY_BITS", "KeyRegistry", "fingerprint_of_modulus"]
@@ -20,7 +20,7 @@ __all__ = ["MAX_KEY_BITS", "KeyRegistry", "fingerprint_of_modulus"]
 #: every node pays for them on each encryption.
 MAX_KEY_BITS: Final = max(ALLOWED_KEY_BITS)
 # the same rule the token issuer applies to requester ids
-_REQUESTER = re.compile(r"[a-z0-9_-]{1,63}")
+_REQUESTER = PEER_NAME_PATTERN
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requester_keys (

@@ -21,13 +21,13 @@ from osmanthus.crypto import Ciphertext, PublicKey
 from osmanthus.errors import (
     CryptoError,
     FailedPrecondition,
-    InvalidArgument,
     OsmanthusError,
     PermissionDenied,
     Unauthenticated,
     Unavailable,
 )
 from osmanthus.ids import validate_subject
+from osmanthus.names import validate_purpose, validate_requester_id
 from osmanthus.policy import Decision, PolicyRequest, ReloadablePolicy
 from osmanthus.tls import PeerIdentity
 from osmanthus.tokens import TokenClaims, TokenVerifier
@@ -414,17 +414,11 @@ class CoordinatorService:
     ) -> Consent:
         claims = self.authenticate(caller, token)
         self._require(claims, "ManageConsent", ("Registry", "consent"), {"purpose": purpose})
-        if not grantee:
-            raise InvalidArgument(
-                "the requester receiving the consent is required", field="grantee"
-            )
         subject = validate_subject(SubjectKind.PERSON, subject_id, field="subject_id")
         return self._consents.grant(
             subject_id=subject,
-            grantee=RequesterId(grantee),
-            purpose=validate_query_fields(query_id="consent0", purpose=purpose, shape=Shape.TOTAL)[
-                1
-            ],
+            grantee=validate_requester_id(grantee, field="grantee"),
+            purpose=validate_purpose(purpose),
             expires_at=expires_at,
             now=self._clock(),
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -16,6 +15,7 @@ from osmanthus.catalogue import Catalogue, Department
 from osmanthus.crypto import Ciphertext, PublicKey
 from osmanthus.errors import InvalidArgument, OsmanthusError, PermissionDenied, Unauthenticated
 from osmanthus.ids import validate_subject
+from osmanthus.names import validate_purpose, validate_query_id
 from osmanthus.policy import PolicyRequest, ReloadablePolicy
 from osmanthus.rules import Contribution, RuleSet
 from osmanthus.tls import PeerIdentity
@@ -23,9 +23,6 @@ from osmanthus.tokens import TokenClaims, TokenVerifier
 from osmanthus.types import DepartmentId, Purpose, QueryId, Shape, SubjectKind
 
 _log = logging.getLogger(__name__)
-
-QUERY_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
-PURPOSE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -63,17 +60,11 @@ def validate_query_fields(
     *, query_id: str, purpose: str, shape: Shape | None
 ) -> tuple[QueryId, Purpose, Shape]:
     """Checks shared by node and coordinator entry points."""
-    if not QUERY_ID_PATTERN.match(query_id):
-        raise InvalidArgument(
-            "must be 8-64 characters of letters, digits, '-' or '_'", field="query_id"
-        )
-    if not PURPOSE_PATTERN.match(purpose):
-        raise InvalidArgument(
-            f"{purpose!r} is not a purpose name (lower-case letters, digits, '_')", field="purpose"
-        )
+    checked_query_id = validate_query_id(query_id)
+    checked_purpose = validate_purpose(purpose)
     if shape is None:
         raise InvalidArgument("a disclosure shape (BREAKDOWN or TOTAL) is required", field="shape")
-    return QueryId(query_id), Purpose(purpose), shape
+    return checked_query_id, checked_purpose, shape
 
 
 class NodeService:

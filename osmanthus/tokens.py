@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from osmanthus.errors import ConfigError, InvalidArgument, Unauthenticated
+from osmanthus.names import PEER_NAME_PATTERN, PURPOSE_PATTERN
 from osmanthus.types import KeyFingerprint, Purpose, RequesterId, Role
 
 TOKEN_ALGORITHM = "EdDSA"
@@ -31,8 +32,8 @@ SINGLE_USE_CLAIM = "single_use"
 MAX_TOKEN_BYTES = 8192
 MAX_LEEWAY = datetime.timedelta(minutes=5)
 
-_REQUESTER_RE = re.compile(r"[a-z0-9_-]{1,63}")
-_PURPOSE_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_REQUESTER_RE = PEER_NAME_PATTERN
+_PURPOSE_RE = PURPOSE_PATTERN
 _FINGERPRINT_RE = re.compile(r"[0-9a-f]{64}")
 _JTI_RE = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _ALLOWED_HEADER_PARAMETERS = frozenset({"alg", "typ", "kid"})
