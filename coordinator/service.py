@@ -33,7 +33,7 @@ from osmanthus.tls import PeerIdentity
 from osmanthus.tokens import TokenClaims, TokenVerifier
 from osmanthus.types import (
     ConsentId,
-    DepartmentId,
+    DepartmentStatus,
     KeyFingerprint,
     QueryId,
     RequesterId,
@@ -54,13 +54,6 @@ class QueryRequest:
     purpose: str
     consent_id: str
     public_key: bytes
-
-
-@dataclass(frozen=True)
-class DepartmentStatus:
-    department: DepartmentId
-    detail: str
-    rules_version: str = ""
 
 
 @dataclass(frozen=True)

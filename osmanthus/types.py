@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import NewType
 
 DepartmentId = NewType("DepartmentId", str)
@@ -37,3 +38,12 @@ class Role(enum.Enum):
     SYNC_JOB = "sync_job"
     PLATFORM_SERVICE = "platform_service"
     DATA_SUBJECT = "data_subject"
+
+
+@dataclass(frozen=True)
+class DepartmentStatus:
+    """One department's part in an answer: answered (and under which rules) or why missing."""
+
+    department: DepartmentId
+    detail: str
+    rules_version: str = ""

@@ -12,10 +12,10 @@ from osmanthus.errors import (
     Unavailable,
 )
 from osmanthus.tls import TlsFiles
-from osmanthus.types import Shape
+from osmanthus.types import DepartmentStatus, Shape
 from sdk.client import Client
 from sdk.keys import RequesterKeys, load_or_create_keys
-from sdk.results import ConsentRecord, DepartmentStatus, EnterpriseScore, PersonScore
+from sdk.results import ConsentRecord, EnterpriseScore, PersonScore
 
 __all__ = [
     "Client",

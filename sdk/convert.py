@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from google.protobuf import timestamp_pb2
 
 from node.convert import SHAPE_TO_PB
-from osmanthus.types import ConsentId, DepartmentId, Shape
+from osmanthus.types import ConsentId, DepartmentId, DepartmentStatus, Shape
 from osmanthus.v1 import common_pb2, coordinator_pb2
-from sdk.results import ConsentRecord, DepartmentStatus
+from sdk.results import ConsentRecord
 
 
 def public_key_message(n_bytes: bytes) -> common_pb2.PaillierPublicKey:

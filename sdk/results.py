@@ -6,14 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from osmanthus.types import ConsentId, DepartmentId, Shape
-
-
-@dataclass(frozen=True)
-class DepartmentStatus:
-    department: DepartmentId
-    detail: str
-    rules_version: str = ""
+from osmanthus.types import ConsentId, DepartmentStatus, Shape
 
 
 @dataclass(frozen=True)

@@ -206,3 +206,37 @@ def test_fewer_departments_than_the_policy_minimum_is_refused(
     assert "only 2 department(s) answered (court, tax)" in message
     assert "the policy requires at least 3" in message
     assert "single-source disclosure" in message
+
+
+def test_partial_answer_below_the_policys_coverage_is_refused(
+    tmp_path: Path,
+    federation: Federation,
+    platform_certs: Path,
+    issuer_keys: IssuerKeyPaths,
+    requester_keys: dict[str, RequesterKeys],
+) -> None:
+    # three of five departments answer: enough for the minimum of 3, but 60 % is below the
+    # central policy's 80 % coverage for releasing a partial answer (central-accept-partial)
+    fed = start_federation(
+        tmp_path,
+        catalogue=restricted_catalogue(("court", "tax", "samr", "eco", "customs")),
+        data=federation.data,
+        certs=platform_certs,
+        issuer_keys=issuer_keys,
+        keys=requester_keys,
+        departments=("court", "tax", "samr"),
+        deadline_s=DEADLINE_S,
+        # eco's node is registered but nothing listens there; customs has no node at all
+        extra_endpoints=[NodeEndpoint(DepartmentId("eco"), "127.0.0.1:1")],
+    )
+    try:
+        client = fed.client(AGENCY, role=Role.CREDIT_AGENCY, purposes=["credit_report"])
+        with client, pytest.raises(sdk.Unavailable) as caught:
+            client.enterprise_score(_firm(fed), purpose="credit_report")
+    finally:
+        stop_federation(fed)
+    message = caught.value.message
+    assert "would be partial (3 of 5 departments" in message
+    assert "customs (no node registered for this department)" in message
+    assert "eco (unavailable: " in message
+    assert "central-accept-partial" in message or "refuses partial answers" in message
