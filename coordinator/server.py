@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -12,6 +13,7 @@ import grpc
 from certs import PeerRole
 from coordinator.config import load_nodes
 from coordinator.consent import ConsentRegistry
+from coordinator.disclosure import DisclosureLedger
 from coordinator.keys import KeyRegistry
 from coordinator.nodes import NodePool
 from coordinator.service import DEFAULT_DEADLINE_S, CoordinatorService
@@ -49,7 +51,6 @@ class CoordinatorConfig:
 class RunningCoordinator:
     server: RunningServer
     service: CoordinatorService
-    _closers: tuple[object, ...]
 
     @property
     def port(self) -> int:
@@ -57,8 +58,6 @@ class RunningCoordinator:
 
     def stop(self) -> None:
         self.server.stop()
-        for closer in self._closers:
-            closer.close()  # type: ignore[attr-defined]
 
 
 def start_coordinator(
@@ -79,36 +78,47 @@ def start_coordinator(
     if config.deadline_s <= 0:
         raise ConfigError("the node deadline must be positive", field="deadline")
     endpoints = load_nodes(config.nodes, catalogue=catalogue)
+    policy = ReloadablePolicy.from_file(config.policy)
+    verifier = TokenVerifier.from_file(
+        config.issuer_public_key,
+        issuer=config.token_issuer,
+        audience=config.token_audience,
+        replay_cache=ReplayCache(),
+    )
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    pool = NodePool(endpoints, tls=config.tls, interceptors=node_interceptors)
-    consents = ConsentRegistry(config.state_dir / "consents.duckdb")
-    keys = KeyRegistry(config.state_dir / "keys.duckdb")
-    service = CoordinatorService(
-        catalogue=catalogue,
-        nodes=pool,
-        policy=ReloadablePolicy.from_file(config.policy),
-        verifier=TokenVerifier.from_file(
-            config.issuer_public_key,
-            issuer=config.token_issuer,
-            audience=config.token_audience,
-            replay_cache=ReplayCache(),
-        ),
-        consents=consents,
-        keys=keys,
-        audit=AuditLog(
-            path=config.state_dir / "audit.jsonl",
-            salt=load_or_create_salt(config.state_dir / "audit.salt"),
-        ),
-        deadline_s=config.deadline_s,
-    )
-    servicer = CoordinatorServicer(service)
-    server = start_server(
-        register=[
-            lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s)
-        ],
-        service_names=[COORDINATOR_SERVICE_NAME],
-        listen=config.listen,
-        tls=config.tls,
-        interceptors=server_interceptors,
-    )
-    return RunningCoordinator(server, service, (pool, consents, keys))
+    salt = load_or_create_salt(config.state_dir / "audit.salt")
+    with ExitStack() as opened:
+        # each resource is closed again if a later one fails to open
+        pool = opened.enter_context(
+            closing(NodePool(endpoints, tls=config.tls, interceptors=node_interceptors))
+        )
+        service = CoordinatorService(
+            catalogue=catalogue,
+            nodes=pool,
+            policy=policy,
+            verifier=verifier,
+            consents=opened.enter_context(
+                closing(ConsentRegistry(config.state_dir / "consents.duckdb"))
+            ),
+            keys=opened.enter_context(closing(KeyRegistry(config.state_dir / "keys.duckdb"))),
+            ledger=opened.enter_context(
+                closing(DisclosureLedger(config.state_dir / "disclosures.duckdb"))
+            ),
+            audit=opened.enter_context(
+                closing(AuditLog(path=config.state_dir / "audit.jsonl", salt=salt))
+            ),
+            deadline_s=config.deadline_s,
+        )
+        servicer = CoordinatorServicer(service)
+        server = start_server(
+            register=[
+                lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s)
+            ],
+            service_names=[COORDINATOR_SERVICE_NAME],
+            listen=config.listen,
+            tls=config.tls,
+            interceptors=server_interceptors,
+        )
+        opened.pop_all()  # the running server owns them now
+    server.on_stop.append(service.close)
+    return RunningCoordinator(server, service)

@@ -11,11 +11,12 @@ from typing import Any
 
 from certs import PeerRole
 from coordinator.consent import Consent, ConsentRegistry, ConsentState
+from coordinator.disclosure import DisclosureLedger
 from coordinator.keys import KeyRegistry
 from coordinator.nodes import NodeAnswer, NodeFailure, NodePool
 from node.service import ContributionRequest, validate_query_fields
 from osmanthus import encoding
-from osmanthus.audit import AuditEntry, AuditLog
+from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
 from osmanthus.catalogue import Catalogue
 from osmanthus.crypto import Ciphertext, PublicKey
 from osmanthus.errors import (
@@ -88,6 +89,7 @@ class CoordinatorService:
         verifier: TokenVerifier,
         consents: ConsentRegistry,
         keys: KeyRegistry,
+        ledger: DisclosureLedger,
         audit: AuditLog,
         deadline_s: float = DEFAULT_DEADLINE_S,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -98,9 +100,17 @@ class CoordinatorService:
         self._verifier = verifier
         self._consents = consents
         self._keys = keys
+        self._ledger = ledger
         self._audit = audit
         self._deadline_s = deadline_s
         self._clock = clock
+
+    def close(self) -> None:
+        self._nodes.close()
+        self._consents.close()
+        self._keys.close()
+        self._ledger.close()
+        self._audit.close()
 
     # --- authentication and policy -------------------------------------------------------------
 
@@ -166,32 +176,29 @@ class CoordinatorService:
     ) -> QueryOutcome:
         query_id = new_query_id()
         claims: TokenClaims | None = None
-        consent_id = request.consent_id
+        # what the coordinator received and sent, for the audit entry whatever the decision
+        seen: dict[str, int | str] = {"ciphertexts_received": 0, "ciphertexts_forwarded": 0}
         try:
             claims = self.authenticate(caller, token)
             assert token is not None  # authenticate() refuses a missing token
-            outcome = self._query(query_id, request, claims, token)
+            outcome = self._query(query_id, request, claims, token, seen)
         except OsmanthusError as exc:
-            self._record(query_id, request, claims, decision="deny", reason=str(exc))
+            self._record(query_id, request, claims, "deny", redacted_reason(exc), seen)
             raise
-        self._record(
-            query_id,
-            request,
-            claims,
-            decision="allow",
-            reason="partial sum forwarded" if outcome.partial else "sum forwarded",
-            extra={
-                "ciphertexts_received": len(outcome.answered),
-                "ciphertext_bytes_received": len(outcome.ciphertext) * len(outcome.answered),
-                "ciphertexts_forwarded": 1,
-                "departments_missing": len(outcome.missing),
-                "consent_id": consent_id,
-            },
-        )
+        except Exception:
+            self._record(query_id, request, claims, "deny", "internal error", seen)
+            raise
+        reason = "partial sum forwarded" if outcome.partial else "sum forwarded"
+        self._record(query_id, request, claims, "allow", reason, seen)
         return outcome
 
     def _query(
-        self, query_id: QueryId, request: QueryRequest, claims: TokenClaims, token: str
+        self,
+        query_id: QueryId,
+        request: QueryRequest,
+        claims: TokenClaims,
+        token: str,
+        seen: dict[str, int | str],
     ) -> QueryOutcome:
         _, purpose, shape = validate_query_fields(
             query_id=query_id, purpose=request.purpose, shape=request.shape
@@ -260,6 +267,9 @@ class CoordinatorService:
             token=token,
             deadline_s=self._deadline_s,
         )
+        seen["ciphertexts_received"] = len(answers)
+        seen["ciphertext_bytes_received"] = sum(len(a.ciphertext) for a in answers)
+        seen["departments_missing"] = len(failures) + len(not_configured)
         ciphertexts, answers, invalid = self._validated(key, answers)
         failures = not_configured + failures + invalid
         answered = tuple(
@@ -272,12 +282,21 @@ class CoordinatorService:
         self._check_disclosure(
             claims, kind, purpose, shape, answers, missing, len(expected), minimum
         )
+        self._ledger.admit(
+            requester=claims.requester,
+            subject_kind=kind,
+            subject_hash=self._audit.subject_hash(subject),
+            departments=(a.department for a in answers),
+            minimum=minimum,
+            now=self._clock(),
+        )
         total = key.add(*ciphertexts)
         if shape is Shape.TOTAL:
             total = key.add_plain(total, model.base)
         # a fresh E(0) factor makes the forwarded ciphertext unlinkable to every received one,
         # which matters when a single department's part may be disclosed on its own
         total = key.add(total, key.encrypt(0))
+        seen["ciphertexts_forwarded"] = 1
         return QueryOutcome(
             query_id=query_id,
             shape=shape,
@@ -372,10 +391,9 @@ class CoordinatorService:
         query_id: QueryId,
         request: QueryRequest,
         claims: TokenClaims | None,
-        *,
         decision: str,
         reason: str,
-        extra: dict[str, int | str] | None = None,
+        extra: dict[str, int | str],
     ) -> None:
         self._audit.append(
             AuditEntry(
@@ -389,7 +407,7 @@ class CoordinatorService:
                 reason=reason,
                 shape=request.shape.value if request.shape else "",
                 subject_hash=self._audit.subject_hash(request.subject_id),
-                extra=extra or {},
+                extra=extra,
             )
         )
 
@@ -406,7 +424,7 @@ class CoordinatorService:
         token: str | None,
     ) -> Consent:
         claims = self.authenticate(caller, token)
-        self._require(claims, "ManageConsent", ("Registry", "consent"), {"purpose": purpose})
+        self._require(claims, "ManageConsent", ("Registry", "consent"), {})
         subject = validate_subject(SubjectKind.PERSON, subject_id, field="subject_id")
         return self._consents.grant(
             subject_id=subject,
@@ -420,14 +438,14 @@ class CoordinatorService:
         self, consent_id: str, *, caller: PeerIdentity, token: str | None
     ) -> Consent:
         claims = self.authenticate(caller, token)
-        self._require(claims, "ManageConsent", ("Registry", "consent"), {"purpose": ""})
+        self._require(claims, "ManageConsent", ("Registry", "consent"), {})
         return self._consents.revoke(ConsentId(consent_id), now=self._clock())
 
     def list_consents(
         self, *, subject_id: str, grantee: str, caller: PeerIdentity, token: str | None
     ) -> list[Consent]:
         claims = self.authenticate(caller, token)
-        manager = self._decide(claims, "ManageConsent", ("Registry", "consent"), {"purpose": ""})
+        manager = self._decide(claims, "ManageConsent", ("Registry", "consent"), {})
         if not manager.allowed:
             # a requester may always see the consents granted to itself, and nothing else
             if grantee and grantee != claims.requester:

@@ -65,12 +65,7 @@ def build_service(config: NodeConfig, *, catalogue: Catalogue | None = None) -> 
         raise ConfigError(
             f"database {config.db} does not exist (run 'osmanthus seed' or import)", field="db"
         )
-    store = RecordStore(config.db, department=department.id, read_only=True)
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    audit = AuditLog(
-        path=config.state_dir / "audit.jsonl",
-        salt=load_or_create_salt(config.state_dir / "audit.salt"),
-    )
+    # everything that can fail without holding a resource comes first
     verifier = TokenVerifier.from_file(
         config.issuer_public_key,
         issuer=config.token_issuer,
@@ -78,6 +73,14 @@ def build_service(config: NodeConfig, *, catalogue: Catalogue | None = None) -> 
         replay_cache=ReplayCache(),
     )
     policy = ReloadablePolicy.from_file(config.policy)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    salt = load_or_create_salt(config.state_dir / "audit.salt")
+    store = RecordStore(config.db, department=department.id, read_only=True)
+    try:
+        audit = AuditLog(path=config.state_dir / "audit.jsonl", salt=salt)
+    except BaseException:
+        store.close()
+        raise
     return NodeService(
         department=department,
         catalogue=catalogue,
@@ -92,9 +95,15 @@ def build_service(config: NodeConfig, *, catalogue: Catalogue | None = None) -> 
 def start_node(config: NodeConfig, *, catalogue: Catalogue | None = None) -> RunningServer:
     service = build_service(config, catalogue=catalogue)
     servicer = NodeServicer(service)
-    return start_server(
-        register=[lambda s: node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, s)],
-        service_names=[NODE_SERVICE_NAME],
-        listen=config.listen,
-        tls=config.tls,
-    )
+    try:
+        running = start_server(
+            register=[lambda s: node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, s)],
+            service_names=[NODE_SERVICE_NAME],
+            listen=config.listen,
+            tls=config.tls,
+        )
+    except BaseException:
+        service.close()
+        raise
+    running.on_stop.append(service.close)
+    return running

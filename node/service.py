@@ -8,15 +8,21 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from certs import PeerRole
-from node.store import RecordStore
+from node.store import RecordStore, china_today
 from osmanthus import __version__, encoding
-from osmanthus.audit import AuditEntry, AuditLog
+from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
 from osmanthus.catalogue import Catalogue, Department
 from osmanthus.crypto import Ciphertext, PublicKey
-from osmanthus.errors import InvalidArgument, OsmanthusError, PermissionDenied, Unauthenticated
+from osmanthus.errors import (
+    ConfigError,
+    InvalidArgument,
+    OsmanthusError,
+    PermissionDenied,
+    Unauthenticated,
+)
 from osmanthus.ids import validate_subject
 from osmanthus.names import validate_purpose, validate_query_id
-from osmanthus.policy import PolicyRequest, ReloadablePolicy
+from osmanthus.policy import PolicyEngine, PolicyRequest, ReloadablePolicy
 from osmanthus.rules import Contribution, RuleSet
 from osmanthus.tls import PeerIdentity
 from osmanthus.tokens import TokenClaims, TokenVerifier
@@ -80,7 +86,7 @@ class NodeService:
         policy: ReloadablePolicy,
         verifier: TokenVerifier,
         audit: AuditLog,
-        today: Callable[[], date] = lambda: datetime.now(UTC).date(),
+        today: Callable[[], date] = china_today,
     ) -> None:
         self._department = department
         self._catalogue = catalogue
@@ -90,6 +96,10 @@ class NodeService:
         self._verifier = verifier
         self._audit = audit
         self._today = today
+
+    def close(self) -> None:
+        self._store.close()
+        self._audit.close()
 
     def describe(self) -> NodeDescription:
         owned = tuple(
@@ -110,6 +120,7 @@ class NodeService:
         self, request: ContributionRequest, *, caller: PeerIdentity, token: str | None
     ) -> ContributionResult:
         claims: TokenClaims | None = None
+        # one policy version decides the whole request and is the one the audit entry names
         engine = self._policy.current()
         try:
             if caller.role is not PeerRole.COORDINATOR:
@@ -120,9 +131,12 @@ class NodeService:
             if not token:
                 raise Unauthenticated("no requester token in the 'authorization' metadata")
             claims = self._verifier.verify(token)
-            result = self._decide_and_encrypt(request, claims, engine.hash)
+            result = self._decide_and_encrypt(request, claims, engine)
         except OsmanthusError as exc:
-            self._record(request, claims, engine.hash, decision="deny", reason=str(exc))
+            self._record(request, claims, engine.hash, decision="deny", reason=redacted_reason(exc))
+            raise
+        except Exception:
+            self._record(request, claims, engine.hash, decision="deny", reason="internal error")
             raise
         self._record(
             request,
@@ -135,7 +149,7 @@ class NodeService:
         return result
 
     def _decide_and_encrypt(
-        self, request: ContributionRequest, claims: TokenClaims, policy_hash: str
+        self, request: ContributionRequest, claims: TokenClaims, engine: PolicyEngine
     ) -> ContributionResult:
         _, purpose, shape = validate_query_fields(
             query_id=request.query_id, purpose=request.purpose, shape=request.shape
@@ -171,7 +185,7 @@ class NodeService:
             )
         context = {"purpose": purpose, "shape": shape.value, "subject_kind": kind.value}
         principal = {"role": claims.role.value}
-        decision = self._policy.current().decide(
+        decision = engine.decide(
             PolicyRequest(
                 principal_type="Requester",
                 principal_id=claims.requester,
@@ -184,7 +198,7 @@ class NodeService:
         )
         if not decision.allowed:
             raise PermissionDenied(f"department {self._department.id} policy: {decision.reason}")
-        single = self._policy.current().decide(
+        single = engine.decide(
             PolicyRequest(
                 principal_type="Requester",
                 principal_id=claims.requester,
@@ -203,21 +217,29 @@ class NodeService:
             ciphertext=ciphertext,
             single_source_allowed=single.allowed,
             rules_version=self._rules.version,
-            policy_hash=policy_hash,
+            policy_hash=engine.hash,
         )
 
     def _encrypt(
         self, key: PublicKey, shape: Shape, kind: SubjectKind, contribution: Contribution
     ) -> Ciphertext:
-        if shape is Shape.BREAKDOWN:
-            model = self._catalogue.model(kind)
-            values = [contribution.deductions]
-            # categories owned by other departments get 0: their owners fill those slots
-            values += [contribution.bonuses.get(c.name, 0) for c in model.categories]
-            return key.encrypt(encoding.pack_breakdown(values))
-        total = encoding.total_contribution(
-            deductions=contribution.deductions, bonuses=sum(contribution.bonuses.values())
-        )
+        try:
+            if shape is Shape.BREAKDOWN:
+                model = self._catalogue.model(kind)
+                values = [contribution.deductions]
+                # categories owned by other departments get 0: their owners fill those slots
+                values += [contribution.bonuses.get(c.name, 0) for c in model.categories]
+                return key.encrypt(encoding.pack_breakdown(values))
+            total = encoding.total_contribution(
+                deductions=contribution.deductions, bonuses=sum(contribution.bonuses.values())
+            )
+        except InvalidArgument as exc:
+            # the message quotes the contribution itself: it goes to this node's log only
+            # (ConfigError is redacted on the wire), never to the coordinator or requester
+            raise ConfigError(
+                f"department {self._department.id}: a contribution does not fit the encoding "
+                f"({exc}); the rules allow more points than the protocol can carry"
+            ) from exc
         return key.encrypt_signed(total)
 
     def _record(

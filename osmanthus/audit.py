@@ -27,7 +27,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from osmanthus.errors import ConfigError, InvalidArgument
+from osmanthus.errors import ConfigError, InvalidArgument, OsmanthusError
 
 SALT_BYTES: Final = 32
 #: shorter salts make the HMAC guessable by brute force over the identifier space
@@ -254,3 +254,14 @@ def _sync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+#: request fields whose validation messages quote parts of an identifier (birth date, region)
+_SUBJECT_FIELDS = frozenset({"subject_id", "resident_id", "credit_code"})
+
+
+def redacted_reason(error: OsmanthusError) -> str:
+    """The reason an audit entry records for a refusal, without any piece of the subject's id."""
+    if error.field in _SUBJECT_FIELDS:
+        return f"{type(error).__name__}: {error.field} failed validation"
+    return str(error)

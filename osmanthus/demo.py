@@ -109,7 +109,7 @@ def _card(result: PersonScore, catalogue: Catalogue) -> str:
         lines.append(headline)
     coverage = f"{len(result.answered)}/{len(result.answered) + len(result.missing)} departments"
     if result.partial:
-        missing = "; ".join(f"{m.department}: {m.detail[:70]}" for m in result.missing)
+        missing = "; ".join(f"{m.department}: {m.detail.split(' (')[0]}" for m in result.missing)
         lines.append(f"│ coverage {coverage} — PARTIAL, missing {missing}")
     else:
         lines.append(f"│ coverage {coverage} answered")
@@ -119,16 +119,15 @@ def _card(result: PersonScore, catalogue: Catalogue) -> str:
 
 def _coordinator_view(audit_path: Path) -> str:
     entries = [AuditEntry.from_json(line) for line in audit_path.read_text().splitlines() if line]
-    allowed = [e for e in entries if e.decision == "allow"]
-    received = sum(int(e.extra.get("ciphertexts_received", 0)) for e in allowed)
-    size = sum(int(e.extra.get("ciphertext_bytes_received", 0)) for e in allowed)
-    forwarded = sum(int(e.extra.get("ciphertexts_forwarded", 0)) for e in allowed)
-    denied = len(entries) - len(allowed)
+    allowed = sum(1 for e in entries if e.decision == "allow")
+    received = sum(int(e.extra.get("ciphertexts_received", 0)) for e in entries)
+    size = sum(int(e.extra.get("ciphertext_bytes_received", 0)) for e in entries)
+    forwarded = sum(int(e.extra.get("ciphertexts_forwarded", 0)) for e in entries)
     return (
-        f"The coordinator saw {received} ciphertexts ({size / 1024:.0f} KiB) from the departments, "
-        f"forwarded {forwarded} re-randomised sums over {len(allowed)} answered queries and "
-        f"refused "
-        f"{denied}; it holds no decryption key and logged only salted subject hashes."
+        f"What the coordinator saw: {received} ciphertexts ({size / 1024:.0f} KiB) from the "
+        f"departments; it forwarded {forwarded} re-randomised sums for {allowed} answered queries "
+        f"and refused {len(entries) - allowed}. It holds no decryption key and logged only salted "
+        "subject hashes."
     )
 
 
@@ -248,15 +247,30 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
             except OsmanthusError as exc:
                 _say(f"  refused ({type(exc).__name__}): {exc}")
 
-            _step(t0, "The volunteers' node goes down; the answer is explicitly partial")
+            _step(t0, "The volunteers' node goes down; a first answer about a newly consenting "
+                  "citizen is explicitly partial")  # fmt: skip
             federation.nodes["volunteer"].popen.kill()
             federation.nodes["volunteer"].popen.wait()
-            partial = agency.person_score(
-                consents[1].subject_id,
+            late = reg.grant_consent(
+                subject_id=people[2],
+                grantee=AGENCY,
                 purpose="loan_underwriting",
-                consent_id=consents[1].consent_id,
+                expires_at=expires,
+            )
+            partial = agency.person_score(
+                late.subject_id, purpose="loan_underwriting", consent_id=late.consent_id
             )
             _say(_card(partial, catalogue))
+            _step(t0, "Asking again about a citizen answered in full before is refused: the "
+                  "difference would be the volunteers' contribution alone")  # fmt: skip
+            try:
+                agency.person_score(
+                    consents[1].subject_id,
+                    purpose="loan_underwriting",
+                    consent_id=consents[1].consent_id,
+                )
+            except OsmanthusError as exc:
+                _say(f"  refused ({type(exc).__name__}): {exc}")
     finally:
         codes = federation.stop()
     _say()

@@ -31,6 +31,8 @@ class RunningServer:
     port: int
     health: health.HealthServicer
     service_names: tuple[str, ...]
+    #: run after the server has drained: close databases, logs, client channels
+    on_stop: list[Callable[[], None]] = field(default_factory=list)
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def stop(self, grace: float = GRACE_SECONDS) -> None:
@@ -40,6 +42,8 @@ class RunningServer:
         # tell probes first so load balancers stop sending work, then drain
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        for close in self.on_stop:
+            close()
 
     def wait(self) -> None:
         self.server.wait_for_termination()

@@ -35,9 +35,15 @@ IN_PROCESS_DEPARTMENTS = ("court", "tax", "samr", "eco")
 AGENCY = "agency-1"
 
 
-def _firm(federation: Federation) -> str:
+def _firm(federation: Federation, index: int = 0) -> str:
     with federation.data.subjects_file.open() as f:
-        return next(r["subject_id"] for r in csv.DictReader(f) if r["subject_kind"] == "enterprise")
+        firms = [r["subject_id"] for r in csv.DictReader(f) if r["subject_kind"] == "enterprise"]
+    return firms[index]
+
+
+#: answered in full before each fault; the faults are then observed on another firm, since the
+#: coordinator refuses a partial answer that differs by one department from an earlier full one
+WARM_FIRM = 1
 
 
 @dataclass
@@ -91,7 +97,7 @@ def split_federation(
                 client.register_key()
                 # every node answers before the fault is injected, so the channel to the
                 # subprocess is connected and a later failure is the fault, not the start-up
-                warm = client.enterprise_score(_firm(fed), purpose="credit_report")
+                warm = client.enterprise_score(_firm(fed, WARM_FIRM), purpose="credit_report")
                 assert not warm.partial, warm.missing
                 yield SplitFederation(fed, node, client)
         finally:
@@ -161,6 +167,13 @@ def test_a_node_killed_while_a_query_is_in_flight_leaves_a_partial_answer(
     assert detail.startswith("unavailable: "), detail
     assert elapsed < DEADLINE_S + MARGIN_S
     assert node.popen.wait(timeout=5) == -signal.SIGKILL
+    # the firm answered in full before: its partial answer now would disclose customs alone
+    with pytest.raises(sdk.FailedPrecondition) as caught:
+        split_federation.client.enterprise_score(
+            _firm(split_federation.federation, WARM_FIRM), purpose="credit_report"
+        )
+    assert "differ only by customs" in caught.value.message
+    assert "disclose that part by subtraction" in caught.value.message
 
 
 def test_a_hung_node_is_reported_after_the_deadline(split_federation: SplitFederation) -> None:
