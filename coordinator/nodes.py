@@ -9,12 +9,13 @@ from dataclasses import dataclass
 import grpc
 
 from coordinator.config import NodeEndpoint
-from node.convert import contribute_request_message
-from node.service import ContributionRequest
-from osmanthus.errors import ConfigError
+from node.convert import contribute_request_message, contribution_result
+from node.service import ContributionRequest, ContributionResult
+from osmanthus.errors import ConfigError, DeadlineExceeded, PermissionDenied, Unavailable
+from osmanthus.grpc_errors import error_from_rpc
 from osmanthus.tls import TlsFiles, node_server_name, secure_channel
 from osmanthus.types import DepartmentId
-from osmanthus.v1 import node_pb2, node_pb2_grpc
+from osmanthus.v1 import node_pb2_grpc
 
 _log = logging.getLogger(__name__)
 
@@ -27,29 +28,24 @@ _CHANNEL_OPTIONS = (
 
 
 @dataclass(frozen=True)
-class NodeAnswer:
-    department: DepartmentId
-    ciphertext: bytes
-    single_source_allowed: bool
-    rules_version: str
-
-
-@dataclass(frozen=True)
 class NodeFailure:
     department: DepartmentId
     reason: str
 
 
 def _failure_reason(exc: grpc.RpcError, deadline_s: float) -> str:
-    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
-    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+    """Why a department is missing, in words for the requester's coverage list."""
+    error = error_from_rpc(exc)
+    if isinstance(error, DeadlineExceeded):
         return f"no answer within the {deadline_s:g} s deadline"
-    if code is grpc.StatusCode.UNAVAILABLE:
-        return f"unavailable: node down, unreachable or failed the TLS identity check ({details})"
-    if code is grpc.StatusCode.PERMISSION_DENIED:
-        return f"refused by the department: {details}"
-    return f"{code.name.lower()}: {details}"
+    if isinstance(error, Unavailable):
+        return (
+            "unavailable: node down, unreachable or failed the TLS identity check "
+            f"({error.message})"
+        )
+    if isinstance(error, PermissionDenied):
+        return f"refused by the department: {error}"
+    return f"{type(error).__name__}: {error}"
 
 
 class NodePool:
@@ -85,7 +81,7 @@ class NodePool:
         *,
         token: str,
         deadline_s: float,
-    ) -> tuple[list[NodeAnswer], list[NodeFailure]]:
+    ) -> tuple[list[ContributionResult], list[NodeFailure]]:
         """Ask every department at once; each call is bounded by the same deadline."""
         message = contribute_request_message(request)
         metadata = (("authorization", f"Bearer {token}"),)
@@ -97,27 +93,20 @@ class NodePool:
             pending.append(
                 (dept, stub.Contribute.future(message, timeout=deadline_s, metadata=metadata))
             )
-        answers: list[NodeAnswer] = []
+        answers: list[ContributionResult] = []
         failures: list[NodeFailure] = []
         for dept, future in pending:
             try:
-                response: node_pb2.ContributeResponse = future.result()
+                answer = contribution_result(future.result())
             except grpc.RpcError as exc:
                 failures.append(NodeFailure(dept, _failure_reason(exc, deadline_s)))
                 continue
-            if response.department != dept:
+            if answer.department != dept:
                 failures.append(
-                    NodeFailure(dept, f"answered as department {response.department!r}; discarded")
+                    NodeFailure(dept, f"answered as department {answer.department!r}; discarded")
                 )
                 continue
-            answers.append(
-                NodeAnswer(
-                    department=dept,
-                    ciphertext=response.ciphertext.value,
-                    single_source_allowed=response.single_source_allowed,
-                    rules_version=response.rules_version,
-                )
-            )
+            answers.append(answer)
         return answers, failures
 
     def close(self) -> None:

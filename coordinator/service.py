@@ -13,8 +13,8 @@ from certs import PeerRole
 from coordinator.consent import Consent, ConsentRegistry, ConsentState
 from coordinator.disclosure import DisclosureLedger
 from coordinator.keys import KeyRegistry
-from coordinator.nodes import NodeAnswer, NodeFailure, NodePool
-from node.service import ContributionRequest, validate_query_fields
+from coordinator.nodes import NodeFailure, NodePool
+from node.service import ContributionRequest, ContributionResult, validate_query_fields
 from osmanthus import encoding
 from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
 from osmanthus.catalogue import Catalogue
@@ -331,10 +331,10 @@ class CoordinatorService:
 
     @staticmethod
     def _validated(
-        key: PublicKey, answers: Sequence[NodeAnswer]
-    ) -> tuple[list[Ciphertext], list[NodeAnswer], list[NodeFailure]]:
+        key: PublicKey, answers: Sequence[ContributionResult]
+    ) -> tuple[list[Ciphertext], list[ContributionResult], list[NodeFailure]]:
         good: list[Ciphertext] = []
-        kept: list[NodeAnswer] = []
+        kept: list[ContributionResult] = []
         bad: list[NodeFailure] = []
         for answer in answers:
             try:
@@ -353,7 +353,7 @@ class CoordinatorService:
         kind: SubjectKind,
         purpose: str,
         shape: Shape,
-        answers: Sequence[NodeAnswer],
+        answers: Sequence[ContributionResult],
         missing: Sequence[DepartmentStatus],
         expected: int,
         minimum: int,

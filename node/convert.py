@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from node.service import ContributionRequest, ContributionResult, NodeDescription
-from osmanthus.types import Shape, SubjectKind
+from osmanthus.types import DepartmentId, Shape, SubjectKind
 from osmanthus.v1 import common_pb2, node_pb2
 
 _KIND_FROM_PB: dict[int, SubjectKind] = {
@@ -69,6 +69,16 @@ def contribution_response(result: ContributionResult) -> node_pb2.ContributeResp
         single_source_allowed=result.single_source_allowed,
         rules_version=result.rules_version,
         policy_hash=result.policy_hash,
+    )
+
+
+def contribution_result(message: node_pb2.ContributeResponse) -> ContributionResult:
+    return ContributionResult(
+        department=DepartmentId(message.department),
+        ciphertext=message.ciphertext.value,
+        single_source_allowed=message.single_source_allowed,
+        rules_version=message.rules_version,
+        policy_hash=message.policy_hash,
     )
 
 

@@ -22,6 +22,9 @@ from osmanthus.catalogue import (
 from osmanthus.errors import ConfigError, InvalidArgument, NotFound
 from osmanthus.types import DepartmentId, SubjectId, SubjectKind
 
+#: no record kind may be worth more than the whole 0-200 score range: a larger value is a typo,
+#: and keeping points small keeps every contribution far inside the encodable slot range
+MAX_POINTS = 200
 #: the `category` of a rule whose points are taken off the base
 DEDUCTION = "deduction"
 #: record statuses; only active records count (a disputed record waits for its resolution)
@@ -337,6 +340,11 @@ class _RulesParser:
                 f"owns for {subject_kind.value}s; use one of {choices}"
             )
         points = self.non_negative(fail, "points", entry["points"])
+        if points > MAX_POINTS:
+            raise fail(
+                f"points: {points} is more than the whole score range ({MAX_POINTS}); "
+                "one record cannot be worth more"
+            )
         per_quantity = self.non_negative(fail, "per_quantity", entry.get("per_quantity", 1))
         if per_quantity < 1:
             raise fail("per_quantity: must be at least 1")

@@ -1,6 +1,7 @@
 """Osmanthus Python SDK for requesters: encrypted, policy-checked credit queries."""
 
 from osmanthus.errors import (
+    ConfigError,
     CryptoError,
     DeadlineExceeded,
     FailedPrecondition,
@@ -19,6 +20,7 @@ from sdk.results import ConsentRecord, EnterpriseScore, PersonScore
 
 __all__ = [
     "Client",
+    "ConfigError",
     "ConsentRecord",
     "CryptoError",
     "DeadlineExceeded",

@@ -20,7 +20,7 @@ from osmanthus.ids import validate_resident_id, validate_uscc
 from osmanthus.score import Breakdown, grade, score
 from osmanthus.tls import COORDINATOR_SERVER_NAME, TlsFiles, secure_channel
 from osmanthus.types import KeyFingerprint, Shape, SubjectKind
-from osmanthus.v1 import coordinator_pb2, coordinator_pb2_grpc
+from osmanthus.v1 import coordinator_pb2_grpc
 from sdk import convert
 from sdk.keys import RequesterKeys, load_or_create_keys
 from sdk.results import ConsentRecord, EnterpriseScore, PersonScore
@@ -104,10 +104,7 @@ class Client:
     def register_key(self) -> KeyFingerprint:
         """Register this client's public key with the coordinator (idempotent; automatic)."""
         response = self._call(
-            self._stub.RegisterKey,
-            coordinator_pb2.RegisterKeyRequest(
-                public_key=convert.public_key_message(self._keys.public.to_bytes())
-            ),
+            self._stub.RegisterKey, convert.register_key_request(self._keys.public.to_bytes())
         )
         with self._lock:
             self._registered = True
@@ -133,15 +130,16 @@ class Client:
         self._ensure_registered()
         response = self._call(
             self._stub.PersonQuery,
-            coordinator_pb2.PersonQueryRequest(
+            convert.person_query_request(
                 resident_id=subject,
-                shape=convert.shape_message(shape),
+                shape=shape,
                 purpose=purpose,
                 consent_id=consent_id or "",
-                public_key=convert.public_key_message(self._keys.public.to_bytes()),
+                n_bytes=self._keys.public.to_bytes(),
             ),
         )
-        fields = self._decode(response, self._catalogue.model(SubjectKind.PERSON), shape, subject)
+        model = self._catalogue.model(SubjectKind.PERSON)
+        fields = self._decode(convert.answer(response), model, shape, subject)
         return PersonScore(**fields)
 
     def enterprise_score(
@@ -151,32 +149,31 @@ class Client:
         self._ensure_registered()
         response = self._call(
             self._stub.EnterpriseQuery,
-            coordinator_pb2.EnterpriseQueryRequest(
+            convert.enterprise_query_request(
                 credit_code=subject,
-                shape=convert.shape_message(shape),
+                shape=shape,
                 purpose=purpose,
-                public_key=convert.public_key_message(self._keys.public.to_bytes()),
+                n_bytes=self._keys.public.to_bytes(),
             ),
         )
         model = self._catalogue.model(SubjectKind.ENTERPRISE)
-        fields = self._decode(response, model, shape, subject)
+        fields = self._decode(convert.answer(response), model, shape, subject)
         return EnterpriseScore(**fields, grade=grade(model, fields["score"]))
 
     def _decode(
         self,
-        response: coordinator_pb2.QueryResponse,
+        response: convert.Answer,
         model: SubjectModel,
         shape: Shape,
         subject: str,
     ) -> dict[str, Any]:
-        answered = convert.statuses(response.answered)
-        missing = convert.statuses(response.missing)
+        answered, missing = response.answered, response.missing
         if not answered:
             raise CryptoError("the coordinator returned a sum of no departments", field="answered")
-        if response.shape != convert.shape_message(shape):
+        if response.shape is not shape:
             raise CryptoError("the coordinator answered a different shape", field="shape")
         public = self._keys.public
-        ciphertext: Ciphertext = public.ciphertext_from_bytes(response.ciphertext.value)
+        ciphertext: Ciphertext = public.ciphertext_from_bytes(response.ciphertext)
         common: dict[str, Any] = {
             "subject_id": subject,
             "base": response.base,
@@ -194,7 +191,7 @@ class Client:
             total = self._keys.private.decrypt_signed(ciphertext)
             clamped = min(max(total, model.floor), model.ceiling)
             return {**common, "score": clamped, "deductions": None, "bonuses": {}}
-        if tuple(response.slots) != model.slot_names() or response.slot_bits != encoding.SLOT_BITS:
+        if response.slots != model.slot_names() or response.slot_bits != encoding.SLOT_BITS:
             raise CryptoError(
                 f"slot layout {list(response.slots)}/{response.slot_bits} bits does not match the "
                 f"catalogue {list(model.slot_names())}/{encoding.SLOT_BITS} bits",
@@ -238,24 +235,19 @@ class Client:
         subject = validate_resident_id(subject_id, field="subject_id")
         message = self._call(
             self._stub.GrantConsent,
-            coordinator_pb2.GrantConsentRequest(
-                subject_id=subject,
-                grantee=grantee,
-                purpose=purpose,
-                expires_at=convert.timestamp(expires_at),
+            convert.grant_consent_request(
+                subject_id=subject, grantee=grantee, purpose=purpose, expires_at=expires_at
             ),
         )
         return convert.consent_record(message)
 
     def revoke_consent(self, consent_id: str) -> ConsentRecord:
-        message = self._call(
-            self._stub.RevokeConsent, coordinator_pb2.RevokeConsentRequest(consent_id=consent_id)
-        )
+        message = self._call(self._stub.RevokeConsent, convert.revoke_consent_request(consent_id))
         return convert.consent_record(message)
 
     def list_consents(self, *, subject_id: str = "", grantee: str = "") -> list[ConsentRecord]:
         response = self._call(
             self._stub.ListConsents,
-            coordinator_pb2.ListConsentsRequest(subject_id=subject_id, grantee=grantee),
+            convert.list_consents_request(subject_id=subject_id, grantee=grantee),
         )
-        return [convert.consent_record(c) for c in response.consents]
+        return convert.consent_records(response)

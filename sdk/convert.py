@@ -1,49 +1,116 @@
-"""Conversion between coordinator protobuf messages and the SDK's typed results."""
+"""Conversion between coordinator protobuf messages and the SDK's typed requests and answers."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
 
-from node.convert import SHAPE_TO_PB
+from node.convert import SHAPE_TO_PB, shape_from_pb
 from osmanthus.types import ConsentId, DepartmentId, DepartmentStatus, Shape
 from osmanthus.v1 import common_pb2, coordinator_pb2
 from sdk.results import ConsentRecord
 
 
-def public_key_message(n_bytes: bytes) -> common_pb2.PaillierPublicKey:
+@dataclass(frozen=True)
+class Answer:
+    """The coordinator's answer to a query, before decryption."""
+
+    query_id: str
+    shape: Shape | None
+    ciphertext: bytes
+    slots: tuple[str, ...]
+    slot_bits: int
+    base: int
+    answered: tuple[DepartmentStatus, ...]
+    missing: tuple[DepartmentStatus, ...]
+
+
+def _key(n_bytes: bytes) -> common_pb2.PaillierPublicKey:
     return common_pb2.PaillierPublicKey(n=n_bytes)
 
 
-def shape_message(shape: Shape) -> common_pb2.Shape:
-    return SHAPE_TO_PB[shape]
+def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value.astimezone(UTC))
+    return ts
 
 
-def statuses(items: object) -> tuple[DepartmentStatus, ...]:
+def _statuses(items: object) -> tuple[DepartmentStatus, ...]:
     return tuple(
         DepartmentStatus(DepartmentId(s.department), s.detail, s.rules_version)
         for s in items  # type: ignore[attr-defined]
     )
 
 
-def _dt(ts: timestamp_pb2.Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=UTC)
+def register_key_request(n_bytes: bytes) -> coordinator_pb2.RegisterKeyRequest:
+    return coordinator_pb2.RegisterKeyRequest(public_key=_key(n_bytes))
+
+
+def person_query_request(
+    *, resident_id: str, shape: Shape, purpose: str, consent_id: str, n_bytes: bytes
+) -> coordinator_pb2.PersonQueryRequest:
+    return coordinator_pb2.PersonQueryRequest(
+        resident_id=resident_id,
+        shape=SHAPE_TO_PB[shape],
+        purpose=purpose,
+        consent_id=consent_id,
+        public_key=_key(n_bytes),
+    )
+
+
+def enterprise_query_request(
+    *, credit_code: str, shape: Shape, purpose: str, n_bytes: bytes
+) -> coordinator_pb2.EnterpriseQueryRequest:
+    return coordinator_pb2.EnterpriseQueryRequest(
+        credit_code=credit_code, shape=SHAPE_TO_PB[shape], purpose=purpose, public_key=_key(n_bytes)
+    )
+
+
+def answer(message: coordinator_pb2.QueryResponse) -> Answer:
+    return Answer(
+        query_id=message.query_id,
+        shape=shape_from_pb(message.shape),
+        ciphertext=message.ciphertext.value,
+        slots=tuple(message.slots),
+        slot_bits=message.slot_bits,
+        base=message.base,
+        answered=_statuses(message.answered),
+        missing=_statuses(message.missing),
+    )
+
+
+def grant_consent_request(
+    *, subject_id: str, grantee: str, purpose: str, expires_at: datetime
+) -> coordinator_pb2.GrantConsentRequest:
+    return coordinator_pb2.GrantConsentRequest(
+        subject_id=subject_id, grantee=grantee, purpose=purpose, expires_at=_timestamp(expires_at)
+    )
+
+
+def revoke_consent_request(consent_id: str) -> coordinator_pb2.RevokeConsentRequest:
+    return coordinator_pb2.RevokeConsentRequest(consent_id=consent_id)
+
+
+def list_consents_request(*, subject_id: str, grantee: str) -> coordinator_pb2.ListConsentsRequest:
+    return coordinator_pb2.ListConsentsRequest(subject_id=subject_id, grantee=grantee)
 
 
 def consent_record(message: coordinator_pb2.Consent) -> ConsentRecord:
+    def dt(ts: timestamp_pb2.Timestamp) -> datetime:
+        return ts.ToDatetime(tzinfo=UTC)
+
     return ConsentRecord(
         consent_id=ConsentId(message.consent_id),
         subject_id=message.subject_id,
         grantee=message.grantee,
         purpose=message.purpose,
-        granted_at=_dt(message.granted_at),
-        expires_at=_dt(message.expires_at),
-        revoked_at=_dt(message.revoked_at) if message.HasField("revoked_at") else None,
+        granted_at=dt(message.granted_at),
+        expires_at=dt(message.expires_at),
+        revoked_at=dt(message.revoked_at) if message.HasField("revoked_at") else None,
     )
 
 
-def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value.astimezone(UTC))
-    return ts
+def consent_records(message: coordinator_pb2.ListConsentsResponse) -> list[ConsentRecord]:
+    return [consent_record(c) for c in message.consents]

@@ -35,7 +35,9 @@ def load_or_create_keys(path: Path, *, bits: int = DEFAULT_KEY_BITS) -> Requeste
     public, private = generate_keypair(bits=bits)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # a leftover or planted .tmp (perhaps a symlink) must not decide the new file's mode or target
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(private.to_json())
         f.flush()

@@ -368,3 +368,15 @@ def test_records_of_another_subject_kind_are_refused(catalogue: Catalogue) -> No
             [rec("tax_arrears", date(2025, 1, 1), subject_kind=ENTERPRISE)],
             as_of=AS_OF,
         )
+
+
+def test_points_beyond_the_score_range_are_refused(tmp_path: Path) -> None:
+    # an absurd value would otherwise only surface as an encoding overflow at query time
+    path = tmp_path / "psb.toml"
+    path.write_text(
+        'department = "psb"\nversion = "1"\n[[rule]]\nkind = "drunk_driving"\n'
+        'subject_kind = "person"\ncategory = "deduction"\npoints = 5000000000\n'
+        'description = "typo"\n'
+    )
+    with pytest.raises(ConfigError, match="more than the whole score range"):
+        load_rules(path, catalogue=load_catalogue())
