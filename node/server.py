@@ -12,6 +12,7 @@ from node.servicer import NodeServicer
 from node.store import RecordStore
 from osmanthus.audit import AuditLog, load_or_create_salt
 from osmanthus.catalogue import Catalogue, load_catalogue
+from osmanthus.crypto import DEFAULT_TABLE_CACHE_BYTES, FAST_WINDOW_BITS, EncryptorCache
 from osmanthus.errors import ConfigError
 from osmanthus.policy import ReloadablePolicy
 from osmanthus.rules import load_default_rules, load_rules
@@ -37,6 +38,9 @@ class NodeConfig:
     catalogue: Path | None = None
     token_issuer: str = DEFAULT_ISSUER
     token_audience: str = DEFAULT_AUDIENCE
+    #: memory for per-requester-key encryption tables (0 turns the fast path off)
+    table_cache_bytes: int = DEFAULT_TABLE_CACHE_BYTES
+    table_window_bits: int = FAST_WINDOW_BITS
 
 
 def build_service(config: NodeConfig, *, catalogue: Catalogue | None = None) -> NodeService:
@@ -89,6 +93,9 @@ def build_service(config: NodeConfig, *, catalogue: Catalogue | None = None) -> 
         policy=policy,
         verifier=verifier,
         audit=audit,
+        encryptors=EncryptorCache(
+            max_bytes=config.table_cache_bytes, window_bits=config.table_window_bits
+        ),
     )
 
 

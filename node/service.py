@@ -12,7 +12,7 @@ from node.store import RecordStore, china_today
 from osmanthus import __version__, encoding
 from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
 from osmanthus.catalogue import Catalogue, Department
-from osmanthus.crypto import Ciphertext, PublicKey
+from osmanthus.crypto import Ciphertext, EncryptorCache, PublicKey
 from osmanthus.errors import (
     ConfigError,
     InvalidArgument,
@@ -86,6 +86,7 @@ class NodeService:
         policy: ReloadablePolicy,
         verifier: TokenVerifier,
         audit: AuditLog,
+        encryptors: EncryptorCache,
         today: Callable[[], date] = china_today,
     ) -> None:
         self._department = department
@@ -95,9 +96,11 @@ class NodeService:
         self._policy = policy
         self._verifier = verifier
         self._audit = audit
+        self._encryptors = encryptors
         self._today = today
 
     def close(self) -> None:
+        self._encryptors.close()
         self._store.close()
         self._audit.close()
 
@@ -229,7 +232,7 @@ class NodeService:
                 values = [contribution.deductions]
                 # categories owned by other departments get 0: their owners fill those slots
                 values += [contribution.bonuses.get(c.name, 0) for c in model.categories]
-                return key.encrypt(encoding.pack_breakdown(values))
+                return self._encryptors.encrypt(key, encoding.pack_breakdown(values))
             total = encoding.total_contribution(
                 deductions=contribution.deductions, bonuses=sum(contribution.bonuses.values())
             )
@@ -240,7 +243,7 @@ class NodeService:
                 f"department {self._department.id}: a contribution does not fit the encoding "
                 f"({exc}); the rules allow more points than the protocol can carry"
             ) from exc
-        return key.encrypt_signed(total)
+        return self._encryptors.encrypt_signed(key, total)
 
     def _record(
         self,

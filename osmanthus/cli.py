@@ -191,6 +191,7 @@ def _cmd_node_serve(args: argparse.Namespace) -> int:
         listen=args.listen,
         rules=args.rules,
         policy=args.policy or DEFAULT_NODE_POLICY,
+        table_cache_bytes=args.table_cache_mb * 2**20,
     )
     running = start_node(config)
     _log.info("node %s serving on port %d", args.department, running.port)
@@ -468,6 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path, required=True, help="audit log and salt directory")
     p.add_argument("--listen", default="127.0.0.1:50051", help="host:port (port 0 = any free port)")
     p.add_argument("--ready-file", type=Path, help="write the bound port here once serving")
+    p.add_argument(
+        "--table-cache-mb",
+        type=int,
+        default=256,
+        help="memory for fast-encryption tables (about 54 MB per 2048-bit requester key; "
+        "0 = always use the slower plain path)",
+    )
     _add_tls(p, role_hint="node")
     p = command(
         node_sub,

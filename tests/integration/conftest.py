@@ -125,6 +125,9 @@ def start_federation(
             tls=TlsFiles.from_cert_paths(cert_paths(certs, role=PeerRole.NODE, name=dept)),
             issuer_public_key=issuer_keys.public,
             state_dir=base / "state" / dept,
+            # small tables: every in-process node builds one per requester key in this one
+            # process; 6-bit windows take ~0.05 s and 6 MB instead of ~0.5 s and 54 MB
+            table_window_bits=6,
         )
         configs[dept] = config
         nodes[dept] = start_node(config, catalogue=catalogue)
