@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import random
 import sys
 import tempfile
@@ -18,7 +19,8 @@ from pathlib import Path
 
 from certs import PeerRole, cert_paths, init_platform
 from osmanthus.catalogue import load_catalogue
-from osmanthus.errors import OsmanthusError
+from osmanthus.crypto import DEFAULT_TABLE_AFTER_USES
+from osmanthus.errors import InvalidArgument, OsmanthusError
 from osmanthus.launcher import LocalFederation
 from osmanthus.seed import seed
 from osmanthus.tls import TlsFiles
@@ -33,6 +35,12 @@ DEFAULT_SEED = 20261126
 #: the shapes a credit agency is granted for consented loan underwriting
 SHAPE_NAMES = {"breakdown": Shape.BREAKDOWN, "total": Shape.TOTAL}
 _TOKEN_TTL = timedelta(hours=12)
+#: enough untimed queries for every node to start building its fixed-base table for the key
+DEFAULT_WARMUP = DEFAULT_TABLE_AFTER_USES + 4
+#: the node and coordinator processes count as idle below this share of one core, all together
+_IDLE_CPU_SHARE = 0.10
+_IDLE_SAMPLE_S = 0.5
+_IDLE_TIMEOUT_S = 180.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,8 @@ class BenchResult:
     concurrency: int
     setup_s: float
     warmup_s: float
+    #: whether the servers were seen idle (tables built) before timing started
+    settled: bool
     stats: dict[Shape, LatencyStats]
     #: first few error messages of failed or partial queries, for the operator
     error_samples: tuple[str, ...] = ()
@@ -83,6 +93,7 @@ class BenchResult:
             "concurrency": self.concurrency,
             "setup_s": round(self.setup_s, 2),
             "warmup_s": round(self.warmup_s, 2),
+            "settled": self.settled,
         }
         for name, shape in SHAPE_NAMES.items():
             s = self.stats.get(shape)
@@ -185,6 +196,43 @@ def _timed_run(
     return outcomes, time.perf_counter() - t0
 
 
+def _cpu_seconds(pids: Sequence[int]) -> float | None:
+    """User plus system CPU time of `pids` from /proc; None where /proc cannot tell."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        # the command name in parentheses may hold spaces: fields are counted after its ")"
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def wait_until_idle(pids: Sequence[int], *, timeout_s: float = _IDLE_TIMEOUT_S) -> bool:
+    """Wait until `pids` together use under 10 % of a core over two consecutive samples.
+
+    After the warm-up every node builds its fixed-base table for the requester key in a
+    background thread; timing while 22 processes do that on 2 cores would mix two regimes.
+    False if they did not settle within `timeout_s`, or if /proc is not there to tell.
+    """
+    deadline = time.monotonic() + timeout_s
+    before = _cpu_seconds(pids)
+    quiet = 0
+    while before is not None and time.monotonic() < deadline:
+        time.sleep(_IDLE_SAMPLE_S)
+        after = _cpu_seconds(pids)
+        if after is None:
+            return False
+        quiet = quiet + 1 if after - before < _IDLE_CPU_SHARE * _IDLE_SAMPLE_S else 0
+        if quiet >= 2:
+            return True
+        before = after
+    return False
+
+
 def _person_ids(subjects_file: Path) -> list[str]:
     with subjects_file.open(newline="", encoding="utf-8") as f:
         return [r["subject_id"] for r in csv.DictReader(f) if r["subject_kind"] == "person"]
@@ -197,28 +245,31 @@ def run_benchmark(
     shapes: Sequence[Shape] = (Shape.BREAKDOWN, Shape.TOTAL),
     concurrency: int = 1,
     consented: int = 200,
-    warmup: int = 2,
+    warmup: int = DEFAULT_WARMUP,
     deadline_s: float = 5.0,
     rng_seed: int = DEFAULT_SEED,
     progress: Callable[[str], None] = lambda _msg: None,
 ) -> BenchResult:
     """Start the 22 person-credit nodes and a coordinator as processes, and time person queries.
 
-    Every client thread first runs `warmup` untimed queries per shape: the first query of a
-    requester key makes each node build its encryption table and each channel connect.
+    Timing starts in the steady state of a requester that queries often: the first client runs
+    `warmup` untimed queries (shapes in turn), which connects every channel and makes each node
+    build its fixed-base encryption table for the key; every other client runs one per shape;
+    then the benchmark waits until the server processes are idle.
     """
-    if persons < 1:
-        raise ValueError(f"persons must be at least 1, got {persons}")
-    if queries < 1:
-        raise ValueError(f"queries must be at least 1, got {queries}")
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-    if consented < 1:
-        raise ValueError(f"consented must be at least 1, got {consented}")
-    if warmup < 0:
-        raise ValueError(f"warmup must be 0 or more, got {warmup}")
+    for name, value, least in (
+        ("persons", persons, 1),
+        ("queries", queries, 1),
+        ("concurrency", concurrency, 1),
+        ("consented", consented, 1),
+        ("warmup", warmup, 0),
+    ):
+        if value < least:
+            raise InvalidArgument(f"must be {least} or more, got {value}", field=name)
     if not shapes:
-        raise ValueError("shapes must name at least one shape")
+        raise InvalidArgument("name at least one shape", field="shapes")
+    if not deadline_s > 0:
+        raise InvalidArgument(f"must be above 0 seconds, got {deadline_s}", field="deadline_s")
     t_setup = time.perf_counter()
     catalogue = load_catalogue()
     person_depts = [d.id for d in catalogue.departments_for(SubjectKind.PERSON)]
@@ -310,17 +361,23 @@ def run_benchmark(
             setup_s = time.perf_counter() - t_setup
 
             t_warm = time.perf_counter()
-            progress(f"warming up: {warmup} untimed queries per shape on each of {concurrency} "
-                     "client(s)")  # fmt: skip
+            progress(f"warming up: {warmup} untimed queries, then waiting for the nodes to "
+                     "finish building their encryption tables")  # fmt: skip
+            plan = [(clients[0], shapes[i % len(shapes)]) for i in range(warmup)]
+            plan += [(c, shape) for c in clients[1:] for shape in shapes]
             for client in clients:
                 client.register_key()
-            for client in clients:
-                for shape in shapes:
-                    for _ in range(warmup):
-                        subject, consent_id = rng.choice(consents)
-                        problem = _one_query(client, subject, consent_id, shape)
-                        if problem is not None:
-                            raise OsmanthusError(f"warm-up {shape.value} query failed: {problem}")
+            for client, shape in plan:
+                subject, consent_id = rng.choice(consents)
+                problem = _one_query(client, subject, consent_id, shape)
+                if problem is not None:
+                    raise OsmanthusError(f"warm-up {shape.value} query failed: {problem}")
+            servers = [*federation.nodes.values()]
+            if federation.coordinator is not None:
+                servers.append(federation.coordinator)
+            settled = wait_until_idle([p.popen.pid for p in servers])
+            if not settled:
+                progress("the servers did not go idle; timing anyway (see 'settled' in the JSON)")
             warmup_s = time.perf_counter() - t_warm
 
             stats: dict[Shape, LatencyStats] = {}
@@ -343,6 +400,7 @@ def run_benchmark(
         concurrency=concurrency,
         setup_s=setup_s,
         warmup_s=warmup_s,
+        settled=settled,
         stats=stats,
         error_samples=tuple(error_samples),
         unclean_exits={name: code for name, code in codes.items() if code != 0},
@@ -400,8 +458,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--warmup",
         type=int,
-        default=2,
-        help="untimed queries per shape on each client before timing",
+        default=DEFAULT_WARMUP,
+        help=(
+            "untimed queries before timing; from "
+            f"{DEFAULT_TABLE_AFTER_USES} on, nodes build their fast encryption tables"
+        ),
     )
     parser.add_argument(
         "--deadline", type=float, default=5.0, help="coordinator's per-node deadline in seconds"
@@ -416,6 +477,7 @@ def _print_summary(result: BenchResult) -> None:
         f"127.0.0.1), {result.persons} persons seeded, {result.consented} consented; "
         f"{result.concurrency} client thread(s); setup {result.setup_s:.1f} s, "
         f"warm-up {result.warmup_s:.1f} s"
+        + ("" if result.settled else " (servers NOT idle when timing began)")
     )
     print(f"{'shape':<10} {'ok':>5} {'err':>4} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
           f"{'max ms':>9} {'mean ms':>9} {'q/s':>8}")  # fmt: skip

@@ -20,6 +20,7 @@ from coordinator.service import DEFAULT_DEADLINE_S, CoordinatorService
 from coordinator.servicer import CoordinatorServicer
 from osmanthus.audit import AuditLog, load_or_create_salt
 from osmanthus.catalogue import Catalogue, load_catalogue
+from osmanthus.crypto import DEFAULT_TABLE_CACHE_BYTES, EncryptorCache
 from osmanthus.errors import ConfigError
 from osmanthus.policy import ReloadablePolicy
 from osmanthus.server import RunningServer, start_server
@@ -43,6 +44,8 @@ class CoordinatorConfig:
     policy: Path = DEFAULT_CENTRAL_POLICY
     catalogue: Path | None = None
     deadline_s: float = DEFAULT_DEADLINE_S
+    #: memory for per-requester-key tables used to re-randomise sums (0 = plain path)
+    table_cache_bytes: int = DEFAULT_TABLE_CACHE_BYTES
     token_issuer: str = DEFAULT_ISSUER
     token_audience: str = DEFAULT_AUDIENCE
 
@@ -108,6 +111,7 @@ def start_coordinator(
                 closing(AuditLog(path=config.state_dir / "audit.jsonl", salt=salt))
             ),
             deadline_s=config.deadline_s,
+            encryptors=EncryptorCache(max_bytes=config.table_cache_bytes),
         )
         servicer = CoordinatorServicer(service)
         server = start_server(

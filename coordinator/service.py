@@ -18,7 +18,7 @@ from node.service import ContributionRequest, ContributionResult, validate_query
 from osmanthus import encoding
 from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
 from osmanthus.catalogue import Catalogue
-from osmanthus.crypto import Ciphertext, PublicKey
+from osmanthus.crypto import Ciphertext, EncryptorCache, PublicKey
 from osmanthus.errors import (
     CryptoError,
     FailedPrecondition,
@@ -91,6 +91,7 @@ class CoordinatorService:
         keys: KeyRegistry,
         ledger: DisclosureLedger,
         audit: AuditLog,
+        encryptors: EncryptorCache,
         deadline_s: float = DEFAULT_DEADLINE_S,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -102,6 +103,8 @@ class CoordinatorService:
         self._keys = keys
         self._ledger = ledger
         self._audit = audit
+        # the fresh E(0) that re-randomises each forwarded sum costs one r^n on the plain path
+        self._encryptors = encryptors
         self._deadline_s = deadline_s
         self._clock = clock
 
@@ -111,6 +114,7 @@ class CoordinatorService:
         self._keys.close()
         self._ledger.close()
         self._audit.close()
+        self._encryptors.close()
 
     # --- authentication and policy -------------------------------------------------------------
 
@@ -295,7 +299,7 @@ class CoordinatorService:
             total = key.add_plain(total, model.base)
         # a fresh E(0) factor makes the forwarded ciphertext unlinkable to every received one,
         # which matters when a single department's part may be disclosed on its own
-        total = key.add(total, key.encrypt(0))
+        total = key.add(total, self._encryptors.encrypt(key, 0))
         seen["ciphertexts_forwarded"] = 1
         return QueryOutcome(
             query_id=query_id,

@@ -232,6 +232,7 @@ def _cmd_coordinator_serve(args: argparse.Namespace) -> int:
         listen=args.listen,
         policy=args.policy or DEFAULT_CENTRAL_POLICY,
         deadline_s=args.deadline,
+        table_cache_bytes=args.table_cache_mb * 2**20,
     )
     running = start_coordinator(config)
     _log.info("coordinator serving on port %d", running.port)
@@ -513,6 +514,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path, required=True, help="consents, keys and audit log")
     p.add_argument("--listen", default="127.0.0.1:50050", help="host:port (port 0 = any free port)")
     p.add_argument("--deadline", type=float, default=5.0, help="seconds to wait for the nodes")
+    p.add_argument(
+        "--table-cache-mb",
+        type=int,
+        default=256,
+        help="memory for the tables that re-randomise forwarded sums (about 54 MB per 2048-bit "
+        "requester key; 0 = always use the slower plain path)",
+    )
     p.add_argument("--ready-file", type=Path, help="write the bound port here once serving")
     _add_tls(p, role_hint="coordinator")
 

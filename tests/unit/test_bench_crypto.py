@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
-from bench.crypto import Cell, load_heu, main, measure
+from bench.crypto import Cell, Rates, SizeResult, load_heu, main, measure, render_table, summary
 
 RATE_KEYS = [
     f"{impl}_{op}_per_s" for impl in ("ours", "phe", "heu") for op in ("enc", "dec", "add")
@@ -18,6 +19,12 @@ OTHER_FIGURES = [
     "ratio_ours_vs_heu_enc",
 ]
 RUN_KEYS = ["bits", "seconds_per_cell", "python", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_heu_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    # load_heu pins HEU to one thread through the environment; undo that after each test
+    monkeypatch.setenv("YACL_NUM_THREADS", "1")
 
 
 def test_quick_run_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
@@ -50,7 +57,7 @@ def test_quick_run_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_measure_counts_calls_over_the_wall_time() -> None:
-    calls = []
+    calls: list[None] = []
     cell = Cell(lambda: calls.append(None))
     rate = measure({"append": cell}, seconds=0.03)["append"]
     assert cell.elapsed >= 0.03
@@ -61,3 +68,31 @@ def test_measure_counts_calls_over_the_wall_time() -> None:
 def test_measure_refuses_a_non_positive_time() -> None:
     with pytest.raises(ValueError, match="seconds per cell must be positive"):
         measure({"noop": Cell(lambda: None)}, seconds=0)
+
+
+def test_missing_heu_is_reported_with_null_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "heu", None)  # as if sf-heu were not installed
+    heu_phe, reason = load_heu()
+    assert heu_phe is None
+    assert reason is not None and "sf-heu" in reason
+
+    size = SizeResult(
+        bits=2048,
+        ours_fast=Rates(1000.0, 250.0, 100000.0),
+        ours_plain=Rates(100.0, None, None),
+        phe=Rates(50.0, 250.0, 90000.0),
+        heu=None,
+        table_build_s=0.5,
+        table_bytes=54_000_000,
+    )
+    result = summary([size], seconds=1.0, heu_reason=reason, load=(0.1, 1.0), cpu_share=1.0)
+    assert result["heu_unavailable_reason"] == reason
+    assert result["heu_enc_per_s"] is None
+    assert result["ratio_ours_vs_heu_enc"] is None
+    assert result["ratio_ours_vs_phe_enc"] == pytest.approx(20.0)
+    assert result["ours_table_mb"] == pytest.approx(54.0)
+    json.dumps(result)  # the JSON line must serialise as it is
+
+    table = render_table([size], seconds=1.0, heu_reason=reason, load=(0.1, 0.1), cpu_share=0.5)
+    assert "unavailable" in table and reason in table
+    assert "WARNING: this process had the CPU for only 50%" in table

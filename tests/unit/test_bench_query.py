@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from bench.query import BenchResult, LatencyStats, build_parser, percentile
+from bench.query import (
+    DEFAULT_WARMUP,
+    BenchResult,
+    LatencyStats,
+    build_parser,
+    percentile,
+    run_benchmark,
+    wait_until_idle,
+)
+from osmanthus.crypto import DEFAULT_TABLE_AFTER_USES
+from osmanthus.errors import InvalidArgument
 from osmanthus.types import Shape
 
 
@@ -35,6 +48,8 @@ def test_parser_defaults_match_the_documented_run() -> None:
     assert args.queries == 200
     assert args.shapes == [Shape.BREAKDOWN, Shape.TOTAL]
     assert args.concurrency == 1
+    # the warm-up must reach the node's table threshold, or timing starts on the slow path
+    assert args.warmup == DEFAULT_WARMUP > DEFAULT_TABLE_AFTER_USES
 
 
 def test_parser_reads_shapes_and_drops_repeats() -> None:
@@ -91,6 +106,7 @@ def test_summary_has_null_figures_for_shapes_not_measured_and_is_valid_json() ->
         concurrency=1,
         setup_s=4.5,
         warmup_s=1.0,
+        settled=True,
         stats={Shape.BREAKDOWN: breakdown, Shape.TOTAL: failed},
     )
     summary = json.loads(json.dumps(result.summary(), allow_nan=False))
@@ -100,3 +116,35 @@ def test_summary_has_null_figures_for_shapes_not_measured_and_is_valid_json() ->
     assert summary["total_p50_ms"] is None
     assert summary["total_qps"] is None
     assert result.errors == 4
+
+
+def test_wait_until_idle_sees_a_quiet_process_settle() -> None:
+    # this process sleeps while it waits, so it is idle
+    assert wait_until_idle([os.getpid()], timeout_s=5.0) is True
+
+
+def test_wait_until_idle_gives_up_on_a_busy_process() -> None:
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert wait_until_idle([busy.pid], timeout_s=1.5) is False
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+def test_wait_until_idle_is_false_for_a_process_that_is_gone() -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert wait_until_idle([gone.pid], timeout_s=1.0) is False
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"queries": 0}, "queries"), ({"warmup": -1}, "warmup"), ({"shapes": ()}, "shapes")],
+)
+def test_run_benchmark_refuses_bad_settings_before_starting_anything(
+    kwargs: dict[str, object], field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as exc:
+        run_benchmark(**kwargs)  # type: ignore[arg-type]
+    assert exc.value.field == field
