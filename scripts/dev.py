@@ -68,7 +68,9 @@ def main(argv: list[str]) -> int:
         check_generated,
         lambda: run(str(PY), "-m", "ruff", "check", "."),
         lambda: run(str(PY), "-m", "ruff", "format", "--check", "."),
-        lambda: run(str(PY), "-m", "mypy", "osmanthus", "node", "coordinator", "sdk", "certs"),
+        lambda: run(
+            str(PY), "-m", "mypy", "osmanthus", "node", "coordinator", "sdk", "certs", "bench"
+        ),
         lambda: run(str(PY), "-m", "pytest", *argv[1:]),
     ]
     for step in steps:
