@@ -1,18 +1,18 @@
-"""Refuses answers that a requester could subtract from an earlier one to isolate a department.
+"""Pins the department set of every answer a requester gets about a subject, against subtraction.
 
-Two answers about the same subject whose department sets differ by k departments disclose, by
-subtraction, the sum of those k departments' contributions. A partial answer after a full one
-(a node was down, or a department's policy refused one purpose but not another) would disclose a
-single department's part. So every released answer's department set is remembered per requester
-and subject, and an answer whose set differs from an earlier one by fewer than the policy's
-minimum number of departments is refused. Sets that are equal, or differ by at least the minimum,
-are as safe as any answer: the difference is itself a sum of enough departments.
+Answers about one subject that cover different department sets disclose, by subtraction (of two
+answers, or a combination of several, or of single slots of a BREAKDOWN), the contributions of
+the departments where the sets differ, down to a single department. So the first answer released
+to a requester about a subject fixes its department set, and every later answer to that requester
+about that subject sums exactly that set: a department outside it is left out (and reported so),
+a department of it that does not answer makes the answer refused. Every answer about the subject
+is then the same sum over time; what changes is only what the departments' records say.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -22,19 +22,19 @@ from osmanthus.errors import ConfigError, FailedPrecondition
 from osmanthus.types import RequesterId, SubjectKind
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS released (
+CREATE TABLE IF NOT EXISTS pinned_sets (
     requester VARCHAR NOT NULL,
     subject_kind VARCHAR NOT NULL,
     subject_hash VARCHAR NOT NULL,   -- salted hash, as in the audit log: never the raw id
     departments VARCHAR NOT NULL,    -- sorted, comma-separated
-    first_released_at TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (requester, subject_kind, subject_hash, departments)
+    pinned_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (requester, subject_kind, subject_hash)
 )
 """
 
 
 class DisclosureLedger:
-    """The department sets released to each requester about each subject, in a DuckDB file."""
+    """The department set pinned for each (requester, subject), in a DuckDB file."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -45,39 +45,48 @@ class DisclosureLedger:
             raise ConfigError(f"{path}: cannot open the disclosure ledger: {exc}") from exc
         self._lock = threading.Lock()
 
-    def admit(
+    def settle(
         self,
         *,
         requester: RequesterId,
         subject_kind: SubjectKind,
         subject_hash: str,
-        departments: Iterable[str],
-        minimum: int,
+        answered: frozenset[str],
+        release: Callable[[frozenset[str]], None],
         now: datetime,
-    ) -> None:
-        """Record that this set is released, or raise FailedPrecondition if that is unsafe."""
-        answered = frozenset(departments)
-        key = ",".join(sorted(answered))
+    ) -> frozenset[str]:
+        """Decide which departments this answer sums, pinning the set if it is the first.
+
+        With a pinned set, every pinned department must have answered (FailedPrecondition naming
+        the others) and the answer sums exactly the pinned set. Without one, the answer sums
+        `answered`, pinned once accepted. Either way `release(set)` runs first and raises to
+        refuse (too few departments, partial coverage refused by policy). Check and pin happen
+        under one lock, so two concurrent first answers cannot pin two different sets.
+        """
         with self._lock:
-            rows = self._db.execute(
-                "SELECT departments FROM released "
+            row = self._db.execute(
+                "SELECT departments FROM pinned_sets "
                 "WHERE requester = ? AND subject_kind = ? AND subject_hash = ?",
                 [requester, subject_kind.value, subject_hash],
-            ).fetchall()
-            for (earlier,) in rows:
-                difference = answered ^ frozenset(earlier.split(","))
-                if 0 < len(difference) < minimum:
+            ).fetchone()
+            if row is not None:
+                pinned = frozenset(row[0].split(","))
+                lacking = pinned - answered
+                if lacking:
                     raise FailedPrecondition(
-                        f"an earlier answer to {requester} about this subject covered other "
-                        f"departments; the two differ only by {', '.join(sorted(difference))}, "
-                        "so together they would disclose that part by subtraction. The policy "
-                        f"requires such answers to differ by at least {minimum} departments: ask "
-                        "again when the same departments answer as before"
+                        f"{', '.join(sorted(lacking))} did not answer, but earlier answers to "
+                        f"{requester} about this subject included them; an answer without them "
+                        "would disclose their contribution by subtraction. Ask again when they "
+                        "answer"
                     )
+                release(pinned)
+                return pinned
+            release(answered)
             self._db.execute(
-                "INSERT INTO released VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [requester, subject_kind.value, subject_hash, key, now],
+                "INSERT INTO pinned_sets VALUES (?, ?, ?, ?, ?)",
+                [requester, subject_kind.value, subject_hash, ",".join(sorted(answered)), now],
             )
+            return answered
 
     def close(self) -> None:
         with self._lock:

@@ -89,7 +89,16 @@ def start_coordinator(
         replay_cache=ReplayCache(),
     )
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    salt = load_or_create_salt(config.state_dir / "audit.salt")
+    salt_path = config.state_dir / "audit.salt"
+    ledger_path = config.state_dir / "disclosures.duckdb"
+    if ledger_path.exists() and not salt_path.exists():
+        # a new salt would silently unpin every subject in the ledger
+        raise ConfigError(
+            f"{salt_path} is missing but {ledger_path} exists: restore the salt from backup; "
+            "a new one would make every pinned disclosure set unreachable",
+            field="state_dir",
+        )
+    salt = load_or_create_salt(salt_path)
     with ExitStack() as opened:
         # each resource is closed again if a later one fails to open
         pool = opened.enter_context(
@@ -104,9 +113,7 @@ def start_coordinator(
                 closing(ConsentRegistry(config.state_dir / "consents.duckdb"))
             ),
             keys=opened.enter_context(closing(KeyRegistry(config.state_dir / "keys.duckdb"))),
-            ledger=opened.enter_context(
-                closing(DisclosureLedger(config.state_dir / "disclosures.duckdb"))
-            ),
+            ledger=opened.enter_context(closing(DisclosureLedger(ledger_path))),
             audit=opened.enter_context(
                 closing(AuditLog(path=config.state_dir / "audit.jsonl", salt=salt))
             ),

@@ -27,7 +27,7 @@ from osmanthus.errors import (
     Unauthenticated,
     Unavailable,
 )
-from osmanthus.ids import validate_subject
+from osmanthus.ids import canonical_subject, validate_subject
 from osmanthus.names import validate_purpose, validate_requester_id
 from osmanthus.policy import Decision, PolicyRequest, ReloadablePolicy
 from osmanthus.tls import PeerIdentity
@@ -45,6 +45,11 @@ from osmanthus.types import (
 _log = logging.getLogger(__name__)
 
 DEFAULT_DEADLINE_S = 5.0
+#: why an answering department is left out of a sum (see coordinator/disclosure.py)
+EXCLUDED_REASON = (
+    "left out: earlier answers to you about this subject did not include this department, and "
+    "including it now would disclose its contribution by subtraction"
+)
 
 
 @dataclass(frozen=True)
@@ -276,23 +281,50 @@ class CoordinatorService:
         seen["departments_missing"] = len(failures) + len(not_configured)
         ciphertexts, answers, invalid = self._validated(key, answers)
         failures = not_configured + failures + invalid
+
+        def release(departments: frozenset[str]) -> None:
+            chosen = [a for a in answers if a.department in departments]
+            left_out = [
+                NodeFailure(a.department, EXCLUDED_REASON)
+                for a in answers
+                if a.department not in departments
+            ]
+            missing = [
+                DepartmentStatus(f.department, f.reason)
+                for f in sorted(failures + left_out, key=lambda f: f.department)
+            ]
+            self._check_disclosure(
+                claims, kind, purpose, shape, chosen, missing, len(expected), minimum
+            )
+
+        if all(a.single_source_allowed for a in answers) and answers:
+            # every part may be disclosed alone (a person's self-query): nothing to protect
+            release(frozenset(a.department for a in answers))
+        else:
+            pinned = self._ledger.settle(
+                requester=claims.requester,
+                subject_kind=kind,
+                subject_hash=self._audit.subject_hash(subject),
+                answered=frozenset(a.department for a in answers),
+                release=release,
+                now=self._clock(),
+            )
+            failures += [
+                NodeFailure(a.department, EXCLUDED_REASON)
+                for a in answers
+                if a.department not in pinned
+            ]
+            kept = [
+                (c, a) for c, a in zip(ciphertexts, answers, strict=True) if a.department in pinned
+            ]
+            ciphertexts = [c for c, _ in kept]
+            answers = [a for _, a in kept]
         answered = tuple(
             DepartmentStatus(a.department, "answered", a.rules_version) for a in answers
         )
         missing = tuple(
             DepartmentStatus(f.department, f.reason)
             for f in sorted(failures, key=lambda f: f.department)
-        )
-        self._check_disclosure(
-            claims, kind, purpose, shape, answers, missing, len(expected), minimum
-        )
-        self._ledger.admit(
-            requester=claims.requester,
-            subject_kind=kind,
-            subject_hash=self._audit.subject_hash(subject),
-            departments=(a.department for a in answers),
-            minimum=minimum,
-            now=self._clock(),
         )
         total = key.add(*ciphertexts)
         if shape is Shape.TOTAL:
@@ -410,7 +442,9 @@ class CoordinatorService:
                 decision=decision,
                 reason=reason,
                 shape=request.shape.value if request.shape else "",
-                subject_hash=self._audit.subject_hash(request.subject_id),
+                subject_hash=self._audit.subject_hash(
+                    canonical_subject(request.subject_kind, request.subject_id)
+                ),
                 extra=extra,
             )
         )

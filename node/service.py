@@ -20,7 +20,7 @@ from osmanthus.errors import (
     PermissionDenied,
     Unauthenticated,
 )
-from osmanthus.ids import validate_subject
+from osmanthus.ids import canonical_subject, validate_subject
 from osmanthus.names import validate_purpose, validate_query_id
 from osmanthus.policy import PolicyEngine, PolicyRequest, ReloadablePolicy
 from osmanthus.rules import Contribution, RuleSet
@@ -266,7 +266,9 @@ class NodeService:
                 decision=decision,
                 reason=reason,
                 shape=request.shape.value if request.shape else "",
-                subject_hash=self._audit.subject_hash(request.subject_id),
+                subject_hash=self._audit.subject_hash(
+                    canonical_subject(request.subject_kind, request.subject_id)
+                ),
                 extra=extra or {},
             )
         )

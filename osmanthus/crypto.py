@@ -15,7 +15,9 @@ import logging
 import math
 import secrets
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +45,16 @@ DEFAULT_TABLE_CACHE_BYTES = 256 * 2**20
 DEFAULT_TABLE_AFTER_USES = 32
 #: keys whose uses are counted before they earn a table (oldest forgotten first)
 _USE_COUNTER_KEYS = 4096
+#: a table is evicted for a new one only if unused this long: otherwise keys in active use
+#: would push each other out and every rebuild would cost more than the fast path saves
+TABLE_EVICT_IDLE_S = 60.0
+
+
+def table_size(public_key: PublicKey, window_bits: int) -> int:
+    """Bytes of a fixed-base table for this key: one ciphertext per window and digit."""
+    windows = -(-(public_key.bits // 2) // window_bits)
+    return windows * (1 << window_bits) * public_key.ciphertext_size
+
 
 _log = logging.getLogger(__name__)
 
@@ -285,7 +297,7 @@ class FastEncryptor:
             table.append(row)
             base = acc * base % self._nsquare  # h^(2^(w·(i+1)))
         self._table = table
-        self.table_bytes = windows * (self._mask + 1) * public_key.ciphertext_size
+        self.table_bytes = table_size(public_key, window_bits)
 
     def encrypt(self, plaintext: int) -> Ciphertext:
         if not 0 <= plaintext < self.public_key.n:
@@ -322,13 +334,19 @@ class EncryptorCache:
         max_bytes: int = DEFAULT_TABLE_CACHE_BYTES,
         window_bits: int = FAST_WINDOW_BITS,
         build_after: int = DEFAULT_TABLE_AFTER_USES,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if max_bytes < 0:
+            raise InvalidArgument("the table memory budget cannot be negative", field="max_bytes")
         self._max_bytes = max_bytes
         self._window_bits = window_bits
         self._build_after = build_after
+        self._clock = clock
         self._uses: OrderedDict[int, int] = OrderedDict()
         self._ready: OrderedDict[int, FastEncryptor] = OrderedDict()
+        self._last_used: dict[int, float] = {}
         self._building: dict[int, Future[FastEncryptor]] = {}
+        self._closed = False
         self._lock = threading.Lock()
         self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="osmanthus-table")
 
@@ -343,16 +361,34 @@ class EncryptorCache:
             ready = self._ready.get(public_key.n)
             if ready is not None:
                 self._ready.move_to_end(public_key.n)
+                self._last_used[public_key.n] = self._clock()
                 return ready
-            if self._max_bytes and public_key.n not in self._building:
-                uses = self._uses.pop(public_key.n, 0) + 1
-                if uses >= self._build_after:
-                    self._building[public_key.n] = self._builder.submit(self._build, public_key)
-                else:
-                    self._uses[public_key.n] = uses
-                    if len(self._uses) > _USE_COUNTER_KEYS:
-                        self._uses.popitem(last=False)
+            if self._closed or public_key.n in self._building:
+                return None
+            uses = self._uses.pop(public_key.n, 0) + 1
+            if uses >= self._build_after and self._room_for(public_key):
+                self._building[public_key.n] = self._builder.submit(self._build, public_key)
+            else:
+                # counting starts again after a refusal, so room is looked for now and then
+                self._uses[public_key.n] = 0 if uses >= self._build_after else uses
+                if len(self._uses) > _USE_COUNTER_KEYS:
+                    self._uses.popitem(last=False)
         return None
+
+    def _room_for(self, public_key: PublicKey) -> bool:
+        """Whether the key's table fits, evicting only tables idle long enough (lock held)."""
+        needed = table_size(public_key, self._window_bits)
+        if needed > self._max_bytes:
+            return False
+        free = self._max_bytes - sum(e.table_bytes for e in self._ready.values())
+        now = self._clock()
+        for n, encryptor in self._ready.items():  # least recently used first
+            if free >= needed:
+                break
+            if now - self._last_used.get(n, now) < TABLE_EVICT_IDLE_S:
+                return False
+            free += encryptor.table_bytes
+        return free >= needed
 
     def _build(self, public_key: PublicKey) -> FastEncryptor:
         try:
@@ -364,11 +400,13 @@ class EncryptorCache:
             raise
         with self._lock:
             self._building.pop(public_key.n, None)
-            # a table larger than the whole budget is used once and never kept
-            if encryptor.table_bytes <= self._max_bytes:
+            # a table larger than the whole budget (built by wait_ready) is used once, not kept
+            if encryptor.table_bytes <= self._max_bytes and not self._closed:
                 self._ready[public_key.n] = encryptor
+                self._last_used[public_key.n] = self._clock()
                 while sum(e.table_bytes for e in self._ready.values()) > self._max_bytes:
-                    self._ready.popitem(last=False)
+                    evicted, _ = self._ready.popitem(last=False)
+                    self._last_used.pop(evicted, None)
         return encryptor
 
     def wait_ready(self, public_key: PublicKey, timeout: float | None = None) -> FastEncryptor:
@@ -379,9 +417,11 @@ class EncryptorCache:
                 self._ready.move_to_end(public_key.n)
                 return ready
             future = self._building.get(public_key.n)
-            if future is None:
+            if future is None and not self._closed:
                 future = self._builder.submit(self._build, public_key)
                 self._building[public_key.n] = future
+        if future is None:  # closed: nothing runs in the background any more
+            return FastEncryptor(public_key=public_key, window_bits=self._window_bits)
         return future.result(timeout)
 
     def encrypt(self, public_key: PublicKey, plaintext: int) -> Ciphertext:
@@ -393,6 +433,9 @@ class EncryptorCache:
         return fast.encrypt_signed(value) if fast else public_key.encrypt_signed(value)
 
     def close(self) -> None:
+        # requests still in flight after this fall back to the plain path
+        with self._lock:
+            self._closed = True
         self._builder.shutdown(wait=False, cancel_futures=True)
 
 

@@ -493,3 +493,17 @@ def mask_subject(value: str) -> str:
     if len(value) <= 8:
         return "*" * len(value)
     return value[:6] + "*" * (len(value) - 8) + value[-2:]
+
+
+def canonical_subject(kind: SubjectKind | None, value: str) -> str:
+    """The validated form of a subject id, or the raw string if it is invalid.
+
+    Audit entries hash this, so one person's entries share one hash whether an 'x' check
+    character arrived in lower or upper case.
+    """
+    if kind is None:
+        return value
+    try:
+        return validate_subject(kind, value)
+    except InvalidArgument:
+        return value

@@ -19,8 +19,9 @@ from osmanthus.tls import TlsFiles, server_credentials
 
 _log = logging.getLogger(__name__)
 
-#: seconds in-flight calls get to finish on shutdown
-GRACE_SECONDS = 5.0
+#: seconds in-flight calls get to finish on shutdown: longer than the coordinator's default
+#: node deadline (5 s), so a query waiting on a slow node still completes
+GRACE_SECONDS = 10.0
 #: inbound messages are small (a key, an id); refuse anything larger
 MAX_RECEIVE_BYTES = 1 << 20
 

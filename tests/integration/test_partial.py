@@ -172,8 +172,10 @@ def test_a_node_killed_while_a_query_is_in_flight_leaves_a_partial_answer(
         split_federation.client.enterprise_score(
             _firm(split_federation.federation, WARM_FIRM), purpose="credit_report"
         )
-    assert "differ only by customs" in caught.value.message
-    assert "disclose that part by subtraction" in caught.value.message
+    assert caught.value.message.startswith(
+        "customs did not answer, but earlier answers to agency-1"
+    )
+    assert "disclose their contribution by subtraction" in caught.value.message
 
 
 def test_a_hung_node_is_reported_after_the_deadline(split_federation: SplitFederation) -> None:
@@ -188,6 +190,14 @@ def test_a_hung_node_is_reported_after_the_deadline(split_federation: SplitFeder
     assert detail == f"no answer within the {DEADLINE_S:g} s deadline"
     # the coordinator waited for the deadline, and not much longer
     assert DEADLINE_S - 0.1 <= elapsed < DEADLINE_S + MARGIN_S
+    # customs is back, but the first answer about this firm was pinned without it: adding it
+    # now would disclose its contribution, so it is left out and said to be
+    again = split_federation.client.enterprise_score(
+        _firm(split_federation.federation), purpose="credit_report"
+    )
+    left_out = _assert_only_customs_missing(again)
+    assert left_out.startswith("left out: earlier answers to you about this subject")
+    assert again.score == report.score
 
 
 def test_fewer_departments_than_the_policy_minimum_is_refused(

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 
 import phe
 import pytest
 
 from osmanthus.crypto import (
+    TABLE_EVICT_IDLE_S,
     Ciphertext,
     EncryptorCache,
     FastEncryptor,
@@ -17,6 +19,7 @@ from osmanthus.crypto import (
     PublicKey,
     UnsafeShortKeys,
     generate_keypair,
+    table_size,
 )
 from osmanthus.errors import CryptoError, InvalidArgument
 
@@ -96,25 +99,70 @@ def test_cache_uses_the_plain_path_until_the_table_is_ready(
         cache.close()
 
 
-def test_cache_drops_the_least_recently_used_table_beyond_its_budget() -> None:
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _until(condition: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + 30
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_cache_evicts_only_idle_tables_for_a_new_key() -> None:
     # why short keys: three tables must be built quickly; the budget holds exactly two
     keys = [UnsafeShortKeys.generate(bits=512)[0] for _ in range(3)]
-    size = FastEncryptor(public_key=keys[0], window_bits=4).table_bytes
-    cache = EncryptorCache(window_bits=4, max_bytes=2 * size, build_after=1)
+    size = table_size(keys[0], 4)
+    clock = FakeClock()
+    cache = EncryptorCache(window_bits=4, max_bytes=2 * size, build_after=1, clock=clock)
     try:
         first = cache.wait_ready(keys[0], timeout=30)
         cache.wait_ready(keys[1], timeout=30)
-        assert cache.encryptor(keys[0]) is first  # touch: keys[1] is now least recently used
-        cache.wait_ready(keys[2], timeout=30)
-        assert cache.cached_bytes <= 2 * size
+        # both tables were just used: a third key must not push one out and cause a rebuild loop
+        assert cache.encryptor(keys[2]) is None
+        time.sleep(0.2)
+        assert cache.cached_bytes == 2 * size and cache.encryptor(keys[1]) is not None
+        clock.now += TABLE_EVICT_IDLE_S / 2
+        assert cache.encryptor(keys[0]) is first  # keys[0] busy, keys[1] idle from now on
+        clock.now += TABLE_EVICT_IDLE_S
+        cache.encryptor(keys[0])
+        cache.encryptor(keys[2])  # keys[1] has been idle long enough: its room is taken
+        assert _until(lambda: cache.encryptor(keys[2]) is not None)
+        assert cache.cached_bytes == 2 * size
         assert cache.encryptor(keys[0]) is first
-        assert cache.encryptor(keys[1]) is None  # evicted; a rebuild is scheduled
-        deadline = time.monotonic() + 30
-        while cache.encryptor(keys[1]) is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert cache.cached_bytes <= 2 * size
     finally:
         cache.close()
+
+
+def test_a_table_larger_than_the_budget_is_never_built_in_the_background() -> None:
+    # why short: only the budget logic is under test
+    public, private = UnsafeShortKeys.generate(bits=512)
+    cache = EncryptorCache(window_bits=4, max_bytes=table_size(public, 4) - 1, build_after=1)
+    try:
+        for value in range(50):
+            assert private.decrypt(cache.encrypt(public, value)) == value
+        assert cache.cached_bytes == 0 and not cache._building
+    finally:
+        cache.close()
+
+
+def test_a_closed_cache_falls_back_to_the_plain_path() -> None:
+    # why short: requests still in flight at shutdown must not fail; no security aspect
+    public, private = UnsafeShortKeys.generate(bits=512)
+    cache = EncryptorCache(window_bits=4, build_after=1)
+    cache.close()
+    assert private.decrypt(cache.encrypt(public, 4)) == 4
+    assert private.decrypt(cache.wait_ready(public).encrypt(6)) == 6
+
+
+def test_a_negative_budget_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="negative"):
+        EncryptorCache(max_bytes=-1)
 
 
 def test_a_table_larger_than_the_budget_is_used_but_not_kept() -> None:

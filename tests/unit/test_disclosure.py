@@ -1,4 +1,4 @@
-"""The disclosure ledger: answers that differ by too few departments are refused, durably."""
+"""The disclosure ledger: the first released department set per requester and subject is pinned."""
 
 from __future__ import annotations
 
@@ -8,71 +8,118 @@ from pathlib import Path
 import pytest
 
 from coordinator.disclosure import DisclosureLedger
-from osmanthus.errors import FailedPrecondition
+from osmanthus.errors import FailedPrecondition, Unavailable
 from osmanthus.types import RequesterId, SubjectKind
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
-ALL = ("court", "psb", "tax", "blood", "volunteer")
+ALL = frozenset({"court", "psb", "tax", "blood", "volunteer"})
 AGENCY = RequesterId("agency-1")
 
 
-def admit(ledger: DisclosureLedger, departments: tuple[str, ...], **kw: object) -> None:
+class Releases:
+    """Records what the ledger asked to release; refuses sets in `refuse`."""
+
+    def __init__(self, *refuse: frozenset[str]) -> None:
+        self.asked: list[frozenset[str]] = []
+        self.refuse = refuse
+
+    def __call__(self, departments: frozenset[str]) -> None:
+        self.asked.append(departments)
+        if departments in self.refuse:
+            raise Unavailable("refused by the policy under test")
+
+
+def settle(
+    ledger: DisclosureLedger,
+    answered: frozenset[str],
+    release: Releases | None = None,
+    **kw: object,
+) -> frozenset[str]:
     args: dict[str, object] = {
         "requester": AGENCY,
         "subject_kind": SubjectKind.PERSON,
         "subject_hash": "a" * 64,
-        "departments": departments,
-        "minimum": 3,
+        "answered": answered,
+        "release": release or Releases(),
         "now": NOW,
     }
     args.update(kw)
-    ledger.admit(**args)  # type: ignore[arg-type]
+    return ledger.settle(**args)  # type: ignore[arg-type]
 
 
-def test_the_same_department_set_is_admitted_again(tmp_path: Path) -> None:
+def test_the_first_released_set_is_pinned_and_summed_again(tmp_path: Path) -> None:
     with DisclosureLedger(tmp_path / "d.duckdb") as ledger:
-        admit(ledger, ALL)
-        admit(ledger, tuple(reversed(ALL)))
+        assert settle(ledger, ALL) == ALL
+        assert settle(ledger, ALL) == ALL
 
 
-@pytest.mark.parametrize("later", [ALL[:-1], ALL[:-2], (*ALL, "edu")], ids=["-1", "-2", "+1"])
-def test_a_set_differing_by_fewer_than_the_minimum_is_refused(
-    tmp_path: Path, later: tuple[str, ...]
+def test_a_department_outside_the_pinned_set_is_left_out(tmp_path: Path) -> None:
+    # a partial first answer: every later answer sums the same departments, or subtraction
+    # of the two would isolate volunteer
+    with DisclosureLedger(tmp_path / "d.duckdb") as ledger:
+        settle(ledger, ALL - {"volunteer"})
+        assert settle(ledger, ALL) == ALL - {"volunteer"}
+
+
+@pytest.mark.parametrize("lacking", [{"volunteer"}, {"psb", "tax", "blood"}], ids=["one", "three"])
+def test_a_pinned_department_that_does_not_answer_makes_the_answer_refused(
+    tmp_path: Path, lacking: set[str]
 ) -> None:
+    # however many are missing: combinations of several answers would isolate one department
     with DisclosureLedger(tmp_path / "d.duckdb") as ledger:
-        admit(ledger, ALL)
-        with pytest.raises(FailedPrecondition, match="disclose that part by subtraction"):
-            admit(ledger, later)
+        settle(ledger, ALL)
+        with pytest.raises(FailedPrecondition, match="did not answer, but earlier answers") as e:
+            settle(ledger, ALL - lacking)
+        assert all(d in e.value.message for d in lacking)
 
 
-def test_partial_first_then_full_is_refused_too(tmp_path: Path) -> None:
+def test_the_attack_combinations_of_the_review_all_sum_one_set(tmp_path: Path) -> None:
+    # four answers whose sets pairwise differ by >= 3 departments solved for court's part under
+    # the old pairwise rule; now only the first set is ever summed
+    everyone = ALL | {"hpf", "land", "edu"}
+    sets = [
+        everyone,
+        everyone - {"court", "tax", "psb"},
+        everyone - {"court", "hpf", "land"},
+        everyone - {"hpf", "land", "psb", "tax"},
+    ]
     with DisclosureLedger(tmp_path / "d.duckdb") as ledger:
-        admit(ledger, ALL[:-1])
-        with pytest.raises(FailedPrecondition, match="differ only by volunteer"):
-            admit(ledger, ALL)
+        settle(ledger, sets[0])
+        for later in sets[1:]:
+            with pytest.raises(FailedPrecondition):
+                settle(ledger, later)
 
 
-def test_a_difference_of_at_least_the_minimum_is_a_sum_and_is_admitted(tmp_path: Path) -> None:
+def test_a_refused_first_set_is_not_pinned(tmp_path: Path) -> None:
     with DisclosureLedger(tmp_path / "d.duckdb") as ledger:
-        admit(ledger, ALL)
-        admit(ledger, ALL[:2])  # differs by tax, blood, volunteer: a sum of three
+        partial = ALL - {"volunteer"}
+        with pytest.raises(Unavailable):
+            settle(ledger, partial, Releases(partial))
+        assert settle(ledger, ALL) == ALL
 
 
-def test_other_requesters_subjects_and_kinds_are_independent(tmp_path: Path) -> None:
+def test_the_pinned_set_is_checked_by_release_each_time(tmp_path: Path) -> None:
+    # the policy may have changed since the set was pinned
     with DisclosureLedger(tmp_path / "d.duckdb") as ledger:
-        admit(ledger, ALL)
-        admit(ledger, ALL[:-1], requester=RequesterId("bank-1"))
-        admit(ledger, ALL[:-1], subject_hash="b" * 64)
-        admit(ledger, ALL[:-1], subject_kind=SubjectKind.ENTERPRISE)
+        settle(ledger, ALL)
+        releases = Releases(ALL)
+        with pytest.raises(Unavailable):
+            settle(ledger, ALL, releases)
+        assert releases.asked == [ALL]
 
 
-def test_a_refused_set_is_not_remembered_and_the_ledger_survives_restart(tmp_path: Path) -> None:
+def test_requesters_subjects_and_kinds_are_independent(tmp_path: Path) -> None:
+    with DisclosureLedger(tmp_path / "d.duckdb") as ledger:
+        settle(ledger, ALL)
+        smaller = ALL - {"volunteer"}
+        assert settle(ledger, smaller, requester=RequesterId("bank-1")) == smaller
+        assert settle(ledger, smaller, subject_hash="b" * 64) == smaller
+        assert settle(ledger, smaller, subject_kind=SubjectKind.ENTERPRISE) == smaller
+
+
+def test_the_pinned_sets_survive_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "d.duckdb"
     with DisclosureLedger(path) as ledger:
-        admit(ledger, ALL)
-        with pytest.raises(FailedPrecondition):
-            admit(ledger, ALL[:-1])
+        settle(ledger, ALL - {"volunteer"})
     with DisclosureLedger(path) as ledger:
-        with pytest.raises(FailedPrecondition):
-            admit(ledger, ALL[:-1])
-        admit(ledger, ALL)
+        assert settle(ledger, ALL) == ALL - {"volunteer"}
