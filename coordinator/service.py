@@ -29,7 +29,7 @@ from osmanthus.errors import (
 )
 from osmanthus.ids import canonical_subject, validate_subject
 from osmanthus.names import validate_purpose, validate_requester_id
-from osmanthus.policy import Decision, PolicyRequest, ReloadablePolicy
+from osmanthus.policy import Decision, PolicyEngine, PolicyRequest, ReloadablePolicy
 from osmanthus.tls import PeerIdentity
 from osmanthus.tokens import TokenClaims, TokenVerifier
 from osmanthus.types import (
@@ -141,9 +141,15 @@ class CoordinatorService:
         return claims
 
     def _decide(
-        self, claims: TokenClaims, action: str, resource: tuple[str, str], context: dict[str, Any]
+        self,
+        claims: TokenClaims,
+        action: str,
+        resource: tuple[str, str],
+        context: dict[str, Any],
+        engine: PolicyEngine | None = None,
     ) -> Decision:
-        return self._policy.current().decide(
+        """One decision; a request that makes several passes its one engine to all of them."""
+        return (engine or self._policy.current()).decide(
             PolicyRequest(
                 principal_type="Requester",
                 principal_id=claims.requester,
@@ -156,9 +162,14 @@ class CoordinatorService:
         )
 
     def _require(
-        self, claims: TokenClaims, action: str, resource: tuple[str, str], context: dict[str, Any]
+        self,
+        claims: TokenClaims,
+        action: str,
+        resource: tuple[str, str],
+        context: dict[str, Any],
+        engine: PolicyEngine | None = None,
     ) -> Decision:
-        decision = self._decide(claims, action, resource, context)
+        decision = self._decide(claims, action, resource, context, engine)
         if not decision.allowed:
             raise PermissionDenied(f"central policy: {decision.reason}")
         return decision
@@ -187,18 +198,20 @@ class CoordinatorService:
         claims: TokenClaims | None = None
         # what the coordinator received and sent, for the audit entry whatever the decision
         seen: dict[str, int | str] = {"ciphertexts_received": 0, "ciphertexts_forwarded": 0}
+        # one policy version decides the whole query and is the one the audit entry names
+        engine = self._policy.current()
         try:
             claims = self.authenticate(caller, token)
             assert token is not None  # authenticate() refuses a missing token
-            outcome = self._query(query_id, request, claims, token, seen)
+            outcome = self._query(query_id, request, claims, token, seen, engine)
         except OsmanthusError as exc:
-            self._record(query_id, request, claims, "deny", redacted_reason(exc), seen)
+            self._record(query_id, request, claims, "deny", redacted_reason(exc), seen, engine)
             raise
         except Exception:
-            self._record(query_id, request, claims, "deny", "internal error", seen)
+            self._record(query_id, request, claims, "deny", "internal error", seen, engine)
             raise
         reason = "partial sum forwarded" if outcome.partial else "sum forwarded"
-        self._record(query_id, request, claims, "allow", reason, seen)
+        self._record(query_id, request, claims, "allow", reason, seen, engine)
         return outcome
 
     def _query(
@@ -208,6 +221,7 @@ class CoordinatorService:
         claims: TokenClaims,
         token: str,
         seen: dict[str, int | str],
+        engine: PolicyEngine,
     ) -> QueryOutcome:
         _, purpose, shape = validate_query_fields(
             query_id=query_id, purpose=request.purpose, shape=request.shape
@@ -243,13 +257,13 @@ class CoordinatorService:
                 now=self._clock(),
             )
             context["consent"] = state.value
-            decision = self._decide(claims, action, resource, context)
-            self._raise_if_denied(claims, action, resource, context, decision, state, why)
+            decision = self._decide(claims, action, resource, context, engine)
+            self._raise_if_denied(claims, action, resource, context, decision, state, why, engine)
         else:
             context["consent"] = ConsentState.NOT_APPLICABLE.value
-            decision = self._require(claims, action, resource, context)
+            decision = self._require(claims, action, resource, context, engine)
         # ARCHITECTURE.md: fewer departments than this are refused unless each allows single-source
-        minimum = self._policy.current().min_departments(decision)
+        minimum = engine.min_departments(decision)
 
         model = self._catalogue.model(kind)
         expected = sorted(d.id for d in self._catalogue.departments_for(kind))
@@ -294,7 +308,7 @@ class CoordinatorService:
                 for f in sorted(failures + left_out, key=lambda f: f.department)
             ]
             self._check_disclosure(
-                claims, kind, purpose, shape, chosen, missing, len(expected), minimum
+                claims, kind, purpose, shape, chosen, missing, len(expected), minimum, engine
             )
 
         if all(a.single_source_allowed for a in answers) and answers:
@@ -353,6 +367,7 @@ class CoordinatorService:
         decision: Decision,
         state: ConsentState,
         why: str,
+        engine: PolicyEngine,
     ) -> None:
         if decision.allowed:
             return
@@ -360,7 +375,7 @@ class CoordinatorService:
         with_consent = {**context, "consent": ConsentState.VALID.value}
         if (
             state is not ConsentState.VALID
-            and self._decide(claims, action, resource, with_consent).allowed
+            and self._decide(claims, action, resource, with_consent, engine).allowed
         ):
             raise PermissionDenied(f"no valid consent: {why}", field="consent_id")
         raise PermissionDenied(f"central policy: {decision.reason}")
@@ -393,6 +408,7 @@ class CoordinatorService:
         missing: Sequence[DepartmentStatus],
         expected: int,
         minimum: int,
+        engine: PolicyEngine,
     ) -> None:
         if not answers:
             raise Unavailable(
@@ -413,7 +429,9 @@ class CoordinatorService:
                 "answered": len(answers),
                 "expected": expected,
             }
-            decision = self._decide(claims, "AcceptPartial", ("Dataset", kind.value), context)
+            decision = self._decide(
+                claims, "AcceptPartial", ("Dataset", kind.value), context, engine
+            )
             if not decision.allowed:
                 raise Unavailable(
                     f"the answer would be partial ({len(answers)} of {expected} departments; "
@@ -430,6 +448,7 @@ class CoordinatorService:
         decision: str,
         reason: str,
         extra: dict[str, int | str],
+        engine: PolicyEngine,
     ) -> None:
         self._audit.append(
             AuditEntry(
@@ -438,7 +457,7 @@ class CoordinatorService:
                 requester=claims.requester if claims else "unauthenticated",
                 purpose=request.purpose[:64],
                 consent_id=request.consent_id[:64],
-                policy_hash=self._policy.current().hash,
+                policy_hash=engine.hash,
                 decision=decision,
                 reason=reason,
                 shape=request.shape.value if request.shape else "",
