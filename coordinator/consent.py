@@ -6,15 +6,13 @@ import builtins
 import enum
 import re
 import secrets
-import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-import duckdb
-
-from osmanthus.errors import ConfigError, InvalidArgument, NotFound
+from coordinator.database import RegistryDatabase
+from osmanthus.errors import InvalidArgument, NotFound
 from osmanthus.ids import validate_resident_id
 from osmanthus.names import PEER_NAME_PATTERN, PURPOSE_PATTERN
 from osmanthus.types import ConsentId, Purpose, RequesterId, SubjectId
@@ -66,17 +64,11 @@ class ConsentState(enum.Enum):
     NOT_APPLICABLE = "not_applicable"
 
 
-class ConsentRegistry:
+class ConsentRegistry(RegistryDatabase):
     """Consents in a DuckDB file; one connection serialised by a lock, durable across restarts."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            self._db = duckdb.connect(str(path))
-            self._db.execute(_SCHEMA)
-        except duckdb.Error as exc:
-            raise ConfigError(f"{path}: cannot open the consent registry: {exc}") from exc
-        self._lock = threading.Lock()
+        super().__init__(path, schema=_SCHEMA, what="consent registry")
 
     def grant(
         self,
@@ -224,16 +216,6 @@ class ConsentRegistry:
             ConsentState.VALID,
             f"consent {consent_id} is valid until {_iso(consent.expires_at)}",
         )
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> ConsentRegistry:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _get_locked(self, consent_id: str) -> Consent:
         if not isinstance(consent_id, str) or not _CONSENT_ID.fullmatch(consent_id):

@@ -11,14 +11,12 @@ is then the same sum over time; what changes is only what the departments' recor
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-import duckdb
-
-from osmanthus.errors import ConfigError, FailedPrecondition
+from coordinator.database import RegistryDatabase
+from osmanthus.errors import FailedPrecondition
 from osmanthus.types import RequesterId, SubjectKind
 
 _SCHEMA = """
@@ -33,17 +31,11 @@ CREATE TABLE IF NOT EXISTS pinned_sets (
 """
 
 
-class DisclosureLedger:
+class DisclosureLedger(RegistryDatabase):
     """The department set pinned for each (requester, subject), in a DuckDB file."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            self._db = duckdb.connect(str(path))
-            self._db.execute(_SCHEMA)
-        except duckdb.Error as exc:
-            raise ConfigError(f"{path}: cannot open the disclosure ledger: {exc}") from exc
-        self._lock = threading.Lock()
+        super().__init__(path, schema=_SCHEMA, what="disclosure ledger")
 
     def settle(
         self,
@@ -87,13 +79,3 @@ class DisclosureLedger:
                 [requester, subject_kind.value, subject_hash, ",".join(sorted(answered)), now],
             )
             return answered
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> DisclosureLedger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

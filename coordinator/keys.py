@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-import duckdb
-
+from coordinator.database import RegistryDatabase
 from osmanthus.crypto import ALLOWED_KEY_BITS, PublicKey, fingerprint_of_modulus
-from osmanthus.errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound
+from osmanthus.errors import FailedPrecondition, InvalidArgument, NotFound
 from osmanthus.names import PEER_NAME_PATTERN
 from osmanthus.types import KeyFingerprint, RequesterId
 
@@ -35,17 +33,11 @@ CREATE TABLE IF NOT EXISTS requester_keys (
 """
 
 
-class KeyRegistry:
+class KeyRegistry(RegistryDatabase):
     """Registered keys in a DuckDB file; one connection serialised by a lock."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            self._db = duckdb.connect(str(path))
-            self._db.execute(_SCHEMA)
-        except duckdb.Error as exc:
-            raise ConfigError(f"{path}: cannot open the key registry: {exc}") from exc
-        self._lock = threading.Lock()
+        super().__init__(path, schema=_SCHEMA, what="key registry")
 
     def register(self, *, requester: RequesterId, n: int, now: datetime) -> KeyFingerprint:
         """Record `n` for `requester`; registering the same key again changes nothing."""
@@ -107,16 +99,6 @@ class KeyRegistry:
                 field="key_fingerprint",
             )
         return int(row[0], 16)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> KeyRegistry:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _check_requester(value: object) -> None:

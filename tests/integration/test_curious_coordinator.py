@@ -199,15 +199,16 @@ def run_queries(federation: Federation, target: str, keys: RequesterKeys) -> lis
                 card = agency.person_score(
                     person, purpose="loan_underwriting", consent_id=consent, shape=shape
                 )
-                queries.append(placeholder(card, SubjectKind.PERSON, person, shape))
+                queries.append(unobserved_query(card, SubjectKind.PERSON, person, shape))
         for firm in subjects_by_department_count(federation, SubjectKind.ENTERPRISE):
             for shape in (Shape.BREAKDOWN, Shape.TOTAL):
                 card = agency.enterprise_score(firm, purpose="credit_report", shape=shape)
-                queries.append(placeholder(card, SubjectKind.ENTERPRISE, firm, shape))
+                queries.append(unobserved_query(card, SubjectKind.ENTERPRISE, firm, shape))
     return queries
 
 
-def placeholder(card: PersonScore, kind: SubjectKind, subject: str, shape: Shape) -> Query:
+def unobserved_query(card: PersonScore, kind: SubjectKind, subject: str, shape: Shape) -> Query:
+    """The requester's side of a query; attach_captures adds what the coordinator saw."""
     return Query(
         query_id=card.query_id,
         kind=kind,
