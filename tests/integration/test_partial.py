@@ -200,6 +200,34 @@ def test_a_hung_node_is_reported_after_the_deadline(split_federation: SplitFeder
     assert again.score == report.score
 
 
+#: the enterprise departments of the short-lived federations below
+FIVE_ENTERPRISE_DEPARTMENTS = ("court", "tax", "samr", "eco", "customs")
+
+
+def _five_department_federation(
+    tmp_path: Path,
+    federation: Federation,
+    platform_certs: Path,
+    issuer_keys: IssuerKeyPaths,
+    requester_keys: dict[str, RequesterKeys],
+    *,
+    running: tuple[str, ...],
+    extra_endpoints: tuple[NodeEndpoint, ...] = (),
+) -> Federation:
+    """Five enterprise departments in the catalogue, only `running` of them with a node."""
+    return start_federation(
+        tmp_path,
+        catalogue=restricted_catalogue(FIVE_ENTERPRISE_DEPARTMENTS),
+        data=federation.data,
+        certs=platform_certs,
+        issuer_keys=issuer_keys,
+        keys=requester_keys,
+        departments=running,
+        deadline_s=DEADLINE_S,
+        extra_endpoints=extra_endpoints,
+    )
+
+
 def test_fewer_departments_than_the_policy_minimum_is_refused(
     tmp_path: Path,
     federation: Federation,
@@ -209,15 +237,13 @@ def test_fewer_departments_than_the_policy_minimum_is_refused(
 ) -> None:
     # two of five enterprise departments have a node; the enterprise permit's
     # @min_departments("3") applies and neither node allows single-source disclosure
-    fed = start_federation(
+    fed = _five_department_federation(
         tmp_path,
-        catalogue=restricted_catalogue(("court", "tax", "samr", "eco", "customs")),
-        data=federation.data,
-        certs=platform_certs,
-        issuer_keys=issuer_keys,
-        keys=requester_keys,
-        departments=("court", "tax"),
-        deadline_s=DEADLINE_S,
+        federation,
+        platform_certs,
+        issuer_keys,
+        requester_keys,
+        running=("court", "tax"),
     )
     try:
         client = fed.client(AGENCY, role=Role.CREDIT_AGENCY, purposes=["credit_report"])
@@ -240,17 +266,15 @@ def test_partial_answer_below_the_policys_coverage_is_refused(
 ) -> None:
     # three of five departments answer: enough for the minimum of 3, but 60 % is below the
     # central policy's 80 % coverage for releasing a partial answer (central-accept-partial)
-    fed = start_federation(
+    fed = _five_department_federation(
         tmp_path,
-        catalogue=restricted_catalogue(("court", "tax", "samr", "eco", "customs")),
-        data=federation.data,
-        certs=platform_certs,
-        issuer_keys=issuer_keys,
-        keys=requester_keys,
-        departments=("court", "tax", "samr"),
-        deadline_s=DEADLINE_S,
+        federation,
+        platform_certs,
+        issuer_keys,
+        requester_keys,
+        running=("court", "tax", "samr"),
         # eco's node is registered but nothing listens there; customs has no node at all
-        extra_endpoints=[NodeEndpoint(DepartmentId("eco"), "127.0.0.1:1")],
+        extra_endpoints=(NodeEndpoint(DepartmentId("eco"), "127.0.0.1:1"),),
     )
     try:
         client = fed.client(AGENCY, role=Role.CREDIT_AGENCY, purposes=["credit_report"])
