@@ -6,6 +6,7 @@ import builtins
 import enum
 import re
 import secrets
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +25,8 @@ CONSENT_ID_PREFIX: Final = "cns_"
 _REQUESTER = PEER_NAME_PATTERN
 _PURPOSE = PURPOSE_PATTERN
 _CONSENT_ID = re.compile(r"cns_[A-Za-z0-9_-]{22}")
+#: consents kept in memory, most recently used first out last; ~0.7 kB each
+CACHE_ENTRIES: Final = 16_384
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS consents (
@@ -65,10 +68,22 @@ class ConsentState(enum.Enum):
 
 
 class ConsentRegistry(RegistryDatabase):
-    """Consents in a DuckDB file; one connection serialised by a lock, durable across restarts."""
+    """Consents in a DuckDB file; one connection serialised by a lock, durable across restarts.
 
-    def __init__(self, path: Path) -> None:
+    Every query checks a consent, so recently read consents are also kept in memory (a bounded
+    LRU cache), which saves a DuckDB statement (~0.6 ms) per check. The cache holds consents,
+    never check outcomes: validity against `now` is worked out afresh on every check. Only
+    `revoked_at` ever changes, and only through `revoke`, which replaces the cached copy under
+    the same lock as its UPDATE; a read that filled the cache did so under that lock too, so no
+    stale copy can outlive a revocation. This relies on this object being the only writer of the
+    file: DuckDB's file lock keeps other processes out; do not open a second registry on the
+    same file in one process.
+    """
+
+    def __init__(self, path: Path, *, cache_entries: int = CACHE_ENTRIES) -> None:
         super().__init__(path, schema=_SCHEMA, what="consent registry")
+        self._cache: OrderedDict[str, Consent] = OrderedDict()
+        self._cache_entries = cache_entries
 
     def grant(
         self,
@@ -134,6 +149,8 @@ class ConsentRegistry(RegistryDatabase):
                 "UPDATE consents SET revoked_at = ? WHERE consent_id = ?",
                 [_naive(now), consent_id],
             )
+            # read back from the file, so the cache holds exactly what was stored
+            self._cache.pop(consent_id, None)
             return self._get_locked(consent_id)
 
     def get(self, consent_id: str) -> Consent:
@@ -224,12 +241,21 @@ class ConsentRegistry(RegistryDatabase):
                 "22 letters, digits, '-' or '_')",
                 field="consent_id",
             )
+        cached = self._cache.get(consent_id)
+        if cached is not None:
+            self._cache.move_to_end(consent_id)
+            return cached
         row = self._db.execute(
             f"SELECT {_COLUMNS} FROM consents WHERE consent_id = ?", [consent_id]
         ).fetchone()
         if row is None:
+            # absent ids are not cached: they are the requester's to invent, without bound
             raise NotFound(f"consent {consent_id} does not exist", field="consent_id")
-        return _consent_from_row(row)
+        consent = _consent_from_row(row)
+        self._cache[consent_id] = consent
+        if len(self._cache) > self._cache_entries:
+            self._cache.popitem(last=False)
+        return consent
 
 
 def _check_requester(value: object, *, field: str) -> None:

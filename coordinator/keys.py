@@ -34,10 +34,19 @@ CREATE TABLE IF NOT EXISTS requester_keys (
 
 
 class KeyRegistry(RegistryDatabase):
-    """Registered keys in a DuckDB file; one connection serialised by a lock."""
+    """Registered keys in a DuckDB file; one connection serialised by a lock.
+
+    Every query asks `is_registered`, so registrations found are also remembered in memory,
+    which saves a DuckDB statement (~0.4 ms) per query. That is exact because a registration is
+    never removed or changed: nothing here deletes from the table, and DuckDB's file lock keeps
+    other processes from writing it. A method that removes keys must also drop them from
+    `_registered`. Answers of "not registered" are not remembered (a registration may follow).
+    """
 
     def __init__(self, path: Path) -> None:
         super().__init__(path, schema=_SCHEMA, what="key registry")
+        # grows only with registrations, which the file holds anyway
+        self._registered: set[tuple[str, str]] = set()
 
     def register(self, *, requester: RequesterId, n: int, now: datetime) -> KeyFingerprint:
         """Record `n` for `requester`; registering the same key again changes nothing."""
@@ -75,14 +84,19 @@ class KeyRegistry(RegistryDatabase):
                         now.astimezone(UTC).replace(tzinfo=None),
                     ],
                 )
+            self._registered.add((requester, fingerprint))
         return fingerprint
 
     def is_registered(self, requester: RequesterId, fingerprint: KeyFingerprint) -> bool:
+        if (requester, fingerprint) in self._registered:
+            return True
         with self._lock:
             row = self._db.execute(
                 "SELECT 1 FROM requester_keys WHERE requester = ? AND fingerprint = ?",
                 [requester, fingerprint],
             ).fetchone()
+            if row is not None:
+                self._registered.add((requester, fingerprint))
         return row is not None
 
     def get(self, requester: RequesterId, fingerprint: KeyFingerprint) -> int:

@@ -8,6 +8,12 @@ already have leaked.
 
 A crash in the middle of a write can leave a torn last line. The log is never truncated to hide
 it; the next append starts on a fresh line and `entries()` reports the torn line by number.
+
+Appends from many threads share fsyncs (group commit): the thread that finds no write in progress
+writes every line queued so far with one write and one fsync, while the others wait for it. Each
+append still returns only once its own line is on disk. A failed write or fsync closes the log for
+good: after fsync fails, the kernel may have dropped the data while a retry reports success, so
+a retry would be a false promise of durability.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import re
 import secrets
 import stat
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,8 +45,10 @@ _FILE_MODE: Final = 0o600
 
 @dataclass(frozen=True)
 class AuditEntry:
-    """One decision. `subject_hash` is AuditLog.subject_hash(subject) or "" when there is none;
-    `extra` holds counts and identifiers of the exchange (never personal data)."""
+    """One decision. `subject_hash` is AuditLog.subject_hash(subject) for a single-subject query;
+    a batch chunk names its subjects in `subject_hashes` (AuditLog.subject_hashes) and leaves
+    `subject_hash` "". An entry about no subject (a batch being opened) has neither; one with
+    both is refused. `extra` holds counts and identifiers of the exchange (never personal data)."""
 
     time: datetime
     query_id: str
@@ -53,6 +61,7 @@ class AuditEntry:
     shape: str
     subject_hash: str
     extra: Mapping[str, int | str] = field(default_factory=dict)
+    subject_hashes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.time, datetime) or self.time.utcoffset() is None:
@@ -67,6 +76,29 @@ class AuditEntry:
                 "subject_hash must be AuditLog.subject_hash(subject), 64 lower-case hex digits",
                 field="subject_hash",
             )
+        if isinstance(self.subject_hashes, str):
+            # a lone hash string would otherwise be read as 64 one-character "hashes"
+            raise InvalidArgument(
+                "subject_hashes must be a sequence of hashes, not one string; "
+                "use AuditLog.subject_hashes(subjects)",
+                field="subject_hashes",
+            )
+        hashes = tuple(self.subject_hashes)
+        for position, digest in enumerate(hashes):
+            if not isinstance(digest, str) or not _SUBJECT_HASH.fullmatch(digest):
+                # the value itself is not quoted: it may be the raw identifier that slipped in
+                raise InvalidArgument(
+                    f"subject_hashes[{position}] is not AuditLog.subject_hash(subject), "
+                    "64 lower-case hex digits",
+                    field="subject_hashes",
+                )
+        if hashes and self.subject_hash:
+            raise InvalidArgument(
+                "an entry names its subject in subject_hash (one subject) or in subject_hashes "
+                '(a batch chunk), not in both; set subject_hash to "" for a batch entry',
+                field="subject_hashes",
+            )
+        object.__setattr__(self, "subject_hashes", hashes)
         for key, value in self.extra.items():
             if (
                 not isinstance(key, str)
@@ -93,12 +125,18 @@ class AuditEntry:
             "subject_hash": self.subject_hash,
             "extra": dict(self.extra),
         }
+        if self.subject_hashes:
+            # only batch entries carry the key: single-subject lines keep their earlier form
+            record["subject_hashes"] = list(self.subject_hashes)
         # ensure_ascii keeps every entry on one line whatever the reason text holds
         return json.dumps(record, ensure_ascii=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, line: str) -> AuditEntry:
         record = json.loads(line)
+        hashes = record.get("subject_hashes", [])
+        if not isinstance(hashes, list):
+            raise TypeError(f"subject_hashes must be a list, got {type(hashes).__name__}")
         return cls(
             time=datetime.fromisoformat(record["time"]),
             query_id=record["query_id"],
@@ -111,6 +149,7 @@ class AuditEntry:
             shape=record["shape"],
             subject_hash=record["subject_hash"],
             extra=record["extra"],
+            subject_hashes=tuple(hashes),
         )
 
 
@@ -125,27 +164,92 @@ class AuditLog:
                 field="salt",
             )
         self.path = path
-        self._salt = salt
+        # keyed once; each hash copies it instead of deriving the padded keys again
+        self._hmac = hmac.new(salt, digestmod=hashlib.sha256)
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        # group commit state, guarded by _lock: lines are numbered in the order they are queued
+        self._pending: list[bytes] = []
+        self._queued = 0
+        self._durable = 0
+        self._writing = False
+        self._failure: str | None = None
         self._fd = _open_private(path, os.O_RDWR | os.O_APPEND)
         try:
             size = os.fstat(self._fd).st_size
             if size and os.pread(self._fd, 1, size - 1) != b"\n":
                 # a torn last line from a crash: keep it as evidence, start the next entry afresh
                 _write_durably(self._fd, b"\n")
+                size += 1
         except OSError as exc:
             os.close(self._fd)
             raise ConfigError(f"{path}: cannot use the audit log: {exc.strerror}") from exc
+        #: bytes of the file known to hold only whole, durable lines
+        self._durable_size = size
 
     def subject_hash(self, subject_id: str) -> str:
-        return hmac.new(self._salt, subject_id.encode("utf-8"), hashlib.sha256).hexdigest()
+        mac = self._hmac.copy()
+        mac.update(subject_id.encode("utf-8"))
+        return mac.hexdigest()
+
+    def subject_hashes(self, subject_ids: Sequence[str]) -> list[str]:
+        """subject_hash of each id, in order (for the subjects of a batch entry)."""
+        base = self._hmac
+        hashes: list[str] = []
+        for subject_id in subject_ids:
+            mac = base.copy()
+            mac.update(subject_id.encode("utf-8"))
+            hashes.append(mac.hexdigest())
+        return hashes
 
     def append(self, entry: AuditEntry) -> None:
+        """Write `entry` durably; returns once its line is on disk (fsynced)."""
         line = (entry.to_json() + "\n").encode("ascii")
-        with self._lock:
-            if self._fd < 0:
-                raise ConfigError(f"{self.path}: the audit log is closed")
-            _write_durably(self._fd, line)
+        with self._changed:
+            self._check_usable()
+            self._pending.append(line)
+            self._queued += 1
+            mine = self._queued
+            while self._writing:
+                self._changed.wait()
+                if self._durable >= mine:
+                    return
+                self._check_usable()
+            # no write in progress: this thread writes everything queued, its own line included
+            batch, self._pending = self._pending, []
+            last = self._queued
+            self._writing = True
+            fd = self._fd
+        failure: OSError | None = None
+        size = -1
+        try:
+            _write_durably(fd, b"".join(batch))
+            size = os.fstat(fd).st_size
+        except OSError as exc:
+            failure = exc
+        finally:
+            # also on an exception that is not an OSError: waiters must never wait for ever
+            with self._changed:
+                self._writing = False
+                if size >= 0:
+                    self._durable = last
+                    self._durable_size = size
+                else:
+                    problem = failure.strerror if failure is not None else "interrupted"
+                    self._failure = (
+                        f"{self.path}: writing the audit log failed ({problem}); no further "
+                        "entries are accepted. Fix the disk, then restart the service: reopening "
+                        "the log starts a fresh line after any torn one"
+                    )
+                self._changed.notify_all()
+        if failure is not None:
+            raise ConfigError(self._failure or str(failure)) from failure
+
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            raise ConfigError(self._failure)
+        if self._fd < 0:
+            raise ConfigError(f"{self.path}: the audit log is closed")
 
     def entries(self) -> Iterator[AuditEntry]:
         """Every entry in order; a line that is not a valid entry raises ConfigError naming it.
@@ -153,8 +257,8 @@ class AuditLog:
         Entries appended while the caller iterates are not included.
         """
         with self._lock:
-            # entries written after this point may still be in flight; stop short of them
-            end = self.path.stat().st_size
+            # a group write in flight is neither whole nor durable yet: stop short of it
+            end = self._durable_size if self._writing else self.path.stat().st_size
         with self.path.open("rb") as handle:
             offset = 0
             for number, raw in enumerate(handle, start=1):
@@ -172,10 +276,15 @@ class AuditLog:
                     ) from exc
 
     def close(self) -> None:
-        with self._lock:
+        """Close the file once any write in progress is done; waiting appends then fail."""
+        with self._changed:
+            while self._writing:
+                self._changed.wait()
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+            self._pending.clear()
+            self._changed.notify_all()
 
     def __enter__(self) -> AuditLog:
         return self

@@ -8,7 +8,9 @@ import json
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -256,3 +258,182 @@ def test_malformed_entries_are_refused(change: dict[str, object], field: str) ->
     with pytest.raises(InvalidArgument) as caught:
         AuditEntry(**values)  # type: ignore[arg-type]
     assert caught.value.field == field
+
+
+# -- batch entries ------------------------------------------------------------------------------
+
+BATCH = [f"32050519900101{n:03d}8" for n in range(5)]
+
+
+def batch_entry(log: AuditLog, subjects: list[str] = BATCH) -> AuditEntry:
+    return AuditEntry(
+        time=datetime(2026, 11, 26, 10, 0, tzinfo=UTC),
+        query_id="b_1",
+        requester="bank-of-suzhou",
+        purpose="portfolio_review",
+        consent_id="",
+        policy_hash="ab" * 32,
+        decision="allow",
+        reason="batch chunk sums forwarded",
+        shape="total",
+        subject_hash="",
+        subject_hashes=tuple(log.subject_hashes(subjects)),
+        extra={"chunk": 0, "subjects": len(subjects)},
+    )
+
+
+def test_subject_hashes_are_the_subject_hash_of_each_id(log: AuditLog, salt: bytes) -> None:
+    hashes = log.subject_hashes(BATCH)
+    assert hashes == [log.subject_hash(s) for s in BATCH]
+    assert hashes == [hmac.new(salt, s.encode(), hashlib.sha256).hexdigest() for s in BATCH]
+    assert len(set(hashes)) == len(BATCH)
+    assert log.subject_hashes([]) == []
+    # the shared keyed state is copied, never changed: a later single hash is unaffected
+    assert log.subject_hash(SUBJECT) == hmac.new(salt, SUBJECT.encode(), "sha256").hexdigest()
+
+
+def test_batch_entries_round_trip_and_keep_single_lines_unchanged(log: AuditLog) -> None:
+    written = [batch_entry(log), entry(log, query_id="q_2"), batch_entry(log, BATCH[:1])]
+    for item in written:
+        log.append(item)
+    assert list(log.entries()) == written
+    first, second, _ = (json.loads(line) for line in log.path.read_text().splitlines())
+    assert first["subject_hash"] == ""
+    assert first["subject_hashes"] == log.subject_hashes(BATCH)
+    assert "subject_hashes" not in second  # a single-subject line looks as it always did
+    assert not any(s.encode() in log.path.read_bytes() for s in BATCH)
+    assert AuditEntry.from_json(written[0].to_json()).subject_hashes == tuple(
+        log.subject_hashes(BATCH)
+    )
+
+
+def test_an_entry_about_no_subject_is_accepted(log: AuditLog) -> None:
+    opened = replace(batch_entry(log), subject_hashes=(), reason="batch opened")
+    log.append(opened)
+    assert list(log.entries()) == [opened]
+
+
+def test_subject_and_subjects_are_never_both_set(log: AuditLog) -> None:
+    with pytest.raises(InvalidArgument, match="not in both") as caught:
+        replace(batch_entry(log), subject_hash=log.subject_hash(SUBJECT))
+    assert caught.value.field == "subject_hashes"
+
+
+@pytest.mark.parametrize(
+    "hashes",
+    [
+        (SUBJECT,),  # a raw identifier where its hash belongs
+        ("ab" * 32, "AB" * 32),
+        ("ab" * 32, 7),
+        "ab" * 32,  # one string, not a sequence of them
+    ],
+)
+def test_malformed_subject_hashes_are_refused(log: AuditLog, hashes: object) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        replace(batch_entry(log), subject_hashes=hashes)  # type: ignore[arg-type]
+    assert caught.value.field == "subject_hashes"
+    assert SUBJECT not in str(caught.value)  # the refusal does not repeat the identifier
+
+
+def test_a_line_with_malformed_subject_hashes_is_reported(log: AuditLog) -> None:
+    record = json.loads(batch_entry(log).to_json())
+    record["subject_hashes"] = "not a list"
+    with log.path.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+    reopened = AuditLog(path=log.path, salt=os.urandom(SALT_BYTES))
+    with reopened, pytest.raises(ConfigError, match="line 1: not a valid audit entry"):
+        list(reopened.entries())
+
+
+# -- group commit ---------------------------------------------------------------------------------
+
+
+def test_concurrent_appends_share_fsyncs_and_each_returns_durable(
+    log: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads_n, per_thread = 8, 15
+    synced_ids: set[str] = set()
+    fsyncs: list[int] = []
+    guard = threading.Lock()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        # a slow disk: appends from other threads pile up behind this one
+        time.sleep(0.004)
+        real_fsync(fd)
+        content = log.path.read_text()
+        with guard:
+            fsyncs.append(fd)
+            synced_ids.update(json.loads(line)["query_id"] for line in content.splitlines())
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    not_durable: list[str] = []
+    start = threading.Barrier(threads_n)
+
+    def writer(n: int) -> None:
+        start.wait()
+        for i in range(per_thread):
+            query_id = f"q_{n}_{i}"
+            log.append(entry(log, query_id=query_id))
+            with guard:
+                if query_id not in synced_ids:
+                    not_durable.append(query_id)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(threads_n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not_durable == []
+    lines = log.path.read_bytes().split(b"\n")
+    assert lines.pop() == b""  # the file ends with a whole line
+    ids = [json.loads(line)["query_id"] for line in lines]
+    assert sorted(ids) == sorted(f"q_{n}_{i}" for n in range(threads_n) for i in range(per_thread))
+    assert len(fsyncs) < threads_n * per_thread / 2
+    assert [e.query_id for e in log.entries()] == ids
+
+
+def test_a_failed_fsync_closes_the_log(log: AuditLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    log.append(entry(log, query_id="q_1"))
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(ConfigError, match=r"writing the audit log failed \(Input/output error\)"):
+        log.append(entry(log, query_id="q_2"))
+    monkeypatch.undo()
+    # fsync may have lost the line while a retry would report success: refuse rather than retry
+    with pytest.raises(ConfigError, match="no further entries are accepted"):
+        log.append(entry(log, query_id="q_3"))
+    # q_2 was written but never confirmed durable (its append failed); q_3 was never written
+    assert [e.query_id for e in log.entries()] == ["q_1", "q_2"]
+
+
+def test_close_waits_for_the_write_in_flight(
+    log: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    in_fsync = threading.Event()
+    real_fsync = os.fsync
+
+    def blocking_fsync(fd: int) -> None:
+        in_fsync.set()
+        assert release.wait(5)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", blocking_fsync)
+    writer = threading.Thread(target=log.append, args=(entry(log, query_id="q_1"),))
+    writer.start()
+    assert in_fsync.wait(5)
+    closer = threading.Thread(target=log.close)
+    closer.start()
+    closer.join(0.05)
+    assert closer.is_alive()  # still waiting for the fsync
+    release.set()
+    writer.join(5)
+    closer.join(5)
+    assert not closer.is_alive()
+    assert json.loads(log.path.read_text())["query_id"] == "q_1"
+    with pytest.raises(ConfigError, match="closed"):
+        log.append(entry(log, query_id="q_2"))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -269,3 +271,73 @@ def test_consents_survive_a_restart(tmp_path: Path) -> None:
         assert second.get(revoked.consent_id) == revoked
         assert check(second, kept.consent_id)[0] is ConsentState.VALID
         assert check(second, revoked.consent_id, purpose="self_query")[0] is ConsentState.REVOKED
+
+
+# -- the in-memory cache in front of the file -----------------------------------------------------
+
+
+def test_a_cached_valid_consent_is_revoked_at_once(registry: ConsentRegistry) -> None:
+    consent = grant(registry)
+    for _ in range(3):  # read from the file once, then from memory
+        assert check(registry, consent.consent_id)[0] is ConsentState.VALID
+    registry.revoke(consent.consent_id, now=NOW + timedelta(hours=1))
+    assert check(registry, consent.consent_id)[0] is ConsentState.REVOKED
+    assert registry.get(consent.consent_id).revoked_at == NOW + timedelta(hours=1)
+    assert registry.list(subject_id=ALICE)[0].revoked_at == NOW + timedelta(hours=1)
+
+
+def test_a_cached_consent_still_expires(registry: ConsentRegistry) -> None:
+    consent = grant(registry, days=30)
+    assert check(registry, consent.consent_id)[0] is ConsentState.VALID
+    later = NOW + timedelta(days=30)
+    assert check(registry, consent.consent_id, now=later)[0] is ConsentState.EXPIRED
+    assert check(registry, consent.consent_id, purpose="marketing")[0] is (
+        ConsentState.PURPOSE_MISMATCH
+    )
+
+
+def test_the_cache_is_bounded_and_evicted_consents_stay_exact(tmp_path: Path) -> None:
+    with ConsentRegistry(tmp_path / "small.duckdb", cache_entries=2) as small:
+        consents = [grant(small, grantee=f"bank-{i}") for i in range(5)]
+        for i, consent in enumerate(consents):
+            assert check(small, consent.consent_id, grantee=f"bank-{i}")[0] is ConsentState.VALID
+        small.revoke(consents[0].consent_id, now=NOW + timedelta(hours=1))  # evicted by now
+        small.revoke(consents[4].consent_id, now=NOW + timedelta(hours=1))  # still cached
+        states = [
+            check(small, c.consent_id, grantee=f"bank-{i}")[0] for i, c in enumerate(consents)
+        ]
+        assert states == [ConsentState.REVOKED] + [ConsentState.VALID] * 3 + [ConsentState.REVOKED]
+    with ConsentRegistry(tmp_path / "none.duckdb", cache_entries=0) as uncached:
+        consent = grant(uncached)
+        assert check(uncached, consent.consent_id)[0] is ConsentState.VALID
+        uncached.revoke(consent.consent_id, now=NOW + timedelta(hours=1))
+        assert check(uncached, consent.consent_id)[0] is ConsentState.REVOKED
+
+
+def test_no_check_after_a_revocation_sees_the_consent_valid(registry: ConsentRegistry) -> None:
+    consent = grant(registry)
+    revoked = threading.Event()
+    stop = threading.Event()
+    stale: list[ConsentState] = []
+    checks = [0]
+
+    def checker() -> None:
+        while not stop.is_set():
+            after = revoked.is_set()
+            state, _ = check(registry, consent.consent_id)
+            checks[0] += 1
+            if after and state is not ConsentState.REVOKED:
+                stale.append(state)
+
+    threads = [threading.Thread(target=checker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.02)
+    registry.revoke(consent.consent_id, now=NOW + timedelta(hours=1))
+    revoked.set()
+    time.sleep(0.02)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert stale == []
+    assert checks[0] > 8

@@ -119,3 +119,26 @@ def test_keys_survive_a_restart(tmp_path: Path, key: PublicKey) -> None:
         assert second.is_registered(BANK, fingerprint)
         assert second.get(BANK, fingerprint) == key.n
         assert not second.is_registered(BANK, KeyFingerprint("0" * 64))
+
+
+def test_a_key_registered_after_a_miss_is_found(registry: KeyRegistry, key: PublicKey) -> None:
+    # "not registered" is not remembered: the registration that follows counts at once
+    assert not registry.is_registered(BANK, key.fingerprint)
+    registry.register(requester=BANK, n=key.n, now=NOW)
+    assert registry.is_registered(BANK, key.fingerprint)
+    assert not registry.is_registered(AGENCY, key.fingerprint)
+
+
+def test_registrations_are_found_after_a_restart_without_a_prior_register(
+    tmp_path: Path, key: PublicKey, other_key: PublicKey
+) -> None:
+    path = tmp_path / "keys.duckdb"
+    with KeyRegistry(path) as first:
+        a = first.register(requester=BANK, n=key.n, now=NOW)
+        b = first.register(requester=AGENCY, n=other_key.n, now=NOW)
+    with KeyRegistry(path) as second:
+        for _ in range(2):  # from the file, then from memory: the same answers
+            assert second.is_registered(BANK, a)
+            assert second.is_registered(AGENCY, b)
+            assert not second.is_registered(BANK, b)
+            assert not second.is_registered(AGENCY, a)

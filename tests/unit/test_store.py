@@ -367,6 +367,133 @@ def test_concurrent_lookups(store: RecordStore) -> None:
     assert failures == []
 
 
+def _mixed_records() -> list[Record]:
+    """Persons and enterprises, several records per subject inserted out of record_id order,
+    unusual record ids, and one id string stored under both subject kinds."""
+    records: list[Record] = []
+    for i in range(300):
+        kind, subject = (ENTERPRISE, eid(i)) if i % 4 == 0 else (PERSON, pid(i))
+        for j in reversed(range(i % 5)):  # 0 to 4 records, the highest record_id first
+            records.append(
+                Record(
+                    record_id=f"M-{i:03d}-{j}" if j != 2 else f"税-{i:03d}",
+                    subject_kind=kind,
+                    subject_id=subject,
+                    kind="tax_arrears",
+                    quantity=1 + j,
+                    event_start=date(2021, 1, 1) + timedelta(days=i),
+                    event_end=None if j else date(2024, 1, 1),
+                    status="disputed" if i % 7 == 0 else "active",
+                )
+            )
+    shared = pid(1)  # also an id string of a person above, here under the enterprise kind
+    records.append(
+        Record(
+            record_id="M-shared",
+            subject_kind=ENTERPRISE,
+            subject_id=shared,
+            kind="a_level_taxpayer",
+            quantity=1,
+            event_start=date(2025, 1, 1),
+            event_end=None,
+            status="active",
+        )
+    )
+    return records
+
+
+def test_records_for_many_equals_records_for(store: RecordStore) -> None:
+    store.insert_records(_mixed_records())
+    for kind, ids in (
+        (PERSON, [pid(i) for i in range(320)] + [eid(i) for i in range(0, 40, 4)]),
+        (ENTERPRISE, [eid(i) for i in range(320)] + [pid(i) for i in range(40)]),
+    ):
+        expected = {s: found for s in ids if (found := store.records_for(kind, s))}
+        assert store.records_for_many(kind, ids) == expected
+        # each subject's records in record_id order, whatever the insertion order was
+        assert all(
+            [r.record_id for r in found] == sorted(r.record_id for r in found)
+            for found in expected.values()
+        )
+        # a handful of ids takes DuckDB's index path rather than the scan: same answer
+        few = ids[:5]
+        assert store.records_for_many(kind, few) == {s: expected[s] for s in few if s in expected}
+    # one id string, two subjects: each kind sees only its own records
+    assert [r.record_id for r in store.records_for_many(ENTERPRISE, [pid(1)])[pid(1)]] == [
+        "M-shared"
+    ]
+    assert [r.record_id for r in store.records_for_many(PERSON, [pid(1)])[pid(1)]] == ["M-001-0"]
+
+
+def test_records_for_many_edge_cases(store: RecordStore) -> None:
+    store.insert_records(_mixed_records())
+    assert store.records_for_many(PERSON, []) == {}
+    once = store.records_for_many(PERSON, [pid(2), pid(3)])
+    assert [len(once[pid(2)]), len(once[pid(3)])] == [2, 3]
+    assert store.records_for_many(PERSON, [pid(3), pid(2), pid(3), pid(3), pid(2)]) == once
+    # subjects without records are absent, not mapped to an empty list
+    assert store.records_for_many(PERSON, [pid(4), pid(5), pid(6), pid(999)]) == {
+        pid(6): store.records_for(PERSON, pid(6))
+    }
+    # ids of the other kind: enterprises asked for as persons find nothing
+    assert store.records_for_many(PERSON, [eid(4), eid(8)]) == {}
+    assert store.records_for_many(ENTERPRISE, [pid(2), pid(3)]) == {}
+
+
+def test_concurrent_batch_lookups(store: RecordStore) -> None:
+    store.insert_records(_records(5_000))
+    ids = [pid(i) for i in range(600)]
+    expected = store.records_for_many(PERSON, ids)
+    assert len(expected) == 500 and all(len(v) == 10 for v in expected.values())
+    failures: list[str] = []
+
+    def worker(offset: int) -> None:
+        for _ in range(5):
+            if store.records_for_many(PERSON, ids[offset:] + ids[:offset]) != expected:
+                failures.append(f"offset {offset}")
+
+    threads = [threading.Thread(target=worker, args=(k * 100,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+
+
+def test_lookup_columns_are_stored_uncompressed(store: RecordStore) -> None:
+    # the batch lookup's speed depends on it (see _SCHEMA): a schema edit must not drop it
+    store.insert_records(_records(3_000))
+    store._conn.execute("CHECKPOINT")
+    rows = store._conn.execute(
+        "SELECT DISTINCT column_name, compression FROM pragma_storage_info('records') "
+        "WHERE segment_type = 'VARCHAR' AND column_name IN ('record_id', 'subject_id')"
+    ).fetchall()
+    assert sorted(rows) == [("record_id", "Uncompressed"), ("subject_id", "Uncompressed")]
+
+
+def test_a_store_with_the_earlier_layout_still_answers(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute(
+        "CREATE TABLE meta (department VARCHAR NOT NULL, schema_version INTEGER NOT NULL);"
+        "INSERT INTO meta VALUES ('tax', 1);"
+        "CREATE TABLE records (record_id VARCHAR PRIMARY KEY, subject_kind VARCHAR NOT NULL, "
+        "subject_id VARCHAR NOT NULL, kind VARCHAR NOT NULL, quantity INTEGER NOT NULL, "
+        "event_start DATE NOT NULL, event_end DATE, status VARCHAR NOT NULL);"
+        "CREATE INDEX records_subject ON records (subject_id);"
+    )
+    con.close()
+    records = _records(1_000)
+    with RecordStore(path, department=TAX) as writable:
+        writable.insert_records(records)
+    with RecordStore(path, department=TAX, read_only=True) as old:
+        found = old.records_for_many(PERSON, [pid(7), pid(8)])
+        assert found[pid(7)] == old.records_for(PERSON, pid(7))
+        assert found[pid(7)] == sorted(
+            (r for r in records if r.subject_id == pid(7)), key=lambda r: r.record_id
+        )
+
+
 def test_store_belongs_to_one_department(tmp_path: Path) -> None:
     path = tmp_path / "tax.duckdb"
     with RecordStore(path, department=TAX) as s:
