@@ -1,4 +1,4 @@
-"""Single-thread Paillier throughput: ours (fixed-base, plain) against python-paillier and HEU."""
+"""Paillier throughput: ours (fixed-base, plain, multi-core decryption), python-paillier, HEU."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ from osmanthus.crypto import (
     ALLOWED_KEY_BITS,
     FAST_WINDOW_BITS,
     FastEncryptor,
+    ParallelDecryptor,
     generate_keypair,
+    resolve_workers,
 )
 from osmanthus.errors import CryptoError
 
@@ -40,6 +42,9 @@ MIN_CPU_SHARE = 0.95
 PHE_ADD_METHOD = "EncryptedNumber.__add__ (exponent 0; phe.util.mulmod mod n², gmpy2)"
 HEU_SCHEMA = "ZPaillier"
 HEU_INSTALL_HINT = "install the bench extra: .venv/bin/pip install 'sf-heu>=0.5.2b0'"
+#: ciphertexts per call of the multi-core decryption cell: the SDK's default batch chunk
+#: (sdk.batch.DEFAULT_CIPHERTEXTS_PER_CHUNK), decrypted chunk after chunk by one pool
+PARALLEL_LIST = 24
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,13 @@ class SizeResult:
     heu: Rates | None
     table_build_s: float
     table_bytes: int
+    #: decryptions per second of ParallelDecryptor over lists of PARALLEL_LIST ciphertexts
+    ours_dec_parallel: float | None = None
+    #: from creating the ParallelDecryptor to its first list decrypted (workers started)
+    dec_parallel_start_s: float | None = None
+    #: wall and CPU time of this process in the multi-core cell, left out of the CPU share
+    multi_core_wall_s: float = 0.0
+    multi_core_cpu_s: float = 0.0
 
 
 class Cell:
@@ -71,11 +83,14 @@ class Cell:
         self.operation = operation
         self.calls = 0
         self.elapsed = 0.0
+        #: wall and process CPU time over warm-up and runs, for the run's CPU share
+        self.wall_s = 0.0
+        self.cpu_s = 0.0
         self._batch = 0
 
     def warm_up(self, seconds: float) -> None:
         """Run untimed for `seconds` (at least once) and size the batch from the pace seen."""
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         calls = 0
         while True:
             self.operation()
@@ -84,13 +99,15 @@ class Cell:
             if now - start >= seconds:
                 break
         self._batch = max(1, int(BATCH_TARGET_S / ((now - start) / calls)))
+        self.wall_s += now - start
+        self.cpu_s += time.process_time() - cpu_start
 
     def run(self, seconds: float) -> None:
         """Timed calls for at least `seconds` of wall time (overshoot: under one batch)."""
         if self._batch == 0:
             raise RuntimeError("Cell.run before Cell.warm_up: the batch size is not known yet")
         operation, batch = self.operation, self._batch
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         deadline = start + seconds
         while True:
             for _ in range(batch):
@@ -100,6 +117,8 @@ class Cell:
             if now >= deadline:
                 break
         self.elapsed += now - start
+        self.wall_s += now - start
+        self.cpu_s += time.process_time() - cpu_start
 
     @property
     def rate(self) -> float:
@@ -148,8 +167,21 @@ class FastTable:
     table_bytes: int
 
 
-def cells_ours(bits: int) -> tuple[dict[str, Cell], FastTable]:
-    """Cells for our fast and plain paths, after a correctness check; and the fast table."""
+@dataclass(frozen=True)
+class Ours:
+    """Our cells at one key size, and what they were built with."""
+
+    cells: dict[str, Cell]
+    table: FastTable
+    decryptor: ParallelDecryptor
+    dec_parallel_start_s: float
+
+
+def cells_ours(bits: int, workers: int) -> Ours:
+    """Cells for our fast and plain paths and multi-core decryption, after correctness checks.
+
+    The caller closes the returned decryptor, which holds `workers` processes.
+    """
     public, private = generate_keypair(bits=bits)
     m1, m2 = _plaintexts(bits)
     started = time.perf_counter()
@@ -160,14 +192,29 @@ def cells_ours(bits: int) -> tuple[dict[str, Cell], FastTable]:
     c1, c2 = fast.encrypt(m1), public.encrypt(m2)
     _check("ours", "addition", private.decrypt(public.add(c1, c2)), m1 + m2)
     _progress(f"  ours: table built in {table.build_s:.2f} s, {table.table_bytes / 1e6:.1f} MB")
+    expected = [secrets.randbits(bits - 3) for _ in range(PARALLEL_LIST)]
+    batch = [fast.encrypt(m) for m in expected]
+    started = time.perf_counter()
+    decryptor = ParallelDecryptor(private, workers=workers)
+    try:
+        got = decryptor.decrypt(batch)
+        start_s = time.perf_counter() - started
+        for index, (plaintext, m) in enumerate(zip(got, expected, strict=True)):
+            _check("ours_dec_parallel", f"decryption of list item {index}", plaintext, m)
+    except BaseException:
+        decryptor.close()
+        raise
+    _progress(f"  ours: {workers} decryption workers started in {start_s:.2f} s")
     # decryption and addition do not depend on how the ciphertext was made: measured once
     cells = {
         "ours_fast.enc": Cell(lambda: fast.encrypt(m1)),
         "ours_plain.enc": Cell(lambda: public.encrypt(m1)),
         "ours_fast.dec": Cell(lambda: private.decrypt(c1)),
         "ours_fast.add": Cell(lambda: public.add(c1, c2)),
+        # one call decrypts PARALLEL_LIST ciphertexts: its rate is scaled when read
+        "ours_parallel.dec": Cell(lambda: decryptor.decrypt(batch)),
     }
-    return cells, table
+    return Ours(cells=cells, table=table, decryptor=decryptor, dec_parallel_start_s=start_s)
 
 
 def cells_phe(bits: int) -> dict[str, Cell]:
@@ -219,22 +266,31 @@ def _rates(rates: dict[str, float], implementation: str) -> Rates:
     )
 
 
-def bench_size(bits: int, seconds: float, heu_phe: Any) -> SizeResult:
+def bench_size(bits: int, seconds: float, heu_phe: Any, *, workers: int) -> SizeResult:
     _progress(f"{bits} bits: generating keys and checking every implementation")
-    cells, table = cells_ours(bits)
-    cells.update(cells_phe(bits))
-    if heu_phe is not None:
-        cells.update(cells_heu(heu_phe, bits))
-    _progress(f"{bits} bits: measuring {len(cells)} cells, {seconds:g} s each in {ROUNDS} rounds")
-    rates = measure(cells, seconds=seconds)
+    ours = cells_ours(bits, workers)
+    with ours.decryptor:
+        cells = dict(ours.cells)
+        cells.update(cells_phe(bits))
+        if heu_phe is not None:
+            cells.update(cells_heu(heu_phe, bits))
+        _progress(
+            f"{bits} bits: measuring {len(cells)} cells, {seconds:g} s each in {ROUNDS} rounds"
+        )
+        rates = measure(cells, seconds=seconds)
+    parallel = ours.cells["ours_parallel.dec"]
     return SizeResult(
         bits=bits,
         ours_fast=_rates(rates, "ours_fast"),
         ours_plain=_rates(rates, "ours_plain"),
         phe=_rates(rates, "phe"),
         heu=_rates(rates, "heu") if heu_phe is not None else None,
-        table_build_s=table.build_s,
-        table_bytes=table.table_bytes,
+        table_build_s=ours.table.build_s,
+        table_bytes=ours.table.table_bytes,
+        ours_dec_parallel=rates["ours_parallel.dec"] * PARALLEL_LIST,
+        dec_parallel_start_s=ours.dec_parallel_start_s,
+        multi_core_wall_s=parallel.wall_s,
+        multi_core_cpu_s=parallel.cpu_s,
     )
 
 
@@ -268,6 +324,7 @@ def summary(
     heu_reason: str | None,
     load: tuple[float, float],
     cpu_share: float,
+    workers: int,
 ) -> dict[str, Any]:
     """The JSON line: 2048-bit figures unsuffixed, 3072-bit ones with `_3072`."""
     out: dict[str, Any] = {}
@@ -286,11 +343,19 @@ def summary(
             out[f"ratio_ours_vs_phe_{op}{sfx}"] = _ratio(ours, getattr(r.phe, op))
             out[f"ratio_ours_vs_heu_{op}{sfx}"] = _ratio(ours, getattr(heu, op))
         out[f"ratio_ours_fast_vs_plain_enc{sfx}"] = _ratio(r.ours_fast.enc, r.ours_plain.enc)
+        out[f"ours_dec_parallel_per_s{sfx}"] = r.ours_dec_parallel
+        out[f"ratio_ours_dec_parallel_vs_sequential{sfx}"] = _ratio(
+            r.ours_dec_parallel, r.ours_fast.dec
+        )
+        out[f"ours_dec_parallel_start_s{sfx}"] = r.dec_parallel_start_s
     out.update(
         {
             "bits": [r.bits for r in results],
             "seconds_per_cell": seconds,
+            # every cell runs on one thread except multi-core decryption, on dec_workers
             "threads": 1,
+            "dec_workers": workers,
+            "dec_parallel_list": PARALLEL_LIST,
             "ours_window_bits": FAST_WINDOW_BITS,
             "phe_add_method": PHE_ADD_METHOD,
             "heu_schema": HEU_SCHEMA,
@@ -325,11 +390,12 @@ def render_table(
     heu_reason: str | None,
     load: tuple[float, float],
     cpu_share: float,
+    workers: int,
 ) -> str:
     lines = [
         f"Paillier, one thread, {seconds:g} s per cell; CPU: {cpu_model()} "
         f"({os.cpu_count()} cores); Python {platform.python_version()}",
-        f"CPU share of this process: {cpu_share:.0%} of the run's wall time; "
+        f"CPU share of this process: {cpu_share:.0%} of the single-thread cells' wall time; "
         f"1-minute load average {load[0]:.2f} at start, {load[1]:.2f} at end",
         f"{'bits':>5}  {'implementation':<24}{'enc/s':>12}{'dec/s':>12}{'add/s':>12}",
     ]
@@ -347,6 +413,8 @@ def render_table(
             lines.append(
                 f"{r.bits:>5}  {name:<24}{_fmt(rates.enc)}{_fmt(rates.dec)}{_fmt(rates.add)}"
             )
+        multi = f"ours, dec on {workers} cores"
+        lines.append(f"{r.bits:>5}  {multi:<24}{_fmt(None)}{_fmt(r.ours_dec_parallel)}{_fmt(None)}")
     if cpu_share < MIN_CPU_SHARE:
         lines.append(
             f"WARNING: this process had the CPU for only {cpu_share:.0%} of the time: the "
@@ -355,6 +423,10 @@ def render_table(
     lines.append("")
     lines.append("— ours plain: decryption and addition are the same code as the fast row's.")
     lines.append(f"phe addition: {PHE_ADD_METHOD}.")
+    lines.append(
+        f"ours dec on {workers} cores: ParallelDecryptor, lists of {PARALLEL_LIST} ciphertexts "
+        "(one SDK batch chunk) after the workers have started; every other cell is one thread."
+    )
     if heu_reason is not None:
         lines.append(f"HEU unavailable: {heu_reason}")
     lines.append("")
@@ -367,12 +439,21 @@ def render_table(
                 for op in ("enc", "dec", "add")
             )
             lines.append(f"{r.bits:>5}  {name:<24}{cells}")
+        lines.append(
+            f"{r.bits:>5}  {'dec: ' + str(workers) + ' cores / 1':<24}{'':>8}"
+            f"{_fmt_ratio(_ratio(r.ours_dec_parallel, r.ours_fast.dec))}"
+        )
     lines.append("")
     for r in results:
         lines.append(
             f"{r.bits:>5}  fast-path table ({FAST_WINDOW_BITS}-bit windows): built once in "
             f"{r.table_build_s:.2f} s, {r.table_bytes / 1e6:.1f} MB per requester key"
         )
+        if r.dec_parallel_start_s is not None:
+            lines.append(
+                f"{r.bits:>5}  decryption workers: started and first list decrypted in "
+                f"{r.dec_parallel_start_s:.2f} s"
+            )
     return "\n".join(lines)
 
 
@@ -393,7 +474,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="measure this key size only (default: all of them)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes for multi-core decryption (default: every core this process may use)",
+    )
     args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
     if args.seconds is None:
         args.seconds = QUICK_SECONDS if args.quick else DEFAULT_SECONDS
     if args.seconds <= 0:
@@ -407,19 +496,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     heu_phe, heu_reason = load_heu()
     if heu_reason is not None:
         _progress(f"HEU unavailable: {heu_reason}")
+    workers = resolve_workers(args.workers)
     load_start = os.getloadavg()[0]
     wall_start, cpu_start = time.perf_counter(), time.process_time()
-    results = [bench_size(bits, args.seconds, heu_phe) for bits in sizes]
-    # one busy thread gets a whole core unless something else competes for it
-    cpu_share = (time.process_time() - cpu_start) / (time.perf_counter() - wall_start)
+    results = [bench_size(bits, args.seconds, heu_phe, workers=workers) for bits in sizes]
+    # one busy thread gets a whole core unless something else competes for it; the multi-core
+    # cell is left out, since its work is done by other processes while this one waits
+    cpu = time.process_time() - cpu_start - sum(r.multi_core_cpu_s for r in results)
+    wall = time.perf_counter() - wall_start - sum(r.multi_core_wall_s for r in results)
+    cpu_share = cpu / wall
     load = (load_start, os.getloadavg()[0])
     seconds = args.seconds
     print(
         render_table(
-            results, seconds=seconds, heu_reason=heu_reason, load=load, cpu_share=cpu_share
+            results,
+            seconds=seconds,
+            heu_reason=heu_reason,
+            load=load,
+            cpu_share=cpu_share,
+            workers=workers,
         )
     )
-    line = summary(results, seconds=seconds, heu_reason=heu_reason, load=load, cpu_share=cpu_share)
+    line = summary(
+        results,
+        seconds=seconds,
+        heu_reason=heu_reason,
+        load=load,
+        cpu_share=cpu_share,
+        workers=workers,
+    )
     print(json.dumps(line), flush=True)
     return 0
 
