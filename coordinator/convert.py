@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
 
+from coordinator.batch import BatchHeader, BatchPlan, ChunkOutcome, SubjectChunk
 from coordinator.consent import Consent
 from coordinator.service import QueryOutcome, QueryRequest
-from node.convert import SHAPE_TO_PB, shape_from_pb
+from node.convert import SHAPE_TO_PB, kind_from_pb, shape_from_pb
 from osmanthus.errors import InvalidArgument
 from osmanthus.types import SubjectKind
 from osmanthus.v1 import common_pb2, coordinator_pb2
@@ -56,7 +58,7 @@ def query_response(outcome: QueryOutcome) -> coordinator_pb2.QueryResponse:
         shape=SHAPE_TO_PB[outcome.shape],
         ciphertext=common_pb2.Ciphertext(value=outcome.ciphertext),
         slots=list(outcome.slots),
-        slot_bits=outcome.slot_bits,
+        slot_widths=list(outcome.slot_widths),
         base=outcome.base,
         answered=[
             coordinator_pb2.DepartmentStatus(
@@ -81,4 +83,58 @@ def consent_message(consent: Consent) -> coordinator_pb2.Consent:
         granted_at=timestamp(consent.granted_at),
         expires_at=timestamp(consent.expires_at),
         revoked_at=timestamp(consent.revoked_at),
+    )
+
+
+def batch_header(message: coordinator_pb2.BatchQueryRequest) -> BatchHeader:
+    if message.WhichOneof("item") != "header":
+        raise InvalidArgument(
+            "a batch starts with its header (subject kind, shape, purpose, public key)",
+            field="header",
+        )
+    header = message.header
+    return BatchHeader(
+        subject_kind=kind_from_pb(header.subject_kind),
+        shape=shape_from_pb(header.shape),
+        purpose=header.purpose,
+        public_key=header.public_key.n,
+    )
+
+
+def subject_chunks(messages: Iterator[coordinator_pb2.BatchQueryRequest]) -> Iterator[SubjectChunk]:
+    for message in messages:
+        if message.WhichOneof("item") != "chunk":
+            raise InvalidArgument("only the first message of a batch is a header", field="chunk")
+        yield SubjectChunk(chunk=message.chunk.chunk, subject_ids=tuple(message.chunk.subject_ids))
+
+
+def batch_layout(plan: BatchPlan) -> coordinator_pb2.BatchQueryResponse:
+    return coordinator_pb2.BatchQueryResponse(
+        layout=coordinator_pb2.BatchLayout(
+            query_id=plan.query_id,
+            shape=SHAPE_TO_PB[plan.shape],
+            slots=list(plan.slots),
+            slot_widths=list(plan.slot_widths),
+            subjects_per_ciphertext=plan.subjects_per_ciphertext,
+            base=plan.base,
+            offset=plan.offset,
+            departments=[
+                coordinator_pb2.DepartmentStatus(department=s.department, detail=s.detail)
+                for s in plan.departments
+            ],
+        )
+    )
+
+
+def chunk_result(outcome: ChunkOutcome) -> coordinator_pb2.BatchQueryResponse:
+    return coordinator_pb2.BatchQueryResponse(
+        chunk=coordinator_pb2.ChunkResult(
+            chunk=outcome.chunk,
+            subject_ids=list(outcome.subject_ids),
+            ciphertexts=[common_pb2.Ciphertext(value=c) for c in outcome.ciphertexts],
+            refused=[
+                coordinator_pb2.RefusedSubject(subject_id=r.subject_id, reason=r.reason)
+                for r in outcome.refused
+            ],
+        )
     )

@@ -11,7 +11,7 @@ is then the same sum over time; what changes is only what the departments' recor
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -79,3 +79,37 @@ class DisclosureLedger(RegistryDatabase):
                 [requester, subject_kind.value, subject_hash, ",".join(sorted(answered)), now],
             )
             return answered
+
+    def settle_batch(
+        self,
+        *,
+        requester: RequesterId,
+        subject_kind: SubjectKind,
+        subject_hashes: Sequence[str],
+        departments: frozenset[str],
+        now: datetime,
+    ) -> list[bool]:
+        """For a batch chunk summing `departments`: may each subject be answered with that set?
+
+        A subject with no pinned set is pinned to `departments` now, before its answer exists,
+        under the same lock as every single-query settle: a concurrent query cannot pin another
+        set in between. A subject pinned to another set is refused (False); a batch sums one set
+        for the whole chunk and cannot leave a department out for one subject.
+        """
+        wanted = ",".join(sorted(departments))
+        unique = sorted(set(subject_hashes))
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT subject_hash, departments FROM pinned_sets "
+                "WHERE requester = ? AND subject_kind = ? "
+                "AND subject_hash IN (SELECT unnest(?::VARCHAR[]))",
+                [requester, subject_kind.value, unique],
+            ).fetchall()
+            pinned = dict(rows)
+            fresh = [h for h in unique if h not in pinned]
+            if fresh:
+                self._db.execute(
+                    "INSERT INTO pinned_sets SELECT ?, ?, unnest(?::VARCHAR[]), ?, ?",
+                    [requester, subject_kind.value, fresh, wanted, now],
+                )
+        return [pinned.get(h, wanted) == wanted for h in subject_hashes]

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
 from coordinator.config import NodeEndpoint
-from node.convert import contribute_request_message, contribution_result
-from node.service import ContributionRequest, ContributionResult
+from node.convert import (
+    chunk_request_message,
+    chunk_result,
+    contribute_request_message,
+    contribution_result,
+)
+from node.service import ChunkRequest, ChunkResult, ContributionRequest, ContributionResult
 from osmanthus.errors import ConfigError, DeadlineExceeded, PermissionDenied, Unavailable
 from osmanthus.grpc_errors import error_from_rpc
 from osmanthus.tls import TlsFiles, node_server_name, secure_channel
@@ -20,6 +26,14 @@ from osmanthus.types import DepartmentId
 from osmanthus.v1 import node_pb2_grpc
 
 _log = logging.getLogger(__name__)
+
+
+class _Answer(Protocol):
+    @property
+    def department(self) -> DepartmentId: ...
+
+
+R = TypeVar("R", bound=_Answer)
 
 # reconnect quickly after a node restarts, instead of grpc's default backoff of up to 2 minutes
 _CHANNEL_OPTIONS = (
@@ -90,7 +104,43 @@ class NodePool:
         deadline_s: float,
     ) -> tuple[list[ContributionResult], list[NodeFailure]]:
         """Ask every department at once; each call is bounded by the same deadline."""
-        message = contribute_request_message(request)
+        return self._fan_out(
+            departments,
+            "Contribute",
+            contribute_request_message(request),
+            contribution_result,
+            token=token,
+            deadline_s=deadline_s,
+        )
+
+    def contribute_chunk_all(
+        self,
+        departments: Sequence[DepartmentId],
+        request: ChunkRequest,
+        *,
+        token: str,
+        deadline_s: float,
+    ) -> tuple[list[ChunkResult], list[NodeFailure]]:
+        """One batch chunk to every department at once, under one deadline."""
+        return self._fan_out(
+            departments,
+            "ContributeChunk",
+            chunk_request_message(request),
+            chunk_result,
+            token=token,
+            deadline_s=deadline_s,
+        )
+
+    def _fan_out(
+        self,
+        departments: Sequence[DepartmentId],
+        method: str,
+        message: Any,
+        convert: Callable[[Any], R],
+        *,
+        token: str,
+        deadline_s: float,
+    ) -> tuple[list[R], list[NodeFailure]]:
         metadata = (("authorization", f"Bearer {token}"),)
         pending = []
         for dept in departments:
@@ -98,14 +148,14 @@ class NodePool:
             if stub is None:
                 raise ConfigError(f"no node registered for department {dept!r}", field="nodes")
             call = functools.partial(
-                stub.Contribute, message, timeout=deadline_s, metadata=metadata
+                getattr(stub, method), message, timeout=deadline_s, metadata=metadata
             )
             pending.append((dept, self._callers.submit(call)))
-        answers: list[ContributionResult] = []
+        answers: list[R] = []
         failures: list[NodeFailure] = []
         for dept, future in pending:
             try:
-                answer = contribution_result(future.result())
+                answer = convert(future.result())
             except grpc.RpcError as exc:
                 failures.append(NodeFailure(dept, _failure_reason(exc, deadline_s)))
                 continue

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from certs import PeerRole
+from coordinator.batch import BatchHeader, BatchPlan, BatchScorer, ChunkOutcome, SubjectChunk
 from coordinator.consent import Consent, ConsentRegistry, ConsentState
 from coordinator.disclosure import DisclosureLedger
 from coordinator.keys import KeyRegistry
 from coordinator.nodes import NodeFailure, NodePool
 from node.service import ContributionRequest, ContributionResult, validate_query_fields
-from osmanthus import encoding
 from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
 from osmanthus.catalogue import Catalogue
 from osmanthus.crypto import Ciphertext, EncryptorCache, PublicKey
+from osmanthus.encoding import SlotLayout
 from osmanthus.errors import (
     CryptoError,
     FailedPrecondition,
@@ -68,7 +69,7 @@ class QueryOutcome:
     shape: Shape
     ciphertext: bytes
     slots: tuple[str, ...]
-    slot_bits: int
+    slot_widths: tuple[int, ...]
     base: int
     answered: tuple[DepartmentStatus, ...]
     missing: tuple[DepartmentStatus, ...]
@@ -112,8 +113,19 @@ class CoordinatorService:
         self._encryptors = encryptors
         self._deadline_s = deadline_s
         self._clock = clock
+        self._batches = BatchScorer(
+            catalogue=catalogue,
+            nodes=nodes,
+            policy=policy,
+            keys=keys,
+            ledger=ledger,
+            audit=audit,
+            encryptors=encryptors,
+            clock=clock,
+        )
 
     def close(self) -> None:
+        self._batches.close()
         self._nodes.close()
         self._consents.close()
         self._keys.close()
@@ -273,7 +285,9 @@ class CoordinatorService:
             for d in expected
             if d not in configured
         ]
-        slots = model.slot_names() if shape is Shape.BREAKDOWN else ()
+        layout = SlotLayout.for_catalogue(self._catalogue, kind, shape)
+        slots = layout.names if shape is Shape.BREAKDOWN else ()
+        widths = layout.widths if shape is Shape.BREAKDOWN else ()
         answers, failures = self._nodes.contribute_all(
             configured,
             ContributionRequest(
@@ -285,6 +299,7 @@ class CoordinatorService:
                 consent_id=request.consent_id,
                 public_key=request.public_key,
                 slots=slots,
+                slot_widths=widths,
             ),
             # nodes verify the requester's token themselves (defence in depth)
             token=token,
@@ -352,7 +367,7 @@ class CoordinatorService:
             shape=shape,
             ciphertext=total.to_bytes(),
             slots=slots,
-            slot_bits=encoding.SLOT_BITS if shape is Shape.BREAKDOWN else 0,
+            slot_widths=widths,
             base=model.base,
             answered=answered,
             missing=missing,
@@ -465,6 +480,54 @@ class CoordinatorService:
                     canonical_subject(request.subject_kind, request.subject_id)
                 ),
                 extra=extra,
+            )
+        )
+
+    # --- batches -------------------------------------------------------------------------------
+
+    def batch(
+        self,
+        header: BatchHeader,
+        chunks: Iterable[SubjectChunk],
+        *,
+        caller: PeerIdentity,
+        token: str | None,
+    ) -> tuple[BatchPlan, Iterator[ChunkOutcome]]:
+        """Check the batch as a whole, then answer its chunks as they arrive (see batch.py)."""
+        query_id = new_query_id()
+        claims: TokenClaims | None = None
+        try:
+            claims = self.authenticate(caller, token)
+            assert token is not None  # authenticate() refuses a missing token
+            plan, batch = self._batches.plan(query_id, header, claims, token)
+        except OsmanthusError as exc:
+            self._record_batch(query_id, header, claims, "deny", redacted_reason(exc))
+            raise
+        self._record_batch(query_id, header, claims, "allow", "batch opened")
+        return plan, self._batches.run(batch, chunks)
+
+    def _record_batch(
+        self,
+        query_id: QueryId,
+        header: BatchHeader,
+        claims: TokenClaims | None,
+        decision: str,
+        reason: str,
+    ) -> None:
+        self._audit.append(
+            AuditEntry(
+                time=self._clock(),
+                query_id=query_id,
+                requester=claims.requester if claims else "unauthenticated",
+                purpose=header.purpose[:64],
+                consent_id="",
+                policy_hash=self._policy.current().hash,
+                decision=decision,
+                reason=reason,
+                shape=header.shape.value if header.shape else "",
+                subject_hash="",
+                subject_hashes=(),
+                extra={"batch": 1},
             )
         )
 

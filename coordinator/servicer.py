@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 
 from coordinator import convert
 from coordinator.service import CoordinatorService
 from node.servicer import bearer_token
-from osmanthus.grpc_errors import servicer_method
+from osmanthus.grpc_errors import servicer_method, stream_servicer_method
 from osmanthus.tls import peer_identity
 from osmanthus.v1 import coordinator_pb2, coordinator_pb2_grpc
 
@@ -46,6 +48,23 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             token=bearer_token(context),
         )
         return convert.query_response(outcome)
+
+    @stream_servicer_method
+    def BatchQuery(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: Iterator[coordinator_pb2.BatchQueryRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[coordinator_pb2.BatchQueryResponse]:
+        header = convert.batch_header(next(request_iterator, coordinator_pb2.BatchQueryRequest()))
+        plan, outcomes = self._service.batch(
+            header,
+            convert.subject_chunks(request_iterator),
+            caller=peer_identity(context),
+            token=bearer_token(context),
+        )
+        yield convert.batch_layout(plan)
+        for outcome in outcomes:
+            yield convert.chunk_result(outcome)
 
     @servicer_method
     def GrantConsent(  # noqa: N802 - gRPC method name

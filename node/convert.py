@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from node.service import ContributionRequest, ContributionResult, NodeDescription
+from node.service import (
+    ChunkRequest,
+    ChunkResult,
+    ContributionRequest,
+    ContributionResult,
+    NodeDescription,
+)
 from osmanthus.types import DepartmentId, Shape, SubjectKind
 from osmanthus.v1 import common_pb2, node_pb2
 
@@ -42,6 +48,7 @@ def contribution_request(message: node_pb2.ContributeRequest) -> ContributionReq
         consent_id=message.consent_id,
         public_key=message.public_key.n,
         slots=tuple(message.slots),
+        slot_widths=tuple(message.slot_widths),
     )
 
 
@@ -59,6 +66,7 @@ def contribute_request_message(request: ContributionRequest) -> node_pb2.Contrib
         consent_id=request.consent_id,
         public_key=common_pb2.PaillierPublicKey(n=request.public_key),
         slots=list(request.slots),
+        slot_widths=list(request.slot_widths),
     )
 
 
@@ -77,6 +85,64 @@ def contribution_result(message: node_pb2.ContributeResponse) -> ContributionRes
         department=DepartmentId(message.department),
         ciphertext=message.ciphertext.value,
         single_source_allowed=message.single_source_allowed,
+        rules_version=message.rules_version,
+        policy_hash=message.policy_hash,
+    )
+
+
+def _kind_pb(kind: SubjectKind | None) -> common_pb2.SubjectKind:
+    return KIND_TO_PB[kind] if kind else common_pb2.SUBJECT_KIND_UNSPECIFIED
+
+
+def _shape_pb(shape: Shape | None) -> common_pb2.Shape:
+    return SHAPE_TO_PB[shape] if shape else common_pb2.SHAPE_UNSPECIFIED
+
+
+def chunk_request(message: node_pb2.ContributeChunkRequest) -> ChunkRequest:
+    return ChunkRequest(
+        query_id=message.query_id,
+        chunk=message.chunk,
+        subject_kind=kind_from_pb(message.subject_kind),
+        subject_ids=tuple(message.subject_ids),
+        shape=shape_from_pb(message.shape),
+        purpose=message.purpose,
+        public_key=message.public_key.n,
+        slots=tuple(message.slots),
+        slot_widths=tuple(message.slot_widths),
+        subjects_per_ciphertext=message.subjects_per_ciphertext,
+    )
+
+
+def chunk_request_message(request: ChunkRequest) -> node_pb2.ContributeChunkRequest:
+    return node_pb2.ContributeChunkRequest(
+        query_id=request.query_id,
+        chunk=request.chunk,
+        subject_kind=_kind_pb(request.subject_kind),
+        subject_ids=list(request.subject_ids),
+        shape=_shape_pb(request.shape),
+        purpose=request.purpose,
+        public_key=common_pb2.PaillierPublicKey(n=request.public_key),
+        slots=list(request.slots),
+        slot_widths=list(request.slot_widths),
+        subjects_per_ciphertext=request.subjects_per_ciphertext,
+    )
+
+
+def chunk_response(result: ChunkResult) -> node_pb2.ContributeChunkResponse:
+    return node_pb2.ContributeChunkResponse(
+        department=result.department,
+        chunk=result.chunk,
+        ciphertexts=[common_pb2.Ciphertext(value=c) for c in result.ciphertexts],
+        rules_version=result.rules_version,
+        policy_hash=result.policy_hash,
+    )
+
+
+def chunk_result(message: node_pb2.ContributeChunkResponse) -> ChunkResult:
+    return ChunkResult(
+        department=DepartmentId(message.department),
+        chunk=message.chunk,
+        ciphertexts=tuple(c.value for c in message.ciphertexts),
         rules_version=message.rules_version,
         policy_hash=message.policy_hash,
     )

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from certs import PeerRole
 from node.store import RecordStore, china_today
-from osmanthus import __version__, encoding
+from osmanthus import __version__
 from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
 from osmanthus.catalogue import Catalogue, Department
-from osmanthus.crypto import Ciphertext, EncryptorCache, PublicKey
+from osmanthus.crypto import EncryptorCache, PublicKey
+from osmanthus.encoding import SlotLayout
 from osmanthus.errors import (
     ConfigError,
     InvalidArgument,
@@ -23,12 +25,15 @@ from osmanthus.errors import (
 from osmanthus.ids import canonical_subject, validate_subject
 from osmanthus.names import validate_purpose, validate_query_id
 from osmanthus.policy import PolicyEngine, PolicyRequest, ReloadablePolicy
-from osmanthus.rules import Contribution, RuleSet
+from osmanthus.rules import RuleSet
 from osmanthus.tls import PeerIdentity
 from osmanthus.tokens import TokenClaims, TokenVerifier
-from osmanthus.types import DepartmentId, Purpose, QueryId, Shape, SubjectKind
+from osmanthus.types import DepartmentId, Purpose, QueryId, Shape, SubjectId, SubjectKind
 
 _log = logging.getLogger(__name__)
+
+#: the most subjects one batch chunk may carry: bounds a node's memory and work per call
+MAX_CHUNK_SUBJECTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,32 @@ class ContributionRequest:
     consent_id: str
     public_key: bytes
     slots: tuple[str, ...]
+    slot_widths: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ChunkRequest:
+    """One chunk of a batch: many subjects, packed `subjects_per_ciphertext` to a ciphertext."""
+
+    query_id: str
+    chunk: int
+    subject_kind: SubjectKind | None
+    subject_ids: tuple[str, ...]
+    shape: Shape | None
+    purpose: str
+    public_key: bytes
+    slots: tuple[str, ...]
+    slot_widths: tuple[int, ...]
+    subjects_per_ciphertext: int
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    department: DepartmentId
+    chunk: int
+    ciphertexts: tuple[bytes, ...]
+    rules_version: str
+    policy_hash: str
 
 
 @dataclass(frozen=True)
@@ -98,6 +129,18 @@ class NodeService:
         self._audit = audit
         self._encryptors = encryptors
         self._today = today
+        self._layouts = {
+            (kind, shape): SlotLayout.for_catalogue(catalogue, kind, shape)
+            for kind in department.subject_kinds
+            for shape in Shape
+        }
+        # most subjects have no record at any one department: their part is computed once
+        self._zero_parts = {
+            (kind, shape): layout.part(
+                rules.contribution(kind, (), as_of=today()), department=department.id
+            )
+            for (kind, shape), layout in self._layouts.items()
+        }
 
     def close(self) -> None:
         self._encryptors.close()
@@ -151,13 +194,10 @@ class NodeService:
         )
         return result
 
-    def _decide_and_encrypt(
-        self, request: ContributionRequest, claims: TokenClaims, engine: PolicyEngine
-    ) -> ContributionResult:
-        _, purpose, shape = validate_query_fields(
-            query_id=request.query_id, purpose=request.purpose, shape=request.shape
-        )
-        kind = request.subject_kind
+    def _checked_common(
+        self, *, kind: SubjectKind | None, purpose_raw: str, public_key: bytes, claims: TokenClaims
+    ) -> tuple[SubjectKind, Purpose, PublicKey]:
+        """Checks every request makes: subject kind served, purpose in the token, key bound."""
         if kind is None:
             raise InvalidArgument(
                 "a subject kind (PERSON or ENTERPRISE) is required", field="subject_kind"
@@ -167,32 +207,57 @@ class NodeService:
                 f"department {self._department.id} holds no {kind.value} records",
                 field="subject_kind",
             )
-        subject = validate_subject(kind, request.subject_id, field="subject_id")
+        purpose = validate_purpose(purpose_raw)
         if purpose not in claims.purposes:
             raise PermissionDenied(
                 f"purpose {purpose!r} is not among the token's purposes "
                 f"({', '.join(sorted(claims.purposes))})"
             )
-        public_key = PublicKey.from_bytes(request.public_key, field="public_key")
-        if public_key.fingerprint != claims.key_fingerprint:
+        key = PublicKey.from_bytes(public_key, field="public_key")
+        if key.fingerprint != claims.key_fingerprint:
             raise PermissionDenied(
-                f"public key {public_key.fingerprint[:16]}… is not the key bound to the token "
+                f"public key {key.fingerprint[:16]}… is not the key bound to the token "
                 f"({claims.key_fingerprint[:16]}…)"
             )
-        model = self._catalogue.model(kind)
-        if shape is Shape.BREAKDOWN and request.slots != model.slot_names():
-            raise InvalidArgument(
-                f"slot layout {list(request.slots)} does not match this node's catalogue "
-                f"{list(model.slot_names())}",
-                field="slots",
+        return kind, purpose, key
+
+    def _allow(
+        self, engine: PolicyEngine, claims: TokenClaims, action: str, context: Mapping[str, object]
+    ) -> bool:
+        return engine.decide(
+            PolicyRequest(
+                principal_type="Requester",
+                principal_id=claims.requester,
+                principal_attrs={"role": claims.role.value},
+                action=action,
+                resource_type="Department",
+                resource_id=self._department.id,
+                context=context,
             )
+        ).allowed
+
+    def _decide_and_encrypt(
+        self, request: ContributionRequest, claims: TokenClaims, engine: PolicyEngine
+    ) -> ContributionResult:
+        _, _, shape = validate_query_fields(
+            query_id=request.query_id, purpose=request.purpose, shape=request.shape
+        )
+        kind, purpose, public_key = self._checked_common(
+            kind=request.subject_kind,
+            purpose_raw=request.purpose,
+            public_key=request.public_key,
+            claims=claims,
+        )
+        subject = validate_subject(kind, request.subject_id, field="subject_id")
+        layout = self._layouts[kind, shape]
+        if shape is Shape.BREAKDOWN:
+            layout.check_wire(request.slots, request.slot_widths)
         context = {"purpose": purpose, "shape": shape.value, "subject_kind": kind.value}
-        principal = {"role": claims.role.value}
         decision = engine.decide(
             PolicyRequest(
                 principal_type="Requester",
                 principal_id=claims.requester,
-                principal_attrs=principal,
+                principal_attrs={"role": claims.role.value},
                 action="Contribute",
                 resource_type="Department",
                 resource_id=self._department.id,
@@ -201,49 +266,166 @@ class NodeService:
         )
         if not decision.allowed:
             raise PermissionDenied(f"department {self._department.id} policy: {decision.reason}")
-        single = engine.decide(
-            PolicyRequest(
-                principal_type="Requester",
-                principal_id=claims.requester,
-                principal_attrs=principal,
-                action="DiscloseSingleSource",
-                resource_type="Department",
-                resource_id=self._department.id,
-                context=context,
-            )
-        )
+        single = self._allow(engine, claims, "DiscloseSingleSource", context)
         records = self._store.records_for(kind, subject)
         contribution = self._rules.contribution(kind, records, as_of=self._today())
-        ciphertext = self._encrypt(public_key, shape, kind, contribution).to_bytes()
+        with self._encoding_guard():
+            if shape is Shape.BREAKDOWN:
+                part = layout.part(contribution, department=self._department.id)
+                ciphertext = self._encryptors.encrypt(public_key, layout.pack([part]))
+            else:
+                value = layout.signed_total(contribution, department=self._department.id)
+                ciphertext = self._encryptors.encrypt_signed(public_key, value)
         return ContributionResult(
             department=self._department.id,
-            ciphertext=ciphertext,
-            single_source_allowed=single.allowed,
+            ciphertext=ciphertext.to_bytes(),
+            single_source_allowed=single,
             rules_version=self._rules.version,
             policy_hash=engine.hash,
         )
 
-    def _encrypt(
-        self, key: PublicKey, shape: Shape, kind: SubjectKind, contribution: Contribution
-    ) -> Ciphertext:
+    @contextlib.contextmanager
+    def _encoding_guard(self) -> Iterator[None]:
         try:
-            if shape is Shape.BREAKDOWN:
-                model = self._catalogue.model(kind)
-                values = [contribution.deductions]
-                # categories owned by other departments get 0: their owners fill those slots
-                values += [contribution.bonuses.get(c.name, 0) for c in model.categories]
-                return self._encryptors.encrypt(key, encoding.pack_breakdown(values))
-            total = encoding.total_contribution(
-                deductions=contribution.deductions, bonuses=sum(contribution.bonuses.values())
-            )
+            yield
         except InvalidArgument as exc:
             # the message quotes the contribution itself: it goes to this node's log only
             # (ConfigError is redacted on the wire), never to the coordinator or requester
             raise ConfigError(
                 f"department {self._department.id}: a contribution does not fit the encoding "
-                f"({exc}); the rules allow more points than the protocol can carry"
+                f"({exc}); the rules and the catalogue disagree"
             ) from exc
-        return self._encryptors.encrypt_signed(key, total)
+
+    # --- batches -------------------------------------------------------------------------------
+
+    def contribute_chunk(
+        self, request: ChunkRequest, *, caller: PeerIdentity, token: str | None
+    ) -> ChunkResult:
+        """One chunk of a batch: authorise once, score every subject, pack, encrypt, audit once."""
+        claims: TokenClaims | None = None
+        engine = self._policy.current()
+        try:
+            if caller.role is not PeerRole.COORDINATOR:
+                raise PermissionDenied(
+                    f"only the platform coordinator may request contributions; the caller's "
+                    f"certificate names {caller.role.value} {caller.name!r}"
+                )
+            if not token:
+                raise Unauthenticated("no requester token in the 'authorization' metadata")
+            claims = self._verifier.verify(token)
+            result, subjects = self._chunk(request, claims, engine)
+        except OsmanthusError as exc:
+            self._record_chunk(request, claims, engine.hash, "deny", redacted_reason(exc), ())
+            raise
+        except Exception:
+            self._record_chunk(request, claims, engine.hash, "deny", "internal error", ())
+            raise
+        self._record_chunk(
+            request,
+            claims,
+            engine.hash,
+            "allow",
+            f"batch chunk {request.chunk}: {len(subjects)} contributions encrypted under the "
+            "requester's key",
+            subjects,
+        )
+        return result
+
+    def _chunk(
+        self, request: ChunkRequest, claims: TokenClaims, engine: PolicyEngine
+    ) -> tuple[ChunkResult, tuple[SubjectId, ...]]:
+        _, _, shape = validate_query_fields(
+            query_id=request.query_id, purpose=request.purpose, shape=request.shape
+        )
+        kind, purpose, key = self._checked_common(
+            kind=request.subject_kind,
+            purpose_raw=request.purpose,
+            public_key=request.public_key,
+            claims=claims,
+        )
+        count = len(request.subject_ids)
+        if not 0 < count <= MAX_CHUNK_SUBJECTS:
+            raise InvalidArgument(
+                f"a chunk carries 1..{MAX_CHUNK_SUBJECTS} subjects, this one {count}",
+                field="subject_ids",
+            )
+        subjects = tuple(
+            validate_subject(kind, s, field=f"subject_ids[{i}]")
+            for i, s in enumerate(request.subject_ids)
+        )
+        layout = self._layouts[kind, shape]
+        layout.check_wire(request.slots, request.slot_widths)
+        per = layout.capacity(key.bits)
+        if request.subjects_per_ciphertext != per:
+            raise InvalidArgument(
+                f"{request.subjects_per_ciphertext} subjects per ciphertext asked; this layout "
+                f"packs {per} under a {key.bits}-bit key",
+                field="subjects_per_ciphertext",
+            )
+        context: dict[str, object] = {
+            "purpose": purpose,
+            "shape": shape.value,
+            "subject_kind": kind.value,
+            "subjects": count,
+        }
+        if not self._allow(engine, claims, "ContributeBatch", context):
+            raise PermissionDenied(
+                f"department {self._department.id} policy does not contribute to batches for "
+                f"purpose {purpose!r} ({shape.value}, {kind.value}s)"
+            )
+        records = self._store.records_for_many(kind, subjects)
+        as_of = self._today()
+        zero = self._zero_parts[kind, shape]
+        rows: list[tuple[int, ...]] = []
+        with self._encoding_guard():
+            for subject in subjects:
+                found = records.get(subject)
+                if not found:
+                    rows.append(zero)
+                    continue
+                contribution = self._rules.contribution(kind, found, as_of=as_of)
+                rows.append(layout.part(contribution, department=self._department.id))
+            plaintexts = [layout.pack(rows[i : i + per]) for i in range(0, count, per)]
+        ciphertexts = tuple(self._encryptors.encrypt(key, m).to_bytes() for m in plaintexts)
+        result = ChunkResult(
+            department=self._department.id,
+            chunk=request.chunk,
+            ciphertexts=ciphertexts,
+            rules_version=self._rules.version,
+            policy_hash=engine.hash,
+        )
+        return result, subjects
+
+    def _record_chunk(
+        self,
+        request: ChunkRequest,
+        claims: TokenClaims | None,
+        policy_hash: str,
+        decision: str,
+        reason: str,
+        subjects: Sequence[str],
+    ) -> None:
+        # a refused chunk names its subjects as far as they are identifiers at all
+        named = subjects or tuple(
+            canonical_subject(request.subject_kind, s)
+            for s in request.subject_ids[:MAX_CHUNK_SUBJECTS]
+        )
+        self._audit.append(
+            AuditEntry(
+                time=datetime.now(UTC),
+                query_id=request.query_id[:64],
+                requester=claims.requester if claims else "unauthenticated",
+                purpose=request.purpose[:64],
+                consent_id="",
+                policy_hash=policy_hash,
+                decision=decision,
+                reason=reason,
+                shape=request.shape.value if request.shape else "",
+                subject_hash="",
+                subject_hashes=tuple(self._audit.subject_hashes(named)),
+                extra={"chunk": request.chunk, "subjects": len(request.subject_ids)},
+            )
+        )
 
     def _record(
         self,

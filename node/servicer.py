@@ -37,6 +37,17 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         return convert.contribution_response(result)
 
     @servicer_method
+    def ContributeChunk(  # noqa: N802 - gRPC method name
+        self, request: node_pb2.ContributeChunkRequest, context: grpc.ServicerContext
+    ) -> node_pb2.ContributeChunkResponse:
+        result = self._service.contribute_chunk(
+            convert.chunk_request(request),
+            caller=peer_identity(context),
+            token=bearer_token(context),
+        )
+        return convert.chunk_response(result)
+
+    @servicer_method
     def GetInfo(  # noqa: N802 - gRPC method name
         self, request: node_pb2.GetInfoRequest, context: grpc.ServicerContext
     ) -> node_pb2.NodeInfo:

@@ -9,9 +9,13 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from osmanthus.errors import ConfigError, ImportRejected, InvalidArgument, OsmanthusError
 from osmanthus.tls import TlsFiles
+
+if TYPE_CHECKING:
+    from osmanthus.catalogue import Catalogue
 
 EXIT_CODES = """\
 exit codes:
@@ -65,6 +69,22 @@ def _tls_files(args: argparse.Namespace, *, role: str, name: str) -> TlsFiles:
     if args.certs_dir:
         return TlsFiles.from_cert_paths(cert_paths(args.certs_dir, role=PeerRole(role), name=name))
     raise InvalidArgument("give --certs-dir, or all of --ca, --cert and --key", field="tls")
+
+
+def _catalogue(args: argparse.Namespace) -> Catalogue:
+    from osmanthus.catalogue import load_catalogue
+
+    return load_catalogue(args.catalogue)
+
+
+def _add_catalogue(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--catalogue",
+        type=Path,
+        help="the platform's catalogue file (default: the one shipped with Osmanthus); every "
+        "node, the coordinator and every requester must use the same one, because the "
+        "encrypted slot widths are derived from it",
+    )
 
 
 # --- seed -------------------------------------------------------------------------------------
@@ -193,7 +213,7 @@ def _cmd_node_serve(args: argparse.Namespace) -> int:
         policy=args.policy or DEFAULT_NODE_POLICY,
         table_cache_bytes=args.table_cache_mb * 2**20,
     )
-    running = start_node(config)
+    running = start_node(config, catalogue=_catalogue(args))
     _log.info("node %s serving on port %d", args.department, running.port)
     serve_until_signalled(running, ready_file=args.ready_file)
     return 0
@@ -234,7 +254,7 @@ def _cmd_coordinator_serve(args: argparse.Namespace) -> int:
         deadline_s=args.deadline,
         table_cache_bytes=args.table_cache_mb * 2**20,
     )
-    running = start_coordinator(config)
+    running = start_coordinator(config, catalogue=_catalogue(args))
     _log.info("coordinator serving on port %d", running.port)
     try:
         serve_until_signalled(running.server, ready_file=args.ready_file)
@@ -275,6 +295,56 @@ def _cmd_health(args: argparse.Namespace) -> int:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(f"{args.target}: {status}")
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 5
+
+
+def _cmd_batch_score(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from osmanthus.types import Shape, SubjectKind
+    from sdk import Client
+    from sdk.batchjob import BatchJob, count_ids
+
+    token = args.token_file.read_text(encoding="utf-8").strip() if args.token_file else args.token
+    if not token:
+        raise InvalidArgument("give --token or --token-file", field="token")
+    if not args.source.is_file():
+        raise ConfigError(f"{args.source}: the input file does not exist", field="in")
+    catalogue = _catalogue(args)
+    kind = SubjectKind(args.kind)
+    shape = Shape(args.shape)
+    tls = _tls_files(args, role="requester", name=args.requester)
+    with Client(
+        args.coordinator, tls=tls, token=token, keys=args.keys, catalogue=catalogue
+    ) as client:
+        per = client.subjects_per_ciphertext(kind, shape)
+        chunk_size = args.chunk_size or per * args.ciphertexts_per_chunk
+        job = BatchJob(
+            source=args.source,
+            output=args.out,
+            model=catalogue.model(kind),
+            shape=shape,
+            purpose=args.purpose,
+            chunk_size=chunk_size,
+        )
+        total = count_ids(args.source)
+        with tqdm(total=total, unit="subject", desc="scoring", disable=args.quiet or None) as bar:
+            report = job.run(
+                lambda ids: client.batch_scores(
+                    ids,
+                    purpose=args.purpose,
+                    kind=kind,
+                    shape=shape,
+                    chunk_size=chunk_size,
+                    decrypt_workers=args.decrypt_workers,
+                ),
+                progress=bar.update,
+            )
+    resumed = f" (resumed after {report.resumed_from})" if report.resumed_from else ""
+    print(
+        f"{report.output}: {report.rows} rows{resumed}, {report.scored} scored, "
+        f"{report.refused} refused"
+    )
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -465,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--department", required=True, help="department id, e.g. psb")
     p.add_argument("--db", type=Path, required=True, help="the department's DuckDB file")
     p.add_argument("--rules", type=Path, help="rule file (default: the embedded default rules)")
+    _add_catalogue(p)
     p.add_argument("--policy", type=Path, help="Cedar policy (default: policies/node.cedar)")
     p.add_argument("--issuer-public-key", type=Path, required=True, help="token issuer public key")
     p.add_argument("--state-dir", type=Path, required=True, help="audit log and salt directory")
@@ -507,6 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
         _cmd_coordinator_serve,
     )
     p.add_argument("--nodes", type=Path, required=True, help="nodes.toml: department → address")
+    _add_catalogue(p)
     p.add_argument(
         "--policy", type=Path, help="central Cedar policy (default policies/central.cedar)"
     )
@@ -535,6 +607,54 @@ def build_parser() -> argparse.ArgumentParser:
         _cmd_policy_validate,
     )
     p.add_argument("files", type=Path, nargs="+", help="policy files")
+
+    # batch
+    batch = command(
+        sub, "batch", "score many subjects at once", "Batch jobs for the platform's services."
+    )
+    batch_sub = batch.add_subparsers(dest="batch_command", required=True, metavar="ACTION")
+    p = command(
+        batch_sub,
+        "score",
+        "score every subject id of a CSV file into a Parquet file",
+        "Stream the ids of --in (a CSV file with a 'subject_id' column) to the coordinator in "
+        "chunks; every department scores each chunk under your key, the coordinator adds the "
+        "parts up blindly, and this command decrypts them on all cores and writes one row per "
+        "input line to --out (Parquet: line, subject_id, score, grade, the breakdown columns "
+        "for --shape breakdown, and 'refused' saying why a subject was not scored).\n\n"
+        "Work is saved every few chunks. If the job stops (Ctrl-C, a department down), run the "
+        "same command again: it resumes from the checkpoint kept next to --out, with no "
+        "duplicate and no missing row. The central policy decides who may batch and for what "
+        "purpose (by default the platform's services and the sync job, for credit_rescoring).",
+        _cmd_batch_score,
+    )
+    p.add_argument("--in", dest="source", type=Path, required=True, help="CSV of subject ids")
+    p.add_argument("--out", type=Path, required=True, help="Parquet file to write")
+    p.add_argument("--coordinator", required=True, help="coordinator host:port")
+    p.add_argument("--requester", required=True, help="your requester id (certificate name)")
+    p.add_argument("--token", help="your platform token (or --token-file)")
+    p.add_argument("--token-file", type=Path, help="file holding your platform token")
+    p.add_argument(
+        "--keys", type=Path, required=True, help="your Paillier key file (created if absent)"
+    )
+    p.add_argument("--purpose", default="credit_rescoring", help="purpose named in the token")
+    p.add_argument("--kind", choices=["person", "enterprise"], default="person")
+    p.add_argument(
+        "--shape",
+        choices=["total", "breakdown"],
+        default="total",
+        help="total: the score only; breakdown: deductions and each bonus category too",
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        help="subjects per chunk (default: --ciphertexts-per-chunk full ciphertexts)",
+    )
+    p.add_argument("--ciphertexts-per-chunk", type=int, default=24, help=argparse.SUPPRESS)
+    p.add_argument("--decrypt-workers", type=int, help="decryption processes (default: every core)")
+    _add_catalogue(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_tls(p, role_hint="requester")
 
     # health
     p = command(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -63,6 +63,27 @@ def abort(context: grpc.ServicerContext, error: errors.OsmanthusError) -> NoRetu
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _abort_for(context: grpc.ServicerContext, name: str, exc: Exception) -> NoReturn:
+    if isinstance(exc, errors.ConfigError):
+        # a server-side configuration problem: its text may hold file paths, so only the
+        # server's log gets it; the caller learns what kind of failure it was
+        _log.error("configuration problem in %s: %s", name, exc)
+        abort(
+            context,
+            errors.ConfigError(
+                "the server's configuration cannot serve this request; "
+                "its operator has the details in the server log"
+            ),
+        )
+    if isinstance(exc, errors.OsmanthusError):
+        abort(context, exc)
+    if context.code() is not None:  # context.abort already chose a status
+        raise exc
+    _log.error("internal error in %s", name, exc_info=exc)
+    context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
 def servicer_method(method: F) -> F:
     """Turn OsmanthusError into its gRPC status; anything else becomes INTERNAL, logged."""
 
@@ -70,24 +91,21 @@ def servicer_method(method: F) -> F:
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return method(self, request, context)
-        except errors.ConfigError as exc:
-            # a server-side configuration problem: its text may hold file paths, so only the
-            # server's log gets it; the caller learns what kind of failure it was
-            _log.error("configuration problem in %s: %s", method.__name__, exc)
-            abort(
-                context,
-                errors.ConfigError(
-                    "the server's configuration cannot serve this request; "
-                    "its operator has the details in the server log"
-                ),
-            )
-        except errors.OsmanthusError as exc:
-            abort(context, exc)
-        except Exception:
-            if context.code() is not None:  # context.abort already chose a status
-                raise
-            _log.exception("internal error in %s", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        except Exception as exc:
+            _abort_for(context, method.__name__, exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def stream_servicer_method(method: F) -> F:
+    """servicer_method for a response-streaming method: errors raised mid-stream map the same."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from method(self, request, context)
+        except Exception as exc:
+            _abort_for(context, method.__name__, exc)
 
     return wrapper  # type: ignore[return-value]
 

@@ -46,6 +46,16 @@ action Contribute, DiscloseSingleSource appliesTo {
   resource: [Department],
   context: { purpose: String, shape: String, subject_kind: String }
 };
+action BatchQuery appliesTo {
+  principal: [Requester],
+  resource: [Dataset],
+  context: { purpose: String, shape: String }
+};
+action ContributeBatch appliesTo {
+  principal: [Requester],
+  resource: [Department],
+  context: { purpose: String, shape: String, subject_kind: String, subjects: Long }
+};
 """
 
 #: annotation a permit carries to demand a minimum number of departments in any sum it releases

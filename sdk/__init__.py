@@ -16,9 +16,10 @@ from osmanthus.tls import TlsFiles
 from osmanthus.types import DepartmentStatus, Shape
 from sdk.client import Client
 from sdk.keys import RequesterKeys, load_or_create_keys
-from sdk.results import ConsentRecord, EnterpriseScore, PersonScore
+from sdk.results import BatchScore, ConsentRecord, EnterpriseScore, PersonScore
 
 __all__ = [
+    "BatchScore",
     "Client",
     "ConfigError",
     "ConsentRecord",

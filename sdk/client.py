@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -11,10 +11,11 @@ from typing import Any, TypeVar
 import grpc
 import jwt
 
-from osmanthus import encoding
+from node.service import MAX_CHUNK_SUBJECTS
 from osmanthus.catalogue import Catalogue, SubjectModel, load_catalogue
 from osmanthus.crypto import Ciphertext
-from osmanthus.errors import ConfigError, CryptoError
+from osmanthus.encoding import SlotLayout
+from osmanthus.errors import ConfigError, CryptoError, InvalidArgument
 from osmanthus.grpc_errors import error_from_rpc
 from osmanthus.ids import validate_resident_id, validate_uscc
 from osmanthus.score import Breakdown, grade, score
@@ -22,8 +23,9 @@ from osmanthus.tls import COORDINATOR_SERVER_NAME, TlsFiles, secure_channel
 from osmanthus.types import KeyFingerprint, Shape, SubjectKind
 from osmanthus.v1 import coordinator_pb2_grpc
 from sdk import convert
+from sdk.batch import DEFAULT_CIPHERTEXTS_PER_CHUNK, BatchDecoder, batch_requests
 from sdk.keys import RequesterKeys, load_or_create_keys
-from sdk.results import ConsentRecord, EnterpriseScore, PersonScore
+from sdk.results import BatchScore, ConsentRecord, EnterpriseScore, PersonScore
 
 DEFAULT_TIMEOUT_S = 30.0
 T = TypeVar("T")
@@ -191,16 +193,13 @@ class Client:
             total = self._keys.private.decrypt_signed(ciphertext)
             clamped = min(max(total, model.floor), model.ceiling)
             return {**common, "score": clamped, "deductions": None, "bonuses": {}}
-        if response.slots != model.slot_names() or response.slot_bits != encoding.SLOT_BITS:
-            raise CryptoError(
-                f"slot layout {list(response.slots)}/{response.slot_bits} bits does not match the "
-                f"catalogue {list(model.slot_names())}/{encoding.SLOT_BITS} bits",
-                field="slots",
-            )
-        values = encoding.unpack_breakdown(
-            self._keys.private.decrypt(ciphertext),
-            slots=len(response.slots),
-            contributors=len(answered),
+        layout = SlotLayout.for_catalogue(self._catalogue, model.kind, shape)
+        try:
+            layout.check_wire(response.slots, response.slot_widths)
+        except InvalidArgument as exc:
+            raise CryptoError(f"the coordinator's {exc}", field=exc.field) from None
+        (values,) = layout.unpack(
+            self._keys.private.decrypt(ciphertext), subjects=1, contributors=len(answered)
         )
         present = {s.department for s in answered}
         bonuses: dict[str, int | None] = {}
@@ -226,6 +225,59 @@ class Client:
             "deductions": values[0],
             "bonuses": bonuses,
         }
+
+    def subjects_per_ciphertext(self, kind: SubjectKind, shape: Shape) -> int:
+        """How many subjects one batch ciphertext carries under this client's key."""
+        return SlotLayout.for_catalogue(self._catalogue, kind, shape).capacity(
+            self._keys.public.bits
+        )
+
+    def batch_scores(
+        self,
+        subject_ids: Iterable[str],
+        *,
+        purpose: str,
+        kind: SubjectKind = SubjectKind.PERSON,
+        shape: Shape = Shape.TOTAL,
+        chunk_size: int | None = None,
+        decrypt_workers: int | None = None,
+    ) -> Iterator[BatchScore]:
+        """Score many subjects in one stream; yields one BatchScore per input id, in input order.
+
+
+        Ids are read lazily and sent in chunks, so the input may be larger than memory. A subject
+        that cannot be scored (an invalid id, a pinned department set) comes back with `refused`
+        saying why; a failure of the batch as a whole (a department down) raises after the rows
+        already yielded, which stand: resume with the ids not yet yielded.
+        """
+        self._ensure_registered()
+        model = self._catalogue.model(kind)
+        layout = SlotLayout.for_catalogue(self._catalogue, kind, shape)
+        per = layout.capacity(self._keys.public.bits)
+        size = chunk_size or per * DEFAULT_CIPHERTEXTS_PER_CHUNK
+        if not 0 < size <= MAX_CHUNK_SUBJECTS:
+            raise ConfigError(
+                f"chunk_size must be 1..{MAX_CHUNK_SUBJECTS}, got {size}", field="chunk_size"
+            )
+        sent: dict[int, list[str]] = {}
+        requests = batch_requests(
+            subject_ids,
+            header=convert.batch_header(
+                kind=kind, shape=shape, purpose=purpose, n_bytes=self._keys.public.to_bytes()
+            ),
+            chunk_size=size,
+            sent=sent,
+        )
+        try:
+            responses = self._stub.BatchQuery(
+                requests, metadata=(("authorization", f"Bearer {self._token}"),)
+            )
+            with BatchDecoder(
+                keys=self._keys, layout=layout, model=model, sent=sent, workers=decrypt_workers
+            ) as decoder:
+                yield from decoder.rows(convert.batch_answer(m) for m in responses)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
 
     # --- consent (platform services acting for data subjects) ----------------------------------
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
 
-from node.convert import SHAPE_TO_PB, shape_from_pb
-from osmanthus.types import ConsentId, DepartmentId, DepartmentStatus, Shape
+from node.convert import KIND_TO_PB, SHAPE_TO_PB, shape_from_pb
+from osmanthus.types import ConsentId, DepartmentId, DepartmentStatus, Shape, SubjectKind
 from osmanthus.v1 import common_pb2, coordinator_pb2
 from sdk.results import ConsentRecord
 
@@ -21,10 +21,31 @@ class Answer:
     shape: Shape | None
     ciphertext: bytes
     slots: tuple[str, ...]
-    slot_bits: int
+    slot_widths: tuple[int, ...]
     base: int
     answered: tuple[DepartmentStatus, ...]
     missing: tuple[DepartmentStatus, ...]
+
+
+@dataclass(frozen=True)
+class BatchLayoutAnswer:
+    query_id: str
+    shape: Shape | None
+    slots: tuple[str, ...]
+    slot_widths: tuple[int, ...]
+    subjects_per_ciphertext: int
+    base: int
+    offset: int
+    departments: tuple[DepartmentStatus, ...]
+
+
+@dataclass(frozen=True)
+class ChunkAnswer:
+    chunk: int
+    subject_ids: tuple[str, ...]
+    ciphertexts: tuple[bytes, ...]
+    #: (subject id, reason) for each subject of the chunk that was not summed
+    refused: tuple[tuple[str, str], ...]
 
 
 def _key(n_bytes: bytes) -> common_pb2.PaillierPublicKey:
@@ -74,7 +95,7 @@ def answer(message: coordinator_pb2.QueryResponse) -> Answer:
         shape=shape_from_pb(message.shape),
         ciphertext=message.ciphertext.value,
         slots=tuple(message.slots),
-        slot_bits=message.slot_bits,
+        slot_widths=tuple(message.slot_widths),
         base=message.base,
         answered=_statuses(message.answered),
         missing=_statuses(message.missing),
@@ -114,3 +135,50 @@ def consent_record(message: coordinator_pb2.Consent) -> ConsentRecord:
 
 def consent_records(message: coordinator_pb2.ListConsentsResponse) -> list[ConsentRecord]:
     return [consent_record(c) for c in message.consents]
+
+
+def batch_header(
+    *, kind: SubjectKind, shape: Shape, purpose: str, n_bytes: bytes
+) -> coordinator_pb2.BatchQueryRequest:
+    return coordinator_pb2.BatchQueryRequest(
+        header=coordinator_pb2.BatchHeader(
+            subject_kind=KIND_TO_PB[kind],
+            shape=SHAPE_TO_PB[shape],
+            purpose=purpose,
+            public_key=_key(n_bytes),
+        )
+    )
+
+
+def subject_chunk(number: int, subject_ids: list[str]) -> coordinator_pb2.BatchQueryRequest:
+    return coordinator_pb2.BatchQueryRequest(
+        chunk=coordinator_pb2.SubjectChunk(chunk=number, subject_ids=subject_ids)
+    )
+
+
+def batch_answer(
+    message: coordinator_pb2.BatchQueryResponse,
+) -> BatchLayoutAnswer | ChunkAnswer | None:
+    """The layout, a chunk, or None for a message of neither kind."""
+    which = message.WhichOneof("item")
+    if which == "layout":
+        layout = message.layout
+        return BatchLayoutAnswer(
+            query_id=layout.query_id,
+            shape=shape_from_pb(layout.shape),
+            slots=tuple(layout.slots),
+            slot_widths=tuple(layout.slot_widths),
+            subjects_per_ciphertext=layout.subjects_per_ciphertext,
+            base=layout.base,
+            offset=layout.offset,
+            departments=_statuses(layout.departments),
+        )
+    if which == "chunk":
+        chunk = message.chunk
+        return ChunkAnswer(
+            chunk=chunk.chunk,
+            subject_ids=tuple(chunk.subject_ids),
+            ciphertexts=tuple(c.value for c in chunk.ciphertexts),
+            refused=tuple((r.subject_id, r.reason) for r in chunk.refused),
+        )
+    return None

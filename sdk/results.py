@@ -55,3 +55,25 @@ class ConsentRecord:
 
     def in_force(self, now: datetime) -> bool:
         return self.revoked_at is None and now < self.expires_at
+
+
+@dataclass(frozen=True)
+class BatchScore:
+    """One subject's line of a batch: its score, or why it was not scored.
+
+    Every department of the catalogue is summed for every scored subject (a batch is never
+    partial). With Shape.TOTAL `deductions` is None and `bonuses` empty.
+    """
+
+    subject_id: str
+    score: int | None
+    grade: str | None
+    deductions: int | None
+    bonuses: Mapping[str, int]
+    #: why the subject was not scored (an invalid id, a pinned department set); None if scored
+    refused: str | None
+    query_id: str
+
+    @property
+    def scored(self) -> bool:
+        return self.refused is None

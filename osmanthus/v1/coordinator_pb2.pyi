@@ -59,12 +59,12 @@ class DepartmentStatus(_message.Message):
     def __init__(self, department: _Optional[str] = ..., detail: _Optional[str] = ..., rules_version: _Optional[str] = ...) -> None: ...
 
 class QueryResponse(_message.Message):
-    __slots__ = ("query_id", "shape", "ciphertext", "slots", "slot_bits", "base", "answered", "missing", "partial")
+    __slots__ = ("query_id", "shape", "ciphertext", "slots", "slot_widths", "base", "answered", "missing", "partial")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
-    SLOT_BITS_FIELD_NUMBER: _ClassVar[int]
+    SLOT_WIDTHS_FIELD_NUMBER: _ClassVar[int]
     BASE_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_FIELD_NUMBER: _ClassVar[int]
     MISSING_FIELD_NUMBER: _ClassVar[int]
@@ -73,12 +73,88 @@ class QueryResponse(_message.Message):
     shape: _common_pb2.Shape
     ciphertext: _common_pb2.Ciphertext
     slots: _containers.RepeatedScalarFieldContainer[str]
-    slot_bits: int
+    slot_widths: _containers.RepeatedScalarFieldContainer[int]
     base: int
     answered: _containers.RepeatedCompositeFieldContainer[DepartmentStatus]
     missing: _containers.RepeatedCompositeFieldContainer[DepartmentStatus]
     partial: bool
-    def __init__(self, query_id: _Optional[str] = ..., shape: _Optional[_Union[_common_pb2.Shape, str]] = ..., ciphertext: _Optional[_Union[_common_pb2.Ciphertext, _Mapping]] = ..., slots: _Optional[_Iterable[str]] = ..., slot_bits: _Optional[int] = ..., base: _Optional[int] = ..., answered: _Optional[_Iterable[_Union[DepartmentStatus, _Mapping]]] = ..., missing: _Optional[_Iterable[_Union[DepartmentStatus, _Mapping]]] = ..., partial: _Optional[bool] = ...) -> None: ...
+    def __init__(self, query_id: _Optional[str] = ..., shape: _Optional[_Union[_common_pb2.Shape, str]] = ..., ciphertext: _Optional[_Union[_common_pb2.Ciphertext, _Mapping]] = ..., slots: _Optional[_Iterable[str]] = ..., slot_widths: _Optional[_Iterable[int]] = ..., base: _Optional[int] = ..., answered: _Optional[_Iterable[_Union[DepartmentStatus, _Mapping]]] = ..., missing: _Optional[_Iterable[_Union[DepartmentStatus, _Mapping]]] = ..., partial: _Optional[bool] = ...) -> None: ...
+
+class BatchHeader(_message.Message):
+    __slots__ = ("subject_kind", "shape", "purpose", "public_key")
+    SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    subject_kind: _common_pb2.SubjectKind
+    shape: _common_pb2.Shape
+    purpose: str
+    public_key: _common_pb2.PaillierPublicKey
+    def __init__(self, subject_kind: _Optional[_Union[_common_pb2.SubjectKind, str]] = ..., shape: _Optional[_Union[_common_pb2.Shape, str]] = ..., purpose: _Optional[str] = ..., public_key: _Optional[_Union[_common_pb2.PaillierPublicKey, _Mapping]] = ...) -> None: ...
+
+class SubjectChunk(_message.Message):
+    __slots__ = ("chunk", "subject_ids")
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
+    chunk: int
+    subject_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, chunk: _Optional[int] = ..., subject_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class BatchQueryRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: BatchHeader
+    chunk: SubjectChunk
+    def __init__(self, header: _Optional[_Union[BatchHeader, _Mapping]] = ..., chunk: _Optional[_Union[SubjectChunk, _Mapping]] = ...) -> None: ...
+
+class BatchLayout(_message.Message):
+    __slots__ = ("query_id", "shape", "slots", "slot_widths", "subjects_per_ciphertext", "base", "offset", "departments")
+    QUERY_ID_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    SLOT_WIDTHS_FIELD_NUMBER: _ClassVar[int]
+    SUBJECTS_PER_CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DEPARTMENTS_FIELD_NUMBER: _ClassVar[int]
+    query_id: str
+    shape: _common_pb2.Shape
+    slots: _containers.RepeatedScalarFieldContainer[str]
+    slot_widths: _containers.RepeatedScalarFieldContainer[int]
+    subjects_per_ciphertext: int
+    base: int
+    offset: int
+    departments: _containers.RepeatedCompositeFieldContainer[DepartmentStatus]
+    def __init__(self, query_id: _Optional[str] = ..., shape: _Optional[_Union[_common_pb2.Shape, str]] = ..., slots: _Optional[_Iterable[str]] = ..., slot_widths: _Optional[_Iterable[int]] = ..., subjects_per_ciphertext: _Optional[int] = ..., base: _Optional[int] = ..., offset: _Optional[int] = ..., departments: _Optional[_Iterable[_Union[DepartmentStatus, _Mapping]]] = ...) -> None: ...
+
+class RefusedSubject(_message.Message):
+    __slots__ = ("subject_id", "reason")
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    reason: str
+    def __init__(self, subject_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ChunkResult(_message.Message):
+    __slots__ = ("chunk", "subject_ids", "ciphertexts", "refused")
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    chunk: int
+    subject_ids: _containers.RepeatedScalarFieldContainer[str]
+    ciphertexts: _containers.RepeatedCompositeFieldContainer[_common_pb2.Ciphertext]
+    refused: _containers.RepeatedCompositeFieldContainer[RefusedSubject]
+    def __init__(self, chunk: _Optional[int] = ..., subject_ids: _Optional[_Iterable[str]] = ..., ciphertexts: _Optional[_Iterable[_Union[_common_pb2.Ciphertext, _Mapping]]] = ..., refused: _Optional[_Iterable[_Union[RefusedSubject, _Mapping]]] = ...) -> None: ...
+
+class BatchQueryResponse(_message.Message):
+    __slots__ = ("layout", "chunk")
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    layout: BatchLayout
+    chunk: ChunkResult
+    def __init__(self, layout: _Optional[_Union[BatchLayout, _Mapping]] = ..., chunk: _Optional[_Union[ChunkResult, _Mapping]] = ...) -> None: ...
 
 class Consent(_message.Message):
     __slots__ = ("consent_id", "subject_id", "grantee", "purpose", "granted_at", "expires_at", "revoked_at")

@@ -51,6 +51,11 @@ class CoordinatorServiceStub:
                 request_serializer=osmanthus_dot_v1_dot_coordinator__pb2.EnterpriseQueryRequest.SerializeToString,
                 response_deserializer=osmanthus_dot_v1_dot_coordinator__pb2.QueryResponse.FromString,
                 _registered_method=True)
+        self.BatchQuery = channel.stream_stream(
+                '/osmanthus.v1.CoordinatorService/BatchQuery',
+                request_serializer=osmanthus_dot_v1_dot_coordinator__pb2.BatchQueryRequest.SerializeToString,
+                response_deserializer=osmanthus_dot_v1_dot_coordinator__pb2.BatchQueryResponse.FromString,
+                _registered_method=True)
         self.GrantConsent = channel.unary_unary(
                 '/osmanthus.v1.CoordinatorService/GrantConsent',
                 request_serializer=osmanthus_dot_v1_dot_coordinator__pb2.GrantConsentRequest.SerializeToString,
@@ -94,6 +99,15 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchQuery(self, request_iterator, context):
+        """Score many subjects: send a BatchHeader, then SubjectChunks; receive a BatchLayout, then one
+        ChunkResult per chunk, in order. Every chunk sums every department the catalogue names for the
+        subject kind; if one fails the stream ends with its error and the results so far stand.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GrantConsent(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -129,6 +143,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.EnterpriseQuery,
                     request_deserializer=osmanthus_dot_v1_dot_coordinator__pb2.EnterpriseQueryRequest.FromString,
                     response_serializer=osmanthus_dot_v1_dot_coordinator__pb2.QueryResponse.SerializeToString,
+            ),
+            'BatchQuery': grpc.stream_stream_rpc_method_handler(
+                    servicer.BatchQuery,
+                    request_deserializer=osmanthus_dot_v1_dot_coordinator__pb2.BatchQueryRequest.FromString,
+                    response_serializer=osmanthus_dot_v1_dot_coordinator__pb2.BatchQueryResponse.SerializeToString,
             ),
             'GrantConsent': grpc.unary_unary_rpc_method_handler(
                     servicer.GrantConsent,
@@ -229,6 +248,33 @@ class CoordinatorService:
             '/osmanthus.v1.CoordinatorService/EnterpriseQuery',
             osmanthus_dot_v1_dot_coordinator__pb2.EnterpriseQueryRequest.SerializeToString,
             osmanthus_dot_v1_dot_coordinator__pb2.QueryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchQuery(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/osmanthus.v1.CoordinatorService/BatchQuery',
+            osmanthus_dot_v1_dot_coordinator__pb2.BatchQueryRequest.SerializeToString,
+            osmanthus_dot_v1_dot_coordinator__pb2.BatchQueryResponse.FromString,
             options,
             channel_credentials,
             insecure,

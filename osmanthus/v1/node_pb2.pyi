@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ContributeRequest(_message.Message):
-    __slots__ = ("query_id", "subject_kind", "subject_id", "shape", "purpose", "consent_id", "public_key", "slots")
+    __slots__ = ("query_id", "subject_kind", "subject_id", "shape", "purpose", "consent_id", "public_key", "slots", "slot_widths")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class ContributeRequest(_message.Message):
     CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
+    SLOT_WIDTHS_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     subject_kind: _common_pb2.SubjectKind
     subject_id: str
@@ -25,7 +26,8 @@ class ContributeRequest(_message.Message):
     consent_id: str
     public_key: _common_pb2.PaillierPublicKey
     slots: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, query_id: _Optional[str] = ..., subject_kind: _Optional[_Union[_common_pb2.SubjectKind, str]] = ..., subject_id: _Optional[str] = ..., shape: _Optional[_Union[_common_pb2.Shape, str]] = ..., purpose: _Optional[str] = ..., consent_id: _Optional[str] = ..., public_key: _Optional[_Union[_common_pb2.PaillierPublicKey, _Mapping]] = ..., slots: _Optional[_Iterable[str]] = ...) -> None: ...
+    slot_widths: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, query_id: _Optional[str] = ..., subject_kind: _Optional[_Union[_common_pb2.SubjectKind, str]] = ..., subject_id: _Optional[str] = ..., shape: _Optional[_Union[_common_pb2.Shape, str]] = ..., purpose: _Optional[str] = ..., consent_id: _Optional[str] = ..., public_key: _Optional[_Union[_common_pb2.PaillierPublicKey, _Mapping]] = ..., slots: _Optional[_Iterable[str]] = ..., slot_widths: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ContributeResponse(_message.Message):
     __slots__ = ("department", "ciphertext", "single_source_allowed", "rules_version", "policy_hash")
@@ -40,6 +42,44 @@ class ContributeResponse(_message.Message):
     rules_version: str
     policy_hash: str
     def __init__(self, department: _Optional[str] = ..., ciphertext: _Optional[_Union[_common_pb2.Ciphertext, _Mapping]] = ..., single_source_allowed: _Optional[bool] = ..., rules_version: _Optional[str] = ..., policy_hash: _Optional[str] = ...) -> None: ...
+
+class ContributeChunkRequest(_message.Message):
+    __slots__ = ("query_id", "chunk", "subject_kind", "subject_ids", "shape", "purpose", "public_key", "slots", "slot_widths", "subjects_per_ciphertext")
+    QUERY_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    SLOT_WIDTHS_FIELD_NUMBER: _ClassVar[int]
+    SUBJECTS_PER_CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    query_id: str
+    chunk: int
+    subject_kind: _common_pb2.SubjectKind
+    subject_ids: _containers.RepeatedScalarFieldContainer[str]
+    shape: _common_pb2.Shape
+    purpose: str
+    public_key: _common_pb2.PaillierPublicKey
+    slots: _containers.RepeatedScalarFieldContainer[str]
+    slot_widths: _containers.RepeatedScalarFieldContainer[int]
+    subjects_per_ciphertext: int
+    def __init__(self, query_id: _Optional[str] = ..., chunk: _Optional[int] = ..., subject_kind: _Optional[_Union[_common_pb2.SubjectKind, str]] = ..., subject_ids: _Optional[_Iterable[str]] = ..., shape: _Optional[_Union[_common_pb2.Shape, str]] = ..., purpose: _Optional[str] = ..., public_key: _Optional[_Union[_common_pb2.PaillierPublicKey, _Mapping]] = ..., slots: _Optional[_Iterable[str]] = ..., slot_widths: _Optional[_Iterable[int]] = ..., subjects_per_ciphertext: _Optional[int] = ...) -> None: ...
+
+class ContributeChunkResponse(_message.Message):
+    __slots__ = ("department", "chunk", "ciphertexts", "rules_version", "policy_hash")
+    DEPARTMENT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    RULES_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_HASH_FIELD_NUMBER: _ClassVar[int]
+    department: str
+    chunk: int
+    ciphertexts: _containers.RepeatedCompositeFieldContainer[_common_pb2.Ciphertext]
+    rules_version: str
+    policy_hash: str
+    def __init__(self, department: _Optional[str] = ..., chunk: _Optional[int] = ..., ciphertexts: _Optional[_Iterable[_Union[_common_pb2.Ciphertext, _Mapping]]] = ..., rules_version: _Optional[str] = ..., policy_hash: _Optional[str] = ...) -> None: ...
 
 class GetInfoRequest(_message.Message):
     __slots__ = ()

@@ -41,6 +41,11 @@ class NodeServiceStub:
                 request_serializer=osmanthus_dot_v1_dot_node__pb2.ContributeRequest.SerializeToString,
                 response_deserializer=osmanthus_dot_v1_dot_node__pb2.ContributeResponse.FromString,
                 _registered_method=True)
+        self.ContributeChunk = channel.unary_unary(
+                '/osmanthus.v1.NodeService/ContributeChunk',
+                request_serializer=osmanthus_dot_v1_dot_node__pb2.ContributeChunkRequest.SerializeToString,
+                response_deserializer=osmanthus_dot_v1_dot_node__pb2.ContributeChunkResponse.FromString,
+                _registered_method=True)
         self.GetInfo = channel.unary_unary(
                 '/osmanthus.v1.NodeService/GetInfo',
                 request_serializer=osmanthus_dot_v1_dot_node__pb2.GetInfoRequest.SerializeToString,
@@ -60,6 +65,14 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ContributeChunk(self, request, context):
+        """The department's encrypted, packed contributions for one chunk of a batch: subjects in order,
+        `subjects_per_ciphertext` to a ciphertext.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetInfo(self, request, context):
         """What this node serves: department, subject kinds, rules and policy versions.
         """
@@ -74,6 +87,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.Contribute,
                     request_deserializer=osmanthus_dot_v1_dot_node__pb2.ContributeRequest.FromString,
                     response_serializer=osmanthus_dot_v1_dot_node__pb2.ContributeResponse.SerializeToString,
+            ),
+            'ContributeChunk': grpc.unary_unary_rpc_method_handler(
+                    servicer.ContributeChunk,
+                    request_deserializer=osmanthus_dot_v1_dot_node__pb2.ContributeChunkRequest.FromString,
+                    response_serializer=osmanthus_dot_v1_dot_node__pb2.ContributeChunkResponse.SerializeToString,
             ),
             'GetInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetInfo,
@@ -110,6 +128,33 @@ class NodeService:
             '/osmanthus.v1.NodeService/Contribute',
             osmanthus_dot_v1_dot_node__pb2.ContributeRequest.SerializeToString,
             osmanthus_dot_v1_dot_node__pb2.ContributeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ContributeChunk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/osmanthus.v1.NodeService/ContributeChunk',
+            osmanthus_dot_v1_dot_node__pb2.ContributeChunkRequest.SerializeToString,
+            osmanthus_dot_v1_dot_node__pb2.ContributeChunkResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +14,7 @@ from certs import PeerRole, cert_paths
 from coordinator.config import NodeEndpoint, render_nodes
 from coordinator.server import CoordinatorConfig, RunningCoordinator, start_coordinator
 from node.server import NodeConfig, start_node
-from osmanthus.catalogue import Catalogue, load_catalogue
+from osmanthus.catalogue import Catalogue, default_catalogue_path, load_catalogue
 from osmanthus.seed import SeedReport, seed
 from osmanthus.server import RunningServer
 from osmanthus.tls import TlsFiles
@@ -35,6 +36,18 @@ def restricted_catalogue(departments: Sequence[str]) -> Catalogue:
     return dataclasses.replace(
         full, departments=tuple(d for d in full.departments if d.id in departments)
     )
+
+
+def restricted_catalogue_toml(departments: Sequence[str]) -> str:
+    """The shipped catalogue file without the departments not in `departments`: what a
+    `node serve` or `batch score` subprocess is given to agree with restricted_catalogue()."""
+    keep = set(departments)
+
+    def block(match: re.Match[str]) -> str:
+        return match.group(0) if match.group(1) in keep else ""
+
+    text = default_catalogue_path().read_text(encoding="utf-8")
+    return re.sub(r'\[\[department\]\]\nid = "(\w+)"\n(?:[^\n]+\n)*\n', block, text)
 
 
 @dataclasses.dataclass
@@ -100,7 +113,7 @@ def requester_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Reques
     directory = tmp_path_factory.mktemp("requester-keys")
     return {
         name: load_or_create_keys(directory / f"{name}.key")
-        for name in ("agency-1", "bank-1", "registrar")
+        for name in ("agency-1", "bank-1", "registrar", "sync-1")
     }
 
 

@@ -29,8 +29,8 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from certs import PeerRole, cert_paths
 from coordinator.config import NodeEndpoint, render_nodes
-from osmanthus import encoding
 from osmanthus.crypto import Ciphertext, PrivateKey, PublicKey
+from osmanthus.encoding import SlotLayout
 from osmanthus.types import DepartmentId, Role, Shape, SubjectKind
 from osmanthus.v1 import common_pb2, coordinator_pb2
 from sdk import Client, RequesterKeys
@@ -302,7 +302,9 @@ def test_forwarded_ciphertexts_differ_from_every_received_one(observations: Obse
         assert not any(c in wire for c in received), forwarded["method"]
 
 
-def test_forwarded_value_is_the_sum_of_the_received_parts(observations: Observations) -> None:
+def test_forwarded_value_is_the_sum_of_the_received_parts(
+    observations: Observations, federation: Federation
+) -> None:
     public, private = observations.keys.public, observations.keys.private
     several_nonzero = 0
     for q in observations.queries:
@@ -310,9 +312,8 @@ def test_forwarded_value_is_the_sum_of_the_received_parts(observations: Observat
         forwarded = decrypt(private, public, q.response.ciphertext.value, q.shape)
         if q.shape is Shape.BREAKDOWN:
             assert forwarded == sum(parts.values())
-            slots = encoding.unpack_breakdown(
-                forwarded, slots=len(q.response.slots), contributors=len(parts)
-            )
+            layout = SlotLayout.for_catalogue(federation.catalogue, q.kind, Shape.BREAKDOWN)
+            (slots,) = layout.unpack(forwarded, subjects=1, contributors=len(parts))
             assert slots[0] == q.card.deductions
             assert list(slots[1:]) == list(q.card.bonuses.values())
         else:
@@ -369,7 +370,7 @@ def test_query_response_type_has_one_ciphertext_and_coverage_only() -> None:
         "shape",
         "ciphertext",
         "slots",
-        "slot_bits",
+        "slot_widths",
         "base",
         "answered",
         "missing",
@@ -392,10 +393,9 @@ def test_requester_receives_one_ciphertext_and_coverage_metadata(
         for status in r.answered:
             assert status.detail == "answered"
         if q.shape is Shape.BREAKDOWN:
-            assert r.slot_bits == encoding.SLOT_BITS
-            assert len(r.slots) == 5
+            assert len(r.slot_widths) == len(r.slots) == 5
         else:
-            assert list(r.slots) == [] and r.slot_bits == 0
+            assert list(r.slots) == [] and list(r.slot_widths) == []
         # what the requester can decrypt is the sum, and for BREAKDOWN that is per-slot sums
         value = decrypt(private, public, r.ciphertext.value, q.shape)
         parts = [decrypt(private, public, c, q.shape) for c in q.received.values()]

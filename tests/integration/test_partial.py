@@ -21,6 +21,7 @@ from tests.conftest import IssuerKeyPaths
 from tests.integration.conftest import (
     Federation,
     restricted_catalogue,
+    restricted_catalogue_toml,
     start_federation,
     stop_federation,
 )
@@ -31,7 +32,10 @@ DEADLINE_S = 2.0
 MARGIN_S = 1.5
 #: runs as its own process so it can be killed or frozen; it owns customs_certification
 SUBPROCESS_DEPARTMENT = "customs"
-IN_PROCESS_DEPARTMENTS = ("court", "tax", "samr", "eco")
+IN_PROCESS_DEPARTMENTS = ("court", "tax", "samr", "eco", "hrss")
+#: owners of the person categories: without them the catalogue file the subprocess node reads
+#: would not be valid; they serve persons only, so enterprise queries never ask them
+PERSON_CATEGORY_OWNERS = ("civility", "blood", "volunteer")
 AGENCY = "agency-1"
 
 
@@ -61,14 +65,18 @@ def split_federation(
     issuer_keys: IssuerKeyPaths,
     requester_keys: dict[str, RequesterKeys],
 ) -> Iterator[SplitFederation]:
-    """Five enterprise departments: four in this process, customs as a real `node serve`."""
+    """Six enterprise departments: five in this process, customs as a real `node serve`."""
     db = federation.data.databases[DepartmentId(SUBPROCESS_DEPARTMENT)]
+    departments = (*IN_PROCESS_DEPARTMENTS, SUBPROCESS_DEPARTMENT, *PERSON_CATEGORY_OWNERS)
+    catalogue_file = tmp_path / "catalogue.toml"
+    catalogue_file.write_text(restricted_catalogue_toml(departments))
     node = spawn(
         f"node-{SUBPROCESS_DEPARTMENT}",
         osmanthus_command(
             "node", "serve",
             "--department", SUBPROCESS_DEPARTMENT,
             "--db", str(db),
+            "--catalogue", str(catalogue_file),
             "--issuer-public-key", str(issuer_keys.public),
             "--state-dir", str(tmp_path / "state" / SUBPROCESS_DEPARTMENT),
             "--certs-dir", str(platform_certs),
@@ -80,7 +88,7 @@ def split_federation(
         port = node.wait_ready(time.monotonic() + START_TIMEOUT_S)
         fed = start_federation(
             tmp_path,
-            catalogue=restricted_catalogue((*IN_PROCESS_DEPARTMENTS, SUBPROCESS_DEPARTMENT)),
+            catalogue=restricted_catalogue(departments),
             data=federation.data,
             certs=platform_certs,
             issuer_keys=issuer_keys,

@@ -13,12 +13,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from certs import PeerRole, cert_paths
-from osmanthus import encoding
 from osmanthus.crypto import UnsafeShortKeys
+from osmanthus.encoding import SlotLayout
 from osmanthus.grpc_errors import FIELD_METADATA_KEY
 from osmanthus.tls import TlsFiles, node_server_name, secure_channel
 from osmanthus.tokens import TokenIssuer
-from osmanthus.types import Role, SubjectKind
+from osmanthus.types import Role, Shape, SubjectKind
 from osmanthus.v1 import common_pb2, node_pb2, node_pb2_grpc
 from tests.integration.conftest import Federation
 
@@ -26,6 +26,7 @@ TIMEOUT_S = 5.0
 #: the node every test talks to; it serves persons and owns no bonus category
 DEPARTMENT = "psb"
 AGENCY = "agency-1"
+SYNC = "sync-1"
 AGENCY_PURPOSES = ("loan_underwriting", "credit_report")
 
 
@@ -52,6 +53,10 @@ def agency_token(federation: Federation) -> str:
     return federation.token(AGENCY, role=Role.CREDIT_AGENCY, purposes=AGENCY_PURPOSES)
 
 
+def _layout(federation: Federation) -> SlotLayout:
+    return SlotLayout.for_catalogue(federation.catalogue, SubjectKind.PERSON, Shape.BREAKDOWN)
+
+
 def _request(federation: Federation, **overrides: object) -> node_pb2.ContributeRequest:
     """A request the node answers, unless `overrides` break it; each has a fresh query id."""
     model = federation.catalogue.model(SubjectKind.PERSON)
@@ -64,6 +69,7 @@ def _request(federation: Federation, **overrides: object) -> node_pb2.Contribute
         "consent_id": "",
         "public_key": common_pb2.PaillierPublicKey(n=federation.keys[AGENCY].public.to_bytes()),
         "slots": list(model.slot_names()),
+        "slot_widths": list(_layout(federation).widths),
     }
     fields.update(overrides)
     return node_pb2.ContributeRequest(**fields)  # type: ignore[arg-type]
@@ -132,8 +138,8 @@ def test_the_coordinator_with_a_valid_token_gets_an_encrypted_breakdown(
     keys = federation.keys[AGENCY]
     ciphertext = keys.public.ciphertext_from_bytes(response.ciphertext.value)
     slots = len(federation.catalogue.model(SubjectKind.PERSON).slot_names())
-    values = encoding.unpack_breakdown(
-        keys.private.decrypt(ciphertext), slots=slots, contributors=1
+    (values,) = _layout(federation).unpack(
+        keys.private.decrypt(ciphertext), subjects=1, contributors=1
     )
     # psb owns no bonus category, so only its deductions slot can be non-zero
     assert values[1:] == (0,) * (slots - 1)
@@ -274,7 +280,21 @@ def test_a_wrong_slot_layout_is_refused(
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (error.details() or "").startswith("slots: slot layout")
     assert _field(error) == "slots"
-    _assert_deny_audited(federation, request, reason="does not match this node's catalogue")
+    _assert_deny_audited(federation, request, reason="does not match this catalogue")
+
+
+def test_slot_widths_other_than_the_catalogues_are_refused(
+    federation: Federation, as_coordinator: node_pb2_grpc.NodeServiceStub, agency_token: str
+) -> None:
+    # same names, the old fixed 40-bit slots: a coordinator with another catalogue
+    request = _request(federation, slot_widths=[40] * 5)
+    with pytest.raises(grpc.RpcError) as caught:
+        as_coordinator.Contribute(request, timeout=TIMEOUT_S, metadata=_metadata(agency_token))
+    error = caught.value
+    assert isinstance(error, grpc.Call)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _field(error) == "slot_widths"
+    assert "[40, 40, 40, 40, 40]" in (error.details() or "")
 
 
 @pytest.mark.parametrize(
@@ -307,3 +327,115 @@ def test_a_bad_subject_id_sent_straight_to_the_node_is_refused(
     # the audit entry names the field but not the rule: rule messages quote pieces of the id
     _assert_deny_audited(federation, request, reason="subject_id failed validation")
     assert rule not in _audit_lines(federation, request.query_id)[0]
+
+
+# --- batch chunks --------------------------------------------------------------------------------
+
+
+def _sync_token(federation: Federation) -> str:
+    return federation.token(SYNC, role=Role.SYNC_JOB, purposes=["credit_rescoring"])
+
+
+def _chunk_request(federation: Federation, **overrides: object) -> node_pb2.ContributeChunkRequest:
+    layout = SlotLayout.for_catalogue(federation.catalogue, SubjectKind.PERSON, Shape.TOTAL)
+    fields: dict[str, object] = {
+        "query_id": "rej-chunk-" + secrets.token_hex(8),
+        "chunk": 0,
+        "subject_kind": common_pb2.SUBJECT_KIND_PERSON,
+        "subject_ids": [_person(federation)] * 3,
+        "shape": common_pb2.SHAPE_TOTAL,
+        "purpose": "credit_rescoring",
+        "public_key": common_pb2.PaillierPublicKey(n=federation.keys[SYNC].public.to_bytes()),
+        "slots": list(layout.names),
+        "slot_widths": list(layout.widths),
+        "subjects_per_ciphertext": layout.capacity(2048),
+    }
+    fields.update(overrides)
+    return node_pb2.ContributeChunkRequest(**fields)  # type: ignore[arg-type]
+
+
+def _chunk_refused(
+    stub: node_pb2_grpc.NodeServiceStub,
+    request: node_pb2.ContributeChunkRequest,
+    token: str,
+    code: grpc.StatusCode,
+) -> grpc.Call:
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ContributeChunk(request, timeout=TIMEOUT_S, metadata=_metadata(token))
+    error = caught.value
+    assert isinstance(error, grpc.Call)
+    assert error.code() == code, error.details()
+    return error
+
+
+def test_a_well_formed_chunk_is_answered_with_one_packed_ciphertext(
+    federation: Federation, as_coordinator: node_pb2_grpc.NodeServiceStub
+) -> None:
+    request = _chunk_request(federation)
+    response = as_coordinator.ContributeChunk(
+        request, timeout=TIMEOUT_S, metadata=_metadata(_sync_token(federation))
+    )
+    assert response.department == DEPARTMENT and response.chunk == 0
+    (ciphertext,) = response.ciphertexts
+    keys = federation.keys[SYNC]
+    layout = SlotLayout.for_catalogue(federation.catalogue, SubjectKind.PERSON, Shape.TOTAL)
+    plain = keys.private.decrypt(keys.public.ciphertext_from_bytes(ciphertext.value))
+    # one department's part for the same person three times: three equal slots
+    parts = layout.unpack(plain, subjects=3, contributors=1)
+    assert parts[0] == parts[1] == parts[2]
+    (line,) = _audit_lines(federation, request.query_id)
+    entry = json.loads(line)
+    assert entry["decision"] == "allow" and len(entry["subject_hashes"]) == 3
+    assert request.subject_ids[0] not in line
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "words"),
+    [
+        ({"subjects_per_ciphertext": 1}, "subjects_per_ciphertext", "1 subjects per ciphertext"),
+        ({"slot_widths": [40]}, "slot_widths", "[40]"),
+        ({"subject_ids": []}, "subject_ids", "1..10000"),
+        ({"subject_ids": ["110105194912310021"]}, "subject_ids[0]", "check character"),
+    ],
+)
+def test_a_malformed_chunk_is_refused_with_the_field(
+    federation: Federation,
+    as_coordinator: node_pb2_grpc.NodeServiceStub,
+    overrides: dict[str, object],
+    field: str,
+    words: str,
+) -> None:
+    request = _chunk_request(federation, **overrides)
+    error = _chunk_refused(
+        as_coordinator, request, _sync_token(federation), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert _field(error) == field
+    assert words in (error.details() or "")
+    (line,) = _audit_lines(federation, request.query_id)
+    assert json.loads(line)["decision"] == "deny"
+
+
+def test_a_chunk_for_a_purpose_the_department_does_not_batch_is_refused(
+    federation: Federation, as_coordinator: node_pb2_grpc.NodeServiceStub, agency_token: str
+) -> None:
+    # the agency's token is valid and names loan_underwriting, which no node batches
+    request = _chunk_request(
+        federation,
+        purpose="loan_underwriting",
+        public_key=common_pb2.PaillierPublicKey(n=federation.keys[AGENCY].public.to_bytes()),
+    )
+    error = _chunk_refused(as_coordinator, request, agency_token, grpc.StatusCode.PERMISSION_DENIED)
+    assert "does not contribute to batches" in (error.details() or "")
+
+
+def test_a_requester_calling_contribute_chunk_directly_is_refused(
+    federation: Federation,
+) -> None:
+    stub = node_pb2_grpc.NodeServiceStub(_channel(federation, PeerRole.REQUESTER, SYNC))
+    error = _chunk_refused(
+        stub,
+        _chunk_request(federation),
+        _sync_token(federation),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+    assert "only the platform coordinator" in (error.details() or "")

@@ -4,7 +4,8 @@ The reference reads each department's DuckDB file with plain SQL and the rule an
 files with tomllib, and applies the score model of ARCHITECTURE.md and docs/catalogue.md itself:
 validity windows (5 years after the event for deductions, 3 for bonuses unless the rule says
 otherwise; `while_listed`; `permanent`), disputed records count for nothing, quantities summed per
-kind then divided by `per_quantity`, kind caps, category caps, clamp to [floor, ceiling], grades.
+kind then divided by `per_quantity`, kind caps, category caps, each department's deductions
+saturated at base - floor + the caps, clamp to [floor, ceiling], grades.
 It deliberately does not import osmanthus.rules or osmanthus.score: it is a second, independent
 implementation, so a shared mistake would have to be made twice.
 """
@@ -163,7 +164,7 @@ class Reference:
                 features.add("expired")
                 continue
             quantities[(dept, kind)] += quantity
-        deductions = 0
+        by_department: dict[str, int] = defaultdict(int)
         raw_bonus: dict[str, int] = {name: 0 for name in model.caps}
         for (dept, kind), quantity in quantities.items():
             rule = self.rules[(dept, subject_kind, kind)]
@@ -174,9 +175,15 @@ class Reference:
                 features.add("kind_cap")
                 value = rule.kind_cap
             if rule.category == "deduction":
-                deductions += value
+                by_department[dept] += value
             else:
                 raw_bonus[rule.category] += value
+        # each department reports at most base - floor + every cap: past that the score is the
+        # floor whatever the others say (docs/departments.md)
+        saturation = model.base - model.floor + sum(model.caps.values())
+        if any(v > saturation for v in by_department.values()):
+            features.add("saturated")
+        deductions = sum(min(v, saturation) for v in by_department.values())
         bonuses = {}
         for name, value in raw_bonus.items():
             if value > model.caps[name]:

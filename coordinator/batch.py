@@ -1,0 +1,420 @@
+"""Batch scoring at the coordinator: chunk by chunk, every department, summed blindly, in order.
+
+Memory stays bounded whatever the batch size: at most `window` chunks are in flight (being
+answered by the nodes or waiting to be sent on), each at most MAX_CHUNK_SUBJECTS subjects.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from coordinator.disclosure import DisclosureLedger
+from coordinator.keys import KeyRegistry
+from coordinator.nodes import NodePool
+from node.service import MAX_CHUNK_SUBJECTS, ChunkRequest, ChunkResult
+from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
+from osmanthus.catalogue import Catalogue
+from osmanthus.crypto import Ciphertext, EncryptorCache, PublicKey
+from osmanthus.encoding import SlotLayout
+from osmanthus.errors import (
+    CryptoError,
+    FailedPrecondition,
+    InvalidArgument,
+    OsmanthusError,
+    PermissionDenied,
+    Unavailable,
+)
+from osmanthus.ids import validate_subject
+from osmanthus.names import validate_purpose
+from osmanthus.policy import PolicyEngine, PolicyRequest, ReloadablePolicy
+from osmanthus.tokens import TokenClaims
+from osmanthus.types import DepartmentId, DepartmentStatus, QueryId, Shape, SubjectKind
+
+_log = logging.getLogger(__name__)
+
+#: chunks in flight at once: enough to keep every node busy while one chunk is summed and sent
+DEFAULT_WINDOW = 3
+#: a chunk's deadline: the slowest node must score, pack and encrypt MAX_CHUNK_SUBJECTS subjects
+DEFAULT_CHUNK_DEADLINE_S = 120.0
+PINNED_REASON = (
+    "earlier answers to you about this subject summed a different set of departments; a batch "
+    "sums every department and would disclose the difference by subtraction: query it singly"
+)
+
+
+@dataclass(frozen=True)
+class BatchHeader:
+    subject_kind: SubjectKind | None
+    shape: Shape | None
+    purpose: str
+    public_key: bytes
+
+
+@dataclass(frozen=True)
+class SubjectChunk:
+    chunk: int
+    subject_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What the requester needs to decode every chunk of the batch."""
+
+    query_id: QueryId
+    shape: Shape
+    slots: tuple[str, ...]
+    slot_widths: tuple[int, ...]
+    subjects_per_ciphertext: int
+    base: int
+    offset: int
+    departments: tuple[DepartmentStatus, ...]
+
+
+@dataclass(frozen=True)
+class RefusedSubject:
+    subject_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ChunkOutcome:
+    chunk: int
+    #: the subjects summed, in packing order
+    subject_ids: tuple[str, ...]
+    ciphertexts: tuple[bytes, ...]
+    refused: tuple[RefusedSubject, ...]
+
+
+@dataclass(frozen=True)
+class _Batch:
+    query_id: QueryId
+    claims: TokenClaims
+    token: str
+    kind: SubjectKind
+    shape: Shape
+    purpose: str
+    key: PublicKey
+    layout: SlotLayout
+    per: int
+    departments: tuple[DepartmentId, ...]
+    engine: PolicyEngine
+
+
+class BatchScorer:
+    """Runs BatchQuery streams for the coordinator service."""
+
+    def __init__(
+        self,
+        *,
+        catalogue: Catalogue,
+        nodes: NodePool,
+        policy: ReloadablePolicy,
+        keys: KeyRegistry,
+        ledger: DisclosureLedger,
+        audit: AuditLog,
+        encryptors: EncryptorCache,
+        clock: Callable[[], datetime],
+        window: int = DEFAULT_WINDOW,
+        chunk_deadline_s: float = DEFAULT_CHUNK_DEADLINE_S,
+    ) -> None:
+        self._catalogue = catalogue
+        self._nodes = nodes
+        self._policy = policy
+        self._keys = keys
+        self._ledger = ledger
+        self._audit = audit
+        self._encryptors = encryptors
+        self._clock = clock
+        self._window = window
+        self._chunk_deadline_s = chunk_deadline_s
+        self._workers = ThreadPoolExecutor(
+            max_workers=max(2, 2 * window), thread_name_prefix="osmanthus-batch"
+        )
+
+    def close(self) -> None:
+        self._workers.shutdown(wait=False, cancel_futures=True)
+
+    def plan(
+        self, query_id: QueryId, header: BatchHeader, claims: TokenClaims, token: str
+    ) -> tuple[BatchPlan, _Batch]:
+        """Check everything about the batch that does not depend on its subjects."""
+        kind = header.subject_kind
+        if kind is None:
+            raise InvalidArgument(
+                "a subject kind (PERSON or ENTERPRISE) is required", field="header.subject_kind"
+            )
+        if header.shape is None:
+            raise InvalidArgument(
+                "a disclosure shape (BREAKDOWN or TOTAL) is required", field="header.shape"
+            )
+        shape = header.shape
+        purpose = validate_purpose(header.purpose, field="header.purpose")
+        if purpose not in claims.purposes:
+            raise PermissionDenied(
+                f"purpose {purpose!r} is not among the token's purposes "
+                f"({', '.join(sorted(claims.purposes))})"
+            )
+        key = PublicKey.from_bytes(header.public_key, field="header.public_key")
+        if key.fingerprint != claims.key_fingerprint:
+            raise PermissionDenied(
+                f"public key {key.fingerprint[:16]}… is not the key bound to the token "
+                f"({claims.key_fingerprint[:16]}…)"
+            )
+        if not self._keys.is_registered(claims.requester, key.fingerprint):
+            raise FailedPrecondition(
+                f"public key {key.fingerprint[:16]}… is not registered for {claims.requester}; "
+                "call RegisterKey first"
+            )
+        engine = self._policy.current()
+        decision = engine.decide(
+            PolicyRequest(
+                principal_type="Requester",
+                principal_id=claims.requester,
+                principal_attrs={"role": claims.role.value},
+                action="BatchQuery",
+                resource_type="Dataset",
+                resource_id=kind.value,
+                context={"purpose": purpose, "shape": shape.value},
+            )
+        )
+        if not decision.allowed:
+            raise PermissionDenied(f"central policy: {decision.reason}")
+        expected = sorted(d.id for d in self._catalogue.departments_for(kind))
+        absent = [d for d in expected if d not in self._nodes.departments]
+        if absent:
+            raise FailedPrecondition(
+                f"a batch sums every {kind.value} department, and no node is registered for "
+                + ", ".join(absent)
+            )
+        minimum = engine.min_departments(decision)
+        if len(expected) < minimum:
+            raise FailedPrecondition(
+                f"the catalogue names {len(expected)} {kind.value} department(s); the policy "
+                f"requires sums of at least {minimum}"
+            )
+        layout = SlotLayout.for_catalogue(self._catalogue, kind, shape)
+        per = layout.capacity(key.bits)
+        model = self._catalogue.model(kind)
+        batch = _Batch(
+            query_id=query_id,
+            claims=claims,
+            token=token,
+            kind=kind,
+            shape=shape,
+            purpose=purpose,
+            key=key,
+            layout=layout,
+            per=per,
+            departments=tuple(DepartmentId(d) for d in expected),
+            engine=engine,
+        )
+        plan = BatchPlan(
+            query_id=query_id,
+            shape=shape,
+            slots=layout.names,
+            slot_widths=layout.widths,
+            subjects_per_ciphertext=per,
+            base=model.base,
+            offset=layout.offset,
+            departments=tuple(DepartmentStatus(d, "summed in every chunk") for d in expected),
+        )
+        return plan, batch
+
+    def run(self, batch: _Batch, chunks: Iterable[SubjectChunk]) -> Iterator[ChunkOutcome]:
+        """Answer chunks in order, keeping at most `window` in flight."""
+        inflight: deque[Future[ChunkOutcome]] = deque()
+        expected_number = 0
+        try:
+            for chunk in _read_ahead(chunks, self._window):
+                if chunk.chunk != expected_number:
+                    raise InvalidArgument(
+                        f"chunk {chunk.chunk} arrived where chunk {expected_number} was due; "
+                        "number chunks 0, 1, 2, ... in order",
+                        field="chunk",
+                    )
+                expected_number += 1
+                if not 0 < len(chunk.subject_ids) <= MAX_CHUNK_SUBJECTS:
+                    raise InvalidArgument(
+                        f"chunk {chunk.chunk} has {len(chunk.subject_ids)} subjects; a chunk "
+                        f"carries 1..{MAX_CHUNK_SUBJECTS}",
+                        field="subject_ids",
+                    )
+                inflight.append(self._workers.submit(self._answer, batch, chunk))
+                while len(inflight) >= self._window:
+                    yield inflight.popleft().result()
+            while inflight:
+                yield inflight.popleft().result()
+        finally:
+            for future in inflight:
+                future.cancel()
+
+    def _answer(self, batch: _Batch, chunk: SubjectChunk) -> ChunkOutcome:
+        seen: dict[str, int | str] = {"chunk": chunk.chunk, "subjects": len(chunk.subject_ids)}
+        hashes: list[str] = []
+        try:
+            outcome = self._answer_checked(batch, chunk, seen, hashes)
+        except OsmanthusError as exc:
+            self._record(batch, hashes, "deny", redacted_reason(exc), seen)
+            raise
+        except Exception:
+            self._record(batch, hashes, "deny", "internal error", seen)
+            raise
+        self._record(batch, hashes, "allow", "batch chunk sums forwarded", seen)
+        return outcome
+
+    def _answer_checked(
+        self,
+        batch: _Batch,
+        chunk: SubjectChunk,
+        seen: dict[str, int | str],
+        hashes: list[str],
+    ) -> ChunkOutcome:
+        refused: list[RefusedSubject] = []
+        valid: list[str] = []
+        for raw in chunk.subject_ids:
+            try:
+                valid.append(validate_subject(batch.kind, raw, field="subject_ids"))
+            except InvalidArgument as exc:
+                refused.append(RefusedSubject(raw, f"invalid: {exc}"))
+        hashes.extend(self._audit.subject_hashes(valid))
+        allowed = self._ledger.settle_batch(
+            requester=batch.claims.requester,
+            subject_kind=batch.kind,
+            subject_hashes=hashes,
+            departments=frozenset(batch.departments),
+            now=self._clock(),
+        )
+        subjects = tuple(s for s, ok in zip(valid, allowed, strict=True) if ok)
+        refused += [
+            RefusedSubject(s, PINNED_REASON) for s, ok in zip(valid, allowed, strict=True) if not ok
+        ]
+        seen["refused"] = len(refused)
+        if not subjects:
+            return ChunkOutcome(chunk.chunk, (), (), tuple(refused))
+        request = ChunkRequest(
+            query_id=batch.query_id,
+            chunk=chunk.chunk,
+            subject_kind=batch.kind,
+            subject_ids=subjects,
+            shape=batch.shape,
+            purpose=batch.purpose,
+            public_key=batch.key.to_bytes(),
+            slots=batch.layout.names,
+            slot_widths=batch.layout.widths,
+            subjects_per_ciphertext=batch.per,
+        )
+        answers, failures = self._nodes.contribute_chunk_all(
+            batch.departments,
+            request,
+            token=batch.token,
+            deadline_s=self._chunk_deadline_s,
+        )
+        if failures:
+            raise Unavailable(
+                f"chunk {chunk.chunk}: a batch needs every department and "
+                + "; ".join(f"{f.department}: {f.reason}" for f in failures)
+                + "; resume the batch from this chunk when it answers"
+            )
+        count = -(-len(subjects) // batch.per)
+        seen["ciphertexts_received"] = count * len(answers)
+        sums = self._sum(batch.key, answers, count, chunk.chunk)
+        seen["ciphertexts_forwarded"] = count
+        return ChunkOutcome(chunk.chunk, subjects, sums, tuple(refused))
+
+    def _sum(
+        self, key: PublicKey, answers: list[ChunkResult], count: int, chunk: int
+    ) -> tuple[bytes, ...]:
+        columns: list[list[Ciphertext]] = [[] for _ in range(count)]
+        for answer in answers:
+            if len(answer.ciphertexts) != count or answer.chunk != chunk:
+                raise Unavailable(
+                    f"chunk {chunk}: department {answer.department} sent "
+                    f"{len(answer.ciphertexts)} ciphertexts for chunk {answer.chunk}, expected "
+                    f"{count} for chunk {chunk}; the batch stops here"
+                )
+            try:
+                for column, raw in zip(columns, answer.ciphertexts, strict=True):
+                    column.append(key.ciphertext_from_bytes(raw, field="ciphertexts"))
+            except CryptoError as exc:
+                raise Unavailable(
+                    f"chunk {chunk}: department {answer.department} sent an invalid ciphertext "
+                    f"({exc}); the batch stops here"
+                ) from exc
+        # a fresh E(0) per sum: the forwarded ciphertexts are unlinkable to every received one
+        return tuple(
+            key.add(key.add(*column), self._encryptors.encrypt(key, 0)).to_bytes()
+            for column in columns
+        )
+
+    def _record(
+        self,
+        batch: _Batch,
+        hashes: list[str],
+        decision: str,
+        reason: str,
+        extra: dict[str, int | str],
+    ) -> None:
+        self._audit.append(
+            AuditEntry(
+                time=self._clock(),
+                query_id=batch.query_id,
+                requester=batch.claims.requester,
+                purpose=batch.purpose,
+                consent_id="",
+                policy_hash=batch.engine.hash,
+                decision=decision,
+                reason=reason,
+                shape=batch.shape.value,
+                subject_hash="",
+                subject_hashes=tuple(hashes),
+                extra=extra,
+            )
+        )
+
+
+_END = object()
+
+
+def _read_ahead(chunks: Iterable[SubjectChunk], depth: int) -> Iterator[SubjectChunk]:
+    """Pull from the client's stream on a thread, so reading overlaps answering."""
+    buffer: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pump() -> None:
+        try:
+            for item in chunks:
+                if not offer(item):
+                    return
+            offer(_END)
+        except BaseException as exc:  # the stream's error surfaces in the consumer
+            offer(exc)
+
+    thread = threading.Thread(target=pump, name="osmanthus-batch-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()

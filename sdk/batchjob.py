@@ -1,0 +1,296 @@
+"""A resumable batch-scoring job: subject ids from a CSV in, one Parquet file of scores out.
+
+Work is saved after every few chunks as a Parquet part plus a checkpoint, each written to a
+temporary name and renamed into place, so an interrupted job (a crash, Ctrl-C, a department
+down) resumes from its checkpoint with no duplicate and no missing row. The finished file is
+assembled from the parts in input order, then the parts and the checkpoint are removed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from osmanthus.catalogue import SubjectModel
+from osmanthus.errors import ConfigError, ImportRejected, OsmanthusError
+from osmanthus.types import Shape
+from sdk.results import BatchScore
+
+#: the id column of the input CSV
+ID_COLUMN = "subject_id"
+#: rows kept in memory before a part is written and the checkpoint advanced
+DEFAULT_ROWS_PER_PART = 50_000
+CHECKPOINT_VERSION = 1
+
+Scorer = Callable[[Iterator[str]], Iterator[BatchScore]]
+
+
+@dataclass(frozen=True)
+class JobReport:
+    output: Path
+    rows: int
+    scored: int
+    refused: int
+    resumed_from: int
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sql_path(path: Path) -> str:
+    # COPY takes its target as a literal, not a parameter
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def read_ids(path: Path, *, skip: int = 0) -> Iterator[str]:
+    """The subject ids of the CSV at `path`, after the first `skip`, lazily."""
+    try:
+        f = path.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the input: {exc.strerror}", field="in") from None
+    with f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or ID_COLUMN not in header:
+            raise ImportRejected(
+                f"{path}: the first line must be a header naming a {ID_COLUMN!r} column",
+                problems=[(1, ID_COLUMN, "missing from the header")],
+            )
+        column = header.index(ID_COLUMN)
+        for index, row in enumerate(reader):
+            if index < skip:
+                continue
+            if len(row) <= column:
+                raise ImportRejected(
+                    f"{path}: line {index + 2} has no {ID_COLUMN!r} value",
+                    problems=[(index + 2, ID_COLUMN, "missing")],
+                )
+            yield row[column].strip()
+
+
+def count_ids(path: Path) -> int:
+    return sum(1 for _ in read_ids(path))
+
+
+class BatchJob:
+    """Score every id of `source` into `output`, resuming from `output`'s checkpoint if any."""
+
+    def __init__(
+        self,
+        *,
+        source: Path,
+        output: Path,
+        model: SubjectModel,
+        shape: Shape,
+        purpose: str,
+        chunk_size: int,
+        rows_per_part: int = DEFAULT_ROWS_PER_PART,
+    ) -> None:
+        self.source = source
+        self.output = output
+        self.model = model
+        self.shape = shape
+        self.purpose = purpose
+        self.chunk_size = chunk_size
+        # a part ends on a chunk boundary: the rows of one chunk are all saved or none are
+        self.rows_per_part = max(chunk_size, rows_per_part // chunk_size * chunk_size)
+        self.parts_dir = output.with_name(output.name + ".parts")
+        self.checkpoint_path = self.parts_dir / "checkpoint.json"
+
+    # --- checkpoint ------------------------------------------------------------------------
+
+    def _identity(self, input_digest: str) -> dict[str, Any]:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "input_sha256": input_digest,
+            "subject_kind": self.model.kind.value,
+            "shape": self.shape.value,
+            "purpose": self.purpose,
+            "chunk_size": self.chunk_size,
+        }
+
+    def _load_checkpoint(self, identity: dict[str, Any]) -> tuple[int, int, int, int]:
+        """(rows done, parts written, scored, refused) from the checkpoint, or zeros."""
+        if not self.checkpoint_path.exists():
+            if self.parts_dir.exists():
+                shutil.rmtree(self.parts_dir)
+            self.parts_dir.mkdir(parents=True)
+            return 0, 0, 0, 0
+        try:
+            saved = json.loads(self.checkpoint_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"{self.checkpoint_path}: unreadable checkpoint ({exc}); delete "
+                f"{self.parts_dir} to start the job again"
+            ) from None
+        differing = [k for k, v in identity.items() if saved.get(k) != v]
+        if differing:
+            raise ConfigError(
+                f"{self.checkpoint_path}: the checkpoint belongs to another job (its "
+                f"{', '.join(differing)} differ from this one's); delete {self.parts_dir} to "
+                "start again, or run the original command",
+                field=differing[0],
+            )
+        parts = int(saved["parts"])
+        # a part written after the last checkpoint is not part of the job: it will be redone
+        for stray in self.parts_dir.glob("part-*.parquet"):
+            if int(stray.stem.split("-")[1]) >= parts:
+                stray.unlink()
+        return int(saved["rows"]), parts, int(saved["scored"]), int(saved["refused"])
+
+    def _save_checkpoint(
+        self, identity: dict[str, Any], *, rows: int, parts: int, scored: int, refused: int
+    ) -> None:
+        state = {**identity, "rows": rows, "parts": parts, "scored": scored, "refused": refused}
+        _write_atomically(
+            self.checkpoint_path, json.dumps(state, indent=2, sort_keys=True).encode()
+        )
+
+    # --- output ----------------------------------------------------------------------------
+
+    def _columns(self) -> list[tuple[str, str]]:
+        columns = [
+            ("line", "BIGINT"),
+            ("subject_id", "VARCHAR"),
+            ("score", "INTEGER"),
+            ("grade", "VARCHAR"),
+        ]
+        if self.shape is Shape.BREAKDOWN:
+            columns.append(("deductions", "INTEGER"))
+            columns += [(c.name, "INTEGER") for c in self.model.categories]
+        columns.append(("refused", "VARCHAR"))
+        return columns
+
+    def _write_part(self, number: int, first_line: int, rows: list[BatchScore]) -> None:
+        columns = self._columns()
+        values: dict[str, list[Any]] = {name: [] for name, _ in columns}
+        for offset, row in enumerate(rows):
+            values["line"].append(first_line + offset)
+            values["subject_id"].append(row.subject_id)
+            values["score"].append(row.score)
+            values["grade"].append(row.grade)
+            if self.shape is Shape.BREAKDOWN:
+                values["deductions"].append(row.deductions)
+                for c in self.model.categories:
+                    values[c.name].append(row.bonuses.get(c.name))
+            values["refused"].append(row.refused)
+        path = self.parts_dir / f"part-{number:06d}.parquet"
+        tmp = path.with_name(path.name + ".tmp")
+        select = ", ".join(
+            f"unnest(${i + 1}::{sql_type}[]) AS {name}"
+            for i, (name, sql_type) in enumerate(columns)
+        )
+        with duckdb.connect() as con:
+            con.execute(
+                f"COPY (SELECT {select}) TO {_sql_path(tmp)} (FORMAT parquet)",
+                [values[name] for name, _ in columns],
+            )
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(self.parts_dir)
+
+    def _assemble(self, parts: int) -> None:
+        files = [str(self.parts_dir / f"part-{i:06d}.parquet") for i in range(parts)]
+        tmp = self.output.with_name(self.output.name + ".tmp")
+        with duckdb.connect() as con:
+            if files:
+                con.execute(
+                    f"COPY (SELECT * FROM read_parquet(?) ORDER BY line) TO {_sql_path(tmp)} "
+                    "(FORMAT parquet)",
+                    [files],
+                )
+            else:
+                columns = ", ".join(f"NULL::{t} AS {n}" for n, t in self._columns())
+                con.execute(f"COPY (SELECT {columns} LIMIT 0) TO {_sql_path(tmp)} (FORMAT parquet)")
+        os.replace(tmp, self.output)
+        _fsync_dir(self.output.parent)
+        shutil.rmtree(self.parts_dir)
+
+    # --- run -------------------------------------------------------------------------------
+
+    def run(self, scorer: Scorer, *, progress: Callable[[int], object] | None = None) -> JobReport:
+        """Score what is left; `progress(n)` is told of every n rows saved."""
+        if "'" in str(self.output):
+            raise ConfigError(
+                f"{self.output}: the output path may not contain a quote", field="out"
+            )
+        identity = self._identity(_sha256(self.source))
+        done, parts, scored, refused = self._load_checkpoint(identity)
+        resumed_from = done
+        if progress and done:
+            progress(done)
+        buffer: list[BatchScore] = []
+
+        def flush() -> None:
+            nonlocal done, parts, scored, refused
+            self._write_part(parts, done + 1, buffer)
+            parts += 1
+            done += len(buffer)
+            scored += sum(1 for r in buffer if r.refused is None)
+            refused += sum(1 for r in buffer if r.refused is not None)
+            self._save_checkpoint(identity, rows=done, parts=parts, scored=scored, refused=refused)
+            if progress:
+                progress(len(buffer))
+            buffer.clear()
+
+        try:
+            for row in scorer(read_ids(self.source, skip=done)):
+                buffer.append(row)
+                if len(buffer) >= self.rows_per_part:
+                    flush()
+        except BaseException as exc:
+            # rows of whole chunks already received are kept: a part ends on a chunk boundary
+            whole = len(buffer) // self.chunk_size * self.chunk_size
+            del buffer[whole:]
+            if buffer:
+                flush()
+            if isinstance(exc, OsmanthusError) and not isinstance(exc, ImportRejected):
+                raise type(exc)(
+                    f"{exc.message}; {done} of the input's rows are saved in {self.parts_dir}: "
+                    "run the same command again to resume",
+                    field=exc.field,
+                ) from exc
+            raise
+        if buffer:
+            flush()
+        self._assemble(parts)
+        return JobReport(
+            output=self.output,
+            rows=done,
+            scored=scored,
+            refused=refused,
+            resumed_from=resumed_from,
+        )

@@ -1,0 +1,173 @@
+"""`osmanthus batch score`: ids CSV in, Parquet out, and a resume after an interruption.
+
+The interruption is a real one for the job: Ctrl-C (KeyboardInterrupt) arrives while rows are
+streaming in. The resumed run must produce exactly the rows of an uninterrupted run, in input
+order, with no duplicate and no missing line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from osmanthus.catalogue import load_catalogue
+from osmanthus.cli import main
+from osmanthus.types import Role, Shape, SubjectKind
+from sdk import Client, load_or_create_keys
+from sdk.batchjob import BatchJob
+from sdk.results import BatchScore
+from tests.integration.conftest import Federation, restricted_catalogue_toml
+from tests.integration.test_scores_match_plaintext import subjects
+
+SYNC = "sync-1"
+PURPOSE = "credit_rescoring"
+CHUNK = 23
+
+
+@pytest.fixture(scope="module")
+def job_files(federation: Federation, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    work = tmp_path_factory.mktemp("batch-cli")
+    keys = load_or_create_keys(work / "sync.key")
+    token = federation.token(SYNC, role=Role.SYNC_JOB, purposes=[PURPOSE], keys=keys)
+    (work / "token").write_text(token + "\n")
+    ids = work / "ids.csv"
+    with ids.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["subject_id", "note"])
+        for subject in subjects(federation, "person")[:150]:
+            writer.writerow([subject, "x"])
+        writer.writerow(["not-an-id", "refused in place"])
+    catalogue = work / "catalogue.toml"
+    catalogue.write_text(
+        restricted_catalogue_toml([d.id for d in federation.catalogue.departments])
+    )
+    return {
+        "work": work,
+        "keys": work / "sync.key",
+        "token": work / "token",
+        "ids": ids,
+        "catalogue": catalogue,
+    }
+
+
+def test_the_restricted_catalogue_file_is_the_federations(
+    federation: Federation, job_files: dict[str, Path]
+) -> None:
+    assert load_catalogue(job_files["catalogue"]) == federation.catalogue
+
+
+def _argv(federation: Federation, files: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "batch", "score",
+        "--in", str(files["ids"]),
+        "--out", str(out),
+        "--coordinator", federation.target,
+        "--requester", SYNC,
+        "--certs-dir", str(federation.certs),
+        "--token-file", str(files["token"]),
+        "--keys", str(files["keys"]),
+        "--chunk-size", str(CHUNK),
+        "--catalogue", str(files["catalogue"]),
+        "--quiet",
+        *extra,
+    ]  # fmt: skip
+
+
+def _rows(path: Path) -> list[tuple[object, ...]]:
+    with duckdb.connect() as con:
+        return con.execute(
+            "SELECT line, subject_id, score, grade, refused FROM read_parquet(?) ORDER BY line",
+            [str(path)],
+        ).fetchall()
+
+
+def test_batch_score_writes_one_row_per_input_line(
+    federation: Federation, job_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = job_files["work"] / "whole.parquet"
+    assert main(_argv(federation, job_files, out)) == 0
+    assert "151 rows, 150 scored, 1 refused" in capsys.readouterr().out
+    rows = _rows(out)
+    assert [r[0] for r in rows] == list(range(1, 152))
+    assert rows[-1][1] == "not-an-id" and rows[-1][2] is None and rows[-1][4]
+    assert all(r[2] is not None and r[4] is None for r in rows[:-1])
+    assert not out.with_name(out.name + ".parts").exists()
+
+
+def test_an_interrupted_job_resumes_without_duplicates_or_gaps(
+    federation: Federation, job_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    whole = job_files["work"] / "reference.parquet"
+    assert main(_argv(federation, job_files, whole)) == 0
+    out = job_files["work"] / "resumed.parquet"
+    keys = load_or_create_keys(job_files["keys"])
+    token = job_files["token"].read_text().strip()
+    with Client(
+        federation.target,
+        tls=federation.tls(SYNC),
+        token=token,
+        keys=keys,
+        catalogue=federation.catalogue,
+    ) as client:
+
+        def interrupted(ids: Iterator[str]) -> Iterator[BatchScore]:
+            for n, row in enumerate(client.batch_scores(ids, purpose=PURPOSE, chunk_size=CHUNK)):
+                if n == 3 * CHUNK + 5:  # mid-chunk, after three whole chunks
+                    raise KeyboardInterrupt
+                yield row
+
+        job = BatchJob(
+            source=job_files["ids"],
+            output=out,
+            model=federation.catalogue.model(SubjectKind.PERSON),
+            shape=Shape.TOTAL,
+            purpose=PURPOSE,
+            chunk_size=CHUNK,
+            rows_per_part=CHUNK,
+        )
+        with pytest.raises(KeyboardInterrupt):
+            job.run(interrupted)
+    parts = out.with_name(out.name + ".parts")
+    checkpoint = json.loads((parts / "checkpoint.json").read_text())
+    # the three whole chunks are saved; the five rows of the fourth are not
+    assert checkpoint["rows"] == 3 * CHUNK
+    assert not out.exists()
+
+    # the same command again picks up from the checkpoint
+    capsys.readouterr()
+    assert main(_argv(federation, job_files, out)) == 0
+    assert f"(resumed after {3 * CHUNK})" in capsys.readouterr().out
+    assert _rows(out) == _rows(whole)
+    assert not parts.exists()
+
+
+def test_a_checkpoint_of_another_job_is_not_resumed(
+    federation: Federation, job_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = job_files["work"] / "other.parquet"
+    parts = out.with_name(out.name + ".parts")
+    parts.mkdir()
+    (parts / "checkpoint.json").write_text(
+        json.dumps({"version": 1, "input_sha256": "0" * 64, "rows": 5, "parts": 1})
+    )
+    assert main(_argv(federation, job_files, out)) == 3
+    err = capsys.readouterr().err
+    assert "belongs to another job" in err and "input_sha256" in err
+    assert not out.exists()
+
+
+def test_an_input_without_a_subject_id_column_is_refused(
+    federation: Federation, job_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = job_files["work"] / "bad.csv"
+    bad.write_text("resident\n110105194912310021\n")
+    argv = _argv(federation, job_files, job_files["work"] / "bad.parquet")
+    argv[argv.index("--in") + 1] = str(bad)
+    assert main(argv) == 3
+    err = capsys.readouterr().err
+    assert "'subject_id'" in err and "line 1" in err
