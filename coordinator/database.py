@@ -12,7 +12,7 @@ from osmanthus.errors import ConfigError
 
 
 class RegistryDatabase:
-    """Base of the consent, key and disclosure registries: one connection serialised by a lock.
+    """Base of the consent and key registries: one connection serialised by a lock.
 
     One connection per file keeps DuckDB's single-writer rule inside this process; the lock
     makes each registry operation (a check and its insert) atomic against concurrent RPCs.

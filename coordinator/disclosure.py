@@ -11,31 +11,96 @@ is then the same sum over time; what changes is only what the departments' recor
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Self
 
-from coordinator.database import RegistryDatabase
-from osmanthus.errors import FailedPrecondition
+from osmanthus.errors import ConfigError, FailedPrecondition
 from osmanthus.types import RequesterId, SubjectKind
 
+# SQLite, not DuckDB: the ledger is a point-lookup table that grows by one row per subject a
+# requester ever hears about (a city's millions after one batch), and SQLite keeps its B-tree
+# on disk behind a bounded page cache where DuckDB holds its ART indexes in memory
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS department_sets (
+    id INTEGER PRIMARY KEY,
+    departments TEXT NOT NULL UNIQUE     -- sorted, comma-separated
+);
 CREATE TABLE IF NOT EXISTS pinned_sets (
-    requester VARCHAR NOT NULL,
-    subject_kind VARCHAR NOT NULL,
-    subject_hash VARCHAR NOT NULL,   -- salted hash, as in the audit log: never the raw id
-    departments VARCHAR NOT NULL,    -- sorted, comma-separated
-    pinned_at TIMESTAMPTZ NOT NULL,
+    requester TEXT NOT NULL,
+    subject_kind TEXT NOT NULL,
+    subject_hash BLOB NOT NULL,          -- the salted audit hash's 32 bytes: never the raw id
+    set_id INTEGER NOT NULL REFERENCES department_sets (id),
+    pinned_at TEXT NOT NULL,
     PRIMARY KEY (requester, subject_kind, subject_hash)
-)
+) WITHOUT ROWID;
 """
+#: SQLite's page cache for the ledger, in KiB: what bounds its memory whatever its size
+_CACHE_KIB = 16 * 1024
+#: hashes per lookup statement (SQLite's default limit on parameters is far above this)
+_LOOKUP_BATCH = 500
 
 
-class DisclosureLedger(RegistryDatabase):
-    """The department set pinned for each (requester, subject), in a DuckDB file."""
+class DisclosureLedger:
+    """The department set pinned for each (requester, subject), in a SQLite file.
+
+    One connection serialised by a lock: each settle (a check and its pin) is atomic against
+    concurrent RPCs, and every pin is durable (WAL, synchronous=FULL) before an answer leaves.
+    """
 
     def __init__(self, path: Path) -> None:
-        super().__init__(path, schema=_SCHEMA, what="disclosure ledger")
+        self.path = path
+        try:
+            self._db = sqlite3.connect(
+                str(path), check_same_thread=False, isolation_level=None, timeout=30
+            )
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._db.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"{path}: cannot open the disclosure ledger: {exc}") from exc
+        self._lock = threading.Lock()
+        self._set_ids: dict[str, int] = {}
+        self._sets: dict[int, frozenset[str]] = {}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _set(self, set_id: int) -> frozenset[str]:
+        found = self._sets.get(set_id)
+        if found is None:
+            row = self._db.execute(
+                "SELECT departments FROM department_sets WHERE id = ?", (set_id,)
+            ).fetchone()
+            found = frozenset(row[0].split(",")) if row and row[0] else frozenset()
+            self._sets[set_id] = found
+        return found
+
+    def _set_id(self, departments: frozenset[str]) -> int:
+        text = ",".join(sorted(departments))
+        found = self._set_ids.get(text)
+        if found is None:
+            self._db.execute(
+                "INSERT INTO department_sets (departments) VALUES (?) ON CONFLICT DO NOTHING",
+                (text,),
+            )
+            row = self._db.execute(
+                "SELECT id FROM department_sets WHERE departments = ?", (text,)
+            ).fetchone()
+            found = int(row[0])
+            self._set_ids[text] = found
+        return found
 
     def settle(
         self,
@@ -55,14 +120,15 @@ class DisclosureLedger(RegistryDatabase):
         refuse (too few departments, partial coverage refused by policy). Check and pin happen
         under one lock, so two concurrent first answers cannot pin two different sets.
         """
+        key = bytes.fromhex(subject_hash)
         with self._lock:
             row = self._db.execute(
-                "SELECT departments FROM pinned_sets "
+                "SELECT set_id FROM pinned_sets "
                 "WHERE requester = ? AND subject_kind = ? AND subject_hash = ?",
-                [requester, subject_kind.value, subject_hash],
+                (requester, subject_kind.value, key),
             ).fetchone()
             if row is not None:
-                pinned = frozenset(row[0].split(","))
+                pinned = self._set(int(row[0]))
                 lacking = pinned - answered
                 if lacking:
                     raise FailedPrecondition(
@@ -74,10 +140,16 @@ class DisclosureLedger(RegistryDatabase):
                 release(pinned)
                 return pinned
             release(answered)
-            self._db.execute(
-                "INSERT INTO pinned_sets VALUES (?, ?, ?, ?, ?)",
-                [requester, subject_kind.value, subject_hash, ",".join(sorted(answered)), now],
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT INTO pinned_sets VALUES (?, ?, ?, ?, ?)",
+                    (requester, subject_kind.value, key, self._set_id(answered), now.isoformat()),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
             return answered
 
     def settle_batch(
@@ -96,20 +168,32 @@ class DisclosureLedger(RegistryDatabase):
         set in between. A subject pinned to another set is refused (False); a batch sums one set
         for the whole chunk and cannot leave a department out for one subject.
         """
-        wanted = ",".join(sorted(departments))
-        unique = sorted(set(subject_hashes))
+        keys = [bytes.fromhex(h) for h in subject_hashes]
+        unique = sorted(set(keys))
         with self._lock:
-            rows = self._db.execute(
-                "SELECT subject_hash, departments FROM pinned_sets "
-                "WHERE requester = ? AND subject_kind = ? "
-                "AND subject_hash IN (SELECT unnest(?::VARCHAR[]))",
-                [requester, subject_kind.value, unique],
-            ).fetchall()
-            pinned = dict(rows)
-            fresh = [h for h in unique if h not in pinned]
-            if fresh:
-                self._db.execute(
-                    "INSERT INTO pinned_sets SELECT ?, ?, unnest(?::VARCHAR[]), ?, ?",
-                    [requester, subject_kind.value, fresh, wanted, now],
+            wanted = self._set_id(departments)
+            pinned: dict[bytes, int] = {}
+            for i in range(0, len(unique), _LOOKUP_BATCH):
+                part = unique[i : i + _LOOKUP_BATCH]
+                marks = ",".join("?" * len(part))
+                pinned.update(
+                    self._db.execute(
+                        "SELECT subject_hash, set_id FROM pinned_sets "
+                        f"WHERE requester = ? AND subject_kind = ? AND subject_hash IN ({marks})",
+                        (requester, subject_kind.value, *part),
+                    ).fetchall()
                 )
-        return [pinned.get(h, wanted) == wanted for h in subject_hashes]
+            fresh = [k for k in unique if k not in pinned]
+            if fresh:
+                stamp = now.isoformat()
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.executemany(
+                        "INSERT INTO pinned_sets VALUES (?, ?, ?, ?, ?)",
+                        ((requester, subject_kind.value, k, wanted, stamp) for k in fresh),
+                    )
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+        return [pinned.get(k, wanted) == wanted for k in keys]

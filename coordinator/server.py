@@ -90,7 +90,7 @@ def start_coordinator(
     )
     config.state_dir.mkdir(parents=True, exist_ok=True)
     salt_path = config.state_dir / "audit.salt"
-    ledger_path = config.state_dir / "disclosures.duckdb"
+    ledger_path = config.state_dir / "disclosures.sqlite"
     if ledger_path.exists() and not salt_path.exists():
         # a new salt would silently unpin every subject in the ledger
         raise ConfigError(
