@@ -8,6 +8,7 @@ import logging
 import re
 import threading
 import types
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,25 @@ _LOWEST_MIN_DEPARTMENTS: Final = 2
 # context keys worth naming in a denial, in the order a reader expects them
 _REASON_CONTEXT_KEYS: Final = ("shape", "consent", "subject_kind", "answered", "expected")
 _INTERNAL_ID = re.compile(r"`(policy\d+)`")
+#: recent decisions each policy engine remembers (a few hundred bytes each)
+DECISION_CACHE_ENTRIES: Final = 4096
+
+
+def _cache_key(request: PolicyRequest) -> tuple[object, ...] | None:
+    """A hashable form of the request, or None when a value is not a plain scalar."""
+    items = (*request.principal_attrs.items(), *request.context.items())
+    if not all(isinstance(v, str | int | bool) for _, v in items):
+        return None
+    return (
+        request.principal_type,
+        request.principal_id,
+        # the type is part of the key: Cedar tells the Long 1 from the Bool true
+        tuple(sorted((k, type(v).__name__, v) for k, v in request.principal_attrs.items())),
+        request.action,
+        request.resource_type,
+        request.resource_id,
+        tuple(sorted((k, type(v).__name__, v) for k, v in request.context.items())),
+    )
 
 
 @dataclass(frozen=True)
@@ -114,6 +134,10 @@ class PolicyEngine:
     def __init__(self, *, source: str, origin: str) -> None:
         self.origin = origin
         self.source = source
+        # a decision is a pure function of the request and this immutable policy set, and a
+        # node asks the same few questions for every query: remember the recent answers
+        self._decisions: OrderedDict[tuple[object, ...], Decision] = OrderedDict()
+        self._decisions_lock = threading.Lock()
         self.hash: str = hashlib.sha256(source.encode("utf-8")).hexdigest()
         statements = _split_statements(source)
         try:
@@ -193,6 +217,22 @@ class PolicyEngine:
         return max(values, default=DEFAULT_MIN_DEPARTMENTS)
 
     def decide(self, request: PolicyRequest) -> Decision:
+        key = _cache_key(request)
+        if key is not None:
+            with self._decisions_lock:
+                cached = self._decisions.get(key)
+                if cached is not None:
+                    self._decisions.move_to_end(key)
+                    return cached
+        decision = self._evaluate(request)
+        if key is not None:
+            with self._decisions_lock:
+                self._decisions[key] = decision
+                if len(self._decisions) > DECISION_CACHE_ENTRIES:
+                    self._decisions.popitem(last=False)
+        return decision
+
+    def _evaluate(self, request: PolicyRequest) -> Decision:
         principal = {"type": request.principal_type, "id": request.principal_id}
         resource = {"type": request.resource_type, "id": request.resource_id}
         cedar_request = {

@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ SINGLE_USE_CLAIM = "single_use"
 #: anything longer is refused before parsing; real tokens are well under 1 KiB
 MAX_TOKEN_BYTES = 8192
 MAX_LEEWAY = datetime.timedelta(minutes=5)
+#: verified token payloads a verifier remembers (one per active requester token)
+VERIFIED_CACHE_ENTRIES = 1024
 
 _REQUESTER_RE = PEER_NAME_PATTERN
 _PURPOSE_RE = PURPOSE_PATTERN
@@ -262,6 +265,11 @@ class TokenVerifier:
         self._leeway = leeway
         self._clock = clock
         self._jws = jwt.PyJWS()
+        # signature checks are most of a verification and the same token arrives with every
+        # query of its requester: remember verified payloads (never claims: the times, the
+        # audience and single use are checked on every call)
+        self._verified: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._verified_lock = threading.Lock()
 
     @classmethod
     def from_file(cls, path: Path, **kw: Any) -> TokenVerifier:
@@ -275,7 +283,16 @@ class TokenVerifier:
 
     def verify(self, token: str) -> TokenClaims:
         """The token's claims if it is valid now; Unauthenticated naming the cause otherwise."""
-        payload = self._verified_payload(token)
+        with self._verified_lock:
+            payload = self._verified.get(token) if isinstance(token, str) else None
+            if payload is not None:
+                self._verified.move_to_end(token)
+        if payload is None:
+            payload = self._verified_payload(token)
+            with self._verified_lock:
+                self._verified[token] = payload
+                if len(self._verified) > VERIFIED_CACHE_ENTRIES:
+                    self._verified.popitem(last=False)
         claims = self._claims(payload)
         if claims.single_use:
             # Remember past expiry plus leeway: that is how long the token would still be accepted.

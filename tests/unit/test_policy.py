@@ -537,3 +537,39 @@ def test_decisions_during_reloads_come_from_one_whole_policy(tmp_path: Path) -> 
     thread.join()
     assert seen
     assert set(seen) <= {(True, False), (False, True)}
+
+
+# --- remembered decisions -----------------------------------------------------------------------
+
+
+def test_a_repeated_request_is_answered_from_memory_with_the_same_decision(
+    central: PolicyEngine,
+) -> None:
+    first = central.decide(person("bank", "loan_underwriting", "valid"))
+    again = central.decide(person("bank", "loan_underwriting", "valid"))
+    assert again is first and first.allowed
+    # any fact that differs is a different question
+    assert not central.decide(person("bank", "loan_underwriting", "revoked")).allowed
+    assert not central.decide(person("library", "loan_underwriting", "valid")).allowed
+    assert central.decide(person("bank", "loan_underwriting", "valid")) is first
+
+
+def test_a_long_and_a_bool_with_equal_python_values_are_different_questions(
+    central: PolicyEngine,
+) -> None:
+    # 1 == True in Python; to Cedar they are a Long and a Bool, and the policy must see which
+    as_long = ask("sync_job", "AcceptPartial", ("Dataset", "person"), {
+        "purpose": "x", "shape": "total", "answered": 1, "expected": 1})  # fmt: skip
+    as_bool = ask("sync_job", "AcceptPartial", ("Dataset", "person"), {
+        "purpose": "x", "shape": "total", "answered": True, "expected": 1})  # fmt: skip
+    assert central.decide(as_long).allowed
+    assert not central.decide(as_bool).allowed
+
+
+def test_the_decision_memory_is_bounded(central: PolicyEngine) -> None:
+    from osmanthus.policy import DECISION_CACHE_ENTRIES
+
+    for i in range(DECISION_CACHE_ENTRIES + 10):
+        central.decide(ask("bank", "PersonQuery", ("Dataset", "person"), {
+            "purpose": f"p{i}", "shape": "total", "consent": "valid"}))  # fmt: skip
+    assert len(central._decisions) == DECISION_CACHE_ENTRIES

@@ -567,3 +567,40 @@ def test_verifier_refuses_an_unreasonable_leeway(
     with pytest.raises(ConfigError) as caught:
         TokenVerifier.from_file(issuer_keys.public, replay_cache=ReplayCache(), leeway=leeway)
     assert caught.value.field == "leeway"
+
+
+# --- the verified-payload cache -------------------------------------------------------------------
+
+
+def test_a_remembered_token_is_still_refused_once_it_expires(
+    issuer_keys: Any, issuer: TokenIssuer
+) -> None:
+    now = [_now()]
+    verifier = TokenVerifier.from_file(
+        issuer_keys.public, replay_cache=ReplayCache(), clock=lambda: now[0]
+    )
+    token = _issue(issuer)
+    verifier.verify(token)
+    verifier.verify(token)  # from the cache
+    now[0] += HOUR + datetime.timedelta(minutes=1)
+    assert "expired" in _refused(verifier, token)
+
+
+def test_a_remembered_single_use_token_is_still_refused_when_replayed(
+    issuer: TokenIssuer, verifier: TokenVerifier
+) -> None:
+    token = _issue(issuer, single_use=True)
+    verifier.verify(token)
+    # the payload is remembered, but single use is judged on every call
+    assert "already used" in _refused(verifier, token)
+
+
+def test_a_tampered_twin_of_a_remembered_token_is_refused(
+    issuer: TokenIssuer, verifier: TokenVerifier
+) -> None:
+    token = _issue(issuer)
+    verifier.verify(token)
+    header, _, signature = token.split(".")
+    forged = _segment({**_payload(), "purposes": ["court_enforcement"]})
+    assert "signature" in _refused(verifier, f"{header}.{forged}.{signature}")
+    assert verifier.verify(token).purposes == frozenset({"loan_underwriting"})
