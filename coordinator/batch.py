@@ -325,6 +325,7 @@ class BatchScorer:
             )
         count = -(-len(subjects) // batch.per)
         seen["ciphertexts_received"] = count * len(answers)
+        seen["ciphertext_bytes_received"] = sum(len(c) for a in answers for c in a.ciphertexts)
         sums = self._sum(batch.key, answers, count, chunk.chunk)
         seen["ciphertexts_forwarded"] = count
         return ChunkOutcome(chunk.chunk, subjects, sums, tuple(refused))

@@ -21,11 +21,12 @@ from osmanthus.seed import seed
 from osmanthus.tls import TlsFiles
 from osmanthus.tokens import TokenIssuer, generate_issuer_keypair
 from osmanthus.types import Role, Shape, SubjectKind
-from sdk import Client, EnterpriseScore, PersonScore, load_or_create_keys
+from sdk import Client, ConsentRecord, EnterpriseScore, PersonScore, load_or_create_keys
 
 _MARKER = ".osmanthus-demo"
 AGENCY = "agency-1"
 REGISTRAR = "registrar"
+RESCORING = "rescoring"
 
 
 def _say(text: str = "") -> None:
@@ -117,16 +118,51 @@ def _card(result: PersonScore, catalogue: Catalogue) -> str:
     return "\n".join(lines)
 
 
+def _batch_summary(
+    client: Client, data: Path, catalogue: Catalogue, *, compare: tuple[ConsentRecord, Client]
+) -> str:
+    with (data / "subjects.csv").open() as f:
+        ids = [r["subject_id"] for r in csv.DictReader(f) if r["subject_kind"] == "person"]
+    per = client.subjects_per_ciphertext(SubjectKind.PERSON, Shape.TOTAL)
+    started = time.monotonic()
+    rows = list(client.batch_scores(ids, purpose="credit_rescoring"))
+    elapsed = time.monotonic() - started
+    scores = sorted(r.score for r in rows if r.score is not None)
+    consent, agency = compare
+    card = agency.person_score(
+        consent.subject_id, purpose="loan_underwriting", consent_id=consent.consent_id
+    )
+    mine = next(r for r in rows if r.subject_id == consent.subject_id)
+    model = catalogue.model(SubjectKind.PERSON)
+    bands = [(lo, hi) for lo, hi in ((0, 59), (60, 89), (90, 99), (100, 119), (120, model.ceiling))]
+    histogram = ", ".join(
+        f"{lo}-{hi}: {sum(1 for s in scores if lo <= s <= hi)}" for lo, hi in bands
+    )
+    return "\n".join(
+        [
+            f"  {len(scores)} scored, {len(rows) - len(scores)} refused, in {elapsed:.1f} s; "
+            f"{per} persons per ciphertext, so each department encrypted "
+            f"{-(-len(ids) // per)} ciphertexts instead of {len(ids)}",
+            f"  scores: median {scores[len(scores) // 2]}; {histogram}",
+            f"  {mask_subject(consent.subject_id)}: batch {mine.score}, agency-1's single "
+            f"query {card.score} (the same sum, under two different keys)",
+        ]
+    )
+
+
 def _coordinator_view(audit_path: Path) -> str:
     entries = [AuditEntry.from_json(line) for line in audit_path.read_text().splitlines() if line]
-    allowed = sum(1 for e in entries if e.decision == "allow")
+    chunks = [e for e in entries if e.subject_hashes]
+    queries = [e for e in entries if e.subject_hash]
+    allowed = sum(1 for e in queries if e.decision == "allow")
     received = sum(int(e.extra.get("ciphertexts_received", 0)) for e in entries)
     size = sum(int(e.extra.get("ciphertext_bytes_received", 0)) for e in entries)
     forwarded = sum(int(e.extra.get("ciphertexts_forwarded", 0)) for e in entries)
     return (
         f"What the coordinator saw: {received} ciphertexts ({size / 1024:.0f} KiB) from the "
         f"departments; it forwarded {forwarded} re-randomised sums for {allowed} answered queries "
-        f"and refused {len(entries) - allowed}. It holds no decryption key and logged only salted "
+        f"and {len(chunks)} batch chunk{'' if len(chunks) == 1 else 's'}, and refused "
+        f"{len(queries) - allowed} queries. It holds no decryption key and logged only salted "
         "subject hashes."
     )
 
@@ -151,14 +187,23 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
 
     _step(t0, "Creating the platform CA, node/coordinator/requester certificates and issuer key")
     certs = workdir / "certs"
-    init_platform(certs, departments=departments, requesters=[AGENCY, REGISTRAR])
+    init_platform(certs, departments=departments, requesters=[AGENCY, REGISTRAR, RESCORING])
     issuer_dir = workdir / "issuer"
     generate_issuer_keypair(issuer_dir / "issuer.key", issuer_dir / "issuer.pub")
     issuer = TokenIssuer.from_file(issuer_dir / "issuer.key")
 
-    _step(t0, "Generating 2048-bit Paillier keys for the credit agency and the consent registrar")
+    _step(t0, "Generating 2048-bit Paillier keys for the credit agency, the consent registrar and "
+          "the platform's rescoring service")  # fmt: skip
     agency_keys = load_or_create_keys(workdir / "keys" / f"{AGENCY}.key")
     registrar_keys = load_or_create_keys(workdir / "keys" / f"{REGISTRAR}.key")
+    rescoring_keys = load_or_create_keys(workdir / "keys" / f"{RESCORING}.key")
+    rescoring_token = issuer.issue(
+        requester=RESCORING,
+        role=Role.PLATFORM_SERVICE,
+        purposes=["credit_rescoring"],
+        key_fingerprint=rescoring_keys.fingerprint,
+        ttl=timedelta(hours=1),
+    )
     agency_token = issuer.issue(
         requester=AGENCY,
         role=Role.CREDIT_AGENCY,
@@ -246,6 +291,13 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
                 )
             except OsmanthusError as exc:
                 _say(f"  refused ({type(exc).__name__}): {exc}")
+
+            _step(t0, f"The platform's rescoring service scores all {persons} citizens in one "
+                  "batch (TOTAL; a statutory duty, so no consent per person)")  # fmt: skip
+            with Client(
+                target, tls=tls(RESCORING), token=rescoring_token, keys=rescoring_keys
+            ) as rescoring:
+                _say(_batch_summary(rescoring, data, catalogue, compare=(consents[1], agency)))
 
             _step(t0, "The volunteers' node goes down; a first answer about a newly consenting "
                   "citizen is explicitly partial")  # fmt: skip
