@@ -26,6 +26,7 @@ from osmanthus.crypto import Ciphertext, EncryptorCache, PublicKey
 from osmanthus.encoding import SlotLayout
 from osmanthus.errors import (
     CryptoError,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     OsmanthusError,
@@ -44,6 +45,11 @@ _log = logging.getLogger(__name__)
 DEFAULT_WINDOW = 3
 #: a chunk's deadline: the slowest node must score, pack and encrypt MAX_CHUNK_SUBJECTS subjects
 DEFAULT_CHUNK_DEADLINE_S = 120.0
+#: batches running at once: each holds an RPC thread for its whole length, and single queries
+#: must keep the rest of the coordinator's threads
+DEFAULT_MAX_BATCHES = 2
+#: a batch whose client sends no chunk for this long is closed, freeing its place
+DEFAULT_IDLE_S = 300.0
 PINNED_REASON = (
     "earlier answers to you about this subject summed a different set of departments; a batch "
     "sums every department and would disclose the difference by subtraction: query it singly"
@@ -108,6 +114,27 @@ class _Batch:
     engine: PolicyEngine
 
 
+class BatchRun:
+    """The chunks of one admitted batch; close() ends it and frees its place (idempotent)."""
+
+    def __init__(self, outcomes: Iterator[ChunkOutcome], release: Callable[[], None]) -> None:
+        self._outcomes = outcomes
+        self._release: Callable[[], None] | None = release
+
+    def __iter__(self) -> Iterator[ChunkOutcome]:
+        return self._outcomes
+
+    def close(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            try:
+                close = getattr(self._outcomes, "close", None)
+                if close is not None:
+                    close()
+            finally:
+                release()
+
+
 class BatchScorer:
     """Runs BatchQuery streams for the coordinator service."""
 
@@ -124,6 +151,8 @@ class BatchScorer:
         clock: Callable[[], datetime],
         window: int = DEFAULT_WINDOW,
         chunk_deadline_s: float = DEFAULT_CHUNK_DEADLINE_S,
+        max_batches: int = DEFAULT_MAX_BATCHES,
+        idle_s: float = DEFAULT_IDLE_S,
     ) -> None:
         self._catalogue = catalogue
         self._nodes = nodes
@@ -135,8 +164,11 @@ class BatchScorer:
         self._clock = clock
         self._window = window
         self._chunk_deadline_s = chunk_deadline_s
+        self._max_batches = max_batches
+        self._idle_s = idle_s
+        self._running = threading.BoundedSemaphore(max_batches)
         self._workers = ThreadPoolExecutor(
-            max_workers=max(2, 2 * window), thread_name_prefix="osmanthus-batch"
+            max_workers=max(2, window * max_batches), thread_name_prefix="osmanthus-batch"
         )
 
     def close(self) -> None:
@@ -228,12 +260,21 @@ class BatchScorer:
         )
         return plan, batch
 
-    def run(self, batch: _Batch, chunks: Iterable[SubjectChunk]) -> Iterator[ChunkOutcome]:
+    def admit(self, batch: _Batch, chunks: Iterable[SubjectChunk]) -> BatchRun:
+        """Take one of the places for running batches, or refuse with Unavailable."""
+        if not self._running.acquire(blocking=False):
+            raise Unavailable(
+                f"the coordinator is already running its maximum of {self._max_batches} batches; "
+                "retry when one has finished"
+            )
+        return BatchRun(self._run(batch, chunks), self._running.release)
+
+    def _run(self, batch: _Batch, chunks: Iterable[SubjectChunk]) -> Iterator[ChunkOutcome]:
         """Answer chunks in order, keeping at most `window` in flight."""
         inflight: deque[Future[ChunkOutcome]] = deque()
         expected_number = 0
         try:
-            for chunk in _read_ahead(chunks, self._window):
+            for chunk in _read_ahead(chunks, self._window, idle_s=self._idle_s):
                 if chunk.chunk != expected_number:
                     raise InvalidArgument(
                         f"chunk {chunk.chunk} arrived where chunk {expected_number} was due; "
@@ -384,7 +425,9 @@ class BatchScorer:
 _END = object()
 
 
-def _read_ahead(chunks: Iterable[SubjectChunk], depth: int) -> Iterator[SubjectChunk]:
+def _read_ahead(
+    chunks: Iterable[SubjectChunk], depth: int, *, idle_s: float
+) -> Iterator[SubjectChunk]:
     """Pull from the client's stream on a thread, so reading overlaps answering."""
     buffer: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -411,7 +454,12 @@ def _read_ahead(chunks: Iterable[SubjectChunk], depth: int) -> Iterator[SubjectC
     thread.start()
     try:
         while True:
-            item = buffer.get()
+            try:
+                item = buffer.get(timeout=idle_s)
+            except queue.Empty:
+                raise DeadlineExceeded(
+                    f"no chunk arrived for {idle_s:g} s; the batch is closed", field="chunk"
+                ) from None
             if item is _END:
                 return
             if isinstance(item, BaseException):

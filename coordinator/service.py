@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from certs import PeerRole
-from coordinator.batch import BatchHeader, BatchPlan, BatchScorer, ChunkOutcome, SubjectChunk
+from coordinator.batch import BatchHeader, BatchPlan, BatchRun, BatchScorer, SubjectChunk
 from coordinator.consent import Consent, ConsentRegistry, ConsentState
 from coordinator.disclosure import DisclosureLedger
 from coordinator.keys import KeyRegistry
@@ -492,19 +492,27 @@ class CoordinatorService:
         *,
         caller: PeerIdentity,
         token: str | None,
-    ) -> tuple[BatchPlan, Iterator[ChunkOutcome]]:
-        """Check the batch as a whole, then answer its chunks as they arrive (see batch.py)."""
+    ) -> tuple[BatchPlan, BatchRun]:
+        """Check the batch as a whole, then answer its chunks as they arrive (see batch.py).
+
+        The caller must close() the returned run, whether or not it iterated it.
+        """
         query_id = new_query_id()
         claims: TokenClaims | None = None
         try:
             claims = self.authenticate(caller, token)
             assert token is not None  # authenticate() refuses a missing token
             plan, batch = self._batches.plan(query_id, header, claims, token)
+            run = self._batches.admit(batch, chunks)
         except OsmanthusError as exc:
             self._record_batch(query_id, header, claims, "deny", redacted_reason(exc))
             raise
-        self._record_batch(query_id, header, claims, "allow", "batch opened")
-        return plan, self._batches.run(batch, chunks)
+        try:
+            self._record_batch(query_id, header, claims, "allow", "batch opened")
+        except BaseException:
+            run.close()
+            raise
+        return plan, run
 
     def _record_batch(
         self,

@@ -62,9 +62,13 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             caller=peer_identity(context),
             token=bearer_token(context),
         )
-        yield convert.batch_layout(plan)
-        for outcome in outcomes:
-            yield convert.chunk_result(outcome)
+        try:
+            yield convert.batch_layout(plan)
+            for outcome in outcomes:
+                yield convert.chunk_result(outcome)
+        finally:
+            # also when the client goes away mid-stream: the batch's place is freed
+            outcomes.close()
 
     @servicer_method
     def GrantConsent(  # noqa: N802 - gRPC method name

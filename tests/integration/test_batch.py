@@ -19,7 +19,7 @@ from osmanthus.encoding import SlotLayout
 from osmanthus.grpc_errors import FIELD_METADATA_KEY
 from osmanthus.types import DepartmentId, Role, Shape, SubjectKind
 from osmanthus.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
-from sdk import Client, FailedPrecondition, PermissionDenied, RequesterKeys
+from sdk import Client, FailedPrecondition, PermissionDenied, RequesterKeys, Unavailable
 from sdk.results import BatchScore
 from tests.integration.conftest import Federation
 from tests.integration.test_scores_match_plaintext import (
@@ -292,3 +292,47 @@ def test_the_coordinators_audit_names_chunks_by_subject_hashes_only(
         at_node = [e for e in lines if e["query_id"] == query_id]
         assert len(at_node) == 3, dept.id
         assert not any(p in node_audit.read_text() for p in persons)
+
+
+def test_at_most_two_batches_run_at_once_and_a_cancelled_one_frees_its_place(
+    federation: Federation, sync: Client
+) -> None:
+    import threading
+    import time
+
+    token = federation.token(SYNC, role=Role.SYNC_JOB, purposes=[PURPOSE])
+    metadata = (("authorization", f"Bearer {token}"),)
+    release = threading.Event()
+
+    def held_open() -> Iterator[coordinator_pb2.BatchQueryRequest]:
+        yield _header(federation)
+        release.wait(30)  # the client sends no chunk and does not end its stream
+
+    stub = _stub(federation)
+    running = [stub.BatchQuery(held_open(), metadata=metadata, timeout=30) for _ in range(2)]
+    for call in running:
+        assert next(call).WhichOneof("item") == "layout"  # admitted
+    third = stub.BatchQuery(
+        iter([_header(federation), _chunk(0, subjects(federation, "person")[:2])]),
+        metadata=metadata,
+        timeout=30,
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        list(third)
+    error = caught.value
+    assert isinstance(error, grpc.Call)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "maximum of 2 batches" in (error.details() or "")
+    # a client that goes away mid-batch frees its place
+    running[0].cancel()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            rows = list(sync.batch_scores(subjects(federation, "person")[:3], purpose=PURPOSE))
+            break
+        except Unavailable:
+            assert time.monotonic() < deadline, "the cancelled batch kept its place"
+            time.sleep(0.1)
+    assert [r.refused for r in rows] == [None] * 3
+    release.set()
+    running[1].cancel()
