@@ -114,6 +114,35 @@ class _Batch:
     engine: PolicyEngine
 
 
+class SendWatchdog:
+    """Cancels a call whose client has not taken one response within `seconds`.
+
+    A client that stops reading blocks the server in flow control, holding its batch place;
+    `with watchdog: yield response` times each hand-over, and only that.
+    """
+
+    def __init__(self, cancel: Callable[[], object], *, seconds: float = DEFAULT_IDLE_S) -> None:
+        self._cancel = cancel
+        self._seconds = seconds
+        self._timer: threading.Timer | None = None
+        self.fired = False
+
+    def _fire(self) -> None:
+        self.fired = True
+        _log.warning("a batch client took no response for %g s; cancelling it", self._seconds)
+        self._cancel()
+
+    def __enter__(self) -> SendWatchdog:
+        self._timer = threading.Timer(self._seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
 class BatchRun:
     """The chunks of one admitted batch; close() ends it and frees its place (idempotent)."""
 
@@ -308,7 +337,11 @@ class BatchScorer:
         except Exception:
             self._record(batch, hashes, "deny", "internal error", seen)
             raise
-        self._record(batch, hashes, "allow", "batch chunk sums forwarded", seen)
+        reason = (
+            f"batch chunk {chunk.chunk}: sums of {len(outcome.subject_ids)} subjects forwarded, "
+            f"{len(outcome.refused)} refused"
+        )
+        self._record(batch, hashes, "allow", reason, seen)
         return outcome
 
     def _answer_checked(
@@ -320,9 +353,12 @@ class BatchScorer:
     ) -> ChunkOutcome:
         refused: list[RefusedSubject] = []
         valid: list[str] = []
+        # a refusal names the id as the client sent it, which the client matches its input by
+        raws: list[str] = []
         for raw in chunk.subject_ids:
             try:
                 valid.append(validate_subject(batch.kind, raw, field="subject_ids"))
+                raws.append(raw)
             except InvalidArgument as exc:
                 refused.append(RefusedSubject(raw, f"invalid: {exc}"))
         hashes.extend(self._audit.subject_hashes(valid))
@@ -335,7 +371,9 @@ class BatchScorer:
         )
         subjects = tuple(s for s, ok in zip(valid, allowed, strict=True) if ok)
         refused += [
-            RefusedSubject(s, PINNED_REASON) for s, ok in zip(valid, allowed, strict=True) if not ok
+            RefusedSubject(raw, PINNED_REASON)
+            for raw, ok in zip(raws, allowed, strict=True)
+            if not ok
         ]
         seen["refused"] = len(refused)
         if not subjects:
@@ -359,10 +397,17 @@ class BatchScorer:
             deadline_s=self._chunk_deadline_s,
         )
         if failures:
+            why = "; ".join(f"{f.department}: {f.reason}" for f in failures)
+            lasting = [f for f in failures if f.error is not None and not f.error.retryable]
+            if lasting:
+                # a refusal will not go away by asking again: say so, and do not invite a resume
+                raise PermissionDenied(
+                    f"chunk {chunk.chunk}: a batch needs every department, and {why}; this is "
+                    "not a passing fault: the department's policy or your token must change first"
+                )
             raise Unavailable(
-                f"chunk {chunk.chunk}: a batch needs every department and "
-                + "; ".join(f"{f.department}: {f.reason}" for f in failures)
-                + "; resume the batch from this chunk when it answers"
+                f"chunk {chunk.chunk}: a batch needs every department and {why}; resume the "
+                "batch from this chunk when it answers"
             )
         count = -(-len(subjects) // batch.per)
         seen["ciphertexts_received"] = count * len(answers)

@@ -19,7 +19,13 @@ from node.convert import (
     contribution_result,
 )
 from node.service import ChunkRequest, ChunkResult, ContributionRequest, ContributionResult
-from osmanthus.errors import ConfigError, DeadlineExceeded, PermissionDenied, Unavailable
+from osmanthus.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    OsmanthusError,
+    PermissionDenied,
+    Unavailable,
+)
 from osmanthus.grpc_errors import error_from_rpc
 from osmanthus.tls import TlsFiles, node_server_name, secure_channel
 from osmanthus.types import DepartmentId
@@ -47,6 +53,8 @@ _CHANNEL_OPTIONS = (
 class NodeFailure:
     department: DepartmentId
     reason: str
+    #: the node's error, when it answered with one
+    error: OsmanthusError | None = None
 
 
 def _failure_reason(exc: grpc.RpcError, deadline_s: float) -> str:
@@ -90,6 +98,11 @@ class NodePool:
         self._callers = ThreadPoolExecutor(
             max_workers=max(4, 2 * len(self._stubs)), thread_name_prefix="osmanthus-fanout"
         )
+        # batch chunks take seconds each: on their own threads, single queries never queue
+        # behind them
+        self._chunk_callers = ThreadPoolExecutor(
+            max_workers=max(4, 2 * len(self._stubs)), thread_name_prefix="osmanthus-chunks"
+        )
 
     @property
     def departments(self) -> frozenset[DepartmentId]:
@@ -105,6 +118,7 @@ class NodePool:
     ) -> tuple[list[ContributionResult], list[NodeFailure]]:
         """Ask every department at once; each call is bounded by the same deadline."""
         return self._fan_out(
+            self._callers,
             departments,
             "Contribute",
             contribute_request_message(request),
@@ -123,6 +137,7 @@ class NodePool:
     ) -> tuple[list[ChunkResult], list[NodeFailure]]:
         """One batch chunk to every department at once, under one deadline."""
         return self._fan_out(
+            self._chunk_callers,
             departments,
             "ContributeChunk",
             chunk_request_message(request),
@@ -133,6 +148,7 @@ class NodePool:
 
     def _fan_out(
         self,
+        callers: ThreadPoolExecutor,
         departments: Sequence[DepartmentId],
         method: str,
         message: Any,
@@ -150,14 +166,16 @@ class NodePool:
             call = functools.partial(
                 getattr(stub, method), message, timeout=deadline_s, metadata=metadata
             )
-            pending.append((dept, self._callers.submit(call)))
+            pending.append((dept, callers.submit(call)))
         answers: list[R] = []
         failures: list[NodeFailure] = []
         for dept, future in pending:
             try:
                 answer = convert(future.result())
             except grpc.RpcError as exc:
-                failures.append(NodeFailure(dept, _failure_reason(exc, deadline_s)))
+                failures.append(
+                    NodeFailure(dept, _failure_reason(exc, deadline_s), error_from_rpc(exc))
+                )
                 continue
             if answer.department != dept:
                 failures.append(
@@ -169,5 +187,6 @@ class NodePool:
 
     def close(self) -> None:
         self._callers.shutdown(wait=False, cancel_futures=True)
+        self._chunk_callers.shutdown(wait=False, cancel_futures=True)
         for channel in self._channels:
             channel.close()

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import grpc
 
 from coordinator import convert
+from coordinator.batch import SendWatchdog
 from coordinator.service import CoordinatorService
 from node.servicer import bearer_token
 from osmanthus.grpc_errors import servicer_method, stream_servicer_method
@@ -62,10 +63,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             caller=peer_identity(context),
             token=bearer_token(context),
         )
+        watchdog = SendWatchdog(context.cancel)
         try:
-            yield convert.batch_layout(plan)
+            with watchdog:
+                yield convert.batch_layout(plan)
             for outcome in outcomes:
-                yield convert.chunk_result(outcome)
+                message = convert.chunk_result(outcome)
+                with watchdog:
+                    yield message
         finally:
             # also when the client goes away mid-stream: the batch's place is freed
             outcomes.close()

@@ -371,6 +371,8 @@ _SUBJECT_FIELDS = frozenset({"subject_id", "resident_id", "credit_code"})
 
 def redacted_reason(error: OsmanthusError) -> str:
     """The reason an audit entry records for a refusal, without any piece of the subject's id."""
-    if error.field in _SUBJECT_FIELDS:
+    # a batch names its ids by position: subject_ids, subject_ids[17]
+    base = (error.field or "").split("[", 1)[0]
+    if base in _SUBJECT_FIELDS or base == "subject_ids":
         return f"{type(error).__name__}: {error.field} failed validation"
     return str(error)

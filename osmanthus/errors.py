@@ -13,6 +13,8 @@ class OsmanthusError(Exception):
 
     #: process exit code the CLI uses for this class of error
     exit_code: int = 1
+    #: whether the same request may succeed later unchanged (a server down, a deadline)
+    retryable: bool = False
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         self.field = field
@@ -69,12 +71,14 @@ class Unavailable(OsmanthusError):
     """A server could not be reached or is shutting down."""
 
     exit_code = 5
+    retryable = True
 
 
 class DeadlineExceeded(OsmanthusError):
     """No answer arrived within the deadline."""
 
     exit_code = 5
+    retryable = True
 
 
 class CryptoError(OsmanthusError):

@@ -22,25 +22,43 @@ from sdk.results import BatchScore
 DEFAULT_CIPHERTEXTS_PER_CHUNK = 24
 
 
+class Outbox:
+    """What the request side sent, shared with the answer side of one batch stream.
+
+    `sent` keeps each chunk's ids until its answer puts the rows back in input order (HTTP/2
+    flow control and the coordinator's read-ahead bound how many are outstanding). `error` is
+    what reading the caller's ids raised: grpc consumes requests on its own thread and would
+    otherwise replace it with a bare cancellation.
+    """
+
+    def __init__(self) -> None:
+        self.sent: dict[int, list[str]] = {}
+        self.error: Exception | None = None
+
+
 def batch_requests(
     subject_ids: Iterable[str],
     *,
     header: coordinator_pb2.BatchQueryRequest,
     chunk_size: int,
-    sent: dict[int, list[str]],
+    outbox: Outbox,
 ) -> Iterator[coordinator_pb2.BatchQueryRequest]:
     """The header, then the ids in chunks of `chunk_size`, read lazily from `subject_ids`.
 
-    Each chunk's ids are left in `sent` until its answer puts the rows back in input order;
-    HTTP/2 flow control and the coordinator's read-ahead bound how many are outstanding.
+    If reading the ids fails, the stream ends after the last whole chunk: the chunks sent are
+    still answered, and the caller gets the error after their rows.
     """
     yield header
     ids = iter(subject_ids)
     for number in itertools.count():
-        chunk = list(itertools.islice(ids, chunk_size))
+        try:
+            chunk = list(itertools.islice(ids, chunk_size))
+        except Exception as exc:
+            outbox.error = exc
+            return
         if not chunk:
             return
-        sent[number] = chunk
+        outbox.sent[number] = chunk
         yield convert.subject_chunk(number, chunk)
 
 
@@ -53,10 +71,10 @@ class BatchDecoder:
         keys: RequesterKeys,
         layout: SlotLayout,
         model: SubjectModel,
-        sent: dict[int, list[str]],
+        outbox: Outbox,
         workers: int | None = None,
     ) -> None:
-        self._sent = sent
+        self._outbox = outbox
         self._keys = keys
         self._layout = layout
         self._model = model
@@ -138,7 +156,7 @@ class BatchDecoder:
         for index, plaintext in enumerate(self._decryptor.decrypt(ciphertexts)):
             subjects = min(self._per, count - index * self._per)
             values += self._layout.unpack(plaintext, subjects=subjects, contributors=contributors)
-        asked = self._sent.pop(answer.chunk, None)
+        asked = self._outbox.sent.pop(answer.chunk, None)
         if asked is None or len(asked) != count + len(answer.refused):
             raise CryptoError(
                 f"chunk {answer.chunk}: the answer accounts for {count + len(answer.refused)} "
@@ -163,7 +181,13 @@ class BatchDecoder:
                     query_id=query_id,
                 )
                 continue
-            subject_id, slots = next(scored)
+            found = next(scored, None)
+            if found is None:
+                raise CryptoError(
+                    f"chunk {answer.chunk}: the answer does not account for input id {raw!r}",
+                    field="subject_ids",
+                )
+            subject_id, slots = found
             yield self._row(query_id, subject_id, slots, contributors)
 
     def _row(

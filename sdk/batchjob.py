@@ -189,7 +189,8 @@ class BatchJob:
         ]
         if self.shape is Shape.BREAKDOWN:
             columns.append(("deductions", "INTEGER"))
-            columns += [(c.name, "INTEGER") for c in self.model.categories]
+            # prefixed: a category may not take the name of another column
+            columns += [(f"bonus_{c.name}", "INTEGER") for c in self.model.categories]
         columns.append(("refused", "VARCHAR"))
         return columns
 
@@ -204,12 +205,12 @@ class BatchJob:
             if self.shape is Shape.BREAKDOWN:
                 values["deductions"].append(row.deductions)
                 for c in self.model.categories:
-                    values[c.name].append(row.bonuses.get(c.name))
+                    values[f"bonus_{c.name}"].append(row.bonuses.get(c.name))
             values["refused"].append(row.refused)
         path = self.parts_dir / f"part-{number:06d}.parquet"
         tmp = path.with_name(path.name + ".tmp")
         select = ", ".join(
-            f"unnest(${i + 1}::{sql_type}[]) AS {name}"
+            f'unnest(${i + 1}::{sql_type}[]) AS "{name}"'
             for i, (name, sql_type) in enumerate(columns)
         )
         with duckdb.connect() as con:
@@ -233,10 +234,12 @@ class BatchJob:
                     [files],
                 )
             else:
-                columns = ", ".join(f"NULL::{t} AS {n}" for n, t in self._columns())
+                columns = ", ".join(f'NULL::{t} AS "{n}"' for n, t in self._columns())
                 con.execute(f"COPY (SELECT {columns} LIMIT 0) TO {_sql_path(tmp)} (FORMAT parquet)")
         os.replace(tmp, self.output)
         _fsync_dir(self.output.parent)
+        # the checkpoint goes first: parts without a checkpoint are simply started afresh
+        self.checkpoint_path.unlink()
         shutil.rmtree(self.parts_dir)
 
     # --- run -------------------------------------------------------------------------------
@@ -256,15 +259,18 @@ class BatchJob:
 
         def flush() -> None:
             nonlocal done, parts, scored, refused
-            self._write_part(parts, done + 1, buffer)
+            # the rows leave the buffer before anything can fail: an interruption inside this
+            # function must not save them a second time (the checkpoint decides what counts)
+            rows = buffer[:]
+            buffer.clear()
+            self._write_part(parts, done + 1, rows)
             parts += 1
-            done += len(buffer)
-            scored += sum(1 for r in buffer if r.refused is None)
-            refused += sum(1 for r in buffer if r.refused is not None)
+            done += len(rows)
+            scored += sum(1 for r in rows if r.refused is None)
+            refused += sum(1 for r in rows if r.refused is not None)
             self._save_checkpoint(identity, rows=done, parts=parts, scored=scored, refused=refused)
             if progress:
-                progress(len(buffer))
-            buffer.clear()
+                progress(len(rows))
 
         try:
             for row in scorer(read_ids(self.source, skip=done)):

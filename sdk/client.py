@@ -23,7 +23,7 @@ from osmanthus.tls import COORDINATOR_SERVER_NAME, TlsFiles, secure_channel
 from osmanthus.types import KeyFingerprint, Shape, SubjectKind
 from osmanthus.v1 import coordinator_pb2_grpc
 from sdk import convert
-from sdk.batch import DEFAULT_CIPHERTEXTS_PER_CHUNK, BatchDecoder, batch_requests
+from sdk.batch import DEFAULT_CIPHERTEXTS_PER_CHUNK, BatchDecoder, Outbox, batch_requests
 from sdk.keys import RequesterKeys, load_or_create_keys
 from sdk.results import BatchScore, ConsentRecord, EnterpriseScore, PersonScore
 
@@ -259,25 +259,28 @@ class Client:
             raise ConfigError(
                 f"chunk_size must be 1..{MAX_CHUNK_SUBJECTS}, got {size}", field="chunk_size"
             )
-        sent: dict[int, list[str]] = {}
+        outbox = Outbox()
         requests = batch_requests(
             subject_ids,
             header=convert.batch_header(
                 kind=kind, shape=shape, purpose=purpose, n_bytes=self._keys.public.to_bytes()
             ),
             chunk_size=size,
-            sent=sent,
+            outbox=outbox,
         )
         try:
             responses = self._stub.BatchQuery(
                 requests, metadata=(("authorization", f"Bearer {self._token}"),)
             )
             with BatchDecoder(
-                keys=self._keys, layout=layout, model=model, sent=sent, workers=decrypt_workers
+                keys=self._keys, layout=layout, model=model, outbox=outbox, workers=decrypt_workers
             ) as decoder:
                 yield from decoder.rows(convert.batch_answer(m) for m in responses)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
+        if outbox.error is not None:
+            # the ids could not all be read: every row before the failure has been yielded
+            raise outbox.error
 
     # --- consent (platform services acting for data subjects) ----------------------------------
 

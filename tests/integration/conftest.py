@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import pytest
 from certs import PeerRole, cert_paths
 from coordinator.config import NodeEndpoint, render_nodes
 from coordinator.server import CoordinatorConfig, RunningCoordinator, start_coordinator
-from node.server import NodeConfig, start_node
+from node.server import DEFAULT_NODE_POLICY, NodeConfig, start_node
 from osmanthus.catalogue import Catalogue, default_catalogue_path, load_catalogue
 from osmanthus.seed import SeedReport, seed
 from osmanthus.server import RunningServer
@@ -128,6 +128,7 @@ def start_federation(
     departments: Sequence[str],
     deadline_s: float = 3.0,
     extra_endpoints: Sequence[NodeEndpoint] = (),
+    node_policies: Mapping[str, Path] | None = None,
 ) -> Federation:
     nodes: dict[str, RunningServer] = {}
     configs: dict[str, NodeConfig] = {}
@@ -138,6 +139,7 @@ def start_federation(
             tls=TlsFiles.from_cert_paths(cert_paths(certs, role=PeerRole.NODE, name=dept)),
             issuer_public_key=issuer_keys.public,
             state_dir=base / "state" / dept,
+            policy=(node_policies or {}).get(dept, DEFAULT_NODE_POLICY),
             # small tables: every in-process node builds one per requester key in this one
             # process; 6-bit windows take ~0.05 s and 6 MB instead of ~0.5 s and 54 MB
             table_window_bits=6,

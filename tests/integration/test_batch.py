@@ -11,17 +11,25 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import date
+from pathlib import Path
 
 import grpc
 import pytest
 
+from node.server import DEFAULT_NODE_POLICY
 from osmanthus.encoding import SlotLayout
 from osmanthus.grpc_errors import FIELD_METADATA_KEY
 from osmanthus.types import DepartmentId, Role, Shape, SubjectKind
 from osmanthus.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from sdk import Client, FailedPrecondition, PermissionDenied, RequesterKeys, Unavailable
 from sdk.results import BatchScore
-from tests.integration.conftest import Federation
+from tests.conftest import IssuerKeyPaths
+from tests.integration.conftest import (
+    Federation,
+    restricted_catalogue,
+    start_federation,
+    stop_federation,
+)
 from tests.integration.test_scores_match_plaintext import (
     Reference,
     RefResult,
@@ -336,3 +344,97 @@ def test_at_most_two_batches_run_at_once_and_a_cancelled_one_frees_its_place(
     assert [r.refused for r in rows] == [None] * 3
     release.set()
     running[1].cancel()
+
+
+def test_a_subject_pinned_to_fewer_departments_is_refused_in_place_as_typed(
+    federation: Federation, sync: Client
+) -> None:
+    from datetime import UTC, date, datetime
+
+    from osmanthus.ids import make_resident_id
+    from osmanthus.types import RequesterId
+
+    persons = subjects(federation, "person")
+    # a person no earlier test has batched (every seeded person has been): no records anywhere
+    pinned = next(
+        p
+        for n in range(1, 999)
+        if (p := make_resident_id(region="320505", birth=date(1990, 5, 17), sequence=n)).endswith(
+            "X"
+        )
+        and p not in persons
+    )
+    others = persons[:4]
+    # sync-1 heard about this person once from all departments but one (a partial answer):
+    # a batch, which sums every department, would disclose that one by subtraction
+    service = federation.coordinator.service
+    everyone = frozenset(d.id for d in federation.catalogue.departments_for(SubjectKind.PERSON))
+    service._ledger.settle(
+        requester=RequesterId(SYNC),
+        subject_kind=SubjectKind.PERSON,
+        subject_hash=service._audit.subject_hash(pinned),
+        answered=everyone - {"volunteer"},
+        release=lambda departments: None,
+        now=datetime.now(UTC),
+    )
+    # typed with a lower-case check character, as a clerk might
+    asked = [others[0], pinned.lower(), *others[1:]]
+    rows = list(sync.batch_scores(asked, purpose=PURPOSE))
+    assert [r.subject_id for r in rows] == asked
+    assert rows[1].refused is not None and "query it singly" in rows[1].refused
+    assert rows[1].score is None
+    assert all(r.refused is None and r.score is not None for i, r in enumerate(rows) if i != 1)
+
+
+def test_an_error_reading_the_ids_comes_after_the_rows_of_the_chunks_before_it(
+    federation: Federation, sync: Client
+) -> None:
+    persons = subjects(federation, "person")
+
+    def ids() -> Iterator[str]:
+        yield from persons[:12]
+        raise ValueError("the id source broke at its 13th id")
+
+    rows: list[BatchScore] = []
+    with pytest.raises(ValueError, match="13th id"):
+        for row in sync.batch_scores(ids(), purpose=PURPOSE, chunk_size=5):
+            rows.append(row)
+    # the two whole chunks read before the failure were answered; the broken third was not sent
+    assert [r.subject_id for r in rows] == persons[:10]
+
+
+def test_a_department_that_does_not_batch_stops_the_batch_as_a_refusal_not_an_outage(
+    federation: Federation,
+    tmp_path: Path,
+    platform_certs: Path,
+    issuer_keys: IssuerKeyPaths,
+    requester_keys: dict[str, RequesterKeys],
+) -> None:
+    departments = ("court", "tax", "samr", "eco", "customs")
+    # customs keeps the default policy but without its batch rule: it has not opted in
+    policy = tmp_path / "customs.cedar"
+    text = DEFAULT_NODE_POLICY.read_text()
+    start = text.index('@id("node-batch-rescoring")')
+    end = text.index("};", start) + 2
+    policy.write_text(text[:start] + text[end:])
+    small = start_federation(
+        tmp_path,
+        catalogue=restricted_catalogue(departments),
+        data=federation.data,
+        certs=platform_certs,
+        issuer_keys=issuer_keys,
+        keys=requester_keys,
+        departments=departments,
+        node_policies={"customs": policy},
+    )
+    try:
+        with small.client(SYNC, role=Role.SYNC_JOB, purposes=[PURPOSE]) as client:
+            client.register_key()
+            firms = subjects(federation, "enterprise")[:4]
+            with pytest.raises(PermissionDenied) as caught:
+                list(client.batch_scores(firms, purpose=PURPOSE, kind=SubjectKind.ENTERPRISE))
+    finally:
+        stop_federation(small)
+    message = caught.value.message
+    assert "customs" in message and "does not contribute to batches" in message
+    assert "not a passing fault" in message and "resume" not in message

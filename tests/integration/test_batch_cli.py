@@ -171,3 +171,23 @@ def test_an_input_without_a_subject_id_column_is_refused(
     assert main(argv) == 3
     err = capsys.readouterr().err
     assert "'subject_id'" in err and "line 1" in err
+
+
+def test_a_bad_line_anywhere_is_named_before_anything_is_sent(
+    federation: Federation, job_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    persons = subjects(federation, "person")
+    broken = job_files["work"] / "broken.csv"
+    broken.write_text(
+        "subject_id,note\n" + "".join(f"{p},x\n" for p in persons[:50]) + "\n"
+        + "".join(f"{p},x\n" for p in persons[50:55])
+    )  # fmt: skip
+    out = job_files["work"] / "broken.parquet"
+    argv = _argv(federation, job_files, out)
+    argv[argv.index("--in") + 1] = str(broken)
+    assert main(argv) == 3  # invalid input
+    err = capsys.readouterr().err
+    assert "line 52" in err and "subject_id" in err
+    # the whole input is read once before the batch starts: nothing is sent, nothing written
+    assert not out.with_name(out.name + ".parts").exists()
+    assert not out.exists()

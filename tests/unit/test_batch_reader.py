@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from coordinator.batch import SubjectChunk, _read_ahead
+from coordinator.batch import SendWatchdog, SubjectChunk, _read_ahead
 from osmanthus.errors import DeadlineExceeded, InvalidArgument
 
 
@@ -58,3 +58,15 @@ def test_a_consumer_that_stops_early_stops_the_reader_thread() -> None:
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert threading.active_count() == before
+
+
+def test_the_send_watchdog_cancels_a_client_that_takes_nothing() -> None:
+    cancelled = threading.Event()
+    watchdog = SendWatchdog(cancelled.set, seconds=0.2)
+    with watchdog:
+        time.sleep(0.05)  # a client that reads: the hand-over is quick
+    time.sleep(0.3)
+    assert not cancelled.is_set() and not watchdog.fired
+    with watchdog:
+        assert cancelled.wait(2)  # a client that stopped reading
+    assert watchdog.fired

@@ -1,0 +1,149 @@
+"""The batch job's checkpoints: interrupted anywhere, resumed, the output is every line once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from osmanthus.catalogue import load_catalogue
+from osmanthus.errors import ConfigError, Unavailable
+from osmanthus.types import Shape, SubjectKind
+from sdk.batchjob import BatchJob
+from sdk.results import BatchScore
+
+IDS = [f"id{i:03d}" for i in range(40)]
+MODEL = load_catalogue().model(SubjectKind.PERSON)
+
+
+class Interrupt(BaseException):
+    """Stands for Ctrl-C at a chosen moment."""
+
+
+def _score(subject: str) -> BatchScore:
+    number = int(subject[2:])
+    return BatchScore(
+        subject_id=subject,
+        score=number,
+        grade=None,
+        deductions=number % 7,
+        bonuses={c.name: number % 3 for c in MODEL.categories},
+        refused="invalid" if number % 13 == 0 else None,
+        query_id="q_test",
+    )
+
+
+def scorer(ids: Iterator[str]) -> Iterator[BatchScore]:
+    for subject in ids:
+        yield _score(subject)
+
+
+def _job(tmp_path: Path, shape: Shape = Shape.TOTAL) -> BatchJob:
+    source = tmp_path / "ids.csv"
+    if not source.exists():
+        source.write_text("subject_id,other\n" + "".join(f"{i},x\n" for i in IDS))
+    return BatchJob(
+        source=source,
+        output=tmp_path / "out.parquet",
+        model=MODEL,
+        shape=shape,
+        purpose="credit_rescoring",
+        chunk_size=5,
+        rows_per_part=10,
+    )
+
+
+def _output(path: Path) -> list[tuple[object, ...]]:
+    with duckdb.connect() as con:
+        return con.execute(
+            "SELECT line, subject_id, score, refused FROM read_parquet(?) ORDER BY line",
+            [str(path)],
+        ).fetchall()
+
+
+def _expected() -> list[tuple[object, ...]]:
+    return [(i + 1, s, _score(s).score, _score(s).refused) for i, s in enumerate(IDS)]
+
+
+def test_an_uninterrupted_job_writes_every_line_in_order(tmp_path: Path) -> None:
+    report = _job(tmp_path).run(scorer)
+    assert (report.rows, report.scored, report.refused) == (40, 36, 4)
+    assert _output(tmp_path / "out.parquet") == _expected()
+    assert not (tmp_path / "out.parquet.parts").exists()
+
+
+@pytest.mark.parametrize("after", [0, 3, 5, 9, 10, 11, 23, 39])
+def test_interrupted_while_rows_stream_in_then_resumed(tmp_path: Path, after: int) -> None:
+    def interrupted(ids: Iterator[str]) -> Iterator[BatchScore]:
+        for n, row in enumerate(scorer(ids)):
+            if n == after:
+                raise Interrupt
+            yield row
+
+    with pytest.raises(Interrupt):
+        _job(tmp_path).run(interrupted)
+    report = _job(tmp_path).run(scorer)
+    # whole chunks received before the interruption were kept, and only those
+    assert report.resumed_from == after // 5 * 5
+    assert _output(tmp_path / "out.parquet") == _expected()
+
+
+@pytest.mark.parametrize("call", [1, 2, 3])
+def test_interrupted_while_a_part_is_being_saved_then_resumed(tmp_path: Path, call: int) -> None:
+    calls: list[int] = []
+
+    def progress(n: int) -> None:
+        calls.append(n)
+        if len(calls) == call:
+            raise Interrupt  # after the part and the checkpoint are written
+
+    with pytest.raises(Interrupt):
+        _job(tmp_path).run(scorer, progress=progress)
+    _job(tmp_path).run(scorer)
+    rows = _output(tmp_path / "out.parquet")
+    assert rows == _expected()
+    assert len({r[1] for r in rows}) == 40
+
+
+def test_a_failed_batch_keeps_its_whole_chunks_and_says_how_to_resume(tmp_path: Path) -> None:
+    def failing(ids: Iterator[str]) -> Iterator[BatchScore]:
+        for n, row in enumerate(scorer(ids)):
+            if n == 17:
+                raise Unavailable("chunk 3: tax: unavailable")
+            yield row
+
+    with pytest.raises(Unavailable, match="15 of the input's rows are saved") as caught:
+        _job(tmp_path).run(failing)
+    assert "run the same command again" in caught.value.message
+    assert _job(tmp_path).run(scorer).resumed_from == 15
+    assert _output(tmp_path / "out.parquet") == _expected()
+
+
+def test_a_breakdown_has_a_column_per_bonus_category(tmp_path: Path) -> None:
+    _job(tmp_path, Shape.BREAKDOWN).run(scorer)
+    with duckdb.connect() as con:
+        names = [r[0] for r in con.execute(
+            "DESCRIBE SELECT * FROM read_parquet(?)", [str(tmp_path / "out.parquet")]
+        ).fetchall()]  # fmt: skip
+    assert names == [
+        "line", "subject_id", "score", "grade", "deductions",
+        *(f"bonus_{c.name}" for c in MODEL.categories), "refused",
+    ]  # fmt: skip
+
+
+def test_a_changed_input_is_not_resumed(tmp_path: Path) -> None:
+    def interrupted(ids: Iterator[str]) -> Iterator[BatchScore]:
+        for n, row in enumerate(scorer(ids)):
+            if n == 12:
+                raise Interrupt
+            yield row
+
+    with pytest.raises(Interrupt):
+        _job(tmp_path).run(interrupted)
+    with (tmp_path / "ids.csv").open("a") as f:
+        f.write("id999,x\n")
+    with pytest.raises(ConfigError, match="belongs to another job") as caught:
+        _job(tmp_path).run(scorer)
+    assert caught.value.field == "input_sha256"
