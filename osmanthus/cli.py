@@ -25,6 +25,7 @@ exit codes:
   3  invalid input or configuration (the message names the file, field and problem)
   4  refused: authentication, permission, consent or policy
   5  a server was unavailable or did not answer in time
+  6  policy test cases failed (each failure is listed)
 """
 
 _log = logging.getLogger("osmanthus")
@@ -272,6 +273,52 @@ def _cmd_policy_validate(args: argparse.Namespace) -> int:
     for path in args.files:
         engine = PolicyEngine.from_file(path)
         print(f"{path}: valid ({len(engine.annotations())} policies, sha256 {engine.hash[:16]}…)")
+    return 0
+
+
+def _cmd_policy_test(args: argparse.Namespace) -> int:
+    from osmanthus.policy import PolicyEngine
+    from osmanthus.policy_cases import load_cases, run_cases
+
+    engine = PolicyEngine.from_file(args.policy)
+    failed = 0
+    total = 0
+    for path in args.cases:
+        results = run_cases(engine, load_cases(path))
+        print(f"{path}: {len(results)} cases against {args.policy} (sha256 {engine.hash[:16]}…)")
+        for result in results:
+            verdict = "allow" if result.decision.allowed else "deny"
+            deciders = ", ".join(result.decision.policy_ids) or "no rule"
+            if result.passed:
+                print(f"  PASS  {result.case.name} ({verdict} by {deciders})")
+            else:
+                print(f"  FAIL  {result.case.name} [{result.case.origin}]")
+                for problem in result.problems:
+                    print(f"        {problem}")
+        failed += sum(1 for r in results if not r.passed)
+        total += len(results)
+    print(f"{total - failed} passed, {failed} failed")
+    return 6 if failed else 0
+
+
+def _cmd_policy_explain(args: argparse.Namespace) -> int:
+    from osmanthus.policy import PolicyEngine
+    from osmanthus.policy_cases import explain, make_request, parse_context_value, parse_resource
+
+    context: dict[str, str | int | bool] = {}
+    for item in args.context:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"{item!r} is not key=value", field="context")
+        context[key] = parse_context_value(value)
+    request = make_request(
+        requester=args.requester,
+        role=args.role,
+        action=args.action,
+        resource=parse_resource(args.resource),
+        context=context,
+    )
+    print(explain(PolicyEngine.from_file(args.policy), request))
     return 0
 
 
@@ -607,6 +654,44 @@ def build_parser() -> argparse.ArgumentParser:
         _cmd_policy_validate,
     )
     p.add_argument("files", type=Path, nargs="+", help="policy files")
+    p = command(
+        policy_sub,
+        "test",
+        "check a policy against the decisions the privacy office expects",
+        "Run every case of the case files (TOML: one [[case]] per request, with the decision "
+        "expected and, optionally, the rules that must decide it and the minimum number of "
+        "departments) against the policy file, and list each case as PASS or FAIL with what "
+        "differs. policies/cases/ holds the cases of the default policies. Exit 6 if any case "
+        "fails.",
+        _cmd_policy_test,
+    )
+    p.add_argument("--policy", type=Path, required=True, help="the Cedar policy file to test")
+    p.add_argument("cases", type=Path, nargs="+", help="case files (TOML)")
+    p = command(
+        policy_sub,
+        "explain",
+        "show how a policy decides one request, and why",
+        "Evaluate one request against a policy file and print the decision, the rules (@id) "
+        "that decided it, the reason the audit log would record and, for an allowed query, "
+        "the minimum number of departments in any sum. Context values: whole numbers and "
+        "true/false are typed, the rest is text.\n\n"
+        "example: osmanthus policy explain --policy policies/central.cedar --requester bank-1 "
+        "--role bank --action PersonQuery --resource Dataset::person "
+        "--context purpose=loan_underwriting shape=total consent=valid",
+        _cmd_policy_explain,
+    )
+    p.add_argument("--policy", type=Path, required=True, help="the Cedar policy file")
+    p.add_argument("--requester", required=True, help="requester id, e.g. bank-1")
+    p.add_argument(
+        "--role",
+        required=True,
+        help="bank, credit_agency, library, sync_job, platform_service or data_subject",
+    )
+    p.add_argument("--action", required=True, help="e.g. PersonQuery, Contribute, BatchQuery")
+    p.add_argument("--resource", required=True, help="Type::id, e.g. Dataset::person")
+    p.add_argument(
+        "--context", nargs="*", default=[], metavar="KEY=VALUE", help="facts of the request"
+    )
 
     # batch
     batch = command(

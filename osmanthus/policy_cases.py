@@ -1,0 +1,244 @@
+"""Policy test cases for privacy officers: read case files, run them against a policy, explain.
+
+A case file is TOML: each `[[case]]` states one request and the decision the officer expects,
+
+    [[case]]
+    name = "a bank with the person's consent may underwrite a loan"
+    requester = "bank-1"
+    role = "bank"
+    action = "PersonQuery"
+    resource = "Dataset::person"
+    context = { purpose = "loan_underwriting", shape = "breakdown", consent = "valid" }
+    expect = "allow"
+    by = ["central-loan-underwriting"]   # optional: exactly these rules decide
+    min_departments = 3                  # optional: the sum's minimum under this permit
+
+so that a change to a policy is tested against what the office meant before it is published.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from osmanthus.errors import ConfigError, InvalidArgument
+from osmanthus.policy import SCHEMA, Decision, PolicyEngine, PolicyRequest
+
+_CASE_KEYS = frozenset(
+    {"name", "requester", "role", "action", "resource", "context", "expect", "by",
+     "min_departments"}
+)  # fmt: skip
+_REQUIRED_KEYS = ("name", "requester", "role", "action", "resource", "expect")
+_RESOURCE = re.compile(r"([A-Z][A-Za-z]*)::\"?([^\"]+)\"?")
+EXPECTATIONS = ("allow", "deny")
+_ACTION_DECLARATION = re.compile(
+    r"action ([\w, ]+?) appliesTo \{[^}]*?context: \{([^}]*)\}", re.DOTALL
+)
+
+
+def _actions() -> dict[str, frozenset[str]]:
+    """Each action of the policy model and the context facts it takes (from policy.SCHEMA)."""
+    out: dict[str, frozenset[str]] = {}
+    for names, context in _ACTION_DECLARATION.findall(SCHEMA):
+        facts = frozenset(re.findall(r"(\w+)\s*:", context))
+        for name in names.split(","):
+            out[name.strip()] = facts
+    return out
+
+
+ACTIONS = _actions()
+
+
+@dataclass(frozen=True)
+class PolicyCase:
+    name: str
+    request: PolicyRequest
+    expect: str
+    #: the deciding rules' @id the officer expects, or None to accept any
+    by: tuple[str, ...] | None
+    min_departments: int | None
+    #: where the case is written, for messages: "file, case 3"
+    origin: str
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    case: PolicyCase
+    decision: Decision
+    #: what differs from the expectation; empty when the case passes
+    problems: tuple[str, ...]
+    min_departments: int | None
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+def parse_resource(text: str, *, field: str = "resource") -> tuple[str, str]:
+    """'Dataset::person' (or Dataset::"person") → ('Dataset', 'person')."""
+    match = _RESOURCE.fullmatch(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise InvalidArgument(
+            f"{text!r} is not a resource; write Type::id, e.g. Dataset::person or Department::tax",
+            field=field,
+        )
+    return match.group(1), match.group(2)
+
+
+def parse_context_value(text: str) -> str | int | bool:
+    """A command-line context value: whole numbers and true/false are typed, the rest is text."""
+    if re.fullmatch(r"-?[0-9]+", text):
+        return int(text)
+    if text in ("true", "false"):
+        return text == "true"
+    return text
+
+
+def make_request(
+    *,
+    requester: str,
+    role: str,
+    action: str,
+    resource: tuple[str, str],
+    context: Mapping[str, str | int | bool],
+) -> PolicyRequest:
+    """A request in the policy model's terms; a typo in the action or a fact is an error."""
+    facts = ACTIONS.get(action)
+    if facts is None:
+        raise InvalidArgument(
+            f"{action!r} is not an action of the policy model; known: {', '.join(sorted(ACTIONS))}",
+            field="action",
+        )
+    unknown = sorted(set(context) - facts)
+    missing = sorted(facts - set(context))
+    if unknown or missing:
+        parts = [f"unknown {', '.join(unknown)}"] if unknown else []
+        parts += [f"missing {', '.join(missing)}"] if missing else []
+        takes = ", ".join(sorted(facts)) or "no facts"
+        raise InvalidArgument(
+            f"{action} takes {takes}; this request has {'; '.join(parts)}", field="context"
+        )
+    return PolicyRequest(
+        principal_type="Requester",
+        principal_id=requester,
+        principal_attrs={"role": role},
+        action=action,
+        resource_type=resource[0],
+        resource_id=resource[1],
+        context=dict(context),
+    )
+
+
+def load_cases(path: Path) -> list[PolicyCase]:
+    """Read and check a case file; ConfigError names the file, the case and the key."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: case file does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the case file: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    unknown = sorted(set(raw) - {"case"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r}; write [[case]] tables")
+    entries = raw.get("case")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{path}: no [[case]] tables")
+    return [_case(path, i, entry) for i, entry in enumerate(entries, start=1)]
+
+
+def _case(path: Path, index: int, entry: Any) -> PolicyCase:
+    origin = f"{path}, case {index}"
+
+    def fail(key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{origin}: {key}: {problem}", field=key)
+
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{origin}: must be a table")
+    unknown = sorted(set(entry) - _CASE_KEYS)
+    if unknown:
+        raise fail(unknown[0], f"unknown key; allowed: {', '.join(sorted(_CASE_KEYS))}")
+    for key in _REQUIRED_KEYS:
+        if not isinstance(entry.get(key), str) or not entry[key].strip():
+            raise fail(key, "missing, or not a non-empty string")
+    if entry["expect"] not in EXPECTATIONS:
+        raise fail("expect", f"{entry['expect']!r} is not 'allow' or 'deny'")
+    context = entry.get("context", {})
+    if not isinstance(context, dict) or not all(
+        isinstance(v, str | int | bool) for v in context.values()
+    ):
+        raise fail("context", "must be an inline table of text, whole numbers and true/false")
+    by = entry.get("by")
+    if by is not None and (not isinstance(by, list) or not all(isinstance(b, str) for b in by)):
+        raise fail("by", 'must be a list of rule ids, e.g. by = ["central-loan-underwriting"]')
+    minimum = entry.get("min_departments")
+    if minimum is not None and (not isinstance(minimum, int) or isinstance(minimum, bool)):
+        raise fail("min_departments", "must be a whole number")
+    try:
+        resource = parse_resource(entry["resource"])
+        request = make_request(
+            requester=entry["requester"],
+            role=entry["role"],
+            action=entry["action"],
+            resource=resource,
+            context=context,
+        )
+    except InvalidArgument as exc:
+        raise fail(exc.field or "case", exc.message) from None
+    return PolicyCase(
+        name=entry["name"],
+        request=request,
+        expect=entry["expect"],
+        by=tuple(by) if by is not None else None,
+        min_departments=minimum,
+        origin=origin,
+    )
+
+
+def run_case(engine: PolicyEngine, case: PolicyCase) -> CaseResult:
+    decision = engine.decide(case.request)
+    got = "allow" if decision.allowed else "deny"
+    problems: list[str] = []
+    if got != case.expect:
+        problems.append(f"expected {case.expect}, got {got} ({decision.reason})")
+    if case.by is not None and set(case.by) != set(decision.policy_ids):
+        problems.append(
+            f"expected it decided by {', '.join(case.by) or 'no rule'}, decided by "
+            f"{', '.join(decision.policy_ids) or 'no rule'}"
+        )
+    minimum = engine.min_departments(decision) if decision.allowed else None
+    if case.min_departments is not None and minimum != case.min_departments:
+        problems.append(f"expected a minimum of {case.min_departments} departments, got {minimum}")
+    if decision.errors:
+        problems.append("the policy could not be evaluated: " + "; ".join(decision.errors))
+    return CaseResult(case, decision, tuple(problems), minimum)
+
+
+def run_cases(engine: PolicyEngine, cases: Sequence[PolicyCase]) -> list[CaseResult]:
+    return [run_case(engine, case) for case in cases]
+
+
+def explain(engine: PolicyEngine, request: PolicyRequest) -> str:
+    """The decision on one request, in words: verdict, deciding rules, reason, minimum."""
+    decision = engine.decide(request)
+    lines = [
+        f"decision: {'ALLOW' if decision.allowed else 'DENY'}",
+        f"  request: Requester::{request.principal_id!r} (role "
+        f"{request.principal_attrs.get('role')!r}) {request.action} "
+        f"{request.resource_type}::{request.resource_id!r}",
+        "  context: "
+        + (", ".join(f"{k}={v!r}" for k, v in sorted(request.context.items())) or "(none)"),
+        f"  decided by: {', '.join(decision.policy_ids) or 'no rule (nothing permits it)'}",
+        f"  reason: {decision.reason}",
+    ]
+    if decision.allowed:
+        lines.append(f"  minimum departments in a sum: {engine.min_departments(decision)}")
+    for error in decision.errors:
+        lines.append(f"  error: {error}")
+    lines.append(f"  policy: {engine.origin} (sha256 {engine.hash[:16]}…)")
+    return "\n".join(lines)
