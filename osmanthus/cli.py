@@ -301,6 +301,16 @@ def _cmd_policy_test(args: argparse.Namespace) -> int:
     return 6 if failed else 0
 
 
+def _cmd_policy_diff(args: argparse.Namespace) -> int:
+    from osmanthus.policy import PolicyEngine
+    from osmanthus.policy_diff import diff, render
+
+    old, new = PolicyEngine.from_file(args.old), PolicyEngine.from_file(args.new)
+    result = diff(old, new)
+    print(render(result, limit=args.limit, old_name=str(args.old), new_name=str(args.new)))
+    return 1 if args.exit_code and result.changes else 0
+
+
 def _cmd_policy_explain(args: argparse.Namespace) -> int:
     from osmanthus.policy import PolicyEngine
     from osmanthus.policy_cases import explain, make_request, parse_context_value, parse_resource
@@ -667,6 +677,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--policy", type=Path, required=True, help="the Cedar policy file to test")
     p.add_argument("cases", type=Path, nargs="+", help="case files (TOML)")
+    p = command(
+        policy_sub,
+        "diff",
+        "list the requests a policy change newly allows or denies",
+        "Decide a generated set of requests with both policy files and list every request "
+        "whose decision changes, with the rules that decided it before and after. The set "
+        "covers every role and action, and for each fact the values that matter: every "
+        "purpose, requester and department either file names plus one neither names, every "
+        "consent state, both shapes, coverage around the 80 % line.",
+        _cmd_policy_diff,
+    )
+    p.add_argument("old", type=Path, help="the policy in force")
+    p.add_argument("new", type=Path, help="the proposed policy")
+    p.add_argument("--limit", type=int, default=40, help="changes listed per direction")
+    p.add_argument(
+        "--exit-code", action="store_true", help="exit 1 when any decision changes (for scripts)"
+    )
     p = command(
         policy_sub,
         "explain",

@@ -1,0 +1,106 @@
+"""`osmanthus policy diff`: the requests a policy change newly allows or denies, and only those."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from osmanthus.cli import main
+from osmanthus.policy import PolicyEngine
+from osmanthus.policy_diff import UNLISTED_PURPOSE, diff
+
+CENTRAL = Path(__file__).resolve().parents[2] / "policies" / "central.cedar"
+TEXT = CENTRAL.read_text()
+
+
+def _engine(tmp_path: Path, text: str, name: str = "new.cedar") -> PolicyEngine:
+    path = tmp_path / name
+    path.write_text(text)
+    return PolicyEngine.from_file(path)
+
+
+def _edit(old: str, new: str) -> str:
+    assert TEXT.count(old) == 1, old
+    return TEXT.replace(old, new)
+
+
+def test_the_same_policy_changes_nothing() -> None:
+    engine = PolicyEngine.from_file(CENTRAL)
+    result = diff(engine, engine)
+    assert result.requests > 1000 and result.changes == ()
+
+
+def test_a_widened_permit_shows_exactly_the_requests_it_lets_in(tmp_path: Path) -> None:
+    old = PolicyEngine.from_file(CENTRAL)
+    new = _engine(
+        tmp_path,
+        _edit(
+            '["bank", "credit_agency"].contains(principal.role)',
+            '["bank", "credit_agency", "library"].contains(principal.role)',
+        ),
+    )
+    result = diff(old, new)
+    assert result.newly_denied == ()
+    allowed = result.newly_allowed
+    assert {(c.request.principal_attrs["role"], c.request.context["shape"]) for c in allowed} == {
+        ("library", "breakdown"),
+        ("library", "total"),
+    }
+    for change in allowed:
+        assert change.request.action == "PersonQuery"
+        assert change.request.context["consent"] == "valid"
+        assert change.request.context["purpose"] == "loan_underwriting"
+        assert change.old.policy_ids == () and change.new.policy_ids == (
+            "central-loan-underwriting",
+        )
+
+
+def test_a_removed_permit_shows_what_is_now_refused(tmp_path: Path) -> None:
+    start = TEXT.index('@id("central-court-enforcement")')
+    end = TEXT.index("};", start) + 2
+    result = diff(PolicyEngine.from_file(CENTRAL), _engine(tmp_path, TEXT[:start] + TEXT[end:]))
+    assert result.newly_allowed == ()
+    denied = result.newly_denied
+    assert denied and all(c.request.context["purpose"] == "court_enforcement" for c in denied)
+    assert all(c.request.principal_attrs["role"] == "platform_service" for c in denied)
+    # court enforcement needs no consent: every consent state was allowed and now is not
+    assert {c.request.context["consent"] for c in denied} >= {"valid", "missing", "revoked"}
+
+
+def test_a_permit_without_a_purpose_condition_lets_in_purposes_no_policy_names(
+    tmp_path: Path,
+) -> None:
+    new = _engine(
+        tmp_path,
+        _edit(
+            '["bank", "credit_agency", "platform_service"].contains(principal.role) &&\n'
+            '  ["loan_underwriting", "credit_report", "government_procurement"]'
+            ".contains(context.purpose) &&",
+            '["bank", "credit_agency", "platform_service"].contains(principal.role) &&',
+        ),
+    )
+    purposes = {
+        c.request.context["purpose"]
+        for c in diff(PolicyEngine.from_file(CENTRAL), new).newly_allowed
+    }
+    assert UNLISTED_PURPOSE in purposes and "self_query" in purposes
+
+
+def test_the_command_lists_changes_and_can_signal_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    new = tmp_path / "new.cedar"
+    new.write_text(
+        _edit(
+            '["bank", "credit_agency"].contains(principal.role)',
+            '["bank", "credit_agency", "library"].contains(principal.role)',
+        )
+    )
+    assert main(["policy", "diff", str(CENTRAL), str(new)]) == 0
+    out = capsys.readouterr().out
+    assert "2 newly allowed, 0 newly denied" in out
+    assert "library PersonQuery Dataset::person" in out
+    assert "was deny by no rule; now by central-loan-underwriting" in out
+    assert main(["policy", "diff", str(CENTRAL), str(new), "--exit-code"]) == 1
+    assert main(["policy", "diff", str(CENTRAL), str(CENTRAL), "--exit-code"]) == 0
