@@ -26,14 +26,17 @@ from osmanthus.seed import seed
 from osmanthus.tls import TlsFiles
 from osmanthus.tokens import TokenIssuer, generate_issuer_keypair
 from osmanthus.types import Role, Shape, SubjectKind
-from sdk import Client, load_or_create_keys
+from sdk import Client, PersonScore, ThresholdResult, load_or_create_keys
 
 AGENCY = "agency-1"
 REGISTRAR = "registrar"
 PURPOSE = "loan_underwriting"
 DEFAULT_SEED = 20261126
 #: the shapes a credit agency is granted for consented loan underwriting
-SHAPE_NAMES = {"breakdown": Shape.BREAKDOWN, "total": Shape.TOTAL}
+SHAPE_NAMES = {"breakdown": Shape.BREAKDOWN, "total": Shape.TOTAL, "threshold": Shape.THRESHOLD}
+#: the score a THRESHOLD query asks about: the source's library deposit waiver line, which
+#: makes 91 zero tests (110..200), the most a realistic threshold needs
+THRESHOLD = 110
 _TOKEN_TTL = timedelta(hours=12)
 #: enough untimed queries for every node to start building its fixed-base table for the key
 DEFAULT_WARMUP = DEFAULT_TABLE_AFTER_USES + 4
@@ -145,7 +148,15 @@ class _Outcomes:
 def _one_query(client: Client, subject: str, consent_id: str, shape: Shape) -> str | None:
     """Run one query; None on a complete answer, else why it does not count."""
     try:
-        result = client.person_score(subject, purpose=PURPOSE, consent_id=consent_id, shape=shape)
+        result: PersonScore | ThresholdResult
+        if shape is Shape.THRESHOLD:
+            result = client.person_meets_threshold(
+                subject, threshold=THRESHOLD, purpose=PURPOSE, consent_id=consent_id
+            )
+        else:
+            result = client.person_score(
+                subject, purpose=PURPOSE, consent_id=consent_id, shape=shape
+            )
     except OsmanthusError as exc:
         return f"{type(exc).__name__}: {exc}"
     if result.partial:
@@ -443,8 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--shapes",
         type=_shapes,
-        default=[Shape.BREAKDOWN, Shape.TOTAL],
-        help="comma-separated disclosure shapes to time (breakdown, total)",
+        default=[Shape.BREAKDOWN, Shape.TOTAL, Shape.THRESHOLD],
+        help="comma-separated disclosure shapes to time (breakdown, total, threshold)",
     )
     parser.add_argument(
         "--concurrency", type=_positive_int, default=1, help="client threads querying at once"

@@ -37,7 +37,14 @@ from osmanthus.ids import validate_subject
 from osmanthus.names import validate_purpose
 from osmanthus.policy import PolicyEngine, PolicyRequest, ReloadablePolicy
 from osmanthus.tokens import TokenClaims
-from osmanthus.types import DepartmentId, DepartmentStatus, QueryId, Shape, SubjectKind
+from osmanthus.types import (
+    PACKED_SHAPES,
+    DepartmentId,
+    DepartmentStatus,
+    QueryId,
+    Shape,
+    SubjectKind,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -217,6 +224,10 @@ class BatchScorer:
                 "a disclosure shape (BREAKDOWN or TOTAL) is required", field="header.shape"
             )
         shape = header.shape
+        if shape not in PACKED_SHAPES:
+            raise InvalidArgument(
+                f"a batch answers breakdowns or totals, not {shape.value}", field="header.shape"
+            )
         purpose = validate_purpose(header.purpose, field="header.purpose")
         if purpose not in claims.purposes:
             raise PermissionDenied(

@@ -38,6 +38,7 @@ def person_query(message: coordinator_pb2.PersonQueryRequest) -> QueryRequest:
         purpose=message.purpose,
         consent_id=message.consent_id,
         public_key=message.public_key.n,
+        threshold=message.threshold,
     )
 
 
@@ -49,6 +50,7 @@ def enterprise_query(message: coordinator_pb2.EnterpriseQueryRequest) -> QueryRe
         purpose=message.purpose,
         consent_id="",
         public_key=message.public_key.n,
+        threshold=message.threshold,
     )
 
 
@@ -71,6 +73,8 @@ def query_response(outcome: QueryOutcome) -> coordinator_pb2.QueryResponse:
             for s in outcome.missing
         ],
         partial=outcome.partial,
+        candidates=[common_pb2.Ciphertext(value=c) for c in outcome.candidates],
+        threshold=outcome.threshold,
     )
 
 

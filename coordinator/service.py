@@ -23,6 +23,7 @@ from osmanthus.encoding import SlotLayout
 from osmanthus.errors import (
     CryptoError,
     FailedPrecondition,
+    InvalidArgument,
     OsmanthusError,
     PermissionDenied,
     Unauthenticated,
@@ -61,6 +62,8 @@ class QueryRequest:
     purpose: str
     consent_id: str
     public_key: bytes
+    #: THRESHOLD: the score asked about; 0 for the other shapes
+    threshold: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,9 @@ class QueryOutcome:
     base: int
     answered: tuple[DepartmentStatus, ...]
     missing: tuple[DepartmentStatus, ...]
+    #: THRESHOLD: the shuffled zero tests, in place of `ciphertext`
+    candidates: tuple[bytes, ...] = ()
+    threshold: int = 0
 
     @property
     def partial(self) -> bool:
@@ -241,6 +247,17 @@ class CoordinatorService:
         kind = request.subject_kind
         field = "resident_id" if kind is SubjectKind.PERSON else "credit_code"
         subject = validate_subject(kind, request.subject_id, field=field)
+        model = self._catalogue.model(kind)
+        if shape is Shape.THRESHOLD and not model.floor < request.threshold <= model.ceiling:
+            raise InvalidArgument(
+                f"a THRESHOLD query asks about a score in {model.floor + 1}..{model.ceiling}, "
+                f"not {request.threshold} (every score is at least {model.floor})",
+                field="threshold",
+            )
+        if shape is not Shape.THRESHOLD and request.threshold:
+            raise InvalidArgument(
+                f"a threshold belongs to THRESHOLD queries, not {shape.value}", field="threshold"
+            )
         if purpose not in claims.purposes:
             raise PermissionDenied(
                 f"purpose {purpose!r} is not among the token's purposes "
@@ -277,7 +294,6 @@ class CoordinatorService:
         # ARCHITECTURE.md: fewer departments than this are refused unless each allows single-source
         minimum = engine.min_departments(decision)
 
-        model = self._catalogue.model(kind)
         expected = sorted(d.id for d in self._catalogue.departments_for(kind))
         configured = [d for d in expected if d in self._nodes.departments]
         not_configured = [
@@ -285,7 +301,9 @@ class CoordinatorService:
             for d in expected
             if d not in configured
         ]
-        layout = SlotLayout.for_catalogue(self._catalogue, kind, shape)
+        layout = SlotLayout.for_catalogue(
+            self._catalogue, kind, Shape.BREAKDOWN if shape is Shape.BREAKDOWN else Shape.TOTAL
+        )
         slots = layout.names if shape is Shape.BREAKDOWN else ()
         widths = layout.widths if shape is Shape.BREAKDOWN else ()
         answers, failures = self._nodes.contribute_all(
@@ -356,6 +374,11 @@ class CoordinatorService:
             for f in sorted(failures, key=lambda f: f.department)
         )
         total = key.add(*ciphertexts)
+        if shape is Shape.THRESHOLD:
+            return self._threshold_outcome(
+                query_id, key, key.add_plain(total, model.base), request.threshold, model.ceiling,
+                answered, missing, model.base, seen,
+            )  # fmt: skip
         if shape is Shape.TOTAL:
             total = key.add_plain(total, model.base)
         # a fresh E(0) factor makes the forwarded ciphertext unlinkable to every received one,
@@ -371,6 +394,40 @@ class CoordinatorService:
             base=model.base,
             answered=answered,
             missing=missing,
+        )
+
+    @staticmethod
+    def _threshold_outcome(
+        query_id: QueryId,
+        key: PublicKey,
+        total: Ciphertext,
+        threshold: int,
+        ceiling: int,
+        answered: tuple[DepartmentStatus, ...],
+        missing: tuple[DepartmentStatus, ...],
+        base: int,
+        seen: dict[str, int | str],
+    ) -> QueryOutcome:
+        """E(T) → shuffled E(r_v · (T − v)) for v = threshold..ceiling (ARCHITECTURE.md).
+
+        T = base − D + B never exceeds the ceiling (bonuses are capped), so T ≥ threshold
+        exactly when one v in the range equals T: one candidate then decrypts to 0. The
+        shuffle hides which v it was, and full-size r_v hide T − v in every other candidate.
+        """
+        candidates = key.zero_tests(total, range(threshold, ceiling + 1))
+        secrets.SystemRandom().shuffle(candidates)
+        seen["ciphertexts_forwarded"] = len(candidates)
+        return QueryOutcome(
+            query_id=query_id,
+            shape=Shape.THRESHOLD,
+            ciphertext=b"",
+            slots=(),
+            slot_widths=(),
+            base=base,
+            answered=answered,
+            missing=missing,
+            candidates=tuple(c.to_bytes() for c in candidates),
+            threshold=threshold,
         )
 
     def _raise_if_denied(

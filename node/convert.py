@@ -23,10 +23,12 @@ KIND_TO_PB: dict[SubjectKind, common_pb2.SubjectKind] = {
 _SHAPE_FROM_PB: dict[int, Shape] = {
     common_pb2.SHAPE_BREAKDOWN: Shape.BREAKDOWN,
     common_pb2.SHAPE_TOTAL: Shape.TOTAL,
+    common_pb2.SHAPE_THRESHOLD: Shape.THRESHOLD,
 }
 SHAPE_TO_PB: dict[Shape, common_pb2.Shape] = {
     Shape.BREAKDOWN: common_pb2.SHAPE_BREAKDOWN,
     Shape.TOTAL: common_pb2.SHAPE_TOTAL,
+    Shape.THRESHOLD: common_pb2.SHAPE_THRESHOLD,
 }
 
 

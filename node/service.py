@@ -28,7 +28,15 @@ from osmanthus.policy import PolicyEngine, PolicyRequest, ReloadablePolicy
 from osmanthus.rules import RuleSet
 from osmanthus.tls import PeerIdentity
 from osmanthus.tokens import TokenClaims, TokenVerifier
-from osmanthus.types import DepartmentId, Purpose, QueryId, Shape, SubjectId, SubjectKind
+from osmanthus.types import (
+    PACKED_SHAPES,
+    DepartmentId,
+    Purpose,
+    QueryId,
+    Shape,
+    SubjectId,
+    SubjectKind,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -132,7 +140,7 @@ class NodeService:
         self._layouts = {
             (kind, shape): SlotLayout.for_catalogue(catalogue, kind, shape)
             for kind in department.subject_kinds
-            for shape in Shape
+            for shape in PACKED_SHAPES
         }
         # most subjects have no record at any one department: their part is computed once
         self._zero_parts = {
@@ -249,7 +257,8 @@ class NodeService:
             claims=claims,
         )
         subject = validate_subject(kind, request.subject_id, field="subject_id")
-        layout = self._layouts[kind, shape]
+        # a THRESHOLD is computed by the coordinator from the TOTAL parts
+        layout = self._layouts[kind, Shape.BREAKDOWN if shape is Shape.BREAKDOWN else Shape.TOTAL]
         if shape is Shape.BREAKDOWN:
             layout.check_wire(request.slots, request.slot_widths)
         context = {"purpose": purpose, "shape": shape.value, "subject_kind": kind.value}
@@ -353,6 +362,10 @@ class NodeService:
             validate_subject(kind, s, field=f"subject_ids[{i}]")
             for i, s in enumerate(request.subject_ids)
         )
+        if shape not in PACKED_SHAPES:
+            raise InvalidArgument(
+                f"a batch carries breakdowns or totals, not {shape.value}", field="shape"
+            )
         layout = self._layouts[kind, shape]
         layout.check_wire(request.slots, request.slot_widths)
         per = layout.capacity(key.bits)

@@ -154,6 +154,24 @@ class PublicKey:
         value = gmpy2.mpz(ciphertext.value) * (1 + gmpy2.mpz(k) * self.n) % self._nsquare
         return Ciphertext(value=int(value), n=self.n)
 
+    def zero_tests(self, ciphertext: Ciphertext, values: Sequence[int]) -> list[Ciphertext]:
+        """E(m) → [E(r_v · (m − v)) for each v], r_v drawn uniformly from [1, n) for each.
+
+        Each decrypts to 0 if m = v and otherwise to a uniformly distributed non-zero value:
+        r_v is full size (ZERO_TEST_RANDOM_BITS = the bits of n), so the product wraps mod n
+        and nothing of m − v shows. Exponentiations of the one base share a window table.
+        """
+        if ciphertext.n != self.n:
+            raise CryptoError("ciphertext was made under another key", field="ciphertext")
+        exponents = [1 + secrets.randbelow(self.n - 1) for _ in values]
+        powers = _fixed_base_powers(gmpy2.mpz(ciphertext.value), exponents, self._nsquare)
+        out = []
+        for v, r, c_r in zip(values, exponents, powers, strict=True):
+            # E(m)^r · g^(−v·r) = E(r·(m − v)), with g^k = 1 + k·n mod n²
+            k = (-v * r) % self.n
+            out.append(Ciphertext(int(c_r * (1 + gmpy2.mpz(k) * self.n) % self._nsquare), self.n))
+        return out
+
     def ciphertext_from_bytes(self, data: bytes, *, field: str = "ciphertext") -> Ciphertext:
         """Validate a ciphertext received from another party (size, range, unit mod n)."""
         if len(data) != self.ciphertext_size:
@@ -167,6 +185,47 @@ class PublicKey:
         if math.gcd(c, self.n) != 1:
             raise CryptoError("ciphertext shares a factor with n", field=field)
         return Ciphertext(value=c, n=self.n)
+
+
+def _fixed_base_powers(base: Any, exponents: Sequence[int], modulus: Any) -> list[Any]:
+    """base^e mod modulus for every e, sharing one window table when that is cheaper."""
+    if not exponents:
+        return []
+    bits = max(e.bit_length() for e in exponents)
+    count = len(exponents)
+    # mulmods: plain square-and-multiply ~1.2·bits each; a w-bit table costs rows·(2^w + w)
+    # to build and `rows` per exponent
+    best_w, best_cost = 0, count * bits * 6 // 5
+    for w in range(2, 9):
+        rows = -(-bits // w)
+        cost = rows * ((1 << w) + w) + count * rows
+        if cost < best_cost:
+            best_w, best_cost = w, cost
+    if best_w == 0:
+        return [gmpy2.powmod(base, e, modulus) for e in exponents]
+    w = best_w
+    rows = -(-bits // w)
+    mask = (1 << w) - 1
+    table: list[list[Any]] = []
+    row_base = base
+    for _ in range(rows):
+        row = [gmpy2.mpz(1), row_base]
+        for _ in range(2, 1 << w):
+            row.append(row[-1] * row_base % modulus)
+        table.append(row)
+        row_base = row[-1] * row_base % modulus  # base^(2^(w·(i+1)))
+    out = []
+    for e in exponents:
+        acc = gmpy2.mpz(1)
+        i = 0
+        while e:
+            digit = e & mask
+            if digit:
+                acc = acc * table[i][digit] % modulus
+            e >>= w
+            i += 1
+        out.append(acc)
+    return out
 
 
 @dataclass(frozen=True)
@@ -224,6 +283,19 @@ class PrivateKey:
 
     def decrypt_signed(self, ciphertext: Ciphertext) -> int:
         return self._signed(self.decrypt(ciphertext), field="ciphertext")
+
+    def is_zero(self, ciphertext: Ciphertext) -> bool:
+        """Whether the ciphertext decrypts to 0, at about half the cost of a decryption.
+
+        The p-half decides almost always: a uniform non-zero plaintext is 0 mod p with
+        probability 1/p; the q-half confirms a zero, so the answer is exact.
+        """
+        if ciphertext.n != self.public_key.n:
+            raise CryptoError("ciphertext was made under another key", field="ciphertext")
+        c = gmpy2.mpz(ciphertext.value)
+        if self._l(gmpy2.powmod(c, self._p - 1, self._psq), self._p) * self._hp % self._p:
+            return False
+        return not self._l(gmpy2.powmod(c, self._q - 1, self._qsq), self._q) * self._hq % self._q
 
     def _signed(self, m: int, *, field: str) -> int:
         n = self.public_key.n

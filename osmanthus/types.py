@@ -27,6 +27,12 @@ class Shape(enum.Enum):
 
     BREAKDOWN = "breakdown"
     TOTAL = "total"
+    #: one bit: score ≥ a threshold (zero tests over every score from the threshold up)
+    THRESHOLD = "threshold"
+
+
+#: the shapes a packed layout and a batch carry (THRESHOLD is derived from TOTAL per query)
+PACKED_SHAPES = (Shape.BREAKDOWN, Shape.TOTAL)
 
 
 class Role(enum.Enum):

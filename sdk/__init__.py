@@ -16,7 +16,7 @@ from osmanthus.tls import TlsFiles
 from osmanthus.types import DepartmentStatus, Shape
 from sdk.client import Client
 from sdk.keys import RequesterKeys, load_or_create_keys
-from sdk.results import BatchScore, ConsentRecord, EnterpriseScore, PersonScore
+from sdk.results import BatchScore, ConsentRecord, EnterpriseScore, PersonScore, ThresholdResult
 
 __all__ = [
     "BatchScore",
@@ -35,6 +35,7 @@ __all__ = [
     "PersonScore",
     "RequesterKeys",
     "Shape",
+    "ThresholdResult",
     "TlsFiles",
     "Unauthenticated",
     "Unavailable",

@@ -25,7 +25,13 @@ from osmanthus.v1 import coordinator_pb2_grpc
 from sdk import convert
 from sdk.batch import DEFAULT_CIPHERTEXTS_PER_CHUNK, BatchDecoder, Outbox, batch_requests
 from sdk.keys import RequesterKeys, load_or_create_keys
-from sdk.results import BatchScore, ConsentRecord, EnterpriseScore, PersonScore
+from sdk.results import (
+    BatchScore,
+    ConsentRecord,
+    EnterpriseScore,
+    PersonScore,
+    ThresholdResult,
+)
 
 DEFAULT_TIMEOUT_S = 30.0
 T = TypeVar("T")
@@ -281,6 +287,82 @@ class Client:
         if outbox.error is not None:
             # the ids could not all be read: every row before the failure has been yielded
             raise outbox.error
+
+    def person_meets_threshold(
+        self,
+        resident_id: str,
+        *,
+        threshold: int,
+        purpose: str,
+        consent_id: str | None = None,
+    ) -> ThresholdResult:
+        """Whether a person's score is at least `threshold`: one bit, not the score."""
+        subject = validate_resident_id(resident_id, field="resident_id")
+        self._ensure_registered()
+        response = self._call(
+            self._stub.PersonQuery,
+            convert.person_query_request(
+                resident_id=subject,
+                shape=Shape.THRESHOLD,
+                purpose=purpose,
+                consent_id=consent_id or "",
+                n_bytes=self._keys.public.to_bytes(),
+                threshold=threshold,
+            ),
+        )
+        return self._threshold(convert.answer(response), SubjectKind.PERSON, subject, threshold)
+
+    def enterprise_meets_threshold(
+        self, credit_code: str, *, threshold: int, purpose: str
+    ) -> ThresholdResult:
+        """Whether an enterprise's score is at least `threshold` (e.g. grade A at 110)."""
+        subject = validate_uscc(credit_code, field="credit_code")
+        self._ensure_registered()
+        response = self._call(
+            self._stub.EnterpriseQuery,
+            convert.enterprise_query_request(
+                credit_code=subject,
+                shape=Shape.THRESHOLD,
+                purpose=purpose,
+                n_bytes=self._keys.public.to_bytes(),
+                threshold=threshold,
+            ),
+        )
+        return self._threshold(convert.answer(response), SubjectKind.ENTERPRISE, subject, threshold)
+
+    def _threshold(
+        self, response: convert.Answer, kind: SubjectKind, subject: str, threshold: int
+    ) -> ThresholdResult:
+        model = self._catalogue.model(kind)
+        if response.shape is not Shape.THRESHOLD or response.threshold != threshold:
+            raise CryptoError("the coordinator answered another question", field="threshold")
+        if not response.answered:
+            raise CryptoError("the coordinator returned a sum of no departments", field="answered")
+        expected = model.ceiling - threshold + 1
+        if len(response.candidates) != expected:
+            raise CryptoError(
+                f"{len(response.candidates)} zero tests for scores {threshold}..{model.ceiling}; "
+                f"{expected} expected",
+                field="candidates",
+            )
+        public = self._keys.public
+        zeros = sum(
+            self._keys.private.is_zero(public.ciphertext_from_bytes(c, field="candidates"))
+            for c in response.candidates
+        )
+        if zeros > 1:
+            # a score has one value: two zeros mean the candidates were not made honestly
+            raise CryptoError(
+                f"{zeros} zero tests came out zero; at most one can", field="candidates"
+            )
+        return ThresholdResult(
+            subject_id=subject,
+            threshold=threshold,
+            meets=zeros == 1,
+            answered=response.answered,
+            missing=response.missing,
+            query_id=response.query_id,
+        )
 
     # --- consent (platform services acting for data subjects) ----------------------------------
 

@@ -25,6 +25,8 @@ class Answer:
     base: int
     answered: tuple[DepartmentStatus, ...]
     missing: tuple[DepartmentStatus, ...]
+    candidates: tuple[bytes, ...] = ()
+    threshold: int = 0
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,13 @@ def register_key_request(n_bytes: bytes) -> coordinator_pb2.RegisterKeyRequest:
 
 
 def person_query_request(
-    *, resident_id: str, shape: Shape, purpose: str, consent_id: str, n_bytes: bytes
+    *,
+    resident_id: str,
+    shape: Shape,
+    purpose: str,
+    consent_id: str,
+    n_bytes: bytes,
+    threshold: int = 0,
 ) -> coordinator_pb2.PersonQueryRequest:
     return coordinator_pb2.PersonQueryRequest(
         resident_id=resident_id,
@@ -78,14 +86,19 @@ def person_query_request(
         purpose=purpose,
         consent_id=consent_id,
         public_key=_key(n_bytes),
+        threshold=threshold,
     )
 
 
 def enterprise_query_request(
-    *, credit_code: str, shape: Shape, purpose: str, n_bytes: bytes
+    *, credit_code: str, shape: Shape, purpose: str, n_bytes: bytes, threshold: int = 0
 ) -> coordinator_pb2.EnterpriseQueryRequest:
     return coordinator_pb2.EnterpriseQueryRequest(
-        credit_code=credit_code, shape=SHAPE_TO_PB[shape], purpose=purpose, public_key=_key(n_bytes)
+        credit_code=credit_code,
+        shape=SHAPE_TO_PB[shape],
+        purpose=purpose,
+        public_key=_key(n_bytes),
+        threshold=threshold,
     )
 
 
@@ -99,6 +112,8 @@ def answer(message: coordinator_pb2.QueryResponse) -> Answer:
         base=message.base,
         answered=_statuses(message.answered),
         missing=_statuses(message.missing),
+        candidates=tuple(c.value for c in message.candidates),
+        threshold=message.threshold,
     )
 
 

@@ -44,6 +44,22 @@ class EnterpriseScore(PersonScore):
 
 
 @dataclass(frozen=True)
+class ThresholdResult:
+    """One bit about a subject: is the score at least `threshold`? Nothing else is learnt."""
+
+    subject_id: str
+    threshold: int
+    meets: bool
+    answered: tuple[DepartmentStatus, ...]
+    missing: tuple[DepartmentStatus, ...]
+    query_id: str
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.missing)
+
+
+@dataclass(frozen=True)
 class ConsentRecord:
     consent_id: ConsentId
     subject_id: str

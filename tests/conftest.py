@@ -23,7 +23,7 @@ PLATFORM_DEPARTMENTS = (
     "customs",
     "eco",
 )
-PLATFORM_REQUESTERS = ("agency-1", "bank-1", "registrar", "sync-1")
+PLATFORM_REQUESTERS = ("agency-1", "bank-1", "registrar", "sync-1", "library-1")
 
 
 class IssuerKeyPaths(NamedTuple):

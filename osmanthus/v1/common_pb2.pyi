@@ -16,12 +16,14 @@ class Shape(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SHAPE_UNSPECIFIED: _ClassVar[Shape]
     SHAPE_BREAKDOWN: _ClassVar[Shape]
     SHAPE_TOTAL: _ClassVar[Shape]
+    SHAPE_THRESHOLD: _ClassVar[Shape]
 SUBJECT_KIND_UNSPECIFIED: SubjectKind
 SUBJECT_KIND_PERSON: SubjectKind
 SUBJECT_KIND_ENTERPRISE: SubjectKind
 SHAPE_UNSPECIFIED: Shape
 SHAPE_BREAKDOWN: Shape
 SHAPE_TOTAL: Shape
+SHAPE_THRESHOLD: Shape
 
 class PaillierPublicKey(_message.Message):
     __slots__ = ("n",)

@@ -113,7 +113,7 @@ def requester_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Reques
     directory = tmp_path_factory.mktemp("requester-keys")
     return {
         name: load_or_create_keys(directory / f"{name}.key")
-        for name in ("agency-1", "bank-1", "registrar", "sync-1")
+        for name in ("agency-1", "bank-1", "registrar", "sync-1", "library-1")
     }
 
 

@@ -361,10 +361,13 @@ def bytes_fields(message: Any, path: str = "") -> list[str]:
 
 def test_query_response_type_has_one_ciphertext_and_coverage_only() -> None:
     response = coordinator_pb2.QueryResponse.DESCRIPTOR
-    assert bytes_fields(response) == ["ciphertext.value"]
+    # one sum, or for THRESHOLD the zero tests made from it (test_threshold.py decrypts them)
+    assert bytes_fields(response) == ["ciphertext.value", "candidates.value"]
     ciphertext = response.fields_by_name["ciphertext"]
     assert ciphertext.message_type is common_pb2.Ciphertext.DESCRIPTOR
     assert not ciphertext.is_repeated
+    candidates = response.fields_by_name["candidates"]
+    assert candidates.message_type is common_pb2.Ciphertext.DESCRIPTOR
     assert {f.name for f in response.fields} == {
         "query_id",
         "shape",
@@ -375,6 +378,8 @@ def test_query_response_type_has_one_ciphertext_and_coverage_only() -> None:
         "answered",
         "missing",
         "partial",
+        "candidates",
+        "threshold",
     }
     status: Any = response.fields_by_name["answered"].message_type
     assert {f.name for f in status.fields} == {"department", "detail", "rules_version"}

@@ -46,7 +46,7 @@ def test_parser_defaults_match_the_documented_run() -> None:
     args = build_parser().parse_args([])
     assert args.persons == 2000
     assert args.queries == 200
-    assert args.shapes == [Shape.BREAKDOWN, Shape.TOTAL]
+    assert args.shapes == [Shape.BREAKDOWN, Shape.TOTAL, Shape.THRESHOLD]
     assert args.concurrency == 1
     # the warm-up must reach the node's table threshold, or timing starts on the slow path
     assert args.warmup == DEFAULT_WARMUP > DEFAULT_TABLE_AFTER_USES
@@ -60,7 +60,7 @@ def test_parser_reads_shapes_and_drops_repeats() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--shapes", "threshold"], "unknown shape(s) threshold"),
+        (["--shapes", "stats"], "unknown shape(s) stats"),
         (["--shapes", ","], "(none given)"),
         (["--queries", "0"], "must be 1 or more, got 0"),
         (["--concurrency", "two"], "'two' is not a whole number"),
