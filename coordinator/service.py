@@ -18,7 +18,7 @@ from coordinator.nodes import NodeFailure, NodePool
 from node.service import ContributionRequest, ContributionResult, validate_query_fields
 from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
 from osmanthus.catalogue import Catalogue
-from osmanthus.crypto import Ciphertext, EncryptorCache, PublicKey
+from osmanthus.crypto import Ciphertext, EncryptorCache, PublicKey, ZeroTestPool
 from osmanthus.encoding import SlotLayout
 from osmanthus.errors import (
     CryptoError,
@@ -119,6 +119,8 @@ class CoordinatorService:
         self._encryptors = encryptors
         self._deadline_s = deadline_s
         self._clock = clock
+        # THRESHOLD's zero tests are the one heavy step here: while they run the nodes are idle
+        self._zero_tests = ZeroTestPool()
         self._batches = BatchScorer(
             catalogue=catalogue,
             nodes=nodes,
@@ -131,6 +133,7 @@ class CoordinatorService:
         )
 
     def close(self) -> None:
+        self._zero_tests.close()
         self._batches.close()
         self._nodes.close()
         self._consents.close()
@@ -396,8 +399,8 @@ class CoordinatorService:
             missing=missing,
         )
 
-    @staticmethod
     def _threshold_outcome(
+        self,
         query_id: QueryId,
         key: PublicKey,
         total: Ciphertext,
@@ -414,7 +417,7 @@ class CoordinatorService:
         exactly when one v in the range equals T: one candidate then decrypts to 0. The
         shuffle hides which v it was, and full-size r_v hide T − v in every other candidate.
         """
-        candidates = key.zero_tests(total, range(threshold, ceiling + 1))
+        candidates = self._zero_tests.zero_tests(key, total, range(threshold, ceiling + 1))
         secrets.SystemRandom().shuffle(candidates)
         seen["ciphertexts_forwarded"] = len(candidates)
         return QueryOutcome(

@@ -161,10 +161,22 @@ class PublicKey:
         r_v is full size (ZERO_TEST_RANDOM_BITS = the bits of n), so the product wraps mod n
         and nothing of m − v shows. Exponentiations of the one base share a window table.
         """
+        return self._zero_tests_with(
+            ciphertext,
+            values,
+            lambda base, exponents: _fixed_base_powers(gmpy2.mpz(base), exponents, self._nsquare),
+        )
+
+    def _zero_tests_with(
+        self,
+        ciphertext: Ciphertext,
+        values: Sequence[int],
+        powers_of: Callable[[int, list[int]], Sequence[Any]],
+    ) -> list[Ciphertext]:
         if ciphertext.n != self.n:
             raise CryptoError("ciphertext was made under another key", field="ciphertext")
         exponents = [1 + secrets.randbelow(self.n - 1) for _ in values]
-        powers = _fixed_base_powers(gmpy2.mpz(ciphertext.value), exponents, self._nsquare)
+        powers = powers_of(ciphertext.value, exponents)
         out = []
         for v, r, c_r in zip(values, exponents, powers, strict=True):
             # E(m)^r · g^(−v·r) = E(r·(m − v)), with g^k = 1 + k·n mod n²
@@ -292,7 +304,10 @@ class PrivateKey:
         """
         if ciphertext.n != self.public_key.n:
             raise CryptoError("ciphertext was made under another key", field="ciphertext")
-        c = gmpy2.mpz(ciphertext.value)
+        return self._is_zero_value(ciphertext.value)
+
+    def _is_zero_value(self, value: int) -> bool:
+        c = gmpy2.mpz(value)
         if self._l(gmpy2.powmod(c, self._p - 1, self._psq), self._p) * self._hp % self._p:
             return False
         return not self._l(gmpy2.powmod(c, self._q - 1, self._qsq), self._q) * self._hq % self._q
@@ -575,6 +590,9 @@ def resolve_workers(workers: int | None) -> int:
     return workers
 
 
+#: zero tests below this many are made in the calling process: a pool trip costs more
+ZERO_TEST_MIN_PARALLEL = 24
+
 #: the private key of a decryption worker process, set once by its pool's initializer
 _worker_key: PrivateKey | None = None
 
@@ -589,6 +607,18 @@ def _decrypt_in_worker(values: list[int]) -> list[int]:
     if key is None:
         raise CryptoError("this decryption worker never received its key", field="workers")
     return [key._decrypt_value(value) for value in values]
+
+
+def _is_zero_in_worker(values: list[int]) -> list[bool]:
+    key = _worker_key
+    if key is None:
+        raise CryptoError("this decryption worker never received its key", field="workers")
+    return [key._is_zero_value(value) for value in values]
+
+
+def _zero_tests_in_worker(n: int, base: int, exponents: list[int]) -> list[int]:
+    modulus = gmpy2.mpz(n) * n
+    return [int(c) for c in _fixed_base_powers(gmpy2.mpz(base), exponents, modulus)]
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -674,6 +704,29 @@ class ParallelDecryptor:
         except BrokenProcessPool as exc:
             raise _broken(exc) from exc
 
+    def zero_flags(self, ciphertexts: Sequence[Ciphertext]) -> list[bool]:
+        """Whether each ciphertext decrypts to 0 (see `PrivateKey.is_zero`), in order."""
+        with self._lock:
+            if self._closed:
+                raise FailedPrecondition(
+                    "the parallel decryptor is closed; create a new one", field="decryptor"
+                )
+            values = self._key._values_of(ciphertexts)
+            pool = self._pool
+            if pool is None or len(values) < PARALLEL_MIN_PER_WORKER * self.workers:
+                parts = None
+            else:
+                try:
+                    parts = pool.map(_is_zero_in_worker, _slices(values, self.workers))
+                except BrokenProcessPool as exc:
+                    raise _broken(exc) from exc
+        if parts is None:
+            return [self._key._is_zero_value(value) for value in values]
+        try:
+            return [flag for part in parts for flag in part]
+        except BrokenProcessPool as exc:
+            raise _broken(exc) from exc
+
     def decrypt_signed(self, ciphertexts: Sequence[Ciphertext]) -> list[int]:
         """Signed plaintexts (see `PrivateKey.decrypt_signed`) of `ciphertexts`, in order."""
         return [
@@ -701,6 +754,58 @@ class ParallelDecryptor:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class ZeroTestPool:
+    """Makes the zero tests of `PublicKey.zero_tests` on several cores; holds no secret.
+
+    The random multipliers are drawn in the calling process; each worker raises the one base
+    to its share of them. Lists shorter than ZERO_TEST_MIN_PARALLEL stay in the caller.
+    """
+
+    def __init__(self, *, workers: int | None = None) -> None:
+        self.workers = resolve_workers(workers)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._pool: ProcessPoolExecutor | None = None
+        if self.workers > 1:
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_pool_context())
+            self._finalizer = weakref.finalize(
+                self, self._pool.shutdown, wait=False, cancel_futures=True
+            )
+
+    def zero_tests(
+        self, public_key: PublicKey, ciphertext: Ciphertext, values: Sequence[int]
+    ) -> list[Ciphertext]:
+        with self._lock:
+            if self._closed:
+                raise FailedPrecondition("the zero-test pool is closed", field="zero_tests")
+            pool = self._pool
+        if pool is None or len(values) < ZERO_TEST_MIN_PARALLEL:
+            return public_key.zero_tests(ciphertext, values)
+        return public_key._zero_tests_with(
+            ciphertext,
+            values,
+            lambda base, exponents: [
+                power
+                for part in pool.map(
+                    _zero_tests_in_worker,
+                    [public_key.n] * self.workers,
+                    [base] * self.workers,
+                    _slices(exponents, self.workers),
+                )
+                for power in part
+            ],
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._pool is not None:
+            self._finalizer.detach()
+            self._pool.shutdown(wait=True)
 
 
 def _broken(exc: BrokenProcessPool) -> CryptoError:

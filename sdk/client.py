@@ -13,7 +13,7 @@ import jwt
 
 from node.service import MAX_CHUNK_SUBJECTS
 from osmanthus.catalogue import Catalogue, SubjectModel, load_catalogue
-from osmanthus.crypto import Ciphertext
+from osmanthus.crypto import Ciphertext, ParallelDecryptor
 from osmanthus.encoding import SlotLayout
 from osmanthus.errors import ConfigError, CryptoError, InvalidArgument
 from osmanthus.grpc_errors import error_from_rpc
@@ -68,6 +68,7 @@ class Client:
         self._stub = coordinator_pb2_grpc.CoordinatorServiceStub(self._channel)
         self._registered = False
         self._lock = threading.Lock()
+        self._zero_checker: ParallelDecryptor | None = None
 
     @staticmethod
     def _check_token_binding(token: str, fingerprint: KeyFingerprint) -> dict[str, Any]:
@@ -97,6 +98,10 @@ class Client:
             raise error_from_rpc(exc) from None
 
     def close(self) -> None:
+        with self._lock:
+            checker, self._zero_checker = self._zero_checker, None
+        if checker is not None:
+            checker.close()
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -346,10 +351,15 @@ class Client:
                 field="candidates",
             )
         public = self._keys.public
-        zeros = sum(
-            self._keys.private.is_zero(public.ciphertext_from_bytes(c, field="candidates"))
-            for c in response.candidates
-        )
+        candidates = [
+            public.ciphertext_from_bytes(c, field="candidates") for c in response.candidates
+        ]
+        with self._lock:
+            if self._zero_checker is None:
+                # on every core, with the key sent to its workers once for this client's life
+                self._zero_checker = ParallelDecryptor(self._keys.private)
+            checker = self._zero_checker
+        zeros = sum(checker.zero_flags(candidates))
         if zeros > 1:
             # a score has one value: two zeros mean the candidates were not made honestly
             raise CryptoError(
