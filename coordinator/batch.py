@@ -19,6 +19,7 @@ from typing import Any
 from coordinator.disclosure import DisclosureLedger
 from coordinator.keys import KeyRegistry
 from coordinator.nodes import NodePool
+from coordinator.ratelimit import RateLimiter
 from node.service import MAX_CHUNK_SUBJECTS, ChunkRequest, ChunkResult
 from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
 from osmanthus.catalogue import Catalogue
@@ -185,6 +186,7 @@ class BatchScorer:
         audit: AuditLog,
         encryptors: EncryptorCache,
         clock: Callable[[], datetime],
+        rate_limiter: RateLimiter,
         window: int = DEFAULT_WINDOW,
         chunk_deadline_s: float = DEFAULT_CHUNK_DEADLINE_S,
         max_batches: int = DEFAULT_MAX_BATCHES,
@@ -198,6 +200,7 @@ class BatchScorer:
         self._audit = audit
         self._encryptors = encryptors
         self._clock = clock
+        self._rate_limiter = rate_limiter
         self._window = window
         self._chunk_deadline_s = chunk_deadline_s
         self._max_batches = max_batches
@@ -259,6 +262,7 @@ class BatchScorer:
         )
         if not decision.allowed:
             raise PermissionDenied(f"central policy: {decision.reason}")
+        self._rate_limiter.charge(claims.requester, engine.rate_limits(decision))
         expected = sorted(d.id for d in self._catalogue.departments_for(kind))
         absent = [d for d in expected if d not in self._nodes.departments]
         if absent:

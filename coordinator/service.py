@@ -15,6 +15,7 @@ from coordinator.consent import Consent, ConsentRegistry, ConsentState
 from coordinator.disclosure import DisclosureLedger
 from coordinator.keys import KeyRegistry
 from coordinator.nodes import NodeFailure, NodePool
+from coordinator.ratelimit import RateLimiter
 from node.service import ContributionRequest, ContributionResult, validate_query_fields
 from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
 from osmanthus.catalogue import Catalogue
@@ -121,6 +122,7 @@ class CoordinatorService:
         self._clock = clock
         # THRESHOLD's zero tests are the one heavy step here: while they run the nodes are idle
         self._zero_tests = ZeroTestPool()
+        self._rate_limiter = RateLimiter()
         self._batches = BatchScorer(
             catalogue=catalogue,
             nodes=nodes,
@@ -130,6 +132,7 @@ class CoordinatorService:
             audit=audit,
             encryptors=encryptors,
             clock=clock,
+            rate_limiter=self._rate_limiter,
         )
 
     def close(self) -> None:
@@ -294,6 +297,8 @@ class CoordinatorService:
         else:
             context["consent"] = ConsentState.NOT_APPLICABLE.value
             decision = self._require(claims, action, resource, context, engine)
+        # a permit's @rate_limit: counted only once everything else has allowed the query
+        self._rate_limiter.charge(claims.requester, engine.rate_limits(decision))
         # ARCHITECTURE.md: fewer departments than this are refused unless each allows single-source
         minimum = engine.min_departments(decision)
 

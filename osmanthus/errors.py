@@ -81,6 +81,13 @@ class DeadlineExceeded(OsmanthusError):
     retryable = True
 
 
+class RateLimited(OsmanthusError):
+    """The requester made more requests than its policy allows in a period; retry later."""
+
+    exit_code = 4
+    retryable = True
+
+
 class CryptoError(OsmanthusError):
     """A key or ciphertext failed validation, or decoding found an inconsistency."""
 

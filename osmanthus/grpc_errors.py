@@ -27,6 +27,7 @@ _TO_STATUS: tuple[tuple[type[errors.OsmanthusError], grpc.StatusCode], ...] = (
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.ConfigError, grpc.StatusCode.INTERNAL),
 )
 
@@ -41,6 +42,8 @@ _FROM_STATUS: dict[grpc.StatusCode, type[errors.OsmanthusError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
+    # not RESOURCE_EXHAUSTED: grpc itself sends it (a message over the size limit); only a
+    # RateLimited that names itself in the trailing metadata is rebuilt as one
 }
 
 

@@ -61,6 +61,30 @@ action ContributeBatch appliesTo {
 
 #: annotation a permit carries to demand a minimum number of departments in any sum it releases
 MIN_DEPARTMENTS_ANNOTATION: Final = "min_departments"
+#: annotation a permit carries to bound how often one requester may be granted by it
+RATE_LIMIT_ANNOTATION: Final = "rate_limit"
+_RATE = re.compile(r"([1-9][0-9]{0,8})/(second|minute|hour|day)")
+_PERIOD_S: Final = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most `count` grants per `period_s` seconds to one requester under rule `policy_id`."""
+
+    policy_id: str
+    count: int
+    period_s: float
+    text: str
+
+
+def parse_rate(text: str) -> tuple[int, float] | None:
+    """'60/minute' → (60, 60.0); None when the text is not a rate."""
+    match = _RATE.fullmatch(text.strip())
+    if match is None:
+        return None
+    return int(match.group(1)), _PERIOD_S[match.group(2)]
+
+
 #: ARCHITECTURE.md: the coordinator refuses sums of fewer departments than this unless told more
 DEFAULT_MIN_DEPARTMENTS: Final = 3
 #: a sum of one department is that department's contribution, governed by the node's
@@ -166,6 +190,13 @@ class PolicyEngine:
                     "every @id must be unique so that decisions name one policy"
                 )
             _check_min_departments(notes, origin=origin, line=line, policy=display)
+            rate = notes.get(RATE_LIMIT_ANNOTATION)
+            if rate is not None and parse_rate(rate) is None:
+                raise ConfigError(
+                    f"{origin}, line {line}: policy '{display}' has @{RATE_LIMIT_ANNOTATION}"
+                    f'("{rate}"); write a count per period, e.g. @{RATE_LIMIT_ANNOTATION}'
+                    '("60/minute") (second, minute, hour or day)'
+                )
             self._display[internal_id] = display
             annotations[display] = types.MappingProxyType(notes)
         self._annotations = types.MappingProxyType(annotations)
@@ -215,6 +246,16 @@ class PolicyEngine:
             and MIN_DEPARTMENTS_ANNOTATION in notes
         ]
         return max(values, default=DEFAULT_MIN_DEPARTMENTS)
+
+    def rate_limits(self, decision: Decision) -> tuple[RateLimit, ...]:
+        """The @rate_limit of every rule that allowed `decision`: each must have room."""
+        out = []
+        for pid in decision.policy_ids if decision.allowed else ():
+            text = (self._annotations.get(pid) or {}).get(RATE_LIMIT_ANNOTATION)
+            parsed = parse_rate(text) if text is not None else None
+            if parsed is not None and text is not None:
+                out.append(RateLimit(pid, parsed[0], parsed[1], text))
+        return tuple(out)
 
     def decide(self, request: PolicyRequest) -> Decision:
         key = _cache_key(request)

@@ -238,6 +238,8 @@ def explain(engine: PolicyEngine, request: PolicyRequest) -> str:
     ]
     if decision.allowed:
         lines.append(f"  minimum departments in a sum: {engine.min_departments(decision)}")
+        for limit in engine.rate_limits(decision):
+            lines.append(f"  rate limit: {limit.text} per requester (rule {limit.policy_id})")
     for error in decision.errors:
         lines.append(f"  error: {error}")
     lines.append(f"  policy: {engine.origin} (sha256 {engine.hash[:16]}…)")

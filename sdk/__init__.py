@@ -9,6 +9,7 @@ from osmanthus.errors import (
     NotFound,
     OsmanthusError,
     PermissionDenied,
+    RateLimited,
     Unauthenticated,
     Unavailable,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "OsmanthusError",
     "PermissionDenied",
     "PersonScore",
+    "RateLimited",
     "RequesterKeys",
     "Shape",
     "ThresholdResult",

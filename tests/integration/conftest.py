@@ -129,6 +129,7 @@ def start_federation(
     deadline_s: float = 3.0,
     extra_endpoints: Sequence[NodeEndpoint] = (),
     node_policies: Mapping[str, Path] | None = None,
+    central_policy: Path | None = None,
 ) -> Federation:
     nodes: dict[str, RunningServer] = {}
     configs: dict[str, NodeConfig] = {}
@@ -158,6 +159,7 @@ def start_federation(
             issuer_public_key=issuer_keys.public,
             state_dir=base / "state" / "coordinator",
             deadline_s=deadline_s,
+            **({"policy": central_policy} if central_policy else {}),
         ),
         catalogue=catalogue,
     )

@@ -5,13 +5,21 @@ from __future__ import annotations
 import csv
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 import sdk
-from osmanthus.types import Role, SubjectKind
-from sdk import Client, PersonScore
-from tests.integration.conftest import Federation, consent_for
+from osmanthus.types import Role, Shape, SubjectKind
+from sdk import Client, PersonScore, RequesterKeys
+from tests.conftest import IssuerKeyPaths
+from tests.integration.conftest import (
+    Federation,
+    consent_for,
+    restricted_catalogue,
+    start_federation,
+    stop_federation,
+)
 
 AGENCY = "agency-1"
 
@@ -189,3 +197,44 @@ def test_a_requester_lists_only_the_consents_granted_to_itself(
 
     # the platform service that records consents sees every grantee's
     assert {c.consent_id for c in registrar.list_consents(subject_id=person)} == {mine, theirs}
+
+
+def test_a_permits_rate_limit_refuses_the_next_query_with_resource_exhausted(
+    federation: Federation,
+    tmp_path: Path,
+    platform_certs: Path,
+    issuer_keys: IssuerKeyPaths,
+    requester_keys: dict[str, RequesterKeys],
+) -> None:
+    from coordinator.server import DEFAULT_CENTRAL_POLICY
+
+    text = DEFAULT_CENTRAL_POLICY.read_text()
+    marker = '@id("central-enterprise-query")\n'
+    policy = tmp_path / "central.cedar"
+    policy.write_text(text.replace(marker, marker + '@rate_limit("3/minute")\n'))
+    departments = ("court", "tax", "samr", "eco", "customs")
+    small = start_federation(
+        tmp_path,
+        catalogue=restricted_catalogue(departments),
+        data=federation.data,
+        certs=platform_certs,
+        issuer_keys=issuer_keys,
+        keys=requester_keys,
+        departments=departments,
+        central_policy=policy,
+    )
+    try:
+        with small.client("bank-1", role=Role.BANK, purposes=["credit_report"]) as bank:
+            bank.register_key()
+            with federation.data.subjects_file.open() as f:
+                firm = next(
+                    r["subject_id"] for r in csv.DictReader(f) if r["subject_kind"] == "enterprise"
+                )
+            for _ in range(3):
+                bank.enterprise_score(firm, purpose="credit_report", shape=Shape.TOTAL)
+            with pytest.raises(sdk.RateLimited) as caught:
+                bank.enterprise_score(firm, purpose="credit_report", shape=Shape.TOTAL)
+    finally:
+        stop_federation(small)
+    assert "3/minute under rule 'central-enterprise-query'" in caught.value.message
+    assert "retry in" in caught.value.message

@@ -40,6 +40,7 @@ EXPECTED: dict[type[errors.OsmanthusError], tuple[grpc.StatusCode, type[errors.O
     errors.FailedPrecondition: (grpc.StatusCode.FAILED_PRECONDITION, errors.FailedPrecondition),
     errors.Unavailable: (grpc.StatusCode.UNAVAILABLE, errors.Unavailable),
     errors.DeadlineExceeded: (grpc.StatusCode.DEADLINE_EXCEEDED, errors.DeadlineExceeded),
+    errors.RateLimited: (grpc.StatusCode.RESOURCE_EXHAUSTED, errors.RateLimited),
     # a server's broken configuration is the server's problem, not the caller's
     errors.ConfigError: (grpc.StatusCode.INTERNAL, errors.ConfigError),
     errors.OsmanthusError: (grpc.StatusCode.INTERNAL, errors.OsmanthusError),

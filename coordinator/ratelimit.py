@@ -1,0 +1,52 @@
+"""Per-requester rate limits from policy: how often a requester may be granted under a rule."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from osmanthus.errors import RateLimited
+from osmanthus.policy import RateLimit
+
+#: (requester, rule) pairs remembered at most; the least recently charged are dropped first
+MAX_TRACKED = 100_000
+
+
+class RateLimiter:
+    """Sliding windows of grant times, per requester and rule, in this process's memory.
+
+    A request charges every limit of the rules that allowed it, or none: if one has no room,
+    it is refused and nothing is counted.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._grants: dict[tuple[str, str], deque[float]] = {}
+
+    def charge(self, requester: str, limits: Sequence[RateLimit]) -> None:
+        if not limits:
+            return
+        now = self._clock()
+        with self._lock:
+            windows = []
+            for limit in limits:
+                key = (requester, limit.policy_id)
+                window = self._grants.pop(key, None) or deque()
+                self._grants[key] = window  # most recently used last
+                while window and window[0] <= now - limit.period_s:
+                    window.popleft()
+                if len(window) >= limit.count:
+                    wait = math.ceil(window[0] + limit.period_s - now)
+                    raise RateLimited(
+                        f"{requester} may be granted {limit.text} under rule "
+                        f"'{limit.policy_id}' and has reached it; retry in {max(wait, 1)} s"
+                    )
+                windows.append(window)
+            for window in windows:
+                window.append(now)
+            while len(self._grants) > MAX_TRACKED:
+                del self._grants[next(iter(self._grants))]
