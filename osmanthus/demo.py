@@ -27,6 +27,7 @@ _MARKER = ".osmanthus-demo"
 AGENCY = "agency-1"
 REGISTRAR = "registrar"
 RESCORING = "rescoring"
+LIBRARY = "city-library"
 
 
 def _say(text: str = "") -> None:
@@ -187,7 +188,9 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
 
     _step(t0, "Creating the platform CA, node/coordinator/requester certificates and issuer key")
     certs = workdir / "certs"
-    init_platform(certs, departments=departments, requesters=[AGENCY, REGISTRAR, RESCORING])
+    init_platform(
+        certs, departments=departments, requesters=[AGENCY, REGISTRAR, RESCORING, LIBRARY]
+    )
     issuer_dir = workdir / "issuer"
     generate_issuer_keypair(issuer_dir / "issuer.key", issuer_dir / "issuer.pub")
     issuer = TokenIssuer.from_file(issuer_dir / "issuer.key")
@@ -197,6 +200,14 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
     agency_keys = load_or_create_keys(workdir / "keys" / f"{AGENCY}.key")
     registrar_keys = load_or_create_keys(workdir / "keys" / f"{REGISTRAR}.key")
     rescoring_keys = load_or_create_keys(workdir / "keys" / f"{RESCORING}.key")
+    library_keys = load_or_create_keys(workdir / "keys" / f"{LIBRARY}.key")
+    library_token = issuer.issue(
+        requester=LIBRARY,
+        role=Role.LIBRARY,
+        purposes=["deposit_waiver"],
+        key_fingerprint=library_keys.fingerprint,
+        ttl=timedelta(hours=1),
+    )
     rescoring_token = issuer.issue(
         requester=RESCORING,
         role=Role.PLATFORM_SERVICE,
@@ -291,6 +302,31 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
                 )
             except OsmanthusError as exc:
                 _say(f"  refused ({type(exc).__name__}): {exc}")
+
+            _step(t0, "The city library waives the book deposit at a score of 110: with the "
+                  "reader's consent it learns one bit, never the score")  # fmt: skip
+            with Client(target, tls=tls(LIBRARY), token=library_token, keys=library_keys) as lib:
+                for consent in consents[1:]:
+                    waiver = reg.grant_consent(
+                        subject_id=consent.subject_id,
+                        grantee=LIBRARY,
+                        purpose="deposit_waiver",
+                        expires_at=expires,
+                    )
+                    bit = lib.person_meets_threshold(
+                        waiver.subject_id,
+                        threshold=110,
+                        purpose="deposit_waiver",
+                        consent_id=waiver.consent_id,
+                    )
+                    verdict = "yes: deposit waived" if bit.meets else "no: deposit due"
+                    _say(f"  {mask_subject(bit.subject_id)}: score ≥ 110? {verdict}")
+                try:
+                    lib.person_score(
+                        waiver.subject_id, purpose="deposit_waiver", consent_id=waiver.consent_id
+                    )
+                except OsmanthusError as exc:
+                    _say(f"  asking for the score itself is refused ({type(exc).__name__}): {exc}")
 
             _step(t0, f"The platform's rescoring service scores all {persons} citizens in one "
                   "batch (TOTAL; a statutory duty, so no consent per person)")  # fmt: skip
