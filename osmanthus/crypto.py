@@ -158,8 +158,9 @@ class PublicKey:
         """E(m) → [E(r_v · (m − v)) for each v], r_v drawn uniformly from [1, n) for each.
 
         Each decrypts to 0 if m = v and otherwise to a uniformly distributed non-zero value:
-        r_v is full size (ZERO_TEST_RANDOM_BITS = the bits of n), so the product wraps mod n
-        and nothing of m − v shows. Exponentiations of the one base share a window table.
+        r_v is full size, so the product wraps mod n and nothing of m − v shows. Exponentiations
+        of the one base share a window table. The results share the randomness of E(m) raised
+        to r_v: re-randomise each (multiply by a fresh E(0)) before anyone else sees them.
         """
         return self._zero_tests_with(
             ciphertext,

@@ -196,3 +196,42 @@ def test_batches_do_not_answer_thresholds(federation: Federation) -> None:
                 )
             )
     assert caught.value.field == "header.shape"
+
+
+def test_no_two_zero_tests_can_be_related_through_their_randomness(
+    federation: Federation, library: Client, readers: dict[str, tuple[str, int]]
+) -> None:
+    """The attack found in review: with ρ_v = ρ^r_v, ρ_i^r_j = ρ_j^r_i for the true r = m/(T − v).
+
+    The requester can compute every candidate's plaintext m_v and randomness ρ_v (it holds p
+    and q). Without fresh randomness per candidate, trying the few possible T − v values would
+    find the true pair and with it T. Each candidate must carry its own fresh E(0).
+    """
+    import gmpy2
+
+    keys = federation.keys[LIBRARY]
+    n = keys.public.n
+    phi = (int(keys.private._p) - 1) * (int(keys.private._q) - 1)
+    n_inverse = gmpy2.invert(n, phi)
+    # a score inside the range, so that it is T itself and not T clamped
+    person, (consent_id, score) = next((p, r) for p, r in readers.items() if 0 < r[1] < 190)
+    response = _raw(federation, person, consent_id, 190, common_pb2.SHAPE_THRESHOLD)
+
+    def plaintext_and_randomness(raw: bytes) -> tuple[int, int]:
+        c = keys.public.ciphertext_from_bytes(raw)
+        m = keys.private.decrypt(c)
+        rho_n = c.value * gmpy2.invert(1 + m * n, n * n) % (n * n)
+        return m, int(gmpy2.powmod(rho_n % n, n_inverse, n))
+
+    (m_i, rho_i), (m_j, rho_j) = (
+        plaintext_and_randomness(c.value) for c in response.candidates[:2]
+    )
+    differences = [score - v for v in range(190, 201)]  # T − v for every v asked about
+    related = [
+        (d_i, d_j)
+        for d_i in differences
+        for d_j in differences
+        if gmpy2.powmod(rho_i, m_j * gmpy2.invert(d_j % n, n) % n, n)
+        == gmpy2.powmod(rho_j, m_i * gmpy2.invert(d_i % n, n) % n, n)
+    ]
+    assert related == []
