@@ -18,8 +18,10 @@ MAX_TRACKED = 100_000
 class RateLimiter:
     """Sliding windows of grant times, per requester and rule, in this process's memory.
 
-    A request charges every limit of the rules that allowed it, or none: if one has no room,
-    it is refused and nothing is counted.
+    A request reserves a place under every limit of the rules that allowed it, or none: if
+    one has no room it is refused and nothing is counted. A request refused later (too few
+    departments, a partial answer the policy refuses) gives its places back with `refund`,
+    so only answers count, and requests in flight cannot overshoot the limit.
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -27,9 +29,10 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._grants: dict[tuple[str, str], deque[float]] = {}
 
-    def charge(self, requester: str, limits: Sequence[RateLimit]) -> None:
+    def charge(self, requester: str, limits: Sequence[RateLimit]) -> float | None:
+        """Reserve a place under each limit; the stamp returned is what `refund` takes."""
         if not limits:
-            return
+            return None
         now = self._clock()
         with self._lock:
             windows = []
@@ -50,3 +53,14 @@ class RateLimiter:
                 window.append(now)
             while len(self._grants) > MAX_TRACKED:
                 del self._grants[next(iter(self._grants))]
+        return now
+
+    def refund(self, requester: str, limits: Sequence[RateLimit], stamp: float | None) -> None:
+        """Give back the places a refused request reserved with `charge`."""
+        if stamp is None:
+            return
+        with self._lock:
+            for limit in limits:
+                window = self._grants.get((requester, limit.policy_id))
+                if window is not None and stamp in window:
+                    window.remove(stamp)

@@ -18,7 +18,7 @@ from coordinator.nodes import NodeFailure, NodePool
 from coordinator.ratelimit import RateLimiter
 from node.service import ContributionRequest, ContributionResult, validate_query_fields
 from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
-from osmanthus.catalogue import Catalogue
+from osmanthus.catalogue import Catalogue, SubjectModel
 from osmanthus.crypto import Ciphertext, EncryptorCache, PublicKey, ZeroTestPool
 from osmanthus.encoding import SlotLayout
 from osmanthus.errors import (
@@ -297,8 +297,35 @@ class CoordinatorService:
         else:
             context["consent"] = ConsentState.NOT_APPLICABLE.value
             decision = self._require(claims, action, resource, context, engine)
-        # a permit's @rate_limit: counted only once everything else has allowed the query
-        self._rate_limiter.charge(claims.requester, engine.rate_limits(decision))
+        # a permit's @rate_limit: reserved now, given back below if the query is refused after all
+        limits = engine.rate_limits(decision)
+        stamp = self._rate_limiter.charge(claims.requester, limits)
+        try:
+            return self._answer(
+                query_id, request, claims, token, seen, engine, decision, kind, subject, shape,
+                purpose, key, model,
+            )  # fmt: skip
+        except BaseException:
+            self._rate_limiter.refund(claims.requester, limits, stamp)
+            raise
+
+    def _answer(
+        self,
+        query_id: QueryId,
+        request: QueryRequest,
+        claims: TokenClaims,
+        token: str,
+        seen: dict[str, int | str],
+        engine: PolicyEngine,
+        decision: Decision,
+        kind: SubjectKind,
+        subject: str,
+        shape: Shape,
+        purpose: str,
+        key: PublicKey,
+        model: SubjectModel,
+    ) -> QueryOutcome:
+        """Fan out, check what may be released, and sum: everything after the policy allowed."""
         # ARCHITECTURE.md: fewer departments than this are refused unless each allows single-source
         minimum = engine.min_departments(decision)
 

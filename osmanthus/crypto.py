@@ -784,20 +784,35 @@ class ZeroTestPool:
             pool = self._pool
         if pool is None or len(values) < ZERO_TEST_MIN_PARALLEL:
             return public_key.zero_tests(ciphertext, values)
-        return public_key._zero_tests_with(
-            ciphertext,
-            values,
-            lambda base, exponents: [
-                power
-                for part in pool.map(
+
+        def powers(base: int, exponents: list[int]) -> list[Any]:
+            try:
+                parts = pool.map(
                     _zero_tests_in_worker,
                     [public_key.n] * self.workers,
                     [base] * self.workers,
                     _slices(exponents, self.workers),
                 )
-                for power in part
-            ],
-        )
+                return [power for part in parts for power in part]
+            except (BrokenProcessPool, RuntimeError):
+                # a worker died (or the pool is closing): answer this query here, and start a
+                # fresh pool for the next one rather than fail every THRESHOLD until a restart
+                _log.warning("zero-test workers failed; continuing in process", exc_info=True)
+                self._replace(pool)
+                return _fixed_base_powers(gmpy2.mpz(base), exponents, public_key._nsquare)
+
+        return public_key._zero_tests_with(ciphertext, values, powers)
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._closed or self._pool is not broken:
+                return
+            self._finalizer.detach()
+            broken.shutdown(wait=False, cancel_futures=True)
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_pool_context())
+            self._finalizer = weakref.finalize(
+                self, self._pool.shutdown, wait=False, cancel_futures=True
+            )
 
     def close(self) -> None:
         with self._lock:

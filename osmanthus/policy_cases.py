@@ -27,6 +27,7 @@ from typing import Any
 
 from osmanthus.errors import ConfigError, InvalidArgument
 from osmanthus.policy import SCHEMA, Decision, PolicyEngine, PolicyRequest
+from osmanthus.types import Role, Shape, SubjectKind
 
 _CASE_KEYS = frozenset(
     {"name", "requester", "role", "action", "resource", "context", "expect", "by",
@@ -51,6 +52,27 @@ def _actions() -> dict[str, frozenset[str]]:
 
 
 ACTIONS = _actions()
+#: the values of context.consent (coordinator.consent.ConsentState; a test keeps them equal)
+CONSENT_STATES = (
+    "valid",
+    "missing",
+    "revoked",
+    "expired",
+    "purpose_mismatch",
+    "grantee_mismatch",
+    "not_applicable",
+)
+#: resource types and their ids (None: any id, such as a department's)
+_RESOURCE_IDS: dict[str, frozenset[str] | None] = {
+    "Dataset": frozenset(k.value for k in SubjectKind),
+    "Registry": frozenset({"keys", "consent"}),
+    "Department": None,
+}
+_FACT_VALUES: dict[str, frozenset[str]] = {
+    "shape": frozenset(s.value for s in Shape),
+    "consent": frozenset(CONSENT_STATES),
+    "subject_kind": frozenset(k.value for k in SubjectKind),
+}
 
 
 @dataclass(frozen=True)
@@ -106,7 +128,31 @@ def make_request(
     resource: tuple[str, str],
     context: Mapping[str, str | int | bool],
 ) -> PolicyRequest:
-    """A request in the policy model's terms; a typo in the action or a fact is an error."""
+    """A request in the policy model's terms; a typo in any name or known value is an error.
+
+    A typo that made a request match no rule would otherwise pass every "deny" case.
+    """
+    roles = sorted(r.value for r in Role)
+    if role not in roles:
+        raise InvalidArgument(f"{role!r} is not a role; one of {', '.join(roles)}", field="role")
+    if resource[0] not in _RESOURCE_IDS:
+        raise InvalidArgument(
+            f"{resource[0]!r} is not a resource type; one of {', '.join(sorted(_RESOURCE_IDS))}",
+            field="resource",
+        )
+    known = _RESOURCE_IDS[resource[0]]
+    if known is not None and resource[1] not in known:
+        raise InvalidArgument(
+            f"{resource[0]}::{resource[1]!r} does not exist; one of "
+            + ", ".join(f"{resource[0]}::{i}" for i in sorted(known)),
+            field="resource",
+        )
+    for fact, allowed in _FACT_VALUES.items():
+        if fact in context and context[fact] not in allowed:
+            raise InvalidArgument(
+                f"{fact} {context[fact]!r} is not one of {', '.join(sorted(allowed))}",
+                field="context",
+            )
     facts = ACTIONS.get(action)
     if facts is None:
         raise InvalidArgument(

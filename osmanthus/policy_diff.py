@@ -15,21 +15,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from osmanthus.policy import Decision, PolicyEngine, PolicyRequest
-from osmanthus.policy_cases import ACTIONS, make_request
+from osmanthus.policy_cases import ACTIONS, CONSENT_STATES, make_request
 from osmanthus.types import Role
 
 #: a purpose neither policy names: shows what a catch-all rule would let through
 UNLISTED_PURPOSE = "unlisted_purpose"
 SHAPES = ("breakdown", "total")
-CONSENT_STATES = (
-    "valid",
-    "missing",
-    "revoked",
-    "expired",
-    "purpose_mismatch",
-    "grantee_mismatch",
-    "not_applicable",
-)
 SUBJECT_KINDS = ("person", "enterprise")
 #: (answered, expected): full, at and just below the default 80 % line, a small federation
 COVERAGE = ((22, 22), (18, 22), (17, 22), (3, 4), (2, 4), (1, 1))

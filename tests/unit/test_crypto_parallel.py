@@ -15,6 +15,8 @@ from osmanthus.crypto import (
     ParallelDecryptor,
     PrivateKey,
     PublicKey,
+    UnsafeShortKeys,
+    ZeroTestPool,
     generate_keypair,
     resolve_workers,
 )
@@ -151,3 +153,26 @@ def test_invalid_worker_counts_are_refused(keys: KeyPair, workers: object) -> No
 def test_default_workers_are_the_usable_cores() -> None:
     assert resolve_workers(None) >= 1
     assert resolve_workers(3) == 3
+
+
+def test_zero_tests_survive_a_killed_worker_and_the_pool_is_renewed() -> None:
+    import os
+    import signal
+
+    # why short keys: dozens of exponentiations per call; 1024 bits still exercises the pool
+    public, private = UnsafeShortKeys.generate(bits=1024)
+    pool = ZeroTestPool(workers=2)
+    try:
+        total = public.encrypt(150)
+        values = list(range(110, 201))
+        assert sum(private.is_zero(c) for c in pool.zero_tests(public, total, values)) == 1
+        inner = pool._pool
+        assert inner is not None
+        for pid in list(inner._processes):  # an out-of-memory kill, say
+            os.kill(pid, signal.SIGKILL)
+        tests = pool.zero_tests(public, total, values)  # answered in process this time
+        assert [private.is_zero(c) for c in tests].count(True) == 1
+        assert pool._pool is not inner  # and a fresh pool serves the next call
+        assert sum(private.is_zero(c) for c in pool.zero_tests(public, total, values)) == 1
+    finally:
+        pool.close()

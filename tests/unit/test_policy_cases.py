@@ -182,3 +182,32 @@ def test_values_and_resources_are_read_as_an_officer_writes_them() -> None:
         parse_resource("Dataset:person")
     assert ACTIONS["RegisterKey"] == frozenset()
     assert ACTIONS["ContributeBatch"] >= {"subjects", "subject_kind"}
+
+
+def test_the_consent_states_are_the_coordinators() -> None:
+    from coordinator.consent import ConsentState
+    from osmanthus.policy_cases import CONSENT_STATES
+
+    assert set(CONSENT_STATES) == {s.value for s in ConsentState}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "words"),
+    [
+        ('role = "bank"', 'role = "libary"', "role", "not a role"),
+        ('resource = "Dataset::person"', 'resource = "Dataset::persons"', "resource", "exist"),
+        ('resource = "Dataset::person"', 'resource = "Datset::person"', "resource", "type"),
+        ('shape = "total"', 'shape = "treshold"', "context", "shape 'treshold'"),
+        ('consent = "valid"', 'consent = "vaild"', "context", "consent 'vaild'"),
+    ],
+)
+def test_a_typo_cannot_pass_a_deny_case(
+    tmp_path: Path, old: str, new: str, key: str, words: str
+) -> None:
+    # with the typo the request would match no rule and every "deny" expectation would pass
+    cases = tmp_path / "cases.toml"
+    cases.write_text(CASE.format(name="n", consent="valid", expect="deny").replace(old, new))
+    with pytest.raises(ConfigError) as caught:
+        load_cases(cases)
+    assert caught.value.field == key
+    assert words in str(caught.value)

@@ -82,3 +82,16 @@ def test_a_refusal_by_one_limit_counts_against_none() -> None:
     limiter.charge("r", [loose])  # the refused request did not use loose's second grant
     with pytest.raises(RateLimited, match="'loose'"):
         limiter.charge("r", [loose])
+
+
+def test_a_refund_gives_the_place_back() -> None:
+    clock = Clock()
+    limiter = RateLimiter(clock=clock)
+    limit = RateLimit("rule", 1, 60.0, "1/minute")
+    stamp = limiter.charge("r", [limit])
+    # the query was refused after all (too few departments answered): it does not count
+    limiter.refund("r", [limit], stamp)
+    limiter.charge("r", [limit])
+    with pytest.raises(RateLimited):
+        limiter.charge("r", [limit])
+    limiter.refund("r", [limit], None)  # nothing reserved, nothing given back
