@@ -283,6 +283,11 @@ class CoordinatorService:
         action = "PersonQuery" if kind is SubjectKind.PERSON else "EnterpriseQuery"
         resource = ("Dataset", kind.value)
         context: dict[str, Any] = {"purpose": purpose, "shape": shape.value}
+        if shape is Shape.THRESHOLD:
+            # a permit can pin the one threshold its purpose needs: any t at all would let a
+            # requester bisect the score in about eight questions
+            context["threshold"] = request.threshold
+            seen["threshold"] = request.threshold
         if kind is SubjectKind.PERSON:
             state, why = self._consents.check(
                 request.consent_id or None,

@@ -30,7 +30,7 @@ entity Dataset, Registry, Department;
 action PersonQuery, EnterpriseQuery appliesTo {
   principal: [Requester],
   resource: [Dataset],
-  context: { purpose: String, shape: String, consent: String }
+  context: { purpose: String, shape: String, consent: String, threshold?: Long }
 };
 action AcceptPartial appliesTo {
   principal: [Requester],

@@ -41,17 +41,20 @@ _ACTION_DECLARATION = re.compile(
 )
 
 
-def _actions() -> dict[str, frozenset[str]]:
-    """Each action of the policy model and the context facts it takes (from policy.SCHEMA)."""
-    out: dict[str, frozenset[str]] = {}
+def _actions() -> tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]:
+    """Each action of the policy model with every context fact it takes, and the optional ones."""
+    every: dict[str, frozenset[str]] = {}
+    optional: dict[str, frozenset[str]] = {}
     for names, context in _ACTION_DECLARATION.findall(SCHEMA):
-        facts = frozenset(re.findall(r"(\w+)\s*:", context))
+        found = re.findall(r"(\w+)(\??)\s*:", context)
         for name in names.split(","):
-            out[name.strip()] = facts
-    return out
+            every[name.strip()] = frozenset(fact for fact, _ in found)
+            optional[name.strip()] = frozenset(fact for fact, mark in found if mark)
+    return every, optional
 
 
-ACTIONS = _actions()
+#: action → every context fact it takes; OPTIONAL_FACTS: those a request may leave out
+ACTIONS, OPTIONAL_FACTS = _actions()
 #: the values of context.consent (coordinator.consent.ConsentState; a test keeps them equal)
 CONSENT_STATES = (
     "valid",
@@ -160,7 +163,7 @@ def make_request(
             field="action",
         )
     unknown = sorted(set(context) - facts)
-    missing = sorted(facts - set(context))
+    missing = sorted(facts - OPTIONAL_FACTS[action] - set(context))
     if unknown or missing:
         parts = [f"unknown {', '.join(unknown)}"] if unknown else []
         parts += [f"missing {', '.join(missing)}"] if missing else []

@@ -20,7 +20,10 @@ from osmanthus.types import Role
 
 #: a purpose neither policy names: shows what a catch-all rule would let through
 UNLISTED_PURPOSE = "unlisted_purpose"
-SHAPES = ("breakdown", "total")
+SHAPES = ("breakdown", "total", "threshold")
+#: THRESHOLD questions tried, besides every number a policy compares `threshold` with (±1)
+THRESHOLDS = (1, 110, 200)
+_NUMBER_COMPARED = re.compile(r"threshold\s*(?:==|!=|>=|<=|>|<)\s*(\d+)")
 SUBJECT_KINDS = ("person", "enterprise")
 #: (answered, expected): full, at and just below the default 80 % line, a small federation
 COVERAGE = ((22, 22), (18, 22), (17, 22), (3, 4), (2, 4), (1, 1))
@@ -44,6 +47,8 @@ class Change:
     request: PolicyRequest
     old: Decision
     new: Decision
+    #: for a request both allow: what its obligations were and are (minimum, rate limits)
+    obligations: tuple[str, str] | None = None
 
     @property
     def now_allowed(self) -> bool:
@@ -57,11 +62,15 @@ class PolicyDiff:
 
     @property
     def newly_allowed(self) -> tuple[Change, ...]:
-        return tuple(c for c in self.changes if c.new.allowed)
+        return tuple(c for c in self.changes if c.obligations is None and c.new.allowed)
 
     @property
     def newly_denied(self) -> tuple[Change, ...]:
         return tuple(c for c in self.changes if not c.new.allowed)
+
+    @property
+    def obligations_changed(self) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.obligations is not None)
 
 
 def _vocabulary(sources: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
@@ -80,9 +89,16 @@ def _vocabulary(sources: Sequence[str]) -> tuple[list[str], list[str], list[str]
     return purposes, requesters, departments
 
 
+def _thresholds(sources: Sequence[str]) -> list[int]:
+    compared = {int(m) for text in sources for m in _NUMBER_COMPARED.findall(text)}
+    near = {v + d for v in compared for d in (-1, 0, 1)}
+    return sorted(v for v in set(THRESHOLDS) | near if v >= 0)
+
+
 def requests(sources: Sequence[str]) -> Iterator[PolicyRequest]:
     """Every request of the generated matrix for policies with these texts."""
     purposes, requesters, departments = _vocabulary(sources)
+    thresholds = _thresholds(sources)
     roles = [r.value for r in Role]
     for action, facts in sorted(ACTIONS.items()):
         resources = _RESOURCES.get(action) or tuple(("Department", d) for d in departments)
@@ -97,17 +113,25 @@ def requests(sources: Sequence[str]) -> Iterator[PolicyRequest]:
         coverage = COVERAGE if {"answered", "expected"} <= facts else ((None, None),)
         for requester, role, resource in itertools.product(requesters, roles, resources):
             for values in itertools.product(*(domains[f] for f in named)):
+                base: dict[str, str | int | bool] = dict(zip(named, values, strict=True))
+                asked = (
+                    thresholds if "threshold" in facts and base.get("shape") == "threshold"
+                    else (None,)
+                )  # fmt: skip
                 for answered, expected in coverage:
-                    context: dict[str, str | int | bool] = dict(zip(named, values, strict=True))
-                    if answered is not None and expected is not None:
-                        context["answered"], context["expected"] = answered, expected
-                    yield make_request(
-                        requester=requester,
-                        role=role,
-                        action=action,
-                        resource=resource,
-                        context=context,
-                    )
+                    for threshold in asked:
+                        context = dict(base)
+                        if answered is not None and expected is not None:
+                            context["answered"], context["expected"] = answered, expected
+                        if threshold is not None:
+                            context["threshold"] = threshold
+                        yield make_request(
+                            requester=requester,
+                            role=role,
+                            action=action,
+                            resource=resource,
+                            context=context,
+                        )
 
 
 def diff(old: PolicyEngine, new: PolicyEngine) -> PolicyDiff:
@@ -118,7 +142,18 @@ def diff(old: PolicyEngine, new: PolicyEngine) -> PolicyDiff:
         before, after = old.decide(request), new.decide(request)
         if before.allowed != after.allowed:
             changes.append(Change(request, before, after))
+        elif before.allowed:
+            was, now = _obligations(old, before), _obligations(new, after)
+            if was != now:
+                changes.append(Change(request, before, after, (was, now)))
     return PolicyDiff(count, tuple(changes))
+
+
+def _obligations(engine: PolicyEngine, decision: Decision) -> str:
+    limits = ", ".join(f"{r.text} ({r.policy_id})" for r in engine.rate_limits(decision))
+    return f"min {engine.min_departments(decision)} departments" + (
+        f", rate limit {limits}" if limits else ", no rate limit"
+    )
 
 
 def describe(request: PolicyRequest) -> str:
@@ -133,11 +168,13 @@ def describe(request: PolicyRequest) -> str:
 def render(result: PolicyDiff, *, limit: int, old_name: str, new_name: str) -> str:
     lines = [
         f"{result.requests} requests decided by both {old_name} and {new_name}; "
-        f"{len(result.newly_allowed)} newly allowed, {len(result.newly_denied)} newly denied"
+        f"{len(result.newly_allowed)} newly allowed, {len(result.newly_denied)} newly denied, "
+        f"{len(result.obligations_changed)} with changed obligations"
     ]
     for title, changes in (
         ("newly ALLOWED", result.newly_allowed),
         ("newly DENIED", result.newly_denied),
+        ("allowed by both, OBLIGATIONS changed", result.obligations_changed),
     ):
         if not changes:
             continue
@@ -146,6 +183,9 @@ def render(result: PolicyDiff, *, limit: int, old_name: str, new_name: str) -> s
             was = ", ".join(change.old.policy_ids) or "no rule"
             now = ", ".join(change.new.policy_ids) or "no rule"
             lines.append(f"  {describe(change.request)}")
+            if change.obligations is not None:
+                lines.append(f"      was {change.obligations[0]}; now {change.obligations[1]}")
+                continue
             verdict = "allow" if change.old.allowed else "deny"
             lines.append(f"      was {verdict} by {was}; now by {now}")
         if len(changes) > limit:

@@ -61,29 +61,59 @@ def readers(
     }
 
 
-def test_the_bit_is_the_truth_of_score_at_least_threshold(
+def test_the_bit_is_the_truth_of_score_at_least_the_waiver_line(
     library: Client, readers: dict[str, tuple[str, int]]
 ) -> None:
     seen = set()
     for person, (consent_id, score) in readers.items():
-        # the waiver line, and the reader's own score and the next one up near it (a low
-        # threshold means up to 200 zero tests: kept for the ends' single 110 question)
-        for threshold in {110} | ({score, score + 1} & set(range(100, 201))):
-            result = library.person_meets_threshold(
-                person, threshold=threshold, purpose=WAIVER, consent_id=consent_id
-            )
-            assert result.meets == (score >= threshold), (person, score, threshold)
-            assert not result.partial and result.threshold == threshold
-            seen.add(result.meets)
+        result = library.person_meets_threshold(
+            person, threshold=110, purpose=WAIVER, consent_id=consent_id
+        )
+        assert result.meets == (score >= 110), (person, score)
+        assert not result.partial and result.threshold == 110
+        seen.add(result.meets)
     assert seen == {True, False}
 
 
+def test_the_bit_is_right_on_either_side_of_a_score(
+    agency: Client, registrar: Client, readers: dict[str, tuple[str, int]]
+) -> None:
+    # a credit agency with a loan consent may ask any threshold (it may have the total too)
+    for person, (_, score) in readers.items():
+        consent_id = consent_for(registrar, person)
+        for threshold in {score, score + 1} & set(range(100, 201)):
+            result = agency.person_meets_threshold(
+                person, threshold=threshold, purpose="loan_underwriting", consent_id=consent_id
+            )
+            assert result.meets == (score >= threshold), (person, score, threshold)
+
+
+def test_the_library_asks_only_at_the_waiver_line(
+    library: Client, readers: dict[str, tuple[str, int]]
+) -> None:
+    # any threshold it liked would let it bisect the score in about eight questions
+    person, (consent_id, _) = next(iter(readers.items()))
+    for threshold in (100, 109, 111, 200):
+        with pytest.raises(PermissionDenied, match="central policy"):
+            library.person_meets_threshold(
+                person, threshold=threshold, purpose=WAIVER, consent_id=consent_id
+            )
+
+
 def _raw(
-    federation: Federation, person: str, consent_id: str, threshold: int, shape: int
+    federation: Federation,
+    person: str,
+    consent_id: str,
+    threshold: int,
+    shape: int,
+    *,
+    requester: str = LIBRARY,
+    role: Role = Role.LIBRARY,
+    purpose: str = WAIVER,
 ) -> coordinator_pb2.QueryResponse:
-    token = federation.token(LIBRARY, role=Role.LIBRARY, purposes=[WAIVER])
+    token = federation.token(requester, role=role, purposes=[purpose])
     channel = secure_channel(
-        federation.target, federation.tls(LIBRARY), server_name=COORDINATOR_SERVER_NAME
+        federation.target, federation.tls(requester), server_name=COORDINATOR_SERVER_NAME
     )
     with channel:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
@@ -91,10 +121,10 @@ def _raw(
             coordinator_pb2.PersonQueryRequest(
                 resident_id=person,
                 shape=shape,
-                purpose=WAIVER,
+                purpose=purpose,
                 consent_id=consent_id,
                 public_key=common_pb2.PaillierPublicKey(
-                    n=federation.keys[LIBRARY].public.to_bytes()
+                    n=federation.keys[requester].public.to_bytes()
                 ),
                 threshold=threshold,
             ),
@@ -199,7 +229,10 @@ def test_batches_do_not_answer_thresholds(federation: Federation) -> None:
 
 
 def test_no_two_zero_tests_can_be_related_through_their_randomness(
-    federation: Federation, library: Client, readers: dict[str, tuple[str, int]]
+    federation: Federation,
+    agency: Client,
+    registrar: Client,
+    readers: dict[str, tuple[str, int]],
 ) -> None:
     """The attack found in review: with ρ_v = ρ^r_v, ρ_i^r_j = ρ_j^r_i for the true r = m/(T − v).
 
@@ -209,13 +242,22 @@ def test_no_two_zero_tests_can_be_related_through_their_randomness(
     """
     import gmpy2
 
-    keys = federation.keys[LIBRARY]
+    keys = federation.keys["agency-1"]
     n = keys.public.n
     phi = (int(keys.private._p) - 1) * (int(keys.private._q) - 1)
     n_inverse = gmpy2.invert(n, phi)
     # a score inside the range, so that it is T itself and not T clamped
-    person, (consent_id, score) = next((p, r) for p, r in readers.items() if 0 < r[1] < 190)
-    response = _raw(federation, person, consent_id, 190, common_pb2.SHAPE_THRESHOLD)
+    person, (_, score) = next((p, r) for p, r in readers.items() if 0 < r[1] < 190)
+    response = _raw(
+        federation,
+        person,
+        consent_for(registrar, person),
+        190,  # eleven zero tests: few candidate differences to try
+        common_pb2.SHAPE_THRESHOLD,
+        requester="agency-1",
+        role=Role.CREDIT_AGENCY,
+        purpose="loan_underwriting",
+    )
 
     def plaintext_and_randomness(raw: bytes) -> tuple[int, int]:
         c = keys.public.ciphertext_from_bytes(raw)

@@ -46,7 +46,12 @@ def test_a_widened_permit_shows_exactly_the_requests_it_lets_in(tmp_path: Path) 
     assert {(c.request.principal_attrs["role"], c.request.context["shape"]) for c in allowed} == {
         ("library", "breakdown"),
         ("library", "total"),
+        ("library", "threshold"),
     }
+    # every threshold tried: 1, 110, 200 and either side of the 110 a policy compares with
+    assert sorted(c.request.context.get("threshold", 0) for c in allowed) == [
+        0, 0, 1, 109, 110, 111, 200
+    ]  # fmt: skip
     for change in allowed:
         assert change.request.action == "PersonQuery"
         assert change.request.context["consent"] == "valid"
@@ -99,8 +104,35 @@ def test_the_command_lists_changes_and_can_signal_them(
     )
     assert main(["policy", "diff", str(CENTRAL), str(new)]) == 0
     out = capsys.readouterr().out
-    assert "2 newly allowed, 0 newly denied" in out
+    assert "7 newly allowed, 0 newly denied" in out
     assert "library PersonQuery Dataset::person" in out
     assert "was deny by no rule; now by central-loan-underwriting" in out
     assert main(["policy", "diff", str(CENTRAL), str(new), "--exit-code"]) == 1
     assert main(["policy", "diff", str(CENTRAL), str(CENTRAL), "--exit-code"]) == 0
+
+
+def test_threshold_questions_are_in_the_matrix(tmp_path: Path) -> None:
+    start = TEXT.index('@id("central-library-deposit-waiver")')
+    end = TEXT.index("};", start) + 2
+    result = diff(PolicyEngine.from_file(CENTRAL), _engine(tmp_path, TEXT[:start] + TEXT[end:]))
+    (change,) = result.newly_denied
+    assert change.request.context == {
+        "purpose": "deposit_waiver",
+        "shape": "threshold",
+        "consent": "valid",
+        "threshold": 110,
+    }
+
+
+def test_weaker_obligations_are_reported_though_every_decision_stands(tmp_path: Path) -> None:
+    text = _edit(
+        '@id("central-library-deposit-waiver")\n@min_departments("3")\n@rate_limit("600/hour")\n',
+        '@id("central-library-deposit-waiver")\n@min_departments("2")\n',
+    )
+    result = diff(PolicyEngine.from_file(CENTRAL), _engine(tmp_path, text))
+    assert result.newly_allowed == () and result.newly_denied == ()
+    (change,) = result.obligations_changed
+    assert change.obligations == (
+        "min 3 departments, rate limit 600/hour (central-library-deposit-waiver)",
+        "min 2 departments, no rate limit",
+    )

@@ -46,7 +46,12 @@ def test_the_library_permit_carries_its_limit() -> None:
             role="library",
             action="PersonQuery",
             resource=("Dataset", "person"),
-            context={"purpose": "deposit_waiver", "shape": "threshold", "consent": "valid"},
+            context={
+                "purpose": "deposit_waiver",
+                "shape": "threshold",
+                "consent": "valid",
+                "threshold": 110,
+            },
         )
     )
     assert engine.rate_limits(decision) == (
