@@ -454,11 +454,15 @@ class CoordinatorService:
         exactly when one v in the range equals T: one candidate then decrypts to 0. The
         shuffle hides which v it was, and full-size r_v hide T − v in every other candidate.
         """
-        tests = self._zero_tests.zero_tests(key, total, range(threshold, ceiling + 1))
         # each gets fresh randomness too: E(T)^r_v alone carries ρ^r_v, and a requester who
         # can take n-th roots would relate the candidates through it and solve for every r_v,
         # hence T (found in review: a meet-in-the-middle over T − v recovers the score)
-        candidates = [key.add(c, self._encryptors.encrypt(key, 0)) for c in tests]
+        candidates = self._zero_tests.blinded_zero_tests(
+            key,
+            total,
+            range(threshold, ceiling + 1),
+            fresh_zero=lambda: self._encryptors.encrypt(key, 0),
+        )
         secrets.SystemRandom().shuffle(candidates)
         seen["ciphertexts_forwarded"] = len(candidates)
         return QueryOutcome(

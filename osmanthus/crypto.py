@@ -617,9 +617,27 @@ def _is_zero_in_worker(values: list[int]) -> list[bool]:
     return [key._is_zero_value(value) for value in values]
 
 
+#: a zero-test worker's fast encryptors, by modulus, for the fresh E(0) of each test
+_worker_blinders: OrderedDict[int, FastEncryptor] = OrderedDict()
+#: requester keys a zero-test worker keeps a table for (~54 MB each at 2048 bits)
+_WORKER_BLINDER_KEYS = 2
+
+
 def _zero_tests_in_worker(n: int, base: int, exponents: list[int]) -> list[int]:
+    """base^e · E(0) for each e: the power and its fresh randomness, on this worker's core."""
     modulus = gmpy2.mpz(n) * n
-    return [int(c) for c in _fixed_base_powers(gmpy2.mpz(base), exponents, modulus)]
+    blinder = _worker_blinders.get(n)
+    if blinder is None:
+        # its own secret r0 and table, built once per key in this worker
+        blinder = FastEncryptor(public_key=PublicKey(n=n))
+        _worker_blinders[n] = blinder
+        while len(_worker_blinders) > _WORKER_BLINDER_KEYS:
+            _worker_blinders.popitem(last=False)
+    _worker_blinders.move_to_end(n)
+    return [
+        int(c * blinder.encrypt(0).value % modulus)
+        for c in _fixed_base_powers(gmpy2.mpz(base), exponents, modulus)
+    ]
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -758,10 +776,12 @@ class ParallelDecryptor:
 
 
 class ZeroTestPool:
-    """Makes the zero tests of `PublicKey.zero_tests` on several cores; holds no secret.
+    """Makes re-randomised zero tests (`PublicKey.zero_tests` × a fresh E(0)) on several cores.
 
     The random multipliers are drawn in the calling process; each worker raises the one base
-    to its share of them. Lists shorter than ZERO_TEST_MIN_PARALLEL stay in the caller.
+    to its share of them and multiplies each by a fresh E(0) of its own fixed-base table (built
+    once per key per worker). Lists shorter than ZERO_TEST_MIN_PARALLEL stay in the caller,
+    which re-randomises them with `fresh_zero`.
     """
 
     def __init__(self, *, workers: int | None = None) -> None:
@@ -775,15 +795,31 @@ class ZeroTestPool:
                 self, self._pool.shutdown, wait=False, cancel_futures=True
             )
 
-    def zero_tests(
-        self, public_key: PublicKey, ciphertext: Ciphertext, values: Sequence[int]
+    def blinded_zero_tests(
+        self,
+        public_key: PublicKey,
+        ciphertext: Ciphertext,
+        values: Sequence[int],
+        *,
+        fresh_zero: Callable[[], Ciphertext],
     ) -> list[Ciphertext]:
+        """E(m) → [E(r_v · (m − v)) · E(0)]: zero tests safe to hand to the key's holder."""
         with self._lock:
             if self._closed:
                 raise FailedPrecondition("the zero-test pool is closed", field="zero_tests")
             pool = self._pool
         if pool is None or len(values) < ZERO_TEST_MIN_PARALLEL:
-            return public_key.zero_tests(ciphertext, values)
+            return [
+                public_key.add(test, fresh_zero())
+                for test in public_key.zero_tests(ciphertext, values)
+            ]
+
+        def in_process(base: int, exponents: list[int]) -> list[Any]:
+            n2 = public_key._nsquare
+            return [
+                c * fresh_zero().value % n2
+                for c in _fixed_base_powers(gmpy2.mpz(base), exponents, n2)
+            ]
 
         def powers(base: int, exponents: list[int]) -> list[Any]:
             try:
@@ -799,7 +835,7 @@ class ZeroTestPool:
                 # fresh pool for the next one rather than fail every THRESHOLD until a restart
                 _log.warning("zero-test workers failed; continuing in process", exc_info=True)
                 self._replace(pool)
-                return _fixed_base_powers(gmpy2.mpz(base), exponents, public_key._nsquare)
+                return in_process(base, exponents)
 
         return public_key._zero_tests_with(ciphertext, values, powers)
 
@@ -822,6 +858,12 @@ class ZeroTestPool:
         if self._pool is not None:
             self._finalizer.detach()
             self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> ZeroTestPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _broken(exc: BrokenProcessPool) -> CryptoError:

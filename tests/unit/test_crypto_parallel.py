@@ -165,14 +165,56 @@ def test_zero_tests_survive_a_killed_worker_and_the_pool_is_renewed() -> None:
     try:
         total = public.encrypt(150)
         values = list(range(110, 201))
-        assert sum(private.is_zero(c) for c in pool.zero_tests(public, total, values)) == 1
+
+        def tests() -> list[Ciphertext]:
+            return pool.blinded_zero_tests(
+                public, total, values, fresh_zero=lambda: public.encrypt(0)
+            )
+
+        assert sum(private.is_zero(c) for c in tests()) == 1
         inner = pool._pool
         assert inner is not None
         for pid in list(inner._processes):  # an out-of-memory kill, say
             os.kill(pid, signal.SIGKILL)
-        tests = pool.zero_tests(public, total, values)  # answered in process this time
-        assert [private.is_zero(c) for c in tests].count(True) == 1
+        # answered in process this time
+        assert [private.is_zero(c) for c in tests()].count(True) == 1
         assert pool._pool is not inner  # and a fresh pool serves the next call
-        assert sum(private.is_zero(c) for c in pool.zero_tests(public, total, values)) == 1
+        assert sum(private.is_zero(c) for c in tests()) == 1
     finally:
         pool.close()
+
+
+def _related(private: PrivateKey, first: Ciphertext, second: Ciphertext, diffs: range) -> bool:
+    """Whether ρ_i^(m_j/d_j) = ρ_j^(m_i/d_i) for some differences: the review's attack step."""
+    import gmpy2
+
+    n = private.public_key.n
+    phi = (int(private._p) - 1) * (int(private._q) - 1)
+    n_inverse = gmpy2.invert(n, phi)
+
+    def m_rho(c: Ciphertext) -> tuple[int, int]:
+        m = private.decrypt(c)
+        rho_n = c.value * gmpy2.invert(1 + m * n, n * n) % (n * n)
+        return m, int(gmpy2.powmod(rho_n % n, n_inverse, n))
+
+    (m_i, rho_i), (m_j, rho_j) = m_rho(first), m_rho(second)
+    left = {int(gmpy2.powmod(rho_i, m_j * gmpy2.invert(d % n, n) % n, n)) for d in diffs if d}
+    return any(
+        int(gmpy2.powmod(rho_j, m_i * gmpy2.invert(d % n, n) % n, n)) in left for d in diffs if d
+    )
+
+
+def test_pooled_zero_tests_carry_fresh_randomness_each() -> None:
+    # why short keys: the relation check tries every pair of differences (24 × 24 powmods)
+    public, private = UnsafeShortKeys.generate(bits=1024)
+    total = public.encrypt(150)
+    values = range(130, 154)  # 24 values: the pool's parallel path
+    diffs = range(150 - 153, 150 - 130 + 1)
+    # positive control: unblinded tests are related through the one sum's randomness
+    bare = [c for c in public.zero_tests(total, values) if not private.is_zero(c)]
+    assert _related(private, bare[0], bare[1], diffs)
+    with ZeroTestPool(workers=2) as pool:
+        tests = pool.blinded_zero_tests(public, total, values, fresh_zero=lambda: public.encrypt(0))
+    assert [private.is_zero(c) for c in tests].count(True) == 1
+    nonzero = [c for c in tests if not private.is_zero(c)]
+    assert not _related(private, nonzero[0], nonzero[1], diffs)
