@@ -170,6 +170,17 @@ class NodeService:
             software_version=__version__,
         )
 
+    def _authenticate(self, caller: PeerIdentity, token: str | None) -> TokenClaims:
+        """Only the coordinator may ask, and only with a requester's valid token."""
+        if caller.role is not PeerRole.COORDINATOR:
+            raise PermissionDenied(
+                f"only the platform coordinator may request contributions; the caller's "
+                f"certificate names {caller.role.value} {caller.name!r}"
+            )
+        if not token:
+            raise Unauthenticated("no requester token in the 'authorization' metadata")
+        return self._verifier.verify(token)
+
     def contribute(
         self, request: ContributionRequest, *, caller: PeerIdentity, token: str | None
     ) -> ContributionResult:
@@ -177,14 +188,7 @@ class NodeService:
         # one policy version decides the whole request and is the one the audit entry names
         engine = self._policy.current()
         try:
-            if caller.role is not PeerRole.COORDINATOR:
-                raise PermissionDenied(
-                    f"only the platform coordinator may request contributions; the caller's "
-                    f"certificate names {caller.role.value} {caller.name!r}"
-                )
-            if not token:
-                raise Unauthenticated("no requester token in the 'authorization' metadata")
-            claims = self._verifier.verify(token)
+            claims = self._authenticate(caller, token)
             result = self._decide_and_encrypt(request, claims, engine)
         except OsmanthusError as exc:
             self._record(request, claims, engine.hash, decision="deny", reason=redacted_reason(exc))
@@ -314,14 +318,7 @@ class NodeService:
         claims: TokenClaims | None = None
         engine = self._policy.current()
         try:
-            if caller.role is not PeerRole.COORDINATOR:
-                raise PermissionDenied(
-                    f"only the platform coordinator may request contributions; the caller's "
-                    f"certificate names {caller.role.value} {caller.name!r}"
-                )
-            if not token:
-                raise Unauthenticated("no requester token in the 'authorization' metadata")
-            claims = self._verifier.verify(token)
+            claims = self._authenticate(caller, token)
             result, subjects = self._chunk(request, claims, engine)
         except OsmanthusError as exc:
             self._record_chunk(request, claims, engine.hash, "deny", redacted_reason(exc), ())
