@@ -17,6 +17,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from osmanthus.errors import ConfigError, InvalidArgument
 from osmanthus.names import PEER_NAME_PATTERN
+from osmanthus.receipts import (
+    CONSENT_KEY_FILE,
+    CONSENT_PUBLIC_KEY_FILE,
+    generate_consent_keypair,
+    load_or_create_consent_key,
+)
 
 
 class PeerRole(enum.Enum):
@@ -26,6 +32,14 @@ class PeerRole(enum.Enum):
     NODE = "node"
     REQUESTER = "requester"
     OPERATOR = "operator"
+
+
+@dataclass(frozen=True)
+class ConsentKeyPaths:
+    """The coordinator's consent-receipt signing key (secret) and its public half (for anyone)."""
+
+    private: Path
+    public: Path
 
 
 @dataclass(frozen=True)
@@ -144,6 +158,8 @@ def init_platform(
     Issues the coordinator certificate, one node certificate per department, one per requester and
     the operator certificate. The result is keyed by each peer's directory relative to `out_dir`:
     "coordinator", "operator", "nodes/<department>", "requesters/<requester>".
+    The coordinator's directory also gets its consent-receipt key pair (see create_consent_key)
+    unless it already has one, which is kept.
     An existing CA is kept (ConfigError) unless `overwrite` is true, because replacing it makes
     every certificate already deployed to departments useless.
     """
@@ -176,7 +192,28 @@ def init_platform(
         issued[directory.relative_to(out_dir).as_posix()] = _issue(
             ca_cert, ca_key, ca_cert_path, role=role, name=name, out=directory, days=validity_days
         )
+    # kept if it exists: receipts already handed out must keep verifying after a new CA
+    coordinator_dir = peer_dir(out_dir, role=PeerRole.COORDINATOR, name=COORDINATOR_NAME)
+    load_or_create_consent_key(
+        coordinator_dir / CONSENT_KEY_FILE, coordinator_dir / CONSENT_PUBLIC_KEY_FILE
+    )
     return issued
+
+
+def create_consent_key(certs_dir: Path, *, overwrite: bool = False) -> ConsentKeyPaths:
+    """Write the coordinator's Ed25519 consent-receipt key pair into its directory under
+    `certs_dir` (coordinator/consent.key, mode 0600, and coordinator/consent.pub).
+
+    The coordinator signs a receipt for every consent it records with the private key; banks and
+    citizens verify receipts with the public one. An existing pair is kept (ConfigError) unless
+    `overwrite` is true: receipts signed with a replaced key no longer verify.
+    """
+    directory = peer_dir(certs_dir, role=PeerRole.COORDINATOR, name=COORDINATOR_NAME)
+    paths = ConsentKeyPaths(
+        private=directory / CONSENT_KEY_FILE, public=directory / CONSENT_PUBLIC_KEY_FILE
+    )
+    generate_consent_keypair(paths.private, paths.public, overwrite=overwrite)
+    return paths
 
 
 def issue_certificate(

@@ -36,7 +36,7 @@ from osmanthus.errors import (
 )
 from osmanthus.ids import validate_subject
 from osmanthus.names import validate_purpose
-from osmanthus.policy import PolicyEngine, PolicyRequest, ReloadablePolicy
+from osmanthus.policy import PolicyEngine, PolicyRequest, ReloadablePolicy, time_facts
 from osmanthus.tokens import TokenClaims
 from osmanthus.types import (
     PACKED_SHAPES,
@@ -214,9 +214,18 @@ class BatchScorer:
         self._workers.shutdown(wait=False, cancel_futures=True)
 
     def plan(
-        self, query_id: QueryId, header: BatchHeader, claims: TokenClaims, token: str
+        self,
+        query_id: QueryId,
+        header: BatchHeader,
+        claims: TokenClaims,
+        token: str,
+        *,
+        engine: PolicyEngine,
     ) -> tuple[BatchPlan, _Batch]:
-        """Check everything about the batch that does not depend on its subjects."""
+        """Check everything about the batch that does not depend on its subjects.
+
+        `engine` decides the whole batch; the caller names the same one in its audit entry.
+        """
         kind = header.subject_kind
         if kind is None:
             raise InvalidArgument(
@@ -248,7 +257,6 @@ class BatchScorer:
                 f"public key {key.fingerprint[:16]}… is not registered for {claims.requester}; "
                 "call RegisterKey first"
             )
-        engine = self._policy.current()
         decision = engine.decide(
             PolicyRequest(
                 principal_type="Requester",
@@ -257,7 +265,7 @@ class BatchScorer:
                 action="BatchQuery",
                 resource_type="Dataset",
                 resource_id=kind.value,
-                context={"purpose": purpose, "shape": shape.value},
+                context={"purpose": purpose, "shape": shape.value, **time_facts(self._clock())},
             )
         )
         if not decision.allowed:

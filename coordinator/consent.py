@@ -7,15 +7,18 @@ import enum
 import re
 import secrets
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from coordinator.database import RegistryDatabase
-from osmanthus.errors import InvalidArgument, NotFound
+from osmanthus.errors import ConfigError, InvalidArgument, NotFound
 from osmanthus.ids import validate_resident_id
 from osmanthus.names import PEER_NAME_PATTERN, PURPOSE_PATTERN
+from osmanthus.receipts import RECEIPT_ISSUER, issue_receipt
 from osmanthus.types import ConsentId, Purpose, RequesterId, SubjectId
 
 #: longest consent the registry records; a longer one must be renewed
@@ -25,7 +28,7 @@ CONSENT_ID_PREFIX: Final = "cns_"
 _REQUESTER = PEER_NAME_PATTERN
 _PURPOSE = PURPOSE_PATTERN
 _CONSENT_ID = re.compile(r"cns_[A-Za-z0-9_-]{22}")
-#: consents kept in memory, most recently used first out last; ~0.7 kB each
+#: consents kept in memory, most recently used first out last; ~1.1 kB each (0.5 kB receipt)
 CACHE_ENTRIES: Final = 16_384
 
 _SCHEMA = """
@@ -37,10 +40,14 @@ CREATE TABLE IF NOT EXISTS consents (
     -- naive timestamps, always UTC
     granted_at TIMESTAMP NOT NULL,
     expires_at TIMESTAMP NOT NULL,
-    revoked_at TIMESTAMP
-)
+    revoked_at TIMESTAMP,
+    -- signed consent receipt (compact JWS); NULL in rows granted before receipts existed
+    receipt VARCHAR
+);
+-- files made before receipts existed: their rows get a receipt when first read
+ALTER TABLE consents ADD COLUMN IF NOT EXISTS receipt VARCHAR;
 """
-_COLUMNS = "consent_id, subject_id, grantee, purpose, granted_at, expires_at, revoked_at"
+_COLUMNS = "consent_id, subject_id, grantee, purpose, granted_at, expires_at, revoked_at, receipt"
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,9 @@ class Consent:
     granted_at: datetime
     expires_at: datetime
     revoked_at: datetime | None
+    #: compact JWS signed with the coordinator's consent key (osmanthus.receipts); it proves the
+    #: grant, never that the consent is still unrevoked
+    receipt: str
 
 
 class ConsentState(enum.Enum):
@@ -78,10 +88,29 @@ class ConsentRegistry(RegistryDatabase):
     stale copy can outlive a revocation. This relies on this object being the only writer of the
     file: DuckDB's file lock keeps other processes out; do not open a second registry on the
     same file in one process.
+
+    Every consent carries a receipt signed with `receipt_key` when it is granted. Rows of a file
+    made before receipts existed are signed when first read and the receipt is stored then, so
+    every consent the registry returns has one; the receipt's times are those of the record.
     """
 
-    def __init__(self, path: Path, *, cache_entries: int = CACHE_ENTRIES) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        receipt_key: Ed25519PrivateKey,
+        receipt_issuer: str = RECEIPT_ISSUER,
+        cache_entries: int = CACHE_ENTRIES,
+    ) -> None:
+        if not isinstance(receipt_key, Ed25519PrivateKey):
+            raise ConfigError(
+                "the consent receipt key must be an Ed25519 private key, not "
+                f"{type(receipt_key).__name__}",
+                field="receipt_key",
+            )
         super().__init__(path, schema=_SCHEMA, what="consent registry")
+        self._receipt_key = receipt_key
+        self._receipt_issuer = receipt_issuer
         self._cache: OrderedDict[str, Consent] = OrderedDict()
         self._cache_entries = cache_entries
 
@@ -123,10 +152,12 @@ class ConsentRegistry(RegistryDatabase):
             granted_at=now,
             expires_at=expires,
             revoked_at=None,
+            receipt="",
         )
+        consent = replace(consent, receipt=self._sign(consent))
         with self._lock:
             self._db.execute(
-                f"INSERT INTO consents ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                f"INSERT INTO consents ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
                 [
                     consent.consent_id,
                     consent.subject_id,
@@ -134,6 +165,7 @@ class ConsentRegistry(RegistryDatabase):
                     consent.purpose,
                     _naive(consent.granted_at),
                     _naive(consent.expires_at),
+                    consent.receipt,
                 ],
             )
         return consent
@@ -175,7 +207,7 @@ class ConsentRegistry(RegistryDatabase):
                 f"SELECT {_COLUMNS} FROM consents {where} ORDER BY granted_at, consent_id",
                 parameters,
             ).fetchall()
-        return [_consent_from_row(row) for row in rows]
+            return [self._signed_locked(_consent_from_row(row)) for row in rows]
 
     def check(
         self,
@@ -251,11 +283,27 @@ class ConsentRegistry(RegistryDatabase):
         if row is None:
             # absent ids are not cached: they are the requester's to invent, without bound
             raise NotFound(f"consent {consent_id} does not exist", field="consent_id")
-        consent = _consent_from_row(row)
+        consent = self._signed_locked(_consent_from_row(row))
         self._cache[consent_id] = consent
         if len(self._cache) > self._cache_entries:
             self._cache.popitem(last=False)
         return consent
+
+    def _sign(self, consent: Consent) -> str:
+        return issue_receipt(
+            consent=consent, private_key=self._receipt_key, issuer=self._receipt_issuer
+        )
+
+    def _signed_locked(self, consent: Consent) -> Consent:
+        """`consent` with its receipt, signing and storing one for a row granted before receipts."""
+        if consent.receipt:
+            return consent
+        signed = replace(consent, receipt=self._sign(consent))
+        self._db.execute(
+            "UPDATE consents SET receipt = ? WHERE consent_id = ? AND receipt IS NULL",
+            [signed.receipt, signed.consent_id],
+        )
+        return signed
 
 
 def _check_requester(value: object, *, field: str) -> None:
@@ -267,7 +315,7 @@ def _check_requester(value: object, *, field: str) -> None:
 
 
 def _consent_from_row(row: tuple[Any, ...]) -> Consent:
-    consent_id, subject_id, grantee, purpose, granted_at, expires_at, revoked_at = row
+    consent_id, subject_id, grantee, purpose, granted_at, expires_at, revoked_at, receipt = row
     return Consent(
         consent_id=ConsentId(consent_id),
         subject_id=SubjectId(subject_id),
@@ -276,6 +324,7 @@ def _consent_from_row(row: tuple[Any, ...]) -> Consent:
         granted_at=granted_at.replace(tzinfo=UTC),
         expires_at=expires_at.replace(tzinfo=UTC),
         revoked_at=revoked_at.replace(tzinfo=UTC) if revoked_at is not None else None,
+        receipt=receipt or "",
     )
 
 

@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2
 from coordinator.batch import BatchHeader, BatchPlan, ChunkOutcome, SubjectChunk
 from coordinator.consent import Consent
 from coordinator.service import QueryOutcome, QueryRequest
+from coordinator.stats import StatsOutcome, StatsQuery
 from node.convert import SHAPE_TO_PB, kind_from_pb, shape_from_pb
 from osmanthus.errors import InvalidArgument
 from osmanthus.types import SubjectKind
@@ -78,6 +79,36 @@ def query_response(outcome: QueryOutcome) -> coordinator_pb2.QueryResponse:
     )
 
 
+def stats_query(message: coordinator_pb2.StatsQueryRequest) -> StatsQuery:
+    return StatsQuery(
+        subject_kind=kind_from_pb(message.subject_kind),
+        subject_ids=tuple(message.subject_ids),
+        purpose=message.purpose,
+        epsilon=message.epsilon,
+        statistics=tuple(message.statistics),
+        public_key=message.public_key.n,
+    )
+
+
+def stats_response(outcome: StatsOutcome) -> coordinator_pb2.StatsResponse:
+    return coordinator_pb2.StatsResponse(
+        query_id=outcome.query_id,
+        statistics=list(outcome.statistics),
+        ciphertexts=[common_pb2.Ciphertext(value=c) for c in outcome.ciphertexts],
+        noise_scales=[f"{b.numerator}/{b.denominator}" for b in outcome.noise_scales],
+        cohort=outcome.cohort,
+        epsilon=format(outcome.epsilon.normalize(), "f"),
+        epsilon_left=format(outcome.epsilon_left.normalize(), "f"),
+        base=outcome.base,
+        answered=[
+            coordinator_pb2.DepartmentStatus(
+                department=s.department, detail=s.detail, rules_version=s.rules_version
+            )
+            for s in outcome.answered
+        ],
+    )
+
+
 def consent_message(consent: Consent) -> coordinator_pb2.Consent:
     return coordinator_pb2.Consent(
         consent_id=consent.consent_id,
@@ -87,6 +118,7 @@ def consent_message(consent: Consent) -> coordinator_pb2.Consent:
         granted_at=timestamp(consent.granted_at),
         expires_at=timestamp(consent.expires_at),
         revoked_at=timestamp(consent.revoked_at),
+        receipt=consent.receipt,
     )
 
 

@@ -17,8 +17,17 @@ from node.convert import (
     chunk_result,
     contribute_request_message,
     contribution_result,
+    stats_request_message,
+    stats_result,
 )
-from node.service import ChunkRequest, ChunkResult, ContributionRequest, ContributionResult
+from node.service import (
+    ChunkRequest,
+    ChunkResult,
+    ContributionRequest,
+    ContributionResult,
+    StatsRequest,
+    StatsResult,
+)
 from osmanthus.errors import (
     ConfigError,
     DeadlineExceeded,
@@ -142,6 +151,25 @@ class NodePool:
             "ContributeChunk",
             chunk_request_message(request),
             chunk_result,
+            token=token,
+            deadline_s=deadline_s,
+        )
+
+    def contribute_stats_all(
+        self,
+        departments: Sequence[DepartmentId],
+        request: StatsRequest,
+        *,
+        token: str,
+        deadline_s: float,
+    ) -> tuple[list[StatsResult], list[NodeFailure]]:
+        """A STATS cohort to every department at once (on the long-call threads)."""
+        return self._fan_out(
+            self._chunk_callers,
+            departments,
+            "ContributeStats",
+            stats_request_message(request),
+            stats_result,
             token=token,
             deadline_s=deadline_s,
         )

@@ -14,15 +14,22 @@ from certs import PeerRole
 from coordinator.config import load_nodes
 from coordinator.consent import ConsentRegistry
 from coordinator.disclosure import DisclosureLedger
+from coordinator.epsilon import EpsilonLedger
 from coordinator.keys import KeyRegistry
 from coordinator.nodes import NodePool
 from coordinator.service import DEFAULT_DEADLINE_S, CoordinatorService
 from coordinator.servicer import CoordinatorServicer
 from osmanthus.audit import AuditLog, load_or_create_salt
+from osmanthus.bundle import CENTRAL_SCOPE, DEFAULT_POLL_S, load_policy
 from osmanthus.catalogue import Catalogue, load_catalogue
 from osmanthus.crypto import DEFAULT_TABLE_CACHE_BYTES, EncryptorCache
 from osmanthus.errors import ConfigError
-from osmanthus.policy import ReloadablePolicy
+from osmanthus.receipts import (
+    CONSENT_KEY_FILE,
+    CONSENT_PUBLIC_KEY_FILE,
+    load_consent_private_key,
+    load_or_create_consent_key,
+)
 from osmanthus.server import RunningServer, start_server
 from osmanthus.tls import TlsFiles, check_files, identity_of_certificate
 from osmanthus.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, ReplayCache, TokenVerifier
@@ -48,6 +55,14 @@ class CoordinatorConfig:
     table_cache_bytes: int = DEFAULT_TABLE_CACHE_BYTES
     token_issuer: str = DEFAULT_ISSUER
     token_audience: str = DEFAULT_AUDIENCE
+    #: a signed policy bundle (scope "central") to use instead of `policy`, reloaded on change
+    policy_bundle: Path | None = None
+    #: public keys of the publishers whose bundles are trusted
+    policy_trust: tuple[Path, ...] = ()
+    policy_poll_s: float = DEFAULT_POLL_S
+    #: Ed25519 key that signs consent receipts (osmanthus.receipts); None: STATE_DIR/consent.key,
+    #: created with consent.pub beside it on first start
+    consent_key: Path | None = None
 
 
 @dataclass
@@ -81,7 +96,10 @@ def start_coordinator(
     if config.deadline_s <= 0:
         raise ConfigError("the node deadline must be positive", field="deadline")
     endpoints = load_nodes(config.nodes, catalogue=catalogue)
-    policy = ReloadablePolicy.from_file(config.policy)
+    policy, watcher = load_policy(
+        policy_file=config.policy, bundle=config.policy_bundle, trust=config.policy_trust,
+        scope=CENTRAL_SCOPE, state_dir=config.state_dir, interval_s=config.policy_poll_s,
+    )  # fmt: skip
     verifier = TokenVerifier.from_file(
         config.issuer_public_key,
         issuer=config.token_issuer,
@@ -99,6 +117,13 @@ def start_coordinator(
             field="state_dir",
         )
     salt = load_or_create_salt(salt_path)
+    consent_key = (
+        load_consent_private_key(config.consent_key)
+        if config.consent_key is not None
+        else load_or_create_consent_key(
+            config.state_dir / CONSENT_KEY_FILE, config.state_dir / CONSENT_PUBLIC_KEY_FILE
+        )
+    )
     with ExitStack() as opened:
         # each resource is closed again if a later one fails to open
         pool = opened.enter_context(
@@ -110,10 +135,15 @@ def start_coordinator(
             policy=policy,
             verifier=verifier,
             consents=opened.enter_context(
-                closing(ConsentRegistry(config.state_dir / "consents.duckdb"))
+                closing(
+                    ConsentRegistry(config.state_dir / "consents.duckdb", receipt_key=consent_key)
+                )
             ),
             keys=opened.enter_context(closing(KeyRegistry(config.state_dir / "keys.duckdb"))),
             ledger=opened.enter_context(closing(DisclosureLedger(ledger_path))),
+            epsilon_ledger=opened.enter_context(
+                closing(EpsilonLedger(config.state_dir / "epsilon.sqlite"))
+            ),
             audit=opened.enter_context(
                 closing(AuditLog(path=config.state_dir / "audit.jsonl", salt=salt))
             ),
@@ -132,4 +162,7 @@ def start_coordinator(
         )
         opened.pop_all()  # the running server owns them now
     server.on_stop.append(service.close)
+    if watcher is not None:
+        server.on_stop.append(watcher.close)
+        watcher.start()
     return RunningCoordinator(server, service)

@@ -13,9 +13,11 @@ from certs import PeerRole
 from coordinator.batch import BatchHeader, BatchPlan, BatchRun, BatchScorer, SubjectChunk
 from coordinator.consent import Consent, ConsentRegistry, ConsentState
 from coordinator.disclosure import DisclosureLedger
+from coordinator.epsilon import EpsilonLedger
 from coordinator.keys import KeyRegistry
 from coordinator.nodes import NodeFailure, NodePool
 from coordinator.ratelimit import RateLimiter
+from coordinator.stats import StatsAnswerer, StatsOutcome, StatsQuery
 from node.service import ContributionRequest, ContributionResult, validate_query_fields
 from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
 from osmanthus.catalogue import Catalogue, SubjectModel
@@ -32,7 +34,13 @@ from osmanthus.errors import (
 )
 from osmanthus.ids import canonical_subject, validate_subject
 from osmanthus.names import validate_purpose, validate_requester_id
-from osmanthus.policy import Decision, PolicyEngine, PolicyRequest, ReloadablePolicy
+from osmanthus.policy import (
+    Decision,
+    PolicyEngine,
+    PolicyRequest,
+    ReloadablePolicy,
+    time_facts,
+)
 from osmanthus.tls import PeerIdentity
 from osmanthus.tokens import TokenClaims, TokenVerifier
 from osmanthus.types import (
@@ -103,6 +111,7 @@ class CoordinatorService:
         consents: ConsentRegistry,
         keys: KeyRegistry,
         ledger: DisclosureLedger,
+        epsilon_ledger: EpsilonLedger,
         audit: AuditLog,
         encryptors: EncryptorCache,
         deadline_s: float = DEFAULT_DEADLINE_S,
@@ -134,10 +143,23 @@ class CoordinatorService:
             clock=clock,
             rate_limiter=self._rate_limiter,
         )
+        self._stats = StatsAnswerer(
+            catalogue=catalogue,
+            nodes=nodes,
+            policy=policy,
+            keys=keys,
+            ledger=epsilon_ledger,
+            audit=audit,
+            encryptors=encryptors,
+            rate_limiter=self._rate_limiter,
+            deadline_s=deadline_s,
+            clock=clock,
+        )
 
     def close(self) -> None:
         self._zero_tests.close()
         self._batches.close()
+        self._stats.close()
         self._nodes.close()
         self._consents.close()
         self._keys.close()
@@ -181,7 +203,7 @@ class CoordinatorService:
                 action=action,
                 resource_type=resource[0],
                 resource_id=resource[1],
-                context=context,
+                context={**context, **time_facts(self._clock())},
             )
         )
 
@@ -368,6 +390,16 @@ class CoordinatorService:
         seen["departments_missing"] = len(failures) + len(not_configured)
         ciphertexts, answers, invalid = self._validated(key, answers)
         failures = not_configured + failures + invalid
+        if (
+            not answers
+            and failures
+            and all(isinstance(f.error, PermissionDenied) for f in failures)
+        ):
+            # a refusal by every department is the policies' answer, not an outage to retry
+            raise PermissionDenied(
+                "every department refused: "
+                + "; ".join(f"{f.department}: {f.reason}" for f in failures)
+            )
 
         def release(departments: frozenset[str]) -> None:
             chosen = [a for a in answers if a.department in departments]
@@ -588,6 +620,19 @@ class CoordinatorService:
             )
         )
 
+    # --- statistics ----------------------------------------------------------------------------
+
+    def stats(
+        self, request: StatsQuery, *, caller: PeerIdentity, token: str | None
+    ) -> StatsOutcome:
+        """Noisy sums over a cohort (see coordinator/stats.py)."""
+        return self._stats.answer(
+            new_query_id(),
+            request,
+            authenticate=lambda: self.authenticate(caller, token),
+            token=token,
+        )
+
     # --- batches -------------------------------------------------------------------------------
 
     def batch(
@@ -604,16 +649,18 @@ class CoordinatorService:
         """
         query_id = new_query_id()
         claims: TokenClaims | None = None
+        # one policy version decides the batch and is the one the audit entries name
+        engine = self._policy.current()
         try:
             claims = self.authenticate(caller, token)
             assert token is not None  # authenticate() refuses a missing token
-            plan, batch = self._batches.plan(query_id, header, claims, token)
+            plan, batch = self._batches.plan(query_id, header, claims, token, engine=engine)
             run = self._batches.admit(batch, chunks)
         except OsmanthusError as exc:
-            self._record_batch(query_id, header, claims, "deny", redacted_reason(exc))
+            self._record_batch(query_id, header, claims, "deny", redacted_reason(exc), engine)
             raise
         try:
-            self._record_batch(query_id, header, claims, "allow", "batch opened")
+            self._record_batch(query_id, header, claims, "allow", "batch opened", engine)
         except BaseException:
             run.close()
             raise
@@ -626,6 +673,7 @@ class CoordinatorService:
         claims: TokenClaims | None,
         decision: str,
         reason: str,
+        engine: PolicyEngine,
     ) -> None:
         self._audit.append(
             AuditEntry(
@@ -634,7 +682,7 @@ class CoordinatorService:
                 requester=claims.requester if claims else "unauthenticated",
                 purpose=header.purpose[:64],
                 consent_id="",
-                policy_hash=self._policy.current().hash,
+                policy_hash=engine.hash,
                 decision=decision,
                 reason=reason,
                 shape=header.shape.value if header.shape else "",

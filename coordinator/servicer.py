@@ -50,6 +50,17 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         )
         return convert.query_response(outcome)
 
+    @servicer_method
+    def StatsQuery(  # noqa: N802 - gRPC method name
+        self, request: coordinator_pb2.StatsQueryRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.StatsResponse:
+        outcome = self._service.stats(
+            convert.stats_query(request),
+            caller=peer_identity(context),
+            token=bearer_token(context),
+        )
+        return convert.stats_response(outcome)
+
     @stream_servicer_method
     def BatchQuery(  # noqa: N802 - gRPC method name
         self,

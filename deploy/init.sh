@@ -1,5 +1,6 @@
 #!/bin/sh
-# Prepares the compose volumes: platform CA and certificates, token issuer key, synthetic records.
+# Prepares the compose volumes: platform CA and certificates, token issuer key, consent-receipt
+# key, synthetic records.
 #
 # Run by the `init` service before any node or the coordinator starts. Every step keeps what an
 # earlier run completed, so `docker compose up` may run it any number of times; it never replaces
@@ -7,7 +8,8 @@
 #
 #   SECRETS_DIR       CA private key and token issuer private key (mounted only here)  /secrets
 #   CERTS_DIR         what the services mount: CA certificate, peer certificates,       /certs
-#                     issuer public key (no CA key, no requester keys)
+#                     issuer public key, the coordinator's consent-receipt key pair in
+#                     coordinator/ (no CA key, no requester keys)
 #   DATA_DIR          department DuckDB files                                            /data
 #   REQUESTERS        space-separated requester ids to certify                          (none)
 #   SEED_SYNTHETIC    1: fill an empty DATA_DIR with synthetic records; 0: leave it      1
@@ -47,6 +49,12 @@ for requester in $REQUESTERS; do
         osmanthus certs issue --ca-dir "$ca" --role requester --name "$requester"
     fi
 done
+# 'certs init' makes the coordinator's consent-receipt key; a CA made before receipts lacks it.
+# The public key is written after the private one, so without it keygen never finished and no
+# receipt was signed with a leftover private key: replacing that is safe.
+if [ ! -f "$ca/coordinator/consent.pub" ]; then
+    osmanthus certs consent-key --ca-dir "$ca" --overwrite
+fi
 
 # --- token issuer key pair ------------------------------------------------------------------------
 if [ -f "$SECRETS_DIR/issuer.pub" ]; then

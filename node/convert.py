@@ -8,6 +8,8 @@ from node.service import (
     ContributionRequest,
     ContributionResult,
     NodeDescription,
+    StatsRequest,
+    StatsResult,
 )
 from osmanthus.types import DepartmentId, Shape, SubjectKind
 from osmanthus.v1 import common_pb2, node_pb2
@@ -144,6 +146,52 @@ def chunk_result(message: node_pb2.ContributeChunkResponse) -> ChunkResult:
     return ChunkResult(
         department=DepartmentId(message.department),
         chunk=message.chunk,
+        ciphertexts=tuple(c.value for c in message.ciphertexts),
+        rules_version=message.rules_version,
+        policy_hash=message.policy_hash,
+    )
+
+
+def stats_request(message: node_pb2.ContributeStatsRequest) -> StatsRequest:
+    return StatsRequest(
+        query_id=message.query_id,
+        subject_kind=kind_from_pb(message.subject_kind),
+        subject_ids=tuple(message.subject_ids),
+        purpose=message.purpose,
+        public_key=message.public_key.n,
+        statistics=tuple(message.statistics),
+        slots=tuple(message.slots),
+        slot_widths=tuple(message.slot_widths),
+        slot_bounds=tuple(message.slot_bounds),
+    )
+
+
+def stats_request_message(request: StatsRequest) -> node_pb2.ContributeStatsRequest:
+    return node_pb2.ContributeStatsRequest(
+        query_id=request.query_id,
+        subject_kind=_kind_pb(request.subject_kind),
+        subject_ids=list(request.subject_ids),
+        purpose=request.purpose,
+        public_key=common_pb2.PaillierPublicKey(n=request.public_key),
+        statistics=list(request.statistics),
+        slots=list(request.slots),
+        slot_widths=list(request.slot_widths),
+        slot_bounds=list(request.slot_bounds),
+    )
+
+
+def stats_response(result: StatsResult) -> node_pb2.ContributeStatsResponse:
+    return node_pb2.ContributeStatsResponse(
+        department=result.department,
+        ciphertexts=[common_pb2.Ciphertext(value=c) for c in result.ciphertexts],
+        rules_version=result.rules_version,
+        policy_hash=result.policy_hash,
+    )
+
+
+def stats_result(message: node_pb2.ContributeStatsResponse) -> StatsResult:
+    return StatsResult(
+        department=DepartmentId(message.department),
         ciphertexts=tuple(c.value for c in message.ciphertexts),
         rules_version=message.rules_version,
         policy_hash=message.policy_hash,

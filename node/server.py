@@ -11,6 +11,7 @@ from node.service import NodeService
 from node.servicer import NodeServicer
 from node.store import RecordStore
 from osmanthus.audit import AuditLog, load_or_create_salt
+from osmanthus.bundle import DEFAULT_POLL_S, load_policy, node_scope
 from osmanthus.catalogue import Catalogue, load_catalogue
 from osmanthus.crypto import DEFAULT_TABLE_CACHE_BYTES, FAST_WINDOW_BITS, EncryptorCache
 from osmanthus.errors import ConfigError
@@ -41,9 +42,20 @@ class NodeConfig:
     #: memory for per-requester-key encryption tables (0 turns the fast path off)
     table_cache_bytes: int = DEFAULT_TABLE_CACHE_BYTES
     table_window_bits: int = FAST_WINDOW_BITS
+    #: a signed policy bundle (scope "node" or "node:<department>") to use instead of `policy`,
+    #: reloaded on change
+    policy_bundle: Path | None = None
+    #: public keys of the publishers whose bundles are trusted
+    policy_trust: tuple[Path, ...] = ()
+    policy_poll_s: float = DEFAULT_POLL_S
 
 
-def build_service(config: NodeConfig, *, catalogue: Catalogue | None = None) -> NodeService:
+def build_service(
+    config: NodeConfig,
+    *,
+    catalogue: Catalogue | None = None,
+    policy: ReloadablePolicy | None = None,
+) -> NodeService:
     """Load and cross-check everything a node needs; any mismatch is a ConfigError at start-up."""
     catalogue = catalogue or load_catalogue(config.catalogue)
     department = catalogue.department(config.department)
@@ -76,7 +88,7 @@ def build_service(config: NodeConfig, *, catalogue: Catalogue | None = None) -> 
         audience=config.token_audience,
         replay_cache=ReplayCache(),
     )
-    policy = ReloadablePolicy.from_file(config.policy)
+    policy = ReloadablePolicy.from_file(config.policy) if policy is None else policy
     config.state_dir.mkdir(parents=True, exist_ok=True)
     salt = load_or_create_salt(config.state_dir / "audit.salt")
     store = RecordStore(config.db, department=department.id, read_only=True)
@@ -100,7 +112,12 @@ def build_service(config: NodeConfig, *, catalogue: Catalogue | None = None) -> 
 
 
 def start_node(config: NodeConfig, *, catalogue: Catalogue | None = None) -> RunningServer:
-    service = build_service(config, catalogue=catalogue)
+    policy, watcher = load_policy(
+        policy_file=config.policy, bundle=config.policy_bundle, trust=config.policy_trust,
+        scope=node_scope(config.department), state_dir=config.state_dir,
+        interval_s=config.policy_poll_s,
+    )  # fmt: skip
+    service = build_service(config, catalogue=catalogue, policy=policy)
     servicer = NodeServicer(service)
     try:
         running = start_server(
@@ -113,4 +130,7 @@ def start_node(config: NodeConfig, *, catalogue: Catalogue | None = None) -> Run
         service.close()
         raise
     running.on_stop.append(service.close)
+    if watcher is not None:
+        running.on_stop.append(watcher.close)
+        watcher.start()
     return running

@@ -24,7 +24,7 @@ from osmanthus.errors import (
 )
 from osmanthus.ids import canonical_subject, validate_subject
 from osmanthus.names import validate_purpose, validate_query_id
-from osmanthus.policy import PolicyEngine, PolicyRequest, ReloadablePolicy
+from osmanthus.policy import Decision, PolicyEngine, PolicyRequest, ReloadablePolicy, time_facts
 from osmanthus.rules import RuleSet
 from osmanthus.tls import PeerIdentity
 from osmanthus.tokens import TokenClaims, TokenVerifier
@@ -42,6 +42,9 @@ _log = logging.getLogger(__name__)
 
 #: the most subjects one batch chunk may carry: bounds a node's memory and work per call
 MAX_CHUNK_SUBJECTS = 10_000
+#: the most subjects one STATS cohort may name: their ids (~20 bytes each on the wire) must fit
+#: one message under the servers' 1 MiB receive limit (osmanthus.server.MAX_RECEIVE_BYTES)
+MAX_COHORT = 50_000
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,69 @@ class ChunkRequest:
     slots: tuple[str, ...]
     slot_widths: tuple[int, ...]
     subjects_per_ciphertext: int
+
+
+@dataclass(frozen=True)
+class StatsRequest:
+    """A STATS query's cohort: the department sums each asked statistic over every subject."""
+
+    query_id: str
+    subject_kind: SubjectKind | None
+    subject_ids: tuple[str, ...]
+    purpose: str
+    public_key: bytes
+    statistics: tuple[str, ...]
+    slots: tuple[str, ...]
+    slot_widths: tuple[int, ...]
+    #: one subject's largest value of each slot, which the coordinator calibrates noise to
+    slot_bounds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class StatsResult:
+    department: DepartmentId
+    #: per statistic, in the order asked
+    ciphertexts: tuple[bytes, ...]
+    rules_version: str
+    policy_hash: str
+
+
+def validate_cohort(kind: SubjectKind, subject_ids: Sequence[str]) -> tuple[SubjectId, ...]:
+    """Each id valid and canonical, no subject twice, 1..MAX_COHORT of them."""
+    if not 0 < len(subject_ids) <= MAX_COHORT:
+        raise InvalidArgument(
+            f"a cohort names 1..{MAX_COHORT} subjects, this one {len(subject_ids)}",
+            field="subject_ids",
+        )
+    cohort = tuple(
+        validate_subject(kind, s, field=f"subject_ids[{i}]") for i, s in enumerate(subject_ids)
+    )
+    seen: dict[SubjectId, int] = {}
+    for index, subject in enumerate(cohort):
+        first = seen.setdefault(subject, index)
+        if first != index:
+            # a subject counted twice would weigh double and break the noise's guarantee
+            raise InvalidArgument(
+                f"subject_ids[{index}] repeats subject_ids[{first}]: a cohort names each "
+                "subject once",
+                field=f"subject_ids[{index}]",
+            )
+    return cohort
+
+
+def validate_statistics(layout: SlotLayout, names: Sequence[str]) -> tuple[str, ...]:
+    """The statistics asked, all slot names of `layout`, none twice; empty means all."""
+    if not names:
+        return layout.names
+    unknown = [n for n in names if n not in layout.names]
+    if unknown:
+        raise InvalidArgument(
+            f"unknown statistic {unknown[0][:40]!r}; choose from {', '.join(layout.names)}",
+            field="statistics",
+        )
+    if len(set(names)) != len(names):
+        raise InvalidArgument("a statistic is asked for twice", field="statistics")
+    return tuple(names)
 
 
 @dataclass(frozen=True)
@@ -233,9 +299,9 @@ class NodeService:
             )
         return kind, purpose, key
 
-    def _allow(
+    def _decide(
         self, engine: PolicyEngine, claims: TokenClaims, action: str, context: Mapping[str, object]
-    ) -> bool:
+    ) -> Decision:
         return engine.decide(
             PolicyRequest(
                 principal_type="Requester",
@@ -244,9 +310,14 @@ class NodeService:
                 action=action,
                 resource_type="Department",
                 resource_id=self._department.id,
-                context=context,
+                context={**context, **time_facts()},
             )
-        ).allowed
+        )
+
+    def _allow(
+        self, engine: PolicyEngine, claims: TokenClaims, action: str, context: Mapping[str, object]
+    ) -> bool:
+        return self._decide(engine, claims, action, context).allowed
 
     def _decide_and_encrypt(
         self, request: ContributionRequest, claims: TokenClaims, engine: PolicyEngine
@@ -266,17 +337,7 @@ class NodeService:
         if shape is Shape.BREAKDOWN:
             layout.check_wire(request.slots, request.slot_widths)
         context = {"purpose": purpose, "shape": shape.value, "subject_kind": kind.value}
-        decision = engine.decide(
-            PolicyRequest(
-                principal_type="Requester",
-                principal_id=claims.requester,
-                principal_attrs={"role": claims.role.value},
-                action="Contribute",
-                resource_type="Department",
-                resource_id=self._department.id,
-                context=context,
-            )
-        )
+        decision = self._decide(engine, claims, "Contribute", context)
         if not decision.allowed:
             raise PermissionDenied(f"department {self._department.id} policy: {decision.reason}")
         single = self._allow(engine, claims, "DiscloseSingleSource", context)
@@ -405,6 +466,129 @@ class NodeService:
             policy_hash=engine.hash,
         )
         return result, subjects
+
+    # --- STATS -----------------------------------------------------------------------------------
+
+    def contribute_stats(
+        self, request: StatsRequest, *, caller: PeerIdentity, token: str | None
+    ) -> StatsResult:
+        """Cohort sums: authorise once, score every subject, encrypt one sum per statistic."""
+        claims: TokenClaims | None = None
+        engine = self._policy.current()
+        try:
+            claims = self._authenticate(caller, token)
+            result, cohort = self._stats(request, claims, engine)
+        except OsmanthusError as exc:
+            self._record_stats(request, claims, engine.hash, "deny", redacted_reason(exc))
+            raise
+        except Exception:
+            self._record_stats(request, claims, engine.hash, "deny", "internal error")
+            raise
+        self._record_stats(
+            request,
+            claims,
+            engine.hash,
+            "allow",
+            f"cohort sums of {len(result.ciphertexts)} statistics encrypted under the "
+            "requester's key",
+            cohort,
+        )
+        return result
+
+    def _stats(
+        self, request: StatsRequest, claims: TokenClaims, engine: PolicyEngine
+    ) -> tuple[StatsResult, tuple[SubjectId, ...]]:
+        validate_query_id(request.query_id)
+        kind, purpose, key = self._checked_common(
+            kind=request.subject_kind,
+            purpose_raw=request.purpose,
+            public_key=request.public_key,
+            claims=claims,
+        )
+        layout = self._layouts[kind, Shape.BREAKDOWN]
+        layout.check_wire(request.slots, request.slot_widths)
+        bounds = tuple(slot.sum_bound for slot in layout.slots)
+        if tuple(request.slot_bounds) != bounds:
+            # the noise is calibrated to these bounds: a node whose parts could be larger
+            # would make each answer less private than the ε charged for it
+            raise InvalidArgument(
+                f"the coordinator calibrates the noise to per-subject bounds "
+                f"{list(request.slot_bounds)}; this department's catalogue has {list(bounds)} "
+                "(the catalogues' caps, saturation or department counts differ)",
+                field="slot_bounds",
+            )
+        statistics = validate_statistics(layout, request.statistics)
+        cohort = validate_cohort(kind, request.subject_ids)
+        context: dict[str, object] = {
+            "purpose": purpose,
+            "shape": Shape.STATS.value,
+            "subject_kind": kind.value,
+            "cohort": len(cohort),
+        }
+        decision = self._decide(engine, claims, "Contribute", context)
+        if not decision.allowed:
+            raise PermissionDenied(f"department {self._department.id} policy: {decision.reason}")
+        positions = [layout.names.index(name) for name in statistics]
+        sums = [0] * len(positions)
+        as_of = self._today()
+        zero = self._zero_parts[kind, Shape.BREAKDOWN]
+        # one lookup per MAX_CHUNK_SUBJECTS bounds the records held in memory at once
+        with self._encoding_guard():
+            for start in range(0, len(cohort), MAX_CHUNK_SUBJECTS):
+                part_of = cohort[start : start + MAX_CHUNK_SUBJECTS]
+                records = self._store.records_for_many(kind, part_of)
+                for subject in part_of:
+                    found = records.get(subject)
+                    part = (
+                        layout.part(
+                            self._rules.contribution(kind, found, as_of=as_of),
+                            department=self._department.id,
+                        )
+                        if found
+                        else zero
+                    )
+                    for i, position in enumerate(positions):
+                        sums[i] += part[position]
+        ciphertexts = tuple(self._encryptors.encrypt(key, value).to_bytes() for value in sums)
+        result = StatsResult(
+            department=self._department.id,
+            ciphertexts=ciphertexts,
+            rules_version=self._rules.version,
+            policy_hash=engine.hash,
+        )
+        return result, cohort
+
+    def _record_stats(
+        self,
+        request: StatsRequest,
+        claims: TokenClaims | None,
+        policy_hash: str,
+        decision: str,
+        reason: str,
+        cohort: Sequence[str] = (),
+    ) -> None:
+        # the validated cohort when there is one: canonicalising 10,000 ids again costs as much
+        # as the database lookup; a refused request's ids as far as they are ids at all
+        named = cohort or [
+            canonical_subject(request.subject_kind, s) for s in request.subject_ids[:MAX_COHORT]
+        ]
+        self._audit.append(
+            AuditEntry(
+                time=datetime.now(UTC),
+                query_id=request.query_id[:64],
+                requester=claims.requester if claims else "unauthenticated",
+                purpose=request.purpose[:64],
+                consent_id="",
+                policy_hash=policy_hash,
+                decision=decision,
+                reason=reason,
+                shape=Shape.STATS.value,
+                # a statistic discloses nothing attributable to one member (the noise sees to
+                # that), so the entry names the cohort as a whole: its size and one salted hash
+                subject_hash=self._audit.cohort_hash(named),
+                extra={"cohort": len(request.subject_ids)},
+            )
+        )
 
     def _record_chunk(
         self,

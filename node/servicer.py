@@ -48,6 +48,17 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         return convert.chunk_response(result)
 
     @servicer_method
+    def ContributeStats(  # noqa: N802 - gRPC method name
+        self, request: node_pb2.ContributeStatsRequest, context: grpc.ServicerContext
+    ) -> node_pb2.ContributeStatsResponse:
+        result = self._service.contribute_stats(
+            convert.stats_request(request),
+            caller=peer_identity(context),
+            token=bearer_token(context),
+        )
+        return convert.stats_response(result)
+
+    @servicer_method
     def GetInfo(  # noqa: N802 - gRPC method name
         self, request: node_pb2.GetInfoRequest, context: grpc.ServicerContext
     ) -> node_pb2.NodeInfo:

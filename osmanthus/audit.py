@@ -202,6 +202,17 @@ class AuditLog:
             hashes.append(mac.hexdigest())
         return hashes
 
+    def cohort_hash(self, subject_ids: Sequence[str]) -> str:
+        """One salted hash naming a set of subjects (a STATS cohort), whatever their order.
+
+        Whoever holds the set and the salt can show which cohort an entry was about; nobody
+        can read a member off the entry.
+        """
+        digest = hashlib.sha256()
+        for value in sorted(self.subject_hashes(subject_ids)):
+            digest.update(bytes.fromhex(value))
+        return digest.hexdigest()
+
     def append(self, entry: AuditEntry) -> None:
         """Write `entry` durably; returns once its line is on disk (fsynced)."""
         line = (entry.to_json() + "\n").encode("ascii")

@@ -15,6 +15,7 @@ from osmanthus.errors import ConfigError, ImportRejected, InvalidArgument, Osman
 from osmanthus.tls import TlsFiles
 
 if TYPE_CHECKING:
+    from osmanthus.bundle import VerifiedBundle
     from osmanthus.catalogue import Catalogue
 
 EXIT_CODES = """\
@@ -149,6 +150,17 @@ def _cmd_certs_issue(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_certs_consent_key(args: argparse.Namespace) -> int:
+    from certs import create_consent_key
+
+    paths = create_consent_key(args.ca_dir, overwrite=args.overwrite)
+    print(
+        f"consent-receipt key pair written: {paths.private} (the coordinator's --consent-key), "
+        f"{paths.public} (give to banks and citizens who verify receipts)"
+    )
+    return 0
+
+
 # --- keys and tokens --------------------------------------------------------------------------
 
 
@@ -213,7 +225,12 @@ def _cmd_node_serve(args: argparse.Namespace) -> int:
         rules=args.rules,
         policy=args.policy or DEFAULT_NODE_POLICY,
         table_cache_bytes=args.table_cache_mb * 2**20,
+        policy_bundle=_policy_bundle(args),
+        policy_trust=tuple(args.policy_trust),
+        policy_poll_s=args.policy_poll,
     )
+    # before the server starts: until the handler is in place SIGHUP would end the process
+    _check_bundle_on_sighup(args)
     running = start_node(config, catalogue=_catalogue(args))
     _log.info("node %s serving on port %d", args.department, running.port)
     serve_until_signalled(running, ready_file=args.ready_file)
@@ -254,13 +271,73 @@ def _cmd_coordinator_serve(args: argparse.Namespace) -> int:
         policy=args.policy or DEFAULT_CENTRAL_POLICY,
         deadline_s=args.deadline,
         table_cache_bytes=args.table_cache_mb * 2**20,
+        policy_bundle=_policy_bundle(args),
+        policy_trust=tuple(args.policy_trust),
+        policy_poll_s=args.policy_poll,
+        consent_key=_consent_key(args),
     )
+    # before the server starts: until the handler is in place SIGHUP would end the process
+    _check_bundle_on_sighup(args)
     running = start_coordinator(config, catalogue=_catalogue(args))
     _log.info("coordinator serving on port %d", running.port)
     try:
         serve_until_signalled(running.server, ready_file=args.ready_file)
     finally:
         running.stop()
+    return 0
+
+
+def _consent_key(args: argparse.Namespace) -> Path | None:
+    from certs import COORDINATOR_NAME, PeerRole, peer_dir
+    from osmanthus.receipts import CONSENT_KEY_FILE
+
+    if args.consent_key is not None:
+        return Path(args.consent_key)
+    if args.certs_dir:
+        # found in --certs-dir like the coordinator's certificate, where 'certs init' puts it
+        candidate = (
+            peer_dir(args.certs_dir, role=PeerRole.COORDINATOR, name=COORDINATOR_NAME)
+            / CONSENT_KEY_FILE
+        )
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+# --- consent ----------------------------------------------------------------------------------
+
+
+def _cmd_consent_verify(args: argparse.Namespace) -> int:
+    from osmanthus.receipts import load_consent_public_key, verify_receipt
+
+    if args.receipt == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(args.receipt).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"receipt file {args.receipt} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read receipt file {args.receipt}: {exc}") from exc
+    receipt = verify_receipt(
+        text.strip(),
+        public_key=load_consent_public_key(args.key),
+        now=datetime.now(UTC),
+        expected_grantee=args.grantee,
+        expected_purpose=args.purpose,
+        expected_subject=args.subject,
+    )
+    print(f"receipt verifies: consent {receipt.consent_id}")
+    print(f"  subject     {receipt.masked_subject}")
+    print(f"  grantee     {receipt.grantee}")
+    print(f"  purpose     {receipt.purpose}")
+    print(f"  granted at  {receipt.granted_at.isoformat().replace('+00:00', 'Z')}")
+    print(f"  expires at  {receipt.expires_at.isoformat().replace('+00:00', 'Z')}")
+    print(f"  issuer      {receipt.issuer} (key {receipt.key_id})")
+    print(
+        "A receipt proves the consent was granted, not that it still stands: the coordinator "
+        "checks revocation on every query."
+    )
     return 0
 
 
@@ -330,6 +407,154 @@ def _cmd_policy_explain(args: argparse.Namespace) -> int:
     )
     print(explain(PolicyEngine.from_file(args.policy), request))
     return 0
+
+
+def _add_policy_bundle(parser: argparse.ArgumentParser, *, scope: str) -> None:
+    group = parser.add_argument_group(
+        "signed policy bundle",
+        "instead of --policy, follow a bundle made with 'osmanthus policy publish' (scope "
+        f"{scope}). It is checked at start: a bundle that fails any check stops the start "
+        "(exit 3). The file is then checked every --policy-poll seconds and on SIGHUP: a bundle "
+        "with a higher serial and a publication time no earlier than the bundle in force, "
+        "signed by a trusted key, for this scope and with a valid policy is put in force "
+        "without a restart; any other is logged and the policy in force stays.",
+    )
+    group.add_argument("--policy-bundle", type=Path, help="the bundle file to follow")
+    group.add_argument(
+        "--policy-trust",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="KEY.pub",
+        help="public key of a trusted publisher (repeatable; needed with --policy-bundle)",
+    )
+    group.add_argument(
+        "--policy-poll",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="bundle check interval, from 0.05 to 3600 (default: 2)",
+    )
+
+
+def _policy_bundle(args: argparse.Namespace) -> Path | None:
+    if args.policy_bundle is not None and args.policy is not None:
+        raise InvalidArgument(
+            "give --policy or --policy-bundle, not both: a bundle carries its own policy",
+            field="policy_bundle",
+        )
+    if args.policy_bundle is None and args.policy_trust:
+        raise InvalidArgument("--policy-trust needs --policy-bundle", field="policy_trust")
+    bundle: Path | None = args.policy_bundle
+    return bundle
+
+
+def _check_bundle_on_sighup(args: argparse.Namespace) -> None:
+    """SIGHUP: look at the policy bundle now instead of at the next poll."""
+    if args.policy_bundle is None:
+        return
+    from osmanthus.bundle import install_sighup_handler
+
+    install_sighup_handler()
+
+
+def _cmd_policy_keygen(args: argparse.Namespace) -> int:
+    from osmanthus.bundle import generate_publisher_key, key_id_of, load_private_key
+
+    private, public = generate_publisher_key(out_dir=args.out_dir, name=args.name)
+    key_id = key_id_of(load_private_key(private).public_key())
+    print(f"publisher key {key_id} written:")
+    print(f"  {private}  private: keep it secret, sign bundles with it (--key)")
+    print(f"  {public}  public: give it to the coordinator and the nodes (--policy-trust)")
+    return 0
+
+
+def _cmd_policy_publish(args: argparse.Namespace) -> int:
+    from osmanthus.bundle import (
+        check_scope,
+        key_id_of,
+        load_private_key,
+        read_bundle_file,
+        read_claims,
+        sign_bundle,
+        verify_bundle,
+        write_atomically,
+    )
+    from osmanthus.policy import PolicyEngine
+
+    scope = check_scope(args.scope)
+    engine = PolicyEngine.from_file(args.policy)
+    key = load_private_key(args.key)
+    previous: int | None = None
+    if args.out.exists():
+        try:
+            previous_scope, previous = read_claims(
+                read_bundle_file(args.out, field="out"), origin=str(args.out)
+            )
+        except ConfigError as exc:
+            if args.serial is None:
+                raise ConfigError(
+                    f"cannot read the serial of the bundle already at {args.out} ({exc}); "
+                    "give --serial, above the serial of the bundle in force",
+                    field="serial",
+                ) from exc
+        else:
+            if args.serial is None and previous_scope != scope:
+                # a node reads 'node' and 'node:<its id>' bundles as one serial sequence, which
+                # may have gone past this file's serial through bundles published elsewhere
+                raise ConfigError(
+                    f"the bundle already at {args.out} is for scope {previous_scope!r} (serial "
+                    f"{previous}), not {scope!r}: give --serial, above {previous} and above "
+                    "every serial the servers reading this file have had in force (see "
+                    "'Publishing a policy' in policies/README.md)",
+                    field="serial",
+                )
+    serial = args.serial if args.serial is not None else (previous or 0) + 1
+    if previous is not None and serial <= previous:
+        raise ConfigError(
+            f"serial {serial} is not above serial {previous} of the bundle already at "
+            f"{args.out}: every server would refuse it as a rollback",
+            field="serial",
+        )
+    data = sign_bundle(
+        policy_source=engine.source,
+        scope=scope,
+        serial=serial,
+        publisher=args.publisher or args.key.stem,
+        private_key=key,
+        now=datetime.now(UTC),
+        origin=str(args.policy),
+    )
+    # check the bytes about to be published the way every server will
+    public = key.public_key()
+    verified = verify_bundle(
+        data, trusted_keys={key_id_of(public): public}, scope=None, origin=str(args.out)
+    )
+    write_atomically(args.out, data, mode=0o644)
+    _print_bundle(f"published {args.out}", verified)
+    return 0
+
+
+def _cmd_policy_verify(args: argparse.Namespace) -> int:
+    from osmanthus.bundle import check_scope, load_trusted_keys, read_bundle_file, verify_bundle
+
+    trusted = load_trusted_keys(args.trust)
+    scope = check_scope(args.scope) if args.scope else None
+    data = read_bundle_file(args.bundle, field="bundle")
+    verified = verify_bundle(data, trusted_keys=trusted, scope=scope, origin=str(args.bundle))
+    _print_bundle(f"{args.bundle}: valid", verified)
+    return 0
+
+
+def _print_bundle(title: str, bundle: VerifiedBundle) -> None:
+    print(title)
+    print(f"  scope      {bundle.scope}")
+    print(f"  serial     {bundle.serial}")
+    print(f"  hash       {bundle.hash}  (recorded as policy_hash in every audit entry)")
+    print(f"  publisher  {bundle.publisher}")
+    print(f"  created    {bundle.created_at.isoformat()}")
+    print(f"  key        {bundle.key_id}")
+    print(f"  policies   {len(bundle.engine.annotations())}")
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
@@ -517,6 +742,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--name", required=True, help="department id, requester id or operator name")
     p.add_argument("--days", type=int, default=365, help="validity in days")
+    p = command(
+        certs_sub,
+        "consent-key",
+        "create the coordinator's consent-receipt signing key",
+        "Create CA_DIR/coordinator/consent.key (mode 0600) and consent.pub: the Ed25519 key pair "
+        "with which the coordinator signs a receipt for every consent it records. 'certs init' "
+        "makes it too; use this for a CA made before receipts existed. Give consent.pub to "
+        "banks and citizens who verify receipts.",
+        _cmd_certs_consent_key,
+    )
+    p.add_argument("--ca-dir", type=Path, required=True, help="the directory 'certs init' made")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing key (receipts it signed stop verifying)",
+    )
 
     # keys
     keys = command(
@@ -605,6 +846,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="memory for fast-encryption tables (about 54 MB per 2048-bit requester key; "
         "0 = always use the slower plain path)",
     )
+    _add_policy_bundle(p, scope="'node' or 'node:<department id>'")
     _add_tls(p, role_hint="node")
     p = command(
         node_sub,
@@ -651,7 +893,38 @@ def build_parser() -> argparse.ArgumentParser:
         "requester key; 0 = always use the slower plain path)",
     )
     p.add_argument("--ready-file", type=Path, help="write the bound port here once serving")
+    p.add_argument(
+        "--consent-key",
+        type=Path,
+        help="Ed25519 key that signs consent receipts (default: coordinator/consent.key in "
+        "--certs-dir if there, else STATE_DIR/consent.key, created with consent.pub on first "
+        "start)",
+    )
+    _add_policy_bundle(p, scope="'central'")
     _add_tls(p, role_hint="coordinator")
+
+    # consent
+    consent = command(
+        sub, "consent", "consent receipts", "Work with the consents the coordinator records."
+    )
+    consent_sub = consent.add_subparsers(dest="consent_command", required=True, metavar="ACTION")
+    p = command(
+        consent_sub,
+        "verify",
+        "check a signed consent receipt and print what it attests",
+        "Verify a consent receipt (the 'receipt' of a granted consent) against the coordinator's "
+        "consent.pub and print the consent id, subject (all but the last 4 characters starred), "
+        "grantee, purpose, and validity. With --grantee, --purpose or --subject the receipt "
+        "must name that value. Exit 3 if the input is not a receipt or a file is unusable, 4 if "
+        "the signature, issuer, validity or an expected value does not match. A receipt proves "
+        "the consent was granted, not that it is unrevoked.",
+        _cmd_consent_verify,
+    )
+    p.add_argument("receipt", metavar="RECEIPT", help="file holding the receipt, or - for stdin")
+    p.add_argument("--key", type=Path, required=True, help="the coordinator's consent.pub")
+    p.add_argument("--grantee", help="requester the consent must be granted to")
+    p.add_argument("--purpose", help="purpose the consent must be for")
+    p.add_argument("--subject", help="resident id the consent must be given by")
 
     # policy
     policy = command(sub, "policy", "Cedar access policies", "Policy tools for privacy officers.")
@@ -718,6 +991,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resource", required=True, help="Type::id, e.g. Dataset::person")
     p.add_argument(
         "--context", nargs="*", default=[], metavar="KEY=VALUE", help="facts of the request"
+    )
+    p = command(
+        policy_sub,
+        "keygen",
+        "create a publisher key pair for signing policy bundles",
+        "Create an Ed25519 key pair for publishing policies: OUT_DIR/NAME.key (private, mode "
+        "0600: keep it on the privacy office's machine only) and OUT_DIR/NAME.pub (public: give "
+        "it to the coordinator and every node, which trust bundles signed with it through "
+        "--policy-trust). Existing files are never replaced.",
+        _cmd_policy_keygen,
+    )
+    p.add_argument("--out-dir", type=Path, required=True, help="directory for the key pair")
+    p.add_argument("--name", default="policy-publisher", help="file name of the pair")
+    p = command(
+        policy_sub,
+        "publish",
+        "sign a policy into a bundle the servers load without a restart",
+        "Check the policy (a policy with a mistake is refused with its file and line, exit 3), "
+        "then write a signed bundle to --out: the policy, its scope, a serial number, who "
+        "published it and when, signed with --key. Copy the bundle over the file a server "
+        "follows (--policy-bundle); the server checks it within seconds and puts it in force "
+        "if it is signed by a key it trusts, is for its scope and has a higher serial than the "
+        "bundle in force. Otherwise it logs why and keeps the policy it has. The bundle's hash "
+        "(printed) is recorded in every audit entry made under it.\n\n"
+        "scopes: 'central' (the coordinator), 'node' (every department node), "
+        "'node:<department id>' (one department's node, e.g. node:tax)\n\n"
+        "example: osmanthus policy publish --policy central.cedar --scope central "
+        "--key keys/privacy-office.key --out /srv/osmanthus/central.bundle",
+        _cmd_policy_publish,
+    )
+    p.add_argument("--policy", type=Path, required=True, help="the Cedar policy file to publish")
+    p.add_argument("--scope", required=True, help="central, node or node:<department id>")
+    p.add_argument("--key", type=Path, required=True, help="publisher private key (NAME.key)")
+    p.add_argument("--out", type=Path, required=True, help="the bundle file to write")
+    p.add_argument(
+        "--serial",
+        type=int,
+        help="bundle serial number (default: the serial of the bundle at --out plus 1, or 1). "
+        "A node reads 'node' and 'node:<its id>' bundles as one sequence: when you publish for "
+        "both, each serial must be above every serial published before it for either",
+    )
+    p.add_argument("--publisher", help="who publishes, e.g. your name (default: the key's name)")
+    p = command(
+        policy_sub,
+        "verify",
+        "check a policy bundle as a server would",
+        "Check a bundle's signature against the trusted publisher keys, its consistency and its "
+        "policy, and, with --scope, that a server of that scope would accept it; print its "
+        "scope, serial, hash and publisher. Exit 3 with the reason if any check fails.",
+        _cmd_policy_verify,
+    )
+    p.add_argument("bundle", type=Path, help="the bundle file")
+    p.add_argument(
+        "--trust",
+        type=Path,
+        action="append",
+        required=True,
+        metavar="KEY.pub",
+        help="public key of a trusted publisher (repeatable)",
+    )
+    p.add_argument(
+        "--scope", help="the reader: central, node or node:<department id> (default: any)"
     )
 
     # batch

@@ -21,12 +21,20 @@ from osmanthus.seed import seed
 from osmanthus.tls import TlsFiles
 from osmanthus.tokens import TokenIssuer, generate_issuer_keypair
 from osmanthus.types import Role, Shape, SubjectKind
-from sdk import Client, ConsentRecord, EnterpriseScore, PersonScore, load_or_create_keys
+from sdk import (
+    Client,
+    ConsentRecord,
+    EnterpriseScore,
+    PersonScore,
+    load_or_create_keys,
+    verify_consent_receipt,
+)
 
 _MARKER = ".osmanthus-demo"
 AGENCY = "agency-1"
 REGISTRAR = "registrar"
 RESCORING = "rescoring"
+BUREAU = "stats-bureau"
 LIBRARY = "city-library"
 
 
@@ -151,6 +159,40 @@ def _batch_summary(
     )
 
 
+def _stats_summary(client: Client, data_dir: Path, person: str) -> str:
+    with (data_dir / "subjects.csv").open() as f:
+        cohort = [r["subject_id"] for r in csv.DictReader(f) if r["subject_kind"] == "person"]
+    layout_names = load_catalogue().model(SubjectKind.PERSON).slot_names()
+    deductions, bonuses = layout_names[0], list(layout_names[1:])
+    # each statistic asked splits the ε: the four capped bonus categories are cheap together,
+    # while one subject can move the deductions by 22 departments × 200, so they get their own
+    cheap = client.stats(
+        cohort, kind=SubjectKind.PERSON, purpose="statistics", epsilon="0.5", statistics=bonuses
+    )
+    costly = client.stats(
+        cohort, kind=SubjectKind.PERSON, purpose="statistics", epsilon="1", statistics=[deductions]
+    )
+    lines = [f"  cohort of {cheap.cohort} citizens, every department summed:"]
+    for result in (cheap, costly):
+        for name in result.sums:
+            error = result.standard_error(name) / result.cohort
+            lines.append(
+                f"    mean {name:<18} {result.mean(name):7.2f}  (± {error:.2f} from the noise; "
+                f"ε {result.epsilon} for {len(result.sums)} statistic(s))"
+            )
+    mean = 100 - costly.mean(deductions) + sum(cheap.mean(b) for b in bonuses)
+    lines.append(f"  mean score before the clamp ≈ {mean:.1f}; ε left today: {costly.epsilon_left}")
+    try:
+        client.stats(cohort[:5], kind=SubjectKind.PERSON, purpose="statistics", epsilon="0.5")
+    except OsmanthusError as exc:
+        lines.append(f"  a cohort of 5 is refused ({type(exc).__name__}): {exc}")
+    try:
+        client.person_score(person, purpose="statistics")
+    except OsmanthusError as exc:
+        lines.append(f"  one citizen's score is refused ({type(exc).__name__}): {exc}")
+    return "\n".join(lines)
+
+
 def _coordinator_view(audit_path: Path) -> str:
     entries = [AuditEntry.from_json(line) for line in audit_path.read_text().splitlines() if line]
     chunks = [e for e in entries if e.subject_hashes]
@@ -189,17 +231,18 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
     _step(t0, "Creating the platform CA, node/coordinator/requester certificates and issuer key")
     certs = workdir / "certs"
     init_platform(
-        certs, departments=departments, requesters=[AGENCY, REGISTRAR, RESCORING, LIBRARY]
+        certs, departments=departments, requesters=[AGENCY, REGISTRAR, RESCORING, LIBRARY, BUREAU]
     )
     issuer_dir = workdir / "issuer"
     generate_issuer_keypair(issuer_dir / "issuer.key", issuer_dir / "issuer.pub")
     issuer = TokenIssuer.from_file(issuer_dir / "issuer.key")
 
-    _step(t0, "Generating 2048-bit Paillier keys for the credit agency, the consent registrar and "
-          "the platform's rescoring service")  # fmt: skip
+    _step(t0, "Generating 2048-bit Paillier keys for the credit agency, the consent registrar, "
+          "the library, the rescoring service and the statistics bureau")  # fmt: skip
     agency_keys = load_or_create_keys(workdir / "keys" / f"{AGENCY}.key")
     registrar_keys = load_or_create_keys(workdir / "keys" / f"{REGISTRAR}.key")
     rescoring_keys = load_or_create_keys(workdir / "keys" / f"{RESCORING}.key")
+    bureau_keys = load_or_create_keys(workdir / "keys" / f"{BUREAU}.key")
     library_keys = load_or_create_keys(workdir / "keys" / f"{LIBRARY}.key")
     library_token = issuer.issue(
         requester=LIBRARY,
@@ -213,6 +256,13 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
         role=Role.PLATFORM_SERVICE,
         purposes=["credit_rescoring"],
         key_fingerprint=rescoring_keys.fingerprint,
+        ttl=timedelta(hours=1),
+    )
+    bureau_token = issuer.issue(
+        requester=BUREAU,
+        role=Role.STATISTICS_OFFICE,
+        purposes=["statistics"],
+        key_fingerprint=bureau_keys.fingerprint,
         ttl=timedelta(hours=1),
     )
     agency_token = issuer.issue(
@@ -268,6 +318,14 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
                 )
                 for p in [people[0], people[1], quiet_person]
             ]
+            consent_pub = certs / "coordinator" / "consent.pub"
+            receipt = verify_consent_receipt(
+                consents[0].receipt, public_key=consent_pub, grantee=AGENCY
+            )
+            _say(
+                f"  receipt for {receipt.consent_id} verifies against {consent_pub}: subject "
+                f"{receipt.masked_subject}, {receipt.purpose}, until {receipt.expires_at:%Y-%m-%d}"
+            )
             _step(t0, "agency-1 asks for BREAKDOWN score cards (decrypted only inside the agency)")
             for consent in consents:
                 result = agency.person_score(
@@ -302,6 +360,8 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
                 )
             except OsmanthusError as exc:
                 _say(f"  refused ({type(exc).__name__}): {exc}")
+            verify_consent_receipt(consents[0].receipt, public_key=consent_pub)
+            _say("  its receipt still verifies: a receipt proves the grant, not that it stands")
 
             _step(t0, "The city library waives the book deposit at a score of 110: with the "
                   "reader's consent it learns one bit, never the score")  # fmt: skip
@@ -334,6 +394,12 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
                 target, tls=tls(RESCORING), token=rescoring_token, keys=rescoring_keys
             ) as rescoring:
                 _say(_batch_summary(rescoring, data, catalogue, compare=(consents[1], agency)))
+
+            _step(t0, f"The city statistics bureau compiles statistics over all {persons} "
+                  "citizens: noisy sums added under encryption, charged to its ε budget (5 a "
+                  "day, 50 a year)")  # fmt: skip
+            with Client(target, tls=tls(BUREAU), token=bureau_token, keys=bureau_keys) as bureau:
+                _say(_stats_summary(bureau, data, people[0]))
 
             _step(t0, "The volunteers' node goes down; a first answer about a newly consenting "
                   "citizen is explicitly partial")  # fmt: skip

@@ -88,6 +88,16 @@ class RateLimited(OsmanthusError):
     retryable = True
 
 
+class BudgetExhausted(OsmanthusError):
+    """A STATS query would take the requester past its privacy budget (ε) for the period.
+
+    Not retryable: room comes back only as earlier spending leaves the rolling period, which
+    the message dates; retrying sooner is refused the same way.
+    """
+
+    exit_code = 4
+
+
 class CryptoError(OsmanthusError):
     """A key or ciphertext failed validation, or decoding found an inconsistency."""
 

@@ -28,6 +28,7 @@ _TO_STATUS: tuple[tuple[type[errors.OsmanthusError], grpc.StatusCode], ...] = (
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.BudgetExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.ConfigError, grpc.StatusCode.INTERNAL),
 )
 

@@ -11,6 +11,8 @@ import types
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final
 
@@ -30,41 +32,76 @@ entity Dataset, Registry, Department;
 action PersonQuery, EnterpriseQuery appliesTo {
   principal: [Requester],
   resource: [Dataset],
-  context: { purpose: String, shape: String, consent: String, threshold?: Long }
+  context: { purpose: String, shape: String, consent: String, threshold?: Long, hour?: Long }
 };
 action AcceptPartial appliesTo {
   principal: [Requester],
   resource: [Dataset],
-  context: { purpose: String, shape: String, answered: Long, expected: Long }
+  context: { purpose: String, shape: String, answered: Long, expected: Long, hour?: Long }
 };
 action RegisterKey, ManageConsent appliesTo {
   principal: [Requester],
   resource: [Registry],
-  context: {}
+  context: { hour?: Long }
 };
 action Contribute, DiscloseSingleSource appliesTo {
   principal: [Requester],
   resource: [Department],
-  context: { purpose: String, shape: String, subject_kind: String }
+  context: { purpose: String, shape: String, subject_kind: String, cohort?: Long, hour?: Long }
 };
 action BatchQuery appliesTo {
   principal: [Requester],
   resource: [Dataset],
-  context: { purpose: String, shape: String }
+  context: { purpose: String, shape: String, hour?: Long }
 };
 action ContributeBatch appliesTo {
   principal: [Requester],
   resource: [Department],
-  context: { purpose: String, shape: String, subject_kind: String, subjects: Long }
+  context: { purpose: String, shape: String, subject_kind: String, subjects: Long, hour?: Long }
+};
+action StatsQuery appliesTo {
+  principal: [Requester],
+  resource: [Dataset],
+  context: { purpose: String, cohort: Long, epsilon: decimal, hour?: Long }
 };
 """
+
+#: the time zone of the `hour` fact: the platform's, China Standard Time (UTC+8, no DST)
+POLICY_TIME_ZONE: Final = timezone(timedelta(hours=8), "CST")
+
+
+def time_facts(now: datetime | None = None) -> dict[str, int]:
+    """The facts about when a request is made that every service adds: `hour`, 0–23, in
+    China Standard Time. Case files and `policy explain` leave them out unless written."""
+    moment = (now or datetime.now(UTC)).astimezone(POLICY_TIME_ZONE)
+    return {"hour": moment.hour}
+
 
 #: annotation a permit carries to demand a minimum number of departments in any sum it releases
 MIN_DEPARTMENTS_ANNOTATION: Final = "min_departments"
 #: annotation a permit carries to bound how often one requester may be granted by it
 RATE_LIMIT_ANNOTATION: Final = "rate_limit"
 _RATE = re.compile(r"([1-9][0-9]{0,8})/(second|minute|hour|day)")
-_PERIOD_S: Final = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+#: STATS: the fewest distinct subjects a cohort may hold (k)
+MIN_COHORT_ANNOTATION: Final = "min_cohort"
+#: STATS: the most ε one query may spend
+MAX_EPSILON_ANNOTATION: Final = "max_epsilon"
+#: STATS: the most ε one requester may spend in any rolling period, e.g. "10/day"
+EPSILON_BUDGET_ANNOTATION: Final = "epsilon_budget"
+_BUDGET = re.compile(r"([0-9]{1,6}(?:\.[0-9]{1,4})?)/(second|minute|hour|day|week|month|year)")
+#: ARCHITECTURE.md: a STATS cohort holds at least k ≥ 10 subjects; a policy may only raise it
+DEFAULT_MIN_COHORT: Final = 10
+_PERIOD_S: Final = {
+    "second": 1.0,
+    "minute": 60.0,
+    "hour": 3600.0,
+    "day": 86400.0,
+    "week": 7 * 86400.0,
+    "month": 30 * 86400.0,
+    "year": 365 * 86400.0,
+}
+#: STATS: privacy loss adds up without end, so the allowing rules must bound it over a year
+LONG_HORIZON_S: Final = _PERIOD_S["year"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +112,35 @@ class RateLimit:
     count: int
     period_s: float
     text: str
+
+
+@dataclass(frozen=True)
+class EpsilonBudget:
+    """At most `epsilon` spent by one requester in any `period_s` seconds (rule `policy_id`)."""
+
+    policy_id: str
+    epsilon: Decimal
+    period_s: float
+    text: str
+
+
+def parse_budget(text: str) -> tuple[Decimal, float] | None:
+    """'10/day' → (Decimal('10'), 86400.0); None when the text is not a positive budget."""
+    match = _BUDGET.fullmatch(text.strip())
+    if match is None or Decimal(match.group(1)) <= 0:
+        return None
+    return Decimal(match.group(1)), _PERIOD_S[match.group(2)]
+
+
+def parse_budgets(text: str) -> list[tuple[Decimal, float, str]] | None:
+    """'5/day, 50/year' → one (ε, period, text) per part; None when any part is not a budget."""
+    out = []
+    for part in text.split(","):
+        parsed = parse_budget(part)
+        if parsed is None:
+            return None
+        out.append((parsed[0], parsed[1], part.strip()))
+    return out
 
 
 def parse_rate(text: str) -> tuple[int, float] | None:
@@ -92,7 +158,16 @@ DEFAULT_MIN_DEPARTMENTS: Final = 3
 _LOWEST_MIN_DEPARTMENTS: Final = 2
 
 # context keys worth naming in a denial, in the order a reader expects them
-_REASON_CONTEXT_KEYS: Final = ("shape", "consent", "subject_kind", "answered", "expected")
+_REASON_CONTEXT_KEYS: Final = (
+    "shape",
+    "threshold",
+    "consent",
+    "subject_kind",
+    "cohort",
+    "epsilon",
+    "answered",
+    "expected",
+)
 _INTERNAL_ID = re.compile(r"`(policy\d+)`")
 #: recent decisions each policy engine remembers (a few hundred bytes each)
 DECISION_CACHE_ENTRIES: Final = 4096
@@ -101,7 +176,10 @@ DECISION_CACHE_ENTRIES: Final = 4096
 def _cache_key(request: PolicyRequest) -> tuple[object, ...] | None:
     """A hashable form of the request, or None when a value is not a plain scalar."""
     items = (*request.principal_attrs.items(), *request.context.items())
-    if not all(isinstance(v, str | int | bool) for _, v in items):
+    if not all(isinstance(v, str | int | bool | Decimal) for _, v in items):
+        return None
+    # a signalling NaN cannot even be hashed; no non-finite value is worth remembering
+    if any(isinstance(v, Decimal) and not v.is_finite() for _, v in items):
         return None
     return (
         request.principal_type,
@@ -155,14 +233,17 @@ class _Statement:
 class PolicyEngine:
     """An immutable, validated Cedar policy set with its version hash."""
 
-    def __init__(self, *, source: str, origin: str) -> None:
+    def __init__(self, *, source: str, origin: str, version: str | None = None) -> None:
+        """`version` names the policy in audit entries instead of its source's SHA-256 (a signed
+        bundle's hash, so that an entry names the bundle the decision was made under)."""
         self.origin = origin
         self.source = source
         # a decision is a pure function of the request and this immutable policy set, and a
         # node asks the same few questions for every query: remember the recent answers
         self._decisions: OrderedDict[tuple[object, ...], Decision] = OrderedDict()
         self._decisions_lock = threading.Lock()
-        self.hash: str = hashlib.sha256(source.encode("utf-8")).hexdigest()
+        self.hash: str = version or hashlib.sha256(source.encode("utf-8")).hexdigest()
+        _check_nesting(source, origin=origin)
         statements = _split_statements(source)
         try:
             self._policies = cedarpy.PolicySet.from_str(source)
@@ -197,6 +278,7 @@ class PolicyEngine:
                     f'("{rate}"); write a count per period, e.g. @{RATE_LIMIT_ANNOTATION}'
                     '("60/minute") (second, minute, hour or day)'
                 )
+            _check_stats_obligations(notes, origin=origin, line=line, policy=display)
             self._display[internal_id] = display
             annotations[display] = types.MappingProxyType(notes)
         self._annotations = types.MappingProxyType(annotations)
@@ -257,6 +339,33 @@ class PolicyEngine:
                 out.append(RateLimit(pid, parsed[0], parsed[1], text))
         return tuple(out)
 
+    def min_cohort(self, decision: Decision) -> int:
+        """k for a STATS query: the largest @min_cohort of the allowing rules, else the default."""
+        values = [
+            int(text)
+            for pid in decision.policy_ids
+            if (text := (self._annotations.get(pid) or {}).get(MIN_COHORT_ANNOTATION)) is not None
+        ]
+        return max(values, default=DEFAULT_MIN_COHORT)
+
+    def max_epsilon(self, decision: Decision) -> Decimal | None:
+        """The smallest @max_epsilon of the allowing rules; None when no rule sets one."""
+        values = [
+            Decimal(text)
+            for pid in decision.policy_ids
+            if (text := (self._annotations.get(pid) or {}).get(MAX_EPSILON_ANNOTATION)) is not None
+        ]
+        return min(values, default=None)
+
+    def epsilon_budgets(self, decision: Decision) -> tuple[EpsilonBudget, ...]:
+        """The @epsilon_budget of every rule that allowed `decision`: each must have room."""
+        out = []
+        for pid in decision.policy_ids if decision.allowed else ():
+            text = (self._annotations.get(pid) or {}).get(EPSILON_BUDGET_ANNOTATION)
+            for epsilon, period_s, part in (parse_budgets(text) or []) if text else []:
+                out.append(EpsilonBudget(pid, epsilon, period_s, part))
+        return tuple(out)
+
     def decide(self, request: PolicyRequest) -> Decision:
         key = _cache_key(request)
         if key is not None:
@@ -280,7 +389,7 @@ class PolicyEngine:
             "principal": principal,
             "action": {"type": "Action", "id": request.action},
             "resource": resource,
-            "context": dict(request.context),
+            "context": {k: _cedar_value(v) for k, v in request.context.items()},
         }
         entities = [
             {"uid": principal, "attrs": dict(request.principal_attrs), "parents": []},
@@ -297,7 +406,11 @@ class PolicyEngine:
             )
 
         errors = tuple(self._rename(e) for e in result.diagnostics.errors)
-        deciding = tuple(self._display.get(r, r) for r in result.diagnostics.reasons)
+        # cedarpy returns the deciding rules as a set: name them in file order, so that reasons,
+        # audit entries and `policy explain` read the same on every run
+        deciding = tuple(
+            self._display.get(r, r) for r in sorted(result.diagnostics.reasons, key=_policy_order)
+        )
         if errors:
             # Fail closed: a policy that could not be evaluated might have been a forbid.
             failed = tuple(
@@ -357,6 +470,34 @@ class ReloadablePolicy:
         _log.info("policy %s now in force (hash %s, was %s)", path, engine.hash, previous.hash)
         return engine
 
+    def install(self, engine: PolicyEngine) -> PolicyEngine:
+        """Put an already validated policy in force (a verified bundle's); returns the old one."""
+        with self._lock:
+            previous, self._engine = self._engine, engine
+        return previous
+
+
+def _cedar_value(value: Any) -> Any:
+    """A context value in Cedar's JSON form: a Decimal becomes Cedar's decimal extension type."""
+    if isinstance(value, Decimal):
+        return {"__extn": {"fn": "decimal", "arg": _cedar_decimal_text(value)}}
+    return value
+
+
+def _cedar_decimal_text(value: Decimal) -> str:
+    """Cedar's text for a Decimal: a point and four places, so that 1 and 1.0000 read alike.
+
+    Equal Decimals share one remembered decision, so they must reach Cedar as one text; a value
+    Cedar cannot hold (0.50001, 1E+30, NaN) keeps its own text, which Cedar refuses: a deny.
+    """
+    try:
+        exact = value.quantize(Decimal("0.0001"))
+        if exact == value:
+            return format(exact, "f")
+    except InvalidOperation:
+        pass
+    return format(value, "f")
+
 
 def _no_permit_reason(request: PolicyRequest) -> str:
     reason = f'denied: no policy permits Action::"{request.action}"'
@@ -367,7 +508,9 @@ def _no_permit_reason(request: PolicyRequest) -> str:
     if purpose is not None:
         reason += f" {'and' if role is not None else 'for'} purpose '{purpose}'"
     details = [
-        f"{key} {request.context[key]!r}" for key in _REASON_CONTEXT_KEYS if key in request.context
+        f"{key} {value if isinstance(value, Decimal) else repr(value)}"
+        for key in _REASON_CONTEXT_KEYS
+        if (value := request.context.get(key)) is not None
     ]
     if details:
         reason += f" ({', '.join(details)})"
@@ -385,6 +528,77 @@ def _check_min_departments(
             f"{origin}, line {line}: policy '{policy}' has @{MIN_DEPARTMENTS_ANNOTATION}"
             f'("{value}"); it must be a whole number of at least {_LOWEST_MIN_DEPARTMENTS}'
         )
+
+
+def _check_stats_obligations(
+    notes: Mapping[str, str], *, origin: str, line: int, policy: str
+) -> None:
+    cohort = notes.get(MIN_COHORT_ANNOTATION)
+    if cohort is not None and (not cohort.isdecimal() or int(cohort) < DEFAULT_MIN_COHORT):
+        raise ConfigError(
+            f"{origin}, line {line}: policy '{policy}' has @{MIN_COHORT_ANNOTATION}"
+            f'("{cohort}"); it must be a whole number of at least {DEFAULT_MIN_COHORT}: a '
+            "smaller cohort lets noise hide too few people"
+        )
+    ceiling = notes.get(MAX_EPSILON_ANNOTATION)
+    if ceiling is not None:
+        try:
+            value = Decimal(ceiling)
+            # quantize raises for a value too large to hold four places (1e30)
+            good = value.is_finite() and value > 0 and value == value.quantize(Decimal("0.0001"))
+        except InvalidOperation:
+            good = False
+        if not good:
+            raise ConfigError(
+                f"{origin}, line {line}: policy '{policy}' has @{MAX_EPSILON_ANNOTATION}"
+                f'("{ceiling}"); write a positive number with at most 4 decimal places, '
+                f'e.g. @{MAX_EPSILON_ANNOTATION}("1.0")'
+            )
+    budget = notes.get(EPSILON_BUDGET_ANNOTATION)
+    if budget is not None and parse_budgets(budget) is None:
+        raise ConfigError(
+            f"{origin}, line {line}: policy '{policy}' has @{EPSILON_BUDGET_ANNOTATION}"
+            f'("{budget}"); write positive ε per period, e.g. @{EPSILON_BUDGET_ANNOTATION}'
+            '("5/day, 50/year") (second, minute, hour, day, week, month or year; up to 4 '
+            "decimal places; several budgets separated by commas)"
+        )
+
+
+#: deepest bracket nesting a policy may use: cedarpy's recursive parser overflows the native
+#: stack (a crash of the whole process, not an error) somewhere past a thousand levels
+MAX_NESTING: Final = 64
+
+
+def _check_nesting(source: str, *, origin: str) -> None:
+    """Refuse absurdly deep brackets before cedarpy sees them (outside strings and comments)."""
+    depth, line = 0, 1
+    in_string = in_comment = escaped = False
+    for pos, char in enumerate(source):
+        if char == "\n":
+            line += 1
+            in_comment = False
+        elif in_comment:
+            continue
+        elif in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char == "/" and source.startswith("//", pos):
+            in_comment = True
+        elif char in "([{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise ConfigError(
+                    f"{origin}, line {line}: brackets nested more than {MAX_NESTING} deep; "
+                    "split the condition into simpler ones"
+                )
+        elif char in ")]}":
+            depth = max(depth - 1, 0)
 
 
 def _split_statements(source: str) -> list[_Statement]:

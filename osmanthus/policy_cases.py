@@ -22,6 +22,7 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -41,20 +42,24 @@ _ACTION_DECLARATION = re.compile(
 )
 
 
-def _actions() -> tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]:
-    """Each action of the policy model with every context fact it takes, and the optional ones."""
+def _actions() -> tuple[dict[str, frozenset[str]], dict[str, frozenset[str]], frozenset[str]]:
+    """Each action of the model with every context fact it takes, the optional ones, and the
+    facts of Cedar's decimal type."""
     every: dict[str, frozenset[str]] = {}
     optional: dict[str, frozenset[str]] = {}
+    decimals: set[str] = set()
     for names, context in _ACTION_DECLARATION.findall(SCHEMA):
-        found = re.findall(r"(\w+)(\??)\s*:", context)
+        found = re.findall(r"(\w+)(\??)\s*:\s*(\w+)", context)
+        decimals.update(fact for fact, _, kind in found if kind == "decimal")
         for name in names.split(","):
-            every[name.strip()] = frozenset(fact for fact, _ in found)
-            optional[name.strip()] = frozenset(fact for fact, mark in found if mark)
-    return every, optional
+            every[name.strip()] = frozenset(fact for fact, _, _ in found)
+            optional[name.strip()] = frozenset(fact for fact, mark, _ in found if mark)
+    return every, optional, frozenset(decimals)
 
 
-#: action → every context fact it takes; OPTIONAL_FACTS: those a request may leave out
-ACTIONS, OPTIONAL_FACTS = _actions()
+#: action → every context fact it takes; OPTIONAL_FACTS: those a request may leave out;
+#: DECIMAL_FACTS: facts written as numbers with up to 4 decimal places (context.epsilon)
+ACTIONS, OPTIONAL_FACTS, DECIMAL_FACTS = _actions()
 #: the values of context.consent (coordinator.consent.ConsentState; a test keeps them equal)
 CONSENT_STATES = (
     "valid",
@@ -123,13 +128,28 @@ def parse_context_value(text: str) -> str | int | bool:
     return text
 
 
+def _decimal(fact: str, value: object) -> Decimal:
+    """A decimal fact from a case file or the command line: 0.5, "0.5" or 1."""
+    ok = isinstance(value, str | int | float | Decimal) and not isinstance(value, bool)
+    text = str(value) if ok else ""
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        number = Decimal("NaN")
+    if not number.is_finite() or number != number.quantize(Decimal("0.0001")):
+        raise InvalidArgument(
+            f"{fact} {value!r} is not a number with at most 4 decimal places", field="context"
+        )
+    return number
+
+
 def make_request(
     *,
     requester: str,
     role: str,
     action: str,
     resource: tuple[str, str],
-    context: Mapping[str, str | int | bool],
+    context: Mapping[str, str | int | bool | float | Decimal],
 ) -> PolicyRequest:
     """A request in the policy model's terms; a typo in any name or known value is an error.
 
@@ -171,6 +191,10 @@ def make_request(
         raise InvalidArgument(
             f"{action} takes {takes}; this request has {'; '.join(parts)}", field="context"
         )
+    typed: dict[str, object] = {
+        key: _decimal(key, value) if key in DECIMAL_FACTS else value
+        for key, value in context.items()
+    }
     return PolicyRequest(
         principal_type="Requester",
         principal_id=requester,
@@ -178,7 +202,7 @@ def make_request(
         action=action,
         resource_type=resource[0],
         resource_id=resource[1],
-        context=dict(context),
+        context=typed,
     )
 
 
@@ -219,9 +243,9 @@ def _case(path: Path, index: int, entry: Any) -> PolicyCase:
         raise fail("expect", f"{entry['expect']!r} is not 'allow' or 'deny'")
     context = entry.get("context", {})
     if not isinstance(context, dict) or not all(
-        isinstance(v, str | int | bool) for v in context.values()
+        isinstance(v, str | int | bool | float) for v in context.values()
     ):
-        raise fail("context", "must be an inline table of text, whole numbers and true/false")
+        raise fail("context", "must be an inline table of text, numbers and true/false")
     by = entry.get("by")
     if by is not None and (not isinstance(by, list) or not all(isinstance(b, str) for b in by)):
         raise fail("by", 'must be a list of rule ids, e.g. by = ["central-loan-underwriting"]')
@@ -281,14 +305,32 @@ def explain(engine: PolicyEngine, request: PolicyRequest) -> str:
         f"{request.principal_attrs.get('role')!r}) {request.action} "
         f"{request.resource_type}::{request.resource_id!r}",
         "  context: "
-        + (", ".join(f"{k}={v!r}" for k, v in sorted(request.context.items())) or "(none)"),
+        + (
+            ", ".join(
+                f"{k}={v if isinstance(v, Decimal) else repr(v)}"
+                for k, v in sorted(request.context.items())
+            )
+            or "(none)"
+        ),
         f"  decided by: {', '.join(decision.policy_ids) or 'no rule (nothing permits it)'}",
         f"  reason: {decision.reason}",
     ]
     if decision.allowed:
-        lines.append(f"  minimum departments in a sum: {engine.min_departments(decision)}")
+        if request.action == "StatsQuery":
+            lines.append("  departments in a sum: every one (a statistic is never partial)")
+        else:
+            lines.append(f"  minimum departments in a sum: {engine.min_departments(decision)}")
         for limit in engine.rate_limits(decision):
             lines.append(f"  rate limit: {limit.text} per requester (rule {limit.policy_id})")
+        if request.action == "StatsQuery":
+            lines.append(f"  smallest cohort (k): {engine.min_cohort(decision)}")
+            ceiling = engine.max_epsilon(decision)
+            lines.append(f"  most ε per query: {ceiling if ceiling is not None else 'no limit'}")
+            budgets = engine.epsilon_budgets(decision)
+            for budget in budgets:
+                lines.append(f"  ε budget: {budget.text} per requester (rule {budget.policy_id})")
+            if not budgets:
+                lines.append("  ε budget: none, so the query is refused (a permit must set one)")
     for error in decision.errors:
         lines.append(f"  error: {error}")
     lines.append(f"  policy: {engine.origin} (sha256 {engine.hash[:16]}…)")

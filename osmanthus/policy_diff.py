@@ -3,8 +3,9 @@
 Cedar's analysis tools are not available from Python, so the requests are generated: every role,
 every action of the policy model with its resources, and for each fact the values that matter
 (every purpose, role, department and requester either policy names, plus one none of them
-names, every consent state, both shapes, coverage at and around the 80 % line). Each request is
-decided by both policies; those whose decision differs are reported with the deciding rules.
+names, every consent state and shape, coverage at and around the 80 % line, and every threshold,
+cohort size, ε and hour a policy compares with, one step either side). Each request is decided
+by both policies; those whose decision differs are reported with the deciding rules.
 """
 
 from __future__ import annotations
@@ -13,17 +14,29 @@ import itertools
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 from osmanthus.policy import Decision, PolicyEngine, PolicyRequest
-from osmanthus.policy_cases import ACTIONS, CONSENT_STATES, make_request
+from osmanthus.policy_cases import ACTIONS, CONSENT_STATES, OPTIONAL_FACTS, make_request
 from osmanthus.types import Role
 
 #: a purpose neither policy names: shows what a catch-all rule would let through
 UNLISTED_PURPOSE = "unlisted_purpose"
-SHAPES = ("breakdown", "total", "threshold")
+SHAPES = ("breakdown", "total", "threshold", "stats")
 #: THRESHOLD questions tried, besides every number a policy compares `threshold` with (±1)
 THRESHOLDS = (1, 110, 200)
 _NUMBER_COMPARED = re.compile(r"threshold\s*(?:==|!=|>=|<=|>|<)\s*(\d+)")
+#: STATS cohort sizes tried, besides every number a policy compares `cohort` with (±1)
+COHORTS = (9, 10, 11, 1000)
+_COHORT_COMPARED = re.compile(r"cohort\s*(?:==|!=|>=|<=|>|<)\s*(\d+)")
+#: STATS ε tried, besides every decimal a policy names (± one unit of the 4th place)
+EPSILONS = (Decimal("0.1"), Decimal("1"), Decimal("1.0001"), Decimal("10"))
+_HOUR_COMPARED = re.compile(r"hour\s*(?:==|!=|>=|<=|>|<)\s*(\d+)")
+#: a rule's action constraint (`action == Action::"X"` or `action in [...]`) and the names in it
+_ACTION_SCOPE = re.compile(r"action\s*(?:==\s*Action::\"\w+\"|in\s*\[[^\]]*\])")
+_ACTION_NAME = re.compile(r'Action::"(\w+)"')
+_DECIMAL_NAMED = re.compile(r'decimal\(\s*"([0-9]+(?:\.[0-9]{1,4})?)"\s*\)')
+_EPSILON_STEP = Decimal("0.0001")
 SUBJECT_KINDS = ("person", "enterprise")
 #: (answered, expected): full, at and just below the default 80 % line, a small federation
 COVERAGE = ((22, 22), (18, 22), (17, 22), (3, 4), (2, 4), (1, 1))
@@ -33,6 +46,7 @@ _RESOURCES = {
     "EnterpriseQuery": (("Dataset", "enterprise"), ("Dataset", "person")),
     "AcceptPartial": (("Dataset", "person"), ("Dataset", "enterprise")),
     "BatchQuery": (("Dataset", "person"), ("Dataset", "enterprise")),
+    "StatsQuery": (("Dataset", "person"), ("Dataset", "enterprise")),
     "RegisterKey": (("Registry", "keys"),),
     "ManageConsent": (("Registry", "consent"),),
 }
@@ -95,36 +109,88 @@ def _thresholds(sources: Sequence[str]) -> list[int]:
     return sorted(v for v in set(THRESHOLDS) | near if v >= 0)
 
 
+def _cohorts(sources: Sequence[str]) -> list[int]:
+    compared = {int(m) for text in sources for m in _COHORT_COMPARED.findall(text)}
+    near = {v + d for v in compared for d in (-1, 0, 1)}
+    return sorted(v for v in set(COHORTS) | near if v >= 0)
+
+
+def _hours(sources: Sequence[str]) -> tuple[list[int | None], frozenset[str] | None]:
+    """The hours worth trying and the actions whose rules read the hour (None: every action).
+
+    Services always supply the hour, so when a policy compares it each side of every boundary
+    is tried (v − 1 and v); otherwise the fact is left out. Only the actions a rule about the
+    hour names are varied, which keeps the matrix from growing by the hours for every action.
+    """
+    compared = {int(m) for text in sources for m in _HOUR_COMPARED.findall(text)}
+    if not compared:
+        return [None], frozenset()
+    hours: list[int | None] = [*sorted({(v + d) % 24 for v in compared for d in (-1, 0)})]
+    actions: set[str] = set()
+    for text in sources:
+        for statement in _COMMENT.sub("", text).split(";"):
+            if not _HOUR_COMPARED.search(statement):
+                continue
+            scope = _ACTION_SCOPE.search(statement)
+            if scope is None:
+                return hours, None
+            actions.update(_ACTION_NAME.findall(scope.group(0)))
+    return hours, frozenset(actions)
+
+
+def _epsilons(sources: Sequence[str]) -> list[Decimal]:
+    named = {Decimal(m) for text in sources for m in _DECIMAL_NAMED.findall(text)}
+    near = {v + d for v in named for d in (-_EPSILON_STEP, Decimal(0), _EPSILON_STEP)}
+    return sorted(v for v in set(EPSILONS) | near if v > 0)
+
+
 def requests(sources: Sequence[str]) -> Iterator[PolicyRequest]:
     """Every request of the generated matrix for policies with these texts."""
     purposes, requesters, departments = _vocabulary(sources)
     thresholds = _thresholds(sources)
+    cohorts = _cohorts(sources)
+    hours, hour_actions = _hours(sources)
     roles = [r.value for r in Role]
     for action, facts in sorted(ACTIONS.items()):
         resources = _RESOURCES.get(action) or tuple(("Department", d) for d in departments)
-        domains: dict[str, Sequence[str | int]] = {
+        domains: dict[str, Sequence[str | int | Decimal]] = {
             "purpose": purposes,
             "shape": SHAPES,
             "consent": CONSENT_STATES,
             "subject_kind": SUBJECT_KINDS,
             "subjects": CHUNK_SIZES,
+            "epsilon": _epsilons(sources),
         }
+        if "cohort" not in OPTIONAL_FACTS[action]:
+            domains["cohort"] = cohorts
         named = sorted(f for f in facts if f in domains)
         coverage = COVERAGE if {"answered", "expected"} <= facts else ((None, None),)
         for requester, role, resource in itertools.product(requesters, roles, resources):
             for values in itertools.product(*(domains[f] for f in named)):
-                base: dict[str, str | int | bool] = dict(zip(named, values, strict=True))
+                base: dict[str, str | int | bool | Decimal] = dict(zip(named, values, strict=True))
                 asked = (
                     thresholds if "threshold" in facts and base.get("shape") == "threshold"
                     else (None,)
                 )  # fmt: skip
+                # an optional cohort (a node's Contribute) comes with STATS only
+                sizes = (
+                    cohorts if "cohort" in OPTIONAL_FACTS[action] and base.get("shape") == "stats"
+                    else (None,)
+                )  # fmt: skip
                 for answered, expected in coverage:
-                    for threshold in asked:
+                    varied = hour_actions is None or action in hour_actions
+                    for threshold, size, hour in itertools.product(
+                        asked, sizes, hours if varied else (None,)
+                    ):
                         context = dict(base)
                         if answered is not None and expected is not None:
                             context["answered"], context["expected"] = answered, expected
                         if threshold is not None:
                             context["threshold"] = threshold
+                        if size is not None:
+                            context["cohort"] = size
+                        if hour is not None:
+                            context["hour"] = hour
                         yield make_request(
                             requester=requester,
                             role=role,
@@ -143,17 +209,27 @@ def diff(old: PolicyEngine, new: PolicyEngine) -> PolicyDiff:
         if before.allowed != after.allowed:
             changes.append(Change(request, before, after))
         elif before.allowed:
-            was, now = _obligations(old, before), _obligations(new, after)
+            was = _obligations(old, before, request.action)
+            now = _obligations(new, after, request.action)
             if was != now:
                 changes.append(Change(request, before, after, (was, now)))
     return PolicyDiff(count, tuple(changes))
 
 
-def _obligations(engine: PolicyEngine, decision: Decision) -> str:
+def _obligations(engine: PolicyEngine, decision: Decision, action: str) -> str:
     limits = ", ".join(f"{r.text} ({r.policy_id})" for r in engine.rate_limits(decision))
-    return f"min {engine.min_departments(decision)} departments" + (
+    text = f"min {engine.min_departments(decision)} departments" + (
         f", rate limit {limits}" if limits else ", no rate limit"
     )
+    if action == "StatsQuery":
+        budgets = ", ".join(f"{b.text} ({b.policy_id})" for b in engine.epsilon_budgets(decision))
+        ceiling = engine.max_epsilon(decision)
+        text += (
+            f", min cohort {engine.min_cohort(decision)}"
+            f", max ε per query {ceiling if ceiling is not None else 'none'}"
+            f", ε budget {budgets or 'none'}"
+        )
+    return text
 
 
 def describe(request: PolicyRequest) -> str:

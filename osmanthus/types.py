@@ -29,6 +29,8 @@ class Shape(enum.Enum):
     TOTAL = "total"
     #: one bit: score ≥ a threshold (zero tests over every score from the threshold up)
     THRESHOLD = "threshold"
+    #: noisy sums over a cohort of subjects (its own RPC, never a per-subject answer)
+    STATS = "stats"
 
 
 #: the shapes a packed layout and a batch carry (THRESHOLD is derived from TOTAL per query)
@@ -44,6 +46,8 @@ class Role(enum.Enum):
     SYNC_JOB = "sync_job"
     PLATFORM_SERVICE = "platform_service"
     DATA_SUBJECT = "data_subject"
+    #: a statistics bureau or research body: noisy statistics only, never a subject's record
+    STATISTICS_OFFICE = "statistics_office"
 
 
 @dataclass(frozen=True)

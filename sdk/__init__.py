@@ -1,6 +1,7 @@
 """Osmanthus Python SDK for requesters: encrypted, policy-checked credit queries."""
 
 from osmanthus.errors import (
+    BudgetExhausted,
     ConfigError,
     CryptoError,
     DeadlineExceeded,
@@ -13,16 +14,34 @@ from osmanthus.errors import (
     Unauthenticated,
     Unavailable,
 )
+from osmanthus.receipts import (
+    ConsentReceipt,
+    MalformedReceipt,
+    ReceiptError,
+    ReceiptMismatch,
+    ReceiptNotInForce,
+    UntrustedReceipt,
+)
 from osmanthus.tls import TlsFiles
-from osmanthus.types import DepartmentStatus, Shape
+from osmanthus.types import DepartmentStatus, Shape, SubjectKind
 from sdk.client import Client
 from sdk.keys import RequesterKeys, load_or_create_keys
-from sdk.results import BatchScore, ConsentRecord, EnterpriseScore, PersonScore, ThresholdResult
+from sdk.receipts import verify_consent_receipt
+from sdk.results import (
+    BatchScore,
+    ConsentRecord,
+    EnterpriseScore,
+    PersonScore,
+    StatsResult,
+    ThresholdResult,
+)
 
 __all__ = [
     "BatchScore",
+    "BudgetExhausted",
     "Client",
     "ConfigError",
+    "ConsentReceipt",
     "ConsentRecord",
     "CryptoError",
     "DeadlineExceeded",
@@ -30,16 +49,24 @@ __all__ = [
     "EnterpriseScore",
     "FailedPrecondition",
     "InvalidArgument",
+    "MalformedReceipt",
     "NotFound",
     "OsmanthusError",
     "PermissionDenied",
     "PersonScore",
     "RateLimited",
+    "ReceiptError",
+    "ReceiptMismatch",
+    "ReceiptNotInForce",
     "RequesterKeys",
     "Shape",
+    "StatsResult",
+    "SubjectKind",
     "ThresholdResult",
     "TlsFiles",
     "Unauthenticated",
     "Unavailable",
+    "UntrustedReceipt",
     "load_or_create_keys",
+    "verify_consent_receipt",
 ]

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 import jwt
 
-from node.service import MAX_CHUNK_SUBJECTS
+from node.service import MAX_CHUNK_SUBJECTS, validate_cohort, validate_statistics
 from osmanthus.catalogue import Catalogue, SubjectModel, load_catalogue
 from osmanthus.crypto import Ciphertext, ParallelDecryptor
+from osmanthus.dp import parse_epsilon
 from osmanthus.encoding import SlotLayout
 from osmanthus.errors import ConfigError, CryptoError, InvalidArgument
 from osmanthus.grpc_errors import error_from_rpc
@@ -30,11 +33,22 @@ from sdk.results import (
     ConsentRecord,
     EnterpriseScore,
     PersonScore,
+    StatsResult,
     ThresholdResult,
 )
 
 DEFAULT_TIMEOUT_S = 30.0
 T = TypeVar("T")
+
+
+def _fraction(text: str, *, field: str) -> Fraction:
+    try:
+        value = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise CryptoError(f"{text[:40]!r} is not a fraction", field=field) from None
+    if value <= 0:
+        raise CryptoError(f"noise scale {text[:40]!r} is not positive", field=field)
+    return value
 
 
 class Client:
@@ -372,6 +386,73 @@ class Client:
             answered=response.answered,
             missing=response.missing,
             query_id=response.query_id,
+        )
+
+    # --- statistics ------------------------------------------------------------------------------
+
+    def stats(
+        self,
+        subject_ids: Sequence[str],
+        *,
+        kind: SubjectKind,
+        purpose: str,
+        epsilon: str | Decimal,
+        statistics: Sequence[str] = (),
+    ) -> StatsResult:
+        """Noisy sums over a cohort of distinct subjects, spending `epsilon` of the budget.
+
+        `statistics` names BREAKDOWN slots ("deductions", a bonus category); empty asks for all
+        of them. Each one asked splits the ε further, so ask only for what you need. The
+        policy sets the smallest cohort (k, 10 by default), the most ε per query and the ε
+        budget per period; a query past the budget raises BudgetExhausted.
+        """
+        layout = SlotLayout.for_catalogue(self._catalogue, kind, Shape.BREAKDOWN)
+        asked = validate_statistics(layout, tuple(statistics))
+        cohort = validate_cohort(kind, list(subject_ids))
+        amount = parse_epsilon(str(epsilon))
+        self._ensure_registered()
+        response = convert.stats_answer(
+            self._call(
+                self._stub.StatsQuery,
+                convert.stats_query_request(
+                    kind=kind,
+                    subject_ids=cohort,
+                    purpose=purpose,
+                    epsilon=format(amount.normalize(), "f"),
+                    statistics=() if asked == layout.names else asked,
+                    n_bytes=self._keys.public.to_bytes(),
+                ),
+            )
+        )
+        if response.statistics != asked or len(response.ciphertexts) != len(asked):
+            raise CryptoError(
+                f"the coordinator answered statistics {list(response.statistics)}, not "
+                f"{list(asked)}",
+                field="statistics",
+            )
+        if response.cohort != len(cohort) or not response.answered:
+            raise CryptoError("the coordinator answered about another cohort", field="cohort")
+        public = self._keys.public
+        values = [
+            self._keys.private.decrypt_signed(
+                public.ciphertext_from_bytes(c, field=f"ciphertexts[{i}]")
+            )
+            for i, c in enumerate(response.ciphertexts)
+        ]
+        return StatsResult(
+            subject_kind=kind,
+            cohort=response.cohort,
+            sums=dict(zip(asked, values, strict=True)),
+            noise_scales={
+                name: _fraction(text, field="noise_scales")
+                for name, text in zip(asked, response.noise_scales, strict=True)
+            },
+            epsilon=Decimal(response.epsilon),
+            epsilon_left=Decimal(response.epsilon_left or "0"),
+            base=response.base,
+            answered=response.answered,
+            query_id=response.query_id,
+            complete=asked == layout.names,
         )
 
     # --- consent (platform services acting for data subjects) ----------------------------------

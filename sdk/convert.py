@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -117,6 +118,52 @@ def answer(message: coordinator_pb2.QueryResponse) -> Answer:
     )
 
 
+@dataclass(frozen=True)
+class StatsAnswer:
+    query_id: str
+    statistics: tuple[str, ...]
+    ciphertexts: tuple[bytes, ...]
+    noise_scales: tuple[str, ...]
+    cohort: int
+    epsilon: str
+    epsilon_left: str
+    base: int
+    answered: tuple[DepartmentStatus, ...]
+
+
+def stats_query_request(
+    *,
+    kind: SubjectKind,
+    subject_ids: Sequence[str],
+    purpose: str,
+    epsilon: str,
+    statistics: Sequence[str],
+    n_bytes: bytes,
+) -> coordinator_pb2.StatsQueryRequest:
+    return coordinator_pb2.StatsQueryRequest(
+        subject_kind=KIND_TO_PB[kind],
+        subject_ids=list(subject_ids),
+        purpose=purpose,
+        epsilon=epsilon,
+        statistics=list(statistics),
+        public_key=_key(n_bytes),
+    )
+
+
+def stats_answer(message: coordinator_pb2.StatsResponse) -> StatsAnswer:
+    return StatsAnswer(
+        query_id=message.query_id,
+        statistics=tuple(message.statistics),
+        ciphertexts=tuple(c.value for c in message.ciphertexts),
+        noise_scales=tuple(message.noise_scales),
+        cohort=message.cohort,
+        epsilon=message.epsilon,
+        epsilon_left=message.epsilon_left,
+        base=message.base,
+        answered=_statuses(message.answered),
+    )
+
+
 def grant_consent_request(
     *, subject_id: str, grantee: str, purpose: str, expires_at: datetime
 ) -> coordinator_pb2.GrantConsentRequest:
@@ -145,6 +192,7 @@ def consent_record(message: coordinator_pb2.Consent) -> ConsentRecord:
         granted_at=dt(message.granted_at),
         expires_at=dt(message.expires_at),
         revoked_at=dt(message.revoked_at) if message.HasField("revoked_at") else None,
+        receipt=message.receipt,
     )
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
+from fractions import Fraction
 
-from osmanthus.types import ConsentId, DepartmentStatus, Shape
+from osmanthus.dp import discrete_laplace_variance
+from osmanthus.errors import InvalidArgument
+from osmanthus.types import ConsentId, DepartmentStatus, Shape, SubjectKind
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,54 @@ class ThresholdResult:
 
 
 @dataclass(frozen=True)
+class StatsResult:
+    """Noisy sums over a cohort: each is the true sum over every department and subject plus
+    discrete-Laplace noise of the scale given, so no member's record can be read off it.
+
+    A statistic is a BREAKDOWN slot: "deductions" (deductions saturated per department, as in a
+    score) or a bonus category. Sums can come out negative: that is the noise.
+    """
+
+    subject_kind: SubjectKind
+    cohort: int
+    #: statistic → noisy sum over the cohort
+    sums: Mapping[str, int]
+    #: statistic → the noise's scale b (P(z) ∝ exp(−|z|/b))
+    noise_scales: Mapping[str, Fraction]
+    epsilon: Decimal
+    #: the least ε left under the requester's budgets after this query
+    epsilon_left: Decimal
+    base: int
+    answered: tuple[DepartmentStatus, ...]
+    query_id: str
+    #: every statistic of the layout was asked for (deductions first)
+    complete: bool
+
+    def mean(self, statistic: str) -> float:
+        """The noisy per-subject mean of one statistic."""
+        return self.sums[statistic] / self.cohort
+
+    def standard_error(self, statistic: str) -> float:
+        """The noise's standard deviation on the sum of `statistic` (its only error)."""
+        return math.sqrt(discrete_laplace_variance(self.noise_scales[statistic]))
+
+    def mean_unclamped_score(self) -> float:
+        """base − mean deductions + mean bonuses, before the clamp; needs every statistic.
+
+        The clamp to the score range is not linear, so a sum over subjects cannot apply it:
+        subjects below the floor pull this mean below the mean of their scores.
+        """
+        if not self.complete:
+            raise InvalidArgument(
+                "the mean score needs every statistic; ask without naming statistics",
+                field="statistics",
+            )
+        deductions, *bonuses = self.sums
+        total = sum(self.sums[b] for b in bonuses) - self.sums[deductions]
+        return self.base + total / self.cohort
+
+
+@dataclass(frozen=True)
 class ConsentRecord:
     consent_id: ConsentId
     subject_id: str
@@ -68,6 +121,9 @@ class ConsentRecord:
     granted_at: datetime
     expires_at: datetime
     revoked_at: datetime | None
+    #: signed by the coordinator's consent key; check it with sdk.verify_consent_receipt. It
+    #: proves the grant, not that the consent still stands (a revoked one still verifies)
+    receipt: str
 
     def in_force(self, now: datetime) -> bool:
         return self.revoked_at is None and now < self.expires_at

@@ -164,8 +164,46 @@ class BatchQueryResponse(_message.Message):
     chunk: ChunkResult
     def __init__(self, layout: _Optional[_Union[BatchLayout, _Mapping]] = ..., chunk: _Optional[_Union[ChunkResult, _Mapping]] = ...) -> None: ...
 
+class StatsQueryRequest(_message.Message):
+    __slots__ = ("subject_kind", "subject_ids", "purpose", "epsilon", "statistics", "public_key")
+    SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    STATISTICS_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    subject_kind: _common_pb2.SubjectKind
+    subject_ids: _containers.RepeatedScalarFieldContainer[str]
+    purpose: str
+    epsilon: str
+    statistics: _containers.RepeatedScalarFieldContainer[str]
+    public_key: _common_pb2.PaillierPublicKey
+    def __init__(self, subject_kind: _Optional[_Union[_common_pb2.SubjectKind, str]] = ..., subject_ids: _Optional[_Iterable[str]] = ..., purpose: _Optional[str] = ..., epsilon: _Optional[str] = ..., statistics: _Optional[_Iterable[str]] = ..., public_key: _Optional[_Union[_common_pb2.PaillierPublicKey, _Mapping]] = ...) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("query_id", "statistics", "ciphertexts", "noise_scales", "cohort", "epsilon", "epsilon_left", "base", "answered")
+    QUERY_ID_FIELD_NUMBER: _ClassVar[int]
+    STATISTICS_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    NOISE_SCALES_FIELD_NUMBER: _ClassVar[int]
+    COHORT_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_LEFT_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    query_id: str
+    statistics: _containers.RepeatedScalarFieldContainer[str]
+    ciphertexts: _containers.RepeatedCompositeFieldContainer[_common_pb2.Ciphertext]
+    noise_scales: _containers.RepeatedScalarFieldContainer[str]
+    cohort: int
+    epsilon: str
+    epsilon_left: str
+    base: int
+    answered: _containers.RepeatedCompositeFieldContainer[DepartmentStatus]
+    def __init__(self, query_id: _Optional[str] = ..., statistics: _Optional[_Iterable[str]] = ..., ciphertexts: _Optional[_Iterable[_Union[_common_pb2.Ciphertext, _Mapping]]] = ..., noise_scales: _Optional[_Iterable[str]] = ..., cohort: _Optional[int] = ..., epsilon: _Optional[str] = ..., epsilon_left: _Optional[str] = ..., base: _Optional[int] = ..., answered: _Optional[_Iterable[_Union[DepartmentStatus, _Mapping]]] = ...) -> None: ...
+
 class Consent(_message.Message):
-    __slots__ = ("consent_id", "subject_id", "grantee", "purpose", "granted_at", "expires_at", "revoked_at")
+    __slots__ = ("consent_id", "subject_id", "grantee", "purpose", "granted_at", "expires_at", "revoked_at", "receipt")
     CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     GRANTEE_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +211,7 @@ class Consent(_message.Message):
     GRANTED_AT_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
     consent_id: str
     subject_id: str
     grantee: str
@@ -180,7 +219,8 @@ class Consent(_message.Message):
     granted_at: _timestamp_pb2.Timestamp
     expires_at: _timestamp_pb2.Timestamp
     revoked_at: _timestamp_pb2.Timestamp
-    def __init__(self, consent_id: _Optional[str] = ..., subject_id: _Optional[str] = ..., grantee: _Optional[str] = ..., purpose: _Optional[str] = ..., granted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    receipt: str
+    def __init__(self, consent_id: _Optional[str] = ..., subject_id: _Optional[str] = ..., grantee: _Optional[str] = ..., purpose: _Optional[str] = ..., granted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., receipt: _Optional[str] = ...) -> None: ...
 
 class GrantConsentRequest(_message.Message):
     __slots__ = ("subject_id", "grantee", "purpose", "expires_at")

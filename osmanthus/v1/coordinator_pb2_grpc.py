@@ -56,6 +56,11 @@ class CoordinatorServiceStub:
                 request_serializer=osmanthus_dot_v1_dot_coordinator__pb2.BatchQueryRequest.SerializeToString,
                 response_deserializer=osmanthus_dot_v1_dot_coordinator__pb2.BatchQueryResponse.FromString,
                 _registered_method=True)
+        self.StatsQuery = channel.unary_unary(
+                '/osmanthus.v1.CoordinatorService/StatsQuery',
+                request_serializer=osmanthus_dot_v1_dot_coordinator__pb2.StatsQueryRequest.SerializeToString,
+                response_deserializer=osmanthus_dot_v1_dot_coordinator__pb2.StatsResponse.FromString,
+                _registered_method=True)
         self.GrantConsent = channel.unary_unary(
                 '/osmanthus.v1.CoordinatorService/GrantConsent',
                 request_serializer=osmanthus_dot_v1_dot_coordinator__pb2.GrantConsentRequest.SerializeToString,
@@ -108,6 +113,14 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StatsQuery(self, request, context):
+        """Sums over a cohort of at least k distinct subjects with differential-privacy noise added
+        under encryption, charged to the requester's privacy (ε) ledger.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GrantConsent(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -148,6 +161,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.BatchQuery,
                     request_deserializer=osmanthus_dot_v1_dot_coordinator__pb2.BatchQueryRequest.FromString,
                     response_serializer=osmanthus_dot_v1_dot_coordinator__pb2.BatchQueryResponse.SerializeToString,
+            ),
+            'StatsQuery': grpc.unary_unary_rpc_method_handler(
+                    servicer.StatsQuery,
+                    request_deserializer=osmanthus_dot_v1_dot_coordinator__pb2.StatsQueryRequest.FromString,
+                    response_serializer=osmanthus_dot_v1_dot_coordinator__pb2.StatsResponse.SerializeToString,
             ),
             'GrantConsent': grpc.unary_unary_rpc_method_handler(
                     servicer.GrantConsent,
@@ -275,6 +293,33 @@ class CoordinatorService:
             '/osmanthus.v1.CoordinatorService/BatchQuery',
             osmanthus_dot_v1_dot_coordinator__pb2.BatchQueryRequest.SerializeToString,
             osmanthus_dot_v1_dot_coordinator__pb2.BatchQueryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StatsQuery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/osmanthus.v1.CoordinatorService/StatsQuery',
+            osmanthus_dot_v1_dot_coordinator__pb2.StatsQueryRequest.SerializeToString,
+            osmanthus_dot_v1_dot_coordinator__pb2.StatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

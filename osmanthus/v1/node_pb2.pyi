@@ -81,6 +81,40 @@ class ContributeChunkResponse(_message.Message):
     policy_hash: str
     def __init__(self, department: _Optional[str] = ..., chunk: _Optional[int] = ..., ciphertexts: _Optional[_Iterable[_Union[_common_pb2.Ciphertext, _Mapping]]] = ..., rules_version: _Optional[str] = ..., policy_hash: _Optional[str] = ...) -> None: ...
 
+class ContributeStatsRequest(_message.Message):
+    __slots__ = ("query_id", "subject_kind", "subject_ids", "purpose", "public_key", "statistics", "slots", "slot_widths", "slot_bounds")
+    QUERY_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    STATISTICS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    SLOT_WIDTHS_FIELD_NUMBER: _ClassVar[int]
+    SLOT_BOUNDS_FIELD_NUMBER: _ClassVar[int]
+    query_id: str
+    subject_kind: _common_pb2.SubjectKind
+    subject_ids: _containers.RepeatedScalarFieldContainer[str]
+    purpose: str
+    public_key: _common_pb2.PaillierPublicKey
+    statistics: _containers.RepeatedScalarFieldContainer[str]
+    slots: _containers.RepeatedScalarFieldContainer[str]
+    slot_widths: _containers.RepeatedScalarFieldContainer[int]
+    slot_bounds: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, query_id: _Optional[str] = ..., subject_kind: _Optional[_Union[_common_pb2.SubjectKind, str]] = ..., subject_ids: _Optional[_Iterable[str]] = ..., purpose: _Optional[str] = ..., public_key: _Optional[_Union[_common_pb2.PaillierPublicKey, _Mapping]] = ..., statistics: _Optional[_Iterable[str]] = ..., slots: _Optional[_Iterable[str]] = ..., slot_widths: _Optional[_Iterable[int]] = ..., slot_bounds: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ContributeStatsResponse(_message.Message):
+    __slots__ = ("department", "ciphertexts", "rules_version", "policy_hash")
+    DEPARTMENT_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    RULES_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_HASH_FIELD_NUMBER: _ClassVar[int]
+    department: str
+    ciphertexts: _containers.RepeatedCompositeFieldContainer[_common_pb2.Ciphertext]
+    rules_version: str
+    policy_hash: str
+    def __init__(self, department: _Optional[str] = ..., ciphertexts: _Optional[_Iterable[_Union[_common_pb2.Ciphertext, _Mapping]]] = ..., rules_version: _Optional[str] = ..., policy_hash: _Optional[str] = ...) -> None: ...
+
 class GetInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

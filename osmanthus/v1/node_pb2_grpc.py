@@ -46,6 +46,11 @@ class NodeServiceStub:
                 request_serializer=osmanthus_dot_v1_dot_node__pb2.ContributeChunkRequest.SerializeToString,
                 response_deserializer=osmanthus_dot_v1_dot_node__pb2.ContributeChunkResponse.FromString,
                 _registered_method=True)
+        self.ContributeStats = channel.unary_unary(
+                '/osmanthus.v1.NodeService/ContributeStats',
+                request_serializer=osmanthus_dot_v1_dot_node__pb2.ContributeStatsRequest.SerializeToString,
+                response_deserializer=osmanthus_dot_v1_dot_node__pb2.ContributeStatsResponse.FromString,
+                _registered_method=True)
         self.GetInfo = channel.unary_unary(
                 '/osmanthus.v1.NodeService/GetInfo',
                 request_serializer=osmanthus_dot_v1_dot_node__pb2.GetInfoRequest.SerializeToString,
@@ -73,6 +78,14 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ContributeStats(self, request, context):
+        """The department's encrypted sums over a cohort of distinct subjects for a STATS query: one
+        ciphertext per statistic asked, never a subject's own value.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetInfo(self, request, context):
         """What this node serves: department, subject kinds, rules and policy versions.
         """
@@ -92,6 +105,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.ContributeChunk,
                     request_deserializer=osmanthus_dot_v1_dot_node__pb2.ContributeChunkRequest.FromString,
                     response_serializer=osmanthus_dot_v1_dot_node__pb2.ContributeChunkResponse.SerializeToString,
+            ),
+            'ContributeStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.ContributeStats,
+                    request_deserializer=osmanthus_dot_v1_dot_node__pb2.ContributeStatsRequest.FromString,
+                    response_serializer=osmanthus_dot_v1_dot_node__pb2.ContributeStatsResponse.SerializeToString,
             ),
             'GetInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetInfo,
@@ -155,6 +173,33 @@ class NodeService:
             '/osmanthus.v1.NodeService/ContributeChunk',
             osmanthus_dot_v1_dot_node__pb2.ContributeChunkRequest.SerializeToString,
             osmanthus_dot_v1_dot_node__pb2.ContributeChunkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ContributeStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/osmanthus.v1.NodeService/ContributeStats',
+            osmanthus_dot_v1_dot_node__pb2.ContributeStatsRequest.SerializeToString,
+            osmanthus_dot_v1_dot_node__pb2.ContributeStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

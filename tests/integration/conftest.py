@@ -12,8 +12,14 @@ import pytest
 
 from certs import PeerRole, cert_paths
 from coordinator.config import NodeEndpoint, render_nodes
-from coordinator.server import CoordinatorConfig, RunningCoordinator, start_coordinator
+from coordinator.server import (
+    DEFAULT_CENTRAL_POLICY,
+    CoordinatorConfig,
+    RunningCoordinator,
+    start_coordinator,
+)
 from node.server import DEFAULT_NODE_POLICY, NodeConfig, start_node
+from osmanthus.bundle import DEFAULT_POLL_S
 from osmanthus.catalogue import Catalogue, default_catalogue_path, load_catalogue
 from osmanthus.seed import SeedReport, seed
 from osmanthus.server import RunningServer
@@ -130,6 +136,10 @@ def start_federation(
     extra_endpoints: Sequence[NodeEndpoint] = (),
     node_policies: Mapping[str, Path] | None = None,
     central_policy: Path | None = None,
+    central_policy_bundle: Path | None = None,
+    node_policy_bundles: Mapping[str, Path] | None = None,
+    policy_trust: Sequence[Path] = (),
+    policy_poll_s: float = DEFAULT_POLL_S,
 ) -> Federation:
     nodes: dict[str, RunningServer] = {}
     configs: dict[str, NodeConfig] = {}
@@ -144,6 +154,9 @@ def start_federation(
             # small tables: every in-process node builds one per requester key in this one
             # process; 6-bit windows take ~0.05 s and 6 MB instead of ~0.5 s and 54 MB
             table_window_bits=6,
+            policy_bundle=(node_policy_bundles or {}).get(dept),
+            policy_trust=tuple(policy_trust),
+            policy_poll_s=policy_poll_s,
         )
         configs[dept] = config
         nodes[dept] = start_node(config, catalogue=catalogue)
@@ -159,7 +172,10 @@ def start_federation(
             issuer_public_key=issuer_keys.public,
             state_dir=base / "state" / "coordinator",
             deadline_s=deadline_s,
-            **({"policy": central_policy} if central_policy else {}),
+            policy=central_policy or DEFAULT_CENTRAL_POLICY,
+            policy_bundle=central_policy_bundle,
+            policy_trust=tuple(policy_trust),
+            policy_poll_s=policy_poll_s,
         ),
         catalogue=catalogue,
     )

@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.consent import Consent, ConsentRegistry, ConsentState
 from osmanthus.errors import InvalidArgument, NotFound
@@ -18,11 +19,13 @@ from osmanthus.ids import make_resident_id
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 ALICE = make_resident_id(region="320505", birth=date(1990, 1, 1), sequence=1)
 BOB = make_resident_id(region="320508", birth=date(1985, 6, 30), sequence=2)
+#: signs the receipts of every registry in this module
+RECEIPT_KEY = Ed25519PrivateKey.generate()
 
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[ConsentRegistry]:
-    with ConsentRegistry(tmp_path / "consent.duckdb") as reg:
+    with ConsentRegistry(tmp_path / "consent.duckdb", receipt_key=RECEIPT_KEY) as reg:
         yield reg
 
 
@@ -263,10 +266,10 @@ def test_list_filters_by_subject_and_grantee(registry: ConsentRegistry) -> None:
 
 def test_consents_survive_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "consent.duckdb"
-    with ConsentRegistry(path) as first:
+    with ConsentRegistry(path, receipt_key=RECEIPT_KEY) as first:
         kept = grant(first)
         revoked = first.revoke(grant(first, purpose="self_query").consent_id, now=NOW)
-    with ConsentRegistry(path) as second:
+    with ConsentRegistry(path, receipt_key=RECEIPT_KEY) as second:
         assert second.get(kept.consent_id) == kept
         assert second.get(revoked.consent_id) == revoked
         assert check(second, kept.consent_id)[0] is ConsentState.VALID
@@ -297,7 +300,9 @@ def test_a_cached_consent_still_expires(registry: ConsentRegistry) -> None:
 
 
 def test_the_cache_is_bounded_and_evicted_consents_stay_exact(tmp_path: Path) -> None:
-    with ConsentRegistry(tmp_path / "small.duckdb", cache_entries=2) as small:
+    with ConsentRegistry(
+        tmp_path / "small.duckdb", receipt_key=RECEIPT_KEY, cache_entries=2
+    ) as small:
         consents = [grant(small, grantee=f"bank-{i}") for i in range(5)]
         for i, consent in enumerate(consents):
             assert check(small, consent.consent_id, grantee=f"bank-{i}")[0] is ConsentState.VALID
@@ -307,7 +312,9 @@ def test_the_cache_is_bounded_and_evicted_consents_stay_exact(tmp_path: Path) ->
             check(small, c.consent_id, grantee=f"bank-{i}")[0] for i, c in enumerate(consents)
         ]
         assert states == [ConsentState.REVOKED] + [ConsentState.VALID] * 3 + [ConsentState.REVOKED]
-    with ConsentRegistry(tmp_path / "none.duckdb", cache_entries=0) as uncached:
+    with ConsentRegistry(
+        tmp_path / "none.duckdb", receipt_key=RECEIPT_KEY, cache_entries=0
+    ) as uncached:
         consent = grant(uncached)
         assert check(uncached, consent.consent_id)[0] is ConsentState.VALID
         uncached.revoke(consent.consent_id, now=NOW + timedelta(hours=1))

@@ -41,6 +41,8 @@ EXPECTED: dict[type[errors.OsmanthusError], tuple[grpc.StatusCode, type[errors.O
     errors.Unavailable: (grpc.StatusCode.UNAVAILABLE, errors.Unavailable),
     errors.DeadlineExceeded: (grpc.StatusCode.DEADLINE_EXCEEDED, errors.DeadlineExceeded),
     errors.RateLimited: (grpc.StatusCode.RESOURCE_EXHAUSTED, errors.RateLimited),
+    # shares RESOURCE_EXHAUSTED but is not retryable: the class name tells them apart
+    errors.BudgetExhausted: (grpc.StatusCode.RESOURCE_EXHAUSTED, errors.BudgetExhausted),
     # a server's broken configuration is the server's problem, not the caller's
     errors.ConfigError: (grpc.StatusCode.INTERNAL, errors.ConfigError),
     errors.OsmanthusError: (grpc.StatusCode.INTERNAL, errors.OsmanthusError),

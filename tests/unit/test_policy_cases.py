@@ -11,6 +11,8 @@ from osmanthus.errors import ConfigError, InvalidArgument
 from osmanthus.policy import PolicyEngine
 from osmanthus.policy_cases import (
     ACTIONS,
+    DECIMAL_FACTS,
+    OPTIONAL_FACTS,
     explain,
     load_cases,
     make_request,
@@ -180,7 +182,9 @@ def test_values_and_resources_are_read_as_an_officer_writes_them() -> None:
     assert parse_resource('Department::"tax"') == ("Department", "tax")
     with pytest.raises(InvalidArgument):
         parse_resource("Dataset:person")
-    assert ACTIONS["RegisterKey"] == frozenset()
+    # the hour is every action's optional fact: a case may leave it out
+    assert ACTIONS["RegisterKey"] == frozenset({"hour"}) == OPTIONAL_FACTS["RegisterKey"]
+    assert frozenset({"epsilon"}) == DECIMAL_FACTS
     assert ACTIONS["ContributeBatch"] >= {"subjects", "subject_kind"}
 
 

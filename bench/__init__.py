@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that start real federations and print figures (python -m bench.NAME)."""

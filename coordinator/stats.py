@@ -1,0 +1,411 @@
+"""STATS at the coordinator: cohort sums from every department, noised under encryption, ε charged.
+
+The requester names a cohort of at least k distinct subjects and the ε to spend. Every
+department serving the subject kind sums its own parts over the cohort; the coordinator adds the
+departments' ciphertexts, then one fresh encryption of discrete-Laplace noise per sum, and
+forwards only the noisy sums. It never sees a sum (it holds no key) and the requester never sees
+one without the noise, which the coordinator alone knows and forgets.
+
+Each sum asked is one statistic; one subject can move statistic i by at most its bound Δᵢ (one
+subject's largest possible value of that slot over every department, the same bound the slot
+widths come from). With m statistics, noise of scale m·Δᵢ/ε on statistic i makes each
+ε/m-private, and the m together ε-private (basic composition).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from fractions import Fraction
+
+from coordinator.epsilon import EpsilonLedger
+from coordinator.keys import KeyRegistry
+from coordinator.nodes import NodeFailure, NodePool
+from coordinator.ratelimit import RateLimiter
+from node.service import MAX_COHORT, StatsRequest, validate_cohort, validate_statistics
+from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
+from osmanthus.catalogue import Catalogue
+from osmanthus.crypto import Ciphertext, EncryptorCache, PublicKey
+from osmanthus.dp import laplace_scale, parse_epsilon, sample_discrete_laplace
+from osmanthus.encoding import SlotLayout
+from osmanthus.errors import (
+    CryptoError,
+    FailedPrecondition,
+    InvalidArgument,
+    OsmanthusError,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+from osmanthus.ids import canonical_subject
+from osmanthus.names import validate_purpose
+from osmanthus.policy import (
+    LONG_HORIZON_S,
+    PolicyEngine,
+    PolicyRequest,
+    ReloadablePolicy,
+    time_facts,
+)
+from osmanthus.tokens import TokenClaims
+from osmanthus.types import DepartmentStatus, QueryId, Shape, SubjectId, SubjectKind
+
+_log = logging.getLogger(__name__)
+
+#: a cohort names thousands of subjects and each node scores them all: it gets this much longer
+#: than a single query's deadline per 10,000 subjects
+STATS_SECONDS_PER_10K = 5.0
+
+
+#: node failures that cannot depend on a cohort's records: down or unreachable, or refused by
+#: policy or token checks, which see only the request
+_DATA_INDEPENDENT = (Unavailable, PermissionDenied, Unauthenticated)
+
+
+def refundable(failures: Sequence[NodeFailure]) -> bool:
+    """Whether these department failures leave the ε unspent: each is independent of the
+    records (down or unreachable, or refused on the request alone). Any other failure, a
+    missed deadline or a node's error on some record, could depend on who is in the cohort."""
+    return all(isinstance(f.error, _DATA_INDEPENDENT) for f in failures)
+
+
+class _Refund(Exception):
+    """A failure before anything was released, for reasons independent of the records."""
+
+    def __init__(self, error: OsmanthusError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass(frozen=True)
+class StatsQuery:
+    subject_kind: SubjectKind | None
+    subject_ids: tuple[str, ...]
+    purpose: str
+    epsilon: str
+    statistics: tuple[str, ...]
+    public_key: bytes
+
+
+@dataclass(frozen=True)
+class StatsOutcome:
+    query_id: QueryId
+    statistics: tuple[str, ...]
+    ciphertexts: tuple[bytes, ...]
+    noise_scales: tuple[Fraction, ...]
+    cohort: int
+    epsilon: Decimal
+    #: the least room left under the requester's ε budgets after this answer
+    epsilon_left: Decimal
+    base: int
+    answered: tuple[DepartmentStatus, ...]
+
+
+class StatsAnswerer:
+    """Everything after authentication for one STATS query; CoordinatorService delegates here."""
+
+    def __init__(
+        self,
+        *,
+        catalogue: Catalogue,
+        nodes: NodePool,
+        policy: ReloadablePolicy,
+        keys: KeyRegistry,
+        ledger: EpsilonLedger,
+        audit: AuditLog,
+        encryptors: EncryptorCache,
+        rate_limiter: RateLimiter,
+        deadline_s: float,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._catalogue = catalogue
+        self._nodes = nodes
+        self._policy = policy
+        self._keys = keys
+        self._ledger = ledger
+        self._audit = audit
+        self._encryptors = encryptors
+        self._rate_limiter = rate_limiter
+        self._deadline_s = deadline_s
+        self._clock = clock
+
+    def close(self) -> None:
+        self._ledger.close()
+
+    def answer(
+        self,
+        query_id: QueryId,
+        request: StatsQuery,
+        *,
+        authenticate: Callable[[], TokenClaims],
+        token: str | None,
+    ) -> StatsOutcome:
+        """Authenticate, decide, charge ε, sum and noise; every outcome is audited."""
+        # one policy version decides the whole query and is the one the audit entry names
+        engine = self._policy.current()
+        seen: dict[str, int | str] = {"cohort": len(request.subject_ids)}
+        claims: TokenClaims | None = None
+        try:
+            claims = authenticate()
+            assert token is not None  # authenticate() refuses a missing token
+            outcome, cohort = self._answer(query_id, request, claims, token, engine, seen)
+        except OsmanthusError as exc:
+            self._record(query_id, request, claims, engine, "deny", redacted_reason(exc), seen)
+            raise
+        except Exception:
+            self._record(query_id, request, claims, engine, "deny", "internal error", seen)
+            raise
+        self._record(
+            query_id, request, claims, engine, "allow", "noisy sums forwarded", seen, cohort
+        )
+        return outcome
+
+    def _answer(
+        self,
+        query_id: QueryId,
+        request: StatsQuery,
+        claims: TokenClaims,
+        token: str,
+        engine: PolicyEngine,
+        seen: dict[str, int | str],
+    ) -> tuple[StatsOutcome, tuple[SubjectId, ...]]:
+        kind = request.subject_kind
+        if kind is None:
+            raise InvalidArgument(
+                "a subject kind (PERSON or ENTERPRISE) is required", field="subject_kind"
+            )
+        purpose = validate_purpose(request.purpose)
+        epsilon = parse_epsilon(request.epsilon)
+        seen["epsilon"] = format(epsilon.normalize(), "f")
+        layout = SlotLayout.for_catalogue(self._catalogue, kind, Shape.BREAKDOWN)
+        statistics = validate_statistics(layout, request.statistics)
+        seen["statistics"] = ",".join(statistics)
+        cohort = validate_cohort(kind, request.subject_ids)
+        if purpose not in claims.purposes:
+            raise PermissionDenied(
+                f"purpose {purpose!r} is not among the token's purposes "
+                f"({', '.join(sorted(claims.purposes))})"
+            )
+        key = PublicKey.from_bytes(request.public_key, field="public_key")
+        if key.fingerprint != claims.key_fingerprint:
+            raise PermissionDenied(
+                f"public key {key.fingerprint[:16]}… is not the key bound to the token "
+                f"({claims.key_fingerprint[:16]}…)"
+            )
+        if not self._keys.is_registered(claims.requester, key.fingerprint):
+            raise FailedPrecondition(
+                f"public key {key.fingerprint[:16]}… is not registered for {claims.requester}; "
+                "call RegisterKey first"
+            )
+        context = {
+            "purpose": purpose,
+            "cohort": len(cohort),
+            "epsilon": epsilon,
+            **time_facts(self._clock()),
+        }
+        decision = engine.decide(
+            PolicyRequest(
+                principal_type="Requester",
+                principal_id=claims.requester,
+                principal_attrs={"role": claims.role.value},
+                action="StatsQuery",
+                resource_type="Dataset",
+                resource_id=kind.value,
+                context=context,
+            )
+        )
+        if not decision.allowed:
+            raise PermissionDenied(f"central policy: {decision.reason}")
+        rules = ", ".join(decision.policy_ids)
+        k = engine.min_cohort(decision)
+        if len(cohort) < k:
+            raise PermissionDenied(
+                f"cohort too small: {len(cohort)} distinct subjects, and rule(s) {rules} "
+                f"require at least {k}",
+                field="cohort",
+            )
+        ceiling = engine.max_epsilon(decision)
+        if ceiling is not None and epsilon > ceiling:
+            raise PermissionDenied(
+                f"ε {seen['epsilon']} is more than one query may spend under rule(s) {rules} "
+                f"(at most {ceiling})",
+                field="epsilon",
+            )
+        budgets = engine.epsilon_budgets(decision)
+        if not budgets:
+            # deny by default: a permit that sets no budget grants no spending
+            raise PermissionDenied(
+                f"rule(s) {rules} allow STATS but set no @epsilon_budget; without one nothing "
+                "may be spent (ask the privacy officer)"
+            )
+        if not any(budget.period_s >= LONG_HORIZON_S for budget in budgets):
+            # answers add up without end: a daily budget alone lets a requester average the
+            # noise away over the months
+            raise PermissionDenied(
+                f"rule(s) {rules} bound STATS spending only per "
+                f"{', '.join(b.text for b in budgets)}; privacy loss adds up over time, so a "
+                'yearly budget is required too, e.g. @epsilon_budget("5/day, 50/year")'
+            )
+        limits = engine.rate_limits(decision)
+        stamp = self._rate_limiter.charge(claims.requester, limits)
+        try:
+            reservation = self._ledger.reserve(
+                query_id=query_id, requester=claims.requester, epsilon=epsilon, budgets=budgets
+            )
+        except BaseException:
+            self._rate_limiter.refund(claims.requester, limits, stamp)
+            raise
+        try:
+            outcome = self._sum_and_noise(
+                query_id, kind, cohort, purpose, statistics, epsilon, layout, key, token, seen
+            )
+        except _Refund as refund:
+            # nothing left the coordinator, and why cannot depend on the cohort's records
+            self._ledger.release(reservation)
+            self._rate_limiter.refund(claims.requester, limits, stamp)
+            raise refund.error from None
+        except BaseException:
+            # a failure that may depend on the records (a node failing on one member) stays
+            # charged: refunded, a failing query would be a free, repeatable membership test
+            self._ledger.commit(reservation)
+            raise
+        self._ledger.commit(reservation)
+        left = min(
+            budget.epsilon - self._ledger.spent(claims.requester, period_s=budget.period_s)
+            for budget in budgets
+        )
+        return dataclasses.replace(outcome, epsilon_left=max(left, Decimal(0))), cohort
+
+    def _sum_and_noise(
+        self,
+        query_id: QueryId,
+        kind: SubjectKind,
+        cohort: tuple[str, ...],
+        purpose: str,
+        statistics: tuple[str, ...],
+        epsilon: Decimal,
+        layout: SlotLayout,
+        key: PublicKey,
+        token: str,
+        seen: dict[str, int | str],
+    ) -> StatsOutcome:
+        expected = sorted(d.id for d in self._catalogue.departments_for(kind))
+        unregistered = [d for d in expected if d not in self._nodes.departments]
+        if unregistered:
+            raise _Refund(
+                Unavailable(
+                    f"no node registered for department(s) {', '.join(unregistered)}: a "
+                    "statistic sums every department"
+                )
+            )
+        deadline = self._deadline_s + STATS_SECONDS_PER_10K * len(cohort) / 10_000
+        answers, failures = self._nodes.contribute_stats_all(
+            expected,
+            StatsRequest(
+                query_id=query_id,
+                subject_kind=kind,
+                subject_ids=cohort,
+                purpose=purpose,
+                public_key=key.to_bytes(),
+                statistics=statistics,
+                slots=layout.names,
+                slot_widths=layout.widths,
+                slot_bounds=tuple(slot.sum_bound for slot in layout.slots),
+            ),
+            token=token,
+            deadline_s=deadline,
+        )
+        seen["departments_answered"] = len(answers)
+        if failures:
+            # a sum without a department is biased by what it holds, and which departments a
+            # statistic covers must not depend on who happened to be up
+            error = Unavailable(
+                f"{len(failures)} of {len(expected)} departments did not answer, and a "
+                "statistic sums every department: "
+                + "; ".join(f"{f.department}: {f.reason}" for f in failures)
+            )
+            if refundable(failures):
+                raise _Refund(error)
+            raise Unavailable(
+                f"{error.message}; the ε of this query stays spent, since a department's "
+                "failure may depend on the cohort's records"
+            )
+        sums: list[Ciphertext] = []
+        for index in range(len(statistics)):
+            parts = []
+            for answer in answers:
+                if len(answer.ciphertexts) != len(statistics):
+                    raise Unavailable(
+                        f"department {answer.department} sent {len(answer.ciphertexts)} sums "
+                        f"for {len(statistics)} statistics"
+                    )
+                try:
+                    parts.append(
+                        key.ciphertext_from_bytes(answer.ciphertexts[index], field="ciphertext")
+                    )
+                except CryptoError as exc:
+                    raise Unavailable(
+                        f"department {answer.department} sent an invalid ciphertext ({exc})"
+                    ) from exc
+            sums.append(key.add(*parts))
+        scales = tuple(
+            laplace_scale(
+                sensitivity=len(statistics) * layout.slots[layout.names.index(name)].sum_bound,
+                epsilon=epsilon,
+            )
+            for name in statistics
+        )
+        # the fresh encryption of the noise also re-randomises the sum it joins
+        noisy = tuple(
+            key.add(total, self._encryptors.encrypt_signed(key, sample_discrete_laplace(scale)))
+            for total, scale in zip(sums, scales, strict=True)
+        )
+        seen["ciphertexts_forwarded"] = len(noisy)
+        return StatsOutcome(
+            query_id=query_id,
+            statistics=statistics,
+            ciphertexts=tuple(c.to_bytes() for c in noisy),
+            noise_scales=scales,
+            cohort=len(cohort),
+            epsilon=epsilon,
+            epsilon_left=Decimal(0),
+            base=layout.model.base,
+            answered=tuple(
+                DepartmentStatus(a.department, "answered", a.rules_version)
+                for a in sorted(answers, key=lambda a: a.department)
+            ),
+        )
+
+    def _record(
+        self,
+        query_id: QueryId,
+        request: StatsQuery,
+        claims: TokenClaims | None,
+        engine: PolicyEngine,
+        decision: str,
+        reason: str,
+        extra: dict[str, int | str],
+        cohort: Sequence[str] = (),
+    ) -> None:
+        # the validated cohort when there is one; a refused request's ids as far as they are ids
+        named = cohort or [
+            canonical_subject(request.subject_kind, s) for s in request.subject_ids[:MAX_COHORT]
+        ]
+        self._audit.append(
+            AuditEntry(
+                time=self._clock(),
+                query_id=query_id,
+                requester=claims.requester if claims else "unauthenticated",
+                purpose=request.purpose[:64],
+                consent_id="",
+                policy_hash=engine.hash,
+                decision=decision,
+                reason=reason,
+                shape=Shape.STATS.value,
+                subject_hash=self._audit.cohort_hash(named),
+                extra=extra,
+            )
+        )

@@ -1,0 +1,487 @@
+"""Signed consent receipts: compact EdDSA JWS attesting a consent the coordinator recorded."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from osmanthus.errors import (
+    ConfigError,
+    InvalidArgument,
+    OsmanthusError,
+    PermissionDenied,
+    Unauthenticated,
+)
+from osmanthus.ids import validate_resident_id
+from osmanthus.names import PEER_NAME_PATTERN, PURPOSE_PATTERN
+from osmanthus.types import ConsentId, Purpose, RequesterId, SubjectId
+
+#: the `iss` claim of every receipt: the coordinator's consent registry
+RECEIPT_ISSUER: Final = "osmanthus-consent-registry"
+#: the JOSE `typ` header, so that a receipt is never mistaken for an access token and vice versa
+RECEIPT_TYPE: Final = "osmanthus-consent+jwt"
+RECEIPT_ALGORITHM: Final = "EdDSA"
+#: file names of the coordinator's receipt-signing key pair (PEM), wherever they are kept
+CONSENT_KEY_FILE: Final = "consent.key"
+CONSENT_PUBLIC_KEY_FILE: Final = "consent.pub"
+#: anything longer is refused before parsing; real receipts are about 500 characters
+MAX_RECEIPT_CHARS: Final = 4096
+#: clock difference tolerated between the coordinator that signed and the verifier
+DEFAULT_LEEWAY: Final = datetime.timedelta(seconds=5)
+MAX_LEEWAY: Final = datetime.timedelta(minutes=5)
+REQUIRED_CLAIMS: Final = ("iss", "jti", "sub", "aud", "purpose", "iat", "nbf", "exp")
+
+# the signature may be empty here so that alg "none" is refused by name below
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_CONSENT_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_ALLOWED_HEADER_PARAMETERS = frozenset({"alg", "typ", "kid"})
+
+
+class ReceiptError(OsmanthusError):
+    """A consent receipt was refused; the subclass says whether it is malformed, untrusted,
+    out of date or for another subject, grantee or purpose."""
+
+
+class MalformedReceipt(ReceiptError, InvalidArgument):
+    """The text is not a consent receipt at all (wrong shape, header, type or claims)."""
+
+
+class UntrustedReceipt(ReceiptError, Unauthenticated):
+    """The receipt was not signed by the consent key given, or names another issuer."""
+
+
+class ReceiptNotInForce(ReceiptError, PermissionDenied):
+    """The receipt is genuine but the consent it records has expired or has not started."""
+
+
+class ReceiptMismatch(ReceiptError, PermissionDenied):
+    """The receipt is genuine but for another subject, grantee or purpose; `field` says which."""
+
+
+class ConsentFacts(Protocol):
+    """What a receipt attests; coordinator.consent.Consent has these attributes."""
+
+    @property
+    def consent_id(self) -> str: ...
+    @property
+    def subject_id(self) -> str: ...
+    @property
+    def grantee(self) -> str: ...
+    @property
+    def purpose(self) -> str: ...
+    @property
+    def granted_at(self) -> datetime.datetime: ...
+    @property
+    def expires_at(self) -> datetime.datetime: ...
+
+
+@dataclass(frozen=True)
+class ConsentReceipt:
+    """The verified content of a receipt: this consent was granted, by this subject, to this
+    grantee, for this purpose, from `granted_at` until `expires_at` (whole seconds, rounded down).
+
+    It does not say that the consent is still unrevoked: a revocation leaves every receipt
+    verifying. The coordinator checks revocation in its registry on every query, so only a
+    query answered under the consent shows that it still stands.
+    """
+
+    consent_id: ConsentId
+    subject_id: SubjectId
+    grantee: RequesterId
+    purpose: Purpose
+    granted_at: datetime.datetime
+    expires_at: datetime.datetime
+    issuer: str
+    #: RFC 7638 thumbprint of the public key that verified the signature
+    key_id: str
+
+    @property
+    def masked_subject(self) -> str:
+        """The subject id with all but its last 4 characters starred, for display."""
+        return _mask(self.subject_id)
+
+
+def consent_key_id(public_key: Ed25519PublicKey) -> str:
+    """The key's RFC 7638 JWK thumbprint (base64url SHA-256), carried as the receipt's `kid`."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    jwk = json.dumps(
+        {"crv": "Ed25519", "kty": "OKP", "x": _b64url(raw)}, separators=(",", ":"), sort_keys=True
+    )
+    return _b64url(hashlib.sha256(jwk.encode("ascii")).digest())
+
+
+def issue_receipt(
+    *, consent: ConsentFacts, private_key: Ed25519PrivateKey, issuer: str = RECEIPT_ISSUER
+) -> str:
+    """A compact JWS signed with `private_key` attesting `consent` (see ConsentReceipt).
+
+    Times are whole seconds rounded down, so a receipt never claims a consent for longer than
+    it was granted. The payload is signed, not encrypted: it shows the subject's id to whoever
+    holds it, so hand a receipt only to the subject and the grantee.
+    """
+    if not isinstance(private_key, Ed25519PrivateKey):
+        raise ConfigError(
+            f"the consent key must be an Ed25519 private key, not {type(private_key).__name__}",
+            field="private_key",
+        )
+    if not isinstance(issuer, str) or not issuer:
+        raise InvalidArgument(f"{issuer!r} is not a non-empty issuer name", field="issuer")
+    if not isinstance(consent.consent_id, str) or not _CONSENT_ID.fullmatch(consent.consent_id):
+        raise InvalidArgument(
+            f"{consent.consent_id!r} is not a consent id", field="consent.consent_id"
+        )
+    subject = validate_resident_id(consent.subject_id, field="consent.subject_id")
+    if not isinstance(consent.grantee, str) or not PEER_NAME_PATTERN.fullmatch(consent.grantee):
+        raise InvalidArgument(f"{consent.grantee!r} is not a requester id", field="consent.grantee")
+    if not isinstance(consent.purpose, str) or not PURPOSE_PATTERN.fullmatch(consent.purpose):
+        raise InvalidArgument(f"{consent.purpose!r} is not a purpose", field="consent.purpose")
+    granted = _seconds(consent.granted_at, field="consent.granted_at")
+    expires = _seconds(consent.expires_at, field="consent.expires_at")
+    if expires < granted:
+        raise InvalidArgument(
+            f"expiry {_iso_seconds(expires)} is before the grant {_iso_seconds(granted)}",
+            field="consent.expires_at",
+        )
+    payload: dict[str, Any] = {
+        "iss": issuer,
+        "jti": consent.consent_id,
+        "sub": subject,
+        "aud": consent.grantee,
+        "purpose": consent.purpose,
+        "iat": granted,
+        "nbf": granted,
+        "exp": expires,
+    }
+    headers = {"typ": RECEIPT_TYPE, "kid": consent_key_id(private_key.public_key())}
+    return jwt.encode(payload, private_key, algorithm=RECEIPT_ALGORITHM, headers=headers)
+
+
+def verify_receipt(
+    receipt: str,
+    *,
+    public_key: Ed25519PublicKey,
+    now: datetime.datetime,
+    expected_grantee: str | None = None,
+    expected_purpose: str | None = None,
+    expected_subject: str | None = None,
+    issuer: str = RECEIPT_ISSUER,
+    leeway: datetime.timedelta = DEFAULT_LEEWAY,
+) -> ConsentReceipt:
+    """The receipt's content if it is genuine, in force at `now` and for what is expected.
+
+    Checks, in order: shape, header (EdDSA only, our typ), signature against `public_key`,
+    issuer, claims, then subject, grantee and purpose (as the registry does), then time.
+    Raises MalformedReceipt, UntrustedReceipt, ReceiptMismatch or ReceiptNotInForce naming
+    the problem. `leeway` absorbs clock skew at the start only; at expiry the consent ends.
+
+    A receipt proves that a consent was granted; it does not prove that it is still unrevoked.
+    Revocation is checked in the coordinator's registry on every query.
+    """
+    if not isinstance(public_key, Ed25519PublicKey):
+        raise ConfigError(
+            f"the consent key must be an Ed25519 public key, not {type(public_key).__name__}",
+            field="public_key",
+        )
+    if not isinstance(now, datetime.datetime) or now.utcoffset() is None:
+        raise InvalidArgument("must be a timezone-aware datetime", field="now")
+    if (
+        not isinstance(leeway, datetime.timedelta)
+        or leeway < datetime.timedelta(0)
+        or leeway > MAX_LEEWAY
+    ):
+        raise InvalidArgument(f"{leeway!r} is not between 0 and {MAX_LEEWAY}", field="leeway")
+    subject_wanted = (
+        validate_resident_id(expected_subject, field="expected_subject")
+        if expected_subject is not None
+        else None
+    )
+    key_id = consent_key_id(public_key)
+    payload = _verified_payload(receipt, public_key, key_id)
+    receipt_issuer = _claim_str(payload, "iss")
+    if receipt_issuer != issuer:
+        raise UntrustedReceipt(
+            f"receipt issuer {receipt_issuer!r} is not the consent registry {issuer!r}"
+        )
+    consent_id = _claim_str(payload, "jti")
+    if not _CONSENT_ID.fullmatch(consent_id):
+        raise MalformedReceipt(f"receipt claim 'jti' is {consent_id[:40]!r}: not a consent id")
+    try:
+        subject = validate_resident_id(_claim_str(payload, "sub"), field="sub")
+    except InvalidArgument as exc:
+        raise MalformedReceipt(f"receipt claim 'sub' is not a resident id: {exc.message}") from exc
+    grantee = _claim_str(payload, "aud")
+    if not PEER_NAME_PATTERN.fullmatch(grantee):
+        raise MalformedReceipt(f"receipt claim 'aud' is {grantee[:70]!r}: not a requester id")
+    purpose = _claim_str(payload, "purpose")
+    if not PURPOSE_PATTERN.fullmatch(purpose):
+        raise MalformedReceipt(f"receipt claim 'purpose' is {purpose[:70]!r}: not a purpose")
+    granted_at = _claim_time(payload, "nbf")
+    _claim_time(payload, "iat")
+    expires_at = _claim_time(payload, "exp")
+    if expires_at < granted_at:
+        raise MalformedReceipt("receipt claims are inconsistent: 'exp' is before 'nbf'")
+
+    what = f"receipt for consent {consent_id}"
+    if subject_wanted is not None and subject != subject_wanted:
+        raise ReceiptMismatch(
+            f"{what} was given by subject {_mask(subject)}, not {_mask(subject_wanted)}",
+            field="subject",
+        )
+    if expected_grantee is not None and grantee != expected_grantee:
+        raise ReceiptMismatch(
+            f"{what} is for grantee '{grantee}', not '{expected_grantee}'", field="grantee"
+        )
+    if expected_purpose is not None and purpose != expected_purpose:
+        raise ReceiptMismatch(
+            f"{what} is for purpose '{purpose}', not '{expected_purpose}'", field="purpose"
+        )
+    if granted_at > now + leeway:
+        raise ReceiptNotInForce(
+            f"{what} is not yet valid: the consent starts at {_iso(granted_at)} (now {_iso(now)})"
+        )
+    if expires_at <= now:
+        raise ReceiptNotInForce(
+            f"{what} expired at {_iso(expires_at)} (now {_iso(now)}): the consent has ended"
+        )
+    return ConsentReceipt(
+        consent_id=ConsentId(consent_id),
+        subject_id=subject,
+        grantee=RequesterId(grantee),
+        purpose=Purpose(purpose),
+        granted_at=granted_at,
+        expires_at=expires_at,
+        issuer=receipt_issuer,
+        key_id=key_id,
+    )
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+
+def generate_consent_keypair(
+    private_path: Path, public_path: Path, *, overwrite: bool = False
+) -> Ed25519PrivateKey:
+    """Write a new Ed25519 receipt-signing key pair as PEM (private key mode 0600) and return it.
+
+    The public key is written last, so its presence shows the pair is complete. Existing files
+    are kept (ConfigError) unless `overwrite` is true: receipts signed with a replaced key no
+    longer verify against the new public key.
+    """
+    if not overwrite:
+        for path in (private_path, public_path):
+            if path.exists():
+                raise ConfigError(
+                    f"{path} already exists: refusing to replace the consent key, which would "
+                    "leave every receipt it signed unverifiable (pass overwrite=True to replace it)"
+                )
+    key = Ed25519PrivateKey.generate()
+    private_path.parent.mkdir(parents=True, exist_ok=True)
+    public_path.parent.mkdir(parents=True, exist_ok=True)
+    public_path.unlink(missing_ok=True)
+    _write(
+        private_path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        mode=0o600,
+    )
+    _write(public_path, _public_pem(key.public_key()), mode=0o644)
+    return key
+
+
+def load_consent_private_key(path: Path) -> Ed25519PrivateKey:
+    """The receipt-signing key in PEM file `path`; ConfigError naming the file if unusable."""
+    try:
+        key = serialization.load_pem_private_key(_read(path, "private"), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path} is not an unencrypted PEM private key: {exc}") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{path} holds a {type(key).__name__}, not an Ed25519 private key")
+    return key
+
+
+def load_consent_public_key(path: Path) -> Ed25519PublicKey:
+    """The receipt-verification key in PEM file `path`; ConfigError naming the file if unusable."""
+    try:
+        key = serialization.load_pem_public_key(_read(path, "public"))
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not a PEM public key: {exc}") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(f"{path} holds a {type(key).__name__}, not an Ed25519 public key")
+    return key
+
+
+def load_or_create_consent_key(private_path: Path, public_path: Path) -> Ed25519PrivateKey:
+    """The key in `private_path`, or a new pair written there and to `public_path`.
+
+    A missing public half (a crash between the two writes) is written again from the private key.
+    """
+    if not private_path.exists():
+        return generate_consent_keypair(private_path, public_path, overwrite=True)
+    key = load_consent_private_key(private_path)
+    if not public_path.exists():
+        _write(public_path, _public_pem(key.public_key()), mode=0o644)
+    return key
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _verified_payload(receipt: object, key: Ed25519PublicKey, key_id: str) -> dict[str, Any]:
+    if not isinstance(receipt, str) or not receipt:
+        raise MalformedReceipt("expected a non-empty compact JWS string", field="receipt")
+    if len(receipt) > MAX_RECEIPT_CHARS:
+        raise MalformedReceipt(
+            f"{len(receipt)} characters, more than the {MAX_RECEIPT_CHARS} a receipt may have",
+            field="receipt",
+        )
+    if not _COMPACT_JWS.fullmatch(receipt):
+        raise MalformedReceipt(
+            "not a compact JWS: expected three base64url parts joined by '.'",
+            field="receipt",
+        )
+    # The algorithm is checked before any key is used, so that a receipt cannot choose how it is
+    # verified (alg "none", or HS256 keyed with the public key bytes).
+    try:
+        header = jwt.get_unverified_header(receipt)
+    except jwt.PyJWTError as exc:
+        raise MalformedReceipt(f"unreadable header: {exc}", field="receipt") from exc
+    alg = header.get("alg")
+    if alg != RECEIPT_ALGORITHM:
+        raise UntrustedReceipt(
+            f"receipt algorithm {alg!r} is not allowed; receipts are signed with "
+            f"{RECEIPT_ALGORITHM} only"
+        )
+    extra = sorted(set(header) - _ALLOWED_HEADER_PARAMETERS)
+    if extra:
+        raise MalformedReceipt(f"unsupported header parameter(s) {', '.join(extra)}")
+    typ = header.get("typ")
+    if typ != RECEIPT_TYPE:
+        raise MalformedReceipt(
+            f"header typ is {typ!r}, not {RECEIPT_TYPE!r}: this is not a consent receipt"
+        )
+    kid = header.get("kid")
+    if kid is not None and kid != key_id:
+        raise UntrustedReceipt(
+            f"receipt was signed by consent key {str(kid)[:64]!r}, not by the key given "
+            f"({key_id}): verify it with the public key of the coordinator that issued it"
+        )
+    try:
+        decoded = jwt.PyJWS().decode_complete(receipt, key, algorithms=[RECEIPT_ALGORITHM])
+    except jwt.InvalidSignatureError as exc:
+        raise UntrustedReceipt(
+            f"receipt signature does not verify against consent key {key_id}: the receipt "
+            "was altered or signed with another key"
+        ) from exc
+    except jwt.PyJWTError as exc:
+        raise MalformedReceipt(f"{exc}", field="receipt") from exc
+    try:
+        payload = json.loads(decoded["payload"], object_pairs_hook=_no_duplicate_keys)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedReceipt(f"the payload is not JSON ({exc})") from exc
+    if not isinstance(payload, dict):
+        raise MalformedReceipt("the payload is not a JSON object")
+    missing = [name for name in REQUIRED_CLAIMS if name not in payload]
+    if missing:
+        raise MalformedReceipt(
+            "receipt lacks claim(s) " + ", ".join(repr(name) for name in missing)
+        )
+    return payload
+
+
+def _claim_str(payload: dict[str, Any], name: str) -> str:
+    value = payload[name]
+    if not isinstance(value, str):
+        raise MalformedReceipt(f"receipt claim {name!r} is {value!r:.70}: expected a string")
+    return value
+
+
+def _claim_time(payload: dict[str, Any], name: str) -> datetime.datetime:
+    value = payload[name]
+    # bool is an int subclass; a NumericDate of true is a forgery, not the epoch plus one second
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedReceipt(
+            f"receipt claim {name!r} is {value!r:.70}: expected whole seconds since the epoch"
+        )
+    try:
+        return datetime.datetime.fromtimestamp(value, datetime.UTC)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise MalformedReceipt(f"receipt claim {name!r} is {value!r}: not a usable time") from exc
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            # parsers disagree on which duplicate wins, so a duplicated claim is ambiguous
+            raise ValueError(f"claim {key!r} appears twice")
+        result[key] = value
+    return result
+
+
+def _seconds(value: datetime.datetime, *, field: str) -> int:
+    if not isinstance(value, datetime.datetime) or value.utcoffset() is None:
+        raise InvalidArgument("must be a timezone-aware datetime", field=field)
+    return int(value.timestamp() // 1)
+
+
+def _iso(value: datetime.datetime) -> str:
+    return value.astimezone(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _iso_seconds(value: int) -> str:
+    return _iso(datetime.datetime.fromtimestamp(value, datetime.UTC))
+
+
+def _mask(subject: str) -> str:
+    return "*" * max(0, len(subject) - 4) + subject[-4:]
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _public_pem(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _read(path: Path, kind: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"consent {kind} key file {path} does not exist") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read consent {kind} key file {path}: {exc.strerror}") from exc
+
+
+def _write(path: Path, data: bytes, *, mode: int) -> None:
+    # a temporary file created with the final mode and renamed into place: a reader never sees
+    # half a key, and the private key is never readable by others, even briefly
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
