@@ -241,22 +241,8 @@ class BatchScorer:
                 f"a batch answers breakdowns or totals, not {shape.value}", field="header.shape"
             )
         purpose = validate_purpose(header.purpose, field="header.purpose")
-        if purpose not in claims.purposes:
-            raise PermissionDenied(
-                f"purpose {purpose!r} is not among the token's purposes "
-                f"({', '.join(sorted(claims.purposes))})"
-            )
-        key = PublicKey.from_bytes(header.public_key, field="header.public_key")
-        if key.fingerprint != claims.key_fingerprint:
-            raise PermissionDenied(
-                f"public key {key.fingerprint[:16]}… is not the key bound to the token "
-                f"({claims.key_fingerprint[:16]}…)"
-            )
-        if not self._keys.is_registered(claims.requester, key.fingerprint):
-            raise FailedPrecondition(
-                f"public key {key.fingerprint[:16]}… is not registered for {claims.requester}; "
-                "call RegisterKey first"
-            )
+        claims.require_purpose(purpose)
+        key = self._keys.registered_key(claims, header.public_key, field="header.public_key")
         decision = engine.decide(
             PolicyRequest(
                 principal_type="Requester",

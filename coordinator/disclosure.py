@@ -11,14 +11,12 @@ is then the same sum over time; what changes is only what the departments' recor
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Self
 
-from osmanthus.errors import ConfigError, FailedPrecondition
+from coordinator.database import LedgerDatabase
+from osmanthus.errors import FailedPrecondition
 from osmanthus.types import RequesterId, SubjectKind
 
 # SQLite, not DuckDB: the ledger is a point-lookup table that grows by one row per subject a
@@ -44,38 +42,17 @@ _CACHE_KIB = 16 * 1024
 _LOOKUP_BATCH = 500
 
 
-class DisclosureLedger:
+class DisclosureLedger(LedgerDatabase):
     """The department set pinned for each (requester, subject), in a SQLite file.
 
-    One connection serialised by a lock: each settle (a check and its pin) is atomic against
-    concurrent RPCs, and every pin is durable (WAL, synchronous=FULL) before an answer leaves.
+    Each settle (a check and its pin) is atomic against concurrent RPCs under the connection's
+    lock, and every pin is durable before an answer leaves.
     """
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            self._db = sqlite3.connect(
-                str(path), check_same_thread=False, isolation_level=None, timeout=30
-            )
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._db.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise ConfigError(f"{path}: cannot open the disclosure ledger: {exc}") from exc
-        self._lock = threading.Lock()
+        super().__init__(path, schema=_SCHEMA, what="disclosure ledger", cache_kib=_CACHE_KIB)
         self._set_ids: dict[str, int] = {}
         self._sets: dict[int, frozenset[str]] = {}
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _set(self, set_id: int) -> frozenset[str]:
         found = self._sets.get(set_id)

@@ -14,18 +14,16 @@ to err on.
 from __future__ import annotations
 
 import math
-import sqlite3
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Self
 
+from coordinator.database import LedgerDatabase
 from osmanthus.dp import epsilon_units, from_units
-from osmanthus.errors import BudgetExhausted, ConfigError, InvalidArgument
+from osmanthus.errors import BudgetExhausted, InvalidArgument
 from osmanthus.policy import EpsilonBudget
 
 _SCHEMA = """
@@ -47,32 +45,12 @@ class Reservation:
     epsilon: Decimal
 
 
-class EpsilonLedger:
+class EpsilonLedger(LedgerDatabase):
     """ε charges per requester in a SQLite file, durable before any answer leaves."""
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
-        self.path = path
+        super().__init__(path, schema=_SCHEMA, what="privacy (ε) ledger")
         self._clock = clock
-        try:
-            self._db = sqlite3.connect(
-                str(path), check_same_thread=False, isolation_level=None, timeout=30
-            )
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise ConfigError(f"{path}: cannot open the privacy (ε) ledger: {exc}") from exc
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def reserve(
         self,

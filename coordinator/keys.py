@@ -10,6 +10,7 @@ from coordinator.database import RegistryDatabase
 from osmanthus.crypto import ALLOWED_KEY_BITS, PublicKey, fingerprint_of_modulus
 from osmanthus.errors import FailedPrecondition, InvalidArgument, NotFound
 from osmanthus.names import PEER_NAME_PATTERN
+from osmanthus.tokens import TokenClaims
 from osmanthus.types import KeyFingerprint, RequesterId
 
 __all__ = ["MAX_KEY_BITS", "KeyRegistry", "fingerprint_of_modulus"]
@@ -98,6 +99,19 @@ class KeyRegistry(RegistryDatabase):
             if row is not None:
                 self._registered.add((requester, fingerprint))
         return row is not None
+
+    def registered_key(
+        self, claims: TokenClaims, public_key: bytes, *, field: str = "public_key"
+    ) -> PublicKey:
+        """The request's public key, once it is valid, bound to the token and registered."""
+        key = PublicKey.from_bytes(public_key, field=field)
+        claims.require_key(key.fingerprint)
+        if not self.is_registered(claims.requester, key.fingerprint):
+            raise FailedPrecondition(
+                f"public key {key.fingerprint[:16]}… is not registered for {claims.requester}; "
+                "call RegisterKey first"
+            )
+        return key
 
     def get(self, requester: RequesterId, fingerprint: KeyFingerprint) -> int:
         """The modulus n registered by `requester` under `fingerprint`."""

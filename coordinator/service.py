@@ -286,22 +286,8 @@ class CoordinatorService:
             raise InvalidArgument(
                 f"a threshold belongs to THRESHOLD queries, not {shape.value}", field="threshold"
             )
-        if purpose not in claims.purposes:
-            raise PermissionDenied(
-                f"purpose {purpose!r} is not among the token's purposes "
-                f"({', '.join(sorted(claims.purposes))})"
-            )
-        key = PublicKey.from_bytes(request.public_key, field="public_key")
-        if key.fingerprint != claims.key_fingerprint:
-            raise PermissionDenied(
-                f"public key {key.fingerprint[:16]}… is not the key bound to the token "
-                f"({claims.key_fingerprint[:16]}…)"
-            )
-        if not self._keys.is_registered(claims.requester, key.fingerprint):
-            raise FailedPrecondition(
-                f"public key {key.fingerprint[:16]}… is not registered for {claims.requester}; "
-                "call RegisterKey first"
-            )
+        claims.require_purpose(purpose)
+        key = self._keys.registered_key(claims, request.public_key, field="public_key")
         action = "PersonQuery" if kind is SubjectKind.PERSON else "EnterpriseQuery"
         resource = ("Dataset", kind.value)
         context: dict[str, Any] = {"purpose": purpose, "shape": shape.value}

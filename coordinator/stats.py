@@ -34,7 +34,6 @@ from osmanthus.dp import laplace_scale, parse_epsilon, sample_discrete_laplace
 from osmanthus.encoding import SlotLayout
 from osmanthus.errors import (
     CryptoError,
-    FailedPrecondition,
     InvalidArgument,
     OsmanthusError,
     PermissionDenied,
@@ -184,22 +183,8 @@ class StatsAnswerer:
         statistics = validate_statistics(layout, request.statistics)
         seen["statistics"] = ",".join(statistics)
         cohort = validate_cohort(kind, request.subject_ids)
-        if purpose not in claims.purposes:
-            raise PermissionDenied(
-                f"purpose {purpose!r} is not among the token's purposes "
-                f"({', '.join(sorted(claims.purposes))})"
-            )
-        key = PublicKey.from_bytes(request.public_key, field="public_key")
-        if key.fingerprint != claims.key_fingerprint:
-            raise PermissionDenied(
-                f"public key {key.fingerprint[:16]}… is not the key bound to the token "
-                f"({claims.key_fingerprint[:16]}…)"
-            )
-        if not self._keys.is_registered(claims.requester, key.fingerprint):
-            raise FailedPrecondition(
-                f"public key {key.fingerprint[:16]}… is not registered for {claims.requester}; "
-                "call RegisterKey first"
-            )
+        claims.require_purpose(purpose)
+        key = self._keys.registered_key(claims, request.public_key, field="public_key")
         context = {
             "purpose": purpose,
             "cohort": len(cohort),

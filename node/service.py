@@ -286,17 +286,9 @@ class NodeService:
                 field="subject_kind",
             )
         purpose = validate_purpose(purpose_raw)
-        if purpose not in claims.purposes:
-            raise PermissionDenied(
-                f"purpose {purpose!r} is not among the token's purposes "
-                f"({', '.join(sorted(claims.purposes))})"
-            )
+        claims.require_purpose(purpose)
         key = PublicKey.from_bytes(public_key, field="public_key")
-        if key.fingerprint != claims.key_fingerprint:
-            raise PermissionDenied(
-                f"public key {key.fingerprint[:16]}… is not the key bound to the token "
-                f"({claims.key_fingerprint[:16]}…)"
-            )
+        claims.require_key(key.fingerprint)
         return kind, purpose, key
 
     def _decide(

@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from osmanthus.errors import ConfigError
 from osmanthus.names import PEER_NAME_PATTERN
 from osmanthus.policy import PolicyEngine, ReloadablePolicy
+from osmanthus.strictjson import unique_keys
 
 _log = logging.getLogger(__name__)
 
@@ -644,7 +645,7 @@ def _parse(data: bytes, *, origin: str) -> dict[str, Any]:
     try:
         value = json.loads(
             data.decode("utf-8"),
-            object_pairs_hook=_no_duplicate_keys,
+            object_pairs_hook=unique_keys("field", _shown),
             parse_constant=_no_constant,
         )
     except UnicodeDecodeError as exc:
@@ -664,16 +665,6 @@ def _parse(data: bytes, *, origin: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"{origin}: a policy bundle is a JSON object", field="bundle")
     return value
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            # parsers disagree on which duplicate wins, so what was signed would be ambiguous
-            raise ValueError(f"field {_shown(key)} appears twice")
-        result[key] = value
-    return result
 
 
 def _no_constant(name: str) -> Any:

@@ -25,6 +25,7 @@ from osmanthus.errors import (
 )
 from osmanthus.ids import validate_resident_id
 from osmanthus.names import PEER_NAME_PATTERN, PURPOSE_PATTERN
+from osmanthus.strictjson import unique_keys
 from osmanthus.types import ConsentId, Purpose, RequesterId, SubjectId
 
 #: the `iss` claim of every receipt: the coordinator's consent registry
@@ -389,7 +390,7 @@ def _verified_payload(receipt: object, key: Ed25519PublicKey, key_id: str) -> di
     except jwt.PyJWTError as exc:
         raise MalformedReceipt(f"{exc}", field="receipt") from exc
     try:
-        payload = json.loads(decoded["payload"], object_pairs_hook=_no_duplicate_keys)
+        payload = json.loads(decoded["payload"], object_pairs_hook=unique_keys("claim"))
     except (ValueError, RecursionError) as exc:
         raise MalformedReceipt(f"the payload is not JSON ({exc})") from exc
     if not isinstance(payload, dict):
@@ -420,16 +421,6 @@ def _claim_time(payload: dict[str, Any], name: str) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(value, datetime.UTC)
     except (OverflowError, OSError, ValueError) as exc:
         raise MalformedReceipt(f"receipt claim {name!r} is {value!r}: not a usable time") from exc
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            # parsers disagree on which duplicate wins, so a duplicated claim is ambiguous
-            raise ValueError(f"claim {key!r} appears twice")
-        result[key] = value
-    return result
 
 
 def _seconds(value: datetime.datetime, *, field: str) -> int:

@@ -19,8 +19,9 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from osmanthus.errors import ConfigError, InvalidArgument, Unauthenticated
+from osmanthus.errors import ConfigError, InvalidArgument, PermissionDenied, Unauthenticated
 from osmanthus.names import PEER_NAME_PATTERN, PURPOSE_PATTERN
+from osmanthus.strictjson import unique_keys
 from osmanthus.types import KeyFingerprint, Purpose, RequesterId, Role
 
 TOKEN_ALGORITHM = "EdDSA"
@@ -64,6 +65,22 @@ class TokenClaims:
     single_use: bool
     issuer: str
     audience: str
+
+    def require_purpose(self, purpose: str) -> None:
+        """Refuse a purpose the platform did not grant this requester in the token."""
+        if purpose not in self.purposes:
+            raise PermissionDenied(
+                f"purpose {purpose!r} is not among the token's purposes "
+                f"({', '.join(sorted(self.purposes))})"
+            )
+
+    def require_key(self, fingerprint: KeyFingerprint) -> None:
+        """Refuse a public key other than the one the token is bound to."""
+        if fingerprint != self.key_fingerprint:
+            raise PermissionDenied(
+                f"public key {fingerprint[:16]}… is not the key bound to the token "
+                f"({self.key_fingerprint[:16]}…)"
+            )
 
 
 def generate_issuer_keypair(
@@ -332,7 +349,7 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise Unauthenticated(f"malformed token: {exc}") from exc
         try:
-            payload = json.loads(decoded["payload"], object_pairs_hook=_no_duplicate_keys)
+            payload = json.loads(decoded["payload"], object_pairs_hook=unique_keys("claim"))
         except (ValueError, RecursionError) as exc:
             raise Unauthenticated(f"malformed token: the payload is not JSON ({exc})") from exc
         if not isinstance(payload, dict):
@@ -451,16 +468,6 @@ def _claim_time(payload: dict[str, Any], name: str) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(value, datetime.UTC)
     except (OverflowError, OSError, ValueError) as exc:
         raise Unauthenticated(f"token claim {name!r} is {value!r}: not a usable time") from exc
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            # Parsers disagree on which duplicate wins, so a duplicated claim is ambiguous.
-            raise ValueError(f"claim {key!r} appears twice")
-        result[key] = value
-    return result
 
 
 def _check_nonempty(value: str, field: str) -> None:
