@@ -36,9 +36,10 @@ COPY policies/node.cedar policies/central.cedar /etc/osmanthus/policies/
 
 # Mount points owned by the service user: Docker copies this ownership into a named volume the
 # first time it is mounted there, so the non-root services can write certificates, data and state.
-RUN mkdir -p /certs /data /state /secrets \
- && chown osmanthus:osmanthus /certs /data /state /secrets \
- && chmod 0700 /secrets
+# /secrets (CA and issuer keys) and /keys (the coordinator's private keys) are owner-only.
+RUN mkdir -p /certs /data /state /secrets /keys \
+ && chown osmanthus:osmanthus /certs /data /state /secrets /keys \
+ && chmod 0700 /secrets /keys
 
 USER osmanthus:osmanthus
 ENTRYPOINT ["osmanthus"]

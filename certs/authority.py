@@ -22,6 +22,7 @@ from osmanthus.receipts import (
     CONSENT_PUBLIC_KEY_FILE,
     generate_consent_keypair,
     load_or_create_consent_key,
+    restore_consent_public_key,
 )
 
 
@@ -159,7 +160,9 @@ def init_platform(
     the operator certificate. The result is keyed by each peer's directory relative to `out_dir`:
     "coordinator", "operator", "nodes/<department>", "requesters/<requester>".
     The coordinator's directory also gets its consent-receipt key pair (see create_consent_key)
-    unless it already has one, which is kept.
+    unless it already has one, which is kept (a missing consent.pub is written again from it).
+    A consent.pub without its consent.key is refused (ConfigError) before anything is written:
+    receipts handed out verify only against that key, which must be restored from backup.
     An existing CA is kept (ConfigError) unless `overwrite` is true, because replacing it makes
     every certificate already deployed to departments useless.
     """
@@ -176,6 +179,12 @@ def init_platform(
                     " invalidate every certificate it issued (pass overwrite=True to replace it)"
                 )
     out_dir.mkdir(parents=True, exist_ok=True)
+    # kept if it exists: receipts already handed out must keep verifying after a new CA; first,
+    # so that a lost consent key stops the run before the CA is replaced
+    coordinator_dir = peer_dir(out_dir, role=PeerRole.COORDINATOR, name=COORDINATOR_NAME)
+    load_or_create_consent_key(
+        coordinator_dir / CONSENT_KEY_FILE, coordinator_dir / CONSENT_PUBLIC_KEY_FILE
+    )
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = _make_ca_certificate(ca_key, validity_days)
     # The key goes first so that a crash never leaves a CA certificate without its key.
@@ -192,11 +201,6 @@ def init_platform(
         issued[directory.relative_to(out_dir).as_posix()] = _issue(
             ca_cert, ca_key, ca_cert_path, role=role, name=name, out=directory, days=validity_days
         )
-    # kept if it exists: receipts already handed out must keep verifying after a new CA
-    coordinator_dir = peer_dir(out_dir, role=PeerRole.COORDINATOR, name=COORDINATOR_NAME)
-    load_or_create_consent_key(
-        coordinator_dir / CONSENT_KEY_FILE, coordinator_dir / CONSENT_PUBLIC_KEY_FILE
-    )
     return issued
 
 
@@ -208,12 +212,37 @@ def create_consent_key(certs_dir: Path, *, overwrite: bool = False) -> ConsentKe
     citizens verify receipts with the public one. An existing pair is kept (ConfigError) unless
     `overwrite` is true: receipts signed with a replaced key no longer verify.
     """
-    directory = peer_dir(certs_dir, role=PeerRole.COORDINATOR, name=COORDINATOR_NAME)
-    paths = ConsentKeyPaths(
-        private=directory / CONSENT_KEY_FILE, public=directory / CONSENT_PUBLIC_KEY_FILE
-    )
+    paths = consent_key_paths(certs_dir)
+    if not overwrite and paths.public.exists() and not paths.private.exists():
+        raise ConfigError(
+            f"{paths.private} is missing but {paths.public} exists: restore the consent "
+            "signing key from backup. A new key would leave every receipt already handed out "
+            "unverifiable against the published consent.pub; to replace the pair knowingly, "
+            "pass overwrite=True (--overwrite)",
+            field="consent_key",
+        )
     generate_consent_keypair(paths.private, paths.public, overwrite=overwrite)
     return paths
+
+
+def restore_consent_public_key_file(certs_dir: Path) -> ConsentKeyPaths:
+    """Write coordinator/consent.pub under `certs_dir` again from coordinator/consent.key.
+
+    Never makes a new key: for a consent.pub lost or never written (keygen stopped between the
+    two files). ConfigError if consent.key is missing or unusable, or if an existing
+    consent.pub is not its public half.
+    """
+    paths = consent_key_paths(certs_dir)
+    restore_consent_public_key(paths.private, paths.public)
+    return paths
+
+
+def consent_key_paths(certs_dir: Path) -> ConsentKeyPaths:
+    """Where the init_platform layout under `certs_dir` keeps the consent-receipt key pair."""
+    directory = peer_dir(certs_dir, role=PeerRole.COORDINATOR, name=COORDINATOR_NAME)
+    return ConsentKeyPaths(
+        private=directory / CONSENT_KEY_FILE, public=directory / CONSENT_PUBLIC_KEY_FILE
+    )
 
 
 def issue_certificate(

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import builtins
+import contextlib
 import enum
-import re
+import json
+import logging
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -12,14 +16,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+import duckdb
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.database import RegistryDatabase
 from osmanthus.errors import ConfigError, InvalidArgument, NotFound
 from osmanthus.ids import validate_resident_id
 from osmanthus.names import PEER_NAME_PATTERN, PURPOSE_PATTERN
-from osmanthus.receipts import RECEIPT_ISSUER, issue_receipt
+from osmanthus.receipts import (
+    CONSENT_ID_PATTERN,
+    RECEIPT_ISSUER,
+    check_issuer,
+    consent_key_id,
+    issue_receipt,
+)
 from osmanthus.types import ConsentId, Purpose, RequesterId, SubjectId
+
+_log = logging.getLogger(__name__)
 
 #: longest consent the registry records; a longer one must be renewed
 MAX_CONSENT_YEARS: Final = 5
@@ -27,9 +40,13 @@ CONSENT_ID_PREFIX: Final = "cns_"
 # the same rules the token issuer applies to requester ids and purposes
 _REQUESTER = PEER_NAME_PATTERN
 _PURPOSE = PURPOSE_PATTERN
-_CONSENT_ID = re.compile(r"cns_[A-Za-z0-9_-]{22}")
+_CONSENT_ID = CONSENT_ID_PATTERN
 #: consents kept in memory, most recently used first out last; ~1.1 kB each (0.5 kB receipt)
 CACHE_ENTRIES: Final = 16_384
+#: rows signed per UPDATE when the registry opens a file made before receipts
+_SIGN_BATCH: Final = 2_000
+#: consent ids listed in the warning about rows that cannot be signed; the rest are counted
+_UNSIGNED_SHOWN: Final = 50
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS consents (
@@ -41,10 +58,11 @@ CREATE TABLE IF NOT EXISTS consents (
     granted_at TIMESTAMP NOT NULL,
     expires_at TIMESTAMP NOT NULL,
     revoked_at TIMESTAMP,
-    -- signed consent receipt (compact JWS); NULL in rows granted before receipts existed
+    -- signed consent receipt (compact JWS); NULL in rows granted before receipts existed that
+    -- were revoked by then or that cannot be signed (see ConsentRegistry)
     receipt VARCHAR
 );
--- files made before receipts existed: their rows get a receipt when first read
+-- files made before receipts existed: their rows are signed when the registry opens
 ALTER TABLE consents ADD COLUMN IF NOT EXISTS receipt VARCHAR;
 """
 _COLUMNS = "consent_id, subject_id, grantee, purpose, granted_at, expires_at, revoked_at, receipt"
@@ -60,7 +78,9 @@ class Consent:
     expires_at: datetime
     revoked_at: datetime | None
     #: compact JWS signed with the coordinator's consent key (osmanthus.receipts); it proves the
-    #: grant, never that the consent is still unrevoked
+    #: grant, never that the consent is still unrevoked. Empty for a consent recorded before
+    #: receipts existed that was already revoked then (a fresh receipt would attest a consent
+    #: that no longer stands) or whose stored record today's checks refuse
     receipt: str
 
 
@@ -89,9 +109,15 @@ class ConsentRegistry(RegistryDatabase):
     file: DuckDB's file lock keeps other processes out; do not open a second registry on the
     same file in one process.
 
-    Every consent carries a receipt signed with `receipt_key` when it is granted. Rows of a file
-    made before receipts existed are signed when first read and the receipt is stored then, so
-    every consent the registry returns has one; the receipt's times are those of the record.
+    Every consent carries a receipt signed with `receipt_key` as `receipt_issuer` when it is
+    granted. A file made before receipts existed is brought up to date when the registry opens,
+    before it serves anything: every unrevoked row without a receipt is signed, in one
+    transaction, with the times of the record. Reads never sign, so they never wait for the
+    key. Rows revoked by then get no receipt, and rows that today's checks refuse (a subject id
+    stored before a rule tightened) are left without one and named by consent id in a warning;
+    both read, list and revoke as before, with an empty receipt. Receipts stored under another
+    key than `receipt_key` (the key was replaced) are counted in a warning too: they verify only
+    against the old key's consent.pub.
     """
 
     def __init__(
@@ -108,11 +134,21 @@ class ConsentRegistry(RegistryDatabase):
                 f"{type(receipt_key).__name__}",
                 field="receipt_key",
             )
+        try:
+            check_issuer(receipt_issuer, field="receipt_issuer")
+        except InvalidArgument as exc:
+            raise ConfigError(exc.message, field="receipt_issuer") from exc
         super().__init__(path, schema=_SCHEMA, what="consent registry")
         self._receipt_key = receipt_key
         self._receipt_issuer = receipt_issuer
         self._cache: OrderedDict[str, Consent] = OrderedDict()
         self._cache_entries = cache_entries
+        try:
+            self._sign_unsigned_rows()
+            self._warn_about_other_keys()
+        except BaseException:
+            self._db.close()
+            raise
 
     def grant(
         self,
@@ -207,7 +243,7 @@ class ConsentRegistry(RegistryDatabase):
                 f"SELECT {_COLUMNS} FROM consents {where} ORDER BY granted_at, consent_id",
                 parameters,
             ).fetchall()
-            return [self._signed_locked(_consent_from_row(row)) for row in rows]
+            return [_consent_from_row(row) for row in rows]
 
     def check(
         self,
@@ -283,7 +319,7 @@ class ConsentRegistry(RegistryDatabase):
         if row is None:
             # absent ids are not cached: they are the requester's to invent, without bound
             raise NotFound(f"consent {consent_id} does not exist", field="consent_id")
-        consent = self._signed_locked(_consent_from_row(row))
+        consent = _consent_from_row(row)
         self._cache[consent_id] = consent
         if len(self._cache) > self._cache_entries:
             self._cache.popitem(last=False)
@@ -294,16 +330,113 @@ class ConsentRegistry(RegistryDatabase):
             consent=consent, private_key=self._receipt_key, issuer=self._receipt_issuer
         )
 
-    def _signed_locked(self, consent: Consent) -> Consent:
-        """`consent` with its receipt, signing and storing one for a row granted before receipts."""
-        if consent.receipt:
-            return consent
-        signed = replace(consent, receipt=self._sign(consent))
-        self._db.execute(
-            "UPDATE consents SET receipt = ? WHERE consent_id = ? AND receipt IS NULL",
-            [signed.receipt, signed.consent_id],
-        )
-        return signed
+    def _sign_unsigned_rows(self) -> None:
+        """Sign every unrevoked row that has no receipt, in one transaction, before serving."""
+        refused: builtins.list[str] = []
+        signed = 0
+        after = ""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN TRANSACTION")
+                while True:
+                    # keyset pagination: rows that cannot be signed stay NULL and are not read
+                    # again, and memory stays bounded however many rows a file holds
+                    rows = self._db.execute(
+                        f"SELECT {_COLUMNS} FROM consents WHERE receipt IS NULL AND "
+                        "revoked_at IS NULL AND consent_id > ? ORDER BY consent_id LIMIT ?",
+                        [after, _SIGN_BATCH],
+                    ).fetchall()
+                    if not rows:
+                        break
+                    after = rows[-1][0]
+                    ids: builtins.list[str] = []
+                    receipts: builtins.list[str] = []
+                    for row in rows:
+                        consent = _consent_from_row(row)
+                        try:
+                            receipts.append(self._sign(consent))
+                        except InvalidArgument as exc:
+                            # the field only: a message may quote the stored personal data
+                            refused.append(f"{consent.consent_id} ({exc.field})")
+                            continue
+                        ids.append(consent.consent_id)
+                    if ids:
+                        self._db.execute(
+                            "UPDATE consents SET receipt = signed.receipt FROM (SELECT "
+                            "unnest(?::VARCHAR[]) AS consent_id, unnest(?::VARCHAR[]) AS receipt) "
+                            "AS signed WHERE consents.consent_id = signed.consent_id",
+                            [ids, receipts],
+                        )
+                        signed += len(ids)
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(duckdb.Error):
+                    self._db.execute("ROLLBACK")
+                if isinstance(exc, duckdb.Error):
+                    raise ConfigError(
+                        f"{self.path}: cannot store the receipts of consents recorded before "
+                        f"receipts existed: {exc}"
+                    ) from exc
+                raise
+        if signed:
+            _log.info(
+                "consent registry %s: signed receipts for %d consents recorded before receipts "
+                "existed",
+                self.path,
+                signed,
+            )
+        if refused:
+            shown = ", ".join(refused[:_UNSIGNED_SHOWN])
+            more = (
+                f" and {len(refused) - _UNSIGNED_SHOWN} more"
+                if len(refused) > _UNSIGNED_SHOWN
+                else ""
+            )
+            _log.warning(
+                "consent registry %s: %d consents recorded before receipts existed have no "
+                "receipt, because their stored record fails today's checks (the field is named): "
+                "%s%s. They are still checked, listed and revocable; correct or revoke them and "
+                "re-grant to give the subject and grantee a receipt",
+                self.path,
+                len(refused),
+                shown,
+                more,
+            )
+
+    def _warn_about_other_keys(self) -> None:
+        """Warn if stored receipts were signed with another key than the one in use now."""
+        with self._lock:
+            # every receipt signed with one key has the same header, so this groups by key
+            headers = self._db.execute(
+                "SELECT split_part(receipt, '.', 1), count(*) FROM consents "
+                "WHERE receipt IS NOT NULL GROUP BY 1"
+            ).fetchall()
+        current = consent_key_id(self._receipt_key.public_key())
+        others: dict[str, int] = {}
+        for header, count in headers:
+            kid = _kid_of(header)
+            if kid != current:
+                others[kid] = others.get(kid, 0) + count
+        if others:
+            _log.warning(
+                "consent registry %s: %d stored receipts were signed with another consent key "
+                "than the one in use (%s): %s. They verify only against that key's consent.pub; "
+                "if the key was replaced by accident, stop the coordinator and restore the old "
+                "consent.key",
+                self.path,
+                sum(others.values()),
+                current,
+                ", ".join(f"key {kid}: {count}" for kid, count in sorted(others.items())),
+            )
+
+
+def _kid_of(header: str) -> str:
+    try:
+        parsed = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
+    except (binascii.Error, ValueError):
+        return "unreadable"
+    kid = parsed.get("kid") if isinstance(parsed, dict) else None
+    return kid if isinstance(kid, str) else "none"
 
 
 def _check_requester(value: object, *, field: str) -> None:

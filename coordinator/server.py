@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from certs import PeerRole
 from coordinator.config import load_nodes
@@ -23,11 +25,14 @@ from osmanthus.audit import AuditLog, load_or_create_salt
 from osmanthus.bundle import CENTRAL_SCOPE, DEFAULT_POLL_S, load_policy
 from osmanthus.catalogue import Catalogue, load_catalogue
 from osmanthus.crypto import DEFAULT_TABLE_CACHE_BYTES, EncryptorCache
-from osmanthus.errors import ConfigError
+from osmanthus.errors import ConfigError, InvalidArgument
 from osmanthus.receipts import (
     CONSENT_KEY_FILE,
     CONSENT_PUBLIC_KEY_FILE,
-    load_consent_private_key,
+    RECEIPT_ISSUER,
+    check_issuer,
+    consent_key_id,
+    load_consent_key_pair,
     load_or_create_consent_key,
 )
 from osmanthus.server import RunningServer, start_server
@@ -39,6 +44,9 @@ COORDINATOR_SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name[
     "CoordinatorService"
 ].full_name
 DEFAULT_CENTRAL_POLICY = Path(str(files("policies") / "central.cedar"))
+CONSENTS_FILE = "consents.duckdb"
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,9 +68,12 @@ class CoordinatorConfig:
     #: public keys of the publishers whose bundles are trusted
     policy_trust: tuple[Path, ...] = ()
     policy_poll_s: float = DEFAULT_POLL_S
-    #: Ed25519 key that signs consent receipts (osmanthus.receipts); None: STATE_DIR/consent.key,
-    #: created with consent.pub beside it on first start
+    #: Ed25519 key that signs consent receipts (osmanthus.receipts), checked against the
+    #: consent.pub beside it if there is one; None: STATE_DIR/consent.key, created with
+    #: consent.pub beside it on first start, and refused if lost once consents were recorded
     consent_key: Path | None = None
+    #: the `iss` of every receipt; verifiers pin it (sdk.verify_consent_receipt(issuer=...))
+    consent_issuer: str = RECEIPT_ISSUER
 
 
 @dataclass
@@ -117,13 +128,7 @@ def start_coordinator(
             field="state_dir",
         )
     salt = load_or_create_salt(salt_path)
-    consent_key = (
-        load_consent_private_key(config.consent_key)
-        if config.consent_key is not None
-        else load_or_create_consent_key(
-            config.state_dir / CONSENT_KEY_FILE, config.state_dir / CONSENT_PUBLIC_KEY_FILE
-        )
-    )
+    consent_key = _consent_key(config)
     with ExitStack() as opened:
         # each resource is closed again if a later one fails to open
         pool = opened.enter_context(
@@ -136,7 +141,11 @@ def start_coordinator(
             verifier=verifier,
             consents=opened.enter_context(
                 closing(
-                    ConsentRegistry(config.state_dir / "consents.duckdb", receipt_key=consent_key)
+                    ConsentRegistry(
+                        config.state_dir / CONSENTS_FILE,
+                        receipt_key=consent_key,
+                        receipt_issuer=config.consent_issuer,
+                    )
                 )
             ),
             keys=opened.enter_context(closing(KeyRegistry(config.state_dir / "keys.duckdb"))),
@@ -166,3 +175,35 @@ def start_coordinator(
         server.on_stop.append(watcher.close)
         watcher.start()
     return RunningCoordinator(server, service)
+
+
+def _consent_key(config: CoordinatorConfig) -> Ed25519PrivateKey:
+    """The receipt-signing key, refusing every way in which it could change without notice."""
+    try:
+        check_issuer(config.consent_issuer, field="consent_issuer")
+    except InvalidArgument as exc:
+        raise ConfigError(exc.message, field="consent_issuer") from exc
+    if config.consent_key is not None:
+        path = config.consent_key
+        key = load_consent_key_pair(path, path.with_name(CONSENT_PUBLIC_KEY_FILE))
+    else:
+        path = config.state_dir / CONSENT_KEY_FILE
+        public = config.state_dir / CONSENT_PUBLIC_KEY_FILE
+        consents = config.state_dir / CONSENTS_FILE
+        if not path.exists() and consents.exists():
+            # a new key would sign new receipts that the consent.pub handed out does not verify
+            raise ConfigError(
+                f"{path} is missing but {consents} exists: restore the consent signing key from "
+                "backup (with consent.pub beside it). To sign with a new key knowingly, make "
+                "one with 'osmanthus certs consent-key' and pass it with --consent-key; the "
+                "receipts already handed out verify only against the old consent.pub",
+                field="state_dir",
+            )
+        key = load_or_create_consent_key(path, public)
+    _log.info(
+        "consent receipts are signed as %r with key %s (%s)",
+        config.consent_issuer,
+        consent_key_id(key.public_key()),
+        path,
+    )
+    return key

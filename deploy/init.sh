@@ -4,12 +4,16 @@
 #
 # Run by the `init` service before any node or the coordinator starts. Every step keeps what an
 # earlier run completed, so `docker compose up` may run it any number of times; it never replaces
-# the CA, the issuer key or department data. Paths and sizes come from the environment:
+# the CA, the issuer key, the consent-receipt key or department data. Paths and sizes come from
+# the environment:
 #
 #   SECRETS_DIR       CA private key and token issuer private key (mounted only here)  /secrets
-#   CERTS_DIR         what the services mount: CA certificate, peer certificates,       /certs
-#                     issuer public key, the coordinator's consent-receipt key pair in
-#                     coordinator/ (no CA key, no requester keys)
+#   CERTS_DIR         what every service mounts: CA certificate, node and operator      /certs
+#                     certificates and keys, issuer public key, and only the public
+#                     half of the coordinator: coordinator/cert.pem and consent.pub
+#                     (no CA key, no requester keys, no coordinator private key)
+#   COORDINATOR_KEYS_DIR  what only the coordinator mounts: its certificate, TLS key     /keys
+#                     (key.pem) and consent-receipt key pair (consent.key, consent.pub)
 #   DATA_DIR          department DuckDB files                                            /data
 #   REQUESTERS        space-separated requester ids to certify                          (none)
 #   SEED_SYNTHETIC    1: fill an empty DATA_DIR with synthetic records; 0: leave it      1
@@ -19,6 +23,7 @@ set -eu
 
 SECRETS_DIR="${SECRETS_DIR:-/secrets}"
 CERTS_DIR="${CERTS_DIR:-/certs}"
+COORDINATOR_KEYS_DIR="${COORDINATOR_KEYS_DIR:-/keys}"
 DATA_DIR="${DATA_DIR:-/data}"
 REQUESTERS="${REQUESTERS:-}"
 SEED_SYNTHETIC="${SEED_SYNTHETIC:-1}"
@@ -50,10 +55,14 @@ for requester in $REQUESTERS; do
     fi
 done
 # 'certs init' makes the coordinator's consent-receipt key; a CA made before receipts lacks it.
-# The public key is written after the private one, so without it keygen never finished and no
-# receipt was signed with a leftover private key: replacing that is safe.
-if [ ! -f "$ca/coordinator/consent.pub" ]; then
-    osmanthus certs consent-key --ca-dir "$ca" --overwrite
+# An existing key is never replaced: receipts handed out verify only against it. A consent.pub
+# without its consent.key means the key was lost, and 'certs consent-key' refuses (exit 3) to
+# make a new one: restore the key from backup. A consent.key without its consent.pub (keygen
+# stopped between the two files, or the public file was lost) gets its public half back.
+if [ ! -f "$ca/coordinator/consent.key" ]; then
+    osmanthus certs consent-key --ca-dir "$ca"
+elif [ ! -f "$ca/coordinator/consent.pub" ]; then
+    osmanthus certs consent-key --ca-dir "$ca" --restore-public
 fi
 
 # --- token issuer key pair ------------------------------------------------------------------------
@@ -69,12 +78,24 @@ fi
 # --- what the services mount ----------------------------------------------------------------------
 # Copied on every run, so a certificate re-issued into SECRETS_DIR reaches the services at their
 # next restart. The CA key and the requesters' keys stay in SECRETS_DIR.
-mkdir -p "$CERTS_DIR"
-for part in ca.pem coordinator nodes operator; do
+# Every node mounts CERTS_DIR, so the coordinator's private keys never go there: with them a node
+# could forge consent receipts and pose as the coordinator. Volumes filled by earlier versions of
+# this script hold them; they are removed first.
+rm -f "$CERTS_DIR/coordinator/key.pem" "$CERTS_DIR/coordinator/consent.key"
+mkdir -p "$CERTS_DIR/coordinator"
+for part in ca.pem nodes operator; do
     cp -R "$ca/$part" "$CERTS_DIR/"
 done
+cp "$ca/coordinator/cert.pem" "$ca/coordinator/consent.pub" "$CERTS_DIR/coordinator/"
 cp "$SECRETS_DIR/issuer.pub" "$CERTS_DIR/issuer.pub"
-say "certificates and issuer public key in $CERTS_DIR"
+say "certificates, issuer public key and consent.pub in $CERTS_DIR"
+# only init and the coordinator mount this one
+mkdir -p "$COORDINATOR_KEYS_DIR"
+chmod 0700 "$COORDINATOR_KEYS_DIR"
+for part in cert.pem key.pem consent.key consent.pub; do
+    cp "$ca/coordinator/$part" "$COORDINATOR_KEYS_DIR/$part"
+done
+say "coordinator certificate, TLS key and consent-receipt key pair in $COORDINATOR_KEYS_DIR"
 
 # --- synthetic department records -----------------------------------------------------------------
 mkdir -p "$DATA_DIR"

@@ -30,6 +30,8 @@ exit codes:
 """
 
 _log = logging.getLogger("osmanthus")
+#: osmanthus.receipts.RECEIPT_ISSUER, here so that building the parser imports no crypto
+_DEFAULT_RECEIPT_ISSUER = "osmanthus-consent-registry"
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -152,7 +154,17 @@ def _cmd_certs_issue(args: argparse.Namespace) -> int:
 
 def _cmd_certs_consent_key(args: argparse.Namespace) -> int:
     from certs import create_consent_key
+    from certs.authority import restore_consent_public_key_file
 
+    if args.restore_public:
+        if args.overwrite:
+            raise InvalidArgument(
+                "--restore-public keeps the key; it cannot be combined with --overwrite",
+                field="--restore-public",
+            )
+        paths = restore_consent_public_key_file(args.ca_dir)
+        print(f"{paths.public} holds the public half of {paths.private}")
+        return 0
     paths = create_consent_key(args.ca_dir, overwrite=args.overwrite)
     print(
         f"consent-receipt key pair written: {paths.private} (the coordinator's --consent-key), "
@@ -275,6 +287,7 @@ def _cmd_coordinator_serve(args: argparse.Namespace) -> int:
         policy_trust=tuple(args.policy_trust),
         policy_poll_s=args.policy_poll,
         consent_key=_consent_key(args),
+        consent_issuer=args.consent_issuer,
     )
     # before the server starts: until the handler is in place SIGHUP would end the process
     _check_bundle_on_sighup(args)
@@ -299,7 +312,16 @@ def _consent_key(args: argparse.Namespace) -> Path | None:
             peer_dir(args.certs_dir, role=PeerRole.COORDINATOR, name=COORDINATOR_NAME)
             / CONSENT_KEY_FILE
         )
+        own = Path(args.state_dir) / CONSENT_KEY_FILE
         if candidate.is_file():
+            if own.exists():
+                # which one signs would depend on which file happens to exist at this start
+                raise ConfigError(
+                    f"two consent signing keys: {candidate} and {own}; pass --consent-key "
+                    "naming the one whose consent.pub was handed out (receipts signed with "
+                    "the other stop verifying against it)",
+                    field="--consent-key",
+                )
             return candidate
     return None
 
@@ -307,8 +329,17 @@ def _consent_key(args: argparse.Namespace) -> Path | None:
 # --- consent ----------------------------------------------------------------------------------
 
 
+#: the option of `consent verify` behind each expected value that verify_receipt checks
+_VERIFY_OPTIONS = {
+    "expected_grantee": "--grantee",
+    "expected_purpose": "--purpose",
+    "expected_subject": "--subject",
+    "issuer": "--issuer",
+}
+
+
 def _cmd_consent_verify(args: argparse.Namespace) -> int:
-    from osmanthus.receipts import load_consent_public_key, verify_receipt
+    from osmanthus.receipts import ReceiptError, load_consent_public_key, verify_receipt
 
     if args.receipt == "-":
         text = sys.stdin.read()
@@ -319,14 +350,22 @@ def _cmd_consent_verify(args: argparse.Namespace) -> int:
             raise ConfigError(f"receipt file {args.receipt} does not exist") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read receipt file {args.receipt}: {exc}") from exc
-    receipt = verify_receipt(
-        text.strip(),
-        public_key=load_consent_public_key(args.key),
-        now=datetime.now(UTC),
-        expected_grantee=args.grantee,
-        expected_purpose=args.purpose,
-        expected_subject=args.subject,
-    )
+    public_key = load_consent_public_key(args.key)
+    try:
+        receipt = verify_receipt(
+            text.strip(),
+            public_key=public_key,
+            now=datetime.now(UTC),
+            expected_grantee=args.grantee,
+            expected_purpose=args.purpose,
+            expected_subject=args.subject,
+            issuer=args.issuer,
+        )
+    except InvalidArgument as exc:
+        # an option no receipt could match is a bad argument (exit 3), named as it was typed
+        if isinstance(exc, ReceiptError) or exc.field not in _VERIFY_OPTIONS:
+            raise
+        raise InvalidArgument(exc.message, field=_VERIFY_OPTIONS[exc.field]) from exc
     print(f"receipt verifies: consent {receipt.consent_id}")
     print(f"  subject     {receipt.masked_subject}")
     print(f"  grantee     {receipt.grantee}")
@@ -749,7 +788,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Create CA_DIR/coordinator/consent.key (mode 0600) and consent.pub: the Ed25519 key pair "
         "with which the coordinator signs a receipt for every consent it records. 'certs init' "
         "makes it too; use this for a CA made before receipts existed. Give consent.pub to "
-        "banks and citizens who verify receipts.",
+        "banks and citizens who verify receipts. A consent.pub without its consent.key is "
+        "refused: restore the key from backup. With --restore-public, write a lost consent.pub "
+        "again from the existing consent.key instead.",
         _cmd_certs_consent_key,
     )
     p.add_argument("--ca-dir", type=Path, required=True, help="the directory 'certs init' made")
@@ -757,6 +798,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="replace an existing key (receipts it signed stop verifying)",
+    )
+    p.add_argument(
+        "--restore-public",
+        action="store_true",
+        help="never make a key: write coordinator/consent.pub from coordinator/consent.key "
+        "(refused if an existing consent.pub is not its half)",
     )
 
     # keys
@@ -896,9 +943,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--consent-key",
         type=Path,
-        help="Ed25519 key that signs consent receipts (default: coordinator/consent.key in "
-        "--certs-dir if there, else STATE_DIR/consent.key, created with consent.pub on first "
-        "start)",
+        help="Ed25519 key that signs consent receipts, checked against the consent.pub beside "
+        "it (default: coordinator/consent.key in --certs-dir if there, else "
+        "STATE_DIR/consent.key, created with consent.pub on first start; if both exist, "
+        "the coordinator does not start until this option picks one)",
+    )
+    p.add_argument(
+        "--consent-issuer",
+        default=_DEFAULT_RECEIPT_ISSUER,
+        help="the issuer name every consent receipt carries; verifiers pin it with "
+        "'consent verify --issuer' or sdk.verify_consent_receipt(issuer=...)",
     )
     _add_policy_bundle(p, scope="'central'")
     _add_tls(p, role_hint="coordinator")
@@ -915,9 +969,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Verify a consent receipt (the 'receipt' of a granted consent) against the coordinator's "
         "consent.pub and print the consent id, subject (all but the last 4 characters starred), "
         "grantee, purpose, and validity. With --grantee, --purpose or --subject the receipt "
-        "must name that value. Exit 3 if the input is not a receipt or a file is unusable, 4 if "
-        "the signature, issuer, validity or an expected value does not match. A receipt proves "
-        "the consent was granted, not that it is unrevoked.",
+        "must name that value; --issuer is the name the platform's coordinator signs as. Exit "
+        "3 if the input is not a receipt, a file is unusable or an option's value could never "
+        "match, 4 if the signature, issuer, validity or an expected value does not match. A "
+        "receipt proves the consent was granted, not that it is unrevoked.",
         _cmd_consent_verify,
     )
     p.add_argument("receipt", metavar="RECEIPT", help="file holding the receipt, or - for stdin")
@@ -925,6 +980,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grantee", help="requester the consent must be granted to")
     p.add_argument("--purpose", help="purpose the consent must be for")
     p.add_argument("--subject", help="resident id the consent must be given by")
+    p.add_argument(
+        "--issuer",
+        default=_DEFAULT_RECEIPT_ISSUER,
+        help="the issuer name the platform's coordinator signs as (its --consent-issuer)",
+    )
 
     # policy
     policy = command(sub, "policy", "Cedar access policies", "Policy tools for privacy officers.")

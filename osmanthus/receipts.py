@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime
 import hashlib
 import json
+import logging
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -16,6 +19,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from osmanthus.bundle import write_atomically
 from osmanthus.errors import (
     ConfigError,
     InvalidArgument,
@@ -28,8 +32,15 @@ from osmanthus.names import PEER_NAME_PATTERN, PURPOSE_PATTERN
 from osmanthus.strictjson import unique_keys
 from osmanthus.types import ConsentId, Purpose, RequesterId, SubjectId
 
-#: the `iss` claim of every receipt: the coordinator's consent registry
+_log = logging.getLogger(__name__)
+
+#: the default `iss` claim of receipts: the coordinator's consent registry; a deployment may name
+#: its own (`coordinator serve --consent-issuer`), and verifiers then pin that name
 RECEIPT_ISSUER: Final = "osmanthus-consent-registry"
+#: an issuer name: 1 to 255 visible ASCII characters, e.g. a deployment's name or URL
+ISSUER_PATTERN: Final = re.compile(r"[\x21-\x7e]{1,255}")
+#: a consent id as the registry makes them: "cns_" and 22 base64url characters (128 random bits)
+CONSENT_ID_PATTERN: Final = re.compile(r"cns_[A-Za-z0-9_-]{22}")
 #: the JOSE `typ` header, so that a receipt is never mistaken for an access token and vice versa
 RECEIPT_TYPE: Final = "osmanthus-consent+jwt"
 RECEIPT_ALGORITHM: Final = "EdDSA"
@@ -45,13 +56,18 @@ REQUIRED_CLAIMS: Final = ("iss", "jti", "sub", "aud", "purpose", "iat", "nbf", "
 
 # the signature may be empty here so that alg "none" is refused by name below
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-_CONSENT_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _ALLOWED_HEADER_PARAMETERS = frozenset({"alg", "typ", "kid"})
 
 
 class ReceiptError(OsmanthusError):
     """A consent receipt was refused; the subclass says whether it is malformed, untrusted,
-    out of date or for another subject, grantee or purpose."""
+    out of date or for another subject, grantee or purpose.
+
+    `field` is "receipt" unless the error names an expected value the receipt does not match.
+    """
+
+    def __init__(self, message: str, *, field: str | None = "receipt") -> None:
+        super().__init__(message, field=field)
 
 
 class MalformedReceipt(ReceiptError, InvalidArgument):
@@ -136,9 +152,10 @@ def issue_receipt(
             f"the consent key must be an Ed25519 private key, not {type(private_key).__name__}",
             field="private_key",
         )
-    if not isinstance(issuer, str) or not issuer:
-        raise InvalidArgument(f"{issuer!r} is not a non-empty issuer name", field="issuer")
-    if not isinstance(consent.consent_id, str) or not _CONSENT_ID.fullmatch(consent.consent_id):
+    check_issuer(issuer, field="issuer")
+    if not isinstance(consent.consent_id, str) or not CONSENT_ID_PATTERN.fullmatch(
+        consent.consent_id
+    ):
         raise InvalidArgument(
             f"{consent.consent_id!r} is not a consent id", field="consent.consent_id"
         )
@@ -168,6 +185,16 @@ def issue_receipt(
     return jwt.encode(payload, private_key, algorithm=RECEIPT_ALGORITHM, headers=headers)
 
 
+def check_issuer(issuer: object, *, field: str) -> str:
+    """`issuer` if it can be a receipt's `iss` (see ISSUER_PATTERN); InvalidArgument otherwise."""
+    if not isinstance(issuer, str) or not ISSUER_PATTERN.fullmatch(issuer):
+        raise InvalidArgument(
+            f"{issuer!r:.80} is not an issuer name: 1 to 255 visible ASCII characters, no spaces",
+            field=field,
+        )
+    return issuer
+
+
 def verify_receipt(
     receipt: str,
     *,
@@ -181,10 +208,13 @@ def verify_receipt(
 ) -> ConsentReceipt:
     """The receipt's content if it is genuine, in force at `now` and for what is expected.
 
-    Checks, in order: shape, header (EdDSA only, our typ), signature against `public_key`,
-    issuer, claims, then subject, grantee and purpose (as the registry does), then time.
+    Checks, in order: shape, header (EdDSA only, our typ, no parameter twice), signature against
+    `public_key`, issuer (`issuer`: the name the deployment's coordinator signs as), claims
+    (iat <= nbf <= exp), then subject, grantee and purpose (as the registry does), then time.
     Raises MalformedReceipt, UntrustedReceipt, ReceiptMismatch or ReceiptNotInForce naming
-    the problem. `leeway` absorbs clock skew at the start only; at expiry the consent ends.
+    the problem, or InvalidArgument naming the parameter if an expected value, `issuer` or
+    `leeway` is not one that a receipt could match. `leeway` absorbs clock skew at the start
+    only; at expiry the consent ends.
 
     A receipt proves that a consent was granted; it does not prove that it is still unrevoked.
     Revocation is checked in the coordinator's registry on every query.
@@ -207,15 +237,33 @@ def verify_receipt(
         if expected_subject is not None
         else None
     )
+    # a value no receipt can name is the caller's mistake, not a mismatch of the receipt
+    if expected_grantee is not None and (
+        not isinstance(expected_grantee, str) or not PEER_NAME_PATTERN.fullmatch(expected_grantee)
+    ):
+        raise InvalidArgument(
+            f"{expected_grantee!r:.80} is not a requester id: 1 to 63 lower-case letters, digits, "
+            "'_' or '-'",
+            field="expected_grantee",
+        )
+    if expected_purpose is not None and (
+        not isinstance(expected_purpose, str) or not PURPOSE_PATTERN.fullmatch(expected_purpose)
+    ):
+        raise InvalidArgument(
+            f"{expected_purpose!r:.80} is not a purpose name: a lower-case letter, then up to 63 "
+            "lower-case letters, digits or '_'",
+            field="expected_purpose",
+        )
+    check_issuer(issuer, field="issuer")
     key_id = consent_key_id(public_key)
     payload = _verified_payload(receipt, public_key, key_id)
     receipt_issuer = _claim_str(payload, "iss")
     if receipt_issuer != issuer:
         raise UntrustedReceipt(
-            f"receipt issuer {receipt_issuer!r} is not the consent registry {issuer!r}"
+            f"receipt issuer {receipt_issuer[:80]!r} is not the consent registry {issuer!r}"
         )
     consent_id = _claim_str(payload, "jti")
-    if not _CONSENT_ID.fullmatch(consent_id):
+    if not CONSENT_ID_PATTERN.fullmatch(consent_id):
         raise MalformedReceipt(f"receipt claim 'jti' is {consent_id[:40]!r}: not a consent id")
     try:
         subject = validate_resident_id(_claim_str(payload, "sub"), field="sub")
@@ -228,8 +276,11 @@ def verify_receipt(
     if not PURPOSE_PATTERN.fullmatch(purpose):
         raise MalformedReceipt(f"receipt claim 'purpose' is {purpose[:70]!r}: not a purpose")
     granted_at = _claim_time(payload, "nbf")
-    _claim_time(payload, "iat")
+    issued_at = _claim_time(payload, "iat")
     expires_at = _claim_time(payload, "exp")
+    # the registry signs iat = nbf = the grant: any other order is not a receipt it made
+    if issued_at > granted_at:
+        raise MalformedReceipt("receipt claims are inconsistent: 'iat' is after 'nbf'")
     if expires_at < granted_at:
         raise MalformedReceipt("receipt claims are inconsistent: 'exp' is before 'nbf'")
 
@@ -275,49 +326,105 @@ def generate_consent_keypair(
 ) -> Ed25519PrivateKey:
     """Write a new Ed25519 receipt-signing key pair as PEM (private key mode 0600) and return it.
 
-    The public key is written last, so its presence shows the pair is complete. Existing files
-    are kept (ConfigError) unless `overwrite` is true: receipts signed with a replaced key no
-    longer verify against the new public key.
+    The public key is written last, so its presence shows the pair is complete; each file and
+    its directory are synced before the next step. Existing files are kept (ConfigError) unless
+    `overwrite` is true: receipts signed with a replaced key no longer verify against the new
+    public key. Without `overwrite` each file is created with a hard link, which fails if the
+    file exists, so a pair made at the same moment by another process is never replaced either.
     """
     if not overwrite:
         for path in (private_path, public_path):
             if path.exists():
                 raise ConfigError(
                     f"{path} already exists: refusing to replace the consent key, which would "
-                    "leave every receipt it signed unverifiable (pass overwrite=True to replace it)"
+                    "leave every receipt it signed unverifiable (pass overwrite=True to replace "
+                    "it)",
+                    field="consent_key",
                 )
     key = Ed25519PrivateKey.generate()
-    private_path.parent.mkdir(parents=True, exist_ok=True)
-    public_path.parent.mkdir(parents=True, exist_ok=True)
-    public_path.unlink(missing_ok=True)
-    _write(
-        private_path,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        mode=0o600,
+    _make_directory(private_path)
+    _make_directory(public_path)
+    if overwrite:
+        try:
+            public_path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot replace {public_path}: {exc.strerror}", field="consent_key"
+            ) from exc
+    write_atomically(
+        private_path, _private_pem(key), mode=0o600, overwrite=overwrite, field="consent_key"
     )
-    _write(public_path, _public_pem(key.public_key()), mode=0o644)
+    public_pem = _public_pem(key.public_key())
+    try:
+        write_atomically(
+            public_path, public_pem, mode=0o644, overwrite=overwrite, field="consent_key"
+        )
+    except ConfigError:
+        if not overwrite and not _holds(public_path, public_pem):
+            # the private file is the one just linked into place (a link never replaces), and
+            # without its public half nothing can have been signed with it
+            private_path.unlink(missing_ok=True)
+        raise
     return key
 
 
 def load_consent_private_key(path: Path) -> Ed25519PrivateKey:
-    """The receipt-signing key in PEM file `path`; ConfigError naming the file if unusable."""
+    """The receipt-signing key in PEM file `path`; ConfigError naming the file if unusable.
+
+    A file that other users may read is still used (refusing would stop the coordinator over a
+    fixable mode), but a warning names it: whoever read it can forge receipts.
+    """
     try:
-        key = serialization.load_pem_private_key(_read(path, "private"), password=None)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"consent private key file {path} does not exist", field="consent_key"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read consent private key file {path}: {exc.strerror}", field="consent_key"
+        ) from exc
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
+            data = handle.read()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read consent private key file {path}: {exc.strerror}", field="consent_key"
+        ) from exc
+    if mode & 0o077:
+        _log.warning(
+            "%s: mode %04o lets other users read the consent signing key, and whoever reads it "
+            "can forge consent receipts; it should be 0600 (check who has read it, then run: "
+            "chmod 600 %s)",
+            path,
+            mode,
+            path,
+        )
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{path} is not an unencrypted PEM private key: {exc}") from exc
+        raise ConfigError(
+            f"{path} is not an unencrypted PEM private key: {exc}", field="consent_key"
+        ) from exc
     if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"{path} holds a {type(key).__name__}, not an Ed25519 private key")
+        raise ConfigError(
+            f"{path} holds a {type(key).__name__}, not an Ed25519 private key",
+            field="consent_key",
+        )
     return key
 
 
 def load_consent_public_key(path: Path) -> Ed25519PublicKey:
     """The receipt-verification key in PEM file `path`; ConfigError naming the file if unusable."""
     try:
-        key = serialization.load_pem_public_key(_read(path, "public"))
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"consent public key file {path} does not exist") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read consent public key file {path}: {exc.strerror}") from exc
+    try:
+        key = serialization.load_pem_public_key(data)
     except ValueError as exc:
         raise ConfigError(f"{path} is not a PEM public key: {exc}") from exc
     if not isinstance(key, Ed25519PublicKey):
@@ -325,17 +432,64 @@ def load_consent_public_key(path: Path) -> Ed25519PublicKey:
     return key
 
 
+def load_consent_key_pair(private_path: Path, public_path: Path) -> Ed25519PrivateKey:
+    """The signing key in `private_path`, checked against `public_path` if that file exists.
+
+    ConfigError naming both files if the public key there is not the private key's half:
+    receipts signed with the key would not verify against the consent.pub handed out.
+    """
+    key = load_consent_private_key(private_path)
+    if public_path.exists():
+        _check_public_half(key, private_path, public_path)
+    return key
+
+
+def restore_consent_public_key(private_path: Path, public_path: Path) -> Ed25519PrivateKey:
+    """The key in `private_path`, with its public half written to `public_path` if missing.
+
+    Never makes a new key. An existing `public_path` is kept if it is the key's half and
+    refused (ConfigError naming both files) if it is not.
+    """
+    key = load_consent_private_key(private_path)
+    if public_path.exists():
+        _check_public_half(key, private_path, public_path)
+        return key
+    _make_directory(public_path)
+    try:
+        write_atomically(
+            public_path,
+            _public_pem(key.public_key()),
+            mode=0o644,
+            overwrite=False,
+            field="consent_key",
+        )
+    except ConfigError:
+        # written at the same moment by someone else: keep it if it is the same key
+        if not public_path.exists():
+            raise
+        _check_public_half(key, private_path, public_path)
+    return key
+
+
 def load_or_create_consent_key(private_path: Path, public_path: Path) -> Ed25519PrivateKey:
     """The key in `private_path`, or a new pair written there and to `public_path`.
 
-    A missing public half (a crash between the two writes) is written again from the private key.
+    A missing public half (a crash between the two writes) is written again from the private
+    key; a public key that is not the private key's half is refused. A public key without its
+    private key is refused too (ConfigError naming both): receipts were handed out that only
+    the lost key's consent.pub verifies, so the key must be restored from backup, not replaced.
     """
     if not private_path.exists():
-        return generate_consent_keypair(private_path, public_path, overwrite=True)
-    key = load_consent_private_key(private_path)
-    if not public_path.exists():
-        _write(public_path, _public_pem(key.public_key()), mode=0o644)
-    return key
+        if public_path.exists():
+            raise ConfigError(
+                f"{private_path} is missing but {public_path} exists: restore the consent "
+                "signing key from backup. A new key would leave every receipt already handed "
+                f"out unverifiable against the published {public_path.name}; to replace the "
+                f"pair knowingly, delete {public_path} first",
+                field="consent_key",
+            )
+        return generate_consent_keypair(private_path, public_path)
+    return restore_consent_public_key(private_path, public_path)
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -343,23 +497,16 @@ def load_or_create_consent_key(private_path: Path, public_path: Path) -> Ed25519
 
 def _verified_payload(receipt: object, key: Ed25519PublicKey, key_id: str) -> dict[str, Any]:
     if not isinstance(receipt, str) or not receipt:
-        raise MalformedReceipt("expected a non-empty compact JWS string", field="receipt")
+        raise MalformedReceipt("expected a non-empty compact JWS string")
     if len(receipt) > MAX_RECEIPT_CHARS:
         raise MalformedReceipt(
-            f"{len(receipt)} characters, more than the {MAX_RECEIPT_CHARS} a receipt may have",
-            field="receipt",
+            f"{len(receipt)} characters, more than the {MAX_RECEIPT_CHARS} a receipt may have"
         )
     if not _COMPACT_JWS.fullmatch(receipt):
-        raise MalformedReceipt(
-            "not a compact JWS: expected three base64url parts joined by '.'",
-            field="receipt",
-        )
+        raise MalformedReceipt("not a compact JWS: expected three base64url parts joined by '.'")
     # The algorithm is checked before any key is used, so that a receipt cannot choose how it is
     # verified (alg "none", or HS256 keyed with the public key bytes).
-    try:
-        header = jwt.get_unverified_header(receipt)
-    except jwt.PyJWTError as exc:
-        raise MalformedReceipt(f"unreadable header: {exc}", field="receipt") from exc
+    header = _header(receipt)
     alg = header.get("alg")
     if alg != RECEIPT_ALGORITHM:
         raise UntrustedReceipt(
@@ -388,7 +535,7 @@ def _verified_payload(receipt: object, key: Ed25519PublicKey, key_id: str) -> di
             "was altered or signed with another key"
         ) from exc
     except jwt.PyJWTError as exc:
-        raise MalformedReceipt(f"{exc}", field="receipt") from exc
+        raise MalformedReceipt(f"{exc}") from exc
     try:
         payload = json.loads(decoded["payload"], object_pairs_hook=unique_keys("claim"))
     except (ValueError, RecursionError) as exc:
@@ -401,6 +548,20 @@ def _verified_payload(receipt: object, key: Ed25519PublicKey, key_id: str) -> di
             "receipt lacks claim(s) " + ", ".join(repr(name) for name in missing)
         )
     return payload
+
+
+def _header(receipt: str) -> dict[str, Any]:
+    # parsed here rather than by PyJWT so that a parameter given twice is refused: parsers
+    # disagree on which copy wins, so the verifier could read another typ or kid than a signer
+    encoded = receipt.split(".", 1)[0]
+    try:
+        raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+        header = json.loads(raw, object_pairs_hook=unique_keys("header parameter"))
+    except (binascii.Error, ValueError, RecursionError) as exc:
+        raise MalformedReceipt(f"unreadable header: {exc}") from exc
+    if not isinstance(header, dict):
+        raise MalformedReceipt("unreadable header: it is not a JSON object")
+    return header
 
 
 def _claim_str(payload: dict[str, Any], name: str) -> str:
@@ -451,28 +612,38 @@ def _public_pem(key: Ed25519PublicKey) -> bytes:
     )
 
 
-def _read(path: Path, kind: str) -> bytes:
+def _private_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _check_public_half(key: Ed25519PrivateKey, private_path: Path, public_path: Path) -> None:
+    published = load_consent_public_key(public_path)
+    if published.public_bytes_raw() != key.public_key().public_bytes_raw():
+        raise ConfigError(
+            f"{public_path} (key {consent_key_id(published)}) is not the public half of "
+            f"{private_path} (key {consent_key_id(key.public_key())}): receipts signed with it "
+            f"would not verify against that {public_path.name}. Put back the matching pair "
+            "from backup",
+            field="consent_key",
+        )
+
+
+def _holds(path: Path, data: bytes) -> bool:
     try:
-        return path.read_bytes()
-    except FileNotFoundError as exc:
-        raise ConfigError(f"consent {kind} key file {path} does not exist") from exc
+        return path.read_bytes() == data
+    except OSError:
+        return False
+
+
+def _make_directory(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"cannot read consent {kind} key file {path}: {exc.strerror}") from exc
-
-
-def _write(path: Path, data: bytes, *, mode: int) -> None:
-    # a temporary file created with the final mode and renamed into place: a reader never sees
-    # half a key, and the private key is never readable by others, even briefly
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        raise ConfigError(
+            f"cannot write {path}: cannot make its directory {path.parent}: {exc.strerror}",
+            field="consent_key",
+        ) from exc

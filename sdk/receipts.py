@@ -4,11 +4,25 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from osmanthus.errors import ConfigError
-from osmanthus.receipts import ConsentReceipt, load_consent_public_key, verify_receipt
+from osmanthus.errors import ConfigError, InvalidArgument
+from osmanthus.receipts import (
+    RECEIPT_ISSUER,
+    ConsentReceipt,
+    ReceiptError,
+    load_consent_public_key,
+    verify_receipt,
+)
+
+# verify_receipt's parameter names, as this function's caller knows them
+_PARAMETER: Final = {
+    "expected_grantee": "grantee",
+    "expected_purpose": "purpose",
+    "expected_subject": "subject_id",
+}
 
 
 def verify_consent_receipt(
@@ -19,19 +33,23 @@ def verify_consent_receipt(
     grantee: str | None = None,
     purpose: str | None = None,
     subject_id: str | None = None,
+    issuer: str = RECEIPT_ISSUER,
 ) -> ConsentReceipt:
     """What `receipt` attests, if the platform's consent key signed it and it fits.
 
-    `public_key` is the coordinator's consent.pub (a PEM file) or the key itself. `grantee`,
-    `purpose` and `subject_id`, when given, must be what the receipt names. Raises a
-    sdk.ReceiptError: MalformedReceipt (an sdk.InvalidArgument), UntrustedReceipt (an
-    sdk.Unauthenticated: altered, another key or issuer), ReceiptMismatch or ReceiptNotInForce
-    (sdk.PermissionDenied: another subject, grantee or purpose; expired or not yet started),
-    each naming the problem.
+    `public_key` is the coordinator's consent.pub (a PEM file) or the key itself. `issuer` is
+    the name the platform's coordinator signs as (`coordinator serve --consent-issuer`; the
+    default is Osmanthus's). `grantee`, `purpose` and `subject_id`, when given, must be what the
+    receipt names; a value that is not a requester id, purpose or resident id at all is an
+    sdk.InvalidArgument naming the parameter. Raises a sdk.ReceiptError: MalformedReceipt (an
+    sdk.InvalidArgument), UntrustedReceipt (an sdk.Unauthenticated: altered, another key or
+    issuer), ReceiptMismatch or ReceiptNotInForce (sdk.PermissionDenied: another subject,
+    grantee or purpose; expired or not yet started), each naming the problem.
 
     A valid receipt proves that the consent was granted, not that it is unrevoked: a revoked
     consent's receipt still verifies. Whether it stands is decided by the coordinator at each
-    query, which refuses a query under a revoked consent naming it.
+    query, which refuses a query under a revoked consent naming it. A consent revoked before
+    the coordinator signed receipts has none (its `receipt` is empty).
     """
     if isinstance(public_key, Path):
         key = load_consent_public_key(public_key)
@@ -43,11 +61,17 @@ def verify_consent_receipt(
             f"{type(public_key).__name__}",
             field="public_key",
         )
-    return verify_receipt(
-        receipt,
-        public_key=key,
-        now=now if now is not None else datetime.now(UTC),
-        expected_grantee=grantee,
-        expected_purpose=purpose,
-        expected_subject=subject_id,
-    )
+    try:
+        return verify_receipt(
+            receipt,
+            public_key=key,
+            now=now if now is not None else datetime.now(UTC),
+            expected_grantee=grantee,
+            expected_purpose=purpose,
+            expected_subject=subject_id,
+            issuer=issuer,
+        )
+    except InvalidArgument as exc:
+        if isinstance(exc, ReceiptError) or exc.field not in _PARAMETER:
+            raise
+        raise InvalidArgument(exc.message, field=_PARAMETER[exc.field]) from exc

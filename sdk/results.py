@@ -122,7 +122,9 @@ class ConsentRecord:
     expires_at: datetime
     revoked_at: datetime | None
     #: signed by the coordinator's consent key; check it with sdk.verify_consent_receipt. It
-    #: proves the grant, not that the consent still stands (a revoked one still verifies)
+    #: proves the grant, not that the consent still stands (a revoked one still verifies).
+    #: Empty for a consent revoked before receipts existed, or whose stored record could not
+    #: be signed
     receipt: str
 
     def in_force(self, now: datetime) -> bool:

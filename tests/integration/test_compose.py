@@ -1,5 +1,8 @@
 """docker-compose.yml and the Dockerfile: their structure, then every service's command run here.
 
+The coordinator's private keys (TLS key.pem, consent.key) live in a volume that only init and the
+coordinator mount; every node mounts the shared `certs` volume, which holds only their public half.
+
 Docker does not run in the test environment, so the compose file is read with PyYAML and each
 service is run as the process its container would run: the init script with its volumes mapped to
 temporary directories, every node and the coordinator as real `osmanthus` processes on 127.0.0.1,
@@ -13,13 +16,14 @@ import csv
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +37,7 @@ from osmanthus.launcher import START_TIMEOUT_S, Process, osmanthus_command, spaw
 from osmanthus.tls import TlsFiles
 from osmanthus.tokens import TokenIssuer
 from osmanthus.types import DepartmentId, Role, SubjectKind
-from sdk import Client, RequesterKeys
+from sdk import Client, RequesterKeys, verify_consent_receipt
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -246,6 +250,40 @@ def test_only_the_coordinator_publishes_a_port_and_it_waits_for_every_node(
     assert coordinator.option("--policy") == f"{IMAGE_POLICIES}/central.cedar"
 
 
+def test_every_named_volume_mount_point_belongs_to_the_service_user_in_the_image(
+    compose: Compose, image: Image
+) -> None:
+    # Docker copies a mount point's owner into a new named volume; one the image does not make
+    # would be root's, and the non-root services could not write it
+    owned = [
+        ln for ln in image.lines if ln.startswith("RUN ") and "chown osmanthus:osmanthus" in ln
+    ]
+    assert owned, "the image must make the volume mount points and give them to its user"
+    for service in compose.services.values():
+        for target, source in service.mounts().items():
+            if not source.startswith(("./", "/")):
+                assert any(f" {target} " in f"{ln} " for ln in owned), (
+                    f"{service.name} mounts {source} at {target}, which the image does not make "
+                    "and give to its user"
+                )
+
+
+def test_the_coordinators_private_keys_come_from_a_volume_only_it_and_init_mount(
+    compose: Compose,
+) -> None:
+    coordinator = compose.coordinator
+    mounts = coordinator.mounts()
+    volumes = set()
+    for flag in ("--key", "--consent-key"):
+        path = coordinator.option(flag)
+        target = max((t for t in mounts if path.startswith(t + "/")), key=len)
+        volumes.add(mounts[target])
+        assert f"{mounts[target]}:{target}:ro" in coordinator.spec["volumes"]
+    [keys] = volumes
+    users = sorted(s.name for s in compose.services.values() if keys in s.mounts().values())
+    assert users == sorted([compose.init.name, coordinator.name])
+
+
 def test_init_runs_once_and_every_named_volume_is_declared(compose: Compose) -> None:
     init = compose.init
     # `unless-stopped` would restart a finished init, and service_completed_successfully never fires
@@ -350,28 +388,103 @@ def initialised(compose: Compose, tmp_path_factory: pytest.TempPathFactory) -> H
     return host
 
 
+def _coordinator_files(host: Host) -> dict[str, bytes]:
+    """The coordinator's files as init made them in the secrets volume."""
+    made = host.volume("secrets") / "ca" / "coordinator"
+    return {name: (made / name).read_bytes() for name in _COORDINATOR_FILES}
+
+
+_COORDINATOR_FILES = ("cert.pem", "key.pem", "consent.key", "consent.pub")
+_COORDINATOR_PRIVATE = ("key.pem", "consent.key")
+
+
 def test_init_makes_certificates_issuer_key_and_data_and_a_second_run_keeps_them(
     compose: Compose, initialised: Host, catalogue: Catalogue
 ) -> None:
     certs, secrets, data = (initialised.volume(v) for v in ("certs", "secrets", "data"))
+    keys = initialised.volume("coordinator-keys")
     for dept in catalogue.departments:
         assert (data / f"{dept.id}.duckdb").is_file()
         cert_paths(certs, role=PeerRole.NODE, name=dept.id)  # raises if any file is missing
-    cert_paths(certs, role=PeerRole.COORDINATOR, name="coordinator")
     cert_paths(certs, role=PeerRole.OPERATOR, name="operator")
-    # the services' volume carries no CA key, no issuer key and no requester keys
+    # the services' volume carries no CA key, no issuer key and no requester keys, and of the
+    # coordinator only what is public
     assert not (certs / "ca.key").exists()
     assert not list(certs.rglob("issuer.key"))
     assert not (certs / "requesters").exists()
+    assert sorted(p.name for p in (certs / "coordinator").iterdir()) == ["cert.pem", "consent.pub"]
     for requester in compose.init.spec["environment"]["REQUESTERS"].split():
         cert_paths(secrets / "ca", role=PeerRole.REQUESTER, name=requester)
+    # the coordinator's own volume has its whole identity, private files owner-only
+    made = _coordinator_files(initialised)
+    assert {p.name: p.read_bytes() for p in keys.iterdir()} == made
+    for name in _COORDINATOR_PRIVATE:
+        assert stat.S_IMODE((keys / name).stat().st_mode) == 0o600
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
 
     kept = [certs / "ca.pem", certs / "issuer.pub", secrets / "issuer.key", data / "psb.duckdb"]
+    kept += [keys / name for name in _COORDINATOR_FILES]
     before = {p: p.read_bytes() for p in kept}
     again = _run_init(compose, initialised)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "already exists: kept" in again.stdout
     assert {p: p.read_bytes() for p in kept} == before
+
+
+def test_no_node_mounts_a_volume_holding_a_coordinator_private_key(
+    compose: Compose, initialised: Host
+) -> None:
+    # by content, so that a renamed or relocated copy is found too
+    secret = {_coordinator_files(initialised)[name] for name in _COORDINATOR_PRIVATE}
+    holding = set()
+    for volume in (initialised.root / "volumes").iterdir():
+        for path in volume.rglob("*"):
+            if path.is_file() and (path.name == "consent.key" or path.read_bytes() in secret):
+                holding.add(volume.name)
+    assert holding == {"secrets", "coordinator-keys"}
+    for service in compose.services.values():
+        mounted = holding & set(service.mounts().values())
+        if service.name not in (compose.init.name, compose.coordinator.name):
+            assert not mounted, f"{service.name} mounts {mounted}, which hold coordinator keys"
+
+
+def test_init_removes_coordinator_keys_an_earlier_version_put_in_the_shared_volume(
+    compose: Compose, initialised: Host
+) -> None:
+    shared = initialised.volume("certs") / "coordinator"
+    made = _coordinator_files(initialised)
+    for name in _COORDINATOR_PRIVATE:
+        (shared / name).write_bytes(made[name])
+    done = _run_init(compose, initialised)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in shared.iterdir()) == ["cert.pem", "consent.pub"]
+
+
+def test_init_writes_a_lost_consent_pub_from_the_key_and_never_replaces_a_lost_key(
+    compose: Compose, tmp_path: Path
+) -> None:
+    host = _host(tmp_path)
+    first = _run_init(compose, host, SEED_SYNTHETIC="0")
+    assert first.returncode == 0, first.stdout + first.stderr
+    made = _coordinator_files(host)
+    coordinator_dir = host.volume("secrets") / "ca" / "coordinator"
+
+    (coordinator_dir / "consent.pub").unlink()
+    again = _run_init(compose, host, SEED_SYNTHETIC="0")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert _coordinator_files(host) == made
+    assert (host.volume("certs") / "coordinator" / "consent.pub").read_bytes() == made[
+        "consent.pub"
+    ]
+
+    (coordinator_dir / "consent.key").unlink()
+    lost = _run_init(compose, host, SEED_SYNTHETIC="0")
+    assert lost.returncode == 3, lost.stdout + lost.stderr
+    assert "restore the consent signing key from backup" in lost.stderr
+    assert not (coordinator_dir / "consent.key").exists()
+    assert (coordinator_dir / "consent.pub").read_bytes() == made["consent.pub"]
+    # the copy the coordinator used is untouched
+    assert (host.volume("coordinator-keys") / "consent.key").read_bytes() == made["consent.key"]
 
 
 def test_init_refuses_to_seed_over_department_data_it_did_not_make(
@@ -481,6 +594,36 @@ def test_coordinator_reaches_every_enterprise_department_through_the_compose_reg
     assert not report.partial
     expected = {d.id for d in catalogue.departments_for(SubjectKind.ENTERPRISE)}
     assert {s.department for s in report.answered} == expected
+
+
+def test_the_coordinators_receipts_verify_against_the_consent_pub_every_service_sees(
+    running: Running, requester_keys: dict[str, RequesterKeys]
+) -> None:
+    secrets = running.host.volume("secrets")
+    keys = requester_keys["registrar"]
+    token = TokenIssuer.from_file(secrets / "issuer.key").issue(
+        requester="registrar",
+        role=Role.PLATFORM_SERVICE,
+        purposes=["consent_management"],
+        key_fingerprint=keys.fingerprint,
+        ttl=timedelta(minutes=5),
+    )
+    tls = TlsFiles.from_cert_paths(
+        cert_paths(secrets / "ca", role=PeerRole.REQUESTER, name="registrar")
+    )
+    with (running.host.volume("data") / "subjects.csv").open() as f:
+        person = next(r["subject_id"] for r in csv.DictReader(f) if r["subject_kind"] == "person")
+    with Client(running.coordinator_target, tls=tls, token=token, keys=keys) as registrar:
+        registrar.register_key()
+        record = registrar.grant_consent(
+            subject_id=person,
+            grantee="agency-1",
+            purpose="loan_underwriting",
+            expires_at=datetime.now(UTC) + timedelta(days=1),
+        )
+    published = running.host.volume("certs") / "coordinator" / "consent.pub"
+    receipt = verify_consent_receipt(record.receipt, public_key=published, grantee="agency-1")
+    assert receipt.consent_id == record.consent_id
 
 
 def test_every_service_exits_cleanly_on_sigterm(running: Running) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import logging
 import socket
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -15,10 +17,18 @@ import pytest
 import sdk
 from certs import PeerRole, cert_paths
 from coordinator.config import NodeEndpoint, render_nodes
+from coordinator.consent import ConsentRegistry
 from coordinator.server import CoordinatorConfig, start_coordinator
 from osmanthus.errors import ConfigError
 from osmanthus.grpc_errors import FIELD_METADATA_KEY
-from osmanthus.receipts import CONSENT_KEY_FILE, CONSENT_PUBLIC_KEY_FILE
+from osmanthus.receipts import (
+    CONSENT_KEY_FILE,
+    CONSENT_PUBLIC_KEY_FILE,
+    consent_key_id,
+    generate_consent_keypair,
+    load_consent_private_key,
+    load_consent_public_key,
+)
 from osmanthus.tls import COORDINATOR_SERVER_NAME, TlsFiles, secure_channel
 from osmanthus.types import DepartmentId, Role
 from osmanthus.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
@@ -28,6 +38,8 @@ from tests.integration.conftest import Federation, consent_for, restricted_catal
 
 BANK = "bank-1"
 PURPOSE = "loan_underwriting"
+#: a deployment's own receipt issuer (coordinator serve --consent-issuer)
+CITY_ISSUER = "https://credit.suzhou.example/consents"
 TIMEOUT_S = 5.0
 
 
@@ -187,27 +199,41 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_a_coordinator_signs_with_the_consent_key_the_certs_tooling_made(
-    federation: Federation,
-    tmp_path: Path,
-    platform_certs: Path,
-    issuer_keys: IssuerKeyPaths,
-    requester_keys: dict[str, RequesterKeys],
-) -> None:
-    # consents need no department node: one registered at a closed port is enough to start
+def _config(
+    tmp_path: Path, platform_certs: Path, issuer_keys: IssuerKeyPaths, **kw: Any
+) -> CoordinatorConfig:
+    """A coordinator of its own; consents need no department node, so one registered at a
+    closed port is enough to start."""
     nodes = tmp_path / "nodes.toml"
     nodes.write_text(
         render_nodes([NodeEndpoint(DepartmentId("psb"), f"127.0.0.1:{_closed_port()}")])
     )
-    coordinator_dir = platform_certs / "coordinator"
-    config = CoordinatorConfig(
+    return CoordinatorConfig(
         nodes=nodes,
         tls=TlsFiles.from_cert_paths(
             cert_paths(platform_certs, role=PeerRole.COORDINATOR, name="coordinator")
         ),
         issuer_public_key=issuer_keys.public,
         state_dir=tmp_path / "state",
+        **kw,
+    )
+
+
+def test_a_coordinator_signs_with_the_consent_key_the_certs_tooling_made(
+    federation: Federation,
+    tmp_path: Path,
+    platform_certs: Path,
+    issuer_keys: IssuerKeyPaths,
+    requester_keys: dict[str, RequesterKeys],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    coordinator_dir = platform_certs / "coordinator"
+    config = _config(
+        tmp_path,
+        platform_certs,
+        issuer_keys,
         consent_key=coordinator_dir / CONSENT_KEY_FILE,
+        consent_issuer=CITY_ISSUER,
     )
     catalogue = restricted_catalogue(("psb",))
     person = _persons(federation)[43]
@@ -224,21 +250,31 @@ def test_a_coordinator_signs_with_the_consent_key_the_certs_tooling_made(
             catalogue=catalogue,
         )
 
-    running = start_coordinator(config, catalogue=catalogue)
+    with caplog.at_level(logging.INFO, logger="coordinator.server"):
+        running = start_coordinator(config, catalogue=catalogue)
     try:
         with registrar_on(running.port) as registrar:
             registrar.register_key()
             record = _grant(registrar, person)
     finally:
         running.stop()
+    public = coordinator_dir / CONSENT_PUBLIC_KEY_FILE
+    key_id = consent_key_id(load_consent_public_key(public))
+    started = [r.getMessage() for r in caplog.records if r.name == "coordinator.server"]
+    assert f"consent receipts are signed as '{CITY_ISSUER}' with key {key_id}" in started[0]
     receipt = sdk.verify_consent_receipt(
-        record.receipt, public_key=coordinator_dir / CONSENT_PUBLIC_KEY_FILE, subject_id=person
+        record.receipt, public_key=public, subject_id=person, issuer=CITY_ISSUER
     )
-    assert receipt.consent_id == record.consent_id
+    assert receipt.consent_id == record.consent_id and receipt.key_id == key_id
+    # a verifier that pins the default issuer refuses this deployment's receipts
+    with pytest.raises(sdk.UntrustedReceipt, match=f"issuer '{CITY_ISSUER}' is not"):
+        sdk.verify_consent_receipt(record.receipt, public_key=public)
     # the key given was used: none was made in the state directory
     assert not (tmp_path / "state" / CONSENT_KEY_FILE).exists()
     with pytest.raises(sdk.UntrustedReceipt):
-        sdk.verify_consent_receipt(record.receipt, public_key=_consent_pub(federation))
+        sdk.verify_consent_receipt(
+            record.receipt, public_key=_consent_pub(federation), issuer=CITY_ISSUER
+        )
 
     # after a restart the registry returns the receipt it gave
     running = start_coordinator(config, catalogue=catalogue)
@@ -254,19 +290,54 @@ def test_a_coordinator_signs_with_the_consent_key_the_certs_tooling_made(
 def test_a_consent_key_that_is_not_there_stops_the_coordinator_naming_it(
     tmp_path: Path, platform_certs: Path, issuer_keys: IssuerKeyPaths
 ) -> None:
-    nodes = tmp_path / "nodes.toml"
-    nodes.write_text(
-        render_nodes([NodeEndpoint(DepartmentId("psb"), f"127.0.0.1:{_closed_port()}")])
-    )
     missing = tmp_path / "consent.key"
-    config = CoordinatorConfig(
-        nodes=nodes,
-        tls=TlsFiles.from_cert_paths(
-            cert_paths(platform_certs, role=PeerRole.COORDINATOR, name="coordinator")
-        ),
-        issuer_public_key=issuer_keys.public,
-        state_dir=tmp_path / "state",
-        consent_key=missing,
-    )
+    config = _config(tmp_path, platform_certs, issuer_keys, consent_key=missing)
     with pytest.raises(ConfigError, match=f"consent private key file {missing} does not exist"):
         start_coordinator(config, catalogue=restricted_catalogue(("psb",)))
+
+
+@pytest.mark.parametrize("left", [CONSENT_PUBLIC_KEY_FILE, "consents.duckdb"])
+def test_a_lost_state_dir_key_is_not_replaced_once_it_was_used(
+    tmp_path: Path, platform_certs: Path, issuer_keys: IssuerKeyPaths, left: str
+) -> None:
+    config = _config(tmp_path, platform_certs, issuer_keys)
+    state = config.state_dir
+    # what a first start leaves: the key pair and the consents file
+    state.mkdir()
+    generate_consent_keypair(state / CONSENT_KEY_FILE, state / CONSENT_PUBLIC_KEY_FILE)
+    ConsentRegistry(
+        state / "consents.duckdb", receipt_key=load_consent_private_key(state / CONSENT_KEY_FILE)
+    ).close()
+    for name in (CONSENT_KEY_FILE, CONSENT_PUBLIC_KEY_FILE, "consents.duckdb"):
+        if name != left:
+            (state / name).unlink()
+    kept = (state / left).read_bytes()
+    with pytest.raises(ConfigError) as caught:
+        start_coordinator(config, catalogue=restricted_catalogue(("psb",)))
+    assert f"{state / CONSENT_KEY_FILE} is missing but {state / left} exists" in (
+        caught.value.message
+    )
+    assert "restore the consent signing key from backup" in caught.value.message
+    assert not (state / CONSENT_KEY_FILE).exists() and (state / left).read_bytes() == kept
+
+
+def test_a_consent_key_beside_another_keys_public_half_stops_the_coordinator(
+    tmp_path: Path, platform_certs: Path, issuer_keys: IssuerKeyPaths
+) -> None:
+    keys = tmp_path / "keys"
+    generate_consent_keypair(keys / CONSENT_KEY_FILE, keys / CONSENT_PUBLIC_KEY_FILE)
+    generate_consent_keypair(keys / "other.key", keys / "other.pub")
+    (keys / CONSENT_PUBLIC_KEY_FILE).write_bytes((keys / "other.pub").read_bytes())
+    config = _config(tmp_path, platform_certs, issuer_keys, consent_key=keys / CONSENT_KEY_FILE)
+    with pytest.raises(ConfigError, match="is not the public half of"):
+        start_coordinator(config, catalogue=restricted_catalogue(("psb",)))
+
+
+def test_an_issuer_name_no_receipt_can_carry_stops_the_coordinator(
+    tmp_path: Path, platform_certs: Path, issuer_keys: IssuerKeyPaths
+) -> None:
+    config = _config(tmp_path, platform_certs, issuer_keys, consent_issuer="Suzhou credit")
+    with pytest.raises(ConfigError, match="not an issuer name") as caught:
+        start_coordinator(config, catalogue=restricted_catalogue(("psb",)))
+    assert caught.value.field == "consent_issuer"
+    assert not (tmp_path / "state" / CONSENT_KEY_FILE).exists()

@@ -7,6 +7,8 @@ import hashlib
 import hmac
 import io
 import json
+import logging
+import os
 import stat
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -21,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import sdk
 from certs import create_consent_key, init_platform
-from osmanthus.cli import main
+from certs.authority import restore_consent_public_key_file
+from osmanthus.cli import _DEFAULT_RECEIPT_ISSUER, main
 from osmanthus.errors import ConfigError, InvalidArgument, PermissionDenied, Unauthenticated
 from osmanthus.ids import make_resident_id
 from osmanthus.receipts import (
@@ -36,9 +39,11 @@ from osmanthus.receipts import (
     consent_key_id,
     generate_consent_keypair,
     issue_receipt,
+    load_consent_key_pair,
     load_consent_private_key,
     load_consent_public_key,
     load_or_create_consent_key,
+    restore_consent_public_key,
     verify_receipt,
 )
 
@@ -222,6 +227,24 @@ def test_a_receipt_of_another_issuer_is_refused_even_with_the_right_key() -> Non
         _verify(_receipt(issuer="somebody"))
 
 
+def test_a_deployments_own_issuer_verifies_only_where_it_is_pinned() -> None:
+    receipt = _receipt(issuer="https://credit.suzhou.example/consents")
+    verified = _verify(receipt, issuer="https://credit.suzhou.example/consents")
+    assert verified.issuer == "https://credit.suzhou.example/consents"
+    with pytest.raises(UntrustedReceipt, match="is not the consent registry") as caught:
+        _verify(receipt)
+    assert caught.value.field == "receipt"
+
+
+@pytest.mark.parametrize("issuer", ["", "two words", "x" * 256, "tab\there", 7])
+def test_an_issuer_that_no_receipt_can_carry_is_the_callers_error(issuer: object) -> None:
+    with pytest.raises(InvalidArgument, match="not an issuer name") as caught:
+        _verify(_receipt(), issuer=issuer)
+    assert caught.value.field == "issuer" and not isinstance(caught.value, ReceiptError)
+    with pytest.raises(InvalidArgument, match="not an issuer name"):
+        _receipt(issuer=issuer)
+
+
 def test_an_access_token_signed_with_the_same_key_is_not_a_receipt() -> None:
     token = jwt.encode({"sub": "bank-1"}, KEY, algorithm="EdDSA", headers={"typ": "JWT"})
     with pytest.raises(MalformedReceipt, match="not a consent receipt"):
@@ -292,10 +315,22 @@ def test_a_receipt_of_another_subject_masks_both_ids() -> None:
     assert ALICE not in message and BOB not in message
 
 
-def test_an_invalid_expected_subject_is_the_callers_error() -> None:
+@pytest.mark.parametrize(
+    ("parameter", "value"),
+    [
+        ("expected_subject", "12345"),
+        ("expected_grantee", "NOT A NAME!"),
+        ("expected_grantee", ""),
+        ("expected_purpose", "Bad Purpose"),
+    ],
+)
+def test_an_expected_value_no_receipt_can_name_is_the_callers_error(
+    parameter: str, value: str
+) -> None:
+    # a mismatch (exit 4) would tell the holder the receipt is wrong; it is the question
     with pytest.raises(InvalidArgument) as caught:
-        _verify(_receipt(), expected_subject="12345")
-    assert caught.value.field == "expected_subject"
+        _verify(_receipt(), **{parameter: value})
+    assert caught.value.field == parameter
     assert not isinstance(caught.value, ReceiptError)
 
 
@@ -341,6 +376,10 @@ def test_missing_claims_are_named() -> None:
         ("purpose", "Loan", "not a purpose"),
         ("sub", "320505199001010000", "not a resident id"),
         ("jti", "cns/../x", "not a consent id"),
+        # the registry's ids only: "cns_" and 22 base64url characters
+        ("jti", "cns_" + "A" * 21, "not a consent id"),
+        ("jti", "abc_" + "A" * 22, "not a consent id"),
+        ("jti", "A" * 128, "not a consent id"),
         ("exp", 10**20, "not a usable time"),
     ],
 )
@@ -360,6 +399,15 @@ def test_an_expiry_before_the_grant_is_inconsistent() -> None:
         _verify(_signed(_good_header(), payload))
 
 
+def test_an_issue_time_after_the_grant_is_inconsistent() -> None:
+    _, payload, _ = _parts(_receipt())
+    payload["iat"] = payload["nbf"] + 1
+    with pytest.raises(MalformedReceipt, match="'iat' is after 'nbf'"):
+        _verify(_signed(_good_header(), payload))
+    payload["iat"] = payload["nbf"] - 1  # issued before the consent starts: sane
+    assert _verify(_signed(_good_header(), payload)).consent_id == CONSENT_ID
+
+
 def test_duplicate_claims_are_ambiguous() -> None:
     raw = json.dumps(_parts(_receipt())[1])[:-1] + ', "purpose": "credit_report"}'
     with pytest.raises(MalformedReceipt, match="'purpose' appears twice"):
@@ -369,6 +417,27 @@ def test_duplicate_claims_are_ambiguous() -> None:
 def test_a_payload_that_is_not_an_object_is_malformed() -> None:
     with pytest.raises(MalformedReceipt, match="not a JSON object"):
         _verify(_signed(_good_header(), b"[1, 2]"))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        # a parser keeping the first typ would see an access token, one keeping the last a receipt
+        '{"alg":"EdDSA","typ":"JWT","typ":"osmanthus-consent+jwt"}',
+        '{"alg":"HS256","alg":"EdDSA","typ":"osmanthus-consent+jwt"}',
+    ],
+)
+def test_a_header_parameter_given_twice_is_refused(header: str) -> None:
+    _, payload, _ = _parts(_receipt())
+    signing_input = f"{_b64(header.encode())}.{_b64(json.dumps(payload).encode())}"
+    forged = f"{signing_input}.{_b64(KEY.sign(signing_input.encode()))}"
+    with pytest.raises(MalformedReceipt, match=r"header parameter '(typ|alg)' appears twice"):
+        _verify(forged)
+
+
+def test_a_header_that_is_not_an_object_is_malformed() -> None:
+    with pytest.raises(MalformedReceipt, match="unreadable header: it is not a JSON object"):
+        _verify(f"{_b64(b'[1]')}.e30.c2ln")
 
 
 def test_unknown_header_parameters_are_refused() -> None:
@@ -388,6 +457,24 @@ def test_receipt_errors_belong_to_the_shared_hierarchy_with_cli_exit_codes() -> 
     assert issubclass(ReceiptNotInForce, PermissionDenied) and ReceiptNotInForce.exit_code == 4
     for cls in (MalformedReceipt, UntrustedReceipt, ReceiptMismatch, ReceiptNotInForce):
         assert issubclass(cls, ReceiptError)
+
+
+@pytest.mark.parametrize(
+    ("receipt", "kw", "error"),
+    [
+        ("not a receipt", {}, MalformedReceipt),
+        (_receipt(OTHER_KEY), {}, UntrustedReceipt),
+        (_receipt(), {"issuer": "elsewhere"}, UntrustedReceipt),
+        (_receipt(), {"now": EXPIRES + timedelta(days=1)}, ReceiptNotInForce),
+    ],
+)
+def test_refusals_of_the_receipt_itself_name_the_receipt_field(
+    receipt: str, kw: dict[str, Any], error: type[ReceiptError]
+) -> None:
+    with pytest.raises(error) as caught:
+        _verify(receipt, **kw)
+    assert caught.value.field == "receipt"
+    assert str(caught.value).startswith("receipt: ")
 
 
 def test_issuing_needs_an_ed25519_key_and_aware_times() -> None:
@@ -461,6 +548,115 @@ def test_load_or_create_keeps_a_key_and_restores_a_missing_public_half(tmp_path:
     assert consent_key_id(load_consent_public_key(public)) == consent_key_id(first.public_key())
 
 
+def test_a_lost_private_key_is_never_replaced_silently(tmp_path: Path) -> None:
+    private, public = tmp_path / "consent.key", tmp_path / "consent.pub"
+    load_or_create_consent_key(private, public)
+    published = public.read_bytes()
+    private.unlink()
+    with pytest.raises(ConfigError) as caught:
+        load_or_create_consent_key(private, public)
+    message = caught.value.message
+    assert f"{private} is missing but {public} exists: restore the consent signing key" in message
+    assert not private.exists() and public.read_bytes() == published
+
+
+def _other_public(path: Path) -> Path:
+    path.write_bytes(
+        OTHER_KEY.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return path
+
+
+def test_a_public_key_that_is_not_the_private_keys_half_is_refused_naming_both(
+    tmp_path: Path,
+) -> None:
+    private, public = tmp_path / "consent.key", tmp_path / "consent.pub"
+    key = generate_consent_keypair(private, public)
+    assert load_consent_key_pair(private, public).public_key() == key.public_key()
+    assert load_consent_key_pair(private, tmp_path / "absent.pub").public_key() == key.public_key()
+    _other_public(public)
+    for load in (load_consent_key_pair, load_or_create_consent_key, restore_consent_public_key):
+        with pytest.raises(ConfigError) as caught:
+            load(private, public)
+        message = caught.value.message
+        assert (
+            f"{public} (key {consent_key_id(OTHER_KEY.public_key())}) is not the public" in message
+        )
+        assert f"half of {private} (key {consent_key_id(key.public_key())})" in message
+
+
+def test_restoring_the_public_half_never_makes_a_key(tmp_path: Path) -> None:
+    private, public = tmp_path / "consent.key", tmp_path / "consent.pub"
+    with pytest.raises(ConfigError, match=r"consent private key file .* does not exist"):
+        restore_consent_public_key(private, public)
+    assert not private.exists() and not public.exists()
+    key = generate_consent_keypair(private, public)
+    public.unlink()
+    restore_consent_public_key(private, public)
+    assert load_consent_public_key(public).public_bytes_raw() == key.public_key().public_bytes_raw()
+    assert _mode(public) == 0o644
+
+
+def test_a_private_key_others_may_read_is_used_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    private, public = tmp_path / "consent.key", tmp_path / "consent.pub"
+    generate_consent_keypair(private, public)
+    with caplog.at_level(logging.WARNING, logger="osmanthus.receipts"):
+        load_consent_private_key(private)
+    assert not caplog.records
+    private.chmod(0o640)
+    with caplog.at_level(logging.WARNING, logger="osmanthus.receipts"):
+        load_consent_private_key(private)
+    [warning] = caplog.records
+    assert f"{private}: mode 0640 lets other users read the consent signing key" in (
+        warning.getMessage()
+    )
+    assert f"chmod 600 {private}" in warning.getMessage()
+
+
+def test_a_new_key_never_replaces_a_file_that_appears_after_the_check(tmp_path: Path) -> None:
+    # a dangling link is not there for exists(), as a file made by another process a moment
+    # after the check would not be; creating with a hard link still refuses to replace it
+    private, public = tmp_path / "consent.key", tmp_path / "consent.pub"
+    os.symlink(tmp_path / "elsewhere", public)
+    with pytest.raises(ConfigError, match=f"{public} already exists; refusing to replace it"):
+        generate_consent_keypair(private, public)
+    assert public.is_symlink() and not private.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["consent.pub"]  # no temporary file left
+
+
+def test_a_key_that_cannot_be_written_is_a_config_error_naming_the_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a directory")
+    private = blocker / "consent.key"
+    with pytest.raises(ConfigError, match=f"cannot write {private}") as caught:
+        generate_consent_keypair(private, blocker / "consent.pub")
+    assert caught.value.exit_code == 3
+
+
+def test_a_new_ca_is_not_made_over_a_lost_consent_key(tmp_path: Path) -> None:
+    init_platform(tmp_path, departments=["psb"], requesters=[])
+    ca = (tmp_path / "ca.pem").read_bytes()
+    (tmp_path / "coordinator" / "consent.key").unlink()
+    with pytest.raises(ConfigError, match="restore the consent signing key from backup"):
+        init_platform(tmp_path, departments=["psb"], requesters=[], overwrite=True)
+    assert (tmp_path / "ca.pem").read_bytes() == ca
+    with pytest.raises(ConfigError, match="restore the consent signing key from backup"):
+        create_consent_key(tmp_path)
+    assert not (tmp_path / "coordinator" / "consent.key").exists()
+
+
+def test_the_platform_tooling_writes_a_lost_public_half_again_from_the_key(tmp_path: Path) -> None:
+    paths = create_consent_key(tmp_path)
+    published, private = paths.public.read_bytes(), paths.private.read_bytes()
+    paths.public.unlink()
+    assert restore_consent_public_key_file(tmp_path) == paths
+    assert paths.public.read_bytes() == published and paths.private.read_bytes() == private
+
+
 def test_the_platform_tooling_makes_the_consent_key_and_a_new_ca_keeps_it(tmp_path: Path) -> None:
     init_platform(tmp_path, departments=["psb"], requesters=[])
     private, public = (
@@ -512,6 +708,23 @@ def test_the_sdk_raises_its_own_exported_exceptions() -> None:
         sdk.verify_consent_receipt(ended, public_key=KEY.public_key())  # now: the clock's
     with pytest.raises(sdk.ConfigError, match="Ed25519PublicKey"):
         sdk.verify_consent_receipt(receipt, public_key="consent.pub")  # type: ignore[arg-type]
+
+
+def test_the_sdk_pins_the_issuer_and_names_its_own_parameters() -> None:
+    receipt = _receipt(issuer="suzhou-credit")
+    pinned = sdk.verify_consent_receipt(
+        receipt, public_key=KEY.public_key(), now=DURING, issuer="suzhou-credit"
+    )
+    assert pinned.issuer == "suzhou-credit"
+    with pytest.raises(sdk.UntrustedReceipt):
+        sdk.verify_consent_receipt(receipt, public_key=KEY.public_key(), now=DURING)
+    for parameter, value in (("grantee", "Bank One"), ("purpose", "Loan"), ("subject_id", "1")):
+        with pytest.raises(sdk.InvalidArgument) as caught:
+            sdk.verify_consent_receipt(
+                receipt, public_key=KEY.public_key(), now=DURING, **{parameter: value}
+            )
+        assert caught.value.field == parameter
+        assert not isinstance(caught.value, sdk.ReceiptError)
 
 
 # --- CLI ----------------------------------------------------------------------------------------
@@ -577,6 +790,41 @@ def test_cli_exits_4_naming_a_mismatch_and_3_for_what_is_not_a_receipt(
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--grantee", "Bank One"), ("--purpose", "Loan-Underwriting"), ("--subject", "12345")],
+)
+def test_cli_an_option_no_receipt_could_match_is_a_bad_argument_named_by_the_option(
+    live: tuple[Path, Path], capsys: pytest.CaptureFixture[str], option: str, value: str
+) -> None:
+    path, public = live
+    assert main(["consent", "verify", str(path), "--key", str(public), option, value]) == 3
+    assert capsys.readouterr().err.startswith(f"error: {option}: ")
+
+
+def test_cli_pins_the_issuer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], live: tuple[Path, Path]
+) -> None:
+    assert _DEFAULT_RECEIPT_ISSUER == RECEIPT_ISSUER
+    _, public = live
+    now = datetime.now(UTC)
+    receipt = tmp_path / "city.jws"
+    receipt.write_text(
+        issue_receipt(
+            consent=Facts(granted_at=now, expires_at=now + timedelta(days=1)),
+            private_key=load_consent_private_key(tmp_path / "consent.key"),
+            issuer="suzhou-credit",
+        )
+    )
+    assert main(["consent", "verify", str(receipt), "--key", str(public)]) == 4
+    assert "issuer 'suzhou-credit' is not the consent registry" in capsys.readouterr().err
+    verify = ["consent", "verify", str(receipt), "--key", str(public)]
+    assert main([*verify, "--issuer", "suzhou-credit"]) == 0
+    assert "issuer      suzhou-credit" in capsys.readouterr().out
+    assert main([*verify, "--issuer", "two words"]) == 3
+    assert capsys.readouterr().err.startswith("error: --issuer: ")
+
+
 def test_cli_makes_the_consent_key_for_an_existing_ca(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -584,6 +832,39 @@ def test_cli_makes_the_consent_key_for_an_existing_ca(
     assert (tmp_path / "coordinator" / "consent.pub").is_file()
     assert main(["certs", "consent-key", "--ca-dir", str(tmp_path)]) == 3
     assert "refusing to replace the consent key" in capsys.readouterr().err
+
+
+def test_cli_writes_a_lost_public_key_again_and_refuses_to_replace_a_lost_private_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["certs", "consent-key", "--ca-dir", str(tmp_path)]) == 0
+    private, public = (
+        tmp_path / "coordinator" / "consent.key",
+        tmp_path / "coordinator" / "consent.pub",
+    )
+    published = public.read_bytes()
+    public.unlink()
+    restore = ["certs", "consent-key", "--ca-dir", str(tmp_path), "--restore-public"]
+    assert main(restore) == 0
+    assert public.read_bytes() == published
+    assert main(restore) == 0  # already there and the key's half: nothing to do
+    assert main([*restore, "--overwrite"]) == 3
+    capsys.readouterr()
+    private.unlink()
+    assert main(restore) == 3
+    assert f"consent private key file {private} does not exist" in capsys.readouterr().err
+    assert main(["certs", "consent-key", "--ca-dir", str(tmp_path)]) == 3
+    assert "restore the consent signing key from backup" in capsys.readouterr().err
+    assert public.read_bytes() == published and not private.exists()
+
+
+def test_cli_a_key_directory_that_cannot_be_made_is_exit_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a directory")
+    assert main(["certs", "consent-key", "--ca-dir", str(blocker)]) == 3
+    assert f"cannot write {blocker}/coordinator/consent.key" in capsys.readouterr().err
 
 
 def test_coordinator_serve_finds_the_consent_key_in_the_certs_dir(tmp_path: Path) -> None:
@@ -599,3 +880,21 @@ def test_coordinator_serve_finds_the_consent_key_in_the_certs_dir(tmp_path: Path
     assert resolved("--certs-dir", str(tmp_path)) == paths.private
     assert resolved("--certs-dir", str(tmp_path), "--consent-key", "mine.key") == Path("mine.key")
     assert resolved("--ca", "ca.pem", "--cert", "c.pem", "--key", "k.pem") is None
+
+
+def test_coordinator_serve_refuses_to_choose_between_two_consent_keys(tmp_path: Path) -> None:
+    from osmanthus.cli import _consent_key, build_parser
+
+    certs, state = tmp_path / "certs", tmp_path / "state"
+    paths = create_consent_key(certs)
+    generate_consent_keypair(state / "consent.key", state / "consent.pub")
+    serve = ["coordinator", "serve", "--nodes", "n.toml", "--issuer-public-key", "i.pub"]
+    args = build_parser().parse_args([*serve, "--state-dir", str(state), "--certs-dir", str(certs)])
+    with pytest.raises(ConfigError) as caught:
+        _consent_key(args)
+    assert caught.value.field == "--consent-key"
+    assert f"two consent signing keys: {paths.private} and {state / 'consent.key'}" in (
+        caught.value.message
+    )
+    args.consent_key = paths.private
+    assert _consent_key(args) == paths.private
