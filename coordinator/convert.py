@@ -40,6 +40,7 @@ def person_query(message: coordinator_pb2.PersonQueryRequest) -> QueryRequest:
         consent_id=message.consent_id,
         public_key=message.public_key.n,
         threshold=message.threshold,
+        measures=tuple(message.measures),
     )
 
 
@@ -52,6 +53,7 @@ def enterprise_query(message: coordinator_pb2.EnterpriseQueryRequest) -> QueryRe
         consent_id="",
         public_key=message.public_key.n,
         threshold=message.threshold,
+        measures=tuple(message.measures),
     )
 
 
@@ -76,6 +78,8 @@ def query_response(outcome: QueryOutcome) -> coordinator_pb2.QueryResponse:
         partial=outcome.partial,
         candidates=[common_pb2.Ciphertext(value=c) for c in outcome.candidates],
         threshold=outcome.threshold,
+        measures=list(outcome.measures),
+        flags=[common_pb2.Ciphertext(value=c) for c in outcome.flags],
     )
 
 

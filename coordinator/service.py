@@ -18,7 +18,12 @@ from coordinator.keys import KeyRegistry
 from coordinator.nodes import NodeFailure, NodePool
 from coordinator.ratelimit import RateLimiter
 from coordinator.stats import StatsAnswerer, StatsOutcome, StatsQuery
-from node.service import ContributionRequest, ContributionResult, validate_query_fields
+from node.service import (
+    ContributionRequest,
+    ContributionResult,
+    validate_measures,
+    validate_query_fields,
+)
 from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
 from osmanthus.catalogue import Catalogue, SubjectModel
 from osmanthus.crypto import Ciphertext, EncryptorCache, PublicKey, ZeroTestPool
@@ -73,6 +78,8 @@ class QueryRequest:
     public_key: bytes
     #: THRESHOLD: the score asked about; 0 for the other shapes
     threshold: int = 0
+    #: FLAGS: the joint-punishment measures asked
+    measures: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,9 @@ class QueryOutcome:
     #: THRESHOLD: the shuffled zero tests, in place of `ciphertext`
     candidates: tuple[bytes, ...] = ()
     threshold: int = 0
+    #: FLAGS: per measure, E(r · count): 0 when no flag triggering it is set
+    measures: tuple[str, ...] = ()
+    flags: tuple[bytes, ...] = ()
 
     @property
     def partial(self) -> bool:
@@ -286,6 +296,17 @@ class CoordinatorService:
             raise InvalidArgument(
                 f"a threshold belongs to THRESHOLD queries, not {shape.value}", field="threshold"
             )
+        if shape is Shape.STATS:
+            raise InvalidArgument(
+                "STATS answers a cohort, through StatsQuery, not one subject", field="shape"
+            )
+        measures = (
+            validate_measures(self._catalogue, request.measures) if shape is Shape.FLAGS else ()
+        )
+        if shape is not Shape.FLAGS and request.measures:
+            raise InvalidArgument(
+                f"measures belong to FLAGS queries, not {shape.value}", field="measures"
+            )
         claims.require_purpose(purpose)
         key = self._keys.registered_key(claims, request.public_key, field="public_key")
         action = "PersonQuery" if kind is SubjectKind.PERSON else "EnterpriseQuery"
@@ -296,6 +317,9 @@ class CoordinatorService:
             # requester bisect the score in about eight questions
             context["threshold"] = request.threshold
             seen["threshold"] = request.threshold
+        if shape is Shape.FLAGS:
+            # a permit can grant some measures only: a bank's loan decision needs bank_loan
+            context["measures"] = tuple(sorted(measures))
         if kind is SubjectKind.PERSON:
             state, why = self._consents.check(
                 request.consent_id or None,
@@ -314,6 +338,9 @@ class CoordinatorService:
         limits = engine.rate_limits(decision)
         stamp = self._rate_limiter.charge(claims.requester, limits)
         try:
+            if shape is Shape.FLAGS:
+                return self._flags(query_id, claims, token, seen, kind, subject, purpose, key,
+                                   measures, request.consent_id)  # fmt: skip
             return self._answer(
                 query_id, request, claims, token, seen, engine, decision, kind, subject, shape,
                 purpose, key, model,
@@ -452,6 +479,112 @@ class CoordinatorService:
             base=model.base,
             answered=answered,
             missing=missing,
+        )
+
+    def _flags(
+        self,
+        query_id: QueryId,
+        claims: TokenClaims,
+        token: str,
+        seen: dict[str, int | str],
+        kind: SubjectKind,
+        subject: str,
+        purpose: str,
+        key: PublicKey,
+        measures: tuple[str, ...],
+        consent_id: str,
+    ) -> QueryOutcome:
+        """FLAGS: per measure, the flag counts of every department holding a trigger, summed and
+        blinded as E(r · count) with r uniform in [1, n) (ARCHITECTURE.md): 0 or a uniform value,
+        so the requester learns the bit, never which department flagged nor how many did."""
+        departments = self._catalogue.flag_departments(kind, measures)
+        if not departments:
+            raise InvalidArgument(
+                f"no department of this platform sets a flag that triggers {', '.join(measures)} "
+                f"for {kind.value}s",
+                field="measures",
+            )
+        absent = [d for d in departments if d not in self._nodes.departments]
+        if absent:
+            raise Unavailable(
+                f"no node registered for {', '.join(absent)}, which can set a flag triggering "
+                "a measure asked: an answer without it could say 'not restricted' wrongly"
+            )
+        answers, failures = self._nodes.contribute_all(
+            departments,
+            ContributionRequest(
+                query_id=query_id,
+                subject_kind=kind,
+                subject_id=subject,
+                shape=Shape.FLAGS,
+                purpose=purpose,
+                consent_id=consent_id,
+                public_key=key.to_bytes(),
+                slots=(),
+                slot_widths=(),
+                measures=measures,
+            ),
+            token=token,
+            deadline_s=self._deadline_s,
+        )
+        seen["ciphertexts_received"] = sum(len(a.flag_counts) for a in answers)
+        seen["measures"] = ",".join(measures)
+        if (
+            failures
+            and all(isinstance(f.error, PermissionDenied) for f in failures)
+            and not answers
+        ):
+            raise PermissionDenied(
+                "every department refused: "
+                + "; ".join(f"{f.department}: {f.reason}" for f in failures)
+            )
+        if failures:
+            # a missing department's flag would be read as "not restricted": never partial
+            raise Unavailable(
+                "a FLAGS answer needs every department that can set a trigger; missing: "
+                + "; ".join(f"{f.department}: {f.reason}" for f in failures)
+            )
+        totals = []
+        for index in range(len(measures)):
+            parts = []
+            for answer in answers:
+                if len(answer.flag_counts) != len(measures):
+                    raise Unavailable(
+                        f"department {answer.department} sent {len(answer.flag_counts)} flag "
+                        f"counts for {len(measures)} measures"
+                    )
+                try:
+                    parts.append(
+                        key.ciphertext_from_bytes(answer.flag_counts[index], field="flag_counts")
+                    )
+                except CryptoError as exc:
+                    raise Unavailable(
+                        f"department {answer.department} sent an invalid ciphertext ({exc})"
+                    ) from exc
+            totals.append(key.add(*parts))
+        # E(count)^r with r uniform in [1, n), times a fresh E(0): the same zero test THRESHOLD
+        # uses, at v = 0, so each blinded count carries no trace of the departments' randomness
+        flags = [
+            self._zero_tests.blinded_zero_tests(
+                key, total, (0,), fresh_zero=lambda: self._encryptors.encrypt(key, 0)
+            )[0]
+            for total in totals
+        ]
+        seen["ciphertexts_forwarded"] = len(flags)
+        return QueryOutcome(
+            query_id=query_id,
+            shape=Shape.FLAGS,
+            ciphertext=b"",
+            slots=(),
+            slot_widths=(),
+            base=self._catalogue.model(kind).base,
+            answered=tuple(
+                DepartmentStatus(a.department, "answered", a.rules_version)
+                for a in sorted(answers, key=lambda a: a.department)
+            ),
+            missing=(),
+            measures=measures,
+            flags=tuple(f.to_bytes() for f in flags),
         )
 
     def _threshold_outcome(

@@ -26,11 +26,13 @@ _SHAPE_FROM_PB: dict[int, Shape] = {
     common_pb2.SHAPE_BREAKDOWN: Shape.BREAKDOWN,
     common_pb2.SHAPE_TOTAL: Shape.TOTAL,
     common_pb2.SHAPE_THRESHOLD: Shape.THRESHOLD,
+    common_pb2.SHAPE_FLAGS: Shape.FLAGS,
 }
 SHAPE_TO_PB: dict[Shape, common_pb2.Shape] = {
     Shape.BREAKDOWN: common_pb2.SHAPE_BREAKDOWN,
     Shape.TOTAL: common_pb2.SHAPE_TOTAL,
     Shape.THRESHOLD: common_pb2.SHAPE_THRESHOLD,
+    Shape.FLAGS: common_pb2.SHAPE_FLAGS,
 }
 
 
@@ -53,6 +55,7 @@ def contribution_request(message: node_pb2.ContributeRequest) -> ContributionReq
         public_key=message.public_key.n,
         slots=tuple(message.slots),
         slot_widths=tuple(message.slot_widths),
+        measures=tuple(message.measures),
     )
 
 
@@ -71,6 +74,7 @@ def contribute_request_message(request: ContributionRequest) -> node_pb2.Contrib
         public_key=common_pb2.PaillierPublicKey(n=request.public_key),
         slots=list(request.slots),
         slot_widths=list(request.slot_widths),
+        measures=list(request.measures),
     )
 
 
@@ -81,6 +85,7 @@ def contribution_response(result: ContributionResult) -> node_pb2.ContributeResp
         single_source_allowed=result.single_source_allowed,
         rules_version=result.rules_version,
         policy_hash=result.policy_hash,
+        flag_counts=[common_pb2.Ciphertext(value=c) for c in result.flag_counts],
     )
 
 
@@ -91,6 +96,7 @@ def contribution_result(message: node_pb2.ContributeResponse) -> ContributionRes
         single_source_allowed=message.single_source_allowed,
         rules_version=message.rules_version,
         policy_hash=message.policy_hash,
+        flag_counts=tuple(c.value for c in message.flag_counts),
     )
 
 

@@ -58,6 +58,8 @@ class ContributionRequest:
     public_key: bytes
     slots: tuple[str, ...]
     slot_widths: tuple[int, ...]
+    #: FLAGS: the joint-punishment measures asked, in order
+    measures: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,26 @@ class StatsResult:
     ciphertexts: tuple[bytes, ...]
     rules_version: str
     policy_hash: str
+
+
+def validate_measures(catalogue: Catalogue, measures: Sequence[str]) -> tuple[str, ...]:
+    """The measures a FLAGS query asks: at least one, each a catalogue measure, none twice."""
+    if not measures:
+        raise InvalidArgument(
+            "a FLAGS query names the measures it asks about; known: "
+            + ", ".join(m.id for m in catalogue.measures),
+            field="measures",
+        )
+    known = [m.id for m in catalogue.measures]
+    for name in measures:
+        if name not in known:
+            raise InvalidArgument(
+                f"{name[:40]!r} is not a joint-punishment measure; known: {', '.join(known)}",
+                field="measures",
+            )
+    if len(set(measures)) != len(measures):
+        raise InvalidArgument("a measure is asked twice", field="measures")
+    return tuple(measures)
 
 
 def validate_cohort(kind: SubjectKind, subject_ids: Sequence[str]) -> tuple[SubjectId, ...]:
@@ -155,6 +177,8 @@ class ContributionResult:
     single_source_allowed: bool
     rules_version: str
     policy_hash: str
+    #: FLAGS: per measure asked, E(how many of this department's flags triggering it are set)
+    flag_counts: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -203,6 +227,19 @@ class NodeService:
         self._audit = audit
         self._encryptors = encryptors
         self._today = today
+        self._flags = catalogue.flags_of(department.id)
+        defined, ruled = {f.id for f in self._flags}, rules.flag_ids()
+        if defined != ruled:
+            # a flag no rule sets would answer "not restricted" for everyone; a flag the
+            # catalogue does not define would trigger no measure
+            unset, unknown = sorted(defined - ruled), sorted(ruled - defined)
+            raise ConfigError(
+                f"department {department.id}: the catalogue's flags and the flags its rules "
+                f"{rules.version} set differ"
+                + (f"; no rule sets {', '.join(unset)}" if unset else "")
+                + (f"; the catalogue does not define {', '.join(unknown)}" if unknown else ""),
+                field="catalogue",
+            )
         self._layouts = {
             (kind, shape): SlotLayout.for_catalogue(catalogue, kind, shape)
             for kind in department.subject_kinds
@@ -324,6 +361,8 @@ class NodeService:
             claims=claims,
         )
         subject = validate_subject(kind, request.subject_id, field="subject_id")
+        if shape is Shape.FLAGS:
+            return self._flag_counts(request, claims, engine, kind, subject, purpose, public_key)
         # a THRESHOLD is computed by the coordinator from the TOTAL parts
         layout = self._layouts[kind, Shape.BREAKDOWN if shape is Shape.BREAKDOWN else Shape.TOTAL]
         if shape is Shape.BREAKDOWN:
@@ -348,6 +387,42 @@ class NodeService:
             single_source_allowed=single,
             rules_version=self._rules.version,
             policy_hash=engine.hash,
+        )
+
+    def _flag_counts(
+        self,
+        request: ContributionRequest,
+        claims: TokenClaims,
+        engine: PolicyEngine,
+        kind: SubjectKind,
+        subject: SubjectId,
+        purpose: Purpose,
+        public_key: PublicKey,
+    ) -> ContributionResult:
+        """FLAGS: per measure asked, how many of this department's flags that trigger it are set."""
+        measures = validate_measures(self._catalogue, request.measures)
+        context = {
+            "purpose": purpose,
+            "shape": Shape.FLAGS.value,
+            "subject_kind": kind.value,
+            "measures": tuple(sorted(measures)),
+        }
+        decision = self._decide(engine, claims, "Contribute", context)
+        if not decision.allowed:
+            raise PermissionDenied(f"department {self._department.id} policy: {decision.reason}")
+        records = self._store.records_for(kind, subject)
+        raised = self._rules.flags_set(kind, records, as_of=self._today())
+        set_flags = [f for f in self._flags if f.id in raised]
+        counts = [sum(1 for f in set_flags if measure in f.measures) for measure in measures]
+        return ContributionResult(
+            department=self._department.id,
+            ciphertext=b"",
+            single_source_allowed=False,
+            rules_version=self._rules.version,
+            policy_hash=engine.hash,
+            flag_counts=tuple(
+                self._encryptors.encrypt(public_key, count).to_bytes() for count in counts
+            ),
         )
 
     @contextlib.contextmanager

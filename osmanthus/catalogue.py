@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -75,9 +75,64 @@ class SubjectModel:
 
 
 @dataclass(frozen=True)
+class Measure:
+    """A joint-punishment measure ("bank loans restricted"): in force while a trigger is set."""
+
+    id: str
+    name: str
+    name_zh: str
+
+
+@dataclass(frozen=True)
+class FlagType:
+    """A flag one department sets on a subject while it holds a counting record whose rule
+    names the flag (the rule files' `flag`); each measure in `measures` then applies."""
+
+    id: str
+    department: DepartmentId
+    name: str
+    name_zh: str
+    measures: frozenset[str]
+
+
+@dataclass(frozen=True)
 class Catalogue:
     departments: tuple[Department, ...]
     models: Mapping[SubjectKind, SubjectModel]
+    measures: tuple[Measure, ...] = ()
+    flags: tuple[FlagType, ...] = ()
+
+    def measure(self, id: str) -> Measure:
+        for m in self.measures:
+            if m.id == id:
+                return m
+        raise NotFound(
+            f"{id[:40]!r} is not a joint-punishment measure; known: "
+            + ", ".join(m.id for m in self.measures),
+            field="measures",
+        )
+
+    def flags_of(self, department: str) -> tuple[FlagType, ...]:
+        """The flag types `department` sets."""
+        return tuple(f for f in self.flags if f.department == department)
+
+    def flag_departments(
+        self, kind: SubjectKind, measures: Iterable[str]
+    ) -> tuple[DepartmentId, ...]:
+        """The departments serving `kind` that set a flag triggering any of `measures`."""
+        wanted = set(measures)
+        holders = {f.department for f in self.flags if f.measures & wanted}
+        return tuple(d.id for d in self.departments if d.id in holders and d.serves(kind))
+
+    def restricted_to(self, departments: Iterable[str]) -> Catalogue:
+        """This catalogue with only `departments`, and only their flags."""
+        keep = set(departments)
+        return Catalogue(
+            departments=tuple(d for d in self.departments if d.id in keep),
+            models=self.models,
+            measures=self.measures,
+            flags=tuple(f for f in self.flags if f.department in keep),
+        )
 
     def department(self, id: str) -> Department:
         if not isinstance(id, str) or not DEPARTMENT_ID_PATTERN.fullmatch(id):
@@ -158,7 +213,11 @@ class _CatalogueParser:
         return value
 
     def parse(self, raw: Mapping[str, Any]) -> Catalogue:
-        self.check_keys("", raw, {"department", "model"})
+        self.check_keys(
+            "",
+            {k: v for k, v in raw.items() if k not in ("measure", "flag")},
+            {"department", "model"},
+        )
         departments = self.departments(raw["department"])
         by_id: dict[str, Department] = {d.id: d for d in departments}
         models_raw = raw["model"]
@@ -173,7 +232,87 @@ class _CatalogueParser:
             for kind in sorted(d.subject_kinds, key=lambda k: k.value):
                 if kind not in models:
                     raise self.fail(f"department {d.id!r}", f"serves {kind.value}s: no model")
-        return Catalogue(departments=tuple(departments), models=MappingProxyType(models))
+        measures = self.measures(raw.get("measure", []))
+        flags = self.flags(raw.get("flag", []), by_id, {m.id for m in measures})
+        return Catalogue(
+            departments=tuple(departments),
+            models=MappingProxyType(models),
+            measures=measures,
+            flags=flags,
+        )
+
+    def identifier(self, key: str, value: object, what: str) -> str:
+        text = self.text(key, value)
+        if not _CATEGORY_NAME_PATTERN.fullmatch(text):
+            raise self.fail(key, f"{text!r} is not a {what} id (a lower-case identifier)")
+        return text
+
+    def measures(self, value: object) -> tuple[Measure, ...]:
+        if not isinstance(value, list):
+            raise self.fail("measure", "must be an array of [[measure]] tables")
+        out: list[Measure] = []
+        for i, entry in enumerate(value, start=1):
+            key = f"measure[{i}]"
+            if not isinstance(entry, dict):
+                raise self.fail(key, "must be a table")
+            self.check_keys(key, entry, {"id", "name", "name_zh"})
+            measure_id = self.identifier(f"{key}.id", entry["id"], "measure")
+            if any(m.id == measure_id for m in out):
+                raise self.fail(f"{key}.id", f"measure {measure_id!r} is listed twice")
+            out.append(
+                Measure(
+                    id=measure_id,
+                    name=self.text(f"{key}.name", entry["name"]),
+                    name_zh=self.text(f"{key}.name_zh", entry["name_zh"]),
+                )
+            )
+        return tuple(out)
+
+    def flags(
+        self, value: object, by_id: Mapping[str, Department], measures: set[str]
+    ) -> tuple[FlagType, ...]:
+        if not isinstance(value, list):
+            raise self.fail("flag", "must be an array of [[flag]] tables")
+        out: list[FlagType] = []
+        for i, entry in enumerate(value, start=1):
+            key = f"flag[{i}]"
+            if not isinstance(entry, dict):
+                raise self.fail(key, "must be a table")
+            self.check_keys(key, entry, {"id", "department", "name", "name_zh", "measures"})
+            flag_id = self.identifier(f"{key}.id", entry["id"], "flag")
+            if any(f.id == flag_id for f in out):
+                raise self.fail(f"{key}.id", f"flag {flag_id!r} is listed twice")
+            department = self.text(f"{key}.department", entry["department"])
+            if department not in by_id:
+                raise self.fail(
+                    f"{key}.department", f"department {department!r} is not in the catalogue"
+                )
+            triggers = self.identifiers(f"{key}.measures", entry["measures"], "measure")
+            unknown = sorted(triggers - measures)
+            if unknown:
+                raise self.fail(
+                    f"{key}.measures",
+                    f"{unknown[0]!r} is not a [[measure]] of this catalogue; known: "
+                    + ", ".join(sorted(measures)),
+                )
+            out.append(
+                FlagType(
+                    id=flag_id,
+                    department=DepartmentId(department),
+                    name=self.text(f"{key}.name", entry["name"]),
+                    name_zh=self.text(f"{key}.name_zh", entry["name_zh"]),
+                    measures=triggers,
+                )
+            )
+        return tuple(out)
+
+    def identifiers(self, key: str, value: object, what: str) -> frozenset[str]:
+        if not isinstance(value, list) or not value:
+            raise self.fail(key, f"must be a non-empty array of {what} ids")
+        items = [self.identifier(key, v, what) for v in value]
+        if len(set(items)) != len(items):
+            raise self.fail(key, f"a {what} is listed twice")
+        return frozenset(items)
 
     def departments(self, value: object) -> list[Department]:
         if not isinstance(value, list) or not value:

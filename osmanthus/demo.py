@@ -26,6 +26,7 @@ from sdk import (
     ConsentRecord,
     EnterpriseScore,
     PersonScore,
+    RestrictionResult,
     load_or_create_keys,
     verify_consent_receipt,
 )
@@ -157,6 +158,19 @@ def _batch_summary(
             f"query {card.score} (the same sum, under two different keys)",
         ]
     )
+
+
+#: the joint-punishment measures the demo asks about (docs/joint-punishment.md)
+PERSON_MEASURES = ("bank_loan", "high_consumption")
+ENTERPRISE_MEASURES = ("bank_loan", "government_procurement", "customs_facilitation")
+
+
+def _restrictions(result: RestrictionResult) -> str:
+    verdicts = ", ".join(
+        f"{measure} {'RESTRICTED' if applies else 'no'}"
+        for measure, applies in result.restricted.items()
+    )
+    return f"  {mask_subject(result.subject_id)}: {verdicts}"
 
 
 def _stats_summary(client: Client, data_dir: Path, person: str) -> str:
@@ -349,6 +363,18 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
             _step(t0, "Enterprise credit reports (purpose credit_report)")
             for code in firms[:3]:
                 _say(_card(agency.enterprise_score(code, purpose="credit_report"), catalogue))
+
+            _step(t0, "Joint punishment: which measures apply, one bit each; the agency never "
+                  "learns which department flagged the subject, nor how many did")  # fmt: skip
+            for consent in consents:
+                _say(_restrictions(agency.check_restrictions(
+                    consent.subject_id, measures=PERSON_MEASURES, purpose="loan_underwriting",
+                    consent_id=consent.consent_id,
+                )))  # fmt: skip
+            for code in firms[:3]:
+                _say(_restrictions(agency.check_restrictions(
+                    code, measures=ENTERPRISE_MEASURES, purpose="credit_report"
+                )))  # fmt: skip
 
             _step(t0, "The citizen revokes consent; the next query is refused at once")
             reg.revoke_consent(consents[0].consent_id)

@@ -32,7 +32,14 @@ entity Dataset, Registry, Department;
 action PersonQuery, EnterpriseQuery appliesTo {
   principal: [Requester],
   resource: [Dataset],
-  context: { purpose: String, shape: String, consent: String, threshold?: Long, hour?: Long }
+  context: {
+    purpose: String,
+    shape: String,
+    consent: String,
+    threshold?: Long,
+    measures?: Set<String>,
+    hour?: Long
+  }
 };
 action AcceptPartial appliesTo {
   principal: [Requester],
@@ -47,7 +54,14 @@ action RegisterKey, ManageConsent appliesTo {
 action Contribute, DiscloseSingleSource appliesTo {
   principal: [Requester],
   resource: [Department],
-  context: { purpose: String, shape: String, subject_kind: String, cohort?: Long, hour?: Long }
+  context: {
+    purpose: String,
+    shape: String,
+    subject_kind: String,
+    cohort?: Long,
+    measures?: Set<String>,
+    hour?: Long
+  }
 };
 action BatchQuery appliesTo {
   principal: [Requester],
@@ -176,7 +190,11 @@ DECISION_CACHE_ENTRIES: Final = 4096
 def _cache_key(request: PolicyRequest) -> tuple[object, ...] | None:
     """A hashable form of the request, or None when a value is not a plain scalar."""
     items = (*request.principal_attrs.items(), *request.context.items())
-    if not all(isinstance(v, str | int | bool | Decimal) for _, v in items):
+    if not all(
+        isinstance(v, str | int | bool | Decimal)
+        or (isinstance(v, tuple) and all(isinstance(x, str) for x in v))
+        for _, v in items
+    ):
         return None
     # a signalling NaN cannot even be hashed; no non-finite value is worth remembering
     if any(isinstance(v, Decimal) and not v.is_finite() for _, v in items):
@@ -478,7 +496,10 @@ class ReloadablePolicy:
 
 
 def _cedar_value(value: Any) -> Any:
-    """A context value in Cedar's JSON form: a Decimal becomes Cedar's decimal extension type."""
+    """A context value in Cedar's JSON form: a Decimal becomes Cedar's decimal extension type,
+    a tuple a Cedar set."""
+    if isinstance(value, tuple | list | frozenset):
+        return sorted(value)
     if isinstance(value, Decimal):
         return {"__extn": {"fn": "decimal", "arg": _cedar_decimal_text(value)}}
     return value

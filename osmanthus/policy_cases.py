@@ -60,6 +60,13 @@ def _actions() -> tuple[dict[str, frozenset[str]], dict[str, frozenset[str]], fr
 #: action → every context fact it takes; OPTIONAL_FACTS: those a request may leave out;
 #: DECIMAL_FACTS: facts written as numbers with up to 4 decimal places (context.epsilon)
 ACTIONS, OPTIONAL_FACTS, DECIMAL_FACTS = _actions()
+#: facts that are sets of names (context.measures): an array in a case file, a comma-separated
+#: list on the command line
+SET_FACTS: frozenset[str] = frozenset(
+    fact
+    for _, context in _ACTION_DECLARATION.findall(SCHEMA)
+    for fact in re.findall(r"(\w+)\??\s*:\s*Set<", context)
+)
 #: the values of context.consent (coordinator.consent.ConsentState; a test keeps them equal)
 CONSENT_STATES = (
     "valid",
@@ -143,13 +150,24 @@ def _decimal(fact: str, value: object) -> Decimal:
     return number
 
 
+def _name_set(fact: str, value: object) -> tuple[str, ...]:
+    """A set fact: ["a", "b"] in a case file, or "a,b" from the command line."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) and i for i in items):
+        raise InvalidArgument(
+            f'{fact} {value!r} is not a list of names, e.g. ["bank_loan", "land_approval"]',
+            field="context",
+        )
+    return tuple(sorted(set(items)))
+
+
 def make_request(
     *,
     requester: str,
     role: str,
     action: str,
     resource: tuple[str, str],
-    context: Mapping[str, str | int | bool | float | Decimal],
+    context: Mapping[str, str | int | bool | float | Decimal | list[str] | tuple[str, ...]],
 ) -> PolicyRequest:
     """A request in the policy model's terms; a typo in any name or known value is an error.
 
@@ -192,7 +210,11 @@ def make_request(
             f"{action} takes {takes}; this request has {'; '.join(parts)}", field="context"
         )
     typed: dict[str, object] = {
-        key: _decimal(key, value) if key in DECIMAL_FACTS else value
+        key: _decimal(key, value)
+        if key in DECIMAL_FACTS
+        else _name_set(key, value)
+        if key in SET_FACTS
+        else value
         for key, value in context.items()
     }
     return PolicyRequest(
@@ -243,9 +265,13 @@ def _case(path: Path, index: int, entry: Any) -> PolicyCase:
         raise fail("expect", f"{entry['expect']!r} is not 'allow' or 'deny'")
     context = entry.get("context", {})
     if not isinstance(context, dict) or not all(
-        isinstance(v, str | int | bool | float) for v in context.values()
+        isinstance(v, str | int | bool | float)
+        or (isinstance(v, list) and all(isinstance(i, str) for i in v))
+        for v in context.values()
     ):
-        raise fail("context", "must be an inline table of text, numbers and true/false")
+        raise fail(
+            "context", "must be an inline table of text, numbers, true/false and lists of names"
+        )
     by = entry.get("by")
     if by is not None and (not isinstance(by, list) or not all(isinstance(b, str) for b in by)):
         raise fail("by", 'must be a list of rule ids, e.g. by = ["central-loan-underwriting"]')
@@ -296,6 +322,15 @@ def run_cases(engine: PolicyEngine, cases: Sequence[PolicyCase]) -> list[CaseRes
     return [run_case(engine, case) for case in cases]
 
 
+def _shown(value: object) -> str:
+    """A context value as a privacy officer writes it: 0.5, ['bank_loan'], 'text'."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, tuple):
+        return repr(list(value))
+    return repr(value)
+
+
 def explain(engine: PolicyEngine, request: PolicyRequest) -> str:
     """The decision on one request, in words: verdict, deciding rules, reason, minimum."""
     decision = engine.decide(request)
@@ -305,13 +340,7 @@ def explain(engine: PolicyEngine, request: PolicyRequest) -> str:
         f"{request.principal_attrs.get('role')!r}) {request.action} "
         f"{request.resource_type}::{request.resource_id!r}",
         "  context: "
-        + (
-            ", ".join(
-                f"{k}={v if isinstance(v, Decimal) else repr(v)}"
-                for k, v in sorted(request.context.items())
-            )
-            or "(none)"
-        ),
+        + (", ".join(f"{k}={_shown(v)}" for k, v in sorted(request.context.items())) or "(none)"),
         f"  decided by: {', '.join(decision.policy_ids) or 'no rule (nothing permits it)'}",
         f"  reason: {decision.reason}",
     ]

@@ -16,13 +16,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
+from osmanthus.catalogue import load_catalogue
 from osmanthus.policy import Decision, PolicyEngine, PolicyRequest
 from osmanthus.policy_cases import ACTIONS, CONSENT_STATES, OPTIONAL_FACTS, make_request
 from osmanthus.types import Role
 
 #: a purpose neither policy names: shows what a catch-all rule would let through
 UNLISTED_PURPOSE = "unlisted_purpose"
-SHAPES = ("breakdown", "total", "threshold", "stats")
+SHAPES = ("breakdown", "total", "threshold", "stats", "flags")
 #: THRESHOLD questions tried, besides every number a policy compares `threshold` with (±1)
 THRESHOLDS = (1, 110, 200)
 _NUMBER_COMPARED = re.compile(r"threshold\s*(?:==|!=|>=|<=|>|<)\s*(\d+)")
@@ -138,6 +139,15 @@ def _hours(sources: Sequence[str]) -> tuple[list[int | None], frozenset[str] | N
     return hours, frozenset(actions)
 
 
+def _measure_sets(sources: Sequence[str]) -> list[tuple[str, ...] | None]:
+    """FLAGS measure sets worth trying: none, each default measure alone, and all of them, when
+    a policy reads `context.measures`; else the fact is left out."""
+    if not any("context.measures" in _COMMENT.sub("", text) for text in sources):
+        return [None]
+    names = [m.id for m in load_catalogue().measures]
+    return [None, *((name,) for name in names), tuple(sorted(names))]
+
+
 def _epsilons(sources: Sequence[str]) -> list[Decimal]:
     named = {Decimal(m) for text in sources for m in _DECIMAL_NAMED.findall(text)}
     near = {v + d for v in named for d in (-_EPSILON_STEP, Decimal(0), _EPSILON_STEP)}
@@ -150,6 +160,7 @@ def requests(sources: Sequence[str]) -> Iterator[PolicyRequest]:
     thresholds = _thresholds(sources)
     cohorts = _cohorts(sources)
     hours, hour_actions = _hours(sources)
+    measure_sets = _measure_sets(sources)
     roles = [r.value for r in Role]
     for action, facts in sorted(ACTIONS.items()):
         resources = _RESOURCES.get(action) or tuple(("Department", d) for d in departments)
@@ -177,12 +188,20 @@ def requests(sources: Sequence[str]) -> Iterator[PolicyRequest]:
                     cohorts if "cohort" in OPTIONAL_FACTS[action] and base.get("shape") == "stats"
                     else (None,)
                 )  # fmt: skip
+                varied = hour_actions is None or action in hour_actions
+                # an optional measure set comes with FLAGS only
+                flag_sets = (
+                    measure_sets
+                    if "measures" in OPTIONAL_FACTS[action] and base.get("shape") == "flags"
+                    else (None,)
+                )
                 for answered, expected in coverage:
-                    varied = hour_actions is None or action in hour_actions
-                    for threshold, size, hour in itertools.product(
-                        asked, sizes, hours if varied else (None,)
+                    for threshold, size, hour, flag_set in itertools.product(
+                        asked, sizes, hours if varied else (None,), flag_sets
                     ):
-                        context = dict(base)
+                        context: dict[str, str | int | bool | Decimal | tuple[str, ...]] = dict(
+                            base
+                        )
                         if answered is not None and expected is not None:
                             context["answered"], context["expected"] = answered, expected
                         if threshold is not None:
@@ -191,6 +210,8 @@ def requests(sources: Sequence[str]) -> Iterator[PolicyRequest]:
                             context["cohort"] = size
                         if hour is not None:
                             context["hour"] = hour
+                        if flag_set is not None:
+                            context["measures"] = flag_set
                         yield make_request(
                             requester=requester,
                             role=role,
@@ -233,7 +254,10 @@ def _obligations(engine: PolicyEngine, decision: Decision, action: str) -> str:
 
 
 def describe(request: PolicyRequest) -> str:
-    facts = ", ".join(f"{k}={v}" for k, v in sorted(request.context.items()))
+    facts = ", ".join(
+        f"{k}=[{', '.join(v)}]" if isinstance(v, tuple) else f"{k}={v}"
+        for k, v in sorted(request.context.items())
+    )
     role = request.principal_attrs.get("role")
     who = f"{role} {request.principal_id}" if request.principal_id != "requester-1" else role
     return f"{who} {request.action} {request.resource_type}::{request.resource_id}" + (

@@ -171,10 +171,44 @@ class RuleSet:
     def owned_categories(self, subject_kind: SubjectKind) -> tuple[BonusCategory, ...]:
         return self.categories.get(subject_kind, ())
 
+    def flags_set(
+        self, subject_kind: SubjectKind, records: Iterable[Record], *, as_of: date
+    ) -> frozenset[str]:
+        """The joint-punishment flags one subject's records set on `as_of`: those named by the
+        rules of its records that count (active, not disputed, inside the validity window)."""
+        by_kind = {r.kind: r for r in self.rules if r.subject_kind is subject_kind}
+        return frozenset(
+            flag
+            for kind in self._counting(subject_kind, records, as_of)
+            if (flag := by_kind[kind].flag) is not None
+        )
+
+    def flag_ids(self) -> frozenset[str]:
+        """Every flag some rule of this department sets."""
+        return frozenset(r.flag for r in self.rules if r.flag is not None)
+
     def contribution(
         self, subject_kind: SubjectKind, records: Iterable[Record], *, as_of: date
     ) -> Contribution:
         """Sum what this department's records say about one subject, caps applied."""
+        by_kind = {r.kind: r for r in self.rules if r.subject_kind is subject_kind}
+        deductions = 0
+        bonuses = {c.name: 0 for c in self.owned_categories(subject_kind)}
+        for kind, quantity in self._counting(subject_kind, records, as_of).items():
+            rule = by_kind[kind]
+            value = rule.magnitude(quantity)
+            if rule.is_deduction:
+                deductions += value
+            else:
+                bonuses[rule.category] += value
+        caps = {c.name: c.cap for c in self.owned_categories(subject_kind)}
+        capped = {name: min(value, caps[name]) for name, value in bonuses.items()}
+        return Contribution(deductions=deductions, bonuses=MappingProxyType(capped))
+
+    def _counting(
+        self, subject_kind: SubjectKind, records: Iterable[Record], as_of: date
+    ) -> dict[str, int]:
+        """Record kind → total quantity of the subject's records that count on `as_of`."""
         by_kind = {r.kind: r for r in self.rules if r.subject_kind is subject_kind}
         quantities: dict[str, int] = {}
         for rec in records:
@@ -197,18 +231,7 @@ class RuleSet:
             if not rule.validity.counts(rec.event_start, rec.event_end, as_of):
                 continue
             quantities[rec.kind] = quantities.get(rec.kind, 0) + rec.quantity
-        deductions = 0
-        bonuses = {c.name: 0 for c in self.owned_categories(subject_kind)}
-        for kind, quantity in quantities.items():
-            rule = by_kind[kind]
-            value = rule.magnitude(quantity)
-            if rule.is_deduction:
-                deductions += value
-            else:
-                bonuses[rule.category] += value
-        caps = {c.name: c.cap for c in self.owned_categories(subject_kind)}
-        capped = {name: min(value, caps[name]) for name, value in bonuses.items()}
-        return Contribution(deductions=deductions, bonuses=MappingProxyType(capped))
+        return quantities
 
 
 def load_default_rules(department: str, *, catalogue: Catalogue) -> RuleSet:

@@ -31,6 +31,8 @@ class Shape(enum.Enum):
     THRESHOLD = "threshold"
     #: noisy sums over a cohort of subjects (its own RPC, never a per-subject answer)
     STATS = "stats"
+    #: one bit per joint-punishment measure: is any flag that triggers it set?
+    FLAGS = "flags"
 
 
 #: the shapes a packed layout and a batch carry (THRESHOLD is derived from TOTAL per query)

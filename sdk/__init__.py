@@ -32,6 +32,7 @@ from sdk.results import (
     ConsentRecord,
     EnterpriseScore,
     PersonScore,
+    RestrictionResult,
     StatsResult,
     ThresholdResult,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "ReceiptMismatch",
     "ReceiptNotInForce",
     "RequesterKeys",
+    "RestrictionResult",
     "Shape",
     "StatsResult",
     "SubjectKind",

@@ -13,7 +13,12 @@ from typing import Any, TypeVar
 import grpc
 import jwt
 
-from node.service import MAX_CHUNK_SUBJECTS, validate_cohort, validate_statistics
+from node.service import (
+    MAX_CHUNK_SUBJECTS,
+    validate_cohort,
+    validate_measures,
+    validate_statistics,
+)
 from osmanthus.catalogue import Catalogue, SubjectModel, load_catalogue
 from osmanthus.crypto import Ciphertext, ParallelDecryptor
 from osmanthus.dp import parse_epsilon
@@ -33,12 +38,34 @@ from sdk.results import (
     ConsentRecord,
     EnterpriseScore,
     PersonScore,
+    RestrictionResult,
     StatsResult,
     ThresholdResult,
 )
 
 DEFAULT_TIMEOUT_S = 30.0
 T = TypeVar("T")
+
+
+def _kind_of(subject_id: str) -> SubjectKind:
+    """PERSON or ENTERPRISE from the identifier's check digit; refuse one that fits both."""
+    fits = []
+    for kind, check in (
+        (SubjectKind.PERSON, validate_resident_id),
+        (SubjectKind.ENTERPRISE, validate_uscc),
+    ):
+        try:
+            check(subject_id, field="subject_id")
+        except InvalidArgument:
+            continue
+        fits.append(kind)
+    if len(fits) != 1:
+        what = "both a resident id and a credit code" if fits else "neither id kind"
+        raise InvalidArgument(
+            f"{subject_id[:40]!r} is {what}; pass kind=SubjectKind.PERSON or ENTERPRISE",
+            field="subject_id",
+        )
+    return fits[0]
 
 
 def _fraction(text: str, *, field: str) -> Fraction:
@@ -385,6 +412,66 @@ class Client:
             meets=zeros == 1,
             answered=response.answered,
             missing=response.missing,
+            query_id=response.query_id,
+        )
+
+    # --- joint punishment ------------------------------------------------------------------------
+
+    def check_restrictions(
+        self,
+        subject_id: str,
+        *,
+        measures: Sequence[str],
+        purpose: str,
+        consent_id: str | None = None,
+        kind: SubjectKind | None = None,
+    ) -> RestrictionResult:
+        """Which joint-punishment measures apply to a person or an enterprise: one bit each.
+
+        `kind` is inferred from the identifier when only one kind fits it. A person needs a
+        consent (or a statutory purpose) as for a score.
+        """
+        kind = kind or _kind_of(subject_id)
+        asked = validate_measures(self._catalogue, tuple(measures))
+        self._ensure_registered()
+        if kind is SubjectKind.PERSON:
+            subject = validate_resident_id(subject_id, field="subject_id")
+            request: Any = convert.person_query_request(
+                resident_id=subject,
+                shape=Shape.FLAGS,
+                purpose=purpose,
+                consent_id=consent_id or "",
+                n_bytes=self._keys.public.to_bytes(),
+                measures=asked,
+            )
+            response = convert.answer(self._call(self._stub.PersonQuery, request))
+        else:
+            subject = validate_uscc(subject_id, field="subject_id")
+            request = convert.enterprise_query_request(
+                credit_code=subject,
+                shape=Shape.FLAGS,
+                purpose=purpose,
+                n_bytes=self._keys.public.to_bytes(),
+                measures=asked,
+            )
+            response = convert.answer(self._call(self._stub.EnterpriseQuery, request))
+        if response.shape is not Shape.FLAGS or response.measures != asked:
+            raise CryptoError("the coordinator answered another question", field="measures")
+        if len(response.flags) != len(asked) or not response.answered:
+            raise CryptoError(
+                f"{len(response.flags)} answers for {len(asked)} measures", field="flags"
+            )
+        public = self._keys.public
+        blinded = [public.ciphertext_from_bytes(c, field="flags") for c in response.flags]
+        with self._lock:
+            if self._zero_checker is None:
+                self._zero_checker = ParallelDecryptor(self._keys.private)
+            checker = self._zero_checker
+        zero = checker.zero_flags(blinded)
+        return RestrictionResult(
+            subject_id=subject,
+            restricted={m: not z for m, z in zip(asked, zero, strict=True)},
+            answered=response.answered,
             query_id=response.query_id,
         )
 

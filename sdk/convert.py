@@ -28,6 +28,8 @@ class Answer:
     missing: tuple[DepartmentStatus, ...]
     candidates: tuple[bytes, ...] = ()
     threshold: int = 0
+    measures: tuple[str, ...] = ()
+    flags: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ def person_query_request(
     consent_id: str,
     n_bytes: bytes,
     threshold: int = 0,
+    measures: Sequence[str] = (),
 ) -> coordinator_pb2.PersonQueryRequest:
     return coordinator_pb2.PersonQueryRequest(
         resident_id=resident_id,
@@ -88,11 +91,18 @@ def person_query_request(
         consent_id=consent_id,
         public_key=_key(n_bytes),
         threshold=threshold,
+        measures=list(measures),
     )
 
 
 def enterprise_query_request(
-    *, credit_code: str, shape: Shape, purpose: str, n_bytes: bytes, threshold: int = 0
+    *,
+    credit_code: str,
+    shape: Shape,
+    purpose: str,
+    n_bytes: bytes,
+    threshold: int = 0,
+    measures: Sequence[str] = (),
 ) -> coordinator_pb2.EnterpriseQueryRequest:
     return coordinator_pb2.EnterpriseQueryRequest(
         credit_code=credit_code,
@@ -100,6 +110,7 @@ def enterprise_query_request(
         purpose=purpose,
         public_key=_key(n_bytes),
         threshold=threshold,
+        measures=list(measures),
     )
 
 
@@ -115,6 +126,8 @@ def answer(message: coordinator_pb2.QueryResponse) -> Answer:
         missing=_statuses(message.missing),
         candidates=tuple(c.value for c in message.candidates),
         threshold=message.threshold,
+        measures=tuple(message.measures),
+        flags=tuple(c.value for c in message.flags),
     )
 
 

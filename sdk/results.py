@@ -65,6 +65,25 @@ class ThresholdResult:
 
 
 @dataclass(frozen=True)
+class RestrictionResult:
+    """Joint-punishment measures in force for one subject: one bit each, nothing else.
+
+    Which department flagged the subject, and how many did, is not learnt: each measure's
+    answer is E(r · count) with r uniform, which decrypts to 0 or to a uniform value.
+    """
+
+    subject_id: str
+    #: measure id → True when a flag that triggers it is set
+    restricted: Mapping[str, bool]
+    answered: tuple[DepartmentStatus, ...]
+    query_id: str
+
+    @property
+    def any(self) -> bool:
+        return any(self.restricted.values())
+
+
+@dataclass(frozen=True)
 class StatsResult:
     """Noisy sums over a cohort: each is the true sum over every department and subject plus
     discrete-Laplace noise of the scale given, so no member's record can be read off it.

@@ -17,6 +17,7 @@ class Shape(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SHAPE_BREAKDOWN: _ClassVar[Shape]
     SHAPE_TOTAL: _ClassVar[Shape]
     SHAPE_THRESHOLD: _ClassVar[Shape]
+    SHAPE_FLAGS: _ClassVar[Shape]
 SUBJECT_KIND_UNSPECIFIED: SubjectKind
 SUBJECT_KIND_PERSON: SubjectKind
 SUBJECT_KIND_ENTERPRISE: SubjectKind
@@ -24,6 +25,7 @@ SHAPE_UNSPECIFIED: Shape
 SHAPE_BREAKDOWN: Shape
 SHAPE_TOTAL: Shape
 SHAPE_THRESHOLD: Shape
+SHAPE_FLAGS: Shape
 
 class PaillierPublicKey(_message.Message):
     __slots__ = ("n",)

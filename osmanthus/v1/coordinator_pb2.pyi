@@ -23,34 +23,38 @@ class RegisterKeyResponse(_message.Message):
     def __init__(self, key_fingerprint: _Optional[str] = ...) -> None: ...
 
 class PersonQueryRequest(_message.Message):
-    __slots__ = ("resident_id", "shape", "purpose", "consent_id", "public_key", "threshold")
+    __slots__ = ("resident_id", "shape", "purpose", "consent_id", "public_key", "threshold", "measures")
     RESIDENT_ID_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MEASURES_FIELD_NUMBER: _ClassVar[int]
     resident_id: str
     shape: _common_pb2.Shape
     purpose: str
     consent_id: str
     public_key: _common_pb2.PaillierPublicKey
     threshold: int
-    def __init__(self, resident_id: _Optional[str] = ..., shape: _Optional[_Union[_common_pb2.Shape, str]] = ..., purpose: _Optional[str] = ..., consent_id: _Optional[str] = ..., public_key: _Optional[_Union[_common_pb2.PaillierPublicKey, _Mapping]] = ..., threshold: _Optional[int] = ...) -> None: ...
+    measures: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, resident_id: _Optional[str] = ..., shape: _Optional[_Union[_common_pb2.Shape, str]] = ..., purpose: _Optional[str] = ..., consent_id: _Optional[str] = ..., public_key: _Optional[_Union[_common_pb2.PaillierPublicKey, _Mapping]] = ..., threshold: _Optional[int] = ..., measures: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EnterpriseQueryRequest(_message.Message):
-    __slots__ = ("credit_code", "shape", "purpose", "public_key", "threshold")
+    __slots__ = ("credit_code", "shape", "purpose", "public_key", "threshold", "measures")
     CREDIT_CODE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MEASURES_FIELD_NUMBER: _ClassVar[int]
     credit_code: str
     shape: _common_pb2.Shape
     purpose: str
     public_key: _common_pb2.PaillierPublicKey
     threshold: int
-    def __init__(self, credit_code: _Optional[str] = ..., shape: _Optional[_Union[_common_pb2.Shape, str]] = ..., purpose: _Optional[str] = ..., public_key: _Optional[_Union[_common_pb2.PaillierPublicKey, _Mapping]] = ..., threshold: _Optional[int] = ...) -> None: ...
+    measures: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, credit_code: _Optional[str] = ..., shape: _Optional[_Union[_common_pb2.Shape, str]] = ..., purpose: _Optional[str] = ..., public_key: _Optional[_Union[_common_pb2.PaillierPublicKey, _Mapping]] = ..., threshold: _Optional[int] = ..., measures: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DepartmentStatus(_message.Message):
     __slots__ = ("department", "detail", "rules_version")
@@ -63,7 +67,7 @@ class DepartmentStatus(_message.Message):
     def __init__(self, department: _Optional[str] = ..., detail: _Optional[str] = ..., rules_version: _Optional[str] = ...) -> None: ...
 
 class QueryResponse(_message.Message):
-    __slots__ = ("query_id", "shape", "ciphertext", "slots", "slot_widths", "base", "answered", "missing", "partial", "candidates", "threshold")
+    __slots__ = ("query_id", "shape", "ciphertext", "slots", "slot_widths", "base", "answered", "missing", "partial", "candidates", "threshold", "measures", "flags")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +79,8 @@ class QueryResponse(_message.Message):
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MEASURES_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     shape: _common_pb2.Shape
     ciphertext: _common_pb2.Ciphertext
@@ -86,7 +92,9 @@ class QueryResponse(_message.Message):
     partial: bool
     candidates: _containers.RepeatedCompositeFieldContainer[_common_pb2.Ciphertext]
     threshold: int
-    def __init__(self, query_id: _Optional[str] = ..., shape: _Optional[_Union[_common_pb2.Shape, str]] = ..., ciphertext: _Optional[_Union[_common_pb2.Ciphertext, _Mapping]] = ..., slots: _Optional[_Iterable[str]] = ..., slot_widths: _Optional[_Iterable[int]] = ..., base: _Optional[int] = ..., answered: _Optional[_Iterable[_Union[DepartmentStatus, _Mapping]]] = ..., missing: _Optional[_Iterable[_Union[DepartmentStatus, _Mapping]]] = ..., partial: _Optional[bool] = ..., candidates: _Optional[_Iterable[_Union[_common_pb2.Ciphertext, _Mapping]]] = ..., threshold: _Optional[int] = ...) -> None: ...
+    measures: _containers.RepeatedScalarFieldContainer[str]
+    flags: _containers.RepeatedCompositeFieldContainer[_common_pb2.Ciphertext]
+    def __init__(self, query_id: _Optional[str] = ..., shape: _Optional[_Union[_common_pb2.Shape, str]] = ..., ciphertext: _Optional[_Union[_common_pb2.Ciphertext, _Mapping]] = ..., slots: _Optional[_Iterable[str]] = ..., slot_widths: _Optional[_Iterable[int]] = ..., base: _Optional[int] = ..., answered: _Optional[_Iterable[_Union[DepartmentStatus, _Mapping]]] = ..., missing: _Optional[_Iterable[_Union[DepartmentStatus, _Mapping]]] = ..., partial: _Optional[bool] = ..., candidates: _Optional[_Iterable[_Union[_common_pb2.Ciphertext, _Mapping]]] = ..., threshold: _Optional[int] = ..., measures: _Optional[_Iterable[str]] = ..., flags: _Optional[_Iterable[_Union[_common_pb2.Ciphertext, _Mapping]]] = ...) -> None: ...
 
 class BatchHeader(_message.Message):
     __slots__ = ("subject_kind", "shape", "purpose", "public_key")

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ContributeRequest(_message.Message):
-    __slots__ = ("query_id", "subject_kind", "subject_id", "shape", "purpose", "consent_id", "public_key", "slots", "slot_widths")
+    __slots__ = ("query_id", "subject_kind", "subject_id", "shape", "purpose", "consent_id", "public_key", "slots", "slot_widths", "measures")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class ContributeRequest(_message.Message):
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     SLOT_WIDTHS_FIELD_NUMBER: _ClassVar[int]
+    MEASURES_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     subject_kind: _common_pb2.SubjectKind
     subject_id: str
@@ -27,21 +28,24 @@ class ContributeRequest(_message.Message):
     public_key: _common_pb2.PaillierPublicKey
     slots: _containers.RepeatedScalarFieldContainer[str]
     slot_widths: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, query_id: _Optional[str] = ..., subject_kind: _Optional[_Union[_common_pb2.SubjectKind, str]] = ..., subject_id: _Optional[str] = ..., shape: _Optional[_Union[_common_pb2.Shape, str]] = ..., purpose: _Optional[str] = ..., consent_id: _Optional[str] = ..., public_key: _Optional[_Union[_common_pb2.PaillierPublicKey, _Mapping]] = ..., slots: _Optional[_Iterable[str]] = ..., slot_widths: _Optional[_Iterable[int]] = ...) -> None: ...
+    measures: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, query_id: _Optional[str] = ..., subject_kind: _Optional[_Union[_common_pb2.SubjectKind, str]] = ..., subject_id: _Optional[str] = ..., shape: _Optional[_Union[_common_pb2.Shape, str]] = ..., purpose: _Optional[str] = ..., consent_id: _Optional[str] = ..., public_key: _Optional[_Union[_common_pb2.PaillierPublicKey, _Mapping]] = ..., slots: _Optional[_Iterable[str]] = ..., slot_widths: _Optional[_Iterable[int]] = ..., measures: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ContributeResponse(_message.Message):
-    __slots__ = ("department", "ciphertext", "single_source_allowed", "rules_version", "policy_hash")
+    __slots__ = ("department", "ciphertext", "single_source_allowed", "rules_version", "policy_hash", "flag_counts")
     DEPARTMENT_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
     SINGLE_SOURCE_ALLOWED_FIELD_NUMBER: _ClassVar[int]
     RULES_VERSION_FIELD_NUMBER: _ClassVar[int]
     POLICY_HASH_FIELD_NUMBER: _ClassVar[int]
+    FLAG_COUNTS_FIELD_NUMBER: _ClassVar[int]
     department: str
     ciphertext: _common_pb2.Ciphertext
     single_source_allowed: bool
     rules_version: str
     policy_hash: str
-    def __init__(self, department: _Optional[str] = ..., ciphertext: _Optional[_Union[_common_pb2.Ciphertext, _Mapping]] = ..., single_source_allowed: _Optional[bool] = ..., rules_version: _Optional[str] = ..., policy_hash: _Optional[str] = ...) -> None: ...
+    flag_counts: _containers.RepeatedCompositeFieldContainer[_common_pb2.Ciphertext]
+    def __init__(self, department: _Optional[str] = ..., ciphertext: _Optional[_Union[_common_pb2.Ciphertext, _Mapping]] = ..., single_source_allowed: _Optional[bool] = ..., rules_version: _Optional[str] = ..., policy_hash: _Optional[str] = ..., flag_counts: _Optional[_Iterable[_Union[_common_pb2.Ciphertext, _Mapping]]] = ...) -> None: ...
 
 class ContributeChunkRequest(_message.Message):
     __slots__ = ("query_id", "chunk", "subject_kind", "subject_ids", "shape", "purpose", "public_key", "slots", "slot_widths", "subjects_per_ciphertext")

@@ -38,10 +38,7 @@ AS_OF = datetime.now(UTC).date()
 
 def restricted_catalogue(departments: Sequence[str]) -> Catalogue:
     """The default catalogue cut down to the departments a test federation runs."""
-    full = load_catalogue()
-    return dataclasses.replace(
-        full, departments=tuple(d for d in full.departments if d.id in departments)
-    )
+    return load_catalogue().restricted_to(departments)
 
 
 def restricted_catalogue_toml(departments: Sequence[str]) -> str:
@@ -53,7 +50,9 @@ def restricted_catalogue_toml(departments: Sequence[str]) -> str:
         return match.group(0) if match.group(1) in keep else ""
 
     text = default_catalogue_path().read_text(encoding="utf-8")
-    return re.sub(r'\[\[department\]\]\nid = "(\w+)"\n(?:[^\n]+\n)*\n', block, text)
+    text = re.sub(r'\[\[department\]\]\nid = "(\w+)"\n(?:[^\n]+\n)*\n', block, text)
+    # and the flags those departments set
+    return re.sub(r'\[\[flag\]\]\nid = "\w+"\ndepartment = "(\w+)"\n(?:[^\n]+\n)*\n', block, text)
 
 
 @dataclasses.dataclass

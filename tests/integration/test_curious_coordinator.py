@@ -361,8 +361,9 @@ def bytes_fields(message: Any, path: str = "") -> list[str]:
 
 def test_query_response_type_has_one_ciphertext_and_coverage_only() -> None:
     response = coordinator_pb2.QueryResponse.DESCRIPTOR
-    # one sum, or for THRESHOLD the zero tests made from it (test_threshold.py decrypts them)
-    assert bytes_fields(response) == ["ciphertext.value", "candidates.value"]
+    # one sum, or for THRESHOLD the zero tests made from it (test_threshold.py decrypts them),
+    # or for FLAGS one blinded count per measure (test_flags.py decrypts them)
+    assert bytes_fields(response) == ["ciphertext.value", "candidates.value", "flags.value"]
     ciphertext = response.fields_by_name["ciphertext"]
     assert ciphertext.message_type is common_pb2.Ciphertext.DESCRIPTOR
     assert not ciphertext.is_repeated
@@ -380,7 +381,10 @@ def test_query_response_type_has_one_ciphertext_and_coverage_only() -> None:
         "partial",
         "candidates",
         "threshold",
+        "measures",
+        "flags",
     }
+    assert response.fields_by_name["flags"].message_type is common_pb2.Ciphertext.DESCRIPTOR
     status: Any = response.fields_by_name["answered"].message_type
     assert {f.name for f in status.fields} == {"department", "detail", "rules_version"}
 

@@ -122,7 +122,7 @@ def test_denial_sentence_names_action_role_and_purpose(central: PolicyEngine) ->
 
 def test_unknown_purpose_and_shape_are_denied(central: PolicyEngine) -> None:
     assert not central.decide(person("bank", "marketing", "valid")).allowed
-    assert not central.decide(person("bank", "loan_underwriting", "valid", shape="flags")).allowed
+    assert not central.decide(person("bank", "loan_underwriting", "valid", shape="summary")).allowed
 
 
 def test_self_query_breakdown_with_consent_is_permitted(central: PolicyEngine) -> None:
