@@ -303,6 +303,16 @@ class CoordinatorService:
         measures = (
             validate_measures(self._catalogue, request.measures) if shape is Shape.FLAGS else ()
         )
+        if measures:
+            seen["measures"] = ",".join(measures)
+            # a measure no department here can trigger would always read "not restricted"
+            for measure in measures:
+                if not self._catalogue.flag_departments(kind, (measure,)):
+                    raise InvalidArgument(
+                        f"no department of this platform sets a flag that triggers {measure} "
+                        f"for {kind.value}s",
+                        field="measures",
+                    )
         if shape is not Shape.FLAGS and request.measures:
             raise InvalidArgument(
                 f"measures belong to FLAGS queries, not {shape.value}", field="measures"
@@ -498,12 +508,6 @@ class CoordinatorService:
         blinded as E(r · count) with r uniform in [1, n) (ARCHITECTURE.md): 0 or a uniform value,
         so the requester learns the bit, never which department flagged nor how many did."""
         departments = self._catalogue.flag_departments(kind, measures)
-        if not departments:
-            raise InvalidArgument(
-                f"no department of this platform sets a flag that triggers {', '.join(measures)} "
-                f"for {kind.value}s",
-                field="measures",
-            )
         absent = [d for d in departments if d not in self._nodes.departments]
         if absent:
             raise Unavailable(
@@ -528,15 +532,12 @@ class CoordinatorService:
             deadline_s=self._deadline_s,
         )
         seen["ciphertexts_received"] = sum(len(a.flag_counts) for a in answers)
-        seen["measures"] = ",".join(measures)
-        if (
-            failures
-            and all(isinstance(f.error, PermissionDenied) for f in failures)
-            and not answers
-        ):
+        refusals = [f for f in failures if isinstance(f.error, PermissionDenied)]
+        if refusals:
+            # a department's policy refuses: a standing answer, not an outage to retry
             raise PermissionDenied(
-                "every department refused: "
-                + "; ".join(f"{f.department}: {f.reason}" for f in failures)
+                "a FLAGS answer needs every department that can set a trigger, and "
+                + "; ".join(f"{f.department}: {f.reason}" for f in refusals)
             )
         if failures:
             # a missing department's flag would be read as "not restricted": never partial

@@ -712,6 +712,14 @@ class NodeService:
                 subject_hash=self._audit.subject_hash(
                     canonical_subject(request.subject_kind, request.subject_id)
                 ),
-                extra=extra or {},
+                extra={
+                    **(extra or {}),
+                    # FLAGS: which measures were asked, on refusals too (as names, bounded)
+                    **(
+                        {"measures": ",".join(sorted(m[:40] for m in request.measures[:16]))}
+                        if request.measures
+                        else {}
+                    ),
+                },
             )
         )

@@ -668,6 +668,100 @@ def _cmd_batch_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report_keygen(args: argparse.Namespace) -> int:
+    from osmanthus.bundle import generate_publisher_key, key_id_of, load_private_key
+
+    private, public = generate_publisher_key(out_dir=args.out_dir, name=args.name)
+    key_id = key_id_of(load_private_key(private).public_key())
+    print(f"report signing key {key_id} written:")
+    print(f"  {private}  private: keep it secret, sign reports with it (--signing-key)")
+    print(f"  {public}  public: publish it; readers verify reports with it (--key)")
+    return 0
+
+
+def _cmd_report_enterprise(args: argparse.Namespace) -> int:
+    from osmanthus.bundle import load_private_key, write_atomically
+    from osmanthus.types import Shape, SubjectKind
+    from sdk import Client
+    from sdk.report import build_enterprise_report, render_html, sign_report
+
+    if args.format == "pdf":
+        raise InvalidArgument(
+            "PDF needs a PDF rendering library, and this installation has none; write "
+            "--format html and print the page to PDF (the printout shows the verification code)",
+            field="format",
+        )
+    token = args.token_file.read_text(encoding="utf-8").strip() if args.token_file else args.token
+    if not token:
+        raise InvalidArgument("give --token or --token-file", field="token")
+    if not args.out.parent.is_dir():
+        raise ConfigError(f"{args.out.parent}: the directory does not exist", field="out")
+    # before the query: a report that cannot be signed must not spend one
+    signing_key = load_private_key(args.signing_key)
+    catalogue = _catalogue(args)
+    tls = _tls_files(args, role="requester", name=args.requester)
+    with Client(
+        args.coordinator, tls=tls, token=token, keys=args.keys, catalogue=catalogue
+    ) as client:
+        issued_at = datetime.now(UTC)
+        card = client.enterprise_score(args.code, purpose=args.purpose, shape=Shape.BREAKDOWN)
+        restrictions = client.check_restrictions(
+            card.subject_id,
+            measures=[m.id for m in catalogue.measures],
+            purpose=args.purpose,
+            kind=SubjectKind.ENTERPRISE,
+        )
+    report = build_enterprise_report(
+        score=card,
+        restrictions=restrictions,
+        catalogue=catalogue,
+        issuer=args.issuer or args.requester,
+        issued_at=issued_at,
+    )
+    signed = sign_report(report, private_key=signing_key)
+    # a credit report is for the requester and the enterprise only
+    write_atomically(args.out, render_html(signed).encode("utf-8"), mode=0o600)
+    print(f"{args.out}: report {report.report_id} for {report.subject_id}")
+    print(f"  grade {report.grade}, score {report.score}; code {signed.verification_code}")
+    return 0
+
+
+def _cmd_report_verify(args: argparse.Namespace) -> int:
+    from osmanthus.bundle import load_trusted_keys
+    from sdk.report import (
+        MAX_REPORT_CHARS,
+        MalformedReport,
+        canonical_content,
+        verification_code,
+        verify_report_html,
+    )
+
+    try:
+        (public,) = load_trusted_keys([args.key]).values()
+    except ConfigError as exc:
+        raise ConfigError(exc.message, field="key") from None
+    try:
+        with args.report.open("rb") as handle:
+            data = handle.read(MAX_REPORT_CHARS * 4 + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {args.report}: {exc.strerror}", field="report") from None
+    try:
+        page = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedReport(f"{args.report} is not UTF-8 text", field="report") from None
+    report = verify_report_html(page, public_key=public)
+    in_force = ", ".join(r.measure for r in report.in_force) or "none"
+    print(f"{args.report}: verified")
+    print(f"  report id     {report.report_id}")
+    print(f"  subject       {report.subject_id}")
+    print(f"  grade         {report.grade} (score {report.score})")
+    print(f"  restrictions  {in_force}")
+    print(f"  issuer        {report.issuer}")
+    print(f"  time of query {report.issued_at.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+    print(f"  code          {verification_code(canonical_content(report))}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from osmanthus.demo import run_demo
 
@@ -1163,6 +1257,72 @@ def build_parser() -> argparse.ArgumentParser:
     _add_catalogue(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_tls(p, role_hint="requester")
+
+    # report
+    report = command(
+        sub,
+        "report",
+        "signed enterprise credit reports",
+        "Issue enterprise credit reports signed by the issuer, and verify them.",
+    )
+    report_sub = report.add_subparsers(dest="report_command", required=True, metavar="ACTION")
+    p = command(
+        report_sub,
+        "keygen",
+        "create the Ed25519 key pair an issuer signs reports with",
+        "Create OUT_DIR/NAME.key (private, mode 0600) and OUT_DIR/NAME.pub (public: publish it "
+        "so that readers can verify your reports). Existing files are never replaced.",
+        _cmd_report_keygen,
+    )
+    p.add_argument("--out-dir", type=Path, required=True, help="directory for the key pair")
+    p.add_argument("--name", default="report-issuer", help="file name of the pair")
+    p = command(
+        report_sub,
+        "enterprise",
+        "write a signed credit report of one enterprise",
+        "Ask the federation for the enterprise's score breakdown and for every joint-punishment "
+        "measure of the catalogue, decrypt the answers, and write a printable HTML report to "
+        "--out: grade, score, breakdown, restrictions in force, data coverage, time of query, "
+        "report id and verification code. The report is signed with --signing-key: the "
+        "coordinator cannot read the answer, so the issuer (you) attests to it. Readers check "
+        "it with 'osmanthus report verify'. Your token must allow --purpose.",
+        _cmd_report_enterprise,
+    )
+    p.add_argument("code", metavar="CODE", help="the enterprise's unified social credit code")
+    p.add_argument("--out", type=Path, required=True, help="the report file to write")
+    p.add_argument(
+        "--format",
+        choices=["html", "pdf"],
+        default="html",
+        help="html (print it to PDF from a browser); pdf is not available in this installation",
+    )
+    p.add_argument(
+        "--signing-key", type=Path, required=True, help="your report key (from 'report keygen')"
+    )
+    p.add_argument("--issuer", help="issuer name printed and signed (default: --requester)")
+    p.add_argument("--coordinator", required=True, help="coordinator host:port")
+    p.add_argument("--requester", required=True, help="your requester id (certificate name)")
+    p.add_argument("--token", help="your platform token (or --token-file)")
+    p.add_argument("--token-file", type=Path, help="file holding your platform token")
+    p.add_argument(
+        "--keys", type=Path, required=True, help="your Paillier key file (created if absent)"
+    )
+    p.add_argument("--purpose", default="credit_report", help="purpose named in the token")
+    _add_catalogue(p)
+    _add_tls(p, role_hint="requester")
+    p = command(
+        report_sub,
+        "verify",
+        "check a report's signature and print what it attests",
+        "Check that the report was signed by the holder of --key, that its verification code "
+        "is its content's, and that the values the page shows are the signed ones; then print "
+        "the report id, subject, grade, issuer and verification code (compare it with the "
+        "one on a printout). Exit 3 if the file is not a report or a file is unusable, 4 if "
+        "the report is not what the issuer signed.",
+        _cmd_report_verify,
+    )
+    p.add_argument("report", metavar="FILE", type=Path, help="the report (HTML)")
+    p.add_argument("--key", type=Path, required=True, help="the issuer's public key (NAME.pub)")
 
     # health
     p = command(

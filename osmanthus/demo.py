@@ -161,7 +161,7 @@ def _batch_summary(
 
 
 #: the joint-punishment measures the demo asks about (docs/joint-punishment.md)
-PERSON_MEASURES = ("bank_loan", "high_consumption")
+PERSON_MEASURES = ("bank_loan",)
 ENTERPRISE_MEASURES = ("bank_loan", "government_procurement", "customs_facilitation")
 
 

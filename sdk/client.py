@@ -457,9 +457,19 @@ class Client:
             response = convert.answer(self._call(self._stub.EnterpriseQuery, request))
         if response.shape is not Shape.FLAGS or response.measures != asked:
             raise CryptoError("the coordinator answered another question", field="measures")
-        if len(response.flags) != len(asked) or not response.answered:
+        if len(response.flags) != len(asked):
             raise CryptoError(
                 f"{len(response.flags)} answers for {len(asked)} measures", field="flags"
+            )
+        expected = set(self._catalogue.flag_departments(kind, asked))
+        answered = {s.department for s in response.answered}
+        if answered != expected:
+            # a coordinator on another catalogue would leave a department out, and its flags
+            # would read as "not restricted"
+            raise CryptoError(
+                f"departments {sorted(answered)} answered; this catalogue's departments that can "
+                f"set a trigger are {sorted(expected)}",
+                field="answered",
             )
         public = self._keys.public
         blinded = [public.ciphertext_from_bytes(c, field="flags") for c in response.flags]

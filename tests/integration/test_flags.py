@@ -9,6 +9,7 @@ also play the curious requester: each blinded answer decrypts to 0 or to a value
 from __future__ import annotations
 
 import functools
+import json
 import tomllib
 from collections.abc import Iterator
 
@@ -25,8 +26,18 @@ from tests.integration.conftest import Federation, consent_for
 from tests.integration.test_scores_match_plaintext import Reference, counts, subjects, utc_today
 
 LOAN = "loan_underwriting"
-PERSON_MEASURES = ("bank_loan", "land_approval", "government_procurement", "high_consumption")
-ENTERPRISE_MEASURES = (*PERSON_MEASURES, "customs_facilitation")
+#: what the shipped policy lets a lender ask about a person: bank loans only, since several bits
+#: together could tell which department flagged the subject
+PERSON_MEASURES = ("bank_loan",)
+#: a credit report lists every measure in force for an enterprise
+ENTERPRISE_MEASURES = (
+    "bank_loan",
+    "land_approval",
+    "securities_financing",
+    "government_procurement",
+    "high_consumption",
+    "customs_facilitation",
+)
 
 
 @pytest.fixture(scope="module")
@@ -128,32 +139,36 @@ def raw_stub(federation: Federation) -> Iterator[coordinator_pb2_grpc.Coordinato
 def test_curious_requester_learns_one_bit_per_measure_and_no_count(
     federation: Federation,
     plaintext: Reference,
-    agency: Client,
-    registrar: Client,
     raw_stub: coordinator_pb2_grpc.CoordinatorServiceStub,
-    flagged_persons: list[str],
 ) -> None:
     """Decrypt every blinded answer: 0, or a full-size value unrelated to how many flags."""
     keys = federation.keys["agency-1"]
-    token = federation.token("agency-1", role=Role.CREDIT_AGENCY, purposes=[LOAN])
-    person = flagged_persons[0]
-    truth = expected(federation.catalogue, plaintext, "person", person, PERSON_MEASURES)
-    consent = consent_for(registrar, person)
-    seen: dict[str, set[int]] = {m: set() for m in PERSON_MEASURES}
+    token = federation.token("agency-1", role=Role.CREDIT_AGENCY, purposes=["credit_report"])
+    enterprise, truth = next(
+        (e, answer)
+        for e in subjects(federation, "enterprise")
+        if any(
+            (
+                answer := expected(
+                    federation.catalogue, plaintext, "enterprise", e, ENTERPRISE_MEASURES
+                )
+            ).values()
+        )
+    )
+    seen: dict[str, set[int]] = {m: set() for m in ENTERPRISE_MEASURES}
     for _ in range(5):
-        response = raw_stub.PersonQuery(
-            coordinator_pb2.PersonQueryRequest(
-                resident_id=person,
+        response = raw_stub.EnterpriseQuery(
+            coordinator_pb2.EnterpriseQueryRequest(
+                credit_code=enterprise,
                 shape=common_pb2.SHAPE_FLAGS,
-                purpose=LOAN,
-                consent_id=consent,
+                purpose="credit_report",
                 public_key=common_pb2.PaillierPublicKey(n=keys.public.to_bytes()),
-                measures=list(PERSON_MEASURES),
+                measures=list(ENTERPRISE_MEASURES),
             ),
             metadata=(("authorization", f"Bearer {token}"),),
             timeout=10,
         )
-        assert list(response.measures) == list(PERSON_MEASURES)
+        assert list(response.measures) == list(ENTERPRISE_MEASURES)
         for measure, blinded in zip(response.measures, response.flags, strict=True):
             value = keys.private.decrypt(
                 keys.public.ciphertext_from_bytes(blinded.value, field="f")
@@ -167,7 +182,29 @@ def test_curious_requester_learns_one_bit_per_measure_and_no_count(
     for measure, values in seen.items():
         # a fresh r every time: the same restriction never decrypts to the same value twice
         assert len(values) == (5 if truth[measure] else 1), measure
-    assert any(truth.values())
+
+
+def test_a_lender_may_ask_about_bank_loans_only(
+    agency: Client, registrar: Client, flagged_persons: list[str]
+) -> None:
+    """Several bits about one person could tell which department flagged them."""
+    person = flagged_persons[0]
+    consent = consent_for(registrar, person)
+    with pytest.raises(PermissionDenied, match="central policy: denied: no policy permits"):
+        agency.check_restrictions(
+            person,
+            measures=["bank_loan", "land_approval"],
+            purpose=LOAN,
+            consent_id=consent,
+        )
+
+
+def test_the_audit_names_the_measures_asked(federation: Federation) -> None:
+    for who in ("coordinator", "court"):
+        text = (federation.state_dir / who / "audit.jsonl").read_text("utf-8")
+        entries = [json.loads(line) for line in text.splitlines()]
+        flags = [e for e in entries if e["shape"] == "flags"]
+        assert flags and all("measures" in e["extra"] for e in flags), who
 
 
 def test_refusals_name_their_cause(

@@ -757,33 +757,41 @@ def _ask(
 
 
 def render_who_may_ask_table(central: PolicyEngine, node: PolicyEngine) -> str:
-    """Every (subject kind, role, purpose) whose FLAGS query the shipped policies let through:
-    the central policy at the coordinator, then a department's node policy."""
+    """Every (subject kind, role, purpose) whose FLAGS query the shipped policies let through,
+    with the measures it may ask: the central policy at the coordinator, then a department's
+    node policy."""
     lines = [
-        "| subject | requester role | purpose | consent | central rule | node rule |",
-        "|---|---|---|---|---|---|",
+        "| subject | requester role | purpose | measures | consent | central rule | node rule |",
+        "|---|---|---|---|---|---|---|",
     ]
     purposes = _purposes(central.source, node.source)
+    measures = [m.id for m in load_catalogue().measures]
     for kind, role, purpose in itertools.product(SubjectKind, Role, purposes):
         action = "PersonQuery" if kind is PERSON else "EnterpriseQuery"
-        asked = {"purpose": purpose, "shape": "flags"}
         dataset = ("Dataset", kind.value)
         consent_state = "valid" if kind is PERSON else "not_applicable"
-        granted = _ask(
-            central,
-            role=role,
-            action=action,
-            resource=dataset,
-            context={**asked, "consent": consent_state},
-        )
-        contributed = _ask(
-            node,
-            role=role,
-            action="Contribute",
-            resource=("Department", "court"),
-            context={**asked, "subject_kind": kind.value},
-        )
-        if not (granted.allowed and contributed.allowed):
+        allowed = []
+        granted = contributed = None
+        for measure in measures:
+            asked = {"purpose": purpose, "shape": "flags", "measures": (measure,)}
+            central_decision = _ask(
+                central,
+                role=role,
+                action=action,
+                resource=dataset,
+                context={**asked, "consent": consent_state},
+            )
+            node_decision = _ask(
+                node,
+                role=role,
+                action="Contribute",
+                resource=("Department", "court"),
+                context={**asked, "subject_kind": kind.value},
+            )
+            if central_decision.allowed and node_decision.allowed:
+                allowed.append(measure)
+                granted, contributed = central_decision, node_decision
+        if not allowed or granted is None or contributed is None:
             continue
         if kind is ENTERPRISE:
             consent = "not applicable"
@@ -792,13 +800,19 @@ def render_who_may_ask_table(central: PolicyEngine, node: PolicyEngine) -> str:
             role=role,
             action=action,
             resource=dataset,
-            context={**asked, "consent": "missing"},
+            context={
+                "purpose": purpose,
+                "shape": "flags",
+                "measures": (allowed[0],),
+                "consent": "missing",
+            },
         ).allowed:
             consent = "not needed (statutory purpose)"
         else:
             consent = "the person's, valid"
+        shown = "every measure" if allowed == measures else ", ".join(f"`{m}`" for m in allowed)
         lines.append(
-            f"| {kind.value} | `{role.value}` | `{purpose}` | {consent} "
+            f"| {kind.value} | `{role.value}` | `{purpose}` | {shown} | {consent} "
             f"| `{', '.join(granted.policy_ids)}` | `{', '.join(contributed.policy_ids)}` |"
         )
     return "\n".join(lines) + "\n"
