@@ -17,6 +17,7 @@ from osmanthus.tls import TlsFiles
 if TYPE_CHECKING:
     from osmanthus.bundle import VerifiedBundle
     from osmanthus.catalogue import Catalogue
+    from sdk import Client
 
 EXIT_CODES = """\
 exit codes:
@@ -497,15 +498,25 @@ def _check_bundle_on_sighup(args: argparse.Namespace) -> None:
     install_sighup_handler()
 
 
-def _cmd_policy_keygen(args: argparse.Namespace) -> int:
+def _write_signing_key(args: argparse.Namespace, *, what: str, private: str, public: str) -> int:
+    """An Ed25519 key pair for signing bundles or reports, and what each half is for."""
     from osmanthus.bundle import generate_publisher_key, key_id_of, load_private_key
 
-    private, public = generate_publisher_key(out_dir=args.out_dir, name=args.name)
-    key_id = key_id_of(load_private_key(private).public_key())
-    print(f"publisher key {key_id} written:")
-    print(f"  {private}  private: keep it secret, sign bundles with it (--key)")
-    print(f"  {public}  public: give it to the coordinator and the nodes (--policy-trust)")
+    private_path, public_path = generate_publisher_key(out_dir=args.out_dir, name=args.name)
+    key_id = key_id_of(load_private_key(private_path).public_key())
+    print(f"{what} {key_id} written:")
+    print(f"  {private_path}  private: keep it secret, {private}")
+    print(f"  {public_path}  public: {public}")
     return 0
+
+
+def _cmd_policy_keygen(args: argparse.Namespace) -> int:
+    return _write_signing_key(
+        args,
+        what="publisher key",
+        private="sign bundles with it (--key)",
+        public="give it to the coordinator and the nodes (--policy-trust)",
+    )
 
 
 def _cmd_policy_publish(args: argparse.Namespace) -> int:
@@ -618,25 +629,35 @@ def _cmd_health(args: argparse.Namespace) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 5
 
 
+def _requester_token(args: argparse.Namespace) -> str:
+    """The requester's platform token from --token or --token-file."""
+    token = args.token_file.read_text(encoding="utf-8").strip() if args.token_file else args.token
+    if not token:
+        raise InvalidArgument("give --token or --token-file", field="token")
+    return str(token)
+
+
+def _requester_client(args: argparse.Namespace, *, token: str, catalogue: Catalogue) -> Client:
+    """An SDK client for --coordinator as --requester, from the connection options."""
+    from sdk import Client
+
+    tls = _tls_files(args, role="requester", name=args.requester)
+    return Client(args.coordinator, tls=tls, token=token, keys=args.keys, catalogue=catalogue)
+
+
 def _cmd_batch_score(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from osmanthus.types import Shape, SubjectKind
-    from sdk import Client
     from sdk.batchjob import BatchJob, count_ids
 
-    token = args.token_file.read_text(encoding="utf-8").strip() if args.token_file else args.token
-    if not token:
-        raise InvalidArgument("give --token or --token-file", field="token")
+    token = _requester_token(args)
     if not args.source.is_file():
         raise ConfigError(f"{args.source}: the input file does not exist", field="in")
     catalogue = _catalogue(args)
     kind = SubjectKind(args.kind)
     shape = Shape(args.shape)
-    tls = _tls_files(args, role="requester", name=args.requester)
-    with Client(
-        args.coordinator, tls=tls, token=token, keys=args.keys, catalogue=catalogue
-    ) as client:
+    with _requester_client(args, token=token, catalogue=catalogue) as client:
         per = client.subjects_per_ciphertext(kind, shape)
         chunk_size = args.chunk_size or per * args.ciphertexts_per_chunk
         job = BatchJob(
@@ -669,20 +690,17 @@ def _cmd_batch_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_report_keygen(args: argparse.Namespace) -> int:
-    from osmanthus.bundle import generate_publisher_key, key_id_of, load_private_key
-
-    private, public = generate_publisher_key(out_dir=args.out_dir, name=args.name)
-    key_id = key_id_of(load_private_key(private).public_key())
-    print(f"report signing key {key_id} written:")
-    print(f"  {private}  private: keep it secret, sign reports with it (--signing-key)")
-    print(f"  {public}  public: publish it; readers verify reports with it (--key)")
-    return 0
+    return _write_signing_key(
+        args,
+        what="report signing key",
+        private="sign reports with it (--signing-key)",
+        public="publish it; readers verify reports with it (--key)",
+    )
 
 
 def _cmd_report_enterprise(args: argparse.Namespace) -> int:
     from osmanthus.bundle import load_private_key, write_atomically
     from osmanthus.types import Shape, SubjectKind
-    from sdk import Client
     from sdk.report import build_enterprise_report, render_html, sign_report
 
     if args.format == "pdf":
@@ -691,18 +709,13 @@ def _cmd_report_enterprise(args: argparse.Namespace) -> int:
             "--format html and print the page to PDF (the printout shows the verification code)",
             field="format",
         )
-    token = args.token_file.read_text(encoding="utf-8").strip() if args.token_file else args.token
-    if not token:
-        raise InvalidArgument("give --token or --token-file", field="token")
+    token = _requester_token(args)
     if not args.out.parent.is_dir():
         raise ConfigError(f"{args.out.parent}: the directory does not exist", field="out")
     # before the query: a report that cannot be signed must not spend one
     signing_key = load_private_key(args.signing_key)
     catalogue = _catalogue(args)
-    tls = _tls_files(args, role="requester", name=args.requester)
-    with Client(
-        args.coordinator, tls=tls, token=token, keys=args.keys, catalogue=catalogue
-    ) as client:
+    with _requester_client(args, token=token, catalogue=catalogue) as client:
         issued_at = datetime.now(UTC)
         card = client.enterprise_score(args.code, purpose=args.purpose, shape=Shape.BREAKDOWN)
         restrictions = client.check_restrictions(
