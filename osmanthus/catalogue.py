@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -95,12 +96,53 @@ class FlagType:
     measures: frozenset[str]
 
 
+class ListColour(enum.Enum):
+    """Red lists name the trustworthy (incentives), black lists the seriously dishonest."""
+
+    RED = "red"
+    BLACK = "black"
+
+
+#: the longest publication window any list may have; the law gives most lists 1 to 5 years
+MAX_LIST_WINDOW_DAYS = 5 * 366
+
+
+@dataclass(frozen=True)
+class ListType:
+    """A red or black list that one department publishes by law, each entry for a window."""
+
+    id: str
+    department: DepartmentId
+    colour: ListColour
+    name: str
+    name_zh: str
+    subject_kinds: frozenset[SubjectKind]
+    #: the default legal basis of an entry; an entry may name a more specific one
+    legal_basis: str
+    #: the longest publication window of one entry, in days
+    max_window_days: int
+    #: black lists: the department's flag that an entry sets while it is in public view
+    flag: str | None = None
+    #: red lists: the facilitation class an entry grants ("AA"), shown beside the grade
+    facilitation_class: str | None = None
+
+
 @dataclass(frozen=True)
 class Catalogue:
     departments: tuple[Department, ...]
     models: Mapping[SubjectKind, SubjectModel]
     measures: tuple[Measure, ...] = ()
     flags: tuple[FlagType, ...] = ()
+    lists: tuple[ListType, ...] = ()
+
+    def lists_of(self, department: str) -> tuple[ListType, ...]:
+        """The lists `department` publishes."""
+        return tuple(t for t in self.lists if t.department == department)
+
+    def list_departments(self, kind: SubjectKind) -> tuple[DepartmentId, ...]:
+        """The departments serving `kind` that publish a list about `kind`s."""
+        holders = {t.department for t in self.lists if kind in t.subject_kinds}
+        return tuple(d.id for d in self.departments if d.id in holders and d.serves(kind))
 
     def measure(self, id: str) -> Measure:
         for m in self.measures:
@@ -132,6 +174,7 @@ class Catalogue:
             models=self.models,
             measures=self.measures,
             flags=tuple(f for f in self.flags if f.department in keep),
+            lists=tuple(t for t in self.lists if t.department in keep),
         )
 
     def department(self, id: str) -> Department:
@@ -215,7 +258,7 @@ class _CatalogueParser:
     def parse(self, raw: Mapping[str, Any]) -> Catalogue:
         self.check_keys(
             "",
-            {k: v for k, v in raw.items() if k not in ("measure", "flag")},
+            {k: v for k, v in raw.items() if k not in ("measure", "flag", "list")},
             {"department", "model"},
         )
         departments = self.departments(raw["department"])
@@ -234,11 +277,13 @@ class _CatalogueParser:
                     raise self.fail(f"department {d.id!r}", f"serves {kind.value}s: no model")
         measures = self.measures(raw.get("measure", []))
         flags = self.flags(raw.get("flag", []), by_id, {m.id for m in measures})
+        lists = self.lists(raw.get("list", []), by_id, flags)
         return Catalogue(
             departments=tuple(departments),
             models=MappingProxyType(models),
             measures=measures,
             flags=flags,
+            lists=lists,
         )
 
     def identifier(self, key: str, value: object, what: str) -> str:
@@ -306,6 +351,108 @@ class _CatalogueParser:
             )
         return tuple(out)
 
+    def lists(
+        self, value: object, by_id: Mapping[str, Department], flags: tuple[FlagType, ...]
+    ) -> tuple[ListType, ...]:
+        if not isinstance(value, list):
+            raise self.fail("list", "must be an array of [[list]] tables")
+        required = {
+            "id",
+            "department",
+            "colour",
+            "name",
+            "name_zh",
+            "subject_kinds",
+            "legal_basis",
+            "max_window",
+        }
+        out: list[ListType] = []
+        for i, entry in enumerate(value, start=1):
+            key = f"list[{i}]"
+            if not isinstance(entry, dict):
+                raise self.fail(key, "must be a table")
+            optional = {k: entry[k] for k in ("flag", "facilitation_class") if k in entry}
+            self.check_keys(key, {k: v for k, v in entry.items() if k not in optional}, required)
+            list_id = self.identifier(f"{key}.id", entry["id"], "list")
+            if any(t.id == list_id for t in out):
+                raise self.fail(f"{key}.id", f"list {list_id!r} is listed twice")
+            department = self.text(f"{key}.department", entry["department"])
+            if department not in by_id:
+                raise self.fail(
+                    f"{key}.department", f"department {department!r} is not in the catalogue"
+                )
+            try:
+                colour = ListColour(entry["colour"])
+            except ValueError:
+                raise self.fail(
+                    f"{key}.colour", f"{entry['colour']!r} is not a colour; use 'red' or 'black'"
+                ) from None
+            kinds = self.subject_kinds(f"{key}.subject_kinds", entry["subject_kinds"])
+            served = by_id[department].subject_kinds
+            if not kinds <= served:
+                extra = sorted(k.value for k in kinds - served)
+                raise self.fail(f"{key}.subject_kinds", f"{department} does not serve {extra[0]}s")
+            flag = facilitation = None
+            if "flag" in optional:
+                if colour is not ListColour.BLACK:
+                    raise self.fail(f"{key}.flag", "only a black list sets a flag")
+                flag = self.identifier(f"{key}.flag", optional["flag"], "flag")
+                owner = next((f.department for f in flags if f.id == flag), None)
+                if owner != department:
+                    raise self.fail(
+                        f"{key}.flag",
+                        f"{flag!r} is not a [[flag]] of {department}; a list sets only its "
+                        "own department's flags",
+                    )
+            if "facilitation_class" in optional:
+                if colour is not ListColour.RED:
+                    raise self.fail(
+                        f"{key}.facilitation_class", "only a red list grants a facilitation class"
+                    )
+                facilitation = self.text(
+                    f"{key}.facilitation_class", optional["facilitation_class"]
+                )
+            out.append(
+                ListType(
+                    id=list_id,
+                    department=DepartmentId(department),
+                    colour=colour,
+                    name=self.text(f"{key}.name", entry["name"]),
+                    name_zh=self.text(f"{key}.name_zh", entry["name_zh"]),
+                    subject_kinds=kinds,
+                    legal_basis=self.text(f"{key}.legal_basis", entry["legal_basis"]),
+                    max_window_days=self.window(f"{key}.max_window", entry["max_window"]),
+                    flag=flag,
+                    facilitation_class=facilitation,
+                )
+            )
+        return tuple(out)
+
+    def window(self, key: str, value: object) -> int:
+        text = self.text(key, value)
+        match = re.fullmatch(r"([1-9][0-9]{0,3})([yd])", text)
+        if match is None:
+            raise self.fail(key, f"{text!r} is not a window; use 'Ny' (years) or 'Nd' (days)")
+        days = int(match[1]) * (366 if match[2] == "y" else 1)
+        if days > MAX_LIST_WINDOW_DAYS:
+            raise self.fail(key, f"{text!r} is longer than 5 years")
+        return days
+
+    def subject_kinds(self, key: str, value: object) -> frozenset[SubjectKind]:
+        if not isinstance(value, list) or not value:
+            raise self.fail(key, "must be a non-empty array")
+        kinds: set[SubjectKind] = set()
+        for k in value:
+            try:
+                kinds.add(SubjectKind(k))
+            except ValueError:
+                raise self.fail(
+                    key,
+                    f"{k!r} is not a subject kind; use "
+                    + " or ".join(repr(s.value) for s in SubjectKind),
+                ) from None
+        return frozenset(kinds)
+
     def identifiers(self, key: str, value: object, what: str) -> frozenset[str]:
         if not isinstance(value, list) or not value:
             raise self.fail(key, f"must be a non-empty array of {what} ids")
@@ -334,25 +481,13 @@ class _CatalogueParser:
             if dept_id in seen:
                 raise self.fail(f"{key}.id", f"department {dept_id!r} is listed twice")
             seen.add(dept_id)
-            kinds_raw = entry["subject_kinds"]
-            if not isinstance(kinds_raw, list) or not kinds_raw:
-                raise self.fail(f"{key}.subject_kinds", "must be a non-empty array")
-            kinds: set[SubjectKind] = set()
-            for k in kinds_raw:
-                try:
-                    kinds.add(SubjectKind(k))
-                except ValueError:
-                    raise self.fail(
-                        f"{key}.subject_kinds",
-                        f"{k!r} is not a subject kind; use "
-                        + " or ".join(repr(s.value) for s in SubjectKind),
-                    ) from None
+            kinds = self.subject_kinds(f"{key}.subject_kinds", entry["subject_kinds"])
             out.append(
                 Department(
                     id=DepartmentId(dept_id),
                     name=self.text(f"{key}.name", entry["name"]),
                     name_zh=self.text(f"{key}.name_zh", entry["name_zh"]),
-                    subject_kinds=frozenset(kinds),
+                    subject_kinds=kinds,
                 )
             )
         return out

@@ -24,55 +24,60 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from osmanthus.v1 import common_pb2 as osmanthus_dot_v1_dot_common__pb2
+from osmanthus.v1 import lists_pb2 as osmanthus_dot_v1_dot_lists__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eosmanthus/v1/coordinator.proto\x12\x0cosmanthus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19osmanthus/v1/common.proto\"I\n\x12RegisterKeyRequest\x12\x33\n\npublic_key\x18\x01 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\".\n\x13RegisterKeyResponse\x12\x17\n\x0fkey_fingerprint\x18\x01 \x01(\t\"\xcc\x01\n\x12PersonQueryRequest\x12\x13\n\x0bresident_id\x18\x01 \x01(\t\x12\"\n\x05shape\x18\x02 \x01(\x0e\x32\x13.osmanthus.v1.Shape\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x12\n\nconsent_id\x18\x04 \x01(\t\x12\x33\n\npublic_key\x18\x05 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\x12\x11\n\tthreshold\x18\x06 \x01(\r\x12\x10\n\x08measures\x18\x07 \x03(\t\"\xbc\x01\n\x16\x45nterpriseQueryRequest\x12\x13\n\x0b\x63redit_code\x18\x01 \x01(\t\x12\"\n\x05shape\x18\x02 \x01(\x0e\x32\x13.osmanthus.v1.Shape\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x33\n\npublic_key\x18\x04 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\x12\x11\n\tthreshold\x18\x05 \x01(\r\x12\x10\n\x08measures\x18\x06 \x03(\t\"M\n\x10\x44\x65partmentStatus\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x15\n\rrules_version\x18\x03 \x01(\t\"\x9b\x03\n\rQueryResponse\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\"\n\x05shape\x18\x02 \x01(\x0e\x32\x13.osmanthus.v1.Shape\x12,\n\nciphertext\x18\x03 \x01(\x0b\x32\x18.osmanthus.v1.Ciphertext\x12\r\n\x05slots\x18\x04 \x03(\t\x12\x13\n\x0bslot_widths\x18\n \x03(\r\x12\x0c\n\x04\x62\x61se\x18\x06 \x01(\x05\x12\x30\n\x08\x61nswered\x18\x07 \x03(\x0b\x32\x1e.osmanthus.v1.DepartmentStatus\x12/\n\x07missing\x18\x08 \x03(\x0b\x32\x1e.osmanthus.v1.DepartmentStatus\x12\x0f\n\x07partial\x18\t \x01(\x08\x12,\n\ncandidates\x18\x0b \x03(\x0b\x32\x18.osmanthus.v1.Ciphertext\x12\x11\n\tthreshold\x18\x0c \x01(\r\x12\x10\n\x08measures\x18\r \x03(\t\x12\'\n\x05\x66lags\x18\x0e \x03(\x0b\x32\x18.osmanthus.v1.CiphertextJ\x04\x08\x05\x10\x06\"\xa8\x01\n\x0b\x42\x61tchHeader\x12/\n\x0csubject_kind\x18\x01 \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\x12\"\n\x05shape\x18\x02 \x01(\x0e\x32\x13.osmanthus.v1.Shape\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x33\n\npublic_key\x18\x04 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\"2\n\x0cSubjectChunk\x12\r\n\x05\x63hunk\x18\x01 \x01(\x04\x12\x13\n\x0bsubject_ids\x18\x02 \x03(\t\"u\n\x11\x42\x61tchQueryRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.osmanthus.v1.BatchHeaderH\x00\x12+\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1a.osmanthus.v1.SubjectChunkH\x00\x42\x06\n\x04item\"\xdb\x01\n\x0b\x42\x61tchLayout\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\"\n\x05shape\x18\x02 \x01(\x0e\x32\x13.osmanthus.v1.Shape\x12\r\n\x05slots\x18\x03 \x03(\t\x12\x13\n\x0bslot_widths\x18\x04 \x03(\r\x12\x1f\n\x17subjects_per_ciphertext\x18\x05 \x01(\r\x12\x0c\n\x04\x62\x61se\x18\x06 \x01(\x05\x12\x0e\n\x06offset\x18\x07 \x01(\r\x12\x33\n\x0b\x64\x65partments\x18\x08 \x03(\x0b\x32\x1e.osmanthus.v1.DepartmentStatus\"4\n\x0eRefusedSubject\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x8f\x01\n\x0b\x43hunkResult\x12\r\n\x05\x63hunk\x18\x01 \x01(\x04\x12\x13\n\x0bsubject_ids\x18\x02 \x03(\t\x12-\n\x0b\x63iphertexts\x18\x03 \x03(\x0b\x32\x18.osmanthus.v1.Ciphertext\x12-\n\x07refused\x18\x04 \x03(\x0b\x32\x1c.osmanthus.v1.RefusedSubject\"u\n\x12\x42\x61tchQueryResponse\x12+\n\x06layout\x18\x01 \x01(\x0b\x32\x19.osmanthus.v1.BatchLayoutH\x00\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.osmanthus.v1.ChunkResultH\x00\x42\x06\n\x04item\"\xc4\x01\n\x11StatsQueryRequest\x12/\n\x0csubject_kind\x18\x01 \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\x12\x13\n\x0bsubject_ids\x18\x02 \x03(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x04 \x01(\t\x12\x12\n\nstatistics\x18\x05 \x03(\t\x12\x33\n\npublic_key\x18\x06 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\"\xf1\x01\n\rStatsResponse\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x12\n\nstatistics\x18\x02 \x03(\t\x12-\n\x0b\x63iphertexts\x18\x03 \x03(\x0b\x32\x18.osmanthus.v1.Ciphertext\x12\x14\n\x0cnoise_scales\x18\x04 \x03(\t\x12\x0e\n\x06\x63ohort\x18\x05 \x01(\r\x12\x0f\n\x07\x65psilon\x18\x06 \x01(\t\x12\x14\n\x0c\x65psilon_left\x18\x07 \x01(\t\x12\x0c\n\x04\x62\x61se\x18\x08 \x01(\x05\x12\x30\n\x08\x61nswered\x18\t \x03(\x0b\x32\x1e.osmanthus.v1.DepartmentStatus\"\xf4\x01\n\x07\x43onsent\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x0f\n\x07grantee\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12.\n\ngranted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07receipt\x18\x08 \x01(\t\"{\n\x13GrantConsentRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0f\n\x07grantee\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x14RevokeConsentRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\":\n\x13ListConsentsRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0f\n\x07grantee\x18\x02 \x01(\t\"?\n\x14ListConsentsResponse\x12\'\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x15.osmanthus.v1.Consent2\x9a\x05\n\x12\x43oordinatorService\x12R\n\x0bRegisterKey\x12 .osmanthus.v1.RegisterKeyRequest\x1a!.osmanthus.v1.RegisterKeyResponse\x12L\n\x0bPersonQuery\x12 .osmanthus.v1.PersonQueryRequest\x1a\x1b.osmanthus.v1.QueryResponse\x12T\n\x0f\x45nterpriseQuery\x12$.osmanthus.v1.EnterpriseQueryRequest\x1a\x1b.osmanthus.v1.QueryResponse\x12S\n\nBatchQuery\x12\x1f.osmanthus.v1.BatchQueryRequest\x1a .osmanthus.v1.BatchQueryResponse(\x01\x30\x01\x12J\n\nStatsQuery\x12\x1f.osmanthus.v1.StatsQueryRequest\x1a\x1b.osmanthus.v1.StatsResponse\x12H\n\x0cGrantConsent\x12!.osmanthus.v1.GrantConsentRequest\x1a\x15.osmanthus.v1.Consent\x12J\n\rRevokeConsent\x12\".osmanthus.v1.RevokeConsentRequest\x1a\x15.osmanthus.v1.Consent\x12U\n\x0cListConsents\x12!.osmanthus.v1.ListConsentsRequest\x1a\".osmanthus.v1.ListConsentsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eosmanthus/v1/coordinator.proto\x12\x0cosmanthus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19osmanthus/v1/common.proto\x1a\x18osmanthus/v1/lists.proto\"I\n\x12RegisterKeyRequest\x12\x33\n\npublic_key\x18\x01 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\".\n\x13RegisterKeyResponse\x12\x17\n\x0fkey_fingerprint\x18\x01 \x01(\t\"\xcc\x01\n\x12PersonQueryRequest\x12\x13\n\x0bresident_id\x18\x01 \x01(\t\x12\"\n\x05shape\x18\x02 \x01(\x0e\x32\x13.osmanthus.v1.Shape\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x12\n\nconsent_id\x18\x04 \x01(\t\x12\x33\n\npublic_key\x18\x05 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\x12\x11\n\tthreshold\x18\x06 \x01(\r\x12\x10\n\x08measures\x18\x07 \x03(\t\"\xe5\x01\n\x16\x45nterpriseQueryRequest\x12\x13\n\x0b\x63redit_code\x18\x01 \x01(\t\x12\"\n\x05shape\x18\x02 \x01(\x0e\x32\x13.osmanthus.v1.Shape\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x33\n\npublic_key\x18\x04 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\x12\x11\n\tthreshold\x18\x05 \x01(\r\x12\x10\n\x08measures\x18\x06 \x03(\t\x12\x12\n\nconsent_id\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65partments\x18\x08 \x03(\t\"M\n\x10\x44\x65partmentStatus\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x15\n\rrules_version\x18\x03 \x01(\t\"\x9b\x03\n\rQueryResponse\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\"\n\x05shape\x18\x02 \x01(\x0e\x32\x13.osmanthus.v1.Shape\x12,\n\nciphertext\x18\x03 \x01(\x0b\x32\x18.osmanthus.v1.Ciphertext\x12\r\n\x05slots\x18\x04 \x03(\t\x12\x13\n\x0bslot_widths\x18\n \x03(\r\x12\x0c\n\x04\x62\x61se\x18\x06 \x01(\x05\x12\x30\n\x08\x61nswered\x18\x07 \x03(\x0b\x32\x1e.osmanthus.v1.DepartmentStatus\x12/\n\x07missing\x18\x08 \x03(\x0b\x32\x1e.osmanthus.v1.DepartmentStatus\x12\x0f\n\x07partial\x18\t \x01(\x08\x12,\n\ncandidates\x18\x0b \x03(\x0b\x32\x18.osmanthus.v1.Ciphertext\x12\x11\n\tthreshold\x18\x0c \x01(\r\x12\x10\n\x08measures\x18\r \x03(\t\x12\'\n\x05\x66lags\x18\x0e \x03(\x0b\x32\x18.osmanthus.v1.CiphertextJ\x04\x08\x05\x10\x06\"\xa8\x01\n\x0b\x42\x61tchHeader\x12/\n\x0csubject_kind\x18\x01 \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\x12\"\n\x05shape\x18\x02 \x01(\x0e\x32\x13.osmanthus.v1.Shape\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x33\n\npublic_key\x18\x04 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\"2\n\x0cSubjectChunk\x12\r\n\x05\x63hunk\x18\x01 \x01(\x04\x12\x13\n\x0bsubject_ids\x18\x02 \x03(\t\"u\n\x11\x42\x61tchQueryRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.osmanthus.v1.BatchHeaderH\x00\x12+\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1a.osmanthus.v1.SubjectChunkH\x00\x42\x06\n\x04item\"\xdb\x01\n\x0b\x42\x61tchLayout\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\"\n\x05shape\x18\x02 \x01(\x0e\x32\x13.osmanthus.v1.Shape\x12\r\n\x05slots\x18\x03 \x03(\t\x12\x13\n\x0bslot_widths\x18\x04 \x03(\r\x12\x1f\n\x17subjects_per_ciphertext\x18\x05 \x01(\r\x12\x0c\n\x04\x62\x61se\x18\x06 \x01(\x05\x12\x0e\n\x06offset\x18\x07 \x01(\r\x12\x33\n\x0b\x64\x65partments\x18\x08 \x03(\x0b\x32\x1e.osmanthus.v1.DepartmentStatus\"4\n\x0eRefusedSubject\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x8f\x01\n\x0b\x43hunkResult\x12\r\n\x05\x63hunk\x18\x01 \x01(\x04\x12\x13\n\x0bsubject_ids\x18\x02 \x03(\t\x12-\n\x0b\x63iphertexts\x18\x03 \x03(\x0b\x32\x18.osmanthus.v1.Ciphertext\x12-\n\x07refused\x18\x04 \x03(\x0b\x32\x1c.osmanthus.v1.RefusedSubject\"u\n\x12\x42\x61tchQueryResponse\x12+\n\x06layout\x18\x01 \x01(\x0b\x32\x19.osmanthus.v1.BatchLayoutH\x00\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.osmanthus.v1.ChunkResultH\x00\x42\x06\n\x04item\"\xc4\x01\n\x11StatsQueryRequest\x12/\n\x0csubject_kind\x18\x01 \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\x12\x13\n\x0bsubject_ids\x18\x02 \x03(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x04 \x01(\t\x12\x12\n\nstatistics\x18\x05 \x03(\t\x12\x33\n\npublic_key\x18\x06 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\"\xf1\x01\n\rStatsResponse\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x12\n\nstatistics\x18\x02 \x03(\t\x12-\n\x0b\x63iphertexts\x18\x03 \x03(\x0b\x32\x18.osmanthus.v1.Ciphertext\x12\x14\n\x0cnoise_scales\x18\x04 \x03(\t\x12\x0e\n\x06\x63ohort\x18\x05 \x01(\r\x12\x0f\n\x07\x65psilon\x18\x06 \x01(\t\x12\x14\n\x0c\x65psilon_left\x18\x07 \x01(\t\x12\x0c\n\x04\x62\x61se\x18\x08 \x01(\x05\x12\x30\n\x08\x61nswered\x18\t \x03(\x0b\x32\x1e.osmanthus.v1.DepartmentStatus\"\x8e\x01\n\x12SearchListsRequest\x12/\n\x0csubject_kind\x18\x01 \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x0c\n\x04list\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"\x8b\x01\n\x13SearchListsResponse\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.osmanthus.v1.PublicEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12/\n\x07missing\x18\x03 \x03(\x0b\x32\x1e.osmanthus.v1.DepartmentStatus\"\xf4\x01\n\x07\x43onsent\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x0f\n\x07grantee\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12.\n\ngranted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07receipt\x18\x08 \x01(\t\"{\n\x13GrantConsentRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0f\n\x07grantee\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x14RevokeConsentRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\":\n\x13ListConsentsRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0f\n\x07grantee\x18\x02 \x01(\t\"?\n\x14ListConsentsResponse\x12\'\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x15.osmanthus.v1.Consent2\xee\x05\n\x12\x43oordinatorService\x12R\n\x0bRegisterKey\x12 .osmanthus.v1.RegisterKeyRequest\x1a!.osmanthus.v1.RegisterKeyResponse\x12L\n\x0bPersonQuery\x12 .osmanthus.v1.PersonQueryRequest\x1a\x1b.osmanthus.v1.QueryResponse\x12T\n\x0f\x45nterpriseQuery\x12$.osmanthus.v1.EnterpriseQueryRequest\x1a\x1b.osmanthus.v1.QueryResponse\x12S\n\nBatchQuery\x12\x1f.osmanthus.v1.BatchQueryRequest\x1a .osmanthus.v1.BatchQueryResponse(\x01\x30\x01\x12J\n\nStatsQuery\x12\x1f.osmanthus.v1.StatsQueryRequest\x1a\x1b.osmanthus.v1.StatsResponse\x12R\n\x0bSearchLists\x12 .osmanthus.v1.SearchListsRequest\x1a!.osmanthus.v1.SearchListsResponse\x12H\n\x0cGrantConsent\x12!.osmanthus.v1.GrantConsentRequest\x1a\x15.osmanthus.v1.Consent\x12J\n\rRevokeConsent\x12\".osmanthus.v1.RevokeConsentRequest\x1a\x15.osmanthus.v1.Consent\x12U\n\x0cListConsents\x12!.osmanthus.v1.ListConsentsRequest\x1a\".osmanthus.v1.ListConsentsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'osmanthus.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REGISTERKEYREQUEST']._serialized_start=108
-  _globals['_REGISTERKEYREQUEST']._serialized_end=181
-  _globals['_REGISTERKEYRESPONSE']._serialized_start=183
-  _globals['_REGISTERKEYRESPONSE']._serialized_end=229
-  _globals['_PERSONQUERYREQUEST']._serialized_start=232
-  _globals['_PERSONQUERYREQUEST']._serialized_end=436
-  _globals['_ENTERPRISEQUERYREQUEST']._serialized_start=439
-  _globals['_ENTERPRISEQUERYREQUEST']._serialized_end=627
-  _globals['_DEPARTMENTSTATUS']._serialized_start=629
-  _globals['_DEPARTMENTSTATUS']._serialized_end=706
-  _globals['_QUERYRESPONSE']._serialized_start=709
-  _globals['_QUERYRESPONSE']._serialized_end=1120
-  _globals['_BATCHHEADER']._serialized_start=1123
-  _globals['_BATCHHEADER']._serialized_end=1291
-  _globals['_SUBJECTCHUNK']._serialized_start=1293
-  _globals['_SUBJECTCHUNK']._serialized_end=1343
-  _globals['_BATCHQUERYREQUEST']._serialized_start=1345
-  _globals['_BATCHQUERYREQUEST']._serialized_end=1462
-  _globals['_BATCHLAYOUT']._serialized_start=1465
-  _globals['_BATCHLAYOUT']._serialized_end=1684
-  _globals['_REFUSEDSUBJECT']._serialized_start=1686
-  _globals['_REFUSEDSUBJECT']._serialized_end=1738
-  _globals['_CHUNKRESULT']._serialized_start=1741
-  _globals['_CHUNKRESULT']._serialized_end=1884
-  _globals['_BATCHQUERYRESPONSE']._serialized_start=1886
-  _globals['_BATCHQUERYRESPONSE']._serialized_end=2003
-  _globals['_STATSQUERYREQUEST']._serialized_start=2006
-  _globals['_STATSQUERYREQUEST']._serialized_end=2202
-  _globals['_STATSRESPONSE']._serialized_start=2205
-  _globals['_STATSRESPONSE']._serialized_end=2446
-  _globals['_CONSENT']._serialized_start=2449
-  _globals['_CONSENT']._serialized_end=2693
-  _globals['_GRANTCONSENTREQUEST']._serialized_start=2695
-  _globals['_GRANTCONSENTREQUEST']._serialized_end=2818
-  _globals['_REVOKECONSENTREQUEST']._serialized_start=2820
-  _globals['_REVOKECONSENTREQUEST']._serialized_end=2862
-  _globals['_LISTCONSENTSREQUEST']._serialized_start=2864
-  _globals['_LISTCONSENTSREQUEST']._serialized_end=2922
-  _globals['_LISTCONSENTSRESPONSE']._serialized_start=2924
-  _globals['_LISTCONSENTSRESPONSE']._serialized_end=2987
-  _globals['_COORDINATORSERVICE']._serialized_start=2990
-  _globals['_COORDINATORSERVICE']._serialized_end=3656
+  _globals['_REGISTERKEYREQUEST']._serialized_start=134
+  _globals['_REGISTERKEYREQUEST']._serialized_end=207
+  _globals['_REGISTERKEYRESPONSE']._serialized_start=209
+  _globals['_REGISTERKEYRESPONSE']._serialized_end=255
+  _globals['_PERSONQUERYREQUEST']._serialized_start=258
+  _globals['_PERSONQUERYREQUEST']._serialized_end=462
+  _globals['_ENTERPRISEQUERYREQUEST']._serialized_start=465
+  _globals['_ENTERPRISEQUERYREQUEST']._serialized_end=694
+  _globals['_DEPARTMENTSTATUS']._serialized_start=696
+  _globals['_DEPARTMENTSTATUS']._serialized_end=773
+  _globals['_QUERYRESPONSE']._serialized_start=776
+  _globals['_QUERYRESPONSE']._serialized_end=1187
+  _globals['_BATCHHEADER']._serialized_start=1190
+  _globals['_BATCHHEADER']._serialized_end=1358
+  _globals['_SUBJECTCHUNK']._serialized_start=1360
+  _globals['_SUBJECTCHUNK']._serialized_end=1410
+  _globals['_BATCHQUERYREQUEST']._serialized_start=1412
+  _globals['_BATCHQUERYREQUEST']._serialized_end=1529
+  _globals['_BATCHLAYOUT']._serialized_start=1532
+  _globals['_BATCHLAYOUT']._serialized_end=1751
+  _globals['_REFUSEDSUBJECT']._serialized_start=1753
+  _globals['_REFUSEDSUBJECT']._serialized_end=1805
+  _globals['_CHUNKRESULT']._serialized_start=1808
+  _globals['_CHUNKRESULT']._serialized_end=1951
+  _globals['_BATCHQUERYRESPONSE']._serialized_start=1953
+  _globals['_BATCHQUERYRESPONSE']._serialized_end=2070
+  _globals['_STATSQUERYREQUEST']._serialized_start=2073
+  _globals['_STATSQUERYREQUEST']._serialized_end=2269
+  _globals['_STATSRESPONSE']._serialized_start=2272
+  _globals['_STATSRESPONSE']._serialized_end=2513
+  _globals['_SEARCHLISTSREQUEST']._serialized_start=2516
+  _globals['_SEARCHLISTSREQUEST']._serialized_end=2658
+  _globals['_SEARCHLISTSRESPONSE']._serialized_start=2661
+  _globals['_SEARCHLISTSRESPONSE']._serialized_end=2800
+  _globals['_CONSENT']._serialized_start=2803
+  _globals['_CONSENT']._serialized_end=3047
+  _globals['_GRANTCONSENTREQUEST']._serialized_start=3049
+  _globals['_GRANTCONSENTREQUEST']._serialized_end=3172
+  _globals['_REVOKECONSENTREQUEST']._serialized_start=3174
+  _globals['_REVOKECONSENTREQUEST']._serialized_end=3216
+  _globals['_LISTCONSENTSREQUEST']._serialized_start=3218
+  _globals['_LISTCONSENTSREQUEST']._serialized_end=3276
+  _globals['_LISTCONSENTSRESPONSE']._serialized_start=3278
+  _globals['_LISTCONSENTSRESPONSE']._serialized_end=3341
+  _globals['_COORDINATORSERVICE']._serialized_start=3344
+  _globals['_COORDINATORSERVICE']._serialized_end=4094
 # @@protoc_insertion_point(module_scope)

@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from osmanthus.v1 import common_pb2 as _common_pb2
+from osmanthus.v1 import lists_pb2 as _lists_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -41,20 +42,24 @@ class PersonQueryRequest(_message.Message):
     def __init__(self, resident_id: _Optional[str] = ..., shape: _Optional[_Union[_common_pb2.Shape, str]] = ..., purpose: _Optional[str] = ..., consent_id: _Optional[str] = ..., public_key: _Optional[_Union[_common_pb2.PaillierPublicKey, _Mapping]] = ..., threshold: _Optional[int] = ..., measures: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EnterpriseQueryRequest(_message.Message):
-    __slots__ = ("credit_code", "shape", "purpose", "public_key", "threshold", "measures")
+    __slots__ = ("credit_code", "shape", "purpose", "public_key", "threshold", "measures", "consent_id", "departments")
     CREDIT_CODE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     MEASURES_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPARTMENTS_FIELD_NUMBER: _ClassVar[int]
     credit_code: str
     shape: _common_pb2.Shape
     purpose: str
     public_key: _common_pb2.PaillierPublicKey
     threshold: int
     measures: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, credit_code: _Optional[str] = ..., shape: _Optional[_Union[_common_pb2.Shape, str]] = ..., purpose: _Optional[str] = ..., public_key: _Optional[_Union[_common_pb2.PaillierPublicKey, _Mapping]] = ..., threshold: _Optional[int] = ..., measures: _Optional[_Iterable[str]] = ...) -> None: ...
+    consent_id: str
+    departments: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, credit_code: _Optional[str] = ..., shape: _Optional[_Union[_common_pb2.Shape, str]] = ..., purpose: _Optional[str] = ..., public_key: _Optional[_Union[_common_pb2.PaillierPublicKey, _Mapping]] = ..., threshold: _Optional[int] = ..., measures: _Optional[_Iterable[str]] = ..., consent_id: _Optional[str] = ..., departments: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DepartmentStatus(_message.Message):
     __slots__ = ("department", "detail", "rules_version")
@@ -209,6 +214,30 @@ class StatsResponse(_message.Message):
     base: int
     answered: _containers.RepeatedCompositeFieldContainer[DepartmentStatus]
     def __init__(self, query_id: _Optional[str] = ..., statistics: _Optional[_Iterable[str]] = ..., ciphertexts: _Optional[_Iterable[_Union[_common_pb2.Ciphertext, _Mapping]]] = ..., noise_scales: _Optional[_Iterable[str]] = ..., cohort: _Optional[int] = ..., epsilon: _Optional[str] = ..., epsilon_left: _Optional[str] = ..., base: _Optional[int] = ..., answered: _Optional[_Iterable[_Union[DepartmentStatus, _Mapping]]] = ...) -> None: ...
+
+class SearchListsRequest(_message.Message):
+    __slots__ = ("subject_kind", "subject_id", "list", "page_size", "page_token")
+    SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    subject_kind: _common_pb2.SubjectKind
+    subject_id: str
+    list: str
+    page_size: int
+    page_token: str
+    def __init__(self, subject_kind: _Optional[_Union[_common_pb2.SubjectKind, str]] = ..., subject_id: _Optional[str] = ..., list: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class SearchListsResponse(_message.Message):
+    __slots__ = ("entries", "next_page_token", "missing")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[_lists_pb2.PublicEntry]
+    next_page_token: str
+    missing: _containers.RepeatedCompositeFieldContainer[DepartmentStatus]
+    def __init__(self, entries: _Optional[_Iterable[_Union[_lists_pb2.PublicEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., missing: _Optional[_Iterable[_Union[DepartmentStatus, _Mapping]]] = ...) -> None: ...
 
 class Consent(_message.Message):
     __slots__ = ("consent_id", "subject_id", "grantee", "purpose", "granted_at", "expires_at", "revoked_at", "receipt")

@@ -61,6 +61,11 @@ class CoordinatorServiceStub:
                 request_serializer=osmanthus_dot_v1_dot_coordinator__pb2.StatsQueryRequest.SerializeToString,
                 response_deserializer=osmanthus_dot_v1_dot_coordinator__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.SearchLists = channel.unary_unary(
+                '/osmanthus.v1.CoordinatorService/SearchLists',
+                request_serializer=osmanthus_dot_v1_dot_coordinator__pb2.SearchListsRequest.SerializeToString,
+                response_deserializer=osmanthus_dot_v1_dot_coordinator__pb2.SearchListsResponse.FromString,
+                _registered_method=True)
         self.GrantConsent = channel.unary_unary(
                 '/osmanthus.v1.CoordinatorService/GrantConsent',
                 request_serializer=osmanthus_dot_v1_dot_coordinator__pb2.GrantConsentRequest.SerializeToString,
@@ -121,6 +126,14 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchLists(self, request, context):
+        """The public query of red and black lists: entries in view today, published fields only.
+        Rate limited by the central policy (action SearchLists).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GrantConsent(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -166,6 +179,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.StatsQuery,
                     request_deserializer=osmanthus_dot_v1_dot_coordinator__pb2.StatsQueryRequest.FromString,
                     response_serializer=osmanthus_dot_v1_dot_coordinator__pb2.StatsResponse.SerializeToString,
+            ),
+            'SearchLists': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchLists,
+                    request_deserializer=osmanthus_dot_v1_dot_coordinator__pb2.SearchListsRequest.FromString,
+                    response_serializer=osmanthus_dot_v1_dot_coordinator__pb2.SearchListsResponse.SerializeToString,
             ),
             'GrantConsent': grpc.unary_unary_rpc_method_handler(
                     servicer.GrantConsent,
@@ -320,6 +338,33 @@ class CoordinatorService:
             '/osmanthus.v1.CoordinatorService/StatsQuery',
             osmanthus_dot_v1_dot_coordinator__pb2.StatsQueryRequest.SerializeToString,
             osmanthus_dot_v1_dot_coordinator__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchLists(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/osmanthus.v1.CoordinatorService/SearchLists',
+            osmanthus_dot_v1_dot_coordinator__pb2.SearchListsRequest.SerializeToString,
+            osmanthus_dot_v1_dot_coordinator__pb2.SearchListsResponse.FromString,
             options,
             channel_credentials,
             insecure,

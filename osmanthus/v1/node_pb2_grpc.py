@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from osmanthus.v1 import lists_pb2 as osmanthus_dot_v1_dot_lists__pb2
 from osmanthus.v1 import node_pb2 as osmanthus_dot_v1_dot_node__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -51,6 +52,11 @@ class NodeServiceStub:
                 request_serializer=osmanthus_dot_v1_dot_node__pb2.ContributeStatsRequest.SerializeToString,
                 response_deserializer=osmanthus_dot_v1_dot_node__pb2.ContributeStatsResponse.FromString,
                 _registered_method=True)
+        self.PublicEntries = channel.unary_unary(
+                '/osmanthus.v1.NodeService/PublicEntries',
+                request_serializer=osmanthus_dot_v1_dot_lists__pb2.PublicEntriesRequest.SerializeToString,
+                response_deserializer=osmanthus_dot_v1_dot_lists__pb2.PublicEntriesResponse.FromString,
+                _registered_method=True)
         self.GetInfo = channel.unary_unary(
                 '/osmanthus.v1.NodeService/GetInfo',
                 request_serializer=osmanthus_dot_v1_dot_node__pb2.GetInfoRequest.SerializeToString,
@@ -86,6 +92,14 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublicEntries(self, request, context):
+        """The department's red and black list entries in public view today, published fields only;
+        only the coordinator may ask (it serves the public query).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetInfo(self, request, context):
         """What this node serves: department, subject kinds, rules and policy versions.
         """
@@ -110,6 +124,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.ContributeStats,
                     request_deserializer=osmanthus_dot_v1_dot_node__pb2.ContributeStatsRequest.FromString,
                     response_serializer=osmanthus_dot_v1_dot_node__pb2.ContributeStatsResponse.SerializeToString,
+            ),
+            'PublicEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublicEntries,
+                    request_deserializer=osmanthus_dot_v1_dot_lists__pb2.PublicEntriesRequest.FromString,
+                    response_serializer=osmanthus_dot_v1_dot_lists__pb2.PublicEntriesResponse.SerializeToString,
             ),
             'GetInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetInfo,
@@ -200,6 +219,33 @@ class NodeService:
             '/osmanthus.v1.NodeService/ContributeStats',
             osmanthus_dot_v1_dot_node__pb2.ContributeStatsRequest.SerializeToString,
             osmanthus_dot_v1_dot_node__pb2.ContributeStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublicEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/osmanthus.v1.NodeService/PublicEntries',
+            osmanthus_dot_v1_dot_lists__pb2.PublicEntriesRequest.SerializeToString,
+            osmanthus_dot_v1_dot_lists__pb2.PublicEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,
