@@ -1,4 +1,4 @@
-"""Consent registry: which requester may see a person's record, for what purpose, until when."""
+"""Consent registry: which requester may see a subject's record, for what purpose, until when."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.database import RegistryDatabase
 from osmanthus.errors import ConfigError, InvalidArgument, NotFound
-from osmanthus.ids import validate_resident_id
+from osmanthus.ids import validate_any_subject, validate_subject
 from osmanthus.names import PEER_NAME_PATTERN, PURPOSE_PATTERN
 from osmanthus.receipts import (
     CONSENT_ID_PATTERN,
@@ -30,7 +30,7 @@ from osmanthus.receipts import (
     consent_key_id,
     issue_receipt,
 )
-from osmanthus.types import ConsentId, Purpose, RequesterId, SubjectId
+from osmanthus.types import ConsentId, Purpose, RequesterId, SubjectId, SubjectKind
 
 _log = logging.getLogger(__name__)
 
@@ -64,8 +64,13 @@ CREATE TABLE IF NOT EXISTS consents (
 );
 -- files made before receipts existed: their rows are signed when the registry opens
 ALTER TABLE consents ADD COLUMN IF NOT EXISTS receipt VARCHAR;
+-- files made before enterprises could consent hold persons' consents only
+ALTER TABLE consents ADD COLUMN IF NOT EXISTS subject_kind VARCHAR DEFAULT 'person';
 """
-_COLUMNS = "consent_id, subject_id, grantee, purpose, granted_at, expires_at, revoked_at, receipt"
+_COLUMNS = (
+    "consent_id, subject_id, grantee, purpose, granted_at, expires_at, revoked_at, receipt, "
+    "subject_kind"
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,8 @@ class Consent:
     #: receipts existed that was already revoked then (a fresh receipt would attest a consent
     #: that no longer stands) or whose stored record today's checks refuse
     receipt: str
+    #: a person, or an enterprise consenting through its legal representative (a tax-bank loan)
+    subject_kind: SubjectKind = SubjectKind.PERSON
 
 
 class ConsentState(enum.Enum):
@@ -158,8 +165,9 @@ class ConsentRegistry(RegistryDatabase):
         purpose: str,
         expires_at: datetime,
         now: datetime,
+        subject_kind: SubjectKind = SubjectKind.PERSON,
     ) -> Consent:
-        subject = validate_resident_id(subject_id, field="subject_id")
+        subject = validate_subject(subject_kind, subject_id, field="subject_id")
         _check_requester(grantee, field="grantee")
         if not isinstance(purpose, str) or not _PURPOSE.fullmatch(purpose):
             raise InvalidArgument(
@@ -189,11 +197,12 @@ class ConsentRegistry(RegistryDatabase):
             expires_at=expires,
             revoked_at=None,
             receipt="",
+            subject_kind=subject_kind,
         )
         consent = replace(consent, receipt=self._sign(consent))
         with self._lock:
             self._db.execute(
-                f"INSERT INTO consents ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
+                f"INSERT INTO consents ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?)",
                 [
                     consent.consent_id,
                     consent.subject_id,
@@ -202,6 +211,7 @@ class ConsentRegistry(RegistryDatabase):
                     _naive(consent.granted_at),
                     _naive(consent.expires_at),
                     consent.receipt,
+                    consent.subject_kind.value,
                 ],
             )
         return consent
@@ -233,7 +243,7 @@ class ConsentRegistry(RegistryDatabase):
         parameters: builtins.list[str] = []
         if subject_id is not None:
             conditions.append("subject_id = ?")
-            parameters.append(validate_resident_id(subject_id, field="subject_id"))
+            parameters.append(validate_any_subject(subject_id, field="subject_id"))
         if grantee is not None:
             conditions.append("grantee = ?")
             parameters.append(grantee)
@@ -253,6 +263,7 @@ class ConsentRegistry(RegistryDatabase):
         grantee: str,
         purpose: str,
         now: datetime,
+        subject_kind: SubjectKind = SubjectKind.PERSON,
     ) -> tuple[ConsentState, str]:
         """Whether `consent_id` lets `grantee` see `subject_id`'s record for `purpose` at `now`.
 
@@ -260,7 +271,7 @@ class ConsentRegistry(RegistryDatabase):
         so it may go to the audit log and back to the requester.
         """
         now = _utc(now, field="now")
-        subject = validate_resident_id(subject_id, field="subject_id")
+        subject = validate_subject(subject_kind, subject_id, field="subject_id")
         if not consent_id:
             return ConsentState.MISSING, "no consent id given"
         if not _CONSENT_ID.fullmatch(consent_id):
@@ -269,8 +280,9 @@ class ConsentRegistry(RegistryDatabase):
             consent = self.get(consent_id)
         except NotFound:
             return ConsentState.MISSING, f"consent {consent_id} does not exist"
-        if consent.subject_id != subject:
-            return ConsentState.MISSING, f"consent {consent_id} was given by another person"
+        if consent.subject_id != subject or consent.subject_kind is not subject_kind:
+            who = "person" if subject_kind is SubjectKind.PERSON else "enterprise"
+            return ConsentState.MISSING, f"consent {consent_id} was given by another {who}"
         if consent.grantee != grantee:
             return (
                 ConsentState.GRANTEE_MISMATCH,
@@ -448,7 +460,8 @@ def _check_requester(value: object, *, field: str) -> None:
 
 
 def _consent_from_row(row: tuple[Any, ...]) -> Consent:
-    consent_id, subject_id, grantee, purpose, granted_at, expires_at, revoked_at, receipt = row
+    (consent_id, subject_id, grantee, purpose, granted_at, expires_at, revoked_at, receipt,
+     kind) = row  # fmt: skip
     return Consent(
         consent_id=ConsentId(consent_id),
         subject_id=SubjectId(subject_id),
@@ -458,6 +471,7 @@ def _consent_from_row(row: tuple[Any, ...]) -> Consent:
         expires_at=expires_at.replace(tzinfo=UTC),
         revoked_at=revoked_at.replace(tzinfo=UTC) if revoked_at is not None else None,
         receipt=receipt or "",
+        subject_kind=SubjectKind(kind or SubjectKind.PERSON.value),
     )
 
 

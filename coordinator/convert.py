@@ -9,9 +9,16 @@ from google.protobuf import timestamp_pb2
 
 from coordinator.batch import BatchHeader, BatchPlan, ChunkOutcome, SubjectChunk
 from coordinator.consent import Consent
+from coordinator.lists import ListSearch, ListSearchOutcome
 from coordinator.service import QueryOutcome, QueryRequest
 from coordinator.stats import StatsOutcome, StatsQuery
-from node.convert import SHAPE_TO_PB, kind_from_pb, shape_from_pb
+from node.convert import (
+    KIND_TO_PB,
+    SHAPE_TO_PB,
+    kind_from_pb,
+    public_entry_message,
+    shape_from_pb,
+)
 from osmanthus.errors import InvalidArgument
 from osmanthus.types import SubjectKind
 from osmanthus.v1 import common_pb2, coordinator_pb2
@@ -50,11 +57,22 @@ def enterprise_query(message: coordinator_pb2.EnterpriseQueryRequest) -> QueryRe
         subject_id=message.credit_code,
         shape=shape_from_pb(message.shape),
         purpose=message.purpose,
-        consent_id="",
+        consent_id=message.consent_id,
         public_key=message.public_key.n,
         threshold=message.threshold,
         measures=tuple(message.measures),
+        departments=tuple(message.departments),
     )
+
+
+def consent_subject_kind(value: int) -> SubjectKind:
+    """A consent's subject kind; unspecified is a person (consents were persons' only)."""
+    if value == common_pb2.SUBJECT_KIND_UNSPECIFIED:
+        return SubjectKind.PERSON
+    kind = kind_from_pb(value)
+    if kind is None:
+        raise InvalidArgument(f"{value} is not a subject kind", field="subject_kind")
+    return kind
 
 
 def query_response(outcome: QueryOutcome) -> coordinator_pb2.QueryResponse:
@@ -113,6 +131,28 @@ def stats_response(outcome: StatsOutcome) -> coordinator_pb2.StatsResponse:
     )
 
 
+def search_lists(message: coordinator_pb2.SearchListsRequest) -> ListSearch:
+    return ListSearch(
+        subject_kind=kind_from_pb(message.subject_kind),
+        subject_id=message.subject_id,
+        list_id=message.list,
+        page_size=message.page_size,
+        page_token=message.page_token,
+    )
+
+
+def search_lists_response(outcome: ListSearchOutcome) -> coordinator_pb2.SearchListsResponse:
+    # rebuilt from the checked values: nothing else a node put in its messages goes on
+    return coordinator_pb2.SearchListsResponse(
+        entries=[public_entry_message(e) for e in outcome.entries],
+        next_page_token=outcome.next_page_token,
+        missing=[
+            coordinator_pb2.DepartmentStatus(department=s.department, detail=s.detail)
+            for s in outcome.missing
+        ],
+    )
+
+
 def consent_message(consent: Consent) -> coordinator_pb2.Consent:
     return coordinator_pb2.Consent(
         consent_id=consent.consent_id,
@@ -123,6 +163,7 @@ def consent_message(consent: Consent) -> coordinator_pb2.Consent:
         expires_at=timestamp(consent.expires_at),
         revoked_at=timestamp(consent.revoked_at),
         receipt=consent.receipt,
+        subject_kind=KIND_TO_PB[consent.subject_kind],
     )
 
 

@@ -38,7 +38,7 @@ from osmanthus.errors import (
 from osmanthus.grpc_errors import error_from_rpc
 from osmanthus.tls import TlsFiles, node_server_name, secure_channel
 from osmanthus.types import DepartmentId
-from osmanthus.v1 import node_pb2_grpc
+from osmanthus.v1 import lists_pb2, node_pb2_grpc
 
 _log = logging.getLogger(__name__)
 
@@ -56,6 +56,15 @@ _CHANNEL_OPTIONS = (
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
 )
+
+
+@dataclass(frozen=True)
+class PublicEntriesAnswer:
+    """One department's page of public list entries, as its node sent them (unchecked)."""
+
+    department: DepartmentId
+    entries: tuple[lists_pb2.PublicEntry, ...]
+    next_page_token: str
 
 
 @dataclass(frozen=True)
@@ -174,6 +183,30 @@ class NodePool:
             deadline_s=deadline_s,
         )
 
+    def public_entries_each(
+        self,
+        requests: Sequence[tuple[DepartmentId, lists_pb2.PublicEntriesRequest]],
+        *,
+        deadline_s: float,
+    ) -> tuple[list[PublicEntriesAnswer], list[NodeFailure]]:
+        """Each department its own public-list request (its own page token), all at once.
+
+        No requester token goes with them: the entries are public, the node serves them to the
+        coordinator's certificate alone, and the coordinator audits who asked.
+        """
+        return self._fan_out_each(
+            self._callers,
+            requests,
+            "PublicEntries",
+            lambda dept, message: PublicEntriesAnswer(
+                department=dept,
+                entries=tuple(message.entries),
+                next_page_token=message.next_page_token,
+            ),
+            token=None,
+            deadline_s=deadline_s,
+        )
+
     def _fan_out(
         self,
         callers: ThreadPoolExecutor,
@@ -185,9 +218,28 @@ class NodePool:
         token: str,
         deadline_s: float,
     ) -> tuple[list[R], list[NodeFailure]]:
-        metadata = (("authorization", f"Bearer {token}"),)
+        return self._fan_out_each(
+            callers,
+            [(dept, message) for dept in departments],
+            method,
+            lambda _, answer: convert(answer),
+            token=token,
+            deadline_s=deadline_s,
+        )
+
+    def _fan_out_each(
+        self,
+        callers: ThreadPoolExecutor,
+        requests: Sequence[tuple[DepartmentId, Any]],
+        method: str,
+        convert: Callable[[DepartmentId, Any], R],
+        *,
+        token: str | None,
+        deadline_s: float,
+    ) -> tuple[list[R], list[NodeFailure]]:
+        metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
         pending = []
-        for dept in departments:
+        for dept, message in requests:
             stub = self._stubs.get(dept)
             if stub is None:
                 raise ConfigError(f"no node registered for department {dept!r}", field="nodes")
@@ -199,7 +251,7 @@ class NodePool:
         failures: list[NodeFailure] = []
         for dept, future in pending:
             try:
-                answer = convert(future.result())
+                answer = convert(dept, future.result())
             except grpc.RpcError as exc:
                 failures.append(
                     NodeFailure(dept, _failure_reason(exc, deadline_s), error_from_rpc(exc))

@@ -15,6 +15,7 @@ from coordinator.consent import Consent, ConsentRegistry, ConsentState
 from coordinator.disclosure import DisclosureLedger
 from coordinator.epsilon import EpsilonLedger
 from coordinator.keys import KeyRegistry
+from coordinator.lists import ListSearch, ListSearcher, ListSearchOutcome
 from coordinator.nodes import NodeFailure, NodePool
 from coordinator.ratelimit import RateLimiter
 from coordinator.stats import StatsAnswerer, StatsOutcome, StatsQuery
@@ -80,6 +81,8 @@ class QueryRequest:
     threshold: int = 0
     #: FLAGS: the joint-punishment measures asked
     measures: tuple[str, ...] = ()
+    #: ask only these departments; empty asks every department serving the subject kind
+    departments: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,15 @@ class CoordinatorService:
             ledger=epsilon_ledger,
             audit=audit,
             encryptors=encryptors,
+            rate_limiter=self._rate_limiter,
+            deadline_s=deadline_s,
+            clock=clock,
+        )
+        self._lists = ListSearcher(
+            catalogue=catalogue,
+            nodes=nodes,
+            policy=policy,
+            audit=audit,
             rate_limiter=self._rate_limiter,
             deadline_s=deadline_s,
             clock=clock,
@@ -317,6 +329,7 @@ class CoordinatorService:
             raise InvalidArgument(
                 f"measures belong to FLAGS queries, not {shape.value}", field="measures"
             )
+        departments = self._asked_departments(kind, shape, request.departments)
         claims.require_purpose(purpose)
         key = self._keys.registered_key(claims, request.public_key, field="public_key")
         action = "PersonQuery" if kind is SubjectKind.PERSON else "EnterpriseQuery"
@@ -330,13 +343,19 @@ class CoordinatorService:
         if shape is Shape.FLAGS:
             # a permit can grant some measures only: a bank's loan decision needs bank_loan
             context["measures"] = tuple(sorted(measures))
-        if kind is SubjectKind.PERSON:
+        if departments:
+            # a permit can pin the departments a purpose may see alone (a tax-bank loan: tax)
+            context["departments"] = departments
+            seen["departments"] = ",".join(departments)
+        if kind is SubjectKind.PERSON or request.consent_id:
+            # an enterprise's consent counts where it is given: a tax-bank loan needs one
             state, why = self._consents.check(
                 request.consent_id or None,
                 subject_id=subject,
                 grantee=claims.requester,
                 purpose=purpose,
                 now=self._clock(),
+                subject_kind=kind,
             )
             context["consent"] = state.value
             decision = self._decide(claims, action, resource, context, engine)
@@ -379,7 +398,11 @@ class CoordinatorService:
         # ARCHITECTURE.md: fewer departments than this are refused unless each allows single-source
         minimum = engine.min_departments(decision)
 
-        expected = sorted(d.id for d in self._catalogue.departments_for(kind))
+        expected = sorted(
+            d.id
+            for d in self._catalogue.departments_for(kind)
+            if not request.departments or d.id in request.departments
+        )
         configured = [d for d in expected if d in self._nodes.departments]
         not_configured = [
             NodeFailure(d, "no node registered for this department")
@@ -630,6 +653,30 @@ class CoordinatorService:
             threshold=threshold,
         )
 
+    def _asked_departments(
+        self, kind: SubjectKind, shape: Shape, asked: Sequence[str]
+    ) -> tuple[str, ...]:
+        """The departments a query names, checked; () when it asks every department."""
+        if not asked:
+            return ()
+        if shape is Shape.FLAGS:
+            raise InvalidArgument(
+                "a FLAGS query asks every department that can flag the subject; it names "
+                "measures, not departments",
+                field="departments",
+            )
+        serving = {d.id for d in self._catalogue.departments_for(kind)}
+        if len(set(asked)) != len(asked):
+            raise InvalidArgument("a department is named twice", field="departments")
+        for department in asked:
+            if department not in serving:
+                raise InvalidArgument(
+                    f"{str(department)[:40]!r} is not a department serving {kind.value}s; "
+                    "known: " + ", ".join(sorted(serving)),
+                    field="departments",
+                )
+        return tuple(sorted(asked))
+
     def _raise_if_denied(
         self,
         claims: TokenClaims,
@@ -740,6 +787,16 @@ class CoordinatorService:
             )
         )
 
+    # --- red and black lists -------------------------------------------------------------------
+
+    def search_lists(
+        self, request: ListSearch, *, caller: PeerIdentity, token: str | None
+    ) -> ListSearchOutcome:
+        """The public query of red and black lists (see coordinator/lists.py)."""
+        return self._lists.search(
+            new_query_id(), request, authenticate=lambda: self.authenticate(caller, token)
+        )
+
     # --- statistics ----------------------------------------------------------------------------
 
     def stats(
@@ -823,16 +880,18 @@ class CoordinatorService:
         expires_at: datetime,
         caller: PeerIdentity,
         token: str | None,
+        subject_kind: SubjectKind = SubjectKind.PERSON,
     ) -> Consent:
         claims = self.authenticate(caller, token)
         self._require(claims, "ManageConsent", ("Registry", "consent"), {})
-        subject = validate_subject(SubjectKind.PERSON, subject_id, field="subject_id")
+        subject = validate_subject(subject_kind, subject_id, field="subject_id")
         return self._consents.grant(
             subject_id=subject,
             grantee=validate_requester_id(grantee, field="grantee"),
             purpose=validate_purpose(purpose),
             expires_at=expires_at,
             now=self._clock(),
+            subject_kind=subject_kind,
         )
 
     def revoke_consent(

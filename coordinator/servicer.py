@@ -87,6 +87,17 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             outcomes.close()
 
     @servicer_method
+    def SearchLists(  # noqa: N802 - gRPC method name
+        self, request: coordinator_pb2.SearchListsRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.SearchListsResponse:
+        outcome = self._service.search_lists(
+            convert.search_lists(request),
+            caller=peer_identity(context),
+            token=bearer_token(context),
+        )
+        return convert.search_lists_response(outcome)
+
+    @servicer_method
     def GrantConsent(  # noqa: N802 - gRPC method name
         self, request: coordinator_pb2.GrantConsentRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.Consent:
@@ -97,6 +108,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             expires_at=convert.datetime_from(request.expires_at, field="expires_at"),
             caller=peer_identity(context),
             token=bearer_token(context),
+            subject_kind=convert.consent_subject_kind(request.subject_kind),
         )
         return convert.consent_message(consent)
 

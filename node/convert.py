@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
+from collections.abc import Sequence
+from typing import TypeVar
+
+from google.protobuf import timestamp_pb2
+
+from node.lists import EntryDraft, PublicPage, PublicQuery, PublishResult
 from node.service import (
     ChunkRequest,
     ChunkResult,
@@ -11,8 +18,22 @@ from node.service import (
     StatsRequest,
     StatsResult,
 )
+from osmanthus.catalogue import ListColour
+from osmanthus.errors import InvalidArgument
+from osmanthus.lists import (
+    EntryId,
+    EntryStatus,
+    ListEntry,
+    ListEvent,
+    NewEntry,
+    PublicEntry,
+    WithdrawReason,
+    parse_date,
+)
 from osmanthus.types import DepartmentId, Shape, SubjectKind
-from osmanthus.v1 import common_pb2, node_pb2
+from osmanthus.v1 import common_pb2, lists_pb2, node_pb2
+
+T = TypeVar("T")
 
 _KIND_FROM_PB: dict[int, SubjectKind] = {
     common_pb2.SUBJECT_KIND_PERSON: SubjectKind.PERSON,
@@ -215,4 +236,216 @@ def node_info(description: NodeDescription) -> node_pb2.NodeInfo:
         policy_hash=description.policy_hash,
         owned_categories=list(description.owned_categories),
         software_version=description.software_version,
+    )
+
+
+# --- red and black lists ----------------------------------------------------------------------
+
+_COLOUR_TO_PB: dict[ListColour, lists_pb2.ListColour] = {
+    ListColour.RED: lists_pb2.LIST_COLOUR_RED,
+    ListColour.BLACK: lists_pb2.LIST_COLOUR_BLACK,
+}
+_COLOUR_FROM_PB: dict[int, ListColour] = {v: k for k, v in _COLOUR_TO_PB.items()}
+_REASON_TO_PB: dict[WithdrawReason, lists_pb2.WithdrawReason] = {
+    WithdrawReason.REPAIRED: lists_pb2.WITHDRAW_REASON_REPAIRED,
+    WithdrawReason.REVOKED: lists_pb2.WITHDRAW_REASON_REVOKED,
+    WithdrawReason.ERROR: lists_pb2.WITHDRAW_REASON_ERROR,
+}
+_REASON_FROM_PB: dict[int, WithdrawReason] = {v: k for k, v in _REASON_TO_PB.items()}
+_STATUS_TO_PB: dict[EntryStatus, lists_pb2.EntryStatus] = {
+    EntryStatus.SCHEDULED: lists_pb2.ENTRY_STATUS_SCHEDULED,
+    EntryStatus.IN_VIEW: lists_pb2.ENTRY_STATUS_IN_VIEW,
+    EntryStatus.EXPIRED: lists_pb2.ENTRY_STATUS_EXPIRED,
+    EntryStatus.WITHDRAWN: lists_pb2.ENTRY_STATUS_WITHDRAWN,
+}
+_STATUS_FROM_PB: dict[int, EntryStatus] = {v: k for k, v in _STATUS_TO_PB.items()}
+
+
+def withdraw_reason_from_pb(value: int) -> WithdrawReason | None:
+    return _REASON_FROM_PB.get(value)
+
+
+def entry_drafts(message: lists_pb2.PublishEntriesRequest) -> tuple[EntryDraft, ...]:
+    return tuple(
+        EntryDraft(
+            entry_id=e.entry_id,
+            list=e.list,
+            subject_kind=kind_from_pb(e.subject_kind),
+            subject_id=e.subject_id,
+            subject_name=e.subject_name,
+            legal_basis=e.legal_basis,
+            reason=e.reason,
+            window_start=e.window_start,
+            window_end=e.window_end,
+        )
+        for e in message.entries
+    )
+
+
+def new_entry_message(entry: NewEntry) -> lists_pb2.NewEntry:
+    return lists_pb2.NewEntry(
+        entry_id=entry.entry_id,
+        list=entry.list,
+        subject_kind=KIND_TO_PB[entry.subject_kind],
+        subject_id=entry.subject_id,
+        subject_name=entry.subject_name,
+        legal_basis=entry.legal_basis,
+        reason=entry.reason,
+        window_start=entry.window_start.isoformat(),
+        window_end=entry.window_end.isoformat(),
+    )
+
+
+def publish_request(entries: Sequence[lists_pb2.NewEntry]) -> lists_pb2.PublishEntriesRequest:
+    return lists_pb2.PublishEntriesRequest(entries=list(entries))
+
+
+def publish_response(result: PublishResult) -> lists_pb2.PublishEntriesResponse:
+    return lists_pb2.PublishEntriesResponse(published=result.published, unchanged=result.unchanged)
+
+
+def publish_result(message: lists_pb2.PublishEntriesResponse) -> PublishResult:
+    return PublishResult(published=message.published, unchanged=message.unchanged)
+
+
+def withdraw_request(
+    entry_id: str, *, reason: WithdrawReason, reference: str
+) -> lists_pb2.WithdrawEntryRequest:
+    return lists_pb2.WithdrawEntryRequest(
+        entry_id=entry_id, reason=_REASON_TO_PB[reason], reference=reference
+    )
+
+
+def history_request(kind: SubjectKind, subject_id: str) -> lists_pb2.HistoryRequest:
+    return lists_pb2.HistoryRequest(subject_kind=KIND_TO_PB[kind], subject_id=subject_id)
+
+
+def public_entry_message(entry: PublicEntry) -> lists_pb2.PublicEntry:
+    return lists_pb2.PublicEntry(
+        entry_id=entry.entry_id,
+        department=entry.department,
+        list=entry.list,
+        colour=_COLOUR_TO_PB[entry.colour],
+        subject_kind=KIND_TO_PB[entry.subject_kind],
+        subject_id=entry.subject_id,
+        subject_name=entry.subject_name,
+        legal_basis=entry.legal_basis,
+        reason=entry.reason,
+        window_start=entry.window_start.isoformat(),
+        window_end=entry.window_end.isoformat(),
+        facilitation_class=entry.facilitation_class or "",
+    )
+
+
+def _required(value: T | None, what: str, field: str) -> T:
+    if value is None:
+        raise InvalidArgument(f"the node sent no {what}", field=field)
+    return value
+
+
+def public_entry(message: lists_pb2.PublicEntry, *, field: str = "entry") -> PublicEntry:
+    """A node's PublicEntry; InvalidArgument (naming `field`) for one no node would send."""
+    colour = _COLOUR_FROM_PB.get(message.colour)
+    kind = kind_from_pb(message.subject_kind)
+    return PublicEntry(
+        entry_id=EntryId(message.entry_id),
+        department=DepartmentId(message.department),
+        list=message.list,
+        colour=_required(colour, "list colour", f"{field}.colour"),
+        subject_kind=_required(kind, "subject kind", f"{field}.subject_kind"),
+        subject_id=message.subject_id,
+        subject_name=message.subject_name,
+        legal_basis=message.legal_basis,
+        reason=message.reason,
+        window_start=parse_date(message.window_start, field=f"{field}.window_start"),
+        window_end=parse_date(message.window_end, field=f"{field}.window_end"),
+        facilitation_class=message.facilitation_class or None,
+    )
+
+
+def _timestamp(value: datetime.datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value.astimezone(datetime.UTC))
+    return ts
+
+
+def list_entry_message(entry: ListEntry) -> lists_pb2.ListEntry:
+    return lists_pb2.ListEntry(
+        entry=public_entry_message(entry.entry),
+        status=_STATUS_TO_PB[entry.status],
+        withdraw_reason=(
+            _REASON_TO_PB[entry.withdraw_reason]
+            if entry.withdraw_reason is not None
+            else lists_pb2.WITHDRAW_REASON_UNSPECIFIED
+        ),
+        withdraw_reference=entry.withdraw_reference,
+        events=[
+            lists_pb2.ListEvent(at=_timestamp(e.at), event=e.event, actor=e.actor, detail=e.detail)
+            for e in entry.events
+        ],
+    )
+
+
+def list_entry(message: lists_pb2.ListEntry, *, field: str = "entry") -> ListEntry:
+    status = _STATUS_FROM_PB.get(message.status)
+    entry = public_entry(message.entry, field=f"{field}.entry")
+    return ListEntry(
+        # the list officer sees the entry as stored: the subject id in full
+        entry=entry,
+        status=_required(status, "entry status", f"{field}.status"),
+        withdraw_reason=withdraw_reason_from_pb(message.withdraw_reason),
+        withdraw_reference=message.withdraw_reference,
+        events=tuple(
+            ListEvent(
+                at=e.at.ToDatetime(tzinfo=datetime.UTC),
+                event=e.event,
+                actor=e.actor,
+                detail=e.detail,
+            )
+            for e in message.events
+        ),
+    )
+
+
+def history_response(entries: Sequence[ListEntry]) -> lists_pb2.HistoryResponse:
+    return lists_pb2.HistoryResponse(entries=[list_entry_message(e) for e in entries])
+
+
+def history_entries(message: lists_pb2.HistoryResponse) -> tuple[ListEntry, ...]:
+    return tuple(list_entry(e, field=f"entries[{i}]") for i, e in enumerate(message.entries))
+
+
+def public_query(message: lists_pb2.PublicEntriesRequest) -> PublicQuery:
+    return PublicQuery(
+        subject_kind=kind_from_pb(message.subject_kind),
+        subject_id=message.subject_id,
+        list=message.list,
+        page_size=message.page_size,
+        page_token=message.page_token,
+    )
+
+
+def public_query_message(query: PublicQuery) -> lists_pb2.PublicEntriesRequest:
+    return lists_pb2.PublicEntriesRequest(
+        subject_kind=_kind_pb(query.subject_kind),
+        subject_id=query.subject_id,
+        list=query.list,
+        page_size=query.page_size,
+        page_token=query.page_token,
+    )
+
+
+def public_page_message(page: PublicPage) -> lists_pb2.PublicEntriesResponse:
+    return lists_pb2.PublicEntriesResponse(
+        entries=[public_entry_message(e) for e in page.entries],
+        next_page_token=page.next_page_token,
+    )
+
+
+def public_page(message: lists_pb2.PublicEntriesResponse) -> PublicPage:
+    return PublicPage(
+        entries=tuple(
+            public_entry(e, field=f"entries[{i}]") for i, e in enumerate(message.entries)
+        ),
+        next_page_token=message.next_page_token,
     )

@@ -7,8 +7,9 @@ from importlib.resources import files
 from pathlib import Path
 
 from certs import PeerRole
+from node.lists import LISTS_FILE, ListStore
 from node.service import NodeService
-from node.servicer import NodeServicer
+from node.servicer import ListOfficeServicer, NodeServicer
 from node.store import RecordStore
 from osmanthus.audit import AuditLog, load_or_create_salt
 from osmanthus.bundle import DEFAULT_POLL_S, load_policy, node_scope
@@ -20,9 +21,10 @@ from osmanthus.rules import load_default_rules, load_rules
 from osmanthus.server import RunningServer, start_server
 from osmanthus.tls import TlsFiles, check_files, identity_of_certificate
 from osmanthus.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, ReplayCache, TokenVerifier
-from osmanthus.v1 import node_pb2, node_pb2_grpc
+from osmanthus.v1 import lists_pb2, lists_pb2_grpc, node_pb2, node_pb2_grpc
 
 NODE_SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
+LIST_OFFICE_SERVICE_NAME = lists_pb2.DESCRIPTOR.services_by_name["ListOfficeService"].full_name
 DEFAULT_NODE_POLICY = Path(str(files("policies") / "node.cedar"))
 
 
@@ -91,24 +93,35 @@ def build_service(
     policy = ReloadablePolicy.from_file(config.policy) if policy is None else policy
     config.state_dir.mkdir(parents=True, exist_ok=True)
     salt = load_or_create_salt(config.state_dir / "audit.salt")
-    store = RecordStore(config.db, department=department.id, read_only=True)
+    # closed in reverse order if a later step fails; on success the service owns them all
+    opened: list[RecordStore | ListStore | AuditLog] = []
     try:
+        store = RecordStore(config.db, department=department.id, read_only=True)
+        opened.append(store)
+        # the record store is read-only while the node runs: lists need a file of their own
+        lists = ListStore(
+            config.state_dir / LISTS_FILE, department=department.id, catalogue=catalogue
+        )
+        opened.append(lists)
         audit = AuditLog(path=config.state_dir / "audit.jsonl", salt=salt)
+        opened.append(audit)
+        return NodeService(
+            department=department,
+            catalogue=catalogue,
+            store=store,
+            rules=rules,
+            policy=policy,
+            verifier=verifier,
+            audit=audit,
+            encryptors=EncryptorCache(
+                max_bytes=config.table_cache_bytes, window_bits=config.table_window_bits
+            ),
+            lists=lists,
+        )
     except BaseException:
-        store.close()
+        for resource in reversed(opened):
+            resource.close()
         raise
-    return NodeService(
-        department=department,
-        catalogue=catalogue,
-        store=store,
-        rules=rules,
-        policy=policy,
-        verifier=verifier,
-        audit=audit,
-        encryptors=EncryptorCache(
-            max_bytes=config.table_cache_bytes, window_bits=config.table_window_bits
-        ),
-    )
 
 
 def start_node(config: NodeConfig, *, catalogue: Catalogue | None = None) -> RunningServer:
@@ -119,10 +132,14 @@ def start_node(config: NodeConfig, *, catalogue: Catalogue | None = None) -> Run
     )  # fmt: skip
     service = build_service(config, catalogue=catalogue, policy=policy)
     servicer = NodeServicer(service)
+    office = ListOfficeServicer(service.list_office())
     try:
         running = start_server(
-            register=[lambda s: node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, s)],
-            service_names=[NODE_SERVICE_NAME],
+            register=[
+                lambda s: node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, s),
+                lambda s: lists_pb2_grpc.add_ListOfficeServiceServicer_to_server(office, s),
+            ],
+            service_names=[NODE_SERVICE_NAME, LIST_OFFICE_SERVICE_NAME],
             listen=config.listen,
             tls=config.tls,
         )

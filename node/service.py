@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from certs import PeerRole
+from node.lists import ListOffice, ListStore, PublicPage, PublicQuery
 from node.store import RecordStore, china_today
 from osmanthus import __version__
 from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
@@ -17,6 +18,7 @@ from osmanthus.crypto import EncryptorCache, PublicKey
 from osmanthus.encoding import SlotLayout
 from osmanthus.errors import (
     ConfigError,
+    FailedPrecondition,
     InvalidArgument,
     OsmanthusError,
     PermissionDenied,
@@ -217,7 +219,10 @@ class NodeService:
         audit: AuditLog,
         encryptors: EncryptorCache,
         today: Callable[[], date] = china_today,
+        lists: ListStore | None = None,
     ) -> None:
+        """`lists`: the department's red and black lists (node.server always opens them); a
+        node without them sets no flag from a list and serves no list office."""
         self._department = department
         self._catalogue = catalogue
         self._store = store
@@ -228,7 +233,14 @@ class NodeService:
         self._encryptors = encryptors
         self._today = today
         self._flags = catalogue.flags_of(department.id)
-        defined, ruled = {f.id for f in self._flags}, rules.flag_ids()
+        # a black list's entry in view sets its flag as a counting record does (ARCHITECTURE:
+        # lists feed the flag catalogue), so a flag only a list sets is set by something
+        listed = (
+            {t.flag for t in catalogue.lists_of(department.id) if t.flag}
+            if lists is not None
+            else set()
+        )
+        defined, ruled = {f.id for f in self._flags}, rules.flag_ids() | listed
         if defined != ruled:
             # a flag no rule sets would answer "not restricted" for everyone; a flag the
             # catalogue does not define would trigger no measure
@@ -252,11 +264,31 @@ class NodeService:
             )
             for (kind, shape), layout in self._layouts.items()
         }
+        self._lists = lists
+        self._office = (
+            ListOffice(department=department, store=lists, audit=audit, today=today)
+            if lists is not None
+            else None
+        )
 
     def close(self) -> None:
         self._encryptors.close()
         self._store.close()
+        if self._lists is not None:
+            self._lists.close()
         self._audit.close()
+
+    def list_office(self) -> ListOffice:
+        """The department's list office, sharing this node's list store, audit log and clock."""
+        if self._office is None:
+            raise FailedPrecondition(
+                f"department {self._department.id}: this node runs without its list store"
+            )
+        return self._office
+
+    def public_entries(self, query: PublicQuery, *, caller: PeerIdentity) -> PublicPage:
+        """NodeService.PublicEntries: the entries in public view today (coordinator only)."""
+        return self.list_office().public_entries(query, caller=caller)
 
     def describe(self) -> NodeDescription:
         owned = tuple(
@@ -411,7 +443,10 @@ class NodeService:
         if not decision.allowed:
             raise PermissionDenied(f"department {self._department.id} policy: {decision.reason}")
         records = self._store.records_for(kind, subject)
-        raised = self._rules.flags_set(kind, records, as_of=self._today())
+        today = self._today()
+        raised = self._rules.flags_set(kind, records, as_of=today)
+        if self._lists is not None:
+            raised = raised | self._lists.flags_in_view(kind, subject, today)
         set_flags = [f for f in self._flags if f.id in raised]
         counts = [sum(1 for f in set_flags if measure in f.measures) for measure in measures]
         return ContributionResult(

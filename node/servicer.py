@@ -1,14 +1,15 @@
-"""The gRPC NodeService servicer: unpacks messages, identifies the caller, delegates."""
+"""The node's gRPC servicers (NodeService, ListOfficeService): unpack, identify, delegate."""
 
 from __future__ import annotations
 
 import grpc
 
 from node import convert
+from node.lists import ListOffice
 from node.service import NodeService
 from osmanthus.grpc_errors import servicer_method
 from osmanthus.tls import peer_identity
-from osmanthus.v1 import node_pb2, node_pb2_grpc
+from osmanthus.v1 import lists_pb2, lists_pb2_grpc, node_pb2, node_pb2_grpc
 
 AUTHORIZATION_KEY = "authorization"
 BEARER_PREFIX = "Bearer "
@@ -59,8 +60,54 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         return convert.stats_response(result)
 
     @servicer_method
+    def PublicEntries(  # noqa: N802 - gRPC method name
+        self, request: lists_pb2.PublicEntriesRequest, context: grpc.ServicerContext
+    ) -> lists_pb2.PublicEntriesResponse:
+        page = self._service.public_entries(
+            convert.public_query(request), caller=peer_identity(context)
+        )
+        return convert.public_page_message(page)
+
+    @servicer_method
     def GetInfo(  # noqa: N802 - gRPC method name
         self, request: node_pb2.GetInfoRequest, context: grpc.ServicerContext
     ) -> node_pb2.NodeInfo:
         peer_identity(context)  # any platform certificate may ask; no anonymous peers
         return convert.node_info(self._service.describe())
+
+
+class ListOfficeServicer(lists_pb2_grpc.ListOfficeServiceServicer):
+    """The department's list officer publishes, withdraws and reads the history here."""
+
+    def __init__(self, office: ListOffice) -> None:
+        self._office = office
+
+    @servicer_method
+    def PublishEntries(  # noqa: N802 - gRPC method name
+        self, request: lists_pb2.PublishEntriesRequest, context: grpc.ServicerContext
+    ) -> lists_pb2.PublishEntriesResponse:
+        result = self._office.publish(convert.entry_drafts(request), caller=peer_identity(context))
+        return convert.publish_response(result)
+
+    @servicer_method
+    def WithdrawEntry(  # noqa: N802 - gRPC method name
+        self, request: lists_pb2.WithdrawEntryRequest, context: grpc.ServicerContext
+    ) -> lists_pb2.ListEntry:
+        entry = self._office.withdraw(
+            request.entry_id,
+            reason=convert.withdraw_reason_from_pb(request.reason),
+            reference=request.reference,
+            caller=peer_identity(context),
+        )
+        return convert.list_entry_message(entry)
+
+    @servicer_method
+    def History(  # noqa: N802 - gRPC method name
+        self, request: lists_pb2.HistoryRequest, context: grpc.ServicerContext
+    ) -> lists_pb2.HistoryResponse:
+        entries = self._office.history(
+            convert.kind_from_pb(request.subject_kind),
+            request.subject_id,
+            caller=peer_identity(context),
+        )
+        return convert.history_response(entries)

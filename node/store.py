@@ -350,18 +350,7 @@ class RecordStore:
                 field="rules",
             )
         served = catalogue.department(self.department).subject_kinds
-        suffix = path.suffix.lower()
-        rows: Iterator[_Row]
-        if suffix == ".csv":
-            rows, unit = _read_csv(path), "line"
-        elif suffix == ".parquet":
-            rows, unit = _read_parquet(path), "row"
-        else:
-            raise InvalidArgument(
-                f"{path}: cannot tell the format from the extension {path.suffix!r}; "
-                "use .csv or .parquet",
-                field="path",
-            )
+        rows, unit = read_table(path, columns=COLUMNS, required=REQUIRED_COLUMNS)
         validator = _RowValidator(
             rules=rules,
             served=served,
@@ -384,7 +373,7 @@ class RecordStore:
                             )
                         )
                     if problems:
-                        raise _rejected(path, unit, problems)
+                        raise rows_rejected(path, unit, problems)
                     self._insert_staged(staging)
                     self._conn.commit()
                 except BaseException:
@@ -431,7 +420,10 @@ def _rollback_quietly(conn: duckdb.DuckDBPyConnection) -> None:
         conn.rollback()
 
 
-def _rejected(path: Path, unit: str, problems: list[tuple[int, str, str]]) -> ImportRejected:
+def rows_rejected(
+    path: Path, unit: str, problems: list[tuple[int, str, str]], *, outcome: str = "imported"
+) -> ImportRejected:
+    """ImportRejected listing `problems` by line; "nothing was <outcome>"."""
     problems.sort(key=lambda p: p[0])
     bad_rows = len({p[0] for p in problems})
     shown = "; ".join(
@@ -441,7 +433,7 @@ def _rejected(path: Path, unit: str, problems: list[tuple[int, str, str]]) -> Im
     more = len(problems) - _MESSAGE_PROBLEMS
     tail = f"; and {more} more" if more > 0 else ""
     return ImportRejected(
-        f"{path}: {len(problems)} problem(s) in {bad_rows} {unit}(s); nothing was imported. "
+        f"{path}: {len(problems)} problem(s) in {bad_rows} {unit}(s); nothing was {outcome}. "
         f"{shown}{tail}",
         problems=problems,
     )
@@ -502,25 +494,56 @@ _Row = tuple[int, dict[str, str] | str]
 _Problems = list[tuple[int, str, str]]
 
 
-def _check_header(path: Path, header: list[str], line: int, unit: str) -> None:
+def read_table(
+    path: Path, *, columns: Sequence[str], required: frozenset[str], outcome: str = "imported"
+) -> tuple[Iterator[_Row], str]:
+    """The rows of a CSV or Parquet file with these columns, and what a row is called there.
+
+    Each row comes as (line or row number, {column: text}), or (line, problem) for a CSV line
+    that cannot be split into columns. A bad header is raised as ImportRejected at once.
+    `outcome` completes the rejection's "nothing was ..." (imported, published).
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return _read_csv(path, columns=columns, required=required, outcome=outcome), "line"
+    if suffix == ".parquet":
+        return _read_parquet(path, columns=columns, required=required, outcome=outcome), "row"
+    raise InvalidArgument(
+        f"{path}: cannot tell the format from the extension {path.suffix!r}; use .csv or .parquet",
+        field="path",
+    )
+
+
+def _check_header(
+    path: Path,
+    header: list[str],
+    line: int,
+    unit: str,
+    *,
+    columns: Sequence[str],
+    required: frozenset[str],
+    outcome: str,
+) -> None:
     problems: _Problems = []
     seen: set[str] = set()
     for name in header:
         if name in seen:
             problems.append((line, name, "column appears twice in the header"))
         seen.add(name)
-        if name not in COLUMNS:
+        if name not in columns:
             problems.append(
-                (line, name or "(empty)", f"unknown column; expected columns: {', '.join(COLUMNS)}")
+                (line, name or "(empty)", f"unknown column; expected columns: {', '.join(columns)}")
             )
-    for name in COLUMNS:
-        if name in REQUIRED_COLUMNS and name not in seen:
+    for name in columns:
+        if name in required and name not in seen:
             problems.append((line, name, "required column is missing"))
     if problems:
-        raise _rejected(path, unit, problems)
+        raise rows_rejected(path, unit, problems, outcome=outcome)
 
 
-def _read_csv(path: Path) -> Iterator[_Row]:
+def _read_csv(
+    path: Path, *, columns: Sequence[str], required: frozenset[str], outcome: str
+) -> Iterator[_Row]:
     try:
         # utf-8-sig: spreadsheet exports often start with a byte-order mark
         with path.open(newline="", encoding="utf-8-sig") as f:
@@ -532,7 +555,15 @@ def _read_csv(path: Path) -> Iterator[_Row]:
                     problems=[(1, "header", "file is empty")],
                 )
             header = [h.strip() for h in header]
-            _check_header(path, header, 1, "line")
+            _check_header(
+                path,
+                header,
+                1,
+                "line",
+                columns=columns,
+                required=required,
+                outcome=outcome,
+            )
             last_line = reader.line_num
             for values in reader:
                 # a quoted field may span lines: a row starts on the line after the last one
@@ -563,7 +594,9 @@ def _cell_text(value: object) -> str:
     return str(value).strip()
 
 
-def _read_parquet(path: Path) -> Iterator[_Row]:
+def _read_parquet(
+    path: Path, *, columns: Sequence[str], required: frozenset[str], outcome: str
+) -> Iterator[_Row]:
     if not path.exists():
         raise InvalidArgument(f"{path}: file does not exist", field="path")
     conn = duckdb.connect()
@@ -575,7 +608,7 @@ def _read_parquet(path: Path) -> Iterator[_Row]:
                 f"{path}: not a readable Parquet file: {e}", field="path"
             ) from None
         header = [d[0] for d in cursor.description or []]
-        _check_header(path, header, 0, "row")
+        _check_header(path, header, 0, "row", columns=columns, required=required, outcome=outcome)
         row_number = 0
         while batch := cursor.fetchmany(10_000):
             for values in batch:

@@ -15,8 +15,10 @@ from osmanthus.errors import ConfigError, ImportRejected, InvalidArgument, Osman
 from osmanthus.tls import TlsFiles
 
 if TYPE_CHECKING:
+    from node.officer import ListOfficer
     from osmanthus.bundle import VerifiedBundle
     from osmanthus.catalogue import Catalogue
+    from osmanthus.lists import ListEntry, PublicEntry
     from sdk import Client
 
 EXIT_CODES = """\
@@ -266,6 +268,200 @@ def _cmd_node_import(args: argparse.Namespace) -> int:
         report = store.import_file(args.file, rules=rules, catalogue=catalogue)
     print(f"imported {report.rows} records from {args.file} into {args.db}")
     return 0
+
+
+# --- lists ------------------------------------------------------------------------------------
+
+
+def _add_list_office(parser: argparse.ArgumentParser) -> None:
+    """Options of every `lists` command that talks to a department node's list office."""
+    parser.add_argument("--node", required=True, metavar="HOST:PORT", help="the department's node")
+    parser.add_argument("--department", required=True, help="department id, e.g. court")
+    parser.add_argument(
+        "--operator",
+        help="name of your operator certificate in --certs-dir (default: the department id; "
+        "issue it with 'osmanthus certs issue --role operator --name DEPARTMENT')",
+    )
+    _add_tls(parser, role_hint="operator")
+
+
+def _list_officer(args: argparse.Namespace) -> ListOfficer:
+    from node.officer import ListOfficer
+
+    tls = _tls_files(args, role="operator", name=args.operator or args.department)
+    return ListOfficer(args.node, department=args.department, tls=tls)
+
+
+def _print_list_entry(entry: ListEntry) -> None:
+    e = entry.entry
+    print(f"{e.entry_id}  {e.list} ({e.colour.value})  {entry.status.value}")
+    print(f"  subject      {e.subject_kind.value} {e.subject_id} {e.subject_name}")
+    print(f"  window       {e.window_start} to {e.window_end} (both days in view)")
+    print(f"  reason       {e.reason}")
+    print(f"  legal basis  {e.legal_basis}")
+    if e.facilitation_class:
+        print(f"  grants       {e.facilitation_class}")
+    if entry.withdraw_reason is not None:
+        print(f"  withdrawn    {entry.withdraw_reason.value}, reference {entry.withdraw_reference}")
+    for event in entry.events:
+        when = event.at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        print(f"  {when}  {event.event} by {event.actor}: {event.detail}")
+
+
+def _cmd_lists_publish(args: argparse.Namespace) -> int:
+    from node.officer import read_publication
+
+    publication = read_publication(
+        args.file, catalogue=_catalogue(args), department=args.department
+    )
+    with _list_officer(args) as officer:
+        try:
+            result = officer.publish(publication.entries)
+        except OsmanthusError as exc:
+            raise publication.locate(exc) from None
+    print(
+        f"{args.file}: {result.published} entries published, {result.unchanged} already "
+        f"published unchanged, at the node of {args.department}"
+    )
+    return 0
+
+
+def _cmd_lists_withdraw(args: argparse.Namespace) -> int:
+    from osmanthus.lists import WithdrawReason
+
+    with _list_officer(args) as officer:
+        entry = officer.withdraw(
+            args.entry_id, reason=WithdrawReason(args.reason), reference=args.reference
+        )
+    print(f"withdrawn from public view: {entry.entry.entry_id}")
+    _print_list_entry(entry)
+    return 0
+
+
+def _cmd_lists_history(args: argparse.Namespace) -> int:
+    from osmanthus.types import SubjectKind
+
+    with _list_officer(args) as officer:
+        entries = officer.history(SubjectKind(args.kind), args.subject)
+    print(f"{len(entries)} entries of {args.department} about this {args.kind}")
+    for entry in entries:
+        _print_list_entry(entry)
+    return 0
+
+
+def _cmd_lists_search(args: argparse.Namespace) -> int:
+    import json
+
+    from osmanthus.types import SubjectKind
+
+    if not args.subject and not args.list:
+        raise InvalidArgument("give --subject, --list, or both", field="subject")
+    if args.all_pages and not args.list:
+        raise InvalidArgument(
+            "--all-pages pages through a list: give --list (a subject's entries come in one "
+            "answer)",
+            field="all_pages",
+        )
+    token = _requester_token(args)
+    kind = SubjectKind(args.kind)
+    with _requester_client(args, token=token, catalogue=_catalogue(args)) as client:
+        if args.all_pages:
+            pages = list(
+                client.search_lists_pages(
+                    kind=kind,
+                    subject=args.subject,
+                    list_id=args.list,
+                    page_size=args.page_size,
+                    page_token=args.page_token,
+                )
+            )
+        else:
+            pages = [
+                client.search_lists(
+                    kind=kind,
+                    subject=args.subject,
+                    list_id=args.list,
+                    page_size=args.page_size,
+                    page_token=args.page_token,
+                )
+            ]
+    entries = [e for page in pages for e in page.entries]
+    missing = list(dict.fromkeys((m.department, m.detail) for page in pages for m in page.missing))
+    next_token = pages[-1].next_page_token
+    if args.json:
+        document = {
+            "subject_kind": kind.value,
+            "subject": args.subject,
+            "list": args.list,
+            "entries": [
+                {
+                    "entry_id": e.entry_id,
+                    "department": e.department,
+                    "list": e.list,
+                    "colour": e.colour.value,
+                    "subject_id": e.subject_id,
+                    "subject_name": e.subject_name,
+                    "legal_basis": e.legal_basis,
+                    "reason": e.reason,
+                    "window_start": e.window_start.isoformat(),
+                    "window_end": e.window_end.isoformat(),
+                    "facilitation_class": e.facilitation_class,
+                }
+                for e in entries
+            ],
+            "missing": [{"department": d, "detail": detail} for d, detail in missing],
+            "next_page_token": next_token,
+        }
+        print(json.dumps(document, ensure_ascii=False, indent=2))
+    else:
+        asked = " on ".join(
+            part
+            for part in (f"{kind.value} {args.subject}" if args.subject else "", args.list or "")
+            if part
+        )
+        print(f"{len(entries)} entries in public view today (China time): {asked}")
+        if entries:
+            _print_public_entries(entries)
+        if next_token:
+            print(f"more entries follow: add --page-token {next_token} (or use --all-pages)")
+    for department, detail in missing:
+        # the entries above may lack this department's: never a silent gap
+        print(f"warning: not included: {department}: {detail}", file=sys.stderr)
+    return 0
+
+
+def _display_width(text: str) -> int:
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _print_public_entries(entries: Sequence[PublicEntry]) -> None:
+    """A table of the short fields, each row followed by its reason and legal basis."""
+    header = ("ENTRY", "LIST", "COLOUR", "SUBJECT", "ID", "IN VIEW", "CLASS")
+    rows = [
+        (
+            e.entry_id,
+            e.list,
+            e.colour.value,
+            e.subject_name,
+            e.subject_id,
+            f"{e.window_start} to {e.window_end}",
+            e.facilitation_class or "-",
+        )
+        for e in entries
+    ]
+    widths = [max(_display_width(r[i]) for r in (header, *rows)) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = (c + " " * (w - _display_width(c)) for c, w in zip(cells, widths, strict=True))
+        return "  ".join(padded).rstrip()
+
+    print(line(header))
+    for entry, row in zip(entries, rows, strict=True):
+        print(line(row))
+        print(f"    reason       {entry.reason}")
+        print(f"    legal basis  {entry.legal_basis}")
 
 
 # --- coordinator ------------------------------------------------------------------------------
@@ -698,17 +894,29 @@ def _cmd_report_keygen(args: argparse.Namespace) -> int:
     )
 
 
+#: the report format each --out suffix stands for
+_REPORT_SUFFIXES = {".pdf": "pdf", ".html": "html", ".htm": "html"}
+
+
+def _report_format(args: argparse.Namespace) -> str:
+    """--format, or the one --out's suffix names, or html; a usage error when they disagree."""
+    implied = _REPORT_SUFFIXES.get(args.out.suffix.lower())
+    if args.format is None:
+        return implied or "html"
+    if implied is not None and implied != args.format:
+        args.report_parser.error(
+            f"--format {args.format} does not match --out {args.out.name}: name the file "
+            f".{args.format} or leave --format out"
+        )
+    return str(args.format)
+
+
 def _cmd_report_enterprise(args: argparse.Namespace) -> int:
     from osmanthus.bundle import load_private_key, write_atomically
     from osmanthus.types import Shape, SubjectKind
-    from sdk.report import build_enterprise_report, render_html, sign_report
+    from sdk.report import build_enterprise_report, render_html, render_pdf, sign_report
 
-    if args.format == "pdf":
-        raise InvalidArgument(
-            "PDF needs a PDF rendering library, and this installation has none; write "
-            "--format html and print the page to PDF (the printout shows the verification code)",
-            field="format",
-        )
+    output_format = _report_format(args)
     token = _requester_token(args)
     if not args.out.parent.is_dir():
         raise ConfigError(f"{args.out.parent}: the directory does not exist", field="out")
@@ -732,22 +940,17 @@ def _cmd_report_enterprise(args: argparse.Namespace) -> int:
         issued_at=issued_at,
     )
     signed = sign_report(report, private_key=signing_key)
+    rendered = render_pdf(signed) if output_format == "pdf" else render_html(signed).encode("utf-8")
     # a credit report is for the requester and the enterprise only
-    write_atomically(args.out, render_html(signed).encode("utf-8"), mode=0o600)
-    print(f"{args.out}: report {report.report_id} for {report.subject_id}")
+    write_atomically(args.out, rendered, mode=0o600)
+    print(f"{args.out}: {output_format} report {report.report_id} for {report.subject_id}")
     print(f"  grade {report.grade}, score {report.score}; code {signed.verification_code}")
     return 0
 
 
 def _cmd_report_verify(args: argparse.Namespace) -> int:
     from osmanthus.bundle import load_trusted_keys
-    from sdk.report import (
-        MAX_REPORT_CHARS,
-        MalformedReport,
-        canonical_content,
-        verification_code,
-        verify_report_html,
-    )
+    from sdk.report import MAX_REPORT_BYTES, canonical_content, verification_code, verify_report
 
     try:
         (public,) = load_trusted_keys([args.key]).values()
@@ -755,14 +958,10 @@ def _cmd_report_verify(args: argparse.Namespace) -> int:
         raise ConfigError(exc.message, field="key") from None
     try:
         with args.report.open("rb") as handle:
-            data = handle.read(MAX_REPORT_CHARS * 4 + 1)
+            data = handle.read(MAX_REPORT_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read {args.report}: {exc.strerror}", field="report") from None
-    try:
-        page = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise MalformedReport(f"{args.report} is not UTF-8 text", field="report") from None
-    report = verify_report_html(page, public_key=public)
+    report = verify_report(data, public_key=public)
     in_force = ", ".join(r.measure for r in report.in_force) or "none"
     print(f"{args.report}: verified")
     print(f"  report id     {report.report_id}")
@@ -1016,6 +1215,118 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", type=Path, required=True, help="the department's DuckDB file")
     p.add_argument("--rules", type=Path, help="rule file (default: embedded default rules)")
     p.add_argument("file", type=Path, help="CSV or Parquet file")
+
+    # lists: one `lists_sub` action per task; each talks to one department's node or the platform
+    lists = command(
+        sub,
+        "lists",
+        "red and black lists",
+        "Publish, withdraw and look up the entries of a department's red and black lists. "
+        "publish, withdraw and history are the department's list officer's: they connect to "
+        "the department's own node with an operator certificate named after the department "
+        "('osmanthus certs issue --role operator --name court'); the node refuses any other "
+        "certificate. search reads the entries in public view through the coordinator, as any "
+        "requester. An entry is in public view from the first to the last day of its window "
+        "(China time) unless withdrawn; nothing is ever deleted from a node's history.",
+    )
+    lists_sub = lists.add_subparsers(dest="lists_command", required=True, metavar="ACTION")
+    p = command(
+        lists_sub,
+        "publish",
+        "publish the entries of a CSV or Parquet file (all or none)",
+        "Check every row of FILE (columns entry_id, list, subject_kind, subject_id, "
+        "subject_name, legal_basis, reason, window_start, window_end; legal_basis may be left "
+        "empty for the list's own) against the catalogue, then publish the entries at the "
+        "department's node. Any bad row stops the command before anything is sent, and every "
+        "bad row is listed by line and column (exit 3). Publishing the same file again is "
+        "harmless: entries already published with the same fields count as unchanged. An "
+        "entry id already published with other fields is refused: withdraw that entry (reason "
+        "error) and publish the corrected one under a new id. A file larger than one "
+        "publication (10,000 entries, or about 1 MB) goes in several, each all or none.\n\n"
+        "example: osmanthus lists publish defaulters.csv --node 10.0.0.5:50051 "
+        "--department court --certs-dir /etc/osmanthus/certs",
+        _cmd_lists_publish,
+    )
+    p.add_argument("file", metavar="FILE", type=Path, help="the publication (.csv or .parquet)")
+    _add_catalogue(p)
+    _add_list_office(p)
+    p = command(
+        lists_sub,
+        "withdraw",
+        "take an entry out of public view before its window ends",
+        "Withdraw one entry that is in view or not yet in view: 'repaired' when the subject "
+        "completed credit repair (black lists), 'revoked' when an honour or certification was "
+        "revoked (red lists), 'error' when it was published in error (either). The reference "
+        "(e.g. the credit-repair decision number) is required and kept in the history. A "
+        "withdrawn black-list entry stops setting its joint-punishment flag at once. Exit 3 "
+        "for an unknown entry id or a reason the list's colour does not allow, 4 for an entry "
+        "already withdrawn or whose window has ended (or a certificate the node refuses).",
+        _cmd_lists_withdraw,
+    )
+    p.add_argument("entry_id", metavar="ENTRY_ID", help="the entry's id, as published")
+    p.add_argument(
+        "--reason",
+        required=True,
+        choices=["repaired", "revoked", "error"],
+        help="repaired: black lists; revoked: red lists; error: either",
+    )
+    p.add_argument("--reference", required=True, help="decision or case number behind it")
+    _add_list_office(p)
+    p = command(
+        lists_sub,
+        "history",
+        "every entry of the department about one subject, with its events",
+        "Print every entry the department's node holds about one subject, in view or not: its "
+        "status today (scheduled, in_view, expired, withdrawn), window, reason, legal basis and "
+        "each event (published, withdrawn) with who did it and when (UTC).",
+        _cmd_lists_history,
+    )
+    p.add_argument(
+        "--kind", required=True, choices=["person", "enterprise"], help="the subject's kind"
+    )
+    p.add_argument(
+        "subject", metavar="SUBJECT", help="resident id or unified social credit code, in full"
+    )
+    _add_list_office(p)
+    p = command(
+        lists_sub,
+        "search",
+        "the entries in public view today, through the coordinator (any requester)",
+        "Read the red and black lists as the public sees them: only the published fields (list, "
+        "colour, subject name, id, window, legal basis, reason, facilitation class), a "
+        "person's resident id masked (first 6 and last 2 characters). With --subject, that "
+        "subject's entries on every list, all at once; with --list, that list's entries a page "
+        "at a time (--all-pages follows every page; --page-token resumes); with both, the "
+        "subject's entries on that list. Departments that did not answer are named on stderr "
+        "(their entries may be missing). No purpose or consent is needed, but the central "
+        "policy limits how often you may ask (exit 4, saying when to retry).\n\n"
+        "example: osmanthus lists search --kind enterprise --list judgement_defaulters "
+        "--coordinator 10.0.0.2:50050 --requester agency-1 --token-file agency.jwt "
+        "--keys agency.key --certs-dir certs",
+        _cmd_lists_search,
+    )
+    p.add_argument(
+        "--kind", required=True, choices=["person", "enterprise"], help="the subjects' kind"
+    )
+    p.add_argument("--subject", help="resident id or unified social credit code, in full")
+    p.add_argument("--list", help="list id from the catalogue, e.g. judgement_defaulters")
+    p.add_argument("--page-size", type=int, help="entries per page of a list (1 to 100; 20)")
+    p.add_argument("--page-token", help="continue a list after an earlier page")
+    p.add_argument("--all-pages", action="store_true", help="follow every page of the list")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--coordinator", required=True, help="coordinator host:port")
+    p.add_argument("--requester", required=True, help="your requester id (certificate name)")
+    p.add_argument("--token", help="your platform token (or --token-file)")
+    p.add_argument("--token-file", type=Path, help="file holding your platform token")
+    p.add_argument(
+        "--keys",
+        type=Path,
+        required=True,
+        help="your Paillier key file, the one your token is bound to (the search uses no "
+        "encryption, but the token must match it)",
+    )
+    _add_catalogue(p)
+    _add_tls(p, role_hint="requester")
 
     # coordinator
     coord = command(sub, "coordinator", "run the coordinator", "Coordinator operations.")
@@ -1294,20 +1605,22 @@ def build_parser() -> argparse.ArgumentParser:
         "enterprise",
         "write a signed credit report of one enterprise",
         "Ask the federation for the enterprise's score breakdown and for every joint-punishment "
-        "measure of the catalogue, decrypt the answers, and write a printable HTML report to "
-        "--out: grade, score, breakdown, restrictions in force, data coverage, time of query, "
-        "report id and verification code. The report is signed with --signing-key: the "
-        "coordinator cannot read the answer, so the issuer (you) attests to it. Readers check "
-        "it with 'osmanthus report verify'. Your token must allow --purpose.",
+        "measure of the catalogue, decrypt the answers, and write a printable report to --out "
+        "(an A4 PDF or an HTML page): grade, score, breakdown, restrictions in force, data "
+        "coverage, time of query, report id and verification code. The report is signed with "
+        "--signing-key and carries the signed content: the coordinator cannot read the answer, "
+        "so the issuer (you) attests to it. Readers check it with 'osmanthus report verify'. "
+        "Your token must allow --purpose.",
         _cmd_report_enterprise,
     )
+    p.set_defaults(report_parser=p)
     p.add_argument("code", metavar="CODE", help="the enterprise's unified social credit code")
     p.add_argument("--out", type=Path, required=True, help="the report file to write")
     p.add_argument(
         "--format",
         choices=["html", "pdf"],
-        default="html",
-        help="html (print it to PDF from a browser); pdf is not available in this installation",
+        help="pdf (A4, the signed content attached) or html (a self-contained page); default: "
+        "from --out's suffix (.pdf, .html), else html",
     )
     p.add_argument(
         "--signing-key", type=Path, required=True, help="your report key (from 'report keygen')"
@@ -1327,14 +1640,14 @@ def build_parser() -> argparse.ArgumentParser:
         report_sub,
         "verify",
         "check a report's signature and print what it attests",
-        "Check that the report was signed by the holder of --key, that its verification code "
-        "is its content's, and that the values the page shows are the signed ones; then print "
-        "the report id, subject, grade, issuer and verification code (compare it with the "
-        "one on a printout). Exit 3 if the file is not a report or a file is unusable, 4 if "
-        "the report is not what the issuer signed.",
+        "Check that the report (PDF or HTML, told apart by content) was signed by the holder "
+        "of --key, that its verification code is its content's, and that the values it shows "
+        "are the signed ones; then print the report id, subject, grade, issuer and "
+        "verification code (compare it with the one on a printout). Exit 3 if the file is not "
+        "a report or a file is unusable, 4 if the report is not what the issuer signed.",
         _cmd_report_verify,
     )
-    p.add_argument("report", metavar="FILE", type=Path, help="the report (HTML)")
+    p.add_argument("report", metavar="FILE", type=Path, help="the report (PDF or HTML)")
     p.add_argument("--key", type=Path, required=True, help="the issuer's public key (NAME.pub)")
 
     # health

@@ -10,17 +10,20 @@ from pathlib import Path
 
 import duckdb
 
-from certs import PeerRole, cert_paths, init_platform
+from certs import PeerRole, cert_paths, init_platform, issue_certificate
+from node.officer import ListOfficer
+from node.store import china_today
 from osmanthus.audit import AuditEntry
 from osmanthus.catalogue import Catalogue, load_catalogue
 from osmanthus.errors import OsmanthusError
 from osmanthus.ids import mask_subject
 from osmanthus.launcher import LocalFederation
+from osmanthus.lists import EntryId, NewEntry, WithdrawReason
 from osmanthus.rules import load_default_rules
 from osmanthus.seed import seed
 from osmanthus.tls import TlsFiles
 from osmanthus.tokens import TokenIssuer, generate_issuer_keypair
-from osmanthus.types import Role, Shape, SubjectKind
+from osmanthus.types import Role, Shape, SubjectId, SubjectKind
 from sdk import (
     Client,
     ConsentRecord,
@@ -37,6 +40,7 @@ REGISTRAR = "registrar"
 RESCORING = "rescoring"
 BUREAU = "stats-bureau"
 LIBRARY = "city-library"
+BANK = "city-bank"
 
 
 def _say(text: str = "") -> None:
@@ -224,6 +228,69 @@ def _coordinator_view(audit_path: Path) -> str:
     )
 
 
+def _lists_demo(
+    federation: LocalFederation, certs: Path, workdir: Path, agency: Client, firms: list[str]
+) -> None:
+    today = china_today()
+    defaulter, certified = firms[2], firms[1]
+
+    def officer(department: str) -> ListOfficer:
+        files = issue_certificate(
+            certs,
+            role=PeerRole.OPERATOR,
+            name=department,
+            out_dir=workdir / "list-officers" / department,
+        )
+        node = federation.nodes[department]
+        return ListOfficer(
+            f"127.0.0.1:{node.port}", department=department, tls=TlsFiles.from_cert_paths(files)
+        )
+
+    def entry(
+        entry_id: str, list_id: str, code: str, name: str, reason: str, days: int
+    ) -> NewEntry:
+        return NewEntry(
+            entry_id=EntryId(entry_id),
+            list=list_id,
+            subject_kind=SubjectKind.ENTERPRISE,
+            subject_id=SubjectId(code),
+            subject_name=name,
+            legal_basis="",  # the list's own, from the catalogue
+            reason=reason,
+            window_start=today,
+            window_end=today + timedelta(days=days),
+        )
+
+    with officer("court") as court, officer("customs") as customs:
+        court.publish([entry("2026-su05-zhi-0123", "judgement_defaulters", defaulter,
+                             "Suzhou Example Trading Co., Ltd.",
+                             "failed to perform an effective judgement", 730)])  # fmt: skip
+        customs.publish([entry("aeo-2026-0456", "customs_advanced_certified", certified,
+                               "Suzhou Example Electronics Co., Ltd.",
+                               "advanced certified enterprise (AEO)", 1095)])  # fmt: skip
+        for code in (defaulter, certified):
+            for found in agency.search_lists(kind=SubjectKind.ENTERPRISE, subject=code).entries:
+                klass = f", class {found.facilitation_class}" if found.facilitation_class else ""
+                window = f"{found.window_start} to {found.window_end}"
+                _say(f"  {found.colour.value} list {found.list}: {found.subject_name} "
+                     f"{found.subject_id}, {window}{klass}")  # fmt: skip
+        _say(_restrictions(agency.check_restrictions(
+            defaulter, measures=ENTERPRISE_MEASURES, purpose="credit_report"
+        )))  # fmt: skip
+        court.withdraw(
+            EntryId("2026-su05-zhi-0123"),
+            reason=WithdrawReason.REPAIRED,
+            reference="credit repair decision 2026-0789",
+        )
+        left = agency.search_lists(kind=SubjectKind.ENTERPRISE, subject=defaulter).entries
+        _say(f"  after credit repair the court's entry leaves public view: {len(left)} in view")
+        history = court.history(SubjectKind.ENTERPRISE, defaulter)
+        for kept in history:
+            events = ", ".join(f"{e.event} {e.at:%Y-%m-%d %H:%M} UTC" for e in kept.events)
+            _say(f"  the court's history keeps {kept.entry.entry_id}: {events}; "
+                 f"now {kept.status.value}")  # fmt: skip
+
+
 def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> int:
     t0 = time.monotonic()
     if workdir.exists():
@@ -245,14 +312,24 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
     _step(t0, "Creating the platform CA, node/coordinator/requester certificates and issuer key")
     certs = workdir / "certs"
     init_platform(
-        certs, departments=departments, requesters=[AGENCY, REGISTRAR, RESCORING, LIBRARY, BUREAU]
+        certs,
+        departments=departments,
+        requesters=[AGENCY, REGISTRAR, RESCORING, LIBRARY, BUREAU, BANK],
     )
     issuer_dir = workdir / "issuer"
     generate_issuer_keypair(issuer_dir / "issuer.key", issuer_dir / "issuer.pub")
     issuer = TokenIssuer.from_file(issuer_dir / "issuer.key")
 
     _step(t0, "Generating 2048-bit Paillier keys for the credit agency, the consent registrar, "
-          "the library, the rescoring service and the statistics bureau")  # fmt: skip
+          "the library, the rescoring service, the statistics bureau and a bank")  # fmt: skip
+    bank_keys = load_or_create_keys(workdir / "keys" / f"{BANK}.key")
+    bank_token = issuer.issue(
+        requester=BANK,
+        role=Role.BANK,
+        purposes=["tax_bank_loan"],
+        key_fingerprint=bank_keys.fingerprint,
+        ttl=timedelta(hours=1),
+    )
     agency_keys = load_or_create_keys(workdir / "keys" / f"{AGENCY}.key")
     registrar_keys = load_or_create_keys(workdir / "keys" / f"{REGISTRAR}.key")
     rescoring_keys = load_or_create_keys(workdir / "keys" / f"{RESCORING}.key")
@@ -375,6 +452,31 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
                 _say(_restrictions(agency.check_restrictions(
                     code, measures=ENTERPRISE_MEASURES, purpose="credit_report"
                 )))  # fmt: skip
+
+            _step(t0, "Red and black lists: the court lists a judgement defaulter and customs "
+                  "an AA-class enterprise, each through its own node; anyone may search what "
+                  "is in view (published fields only); a black-list entry restricts "
+                  "loans")  # fmt: skip
+            _lists_demo(federation, certs, workdir, agency, firms)
+
+            _step(t0, "Tax-bank loans (税银贷): with each small business's consent, a bank asks "
+                  "whether it is a clean A-level taxpayer (the taxation bureau's part alone) and "
+                  "whether bank loans are restricted: two bits, a decision")  # fmt: skip
+            with Client(target, tls=tls(BANK), token=bank_token, keys=bank_keys) as bank:
+                for code in firms[:3]:
+                    consent = reg.grant_consent(
+                        subject_id=code,
+                        grantee=BANK,
+                        purpose="tax_bank_loan",
+                        expires_at=expires,
+                        kind=SubjectKind.ENTERPRISE,
+                    )
+                    check = bank.tax_bank_loan_check(code, consent_id=consent.consent_id)
+                    _say(f"  {code}: {check.decision.value.replace('_', '-')} ({check.reason})")
+                try:
+                    bank.enterprise_score(firms[0], purpose="tax_bank_loan")
+                except OsmanthusError as exc:
+                    _say(f"  asking for the score itself is refused ({type(exc).__name__}): {exc}")
 
             _step(t0, "The citizen revokes consent; the next query is refused at once")
             reg.revoke_consent(consents[0].consent_id)

@@ -57,6 +57,7 @@ __all__ = [
     "organisation_code_check_char",
     "resident_id_check_char",
     "uscc_check_char",
+    "validate_any_subject",
     "validate_resident_id",
     "validate_subject",
     "validate_uscc",
@@ -493,6 +494,22 @@ def mask_subject(value: str) -> str:
     if len(value) <= 8:
         return "*" * len(value)
     return value[:6] + "*" * (len(value) - 8) + value[-2:]
+
+
+def validate_any_subject(value: str, *, field: str = "subject_id") -> SubjectId:
+    """`value` validated as a resident id or, failing that, as a unified social credit code:
+    for filters and checks that take either kind of subject."""
+    try:
+        return validate_resident_id(value, field=field)
+    except InvalidArgument:
+        pass
+    try:
+        return validate_uscc(value, field=field)
+    except InvalidArgument:
+        raise InvalidArgument(
+            f"{str(value)[:40]!r} is neither a resident id nor a unified social credit code",
+            field=field,
+        ) from None
 
 
 def canonical_subject(kind: SubjectKind | None, value: str) -> str:

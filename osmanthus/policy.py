@@ -38,6 +38,7 @@ action PersonQuery, EnterpriseQuery appliesTo {
     consent: String,
     threshold?: Long,
     measures?: Set<String>,
+    departments?: Set<String>,
     hour?: Long
   }
 };
@@ -77,6 +78,11 @@ action StatsQuery appliesTo {
   principal: [Requester],
   resource: [Dataset],
   context: { purpose: String, cohort: Long, epsilon: decimal, hour?: Long }
+};
+action SearchLists appliesTo {
+  principal: [Requester],
+  resource: [Dataset],
+  context: { hour?: Long }
 };
 """
 

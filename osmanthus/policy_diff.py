@@ -48,6 +48,7 @@ _RESOURCES = {
     "AcceptPartial": (("Dataset", "person"), ("Dataset", "enterprise")),
     "BatchQuery": (("Dataset", "person"), ("Dataset", "enterprise")),
     "StatsQuery": (("Dataset", "person"), ("Dataset", "enterprise")),
+    "SearchLists": (("Dataset", "person"), ("Dataset", "enterprise")),
     "RegisterKey": (("Registry", "keys"),),
     "ManageConsent": (("Registry", "consent"),),
 }
@@ -148,6 +149,21 @@ def _measure_sets(sources: Sequence[str]) -> list[tuple[str, ...] | None]:
     return [None, *((name,) for name in names), tuple(sorted(names))]
 
 
+def _department_sets(sources: Sequence[str]) -> list[tuple[str, ...] | None]:
+    """Department sets a query may name worth trying, when a policy reads
+    `context.departments`: none, each department a policy names alone, and all of them
+    together; else the fact is left out. Sets with departments no policy names are not tried:
+    each doubles the questions about a subject, and a rule that only names departments
+    cannot tell them apart from a named one's absence."""
+    texts = [_COMMENT.sub("", text) for text in sources]
+    if not any("context.departments" in text for text in texts):
+        return [None]
+    ids = {d.id for d in load_catalogue().departments}
+    named = sorted({m for text in texts for m in _LITERAL.findall(text)} & ids)
+    together = [tuple(named)] if len(named) > 1 else []
+    return [None, *((name,) for name in named), *together]
+
+
 def _epsilons(sources: Sequence[str]) -> list[Decimal]:
     named = {Decimal(m) for text in sources for m in _DECIMAL_NAMED.findall(text)}
     near = {v + d for v in named for d in (-_EPSILON_STEP, Decimal(0), _EPSILON_STEP)}
@@ -161,6 +177,7 @@ def requests(sources: Sequence[str]) -> Iterator[PolicyRequest]:
     cohorts = _cohorts(sources)
     hours, hour_actions = _hours(sources)
     measure_sets = _measure_sets(sources)
+    department_sets = _department_sets(sources)
     roles = [r.value for r in Role]
     for action, facts in sorted(ACTIONS.items()):
         resources = _RESOURCES.get(action) or tuple(("Department", d) for d in departments)
@@ -195,9 +212,15 @@ def requests(sources: Sequence[str]) -> Iterator[PolicyRequest]:
                     if "measures" in OPTIONAL_FACTS[action] and base.get("shape") == "flags"
                     else (None,)
                 )
+                # a query names departments with any shape but FLAGS (the coordinator refuses it)
+                named_sets = (
+                    department_sets
+                    if "departments" in OPTIONAL_FACTS[action] and base.get("shape") != "flags"
+                    else (None,)
+                )
                 for answered, expected in coverage:
-                    for threshold, size, hour, flag_set in itertools.product(
-                        asked, sizes, hours if varied else (None,), flag_sets
+                    for threshold, size, hour, flag_set, asked_set in itertools.product(
+                        asked, sizes, hours if varied else (None,), flag_sets, named_sets
                     ):
                         context: dict[str, str | int | bool | Decimal | tuple[str, ...]] = dict(
                             base
@@ -212,6 +235,8 @@ def requests(sources: Sequence[str]) -> Iterator[PolicyRequest]:
                             context["hour"] = hour
                         if flag_set is not None:
                             context["measures"] = flag_set
+                        if asked_set is not None:
+                            context["departments"] = asked_set
                         yield make_request(
                             requester=requester,
                             role=role,

@@ -27,10 +27,10 @@ from osmanthus.errors import (
     PermissionDenied,
     Unauthenticated,
 )
-from osmanthus.ids import validate_resident_id
+from osmanthus.ids import validate_any_subject, validate_subject
 from osmanthus.names import PEER_NAME_PATTERN, PURPOSE_PATTERN
 from osmanthus.strictjson import unique_keys
-from osmanthus.types import ConsentId, Purpose, RequesterId, SubjectId
+from osmanthus.types import ConsentId, Purpose, RequesterId, SubjectId, SubjectKind
 
 _log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ MAX_RECEIPT_CHARS: Final = 4096
 DEFAULT_LEEWAY: Final = datetime.timedelta(seconds=5)
 MAX_LEEWAY: Final = datetime.timedelta(minutes=5)
 REQUIRED_CLAIMS: Final = ("iss", "jti", "sub", "aud", "purpose", "iat", "nbf", "exp")
+#: the claim that says an enterprise gave the consent; a person's receipt does not carry it
+SUBJECT_KIND_CLAIM: Final = "sub_kind"
 
 # the signature may be empty here so that alg "none" is refused by name below
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
@@ -101,6 +103,8 @@ class ConsentFacts(Protocol):
     def granted_at(self) -> datetime.datetime: ...
     @property
     def expires_at(self) -> datetime.datetime: ...
+    @property
+    def subject_kind(self) -> SubjectKind: ...
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,8 @@ class ConsentReceipt:
     issuer: str
     #: RFC 7638 thumbprint of the public key that verified the signature
     key_id: str
+    #: the receipt's `sub_kind` claim; receipts without it (every person's) are persons'
+    subject_kind: SubjectKind = SubjectKind.PERSON
 
     @property
     def masked_subject(self) -> str:
@@ -159,7 +165,7 @@ def issue_receipt(
         raise InvalidArgument(
             f"{consent.consent_id!r} is not a consent id", field="consent.consent_id"
         )
-    subject = validate_resident_id(consent.subject_id, field="consent.subject_id")
+    subject = validate_subject(consent.subject_kind, consent.subject_id, field="consent.subject_id")
     if not isinstance(consent.grantee, str) or not PEER_NAME_PATTERN.fullmatch(consent.grantee):
         raise InvalidArgument(f"{consent.grantee!r} is not a requester id", field="consent.grantee")
     if not isinstance(consent.purpose, str) or not PURPOSE_PATTERN.fullmatch(consent.purpose):
@@ -181,6 +187,10 @@ def issue_receipt(
         "nbf": granted,
         "exp": expires,
     }
+    if consent.subject_kind is not SubjectKind.PERSON:
+        # absent for persons, so that receipts issued before enterprises could consent and
+        # those issued since read the same
+        payload[SUBJECT_KIND_CLAIM] = consent.subject_kind.value
     headers = {"typ": RECEIPT_TYPE, "kid": consent_key_id(private_key.public_key())}
     return jwt.encode(payload, private_key, algorithm=RECEIPT_ALGORITHM, headers=headers)
 
@@ -233,7 +243,7 @@ def verify_receipt(
     ):
         raise InvalidArgument(f"{leeway!r} is not between 0 and {MAX_LEEWAY}", field="leeway")
     subject_wanted = (
-        validate_resident_id(expected_subject, field="expected_subject")
+        validate_any_subject(expected_subject, field="expected_subject")
         if expected_subject is not None
         else None
     )
@@ -265,10 +275,18 @@ def verify_receipt(
     consent_id = _claim_str(payload, "jti")
     if not CONSENT_ID_PATTERN.fullmatch(consent_id):
         raise MalformedReceipt(f"receipt claim 'jti' is {consent_id[:40]!r}: not a consent id")
+    kind_claim = payload.get(SUBJECT_KIND_CLAIM, SubjectKind.PERSON.value)
+    if kind_claim != SubjectKind.ENTERPRISE.value and SUBJECT_KIND_CLAIM in payload:
+        raise MalformedReceipt(
+            f"receipt claim '{SUBJECT_KIND_CLAIM}' is {str(kind_claim)[:20]!r}: only "
+            "'enterprise' is written (a person's receipt has no such claim)"
+        )
+    subject_kind = SubjectKind(kind_claim)
     try:
-        subject = validate_resident_id(_claim_str(payload, "sub"), field="sub")
+        subject = validate_subject(subject_kind, _claim_str(payload, "sub"), field="sub")
     except InvalidArgument as exc:
-        raise MalformedReceipt(f"receipt claim 'sub' is not a resident id: {exc.message}") from exc
+        what = "resident id" if subject_kind is SubjectKind.PERSON else "credit code"
+        raise MalformedReceipt(f"receipt claim 'sub' is not a {what}: {exc.message}") from exc
     grantee = _claim_str(payload, "aud")
     if not PEER_NAME_PATTERN.fullmatch(grantee):
         raise MalformedReceipt(f"receipt claim 'aud' is {grantee[:70]!r}: not a requester id")
@@ -315,6 +333,7 @@ def verify_receipt(
         expires_at=expires_at,
         issuer=receipt_issuer,
         key_id=key_id,
+        subject_kind=subject_kind,
     )
 
 

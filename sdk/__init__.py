@@ -1,5 +1,6 @@
 """Osmanthus Python SDK for requesters: encrypted, policy-checked credit queries."""
 
+from osmanthus.catalogue import ListColour
 from osmanthus.errors import (
     BudgetExhausted,
     ConfigError,
@@ -14,6 +15,7 @@ from osmanthus.errors import (
     Unauthenticated,
     Unavailable,
 )
+from osmanthus.lists import PublicEntry
 from osmanthus.receipts import (
     ConsentReceipt,
     MalformedReceipt,
@@ -35,16 +37,22 @@ from sdk.report import (
     TamperedReport,
     build_enterprise_report,
     render_html,
+    render_pdf,
     sign_report,
+    verify_report,
     verify_report_html,
+    verify_report_pdf,
 )
 from sdk.results import (
     BatchScore,
     ConsentRecord,
     EnterpriseScore,
+    ListSearchResult,
+    LoanDecision,
     PersonScore,
     RestrictionResult,
     StatsResult,
+    TaxLoanCheck,
     ThresholdResult,
 )
 
@@ -62,12 +70,16 @@ __all__ = [
     "EnterpriseScore",
     "FailedPrecondition",
     "InvalidArgument",
+    "ListColour",
+    "ListSearchResult",
+    "LoanDecision",
     "MalformedReceipt",
     "MalformedReport",
     "NotFound",
     "OsmanthusError",
     "PermissionDenied",
     "PersonScore",
+    "PublicEntry",
     "RateLimited",
     "ReceiptError",
     "ReceiptMismatch",
@@ -80,6 +92,7 @@ __all__ = [
     "StatsResult",
     "SubjectKind",
     "TamperedReport",
+    "TaxLoanCheck",
     "ThresholdResult",
     "TlsFiles",
     "Unauthenticated",
@@ -88,7 +101,10 @@ __all__ = [
     "build_enterprise_report",
     "load_or_create_keys",
     "render_html",
+    "render_pdf",
     "sign_report",
     "verify_consent_receipt",
+    "verify_report",
     "verify_report_html",
+    "verify_report_pdf",
 ]

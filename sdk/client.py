@@ -25,7 +25,9 @@ from osmanthus.dp import parse_epsilon
 from osmanthus.encoding import SlotLayout
 from osmanthus.errors import ConfigError, CryptoError, InvalidArgument
 from osmanthus.grpc_errors import error_from_rpc
-from osmanthus.ids import validate_resident_id, validate_uscc
+from osmanthus.ids import mask_subject, validate_resident_id, validate_subject, validate_uscc
+from osmanthus.lists import list_of, public_subject
+from osmanthus.lists import page_size as lists_page_size
 from osmanthus.score import Breakdown, grade, score
 from osmanthus.tls import COORDINATOR_SERVER_NAME, TlsFiles, secure_channel
 from osmanthus.types import KeyFingerprint, Shape, SubjectKind
@@ -37,13 +39,20 @@ from sdk.results import (
     BatchScore,
     ConsentRecord,
     EnterpriseScore,
+    ListSearchResult,
+    LoanDecision,
     PersonScore,
     RestrictionResult,
     StatsResult,
+    TaxLoanCheck,
     ThresholdResult,
 )
 
 DEFAULT_TIMEOUT_S = 30.0
+#: the purpose, department and measure of a tax-bank loan check (policies/central.cedar)
+TAX_BANK_LOAN_PURPOSE = "tax_bank_loan"
+TAX_DEPARTMENT = "tax"
+BANK_LOAN_MEASURE = "bank_loan"
 T = TypeVar("T")
 
 
@@ -359,9 +368,19 @@ class Client:
         return self._threshold(convert.answer(response), SubjectKind.PERSON, subject, threshold)
 
     def enterprise_meets_threshold(
-        self, credit_code: str, *, threshold: int, purpose: str
+        self,
+        credit_code: str,
+        *,
+        threshold: int,
+        purpose: str,
+        consent_id: str | None = None,
+        departments: Sequence[str] = (),
     ) -> ThresholdResult:
-        """Whether an enterprise's score is at least `threshold` (e.g. grade A at 110)."""
+        """Whether an enterprise's score is at least `threshold` (e.g. grade A at 110).
+
+        With `departments`, only their parts are summed (base included): a purpose the policy
+        grants that way, under the enterprise's `consent_id` where it needs one.
+        """
         subject = validate_uscc(credit_code, field="credit_code")
         self._ensure_registered()
         response = self._call(
@@ -372,9 +391,69 @@ class Client:
                 purpose=purpose,
                 n_bytes=self._keys.public.to_bytes(),
                 threshold=threshold,
+                consent_id=consent_id or "",
+                departments=tuple(departments),
             ),
         )
-        return self._threshold(convert.answer(response), SubjectKind.ENTERPRISE, subject, threshold)
+        result = self._threshold(
+            convert.answer(response), SubjectKind.ENTERPRISE, subject, threshold
+        )
+        answered = {s.department for s in result.answered}
+        if departments and not answered <= set(departments):
+            raise CryptoError(
+                f"departments {sorted(answered)} answered; {sorted(departments)} were asked",
+                field="answered",
+            )
+        return result
+
+    def tax_bank_loan_check(
+        self, credit_code: str, *, consent_id: str, purpose: str = TAX_BANK_LOAN_PURPOSE
+    ) -> TaxLoanCheck:
+        """A tax-bank loan (税银贷) check of a small business, under its recorded consent.
+
+        Two questions, one bit each: is the taxation bureau's part of the record at least that
+        of a clean A-level taxpayer (base + the bureau's bonus caps), and are bank loans
+        restricted? The answer is decision-ready: pre-approve, refer or decline (LoanDecision).
+        """
+        model = self._catalogue.model(SubjectKind.ENTERPRISE)
+        threshold = model.base + sum(c.cap for c in model.categories_owned_by(TAX_DEPARTMENT))
+        compliance = self.enterprise_meets_threshold(
+            credit_code,
+            threshold=threshold,
+            purpose=purpose,
+            consent_id=consent_id,
+            departments=(TAX_DEPARTMENT,),
+        )
+        restrictions = self.check_restrictions(
+            credit_code,
+            measures=(BANK_LOAN_MEASURE,),
+            purpose=purpose,
+            consent_id=consent_id,
+            kind=SubjectKind.ENTERPRISE,
+        )
+        restricted = restrictions.restricted[BANK_LOAN_MEASURE]
+        if restricted:
+            decision = LoanDecision.DECLINE
+            reason = "bank loans are restricted under joint punishment"
+        elif not compliance.meets:
+            decision = LoanDecision.REFER
+            reason = (
+                "the tax record is not that of an A-level taxpayer without arrears or "
+                "violations; an underwriter decides"
+            )
+        else:
+            decision = LoanDecision.PRE_APPROVE
+            reason = "an A-level taxpayer without arrears or violations, not restricted"
+        return TaxLoanCheck(
+            subject_id=compliance.subject_id,
+            consent_id=consent_id,
+            tax_compliant=compliance.meets,
+            restricted=restricted,
+            decision=decision,
+            reason=reason,
+            threshold=threshold,
+            query_ids=(compliance.query_id, restrictions.query_id),
+        )
 
     def _threshold(
         self, response: convert.Answer, kind: SubjectKind, subject: str, threshold: int
@@ -453,6 +532,7 @@ class Client:
                 purpose=purpose,
                 n_bytes=self._keys.public.to_bytes(),
                 measures=asked,
+                consent_id=consent_id or "",
             )
             response = convert.answer(self._call(self._stub.EnterpriseQuery, request))
         if response.shape is not Shape.FLAGS or response.measures != asked:
@@ -552,16 +632,150 @@ class Client:
             complete=asked == layout.names,
         )
 
+    # --- red and black lists -----------------------------------------------------------------
+
+    def search_lists(
+        self,
+        *,
+        kind: SubjectKind,
+        subject: str | None = None,
+        list_id: str | None = None,
+        page_size: int | None = None,
+        page_token: str | None = None,
+    ) -> ListSearchResult:
+        """The red and black list entries in public view today: published fields only.
+
+        Name a subject (its entries on every list, all in one answer), a list (its entries one
+        page at a time: pass the result's `next_page_token` back as `page_token`, or let
+        `search_lists_pages` do it), or both (the subject's entries on that list, paged). A
+        person's resident id comes back masked. No key, purpose or consent is needed: the
+        lists are public by law, and the central policy bounds how often you may ask
+        (RateLimited says when to retry). `missing` names the departments whose entries the
+        answer may lack.
+        """
+        if not isinstance(kind, SubjectKind):
+            raise InvalidArgument(
+                f"{kind!r} is not SubjectKind.PERSON or SubjectKind.ENTERPRISE", field="kind"
+            )
+        if not subject and not list_id:
+            raise InvalidArgument("name a subject, a list (list_id), or both", field="subject")
+        subject_id = validate_subject(kind, subject, field="subject") if subject else ""
+        if list_id:
+            list_type = list_of(self._catalogue, list_id, department=None, field="list_id")
+            if kind not in list_type.subject_kinds:
+                kinds = " and ".join(sorted(k.value for k in list_type.subject_kinds))
+                raise InvalidArgument(
+                    f"{list_type.id} lists {kinds}s, not {kind.value}s", field="list_id"
+                )
+        size = lists_page_size(page_size or 0, field="page_size")
+        if page_token and not list_id:
+            raise InvalidArgument(
+                "a page token continues a list's pages: pass it with the list_id it came from",
+                field="page_token",
+            )
+        answer = convert.list_answer(
+            self._call(
+                self._stub.SearchLists,
+                convert.search_lists_request(
+                    kind=kind,
+                    subject_id=subject_id,
+                    list_id=list_id or "",
+                    page_size=size if list_id else 0,
+                    page_token=page_token or "",
+                ),
+            )
+        )
+        for i, entry in enumerate(answer.entries):
+            # the coordinator checks what the nodes send; this checks the coordinator
+            if (
+                entry.subject_kind is not kind
+                or (list_id and entry.list != list_id)
+                or (subject_id and entry.subject_id != public_subject(kind, subject_id))
+                or (
+                    kind is SubjectKind.PERSON
+                    and entry.subject_id != mask_subject(entry.subject_id)
+                )
+            ):
+                raise CryptoError(
+                    "the coordinator answered another question (an entry of another kind, list "
+                    "or subject, or an unmasked resident id)",
+                    field=f"entries[{i}]",
+                )
+        if list_id and len(answer.entries) > size:
+            raise CryptoError(
+                f"{len(answer.entries)} entries for a page of {size}", field="entries"
+            )
+        if answer.next_page_token and not list_id:
+            raise CryptoError("a page token for a subject's entries", field="next_page_token")
+        return ListSearchResult(
+            subject_kind=kind,
+            subject_id=subject_id or None,
+            list_id=list_id or None,
+            entries=answer.entries,
+            missing=answer.missing,
+            next_page_token=answer.next_page_token,
+        )
+
+    def search_lists_pages(
+        self,
+        *,
+        kind: SubjectKind,
+        list_id: str,
+        subject: str | None = None,
+        page_size: int | None = None,
+        page_token: str | None = None,
+    ) -> Iterator[ListSearchResult]:
+        """Every page of a list (or of one subject's entries on it), first to last.
+
+        Pages are fetched as you iterate. Start from `page_token` to resume where an earlier
+        iteration stopped (each page's `next_page_token` is the place after it), e.g. after
+        RateLimited. All entries: `[e for page in client.search_lists_pages(...) for e in
+        page.entries]`.
+        """
+        token = page_token or ""
+        while True:
+            page = self.search_lists(
+                kind=kind,
+                subject=subject,
+                list_id=list_id,
+                page_size=page_size,
+                page_token=token or None,
+            )
+            yield page
+            if not page.next_page_token:
+                return
+            if not page.entries or page.next_page_token == token:
+                # a page that moves nowhere would be asked for again and again
+                raise CryptoError(
+                    "the coordinator sent a next page token without moving on",
+                    field="next_page_token",
+                )
+            token = page.next_page_token
+
     # --- consent (platform services acting for data subjects) ----------------------------------
 
     def grant_consent(
-        self, *, subject_id: str, grantee: str, purpose: str, expires_at: datetime
+        self,
+        *,
+        subject_id: str,
+        grantee: str,
+        purpose: str,
+        expires_at: datetime,
+        kind: SubjectKind | None = None,
     ) -> ConsentRecord:
-        subject = validate_resident_id(subject_id, field="subject_id")
+        """Record a consent (platform services, on the subject's instruction): a person's, or
+        an enterprise's given through its legal representative. `kind` is inferred from the
+        identifier when only one kind fits it."""
+        kind = kind or _kind_of(subject_id)
+        subject = validate_subject(kind, subject_id, field="subject_id")
         message = self._call(
             self._stub.GrantConsent,
             convert.grant_consent_request(
-                subject_id=subject, grantee=grantee, purpose=purpose, expires_at=expires_at
+                subject_id=subject,
+                kind=kind,
+                grantee=grantee,
+                purpose=purpose,
+                expires_at=expires_at,
             ),
         )
         return convert.consent_record(message)

@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
 
-from node.convert import KIND_TO_PB, SHAPE_TO_PB, shape_from_pb
+from node.convert import KIND_TO_PB, SHAPE_TO_PB, public_entry, shape_from_pb
+from osmanthus.errors import CryptoError, InvalidArgument
+from osmanthus.lists import PublicEntry
 from osmanthus.types import ConsentId, DepartmentId, DepartmentStatus, Shape, SubjectKind
 from osmanthus.v1 import common_pb2, coordinator_pb2
 from sdk.results import ConsentRecord
@@ -103,6 +105,8 @@ def enterprise_query_request(
     n_bytes: bytes,
     threshold: int = 0,
     measures: Sequence[str] = (),
+    consent_id: str = "",
+    departments: Sequence[str] = (),
 ) -> coordinator_pb2.EnterpriseQueryRequest:
     return coordinator_pb2.EnterpriseQueryRequest(
         credit_code=credit_code,
@@ -111,6 +115,8 @@ def enterprise_query_request(
         public_key=_key(n_bytes),
         threshold=threshold,
         measures=list(measures),
+        consent_id=consent_id,
+        departments=list(departments),
     )
 
 
@@ -178,10 +184,14 @@ def stats_answer(message: coordinator_pb2.StatsResponse) -> StatsAnswer:
 
 
 def grant_consent_request(
-    *, subject_id: str, grantee: str, purpose: str, expires_at: datetime
+    *, subject_id: str, kind: SubjectKind, grantee: str, purpose: str, expires_at: datetime
 ) -> coordinator_pb2.GrantConsentRequest:
     return coordinator_pb2.GrantConsentRequest(
-        subject_id=subject_id, grantee=grantee, purpose=purpose, expires_at=_timestamp(expires_at)
+        subject_id=subject_id,
+        grantee=grantee,
+        purpose=purpose,
+        expires_at=_timestamp(expires_at),
+        subject_kind=KIND_TO_PB[kind],
     )
 
 
@@ -206,11 +216,54 @@ def consent_record(message: coordinator_pb2.Consent) -> ConsentRecord:
         expires_at=dt(message.expires_at),
         revoked_at=dt(message.revoked_at) if message.HasField("revoked_at") else None,
         receipt=message.receipt,
+        subject_kind=(
+            SubjectKind.ENTERPRISE
+            if message.subject_kind == common_pb2.SUBJECT_KIND_ENTERPRISE
+            else SubjectKind.PERSON
+        ),
     )
 
 
 def consent_records(message: coordinator_pb2.ListConsentsResponse) -> list[ConsentRecord]:
     return [consent_record(c) for c in message.consents]
+
+
+@dataclass(frozen=True)
+class ListAnswer:
+    """The coordinator's answer to SearchLists, entries typed but not yet checked."""
+
+    entries: tuple[PublicEntry, ...]
+    next_page_token: str
+    missing: tuple[DepartmentStatus, ...]
+
+
+def search_lists_request(
+    *, kind: SubjectKind, subject_id: str, list_id: str, page_size: int, page_token: str
+) -> coordinator_pb2.SearchListsRequest:
+    return coordinator_pb2.SearchListsRequest(
+        subject_kind=KIND_TO_PB[kind],
+        subject_id=subject_id,
+        list=list_id,
+        page_size=page_size,
+        page_token=page_token,
+    )
+
+
+def list_answer(message: coordinator_pb2.SearchListsResponse) -> ListAnswer:
+    try:
+        entries = tuple(
+            public_entry(e, field=f"entries[{i}]") for i, e in enumerate(message.entries)
+        )
+    except InvalidArgument as exc:
+        # the coordinator checks every entry before it forwards it: this one is malformed
+        raise CryptoError(
+            f"the coordinator sent a malformed entry: {exc}", field=exc.field
+        ) from None
+    return ListAnswer(
+        entries=entries,
+        next_page_token=message.next_page_token,
+        missing=_statuses(message.missing),
+    )
 
 
 def batch_header(

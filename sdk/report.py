@@ -4,19 +4,45 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import html
+import io
+import itertools
 import json
 import re
 import secrets
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html.parser import HTMLParser
-from typing import Any, Final
+from typing import Any, Final, Literal
+from xml.sax.saxutils import escape as xml_escape
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pypdf import PdfReader
+from pypdf.errors import PyPdfError
+from pypdf.generic import ByteStringObject, DictionaryObject, TextStringObject
+from reportlab.lib import colors
+from reportlab.lib.enums import TA_RIGHT
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import ParagraphStyle
+from reportlab.lib.units import mm
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.cidfonts import UnicodeCIDFont
+from reportlab.pdfbase.pdfdoc import PDFArray, PDFDictionary, PDFName, PDFStream, PDFString
+from reportlab.pdfgen.canvas import Canvas
+from reportlab.platypus import (
+    Flowable,
+    HRFlowable,
+    Paragraph,
+    SimpleDocTemplate,
+    Spacer,
+    Table,
+    TableStyle,
+)
 
 from osmanthus.bundle import key_id_of
 from osmanthus.catalogue import Catalogue
@@ -28,7 +54,7 @@ from sdk.results import EnterpriseScore, RestrictionResult
 
 #: the `format` of the signed content; a verifier refuses any other
 REPORT_FORMAT: Final = "osmanthus-enterprise-report/1"
-#: the `format` of the envelope embedded in the HTML page
+#: the `format` of the envelope embedded in the HTML page or attached to the PDF
 ENVELOPE_FORMAT: Final = "osmanthus-signed-report/1"
 #: the id of the <script> element carrying the envelope
 EMBED_ID: Final = "osmanthus-report"
@@ -39,6 +65,12 @@ CODE_PATTERN: Final = re.compile(r"[A-Z2-7]{4}(?:-[A-Z2-7]{4}){3}")
 MAX_ISSUER_CHARS: Final = 200
 #: a report page is about 10 kB; anything far larger is refused before parsing
 MAX_REPORT_CHARS: Final = 1 << 20
+#: a report file, an HTML page in UTF-8 or a PDF (about 15 kB), is at most this many bytes
+MAX_REPORT_BYTES: Final = 4 * MAX_REPORT_CHARS
+#: the name of the embedded file that carries the envelope in a PDF report
+PDF_ATTACHMENT: Final = "osmanthus-report.json"
+#: a report is two or three pages
+MAX_PDF_PAGES: Final = 50
 _CODE_BYTES: Final = 10
 
 
@@ -489,7 +521,11 @@ _FIELD_NAMES: Final = (
 )
 
 
-# --- the page -------------------------------------------------------------------------------
+# --- what a report shows --------------------------------------------------------------------
+#
+# The HTML page and the PDF are drawn from one layout: a new section of the report is one more
+# _Section in _layout(), and both formats show it. A value that verification checks is a _Value
+# named after its entry in _visible_fields(); every other text is a _Text.
 
 
 def _points(value: int | None) -> str:
@@ -497,7 +533,7 @@ def _points(value: int | None) -> str:
 
 
 def _visible_fields(report: EnterpriseReport, code: str) -> dict[str, str]:
-    """Every value the page shows in a marked element, by the name of its mark; verification
+    """Every value the report shows in a marked element, by the name of its mark; verification
     requires each marked element to show exactly this text."""
     fields = {
         "report_id": report.report_id,
@@ -518,6 +554,242 @@ def _visible_fields(report: EnterpriseReport, code: str) -> dict[str, str]:
     return fields
 
 
+#: how a piece of text is set: a figure (aligned right), an alert (bold, red), code (monospace)
+_Style = Literal["plain", "number", "alert", "code"]
+
+
+@dataclass(frozen=True)
+class _Text:
+    """Text the report shows that verification does not check (labels, names, notes)."""
+
+    text: str
+    style: _Style = "plain"
+
+
+@dataclass(frozen=True)
+class _Value:
+    """A signed value the report shows, marked with its field name so that verification can
+    check that the text shown is the signed one."""
+
+    field: str
+    text: str
+    style: _Style = "plain"
+
+
+@dataclass(frozen=True)
+class _Row:
+    cells: tuple[_Text | _Value, ...]
+    #: a row that sums up the rows above it, set in bold
+    total: bool = False
+
+
+@dataclass(frozen=True)
+class _Table:
+    #: column headings; None for a two-column table of labels and values
+    header: tuple[str, ...] | None
+    rows: tuple[_Row, ...]
+    #: relative column widths on paper
+    widths: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Paragraph:
+    parts: tuple[_Text, ...]
+    #: small print: explanations rather than findings
+    note: bool = False
+
+
+@dataclass(frozen=True)
+class _Headline:
+    """The grade and the score, set large at the top."""
+
+    grade: _Value
+    score: _Value
+    out_of: str
+
+
+_Block = _Table | _Paragraph | _Headline
+
+
+@dataclass(frozen=True)
+class _Section:
+    title: str
+    blocks: tuple[_Block, ...]
+
+
+@dataclass(frozen=True)
+class _Layout:
+    #: the document's title (the HTML <title>, the PDF's Title)
+    title: str
+    heading: str
+    intro: tuple[_Block, ...]
+    sections: tuple[_Section, ...]
+
+
+def _layout(signed: SignedReport) -> _Layout:
+    """What the report shows, in order, whatever the output format."""
+    r = signed.report
+    shown = _visible_fields(r, signed.verification_code)
+
+    def value(name: str, style: _Style = "plain") -> _Value:
+        return _Value(field=name, text=shown[name], style=style)
+
+    scale = ", ".join(f"{letter} ≥ {minimum}" for letter, minimum in r.grade_scale)
+    breakdown = (
+        _Row((_Text("Base"), value("base", "number"), _Text(""))),
+        _Row(
+            (
+                _Text("Deductions (dishonest records, all departments)"),
+                value("deductions", "number"),
+                _Text(""),
+            )
+        ),
+        *(
+            _Row((_Text(b.label), value(f"bonus.{b.name}", "number"), _Text(str(b.cap), "number")))
+            for b in r.bonuses
+        ),
+        _Row((_Text("Bonuses in total"), value("bonus_total", "number"), _Text("")), total=True),
+    )
+    restrictions = tuple(
+        _Row(
+            (
+                _Text(x.name),
+                _Text(x.name_zh),
+                value(f"restriction.{x.measure}", "alert" if x.in_force else "plain"),
+            )
+        )
+        for x in r.restrictions
+    )
+    coverage = (
+        *(
+            _Row(
+                (
+                    _Text(d.name),
+                    _Text(d.department),
+                    _Text(f"answered (rules {d.rules_version or 'unversioned'})"),
+                )
+            )
+            for d in r.answered
+        ),
+        *(
+            _Row((_Text(d.name), _Text(d.department), _Text(f"missing: {d.detail}", "alert")))
+            for d in r.missing
+        ),
+    )
+    coverage_note = (
+        f"{len(r.missing)} department(s) did not answer: their records are not in this score."
+        if r.missing
+        else "Every department holding enterprise records answered."
+    )
+    about = (
+        _Row((_Text("Report id"), value("report_id"))),
+        _Row((_Text("Time of query (UTC)"), value("issued_at"))),
+        _Row((_Text("Issued by"), value("issuer"))),
+        _Row(
+            (
+                _Text("Query ids"),
+                _Text(f"score {r.score_query_id}; restrictions {r.restrictions_query_id}"),
+            )
+        ),
+        _Row((_Text("Signing key"), _Text(signed.key_id))),
+        _Row((_Text("Verification code"), value("verification_code", "code"))),
+    )
+    return _Layout(
+        title=f"Enterprise credit report {r.subject_id} ({r.report_id})",
+        heading="Enterprise credit report 企业信用报告",
+        intro=(
+            _Table(
+                header=None,
+                rows=(_Row((_Text("Unified social credit code"), value("subject_id"))),),
+                widths=(3, 7),
+            ),
+            _Headline(grade=value("grade"), score=value("score"), out_of=f"of {r.ceiling}"),
+            _Paragraph(
+                (
+                    _Text(
+                        f"Grades: {scale}. Score = base - deductions + bonuses, kept within "
+                        f"{r.floor}–{r.ceiling}."
+                    ),
+                ),
+                note=True,
+            ),
+        ),
+        sections=(
+            _Section(
+                "Breakdown",
+                (_Table(header=("Item", "Points", "Cap"), rows=breakdown, widths=(7, 2, 1)),),
+            ),
+            _Section(
+                "Joint-punishment restrictions 联合惩戒措施",
+                (
+                    _Table(
+                        header=("Measure", "", "At the time of the query"),
+                        rows=restrictions,
+                        widths=(4, 3, 3),
+                    ),
+                ),
+            ),
+            _Section(
+                "Data coverage",
+                (
+                    _Paragraph((_Text(coverage_note),)),
+                    _Table(
+                        header=("Department", "Id", "Part in the score"),
+                        rows=coverage,
+                        widths=(4, 2, 4),
+                    ),
+                    _Paragraph(
+                        (
+                            _Text(
+                                "Restrictions were answered by: "
+                                + ", ".join(r.restrictions_answered)
+                                + "."
+                            ),
+                        ),
+                        note=True,
+                    ),
+                ),
+            ),
+            _Section(
+                "About this report",
+                (
+                    _Table(header=None, rows=about, widths=(3, 7)),
+                    _Paragraph(
+                        (
+                            _Text("The issuer signed this report with its key. To check it, run "),
+                            _Text("osmanthus report verify FILE --key ISSUER.pub", "code"),
+                            _Text(
+                                " on the electronic copy (HTML or PDF); the verification code "
+                                "printed above must equal the one the command prints. The values "
+                                "are the issuer's reading of the encrypted answer of the "
+                                "departments at the time of the query."
+                            ),
+                        ),
+                        note=True,
+                    ),
+                ),
+            ),
+        ),
+    )
+
+
+def _envelope(signed: SignedReport) -> str:
+    """The signed content with its signature, as embedded in the page or attached to the PDF."""
+    return json.dumps(
+        {
+            "format": ENVELOPE_FORMAT,
+            "content": base64.b64encode(signed.content).decode("ascii"),
+            "signature": base64.b64encode(signed.signature).decode("ascii"),
+            "key_id": signed.key_id,
+            "verification_code": signed.verification_code,
+        },
+        sort_keys=True,
+        indent=1,
+    )
+
+
+# --- HTML -----------------------------------------------------------------------------------
+
 _STYLE = """
 body { font-family: "Noto Sans", "PingFang SC", "Microsoft YaHei", sans-serif; color: #111;
        max-width: 52rem; margin: 2rem auto; padding: 0 1rem; line-height: 1.4; }
@@ -537,6 +809,55 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
                table { break-inside: avoid; } }
 """
 
+_HTML_CLASS: Final[Mapping[str, str]] = {
+    "plain": "",
+    "number": "num",
+    "alert": "in-force",
+    "code": "code",
+}
+
+
+def _html_value(value: _Value, css: str = "") -> str:
+    klass = f' class="{css}"' if css else ""
+    return f'<span{klass} data-field="{html.escape(value.field)}">{html.escape(value.text)}</span>'
+
+
+def _html_cell(cell: _Text | _Value, tag: str) -> str:
+    css = _HTML_CLASS[cell.style]
+    klass = f' class="{css}"' if css else ""
+    inner = _html_value(cell) if isinstance(cell, _Value) else html.escape(cell.text)
+    return f"<{tag}{klass}>{inner}</{tag}>"
+
+
+def _html_block(block: _Block) -> str:
+    e = html.escape
+    if isinstance(block, _Headline):
+        return (
+            '<div class="headline">\n'
+            f"<div>Grade<br>{_html_value(block.grade, 'grade')}</div>\n"
+            f"<div>Score<br>{_html_value(block.score, 'score')} "
+            f'<span class="note">{e(block.out_of)}</span></div>\n'
+            "</div>"
+        )
+    if isinstance(block, _Paragraph):
+        parts = "".join(
+            f"<code>{e(p.text)}</code>" if p.style == "code" else e(p.text) for p in block.parts
+        )
+        return f'<p class="note">{parts}</p>' if block.note else f"<p>{parts}</p>"
+    rows = "\n".join(
+        "<tr>"
+        + "".join(
+            _html_cell(cell, "th" if row.total and i == 0 else "td")
+            for i, cell in enumerate(row.cells)
+        )
+        + "</tr>"
+        for row in block.rows
+    )
+    if block.header is None:
+        return f'<table class="meta">\n{rows}\n</table>'
+    head = "".join(f"<th>{e(h)}</th>" for h in block.header)
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>"
+
 
 def render_html(signed: SignedReport) -> str:
     """A self-contained, printable HTML page of the report, with the signed content embedded.
@@ -544,119 +865,316 @@ def render_html(signed: SignedReport) -> str:
     Every value is escaped. The signed content travels base64-encoded in a JSON <script> block,
     so no value, however hostile, can end the block early.
     """
-    r = signed.report
-    shown = _visible_fields(r, signed.verification_code)
-
-    def v(name: str, tag: str = "span", css: str = "") -> str:
-        klass = f' class="{css}"' if css else ""
-        return f'<{tag}{klass} data-field="{html.escape(name)}">{html.escape(shown[name])}</{tag}>'
-
+    layout = _layout(signed)
     e = html.escape
-    bonus_rows = "\n".join(
-        f"<tr><td>{e(b.label)}</td>{v(f'bonus.{b.name}', 'td', 'num')}"
-        f'<td class="num">{b.cap}</td></tr>'
-        for b in r.bonuses
-    )
-    restriction_rows = "\n".join(
-        f"<tr><td>{e(x.name)}</td><td>{e(x.name_zh)}</td>"
-        f"{v(f'restriction.{x.measure}', 'td', 'in-force' if x.in_force else '')}</tr>"
-        for x in r.restrictions
-    )
-    answered_rows = "\n".join(
-        f"<tr><td>{e(d.name)}</td><td>{e(d.department)}</td>"
-        f"<td>answered (rules {e(d.rules_version or 'unversioned')})</td></tr>"
-        for d in r.answered
-    )
-    missing_rows = "\n".join(
-        f"<tr><td>{e(d.name)}</td><td>{e(d.department)}</td>"
-        f'<td class="in-force">missing: {e(d.detail)}</td></tr>'
-        for d in r.missing
-    )
-    scale = ", ".join(f"{e(letter)} ≥ {minimum}" for letter, minimum in r.grade_scale)
-    coverage_note = (
-        f"{len(r.missing)} department(s) did not answer: their records are not in this score."
-        if r.missing
-        else "Every department holding enterprise records answered."
-    )
-    envelope = json.dumps(
-        {
-            "format": ENVELOPE_FORMAT,
-            "content": base64.b64encode(signed.content).decode("ascii"),
-            "signature": base64.b64encode(signed.signature).decode("ascii"),
-            "key_id": signed.key_id,
-            "verification_code": signed.verification_code,
-        },
-        sort_keys=True,
-        indent=1,
+    body = "\n".join(
+        [
+            f"<h1>{e(layout.heading)}</h1>",
+            *(_html_block(b) for b in layout.intro),
+            *(
+                f"\n<h2>{e(s.title)}</h2>\n" + "\n".join(_html_block(b) for b in s.blocks)
+                for s in layout.sections
+            ),
+        ]
     )
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<title>Enterprise credit report {e(r.subject_id)} ({e(r.report_id)})</title>
+<title>{e(layout.title)}</title>
 <style>{_STYLE}</style>
 </head>
 <body>
-<h1>Enterprise credit report 企业信用报告</h1>
-<p>Unified social credit code {v("subject_id")}</p>
-<div class="headline">
-<div>Grade<br>{v("grade", "span", "grade")}</div>
-<div>Score<br>{v("score", "span", "score")} <span class="note">of {r.ceiling}</span></div>
-</div>
-<p class="note">Grades: {scale}. Score = base − deductions + bonuses, kept within
-{r.floor}–{r.ceiling}.</p>
-
-<h2>Breakdown</h2>
-<table>
-<thead><tr><th>Item</th><th>Points</th><th>Cap</th></tr></thead>
-<tbody>
-<tr><td>Base</td>{v("base", "td", "num")}<td></td></tr>
-<tr><td>Deductions (dishonest records, all departments)</td>{v("deductions", "td", "num")}
-<td></td></tr>
-{bonus_rows}
-<tr><th>Bonuses in total</th>{v("bonus_total", "td", "num")}<td></td></tr>
-</tbody>
-</table>
-
-<h2>Joint-punishment restrictions 联合惩戒措施</h2>
-<table>
-<thead><tr><th>Measure</th><th></th><th>At the time of the query</th></tr></thead>
-<tbody>
-{restriction_rows}
-</tbody>
-</table>
-
-<h2>Data coverage</h2>
-<p>{e(coverage_note)}</p>
-<table>
-<thead><tr><th>Department</th><th>Id</th><th>Part in the score</th></tr></thead>
-<tbody>
-{answered_rows}
-{missing_rows}
-</tbody>
-</table>
-<p class="note">Restrictions were answered by: {e(", ".join(r.restrictions_answered))}.</p>
-
-<h2>About this report</h2>
-<table class="meta">
-<tr><td>Report id</td><td>{v("report_id")}</td></tr>
-<tr><td>Time of query (UTC)</td><td>{v("issued_at")}</td></tr>
-<tr><td>Issued by</td><td>{v("issuer")}</td></tr>
-<tr><td>Query ids</td><td>score {e(r.score_query_id)}; restrictions
-{e(r.restrictions_query_id)}</td></tr>
-<tr><td>Signing key</td><td>{e(signed.key_id)}</td></tr>
-<tr><td>Verification code</td><td>{v("verification_code", "span", "code")}</td></tr>
-</table>
-<p class="note">The issuer signed this report with its key. To check it, run
-<code>osmanthus report verify FILE --key ISSUER.pub</code> on the electronic copy; the
-verification code printed above must equal the one the command prints. The values are the
-issuer's reading of the encrypted answer of the departments at the time of the query.</p>
+{body}
 <script type="application/json" id="{EMBED_ID}">
-{envelope}
+{_envelope(signed)}
 </script>
 </body>
 </html>
 """
+
+
+# --- PDF ------------------------------------------------------------------------------------
+
+#: Adobe's Simplified Chinese CID font: every PDF reader supplies it, so no font file is needed
+#: to write a report or embedded in one
+_CJK_FONT: Final = "STSong-Light"
+#: the marked-content tag around each signed value on a PDF page (PDF 32000-1, 14.6)
+_PDF_MARK: Final = "OsmanthusValue"
+_PDF_GREY: Final = colors.HexColor("#555555")
+_PDF_RULE: Final = colors.HexColor("#dddddd")
+_PDF_ALERT: Final = colors.HexColor("#aa0000")
+_PDF_NO_PADDING: Final = (
+    ("LEFTPADDING", (0, 0), (-1, -1), 0),
+    ("RIGHTPADDING", (0, 0), (-1, -1), 0),
+)
+
+
+@functools.cache
+def _pdf_styles() -> dict[str, ParagraphStyle]:
+    """The paragraph styles of a PDF report, by name; registers the CID font on first use."""
+    pdfmetrics.registerFont(UnicodeCIDFont(_CJK_FONT))
+    body = ParagraphStyle("body", fontName="Helvetica", fontSize=9.5, leading=12.5)
+    note = ParagraphStyle("note", body, fontSize=8, leading=10.5, textColor=_PDF_GREY)
+    return {
+        "body": body,
+        "note": note,
+        "title": ParagraphStyle(
+            "title", body, fontName="Helvetica-Bold", fontSize=17, leading=22, spaceAfter=6
+        ),
+        "section": ParagraphStyle(
+            "section",
+            body,
+            fontName="Helvetica-Bold",
+            fontSize=12,
+            leading=15,
+            spaceBefore=12,
+            keepWithNext=1,
+        ),
+        "label": ParagraphStyle("label", note, fontSize=9),
+        "grade": ParagraphStyle("grade", body, fontName="Helvetica-Bold", fontSize=40, leading=44),
+        "score": ParagraphStyle("score", body, fontSize=22, leading=26),
+        "th": ParagraphStyle("th", body, fontName="Helvetica-Bold"),
+        "th-number": ParagraphStyle(
+            "th-number", body, fontName="Helvetica-Bold", alignment=TA_RIGHT
+        ),
+        "number": ParagraphStyle("number", body, alignment=TA_RIGHT),
+        "alert": ParagraphStyle("alert", body, fontName="Helvetica-Bold", textColor=_PDF_ALERT),
+        "code": ParagraphStyle("code", body, fontName="Courier-Bold", fontSize=12, leading=15),
+    }
+
+
+def _needs_cid_font(char: str) -> bool:
+    try:
+        char.encode("cp1252")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _pdf_markup(text: str, *, code: bool = False) -> str:
+    """Paragraph markup for plain text: escaped, with every run that the standard fonts cannot
+    encode (WinAnsi) set in the CID font."""
+    out = []
+    for cid, run in itertools.groupby(text, key=_needs_cid_font):
+        chunk = xml_escape("".join(run))
+        if cid:
+            out.append(f'<font face="{_CJK_FONT}">{chunk}</font>')
+        else:
+            out.append(f'<font face="Courier">{chunk}</font>' if code else chunk)
+    return "".join(out)
+
+
+def _begin_mark(field: str) -> str:
+    # the field name as a hex string: any name, no escaping rules
+    return f"/{_PDF_MARK} <</Field <{field.encode('utf-8').hex()}>>> BDC"
+
+
+class _Marked(Flowable):
+    """A flowable drawn inside a marked-content sequence that names the signed value it shows."""
+
+    def __init__(self, field: str, inner: Flowable) -> None:
+        super().__init__()
+        self.field = field
+        self.inner = inner
+
+    def wrap(self, availWidth: float, availHeight: float) -> tuple[float, float]:  # noqa: N803
+        self.width, self.height = self.inner.wrap(availWidth, availHeight)
+        return self.width, self.height
+
+    def draw(self) -> None:
+        self.canv.addLiteral(_begin_mark(self.field))
+        self.inner.drawOn(self.canv, 0, 0)
+        self.canv.addLiteral("EMC")
+
+
+def _pdf_headline(block: _Headline, width: float) -> list[Flowable]:
+    styles = _pdf_styles()
+    score_text = _pdf_markup(block.score.text)
+    score_width = pdfmetrics.stringWidth(block.score.text, "Helvetica", styles["score"].fontSize)
+    # the score and "of 200" side by side, on one baseline
+    score = Table(
+        [
+            [
+                _Marked(block.score.field, Paragraph(score_text, styles["score"])),
+                Paragraph(_pdf_markup(block.out_of), styles["label"]),
+            ]
+        ],
+        colWidths=[score_width + 6, width * 0.3],
+        hAlign="LEFT",
+    )
+    score.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "BOTTOM"), *_PDF_NO_PADDING]))
+    headline = Table(
+        [
+            [
+                [
+                    Paragraph("Grade", styles["label"]),
+                    _Marked(
+                        block.grade.field,
+                        Paragraph(_pdf_markup(block.grade.text), styles["grade"]),
+                    ),
+                ],
+                [Paragraph("Score", styles["label"]), score],
+            ]
+        ],
+        colWidths=[width * 0.2, width * 0.8],
+        hAlign="LEFT",
+    )
+    headline.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), *_PDF_NO_PADDING]))
+    return [Spacer(1, 8), headline, Spacer(1, 6)]
+
+
+def _pdf_table(block: _Table, width: float) -> list[Flowable]:
+    styles = _pdf_styles()
+    numeric = {
+        i for row in block.rows for i, cell in enumerate(row.cells) if cell.style == "number"
+    }
+    rows: list[list[Flowable]] = []
+    if block.header is not None:
+        rows.append(
+            [
+                Paragraph(_pdf_markup(h), styles["th-number" if i in numeric else "th"])
+                for i, h in enumerate(block.header)
+            ]
+        )
+    for row in block.rows:
+        cells: list[Flowable] = []
+        for i, cell in enumerate(row.cells):
+            style: str
+            if cell.style != "plain":
+                style = cell.style
+            elif i == 0 and row.total:
+                style = "th"
+            elif i == 0 and block.header is None:
+                style = "label"
+            else:
+                style = "body"
+            paragraph = Paragraph(_pdf_markup(cell.text), styles[style])
+            cells.append(_Marked(cell.field, paragraph) if isinstance(cell, _Value) else paragraph)
+        rows.append(cells)
+    unit = width / sum(block.widths)
+    table = Table(
+        rows,
+        colWidths=[w * unit for w in block.widths],
+        repeatRows=1 if block.header else 0,
+        splitInRow=1,
+    )
+    commands: list[tuple[Any, ...]] = [
+        ("VALIGN", (0, 0), (-1, -1), "TOP"),
+        ("LINEBELOW", (0, 0), (-1, -1), 0.5, _PDF_RULE),
+        ("LEFTPADDING", (0, 0), (-1, -1), 3),
+        ("RIGHTPADDING", (0, 0), (-1, -1), 3),
+    ]
+    if block.header is not None:
+        commands.append(("LINEBELOW", (0, 0), (-1, 0), 0.8, _PDF_GREY))
+    table.setStyle(TableStyle(commands))
+    return [table, Spacer(1, 6)]
+
+
+def _pdf_block(block: _Block, width: float) -> list[Flowable]:
+    if isinstance(block, _Headline):
+        return _pdf_headline(block, width)
+    if isinstance(block, _Table):
+        return _pdf_table(block, width)
+    markup = "".join(_pdf_markup(p.text, code=p.style == "code") for p in block.parts)
+    return [Paragraph(markup, _pdf_styles()["note" if block.note else "body"]), Spacer(1, 4)]
+
+
+def _pdf_attachment(signed: SignedReport) -> PDFDictionary:
+    """The catalogue's /Names entry: the envelope as the one embedded file of the document."""
+    data = _envelope(signed).encode("utf-8")
+    stream = PDFStream(
+        PDFDictionary(
+            {
+                "Type": PDFName("EmbeddedFile"),
+                # reportlab escapes "#" in names, so the escaped "/" goes in verbatim
+                "Subtype": "/application#2Fjson",
+                "Params": PDFDictionary({"Size": len(data)}),
+            }
+        ),
+        data,
+    )
+    spec = PDFDictionary(
+        {
+            "Type": PDFName("Filespec"),
+            "F": PDFString(PDF_ATTACHMENT),
+            "UF": PDFString(PDF_ATTACHMENT),
+            "Desc": PDFString("the signed report; check it with 'osmanthus report verify'"),
+            "EF": PDFDictionary({"F": stream}),
+        }
+    )
+    files = PDFDictionary({"Names": PDFArray([PDFString(PDF_ATTACHMENT), spec])})
+    return PDFDictionary({"EmbeddedFiles": files})
+
+
+def render_pdf(signed: SignedReport) -> bytes:
+    """An A4 PDF of the report: the content of the HTML page, the report id and verification
+    code on every page, and the signed content attached as `osmanthus-report.json`.
+
+    The same signed report renders to the same bytes: the document's dates are the time of the
+    query and its id is a digest of its content. No font is embedded: Latin text is set in the
+    standard Helvetica and Courier, Chinese in Adobe's STSong-Light, which readers supply.
+    """
+    layout = _layout(signed)
+    r = signed.report
+    styles = _pdf_styles()
+    when = r.issued_at.astimezone(UTC).strftime("D:%Y%m%d%H%M%S+00'00'")
+    buffer = io.BytesIO()
+    document = SimpleDocTemplate(
+        buffer,
+        pagesize=A4,
+        leftMargin=20 * mm,
+        rightMargin=20 * mm,
+        topMargin=18 * mm,
+        bottomMargin=22 * mm,
+        title=layout.title,
+        author=r.issuer,
+        subject=f"Enterprise credit report, verification code {signed.verification_code}",
+        creator="Osmanthus",
+        lang="en",
+        invariant=1,
+        pageCompression=1,
+    )
+    width = document.width
+    story: list[Flowable] = [Paragraph(_pdf_markup(layout.heading), styles["title"])]
+    for block in layout.intro:
+        story += _pdf_block(block, width)
+    for section in layout.sections:
+        rule = HRFlowable(width="100%", thickness=0.8, color=_PDF_GREY, spaceAfter=4)
+        # a heading and its rule never end a page: they move on with what they head
+        rule.keepWithNext = 1
+        story += [Paragraph(_pdf_markup(section.title), styles["section"]), rule]
+        for block in section.blocks:
+            story += _pdf_block(block, width)
+
+    def footer(canvas: Canvas, doc: SimpleDocTemplate) -> None:
+        # every page names its report and code, so a page cannot pass for another report's
+        canvas.saveState()
+        canvas.setFont("Helvetica", 7.5)
+        canvas.setFillColor(_PDF_GREY)
+        x, y = doc.leftMargin, 12 * mm
+        for text, field in (
+            ("Report ", None),
+            (r.report_id, "report_id"),
+            ("   Verification code ", None),
+            (signed.verification_code, "verification_code"),
+            (f"   Page {doc.page}", None),
+        ):
+            if field:
+                canvas.addLiteral(_begin_mark(field))
+            canvas.drawString(x, y, text)
+            if field:
+                canvas.addLiteral("EMC")
+            x += pdfmetrics.stringWidth(text, "Helvetica", 7.5)
+        canvas.restoreState()
+
+    def first_page(canvas: Canvas, doc: SimpleDocTemplate) -> None:
+        canvas.setDateFormatter(lambda *_: when)
+        canvas.setCatalogEntry("Names", _pdf_attachment(signed))
+        footer(canvas, doc)
+
+    document.build(story, onFirstPage=first_page, onLaterPages=footer)
+    return buffer.getvalue()
 
 
 # --- verifying ------------------------------------------------------------------------------
@@ -726,30 +1244,12 @@ def _b64(value: object, *, field: str) -> bytes:
         raise MalformedReport("is not base64 text", field=field) from None
 
 
-def verify_report_html(page: str, *, public_key: Ed25519PublicKey) -> EnterpriseReport:
-    """The report a page carries, after checking it is exactly what the key's holder signed.
-
-    Checks, in order: the embedded envelope is there once and well-formed; it names this key;
-    the signature over the content verifies; the verification code is the content's; the
-    content is a well-formed report; and every value the page marks as shown (grade, score,
-    report id, verification code, breakdown, restrictions, issuer, time) is the signed one.
-    Raises MalformedReport (not a report) or TamperedReport (not what the issuer signed).
-    """
-    if len(page) > MAX_REPORT_CHARS:
-        raise MalformedReport(
-            f"{len(page)} characters; a report is at most {MAX_REPORT_CHARS}", field="page"
-        )
-    reader = _PageReader()
-    reader.feed(page)
-    reader.close()
-    if len(reader.envelopes) != 1:
-        raise MalformedReport(
-            f"the page holds {len(reader.envelopes)} embedded reports "
-            f'(<script id="{EMBED_ID}">); a report holds exactly one',
-            field="page",
-        )
+def _open_envelope(text: str, *, public_key: Ed25519PublicKey) -> tuple[EnterpriseReport, str]:
+    """The report an embedded envelope carries and its verification code, after checking that
+    the envelope names this key, that the signature verifies and that the code is the
+    content's. Raises MalformedReport or TamperedReport."""
     try:
-        envelope = json.loads(reader.envelopes[0], object_pairs_hook=unique_keys("key"))
+        envelope = json.loads(text, object_pairs_hook=unique_keys("key"))
     except ValueError as exc:
         raise MalformedReport(f"the embedded report is not JSON: {exc}", field="envelope") from None
     if not isinstance(envelope, dict) or envelope.get("format") != ENVELOPE_FORMAT:
@@ -780,24 +1280,212 @@ def verify_report_html(page: str, *, public_key: Ed25519PublicKey) -> Enterprise
             f"the embedded verification code {code} is not the content's ({actual_code})",
             field="verification_code",
         )
-    report = _from_content(content)
-    expected = _visible_fields(report, actual_code)
+    return _from_content(content), actual_code
+
+
+def _check_shown(
+    shown: list[tuple[str, str]],
+    expected: Mapping[str, str],
+    *,
+    required: Iterable[str],
+    ignore_spaces: bool,
+) -> None:
+    """Every marked value shown must be the signed one, and the required ones must be shown.
+
+    Whitespace is compared as a reader sees it: runs of it are one space (HTML), or, where the
+    text was extracted from a PDF (whose lines may break inside a Chinese name), none at all.
+    """
+
+    def squash(text: str) -> str:
+        return "".join(text.split()) if ignore_spaces else " ".join(text.split())
+
     seen: set[str] = set()
-    for name, text in reader.fields:
+    for name, text in shown:
         if name not in expected:
             raise TamperedReport(
                 f"the page shows a value marked {name[:40]!r}, which the report does not have",
                 field=name[:40],
             )
-        if text != expected[name]:
+        if squash(text) != squash(expected[name]):
+            text = " ".join(text.split())
             raise TamperedReport(
                 f"the page shows {name} {text[:60]!r}, the signed report says {expected[name]!r}",
                 field=name,
             )
         seen.add(name)
-    absent = [n for n in ("grade", "score", "report_id", "verification_code") if n not in seen]
+    absent = [n for n in required if n not in seen]
     if absent:
         raise TamperedReport(
             "the page does not show the signed " + ", ".join(absent), field=absent[0]
         )
+
+
+def verify_report_html(page: str, *, public_key: Ed25519PublicKey) -> EnterpriseReport:
+    """The report a page carries, after checking it is exactly what the key's holder signed.
+
+    Checks, in order: the embedded envelope is there once and well-formed; it names this key;
+    the signature over the content verifies; the verification code is the content's; the
+    content is a well-formed report; and every value the page marks as shown (grade, score,
+    report id, verification code, breakdown, restrictions, issuer, time) is the signed one.
+    Raises MalformedReport (not a report) or TamperedReport (not what the issuer signed).
+    """
+    if len(page) > MAX_REPORT_CHARS:
+        raise MalformedReport(
+            f"{len(page)} characters; a report is at most {MAX_REPORT_CHARS}", field="page"
+        )
+    reader = _PageReader()
+    reader.feed(page)
+    reader.close()
+    if len(reader.envelopes) != 1:
+        raise MalformedReport(
+            f"the page holds {len(reader.envelopes)} embedded reports "
+            f'(<script id="{EMBED_ID}">); a report holds exactly one',
+            field="page",
+        )
+    report, code = _open_envelope(reader.envelopes[0], public_key=public_key)
+    _check_shown(
+        reader.fields,
+        _visible_fields(report, code),
+        required=("grade", "score", "report_id", "verification_code"),
+        ignore_spaces=False,
+    )
     return report
+
+
+#: what pypdf raises on a file it cannot read; any of them means "not a report we can check"
+_PDF_ERRORS: Final = (
+    PyPdfError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    RecursionError,
+    UnicodeDecodeError,
+    zlib.error,
+)
+
+
+def _pdf_text(value: object) -> str | None:
+    if isinstance(value, (TextStringObject, ByteStringObject)):
+        return value.original_bytes.decode("utf-8", errors="replace")
+    return None
+
+
+class _MarkedText:
+    """Collects, through pypdf's text-extraction visitors, the text inside each marked-content
+    sequence tagged as a signed value on one page."""
+
+    def __init__(self) -> None:
+        self.fields: list[tuple[str, str]] = []
+        # open sequences: (field name, or None for another tag; text parts) — text goes to all
+        self._stack: list[tuple[str | None, list[str]]] = []
+
+    def operator(self, operator: bytes, operands: list[Any], _cm: Any, _tm: Any) -> None:
+        if operator in (b"BDC", b"BMC"):
+            name = None
+            if (
+                operator == b"BDC"
+                and len(operands) == 2
+                and operands[0] == f"/{_PDF_MARK}"
+                and isinstance(operands[1], DictionaryObject)
+            ):
+                name = _pdf_text(operands[1].get("/Field")) or "(unnamed)"
+            self._stack.append((name, []))
+        elif operator == b"EMC" and self._stack:
+            name, parts = self._stack.pop()
+            if name is not None:
+                self.fields.append((name, "".join(parts)))
+
+    def text(self, content: str, _cm: Any, _tm: Any, _font: Any, _size: Any) -> None:
+        for _name, parts in self._stack:
+            parts.append(content)
+
+    def close(self) -> list[tuple[str, str]]:
+        self.fields += [(name, "".join(parts)) for name, parts in self._stack if name is not None]
+        self._stack.clear()
+        return self.fields
+
+
+def _pdf_marked_values(reader: PdfReader) -> list[tuple[str, str]]:
+    """The text of every marked signed value, on every page, in page order."""
+    fields: list[tuple[str, str]] = []
+    for page in reader.pages:
+        marked = _MarkedText()
+        page.extract_text(visitor_operand_before=marked.operator, visitor_text=marked.text)
+        fields += marked.close()
+    return fields
+
+
+def verify_report_pdf(data: bytes, *, public_key: Ed25519PublicKey) -> EnterpriseReport:
+    """The report a PDF carries, after checking it is exactly what the key's holder signed.
+
+    The same checks as verify_report_html, on the attached `osmanthus-report.json`; then every
+    signed value (grade, score, each breakdown figure, each restriction, issuer, time, report
+    id, verification code) must be shown in the page text, in a marked-content sequence that
+    names it, and no marked text may differ from the signed value; and no page may carry
+    annotations. Raises MalformedReport (not a report) or TamperedReport (not what the issuer
+    signed).
+    """
+    if len(data) > MAX_REPORT_BYTES:
+        raise MalformedReport(
+            f"{len(data)} bytes; a report is at most {MAX_REPORT_BYTES}", field="file"
+        )
+    if not data.startswith(b"%PDF-"):
+        raise MalformedReport("the file is not a PDF (it does not start with %PDF-)", field="file")
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted:
+            raise MalformedReport("the PDF is encrypted; a report never is", field="file")
+        pages = len(reader.pages)
+        embedded = reader.attachments.get(PDF_ATTACHMENT, [])
+    except _PDF_ERRORS as exc:
+        raise MalformedReport(f"the PDF cannot be read: {exc}", field="file") from None
+    if not 0 < pages <= MAX_PDF_PAGES:
+        raise MalformedReport(
+            f"the PDF has {pages} pages; a report has 1 to {MAX_PDF_PAGES}", field="file"
+        )
+    if len(embedded) != 1:
+        raise MalformedReport(
+            f"the PDF holds {len(embedded)} embedded reports ({PDF_ATTACHMENT}); a report "
+            "holds exactly one",
+            field="file",
+        )
+    try:
+        envelope = embedded[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedReport(f"{PDF_ATTACHMENT} is not UTF-8 text", field="envelope") from None
+    report, code = _open_envelope(envelope, public_key=public_key)
+    try:
+        annotated = [n for n, page in enumerate(reader.pages, 1) if page.get("/Annots")]
+        shown = _pdf_marked_values(reader)
+    except _PDF_ERRORS as exc:
+        raise MalformedReport(f"the PDF's pages cannot be read: {exc}", field="file") from None
+    if annotated:
+        # an annotation is drawn over the page, outside its text: it could show anything
+        raise TamperedReport(
+            f"page {annotated[0]} carries annotations (notes, form fields or stamps drawn over "
+            "the page), which a report never has: ask for the issuer's original file",
+            field="annotations",
+        )
+    expected = _visible_fields(report, code)
+    _check_shown(shown, expected, required=expected, ignore_spaces=True)
+    return report
+
+
+def verify_report(data: bytes, *, public_key: Ed25519PublicKey) -> EnterpriseReport:
+    """A report file's content, verified: a PDF by verify_report_pdf, anything else as an HTML
+    page (UTF-8) by verify_report_html."""
+    if data.startswith(b"%PDF-"):
+        return verify_report_pdf(data, public_key=public_key)
+    if len(data) > MAX_REPORT_BYTES:
+        raise MalformedReport(
+            f"{len(data)} bytes; a report is at most {MAX_REPORT_BYTES}", field="file"
+        )
+    try:
+        page = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedReport(
+            "the file is neither a PDF nor UTF-8 text (an HTML report)", field="file"
+        ) from None
+    return verify_report_html(page, public_key=public_key)

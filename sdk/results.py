@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from fractions import Fraction
 
 from osmanthus.dp import discrete_laplace_variance
 from osmanthus.errors import InvalidArgument
+from osmanthus.lists import PublicEntry
 from osmanthus.types import ConsentId, DepartmentStatus, Shape, SubjectKind
 
 
@@ -83,6 +85,39 @@ class RestrictionResult:
         return any(self.restricted.values())
 
 
+class LoanDecision(enum.Enum):
+    """What a tax-bank loan check advises (TaxLoanCheck.decision)."""
+
+    #: a clean A-level taxpayer, not restricted from bank loans: the bank may pre-approve
+    PRE_APPROVE = "pre_approve"
+    #: not restricted, but the tax record is not clean A-level: an underwriter decides
+    REFER = "refer"
+    #: bank loans are restricted under joint punishment: no loan may be granted
+    DECLINE = "decline"
+
+
+@dataclass(frozen=True)
+class TaxLoanCheck:
+    """A tax-bank loan (税银贷) check: two bits and the decision they support, nothing more.
+
+    `tax_compliant` is "the taxation bureau's part of the record scores at least
+    `threshold`" (an A-level taxpayer with no tax arrears or violations); `restricted` is
+    "bank loans are restricted" over every department that can flag the enterprise. The bank
+    never learns the tax rating, the arrears or which department flagged the enterprise.
+    """
+
+    subject_id: str
+    consent_id: str
+    tax_compliant: bool
+    restricted: bool
+    decision: LoanDecision
+    #: one sentence an underwriter can file with the decision
+    reason: str
+    threshold: int
+    #: the compliance question's query id, then the restriction question's
+    query_ids: tuple[str, str]
+
+
 @dataclass(frozen=True)
 class StatsResult:
     """Noisy sums over a cohort: each is the true sum over every department and subject plus
@@ -145,6 +180,8 @@ class ConsentRecord:
     #: Empty for a consent revoked before receipts existed, or whose stored record could not
     #: be signed
     receipt: str
+    #: a person, or an enterprise (a tax-bank loan's consent)
+    subject_kind: SubjectKind = SubjectKind.PERSON
 
     def in_force(self, now: datetime) -> bool:
         return self.revoked_at is None and now < self.expires_at
@@ -170,3 +207,34 @@ class BatchScore:
     @property
     def scored(self) -> bool:
         return self.refused is None
+
+
+@dataclass(frozen=True)
+class ListSearchResult:
+    """One answer of the public red and black list query: entries in public view today.
+
+    Only the published fields come back, a person's resident id masked. By subject, every
+    entry of the subject comes in one answer; by list, one page, and `next_page_token` asks for
+    the next ("" on the last page; Client.search_lists_pages follows it for you).
+    """
+
+    subject_kind: SubjectKind
+    #: the subject asked about, as given; None when a list was browsed
+    subject_id: str | None
+    #: the list asked; None for every list
+    list_id: str | None
+    #: by window start, then department, then entry id (a subject's); in the list's order (a list)
+    entries: tuple[PublicEntry, ...]
+    #: departments whose entries this answer may lack, and why (down, too slow, or an answer
+    #: the coordinator refused to forward)
+    missing: tuple[DepartmentStatus, ...]
+    next_page_token: str = ""
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.missing)
+
+    @property
+    def more(self) -> bool:
+        """Whether a further page follows (list browsing)."""
+        return bool(self.next_page_token)

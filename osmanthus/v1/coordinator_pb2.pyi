@@ -240,7 +240,7 @@ class SearchListsResponse(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[_lists_pb2.PublicEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., missing: _Optional[_Iterable[_Union[DepartmentStatus, _Mapping]]] = ...) -> None: ...
 
 class Consent(_message.Message):
-    __slots__ = ("consent_id", "subject_id", "grantee", "purpose", "granted_at", "expires_at", "revoked_at", "receipt")
+    __slots__ = ("consent_id", "subject_id", "grantee", "purpose", "granted_at", "expires_at", "revoked_at", "receipt", "subject_kind")
     CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     GRANTEE_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +249,7 @@ class Consent(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
     consent_id: str
     subject_id: str
     grantee: str
@@ -257,19 +258,22 @@ class Consent(_message.Message):
     expires_at: _timestamp_pb2.Timestamp
     revoked_at: _timestamp_pb2.Timestamp
     receipt: str
-    def __init__(self, consent_id: _Optional[str] = ..., subject_id: _Optional[str] = ..., grantee: _Optional[str] = ..., purpose: _Optional[str] = ..., granted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., receipt: _Optional[str] = ...) -> None: ...
+    subject_kind: _common_pb2.SubjectKind
+    def __init__(self, consent_id: _Optional[str] = ..., subject_id: _Optional[str] = ..., grantee: _Optional[str] = ..., purpose: _Optional[str] = ..., granted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., receipt: _Optional[str] = ..., subject_kind: _Optional[_Union[_common_pb2.SubjectKind, str]] = ...) -> None: ...
 
 class GrantConsentRequest(_message.Message):
-    __slots__ = ("subject_id", "grantee", "purpose", "expires_at")
+    __slots__ = ("subject_id", "grantee", "purpose", "expires_at", "subject_kind")
     SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     GRANTEE_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
     subject_id: str
     grantee: str
     purpose: str
     expires_at: _timestamp_pb2.Timestamp
-    def __init__(self, subject_id: _Optional[str] = ..., grantee: _Optional[str] = ..., purpose: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    subject_kind: _common_pb2.SubjectKind
+    def __init__(self, subject_id: _Optional[str] = ..., grantee: _Optional[str] = ..., purpose: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subject_kind: _Optional[_Union[_common_pb2.SubjectKind, str]] = ...) -> None: ...
 
 class RevokeConsentRequest(_message.Message):
     __slots__ = ("consent_id",)

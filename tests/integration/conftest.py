@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from certs import PeerRole, cert_paths
+from certs import PeerRole, cert_paths, issue_certificate
 from coordinator.config import NodeEndpoint, render_nodes
 from coordinator.server import (
     DEFAULT_CENTRAL_POLICY,
@@ -51,8 +51,10 @@ def restricted_catalogue_toml(departments: Sequence[str]) -> str:
 
     text = default_catalogue_path().read_text(encoding="utf-8")
     text = re.sub(r'\[\[department\]\]\nid = "(\w+)"\n(?:[^\n]+\n)*\n', block, text)
-    # and the flags those departments set
-    return re.sub(r'\[\[flag\]\]\nid = "\w+"\ndepartment = "(\w+)"\n(?:[^\n]+\n)*\n', block, text)
+    # and the flags those departments set and the lists they publish
+    return re.sub(
+        r'\[\[(?:flag|list)\]\]\nid = "\w+"\ndepartment = "(\w+)"\n(?:[^\n]+\n)*\n', block, text
+    )
 
 
 @dataclasses.dataclass
@@ -196,6 +198,21 @@ def stop_federation(federation: Federation) -> None:
     federation.coordinator.stop()
     for server in federation.nodes.values():
         server.stop(grace=0.5)
+
+
+@pytest.fixture(scope="session")
+def list_officers(
+    tmp_path_factory: pytest.TempPathFactory, platform_certs: Path
+) -> dict[str, TlsFiles]:
+    """Operator certificates named after court and tax (their list officers), issued once by
+    the platform CA into a directory of their own (platform_certs stays as it is)."""
+    out = tmp_path_factory.mktemp("list-officers")
+    return {
+        dept: TlsFiles.from_cert_paths(
+            issue_certificate(platform_certs, role=PeerRole.OPERATOR, name=dept, out_dir=out / dept)
+        )
+        for dept in ("court", "tax")
+    }
 
 
 @pytest.fixture(scope="session")

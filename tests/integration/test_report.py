@@ -18,8 +18,10 @@ from sdk.report import (
     TamperedReport,
     build_enterprise_report,
     render_html,
+    render_pdf,
     sign_report,
     verify_report_html,
+    verify_report_pdf,
 )
 from tests.integration.conftest import Federation, restricted_catalogue_toml
 from tests.integration.test_flags import expected as expected_restrictions
@@ -30,6 +32,7 @@ from tests.integration.test_scores_match_plaintext import (
     subjects,
     utc_today,
 )
+from tests.unit.test_report import show_instead
 
 PURPOSE = "credit_report"
 
@@ -73,8 +76,10 @@ def test_the_report_states_the_aggregate_and_the_plaintext(
             issuer="agency-1",
             issued_at=datetime.now(UTC),
         )
-        page = render_html(sign_report(report, private_key=key))
-        shown = verify_report_html(page, public_key=key.public_key())
+        signed = sign_report(report, private_key=key)
+        shown = verify_report_html(render_html(signed), public_key=key.public_key())
+        # the PDF states the same, read back from its page text and attachment
+        assert verify_report_pdf(render_pdf(signed), public_key=key.public_key()) == shown
         # the report read back from the page equals the SDK's own aggregate
         assert (shown.subject_id, shown.grade, shown.score) == (firm, card.grade, card.score)
         assert shown.deductions == card.deductions and shown.base == card.base
@@ -115,11 +120,13 @@ def cli_files(federation: Federation, tmp_path_factory: pytest.TempPathFactory) 
     }
 
 
-def _argv(federation: Federation, files: dict[str, Path], code: str, out: Path) -> list[str]:
+def _argv(
+    federation: Federation, files: dict[str, Path], code: str, out: Path, fmt: str = "html"
+) -> list[str]:
     return [
         "report", "enterprise", code,
         "--out", str(out),
-        "--format", "html",
+        "--format", fmt,
         "--signing-key", str(files["signing_key"]),
         "--issuer", "Gusu Credit 姑苏征信",
         "--coordinator", federation.target,
@@ -169,13 +176,60 @@ def test_cli_writes_a_report_that_verifies_and_refuses_a_tampered_one(
     assert "the page shows grade" in capsys.readouterr().err
     with pytest.raises(TamperedReport):
         verify_report_html(tampered.read_text(encoding="utf-8"), public_key=public)
-    # PDF is refused by name, before any query
-    pdf = _argv(federation, cli_files, firm, cli_files["work"] / "r.pdf")
-    pdf[pdf.index("html")] = "pdf"
-    assert main(pdf) == 3
-    assert "PDF needs" in capsys.readouterr().err
+    # a format that --out's suffix contradicts is a usage error, before any query
+    with pytest.raises(SystemExit) as exit_info:
+        main(_argv(federation, cli_files, firm, cli_files["work"] / "r.pdf", "html"))
+    assert exit_info.value.code == 2
+    assert "--format html does not match --out r.pdf" in capsys.readouterr().err
+    assert not (cli_files["work"] / "r.pdf").exists()
     # a purpose the token does not carry is refused by the federation
     refused = [*_argv(federation, cli_files, firm, cli_files["work"] / "r2.html")]
     refused += ["--purpose", "loan_underwriting"]
     assert main(refused) == 4
     assert not (cli_files["work"] / "r2.html").exists()
+
+
+def test_cli_writes_a_pdf_report_that_verifies_and_refuses_a_tampered_one(
+    federation: Federation,
+    agency: Client,
+    firms: list[str],
+    cli_files: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    firm = firms[0]
+    out = cli_files["work"] / "report.pdf"
+    argv = _argv(federation, cli_files, firm, out)
+    # no --format: the suffix of --out chooses PDF
+    del argv[argv.index("--format") : argv.index("--format") + 2]
+    assert main(argv) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    written = capsys.readouterr().out
+    data = out.read_bytes()
+    assert data.startswith(b"%PDF-") and "pdf report" in written
+    public = load_private_key(cli_files["signing_key"]).public_key()
+    report = verify_report_pdf(data, public_key=public)
+    card = agency.enterprise_score(firm, purpose=PURPOSE)
+    assert (report.subject_id, report.grade, report.score, report.deductions) == (
+        firm,
+        card.grade,
+        card.score,
+        card.deductions,
+    )
+    assert {b.name: b.points for b in report.bonuses} == dict(card.bonuses)
+    assert report.issuer == "Gusu Credit 姑苏征信" and report.report_id in written
+    assert [d.department for d in report.answered] == [s.department for s in card.answered]
+    assert not report.missing
+    verify = ["report", "verify", str(out), "--key", str(cli_files["public_key"])]
+    assert main(verify) == 0
+    printed = capsys.readouterr().out
+    assert "verified" in printed and report.report_id in printed and firm in printed
+    assert f"grade         {report.grade} (score {report.score})" in printed
+    # a tampered copy: one digit of the score changed in the page's content stream
+    score = str(report.score)
+    other = str((int(score[0]) + 1) % 10) + score[1:]
+    tampered = cli_files["work"] / "tampered.pdf"
+    tampered.write_bytes(show_instead(data, "score", score, other))
+    assert main(["report", "verify", str(tampered), "--key", str(cli_files["public_key"])]) == 4
+    assert f"the page shows score '{other}'" in capsys.readouterr().err
+    with pytest.raises(TamperedReport):
+        verify_report_pdf(tampered.read_bytes(), public_key=public)

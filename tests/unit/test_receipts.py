@@ -26,7 +26,7 @@ from certs import create_consent_key, init_platform
 from certs.authority import restore_consent_public_key_file
 from osmanthus.cli import _DEFAULT_RECEIPT_ISSUER, main
 from osmanthus.errors import ConfigError, InvalidArgument, PermissionDenied, Unauthenticated
-from osmanthus.ids import make_resident_id
+from osmanthus.ids import make_resident_id, make_uscc
 from osmanthus.receipts import (
     RECEIPT_ISSUER,
     RECEIPT_TYPE,
@@ -46,6 +46,7 @@ from osmanthus.receipts import (
     restore_consent_public_key,
     verify_receipt,
 )
+from osmanthus.types import SubjectKind
 
 KEY = Ed25519PrivateKey.generate()
 OTHER_KEY = Ed25519PrivateKey.generate()
@@ -54,6 +55,7 @@ GRANTED = datetime(2026, 11, 26, 10, 0, 0, 500_000, tzinfo=UTC)
 EXPIRES = GRANTED + timedelta(days=30)
 DURING = GRANTED + timedelta(days=1)
 ALICE = make_resident_id(region="320505", birth=date(1990, 1, 1), sequence=1)
+ACME = make_uscc(authority="9", category="1", region="320505", organisation="M000100Y4")
 BOB = make_resident_id(region="320508", birth=date(1985, 6, 30), sequence=2)
 CONSENT_ID = "cns_" + "Ab3_-" * 4 + "xy"
 
@@ -66,6 +68,7 @@ class Facts:
     purpose: str = "loan_underwriting"
     granted_at: datetime = GRANTED
     expires_at: datetime = EXPIRES
+    subject_kind: SubjectKind = SubjectKind.PERSON
 
 
 def _receipt(key: Ed25519PrivateKey = KEY, **kw: Any) -> str:
@@ -195,6 +198,37 @@ def test_a_receipt_of_another_key_without_kid_fails_on_the_signature() -> None:
     _, payload, _ = _parts(_receipt(OTHER_KEY))
     forged = jwt.encode(payload, OTHER_KEY, algorithm="EdDSA", headers={"typ": RECEIPT_TYPE})
     with pytest.raises(UntrustedReceipt, match="signature does not verify"):
+        _verify(forged)
+
+
+def test_a_persons_receipt_carries_no_subject_kind_claim() -> None:
+    _, payload, _ = _parts(_receipt())
+    assert "sub_kind" not in payload
+    assert _verify(_receipt()).subject_kind is SubjectKind.PERSON
+
+
+def test_an_enterprises_receipt_names_its_kind_and_verifies_against_its_code() -> None:
+    receipt = _receipt(subject_id=ACME, subject_kind=SubjectKind.ENTERPRISE)
+    _, payload, _ = _parts(receipt)
+    assert payload["sub"] == ACME and payload["sub_kind"] == "enterprise"
+    verified = _verify(receipt, expected_subject=ACME)
+    assert verified.subject_kind is SubjectKind.ENTERPRISE and verified.subject_id == ACME
+    with pytest.raises(ReceiptMismatch):
+        _verify(receipt, expected_subject=ALICE)
+
+
+def test_a_credit_code_is_not_accepted_as_a_persons_subject() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        _receipt(subject_id=ACME)
+    assert caught.value.field == "consent.subject_id"
+
+
+@pytest.mark.parametrize("kind", ["person", "ENTERPRISE", 1, None])
+def test_a_subject_kind_claim_other_than_enterprise_is_malformed(kind: object) -> None:
+    _, payload, _ = _parts(_receipt())
+    forged = _signed({"alg": "EdDSA", "typ": RECEIPT_TYPE, "kid": consent_key_id(KEY.public_key())},
+                     {**payload, "sub_kind": kind})  # fmt: skip
+    with pytest.raises(MalformedReceipt, match="sub_kind"):
         _verify(forged)
 
 

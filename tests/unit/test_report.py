@@ -1,16 +1,26 @@
-"""Enterprise credit reports: building, rendering, and every way a tampered page is refused."""
+"""Enterprise credit reports: building, rendering (HTML and PDF), and every way a tampered report
+is refused."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import io
 import json
+import os
 import re
+import subprocess
+import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pypdf import PdfReader, PdfWriter
+from pypdf.annotations import FreeText
+from reportlab.platypus import Paragraph, SimpleDocTemplate
 
 from osmanthus.bundle import key_id_of
 from osmanthus.catalogue import Catalogue, load_catalogue
@@ -22,6 +32,8 @@ from osmanthus.types import DepartmentId, DepartmentStatus, Shape, SubjectKind
 from sdk.report import (
     CODE_PATTERN,
     EMBED_ID,
+    MAX_REPORT_BYTES,
+    PDF_ATTACHMENT,
     REPORT_ID_PATTERN,
     EnterpriseReport,
     MalformedReport,
@@ -30,9 +42,12 @@ from sdk.report import (
     build_enterprise_report,
     canonical_content,
     render_html,
+    render_pdf,
     sign_report,
     verification_code,
+    verify_report,
     verify_report_html,
+    verify_report_pdf,
 )
 from sdk.results import EnterpriseScore, RestrictionResult
 
@@ -394,3 +409,377 @@ def test_cli_keygen_and_verify(
     report.write_text("<html></html>", encoding="utf-8")
     assert main(argv) == 3
     assert main(["report", "verify", str(tmp_path / "absent.html"), "--key", argv[-1]]) == 3
+
+
+# --- PDF ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pdf(signed: SignedReport) -> bytes:
+    return render_pdf(signed)
+
+
+def _lines(pdf: bytes) -> list[str]:
+    """The page text as laid out, one string per line with runs of spaces made one."""
+    reader = PdfReader(io.BytesIO(pdf))
+    text = "\n".join(page.extract_text(extraction_mode="layout") for page in reader.pages)
+    return [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+
+
+def _mark(field: str) -> bytes:
+    return f"/OsmanthusValue <</Field <{field.encode().hex()}>>> BDC".encode()
+
+
+def _edit_pages(pdf: bytes, edit: Callable[[bytes], bytes]) -> bytes:
+    """The PDF with every page's content stream passed through `edit`, written by pypdf as a
+    PDF editor would write it (the attachment kept)."""
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(pdf)))
+    for page in writer.pages:
+        contents = page.get_contents()
+        assert contents is not None
+        contents.set_data(edit(contents.get_data()))
+        page.replace_contents(contents)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def show_instead(pdf: bytes, field: str, old: str, new: str) -> bytes:
+    """The PDF with the text drawn for the first marked `field` changed from `old` to `new`:
+    the tampering a PDF editor makes when it changes a figure on the page."""
+    changed = 0
+
+    def edit(data: bytes) -> bytes:
+        nonlocal changed
+        start = data.find(_mark(field))
+        if start < 0 or changed:
+            return data
+        end = data.index(b"EMC", start)
+        shown = f"({old}) Tj".encode()
+        assert data.count(shown, start, end) == 1, data[start:end]
+        changed += 1
+        return data[:start] + data[start:end].replace(shown, f"({new}) Tj".encode()) + data[end:]
+
+    tampered = _edit_pages(pdf, edit)
+    assert changed == 1
+    return tampered
+
+
+def _with_attachments(pdf: bytes, *envelopes: bytes) -> bytes:
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(pdf)))
+    del writer.root_object["/Names"]
+    for envelope in envelopes:
+        writer.add_attachment(PDF_ATTACHMENT, envelope)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def test_the_pdf_shows_every_figure_of_the_aggregate_and_verifies(
+    catalogue: Catalogue, key: Ed25519PrivateKey
+) -> None:
+    card = make_score(catalogue, deductions=38)
+    flags = make_restrictions(catalogue, {"bank_loan", "high_consumption"})
+    report = build_enterprise_report(
+        score=card,
+        restrictions=flags,
+        catalogue=catalogue,
+        issuer="Gusu Credit Agency 姑苏征信",
+        issued_at=WHEN,
+    )
+    signed = sign_report(report, private_key=key)
+    pdf = render_pdf(signed)
+    assert pdf.startswith(b"%PDF-")
+    lines = _lines(pdf)
+    text = "\n".join(lines)
+    model = catalogue.model(SubjectKind.ENTERPRISE)
+    # the figures of the SDK's aggregate, each on its row
+    assert "Enterprise credit report 企业信用报告" in lines
+    assert f"Unified social credit code {FIRM}" in lines
+    assert f"{card.grade} {card.score} of {model.ceiling}" in lines
+    assert f"Base {card.base}" in lines
+    assert f"Deductions (dishonest records, all departments) {card.deductions}" in lines
+    for category in model.categories:
+        points = card.bonuses[category.name]
+        shown = "not answered" if points is None else str(points)
+        assert f"{category.label} {shown} {category.cap}" in lines
+    total = sum(p for p in card.bonuses.values() if p is not None)
+    assert f"Bonuses in total {total}" in lines
+    for measure in catalogue.measures:
+        state = "IN FORCE" if flags.restricted[measure.id] else "not in force"
+        assert f"{measure.name} {measure.name_zh} {state}" in lines
+    # the data coverage: who answered under which rules, who was missing and why
+    for status in card.answered:
+        name = catalogue.department(status.department).name
+        assert re.search(
+            rf"^{re.escape(name.split()[0])}.* {status.department} answered \(rules 2026\.1\)$",
+            text,
+            re.MULTILINE,
+        ), name
+    eco = catalogue.department("eco").name
+    assert f"{eco} eco missing: deadline exceeded" in lines
+    assert "Restrictions were answered by: court, tax." in lines
+    # the time of the query, the report id, the issuer and the code
+    assert "Time of query (UTC) 2026-11-26T09:30:15Z" in lines
+    assert f"Report id {report.report_id}" in lines
+    assert "Issued by Gusu Credit Agency 姑苏征信" in lines
+    assert f"Verification code {signed.verification_code}" in lines
+    assert f"Signing key {signed.key_id}" in lines
+    assert "osmanthus report verify FILE --key ISSUER.pub" in text
+    # every page names the report and its code
+    pages = PdfReader(io.BytesIO(pdf)).pages
+    footers = [
+        line for line in lines if line.startswith(f"Report {report.report_id} Verification code")
+    ]
+    assert footers == [
+        f"Report {report.report_id} Verification code {signed.verification_code} Page {n}"
+        for n in range(1, len(pages) + 1)
+    ]
+    # and what verification reads back is the report
+    assert verify_report_pdf(pdf, public_key=key.public_key()) == report
+    assert verify_report(pdf, public_key=key.public_key()) == report
+
+
+def test_the_pdf_carries_the_signed_content_and_the_time_of_the_query(
+    signed: SignedReport, pdf: bytes, page: str
+) -> None:
+    reader = PdfReader(io.BytesIO(pdf))
+    (attached,) = reader.attachments[PDF_ATTACHMENT]
+    envelope = json.loads(attached)
+    assert base64.b64decode(envelope["content"]) == signed.content
+    assert base64.b64decode(envelope["signature"]) == signed.signature
+    assert envelope["verification_code"] == signed.verification_code
+    # the same envelope as the HTML page's
+    start = page.index(f'id="{EMBED_ID}">') + len(f'id="{EMBED_ID}">')
+    assert json.loads(page[start : page.index("</script>", start)]) == envelope
+    meta = reader.metadata
+    assert meta is not None
+    assert meta.creation_date == WHEN.replace(microsecond=0)
+    assert meta.modification_date == WHEN.replace(microsecond=0)
+    assert meta.author == signed.report.issuer
+    assert meta.title == f"Enterprise credit report {FIRM} ({signed.report.report_id})"
+    assert signed.verification_code in (meta.subject or "")
+    box = reader.pages[0].mediabox
+    assert (round(float(box.width)), round(float(box.height))) == (595, 842)  # A4
+
+
+#: renders, in a fresh interpreter, the report of an HTML page signed with a PEM key:
+#: Ed25519 signatures are deterministic, so this is the same signed report
+_RENDER_AGAIN = """
+import sys
+from pathlib import Path
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from sdk.report import render_pdf, sign_report, verify_report_html
+key = load_pem_private_key(Path(sys.argv[1]).read_bytes(), password=None)
+report = verify_report_html(Path(sys.argv[2]).read_text("utf-8"), public_key=key.public_key())
+sys.stdout.buffer.write(render_pdf(sign_report(report, private_key=key)))
+"""
+
+
+def test_the_same_report_renders_to_the_same_bytes(
+    signed: SignedReport, key: Ed25519PrivateKey, pdf: bytes, page: str, tmp_path: Path
+) -> None:
+    assert render_pdf(signed) == pdf
+    # in another process too, with another hash seed: nothing depends on the run
+    (tmp_path / "report.html").write_text(page, encoding="utf-8")
+    (tmp_path / "issuer.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _RENDER_AGAIN,
+            str(tmp_path / "issuer.key"),
+            str(tmp_path / "report.html"),
+        ],
+        capture_output=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+        timeout=60,
+    ).stdout
+    assert again == pdf
+    # a report that differs in one value renders differently
+    other = dataclasses.replace(signed.report, issuer="Gusu Credit Agency")
+    assert render_pdf(sign_report(other, private_key=key)) != pdf
+
+
+def test_every_tampering_of_a_pdf_fails(
+    catalogue: Catalogue, signed: SignedReport, pdf: bytes, key: Ed25519PrivateKey
+) -> None:
+    public = key.public_key()
+    r = signed.report
+
+    def refused(tampered: bytes, field: str, words: str) -> None:
+        assert tampered != pdf
+        with pytest.raises(TamperedReport, match=words) as info:
+            verify_report_pdf(tampered, public_key=public)
+        assert info.value.field == field
+        assert info.value.exit_code == 4
+
+    # a figure on the page, one digit flipped in the content stream
+    score = str(r.score)
+    flipped = str((int(score[0]) + 1) % 10) + score[1:]
+    refused(
+        show_instead(pdf, "score", score, flipped),
+        "score",
+        f"the page shows score '{flipped}', the signed report says '{score}'",
+    )
+    refused(show_instead(pdf, "grade", r.grade, "A" if r.grade != "A" else "B"), "grade", "grade")
+    refused(
+        show_instead(pdf, "deductions", str(r.deductions), str(r.deductions - 20)),
+        "deductions",
+        "deductions",
+    )
+    tax = next(b for b in r.bonuses if b.name == "tax_credit")
+    refused(show_instead(pdf, "bonus.tax_credit", str(tax.points), "27"), "bonus.tax_credit", "27")
+    refused(
+        show_instead(pdf, "restriction.bank_loan", "IN FORCE", "not in force"),
+        "restriction.bank_loan",
+        "restriction.bank_loan",
+    )
+    refused(
+        show_instead(pdf, "report_id", r.report_id, "rpt_" + "A" * 22), "report_id", "report_id"
+    )
+    code = signed.verification_code
+    fake_code = ("A" if code[0] != "A" else "B") + code[1:]
+    refused(
+        show_instead(pdf, "verification_code", code, fake_code),
+        "verification_code",
+        "verification_code",
+    )
+    # a figure left on the page but no longer marked as the signed value
+    unmarked = _edit_pages(
+        pdf, lambda data: data.replace(_mark("deductions"), b"/Span <</Lang (en)>> BDC")
+    )
+    refused(unmarked, "deductions", "does not show the signed deductions")
+    # a note stuck over the grade: drawn by every viewer, outside the page's text
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(pdf)))
+    writer.add_annotation(0, FreeText(text="Grade A", rect=(60, 700, 160, 740)))
+    annotated = io.BytesIO()
+    writer.write(annotated)
+    refused(annotated.getvalue(), "annotations", "page 1 carries annotations")
+    # the attachment swapped for another genuine report of the same issuer
+    other = build_enterprise_report(
+        score=make_score(catalogue, deductions=5),
+        restrictions=make_restrictions(catalogue, set()),
+        catalogue=catalogue,
+        issuer=r.issuer,
+        issued_at=WHEN,
+    )
+    other_pdf = render_pdf(sign_report(other, private_key=key))
+    (other_envelope,) = PdfReader(io.BytesIO(other_pdf)).attachments[PDF_ATTACHMENT]
+    refused(_with_attachments(pdf, other_envelope), "report_id", "the page shows report_id")
+    # the attached content, re-encoded after an edit
+    (envelope,) = PdfReader(io.BytesIO(pdf)).attachments[PDF_ATTACHMENT]
+    edited = json.loads(envelope)
+    content = json.loads(signed.content)
+    content["score"] += 10
+    edited["content"] = base64.b64encode(json.dumps(content).encode()).decode()
+    refused(
+        _with_attachments(pdf, json.dumps(edited).encode()), "signature", "signature does not match"
+    )
+    # another key
+    stranger = Ed25519PrivateKey.generate()
+    with pytest.raises(TamperedReport, match="signed with key") as info:
+        verify_report_pdf(pdf, public_key=stranger.public_key())
+    assert info.value.field == "key"
+    forged = render_pdf(sign_report(r, private_key=stranger))
+    with pytest.raises(TamperedReport, match="signed with key"):
+        verify_report_pdf(forged, public_key=public)
+
+
+def test_a_pdf_without_one_report_is_malformed(pdf: bytes, key: Ed25519PrivateKey) -> None:
+    public = key.public_key()
+    (envelope,) = PdfReader(io.BytesIO(pdf)).attachments[PDF_ATTACHMENT]
+    plain = io.BytesIO()
+    SimpleDocTemplate(plain).build([Paragraph("An enterprise credit report, honestly")])
+    for data, words in (
+        (_with_attachments(pdf), "holds 0 embedded reports"),
+        (_with_attachments(pdf, envelope, envelope), "holds 2 embedded reports"),
+        (plain.getvalue(), "holds 0 embedded reports"),
+        (pdf[: len(pdf) // 2], "cannot be read|holds 0 embedded reports"),
+        (b"%PDF-1.4\n" + bytes(range(256)) * 8, "cannot be read"),
+        (_with_attachments(pdf, b"{not json"), "is not JSON"),
+        (_with_attachments(pdf, b"\xff\xfe"), "is not UTF-8"),
+        (pdf + b" " * MAX_REPORT_BYTES, "a report is at most"),
+        (b"<html></html>", "not a PDF"),
+    ):
+        with pytest.raises(MalformedReport, match=words) as info:
+            verify_report_pdf(data, public_key=public)
+        assert info.value.exit_code == 3
+    # told apart from an HTML page by content
+    with pytest.raises(MalformedReport, match="neither a PDF nor UTF-8 text"):
+        verify_report(b"\xff\xfe<html>", public_key=public)
+
+
+def test_hostile_and_long_strings_render_and_verify_in_a_pdf(catalogue: Catalogue) -> None:
+    hostile = '<para><font name="x">&amp;</font></para> ) \\ ( \x00\x1b' + "姑苏" * 10
+    card = make_score(catalogue)
+    card = EnterpriseScore(
+        **{
+            **card.__dict__,
+            "answered": (*card.answered, _status("court", rules=hostile)),
+            # a coordinator's long excuse runs over a page break
+            "missing": (_status("eco", "deadline exceeded; " * 300, ""),),
+        }
+    )
+    key = Ed25519PrivateKey.generate()
+    # an issuer name of 200 Chinese characters wraps inside one word
+    # (and a run of spaces, which neither a browser nor a PDF shows as typed)
+    for issuer in ("Agency ) \\ ( <b>x</b> &amp; 姑苏 😀", "姑" * 200, "Gusu  Credit   Agency"):
+        report = build_enterprise_report(
+            score=card,
+            restrictions=make_restrictions(catalogue, set()),
+            catalogue=catalogue,
+            issuer=issuer,
+            issued_at=WHEN,
+        )
+        signed = sign_report(report, private_key=key)
+        pdf = render_pdf(signed)
+        assert verify_report_pdf(pdf, public_key=key.public_key()) == report
+        assert verify_report_html(render_html(signed), public_key=key.public_key()) == report
+    assert len(PdfReader(io.BytesIO(pdf)).pages) >= 3
+
+
+def test_cli_verifies_pdf_and_html_and_checks_the_format(
+    tmp_path: Path,
+    signed: SignedReport,
+    pdf: bytes,
+    page: str,
+    key: Ed25519PrivateKey,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "issuer.pub").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    key_args = ["--key", str(tmp_path / "issuer.pub")]
+    # the file's content decides, not its name
+    (tmp_path / "report.bin").write_bytes(pdf)
+    (tmp_path / "report.pdf").write_text(page, encoding="utf-8")
+    for name in ("report.bin", "report.pdf"):
+        assert main(["report", "verify", str(tmp_path / name), *key_args]) == 0
+        out = capsys.readouterr().out
+        assert "verified" in out and FIRM in out and "姑苏征信" in out
+    score = signed.report.score
+    tampered = show_instead(pdf, "score", str(score), str(score + 1))
+    (tmp_path / "tampered.pdf").write_bytes(tampered)
+    assert main(["report", "verify", str(tmp_path / "tampered.pdf"), *key_args]) == 4
+    assert "the page shows score" in capsys.readouterr().err
+    (tmp_path / "garbage.pdf").write_bytes(b"\x00\xff" * 10)
+    assert main(["report", "verify", str(tmp_path / "garbage.pdf"), *key_args]) == 3
+    # --format against --out's suffix: a usage error before anything is read or asked
+    enterprise = ["report", "enterprise", FIRM, "--signing-key", "absent.key", "--coordinator",
+                  "127.0.0.1:1", "--requester", "agency-1", "--keys", "absent"]  # fmt: skip
+    for out, fmt in (("r.html", "pdf"), ("r.pdf", "html"), ("r.HTM", "pdf")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*enterprise, "--out", str(tmp_path / out), "--format", fmt])
+        assert exit_info.value.code == 2
+        assert f"--format {fmt} does not match --out {out}" in capsys.readouterr().err
