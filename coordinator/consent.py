@@ -280,7 +280,10 @@ class ConsentRegistry(RegistryDatabase):
             consent = self.get(consent_id)
         except NotFound:
             return ConsentState.MISSING, f"consent {consent_id} does not exist"
-        if consent.subject_id != subject or consent.subject_kind is not subject_kind:
+        if consent.subject_kind is not subject_kind:
+            giver = "a person" if consent.subject_kind is SubjectKind.PERSON else "an enterprise"
+            return ConsentState.MISSING, f"consent {consent_id} was given by {giver}"
+        if consent.subject_id != subject:
             who = "person" if subject_kind is SubjectKind.PERSON else "enterprise"
             return ConsentState.MISSING, f"consent {consent_id} was given by another {who}"
         if consent.grantee != grantee:
@@ -471,8 +474,19 @@ def _consent_from_row(row: tuple[Any, ...]) -> Consent:
         expires_at=expires_at.replace(tzinfo=UTC),
         revoked_at=revoked_at.replace(tzinfo=UTC) if revoked_at is not None else None,
         receipt=receipt or "",
-        subject_kind=SubjectKind(kind or SubjectKind.PERSON.value),
+        subject_kind=_stored_kind(consent_id, kind),
     )
+
+
+def _stored_kind(consent_id: str, value: object) -> SubjectKind:
+    try:
+        return SubjectKind(value or SubjectKind.PERSON.value)
+    except ValueError:
+        # only this registry writes the file: another value means it was edited by hand
+        raise ConfigError(
+            f"consent {consent_id}: stored subject kind {str(value)[:20]!r} is neither 'person' "
+            "nor 'enterprise'; correct the row or restore the registry from backup"
+        ) from None
 
 
 def _utc(value: datetime, *, field: str) -> datetime:

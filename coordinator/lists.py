@@ -3,16 +3,20 @@
 The coordinator asks the departments that publish lists about the subject kind for the entries
 in public view today, and forwards what comes back only after checking every entry itself: it
 must belong to the answering node's department and to a list that department publishes (the one
-asked, when a list is asked), lie inside its publication window today (China Standard Time),
-carry the published fields only, and show a person's resident id masked. A node must not be
-able to leak a full resident id, or an entry out of its window, through a public query; what
-fails a check is dropped, logged without its values, and its department reported as missing.
+asked, when a list is asked), be in its publication window (China Standard Time, give or take a
+day for a node whose midnight came before or after ours), carry the published fields only, and
+show a person's resident id masked. A node must not be able to leak a full resident id, or an
+entry out of its window, through a public query; what fails a check is dropped, logged without
+its values, and its department reported as missing.
 
 By subject, every department publishing lists about the kind is asked at once and the answers
-are merged; by list, only the list's department is asked, one page at a time. The node's page
-token goes back to the requester sealed (HMAC-SHA256 under a key this process draws at start),
-bound to the subject kind, the list and the subject, so it cannot be forged, altered or
-replayed against another list.
+are merged; by list, only the list's department is asked, one page at a time. A node's own page
+token never leaves the coordinator: the requester's token holds the id of the last entry
+forwarded (checked like every forwarded entry), and the coordinator makes the node's token
+from it when the requester comes back. The requester's token is signed (HMAC-SHA256 under a key
+this process draws at start) and bound to the subject kind, the list, its department, the
+subject and the requester, so it cannot be forged, altered, or replayed by another requester or
+against another list.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from node.convert import KIND_TO_PB, kind_from_pb
 from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
 from osmanthus.catalogue import Catalogue, ListColour, ListType
 from osmanthus.errors import InvalidArgument, OsmanthusError, PermissionDenied, Unavailable
-from osmanthus.ids import canonical_subject, mask_subject, validate_resident_id, validate_subject
+from osmanthus.ids import canonical_subject, mask_subject, validate_subject
 from osmanthus.lists import (
     ENTRY_ID_PATTERN,
     MAX_LEGAL_BASIS_LENGTH,
@@ -47,6 +51,8 @@ from osmanthus.lists import (
     EntryId,
     PublicEntry,
     check_text,
+    encode_page_token,
+    holds_resident_id,
     list_of,
     page_size,
     parse_date,
@@ -69,12 +75,18 @@ AUDIT_SHAPE: Final = "list_search"
 #: pages of one department followed for a subject query: a subject's entries come in one answer,
 #: and this bounds it (300 entries a department) below gRPC's 4 MiB message limit
 SUBJECT_PAGES: Final = 3
+#: node pages one list page may follow when every entry of a node page failed the checks: the
+#: requester's token can only continue after an entry forwarded, so a dropped page is skipped
+#: here, within a bound, rather than sent back empty again and again
+LIST_PAGES: Final = 5
 #: how long a page token stays usable; a later page starts again from the first
 PAGE_TOKEN_TTL_S: Final = 3600
-#: longest node page token accepted, and longest sealed token a requester may send back
+#: longest node page token followed (to the same node, never to a requester), and longest
+#: token a requester may send back
 MAX_NODE_TOKEN_CHARS: Final = 512
 MAX_PAGE_TOKEN_CHARS: Final = 1024
-_TOKEN_PREFIX: Final = "lp1"
+_TOKEN_PREFIX: Final = "lp2"
+_TOKEN_FIELDS: Final = frozenset({"k", "l", "d", "r", "a", "e"})
 _MAC_BYTES: Final = 16
 
 _COLOUR_FROM_PB: Final[dict[int, ListColour]] = {
@@ -84,12 +96,15 @@ _COLOUR_FROM_PB: Final[dict[int, ListColour]] = {
 
 #: a person's id as a public list shows it: region code, ten stars, the last two characters
 _MASKED_RESIDENT_ID = re.compile(r"[0-9]{6}\*{10}[0-9]{1}[0-9X]")
-#: anything in a text field that could be a full resident id (checked with its check digit)
-_RESIDENT_ID_LIKE = re.compile(r"(?<![0-9])[0-9]{17}[0-9Xx](?![0-9A-Za-z])")
+#: how far a node's date may be from ours: a node whose midnight came first (or not yet) shows
+#: entries of its day, and one day of slack shows nothing a node has not published
+WINDOW_SLACK: Final = datetime.timedelta(days=1)
 
 
 def china_today(now: datetime.datetime) -> datetime.date:
-    """The calendar day in China Standard Time: the day publication windows are counted in."""
+    """The calendar day in China Standard Time (UTC+8): the day windows are counted in."""
+    if now.utcoffset() is None:
+        raise ValueError("china_today needs a time with its UTC offset, not a naive one")
     return now.astimezone(POLICY_TIME_ZONE).date()
 
 
@@ -97,11 +112,15 @@ def china_today(now: datetime.datetime) -> datetime.date:
 
 
 class PageTokens:
-    """Seals a node's page token for the requester and opens it again, for the same query only.
+    """Seals where a list's pages stand for the requester, and opens it for the same query only.
 
-    The sealed token carries the kind, the list, the department, when it was issued and the
-    node's token; its MAC also covers the subject (when one is asked), which the token itself
-    does not carry. The key lives in this process only: after a restart, paging starts again.
+    A token is "lp2." + base64url(payload) + "." + base64url(MAC), unpadded. The payload is
+    JSON: the subject kind (k), the list (l), its department (d), the requester (r), the id of
+    the last entry the coordinator forwarded (a) and when the token expires (e, Unix seconds):
+    nothing the requester has not seen. The MAC (HMAC-SHA256, 16 bytes) covers the payload and
+    the subject asked, which the token does not carry. The node's own token is never in it: the
+    coordinator makes that from `a`. The key lives in this process only: after a restart,
+    paging starts again.
     """
 
     def __init__(
@@ -118,6 +137,7 @@ class PageTokens:
         self._clock = clock
 
     def _mac(self, payload: bytes, subject: str) -> bytes:
+        # JSON escapes control characters, so the payload never holds the separating NUL
         message = payload + b"\x00" + subject.encode("utf-8")
         return hmac.new(self._key, message, hashlib.sha256).digest()[:_MAC_BYTES]
 
@@ -128,14 +148,19 @@ class PageTokens:
         list_id: str,
         subject: str,
         department: DepartmentId,
-        node_token: str,
+        requester: str,
+        after: EntryId,
     ) -> str:
+        """The token of the page after entry `after`, which the coordinator has forwarded."""
+        if not ENTRY_ID_PATTERN.fullmatch(after):
+            raise ValueError("a page token continues after an entry id")
         fields = {
             "k": kind.value,
             "l": list_id,
             "d": department,
-            "i": int(self._clock()),
-            "t": node_token,
+            "r": requester,
+            "a": after,
+            "e": int(self._clock() + self._ttl_s),
         }
         payload = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode("utf-8")
         return ".".join(
@@ -143,9 +168,16 @@ class PageTokens:
         )
 
     def open(
-        self, token: str, *, kind: SubjectKind, list_id: str, subject: str, department: str
-    ) -> str:
-        """The node's token sealed in `token`, if `token` was issued for this very query."""
+        self,
+        token: str,
+        *,
+        kind: SubjectKind,
+        list_id: str,
+        subject: str,
+        department: str,
+        requester: str,
+    ) -> EntryId:
+        """The entry id `token` continues after, if it was issued for this very query."""
         if len(token) > MAX_PAGE_TOKEN_CHARS:
             raise InvalidArgument(
                 f"is {len(token)} characters long; a page token this coordinator issued is at "
@@ -159,19 +191,7 @@ class PageTokens:
             payload, mac = _b64decode(parts[1]), _b64decode(parts[2])
         except ValueError:
             raise InvalidArgument(_NOT_OURS, field="page_token") from None
-        try:
-            fields = json.loads(payload)
-        except ValueError:
-            fields = None
-        if not isinstance(fields, dict) or set(fields) != {"k", "l", "d", "i", "t"}:
-            raise InvalidArgument(_NOT_OURS, field="page_token")
-        if fields["k"] != kind.value or fields["l"] != list_id:
-            raise InvalidArgument(
-                f"was issued for the {str(fields['l'])[:40]} list of {str(fields['k'])[:12]}s, "
-                f"not for {list_id} ({kind.value}s): a page token continues the query it came "
-                "from",
-                field="page_token",
-            )
+        # the MAC first: nothing of a token is read, compared or quoted until it is ours
         if not hmac.compare_digest(mac, self._mac(payload, subject)):
             # a forgery, an altered token, one for another subject, or one from before a restart
             raise InvalidArgument(
@@ -180,23 +200,43 @@ class PageTokens:
                 "first page, without a page token",
                 field="page_token",
             )
-        issued, node_token = fields["i"], fields["t"]
-        if not isinstance(issued, int) or not isinstance(node_token, str) or not node_token:
+        try:
+            fields = json.loads(payload)
+        except ValueError:
+            fields = None
+        if not isinstance(fields, dict) or set(fields) != _TOKEN_FIELDS:
             raise InvalidArgument(_NOT_OURS, field="page_token")
+        after, expires = fields["a"], fields["e"]
+        if not (isinstance(after, str) and ENTRY_ID_PATTERN.fullmatch(after)) or not isinstance(
+            expires, int
+        ):
+            raise InvalidArgument(_NOT_OURS, field="page_token")
+        if fields["k"] != kind.value or fields["l"] != list_id:
+            raise InvalidArgument(
+                f"was issued for the {fields['l']} list of {fields['k']}s, not for {list_id} "
+                f"({kind.value}s): a page token continues the query it came from",
+                field="page_token",
+            )
+        if fields["r"] != requester:
+            raise InvalidArgument(
+                "was issued to another requester: a page token continues its own requester's "
+                "query only; start again from the first page",
+                field="page_token",
+            )
         if fields["d"] != department:
             # the catalogue changed hands of the list since the token was issued
             raise InvalidArgument(
-                f"was issued for {str(fields['d'])[:32]}'s list, and {department} publishes it "
-                "now; start again from the first page",
+                f"was issued for {fields['d']}'s list, and {department} publishes it now; start "
+                "again from the first page",
                 field="page_token",
             )
-        if self._clock() - issued > self._ttl_s:
+        if self._clock() > expires:
             raise InvalidArgument(
                 f"has expired (page tokens last {self._ttl_s / 60:g} minutes); start again from "
                 "the first page",
                 field="page_token",
             )
-        return node_token
+        return EntryId(after)
 
 
 _NOT_OURS: Final = "is not a page token of this coordinator; pass next_page_token unchanged"
@@ -239,11 +279,13 @@ def check_entries(
     subject: SubjectId | None,
     catalogue: Catalogue,
     today: datetime.date,
+    after: EntryId | None = None,
 ) -> tuple[list[PublicEntry], list[Dropped]]:
     """The entries of one department's answer fit to forward, and those dropped with why.
 
-    `list_id` and `subject` are what was asked (None when not asked). Every entry is rebuilt
-    from the published fields, so nothing else the node may have put in its message goes on.
+    `list_id` and `subject` are what was asked (None when not asked), `after` the entry id the
+    page continues after (a list's pages run in entry id order). Every entry is rebuilt from
+    the published fields, so nothing else the node may have put in its message goes on.
     """
     kept: list[PublicEntry] = []
     dropped: list[Dropped] = []
@@ -258,6 +300,7 @@ def check_entries(
                 subject=subject,
                 catalogue=catalogue,
                 today=today,
+                after=after,
             )
         except _Refused as exc:
             dropped.append(Dropped(position, str(exc)))
@@ -283,6 +326,7 @@ def _checked_entry(
     subject: SubjectId | None,
     catalogue: Catalogue,
     today: datetime.date,
+    after: EntryId | None,
 ) -> PublicEntry:
     if message.department != department:
         raise _Refused("department is not the answering node's department")
@@ -299,6 +343,9 @@ def _checked_entry(
         raise _Refused(f"colour is not {list_type.id}'s colour in the catalogue")
     if not ENTRY_ID_PATTERN.fullmatch(message.entry_id):
         raise _Refused("entry_id is not an entry id")
+    if after is not None and message.entry_id <= after:
+        # what the requester had on an earlier page; forwarding it could page in circles
+        raise _Refused("entry_id does not come after the page's starting point")
     shown = _checked_subject(message.subject_id, kind=kind, subject=subject)
     start, end = _checked_window(message, list_type, today)
     texts = {}
@@ -317,7 +364,7 @@ def _checked_entry(
     if message.facilitation_class != (list_type.facilitation_class or ""):
         raise _Refused(f"facilitation_class is not {list_type.id}'s class in the catalogue")
     for field in ("entry_id", "subject_name", "legal_basis", "reason"):
-        if _holds_resident_id(getattr(message, field)):
+        if holds_resident_id(getattr(message, field)):
             raise _Refused(f"{field} holds what reads as a full resident id")
     return PublicEntry(
         entry_id=EntryId(message.entry_id),
@@ -359,21 +406,16 @@ def _checked_window(
         end = parse_date(message.window_end, field="window_end")
     except InvalidArgument as exc:
         raise _Refused(f"{exc.field} is not a date") from None
-    if not start <= today <= end:
-        raise _Refused(f"the window does not contain today ({today}, China Standard Time)")
+    # a node judges by its own date: within seconds of midnight it may be a day ahead of ours
+    # or behind, and an entry of its today is published whichever day ours is
+    if not start - WINDOW_SLACK <= today <= end + WINDOW_SLACK:
+        raise _Refused(
+            f"the window does not contain today ({today}, China Standard Time) or the day "
+            "before or after"
+        )
     if (end - start).days + 1 > list_type.max_window_days:
         raise _Refused(f"the window is longer than {list_type.id} allows")
     return start, end
-
-
-def _holds_resident_id(text: str) -> bool:
-    for match in _RESIDENT_ID_LIKE.finditer(text):
-        try:
-            validate_resident_id(match.group(0))
-        except InvalidArgument:
-            continue
-        return True
-    return False
 
 
 # --- the query ----------------------------------------------------------------------------------
@@ -406,7 +448,9 @@ class _Asked:
     subject: SubjectId | None
     list_type: ListType | None
     size: int
-    node_token: str
+    requester: str
+    #: by list: the entry the requester's page token continues after; None on the first page
+    after: EntryId | None
 
 
 class ListSearcher:
@@ -458,7 +502,7 @@ class ListSearcher:
         self._record(query_id, request, claims, engine, "allow", reason, seen)
         return outcome
 
-    def _validate(self, request: ListSearch) -> _Asked:
+    def _validate(self, request: ListSearch, requester: str) -> _Asked:
         """The request checked field by field; InvalidArgument names the field."""
         kind = request.subject_kind
         if kind is None:
@@ -479,7 +523,7 @@ class ListSearcher:
                     f"{list_type.id} lists {kinds}s, not {kind.value}s", field="list"
                 )
         size = page_size(request.page_size)
-        node_token = ""
+        after = None
         if request.page_token:
             if list_type is None:
                 raise InvalidArgument(
@@ -487,14 +531,15 @@ class ListSearcher:
                     "answer, so send it only with the list it came from",
                     field="page_token",
                 )
-            node_token = self._tokens.open(
+            after = self._tokens.open(
                 request.page_token,
                 kind=kind,
                 list_id=list_type.id,
                 subject=subject or "",
                 department=list_type.department,
+                requester=requester,
             )
-        return _Asked(kind, subject, list_type, size, node_token)
+        return _Asked(kind, subject, list_type, size, requester, after)
 
     def _search(
         self,
@@ -504,7 +549,7 @@ class ListSearcher:
         engine: PolicyEngine,
         seen: dict[str, int | str],
     ) -> ListSearchOutcome:
-        asked = self._validate(request)
+        asked = self._validate(request, claims.requester)
         seen["subject_kind"] = asked.kind.value
         if asked.list_type is not None:
             seen["list"] = asked.list_type.id
@@ -528,7 +573,7 @@ class ListSearcher:
         stamp = self._rate_limiter.charge(claims.requester, limits)
         try:
             if asked.list_type is not None:
-                outcome = self._by_list(query_id, asked, asked.list_type, china_today(now))
+                outcome = self._by_list(query_id, asked, asked.list_type, china_today(now), seen)
             else:
                 outcome = self._by_subject(query_id, asked, china_today(now))
         except BaseException:
@@ -548,25 +593,27 @@ class ListSearcher:
             page_token=token,
         )
 
+    def _discarded(self, answer: PublicEntriesAnswer, *, size: int) -> NodeFailure | None:
+        """Why a department's whole answer is unfit to use, if it is."""
+        if len(answer.entries) > size:
+            return NodeFailure(
+                answer.department,
+                f"sent {len(answer.entries)} entries for a page of {size}; discarded",
+            )
+        if len(answer.next_page_token) > MAX_NODE_TOKEN_CHARS:
+            return NodeFailure(
+                answer.department,
+                f"sent a page token longer than {MAX_NODE_TOKEN_CHARS} characters; discarded",
+            )
+        return None
+
     def _checked(
         self,
         answer: PublicEntriesAnswer,
         asked: _Asked,
         today: datetime.date,
-        *,
-        size: int,
-    ) -> tuple[list[PublicEntry], NodeFailure | None]:
-        """One department's page, checked; a failure when anything of it was not forwarded."""
-        if len(answer.entries) > size:
-            return [], NodeFailure(
-                answer.department,
-                f"sent {len(answer.entries)} entries for a page of {size}; discarded",
-            )
-        if len(answer.next_page_token) > MAX_NODE_TOKEN_CHARS:
-            return [], NodeFailure(
-                answer.department,
-                f"sent a page token longer than {MAX_NODE_TOKEN_CHARS} characters; discarded",
-            )
+    ) -> tuple[list[PublicEntry], list[Dropped]]:
+        """One department's page, checked: the entries to forward and those dropped."""
         kept, dropped = check_entries(
             answer.entries,
             department=answer.department,
@@ -575,6 +622,7 @@ class ListSearcher:
             subject=asked.subject,
             catalogue=self._catalogue,
             today=today,
+            after=asked.after,
         )
         for item in dropped:
             # a node leaking data or out of date: its operator must look; no values logged
@@ -584,48 +632,83 @@ class ListSearcher:
                 item.position,
                 item.reason,
             )
-        if not dropped:
-            return kept, None
-        return kept, NodeFailure(
-            answer.department,
-            f"{len(dropped)} of its entries failed the coordinator's checks and were left out "
-            f"(first: {dropped[0].reason})",
-        )
+        return kept, dropped
 
     def _by_list(
-        self, query_id: QueryId, asked: _Asked, list_type: ListType, today: datetime.date
+        self,
+        query_id: QueryId,
+        asked: _Asked,
+        list_type: ListType,
+        today: datetime.date,
+        seen: dict[str, int | str],
     ) -> ListSearchOutcome:
         department = list_type.department
         if department not in self._nodes.departments:
             raise Unavailable(
                 f"no node registered for {department}, which publishes {list_type.id}"
             )
-        answers, failures = self._nodes.public_entries_each(
-            [(department, self._request(asked, size=asked.size, token=asked.node_token))],
-            deadline_s=self._deadline_s,
-        )
-        if not answers:
-            (refusal,) = failures
-            if isinstance(refusal.error, InvalidArgument) and refusal.error.field == "page_token":
-                # the node no longer takes its own token (a rebuilt list): say what to do
-                raise InvalidArgument(
-                    f"{department} refused the page token ({refusal.error.message}); start "
-                    "again from the first page",
-                    field="page_token",
-                )
-            raise Unavailable(f"{department}, which publishes {list_type.id}: {refusal.reason}")
-        (answer,) = answers
-        entries, failure = self._checked(answer, asked, today, size=asked.size)
+        # the node's token is made here from the last entry forwarded, never taken from a
+        # requester; a node's own token is followed below, to that node only
+        node_token = encode_page_token(asked.after) if asked.after is not None else ""
+        deadline_at = time.monotonic() + self._deadline_s
+        entries: list[PublicEntry] = []
+        dropped: list[Dropped] = []
+        discarded: NodeFailure | None = None
+        more = False
+        for page in range(LIST_PAGES):
+            left = deadline_at - time.monotonic()
+            if page and left <= 0:
+                break
+            seen["node_pages"] = page + 1
+            answers, failures = self._nodes.public_entries_each(
+                [(department, self._request(asked, size=asked.size, token=node_token))],
+                deadline_s=left,
+            )
+            if not answers:
+                (refusal,) = failures
+                error = refusal.error
+                if page == 0 and isinstance(error, InvalidArgument) and error.field == "page_token":
+                    # the node no longer takes the place it gave (a rebuilt list): say what to do
+                    raise InvalidArgument(
+                        f"{department} refused the page token ({error.message}); start again "
+                        "from the first page",
+                        field="page_token",
+                    )
+                raise Unavailable(f"{department}, which publishes {list_type.id}: {refusal.reason}")
+            (answer,) = answers
+            discarded = self._discarded(answer, size=asked.size)
+            if discarded is not None:
+                more = False
+                break
+            kept, failed = self._checked(answer, asked, today)
+            entries, more = kept, bool(answer.next_page_token)
+            dropped += failed
+            if kept or not more:
+                break
+            # every entry of the page was dropped: the requester's token could only point
+            # before it again, so the next page is fetched here, within LIST_PAGES
+            node_token = answer.next_page_token
         token = ""
-        if answer.next_page_token and (failure is None or entries):
+        if entries and more:
             token = self._tokens.seal(
                 kind=asked.kind,
                 list_id=list_type.id,
                 subject=asked.subject or "",
                 department=department,
-                node_token=answer.next_page_token,
+                requester=asked.requester,
+                after=max(e.entry_id for e in entries),
             )
-        missing = () if failure is None else (DepartmentStatus(department, failure.reason),)
+        missing: tuple[DepartmentStatus, ...] = ()
+        if discarded is not None:
+            missing = (DepartmentStatus(department, discarded.reason),)
+        elif dropped:
+            reason = _dropped_reason(dropped)
+            if more and not entries:
+                reason += (
+                    f"; {seen['node_pages']} pages in a row had no entry fit to forward, so the "
+                    "list's later pages are not shown"
+                )
+            missing = (DepartmentStatus(department, reason),)
         return ListSearchOutcome(query_id, tuple(entries), token, missing)
 
     def _by_subject(
@@ -646,6 +729,7 @@ class ListSearcher:
             left = deadline_at - time.monotonic()
             if not pending or left <= 0:
                 break
+            # a node's own page token goes back to that node only, never to the requester
             answers, failed = self._nodes.public_entries_each(
                 [(d, self._request(asked, size=MAX_PAGE_SIZE, token=t)) for d, t in pending],
                 deadline_s=left,
@@ -653,11 +737,15 @@ class ListSearcher:
             failures += failed
             pending = []
             for answer in answers:
-                kept, failure = self._checked(answer, asked, today, size=MAX_PAGE_SIZE)
+                discarded = self._discarded(answer, size=MAX_PAGE_SIZE)
+                if discarded is not None:
+                    failures.append(discarded)
+                    continue
+                kept, dropped = self._checked(answer, asked, today)
                 known = {e.entry_id for e in entries if e.department == answer.department}
                 entries += [e for e in kept if e.entry_id not in known]
-                if failure is not None:
-                    failures.append(failure)
+                if dropped:
+                    failures.append(NodeFailure(answer.department, _dropped_reason(dropped)))
                     continue
                 answered.add(answer.department)
                 if answer.next_page_token:
@@ -715,3 +803,10 @@ class ListSearcher:
                 extra=extra,
             )
         )
+
+
+def _dropped_reason(dropped: Sequence[Dropped]) -> str:
+    return (
+        f"{len(dropped)} of its entries failed the coordinator's checks and were left out "
+        f"(first: {dropped[0].reason})"
+    )

@@ -38,7 +38,7 @@ from osmanthus.errors import (
     Unauthenticated,
     Unavailable,
 )
-from osmanthus.ids import canonical_subject, validate_subject
+from osmanthus.ids import canonical_subject, validate_any_subject, validate_subject
 from osmanthus.names import validate_purpose, validate_requester_id
 from osmanthus.policy import (
     Decision,
@@ -666,8 +666,9 @@ class CoordinatorService:
                 field="departments",
             )
         serving = {d.id for d in self._catalogue.departments_for(kind)}
-        if len(set(asked)) != len(asked):
-            raise InvalidArgument("a department is named twice", field="departments")
+        twice = sorted({d for d in asked if asked.count(d) > 1})
+        if twice:
+            raise InvalidArgument(f"{twice[0]!r} is named twice", field="departments")
         for department in asked:
             if department not in serving:
                 raise InvalidArgument(
@@ -911,11 +912,8 @@ class CoordinatorService:
             if grantee and grantee != claims.requester:
                 raise PermissionDenied("requesters may list only consents granted to themselves")
             grantee = claims.requester
-        subject = (
-            validate_subject(SubjectKind.PERSON, subject_id, field="subject_id")
-            if subject_id
-            else None
-        )
+        # a person's resident id or an enterprise's credit code (a tax-bank loan's consent)
+        subject = validate_any_subject(subject_id, field="subject_id") if subject_id else None
         return self._consents.list(
             subject_id=subject, grantee=RequesterId(grantee) if grantee else None
         )

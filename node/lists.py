@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import os
 import secrets
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -42,10 +40,14 @@ from osmanthus.lists import (
     PublicEntry,
     WithdrawReason,
     check_text,
+    decode_page_token,
+    encode_page_token,
+    holds_resident_id,
     list_of,
     page_size,
     public_subject,
     reason_allowed,
+    refuse_resident_id,
     status_of,
     validate_new_entry,
 )
@@ -57,9 +59,10 @@ LISTS_FILE: Final = "lists.duckdb"
 SCHEMA_VERSION: Final = 1
 PUBLISHED: Final = "published"
 WITHDRAWN: Final = "withdrawn"
-#: the version prefix of a page token; a token is base64url("1:" + the last entry id shown)
-_TOKEN_PREFIX: Final = "1:"
 _FILE_MODE: Final = 0o600
+#: the umask while DuckDB may create files: its WAL holds full ids, as the database does
+_PRIVATE_UMASK: Final = 0o077
+_CHINA_STANDARD_TIME: Final = timezone(timedelta(hours=8), "CST")
 
 _SCHEMA = """
 CREATE TABLE meta (
@@ -172,30 +175,28 @@ class PublicPage:
     next_page_token: str = ""
 
 
-def encode_page_token(after: EntryId) -> str:
-    """The opaque token of the page after entry `after`: base64url("1:" + entry id), unpadded."""
-    raw = (_TOKEN_PREFIX + after).encode("ascii")
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+#: one umask change at a time in this process, and only around our own DuckDB calls
+_UMASK_LOCK: Final = threading.Lock()
 
 
-def decode_page_token(token: str) -> EntryId | None:
-    """The entry id a page token continues after; None for "" (the first page)."""
-    if not token:
-        return None
-    problem = InvalidArgument(
-        "is not a page token this node gave; start again with an empty page_token",
-        field="page_token",
-    )
-    if not isinstance(token, str) or len(token) > 128:
-        raise problem
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
-    except (binascii.Error, ValueError):
-        raise problem from None
-    after = text.removeprefix(_TOKEN_PREFIX)
-    if after == text or not ENTRY_ID_PATTERN.fullmatch(after):
-        raise problem
-    return EntryId(after)
+@contextlib.contextmanager
+def _private_files() -> Iterator[None]:
+    """Files created meanwhile are readable and writable by the node's user only.
+
+    DuckDB creates `lists.duckdb.wal` itself, with the process's umask, at the first write
+    after every checkpoint (it deletes the WAL when it checkpoints), so a chmod after connect
+    is not enough: every call that may write runs under this. The umask is process-wide: it is
+    narrowed (never widened) only for the call, one call at a time, and put back after.
+    """
+    with _UMASK_LOCK:
+        previous = os.umask(_PRIVATE_UMASK)
+        if previous & ~_PRIVATE_UMASK:
+            # a stricter umask stays as strict
+            os.umask(previous | _PRIVATE_UMASK)
+        try:
+            yield
+        finally:
+            os.umask(previous)
 
 
 def _utc_now() -> datetime:
@@ -204,6 +205,11 @@ def _utc_now() -> datetime:
 
 def _naive_utc(value: datetime) -> datetime:
     return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def _china_date(stored: datetime) -> date:
+    """The China Standard Time date of a stored (naive UTC) time: the day officers count in."""
+    return stored.replace(tzinfo=UTC).astimezone(_CHINA_STANDARD_TIME).date()
 
 
 def _rollback_quietly(conn: duckdb.DuckDBPyConnection) -> None:
@@ -233,7 +239,8 @@ class ListStore:
         self._lock = threading.Lock()
         created = not self.path.exists()
         try:
-            self._conn = duckdb.connect(str(self.path))
+            with _private_files():
+                self._conn = duckdb.connect(str(self.path))
         except duckdb.Error as e:
             raise ConfigError(
                 f"{self.path}: cannot open the list store ({e}); is another node of "
@@ -243,7 +250,8 @@ class ListStore:
             if created:
                 # full identity numbers of listed persons: readable by the node's user only
                 os.chmod(self.path, _FILE_MODE)
-            self._check_or_create_schema()
+            with _private_files():
+                self._check_or_create_schema()
             self._check_lists()
         except BaseException:
             self._conn.close()
@@ -351,19 +359,28 @@ class ListStore:
         """Publish every entry or none, in one transaction.
 
         An entry id already stored with the same fields counts as unchanged (a retried
-        publication); with other fields the whole publication is refused.
+        publication); with other fields, or withdrawn, the whole publication is refused.
         """
         entries = self.validate(drafts, today=today)
         at = _naive_utc(_utc_now())
-        with self._lock:
+        with self._lock, _private_files():
             self._conn.begin()
             try:
                 stored = self._stored_entries(self._conn, [e.entry_id for e in entries])
                 new: list[NewEntry] = []
                 for index, entry in enumerate(entries):
-                    old = stored.get(entry.entry_id)
+                    old, withdrawn_at = stored.get(entry.entry_id, (None, None))
                     if old is None:
                         new.append(entry)
+                    elif withdrawn_at is not None:
+                        # "unchanged" would tell the officer the entry is in view again
+                        raise FailedPrecondition(
+                            f"entry {entry.entry_id!r} was withdrawn on "
+                            f"{_china_date(withdrawn_at)} and stays withdrawn; publish under a "
+                            "new id an entry that applies again. Nothing of this publication "
+                            "was stored",
+                            field=f"entries[{index}].entry_id",
+                        )
                     elif old != entry:
                         raise InvalidArgument(
                             f"entry {entry.entry_id!r} is already published with a different "
@@ -382,12 +399,13 @@ class ListStore:
 
     def _stored_entries(
         self, conn: duckdb.DuckDBPyConnection, ids: Sequence[str]
-    ) -> dict[str, NewEntry]:
+    ) -> dict[str, tuple[NewEntry, datetime | None]]:
+        """The stored entries of `ids`, each with when it was withdrawn (None: it was not)."""
         rows = conn.execute(
             f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE entry_id IN (SELECT unnest(?::VARCHAR[]))",
             [list(ids)],
         ).fetchall()
-        return {row[0]: _new_entry(row) for row in rows}
+        return {row[0]: (_new_entry(row), row[9]) for row in rows}
 
     def _insert(self, entries: Sequence[NewEntry], *, at: datetime, actor: str) -> None:
         count = len(entries)
@@ -439,8 +457,10 @@ class ListStore:
                 field="reason",
             )
         ref = check_text(reference, field="reference", limit=MAX_REFERENCE_LENGTH)
+        # the reference goes into the history, which the officer's tools show and export
+        refuse_resident_id(ref, field="reference")
         at = _naive_utc(_utc_now())
-        with self._lock:
+        with self._lock, _private_files():
             self._conn.begin()
             try:
                 row = self._conn.execute(
@@ -461,7 +481,7 @@ class ListStore:
                 )
                 if status is EntryStatus.WITHDRAWN:
                     raise FailedPrecondition(
-                        f"entry {checked_id!r} was withdrawn on {withdrawn_at.date()} "
+                        f"entry {checked_id!r} was withdrawn on {_china_date(withdrawn_at)} "
                         f"({withdrawn_reason}); it is out of public view already",
                         field="entry_id",
                     )
@@ -665,7 +685,8 @@ class ListStore:
     # -- lifetime ---------------------------------------------------------------------------------
 
     def close(self) -> None:
-        with self._lock:
+        # closing checkpoints, which may write
+        with self._lock, _private_files():
             self._conn.close()
 
     def __enter__(self) -> ListStore:
@@ -717,11 +738,19 @@ def _wrong_reason(list_type: ListType, reason: WithdrawReason) -> str:
 
 
 def _audit_reason(error: OsmanthusError) -> str:
-    """redacted_reason, also for an entry's subject id (`entries[3].subject_id`)."""
+    """redacted_reason, also for an entry's subject id (`entries[3].subject_id`) and for a
+    message that quotes an entry id reading as a resident id (one stored before they were
+    refused, named in a withdrawal)."""
     last = (error.field or "").rsplit(".", 1)[-1]
-    if last == "subject_id":
+    if last == "subject_id" or holds_resident_id(error.message):
         return f"{type(error).__name__}: {error.field} failed validation"
     return redacted_reason(error)
+
+
+def _audited_entry_id(entry_id: str) -> str:
+    """The entry id as the audit log records it: withheld if it reads as a resident id."""
+    text = str(entry_id)[:64]
+    return "(withheld: reads as a resident id)" if holds_resident_id(text) else text
 
 
 class ListOffice:
@@ -798,7 +827,7 @@ class ListOffice:
         caller: PeerIdentity,
     ) -> ListEntry:
         extra: dict[str, int | str] = {
-            "entry_id": str(entry_id)[:64],
+            "entry_id": _audited_entry_id(entry_id),
             "withdraw_reason": reason.value if reason else "",
         }
         try:

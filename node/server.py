@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import Final
 
 from certs import PeerRole
 from node.lists import LISTS_FILE, ListStore
@@ -26,6 +30,10 @@ from osmanthus.v1 import lists_pb2, lists_pb2_grpc, node_pb2, node_pb2_grpc
 NODE_SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
 LIST_OFFICE_SERVICE_NAME = lists_pb2.DESCRIPTOR.services_by_name["ListOfficeService"].full_name
 DEFAULT_NODE_POLICY = Path(str(files("policies") / "node.cedar"))
+#: the node's state directory is its user's alone: the list store and its WAL hold full ids
+STATE_DIR_MODE: Final = 0o700
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,30 @@ class NodeConfig:
     #: public keys of the publishers whose bundles are trusted
     policy_trust: tuple[Path, ...] = ()
     policy_poll_s: float = DEFAULT_POLL_S
+
+
+def prepare_state_dir(path: Path) -> None:
+    """Create the node's state directory owner-only, or tighten one that others may open."""
+    path.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if not mode & 0o077:
+        return
+    try:
+        os.chmod(path, STATE_DIR_MODE)
+    except OSError as exc:
+        raise ConfigError(
+            f"{path} is open to other users (mode {mode:o}) and cannot be made owner-only "
+            f"({exc.strerror}); it holds the list store with full resident ids: give the node's "
+            "user a state directory of its own",
+            field="state_dir",
+        ) from None
+    _log.warning(
+        "state directory %s was open to other users (mode %o); made it owner-only (%o): it "
+        "holds the list store, with full resident ids of listed persons",
+        path,
+        mode,
+        STATE_DIR_MODE,
+    )
 
 
 def build_service(
@@ -91,7 +123,7 @@ def build_service(
         replay_cache=ReplayCache(),
     )
     policy = ReloadablePolicy.from_file(config.policy) if policy is None else policy
-    config.state_dir.mkdir(parents=True, exist_ok=True)
+    prepare_state_dir(config.state_dir)
     salt = load_or_create_salt(config.state_dir / "audit.salt")
     # closed in reverse order if a later step fails; on success the service owns them all
     opened: list[RecordStore | ListStore | AuditLog] = []

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from osmanthus.errors import ConfigError, ImportRejected, InvalidArgument, OsmanthusError
 from osmanthus.tls import TlsFiles
+from osmanthus.types import SubjectKind
 
 if TYPE_CHECKING:
     from node.officer import ListOfficer
@@ -339,7 +340,6 @@ def _cmd_lists_withdraw(args: argparse.Namespace) -> int:
 
 
 def _cmd_lists_history(args: argparse.Namespace) -> int:
-    from osmanthus.types import SubjectKind
 
     with _list_officer(args) as officer:
         entries = officer.history(SubjectKind(args.kind), args.subject)
@@ -351,8 +351,6 @@ def _cmd_lists_history(args: argparse.Namespace) -> int:
 
 def _cmd_lists_search(args: argparse.Namespace) -> int:
     import json
-
-    from osmanthus.types import SubjectKind
 
     if not args.subject and not args.list:
         raise InvalidArgument("give --subject, --list, or both", field="subject")
@@ -531,6 +529,7 @@ _VERIFY_OPTIONS = {
     "expected_grantee": "--grantee",
     "expected_purpose": "--purpose",
     "expected_subject": "--subject",
+    "expected_kind": "--kind",
     "issuer": "--issuer",
 }
 
@@ -557,6 +556,7 @@ def _cmd_consent_verify(args: argparse.Namespace) -> int:
             expected_purpose=args.purpose,
             expected_subject=args.subject,
             issuer=args.issuer,
+            expected_kind=SubjectKind(args.kind) if args.kind else None,
         )
     except InvalidArgument as exc:
         # an option no receipt could match is a bad argument (exit 3), named as it was typed
@@ -564,7 +564,7 @@ def _cmd_consent_verify(args: argparse.Namespace) -> int:
             raise
         raise InvalidArgument(exc.message, field=_VERIFY_OPTIONS[exc.field]) from exc
     print(f"receipt verifies: consent {receipt.consent_id}")
-    print(f"  subject     {receipt.masked_subject}")
+    print(f"  subject     {receipt.masked_subject} ({receipt.subject_kind.value})")
     print(f"  grantee     {receipt.grantee}")
     print(f"  purpose     {receipt.purpose}")
     print(f"  granted at  {receipt.granted_at.isoformat().replace('+00:00', 'Z')}")
@@ -970,6 +970,7 @@ def _cmd_report_verify(args: argparse.Namespace) -> int:
     print(f"  restrictions  {in_force}")
     print(f"  issuer        {report.issuer}")
     print(f"  time of query {report.issued_at.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+    # verification refuses content that is not canonical: this is the signed bytes' code
     print(f"  code          {verification_code(canonical_content(report))}")
     return 0
 
@@ -1386,18 +1387,25 @@ def build_parser() -> argparse.ArgumentParser:
         "check a signed consent receipt and print what it attests",
         "Verify a consent receipt (the 'receipt' of a granted consent) against the coordinator's "
         "consent.pub and print the consent id, subject (all but the last 4 characters starred), "
-        "grantee, purpose, and validity. With --grantee, --purpose or --subject the receipt "
-        "must name that value; --issuer is the name the platform's coordinator signs as. Exit "
-        "3 if the input is not a receipt, a file is unusable or an option's value could never "
-        "match, 4 if the signature, issuer, validity or an expected value does not match. A "
-        "receipt proves the consent was granted, not that it is unrevoked.",
+        "grantee, purpose, and validity. With --grantee, --purpose, --subject or --kind the "
+        "receipt must name that value; --issuer is the name the platform's coordinator signs "
+        "as. Exit 3 if the input is not a receipt, a file is unusable or an option's value "
+        "could never match, 4 if the signature, issuer, validity or an expected value does "
+        "not match. A receipt proves the consent was granted, not that it is unrevoked.",
         _cmd_consent_verify,
     )
     p.add_argument("receipt", metavar="RECEIPT", help="file holding the receipt, or - for stdin")
     p.add_argument("--key", type=Path, required=True, help="the coordinator's consent.pub")
     p.add_argument("--grantee", help="requester the consent must be granted to")
     p.add_argument("--purpose", help="purpose the consent must be for")
-    p.add_argument("--subject", help="resident id the consent must be given by")
+    p.add_argument(
+        "--subject", help="resident id or credit code of the subject that must have consented"
+    )
+    p.add_argument(
+        "--kind",
+        choices=[k.value for k in SubjectKind],
+        help="the receipt must be a person's consent or an enterprise's (the tax-bank loan's)",
+    )
     p.add_argument(
         "--issuer",
         default=_DEFAULT_RECEIPT_ISSUER,
@@ -1641,10 +1649,12 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         "check a report's signature and print what it attests",
         "Check that the report (PDF or HTML, told apart by content) was signed by the holder "
-        "of --key, that its verification code is its content's, and that the values it shows "
-        "are the signed ones; then print the report id, subject, grade, issuer and "
-        "verification code (compare it with the one on a printout). Exit 3 if the file is not "
-        "a report or a file is unusable, 4 if the report is not what the issuer signed.",
+        "of --key, that its verification code is its content's, and that the file is, byte "
+        "for byte, what that signed report renders to (so it shows the signed values and "
+        "nothing else); then print the report id, subject, grade, issuer and verification "
+        "code (compare it with the one on a printout). Exit 3 if the file is not a report, a "
+        "file is unusable, or the report was drawn by another Osmanthus version (verify it "
+        "with that version); 4 if the report is not what the issuer signed.",
         _cmd_report_verify,
     )
     p.add_argument("report", metavar="FILE", type=Path, help="the report (PDF or HTML)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
 import enum
 import re
@@ -11,7 +13,7 @@ from typing import Final, NewType
 
 from osmanthus.catalogue import Catalogue, ListColour, ListType
 from osmanthus.errors import InvalidArgument
-from osmanthus.ids import mask_subject, validate_subject
+from osmanthus.ids import mask_subject, validate_resident_id, validate_subject
 from osmanthus.types import DepartmentId, SubjectId, SubjectKind
 
 EntryId = NewType("EntryId", str)
@@ -29,6 +31,10 @@ MAX_REFERENCE_LENGTH: Final = 200
 ENTRY_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}")
 #: how far ahead a window may start: a publication is a decision already taken, not a plan
 MAX_START_AHEAD_DAYS: Final = 366
+#: the version prefix inside a node's page token: base64url("1:" + the last entry id shown)
+_PAGE_TOKEN_PREFIX: Final = "1:"
+#: longest node page token a node reads (an entry id is at most 64 characters)
+MAX_NODE_PAGE_TOKEN_CHARS: Final = 128
 
 
 class EntryStatus(enum.Enum):
@@ -143,6 +149,116 @@ def check_text(value: str, *, field: str, limit: int, required: bool = True) -> 
     return text
 
 
+#: what people put between the groups of a long number ("320505 19800401 0178",
+#: "320505-1980-0401-0178", "320505.19800401.0178"), besides spaces, dashes and underscores;
+#: list punctuation (commas, semicolons, the enumeration comma 、, brackets) is not among them:
+#: it separates numbers, it does not group one
+_DIGIT_GROUP_MARKS: Final = frozenset("./\\:·・'’*#+|~")
+#: 17 digits and a digit or X, overlapping: a longer run of digits is read at every offset
+_RESIDENT_ID_CANDIDATE: Final = re.compile(r"(?=([0-9]{17}[0-9X]))")
+
+
+def _groups_digits(char: str) -> bool:
+    return (
+        char.isspace()
+        or char in _DIGIT_GROUP_MARKS
+        or unicodedata.category(char) in ("Pd", "Pc", "Cf", "Zs")
+    )
+
+
+def _digits_joined(text: str) -> str:
+    """`text` in NFKC, every decimal digit as ASCII, upper case, one mark between digits gone."""
+    normal = unicodedata.normalize("NFKC", text)
+    ascii_digits = "".join(
+        str(unicodedata.decimal(c)) if unicodedata.category(c) == "Nd" else c for c in normal
+    ).upper()
+    last = len(ascii_digits) - 1
+    return "".join(
+        c
+        for i, c in enumerate(ascii_digits)
+        if not (
+            0 < i < last
+            and _groups_digits(c)
+            and ascii_digits[i - 1].isdigit()
+            and (ascii_digits[i + 1].isdigit() or ascii_digits[i + 1] == "X")
+        )
+    )
+
+
+def holds_resident_id(text: str) -> bool:
+    """Whether `text` holds what reads as a full resident identity number (GB 11643).
+
+    The rule, and why it keeps false alarms on ordinary text rare:
+
+    * The text is NFKC-normalised and every decimal digit of any script read as ASCII, so
+      full-width digits (３２０５…) and a full-width or lower-case x count like 0-9 and X.
+    * One space, dash, underscore, dot, slash, colon, middle dot or similar mark between two
+      digits is dropped, so an id written in groups ("320505 19800401 0178") reads as one.
+      Two or more marks, and list punctuation (commas, semicolons, 、, brackets), keep numbers
+      apart: "2021-02-02, 2022-03-03" stays two dates.
+    * Every 18-character stretch of 17 digits and a digit or X is a candidate, wherever it
+      starts or ends: a letter or digit before or after ("…0178J", "9320505…") hides nothing.
+    * A candidate counts only if it is a valid resident id in full: a real province code, a
+      birth date from 1900 to today and the ISO 7064 MOD 11-2 check character. About one
+      random 18-digit string in 70,000 passes, so case numbers, amounts, phone and account
+      numbers practically never do; a list's text has no reason to carry an 18-digit number
+      that does, and a masked id (first 6 and last 2 shown) never does.
+
+    It catches ids written plainly or grouped, not ids spelt out in words or encoded: it guards
+    against mistakes and careless leaks, not against a department set on hiding one.
+    """
+    if sum(c.isdigit() for c in text) < 17:
+        return False
+    for match in _RESIDENT_ID_CANDIDATE.finditer(_digits_joined(text)):
+        try:
+            validate_resident_id(match.group(1))
+        except InvalidArgument:
+            continue
+        return True
+    return False
+
+
+def refuse_resident_id(value: str, *, field: str) -> None:
+    """InvalidArgument naming `field` (never the value) if `value` holds a full resident id."""
+    if holds_resident_id(value):
+        raise InvalidArgument(
+            "holds what reads as a full resident identity number; lists show a person only by "
+            "the masked id (first 6 and last 2 characters), so leave the number out of this "
+            "field (the subject is named by subject_id)",
+            field=field,
+        )
+
+
+def encode_page_token(after: EntryId) -> str:
+    """A node's token for the page after entry `after`: base64url("1:" + entry id), unpadded.
+
+    The node gives it to the coordinator, and the coordinator builds it itself from the last
+    entry it forwarded: the node's token never reaches a requester.
+    """
+    raw = (_PAGE_TOKEN_PREFIX + after).encode("ascii")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_page_token(token: str) -> EntryId | None:
+    """The entry id a node's page token continues after; None for "" (the first page)."""
+    if not token:
+        return None
+    problem = InvalidArgument(
+        "is not a page token this node gave; start again with an empty page_token",
+        field="page_token",
+    )
+    if not isinstance(token, str) or len(token) > MAX_NODE_PAGE_TOKEN_CHARS:
+        raise problem
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
+    except (binascii.Error, ValueError):
+        raise problem from None
+    after = text.removeprefix(_PAGE_TOKEN_PREFIX)
+    if after == text or not ENTRY_ID_PATTERN.fullmatch(after):
+        raise problem
+    return EntryId(after)
+
+
 def parse_date(value: str, *, field: str) -> datetime.date:
     """An ISO date (YYYY-MM-DD)."""
     if not isinstance(value, str) or not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
@@ -176,6 +292,7 @@ def validate_new_entry(
             "starting with a letter or digit",
             field=f"{prefix}entry_id",
         )
+    refuse_resident_id(entry_id, field=f"{prefix}entry_id")
     list_type = list_of(catalogue, list_id, department=department, field=f"{prefix}list")
     if subject_kind not in list_type.subject_kinds:
         kinds = " or ".join(sorted(k.value for k in list_type.subject_kinds))
@@ -201,20 +318,24 @@ def validate_new_entry(
             f"{start} is more than {MAX_START_AHEAD_DAYS} days ahead",
             field=f"{prefix}window_start",
         )
-    basis = check_text(
-        legal_basis,
-        field=f"{prefix}legal_basis",
-        limit=MAX_LEGAL_BASIS_LENGTH,
-        required=False,
-    )
+    texts: dict[str, str] = {}
+    for name, value, limit, required in (
+        ("subject_name", subject_name, MAX_NAME_LENGTH, True),
+        ("legal_basis", legal_basis, MAX_LEGAL_BASIS_LENGTH, False),
+        ("reason", reason, MAX_REASON_LENGTH, True),
+    ):
+        text = check_text(value, field=f"{prefix}{name}", limit=limit, required=required)
+        # the coordinator drops an entry whose text reads as a full id: refuse it here instead
+        refuse_resident_id(text, field=f"{prefix}{name}")
+        texts[name] = text
     return NewEntry(
         entry_id=EntryId(entry_id),
         list=list_type.id,
         subject_kind=subject_kind,
         subject_id=subject,
-        subject_name=check_text(subject_name, field=f"{prefix}subject_name", limit=MAX_NAME_LENGTH),
-        legal_basis=basis or list_type.legal_basis,
-        reason=check_text(reason, field=f"{prefix}reason", limit=MAX_REASON_LENGTH),
+        subject_name=texts["subject_name"],
+        legal_basis=texts["legal_basis"] or list_type.legal_basis,
+        reason=texts["reason"],
         window_start=start,
         window_end=end,
     )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import re
 import threading
 import types
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
@@ -406,21 +407,35 @@ class PolicyEngine:
                     self._decisions.popitem(last=False)
         return decision
 
+    def decide_many(self, requests: Sequence[PolicyRequest]) -> list[Decision]:
+        """Decisions for many requests, in order, as `decide` would make them one by one.
+
+        Requests about the same principal and resource in a row are evaluated in one Cedar
+        batch, which parses their entities once: `policy diff` decides a hundred thousand
+        requests this way several times faster. The decision cache is neither read nor filled.
+        """
+        decisions: list[Decision] = []
+        for _, group in itertools.groupby(requests, key=_entity_key):
+            batch = list(group)
+            principal, resource, entities = _entities(batch[0])
+            try:
+                results = cedarpy.is_authorized_batch(
+                    [_cedar_request(r, principal, resource) for r in batch],
+                    self._policies,
+                    entities,
+                )
+            except Exception:  # one bad request must not sink the others: decide each alone
+                decisions.extend(self._evaluate(r) for r in batch)
+                continue
+            decisions.extend(self._decision(r, res) for r, res in zip(batch, results, strict=True))
+        return decisions
+
     def _evaluate(self, request: PolicyRequest) -> Decision:
-        principal = {"type": request.principal_type, "id": request.principal_id}
-        resource = {"type": request.resource_type, "id": request.resource_id}
-        cedar_request = {
-            "principal": principal,
-            "action": {"type": "Action", "id": request.action},
-            "resource": resource,
-            "context": {k: _cedar_value(v) for k, v in request.context.items()},
-        }
-        entities = [
-            {"uid": principal, "attrs": dict(request.principal_attrs), "parents": []},
-            {"uid": resource, "attrs": {}, "parents": []},
-        ]
+        principal, resource, entities = _entities(request)
         try:
-            result = cedarpy.is_authorized(cedar_request, self._policies, entities)
+            result = cedarpy.is_authorized(
+                _cedar_request(request, principal, resource), self._policies, entities
+            )
         except Exception as exc:  # deny by default: whatever breaks evaluation is a deny
             return Decision(
                 allowed=False,
@@ -428,7 +443,9 @@ class PolicyEngine:
                 errors=(str(exc),),
                 reason=f"denied: policy error: {exc}",
             )
+        return self._decision(request, result)
 
+    def _decision(self, request: PolicyRequest, result: cedarpy.AuthzResult) -> Decision:
         errors = tuple(self._rename(e) for e in result.diagnostics.errors)
         # cedarpy returns the deciding rules as a set: name them in file order, so that reasons,
         # audit entries and `policy explain` read the same on every run
@@ -469,6 +486,40 @@ class PolicyEngine:
     def _rename(self, message: str) -> str:
         """Replace Cedar's positional policy ids in a message with the policies' @id."""
         return _INTERNAL_ID.sub(lambda m: f"'{self._display.get(m.group(1), m.group(1))}'", message)
+
+
+def _entity_key(request: PolicyRequest) -> tuple[object, ...]:
+    """What a request's entities depend on: requests sharing it can share one Cedar batch."""
+    return (
+        request.principal_type,
+        request.principal_id,
+        repr(sorted(request.principal_attrs.items())),
+        request.resource_type,
+        request.resource_id,
+    )
+
+
+def _entities(
+    request: PolicyRequest,
+) -> tuple[dict[str, str], dict[str, str], list[dict[str, Any]]]:
+    principal = {"type": request.principal_type, "id": request.principal_id}
+    resource = {"type": request.resource_type, "id": request.resource_id}
+    entities = [
+        {"uid": principal, "attrs": dict(request.principal_attrs), "parents": []},
+        {"uid": resource, "attrs": {}, "parents": []},
+    ]
+    return principal, resource, entities
+
+
+def _cedar_request(
+    request: PolicyRequest, principal: dict[str, str], resource: dict[str, str]
+) -> dict[str, Any]:
+    return {
+        "principal": principal,
+        "action": {"type": "Action", "id": request.action},
+        "resource": resource,
+        "context": {k: _cedar_value(v) for k, v in request.context.items()},
+    }
 
 
 class ReloadablePolicy:

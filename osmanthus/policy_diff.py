@@ -152,16 +152,15 @@ def _measure_sets(sources: Sequence[str]) -> list[tuple[str, ...] | None]:
 def _department_sets(sources: Sequence[str]) -> list[tuple[str, ...] | None]:
     """Department sets a query may name worth trying, when a policy reads
     `context.departments`: none, each department a policy names alone, and all of them
-    together; else the fact is left out. Sets with departments no policy names are not tried:
-    each doubles the questions about a subject, and a rule that only names departments
-    cannot tell them apart from a named one's absence."""
+    together with one it does not name (which tells `== [...]` from `contains`); else the
+    fact is left out."""
     texts = [_COMMENT.sub("", text) for text in sources]
     if not any("context.departments" in text for text in texts):
         return [None]
-    ids = {d.id for d in load_catalogue().departments}
-    named = sorted({m for text in texts for m in _LITERAL.findall(text)} & ids)
-    together = [tuple(named)] if len(named) > 1 else []
-    return [None, *((name,) for name in named), *together]
+    ids = [d.id for d in load_catalogue().departments]
+    named = sorted({m for text in texts for m in _LITERAL.findall(text)} & set(ids))
+    unnamed = next(d for d in ids if d not in named)
+    return [None, *((name,) for name in named), tuple(sorted([*named, unnamed]))]
 
 
 def _epsilons(sources: Sequence[str]) -> list[Decimal]:
@@ -246,19 +245,26 @@ def requests(sources: Sequence[str]) -> Iterator[PolicyRequest]:
                         )
 
 
+#: requests decided per batch: large enough that Cedar's per-call cost vanishes, small enough
+#: that the matrix never sits in memory whole
+_DIFF_BATCH = 4096
+
+
 def diff(old: PolicyEngine, new: PolicyEngine) -> PolicyDiff:
     count = 0
     changes: list[Change] = []
-    for request in requests([old.source, new.source]):
-        count += 1
-        before, after = old.decide(request), new.decide(request)
-        if before.allowed != after.allowed:
-            changes.append(Change(request, before, after))
-        elif before.allowed:
-            was = _obligations(old, before, request.action)
-            now = _obligations(new, after, request.action)
-            if was != now:
-                changes.append(Change(request, before, after, (was, now)))
+    matrix = requests([old.source, new.source])
+    while batch := list(itertools.islice(matrix, _DIFF_BATCH)):
+        count += len(batch)
+        decided = zip(batch, old.decide_many(batch), new.decide_many(batch), strict=True)
+        for request, before, after in decided:
+            if before.allowed != after.allowed:
+                changes.append(Change(request, before, after))
+            elif before.allowed:
+                was = _obligations(old, before, request.action)
+                now = _obligations(new, after, request.action)
+                if was != now:
+                    changes.append(Change(request, before, after, (was, now)))
     return PolicyDiff(count, tuple(changes))
 
 

@@ -43,6 +43,14 @@ ISSUER_PATTERN: Final = re.compile(r"[\x21-\x7e]{1,255}")
 CONSENT_ID_PATTERN: Final = re.compile(r"cns_[A-Za-z0-9_-]{22}")
 #: the JOSE `typ` header, so that a receipt is never mistaken for an access token and vice versa
 RECEIPT_TYPE: Final = "osmanthus-consent+jwt"
+#: an enterprise's consent has a type of its own: a verifier that knows only persons' receipts
+#: refuses it by type, and cannot read a credit code that happens to be a valid resident id as
+#: a person's consent
+ENTERPRISE_RECEIPT_TYPE: Final = "osmanthus-enterprise-consent+jwt"
+_KIND_OF_TYPE: Final = {
+    RECEIPT_TYPE: SubjectKind.PERSON,
+    ENTERPRISE_RECEIPT_TYPE: SubjectKind.ENTERPRISE,
+}
 RECEIPT_ALGORITHM: Final = "EdDSA"
 #: file names of the coordinator's receipt-signing key pair (PEM), wherever they are kept
 CONSENT_KEY_FILE: Final = "consent.key"
@@ -191,7 +199,8 @@ def issue_receipt(
         # absent for persons, so that receipts issued before enterprises could consent and
         # those issued since read the same
         payload[SUBJECT_KIND_CLAIM] = consent.subject_kind.value
-    headers = {"typ": RECEIPT_TYPE, "kid": consent_key_id(private_key.public_key())}
+    typ = RECEIPT_TYPE if consent.subject_kind is SubjectKind.PERSON else ENTERPRISE_RECEIPT_TYPE
+    headers = {"typ": typ, "kid": consent_key_id(private_key.public_key())}
     return jwt.encode(payload, private_key, algorithm=RECEIPT_ALGORITHM, headers=headers)
 
 
@@ -215,12 +224,15 @@ def verify_receipt(
     expected_subject: str | None = None,
     issuer: str = RECEIPT_ISSUER,
     leeway: datetime.timedelta = DEFAULT_LEEWAY,
+    expected_kind: SubjectKind | None = None,
 ) -> ConsentReceipt:
     """The receipt's content if it is genuine, in force at `now` and for what is expected.
 
     Checks, in order: shape, header (EdDSA only, our typ, no parameter twice), signature against
     `public_key`, issuer (`issuer`: the name the deployment's coordinator signs as), claims
-    (iat <= nbf <= exp), then subject, grantee and purpose (as the registry does), then time.
+    (iat <= nbf <= exp), then subject kind (`expected_kind`: a person's receipt and an
+    enterprise's have different types), subject, grantee and purpose (as the registry does),
+    then time.
     Raises MalformedReceipt, UntrustedReceipt, ReceiptMismatch or ReceiptNotInForce naming
     the problem, or InvalidArgument naming the parameter if an expected value, `issuer` or
     `leeway` is not one that a receipt could match. `leeway` absorbs clock skew at the start
@@ -242,10 +254,14 @@ def verify_receipt(
         or leeway > MAX_LEEWAY
     ):
         raise InvalidArgument(f"{leeway!r} is not between 0 and {MAX_LEEWAY}", field="leeway")
+    if expected_kind is not None and not isinstance(expected_kind, SubjectKind):
+        raise InvalidArgument(f"{expected_kind!r:.40} is not a SubjectKind", field="expected_kind")
     subject_wanted = (
-        validate_any_subject(expected_subject, field="expected_subject")
-        if expected_subject is not None
-        else None
+        None
+        if expected_subject is None
+        else validate_any_subject(expected_subject, field="expected_subject")
+        if expected_kind is None
+        else validate_subject(expected_kind, expected_subject, field="expected_subject")
     )
     # a value no receipt can name is the caller's mistake, not a mismatch of the receipt
     if expected_grantee is not None and (
@@ -266,7 +282,7 @@ def verify_receipt(
         )
     check_issuer(issuer, field="issuer")
     key_id = consent_key_id(public_key)
-    payload = _verified_payload(receipt, public_key, key_id)
+    payload, subject_kind = _verified_payload(receipt, public_key, key_id)
     receipt_issuer = _claim_str(payload, "iss")
     if receipt_issuer != issuer:
         raise UntrustedReceipt(
@@ -275,13 +291,19 @@ def verify_receipt(
     consent_id = _claim_str(payload, "jti")
     if not CONSENT_ID_PATTERN.fullmatch(consent_id):
         raise MalformedReceipt(f"receipt claim 'jti' is {consent_id[:40]!r}: not a consent id")
-    kind_claim = payload.get(SUBJECT_KIND_CLAIM, SubjectKind.PERSON.value)
-    if kind_claim != SubjectKind.ENTERPRISE.value and SUBJECT_KIND_CLAIM in payload:
+    # the type and the claim must agree: both are signed, and a receipt made by the registry
+    # carries the claim exactly when it has the enterprise type
+    kind_claim = payload.get(SUBJECT_KIND_CLAIM)
+    if subject_kind is SubjectKind.ENTERPRISE and kind_claim != SubjectKind.ENTERPRISE.value:
         raise MalformedReceipt(
-            f"receipt claim '{SUBJECT_KIND_CLAIM}' is {str(kind_claim)[:20]!r}: only "
-            "'enterprise' is written (a person's receipt has no such claim)"
+            f"receipt claim '{SUBJECT_KIND_CLAIM}' is {str(kind_claim)[:20]!r}, not "
+            "'enterprise' as its type says"
         )
-    subject_kind = SubjectKind(kind_claim)
+    if subject_kind is SubjectKind.PERSON and SUBJECT_KIND_CLAIM in payload:
+        raise MalformedReceipt(
+            f"receipt claim '{SUBJECT_KIND_CLAIM}' is {str(kind_claim)[:20]!r}: a person's "
+            "receipt has no such claim"
+        )
     try:
         subject = validate_subject(subject_kind, _claim_str(payload, "sub"), field="sub")
     except InvalidArgument as exc:
@@ -303,6 +325,12 @@ def verify_receipt(
         raise MalformedReceipt("receipt claims are inconsistent: 'exp' is before 'nbf'")
 
     what = f"receipt for consent {consent_id}"
+    if expected_kind is not None and subject_kind is not expected_kind:
+        raise ReceiptMismatch(
+            f"{what} is a consent of a subject of kind {subject_kind.value}, not "
+            f"{expected_kind.value}",
+            field="subject_kind",
+        )
     if subject_wanted is not None and subject != subject_wanted:
         raise ReceiptMismatch(
             f"{what} was given by subject {_mask(subject)}, not {_mask(subject_wanted)}",
@@ -514,7 +542,10 @@ def load_or_create_consent_key(private_path: Path, public_path: Path) -> Ed25519
 # --- helpers --------------------------------------------------------------------------------
 
 
-def _verified_payload(receipt: object, key: Ed25519PublicKey, key_id: str) -> dict[str, Any]:
+def _verified_payload(
+    receipt: object, key: Ed25519PublicKey, key_id: str
+) -> tuple[dict[str, Any], SubjectKind]:
+    """The verified claims, and the subject kind the receipt's type names."""
     if not isinstance(receipt, str) or not receipt:
         raise MalformedReceipt("expected a non-empty compact JWS string")
     if len(receipt) > MAX_RECEIPT_CHARS:
@@ -536,10 +567,12 @@ def _verified_payload(receipt: object, key: Ed25519PublicKey, key_id: str) -> di
     if extra:
         raise MalformedReceipt(f"unsupported header parameter(s) {', '.join(extra)}")
     typ = header.get("typ")
-    if typ != RECEIPT_TYPE:
+    if typ not in _KIND_OF_TYPE:
         raise MalformedReceipt(
-            f"header typ is {typ!r}, not {RECEIPT_TYPE!r}: this is not a consent receipt"
+            f"header typ is {str(typ)[:60]!r}, not {RECEIPT_TYPE!r} or "
+            f"{ENTERPRISE_RECEIPT_TYPE!r}: this is not a consent receipt"
         )
+    kind = _KIND_OF_TYPE[typ]
     kid = header.get("kid")
     if kid is not None and kid != key_id:
         raise UntrustedReceipt(
@@ -566,7 +599,7 @@ def _verified_payload(receipt: object, key: Ed25519PublicKey, key_id: str) -> di
         raise MalformedReceipt(
             "receipt lacks claim(s) " + ", ".join(repr(name) for name in missing)
         )
-    return payload
+    return payload, kind
 
 
 def _header(receipt: str) -> dict[str, Any]:

@@ -16,12 +16,14 @@ from osmanthus.receipts import (
     load_consent_public_key,
     verify_receipt,
 )
+from osmanthus.types import SubjectKind
 
 # verify_receipt's parameter names, as this function's caller knows them
 _PARAMETER: Final = {
     "expected_grantee": "grantee",
     "expected_purpose": "purpose",
     "expected_subject": "subject_id",
+    "expected_kind": "kind",
 }
 
 
@@ -34,13 +36,15 @@ def verify_consent_receipt(
     purpose: str | None = None,
     subject_id: str | None = None,
     issuer: str = RECEIPT_ISSUER,
+    kind: SubjectKind | None = None,
 ) -> ConsentReceipt:
     """What `receipt` attests, if the platform's consent key signed it and it fits.
 
     `public_key` is the coordinator's consent.pub (a PEM file) or the key itself. `issuer` is
     the name the platform's coordinator signs as (`coordinator serve --consent-issuer`; the
-    default is Osmanthus's). `grantee`, `purpose` and `subject_id`, when given, must be what the
-    receipt names; a value that is not a requester id, purpose or resident id at all is an
+    default is Osmanthus's). `grantee`, `purpose`, `subject_id` and `kind` (a person's consent or
+    an enterprise's: their receipts have different types), when given, must be what the receipt
+    names; a value that is not a requester id, purpose, resident id or credit code at all is an
     sdk.InvalidArgument naming the parameter. Raises a sdk.ReceiptError: MalformedReceipt (an
     sdk.InvalidArgument), UntrustedReceipt (an sdk.Unauthenticated: altered, another key or
     issuer), ReceiptMismatch or ReceiptNotInForce (sdk.PermissionDenied: another subject,
@@ -70,6 +74,7 @@ def verify_consent_receipt(
             expected_purpose=purpose,
             expected_subject=subject_id,
             issuer=issuer,
+            expected_kind=kind,
         )
     except InvalidArgument as exc:
         if isinstance(exc, ReceiptError) or exc.field not in _PARAMETER:

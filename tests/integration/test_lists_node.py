@@ -10,6 +10,8 @@ so the shared federation answers as before for every other test.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
@@ -172,6 +174,49 @@ def test_the_officer_publishes_and_the_window_decides_what_is_in_view(
         officer.publish([_entry("window-new", firm, start=today, end=today), changed])
     assert caught.value.field == "entries[1].entry_id"
     assert "LN-window-new" not in {e.entry.entry_id for e in officer.history(ENTERPRISE, firm)}
+    # a withdrawn entry stays withdrawn: the same fields again are refused, not "unchanged"
+    officer.withdraw("LN-window-today", reason=WithdrawReason.ERROR, reference="typo")
+    with pytest.raises(FailedPrecondition) as withdrawn:
+        officer.publish([entries[2]])
+    assert withdrawn.value.field == "entries[0].entry_id"
+    assert "withdrawn on" in withdrawn.value.message
+    assert "publish under a new id" in withdrawn.value.message
+
+
+def test_the_list_store_and_its_wal_are_the_node_users_only(
+    federation: Federation, officer: ListOfficer, unseeded: dict[str, SubjectId]
+) -> None:
+    today = china_today()
+    officer.publish([_entry("modes", unseeded["firm2"], start=today, end=today)])
+    state = federation.node_configs[COURT].state_dir
+    assert stat.S_IMODE(os.stat(state).st_mode) == 0o700
+    files = sorted(state.glob("lists.duckdb*"))
+    assert state / "lists.duckdb" in files
+    for path in files:
+        assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0, path.name
+
+
+def test_a_full_resident_id_outside_subject_id_is_refused(
+    officer: ListOfficer, unseeded: dict[str, SubjectId]
+) -> None:
+    today = china_today()
+    person = unseeded["person2"]
+    leaky = NewEntry(
+        entry_id=EntryId(PREFIX + "leaky"),
+        list="judgement_defaulters",
+        subject_kind=PERSON,
+        subject_id=person,
+        subject_name="Test subject",
+        legal_basis="",
+        reason=f"owner {person} failed to pay",
+        window_start=today,
+        window_end=today,
+    )
+    with pytest.raises(InvalidArgument) as caught:
+        officer.publish([leaky])
+    assert caught.value.field == "entries[0].reason"
+    assert person not in caught.value.message
+    assert leaky.entry_id not in {e.entry.entry_id for e in officer.history(PERSON, person)}
 
 
 def test_a_persons_id_is_masked_in_the_public_view_only(

@@ -9,6 +9,7 @@ view, so the shared federation answers as before for every other test.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import string
@@ -265,8 +266,14 @@ def test_a_list_is_read_page_by_page(officers: dict[str, ListOfficer], registrar
     assert len(ids) == len(set(ids))
     assert {f"LS-page-{i}" for i in range(5)} <= set(ids)
     assert all(e.list == DEFAULTERS for p in pages for e in p.entries)
-    assert all(p.next_page_token.startswith("lp1.") for p in pages[:-1])
+    assert all(p.next_page_token.startswith("lp2.") for p in pages[:-1])
     assert pages[-1].next_page_token == ""
+    # a token holds what the requester has seen: never the node's own token
+    for p in pages[:-1]:
+        _, payload, _ = p.next_page_token.split(".")
+        fields = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        assert set(fields) == {"k", "l", "d", "r", "a", "e"}
+        assert (fields["r"], fields["a"]) == ("registrar", p.entries[-1].entry_id)
     # one subject on one list, two a page: resumable from any page's token
     first = registrar.search_lists(
         kind=ENTERPRISE, subject=subject("paged"), list_id=DEFAULTERS, page_size=2
@@ -284,8 +291,8 @@ def test_a_list_is_read_page_by_page(officers: dict[str, ListOfficer], registrar
     assert [_ids(p) for p in rest] == [["LS-page-2", "LS-page-3"], ["LS-page-4"]]
 
 
-def test_a_page_token_is_bound_to_its_list_kind_and_subject(
-    officers: dict[str, ListOfficer], registrar: Client
+def test_a_page_token_is_bound_to_its_list_kind_subject_and_requester(
+    officers: dict[str, ListOfficer], registrar: Client, public: Client
 ) -> None:
     today = china_today()
     officers["court"].publish(
@@ -308,7 +315,18 @@ def test_a_page_token_is_bound_to_its_list_kind_and_subject(
             registrar.search_lists(**asked, page_token=token)  # type: ignore[arg-type]
         assert caught.value.field == "page_token", why
     with pytest.raises(InvalidArgument, match="issued for the judgement_defaulters list"):
-        registrar.search_lists(kind=ENTERPRISE, list_id="serious_dishonest", page_token=token)
+        registrar.search_lists(
+            kind=ENTERPRISE,
+            subject=subject("small"),
+            list_id="serious_dishonest",
+            page_token=token,
+        )
+    # another requester may not continue it
+    with pytest.raises(InvalidArgument, match="issued to another requester") as caught:
+        public.search_lists(
+            kind=ENTERPRISE, subject=subject("small"), list_id=DEFAULTERS, page_token=token
+        )
+    assert caught.value.field == "page_token"
     # forged: the node's own token; ours with a MAC character changed, or with the last one
     # changed in its unused low bits only (the same bytes, spelt differently)
     prefix, payload, mac = token.split(".")

@@ -12,9 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import grpc
 import pytest
 
+from osmanthus.grpc_errors import FIELD_METADATA_KEY
+from osmanthus.tls import COORDINATOR_SERVER_NAME, secure_channel
 from osmanthus.types import DepartmentId, Role, Shape, SubjectKind
+from osmanthus.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from sdk import Client, InvalidArgument, LoanDecision, PermissionDenied
 from tests.integration.conftest import Federation
 from tests.integration.test_flags import expected
@@ -151,3 +155,92 @@ def test_the_answer_is_the_taxation_bureaus_part_alone(
     )
     assert [s.department for s in result.answered] == ["tax"]
     assert result.missing == ()
+
+
+def test_departments_are_named_only_where_a_permit_says_which(
+    federation: Federation, bank: Client, registrar: Client, agency: Client
+) -> None:
+    code = subjects(federation, "enterprise")[4]
+    consent = enterprise_consent(registrar, code)
+    # a credit report is a question to every department: naming three is refused
+    with pytest.raises(PermissionDenied, match="central-departments-only-where-named"):
+        agency.enterprise_meets_threshold(
+            code, threshold=110, purpose="credit_report", departments=("court", "samr", "tax")
+        )
+    with pytest.raises(InvalidArgument) as caught:
+        bank.enterprise_meets_threshold(
+            code,
+            threshold=COMPLIANT,
+            purpose=PURPOSE,
+            consent_id=consent,
+            departments=("tax", "tax"),
+        )
+    assert caught.value.field == "departments" and "'tax' is named twice" in caught.value.message
+
+
+def test_a_flags_question_names_measures_not_departments(
+    federation: Federation, bank: Client, registrar: Client
+) -> None:
+    code = subjects(federation, "enterprise")[5]
+    consent = enterprise_consent(registrar, code)
+    channel = secure_channel(
+        federation.target, federation.tls("bank-1"), server_name=COORDINATOR_SERVER_NAME
+    )
+    request = coordinator_pb2.EnterpriseQueryRequest(
+        credit_code=code,
+        shape=common_pb2.SHAPE_FLAGS,
+        purpose=PURPOSE,
+        public_key=common_pb2.PaillierPublicKey(n=federation.keys["bank-1"].public.to_bytes()),
+        measures=["bank_loan"],
+        consent_id=consent,
+        departments=["tax"],
+    )
+    token = federation.token("bank-1", role=Role.BANK, purposes=[PURPOSE])
+    try:
+        with pytest.raises(grpc.RpcError) as caught:
+            coordinator_pb2_grpc.CoordinatorServiceStub(channel).EnterpriseQuery(
+                request, metadata=[("authorization", f"Bearer {token}")], timeout=10
+            )
+    finally:
+        channel.close()
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    metadata = dict(caught.value.trailing_metadata() or ())
+    assert metadata.get(FIELD_METADATA_KEY) == "departments"
+    assert "names measures, not departments" in (caught.value.details() or "")
+
+
+def test_a_persons_consent_does_not_cover_an_enterprise_nor_the_reverse(
+    federation: Federation, bank: Client, registrar: Client, agency: Client
+) -> None:
+    code = subjects(federation, "enterprise")[6]
+    person = subjects(federation, "person")[0]
+    persons = registrar.grant_consent(
+        subject_id=person,
+        grantee="bank-1",
+        purpose=PURPOSE,
+        expires_at=datetime.now(UTC) + timedelta(days=1),
+        kind=SubjectKind.PERSON,
+    )
+    with pytest.raises(PermissionDenied, match="was given by a person") as caught:
+        bank.tax_bank_loan_check(code, consent_id=persons.consent_id)
+    assert caught.value.field == "consent_id"
+    enterprises = registrar.grant_consent(
+        subject_id=code,
+        grantee="agency-1",
+        purpose="loan_underwriting",
+        expires_at=datetime.now(UTC) + timedelta(days=1),
+        kind=SubjectKind.ENTERPRISE,
+    )
+    with pytest.raises(PermissionDenied, match="was given by an enterprise") as caught:
+        agency.person_score(person, purpose="loan_underwriting", consent_id=enterprises.consent_id)
+    assert caught.value.field == "consent_id"
+
+
+def test_an_enterprises_consents_are_listed_by_its_credit_code(
+    federation: Federation, registrar: Client
+) -> None:
+    code = subjects(federation, "enterprise")[7]
+    consent = enterprise_consent(registrar, code)
+    listed = registrar.list_consents(subject_id=code)
+    assert [c.consent_id for c in listed] == [consent]
+    assert listed[0].subject_kind is SubjectKind.ENTERPRISE

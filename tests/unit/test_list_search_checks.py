@@ -1,19 +1,48 @@
-"""The coordinator's checks of a node's public-list answer, and its sealed page tokens."""
+"""The coordinator's checks of a node's public-list answer, its page tokens, and list paging
+against a node answering from a real list store (honest, or tampering with its answers)."""
 
 from __future__ import annotations
 
 import base64
 import datetime
 import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import cast
 
 import pytest
 
-from coordinator.lists import PageTokens, check_entries
-from node.convert import KIND_TO_PB, public_entry_message
+from coordinator.lists import (
+    LIST_PAGES,
+    ListSearch,
+    ListSearcher,
+    ListSearchOutcome,
+    PageTokens,
+    check_entries,
+    china_today,
+)
+from coordinator.nodes import NodeFailure, NodePool, PublicEntriesAnswer
+from coordinator.ratelimit import RateLimiter
+from coordinator.server import DEFAULT_CENTRAL_POLICY
+from node.convert import KIND_TO_PB, public_entry_message, public_page_message, public_query
+from node.lists import EntryDraft, ListStore
+from osmanthus.audit import AuditLog
 from osmanthus.catalogue import load_catalogue
 from osmanthus.errors import InvalidArgument
 from osmanthus.ids import make_resident_id, make_uscc, mask_subject
-from osmanthus.types import DepartmentId, SubjectId, SubjectKind
+from osmanthus.lists import EntryId, decode_page_token, encode_page_token, holds_resident_id
+from osmanthus.policy import ReloadablePolicy
+from osmanthus.tokens import TokenClaims
+from osmanthus.types import (
+    DepartmentId,
+    KeyFingerprint,
+    QueryId,
+    RequesterId,
+    Role,
+    SubjectId,
+    SubjectKind,
+)
 from osmanthus.v1 import lists_pb2
 
 CATALOGUE = load_catalogue()
@@ -94,6 +123,64 @@ def test_a_resident_id_hidden_in_a_text_field_is_dropped(field: str) -> None:
     kept, dropped = check(leaked)
     assert kept == []
     assert dropped == [f"{field} holds what reads as a full resident id"]
+    # a letter after the id hid it from the old check
+    kept, dropped = check(court_entry(**{field: f"{PERSON}J"}))
+    assert dropped == [f"{field} holds what reads as a full resident id"]
+
+
+FULL_WIDTH = str.maketrans("0123456789X", "０１２３４５６７８９Ｘ")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        PERSON,
+        f"owner {PERSON} failed to pay",
+        f"{PERSON}J",  # a letter after
+        f"J{PERSON}",  # a letter before
+        f"9{PERSON}7",  # digits either side: read at every offset
+        f"{PERSON[:6]} {PERSON[6:14]} {PERSON[14:]}",  # grouped as people write it
+        f"{PERSON[:6]}-{PERSON[6:10]}-{PERSON[10:14]}-{PERSON[14:]}",
+        f"{PERSON[:6]}.{PERSON[6:14]}/{PERSON[14:]}",
+        f"{PERSON[:6]}\u00a0{PERSON[6:14]}\u3000{PERSON[14:]}",  # no-break and ideographic spaces
+        f"{PERSON[:9]}\u200b{PERSON[9:]}",  # a zero-width space
+        f"身份证号{PERSON.translate(FULL_WIDTH)}",  # full-width digits
+    ],
+)
+def test_the_resident_id_detector_sees_ids_however_written(text: str) -> None:
+    assert holds_resident_id(text)
+
+
+def test_the_detector_reads_a_lower_case_check_character() -> None:
+    with_x = next(
+        rid
+        for rid in (
+            make_resident_id(region="320505", birth=datetime.date(1980, 5, 17), sequence=n)
+            for n in range(200)
+        )
+        if rid.endswith("X")
+    )
+    assert holds_resident_id(f"id {with_x[:-1]}x.")
+    assert holds_resident_id(f"id {with_x[:-1]}ｘ")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        mask_subject(PERSON),
+        PERSON[:17] + ("0" if PERSON[17] != "0" else "1"),  # the check character is wrong
+        f"{PERSON[:6]}  {PERSON[6:]}",  # two spaces keep numbers apart
+        f"{PERSON[:6]}, {PERSON[6:]}",  # so does list punctuation
+        "judgement (2025) Su 05 Zhi No. 123 of 2025-03-10, unpaid 1,234,567.89 yuan",
+        "due 2021-02-02, 2022-03-03, 2023-04-04 and 2024-05-05",
+        "call +86 512 6522 1234; account 6222 0212 3456 7890 123",
+        "case 110101190001019999 is a number, not a person",  # born 1900, check fails
+        FIRM,
+        "",
+    ],
+)
+def test_the_resident_id_detector_leaves_ordinary_text_alone(text: str) -> None:
+    assert not holds_resident_id(text)
 
 
 def test_a_number_that_is_not_a_resident_id_stays() -> None:
@@ -106,19 +193,47 @@ def test_a_number_that_is_not_a_resident_id_stays() -> None:
 @pytest.mark.parametrize(
     ("start", "end"),
     [
-        (TODAY - datetime.timedelta(days=30), YESTERDAY),  # ended yesterday
-        (TOMORROW, TOMORROW + datetime.timedelta(days=30)),  # starts tomorrow
+        (TODAY - datetime.timedelta(days=30), TODAY - datetime.timedelta(days=2)),
+        (TODAY + datetime.timedelta(days=2), TODAY + datetime.timedelta(days=30)),
     ],
 )
 def test_an_entry_out_of_its_window_is_dropped(start: datetime.date, end: datetime.date) -> None:
     kept, dropped = check(court_entry(window_start=start.isoformat(), window_end=end.isoformat()))
     assert kept == []
-    assert dropped == ["the window does not contain today (2026-03-10, China Standard Time)"]
+    assert dropped == [
+        "the window does not contain today (2026-03-10, China Standard Time) or the day before "
+        "or after"
+    ]
 
 
 def test_the_window_may_start_and_end_today() -> None:
     kept, _ = check(court_entry(window_start=TODAY.isoformat(), window_end=TODAY.isoformat()))
     assert kept == ["2025-SU05-ZHI-123"]
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        (TOMORROW, TOMORROW + datetime.timedelta(days=30)),  # the node's midnight came first
+        (TODAY - datetime.timedelta(days=30), YESTERDAY),  # ours came first
+    ],
+)
+def test_an_entry_of_a_nodes_today_across_midnight_goes_on(
+    start: datetime.date, end: datetime.date
+) -> None:
+    # a node a day ahead or behind ours shows entries of its own today: not a leak, and its
+    # department is not reported as failing the checks
+    kept, dropped = check(court_entry(window_start=start.isoformat(), window_end=end.isoformat()))
+    assert (kept, dropped) == (["2025-SU05-ZHI-123"], [])
+
+
+def test_the_coordinators_today_is_china_standard_time() -> None:
+    # 17:00 UTC is 01:00 the next day in China (UTC+8)
+    late = datetime.datetime(2026, 3, 10, 17, 0, tzinfo=datetime.UTC)
+    assert china_today(late) == datetime.date(2026, 3, 11)
+    assert china_today(late - datetime.timedelta(hours=1, seconds=1)) == datetime.date(2026, 3, 10)
+    with pytest.raises(ValueError, match="UTC offset"):
+        china_today(datetime.datetime(2026, 3, 10, 17, 0))
 
 
 def test_a_window_longer_than_the_list_allows_is_dropped() -> None:
@@ -242,13 +357,21 @@ class Clock:
         return self.now
 
 
-def sealed(tokens: PageTokens, *, subject: str = "", list_id: str = "judgement_defaulters") -> str:
+def sealed(
+    tokens: PageTokens,
+    *,
+    subject: str = "",
+    list_id: str = "judgement_defaulters",
+    requester: str = "agency-1",
+    after: str = "A-1",
+) -> str:
     return tokens.seal(
         kind=SubjectKind.PERSON,
         list_id=list_id,
         subject=subject,
         department=COURT,
-        node_token="MTpBLTE",
+        requester=requester,
+        after=EntryId(after),
     )
 
 
@@ -258,15 +381,46 @@ def open_token(tokens: PageTokens, token: str, **changes: object) -> str:
         "list_id": "judgement_defaulters",
         "subject": "",
         "department": "court",
+        "requester": "agency-1",
     }
     asked.update(changes)
     return tokens.open(token, **asked)  # type: ignore[arg-type]
 
 
+def payload_of(token: str) -> dict[str, object]:
+    payload = token.split(".")[1]
+    fields: dict[str, object] = json.loads(
+        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    )
+    return fields
+
+
+def reseal_payload(token: str, **changes: object) -> str:
+    """`token` with fields of its payload changed and its MAC kept."""
+    prefix, _, mac = token.split(".")
+    fields = {**payload_of(token), **changes}
+    text = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
+    return f"{prefix}.{base64.urlsafe_b64encode(text).rstrip(b'=').decode()}.{mac}"
+
+
 def test_a_page_token_opens_for_its_own_query() -> None:
     tokens = PageTokens(clock=Clock())
-    assert open_token(tokens, sealed(tokens)) == "MTpBLTE"
-    assert open_token(tokens, sealed(tokens, subject=PERSON), subject=PERSON) == "MTpBLTE"
+    assert open_token(tokens, sealed(tokens)) == "A-1"
+    assert open_token(tokens, sealed(tokens, subject=PERSON), subject=PERSON) == "A-1"
+
+
+def test_a_page_token_carries_only_what_the_requester_has_seen() -> None:
+    token = sealed(PageTokens(clock=Clock()), subject=PERSON, after="2025-SU05-ZHI-123")
+    assert token.startswith("lp2.")
+    assert payload_of(token) == {
+        "k": "person",
+        "l": "judgement_defaulters",
+        "d": "court",
+        "r": "agency-1",
+        "a": "2025-SU05-ZHI-123",
+        "e": 1_800_000_000 + 3600,
+    }
+    assert PERSON not in token
 
 
 def test_a_page_token_of_another_list_or_kind_is_refused() -> None:
@@ -286,9 +440,17 @@ def test_a_page_token_of_another_subject_is_refused() -> None:
     assert info.value.field == "page_token"
 
 
+def test_a_page_token_of_another_requester_is_refused() -> None:
+    tokens = PageTokens(clock=Clock())
+    with pytest.raises(InvalidArgument, match="issued to another requester") as info:
+        open_token(tokens, sealed(tokens, requester="agency-1"), requester="bank-1")
+    assert info.value.field == "page_token"
+    assert "agency-1" not in info.value.message
+
+
 @pytest.mark.parametrize(
     "token",
-    ["", "x", "lp1.e30.AAAA", "lp1.!!.AA", "lp2.abc.def", "lp1." + "A" * 2000 + ".AA"],
+    ["", "x", "lp2.e30.AAAA", "lp2.!!.AA", "lp1.abc.def", "lp2." + "A" * 2000 + ".AA"],
 )
 def test_a_malformed_page_token_is_refused(token: str) -> None:
     with pytest.raises(InvalidArgument) as info:
@@ -299,23 +461,32 @@ def test_a_malformed_page_token_is_refused(token: str) -> None:
 def test_an_altered_or_foreign_page_token_is_refused() -> None:
     clock = Clock()
     tokens = PageTokens(clock=clock)
-    prefix, payload, mac = sealed(tokens).split(".")
-    # the payload re-encoded with another node token, the MAC kept
-    fields = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    fields["t"] = "MTpaWlo"
-    forged = base64.urlsafe_b64encode(json.dumps(fields).encode()).rstrip(b"=").decode()
+    token = sealed(tokens)
+    # the payload re-encoded with another place in the list, the MAC kept
     with pytest.raises(InvalidArgument, match="not issued by this coordinator"):
-        open_token(tokens, f"{prefix}.{forged}.{mac}")
+        open_token(tokens, reseal_payload(token, a="Z-9"))
     # a restarted coordinator draws a new key
     with pytest.raises(InvalidArgument, match="not issued by this coordinator"):
-        open_token(PageTokens(clock=clock), sealed(tokens))
+        open_token(PageTokens(clock=clock), token)
+
+
+def test_the_mac_is_checked_before_any_field_is_compared_or_quoted() -> None:
+    tokens = PageTokens(clock=Clock())
+    marker = "NOT-A-LIST-" + PERSON
+    for changes in ({"l": marker}, {"k": marker}, {"d": marker}, {"r": "bank-1"}, {"e": 0}):
+        with pytest.raises(InvalidArgument) as info:
+            open_token(tokens, reseal_payload(sealed(tokens), **changes))
+        assert "not issued by this coordinator" in info.value.message, changes
+        assert marker not in info.value.message
 
 
 def test_a_page_token_expires() -> None:
     clock = Clock()
     tokens = PageTokens(clock=clock, ttl_s=60)
     token = sealed(tokens)
-    clock.now += 61
+    clock.now += 60
+    assert open_token(tokens, token) == "A-1"
+    clock.now += 1
     with pytest.raises(InvalidArgument, match="has expired") as info:
         open_token(tokens, token)
     assert info.value.field == "page_token"
@@ -330,3 +501,256 @@ def test_a_page_token_spelt_another_way_is_refused() -> None:
     assert base64.urlsafe_b64decode(respelt + "==") == base64.urlsafe_b64decode(mac + "==")
     with pytest.raises(InvalidArgument, match="not a page token of this coordinator"):
         open_token(tokens, f"{prefix}.{payload}.{respelt}")
+
+
+def test_the_node_page_token_is_shared_by_node_and_coordinator() -> None:
+    token = encode_page_token(EntryId("2025-SU05-ZHI-123"))
+    assert base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)) == b"1:2025-SU05-ZHI-123"
+    assert decode_page_token(token) == "2025-SU05-ZHI-123"
+    assert decode_page_token("") is None
+
+
+# --- paging a list through the coordinator ---------------------------------------------------
+
+NOW = datetime.datetime(2026, 3, 10, 4, 0, tzinfo=datetime.UTC)  # noon in China, on TODAY
+LEAKED = make_resident_id(region="320505", birth=datetime.date(1980, 4, 1), sequence=17)
+#: what a node may do to its answer before sending it: (request, answer) -> None
+Tamper = Callable[[lists_pb2.PublicEntriesRequest, lists_pb2.PublicEntriesResponse], None]
+
+
+class StoreNode:
+    """The court's node as the coordinator's pool reaches it, answering from a real list store
+    as its servicer does (without the network); `tamper` plays a node that alters its answer."""
+
+    def __init__(self, store: ListStore, *, tamper: Tamper | None = None) -> None:
+        self.departments = frozenset({store.department})
+        self.asked: list[lists_pb2.PublicEntriesRequest] = []
+        self._store = store
+        self._tamper = tamper
+
+    def public_entries_each(
+        self,
+        requests: Sequence[tuple[DepartmentId, lists_pb2.PublicEntriesRequest]],
+        *,
+        deadline_s: float,
+    ) -> tuple[list[PublicEntriesAnswer], list[NodeFailure]]:
+        answers = []
+        for department, request in requests:
+            self.asked.append(request)
+            page = self._store.public_entries(public_query(request), today=TODAY)
+            message = public_page_message(page)
+            if self._tamper is not None:
+                self._tamper(request, message)
+            answers.append(
+                PublicEntriesAnswer(department, tuple(message.entries), message.next_page_token)
+            )
+        return answers, []
+
+
+@pytest.fixture
+def court(tmp_path: Path) -> Iterator[ListStore]:
+    """The court's list with entries C-00 to C-11 in view today."""
+    with ListStore(tmp_path / "lists.duckdb", department=COURT, catalogue=CATALOGUE) as store:
+        store.publish(
+            [
+                EntryDraft(
+                    entry_id=f"C-{i:02d}",
+                    list="judgement_defaulters",
+                    subject_kind=SubjectKind.PERSON,
+                    subject_id=PERSON if i % 2 else OTHER_PERSON,
+                    subject_name="Zhang San",
+                    legal_basis="",
+                    reason="failed to perform an effective judgement",
+                    window_start=YESTERDAY.isoformat(),
+                    window_end=TOMORROW.isoformat(),
+                )
+                for i in range(12)
+            ],
+            actor="court",
+            today=TODAY,
+        )
+        yield store
+
+
+@pytest.fixture
+def audit(tmp_path: Path) -> Iterator[AuditLog]:
+    with AuditLog(path=tmp_path / "audit.jsonl", salt=os.urandom(32)) as log:
+        yield log
+
+
+def searcher(node: StoreNode, audit: AuditLog) -> ListSearcher:
+    return ListSearcher(
+        catalogue=CATALOGUE,
+        # the pool's one call a list search makes, answered by the node's real list store
+        nodes=cast(NodePool, node),
+        policy=ReloadablePolicy.from_file(DEFAULT_CENTRAL_POLICY),
+        audit=audit,
+        rate_limiter=RateLimiter(),
+        deadline_s=5.0,
+        clock=lambda: NOW,
+    )
+
+
+def claims(requester: str) -> TokenClaims:
+    return TokenClaims(
+        requester=RequesterId(requester),
+        role=Role.CREDIT_AGENCY,
+        purposes=frozenset(),
+        key_fingerprint=KeyFingerprint("0" * 64),
+        jti=requester,
+        issued_at=NOW,
+        not_before=NOW,
+        expires_at=NOW + datetime.timedelta(hours=1),
+        single_use=False,
+        issuer="test",
+        audience="test",
+    )
+
+
+def page(
+    lists: ListSearcher, *, size: int, token: str = "", requester: str = "agency-1"
+) -> ListSearchOutcome:
+    return lists.search(
+        QueryId("q"),
+        ListSearch(
+            subject_kind=SubjectKind.PERSON,
+            subject_id="",
+            list_id="judgement_defaulters",
+            page_size=size,
+            page_token=token,
+        ),
+        authenticate=lambda: claims(requester),
+    )
+
+
+def ids(outcome: ListSearchOutcome) -> list[str]:
+    return [e.entry_id for e in outcome.entries]
+
+
+def test_a_list_pages_through_the_coordinator_on_tokens_it_makes_itself(
+    court: ListStore, audit: AuditLog
+) -> None:
+    node = StoreNode(court)
+    lists = searcher(node, audit)
+    seen: list[str] = []
+    token = ""
+    while True:
+        outcome = page(lists, size=5, token=token)
+        assert outcome.missing == ()
+        seen += ids(outcome)
+        token = outcome.next_page_token
+        if not token:
+            break
+        assert payload_of(token)["a"] == seen[-1]
+    assert seen == [f"C-{i:02d}" for i in range(12)]
+    # the coordinator made each node token from the last entry it forwarded
+    assert [r.page_token for r in node.asked] == [
+        "",
+        encode_page_token(EntryId("C-04")),
+        encode_page_token(EntryId("C-09")),
+    ]
+
+
+def test_a_nodes_page_token_never_reaches_the_requester(court: ListStore, audit: AuditLog) -> None:
+    # the node hides a full resident id in its page token (512 characters go unchecked)
+    leaky = base64.urlsafe_b64encode(f"1:{LEAKED}".encode()).decode().rstrip("=")
+
+    def leak(
+        request: lists_pb2.PublicEntriesRequest, answer: lists_pb2.PublicEntriesResponse
+    ) -> None:
+        if answer.next_page_token:
+            answer.next_page_token = leaky
+
+    node = StoreNode(court, tamper=leak)
+    lists = searcher(node, audit)
+    first = page(lists, size=3)
+    assert ids(first) == ["C-00", "C-01", "C-02"] and first.missing == ()
+    assert leaky not in first.next_page_token
+    assert LEAKED not in json.dumps(payload_of(first.next_page_token))
+    assert payload_of(first.next_page_token)["a"] == "C-02"
+    # the next page continues where the coordinator says, not where the node's token pointed
+    second = page(lists, size=3, token=first.next_page_token)
+    assert ids(second) == ["C-03", "C-04", "C-05"]
+    assert node.asked[-1].page_token == encode_page_token(EntryId("C-02"))
+    assert leaky not in [r.page_token for r in node.asked]
+
+
+def test_a_page_token_is_the_requesters_own(court: ListStore, audit: AuditLog) -> None:
+    lists = searcher(StoreNode(court), audit)
+    token = page(lists, size=3, requester="agency-1").next_page_token
+    with pytest.raises(InvalidArgument, match="issued to another requester") as info:
+        page(lists, size=3, token=token, requester="agency-2")
+    assert info.value.field == "page_token"
+    assert ids(page(lists, size=3, token=token, requester="agency-1")) == ["C-03", "C-04", "C-05"]
+
+
+def _leak_ids_on(first_entries: Sequence[str]) -> Tamper:
+    """A node that shows the full id of every entry of pages starting at `first_entries`."""
+
+    def leak(
+        request: lists_pb2.PublicEntriesRequest, answer: lists_pb2.PublicEntriesResponse
+    ) -> None:
+        if answer.entries and answer.entries[0].entry_id in first_entries:
+            for entry in answer.entries:
+                entry.subject_id = LEAKED
+
+    return leak
+
+
+def test_a_page_dropped_whole_is_skipped_by_the_coordinator(
+    court: ListStore, audit: AuditLog
+) -> None:
+    # the first two node pages of three fail the checks entirely
+    node = StoreNode(court, tamper=_leak_ids_on(["C-00", "C-03"]))
+    lists = searcher(node, audit)
+    outcome = page(lists, size=3)
+    assert ids(outcome) == ["C-06", "C-07", "C-08"]
+    assert len(node.asked) == 3
+    ((department, detail),) = [(m.department, m.detail) for m in outcome.missing]
+    assert department == "court"
+    assert detail.startswith("6 of its entries failed the coordinator's checks")
+    assert "subject_id is not a masked resident id" in detail
+    # the requester's token points after the last entry forwarded
+    assert payload_of(outcome.next_page_token)["a"] == "C-08"
+    rest = page(lists, size=3, token=outcome.next_page_token)
+    assert ids(rest) == ["C-09", "C-10", "C-11"] and rest.missing == ()
+    assert rest.next_page_token == ""
+
+
+def test_skipping_dropped_pages_is_bounded(court: ListStore, audit: AuditLog) -> None:
+    node = StoreNode(court, tamper=_leak_ids_on([f"C-{i:02d}" for i in range(12)]))
+    outcome = page(searcher(node, audit), size=2)
+    assert len(node.asked) == LIST_PAGES == 5
+    assert outcome.entries == () and outcome.next_page_token == ""
+    ((_, detail),) = [(m.department, m.detail) for m in outcome.missing]
+    assert detail.startswith("10 of its entries failed")
+    assert "5 pages in a row had no entry fit to forward" in detail
+
+
+def test_a_node_repeating_an_earlier_page_is_not_forwarded(
+    court: ListStore, audit: AuditLog
+) -> None:
+    def repeat(
+        request: lists_pb2.PublicEntriesRequest, answer: lists_pb2.PublicEntriesResponse
+    ) -> None:
+        # the node ignores the token and sends the first page again
+        first = court.public_entries(
+            public_query(
+                lists_pb2.PublicEntriesRequest(
+                    subject_kind=request.subject_kind,
+                    list=request.list,
+                    page_size=request.page_size,
+                )
+            ),
+            today=TODAY,
+        )
+        del answer.entries[:]
+        answer.entries.extend(public_entry_message(e) for e in first.entries)
+
+    lists = searcher(StoreNode(court, tamper=repeat), audit)
+    first = page(lists, size=3)
+    assert ids(first) == ["C-00", "C-01", "C-02"]
+    again = page(lists, size=3, token=first.next_page_token)
+    assert again.entries == () and again.next_page_token == ""
+    ((_, detail),) = [(m.department, m.detail) for m in again.missing]
+    assert "entry_id does not come after the page's starting point" in detail

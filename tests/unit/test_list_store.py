@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import stat
 import threading
@@ -21,10 +22,9 @@ from node.lists import (
     ListOffice,
     ListStore,
     PublicQuery,
-    decode_page_token,
-    encode_page_token,
 )
 from node.officer import read_publication
+from node.server import STATE_DIR_MODE, prepare_state_dir
 from node.service import NodeService
 from node.store import RecordStore
 from osmanthus.audit import AuditLog
@@ -38,12 +38,19 @@ from osmanthus.errors import (
     NotFound,
     PermissionDenied,
 )
-from osmanthus.ids import make_resident_id, make_uscc, organisation_code_check_char
+from osmanthus.ids import (
+    make_resident_id,
+    make_uscc,
+    organisation_code_check_char,
+    validate_subject,
+)
 from osmanthus.lists import (
     MAX_ENTRIES_PER_PUBLISH,
     EntryId,
     EntryStatus,
     WithdrawReason,
+    decode_page_token,
+    encode_page_token,
 )
 from osmanthus.policy import ReloadablePolicy
 from osmanthus.rules import load_default_rules
@@ -61,6 +68,8 @@ BOB = make_resident_id(region="320506", birth=date(1975, 9, 30), sequence=3)
 OFFICER = PeerIdentity(role=PeerRole.OPERATOR, name="court")
 #: ALICE with a wrong check character
 FORGED = ALICE[:-1] + ("1" if ALICE[-1] == "0" else "0")
+#: valid both as a resident id and as a unified social credit code (GB 11643 and GB 32100)
+TWOFOLD = SubjectId("113205198004010490")
 
 
 def firm(n: int) -> SubjectId:
@@ -155,7 +164,7 @@ def test_flags_follow_the_window_and_come_from_black_lists_only(
     assert store.flags_in_view(PERSON, ALICE, start) == {"judgement_defaulter"}
     assert store.flags_in_view(PERSON, ALICE, end) == {"judgement_defaulter"}
     assert store.flags_in_view(PERSON, ALICE, end + timedelta(days=1)) == frozenset()
-    # the same id as another kind of subject, and another subject: nothing
+    # another subject: nothing
     assert store.flags_in_view(PERSON, BOB, start) == frozenset()
     # a red list's entry sets no flag
     tax_store.publish(
@@ -170,6 +179,24 @@ def test_flags_follow_the_window_and_come_from_black_lists_only(
         today=TODAY,
     )
     assert tax_store.flags_in_view(ENTERPRISE, ACME, TODAY) == {"major_tax_violation"}
+
+
+def test_an_entry_about_an_enterprise_is_not_about_a_person_with_the_same_id(
+    store: ListStore,
+) -> None:
+    # one 18-character string can be a valid resident id and a valid credit code at once
+    assert validate_subject(PERSON, TWOFOLD) == validate_subject(ENTERPRISE, TWOFOLD)
+    store.publish([draft("J-1", kind=ENTERPRISE, subject=TWOFOLD)], actor="court", today=TODAY)
+    assert store.flags_in_view(ENTERPRISE, TWOFOLD, TODAY) == {"judgement_defaulter"}
+    assert store.flags_in_view(PERSON, TWOFOLD, TODAY) == frozenset()
+    assert in_view(store, TWOFOLD, TODAY, ENTERPRISE) == ["J-1"]
+    assert in_view(store, TWOFOLD, TODAY, PERSON) == []
+    assert [e.entry.entry_id for e in store.history(ENTERPRISE, TWOFOLD, today=TODAY)] == ["J-1"]
+    assert store.history(PERSON, TWOFOLD, today=TODAY) == ()
+    listed = store.public_entries(
+        PublicQuery(subject_kind=PERSON, list="judgement_defaulters"), today=TODAY
+    )
+    assert listed.entries == ()
 
 
 # --- withdrawal and history ------------------------------------------------------------------
@@ -302,6 +329,55 @@ def test_republishing_the_same_entries_is_harmless(store: ListStore) -> None:
     assert len(store.entry("J-1", today=TODAY).events) == 1
     # the default legal basis filled in at the first publication compares equal at the retry
     assert store.entry("J-1", today=TODAY).entry.legal_basis.startswith("Provisions of the")
+
+
+def test_republishing_a_withdrawn_entry_is_refused(store: ListStore) -> None:
+    store.publish([draft("J-1")], actor="court", today=TODAY)
+    store.withdraw(
+        "J-1", reason=WithdrawReason.REPAIRED, reference="r-1", actor="court", today=TODAY
+    )
+    for entries in ([draft("J-1")], [draft("J-2"), draft("J-1", reason="another judgement")]):
+        with pytest.raises(FailedPrecondition) as caught:
+            store.publish(entries, actor="court", today=TODAY)
+        assert caught.value.field == f"entries[{len(entries) - 1}].entry_id"
+        assert "'J-1' was withdrawn on 20" in caught.value.message
+        assert "publish under a new id" in caught.value.message
+    # still withdrawn, still out of view, and nothing of the refused publications was stored
+    assert store.entry("J-1", today=TODAY).status is EntryStatus.WITHDRAWN
+    assert in_view(store, ALICE, TODAY) == []
+    with pytest.raises(NotFound):
+        store.entry("J-2", today=TODAY)
+
+
+def test_a_full_resident_id_is_refused_outside_subject_id(store: ListStore) -> None:
+    grouped = f"{BOB[:6]} {BOB[6:14]} {BOB[14:]}"
+    cases = {
+        "entries[3].entry_id": draft(ALICE),
+        "entries[3].reason": draft("J-x", reason=f"owner {ALICE} failed to pay"),
+        "entries[3].subject_name": draft("J-x", name=f"Zhang San ({grouped})"),
+        "entries[3].legal_basis": draft("J-x", legal_basis=f"ruling on {ALICE}J"),
+    }
+    good = [draft(f"J-{i}") for i in range(5)]
+    for field, bad in cases.items():
+        with pytest.raises(InvalidArgument) as caught:
+            store.publish([*good[:3], bad, good[4]], actor="court", today=TODAY)
+        assert caught.value.field == field
+        assert "reads as a full resident identity number" in caught.value.message
+        assert ALICE not in caught.value.message and BOB[:6] not in caught.value.message
+    assert store.history(PERSON, ALICE, today=TODAY) == ()
+    # the subject's own id goes where it belongs, masked in public view
+    store.publish([draft("J-1", name="Zhang San")], actor="court", today=TODAY)
+    # and a withdrawal's reference may not carry one either
+    with pytest.raises(InvalidArgument) as reference:
+        store.withdraw(
+            "J-1",
+            reason=WithdrawReason.REPAIRED,
+            reference=f"repair of {ALICE}",
+            actor="court",
+            today=TODAY,
+        )
+    assert reference.value.field == "reference"
+    assert store.entry("J-1", today=TODAY).status is EntryStatus.IN_VIEW
 
 
 def test_a_conflicting_republication_is_refused_and_writes_nothing(store: ListStore) -> None:
@@ -499,6 +575,57 @@ def test_the_store_keeps_entries_across_restarts_and_refuses_other_departments(
         ListStore(path, department=COURT, catalogue=without)
 
 
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_the_wal_is_readable_by_the_owner_only(tmp_path: Path, catalogue: Catalogue) -> None:
+    path = tmp_path / LISTS_FILE
+    wal = tmp_path / (LISTS_FILE + ".wal")
+    previous = os.umask(0o022)
+    try:
+        with ListStore(path, department=COURT, catalogue=catalogue) as store:
+            store.publish([draft("J-1")], actor="court", today=TODAY)
+            assert ALICE.encode() in wal.read_bytes()
+            assert (_mode(path), _mode(wal)) == (0o600, 0o600)
+            # DuckDB deletes the WAL at a checkpoint and makes a new one at the next write
+            store._conn.execute("CHECKPOINT")
+            assert not wal.exists()
+            store.withdraw(
+                "J-1", reason=WithdrawReason.ERROR, reference="x", actor="court", today=TODAY
+            )
+            assert _mode(wal) == 0o600
+            store._conn.execute("CHECKPOINT")
+            store.publish([draft("J-2")], actor="court", today=TODAY)
+            assert _mode(wal) == 0o600
+        # the process's umask is as it was
+        assert os.umask(0o022) == 0o022
+    finally:
+        os.umask(previous)
+
+
+def test_the_state_directory_is_the_node_users_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    previous = os.umask(0o022)
+    try:
+        made = tmp_path / "new" / "court"
+        prepare_state_dir(made)
+        assert _mode(made) == STATE_DIR_MODE == 0o700
+        opened = tmp_path / "old"
+        opened.mkdir(mode=0o755)
+        with caplog.at_level(logging.WARNING, logger="node.server"):
+            prepare_state_dir(opened)
+        assert _mode(opened) == 0o700
+        assert "was open to other users (mode 755)" in caplog.text
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="node.server"):
+            prepare_state_dir(opened)
+        assert caplog.text == ""
+    finally:
+        os.umask(previous)
+
+
 def test_reads_run_beside_a_publication(store: ListStore) -> None:
     store.publish([draft("J-0")], actor="court", today=TODAY)
     errors: list[BaseException] = []
@@ -585,6 +712,13 @@ def test_the_office_serves_the_departments_officer_only_and_audits_every_call(
     assert public_denied["purpose"] == public["purpose"] == "public_list_query"
     assert public["extra"] == {"entries": 1}
     assert len({e["query_id"] for e in entries}) == len(entries)
+    # an entry id that reads as a resident id is withheld from the log, message and all
+    with pytest.raises(NotFound):
+        office.withdraw(ALICE, reason=WithdrawReason.ERROR, reference="x", caller=OFFICER)
+    withheld = audit_lines(tmp_path)[-1]
+    assert withheld["extra"]["entry_id"] == "(withheld: reads as a resident id)"  # type: ignore[index]
+    assert withheld["reason"] == "NotFound: entry_id failed validation"
+    assert ALICE not in (tmp_path / "audit.jsonl").read_text("ascii")
 
 
 # --- publication files -----------------------------------------------------------------------

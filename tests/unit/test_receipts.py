@@ -28,6 +28,7 @@ from osmanthus.cli import _DEFAULT_RECEIPT_ISSUER, main
 from osmanthus.errors import ConfigError, InvalidArgument, PermissionDenied, Unauthenticated
 from osmanthus.ids import make_resident_id, make_uscc
 from osmanthus.receipts import (
+    ENTERPRISE_RECEIPT_TYPE,
     RECEIPT_ISSUER,
     RECEIPT_TYPE,
     ConsentReceipt,
@@ -209,12 +210,35 @@ def test_a_persons_receipt_carries_no_subject_kind_claim() -> None:
 
 def test_an_enterprises_receipt_names_its_kind_and_verifies_against_its_code() -> None:
     receipt = _receipt(subject_id=ACME, subject_kind=SubjectKind.ENTERPRISE)
-    _, payload, _ = _parts(receipt)
+    header, payload, _ = _parts(receipt)
+    # a type of its own: a verifier that knows only persons' receipts refuses it by type
+    assert header["typ"] == ENTERPRISE_RECEIPT_TYPE != RECEIPT_TYPE
     assert payload["sub"] == ACME and payload["sub_kind"] == "enterprise"
-    verified = _verify(receipt, expected_subject=ACME)
+    verified = _verify(receipt, expected_subject=ACME, expected_kind=SubjectKind.ENTERPRISE)
     assert verified.subject_kind is SubjectKind.ENTERPRISE and verified.subject_id == ACME
     with pytest.raises(ReceiptMismatch):
         _verify(receipt, expected_subject=ALICE)
+    with pytest.raises(ReceiptMismatch) as caught:
+        _verify(receipt, expected_kind=SubjectKind.PERSON)
+    assert caught.value.field == "subject_kind"
+    with pytest.raises(ReceiptMismatch) as caught:
+        _verify(_receipt(), expected_kind=SubjectKind.ENTERPRISE)
+    assert caught.value.field == "subject_kind"
+
+
+def test_an_id_valid_as_both_kinds_cannot_pass_an_enterprises_consent_off_as_a_persons() -> None:
+    both = "513130200309013727"  # a valid resident id and a valid credit code
+    receipt = _receipt(subject_id=both, subject_kind=SubjectKind.ENTERPRISE)
+    with pytest.raises(ReceiptMismatch):
+        _verify(receipt, expected_subject=both, expected_kind=SubjectKind.PERSON)
+    # the type and the claim must agree, so neither can be changed alone
+    header, payload, _ = _parts(receipt)
+    person_typed = _signed({**header, "typ": RECEIPT_TYPE}, payload)
+    with pytest.raises(MalformedReceipt, match="a person's receipt has no such claim"):
+        _verify(person_typed)
+    no_claim = {k: v for k, v in payload.items() if k != "sub_kind"}
+    with pytest.raises(MalformedReceipt, match="not 'enterprise' as its type says"):
+        _verify(_signed(header, no_claim))
 
 
 def test_a_credit_code_is_not_accepted_as_a_persons_subject() -> None:
