@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import functools
 import hashlib
 import html
@@ -12,19 +13,16 @@ import itertools
 import json
 import re
 import secrets
-import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from html.parser import HTMLParser
-from typing import Any, Final, Literal
+from typing import Any, AnyStr, Final, Literal, NoReturn
 from xml.sax.saxutils import escape as xml_escape
 
+import reportlab
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pypdf import PdfReader
-from pypdf.errors import PyPdfError
-from pypdf.generic import ByteStringObject, DictionaryObject, TextStringObject
+from pypdf import Configuration, PdfReader, apply_configuration, get_configuration
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_RIGHT
 from reportlab.lib.pagesizes import A4
@@ -53,7 +51,7 @@ from osmanthus.types import Shape, SubjectKind
 from sdk.results import EnterpriseScore, RestrictionResult
 
 #: the `format` of the signed content; a verifier refuses any other
-REPORT_FORMAT: Final = "osmanthus-enterprise-report/1"
+REPORT_FORMAT: Final = "osmanthus-enterprise-report/2"
 #: the `format` of the envelope embedded in the HTML page or attached to the PDF
 ENVELOPE_FORMAT: Final = "osmanthus-signed-report/1"
 #: the id of the <script> element carrying the envelope
@@ -65,13 +63,25 @@ CODE_PATTERN: Final = re.compile(r"[A-Z2-7]{4}(?:-[A-Z2-7]{4}){3}")
 MAX_ISSUER_CHARS: Final = 200
 #: a report page is about 10 kB; anything far larger is refused before parsing
 MAX_REPORT_CHARS: Final = 1 << 20
-#: a report file, an HTML page in UTF-8 or a PDF (about 15 kB), is at most this many bytes
+#: a report file, an HTML page in UTF-8 or a PDF (about 25 kB), is at most this many bytes
 MAX_REPORT_BYTES: Final = 4 * MAX_REPORT_CHARS
+#: the signed content of a report is about 3 kB (20 kB with 65 departments); far larger content
+#: is not signed, so that every signed report's page fits in MAX_REPORT_CHARS (it embeds the
+#: content in base64 and shows it escaped, up to 5 characters a byte, "&amp;" for "&") and a
+#: verifier renders any signed report again in seconds (reportlab's time grows faster than
+#: the text: a 60 kB paragraph takes 2-5 s, a 120 kB one minutes)
+MAX_CONTENT_BYTES: Final = 64 * 1024
+#: the envelope (the content in base64, the signature, JSON) is at most this many bytes once
+#: decompressed: a verifier stops decoding an embedded file there
+MAX_ENVELOPE_BYTES: Final = 2 * MAX_CONTENT_BYTES
 #: the name of the embedded file that carries the envelope in a PDF report
 PDF_ATTACHMENT: Final = "osmanthus-report.json"
-#: a report is two or three pages
-MAX_PDF_PAGES: Final = 50
 _CODE_BYTES: Final = 10
+#: the revision of the code that draws a report. Bump it with any change that alters the bytes a
+#: signed report renders to (layout, wording, styles, markup, envelope): a verifier re-renders
+#: the report, and a file drawn by another revision must be told apart from an altered one.
+#: The golden digests in tests/unit/test_report.py catch such a change.
+_RENDERER_REVISION: Final = 1
 
 
 class ReportError(OsmanthusError):
@@ -79,15 +89,40 @@ class ReportError(OsmanthusError):
 
 
 class MalformedReport(ReportError, InvalidArgument):
-    """The file is not an Osmanthus report (no embedded content, wrong format, bad fields)."""
+    """The file is not a report this version can check (no embedded content, wrong format, bad
+    fields, unreadable)."""
+
+
+class RendererMismatch(MalformedReport):
+    """The report's signature verifies, but it was drawn by another version of the renderer and
+    the file differs from what this version draws: only the version that issued it can tell
+    whether the file was altered. `field` is "renderer" or "format"."""
 
 
 class TamperedReport(ReportError, CryptoError):
-    """The report is not what its issuer signed: the signature, the key, the verification code
-    or a value shown on the page does not match the signed content. `field` says which."""
+    """The report is not what its issuer signed: the signature, the key or the verification
+    code does not match the signed content, or the file is not exactly what the signed report
+    renders to. `field` says which."""
 
     # a refusal, like a consent receipt with a bad signature: the input is well-formed
     exit_code = 4
+
+
+@dataclass(frozen=True)
+class ReportRenderer:
+    """The version of the code that draws each format of a report, signed with it."""
+
+    html: str
+    #: a PDF's bytes also depend on reportlab (its font metrics, its PDF writer)
+    pdf: str
+
+
+#: the renderer of this version of Osmanthus
+RENDERER: Final = ReportRenderer(
+    html=f"osmanthus-report-html/{_RENDERER_REVISION}",
+    pdf=f"osmanthus-report-pdf/{_RENDERER_REVISION} reportlab/{reportlab.Version}",
+)
+_MAX_RENDERER_CHARS: Final = 100
 
 
 @dataclass(frozen=True)
@@ -145,6 +180,8 @@ class EnterpriseReport:
     #: when the issuer asked (UTC, whole seconds)
     issued_at: datetime
     issuer: str
+    #: the renderer that drew the report's files
+    renderer: ReportRenderer
 
     @property
     def in_force(self) -> tuple[ReportRestriction, ...]:
@@ -275,6 +312,7 @@ def build_enterprise_report(
         restrictions_query_id=restrictions.query_id,
         issued_at=issued_at.astimezone(UTC).replace(microsecond=0),
         issuer=_check_issuer(issuer),
+        renderer=RENDERER,
     )
 
 
@@ -320,6 +358,7 @@ def _to_content(report: EnterpriseReport) -> dict[str, Any]:
         "restrictions_query_id": report.restrictions_query_id,
         "issued_at": _time(report.issued_at),
         "issuer": report.issuer,
+        "renderer": {"html": report.renderer.html, "pdf": report.renderer.pdf},
     }
 
 
@@ -339,6 +378,12 @@ def verification_code(content: bytes) -> str:
 def sign_report(report: EnterpriseReport, *, private_key: Ed25519PrivateKey) -> SignedReport:
     """Sign the report's canonical content with the issuer's Ed25519 key."""
     content = canonical_content(report)
+    if len(content) > MAX_CONTENT_BYTES:
+        raise InvalidArgument(
+            f"the report's content is {len(content)} bytes; a report is at most "
+            f"{MAX_CONTENT_BYTES} (the departments' details are too long to print)",
+            field="report",
+        )
     return SignedReport(
         report=report,
         content=content,
@@ -401,16 +446,39 @@ def _department_of(f: _Fields) -> ReportDepartment:
     )
 
 
+def _renderer_of(f: _Fields) -> ReportRenderer:
+    raw = f.get("renderer", dict)
+    fields = _Fields(raw, "renderer.")
+    unknown = set(raw) - {"html", "pdf"}
+    if unknown:
+        raise fields.fail(sorted(unknown)[0][:40], "is not a format a report is rendered in")
+    names = {}
+    for kind in ("html", "pdf"):
+        name = fields.text(kind)
+        if not 0 < len(name) <= _MAX_RENDERER_CHARS or not name.isprintable():
+            raise fields.fail(kind, f"{name[:40]!r} is not a renderer version")
+        names[kind] = name
+    return ReportRenderer(html=names["html"], pdf=names["pdf"])
+
+
 def _from_content(content: bytes) -> EnterpriseReport:
     try:
         raw = json.loads(content.decode("utf-8"), object_pairs_hook=unique_keys("key"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise MalformedReport(f"the signed content is not JSON: {exc}", field="content") from None
     if not isinstance(raw, dict):
         raise MalformedReport("the signed content is not a JSON object", field="content")
     f = _Fields(raw)
-    if f.text("format") != REPORT_FORMAT:
-        raise f.fail("format", f"{raw['format'][:40]!r} is not {REPORT_FORMAT!r}")
+    version = f.text("format")
+    if version != REPORT_FORMAT:
+        if version.startswith(REPORT_FORMAT.rsplit("/", 1)[0] + "/"):
+            raise RendererMismatch(
+                f"the report is in format {version[:60]!r}, which another version of Osmanthus "
+                f"made; this version reads {REPORT_FORMAT!r}: verify it with the version that "
+                "issued it",
+                field="format",
+            )
+        raise f.fail("format", f"{version[:40]!r} is not {REPORT_FORMAT!r}")
     report_id = f.text("report_id")
     if not REPORT_ID_PATTERN.fullmatch(report_id):
         raise f.fail("report_id", f"{report_id[:40]!r} is not a report id")
@@ -474,6 +542,7 @@ def _from_content(content: bytes) -> EnterpriseReport:
         restrictions_query_id=f.text("restrictions_query_id"),
         issued_at=issued_at,
         issuer=_check_issuer(f.text("issuer"), error=MalformedReport),
+        renderer=_renderer_of(f),
     )
     _check_consistent(report)
     return report
@@ -518,14 +587,18 @@ _FIELD_NAMES: Final = (
     "restrictions_query_id",
     "issued_at",
     "issuer",
+    "renderer",
 )
 
 
 # --- what a report shows --------------------------------------------------------------------
 #
 # The HTML page and the PDF are drawn from one layout: a new section of the report is one more
-# _Section in _layout(), and both formats show it. A value that verification checks is a _Value
-# named after its entry in _visible_fields(); every other text is a _Text.
+# _Section in _layout(), and both formats show it. A signed value is a _Value named after its
+# entry in _visible_fields() and marked with that name (a data-field attribute in HTML, a
+# marked-content sequence in the PDF), so that a program can find it on the page; every other
+# text is a _Text. Verification reads nothing from the page: it renders the signed report
+# again and compares the whole file.
 
 
 def _points(value: int | None) -> str:
@@ -533,8 +606,7 @@ def _points(value: int | None) -> str:
 
 
 def _visible_fields(report: EnterpriseReport, code: str) -> dict[str, str]:
-    """Every value the report shows in a marked element, by the name of its mark; verification
-    requires each marked element to show exactly this text."""
+    """Every signed value the report shows in a marked element, by the name of its mark."""
     fields = {
         "report_id": report.report_id,
         "subject_id": report.subject_id,
@@ -560,7 +632,7 @@ _Style = Literal["plain", "number", "alert", "code"]
 
 @dataclass(frozen=True)
 class _Text:
-    """Text the report shows that verification does not check (labels, names, notes)."""
+    """Text the report shows unmarked (labels, names, notes)."""
 
     text: str
     style: _Style = "plain"
@@ -568,8 +640,7 @@ class _Text:
 
 @dataclass(frozen=True)
 class _Value:
-    """A signed value the report shows, marked with its field name so that verification can
-    check that the text shown is the signed one."""
+    """A signed value the report shows, marked with its field name."""
 
     field: str
     text: str
@@ -809,6 +880,9 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
                table { break-inside: avoid; } }
 """
 
+#: the opening tag of the block that carries the envelope; no escaped value can contain it
+_EMBED_OPEN: Final = f'<script type="application/json" id="{EMBED_ID}">'
+
 _HTML_CLASS: Final[Mapping[str, str]] = {
     "plain": "",
     "number": "num",
@@ -863,7 +937,8 @@ def render_html(signed: SignedReport) -> str:
     """A self-contained, printable HTML page of the report, with the signed content embedded.
 
     Every value is escaped. The signed content travels base64-encoded in a JSON <script> block,
-    so no value, however hostile, can end the block early.
+    so no value, however hostile, can end the block early. The same signed report renders to
+    the same page, character for character: verification relies on it.
     """
     layout = _layout(signed)
     e = html.escape
@@ -886,7 +961,7 @@ def render_html(signed: SignedReport) -> str:
 </head>
 <body>
 {body}
-<script type="application/json" id="{EMBED_ID}">
+{_EMBED_OPEN}
 {_envelope(signed)}
 </script>
 </body>
@@ -1111,9 +1186,11 @@ def render_pdf(signed: SignedReport) -> bytes:
     """An A4 PDF of the report: the content of the HTML page, the report id and verification
     code on every page, and the signed content attached as `osmanthus-report.json`.
 
-    The same signed report renders to the same bytes: the document's dates are the time of the
-    query and its id is a digest of its content. No font is embedded: Latin text is set in the
-    standard Helvetica and Courier, Chinese in Adobe's STSong-Light, which readers supply.
+    The same signed report renders to the same bytes, in any process on any machine with the
+    same reportlab: the document's dates are the time of the query, its id is a digest of its
+    content, and nothing is compressed (zlib builds differ in what they write). Verification
+    relies on it. No font is embedded: Latin text is set in the standard Helvetica and Courier,
+    Chinese in Adobe's STSong-Light, which readers supply.
     """
     layout = _layout(signed)
     r = signed.report
@@ -1133,7 +1210,7 @@ def render_pdf(signed: SignedReport) -> bytes:
         creator="Osmanthus",
         lang="en",
         invariant=1,
-        pageCompression=1,
+        pageCompression=0,
     )
     width = document.width
     story: list[Flowable] = [Paragraph(_pdf_markup(layout.heading), styles["title"])]
@@ -1178,61 +1255,15 @@ def render_pdf(signed: SignedReport) -> bytes:
 
 
 # --- verifying ------------------------------------------------------------------------------
-
-
-class _PageReader(HTMLParser):
-    """Collects the embedded envelope and the text of every element marked with data-field."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.envelopes: list[str] = []
-        self.fields: list[tuple[str, str]] = []
-        # open elements: (tag, field name or None, text parts) — text goes to every open field
-        self._stack: list[tuple[str, str | None, list[str]]] = []
-        self._in_envelope: list[str] | None = None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        attributes = dict(attrs)
-        if tag == "script" and attributes.get("id") == EMBED_ID:
-            self._in_envelope = []
-            return
-        if tag in _VOID_TAGS:
-            return
-        self._stack.append((tag, attributes.get("data-field"), []))
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "script" and self._in_envelope is not None:
-            self.envelopes.append("".join(self._in_envelope))
-            self._in_envelope = None
-            return
-        # close up to the matching tag, as a browser would with unclosed elements
-        for depth in range(len(self._stack) - 1, -1, -1):
-            if self._stack[depth][0] == tag:
-                for _tag, field, parts in self._stack[depth:]:
-                    if field is not None:
-                        self.fields.append((field, " ".join("".join(parts).split())))
-                del self._stack[depth:]
-                return
-
-    def handle_data(self, data: str) -> None:
-        if self._in_envelope is not None:
-            self._in_envelope.append(data)
-            return
-        for _tag, field, parts in self._stack:
-            if field is not None:
-                parts.append(data)
-
-    def close(self) -> None:
-        super().close()
-        for _tag, field, parts in self._stack:
-            if field is not None:
-                self.fields.append((field, " ".join("".join(parts).split())))
-        self._stack.clear()
-
-
-_VOID_TAGS: Final = frozenset(
-    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"}
-)
+#
+# Rendering is byte-deterministic: a signed report renders to the same HTML page and the same PDF
+# in any process (a test proves it). So a file is verified by rendering its signed report again
+# and requiring the file to be that rendering, byte for byte. Nothing is read from the page:
+# whatever a file shows beyond its signed values (a figure drawn over another, invisible or
+# hidden text, a script, a style, a font that draws other letters, an extra page, a crop, a
+# note) makes it another file. The work is bounded: the file's size is checked before anything
+# is parsed, the embedded envelope's decoded size is capped, and only issuer-signed content is
+# rendered.
 
 
 def _b64(value: object, *, field: str) -> bytes:
@@ -1244,14 +1275,16 @@ def _b64(value: object, *, field: str) -> bytes:
         raise MalformedReport("is not base64 text", field=field) from None
 
 
-def _open_envelope(text: str, *, public_key: Ed25519PublicKey) -> tuple[EnterpriseReport, str]:
-    """The report an embedded envelope carries and its verification code, after checking that
-    the envelope names this key, that the signature verifies and that the code is the
-    content's. Raises MalformedReport or TamperedReport."""
+def _open_envelope(text: str, *, public_key: Ed25519PublicKey) -> SignedReport:
+    """The signed report an embedded envelope carries, after checking that the envelope names
+    this key, that the signature verifies, that the code is the content's, and that the content
+    is a well-formed report in canonical form. Raises MalformedReport or TamperedReport."""
     try:
         envelope = json.loads(text, object_pairs_hook=unique_keys("key"))
-    except ValueError as exc:
-        raise MalformedReport(f"the embedded report is not JSON: {exc}", field="envelope") from None
+    except (ValueError, RecursionError) as exc:
+        raise MalformedReport(
+            f"the embedded report is not JSON: {str(exc)[:120]}", field="envelope"
+        ) from None
     if not isinstance(envelope, dict) or envelope.get("format") != ENVELOPE_FORMAT:
         raise MalformedReport(f"the embedded report is not {ENVELOPE_FORMAT!r}", field="envelope")
     content = _b64(envelope.get("content"), field="content")
@@ -1280,152 +1313,176 @@ def _open_envelope(text: str, *, public_key: Ed25519PublicKey) -> tuple[Enterpri
             f"the embedded verification code {code} is not the content's ({actual_code})",
             field="verification_code",
         )
-    return _from_content(content), actual_code
-
-
-def _check_shown(
-    shown: list[tuple[str, str]],
-    expected: Mapping[str, str],
-    *,
-    required: Iterable[str],
-    ignore_spaces: bool,
-) -> None:
-    """Every marked value shown must be the signed one, and the required ones must be shown.
-
-    Whitespace is compared as a reader sees it: runs of it are one space (HTML), or, where the
-    text was extracted from a PDF (whose lines may break inside a Chinese name), none at all.
-    """
-
-    def squash(text: str) -> str:
-        return "".join(text.split()) if ignore_spaces else " ".join(text.split())
-
-    seen: set[str] = set()
-    for name, text in shown:
-        if name not in expected:
-            raise TamperedReport(
-                f"the page shows a value marked {name[:40]!r}, which the report does not have",
-                field=name[:40],
-            )
-        if squash(text) != squash(expected[name]):
-            text = " ".join(text.split())
-            raise TamperedReport(
-                f"the page shows {name} {text[:60]!r}, the signed report says {expected[name]!r}",
-                field=name,
-            )
-        seen.add(name)
-    absent = [n for n in required if n not in seen]
-    if absent:
-        raise TamperedReport(
-            "the page does not show the signed " + ", ".join(absent), field=absent[0]
+    report = _from_content(content)
+    # the values printed, and the code derived from them, must be those of the signed bytes
+    if canonical_content(report) != content:
+        raise MalformedReport(
+            "the signed content is not in the canonical form Osmanthus signs (keys sorted, no "
+            "spaces, UTF-8): the verification code printed for it would not be its own",
+            field="content",
         )
+    return SignedReport(
+        report=report,
+        content=content,
+        signature=signature,
+        key_id=key_id,
+        verification_code=actual_code,
+    )
+
+
+def _common_prefix(a: AnyStr, b: AnyStr) -> int:
+    """The length of the longest common prefix of a and b (a binary search of C compares)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def _refuse_rendering(
+    signed: SignedReport, kind: Literal["html", "pdf"], difference: str
+) -> NoReturn:
+    """Refuse a file that is not the rendering of its signed report, which is genuine: as drawn
+    by another renderer if the report names one, else as altered."""
+    theirs = signed.report.renderer.html if kind == "html" else signed.report.renderer.pdf
+    ours = RENDERER.html if kind == "html" else RENDERER.pdf
+    if theirs != ours:
+        raise RendererMismatch(
+            f"the report was drawn by renderer {theirs}; this is {ours}, which draws its signed "
+            f"content differently ({difference}): verify it with the Osmanthus version that "
+            "issued it",
+            field="renderer",
+        )
+    raise TamperedReport(
+        f"the file is not exactly what its signed report renders to ({difference}): it was "
+        "altered after signing, so what it shows may not be what the issuer signed (re-saving "
+        "it in an editor or a browser alters it too). Ask the issuer for the original file; if "
+        "it came straight from the issuer, check it with the Osmanthus version that issued it",
+        field="file",
+    )
+
+
+def _html_envelope(page: str) -> str:
+    """The text of the page's one envelope block; a page with none or several is no report."""
+    count = page.count(_EMBED_OPEN)
+    if count != 1:
+        raise MalformedReport(
+            f"the page holds {count} embedded reports "
+            f'(<script type="application/json" id="{EMBED_ID}">); a report holds exactly one',
+            field="page",
+        )
+    start = page.index(_EMBED_OPEN) + len(_EMBED_OPEN)
+    end = page.find("</script>", start)
+    if end < 0:
+        raise MalformedReport("the embedded report has no closing </script>", field="page")
+    return page[start:end]
 
 
 def verify_report_html(page: str, *, public_key: Ed25519PublicKey) -> EnterpriseReport:
     """The report a page carries, after checking it is exactly what the key's holder signed.
 
-    Checks, in order: the embedded envelope is there once and well-formed; it names this key;
-    the signature over the content verifies; the verification code is the content's; the
-    content is a well-formed report; and every value the page marks as shown (grade, score,
-    report id, verification code, breakdown, restrictions, issuer, time) is the signed one.
-    Raises MalformedReport (not a report) or TamperedReport (not what the issuer signed).
+    Checks, in order: the page holds one embedded envelope; it names this key; the signature
+    over the content verifies; the verification code is the content's; the content is a
+    well-formed report in canonical form; and the page is, character for character, what that
+    signed report renders to. Raises MalformedReport (not a report this version can check;
+    RendererMismatch for one drawn by another version) or TamperedReport (not what the issuer
+    signed).
     """
     if len(page) > MAX_REPORT_CHARS:
         raise MalformedReport(
             f"{len(page)} characters; a report is at most {MAX_REPORT_CHARS}", field="page"
         )
-    reader = _PageReader()
-    reader.feed(page)
-    reader.close()
-    if len(reader.envelopes) != 1:
-        raise MalformedReport(
-            f"the page holds {len(reader.envelopes)} embedded reports "
-            f'(<script id="{EMBED_ID}">); a report holds exactly one',
-            field="page",
-        )
-    report, code = _open_envelope(reader.envelopes[0], public_key=public_key)
-    _check_shown(
-        reader.fields,
-        _visible_fields(report, code),
-        required=("grade", "score", "report_id", "verification_code"),
-        ignore_spaces=False,
+    signed = _open_envelope(_html_envelope(page), public_key=public_key)
+    expected = render_html(signed)
+    if page != expected:
+        at = _common_prefix(page, expected)
+        if at == len(expected):
+            difference = f"{len(page) - at} characters were added at its end"
+        else:
+            difference = f"it differs from line {expected.count(chr(10), 0, at) + 1} on"
+        _refuse_rendering(signed, "html", difference)
+    return signed.report
+
+
+#: pypdf's limits while it looks for the envelope. The renderer compresses nothing, so a report
+#: needs no decoding at all; a file that needs more than one envelope's worth from any stream
+#: is refused rather than decoded (a few kB of zlib can decode to gigabytes)
+_PDF_LIMITS: Final[Mapping[str, object]] = {
+    "maximum_declared_stream_length": MAX_REPORT_BYTES,
+    "array_based_stream_maximum_output_length": MAX_ENVELOPE_BYTES,
+    "zlib_maximum_output_length": MAX_ENVELOPE_BYTES,
+    # pypdf's recovery of a broken zlib stream is a Python loop over its bytes
+    "zlib_maximum_recovery_input_length": 1,
+    "lzw_maximum_output_length": MAX_ENVELOPE_BYTES,
+    "run_length_maximum_output_length": MAX_ENVELOPE_BYTES,
+    "brotli_maximum_output_length": MAX_ENVELOPE_BYTES,
+    "jbig2_maximum_output_length": MAX_ENVELOPE_BYTES,
+    "jbig2dec_binary": None,
+    "stream_filters_maximum_length": 4,
+    "stream_decoding_work_maximum_length": 4 * MAX_ENVELOPE_BYTES,
+}
+#: a report has about 30 objects; an editor's rewrite of one, a few more
+_PDF_MAX_XREF_ENTRIES: Final = 100_000
+
+
+def _pdf_envelope(data: bytes) -> str:
+    """The text of the PDF's one embedded `osmanthus-report.json`, decoded within the limits."""
+    # the limits this pypdf knows (one older than the newest skips the limits it lacks)
+    known = {f.name for f in dataclasses.fields(Configuration)}
+    limits = get_configuration().with_overwrites(
+        **{name: value for name, value in _PDF_LIMITS.items() if name in known}
     )
-    return report
-
-
-#: what pypdf raises on a file it cannot read; any of them means "not a report we can check"
-_PDF_ERRORS: Final = (
-    PyPdfError,
-    ValueError,
-    TypeError,
-    KeyError,
-    IndexError,
-    AttributeError,
-    RecursionError,
-    UnicodeDecodeError,
-    zlib.error,
-)
-
-
-def _pdf_text(value: object) -> str | None:
-    if isinstance(value, (TextStringObject, ByteStringObject)):
-        return value.original_bytes.decode("utf-8", errors="replace")
-    return None
-
-
-class _MarkedText:
-    """Collects, through pypdf's text-extraction visitors, the text inside each marked-content
-    sequence tagged as a signed value on one page."""
-
-    def __init__(self) -> None:
-        self.fields: list[tuple[str, str]] = []
-        # open sequences: (field name, or None for another tag; text parts) — text goes to all
-        self._stack: list[tuple[str | None, list[str]]] = []
-
-    def operator(self, operator: bytes, operands: list[Any], _cm: Any, _tm: Any) -> None:
-        if operator in (b"BDC", b"BMC"):
-            name = None
-            if (
-                operator == b"BDC"
-                and len(operands) == 2
-                and operands[0] == f"/{_PDF_MARK}"
-                and isinstance(operands[1], DictionaryObject)
-            ):
-                name = _pdf_text(operands[1].get("/Field")) or "(unnamed)"
-            self._stack.append((name, []))
-        elif operator == b"EMC" and self._stack:
-            name, parts = self._stack.pop()
-            if name is not None:
-                self.fields.append((name, "".join(parts)))
-
-    def text(self, content: str, _cm: Any, _tm: Any, _font: Any, _size: Any) -> None:
-        for _name, parts in self._stack:
-            parts.append(content)
-
-    def close(self) -> list[tuple[str, str]]:
-        self.fields += [(name, "".join(parts)) for name, parts in self._stack if name is not None]
-        self._stack.clear()
-        return self.fields
-
-
-def _pdf_marked_values(reader: PdfReader) -> list[tuple[str, str]]:
-    """The text of every marked signed value, on every page, in page order."""
-    fields: list[tuple[str, str]] = []
-    for page in reader.pages:
-        marked = _MarkedText()
-        page.extract_text(visitor_operand_before=marked.operator, visitor_text=marked.text)
-        fields += marked.close()
-    return fields
+    encrypted = False
+    count = 0
+    envelope = b""
+    try:
+        with apply_configuration(limits):
+            reader = PdfReader(io.BytesIO(data), xref_stream_maximum_entries=_PDF_MAX_XREF_ENTRIES)
+            encrypted = reader.is_encrypted
+            if not encrypted:
+                entries = [e for e in reader.attachment_list if e.name == PDF_ATTACHMENT]
+                count = len(entries)
+                # counted first: no more than one embedded file is ever decoded
+                if count == 1:
+                    envelope = entries[0].content
+    # pypdf parses hostile input: whatever it raises (its errors, ValueError, RecursionError,
+    # NotImplementedError for a filter it lacks, a limit reached) means the file cannot be read
+    except Exception as exc:
+        raise MalformedReport(
+            f"the PDF cannot be read: {type(exc).__name__}: {str(exc)[:120]}", field="file"
+        ) from None
+    if encrypted:
+        raise MalformedReport("the PDF is encrypted; a report never is", field="file")
+    if count != 1:
+        raise MalformedReport(
+            f"the PDF holds {count} embedded reports ({PDF_ATTACHMENT}); a report holds "
+            "exactly one",
+            field="file",
+        )
+    if len(envelope) > MAX_ENVELOPE_BYTES:
+        raise MalformedReport(
+            f"{PDF_ATTACHMENT} is {len(envelope)} bytes; a report's is at most "
+            f"{MAX_ENVELOPE_BYTES}",
+            field="envelope",
+        )
+    try:
+        return envelope.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedReport(f"{PDF_ATTACHMENT} is not UTF-8 text", field="envelope") from None
 
 
 def verify_report_pdf(data: bytes, *, public_key: Ed25519PublicKey) -> EnterpriseReport:
     """The report a PDF carries, after checking it is exactly what the key's holder signed.
 
-    The same checks as verify_report_html, on the attached `osmanthus-report.json`; then every
-    signed value (grade, score, each breakdown figure, each restriction, issuer, time, report
-    id, verification code) must be shown in the page text, in a marked-content sequence that
-    names it, and no marked text may differ from the signed value; and no page may carry
-    annotations. Raises MalformedReport (not a report) or TamperedReport (not what the issuer
-    signed).
+    The same checks as verify_report_html, on the one embedded file `osmanthus-report.json`
+    (read with pypdf, its decoded size capped at MAX_ENVELOPE_BYTES); then the file must be,
+    byte for byte, what the signed report renders to. An annotation, an incremental update, an
+    extra page or any edit of a page makes another file. Raises MalformedReport (not a report
+    this version can check; RendererMismatch for one drawn by another version) or
+    TamperedReport (not what the issuer signed).
     """
     if len(data) > MAX_REPORT_BYTES:
         raise MalformedReport(
@@ -1433,44 +1490,22 @@ def verify_report_pdf(data: bytes, *, public_key: Ed25519PublicKey) -> Enterpris
         )
     if not data.startswith(b"%PDF-"):
         raise MalformedReport("the file is not a PDF (it does not start with %PDF-)", field="file")
-    try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
-            raise MalformedReport("the PDF is encrypted; a report never is", field="file")
-        pages = len(reader.pages)
-        embedded = reader.attachments.get(PDF_ATTACHMENT, [])
-    except _PDF_ERRORS as exc:
-        raise MalformedReport(f"the PDF cannot be read: {exc}", field="file") from None
-    if not 0 < pages <= MAX_PDF_PAGES:
-        raise MalformedReport(
-            f"the PDF has {pages} pages; a report has 1 to {MAX_PDF_PAGES}", field="file"
-        )
-    if len(embedded) != 1:
-        raise MalformedReport(
-            f"the PDF holds {len(embedded)} embedded reports ({PDF_ATTACHMENT}); a report "
-            "holds exactly one",
-            field="file",
-        )
-    try:
-        envelope = embedded[0].decode("utf-8")
-    except UnicodeDecodeError:
-        raise MalformedReport(f"{PDF_ATTACHMENT} is not UTF-8 text", field="envelope") from None
-    report, code = _open_envelope(envelope, public_key=public_key)
-    try:
-        annotated = [n for n, page in enumerate(reader.pages, 1) if page.get("/Annots")]
-        shown = _pdf_marked_values(reader)
-    except _PDF_ERRORS as exc:
-        raise MalformedReport(f"the PDF's pages cannot be read: {exc}", field="file") from None
-    if annotated:
-        # an annotation is drawn over the page, outside its text: it could show anything
-        raise TamperedReport(
-            f"page {annotated[0]} carries annotations (notes, form fields or stamps drawn over "
-            "the page), which a report never has: ask for the issuer's original file",
-            field="annotations",
-        )
-    expected = _visible_fields(report, code)
-    _check_shown(shown, expected, required=expected, ignore_spaces=True)
-    return report
+    signed = _open_envelope(_pdf_envelope(data), public_key=public_key)
+    expected = render_pdf(signed)
+    if data != expected:
+        at = _common_prefix(data, expected)
+        if at == len(expected):
+            # what a PDF editor saves: the original untouched, the changes after it
+            difference = (
+                f"{len(data) - at} bytes were appended to it, as a PDF editor appends a page, a "
+                "note or a drawing over a page"
+            )
+        elif at == len(data):
+            difference = f"it is cut short after {at} of {len(expected)} bytes"
+        else:
+            difference = f"it differs from byte {at} on"
+        _refuse_rendering(signed, "pdf", difference)
+    return signed.report
 
 
 def verify_report(data: bytes, *, public_key: Ed25519PublicKey) -> EnterpriseReport:

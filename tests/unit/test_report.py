@@ -5,21 +5,36 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import io
 import json
 import os
+import random
 import re
 import subprocess
 import sys
+import time
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import cast
 
 import pytest
+import reportlab
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pypdf import PdfReader, PdfWriter
 from pypdf.annotations import FreeText
+from pypdf.generic import (
+    ArrayObject,
+    DecodedStreamObject,
+    DictionaryObject,
+    NameObject,
+    NumberObject,
+    RectangleObject,
+    StreamObject,
+)
 from reportlab.platypus import Paragraph, SimpleDocTemplate
 
 from osmanthus.bundle import key_id_of
@@ -32,11 +47,19 @@ from osmanthus.types import DepartmentId, DepartmentStatus, Shape, SubjectKind
 from sdk.report import (
     CODE_PATTERN,
     EMBED_ID,
+    MAX_CONTENT_BYTES,
+    MAX_ENVELOPE_BYTES,
     MAX_REPORT_BYTES,
     PDF_ATTACHMENT,
+    RENDERER,
     REPORT_ID_PATTERN,
     EnterpriseReport,
     MalformedReport,
+    RendererMismatch,
+    ReportBonus,
+    ReportDepartment,
+    ReportRenderer,
+    ReportRestriction,
     SignedReport,
     TamperedReport,
     build_enterprise_report,
@@ -233,10 +256,66 @@ def _tamper_envelope(page: str, change: dict[str, str]) -> str:
     return page[:start] + json.dumps(envelope) + page[end:]
 
 
+#: the start of every refusal of a file that is not the rendering of its signed report
+ALTERED = "the file is not exactly what its signed report renders to"
+
+
+def refused_as_altered(
+    verify: Callable[..., object], tampered: str | bytes, key: Ed25519PrivateKey, where: str = ""
+) -> TamperedReport:
+    """Check that `verify` refuses the file as altered (exit 4), saying `where` it differs."""
+    with pytest.raises(TamperedReport, match=ALTERED) as info:
+        verify(tampered, public_key=key.public_key())
+    assert info.value.field == "file"
+    assert info.value.exit_code == 4
+    assert where in info.value.message
+    return info.value
+
+
 def test_every_tampering_fails(signed: SignedReport, page: str, key: Ed25519PrivateKey) -> None:
     public = key.public_key()
     r = signed.report
     other = "B" if r.grade != "B" else "A"
+
+    def altered(old: str, new: str, count: int = 1) -> str:
+        assert page.count(old) >= count, old
+        return page.replace(old, new, count)
+
+    # a value shown on the page
+    refused_as_altered(
+        verify_report_html,
+        altered(f'data-field="grade">{r.grade}<', f'data-field="grade">{other}<'),
+        key,
+        "it differs from line",
+    )
+    refused_as_altered(
+        verify_report_html,
+        altered(f'data-field="score">{r.score}<', f'data-field="score">{r.score + 30}<'),
+        key,
+    )
+    refused_as_altered(verify_report_html, altered(">IN FORCE<", ">not in force<"), key)
+    refused_as_altered(
+        verify_report_html, altered(r.report_id + "</span>", "rpt_" + "A" * 22 + "</span>"), key
+    )
+    code = signed.verification_code
+    fake_code = ("A" if code[0] != "A" else "B") + code[1:]
+    refused_as_altered(verify_report_html, altered(f">{code}<", f">{fake_code}<"), key)
+    # an unmarked text, a second copy of a value, one space, the line ends, a byte at the end
+    refused_as_altered(verify_report_html, altered("Breakdown", "Breakdown (verified)"), key)
+    refused_as_altered(
+        verify_report_html,
+        altered("<h2>Breakdown", f'<p><span data-field="grade">{other}</span></p><h2>Breakdown'),
+        key,
+    )
+    refused_as_altered(verify_report_html, altered("<h1>", "<h1> "), key)
+    refused_as_altered(verify_report_html, page.replace("\n", "\r\n"), key)
+    refused_as_altered(
+        verify_report_html, page + "<p>Grade A</p>", key, "characters were added at its end"
+    )
+    # the embedded content, re-encoded after an edit
+    content = json.loads(signed.content)
+    content["grade"] = other
+    forged = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
 
     def refused(tampered: str, field: str, words: str) -> None:
         assert tampered != page
@@ -245,42 +324,6 @@ def test_every_tampering_fails(signed: SignedReport, page: str, key: Ed25519Priv
         assert info.value.field == field
         assert info.value.exit_code == 4
 
-    # a value shown on the page
-    refused(
-        page.replace(f'data-field="grade">{r.grade}<', f'data-field="grade">{other}<'),
-        "grade",
-        f"the page shows grade '{other}', the signed report says '{r.grade}'",
-    )
-    refused(
-        page.replace(f'data-field="score">{r.score}<', f'data-field="score">{r.score + 30}<'),
-        "score",
-        "the page shows score",
-    )
-    refused(
-        page.replace(">IN FORCE<", ">not in force<", 1),
-        "restriction.bank_loan",
-        "restriction.bank_loan",
-    )
-    refused(
-        page.replace(r.report_id + "</span>", "rpt_" + "A" * 22 + "</span>"),
-        "report_id",
-        "report_id",
-    )
-    code = signed.verification_code
-    fake_code = ("A" if code[0] != "A" else "B") + code[1:]
-    refused(page.replace(f">{code}<", f">{fake_code}<"), "verification_code", "verification_code")
-    # a second copy of a value, altered, is caught too
-    refused(
-        page.replace(
-            "<h2>Breakdown", f'<p><span data-field="grade">{other}</span></p><h2>Breakdown'
-        ),
-        "grade",
-        "grade",
-    )
-    # the embedded content, re-encoded after an edit
-    content = json.loads(signed.content)
-    content["grade"] = other
-    forged = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
     refused(
         _tamper_envelope(page, {"content": base64.b64encode(forged).decode()}),
         "signature",
@@ -300,6 +343,8 @@ def test_every_tampering_fails(signed: SignedReport, page: str, key: Ed25519Priv
         "verification_code",
         "is not the content's",
     )
+    # the envelope re-serialised with the same values: not the file the issuer's renderer wrote
+    refused_as_altered(verify_report_html, _tamper_envelope(page, {}), key)
     # another key: named by id, and also when the id is rewritten to match
     stranger = Ed25519PrivateKey.generate().public_key()
     with pytest.raises(TamperedReport, match="signed with key") as info:
@@ -309,6 +354,51 @@ def test_every_tampering_fails(signed: SignedReport, page: str, key: Ed25519Priv
         verify_report_html(
             _tamper_envelope(page, {"key_id": key_id_of(stranger)}), public_key=stranger
         )
+
+
+def test_a_page_that_shows_other_values_than_it_marks_fails(
+    signed: SignedReport, page: str, key: Ed25519PrivateKey
+) -> None:
+    """The reviewer's attacks: the marked values stay the signed ones, the reader sees others."""
+    r = signed.report
+    other = "A" if r.grade != "A" else "B"
+    grade = f'<span class="grade" data-field="grade">{r.grade}</span>'
+    in_force = '<td class="in-force"><span data-field="restriction.bank_loan">IN FORCE</span>'
+    for old, new in (
+        # the mark removed, the value changed: no marked value is missing any more
+        (in_force, "<td>not in force"),
+        ('<span data-field="deductions">', "<span>"),
+        # the marked grade hidden, another shown beside it
+        (grade, f'<span data-field="grade" hidden>{r.grade}</span><b class="grade">{other}</b>'),
+        # the marked grade inside a <template>, which a browser does not show
+        (grade, f'<template>{grade}</template><span class="grade">{other}</span>'),
+        # a script that rewrites the score once the page is shown
+        ("</body>", "<script>document.querySelector('[data-field=score]').textContent='199'"
+                    "</script></body>"),
+        # a style that hides the grade and draws another after it
+        ("</style>", f".grade{{font-size:0}}.grade::after{{content:'{other}';font-size:4rem}}"
+                     "</style>"),
+        # a comment: invisible, but the file is not the issuer's
+        ("<h1>", "<!-- edited --><h1>"),
+    ):  # fmt: skip
+        assert page.count(old) == 1, old
+        refused_as_altered(verify_report_html, page.replace(old, new), key)
+        refused_as_altered(verify_report, page.replace(old, new).encode(), key)
+
+
+def test_hostile_structure_is_refused_quickly(page: str, key: Ed25519PrivateKey) -> None:
+    """Deep nesting of elements (once quadratic to parse) and of the envelope's JSON (once a
+    RecursionError, exit 1): refused in well under a second, with exit 4 and 3."""
+    at = page.index("<h1>")
+    started = time.monotonic()
+    refused_as_altered(verify_report_html, page[:at] + "<b>x" * 40_000 + page[at:], key)
+    assert time.monotonic() - started < 2
+    start = page.index(f'id="{EMBED_ID}">') + len(f'id="{EMBED_ID}">')
+    end = page.index("</script>", start)
+    for nested in ("[" * 100_000 + "]" * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000):
+        with pytest.raises(MalformedReport, match="the embedded report is not JSON") as info:
+            verify_report_html(page[:start] + nested + page[end:], public_key=key.public_key())
+        assert info.value.exit_code == 3
 
 
 def test_a_report_signed_by_another_key_with_its_content_fails(
@@ -353,6 +443,150 @@ def test_signed_but_inconsistent_content_is_malformed(
     with pytest.raises(MalformedReport, match="is not the grade of score") as info:
         verify_report_html(page, public_key=key.public_key())
     assert info.value.field == "grade"
+
+
+def _resigned(page: str, content: bytes, key: Ed25519PrivateKey) -> str:
+    """The page with its envelope carrying `content`, genuinely signed by `key`."""
+    return _tamper_envelope(
+        page,
+        {
+            "content": base64.b64encode(content).decode(),
+            "signature": base64.b64encode(key.sign(content)).decode(),
+            "verification_code": verification_code(content),
+        },
+    )
+
+
+def test_signed_content_must_be_canonical(signed: SignedReport, key: Ed25519PrivateKey) -> None:
+    """The code printed is the signed bytes' only if those bytes are what Osmanthus signs."""
+    page = render_html(signed)
+    content = json.loads(signed.content)
+    for other in (
+        json.dumps(content, sort_keys=True).encode(),  # spaces
+        json.dumps(content, sort_keys=True, separators=(",", ":")).encode(),  # \\u escapes
+        json.dumps(  # key order
+            dict(reversed(content.items())), separators=(",", ":"), ensure_ascii=False
+        ).encode(),
+    ):
+        assert other != signed.content and json.loads(other) == content
+        with pytest.raises(MalformedReport, match="not in the canonical form") as info:
+            verify_report_html(_resigned(page, other, key), public_key=key.public_key())
+        assert info.value.field == "content" and info.value.exit_code == 3
+
+
+def test_a_report_of_another_renderer_is_told_apart_from_an_altered_one(
+    signed: SignedReport, key: Ed25519PrivateKey
+) -> None:
+    old = ReportRenderer(html="osmanthus-report-html/0", pdf="osmanthus-report-pdf/0 reportlab/4.0")
+    assert RENDERER.html.startswith("osmanthus-report-html/")
+    assert RENDERER.pdf.endswith(f" reportlab/{reportlab.Version}")
+    assert signed.report.renderer == RENDERER
+    assert json.loads(signed.content)["renderer"] == {"html": RENDERER.html, "pdf": RENDERER.pdf}
+    earlier = sign_report(dataclasses.replace(signed.report, renderer=old), private_key=key)
+    page, pdf = render_html(earlier), render_pdf(earlier)
+    # drawn the same way by this version: nothing to tell apart, the file is the rendering
+    assert verify_report_html(page, public_key=key.public_key()) == earlier.report
+    assert verify_report_pdf(pdf, public_key=key.public_key()) == earlier.report
+    # drawn differently: the version that issued it must check it (exit 3, not 4)
+    drawn_otherwise = page.replace("<h2>", "<h2 class='section'>")
+    with pytest.raises(RendererMismatch, match="drawn by renderer osmanthus-report-html/0; this "
+                       f"is {re.escape(RENDERER.html)}") as info:  # fmt: skip
+        verify_report_html(drawn_otherwise, public_key=key.public_key())
+    assert info.value.field == "renderer" and info.value.exit_code == 3
+    with pytest.raises(RendererMismatch, match=re.escape(f"this is {RENDERER.pdf}")):
+        verify_report_pdf(pdf + b"%\n", public_key=key.public_key())
+    # the same change to a report that names this renderer is an alteration
+    refused_as_altered(
+        verify_report_html, render_html(signed).replace("<h2>", "<h2 class='s'>"), key
+    )
+    # a report in an earlier content format (which named no renderer)
+    content = json.loads(signed.content)
+    content["format"] = "osmanthus-enterprise-report/1"
+    del content["renderer"]
+    first = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    with pytest.raises(RendererMismatch, match="verify it with the version that issued it") as info:
+        verify_report_html(_resigned(page, first, key), public_key=key.public_key())
+    assert info.value.field == "format" and info.value.exit_code == 3
+    # a renderer field that names no renderer is malformed
+    content = json.loads(signed.content)
+    for bad, field in (({"html": "x"}, "renderer.pdf"), ({**content["renderer"], "svg": "x"},
+                       "renderer.svg"), ({"html": "", "pdf": "x"}, "renderer.html")):  # fmt: skip
+        content["renderer"] = bad
+        wrong = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        with pytest.raises(MalformedReport) as malformed:
+            verify_report_html(_resigned(page, wrong.encode(), key), public_key=key.public_key())
+        assert malformed.value.field == field
+        assert not isinstance(malformed.value, RendererMismatch)
+
+
+def _golden() -> SignedReport:
+    """A report with fixed values, signed with a fixed key (Ed25519 signs deterministically):
+    its files depend on the rendering code alone (and, for the PDF, reportlab)."""
+    report = EnterpriseReport(
+        report_id="rpt_" + "G0lden" * 3 + "ABCD",
+        subject_id=FIRM,
+        grade="A",
+        score=93,
+        base=100,
+        floor=0,
+        ceiling=200,
+        grade_scale=(("A", 90), ("B", 70), ("C", 50), ("D", 0)),
+        deductions=12,
+        bonuses=(
+            ReportBonus(name="tax_credit", label="Tax credit 纳税信用", cap=20, points=5),
+            ReportBonus(name="eco", label="Environmental credit", cap=10, points=None),
+        ),
+        restrictions=(
+            ReportRestriction(measure="bank_loan", name="Bank loans", name_zh="银行贷款",
+                              in_force=True),
+            ReportRestriction(measure="bidding", name="Bidding", name_zh="招投标", in_force=False),
+        ),
+        answered=(ReportDepartment("tax", "Tax Bureau 税务局", "answered", "2026.1"),),
+        missing=(ReportDepartment("eco", "Ecology & <Environment>", "deadline exceeded", ""),),
+        restrictions_answered=("tax",),
+        score_query_id="q-score-golden",
+        restrictions_query_id="q-flags-golden",
+        issued_at=datetime(2026, 11, 26, 9, 30, 15, tzinfo=UTC),
+        issuer="Gusu Credit 姑苏征信",
+        # fixed, so that the digests do not move with the renderer's own name
+        renderer=ReportRenderer(html="golden", pdf="golden"),
+    )  # fmt: skip
+    return sign_report(report, private_key=Ed25519PrivateKey.from_private_bytes(bytes(range(32))))
+
+
+#: SHA-256 of the golden report's page, by renderer revision. A verifier re-renders reports, so
+#: the bytes a revision draws must never change: a change to the rendering bumps
+#: sdk.report._RENDERER_REVISION and adds its digest here; a recorded digest is never edited.
+GOLDEN_HTML: dict[int, str] = {
+    1: "6eff129c08b06dae5736b002556b1fbb694ad1e1cc59c14cfcbed9ecca7350ef",
+}
+#: the same for the PDF, by renderer revision and reportlab version
+GOLDEN_PDF: dict[tuple[int, str], str] = {
+    (1, "5.1.0"): "0ae217db51a033ca979639a92f19e3dfa903480b742e7228285097d738f88fa6",
+}
+
+
+def test_each_renderer_revision_draws_fixed_bytes() -> None:
+    revision = int(RENDERER.html.rsplit("/", 1)[1])
+    golden = _golden()
+    public = Ed25519PrivateKey.from_private_bytes(bytes(range(32))).public_key()
+    page = render_html(golden)
+    assert verify_report_html(page, public_key=public) == golden.report
+    digest = hashlib.sha256(page.encode()).hexdigest()
+    assert GOLDEN_HTML.get(revision) == digest, (
+        f"the HTML rendering changed (digest {digest}): bump _RENDERER_REVISION in sdk/report.py "
+        "and record the new digest under it"
+    )
+    version = (revision, reportlab.Version)
+    if version not in GOLDEN_PDF:
+        pytest.skip(f"no golden PDF recorded for reportlab {reportlab.Version}: record one")
+    pdf = render_pdf(golden)
+    assert verify_report_pdf(pdf, public_key=public) == golden.report
+    digest = hashlib.sha256(pdf).hexdigest()
+    assert GOLDEN_PDF[version] == digest, (
+        f"the PDF rendering changed (digest {digest}): bump _RENDERER_REVISION in sdk/report.py "
+        "and record the new digest under it"
+    )
 
 
 def test_hostile_strings_are_escaped_and_still_verify(catalogue: Catalogue) -> None:
@@ -406,8 +640,15 @@ def test_cli_keygen_and_verify(
     assert re.search(r"code\s+[A-Z2-7]{4}-", out)
     report.write_text(page.replace('data-field="grade">', 'data-field="grade">Z'), encoding="utf-8")
     assert main(argv) == 4
+    assert ALTERED in capsys.readouterr().err
     report.write_text("<html></html>", encoding="utf-8")
     assert main(argv) == 3
+    # an envelope nested too deep for Python's JSON parser: refused, not a crash (exit 1)
+    start = page.index(f'id="{EMBED_ID}">') + len(f'id="{EMBED_ID}">')
+    end = page.index("</script>", start)
+    report.write_text(page[:start] + "[" * 100_000 + "]" * 100_000 + page[end:], encoding="utf-8")
+    assert main(argv) == 3
+    assert "not JSON" in capsys.readouterr().err
     assert main(["report", "verify", str(tmp_path / "absent.html"), "--key", argv[-1]]) == 3
 
 
@@ -625,56 +866,53 @@ def test_every_tampering_of_a_pdf_fails(
     # a figure on the page, one digit flipped in the content stream
     score = str(r.score)
     flipped = str((int(score[0]) + 1) % 10) + score[1:]
-    refused(
-        show_instead(pdf, "score", score, flipped),
-        "score",
-        f"the page shows score '{flipped}', the signed report says '{score}'",
+    refused_as_altered(verify_report_pdf, show_instead(pdf, "score", score, flipped), key)
+    other = "A" if r.grade != "A" else "B"
+    refused_as_altered(verify_report_pdf, show_instead(pdf, "grade", r.grade, other), key)
+    refused_as_altered(
+        verify_report_pdf, show_instead(pdf, "deductions", str(r.deductions), "5"), key
     )
-    refused(show_instead(pdf, "grade", r.grade, "A" if r.grade != "A" else "B"), "grade", "grade")
-    refused(
-        show_instead(pdf, "deductions", str(r.deductions), str(r.deductions - 20)),
-        "deductions",
-        "deductions",
-    )
-    tax = next(b for b in r.bonuses if b.name == "tax_credit")
-    refused(show_instead(pdf, "bonus.tax_credit", str(tax.points), "27"), "bonus.tax_credit", "27")
-    refused(
+    refused_as_altered(
+        verify_report_pdf,
         show_instead(pdf, "restriction.bank_loan", "IN FORCE", "not in force"),
-        "restriction.bank_loan",
-        "restriction.bank_loan",
-    )
-    refused(
-        show_instead(pdf, "report_id", r.report_id, "rpt_" + "A" * 22), "report_id", "report_id"
+        key,
     )
     code = signed.verification_code
     fake_code = ("A" if code[0] != "A" else "B") + code[1:]
-    refused(
-        show_instead(pdf, "verification_code", code, fake_code),
-        "verification_code",
-        "verification_code",
+    refused_as_altered(
+        verify_report_pdf, show_instead(pdf, "verification_code", code, fake_code), key
     )
     # a figure left on the page but no longer marked as the signed value
     unmarked = _edit_pages(
         pdf, lambda data: data.replace(_mark("deductions"), b"/Span <</Lang (en)>> BDC")
     )
-    refused(unmarked, "deductions", "does not show the signed deductions")
+    refused_as_altered(verify_report_pdf, unmarked, key)
+    # the file rewritten unchanged by a PDF library: the same page, another file
+    refused_as_altered(verify_report_pdf, _edit_pages(pdf, lambda data: data), key)
+    # one byte of the file's trailer, and the file cut short
+    comment = b"ReportLab Generated PDF document"
+    assert pdf.count(comment) == 1
+    refused_as_altered(
+        verify_report_pdf, pdf.replace(comment, comment.upper()), key, "differs from byte"
+    )
+    refused_as_altered(verify_report_pdf, pdf[:-1], key, "cut short")
     # a note stuck over the grade: drawn by every viewer, outside the page's text
     writer = PdfWriter(clone_from=PdfReader(io.BytesIO(pdf)))
     writer.add_annotation(0, FreeText(text="Grade A", rect=(60, 700, 160, 740)))
     annotated = io.BytesIO()
     writer.write(annotated)
-    refused(annotated.getvalue(), "annotations", "page 1 carries annotations")
+    refused_as_altered(verify_report_pdf, annotated.getvalue(), key)
     # the attachment swapped for another genuine report of the same issuer
-    other = build_enterprise_report(
+    other_report = build_enterprise_report(
         score=make_score(catalogue, deductions=5),
         restrictions=make_restrictions(catalogue, set()),
         catalogue=catalogue,
         issuer=r.issuer,
         issued_at=WHEN,
     )
-    other_pdf = render_pdf(sign_report(other, private_key=key))
+    other_pdf = render_pdf(sign_report(other_report, private_key=key))
     (other_envelope,) = PdfReader(io.BytesIO(other_pdf)).attachments[PDF_ATTACHMENT]
-    refused(_with_attachments(pdf, other_envelope), "report_id", "the page shows report_id")
+    refused_as_altered(verify_report_pdf, _with_attachments(pdf, other_envelope), key)
     # the attached content, re-encoded after an edit
     (envelope,) = PdfReader(io.BytesIO(pdf)).attachments[PDF_ATTACHMENT]
     edited = json.loads(envelope)
@@ -694,6 +932,160 @@ def test_every_tampering_of_a_pdf_fails(
         verify_report_pdf(forged, public_key=public)
 
 
+def incremental_update(pdf: bytes, drawing: bytes) -> bytes:
+    """The PDF with `drawing` added to the first page's content by an incremental update: the
+    original bytes untouched, the change appended, as PDF editors save."""
+    writer = PdfWriter(io.BytesIO(pdf), incremental=True)
+    page = writer.pages[0]
+    stream = DecodedStreamObject()
+    stream.set_data(drawing)
+    contents = page.raw_get("/Contents")
+    page[NameObject("/Contents")] = ArrayObject([contents, writer._add_object(stream)])
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+#: the grade as the renderer draws it (40 pt bold), and where, on the first page
+_GRADE_AT = b"62.69 670.87"
+
+
+def test_a_pdf_that_shows_other_values_than_it_marks_fails(
+    signed: SignedReport, pdf: bytes, key: Ed25519PrivateKey
+) -> None:
+    """The reviewer's attacks: each leaves every marked value, as text extraction reads it, the
+    signed one, while a viewer shows another grade. Each is refused as altered (exit 4)."""
+    grade = signed.report.grade
+    other = "A" if grade != "A" else "B"
+    drawn = f"/F2 40 Tf 44 TL ({grade}) Tj".encode()
+
+    # a white box over the grade and another grade on it, by an incremental update
+    overlay = (
+        b"q 1 1 1 rg 60 660 40 45 re f Q BT 0 0 0 rg /F2 40 Tf " + _GRADE_AT
+        + f" Td ({other}) Tj ET".encode()
+    )  # fmt: skip
+    updated = incremental_update(pdf, overlay)
+    assert updated.startswith(pdf)
+    refused_as_altered(verify_report_pdf, updated, key, "bytes were appended")
+
+    # the marked grade set in invisible text (render mode 3), another drawn unmarked
+    def invisible(data: bytes) -> bytes:
+        if drawn not in data:  # a page without the headline
+            return data
+        data = data.replace(drawn, f"/F2 40 Tf 3 Tr 44 TL ({grade}) Tj".encode())
+        return data + b"\nBT 0 0 0 rg /F2 40 Tf " + _GRADE_AT + f" Td ({other}) Tj ET".encode()
+
+    hidden = _edit_pages(pdf, invisible)
+    assert b" 3 Tr " in hidden
+    refused_as_altered(verify_report_pdf, hidden, key)
+
+    # a font whose /Differences draw the other letter's glyph for the grade's code, with a
+    # /ToUnicode map that still reads the signed letter
+    def font_trick(writer: PdfWriter) -> None:
+        page = writer.pages[0]
+        fonts = cast(DictionaryObject, cast(DictionaryObject, page["/Resources"])["/Font"])
+        font = DictionaryObject(dict(cast(DictionaryObject, fonts["/F2"]).items()))
+        differences = ArrayObject([NumberObject(ord(grade)), NameObject(f"/{other}")])
+        font[NameObject("/Encoding")] = DictionaryObject(
+            {
+                NameObject("/Type"): NameObject("/Encoding"),
+                NameObject("/BaseEncoding"): NameObject("/WinAnsiEncoding"),
+                NameObject("/Differences"): differences,
+            }
+        )
+        cmap = DecodedStreamObject()
+        cmap.set_data(
+            b"/CIDInit /ProcSet findresource begin 12 dict begin begincmap /CMapName /X def "
+            b"1 begincodespacerange <00> <FF> endcodespacerange 1 beginbfrange <20> <7E> <0020> "
+            b"endbfrange endcmap CMapName currentdict /CMap defineresource pop end end"
+        )
+        font[NameObject("/ToUnicode")] = writer._add_object(cmap)
+        fonts[NameObject("/FX")] = writer._add_object(font)
+        contents = page.get_contents()
+        assert contents is not None
+        data = contents.get_data()
+        assert data.count(drawn) == 1
+        contents.set_data(data.replace(drawn, f"/FX 40 Tf 44 TL ({grade}) Tj".encode()))
+        page.replace_contents(contents)
+
+    refused_as_altered(verify_report_pdf, _rewritten(pdf, font_trick), key)
+    # an extra page, which can say anything
+    refused_as_altered(verify_report_pdf, _rewritten(pdf, lambda w: w.add_blank_page()), key)
+    # a crop box that cuts the headline (the grade and the score) off the page
+
+    def crop(writer: PdfWriter) -> None:
+        writer.pages[0].cropbox = RectangleObject([0, 0, 595, 650])
+
+    refused_as_altered(verify_report_pdf, _rewritten(pdf, crop), key)
+
+
+def _rewritten(pdf: bytes, change: Callable[[PdfWriter], object]) -> bytes:
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(pdf)))
+    change(writer)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def test_a_hostile_pdf_is_refused_quickly(pdf: bytes, key: Ed25519PrivateKey) -> None:
+    """Decompression bombs, a deep envelope and random damage: each refused with exit 3 or 4,
+    none with another exception, all in seconds."""
+    public = key.public_key()
+    started = time.monotonic()
+    # 50 pages drawing a stream that inflates to 10 MB each: no page is ever decoded
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(pdf)))
+    bomb = StreamObject()
+    bomb._data = zlib.compress(b"BT /F1 1 Tf (a) Tj ET\n" * 500_000, 9)
+    bomb[NameObject("/Filter")] = NameObject("/FlateDecode")
+    reference = writer._add_object(bomb)
+    for page in writer.pages:
+        page[NameObject("/Contents")] = ArrayObject([page.raw_get("/Contents"), reference])
+    while len(writer.pages) < 50:
+        writer.add_page(writer.pages[-1])
+    out = io.BytesIO()
+    writer.write(out)
+    assert len(out.getvalue()) < 200_000
+    refused_as_altered(verify_report_pdf, out.getvalue(), key)
+    # the embedded file itself a bomb: 100 MB of zeros in 100 kB, stopped at the cap
+    zeros = zlib.compress(b"\0" * 100_000_000, 9)
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(pdf)))
+    del writer.root_object["/Names"]
+    attachment = writer.add_attachment(PDF_ATTACHMENT, b"")
+    stream = cast(StreamObject, cast(DictionaryObject, attachment.pdf_object["/EF"])["/F"])
+    stream._data = zeros
+    stream[NameObject("/Filter")] = NameObject("/FlateDecode")
+    out = io.BytesIO()
+    writer.write(out)
+    with pytest.raises(MalformedReport, match=r"cannot be read.*[Ll]imit") as info:
+        verify_report_pdf(out.getvalue(), public_key=public)
+    assert info.value.exit_code == 3
+    # a filter pypdf does not implement
+    stream._data = b"x" * 100
+    stream[NameObject("/Filter")] = NameObject("/NoSuchDecode")
+    out = io.BytesIO()
+    writer.write(out)
+    with pytest.raises(MalformedReport, match="cannot be read: NotImplementedError"):
+        verify_report_pdf(out.getvalue(), public_key=public)
+    # an attachment above the cap, uncompressed
+    with pytest.raises(MalformedReport, match=f"a report's is at most {MAX_ENVELOPE_BYTES}"):
+        verify_report_pdf(
+            _with_attachments(pdf, b" " * (MAX_ENVELOPE_BYTES + 1)), public_key=public
+        )
+    # an envelope nested beyond Python's recursion limit
+    with pytest.raises(MalformedReport, match="not JSON") as info:
+        verify_report_pdf(_with_attachments(pdf, b"[" * 60_000 + b"]" * 60_000), public_key=public)
+    assert info.value.exit_code == 3
+    # random damage: every outcome is a refusal that names its kind
+    rng = random.Random(1)
+    for _ in range(60):
+        damaged = bytearray(pdf)
+        for _ in range(rng.randint(1, 20)):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        with pytest.raises((MalformedReport, TamperedReport)):
+            verify_report(bytes(damaged), public_key=public)
+    assert time.monotonic() - started < 10
+
+
 def test_a_pdf_without_one_report_is_malformed(pdf: bytes, key: Ed25519PrivateKey) -> None:
     public = key.public_key()
     (envelope,) = PdfReader(io.BytesIO(pdf)).attachments[PDF_ATTACHMENT]
@@ -709,6 +1101,7 @@ def test_a_pdf_without_one_report_is_malformed(pdf: bytes, key: Ed25519PrivateKe
         (_with_attachments(pdf, b"\xff\xfe"), "is not UTF-8"),
         (pdf + b" " * MAX_REPORT_BYTES, "a report is at most"),
         (b"<html></html>", "not a PDF"),
+        (_rewritten(pdf, lambda w: w.encrypt("secret")), "is encrypted"),
     ):
         with pytest.raises(MalformedReport, match=words) as info:
             verify_report_pdf(data, public_key=public)
@@ -716,6 +1109,23 @@ def test_a_pdf_without_one_report_is_malformed(pdf: bytes, key: Ed25519PrivateKe
     # told apart from an HTML page by content
     with pytest.raises(MalformedReport, match="neither a PDF nor UTF-8 text"):
         verify_report(b"\xff\xfe<html>", public_key=public)
+
+
+def test_a_report_too_long_to_verify_is_not_signed(catalogue: Catalogue) -> None:
+    card = make_score(catalogue)
+    card = EnterpriseScore(
+        **{**card.__dict__, "missing": (_status("eco", "x" * MAX_CONTENT_BYTES, ""),)}
+    )
+    report = build_enterprise_report(
+        score=card,
+        restrictions=make_restrictions(catalogue, set()),
+        catalogue=catalogue,
+        issuer="agency",
+        issued_at=WHEN,
+    )
+    with pytest.raises(InvalidArgument, match=f"a report is at most {MAX_CONTENT_BYTES}") as info:
+        sign_report(report, private_key=Ed25519PrivateKey.generate())
+    assert info.value.field == "report"
 
 
 def test_hostile_and_long_strings_render_and_verify_in_a_pdf(catalogue: Catalogue) -> None:
@@ -772,7 +1182,14 @@ def test_cli_verifies_pdf_and_html_and_checks_the_format(
     tampered = show_instead(pdf, "score", str(score), str(score + 1))
     (tmp_path / "tampered.pdf").write_bytes(tampered)
     assert main(["report", "verify", str(tmp_path / "tampered.pdf"), *key_args]) == 4
-    assert "the page shows score" in capsys.readouterr().err
+    assert ALTERED in capsys.readouterr().err
+    # a note drawn over the grade by an incremental update
+    (tmp_path / "updated.pdf").write_bytes(incremental_update(pdf, b"BT /F2 40 Tf (A) Tj ET"))
+    assert main(["report", "verify", str(tmp_path / "updated.pdf"), *key_args]) == 4
+    assert "bytes were appended" in capsys.readouterr().err
+    # the code printed is the signed content's
+    assert main(["report", "verify", str(tmp_path / "report.bin"), *key_args]) == 0
+    assert f"code          {signed.verification_code}" in capsys.readouterr().out
     (tmp_path / "garbage.pdf").write_bytes(b"\x00\xff" * 10)
     assert main(["report", "verify", str(tmp_path / "garbage.pdf"), *key_args]) == 3
     # --format against --out's suffix: a usage error before anything is read or asked
