@@ -15,6 +15,7 @@ from coordinator.stats import StatsOutcome, StatsQuery
 from node.convert import (
     KIND_TO_PB,
     SHAPE_TO_PB,
+    consent_kind_from_pb,
     kind_from_pb,
     public_entry_message,
     shape_from_pb,
@@ -66,10 +67,7 @@ def enterprise_query(message: coordinator_pb2.EnterpriseQueryRequest) -> QueryRe
 
 
 def consent_subject_kind(value: int) -> SubjectKind:
-    """A consent's subject kind; unspecified is a person (consents were persons' only)."""
-    if value == common_pb2.SUBJECT_KIND_UNSPECIFIED:
-        return SubjectKind.PERSON
-    kind = kind_from_pb(value)
+    kind = consent_kind_from_pb(value)
     if kind is None:
         raise InvalidArgument(f"{value} is not a subject kind", field="subject_kind")
     return kind

@@ -61,6 +61,14 @@ def kind_from_pb(value: int) -> SubjectKind | None:
     return _KIND_FROM_PB.get(value)
 
 
+def consent_kind_from_pb(value: int) -> SubjectKind | None:
+    """A consent's subject kind, None if unknown: unspecified is a person, since consents
+    were persons' only before enterprises could give one (a tax-bank loan's)."""
+    if value == common_pb2.SUBJECT_KIND_UNSPECIFIED:
+        return SubjectKind.PERSON
+    return _KIND_FROM_PB.get(value)
+
+
 def shape_from_pb(value: int) -> Shape | None:
     return _SHAPE_FROM_PB.get(value)
 

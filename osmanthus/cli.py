@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from osmanthus.catalogue import Catalogue
     from osmanthus.lists import ListEntry, PublicEntry
     from sdk import Client
+    from sdk.report import EnterpriseReport
 
 EXIT_CODES = """\
 exit codes:
@@ -913,6 +914,7 @@ def _report_format(args: argparse.Namespace) -> str:
 
 def _cmd_report_enterprise(args: argparse.Namespace) -> int:
     from osmanthus.bundle import load_private_key, write_atomically
+    from osmanthus.errors import RateLimited
     from osmanthus.types import Shape, SubjectKind
     from sdk.report import build_enterprise_report, render_html, render_pdf, sign_report
 
@@ -925,6 +927,15 @@ def _cmd_report_enterprise(args: argparse.Namespace) -> int:
     catalogue = _catalogue(args)
     with _requester_client(args, token=token, catalogue=catalogue) as client:
         issued_at = datetime.now(UTC)
+        # the list search first: it is rate limited, and a refusal then spends no score query
+        try:
+            lists = client.search_lists(kind=SubjectKind.ENTERPRISE, subject=args.code)
+        except RateLimited as exc:
+            raise RateLimited(
+                f"the red and black list search was refused ({exc.message}); no report was "
+                "written and nothing else was asked: run the command again then",
+                field="lists",
+            ) from None
         card = client.enterprise_score(args.code, purpose=args.purpose, shape=Shape.BREAKDOWN)
         restrictions = client.check_restrictions(
             card.subject_id,
@@ -935,6 +946,7 @@ def _cmd_report_enterprise(args: argparse.Namespace) -> int:
     report = build_enterprise_report(
         score=card,
         restrictions=restrictions,
+        lists=lists,
         catalogue=catalogue,
         issuer=args.issuer or args.requester,
         issued_at=issued_at,
@@ -945,7 +957,19 @@ def _cmd_report_enterprise(args: argparse.Namespace) -> int:
     write_atomically(args.out, rendered, mode=0o600)
     print(f"{args.out}: {output_format} report {report.report_id} for {report.subject_id}")
     print(f"  grade {report.grade}, score {report.score}; code {signed.verification_code}")
+    print(f"  list entries  {_report_lists(report)}")
     return 0
+
+
+def _report_lists(report: EnterpriseReport) -> str:
+    """The report's list entries in one line: each list and colour, the classes, the gaps."""
+    shown = ", ".join(f"{e.list} ({e.colour.value})" for e in report.list_entries) or "none"
+    if report.facilitation:
+        shown += "; facilitation " + "; ".join(report.facilitation)
+    if report.lists_missing:
+        missing = ", ".join(d.department for d in report.lists_missing)
+        shown += f"; did not answer: {missing}"
+    return shown
 
 
 def _cmd_report_verify(args: argparse.Namespace) -> int:
@@ -968,6 +992,7 @@ def _cmd_report_verify(args: argparse.Namespace) -> int:
     print(f"  subject       {report.subject_id}")
     print(f"  grade         {report.grade} (score {report.score})")
     print(f"  restrictions  {in_force}")
+    print(f"  list entries  {_report_lists(report)}")
     print(f"  issuer        {report.issuer}")
     print(f"  time of query {report.issued_at.strftime('%Y-%m-%dT%H:%M:%SZ')}")
     # verification refuses content that is not canonical: this is the signed bytes' code
@@ -1612,10 +1637,13 @@ def build_parser() -> argparse.ArgumentParser:
         report_sub,
         "enterprise",
         "write a signed credit report of one enterprise",
-        "Ask the federation for the enterprise's score breakdown and for every joint-punishment "
-        "measure of the catalogue, decrypt the answers, and write a printable report to --out "
-        "(an A4 PDF or an HTML page): grade, score, breakdown, restrictions in force, data "
-        "coverage, time of query, report id and verification code. The report is signed with "
+        "Search the public red and black lists for the enterprise, ask the federation for its "
+        "score breakdown and for every joint-punishment measure of the catalogue, decrypt the "
+        "answers, and write a printable report to --out (an A4 PDF or an HTML page): grade, "
+        "score, facilitation classes, breakdown, restrictions in force, list entries in force "
+        "(and the list departments that did not answer), data coverage, time of query, report "
+        "id and verification code. A rate-limited list search stops the command before the "
+        "score is asked (exit 4; run it again later). The report is signed with "
         "--signing-key and carries the signed content: the coordinator cannot read the answer, "
         "so the issuer (you) attests to it. Readers check it with 'osmanthus report verify'. "
         "Your token must allow --purpose.",

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
 
-from node.convert import KIND_TO_PB, SHAPE_TO_PB, kind_from_pb, public_entry, shape_from_pb
+from node.convert import KIND_TO_PB, SHAPE_TO_PB, consent_kind_from_pb, public_entry, shape_from_pb
 from osmanthus.errors import CryptoError, InvalidArgument
 from osmanthus.lists import PublicEntry
 from osmanthus.types import ConsentId, DepartmentId, DepartmentStatus, Shape, SubjectKind
@@ -221,10 +221,7 @@ def consent_record(message: coordinator_pb2.Consent) -> ConsentRecord:
 
 
 def _consent_kind(value: int) -> SubjectKind:
-    # unspecified: a coordinator from before enterprises could consent, which records persons
-    if value == common_pb2.SUBJECT_KIND_UNSPECIFIED:
-        return SubjectKind.PERSON
-    kind = kind_from_pb(value)
+    kind = consent_kind_from_pb(value)
     if kind is None:
         raise CryptoError(f"the coordinator sent subject kind {value}", field="subject_kind")
     return kind

@@ -15,7 +15,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any, AnyStr, Final, Literal, NoReturn
 from xml.sax.saxutils import escape as xml_escape
 
@@ -43,15 +43,15 @@ from reportlab.platypus import (
 )
 
 from osmanthus.bundle import key_id_of
-from osmanthus.catalogue import Catalogue
+from osmanthus.catalogue import Catalogue, ListColour
 from osmanthus.errors import CryptoError, InvalidArgument, NotFound, OsmanthusError
 from osmanthus.ids import validate_uscc
 from osmanthus.strictjson import unique_keys
 from osmanthus.types import Shape, SubjectKind
-from sdk.results import EnterpriseScore, RestrictionResult
+from sdk.results import EnterpriseScore, ListSearchResult, RestrictionResult
 
 #: the `format` of the signed content; a verifier refuses any other
-REPORT_FORMAT: Final = "osmanthus-enterprise-report/2"
+REPORT_FORMAT: Final = "osmanthus-enterprise-report/3"
 #: the `format` of the envelope embedded in the HTML page or attached to the PDF
 ENVELOPE_FORMAT: Final = "osmanthus-signed-report/1"
 #: the id of the <script> element carrying the envelope
@@ -81,7 +81,12 @@ _CODE_BYTES: Final = 10
 #: signed report renders to (layout, wording, styles, markup, envelope): a verifier re-renders
 #: the report, and a file drawn by another revision must be told apart from an altered one.
 #: The golden digests in tests/unit/test_report.py catch such a change.
-_RENDERER_REVISION: Final = 1
+_RENDERER_REVISION: Final = 2
+#: list windows are counted in days of China Standard Time (UTC+8)
+_CHINA_STANDARD_TIME: Final = timezone(timedelta(hours=8), "CST")
+#: how far the day of the query may lie outside an entry's window: the coordinator lets a node
+#: judge "in view" by its own date, a day ahead or behind near midnight (coordinator/lists.py)
+_WINDOW_SLACK: Final = timedelta(days=1)
 
 
 class ReportError(OsmanthusError):
@@ -156,6 +161,36 @@ class ReportDepartment:
 
 
 @dataclass(frozen=True)
+class ReportListEntry:
+    """A red or black list entry about the enterprise, in public view on the day of the query:
+    the fields the law publishes, with the list's and the department's names."""
+
+    entry_id: str
+    department: str
+    department_name: str
+    list: str
+    list_name: str
+    list_name_zh: str
+    colour: ListColour
+    #: the enterprise's name as the department published it
+    subject_name: str
+    legal_basis: str
+    reason: str
+    #: first and last day in public view (China Standard Time), both included
+    window_start: date
+    window_end: date
+    #: red lists: the facilitation class the entry grants ("AA"), where the department uses one
+    facilitation_class: str | None
+
+    @property
+    def facilitation(self) -> str | None:
+        """The class as the report shows it: "AA (customs_advanced_certified, until ...)"."""
+        if self.facilitation_class is None:
+            return None
+        return f"{self.facilitation_class} ({self.list}, until {self.window_end.isoformat()})"
+
+
+@dataclass(frozen=True)
 class EnterpriseReport:
     """What a report attests: the issuer's decrypted aggregate for one enterprise at one time."""
 
@@ -175,6 +210,13 @@ class EnterpriseReport:
     missing: tuple[ReportDepartment, ...]
     #: the departments that answered the restrictions query (those able to set a trigger)
     restrictions_answered: tuple[str, ...]
+    #: the red and black list entries about the enterprise in public view on the day of the query
+    list_entries: tuple[ReportListEntry, ...]
+    #: the departments that publish lists about enterprises (in the issuer's catalogue)
+    list_departments: tuple[str, ...]
+    #: the list-publishing departments that did not answer the list search, and why: their
+    #: entries, if any, are not in `list_entries`
+    lists_missing: tuple[ReportDepartment, ...]
     score_query_id: str
     restrictions_query_id: str
     #: when the issuer asked (UTC, whole seconds)
@@ -190,6 +232,16 @@ class EnterpriseReport:
     @property
     def bonus_total(self) -> int:
         return sum(b.points for b in self.bonuses if b.points is not None)
+
+    @property
+    def facilitation(self) -> tuple[str, ...]:
+        """The facilitation classes the red-list entries grant, as the report shows them."""
+        return tuple(e.facilitation for e in self.list_entries if e.facilitation is not None)
+
+    @property
+    def query_day(self) -> date:
+        """The day of the query in China Standard Time, the day list windows are counted in."""
+        return self.issued_at.astimezone(_CHINA_STANDARD_TIME).date()
 
 
 @dataclass(frozen=True)
@@ -230,18 +282,98 @@ def _check_issuer(issuer: str, *, error: type[OsmanthusError] = InvalidArgument)
     return issuer
 
 
+def _in_window(day: date, start: date, end: date) -> bool:
+    return start - _WINDOW_SLACK <= day <= end + _WINDOW_SLACK
+
+
+def _list_entries(
+    lists: ListSearchResult, *, subject: str, catalogue: Catalogue, day: date
+) -> tuple[ReportListEntry, ...]:
+    """The entries of a search by subject, checked to be about `subject` and in view on `day`,
+    with their lists' names from the catalogue."""
+    if (
+        lists.subject_kind is not SubjectKind.ENTERPRISE
+        or lists.subject_id != subject
+        or lists.list_id is not None
+        or lists.next_page_token
+    ):
+        asked = lists.list_id or "every list"
+        raise InvalidArgument(
+            f"the list search is for {lists.subject_kind.value} {str(lists.subject_id)[:40]!r} "
+            f"on {asked[:40]}; a report needs the search of enterprise {subject!r} on every "
+            "list, in one answer (search_lists(kind=ENTERPRISE, subject=CODE))",
+            field="lists",
+        )
+    out = []
+    for i, e in enumerate(lists.entries):
+        where = f"lists.entries[{i}]"
+        if e.subject_kind is not SubjectKind.ENTERPRISE or e.subject_id != subject:
+            raise InvalidArgument(
+                f"entry {e.entry_id[:40]!r} is about {e.subject_id[:40]!r}, not {subject!r}",
+                field=where,
+            )
+        if not _in_window(day, e.window_start, e.window_end):
+            raise InvalidArgument(
+                f"entry {e.entry_id[:40]!r} is in view from {e.window_start} to {e.window_end}, "
+                f"not on {day}, the day of the query: search the lists again",
+                field=where,
+            )
+        if e.facilitation_class is not None and e.colour is not ListColour.RED:
+            raise InvalidArgument(
+                f"entry {e.entry_id[:40]!r} is on a black list but grants facilitation class "
+                f"{e.facilitation_class[:20]!r}; only red lists grant one",
+                field=where,
+            )
+        list_type = next((t for t in catalogue.lists if t.id == e.list), None)
+        if list_type is None:
+            # a list this catalogue lacks (the coordinator's is newer): show its id, hide nothing
+            names = (e.list, "")
+        elif (list_type.department, list_type.colour) != (e.department, e.colour):
+            raise InvalidArgument(
+                f"entry {e.entry_id[:40]!r} is a {e.colour.value} entry of {e.department} on "
+                f"{e.list}, which your catalogue has as {list_type.colour.value} and published "
+                f"by {list_type.department}: the coordinator's catalogue differs from yours",
+                field=where,
+            )
+        else:
+            names = (list_type.name, list_type.name_zh)
+        out.append(
+            ReportListEntry(
+                entry_id=e.entry_id,
+                department=e.department,
+                department_name=_department(catalogue, e.department, "", "").name,
+                list=e.list,
+                list_name=names[0],
+                list_name_zh=names[1],
+                colour=e.colour,
+                subject_name=e.subject_name,
+                legal_basis=e.legal_basis,
+                reason=e.reason,
+                window_start=e.window_start,
+                window_end=e.window_end,
+                facilitation_class=e.facilitation_class,
+            )
+        )
+    return tuple(out)
+
+
 def build_enterprise_report(
     *,
     score: EnterpriseScore,
     restrictions: RestrictionResult,
+    lists: ListSearchResult,
     catalogue: Catalogue,
     issuer: str,
     issued_at: datetime,
 ) -> EnterpriseReport:
-    """The report of one BREAKDOWN score and the restrictions answer for the same enterprise.
+    """The report of one BREAKDOWN score, the restrictions answer and the red and black list
+    search (`Client.search_lists(kind=ENTERPRISE, subject=...)`) for the same enterprise.
 
     Every measure of the catalogue must have been asked, so that a report never reads "no
-    restriction" for a measure nobody asked about.
+    restriction" for a measure nobody asked about; every list entry must be about the
+    enterprise and in view on the day of the query (China Standard Time). The list-publishing
+    departments that did not answer are named in the report, so that an empty list section is
+    not read as "on no list".
     """
     subject = validate_uscc(score.subject_id, field="subject_id")
     if restrictions.subject_id != subject:
@@ -255,6 +387,13 @@ def build_enterprise_report(
         )
     if issued_at.tzinfo is None:
         raise InvalidArgument("the time of the query must carry a time zone", field="issued_at")
+    issued_at = issued_at.astimezone(UTC).replace(microsecond=0)
+    list_entries = _list_entries(
+        lists,
+        subject=subject,
+        catalogue=catalogue,
+        day=issued_at.astimezone(_CHINA_STANDARD_TIME).date(),
+    )
     model = catalogue.model(SubjectKind.ENTERPRISE)
     if score.base != model.base:
         raise InvalidArgument(
@@ -308,9 +447,14 @@ def build_enterprise_report(
             _department(catalogue, s.department, s.detail, s.rules_version) for s in score.missing
         ),
         restrictions_answered=tuple(s.department for s in restrictions.answered),
+        list_entries=list_entries,
+        list_departments=catalogue.list_departments(SubjectKind.ENTERPRISE),
+        lists_missing=tuple(
+            _department(catalogue, s.department, s.detail, s.rules_version) for s in lists.missing
+        ),
         score_query_id=score.query_id,
         restrictions_query_id=restrictions.query_id,
-        issued_at=issued_at.astimezone(UTC).replace(microsecond=0),
+        issued_at=issued_at,
         issuer=_check_issuer(issuer),
         renderer=RENDERER,
     )
@@ -354,6 +498,26 @@ def _to_content(report: EnterpriseReport) -> dict[str, Any]:
         "answered": [department(d) for d in report.answered],
         "missing": [department(d) for d in report.missing],
         "restrictions_answered": list(report.restrictions_answered),
+        "list_entries": [
+            {
+                "entry_id": e.entry_id,
+                "department": e.department,
+                "department_name": e.department_name,
+                "list": e.list,
+                "list_name": e.list_name,
+                "list_name_zh": e.list_name_zh,
+                "colour": e.colour.value,
+                "subject_name": e.subject_name,
+                "legal_basis": e.legal_basis,
+                "reason": e.reason,
+                "window_start": e.window_start.isoformat(),
+                "window_end": e.window_end.isoformat(),
+                "facilitation_class": e.facilitation_class,
+            }
+            for e in report.list_entries
+        ],
+        "list_departments": list(report.list_departments),
+        "lists_missing": [department(d) for d in report.lists_missing],
         "score_query_id": report.score_query_id,
         "restrictions_query_id": report.restrictions_query_id,
         "issued_at": _time(report.issued_at),
@@ -381,7 +545,8 @@ def sign_report(report: EnterpriseReport, *, private_key: Ed25519PrivateKey) -> 
     if len(content) > MAX_CONTENT_BYTES:
         raise InvalidArgument(
             f"the report's content is {len(content)} bytes; a report is at most "
-            f"{MAX_CONTENT_BYTES} (the departments' details are too long to print)",
+            f"{MAX_CONTENT_BYTES} (the departments' details or the list entries are too long "
+            "to print)",
             field="report",
         )
     return SignedReport(
@@ -427,14 +592,61 @@ class _Fields:
             return None
         return self.integer(key)
 
-    def objects(self, key: str) -> list[_Fields]:
+    def optional_text(self, key: str) -> str | None:
+        if self.raw.get(key) is None and key in self.raw:
+            return None
+        return self.text(key)
+
+    def day(self, key: str) -> date:
+        value = self.text(key)
+        try:
+            if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+                raise ValueError(value)
+            return date.fromisoformat(value)
+        except ValueError:
+            raise self.fail(key, f"{value[:20]!r} is not a date like 2026-11-26") from None
+
+    def department_ids(self, key: str) -> tuple[str, ...]:
+        items = self.get(key, list)
+        if not all(isinstance(item, str) for item in items):
+            raise self.fail(key, "is not a list of department ids")
+        return tuple(items)
+
+    def objects(self, key: str, fields: frozenset[str]) -> list[_Fields]:
+        """The list of objects under `key`, each with exactly the keys `fields`."""
         items = self.get(key, list)
         out = []
         for i, item in enumerate(items):
+            where = f"{key}[{i}]"
             if not isinstance(item, dict):
-                raise self.fail(f"{key}[{i}]", "is not an object")
-            out.append(_Fields(item, f"{self.prefix}{key}[{i}]."))
+                raise self.fail(where, "is not an object")
+            unknown = set(item) - fields
+            if unknown:
+                raise self.fail(f"{where}.{sorted(unknown)[0][:40]}", "is not a field of it")
+            out.append(_Fields(item, f"{self.prefix}{where}."))
         return out
+
+
+_DEPARTMENT_FIELDS: Final = frozenset({"department", "name", "detail", "rules_version"})
+_BONUS_FIELDS: Final = frozenset({"name", "label", "cap", "points"})
+_RESTRICTION_FIELDS: Final = frozenset({"measure", "name", "name_zh", "in_force"})
+_LIST_ENTRY_FIELDS: Final = frozenset(
+    {
+        "entry_id",
+        "department",
+        "department_name",
+        "list",
+        "list_name",
+        "list_name_zh",
+        "colour",
+        "subject_name",
+        "legal_basis",
+        "reason",
+        "window_start",
+        "window_end",
+        "facilitation_class",
+    }
+)
 
 
 def _department_of(f: _Fields) -> ReportDepartment:
@@ -443,6 +655,32 @@ def _department_of(f: _Fields) -> ReportDepartment:
         name=f.text("name"),
         detail=f.text("detail"),
         rules_version=f.text("rules_version"),
+    )
+
+
+def _list_entry_of(f: _Fields) -> ReportListEntry:
+    colour = f.text("colour")
+    try:
+        list_colour = ListColour(colour)
+    except ValueError:
+        raise f.fail("colour", f"{colour[:20]!r} is not red or black") from None
+    facilitation = f.optional_text("facilitation_class")
+    if facilitation is not None and not (facilitation and facilitation.isprintable()):
+        raise f.fail("facilitation_class", f"{facilitation[:20]!r} is not a class name")
+    return ReportListEntry(
+        entry_id=f.text("entry_id"),
+        department=f.text("department"),
+        department_name=f.text("department_name"),
+        list=f.text("list"),
+        list_name=f.text("list_name"),
+        list_name_zh=f.text("list_name_zh"),
+        colour=list_colour,
+        subject_name=f.text("subject_name"),
+        legal_basis=f.text("legal_basis"),
+        reason=f.text("reason"),
+        window_start=f.day("window_start"),
+        window_end=f.day("window_end"),
+        facilitation_class=facilitation,
     )
 
 
@@ -501,9 +739,6 @@ def _from_content(content: bytes) -> EnterpriseReport:
         ):
             raise f.fail(f"grade_scale[{i}]", "is not a [letter, minimum] pair")
         scale.append((pair[0], pair[1]))
-    restrictions_answered = f.get("restrictions_answered", list)
-    if not all(isinstance(d, str) for d in restrictions_answered):
-        raise f.fail("restrictions_answered", "is not a list of department ids")
     unknown = set(raw) - set(_FIELD_NAMES)
     if unknown:
         raise f.fail(sorted(unknown)[0], "is not a field of an enterprise report")
@@ -524,7 +759,7 @@ def _from_content(content: bytes) -> EnterpriseReport:
                 cap=b.integer("cap"),
                 points=b.optional_integer("points"),
             )
-            for b in f.objects("bonuses")
+            for b in f.objects("bonuses", _BONUS_FIELDS)
         ),
         restrictions=tuple(
             ReportRestriction(
@@ -533,11 +768,18 @@ def _from_content(content: bytes) -> EnterpriseReport:
                 name_zh=r.text("name_zh"),
                 in_force=r.get("in_force", bool),
             )
-            for r in f.objects("restrictions")
+            for r in f.objects("restrictions", _RESTRICTION_FIELDS)
         ),
-        answered=tuple(_department_of(d) for d in f.objects("answered")),
-        missing=tuple(_department_of(d) for d in f.objects("missing")),
-        restrictions_answered=tuple(restrictions_answered),
+        answered=tuple(_department_of(d) for d in f.objects("answered", _DEPARTMENT_FIELDS)),
+        missing=tuple(_department_of(d) for d in f.objects("missing", _DEPARTMENT_FIELDS)),
+        restrictions_answered=f.department_ids("restrictions_answered"),
+        list_entries=tuple(
+            _list_entry_of(e) for e in f.objects("list_entries", _LIST_ENTRY_FIELDS)
+        ),
+        list_departments=f.department_ids("list_departments"),
+        lists_missing=tuple(
+            _department_of(d) for d in f.objects("lists_missing", _DEPARTMENT_FIELDS)
+        ),
         score_query_id=f.text("score_query_id"),
         restrictions_query_id=f.text("restrictions_query_id"),
         issued_at=issued_at,
@@ -565,6 +807,24 @@ def _check_consistent(report: EnterpriseReport) -> None:
             f"its scale ({grade!r})",
             field="grade",
         )
+    day = report.query_day
+    for i, e in enumerate(report.list_entries):
+        where = f"list_entries[{i}]"
+        if e.window_end < e.window_start:
+            raise MalformedReport(
+                f"the window ends on {e.window_end}, before it starts ({e.window_start})",
+                field=f"{where}.window_end",
+            )
+        if not _in_window(day, e.window_start, e.window_end):
+            raise MalformedReport(
+                f"the entry is in view from {e.window_start} to {e.window_end}, not on {day}, "
+                "the day of the query",
+                field=where,
+            )
+        if e.facilitation_class is not None and e.colour is not ListColour.RED:
+            raise MalformedReport(
+                "a black-list entry grants no facilitation class", field=f"{where}.colour"
+            )
 
 
 _FIELD_NAMES: Final = (
@@ -583,6 +843,9 @@ _FIELD_NAMES: Final = (
     "answered",
     "missing",
     "restrictions_answered",
+    "list_entries",
+    "list_departments",
+    "lists_missing",
     "score_query_id",
     "restrictions_query_id",
     "issued_at",
@@ -605,6 +868,24 @@ def _points(value: int | None) -> str:
     return "not answered" if value is None else str(value)
 
 
+def _facilitation_text(report: EnterpriseReport) -> str:
+    shown = "; ".join(report.facilitation) or "none"
+    if report.lists_missing:
+        # a class may sit on a list whose department did not answer
+        missing = ", ".join(d.department for d in report.lists_missing)
+        shown += f"; incomplete: {missing} did not answer"
+    return shown
+
+
+def _sentence(text: str) -> str:
+    """`text` ending in a full stop, unless it ends in one already (in either script)."""
+    return text if text.endswith((".", "。", "!", "！", "?", "？")) else text + "."
+
+
+def _list_name(entry: ReportListEntry) -> str:
+    return " ".join(n for n in (entry.list_name, entry.list_name_zh) if n)
+
+
 def _visible_fields(report: EnterpriseReport, code: str) -> dict[str, str]:
     """Every signed value the report shows in a marked element, by the name of its mark."""
     fields = {
@@ -623,6 +904,13 @@ def _visible_fields(report: EnterpriseReport, code: str) -> dict[str, str]:
         fields[f"bonus.{b.name}"] = _points(b.points)
     for r in report.restrictions:
         fields[f"restriction.{r.measure}"] = "IN FORCE" if r.in_force else "not in force"
+    fields["facilitation"] = _facilitation_text(report)
+    for i, e in enumerate(report.list_entries):
+        fields[f"list_entry.{i}.list"] = _list_name(e)
+        fields[f"list_entry.{i}.colour"] = e.colour.value.upper()
+        fields[f"list_entry.{i}.window"] = (
+            f"{e.window_start.isoformat()} – {e.window_end.isoformat()}"
+        )
     return fields
 
 
@@ -747,6 +1035,114 @@ def _layout(signed: SignedReport) -> _Layout:
             for d in r.missing
         ),
     )
+    list_rows = tuple(
+        _Row(
+            (
+                value(f"list_entry.{i}.list"),
+                value(
+                    f"list_entry.{i}.colour", "alert" if e.colour is ListColour.BLACK else "plain"
+                ),
+                _Text(e.department_name),
+                value(f"list_entry.{i}.window"),
+                _Text(
+                    " ".join(
+                        part
+                        for part in (
+                            _sentence(f"Reason: {e.reason}"),
+                            _sentence(f"Legal basis: {e.legal_basis}") if e.legal_basis else "",
+                            f"Grants facilitation class {e.facilitation_class}."
+                            if e.facilitation_class is not None
+                            else "",
+                            f"Entry {e.entry_id} of {e.list}.",
+                        )
+                        if part
+                    )
+                ),
+            )
+        )
+        for i, e in enumerate(r.list_entries)
+    )
+    day = f"{r.query_day.isoformat()} (China Standard Time), the day of the query"
+    list_blocks: list[_Block] = []
+    if r.list_entries:
+        # the name each department published, once: usually one name for every entry
+        names = "; ".join(dict.fromkeys(e.subject_name for e in r.list_entries))
+        list_blocks += [
+            _Paragraph(
+                (
+                    _Text(
+                        f"Red and black list entries about this enterprise in public view on "
+                        f"{day}. Listed as: {names}."
+                    ),
+                )
+            ),
+            _Table(
+                header=("List", "Colour", "Department", "In view", "Reason and legal basis"),
+                rows=list_rows,
+                widths=(5, 2, 3, 3, 9),
+            ),
+        ]
+    elif r.lists_missing:
+        list_blocks.append(
+            _Paragraph(
+                (
+                    _Text(
+                        f"None found: no department that answered lists this enterprise on a red "
+                        f"or black list in public view on {day}. Not every department answered "
+                        "(below), so this is not proof that it is on none."
+                    ),
+                )
+            )
+        )
+    else:
+        list_blocks.append(
+            _Paragraph(
+                (
+                    _Text(
+                        f"None: this enterprise is on no red or black list in public view on {day}."
+                    ),
+                )
+            )
+        )
+    if r.lists_missing:
+        list_blocks += [
+            _Paragraph(
+                (
+                    _Text(
+                        f"{len(r.lists_missing)} department(s) publishing lists did not answer the "
+                        "list search: their entries, if any, are not shown."
+                    ),
+                )
+            ),
+            _Table(
+                header=("Department", "Id", "List search"),
+                rows=tuple(
+                    _Row(
+                        (
+                            _Text(d.name),
+                            _Text(d.department),
+                            _Text(f"did not answer: {d.detail}", "alert"),
+                        )
+                    )
+                    for d in r.lists_missing
+                ),
+                widths=(4, 2, 4),
+            ),
+        ]
+    publishers = ", ".join(r.list_departments) or "none in the issuer's catalogue"
+    list_blocks.append(
+        _Paragraph(
+            (
+                _Text(
+                    f"Departments publishing enterprise lists: {publishers}. Lists are published "
+                    "by law. A black-list entry sets its department's flag, so the restrictions "
+                    "it triggers are in force above; a red-list entry may grant a facilitation "
+                    "class, shown under the grade."
+                ),
+            ),
+            note=True,
+        )
+    )
     coverage_note = (
         f"{len(r.missing)} department(s) did not answer: their records are not in this score."
         if r.missing
@@ -784,6 +1180,11 @@ def _layout(signed: SignedReport) -> _Layout:
                 ),
                 note=True,
             ),
+            _Table(
+                header=None,
+                rows=(_Row((_Text("Facilitation classes (red lists)"), value("facilitation"))),),
+                widths=(3, 7),
+            ),
         ),
         sections=(
             _Section(
@@ -800,6 +1201,7 @@ def _layout(signed: SignedReport) -> _Layout:
                     ),
                 ),
             ),
+            _Section("Public list entries in force 红黑名单", tuple(list_blocks)),
             _Section(
                 "Data coverage",
                 (

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import html
 import io
 import json
 import os
@@ -16,7 +17,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import cast
 
@@ -38,10 +39,11 @@ from pypdf.generic import (
 from reportlab.platypus import Paragraph, SimpleDocTemplate
 
 from osmanthus.bundle import key_id_of
-from osmanthus.catalogue import Catalogue, load_catalogue
+from osmanthus.catalogue import Catalogue, ListColour, load_catalogue
 from osmanthus.cli import main
 from osmanthus.errors import InvalidArgument
 from osmanthus.ids import make_uscc
+from osmanthus.lists import EntryId, PublicEntry
 from osmanthus.score import Breakdown, grade, score
 from osmanthus.types import DepartmentId, DepartmentStatus, Shape, SubjectKind
 from sdk.report import (
@@ -58,6 +60,7 @@ from sdk.report import (
     RendererMismatch,
     ReportBonus,
     ReportDepartment,
+    ReportListEntry,
     ReportRenderer,
     ReportRestriction,
     SignedReport,
@@ -72,10 +75,13 @@ from sdk.report import (
     verify_report_html,
     verify_report_pdf,
 )
-from sdk.results import EnterpriseScore, RestrictionResult
+from sdk.results import EnterpriseScore, ListSearchResult, RestrictionResult
 
 FIRM = make_uscc(authority="9", category="1", region="320500", organisation="M000100Y4")
 WHEN = datetime(2026, 11, 26, 9, 30, 15, 123456, tzinfo=UTC)
+#: the day of WHEN in China Standard Time, the day list windows are counted in
+DAY = date(2026, 11, 26)
+FIRM_NAME = "Suzhou Osmanthus Trading Co., Ltd. 苏州桂花贸易有限公司"
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +127,61 @@ def make_restrictions(catalogue: Catalogue, in_force: set[str]) -> RestrictionRe
     )
 
 
+def list_entry(
+    catalogue: Catalogue,
+    list_id: str,
+    entry_id: str,
+    *,
+    start: date = DAY - timedelta(days=365),
+    end: date = DAY + timedelta(days=730),
+    reason: str = "failed to perform an effective judgement (2025) Su 05 Zhi 123",
+) -> PublicEntry:
+    """An entry of the catalogue's list `list_id` about FIRM, as the public search returns it."""
+    (list_type,) = [t for t in catalogue.lists if t.id == list_id]
+    return PublicEntry(
+        entry_id=EntryId(entry_id),
+        department=list_type.department,
+        list=list_type.id,
+        colour=list_type.colour,
+        subject_kind=SubjectKind.ENTERPRISE,
+        subject_id=FIRM,
+        subject_name=FIRM_NAME,
+        legal_basis=list_type.legal_basis,
+        reason=reason,
+        window_start=start,
+        window_end=end,
+        facilitation_class=list_type.facilitation_class,
+    )
+
+
+def make_lists(
+    catalogue: Catalogue,
+    entries: tuple[PublicEntry, ...] | None = None,
+    missing: tuple[DepartmentStatus, ...] = (),
+) -> ListSearchResult:
+    """The answer of search_lists(kind=ENTERPRISE, subject=FIRM); by default a red AA entry of
+    customs and a black entry of the court."""
+    if entries is None:
+        entries = (
+            list_entry(
+                catalogue,
+                "customs_advanced_certified",
+                "AEO-2026-0042",
+                start=DAY - timedelta(days=30),
+                end=date(2029, 11, 26),
+                reason="certified under the advanced standard after the 2026 audit",
+            ),
+            list_entry(catalogue, "judgement_defaulters", "2025-su05-zhi-0123"),
+        )
+    return ListSearchResult(
+        subject_kind=SubjectKind.ENTERPRISE,
+        subject_id=FIRM,
+        list_id=None,
+        entries=entries,
+        missing=missing,
+    )
+
+
 @pytest.fixture(scope="module")
 def key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.generate()
@@ -131,6 +192,7 @@ def signed(catalogue: Catalogue, key: Ed25519PrivateKey) -> SignedReport:
     report = build_enterprise_report(
         score=make_score(catalogue),
         restrictions=make_restrictions(catalogue, {"bank_loan", "government_procurement"}),
+        lists=make_lists(catalogue),
         catalogue=catalogue,
         issuer="Gusu Credit Agency 姑苏征信",
         issued_at=WHEN,
@@ -147,7 +209,12 @@ def test_the_report_holds_the_aggregate_it_came_from(catalogue: Catalogue) -> No
     card = make_score(catalogue)
     flags = make_restrictions(catalogue, {"bank_loan"})
     report = build_enterprise_report(
-        score=card, restrictions=flags, catalogue=catalogue, issuer="agency", issued_at=WHEN
+        score=card,
+        restrictions=flags,
+        lists=make_lists(catalogue, ()),
+        catalogue=catalogue,
+        issuer="agency",
+        issued_at=WHEN,
     )
     assert REPORT_ID_PATTERN.fullmatch(report.report_id)
     assert (report.subject_id, report.grade, report.score) == (FIRM, card.grade, card.score)
@@ -170,7 +237,12 @@ def test_the_report_holds_the_aggregate_it_came_from(catalogue: Catalogue) -> No
     assert report.grade_scale == model.grades
     # a fresh id for every report
     again = build_enterprise_report(
-        score=card, restrictions=flags, catalogue=catalogue, issuer="agency", issued_at=WHEN
+        score=card,
+        restrictions=flags,
+        lists=make_lists(catalogue, ()),
+        catalogue=catalogue,
+        issuer="agency",
+        issued_at=WHEN,
     )
     assert again.report_id != report.report_id
 
@@ -183,6 +255,7 @@ def test_a_report_needs_one_graded_breakdown_and_every_measure(catalogue: Catalo
         args: dict[str, object] = {
             "score": card,
             "restrictions": flags,
+            "lists": make_lists(catalogue, ()),
             "catalogue": catalogue,
             "issuer": "agency",
             "issued_at": WHEN,
@@ -544,6 +617,22 @@ def _golden() -> SignedReport:
         answered=(ReportDepartment("tax", "Tax Bureau 税务局", "answered", "2026.1"),),
         missing=(ReportDepartment("eco", "Ecology & <Environment>", "deadline exceeded", ""),),
         restrictions_answered=("tax",),
+        list_entries=(
+            ReportListEntry(entry_id="AEO-1", department="customs", department_name="Customs",
+                            list="customs_advanced_certified", list_name="Advanced certified",
+                            list_name_zh="高级认证企业", colour=ListColour.RED,
+                            subject_name="Golden Co. 金公司", legal_basis="GACC Order 251",
+                            reason="audit <passed> & certified", window_start=date(2026, 1, 1),
+                            window_end=date(2028, 12, 31), facilitation_class="AA"),
+            ReportListEntry(entry_id="zhi-7", department="court", department_name="Court 法院",
+                            list="judgement_defaulters", list_name="Defaulters",
+                            list_name_zh="失信被执行人名单", colour=ListColour.BLACK,
+                            subject_name="Golden Co. 金公司", legal_basis="",
+                            reason="did not pay", window_start=date(2026, 11, 26),
+                            window_end=date(2026, 11, 26), facilitation_class=None),
+        ),
+        list_departments=("court", "customs", "safety"),
+        lists_missing=(ReportDepartment("safety", "Safety", "unavailable", ""),),
         score_query_id="q-score-golden",
         restrictions_query_id="q-flags-golden",
         issued_at=datetime(2026, 11, 26, 9, 30, 15, tzinfo=UTC),
@@ -559,10 +648,14 @@ def _golden() -> SignedReport:
 #: sdk.report._RENDERER_REVISION and adds its digest here; a recorded digest is never edited.
 GOLDEN_HTML: dict[int, str] = {
     1: "6eff129c08b06dae5736b002556b1fbb694ad1e1cc59c14cfcbed9ecca7350ef",
+    # the public list entries and the facilitation classes (content format 3; the golden
+    # report gained its list fields then, so revision 1's digest is of the report without them)
+    2: "4c27346d65938028f29fab0da769746de2e55fbfec2a2a104e89903505a16dfd",
 }
 #: the same for the PDF, by renderer revision and reportlab version
 GOLDEN_PDF: dict[tuple[int, str], str] = {
     (1, "5.1.0"): "0ae217db51a033ca979639a92f19e3dfa903480b742e7228285097d738f88fa6",
+    (2, "5.1.0"): "e720f41d8b4d7b3593ee0d836497312feaf9153bd55e3a5b91e18ef138c29f79",
 }
 
 
@@ -602,6 +695,16 @@ def test_hostile_strings_are_escaped_and_still_verify(catalogue: Catalogue) -> N
     report = build_enterprise_report(
         score=card,
         restrictions=make_restrictions(catalogue, set()),
+        lists=make_lists(
+            catalogue,
+            (
+                dataclasses.replace(
+                    list_entry(catalogue, "judgement_defaulters", "x-1", reason=hostile),
+                    subject_name=hostile,
+                    legal_basis=hostile,
+                ),
+            ),
+        ),
         catalogue=catalogue,
         issuer="Agency </script><script>alert(1)</script>",
         issued_at=WHEN,
@@ -613,6 +716,7 @@ def test_hostile_strings_are_escaped_and_still_verify(catalogue: Catalogue) -> N
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     verified = verify_report_html(page, public_key=key.public_key())
     assert verified.issuer == report.issuer and verified.missing[0].detail == hostile
+    assert verified.list_entries[0].reason == hostile
 
 
 def test_cli_keygen_and_verify(
@@ -638,6 +742,10 @@ def test_cli_keygen_and_verify(
     out = capsys.readouterr().out
     assert "verified" in out and FIRM in out and "姑苏征信" in out
     assert re.search(r"code\s+[A-Z2-7]{4}-", out)
+    assert (
+        "list entries  customs_advanced_certified (red), judgement_defaulters (black); "
+        "facilitation AA (customs_advanced_certified, until 2029-11-26)\n"
+    ) in out
     report.write_text(page.replace('data-field="grade">', 'data-field="grade">Z'), encoding="utf-8")
     assert main(argv) == 4
     assert ALTERED in capsys.readouterr().err
@@ -724,6 +832,7 @@ def test_the_pdf_shows_every_figure_of_the_aggregate_and_verifies(
     report = build_enterprise_report(
         score=card,
         restrictions=flags,
+        lists=make_lists(catalogue),
         catalogue=catalogue,
         issuer="Gusu Credit Agency 姑苏征信",
         issued_at=WHEN,
@@ -906,6 +1015,7 @@ def test_every_tampering_of_a_pdf_fails(
     other_report = build_enterprise_report(
         score=make_score(catalogue, deductions=5),
         restrictions=make_restrictions(catalogue, set()),
+        lists=make_lists(catalogue),
         catalogue=catalogue,
         issuer=r.issuer,
         issued_at=WHEN,
@@ -1119,6 +1229,7 @@ def test_a_report_too_long_to_verify_is_not_signed(catalogue: Catalogue) -> None
     report = build_enterprise_report(
         score=card,
         restrictions=make_restrictions(catalogue, set()),
+        lists=make_lists(catalogue),
         catalogue=catalogue,
         issuer="agency",
         issued_at=WHEN,
@@ -1139,6 +1250,13 @@ def test_hostile_and_long_strings_render_and_verify_in_a_pdf(catalogue: Catalogu
             "missing": (_status("eco", "deadline exceeded; " * 300, ""),),
         }
     )
+    # list entries at the lengths a node allows, a reason of 1,000 characters among them
+    long_entry = dataclasses.replace(
+        list_entry(catalogue, "judgement_defaulters", "zhi-long", reason="失信" * 250 + hostile),
+        subject_name="苏" * 200,
+        legal_basis=hostile + "x" * 400,
+    )
+    lists = make_lists(catalogue, (*make_lists(catalogue).entries, long_entry))
     key = Ed25519PrivateKey.generate()
     # an issuer name of 200 Chinese characters wraps inside one word
     # (and a run of spaces, which neither a browser nor a PDF shows as typed)
@@ -1146,6 +1264,7 @@ def test_hostile_and_long_strings_render_and_verify_in_a_pdf(catalogue: Catalogu
         report = build_enterprise_report(
             score=card,
             restrictions=make_restrictions(catalogue, set()),
+            lists=lists,
             catalogue=catalogue,
             issuer=issuer,
             issued_at=WHEN,
@@ -1200,3 +1319,287 @@ def test_cli_verifies_pdf_and_html_and_checks_the_format(
             main([*enterprise, "--out", str(tmp_path / out), "--format", fmt])
         assert exit_info.value.code == 2
         assert f"--format {fmt} does not match --out {out}" in capsys.readouterr().err
+
+
+# --- red and black lists --------------------------------------------------------------------
+
+
+def test_the_report_carries_the_list_entries_in_view(
+    catalogue: Catalogue, signed: SignedReport
+) -> None:
+    r = signed.report
+    red, black = r.list_entries
+    assert (red.list, red.colour, red.department) == (
+        "customs_advanced_certified",
+        ListColour.RED,
+        "customs",
+    )
+    assert (black.list, black.colour, black.department) == (
+        "judgement_defaulters",
+        ListColour.BLACK,
+        "court",
+    )
+    # the names come from the catalogue, the rest from the published entry
+    court_list = next(t for t in catalogue.lists if t.id == "judgement_defaulters")
+    assert (black.list_name, black.list_name_zh) == (court_list.name, court_list.name_zh)
+    assert black.department_name == catalogue.department("court").name
+    assert black.legal_basis == court_list.legal_basis and black.subject_name == FIRM_NAME
+    assert (red.facilitation_class, black.facilitation_class) == ("AA", None)
+    assert r.facilitation == ("AA (customs_advanced_certified, until 2029-11-26)",)
+    assert r.list_departments == catalogue.list_departments(SubjectKind.ENTERPRISE)
+    assert r.lists_missing == () and r.query_day == DAY
+    # in the signed content, as published
+    (content_red, content_black) = json.loads(signed.content)["list_entries"]
+    assert content_red["colour"] == "red" and content_red["facilitation_class"] == "AA"
+    assert (
+        content_black["window_start"] == "2025-11-26"
+        and content_black["facilitation_class"] is None
+    )
+
+
+def test_a_report_takes_only_the_enterprises_entries_in_view_that_day(catalogue: Catalogue) -> None:
+    card, flags = make_score(catalogue), make_restrictions(catalogue, set())
+
+    def build(lists: ListSearchResult, when: datetime = WHEN) -> EnterpriseReport:
+        return build_enterprise_report(
+            score=card,
+            restrictions=flags,
+            lists=lists,
+            catalogue=catalogue,
+            issuer="agency",
+            issued_at=when,
+        )
+
+    def refused(lists: ListSearchResult, words: str, field: str = "lists.entries[0]") -> None:
+        with pytest.raises(InvalidArgument, match=words) as info:
+            build(lists)
+        assert info.value.field == field
+
+    court = list_entry(catalogue, "judgement_defaulters", "zhi-1")
+    other = make_uscc(authority="9", category="1", region="320500", organisation="M000200YX")
+    # the search must be the enterprise's, on every list, in one answer
+    for changes in ({"subject_id": other}, {"list_id": "judgement_defaulters"},
+                    {"next_page_token": "abc"}, {"subject_kind": SubjectKind.PERSON}):  # fmt: skip
+        bad = dataclasses.replace(make_lists(catalogue, (court,)), **changes)
+        refused(bad, "a report needs the search of enterprise", "lists")
+    refused(make_lists(catalogue, (dataclasses.replace(court, subject_id=other),)), "is about")
+    # windows are counted in China Standard Time: WHEN is 17:30 there, on DAY
+    assert build(make_lists(catalogue, (dataclasses.replace(court, window_start=DAY),)))
+    # a node may judge by its own date near midnight: one day of slack, no more
+    for start, end in ((DAY + timedelta(days=1), DAY + timedelta(days=9)),
+                       (DAY - timedelta(days=9), DAY - timedelta(days=1))):  # fmt: skip
+        moved = dataclasses.replace(court, window_start=start, window_end=end)
+        assert build(make_lists(catalogue, (moved,))).list_entries[0].window_start == start
+    for start, end in ((DAY + timedelta(days=2), DAY + timedelta(days=9)),
+                       (DAY - timedelta(days=9), DAY - timedelta(days=2))):  # fmt: skip
+        moved = dataclasses.replace(court, window_start=start, window_end=end)
+        refused(make_lists(catalogue, (moved,)), "not on 2026-11-26, the day of the query")
+    # a class on a black list, a colour or department the catalogue does not give the list
+    refused(
+        make_lists(catalogue, (dataclasses.replace(court, facilitation_class="AA"),)),
+        "only red lists grant one",
+    )
+    refused(
+        make_lists(catalogue, (dataclasses.replace(court, colour=ListColour.RED),)),
+        "the coordinator's catalogue differs from yours",
+    )
+    refused(
+        make_lists(catalogue, (dataclasses.replace(court, department=DepartmentId("tax")),)),
+        "published by court",
+    )
+    # a list this catalogue lacks is shown by its id
+    unknown = dataclasses.replace(court, list="new_list", department=DepartmentId("fire"))
+    (entry,) = build(make_lists(catalogue, (unknown,))).list_entries
+    assert (entry.list_name, entry.list_name_zh) == ("new_list", "")
+    assert entry.department_name == catalogue.department("fire").name
+
+
+def test_both_entries_show_in_html_and_pdf_and_verify(
+    catalogue: Catalogue, signed: SignedReport, page: str, pdf: bytes, key: Ed25519PrivateKey
+) -> None:
+    black = signed.report.list_entries[1]
+    # the page: each entry's list, colour and window marked, department, reason, legal basis
+    assert "<h2>Public list entries in force 红黑名单</h2>" in page
+    assert (
+        '<span data-field="list_entry.0.list">Advanced certified enterprises (AEO, formerly AA) '
+        "高级认证企业</span>"
+    ) in page
+    assert '<td class="in-force"><span data-field="list_entry.1.colour">BLACK</span>' in page
+    assert '<td><span data-field="list_entry.0.colour">RED</span>' in page
+    assert '<span data-field="list_entry.1.window">2025-11-26 – 2028-11-25</span>' in page
+    assert html.escape(black.reason) in page and html.escape(black.legal_basis) in page
+    assert f"<td>{html.escape(black.department_name)}</td>" in page
+    assert "in public view on 2026-11-26 (China Standard Time), the day of the query" in page
+    # the facilitation class, under the grade
+    facilitation = (
+        '<span data-field="facilitation">AA (customs_advanced_certified, until 2029-11-26)</span>'
+    )
+    assert page.index('data-field="grade"') < page.index(facilitation) < page.index("Breakdown")
+    assert verify_report_html(page, public_key=key.public_key()) == signed.report
+    # the PDF: the same rows, read back from the page's text
+    text = " ".join(_lines(pdf))
+    for words in ("Facilitation classes (red lists) AA (customs_advanced_certified, until "
+                  "2029-11-26)", "Public list entries in force 红黑名单", "BLACK", "RED",
+                  "2025-11-26 –", "Grants facilitation class AA.", "高级认证企业",
+                  "失信被执行人名单",
+                  "Entry 2025-su05-zhi-0123 of judgement_defaulters."):  # fmt: skip
+        assert words in text, words
+    assert text.index("Facilitation classes") < text.index("Breakdown")
+    assert verify_report_pdf(pdf, public_key=key.public_key()) == signed.report
+
+
+def test_tampering_with_the_entries_is_refused(
+    signed: SignedReport, page: str, pdf: bytes, key: Ed25519PrivateKey
+) -> None:
+    public = key.public_key()
+    # on the page: a colour, a window, a class, a whole row gone
+    refused_as_altered(verify_report_html, page.replace(">BLACK<", ">RED<"), key)
+    refused_as_altered(
+        verify_report_html, page.replace("2028-11-25</span>", "2026-11-25</span>"), key
+    )
+    refused_as_altered(
+        verify_report_html, page.replace("until 2029-11-26", "until 2039-11-26"), key
+    )
+    row = re.search(r'<tr><td><span data-field="list_entry\.1\.list">.*?</tr>\n', page)
+    assert row is not None
+    refused_as_altered(verify_report_html, page.replace(row.group(0), ""), key)
+    # in the PDF: the colour and the window drawn otherwise
+    refused_as_altered(
+        verify_report_pdf, show_instead(pdf, "list_entry.1.colour", "BLACK", "RED"), key
+    )
+    # (a PDF string escapes its parentheses)
+    shown = r"AA \(customs_advanced_certified, until 2029-11-26\)"
+    refused_as_altered(verify_report_pdf, show_instead(pdf, "facilitation", shown, "none"), key)
+    # the signed content without the black entry: the signature no longer matches
+    content = json.loads(signed.content)
+    del content["list_entries"][1]
+    edited = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    with pytest.raises(TamperedReport, match="signature does not match") as info:
+        verify_report_html(
+            _tamper_envelope(page, {"content": base64.b64encode(edited.encode()).decode()}),
+            public_key=public,
+        )
+    assert info.value.exit_code == 4
+
+
+def test_signed_list_entries_are_parsed_strictly(
+    signed: SignedReport, key: Ed25519PrivateKey
+) -> None:
+    """Content that the issuer's key signed but that is not a well-formed report: unknown
+    fields, wrong types, impossible entries. Each refused as malformed, naming the field."""
+    page = render_html(signed)
+
+    def malformed(change: Callable[[dict[str, object]], object], field: str, words: str) -> None:
+        content = json.loads(signed.content)
+        change(content)
+        data = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        with pytest.raises(MalformedReport, match=words) as info:
+            verify_report_html(_resigned(page, data.encode(), key), public_key=key.public_key())
+        assert info.value.field == field and info.value.exit_code == 3
+        assert not isinstance(info.value, RendererMismatch)
+
+    def entry(i: int, **values: object) -> Callable[[dict[str, object]], object]:
+        return lambda c: cast(list[dict[str, object]], c["list_entries"])[i].update(values)
+
+    malformed(entry(0, note="x"), "list_entries[0].note", "is not a field of it")
+    malformed(entry(1, colour="green"), "list_entries[1].colour", "is not red or black")
+    malformed(entry(1, colour=None), "list_entries[1].colour", "not of the expected type")
+    malformed(entry(0, window_end=20291126), "list_entries[0].window_end", "expected type")
+    malformed(entry(0, window_end="2029-11-31"), "list_entries[0].window_end", "is not a date")
+    malformed(entry(0, window_end="29-11-26"), "list_entries[0].window_end", "is not a date")
+    malformed(entry(0, facilitation_class=1), "list_entries[0].facilitation_class", "type")
+    malformed(entry(0, facilitation_class=""), "list_entries[0].facilitation_class", "class name")
+    malformed(entry(1, facilitation_class="AA"), "list_entries[1].colour", "grants no facilitation")
+    malformed(
+        entry(1, window_start="2026-11-20", window_end="2026-11-10"),
+        "list_entries[1].window_end",
+        "before it starts",
+    )
+    malformed(
+        entry(1, window_start="2020-01-01", window_end="2021-01-01"),
+        "list_entries[1]",
+        "not on 2026-11-26, the day of the query",
+    )
+    malformed(lambda c: c.pop("list_entries"), "list_entries", "missing from the signed content")
+    malformed(lambda c: c.update(list_entries={}), "list_entries", "expected type")
+    malformed(lambda c: c.update(list_entries=["x"]), "list_entries[0]", "is not an object")
+    malformed(lambda c: c.update(list_departments=[1]), "list_departments", "department ids")
+    malformed(
+        lambda c: c.update(lists_missing=[{"department": "eco"}]),
+        "lists_missing[0].name",
+        "missing from the signed content",
+    )
+    malformed(
+        lambda c: c.update(lists_missing=[{**dict.fromkeys(
+            ("department", "name", "detail", "rules_version"), "x"), "extra": 1}]),
+        "lists_missing[0].extra",
+        "is not a field of it",
+    )  # fmt: skip
+    malformed(lambda c: c.update(lists_found=[]), "lists_found", "is not a field of an enterprise")
+    # a report in the previous content format, which had no lists: another version's
+    content = json.loads(signed.content)
+    content["format"] = "osmanthus-enterprise-report/2"
+    for name in ("list_entries", "list_departments", "lists_missing"):
+        del content[name]
+    data = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    with pytest.raises(RendererMismatch, match="verify it with the version that issued it"):
+        verify_report_html(_resigned(page, data.encode(), key), public_key=key.public_key())
+
+
+def test_an_empty_list_section_says_none_and_names_who_did_not_answer(
+    catalogue: Catalogue, key: Ed25519PrivateKey
+) -> None:
+    def rendered(lists: ListSearchResult) -> tuple[EnterpriseReport, str, str]:
+        report = build_enterprise_report(
+            score=make_score(catalogue),
+            restrictions=make_restrictions(catalogue, set()),
+            lists=lists,
+            catalogue=catalogue,
+            issuer="agency",
+            issued_at=WHEN,
+        )
+        signed = sign_report(report, private_key=key)
+        page, pdf = render_html(signed), render_pdf(signed)
+        assert verify_report_html(page, public_key=key.public_key()) == report
+        assert verify_report_pdf(pdf, public_key=key.public_key()) == report
+        return report, page, " ".join(_lines(pdf))
+
+    # every department answered, none lists the enterprise
+    report, page, text = rendered(make_lists(catalogue, ()))
+    assert report.list_entries == () and report.facilitation == ()
+    none = "None: this enterprise is on no red or black list in public view on 2026-11-26"
+    for shown in (page, text):
+        assert none in shown
+        assert "did not answer the list search" not in shown
+    assert '<span data-field="facilitation">none</span>' in page
+    assert "Facilitation classes (red lists) none" in text
+    # customs did not answer: "none" is not claimed, customs is named, and so is the gap in the
+    # facilitation classes (customs grants AA)
+    report, page, text = rendered(
+        make_lists(catalogue, (), (_status("customs", "deadline exceeded", ""),))
+    )
+    assert [(d.department, d.detail) for d in report.lists_missing] == [
+        ("customs", "deadline exceeded")
+    ]
+    customs = catalogue.department("customs").name
+    for shown in (page, text):
+        assert none not in shown
+        assert "None found: no department that answered lists this enterprise" in shown
+        assert "so this is not proof that it is on none" in shown
+        assert "1 department(s) publishing lists did not answer the list search" in shown
+    assert (
+        f'<tr><td>{customs}</td><td>customs</td><td class="in-force">did not answer: deadline '
+        "exceeded</td></tr>"
+    ) in page
+    assert f"{customs} customs did not answer: deadline exceeded" in text
+    assert "Facilitation classes (red lists) none; incomplete: customs did not answer" in text
+    # entries found while a department did not answer: both shown
+    report, page, text = rendered(
+        make_lists(catalogue, missing=(_status("safety", "unavailable", ""),))
+    )
+    assert len(report.list_entries) == 2
+    assert "did not answer: unavailable" in page and "did not answer: unavailable" in text
+    assert (
+        "AA (customs_advanced_certified, until 2029-11-26); incomplete: safety did not answer"
+        in page
+    )
