@@ -232,7 +232,20 @@ def _lists_demo(
     federation: LocalFederation, certs: Path, workdir: Path, agency: Client, firms: list[str]
 ) -> None:
     today = china_today()
-    defaulter, certified = firms[2], firms[1]
+    certified = firms[1]
+    with (workdir / "data" / "subjects.csv").open() as f:
+        others = [
+            r["subject_id"] for r in csv.DictReader(f)
+            if r["subject_kind"] == "enterprise" and r["subject_id"] not in firms
+        ]  # fmt: skip
+    # a firm no record flags, so that what changes below is the list entry's doing
+    defaulter = next(
+        code
+        for code in others
+        if not agency.check_restrictions(
+            code, measures=ENTERPRISE_MEASURES, purpose="credit_report"
+        ).any
+    )
 
     def officer(department: str) -> ListOfficer:
         files = issue_certificate(
@@ -283,7 +296,11 @@ def _lists_demo(
             reference="credit repair decision 2026-0789",
         )
         left = agency.search_lists(kind=SubjectKind.ENTERPRISE, subject=defaulter).entries
-        _say(f"  after credit repair the court's entry leaves public view: {len(left)} in view")
+        _say(f"  after credit repair the court's entry leaves public view: {len(left)} in view,")
+        _say("  and the measures its flag triggered no longer apply:")
+        _say(_restrictions(agency.check_restrictions(
+            defaulter, measures=ENTERPRISE_MEASURES, purpose="credit_report"
+        )))  # fmt: skip
         history = court.history(SubjectKind.ENTERPRISE, defaulter)
         for kept in history:
             events = ", ".join(f"{e.event} {e.at:%Y-%m-%d %H:%M} UTC" for e in kept.events)
