@@ -12,6 +12,7 @@ COPY coordinator/ coordinator/
 COPY sdk/ sdk/
 COPY certs/ certs/
 COPY policies/ policies/
+COPY province/ province/
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim

@@ -1000,6 +1000,70 @@ def _cmd_report_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- province ---------------------------------------------------------------------------------
+
+
+def _cmd_province_serve(args: argparse.Namespace) -> int:
+    from osmanthus.server import serve_until_signalled
+    from province.server import ProvinceConfig, start_province
+
+    config = ProvinceConfig(
+        senders=args.senders,
+        state_dir=args.state_dir,
+        tls=_tls_files(args, role="node", name=args.name),
+        listen=args.listen,
+        name=args.name,
+        operators=tuple(args.operator or ["operator"]),
+    )
+    running = start_province(config)
+    _log.info("provincial receiver serving on port %d", running.port)
+    serve_until_signalled(running, ready_file=args.ready_file)
+    return 0
+
+
+def _cmd_province_keygen(args: argparse.Namespace) -> int:
+    return _write_signing_key(
+        args,
+        what="sync signing key",
+        private="the city's sync job signs its batches with it",
+        public="register it for the city in the receiver's senders.toml (public_keys)",
+    )
+
+
+def _cmd_province_batches(args: argparse.Namespace) -> int:
+    from osmanthus.syncbatch import BatchKind
+    from province.client import ProvinceClient
+
+    if args.requester:
+        tls = _tls_files(args, role="requester", name=args.requester)
+    else:
+        tls = _tls_files(args, role="operator", name=args.operator)
+    kind = BatchKind(args.kind) if args.kind else None
+    with ProvinceClient(args.target, tls=tls, server_name=args.server_name) as province:
+        page = province.batches(
+            sender=args.sender, kind=kind, page_size=args.limit, page_token=args.page_token
+        )
+        rejected = province.rejections(page_size=args.limit)
+    stamp = "%Y-%m-%dT%H:%M:%SZ"
+    print(f"batches received, newest first ({len(page.batches)} shown):")
+    for b in page.batches:
+        print(
+            f"  {b.received_at.strftime(stamp)}  {b.batch_id}  {b.sender} {b.kind.value} "
+            f"#{b.sequence}  {b.records} records  watermarks {b.watermark_from} to "
+            f"{b.watermark_to}  from {b.peer}"
+        )
+        if b.partial:
+            print(f"      partial: missing {', '.join(b.missing_departments)}")
+    if page.next_page_token:
+        print(f"  more: add --page-token {page.next_page_token}")
+    print(f"rejections, newest first ({len(rejected.rejections)} shown):")
+    for r in rejected.rejections:
+        claimed = " ".join(part for part in (r.sender and f"sender {r.sender}", r.batch_id) if part)
+        print(f"  {r.at.strftime(stamp)}  {r.peer}  {r.code}  {claimed or '(nothing readable)'}")
+        print(f"      {r.reason}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from osmanthus.demo import run_demo
 
@@ -1687,6 +1751,86 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("report", metavar="FILE", type=Path, help="the report (PDF or HTML)")
     p.add_argument("--key", type=Path, required=True, help="the issuer's public key (NAME.pub)")
+
+    # province: the reference provincial receiver that cities' sync jobs deliver to
+    province = command(
+        sub,
+        "province",
+        "the reference provincial receiver of sync batches",
+        "Run and inspect the reference provincial receiver: it stands in for the provincial "
+        "credit information sharing platform in development and tests (docs/province.md).",
+    )
+    province_sub = province.add_subparsers(dest="province_command", required=True, metavar="ACTION")
+    p = command(
+        province_sub,
+        "serve",
+        "receive signed sync batches over mutual TLS",
+        "Serve osmanthus.v1.ProvinceService. A batch is accepted only from a certificate that "
+        "--senders registers for the batch's sender, signed with one of that sender's Ed25519 "
+        "keys, in the batch format, and continuing that sender's stream of its kind (sequence "
+        "and watermark follow on from the last batch). It is stored with its records in "
+        "STATE_DIR/province.duckdb in one transaction; a batch delivered again is acknowledged "
+        "and not stored twice. Every refusal is recorded and listed by 'province batches'. "
+        "Serves with the node certificate named --name ('osmanthus certs issue --role node "
+        "--name province'). Stops cleanly on SIGTERM.",
+        _cmd_province_serve,
+    )
+    p.add_argument(
+        "--senders",
+        type=Path,
+        required=True,
+        help="senders.toml: each city's id, public keys and delivering certificates",
+    )
+    p.add_argument("--state-dir", type=Path, required=True, help="where the batch store lives")
+    p.add_argument("--listen", default="127.0.0.1:50060", help="host:port (port 0 = any free port)")
+    p.add_argument("--ready-file", type=Path, help="write the bound port here once serving")
+    p.add_argument("--name", default="province", help="the receiver's node certificate name")
+    p.add_argument(
+        "--operator",
+        action="append",
+        metavar="NAME",
+        help="operator certificate that may list everything (repeatable; default: operator)",
+    )
+    _add_tls(p, role_hint="receiver's node")
+    p = command(
+        province_sub,
+        "keygen",
+        "create the Ed25519 key pair a city's sync job signs batches with",
+        "Create OUT_DIR/NAME.key (private, mode 0600: the sync job signs with it) and "
+        "OUT_DIR/NAME.pub (register it for the city in the receiver's senders.toml). Existing "
+        "files are never replaced.",
+        _cmd_province_keygen,
+    )
+    p.add_argument("--out-dir", type=Path, required=True, help="directory for the key pair")
+    p.add_argument("--name", default="sync", help="file name of the pair")
+    p = command(
+        province_sub,
+        "batches",
+        "list the batches a receiver stored and the deliveries it refused",
+        "Ask a running receiver for the batches it stored (newest first: id, sender, kind, "
+        "sequence, records, watermark range, partial flag, delivering certificate) and the "
+        "deliveries it refused (time, certificate, sender and batch claimed, reason). With "
+        "the receiver's operator certificate every sender is listed; with a sender's "
+        "certificate (--requester), only that sender's batches and its own rejections.",
+        _cmd_province_batches,
+    )
+    p.add_argument("--target", required=True, help="the receiver's host:port")
+    p.add_argument(
+        "--server-name",
+        default="province.node.osmanthus",
+        help="the name the receiver's certificate must carry",
+    )
+    p.add_argument("--sender", help="only this sender's batches")
+    p.add_argument(
+        "--kind", choices=["list_changes", "grades", "statistics"], help="only this kind"
+    )
+    p.add_argument("--limit", type=int, default=20, help="batches and rejections shown (1-100)")
+    p.add_argument("--page-token", default="", help="continue a listing ('more:' gives it)")
+    p.add_argument(
+        "--operator", default="operator", help="operator certificate name in --certs-dir"
+    )
+    p.add_argument("--requester", help="list with this requester certificate instead")
+    _add_tls(p, role_hint="operator (or --requester)")
 
     # health
     p = command(

@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 PY = VENV / "bin" / "python"
 STAMP = VENV / ".osmanthus-installed"
+#: every package of ours that strict mypy checks
+TYPED_PACKAGES = ("osmanthus", "node", "coordinator", "sdk", "certs", "province", "bench")
 USAGE = "usage: python3 scripts/dev.py demo [demo options] | test [pytest options]"
 
 
@@ -68,9 +70,7 @@ def main(argv: list[str]) -> int:
         check_generated,
         lambda: run(str(PY), "-m", "ruff", "check", "."),
         lambda: run(str(PY), "-m", "ruff", "format", "--check", "."),
-        lambda: run(
-            str(PY), "-m", "mypy", "osmanthus", "node", "coordinator", "sdk", "certs", "bench"
-        ),
+        lambda: run(str(PY), "-m", "mypy", *TYPED_PACKAGES),
         lambda: run(str(PY), "-m", "pytest", *argv[1:]),
     ]
     for step in steps:

@@ -1,0 +1,1 @@
+"""The reference provincial receiver: verifies, de-duplicates and stores cities' sync batches."""

@@ -1,0 +1,97 @@
+"""Assembling the reference provincial receiver from its configuration and serving it over mTLS."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from certs import PeerRole, validate_name
+from osmanthus.errors import ConfigError
+from osmanthus.server import RunningServer, start_server
+from osmanthus.tls import TlsFiles, check_files, identity_of_certificate, node_server_name
+from osmanthus.v1 import province_pb2, province_pb2_grpc
+from province.senders import load_senders
+from province.service import ProvinceService
+from province.servicer import ProvinceServicer
+from province.store import STORE_FILE, BatchStore
+
+PROVINCE_SERVICE_NAME: Final = province_pb2.DESCRIPTOR.services_by_name["ProvinceService"].full_name
+#: the platform CA has no role for the province: the reference receiver serves with a node
+#: certificate of this name ("certs issue --role node --name province")
+DEFAULT_RECEIVER_NAME: Final = "province"
+#: the name a client checks the receiver's certificate for
+PROVINCE_SERVER_NAME: Final = node_server_name(DEFAULT_RECEIVER_NAME)
+DEFAULT_OPERATORS: Final = ("operator",)
+STATE_DIR_MODE: Final = 0o700
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProvinceConfig:
+    senders: Path
+    state_dir: Path
+    tls: TlsFiles
+    listen: str = "127.0.0.1:0"
+    #: the node certificate name the receiver serves as
+    name: str = DEFAULT_RECEIVER_NAME
+    #: operator certificates that may list every batch and rejection
+    operators: tuple[str, ...] = DEFAULT_OPERATORS
+
+
+def prepare_state_dir(path: Path) -> None:
+    """Create the state directory owner-only, or tighten one that others may open."""
+    try:
+        path.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            os.chmod(path, STATE_DIR_MODE)
+            _log.warning("state directory %s was open to other users; made it owner-only", path)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot prepare the state directory {path}: {exc.strerror}", field="state_dir"
+        ) from None
+
+
+def build_service(config: ProvinceConfig) -> ProvinceService:
+    """Load and cross-check everything the receiver needs; a mismatch is a ConfigError."""
+    validate_name(config.name, field="name")
+    check_files(config.tls)
+    identity = identity_of_certificate(config.tls.cert)
+    if identity.role is not PeerRole.NODE or identity.name != config.name:
+        raise ConfigError(
+            f"{config.tls.cert} names {identity.role.value} {identity.name!r}; the receiver "
+            f"serves with the node certificate {config.name!r} (issue it with 'osmanthus certs "
+            f"issue --role node --name {config.name}')",
+            field="tls.cert",
+        )
+    for operator in config.operators:
+        validate_name(operator, field="operators")
+    registry = load_senders(config.senders)
+    prepare_state_dir(config.state_dir)
+    store = BatchStore(config.state_dir / STORE_FILE)
+    return ProvinceService(registry=registry, store=store, operators=frozenset(config.operators))
+
+
+def start_province(config: ProvinceConfig) -> RunningServer:
+    """Serve ProvinceService (and health) over mutual TLS until stopped."""
+    service = build_service(config)
+    servicer = ProvinceServicer(service)
+    try:
+        running = start_server(
+            register=[
+                lambda s: province_pb2_grpc.add_ProvinceServiceServicer_to_server(servicer, s)
+            ],
+            service_names=[PROVINCE_SERVICE_NAME],
+            listen=config.listen,
+            tls=config.tls,
+        )
+    except BaseException:
+        service.close()
+        raise
+    running.on_stop.append(service.close)
+    return running

@@ -1,0 +1,166 @@
+"""The receiver's decisions: who may deliver for whom, signature, format, storage, rejections.
+
+A delivery is checked in this order, and refused at the first failure:
+
+1. the caller's certificate is registered to deliver for some sender (PERMISSION_DENIED,
+   "unknown sender");
+2. the envelope's sizes and the key id, which must be a key registered for a sender the
+   certificate delivers for (UNAUTHENTICATED for an unknown key, PERMISSION_DENIED for another
+   sender's);
+3. the Ed25519 signature over the payload (UNAUTHENTICATED);
+4. the payload's format, read only once its signature verified (INVALID_ARGUMENT naming the
+   field), and the sender it names, which must be the key's (PERMISSION_DENIED). Before that,
+   only the sender and batch id it claims are peeked at, for the record of a refusal;
+5. duplicate, conflict and continuity, and the write (FAILED_PRECONDITION for a conflict, a gap
+   or an overlap).
+
+Every refusal is recorded with the time, the certificate, the sender and batch id claimed and the
+reason; operators list them with the batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from certs import PeerRole
+from osmanthus.errors import OsmanthusError, PermissionDenied, Unauthenticated
+from osmanthus.grpc_errors import status_of
+from osmanthus.syncbatch import SignedBatch, check_envelope, peek_claims, read_batch
+from osmanthus.syncbatch import verify_signature as verify_batch_signature
+from osmanthus.tls import PeerIdentity
+from province.senders import SenderRegistry
+from province.store import (
+    BatchPage,
+    BatchQuery,
+    BatchStore,
+    Delivery,
+    RejectionPage,
+    RejectionQuery,
+)
+
+_log = logging.getLogger(__name__)
+
+
+def peer_label(caller: PeerIdentity) -> str:
+    """How a certificate is written in the store and in messages: "role/name"."""
+    return f"{caller.role.value}/{caller.name}"
+
+
+class ProvinceService:
+    """Receives signed batches from registered senders and answers operators' listings."""
+
+    def __init__(
+        self,
+        *,
+        registry: SenderRegistry,
+        store: BatchStore,
+        operators: frozenset[str],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._registry = registry
+        self._store = store
+        self._operators = operators
+        self._clock = clock
+
+    def deliver(self, signed: SignedBatch, *, caller: PeerIdentity) -> Delivery:
+        """Store the batch once, or acknowledge it again; every refusal is recorded."""
+        # what the payload claims, unverified and bounded, so that a refusal records it too
+        claimed_sender, claimed_id = peek_claims(signed.payload)
+        try:
+            allowed = self._registry.senders_for(caller)
+            if not allowed:
+                raise PermissionDenied(
+                    f"unknown sender: certificate {peer_label(caller)} is not registered to "
+                    "deliver for any sender (senders.toml names a city's delivering "
+                    "certificates)",
+                    field="certificate",
+                )
+            check_envelope(signed)
+            owner = self._registry.key(signed.key_id)
+            if owner is None:
+                raise Unauthenticated(
+                    f"unknown sender: key {signed.key_id} is not registered for any sender",
+                    field="key_id",
+                )
+            sender, public_key = owner
+            claimed_sender = sender.id
+            if sender.id not in allowed:
+                raise PermissionDenied(
+                    f"unknown sender: certificate {peer_label(caller)} is not registered to "
+                    f"deliver for {sender.id!r}, whose key signed this batch",
+                    field="certificate",
+                )
+            verify_batch_signature(signed, public_key=public_key)
+            batch = read_batch(signed.payload)
+            claimed_id = batch.batch_id
+            if batch.sender != sender.id:
+                raise PermissionDenied(
+                    f"the batch names sender {batch.sender!r} but is signed with key "
+                    f"{signed.key_id} of {sender.id!r}",
+                    field="sender",
+                )
+            delivery = self._store.accept(batch, signed, peer=peer_label(caller), now=self._clock())
+        except OsmanthusError as exc:
+            self._record_rejection(caller, claimed_sender, claimed_id, exc)
+            raise
+        _log.info(
+            "batch %s of %s (%s, sequence %d, %d records) %s from %s",
+            delivery.batch_id,
+            sender.id,
+            batch.kind.value,
+            delivery.sequence,
+            delivery.records,
+            "acknowledged again" if delivery.duplicate else "stored",
+            peer_label(caller),
+        )
+        return delivery
+
+    def _record_rejection(
+        self, caller: PeerIdentity, sender: str, batch_id: str, error: OsmanthusError
+    ) -> None:
+        _log.warning("delivery from %s refused: %s", peer_label(caller), error)
+        try:
+            self._store.reject(
+                at=self._clock(),
+                peer=peer_label(caller),
+                sender=sender,
+                batch_id=batch_id,
+                code=status_of(error).name,
+                reason=str(error),
+            )
+        except Exception:
+            # the caller still gets the refusal; only the record of it is lost, and the log says so
+            _log.exception("could not record the refusal of a delivery from %s", peer_label(caller))
+
+    def list_batches(self, query: BatchQuery, *, caller: PeerIdentity) -> BatchPage:
+        """Operators see every batch; a delivering certificate sees its senders' batches only."""
+        if self._is_operator(caller):
+            return self._store.batches(query)
+        allowed = self._registry.senders_for(caller)
+        if not allowed:
+            raise PermissionDenied(
+                f"certificate {peer_label(caller)} may not list batches: only the receiver's "
+                "operators and registered senders' certificates may",
+                field="certificate",
+            )
+        return self._store.batches(query, senders=allowed)
+
+    def list_rejections(self, query: RejectionQuery, *, caller: PeerIdentity) -> RejectionPage:
+        """Operators see every rejection; a delivering certificate sees its own only."""
+        if self._is_operator(caller):
+            return self._store.rejections(query)
+        if not self._registry.senders_for(caller):
+            raise PermissionDenied(
+                f"certificate {peer_label(caller)} may not list rejections: only the "
+                "receiver's operators and registered senders' certificates may",
+                field="certificate",
+            )
+        return self._store.rejections(query, peer=peer_label(caller))
+
+    def _is_operator(self, caller: PeerIdentity) -> bool:
+        return caller.role is PeerRole.OPERATOR and caller.name in self._operators
+
+    def close(self) -> None:
+        self._store.close()
