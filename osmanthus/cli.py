@@ -1058,7 +1058,12 @@ def _cmd_province_batches(args: argparse.Namespace) -> int:
         print(f"  more: add --page-token {page.next_page_token}")
     print(f"rejections, newest first ({len(rejected.rejections)} shown):")
     for r in rejected.rejections:
-        claimed = " ".join(part for part in (r.sender and f"sender {r.sender}", r.batch_id) if part)
+        # the sender owns the key the batch names; the batch id is only what the payload says
+        claimed = " ".join(
+            part
+            for part in (r.sender and f"key of {r.sender}", r.batch_id and f"claims {r.batch_id}")
+            if part
+        )
         print(f"  {r.at.strftime(stamp)}  {r.peer}  {r.code}  {claimed or '(nothing readable)'}")
         print(f"      {r.reason}")
     return 0

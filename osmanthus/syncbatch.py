@@ -139,6 +139,10 @@ _RESIDENT_ID_REFUSED: Final = (
     "holds what reads as a full resident identity number; a sync batch never carries one (a "
     "person on a list appears with the masked id the list shows)"
 )
+_SURROGATE_REFUSED: Final = (
+    "holds a lone surrogate escape (\\ud800 to \\udfff without its pair), which is no "
+    "character: UTF-8 cannot carry it; write the character itself"
+)
 _LIST_CHANGE_FIELDS: Final = frozenset(
     {
         "colour",
@@ -417,6 +421,7 @@ def read_batch(payload: bytes) -> Batch:
         )
     document = _parse(payload)
     batch = _validate(document, payload)
+    # _validate refused every string UTF-8 cannot carry, so this encodes
     if canonical_json(document) != payload:
         raise InvalidArgument(
             "is not in canonical form (keys sorted, no whitespace, UTF-8 without \\u escapes "
@@ -454,9 +459,10 @@ def check_envelope(signed: SignedBatch) -> None:
             field="payload",
         )
     if not isinstance(signed.key_id, str) or not KEY_ID_PATTERN.fullmatch(signed.key_id):
+        # not repeated: no signature vouches for it yet, and it could carry anything
         raise Unauthenticated(
-            f"{str(signed.key_id)[:60]!r} is not a key id (the RFC 7638 thumbprint of the "
-            "sender's Ed25519 key: 43 base64url characters)",
+            "is not a key id (the RFC 7638 thumbprint of the sender's Ed25519 key: 43 "
+            "base64url characters)",
             field="key_id",
         )
     if not isinstance(signed.signature, bytes) or len(signed.signature) != SIGNATURE_BYTES:
@@ -472,7 +478,7 @@ def verify_signature(signed: SignedBatch, *, public_key: Ed25519PublicKey) -> No
     expected = sender_key_id(public_key)
     if signed.key_id != expected:
         raise Unauthenticated(
-            f"the batch names key {signed.key_id}, not the sender's key {expected}",
+            f"the batch names key {shown_key_id(signed.key_id)}, not the sender's key {expected}",
             field="key_id",
         )
     try:
@@ -483,6 +489,18 @@ def verify_signature(signed: SignedBatch, *, public_key: Ed25519PublicKey) -> No
             "signed, or it was signed by another key",
             field="signature",
         ) from None
+
+
+def shown_key_id(key_id: object) -> str:
+    """`key_id` as a message may repeat it: quoted if it has a key id's shape and reads as no
+    resident id, else a description (an unverified envelope could carry anything in it)."""
+    if (
+        isinstance(key_id, str)
+        and KEY_ID_PATTERN.fullmatch(key_id)
+        and not holds_resident_id(key_id)
+    ):
+        return key_id
+    return "(a value that is not a key id this receiver could repeat)"
 
 
 def open_batch(signed: SignedBatch, *, public_key: Ed25519PublicKey) -> Batch:
@@ -527,7 +545,7 @@ def _parse(payload: bytes) -> dict[str, Any]:
     try:
         document = json.loads(
             text,
-            object_pairs_hook=unique_keys("field"),
+            object_pairs_hook=unique_keys("field", _shown),
             parse_float=_no_float,
             parse_constant=_no_constant,
         )
@@ -541,9 +559,11 @@ def _parse(payload: bytes) -> dict[str, Any]:
 
 
 def _no_float(text: str) -> Any:
+    # the number is not repeated: its digits could be a resident id, and the id scan only
+    # runs on a parsed document
     raise ValueError(
-        f"{text[:40]} is a fractional number; a batch holds integers only (ε and noise "
-        "scales are written as decimal strings)"
+        "holds a fractional number; a batch holds integers only (ε and noise scales are "
+        "written as decimal strings)"
     )
 
 
@@ -653,7 +673,7 @@ def _check_list_change(record: dict[str, Any], where: str) -> tuple[str, ...]:
                 field=f"{where}.subject_id",
             )
     else:
-        validate_uscc(subject, field=f"{where}.subject_id")
+        _credit_code(subject, field=f"{where}.subject_id")
     for name, limit, required in (
         ("subject_name", MAX_NAME_LENGTH, True),
         ("legal_basis", MAX_LEGAL_BASIS_LENGTH, True),
@@ -692,9 +712,7 @@ def _check_list_change(record: dict[str, Any], where: str) -> tuple[str, ...]:
 
 def _check_grade(record: dict[str, Any], where: str) -> tuple[str, ...]:
     _check_fields(record, _GRADE_FIELDS, where=f"{where}.")
-    # a valid credit code is the enterprise's own name, even in the rare case that its 18
-    # characters would also pass as a resident id: it is exempt from the id scan below
-    code = validate_uscc(record["credit_code"], field=f"{where}.credit_code")
+    code = _credit_code(record["credit_code"], field=f"{where}.credit_code")
     grade = record["grade"]
     if not isinstance(grade, str) or not GRADE_PATTERN.fullmatch(grade):
         raise InvalidArgument(
@@ -761,6 +779,20 @@ _RECORD_CHECKS: Final[Mapping[BatchKind, Callable[[dict[str, Any], str], tuple[s
 }
 
 
+def _credit_code(value: object, *, field: str) -> str:
+    # validate_uscc does not check the organisation code's own check digit, so an 18-digit
+    # string can pass both as a credit code and as a resident id; the receiver cannot tell
+    # which it is, so such a value is refused (a genuine code of that shape is very rare)
+    if isinstance(value, str) and holds_resident_id(value):
+        raise InvalidArgument(
+            "reads as a full resident identity number as well as a credit code; a sync batch "
+            "never carries a string that could be a person's id, so a credit code of this "
+            "rare shape cannot be sent (report that enterprise by other means)",
+            field=field,
+        )
+    return validate_uscc(value, field=field)  # type: ignore[arg-type]
+
+
 def _coverage(record: dict[str, Any], where: str) -> None:
     missing = _departments(record["missing_departments"], field=f"{where}.missing_departments")
     partial = _boolean(record["partial"], field=f"{where}.partial")
@@ -774,11 +806,11 @@ def _coverage(record: dict[str, Any], where: str) -> None:
 def _refuse_resident_ids(document: dict[str, Any]) -> None:
     """InvalidArgument naming the field (never the value) where a full resident id is written.
 
-    Runs before any other check, since those name a bad value in their messages: a forged
-    batch must not get a resident id into the receiver's log of refusals that way. A record's
-    credit_code and subject_id are left to their own checks (a valid credit code may, rarely,
-    also read as a resident id; a person's subject_id must be masked), which never repeat
-    the value.
+    Runs before any other check, so that a value is known to hold no id before a message
+    may repeat it (and _shown describes, never repeats, one that does). A record's
+    credit_code and subject_id are left to their own checks, which refuse an id with a
+    message of their own (a credit code that also reads as an id; a person's subject_id must
+    be masked) and never repeat the value.
     """
     records = document.get("records")
     for key, value in document.items():
@@ -795,13 +827,31 @@ def _scan(value: Any, *, where: str, exempt: frozenset[str]) -> None:
             name = f"{where}.{key}" if where else key
             if holds_resident_id(key):
                 raise InvalidArgument(_RESIDENT_ID_REFUSED, field=f"{where or 'payload'} (a key)")
+            if not _encodes(key):
+                raise InvalidArgument(_SURROGATE_REFUSED, field=f"{where or 'payload'} (a key)")
             if key not in exempt:
                 _scan(item, where=name, exempt=frozenset())
     elif isinstance(value, list):
         for index, item in enumerate(value):
             _scan(item, where=f"{where}[{index}]", exempt=frozenset())
-    elif isinstance(value, str) and holds_resident_id(value):
+    elif isinstance(value, str):
+        if holds_resident_id(value):
+            raise InvalidArgument(_RESIDENT_ID_REFUSED, field=where)
+        if not _encodes(value):
+            raise InvalidArgument(_SURROGATE_REFUSED, field=where)
+    elif isinstance(value, int) and not isinstance(value, bool) and holds_resident_id(str(value)):
+        # an id's 18 digits are an integer too (one ending in X is not); Python writes any
+        # integer JSON parsing gave (at most 4,300 digits: a longer one fails to parse)
         raise InvalidArgument(_RESIDENT_ID_REFUSED, field=where)
+
+
+def _encodes(text: str) -> bool:
+    """Whether UTF-8 can carry `text`: JSON's \\ud800 escapes parse to lone surrogates it cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_fields(document: dict[str, Any], expected: frozenset[str], *, where: str) -> None:
@@ -874,7 +924,7 @@ def _integer(value: object, *, field: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgument(f"{_shown(value)} is not an integer", field=field)
     if not low <= value <= high:
-        raise InvalidArgument(f"{value} is out of range; use {low} to {high}", field=field)
+        raise InvalidArgument(f"{_shown(value)} is out of range; use {low} to {high}", field=field)
     return value
 
 
@@ -926,11 +976,21 @@ def _decimal_text(value: Decimal) -> str:
 
 
 def _shown(value: object, limit: int = 60) -> str:
-    """`value` as Python writes it, cut short: what a batch holds is untrusted until checked."""
+    """`value` as Python writes it, cut short: what a batch holds is untrusted until checked.
+
+    A value that reads as a resident id (a string, a key, an integer's digits, or the text
+    shown) is described, never repeated: no message may carry one into a log or the
+    receiver's record of refusals."""
     if isinstance(value, str) and len(value) > limit:
         value = value[:limit]
     try:
         text = repr(value)
+        plain = "" if isinstance(value, bool) else str(value)
     except (RecursionError, ValueError):
-        text = f"a {type(value).__name__}"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+        # an integer too long to write out, or a structure too deep: say what it is instead
+        text, plain = f"a {type(value).__name__}", ""
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    if holds_resident_id(plain) or holds_resident_id(text):
+        return "a value that reads as a resident identity number"
+    return text

@@ -3,19 +3,20 @@
 A delivery is checked in this order, and refused at the first failure:
 
 1. the caller's certificate is registered to deliver for some sender (PERMISSION_DENIED,
-   "unknown sender");
+   "unknown sender"). Nothing of the delivery is read before this: a certificate no sender
+   registered has its refusals counted in one row (BatchStore.count_rejection), not one each;
 2. the envelope's sizes and the key id, which must be a key registered for a sender the
    certificate delivers for (UNAUTHENTICATED for an unknown key, PERMISSION_DENIED for another
    sender's);
 3. the Ed25519 signature over the payload (UNAUTHENTICATED);
 4. the payload's format, read only once its signature verified (INVALID_ARGUMENT naming the
-   field), and the sender it names, which must be the key's (PERMISSION_DENIED). Before that,
-   only the sender and batch id it claims are peeked at, for the record of a refusal;
+   field), and the sender it names, which must be the key's (PERMISSION_DENIED);
 5. duplicate, conflict and continuity, and the write (FAILED_PRECONDITION for a conflict, a gap
    or an overlap).
 
-Every refusal is recorded with the time, the certificate, the sender and batch id claimed and the
-reason; operators list them with the batches.
+Every refusal is recorded with the time, the certificate, the reason, the sender whose key the
+batch names (once the key is found) and the batch id the payload claims (peeked at only then, for
+the record of a refusal); operators list them with the batches.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ from datetime import UTC, datetime
 from certs import PeerRole
 from osmanthus.errors import OsmanthusError, PermissionDenied, Unauthenticated
 from osmanthus.grpc_errors import status_of
-from osmanthus.syncbatch import SignedBatch, check_envelope, peek_claims, read_batch
+from osmanthus.syncbatch import (
+    SignedBatch,
+    check_envelope,
+    peek_claims,
+    read_batch,
+    shown_key_id,
+)
 from osmanthus.syncbatch import verify_signature as verify_batch_signature
 from osmanthus.tls import PeerIdentity
 from province.senders import SenderRegistry
@@ -66,22 +73,24 @@ class ProvinceService:
 
     def deliver(self, signed: SignedBatch, *, caller: PeerIdentity) -> Delivery:
         """Store the batch once, or acknowledge it again; every refusal is recorded."""
-        # what the payload claims, unverified and bounded, so that a refusal records it too
-        claimed_sender, claimed_id = peek_claims(signed.payload)
+        allowed = self._registry.senders_for(caller)
+        if not allowed:
+            refusal = PermissionDenied(
+                f"unknown sender: certificate {peer_label(caller)} is not registered to "
+                "deliver for any sender (senders.toml names a city's delivering certificates)",
+                field="certificate",
+            )
+            self._count_stranger(caller, refusal)
+            raise refusal
+        # for the record of a refusal: the sender once its key is found, then the batch id
+        claimed_sender = claimed_id = ""
         try:
-            allowed = self._registry.senders_for(caller)
-            if not allowed:
-                raise PermissionDenied(
-                    f"unknown sender: certificate {peer_label(caller)} is not registered to "
-                    "deliver for any sender (senders.toml names a city's delivering "
-                    "certificates)",
-                    field="certificate",
-                )
             check_envelope(signed)
             owner = self._registry.key(signed.key_id)
             if owner is None:
                 raise Unauthenticated(
-                    f"unknown sender: key {signed.key_id} is not registered for any sender",
+                    f"unknown sender: key {shown_key_id(signed.key_id)} is not registered for "
+                    "any sender",
                     field="key_id",
                 )
             sender, public_key = owner
@@ -98,11 +107,15 @@ class ProvinceService:
             if batch.sender != sender.id:
                 raise PermissionDenied(
                     f"the batch names sender {batch.sender!r} but is signed with key "
-                    f"{signed.key_id} of {sender.id!r}",
+                    f"{shown_key_id(signed.key_id)} of {sender.id!r}",
                     field="sender",
                 )
             delivery = self._store.accept(batch, signed, peer=peer_label(caller), now=self._clock())
         except OsmanthusError as exc:
+            if claimed_sender and not claimed_id:
+                # unverified and bounded (check_envelope passed); only a registered
+                # certificate, with a registered sender's key id, gets this far
+                claimed_id = peek_claims(signed.payload)[1]
             self._record_rejection(caller, claimed_sender, claimed_id, exc)
             raise
         _log.info(
@@ -133,6 +146,23 @@ class ProvinceService:
         except Exception:
             # the caller still gets the refusal; only the record of it is lost, and the log says so
             _log.exception("could not record the refusal of a delivery from %s", peer_label(caller))
+
+    def _count_stranger(self, caller: PeerIdentity, error: OsmanthusError) -> None:
+        try:
+            count = self._store.count_rejection(
+                at=self._clock(),
+                peer=peer_label(caller),
+                code=status_of(error).name,
+                reason=str(error),
+            )
+        except Exception:
+            _log.exception("could not count the refusal of a delivery from %s", peer_label(caller))
+            return
+        # logged at the 1st, 2nd, 4th, 8th... refusal: a flood cannot flood the log either
+        if count & (count - 1) == 0:
+            _log.warning(
+                "delivery from %s refused (%d so far): %s", peer_label(caller), count, error
+            )
 
     def list_batches(self, query: BatchQuery, *, caller: PeerIdentity) -> BatchPage:
         """Operators see every batch; a delivering certificate sees its senders' batches only."""

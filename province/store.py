@@ -27,7 +27,7 @@ from osmanthus.syncbatch import Batch, BatchKind, SignedBatch
 
 #: the store's file in the receiver's state directory
 STORE_FILE: Final = "province.duckdb"
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 DEFAULT_PAGE_SIZE: Final = 20
 MAX_PAGE_SIZE: Final = 100
 #: a rejection's reason is kept to this many characters (the reasons name fields, not data)
@@ -72,7 +72,11 @@ CREATE TABLE rejections (
     sender VARCHAR NOT NULL,
     batch_id VARCHAR NOT NULL,
     code VARCHAR NOT NULL,
-    reason VARCHAR NOT NULL
+    reason VARCHAR NOT NULL,
+    -- a tally counts the refusals of one unregistered certificate in one row (count_rejection)
+    tally BOOLEAN NOT NULL,
+    first_at TIMESTAMP NOT NULL,
+    "count" BIGINT NOT NULL CHECK ("count" >= 1)
 );
 """
 _SUMMARY_COLUMNS = (
@@ -96,7 +100,8 @@ class Delivery:
     #: when the receiver first stored the batch (UTC)
     received_at: datetime
     sequence: int
-    #: where the sender's stream of this kind now continues from
+    #: this batch's end: where the stream continues for a batch stored now, only that batch's
+    #: end for a duplicate of an older one (the stream may have moved on since)
     watermark_to: str
 
 
@@ -128,8 +133,10 @@ class Rejection:
 
     at: datetime
     peer: str
-    #: the sender the batch claimed ("" if unreadable); unverified unless the signature was
+    #: the sender whose registered key the batch names ("" while that is unknown): the
+    #: signature may still have failed, so it is what the batch claims, not what it proved
     sender: str
+    #: the batch id the payload claims ("" if unread): read only once the key's sender is known
     batch_id: str
     #: the gRPC status name the deliverer received, e.g. "FAILED_PRECONDITION"
     code: str
@@ -170,7 +177,9 @@ class BatchStore:
     """Received batches and rejections in one DuckDB file, written by one receiver process.
 
     Every call holds one lock: the receiver's traffic is a few batches per run of each city's
-    job, and one writer keeps the duplicate and continuity checks and the insert atomic.
+    job, and one writer keeps the duplicate and continuity checks and the insert atomic. Being
+    the only writer, it numbers receipts and rejections from counters it keeps (read once on
+    opening), so that an insert never scans a table.
     """
 
     def __init__(self, path: Path) -> None:
@@ -189,6 +198,15 @@ class BatchStore:
             if created:
                 os.chmod(self.path, _FILE_MODE)
             self._check_or_create_schema()
+            self._next_receipt = self._after_last("receipt_no", "batches")
+            self._next_rejection = self._after_last("rejection_no", "rejections")
+            # (peer, code) → (rejection_no, first_at, count) of each tally row
+            self._tallies: dict[tuple[str, str], tuple[int, datetime, int]] = {
+                (r[0], r[1]): (int(r[2]), r[3], int(r[4]))
+                for r in self._conn.execute(
+                    'SELECT peer, code, rejection_no, first_at, "count" FROM rejections WHERE tally'
+                ).fetchall()
+            }
         except BaseException:
             self._conn.close()
             raise
@@ -246,7 +264,7 @@ class BatchStore:
                     _rollback_quietly(self._conn)
                     return self._duplicate(batch, content, row)
                 self._check_continuity(batch)
-                receipt_no = self._next_number("receipt_no", "batches")
+                receipt_no = self._next_receipt
                 self._conn.execute(
                     "INSERT INTO batches VALUES "
                     "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -281,6 +299,7 @@ class BatchStore:
             except BaseException:
                 _rollback_quietly(self._conn)
                 raise
+            self._next_receipt += 1
         return Delivery(
             batch_id=batch.batch_id,
             duplicate=False,
@@ -355,7 +374,7 @@ class BatchStore:
                 field="watermark_from",
             )
 
-    def _next_number(self, column: str, table: str) -> int:
+    def _after_last(self, column: str, table: str) -> int:
         row = self._conn.execute(f"SELECT coalesce(max({column}), 0) + 1 FROM {table}").fetchone()
         return int(row[0]) if row else 1
 
@@ -364,27 +383,82 @@ class BatchStore:
     def reject(
         self, *, at: datetime, peer: str, sender: str, batch_id: str, code: str, reason: str
     ) -> None:
-        """Record one refused delivery."""
+        """Record one refused delivery, in a row of its own."""
         with self._lock:
+            self._insert_rejection(
+                at=at, peer=peer, sender=sender, batch_id=batch_id, code=code, reason=reason
+            )
+
+    def count_rejection(self, *, at: datetime, peer: str, code: str, reason: str) -> int:
+        """Count one refused delivery in the one row kept per (certificate, code): for
+        certificates no sender registered, whose deliveries are never read, so that any number
+        of them takes one row. The row moves to the top of the listing; returns its count."""
+        with self._lock:
+            row = self._tallies.get((peer, code))
+            if row is None:
+                number = self._next_rejection
+                self._insert_rejection(
+                    at=at, peer=peer, sender="", batch_id="", code=code, reason=reason, tally=True
+                )
+                self._tallies[peer, code] = (number, _naive_utc(at), 1)
+                return 1
+            number, first_at, count = row
             self._conn.begin()
             try:
-                number = self._next_number("rejection_no", "rejections")
+                # deleted and written anew under the next number: the listing is newest first
+                self._conn.execute("DELETE FROM rejections WHERE rejection_no = ?", [number])
                 self._conn.execute(
-                    "INSERT INTO rejections VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO rejections VALUES (?, ?, ?, '', '', ?, ?, true, ?, ?)",
                     [
-                        number,
+                        self._next_rejection,
                         _naive_utc(at),
                         peer,
-                        sender,
-                        batch_id,
                         code,
                         reason[:MAX_REASON_CHARS],
+                        first_at,
+                        count + 1,
                     ],
                 )
                 self._conn.commit()
             except BaseException:
                 _rollback_quietly(self._conn)
                 raise
+            self._tallies[peer, code] = (self._next_rejection, first_at, count + 1)
+            self._next_rejection += 1
+            return count + 1
+
+    def _insert_rejection(
+        self,
+        *,
+        at: datetime,
+        peer: str,
+        sender: str,
+        batch_id: str,
+        code: str,
+        reason: str,
+        tally: bool = False,
+    ) -> None:
+        self._conn.begin()
+        try:
+            self._conn.execute(
+                "INSERT INTO rejections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                [
+                    self._next_rejection,
+                    _naive_utc(at),
+                    peer,
+                    sender,
+                    batch_id,
+                    code,
+                    reason[:MAX_REASON_CHARS],
+                    tally,
+                    _naive_utc(at),
+                ],
+            )
+            self._conn.commit()
+        except BaseException:
+            _rollback_quietly(self._conn)
+            raise
+        self._next_rejection += 1
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -424,7 +498,8 @@ class BatchStore:
             params.append(peer)
         with self._lock:
             rows = self._conn.execute(
-                'SELECT rejection_no, "at", peer, sender, batch_id, code, reason '
+                'SELECT rejection_no, "at", peer, sender, batch_id, code, reason, first_at, '
+                '"count" '
                 f"FROM rejections WHERE {' AND '.join(clauses)} "
                 "ORDER BY rejection_no DESC LIMIT ?",
                 [*params, size + 1],
@@ -432,7 +507,12 @@ class BatchStore:
         token = encode_page_token(rows[size - 1][0]) if len(rows) > size else ""
         found = tuple(
             Rejection(
-                at=_aware(r[1]), peer=r[2], sender=r[3], batch_id=r[4], code=r[5], reason=r[6]
+                at=_aware(r[1]),
+                peer=r[2],
+                sender=r[3],
+                batch_id=r[4],
+                code=r[5],
+                reason=_counted(r[6], count=int(r[8]), first_at=_aware(r[7])),
             )
             for r in rows[:size]
         )
@@ -513,6 +593,13 @@ def _summary(row: tuple[Any, ...]) -> BatchSummary:
         payload_sha256=row[13],
         received_at=_aware(row[14]),
     )
+
+
+def _counted(reason: str, *, count: int, first_at: datetime) -> str:
+    # the count travels in the reason, which every listing already shows
+    if count == 1:
+        return reason
+    return f"{reason} [refused {count} times since {_iso(first_at)}; the time is the latest]"
 
 
 def _naive_utc(value: datetime) -> datetime:

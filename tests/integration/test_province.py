@@ -145,6 +145,7 @@ def grades_batch(
     key: Ed25519PrivateKey,
     sender: str = "suzhou",
     start: str | None = None,
+    end: str | None = None,
     score: int = 95,
     created_at: datetime.datetime = T0,
     records: int = 3,
@@ -155,7 +156,7 @@ def grades_batch(
         kind=BatchKind.GRADES,
         sequence=sequence,
         watermark_from=start or f"w{sequence - 1}",
-        watermark_to=f"w{sequence}",
+        watermark_to=end or f"w{sequence}",
         records=[
             grade_record(
                 credit_code=credit_code(sequence * 100 + i),
@@ -341,9 +342,77 @@ def test_an_unknown_sender_is_refused_and_reported(receiver: Receiver, senders: 
         ("requester/agency-1", "PERMISSION_DENIED"),
     ]
     assert all("unknown sender" in r.reason for r in rejections[1:])
-    # what each batch claimed is kept with its refusal, the certificate's own too
-    assert [r.sender for r in rejections] == ["suzhou", "suzhou", "suzhou", "suzhou"]
-    assert rejections[3].batch_id == rejections[1].batch_id != ""
+    # the sender is recorded once its key is found, and only then the batch id claimed; of an
+    # unregistered certificate's delivery nothing is read
+    assert [r.sender for r in rejections] == ["suzhou", "suzhou", "", ""]
+    assert rejections[1].batch_id == signed_id(signed) and rejections[0].batch_id == wuxi_id
+    assert rejections[2].batch_id == rejections[3].batch_id == ""
+
+
+def signed_id(signed: SignedBatch) -> str:
+    return str(json.loads(signed.payload)["batch_id"])
+
+
+def test_a_flood_from_an_unregistered_certificate_takes_one_row(
+    receiver: Receiver, senders: Senders
+) -> None:
+    with receiver.client("agency-1") as agency:
+        for _ in range(30):
+            with pytest.raises(PermissionDenied):
+                agency.deliver(grades_batch(1, key=senders.suzhou))
+    with receiver.client("sync-1") as sync, pytest.raises(FailedPrecondition):
+        sync.deliver(grades_batch(2, key=senders.suzhou))
+    with receiver.client("agency-1") as agency, pytest.raises(PermissionDenied):
+        agency.deliver(SignedBatch(payload=b"{" * 1000, signature=b"x", key_id="k"))
+    with receiver.operator() as operator:
+        rejections = operator.rejections().rejections
+    # the tally moves to the top with each refusal; a registered certificate's rows stay apart
+    assert [(r.peer, r.code) for r in rejections] == [
+        ("requester/agency-1", "PERMISSION_DENIED"),
+        ("requester/sync-1", "FAILED_PRECONDITION"),
+    ]
+    assert "refused 31 times since" in rejections[0].reason
+    assert (rejections[0].sender, rejections[0].batch_id) == ("", "")
+    receiver.server.stop(grace=0.5)
+    with duckdb.connect(str(receiver.config.state_dir / STORE_FILE), read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM rejections").fetchone() == (2,)
+    receiver.server = start_province(receiver.config)
+
+
+def test_a_malformed_payload_with_a_bad_signature_is_refused_for_the_signature(
+    receiver: Receiver, senders: Senders
+) -> None:
+    # the signature is checked before the payload is read: garbage under a bad signature is
+    # an authentication failure, never a format error that would describe the payload
+    signed = grades_batch(1, key=senders.suzhou)
+    garbage = dataclasses.replace(signed, payload=b'{"sender": 320505198004010178')
+    with receiver.client("sync-1") as sync, pytest.raises(Unauthenticated) as info:
+        sync.deliver(garbage)
+    assert info.value.field == "signature"
+
+
+def test_two_batches_racing_for_the_next_sequence_store_one(
+    receiver: Receiver, senders: Senders
+) -> None:
+    with receiver.client("sync-1") as sync:
+        sync.deliver(grades_batch(1, key=senders.suzhou))
+        rivals = [
+            grades_batch(2, key=senders.suzhou),
+            grades_batch(2, key=senders.suzhou, end="w2b"),
+        ]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            outcomes = list(pool.map(lambda s: _outcome(sync, s), rivals))
+    assert sorted(outcomes) == ["overlap", "stored"]
+    with receiver.operator() as operator:
+        assert [b.sequence for b in operator.batches().batches] == [2, 1]
+
+
+def _outcome(client: ProvinceClient, signed: SignedBatch) -> str:
+    try:
+        client.deliver(signed)
+    except FailedPrecondition as exc:
+        return exc.message.split(":")[0]
+    return "stored"
 
 
 def test_a_payload_outside_the_format_is_refused_naming_the_field(

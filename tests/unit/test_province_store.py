@@ -3,7 +3,10 @@ the sender registry (senders.toml)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import json
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,20 +17,29 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from certs import PeerRole
 from osmanthus.bundle import generate_publisher_key, load_private_key
-from osmanthus.errors import ConfigError, FailedPrecondition, InvalidArgument
-from osmanthus.ids import make_uscc, organisation_code_check_char
+from osmanthus.errors import (
+    ConfigError,
+    FailedPrecondition,
+    InvalidArgument,
+    OsmanthusError,
+    PermissionDenied,
+)
+from osmanthus.ids import make_resident_id, make_uscc, organisation_code_check_char
 from osmanthus.syncbatch import (
+    SIGNING_CONTEXT,
     Batch,
     BatchKind,
     SignedBatch,
     build_batch,
+    canonical_json,
     grade_record,
     open_batch,
     sender_key_id,
     sign_batch,
 )
 from osmanthus.tls import PeerIdentity
-from province.senders import load_senders
+from province.senders import Sender, SenderRegistry, load_senders
+from province.service import ProvinceService
 from province.store import STORE_FILE, BatchQuery, BatchStore, Delivery, RejectionQuery
 
 KEY = Ed25519PrivateKey.generate()
@@ -352,3 +364,118 @@ def test_a_missing_registry_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_senders(tmp_path / "nowhere.toml")
     assert "does not exist" in info.value.message
+
+
+# --- the service: what a refusal may repeat, and what a stranger costs ---------------------------
+
+#: all digits, so that it reads as a resident id as an integer and as a JSON key too
+RESIDENT_DIGITS = make_resident_id(region="320505", birth=datetime.date(1980, 4, 1), sequence=1)
+SYNC = PeerIdentity(role=PeerRole.REQUESTER, name="sync-1")
+
+
+def service(store: BatchStore) -> ProvinceService:
+    suzhou = Sender(
+        id="suzhou",
+        keys={sender_key_id(KEY.public_key()): KEY.public_key()},
+        certificates=frozenset({"sync-1"}),
+    )
+    return ProvinceService(
+        registry=SenderRegistry(senders=[suzhou]),
+        store=store,
+        operators=frozenset({"operator"}),
+        clock=lambda: T0,
+    )
+
+
+def signed_payload(payload: bytes) -> SignedBatch:
+    return SignedBatch(
+        payload=payload,
+        signature=KEY.sign(SIGNING_CONTEXT + payload),
+        key_id=sender_key_id(KEY.public_key()),
+    )
+
+
+def _with_score(payload: bytes) -> bytes:
+    document = json.loads(payload)
+    document["records"][0]["score"] = int(RESIDENT_DIGITS)
+    return canonical_json(document)
+
+
+@pytest.mark.parametrize(
+    ("delivery", "field"),
+    [
+        (lambda s: signed_payload(_with_score(s.payload)), "records[0].score"),
+        (
+            lambda s: signed_payload(s.payload.replace(b'"score":100', b'"score":1.5', 1)
+                .replace(b"1.5", f"{RESIDENT_DIGITS}.5".encode(), 1)),
+            "payload",
+        ),
+        (
+            lambda s: signed_payload(
+                b'{"%s":1,"%s":2,' % ((RESIDENT_DIGITS.encode(),) * 2) + s.payload[1:]
+            ),
+            "payload",
+        ),
+        (lambda s: dataclasses.replace(s, key_id="A" * 25 + RESIDENT_DIGITS), "key_id"),
+        (lambda s: dataclasses.replace(s, key_id=RESIDENT_DIGITS), "key_id"),
+        (
+            lambda s: signed_payload(
+                s.payload.replace(b'"grade":"B"', b'"grade":"Zh\\ud800ang"', 1)
+            ),
+            "records[0].grade",
+        ),
+    ],
+)  # fmt: skip
+def test_a_refusal_repeats_no_resident_id_in_its_error_record_or_log(
+    store: BatchStore, caplog: pytest.LogCaptureFixture, delivery: Any, field: str
+) -> None:
+    assert RESIDENT_DIGITS.isdigit()
+    _, signed = grade_batch(1)
+    with caplog.at_level(logging.DEBUG), pytest.raises(OsmanthusError) as info:
+        service(store).deliver(delivery(signed), caller=SYNC)
+    assert info.value.field == field
+    (rejection,) = store.rejections(RejectionQuery()).rejections
+    assert rejection.peer == "requester/sync-1" and field in rejection.reason
+    for text in (str(info.value), rejection.reason, caplog.text):
+        assert RESIDENT_DIGITS not in text and RESIDENT_DIGITS[:17] not in text
+
+
+def test_a_stranger_certificate_is_refused_unread_and_counted_in_one_row(
+    store: BatchStore,
+) -> None:
+    receiver = service(store)
+    stranger = PeerIdentity(role=PeerRole.REQUESTER, name="agency-1")
+    _, signed = grade_batch(1)
+    for payload in (signed.payload, b"\xff" * 100, b"[" * 10_000):
+        for _ in range(20):
+            with pytest.raises(PermissionDenied):
+                receiver.deliver(dataclasses.replace(signed, payload=payload), caller=stranger)
+    with pytest.raises(FailedPrecondition):
+        receiver.deliver(grade_batch(2)[1], caller=SYNC)
+    rows = store.rejections(RejectionQuery()).rejections
+    assert [(r.peer, r.sender, r.batch_id) for r in rows] == [
+        ("requester/sync-1", "suzhou", grade_batch(2)[0].batch_id),
+        ("requester/agency-1", "", ""),
+    ]
+    assert "refused 60 times since 2026-11-26T02:00:00Z" in rows[1].reason
+
+
+def test_numbering_and_tallies_continue_after_reopening(tmp_path: Path) -> None:
+    path = tmp_path / STORE_FILE
+    first = BatchStore(path)
+    first.reject(at=T0, peer=PEER, sender="", batch_id="", code="X", reason="one")
+    first.count_rejection(at=T0, peer="requester/agency-1", code="PERMISSION_DENIED", reason="r")
+    first.close()
+    again = BatchStore(path)
+    try:
+        assert (
+            again.count_rejection(
+                at=T0, peer="requester/agency-1", code="PERMISSION_DENIED", reason="r"
+            )
+            == 2
+        )
+        again.reject(at=T0, peer=PEER, sender="", batch_id="", code="X", reason="two")
+        rows = again.rejections(RejectionQuery()).rejections
+        assert [r.reason[:3] for r in rows] == ["two", "r [", "one"]
+    finally:
+        again.close()

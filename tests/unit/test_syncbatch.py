@@ -21,8 +21,9 @@ from osmanthus.ids import (
     make_uscc,
     mask_subject,
     organisation_code_check_char,
+    validate_uscc,
 )
-from osmanthus.lists import EntryId, PublicEntry, WithdrawReason
+from osmanthus.lists import EntryId, PublicEntry, WithdrawReason, holds_resident_id
 from osmanthus.receipts import consent_key_id
 from osmanthus.syncbatch import (
     FORMAT,
@@ -47,6 +48,7 @@ from osmanthus.syncbatch import (
     read_batch,
     record_size,
     sender_key_id,
+    shown_key_id,
     sign_batch,
     statistic_record,
     verify_signature,
@@ -597,3 +599,84 @@ def test_any_valid_statistic_round_trips_through_sign_and_open(
     assert opened.records[0]["value"] == value
     assert Fraction(opened.records[0]["noise_scale"]) == scale
     assert Decimal(opened.records[0]["epsilon"]) == epsilon
+
+
+# --- values that must never be repeated ---------------------------------------------------------
+
+#: all digits, so that it is an integer too (RESIDENT may end in X)
+NUMERIC_RESIDENT = make_resident_id(region="320505", birth=datetime.date(1980, 4, 1), sequence=1)
+#: a valid credit code (GB 32100-2015 without the organisation digit) that is also a valid
+#: resident id: 111101 (Beijing), born 1980-04-01, check character 3
+CODE_AND_ID = "111101198004010033"
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        # an 18-digit integer is out of range, and its message would have repeated it
+        (lambda p: edited(p, lambda d: d["records"][0].update(score=int(NUMERIC_RESIDENT))),
+         "records[0].score"),
+        (lambda p: edited(p, lambda d: d.update(sequence=int(NUMERIC_RESIDENT))), "sequence"),
+        (lambda p: edited(p, lambda d: d["records"][0].update(as_of=int(NUMERIC_RESIDENT))),
+         "records[0].as_of"),
+        (lambda p: edited(p, lambda d: d.update(kind=int(NUMERIC_RESIDENT))), "kind"),
+        # a fractional number and a repeated key fail while parsing, before the id scan
+        (lambda p: p.replace(b'"score":0', f'"score":{NUMERIC_RESIDENT}.5'.encode()), "payload"),
+        (lambda p: b'{"%s":1,"%s":2,' % ((NUMERIC_RESIDENT.encode(),) * 2) + p[1:], "payload"),
+    ],
+)  # fmt: skip
+def test_a_number_or_key_reading_as_a_resident_id_is_never_repeated(
+    payload: Any, field: str
+) -> None:
+    assert NUMERIC_RESIDENT.isdigit()
+    error = refused(payload(batch().payload))
+    assert error.field == field
+    assert NUMERIC_RESIDENT not in str(error) and NUMERIC_RESIDENT[:17] not in str(error)
+
+
+def test_a_key_id_is_repeated_only_when_it_is_one_and_holds_no_resident_id() -> None:
+    signed = sign_batch(batch(), private_key=KEY)
+    with pytest.raises(Unauthenticated) as info:
+        verify_signature(
+            dataclasses.replace(signed, key_id=NUMERIC_RESIDENT), public_key=KEY.public_key()
+        )
+    assert info.value.field == "key_id" and NUMERIC_RESIDENT not in str(info.value)
+    # the shape of a key id, with an id inside: named by what it is, not repeated
+    shaped = "A" * 25 + NUMERIC_RESIDENT
+    with pytest.raises(Unauthenticated) as info:
+        verify_signature(dataclasses.replace(signed, key_id=shaped), public_key=KEY.public_key())
+    assert NUMERIC_RESIDENT not in str(info.value)
+    assert shown_key_id(shaped) != shaped and shown_key_id(signed.key_id) == signed.key_id
+
+
+def test_a_lone_surrogate_escape_is_refused_naming_the_field() -> None:
+    payload = batch(BatchKind.LIST_CHANGES, [list_change_record(
+        person_entry(subject_name="Zhang"), event=ListChange.PUBLISHED, at=NOW
+    )]).payload  # fmt: skip
+    assert b'"subject_name":"Zhang"' in payload
+    lone = payload.replace(b'"subject_name":"Zhang"', b'"subject_name":"Zh\\ud800ang"')
+    error = refused(lone)
+    assert error.field == "records[0].subject_name" and "surrogate" in error.message
+    key = payload.replace(b'"subject_name":"Zhang"', b'"subject_name":"Zhang","\\udfff":1')
+    assert refused(key).field == "records[0] (a key)"
+    # a pair is one character, written as itself in canonical form
+    paired = payload.replace(b'"subject_name":"Zhang"', b'"subject_name":"Zh\\ud83d\\ude00ang"')
+    assert refused(paired).field == "payload"
+
+
+def test_a_credit_code_that_also_reads_as_a_resident_id_is_refused() -> None:
+    # the premise: validate_uscc passes it, and it is a valid resident id
+    assert validate_uscc(CODE_AND_ID) == CODE_AND_ID and holds_resident_id(CODE_AND_ID)
+    with pytest.raises(InvalidArgument) as info:
+        batch(records=grades(1, credit_code=CODE_AND_ID))
+    assert info.value.field == "records[0].credit_code" and CODE_AND_ID not in str(info.value)
+    assert "cannot be sent" in info.value.message
+    firm = person_entry(
+        subject_kind=SubjectKind.ENTERPRISE, subject_id=CODE_AND_ID, subject_name="某公司"
+    )
+    with pytest.raises(InvalidArgument) as info:
+        batch(
+            BatchKind.LIST_CHANGES,
+            [list_change_record(firm, event=ListChange.PUBLISHED, at=NOW)],
+        )
+    assert info.value.field == "records[0].subject_id" and CODE_AND_ID not in str(info.value)
