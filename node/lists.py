@@ -51,6 +51,7 @@ from osmanthus.lists import (
     status_of,
     validate_new_entry,
 )
+from osmanthus.storefile import create_or_read_meta, rollback_quietly
 from osmanthus.tls import PeerIdentity
 from osmanthus.types import DepartmentId, SubjectId, SubjectKind
 
@@ -212,12 +213,6 @@ def _china_date(stored: datetime) -> date:
     return stored.replace(tzinfo=UTC).astimezone(_CHINA_STANDARD_TIME).date()
 
 
-def _rollback_quietly(conn: duckdb.DuckDBPyConnection) -> None:
-    # no active transaction (already committed or rolled back) means nothing to undo
-    with contextlib.suppress(duckdb.Error):
-        conn.rollback()
-
-
 def _differing_fields(old: NewEntry, new: NewEntry) -> list[str]:
     return [f.name for f in fields(NewEntry) if getattr(old, f.name) != getattr(new, f.name)]
 
@@ -258,33 +253,16 @@ class ListStore:
             raise
 
     def _check_or_create_schema(self) -> None:
-        tables = {
-            row[0]
-            for row in self._conn.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
-            ).fetchall()
-        }
-        if "meta" not in tables:
-            if tables:
-                raise ConfigError(
-                    f"{self.path}: holds other tables ({', '.join(sorted(tables))}) but no "
-                    "Osmanthus meta table; refusing to write into a foreign database"
-                )
-            self._conn.begin()
-            try:
-                self._conn.execute(_SCHEMA)
-                self._conn.execute(
-                    "INSERT INTO meta VALUES (?, ?)", [self.department, SCHEMA_VERSION]
-                )
-                self._conn.commit()
-            except BaseException:
-                _rollback_quietly(self._conn)
-                raise
+        row = create_or_read_meta(
+            self._conn,
+            path=self.path,
+            schema=_SCHEMA,
+            meta=(self.department, SCHEMA_VERSION),
+            what="list store",
+        )
+        if row is None:
             return
-        rows = self._conn.execute("SELECT department, schema_version FROM meta").fetchall()
-        if len(rows) != 1:
-            raise ConfigError(f"{self.path}: meta table has {len(rows)} rows, expected 1")
-        department, version = rows[0]
+        department, version = row
         if department != self.department:
             raise ConfigError(
                 f"{self.path}: this list store belongs to department {department!r}, not "
@@ -393,7 +371,7 @@ class ListStore:
                     self._insert(new, at=at, actor=actor)
                 self._conn.commit()
             except BaseException:
-                _rollback_quietly(self._conn)
+                rollback_quietly(self._conn)
                 raise
         return PublishResult(published=len(new), unchanged=len(entries) - len(new))
 
@@ -505,7 +483,7 @@ class ListStore:
                 )
                 self._conn.commit()
             except BaseException:
-                _rollback_quietly(self._conn)
+                rollback_quietly(self._conn)
                 raise
         found = self._entries_where("entry_id = ?", [checked_id], today=today)
         return found[0]

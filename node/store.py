@@ -25,6 +25,7 @@ from osmanthus.errors import (
 )
 from osmanthus.ids import validate_subject
 from osmanthus.rules import STATUSES, Record, RuleSet
+from osmanthus.storefile import create_or_read_meta
 from osmanthus.types import DepartmentId, SubjectId, SubjectKind
 
 SCHEMA_VERSION = 1
@@ -140,38 +141,17 @@ class RecordStore:
             raise
 
     def _check_or_create_schema(self) -> None:
-        tables = {
-            row[0]
-            for row in self._conn.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
-            ).fetchall()
-        }
-        if "meta" not in tables:
-            if self.read_only:
-                raise ConfigError(
-                    f"{self.path}: not an Osmanthus record store (no meta table); "
-                    "open it writable once to create the schema"
-                )
-            if tables:
-                raise ConfigError(
-                    f"{self.path}: holds other tables ({', '.join(sorted(tables))}) but no "
-                    "Osmanthus meta table; refusing to write into a foreign database"
-                )
-            self._conn.begin()
-            try:
-                self._conn.execute(_SCHEMA)
-                self._conn.execute(
-                    "INSERT INTO meta VALUES (?, ?)", [self.department, SCHEMA_VERSION]
-                )
-                self._conn.commit()
-            except BaseException:
-                self._conn.rollback()
-                raise
+        row = create_or_read_meta(
+            self._conn,
+            path=self.path,
+            schema=_SCHEMA,
+            meta=(self.department, SCHEMA_VERSION),
+            what="record store",
+            writable=not self.read_only,
+        )
+        if row is None:
             return
-        rows = self._conn.execute("SELECT department, schema_version FROM meta").fetchall()
-        if len(rows) != 1:
-            raise ConfigError(f"{self.path}: meta table has {len(rows)} rows, expected 1")
-        department, version = rows[0]
+        department, version = row
         if department != self.department:
             raise ConfigError(
                 f"{self.path}: this record store belongs to department {department!r}, "

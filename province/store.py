@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import os
 import threading
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any, Final
 import duckdb
 
 from osmanthus.errors import ConfigError, FailedPrecondition, InvalidArgument
+from osmanthus.storefile import create_or_read_meta, rollback_quietly
 from osmanthus.syncbatch import Batch, BatchKind, SignedBatch
 
 #: the store's file in the receiver's state directory
@@ -212,32 +212,17 @@ class BatchStore:
             raise
 
     def _check_or_create_schema(self) -> None:
-        tables = {
-            row[0]
-            for row in self._conn.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
-            ).fetchall()
-        }
-        if "meta" not in tables:
-            if tables:
-                raise ConfigError(
-                    f"{self.path}: holds other tables ({', '.join(sorted(tables))}) but no "
-                    "Osmanthus meta table; refusing to write into a foreign database",
-                    field="state_dir",
-                )
-            self._conn.begin()
-            try:
-                self._conn.execute(_SCHEMA)
-                self._conn.execute("INSERT INTO meta VALUES (?)", [SCHEMA_VERSION])
-                self._conn.commit()
-            except BaseException:
-                _rollback_quietly(self._conn)
-                raise
-            return
-        rows = self._conn.execute("SELECT schema_version FROM meta").fetchall()
-        if rows != [(SCHEMA_VERSION,)]:
+        row = create_or_read_meta(
+            self._conn,
+            path=self.path,
+            schema=_SCHEMA,
+            meta=(SCHEMA_VERSION,),
+            what="batch store",
+            field="state_dir",
+        )
+        if row is not None and row != (SCHEMA_VERSION,):
             raise ConfigError(
-                f"{self.path}: batch store schema {rows}, this Osmanthus reads version "
+                f"{self.path}: batch store schema {list(row)}, this Osmanthus reads version "
                 f"{SCHEMA_VERSION}",
                 field="state_dir",
             )
@@ -261,7 +246,7 @@ class BatchStore:
                     [batch.batch_id],
                 ).fetchone()
                 if row is not None:
-                    _rollback_quietly(self._conn)
+                    rollback_quietly(self._conn)
                     return self._duplicate(batch, content, row)
                 self._check_continuity(batch)
                 receipt_no = self._next_receipt
@@ -297,7 +282,7 @@ class BatchStore:
                     )
                 self._conn.commit()
             except BaseException:
-                _rollback_quietly(self._conn)
+                rollback_quietly(self._conn)
                 raise
             self._next_receipt += 1
         return Delivery(
@@ -421,7 +406,7 @@ class BatchStore:
                 )
                 self._conn.commit()
             except BaseException:
-                _rollback_quietly(self._conn)
+                rollback_quietly(self._conn)
                 raise
             self._tallies[peer, code] = (self._next_rejection, first_at, count + 1)
             self._next_rejection += 1
@@ -456,7 +441,7 @@ class BatchStore:
             )
             self._conn.commit()
         except BaseException:
-            _rollback_quietly(self._conn)
+            rollback_quietly(self._conn)
             raise
         self._next_rejection += 1
 
@@ -612,9 +597,3 @@ def _aware(value: datetime) -> datetime:
 
 def _iso(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _rollback_quietly(conn: duckdb.DuckDBPyConnection) -> None:
-    # no active transaction (already committed or rolled back) means nothing to undo
-    with contextlib.suppress(duckdb.Error):
-        conn.rollback()
