@@ -1,4 +1,5 @@
-# One image for every Osmanthus service: department nodes, the coordinator and the init job.
+# One image for every Osmanthus service: department nodes, the coordinator, the init job, the
+# provincial sync job and the reference provincial receiver.
 # docker-compose.yml picks the subcommand per service and defines each service's health check.
 
 FROM python:3.11-slim AS build
@@ -13,6 +14,7 @@ COPY sdk/ sdk/
 COPY certs/ certs/
 COPY policies/ policies/
 COPY province/ province/
+COPY syncjob/ syncjob/
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
@@ -37,10 +39,11 @@ COPY policies/node.cedar policies/central.cedar /etc/osmanthus/policies/
 
 # Mount points owned by the service user: Docker copies this ownership into a named volume the
 # first time it is mounted there, so the non-root services can write certificates, data and state.
-# /secrets (CA and issuer keys) and /keys (the coordinator's private keys) are owner-only.
-RUN mkdir -p /certs /data /state /secrets /keys \
- && chown osmanthus:osmanthus /certs /data /state /secrets /keys \
- && chmod 0700 /secrets /keys
+# /secrets (CA and issuer keys), /keys (the coordinator's private keys), /sync (the sync job's
+# keys and token) and /province (the provincial receiver's key) are owner-only.
+RUN mkdir -p /certs /data /state /secrets /keys /sync /province \
+ && chown osmanthus:osmanthus /certs /data /state /secrets /keys /sync /province \
+ && chmod 0700 /secrets /keys /sync /province
 
 USER osmanthus:osmanthus
 ENTRYPOINT ["osmanthus"]

@@ -9,6 +9,7 @@ from google.protobuf import timestamp_pb2
 
 from coordinator.batch import BatchHeader, BatchPlan, ChunkOutcome, SubjectChunk
 from coordinator.consent import Consent
+from coordinator.list_changes import ChangesRequest
 from coordinator.lists import ListSearch, ListSearchOutcome
 from coordinator.service import QueryOutcome, QueryRequest
 from coordinator.stats import StatsOutcome, StatsQuery
@@ -20,9 +21,11 @@ from node.convert import (
     public_entry_message,
     shape_from_pb,
 )
+from node.convert import list_changes_response as list_changes_message
 from osmanthus.errors import InvalidArgument
+from osmanthus.lists import ListChangesPage
 from osmanthus.types import SubjectKind
-from osmanthus.v1 import common_pb2, coordinator_pb2
+from osmanthus.v1 import common_pb2, coordinator_pb2, lists_pb2
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -149,6 +152,17 @@ def search_lists_response(outcome: ListSearchOutcome) -> coordinator_pb2.SearchL
             for s in outcome.missing
         ],
     )
+
+
+def list_changes(message: lists_pb2.ListChangesRequest) -> ChangesRequest:
+    return ChangesRequest(
+        department=message.department, after=message.after, page_size=message.page_size
+    )
+
+
+def list_changes_response(page: ListChangesPage) -> lists_pb2.ListChangesResponse:
+    # rebuilt from the checked values: nothing else a node put in its messages goes on
+    return list_changes_message(page)
 
 
 def consent_message(consent: Consent) -> coordinator_pb2.Consent:

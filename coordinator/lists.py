@@ -313,21 +313,44 @@ def check_entries(
     return kept, dropped
 
 
-class _Refused(Exception):
+class EntryRefused(Exception):
     """An entry fails a check; the message names the field and the problem, never a value."""
+
+
+class _Refused(EntryRefused):
+    """Raised by the checks below."""
+
+
+def check_feed_entry(
+    message: lists_pb2.PublicEntry, *, department: DepartmentId, catalogue: Catalogue
+) -> PublicEntry:
+    """One entry of a department's change feed, checked as the public query checks an entry
+    (rebuilt from the published fields) except for today: a feed reports entries withdrawn,
+    expired or not yet in view too. EntryRefused says which check failed."""
+    return _checked_entry(
+        message,
+        department=department,
+        kind=None,
+        list_id=None,
+        subject=None,
+        catalogue=catalogue,
+        today=None,
+        after=None,
+    )
 
 
 def _checked_entry(
     message: lists_pb2.PublicEntry,
     *,
     department: DepartmentId,
-    kind: SubjectKind,
+    kind: SubjectKind | None,
     list_id: str | None,
     subject: SubjectId | None,
     catalogue: Catalogue,
-    today: datetime.date,
+    today: datetime.date | None,
     after: EntryId | None,
 ) -> PublicEntry:
+    """`kind` None takes any kind the list lists; `today` None skips the in-view check."""
     if message.department != department:
         raise _Refused("department is not the answering node's department")
     list_type = next((t for t in catalogue.lists if t.id == message.list), None)
@@ -335,7 +358,12 @@ def _checked_entry(
         raise _Refused("list is not a list of the answering node's department")
     if list_id is not None and list_type.id != list_id:
         raise _Refused("list is not the list asked")
-    if kind_from_pb(message.subject_kind) is not kind:
+    sent_kind = kind_from_pb(message.subject_kind)
+    if kind is None:
+        if sent_kind is None:
+            raise _Refused("subject_kind is not person or enterprise")
+        kind = sent_kind
+    elif sent_kind is not kind:
         raise _Refused("subject_kind is not the kind asked")
     if kind not in list_type.subject_kinds:
         raise _Refused(f"subject_kind: {list_type.id} does not list {kind.value}s")
@@ -399,7 +427,7 @@ def _checked_subject(value: str, *, kind: SubjectKind, subject: SubjectId | None
 
 
 def _checked_window(
-    message: lists_pb2.PublicEntry, list_type: ListType, today: datetime.date
+    message: lists_pb2.PublicEntry, list_type: ListType, today: datetime.date | None
 ) -> tuple[datetime.date, datetime.date]:
     try:
         start = parse_date(message.window_start, field="window_start")
@@ -408,11 +436,13 @@ def _checked_window(
         raise _Refused(f"{exc.field} is not a date") from None
     # a node judges by its own date: within seconds of midnight it may be a day ahead of ours
     # or behind, and an entry of its today is published whichever day ours is
-    if not start - WINDOW_SLACK <= today <= end + WINDOW_SLACK:
+    if today is not None and not start - WINDOW_SLACK <= today <= end + WINDOW_SLACK:
         raise _Refused(
             f"the window does not contain today ({today}, China Standard Time) or the day "
             "before or after"
         )
+    if end < start:
+        raise _Refused("window_end is before window_start")
     if (end - start).days + 1 > list_type.max_window_days:
         raise _Refused(f"the window is longer than {list_type.id} allows")
     return start, end

@@ -38,7 +38,7 @@ from osmanthus.errors import (
 from osmanthus.grpc_errors import error_from_rpc
 from osmanthus.tls import TlsFiles, node_server_name, secure_channel
 from osmanthus.types import DepartmentId
-from osmanthus.v1 import lists_pb2, node_pb2_grpc
+from osmanthus.v1 import lists_pb2, node_pb2, node_pb2_grpc
 
 _log = logging.getLogger(__name__)
 
@@ -65,6 +65,15 @@ class PublicEntriesAnswer:
     department: DepartmentId
     entries: tuple[lists_pb2.PublicEntry, ...]
     next_page_token: str
+
+
+@dataclass(frozen=True)
+class ListChangesAnswer:
+    """One department's page of its list change feed, as its node sent it (unchecked)."""
+
+    #: the department the node answered as
+    department: DepartmentId
+    message: lists_pb2.ListChangesResponse
 
 
 @dataclass(frozen=True)
@@ -206,6 +215,30 @@ class NodePool:
             token=None,
             deadline_s=deadline_s,
         )
+
+    def list_changes(
+        self,
+        department: DepartmentId,
+        request: node_pb2.NodeListChangesRequest,
+        *,
+        deadline_s: float,
+    ) -> ListChangesAnswer | NodeFailure:
+        """One department's change feed page, or why it did not come.
+
+        No requester token goes with it, as with the public entries: the node serves the
+        coordinator's certificate alone, and the request names the requester for its audit.
+        """
+        answers, failures = self._fan_out_each(
+            self._callers,
+            [(department, request)],
+            "ListChanges",
+            lambda _, message: ListChangesAnswer(
+                department=DepartmentId(message.department), message=message
+            ),
+            token=None,
+            deadline_s=deadline_s,
+        )
+        return answers[0] if answers else failures[0]
 
     def _fan_out(
         self,

@@ -15,6 +15,7 @@ from coordinator.consent import Consent, ConsentRegistry, ConsentState
 from coordinator.disclosure import DisclosureLedger
 from coordinator.epsilon import EpsilonLedger
 from coordinator.keys import KeyRegistry
+from coordinator.list_changes import ChangesRequest, ListChangeFeed
 from coordinator.lists import ListSearch, ListSearcher, ListSearchOutcome
 from coordinator.nodes import NodeFailure, NodePool
 from coordinator.ratelimit import RateLimiter
@@ -39,6 +40,7 @@ from osmanthus.errors import (
     Unavailable,
 )
 from osmanthus.ids import canonical_subject, validate_any_subject, validate_subject
+from osmanthus.lists import ListChangesPage
 from osmanthus.names import validate_purpose, validate_requester_id
 from osmanthus.policy import (
     Decision,
@@ -169,6 +171,15 @@ class CoordinatorService:
             clock=clock,
         )
         self._lists = ListSearcher(
+            catalogue=catalogue,
+            nodes=nodes,
+            policy=policy,
+            audit=audit,
+            rate_limiter=self._rate_limiter,
+            deadline_s=deadline_s,
+            clock=clock,
+        )
+        self._list_changes = ListChangeFeed(
             catalogue=catalogue,
             nodes=nodes,
             policy=policy,
@@ -795,6 +806,14 @@ class CoordinatorService:
     ) -> ListSearchOutcome:
         """The public query of red and black lists (see coordinator/lists.py)."""
         return self._lists.search(
+            new_query_id(), request, authenticate=lambda: self.authenticate(caller, token)
+        )
+
+    def list_changes(
+        self, request: ChangesRequest, *, caller: PeerIdentity, token: str | None
+    ) -> ListChangesPage:
+        """One department's list change feed (see coordinator/list_changes.py)."""
+        return self._list_changes.read(
             new_query_id(), request, authenticate=lambda: self.authenticate(caller, token)
         )
 

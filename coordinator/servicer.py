@@ -12,7 +12,7 @@ from coordinator.service import CoordinatorService
 from node.servicer import bearer_token
 from osmanthus.grpc_errors import servicer_method, stream_servicer_method
 from osmanthus.tls import peer_identity
-from osmanthus.v1 import coordinator_pb2, coordinator_pb2_grpc
+from osmanthus.v1 import coordinator_pb2, coordinator_pb2_grpc, lists_pb2
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
@@ -96,6 +96,17 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             token=bearer_token(context),
         )
         return convert.search_lists_response(outcome)
+
+    @servicer_method
+    def ListChanges(  # noqa: N802 - gRPC method name
+        self, request: lists_pb2.ListChangesRequest, context: grpc.ServicerContext
+    ) -> lists_pb2.ListChangesResponse:
+        page = self._service.list_changes(
+            convert.list_changes(request),
+            caller=peer_identity(context),
+            token=bearer_token(context),
+        )
+        return convert.list_changes_response(page)
 
     @servicer_method
     def GrantConsent(  # noqa: N802 - gRPC method name

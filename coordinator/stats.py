@@ -283,7 +283,8 @@ class StatsAnswerer:
             raise _Refund(
                 Unavailable(
                     f"no node registered for department(s) {', '.join(unregistered)}: a "
-                    "statistic sums every department"
+                    "statistic sums every department",
+                    departments=tuple(unregistered),
                 )
             )
         deadline = self._deadline_s + STATS_SECONDS_PER_10K * len(cohort) / 10_000
@@ -307,16 +308,19 @@ class StatsAnswerer:
         if failures:
             # a sum without a department is biased by what it holds, and which departments a
             # statistic covers must not depend on who happened to be up
+            missing = tuple(sorted(f.department for f in failures))
             error = Unavailable(
                 f"{len(failures)} of {len(expected)} departments did not answer, and a "
                 "statistic sums every department: "
-                + "; ".join(f"{f.department}: {f.reason}" for f in failures)
+                + "; ".join(f"{f.department}: {f.reason}" for f in failures),
+                departments=missing,
             )
             if refundable(failures):
                 raise _Refund(error)
             raise Unavailable(
                 f"{error.message}; the ε of this query stays spent, since a department's "
-                "failure may depend on the cohort's records"
+                "failure may depend on the cohort's records",
+                departments=missing,
             )
         sums: list[Ciphertext] = []
         for index in range(len(statistics)):

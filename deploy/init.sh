@@ -1,6 +1,7 @@
 #!/bin/sh
 # Prepares the compose volumes: platform CA and certificates, token issuer key, consent-receipt
-# key, synthetic records.
+# key, synthetic records, and what the provincial sync job and the reference provincial receiver
+# need.
 #
 # Run by the `init` service before any node or the coordinator starts. Every step keeps what an
 # earlier run completed, so `docker compose up` may run it any number of times; it never replaces
@@ -15,7 +16,16 @@
 #   COORDINATOR_KEYS_DIR  what only the coordinator mounts: its certificate, TLS key     /keys
 #                     (key.pem) and consent-receipt key pair (consent.key, consent.pub)
 #   DATA_DIR          department DuckDB files                                            /data
+#   SYNC_DIR          what only the sync job mounts: its requester certificate and key,  /sync
+#                     token, Paillier key, signing key pair, sync.toml, rosters
+#   PROVINCE_DIR      what only the provincial receiver mounts: its node certificate     /province
+#                     and key, the operator certificate for probes, senders.toml and
+#                     the sync job's public signing key
 #   REQUESTERS        space-separated requester ids to certify                          (none)
+#   SYNC_REQUESTER    the sync job's requester id (certified whatever REQUESTERS says)   sync-1
+#   SYNC_SENDER       the city's sender id in its batches and in senders.toml            suzhou
+#   SYNC_TOKEN_DAYS   lifetime of the sync job's token; init issues a new one once the   30
+#                     one it holds is two thirds through it
 #   SEED_SYNTHETIC    1: fill an empty DATA_DIR with synthetic records; 0: leave it      1
 #   SEED_PERSONS      synthetic persons                                                  2000
 #   SEED_ENTERPRISES  synthetic enterprises                                              300
@@ -25,7 +35,12 @@ SECRETS_DIR="${SECRETS_DIR:-/secrets}"
 CERTS_DIR="${CERTS_DIR:-/certs}"
 COORDINATOR_KEYS_DIR="${COORDINATOR_KEYS_DIR:-/keys}"
 DATA_DIR="${DATA_DIR:-/data}"
+SYNC_DIR="${SYNC_DIR:-/sync}"
+PROVINCE_DIR="${PROVINCE_DIR:-/province}"
 REQUESTERS="${REQUESTERS:-}"
+SYNC_REQUESTER="${SYNC_REQUESTER:-sync-1}"
+SYNC_SENDER="${SYNC_SENDER:-suzhou}"
+SYNC_TOKEN_DAYS="${SYNC_TOKEN_DAYS:-30}"
 SEED_SYNTHETIC="${SEED_SYNTHETIC:-1}"
 SEED_PERSONS="${SEED_PERSONS:-2000}"
 SEED_ENTERPRISES="${SEED_ENTERPRISES:-300}"
@@ -35,6 +50,10 @@ fail() {
     echo "init: error: $*" >&2
     exit 3
 }
+# checked before anything is made, so that a bad setting leaves the volumes as they were
+if ! [ "$SYNC_TOKEN_DAYS" -ge 1 ] 2>/dev/null; then
+    fail "SYNC_TOKEN_DAYS=$SYNC_TOKEN_DAYS: give the sync token lifetime in whole days (1 or more)"
+fi
 
 ca="$SECRETS_DIR/ca"
 
@@ -48,12 +67,18 @@ else
     osmanthus certs init --out "$ca" --overwrite --requesters $REQUESTERS
     touch "$ca/.complete"
 fi
-# Requesters added to REQUESTERS after the first run get their certificate now.
-for requester in $REQUESTERS; do
+# Requesters added to REQUESTERS after the first run get their certificate now; so does the sync
+# job, which is not in REQUESTERS so that overriding the list cannot leave it without one.
+for requester in $REQUESTERS $SYNC_REQUESTER; do
     if [ ! -f "$ca/requesters/$requester/cert.pem" ]; then
         osmanthus certs issue --ca-dir "$ca" --role requester --name "$requester"
     fi
 done
+# The reference provincial receiver serves with a node certificate named `province`: the platform
+# CA issues server certificates to nodes and the coordinator only (docs/province.md, Caveats).
+if [ ! -f "$ca/nodes/province/cert.pem" ]; then
+    osmanthus certs issue --ca-dir "$ca" --role node --name province
+fi
 # 'certs init' makes the coordinator's consent-receipt key; a CA made before receipts lacks it.
 # An existing key is never replaced: receipts handed out verify only against it. A consent.pub
 # without its consent.key means the key was lost, and 'certs consent-key' refuses (exit 3) to
@@ -79,12 +104,20 @@ fi
 # Copied on every run, so a certificate re-issued into SECRETS_DIR reaches the services at their
 # next restart. The CA key and the requesters' keys stay in SECRETS_DIR.
 # Every node mounts CERTS_DIR, so the coordinator's private keys never go there: with them a node
-# could forge consent receipts and pose as the coordinator. Volumes filled by earlier versions of
-# this script hold them; they are removed first.
+# could forge consent receipts and pose as the coordinator. Nor does the provincial receiver's key:
+# with it a node could pose as the province to the sync job. Volumes filled by earlier versions of
+# this script may hold them (the receiver's when its certificate was issued by hand into the CA
+# directory, which used to be copied whole); they are removed first.
 rm -f "$CERTS_DIR/coordinator/key.pem" "$CERTS_DIR/coordinator/consent.key"
-mkdir -p "$CERTS_DIR/coordinator"
-for part in ca.pem nodes operator; do
+rm -rf "$CERTS_DIR/nodes/province"
+mkdir -p "$CERTS_DIR/coordinator" "$CERTS_DIR/nodes"
+for part in ca.pem operator; do
     cp -R "$ca/$part" "$CERTS_DIR/"
+done
+for node in "$ca"/nodes/*; do
+    if [ "${node##*/}" != province ]; then
+        cp -R "$node" "$CERTS_DIR/nodes/"
+    fi
 done
 cp "$ca/coordinator/cert.pem" "$ca/coordinator/consent.pub" "$CERTS_DIR/coordinator/"
 cp "$SECRETS_DIR/issuer.pub" "$CERTS_DIR/issuer.pub"
@@ -121,4 +154,144 @@ else
     mv "$staging"/* "$staging/.seeded" "$DATA_DIR/"
     rmdir "$staging"
 fi
+
+# --- the provincial sync job ----------------------------------------------------------------------
+# SYNC_DIR belongs to the job: only init and the sync service mount it. The job's Paillier key and
+# signing key are made here, not in SECRETS_DIR: they are the job's, not the platform's, which
+# certifies the job and issues its token but needs no key that decrypts what the job asks or
+# signs the city's batches.
+mkdir -p "$SYNC_DIR/tls/requesters" "$SYNC_DIR/keys" "$SYNC_DIR/rosters"
+chmod 0700 "$SYNC_DIR"
+cp "$ca/ca.pem" "$SYNC_DIR/tls/ca.pem"
+cp -R "$ca/requesters/$SYNC_REQUESTER" "$SYNC_DIR/tls/requesters/"
+
+paillier="$SYNC_DIR/$SYNC_REQUESTER.paillier"
+token="$SYNC_DIR/$SYNC_REQUESTER.jwt"
+if [ -f "$paillier" ]; then
+    say "sync job's Paillier key $paillier already exists: kept"
+else
+    # a token names the fingerprint of one key: a token left from a lost key is useless
+    rm -f "$token"
+    say "sync job's Paillier key $paillier made: $(osmanthus keys create --out "$paillier")"
+fi
+# The job reads its token file before every run, so a token renewed here reaches a running job
+# without a restart. A token is issued for SYNC_TOKEN_DAYS and renewed by the first run of init
+# after two thirds of that: run init more often than that (docs/deployment.md), or the job's runs
+# fail as unauthenticated once the token has expired.
+renew_after=$((SYNC_TOKEN_DAYS * 2 / 3))
+if [ -s "$token" ] && [ -z "$(find "$token" -mtime +"$renew_after")" ]; then
+    say "sync job's token $token is at most $renew_after days old: kept"
+else
+    fingerprint=$(osmanthus keys fingerprint "$paillier")
+    # written aside and moved in, so a running job never reads half a token
+    (
+        umask 077
+        osmanthus token issue --issuer-key "$SECRETS_DIR/issuer.key" \
+            --requester "$SYNC_REQUESTER" --role sync_job \
+            --purpose credit_rescoring --purpose statistics \
+            --key-fingerprint "$fingerprint" --ttl "${SYNC_TOKEN_DAYS}d" >"$token.tmp"
+    )
+    mv "$token.tmp" "$token"
+    say "sync job's token $token issued for $SYNC_TOKEN_DAYS days"
+fi
+
+signing="$SYNC_DIR/keys/$SYNC_SENDER-sync"
+if [ -f "$signing.pub" ]; then
+    say "sync signing key $signing.key already exists: kept"
+else
+    # The public half is written after the private one, so without it keygen never finished and
+    # the province never registered a leftover private key.
+    rm -f "$signing.key"
+    osmanthus province keygen --out-dir "$SYNC_DIR/keys" --name "$SYNC_SENDER-sync"
+fi
+
+# The enterprises to grade, and the cohort of the statistics: every enterprise of the synthetic
+# records. With imported records, put a CSV with a subject_id column here and run init again.
+roster="$SYNC_DIR/rosters/enterprises.csv"
+if [ -f "$roster" ]; then
+    say "enterprise roster $roster already exists: kept"
+elif [ -f "$DATA_DIR/subjects.csv" ]; then
+    if ! awk -F, '
+        { sub(/\r$/, "") }
+        NR == 1 {
+            for (i = 1; i <= NF; i++) column[$i] = i
+            if (!("subject_kind" in column) || !("subject_id" in column)) exit 3
+            print "subject_id"
+            next
+        }
+        $column["subject_kind"] == "enterprise" { print $column["subject_id"] }
+    ' "$DATA_DIR/subjects.csv" >"$roster.tmp"; then
+        rm -f "$roster.tmp"
+        fail "$DATA_DIR/subjects.csv has no subject_kind and subject_id header"
+    fi
+    mv "$roster.tmp" "$roster"
+fi
+
+# sync.toml is made from the files above on every run. Its paths are where the sync service
+# mounts them (docker-compose.yml: this volume at /sync, its own state volume at /state), its
+# targets the compose services. A deployment that reports to the real provincial platform gives
+# the job a file of its own instead (docs/deployment.md).
+{
+    cat <<TOML
+# Written by deploy/init.sh on every run: an edit here is lost (see docs/deployment.md).
+sender = "$SYNC_SENDER"
+signing_key = "/sync/keys/$SYNC_SENDER-sync.key"
+state_dir = "/state/sync"
+
+[coordinator]
+target = "coordinator:50050"
+requester = "$SYNC_REQUESTER"
+token_file = "/sync/$SYNC_REQUESTER.jwt"
+paillier_keys = "/sync/$SYNC_REQUESTER.paillier"
+certs_dir = "/sync/tls"
+
+[province]
+target = "province:50060"
+
+[lists]
+every = "0s"
+TOML
+    if [ -f "$roster" ]; then
+        cat <<TOML
+
+[grades]
+enterprises = "/sync/rosters/enterprises.csv"
+every = "1d"
+
+# ε 0.01 a day for one statistic spends 3.65 a year of the central policy's 50. Against a few
+# hundred enterprises the noise drowns the sum: it shows the stream, not a usable value.
+[[statistics]]
+name = "enterprises.all"
+subject_kind = "enterprise"
+subjects = "/sync/rosters/enterprises.csv"
+epsilon = "0.01"
+statistics = ["deductions"]
+every = "1d"
+TOML
+    else
+        say "no enterprise roster in $SYNC_DIR/rosters: the sync job reports list changes only"
+    fi
+} >"$SYNC_DIR/sync.toml.tmp"
+mv "$SYNC_DIR/sync.toml.tmp" "$SYNC_DIR/sync.toml"
+say "sync job's certificate, keys, token and sync.toml in $SYNC_DIR"
+
+# --- the reference provincial receiver ------------------------------------------------------------
+# PROVINCE_DIR belongs to the receiver: only init and the province service mount it. It holds the
+# receiver's certificate and key, the operator certificate for its health check and for
+# 'province batches', and senders.toml; of the sync job only the public signing key.
+mkdir -p "$PROVINCE_DIR/tls/nodes" "$PROVINCE_DIR/senders"
+chmod 0700 "$PROVINCE_DIR"
+cp "$ca/ca.pem" "$PROVINCE_DIR/tls/ca.pem"
+cp -R "$ca/nodes/province" "$PROVINCE_DIR/tls/nodes/"
+cp -R "$ca/operator" "$PROVINCE_DIR/tls/"
+cp "$signing.pub" "$PROVINCE_DIR/senders/$SYNC_SENDER-sync.pub"
+cat >"$PROVINCE_DIR/senders.toml.tmp" <<TOML
+# Written by deploy/init.sh on every run: an edit here is lost (see docs/deployment.md).
+[[sender]]
+id = "$SYNC_SENDER"
+public_keys = ["senders/$SYNC_SENDER-sync.pub"]
+certificates = ["$SYNC_REQUESTER"]
+TOML
+mv "$PROVINCE_DIR/senders.toml.tmp" "$PROVINCE_DIR/senders.toml"
+say "provincial receiver's certificate, senders.toml and the city's public key in $PROVINCE_DIR"
 say "done"

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from google.protobuf import timestamp_pb2
 
-from node.lists import EntryDraft, PublicPage, PublicQuery, PublishResult
+from node.lists import ChangesQuery, EntryDraft, PublicPage, PublicQuery, PublishResult
 from node.service import (
     ChunkRequest,
     ChunkResult,
@@ -23,6 +23,9 @@ from osmanthus.errors import InvalidArgument
 from osmanthus.lists import (
     EntryId,
     EntryStatus,
+    ListChange,
+    ListChangeEvent,
+    ListChangesPage,
     ListEntry,
     ListEvent,
     NewEntry,
@@ -456,4 +459,87 @@ def public_page(message: lists_pb2.PublicEntriesResponse) -> PublicPage:
             public_entry(e, field=f"entries[{i}]") for i, e in enumerate(message.entries)
         ),
         next_page_token=message.next_page_token,
+    )
+
+
+# --- a department's change feed ----------------------------------------------------------------
+
+CHANGE_TO_PB: dict[ListChange, lists_pb2.ListChangeKind] = {
+    ListChange.PUBLISHED: lists_pb2.LIST_CHANGE_KIND_PUBLISHED,
+    ListChange.WITHDRAWN: lists_pb2.LIST_CHANGE_KIND_WITHDRAWN,
+}
+_CHANGE_FROM_PB: dict[int, ListChange] = {v: k for k, v in CHANGE_TO_PB.items()}
+
+
+def change_from_pb(value: int) -> ListChange | None:
+    """PUBLISHED or WITHDRAWN; None for anything else (a node never reports EXPIRED)."""
+    return _CHANGE_FROM_PB.get(value)
+
+
+def changes_query(message: node_pb2.NodeListChangesRequest) -> ChangesQuery:
+    return ChangesQuery(
+        department=message.request.department,
+        after=message.request.after,
+        page_size=message.request.page_size,
+        requester=message.requester,
+    )
+
+
+def changes_query_message(query: ChangesQuery) -> node_pb2.NodeListChangesRequest:
+    return node_pb2.NodeListChangesRequest(
+        request=lists_pb2.ListChangesRequest(
+            department=query.department, after=query.after, page_size=query.page_size
+        ),
+        requester=query.requester,
+    )
+
+
+def list_change_message(event: ListChangeEvent) -> lists_pb2.ListChange:
+    return lists_pb2.ListChange(
+        cursor=event.cursor,
+        entry=public_entry_message(event.entry),
+        event=CHANGE_TO_PB[event.event],
+        at=_timestamp(event.at),
+        withdraw_reason=(
+            _REASON_TO_PB[event.withdraw_reason]
+            if event.withdraw_reason is not None
+            else lists_pb2.WITHDRAW_REASON_UNSPECIFIED
+        ),
+    )
+
+
+def list_changes_response(page: ListChangesPage) -> lists_pb2.ListChangesResponse:
+    return lists_pb2.ListChangesResponse(
+        department=page.department,
+        events=[list_change_message(e) for e in page.events],
+        next_cursor=page.next_cursor,
+        more=page.more,
+    )
+
+
+def list_changes_page(message: lists_pb2.ListChangesResponse) -> ListChangesPage:
+    """A feed page as typed values; InvalidArgument (naming the field) for one no node sends."""
+    events = []
+    for i, e in enumerate(message.events):
+        field = f"events[{i}]"
+        if not e.HasField("at"):
+            raise InvalidArgument("the node sent no time", field=f"{field}.at")
+        try:
+            at = e.at.ToDatetime(tzinfo=datetime.UTC)
+        except (ValueError, OverflowError):
+            raise InvalidArgument("is not a time", field=f"{field}.at") from None
+        events.append(
+            ListChangeEvent(
+                cursor=e.cursor,
+                entry=public_entry(e.entry, field=f"{field}.entry"),
+                event=_required(change_from_pb(e.event), "event", f"{field}.event"),
+                at=at,
+                withdraw_reason=withdraw_reason_from_pb(e.withdraw_reason),
+            )
+        )
+    return ListChangesPage(
+        department=DepartmentId(message.department),
+        events=tuple(events),
+        next_cursor=message.next_cursor,
+        more=message.more,
     )

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import duckdb
 
@@ -30,40 +30,64 @@ from osmanthus.errors import (
 from osmanthus.ids import canonical_subject, validate_subject
 from osmanthus.lists import (
     ENTRY_ID_PATTERN,
+    MAX_CHANGE_SEQ,
+    MAX_CHANGES_PAGE_SIZE,
     MAX_ENTRIES_PER_PUBLISH,
     MAX_REFERENCE_LENGTH,
     EntryId,
     EntryStatus,
+    ListChange,
+    ListChangeEvent,
+    ListChangesPage,
     ListEntry,
     ListEvent,
     NewEntry,
     PublicEntry,
     WithdrawReason,
+    change_cursor,
+    changes_page_size,
     check_text,
     decode_page_token,
     encode_page_token,
     holds_resident_id,
     list_of,
     page_size,
+    parse_change_cursor,
     public_subject,
     reason_allowed,
     refuse_resident_id,
     status_of,
     validate_new_entry,
 )
+from osmanthus.names import validate_requester_id
 from osmanthus.storefile import create_or_read_meta, rollback_quietly
 from osmanthus.tls import PeerIdentity
 from osmanthus.types import DepartmentId, SubjectId, SubjectKind
 
 #: the list store's file in the node's state directory
 LISTS_FILE: Final = "lists.duckdb"
-SCHEMA_VERSION: Final = 1
+#: 2 numbers every event (events.seq), which the department's change feed pages by
+SCHEMA_VERSION: Final = 2
 PUBLISHED: Final = "published"
 WITHDRAWN: Final = "withdrawn"
 _FILE_MODE: Final = 0o600
 #: the umask while DuckDB may create files: its WAL holds full ids, as the database does
 _PRIVATE_UMASK: Final = 0o077
 _CHINA_STANDARD_TIME: Final = timezone(timedelta(hours=8), "CST")
+
+#: seq numbers the events in the order they were stored, from 1: the change feed's cursor. It
+#: is assigned under the store's lock in the event's own transaction (max + 1), never reused
+_EVENTS_SCHEMA: Final = """
+CREATE TABLE events (
+    seq BIGINT NOT NULL UNIQUE,
+    entry_id VARCHAR NOT NULL,
+    "at" TIMESTAMP NOT NULL,
+    event VARCHAR NOT NULL CHECK (event IN ('published', 'withdrawn')),
+    actor VARCHAR NOT NULL,
+    detail VARCHAR NOT NULL
+);
+CREATE INDEX events_entry ON events (entry_id);
+"""
 
 _SCHEMA = """
 CREATE TABLE meta (
@@ -89,16 +113,8 @@ CREATE TABLE entries (
     CHECK (window_end >= window_start),
     CHECK ((withdrawn_at IS NULL) = (withdraw_reason IS NULL))
 );
-CREATE TABLE events (
-    entry_id VARCHAR NOT NULL,
-    "at" TIMESTAMP NOT NULL,
-    event VARCHAR NOT NULL CHECK (event IN ('published', 'withdrawn')),
-    actor VARCHAR NOT NULL,
-    detail VARCHAR NOT NULL
-);
 CREATE INDEX entries_subject ON entries (subject_id);
 CREATE INDEX entries_list ON entries (list, entry_id);
-CREATE INDEX events_entry ON events (entry_id);
 """
 
 _ENTRY_COLUMNS = (
@@ -113,10 +129,14 @@ _INSERT_ENTRIES = (
     "unnest(?::TIMESTAMP[]), NULL, NULL, NULL)"
 )
 _INSERT_EVENTS = (
-    "INSERT INTO events SELECT * FROM (SELECT unnest(?::VARCHAR[]), unnest(?::TIMESTAMP[]), "
-    "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]))"
+    'INSERT INTO events (seq, entry_id, "at", event, actor, detail) SELECT * FROM (SELECT '
+    "unnest(?::BIGINT[]), unnest(?::VARCHAR[]), unnest(?::TIMESTAMP[]), unnest(?::VARCHAR[]), "
+    "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]))"
 )
 _IN_VIEW = "withdrawn_at IS NULL AND window_start <= ? AND window_end >= ?"
+#: what one change feed page's events may take on the wire at most (see _feed_bytes)
+MAX_FEED_PAGE_BYTES: Final = 3 << 20
+_FEED_EVENT_OVERHEAD: Final = 160
 
 
 @dataclass(frozen=True)
@@ -174,6 +194,33 @@ class PublicPage:
     entries: tuple[PublicEntry, ...]
     #: "" on the last page
     next_page_token: str = ""
+
+
+@dataclass(frozen=True)
+class ChangesQuery:
+    """NodeService.ListChanges: the department's list events after a cursor, a page at a time."""
+
+    #: the department asked: this node's, or "" (the coordinator always names it)
+    department: str
+    #: a cursor of this feed ("" for the first event)
+    after: str
+    #: 0 means osmanthus.lists.DEFAULT_CHANGES_PAGE_SIZE
+    page_size: int
+    #: the requester the coordinator asks for, as the coordinator names it (for the audit log)
+    requester: str
+
+
+class FeedEvent(NamedTuple):
+    """One event of the store's change feed, numbered by the store."""
+
+    seq: int
+    #: published fields only, a person's id masked
+    entry: PublicEntry
+    event: ListChange
+    #: when it was stored (UTC, aware)
+    at: datetime
+    #: WITHDRAWN only: the entry's withdraw reason (its reference is not published)
+    withdraw_reason: WithdrawReason | None
 
 
 #: one umask change at a time in this process, and only around our own DuckDB calls
@@ -256,7 +303,7 @@ class ListStore:
         row = create_or_read_meta(
             self._conn,
             path=self.path,
-            schema=_SCHEMA,
+            schema=_SCHEMA + _EVENTS_SCHEMA,
             meta=(self.department, SCHEMA_VERSION),
             what="list store",
         )
@@ -268,11 +315,38 @@ class ListStore:
                 f"{self.path}: this list store belongs to department {department!r}, not "
                 f"{self.department!r}; check the node's department and state directory"
             )
+        if version == 1:
+            self._number_events()
+            return
         if version != SCHEMA_VERSION:
             raise ConfigError(
                 f"{self.path}: list store schema version {version}, this Osmanthus reads "
                 f"version {SCHEMA_VERSION}"
             )
+
+    def _number_events(self) -> None:
+        """Schema 1 to 2 in one transaction: the events get their sequence numbers, in the order
+        they happened (time, then entry id, then published before withdrawn).
+
+        DuckDB neither adds a column with constraints nor builds an index over rows updated in
+        the same transaction, so the events move to a table of the new shape.
+        """
+        self._conn.begin()
+        try:
+            self._conn.execute("DROP INDEX events_entry")
+            self._conn.execute("ALTER TABLE events RENAME TO events_schema_1")
+            self._conn.execute(_EVENTS_SCHEMA)
+            self._conn.execute(
+                'INSERT INTO events (seq, entry_id, "at", event, actor, detail) SELECT '
+                'row_number() OVER (ORDER BY "at", entry_id, event), entry_id, "at", event, '
+                "actor, detail FROM events_schema_1"
+            )
+            self._conn.execute("DROP TABLE events_schema_1")
+            self._conn.execute("UPDATE meta SET schema_version = ?", [SCHEMA_VERSION])
+            self._conn.commit()
+        except BaseException:
+            rollback_quietly(self._conn)
+            raise
 
     def _check_lists(self) -> None:
         # an entry of a list the catalogue no longer gives this department would drop out of
@@ -404,9 +478,11 @@ class ListStore:
                 [at] * count,
             ],
         )
+        first = self._next_seq()
         self._conn.execute(
             _INSERT_EVENTS,
             [
+                list(range(first, first + count)),
                 ids,
                 [at] * count,
                 [PUBLISHED] * count,
@@ -414,6 +490,12 @@ class ListStore:
                 [f"window {e.window_start} to {e.window_end}" for e in entries],
             ],
         )
+
+    def _next_seq(self) -> int:
+        """The next event's sequence number; only under the lock, inside the write's transaction
+        (a DuckDB SEQUENCE is not transactional: a rolled-back write would still use numbers)."""
+        row = self._conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()
+        return int(row[0]) if row else 1
 
     # -- withdrawing ------------------------------------------------------------------------------
 
@@ -478,8 +560,9 @@ class ListStore:
                     [at, reason.value, ref, checked_id],
                 )
                 self._conn.execute(
-                    "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
-                    [checked_id, at, WITHDRAWN, actor, f"{reason.value}: {ref}"],
+                    'INSERT INTO events (seq, entry_id, "at", event, actor, detail) '
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [self._next_seq(), checked_id, at, WITHDRAWN, actor, f"{reason.value}: {ref}"],
                 )
                 self._conn.commit()
             except BaseException:
@@ -591,6 +674,52 @@ class ListStore:
                 flags.add(flag)
         return frozenset(flags)
 
+    def changes_after(self, cursor: int, *, limit: int) -> tuple[list[FeedEvent], bool]:
+        """The events numbered after `cursor`, oldest first, at most `limit` of them (fewer
+        when their texts would pass MAX_FEED_PAGE_BYTES), and whether more follow: the
+        department's change feed.
+
+        Each event carries its entry's published fields (a person's id masked) as they are now
+        (an entry's fields never change), a withdrawal its reason but not its reference. An
+        entry published and later withdrawn comes twice. Readers see whole transactions and
+        numbers are given in commit order, so a page never skips an event that a later page
+        would show before it.
+        """
+        if not isinstance(cursor, int) or not 0 <= cursor <= MAX_CHANGE_SEQ:
+            raise InvalidArgument(f"{cursor!r} is not an event sequence number", field="after")
+        if not isinstance(limit, int) or not 0 < limit <= MAX_CHANGES_PAGE_SIZE:
+            raise InvalidArgument(
+                f"{limit!r} is out of range; use 1 to {MAX_CHANGES_PAGE_SIZE}", field="page_size"
+            )
+        # the page's events first, then their entries: the join stays as small as the page
+        rows = self._read(
+            f'SELECT {_ENTRY_COLUMNS}, ev.seq, ev.event, ev."at" FROM (SELECT seq, entry_id, '
+            'event, "at" FROM events WHERE seq > ? ORDER BY seq LIMIT ?) AS ev '
+            "JOIN entries USING (entry_id) ORDER BY ev.seq",
+            [cursor, limit + 1],
+        )
+        found: list[FeedEvent] = []
+        size = 0
+        for row in rows[:limit]:
+            entry = self._public(_new_entry(row), masked=True)
+            size += _feed_bytes(entry)
+            if found and size > MAX_FEED_PAGE_BYTES:
+                # texts may be long (up to ~5 KB an entry in Chinese): a page stays well below
+                # gRPC's 4 MiB message limit at every hop, and the rest comes on the next page
+                return found, True
+            found.append(
+                FeedEvent(
+                    seq=row[12],
+                    entry=entry,
+                    event=ListChange(row[13]),
+                    at=row[14].replace(tzinfo=UTC),
+                    withdraw_reason=(
+                        WithdrawReason(row[10]) if row[13] == WITHDRAWN and row[10] else None
+                    ),
+                )
+            )
+        return found, len(rows) > limit
+
     def _read(self, sql: str, parameters: Sequence[object]) -> list[tuple[Any, ...]]:
         with self._lock:
             cursor = self._conn.cursor()
@@ -677,6 +806,22 @@ class ListStore:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _feed_bytes(entry: PublicEntry) -> int:
+    """An upper bound of what one event of `entry` takes on the wire: its texts in UTF-8 and
+    a generous allowance for tags, lengths, dates, enums, the time and the cursor."""
+    texts = (
+        entry.entry_id,
+        entry.department,
+        entry.list,
+        entry.subject_id,
+        entry.subject_name,
+        entry.legal_basis,
+        entry.reason,
+        entry.facilitation_class or "",
+    )
+    return _FEED_EVENT_OVERHEAD + sum(len(t.encode("utf-8")) for t in texts)
 
 
 def _new_entry(row: Sequence[Any]) -> NewEntry:
@@ -874,6 +1019,56 @@ class ListOffice:
             "entries in public view listed",
             subjects=subjects,
             extra={**extra, "entries": len(page.entries)},
+        )
+        return page
+
+    def list_changes(self, query: ChangesQuery, *, caller: PeerIdentity) -> ListChangesPage:
+        """NodeService.ListChanges: the department's change feed, to the coordinator only."""
+        extra: dict[str, int | str] = {}
+        try:
+            if caller.role is not PeerRole.COORDINATOR:
+                raise PermissionDenied(
+                    "only the platform coordinator reads the list change feed (it serves the "
+                    f"provincial sync job); the caller's certificate names {caller.role.value} "
+                    f"{caller.name!r}"
+                )
+            # the coordinator has verified the requester's token; recorded as it names them
+            extra["on_behalf_of"] = validate_requester_id(query.requester, field="requester")
+            dept = self._department.id
+            if query.department and query.department != dept:
+                raise InvalidArgument(
+                    f"this node serves {dept}'s lists, not {query.department[:40]!r}",
+                    field="department",
+                )
+            cursor = parse_change_cursor(query.after, field="after")
+            extra["after"] = query.after
+            found, more = self._store.changes_after(
+                cursor, limit=changes_page_size(query.page_size)
+            )
+        except Exception as exc:
+            self._record(caller, "list_change_feed", exc, extra=extra)
+            raise
+        events = tuple(
+            ListChangeEvent(
+                cursor=change_cursor(e.seq),
+                entry=e.entry,
+                event=e.event,
+                at=e.at,
+                withdraw_reason=e.withdraw_reason,
+            )
+            for e in found
+        )
+        page = ListChangesPage(
+            department=self._department.id,
+            events=events,
+            next_cursor=events[-1].cursor if events else query.after,
+            more=more,
+        )
+        self._record(
+            caller,
+            "list_change_feed",
+            "list change events listed",
+            extra={**extra, "events": len(events), "next_cursor": page.next_cursor},
         )
         return page
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from certs import PeerRole
-from node.lists import ListOffice, ListStore, PublicPage, PublicQuery
+from node.lists import ChangesQuery, ListOffice, ListStore, PublicPage, PublicQuery
 from node.store import RecordStore, china_today
 from osmanthus import __version__
 from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
@@ -25,6 +25,7 @@ from osmanthus.errors import (
     Unauthenticated,
 )
 from osmanthus.ids import canonical_subject, validate_subject
+from osmanthus.lists import ListChangesPage
 from osmanthus.names import validate_purpose, validate_query_id
 from osmanthus.policy import Decision, PolicyEngine, PolicyRequest, ReloadablePolicy, time_facts
 from osmanthus.rules import RuleSet
@@ -289,6 +290,10 @@ class NodeService:
     def public_entries(self, query: PublicQuery, *, caller: PeerIdentity) -> PublicPage:
         """NodeService.PublicEntries: the entries in public view today (coordinator only)."""
         return self.list_office().public_entries(query, caller=caller)
+
+    def list_changes(self, query: ChangesQuery, *, caller: PeerIdentity) -> ListChangesPage:
+        """NodeService.ListChanges: the department's list change feed (coordinator only)."""
+        return self.list_office().list_changes(query, caller=caller)
 
     def describe(self) -> NodeDescription:
         owned = tuple(

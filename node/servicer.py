@@ -69,6 +69,15 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         return convert.public_page_message(page)
 
     @servicer_method
+    def ListChanges(  # noqa: N802 - gRPC method name
+        self, request: node_pb2.NodeListChangesRequest, context: grpc.ServicerContext
+    ) -> lists_pb2.ListChangesResponse:
+        page = self._service.list_changes(
+            convert.changes_query(request), caller=peer_identity(context)
+        )
+        return convert.list_changes_response(page)
+
+    @servicer_method
     def GetInfo(  # noqa: N802 - gRPC method name
         self, request: node_pb2.GetInfoRequest, context: grpc.ServicerContext
     ) -> node_pb2.NodeInfo:

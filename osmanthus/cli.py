@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from osmanthus.durations import parse_duration
 from osmanthus.errors import ConfigError, ImportRejected, InvalidArgument, OsmanthusError
 from osmanthus.tls import TlsFiles
 from osmanthus.types import SubjectKind
@@ -44,11 +44,10 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 
 
 def _duration(text: str) -> timedelta:
-    match = re.fullmatch(r"(\d+)([smhd])", text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 15m, 12h or 30d")
-    value, unit = int(match.group(1)), match.group(2)
-    return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: value})
+    try:
+        return parse_duration(text, field="duration")
+    except InvalidArgument as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def _iso_date(text: str) -> date:
@@ -1069,6 +1068,33 @@ def _cmd_province_batches(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sync_run(args: argparse.Namespace) -> int:
+    from syncjob.config import load_config
+    from syncjob.runner import run
+
+    return run(
+        load_config(args.config),
+        every=args.every,
+        metrics_listen=args.metrics_listen,
+        metrics_file=args.metrics_file,
+        quiet=args.quiet,
+    )
+
+
+def _cmd_sync_status(args: argparse.Namespace) -> int:
+    import json
+
+    from syncjob.config import load_config
+    from syncjob.runner import print_status, status
+
+    report = status(load_config(args.config))
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print_status(report)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from osmanthus.demo import run_demo
 
@@ -1836,6 +1862,70 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--requester", help="list with this requester certificate instead")
     _add_tls(p, role_hint="operator (or --requester)")
+
+    # sync: the provincial sync job
+    sync = command(
+        sub,
+        "sync",
+        "the provincial sync job: report list changes, grades and statistics upward",
+        "Run and inspect the city's provincial sync job (docs/province.md). Everything it needs "
+        "is in one config file, sync.toml: the sender id, the Ed25519 signing key, the state "
+        "directory, the coordinator (as a sync_job requester: certificate, token, Paillier "
+        "keys), the province's receiver, and what to report on which schedule.",
+    )
+    sync_sub = sync.add_subparsers(dest="sync_command", required=True, metavar="ACTION")
+    p = command(
+        sync_sub,
+        "run",
+        "gather what changed, sign it into batches and deliver them",
+        "One run: deliver batches an earlier run left undelivered, then gather each kind of "
+        "data that is due (list entries published and withdrawn since the job's cursor, and "
+        "expiries; enterprise grades that changed; statistics through STATS), put them into "
+        "signed batches, and deliver them in order, retrying an unreachable receiver with "
+        "exponential backoff and jitter for [delivery] retry_for. Each batch is checkpointed "
+        "when the receiver acknowledges it; a run stopped at any point (even kill -9) resumes "
+        "with nothing lost or sent twice. Prints progress on stderr and a summary line "
+        "(batches, records, duplicates, retries, duration). With --every it runs on that "
+        "schedule until SIGTERM and then exits 0; a run that fails is reported (stderr, "
+        "metrics, 'sync status') and the next one runs on schedule. Exit codes of a single "
+        "run: 0 all delivered (a department that did not "
+        "answer is reported as partial, not as a failure), 3 configuration or input error, "
+        "4 refused by the receiver or the coordinator (see 'sync status'), 5 the receiver or "
+        "coordinator unreachable for longer than retry_for (the batches wait in the outbox), "
+        "130 stopped.\n\n"
+        "example: osmanthus sync run --config /etc/osmanthus/sync.toml --every 1h "
+        "--metrics-listen 127.0.0.1:9464",
+        _cmd_sync_run,
+    )
+    p.add_argument("--config", type=Path, required=True, help="sync.toml")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--once", action="store_true", help="one run, then exit (the default)")
+    when.add_argument(
+        "--every", type=_duration, metavar="DURATION", help="run on this schedule, e.g. 1h"
+    )
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics while running",
+    )
+    p.add_argument(
+        "--metrics-file",
+        type=Path,
+        help="write Prometheus metrics here after each run (node-exporter textfile collector)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress, only the summary line")
+    p = command(
+        sync_sub,
+        "status",
+        "show the job's watermarks, last success, backlog and last error",
+        "Read the job's state (it may be running): for each stream (list_changes, grades, "
+        "statistics) the last batch the receiver acknowledged and its watermark, when the last "
+        "delivery succeeded, the batches waiting in the outbox, the last run, the last error, "
+        "each department's list feed cursor and when each kind of data is next due.",
+        _cmd_sync_status,
+    )
+    p.add_argument("--config", type=Path, required=True, help="sync.toml")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     # health
     p = command(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,10 +15,11 @@ from certs import PeerRole, cert_paths, init_platform, issue_certificate
 from node.officer import ListOfficer
 from node.store import china_today
 from osmanthus.audit import AuditEntry
+from osmanthus.bundle import generate_publisher_key
 from osmanthus.catalogue import Catalogue, load_catalogue
 from osmanthus.errors import OsmanthusError
 from osmanthus.ids import mask_subject
-from osmanthus.launcher import LocalFederation
+from osmanthus.launcher import LocalFederation, Process, osmanthus_command, spawn
 from osmanthus.lists import EntryId, NewEntry, WithdrawReason
 from osmanthus.rules import load_default_rules
 from osmanthus.seed import seed
@@ -41,6 +43,9 @@ RESCORING = "rescoring"
 BUREAU = "stats-bureau"
 LIBRARY = "city-library"
 BANK = "city-bank"
+SYNC = "sync-1"
+#: the city's sender id at the provincial platform
+SENDER = "suzhou"
 
 
 def _say(text: str = "") -> None:
@@ -308,6 +313,89 @@ def _lists_demo(
                  f"now {kept.status.value}")  # fmt: skip
 
 
+def _sync_setup(workdir: Path, certs: Path, issuer: TokenIssuer) -> tuple[Path, Path]:
+    """The provincial receiver's certificate and senders.toml, and the sync job's key, token,
+    signing key, roster and sync.toml (coordinator and province targets filled in later)."""
+    # the files name each other by absolute path: each is read relative to its own directory
+    workdir, certs = workdir.resolve(), certs.resolve()
+    issue_certificate(certs, role=PeerRole.NODE, name="province")
+    keys = load_or_create_keys(workdir / "keys" / f"{SYNC}.key")
+    token = workdir / "keys" / f"{SYNC}.jwt"
+    token.write_text(
+        issuer.issue(
+            requester=SYNC,
+            role=Role.SYNC_JOB,
+            purposes=["credit_rescoring", "statistics"],
+            key_fingerprint=keys.fingerprint,
+            ttl=timedelta(hours=1),
+        )
+    )
+    private, public = generate_publisher_key(out_dir=workdir / "keys", name=f"{SENDER}-sync")
+    senders = workdir / "province" / "senders.toml"
+    senders.parent.mkdir()
+    senders.write_text(
+        f'[[sender]]\nid = "{SENDER}"\npublic_keys = ["{public}"]\ncertificates = ["{SYNC}"]\n'
+    )
+    with (workdir / "data" / "subjects.csv").open() as f:
+        codes = [r["subject_id"] for r in csv.DictReader(f) if r["subject_kind"] == "enterprise"]
+    roster = workdir / "sync" / "enterprises.csv"
+    roster.parent.mkdir()
+    roster.write_text("subject_id\n" + "".join(f"{c}\n" for c in codes))
+    config = workdir / "sync" / "sync.toml"
+    config.write_text(
+        f'sender = "{SENDER}"\nsigning_key = "{private}"\nstate_dir = "state"\n\n'
+        f'[coordinator]\ntarget = "{{coordinator}}"\nrequester = "{SYNC}"\n'
+        f'token_file = "{token}"\npaillier_keys = "{workdir / "keys" / f"{SYNC}.key"}"\n'
+        f'certs_dir = "{certs}"\n\n[province]\ntarget = "{{province}}"\n\n'
+        f'[grades]\nenterprises = "{roster}"\nevery = "0s"\n\n'
+        f'[[statistics]]\nname = "enterprises.all"\nsubject_kind = "enterprise"\n'
+        f'subjects = "{roster}"\nepsilon = "0.05"\nstatistics = ["deductions"]\n'
+    )
+    return senders, config
+
+
+def _sync_demo(
+    *, workdir: Path, certs: Path, senders: Path, config: Path, coordinator: str
+) -> Process:
+    """Start the reference receiver, run the sync job twice and show what the province holds."""
+    from province.client import ProvinceClient
+
+    receiver = spawn(
+        "province",
+        osmanthus_command(
+            "province", "serve", "--senders", str(senders),
+            "--state-dir", str(workdir / "province" / "state"), "--certs-dir", str(certs),
+            "--listen", "127.0.0.1:0",
+        ),
+        run_dir=workdir / "run",
+    )  # fmt: skip
+    port = receiver.wait_ready(time.monotonic() + 30)
+    config.write_text(
+        config.read_text()
+        .replace("{coordinator}", coordinator)
+        .replace("{province}", f"127.0.0.1:{port}")
+    )
+    for label in ("first run", "second run, nothing changed"):
+        done = subprocess.run(
+            osmanthus_command("sync", "run", "--config", str(config), "--quiet"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        line = (done.stdout.strip().splitlines() or [done.stderr.strip()])[-1]
+        _say(f"  {label} (exit {done.returncode}): {line}")
+    operator = TlsFiles.from_cert_paths(cert_paths(certs, role=PeerRole.OPERATOR, name="operator"))
+    with ProvinceClient(f"127.0.0.1:{port}", tls=operator) as province:
+        page = province.batches(page_size=20)
+    _say("  the province holds, each verified against the city's Ed25519 key:")
+    for batch in reversed(page.batches):
+        partial = f", partial: {', '.join(batch.missing_departments)}" if batch.partial else ""
+        records = f"{batch.records} record{'' if batch.records == 1 else 's'}"
+        _say(f"    {batch.kind.value} #{batch.sequence}: {records}, watermarks "
+             f"{batch.watermark_from} to {batch.watermark_to}{partial}")  # fmt: skip
+    return receiver
+
+
 def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> int:
     t0 = time.monotonic()
     if workdir.exists():
@@ -331,7 +419,7 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
     init_platform(
         certs,
         departments=departments,
-        requesters=[AGENCY, REGISTRAR, RESCORING, LIBRARY, BUREAU, BANK],
+        requesters=[AGENCY, REGISTRAR, RESCORING, LIBRARY, BUREAU, BANK, SYNC],
     )
     issuer_dir = workdir / "issuer"
     generate_issuer_keypair(issuer_dir / "issuer.key", issuer_dir / "issuer.pub")
@@ -387,6 +475,7 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
         key_fingerprint=registrar_keys.fingerprint,
         ttl=timedelta(hours=1),
     )
+    senders, sync_config = _sync_setup(workdir, certs, issuer)
     people, firms = _showcase(data, catalogue)
     with (data / "subjects.csv").open() as f:
         quiet_person = next(
@@ -403,6 +492,7 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
         run_dir=workdir / "run",
         departments=departments,
     )
+    receiver: Process | None = None
     try:
         port = federation.start()
         target = f"127.0.0.1:{port}"
@@ -546,6 +636,14 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
             with Client(target, tls=tls(BUREAU), token=bureau_token, keys=bureau_keys) as bureau:
                 _say(_stats_summary(bureau, data, people[0]))
 
+            _step(t0, "The provincial sync job reports upward: list changes, every "
+                  "enterprise's grade and a noisy statistic, in Ed25519-signed batches to the "
+                  "reference provincial receiver; it sends again only what changed")  # fmt: skip
+            receiver = _sync_demo(
+                workdir=workdir, certs=certs, senders=senders, config=sync_config,
+                coordinator=target,
+            )  # fmt: skip
+
             _step(t0, "The volunteers' node goes down; a first answer about a newly consenting "
                   "citizen is explicitly partial")  # fmt: skip
             federation.nodes["volunteer"].popen.kill()
@@ -572,6 +670,8 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
                 _say(f"  refused ({type(exc).__name__}): {exc}")
     finally:
         codes = federation.stop()
+        if receiver is not None:
+            codes["province"] = receiver.stop()
     _say()
     _say(_coordinator_view(federation.coordinator_audit))
     clean = sum(1 for code in codes.values() if code == 0)

@@ -16,9 +16,13 @@ class OsmanthusError(Exception):
     #: whether the same request may succeed later unchanged (a server down, a deadline)
     retryable: bool = False
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, field: str | None = None, departments: tuple[str, ...] = ()
+    ) -> None:
         self.field = field
         self.message = message
+        #: the departments the failure is about (those that did not answer), where it has any
+        self.departments = departments
         super().__init__(f"{field}: {message}" if field else message)
 
 

@@ -10,6 +10,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 
 from osmanthus import errors
+from osmanthus.catalogue import DEPARTMENT_ID_PATTERN
 
 _log = logging.getLogger(__name__)
 
@@ -17,6 +18,8 @@ _log = logging.getLogger(__name__)
 FIELD_METADATA_KEY = "osmanthus-field"
 #: trailing-metadata key carrying the error class, for classes that share a status code
 ERROR_METADATA_KEY = "osmanthus-error"
+#: trailing-metadata key carrying the departments an error is about, comma-separated
+DEPARTMENTS_METADATA_KEY = "osmanthus-departments"
 
 _TO_STATUS: tuple[tuple[type[errors.OsmanthusError], grpc.StatusCode], ...] = (
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -59,6 +62,8 @@ def abort(context: grpc.ServicerContext, error: errors.OsmanthusError) -> NoRetu
     metadata = [(ERROR_METADATA_KEY, type(error).__name__)]
     if error.field:
         metadata.append((FIELD_METADATA_KEY, error.field))
+    if error.departments:
+        metadata.append((DEPARTMENTS_METADATA_KEY, ",".join(error.departments)))
     context.set_trailing_metadata(tuple(metadata))
     context.abort(status_of(error), str(error))
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
@@ -120,12 +125,15 @@ def error_from_rpc(exc: grpc.RpcError) -> errors.OsmanthusError:
     details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
     field: str | None = None
     name: str | None = None
+    departments: tuple[str, ...] = ()
     if isinstance(exc, grpc.Call):
         for key, value in exc.trailing_metadata() or ():
             if key == FIELD_METADATA_KEY and isinstance(value, str):
                 field = value
             elif key == ERROR_METADATA_KEY and isinstance(value, str):
                 name = value
+            elif key == DEPARTMENTS_METADATA_KEY and isinstance(value, str):
+                departments = tuple(d for d in value.split(",") if DEPARTMENT_ID_PATTERN.match(d))
     message = details or code.name
     if field and message.startswith(f"{field}: "):
         message = message[len(field) + 2 :]
@@ -135,4 +143,4 @@ def error_from_rpc(exc: grpc.RpcError) -> errors.OsmanthusError:
     # turn a permission refusal into an error the client would retry
     if named is not None and status_of(named("")) is code:
         cls = named
-    return cls(message, field=field)
+    return cls(message, field=field, departments=departments)

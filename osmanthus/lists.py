@@ -87,6 +87,43 @@ class PublicEntry:
     facilitation_class: str | None = None
 
 
+class ListChange(enum.Enum):
+    """What happened to a list entry: the event a department's change feed and a sync batch's
+    list-change record report."""
+
+    PUBLISHED = "published"
+    WITHDRAWN = "withdrawn"
+    #: its window ended without a withdrawal (the sync job derives it: no node stores it)
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class ListChangeEvent:
+    """One event of a department's list change feed, as the provincial sync job reads it: the
+    entry's published fields (a person's id masked), what happened and when."""
+
+    #: the feed position of this event: ask for the events after it to continue
+    cursor: str
+    entry: PublicEntry
+    #: PUBLISHED or WITHDRAWN (a node never reports EXPIRED)
+    event: ListChange
+    at: datetime.datetime  # UTC, aware
+    #: with WITHDRAWN only
+    withdraw_reason: WithdrawReason | None = None
+
+
+@dataclass(frozen=True)
+class ListChangesPage:
+    """Events of one department's feed after a cursor, oldest first."""
+
+    department: DepartmentId
+    events: tuple[ListChangeEvent, ...]
+    #: where the next page starts: the last event's cursor, or the cursor asked if none came
+    next_cursor: str
+    #: whether the department holds further events after this page
+    more: bool
+
+
 @dataclass(frozen=True)
 class ListEvent:
     at: datetime.datetime  # UTC
@@ -367,4 +404,52 @@ def page_size(value: int, *, field: str = "page_size") -> int:
         return DEFAULT_PAGE_SIZE
     if not 0 < value <= MAX_PAGE_SIZE:
         raise InvalidArgument(f"{value} is out of range; use 1 to {MAX_PAGE_SIZE}", field=field)
+    return value
+
+
+# --- a department's change feed ----------------------------------------------------------------
+
+#: events one page of a change feed holds at most, and when the caller names no size
+MAX_CHANGES_PAGE_SIZE: Final = 1_000
+DEFAULT_CHANGES_PAGE_SIZE: Final = 500
+#: an event's place in its department's feed: its sequence number at the node, in decimal
+#: without leading zeros (a node's events are numbered from 1, in the order they were stored)
+_CHANGE_CURSOR: Final = re.compile(r"0|[1-9][0-9]{0,18}")
+#: the largest sequence number a node stores (DuckDB BIGINT)
+MAX_CHANGE_SEQ: Final = 2**63 - 1
+
+
+def change_cursor(seq: int) -> str:
+    """The cursor of the event numbered `seq` in its department's feed."""
+    if not 0 <= seq <= MAX_CHANGE_SEQ:
+        raise ValueError(f"an event's sequence number is 0 to {MAX_CHANGE_SEQ}, not {seq}")
+    return str(seq)
+
+
+def parse_change_cursor(cursor: str, *, field: str = "after") -> int:
+    """The sequence number a feed cursor names; 0 for "" (from the feed's first event)."""
+    if cursor == "":
+        return 0
+    if (
+        not isinstance(cursor, str)
+        or not _CHANGE_CURSOR.fullmatch(cursor)
+        or int(cursor) > MAX_CHANGE_SEQ
+    ):
+        raise InvalidArgument(
+            f"{str(cursor)[:30]!r} is not a change feed cursor: pass next_cursor (or an event's "
+            "cursor) from an earlier page unchanged, or an empty string to start from the first "
+            "event",
+            field=field,
+        )
+    return int(cursor)
+
+
+def changes_page_size(value: int, *, field: str = "page_size") -> int:
+    """The change feed page size asked, 0 meaning the default; InvalidArgument out of range."""
+    if value == 0:
+        return DEFAULT_CHANGES_PAGE_SIZE
+    if not 0 < value <= MAX_CHANGES_PAGE_SIZE:
+        raise InvalidArgument(
+            f"{value} is out of range; use 1 to {MAX_CHANGES_PAGE_SIZE}", field=field
+        )
     return value

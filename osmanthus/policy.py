@@ -85,6 +85,11 @@ action SearchLists appliesTo {
   resource: [Dataset],
   context: { hour?: Long }
 };
+action ReadListChanges appliesTo {
+  principal: [Requester],
+  resource: [Department],
+  context: { hour?: Long }
+};
 """
 
 #: the time zone of the `hour` fact: the platform's, China Standard Time (UTC+8, no DST)

@@ -43,6 +43,7 @@ from osmanthus.lists import (
     MAX_LEGAL_BASIS_LENGTH,
     MAX_NAME_LENGTH,
     MAX_REASON_LENGTH,
+    ListChange,
     PublicEntry,
     WithdrawReason,
     check_text,
@@ -107,15 +108,6 @@ class BatchKind(enum.Enum):
     GRADES = "grades"
     #: noisy statistics over cohorts, as the coordinator's STATS shape gives them
     STATISTICS = "statistics"
-
-
-class ListChange(enum.Enum):
-    """What happened to a list entry: the event a list-change record reports."""
-
-    PUBLISHED = "published"
-    WITHDRAWN = "withdrawn"
-    #: its window ended without a withdrawal
-    EXPIRED = "expired"
 
 
 _HEADER_FIELDS: Final = frozenset(
@@ -335,22 +327,28 @@ def statistic_record(
     name: str,
     subject_kind: SubjectKind,
     cohort_size: int,
-    value: int,
-    noise_scale: Fraction,
-    epsilon: Decimal,
+    value: int | None,
+    noise_scale: Fraction | None,
+    epsilon: Decimal | None,
     as_of: datetime.date,
     missing_departments: Iterable[str] = (),
 ) -> dict[str, Any]:
     """The record of one noisy statistic: its noisy sum over the cohort, the noise's scale b
-    and the ε it cost, so the province knows how far to trust it."""
+    and the ε it cost, so the province knows how far to trust it.
+
+    A statistic sums every department (the coordinator refuses a sum without one: it would be
+    biased by what that department holds), so one a department could not answer has no value:
+    `value`, `noise_scale` and `epsilon` are None and `missing_departments` names who was
+    missing. The record still goes up, so the province sees the statistic is owed, not zero.
+    """
     missing = sorted(set(missing_departments))
     return {
         "name": name,
         "subject_kind": SubjectKind(subject_kind).value,
         "cohort_size": cohort_size,
         "value": value,
-        "noise_scale": str(Fraction(noise_scale)),
-        "epsilon": _decimal_text(epsilon),
+        "noise_scale": None if noise_scale is None else str(Fraction(noise_scale)),
+        "epsilon": None if epsilon is None else _decimal_text(epsilon),
         "as_of": as_of.isoformat(),
         "missing_departments": missing,
         "partial": bool(missing),
@@ -744,6 +742,17 @@ def _check_statistic(record: dict[str, Any], where: str) -> tuple[str, ...]:
     _integer(
         record["cohort_size"], field=f"{where}.cohort_size", low=MIN_COHORT_SIZE, high=MAX_INTEGER
     )
+    _coverage(record, where)
+    parse_date(record["as_of"], field=f"{where}.as_of")
+    if record["partial"]:
+        for missing_value in ("value", "noise_scale", "epsilon"):
+            if record[missing_value] is not None:
+                raise InvalidArgument(
+                    "a partial statistic has no value (a sum without a department would be "
+                    "biased by what it holds); write null",
+                    field=f"{where}.{missing_value}",
+                )
+        return (kind.value, name)
     _integer(record["value"], field=f"{where}.value", low=-MAX_INTEGER, high=MAX_INTEGER)
     scale = record["noise_scale"]
     if (
@@ -767,8 +776,6 @@ def _check_statistic(record: dict[str, Any], where: str) -> tuple[str, ...]:
             f"{epsilon} is out of range; ε is above 0 and at most {MAX_EPSILON}",
             field=f"{where}.epsilon",
         )
-    parse_date(record["as_of"], field=f"{where}.as_of")
-    _coverage(record, where)
     return (kind.value, name)
 
 

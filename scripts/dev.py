@@ -15,7 +15,16 @@ VENV = ROOT / ".venv"
 PY = VENV / "bin" / "python"
 STAMP = VENV / ".osmanthus-installed"
 #: every package of ours that strict mypy checks
-TYPED_PACKAGES = ("osmanthus", "node", "coordinator", "sdk", "certs", "province", "bench")
+TYPED_PACKAGES = (
+    "osmanthus",
+    "node",
+    "coordinator",
+    "sdk",
+    "certs",
+    "province",
+    "syncjob",
+    "bench",
+)
 USAGE = "usage: python3 scripts/dev.py demo [demo options] | test [pytest options]"
 
 

@@ -15,7 +15,13 @@ from osmanthus.errors import (
     Unauthenticated,
     Unavailable,
 )
-from osmanthus.lists import PublicEntry
+from osmanthus.lists import (
+    ListChange,
+    ListChangeEvent,
+    ListChangesPage,
+    PublicEntry,
+    WithdrawReason,
+)
 from osmanthus.receipts import (
     ConsentReceipt,
     MalformedReceipt,
@@ -73,6 +79,9 @@ __all__ = [
     "EnterpriseScore",
     "FailedPrecondition",
     "InvalidArgument",
+    "ListChange",
+    "ListChangeEvent",
+    "ListChangesPage",
     "ListColour",
     "ListSearchResult",
     "LoanDecision",
@@ -104,6 +113,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "UntrustedReceipt",
+    "WithdrawReason",
     "build_enterprise_report",
     "load_or_create_keys",
     "render_html",

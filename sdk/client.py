@@ -26,11 +26,20 @@ from osmanthus.encoding import SlotLayout
 from osmanthus.errors import ConfigError, CryptoError, InvalidArgument
 from osmanthus.grpc_errors import error_from_rpc
 from osmanthus.ids import mask_subject, validate_resident_id, validate_subject, validate_uscc
-from osmanthus.lists import list_of, public_subject
+from osmanthus.lists import (
+    DEFAULT_CHANGES_PAGE_SIZE,
+    ListChange,
+    ListChangeEvent,
+    ListChangesPage,
+    changes_page_size,
+    list_of,
+    parse_change_cursor,
+    public_subject,
+)
 from osmanthus.lists import page_size as lists_page_size
 from osmanthus.score import Breakdown, grade, score
 from osmanthus.tls import COORDINATOR_SERVER_NAME, TlsFiles, secure_channel
-from osmanthus.types import KeyFingerprint, Shape, SubjectKind
+from osmanthus.types import DepartmentId, KeyFingerprint, Shape, SubjectKind
 from osmanthus.v1 import coordinator_pb2_grpc
 from sdk import convert
 from sdk.batch import DEFAULT_CIPHERTEXTS_PER_CHUNK, BatchDecoder, Outbox, batch_requests
@@ -85,6 +94,44 @@ def _fraction(text: str, *, field: str) -> Fraction:
     if value <= 0:
         raise CryptoError(f"noise scale {text[:40]!r} is not positive", field=field)
     return value
+
+
+def _check_changes(page: ListChangesPage, *, department: str, after: str, size: int) -> None:
+    """CryptoError if the coordinator's feed page is not an answer to what was asked: the
+    coordinator checks what the node sends; this checks the coordinator."""
+    if page.department != department:
+        raise CryptoError(
+            f"a page of {page.department[:40]!r}'s feed, not {department}'s", field="department"
+        )
+    if len(page.events) > size:
+        raise CryptoError(f"{len(page.events)} events for a page of {size}", field="events")
+    previous = parse_change_cursor(after)
+    for i, event in enumerate(page.events):
+        try:
+            seq = parse_change_cursor(event.cursor, field=f"events[{i}].cursor")
+        except InvalidArgument as exc:
+            raise CryptoError(exc.message, field=exc.field) from None
+        entry = event.entry
+        if (
+            seq <= previous
+            or entry.department != department
+            or (event.withdraw_reason is not None) != (event.event is ListChange.WITHDRAWN)
+            or (
+                entry.subject_kind is SubjectKind.PERSON
+                and entry.subject_id != mask_subject(entry.subject_id)
+            )
+        ):
+            raise CryptoError(
+                "the coordinator sent an event out of order, of another department, with a "
+                "withdraw reason that does not fit it, or with an unmasked resident id",
+                field=f"events[{i}]",
+            )
+        previous = seq
+    expected = page.events[-1].cursor if page.events else after
+    if page.next_cursor != expected or (page.more and not page.events):
+        raise CryptoError(
+            "the coordinator sent a next cursor that does not follow the page", field="next_cursor"
+        )
 
 
 class Client:
@@ -751,6 +798,58 @@ class Client:
                     field="next_page_token",
                 )
             token = page.next_page_token
+
+    def list_changes(
+        self, department: str, *, after: str = "", page_size: int = DEFAULT_CHANGES_PAGE_SIZE
+    ) -> ListChangesPage:
+        """One department's list change feed after `after`: every entry it published or
+        withdrew, oldest first, at most `page_size` (1 to 1000) events (fewer, with `more`
+        set, when long texts would make the page too large for one message).
+
+        For the provincial sync job (the central policy grants ReadListChanges to role
+        sync_job only). Entries come with their published fields only, a person's resident id
+        masked; a withdrawal with its reason. An entry published and later withdrawn comes
+        twice. Start with `after=""`; keep `next_cursor` and pass it back as `after` for the
+        events that follow (`more` says whether some already wait). Unavailable (retryable)
+        names the department when its node is down or its answer failed the coordinator's
+        checks; nothing of such a page is given, so no event is skipped.
+        """
+        dept = self._lists_department(department)
+        parse_change_cursor(after, field="after")
+        size = changes_page_size(page_size, field="page_size")
+        page = convert.list_changes_page(
+            self._call(
+                self._stub.ListChanges,
+                convert.list_changes_request(department=dept, after=after, page_size=size),
+            )
+        )
+        _check_changes(page, department=dept, after=after, size=size)
+        return page
+
+    def list_changes_all(
+        self, department: str, *, after: str = "", page_size: int = DEFAULT_CHANGES_PAGE_SIZE
+    ) -> Iterator[ListChangeEvent]:
+        """Every event of one department's feed after `after`, page by page as you iterate,
+        up to the last one stored now. Each event's `cursor` is where to resume from (e.g.
+        after RateLimited or Unavailable): save the last one you have handled."""
+        cursor = after
+        while True:
+            page = self.list_changes(department, after=cursor, page_size=page_size)
+            yield from page.events
+            if not page.more:
+                return
+            cursor = page.next_cursor
+
+    def _lists_department(self, department: str) -> DepartmentId:
+        """A department that publishes lists, by this client's catalogue."""
+        publishing = sorted({t.department for t in self._catalogue.lists})
+        if not isinstance(department, str) or department not in publishing:
+            raise InvalidArgument(
+                f"{str(department)[:40]!r} publishes no red or black list; departments that "
+                f"do: {', '.join(publishing)}",
+                field="department",
+            )
+        return DepartmentId(department)
 
     # --- consent (platform services acting for data subjects) ----------------------------------
 

@@ -9,10 +9,11 @@ from datetime import UTC, datetime
 from google.protobuf import timestamp_pb2
 
 from node.convert import KIND_TO_PB, SHAPE_TO_PB, consent_kind_from_pb, public_entry, shape_from_pb
+from node.convert import list_changes_page as node_list_changes_page
 from osmanthus.errors import CryptoError, InvalidArgument
-from osmanthus.lists import PublicEntry
+from osmanthus.lists import ListChangesPage, PublicEntry
 from osmanthus.types import ConsentId, DepartmentId, DepartmentStatus, Shape, SubjectKind
-from osmanthus.v1 import common_pb2, coordinator_pb2
+from osmanthus.v1 import common_pb2, coordinator_pb2, lists_pb2
 from sdk.results import ConsentRecord
 
 
@@ -267,6 +268,22 @@ def list_answer(message: coordinator_pb2.SearchListsResponse) -> ListAnswer:
         next_page_token=message.next_page_token,
         missing=_statuses(message.missing),
     )
+
+
+def list_changes_request(
+    *, department: str, after: str, page_size: int
+) -> lists_pb2.ListChangesRequest:
+    return lists_pb2.ListChangesRequest(department=department, after=after, page_size=page_size)
+
+
+def list_changes_page(message: lists_pb2.ListChangesResponse) -> ListChangesPage:
+    try:
+        return node_list_changes_page(message)
+    except InvalidArgument as exc:
+        # the coordinator checks every event before it forwards a page: this one is malformed
+        raise CryptoError(
+            f"the coordinator sent a malformed list change: {exc}", field=exc.field
+        ) from None
 
 
 def batch_header(

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from osmanthus.v1 import coordinator_pb2 as osmanthus_dot_v1_dot_coordinator__pb2
+from osmanthus.v1 import lists_pb2 as osmanthus_dot_v1_dot_lists__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -65,6 +66,11 @@ class CoordinatorServiceStub:
                 '/osmanthus.v1.CoordinatorService/SearchLists',
                 request_serializer=osmanthus_dot_v1_dot_coordinator__pb2.SearchListsRequest.SerializeToString,
                 response_deserializer=osmanthus_dot_v1_dot_coordinator__pb2.SearchListsResponse.FromString,
+                _registered_method=True)
+        self.ListChanges = channel.unary_unary(
+                '/osmanthus.v1.CoordinatorService/ListChanges',
+                request_serializer=osmanthus_dot_v1_dot_lists__pb2.ListChangesRequest.SerializeToString,
+                response_deserializer=osmanthus_dot_v1_dot_lists__pb2.ListChangesResponse.FromString,
                 _registered_method=True)
         self.GrantConsent = channel.unary_unary(
                 '/osmanthus.v1.CoordinatorService/GrantConsent',
@@ -134,6 +140,16 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListChanges(self, request, context):
+        """One department's list change feed: every entry it published or withdrew, oldest first,
+        after a cursor (published fields only, a person's id masked), for the provincial sync job.
+        Every event is checked before it is forwarded; an answer failing a check is refused whole.
+        Central policy action ReadListChanges on Department::"<id>".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GrantConsent(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -184,6 +200,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.SearchLists,
                     request_deserializer=osmanthus_dot_v1_dot_coordinator__pb2.SearchListsRequest.FromString,
                     response_serializer=osmanthus_dot_v1_dot_coordinator__pb2.SearchListsResponse.SerializeToString,
+            ),
+            'ListChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChanges,
+                    request_deserializer=osmanthus_dot_v1_dot_lists__pb2.ListChangesRequest.FromString,
+                    response_serializer=osmanthus_dot_v1_dot_lists__pb2.ListChangesResponse.SerializeToString,
             ),
             'GrantConsent': grpc.unary_unary_rpc_method_handler(
                     servicer.GrantConsent,
@@ -365,6 +386,33 @@ class CoordinatorService:
             '/osmanthus.v1.CoordinatorService/SearchLists',
             osmanthus_dot_v1_dot_coordinator__pb2.SearchListsRequest.SerializeToString,
             osmanthus_dot_v1_dot_coordinator__pb2.SearchListsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/osmanthus.v1.CoordinatorService/ListChanges',
+            osmanthus_dot_v1_dot_lists__pb2.ListChangesRequest.SerializeToString,
+            osmanthus_dot_v1_dot_lists__pb2.ListChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,6 +31,12 @@ class EntryStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENTRY_STATUS_IN_VIEW: _ClassVar[EntryStatus]
     ENTRY_STATUS_EXPIRED: _ClassVar[EntryStatus]
     ENTRY_STATUS_WITHDRAWN: _ClassVar[EntryStatus]
+
+class ListChangeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LIST_CHANGE_KIND_UNSPECIFIED: _ClassVar[ListChangeKind]
+    LIST_CHANGE_KIND_PUBLISHED: _ClassVar[ListChangeKind]
+    LIST_CHANGE_KIND_WITHDRAWN: _ClassVar[ListChangeKind]
 LIST_COLOUR_UNSPECIFIED: ListColour
 LIST_COLOUR_RED: ListColour
 LIST_COLOUR_BLACK: ListColour
@@ -43,6 +49,9 @@ ENTRY_STATUS_SCHEDULED: EntryStatus
 ENTRY_STATUS_IN_VIEW: EntryStatus
 ENTRY_STATUS_EXPIRED: EntryStatus
 ENTRY_STATUS_WITHDRAWN: EntryStatus
+LIST_CHANGE_KIND_UNSPECIFIED: ListChangeKind
+LIST_CHANGE_KIND_PUBLISHED: ListChangeKind
+LIST_CHANGE_KIND_WITHDRAWN: ListChangeKind
 
 class PublicEntry(_message.Message):
     __slots__ = ("entry_id", "department", "list", "colour", "subject_kind", "subject_id", "subject_name", "legal_basis", "reason", "window_start", "window_end", "facilitation_class")
@@ -179,3 +188,39 @@ class PublicEntriesResponse(_message.Message):
     entries: _containers.RepeatedCompositeFieldContainer[PublicEntry]
     next_page_token: str
     def __init__(self, entries: _Optional[_Iterable[_Union[PublicEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ListChange(_message.Message):
+    __slots__ = ("cursor", "entry", "event", "at", "withdraw_reason")
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAW_REASON_FIELD_NUMBER: _ClassVar[int]
+    cursor: str
+    entry: PublicEntry
+    event: ListChangeKind
+    at: _timestamp_pb2.Timestamp
+    withdraw_reason: WithdrawReason
+    def __init__(self, cursor: _Optional[str] = ..., entry: _Optional[_Union[PublicEntry, _Mapping]] = ..., event: _Optional[_Union[ListChangeKind, str]] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., withdraw_reason: _Optional[_Union[WithdrawReason, str]] = ...) -> None: ...
+
+class ListChangesRequest(_message.Message):
+    __slots__ = ("department", "after", "page_size")
+    DEPARTMENT_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    department: str
+    after: str
+    page_size: int
+    def __init__(self, department: _Optional[str] = ..., after: _Optional[str] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class ListChangesResponse(_message.Message):
+    __slots__ = ("department", "events", "next_cursor", "more")
+    DEPARTMENT_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    department: str
+    events: _containers.RepeatedCompositeFieldContainer[ListChange]
+    next_cursor: str
+    more: bool
+    def __init__(self, department: _Optional[str] = ..., events: _Optional[_Iterable[_Union[ListChange, _Mapping]]] = ..., next_cursor: _Optional[str] = ..., more: _Optional[bool] = ...) -> None: ...

@@ -120,6 +120,14 @@ class ContributeStatsResponse(_message.Message):
     policy_hash: str
     def __init__(self, department: _Optional[str] = ..., ciphertexts: _Optional[_Iterable[_Union[_common_pb2.Ciphertext, _Mapping]]] = ..., rules_version: _Optional[str] = ..., policy_hash: _Optional[str] = ...) -> None: ...
 
+class NodeListChangesRequest(_message.Message):
+    __slots__ = ("request", "requester")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    REQUESTER_FIELD_NUMBER: _ClassVar[int]
+    request: _lists_pb2.ListChangesRequest
+    requester: str
+    def __init__(self, request: _Optional[_Union[_lists_pb2.ListChangesRequest, _Mapping]] = ..., requester: _Optional[str] = ...) -> None: ...
+
 class GetInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -57,6 +57,11 @@ class NodeServiceStub:
                 request_serializer=osmanthus_dot_v1_dot_lists__pb2.PublicEntriesRequest.SerializeToString,
                 response_deserializer=osmanthus_dot_v1_dot_lists__pb2.PublicEntriesResponse.FromString,
                 _registered_method=True)
+        self.ListChanges = channel.unary_unary(
+                '/osmanthus.v1.NodeService/ListChanges',
+                request_serializer=osmanthus_dot_v1_dot_node__pb2.NodeListChangesRequest.SerializeToString,
+                response_deserializer=osmanthus_dot_v1_dot_lists__pb2.ListChangesResponse.FromString,
+                _registered_method=True)
         self.GetInfo = channel.unary_unary(
                 '/osmanthus.v1.NodeService/GetInfo',
                 request_serializer=osmanthus_dot_v1_dot_node__pb2.GetInfoRequest.SerializeToString,
@@ -100,6 +105,15 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListChanges(self, request, context):
+        """The department's list change feed: every entry published or withdrawn, in the order the
+        node stored them, after a cursor; only the coordinator may ask (it serves the provincial
+        sync job, and names the requester it asks for).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetInfo(self, request, context):
         """What this node serves: department, subject kinds, rules and policy versions.
         """
@@ -129,6 +143,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.PublicEntries,
                     request_deserializer=osmanthus_dot_v1_dot_lists__pb2.PublicEntriesRequest.FromString,
                     response_serializer=osmanthus_dot_v1_dot_lists__pb2.PublicEntriesResponse.SerializeToString,
+            ),
+            'ListChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChanges,
+                    request_deserializer=osmanthus_dot_v1_dot_node__pb2.NodeListChangesRequest.FromString,
+                    response_serializer=osmanthus_dot_v1_dot_lists__pb2.ListChangesResponse.SerializeToString,
             ),
             'GetInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetInfo,
@@ -246,6 +265,33 @@ class NodeService:
             '/osmanthus.v1.NodeService/PublicEntries',
             osmanthus_dot_v1_dot_lists__pb2.PublicEntriesRequest.SerializeToString,
             osmanthus_dot_v1_dot_lists__pb2.PublicEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/osmanthus.v1.NodeService/ListChanges',
+            osmanthus_dot_v1_dot_node__pb2.NodeListChangesRequest.SerializeToString,
+            osmanthus_dot_v1_dot_lists__pb2.ListChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,12 +2,17 @@
 
 The coordinator's private keys (TLS key.pem, consent.key) live in a volume that only init and the
 coordinator mount; every node mounts the shared `certs` volume, which holds only their public half.
+Likewise the sync job's keys and token are in a volume only init and the sync job mount, and the
+provincial receiver's key in one only init and the receiver mount.
 
 Docker does not run in the test environment, so the compose file is read with PyYAML and each
 service is run as the process its container would run: the init script with its volumes mapped to
-temporary directories, every node and the coordinator as real `osmanthus` processes on 127.0.0.1,
-then each service's own health-check command, then SIGTERM. Container paths are mapped through
-the service's declared mounts, so a command that uses a path its service does not mount fails.
+temporary directories, every node, the coordinator and the provincial receiver as real `osmanthus`
+processes on 127.0.0.1, then the sync job once and as its service, then each service's own
+health-check command, then SIGTERM. Container paths are mapped through the service's declared
+mounts, so a command that uses a path its service does not mount fails. The files that name
+compose hosts (nodes.toml, the sync.toml init writes) get loopback copies naming the same
+services' ports here, with every container path in them mapped the same way.
 """
 
 from __future__ import annotations
@@ -16,32 +21,48 @@ import csv
 import json
 import os
 import re
+import socket
 import stat
 import subprocess
 import sys
 import time
+import tomllib
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from certs import PeerRole, cert_paths
+from certs import DEFAULT_OPERATOR_NAME, PeerRole, cert_paths
 from coordinator.config import NodeEndpoint, load_nodes, render_nodes
+from osmanthus.bundle import load_private_key
 from osmanthus.catalogue import Catalogue, load_catalogue
+from osmanthus.durations import parse_duration
 from osmanthus.launcher import START_TIMEOUT_S, Process, osmanthus_command, spawn
+from osmanthus.lists import holds_resident_id
+from osmanthus.syncbatch import BatchKind, sender_key_id
 from osmanthus.tls import TlsFiles
-from osmanthus.tokens import TokenIssuer
+from osmanthus.tokens import ReplayCache, TokenIssuer, TokenVerifier
 from osmanthus.types import DepartmentId, Role, SubjectKind
+from province.client import ProvinceClient
+from province.senders import load_senders
+from province.store import BatchSummary
 from sdk import Client, RequesterKeys, verify_consent_receipt
+from sdk.batchjob import read_ids
+from sdk.keys import load_or_create_keys
+from syncjob.config import SyncConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
+PYPROJECT = REPO / "pyproject.toml"
 #: the compose init seeds 2000 persons and 300 enterprises; only these scale flags are overridden,
 #: so that 27 processes start within seconds on two cores
 TEST_SCALE = {"SEED_PERSONS": "200", "SEED_ENTERPRISES": "40"}
@@ -49,6 +70,11 @@ TEST_SCALE = {"SEED_PERSONS": "200", "SEED_ENTERPRISES": "40"}
 IMAGE_POLICIES = "/etc/osmanthus/policies"
 STOP_TIMEOUT_S = 10.0
 HEALTH_TIMEOUT_S = 60.0
+SYNC_TIMEOUT_S = 180.0
+COMPLETED = {"condition": "service_completed_successfully"}
+HEALTHY = {"condition": "service_healthy"}
+#: init renews the sync job's token once it is older than this (two thirds of the default 30 days)
+TOKEN_RENEW_AFTER = timedelta(days=20)
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
 
 
@@ -109,6 +135,20 @@ class Service:
             result[target] = source
         return result
 
+    def mount_of(self, path: str) -> str:
+        """The mount point `path` lies under (the longest that matches)."""
+        found = [t for t in self.mounts() if path == t or path.startswith(t + "/")]
+        assert found, f"{self.name}: {path} is under none of its mounts {sorted(self.mounts())}"
+        return max(found, key=len)
+
+    def read_only(self, target: str) -> bool:
+        [entry] = [e for e in self.spec["volumes"] if e.split(":")[1] == target]
+        return str(entry).endswith(":ro")
+
+    @property
+    def networks(self) -> set[str]:
+        return set(self.spec.get("networks", []))
+
     @property
     def health_test(self) -> list[str]:
         test = self.spec["healthcheck"]["test"]
@@ -130,11 +170,22 @@ class Compose:
             if s.argv[:3] == ["osmanthus", "node", "serve"]
         }
 
+    def _running(self, *command: str) -> Service:
+        found = [s for s in self.services.values() if s.argv[1:3] == list(command)]
+        assert len(found) == 1, f"exactly one service must run '{' '.join(command)}'"
+        return found[0]
+
     @property
     def coordinator(self) -> Service:
-        found = [s for s in self.services.values() if s.argv[1:3] == ["coordinator", "serve"]]
-        assert len(found) == 1, "exactly one service must run 'coordinator serve'"
-        return found[0]
+        return self._running("coordinator", "serve")
+
+    @property
+    def province(self) -> Service:
+        return self._running("province", "serve")
+
+    @property
+    def sync(self) -> Service:
+        return self._running("sync", "run")
 
     @property
     def init(self) -> Service:
@@ -183,6 +234,17 @@ def _health_option(service: Service, flag: str) -> str:
     return test[test.index(flag) + 1]
 
 
+_METRICS_URL = re.compile(r"http://127\.0\.0\.1:(\d+)/metrics")
+
+
+def _metrics_health_port(service: Service) -> int:
+    """The port the sync job's health check fetches its metrics from."""
+    test = service.health_test
+    assert test[:2] == ["python", "-c"] and len(test) == 3, f"{service.name}: python -c CODE"
+    [port] = _METRICS_URL.findall(test[2])
+    return int(port)
+
+
 # --- structure ------------------------------------------------------------------------------------
 
 
@@ -196,6 +258,33 @@ def test_image_is_one_non_root_python_311_image_with_the_cli_entrypoint(image: I
     # the default policies the compose file passes to --policy are in the image
     copies = [ln for ln in image.lines if ln.startswith("COPY ") and IMAGE_POLICIES in ln]
     assert copies and "policies/node.cedar" in copies[0] and "policies/central.cedar" in copies[0]
+
+
+def test_the_image_holds_every_package_the_project_builds(image: Image) -> None:
+    # a package left out of the build context installs a console script that fails on import
+    packages = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["tool"]["setuptools"]
+    top_level = {name.split(".")[0] for name in packages["packages"]}
+    copied: set[str] = set()
+    for line in image.lines:
+        if line.startswith("COPY ") and "--from" not in line:
+            copied.update(source.rstrip("/") for source in line.split()[1:-1])
+    admitted = {
+        ln.strip()[1:].rstrip("/")
+        for ln in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+        if ln.startswith("!")
+    }
+    for package in sorted(top_level):
+        assert package in copied, f"the Dockerfile does not COPY {package}/"
+        assert package in admitted, f".dockerignore does not admit {package}/"
+
+
+def test_every_service_keeps_the_shared_hardening(compose: Compose) -> None:
+    for service in compose.services.values():
+        assert service.spec["cap_drop"] == ["ALL"], service.name
+        assert "no-new-privileges:true" in service.spec["security_opt"], service.name
+        assert service.spec["init"] is True, f"{service.name} needs an init to forward SIGTERM"
+        for key in ("user", "privileged", "cap_add"):
+            assert key not in service.spec, f"{service.name} sets {key}"
 
 
 def test_every_catalogue_department_has_exactly_one_node_service(
@@ -310,6 +399,60 @@ def test_node_registry_lists_every_department_once_at_its_node_service(
         assert endpoint.address == f"{node.name}:{_listen_port(node)}"
 
 
+def test_the_provincial_receiver_has_its_files_health_check_and_dependencies(
+    compose: Compose,
+) -> None:
+    province = compose.province
+    assert province.name == "province"
+    config = province.mount_of(province.option("--senders"))
+    assert province.mount_of(province.option("--certs-dir")) == config
+    assert province.read_only(config)
+    state = province.mount_of(province.option("--state-dir"))
+    assert not province.read_only(state)
+    mounts = province.mounts()
+    assert {mounts[config], mounts[state]}.isdisjoint({"certs", "secrets", "coordinator-keys"})
+    assert _health_option(province, "--server-name") == "province.node.osmanthus"
+    assert _health_option(province, "--target") == f"127.0.0.1:{_listen_port(province)}"
+    assert _health_option(province, "--certs-dir") == province.option("--certs-dir")
+    assert province.spec["depends_on"] == {compose.init.name: COMPLETED}
+    assert "ports" not in province.spec
+
+
+def test_the_sync_job_has_its_files_schedule_health_check_and_dependencies(
+    compose: Compose,
+) -> None:
+    sync = compose.sync
+    assert sync.name == "sync"
+    config = sync.mount_of(sync.option("--config"))
+    assert sync.read_only(config)
+    assert sync.mounts()[config] not in {"certs", "secrets", "coordinator-keys"}
+    assert parse_duration(sync.option("--every"), field="--every") == timedelta(hours=1)
+    host, port = sync.option("--metrics-listen").rsplit(":", 1)
+    assert host == "0.0.0.0", "the metrics must be reachable from the scraper's network"
+    assert _metrics_health_port(sync) == int(port)
+    assert sync.spec["depends_on"] == {
+        compose.init.name: COMPLETED,
+        compose.coordinator.name: HEALTHY,
+        compose.province.name: HEALTHY,
+    }
+    assert "ports" not in sync.spec
+
+
+def test_the_sync_job_reaches_the_coordinator_and_the_province_and_only_it_reaches_the_province(
+    compose: Compose,
+) -> None:
+    sync, province, coordinator = compose.sync, compose.province, compose.coordinator
+    assert sync.networks & coordinator.networks
+    assert sync.networks & province.networks
+    for network in province.networks:
+        on_it = {s.name for s in compose.services.values() if network in s.networks}
+        assert on_it == {province.name, sync.name}, f"{network} carries {sorted(on_it)}"
+        assert compose.raw["networks"][network]["internal"] is True
+    # a requester talks to the coordinator, never to a department's node directly
+    for node in compose.nodes.values():
+        assert not sync.networks & node.networks, f"the sync job can reach {node.name}"
+
+
 # --- running the services on loopback -------------------------------------------------------------
 
 
@@ -320,20 +463,28 @@ class Host:
     root: Path
     bin_dir: Path
     registry: Path
+    sync_config: Path
 
     def volume(self, name: str) -> Path:
         return self.root / "volumes" / name
 
-    def mapper(self, service: Service) -> PathMapper:
+    def mounted(self, service: Service) -> PathMapper:
+        """Container paths as the service's mounts and the image place them, nothing else."""
         table: dict[str, Path] = {IMAGE_POLICIES: REPO / "policies"}
         for target, source in service.mounts().items():
             if source.startswith(("./", "/")):
                 table[target] = REPO / source
             else:
                 table[target] = self.volume(source)
+        return PathMapper(table)
+
+    def mapper(self, service: Service) -> PathMapper:
+        table = dict(self.mounted(service).table)
+        # these files name compose services; the loopback copies name the same ports here
         if service.argv[1:3] == ["coordinator", "serve"]:
-            # the registry names compose services; the loopback one names the same ports here
             table[service.option("--nodes")] = self.registry
+        if service.argv[1:3] == ["sync", "run"]:
+            table[service.option("--config")] = self.sync_config
         return PathMapper(table)
 
     def env(self, extra: Mapping[str, str]) -> dict[str, str]:
@@ -363,7 +514,12 @@ def _host(root: Path) -> Host:
     shim = bin_dir / "osmanthus"
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m osmanthus.cli "$@"\n')
     shim.chmod(0o755)
-    return Host(root=root, bin_dir=bin_dir, registry=root / "nodes.loopback.toml")
+    return Host(
+        root=root,
+        bin_dir=bin_dir,
+        registry=root / "nodes.loopback.toml",
+        sync_config=root / "sync.loopback.toml",
+    )
 
 
 def _run_init(compose: Compose, host: Host, **overrides: str) -> subprocess.CompletedProcess[str]:
@@ -398,6 +554,41 @@ _COORDINATOR_FILES = ("cert.pem", "key.pem", "consent.key", "consent.pub")
 _COORDINATOR_PRIVATE = ("key.pem", "consent.key")
 
 
+def _sync_toml(compose: Compose, host: Host) -> str:
+    """sync.toml as init wrote it into the sync job's volume."""
+    sync = compose.sync
+    return Path(host.mounted(sync).map(sync.option("--config"))).read_text(encoding="utf-8")
+
+
+def _sync_config(
+    compose: Compose, host: Host, *, out: Path, ports: Mapping[str, int] | None = None
+) -> SyncConfig:
+    """The sync.toml init wrote, with every container path in it mapped through the sync
+    service's mounts (a path it does not mount fails) and, given `ports`, each target
+    `service:port` replaced by that service's loopback port: written to `out` and loaded."""
+    text = _sync_toml(compose, host)
+    if ports is not None:
+        document = tomllib.loads(text)
+        for table in ("coordinator", "province"):
+            target = document[table]["target"]
+            service = target.rsplit(":", 1)[0]
+            text = text.replace(f'"{target}"', f'"127.0.0.1:{ports[service]}"')
+    mapper = host.mounted(compose.sync)
+    text = re.sub(r'"(/[^"]*)"', lambda m: json.dumps(mapper.map(m.group(1))), text)
+    out.write_text(text, encoding="utf-8")
+    return load_config(out)
+
+
+def _host_sync_config(compose: Compose, host: Host) -> SyncConfig:
+    return _sync_config(compose, host, out=host.root / "sync.host.toml")
+
+
+def _issuer(host: Host) -> TokenVerifier:
+    return TokenVerifier.from_file(
+        host.volume("secrets") / "issuer.pub", replay_cache=ReplayCache()
+    )
+
+
 def test_init_makes_certificates_issuer_key_and_data_and_a_second_run_keeps_them(
     compose: Compose, initialised: Host, catalogue: Catalogue
 ) -> None:
@@ -407,6 +598,10 @@ def test_init_makes_certificates_issuer_key_and_data_and_a_second_run_keeps_them
         assert (data / f"{dept.id}.duckdb").is_file()
         cert_paths(certs, role=PeerRole.NODE, name=dept.id)  # raises if any file is missing
     cert_paths(certs, role=PeerRole.OPERATOR, name="operator")
+    # the departments' nodes and no other: the provincial receiver's key is not for them
+    assert sorted(p.name for p in (certs / "nodes").iterdir()) == sorted(
+        d.id for d in catalogue.departments
+    )
     # the services' volume carries no CA key, no issuer key and no requester keys, and of the
     # coordinator only what is public
     assert not (certs / "ca.key").exists()
@@ -424,11 +619,155 @@ def test_init_makes_certificates_issuer_key_and_data_and_a_second_run_keeps_them
 
     kept = [certs / "ca.pem", certs / "issuer.pub", secrets / "issuer.key", data / "psb.duckdb"]
     kept += [keys / name for name in _COORDINATOR_FILES]
+    sync = _host_sync_config(compose, initialised)
+    assert sync.enterprises is not None
+    kept += [sync.paillier_keys, sync.token_file, sync.signing_key, sync.enterprises]
+    kept += [sync.signing_key.with_suffix(".pub"), sync.coordinator.tls.key]
     before = {p: p.read_bytes() for p in kept}
     again = _run_init(compose, initialised)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "already exists: kept" in again.stdout
     assert {p: p.read_bytes() for p in kept} == before
+
+
+def test_init_prepares_the_sync_job_and_the_receiver_each_in_a_volume_of_its_own(
+    compose: Compose, initialised: Host
+) -> None:
+    sync, province = compose.sync, compose.province
+    raw = tomllib.loads(_sync_toml(compose, initialised))
+    # the targets are the compose services, as nodes.toml names the nodes
+    assert raw["coordinator"]["target"] == (
+        f"{compose.coordinator.name}:{_listen_port(compose.coordinator)}"
+    )
+    assert raw["province"]["target"] == f"{province.name}:{_listen_port(province)}"
+    assert not sync.read_only(sync.mount_of(raw["state_dir"])), "the job's state must be writable"
+    config = _host_sync_config(compose, initialised)  # maps every path through sync's mounts
+    environment = compose.init.spec["environment"]
+    assert config.requester == environment["SYNC_REQUESTER"]
+    assert config.sender == environment["SYNC_SENDER"]
+    certified = cert_paths(
+        initialised.volume("secrets") / "ca", role=PeerRole.REQUESTER, name=config.requester
+    )
+    assert config.coordinator.tls.cert.read_bytes() == certified.cert.read_bytes()
+    assert config.province.tls == config.coordinator.tls
+
+    # an unattended job's token: role sync_job, its two purposes, bound to its own Paillier key
+    claims = _issuer(initialised).verify(config.token_file.read_text(encoding="utf-8").strip())
+    assert claims.requester == config.requester
+    assert claims.role is Role.SYNC_JOB
+    assert claims.purposes == {"credit_rescoring", "statistics"}
+    assert claims.key_fingerprint == load_or_create_keys(config.paillier_keys).fingerprint
+    days = int(environment["SYNC_TOKEN_DAYS"])
+    assert claims.expires_at - claims.issued_at == timedelta(days=days)
+    # the test's renewal age is the script's: two thirds of the lifetime
+    assert timedelta(days=days * 2 // 3) == TOKEN_RENEW_AFTER
+
+    # grades and statistics over every enterprise of the seeded records, ε small and daily
+    with (initialised.volume("data") / "subjects.csv").open(newline="") as f:
+        firms = [r["subject_id"] for r in csv.DictReader(f) if r["subject_kind"] == "enterprise"]
+    assert config.enterprises is not None
+    assert list(read_ids(config.enterprises)) == firms
+    assert config.lists_enabled
+    assert config.grades_every == timedelta(days=1)
+    [cohort] = config.statistics
+    assert cohort.subject_kind is SubjectKind.ENTERPRISE
+    assert cohort.subjects == config.enterprises
+    assert 0 < cohort.epsilon <= Decimal("0.01")
+    assert cohort.every == timedelta(days=1)
+
+    # the receiver knows the city by the job's certificate and public key, and serves with the
+    # node certificate `province` from its own volume
+    senders = load_senders(Path(initialised.mounted(province).map(province.option("--senders"))))
+    [sender] = senders.senders
+    assert sender.id == config.sender
+    assert sender.certificates == {config.requester}
+    public = load_private_key(config.signing_key).public_key()
+    assert list(sender.keys) == [sender_key_id(public)]
+    certs_dir = Path(initialised.mounted(province).map(province.option("--certs-dir")))
+    cert_paths(certs_dir, role=PeerRole.NODE, name="province")
+    # the operator certificate its health check probes with
+    cert_paths(certs_dir, role=PeerRole.OPERATOR, name=DEFAULT_OPERATOR_NAME)
+
+    # both volumes and every private file in them owner-only
+    for service, flag in ((sync, "--config"), (province, "--senders")):
+        volume = initialised.volume(service.mounts()[service.mount_of(service.option(flag))])
+        assert stat.S_IMODE(volume.stat().st_mode) == 0o700, volume
+    for private in (
+        config.token_file,
+        config.paillier_keys,
+        config.signing_key,
+        config.coordinator.tls.key,
+        cert_paths(certs_dir, role=PeerRole.NODE, name="province").key,
+    ):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
+
+
+def test_init_renews_the_sync_token_two_thirds_through_its_life_for_the_same_key(
+    compose: Compose, initialised: Host
+) -> None:
+    config = _host_sync_config(compose, initialised)
+    token, key = config.token_file, config.paillier_keys.read_bytes()
+    issued = token.read_bytes()
+
+    def age(delta: timedelta) -> None:
+        then = time.time() - delta.total_seconds()
+        os.utime(token, (then, then))
+
+    age(TOKEN_RENEW_AFTER - timedelta(days=1))
+    kept = _run_init(compose, initialised)
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    assert token.read_bytes() == issued
+
+    age(TOKEN_RENEW_AFTER + timedelta(days=1, hours=1))
+    renewed = _run_init(compose, initialised)
+    assert renewed.returncode == 0, renewed.stdout + renewed.stderr
+    assert token.read_bytes() != issued
+    claims = _issuer(initialised).verify(token.read_text(encoding="utf-8").strip())
+    assert claims.key_fingerprint == load_or_create_keys(config.paillier_keys).fingerprint
+    assert config.paillier_keys.read_bytes() == key
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert not token.with_name(token.name + ".tmp").exists()
+
+
+def test_each_private_key_is_only_in_volumes_that_init_and_its_own_service_mount(
+    compose: Compose, initialised: Host
+) -> None:
+    ca = initialised.volume("secrets") / "ca"
+    init, coordinator = compose.init.name, compose.coordinator.name
+    sync, province = compose.sync, compose.province
+    config = _host_sync_config(compose, initialised)
+    province_certs = Path(initialised.mounted(province).map(province.option("--certs-dir")))
+    owners: dict[str, tuple[Path, set[str]]] = {
+        "the CA key": (ca / "ca.key", {init}),
+        "the token issuer key": (initialised.volume("secrets") / "issuer.key", {init}),
+        "the coordinator's TLS key": (ca / "coordinator" / "key.pem", {init, coordinator}),
+        "the consent-receipt key": (ca / "coordinator" / "consent.key", {init, coordinator}),
+        "the sync job's TLS key": (config.coordinator.tls.key, {init, sync.name}),
+        "the sync job's Paillier key": (config.paillier_keys, {init, sync.name}),
+        "the sync job's token": (config.token_file, {init, sync.name}),
+        "the sync signing key": (config.signing_key, {init, sync.name}),
+        "the receiver's TLS key": (
+            cert_paths(province_certs, role=PeerRole.NODE, name="province").key,
+            {init, province.name},
+        ),
+    }
+    for requester in compose.init.spec["environment"]["REQUESTERS"].split():
+        owners[f"{requester}'s TLS key"] = (ca / "requesters" / requester / "key.pem", {init})
+    # by content, so that a renamed or relocated copy is found too
+    secrets = {path.read_bytes(): label for label, (path, _) in owners.items()}
+    holding: dict[str, set[str]] = {label: set() for label in owners}
+    for volume in (initialised.root / "volumes").iterdir():
+        for path in volume.rglob("*"):
+            # keys are small; the department databases need not be read
+            if path.is_file() and path.stat().st_size < 64 * 1024:
+                label = secrets.get(path.read_bytes())
+                if label is not None:
+                    holding[label].add(volume.name)
+    for label, (_, allowed) in owners.items():
+        users = {
+            s.name for s in compose.services.values() if holding[label] & set(s.mounts().values())
+        }
+        assert users == allowed, f"{label} is in {sorted(holding[label])}, mounted by {users}"
 
 
 def test_no_node_mounts_a_volume_holding_a_coordinator_private_key(
@@ -448,16 +787,23 @@ def test_no_node_mounts_a_volume_holding_a_coordinator_private_key(
             assert not mounted, f"{service.name} mounts {mounted}, which hold coordinator keys"
 
 
-def test_init_removes_coordinator_keys_an_earlier_version_put_in_the_shared_volume(
+def test_init_removes_private_keys_an_earlier_version_put_in_the_shared_volume(
     compose: Compose, initialised: Host
 ) -> None:
     shared = initialised.volume("certs") / "coordinator"
     made = _coordinator_files(initialised)
     for name in _COORDINATOR_PRIVATE:
         (shared / name).write_bytes(made[name])
+    # a receiver certificate issued by hand into the CA directory, which init copied whole
+    receiver = initialised.volume("certs") / "nodes" / "province"
+    receiver.mkdir()
+    for name in ("cert.pem", "key.pem"):
+        source = initialised.volume("secrets") / "ca" / "nodes" / "province" / name
+        (receiver / name).write_bytes(source.read_bytes())
     done = _run_init(compose, initialised)
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(p.name for p in shared.iterdir()) == ["cert.pem", "consent.pub"]
+    assert not receiver.exists()
 
 
 def test_init_writes_a_lost_consent_pub_from_the_key_and_never_replaces_a_lost_key(
@@ -510,7 +856,10 @@ class Running:
 
     @property
     def coordinator_target(self) -> str:
-        return f"127.0.0.1:{self.processes[self.compose.coordinator.name].port}"
+        return self.target(self.compose.coordinator.name)
+
+    def target(self, service: str) -> str:
+        return f"127.0.0.1:{self.processes[service].port}"
 
 
 def _start(service: Service, host: Host) -> Process:
@@ -527,6 +876,8 @@ def running(compose: Compose, initialised: Host) -> Iterator[Running]:
     try:
         for node in compose.nodes.values():
             processes[node.name] = _start(node, initialised)
+        # the receiver needs nothing else running; the sync job starts in its own fixtures
+        processes[compose.province.name] = _start(compose.province, initialised)
         deadline = time.monotonic() + START_TIMEOUT_S
         ports = {name: p.wait_ready(deadline) for name, p in processes.items()}
         compose_registry = (
@@ -547,16 +898,162 @@ def running(compose: Compose, initialised: Host) -> Iterator[Running]:
             process.stop()
 
 
-def test_every_service_health_check_reports_serving(running: Running) -> None:
-    probes = {}
-    for service in running.compose.services.values():
-        if service.name not in running.processes:
-            continue
-        test = running.host.mapper(service).argv(service.health_test)
-        at = test.index("--target") + 1
-        test[at] = f"127.0.0.1:{running.processes[service.name].port}"
-        probes[service.name] = osmanthus_command(*test[1:])
-    assert len(probes) == len(running.compose.nodes) + 1
+@pytest.fixture(scope="module")
+def synced(running: Running) -> subprocess.CompletedProcess[str]:
+    """`osmanthus sync run --once` with the sync service's configuration, on loopback."""
+    compose, host = running.compose, running.host
+    ports = {name: process.port for name, process in running.processes.items()}
+    _sync_config(compose, host, out=host.sync_config, ports=ports)
+    sync = compose.sync
+    argv = host.mapper(sync).argv(sync.argv)
+    for flag in ("--every", "--metrics-listen"):
+        at = argv.index(flag)
+        del argv[at : at + 2]
+    return subprocess.run(
+        osmanthus_command(*argv[1:], "--once"),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=SYNC_TIMEOUT_S,
+    )
+
+
+def _receiver(running: Running) -> ProvinceClient:
+    """A client of the running receiver with the operator certificate of its health check."""
+    province = running.compose.province
+    certs_dir = Path(running.host.mounted(province).map(province.option("--certs-dir")))
+    operator = cert_paths(certs_dir, role=PeerRole.OPERATOR, name=DEFAULT_OPERATOR_NAME)
+    return ProvinceClient(running.target(province.name), tls=TlsFiles.from_cert_paths(operator))
+
+
+def test_the_sync_job_delivers_grades_and_statistics_to_the_receiver(
+    running: Running, synced: subprocess.CompletedProcess[str]
+) -> None:
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    config = load_config(running.host.sync_config)
+    assert config.enterprises is not None
+    firms = set(read_ids(config.enterprises))
+    key_id = sender_key_id(load_private_key(config.signing_key).public_key())
+    with _receiver(running) as receiver:
+        stored = receiver.batches(page_size=100)
+        refused = receiver.rejections(page_size=100)
+    assert not refused.rejections, refused.rejections
+    by_kind: dict[BatchKind, list[BatchSummary]] = {}
+    for batch in stored.batches:
+        assert batch.sender == config.sender
+        assert batch.peer == f"requester/{config.requester}"
+        assert batch.key_id == key_id
+        by_kind.setdefault(batch.kind, []).append(batch)
+    assert {BatchKind.GRADES, BatchKind.STATISTICS} <= by_kind.keys(), synced.stdout
+    # a first run grades every enterprise of the roster, all but any credit code that also
+    # reads as a resident id (no batch may carry one)
+    graded = [firm for firm in firms if not holds_resident_id(firm)]
+    assert graded
+    assert sum(b.records for b in by_kind[BatchKind.GRADES]) == len(graded)
+    [statistics] = by_kind[BatchKind.STATISTICS]
+    [cohort] = config.statistics
+    assert statistics.records == len(cohort.statistics)
+    assert not statistics.partial
+
+    # and the job's own account agrees: each stream acknowledged to its last batch, none waiting
+    status = subprocess.run(
+        osmanthus_command("sync", "status", "--config", str(running.host.sync_config), "--json"),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=HEALTH_TIMEOUT_S,
+    )
+    assert status.returncode == 0, status.stdout + status.stderr
+    report = json.loads(status.stdout)
+    assert report["backlog"]["batches"] == 0
+    assert report["last_error"] is None
+    for kind, batches in by_kind.items():
+        assert report["streams"][kind.value]["sequence"] == max(b.sequence for b in batches)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _metrics(port: int) -> str:
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode("utf-8"))
+
+
+_LAST_RUN = re.compile(r"^osmanthus_sync_last_run_timestamp_seconds ([0-9.e+]+)$", re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def sync_service(running: Running, synced: subprocess.CompletedProcess[str]) -> Process:
+    """The sync service as compose runs it (on its schedule, serving metrics), started after the
+    one-off run so that the two never contend for the state's lock; ready once its first run
+    has ended, since a SIGTERM during a run stops the run and the job exits 130."""
+    sync = running.compose.sync
+    argv = running.host.mapper(sync).argv(sync.argv)
+    port = _free_port()
+    argv[argv.index("--metrics-listen") + 1] = f"127.0.0.1:{port}"
+    run_dir = running.host.root / "run"
+    log_path = run_dir / f"{sync.name}.log"
+    with log_path.open("wb") as log:
+        popen = subprocess.Popen(
+            osmanthus_command(*argv[1:]),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
+        )
+    # the job binds no gRPC port and writes no ready file; `port` is its metrics port
+    process = Process(sync.name, popen, run_dir / f"{sync.name}.port", log_path, port=port)
+    running.processes[sync.name] = process
+    deadline = time.monotonic() + SYNC_TIMEOUT_S
+    while True:
+        if popen.poll() is not None:
+            pytest.fail(f"{sync.name} exited with {popen.returncode}:\n{log_path.read_text()}")
+        try:
+            ended = _LAST_RUN.search(_metrics(port))
+        except OSError:
+            ended = None
+        if ended and float(ended.group(1)) > 0:
+            return process
+        if time.monotonic() > deadline:
+            pytest.fail(f"{sync.name} did not finish its first run in {SYNC_TIMEOUT_S:g} s")
+        time.sleep(0.2)
+
+
+def test_the_sync_service_runs_on_its_schedule_from_the_same_state(
+    running: Running, sync_service: Process
+) -> None:
+    metrics = _metrics(sync_service.port)
+    assert 'osmanthus_sync_runs_total{outcome="ok"} 1.0' in metrics, metrics
+    # grades and statistics are daily and the one-off run delivered them: not due again
+    for kind in (BatchKind.GRADES, BatchKind.STATISTICS):
+        assert f'osmanthus_sync_batches_delivered_total{{kind="{kind.value}"}} 0.0' in metrics
+    assert "osmanthus_sync_outbox_batches 0.0" in metrics
+
+
+def _probe(service: Service, running: Running) -> list[str]:
+    """The service's health check as it runs here: loopback port, mounts mapped."""
+    test = running.host.mapper(service).argv(service.health_test)
+    port = running.processes[service.name].port
+    if test[0] == "python":
+        # the sync job's: fetch its metrics
+        return [sys.executable, "-c", _METRICS_URL.sub(f"http://127.0.0.1:{port}/metrics", test[2])]
+    test[test.index("--target") + 1] = f"127.0.0.1:{port}"
+    return osmanthus_command(*test[1:])
+
+
+def test_every_service_health_check_reports_serving(
+    running: Running, sync_service: Process
+) -> None:
+    probes = {
+        service.name: _probe(service, running)
+        for service in running.compose.services.values()
+        if service.name in running.processes
+    }
+    assert len(probes) == len(running.compose.services) - 1, "every service but init"
 
     def probe(argv: list[str]) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -568,7 +1065,8 @@ def test_every_service_health_check_reports_serving(running: Running) -> None:
         results = dict(zip(probes, pool.map(probe, probes.values()), strict=True))
     for name, done in results.items():
         assert done.returncode == 0, f"{name}: {done.stdout}{done.stderr}"
-        assert done.stdout.strip().endswith(": SERVING"), f"{name}: {done.stdout}"
+        if name != running.compose.sync.name:
+            assert done.stdout.strip().endswith(": SERVING"), f"{name}: {done.stdout}"
 
 
 def test_coordinator_reaches_every_enterprise_department_through_the_compose_registry(
@@ -626,10 +1124,12 @@ def test_the_coordinators_receipts_verify_against_the_consent_pub_every_service_
     assert receipt.consent_id == record.consent_id
 
 
-def test_every_service_exits_cleanly_on_sigterm(running: Running) -> None:
+def test_every_service_exits_cleanly_on_sigterm(running: Running, sync_service: Process) -> None:
     coordinator = running.processes[running.compose.coordinator.name]
-    # coordinator first, as compose stops dependants before what they depend on
-    ordered = [coordinator, *(p for p in running.processes.values() if p is not coordinator)]
+    # dependants first, as compose stops them before what they depend on: the sync job, then
+    # the coordinator, then the nodes and the receiver
+    first = [sync_service, coordinator]
+    ordered = [*first, *(p for p in running.processes.values() if p not in first)]
     for process in ordered:
         process.terminate()
     deadline = time.monotonic() + STOP_TIMEOUT_S

@@ -478,11 +478,28 @@ def test_statistic_records_write_epsilon_and_scale_in_one_spelling() -> None:
     made = batch(BatchKind.STATISTICS, [statistic_record(
         name="enterprises.tax", subject_kind=SubjectKind.ENTERPRISE, cohort_size=300,
         value=12, noise_scale=Fraction(20), epsilon=Decimal("1.0000"), as_of=AS_OF,
-        missing_departments=["customs"],
     )])  # fmt: skip
     assert made.records[0]["epsilon"] == "1" and made.records[0]["noise_scale"] == "20"
+
+
+def test_a_statistic_a_department_did_not_answer_has_no_value_and_marks_the_batch() -> None:
+    owed = statistic_record(
+        name="enterprises.tax", subject_kind=SubjectKind.ENTERPRISE, cohort_size=300,
+        value=None, noise_scale=None, epsilon=None, as_of=AS_OF, missing_departments=["customs"],
+    )  # fmt: skip
+    made = batch(BatchKind.STATISTICS, [owed])
+    assert made.records[0]["value"] is None and made.records[0]["partial"] is True
     # a record's missing department makes the batch partial
     assert made.partial and made.missing_departments == ("customs",)
+    # a partial statistic with a value would be a biased sum passed off as the statistic
+    for name, value in (("value", 12), ("noise_scale", "20"), ("epsilon", "1")):
+        with pytest.raises(InvalidArgument) as info:
+            batch(BatchKind.STATISTICS, [{**owed, name: value}])
+        assert info.value.field == f"records[0].{name}" and "null" in info.value.message
+    # and a complete one needs all three
+    with pytest.raises(InvalidArgument) as info:
+        batch(BatchKind.STATISTICS, [statistic(value=None)])
+    assert info.value.field == "records[0].value"
 
 
 def test_a_record_reported_twice_in_one_batch_is_refused() -> None:

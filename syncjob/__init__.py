@@ -1,0 +1,1 @@
+"""The provincial sync job: gathers list changes, grades and statistics, delivers signed batches."""

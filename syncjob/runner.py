@@ -1,0 +1,305 @@
+"""`osmanthus sync run` and `sync status`: clients from the config, the schedule, the report.
+
+The job takes the state directory's lock for as long as it runs, so two jobs never number one
+stream twice; `status` only reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from osmanthus.bundle import load_private_key
+from osmanthus.catalogue import Catalogue, load_catalogue
+from osmanthus.errors import ConfigError, InvalidArgument, OsmanthusError
+from osmanthus.syncbatch import BatchKind, sender_key_id
+from syncjob.config import SyncConfig
+from syncjob.job import SyncJob
+from syncjob.metrics import SyncMetrics
+from syncjob.state import SyncState, exclusive
+
+_log = logging.getLogger(__name__)
+
+
+def _catalogue(config: SyncConfig) -> Catalogue:
+    return load_catalogue(config.catalogue) if config.catalogue else load_catalogue()
+
+
+def _token(config: SyncConfig) -> str:
+    try:
+        token = config.token_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the token file {config.token_file}: {exc.strerror}",
+            field="coordinator.token_file",
+        ) from None
+    if not token:
+        raise ConfigError(f"{config.token_file} is empty", field="coordinator.token_file")
+    return token
+
+
+@contextmanager
+def open_job(
+    config: SyncConfig,
+    *,
+    stop: threading.Event,
+    metrics: SyncMetrics | None,
+    progress: Callable[[str], None],
+    grade_progress: Callable[[int, int], None],
+) -> Iterator[SyncJob]:
+    """The job with its clients and state, holding the state directory's lock."""
+    from province.client import ProvinceClient
+    from sdk import Client
+
+    key = load_private_key(config.signing_key)
+    catalogue = _catalogue(config)
+    token = _token(config)
+    with exclusive(config.state_dir):
+        state = SyncState(
+            config.state_dir, sender=config.sender, key_id=sender_key_id(key.public_key())
+        )
+        try:
+            with (
+                Client(
+                    config.coordinator.target,
+                    tls=config.coordinator.tls,
+                    token=token,
+                    keys=config.paillier_keys,
+                    server_name=config.coordinator.server_name,
+                    catalogue=catalogue,
+                ) as client,
+                ProvinceClient(
+                    config.province.target,
+                    tls=config.province.tls,
+                    server_name=config.province.server_name,
+                ) as province,
+            ):
+                yield SyncJob(
+                    config=config,
+                    state=state,
+                    client=client,
+                    province=province,
+                    signing_key=key,
+                    catalogue=catalogue,
+                    metrics=metrics,
+                    stop=stop,
+                    progress=progress,
+                    grade_progress=grade_progress,
+                )
+        finally:
+            state.close()
+
+
+def run(
+    config: SyncConfig,
+    *,
+    every: timedelta | None,
+    metrics_listen: str | None = None,
+    metrics_file: Path | None = None,
+    quiet: bool = False,
+) -> int:
+    """Run once (every=None) or on a schedule until SIGTERM/SIGINT; the exit code."""
+    stop = threading.Event()
+    _on_signals(stop)
+    metrics = SyncMetrics()
+    if metrics_listen:
+        _serve_metrics(metrics, metrics_listen)
+
+    def say(message: str) -> None:
+        if not quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    while True:
+        try:
+            code = _one_run(config, stop=stop, metrics=metrics, say=say, quiet=quiet)
+        except OsmanthusError as exc:
+            # the run could not start (the token file unreadable, another job holding the
+            # state): on a schedule that is this run's failure, not the service's end
+            if every is None:
+                raise
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            metrics.error("start")
+            code = exc.exit_code
+        if metrics_file is not None:
+            metrics.write_textfile(metrics_file)
+        if every is None:
+            return code
+        if stop.is_set():
+            # SIGTERM is how a scheduled job is shut down; the state is consistent at any point
+            return 0
+        say(f"next run in {every}")
+        if stop.wait(every.total_seconds()):
+            return 0
+
+
+def _one_run(
+    config: SyncConfig,
+    *,
+    stop: threading.Event,
+    metrics: SyncMetrics,
+    say: Callable[[str], None],
+    quiet: bool,
+) -> int:
+    from tqdm import tqdm
+
+    with tqdm(unit="grade", desc="grades", disable=quiet or None, leave=False) as bar:
+
+        def graded(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        with open_job(
+            config, stop=stop, metrics=metrics, progress=say, grade_progress=graded
+        ) as job:
+            summary = job.run_once()
+            print(summary.line(), flush=True)
+            if summary.resumed and not summary.exit_code and not stop.is_set():
+                # the run an earlier job left unfinished gathered what was new then: a fresh
+                # run follows at once, so a crash never holds back new data for a period
+                bar.reset()
+                summary = job.run_once()
+                print(summary.line(), flush=True)
+    return summary.exit_code
+
+
+def _serve_metrics(metrics: SyncMetrics, listen: str) -> None:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InvalidArgument(f"{listen!r} is not HOST:PORT", field="metrics-listen")
+    try:
+        bound = metrics.serve(host.strip("[]"), int(port))
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve metrics on {listen}: {exc.strerror}", field="metrics-listen"
+        ) from None
+    _log.info("metrics on http://%s:%d/metrics", host, bound)
+
+
+def _on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            # a second signal: the operator means it
+            raise KeyboardInterrupt
+        _log.warning("signal %d: stopping after the current step", signum)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+
+def status(config: SyncConfig) -> dict[str, Any]:
+    """Where each stream stands, the backlog, the last run and the last error."""
+    state = SyncState(config.state_dir, sender=config.sender, key_id=None)
+    try:
+        streams = state.streams()
+        outbox = state.outbox()
+        done = state.done_times()
+        error = state.last_error()
+        runs = state.runs(limit=1)
+        now = datetime.now(UTC)
+        schedule: dict[str, str] = {}
+        if config.lists_enabled:
+            schedule["lists"] = _next(done.get("lists"), config.lists_every, now)
+        if config.enterprises is not None:
+            schedule["grades"] = _next(done.get("grades"), config.grades_every, now)
+        for spec in config.statistics:
+            schedule[f"statistics {spec.name}"] = _next(
+                done.get(f"statistic:{spec.name}"), spec.every, now
+            )
+        acked = [p.acked_at for p in streams.values()]
+        return {
+            "state": str(state.path),
+            "sender": config.sender,
+            "streams": {
+                kind.value: (
+                    {
+                        "sequence": streams[kind].sequence,
+                        "watermark": streams[kind].watermark,
+                        "batch_id": streams[kind].batch_id,
+                        "acknowledged_at": _stamp(streams[kind].acked_at),
+                    }
+                    if kind in streams
+                    else None
+                )
+                for kind in BatchKind
+            },
+            "last_success": _stamp(max(acked)) if acked else None,
+            "backlog": {
+                "batches": len(outbox),
+                "records": sum(b.records for b in outbox),
+                "oldest_built_at": _stamp(min(b.built_at for b in outbox)) if outbox else None,
+                "attempts": sum(b.attempts for b in outbox),
+                "by_kind": {
+                    kind.value: sum(1 for b in outbox if b.kind is kind)
+                    for kind in BatchKind
+                    if any(b.kind is kind for b in outbox)
+                },
+            },
+            "last_run": runs[0] if runs else None,
+            "last_error": (
+                {"at": _stamp(error[0]), "work": error[1], "message": error[2]} if error else None
+            ),
+            "list_cursors": state.list_cursors(),
+            "next_due": schedule,
+        }
+    finally:
+        state.close()
+
+
+def _next(last: datetime | None, every: timedelta, now: datetime) -> str:
+    if last is None or last + every <= now:
+        return "now"
+    return _stamp(last + every)
+
+
+def _stamp(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def print_status(report: dict[str, Any]) -> None:
+    print(f"sync state {report['state']} (sender {report['sender']})")
+    print("streams (last batch the receiver acknowledged):")
+    for kind, position in report["streams"].items():
+        if position is None:
+            print(f"  {kind:<13} nothing delivered yet")
+        else:
+            print(
+                f"  {kind:<13} #{position['sequence']} to watermark {position['watermark']} "
+                f"at {position['acknowledged_at']}"
+            )
+    print(f"last success: {report['last_success'] or 'never'}")
+    backlog = report["backlog"]
+    if backlog["batches"]:
+        kinds = ", ".join(f"{k} {n}" for k, n in backlog["by_kind"].items())
+        print(
+            f"backlog: {backlog['batches']} batches ({kinds}), {backlog['records']} records, "
+            f"oldest built {backlog['oldest_built_at']}, {backlog['attempts']} attempts so far"
+        )
+    else:
+        print("backlog: none")
+    last = report["last_run"]
+    if last is None:
+        print("last run: none")
+    else:
+        finished = last["finished_at"] or "not finished (the next run resumes it)"
+        print(f"last run: {last['tag']} started {last['started_at']}, finished {finished}")
+    error = report["last_error"]
+    print(
+        f"last error: {error['at']} {error['work']}: {error['message']}"
+        if error
+        else "last error: none"
+    )
+    if report["list_cursors"]:
+        cursors = ", ".join(f"{d} {c}" for d, c in report["list_cursors"].items())
+        print(f"list feed cursors: {cursors}")
+    for work, when in report["next_due"].items():
+        print(f"next {work}: {when}")

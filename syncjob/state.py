@@ -1,0 +1,611 @@
+"""The sync job's state file: checkpoints, the outbox of signed batches and staged work.
+
+One SQLite file in the job's state directory (SQLite, not DuckDB: `osmanthus sync status` reads
+it while a running job holds it open, which DuckDB's one-process lock would refuse). Every step
+that must not be half-done is one transaction:
+
+- a gathered range becomes signed batches in the outbox, and the cursors it read past advance,
+  together; a crash before the commit gathers the same range again, a crash after it resends the
+  saved batches, never rebuilt ones (statistics are noisy, so a rebuilt batch would conflict);
+- a batch leaves the outbox, and its stream's checkpoint advances, together, only once the
+  receiver has acknowledged it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import stat
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from osmanthus.errors import ConfigError, FailedPrecondition
+from osmanthus.syncbatch import BatchKind, SignedBatch
+
+STATE_FILE: Final = "sync.sqlite"
+LOCK_FILE: Final = "sync.lock"
+SCHEMA_VERSION: Final = 1
+#: where a stream starts: the watermark_from of its first batch
+ORIGIN: Final = "origin"
+
+_SCHEMA: Final = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- the last batch of each stream the receiver acknowledged
+CREATE TABLE streams (
+    kind TEXT PRIMARY KEY,
+    sequence INTEGER NOT NULL,
+    watermark TEXT NOT NULL,
+    batch_id TEXT NOT NULL,
+    acked_at TEXT NOT NULL
+);
+-- signed batches not yet acknowledged, sent in (kind, sequence) order
+CREATE TABLE outbox (
+    kind TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    batch_id TEXT NOT NULL UNIQUE,
+    watermark_from TEXT NOT NULL,
+    watermark_to TEXT NOT NULL,
+    records INTEGER NOT NULL,
+    partial INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    key_id TEXT NOT NULL,
+    built_at TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (kind, sequence)
+);
+CREATE TABLE runs (
+    run INTEGER PRIMARY KEY,
+    tag TEXT NOT NULL UNIQUE,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    summary TEXT
+);
+-- the phases of a run already committed (lists, grades, statistics)
+CREATE TABLE run_phases (run INTEGER NOT NULL, phase TEXT NOT NULL, PRIMARY KEY (run, phase));
+-- when each kind of work (a phase, or one statistic) last completed, for its schedule
+CREATE TABLE done (work TEXT PRIMARY KEY, at TEXT NOT NULL);
+-- each department's list change feed: the cursor after the last event batched
+CREATE TABLE list_cursors (department TEXT PRIMARY KEY, cursor TEXT NOT NULL);
+-- published entries reported and not yet withdrawn or expired (their expiry is reported by us)
+CREATE TABLE list_open (
+    department TEXT NOT NULL,
+    entry_id TEXT NOT NULL,
+    window_end TEXT NOT NULL,
+    entry TEXT NOT NULL,
+    PRIMARY KEY (department, entry_id)
+);
+-- the grade last batched for each enterprise: a grade goes up again only when it changes
+CREATE TABLE grades_sent (
+    credit_code TEXT PRIMARY KEY,
+    grade TEXT NOT NULL,
+    score INTEGER NOT NULL,
+    departments_answered INTEGER NOT NULL
+);
+-- a run's grades as they are computed, so a stopped run resumes where it stopped
+CREATE TABLE grade_staging (
+    run INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    credit_code TEXT NOT NULL,
+    grade TEXT,
+    score INTEGER,
+    departments_answered INTEGER,
+    as_of TEXT NOT NULL,
+    refused TEXT,
+    PRIMARY KEY (run, position)
+);
+-- a run's statistic answers: a spent ε is never asked for again
+CREATE TABLE stat_staging (
+    run INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    records TEXT NOT NULL,
+    complete INTEGER NOT NULL,
+    PRIMARY KEY (run, name)
+);
+CREATE TABLE errors (at TEXT NOT NULL, work TEXT NOT NULL, message TEXT NOT NULL);
+"""
+#: errors kept for `sync status`; older ones are dropped
+_ERRORS_KEPT: Final = 200
+
+
+@dataclass(frozen=True)
+class Run:
+    run: int
+    #: the run's watermark stem: UTC start time and run number, never the same twice
+    tag: str
+    started_at: datetime
+    resumed: bool
+
+
+@dataclass(frozen=True)
+class OutboxBatch:
+    kind: BatchKind
+    sequence: int
+    batch_id: str
+    watermark_from: str
+    watermark_to: str
+    records: int
+    partial: bool
+    signed: SignedBatch
+    built_at: datetime
+    attempts: int
+
+
+@dataclass(frozen=True)
+class StreamPosition:
+    kind: BatchKind
+    sequence: int
+    watermark: str
+    batch_id: str
+    acked_at: datetime
+
+
+@dataclass(frozen=True)
+class StagedGrade:
+    position: int
+    credit_code: str
+    grade: str | None
+    score: int | None
+    departments_answered: int | None
+    as_of: str
+    refused: str | None
+
+
+@dataclass(frozen=True)
+class OpenEntry:
+    department: str
+    entry_id: str
+    window_end: str
+    #: the list-change record the entry was published with (its published fields)
+    record: Mapping[str, Any]
+
+
+@contextmanager
+def exclusive(directory: Path) -> Iterator[None]:
+    """Hold the job's lock on `directory`: a second job on the same state is refused, since two
+    would number the same stream's batches twice. The kernel drops the lock if the job dies."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FailedPrecondition(
+                f"another sync job is running on {directory}; one job per state directory",
+                field="state_dir",
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _text(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+class SyncState:
+    """The job's state file. One job at a time may write it (see `lock`); anyone may read it."""
+
+    def __init__(self, directory: Path, *, sender: str, key_id: str | None) -> None:
+        """Open (or create, with `key_id` given) the state of `sender`'s job in `directory`.
+
+        The file is bound to its sender at creation: a configuration naming another sender is
+        refused, so two cities' streams never mix in one checkpoint.
+        """
+        self.directory = directory
+        self.path = directory / STATE_FILE
+        creating = not self.path.exists()
+        if creating and key_id is None:
+            raise FailedPrecondition(
+                f"{self.path} does not exist: the job has not run yet", field="state_dir"
+            )
+        if creating:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(directory, 0o700)
+        elif stat.S_IMODE(directory.stat().st_mode) & 0o077:
+            raise ConfigError(
+                f"{directory} is open to other users; the state holds the job's outbox: "
+                f"chmod 700 {directory}",
+                field="state_dir",
+            )
+        old = os.umask(0o077)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        finally:
+            os.umask(old)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        with self.transaction():
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+            if "meta" not in tables:
+                if key_id is None:
+                    raise FailedPrecondition(f"{self.path} holds no sync state", field="state_dir")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.executemany(
+                    "INSERT INTO meta VALUES (?, ?)",
+                    [
+                        ("schema_version", str(SCHEMA_VERSION)),
+                        ("sender", sender),
+                        ("created_at", _text(datetime.now(UTC))),
+                    ],
+                )
+            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        if meta.get("schema_version") != str(SCHEMA_VERSION):
+            raise ConfigError(
+                f"{self.path} has schema version {meta.get('schema_version')}; this version of "
+                f"Osmanthus reads {SCHEMA_VERSION}",
+                field="state_dir",
+            )
+        if meta.get("sender") != sender:
+            raise ConfigError(
+                f"{self.path} holds the streams of sender {meta.get('sender')!r}, not "
+                f"{sender!r}: give each sender its own state_dir",
+                field="sender",
+            )
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- runs ------------------------------------------------------------------------------------
+
+    def begin_run(self, now: datetime) -> Run:
+        """The unfinished run to resume, or a new one."""
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT run, tag, started_at FROM runs WHERE finished_at IS NULL "
+                "ORDER BY run DESC LIMIT 1"
+            ).fetchone()
+            if row is not None:
+                return Run(run=row[0], tag=row[1], started_at=_time(row[2]), resumed=True)
+            (last,) = db.execute("SELECT coalesce(max(run), 0) FROM runs").fetchone()
+            number = last + 1
+            tag = f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}.r{number}"
+            db.execute(
+                "INSERT INTO runs (run, tag, started_at) VALUES (?, ?, ?)",
+                [number, tag, _text(now)],
+            )
+        return Run(run=number, tag=tag, started_at=now, resumed=False)
+
+    def phase_done(self, run: Run, phase: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM run_phases WHERE run = ? AND phase = ?", [run.run, phase]
+        ).fetchone()
+        return row is not None
+
+    def last_done(self, work: str) -> datetime | None:
+        row = self._db.execute("SELECT at FROM done WHERE work = ?", [work]).fetchone()
+        return _time(row[0]) if row else None
+
+    def finish_run(self, run: Run, *, now: datetime, summary: Mapping[str, Any]) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE runs SET finished_at = ?, summary = ? WHERE run = ?",
+                [_text(now), json.dumps(summary, sort_keys=True), run.run],
+            )
+            db.execute("DELETE FROM stat_staging WHERE run <= ?", [run.run])
+
+    # --- building batches ------------------------------------------------------------------------
+
+    def next_position(self, kind: BatchKind) -> tuple[int, str]:
+        """The sequence and watermark_from of `kind`'s next batch: after the outbox's last
+        batch of the stream, else after the last acknowledged one, else the stream's start."""
+        row = self._db.execute(
+            "SELECT sequence, watermark_to FROM outbox WHERE kind = ? "
+            "ORDER BY sequence DESC LIMIT 1",
+            [kind.value],
+        ).fetchone()
+        if row is None:
+            row = self._db.execute(
+                "SELECT sequence, watermark FROM streams WHERE kind = ?", [kind.value]
+            ).fetchone()
+        return (row[0] + 1, row[1]) if row else (1, ORIGIN)
+
+    @staticmethod
+    def _enqueue(db: sqlite3.Connection, batches: Sequence[OutboxBatch]) -> None:
+        db.executemany(
+            "INSERT INTO outbox (kind, sequence, batch_id, watermark_from, watermark_to, "
+            "records, partial, payload, signature, key_id, built_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    b.kind.value,
+                    b.sequence,
+                    b.batch_id,
+                    b.watermark_from,
+                    b.watermark_to,
+                    b.records,
+                    int(b.partial),
+                    b.signed.payload,
+                    b.signed.signature,
+                    b.signed.key_id,
+                    _text(b.built_at),
+                )
+                for b in batches
+            ],
+        )
+
+    @staticmethod
+    def _mark(db: sqlite3.Connection, run: Run, phase: str, now: datetime) -> None:
+        db.execute("INSERT OR IGNORE INTO run_phases VALUES (?, ?)", [run.run, phase])
+        db.execute("INSERT OR REPLACE INTO done VALUES (?, ?)", [phase, _text(now)])
+
+    # --- list changes ----------------------------------------------------------------------------
+
+    def list_cursor(self, department: str) -> str:
+        row = self._db.execute(
+            "SELECT cursor FROM list_cursors WHERE department = ?", [department]
+        ).fetchone()
+        return str(row[0]) if row else ""
+
+    def open_entries(self) -> list[OpenEntry]:
+        return [
+            OpenEntry(department=r[0], entry_id=r[1], window_end=r[2], record=json.loads(r[3]))
+            for r in self._db.execute(
+                "SELECT department, entry_id, window_end, entry FROM list_open "
+                "ORDER BY window_end, department, entry_id"
+            )
+        ]
+
+    def commit_list_changes(
+        self,
+        run: Run,
+        *,
+        batches: Sequence[OutboxBatch],
+        cursors: Mapping[str, str],
+        opened: Sequence[OpenEntry],
+        closed: Sequence[tuple[str, str]],
+        complete: bool,
+        now: datetime,
+    ) -> None:
+        """Enqueue the range's batches and move every cursor past it, in one transaction.
+
+        `complete` is false when a department could not be read: the phase is then not marked
+        done for scheduling, so the next run asks that department again at once."""
+        with self.transaction() as db:
+            self._enqueue(db, batches)
+            db.executemany(
+                "INSERT OR REPLACE INTO list_cursors VALUES (?, ?)", list(cursors.items())
+            )
+            db.executemany(
+                "DELETE FROM list_open WHERE department = ? AND entry_id = ?", list(closed)
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO list_open VALUES (?, ?, ?, ?)",
+                [
+                    (e.department, e.entry_id, e.window_end, json.dumps(e.record, sort_keys=True))
+                    for e in opened
+                ],
+            )
+            db.execute("INSERT OR IGNORE INTO run_phases VALUES (?, 'lists')", [run.run])
+            if complete:
+                db.execute("INSERT OR REPLACE INTO done VALUES ('lists', ?)", [_text(now)])
+
+    # --- grades ----------------------------------------------------------------------------------
+
+    def adopt_staged_grades(self, run: Run) -> int:
+        """Take over the grades an earlier, failed run staged; how many `run` now holds."""
+        with self.transaction() as db:
+            db.execute("UPDATE grade_staging SET run = ? WHERE run < ?", [run.run, run.run])
+            (count,) = db.execute(
+                "SELECT count(*) FROM grade_staging WHERE run = ?", [run.run]
+            ).fetchone()
+        return int(count)
+
+    def stage_grades(self, run: Run, rows: Sequence[StagedGrade]) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO grade_staging VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        run.run,
+                        g.position,
+                        g.credit_code,
+                        g.grade,
+                        g.score,
+                        g.departments_answered,
+                        g.as_of,
+                        g.refused,
+                    )
+                    for g in rows
+                ],
+            )
+
+    def changed_grades(self, run: Run) -> Iterator[StagedGrade]:
+        """The run's graded enterprises whose grade, score or coverage differs from the last one
+        batched (or that were never batched), in roster order."""
+        cursor = self._db.execute(
+            "SELECT s.position, s.credit_code, s.grade, s.score, s.departments_answered, "
+            "s.as_of, s.refused FROM grade_staging s LEFT JOIN grades_sent g "
+            "ON g.credit_code = s.credit_code WHERE s.run = ? AND s.refused IS NULL AND "
+            "(g.credit_code IS NULL OR g.grade != s.grade OR g.score != s.score OR "
+            "g.departments_answered != s.departments_answered) ORDER BY s.position",
+            [run.run],
+        )
+        for row in cursor:
+            yield StagedGrade(*row)
+
+    def refused_grades(self, run: Run) -> list[StagedGrade]:
+        return [
+            StagedGrade(*row)
+            for row in self._db.execute(
+                "SELECT position, credit_code, grade, score, departments_answered, as_of, "
+                "refused FROM grade_staging WHERE run = ? AND refused IS NOT NULL "
+                "ORDER BY position",
+                [run.run],
+            )
+        ]
+
+    def commit_grades(
+        self,
+        run: Run,
+        *,
+        batches: Sequence[OutboxBatch],
+        sent: Sequence[StagedGrade],
+        now: datetime,
+    ) -> None:
+        with self.transaction() as db:
+            self._enqueue(db, batches)
+            db.executemany(
+                "INSERT OR REPLACE INTO grades_sent VALUES (?, ?, ?, ?)",
+                [(g.credit_code, g.grade, g.score, g.departments_answered) for g in sent],
+            )
+            db.execute("DELETE FROM grade_staging WHERE run = ?", [run.run])
+            self._mark(db, run, "grades", now)
+
+    # --- statistics ------------------------------------------------------------------------------
+
+    def staged_statistics(self, run: Run) -> dict[str, tuple[list[dict[str, Any]], bool]]:
+        return {
+            name: (json.loads(records), bool(complete))
+            for name, records, complete in self._db.execute(
+                "SELECT name, records, complete FROM stat_staging WHERE run = ? ORDER BY name",
+                [run.run],
+            )
+        }
+
+    def stage_statistic(
+        self, run: Run, name: str, records: Sequence[Mapping[str, Any]], *, complete: bool
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO stat_staging VALUES (?, ?, ?, ?)",
+                [run.run, name, json.dumps(list(records), sort_keys=True), int(complete)],
+            )
+
+    def commit_statistics(
+        self,
+        run: Run,
+        *,
+        batches: Sequence[OutboxBatch],
+        completed: Sequence[str],
+        now: datetime,
+    ) -> None:
+        """Enqueue the statistics batch; only statistics answered in full count as done for
+        their schedule (one a department missed is asked again next run)."""
+        with self.transaction() as db:
+            self._enqueue(db, batches)
+            db.executemany(
+                "INSERT OR REPLACE INTO done VALUES (?, ?)",
+                [(f"statistic:{name}", _text(now)) for name in completed],
+            )
+            db.execute("DELETE FROM stat_staging WHERE run = ?", [run.run])
+            db.execute("INSERT OR IGNORE INTO run_phases VALUES (?, 'statistics')", [run.run])
+
+    # --- delivery --------------------------------------------------------------------------------
+
+    def outbox(self) -> list[OutboxBatch]:
+        return [
+            OutboxBatch(
+                kind=BatchKind(r[0]),
+                sequence=r[1],
+                batch_id=r[2],
+                watermark_from=r[3],
+                watermark_to=r[4],
+                records=r[5],
+                partial=bool(r[6]),
+                signed=SignedBatch(payload=bytes(r[7]), signature=bytes(r[8]), key_id=r[9]),
+                built_at=_time(r[10]),
+                attempts=r[11],
+            )
+            for r in self._db.execute(
+                "SELECT kind, sequence, batch_id, watermark_from, watermark_to, records, "
+                "partial, payload, signature, key_id, built_at, attempts FROM outbox "
+                "ORDER BY kind, sequence"
+            )
+        ]
+
+    def count_attempt(self, batch: OutboxBatch) -> None:
+        self._db.execute(
+            "UPDATE outbox SET attempts = attempts + 1 WHERE batch_id = ?", [batch.batch_id]
+        )
+
+    def acknowledge(self, batch: OutboxBatch, *, at: datetime) -> None:
+        """The receiver holds `batch`: take it out of the outbox and move its stream on."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM outbox WHERE batch_id = ?", [batch.batch_id])
+            db.execute(
+                "INSERT OR REPLACE INTO streams VALUES (?, ?, ?, ?, ?)",
+                [batch.kind.value, batch.sequence, batch.watermark_to, batch.batch_id, _text(at)],
+            )
+
+    def streams(self) -> dict[BatchKind, StreamPosition]:
+        return {
+            BatchKind(r[0]): StreamPosition(
+                kind=BatchKind(r[0]),
+                sequence=r[1],
+                watermark=r[2],
+                batch_id=r[3],
+                acked_at=_time(r[4]),
+            )
+            for r in self._db.execute(
+                "SELECT kind, sequence, watermark, batch_id, acked_at FROM streams"
+            )
+        }
+
+    # --- errors and status -----------------------------------------------------------------------
+
+    def record_error(self, work: str, message: str, *, at: datetime) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO errors VALUES (?, ?, ?)", [_text(at), work, message[:2000]])
+            db.execute(
+                "DELETE FROM errors WHERE rowid NOT IN "
+                "(SELECT rowid FROM errors ORDER BY rowid DESC LIMIT ?)",
+                [_ERRORS_KEPT],
+            )
+
+    def last_error(self) -> tuple[datetime, str, str] | None:
+        row = self._db.execute(
+            "SELECT at, work, message FROM errors ORDER BY rowid DESC LIMIT 1"
+        ).fetchone()
+        return (_time(row[0]), row[1], row[2]) if row else None
+
+    def runs(self, *, limit: int = 1) -> list[dict[str, Any]]:
+        return [
+            {
+                "run": r[0],
+                "tag": r[1],
+                "started_at": r[2],
+                "finished_at": r[3],
+                "summary": json.loads(r[4]) if r[4] else None,
+            }
+            for r in self._db.execute(
+                "SELECT run, tag, started_at, finished_at, summary FROM runs "
+                "ORDER BY run DESC LIMIT ?",
+                [limit],
+            )
+        ]
+
+    def list_cursors(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT department, cursor FROM list_cursors ORDER BY 1"))
+
+    def done_times(self) -> dict[str, datetime]:
+        return {w: _time(a) for w, a in self._db.execute("SELECT work, at FROM done ORDER BY 1")}
+
+    def __enter__(self) -> SyncState:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,867 @@
+"""A department's list change feed: the node store's numbered events, the node's list office, and
+the coordinator's checks of a node's page (honest, curious, or broken) before it forwards one."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import cast
+
+import duckdb
+import pytest
+
+from certs import PeerRole
+from coordinator.list_changes import ChangesRequest, ListChangeFeed, check_changes
+from coordinator.nodes import ListChangesAnswer, NodeFailure, NodePool
+from coordinator.ratelimit import RateLimiter
+from coordinator.server import DEFAULT_CENTRAL_POLICY
+from node.convert import (
+    CHANGE_TO_PB,
+    changes_query,
+    list_changes_page,
+    list_changes_response,
+)
+from node.lists import (
+    LISTS_FILE,
+    MAX_FEED_PAGE_BYTES,
+    SCHEMA_VERSION,
+    ChangesQuery,
+    EntryDraft,
+    ListOffice,
+    ListStore,
+)
+from osmanthus.audit import AuditLog
+from osmanthus.catalogue import load_catalogue
+from osmanthus.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    RateLimited,
+    Unavailable,
+)
+from osmanthus.ids import make_resident_id, make_uscc, mask_subject, organisation_code_check_char
+from osmanthus.lists import (
+    ListChange,
+    ListChangesPage,
+    WithdrawReason,
+    change_cursor,
+    changes_page_size,
+    parse_change_cursor,
+)
+from osmanthus.policy import ReloadablePolicy
+from osmanthus.tls import PeerIdentity
+from osmanthus.tokens import TokenClaims
+from osmanthus.types import DepartmentId, KeyFingerprint, QueryId, RequesterId, Role, SubjectKind
+from osmanthus.v1 import lists_pb2, node_pb2
+
+CATALOGUE = load_catalogue()
+COURT = DepartmentId("court")
+TAX = DepartmentId("tax")
+TODAY = datetime.date(2026, 3, 10)
+NOW = datetime.datetime(2026, 3, 10, 4, 0, tzinfo=datetime.UTC)
+PERSON = make_resident_id(region="320505", birth=datetime.date(1980, 4, 1), sequence=17)
+OTHER = make_resident_id(region="320506", birth=datetime.date(1975, 9, 30), sequence=3)
+#: a credit-repair decision number: in the officer's history, never in the feed
+REFERENCE = "REPAIR-2026-0042"
+PUB, WDR = ListChange.PUBLISHED, ListChange.WITHDRAWN
+COORDINATOR = PeerIdentity(role=PeerRole.COORDINATOR, name="coordinator")
+OFFICER = PeerIdentity(role=PeerRole.OPERATOR, name="court")
+
+
+def firm(n: int) -> str:
+    first8 = f"F{n:07d}"
+    return make_uscc(
+        authority="9",
+        category="1",
+        region="320505",
+        organisation=first8 + organisation_code_check_char(first8),
+    )
+
+
+def draft(
+    entry_id: str,
+    subject: str = PERSON,
+    *,
+    kind: SubjectKind = SubjectKind.PERSON,
+    start: datetime.date = TODAY,
+    end: datetime.date = TODAY + datetime.timedelta(days=30),
+    list_id: str = "judgement_defaulters",
+) -> EntryDraft:
+    return EntryDraft(
+        entry_id=entry_id,
+        list=list_id,
+        subject_kind=kind,
+        subject_id=subject,
+        subject_name="Zhang San",
+        legal_basis="",
+        reason="failed to perform an effective judgement",
+        window_start=start.isoformat(),
+        window_end=end.isoformat(),
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[ListStore]:
+    with ListStore(tmp_path / LISTS_FILE, department=COURT, catalogue=CATALOGUE) as s:
+        yield s
+
+
+def publish(store: ListStore, *drafts: EntryDraft) -> None:
+    store.publish(list(drafts), actor="court", today=TODAY)
+
+
+def withdraw(
+    store: ListStore, entry_id: str, reason: WithdrawReason = WithdrawReason.REPAIRED
+) -> None:
+    store.withdraw(entry_id, reason=reason, reference=REFERENCE, actor="court", today=TODAY)
+
+
+def feed(store: ListStore, after: int = 0, limit: int = 1000) -> list[tuple[int, str, ListChange]]:
+    events, _ = store.changes_after(after, limit=limit)
+    return [(e.seq, e.entry.entry_id, e.event) for e in events]
+
+
+# --- the store ------------------------------------------------------------------------------
+
+
+def test_every_event_is_numbered_in_the_order_it_was_stored(store: ListStore) -> None:
+    publish(store, draft("C-2"), draft("C-1", OTHER))
+    withdraw(store, "C-2")
+    publish(store, draft("C-3"))
+    # a retried publication stores nothing, so it numbers nothing
+    publish(store, draft("C-3"))
+    withdraw(store, "C-1", WithdrawReason.ERROR)
+    assert feed(store) == [
+        (1, "C-2", PUB),
+        (2, "C-1", PUB),
+        (3, "C-2", WDR),
+        (4, "C-3", PUB),
+        (5, "C-1", WDR),
+    ]
+    assert feed(store, after=3) == [(4, "C-3", PUB), (5, "C-1", WDR)]
+    assert feed(store, after=5) == []
+    events, more = store.changes_after(0, limit=1000)
+    assert not more
+    # an entry published then withdrawn comes twice, the withdrawal with its reason only
+    published, withdrawn = events[0], events[2]
+    assert published.entry == withdrawn.entry
+    assert (
+        published.withdraw_reason is None and withdrawn.withdraw_reason is WithdrawReason.REPAIRED
+    )
+    assert events[4].withdraw_reason is WithdrawReason.ERROR
+    assert all(e.at.tzinfo is datetime.UTC for e in events)
+    assert published.at <= withdrawn.at <= datetime.datetime.now(datetime.UTC)
+
+
+def test_a_refused_write_takes_no_number_and_numbers_never_repeat(store: ListStore) -> None:
+    publish(store, draft("C-1"))
+    with pytest.raises(InvalidArgument):
+        publish(store, draft("C-2"), draft("C-1", OTHER))  # C-1 differs: nothing stored
+    withdraw(store, "C-1")
+    with pytest.raises(FailedPrecondition):
+        withdraw(store, "C-1")
+    publish(store, draft("C-2"))
+    assert [seq for seq, _, _ in feed(store)] == [1, 2, 3]
+    rows = store._conn.execute("SELECT count(*), count(DISTINCT seq) FROM events").fetchone()
+    assert rows == (3, 3)
+
+
+def test_writers_on_many_threads_never_share_a_number(store: ListStore) -> None:
+    def publish_some(thread: int) -> None:
+        for i in range(5):
+            publish(
+                store, draft(f"T{thread}-{i}", firm(10 * thread + i), kind=SubjectKind.ENTERPRISE)
+            )
+
+    workers = [threading.Thread(target=publish_some, args=(t,)) for t in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    numbered = feed(store)
+    assert [seq for seq, _, _ in numbered] == list(range(1, 21))
+    # each thread's publications in the order it made them
+    for t in range(4):
+        assert [e for _, e, _ in numbered if e.startswith(f"T{t}-")] == [
+            f"T{t}-{i}" for i in range(5)
+        ]
+
+
+def test_the_feed_pages_and_says_whether_more_follow(store: ListStore) -> None:
+    publish(store, *(draft(f"C-{i:02d}", firm(i), kind=SubjectKind.ENTERPRISE) for i in range(7)))
+    seen: list[int] = []
+    cursor, pages = 0, 0
+    while True:
+        events, more = store.changes_after(cursor, limit=3)
+        pages += 1
+        seen += [e.seq for e in events]
+        if not more:
+            break
+        cursor = events[-1].seq
+    assert seen == list(range(1, 8)) and pages == 3
+    # exactly a page's worth left: no more after it
+    assert store.changes_after(4, limit=3)[1] is False
+
+
+def test_a_page_of_long_texts_stays_well_below_grpcs_message_limit(
+    store: ListStore, office: ListOffice
+) -> None:
+    # every text at its longest, in Chinese: about 5 KB an entry on the wire
+    long = [
+        dataclasses.replace(
+            draft(f"L-{i:03d}", firm(i), kind=SubjectKind.ENTERPRISE),
+            subject_name="信" * 200,
+            legal_basis="法" * 500,
+            reason="失" * 1000,
+        )
+        for i in range(700)
+    ]
+    publish(store, *long)
+    events, more = store.changes_after(0, limit=1000)
+    assert more and 500 < len(events) < 700
+    wire = list_changes_response(office.list_changes(ask(size=1000), caller=COORDINATOR))
+    assert len(wire.events) == len(events) and wire.more
+    # the bound is an upper one, and not a loose one
+    assert 0.95 * MAX_FEED_PAGE_BYTES < wire.ByteSize() <= MAX_FEED_PAGE_BYTES < 4 << 20
+    rest, more = store.changes_after(events[-1].seq, limit=1000)
+    assert len(events) + len(rest) == 700 and not more
+
+
+def test_the_feed_shows_published_fields_with_a_persons_id_masked_and_no_reference(
+    store: ListStore,
+) -> None:
+    past = TODAY - datetime.timedelta(days=400)
+    publish(
+        store,
+        draft("C-1"),
+        draft("C-2", firm(1), kind=SubjectKind.ENTERPRISE),
+        # withdrawn, expired and scheduled entries are in the feed: it says what happened
+        draft("C-3", start=past, end=past + datetime.timedelta(days=30)),
+        draft("C-4", start=TODAY + datetime.timedelta(days=3)),
+    )
+    withdraw(store, "C-1")
+    events, _ = store.changes_after(0, limit=100)
+    assert [e.entry.entry_id for e in events] == ["C-1", "C-2", "C-3", "C-4", "C-1"]
+    person, enterprise = events[0].entry, events[1].entry
+    assert person.subject_id == mask_subject(PERSON) != PERSON
+    assert enterprise.subject_id == firm(1)
+    assert (person.department, person.list, person.colour.value) == (
+        "court",
+        "judgement_defaulters",
+        "black",
+    )
+    shown = repr(events)
+    assert PERSON not in shown and REFERENCE not in shown
+    assert REFERENCE in repr(store.entry("C-1", today=TODAY))  # the officer sees it
+
+
+def test_a_red_list_event_carries_its_facilitation_class(tmp_path: Path) -> None:
+    with ListStore(tmp_path / LISTS_FILE, department=TAX, catalogue=CATALOGUE) as tax:
+        tax.publish(
+            [draft("T-1", firm(2), kind=SubjectKind.ENTERPRISE, list_id="a_level_taxpayers")],
+            actor="tax",
+            today=TODAY,
+        )
+        tax.withdraw(
+            "T-1", reason=WithdrawReason.REVOKED, reference="R-1", actor="tax", today=TODAY
+        )
+        events, _ = tax.changes_after(0, limit=10)
+    assert [e.entry.facilitation_class for e in events] == ["A-level taxpayer"] * 2
+    assert events[1].withdraw_reason is WithdrawReason.REVOKED
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    ["abc", "-1", "01", " 1", "1 ", "1.0", "+1", "１", "0x10", str(2**63), "9" * 20],
+)
+def test_a_cursor_is_a_plain_decimal_sequence_number(cursor: str) -> None:
+    with pytest.raises(InvalidArgument, match="is not a change feed cursor") as caught:
+        parse_change_cursor(cursor)
+    assert caught.value.field == "after"
+
+
+def test_cursors_and_page_sizes_the_feed_takes() -> None:
+    assert parse_change_cursor("") == 0
+    assert parse_change_cursor("0") == 0
+    assert parse_change_cursor("17") == 17
+    assert parse_change_cursor(str(2**63 - 1)) == 2**63 - 1
+    assert change_cursor(17) == "17"
+    assert changes_page_size(0) == 500 and changes_page_size(1000) == 1000
+    for size in (-1, 1001):
+        with pytest.raises(InvalidArgument, match="use 1 to 1000") as caught:
+            changes_page_size(size)
+        assert caught.value.field == "page_size"
+
+
+def test_the_store_refuses_a_bad_cursor_or_limit(store: ListStore) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        store.changes_after(-1, limit=10)
+    assert caught.value.field == "after"
+    for limit in (0, 1001):
+        with pytest.raises(InvalidArgument) as caught:
+            store.changes_after(0, limit=limit)
+        assert caught.value.field == "page_size"
+
+
+#: the list store's schema 1, as Osmanthus created it before events were numbered
+SCHEMA_1 = """
+CREATE TABLE meta (department VARCHAR NOT NULL, schema_version INTEGER NOT NULL);
+CREATE TABLE entries (
+    entry_id VARCHAR PRIMARY KEY,
+    list VARCHAR NOT NULL,
+    subject_kind VARCHAR NOT NULL CHECK (subject_kind IN ('person', 'enterprise')),
+    subject_id VARCHAR NOT NULL,
+    subject_name VARCHAR NOT NULL,
+    legal_basis VARCHAR NOT NULL,
+    reason VARCHAR NOT NULL,
+    window_start DATE NOT NULL,
+    window_end DATE NOT NULL,
+    department VARCHAR NOT NULL,
+    published_at TIMESTAMP NOT NULL,
+    withdrawn_at TIMESTAMP,
+    withdraw_reason VARCHAR
+        CHECK (withdraw_reason IS NULL OR withdraw_reason IN ('repaired', 'revoked', 'error')),
+    withdraw_reference VARCHAR,
+    CHECK (window_end >= window_start),
+    CHECK ((withdrawn_at IS NULL) = (withdraw_reason IS NULL))
+);
+CREATE TABLE events (
+    entry_id VARCHAR NOT NULL,
+    "at" TIMESTAMP NOT NULL,
+    event VARCHAR NOT NULL CHECK (event IN ('published', 'withdrawn')),
+    actor VARCHAR NOT NULL,
+    detail VARCHAR NOT NULL
+);
+CREATE INDEX entries_subject ON entries (subject_id);
+CREATE INDEX entries_list ON entries (list, entry_id);
+CREATE INDEX events_entry ON events (entry_id);
+"""
+
+
+def _schema_1_file(path: Path) -> None:
+    t1, t2, t3 = (datetime.datetime(2026, 3, d, 2, 0) for d in (1, 2, 3))
+    with duckdb.connect(str(path)) as conn:
+        conn.execute(SCHEMA_1)
+        conn.execute("INSERT INTO meta VALUES ('court', 1)")
+        for entry_id, subject, published, withdrawn in (
+            ("C-b", PERSON, t1, t3),
+            ("C-a", OTHER, t1, None),
+            ("C-c", PERSON, t2, None),
+        ):
+            conn.execute(
+                "INSERT INTO entries VALUES (?, 'judgement_defaulters', 'person', ?, 'Zhang San', "
+                "'basis', 'reason', DATE '2026-03-01', DATE '2026-06-01', 'court', ?, ?, ?, ?)",
+                [
+                    entry_id,
+                    subject,
+                    published,
+                    withdrawn,
+                    "repaired" if withdrawn else None,
+                    REFERENCE if withdrawn else None,
+                ],
+            )
+        # stored out of order: numbering follows time, then entry id, then the event
+        conn.execute(
+            "INSERT INTO events VALUES ('C-c', ?, 'published', 'court', 'w'), "
+            "('C-b', ?, 'withdrawn', 'court', 'w'), ('C-b', ?, 'published', 'court', 'w'), "
+            "('C-a', ?, 'published', 'court', 'w')",
+            [t2, t3, t1, t1],
+        )
+
+
+def test_a_schema_1_store_gets_its_events_numbered_on_open(tmp_path: Path) -> None:
+    path = tmp_path / LISTS_FILE
+    _schema_1_file(path)
+    with ListStore(path, department=COURT, catalogue=CATALOGUE) as store:
+        assert feed(store) == [(1, "C-a", PUB), (2, "C-b", PUB), (3, "C-c", PUB), (4, "C-b", WDR)]
+        events, _ = store.changes_after(3, limit=10)
+        assert events[0].withdraw_reason is WithdrawReason.REPAIRED
+        assert events[0].at == datetime.datetime(2026, 3, 3, 2, 0, tzinfo=datetime.UTC)
+        # the history is as it was, and new events number on
+        assert [e.event for e in store.entry("C-b", today=TODAY).events] == [
+            "published",
+            "withdrawn",
+        ]
+        publish(store, draft("C-d"))
+        assert feed(store, after=4) == [(5, "C-d", PUB)]
+        with pytest.raises(duckdb.ConstraintException):
+            store._conn.execute(
+                "INSERT INTO events VALUES (5, 'C-x', now(), 'published', 'a', 'd')"
+            )
+    with duckdb.connect(str(path), read_only=True) as conn:
+        assert conn.execute("SELECT * FROM meta").fetchall() == [("court", SCHEMA_VERSION)]
+        assert SCHEMA_VERSION == 2
+    # and it opens as a schema-2 store from then on
+    with ListStore(path, department=COURT, catalogue=CATALOGUE) as store:
+        assert len(feed(store)) == 5
+
+
+# --- the node's list office -------------------------------------------------------------------
+
+
+@pytest.fixture
+def audit(tmp_path: Path) -> Iterator[AuditLog]:
+    with AuditLog(path=tmp_path / "audit.jsonl", salt=os.urandom(32)) as log:
+        yield log
+
+
+@pytest.fixture
+def office(store: ListStore, audit: AuditLog) -> ListOffice:
+    return ListOffice(
+        department=CATALOGUE.department(COURT), store=store, audit=audit, today=lambda: TODAY
+    )
+
+
+def ask(
+    after: str = "", *, size: int = 0, requester: str = "sync-1", dept: str = "court"
+) -> ChangesQuery:
+    return ChangesQuery(department=dept, after=after, page_size=size, requester=requester)
+
+
+def audit_lines(tmp_path: Path) -> list[dict[str, object]]:
+    text = (tmp_path / "audit.jsonl").read_text("utf-8")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_the_office_serves_the_feed_to_the_coordinator_and_audits_for_whom(
+    office: ListOffice, store: ListStore, tmp_path: Path
+) -> None:
+    publish(store, draft("C-1"), draft("C-2", OTHER))
+    withdraw(store, "C-1")
+    page = office.list_changes(ask(size=2), caller=COORDINATOR)
+    assert [(e.cursor, e.entry.entry_id, e.event) for e in page.events] == [
+        ("1", "C-1", ListChange.PUBLISHED),
+        ("2", "C-2", ListChange.PUBLISHED),
+    ]
+    assert (page.department, page.next_cursor, page.more) == ("court", "2", True)
+    last = office.list_changes(ask(page.next_cursor, size=2), caller=COORDINATOR)
+    assert [(e.cursor, e.event) for e in last.events] == [("3", ListChange.WITHDRAWN)]
+    assert (last.next_cursor, last.more) == ("3", False)
+    # nothing new: the cursor asked comes back
+    assert office.list_changes(ask("3"), caller=COORDINATOR) == ListChangesPage(
+        department=COURT, events=(), next_cursor="3", more=False
+    )
+    assert office.list_changes(ask(""), caller=COORDINATOR).next_cursor == "3"
+    feeds = [e for e in audit_lines(tmp_path) if e["purpose"] == "list_change_feed"]
+    assert [e["decision"] for e in feeds] == ["allow"] * 4
+    assert feeds[0]["requester"] == "coordinator:coordinator"
+    assert feeds[0]["extra"] == {
+        "on_behalf_of": "sync-1",
+        "after": "",
+        "events": 2,
+        "next_cursor": "2",
+    }
+    assert PERSON not in json.dumps(feeds)
+
+
+def test_the_office_refuses_others_and_bad_questions(
+    office: ListOffice, store: ListStore, tmp_path: Path
+) -> None:
+    publish(store, draft("C-1"))
+    with pytest.raises(PermissionDenied, match="only the platform coordinator reads"):
+        office.list_changes(ask(), caller=OFFICER)
+    with pytest.raises(InvalidArgument, match="serves court's lists, not 'tax'") as caught:
+        office.list_changes(ask(dept="tax"), caller=COORDINATOR)
+    assert caught.value.field == "department"
+    with pytest.raises(InvalidArgument) as caught:
+        office.list_changes(ask(requester=""), caller=COORDINATOR)
+    assert caught.value.field == "requester"
+    with pytest.raises(InvalidArgument) as caught:
+        office.list_changes(ask(after=PERSON + "x"), caller=COORDINATOR)
+    assert caught.value.field == "after"
+    with pytest.raises(InvalidArgument) as caught:
+        office.list_changes(ask(size=1001), caller=COORDINATOR)
+    assert caught.value.field == "page_size"
+    # an empty department is this node's (the coordinator always names it)
+    assert len(office.list_changes(ask(dept=""), caller=COORDINATOR).events) == 1
+    denied = [
+        e
+        for e in audit_lines(tmp_path)
+        if e["purpose"] == "list_change_feed" and e["decision"] == "deny"
+    ]
+    assert len(denied) == 5
+    assert denied[0]["requester"] == "operator:court"
+    assert PERSON not in json.dumps(denied)
+
+
+def test_the_wire_form_round_trips(office: ListOffice, store: ListStore) -> None:
+    publish(store, draft("C-1"))
+    withdraw(store, "C-1")
+    page = office.list_changes(ask(), caller=COORDINATOR)
+    assert list_changes_page(list_changes_response(page)) == page
+    message = node_pb2.NodeListChangesRequest(
+        request=lists_pb2.ListChangesRequest(department="court", after="4", page_size=9),
+        requester="sync-1",
+    )
+    assert changes_query(message) == ask("4", size=9)
+
+
+# --- the coordinator's checks of a node's page -------------------------------------------------
+
+
+def court_page(office: ListOffice, after: str = "") -> lists_pb2.ListChangesResponse:
+    """The court node's honest answer, as its servicer sends it."""
+    return list_changes_response(office.list_changes(ask(after), caller=COORDINATOR))
+
+
+def checked(
+    message: lists_pb2.ListChangesResponse, *, after: str = "", size: int = 1000
+) -> ListChangesPage:
+    return check_changes(
+        message, department=COURT, after=after, page_size=size, catalogue=CATALOGUE
+    )
+
+
+@pytest.fixture
+def honest(store: ListStore, office: ListOffice) -> lists_pb2.ListChangesResponse:
+    """C-1 about PERSON published then repaired, C-2 about a firm published long ago."""
+    past = TODAY - datetime.timedelta(days=800)
+    publish(
+        store,
+        draft("C-1"),
+        draft("C-2", firm(3), kind=SubjectKind.ENTERPRISE, start=past, end=past),
+    )
+    withdraw(store, "C-1")
+    return court_page(office)
+
+
+def refused(message: lists_pb2.ListChangesResponse, **asked: object) -> str:
+    with pytest.raises(Unavailable) as caught:
+        checked(message, **asked)  # type: ignore[arg-type]
+    text = caught.value.message
+    assert text.startswith("court: its list change feed answer failed the coordinator's checks (")
+    assert "nothing of it was forwarded" in text
+    assert PERSON not in text
+    return text
+
+
+def test_an_honest_page_goes_on_whatever_the_windows(honest: lists_pb2.ListChangesResponse) -> None:
+    page = checked(honest)
+    assert [(e.cursor, e.entry.entry_id, e.event) for e in page.events] == [
+        ("1", "C-1", ListChange.PUBLISHED),
+        ("2", "C-2", ListChange.PUBLISHED),
+        ("3", "C-1", ListChange.WITHDRAWN),
+    ]
+    assert page.events[0].entry.subject_id == mask_subject(PERSON)
+    assert page.events[2].withdraw_reason is WithdrawReason.REPAIRED
+    assert (page.next_cursor, page.more) == ("3", False)
+    assert page == list_changes_page(honest)
+
+
+def test_a_full_resident_id_refuses_the_whole_page(honest: lists_pb2.ListChangesResponse) -> None:
+    honest.events[2].entry.subject_id = PERSON
+    assert "events[2].entry: subject_id is not a masked resident id" in refused(honest)
+
+
+@pytest.mark.parametrize("field", ["reason", "subject_name", "legal_basis"])
+def test_a_resident_id_in_any_text_refuses_the_whole_page(
+    honest: lists_pb2.ListChangesResponse, field: str
+) -> None:
+    setattr(honest.events[1].entry, field, f"owner {PERSON} owes")
+    assert f"events[1].entry: {field} holds what reads as a full resident id" in refused(honest)
+
+
+def test_another_departments_list_refuses_the_whole_page(
+    honest: lists_pb2.ListChangesResponse,
+) -> None:
+    honest.events[1].entry.list = "serious_dishonest"
+    assert "events[1].entry: list is not a list of the answering node's department" in refused(
+        honest
+    )
+    honest.events[1].entry.list = "judgement_defaulters"
+    honest.events[1].entry.department = "samr"
+    assert "events[1].entry: department is not the answering node's department" in refused(honest)
+
+
+def test_a_wrong_colour_or_window_refuses_the_whole_page(
+    honest: lists_pb2.ListChangesResponse,
+) -> None:
+    honest.events[0].entry.colour = lists_pb2.LIST_COLOUR_RED
+    assert "colour is not judgement_defaulters's colour" in refused(honest)
+    honest.events[0].entry.colour = lists_pb2.LIST_COLOUR_BLACK
+    honest.events[0].entry.window_end = "2020-01-01"
+    assert "events[0].entry: window_end is before window_start" in refused(honest)
+
+
+@pytest.mark.parametrize(
+    ("cursors", "after", "problem"),
+    [
+        (["1", "1", "3"], "", "events[1].cursor does not come after the previous event's"),
+        (["1", "3", "2"], "", "events[2].cursor does not come after the previous event's"),
+        (["1", "2", "3"], "1", "events[0].cursor does not come after the previous event's"),
+        (["1", "02", "3"], "", "events[1].cursor is not a change feed cursor"),
+        (["1", "", "3"], "", "events[1].cursor is empty"),
+    ],
+)
+def test_cursors_must_increase_past_the_one_asked(
+    honest: lists_pb2.ListChangesResponse, cursors: list[str], after: str, problem: str
+) -> None:
+    for event, cursor in zip(honest.events, cursors, strict=True):
+        event.cursor = cursor
+    assert problem in refused(honest, after=after)
+
+
+def test_events_must_be_publications_or_withdrawals_with_fitting_reasons(
+    honest: lists_pb2.ListChangesResponse,
+) -> None:
+    honest.events[0].event = lists_pb2.LIST_CHANGE_KIND_UNSPECIFIED
+    assert "events[0].event is not published or withdrawn" in refused(honest)
+    honest.events[0].event = CHANGE_TO_PB[ListChange.PUBLISHED]
+    honest.events[0].withdraw_reason = lists_pb2.WITHDRAW_REASON_ERROR
+    assert "events[0].withdraw_reason comes with a publication" in refused(honest)
+    honest.events[0].withdraw_reason = lists_pb2.WITHDRAW_REASON_UNSPECIFIED
+    honest.events[2].withdraw_reason = lists_pb2.WITHDRAW_REASON_UNSPECIFIED
+    assert "events[2].withdraw_reason is missing from a withdrawal" in refused(honest)
+    # revocation takes entries off red lists; judgement_defaulters is black
+    honest.events[2].withdraw_reason = lists_pb2.WITHDRAW_REASON_REVOKED
+    assert "events[2].withdraw_reason revoked does not take an entry off a black list" in refused(
+        honest
+    )
+    honest.events[2].withdraw_reason = lists_pb2.WITHDRAW_REASON_REPAIRED
+    honest.events[2].event = CHANGE_TO_PB[ListChange.PUBLISHED]
+    honest.events[2].withdraw_reason = lists_pb2.WITHDRAW_REASON_UNSPECIFIED
+    assert "events[2] repeats an earlier event of the page" in refused(honest)
+    honest.events[2].event = CHANGE_TO_PB[ListChange.WITHDRAWN]
+    honest.events[2].withdraw_reason = lists_pb2.WITHDRAW_REASON_REPAIRED
+    honest.events[2].ClearField("at")
+    assert "events[2].at is missing" in refused(honest)
+
+
+def test_the_page_must_fit_what_was_asked(honest: lists_pb2.ListChangesResponse) -> None:
+    assert "3 events for a page of 2" in refused(honest, size=2)
+    honest.next_cursor = "2"
+    assert "next_cursor is not the last event's cursor" in refused(honest)
+    honest.next_cursor = "3"
+    honest.department = "tax"
+    assert "department is not the department asked" in refused(honest)
+    empty = lists_pb2.ListChangesResponse(department="court", next_cursor="7", more=True)
+    assert "more says further events follow, but the page holds none" in refused(empty, after="7")
+    empty.more = False
+    assert checked(empty, after="7") == ListChangesPage(COURT, (), "7", False)
+
+
+def test_fields_a_node_adds_do_not_go_on(honest: lists_pb2.ListChangesResponse) -> None:
+    # a node may append fields the coordinator's schema does not know: field 99 of the event and
+    # of its entry, holding a full resident id and the withdrawal's reference
+    smuggled = b"".join(
+        b"\x9a\x06" + bytes([len(v)]) + v for v in (PERSON.encode(), REFERENCE.encode())
+    )
+    event = lists_pb2.ListChange.FromString(honest.events[2].SerializeToString() + smuggled)
+    event.entry.MergeFromString(smuggled)
+    honest.events[2].CopyFrom(event)
+    assert PERSON.encode() in honest.SerializeToString()
+    forwarded = list_changes_response(checked(honest)).SerializeToString()
+    assert PERSON.encode() not in forwarded and REFERENCE.encode() not in forwarded
+
+
+# --- the coordinator's feed, against a node answering from a real store -------------------------
+
+
+class StoreNode:
+    """The court's node as the coordinator's pool reaches it: its real list office answering
+    as its servicer does (without the network); `tamper` plays a node altering its answer."""
+
+    def __init__(
+        self,
+        office: ListOffice,
+        *,
+        tamper: Callable[[lists_pb2.ListChangesResponse], None] | None = None,
+        down: bool = False,
+    ) -> None:
+        self.departments = frozenset({COURT, DepartmentId("tax")})
+        self.asked: list[node_pb2.NodeListChangesRequest] = []
+        self._office = office
+        self._tamper = tamper
+        self._down = down
+
+    def list_changes(
+        self,
+        department: DepartmentId,
+        request: node_pb2.NodeListChangesRequest,
+        *,
+        deadline_s: float,
+    ) -> ListChangesAnswer | NodeFailure:
+        self.asked.append(request)
+        if self._down or department != COURT:
+            return NodeFailure(department, "unavailable: node down, unreachable or failed the TLS")
+        message = list_changes_response(
+            self._office.list_changes(changes_query(request), caller=COORDINATOR)
+        )
+        if self._tamper is not None:
+            self._tamper(message)
+        return ListChangesAnswer(DepartmentId(message.department), message)
+
+
+def claims(requester: str, role: Role) -> TokenClaims:
+    return TokenClaims(
+        requester=RequesterId(requester),
+        role=role,
+        purposes=frozenset(),
+        key_fingerprint=KeyFingerprint("0" * 64),
+        jti=requester,
+        issued_at=NOW,
+        not_before=NOW,
+        expires_at=NOW + datetime.timedelta(hours=1),
+        single_use=False,
+        issuer="test",
+        audience="test",
+    )
+
+
+def coordinator_feed(
+    node: StoreNode, audit: AuditLog, policy: Path = DEFAULT_CENTRAL_POLICY
+) -> ListChangeFeed:
+    return ListChangeFeed(
+        catalogue=CATALOGUE,
+        nodes=cast(NodePool, node),
+        policy=ReloadablePolicy.from_file(policy),
+        audit=audit,
+        rate_limiter=RateLimiter(),
+        deadline_s=5.0,
+        clock=lambda: NOW,
+    )
+
+
+def read(
+    lists: ListChangeFeed,
+    department: str = "court",
+    after: str = "",
+    *,
+    size: int = 0,
+    requester: str = "sync-1",
+    role: Role = Role.SYNC_JOB,
+) -> ListChangesPage:
+    return lists.read(
+        QueryId("q_feed"),
+        ChangesRequest(department=department, after=after, page_size=size),
+        authenticate=lambda: claims(requester, role),
+    )
+
+
+@pytest.fixture
+def coordinator_audit(tmp_path: Path) -> Iterator[AuditLog]:
+    with AuditLog(path=tmp_path / "coordinator-audit.jsonl", salt=os.urandom(32)) as log:
+        yield log
+
+
+def coordinator_lines(tmp_path: Path) -> list[dict[str, object]]:
+    text = (tmp_path / "coordinator-audit.jsonl").read_text("utf-8")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_the_sync_job_pages_through_a_departments_feed(
+    office: ListOffice, store: ListStore, coordinator_audit: AuditLog, tmp_path: Path
+) -> None:
+    publish(store, *(draft(f"C-{i}", firm(i), kind=SubjectKind.ENTERPRISE) for i in range(5)))
+    node = StoreNode(office)
+    lists = coordinator_feed(node, coordinator_audit)
+    first = read(lists, size=3)
+    assert [e.cursor for e in first.events] == ["1", "2", "3"] and first.more
+    rest = read(lists, after=first.next_cursor, size=3)
+    assert [e.cursor for e in rest.events] == ["4", "5"] and not rest.more
+    withdraw(store, "C-0", WithdrawReason.ERROR)
+    (event,) = read(lists, after=rest.next_cursor).events
+    assert (event.cursor, event.entry.entry_id, event.event) == ("6", "C-0", ListChange.WITHDRAWN)
+    # the coordinator asks for the job: the node's audit names it
+    assert [r.requester for r in node.asked] == ["sync-1"] * 3
+    assert [r.request.after for r in node.asked] == ["", "3", "5"]
+    entries = [e for e in coordinator_lines(tmp_path) if e["shape"] == "list_changes"]
+    assert [e["decision"] for e in entries] == ["allow"] * 3
+    assert entries[0]["requester"] == "sync-1"
+    assert entries[0]["extra"] == {
+        "department": "court",
+        "after": "",
+        "events": 3,
+        "next_cursor": "3",
+    }
+
+
+@pytest.mark.parametrize("role", [r for r in Role if r is not Role.SYNC_JOB])
+def test_only_the_sync_job_reads_the_feed(
+    office: ListOffice, coordinator_audit: AuditLog, role: Role
+) -> None:
+    node = StoreNode(office)
+    expected = (
+        "denied: forbidden by central-statistics-office-only"
+        if role is Role.STATISTICS_OFFICE
+        else 'denied: no policy permits Action::"ReadListChanges"'
+    )
+    with pytest.raises(PermissionDenied, match=re.escape(f"central policy: {expected}")):
+        read(coordinator_feed(node, coordinator_audit), requester="someone", role=role)
+    assert node.asked == []
+
+
+def test_the_department_must_publish_lists(office: ListOffice, coordinator_audit: AuditLog) -> None:
+    lists = coordinator_feed(StoreNode(office), coordinator_audit)
+    for department, problem in (
+        ("psb", "psb publishes no red or black list"),
+        ("nowhere", "'nowhere' is not a department of the catalogue"),
+        ("", "name the department whose list changes to read"),
+    ):
+        with pytest.raises(InvalidArgument, match=problem) as caught:
+            read(lists, department)
+        assert caught.value.field == "department"
+    with pytest.raises(InvalidArgument) as caught:
+        read(lists, after="x")
+    assert caught.value.field == "after"
+
+
+def test_a_department_down_or_unregistered_is_unavailable_and_costs_nothing(
+    office: ListOffice, store: ListStore, coordinator_audit: AuditLog, tmp_path: Path
+) -> None:
+    publish(store, draft("C-1"))
+    source = DEFAULT_CENTRAL_POLICY.read_text("utf-8")
+    one = source.replace(
+        '@id("central-list-changes")\n@rate_limit("600/minute")',
+        '@id("central-list-changes")\n@rate_limit("1/minute")',
+    )
+    assert one != source
+    policy = tmp_path / "central.cedar"
+    policy.write_text(one, "utf-8")
+    down = coordinator_feed(StoreNode(office, down=True), coordinator_audit, policy)
+    for _ in range(2):
+        with pytest.raises(
+            Unavailable, match=r"^court, asked for its list changes: unavailable"
+        ) as caught:
+            read(down)
+        assert caught.value.retryable
+    with pytest.raises(Unavailable, match="no node registered for samr"):
+        read(down, "samr")
+    # refused pages were given back to the limit; a forwarded one counts
+    up = coordinator_feed(StoreNode(office), coordinator_audit, policy)
+    assert len(read(up).events) == 1
+    with pytest.raises(RateLimited):
+        read(up)
+
+
+def test_a_curious_node_gets_nothing_forwarded(
+    office: ListOffice, store: ListStore, coordinator_audit: AuditLog, tmp_path: Path
+) -> None:
+    publish(store, draft("C-1"), draft("C-2", OTHER))
+
+    def leak(message: lists_pb2.ListChangesResponse) -> None:
+        message.events[1].entry.subject_id = OTHER
+
+    with pytest.raises(
+        Unavailable, match=r"events\[1\]\.entry: subject_id is not a masked"
+    ) as caught:
+        read(coordinator_feed(StoreNode(office, tamper=leak), coordinator_audit))
+    assert OTHER not in caught.value.message
+    text = (tmp_path / "coordinator-audit.jsonl").read_text("utf-8")
+    assert OTHER not in text and PERSON not in text
+    (denied,) = [json.loads(line) for line in text.splitlines()]
+    assert denied["decision"] == "deny" and "court" in denied["reason"]
+
+
+def test_the_feed_carries_the_public_querys_entry_message_and_no_reference() -> None:
+    # one published shape for the public query and the feed; nowhere for a withdraw reference
+    fields = {f.name for f in lists_pb2.ListChange.DESCRIPTOR.fields}
+    assert fields == {"cursor", "entry", "event", "at", "withdraw_reason"}
+    entry = lists_pb2.ListChange.DESCRIPTOR.fields_by_name["entry"].message_type
+    assert entry is lists_pb2.PublicEntry.DESCRIPTOR
