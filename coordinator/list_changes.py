@@ -2,14 +2,27 @@
 
 The provincial sync job reports to the province every list entry published and withdrawn since
 its last run. The coordinator asks that one department's node for the events after the job's
-cursor and forwards the page only if every event passes its checks: the entry as the public
-query checks one (a list of that department in the catalogue, the catalogue's colour and
-facilitation class, a person's id masked, no full resident id in any text field), though not
-whether it is in view today, since withdrawn and past entries are what a feed reports; the
-event published or withdrawn, with a withdraw reason exactly when withdrawn and one the list's
-colour allows; cursors increasing, each after the cursor asked; no more events than asked. One
-failure refuses the whole page (Unavailable, naming the department and the check, never a
-value): a page forwarded in part would let the job move its cursor past an event it never got.
+cursor and checks every event before it forwards the page.
+
+Two kinds of fault, two answers:
+
+* A fault of the page's frame, which no honest node makes: the department or the feed id not
+  as asked or not plausible, cursors not increasing past the cursor asked, next_cursor and
+  more not following the events, more events than asked, an event neither published nor
+  withdrawn, a withdraw reason missing from a withdrawal, given with a publication or not one
+  the list's colour allows, an event with both an entry and a withheld mark or neither, a
+  person's id not masked, dates not dates. One such fault refuses the whole page
+  (Unavailable, naming the department and the check, never a value): a page forwarded in part
+  would let the job move its cursor past an event it never got, and the node's operator can
+  fix the node and the job then reads the event.
+* A fault of an entry's content, which a stored entry can come to have (coordinator/lists.py
+  ContentRefused: a text reading as a resident id, a window longer than the catalogue now
+  allows, a list that no longer takes the kind, ...). Entries never change, so refusing the
+  page would stop the department's feed for good. The event goes on withheld instead: its
+  cursor, kind and time, and the check it failed, nothing of the entry; a warning without
+  values names the department and the cursor. A node makes the same checks and serves such
+  an event withheld itself; the coordinator forwards the node's words only if they are among
+  osmanthus.lists.WITHHELD_REASONS.
 """
 
 from __future__ import annotations
@@ -20,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
-from coordinator.lists import EntryRefused, check_feed_entry
+from coordinator.lists import ContentRefused, EntryRefused, check_feed_entry
 from coordinator.nodes import NodeFailure, NodePool
 from coordinator.ratelimit import RateLimiter
 from node.convert import change_from_pb, changes_query_message, withdraw_reason_from_pb
@@ -29,13 +42,18 @@ from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
 from osmanthus.catalogue import Catalogue
 from osmanthus.errors import InvalidArgument, OsmanthusError, PermissionDenied, Unavailable
 from osmanthus.lists import (
+    WITHHELD_BY_NODE,
+    WITHHELD_REASONS,
     ListChange,
     ListChangeEvent,
     ListChangesPage,
     change_cursor,
     changes_page_size,
+    check_feed_id,
+    holds_resident_id,
     parse_change_cursor,
     reason_allowed,
+    shown_value,
 )
 from osmanthus.policy import PolicyEngine, PolicyRequest, ReloadablePolicy, time_facts
 from osmanthus.tokens import TokenClaims
@@ -101,23 +119,25 @@ def _checked_page(
 ) -> ListChangesPage:
     if message.department != department:
         raise _Refused("department is not the department asked")
+    try:
+        feed_id = check_feed_id(message.feed_id)
+    except InvalidArgument:
+        raise _Refused("feed_id is not a feed id") from None
     if len(message.events) > page_size:
         raise _Refused(f"{len(message.events)} events for a page of {page_size}")
     previous = parse_change_cursor(after)
     seen: set[tuple[str, ListChange]] = set()
     events: list[ListChangeEvent] = []
     for position, sent in enumerate(message.events):
+        where = f"events[{position}]"
         event = _checked_event(
-            sent,
-            where=f"events[{position}]",
-            department=department,
-            previous=previous,
-            catalogue=catalogue,
+            sent, where=where, department=department, previous=previous, catalogue=catalogue
         )
-        key = (event.entry.entry_id, event.event)
-        if key in seen:
-            raise _Refused(f"events[{position}] repeats an earlier event of the page")
-        seen.add(key)
+        if event.entry is not None:
+            key = (event.entry.entry_id, event.event)
+            if key in seen:
+                raise _Refused(f"{where} repeats an earlier event of the page")
+            seen.add(key)
         previous = parse_change_cursor(event.cursor)
         events.append(event)
     if message.more and not events:
@@ -127,7 +147,11 @@ def _checked_page(
     if message.next_cursor != next_cursor:
         raise _Refused("next_cursor is not the last event's cursor (or the cursor asked)")
     return ListChangesPage(
-        department=department, events=tuple(events), next_cursor=next_cursor, more=message.more
+        department=department,
+        events=tuple(events),
+        next_cursor=next_cursor,
+        more=message.more,
+        feed_id=feed_id,
     )
 
 
@@ -149,35 +173,61 @@ def _checked_event(
         raise _Refused(
             f"{where}.cursor does not come after the previous event's (or the cursor asked)"
         )
+    cursor = change_cursor(seq)
     event = change_from_pb(sent.event)
     if event is None:
         raise _Refused(f"{where}.event is not published or withdrawn")
-    if not sent.HasField("entry"):
-        raise _Refused(f"{where}.entry is missing")
-    try:
-        entry = check_feed_entry(sent.entry, department=department, catalogue=catalogue)
-    except EntryRefused as exc:
-        raise _Refused(f"{where}.entry: {exc}") from None
-    reason = withdraw_reason_from_pb(sent.withdraw_reason)
-    if event is ListChange.WITHDRAWN:
-        if reason is None:
-            raise _Refused(f"{where}.withdraw_reason is missing from a withdrawal")
-        if not reason_allowed(entry.colour, reason):
-            raise _Refused(
-                f"{where}.withdraw_reason {reason.value} does not take an entry off a "
-                f"{entry.colour.value} list"
-            )
-    elif sent.withdraw_reason != lists_pb2.WITHDRAW_REASON_UNSPECIFIED:
-        raise _Refused(f"{where}.withdraw_reason comes with a publication")
     if not sent.HasField("at"):
         raise _Refused(f"{where}.at is missing")
     try:
         at = sent.at.ToDatetime(tzinfo=UTC)
     except (ValueError, OverflowError):
         raise _Refused(f"{where}.at is not a time") from None
-    return ListChangeEvent(
-        cursor=change_cursor(seq), entry=entry, event=event, at=at, withdraw_reason=reason
-    )
+    reason = withdraw_reason_from_pb(sent.withdraw_reason)
+    if sent.withheld:
+        if sent.HasField("entry"):
+            raise _Refused(f"{where} carries its entry and says it is withheld")
+        if sent.withdraw_reason != lists_pb2.WITHDRAW_REASON_UNSPECIFIED:
+            raise _Refused(f"{where}.withdraw_reason comes with a withheld event")
+        withheld = sent.withheld if sent.withheld in WITHHELD_REASONS else WITHHELD_BY_NODE
+        _warn_withheld(department, cursor, f"its node withheld the entry ({withheld})")
+        return ListChangeEvent(cursor=cursor, entry=None, event=event, at=at, withheld=withheld)
+    if not sent.HasField("entry"):
+        raise _Refused(f"{where}.entry is missing")
+    if event is ListChange.WITHDRAWN and reason is None:
+        raise _Refused(f"{where}.withdraw_reason is missing from a withdrawal")
+    if (
+        event is ListChange.PUBLISHED
+        and sent.withdraw_reason != lists_pb2.WITHDRAW_REASON_UNSPECIFIED
+    ):
+        raise _Refused(f"{where}.withdraw_reason comes with a publication")
+    try:
+        entry = check_feed_entry(sent.entry, department=department, catalogue=catalogue)
+    except ContentRefused as exc:
+        _warn_withheld(department, cursor, f"the entry failed the coordinator's checks ({exc})")
+        return ListChangeEvent(cursor=cursor, entry=None, event=event, at=at, withheld=exc.withheld)
+    except EntryRefused as exc:
+        raise _Refused(f"{where}.entry: {exc}") from None
+    if reason is not None and not reason_allowed(entry.colour, reason):
+        raise _Refused(
+            f"{where}.withdraw_reason {reason.value} does not take an entry off a "
+            f"{entry.colour.value} list"
+        )
+    return ListChangeEvent(cursor=cursor, entry=entry, event=event, at=at, withdraw_reason=reason)
+
+
+def _warn_withheld(department: DepartmentId, cursor: str, why: str) -> None:
+    # the department's operator finds the entry by the cursor (events.seq at its node); a
+    # cursor has at most 16 digits, and `why` names a check, never a value
+    _log.warning("%s: list change event %s forwarded withheld: %s", department, cursor, why)
+
+
+def _audit_reason(error: OsmanthusError) -> str:
+    """redacted_reason, and never a message quoting what reads as a resident id (the messages
+    here do not, by shown_value(); this holds for any a later check may raise)."""
+    if holds_resident_id(error.message):
+        return f"{type(error).__name__}: {error.field or 'request'} failed validation"
+    return redacted_reason(error)
 
 
 class ListChangeFeed:
@@ -218,7 +268,7 @@ class ListChangeFeed:
             claims = authenticate()
             page = self._read(request, claims, engine, seen)
         except OsmanthusError as exc:
-            self._record(query_id, claims, engine, "deny", redacted_reason(exc), seen)
+            self._record(query_id, claims, engine, "deny", _audit_reason(exc), seen)
             raise
         except Exception:
             self._record(query_id, claims, engine, "deny", "internal error", seen)
@@ -237,8 +287,8 @@ class ListChangeFeed:
             )
         if value not in {d.id for d in self._catalogue.departments}:
             raise InvalidArgument(
-                f"{value[:40]!r} is not a department of the catalogue; departments publishing "
-                f"lists: {', '.join(publishing)}",
+                f"{shown_value(value)} is not a department of the catalogue; departments "
+                f"publishing lists: {', '.join(publishing)}",
                 field="department",
             )
         if value not in publishing:
@@ -259,7 +309,6 @@ class ListChangeFeed:
         department = self._department(request.department)
         seen["department"] = department
         parse_change_cursor(request.after, field="after")
-        seen["after"] = request.after
         size = changes_page_size(request.page_size)
         decision = engine.decide(
             PolicyRequest(
@@ -274,6 +323,9 @@ class ListChangeFeed:
         )
         if not decision.allowed:
             raise PermissionDenied(f"central policy: {decision.reason}")
+        # recorded once the policy allowed the request: a requester who may not read the feed
+        # writes nothing of its own into the audit log (a cursor cannot read as a resident id)
+        seen["after"] = request.after
         limits = engine.rate_limits(decision)
         stamp = self._rate_limiter.charge(claims.requester, limits)
         try:
@@ -283,7 +335,9 @@ class ListChangeFeed:
             self._rate_limiter.refund(claims.requester, limits, stamp)
             raise
         seen["events"] = len(page.events)
+        seen["withheld"] = sum(1 for e in page.events if e.withheld)
         seen["next_cursor"] = page.next_cursor
+        seen["feed_id"] = page.feed_id
         return page
 
     def _ask(

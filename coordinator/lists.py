@@ -48,6 +48,17 @@ from osmanthus.lists import (
     MAX_NAME_LENGTH,
     MAX_PAGE_SIZE,
     MAX_REASON_LENGTH,
+    WITHHELD_CODE_READS_AS_ID,
+    WITHHELD_COLOUR,
+    WITHHELD_ENTRY_ID_MALFORMED,
+    WITHHELD_ENTRY_ID_READS_AS_ID,
+    WITHHELD_FACILITATION,
+    WITHHELD_KIND_REFUSED,
+    WITHHELD_LIST_UNKNOWN,
+    WITHHELD_SUBJECT_ID_MALFORMED,
+    WITHHELD_TEXT_MALFORMED,
+    WITHHELD_TEXT_READS_AS_ID,
+    WITHHELD_WINDOW_TOO_LONG,
     EntryId,
     PublicEntry,
     check_text,
@@ -317,8 +328,25 @@ class EntryRefused(Exception):
     """An entry fails a check; the message names the field and the problem, never a value."""
 
 
+class ContentRefused(EntryRefused):
+    """An entry fails a check on its content, one an entry stored honestly can come to fail:
+    the catalogue changed (a list's windows, kinds, colour or class), a check was added since
+    it was published (entry ids reading as resident ids), or a day passed (a number whose
+    birth date was ahead reads as a resident id from that day). `withheld` names the check in
+    the words of osmanthus.lists.WITHHELD_REASONS. Any other EntryRefused is a fault no
+    node's code makes of a stored entry: the node is broken or altered."""
+
+    def __init__(self, message: str, *, withheld: str) -> None:
+        super().__init__(message)
+        self.withheld = withheld
+
+
 class _Refused(EntryRefused):
     """Raised by the checks below."""
+
+
+class _Content(_Refused, ContentRefused):
+    """Raised by the checks below for a fault of content."""
 
 
 def check_feed_entry(
@@ -326,7 +354,8 @@ def check_feed_entry(
 ) -> PublicEntry:
     """One entry of a department's change feed, checked as the public query checks an entry
     (rebuilt from the published fields) except for today: a feed reports entries withdrawn,
-    expired or not yet in view too. EntryRefused says which check failed."""
+    expired or not yet in view too. ContentRefused (a fault of the entry's content) or
+    another EntryRefused (a fault no honest node makes) says which check failed."""
     return _checked_entry(
         message,
         department=department,
@@ -350,32 +379,54 @@ def _checked_entry(
     today: datetime.date | None,
     after: EntryId | None,
 ) -> PublicEntry:
-    """`kind` None takes any kind the list lists; `today` None skips the in-view check."""
+    """`kind` None takes any kind the list lists; `today` None skips the in-view check.
+
+    Faults no node's code makes of a stored entry come first, so that a broken or altered
+    node is refused as such whatever else its entry holds; then faults of content.
+    """
     if message.department != department:
         raise _Refused("department is not the answering node's department")
+    sent_kind = kind_from_pb(message.subject_kind)
+    if sent_kind is None:
+        raise _Refused("subject_kind is not person or enterprise")
+    if kind is not None and sent_kind is not kind:
+        raise _Refused("subject_kind is not the kind asked")
+    kind = sent_kind
+    if kind is SubjectKind.PERSON:
+        # a node masks every person's id it shows: a full one is a leak, not a stored fault
+        _checked_masked_id(message.subject_id, subject=subject)
+    start, end = _checked_dates(message, today)
     list_type = next((t for t in catalogue.lists if t.id == message.list), None)
     if list_type is None or list_type.department != department:
-        raise _Refused("list is not a list of the answering node's department")
+        raise _Content(
+            "list is not a list of the answering node's department",
+            withheld=WITHHELD_LIST_UNKNOWN,
+        )
     if list_id is not None and list_type.id != list_id:
         raise _Refused("list is not the list asked")
-    sent_kind = kind_from_pb(message.subject_kind)
-    if kind is None:
-        if sent_kind is None:
-            raise _Refused("subject_kind is not person or enterprise")
-        kind = sent_kind
-    elif sent_kind is not kind:
-        raise _Refused("subject_kind is not the kind asked")
     if kind not in list_type.subject_kinds:
-        raise _Refused(f"subject_kind: {list_type.id} does not list {kind.value}s")
+        raise _Content(
+            f"subject_kind: {list_type.id} does not list {kind.value}s",
+            withheld=WITHHELD_KIND_REFUSED[kind],
+        )
     if _COLOUR_FROM_PB.get(message.colour) is not list_type.colour:
-        raise _Refused(f"colour is not {list_type.id}'s colour in the catalogue")
+        raise _Content(
+            f"colour is not {list_type.id}'s colour in the catalogue", withheld=WITHHELD_COLOUR
+        )
     if not ENTRY_ID_PATTERN.fullmatch(message.entry_id):
-        raise _Refused("entry_id is not an entry id")
+        raise _Content("entry_id is not an entry id", withheld=WITHHELD_ENTRY_ID_MALFORMED)
     if after is not None and message.entry_id <= after:
         # what the requester had on an earlier page; forwarding it could page in circles
         raise _Refused("entry_id does not come after the page's starting point")
-    shown = _checked_subject(message.subject_id, kind=kind, subject=subject)
-    start, end = _checked_window(message, list_type, today)
+    shown = (
+        message.subject_id
+        if kind is SubjectKind.PERSON
+        else _checked_code(message.subject_id, subject=subject)
+    )
+    if (end - start).days + 1 > list_type.max_window_days:
+        raise _Content(
+            f"the window is longer than {list_type.id} allows", withheld=WITHHELD_WINDOW_TOO_LONG
+        )
     texts = {}
     for field, limit in (
         ("subject_name", MAX_NAME_LENGTH),
@@ -383,17 +434,29 @@ def _checked_entry(
         ("reason", MAX_REASON_LENGTH),
     ):
         value = getattr(message, field)
+        if holds_resident_id(value):
+            raise _Content(
+                f"{field} holds what reads as a full resident id",
+                withheld=WITHHELD_TEXT_READS_AS_ID,
+            )
         try:
             texts[field] = check_text(value, field=field, limit=limit)
         except InvalidArgument as exc:
-            raise _Refused(f"{field} {exc.message}") from None
+            raise _Content(f"{field} {exc.message}", withheld=WITHHELD_TEXT_MALFORMED) from None
         if texts[field] != value:
-            raise _Refused(f"{field} has leading or trailing space")
+            raise _Content(
+                f"{field} has leading or trailing space", withheld=WITHHELD_TEXT_MALFORMED
+            )
+    if holds_resident_id(message.entry_id):
+        raise _Content(
+            "entry_id holds what reads as a full resident id",
+            withheld=WITHHELD_ENTRY_ID_READS_AS_ID,
+        )
     if message.facilitation_class != (list_type.facilitation_class or ""):
-        raise _Refused(f"facilitation_class is not {list_type.id}'s class in the catalogue")
-    for field in ("entry_id", "subject_name", "legal_basis", "reason"):
-        if holds_resident_id(getattr(message, field)):
-            raise _Refused(f"{field} holds what reads as a full resident id")
+        raise _Content(
+            f"facilitation_class is not {list_type.id}'s class in the catalogue",
+            withheld=WITHHELD_FACILITATION,
+        )
     return PublicEntry(
         entry_id=EntryId(message.entry_id),
         department=department,
@@ -410,24 +473,34 @@ def _checked_entry(
     )
 
 
-def _checked_subject(value: str, *, kind: SubjectKind, subject: SubjectId | None) -> str:
-    if kind is SubjectKind.PERSON:
-        if not _MASKED_RESIDENT_ID.fullmatch(value):
-            raise _Refused("subject_id is not a masked resident id (first 6 and last 2 shown)")
-        if subject is not None and value != mask_subject(subject):
-            raise _Refused("subject_id is not the subject asked")
-        return value
+def _checked_masked_id(value: str, *, subject: SubjectId | None) -> None:
+    if not _MASKED_RESIDENT_ID.fullmatch(value):
+        raise _Refused("subject_id is not a masked resident id (first 6 and last 2 shown)")
+    if subject is not None and value != mask_subject(subject):
+        raise _Refused("subject_id is not the subject asked")
+
+
+def _checked_code(value: str, *, subject: SubjectId | None) -> str:
+    if holds_resident_id(value):
+        # a rare credit code also passes as a resident id: no reader could tell the two apart
+        raise _Content(
+            "subject_id reads as a full resident id as well as a credit code",
+            withheld=WITHHELD_CODE_READS_AS_ID,
+        )
     try:
-        code = validate_subject(kind, value)
+        code = validate_subject(SubjectKind.ENTERPRISE, value)
     except InvalidArgument:
-        raise _Refused("subject_id is not a unified social credit code") from None
+        raise _Content(
+            "subject_id is not a unified social credit code",
+            withheld=WITHHELD_SUBJECT_ID_MALFORMED,
+        ) from None
     if subject is not None and code != subject:
         raise _Refused("subject_id is not the subject asked")
     return code
 
 
-def _checked_window(
-    message: lists_pb2.PublicEntry, list_type: ListType, today: datetime.date | None
+def _checked_dates(
+    message: lists_pb2.PublicEntry, today: datetime.date | None
 ) -> tuple[datetime.date, datetime.date]:
     try:
         start = parse_date(message.window_start, field="window_start")
@@ -443,8 +516,6 @@ def _checked_window(
         )
     if end < start:
         raise _Refused("window_end is before window_start")
-    if (end - start).days + 1 > list_type.max_window_days:
-        raise _Refused(f"the window is longer than {list_type.id} allows")
     return start, end
 
 

@@ -24,8 +24,9 @@
 #   REQUESTERS        space-separated requester ids to certify                          (none)
 #   SYNC_REQUESTER    the sync job's requester id (certified whatever REQUESTERS says)   sync-1
 #   SYNC_SENDER       the city's sender id in its batches and in senders.toml            suzhou
-#   SYNC_TOKEN_DAYS   lifetime of the sync job's token; init issues a new one once the   30
-#                     one it holds is two thirds through it
+#   SYNC_TOKEN_DAYS   lifetime of the sync job's token in days (1 to 365); init issues   30
+#                     a new one once the one it holds is two thirds through its life,
+#                     or does not verify against the current issuer key
 #   SEED_SYNTHETIC    1: fill an empty DATA_DIR with synthetic records; 0: leave it      1
 #   SEED_PERSONS      synthetic persons                                                  2000
 #   SEED_ENTERPRISES  synthetic enterprises                                              300
@@ -50,10 +51,29 @@ fail() {
     echo "init: error: $*" >&2
     exit 3
 }
-# checked before anything is made, so that a bad setting leaves the volumes as they were
-if ! [ "$SYNC_TOKEN_DAYS" -ge 1 ] 2>/dev/null; then
-    fail "SYNC_TOKEN_DAYS=$SYNC_TOKEN_DAYS: give the sync token lifetime in whole days (1 or more)"
+# Checked before anything is made, so that a bad setting leaves the volumes as they were. The
+# days are matched as text: sh arithmetic reads a leading 0 as octal ("08" is an error) and
+# overflows on long numbers. The ids end up in file names and in TOML strings, so they get the
+# pattern of a certificate or sender name, which needs no quoting in either.
+MAX_TOKEN_DAYS=365
+case $SYNC_TOKEN_DAYS in
+[1-9] | [1-9][0-9] | [1-9][0-9][0-9]) days_ok=$((SYNC_TOKEN_DAYS <= MAX_TOKEN_DAYS)) ;;
+*) days_ok=0 ;;
+esac
+if [ "$days_ok" != 1 ]; then
+    fail "SYNC_TOKEN_DAYS=$SYNC_TOKEN_DAYS: give the sync token lifetime in whole days," \
+        "1 to $MAX_TOKEN_DAYS, without leading zeros"
 fi
+# the characters spelt out: a range such as a-z may match more letters in some locales
+check_name() {
+    case $2 in
+    "" | *[!abcdefghijklmnopqrstuvwxyz0123456789_-]*) ;;
+    *) [ ${#2} -gt 63 ] || return 0 ;;
+    esac
+    fail "$1=$2: use 1 to 63 lower-case letters, digits, '-' or '_'"
+}
+check_name SYNC_SENDER "$SYNC_SENDER"
+check_name SYNC_REQUESTER "$SYNC_REQUESTER"
 
 ca="$SECRETS_DIR/ca"
 
@@ -175,25 +195,88 @@ else
     say "sync job's Paillier key $paillier made: $(osmanthus keys create --out "$paillier")"
 fi
 # The job reads its token file before every run, so a token renewed here reaches a running job
-# without a restart. A token is issued for SYNC_TOKEN_DAYS and renewed by the first run of init
-# after two thirds of that: run init more often than that (docs/deployment.md), or the job's runs
-# fail as unauthenticated once the token has expired.
-renew_after=$((SYNC_TOKEN_DAYS * 2 / 3))
-if [ -s "$token" ] && [ -z "$(find "$token" -mtime +"$renew_after")" ]; then
-    say "sync job's token $token is at most $renew_after days old: kept"
-else
+# without a restart. Whether to renew is read from the token itself, not from the file's time
+# (a restored volume resets that): a token is renewed once it is two thirds through its life, so
+# run init more often than a third of SYNC_TOKEN_DAYS (docs/deployment.md), or the job's runs fail
+# as unauthenticated once it has expired. It is renewed at once when it does not verify against
+# the current issuer key (the secrets volume was recreated while sync-config was kept), names
+# another Paillier key (that file was lost), grants other than what is issued below, or was
+# issued for a lifetime other than SYNC_TOKEN_DAYS (the setting was changed).
+purposes="credit_rescoring statistics"
+# Prints "keep: WHY" or "renew: WHY"; a file it needs but cannot read fails init (exit 3).
+token_verdict() {
+    # shellcheck disable=SC2086  # purposes is a space-separated list, split on purpose
+    python - "$token" "$SECRETS_DIR/issuer.pub" "$paillier" "$SYNC_REQUESTER" \
+        "$SYNC_TOKEN_DAYS" $purposes <<'PY'
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from osmanthus.crypto import PrivateKey
+from osmanthus.errors import OsmanthusError, Unauthenticated
+from osmanthus.tokens import ReplayCache, TokenVerifier
+from osmanthus.types import Role
+
+token_file, issuer_pub, paillier, requester, days, *purposes = sys.argv[1:]
+
+
+def verdict() -> str:
+    token_path = Path(token_file)
+    # undecodable bytes are kept as such, so that the verifier calls the token malformed
+    token = token_path.read_bytes().decode(errors="replace").strip() if token_path.exists() else ""
+    if not token:
+        return "renew: there was none"
+    verifier = TokenVerifier.from_file(Path(issuer_pub), replay_cache=ReplayCache())
+    try:
+        claims = verifier.verify(token)
+    except Unauthenticated as exc:
+        return f"renew: it does not verify against {issuer_pub}: {exc}"
+    key = PrivateKey.from_json(Path(paillier).read_text(encoding="utf-8"))
+    granted = (claims.requester, claims.role, claims.purposes, claims.key_fingerprint)
+    if granted != (requester, Role.SYNC_JOB, frozenset(purposes), key.public_key.fingerprint):
+        return "renew: its requester, role, purposes or Paillier key are not those init issues"
+    lifetime = claims.expires_at - claims.issued_at
+    if lifetime != timedelta(days=int(days)):
+        return f"renew: it was issued for {lifetime / timedelta(days=1):g} days, not {days}"
+    renew_at = claims.issued_at + lifetime * 2 / 3
+    if datetime.now(UTC) >= renew_at:
+        return f"renew: it is two thirds through its life since {renew_at:%Y-%m-%d %H:%M} UTC"
+    return (
+        f"keep: it expires {claims.expires_at:%Y-%m-%d %H:%M} UTC; the first run of init"
+        f" from {renew_at:%Y-%m-%d %H:%M} UTC renews it"
+    )
+
+
+try:
+    print(verdict())
+except (OsmanthusError, OSError, ValueError) as exc:
+    print(f"init: error: deciding whether to renew {token_file}: {exc}", file=sys.stderr)
+    sys.exit(3)
+PY
+}
+verdict=$(token_verdict)
+case $verdict in
+keep:*)
+    say "sync job's token $token kept: ${verdict#keep: }"
+    ;;
+*)
     fingerprint=$(osmanthus keys fingerprint "$paillier")
+    # one --purpose flag for each of the purposes token_verdict compares with
+    set --
+    for purpose in $purposes; do
+        set -- "$@" --purpose "$purpose"
+    done
     # written aside and moved in, so a running job never reads half a token
     (
         umask 077
         osmanthus token issue --issuer-key "$SECRETS_DIR/issuer.key" \
-            --requester "$SYNC_REQUESTER" --role sync_job \
-            --purpose credit_rescoring --purpose statistics \
+            --requester "$SYNC_REQUESTER" --role sync_job "$@" \
             --key-fingerprint "$fingerprint" --ttl "${SYNC_TOKEN_DAYS}d" >"$token.tmp"
     )
     mv "$token.tmp" "$token"
-    say "sync job's token $token issued for $SYNC_TOKEN_DAYS days"
-fi
+    say "sync job's token $token issued for $SYNC_TOKEN_DAYS days (${verdict#renew: })"
+    ;;
+esac
 
 signing="$SYNC_DIR/keys/$SYNC_SENDER-sync"
 if [ -f "$signing.pub" ]; then

@@ -495,9 +495,8 @@ def changes_query_message(query: ChangesQuery) -> node_pb2.NodeListChangesReques
 
 
 def list_change_message(event: ListChangeEvent) -> lists_pb2.ListChange:
-    return lists_pb2.ListChange(
+    message = lists_pb2.ListChange(
         cursor=event.cursor,
-        entry=public_entry_message(event.entry),
         event=CHANGE_TO_PB[event.event],
         at=_timestamp(event.at),
         withdraw_reason=(
@@ -505,7 +504,11 @@ def list_change_message(event: ListChangeEvent) -> lists_pb2.ListChange:
             if event.withdraw_reason is not None
             else lists_pb2.WITHDRAW_REASON_UNSPECIFIED
         ),
+        withheld=event.withheld,
     )
+    if event.entry is not None:
+        message.entry.CopyFrom(public_entry_message(event.entry))
+    return message
 
 
 def list_changes_response(page: ListChangesPage) -> lists_pb2.ListChangesResponse:
@@ -514,6 +517,7 @@ def list_changes_response(page: ListChangesPage) -> lists_pb2.ListChangesRespons
         events=[list_change_message(e) for e in page.events],
         next_cursor=page.next_cursor,
         more=page.more,
+        feed_id=page.feed_id,
     )
 
 
@@ -528,13 +532,21 @@ def list_changes_page(message: lists_pb2.ListChangesResponse) -> ListChangesPage
             at = e.at.ToDatetime(tzinfo=datetime.UTC)
         except (ValueError, OverflowError):
             raise InvalidArgument("is not a time", field=f"{field}.at") from None
+        if e.HasField("entry") == bool(e.withheld):
+            raise InvalidArgument(
+                "an event carries either its entry or, withheld, the check the entry failed",
+                field=f"{field}.entry",
+            )
         events.append(
             ListChangeEvent(
                 cursor=e.cursor,
-                entry=public_entry(e.entry, field=f"{field}.entry"),
+                entry=(
+                    public_entry(e.entry, field=f"{field}.entry") if e.HasField("entry") else None
+                ),
                 event=_required(change_from_pb(e.event), "event", f"{field}.event"),
                 at=at,
                 withdraw_reason=withdraw_reason_from_pb(e.withdraw_reason),
+                withheld=e.withheld,
             )
         )
     return ListChangesPage(
@@ -542,4 +554,5 @@ def list_changes_page(message: lists_pb2.ListChangesResponse) -> ListChangesPage
         events=tuple(events),
         next_cursor=message.next_cursor,
         more=message.more,
+        feed_id=message.feed_id,
     )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -46,17 +48,21 @@ from osmanthus.lists import (
     WithdrawReason,
     change_cursor,
     changes_page_size,
+    check_feed_id,
     check_text,
     decode_page_token,
     encode_page_token,
     holds_resident_id,
     list_of,
+    new_feed_id,
     page_size,
     parse_change_cursor,
     public_subject,
     reason_allowed,
     refuse_resident_id,
+    shown_value,
     status_of,
+    stored_entry_withheld,
     validate_new_entry,
 )
 from osmanthus.names import validate_requester_id
@@ -64,9 +70,12 @@ from osmanthus.storefile import create_or_read_meta, rollback_quietly
 from osmanthus.tls import PeerIdentity
 from osmanthus.types import DepartmentId, SubjectId, SubjectKind
 
+_log = logging.getLogger(__name__)
+
 #: the list store's file in the node's state directory
 LISTS_FILE: Final = "lists.duckdb"
-#: 2 numbers every event (events.seq), which the department's change feed pages by
+#: 2 numbers every event (events.seq), which the department's change feed pages by, and names
+#: the feed (meta.feed_id)
 SCHEMA_VERSION: Final = 2
 PUBLISHED: Final = "published"
 WITHDRAWN: Final = "withdrawn"
@@ -77,9 +86,9 @@ _CHINA_STANDARD_TIME: Final = timezone(timedelta(hours=8), "CST")
 
 #: seq numbers the events in the order they were stored, from 1: the change feed's cursor. It
 #: is assigned under the store's lock in the event's own transaction (max + 1), never reused
-_EVENTS_SCHEMA: Final = """
+_EVENTS_SCHEMA: Final = f"""
 CREATE TABLE events (
-    seq BIGINT NOT NULL UNIQUE,
+    seq BIGINT NOT NULL UNIQUE CHECK (seq BETWEEN 1 AND {MAX_CHANGE_SEQ}),
     entry_id VARCHAR NOT NULL,
     "at" TIMESTAMP NOT NULL,
     event VARCHAR NOT NULL CHECK (event IN ('published', 'withdrawn')),
@@ -89,11 +98,17 @@ CREATE TABLE events (
 CREATE INDEX events_entry ON events (entry_id);
 """
 
-_SCHEMA = """
+#: feed_id is the change feed's identity, made at random when the store is created (a schema-1
+#: store gets its own when its events are numbered)
+_META_SCHEMA: Final = """
 CREATE TABLE meta (
     department VARCHAR NOT NULL,
-    schema_version INTEGER NOT NULL
+    schema_version INTEGER NOT NULL,
+    feed_id VARCHAR NOT NULL
 );
+"""
+
+_SCHEMA = """
 CREATE TABLE entries (
     entry_id VARCHAR PRIMARY KEY,
     list VARCHAR NOT NULL,
@@ -214,13 +229,16 @@ class FeedEvent(NamedTuple):
     """One event of the store's change feed, numbered by the store."""
 
     seq: int
-    #: published fields only, a person's id masked
-    entry: PublicEntry
+    #: published fields only, a person's id masked; None when withheld
+    entry: PublicEntry | None
     event: ListChange
     #: when it was stored (UTC, aware)
     at: datetime
-    #: WITHDRAWN only: the entry's withdraw reason (its reference is not published)
+    #: WITHDRAWN only, and not when withheld: the entry's withdraw reason (its reference is
+    #: not published)
     withdraw_reason: WithdrawReason | None
+    #: "" or the check the stored entry fails today (osmanthus.lists.stored_entry_withheld)
+    withheld: str = ""
 
 
 #: one umask change at a time in this process, and only around our own DuckDB calls
@@ -293,56 +311,83 @@ class ListStore:
                 # full identity numbers of listed persons: readable by the node's user only
                 os.chmod(self.path, _FILE_MODE)
             with _private_files():
-                self._check_or_create_schema()
+                self._feed_id = self._check_or_create_schema()
             self._check_lists()
+            self._warn_withheld()
         except BaseException:
             self._conn.close()
             raise
 
-    def _check_or_create_schema(self) -> None:
+    @property
+    def feed_id(self) -> str:
+        """The change feed's identity, made when this store was created."""
+        return self._feed_id
+
+    def _check_or_create_schema(self) -> str:
+        """The store's feed id, after creating the schema or checking (and migrating) it."""
+        feed_id = new_feed_id()
         row = create_or_read_meta(
             self._conn,
             path=self.path,
-            schema=_SCHEMA + _EVENTS_SCHEMA,
-            meta=(self.department, SCHEMA_VERSION),
+            schema=_META_SCHEMA + _SCHEMA + _EVENTS_SCHEMA,
+            meta=(self.department, SCHEMA_VERSION, feed_id),
             what="list store",
         )
         if row is None:
-            return
-        department, version = row
+            return feed_id
+        department, version = row[0], row[1]
         if department != self.department:
             raise ConfigError(
                 f"{self.path}: this list store belongs to department {department!r}, not "
                 f"{self.department!r}; check the node's department and state directory"
             )
-        if version == 1:
-            self._number_events()
-            return
-        if version != SCHEMA_VERSION:
+        if version == 1 and len(row) == 2:
+            self._migrate_schema_1(feed_id)
+            return feed_id
+        if version != SCHEMA_VERSION or len(row) != 3:
             raise ConfigError(
                 f"{self.path}: list store schema version {version}, this Osmanthus reads "
                 f"version {SCHEMA_VERSION}"
             )
+        try:
+            return check_feed_id(str(row[2]))
+        except InvalidArgument:
+            raise ConfigError(
+                f"{self.path}: the list store's feed id is damaged; restore the file from a "
+                "backup (a new feed id would tell the sync job that every event is new)"
+            ) from None
 
-    def _number_events(self) -> None:
-        """Schema 1 to 2 in one transaction: the events get their sequence numbers, in the order
-        they happened (time, then entry id, then published before withdrawn).
+    def _migrate_schema_1(self, feed_id: str) -> None:
+        """Schema 1 to 2 in one transaction: the store gets its feed id, and the events their
+        sequence numbers in the order they happened. A withdrawal counts from when its entry
+        was published if its own time is earlier (its time was taken before the writer's lock,
+        so a publication waiting for the lock could store a later one); then published before
+        withdrawn, then entry id.
 
         DuckDB neither adds a column with constraints nor builds an index over rows updated in
-        the same transaction, so the events move to a table of the new shape.
+        the same transaction, so the meta row and the events move to tables of the new shape:
+        the file is then what a new schema-2 store is.
         """
         self._conn.begin()
         try:
+            self._conn.execute("ALTER TABLE meta RENAME TO meta_schema_1")
+            self._conn.execute(_META_SCHEMA)
+            self._conn.execute(
+                "INSERT INTO meta SELECT department, ?, ? FROM meta_schema_1",
+                [SCHEMA_VERSION, feed_id],
+            )
+            self._conn.execute("DROP TABLE meta_schema_1")
             self._conn.execute("DROP INDEX events_entry")
             self._conn.execute("ALTER TABLE events RENAME TO events_schema_1")
             self._conn.execute(_EVENTS_SCHEMA)
             self._conn.execute(
                 'INSERT INTO events (seq, entry_id, "at", event, actor, detail) SELECT '
-                'row_number() OVER (ORDER BY "at", entry_id, event), entry_id, "at", event, '
-                "actor, detail FROM events_schema_1"
+                "row_number() OVER (ORDER BY CASE WHEN ev.event = 'withdrawn' THEN "
+                'greatest(ev."at", en.published_at) ELSE ev."at" END, ev.event, ev.entry_id), '
+                'ev.entry_id, ev."at", ev.event, ev.actor, ev.detail FROM events_schema_1 AS ev '
+                "LEFT JOIN entries AS en USING (entry_id)"
             )
             self._conn.execute("DROP TABLE events_schema_1")
-            self._conn.execute("UPDATE meta SET schema_version = ?", [SCHEMA_VERSION])
             self._conn.commit()
         except BaseException:
             rollback_quietly(self._conn)
@@ -359,6 +404,48 @@ class ListStore:
                 f"not list as {self.department}'s; restore the list in the catalogue (entries "
                 "are kept for their history and cannot be dropped silently)",
                 field="catalogue",
+            )
+
+    def _warn_withheld(self) -> None:
+        """Log how many stored entries the change feed serves withheld, and why (no values).
+
+        Checking every entry takes ~45 µs (~2 s for 50,000), so SQL first picks the entries
+        that can fail the checks a catalogue change or a passing day brings: 17 or more digits
+        in their texts (a resident id), a list that no longer takes their kind or windows as
+        long. Entries stored malformed under older rules show as the feed reaches them.
+        """
+        allowed = [
+            (t.id, kind.value, t.max_window_days)
+            for t in self._types.values()
+            for kind in t.subject_kinds
+        ]
+        texts = "entry_id || subject_name || legal_basis || reason"
+        rows = self._conn.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM entries LEFT JOIN (SELECT unnest(?::VARCHAR[]) AS "
+            "list, unnest(?::VARCHAR[]) AS subject_kind, unnest(?::INTEGER[]) AS max_days) AS "
+            "allowed USING (list, subject_kind) WHERE allowed.max_days IS NULL "
+            "OR window_end - window_start + 1 > allowed.max_days "
+            f"OR length(regexp_replace({texts} || CASE WHEN subject_kind = 'enterprise' THEN "
+            r"subject_id ELSE '' END, '[^\pN]', '', 'g')) >= 17",
+            [[a[0] for a in allowed], [a[1] for a in allowed], [a[2] for a in allowed]],
+        ).fetchall()
+        reasons = Counter(
+            reason
+            for reason in (
+                stored_entry_withheld(
+                    _new_entry(row), catalogue=self._catalogue, department=self.department
+                )
+                for row in rows
+            )
+            if reason
+        )
+        if reasons:
+            _log.warning(
+                "%s: %d list entries fail a publication's checks today, so the change feed "
+                "serves their events withheld (no fields): %s",
+                self.path,
+                sum(reasons.values()),
+                "; ".join(f"{count} because {reason}" for reason, count in reasons.items()),
             )
 
     # -- publishing -------------------------------------------------------------------------------
@@ -414,10 +501,11 @@ class ListStore:
         publication); with other fields, or withdrawn, the whole publication is refused.
         """
         entries = self.validate(drafts, today=today)
-        at = _naive_utc(_utc_now())
         with self._lock, _private_files():
             self._conn.begin()
             try:
+                # taken under the lock: events are numbered in the order of their times
+                at = _naive_utc(_utc_now())
                 stored = self._stored_entries(self._conn, [e.entry_id for e in entries])
                 new: list[NewEntry] = []
                 for index, entry in enumerate(entries):
@@ -519,10 +607,11 @@ class ListStore:
         ref = check_text(reference, field="reference", limit=MAX_REFERENCE_LENGTH)
         # the reference goes into the history, which the officer's tools show and export
         refuse_resident_id(ref, field="reference")
-        at = _naive_utc(_utc_now())
         with self._lock, _private_files():
             self._conn.begin()
             try:
+                # taken under the lock: events are numbered in the order of their times
+                at = _naive_utc(_utc_now())
                 row = self._conn.execute(
                     f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE entry_id = ?", [checked_id]
                 ).fetchone()
@@ -681,9 +770,10 @@ class ListStore:
 
         Each event carries its entry's published fields (a person's id masked) as they are now
         (an entry's fields never change), a withdrawal its reason but not its reference. An
-        entry published and later withdrawn comes twice. Readers see whole transactions and
-        numbers are given in commit order, so a page never skips an event that a later page
-        would show before it.
+        entry published and later withdrawn comes twice. An entry that fails a publication's
+        checks today comes withheld: its place, kind and time without any of its fields, and
+        the check it failed. Readers see whole transactions and numbers are given in commit
+        order, so a page never skips an event that a later page would show before it.
         """
         if not isinstance(cursor, int) or not 0 <= cursor <= MAX_CHANGE_SEQ:
             raise InvalidArgument(f"{cursor!r} is not an event sequence number", field="after")
@@ -701,23 +791,29 @@ class ListStore:
         found: list[FeedEvent] = []
         size = 0
         for row in rows[:limit]:
-            entry = self._public(_new_entry(row), masked=True)
-            size += _feed_bytes(entry)
+            stored = _new_entry(row)
+            event = ListChange(row[13])
+            at = row[14].replace(tzinfo=UTC)
+            withheld = stored_entry_withheld(
+                stored, catalogue=self._catalogue, department=self.department
+            )
+            if withheld:
+                # the event keeps its place, so the feed moves on past it; nothing of the entry
+                # goes out (a text may hold a full resident id)
+                size += _FEED_EVENT_OVERHEAD
+                feed_event = FeedEvent(row[12], None, event, at, None, withheld)
+            else:
+                entry = self._public(stored, masked=True)
+                size += _feed_bytes(entry)
+                reason = (
+                    WithdrawReason(row[10]) if event is ListChange.WITHDRAWN and row[10] else None
+                )
+                feed_event = FeedEvent(row[12], entry, event, at, reason)
             if found and size > MAX_FEED_PAGE_BYTES:
                 # texts may be long (up to ~5 KB an entry in Chinese): a page stays well below
                 # gRPC's 4 MiB message limit at every hop, and the rest comes on the next page
                 return found, True
-            found.append(
-                FeedEvent(
-                    seq=row[12],
-                    entry=entry,
-                    event=ListChange(row[13]),
-                    at=row[14].replace(tzinfo=UTC),
-                    withdraw_reason=(
-                        WithdrawReason(row[10]) if row[13] == WITHDRAWN and row[10] else None
-                    ),
-                )
-            )
+            found.append(feed_event)
         return found, len(rows) > limit
 
     def _read(self, sql: str, parameters: Sequence[object]) -> list[tuple[Any, ...]]:
@@ -1037,10 +1133,11 @@ class ListOffice:
             dept = self._department.id
             if query.department and query.department != dept:
                 raise InvalidArgument(
-                    f"this node serves {dept}'s lists, not {query.department[:40]!r}",
+                    f"this node serves {dept}'s lists, not {shown_value(query.department)}",
                     field="department",
                 )
             cursor = parse_change_cursor(query.after, field="after")
+            # a cursor has at most 16 digits: it cannot read as a resident id
             extra["after"] = query.after
             found, more = self._store.changes_after(
                 cursor, limit=changes_page_size(query.page_size)
@@ -1055,20 +1152,37 @@ class ListOffice:
                 event=e.event,
                 at=e.at,
                 withdraw_reason=e.withdraw_reason,
+                withheld=e.withheld,
             )
             for e in found
         )
+        for event in events:
+            if event.withheld:
+                # the operator finds the entry by its cursor (events.seq); no value is logged
+                _log.warning(
+                    "%s: list change event %s served withheld: %s",
+                    self._department.id,
+                    event.cursor,
+                    event.withheld,
+                )
         page = ListChangesPage(
             department=self._department.id,
             events=events,
             next_cursor=events[-1].cursor if events else query.after,
             more=more,
+            feed_id=self._store.feed_id,
         )
         self._record(
             caller,
             "list_change_feed",
             "list change events listed",
-            extra={**extra, "events": len(events), "next_cursor": page.next_cursor},
+            extra={
+                **extra,
+                "events": len(events),
+                "withheld": sum(1 for e in events if e.withheld),
+                "next_cursor": page.next_cursor,
+                "feed_id": page.feed_id,
+            },
         )
         return page
 

@@ -1081,6 +1081,15 @@ def _cmd_sync_run(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_sync_rebase(args: argparse.Namespace) -> int:
+    from osmanthus.syncbatch import BatchKind
+    from syncjob.config import load_config
+    from syncjob.runner import rebase
+
+    print(rebase(load_config(args.config), BatchKind(args.kind)))
+    return 0
+
+
 def _cmd_sync_status(args: argparse.Namespace) -> int:
     import json
 
@@ -1926,6 +1935,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", type=Path, required=True, help="sync.toml")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p = command(
+        sync_sub,
+        "rebase",
+        "renumber waiting batches to follow the receiver's stream (after a gap or overlap)",
+        "When the receiver refuses the job's next batch as a gap or an overlap, the job's state "
+        "and the receiver disagree on where the stream stands (a state restored from an old "
+        "backup, a receiver reset). This asks the receiver for its last batch of --kind and "
+        "renumbers every waiting batch of that kind to follow it: records and their order are "
+        "kept, each batch gets the next sequence and is signed anew (its id changes). If the "
+        "receiver may already hold some of these records (an old backup), ask the province "
+        "first: they would be stored again. Needs the job to be stopped (it takes the state's "
+        "lock).\n\n"
+        "example: osmanthus sync rebase --config /etc/osmanthus/sync.toml --kind grades",
+        _cmd_sync_rebase,
+    )
+    p.add_argument("--config", type=Path, required=True, help="sync.toml")
+    p.add_argument(
+        "--kind", required=True, choices=["list_changes", "grades", "statistics"], help="stream"
+    )
 
     # health
     p = command(

@@ -10,6 +10,8 @@ from osmanthus.errors import InvalidArgument
 
 _DURATION: Final = re.compile(r"(\d{1,9})([smhd])")
 _UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+#: ten years: anything longer is a typing slip, and would overflow date arithmetic
+MAX_DURATION: Final = timedelta(days=3650)
 
 
 def parse_duration(text: str, *, field: str) -> timedelta:
@@ -17,4 +19,7 @@ def parse_duration(text: str, *, field: str) -> timedelta:
     match = _DURATION.fullmatch(text.strip()) if isinstance(text, str) else None
     if not match:
         raise InvalidArgument(f"{text!r} is not a duration like 90s, 15m, 12h or 30d", field=field)
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    value = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    if value > MAX_DURATION:
+        raise InvalidArgument(f"{text!r} is longer than {MAX_DURATION.days} days", field=field)
+    return value

@@ -7,6 +7,7 @@ import binascii
 import datetime
 import enum
 import re
+import secrets
 import unicodedata
 from dataclasses import dataclass
 from typing import Final, NewType
@@ -100,16 +101,29 @@ class ListChange(enum.Enum):
 @dataclass(frozen=True)
 class ListChangeEvent:
     """One event of a department's list change feed, as the provincial sync job reads it: the
-    entry's published fields (a person's id masked), what happened and when."""
+    entry's published fields (a person's id masked), what happened and when.
+
+    A withheld event stands for a stored entry that fails a check on content its node or the
+    coordinator makes today (a text that reads as a resident identity number, a window longer
+    than the list now allows, a list that no longer takes the subject's kind, ...): entries
+    are never changed, so such an entry would fail on every later read too. It keeps its place
+    in the feed (`cursor`, `event`, `at`) but carries nothing of the entry: `entry` and
+    `withdraw_reason` are None and `withheld` says, in words without any value, which check
+    the entry failed. The department's operator finds the entry by the cursor in the node's
+    log; the province learns that an event happened, not what it was about.
+    """
 
     #: the feed position of this event: ask for the events after it to continue
     cursor: str
-    entry: PublicEntry
+    #: None exactly when the event is withheld
+    entry: PublicEntry | None
     #: PUBLISHED or WITHDRAWN (a node never reports EXPIRED)
     event: ListChange
     at: datetime.datetime  # UTC, aware
-    #: with WITHDRAWN only
+    #: with WITHDRAWN only, and not when withheld
     withdraw_reason: WithdrawReason | None = None
+    #: "" for an event that carries its entry; otherwise the check its entry failed
+    withheld: str = ""
 
 
 @dataclass(frozen=True)
@@ -122,6 +136,10 @@ class ListChangesPage:
     next_cursor: str
     #: whether the department holds further events after this page
     more: bool
+    #: the identity of the department's feed: made at random when the node's list store was
+    #: created. Cursors belong to one feed: a store lost and made again numbers its events
+    #: from 1 under another feed_id, and the cursors of the old feed mean nothing in it
+    feed_id: str
 
 
 @dataclass(frozen=True)
@@ -338,6 +356,16 @@ def validate_new_entry(
             field=f"{prefix}subject_kind",
         )
     subject = validate_subject(subject_kind, subject_id, field=f"{prefix}subject_id")
+    if subject_kind is SubjectKind.ENTERPRISE and holds_resident_id(subject):
+        # a credit code's check character does not cover its organisation code, so a rare
+        # 18-digit code also passes as a resident id: the province, a reader of the public
+        # lists, a log could not tell it from a person's number (a sync batch refuses it too)
+        raise InvalidArgument(
+            "reads as a full resident identity number as well as a credit code; no one could "
+            "tell it from a person's id, so an enterprise with a credit code of this rare "
+            "shape cannot be published on a list (make that entry known by other means)",
+            field=f"{prefix}subject_id",
+        )
     start = parse_date(window_start, field=f"{prefix}window_start")
     end = parse_date(window_end, field=f"{prefix}window_end")
     if end < start:
@@ -414,9 +442,161 @@ MAX_CHANGES_PAGE_SIZE: Final = 1_000
 DEFAULT_CHANGES_PAGE_SIZE: Final = 500
 #: an event's place in its department's feed: its sequence number at the node, in decimal
 #: without leading zeros (a node's events are numbered from 1, in the order they were stored)
-_CHANGE_CURSOR: Final = re.compile(r"0|[1-9][0-9]{0,18}")
-#: the largest sequence number a node stores (DuckDB BIGINT)
-MAX_CHANGE_SEQ: Final = 2**63 - 1
+_CHANGE_CURSOR: Final = re.compile(r"0|[1-9][0-9]{0,15}")
+#: the largest sequence number a node stores: 16 digits at most, so that no cursor can read as
+#: a resident identity number (17 digits and a digit or X), in a message or an audit log
+MAX_CHANGE_SEQ: Final = 10**16 - 1
+#: a feed's identity: 16 random bytes in unpadded base64url (secrets.token_urlsafe(16))
+FEED_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{22}")
+#: how a message names a value it must not quote
+RESIDENT_ID_SHOWN: Final = "a value that reads as a resident identity number"
+
+# what a withheld event says (ListChangeEvent.withheld): the check its entry failed, never a value
+WITHHELD_TEXT_READS_AS_ID: Final = "a text field reads as a resident identity number"
+WITHHELD_TEXT_MALFORMED: Final = (
+    "a text field is empty, too long, padded with spaces or holds control characters"
+)
+WITHHELD_ENTRY_ID_READS_AS_ID: Final = "the entry id reads as a resident identity number"
+WITHHELD_ENTRY_ID_MALFORMED: Final = "the entry id is not one a publication takes"
+WITHHELD_CODE_READS_AS_ID: Final = (
+    "the enterprise's credit code also reads as a resident identity number"
+)
+WITHHELD_SUBJECT_ID_MALFORMED: Final = "the subject's id is not a valid identifier of its kind"
+WITHHELD_WINDOW_TOO_LONG: Final = "the window is longer than the list allows"
+WITHHELD_WINDOW_MALFORMED: Final = "the window is not one the list allows"
+WITHHELD_LIST_UNKNOWN: Final = "the list is not one of the department's lists in the catalogue"
+WITHHELD_KIND_REFUSED: Final[dict[SubjectKind, str]] = {
+    SubjectKind.PERSON: "the list no longer takes persons",
+    SubjectKind.ENTERPRISE: "the list no longer takes enterprises",
+}
+WITHHELD_COLOUR: Final = "the list's colour in the catalogue is not the entry's"
+WITHHELD_FACILITATION: Final = "the list's facilitation class in the catalogue is not the entry's"
+WITHHELD_OTHER: Final = "the entry fails a check a publication makes now"
+#: what the coordinator forwards for a node's withheld event whose words it does not know
+WITHHELD_BY_NODE: Final = "the department's node withheld the entry"
+#: every withheld text a node or the coordinator writes; the coordinator forwards no other
+WITHHELD_REASONS: Final = frozenset(
+    {
+        WITHHELD_TEXT_READS_AS_ID,
+        WITHHELD_TEXT_MALFORMED,
+        WITHHELD_ENTRY_ID_READS_AS_ID,
+        WITHHELD_ENTRY_ID_MALFORMED,
+        WITHHELD_CODE_READS_AS_ID,
+        WITHHELD_SUBJECT_ID_MALFORMED,
+        WITHHELD_WINDOW_TOO_LONG,
+        WITHHELD_WINDOW_MALFORMED,
+        WITHHELD_LIST_UNKNOWN,
+        *WITHHELD_KIND_REFUSED.values(),
+        WITHHELD_COLOUR,
+        WITHHELD_FACILITATION,
+        WITHHELD_OTHER,
+        WITHHELD_BY_NODE,
+    }
+)
+#: the longest withheld text a reader takes (the ones above are far shorter)
+MAX_WITHHELD_LENGTH: Final = 200
+
+
+def shown_value(value: object, *, limit: int = 40) -> str:
+    """`value` quoted (at most `limit` characters) for a message, unless it reads as a resident
+    identity number: then RESIDENT_ID_SHOWN, so that neither the caller's error nor an audit
+    log that records it holds the number."""
+    text = str(value)
+    if holds_resident_id(text):
+        return RESIDENT_ID_SHOWN
+    return repr(text[:limit])
+
+
+def new_feed_id() -> str:
+    """A new feed's identity: random, made once when a node's list store is created."""
+    while True:
+        feed_id = secrets.token_urlsafe(16)
+        # 22 characters from 64 hardly ever hold 17 digits in a row, let alone a valid id
+        if not holds_resident_id(feed_id):
+            return feed_id
+
+
+def check_feed_id(value: str, *, field: str = "feed_id") -> str:
+    """`value` if it is a plausible feed id (what new_feed_id makes); InvalidArgument if not."""
+    if not isinstance(value, str) or not FEED_ID_PATTERN.fullmatch(value):
+        raise InvalidArgument(
+            "is not a feed id (22 letters, digits, - or _, made when the node's list store was "
+            "created)",
+            field=field,
+        )
+    if holds_resident_id(value):
+        raise InvalidArgument("reads as a resident identity number, not a feed id", field=field)
+    return value
+
+
+def check_withheld(value: str, *, field: str = "withheld") -> str:
+    """A withheld event's text as a reader takes it: printable, short, without a resident id."""
+    text = check_text(value, field=field, limit=MAX_WITHHELD_LENGTH)
+    if text != value:
+        raise InvalidArgument("has leading or trailing space", field=field)
+    refuse_resident_id(text, field=field)
+    return text
+
+
+def stored_entry_withheld(
+    entry: NewEntry, *, catalogue: Catalogue, department: DepartmentId
+) -> str:
+    """Why a stored entry must go out in a change feed withheld, or "" if it need not: the
+    checks a publication makes today, on the entry as stored.
+
+    Entries never change, but the checks can: the catalogue may shorten a list's windows or
+    stop it taking a kind of subject, a check may be added (entry ids that read as resident
+    ids), and whether an 18-digit number reads as a resident id depends on the day (its birth
+    date must not be in the future). The answer names the check, never a value.
+    """
+    try:
+        checked = validate_new_entry(
+            entry_id=entry.entry_id,
+            list_id=entry.list,
+            subject_kind=entry.subject_kind,
+            subject_id=entry.subject_id,
+            subject_name=entry.subject_name,
+            legal_basis=entry.legal_basis,
+            reason=entry.reason,
+            window_start=entry.window_start.isoformat(),
+            window_end=entry.window_end.isoformat(),
+            catalogue=catalogue,
+            department=department,
+            # how far ahead a window may start mattered when it was published, not now
+            today=entry.window_start,
+        )
+    except InvalidArgument as exc:
+        return _withheld_for(entry, exc.field or "", catalogue)
+    if checked != entry:
+        # a text stored padded, or a legal basis stored empty: not what a publication stores
+        return WITHHELD_TEXT_MALFORMED
+    return ""
+
+
+def _withheld_for(entry: NewEntry, field: str, catalogue: Catalogue) -> str:
+    if field == "entry_id":
+        if holds_resident_id(entry.entry_id):
+            return WITHHELD_ENTRY_ID_READS_AS_ID
+        return WITHHELD_ENTRY_ID_MALFORMED
+    if field == "list":
+        return WITHHELD_LIST_UNKNOWN
+    if field == "subject_kind":
+        return WITHHELD_KIND_REFUSED[entry.subject_kind]
+    if field == "subject_id":
+        if entry.subject_kind is SubjectKind.ENTERPRISE and holds_resident_id(entry.subject_id):
+            return WITHHELD_CODE_READS_AS_ID
+        return WITHHELD_SUBJECT_ID_MALFORMED
+    if field in ("window_start", "window_end"):
+        list_type = next(t for t in catalogue.lists if t.id == entry.list)
+        days = (entry.window_end - entry.window_start).days + 1
+        if days > list_type.max_window_days:
+            return WITHHELD_WINDOW_TOO_LONG
+        return WITHHELD_WINDOW_MALFORMED
+    if field in ("subject_name", "legal_basis", "reason"):
+        if holds_resident_id(getattr(entry, field)):
+            return WITHHELD_TEXT_READS_AS_ID
+        return WITHHELD_TEXT_MALFORMED
+    return WITHHELD_OTHER
 
 
 def change_cursor(seq: int) -> str:
@@ -436,9 +616,9 @@ def parse_change_cursor(cursor: str, *, field: str = "after") -> int:
         or int(cursor) > MAX_CHANGE_SEQ
     ):
         raise InvalidArgument(
-            f"{str(cursor)[:30]!r} is not a change feed cursor: pass next_cursor (or an event's "
-            "cursor) from an earlier page unchanged, or an empty string to start from the first "
-            "event",
+            f"{shown_value(cursor, limit=30)} is not a change feed cursor: pass next_cursor (or "
+            "an event's cursor) from an earlier page unchanged, or an empty string to start "
+            "from the first event",
             field=field,
         )
     return int(cursor)

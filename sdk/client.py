@@ -32,9 +32,12 @@ from osmanthus.lists import (
     ListChangeEvent,
     ListChangesPage,
     changes_page_size,
+    check_feed_id,
+    check_withheld,
     list_of,
     parse_change_cursor,
     public_subject,
+    shown_value,
 )
 from osmanthus.lists import page_size as lists_page_size
 from osmanthus.score import Breakdown, grade, score
@@ -101,8 +104,18 @@ def _check_changes(page: ListChangesPage, *, department: str, after: str, size: 
     coordinator checks what the node sends; this checks the coordinator."""
     if page.department != department:
         raise CryptoError(
-            f"a page of {page.department[:40]!r}'s feed, not {department}'s", field="department"
+            f"a page of {shown_value(page.department)}'s feed, not {department}'s",
+            field="department",
         )
+    try:
+        check_feed_id(page.feed_id)
+        for i, event in enumerate(page.events):
+            if event.withheld:
+                check_withheld(event.withheld, field=f"events[{i}].withheld")
+    except InvalidArgument as exc:
+        raise CryptoError(
+            f"the coordinator sent a bad {exc.field}: it {exc.message}", field=exc.field
+        ) from None
     if len(page.events) > size:
         raise CryptoError(f"{len(page.events)} events for a page of {size}", field="events")
     previous = parse_change_cursor(after)
@@ -112,18 +125,24 @@ def _check_changes(page: ListChangesPage, *, department: str, after: str, size: 
         except InvalidArgument as exc:
             raise CryptoError(exc.message, field=exc.field) from None
         entry = event.entry
-        if (
-            seq <= previous
-            or entry.department != department
-            or (event.withdraw_reason is not None) != (event.event is ListChange.WITHDRAWN)
-            or (
-                entry.subject_kind is SubjectKind.PERSON
-                and entry.subject_id != mask_subject(entry.subject_id)
+        if entry is None:
+            # withheld: nothing of the entry, not even its withdraw reason
+            fits = bool(event.withheld) and event.withdraw_reason is None
+        else:
+            fits = (
+                not event.withheld
+                and entry.department == department
+                and (event.withdraw_reason is not None) == (event.event is ListChange.WITHDRAWN)
+                and (
+                    entry.subject_kind is not SubjectKind.PERSON
+                    or entry.subject_id == mask_subject(entry.subject_id)
+                )
             )
-        ):
+        if seq <= previous or not fits:
             raise CryptoError(
                 "the coordinator sent an event out of order, of another department, with a "
-                "withdraw reason that does not fit it, or with an unmasked resident id",
+                "withdraw reason that does not fit it, with an unmasked resident id, or "
+                "withheld with something of its entry",
                 field=f"events[{i}]",
             )
         previous = seq
@@ -809,10 +828,15 @@ class Client:
         For the provincial sync job (the central policy grants ReadListChanges to role
         sync_job only). Entries come with their published fields only, a person's resident id
         masked; a withdrawal with its reason. An entry published and later withdrawn comes
-        twice. Start with `after=""`; keep `next_cursor` and pass it back as `after` for the
-        events that follow (`more` says whether some already wait). Unavailable (retryable)
-        names the department when its node is down or its answer failed the coordinator's
-        checks; nothing of such a page is given, so no event is skipped.
+        twice. An event whose entry fails a check on content today (a text reading as a
+        resident id, a window longer than the list now allows, ...) comes withheld: `entry`
+        and `withdraw_reason` None, `withheld` naming the check. Start with `after=""`; keep
+        `next_cursor` and pass it back as `after` for the events that follow (`more` says
+        whether some already wait), with the page's `feed_id`: a cursor means something in
+        its feed only, and a department whose list store was made anew has another. Unavailable
+        (retryable) names the department when its node is down or its answer failed the
+        coordinator's checks of the page's frame; nothing of such a page is given, so no event
+        is skipped.
         """
         dept = self._lists_department(department)
         parse_change_cursor(after, field="after")
@@ -845,7 +869,7 @@ class Client:
         publishing = sorted({t.department for t in self._catalogue.lists})
         if not isinstance(department, str) or department not in publishing:
             raise InvalidArgument(
-                f"{str(department)[:40]!r} publishes no red or black list; departments that "
+                f"{shown_value(department)} publishes no red or black list; departments that "
                 f"do: {', '.join(publishing)}",
                 field="department",
             )

@@ -19,12 +19,13 @@ sent twice: what was committed is resent as the same signed bytes, what was not 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -34,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from osmanthus.catalogue import Catalogue
 from osmanthus.encoding import SlotLayout
 from osmanthus.errors import (
+    ConfigError,
     FailedPrecondition,
     InvalidArgument,
     OsmanthusError,
@@ -42,23 +44,36 @@ from osmanthus.errors import (
 from osmanthus.lists import ListChange, ListChangeEvent, holds_resident_id
 from osmanthus.policy import POLICY_TIME_ZONE
 from osmanthus.syncbatch import (
+    GRADE_PATTERN,
     MAX_RECORDS_BYTES,
     BatchKind,
     build_batch,
     grade_record,
     list_change_record,
+    read_batch,
     record_size,
+    sender_key_id,
     sign_batch,
     statistic_record,
 )
 from osmanthus.types import Shape, SubjectKind
-from sdk.batchjob import read_ids
 from syncjob.config import StatisticSpec, SyncConfig
-from syncjob.state import OpenEntry, OutboxBatch, Run, StagedGrade, SyncState
+from syncjob.roster import read_roster, shown_refusal
+from syncjob.state import (
+    ORIGIN,
+    OpenEntry,
+    OutboxBatch,
+    Run,
+    StagedGrade,
+    StreamPosition,
+    SyncState,
+)
 
 if TYPE_CHECKING:
     from province.client import ProvinceClient
+    from province.store import BatchSummary
     from sdk import Client
+    from sdk.results import BatchScore
     from syncjob.metrics import SyncMetrics
 
 _log = logging.getLogger(__name__)
@@ -74,6 +89,11 @@ STAGE_EVERY: Final = 5_000
 MIN_COHORT: Final = 10
 MAX_COHORT: Final = 50_000
 _RECORD_INDEX: Final = re.compile(r"records\[(\d+)\]")
+#: how early a scheduled kind of data may come due again: at most a tenth of its period
+SCHEDULE_SLACK: Final = timedelta(hours=1)
+#: an entry is reported expired this long after its window's last day ends, so that its
+#: department (whose clock may differ a little) can no longer withdraw it
+EXPIRY_MARGIN: Final = timedelta(minutes=10)
 
 
 @dataclass
@@ -130,6 +150,8 @@ class RunSummary:
         )
         if self.partial:
             text += f"; partial: {'; '.join(self.partial)}"
+        if self.skipped:
+            text += f"; {len(self.skipped)} left out (first: {self.skipped[0]})"
         if self.errors:
             text += f"; {len(self.errors)} errors (first: {self.errors[0]})"
         return text
@@ -163,6 +185,7 @@ class SyncJob:
         self._client = client
         self._province = province
         self._key = signing_key
+        self._key_id = sender_key_id(signing_key.public_key())
         self._catalogue = catalogue
         self._metrics = metrics
         self._stop = stop or threading.Event()
@@ -171,15 +194,19 @@ class SyncJob:
         self._clock = clock
         # jitter needs no secrecy, but a seeded generator per job would march in step
         self._rng = rng or random.SystemRandom()
+        #: set once the receiver stayed unreachable for retry_for: the rest of the run waits
+        #: no more for it (the batches stay in the outbox)
+        self._receiver_down = False
 
     # --- the run ---------------------------------------------------------------------------------
 
     def run_once(self) -> RunSummary:
         started = time.monotonic()
-        now = self._clock()
-        run = self._state.begin_run(now)
+        run = self._state.begin_run(self._clock())
         summary = RunSummary(run=run.tag, resumed=run.resumed, started_at=run.started_at)
+        self._receiver_down = False
         self._say(f"run {run.tag}{' resumed' if run.resumed else ''}")
+        finished = False
         try:
             # batches a stopped run left in the outbox go first: a stream is sent in order
             self._deliver(summary)
@@ -191,23 +218,40 @@ class SyncJob:
                 self._check_stop()
                 try:
                     gather(run, summary)
-                except Stopped:
+                except (Stopped, KeyboardInterrupt):
                     raise
                 except OsmanthusError as exc:
                     self._error(summary, phase, exc)
+                except Exception as exc:
+                    # one phase's bug must not stop the others nor leave the run unfinished,
+                    # which would hold back every later run; the message may hold data, so
+                    # only the log (the operator's) gets it
+                    _log.exception("internal error in the %s phase", phase)
+                    self._error(
+                        summary,
+                        phase,
+                        OsmanthusError(
+                            f"internal error ({type(exc).__name__}); the job's log has the details"
+                        ),
+                    )
             self._deliver(summary)
             finished = True
         except Stopped:
             summary.errors.append("stopped before the run finished; the next run resumes it")
             summary.exit_code = summary.exit_code or 130
-            finished = False
         summary.duration_s = time.monotonic() - started
         # a run that met errors is finished all the same: what failed is due again next run,
         # batches not delivered stay in the outbox, and grades half scored stay staged
         if finished:
             self._state.finish_run(run, now=self._clock(), summary=summary.as_dict())
         if self._metrics is not None:
-            self._metrics.observe_run(summary, outbox=self._state.outbox(), finished=finished)
+            self._metrics.observe_run(
+                summary,
+                outbox=self._state.outbox_summary(),
+                streams=self._state.streams(),
+                last_ok_run=self._state.last_ok_run(),
+                finished=finished,
+            )
         return summary
 
     def _error(self, summary: RunSummary, work: str, exc: OsmanthusError) -> None:
@@ -222,63 +266,72 @@ class SyncJob:
             raise Stopped
 
     def _due(self, work: str, every: timedelta) -> bool:
-        last = self._state.last_done(work)
-        return last is None or last + every <= self._clock()
+        return is_due(self._state.last_done(work), every, self._clock())
 
-    def _today(self) -> date:
-        return self._clock().astimezone(POLICY_TIME_ZONE).date()
+    def _china_date(self, *, margin: timedelta = timedelta(0)) -> date:
+        return (self._clock() - margin).astimezone(POLICY_TIME_ZONE).date()
 
     # --- lists -----------------------------------------------------------------------------------
 
     def _gather_lists(self, run: Run, summary: RunSummary) -> None:
         if not self._config.lists_enabled or self._state.phase_done(run, "lists"):
             return
-        if not self._due("lists", self._config.lists_every):
-            return
         departments = sorted({str(t.department) for t in self._catalogue.lists})
+        if not departments or not self._due("lists", self._config.lists_every):
+            return
+        # taken before the feeds are read, and a little in the past: an entry is reported
+        # expired only once its department can no longer withdraw it
+        today = self._china_date(margin=EXPIRY_MARGIN)
         events: list[ListChangeEvent] = []
-        cursors: dict[str, str] = {}
-        missing: dict[str, str] = {}
+        cursors: dict[str, tuple[str, str]] = {}
+        missing: dict[str, OsmanthusError] = {}
+        withheld: dict[str, list[str]] = {}
         for department in departments:
             self._check_stop()
-            cursor = self._state.list_cursor(department)
-            read = 0
-            try:
-                while True:
-                    page = self._client.list_changes(
-                        department, after=cursor, page_size=LIST_PAGE_SIZE
-                    )
-                    events.extend(page.events)
-                    read += len(page.events)
-                    cursor = page.next_cursor
-                    if not page.more:
-                        break
-            except OsmanthusError as exc:
-                if not exc.retryable:
-                    raise
-                # what was read stands; the rest comes in a later run
-                missing[department] = str(exc)
-            if cursor != self._state.list_cursor(department):
-                cursors[department] = cursor
-            self._say(
-                f"lists: {department} {read} events"
-                + (f", did not answer ({missing[department]})" if department in missing else "")
-            )
+            stored = self._state.list_cursor(department)
+            feed, cursor, read, error = self._read_feed(department, *stored, summary)
+            if error is not None:
+                # what was read stands (its cursor moves); the rest comes in a later run
+                missing[department] = error
+                if not error.retryable:
+                    self._error(summary, f"lists {department}", error)
+            for event in read:
+                if event.entry is None:
+                    withheld.setdefault(department, []).append(event.withheld)
+                else:
+                    events.append(event)
+            if (feed, cursor) != stored:
+                cursors[department] = (feed, cursor)
+            note = f", did not answer ({missing[department]})" if department in missing else ""
+            self._say(f"lists: {department} {len(read)} events{note}")
         if len(missing) == len(departments):
-            raise Unavailable(
-                "no department's list changes could be read (is the coordinator up?): "
-                + "; ".join(f"{d}: {m}" for d, m in missing.items())
-            )
-        records, opened, closed = list_change_records(
-            events, open_entries=self._state.open_entries(), today=self._today()
-        )
+            if all(e.retryable for e in missing.values()):
+                raise Unavailable(
+                    "no department's list changes could be read (is the coordinator up?): "
+                    + "; ".join(f"{d}: {e.message}" for d, e in missing.items())
+                )
+            return  # each refusal is recorded; the phase is tried again next run
         for department in missing:
             summary.partial.append(f"lists: {department} did not answer")
-        batches = (
-            self._batches(run, BatchKind.LIST_CHANGES, records, missing=sorted(missing))
-            if records or missing
-            else []
+        for department, reasons in withheld.items():
+            summary.partial.append(
+                f"lists: {len(reasons)} event(s) of {department} withheld by the coordinator "
+                f"({'; '.join(sorted(set(reasons)))}); the department must withdraw the entry and "
+                "publish a corrected one"
+            )
+        incomplete = set(missing) | set(withheld)
+        records, opened, closed = list_change_records(
+            events,
+            open_entries=self._state.open_entries(),
+            today=today,
+            complete=frozenset(departments) - incomplete,
         )
+        batches, dropped = (
+            self._batches(run, BatchKind.LIST_CHANGES, records, missing=sorted(incomplete))
+            if records or incomplete
+            else ([], [])
+        )
+        self._skipped(summary, BatchKind.LIST_CHANGES, dropped)
         self._state.commit_list_changes(
             run,
             batches=batches,
@@ -286,24 +339,56 @@ class SyncJob:
             opened=opened,
             closed=closed,
             complete=not missing,
-            now=self._clock(),
         )
         self._built(summary, BatchKind.LIST_CHANGES, batches)
+
+    def _read_feed(
+        self, department: str, feed: str, cursor: str, summary: RunSummary
+    ) -> tuple[str, str, list[ListChangeEvent], OsmanthusError | None]:
+        """Every event of `department`'s feed after `cursor`: the feed id, the cursor after
+        the last event read, the events, and the error that stopped the reading, if any."""
+        read: list[ListChangeEvent] = []
+        try:
+            while True:
+                page = self._client.list_changes(department, after=cursor, page_size=LIST_PAGE_SIZE)
+                if feed and page.feed_id != feed:
+                    # the department's list store was made anew: its numbers start again, and
+                    # the old cursor means nothing in it; read it from its first event
+                    summary.partial.append(
+                        f"lists: the feed of {department} was re-created; read again from its "
+                        "first event (the province may hear of some entries again)"
+                    )
+                    self._state.record_error(
+                        f"lists {department}",
+                        "feed re-created; read from its start",
+                        at=self._clock(),
+                    )
+                    feed, cursor, read = page.feed_id, "", []
+                    continue
+                feed = page.feed_id
+                read.extend(page.events)
+                cursor = page.next_cursor
+                if not page.more:
+                    return feed, cursor, read, None
+        except OsmanthusError as exc:
+            return feed, cursor, read, exc
 
     # --- grades ----------------------------------------------------------------------------------
 
     def _gather_grades(self, run: Run, summary: RunSummary) -> None:
-        roster = self._config.enterprises
-        if roster is None or self._state.phase_done(run, "grades"):
+        path = self._config.enterprises
+        if path is None or self._state.phase_done(run, "grades"):
             return
         if not self._due("grades", self._config.grades_every):
             return
-        codes = list(_distinct(read_ids(roster)))
-        # grades an earlier run scored before it failed are kept, not scored again
-        done = self._state.adopt_staged_grades(run)
+        self._check_grade_letters()
+        roster = read_roster(path, field="grades.enterprises")
+        codes = roster.ids
+        # grades an earlier run scored from this roster before it failed are kept
+        done = self._state.adopt_staged_grades(run, roster=roster.digest)
         self._grade_progress(done, len(codes))
         expected = len(self._catalogue.departments_for(SubjectKind.ENTERPRISE))
-        as_of = self._today().isoformat()
+        as_of = self._china_date().isoformat()
         if done < len(codes):
             self._say(f"grades: scoring {len(codes) - done} of {len(codes)} enterprises")
             buffer: list[StagedGrade] = []
@@ -315,35 +400,21 @@ class SyncJob:
                     shape=Shape.TOTAL,
                 )
                 for position, row in enumerate(scores, start=done):
-                    refused = row.refused
-                    if refused is None and holds_resident_id(row.subject_id):
-                        refused = (
-                            "the credit code also reads as a resident identity number, which "
-                            "no sync batch may carry"
-                        )
-                    buffer.append(
-                        StagedGrade(
-                            position=position,
-                            credit_code=row.subject_id if refused is None else codes[position],
-                            grade=row.grade if refused is None else None,
-                            score=row.score if refused is None else None,
-                            departments_answered=expected if refused is None else None,
-                            as_of=as_of,
-                            refused=refused,
-                        )
-                    )
+                    buffer.append(self._staged(position, codes[position], row, expected, as_of))
                     if len(buffer) >= STAGE_EVERY:
-                        self._state.stage_grades(run, buffer)
+                        self._state.stage_grades(run, buffer, roster=roster.digest)
                         self._grade_progress(position + 1, len(codes))
                         buffer = []
                         self._check_stop()
             finally:
                 # every row yielded stands, even when the stream failed after it
                 if buffer:
-                    self._state.stage_grades(run, buffer)
+                    self._state.stage_grades(run, buffer, roster=roster.digest)
                     self._grade_progress(buffer[-1].position + 1, len(codes))
-        for refused_row in self._state.refused_grades(run):
-            summary.skipped.append(f"grades: row {refused_row.position + 2}: {refused_row.refused}")
+        for refused in self._state.refused_grades(run):
+            summary.skipped.append(
+                f"grades: {path.name} line {roster.line_of(refused.position)}: {refused.refused}"
+            )
         changed = list(self._state.changed_grades(run))
         records = [
             grade_record(
@@ -356,26 +427,55 @@ class SyncJob:
             for g in changed
         ]
         self._say(f"grades: {len(records)} of {len(codes)} enterprises changed")
-        batches = self._batches(run, BatchKind.GRADES, records) if records else []
-        self._state.commit_grades(run, batches=batches, sent=changed, now=self._clock())
+        batches, dropped = self._batches(run, BatchKind.GRADES, records) if records else ([], [])
+        self._skipped(summary, BatchKind.GRADES, dropped)
+        # a grade the format refused was not sent: it is tried again when next due
+        left_out = {r.get("credit_code") for r in dropped}
+        sent = [g for g in changed if g.credit_code not in left_out]
+        self._state.commit_grades(run, batches=batches, sent=sent)
         self._built(summary, BatchKind.GRADES, batches)
+
+    def _staged(
+        self, position: int, value: str, row: BatchScore, expected: int, as_of: str
+    ) -> StagedGrade:
+        refused = row.refused
+        if refused is None and row.grade is None:
+            refused = "the catalogue gives enterprises no grade"
+        if refused is None and holds_resident_id(row.subject_id):
+            refused = (
+                "the credit code also reads as a resident identity number, which no sync "
+                "batch may carry"
+            )
+        if refused is not None:
+            # no code is kept for a refused row: the value may be anything, even a person's id
+            return StagedGrade(position, "", None, None, None, as_of, shown_refusal(value, refused))
+        return StagedGrade(position, row.subject_id, row.grade, row.score, expected, as_of, None)
+
+    def _check_grade_letters(self) -> None:
+        grades = self._catalogue.model(SubjectKind.ENTERPRISE).grades
+        wrong = [letter for letter, _ in grades if not GRADE_PATTERN.fullmatch(letter)]
+        if wrong:
+            raise ConfigError(
+                f"the catalogue's enterprise grades {wrong} cannot be reported: a sync batch "
+                "takes 1 to 3 capital letters",
+                field="grades",
+            )
 
     # --- statistics ------------------------------------------------------------------------------
 
     def _gather_statistics(self, run: Run, summary: RunSummary) -> None:
-        if not self._config.statistics or self._state.phase_done(run, "statistics"):
+        if self._state.phase_done(run, "statistics"):
             return
+        # answers an earlier run staged and never batched come too: their ε is spent
         staged = self._state.staged_statistics(run)
         due = [
             s
             for s in self._config.statistics
-            if s.name in staged or self._due(f"statistic:{s.name}", s.every)
+            if s.name not in staged and self._due(f"statistic:{s.name}", s.every)
         ]
-        if not due:
+        if not due and not staged:
             return
         for spec in due:
-            if spec.name in staged:
-                continue
             self._check_stop()
             try:
                 records, complete = self._statistic(spec)
@@ -392,26 +492,33 @@ class SyncJob:
                 summary.partial.append(
                     f"statistics {name}: no value, {', '.join(missing)} did not answer"
                 )
-        batches = self._batches(run, BatchKind.STATISTICS, records) if records else []
+        batches, dropped = (
+            self._batches(run, BatchKind.STATISTICS, records) if records else ([], [])
+        )
+        self._skipped(summary, BatchKind.STATISTICS, dropped)
+        left_out = {str(r.get("name")) for r in dropped}
         self._state.commit_statistics(
             run,
             batches=batches,
-            completed=[name for name, (_, complete) in staged.items() if complete],
-            now=self._clock(),
+            completed=[
+                name
+                for name, (named, complete) in staged.items()
+                if complete and not left_out & {str(r["name"]) for r in named}
+            ],
         )
         self._built(summary, BatchKind.STATISTICS, batches)
 
     def _statistic(self, spec: StatisticSpec) -> tuple[list[dict[str, Any]], bool]:
-        cohort = list(_distinct(read_ids(spec.subjects)))
+        cohort = read_roster(spec.subjects, field=f"statistics.{spec.name}.subjects").ids
         if not MIN_COHORT <= len(cohort) <= MAX_COHORT:
-            raise InvalidArgument(
+            raise ConfigError(
                 f"{spec.subjects} holds {len(cohort)} distinct subjects; a cohort has "
                 f"{MIN_COHORT} to {MAX_COHORT}",
                 field=f"statistics.{spec.name}.subjects",
             )
         layout = SlotLayout.for_catalogue(self._catalogue, spec.subject_kind, Shape.BREAKDOWN)
         asked = spec.statistics or layout.names
-        as_of = self._today()
+        as_of = self._china_date()
         try:
             result = self._client.stats(
                 cohort,
@@ -460,67 +567,32 @@ class SyncJob:
         records: Sequence[dict[str, Any]],
         *,
         missing: Sequence[str] = (),
-    ) -> list[OutboxBatch]:
-        """Signed batches continuing `kind`'s stream: records packed up to the size limit,
-        watermarks `<run tag>.<n>`."""
+    ) -> tuple[list[OutboxBatch], list[dict[str, Any]]]:
         sequence, start = self._state.next_position(kind)
-        built: list[OutboxBatch] = []
-        now = self._clock().replace(microsecond=0)
-        groups = list(_packed(records)) or [[]]
-        for index, group in enumerate(groups, start=1):
-            end = f"{run.tag}.{index}"
-            batch = self._build(kind, sequence, start, end, group, missing, now)
-            signed = sign_batch(batch, private_key=self._key)
-            built.append(
-                OutboxBatch(
-                    kind=kind,
-                    sequence=sequence,
-                    batch_id=batch.batch_id,
-                    watermark_from=start,
-                    watermark_to=end,
-                    records=len(batch.records),
-                    partial=batch.partial,
-                    signed=signed,
-                    built_at=now,
-                    attempts=0,
-                )
-            )
-            sequence, start = sequence + 1, end
-        return built
+        return build_batches(
+            sender=self._config.sender,
+            kind=kind,
+            key=self._key,
+            tag=run.tag,
+            sequence=sequence,
+            start=start,
+            records=records,
+            missing=missing,
+            now=self._clock(),
+        )
 
-    def _build(
-        self,
-        kind: BatchKind,
-        sequence: int,
-        start: str,
-        end: str,
-        records: list[dict[str, Any]],
-        missing: Sequence[str],
-        now: datetime,
-    ) -> Any:
-        # a record the format refuses is left out and logged, never allowed to hold the stream
-        while True:
-            try:
-                return build_batch(
-                    sender=self._config.sender,
-                    kind=kind,
-                    sequence=sequence,
-                    watermark_from=start,
-                    watermark_to=end,
-                    records=records,
-                    created_at=now,
-                    missing_departments=missing,
-                )
-            except InvalidArgument as exc:
-                match = _RECORD_INDEX.match(exc.field or "")
-                if match is None:
-                    raise
-                bad = int(match.group(1))
-                _log.error("%s record left out of the batch: %s", kind.value, exc)
-                self._state.record_error(
-                    f"{kind.value} record", f"left out: {exc}", at=self._clock()
-                )
-                records = records[:bad] + records[bad + 1 :]
+    def _skipped(
+        self, summary: RunSummary, kind: BatchKind, dropped: Sequence[dict[str, Any]]
+    ) -> None:
+        for record in dropped:
+            # the reason names the field, never a value that reads as a resident id
+            why = str(record.get("_why"))
+            summary.skipped.append(f"{kind.value}: a record left out: {why}")
+            self._error(
+                summary,
+                f"{kind.value} record",
+                InvalidArgument(f"left out of the batch, not reported: {why}"),
+            )
 
     def _built(self, summary: RunSummary, kind: BatchKind, batches: Sequence[OutboxBatch]) -> None:
         if batches:
@@ -533,23 +605,41 @@ class SyncJob:
     # --- delivery --------------------------------------------------------------------------------
 
     def _deliver(self, summary: RunSummary) -> None:
+        if self._receiver_down:
+            return
         blocked: set[BatchKind] = set()
-        for batch in self._state.outbox():
-            if batch.kind in blocked:
+        # one deadline for the whole pass: a receiver that is down costs retry_for, not
+        # retry_for per batch
+        give_up = time.monotonic() + self._config.delivery.retry_for.total_seconds()
+        for kind, batch_id in self._state.outbox_ids():
+            if kind in blocked:
                 continue
             self._check_stop()
+            batch = self._state.outbox_batch(batch_id)
+            if batch is None:
+                continue
+            if batch.signed.key_id != self._key_id:
+                # signed before the job's key was changed: the same payload, signed anew, so
+                # the province needs only the current key (the batch id and content are kept)
+                batch = self._state.resign(
+                    batch, sign_batch(read_batch(batch.signed.payload), private_key=self._key)
+                )
             try:
-                self._send(batch, summary)
+                self._send(batch, summary, give_up=give_up)
             except Stopped:
                 raise
+            except Unavailable as exc:
+                # retried until retry_for: the receiver is down; the outbox waits for next run
+                self._receiver_down = True
+                self._error(summary, f"deliver {batch.kind.value} #{batch.sequence}", exc)
+                return
             except OsmanthusError as exc:
                 # later batches of this stream would be a gap: hold them; other streams go on
                 blocked.add(batch.kind)
                 self._error(summary, f"deliver {batch.kind.value} #{batch.sequence}", exc)
 
-    def _send(self, batch: OutboxBatch, summary: RunSummary) -> None:
-        delivery_cfg = self._config.delivery
-        give_up = time.monotonic() + delivery_cfg.retry_for.total_seconds()
+    def _send(self, batch: OutboxBatch, summary: RunSummary, *, give_up: float) -> None:
+        delivery = self._config.delivery
         attempt = 0
         while True:
             self._state.count_attempt(batch)
@@ -560,15 +650,15 @@ class SyncJob:
                 if not exc.retryable:
                     raise
                 cap = min(
-                    delivery_cfg.backoff_max.total_seconds(),
-                    delivery_cfg.backoff_initial.total_seconds() * 2**attempt,
+                    delivery.backoff_max.total_seconds(),
+                    delivery.backoff_initial.total_seconds() * 2 ** min(attempt, 30),
                 )
                 wait = self._rng.uniform(0, cap)
                 if time.monotonic() + wait > give_up:
                     raise Unavailable(
                         f"the receiver did not take batch {batch.batch_id} within "
-                        f"{delivery_cfg.retry_for} ({attempt + 1} attempts; last: {exc}); it "
-                        "stays in the outbox for the next run"
+                        f"{delivery.retry_for} ({attempt + 1} attempts; last: {exc.message}); "
+                        "it stays in the outbox for the next run"
                     ) from None
                 attempt += 1
                 summary.retries += 1
@@ -598,13 +688,145 @@ class SyncJob:
             f"{', already held' if answer.duplicate else ''})"
         )
 
+    # --- operations ------------------------------------------------------------------------------
+
+    def rebase(self, kind: BatchKind) -> tuple[list[OutboxBatch], BatchSummary | None]:
+        """Renumber `kind`'s waiting batches to continue the receiver's stream where it stands:
+        the way out of a gap or an overlap (a state restored from an old backup, a receiver
+        reset). Records and their order are kept; each batch gets the next sequence, starts at
+        the previous batch's end and is signed anew (so its id changes). Returns the batches
+        and the receiver's last batch they follow."""
+        pending = self._state.outbox(kind)
+        if not pending:
+            raise FailedPrecondition(f"no {kind.value} batch waits in the outbox", field="kind")
+        last = self._province.last_batch(sender=self._config.sender, kind=kind)
+        sequence, start = (last.sequence + 1, last.watermark_to) if last else (1, ORIGIN)
+        rebuilt: list[OutboxBatch] = []
+        for waiting in pending:
+            old = read_batch(waiting.signed.payload)
+            if old.watermark_to == start:
+                raise FailedPrecondition(
+                    f"the receiver's stream already ends at {start}, where waiting batch "
+                    f"#{waiting.sequence} ends: it holds that range; ask the province which "
+                    "records it has before sending them again",
+                    field="kind",
+                )
+            batch = build_batch(
+                sender=self._config.sender,
+                kind=kind,
+                sequence=sequence,
+                watermark_from=start,
+                watermark_to=old.watermark_to,
+                records=list(old.records),
+                created_at=old.created_at,
+                missing_departments=old.missing_departments,
+            )
+            rebuilt.append(
+                dataclasses.replace(
+                    waiting,
+                    sequence=sequence,
+                    batch_id=batch.batch_id,
+                    watermark_from=start,
+                    signed=sign_batch(batch, private_key=self._key),
+                    attempts=0,
+                )
+            )
+            sequence, start = sequence + 1, old.watermark_to
+        position = (
+            StreamPosition(
+                kind=kind,
+                sequence=last.sequence,
+                watermark=last.watermark_to,
+                batch_id=last.batch_id,
+                acked_at=last.received_at,
+            )
+            if last
+            else None
+        )
+        self._state.replace_outbox(kind, rebuilt, stream=position)
+        return rebuilt, last
+
+
+def is_due(last: datetime | None, every: timedelta, now: datetime) -> bool:
+    """Whether work last done at `last` (the start of the run that did it) is due again."""
+    if last is None:
+        return True
+    # a daily job started by cron a few seconds early must not skip a day
+    slack = min(every / 10, SCHEDULE_SLACK)
+    return last + every - slack <= now
+
+
+def build_batches(
+    *,
+    sender: str,
+    kind: BatchKind,
+    key: Ed25519PrivateKey,
+    tag: str,
+    sequence: int,
+    start: str,
+    records: Sequence[dict[str, Any]],
+    missing: Sequence[str] = (),
+    now: datetime,
+) -> tuple[list[OutboxBatch], list[dict[str, Any]]]:
+    """Signed batches continuing a stream at `sequence` from watermark `start`: records packed
+    up to the size limit, watermarks `<tag>.<n>`; and the records the format refused (left out,
+    each with its reason under "_why"), which never hold the stream."""
+    built: list[OutboxBatch] = []
+    dropped: list[dict[str, Any]] = []
+    stamp = now.replace(microsecond=0)
+    for index, group in enumerate(list(_packed(records)) or [[]], start=1):
+        end = f"{tag}.{index}"
+        while True:
+            try:
+                batch = build_batch(
+                    sender=sender,
+                    kind=kind,
+                    sequence=sequence,
+                    watermark_from=start,
+                    watermark_to=end,
+                    records=group,
+                    created_at=stamp,
+                    missing_departments=missing,
+                )
+                break
+            except InvalidArgument as exc:
+                match = _RECORD_INDEX.match(exc.field or "")
+                if match is None:
+                    raise
+                bad = int(match.group(1))
+                dropped.append({**group[bad], "_why": str(exc)})
+                group = group[:bad] + group[bad + 1 :]
+        built.append(
+            OutboxBatch(
+                kind=kind,
+                sequence=sequence,
+                batch_id=batch.batch_id,
+                watermark_from=start,
+                watermark_to=end,
+                records=len(batch.records),
+                partial=batch.partial,
+                signed=sign_batch(batch, private_key=key),
+                built_at=stamp,
+                attempts=0,
+            )
+        )
+        sequence, start = sequence + 1, end
+    return built, dropped
+
 
 def list_change_records(
-    events: Sequence[ListChangeEvent], *, open_entries: Sequence[OpenEntry], today: date
+    events: Sequence[ListChangeEvent],
+    *,
+    open_entries: Sequence[OpenEntry],
+    today: date,
+    complete: frozenset[str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[OpenEntry], list[tuple[str, str]]]:
     """The records of `events` (in order), then of the expiries due by `today` (China date):
     an entry reported published and neither withdrawn nor reported expired expires the day after
     its window ends. Also the entries left open (to remember) and those that closed (to forget).
+
+    Expiries are derived only for the departments in `complete` (all, if None): one whose feed
+    was not read to its end may yet hold the entry's withdrawal.
     """
     known = {(e.department, e.entry_id): e for e in open_entries}
     opened: dict[tuple[str, str], OpenEntry] = {}
@@ -612,6 +834,8 @@ def list_change_records(
     records: list[dict[str, Any]] = []
     for event in events:
         entry = event.entry
+        if entry is None:
+            continue  # withheld: the caller reports it
         key = (str(entry.department), str(entry.entry_id))
         record = list_change_record(
             entry, event=event.event, at=event.at, withdraw_reason=event.withdraw_reason
@@ -632,15 +856,18 @@ def list_change_records(
     candidates = [e for k, e in known.items() if k not in closed] + list(opened.values())
     for candidate in sorted(candidates, key=lambda e: (e.window_end, e.department, e.entry_id)):
         end = date.fromisoformat(candidate.window_end)
-        if end >= today:
+        if end >= today or (complete is not None and candidate.department not in complete):
             continue
         # the entry left view at the first moment of the day after its window (China time)
         left = datetime.combine(end + timedelta(days=1), datetime.min.time(), POLICY_TIME_ZONE)
+        # an entry published after its window had ended (late, or first read now) cannot
+        # have expired before it was published: the same instant, then
+        at = max(left.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), candidate.record["event_at"])
         records.append(
             {
                 **candidate.record,
                 "event": ListChange.EXPIRED.value,
-                "event_at": left.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "event_at": at,
                 "withdraw_reason": None,
             }
         )
@@ -648,14 +875,6 @@ def list_change_records(
         if opened.pop(key, None) is None:
             closed.add(key)
     return records, list(opened.values()), sorted(closed)
-
-
-def _distinct(ids: Iterable[str]) -> Iterator[str]:
-    seen: set[str] = set()
-    for value in ids:
-        if value not in seen:
-            seen.add(value)
-            yield value
 
 
 def _packed(records: Sequence[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:

@@ -8,7 +8,8 @@ stays up (`--every`) can serve `--metrics-listen` as well.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -19,7 +20,7 @@ from osmanthus.syncbatch import BatchKind
 
 if TYPE_CHECKING:
     from syncjob.job import RunSummary
-    from syncjob.state import OutboxBatch
+    from syncjob.state import OutboxBatch, OutboxSummary, StreamPosition
 
 PREFIX: Final = "osmanthus_sync"
 
@@ -83,6 +84,11 @@ class SyncMetrics:
             "When the last run ended (Unix time)",
             registry=r,
         )
+        self._last_ok_run = Gauge(
+            f"{PREFIX}_last_ok_run_timestamp_seconds",
+            "When the last run that met no error ended (Unix time; 0 before the first)",
+            registry=r,
+        )
         for kind in BatchKind:
             for labelled in (self._batches, self._records, self._duplicates, self._partial):
                 labelled.labels(kind=kind.value)
@@ -106,14 +112,25 @@ class SyncMetrics:
         self._errors.labels(work=work.split(" #")[0]).inc()
 
     def observe_run(
-        self, summary: RunSummary, *, outbox: Sequence[OutboxBatch], finished: bool
+        self,
+        summary: RunSummary,
+        *,
+        outbox: OutboxSummary,
+        streams: Mapping[BatchKind, StreamPosition],
+        last_ok_run: datetime | None,
+        finished: bool,
     ) -> None:
+        """After a run: its outcome, the backlog, and the times read back from the state, so a
+        process that has just started (cron, a restart) reports them too."""
         outcome = "stopped" if not finished else ("errors" if summary.errors else "ok")
         self._runs.labels(outcome=outcome).inc()
-        self._outbox_batches.set(len(outbox))
-        self._outbox_records.set(sum(b.records for b in outbox))
+        self._outbox_batches.set(outbox.batches)
+        self._outbox_records.set(outbox.records)
         self._duration.set(summary.duration_s)
         self._last_run.set_to_current_time()
+        for kind, position in streams.items():
+            self._last_success.labels(kind=kind.value).set(position.acked_at.timestamp())
+        self._last_ok_run.set(last_ok_run.timestamp() if last_ok_run else 0)
 
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics on host:port (0: any free port); the port it listens on."""

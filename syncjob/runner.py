@@ -24,7 +24,7 @@ from osmanthus.syncbatch import BatchKind, sender_key_id
 from syncjob.config import SyncConfig
 from syncjob.job import SyncJob
 from syncjob.metrics import SyncMetrics
-from syncjob.state import SyncState, exclusive
+from syncjob.state import SyncState, exclusive, running_job
 
 _log = logging.getLogger(__name__)
 
@@ -59,7 +59,17 @@ def open_job(
     from province.client import ProvinceClient
     from sdk import Client
 
-    key = load_private_key(config.signing_key)
+    try:
+        key = load_private_key(config.signing_key)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, field="signing_key") from None
+    if not config.paillier_keys.is_file():
+        # the SDK would make a new key there, which the token is not bound to
+        raise ConfigError(
+            f"{config.paillier_keys} does not exist: give the Paillier key file the job's token "
+            "is bound to",
+            field="coordinator.paillier_keys",
+        )
     catalogue = _catalogue(config)
     token = _token(config)
     with exclusive(config.state_dir):
@@ -110,6 +120,8 @@ def run(
     stop = threading.Event()
     _on_signals(stop)
     metrics = SyncMetrics()
+    if metrics_file is not None and not metrics_file.parent.is_dir():
+        raise ConfigError(f"{metrics_file.parent} is not a directory", field="metrics-file")
     if metrics_listen:
         _serve_metrics(metrics, metrics_listen)
 
@@ -128,8 +140,16 @@ def run(
             print(f"error: {exc}", file=sys.stderr, flush=True)
             metrics.error("start")
             code = exc.exit_code
-        if metrics_file is not None:
-            metrics.write_textfile(metrics_file)
+        except Exception:
+            if every is None:
+                raise
+            # a scheduled job outlives one run's bug; the next run may well succeed
+            _log.exception("the run failed")
+            metrics.error("internal")
+            code = 1
+        finally:
+            if metrics_file is not None:
+                _write_metrics(metrics, metrics_file)
         if every is None:
             return code
         if stop.is_set():
@@ -138,6 +158,14 @@ def run(
         say(f"next run in {every}")
         if stop.wait(every.total_seconds()):
             return 0
+
+
+def _write_metrics(metrics: SyncMetrics, path: Path) -> None:
+    try:
+        metrics.write_textfile(path)
+    except OSError as exc:
+        # the metrics are a view of the run, not the run: report, do not fail it
+        _log.error("cannot write the metrics to %s: %s", path, exc.strerror)
 
 
 def _one_run(
@@ -201,9 +229,10 @@ def status(config: SyncConfig) -> dict[str, Any]:
     state = SyncState(config.state_dir, sender=config.sender, key_id=None)
     try:
         streams = state.streams()
-        outbox = state.outbox()
+        outbox = state.outbox_summary()
         done = state.done_times()
         error = state.last_error()
+        last_ok = state.last_ok_run()
         runs = state.runs(limit=1)
         now = datetime.now(UTC)
         schedule: dict[str, str] = {}
@@ -219,6 +248,7 @@ def status(config: SyncConfig) -> dict[str, Any]:
         return {
             "state": str(state.path),
             "sender": config.sender,
+            "running": running_job(config.state_dir),
             "streams": {
                 kind.value: (
                     {
@@ -232,21 +262,28 @@ def status(config: SyncConfig) -> dict[str, Any]:
                 )
                 for kind in BatchKind
             },
-            "last_success": _stamp(max(acked)) if acked else None,
+            "last_delivery": _stamp(max(acked)) if acked else None,
+            "last_ok_run": _stamp(last_ok) if last_ok else None,
             "backlog": {
-                "batches": len(outbox),
-                "records": sum(b.records for b in outbox),
-                "oldest_built_at": _stamp(min(b.built_at for b in outbox)) if outbox else None,
-                "attempts": sum(b.attempts for b in outbox),
-                "by_kind": {
-                    kind.value: sum(1 for b in outbox if b.kind is kind)
-                    for kind in BatchKind
-                    if any(b.kind is kind for b in outbox)
-                },
+                "batches": outbox.batches,
+                "records": outbox.records,
+                "oldest_built_at": _stamp(outbox.oldest_built_at)
+                if outbox.oldest_built_at
+                else None,
+                "attempts": outbox.attempts,
+                "by_kind": {k.value: n for k, (n, _) in sorted(outbox.by_kind.items(), key=str)},
             },
             "last_run": runs[0] if runs else None,
             "last_error": (
-                {"at": _stamp(error[0]), "work": error[1], "message": error[2]} if error else None
+                {
+                    "at": _stamp(error[0]),
+                    "work": error[1],
+                    "message": error[2],
+                    # an error older than the last clean run is history, not a current fault
+                    "since_last_ok_run": last_ok is None or error[0] > last_ok,
+                }
+                if error
+                else None
             ),
             "list_cursors": state.list_cursors(),
             "next_due": schedule,
@@ -266,7 +303,8 @@ def _stamp(value: datetime) -> str:
 
 
 def print_status(report: dict[str, Any]) -> None:
-    print(f"sync state {report['state']} (sender {report['sender']})")
+    running = f", job running (process {report['running']})" if report["running"] else ""
+    print(f"sync state {report['state']} (sender {report['sender']}{running})")
     print("streams (last batch the receiver acknowledged):")
     for kind, position in report["streams"].items():
         if position is None:
@@ -276,7 +314,8 @@ def print_status(report: dict[str, Any]) -> None:
                 f"  {kind:<13} #{position['sequence']} to watermark {position['watermark']} "
                 f"at {position['acknowledged_at']}"
             )
-    print(f"last success: {report['last_success'] or 'never'}")
+    print(f"last delivery: {report['last_delivery'] or 'never'}")
+    print(f"last run without error: {report['last_ok_run'] or 'never'}")
     backlog = report["backlog"]
     if backlog["batches"]:
         kinds = ", ".join(f"{k} {n}" for k, n in backlog["by_kind"].items())
@@ -290,16 +329,39 @@ def print_status(report: dict[str, Any]) -> None:
     if last is None:
         print("last run: none")
     else:
-        finished = last["finished_at"] or "not finished (the next run resumes it)"
+        finished = last["finished_at"] or (
+            "still running" if report["running"] else "not finished (the next run resumes it)"
+        )
         print(f"last run: {last['tag']} started {last['started_at']}, finished {finished}")
     error = report["last_error"]
-    print(
-        f"last error: {error['at']} {error['work']}: {error['message']}"
-        if error
-        else "last error: none"
-    )
+    if error is None:
+        print("last error: none")
+    else:
+        when = "" if error["since_last_ok_run"] else " (before the last run without error)"
+        print(f"last error: {error['at']}{when} {error['work']}: {error['message']}")
     if report["list_cursors"]:
         cursors = ", ".join(f"{d} {c}" for d, c in report["list_cursors"].items())
         print(f"list feed cursors: {cursors}")
     for work, when in report["next_due"].items():
         print(f"next {work}: {when}")
+
+
+def rebase(config: SyncConfig, kind: BatchKind) -> str:
+    """`sync rebase`: renumber `kind`'s waiting batches to follow the receiver's stream."""
+    with open_job(
+        config,
+        stop=threading.Event(),
+        metrics=None,
+        progress=lambda _: None,
+        grade_progress=lambda done, total: None,
+    ) as job:
+        batches, last = job.rebase(kind)
+    after = (
+        f"the receiver's #{last.sequence} (watermark {last.watermark_to})"
+        if last
+        else "the start of the receiver's stream"
+    )
+    return (
+        f"{kind.value}: {len(batches)} waiting batches renumbered #{batches[0].sequence} to "
+        f"#{batches[-1].sequence}, following {after}; the next run sends them"
+    )

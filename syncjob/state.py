@@ -13,6 +13,7 @@ that must not be half-done is one transaction:
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -71,8 +72,13 @@ CREATE TABLE runs (
 CREATE TABLE run_phases (run INTEGER NOT NULL, phase TEXT NOT NULL, PRIMARY KEY (run, phase));
 -- when each kind of work (a phase, or one statistic) last completed, for its schedule
 CREATE TABLE done (work TEXT PRIMARY KEY, at TEXT NOT NULL);
--- each department's list change feed: the cursor after the last event batched
-CREATE TABLE list_cursors (department TEXT PRIMARY KEY, cursor TEXT NOT NULL);
+-- each department's list change feed: which feed (a re-created store is another) and the
+-- cursor after the last event batched
+CREATE TABLE list_cursors (
+    department TEXT PRIMARY KEY,
+    cursor TEXT NOT NULL,
+    feed_id TEXT NOT NULL
+);
 -- published entries reported and not yet withdrawn or expired (their expiry is reported by us)
 CREATE TABLE list_open (
     department TEXT NOT NULL,
@@ -88,9 +94,12 @@ CREATE TABLE grades_sent (
     score INTEGER NOT NULL,
     departments_answered INTEGER NOT NULL
 );
--- a run's grades as they are computed, so a stopped run resumes where it stopped
+-- a run's grades as they are computed, so a stopped run resumes where it stopped; `roster` is
+-- the digest of the roster the positions refer to (a changed roster starts over), and a refused
+-- row keeps no code (the value may be anything, even a person's id)
 CREATE TABLE grade_staging (
     run INTEGER NOT NULL,
+    roster TEXT NOT NULL,
     position INTEGER NOT NULL,
     credit_code TEXT NOT NULL,
     grade TEXT,
@@ -138,6 +147,16 @@ class OutboxBatch:
 
 
 @dataclass(frozen=True)
+class OutboxSummary:
+    batches: int
+    records: int
+    #: kind → (batches, records)
+    by_kind: Mapping[BatchKind, tuple[int, int]]
+    oldest_built_at: datetime | None
+    attempts: int
+
+
+@dataclass(frozen=True)
 class StreamPosition:
     kind: BatchKind
     sequence: int
@@ -170,19 +189,40 @@ class OpenEntry:
 def exclusive(directory: Path) -> Iterator[None]:
     """Hold the job's lock on `directory`: a second job on the same state is refused, since two
     would number the same stream's batches twice. The kernel drops the lock if the job dies."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{directory} is not a directory", field="state_dir")
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot use {directory}: {exc.strerror}", field="state_dir") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise FailedPrecondition(
-                f"another sync job is running on {directory}; one job per state directory",
+                f"another sync job is running on {directory} (process {running_job(directory)}); "
+                "one job per state directory",
                 field="state_dir",
             ) from None
+        # who holds it, for `sync status` (which must not take the lock itself: a job
+        # starting at that moment would be refused)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
         os.close(fd)
+
+
+def running_job(directory: Path) -> int | None:
+    """The process id of the job holding `directory`'s lock, if one is running."""
+    try:
+        text = (directory / LOCK_FILE).read_text().strip()
+        pid = int(text)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"sync" in cmdline else None
 
 
 def _text(value: datetime) -> str:
@@ -204,6 +244,8 @@ class SyncState:
         """
         self.directory = directory
         self.path = directory / STATE_FILE
+        if directory.exists() and not directory.is_dir():
+            raise ConfigError(f"{directory} is not a directory", field="state_dir")
         creating = not self.path.exists()
         if creating and key_id is None:
             raise FailedPrecondition(
@@ -223,6 +265,20 @@ class SyncState:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         finally:
             os.umask(old)
+        try:
+            self._open(sender=sender, key_id=key_id)
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise ConfigError(
+                f"{self.path} is not a readable sync state ({exc}); restore it from a backup "
+                "(never delete it: it holds the outbox and where each stream stands)",
+                field="state_dir",
+            ) from None
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open(self, *, sender: str, key_id: str | None) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=10000")
@@ -231,7 +287,8 @@ class SyncState:
             if "meta" not in tables:
                 if key_id is None:
                     raise FailedPrecondition(f"{self.path} holds no sync state", field="state_dir")
-                for statement in _SCHEMA.split(";"):
+                # one statement at a time: executescript would commit the open transaction
+                for statement in _SCHEMA.split(";\n"):
                     if statement.strip():
                         self._db.execute(statement)
                 self._db.executemany(
@@ -305,7 +362,6 @@ class SyncState:
                 "UPDATE runs SET finished_at = ?, summary = ? WHERE run = ?",
                 [_text(now), json.dumps(summary, sort_keys=True), run.run],
             )
-            db.execute("DELETE FROM stat_staging WHERE run <= ?", [run.run])
 
     # --- building batches ------------------------------------------------------------------------
 
@@ -348,17 +404,21 @@ class SyncState:
         )
 
     @staticmethod
-    def _mark(db: sqlite3.Connection, run: Run, phase: str, now: datetime) -> None:
+    def _mark(db: sqlite3.Connection, run: Run, phase: str, *, done: bool = True) -> None:
+        # stamped with the run's start, not the commit: a daily job whose grades take minutes
+        # must find them due again the next day at the same hour
         db.execute("INSERT OR IGNORE INTO run_phases VALUES (?, ?)", [run.run, phase])
-        db.execute("INSERT OR REPLACE INTO done VALUES (?, ?)", [phase, _text(now)])
+        if done:
+            db.execute("INSERT OR REPLACE INTO done VALUES (?, ?)", [phase, _text(run.started_at)])
 
     # --- list changes ----------------------------------------------------------------------------
 
-    def list_cursor(self, department: str) -> str:
+    def list_cursor(self, department: str) -> tuple[str, str]:
+        """(feed id, cursor) of `department`'s change feed; ("", "") before its first event."""
         row = self._db.execute(
-            "SELECT cursor FROM list_cursors WHERE department = ?", [department]
+            "SELECT feed_id, cursor FROM list_cursors WHERE department = ?", [department]
         ).fetchone()
-        return str(row[0]) if row else ""
+        return (str(row[0]), str(row[1])) if row else ("", "")
 
     def open_entries(self) -> list[OpenEntry]:
         return [
@@ -374,11 +434,10 @@ class SyncState:
         run: Run,
         *,
         batches: Sequence[OutboxBatch],
-        cursors: Mapping[str, str],
+        cursors: Mapping[str, tuple[str, str]],
         opened: Sequence[OpenEntry],
         closed: Sequence[tuple[str, str]],
         complete: bool,
-        now: datetime,
     ) -> None:
         """Enqueue the range's batches and move every cursor past it, in one transaction.
 
@@ -387,7 +446,8 @@ class SyncState:
         with self.transaction() as db:
             self._enqueue(db, batches)
             db.executemany(
-                "INSERT OR REPLACE INTO list_cursors VALUES (?, ?)", list(cursors.items())
+                "INSERT OR REPLACE INTO list_cursors VALUES (?, ?, ?)",
+                [(d, cursor, feed) for d, (feed, cursor) in cursors.items()],
             )
             db.executemany(
                 "DELETE FROM list_open WHERE department = ? AND entry_id = ?", list(closed)
@@ -399,28 +459,30 @@ class SyncState:
                     for e in opened
                 ],
             )
-            db.execute("INSERT OR IGNORE INTO run_phases VALUES (?, 'lists')", [run.run])
-            if complete:
-                db.execute("INSERT OR REPLACE INTO done VALUES ('lists', ?)", [_text(now)])
+            self._mark(db, run, "lists", done=complete)
 
     # --- grades ----------------------------------------------------------------------------------
 
-    def adopt_staged_grades(self, run: Run) -> int:
-        """Take over the grades an earlier, failed run staged; how many `run` now holds."""
+    def adopt_staged_grades(self, run: Run, *, roster: str) -> int:
+        """Take over the grades an earlier, failed run staged from the same roster (digest
+        `roster`; those of another roster are dropped: their positions mean nothing now); how
+        many `run` now holds."""
         with self.transaction() as db:
+            db.execute("DELETE FROM grade_staging WHERE roster != ?", [roster])
             db.execute("UPDATE grade_staging SET run = ? WHERE run < ?", [run.run, run.run])
             (count,) = db.execute(
                 "SELECT count(*) FROM grade_staging WHERE run = ?", [run.run]
             ).fetchone()
         return int(count)
 
-    def stage_grades(self, run: Run, rows: Sequence[StagedGrade]) -> None:
+    def stage_grades(self, run: Run, rows: Sequence[StagedGrade], *, roster: str) -> None:
         with self.transaction() as db:
             db.executemany(
-                "INSERT INTO grade_staging VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO grade_staging VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         run.run,
+                        roster,
                         g.position,
                         g.credit_code,
                         g.grade,
@@ -459,12 +521,7 @@ class SyncState:
         ]
 
     def commit_grades(
-        self,
-        run: Run,
-        *,
-        batches: Sequence[OutboxBatch],
-        sent: Sequence[StagedGrade],
-        now: datetime,
+        self, run: Run, *, batches: Sequence[OutboxBatch], sent: Sequence[StagedGrade]
     ) -> None:
         with self.transaction() as db:
             self._enqueue(db, batches)
@@ -473,11 +530,17 @@ class SyncState:
                 [(g.credit_code, g.grade, g.score, g.departments_answered) for g in sent],
             )
             db.execute("DELETE FROM grade_staging WHERE run = ?", [run.run])
-            self._mark(db, run, "grades", now)
+            self._mark(db, run, "grades")
 
     # --- statistics ------------------------------------------------------------------------------
 
     def staged_statistics(self, run: Run) -> dict[str, tuple[list[dict[str, Any]], bool]]:
+        """The statistics staged for `run`, after taking over those an earlier run staged and
+        never batched (their ε is spent: they go up, never asked again)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE OR IGNORE stat_staging SET run = ? WHERE run < ?", [run.run, run.run]
+            )
         return {
             name: (json.loads(records), bool(complete))
             for name, records, complete in self._db.execute(
@@ -501,7 +564,6 @@ class SyncState:
         *,
         batches: Sequence[OutboxBatch],
         completed: Sequence[str],
-        now: datetime,
     ) -> None:
         """Enqueue the statistics batch; only statistics answered in full count as done for
         their schedule (one a department missed is asked again next run)."""
@@ -509,33 +571,106 @@ class SyncState:
             self._enqueue(db, batches)
             db.executemany(
                 "INSERT OR REPLACE INTO done VALUES (?, ?)",
-                [(f"statistic:{name}", _text(now)) for name in completed],
+                [(f"statistic:{name}", _text(run.started_at)) for name in completed],
             )
             db.execute("DELETE FROM stat_staging WHERE run = ?", [run.run])
             db.execute("INSERT OR IGNORE INTO run_phases VALUES (?, 'statistics')", [run.run])
 
     # --- delivery --------------------------------------------------------------------------------
 
-    def outbox(self) -> list[OutboxBatch]:
+    _OUTBOX_COLUMNS: Final = (
+        "kind, sequence, batch_id, watermark_from, watermark_to, records, partial, payload, "
+        "signature, key_id, built_at, attempts"
+    )
+
+    @staticmethod
+    def _outbox_batch(r: Sequence[Any]) -> OutboxBatch:
+        return OutboxBatch(
+            kind=BatchKind(r[0]),
+            sequence=r[1],
+            batch_id=r[2],
+            watermark_from=r[3],
+            watermark_to=r[4],
+            records=r[5],
+            partial=bool(r[6]),
+            signed=SignedBatch(payload=bytes(r[7]), signature=bytes(r[8]), key_id=r[9]),
+            built_at=_time(r[10]),
+            attempts=r[11],
+        )
+
+    def outbox(self, kind: BatchKind | None = None) -> list[OutboxBatch]:
+        """The batches waiting, payloads and all, in (kind, sequence) order."""
+        where, parameters = ("WHERE kind = ?", [kind.value]) if kind else ("", [])
         return [
-            OutboxBatch(
-                kind=BatchKind(r[0]),
-                sequence=r[1],
-                batch_id=r[2],
-                watermark_from=r[3],
-                watermark_to=r[4],
-                records=r[5],
-                partial=bool(r[6]),
-                signed=SignedBatch(payload=bytes(r[7]), signature=bytes(r[8]), key_id=r[9]),
-                built_at=_time(r[10]),
-                attempts=r[11],
-            )
+            self._outbox_batch(r)
             for r in self._db.execute(
-                "SELECT kind, sequence, batch_id, watermark_from, watermark_to, records, "
-                "partial, payload, signature, key_id, built_at, attempts FROM outbox "
-                "ORDER BY kind, sequence"
+                f"SELECT {self._OUTBOX_COLUMNS} FROM outbox {where} ORDER BY kind, sequence",
+                parameters,
             )
         ]
+
+    def outbox_ids(self) -> list[tuple[BatchKind, str]]:
+        """(kind, batch id) of each batch waiting, in sending order, without the payloads."""
+        return [
+            (BatchKind(k), b)
+            for k, b in self._db.execute(
+                "SELECT kind, batch_id FROM outbox ORDER BY kind, sequence"
+            )
+        ]
+
+    def outbox_batch(self, batch_id: str) -> OutboxBatch | None:
+        row = self._db.execute(
+            f"SELECT {self._OUTBOX_COLUMNS} FROM outbox WHERE batch_id = ?", [batch_id]
+        ).fetchone()
+        return self._outbox_batch(row) if row else None
+
+    def outbox_summary(self) -> OutboxSummary:
+        """Counts of what waits, by SQL alone (an outage can leave hundreds of MB of payloads)."""
+        by_kind = {
+            BatchKind(k): (int(n), int(r))
+            for k, n, r in self._db.execute(
+                "SELECT kind, count(*), sum(records) FROM outbox GROUP BY kind"
+            )
+        }
+        row = self._db.execute(
+            "SELECT min(built_at), coalesce(sum(attempts), 0) FROM outbox"
+        ).fetchone()
+        return OutboxSummary(
+            batches=sum(n for n, _ in by_kind.values()),
+            records=sum(r for _, r in by_kind.values()),
+            by_kind=by_kind,
+            oldest_built_at=_time(row[0]) if row[0] else None,
+            attempts=int(row[1]),
+        )
+
+    def resign(self, batch: OutboxBatch, signed: SignedBatch) -> OutboxBatch:
+        """Keep `batch` signed anew (the same payload) with the job's current key."""
+        self._db.execute(
+            "UPDATE outbox SET signature = ?, key_id = ? WHERE batch_id = ?",
+            [signed.signature, signed.key_id, batch.batch_id],
+        )
+        return dataclasses.replace(batch, signed=signed)
+
+    def replace_outbox(
+        self, kind: BatchKind, batches: Sequence[OutboxBatch], *, stream: StreamPosition | None
+    ) -> None:
+        """Put `batches` in place of `kind`'s outbox and move the stream's checkpoint to
+        `stream` (the receiver's position), in one transaction: `sync rebase`."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM outbox WHERE kind = ?", [kind.value])
+            self._enqueue(db, batches)
+            db.execute("DELETE FROM streams WHERE kind = ?", [kind.value])
+            if stream is not None:
+                db.execute(
+                    "INSERT INTO streams VALUES (?, ?, ?, ?, ?)",
+                    [
+                        kind.value,
+                        stream.sequence,
+                        stream.watermark,
+                        stream.batch_id,
+                        _text(stream.acked_at),
+                    ],
+                )
 
     def count_attempt(self, batch: OutboxBatch) -> None:
         self._db.execute(
@@ -600,6 +735,16 @@ class SyncState:
 
     def list_cursors(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT department, cursor FROM list_cursors ORDER BY 1"))
+
+    def last_ok_run(self) -> datetime | None:
+        """When the last run that ended with no error finished."""
+        for finished, summary in self._db.execute(
+            "SELECT finished_at, summary FROM runs WHERE finished_at IS NOT NULL "
+            "ORDER BY run DESC LIMIT 200"
+        ):
+            if summary and json.loads(summary).get("exit_code") == 0:
+                return _time(finished)
+        return None
 
     def done_times(self) -> dict[str, datetime]:
         return {w: _time(a) for w, a in self._db.execute("SELECT work, at FROM done ORDER BY 1")}

@@ -190,18 +190,20 @@ class PublicEntriesResponse(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[PublicEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListChange(_message.Message):
-    __slots__ = ("cursor", "entry", "event", "at", "withdraw_reason")
+    __slots__ = ("cursor", "entry", "event", "at", "withdraw_reason", "withheld")
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     ENTRY_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
     WITHDRAW_REASON_FIELD_NUMBER: _ClassVar[int]
+    WITHHELD_FIELD_NUMBER: _ClassVar[int]
     cursor: str
     entry: PublicEntry
     event: ListChangeKind
     at: _timestamp_pb2.Timestamp
     withdraw_reason: WithdrawReason
-    def __init__(self, cursor: _Optional[str] = ..., entry: _Optional[_Union[PublicEntry, _Mapping]] = ..., event: _Optional[_Union[ListChangeKind, str]] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., withdraw_reason: _Optional[_Union[WithdrawReason, str]] = ...) -> None: ...
+    withheld: str
+    def __init__(self, cursor: _Optional[str] = ..., entry: _Optional[_Union[PublicEntry, _Mapping]] = ..., event: _Optional[_Union[ListChangeKind, str]] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., withdraw_reason: _Optional[_Union[WithdrawReason, str]] = ..., withheld: _Optional[str] = ...) -> None: ...
 
 class ListChangesRequest(_message.Message):
     __slots__ = ("department", "after", "page_size")
@@ -214,13 +216,15 @@ class ListChangesRequest(_message.Message):
     def __init__(self, department: _Optional[str] = ..., after: _Optional[str] = ..., page_size: _Optional[int] = ...) -> None: ...
 
 class ListChangesResponse(_message.Message):
-    __slots__ = ("department", "events", "next_cursor", "more")
+    __slots__ = ("department", "events", "next_cursor", "more", "feed_id")
     DEPARTMENT_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
+    FEED_ID_FIELD_NUMBER: _ClassVar[int]
     department: str
     events: _containers.RepeatedCompositeFieldContainer[ListChange]
     next_cursor: str
     more: bool
-    def __init__(self, department: _Optional[str] = ..., events: _Optional[_Iterable[_Union[ListChange, _Mapping]]] = ..., next_cursor: _Optional[str] = ..., more: _Optional[bool] = ...) -> None: ...
+    feed_id: str
+    def __init__(self, department: _Optional[str] = ..., events: _Optional[_Iterable[_Union[ListChange, _Mapping]]] = ..., next_cursor: _Optional[str] = ..., more: _Optional[bool] = ..., feed_id: _Optional[str] = ...) -> None: ...

@@ -38,6 +38,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from certs import DEFAULT_OPERATOR_NAME, PeerRole, cert_paths
 from coordinator.config import NodeEndpoint, load_nodes, render_nodes
@@ -73,8 +74,8 @@ HEALTH_TIMEOUT_S = 60.0
 SYNC_TIMEOUT_S = 180.0
 COMPLETED = {"condition": "service_completed_successfully"}
 HEALTHY = {"condition": "service_healthy"}
-#: init renews the sync job's token once it is older than this (two thirds of the default 30 days)
-TOKEN_RENEW_AFTER = timedelta(days=20)
+#: the purposes init grants the sync job's token
+SYNC_PURPOSES = ("credit_rescoring", "statistics")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
 
 
@@ -243,6 +244,15 @@ def _metrics_health_port(service: Service) -> int:
     assert test[:2] == ["python", "-c"] and len(test) == 3, f"{service.name}: python -c CODE"
     [port] = _METRICS_URL.findall(test[2])
     return int(port)
+
+
+_ALLOWED = re.compile(r"\ballowed_s = (\d+);")
+
+
+def _metrics_health_allowance(service: Service) -> timedelta:
+    """How long after the last successful run the sync job's health check still passes."""
+    [seconds] = _ALLOWED.findall(service.health_test[2])
+    return timedelta(seconds=int(seconds))
 
 
 # --- structure ------------------------------------------------------------------------------------
@@ -430,6 +440,13 @@ def test_the_sync_job_has_its_files_schedule_health_check_and_dependencies(
     host, port = sync.option("--metrics-listen").rsplit(":", 1)
     assert host == "0.0.0.0", "the metrics must be reachable from the scraper's network"
     assert _metrics_health_port(sync) == int(port)
+    # unhealthy once two scheduled runs in a row did not succeed; the first run, which must
+    # succeed before the check can pass, gets more than the shared start period
+    every = parse_duration(sync.option("--every"), field="--every")
+    assert _metrics_health_allowance(sync) == 2 * every
+    health = compose.raw["x-health"]
+    start = parse_duration(sync.spec["healthcheck"]["start_period"], field="start_period")
+    assert start > parse_duration(health["start_period"], field="start_period")
     assert sync.spec["depends_on"] == {
         compose.init.name: COMPLETED,
         compose.coordinator.name: HEALTHY,
@@ -514,6 +531,10 @@ def _host(root: Path) -> Host:
     shim = bin_dir / "osmanthus"
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m osmanthus.cli "$@"\n')
     shim.chmod(0o755)
+    # and for the image's python, which has the package installed
+    python = bin_dir / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
     return Host(
         root=root,
         bin_dir=bin_dir,
@@ -655,12 +676,10 @@ def test_init_prepares_the_sync_job_and_the_receiver_each_in_a_volume_of_its_own
     claims = _issuer(initialised).verify(config.token_file.read_text(encoding="utf-8").strip())
     assert claims.requester == config.requester
     assert claims.role is Role.SYNC_JOB
-    assert claims.purposes == {"credit_rescoring", "statistics"}
+    assert claims.purposes == set(SYNC_PURPOSES)
     assert claims.key_fingerprint == load_or_create_keys(config.paillier_keys).fingerprint
     days = int(environment["SYNC_TOKEN_DAYS"])
     assert claims.expires_at - claims.issued_at == timedelta(days=days)
-    # the test's renewal age is the script's: two thirds of the lifetime
-    assert timedelta(days=days * 2 // 3) == TOKEN_RENEW_AFTER
 
     # grades and statistics over every enterprise of the seeded records, ε small and daily
     with (initialised.volume("data") / "subjects.csv").open(newline="") as f:
@@ -702,31 +721,103 @@ def test_init_prepares_the_sync_job_and_the_receiver_each_in_a_volume_of_its_own
         assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
 
 
-def test_init_renews_the_sync_token_two_thirds_through_its_life_for_the_same_key(
+def _plant_token(host: Host, config: SyncConfig, *, issued_ago: timedelta, days: int) -> bytes:
+    """A token as init would have issued it `issued_ago`, written as the job's token now."""
+    then = datetime.now(UTC) - issued_ago
+    token = TokenIssuer.from_file(host.volume("secrets") / "issuer.key", clock=lambda: then).issue(
+        requester=config.requester,
+        role=Role.SYNC_JOB,
+        purposes=SYNC_PURPOSES,
+        key_fingerprint=load_or_create_keys(config.paillier_keys).fingerprint,
+        ttl=timedelta(days=days),
+    )
+    config.token_file.write_text(token + "\n", encoding="ascii")
+    return config.token_file.read_bytes()
+
+
+def _check_fresh_token(host: Host, config: SyncConfig, *, days: int) -> None:
+    token = config.token_file
+    claims = _issuer(host).verify(token.read_text(encoding="utf-8").strip())
+    assert datetime.now(UTC) - claims.issued_at < timedelta(minutes=1)
+    assert claims.expires_at - claims.issued_at == timedelta(days=days)
+    assert claims.key_fingerprint == load_or_create_keys(config.paillier_keys).fingerprint
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert not token.with_name(token.name + ".tmp").exists()
+
+
+def test_init_renews_the_sync_token_two_thirds_through_the_life_the_token_itself_states(
     compose: Compose, initialised: Host
 ) -> None:
     config = _host_sync_config(compose, initialised)
-    token, key = config.token_file, config.paillier_keys.read_bytes()
-    issued = token.read_bytes()
+    key = config.paillier_keys.read_bytes()
+    # a day's lifetime: 'find -mtime' counts whole days and would keep this token to its expiry
+    two_thirds = timedelta(days=1) * 2 / 3
 
-    def age(delta: timedelta) -> None:
-        then = time.time() - delta.total_seconds()
-        os.utime(token, (then, then))
-
-    age(TOKEN_RENEW_AFTER - timedelta(days=1))
-    kept = _run_init(compose, initialised)
+    young = _plant_token(initialised, config, issued_ago=two_thirds - timedelta(hours=1), days=1)
+    # the file's time says nothing: a restored volume may give any token any
+    month_ago = time.time() - timedelta(days=30).total_seconds()
+    os.utime(config.token_file, (month_ago, month_ago))
+    kept = _run_init(compose, initialised, SYNC_TOKEN_DAYS="1")
     assert kept.returncode == 0, kept.stdout + kept.stderr
-    assert token.read_bytes() == issued
+    assert config.token_file.read_bytes() == young
+    assert f"token {config.token_file} kept" in kept.stdout
 
-    age(TOKEN_RENEW_AFTER + timedelta(days=1, hours=1))
-    renewed = _run_init(compose, initialised)
+    old = _plant_token(initialised, config, issued_ago=two_thirds + timedelta(hours=1), days=1)
+    renewed = _run_init(compose, initialised, SYNC_TOKEN_DAYS="1")
     assert renewed.returncode == 0, renewed.stdout + renewed.stderr
-    assert token.read_bytes() != issued
-    claims = _issuer(initialised).verify(token.read_text(encoding="utf-8").strip())
-    assert claims.key_fingerprint == load_or_create_keys(config.paillier_keys).fingerprint
+    assert config.token_file.read_bytes() != old
+    assert "two thirds through its life" in renewed.stdout
+    _check_fresh_token(initialised, config, days=1)
     assert config.paillier_keys.read_bytes() == key
-    assert stat.S_IMODE(token.stat().st_mode) == 0o600
-    assert not token.with_name(token.name + ".tmp").exists()
+
+    # a young token of another lifetime than the setting's is renewed with the setting's
+    default = _run_init(compose, initialised)
+    assert default.returncode == 0, default.stdout + default.stderr
+    days = int(compose.init.spec["environment"]["SYNC_TOKEN_DAYS"])
+    _check_fresh_token(initialised, config, days=days)
+
+
+def test_init_renews_a_young_sync_token_the_current_issuer_key_does_not_verify(
+    compose: Compose, initialised: Host
+) -> None:
+    # the secrets volume made anew (a new issuer key) while sync-config, and its token, survive
+    config = _host_sync_config(compose, initialised)
+    before = config.token_file.read_bytes()
+    for name in ("issuer.key", "issuer.pub"):
+        (initialised.volume("secrets") / name).unlink()
+    done = _run_init(compose, initialised)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert config.token_file.read_bytes() != before
+    assert "does not verify" in done.stdout
+    days = int(compose.init.spec["environment"]["SYNC_TOKEN_DAYS"])
+    _check_fresh_token(initialised, config, days=days)  # against the new issuer.pub
+    issued = initialised.volume("secrets") / "issuer.pub"
+    assert (initialised.volume("certs") / "issuer.pub").read_bytes() == issued.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("SYNC_TOKEN_DAYS", "08"),  # sh arithmetic would read it as octal, and fail
+        ("SYNC_TOKEN_DAYS", "0"),
+        ("SYNC_TOKEN_DAYS", "366"),
+        ("SYNC_TOKEN_DAYS", "99999999999999999999"),
+        ("SYNC_TOKEN_DAYS", "1d"),
+        ("SYNC_SENDER", 'suzhou"\nsigning_key = "/tmp/k'),
+        ("SYNC_SENDER", "../suzhou"),
+        ("SYNC_SENDER", "Suzhou"),
+        ("SYNC_SENDER", "s" * 64),
+        ("SYNC_REQUESTER", "sync 1"),
+    ],
+)
+def test_init_refuses_a_bad_sync_setting_before_it_writes_anything(
+    compose: Compose, tmp_path: Path, setting: str, value: str
+) -> None:
+    host = _host(tmp_path)
+    done = _run_init(compose, host, **{setting: value})
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert f"init: error: {setting}={value}:" in done.stderr
+    assert not (host.root / "volumes").exists(), "init wrote before it checked its settings"
 
 
 def test_each_private_key_is_only_in_volumes_that_init_and_its_own_service_mount(
@@ -1043,6 +1134,41 @@ def _probe(service: Service, running: Running) -> list[str]:
         return [sys.executable, "-c", _METRICS_URL.sub(f"http://127.0.0.1:{port}/metrics", test[2])]
     test[test.index("--target") + 1] = f"127.0.0.1:{port}"
     return osmanthus_command(*test[1:])
+
+
+def test_the_sync_health_check_fails_once_no_run_has_succeeded_for_its_allowance(
+    compose: Compose,
+) -> None:
+    # the job's endpoint answers whatever its runs do; the check must read when one last
+    # succeeded. The same exposition as the job's, served by the same library.
+    sync = compose.sync
+    allowed = _metrics_health_allowance(sync).total_seconds()
+    registry = CollectorRegistry()
+    ended = Gauge("osmanthus_sync_last_run_timestamp_seconds", "last run", registry=registry)
+    ended.set_to_current_time()  # runs go on, and fail
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    code = _METRICS_URL.sub(f"http://127.0.0.1:{server.server_port}/metrics", sync.health_test[2])
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=HEALTH_TIMEOUT_S
+        )
+
+    try:
+        assert check().returncode != 0, "healthy with no last-success gauge"
+        ok = Gauge("osmanthus_sync_last_ok_run_timestamp_seconds", "last ok", registry=registry)
+        assert check().returncode != 0, "healthy before any run succeeded"
+        ok.set(time.time() - allowed + 60)
+        passed = check()
+        assert passed.returncode == 0, passed.stderr
+        ok.set(time.time() - allowed - 60)
+        failed = check()
+        assert failed.returncode == 1
+        assert "no successful run in the last" in failed.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 def test_every_service_health_check_reports_serving(

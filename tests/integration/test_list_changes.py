@@ -8,21 +8,31 @@ whatever it left in view, so the shared federation answers as before for every o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 
 from coordinator.config import NodeEndpoint
+from node.lists import LISTS_FILE, EntryDraft, ListStore
 from node.officer import ListOfficer
+from node.server import prepare_state_dir
 from node.store import china_today
 from osmanthus.errors import InvalidArgument, PermissionDenied, Unavailable
 from osmanthus.grpc_errors import error_from_rpc
 from osmanthus.ids import make_resident_id, make_uscc, mask_subject, organisation_code_check_char
-from osmanthus.lists import EntryId, EntryStatus, ListChange, NewEntry, WithdrawReason
+from osmanthus.lists import (
+    FEED_ID_PATTERN,
+    EntryId,
+    EntryStatus,
+    ListChange,
+    NewEntry,
+    WithdrawReason,
+)
 from osmanthus.tls import COORDINATOR_SERVER_NAME, TlsFiles, secure_channel
 from osmanthus.types import DepartmentId, Role, SubjectId, SubjectKind
 from osmanthus.v1 import coordinator_pb2_grpc, lists_pb2
@@ -41,6 +51,7 @@ PREFIX = "LC-"
 #: the credit-repair decision number: in the officer's history, never in the feed
 REFERENCE = "LC-REPAIR-2026-7"
 PERSON = make_resident_id(region="320507", birth=date(1966, 7, 8), sequence=931)
+OTHER = make_resident_id(region="320508", birth=date(1971, 2, 3), sequence=77)
 
 
 def _firm(n: int) -> SubjectId:
@@ -143,13 +154,14 @@ def test_the_sync_job_reads_publications_then_only_the_new_withdrawal(
         ]
     )  # fmt: skip
     page = sync.list_changes(COURT, after=start)
-    assert [(e.entry.entry_id, e.event) for e in page.events] == [
+    assert [(e.entry.entry_id if e.entry else "", e.event) for e in page.events] == [
         ("LC-person", ListChange.PUBLISHED),
         ("LC-firm-past", ListChange.PUBLISHED),
     ]
     first, second = page.events
     assert int(start or 0) < int(first.cursor) < int(second.cursor)
     assert (page.department, page.next_cursor, page.more) == (COURT, second.cursor, False)
+    assert first.entry is not None and second.entry is not None
     assert first.entry.subject_id == mask_subject(PERSON) != PERSON
     assert second.entry.subject_id == FIRM and second.entry.window_end < today
     assert first.withdraw_reason is None and first.at.tzinfo is not None
@@ -182,8 +194,12 @@ def test_the_sync_job_reads_publications_then_only_the_new_withdrawal(
         "department": COURT,
         "after": start,
         "events": 3,
+        "withheld": 0,
         "next_cursor": withdrawn.cursor,
+        "feed_id": page.feed_id,
     }
+    # one feed throughout: the court's list store was made once
+    assert FEED_ID_PATTERN.fullmatch(page.feed_id) and reply.feed_id == page.feed_id
     node = [
         e
         for e in _audit(federation.node_configs[COURT].state_dir / "audit.jsonl")
@@ -191,6 +207,7 @@ def test_the_sync_job_reads_publications_then_only_the_new_withdrawal(
     ]
     assert node[-1]["requester"] == "coordinator:coordinator"
     assert node[-1]["extra"]["on_behalf_of"] == "sync-1"  # type: ignore[index]
+    assert node[-1]["extra"]["feed_id"] == page.feed_id  # type: ignore[index]
 
 
 def test_only_the_sync_job_may_read_the_feed(federation: Federation) -> None:
@@ -236,6 +253,10 @@ def test_a_department_without_lists_is_refused_naming_the_field(
     assert caught.value.field == "page_size"
 
 
+#: a text holding a full resident id, which an older node stored (today's refuse it)
+OLD_REASON = f"owes since the ruling on {OTHER}"
+
+
 @pytest.fixture(scope="module")
 def samr_down(
     tmp_path_factory: pytest.TempPathFactory,
@@ -243,10 +264,30 @@ def samr_down(
     platform_certs: Path,
     issuer_keys: IssuerKeyPaths,
     requester_keys: dict[str, RequesterKeys],
-) -> Iterator[Federation]:
-    """The court's node, and the market regulator's registered but down."""
+) -> Iterator[tuple[Federation, str]]:
+    """The court's node, and the market regulator's registered but down; and the court's
+    feed id. The court's list store holds an entry, then one an older node stored whose reason
+    holds a full resident id, then another entry."""
+    base = tmp_path_factory.mktemp("list-changes-down")
+    catalogue = restricted_catalogue(("court", "samr"))
+    state = base / "state" / COURT
+    prepare_state_dir(state)
+    with ListStore(
+        state / LISTS_FILE, department=DepartmentId(COURT), catalogue=catalogue
+    ) as store:
+        today = china_today()
+        first = _entry("old-1", SubjectKind.ENTERPRISE, FIRM, start=today, end=today + timedelta(9))
+        store.publish([EntryDraft.of(first)], actor=COURT, today=today)
+        store._insert(
+            [dataclasses.replace(first, entry_id=EntryId("LC-old-2"), reason=OLD_REASON)],
+            at=datetime(2026, 3, 1),
+            actor=COURT,
+        )
+        last = dataclasses.replace(first, entry_id=EntryId("LC-old-3"))
+        store.publish([EntryDraft.of(last)], actor=COURT, today=today)
+        feed_id = store.feed_id
     fed = start_federation(
-        tmp_path_factory.mktemp("list-changes-down"),
+        base,
         catalogue=restricted_catalogue(("court", "samr")),
         data=federation.data,
         certs=platform_certs,
@@ -256,14 +297,44 @@ def samr_down(
         extra_endpoints=[NodeEndpoint(DepartmentId("samr"), "127.0.0.1:1")],
         deadline_s=2.0,
     )
-    yield fed
+    yield fed, feed_id
     stop_federation(fed)
 
 
-def test_a_department_down_is_unavailable_naming_it(samr_down: Federation) -> None:
-    with samr_down.client("sync-1", role=Role.SYNC_JOB, purposes=["credit_rescoring"]) as sync:
+def test_a_department_down_is_unavailable_naming_it(samr_down: tuple[Federation, str]) -> None:
+    fed, _ = samr_down
+    with fed.client("sync-1", role=Role.SYNC_JOB, purposes=["credit_rescoring"]) as sync:
         with pytest.raises(Unavailable, match=r"^samr, asked for its list changes: ") as caught:
             sync.list_changes("samr")
         assert caught.value.retryable
         # the others answer meanwhile
         assert sync.list_changes(COURT).department == COURT
+
+
+def test_an_entry_failing_todays_checks_comes_withheld_and_the_feed_goes_on(
+    samr_down: tuple[Federation, str],
+) -> None:
+    fed, feed_id = samr_down
+    with fed.client("sync-1", role=Role.SYNC_JOB, purposes=["credit_rescoring"]) as sync:
+        page = sync.list_changes(COURT)
+        events = list(sync.list_changes_all(COURT, page_size=1))
+    assert page.feed_id == feed_id
+    assert [(e.cursor, e.entry.entry_id if e.entry else None, e.withheld) for e in events] == [
+        ("1", "LC-old-1", ""),
+        ("2", None, "a text field reads as a resident identity number"),
+        ("3", "LC-old-3", ""),
+    ]
+    assert events == list(page.events)
+    assert events[1].event is ListChange.PUBLISHED and events[1].withdraw_reason is None
+    reply, _ = _raw(
+        fed, lists_pb2.ListChangesRequest(department=COURT), requester="sync-1", role=Role.SYNC_JOB
+    )
+    assert reply is not None and reply.feed_id == feed_id
+    assert not reply.events[1].HasField("entry")
+    wire = reply.SerializeToString()
+    assert OTHER.encode() not in wire and b"owes since" not in wire
+    for log in (
+        fed.state_dir / "coordinator" / "audit.jsonl",
+        fed.node_configs[COURT].state_dir / "audit.jsonl",
+    ):
+        assert OTHER not in log.read_text("utf-8")

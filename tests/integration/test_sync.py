@@ -30,6 +30,7 @@ from certs import PeerRole, cert_paths, issue_certificate
 from node.officer import ListOfficer
 from osmanthus.bundle import generate_publisher_key, load_private_key
 from osmanthus.catalogue import Catalogue
+from osmanthus.ids import make_resident_id
 from osmanthus.launcher import Process, osmanthus_command, spawn
 from osmanthus.lists import EntryId, NewEntry, WithdrawReason
 from osmanthus.seed import SeedReport
@@ -98,9 +99,11 @@ class Rig:
     receiver: Process | None = None
     receiver_port: int = 0
 
-    def start_receiver(self, *, state: str = "province", port: int = 0) -> int:
+    def start_receiver(
+        self, *, state: str = "province", port: int = 0, senders: Path | None = None
+    ) -> int:
         args = [
-            "province", "serve", "--senders", str(self.senders),
+            "province", "serve", "--senders", str(senders or self.senders),
             "--state-dir", str(self.root / "receivers" / state),
             "--certs-dir", str(self.receiver_certs),
             "--listen", f"127.0.0.1:{port}",
@@ -125,13 +128,15 @@ class Rig:
         return [(kind, json.loads(record)) for kind, record in rows]
 
     def config(self, name: str, *, port: int, lists: bool = True, grades: bool = True,
-               statistics: bool = True, retry_for: str = "60s") -> Path:  # fmt: skip
+               statistics: bool = True, retry_for: str = "60s", roster: Path | None = None,
+               catalogue: Path | None = None, signing_key: Path | None = None,
+               ) -> Path:  # fmt: skip
         """sync.toml for a job whose state is ROOT/NAME, delivering to 127.0.0.1:PORT."""
         text = f"""
 sender = "{SENDER}"
-signing_key = "{self.signing_key}"
+signing_key = "{signing_key or self.signing_key}"
 state_dir = "{self.root / name}"
-catalogue = "{self.catalogue_file}"
+catalogue = "{catalogue or self.catalogue_file}"
 
 [coordinator]
 target = "{self.federation.target}"
@@ -152,7 +157,7 @@ backoff_initial = "1s"
 backoff_max = "2s"
 """
         if grades:
-            text += f'\n[grades]\nenterprises = "{self.roster}"\n'
+            text += f'\n[grades]\nenterprises = "{roster or self.roster}"\n'
         if statistics:
             text += (
                 f'\n[[statistics]]\nname = "enterprises.all"\nsubject_kind = "enterprise"\n'
@@ -354,6 +359,7 @@ def test_the_job_waits_for_a_receiver_that_is_down_and_delivers_everything(rig: 
         while time.monotonic() < deadline:
             state = rig.root / "down" / "sync.sqlite"
             if state.exists() and rig.status(config)["backlog"]["attempts"] >= 2:
+                assert rig.status(config)["running"] == job.pid
                 break
             assert job.poll() is None, job.communicate()
             time.sleep(0.5)
@@ -431,27 +437,139 @@ def test_kill_9_at_random_points_then_a_rerun_leaves_every_record_exactly_once(
 def test_a_batch_delivered_whose_answer_was_lost_is_acknowledged_as_held_not_stored_twice(
     rig: Rig,
 ) -> None:
+    # the roster holds a person's resident id by mistake: it is refused and never repeated
+    resident = make_resident_id(region="320505", birth=datetime.date(1979, 3, 4), sequence=41)
+    roster = rig.root / "with-a-person.csv"
+    roster.write_text(rig.roster.read_text() + f"{resident}\n")
     # the receiver is down: the job builds its batches and leaves them in the outbox
     closed = _free_port()
-    config = rig.config("lost", port=closed, lists=False, statistics=False, retry_for="1s")
+    config = rig.config("lost", port=closed, lists=False, retry_for="2s", roster=roster)
     first = rig.run(config)
     assert first.returncode == 5, first.stderr
-    assert rig.status(config)["backlog"]["batches"] >= 1
-    # the first batch did reach the receiver, but its answer never came back to the job
     from syncjob.state import SyncState
 
     with SyncState(rig.root / "lost", sender=SENDER, key_id=None) as state:
         pending = state.outbox()
+    # one deadline for the whole run: once the receiver stayed down for retry_for, the run
+    # stopped trying (the statistics batch was never attempted, nor anything a second time)
+    assert {b.kind for b in pending} == {BatchKind.GRADES, BatchKind.STATISTICS}
+    assert [b.attempts > 0 for b in pending] == [True, False]
+    # the refused roster line is named by its line, never by its value
+    assert f"line {len(rig.enterprises) + 2}:" in first.stdout
+    # the first batch did reach the receiver, but its answer never came back to the job
     port = rig.start_receiver(state="lost")
     tls = TlsFiles.from_cert_paths(cert_paths(rig.certs, role=PeerRole.REQUESTER, name="sync-1"))
     with ProvinceClient(f"127.0.0.1:{port}", tls=tls) as province:
         assert not province.deliver(pending[0].signed).duplicate
-    done = rig.run(rig.config("lost", port=port, lists=False, statistics=False))
+    done = rig.run(rig.config("lost", port=port, lists=False, roster=roster))
     assert done.returncode == 0, done.stderr
     assert " 1 duplicates" in done.stdout
+    status = rig.status(config)
     rig.stop_receiver()
     grades = Counter(r["credit_code"] for r in _by_kind(rig.stored("lost"), BatchKind.GRADES))
-    assert set(grades.values()) == {1} and len(grades) == sum(b.records for b in pending)
+    assert set(grades.values()) == {1}
+    assert len(grades) == sum(b.records for b in pending if b.kind is BatchKind.GRADES)
+    # no trace of the person's id (nor of its digits) in what the job printed or kept
+    kept = "".join(
+        p.read_bytes().decode("latin-1") for p in (rig.root / "lost").iterdir() if p.is_file()
+    )
+    for text in (first.stdout, first.stderr, done.stdout, done.stderr, json.dumps(status), kept):
+        assert resident not in text and resident[6:14] not in text
+
+
+def test_a_roster_the_job_cannot_read_fails_its_phase_not_the_run_nor_later_runs(
+    rig: Rig, officers: dict[str, ListOfficer]
+) -> None:
+    roster = rig.root / "gbk.csv"
+    roster.write_bytes("subject_id,名称\n".encode("gbk"))  # Excel on a Chinese Windows
+    port = rig.start_receiver(state="gbk")
+    config = rig.config("gbk", port=port, statistics=False, roster=roster)
+    done = rig.run(config)
+    assert done.returncode == 3, done.stderr
+    assert "grades.enterprises" in done.stdout and "UTF-8" in done.stdout
+    status = rig.status(config)
+    assert status["last_run"]["finished_at"] is not None  # finished: nothing holds the next
+    officers["court"].publish([_entry(rig, "court", 700, end=datetime.date(2028, 6, 30))])
+    again = rig.run(config)
+    assert again.returncode == 3
+    rig.stop_receiver()
+    changes = {
+        (r["entry_id"], r["event"]) for r in _by_kind(rig.stored("gbk"), BatchKind.LIST_CHANGES)
+    }
+    assert ("sync-court-00700", "published") in changes
+
+
+def test_a_department_the_coordinator_refuses_does_not_hold_back_the_others(
+    rig: Rig, officers: dict[str, ListOfficer]
+) -> None:
+    # the job's catalogue names list departments this federation's coordinator does not serve
+    from osmanthus.catalogue import default_catalogue_path, load_catalogue
+
+    officers["court"].publish([_entry(rig, "court", 800, end=datetime.date(2028, 6, 30))])
+    port = rig.start_receiver(state="refused-department")
+    config = rig.config(
+        "refused-department", port=port, grades=False, statistics=False,
+        catalogue=default_catalogue_path(),
+    )  # fmt: skip
+    done = rig.run(config)
+    served = {str(t.department) for t in rig.federation.catalogue.lists}
+    assert done.returncode == 3, done.stderr
+    refused = {str(t.department) for t in load_catalogue().lists} - served
+    assert refused  # the default catalogue has list departments this federation lacks
+    for department in refused:
+        assert f"lists {department}: " in done.stdout  # refused, named
+    rig.stop_receiver()
+    stored = _by_kind(rig.stored("refused-department"), BatchKind.LIST_CHANGES)
+    assert ("court", "sync-court-00800") in {(r["department"], r["entry_id"]) for r in stored}
+    assert {r["department"] for r in stored} <= served
+
+
+def test_batches_signed_before_a_key_change_go_up_signed_with_the_new_key(rig: Rig) -> None:
+    # built and signed with the old key while the receiver was down
+    closed = _free_port()
+    done = rig.run(
+        rig.config("rotated", port=closed, lists=False, statistics=False, retry_for="1s")
+    )
+    assert done.returncode == 5
+    # the city changed keys, and the province knows only the new one
+    new_key, new_public = generate_publisher_key(out_dir=rig.root / "rotated-key", name="new")
+    senders = rig.root / "rotated-senders.toml"
+    senders.write_text(
+        f'[[sender]]\nid = "{SENDER}"\npublic_keys = ["{new_public}"]\ncertificates = ["sync-1"]\n'
+    )
+    port = rig.start_receiver(state="rotated", senders=senders)
+    config = rig.config("rotated", port=port, lists=False, statistics=False, signing_key=new_key)
+    again = rig.run(config)
+    assert again.returncode == 0, again.stderr
+    rig.stop_receiver()
+    assert len(_by_kind(rig.stored("rotated"), BatchKind.GRADES)) == len(_expected_grades(rig))
+
+
+def test_after_a_receiver_reset_rebase_renumbers_the_waiting_batches_to_follow_it(
+    rig: Rig, officers: dict[str, ListOfficer]
+) -> None:
+    port = rig.start_receiver(state="before-reset")
+    config = rig.config("reset", port=port, grades=False, statistics=False)
+    assert rig.run(config).returncode == 0
+    rig.stop_receiver()
+    # the province lost its store; the job's next batch continues a stream it no longer has
+    officers["tax"].publish([_entry(rig, "tax", 2500, end=datetime.date(2028, 6, 30))])
+    port = rig.start_receiver(state="after-reset")
+    config = rig.config("reset", port=port, grades=False, statistics=False)
+    gap = rig.run(config)
+    assert gap.returncode == 4 and "gap" in gap.stdout, gap.stdout + gap.stderr
+    assert "gap" in rig.status(config)["last_error"]["message"]
+    rebased = subprocess.run(
+        osmanthus_command("sync", "rebase", "--config", str(config), "--kind", "list_changes"),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert rebased.returncode == 0, rebased.stderr
+    assert "renumbered #1" in rebased.stdout and "start of the receiver" in rebased.stdout
+    done = rig.run(config)
+    assert done.returncode == 0, done.stderr
+    rig.stop_receiver()
+    stored = _by_kind(rig.stored("after-reset"), BatchKind.LIST_CHANGES)
+    assert ("sync-tax-02500", "published") in {(r["entry_id"], r["event"]) for r in stored}
 
 
 def test_a_job_whose_key_the_province_does_not_know_is_refused_and_says_so(rig: Rig) -> None:

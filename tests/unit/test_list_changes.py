@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import logging
 import os
 import re
 import threading
@@ -23,6 +24,7 @@ from coordinator.ratelimit import RateLimiter
 from coordinator.server import DEFAULT_CENTRAL_POLICY
 from node.convert import (
     CHANGE_TO_PB,
+    change_from_pb,
     changes_query,
     list_changes_page,
     list_changes_response,
@@ -33,25 +35,43 @@ from node.lists import (
     SCHEMA_VERSION,
     ChangesQuery,
     EntryDraft,
+    FeedEvent,
     ListOffice,
     ListStore,
 )
+from osmanthus import ids
 from osmanthus.audit import AuditLog
 from osmanthus.catalogue import load_catalogue
 from osmanthus.errors import (
+    ConfigError,
+    CryptoError,
     FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
     RateLimited,
     Unavailable,
 )
-from osmanthus.ids import make_resident_id, make_uscc, mask_subject, organisation_code_check_char
+from osmanthus.ids import (
+    make_resident_id,
+    make_uscc,
+    mask_subject,
+    organisation_code_check_char,
+    resident_id_check_char,
+)
 from osmanthus.lists import (
+    FEED_ID_PATTERN,
+    MAX_CHANGE_SEQ,
+    WITHHELD_BY_NODE,
+    WITHHELD_REASONS,
     ListChange,
+    ListChangeEvent,
     ListChangesPage,
+    PublicEntry,
     WithdrawReason,
     change_cursor,
     changes_page_size,
+    check_feed_id,
+    new_feed_id,
     parse_change_cursor,
 )
 from osmanthus.policy import ReloadablePolicy
@@ -67,6 +87,15 @@ TODAY = datetime.date(2026, 3, 10)
 NOW = datetime.datetime(2026, 3, 10, 4, 0, tzinfo=datetime.UTC)
 PERSON = make_resident_id(region="320505", birth=datetime.date(1980, 4, 1), sequence=17)
 OTHER = make_resident_id(region="320506", birth=datetime.date(1975, 9, 30), sequence=3)
+_IDS = [
+    make_resident_id(region="110105", birth=datetime.date(1949, 12, 31), sequence=s)
+    for s in range(1, 40)
+]
+#: resident ids ending in X and in a digit: the latter is 18 digits, a cursor's shape
+ID_WITH_X = next(i for i in _IDS if i.endswith("X"))
+ID_WITH_DIGIT = next(i for i in _IDS if not i.endswith("X"))
+#: valid both as a credit code and as a resident id (see /osmanthus/syncbatch.py _credit_code)
+TWOFOLD = "21638519571115301X"
 #: a credit-repair decision number: in the officer's history, never in the feed
 REFERENCE = "REPAIR-2026-0042"
 PUB, WDR = ListChange.PUBLISHED, ListChange.WITHDRAWN
@@ -122,12 +151,18 @@ def withdraw(
     store.withdraw(entry_id, reason=reason, reference=REFERENCE, actor="court", today=TODAY)
 
 
+def entry_of(event: FeedEvent | ListChangeEvent) -> PublicEntry:
+    """The entry of an event that is not withheld."""
+    assert event.entry is not None, event.withheld
+    return event.entry
+
+
 def feed(store: ListStore, after: int = 0, limit: int = 1000) -> list[tuple[int, str, ListChange]]:
     events, _ = store.changes_after(after, limit=limit)
-    return [(e.seq, e.entry.entry_id, e.event) for e in events]
+    return [(e.seq, entry_of(e).entry_id, e.event) for e in events]
 
 
-# --- the store ------------------------------------------------------------------------------
+# --- the store ------------------------------------------------------------------------------------
 
 
 def test_every_event_is_numbered_in_the_order_it_was_stored(store: ListStore) -> None:
@@ -247,8 +282,8 @@ def test_the_feed_shows_published_fields_with_a_persons_id_masked_and_no_referen
     )
     withdraw(store, "C-1")
     events, _ = store.changes_after(0, limit=100)
-    assert [e.entry.entry_id for e in events] == ["C-1", "C-2", "C-3", "C-4", "C-1"]
-    person, enterprise = events[0].entry, events[1].entry
+    assert [entry_of(e).entry_id for e in events] == ["C-1", "C-2", "C-3", "C-4", "C-1"]
+    person, enterprise = entry_of(events[0]), entry_of(events[1])
     assert person.subject_id == mask_subject(PERSON) != PERSON
     assert enterprise.subject_id == firm(1)
     assert (person.department, person.list, person.colour.value) == (
@@ -272,13 +307,13 @@ def test_a_red_list_event_carries_its_facilitation_class(tmp_path: Path) -> None
             "T-1", reason=WithdrawReason.REVOKED, reference="R-1", actor="tax", today=TODAY
         )
         events, _ = tax.changes_after(0, limit=10)
-    assert [e.entry.facilitation_class for e in events] == ["A-level taxpayer"] * 2
+    assert [entry_of(e).facilitation_class for e in events] == ["A-level taxpayer"] * 2
     assert events[1].withdraw_reason is WithdrawReason.REVOKED
 
 
 @pytest.mark.parametrize(
     "cursor",
-    ["abc", "-1", "01", " 1", "1 ", "1.0", "+1", "１", "0x10", str(2**63), "9" * 20],
+    ["abc", "-1", "01", " 1", "1 ", "1.0", "+1", "１", "0x10", str(10**16), "9" * 20, PERSON],
 )
 def test_a_cursor_is_a_plain_decimal_sequence_number(cursor: str) -> None:
     with pytest.raises(InvalidArgument, match="is not a change feed cursor") as caught:
@@ -286,11 +321,29 @@ def test_a_cursor_is_a_plain_decimal_sequence_number(cursor: str) -> None:
     assert caught.value.field == "after"
 
 
+def test_no_cursor_reads_as_a_resident_id_and_a_message_never_quotes_one() -> None:
+    # 16 digits at most: a resident id has 17 and a check character
+    assert MAX_CHANGE_SEQ == 10**16 - 1 and len(str(MAX_CHANGE_SEQ)) == 16
+    assert parse_change_cursor(str(MAX_CHANGE_SEQ)) == MAX_CHANGE_SEQ
+    with pytest.raises(ValueError):
+        change_cursor(MAX_CHANGE_SEQ + 1)
+    digits_only = next(p for p in (PERSON, OTHER, ID_WITH_DIGIT) if p[-1] != "X")
+    for value in (ID_WITH_X, digits_only, f"7{digits_only}"):
+        with pytest.raises(InvalidArgument) as caught:
+            parse_change_cursor(value)
+        assert value not in str(caught.value) and digits_only not in str(caught.value)
+        assert "a value that reads as a resident identity number is not a change feed cursor" in (
+            str(caught.value)
+        )
+    with pytest.raises(InvalidArgument, match="'x1' is not a change feed cursor"):
+        parse_change_cursor("x1")
+
+
 def test_cursors_and_page_sizes_the_feed_takes() -> None:
     assert parse_change_cursor("") == 0
     assert parse_change_cursor("0") == 0
     assert parse_change_cursor("17") == 17
-    assert parse_change_cursor(str(2**63 - 1)) == 2**63 - 1
+    assert parse_change_cursor(str(10**16 - 1)) == 10**16 - 1
     assert change_cursor(17) == "17"
     assert changes_page_size(0) == 500 and changes_page_size(1000) == 1000
     for size in (-1, 1001):
@@ -394,15 +447,16 @@ def test_a_schema_1_store_gets_its_events_numbered_on_open(tmp_path: Path) -> No
             store._conn.execute(
                 "INSERT INTO events VALUES (5, 'C-x', now(), 'published', 'a', 'd')"
             )
+        feed_id = store.feed_id
     with duckdb.connect(str(path), read_only=True) as conn:
-        assert conn.execute("SELECT * FROM meta").fetchall() == [("court", SCHEMA_VERSION)]
-        assert SCHEMA_VERSION == 2
-    # and it opens as a schema-2 store from then on
+        assert conn.execute("SELECT * FROM meta").fetchall() == [("court", SCHEMA_VERSION, feed_id)]
+        assert SCHEMA_VERSION == 2 and FEED_ID_PATTERN.fullmatch(feed_id)
+    # and it opens as a schema-2 store from then on, the same feed
     with ListStore(path, department=COURT, catalogue=CATALOGUE) as store:
-        assert len(feed(store)) == 5
+        assert len(feed(store)) == 5 and store.feed_id == feed_id
 
 
-# --- the node's list office -------------------------------------------------------------------
+# --- the node's list office -----------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -435,7 +489,7 @@ def test_the_office_serves_the_feed_to_the_coordinator_and_audits_for_whom(
     publish(store, draft("C-1"), draft("C-2", OTHER))
     withdraw(store, "C-1")
     page = office.list_changes(ask(size=2), caller=COORDINATOR)
-    assert [(e.cursor, e.entry.entry_id, e.event) for e in page.events] == [
+    assert [(e.cursor, entry_of(e).entry_id, e.event) for e in page.events] == [
         ("1", "C-1", ListChange.PUBLISHED),
         ("2", "C-2", ListChange.PUBLISHED),
     ]
@@ -445,7 +499,7 @@ def test_the_office_serves_the_feed_to_the_coordinator_and_audits_for_whom(
     assert (last.next_cursor, last.more) == ("3", False)
     # nothing new: the cursor asked comes back
     assert office.list_changes(ask("3"), caller=COORDINATOR) == ListChangesPage(
-        department=COURT, events=(), next_cursor="3", more=False
+        department=COURT, events=(), next_cursor="3", more=False, feed_id=store.feed_id
     )
     assert office.list_changes(ask(""), caller=COORDINATOR).next_cursor == "3"
     feeds = [e for e in audit_lines(tmp_path) if e["purpose"] == "list_change_feed"]
@@ -455,7 +509,9 @@ def test_the_office_serves_the_feed_to_the_coordinator_and_audits_for_whom(
         "on_behalf_of": "sync-1",
         "after": "",
         "events": 2,
+        "withheld": 0,
         "next_cursor": "2",
+        "feed_id": store.feed_id,
     }
     assert PERSON not in json.dumps(feeds)
 
@@ -502,7 +558,7 @@ def test_the_wire_form_round_trips(office: ListOffice, store: ListStore) -> None
     assert changes_query(message) == ask("4", size=9)
 
 
-# --- the coordinator's checks of a node's page -------------------------------------------------
+# --- the coordinator's checks of a node's page ----------------------------------------------------
 
 
 def court_page(office: ListOffice, after: str = "") -> lists_pb2.ListChangesResponse:
@@ -543,12 +599,12 @@ def refused(message: lists_pb2.ListChangesResponse, **asked: object) -> str:
 
 def test_an_honest_page_goes_on_whatever_the_windows(honest: lists_pb2.ListChangesResponse) -> None:
     page = checked(honest)
-    assert [(e.cursor, e.entry.entry_id, e.event) for e in page.events] == [
+    assert [(e.cursor, entry_of(e).entry_id, e.event) for e in page.events] == [
         ("1", "C-1", ListChange.PUBLISHED),
         ("2", "C-2", ListChange.PUBLISHED),
         ("3", "C-1", ListChange.WITHDRAWN),
     ]
-    assert page.events[0].entry.subject_id == mask_subject(PERSON)
+    assert entry_of(page.events[0]).subject_id == mask_subject(PERSON)
     assert page.events[2].withdraw_reason is WithdrawReason.REPAIRED
     assert (page.next_cursor, page.more) == ("3", False)
     assert page == list_changes_page(honest)
@@ -559,34 +615,103 @@ def test_a_full_resident_id_refuses_the_whole_page(honest: lists_pb2.ListChanges
     assert "events[2].entry: subject_id is not a masked resident id" in refused(honest)
 
 
+def withheld_only(
+    message: lists_pb2.ListChangesResponse, position: int, caplog: pytest.LogCaptureFixture
+) -> str:
+    """The coordinator forwards the page with event `position` withheld; what it says."""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="coordinator.list_changes"):
+        page = checked(message)
+    assert [e.cursor for e in page.events] == [e.cursor for e in message.events]
+    event = page.events[position]
+    assert event.entry is None and event.withdraw_reason is None and event.withheld
+    assert event.event is change_from_pb(message.events[position].event)
+    assert [e.withheld for e in page.events if e is not event] == [""] * (len(page.events) - 1)
+    # nothing of the entry goes on, and the log names the department and cursor only
+    wire = list_changes_response(page)
+    assert not wire.events[position].HasField("entry")
+    assert wire.events[position].withheld == event.withheld
+    (record,) = caplog.records
+    assert record.getMessage().startswith(f"court: list change event {event.cursor} forwarded")
+    for value in (PERSON, OTHER, "owes", "Acme"):
+        assert value not in record.getMessage() and value.encode() not in wire.SerializeToString()
+    return event.withheld
+
+
 @pytest.mark.parametrize("field", ["reason", "subject_name", "legal_basis"])
-def test_a_resident_id_in_any_text_refuses_the_whole_page(
-    honest: lists_pb2.ListChangesResponse, field: str
+def test_a_resident_id_in_any_text_withholds_that_event_only(
+    honest: lists_pb2.ListChangesResponse, field: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    setattr(honest.events[1].entry, field, f"owner {PERSON} owes")
-    assert f"events[1].entry: {field} holds what reads as a full resident id" in refused(honest)
+    setattr(honest.events[1].entry, field, f"owner {OTHER} owes")
+    assert withheld_only(honest, 1, caplog) == "a text field reads as a resident identity number"
 
 
-def test_another_departments_list_refuses_the_whole_page(
+def test_content_the_catalogue_no_longer_takes_withholds_the_event(
+    honest: lists_pb2.ListChangesResponse, caplog: pytest.LogCaptureFixture
+) -> None:
+    withdrawal = honest.events[2]
+    withdrawal.entry.list = "serious_dishonest"
+    assert withheld_only(honest, 2, caplog) == (
+        "the list is not one of the department's lists in the catalogue"
+    )
+    withdrawal.entry.list = "judgement_defaulters"
+    withdrawal.entry.colour = lists_pb2.LIST_COLOUR_RED
+    assert withheld_only(honest, 2, caplog) == (
+        "the list's colour in the catalogue is not the entry's"
+    )
+    withdrawal.entry.colour = lists_pb2.LIST_COLOUR_BLACK
+    withdrawal.entry.window_end = "2036-03-10"
+    assert withheld_only(honest, 2, caplog) == "the window is longer than the list allows"
+    withdrawal.entry.window_end = honest.events[0].entry.window_end
+    withdrawal.entry.subject_name = " Zhang San"
+    assert withheld_only(honest, 2, caplog) == (
+        "a text field is empty, too long, padded with spaces or holds control characters"
+    )
+    withdrawal.entry.subject_name = "Zhang San"
+    withdrawal.entry.entry_id = ID_WITH_DIGIT
+    assert withheld_only(honest, 2, caplog) == "the entry id reads as a resident identity number"
+    firm_event = honest.events[1].entry
+    firm_event.subject_id = TWOFOLD
+    withdrawal.entry.entry_id = "C-1"
+    assert withheld_only(honest, 1, caplog) == (
+        "the enterprise's credit code also reads as a resident identity number"
+    )
+
+
+def test_a_list_no_longer_taking_the_kind_withholds_the_event(
+    store: ListStore, office: ListOffice, caplog: pytest.LogCaptureFixture
+) -> None:
+    publish(store, draft("C-1", firm(5), kind=SubjectKind.ENTERPRISE), draft("C-2"))
+    page = court_page(office)
+    persons_only = dataclasses.replace(
+        CATALOGUE,
+        lists=tuple(
+            dataclasses.replace(t, subject_kinds=frozenset({SubjectKind.PERSON}))
+            if t.id == "judgement_defaulters"
+            else t
+            for t in CATALOGUE.lists
+        ),
+    )
+    forwarded = check_changes(
+        page, department=COURT, after="", page_size=10, catalogue=persons_only
+    )
+    assert [e.withheld for e in forwarded.events] == ["the list no longer takes enterprises", ""]
+
+
+def test_a_frame_fault_or_a_leak_still_refuses_the_whole_page(
     honest: lists_pb2.ListChangesResponse,
 ) -> None:
-    honest.events[1].entry.list = "serious_dishonest"
-    assert "events[1].entry: list is not a list of the answering node's department" in refused(
-        honest
-    )
-    honest.events[1].entry.list = "judgement_defaulters"
     honest.events[1].entry.department = "samr"
     assert "events[1].entry: department is not the answering node's department" in refused(honest)
-
-
-def test_a_wrong_colour_or_window_refuses_the_whole_page(
-    honest: lists_pb2.ListChangesResponse,
-) -> None:
-    honest.events[0].entry.colour = lists_pb2.LIST_COLOUR_RED
-    assert "colour is not judgement_defaulters's colour" in refused(honest)
-    honest.events[0].entry.colour = lists_pb2.LIST_COLOUR_BLACK
+    honest.events[1].entry.department = "court"
     honest.events[0].entry.window_end = "2020-01-01"
     assert "events[0].entry: window_end is before window_start" in refused(honest)
+    honest.events[0].entry.window_end = honest.events[2].entry.window_end
+    # a full id beside a content fault: refused as the leak it is, not withheld
+    honest.events[0].entry.subject_id = PERSON
+    honest.events[0].entry.reason = f"owner {OTHER} owes"
+    assert "events[0].entry: subject_id is not a masked resident id" in refused(honest)
+    assert OTHER not in refused(honest)
 
 
 @pytest.mark.parametrize(
@@ -640,10 +765,12 @@ def test_the_page_must_fit_what_was_asked(honest: lists_pb2.ListChangesResponse)
     honest.next_cursor = "3"
     honest.department = "tax"
     assert "department is not the department asked" in refused(honest)
-    empty = lists_pb2.ListChangesResponse(department="court", next_cursor="7", more=True)
+    empty = lists_pb2.ListChangesResponse(
+        department="court", next_cursor="7", more=True, feed_id=honest.feed_id
+    )
     assert "more says further events follow, but the page holds none" in refused(empty, after="7")
     empty.more = False
-    assert checked(empty, after="7") == ListChangesPage(COURT, (), "7", False)
+    assert checked(empty, after="7") == ListChangesPage(COURT, (), "7", False, honest.feed_id)
 
 
 def test_fields_a_node_adds_do_not_go_on(honest: lists_pb2.ListChangesResponse) -> None:
@@ -660,7 +787,7 @@ def test_fields_a_node_adds_do_not_go_on(honest: lists_pb2.ListChangesResponse) 
     assert PERSON.encode() not in forwarded and REFERENCE.encode() not in forwarded
 
 
-# --- the coordinator's feed, against a node answering from a real store -------------------------
+# --- the coordinator's feed, against a node answering from a real store ---------------------------
 
 
 class StoreNode:
@@ -767,7 +894,11 @@ def test_the_sync_job_pages_through_a_departments_feed(
     assert [e.cursor for e in rest.events] == ["4", "5"] and not rest.more
     withdraw(store, "C-0", WithdrawReason.ERROR)
     (event,) = read(lists, after=rest.next_cursor).events
-    assert (event.cursor, event.entry.entry_id, event.event) == ("6", "C-0", ListChange.WITHDRAWN)
+    assert (event.cursor, entry_of(event).entry_id, event.event) == (
+        "6",
+        "C-0",
+        ListChange.WITHDRAWN,
+    )
     # the coordinator asks for the job: the node's audit names it
     assert [r.requester for r in node.asked] == ["sync-1"] * 3
     assert [r.request.after for r in node.asked] == ["", "3", "5"]
@@ -778,7 +909,9 @@ def test_the_sync_job_pages_through_a_departments_feed(
         "department": "court",
         "after": "",
         "events": 3,
+        "withheld": 0,
         "next_cursor": "3",
+        "feed_id": store.feed_id,
     }
 
 
@@ -862,6 +995,419 @@ def test_a_curious_node_gets_nothing_forwarded(
 def test_the_feed_carries_the_public_querys_entry_message_and_no_reference() -> None:
     # one published shape for the public query and the feed; nowhere for a withdraw reference
     fields = {f.name for f in lists_pb2.ListChange.DESCRIPTOR.fields}
-    assert fields == {"cursor", "entry", "event", "at", "withdraw_reason"}
+    assert fields == {"cursor", "entry", "event", "at", "withdraw_reason", "withheld"}
     entry = lists_pb2.ListChange.DESCRIPTOR.fields_by_name["entry"].message_type
     assert entry is lists_pb2.PublicEntry.DESCRIPTOR
+
+
+# --- the feed's identity --------------------------------------------------------------------------
+
+
+def test_a_store_names_its_feed_for_life_and_a_new_store_starts_another(tmp_path: Path) -> None:
+    path = tmp_path / LISTS_FILE
+    with ListStore(path, department=COURT, catalogue=CATALOGUE) as first:
+        feed_id = first.feed_id
+        publish(first, draft("C-1"))
+    assert FEED_ID_PATTERN.fullmatch(feed_id) and check_feed_id(feed_id) == feed_id
+    with ListStore(path, department=COURT, catalogue=CATALOGUE) as again:
+        assert again.feed_id == feed_id
+    # the store lost and made again: its events number from 1 again, in another feed
+    for stale in tmp_path.glob(LISTS_FILE + "*"):
+        stale.unlink()
+    with ListStore(path, department=COURT, catalogue=CATALOGUE) as remade:
+        publish(remade, draft("C-2"))
+        assert feed(remade) == [(1, "C-2", PUB)]
+        assert remade.feed_id != feed_id and FEED_ID_PATTERN.fullmatch(remade.feed_id)
+    assert len({new_feed_id() for _ in range(100)}) == 100
+
+
+@pytest.mark.parametrize("damaged", ["", "short", "x" * 21 + "!", ID_WITH_DIGIT + "abcd"])
+def test_a_damaged_feed_id_stops_the_store_from_opening(tmp_path: Path, damaged: str) -> None:
+    path = tmp_path / LISTS_FILE
+    ListStore(path, department=COURT, catalogue=CATALOGUE).close()
+    with duckdb.connect(str(path)) as conn:
+        conn.execute("UPDATE meta SET feed_id = ?", [damaged])
+    with pytest.raises(ConfigError, match="the list store's feed id is damaged"):
+        ListStore(path, department=COURT, catalogue=CATALOGUE)
+
+
+def test_the_coordinator_forwards_the_feed_id_and_refuses_a_page_without_a_plausible_one(
+    honest: lists_pb2.ListChangesResponse, store: ListStore
+) -> None:
+    assert honest.feed_id == store.feed_id
+    assert checked(honest).feed_id == store.feed_id
+    assert list_changes_response(checked(honest)).feed_id == store.feed_id
+    for bad in ("", "not a feed id", store.feed_id + "A", ID_WITH_DIGIT + "abcd"):
+        honest.feed_id = bad
+        text = refused(honest)
+        assert "(feed_id is not a feed id)" in text and ID_WITH_DIGIT not in text
+
+
+# --- the 1 to 2 migration -------------------------------------------------------------------------
+
+
+def _shape(path: Path) -> dict[str, list[tuple[object, ...]]]:
+    """What a list store file is made of, without its rows."""
+    with duckdb.connect(str(path), read_only=True) as conn:
+        return {
+            "columns": conn.execute(
+                "SELECT table_name, column_name, ordinal_position, data_type, is_nullable, "
+                "column_default FROM information_schema.columns ORDER BY ALL"
+            ).fetchall(),
+            "constraints": conn.execute(
+                "SELECT table_name, constraint_type, constraint_text, constraint_column_names "
+                "FROM duckdb_constraints() ORDER BY ALL"
+            ).fetchall(),
+            "indexes": conn.execute(
+                "SELECT table_name, index_name, is_unique, sql FROM duckdb_indexes() ORDER BY ALL"
+            ).fetchall(),
+            "tables": conn.execute(
+                "SELECT table_name, sql FROM duckdb_tables() ORDER BY ALL"
+            ).fetchall(),
+            "meta": conn.execute("SELECT department, schema_version FROM meta").fetchall(),
+        }
+
+
+def test_a_migrated_store_is_what_a_new_schema_2_store_is(tmp_path: Path) -> None:
+    migrated, fresh = tmp_path / "migrated.duckdb", tmp_path / "fresh.duckdb"
+    _schema_1_file(migrated)
+    ListStore(migrated, department=COURT, catalogue=CATALOGUE).close()
+    ListStore(fresh, department=COURT, catalogue=CATALOGUE).close()
+    assert _shape(migrated) == _shape(fresh)
+    assert {c[1] for c in _shape(fresh)["columns"] if c[0] == "meta"} == {
+        "department",
+        "schema_version",
+        "feed_id",
+    }
+
+
+def test_the_migration_numbers_a_withdrawal_after_its_publication(tmp_path: Path) -> None:
+    path = tmp_path / LISTS_FILE
+    t1, t2, t3 = (datetime.datetime(2026, 3, 1, 2, 0, s) for s in (0, 1, 2))
+    with duckdb.connect(str(path)) as conn:
+        conn.execute(SCHEMA_1)
+        conn.execute("INSERT INTO meta VALUES ('court', 1)")
+        for entry_id, published, withdrawn in (
+            ("C-a", t1, t3),
+            # schema 1 took a withdrawal's time before the writer's lock: C-z's withdrawal
+            # has a time before its publication's, which waited for the lock with a later one
+            ("C-z", t3, t2),
+            ("C-m", t3, None),
+        ):
+            conn.execute(
+                "INSERT INTO entries VALUES (?, 'judgement_defaulters', 'person', ?, 'Zhang San', "
+                "'basis', 'reason', DATE '2026-03-01', DATE '2026-06-01', 'court', ?, ?, ?, ?)",
+                [
+                    entry_id,
+                    PERSON,
+                    published,
+                    withdrawn,
+                    "repaired" if withdrawn else None,
+                    REFERENCE if withdrawn else None,
+                ],
+            )
+            conn.execute(
+                "INSERT INTO events VALUES (?, ?, 'published', 'court', 'w')", [entry_id, published]
+            )
+            if withdrawn:
+                conn.execute(
+                    "INSERT INTO events VALUES (?, ?, 'withdrawn', 'court', 'r')",
+                    [entry_id, withdrawn],
+                )
+    with ListStore(path, department=COURT, catalogue=CATALOGUE) as store:
+        # by time (a withdrawal's at least its publication's), published before withdrawn,
+        # then entry id
+        assert feed(store) == [
+            (1, "C-a", PUB),
+            (2, "C-m", PUB),
+            (3, "C-z", PUB),
+            (4, "C-a", WDR),
+            (5, "C-z", WDR),
+        ]
+        # the times stay as they were stored
+        events, _ = store.changes_after(0, limit=10)
+        assert events[4].at == t2.replace(tzinfo=datetime.UTC)
+
+
+def test_event_times_follow_the_feed_order_whatever_the_writers(store: ListStore) -> None:
+    published: list[str] = []
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def publisher(thread: int) -> None:
+        for i in range(30):
+            entry_id = f"P{thread}-{i}"
+            publish(store, draft(entry_id, firm(100 * thread + i), kind=SubjectKind.ENTERPRISE))
+            with lock:
+                published.append(entry_id)
+
+    def withdrawer() -> None:
+        while not done.is_set() or published:
+            with lock:
+                entry_id = published.pop() if published else None
+            if entry_id is not None:
+                withdraw(store, entry_id, WithdrawReason.ERROR)
+
+    publishers = [threading.Thread(target=publisher, args=(t,)) for t in range(3)]
+    withdrawers = [threading.Thread(target=withdrawer) for _ in range(2)]
+    for worker in publishers + withdrawers:
+        worker.start()
+    for worker in publishers:
+        worker.join()
+    done.set()
+    for worker in withdrawers:
+        worker.join()
+    events, more = store.changes_after(0, limit=1000)
+    assert len(events) == 180 and not more
+    assert [e.seq for e in events] == list(range(1, 181))
+    times = [e.at for e in events]
+    assert times == sorted(times)
+    back = store._conn.execute(
+        "SELECT count(*) FROM entries WHERE withdrawn_at < published_at"
+    ).fetchone()
+    assert back == (0,)
+
+
+# --- entries a publication would refuse today: withheld by the node -------------------------------
+
+
+def _stored_as_before(store: ListStore, entry_id: str, **changes: object) -> None:
+    """An entry stored as an older node stored it, before today's checks refused it."""
+    (entry,) = store.validate([draft("C-template")], today=TODAY)
+    fields = {"entry_id": entry_id, **changes}
+    store._insert(
+        [dataclasses.replace(entry, **fields)],  # type: ignore[arg-type]
+        at=datetime.datetime(2026, 3, 10, 1, 0),
+        actor="court",
+    )
+
+
+def test_the_node_serves_an_entry_failing_todays_checks_withheld(
+    store: ListStore, office: ListOffice, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    publish(store, draft("C-1"))
+    _stored_as_before(store, ID_WITH_DIGIT)  # an entry id that reads as a resident id
+    _stored_as_before(store, "C-3", reason=f"owner {OTHER} owes")
+    _stored_as_before(store, "C-4", subject_kind=SubjectKind.ENTERPRISE, subject_id=TWOFOLD)
+    withdraw(store, ID_WITH_DIGIT)
+    publish(store, draft("C-5"))
+    with caplog.at_level(logging.WARNING, logger="node.lists"):
+        page = office.list_changes(ask(), caller=COORDINATOR)
+    assert [(e.cursor, e.event, e.withheld) for e in page.events] == [
+        ("1", PUB, ""),
+        ("2", PUB, "the entry id reads as a resident identity number"),
+        ("3", PUB, "a text field reads as a resident identity number"),
+        ("4", PUB, "the enterprise's credit code also reads as a resident identity number"),
+        ("5", WDR, "the entry id reads as a resident identity number"),
+        ("6", PUB, ""),
+    ]
+    for event in page.events[1:5]:
+        assert event.entry is None and event.withdraw_reason is None
+    assert page.events[0].entry is not None and page.events[5].entry is not None
+    wire = list_changes_response(page).SerializeToString()
+    for value in (ID_WITH_DIGIT, OTHER, TWOFOLD, PERSON, REFERENCE):
+        assert value.encode() not in wire
+    logged = [r.getMessage() for r in caplog.records]
+    assert logged[0] == (
+        "court: list change event 2 served withheld: the entry id reads as a resident identity "
+        "number"
+    )
+    assert len(logged) == 4 and not any(v in "".join(logged) for v in (ID_WITH_DIGIT, OTHER))
+    (last,) = [e for e in audit_lines(tmp_path) if e["purpose"] == "list_change_feed"]
+    assert last["extra"]["withheld"] == 4  # type: ignore[index]
+
+
+def test_a_stored_entry_the_catalogue_now_refuses_is_withheld_and_the_feed_goes_on(
+    tmp_path: Path, coordinator_audit: AuditLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The review's stuck feed: an entry stored before a check, then entries after it."""
+    path = tmp_path / LISTS_FILE
+    with ListStore(path, department=COURT, catalogue=CATALOGUE) as store:
+        publish(store, draft("C-1"))
+        publish(store, draft("C-long", end=TODAY + datetime.timedelta(days=1500)))
+        _stored_as_before(store, ID_WITH_X)
+        publish(store, draft("C-3"), draft("C-4"))
+    # the catalogue shortens the list's windows; older entries keep theirs
+    shorter = dataclasses.replace(
+        CATALOGUE,
+        lists=tuple(
+            dataclasses.replace(t, max_window_days=1098) if t.id == "judgement_defaulters" else t
+            for t in CATALOGUE.lists
+        ),
+    )
+    with caplog.at_level(logging.WARNING, logger="node.lists"):
+        store = ListStore(path, department=COURT, catalogue=shorter)
+    # at start the node says how many entries go out withheld, and why, without values
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "2 list entries fail a publication's checks today" in warning
+    assert "1 because the window is longer than the list allows" in warning
+    assert "1 because the entry id reads as a resident identity number" in warning
+    assert ID_WITH_X not in warning
+    with store, AuditLog(path=tmp_path / "audit.jsonl", salt=os.urandom(32)) as audit:
+        office = ListOffice(
+            department=shorter.department(COURT), store=store, audit=audit, today=lambda: TODAY
+        )
+        lists = coordinator_feed(StoreNode(office), coordinator_audit)
+        cursor, seen = "", []
+        while True:
+            page = read(lists, after=cursor, size=1)
+            seen += [(e.entry.entry_id if e.entry else e.withheld) for e in page.events]
+            cursor = page.next_cursor
+            if not page.more:
+                break
+    assert seen == [
+        "C-1",
+        "the window is longer than the list allows",
+        "the entry id reads as a resident identity number",
+        "C-3",
+        "C-4",
+    ]
+    assert ID_WITH_X not in (tmp_path / "coordinator-audit.jsonl").read_text("utf-8")
+    assert ID_WITH_X not in (tmp_path / "audit.jsonl").read_text("utf-8")
+
+
+def test_a_number_that_reads_as_a_resident_id_from_a_later_day_is_withheld_from_then(
+    store: ListStore, office: ListOffice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review's time_dependent_id: a birth date ahead does not count until it comes."""
+    ahead = ids._china_today() + datetime.timedelta(days=5)
+    first17 = f"320505{ahead:%Y%m%d}001"
+    number = first17 + resident_id_check_char(first17)
+    publish(store, dataclasses.replace(draft("C-1"), reason=f"court case no. {number}"))
+    assert [e.withheld for e in office.list_changes(ask(), caller=COORDINATOR).events] == [""]
+    monkeypatch.setattr(ids, "_china_today", lambda: ahead)
+    page = office.list_changes(ask(), caller=COORDINATOR)
+    assert [e.withheld for e in page.events] == ["a text field reads as a resident identity number"]
+    assert number.encode() not in list_changes_response(page).SerializeToString()
+
+
+def test_a_store_with_nothing_to_withhold_opens_without_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / LISTS_FILE
+    with ListStore(path, department=COURT, catalogue=CATALOGUE) as store:
+        # 17 digits and more in a text, but no resident id: looked at, and found fine
+        publish(store, dataclasses.replace(draft("C-1"), reason="case 12345678901234567890"))
+    with caplog.at_level(logging.WARNING, logger="node.lists"):
+        ListStore(path, department=COURT, catalogue=CATALOGUE).close()
+    assert caplog.records == []
+
+
+# --- withheld events from the node, at the coordinator --------------------------------------------
+
+
+def _node_withheld(message: lists_pb2.ListChangesResponse, position: int, words: str) -> None:
+    event = message.events[position]
+    event.ClearField("entry")
+    event.withdraw_reason = lists_pb2.WITHDRAW_REASON_UNSPECIFIED
+    event.withheld = words
+
+
+def test_the_coordinator_forwards_a_nodes_withheld_event_in_known_words_only(
+    honest: lists_pb2.ListChangesResponse, caplog: pytest.LogCaptureFixture
+) -> None:
+    _node_withheld(honest, 2, "the window is longer than the list allows")
+    assert withheld_only(honest, 2, caplog) == "the window is longer than the list allows"
+    assert "the window is longer than the list allows" in WITHHELD_REASONS
+    # words the coordinator does not know (a name, an id, anything) are not forwarded
+    _node_withheld(honest, 2, f"Zhang San {OTHER} owes")
+    assert withheld_only(honest, 2, caplog) == WITHHELD_BY_NODE
+
+
+def test_a_withheld_event_carrying_anything_of_its_entry_refuses_the_page(
+    honest: lists_pb2.ListChangesResponse,
+) -> None:
+    honest.events[2].withheld = "a text field reads as a resident identity number"
+    assert "events[2] carries its entry and says it is withheld" in refused(honest)
+    honest.events[2].ClearField("entry")
+    assert "events[2].withdraw_reason comes with a withheld event" in refused(honest)
+    honest.events[2].withheld = ""
+    honest.events[2].withdraw_reason = lists_pb2.WITHDRAW_REASON_UNSPECIFIED
+    assert "events[2].entry is missing" in refused(honest)
+
+
+# --- values that read as resident ids in the request: in no message, no audit log -----------------
+
+
+def test_no_resident_id_a_requester_sends_reaches_a_message_or_an_audit_log(
+    office: ListOffice, store: ListStore, coordinator_audit: AuditLog, tmp_path: Path
+) -> None:
+    """The review's repro_audit_echo: any requester, the feed's request fields."""
+    publish(store, draft("C-1"))
+    lists = coordinator_feed(StoreNode(office), coordinator_audit)
+    asked = [
+        {"after": ID_WITH_X, "role": Role.BANK},
+        {"department": ID_WITH_DIGIT, "role": Role.BANK},
+        {"after": ID_WITH_DIGIT, "role": Role.BANK},
+        {"after": ID_WITH_DIGIT, "role": Role.SYNC_JOB},
+        {"department": f"x{ID_WITH_X}", "role": Role.SYNC_JOB},
+    ]
+    for kwargs in asked:
+        with pytest.raises(InvalidArgument) as caught:
+            read(lists, requester="r-1", **kwargs)  # type: ignore[arg-type]
+        assert "a value that reads as a resident identity number" in caught.value.message
+    # a valid cursor from a requester the policy refuses is not recorded at all
+    with pytest.raises(PermissionDenied):
+        read(lists, after="5", requester="r-1", role=Role.BANK)
+    # the node, asked directly, quotes neither
+    with pytest.raises(InvalidArgument) as caught:
+        office.list_changes(ask(dept=ID_WITH_DIGIT), caller=COORDINATOR)
+    assert ID_WITH_DIGIT not in str(caught.value)
+    with pytest.raises(InvalidArgument) as caught:
+        office.list_changes(ask(after=ID_WITH_X), caller=COORDINATOR)
+    assert ID_WITH_X not in str(caught.value)
+    coordinator = coordinator_lines(tmp_path)
+    assert [e["decision"] for e in coordinator] == ["deny"] * 6
+    assert all("after" not in e["extra"] for e in coordinator)  # type: ignore[operator]
+    for name in ("coordinator-audit.jsonl", "audit.jsonl"):
+        text = (tmp_path / name).read_text("utf-8")
+        for value in (ID_WITH_X, ID_WITH_DIGIT):
+            assert value not in text
+
+
+def test_the_coordinators_audit_reason_never_holds_a_resident_id() -> None:
+    from coordinator.list_changes import _audit_reason
+
+    leaked = InvalidArgument(f"something quoting {ID_WITH_X}", field="after")
+    assert _audit_reason(leaked) == "InvalidArgument: after failed validation"
+    plain = InvalidArgument("'x1' is not a change feed cursor", field="after")
+    assert _audit_reason(plain) == str(plain)
+
+
+# --- the SDK's check of the coordinator's page ----------------------------------------------------
+
+
+def test_the_sdk_takes_withheld_events_and_refuses_one_carrying_its_entry(
+    honest: lists_pb2.ListChangesResponse,
+) -> None:
+    from sdk.client import _check_changes
+    from sdk.convert import list_changes_page as sdk_page
+
+    _node_withheld(honest, 2, "a text field reads as a resident identity number")
+    good = checked(honest)
+    _check_changes(good, department="court", after="", size=10)
+    assert sdk_page(list_changes_response(good)) == good
+    withheld = good.events[2]
+
+    def page_with(event: ListChangeEvent, feed_id: str = good.feed_id) -> ListChangesPage:
+        return dataclasses.replace(good, events=(*good.events[:2], event), feed_id=feed_id)
+
+    for bad, field in (
+        (dataclasses.replace(withheld, withdraw_reason=WithdrawReason.REPAIRED), "events[2]"),
+        (dataclasses.replace(withheld, entry=good.events[0].entry), "events[2]"),
+        (dataclasses.replace(good.events[0], cursor="3", withheld="x"), "events[2]"),
+        (dataclasses.replace(withheld, withheld=f"see {OTHER}"), "events[2].withheld"),
+        (dataclasses.replace(withheld, withheld=" padded"), "events[2].withheld"),
+    ):
+        with pytest.raises(CryptoError) as caught:
+            _check_changes(page_with(bad), department="court", after="", size=10)
+        assert caught.value.field == field and OTHER not in str(caught.value)
+    with pytest.raises(CryptoError) as caught:
+        _check_changes(page_with(withheld, "nope"), department="court", after="", size=10)
+    assert caught.value.field == "feed_id"
+    # on the wire an event has its entry or the withheld mark, never both nor neither
+    message = list_changes_response(good)
+    message.events[2].CopyFrom(list_changes_response(good).events[0])
+    message.events[2].withheld = "x"
+    with pytest.raises(CryptoError, match="either its entry or"):
+        sdk_page(message)

@@ -255,6 +255,16 @@ def test_another_departments_list_is_dropped() -> None:
     assert dropped == ["list is not a list of the answering node's department"]
 
 
+def test_an_enterprise_code_that_reads_as_a_resident_id_is_dropped() -> None:
+    # valid as a credit code and as a resident id: no reader could tell it from a person's
+    twofold = "21638519571115301X"
+    assert holds_resident_id(twofold)
+    entry = court_entry(subject_kind=KIND_TO_PB[SubjectKind.ENTERPRISE], subject_id=twofold)
+    kept, dropped = check(entry, kind=SubjectKind.ENTERPRISE)
+    assert kept == []
+    assert dropped == ["subject_id reads as a full resident id as well as a credit code"]
+
+
 def test_an_entry_naming_another_department_is_dropped() -> None:
     kept, dropped = check(court_entry(department="samr"))
     assert (kept, dropped) == ([], ["department is not the answering node's department"])

@@ -9,7 +9,7 @@ import os
 import stat
 import threading
 from collections.abc import Iterator
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -186,7 +186,17 @@ def test_an_entry_about_an_enterprise_is_not_about_a_person_with_the_same_id(
 ) -> None:
     # one 18-character string can be a valid resident id and a valid credit code at once
     assert validate_subject(PERSON, TWOFOLD) == validate_subject(ENTERPRISE, TWOFOLD)
-    store.publish([draft("J-1", kind=ENTERPRISE, subject=TWOFOLD)], actor="court", today=TODAY)
+    # no one could tell such a code from a person's id, so it is no longer published ...
+    with pytest.raises(InvalidArgument, match="cannot be published on a list") as caught:
+        store.publish([draft("J-1", kind=ENTERPRISE, subject=TWOFOLD)], actor="court", today=TODAY)
+    assert caught.value.field == "entries[0].subject_id" and TWOFOLD not in str(caught.value)
+    # ... but one an older node stored stays about the enterprise only
+    (entry,) = store.validate([draft("J-1")], today=TODAY)
+    store._insert(
+        [dataclasses.replace(entry, subject_kind=ENTERPRISE, subject_id=TWOFOLD)],
+        at=datetime(2026, 3, 10),
+        actor="court",
+    )
     assert store.flags_in_view(ENTERPRISE, TWOFOLD, TODAY) == {"judgement_defaulter"}
     assert store.flags_in_view(PERSON, TWOFOLD, TODAY) == frozenset()
     assert in_view(store, TWOFOLD, TODAY, ENTERPRISE) == ["J-1"]

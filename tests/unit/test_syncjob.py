@@ -14,7 +14,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from osmanthus.catalogue import ListColour
-from osmanthus.errors import ConfigError, FailedPrecondition
+from osmanthus.durations import parse_duration
+from osmanthus.errors import ConfigError, FailedPrecondition, InvalidArgument
 from osmanthus.ids import make_resident_id, mask_subject
 from osmanthus.lists import EntryId, ListChange, ListChangeEvent, PublicEntry, WithdrawReason
 from osmanthus.syncbatch import (
@@ -28,8 +29,9 @@ from osmanthus.syncbatch import (
 )
 from osmanthus.types import DepartmentId, SubjectKind
 from syncjob.config import load_config
-from syncjob.job import _packed, list_change_records
+from syncjob.job import RunSummary, _packed, build_batches, is_due, list_change_records
 from syncjob.metrics import SyncMetrics
+from syncjob.roster import read_roster, shown_refusal
 from syncjob.state import ORIGIN, OpenEntry, OutboxBatch, StagedGrade, SyncState, exclusive
 
 KEY = Ed25519PrivateKey.generate()
@@ -223,12 +225,12 @@ def test_a_stream_continues_after_the_outbox_then_after_the_last_acknowledged_ba
         run = state.begin_run(NOW)
         assert state.next_position(BatchKind.GRADES) == (1, ORIGIN)
         first = _batch(state, BatchKind.GRADES, "r1.1")
-        state.commit_grades(run, batches=[first], sent=[], now=NOW)
+        state.commit_grades(run, batches=[first], sent=[])
         # an unacknowledged batch is still where the next one continues from
         assert state.next_position(BatchKind.GRADES) == (2, "r1.1")
         assert state.next_position(BatchKind.STATISTICS) == (1, ORIGIN)
         second = _batch(state, BatchKind.GRADES, "r1.2")
-        state.commit_grades(run, batches=[second], sent=[], now=NOW)
+        state.commit_grades(run, batches=[second], sent=[])
         assert [b.sequence for b in state.outbox()] == [1, 2]
         assert state.outbox()[0].signed == first.signed  # the same signed bytes, never rebuilt
         state.acknowledge(first, at=NOW)
@@ -244,16 +246,16 @@ def test_a_failed_commit_leaves_nothing_behind(tmp_path: Path) -> None:
         run = state.begin_run(NOW)
         batch = _batch(state, BatchKind.LIST_CHANGES, "r1.1", records=0)
         state.commit_list_changes(
-            run, batches=[batch], cursors={"court": "7"}, opened=[], closed=[], complete=True,
-            now=NOW,
+            run, batches=[batch], cursors={"court": ("f1", "7")}, opened=[], closed=[],
+            complete=True,
         )  # fmt: skip
         # the same batch id again: the insert fails, and the cursor must not move either
         with pytest.raises(Exception, match="UNIQUE"):
             state.commit_list_changes(
-                run, batches=[batch], cursors={"court": "9"}, opened=[], closed=[],
-                complete=True, now=NOW,
+                run, batches=[batch], cursors={"court": ("f1", "9")}, opened=[], closed=[],
+                complete=True,
             )  # fmt: skip
-        assert state.list_cursor("court") == "7" and len(state.outbox()) == 1
+        assert state.list_cursor("court") == ("f1", "7") and len(state.outbox()) == 1
 
 
 def test_an_unfinished_run_is_resumed_and_a_new_run_gets_a_new_tag(tmp_path: Path) -> None:
@@ -276,9 +278,9 @@ def test_only_changed_grades_go_up_and_staged_grades_survive_a_failed_run(
     with _state(tmp_path) as state:
         run = state.begin_run(NOW)
         rows = [staged(0, _code(0), "A", 150), staged(1, _code(1), "B", 110)]
-        state.stage_grades(run, rows)
+        state.stage_grades(run, rows, roster="v1")
         assert [g.credit_code for g in state.changed_grades(run)] == [_code(0), _code(1)]
-        state.commit_grades(run, batches=[], sent=list(state.changed_grades(run)), now=NOW)
+        state.commit_grades(run, batches=[], sent=list(state.changed_grades(run)))
         state.finish_run(run, now=NOW, summary={})
         nxt = state.begin_run(NOW)
         state.stage_grades(
@@ -286,15 +288,21 @@ def test_only_changed_grades_go_up_and_staged_grades_survive_a_failed_run(
             [
                 staged(0, _code(0), "A", 150),  # unchanged
                 staged(1, _code(1), "B", 111),  # score moved, same grade
-                StagedGrade(2, _code(2), None, None, None, "2026-11-26", "invalid code"),
+                StagedGrade(2, "", None, None, None, "2026-11-26", "invalid code"),
             ],
+            roster="v1",
         )
         # the run fails here; the next one takes its staged grades over
         state.finish_run(nxt, now=NOW, summary={})
         third = state.begin_run(NOW)
-        assert state.adopt_staged_grades(third) == 3
+        assert state.adopt_staged_grades(third, roster="v1") == 3
         assert [(g.credit_code, g.score) for g in state.changed_grades(third)] == [(_code(1), 111)]
         assert [g.refused for g in state.refused_grades(third)] == ["invalid code"]
+        # the roster changed since: positions mean nothing now, so scoring starts over
+        state.finish_run(third, now=NOW, summary={})
+        fourth = state.begin_run(NOW)
+        assert state.adopt_staged_grades(fourth, roster="v2") == 0
+        assert list(state.changed_grades(fourth)) == []
 
 
 def test_one_job_per_state_directory(tmp_path: Path) -> None:
@@ -353,8 +361,9 @@ def test_published_entries_stay_open_until_withdrawn_or_expired() -> None:
         ("a-3", "withdrawn"),
         ("a-2", "expired"),
     ]
-    # it left view at the first moment of the 26th, China time: 16:00 UTC on the 25th
-    assert records[-1]["event_at"] == "2026-11-25T16:00:00Z"
+    # it left view at the first moment of the 26th, China time (16:00 UTC on the 25th), but
+    # it is reported no earlier than its publication, which came after
+    assert records[-1]["event_at"] == "2026-11-26T02:00:00Z"
     assert records[-1]["withdraw_reason"] is None and records[3]["withdraw_reason"] == "repaired"
     assert [e.entry_id for e in opened] == ["a-1"] and closed == []
 
@@ -381,7 +390,15 @@ def test_an_entry_reported_in_an_earlier_run_expires_or_closes_later() -> None:
         ("b-2", "withdrawn"),
         ("b-1", "expired"),
     ]
+    # its last day was the 30th: it left view at midnight China time, 16:00 UTC
+    assert records[1]["event_at"] == "2026-11-30T16:00:00Z"
     assert closed == [("court", "b-1"), ("court", "b-2")] and opened == []
+    # a department whose feed was not read to its end may hold the entry's withdrawal: no
+    # expiry is derived for it
+    late, _, _ = list_change_records(
+        [], open_entries=known, today=datetime.date(2026, 12, 1), complete=frozenset({"tax"})
+    )
+    assert late == []
     # the expiry record is the published one with the event changed: a batch takes it
     build_batch(
         sender="suzhou", kind=BatchKind.LIST_CHANGES, sequence=1, watermark_from=ORIGIN,
@@ -415,6 +432,16 @@ def test_metrics_are_written_as_a_prometheus_textfile(tmp_path: Path) -> None:
     metrics.delivered(batch, duplicate=True)
     metrics.retry()
     metrics.error("deliver grades #4")
+    # a process that has just started reads the times back from the state
+    with _state(tmp_path) as state:
+        state.acknowledge(batch, at=NOW)
+        metrics.observe_run(
+            RunSummary(run="r1", resumed=False, started_at=NOW),
+            outbox=state.outbox_summary(),
+            streams=state.streams(),
+            last_ok_run=NOW,
+            finished=True,
+        )
     out = tmp_path / "sync.prom"
     metrics.write_textfile(out)
     text = out.read_text()
@@ -422,3 +449,81 @@ def test_metrics_are_written_as_a_prometheus_textfile(tmp_path: Path) -> None:
     assert 'osmanthus_sync_duplicate_acks_total{kind="grades"} 1.0' in text
     assert "osmanthus_sync_delivery_retries_total 1.0" in text
     assert 'osmanthus_sync_errors_total{work="deliver grades"} 1.0' in text
+    stamp = "1.7956584e+09"  # NOW, as the exposition format writes it
+    assert f'osmanthus_sync_last_delivery_timestamp_seconds{{kind="grades"}} {stamp}' in text
+    assert f"osmanthus_sync_last_ok_run_timestamp_seconds {stamp}" in text
+    assert 'osmanthus_sync_runs_total{outcome="ok"} 1.0' in text
+    assert "osmanthus_sync_outbox_batches 0.0" in text
+
+
+def test_work_is_due_again_one_period_after_the_run_that_did_it_with_a_little_slack() -> None:
+    day = datetime.timedelta(days=1)
+    assert is_due(None, day, NOW)
+    # a daily cron started a few seconds early the next day still finds it due
+    assert is_due(NOW, day, NOW + day - datetime.timedelta(seconds=30))
+    assert not is_due(NOW, day, NOW + datetime.timedelta(hours=12))
+    hourly = datetime.timedelta(hours=1)
+    assert is_due(NOW, hourly, NOW + datetime.timedelta(minutes=55))
+    assert not is_due(NOW, hourly, NOW + datetime.timedelta(minutes=50))
+    assert is_due(NOW, datetime.timedelta(0), NOW)
+
+
+def test_a_record_the_format_refuses_is_left_out_and_returned_never_holding_the_stream() -> None:
+    good = grade_record(
+        credit_code=_code(1), grade="A", score=150, as_of=TODAY, departments_answered=17
+    )
+    bad = {**good, "credit_code": _code(2), "grade": "B+"}
+    batches, dropped = build_batches(
+        sender="suzhou", kind=BatchKind.GRADES, key=KEY, tag="t.r1", sequence=4, start="t0",
+        records=[good, bad], now=NOW,
+    )  # fmt: skip
+    (batch,) = batches
+    assert batch.records == 1 and (batch.sequence, batch.watermark_from) == (4, "t0")
+    assert [d["credit_code"] for d in dropped] == [_code(2)]
+    assert "records[1].grade" in dropped[0]["_why"]
+
+
+def test_statistics_staged_by_a_failed_run_are_taken_over_not_lost(tmp_path: Path) -> None:
+    with _state(tmp_path) as state:
+        run = state.begin_run(NOW)
+        state.stage_statistic(run, "all", [{"name": "all.deductions"}], complete=True)
+        # the phase failed before its batch was committed; the run still finishes
+        state.finish_run(run, now=NOW, summary={})
+        nxt = state.begin_run(NOW)
+        assert state.staged_statistics(nxt) == {"all": ([{"name": "all.deductions"}], True)}
+
+
+def test_a_state_that_is_not_a_sync_state_is_refused_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir(mode=0o700)
+    (tmp_path / "state" / "sync.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(ConfigError) as info:
+        _state(tmp_path)
+    assert info.value.field == "state_dir" and "backup" in info.value.message
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError) as info:
+        SyncState(tmp_path / "file", sender="suzhou", key_id="k")
+    assert "not a directory" in info.value.message
+
+
+def test_rosters_are_read_as_excel_writes_them_and_refused_with_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "roster.csv"
+    path.write_text("\ufeffname,subject_id\nA,X1\nB,X2\n\nC,X1\n", encoding="utf-8")
+    roster = read_roster(path, field="grades.enterprises")
+    assert roster.ids == ("X1", "X2") and roster.lines == (2, 3)
+    path.write_bytes("subject_id\n企业\n".encode("gbk"))
+    with pytest.raises(ConfigError) as info:
+        read_roster(path, field="grades.enterprises")
+    assert info.value.field == "grades.enterprises" and "UTF-8" in info.value.message
+    path.write_text("subject_id,name\n,A\n")
+    with pytest.raises(ConfigError) as info:
+        read_roster(path, field="grades.enterprises")
+    assert "line 2" in info.value.message
+    # a refusal about a value that reads as a person's id never repeats any of it
+    shown = shown_refusal(RESIDENT, f"not a credit code: {RESIDENT[2:8]} is not an authority")
+    assert RESIDENT[2:8] not in shown
+
+
+def test_durations_are_capped() -> None:
+    with pytest.raises(InvalidArgument):
+        parse_duration("999999999d", field="every")
+    assert parse_duration("3650d", field="every") == datetime.timedelta(days=3650)
