@@ -1,4 +1,4 @@
-"""`osmanthus sync run` and `sync status`: clients from the config, the schedule, the report.
+"""`osmanthus sync run`, `status` and `rebase`: clients from the config, the schedule, the report.
 
 The job takes the state directory's lock for as long as it runs, so two jobs never number one
 stream twice; `status` only reads.
