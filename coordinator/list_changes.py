@@ -9,9 +9,10 @@ Two kinds of fault, two answers:
 * A fault of the page's frame, which no honest node makes: the department or the feed id not
   as asked or not plausible, cursors not increasing past the cursor asked, next_cursor and
   more not following the events, more events than asked, an event neither published nor
-  withdrawn, a withdraw reason missing from a withdrawal, given with a publication or not one
-  the list's colour allows, an event with both an entry and a withheld mark or neither, a
-  person's id not masked, dates not dates. One such fault refuses the whole page
+  withdrawn, a withdraw reason missing from a withdrawal (withheld or not), given with a
+  publication or not one the list's colour allows, an event with both an entry and a withheld
+  mark or neither, an entry_id beside an entry that is not the entry's, a person's id not
+  masked, dates not dates. One such fault refuses the whole page
   (Unavailable, naming the department and the check, never a value): a page forwarded in part
   would let the job move its cursor past an event it never got, and the node's operator can
   fix the node and the job then reads the event.
@@ -19,10 +20,20 @@ Two kinds of fault, two answers:
   ContentRefused: a text reading as a resident id, a window longer than the catalogue now
   allows, a list that no longer takes the kind, ...). Entries never change, so refusing the
   page would stop the department's feed for good. The event goes on withheld instead: its
-  cursor, kind and time, and the check it failed, nothing of the entry; a warning without
+  cursor, kind and time, and the check it failed, none of the entry's fields; a warning without
   values names the department and the cursor. A node makes the same checks and serves such
   an event withheld itself; the coordinator forwards the node's words only if they are among
   osmanthus.lists.WITHHELD_REASONS.
+
+A withheld event still names its entry, so that the sync job closes the entry a withdrawal
+takes out of view: its `entry_id` goes on only if it passes the entry id's own checks
+(osmanthus.lists.withheld_entry_id), else as "", and a withdrawal's reason goes on with it.
+The reason is checked against the list's colour in the coordinator's catalogue wherever the
+coordinator knows the list: an event it withholds itself, whose entry names a list of the
+department and is not withheld for its colour (then the colour is what is in dispute). An event
+the node withheld names no list, so any WithdrawReason is taken; the node checked it against
+its own catalogue, and refuses to start if a list's colour no longer allows a stored reason.
+No other field of a withheld entry goes on.
 """
 
 from __future__ import annotations
@@ -39,14 +50,16 @@ from coordinator.ratelimit import RateLimiter
 from node.convert import change_from_pb, changes_query_message, withdraw_reason_from_pb
 from node.lists import ChangesQuery
 from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
-from osmanthus.catalogue import Catalogue
+from osmanthus.catalogue import Catalogue, ListColour, ListType
 from osmanthus.errors import InvalidArgument, OsmanthusError, PermissionDenied, Unavailable
 from osmanthus.lists import (
     WITHHELD_BY_NODE,
+    WITHHELD_COLOUR,
     WITHHELD_REASONS,
     ListChange,
     ListChangeEvent,
     ListChangesPage,
+    WithdrawReason,
     change_cursor,
     changes_page_size,
     check_feed_id,
@@ -54,6 +67,7 @@ from osmanthus.lists import (
     parse_change_cursor,
     reason_allowed,
     shown_value,
+    withheld_entry_id,
 )
 from osmanthus.policy import PolicyEngine, PolicyRequest, ReloadablePolicy, time_facts
 from osmanthus.tokens import TokenClaims
@@ -133,8 +147,9 @@ def _checked_page(
         event = _checked_event(
             sent, where=where, department=department, previous=previous, catalogue=catalogue
         )
-        if event.entry is not None:
-            key = (event.entry.entry_id, event.event)
+        if event.entry_id:
+            # an entry is published once and withdrawn once, withheld or not
+            key = (event.entry_id, event.event)
             if key in seen:
                 raise _Refused(f"{where} repeats an earlier event of the page")
             seen.add(key)
@@ -183,37 +198,86 @@ def _checked_event(
         at = sent.at.ToDatetime(tzinfo=UTC)
     except (ValueError, OverflowError):
         raise _Refused(f"{where}.at is not a time") from None
-    reason = withdraw_reason_from_pb(sent.withdraw_reason)
     if sent.withheld:
         if sent.HasField("entry"):
             raise _Refused(f"{where} carries its entry and says it is withheld")
-        if sent.withdraw_reason != lists_pb2.WITHDRAW_REASON_UNSPECIFIED:
-            raise _Refused(f"{where}.withdraw_reason comes with a withheld event")
+        # the node withheld the entry and names no list: any reason is taken (the node checked
+        # it against its catalogue's colour)
+        reason = _checked_reason(sent, event, where)
         withheld = sent.withheld if sent.withheld in WITHHELD_REASONS else WITHHELD_BY_NODE
-        _warn_withheld(department, cursor, f"its node withheld the entry ({withheld})")
-        return ListChangeEvent(cursor=cursor, entry=None, event=event, at=at, withheld=withheld)
+        entry_id = withheld_entry_id(sent.entry_id)
+        why = f"its node withheld the entry ({withheld})"
+        if sent.entry_id and not entry_id:
+            why += "; its entry_id failed the entry id's checks and is withheld too"
+        _warn_withheld(department, cursor, why)
+        return ListChangeEvent(
+            cursor=cursor,
+            entry=None,
+            event=event,
+            at=at,
+            withdraw_reason=reason,
+            withheld=withheld,
+            entry_id=entry_id,
+        )
     if not sent.HasField("entry"):
         raise _Refused(f"{where}.entry is missing")
-    if event is ListChange.WITHDRAWN and reason is None:
-        raise _Refused(f"{where}.withdraw_reason is missing from a withdrawal")
-    if (
-        event is ListChange.PUBLISHED
-        and sent.withdraw_reason != lists_pb2.WITHDRAW_REASON_UNSPECIFIED
-    ):
-        raise _Refused(f"{where}.withdraw_reason comes with a publication")
+    reason = _checked_reason(sent, event, where)
+    if sent.entry_id != sent.entry.entry_id:
+        raise _Refused(f"{where}.entry_id is not the entry_id of the entry it carries")
     try:
         entry = check_feed_entry(sent.entry, department=department, catalogue=catalogue)
     except ContentRefused as exc:
-        _warn_withheld(department, cursor, f"the entry failed the coordinator's checks ({exc})")
-        return ListChangeEvent(cursor=cursor, entry=None, event=event, at=at, withheld=exc.withheld)
+        list_type = _list_of(catalogue, department, sent.entry.list)
+        if reason is not None and list_type is not None and exc.withheld != WITHHELD_COLOUR:
+            _check_colour(reason, list_type.colour, where)
+        entry_id = withheld_entry_id(sent.entry.entry_id)
+        why = f"the entry failed the coordinator's checks ({exc})"
+        if not entry_id:
+            why += "; its entry_id is withheld too"
+        _warn_withheld(department, cursor, why)
+        return ListChangeEvent(
+            cursor=cursor,
+            entry=None,
+            event=event,
+            at=at,
+            withdraw_reason=reason,
+            withheld=exc.withheld,
+            entry_id=entry_id,
+        )
     except EntryRefused as exc:
         raise _Refused(f"{where}.entry: {exc}") from None
-    if reason is not None and not reason_allowed(entry.colour, reason):
+    if reason is not None:
+        _check_colour(reason, entry.colour, where)
+    return ListChangeEvent(cursor=cursor, entry=entry, event=event, at=at, withdraw_reason=reason)
+
+
+def _checked_reason(
+    sent: lists_pb2.ListChange, event: ListChange, where: str
+) -> WithdrawReason | None:
+    """A withdrawal's reason, withheld or not; None for a publication, which has none."""
+    if event is ListChange.PUBLISHED:
+        if sent.withdraw_reason != lists_pb2.WITHDRAW_REASON_UNSPECIFIED:
+            raise _Refused(f"{where}.withdraw_reason comes with a publication")
+        return None
+    reason = withdraw_reason_from_pb(sent.withdraw_reason)
+    if reason is None:
+        raise _Refused(f"{where}.withdraw_reason is missing from a withdrawal")
+    return reason
+
+
+def _check_colour(reason: WithdrawReason, colour: ListColour, where: str) -> None:
+    if not reason_allowed(colour, reason):
         raise _Refused(
             f"{where}.withdraw_reason {reason.value} does not take an entry off a "
-            f"{entry.colour.value} list"
+            f"{colour.value} list"
         )
-    return ListChangeEvent(cursor=cursor, entry=entry, event=event, at=at, withdraw_reason=reason)
+
+
+def _list_of(catalogue: Catalogue, department: DepartmentId, list_id: str) -> ListType | None:
+    """The catalogue's list `list_id` if `department` publishes it; None otherwise."""
+    return next(
+        (t for t in catalogue.lists if t.id == list_id and t.department == department), None
+    )
 
 
 def _warn_withheld(department: DepartmentId, cursor: str, why: str) -> None:

@@ -505,6 +505,7 @@ def list_change_message(event: ListChangeEvent) -> lists_pb2.ListChange:
             else lists_pb2.WITHDRAW_REASON_UNSPECIFIED
         ),
         withheld=event.withheld,
+        entry_id=event.entry_id,
     )
     if event.entry is not None:
         message.entry.CopyFrom(public_entry_message(event.entry))
@@ -537,6 +538,10 @@ def list_changes_page(message: lists_pb2.ListChangesResponse) -> ListChangesPage
                 "an event carries either its entry or, withheld, the check the entry failed",
                 field=f"{field}.entry",
             )
+        if e.HasField("entry") and e.entry_id != e.entry.entry_id:
+            raise InvalidArgument(
+                "is not the entry_id of the entry the event carries", field=f"{field}.entry_id"
+            )
         events.append(
             ListChangeEvent(
                 cursor=e.cursor,
@@ -547,6 +552,7 @@ def list_changes_page(message: lists_pb2.ListChangesResponse) -> ListChangesPage
                 at=at,
                 withdraw_reason=withdraw_reason_from_pb(e.withdraw_reason),
                 withheld=e.withheld,
+                entry_id=e.entry_id,
             )
         )
     return ListChangesPage(

@@ -64,6 +64,7 @@ from osmanthus.lists import (
     status_of,
     stored_entry_withheld,
     validate_new_entry,
+    withheld_entry_id,
 )
 from osmanthus.names import validate_requester_id
 from osmanthus.storefile import create_or_read_meta, rollback_quietly
@@ -234,11 +235,14 @@ class FeedEvent(NamedTuple):
     event: ListChange
     #: when it was stored (UTC, aware)
     at: datetime
-    #: WITHDRAWN only, and not when withheld: the entry's withdraw reason (its reference is
-    #: not published)
+    #: WITHDRAWN only, withheld or not: the entry's withdraw reason (its reference is not
+    #: published)
     withdraw_reason: WithdrawReason | None
     #: "" or the check the stored entry fails today (osmanthus.lists.stored_entry_withheld)
     withheld: str = ""
+    #: the entry's id: `entry.entry_id`, or when withheld the id if it passes its own checks
+    #: (osmanthus.lists.withheld_entry_id), else ""
+    entry_id: str = ""
 
 
 #: one umask change at a time in this process, and only around our own DuckDB calls
@@ -313,6 +317,7 @@ class ListStore:
             with _private_files():
                 self._feed_id = self._check_or_create_schema()
             self._check_lists()
+            self._check_withdraw_reasons()
             self._warn_withheld()
         except BaseException:
             self._conn.close()
@@ -405,6 +410,25 @@ class ListStore:
                 "are kept for their history and cannot be dropped silently)",
                 field="catalogue",
             )
+
+    def _check_withdraw_reasons(self) -> None:
+        # the change feed sends every withdrawal's reason, withheld or not, and the coordinator
+        # refuses one its list's colour does not allow: a catalogue that changed a list's colour
+        # after entries were withdrawn from it would stop the feed there, so refuse to start
+        rows = self._conn.execute(
+            "SELECT DISTINCT list, withdraw_reason FROM entries WHERE withdraw_reason IS NOT NULL "
+            "ORDER BY list, withdraw_reason"
+        ).fetchall()
+        for list_id, reason in rows:
+            list_type = self._types[list_id]
+            if not reason_allowed(list_type.colour, WithdrawReason(reason)):
+                raise ConfigError(
+                    f"{self.path}: holds entries of {list_id} withdrawn as {reason}, which the "
+                    f"catalogue's colour for {list_id} ({list_type.colour.value}) does not allow; "
+                    "restore the list's colour in the catalogue (a list of the other colour is "
+                    "a new list, with a new id)",
+                    field="catalogue",
+                )
 
     def _warn_withheld(self) -> None:
         """Log how many stored entries the change feed serves withheld, and why (no values).
@@ -772,8 +796,10 @@ class ListStore:
         (an entry's fields never change), a withdrawal its reason but not its reference. An
         entry published and later withdrawn comes twice. An entry that fails a publication's
         checks today comes withheld: its place, kind and time without any of its fields, and
-        the check it failed. Readers see whole transactions and numbers are given in commit
-        order, so a page never skips an event that a later page would show before it.
+        the check it failed; still its entry id, if that id passes its own checks, and a
+        withdrawal's reason, so that the sync job can close the entry a withdrawal names.
+        Readers see whole transactions and numbers are given in commit order, so a page never
+        skips an event that a later page would show before it.
         """
         if not isinstance(cursor, int) or not 0 <= cursor <= MAX_CHANGE_SEQ:
             raise InvalidArgument(f"{cursor!r} is not an event sequence number", field="after")
@@ -797,18 +823,20 @@ class ListStore:
             withheld = stored_entry_withheld(
                 stored, catalogue=self._catalogue, department=self.department
             )
+            # the stored reason fits the list's colour: _check_withdraw_reasons at start
+            reason = WithdrawReason(row[10]) if event is ListChange.WITHDRAWN and row[10] else None
             if withheld:
-                # the event keeps its place, so the feed moves on past it; nothing of the entry
-                # goes out (a text may hold a full resident id)
-                size += _FEED_EVENT_OVERHEAD
-                feed_event = FeedEvent(row[12], None, event, at, None, withheld)
+                # the event keeps its place, so the feed moves on past it; none of the entry's
+                # fields go out (a text may hold a full resident id), only its id when that
+                # passes its own checks, so that a withdrawal closes the entry it names
+                entry_id = withheld_entry_id(stored.entry_id)
+                size += _FEED_EVENT_OVERHEAD + len(entry_id)
+                feed_event = FeedEvent(row[12], None, event, at, reason, withheld, entry_id)
             else:
                 entry = self._public(stored, masked=True)
-                size += _feed_bytes(entry)
-                reason = (
-                    WithdrawReason(row[10]) if event is ListChange.WITHDRAWN and row[10] else None
-                )
-                feed_event = FeedEvent(row[12], entry, event, at, reason)
+                # the event names its entry's id beside the entry: counted twice
+                size += _feed_bytes(entry) + len(entry.entry_id)
+                feed_event = FeedEvent(row[12], entry, event, at, reason, "", entry.entry_id)
             if found and size > MAX_FEED_PAGE_BYTES:
                 # texts may be long (up to ~5 KB an entry in Chinese): a page stays well below
                 # gRPC's 4 MiB message limit at every hop, and the rest comes on the next page
@@ -1153,6 +1181,7 @@ class ListOffice:
                 at=e.at,
                 withdraw_reason=e.withdraw_reason,
                 withheld=e.withheld,
+                entry_id=e.entry_id,
             )
             for e in found
         )

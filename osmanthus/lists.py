@@ -107,10 +107,23 @@ class ListChangeEvent:
     coordinator makes today (a text that reads as a resident identity number, a window longer
     than the list now allows, a list that no longer takes the subject's kind, ...): entries
     are never changed, so such an entry would fail on every later read too. It keeps its place
-    in the feed (`cursor`, `event`, `at`) but carries nothing of the entry: `entry` and
-    `withdraw_reason` are None and `withheld` says, in words without any value, which check
-    the entry failed. The department's operator finds the entry by the cursor in the node's
-    log; the province learns that an event happened, not what it was about.
+    in the feed (`cursor`, `event`, `at`) but carries none of the entry's fields: `entry` is
+    None and `withheld` says, in words without any value, which check the entry failed. It
+    still says which entry the event is about, so that a withdrawal closes the entry it names:
+    `entry_id` is the entry's id when that id passes its own checks (ENTRY_ID_PATTERN, and it
+    does not read as a resident identity number), "" when it does not; a withheld WITHDRAWN
+    carries its `withdraw_reason` (an enum value, never the withdrawal's text or reference),
+    a withheld PUBLISHED none. The department's operator finds the entry by the cursor in the
+    node's log.
+
+    The rule for `entry_id`, the same at the node, the coordinator and the SDK: an event that
+    carries its entry has `entry_id == entry.entry_id` (filled in from the entry when not
+    given; any other value is a ValueError), so a reader can always key on `entry_id`; "" means
+    a withheld event whose entry id itself is withheld. `withdraw_reason` is given exactly
+    with WITHDRAWN, withheld or not, and is one the list's colour allows (reason_allowed):
+    the node checks it against its catalogue; the coordinator against its own wherever it
+    knows the entry's list (an event it forwards with its entry, or one it withholds itself);
+    for an event the node withheld it cannot know the list and takes any WithdrawReason.
     """
 
     #: the feed position of this event: ask for the events after it to continue
@@ -120,10 +133,21 @@ class ListChangeEvent:
     #: PUBLISHED or WITHDRAWN (a node never reports EXPIRED)
     event: ListChange
     at: datetime.datetime  # UTC, aware
-    #: with WITHDRAWN only, and not when withheld
+    #: with WITHDRAWN only (withheld or not)
     withdraw_reason: WithdrawReason | None = None
     #: "" for an event that carries its entry; otherwise the check its entry failed
     withheld: str = ""
+    #: the entry's id: `entry.entry_id` when the entry is carried; when withheld, the id if it
+    #: passes its own checks, else ""
+    entry_id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.entry is None:
+            return
+        if not self.entry_id:
+            object.__setattr__(self, "entry_id", self.entry.entry_id)
+        elif self.entry_id != self.entry.entry_id:
+            raise ValueError("an event that carries its entry has that entry's entry_id")
 
 
 @dataclass(frozen=True)
@@ -536,6 +560,23 @@ def check_withheld(value: str, *, field: str = "withheld") -> str:
         raise InvalidArgument("has leading or trailing space", field=field)
     refuse_resident_id(text, field=field)
     return text
+
+
+def withheld_entry_id(entry_id: str) -> str:
+    """The entry id a withheld event carries: `entry_id` if it passes its own checks (an entry
+    id's pattern, and it does not read as a resident identity number), else "".
+
+    A withheld event names its entry so that the sync job can close the entry a withdrawal
+    takes out of view; the id is the department's own reference, published with the entry,
+    and these are the checks a publication makes of it.
+    """
+    if (
+        isinstance(entry_id, str)
+        and ENTRY_ID_PATTERN.fullmatch(entry_id)
+        and not holds_resident_id(entry_id)
+    ):
+        return entry_id
+    return ""
 
 
 def stored_entry_withheld(

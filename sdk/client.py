@@ -37,7 +37,9 @@ from osmanthus.lists import (
     list_of,
     parse_change_cursor,
     public_subject,
+    reason_allowed,
     shown_value,
+    withheld_entry_id,
 )
 from osmanthus.lists import page_size as lists_page_size
 from osmanthus.score import Breakdown, grade, score
@@ -125,14 +127,28 @@ def _check_changes(page: ListChangesPage, *, department: str, after: str, size: 
         except InvalidArgument as exc:
             raise CryptoError(exc.message, field=exc.field) from None
         entry = event.entry
+        # a withdrawal says why, withheld or not; a publication never does
+        fits = (event.withdraw_reason is not None) == (event.event is ListChange.WITHDRAWN)
         if entry is None:
-            # withheld: nothing of the entry, not even its withdraw reason
-            fits = bool(event.withheld) and event.withdraw_reason is None
+            # withheld: none of the entry's fields, only its id (when that passes the id's
+            # checks) and a withdrawal's reason, of any colour: the list is not known here
+            fits = fits and bool(event.withheld)
+            if event.entry_id and withheld_entry_id(event.entry_id) != event.entry_id:
+                raise CryptoError(
+                    "the coordinator sent a withheld event naming an entry id that fails the "
+                    "entry id's checks (its pattern, or it reads as a resident identity number)",
+                    field=f"events[{i}].entry_id",
+                )
         else:
+            # entry_id is entry.entry_id: ListChangeEvent and the wire form see to that
             fits = (
-                not event.withheld
+                fits
+                and not event.withheld
                 and entry.department == department
-                and (event.withdraw_reason is not None) == (event.event is ListChange.WITHDRAWN)
+                and (
+                    event.withdraw_reason is None
+                    or reason_allowed(entry.colour, event.withdraw_reason)
+                )
                 and (
                     entry.subject_kind is not SubjectKind.PERSON
                     or entry.subject_id == mask_subject(entry.subject_id)
@@ -830,13 +846,15 @@ class Client:
         masked; a withdrawal with its reason. An entry published and later withdrawn comes
         twice. An event whose entry fails a check on content today (a text reading as a
         resident id, a window longer than the list now allows, ...) comes withheld: `entry`
-        and `withdraw_reason` None, `withheld` naming the check. Start with `after=""`; keep
-        `next_cursor` and pass it back as `after` for the events that follow (`more` says
-        whether some already wait), with the page's `feed_id`: a cursor means something in
-        its feed only, and a department whose list store was made anew has another. Unavailable
-        (retryable) names the department when its node is down or its answer failed the
-        coordinator's checks of the page's frame; nothing of such a page is given, so no event
-        is skipped.
+        None, `withheld` naming the check, `entry_id` the entry's id if that passes its own
+        checks (else ""), and a withdrawal still with its reason, so that it closes the entry
+        it names. `entry_id` of an event with its entry is `entry.entry_id`. Start with
+        `after=""`; keep `next_cursor` and pass it back as `after` for the events that follow
+        (`more` says whether some already wait), with the page's `feed_id`: a cursor means
+        something in its feed only, and a department whose list store was made anew has
+        another. Unavailable (retryable) names the department when its node is down or its
+        answer failed the coordinator's checks of the page's frame; nothing of such a page is
+        given, so no event is skipped.
         """
         dept = self._lists_department(department)
         parse_change_cursor(after, field="after")

@@ -197,6 +197,10 @@ class SyncJob:
         #: set once the receiver stayed unreachable for retry_for: the rest of the run waits
         #: no more for it (the batches stay in the outbox)
         self._receiver_down = False
+        #: the run's delivery deadline (monotonic), from its first delivery
+        self._give_up: float | None = None
+        #: streams refused in this run
+        self._blocked: frozenset[BatchKind] = frozenset()
 
     # --- the run ---------------------------------------------------------------------------------
 
@@ -205,6 +209,8 @@ class SyncJob:
         run = self._state.begin_run(self._clock())
         summary = RunSummary(run=run.tag, resumed=run.resumed, started_at=run.started_at)
         self._receiver_down = False
+        self._give_up = None
+        self._blocked = frozenset()
         self._say(f"run {run.tag}{' resumed' if run.resumed else ''}")
         finished = False
         try:
@@ -283,6 +289,8 @@ class SyncJob:
         # expired only once its department can no longer withdraw it
         today = self._china_date(margin=EXPIRY_MARGIN)
         events: list[ListChangeEvent] = []
+        #: withheld withdrawals naming their entry: they close the entry the job reported
+        closing: list[tuple[str, ListChangeEvent]] = []
         cursors: dict[str, tuple[str, str]] = {}
         missing: dict[str, OsmanthusError] = {}
         withheld: dict[str, list[str]] = {}
@@ -293,13 +301,18 @@ class SyncJob:
             if error is not None:
                 # what was read stands (its cursor moves); the rest comes in a later run
                 missing[department] = error
-                if not error.retryable:
+                if error.retryable:
+                    # partial, not a failure of the run: kept for `sync status` all the same
+                    self._state.record_error(f"lists {department}", str(error), at=self._clock())
+                else:
                     self._error(summary, f"lists {department}", error)
             for event in read:
-                if event.entry is None:
-                    withheld.setdefault(department, []).append(event.withheld)
-                else:
+                if event.entry is not None:
                     events.append(event)
+                elif event.event is ListChange.WITHDRAWN and event.entry_id:
+                    closing.append((department, event))
+                else:
+                    withheld.setdefault(department, []).append(event.withheld)
             if (feed, cursor) != stored:
                 cursors[department] = (feed, cursor)
             note = f", did not answer ({missing[department]})" if department in missing else ""
@@ -325,6 +338,7 @@ class SyncJob:
             open_entries=self._state.open_entries(),
             today=today,
             complete=frozenset(departments) - incomplete,
+            closing=closing,
         )
         batches, dropped = (
             self._batches(run, BatchKind.LIST_CHANGES, records, missing=sorted(incomplete))
@@ -348,10 +362,12 @@ class SyncJob:
         """Every event of `department`'s feed after `cursor`: the feed id, the cursor after
         the last event read, the events, and the error that stopped the reading, if any."""
         read: list[ListChangeEvent] = []
+        reset = False
         try:
             while True:
+                self._check_stop()
                 page = self._client.list_changes(department, after=cursor, page_size=LIST_PAGE_SIZE)
-                if feed and page.feed_id != feed:
+                if feed and page.feed_id != feed and not reset:
                     # the department's list store was made anew: its numbers start again, and
                     # the old cursor means nothing in it; read it from its first event
                     summary.partial.append(
@@ -363,8 +379,14 @@ class SyncJob:
                         "feed re-created; read from its start",
                         at=self._clock(),
                     )
-                    feed, cursor, read = page.feed_id, "", []
+                    feed, cursor, read, reset = page.feed_id, "", [], True
                     continue
+                if feed and page.feed_id != feed:
+                    # changed again within one read: two stores answer for the department
+                    raise Unavailable(
+                        f"the feed of {department} changed identity twice while it was read; "
+                        "is more than one list store answering for it?"
+                    )
                 feed = page.feed_id
                 read.extend(page.events)
                 cursor = page.next_cursor
@@ -496,15 +518,12 @@ class SyncJob:
             self._batches(run, BatchKind.STATISTICS, records) if records else ([], [])
         )
         self._skipped(summary, BatchKind.STATISTICS, dropped)
-        left_out = {str(r.get("name")) for r in dropped}
+        # a statistic the format refused counts as done all the same: its ε is spent, and
+        # asking again would spend more on a record refused the same way
         self._state.commit_statistics(
             run,
             batches=batches,
-            completed=[
-                name
-                for name, (named, complete) in staged.items()
-                if complete and not left_out & {str(r["name"]) for r in named}
-            ],
+            completed=[name for name, (_, complete) in staged.items() if complete],
         )
         self._built(summary, BatchKind.STATISTICS, batches)
 
@@ -607,10 +626,11 @@ class SyncJob:
     def _deliver(self, summary: RunSummary) -> None:
         if self._receiver_down:
             return
-        blocked: set[BatchKind] = set()
-        # one deadline for the whole pass: a receiver that is down costs retry_for, not
-        # retry_for per batch
-        give_up = time.monotonic() + self._config.delivery.retry_for.total_seconds()
+        if self._give_up is None:
+            # one deadline for the whole run: a receiver that is down costs retry_for, not
+            # retry_for per batch or per pass
+            self._give_up = time.monotonic() + self._config.delivery.retry_for.total_seconds()
+        blocked = set(self._blocked)
         for kind, batch_id in self._state.outbox_ids():
             if kind in blocked:
                 continue
@@ -618,25 +638,39 @@ class SyncJob:
             batch = self._state.outbox_batch(batch_id)
             if batch is None:
                 continue
-            if batch.signed.key_id != self._key_id:
-                # signed before the job's key was changed: the same payload, signed anew, so
-                # the province needs only the current key (the batch id and content are kept)
-                batch = self._state.resign(
-                    batch, sign_batch(read_batch(batch.signed.payload), private_key=self._key)
-                )
+            work = f"deliver {batch.kind.value} #{batch.sequence}"
             try:
-                self._send(batch, summary, give_up=give_up)
+                if batch.signed.key_id != self._key_id:
+                    # signed before the job's key was changed: the same payload, signed anew,
+                    # so the province needs only the current key (the id and content are kept)
+                    batch = self._state.resign(
+                        batch, sign_batch(read_batch(batch.signed.payload), private_key=self._key)
+                    )
+                self._send(batch, summary, give_up=self._give_up)
             except Stopped:
                 raise
             except Unavailable as exc:
                 # retried until retry_for: the receiver is down; the outbox waits for next run
                 self._receiver_down = True
-                self._error(summary, f"deliver {batch.kind.value} #{batch.sequence}", exc)
+                self._error(summary, work, exc)
                 return
             except OsmanthusError as exc:
                 # later batches of this stream would be a gap: hold them; other streams go on
                 blocked.add(batch.kind)
-                self._error(summary, f"deliver {batch.kind.value} #{batch.sequence}", exc)
+                self._error(summary, work, exc)
+            except Exception as exc:
+                # a bug must not leave the run unfinished (every later run would stop here)
+                _log.exception("internal error delivering %s", batch.batch_id)
+                blocked.add(batch.kind)
+                self._error(
+                    summary,
+                    work,
+                    OsmanthusError(
+                        f"internal error ({type(exc).__name__}); the job's log has the details"
+                    ),
+                )
+        # a stream refused in this pass is not tried again in this run
+        self._blocked = frozenset(blocked)
 
     def _send(self, batch: OutboxBatch, summary: RunSummary, *, give_up: float) -> None:
         delivery = self._config.delivery
@@ -700,6 +734,16 @@ class SyncJob:
         if not pending:
             raise FailedPrecondition(f"no {kind.value} batch waits in the outbox", field="kind")
         last = self._province.last_batch(sender=self._config.sender, kind=kind)
+        if last is not None and last.watermark_to in {b.watermark_to for b in pending}:
+            # the receiver's stream ends where a waiting batch ends: it holds that range (its
+            # answer was lost), and those records would be stored again under new ids
+            raise FailedPrecondition(
+                f"the receiver's {kind.value} stream ends at {last.watermark_to}, where a "
+                "waiting batch ends: it already holds records the job thinks unsent. Send "
+                "normally (the receiver acknowledges what it holds), or settle with the "
+                "province which records it has",
+                field="kind",
+            )
         sequence, start = (last.sequence + 1, last.watermark_to) if last else (1, ORIGIN)
         rebuilt: list[OutboxBatch] = []
         for waiting in pending:
@@ -820,6 +864,7 @@ def list_change_records(
     open_entries: Sequence[OpenEntry],
     today: date,
     complete: frozenset[str] | None = None,
+    closing: Sequence[tuple[str, ListChangeEvent]] = (),
 ) -> tuple[list[dict[str, Any]], list[OpenEntry], list[tuple[str, str]]]:
     """The records of `events` (in order), then of the expiries due by `today` (China date):
     an entry reported published and neither withdrawn nor reported expired expires the day after
@@ -827,6 +872,11 @@ def list_change_records(
 
     Expiries are derived only for the departments in `complete` (all, if None): one whose feed
     was not read to its end may yet hold the entry's withdrawal.
+
+    `closing` holds withheld withdrawals that name their entry, with their department: the
+    entry fails a check today, so its fields do not come with the event, but the job reported
+    it published when it passed, and reports its withdrawal with the fields it sent then. One
+    the job never reported is nothing to the province and is passed over.
     """
     known = {(e.department, e.entry_id): e for e in open_entries}
     opened: dict[tuple[str, str], OpenEntry] = {}
@@ -853,6 +903,21 @@ def list_change_records(
             opened.pop(key, None)
             if key in known:
                 closed.add(key)
+    for department, event in closing:
+        key = (department, event.entry_id)
+        source = opened.pop(key, None) or (known.get(key) if key not in closed else None)
+        if source is None or event.withdraw_reason is None:
+            continue
+        records.append(
+            {
+                **source.record,
+                "event": ListChange.WITHDRAWN.value,
+                "event_at": event.at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "withdraw_reason": event.withdraw_reason.value,
+            }
+        )
+        if key in known:
+            closed.add(key)
     candidates = [e for k, e in known.items() if k not in closed] + list(opened.values())
     for candidate in sorted(candidates, key=lambda e: (e.window_end, e.department, e.entry_id)):
         end = date.fromisoformat(candidate.window_end)

@@ -22,7 +22,7 @@ from osmanthus.catalogue import Catalogue, load_catalogue
 from osmanthus.errors import ConfigError, InvalidArgument, OsmanthusError
 from osmanthus.syncbatch import BatchKind, sender_key_id
 from syncjob.config import SyncConfig
-from syncjob.job import SyncJob
+from syncjob.job import SCHEDULE_SLACK, SyncJob, is_due
 from syncjob.metrics import SyncMetrics
 from syncjob.state import SyncState, exclusive, running_job
 
@@ -293,9 +293,10 @@ def status(config: SyncConfig) -> dict[str, Any]:
 
 
 def _next(last: datetime | None, every: timedelta, now: datetime) -> str:
-    if last is None or last + every <= now:
+    if is_due(last, every, now):
         return "now"
-    return _stamp(last + every)
+    assert last is not None
+    return _stamp(last + every - min(every / 10, SCHEDULE_SLACK))
 
 
 def _stamp(value: datetime) -> str:

@@ -130,6 +130,11 @@ class Run:
     tag: str
     started_at: datetime
     resumed: bool
+    #: what the work a run completes is dated by, for its schedule: the run's start, so a daily
+    #: job whose grades take minutes finds them due at the same hour the next day; for a
+    #: resumed run the time it resumed (its own start may be a day old, and the fresh run that
+    #: follows must not find the work due again)
+    stamp: datetime
 
 
 @dataclass(frozen=True)
@@ -215,14 +220,31 @@ def exclusive(directory: Path) -> Iterator[None]:
 
 
 def running_job(directory: Path) -> int | None:
-    """The process id of the job holding `directory`'s lock, if one is running."""
+    """The process id of the job holding `directory`'s lock, if one is running (from the
+    kernel's table of held locks, not from the pid the file names: that may be stale)."""
     try:
-        text = (directory / LOCK_FILE).read_text().strip()
-        pid = int(text)
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
+        held = (directory / LOCK_FILE).stat()
+        table = Path("/proc/locks").read_text()
+    except OSError:
         return None
-    return pid if b"sync" in cmdline else None
+    for line in table.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        try:
+            major, minor, inode = fields[5].split(":")
+            pid = int(fields[4])
+            same = (
+                int(inode) == held.st_ino
+                and int(major, 16) == os.major(held.st_dev)
+                and int(minor, 16) == os.minor(held.st_dev)
+            )
+        except ValueError:
+            continue
+        if same:
+            return pid
+    return None
 
 
 def _text(value: datetime) -> str:
@@ -336,7 +358,9 @@ class SyncState:
                 "ORDER BY run DESC LIMIT 1"
             ).fetchone()
             if row is not None:
-                return Run(run=row[0], tag=row[1], started_at=_time(row[2]), resumed=True)
+                return Run(
+                    run=row[0], tag=row[1], started_at=_time(row[2]), resumed=True, stamp=now
+                )
             (last,) = db.execute("SELECT coalesce(max(run), 0) FROM runs").fetchone()
             number = last + 1
             tag = f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}.r{number}"
@@ -344,7 +368,7 @@ class SyncState:
                 "INSERT INTO runs (run, tag, started_at) VALUES (?, ?, ?)",
                 [number, tag, _text(now)],
             )
-        return Run(run=number, tag=tag, started_at=now, resumed=False)
+        return Run(run=number, tag=tag, started_at=now, resumed=False, stamp=now)
 
     def phase_done(self, run: Run, phase: str) -> bool:
         row = self._db.execute(
@@ -405,11 +429,9 @@ class SyncState:
 
     @staticmethod
     def _mark(db: sqlite3.Connection, run: Run, phase: str, *, done: bool = True) -> None:
-        # stamped with the run's start, not the commit: a daily job whose grades take minutes
-        # must find them due again the next day at the same hour
         db.execute("INSERT OR IGNORE INTO run_phases VALUES (?, ?)", [run.run, phase])
         if done:
-            db.execute("INSERT OR REPLACE INTO done VALUES (?, ?)", [phase, _text(run.started_at)])
+            db.execute("INSERT OR REPLACE INTO done VALUES (?, ?)", [phase, _text(run.stamp)])
 
     # --- list changes ----------------------------------------------------------------------------
 
@@ -571,7 +593,7 @@ class SyncState:
             self._enqueue(db, batches)
             db.executemany(
                 "INSERT OR REPLACE INTO done VALUES (?, ?)",
-                [(f"statistic:{name}", _text(run.started_at)) for name in completed],
+                [(f"statistic:{name}", _text(run.stamp)) for name in completed],
             )
             db.execute("DELETE FROM stat_staging WHERE run = ?", [run.run])
             db.execute("INSERT OR IGNORE INTO run_phases VALUES (?, 'statistics')", [run.run])

@@ -190,20 +190,22 @@ class PublicEntriesResponse(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[PublicEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListChange(_message.Message):
-    __slots__ = ("cursor", "entry", "event", "at", "withdraw_reason", "withheld")
+    __slots__ = ("cursor", "entry", "event", "at", "withdraw_reason", "withheld", "entry_id")
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     ENTRY_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
     WITHDRAW_REASON_FIELD_NUMBER: _ClassVar[int]
     WITHHELD_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
     cursor: str
     entry: PublicEntry
     event: ListChangeKind
     at: _timestamp_pb2.Timestamp
     withdraw_reason: WithdrawReason
     withheld: str
-    def __init__(self, cursor: _Optional[str] = ..., entry: _Optional[_Union[PublicEntry, _Mapping]] = ..., event: _Optional[_Union[ListChangeKind, str]] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., withdraw_reason: _Optional[_Union[WithdrawReason, str]] = ..., withheld: _Optional[str] = ...) -> None: ...
+    entry_id: str
+    def __init__(self, cursor: _Optional[str] = ..., entry: _Optional[_Union[PublicEntry, _Mapping]] = ..., event: _Optional[_Union[ListChangeKind, str]] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., withdraw_reason: _Optional[_Union[WithdrawReason, str]] = ..., withheld: _Optional[str] = ..., entry_id: _Optional[str] = ...) -> None: ...
 
 class ListChangesRequest(_message.Message):
     __slots__ = ("department", "after", "page_size")

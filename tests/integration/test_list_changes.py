@@ -267,7 +267,7 @@ def samr_down(
 ) -> Iterator[tuple[Federation, str]]:
     """The court's node, and the market regulator's registered but down; and the court's
     feed id. The court's list store holds an entry, then one an older node stored whose reason
-    holds a full resident id, then another entry."""
+    holds a full resident id, then another entry, then the withdrawal of the second."""
     base = tmp_path_factory.mktemp("list-changes-down")
     catalogue = restricted_catalogue(("court", "samr"))
     state = base / "state" / COURT
@@ -285,6 +285,14 @@ def samr_down(
         )
         last = dataclasses.replace(first, entry_id=EntryId("LC-old-3"))
         store.publish([EntryDraft.of(last)], actor=COURT, today=today)
+        # the documented remedy for an entry failing today's checks: withdraw it
+        store.withdraw(
+            "LC-old-2",
+            reason=WithdrawReason.REPAIRED,
+            reference=REFERENCE,
+            actor=COURT,
+            today=today,
+        )
         feed_id = store.feed_id
     fed = start_federation(
         base,
@@ -323,6 +331,7 @@ def test_an_entry_failing_todays_checks_comes_withheld_and_the_feed_goes_on(
         ("1", "LC-old-1", ""),
         ("2", None, "a text field reads as a resident identity number"),
         ("3", "LC-old-3", ""),
+        ("4", None, "a text field reads as a resident identity number"),
     ]
     assert events == list(page.events)
     assert events[1].event is ListChange.PUBLISHED and events[1].withdraw_reason is None
@@ -338,3 +347,42 @@ def test_an_entry_failing_todays_checks_comes_withheld_and_the_feed_goes_on(
         fed.node_configs[COURT].state_dir / "audit.jsonl",
     ):
         assert OTHER not in log.read_text("utf-8")
+
+
+def test_a_withheld_withdrawal_names_the_entry_it_closes(
+    samr_down: tuple[Federation, str],
+) -> None:
+    """The review's case: the sync job must learn which entry a withheld withdrawal closes,
+    or it reports the entry expired years later."""
+    fed, _ = samr_down
+    with fed.client("sync-1", role=Role.SYNC_JOB, purposes=["credit_rescoring"]) as sync:
+        events = list(sync.list_changes_all(COURT))
+    published, withdrawn = events[1], events[3]
+    assert (published.event, published.entry, published.entry_id) == (
+        ListChange.PUBLISHED,
+        None,
+        "LC-old-2",
+    )
+    assert published.withdraw_reason is None
+    assert (withdrawn.event, withdrawn.entry, withdrawn.entry_id) == (
+        ListChange.WITHDRAWN,
+        None,
+        "LC-old-2",
+    )
+    assert withdrawn.withdraw_reason is WithdrawReason.REPAIRED
+    # an event with its entry names the same id beside it
+    assert [e.entry_id for e in events] == ["LC-old-1", "LC-old-2", "LC-old-3", "LC-old-2"]
+    reply, _ = _raw(
+        fed,
+        lists_pb2.ListChangesRequest(department=COURT, after="3"),
+        requester="sync-1",
+        role=Role.SYNC_JOB,
+    )
+    assert reply is not None
+    (wire,) = reply.events
+    assert not wire.HasField("entry")
+    assert (wire.entry_id, wire.withdraw_reason) == ("LC-old-2", lists_pb2.WITHDRAW_REASON_REPAIRED)
+    # nothing else of the entry, and never the withdrawal's reference
+    text = reply.SerializeToString()
+    for value in (OTHER, "owes since", "Feed subject", FIRM, REFERENCE):
+        assert value.encode() not in text

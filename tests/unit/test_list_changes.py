@@ -28,6 +28,7 @@ from node.convert import (
     changes_query,
     list_changes_page,
     list_changes_response,
+    withdraw_reason_from_pb,
 )
 from node.lists import (
     LISTS_FILE,
@@ -41,7 +42,7 @@ from node.lists import (
 )
 from osmanthus import ids
 from osmanthus.audit import AuditLog
-from osmanthus.catalogue import load_catalogue
+from osmanthus.catalogue import ListColour, load_catalogue
 from osmanthus.errors import (
     ConfigError,
     CryptoError,
@@ -62,7 +63,9 @@ from osmanthus.lists import (
     FEED_ID_PATTERN,
     MAX_CHANGE_SEQ,
     WITHHELD_BY_NODE,
+    WITHHELD_OTHER,
     WITHHELD_REASONS,
+    EntryId,
     ListChange,
     ListChangeEvent,
     ListChangesPage,
@@ -73,6 +76,7 @@ from osmanthus.lists import (
     check_feed_id,
     new_feed_id,
     parse_change_cursor,
+    withheld_entry_id,
 )
 from osmanthus.policy import ReloadablePolicy
 from osmanthus.tls import PeerIdentity
@@ -624,10 +628,15 @@ def withheld_only(
         page = checked(message)
     assert [e.cursor for e in page.events] == [e.cursor for e in message.events]
     event = page.events[position]
-    assert event.entry is None and event.withdraw_reason is None and event.withheld
-    assert event.event is change_from_pb(message.events[position].event)
+    sent = message.events[position]
+    assert event.entry is None and event.withheld
+    assert event.event is change_from_pb(sent.event)
+    # a withdrawal keeps its reason, and the event its entry id when that passes its checks
+    assert event.withdraw_reason is withdraw_reason_from_pb(sent.withdraw_reason)
+    sent_id = sent.entry.entry_id if sent.HasField("entry") else sent.entry_id
+    assert event.entry_id == (sent_id if withheld_entry_id(sent_id) else "")
     assert [e.withheld for e in page.events if e is not event] == [""] * (len(page.events) - 1)
-    # nothing of the entry goes on, and the log names the department and cursor only
+    # none of the entry's fields go on, and the log names the department and cursor only
     wire = list_changes_response(page)
     assert not wire.events[position].HasField("entry")
     assert wire.events[position].withheld == event.withheld
@@ -668,11 +677,11 @@ def test_content_the_catalogue_no_longer_takes_withholds_the_event(
         "a text field is empty, too long, padded with spaces or holds control characters"
     )
     withdrawal.entry.subject_name = "Zhang San"
-    withdrawal.entry.entry_id = ID_WITH_DIGIT
+    withdrawal.entry.entry_id = withdrawal.entry_id = ID_WITH_DIGIT
     assert withheld_only(honest, 2, caplog) == "the entry id reads as a resident identity number"
     firm_event = honest.events[1].entry
     firm_event.subject_id = TWOFOLD
-    withdrawal.entry.entry_id = "C-1"
+    withdrawal.entry.entry_id = withdrawal.entry_id = "C-1"
     assert withheld_only(honest, 1, caplog) == (
         "the enterprise's credit code also reads as a resident identity number"
     )
@@ -995,7 +1004,7 @@ def test_a_curious_node_gets_nothing_forwarded(
 def test_the_feed_carries_the_public_querys_entry_message_and_no_reference() -> None:
     # one published shape for the public query and the feed; nowhere for a withdraw reference
     fields = {f.name for f in lists_pb2.ListChange.DESCRIPTOR.fields}
-    assert fields == {"cursor", "entry", "event", "at", "withdraw_reason", "withheld"}
+    assert fields == {"cursor", "entry", "event", "at", "withdraw_reason", "withheld", "entry_id"}
     entry = lists_pb2.ListChange.DESCRIPTOR.fields_by_name["entry"].message_type
     assert entry is lists_pb2.PublicEntry.DESCRIPTOR
 
@@ -1202,7 +1211,17 @@ def test_the_node_serves_an_entry_failing_todays_checks_withheld(
         ("6", PUB, ""),
     ]
     for event in page.events[1:5]:
-        assert event.entry is None and event.withdraw_reason is None
+        assert event.entry is None
+    # none of a withheld entry's fields, but its id when that passes its checks, and a
+    # withdrawal's reason: the sync job closes the entry a withdrawal names
+    assert [(e.entry_id, e.withdraw_reason) for e in page.events] == [
+        ("C-1", None),
+        ("", None),
+        ("C-3", None),
+        ("C-4", None),
+        ("", WithdrawReason.REPAIRED),
+        ("C-5", None),
+    ]
     assert page.events[0].entry is not None and page.events[5].entry is not None
     wire = list_changes_response(page).SerializeToString()
     for value in (ID_WITH_DIGIT, OTHER, TWOFOLD, PERSON, REFERENCE):
@@ -1297,9 +1316,10 @@ def test_a_store_with_nothing_to_withhold_opens_without_a_warning(
 
 
 def _node_withheld(message: lists_pb2.ListChangesResponse, position: int, words: str) -> None:
+    """Event `position` as a node withholds it: no entry, its id and a withdrawal's reason."""
     event = message.events[position]
+    assert not event.HasField("entry") or event.entry_id == event.entry.entry_id
     event.ClearField("entry")
-    event.withdraw_reason = lists_pb2.WITHDRAW_REASON_UNSPECIFIED
     event.withheld = words
 
 
@@ -1320,9 +1340,7 @@ def test_a_withheld_event_carrying_anything_of_its_entry_refuses_the_page(
     honest.events[2].withheld = "a text field reads as a resident identity number"
     assert "events[2] carries its entry and says it is withheld" in refused(honest)
     honest.events[2].ClearField("entry")
-    assert "events[2].withdraw_reason comes with a withheld event" in refused(honest)
     honest.events[2].withheld = ""
-    honest.events[2].withdraw_reason = lists_pb2.WITHDRAW_REASON_UNSPECIFIED
     assert "events[2].entry is missing" in refused(honest)
 
 
@@ -1392,12 +1410,34 @@ def test_the_sdk_takes_withheld_events_and_refuses_one_carrying_its_entry(
     def page_with(event: ListChangeEvent, feed_id: str = good.feed_id) -> ListChangesPage:
         return dataclasses.replace(good, events=(*good.events[:2], event), feed_id=feed_id)
 
+    assert (withheld.entry_id, withheld.withdraw_reason) == ("C-1", WithdrawReason.REPAIRED)
+    # the SDK does not know a withheld entry's list: a withdrawal's reason of any colour goes
+    red_reason = dataclasses.replace(withheld, withdraw_reason=WithdrawReason.REVOKED)
+    _check_changes(page_with(red_reason), department="court", after="", size=10)
+    no_id = dataclasses.replace(withheld, entry_id="")
+    _check_changes(page_with(no_id), department="court", after="", size=10)
     for bad, field in (
-        (dataclasses.replace(withheld, withdraw_reason=WithdrawReason.REPAIRED), "events[2]"),
+        # a withheld withdrawal without its reason, a withheld publication with one
+        (dataclasses.replace(withheld, withdraw_reason=None), "events[2]"),
+        (dataclasses.replace(withheld, event=ListChange.PUBLISHED), "events[2]"),
         (dataclasses.replace(withheld, entry=good.events[0].entry), "events[2]"),
         (dataclasses.replace(good.events[0], cursor="3", withheld="x"), "events[2]"),
         (dataclasses.replace(withheld, withheld=f"see {OTHER}"), "events[2].withheld"),
         (dataclasses.replace(withheld, withheld=" padded"), "events[2].withheld"),
+        # an entry id the coordinator would have withheld as ""
+        (dataclasses.replace(withheld, entry_id=ID_WITH_DIGIT), "events[2].entry_id"),
+        (dataclasses.replace(withheld, entry_id=f"C-{OTHER}"), "events[2].entry_id"),
+        (dataclasses.replace(withheld, entry_id="C 1"), "events[2].entry_id"),
+        # revocation does not take an entry off a black list
+        (
+            dataclasses.replace(
+                good.events[0],
+                cursor="3",
+                event=ListChange.WITHDRAWN,
+                withdraw_reason=WithdrawReason.REVOKED,
+            ),
+            "events[2]",
+        ),
     ):
         with pytest.raises(CryptoError) as caught:
             _check_changes(page_with(bad), department="court", after="", size=10)
@@ -1411,3 +1451,228 @@ def test_the_sdk_takes_withheld_events_and_refuses_one_carrying_its_entry(
     message.events[2].withheld = "x"
     with pytest.raises(CryptoError, match="either its entry or"):
         sdk_page(message)
+    # and an entry_id beside an entry is that entry's
+    message.events[2].withheld = ""
+    message.events[2].entry_id = "C-2"
+    with pytest.raises(CryptoError, match="is not the entry_id of the entry") as caught:
+        sdk_page(message)
+    assert caught.value.field == "events[2].entry_id"
+
+
+# --- a withheld event names its entry: a withdrawal closes it -------------------------------------
+
+
+def test_an_event_carrying_its_entry_has_its_entry_id() -> None:
+    entry = PublicEntry(
+        entry_id=EntryId("C-1"),
+        department=COURT,
+        list="judgement_defaulters",
+        colour=ListColour.BLACK,
+        subject_kind=SubjectKind.PERSON,
+        subject_id=mask_subject(PERSON),
+        subject_name="Zhang San",
+        legal_basis="",
+        reason="owes",
+        window_start=TODAY,
+        window_end=TODAY,
+    )
+    assert ListChangeEvent("1", entry, PUB, NOW).entry_id == "C-1"
+    assert ListChangeEvent("1", entry, PUB, NOW, entry_id="C-1").entry_id == "C-1"
+    with pytest.raises(ValueError, match="that entry's entry_id"):
+        ListChangeEvent("1", entry, PUB, NOW, entry_id="C-2")
+    withheld = ListChangeEvent("1", None, PUB, NOW, withheld=WITHHELD_OTHER, entry_id="C-9")
+    assert withheld.entry_id == "C-9"
+
+
+def test_an_entry_id_passes_its_own_checks_or_is_withheld() -> None:
+    assert withheld_entry_id("C-2026/07:1") == "C-2026/07:1"
+    for bad in (ID_WITH_DIGIT, ID_WITH_X, f"case-{OTHER}", "C 1", "", "-C1", "x" * 65):
+        assert withheld_entry_id(bad) == ""
+
+
+def _withdrawn_after_the_catalogue_changed(path: Path, reason: WithdrawReason) -> ListStore:
+    """The review's case: C-long went up cleanly, the catalogue then shortened the list's
+    windows (so C-long fails today's checks), and the court withdrew it."""
+    with ListStore(path, department=COURT, catalogue=CATALOGUE) as store:
+        publish(store, draft("C-1"), draft("C-long", end=TODAY + datetime.timedelta(days=1500)))
+    store = ListStore(path, department=COURT, catalogue=SHORTER)
+    store.withdraw("C-long", reason=reason, reference=REFERENCE, actor="court", today=TODAY)
+    return store
+
+
+#: the catalogue with judgement_defaulters' windows shortened to three years
+SHORTER = dataclasses.replace(
+    CATALOGUE,
+    lists=tuple(
+        dataclasses.replace(t, max_window_days=1098) if t.id == "judgement_defaulters" else t
+        for t in CATALOGUE.lists
+    ),
+)
+
+
+def test_a_withheld_withdrawal_names_its_entry_and_reason_at_every_hop(
+    tmp_path: Path, coordinator_audit: AuditLog
+) -> None:
+    from sdk.client import _check_changes
+    from sdk.convert import list_changes_page as sdk_page
+
+    with (
+        _withdrawn_after_the_catalogue_changed(
+            tmp_path / LISTS_FILE, WithdrawReason.ERROR
+        ) as store,
+        AuditLog(path=tmp_path / "audit.jsonl", salt=os.urandom(32)) as audit,
+    ):
+        office = ListOffice(
+            department=SHORTER.department(COURT), store=store, audit=audit, today=lambda: TODAY
+        )
+        served = office.list_changes(ask(), caller=COORDINATOR)
+        lists = coordinator_feed(StoreNode(office), coordinator_audit)
+        forwarded = read(lists)
+    too_long = "the window is longer than the list allows"
+    expected = [
+        ("1", PUB, "", "C-1", None),
+        ("2", PUB, too_long, "C-long", None),
+        ("3", WDR, too_long, "C-long", WithdrawReason.ERROR),
+    ]
+    for page in (served, forwarded):
+        assert [
+            (e.cursor, e.event, e.withheld, e.entry_id, e.withdraw_reason) for e in page.events
+        ] == expected
+        assert page.events[1].entry is None and page.events[2].entry is None
+    # on the wire: the id and the reason, nothing else of the entry
+    wire = list_changes_response(forwarded)
+    assert not wire.events[2].HasField("entry")
+    assert (wire.events[2].entry_id, wire.events[2].withdraw_reason) == (
+        "C-long",
+        lists_pb2.WITHDRAW_REASON_ERROR,
+    )
+    assert b"Zhang San" not in wire.events[2].SerializeToString()
+    assert REFERENCE.encode() not in wire.SerializeToString()
+    assert sdk_page(wire) == forwarded
+    _check_changes(sdk_page(wire), department="court", after="", size=500)
+
+
+def test_a_withheld_event_whose_entry_id_reads_as_a_resident_id_names_no_entry(
+    store: ListStore, office: ListOffice, caplog: pytest.LogCaptureFixture
+) -> None:
+    _stored_as_before(store, ID_WITH_X)
+    withdraw(store, ID_WITH_X, WithdrawReason.ERROR)
+    with caplog.at_level(logging.WARNING):
+        page = office.list_changes(ask(), caller=COORDINATOR)
+        forwarded = checked(list_changes_response(page))
+    for events in (page.events, forwarded.events):
+        assert [(e.entry_id, e.withdraw_reason) for e in events] == [
+            ("", None),
+            ("", WithdrawReason.ERROR),
+        ]
+    assert ID_WITH_X.encode() not in list_changes_response(forwarded).SerializeToString()
+    assert ID_WITH_X not in caplog.text
+
+
+def test_the_coordinator_forwards_a_withheld_events_entry_id_only_if_it_passes(
+    honest: lists_pb2.ListChangesResponse, caplog: pytest.LogCaptureFixture
+) -> None:
+    _node_withheld(honest, 2, "a text field reads as a resident identity number")
+    assert checked(honest).events[2].entry_id == "C-1"
+    for bad in (ID_WITH_DIGIT, f"C-{OTHER}", "C 1", "Zhang San owes", "x" * 65):
+        honest.events[2].entry_id = bad
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="coordinator.list_changes"):
+            event = checked(honest).events[2]
+        assert (event.entry_id, event.entry, event.withdraw_reason) == (
+            "",
+            None,
+            WithdrawReason.REPAIRED,
+        )
+        assert "its entry_id failed the entry id's checks and is withheld too" in caplog.text
+        assert OTHER not in caplog.text and ID_WITH_DIGIT not in caplog.text
+    # an entry id the coordinator withholds itself goes as "" too
+    honest.events[2].entry_id = ""
+    honest.events[1].entry.entry_id = honest.events[1].entry_id = ID_WITH_DIGIT
+    firm_event = checked(honest).events[1]
+    assert (firm_event.withheld, firm_event.entry_id) == (
+        "the entry id reads as a resident identity number",
+        "",
+    )
+    # a withheld event naming an entry another event of the page has for the same kind
+    honest.events[1].entry.entry_id = honest.events[1].entry_id = "C-2"
+    _node_withheld(honest, 1, "a text field reads as a resident identity number")
+    honest.events[1].entry_id = "C-1"
+    assert "events[1] repeats an earlier event of the page" in refused(honest)
+
+
+def test_the_coordinator_checks_a_withheld_events_withdraw_reason(
+    honest: lists_pb2.ListChangesResponse,
+) -> None:
+    # a withheld publication says no reason; a withheld withdrawal says one
+    _node_withheld(honest, 0, "a text field reads as a resident identity number")
+    honest.events[0].withdraw_reason = lists_pb2.WITHDRAW_REASON_ERROR
+    assert "events[0].withdraw_reason comes with a publication" in refused(honest)
+    honest.events[0].withdraw_reason = lists_pb2.WITHDRAW_REASON_UNSPECIFIED
+    _node_withheld(honest, 2, "a text field reads as a resident identity number")
+    for missing in (lists_pb2.WITHDRAW_REASON_UNSPECIFIED, 9):
+        honest.events[2].withdraw_reason = missing  # type: ignore[assignment]
+        assert "events[2].withdraw_reason is missing from a withdrawal" in refused(honest)
+    # the node withheld it: the coordinator does not know the list, and takes any reason
+    honest.events[2].withdraw_reason = lists_pb2.WITHDRAW_REASON_REVOKED
+    assert checked(honest).events[2].withdraw_reason is WithdrawReason.REVOKED
+
+
+def test_a_withdrawal_the_coordinator_withholds_keeps_a_reason_its_list_allows(
+    honest: lists_pb2.ListChangesResponse,
+) -> None:
+    withdrawal = honest.events[2]
+    withdrawal.entry.reason = f"owner {OTHER} owes"
+    event = checked(honest).events[2]
+    assert (event.withheld, event.entry_id, event.withdraw_reason) == (
+        "a text field reads as a resident identity number",
+        "C-1",
+        WithdrawReason.REPAIRED,
+    )
+    # the list is known: revocation does not take an entry off a black list
+    withdrawal.withdraw_reason = lists_pb2.WITHDRAW_REASON_REVOKED
+    assert "events[2].withdraw_reason revoked does not take an entry off a black list" in (
+        refused(honest)
+    )
+    # a list not the department's, or a colour in dispute: any reason goes on
+    withdrawal.entry.list = "serious_dishonest"
+    assert checked(honest).events[2].withdraw_reason is WithdrawReason.REVOKED
+    withdrawal.entry.list = "judgement_defaulters"
+    withdrawal.entry.colour = lists_pb2.LIST_COLOUR_RED
+    event = checked(honest).events[2]
+    assert (event.withheld, event.withdraw_reason) == (
+        "the list's colour in the catalogue is not the entry's",
+        WithdrawReason.REVOKED,
+    )
+
+
+def test_an_entry_id_beside_an_entry_must_be_the_entrys(
+    honest: lists_pb2.ListChangesResponse,
+) -> None:
+    honest.events[2].entry_id = "C-2"
+    assert "events[2].entry_id is not the entry_id of the entry it carries" in refused(honest)
+    honest.events[2].entry_id = ""
+    assert "events[2].entry_id is not the entry_id of the entry it carries" in refused(honest)
+
+
+def test_a_store_whose_catalogue_no_longer_allows_a_withdrawal_does_not_open(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / LISTS_FILE
+    with ListStore(path, department=COURT, catalogue=CATALOGUE) as store:
+        publish(store, draft("C-1"), draft("C-2", OTHER))
+        withdraw(store, "C-1", WithdrawReason.REPAIRED)
+        withdraw(store, "C-2", WithdrawReason.ERROR)
+    red = dataclasses.replace(
+        CATALOGUE,
+        lists=tuple(
+            dataclasses.replace(t, colour=ListColour.RED) if t.id == "judgement_defaulters" else t
+            for t in CATALOGUE.lists
+        ),
+    )
+    with pytest.raises(ConfigError, match="withdrawn as repaired") as caught:
+        ListStore(path, department=COURT, catalogue=red)
+    assert caught.value.field == "catalogue"
+    assert "judgement_defaulters (red) does not allow" in caught.value.message
+    # the same catalogue as before opens it
+    ListStore(path, department=COURT, catalogue=CATALOGUE).close()

@@ -32,7 +32,15 @@ from syncjob.config import load_config
 from syncjob.job import RunSummary, _packed, build_batches, is_due, list_change_records
 from syncjob.metrics import SyncMetrics
 from syncjob.roster import read_roster, shown_refusal
-from syncjob.state import ORIGIN, OpenEntry, OutboxBatch, StagedGrade, SyncState, exclusive
+from syncjob.state import (
+    ORIGIN,
+    OpenEntry,
+    OutboxBatch,
+    StagedGrade,
+    SyncState,
+    exclusive,
+    running_job,
+)
 
 KEY = Ed25519PrivateKey.generate()
 NOW = datetime.datetime(2026, 11, 26, 2, 0, 0, tzinfo=datetime.UTC)
@@ -264,6 +272,9 @@ def test_an_unfinished_run_is_resumed_and_a_new_run_gets_a_new_tag(tmp_path: Pat
         again = state.begin_run(NOW + datetime.timedelta(hours=1))
         assert again.resumed and again.tag == first.tag == "20261126T020000Z.r1"
         state.finish_run(again, now=NOW, summary={})
+        # work a resumed run completes is dated by the resumption, so the fresh run that
+        # follows does not find it due again
+        assert again.stamp == NOW + datetime.timedelta(hours=1) and first.stamp == NOW
         # even at the same second (a clock set back), the run number keeps tags apart
         second = state.begin_run(NOW)
         assert not second.resumed and second.tag == "20261126T020000Z.r2"
@@ -305,11 +316,14 @@ def test_only_changed_grades_go_up_and_staged_grades_survive_a_failed_run(
         assert list(state.changed_grades(fourth)) == []
 
 
-def test_one_job_per_state_directory(tmp_path: Path) -> None:
+def test_one_job_per_state_directory_and_status_sees_who_holds_it(tmp_path: Path) -> None:
     with exclusive(tmp_path / "state"):
+        assert running_job(tmp_path / "state") == os.getpid()
         with pytest.raises(FailedPrecondition) as info, exclusive(tmp_path / "state"):
             pass
         assert "another sync job" in info.value.message
+    # the file still names this process, but nobody holds the lock: no job is running
+    assert running_job(tmp_path / "state") is None
     with exclusive(tmp_path / "state"):  # released with its holder
         pass
 
@@ -527,3 +541,39 @@ def test_durations_are_capped() -> None:
     with pytest.raises(InvalidArgument):
         parse_duration("999999999d", field="every")
     assert parse_duration("3650d", field="every") == datetime.timedelta(days=3650)
+
+
+def test_a_withheld_withdrawal_naming_its_entry_closes_the_entry_the_job_reported() -> None:
+    entry = _entry("d-1", end=datetime.date(2027, 6, 30))
+    published = list_change_record(entry, event=ListChange.PUBLISHED, at=NOW)
+    known = [OpenEntry("court", "d-1", "2027-06-30", published)]
+
+    def withheld(entry_id: str) -> ListChangeEvent:
+        return ListChangeEvent(
+            cursor="12",
+            entry=None,
+            event=ListChange.WITHDRAWN,
+            at=NOW + datetime.timedelta(days=3),
+            withdraw_reason=WithdrawReason.ERROR,
+            withheld="a text field reads as a resident identity number",
+            entry_id=entry_id,
+        )
+
+    records, opened, closed = list_change_records(
+        [],
+        open_entries=known,
+        today=TODAY,
+        closing=[("court", withheld("d-1")), ("court", withheld("never-reported"))],
+    )
+    # the withdrawal goes up with the fields the province was sent at publication
+    (record,) = records
+    assert record == {
+        **published,
+        "event": "withdrawn",
+        "event_at": "2026-11-29T02:00:00Z",
+        "withdraw_reason": "error",
+    }
+    assert closed == [("court", "d-1")] and opened == []
+    # and it is not reported expired later
+    later, _, _ = list_change_records([], open_entries=[], today=datetime.date(2027, 7, 5))
+    assert later == []
