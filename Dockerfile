@@ -28,9 +28,10 @@ RUN groupadd --system --gid 10001 osmanthus \
  && useradd --system --uid 10001 --gid osmanthus --no-create-home \
       --home-dir /nonexistent --shell /usr/sbin/nologin osmanthus
 
-# The wheel is bind-mounted rather than copied, so no layer keeps a second copy of it.
+# The wheel is bind-mounted rather than copied, so no layer keeps a second copy of it. The image
+# runs every service, so it installs every extra (a requester needs only the base install).
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install /wheels/*.whl \
+    pip install "$(echo /wheels/osmanthus-*.whl)[all]" \
  && osmanthus --help >/dev/null
 
 # The default Cedar policies ship inside the package; the image also puts them at a fixed path

@@ -27,12 +27,12 @@ from pathlib import Path
 import phe
 
 from certs import PeerRole, cert_paths, init_platform
-from osmanthus.catalogue import load_catalogue
-from osmanthus.errors import InvalidArgument, OsmanthusError
-from osmanthus.launcher import LocalFederation, osmanthus_command
-from osmanthus.tls import TlsFiles
-from osmanthus.tokens import TokenIssuer, generate_issuer_keypair
-from osmanthus.types import Role, Shape, SubjectKind
+from osmanthus.core.catalogue import load_catalogue
+from osmanthus.core.errors import InvalidArgument, OsmanthusError
+from osmanthus.core.tls import TlsFiles
+from osmanthus.core.tokens import TokenIssuer, generate_issuer_keypair
+from osmanthus.core.types import Role, Shape, SubjectKind
+from osmanthus.demo.launcher import LocalFederation, osmanthus_command
 from sdk import Client, load_or_create_keys
 
 SYNC = "sync-1"

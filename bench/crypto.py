@@ -18,7 +18,7 @@ from typing import Any
 import gmpy2
 from phe import paillier
 
-from osmanthus.crypto import (
+from osmanthus.core.crypto import (
     ALLOWED_KEY_BITS,
     FAST_WINDOW_BITS,
     FastEncryptor,
@@ -26,7 +26,7 @@ from osmanthus.crypto import (
     generate_keypair,
     resolve_workers,
 )
-from osmanthus.errors import CryptoError
+from osmanthus.core.errors import CryptoError
 
 DEFAULT_SECONDS = 3.0
 QUICK_SECONDS = 0.5

@@ -16,11 +16,12 @@ from pathlib import Path
 import duckdb
 
 from bench.query import percentile
-from node.lists import EntryDraft, ListStore, PublicQuery
-from node.store import china_today
-from osmanthus.catalogue import load_catalogue
-from osmanthus.ids import make_uscc, organisation_code_check_char
-from osmanthus.types import DepartmentId, SubjectId, SubjectKind
+from node.lists import ListStore
+from osmanthus.core.catalogue import load_catalogue
+from osmanthus.core.clock import china_today
+from osmanthus.core.ids import make_uscc, organisation_code_check_char
+from osmanthus.core.types import DepartmentId, SubjectId, SubjectKind
+from osmanthus.core.wire.lists import EntryDraft, PublicQuery
 
 DEPARTMENT = DepartmentId("court")
 LIST = "judgement_defaulters"

@@ -18,14 +18,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from certs import PeerRole, cert_paths, init_platform
-from osmanthus.catalogue import load_catalogue
-from osmanthus.crypto import DEFAULT_TABLE_AFTER_USES
-from osmanthus.errors import InvalidArgument, OsmanthusError
-from osmanthus.launcher import LocalFederation
-from osmanthus.seed import seed
-from osmanthus.tls import TlsFiles
-from osmanthus.tokens import TokenIssuer, generate_issuer_keypair
-from osmanthus.types import Role, Shape, SubjectKind
+from osmanthus.core.catalogue import load_catalogue
+from osmanthus.core.crypto import DEFAULT_TABLE_AFTER_USES
+from osmanthus.core.errors import InvalidArgument, OsmanthusError
+from osmanthus.core.tls import TlsFiles
+from osmanthus.core.tokens import TokenIssuer, generate_issuer_keypair
+from osmanthus.core.types import Role, Shape, SubjectKind
+from osmanthus.demo.launcher import LocalFederation
+from osmanthus.demo.seed import seed
 from sdk import Client, PersonScore, ThresholdResult, load_or_create_keys
 
 AGENCY = "agency-1"

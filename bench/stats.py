@@ -21,20 +21,21 @@ from pathlib import Path
 from bench.query import _cpu_seconds, _person_ids, percentile, wait_until_idle
 from certs import PeerRole, cert_paths, init_platform
 from coordinator.server import DEFAULT_CENTRAL_POLICY
-from node.service import MAX_CHUNK_SUBJECTS, MAX_COHORT, validate_cohort
-from node.store import RecordStore, china_today
-from osmanthus.catalogue import Catalogue, load_catalogue
-from osmanthus.crypto import DEFAULT_TABLE_AFTER_USES
-from osmanthus.dp import parse_epsilon
-from osmanthus.encoding import SlotLayout
-from osmanthus.errors import ConfigError, InvalidArgument, OsmanthusError
-from osmanthus.launcher import LocalFederation
-from osmanthus.policy import PolicyEngine, PolicyRequest
-from osmanthus.rules import RuleSet, load_default_rules
-from osmanthus.seed import seed
-from osmanthus.tls import TlsFiles
-from osmanthus.tokens import TokenIssuer, generate_issuer_keypair
-from osmanthus.types import DepartmentId, Role, Shape, SubjectId, SubjectKind
+from node.store import RecordStore
+from osmanthus.core.catalogue import Catalogue, load_catalogue
+from osmanthus.core.clock import china_today
+from osmanthus.core.crypto import DEFAULT_TABLE_AFTER_USES
+from osmanthus.core.dp import parse_epsilon
+from osmanthus.core.encoding import SlotLayout
+from osmanthus.core.errors import ConfigError, InvalidArgument, OsmanthusError
+from osmanthus.core.policy import PolicyEngine, PolicyRequest
+from osmanthus.core.rules import RuleSet, load_default_rules
+from osmanthus.core.tls import TlsFiles
+from osmanthus.core.tokens import TokenIssuer, generate_issuer_keypair
+from osmanthus.core.types import DepartmentId, Role, Shape, SubjectId, SubjectKind
+from osmanthus.core.wire.node import MAX_CHUNK_SUBJECTS, MAX_COHORT, validate_cohort
+from osmanthus.demo.launcher import LocalFederation
+from osmanthus.demo.seed import seed
 from sdk import Client, StatsResult, load_or_create_keys
 
 #: the provincial sync job: a role the default policies let ask for statistics

@@ -47,23 +47,23 @@ from bench.query import _cpu_seconds, wait_until_idle
 from bench.stats import _machine_busy_seconds
 from certs import PeerRole, cert_paths, init_platform, issue_certificate
 from node.officer import ListOfficer
-from node.store import china_today
-from osmanthus.bundle import generate_publisher_key
-from osmanthus.catalogue import Catalogue, ListColour, ListType, load_catalogue
-from osmanthus.crypto import DEFAULT_TABLE_AFTER_USES
-from osmanthus.encoding import SlotLayout
-from osmanthus.errors import InvalidArgument, OsmanthusError
-from osmanthus.launcher import (
+from osmanthus.core.bundle import generate_publisher_key
+from osmanthus.core.catalogue import Catalogue, ListColour, ListType, load_catalogue
+from osmanthus.core.clock import china_today
+from osmanthus.core.crypto import DEFAULT_TABLE_AFTER_USES
+from osmanthus.core.encoding import SlotLayout
+from osmanthus.core.errors import InvalidArgument, OsmanthusError
+from osmanthus.core.lists import EntryId, NewEntry, WithdrawReason, holds_resident_id
+from osmanthus.core.tls import TlsFiles
+from osmanthus.core.tokens import TokenIssuer, generate_issuer_keypair
+from osmanthus.core.types import Role, Shape, SubjectId, SubjectKind
+from osmanthus.demo.launcher import (
     START_TIMEOUT_S,
     LocalFederation,
     Process,
     osmanthus_command,
     spawn,
 )
-from osmanthus.lists import EntryId, NewEntry, WithdrawReason, holds_resident_id
-from osmanthus.tls import TlsFiles
-from osmanthus.tokens import TokenIssuer, generate_issuer_keypair
-from osmanthus.types import Role, Shape, SubjectId, SubjectKind
 from province.store import STORE_FILE
 from sdk import Client, load_or_create_keys
 

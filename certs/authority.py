@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import enum
 import os
 import tempfile
 from collections.abc import Sequence
@@ -15,24 +14,31 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from osmanthus.errors import ConfigError, InvalidArgument
-from osmanthus.names import PEER_NAME_PATTERN
-from osmanthus.receipts import (
+from osmanthus.core.errors import ConfigError, InvalidArgument
+from osmanthus.core.peers import (
+    CA_CERT_FILE,
+    CA_KEY_FILE,
+    CERT_FILE,
+    COORDINATOR_DNS_NAME,
+    COORDINATOR_NAME,
+    DEFAULT_OPERATOR_NAME,
+    FIELD_OF_ROLE,
+    KEY_FILE,
+    CertPaths,
+    PeerRole,
+    check_coordinator_name,
+    node_dns_name,
+    peer_dir,
+    spiffe_uri,
+    validate_name,
+)
+from osmanthus.core.receipts import (
     CONSENT_KEY_FILE,
     CONSENT_PUBLIC_KEY_FILE,
     generate_consent_keypair,
     load_or_create_consent_key,
     restore_consent_public_key,
 )
-
-
-class PeerRole(enum.Enum):
-    """What a certificate holder is on the platform; the SPIFFE path segment after the domain."""
-
-    COORDINATOR = "coordinator"
-    NODE = "node"
-    REQUESTER = "requester"
-    OPERATOR = "operator"
 
 
 @dataclass(frozen=True)
@@ -43,107 +49,9 @@ class ConsentKeyPaths:
     public: Path
 
 
-@dataclass(frozen=True)
-class CertPaths:
-    """Where one peer's certificate, private key and the CA certificate that signed it live."""
-
-    cert: Path
-    key: Path
-    ca: Path
-
-
-TRUST_DOMAIN = "osmanthus"
-SPIFFE_PREFIX = f"spiffe://{TRUST_DOMAIN}/"
-COORDINATOR_DNS_NAME = f"coordinator.{TRUST_DOMAIN}"
-NODE_DNS_SUFFIX = f".node.{TRUST_DOMAIN}"
-#: the coordinator is a singleton, so its identity name is fixed
-COORDINATOR_NAME = "coordinator"
-#: name of the operator certificate that init_platform issues for health probes and the admin CLI
-DEFAULT_OPERATOR_NAME = "operator"
-
-CA_CERT_FILE = "ca.pem"
-CA_KEY_FILE = "ca.key"
-CERT_FILE = "cert.pem"
-KEY_FILE = "key.pem"
-
 MAX_VALIDITY_DAYS = 3650
 # Backdating absorbs small clock differences between the machine that issues and the peers.
 _BACKDATE = datetime.timedelta(minutes=5)
-_NAME_RE = PEER_NAME_PATTERN
-_FIELD_OF_ROLE = {
-    PeerRole.COORDINATOR: "coordinator",
-    PeerRole.NODE: "department",
-    PeerRole.REQUESTER: "requester",
-    PeerRole.OPERATOR: "operator",
-}
-
-
-def validate_name(name: str, *, field: str) -> str:
-    """Return `name` if it is a valid peer name (department, requester or operator id)."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise InvalidArgument(
-            f"{name!r} is not a valid name: use 1 to 63 lower-case letters, digits, '-' or '_'",
-            field=field,
-        )
-    return name
-
-
-def node_dns_name(department: str) -> str:
-    """The DNS name a department node's certificate carries, e.g. "psb.node.osmanthus"."""
-    return validate_name(department, field="department") + NODE_DNS_SUFFIX
-
-
-def spiffe_uri(role: PeerRole, name: str) -> str:
-    """The URI SAN that names a peer; the coordinator's carries no name segment."""
-    validate_name(name, field=_FIELD_OF_ROLE[role])
-    if role is PeerRole.COORDINATOR:
-        return f"{SPIFFE_PREFIX}{PeerRole.COORDINATOR.value}"
-    return f"{SPIFFE_PREFIX}{role.value}/{name}"
-
-
-def parse_spiffe_uri(uri: str) -> tuple[PeerRole, str] | None:
-    """(role, name) of a platform SPIFFE URI, or None if `uri` is not one."""
-    if not uri.startswith(SPIFFE_PREFIX):
-        return None
-    parts = uri[len(SPIFFE_PREFIX) :].split("/")
-    if parts == [PeerRole.COORDINATOR.value]:
-        return PeerRole.COORDINATOR, COORDINATOR_NAME
-    if len(parts) != 2 or not _NAME_RE.fullmatch(parts[1]):
-        return None
-    role = next((r for r in PeerRole if r.value == parts[0]), None)
-    if role is None or role is PeerRole.COORDINATOR:
-        return None
-    return role, parts[1]
-
-
-def peer_dir(certs_dir: Path, *, role: PeerRole, name: str) -> Path:
-    """The directory under `certs_dir` that holds a peer's cert.pem and key.pem."""
-    validate_name(name, field=_FIELD_OF_ROLE[role])
-    if role is PeerRole.COORDINATOR:
-        _check_coordinator_name(name)
-        return certs_dir / "coordinator"
-    if role is PeerRole.NODE:
-        return certs_dir / "nodes" / name
-    if role is PeerRole.REQUESTER:
-        return certs_dir / "requesters" / name
-    if name == DEFAULT_OPERATOR_NAME:
-        return certs_dir / "operator"
-    return certs_dir / "operators" / name
-
-
-def cert_paths(certs_dir: Path, *, role: PeerRole, name: str) -> CertPaths:
-    """Paths of a peer's files in the layout init_platform writes; ConfigError if any is missing."""
-    directory = peer_dir(certs_dir, role=role, name=name)
-    paths = CertPaths(
-        cert=directory / CERT_FILE, key=directory / KEY_FILE, ca=certs_dir / CA_CERT_FILE
-    )
-    for path in (paths.ca, paths.cert, paths.key):
-        if not path.is_file():
-            raise ConfigError(
-                f"{path} does not exist: no {role.value} certificate for {name!r} has been issued"
-                f" under {certs_dir} (run init_platform or issue_certificate)"
-            )
-    return paths
 
 
 def init_platform(
@@ -279,9 +187,9 @@ def _issue(
     out: Path,
     days: int,
 ) -> CertPaths:
-    validate_name(name, field=_FIELD_OF_ROLE[role])
+    validate_name(name, field=FIELD_OF_ROLE[role])
     if role is PeerRole.COORDINATOR:
-        _check_coordinator_name(name)
+        check_coordinator_name(name)
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _make_peer_certificate(
         ca_cert, ca_key, key.public_key(), role=role, name=name, days=days
@@ -465,11 +373,3 @@ def _check_unique(names: list[str], field: str) -> None:
         if name in seen:
             raise InvalidArgument(f"{name!r} is listed twice", field=field)
         seen.add(name)
-
-
-def _check_coordinator_name(name: str) -> None:
-    if name != COORDINATOR_NAME:
-        raise InvalidArgument(
-            f"the coordinator is a singleton, always named {COORDINATOR_NAME!r}, not {name!r}",
-            field="coordinator",
-        )

@@ -20,12 +20,11 @@ from coordinator.disclosure import DisclosureLedger
 from coordinator.keys import KeyRegistry
 from coordinator.nodes import NodePool
 from coordinator.ratelimit import RateLimiter
-from node.service import MAX_CHUNK_SUBJECTS, ChunkRequest, ChunkResult
-from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
-from osmanthus.catalogue import Catalogue
-from osmanthus.crypto import Ciphertext, EncryptorCache, PublicKey
-from osmanthus.encoding import SlotLayout
-from osmanthus.errors import (
+from osmanthus.core.audit import AuditEntry, AuditLog, redacted_reason
+from osmanthus.core.catalogue import Catalogue
+from osmanthus.core.crypto import Ciphertext, EncryptorCache, PublicKey
+from osmanthus.core.encoding import SlotLayout
+from osmanthus.core.errors import (
     CryptoError,
     DeadlineExceeded,
     FailedPrecondition,
@@ -34,11 +33,11 @@ from osmanthus.errors import (
     PermissionDenied,
     Unavailable,
 )
-from osmanthus.ids import validate_subject
-from osmanthus.names import validate_purpose
-from osmanthus.policy import PolicyEngine, PolicyRequest, ReloadablePolicy, time_facts
-from osmanthus.tokens import TokenClaims
-from osmanthus.types import (
+from osmanthus.core.ids import validate_subject
+from osmanthus.core.names import validate_purpose
+from osmanthus.core.policy import PolicyEngine, PolicyRequest, ReloadablePolicy, time_facts
+from osmanthus.core.tokens import TokenClaims
+from osmanthus.core.types import (
     PACKED_SHAPES,
     DepartmentId,
     DepartmentStatus,
@@ -46,6 +45,14 @@ from osmanthus.types import (
     Shape,
     SubjectKind,
 )
+from osmanthus.core.wire.coordinator import (
+    BatchHeader,
+    BatchPlan,
+    ChunkOutcome,
+    RefusedSubject,
+    SubjectChunk,
+)
+from osmanthus.core.wire.node import MAX_CHUNK_SUBJECTS, ChunkRequest, ChunkResult
 
 _log = logging.getLogger(__name__)
 
@@ -62,49 +69,6 @@ PINNED_REASON = (
     "earlier answers to you about this subject summed a different set of departments; a batch "
     "sums every department and would disclose the difference by subtraction: query it singly"
 )
-
-
-@dataclass(frozen=True)
-class BatchHeader:
-    subject_kind: SubjectKind | None
-    shape: Shape | None
-    purpose: str
-    public_key: bytes
-
-
-@dataclass(frozen=True)
-class SubjectChunk:
-    chunk: int
-    subject_ids: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """What the requester needs to decode every chunk of the batch."""
-
-    query_id: QueryId
-    shape: Shape
-    slots: tuple[str, ...]
-    slot_widths: tuple[int, ...]
-    subjects_per_ciphertext: int
-    base: int
-    offset: int
-    departments: tuple[DepartmentStatus, ...]
-
-
-@dataclass(frozen=True)
-class RefusedSubject:
-    subject_id: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class ChunkOutcome:
-    chunk: int
-    #: the subjects summed, in packing order
-    subject_ids: tuple[str, ...]
-    ciphertexts: tuple[bytes, ...]
-    refused: tuple[RefusedSubject, ...]
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from osmanthus.catalogue import Catalogue
-from osmanthus.errors import ConfigError
-from osmanthus.types import DepartmentId
+from osmanthus.core.catalogue import Catalogue
+from osmanthus.core.errors import ConfigError
+from osmanthus.core.types import DepartmentId
 
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):\d{1,5}$")
 

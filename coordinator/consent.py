@@ -11,7 +11,7 @@ import json
 import logging
 import secrets
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -20,17 +20,18 @@ import duckdb
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.database import RegistryDatabase
-from osmanthus.errors import ConfigError, InvalidArgument, NotFound
-from osmanthus.ids import validate_any_subject, validate_subject
-from osmanthus.names import PEER_NAME_PATTERN, PURPOSE_PATTERN
-from osmanthus.receipts import (
+from osmanthus.core.errors import ConfigError, InvalidArgument, NotFound
+from osmanthus.core.ids import validate_any_subject, validate_subject
+from osmanthus.core.names import PEER_NAME_PATTERN, PURPOSE_PATTERN
+from osmanthus.core.receipts import (
     CONSENT_ID_PATTERN,
     RECEIPT_ISSUER,
     check_issuer,
     consent_key_id,
     issue_receipt,
 )
-from osmanthus.types import ConsentId, Purpose, RequesterId, SubjectId, SubjectKind
+from osmanthus.core.types import ConsentId, Purpose, RequesterId, SubjectId, SubjectKind
+from osmanthus.core.wire.coordinator import Consent
 
 _log = logging.getLogger(__name__)
 
@@ -71,24 +72,6 @@ _COLUMNS = (
     "consent_id, subject_id, grantee, purpose, granted_at, expires_at, revoked_at, receipt, "
     "subject_kind"
 )
-
-
-@dataclass(frozen=True)
-class Consent:
-    consent_id: ConsentId
-    subject_id: SubjectId
-    grantee: RequesterId
-    purpose: Purpose
-    granted_at: datetime
-    expires_at: datetime
-    revoked_at: datetime | None
-    #: compact JWS signed with the coordinator's consent key (osmanthus.receipts); it proves the
-    #: grant, never that the consent is still unrevoked. Empty for a consent recorded before
-    #: receipts existed that was already revoked then (a fresh receipt would attest a consent
-    #: that no longer stands) or whose stored record today's checks refuse
-    receipt: str
-    #: a person, or an enterprise consenting through its legal representative (a tax-bank loan)
-    subject_kind: SubjectKind = SubjectKind.PERSON
 
 
 class ConsentState(enum.Enum):

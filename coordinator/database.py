@@ -10,7 +10,7 @@ from typing import Self
 
 import duckdb
 
-from osmanthus.errors import ConfigError
+from osmanthus.core.errors import ConfigError
 
 
 class RegistryDatabase:

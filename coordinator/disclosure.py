@@ -16,8 +16,8 @@ from datetime import datetime
 from pathlib import Path
 
 from coordinator.database import LedgerDatabase
-from osmanthus.errors import FailedPrecondition
-from osmanthus.types import RequesterId, SubjectKind
+from osmanthus.core.errors import FailedPrecondition
+from osmanthus.core.types import RequesterId, SubjectKind
 
 # SQLite, not DuckDB: the ledger is a point-lookup table that grows by one row per subject a
 # requester ever hears about (a city's millions after one batch), and SQLite keeps its B-tree

@@ -22,9 +22,9 @@ from decimal import Decimal
 from pathlib import Path
 
 from coordinator.database import LedgerDatabase
-from osmanthus.dp import epsilon_units, from_units
-from osmanthus.errors import BudgetExhausted, InvalidArgument
-from osmanthus.policy import EpsilonBudget
+from osmanthus.core.dp import epsilon_units, from_units
+from osmanthus.core.errors import BudgetExhausted, InvalidArgument
+from osmanthus.core.policy import EpsilonBudget
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS charges (

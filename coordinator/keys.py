@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Final
 
 from coordinator.database import RegistryDatabase
-from osmanthus.crypto import ALLOWED_KEY_BITS, PublicKey, fingerprint_of_modulus
-from osmanthus.errors import FailedPrecondition, InvalidArgument, NotFound
-from osmanthus.names import PEER_NAME_PATTERN
-from osmanthus.tokens import TokenClaims
-from osmanthus.types import KeyFingerprint, RequesterId
+from osmanthus.core.crypto import ALLOWED_KEY_BITS, PublicKey, fingerprint_of_modulus
+from osmanthus.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from osmanthus.core.names import PEER_NAME_PATTERN
+from osmanthus.core.tokens import TokenClaims
+from osmanthus.core.types import KeyFingerprint, RequesterId
 
 __all__ = ["MAX_KEY_BITS", "KeyRegistry", "fingerprint_of_modulus"]
 

@@ -23,11 +23,11 @@ Two kinds of fault, two answers:
   cursor, kind and time, and the check it failed, none of the entry's fields; a warning without
   values names the department and the cursor. A node makes the same checks and serves such
   an event withheld itself; the coordinator forwards the node's words only if they are among
-  osmanthus.lists.WITHHELD_REASONS.
+  osmanthus.core.lists.WITHHELD_REASONS.
 
 A withheld event still names its entry, so that the sync job closes the entry a withdrawal
 takes out of view: its `entry_id` goes on only if it passes the entry id's own checks
-(osmanthus.lists.withheld_entry_id), else as "", and a withdrawal's reason goes on with it.
+(osmanthus.core.lists.withheld_entry_id), else as "", and a withdrawal's reason goes on with it.
 The reason is checked against the list's colour in the coordinator's catalogue wherever the
 coordinator knows the list: an event it withholds itself, whose entry names a list of the
 department and is not withheld for its colour (then the colour is what is in dispute). An event
@@ -40,19 +40,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
 from coordinator.lists import ContentRefused, EntryRefused, check_feed_entry
 from coordinator.nodes import NodeFailure, NodePool
 from coordinator.ratelimit import RateLimiter
-from node.convert import change_from_pb, changes_query_message, withdraw_reason_from_pb
-from node.lists import ChangesQuery
-from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
-from osmanthus.catalogue import Catalogue, ListColour, ListType
-from osmanthus.errors import InvalidArgument, OsmanthusError, PermissionDenied, Unavailable
-from osmanthus.lists import (
+from osmanthus.core.audit import AuditEntry, AuditLog, redacted_reason
+from osmanthus.core.catalogue import Catalogue, ListColour, ListType
+from osmanthus.core.errors import InvalidArgument, OsmanthusError, PermissionDenied, Unavailable
+from osmanthus.core.lists import (
     WITHHELD_BY_NODE,
     WITHHELD_COLOUR,
     WITHHELD_REASONS,
@@ -69,9 +66,12 @@ from osmanthus.lists import (
     shown_value,
     withheld_entry_id,
 )
-from osmanthus.policy import PolicyEngine, PolicyRequest, ReloadablePolicy, time_facts
-from osmanthus.tokens import TokenClaims
-from osmanthus.types import DepartmentId, QueryId
+from osmanthus.core.policy import PolicyEngine, PolicyRequest, ReloadablePolicy, time_facts
+from osmanthus.core.tokens import TokenClaims
+from osmanthus.core.types import DepartmentId, QueryId
+from osmanthus.core.wire.coordinator import ChangesRequest
+from osmanthus.core.wire.lists import ChangesQuery, change_from_pb, withdraw_reason_from_pb
+from osmanthus.core.wire.lists import changes_query_to_proto as changes_query_message
 from osmanthus.v1 import lists_pb2
 
 _log = logging.getLogger(__name__)
@@ -80,17 +80,6 @@ _log = logging.getLogger(__name__)
 ACTION: Final = "ReadListChanges"
 #: the audit entry's `shape` for a change feed page (it releases no score)
 AUDIT_SHAPE: Final = "list_changes"
-
-
-@dataclass(frozen=True)
-class ChangesRequest:
-    """CoordinatorService.ListChanges as received."""
-
-    department: str
-    #: a cursor of the department's feed; "" for its first event
-    after: str
-    #: 0 means osmanthus.lists.DEFAULT_CHANGES_PAGE_SIZE
-    page_size: int
 
 
 class _Refused(Exception):

@@ -37,12 +37,12 @@ from typing import Any, Final
 
 from coordinator.nodes import NodeFailure, NodePool, PublicEntriesAnswer
 from coordinator.ratelimit import RateLimiter
-from node.convert import KIND_TO_PB, kind_from_pb
-from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
-from osmanthus.catalogue import Catalogue, ListColour, ListType
-from osmanthus.errors import InvalidArgument, OsmanthusError, PermissionDenied, Unavailable
-from osmanthus.ids import canonical_subject, mask_subject, validate_subject
-from osmanthus.lists import (
+from osmanthus.core.audit import AuditEntry, AuditLog, redacted_reason
+from osmanthus.core.catalogue import Catalogue, ListColour, ListType
+from osmanthus.core.clock import china_today
+from osmanthus.core.errors import InvalidArgument, OsmanthusError, PermissionDenied, Unavailable
+from osmanthus.core.ids import canonical_subject, mask_subject, validate_subject
+from osmanthus.core.lists import (
     ENTRY_ID_PATTERN,
     MAX_LEGAL_BASIS_LENGTH,
     MAX_NAME_LENGTH,
@@ -68,15 +68,16 @@ from osmanthus.lists import (
     page_size,
     parse_date,
 )
-from osmanthus.policy import (
-    POLICY_TIME_ZONE,
+from osmanthus.core.policy import (
     PolicyEngine,
     PolicyRequest,
     ReloadablePolicy,
     time_facts,
 )
-from osmanthus.tokens import TokenClaims
-from osmanthus.types import DepartmentId, DepartmentStatus, QueryId, SubjectId, SubjectKind
+from osmanthus.core.tokens import TokenClaims
+from osmanthus.core.types import DepartmentId, DepartmentStatus, QueryId, SubjectId, SubjectKind
+from osmanthus.core.wire.common import KIND_TO_PB, kind_from_pb
+from osmanthus.core.wire.coordinator import ListSearch, ListSearchOutcome
 from osmanthus.v1 import lists_pb2
 
 _log = logging.getLogger(__name__)
@@ -110,13 +111,6 @@ _MASKED_RESIDENT_ID = re.compile(r"[0-9]{6}\*{10}[0-9]{1}[0-9X]")
 #: how far a node's date may be from ours: a node whose midnight came first (or not yet) shows
 #: entries of its day, and one day of slack shows nothing a node has not published
 WINDOW_SLACK: Final = datetime.timedelta(days=1)
-
-
-def china_today(now: datetime.datetime) -> datetime.date:
-    """The calendar day in China Standard Time (UTC+8): the day windows are counted in."""
-    if now.utcoffset() is None:
-        raise ValueError("china_today needs a time with its UTC offset, not a naive one")
-    return now.astimezone(POLICY_TIME_ZONE).date()
 
 
 # --- page tokens --------------------------------------------------------------------------------
@@ -333,7 +327,7 @@ class ContentRefused(EntryRefused):
     the catalogue changed (a list's windows, kinds, colour or class), a check was added since
     it was published (entry ids reading as resident ids), or a day passed (a number whose
     birth date was ahead reads as a resident id from that day). `withheld` names the check in
-    the words of osmanthus.lists.WITHHELD_REASONS. Any other EntryRefused is a fault no
+    the words of osmanthus.core.lists.WITHHELD_REASONS. Any other EntryRefused is a fault no
     node's code makes of a stored entry: the node is broken or altered."""
 
     def __init__(self, message: str, *, withheld: str) -> None:
@@ -520,27 +514,6 @@ def _checked_dates(
 
 
 # --- the query ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ListSearch:
-    """A public list query as received: by subject, by list, or a subject on one list."""
-
-    subject_kind: SubjectKind | None
-    subject_id: str
-    list_id: str
-    page_size: int
-    page_token: str
-
-
-@dataclass(frozen=True)
-class ListSearchOutcome:
-    query_id: QueryId
-    entries: tuple[PublicEntry, ...]
-    #: by list: the next page's token; "" on the last page and for a subject's entries
-    next_page_token: str
-    #: departments whose entries the answer may lack, with why
-    missing: tuple[DepartmentStatus, ...]
 
 
 @dataclass(frozen=True)

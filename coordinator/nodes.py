@@ -12,32 +12,31 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from coordinator.config import NodeEndpoint
-from node.convert import (
-    chunk_request_message,
-    chunk_result,
-    contribute_request_message,
-    contribution_result,
-    stats_request_message,
-    stats_result,
-)
-from node.service import (
-    ChunkRequest,
-    ChunkResult,
-    ContributionRequest,
-    ContributionResult,
-    StatsRequest,
-    StatsResult,
-)
-from osmanthus.errors import (
+from osmanthus.core.errors import (
     ConfigError,
     DeadlineExceeded,
     OsmanthusError,
     PermissionDenied,
     Unavailable,
 )
-from osmanthus.grpc_errors import error_from_rpc
-from osmanthus.tls import TlsFiles, node_server_name, secure_channel
-from osmanthus.types import DepartmentId
+from osmanthus.core.grpc_errors import error_from_rpc
+from osmanthus.core.tls import TlsFiles, node_server_name, secure_channel
+from osmanthus.core.tokens import bearer_metadata
+from osmanthus.core.types import DepartmentId
+from osmanthus.core.wire.node import (
+    ChunkRequest,
+    ChunkResult,
+    ContributionRequest,
+    ContributionResult,
+    StatsRequest,
+    StatsResult,
+    chunk_request_to_proto,
+    chunk_result_from_proto,
+    contribution_request_to_proto,
+    contribution_result_from_proto,
+    stats_request_to_proto,
+    stats_result_from_proto,
+)
 from osmanthus.v1 import lists_pb2, node_pb2, node_pb2_grpc
 
 _log = logging.getLogger(__name__)
@@ -148,8 +147,8 @@ class NodePool:
             self._callers,
             departments,
             "Contribute",
-            contribute_request_message(request),
-            contribution_result,
+            contribution_request_to_proto(request),
+            contribution_result_from_proto,
             token=token,
             deadline_s=deadline_s,
         )
@@ -167,8 +166,8 @@ class NodePool:
             self._chunk_callers,
             departments,
             "ContributeChunk",
-            chunk_request_message(request),
-            chunk_result,
+            chunk_request_to_proto(request),
+            chunk_result_from_proto,
             token=token,
             deadline_s=deadline_s,
         )
@@ -186,8 +185,8 @@ class NodePool:
             self._chunk_callers,
             departments,
             "ContributeStats",
-            stats_request_message(request),
-            stats_result,
+            stats_request_to_proto(request),
+            stats_result_from_proto,
             token=token,
             deadline_s=deadline_s,
         )
@@ -270,7 +269,7 @@ class NodePool:
         token: str | None,
         deadline_s: float,
     ) -> tuple[list[R], list[NodeFailure]]:
-        metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
+        metadata = bearer_metadata(token) if token is not None else ()
         pending = []
         for dept, message in requests:
             stub = self._stubs.get(dept)

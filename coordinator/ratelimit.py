@@ -8,8 +8,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from osmanthus.errors import RateLimited
-from osmanthus.policy import RateLimit
+from osmanthus.core.errors import RateLimited
+from osmanthus.core.policy import RateLimit
 
 #: (requester, rule) pairs remembered at most; the least recently charged are dropped first
 MAX_TRACKED = 100_000

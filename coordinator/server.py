@@ -12,7 +12,6 @@ from pathlib import Path
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from certs import PeerRole
 from coordinator.config import load_nodes
 from coordinator.consent import ConsentRegistry
 from coordinator.disclosure import DisclosureLedger
@@ -21,12 +20,13 @@ from coordinator.keys import KeyRegistry
 from coordinator.nodes import NodePool
 from coordinator.service import DEFAULT_DEADLINE_S, CoordinatorService
 from coordinator.servicer import CoordinatorServicer
-from osmanthus.audit import AuditLog, load_or_create_salt
-from osmanthus.bundle import CENTRAL_SCOPE, DEFAULT_POLL_S, load_policy
-from osmanthus.catalogue import Catalogue, load_catalogue
-from osmanthus.crypto import DEFAULT_TABLE_CACHE_BYTES, EncryptorCache
-from osmanthus.errors import ConfigError, InvalidArgument
-from osmanthus.receipts import (
+from osmanthus.core.audit import AuditLog, load_or_create_salt
+from osmanthus.core.bundle import CENTRAL_SCOPE, DEFAULT_POLL_S, load_policy
+from osmanthus.core.catalogue import Catalogue, load_catalogue
+from osmanthus.core.crypto import DEFAULT_TABLE_CACHE_BYTES, EncryptorCache
+from osmanthus.core.errors import ConfigError, InvalidArgument
+from osmanthus.core.peers import PeerRole
+from osmanthus.core.receipts import (
     CONSENT_KEY_FILE,
     CONSENT_PUBLIC_KEY_FILE,
     RECEIPT_ISSUER,
@@ -35,9 +35,9 @@ from osmanthus.receipts import (
     load_consent_key_pair,
     load_or_create_consent_key,
 )
-from osmanthus.server import RunningServer, start_server
-from osmanthus.tls import TlsFiles, check_files, identity_of_certificate
-from osmanthus.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, ReplayCache, TokenVerifier
+from osmanthus.core.server import RunningServer, start_server
+from osmanthus.core.tls import TlsFiles, check_files, identity_of_certificate
+from osmanthus.core.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, ReplayCache, TokenVerifier
 from osmanthus.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 COORDINATOR_SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name[
@@ -68,7 +68,7 @@ class CoordinatorConfig:
     #: public keys of the publishers whose bundles are trusted
     policy_trust: tuple[Path, ...] = ()
     policy_poll_s: float = DEFAULT_POLL_S
-    #: Ed25519 key that signs consent receipts (osmanthus.receipts), checked against the
+    #: Ed25519 key that signs consent receipts (osmanthus.core.receipts), checked against the
     #: consent.pub beside it if there is one; None: STATE_DIR/consent.key, created with
     #: consent.pub beside it on first start, and refused if lost once consents were recorded
     consent_key: Path | None = None

@@ -5,32 +5,24 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from certs import PeerRole
-from coordinator.batch import BatchHeader, BatchPlan, BatchRun, BatchScorer, SubjectChunk
-from coordinator.consent import Consent, ConsentRegistry, ConsentState
+from coordinator.batch import BatchRun, BatchScorer
+from coordinator.consent import ConsentRegistry, ConsentState
 from coordinator.disclosure import DisclosureLedger
 from coordinator.epsilon import EpsilonLedger
 from coordinator.keys import KeyRegistry
-from coordinator.list_changes import ChangesRequest, ListChangeFeed
-from coordinator.lists import ListSearch, ListSearcher, ListSearchOutcome
+from coordinator.list_changes import ListChangeFeed
+from coordinator.lists import ListSearcher
 from coordinator.nodes import NodeFailure, NodePool
 from coordinator.ratelimit import RateLimiter
-from coordinator.stats import StatsAnswerer, StatsOutcome, StatsQuery
-from node.service import (
-    ContributionRequest,
-    ContributionResult,
-    validate_measures,
-    validate_query_fields,
-)
-from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
-from osmanthus.catalogue import Catalogue, SubjectModel
-from osmanthus.crypto import Ciphertext, EncryptorCache, PublicKey, ZeroTestPool
-from osmanthus.encoding import SlotLayout
-from osmanthus.errors import (
+from coordinator.stats import StatsAnswerer
+from osmanthus.core.audit import AuditEntry, AuditLog, redacted_reason
+from osmanthus.core.catalogue import Catalogue, SubjectModel
+from osmanthus.core.crypto import Ciphertext, EncryptorCache, PublicKey, ZeroTestPool
+from osmanthus.core.encoding import SlotLayout
+from osmanthus.core.errors import (
     CryptoError,
     FailedPrecondition,
     InvalidArgument,
@@ -39,19 +31,20 @@ from osmanthus.errors import (
     Unauthenticated,
     Unavailable,
 )
-from osmanthus.ids import canonical_subject, validate_any_subject, validate_subject
-from osmanthus.lists import ListChangesPage
-from osmanthus.names import validate_purpose, validate_requester_id
-from osmanthus.policy import (
+from osmanthus.core.ids import canonical_subject, validate_any_subject, validate_subject
+from osmanthus.core.lists import ListChangesPage
+from osmanthus.core.names import validate_purpose, validate_requester_id
+from osmanthus.core.peers import PeerRole
+from osmanthus.core.policy import (
     Decision,
     PolicyEngine,
     PolicyRequest,
     ReloadablePolicy,
     time_facts,
 )
-from osmanthus.tls import PeerIdentity
-from osmanthus.tokens import TokenClaims, TokenVerifier
-from osmanthus.types import (
+from osmanthus.core.tls import PeerIdentity
+from osmanthus.core.tokens import TokenClaims, TokenVerifier
+from osmanthus.core.types import (
     ConsentId,
     DepartmentStatus,
     KeyFingerprint,
@@ -59,6 +52,25 @@ from osmanthus.types import (
     RequesterId,
     Shape,
     SubjectKind,
+)
+from osmanthus.core.wire.coordinator import (
+    BatchHeader,
+    BatchPlan,
+    ChangesRequest,
+    Consent,
+    ListSearch,
+    ListSearchOutcome,
+    QueryOutcome,
+    QueryRequest,
+    StatsOutcome,
+    StatsQuery,
+    SubjectChunk,
+)
+from osmanthus.core.wire.node import (
+    ContributionRequest,
+    ContributionResult,
+    validate_measures,
+    validate_query_fields,
 )
 
 _log = logging.getLogger(__name__)
@@ -69,44 +81,6 @@ EXCLUDED_REASON = (
     "left out: earlier answers to you about this subject did not include this department, and "
     "including it now would disclose its contribution by subtraction"
 )
-
-
-@dataclass(frozen=True)
-class QueryRequest:
-    subject_kind: SubjectKind
-    subject_id: str
-    shape: Shape | None
-    purpose: str
-    consent_id: str
-    public_key: bytes
-    #: THRESHOLD: the score asked about; 0 for the other shapes
-    threshold: int = 0
-    #: FLAGS: the joint-punishment measures asked
-    measures: tuple[str, ...] = ()
-    #: ask only these departments; empty asks every department serving the subject kind
-    departments: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class QueryOutcome:
-    query_id: QueryId
-    shape: Shape
-    ciphertext: bytes
-    slots: tuple[str, ...]
-    slot_widths: tuple[int, ...]
-    base: int
-    answered: tuple[DepartmentStatus, ...]
-    missing: tuple[DepartmentStatus, ...]
-    #: THRESHOLD: the shuffled zero tests, in place of `ciphertext`
-    candidates: tuple[bytes, ...] = ()
-    threshold: int = 0
-    #: FLAGS: per measure, E(r · count): 0 when no flag triggering it is set
-    measures: tuple[str, ...] = ()
-    flags: tuple[bytes, ...] = ()
-
-    @property
-    def partial(self) -> bool:
-        return bool(self.missing)
 
 
 def new_query_id() -> QueryId:

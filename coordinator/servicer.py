@@ -6,12 +6,13 @@ from collections.abc import Iterator
 
 import grpc
 
-from coordinator import convert
 from coordinator.batch import SendWatchdog
 from coordinator.service import CoordinatorService
-from node.servicer import bearer_token
-from osmanthus.grpc_errors import servicer_method, stream_servicer_method
-from osmanthus.tls import peer_identity
+from osmanthus.core.grpc_errors import servicer_method, stream_servicer_method
+from osmanthus.core.tls import peer_identity
+from osmanthus.core.tokens import bearer_token
+from osmanthus.core.wire import coordinator as wire
+from osmanthus.core.wire.lists import list_changes_page_to_proto
 from osmanthus.v1 import coordinator_pb2, coordinator_pb2_grpc, lists_pb2
 
 
@@ -24,7 +25,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self, request: coordinator_pb2.RegisterKeyRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.RegisterKeyResponse:
         fingerprint = self._service.register_key(
-            request.public_key.n, caller=peer_identity(context), token=bearer_token(context)
+            request.public_key.n,
+            caller=peer_identity(context),
+            token=bearer_token(context.invocation_metadata()),
         )
         return coordinator_pb2.RegisterKeyResponse(key_fingerprint=fingerprint)
 
@@ -33,33 +36,33 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self, request: coordinator_pb2.PersonQueryRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.QueryResponse:
         outcome = self._service.query(
-            convert.person_query(request),
+            wire.person_query_from_proto(request),
             caller=peer_identity(context),
-            token=bearer_token(context),
+            token=bearer_token(context.invocation_metadata()),
         )
-        return convert.query_response(outcome)
+        return wire.query_outcome_to_proto(outcome)
 
     @servicer_method
     def EnterpriseQuery(  # noqa: N802 - gRPC method name
         self, request: coordinator_pb2.EnterpriseQueryRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.QueryResponse:
         outcome = self._service.query(
-            convert.enterprise_query(request),
+            wire.enterprise_query_from_proto(request),
             caller=peer_identity(context),
-            token=bearer_token(context),
+            token=bearer_token(context.invocation_metadata()),
         )
-        return convert.query_response(outcome)
+        return wire.query_outcome_to_proto(outcome)
 
     @servicer_method
     def StatsQuery(  # noqa: N802 - gRPC method name
         self, request: coordinator_pb2.StatsQueryRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.StatsResponse:
         outcome = self._service.stats(
-            convert.stats_query(request),
+            wire.stats_query_from_proto(request),
             caller=peer_identity(context),
-            token=bearer_token(context),
+            token=bearer_token(context.invocation_metadata()),
         )
-        return convert.stats_response(outcome)
+        return wire.stats_outcome_to_proto(outcome)
 
     @stream_servicer_method
     def BatchQuery(  # noqa: N802 - gRPC method name
@@ -67,19 +70,21 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         request_iterator: Iterator[coordinator_pb2.BatchQueryRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[coordinator_pb2.BatchQueryResponse]:
-        header = convert.batch_header(next(request_iterator, coordinator_pb2.BatchQueryRequest()))
+        header = wire.batch_header_from_proto(
+            next(request_iterator, coordinator_pb2.BatchQueryRequest())
+        )
         plan, outcomes = self._service.batch(
             header,
-            convert.subject_chunks(request_iterator),
+            wire.subject_chunks_from_proto(request_iterator),
             caller=peer_identity(context),
-            token=bearer_token(context),
+            token=bearer_token(context.invocation_metadata()),
         )
         watchdog = SendWatchdog(context.cancel)
         try:
             with watchdog:
-                yield convert.batch_layout(plan)
+                yield wire.batch_plan_to_proto(plan)
             for outcome in outcomes:
-                message = convert.chunk_result(outcome)
+                message = wire.chunk_outcome_to_proto(outcome)
                 with watchdog:
                     yield message
         finally:
@@ -91,46 +96,49 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self, request: coordinator_pb2.SearchListsRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.SearchListsResponse:
         outcome = self._service.search_lists(
-            convert.search_lists(request),
+            wire.list_search_from_proto(request),
             caller=peer_identity(context),
-            token=bearer_token(context),
+            token=bearer_token(context.invocation_metadata()),
         )
-        return convert.search_lists_response(outcome)
+        return wire.list_search_outcome_to_proto(outcome)
 
     @servicer_method
     def ListChanges(  # noqa: N802 - gRPC method name
         self, request: lists_pb2.ListChangesRequest, context: grpc.ServicerContext
     ) -> lists_pb2.ListChangesResponse:
         page = self._service.list_changes(
-            convert.list_changes(request),
+            wire.changes_request_from_proto(request),
             caller=peer_identity(context),
-            token=bearer_token(context),
+            token=bearer_token(context.invocation_metadata()),
         )
-        return convert.list_changes_response(page)
+        return list_changes_page_to_proto(page)
 
     @servicer_method
     def GrantConsent(  # noqa: N802 - gRPC method name
         self, request: coordinator_pb2.GrantConsentRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.Consent:
+        grant = wire.consent_grant_from_proto(request)
         consent = self._service.grant_consent(
-            subject_id=request.subject_id,
-            grantee=request.grantee,
-            purpose=request.purpose,
-            expires_at=convert.datetime_from(request.expires_at, field="expires_at"),
+            subject_id=grant.subject_id,
+            grantee=grant.grantee,
+            purpose=grant.purpose,
+            expires_at=grant.expires_at,
             caller=peer_identity(context),
-            token=bearer_token(context),
-            subject_kind=convert.consent_subject_kind(request.subject_kind),
+            token=bearer_token(context.invocation_metadata()),
+            subject_kind=grant.subject_kind,
         )
-        return convert.consent_message(consent)
+        return wire.consent_to_proto(consent)
 
     @servicer_method
     def RevokeConsent(  # noqa: N802 - gRPC method name
         self, request: coordinator_pb2.RevokeConsentRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.Consent:
         consent = self._service.revoke_consent(
-            request.consent_id, caller=peer_identity(context), token=bearer_token(context)
+            request.consent_id,
+            caller=peer_identity(context),
+            token=bearer_token(context.invocation_metadata()),
         )
-        return convert.consent_message(consent)
+        return wire.consent_to_proto(consent)
 
     @servicer_method
     def ListConsents(  # noqa: N802 - gRPC method name
@@ -140,8 +148,6 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             subject_id=request.subject_id,
             grantee=request.grantee,
             caller=peer_identity(context),
-            token=bearer_token(context),
+            token=bearer_token(context.invocation_metadata()),
         )
-        return coordinator_pb2.ListConsentsResponse(
-            consents=[convert.consent_message(c) for c in consents]
-        )
+        return wire.consents_to_proto(consents)

@@ -17,22 +17,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from fractions import Fraction
 
 from coordinator.epsilon import EpsilonLedger
 from coordinator.keys import KeyRegistry
 from coordinator.nodes import NodeFailure, NodePool
 from coordinator.ratelimit import RateLimiter
-from node.service import MAX_COHORT, StatsRequest, validate_cohort, validate_statistics
-from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
-from osmanthus.catalogue import Catalogue
-from osmanthus.crypto import Ciphertext, EncryptorCache, PublicKey
-from osmanthus.dp import laplace_scale, parse_epsilon, sample_discrete_laplace
-from osmanthus.encoding import SlotLayout
-from osmanthus.errors import (
+from osmanthus.core.audit import AuditEntry, AuditLog, redacted_reason
+from osmanthus.core.catalogue import Catalogue
+from osmanthus.core.crypto import Ciphertext, EncryptorCache, PublicKey
+from osmanthus.core.dp import laplace_scale, parse_epsilon, sample_discrete_laplace
+from osmanthus.core.encoding import SlotLayout
+from osmanthus.core.errors import (
     CryptoError,
     InvalidArgument,
     OsmanthusError,
@@ -40,17 +37,19 @@ from osmanthus.errors import (
     Unauthenticated,
     Unavailable,
 )
-from osmanthus.ids import canonical_subject
-from osmanthus.names import validate_purpose
-from osmanthus.policy import (
+from osmanthus.core.ids import canonical_subject
+from osmanthus.core.names import validate_purpose
+from osmanthus.core.policy import (
     LONG_HORIZON_S,
     PolicyEngine,
     PolicyRequest,
     ReloadablePolicy,
     time_facts,
 )
-from osmanthus.tokens import TokenClaims
-from osmanthus.types import DepartmentStatus, QueryId, Shape, SubjectId, SubjectKind
+from osmanthus.core.tokens import TokenClaims
+from osmanthus.core.types import DepartmentStatus, QueryId, Shape, SubjectId, SubjectKind
+from osmanthus.core.wire.coordinator import StatsOutcome, StatsQuery
+from osmanthus.core.wire.node import MAX_COHORT, StatsRequest, validate_cohort, validate_statistics
 
 _log = logging.getLogger(__name__)
 
@@ -77,30 +76,6 @@ class _Refund(Exception):
     def __init__(self, error: OsmanthusError) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-@dataclass(frozen=True)
-class StatsQuery:
-    subject_kind: SubjectKind | None
-    subject_ids: tuple[str, ...]
-    purpose: str
-    epsilon: str
-    statistics: tuple[str, ...]
-    public_key: bytes
-
-
-@dataclass(frozen=True)
-class StatsOutcome:
-    query_id: QueryId
-    statistics: tuple[str, ...]
-    ciphertexts: tuple[bytes, ...]
-    noise_scales: tuple[Fraction, ...]
-    cohort: int
-    epsilon: Decimal
-    #: the least room left under the requester's ε budgets after this answer
-    epsilon_left: Decimal
-    base: int
-    answered: tuple[DepartmentStatus, ...]
 
 
 class StatsAnswerer:

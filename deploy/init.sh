@@ -212,10 +212,10 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from osmanthus.crypto import PrivateKey
-from osmanthus.errors import OsmanthusError, Unauthenticated
-from osmanthus.tokens import ReplayCache, TokenVerifier
-from osmanthus.types import Role
+from osmanthus.core.crypto import PrivateKey
+from osmanthus.core.errors import OsmanthusError, Unauthenticated
+from osmanthus.core.tokens import ReplayCache, TokenVerifier
+from osmanthus.core.types import Role
 
 token_file, issuer_pub, paillier, requester, days, *purposes = sys.argv[1:]
 

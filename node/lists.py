@@ -9,19 +9,18 @@ import secrets
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
-from datetime import UTC, date, datetime, timedelta, timezone
+from dataclasses import fields
+from datetime import UTC, date, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, NamedTuple
 
 import duckdb
 
-from certs import PeerRole
-from node.store import china_today
-from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
-from osmanthus.catalogue import Catalogue, Department, ListColour, ListType
-from osmanthus.errors import (
+from osmanthus.core.audit import AuditEntry, AuditLog, redacted_reason
+from osmanthus.core.catalogue import Catalogue, Department, ListColour, ListType
+from osmanthus.core.clock import china_date_of_naive_utc, china_today
+from osmanthus.core.errors import (
     ConfigError,
     FailedPrecondition,
     InvalidArgument,
@@ -29,8 +28,8 @@ from osmanthus.errors import (
     OsmanthusError,
     PermissionDenied,
 )
-from osmanthus.ids import canonical_subject, validate_subject
-from osmanthus.lists import (
+from osmanthus.core.ids import canonical_subject, validate_subject
+from osmanthus.core.lists import (
     ENTRY_ID_PATTERN,
     MAX_CHANGE_SEQ,
     MAX_CHANGES_PAGE_SIZE,
@@ -66,10 +65,18 @@ from osmanthus.lists import (
     validate_new_entry,
     withheld_entry_id,
 )
-from osmanthus.names import validate_requester_id
-from osmanthus.storefile import create_or_read_meta, rollback_quietly
-from osmanthus.tls import PeerIdentity
-from osmanthus.types import DepartmentId, SubjectId, SubjectKind
+from osmanthus.core.names import validate_requester_id
+from osmanthus.core.peers import PeerRole
+from osmanthus.core.storefile import create_or_read_meta, rollback_quietly
+from osmanthus.core.tls import PeerIdentity
+from osmanthus.core.types import DepartmentId, SubjectId, SubjectKind
+from osmanthus.core.wire.lists import (
+    ChangesQuery,
+    EntryDraft,
+    PublicPage,
+    PublicQuery,
+    PublishResult,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -83,7 +90,6 @@ WITHDRAWN: Final = "withdrawn"
 _FILE_MODE: Final = 0o600
 #: the umask while DuckDB may create files: its WAL holds full ids, as the database does
 _PRIVATE_UMASK: Final = 0o077
-_CHINA_STANDARD_TIME: Final = timezone(timedelta(hours=8), "CST")
 
 #: seq numbers the events in the order they were stored, from 1: the change feed's cursor. It
 #: is assigned under the store's lock in the event's own transaction (max + 1), never reused
@@ -155,77 +161,6 @@ MAX_FEED_PAGE_BYTES: Final = 3 << 20
 _FEED_EVENT_OVERHEAD: Final = 160
 
 
-@dataclass(frozen=True)
-class EntryDraft:
-    """An entry as it arrived for publication, unchecked: what validate_new_entry takes."""
-
-    entry_id: str
-    list: str
-    subject_kind: SubjectKind | None
-    subject_id: str
-    subject_name: str
-    legal_basis: str
-    reason: str
-    window_start: str
-    window_end: str
-
-    @classmethod
-    def of(cls, entry: NewEntry) -> EntryDraft:
-        """The draft that validates to `entry` (dates in ISO form)."""
-        return cls(
-            entry_id=entry.entry_id,
-            list=entry.list,
-            subject_kind=entry.subject_kind,
-            subject_id=entry.subject_id,
-            subject_name=entry.subject_name,
-            legal_basis=entry.legal_basis,
-            reason=entry.reason,
-            window_start=entry.window_start.isoformat(),
-            window_end=entry.window_end.isoformat(),
-        )
-
-
-@dataclass(frozen=True)
-class PublishResult:
-    #: entries stored by this publication
-    published: int
-    #: entries already stored with the same fields (a retried publication)
-    unchanged: int
-
-
-@dataclass(frozen=True)
-class PublicQuery:
-    """NodeService.PublicEntries: one subject's entries in view, or one list's, a page at a time."""
-
-    subject_kind: SubjectKind | None
-    subject_id: str = ""
-    list: str = ""
-    #: 0 means osmanthus.lists.DEFAULT_PAGE_SIZE
-    page_size: int = 0
-    page_token: str = ""
-
-
-@dataclass(frozen=True)
-class PublicPage:
-    entries: tuple[PublicEntry, ...]
-    #: "" on the last page
-    next_page_token: str = ""
-
-
-@dataclass(frozen=True)
-class ChangesQuery:
-    """NodeService.ListChanges: the department's list events after a cursor, a page at a time."""
-
-    #: the department asked: this node's, or "" (the coordinator always names it)
-    department: str
-    #: a cursor of this feed ("" for the first event)
-    after: str
-    #: 0 means osmanthus.lists.DEFAULT_CHANGES_PAGE_SIZE
-    page_size: int
-    #: the requester the coordinator asks for, as the coordinator names it (for the audit log)
-    requester: str
-
-
 class FeedEvent(NamedTuple):
     """One event of the store's change feed, numbered by the store."""
 
@@ -238,10 +173,10 @@ class FeedEvent(NamedTuple):
     #: WITHDRAWN only, withheld or not: the entry's withdraw reason (its reference is not
     #: published)
     withdraw_reason: WithdrawReason | None
-    #: "" or the check the stored entry fails today (osmanthus.lists.stored_entry_withheld)
+    #: "" or the check the stored entry fails today (osmanthus.core.lists.stored_entry_withheld)
     withheld: str = ""
     #: the entry's id: `entry.entry_id`, or when withheld the id if it passes its own checks
-    #: (osmanthus.lists.withheld_entry_id), else ""
+    #: (osmanthus.core.lists.withheld_entry_id), else ""
     entry_id: str = ""
 
 
@@ -275,11 +210,6 @@ def _utc_now() -> datetime:
 
 def _naive_utc(value: datetime) -> datetime:
     return value.astimezone(UTC).replace(tzinfo=None)
-
-
-def _china_date(stored: datetime) -> date:
-    """The China Standard Time date of a stored (naive UTC) time: the day officers count in."""
-    return stored.replace(tzinfo=UTC).astimezone(_CHINA_STANDARD_TIME).date()
 
 
 def _differing_fields(old: NewEntry, new: NewEntry) -> list[str]:
@@ -540,9 +470,9 @@ class ListStore:
                         # "unchanged" would tell the officer the entry is in view again
                         raise FailedPrecondition(
                             f"entry {entry.entry_id!r} was withdrawn on "
-                            f"{_china_date(withdrawn_at)} and stays withdrawn; publish under a "
-                            "new id an entry that applies again. Nothing of this publication "
-                            "was stored",
+                            f"{china_date_of_naive_utc(withdrawn_at)} and stays withdrawn; "
+                            "publish under a new id an entry that applies again. Nothing of "
+                            "this publication was stored",
                             field=f"entries[{index}].entry_id",
                         )
                     elif old != entry:
@@ -654,7 +584,8 @@ class ListStore:
                 )
                 if status is EntryStatus.WITHDRAWN:
                     raise FailedPrecondition(
-                        f"entry {checked_id!r} was withdrawn on {_china_date(withdrawn_at)} "
+                        f"entry {checked_id!r} was withdrawn on "
+                        f"{china_date_of_naive_utc(withdrawn_at)} "
                         f"({withdrawn_reason}); it is out of public view already",
                         field="entry_id",
                     )

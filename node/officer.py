@@ -11,22 +11,23 @@ from typing import Final, TypeVar
 
 import grpc
 
-from node import convert
-from node.lists import PublishResult
-from node.store import china_today, read_table, rows_rejected
-from osmanthus.catalogue import Catalogue
-from osmanthus.errors import InvalidArgument, OsmanthusError
-from osmanthus.grpc_errors import error_from_rpc
-from osmanthus.lists import (
+from node.store import read_table, rows_rejected
+from osmanthus.core.catalogue import Catalogue
+from osmanthus.core.clock import china_today
+from osmanthus.core.errors import InvalidArgument, OsmanthusError
+from osmanthus.core.grpc_errors import error_from_rpc
+from osmanthus.core.lists import (
     MAX_ENTRIES_PER_PUBLISH,
     ListEntry,
     NewEntry,
     WithdrawReason,
     validate_new_entry,
 )
-from osmanthus.server import MAX_RECEIVE_BYTES
-from osmanthus.tls import TlsFiles, node_server_name, secure_channel
-from osmanthus.types import SubjectKind
+from osmanthus.core.tls import TlsFiles, node_server_name, secure_channel
+from osmanthus.core.types import SubjectKind
+from osmanthus.core.wire import MAX_RECEIVE_BYTES
+from osmanthus.core.wire import lists as lists_wire
+from osmanthus.core.wire.lists import PublishResult
 from osmanthus.v1 import lists_pb2, lists_pb2_grpc
 
 #: the columns of a publication file, in the order the template shows them
@@ -183,8 +184,10 @@ class ListOfficer:
         published = unchanged = 0
         for start, batch in self._batches(entries):
             try:
-                result = convert.publish_result(
-                    self._call(self._stub.PublishEntries, convert.publish_request(batch))
+                result = lists_wire.publish_result_from_proto(
+                    self._call(
+                        self._stub.PublishEntries, lists_wire.publish_request_to_proto(batch)
+                    )
                 )
             except OsmanthusError as exc:
                 raise _shifted(exc, start, published + unchanged) from None
@@ -201,7 +204,7 @@ class ListOfficer:
         current: list[lists_pb2.NewEntry] = []
         start = size = 0
         for index, entry in enumerate(entries):
-            message = convert.new_entry_message(entry)
+            message = lists_wire.new_entry_to_proto(entry)
             # a repeated field costs its tag and a length prefix besides the message
             cost = message.ByteSize() + 6
             if current and (len(current) == MAX_ENTRIES_PER_PUBLISH or size + cost > limit):
@@ -216,14 +219,16 @@ class ListOfficer:
         """Take an entry out of public view (credit repair, a revoked honour, an error)."""
         message = self._call(
             self._stub.WithdrawEntry,
-            convert.withdraw_request(entry_id, reason=reason, reference=reference),
+            lists_wire.withdraw_request_to_proto(entry_id, reason=reason, reference=reference),
         )
-        return convert.list_entry(message)
+        return lists_wire.list_entry_from_proto(message)
 
     def history(self, kind: SubjectKind, subject_id: str) -> tuple[ListEntry, ...]:
         """Every entry of the department about one subject, in view or not, with its events."""
-        message = self._call(self._stub.History, convert.history_request(kind, subject_id))
-        return convert.history_entries(message)
+        message = self._call(
+            self._stub.History, lists_wire.history_request_to_proto(kind, subject_id)
+        )
+        return lists_wire.history_from_proto(message)
 
     def close(self) -> None:
         self._channel.close()

@@ -10,21 +10,21 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Final
 
-from certs import PeerRole
 from node.lists import LISTS_FILE, ListStore
 from node.service import NodeService
 from node.servicer import ListOfficeServicer, NodeServicer
 from node.store import RecordStore
-from osmanthus.audit import AuditLog, load_or_create_salt
-from osmanthus.bundle import DEFAULT_POLL_S, load_policy, node_scope
-from osmanthus.catalogue import Catalogue, load_catalogue
-from osmanthus.crypto import DEFAULT_TABLE_CACHE_BYTES, FAST_WINDOW_BITS, EncryptorCache
-from osmanthus.errors import ConfigError
-from osmanthus.policy import ReloadablePolicy
-from osmanthus.rules import load_default_rules, load_rules
-from osmanthus.server import RunningServer, start_server
-from osmanthus.tls import TlsFiles, check_files, identity_of_certificate
-from osmanthus.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, ReplayCache, TokenVerifier
+from osmanthus.core.audit import AuditLog, load_or_create_salt
+from osmanthus.core.bundle import DEFAULT_POLL_S, load_policy, node_scope
+from osmanthus.core.catalogue import Catalogue, load_catalogue
+from osmanthus.core.crypto import DEFAULT_TABLE_CACHE_BYTES, FAST_WINDOW_BITS, EncryptorCache
+from osmanthus.core.errors import ConfigError
+from osmanthus.core.peers import PeerRole
+from osmanthus.core.policy import ReloadablePolicy
+from osmanthus.core.rules import load_default_rules, load_rules
+from osmanthus.core.server import RunningServer, start_server
+from osmanthus.core.tls import TlsFiles, check_files, identity_of_certificate
+from osmanthus.core.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, ReplayCache, TokenVerifier
 from osmanthus.v1 import lists_pb2, lists_pb2_grpc, node_pb2, node_pb2_grpc
 
 NODE_SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name

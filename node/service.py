@@ -5,18 +5,17 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from certs import PeerRole
-from node.lists import ChangesQuery, ListOffice, ListStore, PublicPage, PublicQuery
-from node.store import RecordStore, china_today
+from node.lists import ListOffice, ListStore
+from node.store import RecordStore
 from osmanthus import __version__
-from osmanthus.audit import AuditEntry, AuditLog, redacted_reason
-from osmanthus.catalogue import Catalogue, Department
-from osmanthus.crypto import EncryptorCache, PublicKey
-from osmanthus.encoding import SlotLayout
-from osmanthus.errors import (
+from osmanthus.core.audit import AuditEntry, AuditLog, redacted_reason
+from osmanthus.core.catalogue import Catalogue, Department
+from osmanthus.core.clock import china_today
+from osmanthus.core.crypto import EncryptorCache, PublicKey
+from osmanthus.core.encoding import SlotLayout
+from osmanthus.core.errors import (
     ConfigError,
     FailedPrecondition,
     InvalidArgument,
@@ -24,185 +23,45 @@ from osmanthus.errors import (
     PermissionDenied,
     Unauthenticated,
 )
-from osmanthus.ids import canonical_subject, validate_subject
-from osmanthus.lists import ListChangesPage
-from osmanthus.names import validate_purpose, validate_query_id
-from osmanthus.policy import Decision, PolicyEngine, PolicyRequest, ReloadablePolicy, time_facts
-from osmanthus.rules import RuleSet
-from osmanthus.tls import PeerIdentity
-from osmanthus.tokens import TokenClaims, TokenVerifier
-from osmanthus.types import (
+from osmanthus.core.ids import canonical_subject, validate_subject
+from osmanthus.core.lists import ListChangesPage
+from osmanthus.core.names import validate_purpose, validate_query_id
+from osmanthus.core.peers import PeerRole
+from osmanthus.core.policy import (
+    Decision,
+    PolicyEngine,
+    PolicyRequest,
+    ReloadablePolicy,
+    time_facts,
+)
+from osmanthus.core.rules import RuleSet
+from osmanthus.core.tls import PeerIdentity
+from osmanthus.core.tokens import TokenClaims, TokenVerifier
+from osmanthus.core.types import (
     PACKED_SHAPES,
-    DepartmentId,
     Purpose,
-    QueryId,
     Shape,
     SubjectId,
     SubjectKind,
 )
+from osmanthus.core.wire.lists import ChangesQuery, PublicPage, PublicQuery
+from osmanthus.core.wire.node import (
+    MAX_CHUNK_SUBJECTS,
+    MAX_COHORT,
+    ChunkRequest,
+    ChunkResult,
+    ContributionRequest,
+    ContributionResult,
+    NodeDescription,
+    StatsRequest,
+    StatsResult,
+    validate_cohort,
+    validate_measures,
+    validate_query_fields,
+    validate_statistics,
+)
 
 _log = logging.getLogger(__name__)
-
-#: the most subjects one batch chunk may carry: bounds a node's memory and work per call
-MAX_CHUNK_SUBJECTS = 10_000
-#: the most subjects one STATS cohort may name: their ids (~20 bytes each on the wire) must fit
-#: one message under the servers' 1 MiB receive limit (osmanthus.server.MAX_RECEIVE_BYTES)
-MAX_COHORT = 50_000
-
-
-@dataclass(frozen=True)
-class ContributionRequest:
-    query_id: str
-    subject_kind: SubjectKind | None
-    subject_id: str
-    shape: Shape | None
-    purpose: str
-    consent_id: str
-    public_key: bytes
-    slots: tuple[str, ...]
-    slot_widths: tuple[int, ...]
-    #: FLAGS: the joint-punishment measures asked, in order
-    measures: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ChunkRequest:
-    """One chunk of a batch: many subjects, packed `subjects_per_ciphertext` to a ciphertext."""
-
-    query_id: str
-    chunk: int
-    subject_kind: SubjectKind | None
-    subject_ids: tuple[str, ...]
-    shape: Shape | None
-    purpose: str
-    public_key: bytes
-    slots: tuple[str, ...]
-    slot_widths: tuple[int, ...]
-    subjects_per_ciphertext: int
-
-
-@dataclass(frozen=True)
-class StatsRequest:
-    """A STATS query's cohort: the department sums each asked statistic over every subject."""
-
-    query_id: str
-    subject_kind: SubjectKind | None
-    subject_ids: tuple[str, ...]
-    purpose: str
-    public_key: bytes
-    statistics: tuple[str, ...]
-    slots: tuple[str, ...]
-    slot_widths: tuple[int, ...]
-    #: one subject's largest value of each slot, which the coordinator calibrates noise to
-    slot_bounds: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class StatsResult:
-    department: DepartmentId
-    #: per statistic, in the order asked
-    ciphertexts: tuple[bytes, ...]
-    rules_version: str
-    policy_hash: str
-
-
-def validate_measures(catalogue: Catalogue, measures: Sequence[str]) -> tuple[str, ...]:
-    """The measures a FLAGS query asks: at least one, each a catalogue measure, none twice."""
-    if not measures:
-        raise InvalidArgument(
-            "a FLAGS query names the measures it asks about; known: "
-            + ", ".join(m.id for m in catalogue.measures),
-            field="measures",
-        )
-    known = [m.id for m in catalogue.measures]
-    for name in measures:
-        if name not in known:
-            raise InvalidArgument(
-                f"{name[:40]!r} is not a joint-punishment measure; known: {', '.join(known)}",
-                field="measures",
-            )
-    if len(set(measures)) != len(measures):
-        raise InvalidArgument("a measure is asked twice", field="measures")
-    return tuple(measures)
-
-
-def validate_cohort(kind: SubjectKind, subject_ids: Sequence[str]) -> tuple[SubjectId, ...]:
-    """Each id valid and canonical, no subject twice, 1..MAX_COHORT of them."""
-    if not 0 < len(subject_ids) <= MAX_COHORT:
-        raise InvalidArgument(
-            f"a cohort names 1..{MAX_COHORT} subjects, this one {len(subject_ids)}",
-            field="subject_ids",
-        )
-    cohort = tuple(
-        validate_subject(kind, s, field=f"subject_ids[{i}]") for i, s in enumerate(subject_ids)
-    )
-    seen: dict[SubjectId, int] = {}
-    for index, subject in enumerate(cohort):
-        first = seen.setdefault(subject, index)
-        if first != index:
-            # a subject counted twice would weigh double and break the noise's guarantee
-            raise InvalidArgument(
-                f"subject_ids[{index}] repeats subject_ids[{first}]: a cohort names each "
-                "subject once",
-                field=f"subject_ids[{index}]",
-            )
-    return cohort
-
-
-def validate_statistics(layout: SlotLayout, names: Sequence[str]) -> tuple[str, ...]:
-    """The statistics asked, all slot names of `layout`, none twice; empty means all."""
-    if not names:
-        return layout.names
-    unknown = [n for n in names if n not in layout.names]
-    if unknown:
-        raise InvalidArgument(
-            f"unknown statistic {unknown[0][:40]!r}; choose from {', '.join(layout.names)}",
-            field="statistics",
-        )
-    if len(set(names)) != len(names):
-        raise InvalidArgument("a statistic is asked for twice", field="statistics")
-    return tuple(names)
-
-
-@dataclass(frozen=True)
-class ChunkResult:
-    department: DepartmentId
-    chunk: int
-    ciphertexts: tuple[bytes, ...]
-    rules_version: str
-    policy_hash: str
-
-
-@dataclass(frozen=True)
-class ContributionResult:
-    department: DepartmentId
-    ciphertext: bytes
-    single_source_allowed: bool
-    rules_version: str
-    policy_hash: str
-    #: FLAGS: per measure asked, E(how many of this department's flags triggering it are set)
-    flag_counts: tuple[bytes, ...] = ()
-
-
-@dataclass(frozen=True)
-class NodeDescription:
-    department: Department
-    rules_version: str
-    rules_digest: str
-    policy_hash: str
-    owned_categories: tuple[str, ...]
-    software_version: str
-
-
-def validate_query_fields(
-    *, query_id: str, purpose: str, shape: Shape | None
-) -> tuple[QueryId, Purpose, Shape]:
-    """Checks shared by node and coordinator entry points."""
-    checked_query_id = validate_query_id(query_id)
-    checked_purpose = validate_purpose(purpose)
-    if shape is None:
-        raise InvalidArgument("a disclosure shape (BREAKDOWN or TOTAL) is required", field="shape")
-    return checked_query_id, checked_purpose, shape
 
 
 class NodeService:

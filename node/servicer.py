@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import grpc
 
-from node import convert
 from node.lists import ListOffice
 from node.service import NodeService
-from osmanthus.grpc_errors import servicer_method
-from osmanthus.tls import peer_identity
+from osmanthus.core.grpc_errors import servicer_method
+from osmanthus.core.tls import peer_identity
+from osmanthus.core.tokens import bearer_token
+from osmanthus.core.wire import common as wire_common
+from osmanthus.core.wire import lists as lists_wire
+from osmanthus.core.wire import node as node_wire
 from osmanthus.v1 import lists_pb2, lists_pb2_grpc, node_pb2, node_pb2_grpc
-
-AUTHORIZATION_KEY = "authorization"
-BEARER_PREFIX = "Bearer "
-
-
-def bearer_token(context: grpc.ServicerContext) -> str | None:
-    """The JWT in the 'authorization: Bearer …' metadata, or None."""
-    for key, value in context.invocation_metadata():
-        if key == AUTHORIZATION_KEY and isinstance(value, str) and value.startswith(BEARER_PREFIX):
-            return value[len(BEARER_PREFIX) :].strip()
-    return None
 
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
@@ -33,56 +25,58 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     ) -> node_pb2.ContributeResponse:
         caller = peer_identity(context)
         result = self._service.contribute(
-            convert.contribution_request(request), caller=caller, token=bearer_token(context)
+            node_wire.contribution_request_from_proto(request),
+            caller=caller,
+            token=bearer_token(context.invocation_metadata()),
         )
-        return convert.contribution_response(result)
+        return node_wire.contribution_result_to_proto(result)
 
     @servicer_method
     def ContributeChunk(  # noqa: N802 - gRPC method name
         self, request: node_pb2.ContributeChunkRequest, context: grpc.ServicerContext
     ) -> node_pb2.ContributeChunkResponse:
         result = self._service.contribute_chunk(
-            convert.chunk_request(request),
+            node_wire.chunk_request_from_proto(request),
             caller=peer_identity(context),
-            token=bearer_token(context),
+            token=bearer_token(context.invocation_metadata()),
         )
-        return convert.chunk_response(result)
+        return node_wire.chunk_result_to_proto(result)
 
     @servicer_method
     def ContributeStats(  # noqa: N802 - gRPC method name
         self, request: node_pb2.ContributeStatsRequest, context: grpc.ServicerContext
     ) -> node_pb2.ContributeStatsResponse:
         result = self._service.contribute_stats(
-            convert.stats_request(request),
+            node_wire.stats_request_from_proto(request),
             caller=peer_identity(context),
-            token=bearer_token(context),
+            token=bearer_token(context.invocation_metadata()),
         )
-        return convert.stats_response(result)
+        return node_wire.stats_result_to_proto(result)
 
     @servicer_method
     def PublicEntries(  # noqa: N802 - gRPC method name
         self, request: lists_pb2.PublicEntriesRequest, context: grpc.ServicerContext
     ) -> lists_pb2.PublicEntriesResponse:
         page = self._service.public_entries(
-            convert.public_query(request), caller=peer_identity(context)
+            lists_wire.public_query_from_proto(request), caller=peer_identity(context)
         )
-        return convert.public_page_message(page)
+        return lists_wire.public_page_to_proto(page)
 
     @servicer_method
     def ListChanges(  # noqa: N802 - gRPC method name
         self, request: node_pb2.NodeListChangesRequest, context: grpc.ServicerContext
     ) -> lists_pb2.ListChangesResponse:
         page = self._service.list_changes(
-            convert.changes_query(request), caller=peer_identity(context)
+            lists_wire.changes_query_from_proto(request), caller=peer_identity(context)
         )
-        return convert.list_changes_response(page)
+        return lists_wire.list_changes_page_to_proto(page)
 
     @servicer_method
     def GetInfo(  # noqa: N802 - gRPC method name
         self, request: node_pb2.GetInfoRequest, context: grpc.ServicerContext
     ) -> node_pb2.NodeInfo:
         peer_identity(context)  # any platform certificate may ask; no anonymous peers
-        return convert.node_info(self._service.describe())
+        return node_wire.node_description_to_proto(self._service.describe())
 
 
 class ListOfficeServicer(lists_pb2_grpc.ListOfficeServiceServicer):
@@ -95,8 +89,10 @@ class ListOfficeServicer(lists_pb2_grpc.ListOfficeServiceServicer):
     def PublishEntries(  # noqa: N802 - gRPC method name
         self, request: lists_pb2.PublishEntriesRequest, context: grpc.ServicerContext
     ) -> lists_pb2.PublishEntriesResponse:
-        result = self._office.publish(convert.entry_drafts(request), caller=peer_identity(context))
-        return convert.publish_response(result)
+        result = self._office.publish(
+            lists_wire.entry_drafts_from_proto(request), caller=peer_identity(context)
+        )
+        return lists_wire.publish_result_to_proto(result)
 
     @servicer_method
     def WithdrawEntry(  # noqa: N802 - gRPC method name
@@ -104,19 +100,19 @@ class ListOfficeServicer(lists_pb2_grpc.ListOfficeServiceServicer):
     ) -> lists_pb2.ListEntry:
         entry = self._office.withdraw(
             request.entry_id,
-            reason=convert.withdraw_reason_from_pb(request.reason),
+            reason=lists_wire.withdraw_reason_from_pb(request.reason),
             reference=request.reference,
             caller=peer_identity(context),
         )
-        return convert.list_entry_message(entry)
+        return lists_wire.list_entry_to_proto(entry)
 
     @servicer_method
     def History(  # noqa: N802 - gRPC method name
         self, request: lists_pb2.HistoryRequest, context: grpc.ServicerContext
     ) -> lists_pb2.HistoryResponse:
         entries = self._office.history(
-            convert.kind_from_pb(request.subject_kind),
+            wire_common.kind_from_pb(request.subject_kind),
             request.subject_id,
             caller=peer_identity(context),
         )
-        return convert.history_response(entries)
+        return lists_wire.history_to_proto(entries)

@@ -16,17 +16,18 @@ from types import TracebackType
 
 import duckdb
 
-from osmanthus.catalogue import Catalogue
-from osmanthus.errors import (
+from osmanthus.core.catalogue import Catalogue
+from osmanthus.core.clock import china_today
+from osmanthus.core.errors import (
     ConfigError,
     FailedPrecondition,
     ImportRejected,
     InvalidArgument,
 )
-from osmanthus.ids import validate_subject
-from osmanthus.rules import STATUSES, Record, RuleSet
-from osmanthus.storefile import create_or_read_meta
-from osmanthus.types import DepartmentId, SubjectId, SubjectKind
+from osmanthus.core.ids import validate_subject
+from osmanthus.core.rules import STATUSES, Record, RuleSet
+from osmanthus.core.storefile import create_or_read_meta
+from osmanthus.core.types import DepartmentId, SubjectId, SubjectKind
 
 SCHEMA_VERSION = 1
 
@@ -53,7 +54,6 @@ _DIGITS = re.compile(r"[0-9]{1,9}")
 #: the earliest event date accepted; anything older is a typo
 EARLIEST_EVENT = datetime.date(1900, 1, 1)
 _RECORD_ID = re.compile(r"[^\s\x00-\x1f\x7f]+")
-_CHINA_STANDARD_TIME = datetime.timezone(datetime.timedelta(hours=8), "CST")
 
 # record_id and subject_id are stored uncompressed: a batch lookup scans every row of both, and
 # decompressing DuckDB's default FSST encoding of these unique strings costs more than the scan
@@ -102,11 +102,6 @@ _READ_STAGED = (
     "'subject_id': 'VARCHAR', 'kind': 'VARCHAR', 'quantity': 'INTEGER', 'event_start': 'DATE', "
     "'event_end': 'DATE', 'status': 'VARCHAR'})"
 )
-
-
-def china_today() -> datetime.date:
-    """Today's date in China Standard Time: the clock "not in the future" is judged by."""
-    return datetime.datetime.now(_CHINA_STANDARD_TIME).date()
 
 
 @dataclass(frozen=True)

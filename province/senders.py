@@ -20,11 +20,11 @@ from typing import Final
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from certs import PeerRole
-from osmanthus.errors import ConfigError
-from osmanthus.names import PEER_NAME_PATTERN
-from osmanthus.syncbatch import sender_key_id
-from osmanthus.tls import PeerIdentity
+from osmanthus.core.errors import ConfigError
+from osmanthus.core.names import PEER_NAME_PATTERN
+from osmanthus.core.peers import PeerRole
+from osmanthus.core.syncbatch import sender_key_id
+from osmanthus.core.tls import PeerIdentity
 
 _SENDER_KEYS: Final = frozenset({"id", "public_keys", "certificates"})
 #: the certificate role that may deliver: a city's sync job is a platform requester

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from certs import PeerRole, validate_name
-from osmanthus.errors import ConfigError
-from osmanthus.server import RunningServer, start_server
-from osmanthus.tls import TlsFiles, check_files, identity_of_certificate, node_server_name
+from osmanthus.core.errors import ConfigError
+from osmanthus.core.peers import DEFAULT_RECEIVER_NAME, PeerRole, validate_name
+from osmanthus.core.server import RunningServer, start_server
+from osmanthus.core.tls import TlsFiles, check_files, identity_of_certificate
 from osmanthus.v1 import province_pb2, province_pb2_grpc
 from province.senders import load_senders
 from province.service import ProvinceService
@@ -20,11 +20,6 @@ from province.servicer import ProvinceServicer
 from province.store import STORE_FILE, BatchStore
 
 PROVINCE_SERVICE_NAME: Final = province_pb2.DESCRIPTOR.services_by_name["ProvinceService"].full_name
-#: the platform CA has no role for the province: the reference receiver serves with a node
-#: certificate of this name ("certs issue --role node --name province")
-DEFAULT_RECEIVER_NAME: Final = "province"
-#: the name a client checks the receiver's certificate for
-PROVINCE_SERVER_NAME: Final = node_server_name(DEFAULT_RECEIVER_NAME)
 DEFAULT_OPERATORS: Final = ("operator",)
 STATE_DIR_MODE: Final = 0o700
 

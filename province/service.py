@@ -25,27 +25,27 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from certs import PeerRole
-from osmanthus.errors import OsmanthusError, PermissionDenied, Unauthenticated
-from osmanthus.grpc_errors import status_of
-from osmanthus.syncbatch import (
+from osmanthus.core.errors import OsmanthusError, PermissionDenied, Unauthenticated
+from osmanthus.core.grpc_errors import status_of
+from osmanthus.core.peers import PeerRole
+from osmanthus.core.syncbatch import (
     SignedBatch,
     check_envelope,
     peek_claims,
     read_batch,
     shown_key_id,
 )
-from osmanthus.syncbatch import verify_signature as verify_batch_signature
-from osmanthus.tls import PeerIdentity
-from province.senders import SenderRegistry
-from province.store import (
+from osmanthus.core.syncbatch import verify_signature as verify_batch_signature
+from osmanthus.core.tls import PeerIdentity
+from osmanthus.core.wire.province import (
     BatchPage,
     BatchQuery,
-    BatchStore,
     Delivery,
     RejectionPage,
     RejectionQuery,
 )
+from province.senders import SenderRegistry
+from province.store import BatchStore
 
 _log = logging.getLogger(__name__)
 

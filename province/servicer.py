@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import grpc
 
-from osmanthus.grpc_errors import servicer_method
-from osmanthus.tls import peer_identity
+from osmanthus.core.grpc_errors import servicer_method
+from osmanthus.core.tls import peer_identity
+from osmanthus.core.wire import province as province_wire
 from osmanthus.v1 import province_pb2, province_pb2_grpc
-from province import convert
 from province.service import ProvinceService
 
 
@@ -20,23 +20,25 @@ class ProvinceServicer(province_pb2_grpc.ProvinceServiceServicer):
         self, request: province_pb2.DeliverRequest, context: grpc.ServicerContext
     ) -> province_pb2.DeliverResponse:
         caller = peer_identity(context)
-        delivery = self._service.deliver(convert.signed_batch(request), caller=caller)
-        return convert.deliver_response(delivery)
+        delivery = self._service.deliver(
+            province_wire.signed_batch_from_proto(request), caller=caller
+        )
+        return province_wire.delivery_to_proto(delivery)
 
     @servicer_method
     def ListBatches(  # noqa: N802 - gRPC method name
         self, request: province_pb2.ListBatchesRequest, context: grpc.ServicerContext
     ) -> province_pb2.ListBatchesResponse:
         page = self._service.list_batches(
-            convert.batch_query(request), caller=peer_identity(context)
+            province_wire.batch_query_from_proto(request), caller=peer_identity(context)
         )
-        return convert.list_batches_response(page)
+        return province_wire.batch_page_to_proto(page)
 
     @servicer_method
     def ListRejections(  # noqa: N802 - gRPC method name
         self, request: province_pb2.ListRejectionsRequest, context: grpc.ServicerContext
     ) -> province_pb2.ListRejectionsResponse:
         page = self._service.list_rejections(
-            convert.rejection_query(request), caller=peer_identity(context)
+            province_wire.rejection_query_from_proto(request), caller=peer_identity(context)
         )
-        return convert.list_rejections_response(page)
+        return province_wire.rejection_page_to_proto(page)

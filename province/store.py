@@ -14,16 +14,24 @@ import base64
 import binascii
 import os
 import threading
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 import duckdb
 
-from osmanthus.errors import ConfigError, FailedPrecondition, InvalidArgument
-from osmanthus.storefile import create_or_read_meta, rollback_quietly
-from osmanthus.syncbatch import Batch, BatchKind, SignedBatch
+from osmanthus.core.errors import ConfigError, FailedPrecondition, InvalidArgument
+from osmanthus.core.storefile import create_or_read_meta, rollback_quietly
+from osmanthus.core.syncbatch import Batch, BatchKind, SignedBatch
+from osmanthus.core.wire.province import (
+    BatchPage,
+    BatchQuery,
+    BatchSummary,
+    Delivery,
+    Rejection,
+    RejectionPage,
+    RejectionQuery,
+)
 
 #: the store's file in the receiver's state directory
 STORE_FILE: Final = "province.duckdb"
@@ -88,89 +96,6 @@ _INSERT_RECORDS = (
     "INSERT INTO records SELECT * FROM (SELECT unnest(?::VARCHAR[]), unnest(?::INTEGER[]), "
     "unnest(?::VARCHAR[]))"
 )
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """What the receiver answers a delivered batch: stored now, or already held (duplicate)."""
-
-    batch_id: str
-    duplicate: bool
-    records: int
-    #: when the receiver first stored the batch (UTC)
-    received_at: datetime
-    sequence: int
-    #: this batch's end: where the stream continues for a batch stored now, only that batch's
-    #: end for a duplicate of an older one (the stream may have moved on since)
-    watermark_to: str
-
-
-@dataclass(frozen=True)
-class BatchSummary:
-    """A stored batch without its records: what an operator lists."""
-
-    batch_id: str
-    sender: str
-    kind: BatchKind
-    sequence: int
-    watermark_from: str
-    watermark_to: str
-    created_at: datetime
-    received_at: datetime
-    records: int
-    partial: bool
-    missing_departments: tuple[str, ...]
-    key_id: str
-    #: the certificate that delivered it, as "role/name"
-    peer: str
-    #: SHA-256 of the signed payload as stored: the province can check it against the sender's
-    payload_sha256: str
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """One refused delivery: when, from which certificate, what it claimed, and why."""
-
-    at: datetime
-    peer: str
-    #: the sender whose registered key the batch names ("" while that is unknown): the
-    #: signature may still have failed, so it is what the batch claims, not what it proved
-    sender: str
-    #: the batch id the payload claims ("" if unread): read only once the key's sender is known
-    batch_id: str
-    #: the gRPC status name the deliverer received, e.g. "FAILED_PRECONDITION"
-    code: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class BatchQuery:
-    sender: str | None = None
-    kind: BatchKind | None = None
-    page_size: int = 0
-    page_token: str = ""
-
-
-@dataclass(frozen=True)
-class RejectionQuery:
-    page_size: int = 0
-    page_token: str = ""
-
-
-@dataclass(frozen=True)
-class BatchPage:
-    """Batches newest first; `next_page_token` is "" on the last page."""
-
-    batches: tuple[BatchSummary, ...]
-    next_page_token: str
-
-
-@dataclass(frozen=True)
-class RejectionPage:
-    """Rejections newest first; `next_page_token` is "" on the last page."""
-
-    rejections: tuple[Rejection, ...]
-    next_page_token: str
 
 
 class BatchStore:

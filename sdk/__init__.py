@@ -1,7 +1,7 @@
 """Osmanthus Python SDK for requesters: encrypted, policy-checked credit queries."""
 
-from osmanthus.catalogue import ListColour
-from osmanthus.errors import (
+from osmanthus.core.catalogue import ListColour
+from osmanthus.core.errors import (
     BudgetExhausted,
     ConfigError,
     CryptoError,
@@ -15,14 +15,14 @@ from osmanthus.errors import (
     Unauthenticated,
     Unavailable,
 )
-from osmanthus.lists import (
+from osmanthus.core.lists import (
     ListChange,
     ListChangeEvent,
     ListChangesPage,
     PublicEntry,
     WithdrawReason,
 )
-from osmanthus.receipts import (
+from osmanthus.core.receipts import (
     ConsentReceipt,
     MalformedReceipt,
     ReceiptError,
@@ -30,8 +30,8 @@ from osmanthus.receipts import (
     ReceiptNotInForce,
     UntrustedReceipt,
 )
-from osmanthus.tls import TlsFiles
-from osmanthus.types import DepartmentStatus, Shape, SubjectKind
+from osmanthus.core.tls import TlsFiles
+from osmanthus.core.types import DepartmentStatus, Shape, SubjectKind
 from sdk.client import Client
 from sdk.keys import RequesterKeys, load_or_create_keys
 from sdk.receipts import verify_consent_receipt

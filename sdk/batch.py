@@ -6,14 +6,14 @@ import itertools
 from collections.abc import Iterable, Iterator
 from types import TracebackType
 
-from osmanthus.catalogue import SubjectModel
-from osmanthus.crypto import ParallelDecryptor
-from osmanthus.encoding import SlotLayout
-from osmanthus.errors import CryptoError, InvalidArgument
-from osmanthus.score import Breakdown, grade, score
-from osmanthus.types import Shape
+from osmanthus.core.catalogue import SubjectModel
+from osmanthus.core.crypto import ParallelDecryptor
+from osmanthus.core.encoding import SlotLayout
+from osmanthus.core.errors import CryptoError, InvalidArgument
+from osmanthus.core.score import Breakdown, grade, score
+from osmanthus.core.types import Shape
+from osmanthus.core.wire import coordinator as wire
 from osmanthus.v1 import coordinator_pb2
-from sdk import convert
 from sdk.keys import RequesterKeys
 from sdk.results import BatchScore
 
@@ -59,7 +59,7 @@ def batch_requests(
         if not chunk:
             return
         outbox.sent[number] = chunk
-        yield convert.subject_chunk(number, chunk)
+        yield wire.subject_chunk_to_proto(wire.SubjectChunk(number, tuple(chunk)))
 
 
 class BatchDecoder:
@@ -95,18 +95,16 @@ class BatchDecoder:
     ) -> None:
         self.close()
 
-    def rows(
-        self, answers: Iterable[convert.BatchLayoutAnswer | convert.ChunkAnswer | None]
-    ) -> Iterator[BatchScore]:
+    def rows(self, answers: Iterable[wire.BatchPlan | wire.ChunkOutcome]) -> Iterator[BatchScore]:
         stream = iter(answers)
         first = next(stream, None)
-        if not isinstance(first, convert.BatchLayoutAnswer):
+        if not isinstance(first, wire.BatchPlan):
             raise CryptoError(
                 "the coordinator did not open the batch with its layout", field="layout"
             )
         contributors = self._check_layout(first)
         for expected_chunk, answer in enumerate(stream):
-            if not isinstance(answer, convert.ChunkAnswer):
+            if not isinstance(answer, wire.ChunkOutcome):
                 raise CryptoError("the coordinator sent a second layout", field="layout")
             if answer.chunk != expected_chunk:
                 raise CryptoError(
@@ -115,14 +113,14 @@ class BatchDecoder:
                 )
             yield from self._chunk_rows(first.query_id, answer, contributors)
 
-    def _check_layout(self, layout: convert.BatchLayoutAnswer) -> int:
+    def _check_layout(self, layout: wire.BatchPlan) -> int:
         try:
             self._layout.check_wire(layout.slots, layout.slot_widths)
         except InvalidArgument as exc:
             raise CryptoError(f"the coordinator's {exc}", field=exc.field) from None
         problems = []
         if layout.shape is not self._layout.shape:
-            problems.append(f"shape {layout.shape} instead of {self._layout.shape.value}")
+            problems.append(f"shape {layout.shape.value} instead of {self._layout.shape.value}")
         if layout.subjects_per_ciphertext != self._per:
             problems.append(
                 f"{layout.subjects_per_ciphertext} subjects per ciphertext instead of {self._per}"
@@ -142,7 +140,7 @@ class BatchDecoder:
         return len(layout.departments)
 
     def _chunk_rows(
-        self, query_id: str, answer: convert.ChunkAnswer, contributors: int
+        self, query_id: str, answer: wire.ChunkOutcome, contributors: int
     ) -> Iterator[BatchScore]:
         count = len(answer.subject_ids)
         if len(answer.ciphertexts) != -(-count // self._per):
@@ -165,8 +163,8 @@ class BatchDecoder:
             )
         # the coordinator lists refused subjects apart; put every row back at its input place
         refusals: dict[str, list[str]] = {}
-        for subject_id, reason in answer.refused:
-            refusals.setdefault(subject_id, []).append(reason)
+        for refused in answer.refused:
+            refusals.setdefault(refused.subject_id, []).append(refused.reason)
         scored = iter(zip(answer.subject_ids, values, strict=True))
         for raw in asked:
             reasons = refusals.get(raw)

@@ -20,9 +20,9 @@ from typing import Any
 
 import duckdb
 
-from osmanthus.catalogue import SubjectModel
-from osmanthus.errors import ConfigError, ImportRejected, OsmanthusError
-from osmanthus.types import Shape
+from osmanthus.core.catalogue import SubjectModel
+from osmanthus.core.errors import ConfigError, ImportRejected, OsmanthusError
+from osmanthus.core.types import Shape
 from sdk.results import BatchScore
 
 #: the id column of the input CSV

@@ -6,27 +6,20 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from decimal import Decimal
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 import jwt
 
-from node.service import (
-    MAX_CHUNK_SUBJECTS,
-    validate_cohort,
-    validate_measures,
-    validate_statistics,
-)
-from osmanthus.catalogue import Catalogue, SubjectModel, load_catalogue
-from osmanthus.crypto import Ciphertext, ParallelDecryptor
-from osmanthus.dp import parse_epsilon
-from osmanthus.encoding import SlotLayout
-from osmanthus.errors import ConfigError, CryptoError, InvalidArgument
-from osmanthus.grpc_errors import error_from_rpc
-from osmanthus.ids import mask_subject, validate_resident_id, validate_subject, validate_uscc
-from osmanthus.lists import (
+from osmanthus.core.catalogue import Catalogue, SubjectModel, load_catalogue
+from osmanthus.core.crypto import Ciphertext, ParallelDecryptor
+from osmanthus.core.dp import parse_epsilon
+from osmanthus.core.encoding import SlotLayout
+from osmanthus.core.errors import ConfigError, CryptoError, InvalidArgument
+from osmanthus.core.grpc_errors import error_from_rpc
+from osmanthus.core.ids import mask_subject, validate_resident_id, validate_subject, validate_uscc
+from osmanthus.core.lists import (
     DEFAULT_CHANGES_PAGE_SIZE,
     ListChange,
     ListChangeEvent,
@@ -41,12 +34,21 @@ from osmanthus.lists import (
     shown_value,
     withheld_entry_id,
 )
-from osmanthus.lists import page_size as lists_page_size
-from osmanthus.score import Breakdown, grade, score
-from osmanthus.tls import COORDINATOR_SERVER_NAME, TlsFiles, secure_channel
-from osmanthus.types import DepartmentId, KeyFingerprint, Shape, SubjectKind
+from osmanthus.core.lists import page_size as lists_page_size
+from osmanthus.core.score import Breakdown, grade, score
+from osmanthus.core.tls import COORDINATOR_SERVER_NAME, TlsFiles, secure_channel
+from osmanthus.core.tokens import bearer_metadata
+from osmanthus.core.types import DepartmentId, KeyFingerprint, Shape, SubjectKind
+from osmanthus.core.wire import coordinator as wire
+from osmanthus.core.wire.coordinator import QueryRequest
+from osmanthus.core.wire.lists import list_changes_page_from_proto
+from osmanthus.core.wire.node import (
+    MAX_CHUNK_SUBJECTS,
+    validate_cohort,
+    validate_measures,
+    validate_statistics,
+)
 from osmanthus.v1 import coordinator_pb2_grpc
-from sdk import convert
 from sdk.batch import DEFAULT_CIPHERTEXTS_PER_CHUNK, BatchDecoder, Outbox, batch_requests
 from sdk.keys import RequesterKeys, load_or_create_keys
 from sdk.results import (
@@ -68,6 +70,8 @@ TAX_BANK_LOAN_PURPOSE = "tax_bank_loan"
 TAX_DEPARTMENT = "tax"
 BANK_LOAN_MEASURE = "bank_loan"
 T = TypeVar("T")
+M = TypeVar("M")
+R = TypeVar("R")
 
 
 def _kind_of(subject_id: str) -> SubjectKind:
@@ -91,14 +95,14 @@ def _kind_of(subject_id: str) -> SubjectKind:
     return fits[0]
 
 
-def _fraction(text: str, *, field: str) -> Fraction:
+def _from_coordinator(convert: Callable[[M], R], message: M) -> R:
+    """A coordinator's message as typed values; one no honest coordinator sends is its fault."""
     try:
-        value = Fraction(text)
-    except (ValueError, ZeroDivisionError):
-        raise CryptoError(f"{text[:40]!r} is not a fraction", field=field) from None
-    if value <= 0:
-        raise CryptoError(f"noise scale {text[:40]!r} is not positive", field=field)
-    return value
+        return convert(message)
+    except InvalidArgument as exc:
+        raise CryptoError(
+            f"the coordinator sent a malformed answer: {exc.message}", field=exc.field
+        ) from None
 
 
 def _check_changes(page: ListChangesPage, *, department: str, after: str, size: int) -> None:
@@ -224,10 +228,19 @@ class Client:
             return method(
                 request,
                 timeout=self._timeout_s,
-                metadata=(("authorization", f"Bearer {self._token}"),),
+                metadata=bearer_metadata(self._token),
             )
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
+
+    def _query(self, request: wire.QueryRequest) -> wire.QueryOutcome:
+        if request.subject_kind is SubjectKind.PERSON:
+            message = self._call(self._stub.PersonQuery, wire.person_query_to_proto(request))
+        else:
+            message = self._call(
+                self._stub.EnterpriseQuery, wire.enterprise_query_to_proto(request)
+            )
+        return _from_coordinator(wire.query_outcome_from_proto, message)
 
     def close(self) -> None:
         with self._lock:
@@ -249,7 +262,7 @@ class Client:
     def register_key(self) -> KeyFingerprint:
         """Register this client's public key with the coordinator (idempotent; automatic)."""
         response = self._call(
-            self._stub.RegisterKey, convert.register_key_request(self._keys.public.to_bytes())
+            self._stub.RegisterKey, wire.register_key_to_proto(self._keys.public.to_bytes())
         )
         with self._lock:
             self._registered = True
@@ -273,18 +286,18 @@ class Client:
     ) -> PersonScore:
         subject = validate_resident_id(resident_id, field="resident_id")
         self._ensure_registered()
-        response = self._call(
-            self._stub.PersonQuery,
-            convert.person_query_request(
-                resident_id=subject,
+        response = self._query(
+            QueryRequest(
+                subject_kind=SubjectKind.PERSON,
+                subject_id=subject,
                 shape=shape,
                 purpose=purpose,
                 consent_id=consent_id or "",
-                n_bytes=self._keys.public.to_bytes(),
-            ),
+                public_key=self._keys.public.to_bytes(),
+            )
         )
         model = self._catalogue.model(SubjectKind.PERSON)
-        fields = self._decode(convert.answer(response), model, shape, subject)
+        fields = self._decode(response, model, shape, subject)
         return PersonScore(**fields)
 
     def enterprise_score(
@@ -292,22 +305,22 @@ class Client:
     ) -> EnterpriseScore:
         subject = validate_uscc(credit_code, field="credit_code")
         self._ensure_registered()
-        response = self._call(
-            self._stub.EnterpriseQuery,
-            convert.enterprise_query_request(
-                credit_code=subject,
+        response = self._query(
+            QueryRequest(
+                subject_kind=SubjectKind.ENTERPRISE,
+                subject_id=subject,
                 shape=shape,
                 purpose=purpose,
-                n_bytes=self._keys.public.to_bytes(),
-            ),
+                public_key=self._keys.public.to_bytes(),
+            )
         )
         model = self._catalogue.model(SubjectKind.ENTERPRISE)
-        fields = self._decode(convert.answer(response), model, shape, subject)
+        fields = self._decode(response, model, shape, subject)
         return EnterpriseScore(**fields, grade=grade(model, fields["score"]))
 
     def _decode(
         self,
-        response: convert.Answer,
+        response: wire.QueryOutcome,
         model: SubjectModel,
         shape: Shape,
         subject: str,
@@ -405,20 +418,25 @@ class Client:
         outbox = Outbox()
         requests = batch_requests(
             subject_ids,
-            header=convert.batch_header(
-                kind=kind, shape=shape, purpose=purpose, n_bytes=self._keys.public.to_bytes()
+            header=wire.batch_header_to_proto(
+                wire.BatchHeader(
+                    subject_kind=kind,
+                    shape=shape,
+                    purpose=purpose,
+                    public_key=self._keys.public.to_bytes(),
+                )
             ),
             chunk_size=size,
             outbox=outbox,
         )
         try:
-            responses = self._stub.BatchQuery(
-                requests, metadata=(("authorization", f"Bearer {self._token}"),)
-            )
+            responses = self._stub.BatchQuery(requests, metadata=bearer_metadata(self._token))
             with BatchDecoder(
                 keys=self._keys, layout=layout, model=model, outbox=outbox, workers=decrypt_workers
             ) as decoder:
-                yield from decoder.rows(convert.batch_answer(m) for m in responses)
+                yield from decoder.rows(
+                    _from_coordinator(wire.batch_answer_from_proto, m) for m in responses
+                )
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
         if outbox.error is not None:
@@ -436,18 +454,18 @@ class Client:
         """Whether a person's score is at least `threshold`: one bit, not the score."""
         subject = validate_resident_id(resident_id, field="resident_id")
         self._ensure_registered()
-        response = self._call(
-            self._stub.PersonQuery,
-            convert.person_query_request(
-                resident_id=subject,
+        response = self._query(
+            QueryRequest(
+                subject_kind=SubjectKind.PERSON,
+                subject_id=subject,
                 shape=Shape.THRESHOLD,
                 purpose=purpose,
                 consent_id=consent_id or "",
-                n_bytes=self._keys.public.to_bytes(),
+                public_key=self._keys.public.to_bytes(),
                 threshold=threshold,
-            ),
+            )
         )
-        return self._threshold(convert.answer(response), SubjectKind.PERSON, subject, threshold)
+        return self._threshold(response, SubjectKind.PERSON, subject, threshold)
 
     def enterprise_meets_threshold(
         self,
@@ -465,21 +483,19 @@ class Client:
         """
         subject = validate_uscc(credit_code, field="credit_code")
         self._ensure_registered()
-        response = self._call(
-            self._stub.EnterpriseQuery,
-            convert.enterprise_query_request(
-                credit_code=subject,
+        response = self._query(
+            QueryRequest(
+                subject_kind=SubjectKind.ENTERPRISE,
+                subject_id=subject,
                 shape=Shape.THRESHOLD,
                 purpose=purpose,
-                n_bytes=self._keys.public.to_bytes(),
+                public_key=self._keys.public.to_bytes(),
                 threshold=threshold,
                 consent_id=consent_id or "",
                 departments=tuple(departments),
-            ),
+            )
         )
-        result = self._threshold(
-            convert.answer(response), SubjectKind.ENTERPRISE, subject, threshold
-        )
+        result = self._threshold(response, SubjectKind.ENTERPRISE, subject, threshold)
         answered = {s.department for s in result.answered}
         if departments and not answered <= set(departments):
             raise CryptoError(
@@ -538,7 +554,7 @@ class Client:
         )
 
     def _threshold(
-        self, response: convert.Answer, kind: SubjectKind, subject: str, threshold: int
+        self, response: wire.QueryOutcome, kind: SubjectKind, subject: str, threshold: int
     ) -> ThresholdResult:
         model = self._catalogue.model(kind)
         if response.shape is not Shape.THRESHOLD or response.threshold != threshold:
@@ -597,26 +613,30 @@ class Client:
         self._ensure_registered()
         if kind is SubjectKind.PERSON:
             subject = validate_resident_id(subject_id, field="subject_id")
-            request: Any = convert.person_query_request(
-                resident_id=subject,
-                shape=Shape.FLAGS,
-                purpose=purpose,
-                consent_id=consent_id or "",
-                n_bytes=self._keys.public.to_bytes(),
-                measures=asked,
+            response = self._query(
+                QueryRequest(
+                    subject_kind=SubjectKind.PERSON,
+                    subject_id=subject,
+                    shape=Shape.FLAGS,
+                    purpose=purpose,
+                    consent_id=consent_id or "",
+                    public_key=self._keys.public.to_bytes(),
+                    measures=asked,
+                )
             )
-            response = convert.answer(self._call(self._stub.PersonQuery, request))
         else:
             subject = validate_uscc(subject_id, field="subject_id")
-            request = convert.enterprise_query_request(
-                credit_code=subject,
-                shape=Shape.FLAGS,
-                purpose=purpose,
-                n_bytes=self._keys.public.to_bytes(),
-                measures=asked,
-                consent_id=consent_id or "",
+            response = self._query(
+                QueryRequest(
+                    subject_kind=SubjectKind.ENTERPRISE,
+                    subject_id=subject,
+                    shape=Shape.FLAGS,
+                    purpose=purpose,
+                    public_key=self._keys.public.to_bytes(),
+                    measures=asked,
+                    consent_id=consent_id or "",
+                )
             )
-            response = convert.answer(self._call(self._stub.EnterpriseQuery, request))
         if response.shape is not Shape.FLAGS or response.measures != asked:
             raise CryptoError("the coordinator answered another question", field="measures")
         if len(response.flags) != len(asked):
@@ -670,19 +690,20 @@ class Client:
         cohort = validate_cohort(kind, list(subject_ids))
         amount = parse_epsilon(str(epsilon))
         self._ensure_registered()
-        response = convert.stats_answer(
-            self._call(
-                self._stub.StatsQuery,
-                convert.stats_query_request(
-                    kind=kind,
+        message = self._call(
+            self._stub.StatsQuery,
+            wire.stats_query_to_proto(
+                wire.StatsQuery(
+                    subject_kind=kind,
                     subject_ids=cohort,
                     purpose=purpose,
                     epsilon=format(amount.normalize(), "f"),
                     statistics=() if asked == layout.names else asked,
-                    n_bytes=self._keys.public.to_bytes(),
-                ),
-            )
+                    public_key=self._keys.public.to_bytes(),
+                )
+            ),
         )
+        response = _from_coordinator(wire.stats_outcome_from_proto, message)
         if response.statistics != asked or len(response.ciphertexts) != len(asked):
             raise CryptoError(
                 f"the coordinator answered statistics {list(response.statistics)}, not "
@@ -702,12 +723,9 @@ class Client:
             subject_kind=kind,
             cohort=response.cohort,
             sums=dict(zip(asked, values, strict=True)),
-            noise_scales={
-                name: _fraction(text, field="noise_scales")
-                for name, text in zip(asked, response.noise_scales, strict=True)
-            },
-            epsilon=Decimal(response.epsilon),
-            epsilon_left=Decimal(response.epsilon_left or "0"),
+            noise_scales=dict(zip(asked, response.noise_scales, strict=True)),
+            epsilon=response.epsilon,
+            epsilon_left=response.epsilon_left,
             base=response.base,
             answered=response.answered,
             query_id=response.query_id,
@@ -755,18 +773,19 @@ class Client:
                 "a page token continues a list's pages: pass it with the list_id it came from",
                 field="page_token",
             )
-        answer = convert.list_answer(
-            self._call(
-                self._stub.SearchLists,
-                convert.search_lists_request(
-                    kind=kind,
+        message = self._call(
+            self._stub.SearchLists,
+            wire.list_search_to_proto(
+                wire.ListSearch(
+                    subject_kind=kind,
                     subject_id=subject_id,
                     list_id=list_id or "",
                     page_size=size if list_id else 0,
                     page_token=page_token or "",
-                ),
-            )
+                )
+            ),
         )
+        answer = _from_coordinator(wire.list_search_outcome_from_proto, message)
         for i, entry in enumerate(answer.entries):
             # the coordinator checks what the nodes send; this checks the coordinator
             if (
@@ -859,12 +878,13 @@ class Client:
         dept = self._lists_department(department)
         parse_change_cursor(after, field="after")
         size = changes_page_size(page_size, field="page_size")
-        page = convert.list_changes_page(
-            self._call(
-                self._stub.ListChanges,
-                convert.list_changes_request(department=dept, after=after, page_size=size),
-            )
+        message = self._call(
+            self._stub.ListChanges,
+            wire.changes_request_to_proto(
+                wire.ChangesRequest(department=dept, after=after, page_size=size)
+            ),
         )
+        page = _from_coordinator(list_changes_page_from_proto, message)
         _check_changes(page, department=dept, after=after, size=size)
         return page
 
@@ -911,23 +931,25 @@ class Client:
         subject = validate_subject(kind, subject_id, field="subject_id")
         message = self._call(
             self._stub.GrantConsent,
-            convert.grant_consent_request(
-                subject_id=subject,
-                kind=kind,
-                grantee=grantee,
-                purpose=purpose,
-                expires_at=expires_at,
+            wire.consent_grant_to_proto(
+                wire.ConsentGrant(
+                    subject_id=subject,
+                    subject_kind=kind,
+                    grantee=grantee,
+                    purpose=purpose,
+                    expires_at=expires_at,
+                )
             ),
         )
-        return convert.consent_record(message)
+        return _from_coordinator(wire.consent_from_proto, message)
 
     def revoke_consent(self, consent_id: str) -> ConsentRecord:
-        message = self._call(self._stub.RevokeConsent, convert.revoke_consent_request(consent_id))
-        return convert.consent_record(message)
+        message = self._call(self._stub.RevokeConsent, wire.revoke_consent_to_proto(consent_id))
+        return _from_coordinator(wire.consent_from_proto, message)
 
     def list_consents(self, *, subject_id: str = "", grantee: str = "") -> list[ConsentRecord]:
         response = self._call(
             self._stub.ListConsents,
-            convert.list_consents_request(subject_id=subject_id, grantee=grantee),
+            wire.list_consents_to_proto(subject_id=subject_id, grantee=grantee),
         )
-        return convert.consent_records(response)
+        return _from_coordinator(wire.consents_from_proto, response)

@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from osmanthus.crypto import DEFAULT_KEY_BITS, PrivateKey, PublicKey, generate_keypair
-from osmanthus.errors import ConfigError
-from osmanthus.types import KeyFingerprint
+from osmanthus.core.crypto import DEFAULT_KEY_BITS, PrivateKey, PublicKey, generate_keypair
+from osmanthus.core.errors import ConfigError
+from osmanthus.core.types import KeyFingerprint
 
 
 @dataclass(frozen=True)

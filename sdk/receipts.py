@@ -8,15 +8,15 @@ from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from osmanthus.errors import ConfigError, InvalidArgument
-from osmanthus.receipts import (
+from osmanthus.core.errors import ConfigError, InvalidArgument
+from osmanthus.core.receipts import (
     RECEIPT_ISSUER,
     ConsentReceipt,
     ReceiptError,
     load_consent_public_key,
     verify_receipt,
 )
-from osmanthus.types import SubjectKind
+from osmanthus.core.types import SubjectKind
 
 # verify_receipt's parameter names, as this function's caller knows them
 _PARAMETER: Final = {

@@ -15,7 +15,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, AnyStr, Final, Literal, NoReturn
 from xml.sax.saxutils import escape as xml_escape
 
@@ -42,12 +42,13 @@ from reportlab.platypus import (
     TableStyle,
 )
 
-from osmanthus.bundle import key_id_of
-from osmanthus.catalogue import Catalogue, ListColour
-from osmanthus.errors import CryptoError, InvalidArgument, NotFound, OsmanthusError
-from osmanthus.ids import validate_uscc
-from osmanthus.strictjson import unique_keys
-from osmanthus.types import Shape, SubjectKind
+from osmanthus.core.bundle import key_id_of
+from osmanthus.core.catalogue import Catalogue, ListColour
+from osmanthus.core.clock import china_date
+from osmanthus.core.errors import CryptoError, InvalidArgument, NotFound, OsmanthusError
+from osmanthus.core.ids import validate_uscc
+from osmanthus.core.strictjson import unique_keys
+from osmanthus.core.types import Shape, SubjectKind
 from sdk.results import EnterpriseScore, ListSearchResult, RestrictionResult
 
 #: the `format` of the signed content; a verifier refuses any other
@@ -83,7 +84,6 @@ _CODE_BYTES: Final = 10
 #: The golden digests in tests/unit/test_report.py catch such a change.
 _RENDERER_REVISION: Final = 2
 #: list windows are counted in days of China Standard Time (UTC+8)
-_CHINA_STANDARD_TIME: Final = timezone(timedelta(hours=8), "CST")
 #: how far the day of the query may lie outside an entry's window: the coordinator lets a node
 #: judge "in view" by its own date, a day ahead or behind near midnight (coordinator/lists.py)
 _WINDOW_SLACK: Final = timedelta(days=1)
@@ -241,7 +241,7 @@ class EnterpriseReport:
     @property
     def query_day(self) -> date:
         """The day of the query in China Standard Time, the day list windows are counted in."""
-        return self.issued_at.astimezone(_CHINA_STANDARD_TIME).date()
+        return china_date(self.issued_at)
 
 
 @dataclass(frozen=True)
@@ -392,7 +392,7 @@ def build_enterprise_report(
         lists,
         subject=subject,
         catalogue=catalogue,
-        day=issued_at.astimezone(_CHINA_STANDARD_TIME).date(),
+        day=china_date(issued_at),
     )
     model = catalogue.model(SubjectKind.ENTERPRISE)
     if score.base != model.base:

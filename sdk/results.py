@@ -6,14 +6,14 @@ import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
 
-from osmanthus.dp import discrete_laplace_variance
-from osmanthus.errors import InvalidArgument
-from osmanthus.lists import PublicEntry
-from osmanthus.types import ConsentId, DepartmentStatus, Shape, SubjectKind
+from osmanthus.core.dp import discrete_laplace_variance
+from osmanthus.core.errors import InvalidArgument
+from osmanthus.core.lists import PublicEntry
+from osmanthus.core.types import DepartmentStatus, Shape, SubjectKind
+from osmanthus.core.wire.coordinator import Consent
 
 
 @dataclass(frozen=True)
@@ -166,25 +166,8 @@ class StatsResult:
         return self.base + total / self.cohort
 
 
-@dataclass(frozen=True)
-class ConsentRecord:
-    consent_id: ConsentId
-    subject_id: str
-    grantee: str
-    purpose: str
-    granted_at: datetime
-    expires_at: datetime
-    revoked_at: datetime | None
-    #: signed by the coordinator's consent key; check it with sdk.verify_consent_receipt. It
-    #: proves the grant, not that the consent still stands (a revoked one still verifies).
-    #: Empty for a consent revoked before receipts existed, or whose stored record could not
-    #: be signed
-    receipt: str
-    #: a person, or an enterprise (a tax-bank loan's consent)
-    subject_kind: SubjectKind = SubjectKind.PERSON
-
-    def in_force(self, now: datetime) -> bool:
-        return self.revoked_at is None and now < self.expires_at
+#: a recorded consent as the coordinator answers it (osmanthus.core.wire.coordinator.Consent)
+ConsentRecord = Consent
 
 
 @dataclass(frozen=True)

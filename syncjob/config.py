@@ -48,17 +48,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
-from osmanthus.dp import parse_epsilon
-from osmanthus.durations import parse_duration
-from osmanthus.errors import ConfigError, InvalidArgument
-from osmanthus.names import PEER_NAME_PATTERN
-from osmanthus.syncbatch import STATISTIC_NAME_PATTERN
-from osmanthus.tls import TlsFiles
-from osmanthus.types import SubjectKind
+from osmanthus.core.dp import parse_epsilon
+from osmanthus.core.durations import parse_duration
+from osmanthus.core.errors import ConfigError, InvalidArgument
+from osmanthus.core.names import PEER_NAME_PATTERN
+from osmanthus.core.peers import COORDINATOR_DNS_NAME as COORDINATOR_SERVER_NAME
+from osmanthus.core.peers import PROVINCE_SERVER_NAME
+from osmanthus.core.syncbatch import STATISTIC_NAME_PATTERN
+from osmanthus.core.tls import TlsFiles
+from osmanthus.core.types import SubjectKind
 
-COORDINATOR_SERVER_NAME: Final = "coordinator.osmanthus"
-PROVINCE_SERVER_NAME: Final = "province.node.osmanthus"
-#: the sender ids a batch may carry (osmanthus.syncbatch checks the same)
+#: the sender ids a batch may carry (osmanthus.core.syncbatch checks the same)
 _SENDER: Final = re.compile(r"[a-z0-9_-]{1,63}")
 _TOP: Final = frozenset(
     {
@@ -276,7 +276,7 @@ def _statistic(value: object, *, base: Path, where: str) -> StatisticSpec:
 
 
 def _tls(table: dict[str, Any], *, base: Path, where: str, name: str) -> TlsFiles:
-    from certs import PeerRole, cert_paths
+    from osmanthus.core.peers import PeerRole, cert_paths
 
     if all(k in table for k in ("ca", "cert", "key")):
         return TlsFiles(

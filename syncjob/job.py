@@ -32,18 +32,18 @@ from typing import TYPE_CHECKING, Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from osmanthus.catalogue import Catalogue
-from osmanthus.encoding import SlotLayout
-from osmanthus.errors import (
+from osmanthus.core.catalogue import Catalogue
+from osmanthus.core.clock import CHINA_STANDARD_TIME, china_date
+from osmanthus.core.encoding import SlotLayout
+from osmanthus.core.errors import (
     ConfigError,
     FailedPrecondition,
     InvalidArgument,
     OsmanthusError,
     Unavailable,
 )
-from osmanthus.lists import ListChange, ListChangeEvent, holds_resident_id
-from osmanthus.policy import POLICY_TIME_ZONE
-from osmanthus.syncbatch import (
+from osmanthus.core.lists import ListChange, ListChangeEvent, holds_resident_id
+from osmanthus.core.syncbatch import (
     GRADE_PATTERN,
     MAX_RECORDS_BYTES,
     BatchKind,
@@ -56,7 +56,7 @@ from osmanthus.syncbatch import (
     sign_batch,
     statistic_record,
 )
-from osmanthus.types import Shape, SubjectKind
+from osmanthus.core.types import Shape, SubjectKind
 from syncjob.config import StatisticSpec, SyncConfig
 from syncjob.roster import read_roster, shown_refusal
 from syncjob.state import (
@@ -70,9 +70,9 @@ from syncjob.state import (
 )
 
 if TYPE_CHECKING:
-    from province.client import ProvinceClient
-    from province.store import BatchSummary
+    from osmanthus.core.wire.province import BatchSummary
     from sdk import Client
+    from sdk.province import ProvinceClient
     from sdk.results import BatchScore
     from syncjob.metrics import SyncMetrics
 
@@ -275,7 +275,7 @@ class SyncJob:
         return is_due(self._state.last_done(work), every, self._clock())
 
     def _china_date(self, *, margin: timedelta = timedelta(0)) -> date:
-        return (self._clock() - margin).astimezone(POLICY_TIME_ZONE).date()
+        return china_date(self._clock() - margin)
 
     # --- lists -----------------------------------------------------------------------------------
 
@@ -924,7 +924,7 @@ def list_change_records(
         if end >= today or (complete is not None and candidate.department not in complete):
             continue
         # the entry left view at the first moment of the day after its window (China time)
-        left = datetime.combine(end + timedelta(days=1), datetime.min.time(), POLICY_TIME_ZONE)
+        left = datetime.combine(end + timedelta(days=1), datetime.min.time(), CHINA_STANDARD_TIME)
         # an entry published after its window had ended (late, or first read now) cannot
         # have expired before it was published: the same instant, then
         at = max(left.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), candidate.record["event_at"])

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from prometheus_client import write_to_textfile as _write_textfile
 
-from osmanthus.syncbatch import BatchKind
+from osmanthus.core.syncbatch import BatchKind
 
 if TYPE_CHECKING:
     from syncjob.job import RunSummary

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from osmanthus.errors import ConfigError
-from osmanthus.lists import holds_resident_id
+from osmanthus.core.errors import ConfigError
+from osmanthus.core.lists import holds_resident_id
 
 #: the id column, as `osmanthus batch score` reads it
 ID_COLUMN: Final = "subject_id"

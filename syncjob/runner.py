@@ -17,10 +17,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from osmanthus.bundle import load_private_key
-from osmanthus.catalogue import Catalogue, load_catalogue
-from osmanthus.errors import ConfigError, InvalidArgument, OsmanthusError
-from osmanthus.syncbatch import BatchKind, sender_key_id
+from osmanthus.core.bundle import load_private_key
+from osmanthus.core.catalogue import Catalogue, load_catalogue
+from osmanthus.core.errors import ConfigError, InvalidArgument, OsmanthusError
+from osmanthus.core.syncbatch import BatchKind, sender_key_id
 from syncjob.config import SyncConfig
 from syncjob.job import SCHEDULE_SLACK, SyncJob, is_due
 from syncjob.metrics import SyncMetrics
@@ -56,8 +56,8 @@ def open_job(
     grade_progress: Callable[[int, int], None],
 ) -> Iterator[SyncJob]:
     """The job with its clients and state, holding the state directory's lock."""
-    from province.client import ProvinceClient
     from sdk import Client
+    from sdk.province import ProvinceClient
 
     try:
         key = load_private_key(config.signing_key)

@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from osmanthus.errors import ConfigError, FailedPrecondition
-from osmanthus.syncbatch import BatchKind, SignedBatch
+from osmanthus.core.errors import ConfigError, FailedPrecondition
+from osmanthus.core.syncbatch import BatchKind, SignedBatch
 
 STATE_FILE: Final = "sync.sqlite"
 LOCK_FILE: Final = "sync.lock"

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import pytest
 
 from certs import init_platform
-from osmanthus.tokens import generate_issuer_keypair
+from osmanthus.core.tokens import generate_issuer_keypair
 
 #: departments with node certificates in the session's platform (8 personal + customs, eco)
 PLATFORM_DEPARTMENTS = (

@@ -19,13 +19,13 @@ from coordinator.server import (
     start_coordinator,
 )
 from node.server import DEFAULT_NODE_POLICY, NodeConfig, start_node
-from osmanthus.bundle import DEFAULT_POLL_S
-from osmanthus.catalogue import Catalogue, default_catalogue_path, load_catalogue
-from osmanthus.seed import SeedReport, seed
-from osmanthus.server import RunningServer
-from osmanthus.tls import TlsFiles
-from osmanthus.tokens import TokenIssuer
-from osmanthus.types import DepartmentId, Role
+from osmanthus.core.bundle import DEFAULT_POLL_S
+from osmanthus.core.catalogue import Catalogue, default_catalogue_path, load_catalogue
+from osmanthus.core.server import RunningServer
+from osmanthus.core.tls import TlsFiles
+from osmanthus.core.tokens import TokenIssuer
+from osmanthus.core.types import DepartmentId, Role
+from osmanthus.demo.seed import SeedReport, seed
 from sdk import Client, RequesterKeys
 from sdk.keys import load_or_create_keys
 from tests.conftest import PLATFORM_DEPARTMENTS, IssuerKeyPaths

@@ -33,13 +33,13 @@ from typing import Any
 import grpc
 
 from coordinator.server import CoordinatorConfig, start_coordinator
-from osmanthus.catalogue import load_catalogue
-from osmanthus.tls import TlsFiles
+from osmanthus.core.catalogue import load_catalogue
+from osmanthus.core.tls import TlsFiles
 
 #: (module, qualified name) of every type that is or holds a Paillier private key
 PRIVATE_KEY_TYPES = frozenset(
     {
-        ("osmanthus.crypto", "PrivateKey"),
+        ("osmanthus.core.crypto", "PrivateKey"),
         ("phe.paillier", "PaillierPrivateKey"),
         ("sdk.keys", "RequesterKeys"),
     }

@@ -17,9 +17,9 @@ import grpc
 import pytest
 
 from node.server import DEFAULT_NODE_POLICY
-from osmanthus.encoding import SlotLayout
-from osmanthus.grpc_errors import FIELD_METADATA_KEY
-from osmanthus.types import DepartmentId, Role, Shape, SubjectKind
+from osmanthus.core.encoding import SlotLayout
+from osmanthus.core.grpc_errors import FIELD_METADATA_KEY
+from osmanthus.core.types import DepartmentId, Role, Shape, SubjectKind
 from osmanthus.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from sdk import Client, FailedPrecondition, PermissionDenied, RequesterKeys, Unavailable
 from sdk.results import BatchScore
@@ -170,7 +170,7 @@ def test_persons_are_batched_only_for_the_statutory_purpose(federation: Federati
 
 
 def test_a_batch_with_an_unregistered_key_is_refused(federation: Federation) -> None:
-    from osmanthus.crypto import generate_keypair
+    from osmanthus.core.crypto import generate_keypair
 
     public, private = generate_keypair()
     keys = RequesterKeys(public=public, private=private)
@@ -191,7 +191,7 @@ def test_a_batch_with_an_unregistered_key_is_refused(federation: Federation) -> 
 
 
 def _stub(federation: Federation) -> coordinator_pb2_grpc.CoordinatorServiceStub:
-    from osmanthus.tls import COORDINATOR_SERVER_NAME, secure_channel
+    from osmanthus.core.tls import COORDINATOR_SERVER_NAME, secure_channel
 
     channel = secure_channel(
         federation.target, federation.tls(SYNC), server_name=COORDINATOR_SERVER_NAME
@@ -351,8 +351,8 @@ def test_a_subject_pinned_to_fewer_departments_is_refused_in_place_as_typed(
 ) -> None:
     from datetime import UTC, date, datetime
 
-    from osmanthus.ids import make_resident_id
-    from osmanthus.types import RequesterId
+    from osmanthus.core.ids import make_resident_id
+    from osmanthus.core.types import RequesterId
 
     persons = subjects(federation, "person")
     # a person no earlier test has batched (every seeded person has been): no records anywhere

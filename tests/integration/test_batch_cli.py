@@ -15,9 +15,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from osmanthus.catalogue import load_catalogue
 from osmanthus.cli import main
-from osmanthus.types import Role, Shape, SubjectKind
+from osmanthus.core.catalogue import load_catalogue
+from osmanthus.core.types import Role, Shape, SubjectKind
 from sdk import Client, load_or_create_keys
 from sdk.batchjob import BatchJob
 from sdk.results import BatchScore

@@ -42,21 +42,21 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from certs import DEFAULT_OPERATOR_NAME, PeerRole, cert_paths
 from coordinator.config import NodeEndpoint, load_nodes, render_nodes
-from osmanthus.bundle import load_private_key
-from osmanthus.catalogue import Catalogue, load_catalogue
-from osmanthus.durations import parse_duration
-from osmanthus.launcher import START_TIMEOUT_S, Process, osmanthus_command, spawn
-from osmanthus.lists import holds_resident_id
-from osmanthus.syncbatch import BatchKind, sender_key_id
-from osmanthus.tls import TlsFiles
-from osmanthus.tokens import ReplayCache, TokenIssuer, TokenVerifier
-from osmanthus.types import DepartmentId, Role, SubjectKind
-from province.client import ProvinceClient
+from osmanthus.core.bundle import load_private_key
+from osmanthus.core.catalogue import Catalogue, load_catalogue
+from osmanthus.core.durations import parse_duration
+from osmanthus.core.lists import holds_resident_id
+from osmanthus.core.syncbatch import BatchKind, sender_key_id
+from osmanthus.core.tls import TlsFiles
+from osmanthus.core.tokens import ReplayCache, TokenIssuer, TokenVerifier
+from osmanthus.core.types import DepartmentId, Role, SubjectKind
+from osmanthus.core.wire.province import BatchSummary
+from osmanthus.demo.launcher import START_TIMEOUT_S, Process, osmanthus_command, spawn
 from province.senders import load_senders
-from province.store import BatchSummary
 from sdk import Client, RequesterKeys, verify_consent_receipt
 from sdk.batchjob import read_ids
 from sdk.keys import load_or_create_keys
+from sdk.province import ProvinceClient
 from syncjob.config import SyncConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -270,10 +270,19 @@ def test_image_is_one_non_root_python_311_image_with_the_cli_entrypoint(image: I
     assert copies and "policies/node.cedar" in copies[0] and "policies/central.cedar" in copies[0]
 
 
+def test_the_image_installs_every_extra_its_services_need(image: Image) -> None:
+    # the base distribution is the requester's SDK alone: nodes, the coordinator, the receiver
+    # and the sync job need their extras, and one image runs them all
+    installs = [line for line in image.lines if "pip install" in line]
+    assert installs and all("[all]" in line for line in installs), installs
+
+
 def test_the_image_holds_every_package_the_project_builds(image: Image) -> None:
     # a package left out of the build context installs a console script that fails on import
-    packages = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["tool"]["setuptools"]
-    top_level = {name.split(".")[0] for name in packages["packages"]}
+    setuptools = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["tool"]["setuptools"]
+    top_level = {
+        name.rstrip("*").split(".")[0] for name in setuptools["packages"]["find"]["include"]
+    }
     copied: set[str] = set()
     for line in image.lines:
         if line.startswith("COPY ") and "--from" not in line:

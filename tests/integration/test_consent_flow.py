@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import sdk
-from osmanthus.types import Role, Shape, SubjectKind
+from osmanthus.core.types import Role, Shape, SubjectKind
 from sdk import Client, PersonScore, RequesterKeys
 from tests.conftest import IssuerKeyPaths
 from tests.integration.conftest import (

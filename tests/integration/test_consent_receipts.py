@@ -19,9 +19,9 @@ from certs import PeerRole, cert_paths
 from coordinator.config import NodeEndpoint, render_nodes
 from coordinator.consent import ConsentRegistry
 from coordinator.server import CoordinatorConfig, start_coordinator
-from osmanthus.errors import ConfigError
-from osmanthus.grpc_errors import FIELD_METADATA_KEY
-from osmanthus.receipts import (
+from osmanthus.core.errors import ConfigError
+from osmanthus.core.grpc_errors import FIELD_METADATA_KEY
+from osmanthus.core.receipts import (
     CONSENT_KEY_FILE,
     CONSENT_PUBLIC_KEY_FILE,
     consent_key_id,
@@ -29,8 +29,8 @@ from osmanthus.receipts import (
     load_consent_private_key,
     load_consent_public_key,
 )
-from osmanthus.tls import COORDINATOR_SERVER_NAME, TlsFiles, secure_channel
-from osmanthus.types import DepartmentId, Role
+from osmanthus.core.tls import COORDINATOR_SERVER_NAME, TlsFiles, secure_channel
+from osmanthus.core.types import DepartmentId, Role
 from osmanthus.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from sdk import Client, RequesterKeys
 from tests.conftest import IssuerKeyPaths

@@ -29,9 +29,9 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from certs import PeerRole, cert_paths
 from coordinator.config import NodeEndpoint, render_nodes
-from osmanthus.crypto import Ciphertext, PrivateKey, PublicKey
-from osmanthus.encoding import SlotLayout
-from osmanthus.types import DepartmentId, Role, Shape, SubjectKind
+from osmanthus.core.crypto import Ciphertext, PrivateKey, PublicKey
+from osmanthus.core.encoding import SlotLayout
+from osmanthus.core.types import DepartmentId, Role, Shape, SubjectKind
 from osmanthus.v1 import common_pb2, coordinator_pb2
 from sdk import Client, RequesterKeys
 from sdk.results import PersonScore
@@ -259,7 +259,7 @@ def test_heap_scan_finds_a_private_key_where_there_is_one(federation: Federation
     # positive control: this process holds the requester's private key (session fixture)
     keys = federation.keys[REQUESTER]
     found = scan_heap(keys.public.n)
-    assert "osmanthus.crypto.PrivateKey" in found["private_key_objects"]
+    assert "osmanthus.core.crypto.PrivateKey" in found["private_key_objects"]
     assert found["factor_hits"], "the scan cannot see p and q even where they are"
     assert found["n_seen"]
 

@@ -24,11 +24,11 @@ import pytest
 import sdk
 from coordinator.server import DEFAULT_CENTRAL_POLICY
 from node.server import DEFAULT_NODE_POLICY
-from osmanthus.errors import RateLimited
-from osmanthus.grpc_errors import FIELD_METADATA_KEY, error_from_rpc
-from osmanthus.seed import SeedReport
-from osmanthus.tls import COORDINATOR_SERVER_NAME, secure_channel
-from osmanthus.types import Role
+from osmanthus.core.errors import RateLimited
+from osmanthus.core.grpc_errors import FIELD_METADATA_KEY, error_from_rpc
+from osmanthus.core.tls import COORDINATOR_SERVER_NAME, secure_channel
+from osmanthus.core.types import Role
+from osmanthus.demo.seed import SeedReport
 from osmanthus.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from sdk import Client, RequesterKeys
 from tests.conftest import IssuerKeyPaths

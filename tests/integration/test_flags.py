@@ -16,10 +16,10 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from osmanthus.catalogue import Catalogue, default_rules_dir
-from osmanthus.grpc_errors import FIELD_METADATA_KEY
-from osmanthus.tls import COORDINATOR_SERVER_NAME, secure_channel
-from osmanthus.types import DepartmentId, Role, SubjectKind
+from osmanthus.core.catalogue import Catalogue, default_rules_dir
+from osmanthus.core.grpc_errors import FIELD_METADATA_KEY
+from osmanthus.core.tls import COORDINATOR_SERVER_NAME, secure_channel
+from osmanthus.core.types import DepartmentId, Role, SubjectKind
 from osmanthus.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from sdk import Client, InvalidArgument, PermissionDenied
 from tests.integration.conftest import Federation, consent_for

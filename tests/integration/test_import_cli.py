@@ -10,11 +10,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from node.store import COLUMNS, RecordStore, china_today
+from node.store import COLUMNS, RecordStore
 from osmanthus.cli import main
-from osmanthus.ids import make_resident_id
-from osmanthus.launcher import osmanthus_command
-from osmanthus.types import DepartmentId
+from osmanthus.core.clock import china_today
+from osmanthus.core.ids import make_resident_id
+from osmanthus.core.types import DepartmentId
+from osmanthus.demo.launcher import osmanthus_command
 
 DEPARTMENT = "psb"
 #: ImportRejected is an InvalidArgument: "invalid input" in the CLI's exit-code table

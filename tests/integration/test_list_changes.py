@@ -18,14 +18,19 @@ import grpc
 import pytest
 
 from coordinator.config import NodeEndpoint
-from node.lists import LISTS_FILE, EntryDraft, ListStore
+from node.lists import LISTS_FILE, ListStore
 from node.officer import ListOfficer
 from node.server import prepare_state_dir
-from node.store import china_today
-from osmanthus.errors import InvalidArgument, PermissionDenied, Unavailable
-from osmanthus.grpc_errors import error_from_rpc
-from osmanthus.ids import make_resident_id, make_uscc, mask_subject, organisation_code_check_char
-from osmanthus.lists import (
+from osmanthus.core.clock import china_today
+from osmanthus.core.errors import InvalidArgument, PermissionDenied, Unavailable
+from osmanthus.core.grpc_errors import error_from_rpc
+from osmanthus.core.ids import (
+    make_resident_id,
+    make_uscc,
+    mask_subject,
+    organisation_code_check_char,
+)
+from osmanthus.core.lists import (
     FEED_ID_PATTERN,
     EntryId,
     EntryStatus,
@@ -33,8 +38,9 @@ from osmanthus.lists import (
     NewEntry,
     WithdrawReason,
 )
-from osmanthus.tls import COORDINATOR_SERVER_NAME, TlsFiles, secure_channel
-from osmanthus.types import DepartmentId, Role, SubjectId, SubjectKind
+from osmanthus.core.tls import COORDINATOR_SERVER_NAME, TlsFiles, secure_channel
+from osmanthus.core.types import DepartmentId, Role, SubjectId, SubjectKind
+from osmanthus.core.wire.lists import EntryDraft
 from osmanthus.v1 import coordinator_pb2_grpc, lists_pb2
 from sdk import Client, RequesterKeys
 from tests.conftest import IssuerKeyPaths

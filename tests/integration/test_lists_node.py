@@ -21,17 +21,17 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from certs import PeerRole, cert_paths
-from node.lists import PublicPage, PublicQuery
 from node.officer import ListOfficer
 from node.server import LIST_OFFICE_SERVICE_NAME
-from node.store import china_today
 from osmanthus import cli
-from osmanthus.errors import FailedPrecondition, InvalidArgument, PermissionDenied
-from osmanthus.grpc_errors import error_from_rpc
-from osmanthus.ids import make_resident_id, make_uscc, organisation_code_check_char
-from osmanthus.lists import EntryId, EntryStatus, NewEntry, WithdrawReason
-from osmanthus.tls import TlsFiles, node_server_name, secure_channel
-from osmanthus.types import SubjectId, SubjectKind
+from osmanthus.core.clock import china_today
+from osmanthus.core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from osmanthus.core.grpc_errors import error_from_rpc
+from osmanthus.core.ids import make_resident_id, make_uscc, organisation_code_check_char
+from osmanthus.core.lists import EntryId, EntryStatus, NewEntry, WithdrawReason
+from osmanthus.core.tls import TlsFiles, node_server_name, secure_channel
+from osmanthus.core.types import SubjectId, SubjectKind
+from osmanthus.core.wire.lists import PublicPage, PublicQuery
 from osmanthus.v1 import node_pb2_grpc
 from sdk import Client
 from tests.integration.conftest import Federation, consent_for
@@ -119,15 +119,15 @@ def _entry(
 
 
 def _public(federation: Federation, tls: TlsFiles, query: PublicQuery) -> PublicPage:
-    from node import convert
+    from osmanthus.core.wire import lists as lists_wire
 
     with secure_channel(_target(federation), tls, server_name=node_server_name(COURT)) as channel:
         stub = node_pb2_grpc.NodeServiceStub(channel)
         try:
-            reply = stub.PublicEntries(convert.public_query_message(query), timeout=10)
+            reply = stub.PublicEntries(lists_wire.public_query_to_proto(query), timeout=10)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
-    return convert.public_page(reply)
+    return lists_wire.public_page_from_proto(reply)
 
 
 def _coordinator_tls(federation: Federation) -> TlsFiles:

@@ -21,17 +21,17 @@ import grpc
 import pytest
 
 from coordinator.server import DEFAULT_CENTRAL_POLICY
-from node.convert import KIND_TO_PB
 from node.officer import ListOfficer
-from node.store import china_today
 from osmanthus import cli
-from osmanthus.catalogue import ListColour
-from osmanthus.errors import InvalidArgument, RateLimited, Unavailable
-from osmanthus.grpc_errors import error_from_rpc
-from osmanthus.ids import make_resident_id, make_uscc, organisation_code_check_char
-from osmanthus.lists import EntryId, EntryStatus, NewEntry, PublicEntry, WithdrawReason
-from osmanthus.tls import COORDINATOR_SERVER_NAME, TlsFiles, secure_channel
-from osmanthus.types import Role, SubjectId, SubjectKind
+from osmanthus.core.catalogue import ListColour
+from osmanthus.core.clock import china_today
+from osmanthus.core.errors import InvalidArgument, RateLimited, Unavailable
+from osmanthus.core.grpc_errors import error_from_rpc
+from osmanthus.core.ids import make_resident_id, make_uscc, organisation_code_check_char
+from osmanthus.core.lists import EntryId, EntryStatus, NewEntry, PublicEntry, WithdrawReason
+from osmanthus.core.tls import COORDINATOR_SERVER_NAME, TlsFiles, secure_channel
+from osmanthus.core.types import Role, SubjectId, SubjectKind
+from osmanthus.core.wire.common import KIND_TO_PB
 from osmanthus.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, lists_pb2
 from sdk import Client, ListSearchResult, RequesterKeys
 from tests.conftest import IssuerKeyPaths

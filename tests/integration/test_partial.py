@@ -14,8 +14,8 @@ import pytest
 
 import sdk
 from coordinator.config import NodeEndpoint
-from osmanthus.launcher import START_TIMEOUT_S, Process, osmanthus_command, spawn
-from osmanthus.types import DepartmentId, Role
+from osmanthus.core.types import DepartmentId, Role
+from osmanthus.demo.launcher import START_TIMEOUT_S, Process, osmanthus_command, spawn
 from sdk import Client, EnterpriseScore, RequesterKeys
 from tests.conftest import IssuerKeyPaths
 from tests.integration.conftest import (

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import sdk
 from coordinator.server import DEFAULT_CENTRAL_POLICY
 from node.server import DEFAULT_NODE_POLICY
-from osmanthus.bundle import (
+from osmanthus.core.bundle import (
     STATE_FILE_NAME,
     PolicyWatcher,
     ReloadStatus,
@@ -40,9 +40,9 @@ from osmanthus.bundle import (
     verify_bundle,
     write_atomically,
 )
-from osmanthus.launcher import START_TIMEOUT_S, osmanthus_command, spawn
-from osmanthus.seed import SeedReport
-from osmanthus.types import DepartmentId, Role, Shape
+from osmanthus.core.types import DepartmentId, Role, Shape
+from osmanthus.demo.launcher import START_TIMEOUT_S, osmanthus_command, spawn
+from osmanthus.demo.seed import SeedReport
 from sdk import Client, RequesterKeys
 from tests.conftest import IssuerKeyPaths
 from tests.integration.conftest import (

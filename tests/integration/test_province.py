@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from certs import DEFAULT_OPERATOR_NAME, PeerRole, cert_paths, issue_certificate
-from osmanthus.bundle import generate_publisher_key, load_private_key
-from osmanthus.catalogue import ListColour
 from osmanthus.cli import main
-from osmanthus.errors import (
+from osmanthus.core.bundle import generate_publisher_key, load_private_key
+from osmanthus.core.catalogue import ListColour
+from osmanthus.core.errors import (
     ConfigError,
     FailedPrecondition,
     InvalidArgument,
@@ -32,11 +32,16 @@ from osmanthus.errors import (
     Unauthenticated,
     Unavailable,
 )
-from osmanthus.ids import make_resident_id, make_uscc, mask_subject, organisation_code_check_char
-from osmanthus.launcher import START_TIMEOUT_S, osmanthus_command, spawn
-from osmanthus.lists import EntryId, PublicEntry
-from osmanthus.server import RunningServer
-from osmanthus.syncbatch import (
+from osmanthus.core.ids import (
+    make_resident_id,
+    make_uscc,
+    mask_subject,
+    organisation_code_check_char,
+)
+from osmanthus.core.lists import EntryId, PublicEntry
+from osmanthus.core.peers import PROVINCE_SERVER_NAME
+from osmanthus.core.server import RunningServer
+from osmanthus.core.syncbatch import (
     SIGNING_CONTEXT,
     BatchKind,
     ListChange,
@@ -49,16 +54,12 @@ from osmanthus.syncbatch import (
     sender_key_id,
     sign_batch,
 )
-from osmanthus.tls import TlsFiles, secure_channel
-from osmanthus.types import DepartmentId, SubjectKind
-from province.client import ProvinceClient
-from province.server import (
-    PROVINCE_SERVER_NAME,
-    PROVINCE_SERVICE_NAME,
-    ProvinceConfig,
-    start_province,
-)
+from osmanthus.core.tls import TlsFiles, secure_channel
+from osmanthus.core.types import DepartmentId, SubjectKind
+from osmanthus.demo.launcher import START_TIMEOUT_S, osmanthus_command, spawn
+from province.server import PROVINCE_SERVICE_NAME, ProvinceConfig, start_province
 from province.store import STORE_FILE
+from sdk.province import ProvinceClient
 
 T0 = datetime.datetime(2026, 11, 26, 2, 0, tzinfo=datetime.UTC)
 RESIDENT = make_resident_id(region="320505", birth=datetime.date(1980, 4, 1), sequence=17)

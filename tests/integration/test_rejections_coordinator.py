@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import sdk
 from certs import PeerRole, cert_paths, init_platform
 from coordinator.config import NodeEndpoint
-from osmanthus.crypto import generate_keypair
-from osmanthus.grpc_errors import FIELD_METADATA_KEY
-from osmanthus.ids import resident_id_check_char, uscc_check_char
-from osmanthus.tls import COORDINATOR_SERVER_NAME, TlsFiles, secure_channel
-from osmanthus.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER
-from osmanthus.types import DepartmentId, Role, SubjectKind
+from osmanthus.core.crypto import generate_keypair
+from osmanthus.core.grpc_errors import FIELD_METADATA_KEY
+from osmanthus.core.ids import resident_id_check_char, uscc_check_char
+from osmanthus.core.tls import COORDINATOR_SERVER_NAME, TlsFiles, secure_channel
+from osmanthus.core.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER
+from osmanthus.core.types import DepartmentId, Role, SubjectKind
 from osmanthus.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from sdk import Client, RequesterKeys
 from tests.conftest import IssuerKeyPaths

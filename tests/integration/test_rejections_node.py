@@ -13,12 +13,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from certs import PeerRole, cert_paths
-from osmanthus.crypto import UnsafeShortKeys
-from osmanthus.encoding import SlotLayout
-from osmanthus.grpc_errors import FIELD_METADATA_KEY
-from osmanthus.tls import TlsFiles, node_server_name, secure_channel
-from osmanthus.tokens import TokenIssuer
-from osmanthus.types import Role, Shape, SubjectKind
+from osmanthus.core.crypto import UnsafeShortKeys
+from osmanthus.core.encoding import SlotLayout
+from osmanthus.core.grpc_errors import FIELD_METADATA_KEY
+from osmanthus.core.tls import TlsFiles, node_server_name, secure_channel
+from osmanthus.core.tokens import TokenIssuer
+from osmanthus.core.types import Role, Shape, SubjectKind
 from osmanthus.v1 import common_pb2, node_pb2, node_pb2_grpc
 from tests.integration.conftest import Federation
 

@@ -15,13 +15,13 @@ from pypdf import PdfReader
 
 from coordinator.server import DEFAULT_CENTRAL_POLICY
 from node.officer import ListOfficer
-from node.store import china_today
-from osmanthus.bundle import generate_publisher_key, load_private_key
-from osmanthus.catalogue import ListColour
 from osmanthus.cli import main
-from osmanthus.lists import EntryId, EntryStatus, NewEntry, WithdrawReason
-from osmanthus.tls import TlsFiles
-from osmanthus.types import Role, Shape, SubjectId, SubjectKind
+from osmanthus.core.bundle import generate_publisher_key, load_private_key
+from osmanthus.core.catalogue import ListColour
+from osmanthus.core.clock import china_today
+from osmanthus.core.lists import EntryId, EntryStatus, NewEntry, WithdrawReason
+from osmanthus.core.tls import TlsFiles
+from osmanthus.core.types import Role, Shape, SubjectId, SubjectKind
 from sdk import Client, RequesterKeys, load_or_create_keys
 from sdk.report import (
     TamperedReport,

@@ -6,8 +6,8 @@ validity windows (5 years after the event for deductions, 3 for bonuses unless t
 otherwise; `while_listed`; `permanent`), disputed records count for nothing, quantities summed per
 kind then divided by `per_quantity`, kind caps, category caps, each department's deductions
 saturated at base - floor + the caps, clamp to [floor, ceiling], grades.
-It deliberately does not import osmanthus.rules or osmanthus.score: it is a second, independent
-implementation, so a shared mistake would have to be made twice.
+It deliberately does not import osmanthus.core.rules or osmanthus.core.score: it is a second,
+independent implementation, so a shared mistake would have to be made twice.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from typing import Any
 import duckdb
 import pytest
 
-from osmanthus.types import DepartmentId, Shape
+from osmanthus.core.types import DepartmentId, Shape
 from sdk import Client
 from sdk.results import EnterpriseScore, PersonScore
 from tests.integration.conftest import Federation, consent_for
 
-DEFAULTS = Path(__file__).resolve().parents[2] / "osmanthus" / "defaults"
+DEFAULTS = Path(__file__).resolve().parents[2] / "osmanthus" / "core" / "defaults"
 SAMPLE_SEED = 20260214
 PERSON_SAMPLE = 200
 ENTERPRISE_SAMPLE = 40

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 
-from osmanthus.types import SubjectKind
+from osmanthus.core.types import SubjectKind
 from sdk import Client
 from tests.integration.conftest import Federation, consent_for
 

@@ -21,12 +21,12 @@ import pytest
 
 from certs import PeerRole, cert_paths
 from coordinator.epsilon import EpsilonLedger
-from osmanthus.dp import discrete_laplace_variance
-from osmanthus.encoding import SlotLayout
-from osmanthus.grpc_errors import FIELD_METADATA_KEY
-from osmanthus.seed import SeedReport
-from osmanthus.tls import COORDINATOR_SERVER_NAME, TlsFiles, node_server_name, secure_channel
-from osmanthus.types import DepartmentId, Role, Shape, SubjectKind
+from osmanthus.core.dp import discrete_laplace_variance
+from osmanthus.core.encoding import SlotLayout
+from osmanthus.core.grpc_errors import FIELD_METADATA_KEY
+from osmanthus.core.tls import COORDINATOR_SERVER_NAME, TlsFiles, node_server_name, secure_channel
+from osmanthus.core.types import DepartmentId, Role, Shape, SubjectKind
+from osmanthus.demo.seed import SeedReport
 from osmanthus.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
 from sdk import (
     BudgetExhausted,

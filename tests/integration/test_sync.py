@@ -28,18 +28,18 @@ import pytest
 
 from certs import PeerRole, cert_paths, issue_certificate
 from node.officer import ListOfficer
-from osmanthus.bundle import generate_publisher_key, load_private_key
-from osmanthus.catalogue import Catalogue
-from osmanthus.ids import make_resident_id
-from osmanthus.launcher import Process, osmanthus_command, spawn
-from osmanthus.lists import EntryId, NewEntry, WithdrawReason
-from osmanthus.seed import SeedReport
-from osmanthus.syncbatch import BatchKind, build_batch, grade_record, sign_batch
-from osmanthus.tls import TlsFiles
-from osmanthus.types import Role, Shape, SubjectKind
-from province.client import ProvinceClient
+from osmanthus.core.bundle import generate_publisher_key, load_private_key
+from osmanthus.core.catalogue import Catalogue
+from osmanthus.core.ids import make_resident_id
+from osmanthus.core.lists import EntryId, NewEntry, WithdrawReason
+from osmanthus.core.syncbatch import BatchKind, build_batch, grade_record, sign_batch
+from osmanthus.core.tls import TlsFiles
+from osmanthus.core.types import Role, Shape, SubjectKind
+from osmanthus.demo.launcher import Process, osmanthus_command, spawn
+from osmanthus.demo.seed import SeedReport
 from province.store import STORE_FILE
 from sdk import RequesterKeys
+from sdk.province import ProvinceClient
 from tests.conftest import PLATFORM_DEPARTMENTS
 from tests.integration.conftest import (
     Federation,
@@ -510,7 +510,7 @@ def test_a_department_the_coordinator_refuses_does_not_hold_back_the_others(
     rig: Rig, officers: dict[str, ListOfficer]
 ) -> None:
     # the job's catalogue names list departments this federation's coordinator does not serve
-    from osmanthus.catalogue import default_catalogue_path, load_catalogue
+    from osmanthus.core.catalogue import default_catalogue_path, load_catalogue
 
     officers["court"].publish([_entry(rig, "court", 800, end=datetime.date(2028, 6, 30))])
     port = rig.start_receiver(state="refused-department")
@@ -601,7 +601,7 @@ def test_a_job_whose_key_the_province_does_not_know_is_refused_and_says_so(rig: 
     forged = dataclasses.replace(signed, payload=signed.payload.replace(b'"A"', b'"D"'))
     tls = TlsFiles.from_cert_paths(cert_paths(rig.certs, role=PeerRole.REQUESTER, name="sync-1"))
     with ProvinceClient(f"127.0.0.1:{port}", tls=tls) as province:
-        from osmanthus.errors import Unauthenticated
+        from osmanthus.core.errors import Unauthenticated
 
         with pytest.raises(Unauthenticated) as info:
             province.deliver(forged)

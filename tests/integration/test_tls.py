@@ -11,8 +11,8 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from certs import PeerRole, cert_paths, init_platform
-from osmanthus.errors import Unauthenticated
-from osmanthus.tls import (
+from osmanthus.core.errors import Unauthenticated
+from osmanthus.core.tls import (
     COORDINATOR_SERVER_NAME,
     TlsFiles,
     node_server_name,

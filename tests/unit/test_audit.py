@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from osmanthus.audit import SALT_BYTES, AuditEntry, AuditLog, load_or_create_salt
-from osmanthus.errors import ConfigError, InvalidArgument
+from osmanthus.core.audit import SALT_BYTES, AuditEntry, AuditLog, load_or_create_salt
+from osmanthus.core.errors import ConfigError, InvalidArgument
 
 SUBJECT = "320505199001010018"
 

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from coordinator.batch import SendWatchdog, SubjectChunk, _read_ahead
-from osmanthus.errors import DeadlineExceeded, InvalidArgument
+from coordinator.batch import SendWatchdog, _read_ahead
+from osmanthus.core.errors import DeadlineExceeded, InvalidArgument
+from osmanthus.core.wire.coordinator import SubjectChunk
 
 
 def _chunks(n: int) -> Iterator[SubjectChunk]:

@@ -8,9 +8,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from osmanthus.catalogue import load_catalogue
-from osmanthus.errors import ConfigError, Unavailable
-from osmanthus.types import Shape, SubjectKind
+from osmanthus.core.catalogue import load_catalogue
+from osmanthus.core.errors import ConfigError, Unavailable
+from osmanthus.core.types import Shape, SubjectKind
 from sdk.batchjob import BatchJob
 from sdk.results import BatchScore
 

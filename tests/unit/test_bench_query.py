@@ -18,9 +18,9 @@ from bench.query import (
     run_benchmark,
     wait_until_idle,
 )
-from osmanthus.crypto import DEFAULT_TABLE_AFTER_USES
-from osmanthus.errors import InvalidArgument
-from osmanthus.types import Shape
+from osmanthus.core.crypto import DEFAULT_TABLE_AFTER_USES
+from osmanthus.core.errors import InvalidArgument
+from osmanthus.core.types import Shape
 
 
 def test_percentile_is_nearest_rank() -> None:

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from osmanthus.bundle import (
+from osmanthus.cli import main
+from osmanthus.core.bundle import (
     FORMAT,
     MAX_BUNDLE_BYTES,
     MAX_CLOCK_AHEAD,
@@ -48,9 +49,8 @@ from osmanthus.bundle import (
     wake_watchers,
     write_atomically,
 )
-from osmanthus.cli import main
-from osmanthus.errors import ConfigError
-from osmanthus.policy import PolicyEngine, PolicyRequest, ReloadablePolicy
+from osmanthus.core.errors import ConfigError
+from osmanthus.core.policy import PolicyEngine, PolicyRequest, ReloadablePolicy
 
 NOW = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
 #: a policy that lets every requester register a key, and nothing else
@@ -690,7 +690,7 @@ def test_the_watcher_installs_good_bundles_and_keeps_the_policy_on_bad_ones(
         fields["serial"] = 4
         publisher.path.write_text(json.dumps(fields))
         caplog.clear()
-        with caplog.at_level(logging.ERROR, logger="osmanthus.bundle"):
+        with caplog.at_level(logging.ERROR, logger="osmanthus.core.bundle"):
             rejected = watcher.check_now()
             assert watcher.check_now() is rejected
             assert watcher.last_outcome is rejected
@@ -852,7 +852,7 @@ def test_the_watcher_thread_survives_an_unexpected_error_and_tries_again(
         scope="central",
         interval_s=0.05,
     )
-    with caplog.at_level(logging.ERROR, logger="osmanthus.bundle"):
+    with caplog.at_level(logging.ERROR, logger="osmanthus.core.bundle"):
         watcher.start()
         try:
             publisher.publish(DENY_BANKS, 2)
@@ -871,7 +871,7 @@ def test_the_watcher_thread_survives_an_unexpected_error_and_tries_again(
 _SIGHUP_WHILE_WAKING = """
 import faulthandler, os, signal, sys, time
 from pathlib import Path
-from osmanthus.bundle import install_sighup_handler, load_policy
+from osmanthus.core.bundle import install_sighup_handler, load_policy
 
 bundle, trust, state, following = map(Path, sys.argv[1:])
 faulthandler.dump_traceback_later(20, exit=True)

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from osmanthus.catalogue import (
+from osmanthus.core.catalogue import (
     Catalogue,
     default_catalogue_path,
     default_rules_dir,
     load_catalogue,
 )
-from osmanthus.departments_doc import render_departments_markdown
-from osmanthus.errors import ConfigError, InvalidArgument, NotFound
-from osmanthus.rules import DEDUCTION, load_rules_dir
-from osmanthus.types import SubjectKind
+from osmanthus.core.departments_doc import render_departments_markdown
+from osmanthus.core.errors import ConfigError, InvalidArgument, NotFound
+from osmanthus.core.rules import DEDUCTION, load_rules_dir
+from osmanthus.core.types import SubjectKind
 
 REPO = Path(__file__).resolve().parents[2]
 PERSON = SubjectKind.PERSON
@@ -162,7 +162,7 @@ def test_departments_doc_is_current(catalogue: Catalogue) -> None:
     rendered = render_departments_markdown(catalogue, rules)
     on_disk = (REPO / "docs" / "departments.md").read_text(encoding="utf-8")
     assert on_disk == rendered, (
-        "docs/departments.md is stale: run `python -m osmanthus.departments_doc > "
+        "docs/departments.md is stale: run `python -m osmanthus.core.departments_doc > "
         "docs/departments.md`"
     )
     assert "we clamp the total, not the deductions" in rendered

@@ -19,8 +19,8 @@ from certs import (
     init_platform,
     issue_certificate,
 )
-from osmanthus.errors import ConfigError, InvalidArgument
-from osmanthus.tls import (
+from osmanthus.core.errors import ConfigError, InvalidArgument
+from osmanthus.core.tls import (
     PeerIdentity,
     TlsFiles,
     check_files,

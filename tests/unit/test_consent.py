@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coordinator.consent import Consent, ConsentRegistry, ConsentState
-from osmanthus.errors import InvalidArgument, NotFound
-from osmanthus.ids import make_resident_id
+from coordinator.consent import ConsentRegistry, ConsentState
+from osmanthus.core.errors import InvalidArgument, NotFound
+from osmanthus.core.ids import make_resident_id
+from osmanthus.core.wire.coordinator import Consent
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 ALICE = make_resident_id(region="320505", birth=date(1990, 1, 1), sequence=1)

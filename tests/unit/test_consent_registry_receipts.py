@@ -12,16 +12,17 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coordinator.consent import _SIGN_BATCH, Consent, ConsentRegistry, ConsentState
-from osmanthus.errors import ConfigError
-from osmanthus.ids import make_resident_id
-from osmanthus.receipts import (
+from coordinator.consent import _SIGN_BATCH, ConsentRegistry, ConsentState
+from osmanthus.core.errors import ConfigError
+from osmanthus.core.ids import make_resident_id
+from osmanthus.core.receipts import (
     RECEIPT_ISSUER,
     ConsentReceipt,
     UntrustedReceipt,
     consent_key_id,
     verify_receipt,
 )
+from osmanthus.core.wire.coordinator import Consent
 
 KEY = Ed25519PrivateKey.generate()
 NOW = datetime(2026, 11, 26, 10, 0, 0, 250_000, tzinfo=UTC)

@@ -10,7 +10,7 @@ import secrets
 import phe
 import pytest
 
-from osmanthus.crypto import (
+from osmanthus.core.crypto import (
     ALLOWED_KEY_BITS,
     MIN_KEY_BITS,
     SIGNED_FRACTION,
@@ -21,7 +21,7 @@ from osmanthus.crypto import (
     fingerprint_of_modulus,
     generate_keypair,
 )
-from osmanthus.errors import CryptoError, InvalidArgument
+from osmanthus.core.errors import CryptoError, InvalidArgument
 
 KeyPair = tuple[PublicKey, PrivateKey]
 
@@ -399,7 +399,7 @@ def test_private_key_repr_does_not_show_the_factors(keys: KeyPair) -> None:
 
 def test_unsafe_short_keys_warn(caplog: pytest.LogCaptureFixture) -> None:
     # why short: this is the test-only generator itself
-    with caplog.at_level(logging.WARNING, logger="osmanthus.crypto"):
+    with caplog.at_level(logging.WARNING, logger="osmanthus.core.crypto"):
         public, private = UnsafeShortKeys.generate(bits=512)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert any("UNSAFE" in r.getMessage() and "512" in r.getMessage() for r in warnings)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import phe
 import pytest
 
-from osmanthus.crypto import (
+from osmanthus.core.crypto import (
     TABLE_EVICT_IDLE_S,
     Ciphertext,
     EncryptorCache,
@@ -21,7 +21,7 @@ from osmanthus.crypto import (
     generate_keypair,
     table_size,
 )
-from osmanthus.errors import CryptoError, InvalidArgument
+from osmanthus.core.errors import CryptoError, InvalidArgument
 
 
 @pytest.fixture(scope="module", params=[2048, 3072], ids=["2048", "3072"])

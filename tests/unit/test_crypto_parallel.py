@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from osmanthus.crypto import (
+from osmanthus.core.crypto import (
     ONE_SHOT_MIN_PER_WORKER,
     PARALLEL_MIN_PER_WORKER,
     SIGNED_FRACTION,
@@ -20,7 +20,7 @@ from osmanthus.crypto import (
     generate_keypair,
     resolve_workers,
 )
-from osmanthus.errors import CryptoError, FailedPrecondition, InvalidArgument
+from osmanthus.core.errors import CryptoError, FailedPrecondition, InvalidArgument
 
 KeyPair = tuple[PublicKey, PrivateKey]
 WORKERS = 2

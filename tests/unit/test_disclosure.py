@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from coordinator.disclosure import DisclosureLedger
-from osmanthus.errors import FailedPrecondition, Unavailable
-from osmanthus.types import RequesterId, SubjectKind
+from osmanthus.core.errors import FailedPrecondition, Unavailable
+from osmanthus.core.types import RequesterId, SubjectKind
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 ALL = frozenset({"court", "psb", "tax", "blood", "volunteer"})

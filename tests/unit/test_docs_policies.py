@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from osmanthus.cli import main
-from osmanthus.errors import ConfigError
-from osmanthus.policy import SCHEMA, PolicyEngine
-from osmanthus.policy_cases import load_cases, run_cases
+from osmanthus.core.errors import ConfigError
+from osmanthus.core.policy import SCHEMA, PolicyEngine
+from osmanthus.core.policy_cases import load_cases, run_cases
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "policies.md"

@@ -9,7 +9,7 @@ from fractions import Fraction
 
 import pytest
 
-from osmanthus.dp import (
+from osmanthus.core.dp import (
     _bernoulli_exp,
     discrete_laplace_variance,
     epsilon_units,
@@ -18,7 +18,7 @@ from osmanthus.dp import (
     parse_epsilon,
     sample_discrete_laplace,
 )
-from osmanthus.errors import InvalidArgument
+from osmanthus.core.errors import InvalidArgument
 
 # Every statistical check below fails by chance with probability below 1e-7 (a normal deviation
 # beyond 5.5 σ is 3.8e-8; a χ² p-value below 1e-7): the whole file below 1e-6.

@@ -9,13 +9,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from osmanthus.catalogue import BonusCategory, Catalogue, SubjectModel, load_catalogue
-from osmanthus.crypto import PrivateKey, PublicKey, UnsafeShortKeys
-from osmanthus.encoding import HEADROOM_BITS, SlotLayout
-from osmanthus.errors import CryptoError, InvalidArgument
-from osmanthus.rules import Contribution
-from osmanthus.score import Breakdown, clamp_total, score
-from osmanthus.types import PACKED_SHAPES, DepartmentId, Shape, SubjectKind
+from osmanthus.core.catalogue import BonusCategory, Catalogue, SubjectModel, load_catalogue
+from osmanthus.core.crypto import PrivateKey, PublicKey, UnsafeShortKeys
+from osmanthus.core.encoding import HEADROOM_BITS, SlotLayout
+from osmanthus.core.errors import CryptoError, InvalidArgument
+from osmanthus.core.rules import Contribution
+from osmanthus.core.score import Breakdown, clamp_total, score
+from osmanthus.core.types import PACKED_SHAPES, DepartmentId, Shape, SubjectKind
 
 CATALOGUE = load_catalogue()
 KINDS = st.sampled_from(list(SubjectKind))

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from coordinator.epsilon import EpsilonLedger
-from osmanthus.errors import BudgetExhausted, ConfigError, InvalidArgument
-from osmanthus.policy import EpsilonBudget
+from osmanthus.core.errors import BudgetExhausted, ConfigError, InvalidArgument
+from osmanthus.core.policy import EpsilonBudget
 
 REPO = Path(__file__).resolve().parents[2]
 #: 2025-01-01T12:00:00Z, a round time so the dates in refusals are easy to read
@@ -135,7 +135,7 @@ import os, sys
 from decimal import Decimal
 from pathlib import Path
 from coordinator.epsilon import EpsilonLedger
-from osmanthus.policy import EpsilonBudget
+from osmanthus.core.policy import EpsilonBudget
 ledger = EpsilonLedger(Path(sys.argv[1]), clock=lambda: float(sys.argv[2]))
 ledger.reserve(query_id="q1", requester="bank-1", epsilon=Decimal("0.6"),
                budgets=[EpsilonBudget("central-statistics", Decimal(1), 86400.0, "1/day")])

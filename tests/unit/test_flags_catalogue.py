@@ -15,28 +15,29 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from node.service import NodeService, validate_measures
+from node.service import NodeService
 from node.store import RecordStore
-from osmanthus.audit import AuditLog
-from osmanthus.catalogue import (
+from osmanthus.core.audit import AuditLog
+from osmanthus.core.catalogue import (
     Catalogue,
     FlagType,
     default_catalogue_path,
     default_rules_dir,
     load_catalogue,
 )
-from osmanthus.crypto import EncryptorCache
-from osmanthus.errors import ConfigError, InvalidArgument, NotFound
-from osmanthus.policy import (
+from osmanthus.core.crypto import EncryptorCache
+from osmanthus.core.errors import ConfigError, InvalidArgument, NotFound
+from osmanthus.core.policy import (
     Decision,
     PolicyEngine,
     PolicyRequest,
     ReloadablePolicy,
     time_facts,
 )
-from osmanthus.rules import Record, RuleSet, load_default_rules, load_rules, load_rules_dir
-from osmanthus.tokens import ReplayCache, TokenVerifier
-from osmanthus.types import DepartmentId, Role, SubjectId, SubjectKind
+from osmanthus.core.rules import Record, RuleSet, load_default_rules, load_rules, load_rules_dir
+from osmanthus.core.tokens import ReplayCache, TokenVerifier
+from osmanthus.core.types import DepartmentId, Role, SubjectId, SubjectKind
+from osmanthus.core.wire.node import validate_measures
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "joint-punishment.md"

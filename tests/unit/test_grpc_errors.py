@@ -15,8 +15,8 @@ from typing import Any
 import grpc
 import pytest
 
-from osmanthus import errors
-from osmanthus.grpc_errors import (
+from osmanthus.core import errors
+from osmanthus.core.grpc_errors import (
     ERROR_METADATA_KEY,
     FIELD_METADATA_KEY,
     error_from_rpc,
@@ -27,7 +27,8 @@ from osmanthus.grpc_errors import (
 SERVICE = "osmanthus.test.Errors"
 SECRET = "p=1234567890123456789 and the salt is hunter2"
 
-#: the documented mapping (osmanthus/grpc_errors.py): class → (status, class the client rebuilds)
+#: the documented mapping (osmanthus/core/grpc_errors.py):
+#: class → (status, class the client rebuilds)
 EXPECTED: dict[type[errors.OsmanthusError], tuple[grpc.StatusCode, type[errors.OsmanthusError]]] = {
     errors.InvalidArgument: (grpc.StatusCode.INVALID_ARGUMENT, errors.InvalidArgument),
     # ImportRejected's problem list does not travel: the client sees the general class
@@ -157,7 +158,7 @@ def test_config_error_text_stays_in_the_server_log(
 ) -> None:
     # a server's configuration problem may name its files; the caller gets only the kind
     secret = "rules file /srv/osmanthus/rules/psb.toml disagrees with the stored records"
-    with caplog.at_level("ERROR", logger="osmanthus.grpc_errors"):
+    with caplog.at_level("ERROR", logger="osmanthus.core.grpc_errors"):
         exc = call(stub, "ConfigError", secret, "rules")
     assert exc.code() is grpc.StatusCode.INTERNAL
     assert "/srv/osmanthus" not in exc.details() and "rules" not in exc.details()
@@ -205,7 +206,7 @@ def test_class_name_is_trusted_only_when_it_agrees_with_the_status(
 def test_unexpected_exception_becomes_internal_without_its_text(
     stub: grpc.UnaryUnaryMultiCallable, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="osmanthus.grpc_errors"):
+    with caplog.at_level(logging.ERROR, logger="osmanthus.core.grpc_errors"):
         exc = call(stub, "RuntimeError", SECRET, "should_not_matter")
     assert exc.code() is grpc.StatusCode.INTERNAL
     assert SECRET not in (exc.details() or "")
@@ -220,7 +221,7 @@ def test_unexpected_exception_becomes_internal_without_its_text(
     assert any(
         r.exc_info is not None and SECRET in str(r.exc_info[1])
         for r in caplog.records
-        if r.name == "osmanthus.grpc_errors"
+        if r.name == "osmanthus.core.grpc_errors"
     )
 
 

@@ -1,4 +1,4 @@
-"""Tests for osmanthus.ids: worked examples from the standards, every rejection, round trips."""
+"""osmanthus.core.ids: worked examples from the standards, every rejection, round trips."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from osmanthus import ids
-from osmanthus.errors import InvalidArgument
-from osmanthus.types import SubjectKind
+from osmanthus.core import ids
+from osmanthus.core.errors import InvalidArgument
+from osmanthus.core.types import SubjectKind
 
 # GB 11643-1999's worked example. Digits 1 1 0 1 0 5 1 9 4 9 1 2 3 1 0 0 2 times weights
 # 7 9 10 5 8 4 2 1 6 3 7 9 10 5 8 4 2 give 7+9+0+5+0+20+2+9+24+27+7+18+30+5+0+0+4 = 167;

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from coordinator.keys import KeyRegistry, fingerprint_of_modulus
-from osmanthus.crypto import PublicKey, generate_keypair
-from osmanthus.errors import FailedPrecondition, InvalidArgument, NotFound
-from osmanthus.types import KeyFingerprint, RequesterId
+from osmanthus.core.crypto import PublicKey, generate_keypair
+from osmanthus.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from osmanthus.core.types import KeyFingerprint, RequesterId
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 BANK = RequesterId("bank-a")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import logging
 import os
@@ -18,32 +19,22 @@ import duckdb
 import pytest
 
 from certs import PeerRole
-from coordinator.list_changes import ChangesRequest, ListChangeFeed, check_changes
+from coordinator.list_changes import ListChangeFeed, check_changes
 from coordinator.nodes import ListChangesAnswer, NodeFailure, NodePool
 from coordinator.ratelimit import RateLimiter
 from coordinator.server import DEFAULT_CENTRAL_POLICY
-from node.convert import (
-    CHANGE_TO_PB,
-    change_from_pb,
-    changes_query,
-    list_changes_page,
-    list_changes_response,
-    withdraw_reason_from_pb,
-)
 from node.lists import (
     LISTS_FILE,
     MAX_FEED_PAGE_BYTES,
     SCHEMA_VERSION,
-    ChangesQuery,
-    EntryDraft,
     FeedEvent,
     ListOffice,
     ListStore,
 )
-from osmanthus import ids
-from osmanthus.audit import AuditLog
-from osmanthus.catalogue import ListColour, load_catalogue
-from osmanthus.errors import (
+from osmanthus.core import ids
+from osmanthus.core.audit import AuditLog
+from osmanthus.core.catalogue import ListColour, load_catalogue
+from osmanthus.core.errors import (
     ConfigError,
     CryptoError,
     FailedPrecondition,
@@ -52,14 +43,14 @@ from osmanthus.errors import (
     RateLimited,
     Unavailable,
 )
-from osmanthus.ids import (
+from osmanthus.core.ids import (
     make_resident_id,
     make_uscc,
     mask_subject,
     organisation_code_check_char,
     resident_id_check_char,
 )
-from osmanthus.lists import (
+from osmanthus.core.lists import (
     FEED_ID_PATTERN,
     MAX_CHANGE_SEQ,
     WITHHELD_BY_NODE,
@@ -78,10 +69,28 @@ from osmanthus.lists import (
     parse_change_cursor,
     withheld_entry_id,
 )
-from osmanthus.policy import ReloadablePolicy
-from osmanthus.tls import PeerIdentity
-from osmanthus.tokens import TokenClaims
-from osmanthus.types import DepartmentId, KeyFingerprint, QueryId, RequesterId, Role, SubjectKind
+from osmanthus.core.policy import ReloadablePolicy
+from osmanthus.core.tls import PeerIdentity
+from osmanthus.core.tokens import TokenClaims
+from osmanthus.core.types import (
+    DepartmentId,
+    KeyFingerprint,
+    QueryId,
+    RequesterId,
+    Role,
+    SubjectKind,
+)
+from osmanthus.core.wire.coordinator import ChangesRequest
+from osmanthus.core.wire.lists import (
+    CHANGE_TO_PB,
+    ChangesQuery,
+    EntryDraft,
+    change_from_pb,
+    withdraw_reason_from_pb,
+)
+from osmanthus.core.wire.lists import changes_query_from_proto as changes_query
+from osmanthus.core.wire.lists import list_changes_page_from_proto as list_changes_page
+from osmanthus.core.wire.lists import list_changes_page_to_proto as list_changes_response
 from osmanthus.v1 import lists_pb2, node_pb2
 
 CATALOGUE = load_catalogue()
@@ -98,7 +107,7 @@ _IDS = [
 #: resident ids ending in X and in a digit: the latter is 18 digits, a cursor's shape
 ID_WITH_X = next(i for i in _IDS if i.endswith("X"))
 ID_WITH_DIGIT = next(i for i in _IDS if not i.endswith("X"))
-#: valid both as a credit code and as a resident id (see /osmanthus/syncbatch.py _credit_code)
+#: valid both as a credit code and as a resident id (see /osmanthus/core/syncbatch.py _credit_code)
 TWOFOLD = "21638519571115301X"
 #: a credit-repair decision number: in the officer's history, never in the feed
 REFERENCE = "REPAIR-2026-0042"
@@ -1398,8 +1407,10 @@ def test_the_coordinators_audit_reason_never_holds_a_resident_id() -> None:
 def test_the_sdk_takes_withheld_events_and_refuses_one_carrying_its_entry(
     honest: lists_pb2.ListChangesResponse,
 ) -> None:
-    from sdk.client import _check_changes
-    from sdk.convert import list_changes_page as sdk_page
+    from osmanthus.core.wire.lists import list_changes_page_from_proto
+    from sdk.client import _check_changes, _from_coordinator
+
+    sdk_page = functools.partial(_from_coordinator, list_changes_page_from_proto)
 
     _node_withheld(honest, 2, "a text field reads as a resident identity number")
     good = checked(honest)
@@ -1513,8 +1524,10 @@ SHORTER = dataclasses.replace(
 def test_a_withheld_withdrawal_names_its_entry_and_reason_at_every_hop(
     tmp_path: Path, coordinator_audit: AuditLog
 ) -> None:
-    from sdk.client import _check_changes
-    from sdk.convert import list_changes_page as sdk_page
+    from osmanthus.core.wire.lists import list_changes_page_from_proto
+    from sdk.client import _check_changes, _from_coordinator
+
+    sdk_page = functools.partial(_from_coordinator, list_changes_page_from_proto)
 
     with (
         _withdrawn_after_the_catalogue_changed(

@@ -13,28 +13,20 @@ from typing import cast
 
 import pytest
 
-from coordinator.lists import (
-    LIST_PAGES,
-    ListSearch,
-    ListSearcher,
-    ListSearchOutcome,
-    PageTokens,
-    check_entries,
-    china_today,
-)
+from coordinator.lists import LIST_PAGES, ListSearcher, PageTokens, check_entries
 from coordinator.nodes import NodeFailure, NodePool, PublicEntriesAnswer
 from coordinator.ratelimit import RateLimiter
 from coordinator.server import DEFAULT_CENTRAL_POLICY
-from node.convert import KIND_TO_PB, public_entry_message, public_page_message, public_query
-from node.lists import EntryDraft, ListStore
-from osmanthus.audit import AuditLog
-from osmanthus.catalogue import load_catalogue
-from osmanthus.errors import InvalidArgument
-from osmanthus.ids import make_resident_id, make_uscc, mask_subject
-from osmanthus.lists import EntryId, decode_page_token, encode_page_token, holds_resident_id
-from osmanthus.policy import ReloadablePolicy
-from osmanthus.tokens import TokenClaims
-from osmanthus.types import (
+from node.lists import ListStore
+from osmanthus.core.audit import AuditLog
+from osmanthus.core.catalogue import load_catalogue
+from osmanthus.core.clock import china_today
+from osmanthus.core.errors import InvalidArgument
+from osmanthus.core.ids import make_resident_id, make_uscc, mask_subject
+from osmanthus.core.lists import EntryId, decode_page_token, encode_page_token, holds_resident_id
+from osmanthus.core.policy import ReloadablePolicy
+from osmanthus.core.tokens import TokenClaims
+from osmanthus.core.types import (
     DepartmentId,
     KeyFingerprint,
     QueryId,
@@ -43,6 +35,12 @@ from osmanthus.types import (
     SubjectId,
     SubjectKind,
 )
+from osmanthus.core.wire.common import KIND_TO_PB
+from osmanthus.core.wire.coordinator import ListSearch, ListSearchOutcome
+from osmanthus.core.wire.lists import EntryDraft
+from osmanthus.core.wire.lists import public_entry_to_proto as public_entry_message
+from osmanthus.core.wire.lists import public_page_to_proto as public_page_message
+from osmanthus.core.wire.lists import public_query_from_proto as public_query
 from osmanthus.v1 import lists_pb2
 
 CATALOGUE = load_catalogue()

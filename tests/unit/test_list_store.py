@@ -16,21 +16,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from certs import PeerRole
-from node.lists import (
-    LISTS_FILE,
-    EntryDraft,
-    ListOffice,
-    ListStore,
-    PublicQuery,
-)
+from node.lists import LISTS_FILE, ListOffice, ListStore
 from node.officer import read_publication
 from node.server import STATE_DIR_MODE, prepare_state_dir
 from node.service import NodeService
 from node.store import RecordStore
-from osmanthus.audit import AuditLog
-from osmanthus.catalogue import Catalogue, ListColour, default_catalogue_path, load_catalogue
-from osmanthus.crypto import EncryptorCache
-from osmanthus.errors import (
+from osmanthus.core.audit import AuditLog
+from osmanthus.core.catalogue import Catalogue, ListColour, default_catalogue_path, load_catalogue
+from osmanthus.core.crypto import EncryptorCache
+from osmanthus.core.errors import (
     ConfigError,
     FailedPrecondition,
     ImportRejected,
@@ -38,13 +32,13 @@ from osmanthus.errors import (
     NotFound,
     PermissionDenied,
 )
-from osmanthus.ids import (
+from osmanthus.core.ids import (
     make_resident_id,
     make_uscc,
     organisation_code_check_char,
     validate_subject,
 )
-from osmanthus.lists import (
+from osmanthus.core.lists import (
     MAX_ENTRIES_PER_PUBLISH,
     EntryId,
     EntryStatus,
@@ -52,11 +46,12 @@ from osmanthus.lists import (
     decode_page_token,
     encode_page_token,
 )
-from osmanthus.policy import ReloadablePolicy
-from osmanthus.rules import load_default_rules
-from osmanthus.tls import PeerIdentity
-from osmanthus.tokens import ReplayCache, TokenVerifier
-from osmanthus.types import DepartmentId, SubjectId, SubjectKind
+from osmanthus.core.policy import ReloadablePolicy
+from osmanthus.core.rules import load_default_rules
+from osmanthus.core.tls import PeerIdentity
+from osmanthus.core.tokens import ReplayCache, TokenVerifier
+from osmanthus.core.types import DepartmentId, SubjectId, SubjectKind
+from osmanthus.core.wire.lists import EntryDraft, PublicQuery
 
 PERSON = SubjectKind.PERSON
 ENTERPRISE = SubjectKind.ENTERPRISE

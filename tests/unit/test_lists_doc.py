@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from osmanthus.catalogue import ListType, load_catalogue
+from osmanthus.core.catalogue import ListType, load_catalogue
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "joint-punishment.md"
 HEADER = "| list | department | colour | name | subjects | longest window | sets / grants |"

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from osmanthus.errors import ConfigError
-from osmanthus.policy import (
+from osmanthus.core.errors import ConfigError
+from osmanthus.core.policy import (
     DEFAULT_MIN_DEPARTMENTS,
     PolicyEngine,
     PolicyRequest,
@@ -567,7 +567,7 @@ def test_a_long_and_a_bool_with_equal_python_values_are_different_questions(
 
 
 def test_the_decision_memory_is_bounded(central: PolicyEngine) -> None:
-    from osmanthus.policy import DECISION_CACHE_ENTRIES
+    from osmanthus.core.policy import DECISION_CACHE_ENTRIES
 
     for i in range(DECISION_CACHE_ENTRIES + 10):
         central.decide(ask("bank", "PersonQuery", ("Dataset", "person"), {

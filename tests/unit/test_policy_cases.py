@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from osmanthus.cli import main
-from osmanthus.errors import ConfigError, InvalidArgument
-from osmanthus.policy import PolicyEngine
-from osmanthus.policy_cases import (
+from osmanthus.core.errors import ConfigError, InvalidArgument
+from osmanthus.core.policy import PolicyEngine
+from osmanthus.core.policy_cases import (
     ACTIONS,
     DECIMAL_FACTS,
     OPTIONAL_FACTS,
@@ -190,7 +190,7 @@ def test_values_and_resources_are_read_as_an_officer_writes_them() -> None:
 
 def test_the_consent_states_are_the_coordinators() -> None:
     from coordinator.consent import ConsentState
-    from osmanthus.policy_cases import CONSENT_STATES
+    from osmanthus.core.policy_cases import CONSENT_STATES
 
     assert set(CONSENT_STATES) == {s.value for s in ConsentState}
 

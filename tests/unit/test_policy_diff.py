@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from osmanthus.cli import main
-from osmanthus.policy import PolicyEngine
-from osmanthus.policy_diff import UNLISTED_PURPOSE, diff
+from osmanthus.core.policy import PolicyEngine
+from osmanthus.core.policy_diff import UNLISTED_PURPOSE, diff
 
 CENTRAL = Path(__file__).resolve().parents[2] / "policies" / "central.cedar"
 TEXT = CENTRAL.read_text()

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from osmanthus.dp import parse_epsilon
-from osmanthus.errors import ConfigError
-from osmanthus.policy import (
+from osmanthus.core.dp import parse_epsilon
+from osmanthus.core.errors import ConfigError
+from osmanthus.core.policy import (
     DEFAULT_MIN_COHORT,
     EpsilonBudget,
     PolicyEngine,
@@ -19,7 +19,7 @@ from osmanthus.policy import (
     parse_budget,
     time_facts,
 )
-from osmanthus.policy_diff import diff
+from osmanthus.core.policy_diff import diff
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 

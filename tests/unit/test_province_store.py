@@ -16,16 +16,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from certs import PeerRole
-from osmanthus.bundle import generate_publisher_key, load_private_key
-from osmanthus.errors import (
+from osmanthus.core.bundle import generate_publisher_key, load_private_key
+from osmanthus.core.errors import (
     ConfigError,
     FailedPrecondition,
     InvalidArgument,
     OsmanthusError,
     PermissionDenied,
 )
-from osmanthus.ids import make_resident_id, make_uscc, organisation_code_check_char
-from osmanthus.syncbatch import (
+from osmanthus.core.ids import make_resident_id, make_uscc, organisation_code_check_char
+from osmanthus.core.syncbatch import (
     SIGNING_CONTEXT,
     Batch,
     BatchKind,
@@ -37,10 +37,11 @@ from osmanthus.syncbatch import (
     sender_key_id,
     sign_batch,
 )
-from osmanthus.tls import PeerIdentity
+from osmanthus.core.tls import PeerIdentity
+from osmanthus.core.wire.province import BatchQuery, Delivery, RejectionQuery
 from province.senders import Sender, SenderRegistry, load_senders
 from province.service import ProvinceService
-from province.store import STORE_FILE, BatchQuery, BatchStore, Delivery, RejectionQuery
+from province.store import STORE_FILE, BatchStore
 
 KEY = Ed25519PrivateKey.generate()
 T0 = datetime.datetime(2026, 11, 26, 2, 0, tzinfo=datetime.UTC)

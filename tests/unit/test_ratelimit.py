@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from coordinator.ratelimit import RateLimiter
-from osmanthus.errors import ConfigError, RateLimited
-from osmanthus.policy import PolicyEngine, RateLimit, parse_rate
-from osmanthus.policy_cases import make_request
+from osmanthus.core.errors import ConfigError, RateLimited
+from osmanthus.core.policy import PolicyEngine, RateLimit, parse_rate
+from osmanthus.core.policy_cases import make_request
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 

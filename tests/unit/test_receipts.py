@@ -24,10 +24,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import sdk
 from certs import create_consent_key, init_platform
 from certs.authority import restore_consent_public_key_file
-from osmanthus.cli import _DEFAULT_RECEIPT_ISSUER, main
-from osmanthus.errors import ConfigError, InvalidArgument, PermissionDenied, Unauthenticated
-from osmanthus.ids import make_resident_id, make_uscc
-from osmanthus.receipts import (
+from osmanthus.cli.main import _DEFAULT_RECEIPT_ISSUER, main
+from osmanthus.core.errors import ConfigError, InvalidArgument, PermissionDenied, Unauthenticated
+from osmanthus.core.ids import make_resident_id, make_uscc
+from osmanthus.core.receipts import (
     ENTERPRISE_RECEIPT_TYPE,
     RECEIPT_ISSUER,
     RECEIPT_TYPE,
@@ -47,7 +47,7 @@ from osmanthus.receipts import (
     restore_consent_public_key,
     verify_receipt,
 )
-from osmanthus.types import SubjectKind
+from osmanthus.core.types import SubjectKind
 
 KEY = Ed25519PrivateKey.generate()
 OTHER_KEY = Ed25519PrivateKey.generate()
@@ -662,11 +662,11 @@ def test_a_private_key_others_may_read_is_used_with_a_warning(
 ) -> None:
     private, public = tmp_path / "consent.key", tmp_path / "consent.pub"
     generate_consent_keypair(private, public)
-    with caplog.at_level(logging.WARNING, logger="osmanthus.receipts"):
+    with caplog.at_level(logging.WARNING, logger="osmanthus.core.receipts"):
         load_consent_private_key(private)
     assert not caplog.records
     private.chmod(0o640)
-    with caplog.at_level(logging.WARNING, logger="osmanthus.receipts"):
+    with caplog.at_level(logging.WARNING, logger="osmanthus.core.receipts"):
         load_consent_private_key(private)
     [warning] = caplog.records
     assert f"{private}: mode 0640 lets other users read the consent signing key" in (
@@ -926,7 +926,7 @@ def test_cli_a_key_directory_that_cannot_be_made_is_exit_3(
 
 
 def test_coordinator_serve_finds_the_consent_key_in_the_certs_dir(tmp_path: Path) -> None:
-    from osmanthus.cli import _consent_key, build_parser
+    from osmanthus.cli.main import _consent_key, build_parser
 
     def resolved(*extra: str) -> Path | None:
         serve = ["coordinator", "serve", "--nodes", "n.toml", "--issuer-public-key", "i.pub"]
@@ -941,7 +941,7 @@ def test_coordinator_serve_finds_the_consent_key_in_the_certs_dir(tmp_path: Path
 
 
 def test_coordinator_serve_refuses_to_choose_between_two_consent_keys(tmp_path: Path) -> None:
-    from osmanthus.cli import _consent_key, build_parser
+    from osmanthus.cli.main import _consent_key, build_parser
 
     certs, state = tmp_path / "certs", tmp_path / "state"
     paths = create_consent_key(certs)

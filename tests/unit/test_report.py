@@ -38,14 +38,14 @@ from pypdf.generic import (
 )
 from reportlab.platypus import Paragraph, SimpleDocTemplate
 
-from osmanthus.bundle import key_id_of
-from osmanthus.catalogue import Catalogue, ListColour, load_catalogue
 from osmanthus.cli import main
-from osmanthus.errors import InvalidArgument
-from osmanthus.ids import make_uscc
-from osmanthus.lists import EntryId, PublicEntry
-from osmanthus.score import Breakdown, grade, score
-from osmanthus.types import DepartmentId, DepartmentStatus, Shape, SubjectKind
+from osmanthus.core.bundle import key_id_of
+from osmanthus.core.catalogue import Catalogue, ListColour, load_catalogue
+from osmanthus.core.errors import InvalidArgument
+from osmanthus.core.ids import make_uscc
+from osmanthus.core.lists import EntryId, PublicEntry
+from osmanthus.core.score import Breakdown, grade, score
+from osmanthus.core.types import DepartmentId, DepartmentStatus, Shape, SubjectKind
 from sdk.report import (
     CODE_PATTERN,
     EMBED_ID,

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from osmanthus.catalogue import Catalogue, default_rules_dir, load_catalogue
-from osmanthus.errors import ConfigError, InvalidArgument, NotFound
-from osmanthus.rules import (
+from osmanthus.core.catalogue import Catalogue, default_rules_dir, load_catalogue
+from osmanthus.core.errors import ConfigError, InvalidArgument, NotFound
+from osmanthus.core.rules import (
     Record,
     RuleSet,
     Validity,
     load_default_rules,
     load_rules,
 )
-from osmanthus.types import SubjectId, SubjectKind
+from osmanthus.core.types import SubjectId, SubjectKind
 
 PERSON = SubjectKind.PERSON
 ENTERPRISE = SubjectKind.ENTERPRISE

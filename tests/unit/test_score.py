@@ -8,12 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from osmanthus.catalogue import Catalogue, SubjectModel, load_catalogue
-from osmanthus.errors import InvalidArgument
-from osmanthus.ids import make_uscc, organisation_code_check_char
-from osmanthus.rules import Record, load_default_rules
-from osmanthus.score import Breakdown, clamp_total, grade, score
-from osmanthus.types import SubjectKind
+from osmanthus.core.catalogue import Catalogue, SubjectModel, load_catalogue
+from osmanthus.core.errors import InvalidArgument
+from osmanthus.core.ids import make_uscc, organisation_code_check_char
+from osmanthus.core.rules import Record, load_default_rules
+from osmanthus.core.score import Breakdown, clamp_total, grade, score
+from osmanthus.core.types import SubjectKind
 
 CATALOGUE: Catalogue = load_catalogue()
 PERSON: SubjectModel = CATALOGUE.model(SubjectKind.PERSON)

@@ -16,12 +16,12 @@ from typing import NamedTuple
 import pytest
 
 from node.store import COLUMNS, RecordStore
-from osmanthus.catalogue import Catalogue, default_rules_dir, load_catalogue
-from osmanthus.errors import FailedPrecondition, InvalidArgument
-from osmanthus.ids import validate_subject
-from osmanthus.rules import Record, RuleSet, load_rules_dir
-from osmanthus.seed import PROFILES, SeedReport, seed
-from osmanthus.types import DepartmentId, SubjectKind
+from osmanthus.core.catalogue import Catalogue, default_rules_dir, load_catalogue
+from osmanthus.core.errors import FailedPrecondition, InvalidArgument
+from osmanthus.core.ids import validate_subject
+from osmanthus.core.rules import Record, RuleSet, load_rules_dir
+from osmanthus.core.types import DepartmentId, SubjectKind
+from osmanthus.demo.seed import PROFILES, SeedReport, seed
 
 AS_OF = date(2026, 11, 26)
 REPO = Path(__file__).resolve().parents[2]
@@ -33,7 +33,7 @@ import datetime, hashlib, sys
 from pathlib import Path
 from typing import NamedTuple
 from node.store import RecordStore
-from osmanthus.seed import seed
+from osmanthus.demo.seed import seed
 out = Path(sys.argv[1])
 report = seed(out, as_of=datetime.date(2026, 11, 26))
 h = hashlib.sha256((out / "subjects.csv").read_bytes())

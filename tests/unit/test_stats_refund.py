@@ -6,7 +6,7 @@ import pytest
 
 from coordinator.nodes import NodeFailure
 from coordinator.stats import refundable
-from osmanthus.errors import (
+from osmanthus.core.errors import (
     ConfigError,
     DeadlineExceeded,
     OsmanthusError,
@@ -14,7 +14,7 @@ from osmanthus.errors import (
     Unauthenticated,
     Unavailable,
 )
-from osmanthus.types import DepartmentId
+from osmanthus.core.types import DepartmentId
 
 TAX = DepartmentId("tax")
 

@@ -12,11 +12,11 @@ import duckdb
 import pytest
 
 from node.store import ImportReport, RecordStore
-from osmanthus.catalogue import Catalogue, load_catalogue
-from osmanthus.errors import ConfigError, FailedPrecondition, ImportRejected, InvalidArgument
-from osmanthus.ids import make_resident_id, make_uscc, organisation_code_check_char
-from osmanthus.rules import Record, RuleSet, load_default_rules
-from osmanthus.types import DepartmentId, SubjectId, SubjectKind
+from osmanthus.core.catalogue import Catalogue, load_catalogue
+from osmanthus.core.errors import ConfigError, FailedPrecondition, ImportRejected, InvalidArgument
+from osmanthus.core.ids import make_resident_id, make_uscc, organisation_code_check_char
+from osmanthus.core.rules import Record, RuleSet, load_default_rules
+from osmanthus.core.types import DepartmentId, SubjectId, SubjectKind
 
 PERSON = SubjectKind.PERSON
 ENTERPRISE = SubjectKind.ENTERPRISE

@@ -14,18 +14,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from osmanthus.catalogue import ListColour
-from osmanthus.errors import InvalidArgument, Unauthenticated
-from osmanthus.ids import (
+from osmanthus.core.catalogue import ListColour
+from osmanthus.core.errors import InvalidArgument, Unauthenticated
+from osmanthus.core.ids import (
     make_resident_id,
     make_uscc,
     mask_subject,
     organisation_code_check_char,
     validate_uscc,
 )
-from osmanthus.lists import EntryId, PublicEntry, WithdrawReason, holds_resident_id
-from osmanthus.receipts import consent_key_id
-from osmanthus.syncbatch import (
+from osmanthus.core.lists import EntryId, PublicEntry, WithdrawReason, holds_resident_id
+from osmanthus.core.receipts import consent_key_id
+from osmanthus.core.syncbatch import (
     FORMAT,
     HEADER_RESERVE,
     MAX_DEPARTMENTS,
@@ -53,7 +53,7 @@ from osmanthus.syncbatch import (
     statistic_record,
     verify_signature,
 )
-from osmanthus.types import DepartmentId, SubjectKind
+from osmanthus.core.types import DepartmentId, SubjectKind
 
 KEY = Ed25519PrivateKey.generate()
 OTHER_KEY = Ed25519PrivateKey.generate()

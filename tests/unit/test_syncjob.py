@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from osmanthus.catalogue import ListColour
-from osmanthus.durations import parse_duration
-from osmanthus.errors import ConfigError, FailedPrecondition, InvalidArgument
-from osmanthus.ids import make_resident_id, mask_subject
-from osmanthus.lists import EntryId, ListChange, ListChangeEvent, PublicEntry, WithdrawReason
-from osmanthus.syncbatch import (
+from osmanthus.core.catalogue import ListColour
+from osmanthus.core.durations import parse_duration
+from osmanthus.core.errors import ConfigError, FailedPrecondition, InvalidArgument
+from osmanthus.core.ids import make_resident_id, mask_subject
+from osmanthus.core.lists import EntryId, ListChange, ListChangeEvent, PublicEntry, WithdrawReason
+from osmanthus.core.syncbatch import (
     MAX_RECORDS_BYTES,
     BatchKind,
     build_batch,
@@ -27,7 +27,7 @@ from osmanthus.syncbatch import (
     record_size,
     sign_batch,
 )
-from osmanthus.types import DepartmentId, SubjectKind
+from osmanthus.core.types import DepartmentId, SubjectKind
 from syncjob.config import load_config
 from syncjob.job import RunSummary, _packed, build_batches, is_due, list_change_records
 from syncjob.metrics import SyncMetrics
@@ -196,7 +196,7 @@ def _batch(state: SyncState, kind: BatchKind, end: str, records: int = 1) -> Out
 
 
 def _code(number: int) -> str:
-    from osmanthus.ids import make_uscc, organisation_code_check_char
+    from osmanthus.core.ids import make_uscc, organisation_code_check_char
 
     organisation = f"MA{number:06d}"
     return make_uscc(

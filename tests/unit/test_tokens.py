@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from osmanthus.errors import ConfigError, InvalidArgument, Unauthenticated
-from osmanthus.tokens import (
+from osmanthus.core.errors import ConfigError, InvalidArgument, Unauthenticated
+from osmanthus.core.tokens import (
     DEFAULT_AUDIENCE,
     DEFAULT_ISSUER,
     REQUIRED_CLAIMS,
@@ -31,7 +31,7 @@ from osmanthus.tokens import (
     TokenVerifier,
     generate_issuer_keypair,
 )
-from osmanthus.types import Role
+from osmanthus.core.types import Role
 
 FINGERPRINT = hashlib.sha256(b"a Paillier modulus").hexdigest()
 HOUR = datetime.timedelta(hours=1)

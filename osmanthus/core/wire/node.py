@@ -1,0 +1,357 @@
+"""NodeService's wire contract: the coordinator's requests to a department node and its answers.
+
+The request and result types, the limits both ends enforce and the proto conversions both ends
+use: the node's servicer reads requests and writes results with them, the coordinator's node
+pool writes requests and reads results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from osmanthus.core.catalogue import Catalogue, Department
+from osmanthus.core.encoding import SlotLayout
+from osmanthus.core.errors import InvalidArgument
+from osmanthus.core.ids import validate_subject
+from osmanthus.core.names import validate_purpose, validate_query_id
+from osmanthus.core.types import DepartmentId, Purpose, QueryId, Shape, SubjectId, SubjectKind
+from osmanthus.core.wire.common import (
+    KIND_TO_PB,
+    SHAPE_TO_PB,
+    kind_from_pb,
+    kind_to_pb,
+    shape_from_pb,
+    shape_to_pb,
+)
+from osmanthus.v1 import common_pb2, node_pb2
+
+#: the most subjects one batch chunk may carry: bounds a node's memory and work per call
+MAX_CHUNK_SUBJECTS = 10_000
+#: the most subjects one STATS cohort may name: their ids (~20 bytes each on the wire) must fit
+#: one message under the servers' 1 MiB receive limit (osmanthus.core.wire.MAX_RECEIVE_BYTES)
+MAX_COHORT = 50_000
+
+
+@dataclass(frozen=True)
+class ContributionRequest:
+    query_id: str
+    subject_kind: SubjectKind | None
+    subject_id: str
+    shape: Shape | None
+    purpose: str
+    consent_id: str
+    public_key: bytes
+    slots: tuple[str, ...]
+    slot_widths: tuple[int, ...]
+    #: FLAGS: the joint-punishment measures asked, in order
+    measures: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChunkRequest:
+    """One chunk of a batch: many subjects, packed `subjects_per_ciphertext` to a ciphertext."""
+
+    query_id: str
+    chunk: int
+    subject_kind: SubjectKind | None
+    subject_ids: tuple[str, ...]
+    shape: Shape | None
+    purpose: str
+    public_key: bytes
+    slots: tuple[str, ...]
+    slot_widths: tuple[int, ...]
+    subjects_per_ciphertext: int
+
+
+@dataclass(frozen=True)
+class StatsRequest:
+    """A STATS query's cohort: the department sums each asked statistic over every subject."""
+
+    query_id: str
+    subject_kind: SubjectKind | None
+    subject_ids: tuple[str, ...]
+    purpose: str
+    public_key: bytes
+    statistics: tuple[str, ...]
+    slots: tuple[str, ...]
+    slot_widths: tuple[int, ...]
+    #: one subject's largest value of each slot, which the coordinator calibrates noise to
+    slot_bounds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class StatsResult:
+    department: DepartmentId
+    #: per statistic, in the order asked
+    ciphertexts: tuple[bytes, ...]
+    rules_version: str
+    policy_hash: str
+
+
+def validate_measures(catalogue: Catalogue, measures: Sequence[str]) -> tuple[str, ...]:
+    """The measures a FLAGS query asks: at least one, each a catalogue measure, none twice."""
+    if not measures:
+        raise InvalidArgument(
+            "a FLAGS query names the measures it asks about; known: "
+            + ", ".join(m.id for m in catalogue.measures),
+            field="measures",
+        )
+    known = [m.id for m in catalogue.measures]
+    for name in measures:
+        if name not in known:
+            raise InvalidArgument(
+                f"{name[:40]!r} is not a joint-punishment measure; known: {', '.join(known)}",
+                field="measures",
+            )
+    if len(set(measures)) != len(measures):
+        raise InvalidArgument("a measure is asked twice", field="measures")
+    return tuple(measures)
+
+
+def validate_cohort(kind: SubjectKind, subject_ids: Sequence[str]) -> tuple[SubjectId, ...]:
+    """Each id valid and canonical, no subject twice, 1..MAX_COHORT of them."""
+    if not 0 < len(subject_ids) <= MAX_COHORT:
+        raise InvalidArgument(
+            f"a cohort names 1..{MAX_COHORT} subjects, this one {len(subject_ids)}",
+            field="subject_ids",
+        )
+    cohort = tuple(
+        validate_subject(kind, s, field=f"subject_ids[{i}]") for i, s in enumerate(subject_ids)
+    )
+    seen: dict[SubjectId, int] = {}
+    for index, subject in enumerate(cohort):
+        first = seen.setdefault(subject, index)
+        if first != index:
+            # a subject counted twice would weigh double and break the noise's guarantee
+            raise InvalidArgument(
+                f"subject_ids[{index}] repeats subject_ids[{first}]: a cohort names each "
+                "subject once",
+                field=f"subject_ids[{index}]",
+            )
+    return cohort
+
+
+def validate_statistics(layout: SlotLayout, names: Sequence[str]) -> tuple[str, ...]:
+    """The statistics asked, all slot names of `layout`, none twice; empty means all."""
+    if not names:
+        return layout.names
+    unknown = [n for n in names if n not in layout.names]
+    if unknown:
+        raise InvalidArgument(
+            f"unknown statistic {unknown[0][:40]!r}; choose from {', '.join(layout.names)}",
+            field="statistics",
+        )
+    if len(set(names)) != len(names):
+        raise InvalidArgument("a statistic is asked for twice", field="statistics")
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    department: DepartmentId
+    chunk: int
+    ciphertexts: tuple[bytes, ...]
+    rules_version: str
+    policy_hash: str
+
+
+@dataclass(frozen=True)
+class ContributionResult:
+    department: DepartmentId
+    ciphertext: bytes
+    single_source_allowed: bool
+    rules_version: str
+    policy_hash: str
+    #: FLAGS: per measure asked, E(how many of this department's flags triggering it are set)
+    flag_counts: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeDescription:
+    department: Department
+    rules_version: str
+    rules_digest: str
+    policy_hash: str
+    owned_categories: tuple[str, ...]
+    software_version: str
+
+
+def validate_query_fields(
+    *, query_id: str, purpose: str, shape: Shape | None
+) -> tuple[QueryId, Purpose, Shape]:
+    """Checks shared by node and coordinator entry points."""
+    checked_query_id = validate_query_id(query_id)
+    checked_purpose = validate_purpose(purpose)
+    if shape is None:
+        raise InvalidArgument("a disclosure shape (BREAKDOWN or TOTAL) is required", field="shape")
+    return checked_query_id, checked_purpose, shape
+
+
+# --- conversions ---------------------------------------------------------------------------
+
+
+def contribution_request_from_proto(message: node_pb2.ContributeRequest) -> ContributionRequest:
+    return ContributionRequest(
+        query_id=message.query_id,
+        subject_kind=kind_from_pb(message.subject_kind),
+        subject_id=message.subject_id,
+        shape=shape_from_pb(message.shape),
+        purpose=message.purpose,
+        consent_id=message.consent_id,
+        public_key=message.public_key.n,
+        slots=tuple(message.slots),
+        slot_widths=tuple(message.slot_widths),
+        measures=tuple(message.measures),
+    )
+
+
+def contribution_request_to_proto(request: ContributionRequest) -> node_pb2.ContributeRequest:
+    return node_pb2.ContributeRequest(
+        query_id=request.query_id,
+        subject_kind=(
+            KIND_TO_PB[request.subject_kind]
+            if request.subject_kind
+            else common_pb2.SUBJECT_KIND_UNSPECIFIED
+        ),
+        subject_id=request.subject_id,
+        shape=SHAPE_TO_PB[request.shape] if request.shape else common_pb2.SHAPE_UNSPECIFIED,
+        purpose=request.purpose,
+        consent_id=request.consent_id,
+        public_key=common_pb2.PaillierPublicKey(n=request.public_key),
+        slots=list(request.slots),
+        slot_widths=list(request.slot_widths),
+        measures=list(request.measures),
+    )
+
+
+def contribution_result_to_proto(result: ContributionResult) -> node_pb2.ContributeResponse:
+    return node_pb2.ContributeResponse(
+        department=result.department,
+        ciphertext=common_pb2.Ciphertext(value=result.ciphertext),
+        single_source_allowed=result.single_source_allowed,
+        rules_version=result.rules_version,
+        policy_hash=result.policy_hash,
+        flag_counts=[common_pb2.Ciphertext(value=c) for c in result.flag_counts],
+    )
+
+
+def contribution_result_from_proto(message: node_pb2.ContributeResponse) -> ContributionResult:
+    return ContributionResult(
+        department=DepartmentId(message.department),
+        ciphertext=message.ciphertext.value,
+        single_source_allowed=message.single_source_allowed,
+        rules_version=message.rules_version,
+        policy_hash=message.policy_hash,
+        flag_counts=tuple(c.value for c in message.flag_counts),
+    )
+
+
+def chunk_request_from_proto(message: node_pb2.ContributeChunkRequest) -> ChunkRequest:
+    return ChunkRequest(
+        query_id=message.query_id,
+        chunk=message.chunk,
+        subject_kind=kind_from_pb(message.subject_kind),
+        subject_ids=tuple(message.subject_ids),
+        shape=shape_from_pb(message.shape),
+        purpose=message.purpose,
+        public_key=message.public_key.n,
+        slots=tuple(message.slots),
+        slot_widths=tuple(message.slot_widths),
+        subjects_per_ciphertext=message.subjects_per_ciphertext,
+    )
+
+
+def chunk_request_to_proto(request: ChunkRequest) -> node_pb2.ContributeChunkRequest:
+    return node_pb2.ContributeChunkRequest(
+        query_id=request.query_id,
+        chunk=request.chunk,
+        subject_kind=kind_to_pb(request.subject_kind),
+        subject_ids=list(request.subject_ids),
+        shape=shape_to_pb(request.shape),
+        purpose=request.purpose,
+        public_key=common_pb2.PaillierPublicKey(n=request.public_key),
+        slots=list(request.slots),
+        slot_widths=list(request.slot_widths),
+        subjects_per_ciphertext=request.subjects_per_ciphertext,
+    )
+
+
+def chunk_result_to_proto(result: ChunkResult) -> node_pb2.ContributeChunkResponse:
+    return node_pb2.ContributeChunkResponse(
+        department=result.department,
+        chunk=result.chunk,
+        ciphertexts=[common_pb2.Ciphertext(value=c) for c in result.ciphertexts],
+        rules_version=result.rules_version,
+        policy_hash=result.policy_hash,
+    )
+
+
+def chunk_result_from_proto(message: node_pb2.ContributeChunkResponse) -> ChunkResult:
+    return ChunkResult(
+        department=DepartmentId(message.department),
+        chunk=message.chunk,
+        ciphertexts=tuple(c.value for c in message.ciphertexts),
+        rules_version=message.rules_version,
+        policy_hash=message.policy_hash,
+    )
+
+
+def stats_request_from_proto(message: node_pb2.ContributeStatsRequest) -> StatsRequest:
+    return StatsRequest(
+        query_id=message.query_id,
+        subject_kind=kind_from_pb(message.subject_kind),
+        subject_ids=tuple(message.subject_ids),
+        purpose=message.purpose,
+        public_key=message.public_key.n,
+        statistics=tuple(message.statistics),
+        slots=tuple(message.slots),
+        slot_widths=tuple(message.slot_widths),
+        slot_bounds=tuple(message.slot_bounds),
+    )
+
+
+def stats_request_to_proto(request: StatsRequest) -> node_pb2.ContributeStatsRequest:
+    return node_pb2.ContributeStatsRequest(
+        query_id=request.query_id,
+        subject_kind=kind_to_pb(request.subject_kind),
+        subject_ids=list(request.subject_ids),
+        purpose=request.purpose,
+        public_key=common_pb2.PaillierPublicKey(n=request.public_key),
+        statistics=list(request.statistics),
+        slots=list(request.slots),
+        slot_widths=list(request.slot_widths),
+        slot_bounds=list(request.slot_bounds),
+    )
+
+
+def stats_result_to_proto(result: StatsResult) -> node_pb2.ContributeStatsResponse:
+    return node_pb2.ContributeStatsResponse(
+        department=result.department,
+        ciphertexts=[common_pb2.Ciphertext(value=c) for c in result.ciphertexts],
+        rules_version=result.rules_version,
+        policy_hash=result.policy_hash,
+    )
+
+
+def stats_result_from_proto(message: node_pb2.ContributeStatsResponse) -> StatsResult:
+    return StatsResult(
+        department=DepartmentId(message.department),
+        ciphertexts=tuple(c.value for c in message.ciphertexts),
+        rules_version=message.rules_version,
+        policy_hash=message.policy_hash,
+    )
+
+
+def node_description_to_proto(description: NodeDescription) -> node_pb2.NodeInfo:
+    dept = description.department
+    return node_pb2.NodeInfo(
+        department=dept.id,
+        name=f"{dept.name} {dept.name_zh}",
+        subject_kinds=[KIND_TO_PB[k] for k in sorted(dept.subject_kinds, key=lambda k: k.value)],
+        rules_version=description.rules_version,
+        rules_digest=description.rules_digest,
+        policy_hash=description.policy_hash,
+        owned_categories=list(description.owned_categories),
+        software_version=description.software_version,
+    )
