@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from osmanthus.core.errors import ConfigError, InvalidArgument
+from osmanthus.core.files import write_atomically
 from osmanthus.core.peers import (
     CA_CERT_FILE,
     CA_KEY_FILE,
@@ -343,20 +342,8 @@ def _write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
 
 
 def _write_file(path: Path, data: bytes, *, mode: int) -> None:
-    # Write to a temporary file created with the final mode and rename it into place, so a reader
-    # never sees a half-written file and a private key is never briefly world-readable.
-    # mkstemp creates the file with mode 0600; widen it only for public files.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # created with its final mode, so a private key is never briefly readable by others
+    write_atomically(path, data, mode=mode)
 
 
 def _check_validity(days: int) -> None:

@@ -22,6 +22,7 @@ import duckdb
 
 from osmanthus.core.catalogue import SubjectModel
 from osmanthus.core.errors import ConfigError, ImportRejected, OsmanthusError
+from osmanthus.core.files import sync_directory, write_atomically
 from osmanthus.core.types import Shape
 from sdk.results import BatchScore
 
@@ -49,24 +50,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sql_path(path: Path) -> str:
@@ -174,9 +157,7 @@ class BatchJob:
         self, identity: dict[str, Any], *, rows: int, parts: int, scored: int, refused: int
     ) -> None:
         state = {**identity, "rows": rows, "parts": parts, "scored": scored, "refused": refused}
-        _write_atomically(
-            self.checkpoint_path, json.dumps(state, indent=2, sort_keys=True).encode()
-        )
+        write_atomically(self.checkpoint_path, json.dumps(state, indent=2, sort_keys=True).encode())
 
     # --- output ----------------------------------------------------------------------------
 
@@ -221,7 +202,7 @@ class BatchJob:
         with tmp.open("rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(self.parts_dir)
+        sync_directory(self.parts_dir)
 
     def _assemble(self, parts: int) -> None:
         files = [str(self.parts_dir / f"part-{i:06d}.parquet") for i in range(parts)]
@@ -237,7 +218,7 @@ class BatchJob:
                 columns = ", ".join(f'NULL::{t} AS "{n}"' for n, t in self._columns())
                 con.execute(f"COPY (SELECT {columns} LIMIT 0) TO {_sql_path(tmp)} (FORMAT parquet)")
         os.replace(tmp, self.output)
-        _fsync_dir(self.output.parent)
+        sync_directory(self.output.parent, written=self.output)
         # the checkpoint goes first: parts without a checkpoint are simply started afresh
         self.checkpoint_path.unlink()
         shutil.rmtree(self.parts_dir)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from osmanthus.core.crypto import DEFAULT_KEY_BITS, PrivateKey, PublicKey, generate_keypair
 from osmanthus.core.errors import ConfigError
+from osmanthus.core.files import write_atomically
 from osmanthus.core.types import KeyFingerprint
 
 
@@ -34,13 +34,8 @@ def load_or_create_keys(path: Path, *, bits: int = DEFAULT_KEY_BITS) -> Requeste
         return RequesterKeys(private.public_key, private)
     public, private = generate_keypair(bits=bits)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    # a leftover or planted .tmp (perhaps a symlink) must not decide the new file's mode or target
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(private.to_json())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # never over a key that appeared meanwhile: that one may be registered already
+    write_atomically(
+        path, private.to_json().encode("utf-8"), mode=0o600, overwrite=False, field="key_path"
+    )
     return RequesterKeys(public, private)

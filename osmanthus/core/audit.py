@@ -34,6 +34,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from osmanthus.core.errors import ConfigError, InvalidArgument, OsmanthusError
+from osmanthus.core.files import sync_directory
 
 SALT_BYTES: Final = 32
 #: shorter salts make the HMAC guessable by brute force over the identifier space
@@ -320,7 +321,7 @@ def load_or_create_salt(path: Path) -> bytes:
         _write_durably(fd, salt)
     finally:
         os.close(fd)
-    _sync_directory(path.parent)
+    sync_directory(path.parent, written=path, field="audit_log")
     return salt
 
 
@@ -355,7 +356,7 @@ def _open_private(path: Path, flags: int) -> int:
             f"(check who has read it, then run: chmod 600 {path})"
         )
     if not existed:
-        _sync_directory(path.parent)
+        sync_directory(path.parent, written=path, field="audit_log")
     return fd
 
 
@@ -365,15 +366,6 @@ def _write_durably(fd: int, data: bytes) -> None:
         written = os.write(fd, view)
         view = view[written:]
     os.fsync(fd)
-
-
-def _sync_directory(directory: Path) -> None:
-    """Make a newly created file's directory entry durable too."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 #: request fields whose validation messages quote parts of an identifier (birth date, region)

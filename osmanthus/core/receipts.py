@@ -19,7 +19,6 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from osmanthus.core.bundle import write_atomically
 from osmanthus.core.errors import (
     ConfigError,
     InvalidArgument,
@@ -27,6 +26,7 @@ from osmanthus.core.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+from osmanthus.core.files import write_atomically
 from osmanthus.core.ids import validate_any_subject, validate_subject
 from osmanthus.core.names import PEER_NAME_PATTERN, PURPOSE_PATTERN
 from osmanthus.core.strictjson import unique_keys

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -15,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from osmanthus.core.errors import ConfigError
+from osmanthus.core.files import write_atomically
 from osmanthus.core.tls import TlsFiles, server_credentials
 from osmanthus.core.wire import MAX_RECEIVE_BYTES
 
@@ -92,8 +92,6 @@ def serve_until_signalled(running: RunningServer, *, ready_file: Path | None) ->
     signal.signal(signal.SIGINT, _on_signal)
     if ready_file is not None:
         # written atomically so a watcher never reads a half-written port
-        tmp = ready_file.with_suffix(ready_file.suffix + ".tmp")
-        tmp.write_text(f"{running.port}\n")
-        os.replace(tmp, ready_file)
+        write_atomically(ready_file, f"{running.port}\n".encode(), field="ready_file")
     done.wait()
     running.stop()
