@@ -43,7 +43,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from osmanthus.core.errors import ConfigError
-from osmanthus.core.files import write_atomically
+
+# re-exported: callers wrote bundles with it before it moved to osmanthus.core.files
+from osmanthus.core.files import write_atomically as write_atomically
 from osmanthus.core.names import PEER_NAME_PATTERN
 from osmanthus.core.policy import PolicyEngine, ReloadablePolicy
 from osmanthus.core.strictjson import unique_keys
