@@ -1,5 +1,5 @@
 """The `osmanthus` command: one entry point with a subcommand group for each operator task."""
 
-from osmanthus.cli.main import build_parser, main
+from osmanthus.cli.app import build_parser, main
 
 __all__ = ["build_parser", "main"]

@@ -1,5 +1,5 @@
 """`python -m osmanthus.cli`: the `osmanthus` command without its console script."""
 
-from osmanthus.cli.main import main
+from osmanthus.cli.app import main
 
 raise SystemExit(main())

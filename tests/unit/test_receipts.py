@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import sdk
 from certs import create_consent_key, init_platform
 from certs.authority import restore_consent_public_key_file
-from osmanthus.cli.main import _DEFAULT_RECEIPT_ISSUER, main
+from osmanthus.cli import main
+from osmanthus.cli.coordinator import _DEFAULT_RECEIPT_ISSUER
 from osmanthus.core.errors import ConfigError, InvalidArgument, PermissionDenied, Unauthenticated
 from osmanthus.core.ids import make_resident_id, make_uscc
 from osmanthus.core.receipts import (
@@ -926,7 +927,8 @@ def test_cli_a_key_directory_that_cannot_be_made_is_exit_3(
 
 
 def test_coordinator_serve_finds_the_consent_key_in_the_certs_dir(tmp_path: Path) -> None:
-    from osmanthus.cli.main import _consent_key, build_parser
+    from osmanthus.cli import build_parser
+    from osmanthus.cli.coordinator import _consent_key
 
     def resolved(*extra: str) -> Path | None:
         serve = ["coordinator", "serve", "--nodes", "n.toml", "--issuer-public-key", "i.pub"]
@@ -941,7 +943,8 @@ def test_coordinator_serve_finds_the_consent_key_in_the_certs_dir(tmp_path: Path
 
 
 def test_coordinator_serve_refuses_to_choose_between_two_consent_keys(tmp_path: Path) -> None:
-    from osmanthus.cli.main import _consent_key, build_parser
+    from osmanthus.cli import build_parser
+    from osmanthus.cli.coordinator import _consent_key
 
     certs, state = tmp_path / "certs", tmp_path / "state"
     paths = create_consent_key(certs)

@@ -1,0 +1,236 @@
+"""`osmanthus coordinator` and `osmanthus consent`: the coordinator and its consent receipts."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from osmanthus.cli.env import read_environment
+from osmanthus.cli.exit_codes import ExitCode
+from osmanthus.cli.options import (
+    Subcommands,
+    catalogue_of,
+    catalogue_options,
+    check_bundle_on_sighup,
+    command,
+    command_group,
+    policy_bundle,
+    policy_bundle_options,
+    server_options,
+    tls_files,
+    tls_options,
+)
+from osmanthus.core.errors import ConfigError, InvalidArgument
+from osmanthus.core.types import SubjectKind
+
+_log = logging.getLogger("osmanthus")
+#: osmanthus.core.receipts.RECEIPT_ISSUER, here so that building the parser imports no crypto
+_DEFAULT_RECEIPT_ISSUER = "osmanthus-consent-registry"
+
+#: the option of `consent verify` behind each expected value that verify_receipt checks
+_VERIFY_OPTIONS = {
+    "expected_grantee": "--grantee",
+    "expected_purpose": "--purpose",
+    "expected_subject": "--subject",
+    "expected_kind": "--kind",
+    "issuer": "--issuer",
+}
+
+
+def register(subcommands: Subcommands) -> None:
+    """Add `coordinator serve` and `consent verify`."""
+    _register_coordinator(subcommands)
+    _register_consent(subcommands)
+
+
+def _register_coordinator(subcommands: Subcommands) -> None:
+    coordinator = command_group(
+        subcommands, "coordinator", "run the coordinator", "Coordinator operations."
+    )
+    p = command(
+        coordinator,
+        "serve",
+        "serve requesters: policy, consent, fan-out and blind sums",
+        "Serve requester queries: verify the token against the client certificate, evaluate the "
+        "central Cedar policy, check consent, ask every relevant node at once within --deadline, "
+        "validate and add the ciphertexts, and answer with the sum and its coverage. The "
+        "coordinator never holds a decryption key.",
+        _cmd_coordinator_serve,
+        parents=[
+            catalogue_options(),
+            server_options(listen="127.0.0.1:50050", state_dir="consents, keys and audit log"),
+            policy_bundle_options(scope="'central'"),
+            tls_options(role_hint="coordinator"),
+        ],
+        extra="coordinator",
+    )
+    p.add_argument("--nodes", type=Path, required=True, help="nodes.toml: department → address")
+    p.add_argument(
+        "--policy", type=Path, help="central Cedar policy (default policies/central.cedar)"
+    )
+    p.add_argument("--issuer-public-key", type=Path, required=True, help="token issuer public key")
+    p.add_argument("--deadline", type=float, default=5.0, help="seconds to wait for the nodes")
+    p.add_argument(
+        "--table-cache-mb",
+        type=int,
+        default=256,
+        help="memory for the tables that re-randomise forwarded sums (about 54 MB per 2048-bit "
+        "requester key; 0 = always use the slower plain path)",
+    )
+    p.add_argument(
+        "--consent-key",
+        type=Path,
+        help="Ed25519 key that signs consent receipts, checked against the consent.pub beside "
+        "it (default: coordinator/consent.key in --certs-dir if there, else "
+        "STATE_DIR/consent.key, created with consent.pub on first start; if both exist, "
+        "the coordinator does not start until this option picks one)",
+    )
+    p.add_argument(
+        "--consent-issuer",
+        default=_DEFAULT_RECEIPT_ISSUER,
+        help="the issuer name every consent receipt carries; verifiers pin it with "
+        "'consent verify --issuer' or sdk.verify_consent_receipt(issuer=...)",
+    )
+    read_environment(p)
+
+
+def _register_consent(subcommands: Subcommands) -> None:
+    consent = command_group(
+        subcommands,
+        "consent",
+        "consent receipts",
+        "Work with the consents the coordinator records.",
+    )
+    p = command(
+        consent,
+        "verify",
+        "check a signed consent receipt and print what it attests",
+        "Verify a consent receipt (the 'receipt' of a granted consent) against the coordinator's "
+        "consent.pub and print the consent id, subject (all but the last 4 characters starred), "
+        "grantee, purpose, and validity. With --grantee, --purpose, --subject or --kind the "
+        "receipt must name that value; --issuer is the name the platform's coordinator signs "
+        "as. Exit 3 if the input is not a receipt, a file is unusable or an option's value "
+        "could never match, 4 if the signature, issuer, validity or an expected value does "
+        "not match. A receipt proves the consent was granted, not that it is unrevoked.",
+        _cmd_consent_verify,
+    )
+    p.add_argument("receipt", metavar="RECEIPT", help="file holding the receipt, or - for stdin")
+    p.add_argument("--key", type=Path, required=True, help="the coordinator's consent.pub")
+    p.add_argument("--grantee", help="requester the consent must be granted to")
+    p.add_argument("--purpose", help="purpose the consent must be for")
+    p.add_argument(
+        "--subject", help="resident id or credit code of the subject that must have consented"
+    )
+    p.add_argument(
+        "--kind",
+        choices=[k.value for k in SubjectKind],
+        help="the receipt must be a person's consent or an enterprise's (the tax-bank loan's)",
+    )
+    p.add_argument(
+        "--issuer",
+        default=_DEFAULT_RECEIPT_ISSUER,
+        help="the issuer name the platform's coordinator signs as (its --consent-issuer)",
+    )
+
+
+def _cmd_coordinator_serve(args: argparse.Namespace) -> int:
+    from coordinator.server import DEFAULT_CENTRAL_POLICY, CoordinatorConfig, start_coordinator
+    from osmanthus.core.server import serve_until_signalled
+
+    config = CoordinatorConfig(
+        nodes=args.nodes,
+        tls=tls_files(args, role="coordinator", name="coordinator"),
+        issuer_public_key=args.issuer_public_key,
+        state_dir=args.state_dir,
+        listen=args.listen,
+        policy=args.policy or DEFAULT_CENTRAL_POLICY,
+        deadline_s=args.deadline,
+        table_cache_bytes=args.table_cache_mb * 2**20,
+        policy_bundle=policy_bundle(args),
+        policy_trust=tuple(args.policy_trust),
+        policy_poll_s=args.policy_poll,
+        consent_key=_consent_key(args),
+        consent_issuer=args.consent_issuer,
+    )
+    # before the server starts: until the handler is in place SIGHUP would end the process
+    check_bundle_on_sighup(args)
+    running = start_coordinator(config, catalogue=catalogue_of(args))
+    _log.info("coordinator serving on port %d", running.port)
+    try:
+        serve_until_signalled(running.server, ready_file=args.ready_file)
+    finally:
+        running.stop()
+    return ExitCode.SUCCESS
+
+
+def _consent_key(args: argparse.Namespace) -> Path | None:
+    """--consent-key, or the consent key 'certs init' put in --certs-dir; None: STATE_DIR's."""
+    from certs import COORDINATOR_NAME, PeerRole, peer_dir
+    from osmanthus.core.receipts import CONSENT_KEY_FILE
+
+    if args.consent_key is not None:
+        return Path(args.consent_key)
+    if args.certs_dir:
+        # found in --certs-dir like the coordinator's certificate, where 'certs init' puts it
+        candidate = (
+            peer_dir(args.certs_dir, role=PeerRole.COORDINATOR, name=COORDINATOR_NAME)
+            / CONSENT_KEY_FILE
+        )
+        own = Path(args.state_dir) / CONSENT_KEY_FILE
+        if candidate.is_file():
+            if own.exists():
+                # which one signs would depend on which file happens to exist at this start
+                raise ConfigError(
+                    f"two consent signing keys: {candidate} and {own}; pass --consent-key "
+                    "naming the one whose consent.pub was handed out (receipts signed with "
+                    "the other stop verifying against it)",
+                    field="--consent-key",
+                )
+            return candidate
+    return None
+
+
+def _cmd_consent_verify(args: argparse.Namespace) -> int:
+    from osmanthus.core.receipts import ReceiptError, load_consent_public_key, verify_receipt
+
+    if args.receipt == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(args.receipt).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"receipt file {args.receipt} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read receipt file {args.receipt}: {exc}") from exc
+    public_key = load_consent_public_key(args.key)
+    try:
+        receipt = verify_receipt(
+            text.strip(),
+            public_key=public_key,
+            now=datetime.now(UTC),
+            expected_grantee=args.grantee,
+            expected_purpose=args.purpose,
+            expected_subject=args.subject,
+            issuer=args.issuer,
+            expected_kind=SubjectKind(args.kind) if args.kind else None,
+        )
+    except InvalidArgument as exc:
+        # an option no receipt could match is a bad argument (exit 3), named as it was typed
+        if isinstance(exc, ReceiptError) or exc.field not in _VERIFY_OPTIONS:
+            raise
+        raise InvalidArgument(exc.message, field=_VERIFY_OPTIONS[exc.field]) from exc
+    print(f"receipt verifies: consent {receipt.consent_id}")
+    print(f"  subject     {receipt.masked_subject} ({receipt.subject_kind.value})")
+    print(f"  grantee     {receipt.grantee}")
+    print(f"  purpose     {receipt.purpose}")
+    print(f"  granted at  {receipt.granted_at.isoformat().replace('+00:00', 'Z')}")
+    print(f"  expires at  {receipt.expires_at.isoformat().replace('+00:00', 'Z')}")
+    print(f"  issuer      {receipt.issuer} (key {receipt.key_id})")
+    print(
+        "A receipt proves the consent was granted, not that it still stands: the coordinator "
+        "checks revocation on every query."
+    )
+    return ExitCode.SUCCESS

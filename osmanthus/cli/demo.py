@@ -1,0 +1,81 @@
+"""`osmanthus demo` and `osmanthus seed`: the local federation demo and its synthetic records."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from osmanthus.cli.exit_codes import ExitCode
+from osmanthus.cli.options import Subcommands, command, iso_date
+
+
+def register(subcommands: Subcommands) -> None:
+    """Add `demo` and `seed`."""
+    p = command(
+        subcommands,
+        "demo",
+        "run the local federation demo end to end",
+        "Seed synthetic data, create certificates and tokens, start every department node and the "
+        "coordinator on 127.0.0.1, query persons and enterprises through the SDK, print score "
+        "cards and what the coordinator saw, then shut everything down.",
+        _cmd_demo,
+        # every server and the SDK in one process tree
+        extra="all",
+    )
+    p.add_argument(
+        "--workdir", type=Path, default=Path(".osmanthus/demo"), help="where demo files go"
+    )
+    p.add_argument("--persons", type=int, default=2000, help="synthetic persons to seed")
+    p.add_argument("--enterprises", type=int, default=300, help="synthetic enterprises to seed")
+
+    p = command(
+        subcommands,
+        "seed",
+        "write deterministic synthetic records, one DuckDB file per department",
+        "Write synthetic records for every department of the default catalogue into "
+        "OUT/<department>.duckdb, plus OUT/subjects.csv listing the synthetic subjects. The same "
+        "--seed and --as-of always give the same records.",
+        _cmd_seed,
+        extra="node",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--persons", type=int, default=2000, help="number of synthetic persons")
+    p.add_argument("--enterprises", type=int, default=300, help="number of synthetic enterprises")
+    p.add_argument("--seed", type=int, default=20261126, help="random seed")
+    p.add_argument("--as-of", type=iso_date, help="reference date for record ages (default today)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from osmanthus.demo.run import run_demo
+
+    return run_demo(workdir=args.workdir, persons=args.persons, enterprises=args.enterprises)
+
+
+def _cmd_seed(args: argparse.Namespace) -> int:
+    from osmanthus.demo.seed import seed
+
+    report = seed(
+        args.out,
+        persons=args.persons,
+        enterprises=args.enterprises,
+        seed=args.seed,
+        as_of=args.as_of or datetime.now(UTC).date(),
+        progress=None if args.quiet else _progress_printer(),
+    )
+    print(f"wrote {len(report.databases)} department databases to {args.out}")
+    return ExitCode.SUCCESS
+
+
+def _progress_printer() -> Callable[[str], None]:
+    from tqdm import tqdm
+
+    bar = tqdm(desc="seeding", unit="dept", leave=False)
+
+    def step(message: str) -> None:
+        bar.set_postfix_str(message)
+        bar.update(1)
+
+    return step
