@@ -13,15 +13,12 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
+from coordinator.context import CoordinatorContext
 from coordinator.disclosure import DisclosureLedger
 from coordinator.keys import KeyRegistry
-from coordinator.nodes import NodePool
-from coordinator.ratelimit import RateLimiter
-from osmanthus.core.audit import AuditEntry, AuditLog, redacted_reason
-from osmanthus.core.catalogue import Catalogue
+from osmanthus.core.audited import AuditedRequest
 from osmanthus.core.crypto import Ciphertext, EncryptorCache, PublicKey
 from osmanthus.core.encoding import SlotLayout
 from osmanthus.core.errors import (
@@ -29,13 +26,12 @@ from osmanthus.core.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
-    OsmanthusError,
     PermissionDenied,
     Unavailable,
 )
 from osmanthus.core.ids import validate_subject
 from osmanthus.core.names import validate_purpose
-from osmanthus.core.policy import PolicyEngine, PolicyRequest, ReloadablePolicy, time_facts
+from osmanthus.core.policy import PolicyEngine
 from osmanthus.core.tokens import TokenClaims
 from osmanthus.core.types import (
     PACKED_SHAPES,
@@ -141,30 +137,20 @@ class BatchScorer:
 
     def __init__(
         self,
+        context: CoordinatorContext,
         *,
-        catalogue: Catalogue,
-        nodes: NodePool,
-        policy: ReloadablePolicy,
         keys: KeyRegistry,
         ledger: DisclosureLedger,
-        audit: AuditLog,
         encryptors: EncryptorCache,
-        clock: Callable[[], datetime],
-        rate_limiter: RateLimiter,
         window: int = DEFAULT_WINDOW,
         chunk_deadline_s: float = DEFAULT_CHUNK_DEADLINE_S,
         max_batches: int = DEFAULT_MAX_BATCHES,
         idle_s: float = DEFAULT_IDLE_S,
     ) -> None:
-        self._catalogue = catalogue
-        self._nodes = nodes
-        self._policy = policy
+        self._ctx = context
         self._keys = keys
         self._ledger = ledger
-        self._audit = audit
         self._encryptors = encryptors
-        self._clock = clock
-        self._rate_limiter = rate_limiter
         self._window = window
         self._chunk_deadline_s = chunk_deadline_s
         self._max_batches = max_batches
@@ -207,36 +193,32 @@ class BatchScorer:
         purpose = validate_purpose(header.purpose, field="header.purpose")
         claims.require_purpose(purpose)
         key = self._keys.registered_key(claims, header.public_key, field="header.public_key")
-        decision = engine.decide(
-            PolicyRequest(
-                principal_type="Requester",
-                principal_id=claims.requester,
-                principal_attrs={"role": claims.role.value},
-                action="BatchQuery",
-                resource_type="Dataset",
-                resource_id=kind.value,
-                context={"purpose": purpose, "shape": shape.value, **time_facts(self._clock())},
-            )
+        decision = self._ctx.require(
+            engine,
+            claims,
+            "BatchQuery",
+            ("Dataset", kind.value),
+            {"purpose": purpose, "shape": shape.value},
         )
-        if not decision.allowed:
-            raise PermissionDenied(f"central policy: {decision.reason}")
-        self._rate_limiter.charge(claims.requester, engine.rate_limits(decision))
-        expected = sorted(d.id for d in self._catalogue.departments_for(kind))
-        absent = [d for d in expected if d not in self._nodes.departments]
-        if absent:
-            raise FailedPrecondition(
-                f"a batch sums every {kind.value} department, and no node is registered for "
-                + ", ".join(absent)
-            )
-        minimum = engine.min_departments(decision)
-        if len(expected) < minimum:
-            raise FailedPrecondition(
-                f"the catalogue names {len(expected)} {kind.value} department(s); the policy "
-                f"requires sums of at least {minimum}"
-            )
-        layout = SlotLayout.for_catalogue(self._catalogue, kind, shape)
+        # the batch counts once against the limit, when it opens; a batch refused while it is
+        # planned gives its place back
+        with self._ctx.rate_limited(claims.requester, engine.rate_limits(decision)):
+            expected = sorted(d.id for d in self._ctx.catalogue.departments_for(kind))
+            absent = [d for d in expected if d not in self._ctx.nodes.departments]
+            if absent:
+                raise FailedPrecondition(
+                    f"a batch sums every {kind.value} department, and no node is registered "
+                    "for " + ", ".join(absent)
+                )
+            minimum = engine.min_departments(decision)
+            if len(expected) < minimum:
+                raise FailedPrecondition(
+                    f"the catalogue names {len(expected)} {kind.value} department(s); the "
+                    f"policy requires sums of at least {minimum}"
+                )
+        layout = SlotLayout.for_catalogue(self._ctx.catalogue, kind, shape)
         per = layout.capacity(key.bits)
-        model = self._catalogue.model(kind)
+        model = self._ctx.catalogue.model(kind)
         batch = _Batch(
             query_id=query_id,
             claims=claims,
@@ -300,29 +282,24 @@ class BatchScorer:
                 future.cancel()
 
     def _answer(self, batch: _Batch, chunk: SubjectChunk) -> ChunkOutcome:
-        seen: dict[str, int | str] = {"chunk": chunk.chunk, "subjects": len(chunk.subject_ids)}
-        hashes: list[str] = []
-        try:
-            outcome = self._answer_checked(batch, chunk, seen, hashes)
-        except OsmanthusError as exc:
-            self._record(batch, hashes, "deny", redacted_reason(exc), seen)
-            raise
-        except Exception:
-            self._record(batch, hashes, "deny", "internal error", seen)
-            raise
-        reason = (
-            f"batch chunk {chunk.chunk}: sums of {len(outcome.subject_ids)} subjects forwarded, "
-            f"{len(outcome.refused)} refused"
+        record = AuditedRequest(
+            query_id=batch.query_id,
+            requester=batch.claims.requester,
+            purpose=batch.purpose,
+            policy_hash=batch.engine.hash,
+            shape=batch.shape.value,
+            extra={"chunk": chunk.chunk, "subjects": len(chunk.subject_ids)},
         )
-        self._record(batch, hashes, "allow", reason, seen)
+        with self._ctx.audited(record):
+            outcome = self._answer_checked(batch, chunk, record)
+            record.allow(
+                f"batch chunk {chunk.chunk}: sums of {len(outcome.subject_ids)} subjects "
+                f"forwarded, {len(outcome.refused)} refused"
+            )
         return outcome
 
     def _answer_checked(
-        self,
-        batch: _Batch,
-        chunk: SubjectChunk,
-        seen: dict[str, int | str],
-        hashes: list[str],
+        self, batch: _Batch, chunk: SubjectChunk, record: AuditedRequest
     ) -> ChunkOutcome:
         refused: list[RefusedSubject] = []
         valid: list[str] = []
@@ -334,13 +311,14 @@ class BatchScorer:
                 raws.append(raw)
             except InvalidArgument as exc:
                 refused.append(RefusedSubject(raw, f"invalid: {exc}"))
-        hashes.extend(self._audit.subject_hashes(valid))
+        hashes = self._ctx.audit.subject_hashes(valid)
+        record.subject_hashes = tuple(hashes)
         allowed = self._ledger.settle_batch(
             requester=batch.claims.requester,
             subject_kind=batch.kind,
             subject_hashes=hashes,
             departments=frozenset(batch.departments),
-            now=self._clock(),
+            now=self._ctx.clock(),
         )
         subjects = tuple(s for s, ok in zip(valid, allowed, strict=True) if ok)
         refused += [
@@ -348,7 +326,7 @@ class BatchScorer:
             for raw, ok in zip(raws, allowed, strict=True)
             if not ok
         ]
-        seen["refused"] = len(refused)
+        record.extra["refused"] = len(refused)
         if not subjects:
             return ChunkOutcome(chunk.chunk, (), (), tuple(refused))
         request = ChunkRequest(
@@ -363,7 +341,7 @@ class BatchScorer:
             slot_widths=batch.layout.widths,
             subjects_per_ciphertext=batch.per,
         )
-        answers, failures = self._nodes.contribute_chunk_all(
+        answers, failures = self._ctx.nodes.contribute_chunk_all(
             batch.departments,
             request,
             token=batch.token,
@@ -383,10 +361,12 @@ class BatchScorer:
                 "batch from this chunk when it answers"
             )
         count = -(-len(subjects) // batch.per)
-        seen["ciphertexts_received"] = count * len(answers)
-        seen["ciphertext_bytes_received"] = sum(len(c) for a in answers for c in a.ciphertexts)
+        record.extra["ciphertexts_received"] = count * len(answers)
+        record.extra["ciphertext_bytes_received"] = sum(
+            len(c) for a in answers for c in a.ciphertexts
+        )
         sums = self._sum(batch.key, answers, count, chunk.chunk)
-        seen["ciphertexts_forwarded"] = count
+        record.extra["ciphertexts_forwarded"] = count
         return ChunkOutcome(chunk.chunk, subjects, sums, tuple(refused))
 
     def _sum(
@@ -412,31 +392,6 @@ class BatchScorer:
         return tuple(
             key.add(key.add(*column), self._encryptors.encrypt(key, 0)).to_bytes()
             for column in columns
-        )
-
-    def _record(
-        self,
-        batch: _Batch,
-        hashes: list[str],
-        decision: str,
-        reason: str,
-        extra: dict[str, int | str],
-    ) -> None:
-        self._audit.append(
-            AuditEntry(
-                time=self._clock(),
-                query_id=batch.query_id,
-                requester=batch.claims.requester,
-                purpose=batch.purpose,
-                consent_id="",
-                policy_hash=batch.engine.hash,
-                decision=decision,
-                reason=reason,
-                shape=batch.shape.value,
-                subject_hash="",
-                subject_hashes=tuple(hashes),
-                extra=extra,
-            )
         )
 
 

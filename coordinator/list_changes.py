@@ -40,15 +40,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Final
 
+from coordinator.context import CoordinatorContext
 from coordinator.lists import ContentRefused, EntryRefused, check_feed_entry
-from coordinator.nodes import NodeFailure, NodePool
-from coordinator.ratelimit import RateLimiter
-from osmanthus.core.audit import AuditEntry, AuditLog, redacted_reason
+from coordinator.nodes import NodeFailure
+from osmanthus.core.audit import redacted_reason
+from osmanthus.core.audited import AuditedRequest
 from osmanthus.core.catalogue import Catalogue, ListColour, ListType
-from osmanthus.core.errors import InvalidArgument, OsmanthusError, PermissionDenied, Unavailable
+from osmanthus.core.errors import InvalidArgument, OsmanthusError, Unavailable
 from osmanthus.core.lists import (
     WITHHELD_BY_NODE,
     WITHHELD_COLOUR,
@@ -66,12 +67,11 @@ from osmanthus.core.lists import (
     shown_value,
     withheld_entry_id,
 )
-from osmanthus.core.policy import PolicyEngine, PolicyRequest, ReloadablePolicy, time_facts
+from osmanthus.core.policy import PolicyEngine
 from osmanthus.core.tokens import TokenClaims
 from osmanthus.core.types import DepartmentId, QueryId
 from osmanthus.core.wire.coordinator import ChangesRequest
 from osmanthus.core.wire.lists import ChangesQuery, change_from_pb, withdraw_reason_from_pb
-from osmanthus.core.wire.lists import changes_query_to_proto as changes_query_message
 from osmanthus.v1 import lists_pb2
 
 _log = logging.getLogger(__name__)
@@ -286,24 +286,8 @@ def _audit_reason(error: OsmanthusError) -> str:
 class ListChangeFeed:
     """Everything after authentication for one ListChanges call; CoordinatorService delegates."""
 
-    def __init__(
-        self,
-        *,
-        catalogue: Catalogue,
-        nodes: NodePool,
-        policy: ReloadablePolicy,
-        audit: AuditLog,
-        rate_limiter: RateLimiter,
-        deadline_s: float,
-        clock: Callable[[], datetime],
-    ) -> None:
-        self._catalogue = catalogue
-        self._nodes = nodes
-        self._policy = policy
-        self._audit = audit
-        self._rate_limiter = rate_limiter
-        self._deadline_s = deadline_s
-        self._clock = clock
+    def __init__(self, context: CoordinatorContext) -> None:
+        self._ctx = context
 
     def read(
         self,
@@ -314,31 +298,24 @@ class ListChangeFeed:
     ) -> ListChangesPage:
         """Authenticate, validate, decide, charge the rate limit, ask and check; audit it all."""
         # one policy version decides the request and is the one the audit entry names
-        engine = self._policy.current()
-        seen: dict[str, int | str] = {}
-        claims: TokenClaims | None = None
-        try:
-            claims = authenticate()
-            page = self._read(request, claims, engine, seen)
-        except OsmanthusError as exc:
-            self._record(query_id, claims, engine, "deny", _audit_reason(exc), seen)
-            raise
-        except Exception:
-            self._record(query_id, claims, engine, "deny", "internal error", seen)
-            raise
-        self._record(query_id, claims, engine, "allow", "list change events forwarded", seen)
+        engine = self._ctx.policy.current()
+        record = AuditedRequest(query_id=query_id, policy_hash=engine.hash, shape=AUDIT_SHAPE)
+        with self._ctx.audited(record, redact=_audit_reason):
+            claims = record.identify(authenticate())
+            page = self._read(request, claims, engine, record.extra)
+            record.allow("list change events forwarded")
         return page
 
     def _department(self, value: str) -> DepartmentId:
         """A department of the catalogue that publishes at least one list."""
-        publishing = sorted({t.department for t in self._catalogue.lists})
+        publishing = sorted({t.department for t in self._ctx.catalogue.lists})
         if not value:
             raise InvalidArgument(
                 "name the department whose list changes to read; departments publishing "
                 f"lists: {', '.join(publishing)}",
                 field="department",
             )
-        if value not in {d.id for d in self._catalogue.departments}:
+        if value not in {d.id for d in self._ctx.catalogue.departments}:
             raise InvalidArgument(
                 f"{shown_value(value)} is not a department of the catalogue; departments "
                 f"publishing lists: {', '.join(publishing)}",
@@ -363,30 +340,12 @@ class ListChangeFeed:
         seen["department"] = department
         parse_change_cursor(request.after, field="after")
         size = changes_page_size(request.page_size)
-        decision = engine.decide(
-            PolicyRequest(
-                principal_type="Requester",
-                principal_id=claims.requester,
-                principal_attrs={"role": claims.role.value},
-                action=ACTION,
-                resource_type="Department",
-                resource_id=department,
-                context=time_facts(self._clock()),
-            )
-        )
-        if not decision.allowed:
-            raise PermissionDenied(f"central policy: {decision.reason}")
+        decision = self._ctx.require(engine, claims, ACTION, ("Department", department))
         # recorded once the policy allowed the request: a requester who may not read the feed
         # writes nothing of its own into the audit log (a cursor cannot read as a resident id)
         seen["after"] = request.after
-        limits = engine.rate_limits(decision)
-        stamp = self._rate_limiter.charge(claims.requester, limits)
-        try:
+        with self._ctx.rate_limited(claims.requester, engine.rate_limits(decision)):
             page = self._ask(department, request.after, size, claims.requester)
-        except BaseException:
-            # nothing was forwarded: only pages forwarded count against the limit
-            self._rate_limiter.refund(claims.requester, limits, stamp)
-            raise
         seen["events"] = len(page.events)
         seen["withheld"] = sum(1 for e in page.events if e.withheld)
         seen["next_cursor"] = page.next_cursor
@@ -396,14 +355,12 @@ class ListChangeFeed:
     def _ask(
         self, department: DepartmentId, after: str, size: int, requester: str
     ) -> ListChangesPage:
-        if department not in self._nodes.departments:
+        if department not in self._ctx.nodes.departments:
             raise Unavailable(f"no node registered for {department}, whose list changes were asked")
         query = ChangesQuery(
             department=department, after=after, page_size=size, requester=requester
         )
-        answer = self._nodes.list_changes(
-            department, changes_query_message(query), deadline_s=self._deadline_s
-        )
+        answer = self._ctx.nodes.list_changes(department, query, deadline_s=self._ctx.deadline_s)
         if isinstance(answer, NodeFailure):
             raise Unavailable(f"{department}, asked for its list changes: {answer.reason}")
         try:
@@ -412,34 +369,9 @@ class ListChangeFeed:
                 department=department,
                 after=after,
                 page_size=size,
-                catalogue=self._catalogue,
+                catalogue=self._ctx.catalogue,
             )
         except Unavailable as exc:
             # a node leaking data or out of date: its operator must look; no values logged
             _log.warning("%s", exc.message)
             raise
-
-    def _record(
-        self,
-        query_id: QueryId,
-        claims: TokenClaims | None,
-        engine: PolicyEngine,
-        decision: str,
-        reason: str,
-        extra: dict[str, int | str],
-    ) -> None:
-        self._audit.append(
-            AuditEntry(
-                time=self._clock(),
-                query_id=query_id,
-                requester=claims.requester if claims else "unauthenticated",
-                purpose="",
-                consent_id="",
-                policy_hash=engine.hash,
-                decision=decision,
-                reason=reason,
-                shape=AUDIT_SHAPE,
-                subject_hash="",
-                extra=extra,
-            )
-        )

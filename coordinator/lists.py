@@ -33,14 +33,14 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
-from coordinator.nodes import NodeFailure, NodePool, PublicEntriesAnswer
-from coordinator.ratelimit import RateLimiter
-from osmanthus.core.audit import AuditEntry, AuditLog, redacted_reason
+from coordinator.context import CoordinatorContext
+from coordinator.nodes import NodeFailure, PublicEntriesAnswer
+from osmanthus.core.audited import AuditedRequest
 from osmanthus.core.catalogue import Catalogue, ListColour, ListType
 from osmanthus.core.clock import china_today
-from osmanthus.core.errors import InvalidArgument, OsmanthusError, PermissionDenied, Unavailable
+from osmanthus.core.errors import InvalidArgument, Unavailable
 from osmanthus.core.ids import canonical_subject, mask_subject, validate_subject
 from osmanthus.core.lists import (
     ENTRY_ID_PATTERN,
@@ -70,14 +70,12 @@ from osmanthus.core.lists import (
 )
 from osmanthus.core.policy import (
     PolicyEngine,
-    PolicyRequest,
-    ReloadablePolicy,
-    time_facts,
 )
 from osmanthus.core.tokens import TokenClaims
 from osmanthus.core.types import DepartmentId, DepartmentStatus, QueryId, SubjectId, SubjectKind
-from osmanthus.core.wire.common import KIND_TO_PB, kind_from_pb
+from osmanthus.core.wire.common import kind_from_pb
 from osmanthus.core.wire.coordinator import ListSearch, ListSearchOutcome
+from osmanthus.core.wire.lists import PublicQuery
 from osmanthus.v1 import lists_pb2
 
 _log = logging.getLogger(__name__)
@@ -530,26 +528,9 @@ class _Asked:
 class ListSearcher:
     """Everything after authentication for one SearchLists call; CoordinatorService delegates."""
 
-    def __init__(
-        self,
-        *,
-        catalogue: Catalogue,
-        nodes: NodePool,
-        policy: ReloadablePolicy,
-        audit: AuditLog,
-        rate_limiter: RateLimiter,
-        deadline_s: float,
-        clock: Callable[[], datetime.datetime],
-        tokens: PageTokens | None = None,
-    ) -> None:
-        self._catalogue = catalogue
-        self._nodes = nodes
-        self._policy = policy
-        self._audit = audit
-        self._rate_limiter = rate_limiter
-        self._deadline_s = deadline_s
-        self._clock = clock
-        self._tokens = tokens or PageTokens(clock=lambda: self._clock().timestamp())
+    def __init__(self, context: CoordinatorContext, *, tokens: PageTokens | None = None) -> None:
+        self._ctx = context
+        self._tokens = tokens or PageTokens(clock=lambda: self._ctx.clock().timestamp())
 
     def search(
         self,
@@ -560,20 +541,21 @@ class ListSearcher:
     ) -> ListSearchOutcome:
         """Authenticate, validate, decide, charge the rate limit, ask and check; audit it all."""
         # one policy version decides the query and is the one the audit entry names
-        engine = self._policy.current()
-        seen: dict[str, int | str] = {}
-        claims: TokenClaims | None = None
-        try:
-            claims = authenticate()
-            outcome = self._search(query_id, request, claims, engine, seen)
-        except OsmanthusError as exc:
-            self._record(query_id, request, claims, engine, "deny", redacted_reason(exc), seen)
-            raise
-        except Exception:
-            self._record(query_id, request, claims, engine, "deny", "internal error", seen)
-            raise
-        reason = "partial entries forwarded" if outcome.missing else "entries forwarded"
-        self._record(query_id, request, claims, engine, "allow", reason, seen)
+        engine = self._ctx.policy.current()
+        subject = (
+            self._ctx.audit.subject_hash(
+                canonical_subject(request.subject_kind, request.subject_id)
+            )
+            if request.subject_id
+            else ""
+        )
+        record = AuditedRequest(
+            query_id=query_id, policy_hash=engine.hash, shape=AUDIT_SHAPE, subject_hash=subject
+        )
+        with self._ctx.audited(record):
+            claims = record.identify(authenticate())
+            outcome = self._search(query_id, request, claims, engine, record.extra)
+            record.allow("partial entries forwarded" if outcome.missing else "entries forwarded")
         return outcome
 
     def _validate(self, request: ListSearch, requester: str) -> _Asked:
@@ -590,7 +572,7 @@ class ListSearcher:
         subject = validate_subject(kind, request.subject_id) if request.subject_id else None
         list_type = None
         if request.list_id:
-            list_type = list_of(self._catalogue, request.list_id, department=None, field="list")
+            list_type = list_of(self._ctx.catalogue, request.list_id, department=None, field="list")
             if kind not in list_type.subject_kinds:
                 kinds = " and ".join(sorted(k.value for k in list_type.subject_kinds))
                 raise InvalidArgument(
@@ -629,38 +611,20 @@ class ListSearcher:
             seen["list"] = asked.list_type.id
         if request.page_token:
             seen["page_token"] = 1
-        now = self._clock()
-        decision = engine.decide(
-            PolicyRequest(
-                principal_type="Requester",
-                principal_id=claims.requester,
-                principal_attrs={"role": claims.role.value},
-                action="SearchLists",
-                resource_type="Dataset",
-                resource_id=asked.kind.value,
-                context=time_facts(now),
-            )
-        )
-        if not decision.allowed:
-            raise PermissionDenied(f"central policy: {decision.reason}")
-        limits = engine.rate_limits(decision)
-        stamp = self._rate_limiter.charge(claims.requester, limits)
-        try:
+        decision = self._ctx.require(engine, claims, "SearchLists", ("Dataset", asked.kind.value))
+        today = china_today(self._ctx.clock())
+        with self._ctx.rate_limited(claims.requester, engine.rate_limits(decision)):
             if asked.list_type is not None:
-                outcome = self._by_list(query_id, asked, asked.list_type, china_today(now), seen)
+                outcome = self._by_list(query_id, asked, asked.list_type, today, seen)
             else:
-                outcome = self._by_subject(query_id, asked, china_today(now))
-        except BaseException:
-            # nothing was answered: only answers count against the limit
-            self._rate_limiter.refund(claims.requester, limits, stamp)
-            raise
+                outcome = self._by_subject(query_id, asked, today)
         seen["entries_forwarded"] = len(outcome.entries)
         seen["departments_missing"] = len(outcome.missing)
         return outcome
 
-    def _request(self, asked: _Asked, *, size: int, token: str) -> lists_pb2.PublicEntriesRequest:
-        return lists_pb2.PublicEntriesRequest(
-            subject_kind=KIND_TO_PB[asked.kind],
+    def _request(self, asked: _Asked, *, size: int, token: str) -> PublicQuery:
+        return PublicQuery(
+            subject_kind=asked.kind,
             subject_id=asked.subject or "",
             list=asked.list_type.id if asked.list_type else "",
             page_size=size,
@@ -694,7 +658,7 @@ class ListSearcher:
             kind=asked.kind,
             list_id=asked.list_type.id if asked.list_type else None,
             subject=asked.subject,
-            catalogue=self._catalogue,
+            catalogue=self._ctx.catalogue,
             today=today,
             after=asked.after,
         )
@@ -717,14 +681,14 @@ class ListSearcher:
         seen: dict[str, int | str],
     ) -> ListSearchOutcome:
         department = list_type.department
-        if department not in self._nodes.departments:
+        if department not in self._ctx.nodes.departments:
             raise Unavailable(
                 f"no node registered for {department}, which publishes {list_type.id}"
             )
         # the node's token is made here from the last entry forwarded, never taken from a
         # requester; a node's own token is followed below, to that node only
         node_token = encode_page_token(asked.after) if asked.after is not None else ""
-        deadline_at = time.monotonic() + self._deadline_s
+        deadline_at = time.monotonic() + self._ctx.deadline_s
         entries: list[PublicEntry] = []
         dropped: list[Dropped] = []
         discarded: NodeFailure | None = None
@@ -734,7 +698,7 @@ class ListSearcher:
             if page and left <= 0:
                 break
             seen["node_pages"] = page + 1
-            answers, failures = self._nodes.public_entries_each(
+            answers, failures = self._ctx.nodes.public_entries_each(
                 [(department, self._request(asked, size=asked.size, token=node_token))],
                 deadline_s=left,
             )
@@ -788,23 +752,23 @@ class ListSearcher:
     def _by_subject(
         self, query_id: QueryId, asked: _Asked, today: datetime.date
     ) -> ListSearchOutcome:
-        expected = sorted(self._catalogue.list_departments(asked.kind))
+        expected = sorted(self._ctx.catalogue.list_departments(asked.kind))
         failures = [
             NodeFailure(d, "no node registered for this department")
             for d in expected
-            if d not in self._nodes.departments
+            if d not in self._ctx.nodes.departments
         ]
-        pending = [(d, "") for d in expected if d in self._nodes.departments]
+        pending = [(d, "") for d in expected if d in self._ctx.nodes.departments]
         entries: list[PublicEntry] = []
         answered: set[DepartmentId] = set()
         # every round shares one deadline: a department with many entries pages on within it
-        deadline_at = time.monotonic() + self._deadline_s
+        deadline_at = time.monotonic() + self._ctx.deadline_s
         for _ in range(SUBJECT_PAGES):
             left = deadline_at - time.monotonic()
             if not pending or left <= 0:
                 break
             # a node's own page token goes back to that node only, never to the requester
-            answers, failed = self._nodes.public_entries_each(
+            answers, failed = self._ctx.nodes.public_entries_each(
                 [(d, self._request(asked, size=MAX_PAGE_SIZE, token=t)) for d, t in pending],
                 deadline_s=left,
             )
@@ -846,37 +810,6 @@ class ListSearcher:
             for f in sorted(failures, key=lambda f: f.department)
         )
         return ListSearchOutcome(query_id, tuple(entries), "", missing)
-
-    def _record(
-        self,
-        query_id: QueryId,
-        request: ListSearch,
-        claims: TokenClaims | None,
-        engine: PolicyEngine,
-        decision: str,
-        reason: str,
-        extra: dict[str, Any],
-    ) -> None:
-        subject = (
-            self._audit.subject_hash(canonical_subject(request.subject_kind, request.subject_id))
-            if request.subject_id
-            else ""
-        )
-        self._audit.append(
-            AuditEntry(
-                time=self._clock(),
-                query_id=query_id,
-                requester=claims.requester if claims else "unauthenticated",
-                purpose="",
-                consent_id="",
-                policy_hash=engine.hash,
-                decision=decision,
-                reason=reason,
-                shape=AUDIT_SHAPE,
-                subject_hash=subject,
-                extra=extra,
-            )
-        )
 
 
 def _dropped_reason(dropped: Sequence[Dropped]) -> str:

@@ -23,6 +23,12 @@ from osmanthus.core.grpc_errors import error_from_rpc
 from osmanthus.core.tls import TlsFiles, node_server_name, secure_channel
 from osmanthus.core.tokens import bearer_metadata
 from osmanthus.core.types import DepartmentId
+from osmanthus.core.wire.lists import (
+    ChangesQuery,
+    PublicQuery,
+    changes_query_to_proto,
+    public_query_to_proto,
+)
 from osmanthus.core.wire.node import (
     ChunkRequest,
     ChunkResult,
@@ -37,7 +43,7 @@ from osmanthus.core.wire.node import (
     stats_request_to_proto,
     stats_result_from_proto,
 )
-from osmanthus.v1 import lists_pb2, node_pb2, node_pb2_grpc
+from osmanthus.v1 import lists_pb2, node_pb2_grpc
 
 _log = logging.getLogger(__name__)
 
@@ -193,7 +199,7 @@ class NodePool:
 
     def public_entries_each(
         self,
-        requests: Sequence[tuple[DepartmentId, lists_pb2.PublicEntriesRequest]],
+        requests: Sequence[tuple[DepartmentId, PublicQuery]],
         *,
         deadline_s: float,
     ) -> tuple[list[PublicEntriesAnswer], list[NodeFailure]]:
@@ -204,7 +210,7 @@ class NodePool:
         """
         return self._fan_out_each(
             self._callers,
-            requests,
+            [(dept, public_query_to_proto(query)) for dept, query in requests],
             "PublicEntries",
             lambda dept, message: PublicEntriesAnswer(
                 department=dept,
@@ -218,7 +224,7 @@ class NodePool:
     def list_changes(
         self,
         department: DepartmentId,
-        request: node_pb2.NodeListChangesRequest,
+        query: ChangesQuery,
         *,
         deadline_s: float,
     ) -> ListChangesAnswer | NodeFailure:
@@ -229,7 +235,7 @@ class NodePool:
         """
         answers, failures = self._fan_out_each(
             self._callers,
-            [(department, request)],
+            [(department, changes_query_to_proto(query))],
             "ListChanges",
             lambda _, message: ListChangesAnswer(
                 department=DepartmentId(message.department), message=message

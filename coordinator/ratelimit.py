@@ -46,7 +46,8 @@ class RateLimiter:
                     wait = math.ceil(window[0] + limit.period_s - now)
                     raise RateLimited(
                         f"{requester} may be granted {limit.text} under rule "
-                        f"'{limit.policy_id}' and has reached it; retry in {max(wait, 1)} s"
+                        f"'{limit.policy_id}' and has reached it; retry in {max(wait, 1)} s",
+                        retry_after_s=max(wait, 1),
                     )
                 windows.append(window)
             for window in windows:

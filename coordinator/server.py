@@ -14,11 +14,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.config import load_nodes
 from coordinator.consent import ConsentRegistry
+from coordinator.context import DEFAULT_DEADLINE_S
 from coordinator.disclosure import DisclosureLedger
 from coordinator.epsilon import EpsilonLedger
 from coordinator.keys import KeyRegistry
 from coordinator.nodes import NodePool
-from coordinator.service import DEFAULT_DEADLINE_S, CoordinatorService
+from coordinator.service import CoordinatorService
 from coordinator.servicer import CoordinatorServicer
 from osmanthus.core.audit import AuditLog, load_or_create_salt
 from osmanthus.core.bundle import CENTRAL_SCOPE, DEFAULT_POLL_S, load_policy

@@ -10,6 +10,7 @@ from typing import Any
 
 from coordinator.batch import BatchRun, BatchScorer
 from coordinator.consent import ConsentRegistry, ConsentState
+from coordinator.context import DEFAULT_DEADLINE_S, CoordinatorContext
 from coordinator.disclosure import DisclosureLedger
 from coordinator.epsilon import EpsilonLedger
 from coordinator.keys import KeyRegistry
@@ -18,7 +19,8 @@ from coordinator.lists import ListSearcher
 from coordinator.nodes import NodeFailure, NodePool
 from coordinator.ratelimit import RateLimiter
 from coordinator.stats import StatsAnswerer
-from osmanthus.core.audit import AuditEntry, AuditLog, redacted_reason
+from osmanthus.core.audit import AuditLog
+from osmanthus.core.audited import AuditedRequest
 from osmanthus.core.catalogue import Catalogue, SubjectModel
 from osmanthus.core.crypto import Ciphertext, EncryptorCache, PublicKey, ZeroTestPool
 from osmanthus.core.encoding import SlotLayout
@@ -26,7 +28,6 @@ from osmanthus.core.errors import (
     CryptoError,
     FailedPrecondition,
     InvalidArgument,
-    OsmanthusError,
     PermissionDenied,
     Unauthenticated,
     Unavailable,
@@ -38,9 +39,7 @@ from osmanthus.core.peers import PeerRole
 from osmanthus.core.policy import (
     Decision,
     PolicyEngine,
-    PolicyRequest,
     ReloadablePolicy,
-    time_facts,
 )
 from osmanthus.core.tls import PeerIdentity
 from osmanthus.core.tokens import TokenClaims, TokenVerifier
@@ -75,7 +74,6 @@ from osmanthus.core.wire.node import (
 
 _log = logging.getLogger(__name__)
 
-DEFAULT_DEADLINE_S = 5.0
 #: why an answering department is left out of a sum (see coordinator/disclosure.py)
 EXCLUDED_REASON = (
     "left out: earlier answers to you about this subject did not include this department, and "
@@ -106,72 +104,39 @@ class CoordinatorService:
         deadline_s: float = DEFAULT_DEADLINE_S,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._catalogue = catalogue
-        self._nodes = nodes
-        self._policy = policy
+        self._ctx = CoordinatorContext(
+            catalogue=catalogue,
+            nodes=nodes,
+            policy=policy,
+            audit=audit,
+            rate_limiter=RateLimiter(),
+            clock=clock,
+            deadline_s=deadline_s,
+        )
         self._verifier = verifier
         self._consents = consents
         self._keys = keys
         self._ledger = ledger
-        self._audit = audit
         # the fresh E(0) that re-randomises each forwarded sum costs one r^n on the plain path
         self._encryptors = encryptors
-        self._deadline_s = deadline_s
-        self._clock = clock
         # THRESHOLD's zero tests are the one heavy step here: while they run the nodes are idle
         self._zero_tests = ZeroTestPool()
-        self._rate_limiter = RateLimiter()
-        self._batches = BatchScorer(
-            catalogue=catalogue,
-            nodes=nodes,
-            policy=policy,
-            keys=keys,
-            ledger=ledger,
-            audit=audit,
-            encryptors=encryptors,
-            clock=clock,
-            rate_limiter=self._rate_limiter,
-        )
+        self._batches = BatchScorer(self._ctx, keys=keys, ledger=ledger, encryptors=encryptors)
         self._stats = StatsAnswerer(
-            catalogue=catalogue,
-            nodes=nodes,
-            policy=policy,
-            keys=keys,
-            ledger=epsilon_ledger,
-            audit=audit,
-            encryptors=encryptors,
-            rate_limiter=self._rate_limiter,
-            deadline_s=deadline_s,
-            clock=clock,
+            self._ctx, keys=keys, ledger=epsilon_ledger, encryptors=encryptors
         )
-        self._lists = ListSearcher(
-            catalogue=catalogue,
-            nodes=nodes,
-            policy=policy,
-            audit=audit,
-            rate_limiter=self._rate_limiter,
-            deadline_s=deadline_s,
-            clock=clock,
-        )
-        self._list_changes = ListChangeFeed(
-            catalogue=catalogue,
-            nodes=nodes,
-            policy=policy,
-            audit=audit,
-            rate_limiter=self._rate_limiter,
-            deadline_s=deadline_s,
-            clock=clock,
-        )
+        self._lists = ListSearcher(self._ctx)
+        self._list_changes = ListChangeFeed(self._ctx)
 
     def close(self) -> None:
         self._zero_tests.close()
         self._batches.close()
         self._stats.close()
-        self._nodes.close()
+        self._ctx.nodes.close()
         self._consents.close()
         self._keys.close()
         self._ledger.close()
-        self._audit.close()
+        self._ctx.audit.close()
         self._encryptors.close()
 
     # --- authentication and policy -------------------------------------------------------------
@@ -202,16 +167,8 @@ class CoordinatorService:
         engine: PolicyEngine | None = None,
     ) -> Decision:
         """One decision; a request that makes several passes its one engine to all of them."""
-        return (engine or self._policy.current()).decide(
-            PolicyRequest(
-                principal_type="Requester",
-                principal_id=claims.requester,
-                principal_attrs={"role": claims.role.value},
-                action=action,
-                resource_type=resource[0],
-                resource_id=resource[1],
-                context={**context, **time_facts(self._clock())},
-            )
+        return self._ctx.decide(
+            engine or self._ctx.policy.current(), claims, action, resource, context
         )
 
     def _require(
@@ -222,10 +179,9 @@ class CoordinatorService:
         context: dict[str, Any],
         engine: PolicyEngine | None = None,
     ) -> Decision:
-        decision = self._decide(claims, action, resource, context, engine)
-        if not decision.allowed:
-            raise PermissionDenied(f"central policy: {decision.reason}")
-        return decision
+        return self._ctx.require(
+            engine or self._ctx.policy.current(), claims, action, resource, context
+        )
 
     # --- keys ----------------------------------------------------------------------------------
 
@@ -240,31 +196,33 @@ class CoordinatorService:
                 f"({claims.key_fingerprint[:16]}…); ask the platform for a token for this key"
             )
         self._require(claims, "RegisterKey", ("Registry", "keys"), {})
-        return self._keys.register(requester=claims.requester, n=key.n, now=self._clock())
+        return self._keys.register(requester=claims.requester, n=key.n, now=self._ctx.clock())
 
     # --- queries -------------------------------------------------------------------------------
 
     def query(
         self, request: QueryRequest, *, caller: PeerIdentity, token: str | None
     ) -> QueryOutcome:
-        query_id = new_query_id()
-        claims: TokenClaims | None = None
-        # what the coordinator received and sent, for the audit entry whatever the decision
-        seen: dict[str, int | str] = {"ciphertexts_received": 0, "ciphertexts_forwarded": 0}
         # one policy version decides the whole query and is the one the audit entry names
-        engine = self._policy.current()
-        try:
-            claims = self.authenticate(caller, token)
+        engine = self._ctx.policy.current()
+        subject = canonical_subject(request.subject_kind, request.subject_id)
+        record = AuditedRequest(
+            query_id=new_query_id(),
+            purpose=request.purpose,
+            consent_id=request.consent_id,
+            policy_hash=engine.hash,
+            shape=request.shape.value if request.shape else "",
+            subject_hash=self._ctx.audit.subject_hash(subject),
+            # what the coordinator received and sent, recorded whatever the decision
+            extra={"ciphertexts_received": 0, "ciphertexts_forwarded": 0},
+        )
+        with self._ctx.audited(record):
+            claims = record.identify(self.authenticate(caller, token))
             assert token is not None  # authenticate() refuses a missing token
-            outcome = self._query(query_id, request, claims, token, seen, engine)
-        except OsmanthusError as exc:
-            self._record(query_id, request, claims, "deny", redacted_reason(exc), seen, engine)
-            raise
-        except Exception:
-            self._record(query_id, request, claims, "deny", "internal error", seen, engine)
-            raise
-        reason = "partial sum forwarded" if outcome.partial else "sum forwarded"
-        self._record(query_id, request, claims, "allow", reason, seen, engine)
+            outcome = self._query(
+                QueryId(record.query_id), request, claims, token, record.extra, engine
+            )
+            record.allow("partial sum forwarded" if outcome.partial else "sum forwarded")
         return outcome
 
     def _query(
@@ -282,7 +240,7 @@ class CoordinatorService:
         kind = request.subject_kind
         field = "resident_id" if kind is SubjectKind.PERSON else "credit_code"
         subject = validate_subject(kind, request.subject_id, field=field)
-        model = self._catalogue.model(kind)
+        model = self._ctx.catalogue.model(kind)
         if shape is Shape.THRESHOLD and not model.floor < request.threshold <= model.ceiling:
             raise InvalidArgument(
                 f"a THRESHOLD query asks about a score in {model.floor + 1}..{model.ceiling}, "
@@ -298,13 +256,13 @@ class CoordinatorService:
                 "STATS answers a cohort, through StatsQuery, not one subject", field="shape"
             )
         measures = (
-            validate_measures(self._catalogue, request.measures) if shape is Shape.FLAGS else ()
+            validate_measures(self._ctx.catalogue, request.measures) if shape is Shape.FLAGS else ()
         )
         if measures:
             seen["measures"] = ",".join(measures)
             # a measure no department here can trigger would always read "not restricted"
             for measure in measures:
-                if not self._catalogue.flag_departments(kind, (measure,)):
+                if not self._ctx.catalogue.flag_departments(kind, (measure,)):
                     raise InvalidArgument(
                         f"no department of this platform sets a flag that triggers {measure} "
                         f"for {kind.value}s",
@@ -339,7 +297,7 @@ class CoordinatorService:
                 subject_id=subject,
                 grantee=claims.requester,
                 purpose=purpose,
-                now=self._clock(),
+                now=self._ctx.clock(),
                 subject_kind=kind,
             )
             context["consent"] = state.value
@@ -348,10 +306,8 @@ class CoordinatorService:
         else:
             context["consent"] = ConsentState.NOT_APPLICABLE.value
             decision = self._require(claims, action, resource, context, engine)
-        # a permit's @rate_limit: reserved now, given back below if the query is refused after all
-        limits = engine.rate_limits(decision)
-        stamp = self._rate_limiter.charge(claims.requester, limits)
-        try:
+        # a permit's @rate_limit: reserved now, given back if the query is refused after all
+        with self._ctx.rate_limited(claims.requester, engine.rate_limits(decision)):
             if shape is Shape.FLAGS:
                 return self._flags(query_id, claims, token, seen, kind, subject, purpose, key,
                                    measures, request.consent_id)  # fmt: skip
@@ -359,9 +315,6 @@ class CoordinatorService:
                 query_id, request, claims, token, seen, engine, decision, kind, subject, shape,
                 purpose, key, model,
             )  # fmt: skip
-        except BaseException:
-            self._rate_limiter.refund(claims.requester, limits, stamp)
-            raise
 
     def _answer(
         self,
@@ -385,21 +338,21 @@ class CoordinatorService:
 
         expected = sorted(
             d.id
-            for d in self._catalogue.departments_for(kind)
+            for d in self._ctx.catalogue.departments_for(kind)
             if not request.departments or d.id in request.departments
         )
-        configured = [d for d in expected if d in self._nodes.departments]
+        configured = [d for d in expected if d in self._ctx.nodes.departments]
         not_configured = [
             NodeFailure(d, "no node registered for this department")
             for d in expected
             if d not in configured
         ]
         layout = SlotLayout.for_catalogue(
-            self._catalogue, kind, Shape.BREAKDOWN if shape is Shape.BREAKDOWN else Shape.TOTAL
+            self._ctx.catalogue, kind, Shape.BREAKDOWN if shape is Shape.BREAKDOWN else Shape.TOTAL
         )
         slots = layout.names if shape is Shape.BREAKDOWN else ()
         widths = layout.widths if shape is Shape.BREAKDOWN else ()
-        answers, failures = self._nodes.contribute_all(
+        answers, failures = self._ctx.nodes.contribute_all(
             configured,
             ContributionRequest(
                 query_id=query_id,
@@ -414,7 +367,7 @@ class CoordinatorService:
             ),
             # nodes verify the requester's token themselves (defence in depth)
             token=token,
-            deadline_s=self._deadline_s,
+            deadline_s=self._ctx.deadline_s,
         )
         seen["ciphertexts_received"] = len(answers)
         seen["ciphertext_bytes_received"] = sum(len(a.ciphertext) for a in answers)
@@ -454,10 +407,10 @@ class CoordinatorService:
             pinned = self._ledger.settle(
                 requester=claims.requester,
                 subject_kind=kind,
-                subject_hash=self._audit.subject_hash(subject),
+                subject_hash=self._ctx.audit.subject_hash(subject),
                 answered=frozenset(a.department for a in answers),
                 release=release,
-                now=self._clock(),
+                now=self._ctx.clock(),
             )
             failures += [
                 NodeFailure(a.department, EXCLUDED_REASON)
@@ -515,14 +468,14 @@ class CoordinatorService:
         """FLAGS: per measure, the flag counts of every department holding a trigger, summed and
         blinded as E(r · count) with r uniform in [1, n) (ARCHITECTURE.md): 0 or a uniform value,
         so the requester learns the bit, never which department flagged nor how many did."""
-        departments = self._catalogue.flag_departments(kind, measures)
-        absent = [d for d in departments if d not in self._nodes.departments]
+        departments = self._ctx.catalogue.flag_departments(kind, measures)
+        absent = [d for d in departments if d not in self._ctx.nodes.departments]
         if absent:
             raise Unavailable(
                 f"no node registered for {', '.join(absent)}, which can set a flag triggering "
                 "a measure asked: an answer without it could say 'not restricted' wrongly"
             )
-        answers, failures = self._nodes.contribute_all(
+        answers, failures = self._ctx.nodes.contribute_all(
             departments,
             ContributionRequest(
                 query_id=query_id,
@@ -537,7 +490,7 @@ class CoordinatorService:
                 measures=measures,
             ),
             token=token,
-            deadline_s=self._deadline_s,
+            deadline_s=self._ctx.deadline_s,
         )
         seen["ciphertexts_received"] = sum(len(a.flag_counts) for a in answers)
         refusals = [f for f in failures if isinstance(f.error, PermissionDenied)]
@@ -586,7 +539,7 @@ class CoordinatorService:
             ciphertext=b"",
             slots=(),
             slot_widths=(),
-            base=self._catalogue.model(kind).base,
+            base=self._ctx.catalogue.model(kind).base,
             answered=tuple(
                 DepartmentStatus(a.department, "answered", a.rules_version)
                 for a in sorted(answers, key=lambda a: a.department)
@@ -650,7 +603,7 @@ class CoordinatorService:
                 "measures, not departments",
                 field="departments",
             )
-        serving = {d.id for d in self._catalogue.departments_for(kind)}
+        serving = {d.id for d in self._ctx.catalogue.departments_for(kind)}
         twice = sorted({d for d in asked if asked.count(d) > 1})
         if twice:
             raise InvalidArgument(f"{twice[0]!r} is named twice", field="departments")
@@ -745,34 +698,6 @@ class CoordinatorService:
                     + f") and the central policy refuses partial answers here: {decision.reason}"
                 )
 
-    def _record(
-        self,
-        query_id: QueryId,
-        request: QueryRequest,
-        claims: TokenClaims | None,
-        decision: str,
-        reason: str,
-        extra: dict[str, int | str],
-        engine: PolicyEngine,
-    ) -> None:
-        self._audit.append(
-            AuditEntry(
-                time=self._clock(),
-                query_id=query_id,
-                requester=claims.requester if claims else "unauthenticated",
-                purpose=request.purpose[:64],
-                consent_id=request.consent_id[:64],
-                policy_hash=engine.hash,
-                decision=decision,
-                reason=reason,
-                shape=request.shape.value if request.shape else "",
-                subject_hash=self._audit.subject_hash(
-                    canonical_subject(request.subject_kind, request.subject_id)
-                ),
-                extra=extra,
-            )
-        )
-
     # --- red and black lists -------------------------------------------------------------------
 
     def search_lists(
@@ -818,50 +743,31 @@ class CoordinatorService:
 
         The caller must close() the returned run, whether or not it iterated it.
         """
-        query_id = new_query_id()
-        claims: TokenClaims | None = None
         # one policy version decides the batch and is the one the audit entries name
-        engine = self._policy.current()
+        engine = self._ctx.policy.current()
+        record = AuditedRequest(
+            query_id=new_query_id(),
+            purpose=header.purpose,
+            policy_hash=engine.hash,
+            shape=header.shape.value if header.shape else "",
+            extra={"batch": 1},
+        )
+        run: BatchRun | None = None
         try:
-            claims = self.authenticate(caller, token)
-            assert token is not None  # authenticate() refuses a missing token
-            plan, batch = self._batches.plan(query_id, header, claims, token, engine=engine)
-            run = self._batches.admit(batch, chunks)
-        except OsmanthusError as exc:
-            self._record_batch(query_id, header, claims, "deny", redacted_reason(exc), engine)
-            raise
-        try:
-            self._record_batch(query_id, header, claims, "allow", "batch opened", engine)
+            with self._ctx.audited(record):
+                claims = record.identify(self.authenticate(caller, token))
+                assert token is not None  # authenticate() refuses a missing token
+                plan, batch = self._batches.plan(
+                    QueryId(record.query_id), header, claims, token, engine=engine
+                )
+                run = self._batches.admit(batch, chunks)
+                record.allow("batch opened")
         except BaseException:
-            run.close()
+            # admitted but not recorded (the audit log failed): the batch's place is freed
+            if run is not None:
+                run.close()
             raise
         return plan, run
-
-    def _record_batch(
-        self,
-        query_id: QueryId,
-        header: BatchHeader,
-        claims: TokenClaims | None,
-        decision: str,
-        reason: str,
-        engine: PolicyEngine,
-    ) -> None:
-        self._audit.append(
-            AuditEntry(
-                time=self._clock(),
-                query_id=query_id,
-                requester=claims.requester if claims else "unauthenticated",
-                purpose=header.purpose[:64],
-                consent_id="",
-                policy_hash=engine.hash,
-                decision=decision,
-                reason=reason,
-                shape=header.shape.value if header.shape else "",
-                subject_hash="",
-                subject_hashes=(),
-                extra={"batch": 1},
-            )
-        )
 
     # --- consent -------------------------------------------------------------------------------
 
@@ -884,7 +790,7 @@ class CoordinatorService:
             grantee=validate_requester_id(grantee, field="grantee"),
             purpose=validate_purpose(purpose),
             expires_at=expires_at,
-            now=self._clock(),
+            now=self._ctx.clock(),
             subject_kind=subject_kind,
         )
 
@@ -893,7 +799,7 @@ class CoordinatorService:
     ) -> Consent:
         claims = self.authenticate(caller, token)
         self._require(claims, "ManageConsent", ("Registry", "consent"), {})
-        return self._consents.revoke(ConsentId(consent_id), now=self._clock())
+        return self._consents.revoke(ConsentId(consent_id), now=self._ctx.clock())
 
     def list_consents(
         self, *, subject_id: str, grantee: str, caller: PeerIdentity, token: str | None

@@ -1,4 +1,4 @@
-"""The gRPC CoordinatorService servicer: unpacks messages, identifies the caller, delegates."""
+"""The gRPC CoordinatorService servicer: unpack, hand over with the caller, pack."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import grpc
 from coordinator.batch import SendWatchdog
 from coordinator.service import CoordinatorService
 from osmanthus.core.grpc_errors import servicer_method, stream_servicer_method
-from osmanthus.core.tls import peer_identity
-from osmanthus.core.tokens import bearer_token
+from osmanthus.core.server import current_caller
 from osmanthus.core.wire import coordinator as wire
 from osmanthus.core.wire.lists import list_changes_page_to_proto
 from osmanthus.v1 import coordinator_pb2, coordinator_pb2_grpc, lists_pb2
@@ -24,10 +23,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def RegisterKey(  # noqa: N802 - gRPC method name
         self, request: coordinator_pb2.RegisterKeyRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.RegisterKeyResponse:
+        caller = current_caller()
         fingerprint = self._service.register_key(
             request.public_key.n,
-            caller=peer_identity(context),
-            token=bearer_token(context.invocation_metadata()),
+            caller=caller.peer,
+            token=caller.token,
         )
         return coordinator_pb2.RegisterKeyResponse(key_fingerprint=fingerprint)
 
@@ -35,10 +35,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def PersonQuery(  # noqa: N802 - gRPC method name
         self, request: coordinator_pb2.PersonQueryRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.QueryResponse:
+        caller = current_caller()
         outcome = self._service.query(
             wire.person_query_from_proto(request),
-            caller=peer_identity(context),
-            token=bearer_token(context.invocation_metadata()),
+            caller=caller.peer,
+            token=caller.token,
         )
         return wire.query_outcome_to_proto(outcome)
 
@@ -46,10 +47,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def EnterpriseQuery(  # noqa: N802 - gRPC method name
         self, request: coordinator_pb2.EnterpriseQueryRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.QueryResponse:
+        caller = current_caller()
         outcome = self._service.query(
             wire.enterprise_query_from_proto(request),
-            caller=peer_identity(context),
-            token=bearer_token(context.invocation_metadata()),
+            caller=caller.peer,
+            token=caller.token,
         )
         return wire.query_outcome_to_proto(outcome)
 
@@ -57,10 +59,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def StatsQuery(  # noqa: N802 - gRPC method name
         self, request: coordinator_pb2.StatsQueryRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.StatsResponse:
+        caller = current_caller()
         outcome = self._service.stats(
             wire.stats_query_from_proto(request),
-            caller=peer_identity(context),
-            token=bearer_token(context.invocation_metadata()),
+            caller=caller.peer,
+            token=caller.token,
         )
         return wire.stats_outcome_to_proto(outcome)
 
@@ -70,14 +73,15 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         request_iterator: Iterator[coordinator_pb2.BatchQueryRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[coordinator_pb2.BatchQueryResponse]:
+        caller = current_caller()
         header = wire.batch_header_from_proto(
             next(request_iterator, coordinator_pb2.BatchQueryRequest())
         )
         plan, outcomes = self._service.batch(
             header,
             wire.subject_chunks_from_proto(request_iterator),
-            caller=peer_identity(context),
-            token=bearer_token(context.invocation_metadata()),
+            caller=caller.peer,
+            token=caller.token,
         )
         watchdog = SendWatchdog(context.cancel)
         try:
@@ -95,10 +99,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def SearchLists(  # noqa: N802 - gRPC method name
         self, request: coordinator_pb2.SearchListsRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.SearchListsResponse:
+        caller = current_caller()
         outcome = self._service.search_lists(
             wire.list_search_from_proto(request),
-            caller=peer_identity(context),
-            token=bearer_token(context.invocation_metadata()),
+            caller=caller.peer,
+            token=caller.token,
         )
         return wire.list_search_outcome_to_proto(outcome)
 
@@ -106,10 +111,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def ListChanges(  # noqa: N802 - gRPC method name
         self, request: lists_pb2.ListChangesRequest, context: grpc.ServicerContext
     ) -> lists_pb2.ListChangesResponse:
+        caller = current_caller()
         page = self._service.list_changes(
             wire.changes_request_from_proto(request),
-            caller=peer_identity(context),
-            token=bearer_token(context.invocation_metadata()),
+            caller=caller.peer,
+            token=caller.token,
         )
         return list_changes_page_to_proto(page)
 
@@ -117,14 +123,15 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def GrantConsent(  # noqa: N802 - gRPC method name
         self, request: coordinator_pb2.GrantConsentRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.Consent:
+        caller = current_caller()
         grant = wire.consent_grant_from_proto(request)
         consent = self._service.grant_consent(
             subject_id=grant.subject_id,
             grantee=grant.grantee,
             purpose=grant.purpose,
             expires_at=grant.expires_at,
-            caller=peer_identity(context),
-            token=bearer_token(context.invocation_metadata()),
+            caller=caller.peer,
+            token=caller.token,
             subject_kind=grant.subject_kind,
         )
         return wire.consent_to_proto(consent)
@@ -133,10 +140,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def RevokeConsent(  # noqa: N802 - gRPC method name
         self, request: coordinator_pb2.RevokeConsentRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.Consent:
+        caller = current_caller()
         consent = self._service.revoke_consent(
             request.consent_id,
-            caller=peer_identity(context),
-            token=bearer_token(context.invocation_metadata()),
+            caller=caller.peer,
+            token=caller.token,
         )
         return wire.consent_to_proto(consent)
 
@@ -144,10 +152,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def ListConsents(  # noqa: N802 - gRPC method name
         self, request: coordinator_pb2.ListConsentsRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.ListConsentsResponse:
+        caller = current_caller()
         consents = self._service.list_consents(
             subject_id=request.subject_id,
             grantee=request.grantee,
-            caller=peer_identity(context),
-            token=bearer_token(context.invocation_metadata()),
+            caller=caller.peer,
+            token=caller.token,
         )
         return wire.consents_to_proto(consents)

@@ -17,15 +17,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from decimal import Decimal
 
+from coordinator.context import CoordinatorContext
 from coordinator.epsilon import EpsilonLedger
 from coordinator.keys import KeyRegistry
-from coordinator.nodes import NodeFailure, NodePool
-from coordinator.ratelimit import RateLimiter
-from osmanthus.core.audit import AuditEntry, AuditLog, redacted_reason
-from osmanthus.core.catalogue import Catalogue
+from coordinator.nodes import NodeFailure
+from osmanthus.core.audited import AuditedRequest
 from osmanthus.core.crypto import Ciphertext, EncryptorCache, PublicKey
 from osmanthus.core.dp import laplace_scale, parse_epsilon, sample_discrete_laplace
 from osmanthus.core.encoding import SlotLayout
@@ -42,9 +40,6 @@ from osmanthus.core.names import validate_purpose
 from osmanthus.core.policy import (
     LONG_HORIZON_S,
     PolicyEngine,
-    PolicyRequest,
-    ReloadablePolicy,
-    time_facts,
 )
 from osmanthus.core.tokens import TokenClaims
 from osmanthus.core.types import DepartmentStatus, QueryId, Shape, SubjectId, SubjectKind
@@ -83,28 +78,16 @@ class StatsAnswerer:
 
     def __init__(
         self,
+        context: CoordinatorContext,
         *,
-        catalogue: Catalogue,
-        nodes: NodePool,
-        policy: ReloadablePolicy,
         keys: KeyRegistry,
         ledger: EpsilonLedger,
-        audit: AuditLog,
         encryptors: EncryptorCache,
-        rate_limiter: RateLimiter,
-        deadline_s: float,
-        clock: Callable[[], datetime],
     ) -> None:
-        self._catalogue = catalogue
-        self._nodes = nodes
-        self._policy = policy
+        self._ctx = context
         self._keys = keys
         self._ledger = ledger
-        self._audit = audit
         self._encryptors = encryptors
-        self._rate_limiter = rate_limiter
-        self._deadline_s = deadline_s
-        self._clock = clock
 
     def close(self) -> None:
         self._ledger.close()
@@ -119,23 +102,29 @@ class StatsAnswerer:
     ) -> StatsOutcome:
         """Authenticate, decide, charge ε, sum and noise; every outcome is audited."""
         # one policy version decides the whole query and is the one the audit entry names
-        engine = self._policy.current()
-        seen: dict[str, int | str] = {"cohort": len(request.subject_ids)}
-        claims: TokenClaims | None = None
-        try:
-            claims = authenticate()
-            assert token is not None  # authenticate() refuses a missing token
-            outcome, cohort = self._answer(query_id, request, claims, token, engine, seen)
-        except OsmanthusError as exc:
-            self._record(query_id, request, claims, engine, "deny", redacted_reason(exc), seen)
-            raise
-        except Exception:
-            self._record(query_id, request, claims, engine, "deny", "internal error", seen)
-            raise
-        self._record(
-            query_id, request, claims, engine, "allow", "noisy sums forwarded", seen, cohort
+        engine = self._ctx.policy.current()
+        record = AuditedRequest(
+            query_id=query_id,
+            purpose=request.purpose,
+            policy_hash=engine.hash,
+            shape=Shape.STATS.value,
+            extra={"cohort": len(request.subject_ids)},
+            on_refusal=lambda r: self._name_refused_cohort(r, request),
         )
+        with self._ctx.audited(record):
+            claims = record.identify(authenticate())
+            assert token is not None  # authenticate() refuses a missing token
+            outcome, cohort = self._answer(query_id, request, claims, token, engine, record.extra)
+            record.subject_hash = self._ctx.audit.cohort_hash(cohort)
+            record.allow("noisy sums forwarded")
         return outcome
+
+    def _name_refused_cohort(self, record: AuditedRequest, request: StatsQuery) -> None:
+        # a refused request's ids as far as they are ids at all
+        named = [
+            canonical_subject(request.subject_kind, s) for s in request.subject_ids[:MAX_COHORT]
+        ]
+        record.subject_hash = self._ctx.audit.cohort_hash(named)
 
     def _answer(
         self,
@@ -154,31 +143,19 @@ class StatsAnswerer:
         purpose = validate_purpose(request.purpose)
         epsilon = parse_epsilon(request.epsilon)
         seen["epsilon"] = format(epsilon.normalize(), "f")
-        layout = SlotLayout.for_catalogue(self._catalogue, kind, Shape.BREAKDOWN)
+        layout = SlotLayout.for_catalogue(self._ctx.catalogue, kind, Shape.BREAKDOWN)
         statistics = validate_statistics(layout, request.statistics)
         seen["statistics"] = ",".join(statistics)
         cohort = validate_cohort(kind, request.subject_ids)
         claims.require_purpose(purpose)
         key = self._keys.registered_key(claims, request.public_key, field="public_key")
-        context = {
-            "purpose": purpose,
-            "cohort": len(cohort),
-            "epsilon": epsilon,
-            **time_facts(self._clock()),
-        }
-        decision = engine.decide(
-            PolicyRequest(
-                principal_type="Requester",
-                principal_id=claims.requester,
-                principal_attrs={"role": claims.role.value},
-                action="StatsQuery",
-                resource_type="Dataset",
-                resource_id=kind.value,
-                context=context,
-            )
+        decision = self._ctx.require(
+            engine,
+            claims,
+            "StatsQuery",
+            ("Dataset", kind.value),
+            {"purpose": purpose, "cohort": len(cohort), "epsilon": epsilon},
         )
-        if not decision.allowed:
-            raise PermissionDenied(f"central policy: {decision.reason}")
         rules = ", ".join(decision.policy_ids)
         k = engine.min_cohort(decision)
         if len(cohort) < k:
@@ -210,13 +187,13 @@ class StatsAnswerer:
                 'yearly budget is required too, e.g. @epsilon_budget("5/day, 50/year")'
             )
         limits = engine.rate_limits(decision)
-        stamp = self._rate_limiter.charge(claims.requester, limits)
+        stamp = self._ctx.rate_limiter.charge(claims.requester, limits)
         try:
             reservation = self._ledger.reserve(
                 query_id=query_id, requester=claims.requester, epsilon=epsilon, budgets=budgets
             )
         except BaseException:
-            self._rate_limiter.refund(claims.requester, limits, stamp)
+            self._ctx.rate_limiter.refund(claims.requester, limits, stamp)
             raise
         try:
             outcome = self._sum_and_noise(
@@ -225,7 +202,7 @@ class StatsAnswerer:
         except _Refund as refund:
             # nothing left the coordinator, and why cannot depend on the cohort's records
             self._ledger.release(reservation)
-            self._rate_limiter.refund(claims.requester, limits, stamp)
+            self._ctx.rate_limiter.refund(claims.requester, limits, stamp)
             raise refund.error from None
         except BaseException:
             # a failure that may depend on the records (a node failing on one member) stays
@@ -252,8 +229,8 @@ class StatsAnswerer:
         token: str,
         seen: dict[str, int | str],
     ) -> StatsOutcome:
-        expected = sorted(d.id for d in self._catalogue.departments_for(kind))
-        unregistered = [d for d in expected if d not in self._nodes.departments]
+        expected = sorted(d.id for d in self._ctx.catalogue.departments_for(kind))
+        unregistered = [d for d in expected if d not in self._ctx.nodes.departments]
         if unregistered:
             raise _Refund(
                 Unavailable(
@@ -262,8 +239,8 @@ class StatsAnswerer:
                     departments=tuple(unregistered),
                 )
             )
-        deadline = self._deadline_s + STATS_SECONDS_PER_10K * len(cohort) / 10_000
-        answers, failures = self._nodes.contribute_stats_all(
+        deadline = self._ctx.deadline_s + STATS_SECONDS_PER_10K * len(cohort) / 10_000
+        answers, failures = self._ctx.nodes.contribute_stats_all(
             expected,
             StatsRequest(
                 query_id=query_id,
@@ -341,35 +318,4 @@ class StatsAnswerer:
                 DepartmentStatus(a.department, "answered", a.rules_version)
                 for a in sorted(answers, key=lambda a: a.department)
             ),
-        )
-
-    def _record(
-        self,
-        query_id: QueryId,
-        request: StatsQuery,
-        claims: TokenClaims | None,
-        engine: PolicyEngine,
-        decision: str,
-        reason: str,
-        extra: dict[str, int | str],
-        cohort: Sequence[str] = (),
-    ) -> None:
-        # the validated cohort when there is one; a refused request's ids as far as they are ids
-        named = cohort or [
-            canonical_subject(request.subject_kind, s) for s in request.subject_ids[:MAX_COHORT]
-        ]
-        self._audit.append(
-            AuditEntry(
-                time=self._clock(),
-                query_id=query_id,
-                requester=claims.requester if claims else "unauthenticated",
-                purpose=request.purpose[:64],
-                consent_id="",
-                policy_hash=engine.hash,
-                decision=decision,
-                reason=reason,
-                shape=Shape.STATS.value,
-                subject_hash=self._audit.cohort_hash(named),
-                extra=extra,
-            )
         )

@@ -8,7 +8,8 @@ import os
 import secrets
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import fields
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import Any, Final, NamedTuple
 
 import duckdb
 
-from osmanthus.core.audit import AuditEntry, AuditLog, redacted_reason
+from osmanthus.core.audit import AuditLog, redacted_reason
+from osmanthus.core.audited import AuditedRequest, audited
 from osmanthus.core.catalogue import Catalogue, Department, ListColour, ListType
 from osmanthus.core.clock import china_date_of_naive_utc, china_today
 from osmanthus.core.errors import (
@@ -975,25 +977,16 @@ class ListOffice:
             canonical_subject(d.subject_kind, d.subject_id)
             for d in drafts[:MAX_ENTRIES_PER_PUBLISH]
         ]
-        try:
+        with self._audited(
+            caller, "list_publication", subjects=subjects, extra={"entries": len(drafts)}
+        ) as record:
             self._require_officer(caller)
             result = self._store.publish(drafts, actor=caller.name, today=self._today())
-        except Exception as exc:
-            self._record(
-                caller, "list_publication", exc, subjects=subjects, extra={"entries": len(drafts)}
+            record.allow(
+                f"{result.published} entries published, {result.unchanged} unchanged",
+                published=result.published,
+                unchanged=result.unchanged,
             )
-            raise
-        self._record(
-            caller,
-            "list_publication",
-            f"{result.published} entries published, {result.unchanged} unchanged",
-            subjects=subjects,
-            extra={
-                "entries": len(drafts),
-                "published": result.published,
-                "unchanged": result.unchanged,
-            },
-        )
         return result
 
     def withdraw(
@@ -1008,7 +1001,7 @@ class ListOffice:
             "entry_id": _audited_entry_id(entry_id),
             "withdraw_reason": reason.value if reason else "",
         }
-        try:
+        with self._audited(caller, "list_withdrawal", extra=extra) as record:
             self._require_officer(caller)
             entry = self._store.withdraw(
                 entry_id,
@@ -1017,39 +1010,23 @@ class ListOffice:
                 actor=caller.name,
                 today=self._today(),
             )
-        except Exception as exc:
-            self._record(caller, "list_withdrawal", exc, extra=extra)
-            raise
-        self._record(
-            caller,
-            "list_withdrawal",
-            "entry withdrawn from public view",
-            subjects=[entry.entry.subject_id],
-            extra=extra,
-        )
+            # the subject is known once the entry is found; a refusal names none
+            record.subject_hash = self._audit.subject_hash(entry.entry.subject_id)
+            record.allow("entry withdrawn from public view")
         return entry
 
     def history(
         self, kind: SubjectKind | None, subject_id: str, *, caller: PeerIdentity
     ) -> tuple[ListEntry, ...]:
         subjects = [canonical_subject(kind, subject_id)]
-        try:
+        with self._audited(caller, "list_history", subjects=subjects) as record:
             self._require_officer(caller)
             if kind is None:
                 raise InvalidArgument(
                     "a subject kind (person or enterprise) is required", field="subject_kind"
                 )
             entries = self._store.history(kind, subject_id, today=self._today())
-        except Exception as exc:
-            self._record(caller, "list_history", exc, subjects=subjects)
-            raise
-        self._record(
-            caller,
-            "list_history",
-            "history read",
-            subjects=subjects,
-            extra={"entries": len(entries)},
-        )
+            record.allow("history read", entries=len(entries))
         return entries
 
     def public_entries(self, query: PublicQuery, *, caller: PeerIdentity) -> PublicPage:
@@ -1057,7 +1034,7 @@ class ListOffice:
             [canonical_subject(query.subject_kind, query.subject_id)] if query.subject_id else []
         )
         extra: dict[str, int | str] = {"list": query.list[:40]} if query.list else {}
-        try:
+        with self._audited(caller, "public_list_query", subjects=subjects, extra=extra) as record:
             if caller.role is not PeerRole.COORDINATOR:
                 raise PermissionDenied(
                     "only the platform coordinator asks for public list entries (it serves "
@@ -1065,22 +1042,12 @@ class ListOffice:
                     f"{caller.name!r}"
                 )
             page = self._store.public_entries(query, today=self._today())
-        except Exception as exc:
-            self._record(caller, "public_list_query", exc, subjects=subjects, extra=extra)
-            raise
-        self._record(
-            caller,
-            "public_list_query",
-            "entries in public view listed",
-            subjects=subjects,
-            extra={**extra, "entries": len(page.entries)},
-        )
+            record.allow("entries in public view listed", entries=len(page.entries))
         return page
 
     def list_changes(self, query: ChangesQuery, *, caller: PeerIdentity) -> ListChangesPage:
         """NodeService.ListChanges: the department's change feed, to the coordinator only."""
-        extra: dict[str, int | str] = {}
-        try:
+        with self._audited(caller, "list_change_feed") as record:
             if caller.role is not PeerRole.COORDINATOR:
                 raise PermissionDenied(
                     "only the platform coordinator reads the list change feed (it serves the "
@@ -1088,7 +1055,7 @@ class ListOffice:
                     f"{caller.name!r}"
                 )
             # the coordinator has verified the requester's token; recorded as it names them
-            extra["on_behalf_of"] = validate_requester_id(query.requester, field="requester")
+            record.extra["on_behalf_of"] = validate_requester_id(query.requester, field="requester")
             dept = self._department.id
             if query.department and query.department != dept:
                 raise InvalidArgument(
@@ -1097,13 +1064,21 @@ class ListOffice:
                 )
             cursor = parse_change_cursor(query.after, field="after")
             # a cursor has at most 16 digits: it cannot read as a resident id
-            extra["after"] = query.after
+            record.extra["after"] = query.after
             found, more = self._store.changes_after(
                 cursor, limit=changes_page_size(query.page_size)
             )
-        except Exception as exc:
-            self._record(caller, "list_change_feed", exc, extra=extra)
-            raise
+            page = self._page(found, more=more, after=query.after)
+            record.allow(
+                "list change events listed",
+                events=len(page.events),
+                withheld=sum(1 for e in page.events if e.withheld),
+                next_cursor=page.next_cursor,
+                feed_id=page.feed_id,
+            )
+        return page
+
+    def _page(self, found: Sequence[FeedEvent], *, more: bool, after: str) -> ListChangesPage:
         events = tuple(
             ListChangeEvent(
                 cursor=change_cursor(e.seq),
@@ -1125,61 +1100,34 @@ class ListOffice:
                     event.cursor,
                     event.withheld,
                 )
-        page = ListChangesPage(
+        return ListChangesPage(
             department=self._department.id,
             events=events,
-            next_cursor=events[-1].cursor if events else query.after,
+            next_cursor=events[-1].cursor if events else after,
             more=more,
             feed_id=self._store.feed_id,
         )
-        self._record(
-            caller,
-            "list_change_feed",
-            "list change events listed",
-            extra={
-                **extra,
-                "events": len(events),
-                "withheld": sum(1 for e in events if e.withheld),
-                "next_cursor": page.next_cursor,
-                "feed_id": page.feed_id,
-            },
-        )
-        return page
 
     def flags_in_view(self, kind: SubjectKind, subject: SubjectId, today: date) -> frozenset[str]:
         return self._store.flags_in_view(kind, subject, today)
 
-    def _record(
+    def _audited(
         self,
         caller: PeerIdentity,
         purpose: str,
-        outcome: str | Exception,
         *,
-        subjects: Iterable[str] = (),
+        subjects: Sequence[str] = (),
         extra: Mapping[str, int | str] | None = None,
-    ) -> None:
-        if isinstance(outcome, OsmanthusError):
-            decision, reason = "deny", _audit_reason(outcome)
-        elif isinstance(outcome, Exception):
-            decision, reason = "deny", "internal error"
-        else:
-            decision, reason = "allow", outcome
-        named = list(dict.fromkeys(subjects))
-        hashes = self._audit.subject_hashes(named)
-        self._audit.append(
-            AuditEntry(
-                time=_utc_now(),
-                query_id=f"lst_{secrets.token_hex(8)}",
-                requester=f"{caller.role.value}:{caller.name}",
-                purpose=purpose,
-                consent_id="",
-                # certificates, not the Cedar policy, decide who uses the list office
-                policy_hash="",
-                decision=decision,
-                reason=reason,
-                shape="",
-                subject_hash=hashes[0] if len(hashes) == 1 else "",
-                subject_hashes=tuple(hashes) if len(hashes) > 1 else (),
-                extra=dict(extra or {}),
-            )
+    ) -> AbstractContextManager[AuditedRequest]:
+        """One list-office call's audit entry; certificates, not the Cedar policy, decide who
+        uses the list office, so it names the certificate and no policy version."""
+        hashes = self._audit.subject_hashes(list(dict.fromkeys(subjects)))
+        record = AuditedRequest(
+            query_id=f"lst_{secrets.token_hex(8)}",
+            requester=f"{caller.role.value}:{caller.name}",
+            purpose=purpose,
+            subject_hash=hashes[0] if len(hashes) == 1 else "",
+            subject_hashes=tuple(hashes) if len(hashes) > 1 else (),
+            extra=dict(extra or {}),
         )
+        return audited(self._audit, record, redact=_audit_reason)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, date, datetime
+from collections.abc import Callable, Iterator, Mapping
+from datetime import date
 
 from node.lists import ListOffice, ListStore
 from node.store import RecordStore
 from osmanthus import __version__
-from osmanthus.core.audit import AuditEntry, AuditLog, redacted_reason
+from osmanthus.core.audit import AuditLog
+from osmanthus.core.audited import AuditedRequest, audited
 from osmanthus.core.catalogue import Catalogue, Department
 from osmanthus.core.clock import china_today
 from osmanthus.core.crypto import EncryptorCache, PublicKey
@@ -19,7 +20,6 @@ from osmanthus.core.errors import (
     ConfigError,
     FailedPrecondition,
     InvalidArgument,
-    OsmanthusError,
     PermissionDenied,
     Unauthenticated,
 )
@@ -183,26 +183,27 @@ class NodeService:
     def contribute(
         self, request: ContributionRequest, *, caller: PeerIdentity, token: str | None
     ) -> ContributionResult:
-        claims: TokenClaims | None = None
         # one policy version decides the whole request and is the one the audit entry names
         engine = self._policy.current()
-        try:
-            claims = self._authenticate(caller, token)
-            result = self._decide_and_encrypt(request, claims, engine)
-        except OsmanthusError as exc:
-            self._record(request, claims, engine.hash, decision="deny", reason=redacted_reason(exc))
-            raise
-        except Exception:
-            self._record(request, claims, engine.hash, decision="deny", reason="internal error")
-            raise
-        self._record(
-            request,
-            claims,
-            engine.hash,
-            decision="allow",
-            reason="contribution encrypted under the requester's key",
-            extra={"single_source_allowed": int(result.single_source_allowed)},
+        subject = canonical_subject(request.subject_kind, request.subject_id)
+        record = AuditedRequest(
+            query_id=request.query_id,
+            purpose=request.purpose,
+            consent_id=request.consent_id,
+            policy_hash=engine.hash,
+            shape=request.shape.value if request.shape else "",
+            subject_hash=self._audit.subject_hash(subject),
         )
+        if request.measures:
+            # FLAGS: which measures were asked, on refusals too (as names, bounded)
+            record.extra["measures"] = ",".join(sorted(m[:40] for m in request.measures[:16]))
+        with audited(self._audit, record):
+            claims = record.identify(self._authenticate(caller, token))
+            result = self._decide_and_encrypt(request, claims, engine)
+            record.allow(
+                "contribution encrypted under the requester's key",
+                single_source_allowed=int(result.single_source_allowed),
+            )
         return result
 
     def _checked_common(
@@ -342,27 +343,32 @@ class NodeService:
         self, request: ChunkRequest, *, caller: PeerIdentity, token: str | None
     ) -> ChunkResult:
         """One chunk of a batch: authorise once, score every subject, pack, encrypt, audit once."""
-        claims: TokenClaims | None = None
         engine = self._policy.current()
-        try:
-            claims = self._authenticate(caller, token)
-            result, subjects = self._chunk(request, claims, engine)
-        except OsmanthusError as exc:
-            self._record_chunk(request, claims, engine.hash, "deny", redacted_reason(exc), ())
-            raise
-        except Exception:
-            self._record_chunk(request, claims, engine.hash, "deny", "internal error", ())
-            raise
-        self._record_chunk(
-            request,
-            claims,
-            engine.hash,
-            "allow",
-            f"batch chunk {request.chunk}: {len(subjects)} contributions encrypted under the "
-            "requester's key",
-            subjects,
+        record = AuditedRequest(
+            query_id=request.query_id,
+            purpose=request.purpose,
+            policy_hash=engine.hash,
+            shape=request.shape.value if request.shape else "",
+            extra={"chunk": request.chunk, "subjects": len(request.subject_ids)},
+            on_refusal=lambda r: self._name_refused_chunk(r, request),
         )
+        with audited(self._audit, record):
+            claims = record.identify(self._authenticate(caller, token))
+            result, subjects = self._chunk(request, claims, engine)
+            record.subject_hashes = tuple(self._audit.subject_hashes(subjects))
+            record.allow(
+                f"batch chunk {request.chunk}: {len(subjects)} contributions encrypted under "
+                "the requester's key"
+            )
         return result
+
+    def _name_refused_chunk(self, record: AuditedRequest, request: ChunkRequest) -> None:
+        # a refused chunk names its subjects as far as they are identifiers at all
+        named = [
+            canonical_subject(request.subject_kind, s)
+            for s in request.subject_ids[:MAX_CHUNK_SUBJECTS]
+        ]
+        record.subject_hashes = tuple(self._audit.subject_hashes(named))
 
     def _chunk(
         self, request: ChunkRequest, claims: TokenClaims, engine: PolicyEngine
@@ -439,27 +445,35 @@ class NodeService:
         self, request: StatsRequest, *, caller: PeerIdentity, token: str | None
     ) -> StatsResult:
         """Cohort sums: authorise once, score every subject, encrypt one sum per statistic."""
-        claims: TokenClaims | None = None
         engine = self._policy.current()
-        try:
-            claims = self._authenticate(caller, token)
-            result, cohort = self._stats(request, claims, engine)
-        except OsmanthusError as exc:
-            self._record_stats(request, claims, engine.hash, "deny", redacted_reason(exc))
-            raise
-        except Exception:
-            self._record_stats(request, claims, engine.hash, "deny", "internal error")
-            raise
-        self._record_stats(
-            request,
-            claims,
-            engine.hash,
-            "allow",
-            f"cohort sums of {len(result.ciphertexts)} statistics encrypted under the "
-            "requester's key",
-            cohort,
+        record = AuditedRequest(
+            query_id=request.query_id,
+            purpose=request.purpose,
+            policy_hash=engine.hash,
+            shape=Shape.STATS.value,
+            extra={"cohort": len(request.subject_ids)},
+            on_refusal=lambda r: self._name_refused_cohort(r, request),
         )
+        with audited(self._audit, record):
+            claims = record.identify(self._authenticate(caller, token))
+            result, cohort = self._stats(request, claims, engine)
+            # a statistic discloses nothing attributable to one member (the noise sees to
+            # that), so the entry names the cohort as a whole: its size and one salted hash
+            record.subject_hash = self._audit.cohort_hash(cohort)
+            record.allow(
+                f"cohort sums of {len(result.ciphertexts)} statistics encrypted under the "
+                "requester's key"
+            )
         return result
+
+    def _name_refused_cohort(self, record: AuditedRequest, request: StatsRequest) -> None:
+        # a refused request's ids as far as they are ids at all (the validated cohort costs a
+        # second canonicalisation of every id, as much as the database lookup, so it is only
+        # made here, for refusals)
+        named = [
+            canonical_subject(request.subject_kind, s) for s in request.subject_ids[:MAX_COHORT]
+        ]
+        record.subject_hash = self._audit.cohort_hash(named)
 
     def _stats(
         self, request: StatsRequest, claims: TokenClaims, engine: PolicyEngine
@@ -523,102 +537,3 @@ class NodeService:
             policy_hash=engine.hash,
         )
         return result, cohort
-
-    def _record_stats(
-        self,
-        request: StatsRequest,
-        claims: TokenClaims | None,
-        policy_hash: str,
-        decision: str,
-        reason: str,
-        cohort: Sequence[str] = (),
-    ) -> None:
-        # the validated cohort when there is one: canonicalising 10,000 ids again costs as much
-        # as the database lookup; a refused request's ids as far as they are ids at all
-        named = cohort or [
-            canonical_subject(request.subject_kind, s) for s in request.subject_ids[:MAX_COHORT]
-        ]
-        self._audit.append(
-            AuditEntry(
-                time=datetime.now(UTC),
-                query_id=request.query_id[:64],
-                requester=claims.requester if claims else "unauthenticated",
-                purpose=request.purpose[:64],
-                consent_id="",
-                policy_hash=policy_hash,
-                decision=decision,
-                reason=reason,
-                shape=Shape.STATS.value,
-                # a statistic discloses nothing attributable to one member (the noise sees to
-                # that), so the entry names the cohort as a whole: its size and one salted hash
-                subject_hash=self._audit.cohort_hash(named),
-                extra={"cohort": len(request.subject_ids)},
-            )
-        )
-
-    def _record_chunk(
-        self,
-        request: ChunkRequest,
-        claims: TokenClaims | None,
-        policy_hash: str,
-        decision: str,
-        reason: str,
-        subjects: Sequence[str],
-    ) -> None:
-        # a refused chunk names its subjects as far as they are identifiers at all
-        named = subjects or tuple(
-            canonical_subject(request.subject_kind, s)
-            for s in request.subject_ids[:MAX_CHUNK_SUBJECTS]
-        )
-        self._audit.append(
-            AuditEntry(
-                time=datetime.now(UTC),
-                query_id=request.query_id[:64],
-                requester=claims.requester if claims else "unauthenticated",
-                purpose=request.purpose[:64],
-                consent_id="",
-                policy_hash=policy_hash,
-                decision=decision,
-                reason=reason,
-                shape=request.shape.value if request.shape else "",
-                subject_hash="",
-                subject_hashes=tuple(self._audit.subject_hashes(named)),
-                extra={"chunk": request.chunk, "subjects": len(request.subject_ids)},
-            )
-        )
-
-    def _record(
-        self,
-        request: ContributionRequest,
-        claims: TokenClaims | None,
-        policy_hash: str,
-        *,
-        decision: str,
-        reason: str,
-        extra: dict[str, int | str] | None = None,
-    ) -> None:
-        self._audit.append(
-            AuditEntry(
-                time=datetime.now(UTC),
-                query_id=request.query_id[:64],
-                requester=claims.requester if claims else "unauthenticated",
-                purpose=request.purpose[:64],
-                consent_id=request.consent_id[:64],
-                policy_hash=policy_hash,
-                decision=decision,
-                reason=reason,
-                shape=request.shape.value if request.shape else "",
-                subject_hash=self._audit.subject_hash(
-                    canonical_subject(request.subject_kind, request.subject_id)
-                ),
-                extra={
-                    **(extra or {}),
-                    # FLAGS: which measures were asked, on refusals too (as names, bounded)
-                    **(
-                        {"measures": ",".join(sorted(m[:40] for m in request.measures[:16]))}
-                        if request.measures
-                        else {}
-                    ),
-                },
-            )
-        )

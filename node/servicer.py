@@ -1,4 +1,8 @@
-"""The node's gRPC servicers (NodeService, ListOfficeService): unpack, identify, delegate."""
+"""The node's gRPC servicers (NodeService, ListOfficeService): unpack, hand over, pack.
+
+Each RPC converts its request with the wire contract, hands it to the service with the caller
+CallerInterceptor read, and converts the answer back; every decision is the service's.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,7 @@ import grpc
 from node.lists import ListOffice
 from node.service import NodeService
 from osmanthus.core.grpc_errors import servicer_method
-from osmanthus.core.tls import peer_identity
-from osmanthus.core.tokens import bearer_token
+from osmanthus.core.server import current_caller
 from osmanthus.core.wire import common as wire_common
 from osmanthus.core.wire import lists as lists_wire
 from osmanthus.core.wire import node as node_wire
@@ -23,11 +26,11 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     def Contribute(  # noqa: N802 - gRPC method name
         self, request: node_pb2.ContributeRequest, context: grpc.ServicerContext
     ) -> node_pb2.ContributeResponse:
-        caller = peer_identity(context)
+        caller = current_caller()
         result = self._service.contribute(
             node_wire.contribution_request_from_proto(request),
-            caller=caller,
-            token=bearer_token(context.invocation_metadata()),
+            caller=caller.peer,
+            token=caller.token,
         )
         return node_wire.contribution_result_to_proto(result)
 
@@ -35,10 +38,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     def ContributeChunk(  # noqa: N802 - gRPC method name
         self, request: node_pb2.ContributeChunkRequest, context: grpc.ServicerContext
     ) -> node_pb2.ContributeChunkResponse:
+        caller = current_caller()
         result = self._service.contribute_chunk(
-            node_wire.chunk_request_from_proto(request),
-            caller=peer_identity(context),
-            token=bearer_token(context.invocation_metadata()),
+            node_wire.chunk_request_from_proto(request), caller=caller.peer, token=caller.token
         )
         return node_wire.chunk_result_to_proto(result)
 
@@ -46,10 +48,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     def ContributeStats(  # noqa: N802 - gRPC method name
         self, request: node_pb2.ContributeStatsRequest, context: grpc.ServicerContext
     ) -> node_pb2.ContributeStatsResponse:
+        caller = current_caller()
         result = self._service.contribute_stats(
-            node_wire.stats_request_from_proto(request),
-            caller=peer_identity(context),
-            token=bearer_token(context.invocation_metadata()),
+            node_wire.stats_request_from_proto(request), caller=caller.peer, token=caller.token
         )
         return node_wire.stats_result_to_proto(result)
 
@@ -58,7 +59,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self, request: lists_pb2.PublicEntriesRequest, context: grpc.ServicerContext
     ) -> lists_pb2.PublicEntriesResponse:
         page = self._service.public_entries(
-            lists_wire.public_query_from_proto(request), caller=peer_identity(context)
+            lists_wire.public_query_from_proto(request), caller=current_caller().peer
         )
         return lists_wire.public_page_to_proto(page)
 
@@ -67,7 +68,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self, request: node_pb2.NodeListChangesRequest, context: grpc.ServicerContext
     ) -> lists_pb2.ListChangesResponse:
         page = self._service.list_changes(
-            lists_wire.changes_query_from_proto(request), caller=peer_identity(context)
+            lists_wire.changes_query_from_proto(request), caller=current_caller().peer
         )
         return lists_wire.list_changes_page_to_proto(page)
 
@@ -75,7 +76,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     def GetInfo(  # noqa: N802 - gRPC method name
         self, request: node_pb2.GetInfoRequest, context: grpc.ServicerContext
     ) -> node_pb2.NodeInfo:
-        peer_identity(context)  # any platform certificate may ask; no anonymous peers
+        # any platform certificate may ask (CallerInterceptor admitted it); no anonymous peers
         return node_wire.node_description_to_proto(self._service.describe())
 
 
@@ -90,7 +91,7 @@ class ListOfficeServicer(lists_pb2_grpc.ListOfficeServiceServicer):
         self, request: lists_pb2.PublishEntriesRequest, context: grpc.ServicerContext
     ) -> lists_pb2.PublishEntriesResponse:
         result = self._office.publish(
-            lists_wire.entry_drafts_from_proto(request), caller=peer_identity(context)
+            lists_wire.entry_drafts_from_proto(request), caller=current_caller().peer
         )
         return lists_wire.publish_result_to_proto(result)
 
@@ -102,7 +103,7 @@ class ListOfficeServicer(lists_pb2_grpc.ListOfficeServiceServicer):
             request.entry_id,
             reason=lists_wire.withdraw_reason_from_pb(request.reason),
             reference=request.reference,
-            caller=peer_identity(context),
+            caller=current_caller().peer,
         )
         return lists_wire.list_entry_to_proto(entry)
 
@@ -113,6 +114,6 @@ class ListOfficeServicer(lists_pb2_grpc.ListOfficeServiceServicer):
         entries = self._office.history(
             wire_common.kind_from_pb(request.subject_kind),
             request.subject_id,
-            caller=peer_identity(context),
+            caller=current_caller().peer,
         )
         return lists_wire.history_to_proto(entries)

@@ -86,10 +86,25 @@ class DeadlineExceeded(OsmanthusError):
 
 
 class RateLimited(OsmanthusError):
-    """The requester made more requests than its policy allows in a period; retry later."""
+    """The requester made more requests than its policy allows in a period; retry later.
+
+    `retry_after_s`, where known, is when the oldest grant in the window expires: clients get it
+    as google.rpc.RetryInfo.
+    """
 
     exit_code = 4
     retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        departments: tuple[str, ...] = (),
+        retry_after_s: float | None = None,
+    ) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message, field=field, departments=departments)
 
 
 class BudgetExhausted(OsmanthusError):

@@ -1,18 +1,42 @@
-"""The one mapping between Osmanthus errors and gRPC status codes, for servers and clients."""
+"""The one mapping between Osmanthus errors and gRPC status codes, for servers and clients.
+
+A refusal travels as its gRPC status code and message, with the standard rich error model
+(google.rpc.Status in the `grpc-status-details-bin` trailer, as googleapis' python-api-core and
+every gRPC language's status libraries read it):
+
+- `ErrorInfo`: `reason` the error class in UPPER_SNAKE_CASE (e.g. RATE_LIMITED, NOT_FOUND),
+  `domain` "osmanthus", `metadata` the offending field and the departments concerned;
+- `BadRequest` with one `FieldViolation` (field, description) for INVALID_ARGUMENT;
+- `RetryInfo` with the delay, for a rate limit that says when to come back.
+
+The same facts also go in the plain trailing metadata of earlier releases (`osmanthus-field`,
+`osmanthus-error`, `osmanthus-departments`), so older clients keep reading them. A client
+rebuilds the Osmanthus error from the details first and falls back to the plain metadata.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator
-from typing import Any, NoReturn, TypeVar
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple, NoReturn, TypeVar
 
 import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from osmanthus.core import errors
 from osmanthus.core.catalogue import DEPARTMENT_ID_PATTERN
 
 _log = logging.getLogger(__name__)
+
+#: ErrorInfo.domain of every Osmanthus error
+ERROR_DOMAIN = "osmanthus"
+#: the trailer that carries google.rpc.Status (gRPC's convention)
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 #: trailing-metadata key carrying the offending field's name, so clients can rebuild `.field`
 FIELD_METADATA_KEY = "osmanthus-field"
@@ -58,15 +82,64 @@ def status_of(error: errors.OsmanthusError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def error_reason(cls: type[errors.OsmanthusError]) -> str:
+    """The ErrorInfo reason of an error class: its name in UPPER_SNAKE_CASE."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", cls.__name__).upper()
+
+
+class _Status(NamedTuple):
+    """A grpc.Status: what context.abort_with_status ends a call with."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
+def rich_status(error: errors.OsmanthusError) -> status_pb2.Status:
+    """The google.rpc.Status a refusal travels as (see the module docstring)."""
+    code = status_of(error)
+    message = str(error)
+    info = error_details_pb2.ErrorInfo(reason=error_reason(type(error)), domain=ERROR_DOMAIN)
+    if error.field:
+        info.metadata["field"] = error.field
+    if error.departments:
+        info.metadata["departments"] = ",".join(error.departments)
+    details = [info]
+    if code is grpc.StatusCode.INVALID_ARGUMENT and error.field:
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=error.field, description=error.message
+                    )
+                ]
+            )
+        )
+    retry_after = getattr(error, "retry_after_s", None)
+    if isinstance(retry_after, int | float) and retry_after > 0:
+        details.append(
+            error_details_pb2.RetryInfo(
+                retry_delay=duration_pb2.Duration(seconds=math.ceil(retry_after))
+            )
+        )
+    packed = []
+    for detail in details:
+        wrapper = any_pb2.Any()
+        wrapper.Pack(detail)
+        packed.append(wrapper)
+    return status_pb2.Status(code=code.value[0], message=message, details=packed)
+
+
 def abort(context: grpc.ServicerContext, error: errors.OsmanthusError) -> NoReturn:
-    metadata = [(ERROR_METADATA_KEY, type(error).__name__)]
+    metadata: list[tuple[str, str | bytes]] = [(ERROR_METADATA_KEY, type(error).__name__)]
     if error.field:
         metadata.append((FIELD_METADATA_KEY, error.field))
     if error.departments:
         metadata.append((DEPARTMENTS_METADATA_KEY, ",".join(error.departments)))
-    context.set_trailing_metadata(tuple(metadata))
-    context.abort(status_of(error), str(error))
-    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+    status = rich_status(error)
+    metadata.append((STATUS_DETAILS_KEY, status.SerializeToString()))
+    context.abort_with_status(_Status(status_of(error), status.message, tuple(metadata)))
+    raise AssertionError("unreachable: context.abort_with_status raises")  # pragma: no cover
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -120,12 +193,17 @@ def stream_servicer_method(method: F) -> F:
 
 
 def error_from_rpc(exc: grpc.RpcError) -> errors.OsmanthusError:
-    """A failed call's status → the matching Osmanthus error, keeping the server's message."""
+    """A failed call's status → the matching Osmanthus error, keeping the server's message.
+
+    The standard details (ErrorInfo, BadRequest) are read first; a server of an earlier release
+    sends only the plain trailing metadata, which is read otherwise.
+    """
     code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
     field: str | None = None
     name: str | None = None
     departments: tuple[str, ...] = ()
+    retry_after_s: float | None = None
     if isinstance(exc, grpc.Call):
         for key, value in exc.trailing_metadata() or ():
             if key == FIELD_METADATA_KEY and isinstance(value, str):
@@ -133,14 +211,76 @@ def error_from_rpc(exc: grpc.RpcError) -> errors.OsmanthusError:
             elif key == ERROR_METADATA_KEY and isinstance(value, str):
                 name = value
             elif key == DEPARTMENTS_METADATA_KEY and isinstance(value, str):
-                departments = tuple(d for d in value.split(",") if DEPARTMENT_ID_PATTERN.match(d))
+                departments = _departments(value.split(","))
+        rich = _rich_details(exc)
+        if rich is not None:
+            name = rich.reason or name
+            field = rich.field or field
+            departments = rich.departments or departments
+            retry_after_s = rich.retry_after_s
     message = details or code.name
     if field and message.startswith(f"{field}: "):
         message = message[len(field) + 2 :]
     cls = _FROM_STATUS.get(code, errors.OsmanthusError)
-    named = _BY_NAME.get(name or "")
+    named = _BY_NAME.get(name or "") or _BY_REASON.get(name or "")
     # trust the name only when it agrees with the status code, so a server cannot, say,
     # turn a permission refusal into an error the client would retry
     if named is not None and status_of(named("")) is code:
         cls = named
+    if cls is errors.RateLimited:
+        return errors.RateLimited(
+            message, field=field, departments=departments, retry_after_s=retry_after_s
+        )
     return cls(message, field=field, departments=departments)
+
+
+#: classes by their ErrorInfo reason, as error_from_rpc reads them
+_BY_REASON: dict[str, type[errors.OsmanthusError]] = {
+    error_reason(cls): cls for cls in _BY_NAME.values()
+}
+
+
+def _departments(values: Sequence[str]) -> tuple[str, ...]:
+    return tuple(d for d in values if DEPARTMENT_ID_PATTERN.match(d))
+
+
+class _Rich(NamedTuple):
+    reason: str | None
+    field: str | None
+    departments: tuple[str, ...]
+    retry_after_s: float | None
+
+
+def _rich_details(call: grpc.Call) -> _Rich | None:
+    """What the call's google.rpc.Status says, if it sent one."""
+    try:
+        status = rpc_status.from_call(call)
+    except ValueError:
+        # a status whose code or message contradicts the call's is not believed at all
+        return None
+    if status is None or status.code == code_pb2.OK:
+        return None
+    reason: str | None = None
+    field: str | None = None
+    departments: tuple[str, ...] = ()
+    retry_after_s: float | None = None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            if info.domain != ERROR_DOMAIN:
+                continue
+            reason = info.reason or None
+            field = info.metadata.get("field") or field
+            if "departments" in info.metadata:
+                departments = _departments(info.metadata["departments"].split(","))
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            request = error_details_pb2.BadRequest()
+            detail.Unpack(request)
+            if request.field_violations and not field:
+                field = request.field_violations[0].field or None
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_after_s = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9 or None
+    return _Rich(reason, field, departments, retry_after_s)

@@ -36,6 +36,7 @@ from tests.integration.test_scores_match_plaintext import (
     subjects,
     utc_today,
 )
+from tests.waiting import EVENT_TIMEOUT_S
 
 SYNC = "sync-1"
 PURPOSE = "credit_rescoring"
@@ -333,7 +334,7 @@ def test_at_most_two_batches_run_at_once_and_a_cancelled_one_frees_its_place(
     assert "maximum of 2 batches" in (error.details() or "")
     # a client that goes away mid-batch frees its place
     running[0].cancel()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + EVENT_TIMEOUT_S
     while True:
         try:
             rows = list(sync.batch_scores(subjects(federation, "person")[:3], purpose=PURPOSE))
@@ -372,7 +373,7 @@ def test_a_subject_pinned_to_fewer_departments_is_refused_in_place_as_typed(
     service._ledger.settle(
         requester=RequesterId(SYNC),
         subject_kind=SubjectKind.PERSON,
-        subject_hash=service._audit.subject_hash(pinned),
+        subject_hash=service._ctx.audit.subject_hash(pinned),
         answered=everyone - {"volunteer"},
         release=lambda departments: None,
         now=datetime.now(UTC),

@@ -248,3 +248,106 @@ def test_status_osmanthus_never_sends_becomes_the_root_class(
     assert type(rebuilt) is errors.OsmanthusError
     assert rebuilt.field is None
     assert rebuilt.message
+
+
+# --- the standard rich error model (google.rpc.Status), as any language's client reads it -------
+
+
+def _details(call_error: grpc.RpcError) -> dict[str, Any]:
+    """What a client that knows nothing of Osmanthus reads: grpc_status and google.rpc types."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(call_error)
+    assert status is not None, "no google.rpc.Status in the trailers"
+    found: dict[str, Any] = {"code": status.code, "message": status.message}
+    for detail in status.details:
+        for kind in (
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.BadRequest,
+            error_details_pb2.RetryInfo,
+        ):
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                found[kind.__name__] = message
+    return found
+
+
+def test_an_invalid_argument_carries_error_info_and_a_field_violation(
+    stub: grpc.UnaryUnaryMultiCallable,
+) -> None:
+    exc = call(stub, "InvalidArgument", "must be 8-64 characters", "query_id")
+    details = _details(exc)
+    assert details["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert details["message"] == "query_id: must be 8-64 characters"
+    info = details["ErrorInfo"]
+    assert (info.reason, info.domain) == ("INVALID_ARGUMENT", "osmanthus")
+    assert dict(info.metadata) == {"field": "query_id"}
+    (violation,) = details["BadRequest"].field_violations
+    assert (violation.field, violation.description) == ("query_id", "must be 8-64 characters")
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("PermissionDenied", "PERMISSION_DENIED"),
+        ("RateLimited", "RATE_LIMITED"),
+        ("BudgetExhausted", "BUDGET_EXHAUSTED"),
+        ("CryptoError", "CRYPTO_ERROR"),
+        ("Unavailable", "UNAVAILABLE"),
+    ],
+)
+def test_every_refusal_names_its_kind_in_error_info(
+    stub: grpc.UnaryUnaryMultiCallable, name: str, reason: str
+) -> None:
+    exc = call(stub, name, "refused", None)
+    details = _details(exc)
+    assert details["ErrorInfo"].reason == reason
+    assert "BadRequest" not in details
+    # and the Osmanthus client rebuilds the same class from it
+    assert type(error_from_rpc(exc)).__name__ == name
+
+
+def test_the_client_reads_the_details_without_the_older_metadata() -> None:
+    # a server that sends only the standard details (another implementation, a proxy that
+    # drops unknown trailers) is understood as well
+    from osmanthus.core.grpc_errors import STATUS_DETAILS_KEY, rich_status
+
+    error = errors.BudgetExhausted("ε budget spent until 2027-01-01", field="epsilon")
+    status = rich_status(error)
+
+    class Call(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        def details(self) -> str:
+            return status.message
+
+        def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+            return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+
+    rebuilt = error_from_rpc(Call())
+    assert type(rebuilt) is errors.BudgetExhausted
+    assert rebuilt.field == "epsilon" and rebuilt.message == "ε budget spent until 2027-01-01"
+
+
+def test_a_rate_limit_crosses_the_wire_with_its_retry_delay(
+    stub: grpc.UnaryUnaryMultiCallable,
+) -> None:
+    exc = call(stub, "RateLimited", "limit reached", None)
+    rebuilt = error_from_rpc(exc)
+    # the test servicer raises RateLimited without a delay: none is invented on the way
+    assert isinstance(rebuilt, errors.RateLimited) and rebuilt.retry_after_s is None
+
+
+def test_a_rate_limit_says_when_to_come_back_in_retry_info() -> None:
+    from google.rpc import error_details_pb2
+
+    from osmanthus.core.grpc_errors import rich_status
+
+    status = rich_status(errors.RateLimited("limit reached; retry in 42 s", retry_after_s=41.2))
+    (retry,) = [d for d in status.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+    info = error_details_pb2.RetryInfo()
+    retry.Unpack(info)
+    assert info.retry_delay.seconds == 42

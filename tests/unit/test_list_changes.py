@@ -19,6 +19,7 @@ import duckdb
 import pytest
 
 from certs import PeerRole
+from coordinator.context import CoordinatorContext
 from coordinator.list_changes import ListChangeFeed, check_changes
 from coordinator.nodes import ListChangesAnswer, NodeFailure, NodePool
 from coordinator.ratelimit import RateLimiter
@@ -86,6 +87,7 @@ from osmanthus.core.wire.lists import (
     ChangesQuery,
     EntryDraft,
     change_from_pb,
+    changes_query_to_proto,
     withdraw_reason_from_pb,
 )
 from osmanthus.core.wire.lists import changes_query_from_proto as changes_query
@@ -828,10 +830,12 @@ class StoreNode:
     def list_changes(
         self,
         department: DepartmentId,
-        request: node_pb2.NodeListChangesRequest,
+        query: ChangesQuery,
         *,
         deadline_s: float,
     ) -> ListChangesAnswer | NodeFailure:
+        # on the wire, as the pool sends it and the node's servicer reads it
+        request = changes_query_to_proto(query)
         self.asked.append(request)
         if self._down or department != COURT:
             return NodeFailure(department, "unavailable: node down, unreachable or failed the TLS")
@@ -863,13 +867,15 @@ def coordinator_feed(
     node: StoreNode, audit: AuditLog, policy: Path = DEFAULT_CENTRAL_POLICY
 ) -> ListChangeFeed:
     return ListChangeFeed(
-        catalogue=CATALOGUE,
-        nodes=cast(NodePool, node),
-        policy=ReloadablePolicy.from_file(policy),
-        audit=audit,
-        rate_limiter=RateLimiter(),
-        deadline_s=5.0,
-        clock=lambda: NOW,
+        CoordinatorContext(
+            catalogue=CATALOGUE,
+            nodes=cast(NodePool, node),
+            policy=ReloadablePolicy.from_file(policy),
+            audit=audit,
+            rate_limiter=RateLimiter(),
+            deadline_s=5.0,
+            clock=lambda: NOW,
+        )
     )
 
 

@@ -13,6 +13,7 @@ from typing import cast
 
 import pytest
 
+from coordinator.context import CoordinatorContext
 from coordinator.lists import LIST_PAGES, ListSearcher, PageTokens, check_entries
 from coordinator.nodes import NodeFailure, NodePool, PublicEntriesAnswer
 from coordinator.ratelimit import RateLimiter
@@ -37,7 +38,7 @@ from osmanthus.core.types import (
 )
 from osmanthus.core.wire.common import KIND_TO_PB
 from osmanthus.core.wire.coordinator import ListSearch, ListSearchOutcome
-from osmanthus.core.wire.lists import EntryDraft
+from osmanthus.core.wire.lists import EntryDraft, PublicQuery, public_query_to_proto
 from osmanthus.core.wire.lists import public_entry_to_proto as public_entry_message
 from osmanthus.core.wire.lists import public_page_to_proto as public_page_message
 from osmanthus.core.wire.lists import public_query_from_proto as public_query
@@ -538,12 +539,14 @@ class StoreNode:
 
     def public_entries_each(
         self,
-        requests: Sequence[tuple[DepartmentId, lists_pb2.PublicEntriesRequest]],
+        requests: Sequence[tuple[DepartmentId, PublicQuery]],
         *,
         deadline_s: float,
     ) -> tuple[list[PublicEntriesAnswer], list[NodeFailure]]:
         answers = []
-        for department, request in requests:
+        for department, query in requests:
+            # on the wire, as the pool sends it and the node's servicer reads it
+            request = public_query_to_proto(query)
             self.asked.append(request)
             page = self._store.public_entries(public_query(request), today=TODAY)
             message = public_page_message(page)
@@ -588,14 +591,16 @@ def audit(tmp_path: Path) -> Iterator[AuditLog]:
 
 def searcher(node: StoreNode, audit: AuditLog) -> ListSearcher:
     return ListSearcher(
-        catalogue=CATALOGUE,
-        # the pool's one call a list search makes, answered by the node's real list store
-        nodes=cast(NodePool, node),
-        policy=ReloadablePolicy.from_file(DEFAULT_CENTRAL_POLICY),
-        audit=audit,
-        rate_limiter=RateLimiter(),
-        deadline_s=5.0,
-        clock=lambda: NOW,
+        CoordinatorContext(
+            catalogue=CATALOGUE,
+            # the pool's one call a list search makes, answered by the node's real list store
+            nodes=cast(NodePool, node),
+            policy=ReloadablePolicy.from_file(DEFAULT_CENTRAL_POLICY),
+            audit=audit,
+            rate_limiter=RateLimiter(),
+            deadline_s=5.0,
+            clock=lambda: NOW,
+        )
     )
 
 
