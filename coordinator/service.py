@@ -81,6 +81,13 @@ EXCLUDED_REASON = (
 )
 
 
+#: the audit `shape` of the coordinator's registry decisions (they disclose no score)
+KEY_REGISTRATION = "key_registration"
+CONSENT_GRANT = "consent_grant"
+CONSENT_REVOCATION = "consent_revocation"
+CONSENT_LIST = "consent_list"
+
+
 def new_query_id() -> QueryId:
     return QueryId("q_" + secrets.token_urlsafe(16))
 
@@ -158,45 +165,30 @@ class CoordinatorService:
             )
         return claims
 
-    def _decide(
-        self,
-        claims: TokenClaims,
-        action: str,
-        resource: tuple[str, str],
-        context: dict[str, Any],
-        engine: PolicyEngine | None = None,
-    ) -> Decision:
-        """One decision; a request that makes several passes its one engine to all of them."""
-        return self._ctx.decide(
-            engine or self._ctx.policy.current(), claims, action, resource, context
-        )
-
-    def _require(
-        self,
-        claims: TokenClaims,
-        action: str,
-        resource: tuple[str, str],
-        context: dict[str, Any],
-        engine: PolicyEngine | None = None,
-    ) -> Decision:
-        return self._ctx.require(
-            engine or self._ctx.policy.current(), claims, action, resource, context
-        )
-
     # --- keys ----------------------------------------------------------------------------------
 
     def register_key(
         self, public_key: bytes, *, caller: PeerIdentity, token: str | None
     ) -> KeyFingerprint:
-        claims = self.authenticate(caller, token)
-        key = PublicKey.from_bytes(public_key, field="public_key")
-        if key.fingerprint != claims.key_fingerprint:
-            raise PermissionDenied(
-                f"key {key.fingerprint[:16]}… is not the key bound to the token "
-                f"({claims.key_fingerprint[:16]}…); ask the platform for a token for this key"
+        engine = self._ctx.policy.current()
+        record = AuditedRequest(
+            query_id=new_query_id(), policy_hash=engine.hash, shape=KEY_REGISTRATION
+        )
+        with self._ctx.audited(record):
+            claims = record.identify(self.authenticate(caller, token))
+            key = PublicKey.from_bytes(public_key, field="public_key")
+            record.extra["key_fingerprint"] = key.fingerprint
+            if key.fingerprint != claims.key_fingerprint:
+                raise PermissionDenied(
+                    f"key {key.fingerprint[:16]}… is not the key bound to the token "
+                    f"({claims.key_fingerprint[:16]}…); ask the platform for a token for this key"
+                )
+            self._ctx.require(engine, claims, "RegisterKey", ("Registry", "keys"))
+            fingerprint = self._keys.register(
+                requester=claims.requester, n=key.n, now=self._ctx.clock()
             )
-        self._require(claims, "RegisterKey", ("Registry", "keys"), {})
-        return self._keys.register(requester=claims.requester, n=key.n, now=self._ctx.clock())
+            record.allow("key registered")
+        return fingerprint
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -301,11 +293,11 @@ class CoordinatorService:
                 subject_kind=kind,
             )
             context["consent"] = state.value
-            decision = self._decide(claims, action, resource, context, engine)
+            decision = self._ctx.decide(engine, claims, action, resource, context)
             self._raise_if_denied(claims, action, resource, context, decision, state, why, engine)
         else:
             context["consent"] = ConsentState.NOT_APPLICABLE.value
-            decision = self._require(claims, action, resource, context, engine)
+            decision = self._ctx.require(engine, claims, action, resource, context)
         # a permit's @rate_limit: reserved now, given back if the query is refused after all
         with self._ctx.rate_limited(claims.requester, engine.rate_limits(decision)):
             if shape is Shape.FLAGS:
@@ -633,7 +625,7 @@ class CoordinatorService:
         with_consent = {**context, "consent": ConsentState.VALID.value}
         if (
             state is not ConsentState.VALID
-            and self._decide(claims, action, resource, with_consent, engine).allowed
+            and self._ctx.decide(engine, claims, action, resource, with_consent).allowed
         ):
             raise PermissionDenied(f"no valid consent: {why}", field="consent_id")
         raise PermissionDenied(f"central policy: {decision.reason}")
@@ -687,8 +679,8 @@ class CoordinatorService:
                 "answered": len(answers),
                 "expected": expected,
             }
-            decision = self._decide(
-                claims, "AcceptPartial", ("Dataset", kind.value), context, engine
+            decision = self._ctx.decide(
+                engine, claims, "AcceptPartial", ("Dataset", kind.value), context
             )
             if not decision.allowed:
                 raise Unavailable(
@@ -782,37 +774,83 @@ class CoordinatorService:
         token: str | None,
         subject_kind: SubjectKind = SubjectKind.PERSON,
     ) -> Consent:
-        claims = self.authenticate(caller, token)
-        self._require(claims, "ManageConsent", ("Registry", "consent"), {})
-        subject = validate_subject(subject_kind, subject_id, field="subject_id")
-        return self._consents.grant(
-            subject_id=subject,
-            grantee=validate_requester_id(grantee, field="grantee"),
-            purpose=validate_purpose(purpose),
-            expires_at=expires_at,
-            now=self._ctx.clock(),
-            subject_kind=subject_kind,
+        engine = self._ctx.policy.current()
+        record = AuditedRequest(
+            query_id=new_query_id(),
+            policy_hash=engine.hash,
+            shape=CONSENT_GRANT,
+            subject_hash=self._ctx.audit.subject_hash(canonical_subject(subject_kind, subject_id)),
+            # the consent's own purpose and grantee, not a purpose of this request
+            extra={"consent_purpose": purpose[:64], "grantee": grantee[:64]},
         )
+        with self._ctx.audited(record):
+            claims = record.identify(self.authenticate(caller, token))
+            self._ctx.require(engine, claims, "ManageConsent", ("Registry", "consent"))
+            subject = validate_subject(subject_kind, subject_id, field="subject_id")
+            consent = self._consents.grant(
+                subject_id=subject,
+                grantee=validate_requester_id(grantee, field="grantee"),
+                purpose=validate_purpose(purpose),
+                expires_at=expires_at,
+                now=self._ctx.clock(),
+                subject_kind=subject_kind,
+            )
+            record.consent_id = consent.consent_id
+            record.allow("consent recorded")
+        return consent
 
     def revoke_consent(
         self, consent_id: str, *, caller: PeerIdentity, token: str | None
     ) -> Consent:
-        claims = self.authenticate(caller, token)
-        self._require(claims, "ManageConsent", ("Registry", "consent"), {})
-        return self._consents.revoke(ConsentId(consent_id), now=self._ctx.clock())
+        engine = self._ctx.policy.current()
+        record = AuditedRequest(
+            query_id=new_query_id(),
+            consent_id=consent_id,
+            policy_hash=engine.hash,
+            shape=CONSENT_REVOCATION,
+        )
+        with self._ctx.audited(record):
+            claims = record.identify(self.authenticate(caller, token))
+            self._ctx.require(engine, claims, "ManageConsent", ("Registry", "consent"))
+            consent = self._consents.revoke(ConsentId(consent_id), now=self._ctx.clock())
+            record.subject_hash = self._ctx.audit.subject_hash(consent.subject_id)
+            record.allow("consent revoked")
+        return consent
 
     def list_consents(
         self, *, subject_id: str, grantee: str, caller: PeerIdentity, token: str | None
     ) -> list[Consent]:
-        claims = self.authenticate(caller, token)
-        manager = self._decide(claims, "ManageConsent", ("Registry", "consent"), {})
-        if not manager.allowed:
-            # a requester may always see the consents granted to itself, and nothing else
-            if grantee and grantee != claims.requester:
-                raise PermissionDenied("requesters may list only consents granted to themselves")
-            grantee = claims.requester
-        # a person's resident id or an enterprise's credit code (a tax-bank loan's consent)
-        subject = validate_any_subject(subject_id, field="subject_id") if subject_id else None
-        return self._consents.list(
-            subject_id=subject, grantee=RequesterId(grantee) if grantee else None
+        engine = self._ctx.policy.current()
+        record = AuditedRequest(
+            query_id=new_query_id(),
+            policy_hash=engine.hash,
+            shape=CONSENT_LIST,
+            subject_hash=self._ctx.audit.subject_hash(_canonical_any(subject_id))
+            if subject_id
+            else "",
         )
+        with self._ctx.audited(record):
+            claims = record.identify(self.authenticate(caller, token))
+            manager = self._ctx.decide(engine, claims, "ManageConsent", ("Registry", "consent"))
+            if not manager.allowed:
+                # a requester may always see the consents granted to itself, and nothing else
+                if grantee and grantee != claims.requester:
+                    raise PermissionDenied(
+                        "requesters may list only consents granted to themselves"
+                    )
+                grantee = claims.requester
+            # a person's resident id or an enterprise's credit code (a tax-bank loan's consent)
+            subject = validate_any_subject(subject_id, field="subject_id") if subject_id else None
+            consents = self._consents.list(
+                subject_id=subject, grantee=RequesterId(grantee) if grantee else None
+            )
+            record.allow("consents listed", consents=len(consents))
+        return consents
+
+
+def _canonical_any(value: str) -> str:
+    """A person's or an enterprise's id in its validated form, or as sent if it is neither."""
+    try:
+        return validate_any_subject(value, field="subject_id")
+    except InvalidArgument:
+        return value

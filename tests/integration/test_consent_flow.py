@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -238,3 +239,41 @@ def test_a_permits_rate_limit_refuses_the_next_query_with_resource_exhausted(
         stop_federation(small)
     assert "3/minute under rule 'central-enterprise-query'" in caught.value.message
     assert "retry in" in caught.value.message
+
+
+def test_consent_decisions_are_audited_under_the_subject_they_concern(
+    federation: Federation, agency: Client, registrar: Client
+) -> None:
+    person = _persons(federation)[19]
+    consent = consent_for(registrar, person)
+    card = agency.person_score(person, purpose="loan_underwriting", consent_id=consent)
+    registrar.revoke_consent(consent)
+    text = (federation.state_dir / "coordinator" / "audit.jsonl").read_text("utf-8")
+    assert person not in text
+    entries = [json.loads(line) for line in text.splitlines()]
+    (query,) = [e for e in entries if e["query_id"] == card.query_id]
+    grant, revoke = (
+        [e for e in entries if e["shape"] == shape and e["consent_id"] == consent]
+        for shape in ("consent_grant", "consent_revocation")
+    )
+    assert [e["decision"] for e in grant + revoke] == ["allow", "allow"]
+    # who a consent is about is recorded as every decision about them is: one salted hash
+    assert grant[0]["subject_hash"] == revoke[0]["subject_hash"] == query["subject_hash"]
+    assert grant[0]["requester"] == revoke[0]["requester"] == "registrar"
+    assert grant[0]["extra"] == {"consent_purpose": "loan_underwriting", "grantee": AGENCY}
+    # a requester that may not manage consents is refused, and the refusal audited
+    with pytest.raises(sdk.PermissionDenied):
+        agency.grant_consent(
+            subject_id=person,
+            grantee=AGENCY,
+            purpose="loan_underwriting",
+            expires_at=datetime.now(UTC) + timedelta(days=1),
+        )
+    text = (federation.state_dir / "coordinator" / "audit.jsonl").read_text("utf-8")
+    refused = [
+        e
+        for e in map(json.loads, text.splitlines())
+        if e["shape"] == "consent_grant" and e["decision"] == "deny"
+    ]
+    assert refused[-1]["requester"] == AGENCY
+    assert refused[-1]["subject_hash"] == query["subject_hash"]
