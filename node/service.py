@@ -7,7 +7,8 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from datetime import date
 
-from node.lists import ListOffice, ListStore
+from node.lists import ListStore
+from node.office import ListOffice
 from node.store import RecordStore
 from osmanthus import __version__
 from osmanthus.core.audit import AuditLog

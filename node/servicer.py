@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import grpc
 
-from node.lists import ListOffice
+from node.office import ListOffice
 from node.service import NodeService
 from osmanthus.core.grpc_errors import servicer_method
 from osmanthus.core.server import current_caller

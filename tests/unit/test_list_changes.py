@@ -24,14 +24,8 @@ from coordinator.list_changes import ListChangeFeed, check_changes
 from coordinator.nodes import ListChangesAnswer, NodeFailure, NodePool
 from coordinator.ratelimit import RateLimiter
 from coordinator.server import DEFAULT_CENTRAL_POLICY
-from node.lists import (
-    LISTS_FILE,
-    MAX_FEED_PAGE_BYTES,
-    SCHEMA_VERSION,
-    FeedEvent,
-    ListOffice,
-    ListStore,
-)
+from node.lists import LISTS_FILE, MAX_FEED_PAGE_BYTES, SCHEMA_VERSION, FeedEvent, ListStore
+from node.office import ListOffice
 from osmanthus.core import ids
 from osmanthus.core.audit import AuditLog
 from osmanthus.core.catalogue import ListColour, load_catalogue
@@ -1215,7 +1209,7 @@ def test_the_node_serves_an_entry_failing_todays_checks_withheld(
     _stored_as_before(store, "C-4", subject_kind=SubjectKind.ENTERPRISE, subject_id=TWOFOLD)
     withdraw(store, ID_WITH_DIGIT)
     publish(store, draft("C-5"))
-    with caplog.at_level(logging.WARNING, logger="node.lists"):
+    with caplog.at_level(logging.WARNING, logger="node.office"):
         page = office.list_changes(ask(), caller=COORDINATOR)
     assert [(e.cursor, e.event, e.withheld) for e in page.events] == [
         ("1", PUB, ""),

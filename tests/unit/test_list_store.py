@@ -16,7 +16,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from certs import PeerRole
-from node.lists import LISTS_FILE, ListOffice, ListStore
+from node.lists import LISTS_FILE, ListStore
+from node.office import ListOffice
 from node.officer import read_publication
 from node.server import STATE_DIR_MODE, prepare_state_dir
 from node.service import NodeService
