@@ -6,27 +6,35 @@
     certificates = ["sync-1"]              # requester certificates that may deliver for it
 
 A sender may have several keys while it changes keys; a key belongs to one sender only. A
-certificate named here delivers only for the senders that name it: deny by default.
+certificate named here delivers only for the senders that name it: deny by default. Unknown keys
+are refused; a problem is named by its path in the file, e.g. sender[1].public_keys[0].
 """
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Annotated, Final, Self
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    model_validator,
+)
 
 from osmanthus.core.errors import ConfigError
 from osmanthus.core.names import PEER_NAME_PATTERN
 from osmanthus.core.peers import PeerRole
+from osmanthus.core.settings import Settings, load_settings, problem, relative_path
 from osmanthus.core.syncbatch import sender_key_id
 from osmanthus.core.tls import PeerIdentity
 
-_SENDER_KEYS: Final = frozenset({"id", "public_keys", "certificates"})
 #: the certificate role that may deliver: a city's sync job is a platform requester
 DELIVERING_ROLE: Final = PeerRole.REQUESTER
 
@@ -79,83 +87,104 @@ class SenderRegistry:
         return self._keys.get(key_id)
 
 
-def load_senders(path: Path) -> SenderRegistry:
-    """Read and check senders.toml; ConfigError names the file, the entry and the problem."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"sender registry {path} does not exist", field="senders") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}", field="senders") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}", field="senders") from None
-    unknown = sorted(set(data) - {"sender"})
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown top-level keys {unknown}; write one [[sender]] table per city",
-            field="senders",
+# --- the file ------------------------------------------------------------------------------------
+
+
+def _sender_id(value: str) -> str:
+    if not PEER_NAME_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a sender id (1 to 63 lower-case letters, digits, - or _)"
         )
-    entries = data.get("sender", [])
-    if not isinstance(entries, list) or not entries:
-        raise ConfigError(f"{path}: lists no [[sender]] entries", field="senders")
-    senders: list[Sender] = []
-    for number, entry in enumerate(entries, start=1):
-        where = f"{path}: sender {number}"
-        if not isinstance(entry, dict) or set(entry) != _SENDER_KEYS:
-            raise ConfigError(
-                f"{where}: needs exactly the keys {', '.join(sorted(_SENDER_KEYS))}",
-                field="senders",
-            )
-        sender_id = entry["id"]
-        if not isinstance(sender_id, str) or not PEER_NAME_PATTERN.fullmatch(sender_id):
-            raise ConfigError(
-                f"{where}: id {sender_id!r} is not a sender id (1 to 63 lower-case letters, "
-                "digits, - or _)",
-                field="senders",
-            )
-        where = f"{path}: sender {sender_id!r}"
-        keys: dict[str, Ed25519PublicKey] = {}
-        for file in _strings(entry["public_keys"], where=f"{where}: public_keys"):
-            key = _load_public_key(path.parent / file, where=where)
-            keys[sender_key_id(key)] = key
-        certificates = _strings(entry["certificates"], where=f"{where}: certificates")
-        for name in certificates:
-            if not PEER_NAME_PATTERN.fullmatch(name):
-                raise ConfigError(
-                    f"{where}: {name!r} is not a certificate name (the requester id its "
-                    "certificate names: 1 to 63 lower-case letters, digits, - or _)",
-                    field="senders",
-                )
-        senders.append(Sender(id=sender_id, keys=keys, certificates=frozenset(certificates)))
-    try:
-        return SenderRegistry(senders=senders)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc.message}", field="senders") from None
+    return value
 
 
-def _strings(value: object, *, where: str) -> list[str]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where} must be a non-empty list of strings", field="senders")
-    return list(value)
+def _certificate_name(value: str) -> str:
+    if not PEER_NAME_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a certificate name (the requester id its certificate names: "
+            "1 to 63 lower-case letters, digits, - or _)"
+        )
+    return value
 
 
-def _load_public_key(path: Path, *, where: str) -> Ed25519PublicKey:
+def _public_key(path: Path) -> Ed25519PublicKey:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(
-            f"{where}: cannot read the public key {path}: {exc.strerror}", field="senders"
-        ) from None
+        raise ValueError(f"cannot read the public key {path}: {exc.strerror}") from None
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError):
-        raise ConfigError(
-            f"{where}: {path} is not a PEM public key ('osmanthus province keygen' makes one)",
-            field="senders",
+        raise ValueError(
+            f"{path} is not a PEM public key ('osmanthus province keygen' makes one)"
         ) from None
     if not isinstance(key, Ed25519PublicKey):
-        raise ConfigError(
-            f"{where}: {path} holds a {type(key).__name__}, not an Ed25519 public key",
-            field="senders",
-        )
+        raise ValueError(f"{path} holds a {type(key).__name__}, not an Ed25519 public key")
     return key
+
+
+def _key_file(value: object, info: ValidationInfo) -> Ed25519PublicKey:
+    return _public_key(relative_path(value, info))
+
+
+class _Sender(Settings):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    id: Annotated[str, AfterValidator(_sender_id)]
+    # each file is read as it is validated: a missing or wrong key is named by its index
+    public_keys: list[Annotated[Ed25519PublicKey, BeforeValidator(_key_file)]] = Field(
+        min_length=1, description="the Ed25519 public key files the sender signs with"
+    )
+    certificates: list[Annotated[str, AfterValidator(_certificate_name)]] = Field(
+        min_length=1, description="the requester certificates that may deliver for the sender"
+    )
+
+
+class _SendersFile(Settings):
+    sender: list[_Sender] = Field(min_length=1, description="one [[sender]] table per city")
+
+    @model_validator(mode="after")
+    def _each_sender_and_key_once(self) -> Self:
+        senders: set[str] = set()
+        owners: dict[str, str] = {}
+        for i, entry in enumerate(self.sender):
+            if entry.id in senders:
+                raise problem(f"sender {entry.id!r} is registered twice", "sender", i, "id")
+            senders.add(entry.id)
+            own: list[str] = []
+            for j, key in enumerate(entry.public_keys):
+                key_id = sender_key_id(key)
+                if key_id in own:
+                    first = own.index(key_id)
+                    raise problem(
+                        f"is the same key as public_keys[{first}]: list it once",
+                        "sender", i, "public_keys", j,
+                    )  # fmt: skip
+                owner = owners.get(key_id)
+                if owner is not None:
+                    # a batch is attributed by its key: one key for two cities would let one
+                    # city's batches pass as the other's
+                    raise problem(
+                        f"key {key_id} is registered for both {owner!r} and "
+                        f"{entry.id!r}; each sender needs keys of its own",
+                        "sender", i, "public_keys", j,
+                    )  # fmt: skip
+                own.append(key_id)
+                owners[key_id] = entry.id
+        return self
+
+
+def load_senders(path: Path) -> SenderRegistry:
+    """Read and check senders.toml; ConfigError names the file, each problem's path and what
+    is wrong there."""
+    registry = load_settings(path, _SendersFile, what="sender registry", field="senders")
+    return SenderRegistry(
+        senders=[
+            Sender(
+                id=entry.id,
+                keys={sender_key_id(key): key for key in entry.public_keys},
+                certificates=frozenset(entry.certificates),
+            )
+            for entry in registry.sender
+        ]
+    )

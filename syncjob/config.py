@@ -9,7 +9,7 @@
     requester = "sync-1"                     # the job's requester certificate name
     token_file = "sync-1.jwt"                # its platform token (role sync_job)
     paillier_keys = "sync-1.paillier"        # the Paillier key file the token is bound to
-    certs_dir = "certs"                      # or ca, cert and key
+    certs_dir = "certs"                      # or all of ca, cert and key (not both)
 
     [province]
     target = "province.example:50060"        # delivered with the same requester certificate
@@ -35,56 +35,43 @@
     backoff_max = "60s"
 
 Paths are relative to the file. Unknown keys are refused, so a misspelt setting is never silently
-ignored.
+ignored; a problem is named by its path in the file, e.g. statistics[1].epsilon. The TLS files
+are `certs_dir` (the platform layout) or all of `ca`, `cert` and `key`, not both; `[province]`
+without any of them uses the coordinator's.
 """
 
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, ClassVar, Final, Self
+
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from osmanthus.core.dp import parse_epsilon
-from osmanthus.core.durations import parse_duration
 from osmanthus.core.errors import ConfigError, InvalidArgument
 from osmanthus.core.names import PEER_NAME_PATTERN
 from osmanthus.core.peers import COORDINATOR_DNS_NAME as COORDINATOR_SERVER_NAME
-from osmanthus.core.peers import PROVINCE_SERVER_NAME
+from osmanthus.core.peers import PROVINCE_SERVER_NAME, PeerRole, cert_paths
+from osmanthus.core.settings import (
+    Duration,
+    RelativePath,
+    Settings,
+    SettingsError,
+    Text,
+    load_settings,
+    problem,
+    toml_kind,
+)
 from osmanthus.core.syncbatch import STATISTIC_NAME_PATTERN
 from osmanthus.core.tls import TlsFiles
 from osmanthus.core.types import SubjectKind
 
 #: the sender ids a batch may carry (osmanthus.core.syncbatch checks the same)
 _SENDER: Final = re.compile(r"[a-z0-9_-]{1,63}")
-_TOP: Final = frozenset(
-    {
-        "sender",
-        "signing_key",
-        "state_dir",
-        "catalogue",
-        "coordinator",
-        "province",
-        "lists",
-        "grades",
-        "statistics",
-        "delivery",
-    }
-)
-_TLS_KEYS: Final = frozenset({"certs_dir", "ca", "cert", "key"})
-_COORDINATOR: Final = frozenset(
-    {"target", "requester", "token_file", "paillier_keys", "server_name"} | _TLS_KEYS
-)
-_PROVINCE: Final = frozenset({"target", "server_name"} | _TLS_KEYS)
-_LISTS: Final = frozenset({"enabled", "every"})
-_GRADES: Final = frozenset({"enterprises", "every"})
-_STATISTIC: Final = frozenset(
-    {"name", "subject_kind", "subjects", "epsilon", "statistics", "every"}
-)
-_DELIVERY: Final = frozenset({"retry_for", "backoff_initial", "backoff_max"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,203 +123,220 @@ class SyncConfig:
 
 
 def load_config(path: Path) -> SyncConfig:
-    """The configuration in `path`; ConfigError naming the key if anything is wrong."""
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}", field="config") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}", field="config") from exc
-    try:
-        return _read(document, base=path.resolve().parent, path=path)
-    except InvalidArgument as exc:
-        raise ConfigError(f"{path}: {exc.message}", field=exc.field) from None
-
-
-def _read(document: dict[str, Any], *, base: Path, path: Path) -> SyncConfig:
-    _known(document, _TOP, where="")
-    sender = _string(document, "sender", where="")
-    if not _SENDER.fullmatch(sender):
-        raise InvalidArgument(
-            f"{sender!r} is not a sender id (1 to 63 of a-z 0-9 - _)", field="sender"
-        )
-    coordinator = _table(document, "coordinator", required=True)
-    _known(coordinator, _COORDINATOR, where="coordinator.")
-    requester = _string(coordinator, "requester", where="coordinator.")
-    if not PEER_NAME_PATTERN.fullmatch(requester):
-        raise InvalidArgument(
-            f"{requester!r} is not a certificate name", field="coordinator.requester"
-        )
-    coordinator_tls = _tls(coordinator, base=base, where="coordinator.", name=requester)
-    province = _table(document, "province", required=True)
-    _known(province, _PROVINCE, where="province.")
+    """The configuration in `path`; ConfigError naming the file and each problem's path."""
+    document = load_settings(path, _SyncFile, what="sync job configuration", field="config")
+    coordinator, province = document.coordinator, document.province
+    requester = coordinator.requester
+    # the certificate files are looked up once the names are known: each endpoint's problem
+    # is named by its own certs_dir
+    problems: list[tuple[str, str]] = []
+    coordinator_tls = coordinator.files(requester, at="coordinator", problems=problems)
     # the province knows the job by the same requester certificate unless told otherwise
     province_tls = (
-        _tls(province, base=base, where="province.", name=requester)
-        if _TLS_KEYS & province.keys()
+        province.files(requester, at="province", problems=problems)
+        if province.given()
         else coordinator_tls
     )
-    lists = _table(document, "lists", required=False)
-    _known(lists, _LISTS, where="lists.")
-    enabled = lists.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise InvalidArgument("must be true or false", field="lists.enabled")
-    grades = _table(document, "grades", required=False)
-    _known(grades, _GRADES, where="grades.")
-    statistics = document.get("statistics", [])
-    if not isinstance(statistics, list):
-        raise InvalidArgument("must be an array of tables ([[statistics]])", field="statistics")
-    specs = tuple(
-        _statistic(s, base=base, where=f"statistics[{i}].") for i, s in enumerate(statistics)
-    )
-    names = [s.name for s in specs]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            raise InvalidArgument(f"{name!r} is named twice", field=f"statistics[{i}].name")
-    delivery = _table(document, "delivery", required=False)
-    _known(delivery, _DELIVERY, where="delivery.")
-    defaults = Delivery()
-    settings = Delivery(
-        retry_for=_duration(delivery, "retry_for", defaults.retry_for, where="delivery."),
-        backoff_initial=_duration(
-            delivery, "backoff_initial", defaults.backoff_initial, where="delivery."
-        ),
-        backoff_max=_duration(delivery, "backoff_max", defaults.backoff_max, where="delivery."),
-    )
-    if not timedelta(0) < settings.backoff_initial <= settings.backoff_max:
-        raise InvalidArgument(
-            "must be above 0 and at most backoff_max", field="delivery.backoff_initial"
-        )
+    if problems or coordinator_tls is None or province_tls is None:
+        raise SettingsError(path, problems)
+    delivery = document.delivery
     return SyncConfig(
         path=path,
-        sender=sender,
-        signing_key=_path(document, "signing_key", base=base, where=""),
-        state_dir=_path(document, "state_dir", base=base, where=""),
-        catalogue=(
-            _path(document, "catalogue", base=base, where="") if "catalogue" in document else None
-        ),
+        sender=document.sender,
+        signing_key=document.signing_key,
+        state_dir=document.state_dir,
+        catalogue=document.catalogue,
         coordinator=Endpoint(
-            target=_string(coordinator, "target", where="coordinator."),
-            server_name=_optional_string(
-                coordinator, "server_name", COORDINATOR_SERVER_NAME, where="coordinator."
-            ),
-            tls=coordinator_tls,
+            target=coordinator.target, server_name=coordinator.server_name, tls=coordinator_tls
         ),
         requester=requester,
-        token_file=_path(coordinator, "token_file", base=base, where="coordinator."),
-        paillier_keys=_path(coordinator, "paillier_keys", base=base, where="coordinator."),
+        token_file=coordinator.token_file,
+        paillier_keys=coordinator.paillier_keys,
         province=Endpoint(
-            target=_string(province, "target", where="province."),
-            server_name=_optional_string(
-                province, "server_name", PROVINCE_SERVER_NAME, where="province."
-            ),
-            tls=province_tls,
+            target=province.target, server_name=province.server_name, tls=province_tls
         ),
-        lists_enabled=enabled,
-        lists_every=_duration(lists, "every", timedelta(0), where="lists."),
-        enterprises=(
-            _path(grades, "enterprises", base=base, where="grades.")
-            if "enterprises" in grades
-            else None
+        lists_enabled=document.lists.enabled,
+        lists_every=document.lists.every,
+        enterprises=document.grades.enterprises,
+        grades_every=document.grades.every,
+        statistics=tuple(
+            StatisticSpec(
+                name=s.name,
+                subject_kind=s.subject_kind,
+                subjects=s.subjects,
+                epsilon=s.epsilon,
+                statistics=tuple(s.statistics),
+                every=s.every,
+            )
+            for s in document.statistics
         ),
-        grades_every=_duration(grades, "every", timedelta(days=1), where="grades."),
-        statistics=specs,
-        delivery=settings,
+        delivery=Delivery(
+            retry_for=delivery.retry_for,
+            backoff_initial=delivery.backoff_initial,
+            backoff_max=delivery.backoff_max,
+        ),
     )
 
 
-def _statistic(value: object, *, base: Path, where: str) -> StatisticSpec:
-    if not isinstance(value, dict):
-        raise InvalidArgument("must be a table", field=where.rstrip("."))
-    _known(value, _STATISTIC, where=where)
-    name = _string(value, "name", where=where)
+# --- the file, table by table --------------------------------------------------------------------
+
+
+def _sender(value: str) -> str:
+    if not _SENDER.fullmatch(value):
+        raise ValueError(f"{value!r} is not a sender id (1 to 63 of a-z 0-9 - _)")
+    return value
+
+
+def _certificate_name(value: str) -> str:
+    if not PEER_NAME_PATTERN.fullmatch(value):
+        raise ValueError(f"{value!r} is not a certificate name (1 to 63 of a-z 0-9 - _)")
+    return value
+
+
+def _statistic_name(value: str) -> str:
     # a record is named NAME.STATISTIC, at most 128 characters with a 64-character statistic
-    if not STATISTIC_NAME_PATTERN.fullmatch(name) or len(name) > 63:
-        raise InvalidArgument(
-            f"{name!r} is not a statistic name (a lower-case letter, then up to 62 lower-case "
-            "letters, digits or _ . : -)",
-            field=f"{where}name",
+    if not STATISTIC_NAME_PATTERN.fullmatch(value) or len(value) > 63:
+        raise ValueError(
+            f"{value!r} is not a statistic name (a lower-case letter, then up to 62 lower-case "
+            "letters, digits or _ . : -)"
         )
-    kind_text = _string(value, "subject_kind", where=where)
+    return value
+
+
+def _subject_kind(value: object) -> SubjectKind:
     try:
-        kind = SubjectKind(kind_text)
+        return SubjectKind(value)
     except ValueError:
-        raise InvalidArgument(
-            f"{kind_text!r} is not person or enterprise", field=f"{where}subject_kind"
-        ) from None
-    # parsed as the coordinator parses it: at most 4 places, so every answer fits a batch
-    epsilon = parse_epsilon(_string(value, "epsilon", where=where), field=f"{where}epsilon")
-    asked = value.get("statistics", [])
-    if not isinstance(asked, list) or not all(isinstance(s, str) for s in asked):
-        raise InvalidArgument("must be a list of statistic names", field=f"{where}statistics")
-    return StatisticSpec(
-        name=name,
-        subject_kind=kind,
-        subjects=_path(value, "subjects", base=base, where=where),
-        epsilon=epsilon,
-        statistics=tuple(asked),
-        every=_duration(value, "every", timedelta(days=1), where=where),
-    )
+        raise ValueError(f"{value!r} is not person or enterprise") from None
 
 
-def _tls(table: dict[str, Any], *, base: Path, where: str, name: str) -> TlsFiles:
-    from osmanthus.core.peers import PeerRole, cert_paths
+def _epsilon(value: object) -> Decimal:
+    # a string, parsed as the coordinator parses it: at most 4 places, so every answer fits a
+    # batch (a TOML float would already have rounded what was written)
+    if not isinstance(value, str):
+        raise ValueError(f'must be a string like "0.05", not {toml_kind(value)}')
+    try:
+        return parse_epsilon(value)
+    except InvalidArgument as exc:
+        raise ValueError(exc.message) from None
 
-    if all(k in table for k in ("ca", "cert", "key")):
-        return TlsFiles(
-            ca=_path(table, "ca", base=base, where=where),
-            cert=_path(table, "cert", base=base, where=where),
-            key=_path(table, "key", base=base, where=where),
-        )
-    if "certs_dir" in table:
-        certs_dir = _path(table, "certs_dir", base=base, where=where)
+
+class _Tls(Settings):
+    """An endpoint's TLS files: certs_dir (the platform layout), or all of ca, cert and key."""
+
+    #: whether the table must name its TLS files (else it may leave them all out)
+    required: ClassVar[bool] = True
+
+    certs_dir: RelativePath | None = None
+    ca: RelativePath | None = None
+    cert: RelativePath | None = None
+    key: RelativePath | None = None
+
+    def given(self) -> bool:
+        return any(f is not None for f in (self.certs_dir, self.ca, self.cert, self.key))
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Self:
+        files = {"ca": self.ca, "cert": self.cert, "key": self.key}
+        named = [k for k, v in files.items() if v is not None]
+        if self.certs_dir is not None and named:
+            raise problem(
+                f"give certs_dir, or all of ca, cert and key, not both (also given: "
+                f"{', '.join(named)})",
+                "certs_dir",
+            )
+        if named and len(named) < len(files):
+            missing = next(k for k, v in files.items() if v is None)
+            raise problem(
+                f"is required with {' and '.join(named)} (or give certs_dir alone)", missing
+            )
+        if self.required and not self.given():
+            raise problem("give certs_dir, or all of ca, cert and key", "certs_dir")
+        return self
+
+    def files(self, name: str, *, at: str, problems: list[tuple[str, str]]) -> TlsFiles | None:
+        """The files of requester `name`; None, with a problem added, if any is missing."""
+        if self.ca is not None and self.cert is not None and self.key is not None:
+            return TlsFiles(ca=self.ca, cert=self.cert, key=self.key)
+        assert self.certs_dir is not None  # _one_way
         try:
             return TlsFiles.from_cert_paths(
-                cert_paths(certs_dir, role=PeerRole.REQUESTER, name=name)
+                cert_paths(self.certs_dir, role=PeerRole.REQUESTER, name=name)
             )
         except ConfigError as exc:
-            raise InvalidArgument(exc.message, field=f"{where}certs_dir") from None
-    raise InvalidArgument("give certs_dir, or all of ca, cert and key", field=f"{where}certs_dir")
+            problems.append((f"{at}.certs_dir", exc.message))
+            return None
 
 
-def _table(document: dict[str, Any], key: str, *, required: bool) -> dict[str, Any]:
-    value = document.get(key)
-    if value is None:
-        if required:
-            raise InvalidArgument(f"the [{key}] table is missing", field=key)
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidArgument("must be a table", field=key)
-    return value
+class _Coordinator(_Tls):
+    target: Text
+    requester: Annotated[str, AfterValidator(_certificate_name)] = Field(
+        description="the job's requester certificate name"
+    )
+    token_file: RelativePath = Field(description="the job's platform token, role sync_job")
+    paillier_keys: RelativePath = Field(description="the Paillier key file the token is bound to")
+    server_name: Text = COORDINATOR_SERVER_NAME
 
 
-def _known(table: dict[str, Any], allowed: frozenset[str], *, where: str) -> None:
-    for key in table:
-        if key not in allowed:
-            raise InvalidArgument(
-                f"unknown setting (known: {', '.join(sorted(allowed))})", field=f"{where}{key}"
-            )
+class _Province(_Tls):
+    required: ClassVar[bool] = False
+
+    target: Text
+    server_name: Text = PROVINCE_SERVER_NAME
 
 
-def _string(table: dict[str, Any], key: str, *, where: str) -> str:
-    value = table.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidArgument("is required: a non-empty string", field=f"{where}{key}")
-    return value
+class _Lists(Settings):
+    enabled: bool = True
+    every: Duration = timedelta(0)
 
 
-def _optional_string(table: dict[str, Any], key: str, default: str, *, where: str) -> str:
-    return _string(table, key, where=where) if key in table else default
+class _Grades(Settings):
+    enterprises: RelativePath | None = None
+    every: Duration = timedelta(days=1)
 
 
-def _path(table: dict[str, Any], key: str, *, base: Path, where: str) -> Path:
-    return base / _string(table, key, where=where)
+class _Statistic(Settings):
+    name: Annotated[str, AfterValidator(_statistic_name)]
+    subject_kind: Annotated[SubjectKind, BeforeValidator(_subject_kind)]
+    subjects: RelativePath
+    epsilon: Annotated[Decimal, BeforeValidator(_epsilon)]
+    statistics: list[Text] = Field(default_factory=list)
+    every: Duration = timedelta(days=1)
 
 
-def _duration(table: dict[str, Any], key: str, default: timedelta, *, where: str) -> timedelta:
-    if key not in table:
-        return default
-    value = table[key]
-    if not isinstance(value, str):
-        raise InvalidArgument("must be a duration like 90s, 15m, 12h or 30d", field=f"{where}{key}")
-    return parse_duration(value, field=f"{where}{key}")
+class _Delivery(Settings):
+    retry_for: Duration = Delivery.retry_for
+    backoff_initial: Duration = Delivery.backoff_initial
+    backoff_max: Duration = Delivery.backoff_max
+
+    @model_validator(mode="after")
+    def _backoff_grows(self) -> Self:
+        if not timedelta(0) < self.backoff_initial <= self.backoff_max:
+            raise problem("must be above 0 and at most backoff_max", "backoff_initial")
+        return self
+
+
+class _SyncFile(Settings):
+    sender: Annotated[str, AfterValidator(_sender)] = Field(
+        description="the sender id senders.toml registers at the province"
+    )
+    signing_key: RelativePath = Field(description="the Ed25519 key batches are signed with")
+    state_dir: RelativePath = Field(description="the job's state directory")
+    catalogue: RelativePath | None = None
+    coordinator: _Coordinator = Field(description="a [coordinator] table")
+    province: _Province = Field(description="a [province] table")
+    lists: _Lists = Field(default_factory=_Lists)
+    grades: _Grades = Field(default_factory=_Grades)
+    statistics: list[_Statistic] = Field(default_factory=list)
+    delivery: _Delivery = Field(default_factory=_Delivery)
+
+    @model_validator(mode="after")
+    def _statistics_named_once(self) -> Self:
+        names = [s.name for s in self.statistics]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise problem(
+                    f"{name!r} is named twice (also statistics[{names.index(name)}])",
+                    "statistics", i, "name",
+                )  # fmt: skip
+        return self

@@ -5,9 +5,9 @@ from __future__ import annotations
 #: the modules each extra of pyproject.toml installs that the base install lacks (import names)
 EXTRA_MODULES: dict[str, frozenset[str]] = {
     "node": frozenset({"duckdb", "cedarpy", "grpc_health", "tqdm"}),
-    "coordinator": frozenset({"duckdb", "cedarpy", "grpc_health"}),
-    "province": frozenset({"duckdb", "grpc_health"}),
-    "sync": frozenset({"duckdb", "prometheus_client", "tqdm"}),
+    "coordinator": frozenset({"duckdb", "cedarpy", "grpc_health", "pydantic"}),
+    "province": frozenset({"duckdb", "grpc_health", "pydantic"}),
+    "sync": frozenset({"duckdb", "prometheus_client", "tqdm", "pydantic"}),
     "batch": frozenset({"duckdb", "tqdm"}),
     "policy": frozenset({"cedarpy"}),
     "reports": frozenset({"reportlab", "pypdf"}),

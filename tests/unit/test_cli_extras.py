@@ -58,3 +58,26 @@ def test_the_extra_is_the_commands_own_else_the_smallest_that_has_the_module() -
     assert extra_for("prometheus_client", command_extra=None) == "sync"
     # not an optional dependency: a bug, reported as an internal error
     assert extra_for("yaml", command_extra="node") is None
+
+
+#: the import name of each distribution an extra names in pyproject.toml
+_IMPORT_NAME = {
+    "grpcio-health-checking": "grpc_health",
+    "prometheus-client": "prometheus_client",
+}
+
+
+def test_the_table_of_extras_is_the_one_pyproject_declares() -> None:
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from osmanthus.cli.extras import EXTRA_MODULES
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    declared = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+    for extra, requirements in declared["optional-dependencies"].items():
+        if extra in ("all", "dev", "bench"):
+            continue
+        names = {re.split(r"[<>=\[ ;]", r, maxsplit=1)[0] for r in requirements}
+        assert {_IMPORT_NAME.get(n, n) for n in names} == EXTRA_MODULES[extra], extra

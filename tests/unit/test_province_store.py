@@ -311,46 +311,62 @@ def test_the_registry_maps_keys_to_senders_and_certificates_to_what_they_deliver
 
 
 @pytest.mark.parametrize(
-    ("text", "problem"),
+    ("text", "problem", "field"),
     [
-        ("", "no [[sender]]"),
-        ('[[node]]\nid = "x"\n', "unknown top-level"),
-        ('[[sender]]\nid = "suzhou"\npublic_keys = ["k.pub"]\n', "exactly the keys"),
+        ("", "sender: is required (one [[sender]] table per city)", "sender"),
+        ('[[node]]\nid = "x"\n', "node: unknown setting (known: sender)", "node"),
+        (
+            '[[sender]]\nid = "suzhou"\npublic_keys = ["k.pub"]\n',
+            "sender[0].certificates: is required",
+            "sender[0].certificates",
+        ),
         (
             '[[sender]]\nid = "Su Zhou"\npublic_keys = ["k.pub"]\ncertificates = ["sync-1"]\n',
             "not a sender id",
+            "sender[0].id",
         ),
         (
             '[[sender]]\nid = "suzhou"\npublic_keys = []\ncertificates = ["sync-1"]\n',
-            "non-empty list",
+            "must not be empty",
+            "sender[0].public_keys",
         ),
         (
             '[[sender]]\nid = "suzhou"\npublic_keys = ["missing.pub"]\ncertificates = ["s"]\n',
             "cannot read the public key",
+            "sender[0].public_keys[0]",
         ),
         (
             '[[sender]]\nid = "suzhou"\npublic_keys = ["k.pub"]\ncertificates = ["Sync 1"]\n',
             "not a certificate name",
+            "sender[0].certificates[0]",
         ),
         (
             '[[sender]]\nid = "suzhou"\npublic_keys = ["k.pub"]\ncertificates = ["s"]\n'
             '[[sender]]\nid = "suzhou"\npublic_keys = ["k2.pub"]\ncertificates = ["s"]\n',
             "registered twice",
+            "sender[1].id",
         ),
         (
             '[[sender]]\nid = "suzhou"\npublic_keys = ["k.pub"]\ncertificates = ["s"]\n'
             '[[sender]]\nid = "wuxi"\npublic_keys = ["k.pub"]\ncertificates = ["t"]\n',
             "keys of its own",
+            "sender[1].public_keys[0]",
+        ),
+        (
+            '[[sender]]\nid = "suzhou"\npublic_keys = ["k.pub", "k.pub"]\ncertificates = ["s"]\n',
+            "the same key as public_keys[0]",
+            "sender[0].public_keys[1]",
         ),
         (
             '[[sender]]\nid = "suzhou"\npublic_keys = ["k.key"]\ncertificates = ["s"]\n',
             "not a PEM public key",
+            "sender[0].public_keys[0]",
         ),
-        ("[[sender]\n", "not valid TOML"),
+        ("[[sender]\n", "not valid TOML", "senders"),
     ],
 )
 def test_a_bad_registry_is_refused_naming_the_problem(
-    tmp_path: Path, text: str, problem: str
+    tmp_path: Path, text: str, problem: str, field: str
 ) -> None:
     generate_publisher_key(out_dir=tmp_path, name="k")
     generate_publisher_key(out_dir=tmp_path, name="k2")
@@ -358,7 +374,8 @@ def test_a_bad_registry_is_refused_naming_the_problem(
     with pytest.raises(ConfigError) as info:
         load_senders(path)
     assert problem in info.value.message and str(path) in info.value.message
-    assert info.value.field == "senders"
+    # a problem in the file is named by its path there; the unreadable file by its option
+    assert info.value.field == field
 
 
 def test_a_missing_registry_is_named(tmp_path: Path) -> None:
