@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
-import contextlib
 import enum
 import json
 import logging
@@ -30,6 +29,7 @@ from osmanthus.core.receipts import (
     consent_key_id,
     issue_receipt,
 )
+from osmanthus.core.storefile import transaction
 from osmanthus.core.types import ConsentId, Purpose, RequesterId, SubjectId, SubjectKind
 from osmanthus.core.wire.coordinator import Consent
 
@@ -330,52 +330,15 @@ class ConsentRegistry(RegistryDatabase):
 
     def _sign_unsigned_rows(self) -> None:
         """Sign every unrevoked row that has no receipt, in one transaction, before serving."""
-        refused: builtins.list[str] = []
-        signed = 0
-        after = ""
         with self._lock:
             try:
-                self._db.execute("BEGIN TRANSACTION")
-                while True:
-                    # keyset pagination: rows that cannot be signed stay NULL and are not read
-                    # again, and memory stays bounded however many rows a file holds
-                    rows = self._db.execute(
-                        f"SELECT {_COLUMNS} FROM consents WHERE receipt IS NULL AND "
-                        "revoked_at IS NULL AND consent_id > ? ORDER BY consent_id LIMIT ?",
-                        [after, _SIGN_BATCH],
-                    ).fetchall()
-                    if not rows:
-                        break
-                    after = rows[-1][0]
-                    ids: builtins.list[str] = []
-                    receipts: builtins.list[str] = []
-                    for row in rows:
-                        consent = _consent_from_row(row)
-                        try:
-                            receipts.append(self._sign(consent))
-                        except InvalidArgument as exc:
-                            # the field only: a message may quote the stored personal data
-                            refused.append(f"{consent.consent_id} ({exc.field})")
-                            continue
-                        ids.append(consent.consent_id)
-                    if ids:
-                        self._db.execute(
-                            "UPDATE consents SET receipt = signed.receipt FROM (SELECT "
-                            "unnest(?::VARCHAR[]) AS consent_id, unnest(?::VARCHAR[]) AS receipt) "
-                            "AS signed WHERE consents.consent_id = signed.consent_id",
-                            [ids, receipts],
-                        )
-                        signed += len(ids)
-                self._db.execute("COMMIT")
-            except BaseException as exc:
-                with contextlib.suppress(duckdb.Error):
-                    self._db.execute("ROLLBACK")
-                if isinstance(exc, duckdb.Error):
-                    raise ConfigError(
-                        f"{self.path}: cannot store the receipts of consents recorded before "
-                        f"receipts existed: {exc}"
-                    ) from exc
-                raise
+                with transaction(self._db):
+                    signed, refused = self._sign_in_pages()
+            except duckdb.Error as exc:
+                raise ConfigError(
+                    f"{self.path}: cannot store the receipts of consents recorded before "
+                    f"receipts existed: {exc}"
+                ) from exc
         if signed:
             _log.info(
                 "consent registry %s: signed receipts for %d consents recorded before receipts "
@@ -400,6 +363,42 @@ class ConsentRegistry(RegistryDatabase):
                 shown,
                 more,
             )
+
+    def _sign_in_pages(self) -> tuple[int, builtins.list[str]]:
+        """(rows signed, rows refused) of the unsigned unrevoked rows; inside a transaction."""
+        refused: builtins.list[str] = []
+        signed = 0
+        after = ""
+        while True:
+            # keyset pagination: rows that cannot be signed stay NULL and are not read
+            # again, and memory stays bounded however many rows a file holds
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM consents WHERE receipt IS NULL AND "
+                "revoked_at IS NULL AND consent_id > ? ORDER BY consent_id LIMIT ?",
+                [after, _SIGN_BATCH],
+            ).fetchall()
+            if not rows:
+                return signed, refused
+            after = rows[-1][0]
+            ids: builtins.list[str] = []
+            receipts: builtins.list[str] = []
+            for row in rows:
+                consent = _consent_from_row(row)
+                try:
+                    receipts.append(self._sign(consent))
+                except InvalidArgument as exc:
+                    # the field only: a message may quote the stored personal data
+                    refused.append(f"{consent.consent_id} ({exc.field})")
+                    continue
+                ids.append(consent.consent_id)
+            if ids:
+                self._db.execute(
+                    "UPDATE consents SET receipt = signed.receipt FROM (SELECT "
+                    "unnest(?::VARCHAR[]) AS consent_id, unnest(?::VARCHAR[]) AS receipt) "
+                    "AS signed WHERE consents.consent_id = signed.consent_id",
+                    [ids, receipts],
+                )
+                signed += len(ids)
 
     def _warn_about_other_keys(self) -> None:
         """Warn if stored receipts were signed with another key than the one in use now."""

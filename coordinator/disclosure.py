@@ -17,6 +17,7 @@ from pathlib import Path
 
 from coordinator.database import LedgerDatabase
 from osmanthus.core.errors import FailedPrecondition
+from osmanthus.core.storefile import sqlite_transaction
 from osmanthus.core.types import RequesterId, SubjectKind
 
 # SQLite, not DuckDB: the ledger is a point-lookup table that grows by one row per subject a
@@ -117,16 +118,11 @@ class DisclosureLedger(LedgerDatabase):
                 release(pinned)
                 return pinned
             release(answered)
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with sqlite_transaction(self._db):
                 self._db.execute(
                     "INSERT INTO pinned_sets VALUES (?, ?, ?, ?, ?)",
                     (requester, subject_kind.value, key, self._set_id(answered), now.isoformat()),
                 )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             return answered
 
     def settle_batch(
@@ -163,14 +159,9 @@ class DisclosureLedger(LedgerDatabase):
             fresh = [k for k in unique if k not in pinned]
             if fresh:
                 stamp = now.isoformat()
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
+                with sqlite_transaction(self._db):
                     self._db.executemany(
                         "INSERT INTO pinned_sets VALUES (?, ?, ?, ?, ?)",
                         ((requester, subject_kind.value, k, wanted, stamp) for k in fresh),
                     )
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
         return [pinned.get(k, wanted) == wanted for k in keys]

@@ -25,6 +25,7 @@ from coordinator.database import LedgerDatabase
 from osmanthus.core.dp import epsilon_units, from_units
 from osmanthus.core.errors import BudgetExhausted, InvalidArgument
 from osmanthus.core.policy import EpsilonBudget
+from osmanthus.core.storefile import sqlite_transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS charges (
@@ -68,20 +69,14 @@ class EpsilonLedger(LedgerDatabase):
             # deny by default: spending without a budget would be spending without a limit
             raise BudgetExhausted(f"no privacy budget applies to {requester}; nothing may be spent")
         now = self._clock()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for budget in budgets:
-                    self._check_room(requester, units, budget, now)
-                self._db.execute(
-                    "INSERT INTO charges (query_id, requester, units, charged_at, state) "
-                    "VALUES (?, ?, ?, ?, 'reserved')",
-                    (query_id, requester, units, now),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, sqlite_transaction(self._db):
+            for budget in budgets:
+                self._check_room(requester, units, budget, now)
+            self._db.execute(
+                "INSERT INTO charges (query_id, requester, units, charged_at, state) "
+                "VALUES (?, ?, ?, ?, 'reserved')",
+                (query_id, requester, units, now),
+            )
         return Reservation(query_id=query_id, requester=requester, epsilon=epsilon)
 
     def commit(self, reservation: Reservation) -> None:

@@ -54,7 +54,7 @@ from osmanthus.core.lists import (
     validate_new_entry,
     withheld_entry_id,
 )
-from osmanthus.core.storefile import create_or_read_meta, rollback_quietly
+from osmanthus.core.storefile import create_or_read_meta, transaction
 from osmanthus.core.types import DepartmentId, SubjectId, SubjectKind
 from osmanthus.core.wire.lists import (
     EntryDraft,
@@ -288,8 +288,7 @@ class ListStore:
         the same transaction, so the meta row and the events move to tables of the new shape:
         the file is then what a new schema-2 store is.
         """
-        self._conn.begin()
-        try:
+        with transaction(self._conn):
             self._conn.execute("ALTER TABLE meta RENAME TO meta_schema_1")
             self._conn.execute(_META_SCHEMA)
             self._conn.execute(
@@ -308,10 +307,6 @@ class ListStore:
                 "LEFT JOIN entries AS en USING (entry_id)"
             )
             self._conn.execute("DROP TABLE events_schema_1")
-            self._conn.commit()
-        except BaseException:
-            rollback_quietly(self._conn)
-            raise
 
     def _check_lists(self) -> None:
         # an entry of a list the catalogue no longer gives this department would drop out of
@@ -440,40 +435,34 @@ class ListStore:
         publication); with other fields, or withdrawn, the whole publication is refused.
         """
         entries = self.validate(drafts, today=today)
-        with self._lock, _private_files():
-            self._conn.begin()
-            try:
-                # taken under the lock: events are numbered in the order of their times
-                at = _naive_utc(_utc_now())
-                stored = self._stored_entries(self._conn, [e.entry_id for e in entries])
-                new: list[NewEntry] = []
-                for index, entry in enumerate(entries):
-                    old, withdrawn_at = stored.get(entry.entry_id, (None, None))
-                    if old is None:
-                        new.append(entry)
-                    elif withdrawn_at is not None:
-                        # "unchanged" would tell the officer the entry is in view again
-                        raise FailedPrecondition(
-                            f"entry {entry.entry_id!r} was withdrawn on "
-                            f"{china_date_of_naive_utc(withdrawn_at)} and stays withdrawn; "
-                            "publish under a new id an entry that applies again. Nothing of "
-                            "this publication was stored",
-                            field=f"entries[{index}].entry_id",
-                        )
-                    elif old != entry:
-                        raise InvalidArgument(
-                            f"entry {entry.entry_id!r} is already published with a different "
-                            f"{', '.join(_differing_fields(old, entry))}; an entry is never "
-                            "changed: withdraw it (reason error) and publish the corrected entry "
-                            "under a new id. Nothing of this publication was stored",
-                            field=f"entries[{index}].entry_id",
-                        )
-                if new:
-                    self._insert(new, at=at, actor=actor)
-                self._conn.commit()
-            except BaseException:
-                rollback_quietly(self._conn)
-                raise
+        with self._lock, _private_files(), transaction(self._conn):
+            # taken under the lock: events are numbered in the order of their times
+            at = _naive_utc(_utc_now())
+            stored = self._stored_entries(self._conn, [e.entry_id for e in entries])
+            new: list[NewEntry] = []
+            for index, entry in enumerate(entries):
+                old, withdrawn_at = stored.get(entry.entry_id, (None, None))
+                if old is None:
+                    new.append(entry)
+                elif withdrawn_at is not None:
+                    # "unchanged" would tell the officer the entry is in view again
+                    raise FailedPrecondition(
+                        f"entry {entry.entry_id!r} was withdrawn on "
+                        f"{china_date_of_naive_utc(withdrawn_at)} and stays withdrawn; "
+                        "publish under a new id an entry that applies again. Nothing of "
+                        "this publication was stored",
+                        field=f"entries[{index}].entry_id",
+                    )
+                elif old != entry:
+                    raise InvalidArgument(
+                        f"entry {entry.entry_id!r} is already published with a different "
+                        f"{', '.join(_differing_fields(old, entry))}; an entry is never "
+                        "changed: withdraw it (reason error) and publish the corrected entry "
+                        "under a new id. Nothing of this publication was stored",
+                        field=f"entries[{index}].entry_id",
+                    )
+            if new:
+                self._insert(new, at=at, actor=actor)
         return PublishResult(published=len(new), unchanged=len(entries) - len(new))
 
     def _stored_entries(
@@ -546,57 +535,51 @@ class ListStore:
         ref = check_text(reference, field="reference", limit=MAX_REFERENCE_LENGTH)
         # the reference goes into the history, which the officer's tools show and export
         refuse_resident_id(ref, field="reference")
-        with self._lock, _private_files():
-            self._conn.begin()
-            try:
-                # taken under the lock: events are numbered in the order of their times
-                at = _naive_utc(_utc_now())
-                row = self._conn.execute(
-                    f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE entry_id = ?", [checked_id]
-                ).fetchone()
-                if row is None:
-                    raise NotFound(
-                        f"no entry {checked_id!r} on the lists of {self.department}",
-                        field="entry_id",
-                    )
-                entry = _new_entry(row)
-                withdrawn_at, withdrawn_reason = row[9], row[10]
-                status = status_of(
-                    entry.window_start,
-                    entry.window_end,
-                    withdrawn=withdrawn_at is not None,
-                    today=today,
+        with self._lock, _private_files(), transaction(self._conn):
+            # taken under the lock: events are numbered in the order of their times
+            at = _naive_utc(_utc_now())
+            row = self._conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE entry_id = ?", [checked_id]
+            ).fetchone()
+            if row is None:
+                raise NotFound(
+                    f"no entry {checked_id!r} on the lists of {self.department}",
+                    field="entry_id",
                 )
-                if status is EntryStatus.WITHDRAWN:
-                    raise FailedPrecondition(
-                        f"entry {checked_id!r} was withdrawn on "
-                        f"{china_date_of_naive_utc(withdrawn_at)} "
-                        f"({withdrawn_reason}); it is out of public view already",
-                        field="entry_id",
-                    )
-                if status is EntryStatus.EXPIRED:
-                    raise FailedPrecondition(
-                        f"the window of entry {checked_id!r} ended on {entry.window_end}; it "
-                        "left public view then and stays in the history as expired",
-                        field="entry_id",
-                    )
-                list_type = self._types[entry.list]
-                if not reason_allowed(list_type.colour, reason):
-                    raise InvalidArgument(_wrong_reason(list_type, reason), field="reason")
-                self._conn.execute(
-                    "UPDATE entries SET withdrawn_at = ?, withdraw_reason = ?, "
-                    "withdraw_reference = ? WHERE entry_id = ?",
-                    [at, reason.value, ref, checked_id],
+            entry = _new_entry(row)
+            withdrawn_at, withdrawn_reason = row[9], row[10]
+            status = status_of(
+                entry.window_start,
+                entry.window_end,
+                withdrawn=withdrawn_at is not None,
+                today=today,
+            )
+            if status is EntryStatus.WITHDRAWN:
+                raise FailedPrecondition(
+                    f"entry {checked_id!r} was withdrawn on "
+                    f"{china_date_of_naive_utc(withdrawn_at)} "
+                    f"({withdrawn_reason}); it is out of public view already",
+                    field="entry_id",
                 )
-                self._conn.execute(
-                    'INSERT INTO events (seq, entry_id, "at", event, actor, detail) '
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    [self._next_seq(), checked_id, at, WITHDRAWN, actor, f"{reason.value}: {ref}"],
+            if status is EntryStatus.EXPIRED:
+                raise FailedPrecondition(
+                    f"the window of entry {checked_id!r} ended on {entry.window_end}; it "
+                    "left public view then and stays in the history as expired",
+                    field="entry_id",
                 )
-                self._conn.commit()
-            except BaseException:
-                rollback_quietly(self._conn)
-                raise
+            list_type = self._types[entry.list]
+            if not reason_allowed(list_type.colour, reason):
+                raise InvalidArgument(_wrong_reason(list_type, reason), field="reason")
+            self._conn.execute(
+                "UPDATE entries SET withdrawn_at = ?, withdraw_reason = ?, "
+                "withdraw_reference = ? WHERE entry_id = ?",
+                [at, reason.value, ref, checked_id],
+            )
+            self._conn.execute(
+                'INSERT INTO events (seq, entry_id, "at", event, actor, detail) '
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [self._next_seq(), checked_id, at, WITHDRAWN, actor, f"{reason.value}: {ref}"],
+            )
         found = self._entries_where("entry_id = ?", [checked_id], today=today)
         return found[0]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime
 import os
@@ -26,7 +25,7 @@ from osmanthus.core.errors import (
 )
 from osmanthus.core.ids import validate_subject
 from osmanthus.core.rules import STATUSES, Record, RuleSet
-from osmanthus.core.storefile import create_or_read_meta
+from osmanthus.core.storefile import create_or_read_meta, transaction
 from osmanthus.core.types import DepartmentId, SubjectId, SubjectKind
 
 SCHEMA_VERSION = 1
@@ -288,19 +287,14 @@ class RecordStore:
                 staging.add(r)
             staging.finish()
             with self._lock:
-                self._conn.begin()
                 try:
-                    self._insert_staged(staging)
-                    self._conn.commit()
+                    with transaction(self._conn):
+                        self._insert_staged(staging)
                 except duckdb.ConstraintException as e:
-                    _rollback_quietly(self._conn)
                     raise InvalidArgument(
                         f"records were refused by the store and none were written: {e}",
                         field="record_id",
                     ) from None
-                except BaseException:
-                    _rollback_quietly(self._conn)
-                    raise
             return staging.count
 
     def import_file(
@@ -336,24 +330,18 @@ class RecordStore:
         with _Staging(self.path.parent) as staging:
             lines = validator.validate(rows, problems, staging.add)
             staging.finish()
-            with self._lock:
-                self._conn.begin()
-                try:
-                    for rid in self._stored_ids(staging):
-                        problems.append(
-                            (
-                                lines[rid],
-                                "record_id",
-                                f"record {rid!r} is already stored; record ids must be new",
-                            )
+            with self._lock, transaction(self._conn):
+                for rid in self._stored_ids(staging):
+                    problems.append(
+                        (
+                            lines[rid],
+                            "record_id",
+                            f"record {rid!r} is already stored; record ids must be new",
                         )
-                    if problems:
-                        raise rows_rejected(path, unit, problems)
-                    self._insert_staged(staging)
-                    self._conn.commit()
-                except BaseException:
-                    _rollback_quietly(self._conn)
-                    raise
+                    )
+                if problems:
+                    raise rows_rejected(path, unit, problems)
+                self._insert_staged(staging)
         return ImportReport(path=path, rows=staging.count)
 
     def _stored_ids(self, staging: _Staging) -> list[str]:
@@ -387,12 +375,6 @@ class RecordStore:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _rollback_quietly(conn: duckdb.DuckDBPyConnection) -> None:
-    # no active transaction (already committed or rolled back) means nothing to undo
-    with contextlib.suppress(duckdb.Error):
-        conn.rollback()
 
 
 def rows_rejected(

@@ -21,7 +21,7 @@ from typing import Any, Final
 import duckdb
 
 from osmanthus.core.errors import ConfigError, FailedPrecondition, InvalidArgument
-from osmanthus.core.storefile import create_or_read_meta, rollback_quietly
+from osmanthus.core.storefile import create_or_read_meta, transaction
 from osmanthus.core.syncbatch import Batch, BatchKind, SignedBatch
 from osmanthus.core.wire.province import (
     BatchPage,
@@ -163,15 +163,14 @@ class BatchStore:
         """
         content = batch.content_sha256
         with self._lock:
-            self._conn.begin()
-            try:
+            with transaction(self._conn):
                 row = self._conn.execute(
                     "SELECT content_sha256, records, received_at, sequence, watermark_to "
                     "FROM batches WHERE batch_id = ?",
                     [batch.batch_id],
                 ).fetchone()
                 if row is not None:
-                    rollback_quietly(self._conn)
+                    # nothing written: the read-only transaction ends with the block
                     return self._duplicate(batch, content, row)
                 self._check_continuity(batch)
                 receipt_no = self._next_receipt
@@ -205,10 +204,6 @@ class BatchStore:
                         _INSERT_RECORDS,
                         [[batch.batch_id] * len(texts), list(range(len(texts))), list(texts)],
                     )
-                self._conn.commit()
-            except BaseException:
-                rollback_quietly(self._conn)
-                raise
             self._next_receipt += 1
         return Delivery(
             batch_id=batch.batch_id,
@@ -313,8 +308,7 @@ class BatchStore:
                 self._tallies[peer, code] = (number, _naive_utc(at), 1)
                 return 1
             number, first_at, count = row
-            self._conn.begin()
-            try:
+            with transaction(self._conn):
                 # deleted and written anew under the next number: the listing is newest first
                 self._conn.execute("DELETE FROM rejections WHERE rejection_no = ?", [number])
                 self._conn.execute(
@@ -329,10 +323,6 @@ class BatchStore:
                         count + 1,
                     ],
                 )
-                self._conn.commit()
-            except BaseException:
-                rollback_quietly(self._conn)
-                raise
             self._tallies[peer, code] = (self._next_rejection, first_at, count + 1)
             self._next_rejection += 1
             return count + 1
@@ -348,8 +338,7 @@ class BatchStore:
         reason: str,
         tally: bool = False,
     ) -> None:
-        self._conn.begin()
-        try:
+        with transaction(self._conn):
             self._conn.execute(
                 "INSERT INTO rejections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
                 [
@@ -364,10 +353,6 @@ class BatchStore:
                     _naive_utc(at),
                 ],
             )
-            self._conn.commit()
-        except BaseException:
-            rollback_quietly(self._conn)
-            raise
         self._next_rejection += 1
 
     # -- reading ----------------------------------------------------------------------------------

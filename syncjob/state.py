@@ -20,13 +20,14 @@ import os
 import sqlite3
 import stat
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 from osmanthus.core.errors import ConfigError, FailedPrecondition
+from osmanthus.core.storefile import sqlite_transaction
 from osmanthus.core.syncbatch import BatchKind, SignedBatch
 
 STATE_FILE: Final = "sync.sqlite"
@@ -335,15 +336,8 @@ class SyncState:
                 field="sender",
             )
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return sqlite_transaction(self._db)
 
     def close(self) -> None:
         self._db.close()

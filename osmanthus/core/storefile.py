@@ -1,9 +1,15 @@
-"""An Osmanthus DuckDB file: create its schema and one meta row once, or read that row back."""
+"""Osmanthus's local database files: a DuckDB file's schema and meta row, and transactions.
+
+Every write to a store is one transaction that is committed when its block ends and rolled back
+if the block raises (`transaction` for DuckDB files, `sqlite_transaction` for the SQLite
+ledgers and the sync job's state), so no store is left half-written by a failure.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import duckdb
@@ -15,6 +21,34 @@ def rollback_quietly(conn: duckdb.DuckDBPyConnection) -> None:
     """Roll back; no active transaction (committed or rolled back already) is nothing to undo."""
     with contextlib.suppress(duckdb.Error):
         conn.rollback()
+
+
+@contextlib.contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """One DuckDB transaction: committed when the block ends, rolled back if it raises
+    (a failed commit included)."""
+    conn.begin()
+    try:
+        yield conn
+        conn.commit()
+    except BaseException:
+        rollback_quietly(conn)
+        raise
+
+
+@contextlib.contextmanager
+def sqlite_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One SQLite write transaction (BEGIN IMMEDIATE: the write lock is taken at the start, so
+    the checks inside it see what the write will change): committed when the block ends,
+    rolled back if it raises. `db` must be in autocommit mode (isolation_level=None)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
 
 
 def create_or_read_meta(
@@ -52,14 +86,9 @@ def create_or_read_meta(
                 "meta table; refusing to write into a foreign database",
                 field=field,
             )
-        conn.begin()
-        try:
+        with transaction(conn):
             conn.execute(schema)
             conn.execute(f"INSERT INTO meta VALUES ({', '.join('?' for _ in meta)})", list(meta))
-            conn.commit()
-        except BaseException:
-            rollback_quietly(conn)
-            raise
         return None
     rows = conn.execute("SELECT * FROM meta").fetchall()
     if len(rows) != 1:
