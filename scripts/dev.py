@@ -14,6 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 PY = VENV / "bin" / "python"
 STAMP = VENV / ".osmanthus-installed"
+#: wheels of the base distribution's dependencies, so the test that installs the SDK alone into
+#: a fresh virtualenv needs no network (tests talk to 127.0.0.1 only)
+WHEELHOUSE = VENV / "wheelhouse"
 #: every package of ours that strict mypy checks
 TYPED_PACKAGES = (
     "osmanthus",
@@ -43,6 +46,8 @@ def ensure_venv() -> None:
     pip = [str(PY), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run([*pip, "--upgrade", "pip"], check=True)
     subprocess.run([*pip, "-e", f"{ROOT}[dev]"], check=True)
+    wheel = [str(PY), "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*wheel, "--wheel-dir", str(WHEELHOUSE), str(ROOT)], check=True)
     STAMP.write_text(_digest())
 
 
@@ -80,6 +85,8 @@ def main(argv: list[str]) -> int:
         lambda: run(str(PY), "-m", "ruff", "check", "."),
         lambda: run(str(PY), "-m", "ruff", "format", "--check", "."),
         lambda: run(str(PY), "-m", "mypy", *TYPED_PACKAGES),
+        # the package layers and the SDK's base install (pyproject [tool.importlinter])
+        lambda: run(str(VENV / "bin" / "lint-imports")),
         lambda: run(str(PY), "-m", "pytest", *argv[1:]),
     ]
     for step in steps:

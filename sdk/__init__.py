@@ -1,4 +1,13 @@
-"""Osmanthus Python SDK for requesters: encrypted, policy-checked credit queries."""
+"""Osmanthus Python SDK for requesters: encrypted, policy-checked credit queries.
+
+Credit reports (sdk.report) need the 'reports' extra: their names are importable from here, and
+load sdk.report on first use, so `import sdk` needs only the base install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from osmanthus.core.catalogue import ListColour
 from osmanthus.core.errors import (
@@ -35,23 +44,6 @@ from osmanthus.core.types import DepartmentStatus, Shape, SubjectKind
 from sdk.client import Client
 from sdk.keys import RequesterKeys, load_or_create_keys
 from sdk.receipts import verify_consent_receipt
-from sdk.report import (
-    EnterpriseReport,
-    MalformedReport,
-    RendererMismatch,
-    ReportError,
-    ReportListEntry,
-    ReportRenderer,
-    SignedReport,
-    TamperedReport,
-    build_enterprise_report,
-    render_html,
-    render_pdf,
-    sign_report,
-    verify_report,
-    verify_report_html,
-    verify_report_pdf,
-)
 from sdk.results import (
     BatchScore,
     ConsentRecord,
@@ -64,6 +56,25 @@ from sdk.results import (
     TaxLoanCheck,
     ThresholdResult,
 )
+
+if TYPE_CHECKING:
+    from sdk.report import (
+        EnterpriseReport,
+        MalformedReport,
+        RendererMismatch,
+        ReportError,
+        ReportListEntry,
+        ReportRenderer,
+        SignedReport,
+        TamperedReport,
+        build_enterprise_report,
+        render_html,
+        render_pdf,
+        sign_report,
+        verify_report,
+        verify_report_html,
+        verify_report_pdf,
+    )
 
 __all__ = [
     "BatchScore",
@@ -124,3 +135,38 @@ __all__ = [
     "verify_report_html",
     "verify_report_pdf",
 ]
+
+#: the names of sdk.report, loaded on first use: credit reports need the 'reports' extra
+#: (reportlab, pypdf), and `import sdk` works on the base install (PEP 562)
+_REPORT_NAMES = frozenset(
+    {
+        "EnterpriseReport",
+        "MalformedReport",
+        "RendererMismatch",
+        "ReportError",
+        "ReportListEntry",
+        "ReportRenderer",
+        "SignedReport",
+        "TamperedReport",
+        "build_enterprise_report",
+        "render_html",
+        "render_pdf",
+        "sign_report",
+        "verify_report",
+        "verify_report_html",
+        "verify_report_pdf",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _REPORT_NAMES:
+        # without the extra, ModuleNotFoundError names it: pip install 'osmanthus[reports]'
+        value = getattr(importlib.import_module("sdk.report"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'sdk' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_REPORT_NAMES})

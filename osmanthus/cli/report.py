@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +20,6 @@ from osmanthus.cli.options import (
     requester_token,
     signing_key_options,
     tls_options,
-    write_signing_key,
 )
 from osmanthus.core.errors import ConfigError
 
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 #: the report format each --out suffix stands for
 _REPORT_SUFFIXES = {".pdf": "pdf", ".html": "html", ".htm": "html"}
+#: the name of a key pair's files (NAME.key, NAME.pub)
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def register(subcommands: Subcommands) -> None:
@@ -102,12 +104,24 @@ def register(subcommands: Subcommands) -> None:
 
 
 def _cmd_report_keygen(args: argparse.Namespace) -> int:
-    return write_signing_key(
-        args,
-        what="report signing key",
-        private="sign reports with it (--signing-key)",
-        public="publish it; readers verify reports with it (--key)",
+    from osmanthus.core import signing
+
+    if not _KEY_NAME.fullmatch(args.name):
+        raise ConfigError(
+            f"{args.name!r} is not a key name: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+            field="name",
+        )
+    private_path = args.out_dir / f"{args.name}.key"
+    public_path = args.out_dir / f"{args.name}.pub"
+    key = signing.generate_key_pair(
+        private_path=private_path, public_path=public_path, what="report signing key"
     )
+    # the key id every report signed with it names: the key's RFC 7638 thumbprint
+    print(f"report signing key {signing.key_id(key.public_key())} written:")
+    print(f"  {private_path}  private: keep it secret, sign reports with it (--signing-key)")
+    print(f"  {public_path}  public: publish it; readers verify reports with it (--key)")
+    return ExitCode.SUCCESS
 
 
 def _report_format(args: argparse.Namespace) -> str:
@@ -124,8 +138,9 @@ def _report_format(args: argparse.Namespace) -> str:
 
 
 def _cmd_report_enterprise(args: argparse.Namespace) -> int:
-    from osmanthus.core.bundle import load_private_key, write_atomically
     from osmanthus.core.errors import RateLimited
+    from osmanthus.core.files import write_atomically
+    from osmanthus.core.signing import load_private_key
     from osmanthus.core.types import Shape, SubjectKind
     from sdk.report import build_enterprise_report, render_html, render_pdf, sign_report
 
@@ -134,7 +149,7 @@ def _cmd_report_enterprise(args: argparse.Namespace) -> int:
     if not args.out.parent.is_dir():
         raise ConfigError(f"{args.out.parent}: the directory does not exist", field="out")
     # before the query: a report that cannot be signed must not spend one
-    signing_key = load_private_key(args.signing_key)
+    signing_key = load_private_key(args.signing_key, what="report signing key", field="signing_key")
     catalogue = catalogue_of(args)
     with requester_client(args, token=token, catalogue=catalogue) as client:
         issued_at = datetime.now(UTC)
@@ -184,13 +199,10 @@ def _report_lists(report: EnterpriseReport) -> str:
 
 
 def _cmd_report_verify(args: argparse.Namespace) -> int:
-    from osmanthus.core.bundle import load_trusted_keys
+    from osmanthus.core.signing import load_public_key
     from sdk.report import MAX_REPORT_BYTES, canonical_content, verification_code, verify_report
 
-    try:
-        (public,) = load_trusted_keys([args.key]).values()
-    except ConfigError as exc:
-        raise ConfigError(exc.message, field="key") from None
+    public = load_public_key(args.key, what="issuer's public key", field="key")
     try:
         with args.report.open("rb") as handle:
             data = handle.read(MAX_REPORT_BYTES + 1)

@@ -118,6 +118,8 @@ def _parse_json(data: bytes, *, what: str) -> Any:
         )
     except (UnicodeDecodeError, ValueError) as exc:
         raise MalformedSignature(f"is not JSON: {exc}", field=what) from None
+    except RecursionError:
+        raise MalformedSignature("is JSON nested too deeply", field=what) from None
 
 
 # --- keys ---------------------------------------------------------------------------------------

@@ -16,10 +16,10 @@ from pypdf import PdfReader
 from coordinator.server import DEFAULT_CENTRAL_POLICY
 from node.officer import ListOfficer
 from osmanthus.cli import main
-from osmanthus.core.bundle import generate_publisher_key, load_private_key
 from osmanthus.core.catalogue import ListColour
 from osmanthus.core.clock import china_today
 from osmanthus.core.lists import EntryId, EntryStatus, NewEntry, WithdrawReason
+from osmanthus.core.signing import generate_key_pair, key_id, load_private_key
 from osmanthus.core.tls import TlsFiles
 from osmanthus.core.types import Role, Shape, SubjectId, SubjectKind
 from sdk import Client, RequesterKeys, load_or_create_keys
@@ -48,7 +48,7 @@ from tests.integration.test_scores_match_plaintext import (
     subjects,
     utc_today,
 )
-from tests.unit.test_report import ALTERED, incremental_update, show_instead
+from tests.unit.test_report import ALTERED, bold_font, incremental_update, show_instead
 
 PURPOSE = "credit_report"
 ENTERPRISE = SubjectKind.ENTERPRISE
@@ -234,7 +234,8 @@ def cli_files(federation: Federation, tmp_path_factory: pytest.TempPathFactory) 
     catalogue.write_text(
         restricted_catalogue_toml([d.id for d in federation.catalogue.departments])
     )
-    private, public = generate_publisher_key(out_dir=work, name="gusu-credit")
+    private, public = work / "gusu-credit.key", work / "gusu-credit.pub"
+    generate_key_pair(private_path=private, public_path=public, what="report signing key")
     return {
         "work": work,
         "keys": work / "agency.key",
@@ -279,6 +280,8 @@ def test_cli_writes_a_report_that_verifies_and_refuses_a_tampered_one(
     page = out.read_text(encoding="utf-8")
     public = load_private_key(cli_files["signing_key"]).public_key()
     report = verify_report_html(page, public_key=public)
+    # signed with the one envelope: the JWS names the key by its RFC 7638 thumbprint
+    assert key_id(public) in page
     card = agency.enterprise_score(firm, purpose=PURPOSE)
     assert (report.grade, report.score, report.deductions) == (
         card.grade,
@@ -368,7 +371,8 @@ def test_cli_writes_a_pdf_report_that_verifies_and_refuses_a_tampered_one(
     with pytest.raises(TamperedReport):
         verify_report_pdf(tampered.read_bytes(), public_key=public)
     # another grade drawn over the page by an incremental update, the original bytes untouched
-    updated = incremental_update(data, b"q 1 1 1 rg 60 660 40 45 re f Q BT /F2 40 Tf (A) Tj ET")
+    overlay = f"q 1 1 1 rg 60 660 40 45 re f Q BT /{bold_font(data)} 40 Tf (A) Tj ET"
+    updated = incremental_update(data, overlay.encode())
     assert updated.startswith(data)
     tampered.write_bytes(updated)
     assert main(["report", "verify", str(tampered), "--key", str(cli_files["public_key"])]) == 4

@@ -21,6 +21,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import cast
 
+import jwt
 import pytest
 import reportlab
 from cryptography.hazmat.primitives import serialization
@@ -39,7 +40,7 @@ from pypdf.generic import (
 from reportlab.platypus import Paragraph, SimpleDocTemplate
 
 from osmanthus.cli import main
-from osmanthus.core.bundle import key_id_of
+from osmanthus.core import signing
 from osmanthus.core.catalogue import Catalogue, ListColour, load_catalogue
 from osmanthus.core.errors import InvalidArgument
 from osmanthus.core.ids import make_uscc
@@ -56,6 +57,7 @@ from sdk.report import (
     RENDERER,
     REPORT_ID_PATTERN,
     EnterpriseReport,
+    LegacyReport,
     MalformedReport,
     RendererMismatch,
     ReportBonus,
@@ -65,6 +67,7 @@ from sdk.report import (
     ReportRestriction,
     SignedReport,
     TamperedReport,
+    UnprintableReport,
     build_enterprise_report,
     canonical_content,
     render_html,
@@ -75,6 +78,8 @@ from sdk.report import (
     verify_report_html,
     verify_report_pdf,
 )
+from sdk.report.model import RENDERER_REVISION
+from sdk.report.signed import envelope_text
 from sdk.results import EnterpriseScore, ListSearchResult, RestrictionResult
 
 FIRM = make_uscc(authority="9", category="1", region="320500", organisation="M000100Y4")
@@ -290,7 +295,8 @@ def test_the_signature_covers_canonical_content_and_the_code_derives_from_it(
 ) -> None:
     content = canonical_content(signed.report)
     assert signed.content == content
-    # sorted keys, no spaces, UTF-8 (the Chinese name is not \\u-escaped)
+    # RFC 8785: sorted keys, no spaces, UTF-8 (the Chinese name is not \\u-escaped)
+    assert content == signing.canonical_json(json.loads(content))
     assert (
         content
         == json.dumps(
@@ -298,7 +304,27 @@ def test_the_signature_covers_canonical_content_and_the_code_derives_from_it(
         ).encode()
     )
     assert "姑苏征信".encode() in content
-    key.public_key().verify(signed.signature, content)
+    # the one envelope: a detached JWS of the credit report type, naming the key's thumbprint
+    public = key.public_key()
+    assert signed.key_id == signing.key_id(public)
+    assert signing.signature_key_id(signed.signature) == signed.key_id
+    assert (
+        signing.verify(
+            content,
+            signed.signature,
+            payload_type=signing.CREDIT_REPORT_TYPE,
+            trusted_keys={signed.key_id: public},
+        )
+        == signed.key_id
+    )
+    # a report's signature is no policy bundle's, however its bytes are arranged
+    with pytest.raises(signing.MalformedSignature, match="type"):
+        signing.verify(
+            content,
+            signed.signature,
+            payload_type=signing.POLICY_BUNDLE_TYPE,
+            trusted_keys={signed.key_id: public},
+        )
     assert CODE_PATTERN.fullmatch(signed.verification_code)
     assert signed.verification_code == verification_code(content)
     assert verification_code(content + b" ") != signed.verification_code
@@ -321,12 +347,29 @@ def test_the_page_shows_the_report_and_verifies(
     assert canonical_content(verified) == signed.content
 
 
-def _tamper_envelope(page: str, change: dict[str, str]) -> str:
+def _envelope_of(page: str) -> dict[str, object]:
+    start = page.index(f'id="{EMBED_ID}">') + len(f'id="{EMBED_ID}">')
+    envelope: dict[str, object] = json.loads(page[start : page.index("</script>", start)])
+    return envelope
+
+
+def _tamper_envelope(page: str, change: dict[str, object]) -> str:
+    """The page with its envelope's fields changed, written as JSON the way a page embeds it
+    ("<" escaped, so that no value ends the block)."""
     start = page.index(f'id="{EMBED_ID}">') + len(f'id="{EMBED_ID}">')
     end = page.index("</script>", start)
     envelope = json.loads(page[start:end])
     envelope.update(change)
-    return page[:start] + json.dumps(envelope) + page[end:]
+    return page[:start] + json.dumps(envelope).replace("<", "\\u003c") + page[end:]
+
+
+def _with_key_id(signature: str, kid: str) -> str:
+    """The detached JWS with the key id of its protected header replaced (the signature kept)."""
+    header, empty, value = signature.split(".")
+    fields = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
+    fields["kid"] = kid
+    encoded = base64.urlsafe_b64encode(json.dumps(fields).encode()).rstrip(b"=").decode()
+    return f"{encoded}.{empty}.{value}"
 
 
 #: the start of every refusal of a file that is not the rendering of its signed report
@@ -385,10 +428,9 @@ def test_every_tampering_fails(signed: SignedReport, page: str, key: Ed25519Priv
     refused_as_altered(
         verify_report_html, page + "<p>Grade A</p>", key, "characters were added at its end"
     )
-    # the embedded content, re-encoded after an edit
+    # the embedded content, edited
     content = json.loads(signed.content)
     content["grade"] = other
-    forged = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
 
     def refused(tampered: str, field: str, words: str) -> None:
         assert tampered != page
@@ -397,36 +439,29 @@ def test_every_tampering_fails(signed: SignedReport, page: str, key: Ed25519Priv
         assert info.value.field == field
         assert info.value.exit_code == 4
 
-    refused(
-        _tamper_envelope(page, {"content": base64.b64encode(forged).decode()}),
-        "signature",
-        "signature does not match",
-    )
-    # one byte of the signature
-    flipped = bytearray(signed.signature)
-    flipped[5] ^= 0x01
-    refused(
-        _tamper_envelope(page, {"signature": base64.b64encode(bytes(flipped)).decode()}),
-        "signature",
-        "signature does not match",
-    )
-    # the embedded verification code
-    refused(
-        _tamper_envelope(page, {"verification_code": fake_code}),
-        "verification_code",
-        "is not the content's",
-    )
+    refused(_tamper_envelope(page, {"payload": content}), "signature", "signature does not match")
+    # one character of the signature (the first bits of the Ed25519 signature's last part)
+    head, _, value = signed.signature.partition("..")
+    flipped = f"{head}..{'B' if value[0] != 'B' else 'C'}{value[1:]}"
+    refused(_tamper_envelope(page, {"signature": flipped}), "signature", "signature does not match")
+    # the envelope carries no verification code: the code is the signed content's, and a
+    # second copy of it (or any other field) makes the envelope no report's
+    with pytest.raises(MalformedReport, match='exactly "payload" and "signature"') as malformed:
+        verify_report_html(
+            _tamper_envelope(page, {"verification_code": fake_code}), public_key=public
+        )
+    assert malformed.value.field == "envelope" and malformed.value.exit_code == 3
     # the envelope re-serialised with the same values: not the file the issuer's renderer wrote
     refused_as_altered(verify_report_html, _tamper_envelope(page, {}), key)
-    # another key: named by id, and also when the id is rewritten to match
+    # another key: named by id, and also when the id in the signature's header is rewritten
     stranger = Ed25519PrivateKey.generate().public_key()
     with pytest.raises(TamperedReport, match="signed with key") as info:
         verify_report_html(page, public_key=stranger)
     assert info.value.field == "key"
+    assert signed.key_id in info.value.message and signing.key_id(stranger) in info.value.message
+    rewritten = _with_key_id(signed.signature, signing.key_id(stranger))
     with pytest.raises(TamperedReport, match="signature does not match"):
-        verify_report_html(
-            _tamper_envelope(page, {"key_id": key_id_of(stranger)}), public_key=stranger
-        )
+        verify_report_html(_tamper_envelope(page, {"signature": rewritten}), public_key=stranger)
 
 
 def test_a_page_that_shows_other_values_than_it_marks_fails(
@@ -486,15 +521,70 @@ def test_a_report_signed_by_another_key_with_its_content_fails(
 
 def test_not_a_report_is_malformed(page: str, key: Ed25519PrivateKey) -> None:
     public = key.public_key()
+    (header, _, value) = cast(str, _envelope_of(page)["signature"]).split(".")
+    policy_header = base64.urlsafe_b64encode(
+        json.dumps({**json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))),
+                    "typ": signing.POLICY_BUNDLE_TYPE}).encode()
+    ).rstrip(b"=").decode()  # fmt: skip
     for text, words in (
         ("<html><body>hello</body></html>", "holds 0 embedded reports"),
         (page.replace("</body>", page[page.index("<script") :]), "holds 2 embedded reports"),
-        (_tamper_envelope(page, {"format": "other/1"}), "is not 'osmanthus-signed-report/1'"),
-        (_tamper_envelope(page, {"signature": "not base64!"}), "is not base64"),
+        (_tamper_envelope(page, {"format": "other/1"}), 'exactly "payload" and "signature"'),
+        (_tamper_envelope(page, {"signature": "not base64!"}), "is not a detached JWS"),
+        (_tamper_envelope(page, {"signature": f"{header}.x.{value}"}), "payload part empty"),
+        (_tamper_envelope(page, {"payload": [1]}), "signed content is not a JSON object"),
+        (_tamper_envelope(page, {"payload": {"n": 2**60}}), "cannot be signed as canonical"),
+        # a signature over a policy bundle is none over a report
+        (_tamper_envelope(page, {"signature": f"{policy_header}..{value}"}), "type"),
     ):
         with pytest.raises(MalformedReport, match=words) as info:
             verify_report_html(text, public_key=public)
         assert info.value.exit_code == 3
+        assert not isinstance(info.value, TamperedReport)
+
+
+#: the envelope of a report signed before the one envelope: the content in base64, a raw
+#: Ed25519 signature over it in base64, and a 16-hex key id
+def _legacy_envelope(signed: SignedReport, key: Ed25519PrivateKey) -> dict[str, object]:
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return {
+        "format": "osmanthus-signed-report/1",
+        "content": base64.b64encode(signed.content).decode(),
+        "signature": base64.b64encode(key.sign(signed.content)).decode(),
+        "key_id": hashlib.sha256(raw).hexdigest()[:16],
+        "verification_code": signed.verification_code,
+    }
+
+
+def test_a_report_in_the_earlier_format_is_refused_with_how_to_reissue_it(
+    signed: SignedReport,
+    page: str,
+    pdf: bytes,
+    key: Ed25519PrivateKey,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Reports signed before the one envelope (raw Ed25519, 16-hex key ids) are not verified:
+    the refusal says so and how to have the report issued again, for a page and a PDF alike."""
+    old = _legacy_envelope(signed, key)
+    old_page = page[: page.index(f'id="{EMBED_ID}">') + len(f'id="{EMBED_ID}">')]
+    old_page += "\n" + json.dumps(old, sort_keys=True, indent=1) + "\n</script>\n</body>\n</html>\n"
+    old_pdf = _with_attachments(pdf, json.dumps(old).encode())
+    for verify, data in ((verify_report_html, old_page), (verify_report_pdf, old_pdf),
+                         (verify_report, old_page.encode()), (verify_report, old_pdf)):  # fmt: skip
+        with pytest.raises(LegacyReport, match="issued in the earlier format") as info:
+            verify(data, public_key=key.public_key())
+        assert isinstance(info.value, signing.LegacyFormat)
+        assert isinstance(info.value, MalformedReport)
+        assert "'osmanthus report enterprise" in info.value.message
+        assert info.value.field == "format" and info.value.exit_code == 3
+    (tmp_path / "issuer.pub").write_bytes(signing.public_pem(key.public_key()))
+    (tmp_path / "old.html").write_text(old_page, encoding="utf-8")
+    argv = ["report", "verify", str(tmp_path / "old.html"), "--key", str(tmp_path / "issuer.pub")]
+    assert main(argv) == 3
+    error = capsys.readouterr().err
+    assert "format: the report was issued in the earlier format" in error
+    assert "ask the issuer to issue it again" in error
 
 
 def test_signed_but_inconsistent_content_is_malformed(
@@ -503,35 +593,39 @@ def test_signed_but_inconsistent_content_is_malformed(
     """An issuer whose software signs a grade that its score does not earn is not believed."""
     content = json.loads(signed.content)
     content["grade"] = "A" if content["grade"] != "A" else "D"
-    bad = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
-    page = render_html(signed)
-    page = _tamper_envelope(
-        page,
-        {
-            "content": base64.b64encode(bad).decode(),
-            "signature": base64.b64encode(key.sign(bad)).decode(),
-            "verification_code": verification_code(bad),
-        },
-    )
+    page = _resigned(render_html(signed), content, key)
     with pytest.raises(MalformedReport, match="is not the grade of score") as info:
         verify_report_html(page, public_key=key.public_key())
     assert info.value.field == "grade"
 
 
-def _resigned(page: str, content: bytes, key: Ed25519PrivateKey) -> str:
-    """The page with its envelope carrying `content`, genuinely signed by `key`."""
-    return _tamper_envelope(
-        page,
-        {
-            "content": base64.b64encode(content).decode(),
-            "signature": base64.b64encode(key.sign(content)).decode(),
-            "verification_code": verification_code(content),
-        },
+def _resigned(page: str, content: bytes | dict[str, object], key: Ed25519PrivateKey) -> str:
+    """The page with its envelope carrying `content` (JSON), genuinely signed by `key`."""
+    payload = json.loads(content) if isinstance(content, bytes) else content
+    signature = signing.sign(
+        signing.canonical_json(payload),
+        payload_type=signing.CREDIT_REPORT_TYPE,
+        private_key=key,
     )
+    return _tamper_envelope(page, {"payload": payload, "signature": signature})
+
+
+def _jws_over(data: bytes, key: Ed25519PrivateKey) -> str:
+    """A detached JWS of the report type over `data` as given: what signing.sign, which signs
+    canonical JSON only, would not make."""
+    token: str = jwt.api_jws.PyJWS().encode(
+        data,
+        key,
+        algorithm="EdDSA",
+        headers={"typ": signing.CREDIT_REPORT_TYPE, "kid": signing.key_id(key.public_key())},
+        is_payload_detached=True,
+    )
+    return token
 
 
 def test_signed_content_must_be_canonical(signed: SignedReport, key: Ed25519PrivateKey) -> None:
-    """The code printed is the signed bytes' only if those bytes are what Osmanthus signs."""
+    """The code printed is the signed bytes' only if those bytes are what Osmanthus signs: the
+    content's RFC 8785 form, which the verifier computes itself."""
     page = render_html(signed)
     content = json.loads(signed.content)
     for other in (
@@ -542,9 +636,17 @@ def test_signed_content_must_be_canonical(signed: SignedReport, key: Ed25519Priv
         ).encode(),
     ):
         assert other != signed.content and json.loads(other) == content
-        with pytest.raises(MalformedReport, match="not in the canonical form") as info:
-            verify_report_html(_resigned(page, other, key), public_key=key.public_key())
-        assert info.value.field == "content" and info.value.exit_code == 3
+        # a signature over another serialisation of the same content does not verify
+        tampered = _tamper_envelope(page, {"signature": _jws_over(other, key)})
+        with pytest.raises(TamperedReport, match="signature does not match") as info:
+            verify_report_html(tampered, public_key=key.public_key())
+        assert info.value.field == "signature" and info.value.exit_code == 4
+    # signed content whose values this version writes otherwise (a time without zero padding):
+    # its report's canonical content, and so its code, would not be the signed bytes'
+    content["issued_at"] = content["issued_at"].replace("T09:", "T9:")
+    with pytest.raises(MalformedReport, match="not in the form Osmanthus signs") as malformed:
+        verify_report_html(_resigned(page, content, key), public_key=key.public_key())
+    assert malformed.value.field == "content" and malformed.value.exit_code == 3
 
 
 def test_a_report_of_another_renderer_is_told_apart_from_an_altered_one(
@@ -645,30 +747,35 @@ def _golden() -> SignedReport:
 
 #: SHA-256 of the golden report's page, by renderer revision. A verifier re-renders reports, so
 #: the bytes a revision draws must never change: a change to the rendering bumps
-#: sdk.report._RENDERER_REVISION and adds its digest here; a recorded digest is never edited.
+#: sdk.report.model.RENDERER_REVISION and adds its digest here; a recorded digest is never edited.
 GOLDEN_HTML: dict[int, str] = {
     1: "6eff129c08b06dae5736b002556b1fbb694ad1e1cc59c14cfcbed9ecca7350ef",
     # the public list entries and the facilitation classes (content format 3; the golden
     # report gained its list fields then, so revision 1's digest is of the report without them)
     2: "4c27346d65938028f29fab0da769746de2e55fbfec2a2a104e89903505a16dfd",
+    # the one signing envelope: the content as RFC 8785 JSON under a detached JWS
+    3: "45a8248338e50ce211fbbb058c84f09f9069027829911cd5420009eb02c630a9",
 }
 #: the same for the PDF, by renderer revision and reportlab version
 GOLDEN_PDF: dict[tuple[int, str], str] = {
     (1, "5.1.0"): "0ae217db51a033ca979639a92f19e3dfa903480b742e7228285097d738f88fa6",
     (2, "5.1.0"): "e720f41d8b4d7b3593ee0d836497312feaf9153bd55e3a5b91e18ef138c29f79",
+    # the one signing envelope; embedded Noto Sans CJK SC subsets; PDF/A-3b
+    (3, "5.1.0"): "a7d1740858504ee4599eb4d1e55b91ab6ac466d220b4504e776f915f3a4f4ebe",
 }
 
 
 def test_each_renderer_revision_draws_fixed_bytes() -> None:
     revision = int(RENDERER.html.rsplit("/", 1)[1])
+    assert revision == RENDERER_REVISION
     golden = _golden()
     public = Ed25519PrivateKey.from_private_bytes(bytes(range(32))).public_key()
     page = render_html(golden)
     assert verify_report_html(page, public_key=public) == golden.report
     digest = hashlib.sha256(page.encode()).hexdigest()
     assert GOLDEN_HTML.get(revision) == digest, (
-        f"the HTML rendering changed (digest {digest}): bump _RENDERER_REVISION in sdk/report.py "
-        "and record the new digest under it"
+        f"the HTML rendering changed (digest {digest}): bump RENDERER_REVISION in "
+        "sdk/report/model.py and record the new digest under it"
     )
     version = (revision, reportlab.Version)
     if version not in GOLDEN_PDF:
@@ -677,8 +784,8 @@ def test_each_renderer_revision_draws_fixed_bytes() -> None:
     assert verify_report_pdf(pdf, public_key=public) == golden.report
     digest = hashlib.sha256(pdf).hexdigest()
     assert GOLDEN_PDF[version] == digest, (
-        f"the PDF rendering changed (digest {digest}): bump _RENDERER_REVISION in sdk/report.py "
-        "and record the new digest under it"
+        f"the PDF rendering changed (digest {digest}): bump RENDERER_REVISION in "
+        "sdk/report/model.py and record the new digest under it"
     )
 
 
@@ -891,17 +998,26 @@ def test_the_pdf_shows_every_figure_of_the_aggregate_and_verifies(
 
 
 def test_the_pdf_carries_the_signed_content_and_the_time_of_the_query(
-    signed: SignedReport, pdf: bytes, page: str
+    signed: SignedReport, pdf: bytes, page: str, key: Ed25519PrivateKey
 ) -> None:
     reader = PdfReader(io.BytesIO(pdf))
     (attached,) = reader.attachments[PDF_ATTACHMENT]
     envelope = json.loads(attached)
-    assert base64.b64decode(envelope["content"]) == signed.content
-    assert base64.b64decode(envelope["signature"]) == signed.signature
-    assert envelope["verification_code"] == signed.verification_code
+    # the signed content itself, and the detached JWS over it: the canonical bytes are the
+    # attachment's own
+    assert set(envelope) == {"payload", "signature"}
+    assert signing.canonical_json(envelope["payload"]) == signed.content
+    assert signed.content in attached
+    assert envelope["signature"] == signed.signature
+    # a sealed Osmanthus file: the one envelope's reader opens it
+    trusted = {signed.key_id: key.public_key()}
+    payload, kid = signing.open_sealed(
+        attached, payload_type=signing.CREDIT_REPORT_TYPE, trusted_keys=trusted
+    )
+    assert (payload, kid) == (envelope["payload"], signed.key_id)
     # the same envelope as the HTML page's
-    start = page.index(f'id="{EMBED_ID}">') + len(f'id="{EMBED_ID}">')
-    assert json.loads(page[start : page.index("</script>", start)]) == envelope
+    assert _envelope_of(page) == envelope
+    assert "<" not in page[page.index(f'id="{EMBED_ID}">') + 30 : page.index("</script>")]
     meta = reader.metadata
     assert meta is not None
     assert meta.creation_date == WHEN.replace(microsecond=0)
@@ -1023,12 +1139,10 @@ def test_every_tampering_of_a_pdf_fails(
     other_pdf = render_pdf(sign_report(other_report, private_key=key))
     (other_envelope,) = PdfReader(io.BytesIO(other_pdf)).attachments[PDF_ATTACHMENT]
     refused_as_altered(verify_report_pdf, _with_attachments(pdf, other_envelope), key)
-    # the attached content, re-encoded after an edit
+    # the attached content, edited
     (envelope,) = PdfReader(io.BytesIO(pdf)).attachments[PDF_ATTACHMENT]
     edited = json.loads(envelope)
-    content = json.loads(signed.content)
-    content["score"] += 10
-    edited["content"] = base64.b64encode(json.dumps(content).encode()).decode()
+    edited["payload"]["score"] += 10
     refused(
         _with_attachments(pdf, json.dumps(edited).encode()), "signature", "signature does not match"
     )
@@ -1056,8 +1170,15 @@ def incremental_update(pdf: bytes, drawing: bytes) -> bytes:
     return out.getvalue()
 
 
-#: the grade as the renderer draws it (40 pt bold), and where, on the first page
+#: where the renderer draws the grade (40 pt bold) on the first page
 _GRADE_AT = b"62.69 670.87"
+
+
+def bold_font(pdf: bytes) -> str:
+    """The resource name of the first subset of the bold face, as the grade is drawn in it."""
+    found = re.search(rb"/(F\d+\+0) 40 Tf 44 TL \([A-Z]\) Tj", pdf)
+    assert found is not None
+    return found.group(1).decode()
 
 
 def test_a_pdf_that_shows_other_values_than_it_marks_fails(
@@ -1067,11 +1188,12 @@ def test_a_pdf_that_shows_other_values_than_it_marks_fails(
     signed one, while a viewer shows another grade. Each is refused as altered (exit 4)."""
     grade = signed.report.grade
     other = "A" if grade != "A" else "B"
-    drawn = f"/F2 40 Tf 44 TL ({grade}) Tj".encode()
+    bold = bold_font(pdf)
+    drawn = f"/{bold} 40 Tf 44 TL ({grade}) Tj".encode()
 
     # a white box over the grade and another grade on it, by an incremental update
     overlay = (
-        b"q 1 1 1 rg 60 660 40 45 re f Q BT 0 0 0 rg /F2 40 Tf " + _GRADE_AT
+        f"q 1 1 1 rg 60 660 40 45 re f Q BT 0 0 0 rg /{bold} 40 Tf ".encode() + _GRADE_AT
         + f" Td ({other}) Tj ET".encode()
     )  # fmt: skip
     updated = incremental_update(pdf, overlay)
@@ -1082,8 +1204,11 @@ def test_a_pdf_that_shows_other_values_than_it_marks_fails(
     def invisible(data: bytes) -> bytes:
         if drawn not in data:  # a page without the headline
             return data
-        data = data.replace(drawn, f"/F2 40 Tf 3 Tr 44 TL ({grade}) Tj".encode())
-        return data + b"\nBT 0 0 0 rg /F2 40 Tf " + _GRADE_AT + f" Td ({other}) Tj ET".encode()
+        data = data.replace(drawn, f"/{bold} 40 Tf 3 Tr 44 TL ({grade}) Tj".encode())
+        return (
+            data + f"\nBT 0 0 0 rg /{bold} 40 Tf ".encode() + _GRADE_AT
+            + f" Td ({other}) Tj ET".encode()
+        )  # fmt: skip
 
     hidden = _edit_pages(pdf, invisible)
     assert b" 3 Tr " in hidden
@@ -1094,7 +1219,7 @@ def test_a_pdf_that_shows_other_values_than_it_marks_fails(
     def font_trick(writer: PdfWriter) -> None:
         page = writer.pages[0]
         fonts = cast(DictionaryObject, cast(DictionaryObject, page["/Resources"])["/Font"])
-        font = DictionaryObject(dict(cast(DictionaryObject, fonts["/F2"]).items()))
+        font = DictionaryObject(dict(cast(DictionaryObject, fonts[f"/{bold}"]).items()))
         differences = ArrayObject([NumberObject(ord(grade)), NameObject(f"/{other}")])
         font[NameObject("/Encoding")] = DictionaryObject(
             {
@@ -1260,7 +1385,7 @@ def test_hostile_and_long_strings_render_and_verify_in_a_pdf(catalogue: Catalogu
     key = Ed25519PrivateKey.generate()
     # an issuer name of 200 Chinese characters wraps inside one word
     # (and a run of spaces, which neither a browser nor a PDF shows as typed)
-    for issuer in ("Agency ) \\ ( <b>x</b> &amp; 姑苏 😀", "姑" * 200, "Gusu  Credit   Agency"):
+    for issuer in ("Agency ) \\ ( <b>x</b> &amp; 姑苏 ☆", "姑" * 200, "Gusu  Credit   Agency"):
         report = build_enterprise_report(
             score=card,
             restrictions=make_restrictions(catalogue, set()),
@@ -1274,6 +1399,37 @@ def test_hostile_and_long_strings_render_and_verify_in_a_pdf(catalogue: Catalogu
         assert verify_report_pdf(pdf, public_key=key.public_key()) == report
         assert verify_report_html(render_html(signed), public_key=key.public_key()) == report
     assert len(PdfReader(io.BytesIO(pdf)).pages) >= 3
+    # the control characters are shown by their code points, not drawn as nothing or as boxes
+    # (wrapped where the column ends: read without the line breaks)
+    assert "(<U+0000><U+001B>姑苏" in "".join(_lines(pdf)).replace(" ", "")
+
+
+def test_a_character_without_a_glyph_is_refused_not_drawn_as_a_box(
+    catalogue: Catalogue, key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """An emoji (or an ideograph of an extension block) has no glyph in the embedded fonts: the
+    PDF is refused with the character named; the HTML page, which the reader's fonts draw, is
+    written and verifies. A PDF that carries such a report was drawn by no renderer of ours."""
+    report = build_enterprise_report(
+        score=make_score(catalogue),
+        restrictions=make_restrictions(catalogue, set()),
+        lists=make_lists(catalogue),
+        catalogue=catalogue,
+        issuer="Gusu Credit 姑苏征信 😀 𠀀",
+        issued_at=WHEN,
+    )
+    signed = sign_report(report, private_key=key)
+    with pytest.raises(UnprintableReport, match="U\\+1F600 '😀', U\\+20000 '𠀀' in") as info:
+        render_pdf(signed)
+    assert info.value.field == "report" and info.value.exit_code == 3
+    assert "--format html" in info.value.message
+    assert verify_report_html(render_html(signed), public_key=key.public_key()) == report
+    # its envelope in another report's PDF: not what this renderer draws of it
+    other = render_pdf(dataclasses.replace(signed, report=dataclasses.replace(report, issuer="x")))
+    carried = _with_attachments(other, envelope_text(signed).encode())
+    with pytest.raises(TamperedReport, match="this version draws no such file of it") as refused:
+        verify_report_pdf(carried, public_key=key.public_key())
+    assert refused.value.field == "file"
 
 
 def test_cli_verifies_pdf_and_html_and_checks_the_format(
@@ -1303,7 +1459,8 @@ def test_cli_verifies_pdf_and_html_and_checks_the_format(
     assert main(["report", "verify", str(tmp_path / "tampered.pdf"), *key_args]) == 4
     assert ALTERED in capsys.readouterr().err
     # a note drawn over the grade by an incremental update
-    (tmp_path / "updated.pdf").write_bytes(incremental_update(pdf, b"BT /F2 40 Tf (A) Tj ET"))
+    drawing = f"BT /{bold_font(pdf)} 40 Tf (A) Tj ET".encode()
+    (tmp_path / "updated.pdf").write_bytes(incremental_update(pdf, drawing))
     assert main(["report", "verify", str(tmp_path / "updated.pdf"), *key_args]) == 4
     assert "bytes were appended" in capsys.readouterr().err
     # the code printed is the signed content's
@@ -1473,12 +1630,8 @@ def test_tampering_with_the_entries_is_refused(
     # the signed content without the black entry: the signature no longer matches
     content = json.loads(signed.content)
     del content["list_entries"][1]
-    edited = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     with pytest.raises(TamperedReport, match="signature does not match") as info:
-        verify_report_html(
-            _tamper_envelope(page, {"content": base64.b64encode(edited.encode()).decode()}),
-            public_key=public,
-        )
+        verify_report_html(_tamper_envelope(page, {"payload": content}), public_key=public)
     assert info.value.exit_code == 4
 
 

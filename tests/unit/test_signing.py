@@ -248,3 +248,9 @@ def test_the_raw_signature_is_ed25519_over_the_signing_input() -> None:
     with pytest.raises(InvalidSignature):
         # the payload alone, without the header, is not what was signed
         KEY.public_key().verify(_unb64(signature_b64), payload)
+
+
+def test_a_file_nested_too_deeply_is_refused_not_crashed_on() -> None:
+    deep = b'{"payload": ' + b"[" * 100_000 + b"]" * 100_000 + b', "signature": ""}'
+    with pytest.raises(MalformedSignature, match="nested too deeply"):
+        signing.open_sealed(deep, payload_type=POLICY_BUNDLE_TYPE, trusted_keys=TRUSTED)
