@@ -292,7 +292,7 @@ class PolicyEngine:
         self._display: dict[str, str] = {}
         annotations: dict[str, Mapping[str, str]] = {}
         # in source order: the JSON form need not keep it ("policy10" may sort before "policy2")
-        for internal_id, policy in sorted(static.items(), key=lambda item: _policy_order(item[0])):
+        for internal_id, policy in sorted(static.items(), key=lambda item: policy_order(item[0])):
             notes: dict[str, str] = dict(policy.get("annotations") or {})
             display = notes.get("id") or internal_id
             line = _line_of(statements, _policy_index(internal_id))
@@ -456,7 +456,7 @@ class PolicyEngine:
         # cedarpy returns the deciding rules as a set: name them in file order, so that reasons,
         # audit entries and `policy explain` read the same on every run
         deciding = tuple(
-            self._display.get(r, r) for r in sorted(result.diagnostics.reasons, key=_policy_order)
+            self._display.get(r, r) for r in sorted(result.diagnostics.reasons, key=policy_order)
         )
         if errors:
             # Fail closed: a policy that could not be evaluated might have been a forbid.
@@ -515,6 +515,16 @@ def _entities(
         {"uid": resource, "attrs": {}, "parents": []},
     ]
     return principal, resource, entities
+
+
+def cedar_form(request: PolicyRequest) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The request and its entities exactly as an engine hands them to Cedar.
+
+    For evaluating a request against policy sets other than an engine's own: `policy diff`
+    decides one rule's conditions at a time and must ask Cedar the very same question.
+    """
+    principal, resource, entities = _entities(request)
+    return _cedar_request(request, principal, resource), entities
 
 
 def _cedar_request(
@@ -731,7 +741,9 @@ def _policy_index(internal_id: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _policy_order(internal_id: str) -> tuple[int, str]:
+def policy_order(internal_id: str) -> tuple[int, str]:
+    """Where a rule stands in its file, from Cedar's internal id ("policy3"): rules are named in
+    this order wherever several decide a request."""
     index = _policy_index(internal_id)
     return (index if index is not None else -1, internal_id)
 

@@ -369,7 +369,7 @@ def _sync_demo(
         ),
         run_dir=workdir / "run",
     )  # fmt: skip
-    port = receiver.wait_ready(time.monotonic() + 30)
+    port = receiver.wait_ready(report=lambda text: _say(f"  {text}"))
     config.write_text(
         config.read_text()
         .replace("{coordinator}", coordinator)
@@ -491,6 +491,8 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
         issuer_public_key=issuer_dir / "issuer.pub",
         run_dir=workdir / "run",
         departments=departments,
+        # a start that takes a while (a busy machine) says what it is waiting for
+        progress=lambda text: _say(f"  {text}"),
     )
     receiver: Process | None = None
     try:

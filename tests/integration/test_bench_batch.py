@@ -20,6 +20,7 @@ REQUIRED_KEYS = {
 }
 
 
+@pytest.mark.slow
 def test_batch_benchmark_scores_everyone_and_reports_json_last(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -22,6 +22,7 @@ REQUIRED_KEYS = {
 }
 
 
+@pytest.mark.slow
 def test_breakdown_benchmark_reports_latencies_as_last_json_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -9,6 +9,7 @@ import pytest
 from bench.stats import main
 
 
+@pytest.mark.slow
 def test_stats_benchmark_reports_latencies_and_ratios_as_last_json_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -29,6 +29,7 @@ REQUIRED_KEYS = {
 }
 
 
+@pytest.mark.slow
 def test_sync_benchmark_delivers_grades_and_list_events_once_and_reports_json_last(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

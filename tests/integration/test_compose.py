@@ -51,7 +51,7 @@ from osmanthus.core.tls import TlsFiles
 from osmanthus.core.tokens import ReplayCache, TokenIssuer, TokenVerifier
 from osmanthus.core.types import DepartmentId, Role, SubjectKind
 from osmanthus.core.wire.province import BatchSummary
-from osmanthus.demo.launcher import START_TIMEOUT_S, Process, osmanthus_command, spawn
+from osmanthus.demo.launcher import Process, osmanthus_command, spawn, wait_all_ready
 from province.senders import load_senders
 from sdk import Client, RequesterKeys, verify_consent_receipt
 from sdk.batchjob import read_ids
@@ -69,7 +69,12 @@ PYPROJECT = REPO / "pyproject.toml"
 TEST_SCALE = {"SEED_PERSONS": "200", "SEED_ENTERPRISES": "40"}
 #: the image's copy of the default policies (Dockerfile) is this repository's policies/
 IMAGE_POLICIES = "/etc/osmanthus/policies"
-STOP_TIMEOUT_S = 10.0
+#: after SIGTERM a process that has used no CPU time for this long is hung, not slow: a busy
+#: machine slows a shutdown down but the process keeps running; a hung one waits on something
+STOP_IDLE_S = 10.0
+#: and none may still run this long after SIGTERM, however busy it keeps (compose would have
+#: killed it after its stop_grace_period, 15 s, on a machine with cores to spare)
+STOP_LIMIT_S = 120.0
 HEALTH_TIMEOUT_S = 60.0
 SYNC_TIMEOUT_S = 180.0
 COMPLETED = {"condition": "service_completed_successfully"}
@@ -978,8 +983,7 @@ def running(compose: Compose, initialised: Host) -> Iterator[Running]:
             processes[node.name] = _start(node, initialised)
         # the receiver needs nothing else running; the sync job starts in its own fixtures
         processes[compose.province.name] = _start(compose.province, initialised)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        ports = {name: p.wait_ready(deadline) for name, p in processes.items()}
+        ports = wait_all_ready(processes.values())
         compose_registry = (
             REPO / compose.coordinator.mounts()[compose.coordinator.option("--nodes")]
         )
@@ -991,7 +995,7 @@ def running(compose: Compose, initialised: Host) -> Iterator[Running]:
         initialised.registry.write_text(render_nodes(loopback))
         coordinator = compose.coordinator
         processes[coordinator.name] = _start(coordinator, initialised)
-        processes[coordinator.name].wait_ready(time.monotonic() + START_TIMEOUT_S)
+        processes[coordinator.name].wait_ready()
         yield Running(compose, initialised, processes)
     finally:
         for process in processes.values():
@@ -1026,6 +1030,7 @@ def _receiver(running: Running) -> ProvinceClient:
     return ProvinceClient(running.target(province.name), tls=TlsFiles.from_cert_paths(operator))
 
 
+@pytest.mark.slow
 def test_the_sync_job_delivers_grades_and_statistics_to_the_receiver(
     running: Running, synced: subprocess.CompletedProcess[str]
 ) -> None:
@@ -1079,7 +1084,7 @@ def _free_port() -> int:
 
 def _metrics(port: int) -> str:
     url = f"http://127.0.0.1:{port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
+    with urllib.request.urlopen(url, timeout=30) as response:
         return str(response.read().decode("utf-8"))
 
 
@@ -1123,6 +1128,7 @@ def sync_service(running: Running, synced: subprocess.CompletedProcess[str]) -> 
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_the_sync_service_runs_on_its_schedule_from_the_same_state(
     running: Running, sync_service: Process
 ) -> None:
@@ -1180,6 +1186,7 @@ def test_the_sync_health_check_fails_once_no_run_has_succeeded_for_its_allowance
         thread.join(timeout=5)
 
 
+@pytest.mark.slow
 def test_every_service_health_check_reports_serving(
     running: Running, sync_service: Process
 ) -> None:
@@ -1204,6 +1211,7 @@ def test_every_service_health_check_reports_serving(
             assert done.stdout.strip().endswith(": SERVING"), f"{name}: {done.stdout}"
 
 
+@pytest.mark.slow
 def test_coordinator_reaches_every_enterprise_department_through_the_compose_registry(
     running: Running, requester_keys: dict[str, RequesterKeys], catalogue: Catalogue
 ) -> None:
@@ -1229,6 +1237,7 @@ def test_coordinator_reaches_every_enterprise_department_through_the_compose_reg
     assert {s.department for s in report.answered} == expected
 
 
+@pytest.mark.slow
 def test_the_coordinators_receipts_verify_against_the_consent_pub_every_service_sees(
     running: Running, requester_keys: dict[str, RequesterKeys]
 ) -> None:
@@ -1259,6 +1268,7 @@ def test_the_coordinators_receipts_verify_against_the_consent_pub_every_service_
     assert receipt.consent_id == record.consent_id
 
 
+@pytest.mark.slow
 def test_every_service_exits_cleanly_on_sigterm(running: Running, sync_service: Process) -> None:
     coordinator = running.processes[running.compose.coordinator.name]
     # dependants first, as compose stops them before what they depend on: the sync job, then
@@ -1267,11 +1277,14 @@ def test_every_service_exits_cleanly_on_sigterm(running: Running, sync_service: 
     ordered = [*first, *(p for p in running.processes.values() if p not in first)]
     for process in ordered:
         process.terminate()
-    deadline = time.monotonic() + STOP_TIMEOUT_S
+    # the exit is the event waited for: 27 processes shutting down at once on a busy machine
+    # take a while, but each keeps using CPU until it is gone
     for process in ordered:
-        try:
-            code = process.popen.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"{process.name} still running {STOP_TIMEOUT_S:g} s after SIGTERM")
+        code = process.wait_exit(idle_s=STOP_IDLE_S, limit_s=STOP_LIMIT_S)
+        if code is None:
+            pytest.fail(
+                f"{process.name} still running after SIGTERM: it used no CPU time for "
+                f"{STOP_IDLE_S:g} s, or ran on for {STOP_LIMIT_S:g} s"
+            )
         log = process.log_path.read_text(errors="replace")[-2000:]
         assert code == 0, f"{process.name} exited with {code}:\n{log}"

@@ -40,7 +40,8 @@ BANK = "bank-1"
 PURPOSE = "loan_underwriting"
 #: a deployment's own receipt issuer (coordinator serve --consent-issuer)
 CITY_ISSUER = "https://credit.suzhou.example/consents"
-TIMEOUT_S = 5.0
+#: an RPC's deadline: only a hung call reaches it, however busy the machine
+TIMEOUT_S = 30.0
 
 
 def _persons(federation: Federation) -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -56,7 +55,7 @@ from osmanthus.core.syncbatch import (
 )
 from osmanthus.core.tls import TlsFiles, secure_channel
 from osmanthus.core.types import DepartmentId, SubjectKind
-from osmanthus.demo.launcher import START_TIMEOUT_S, osmanthus_command, spawn
+from osmanthus.demo.launcher import osmanthus_command, spawn
 from province.server import PROVINCE_SERVICE_NAME, ProvinceConfig, start_province
 from province.store import STORE_FILE
 from sdk.province import ProvinceClient
@@ -559,7 +558,7 @@ def test_province_keygen_serve_and_batches_from_the_command_line(
         run_dir=tmp_path / "run",
     )  # fmt: skip
     try:
-        port = process.wait_ready(time.monotonic() + START_TIMEOUT_S)
+        port = process.wait_ready()
         key = load_private_key(keys / "suzhou-sync.key")
         tls = TlsFiles.from_cert_paths(
             cert_paths(platform_certs, role=PeerRole.REQUESTER, name="sync-1")

@@ -273,6 +273,7 @@ def check(
     return ref
 
 
+@pytest.mark.slow
 def test_person_scores_match_plaintext(
     federation: Federation, agency: Client, registrar: Client, reference: Reference
 ) -> None:

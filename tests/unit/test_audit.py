@@ -18,6 +18,7 @@ import pytest
 
 from osmanthus.core.audit import SALT_BYTES, AuditEntry, AuditLog, load_or_create_salt
 from osmanthus.core.errors import ConfigError, InvalidArgument
+from tests.waiting import EVENT_TIMEOUT_S
 
 SUBJECT = "320505199001010018"
 
@@ -419,13 +420,13 @@ def test_close_waits_for_the_write_in_flight(
 
     def blocking_fsync(fd: int) -> None:
         in_fsync.set()
-        assert release.wait(5)
+        assert release.wait(EVENT_TIMEOUT_S)
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", blocking_fsync)
     writer = threading.Thread(target=log.append, args=(entry(log, query_id="q_1"),))
     writer.start()
-    assert in_fsync.wait(5)
+    assert in_fsync.wait(EVENT_TIMEOUT_S)
     closer = threading.Thread(target=log.close)
     closer.start()
     closer.join(0.05)

@@ -11,6 +11,7 @@ import pytest
 from coordinator.batch import SendWatchdog, _read_ahead
 from osmanthus.core.errors import DeadlineExceeded, InvalidArgument
 from osmanthus.core.wire.coordinator import SubjectChunk
+from tests.waiting import EVENT_TIMEOUT_S
 
 
 def _chunks(n: int) -> Iterator[SubjectChunk]:
@@ -55,7 +56,7 @@ def test_a_consumer_that_stops_early_stops_the_reader_thread() -> None:
     reader = _read_ahead(_chunks(10_000), 2, idle_s=5)
     next(reader)
     reader.close()
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + EVENT_TIMEOUT_S
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert threading.active_count() == before
@@ -69,5 +70,5 @@ def test_the_send_watchdog_cancels_a_client_that_takes_nothing() -> None:
     time.sleep(0.3)
     assert not cancelled.is_set() and not watchdog.fired
     with watchdog:
-        assert cancelled.wait(2)  # a client that stopped reading
+        assert cancelled.wait(EVENT_TIMEOUT_S)  # a client that stopped reading
     assert watchdog.fired

@@ -51,6 +51,7 @@ from osmanthus.core.bundle import (
 )
 from osmanthus.core.errors import ConfigError
 from osmanthus.core.policy import PolicyEngine, PolicyRequest, ReloadablePolicy
+from tests.waiting import EVENT_TIMEOUT_S
 
 NOW = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
 #: a policy that lets every requester register a key, and nothing else
@@ -856,7 +857,7 @@ def test_the_watcher_thread_survives_an_unexpected_error_and_tries_again(
         watcher.start()
         try:
             publisher.publish(DENY_BANKS, 2)
-            deadline = time.monotonic() + 5.0
+            deadline = time.monotonic() + EVENT_TIMEOUT_S
             while watcher.bundle.serial != 2 and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert watcher.bundle.serial == 2
@@ -874,7 +875,7 @@ from pathlib import Path
 from osmanthus.core.bundle import install_sighup_handler, load_policy
 
 bundle, trust, state, following = map(Path, sys.argv[1:])
-faulthandler.dump_traceback_later(20, exit=True)
+faulthandler.dump_traceback_later(100, exit=True)
 _, watcher = load_policy(policy_file=Path("x"), bundle=bundle, trust=[trust], scope="central",
                          state_dir=state, interval_s=600)
 install_sighup_handler()
@@ -885,7 +886,7 @@ os.replace(following, bundle)
 with watcher._wake._cond:
     os.kill(os.getpid(), signal.SIGHUP)
     print("handler returned", flush=True)
-deadline = time.monotonic() + 10
+deadline = time.monotonic() + 90
 while watcher.bundle.serial != 2 and time.monotonic() < deadline:
     time.sleep(0.01)
 print("serial", watcher.bundle.serial, flush=True)
@@ -904,7 +905,7 @@ def test_sighup_while_the_main_thread_wakes_a_watcher_neither_deadlocks_nor_is_l
     done = subprocess.run(
         [sys.executable, "-c", _SIGHUP_WHILE_WAKING, str(publisher.path), str(publisher.public),
          str(tmp_path), str(following)],
-        cwd=root, capture_output=True, text=True, timeout=60,
+        cwd=root, capture_output=True, text=True, timeout=EVENT_TIMEOUT_S,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["handler returned", "serial 2"], done.stderr
@@ -917,7 +918,8 @@ def test_the_watcher_thread_picks_up_a_new_bundle_within_a_few_polls(tmp_path: P
     watcher.start()
     try:
         publisher.publish(DENY_BANKS, 2)
-        deadline = time.monotonic() + 2.0
+        # polls come every 0.05 s; the bound is only there to stop a watcher that never polls
+        deadline = time.monotonic() + EVENT_TIMEOUT_S
         while watcher.bundle.serial != 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert watcher.bundle.serial == 2
@@ -935,7 +937,8 @@ def test_waking_the_watchers_checks_at_once_without_waiting_for_the_poll(tmp_pat
         assert watcher in active_watchers()
         publisher.publish(DENY_BANKS, 2)
         assert wake_watchers() >= 1
-        deadline = time.monotonic() + 2.0
+        # far below the 600 s poll: the pick-up can only be the wake-up's
+        deadline = time.monotonic() + EVENT_TIMEOUT_S
         while watcher.bundle.serial != 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert watcher.bundle.serial == 2

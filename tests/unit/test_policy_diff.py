@@ -8,7 +8,7 @@ import pytest
 
 from osmanthus.cli import main
 from osmanthus.core.policy import PolicyEngine
-from osmanthus.core.policy_diff import UNLISTED_PURPOSE, diff
+from osmanthus.core.policy_diff import UNLISTED_PURPOSE, diff, diff_every_request
 
 CENTRAL = Path(__file__).resolve().parents[2] / "policies" / "central.cedar"
 TEXT = CENTRAL.read_text()
@@ -137,3 +137,55 @@ def test_weaker_obligations_are_reported_though_every_decision_stands(tmp_path: 
         "min 3 departments, rate limit 600/hour (central-library-deposit-waiver)",
         "min 2 departments, no rate limit",
     )
+
+
+#: rules that reach every path of the fast diff: a step that fails to evaluate (an overflow), an
+#: entity literal and a `principal in` scope, `unless {A || B}`, `like`, decimals, the action
+#: read in a condition, a rule in both policies with a changed effect or annotation, and two
+#: rules with the same body
+_TRICKY_OLD = """
+@id("partial") permit (principal, action == Action::"AcceptPartial", resource);
+@id("stats") permit (principal, action == Action::"StatsQuery", resource)
+when { principal.role == "statistics_office" && context.purpose == "statistics" };
+@id("keys") permit (principal, action == Action::"RegisterKey", resource)
+when { principal.role == "bank" };
+@id("lists") permit (principal, action == Action::"SearchLists", resource)
+when { principal.role == "bank" };
+"""
+_TRICKY_NEW = """
+@id("partial") permit (principal, action == Action::"AcceptPartial", resource);
+@id("overflow") forbid (principal, action == Action::"AcceptPartial", resource)
+when { context.answered * 4611686018427387904 > 0 };
+@id("stats") @rate_limit("60/hour") permit (principal, action == Action::"StatsQuery", resource)
+when { principal.role == "statistics_office" && context.purpose == "statistics" };
+@id("stats-again") permit (principal, action == Action::"StatsQuery", resource)
+when { principal.role == "statistics_office" && context.purpose == "statistics" };
+@id("small-epsilon") forbid (principal, action == Action::"StatsQuery", resource)
+when { context.epsilon.greaterThan(decimal("0.5")) || context.cohort < 100 }
+unless { principal.role == "sync_job" };
+@id("keys") forbid (principal, action == Action::"RegisterKey", resource)
+when { principal.role == "bank" };
+@id("lists") permit (principal, action == Action::"SearchLists", resource)
+when { principal.role == "bank" }
+unless { principal == Requester::"bank-7" || action != Action::"SearchLists" };
+@id("bank-7") forbid (
+  principal in Requester::"bank-7", action == Action::"PersonQuery", resource == Dataset::"person"
+) when { context.purpose like "stat*" || context.shape == "flags" };
+@id("bank-7-ok") permit (
+  principal == Requester::"bank-7", action == Action::"PersonQuery", resource
+) when { context.shape == "total" && resource == Dataset::"person" };
+"""
+
+
+@pytest.mark.slow
+def test_the_fast_diff_reports_what_deciding_every_request_whole_reports() -> None:
+    old = PolicyEngine(source=_TRICKY_OLD, origin="old")
+    new = PolicyEngine(source=_TRICKY_NEW, origin="new")
+    fast = diff(old, new)
+    assert fast == diff_every_request(old, new)
+    # every kind of change is there, and requests on which a rule fails to evaluate
+    assert fast.newly_allowed and fast.newly_denied and fast.obligations_changed
+    assert any(c.new.errors for c in fast.newly_denied)
+    assert {c.request.action for c in fast.changes} >= {
+        "AcceptPartial", "StatsQuery", "RegisterKey", "SearchLists", "PersonQuery"
+    }  # fmt: skip
