@@ -23,9 +23,6 @@ from osmanthus.core.types import DepartmentId
 STALL_TIMEOUT_S = 120.0
 #: how often a start that takes a while reports which processes are ready and which are not
 PROGRESS_EVERY_S = 10.0
-#: a fixed bound for callers that still pass `Process.wait_ready` a deadline; the launcher
-#: itself waits for progress instead (STALL_TIMEOUT_S)
-START_TIMEOUT_S = 60.0
 #: stopping kills a process that, after SIGTERM, has used no CPU time for this long (or, without
 #: /proc, that has not exited this long after it), or has not exited after STOP_LIMIT_S in all
 STOP_TIMEOUT_S = 30.0
@@ -75,28 +72,11 @@ class Process:
                 self.port = int(text)
         return self.port or None
 
-    def wait_ready(
-        self,
-        deadline: float | None = None,
-        *,
-        report: Callable[[str], None] | None = report_to_stderr,
-    ) -> int:
-        """The port, once the process is ready.
-
-        Without a deadline it waits as long as the process makes progress (wait_all_ready);
-        with one (a `time.monotonic()` value) it fails at that moment, as it always did."""
-        if deadline is None:
-            wait_all_ready([self], report=report)
-            return self.port
-        while time.monotonic() < deadline:
-            if self.ready_port() is not None:
-                return self.port
-            if self.popen.poll() is not None:
-                raise Unavailable(
-                    f"{self.name} exited with code {self.popen.returncode}:\n{_tail(self.log_path)}"
-                )
-            time.sleep(_POLL_S)
-        raise Unavailable(f"{self.name} did not start by its deadline")
+    def wait_ready(self, *, report: Callable[[str], None] | None = report_to_stderr) -> int:
+        """The port, once the process is ready: it waits as long as the process makes progress
+        (wait_all_ready), not against a fixed clock."""
+        wait_all_ready([self], report=report)
+        return self.port
 
     def terminate(self) -> None:
         # one SIGTERM only: a second one could land during interpreter shutdown and kill it
