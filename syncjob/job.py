@@ -54,6 +54,7 @@ from osmanthus.core.syncbatch import (
     record_size,
     sender_key_id,
     sign_batch,
+    signed_in_current_format,
     statistic_record,
 )
 from osmanthus.core.types import Shape, SubjectKind
@@ -640,9 +641,12 @@ class SyncJob:
                 continue
             work = f"deliver {batch.kind.value} #{batch.sequence}"
             try:
-                if batch.signed.key_id != self._key_id:
-                    # signed before the job's key was changed: the same payload, signed anew,
-                    # so the province needs only the current key (the id and content are kept)
+                if batch.signed.key_id != self._key_id or not signed_in_current_format(
+                    batch.signed
+                ):
+                    # signed before the job's key was changed, or in the earlier signature
+                    # format: the same payload, signed anew, so the province needs only the
+                    # current key and envelope (the id and content are kept)
                     batch = self._state.resign(
                         batch, sign_batch(read_batch(batch.signed.payload), private_key=self._key)
                     )

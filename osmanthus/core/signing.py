@@ -89,8 +89,21 @@ def canonical_json(value: Any, *, field: str = "payload") -> bytes:
     """
     try:
         return rfc8785.dumps(value)
+    # the messages name the kind of value, never the value: it could be a resident id
+    except rfc8785.IntegerDomainError:
+        raise InvalidArgument(
+            "holds an integer beyond ±(2**53 - 1), which JSON readers holding numbers as "
+            "doubles would read as another number",
+            field=field,
+        ) from None
+    except rfc8785.FloatDomainError:
+        raise InvalidArgument(
+            "holds NaN or an infinity, which JSON cannot carry", field=field
+        ) from None
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
-        raise InvalidArgument(f"cannot be signed as canonical JSON: {exc}", field=field) from None
+        raise InvalidArgument(
+            f"holds a value canonical JSON cannot carry ({type(exc).__name__})", field=field
+        ) from None
 
 
 def is_canonical(data: bytes) -> bool:

@@ -3,9 +3,11 @@
 A batch carries one kind of report (list changes, enterprise grades or statistics) for one
 watermark range of one sender (the city). Its payload is canonical JSON: sorted keys, no
 whitespace, UTF-8, integers only (decimals travel as strings), every string in one spelling, so
-that one content has exactly one encoding and a receiver can refuse any other. The payload is
-signed with the sender's Ed25519 key over a domain-separated message (SIGNING_CONTEXT + payload),
-and the key is named by its RFC 7638 thumbprint (as consent receipts name theirs).
+that one content has exactly one encoding (RFC 8785) and a receiver can refuse any other. The
+payload is signed with the sender's Ed25519 key in the one signing envelope every Osmanthus
+artefact uses (osmanthus.core.signing: a JWS with the payload detached, of type
+SYNC_BATCH_TYPE, so that a batch signature can never pass for another artefact's), and the key
+is named by its RFC 7638 thumbprint (as consent receipts name theirs).
 
 The batch id is derived from the sender, the kind and the watermark range, never chosen: a job that
 crashes and gathers the same range again makes the same id, and the receiver acknowledges it as a
@@ -31,12 +33,12 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any, Final, TypeVar
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from osmanthus.core import signing
 from osmanthus.core.catalogue import DEPARTMENT_ID_PATTERN, ListColour
 from osmanthus.core.dp import EPSILON_PLACES, MAX_EPSILON
-from osmanthus.core.errors import ConfigError, InvalidArgument, Unauthenticated
+from osmanthus.core.errors import ConfigError, InvalidArgument, OsmanthusError, Unauthenticated
 from osmanthus.core.ids import validate_uscc
 from osmanthus.core.lists import (
     ENTRY_ID_PATTERN,
@@ -51,13 +53,10 @@ from osmanthus.core.lists import (
     parse_date,
 )
 from osmanthus.core.names import PEER_NAME_PATTERN
-from osmanthus.core.receipts import consent_key_id
 from osmanthus.core.strictjson import unique_keys
 from osmanthus.core.types import SubjectKind
 
 FORMAT: Final = "osmanthus-sync-batch/1"
-#: signed before the payload, so that a batch signature can never pass for another document's
-SIGNING_CONTEXT: Final = b"osmanthus-sync-batch/1\n"
 _BATCH_ID_CONTEXT: Final = "osmanthus-sync-batch-id/1"
 #: "sb-" and the first 128 bits of SHA-256 over the sender, kind and watermark range, in hex
 BATCH_ID_PATTERN: Final = re.compile(r"sb-[0-9a-f]{32}")
@@ -66,7 +65,9 @@ BATCH_ID_PATTERN: Final = re.compile(r"sb-[0-9a-f]{32}")
 WATERMARK_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}")
 #: an RFC 7638 thumbprint: base64url SHA-256 without padding
 KEY_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{43}")
-SIGNATURE_BYTES: Final = 64
+#: a signature of the earlier format: a bare Ed25519 signature over b"osmanthus-sync-batch/1\n"
+#: and the payload, which the receiver refuses and the sync job signs anew
+_LEGACY_SIGNATURE_BYTES: Final = 64
 #: the gRPC servers take messages of up to 1 MiB; a batch stays well under it. This is the one
 #: limit on a batch's size: the smallest record takes over 100 bytes, so it also bounds the count
 MAX_PAYLOAD_BYTES: Final = 512 * 1024
@@ -218,8 +219,9 @@ class Batch:
 
 @dataclass(frozen=True, kw_only=True)
 class SignedBatch:
-    """A batch payload, the Ed25519 signature over SIGNING_CONTEXT + payload, and the RFC 7638
-    thumbprint of the key that made it. Unverified until open_batch or verify_signature."""
+    """A batch payload, its signature (the detached JWS of osmanthus.core.signing, as ASCII
+    bytes) and the RFC 7638 thumbprint of the key that made it. Unverified until open_batch or
+    verify_signature."""
 
     payload: bytes
     signature: bytes
@@ -230,11 +232,9 @@ class SignedBatch:
 
 
 def canonical_json(value: Any) -> bytes:
-    """`value` as canonical JSON: sorted keys, no whitespace, UTF-8, no NaN or Infinity."""
-    text = json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
-    return text.encode("utf-8")
+    """`value` as RFC 8785 canonical JSON (osmanthus.core.signing.canonical_json): sorted keys,
+    no whitespace, UTF-8, no NaN or Infinity; InvalidArgument for a value JSON cannot carry."""
+    return signing.canonical_json(value)
 
 
 def record_size(record: Mapping[str, Any]) -> int:
@@ -242,8 +242,8 @@ def record_size(record: Mapping[str, Any]) -> int:
     keep sum(record_size(r) + 1) at most MAX_RECORDS_BYTES."""
     try:
         return len(canonical_json(record))
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"holds a value JSON cannot carry: {exc}", field="record") from None
+    except InvalidArgument as exc:
+        raise InvalidArgument(exc.message, field="record") from None
 
 
 def format_timestamp(value: datetime.datetime, *, field: str) -> str:
@@ -255,7 +255,7 @@ def format_timestamp(value: datetime.datetime, *, field: str) -> str:
 
 def sender_key_id(public_key: Ed25519PublicKey) -> str:
     """The key id a batch signed by `public_key` carries: its RFC 7638 thumbprint."""
-    return consent_key_id(public_key)
+    return signing.key_id(public_key)
 
 
 def batch_id_for(*, sender: str, kind: BatchKind, watermark_from: str, watermark_to: str) -> str:
@@ -399,11 +399,17 @@ def build_batch(
         "partial": bool(missing),
         "missing_departments": sorted(missing),
     }
+    # encoded as any JSON and read back as a receiver reads it: the format's checks run on what
+    # travels, before the canonical encoding (which refuses some values the checks name better)
     try:
-        payload = canonical_json(document)
+        encoded = json.dumps(document, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"hold a value JSON cannot carry: {exc}", field="records") from None
-    return read_batch(payload)
+        raise InvalidArgument(
+            f"hold a value JSON cannot carry ({type(exc).__name__})", field="records"
+        ) from None
+    parsed = _parse(encoded)
+    _validate(parsed, encoded)
+    return read_batch(canonical_json(parsed))
 
 
 def read_batch(payload: bytes) -> Batch:
@@ -439,11 +445,43 @@ def sign_batch(batch: Batch, *, private_key: Ed25519PrivateKey) -> SignedBatch:
         )
     if not isinstance(batch, Batch):
         raise InvalidArgument("must be a Batch from build_batch or read_batch", field="batch")
+    signature = signing.sign(
+        batch.payload, payload_type=signing.SYNC_BATCH_TYPE, private_key=private_key
+    )
     return SignedBatch(
         payload=batch.payload,
-        signature=private_key.sign(SIGNING_CONTEXT + batch.payload),
+        signature=signature.encode("ascii"),
         key_id=sender_key_id(private_key.public_key()),
     )
+
+
+def signed_in_current_format(signed: SignedBatch) -> bool:
+    """Whether `signed` carries a signature in the one envelope (not the earlier bare Ed25519
+    signature): the sync job signs anew a waiting batch for which this is False."""
+    try:
+        _signature_text(signed.signature)
+    except OsmanthusError:
+        return False
+    return True
+
+
+def _signature_text(signature: object) -> str:
+    if not isinstance(signature, bytes) or not signature:
+        raise Unauthenticated("is missing", field="signature")
+    if len(signature) == _LEGACY_SIGNATURE_BYTES and b".." not in signature:
+        raise InvalidArgument(
+            "is a signature of the earlier format (a bare Ed25519 signature, before batches "
+            "were signed in the one envelope of osmanthus.core.signing); this receiver reads "
+            "the envelope only. Upgrade the city's sync job: it signs its waiting batches "
+            "anew, with the same key, before it delivers them",
+            field="signature",
+        )
+    if len(signature) > signing.MAX_SIGNATURE_CHARS or not signature.isascii():
+        raise Unauthenticated(
+            f"is not a detached JWS of at most {signing.MAX_SIGNATURE_CHARS} ASCII characters",
+            field="signature",
+        )
+    return signature.decode("ascii")
 
 
 def check_envelope(signed: SignedBatch) -> None:
@@ -463,15 +501,12 @@ def check_envelope(signed: SignedBatch) -> None:
             "base64url characters)",
             field="key_id",
         )
-    if not isinstance(signed.signature, bytes) or len(signed.signature) != SIGNATURE_BYTES:
-        size = len(signed.signature) if isinstance(signed.signature, bytes) else 0
-        raise Unauthenticated(
-            f"is {size} bytes; an Ed25519 signature is {SIGNATURE_BYTES}", field="signature"
-        )
+    _signature_text(signed.signature)
 
 
 def verify_signature(signed: SignedBatch, *, public_key: Ed25519PublicKey) -> None:
-    """Unauthenticated unless `signed` was signed by `public_key`, which its key id names."""
+    """Unauthenticated unless `signed` was signed by `public_key`, which its key id names, in
+    the one envelope as a sync batch."""
     check_envelope(signed)
     expected = sender_key_id(public_key)
     if signed.key_id != expected:
@@ -480,12 +515,22 @@ def verify_signature(signed: SignedBatch, *, public_key: Ed25519PublicKey) -> No
             field="key_id",
         )
     try:
-        public_key.verify(signed.signature, SIGNING_CONTEXT + signed.payload)
-    except InvalidSignature:
+        signing.verify(
+            signed.payload,
+            _signature_text(signed.signature),
+            payload_type=signing.SYNC_BATCH_TYPE,
+            trusted_keys={expected: public_key},
+        )
+    except signing.UntrustedSignature:
         raise Unauthenticated(
             f"does not verify against key {expected}: the payload was changed after it was "
             "signed, or it was signed by another key",
             field="signature",
+        ) from None
+    except signing.MalformedSignature as exc:
+        # its header is not ours, names another key or another artefact's type
+        raise Unauthenticated(
+            f"is not a sync batch signature: it {exc.message}", field="signature"
         ) from None
 
 

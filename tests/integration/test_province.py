@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from certs import DEFAULT_OPERATOR_NAME, PeerRole, cert_paths, issue_certificate
 from osmanthus.cli import main
+from osmanthus.core import signing
 from osmanthus.core.bundle import generate_publisher_key, load_private_key
 from osmanthus.core.catalogue import ListColour
 from osmanthus.core.errors import (
@@ -41,7 +42,6 @@ from osmanthus.core.lists import EntryId, PublicEntry
 from osmanthus.core.peers import PROVINCE_SERVER_NAME
 from osmanthus.core.server import RunningServer
 from osmanthus.core.syncbatch import (
-    SIGNING_CONTEXT,
     BatchKind,
     ListChange,
     SignedBatch,
@@ -207,7 +207,9 @@ def resigned(signed: SignedBatch, key: Ed25519PrivateKey, change: object) -> Sig
     payload = canonical_json(document)
     return SignedBatch(
         payload=payload,
-        signature=key.sign(SIGNING_CONTEXT + payload),
+        signature=signing.sign(
+            payload, payload_type=signing.SYNC_BATCH_TYPE, private_key=key
+        ).encode(),
         key_id=sender_key_id(key.public_key()),
     )
 

@@ -16,6 +16,7 @@ import os
 import random
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from collections import Counter
@@ -28,6 +29,7 @@ import pytest
 
 from certs import PeerRole, cert_paths, issue_certificate
 from node.officer import ListOfficer
+from osmanthus.core import signing
 from osmanthus.core.bundle import generate_publisher_key, load_private_key
 from osmanthus.core.catalogue import Catalogue
 from osmanthus.core.ids import make_resident_id
@@ -559,6 +561,32 @@ def test_batches_signed_before_a_key_change_go_up_signed_with_the_new_key(rig: R
     assert again.returncode == 0, again.stderr
     rig.stop_receiver()
     assert len(_by_kind(rig.stored("rotated"), BatchKind.GRADES)) == len(_expected_grades(rig))
+
+
+def test_batches_waiting_in_the_earlier_signature_format_go_up_in_the_envelope(rig: Rig) -> None:
+    # built while the receiver was down; then the job's state is put back as an earlier
+    # release left it: each waiting batch signed with a bare Ed25519 signature
+    closed = _free_port()
+    config = rig.config("legacy", port=closed, lists=False, statistics=False, retry_for="1s")
+    assert rig.run(config).returncode == 5
+    key = signing.load_private_key(rig.signing_key)
+    with sqlite3.connect(rig.root / "legacy" / "sync.sqlite") as db:
+        waiting = db.execute("SELECT batch_id, payload FROM outbox").fetchall()
+        assert waiting
+        for batch_id, payload in waiting:
+            legacy = key.sign(b"osmanthus-sync-batch/1\n" + bytes(payload))
+            db.execute("UPDATE outbox SET signature = ? WHERE batch_id = ?", (legacy, batch_id))
+    port = rig.start_receiver(state="legacy")
+    config = rig.config("legacy", port=port, lists=False, statistics=False)
+    done = rig.run(config)
+    assert done.returncode == 0, done.stderr
+    rig.stop_receiver()
+    # signed anew before delivery: the receiver, which reads the envelope only, stored them all
+    assert len(_by_kind(rig.stored("legacy"), BatchKind.GRADES)) == len(_expected_grades(rig))
+    path = rig.root / "receivers" / "legacy" / STORE_FILE
+    with duckdb.connect(str(path), read_only=True) as conn:
+        signatures = [bytes(r[0]) for r in conn.execute("SELECT signature FROM batches").fetchall()]
+    assert signatures and all(b".." in s and len(s) > 64 for s in signatures)
 
 
 def test_after_a_receiver_reset_rebase_renumbers_the_waiting_batches_to_follow_it(

@@ -26,12 +26,10 @@ from osmanthus.core.errors import (
 )
 from osmanthus.core.ids import make_resident_id, make_uscc, organisation_code_check_char
 from osmanthus.core.syncbatch import (
-    SIGNING_CONTEXT,
     Batch,
     BatchKind,
     SignedBatch,
     build_batch,
-    canonical_json,
     grade_record,
     open_batch,
     sender_key_id,
@@ -42,6 +40,7 @@ from osmanthus.core.wire.province import BatchQuery, Delivery, RejectionQuery
 from province.senders import Sender, SenderRegistry, load_senders
 from province.service import ProvinceService
 from province.store import STORE_FILE, BatchStore
+from tests.forge import forged_signature, loose_json
 
 KEY = Ed25519PrivateKey.generate()
 T0 = datetime.datetime(2026, 11, 26, 2, 0, tzinfo=datetime.UTC)
@@ -408,7 +407,7 @@ def service(store: BatchStore) -> ProvinceService:
 def signed_payload(payload: bytes) -> SignedBatch:
     return SignedBatch(
         payload=payload,
-        signature=KEY.sign(SIGNING_CONTEXT + payload),
+        signature=forged_signature(payload, KEY),
         key_id=sender_key_id(KEY.public_key()),
     )
 
@@ -416,7 +415,7 @@ def signed_payload(payload: bytes) -> SignedBatch:
 def _with_score(payload: bytes) -> bytes:
     document = json.loads(payload)
     document["records"][0]["score"] = int(RESIDENT_DIGITS)
-    return canonical_json(document)
+    return loose_json(document)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from osmanthus.core import signing
 from osmanthus.core.catalogue import ListColour
 from osmanthus.core.errors import InvalidArgument, Unauthenticated
 from osmanthus.core.ids import (
@@ -25,6 +26,7 @@ from osmanthus.core.ids import (
 )
 from osmanthus.core.lists import EntryId, PublicEntry, WithdrawReason, holds_resident_id
 from osmanthus.core.receipts import consent_key_id
+from osmanthus.core.signing import SYNC_BATCH_TYPE
 from osmanthus.core.syncbatch import (
     FORMAT,
     HEADER_RESERVE,
@@ -33,7 +35,6 @@ from osmanthus.core.syncbatch import (
     MAX_PAYLOAD_BYTES,
     MAX_RECORDS_BYTES,
     MIN_COHORT_SIZE,
-    SIGNING_CONTEXT,
     Batch,
     BatchKind,
     ListChange,
@@ -50,10 +51,12 @@ from osmanthus.core.syncbatch import (
     sender_key_id,
     shown_key_id,
     sign_batch,
+    signed_in_current_format,
     statistic_record,
     verify_signature,
 )
 from osmanthus.core.types import DepartmentId, SubjectKind
+from tests.forge import loose_json
 
 KEY = Ed25519PrivateKey.generate()
 OTHER_KEY = Ed25519PrivateKey.generate()
@@ -140,7 +143,7 @@ def edited(payload: bytes, change: Any) -> bytes:
     """The payload with `change(document)` applied, encoded canonically again."""
     document = json.loads(payload)
     change(document)
-    return canonical_json(document)
+    return loose_json(document)
 
 
 def refused(payload: bytes) -> InvalidArgument:
@@ -257,8 +260,8 @@ def test_a_changed_payload_or_signature_or_another_key_does_not_verify() -> None
     tampered = signed.payload.replace(b'"score":0', b'"score":1')
     cases = [
         (dataclasses.replace(signed, payload=tampered), "signature"),
-        (dataclasses.replace(signed, signature=bytes(64)), "signature"),
         (dataclasses.replace(signed, signature=signed.signature[:63]), "signature"),
+        (dataclasses.replace(signed, signature=signed.signature[:-4]), "signature"),
         (dataclasses.replace(signed, key_id="not a key id"), "key_id"),
     ]
     for candidate, field in cases:
@@ -271,19 +274,48 @@ def test_a_changed_payload_or_signature_or_another_key_does_not_verify() -> None
     assert info.value.field == "key_id" and sender_key_id(OTHER_KEY.public_key()) in str(info.value)
     forged = SignedBatch(
         payload=signed.payload,
-        signature=OTHER_KEY.sign(SIGNING_CONTEXT + signed.payload),
+        signature=_jws(signed.payload, OTHER_KEY),
         key_id=signed.key_id,
     )
     with pytest.raises(Unauthenticated):
         verify_signature(forged, public_key=KEY.public_key())
 
 
-def test_the_signature_is_domain_separated_from_the_bare_payload() -> None:
+def _jws(payload: bytes, key: Ed25519PrivateKey, payload_type: str = SYNC_BATCH_TYPE) -> bytes:
+    return signing.sign(payload, payload_type=payload_type, private_key=key).encode()
+
+
+def test_a_batch_is_signed_in_the_one_envelope_and_only_as_a_sync_batch() -> None:
     signed = sign_batch(batch(), private_key=KEY)
-    bare = dataclasses.replace(signed, signature=KEY.sign(signed.payload))
-    with pytest.raises(Unauthenticated):
-        verify_signature(bare, public_key=KEY.public_key())
-    KEY.public_key().verify(signed.signature, SIGNING_CONTEXT + signed.payload)
+    # a detached JWS of the sync batch type, by the sender's key, over the payload's bytes
+    kid = signing.verify(
+        signed.payload,
+        signed.signature.decode(),
+        payload_type=SYNC_BATCH_TYPE,
+        trusted_keys={signed.key_id: KEY.public_key()},
+    )
+    assert kid == signed.key_id
+    # the same key's signature over the same bytes, made for another artefact, is refused
+    other_kind = dataclasses.replace(
+        signed, signature=_jws(signed.payload, KEY, signing.POLICY_BUNDLE_TYPE)
+    )
+    with pytest.raises(Unauthenticated, match="not a sync batch signature") as info:
+        verify_signature(other_kind, public_key=KEY.public_key())
+    assert info.value.field == "signature"
+
+
+def test_a_signature_of_the_earlier_format_is_refused_saying_how_it_is_signed_anew() -> None:
+    signed = sign_batch(batch(), private_key=KEY)
+    assert signed_in_current_format(signed)
+    # before the one envelope: a bare Ed25519 signature over a prefix and the payload
+    legacy = dataclasses.replace(
+        signed, signature=KEY.sign(b"osmanthus-sync-batch/1\n" + signed.payload)
+    )
+    assert not signed_in_current_format(legacy)
+    with pytest.raises(InvalidArgument, match="earlier format") as info:
+        verify_signature(legacy, public_key=KEY.public_key())
+    assert info.value.field == "signature"
+    assert "signs its waiting batches anew" in info.value.message
 
 
 def test_peek_claims_reads_sender_and_id_without_trusting_them() -> None:
