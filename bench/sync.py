@@ -47,7 +47,7 @@ from bench.query import _cpu_seconds, wait_until_idle
 from bench.stats import _machine_busy_seconds
 from certs import PeerRole, cert_paths, init_platform, issue_certificate
 from node.officer import ListOfficer
-from osmanthus.core.bundle import generate_publisher_key
+from osmanthus.core import signing
 from osmanthus.core.catalogue import Catalogue, ListColour, ListType, load_catalogue
 from osmanthus.core.clock import china_today
 from osmanthus.core.crypto import DEFAULT_TABLE_AFTER_USES
@@ -577,7 +577,7 @@ def run_benchmark(
             ttl=_TOKEN_TTL,
         )
         (work / f"{SYNC}.jwt").write_text(token, encoding="utf-8")
-        _, public = generate_publisher_key(out_dir=keys_dir, name=f"{SENDER}-sync")
+        _, public, _ = signing.write_key_pair(keys_dir, f"{SENDER}-sync", what="sender key")
         (work / "senders.toml").write_text(
             f'[[sender]]\nid = "{SENDER}"\npublic_keys = ["keys/{public.name}"]\n'
             f'certificates = ["{SYNC}"]\n',

@@ -22,7 +22,8 @@ from coordinator.nodes import NodePool
 from coordinator.service import CoordinatorService
 from coordinator.servicer import CoordinatorServicer
 from osmanthus.core.audit import AuditLog, load_or_create_salt
-from osmanthus.core.bundle import CENTRAL_SCOPE, DEFAULT_POLL_S, load_policy
+from osmanthus.core.bundle import CENTRAL_SCOPE, DEFAULT_POLL_S
+from osmanthus.core.bundle_watch import load_policy
 from osmanthus.core.catalogue import Catalogue, load_catalogue
 from osmanthus.core.crypto import DEFAULT_TABLE_CACHE_BYTES, EncryptorCache
 from osmanthus.core.errors import ConfigError, InvalidArgument

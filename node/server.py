@@ -15,7 +15,8 @@ from node.service import NodeService
 from node.servicer import ListOfficeServicer, NodeServicer
 from node.store import RecordStore
 from osmanthus.core.audit import AuditLog, load_or_create_salt
-from osmanthus.core.bundle import DEFAULT_POLL_S, load_policy, node_scope
+from osmanthus.core.bundle import DEFAULT_POLL_S, node_scope
+from osmanthus.core.bundle_watch import load_policy
 from osmanthus.core.catalogue import Catalogue, load_catalogue
 from osmanthus.core.crypto import DEFAULT_TABLE_CACHE_BYTES, FAST_WINDOW_BITS, EncryptorCache
 from osmanthus.core.errors import ConfigError

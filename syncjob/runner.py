@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from osmanthus.core.bundle import load_private_key
+from osmanthus.core import signing
 from osmanthus.core.catalogue import Catalogue, load_catalogue
 from osmanthus.core.errors import ConfigError, InvalidArgument, OsmanthusError
 from osmanthus.core.syncbatch import BatchKind, sender_key_id
@@ -60,7 +60,7 @@ def open_job(
     from sdk.province import ProvinceClient
 
     try:
-        key = load_private_key(config.signing_key)
+        key = signing.load_private_key(config.signing_key)
     except ConfigError as exc:
         raise ConfigError(exc.message, field="signing_key") from None
     if not config.paillier_keys.is_file():

@@ -99,9 +99,14 @@ def _cmd_keys_fingerprint(args: argparse.Namespace) -> int:
 
 
 def _cmd_token_keygen(args: argparse.Namespace) -> int:
-    from osmanthus.core.tokens import generate_issuer_keypair
+    from osmanthus.core import signing
 
-    generate_issuer_keypair(args.private, args.public, overwrite=args.overwrite)
+    signing.generate_key_pair(
+        private_path=args.private,
+        public_path=args.public,
+        what="token issuer key, which would invalidate every token it issued",
+        overwrite=args.overwrite,
+    )
     print(f"issuer key pair written: {args.private} (keep secret), {args.public} (give to servers)")
     return ExitCode.SUCCESS
 

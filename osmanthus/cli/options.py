@@ -29,6 +29,7 @@ _SAYS_DEFAULT = re.compile(r"\bdefault\b")
 #: how the help names an option's variable, and the same without a space to wrap the line at
 _ENV_MARK = "[env: "
 _ENV_MARK_UNBROKEN = "[env:\0"
+#: the name of a key pair's files (NAME.key, NAME.pub)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -269,7 +270,7 @@ def check_bundle_on_sighup(args: argparse.Namespace) -> None:
     """SIGHUP: look at the policy bundle now instead of at the next poll."""
     if args.policy_bundle is None:
         return
-    from osmanthus.core.bundle import install_sighup_handler
+    from osmanthus.core.bundle_watch import install_sighup_handler
 
     install_sighup_handler()
 
@@ -283,11 +284,12 @@ def signing_key_options(*, name: str) -> argparse.ArgumentParser:
 
 
 def write_signing_key(args: argparse.Namespace, *, what: str, private: str, public: str) -> int:
-    """An Ed25519 key pair for signing bundles, reports or batches, and what each half is for."""
-    from osmanthus.core.bundle import generate_publisher_key, key_id_of, load_private_key
+    """A new Ed25519 key pair (osmanthus.core.signing) for signing bundles, reports or batches:
+    --out-dir/--name .key and .pub, with its key id and what each half is for."""
+    from osmanthus.core import signing
 
-    private_path, public_path = generate_publisher_key(out_dir=args.out_dir, name=args.name)
-    key_id = key_id_of(load_private_key(private_path).public_key())
+    private_path, public_path, key_id = signing.write_key_pair(args.out_dir, args.name, what=what)
+    # the key id every signature made with it names: the key's RFC 7638 thumbprint
     print(f"{what} {key_id} written:")
     print(f"  {private_path}  private: keep it secret, {private}")
     print(f"  {public_path}  public: {public}")

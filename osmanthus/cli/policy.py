@@ -103,7 +103,8 @@ def register(subcommands: Subcommands) -> None:
         "Create an Ed25519 key pair for publishing policies: OUT_DIR/NAME.key (private, mode "
         "0600: keep it on the privacy office's machine only) and OUT_DIR/NAME.pub (public: give "
         "it to the coordinator and every node, which trust bundles signed with it through "
-        "--policy-trust). Existing files are never replaced.",
+        "--policy-trust). Prints the key id (the key's RFC 7638 thumbprint) that every bundle "
+        "signed with it names. Existing files are never replaced.",
         _cmd_policy_keygen,
         parents=[signing_key_options(name="policy-publisher")],
         extra="policy",
@@ -242,24 +243,24 @@ def _cmd_policy_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_policy_publish(args: argparse.Namespace) -> int:
+    from osmanthus.core import signing
     from osmanthus.core.bundle import (
         check_scope,
-        key_id_of,
-        load_private_key,
         read_bundle_file,
         read_claims,
         sign_bundle,
         verify_bundle,
-        write_atomically,
     )
+    from osmanthus.core.files import write_atomically
     from osmanthus.core.policy import PolicyEngine
 
     scope = check_scope(args.scope)
     engine = PolicyEngine.from_file(args.policy)
-    key = load_private_key(args.key)
+    key = signing.load_private_key(args.key, what="publisher key")
     previous: int | None = None
     if args.out.exists():
         try:
+            # either format: a bundle of format 1 is replaced by one numbered above it
             previous_scope, previous = read_claims(
                 read_bundle_file(args.out, field="out"), origin=str(args.out)
             )
@@ -300,7 +301,7 @@ def _cmd_policy_publish(args: argparse.Namespace) -> int:
     # check the bytes about to be published the way every server will
     public = key.public_key()
     verified = verify_bundle(
-        data, trusted_keys={key_id_of(public): public}, scope=None, origin=str(args.out)
+        data, trusted_keys={signing.key_id(public): public}, scope=None, origin=str(args.out)
     )
     write_atomically(args.out, data, mode=0o644)
     _print_bundle(f"published {args.out}", verified)

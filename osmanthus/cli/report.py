@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +19,7 @@ from osmanthus.cli.options import (
     requester_token,
     signing_key_options,
     tls_options,
+    write_signing_key,
 )
 from osmanthus.core.errors import ConfigError
 
@@ -28,8 +28,6 @@ if TYPE_CHECKING:
 
 #: the report format each --out suffix stands for
 _REPORT_SUFFIXES = {".pdf": "pdf", ".html": "html", ".htm": "html"}
-#: the name of a key pair's files (NAME.key, NAME.pub)
-_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def register(subcommands: Subcommands) -> None:
@@ -104,24 +102,12 @@ def register(subcommands: Subcommands) -> None:
 
 
 def _cmd_report_keygen(args: argparse.Namespace) -> int:
-    from osmanthus.core import signing
-
-    if not _KEY_NAME.fullmatch(args.name):
-        raise ConfigError(
-            f"{args.name!r} is not a key name: use 1-64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit",
-            field="name",
-        )
-    private_path = args.out_dir / f"{args.name}.key"
-    public_path = args.out_dir / f"{args.name}.pub"
-    key = signing.generate_key_pair(
-        private_path=private_path, public_path=public_path, what="report signing key"
+    return write_signing_key(
+        args,
+        what="report signing key",
+        private="sign reports with it (--signing-key)",
+        public="publish it; readers verify reports with it (--key)",
     )
-    # the key id every report signed with it names: the key's RFC 7638 thumbprint
-    print(f"report signing key {signing.key_id(key.public_key())} written:")
-    print(f"  {private_path}  private: keep it secret, sign reports with it (--signing-key)")
-    print(f"  {public_path}  public: publish it; readers verify reports with it (--key)")
-    return ExitCode.SUCCESS
 
 
 def _report_format(args: argparse.Namespace) -> str:

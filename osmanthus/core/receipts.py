@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from osmanthus.core import signing
 from osmanthus.core.errors import (
     ConfigError,
     InvalidArgument,
@@ -144,12 +144,9 @@ class ConsentReceipt:
 
 
 def consent_key_id(public_key: Ed25519PublicKey) -> str:
-    """The key's RFC 7638 JWK thumbprint (base64url SHA-256), carried as the receipt's `kid`."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    jwk = json.dumps(
-        {"crv": "Ed25519", "kty": "OKP", "x": _b64url(raw)}, separators=(",", ":"), sort_keys=True
-    )
-    return _b64url(hashlib.sha256(jwk.encode("ascii")).digest())
+    """The key's RFC 7638 JWK thumbprint (signing.key_id), carried as the receipt's `kid`: the
+    id every Osmanthus signature gives its key."""
+    return signing.key_id(public_key)
 
 
 def issue_receipt(
@@ -399,9 +396,9 @@ def generate_consent_keypair(
                 f"cannot replace {public_path}: {exc.strerror}", field="consent_key"
             ) from exc
     write_atomically(
-        private_path, _private_pem(key), mode=0o600, overwrite=overwrite, field="consent_key"
+        private_path, signing.private_pem(key), mode=0o600, overwrite=overwrite, field="consent_key"
     )
-    public_pem = _public_pem(key.public_key())
+    public_pem = signing.public_pem(key.public_key())
     try:
         write_atomically(
             public_path, public_pem, mode=0o644, overwrite=overwrite, field="consent_key"
@@ -463,20 +460,9 @@ def load_consent_private_key(path: Path) -> Ed25519PrivateKey:
 
 
 def load_consent_public_key(path: Path) -> Ed25519PublicKey:
-    """The receipt-verification key in PEM file `path`; ConfigError naming the file if unusable."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise ConfigError(f"consent public key file {path} does not exist") from exc
-    except OSError as exc:
-        raise ConfigError(f"cannot read consent public key file {path}: {exc.strerror}") from exc
-    try:
-        key = serialization.load_pem_public_key(data)
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not a PEM public key: {exc}") from exc
-    if not isinstance(key, Ed25519PublicKey):
-        raise ConfigError(f"{path} holds a {type(key).__name__}, not an Ed25519 public key")
-    return key
+    """The receipt-verification key in PEM file `path` (signing.load_public_key); ConfigError
+    naming the file if unusable."""
+    return signing.load_public_key(path, what="consent public key", field="consent_key")
 
 
 def load_consent_key_pair(private_path: Path, public_path: Path) -> Ed25519PrivateKey:
@@ -505,7 +491,7 @@ def restore_consent_public_key(private_path: Path, public_path: Path) -> Ed25519
     try:
         write_atomically(
             public_path,
-            _public_pem(key.public_key()),
+            signing.public_pem(key.public_key()),
             mode=0o644,
             overwrite=False,
             field="consent_key",
@@ -652,24 +638,6 @@ def _iso_seconds(value: int) -> str:
 
 def _mask(subject: str) -> str:
     return "*" * max(0, len(subject) - 4) + subject[-4:]
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _public_pem(key: Ed25519PublicKey) -> bytes:
-    return key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-def _private_pem(key: Ed25519PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 def _check_public_half(key: Ed25519PrivateKey, private_path: Path, public_path: Path) -> None:

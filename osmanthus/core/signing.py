@@ -30,10 +30,11 @@ import binascii
 import hashlib
 import json
 import os
+import re
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import jwt
 import rfc8785
@@ -57,6 +58,8 @@ _HEADER_FIELDS: Final = frozenset({"alg", "b64", "crit", "kid", "typ"})
 KEY_ID_LENGTH: Final = 43
 #: a detached JWS with our header and an Ed25519 signature is about 220 characters
 MAX_SIGNATURE_CHARS: Final = 1024
+#: a key pair's name: its files are NAME.key and NAME.pub
+KEY_NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: the fields of a sealed file, and nothing else
 _SEALED_FIELDS: Final = frozenset({"payload", "signature"})
 
@@ -104,6 +107,8 @@ def canonical_json(value: Any, *, field: str = "payload") -> bytes:
         raise InvalidArgument(
             f"holds a value canonical JSON cannot carry ({type(exc).__name__})", field=field
         ) from None
+    except RecursionError:
+        raise InvalidArgument("is nested too deeply", field=field) from None
 
 
 def is_canonical(data: bytes) -> bool:
@@ -174,6 +179,28 @@ def generate_key_pair(
     write_atomically(private_path, private_pem(key), mode=0o600, overwrite=overwrite)
     write_atomically(public_path, public_pem(key.public_key()), mode=0o644, overwrite=overwrite)
     return key
+
+
+class KeyFiles(NamedTuple):
+    """A key pair written to files, and the id its signatures name."""
+
+    private: Path
+    public: Path
+    key_id: str
+
+
+def write_key_pair(out_dir: Path, name: str, *, what: str) -> KeyFiles:
+    """A new named key pair in `out_dir`: NAME.key (mode 0600) and NAME.pub, never replacing
+    existing files."""
+    if not isinstance(name, str) or not KEY_NAME_PATTERN.fullmatch(name):
+        raise ConfigError(
+            f"{name!r} is not a key name: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+            field="name",
+        )
+    private_path, public_path = out_dir / f"{name}.key", out_dir / f"{name}.pub"
+    key = generate_key_pair(private_path=private_path, public_path=public_path, what=what)
+    return KeyFiles(private_path, public_path, key_id(key.public_key()))
 
 
 def private_pem(key: Ed25519PrivateKey) -> bytes:

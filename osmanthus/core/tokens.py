@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import heapq
 import json
-import os
 import re
 import secrets
 import threading
@@ -19,6 +18,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from osmanthus.core import signing
 from osmanthus.core.errors import ConfigError, InvalidArgument, PermissionDenied, Unauthenticated
 from osmanthus.core.names import PEER_NAME_PATTERN, PURPOSE_PATTERN
 from osmanthus.core.strictjson import unique_keys
@@ -94,35 +94,12 @@ def generate_issuer_keypair(
     Existing files are kept (ConfigError) unless `overwrite` is true: replacing the issuer key
     invalidates every token already handed out.
     """
-    if not overwrite:
-        for path in (private_path, public_path):
-            if path.exists():
-                raise ConfigError(
-                    f"{path} already exists: refusing to replace the issuer key, which would"
-                    " invalidate every issued token (pass overwrite=True to replace it)"
-                )
-    key = Ed25519PrivateKey.generate()
-    private_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+    signing.generate_key_pair(
+        private_path=private_path,
+        public_path=public_path,
+        what="token issuer key, which would invalidate every token it issued",
+        overwrite=overwrite,
     )
-    public_pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    for path in (private_path, public_path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    _write(private_path, private_pem, mode=0o600)
-    _write(public_path, public_pem, mode=0o644)
-
-
-def _write(path: Path, data: bytes, *, mode: int) -> None:
-    path.unlink(missing_ok=True)
-    # O_EXCL with the final mode: the private key is never readable by others, even briefly.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as handle:
-        os.fchmod(handle.fileno(), mode)
-        handle.write(data)
 
 
 class TokenIssuer:

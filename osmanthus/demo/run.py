@@ -13,8 +13,8 @@ import duckdb
 
 from certs import PeerRole, cert_paths, init_platform, issue_certificate
 from node.officer import ListOfficer
+from osmanthus.core import signing
 from osmanthus.core.audit import AuditEntry
-from osmanthus.core.bundle import generate_publisher_key
 from osmanthus.core.catalogue import Catalogue, load_catalogue
 from osmanthus.core.clock import china_today
 from osmanthus.core.errors import OsmanthusError
@@ -330,7 +330,9 @@ def _sync_setup(workdir: Path, certs: Path, issuer: TokenIssuer) -> tuple[Path, 
             ttl=timedelta(hours=1),
         )
     )
-    private, public = generate_publisher_key(out_dir=workdir / "keys", name=f"{SENDER}-sync")
+    private, public, _ = signing.write_key_pair(
+        workdir / "keys", f"{SENDER}-sync", what="sender key"
+    )
     senders = workdir / "province" / "senders.toml"
     senders.parent.mkdir()
     senders.write_text(

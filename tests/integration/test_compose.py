@@ -42,7 +42,7 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from certs import DEFAULT_OPERATOR_NAME, PeerRole, cert_paths
 from coordinator.config import NodeEndpoint, load_nodes, render_nodes
-from osmanthus.core.bundle import load_private_key
+from osmanthus.core import signing
 from osmanthus.core.catalogue import Catalogue, load_catalogue
 from osmanthus.core.durations import parse_duration
 from osmanthus.core.lists import holds_resident_id
@@ -714,7 +714,7 @@ def test_init_prepares_the_sync_job_and_the_receiver_each_in_a_volume_of_its_own
     [sender] = senders.senders
     assert sender.id == config.sender
     assert sender.certificates == {config.requester}
-    public = load_private_key(config.signing_key).public_key()
+    public = signing.load_private_key(config.signing_key).public_key()
     assert list(sender.keys) == [sender_key_id(public)]
     certs_dir = Path(initialised.mounted(province).map(province.option("--certs-dir")))
     cert_paths(certs_dir, role=PeerRole.NODE, name="province")
@@ -1038,7 +1038,7 @@ def test_the_sync_job_delivers_grades_and_statistics_to_the_receiver(
     config = load_config(running.host.sync_config)
     assert config.enterprises is not None
     firms = set(read_ids(config.enterprises))
-    key_id = sender_key_id(load_private_key(config.signing_key).public_key())
+    key_id = sender_key_id(signing.load_private_key(config.signing_key).public_key())
     with _receiver(running) as receiver:
         stored = receiver.batches(page_size=100)
         refused = receiver.rejections(page_size=100)

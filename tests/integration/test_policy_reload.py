@@ -9,7 +9,6 @@ logs must name the bundle each decision was made under.
 
 from __future__ import annotations
 
-import base64
 import csv
 import hashlib
 import json
@@ -28,18 +27,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import sdk
 from coordinator.server import DEFAULT_CENTRAL_POLICY
 from node.server import DEFAULT_NODE_POLICY
+from osmanthus.core import signing
 from osmanthus.core.bundle import (
+    FORMAT,
+    generate_publisher_key,
+    load_private_key,
+    sign_bundle,
+    verify_bundle,
+)
+from osmanthus.core.bundle_watch import (
     STATE_FILE_NAME,
     PolicyWatcher,
     ReloadStatus,
     active_watchers,
-    generate_publisher_key,
-    key_id_of,
-    load_private_key,
-    sign_bundle,
-    verify_bundle,
-    write_atomically,
 )
+from osmanthus.core.files import write_atomically
 from osmanthus.core.types import DepartmentId, Role, Shape
 from osmanthus.demo.launcher import osmanthus_command, spawn
 from osmanthus.demo.seed import SeedReport
@@ -101,7 +103,7 @@ class Office:
         )
         public = self.key.public_key()
         bundle = verify_bundle(
-            data, trusted_keys={key_id_of(public): public}, scope=None, origin=str(path)
+            data, trusted_keys={signing.key_id(public): public}, scope=None, origin=str(path)
         )
         write_atomically(path, data)
         return bundle.hash
@@ -109,27 +111,27 @@ class Office:
     def tampered(self, path: Path, policy: str, *, scope: str, serial: int, to: str) -> None:
         """A bundle signed for `policy`, whose policy text was then replaced by `to`."""
         self.publish(path.with_suffix(".draft"), policy, scope=scope, serial=serial)
-        fields = json.loads(path.with_suffix(".draft").read_bytes())
-        fields["policy"] = to
-        fields["policy_sha256"] = hashlib.sha256(to.encode()).hexdigest()
-        write_atomically(path, json.dumps(fields).encode())
+        document = json.loads(path.with_suffix(".draft").read_bytes())
+        document["payload"]["policy"] = to
+        document["payload"]["policy_sha256"] = hashlib.sha256(to.encode()).hexdigest()
+        write_atomically(path, json.dumps(document).encode())
 
     def unchecked(self, path: Path, policy: str, *, scope: str, serial: int) -> None:
         """A correctly signed bundle whose policy fails validation ('publish' refuses to make
         one; a faulty publishing tool might not)."""
         payload = {
-            "format": "osmanthus-policy-bundle/1",
+            "format": FORMAT,
             "scope": scope,
             "serial": serial,
             "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "publisher": "faulty tool",
             "policy": policy,
             "policy_sha256": hashlib.sha256(policy.encode()).hexdigest(),
-            "key_id": key_id_of(self.key.public_key()),
         }
-        signed = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        signature = base64.b64encode(self.key.sign(signed.encode())).decode()
-        write_atomically(path, json.dumps({**payload, "signature": signature}).encode())
+        sealed = signing.seal(
+            payload, payload_type=signing.POLICY_BUNDLE_TYPE, private_key=self.key
+        )
+        write_atomically(path, sealed)
 
 
 @pytest.fixture

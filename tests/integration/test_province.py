@@ -22,7 +22,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from certs import DEFAULT_OPERATOR_NAME, PeerRole, cert_paths, issue_certificate
 from osmanthus.cli import main
 from osmanthus.core import signing
-from osmanthus.core.bundle import generate_publisher_key, load_private_key
 from osmanthus.core.catalogue import ListColour
 from osmanthus.core.errors import (
     ConfigError,
@@ -84,8 +83,8 @@ def receiver_tls(tmp_path_factory: pytest.TempPathFactory, platform_certs: Path)
 @pytest.fixture(scope="module")
 def senders(tmp_path_factory: pytest.TempPathFactory) -> Senders:
     directory = tmp_path_factory.mktemp("senders")
-    suzhou, _ = generate_publisher_key(out_dir=directory / "keys", name="suzhou-sync")
-    wuxi, _ = generate_publisher_key(out_dir=directory / "keys", name="wuxi-sync")
+    suzhou, _, _ = signing.write_key_pair(directory / "keys", "suzhou-sync", what="sender key")
+    wuxi, _, _ = signing.write_key_pair(directory / "keys", "wuxi-sync", what="sender key")
     path = directory / "senders.toml"
     path.write_text(
         '[[sender]]\nid = "suzhou"\npublic_keys = ["keys/suzhou-sync.pub"]\n'
@@ -94,7 +93,7 @@ def senders(tmp_path_factory: pytest.TempPathFactory) -> Senders:
         'certificates = ["bank-1"]\n',
         encoding="utf-8",
     )
-    return Senders(path, load_private_key(suzhou), load_private_key(wuxi))
+    return Senders(path, signing.load_private_key(suzhou), signing.load_private_key(wuxi))
 
 
 @dataclasses.dataclass
@@ -561,7 +560,7 @@ def test_province_keygen_serve_and_batches_from_the_command_line(
     )  # fmt: skip
     try:
         port = process.wait_ready()
-        key = load_private_key(keys / "suzhou-sync.key")
+        key = signing.load_private_key(keys / "suzhou-sync.key")
         tls = TlsFiles.from_cert_paths(
             cert_paths(platform_certs, role=PeerRole.REQUESTER, name="sync-1")
         )

@@ -30,7 +30,6 @@ import pytest
 from certs import PeerRole, cert_paths, issue_certificate
 from node.officer import ListOfficer
 from osmanthus.core import signing
-from osmanthus.core.bundle import generate_publisher_key, load_private_key
 from osmanthus.core.catalogue import Catalogue
 from osmanthus.core.ids import make_resident_id
 from osmanthus.core.lists import EntryId, NewEntry, WithdrawReason
@@ -222,7 +221,7 @@ def rig(
         else:
             target.write_bytes(source.read_bytes())
     (root / "keys").mkdir()
-    private, public = generate_publisher_key(out_dir=root / "keys", name="suzhou-sync")
+    private, public, _ = signing.write_key_pair(root / "keys", "suzhou-sync", what="sender key")
     senders = root / "senders.toml"
     senders.write_text(
         f'[[sender]]\nid = "{SENDER}"\npublic_keys = ["{public}"]\ncertificates = ["sync-1"]\n'
@@ -550,7 +549,9 @@ def test_batches_signed_before_a_key_change_go_up_signed_with_the_new_key(rig: R
     )
     assert done.returncode == 5
     # the city changed keys, and the province knows only the new one
-    new_key, new_public = generate_publisher_key(out_dir=rig.root / "rotated-key", name="new")
+    new_key, new_public, _ = signing.write_key_pair(
+        rig.root / "rotated-key", "new", what="sender key"
+    )
     senders = rig.root / "rotated-senders.toml"
     senders.write_text(
         f'[[sender]]\nid = "{SENDER}"\npublic_keys = ["{new_public}"]\ncertificates = ["sync-1"]\n'
@@ -618,7 +619,7 @@ def test_after_a_receiver_reset_rebase_renumbers_the_waiting_batches_to_follow_i
 
 def test_a_job_whose_key_the_province_does_not_know_is_refused_and_says_so(rig: Rig) -> None:
     port = rig.start_receiver(state="unknown")
-    stranger, _ = generate_publisher_key(out_dir=rig.root / "stranger", name="stranger")
+    stranger, _, _ = signing.write_key_pair(rig.root / "stranger", "stranger", what="sender key")
     text = rig.config("unknown", port=port, lists=False, statistics=False).read_text()
     config = rig.root / "unknown-key.toml"
     config.write_text(text.replace(str(rig.signing_key), str(stranger)))
@@ -634,7 +635,7 @@ def test_a_job_whose_key_the_province_does_not_know_is_refused_and_says_so(rig: 
         records=[grade_record(credit_code=rig.enterprises[0], grade="A", score=150,
                               as_of=datetime.date.today(), departments_answered=6)],
     )  # fmt: skip
-    signed = sign_batch(made, private_key=load_private_key(rig.signing_key))
+    signed = sign_batch(made, private_key=signing.load_private_key(rig.signing_key))
     forged = dataclasses.replace(signed, payload=signed.payload.replace(b'"A"', b'"D"'))
     tls = TlsFiles.from_cert_paths(cert_paths(rig.certs, role=PeerRole.REQUESTER, name="sync-1"))
     with ProvinceClient(f"127.0.0.1:{port}", tls=tls) as province:

@@ -1,42 +1,35 @@
-"""Signed policy bundles: signing, every refusal of verification, the watcher, and the CLI."""
+"""Signed policy bundles: the format, signing, every refusal of verification, keys and the CLI.
+
+Following a bundle file (the watcher, the state file, servers) is tests/unit/test_bundle_watch.py.
+"""
 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import json
-import logging
 import os
 import stat
-import subprocess
-import sys
 import threading
-import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import rfc8785
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from osmanthus.cli import main
+from osmanthus.core import signing
 from osmanthus.core.bundle import (
     FORMAT,
+    LEGACY_FORMAT,
     MAX_BUNDLE_BYTES,
-    MAX_CLOCK_AHEAD,
     MAX_SERIAL,
-    STATE_FILE_NAME,
-    BundleRecord,
-    PolicyWatcher,
-    ReloadStatus,
     VerifiedBundle,
-    active_watchers,
-    check_poll_interval,
-    check_succession,
+    bundle_hash,
     generate_publisher_key,
-    key_id_of,
-    load_policy,
     load_private_key,
     load_trusted_keys,
     node_scope,
@@ -46,12 +39,11 @@ from osmanthus.core.bundle import (
     scope_accepts,
     sign_bundle,
     verify_bundle,
-    wake_watchers,
-    write_atomically,
 )
 from osmanthus.core.errors import ConfigError
-from osmanthus.core.policy import PolicyEngine, PolicyRequest, ReloadablePolicy
-from tests.waiting import EVENT_TIMEOUT_S
+from osmanthus.core.files import write_atomically
+from osmanthus.core.policy import PolicyEngine, PolicyRequest
+from tests.forge import forged_signature, loose_json
 
 NOW = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
 #: a policy that lets every requester register a key, and nothing else
@@ -78,7 +70,7 @@ when { principal.colour == "red" };
 """
 
 
-def _register(role: str = "bank") -> PolicyRequest:
+def register_request(role: str = "bank") -> PolicyRequest:
     return PolicyRequest(
         principal_type="Requester",
         principal_id="bank-1",
@@ -90,7 +82,7 @@ def _register(role: str = "bank") -> PolicyRequest:
     )
 
 
-def _sign(
+def sign(
     key: Ed25519PrivateKey,
     *,
     policy: str = ALLOW_REGISTER,
@@ -99,6 +91,7 @@ def _sign(
     publisher: str = "privacy office",
     now: datetime = NOW,
 ) -> bytes:
+    """A bundle as 'osmanthus policy publish' makes it."""
     return sign_bundle(
         policy_source=policy,
         scope=scope,
@@ -109,21 +102,48 @@ def _sign(
     )
 
 
-def _canonical(payload: dict[str, Any]) -> bytes:
-    # written from the format's description, independently of the module under test
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+def payload_of(data: bytes) -> dict[str, Any]:
+    """The payload of a sealed bundle, unverified."""
+    payload: dict[str, Any] = json.loads(data)["payload"]
+    return payload
 
 
-def _resign(fields: dict[str, Any], key: Ed25519PrivateKey) -> bytes:
-    """A bundle of exactly `fields`, correctly signed: what a buggy or hostile publisher makes."""
-    payload = {k: v for k, v in fields.items() if k != "signature"}
-    signature = base64.b64encode(key.sign(_canonical(payload))).decode()
-    return json.dumps({**payload, "signature": signature}).encode()
+def resealed(
+    payload: dict[str, Any],
+    key: Ed25519PrivateKey,
+    *,
+    payload_type: str = signing.POLICY_BUNDLE_TYPE,
+) -> bytes:
+    """A file of exactly `payload`, correctly signed: what a buggy or hostile publisher makes."""
+    return signing.seal(payload, payload_type=payload_type, private_key=key)
 
 
-def _fields(data: bytes) -> dict[str, Any]:
-    value: dict[str, Any] = json.loads(data)
-    return value
+def tampered(data: bytes, **changes: Any) -> bytes:
+    """The sealed bundle `data` with its payload changed after it was signed."""
+    document = json.loads(data)
+    document["payload"].update(changes)
+    return json.dumps(document).encode()
+
+
+def legacy_bundle(
+    key: Ed25519PrivateKey, *, policy: str = ALLOW_REGISTER, scope: str = "central", serial: int = 7
+) -> bytes:
+    """A bundle of format 1, written from that format's description: one flat object, signed
+    with a raw Ed25519 signature over the compact sorted JSON of every other field."""
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    fields = {
+        "format": LEGACY_FORMAT,
+        "scope": scope,
+        "serial": serial,
+        "created_at": "2026-01-05T08:00:00Z",
+        "publisher": "privacy office",
+        "policy": policy,
+        "policy_sha256": hashlib.sha256(policy.encode()).hexdigest(),
+        "key_id": hashlib.sha256(raw).hexdigest()[:16],
+    }
+    signed = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    signature = base64.b64encode(key.sign(signed.encode())).decode()
+    return json.dumps({**fields, "signature": signature}, sort_keys=True, indent=2).encode()
 
 
 @pytest.fixture
@@ -133,51 +153,87 @@ def key() -> Ed25519PrivateKey:
 
 @pytest.fixture
 def trusted(key: Ed25519PrivateKey) -> dict[str, Ed25519PublicKey]:
-    return {key_id_of(key.public_key()): key.public_key()}
+    return {signing.key_id(key.public_key()): key.public_key()}
 
 
-def _verify(
+def verified(
     data: bytes, trusted: dict[str, Ed25519PublicKey], *, scope: str | None = "central"
 ) -> VerifiedBundle:
     return verify_bundle(data, trusted_keys=trusted, scope=scope, origin="central.bundle")
 
 
-def _refusal(data: bytes, trusted: dict[str, Ed25519PublicKey], **kw: Any) -> ConfigError:
+def refusal(data: bytes, trusted: dict[str, Ed25519PublicKey], **kw: Any) -> ConfigError:
     with pytest.raises(ConfigError) as caught:
-        _verify(data, trusted, **kw)
+        verified(data, trusted, **kw)
     return caught.value
 
 
-# --- signing and verifying --------------------------------------------------------------------
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def test_a_signed_bundle_verifies_and_its_hash_is_what_audits_record(
+# --- the format -------------------------------------------------------------------------------
+
+
+def test_a_bundle_is_a_sealed_jws_over_the_canonical_payload(
     key: Ed25519PrivateKey, trusted: dict[str, Ed25519PublicKey]
 ) -> None:
-    data = _sign(key, serial=7, publisher="Wang Fang, privacy office")
-    bundle = _verify(data, trusted)
-    fields = _fields(data)
-    assert fields["format"] == FORMAT
-    assert set(fields) == {
+    data = sign(key, serial=7, publisher="Wang Fang, privacy office")
+    document = json.loads(data)
+    assert set(document) == {"payload", "signature"}
+    payload = document["payload"]
+    assert set(payload) == {
         "format", "scope", "serial", "created_at", "publisher", "policy", "policy_sha256",
-        "key_id", "signature",
     }  # fmt: skip
-    payload = {k: v for k, v in fields.items() if k != "signature"}
-    assert bundle.hash == hashlib.sha256(_canonical(payload)).hexdigest()
+    assert payload["format"] == FORMAT == "osmanthus-policy-bundle/2"
+    assert payload["created_at"] == "2026-11-26T09:30:00Z"
+    assert payload["policy_sha256"] == hashlib.sha256(ALLOW_REGISTER.encode()).hexdigest()
+    # RFC 7515 / 7797, checked from the standards: the protected header names the type and the
+    # key (its RFC 7638 thumbprint), and the signing input is header "." canonical payload
+    header_b64, empty, signature_b64 = document["signature"].split(".")
+    assert empty == ""
+    assert json.loads(_unb64(header_b64)) == {
+        "alg": "EdDSA",
+        "b64": False,
+        "crit": ["b64"],
+        "kid": signing.key_id(key.public_key()),
+        "typ": "osmanthus-policy-bundle+jws",
+    }
+    key.public_key().verify(
+        _unb64(signature_b64), header_b64.encode() + b"." + rfc8785.dumps(payload)
+    )
+
+    bundle = verified(data, trusted)
     assert (bundle.scope, bundle.serial, bundle.publisher) == (
         "central",
         7,
         "Wang Fang, privacy office",
     )
     assert bundle.created_at == NOW
-    assert bundle.key_id == key_id_of(key.public_key()) == fields["key_id"]
-    assert len(bundle.key_id) == 16
+    assert bundle.key_id == signing.key_id(key.public_key())
+    assert len(bundle.key_id) == 43
     assert bundle.policy_source == ALLOW_REGISTER
-    assert fields["policy_sha256"] == hashlib.sha256(ALLOW_REGISTER.encode()).hexdigest()
+    assert bundle.engine.decide(register_request()).allowed
+
+
+def test_the_bundle_hash_is_the_sha256_of_the_canonical_payload(
+    key: Ed25519PrivateKey, trusted: dict[str, Ed25519PublicKey]
+) -> None:
+    data = sign(key, serial=7)
+    payload = payload_of(data)
+    bundle = verified(data, trusted)
+    # RFC 8785 from the library, independently of the module under test
+    expected = hashlib.sha256(rfc8785.dumps(payload)).hexdigest()
+    assert bundle.hash == bundle_hash(payload) == expected
+    # not the hash of the file, whose layout is for people
+    assert bundle.hash != hashlib.sha256(data).hexdigest()
     # the engine names the bundle, not the bare source, in every decision it records
     assert bundle.engine.hash == bundle.hash
     assert bundle.engine.hash != PolicyEngine(source=ALLOW_REGISTER, origin="x").hash
-    assert bundle.engine.decide(_register()).allowed
+    # the same file laid out otherwise is the same bundle; another publisher is another
+    relaid = json.dumps(json.loads(data), separators=(",", ":")).encode()
+    assert verified(relaid, trusted).hash == bundle.hash
+    assert verified(sign(key, serial=7, publisher="office 2"), trusted).hash != bundle.hash
 
 
 def test_a_policy_engine_without_a_version_is_named_by_its_source_hash() -> None:
@@ -186,51 +242,75 @@ def test_a_policy_engine_without_a_version_is_named_by_its_source_hash() -> None
     assert PolicyEngine(source=ALLOW_REGISTER, origin="x", version="v" * 64).hash == "v" * 64
 
 
+# --- refusals ---------------------------------------------------------------------------------
+
+
 def test_a_changed_policy_text_breaks_the_signature(
     key: Ed25519PrivateKey, trusted: dict[str, Ed25519PublicKey]
 ) -> None:
-    fields = _fields(_sign(key, policy=DENY_BANKS))
-    fields["policy"] = ALLOW_REGISTER
-    fields["policy_sha256"] = hashlib.sha256(ALLOW_REGISTER.encode()).hexdigest()
-    error = _refusal(json.dumps(fields).encode(), trusted)
+    data = tampered(
+        sign(key, policy=DENY_BANKS),
+        policy=ALLOW_REGISTER,
+        policy_sha256=hashlib.sha256(ALLOW_REGISTER.encode()).hexdigest(),
+    )
+    error = refusal(data, trusted)
     assert error.field == "signature"
     assert "central.bundle" in str(error) and "bad signature" in str(error)
+    assert signing.key_id(key.public_key()) in str(error)
 
 
 def test_a_changed_serial_breaks_the_signature(
     key: Ed25519PrivateKey, trusted: dict[str, Ed25519PublicKey]
 ) -> None:
-    fields = _fields(_sign(key, serial=3))
-    fields["serial"] = 30
-    assert _refusal(json.dumps(fields).encode(), trusted).field == "signature"
+    assert refusal(tampered(sign(key, serial=3), serial=30), trusted).field == "signature"
 
 
-def test_a_signature_that_is_not_base64_is_a_bad_signature(
+def test_a_signature_that_is_not_a_detached_jws_is_refused(
     key: Ed25519PrivateKey, trusted: dict[str, Ed25519PublicKey]
 ) -> None:
-    fields = _fields(_sign(key))
-    fields["signature"] = "not base64!"
-    assert _refusal(json.dumps(fields).encode(), trusted).field == "signature"
+    document = json.loads(sign(key))
+    for signature in ("not base64!", 5, "a.b.c", "x" * 5000):
+        document["signature"] = signature
+        error = refusal(json.dumps(document).encode(), trusted)
+        assert error.field == "signature", signature
+        assert "central.bundle: the signature" in str(error) and "JWS" in str(error)
 
 
 def test_a_bundle_from_an_untrusted_key_is_refused_naming_the_key(
     key: Ed25519PrivateKey, trusted: dict[str, Ed25519PublicKey]
 ) -> None:
     stranger = Ed25519PrivateKey.generate()
-    error = _refusal(_sign(stranger), trusted)
+    error = refusal(sign(stranger), trusted)
     assert error.field == "key_id"
-    assert key_id_of(stranger.public_key()) in str(error)
+    assert signing.key_id(stranger.public_key()) in str(error)
     assert "not a trusted publisher key" in str(error)
-    assert key_id_of(key.public_key()) in str(error)
+    assert f"(trusted: {signing.key_id(key.public_key())})" in str(error)
+    assert "add the publisher's .pub file to --policy-trust" in str(error)
 
 
 def test_a_bundle_claiming_a_trusted_key_id_but_signed_by_another_key_is_refused(
     key: Ed25519PrivateKey, trusted: dict[str, Ed25519PublicKey]
 ) -> None:
     stranger = Ed25519PrivateKey.generate()
-    fields = _fields(_sign(stranger))
-    fields["key_id"] = key_id_of(key.public_key())
-    assert _refusal(_resign(fields, stranger), trusted).field == "signature"
+    document = json.loads(sign(stranger))
+    trusted_header = json.loads(sign(key))["signature"].split(".")[0]
+    document["signature"] = trusted_header + ".." + document["signature"].split(".")[2]
+    error = refusal(json.dumps(document).encode(), trusted)
+    assert error.field == "signature" and "bad signature" in str(error)
+
+
+@pytest.mark.parametrize(
+    "payload_type", [signing.CREDIT_REPORT_TYPE, signing.SYNC_BATCH_TYPE], ids=["report", "batch"]
+)
+def test_a_signature_made_for_another_artefact_is_refused(
+    key: Ed25519PrivateKey, trusted: dict[str, Ed25519PublicKey], payload_type: str
+) -> None:
+    """The publisher key signs reports too, say: its report signature is never a bundle's."""
+    data = resealed(payload_of(sign(key)), key, payload_type=payload_type)
+    error = refusal(data, trusted)
+    assert error.field == "signature"
+    assert f"type {payload_type!r}, not 'osmanthus-policy-bundle+jws'" in str(error)
+    assert "signs one kind of artefact only" in str(error)
 
 
 def test_scopes_central_node_and_one_department() -> None:
@@ -263,11 +343,11 @@ def test_a_server_reads_only_bundles_for_its_scope(
     reader: str,
     accepted: bool,
 ) -> None:
-    data = _sign(key, scope=bundle_scope)
+    data = sign(key, scope=bundle_scope)
     if accepted:
-        assert _verify(data, trusted, scope=reader).scope == bundle_scope
+        assert verified(data, trusted, scope=reader).scope == bundle_scope
     else:
-        error = _refusal(data, trusted, scope=reader)
+        error = refusal(data, trusted, scope=reader)
         assert error.field == "scope"
         assert f"for scope {bundle_scope!r}" in str(error)
 
@@ -275,11 +355,9 @@ def test_a_server_reads_only_bundles_for_its_scope(
 def test_a_policy_hash_that_does_not_match_the_policy_is_refused(
     key: Ed25519PrivateKey, trusted: dict[str, Ed25519PublicKey]
 ) -> None:
-    fields = _fields(_sign(key))
-    fields["policy_sha256"] = "0" * 64
-    error = _refusal(_resign(fields, key), trusted)
+    error = refusal(resealed({**payload_of(sign(key)), "policy_sha256": "0" * 64}, key), trusted)
     assert error.field == "policy_sha256"
-    assert "inconsistent" in str(error)
+    assert "inconsistent" in str(error) and "0" * 64 in str(error)
 
 
 def test_publishing_refuses_a_policy_that_fails_validation_with_its_line(
@@ -301,44 +379,60 @@ def test_publishing_refuses_a_policy_that_fails_validation_with_its_line(
 def test_a_signed_bundle_with_an_invalid_policy_is_refused_with_its_line(
     key: Ed25519PrivateKey, trusted: dict[str, Ed25519PublicKey]
 ) -> None:
-    fields = _fields(_sign(key))
-    fields["policy"] = INVALID
-    fields["policy_sha256"] = hashlib.sha256(INVALID.encode()).hexdigest()
-    message = str(_refusal(_resign(fields, key), trusted))
+    payload = payload_of(sign(key))
+    payload.update(policy=INVALID, policy_sha256=hashlib.sha256(INVALID.encode()).hexdigest())
+    message = str(refusal(resealed(payload, key), trusted))
     assert "central.bundle (policy)" in message
     assert "line 3" in message and "colour" in message
 
 
 @pytest.mark.parametrize(
-    ("data", "field", "words"),
+    ("document", "field", "words"),
     [
         (b"\xff\xfe", "bundle", "not UTF-8"),
         (b"{not json", "bundle", "not JSON"),
         (b"[1, 2]", "bundle", "JSON object"),
         (b'{"format": "a", "format": "b"}', "bundle", "appears twice"),
-        (json.dumps({"format": "osmanthus-policy-bundle/2"}).encode(), "format", "not a policy"),
-        (json.dumps({"format": FORMAT}).encode(), "created_at", "missing"),
+        (b'{"payload": {}, "payload": {}, "signature": ""}', "bundle", "appears twice"),
+        ({"format": "osmanthus-policy-bundle/3"}, "bundle", 'exactly "payload" and "signature"'),
+        ({"payload": {}, "signature": "", "comment": "hi"}, "bundle", "has fields"),
+        ({"payload": [], "signature": ""}, "payload", "not a JSON object"),
+        ({"payload": {}}, "bundle", "not a policy bundle"),
     ],
 )
 def test_what_is_not_a_bundle_is_refused_naming_the_problem(
-    trusted: dict[str, Ed25519PublicKey], data: bytes, field: str, words: str
+    trusted: dict[str, Ed25519PublicKey], document: bytes | dict[str, Any], field: str, words: str
 ) -> None:
-    error = _refusal(data, trusted)
+    data = document if isinstance(document, bytes) else json.dumps(document).encode()
+    error = refusal(data, trusted)
     assert error.field == field
-    assert words in str(error)
+    assert words in str(error) and str(error).startswith(f"{field}: central.bundle: ")
 
 
-def test_unknown_and_mistyped_fields_are_refused(
+def test_unknown_missing_and_mistyped_fields_of_a_signed_payload_are_refused(
     key: Ed25519PrivateKey, trusted: dict[str, Ed25519PublicKey]
 ) -> None:
-    fields = _fields(_sign(key))
-    error = _refusal(json.dumps({**fields, "comment": "hi"}).encode(), trusted)
+    payload = payload_of(sign(key))
+    error = refusal(resealed({**payload, "comment": "hi"}, key), trusted)
     assert error.field == "comment" and "unknown" in str(error)
-    error = _refusal(json.dumps({**fields, "publisher": 5}).encode(), trusted)
+    # the key id of format 1 is the signature's kid now: a payload carrying one is refused
+    error = refusal(resealed({**payload, "key_id": "0123456789abcdef"}, key), trusted)
+    assert error.field == "key_id" and "unknown" in str(error)
+    error = refusal(resealed({**payload, "publisher": 5}, key), trusted)
     assert error.field == "publisher" and "expected text" in str(error)
-    for serial in (True, 0, -1, "2"):
-        error = _refusal(_resign({**fields, "serial": serial}, key), trusted)
+    missing = {k: v for k, v in payload.items() if k != "created_at"}
+    error = refusal(resealed(missing, key), trusted)
+    assert error.field == "created_at" and "missing" in str(error)
+    error = refusal(resealed({**payload, "format": "osmanthus-policy-bundle/3"}, key), trusted)
+    assert error.field == "format" and "not 'osmanthus-policy-bundle/2'" in str(error)
+    for serial in (True, 0, -1, "2", 1.0):
+        error = refusal(resealed({**payload, "serial": serial}, key), trusted)
         assert error.field == "serial", serial
+    for created_at in ("yesterday", "2026-11-26T09:30:00"):
+        error = refusal(resealed({**payload, "created_at": created_at}, key), trusted)
+        assert error.field == "created_at", created_at
+    error = refusal(resealed({**payload, "scope": "everyone"}, key), trusted)
+    assert error.field == "scope" and "is not a scope" in str(error)
 
 
 def test_signing_checks_its_arguments(key: Ed25519PrivateKey) -> None:
@@ -350,7 +444,7 @@ def test_signing_checks_its_arguments(key: Ed25519PrivateKey) -> None:
         ({"publisher": "two\nlines"}, "publisher"),
     ):
         with pytest.raises(ConfigError) as caught:
-            _sign(key, **kw)
+            sign(key, **kw)
         assert caught.value.field == field
     with pytest.raises(ConfigError, match="time zone"):
         sign_bundle(
@@ -363,86 +457,69 @@ def test_signing_checks_its_arguments(key: Ed25519PrivateKey) -> None:
         )
 
 
-def test_a_rollback_and_a_second_bundle_under_one_serial_are_refused(
-    key: Ed25519PrivateKey, trusted: dict[str, Ed25519PublicKey]
-) -> None:
-    in_force = _verify(_sign(key, serial=5), trusted)
-    older = _verify(_sign(key, serial=4), trusted)
-    twin = _verify(_sign(key, serial=5, policy=DENY_BANKS), trusted)
-    newer = _verify(_sign(key, serial=6, policy=DENY_BANKS), trusted)
-    record = BundleRecord.of(in_force)
-    with pytest.raises(ConfigError, match="rollback is refused"):
-        check_succession(record, older)
-    with pytest.raises(ConfigError, match="content differs"):
-        check_succession(record, twin)
-    assert check_succession(record, in_force) is False
-    assert check_succession(record, newer) is True
-
-
-def test_an_older_bundle_of_another_scope_is_refused_however_high_its_serial(
-    key: Ed25519PrivateKey, trusted: dict[str, Ed25519PublicKey]
-) -> None:
-    tax = node_scope("tax")
-
-    def bundle(scope: str, serial: int, days: int) -> VerifiedBundle:
-        data = _sign(key, scope=scope, serial=serial, now=NOW + timedelta(days=days))
-        return _verify(data, trusted, scope=tax)
-
-    in_force = BundleRecord.of(bundle(tax, 3, days=300))
-    # the 'node' series reached serial 7 long before tax got its own series
-    with pytest.raises(ConfigError) as caught:
-        check_succession(in_force, bundle("node", 7, days=0))
-    assert caught.value.field == "created_at"
-    message = str(caught.value)
-    assert "published 2026-11-26" in message and "before the bundle in force" in message
-    assert "'node:tax' serial 3" in message  # what is in force
-    # a scope change needs a higher serial too, and the message says both scopes are one series
-    with pytest.raises(ConfigError) as caught:
-        check_succession(in_force, bundle("node", 2, days=400))
-    assert caught.value.field == "serial" and "rollback" in str(caught.value)
-    assert "'node:tax' and 'node' bundles as one sequence" in str(caught.value)
-    with pytest.raises(ConfigError, match="content differs"):
-        check_succession(in_force, bundle("node", 3, days=400))
-    # newer on both counts: a legitimate move back to the policy for every node
-    assert check_succession(in_force, bundle("node", 4, days=400)) is True
-    # published in the same second as the bundle in force: not older
-    assert check_succession(in_force, bundle(tax, 4, days=300)) is True
-    # a record from before publication times were kept compares serials only
-    unknown_time = dataclasses.replace(in_force, created_at=None)
-    assert check_succession(unknown_time, bundle("node", 7, days=0)) is True
-
-
-def test_a_bundle_dated_in_the_future_is_refused_by_a_server(
-    key: Ed25519PrivateKey, trusted: dict[str, Ed25519PublicKey]
-) -> None:
-    in_force = BundleRecord.of(_verify(_sign(key, serial=1), trusted))
-    ahead = _verify(_sign(key, serial=2, now=NOW + MAX_CLOCK_AHEAD + timedelta(minutes=1)), trusted)
-    with pytest.raises(ConfigError) as caught:
-        check_succession(in_force, ahead, now=NOW)
-    assert caught.value.field == "created_at" and "after this server's clock" in str(caught.value)
-    # within the allowance, or checked later by a server whose clock has caught up: accepted
-    assert check_succession(in_force, ahead, now=NOW + timedelta(minutes=2)) is True
-    near = _verify(_sign(key, serial=2, now=NOW + MAX_CLOCK_AHEAD), trusted)
-    assert check_succession(in_force, near, now=NOW) is True
-
-
 def test_serials_stop_below_two_to_the_53(
     key: Ed25519PrivateKey, trusted: dict[str, Ed25519PublicKey]
 ) -> None:
-    assert _verify(_sign(key, serial=MAX_SERIAL), trusted).serial == 2**53 - 1
+    assert verified(sign(key, serial=MAX_SERIAL), trusted).serial == 2**53 - 1
     with pytest.raises(ConfigError) as caught:
-        _sign(key, serial=MAX_SERIAL + 1)
+        sign(key, serial=MAX_SERIAL + 1)
     assert caught.value.field == "serial" and "largest serial" in str(caught.value)
-    fields = _fields(_sign(key, serial=5))
-    error = _refusal(_resign({**fields, "serial": 2**53}, key), trusted)
-    assert error.field == "serial" and str(MAX_SERIAL) in str(error)
+    # RFC 8785 cannot carry it, so no envelope signs it: a forged signature over the loose JSON
+    payload = {**payload_of(sign(key, serial=5)), "serial": 2**53}
+    signature = forged_signature(
+        loose_json(payload), key, payload_type=signing.POLICY_BUNDLE_TYPE
+    ).decode()
+    error = refusal(json.dumps({"payload": payload, "signature": signature}).encode(), trusted)
+    assert error.field == "payload" and "2**53 - 1" in str(error)
 
 
-def test_read_serial_reads_the_claimed_serial_without_trusting_it(key: Ed25519PrivateKey) -> None:
-    assert read_serial(_sign(key, serial=41), origin="x") == 41
-    assert read_claims(_sign(key, serial=41, scope="node:tax"), origin="x") == ("node:tax", 41)
-    with pytest.raises(ConfigError):
-        read_serial(b"{}", origin="x")
+# --- bundles of format 1 ----------------------------------------------------------------------
+
+
+def test_a_format_1_bundle_is_refused_with_the_command_that_signs_it_again(
+    key: Ed25519PrivateKey, trusted: dict[str, Ed25519PublicKey]
+) -> None:
+    # signed by the trusted publisher key, and still refused: the format is what is refused
+    error = refusal(legacy_bundle(key, scope="node:tax", serial=7), trusted, scope="node:tax")
+    assert error.field == "format"
+    message = str(error)
+    assert message.startswith("format: central.bundle: format is 'osmanthus-policy-bundle/1'")
+    assert "reads 'osmanthus-policy-bundle/2' only" in message
+    assert "claims scope 'node:tax' and serial 7 (unverified)" in message
+    assert message.endswith(
+        "osmanthus policy publish --policy <the policy file> --scope node:tax --serial 8 "
+        "--key <publisher key> --out central.bundle"
+    )
+    # claims that cannot be read leave blanks to fill in, never a wrong number
+    fields = json.loads(legacy_bundle(key))
+    for damaged in ({**fields, "serial": "seven"}, {**fields, "scope": None}):
+        message = str(refusal(json.dumps(damaged).encode(), trusted))
+        assert "cannot be read" in message and "--scope <scope> --serial <serial>" in message
+
+
+def test_the_re_sign_command_quotes_the_file_name() -> None:
+    key = Ed25519PrivateKey.generate()
+    with pytest.raises(ConfigError) as caught:
+        verify_bundle(
+            legacy_bundle(key),
+            trusted_keys={signing.key_id(key.public_key()): key.public_key()},
+            scope="central",
+            origin="/srv/policy bundles/central.bundle",
+        )
+    assert str(caught.value).endswith("--out '/srv/policy bundles/central.bundle'")
+
+
+def test_read_claims_reads_the_claimed_scope_and_serial_of_either_format_without_trusting_them(
+    key: Ed25519PrivateKey,
+) -> None:
+    assert read_serial(sign(key, serial=41), origin="x") == 41
+    assert read_claims(sign(key, serial=41, scope="node:tax"), origin="x") == ("node:tax", 41)
+    # a forgery is read just the same: numbering only, never trust
+    assert read_claims(tampered(sign(key), serial=42), origin="x") == ("central", 42)
+    assert read_claims(legacy_bundle(key, scope="node", serial=7), origin="x") == ("node", 7)
+    for data in (b"{}", b'{"payload": [], "signature": ""}', b'{"serial": 3}'):
+        with pytest.raises(ConfigError):
+            read_serial(data, origin="x")
 
 
 @pytest.mark.parametrize(
@@ -450,7 +527,7 @@ def test_read_serial_reads_the_claimed_serial_without_trusting_it(key: Ed25519Pr
     [
         (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
         (b'{"format": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
-        (b'{"serial": NaN}', "NaN is not a JSON value"),
+        (b'{"payload": {"serial": NaN}, "signature": ""}', "NaN is not a JSON value"),
         (b'{"serial": ' + b"9" * 5000 + b"}", "not JSON"),
         (b"\xef\xbb\xbf{}", "not JSON"),
     ],
@@ -458,7 +535,7 @@ def test_read_serial_reads_the_claimed_serial_without_trusting_it(key: Ed25519Pr
 def test_hostile_json_is_refused_as_not_a_bundle(
     trusted: dict[str, Ed25519PublicKey], data: bytes, words: str
 ) -> None:
-    error = _refusal(data, trusted)
+    error = refusal(data, trusted)
     assert error.field == "bundle"
     assert words in str(error)
 
@@ -466,25 +543,33 @@ def test_hostile_json_is_refused_as_not_a_bundle(
 def test_what_an_unverified_bundle_holds_is_shown_short_in_messages(
     key: Ed25519PrivateKey, trusted: dict[str, Ed25519PublicKey]
 ) -> None:
-    fields = _fields(_sign(key))
+    data = sign(key)
+    document = json.loads(data)
+    payload = document["payload"]
     huge = "k" * 1_000_000
     nested: Any = "deep"
     for _ in range(800):
         nested = [nested]
+    legacy = json.loads(legacy_bundle(key))
     for bad, field in (
-        ({**fields, "format": huge}, "format"),
-        ({**fields, "key_id": huge}, "key_id"),
-        ({**fields, huge: 1}, "k" * 40),
-        ({**fields, "publisher": nested}, "publisher"),
-        ({**fields, "serial": nested}, "serial"),
-        ({**fields, "serial": 10**4000}, "signature"),
+        (json.dumps({**document, huge: 1}).encode(), "bundle"),
+        (json.dumps({**document, "signature": huge}).encode(), "signature"),
+        (tampered(data, publisher=huge), "signature"),
+        (json.dumps({**legacy, "scope": huge}).encode(), "format"),
+        (json.dumps({**legacy, "serial": nested}).encode(), "format"),
+        (resealed({**payload, "format": huge}, key), "format"),
+        (resealed({**payload, huge: 1}, key), "k" * 40),
+        (resealed({**payload, "publisher": nested}, key), "publisher"),
+        (resealed({**payload, "serial": nested}, key), "serial"),
+        (resealed({**payload, "created_at": huge}, key), "created_at"),
+        (resealed({**payload, "policy_sha256": huge}, key), "policy_sha256"),
     ):
-        error = _refusal(json.dumps(bad).encode(), trusted)
+        error = refusal(bad, trusted)
         assert error.field == field
-        assert len(str(error)) < 600
+        assert len(str(error)) < 700, str(error)[:200]
 
 
-# --- files ------------------------------------------------------------------------------------
+# --- files and keys ----------------------------------------------------------------------------
 
 
 def test_an_atomic_write_shows_readers_the_old_file_or_the_new_one_never_a_mix(
@@ -524,7 +609,8 @@ def test_keygen_writes_a_private_key_only_its_owner_reads_and_never_overwrites(
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
     assert private.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
     key = load_private_key(private)
-    assert list(load_trusted_keys([public])) == [key_id_of(key.public_key())]
+    # the key id every bundle it signs names: the RFC 7638 thumbprint of the envelope
+    assert list(load_trusted_keys([public])) == [signing.key_id(key.public_key())]
     before = private.read_bytes()
     with pytest.raises(ConfigError, match="refusing to replace"):
         generate_publisher_key(out_dir=tmp_path / "keys", name="office")
@@ -627,416 +713,10 @@ def test_a_bundle_is_read_from_a_regular_file_only_and_never_past_the_size_limit
         assert str(path) in str(caught.value) and words in str(caught.value), path
 
 
-# --- the watcher --------------------------------------------------------------------------------
-
-
-class _Publisher:
-    """Publishes bundles into one file the way an officer does, with one key."""
-
-    def __init__(self, directory: Path, *, scope: str = "central") -> None:
-        private, public = generate_publisher_key(out_dir=directory / "keys", name="office")
-        self.key = load_private_key(private)
-        self.public = public
-        self.scope = scope
-        self.path = directory / "policy.bundle"
-
-    def publish(self, policy: str, serial: int, *, scope: str | None = None) -> str:
-        data = _sign(self.key, policy=policy, serial=serial, scope=scope or self.scope)
-        write_atomically(self.path, data)
-        return str(_fields(data)["key_id"])
-
-
-def _open(
-    publisher: _Publisher, state_dir: Path, *, interval_s: float = 60.0, scope: str = "central"
-) -> tuple[ReloadablePolicy, PolicyWatcher]:
-    policy, watcher = load_policy(
-        policy_file=Path("unused.cedar"),
-        bundle=publisher.path,
-        trust=[publisher.public],
-        scope=scope,
-        state_dir=state_dir,
-        interval_s=interval_s,
-    )
-    assert watcher is not None
-    return policy, watcher
-
-
-def test_the_watcher_installs_good_bundles_and_keeps_the_policy_on_bad_ones(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    publisher = _Publisher(tmp_path)
-    publisher.publish(ALLOW_REGISTER, 1)
-    policy, watcher = _open(publisher, tmp_path)
-    watcher.start()
-    try:
-        first = policy.current()
-        assert first.decide(_register()).allowed
-        state = json.loads((tmp_path / STATE_FILE_NAME).read_text())
-        assert (state["serial"], state["hash"]) == (1, first.hash)
-
-        # the same file looked at again: nothing to do
-        assert watcher.check_now().status is ReloadStatus.INSTALLED
-        assert policy.current() is first
-
-        publisher.publish(DENY_BANKS, 2)
-        outcome = watcher.check_now()
-        assert outcome.status is ReloadStatus.INSTALLED
-        second = policy.current()
-        assert second is not first and second.hash == outcome.hash == watcher.bundle.hash
-        assert not second.decide(_register()).allowed
-        assert json.loads((tmp_path / STATE_FILE_NAME).read_text())["serial"] == 2
-
-        # a bad signature: rejected, logged once however often the file is looked at
-        fields = _fields(_sign(publisher.key, policy=ALLOW_REGISTER, serial=3))
-        fields["serial"] = 4
-        publisher.path.write_text(json.dumps(fields))
-        caplog.clear()
-        with caplog.at_level(logging.ERROR, logger="osmanthus.core.bundle"):
-            rejected = watcher.check_now()
-            assert watcher.check_now() is rejected
-            assert watcher.last_outcome is rejected
-        assert rejected.status is ReloadStatus.REJECTED
-        assert "bad signature" in rejected.reason
-        assert (rejected.serial, rejected.hash) == (2, second.hash)
-        assert policy.current() is second
-        assert len(caplog.records) == 1
-        assert str(publisher.path) in caplog.records[0].getMessage()
-        assert "bad signature" in caplog.records[0].getMessage()
-
-        # a valid policy signed for the wrong scope, an invalid policy, a rollback, no file
-        publisher.publish(ALLOW_REGISTER, 3, scope="node")
-        assert "for scope 'node'" in watcher.check_now().reason
-        bad = _fields(_sign(publisher.key, serial=3))
-        bad.update(policy=INVALID, policy_sha256=hashlib.sha256(INVALID.encode()).hexdigest())
-        publisher.path.write_bytes(_resign(bad, publisher.key))
-        assert "line 3" in watcher.check_now().reason
-        publisher.publish(ALLOW_REGISTER, 1)
-        assert "rollback" in watcher.check_now().reason
-        publisher.publish(ALLOW_REGISTER, 2)
-        assert "content differs" in watcher.check_now().reason
-        publisher.path.unlink()
-        assert "cannot read the bundle" in watcher.check_now().reason
-        assert policy.current() is second
-
-        publisher.publish(ALLOW_REGISTER, 3)
-        outcome = watcher.check_now()
-        assert outcome.status is ReloadStatus.INSTALLED and outcome.serial == 3
-        assert policy.current().decide(_register()).allowed
-    finally:
-        watcher.close()
-    assert watcher not in active_watchers()
-
-
-def test_the_watcher_refuses_a_replayed_bundle_of_the_other_scope_and_keeps_the_series(
-    tmp_path: Path,
-) -> None:
-    publisher = _Publisher(tmp_path, scope="node:tax")
-    # the bundle for every node reached serial 7 a year ago; tax's own series is at 3
-    old_for_every_node = _sign(publisher.key, scope="node", serial=7, now=NOW - timedelta(days=300))
-    publisher.publish(DENY_BANKS, 3)
-    policy, watcher = _open(publisher, tmp_path, scope=node_scope("tax"))
-    watcher.start()
-    try:
-        strict = policy.current()
-        write_atomically(publisher.path, old_for_every_node)
-        outcome = watcher.check_now()
-        assert outcome.status is ReloadStatus.REJECTED
-        assert "before the bundle in force, 'node:tax' serial 3" in outcome.reason
-        assert policy.current() is strict
-        assert (watcher.bundle.scope, watcher.bundle.serial) == ("node:tax", 3)
-
-        # the office's next bundle for tax is not mistaken for a rollback
-        publisher.publish(DENY_BANKS + "\n// reviewed\n", 4)
-        assert watcher.check_now().status is ReloadStatus.INSTALLED
-        state = json.loads((tmp_path / STATE_FILE_NAME).read_text())
-        assert (state["scope"], state["serial"]) == ("node:tax", 4)
-        assert datetime.fromisoformat(state["created_at"]) == NOW
-    finally:
-        watcher.close()
-
-
-@pytest.mark.timeout(20)
-def test_the_watcher_refuses_a_fifo_or_a_device_without_blocking(tmp_path: Path) -> None:
-    publisher = _Publisher(tmp_path)
-    publisher.publish(ALLOW_REGISTER, 1)
-    policy, watcher = _open(publisher, tmp_path)
-    first = policy.current()
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    os.replace(fifo, publisher.path)
-    outcome = watcher.check_now()
-    assert outcome.status is ReloadStatus.REJECTED and "a FIFO" in outcome.reason
-    publisher.path.unlink()
-    publisher.path.symlink_to("/dev/zero")
-    assert "a device" in watcher.check_now().reason
-    assert policy.current() is first
-    publisher.path.unlink()
-    publisher.publish(DENY_BANKS, 2)
-    assert watcher.check_now().status is ReloadStatus.INSTALLED
-
-
-def test_the_watcher_follows_a_kubernetes_style_chain_of_symbolic_links(tmp_path: Path) -> None:
-    """A ConfigMap volume: NAME -> ..data/NAME, ..data -> ..<timestamp>/, swapped on update."""
-    publisher = _Publisher(tmp_path)
-    mount = tmp_path / "mount"
-    mount.mkdir()
-
-    def update(serial: int, policy: str) -> None:
-        version = mount / f"..2026_11_26_{serial}"
-        version.mkdir()
-        (version / "central.bundle").write_bytes(_sign(publisher.key, serial=serial, policy=policy))
-        (mount / "..data_tmp").symlink_to(version.name)
-        os.replace(mount / "..data_tmp", mount / "..data")
-
-    update(1, ALLOW_REGISTER)
-    (mount / "central.bundle").symlink_to("..data/central.bundle")
-    policy, watcher = load_policy(
-        policy_file=Path("unused.cedar"),
-        bundle=mount / "central.bundle",
-        trust=[publisher.public],
-        scope="central",
-        state_dir=tmp_path,
-        interval_s=60.0,
-    )
-    assert watcher is not None and watcher.bundle.serial == 1
-    update(2, DENY_BANKS)
-    assert watcher.check_now().status is ReloadStatus.INSTALLED
-    assert not policy.current().decide(_register()).allowed
-
-
-@pytest.mark.parametrize("value", [float("inf"), float("nan"), 1e300, 0.0, -1.0, 0.01, 3601.0])
-def test_a_poll_interval_outside_a_sensible_range_is_refused(tmp_path: Path, value: float) -> None:
-    with pytest.raises(ConfigError) as caught:
-        check_poll_interval(value)
-    assert caught.value.field == "policy_poll" and "0.05 to 3600" in str(caught.value)
-    publisher = _Publisher(tmp_path)
-    publisher.publish(ALLOW_REGISTER, 1)
-    with pytest.raises(ConfigError) as caught:
-        _open(publisher, tmp_path, interval_s=value)
-    assert caught.value.field == "policy_poll"
-
-
-def test_poll_intervals_at_the_ends_of_the_range_are_accepted() -> None:
-    assert check_poll_interval(0.05) == 0.05
-    assert check_poll_interval(3600) == 3600
-
-
-class _InstallFailsOnce(ReloadablePolicy):
-    """A policy holder whose first installation fails, as an unforeseen fault would."""
-
-    def __init__(self, engine: PolicyEngine) -> None:
-        super().__init__(engine)
-        self.failures = 0
-
-    def install(self, engine: PolicyEngine) -> PolicyEngine:
-        if self.failures == 0:
-            self.failures += 1
-            raise RuntimeError("an unforeseen fault")
-        return super().install(engine)
-
-
-def test_the_watcher_thread_survives_an_unexpected_error_and_tries_again(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    publisher = _Publisher(tmp_path)
-    publisher.publish(ALLOW_REGISTER, 1)
-    trusted = load_trusted_keys([publisher.public])
-    bundle = verify_bundle(
-        publisher.path.read_bytes(), trusted_keys=trusted, scope="central", origin="x"
-    )
-    policy = _InstallFailsOnce(bundle.engine)
-    watcher = PolicyWatcher(
-        path=publisher.path,
-        policy=policy,
-        bundle=bundle,
-        trusted_keys=trusted,
-        scope="central",
-        interval_s=0.05,
-    )
-    with caplog.at_level(logging.ERROR, logger="osmanthus.core.bundle"):
-        watcher.start()
-        try:
-            publisher.publish(DENY_BANKS, 2)
-            deadline = time.monotonic() + EVENT_TIMEOUT_S
-            while watcher.bundle.serial != 2 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert watcher.bundle.serial == 2
-            assert policy.failures == 1
-            assert not policy.current().decide(_register()).allowed
-        finally:
-            watcher.close()
-    faults = [r.exc_info[1] for r in caplog.records if r.exc_info and r.exc_info[1]]
-    assert [str(fault) for fault in faults] == ["an unforeseen fault"]
-
-
-_SIGHUP_WHILE_WAKING = """
-import faulthandler, os, signal, sys, time
-from pathlib import Path
-from osmanthus.core.bundle import install_sighup_handler, load_policy
-
-bundle, trust, state, following = map(Path, sys.argv[1:])
-faulthandler.dump_traceback_later(100, exit=True)
-_, watcher = load_policy(policy_file=Path("x"), bundle=bundle, trust=[trust], scope="central",
-                         state_dir=state, interval_s=600)
-install_sighup_handler()
-watcher.start()
-time.sleep(0.2)
-os.replace(following, bundle)
-# the state of the main thread inside Event.set() (wake() or close()) when the signal comes
-with watcher._wake._cond:
-    os.kill(os.getpid(), signal.SIGHUP)
-    print("handler returned", flush=True)
-deadline = time.monotonic() + 90
-while watcher.bundle.serial != 2 and time.monotonic() < deadline:
-    time.sleep(0.01)
-print("serial", watcher.bundle.serial, flush=True)
-watcher.close()
-"""
-
-
-def test_sighup_while_the_main_thread_wakes_a_watcher_neither_deadlocks_nor_is_lost(
-    tmp_path: Path,
-) -> None:
-    publisher = _Publisher(tmp_path)
-    publisher.publish(ALLOW_REGISTER, 1)
-    following = tmp_path / "following.bundle"
-    following.write_bytes(_sign(publisher.key, policy=DENY_BANKS, serial=2))
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run(
-        [sys.executable, "-c", _SIGHUP_WHILE_WAKING, str(publisher.path), str(publisher.public),
-         str(tmp_path), str(following)],
-        cwd=root, capture_output=True, text=True, timeout=EVENT_TIMEOUT_S,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["handler returned", "serial 2"], done.stderr
-
-
-def test_the_watcher_thread_picks_up_a_new_bundle_within_a_few_polls(tmp_path: Path) -> None:
-    publisher = _Publisher(tmp_path)
-    publisher.publish(ALLOW_REGISTER, 1)
-    policy, watcher = _open(publisher, tmp_path, interval_s=0.05)
-    watcher.start()
-    try:
-        publisher.publish(DENY_BANKS, 2)
-        # polls come every 0.05 s; the bound is only there to stop a watcher that never polls
-        deadline = time.monotonic() + EVENT_TIMEOUT_S
-        while watcher.bundle.serial != 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert watcher.bundle.serial == 2
-        assert not policy.current().decide(_register()).allowed
-    finally:
-        watcher.close()
-
-
-def test_waking_the_watchers_checks_at_once_without_waiting_for_the_poll(tmp_path: Path) -> None:
-    publisher = _Publisher(tmp_path)
-    publisher.publish(ALLOW_REGISTER, 1)
-    _, watcher = _open(publisher, tmp_path, interval_s=600.0)
-    watcher.start()
-    try:
-        assert watcher in active_watchers()
-        publisher.publish(DENY_BANKS, 2)
-        assert wake_watchers() >= 1
-        # far below the 600 s poll: the pick-up can only be the wake-up's
-        deadline = time.monotonic() + EVENT_TIMEOUT_S
-        while watcher.bundle.serial != 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert watcher.bundle.serial == 2
-    finally:
-        watcher.close()
-
-
-def test_a_server_refuses_to_start_on_a_bad_bundle_or_an_older_one_than_it_used(
-    tmp_path: Path,
-) -> None:
-    publisher = _Publisher(tmp_path)
-    publisher.publish(ALLOW_REGISTER, 2)
-    _, watcher = _open(publisher, tmp_path)
-    watcher.start()
-    watcher.close()
-    # restarted on an older bundle (say, restored from an old backup): refused
-    publisher.publish(DENY_BANKS, 1)
-    with pytest.raises(ConfigError) as caught:
-        _open(publisher, tmp_path)
-    assert "rollback" in str(caught.value) and STATE_FILE_NAME in str(caught.value)
-    publisher.publish(DENY_BANKS, 3, scope="node:tax")
-    with pytest.raises(ConfigError, match="for scope 'node:tax'"):
-        _open(publisher, tmp_path)
-    # the state directory records the coordinator's bundle: a node must not share it
-    with pytest.raises(ConfigError) as caught:
-        _open(publisher, tmp_path, scope=node_scope("tax"))
-    assert caught.value.field == "state_dir" and "its own --state-dir" in str(caught.value)
-    tax_state = tmp_path / "tax"
-    tax_state.mkdir()
-    assert _open(publisher, tax_state, scope=node_scope("tax"))[1].bundle.serial == 3
-    with pytest.raises(ConfigError) as caught:
-        load_policy(
-            policy_file=Path("x"),
-            bundle=publisher.path,
-            trust=[],
-            scope="central",
-            state_dir=tmp_path,
-        )
-    assert caught.value.field == "policy_trust"
-
-
-def test_a_restarted_node_refuses_an_old_bundle_of_the_other_scope(tmp_path: Path) -> None:
-    publisher = _Publisher(tmp_path, scope="node")
-    archived = _sign(publisher.key, scope="node", serial=7, now=NOW - timedelta(days=300))
-    publisher.publish(DENY_BANKS, 3, scope="node:tax")
-    _, watcher = _open(publisher, tmp_path, scope=node_scope("tax"))
-    watcher.start()
-    watcher.close()
-    state = json.loads((tmp_path / STATE_FILE_NAME).read_text())
-    assert (state["scope"], state["serial"]) == ("node:tax", 3)
-    assert datetime.fromisoformat(state["created_at"]) == NOW
-    # the old bundle for every node is put in place while the node is down
-    write_atomically(publisher.path, archived)
-    with pytest.raises(ConfigError) as caught:
-        _open(publisher, tmp_path, scope=node_scope("tax"))
-    assert caught.value.field == "policy_bundle"
-    assert "before the bundle in force" in str(caught.value)
-    assert STATE_FILE_NAME in str(caught.value)
-
-
-def test_a_state_file_from_before_publication_times_or_damaged(tmp_path: Path) -> None:
-    publisher = _Publisher(tmp_path)
-    publisher.publish(ALLOW_REGISTER, 2)
-    state = tmp_path / STATE_FILE_NAME
-    bundle_hash = "a" * 64
-    # written by the previous version: scope, serial and hash, no time; serials still compared
-    state.write_text(json.dumps({"serial": 5, "hash": bundle_hash, "scope": "central"}))
-    with pytest.raises(ConfigError, match="rollback"):
-        _open(publisher, tmp_path)
-    state.write_text(json.dumps({"serial": 1, "hash": bundle_hash, "scope": "central"}))
-    assert _open(publisher, tmp_path)[1].bundle.serial == 2
-    for damaged in (
-        {"serial": 1, "hash": bundle_hash},
-        {"serial": 1, "hash": bundle_hash, "scope": "everyone"},
-        {"serial": 1, "hash": bundle_hash, "scope": "central", "created_at": "yesterday"},
-        {"serial": 1, "hash": bundle_hash, "scope": "central", "created_at": "2026-01-01T00:00"},
-        [1, 2],
-    ):
-        state.write_text(json.dumps(damaged))
-        with pytest.raises(ConfigError) as caught:
-            _open(publisher, tmp_path)
-        assert caught.value.field == "state_dir" and "damaged" in str(caught.value), damaged
-
-
-def test_without_a_bundle_the_policy_file_is_used_and_nothing_is_watched(tmp_path: Path) -> None:
-    path = tmp_path / "central.cedar"
-    path.write_text(ALLOW_REGISTER)
-    policy, watcher = load_policy(
-        policy_file=path, bundle=None, trust=[], scope="central", state_dir=tmp_path
-    )
-    assert watcher is None
-    assert policy.current().hash == hashlib.sha256(ALLOW_REGISTER.encode()).hexdigest()
-
-
 # --- the command line ---------------------------------------------------------------------------
 
 
-def test_cli_keygen_publish_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_keygen_publishverify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     keys = tmp_path / "keys"
     assert main(["policy", "keygen", "--out-dir", str(keys), "--name", "office"]) == 0
     assert "office.key" in capsys.readouterr().out
@@ -1050,14 +730,14 @@ def test_cli_keygen_publish_verify(tmp_path: Path, capsys: pytest.CaptureFixture
                "--key", str(keys / "office.key"), "--out", str(out)]  # fmt: skip
     assert main([*publish, "--publisher", "Wang Fang"]) == 0
     printed = capsys.readouterr().out
-    first = _verify(out.read_bytes(), load_trusted_keys([keys / "office.pub"]))
+    first = verified(out.read_bytes(), load_trusted_keys([keys / "office.pub"]))
     assert first.serial == 1 and first.publisher == "Wang Fang"
     assert first.hash in printed and "serial     1" in printed
 
     # the next serial follows the bundle already at --out; the publisher defaults to the key
     policy.write_text(DENY_BANKS)
     assert main(publish) == 0
-    second = _verify(out.read_bytes(), load_trusted_keys([keys / "office.pub"]))
+    second = verified(out.read_bytes(), load_trusted_keys([keys / "office.pub"]))
     assert (second.serial, second.publisher) == (2, "office")
     capsys.readouterr()
 
@@ -1067,7 +747,7 @@ def test_cli_keygen_publish_verify(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(publish) == 3
     err = capsys.readouterr().err
     assert "central.cedar" in err and "line 3" in err
-    assert _verify(out.read_bytes(), load_trusted_keys([keys / "office.pub"])) == second
+    assert verified(out.read_bytes(), load_trusted_keys([keys / "office.pub"])) == second
 
     verify = ["policy", "verify", str(out), "--trust", str(keys / "office.pub")]
     assert main(verify) == 0
@@ -1126,22 +806,36 @@ def test_cli_verify_refuses_what_is_not_a_bundle_file_without_blocking(
     assert "error: bundle:" in capsys.readouterr().err
 
 
-def test_node_serve_refuses_to_start_on_a_tampered_bundle(
-    tmp_path: Path, platform_certs: Path, issuer_keys: Any, capsys: pytest.CaptureFixture[str]
+def test_cli_verify_refuses_a_format_1_bundle_saying_how_to_sign_it_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    publisher = _Publisher(tmp_path, scope="node")
-    publisher.publish(ALLOW_REGISTER, 1)
-    fields = _fields(publisher.path.read_bytes())
-    fields["policy"] = DENY_BANKS
-    publisher.path.write_text(json.dumps(fields))
-    serve = [
-        "node", "serve", "--department", "psb", "--db", str(tmp_path / "none.duckdb"),
-        "--certs-dir", str(platform_certs), "--issuer-public-key", str(issuer_keys.public),
-        "--state-dir", str(tmp_path / "state"), "--policy-bundle", str(publisher.path),
-    ]  # fmt: skip
-    assert main([*serve, "--policy-trust", str(publisher.public)]) == 3
-    assert "bad signature" in capsys.readouterr().err
-    assert main([*serve, "--policy-trust", str(publisher.public), "--policy-poll", "nan"]) == 3
-    assert "error: policy_poll:" in capsys.readouterr().err
-    assert main([*serve, "--policy", str(tmp_path / "x.cedar")]) == 3
-    assert "not both" in capsys.readouterr().err
+    private, public = generate_publisher_key(out_dir=tmp_path / "keys", name="office")
+    old = tmp_path / "central.bundle"
+    old.write_bytes(legacy_bundle(load_private_key(private), serial=7))
+    assert main(["policy", "verify", str(old), "--trust", str(public)]) == 3
+    err = capsys.readouterr().err
+    assert "error: format: " in err and "'osmanthus-policy-bundle/1'" in err
+    assert f"--scope central --serial 8 --key <publisher key> --out {old}" in err
+
+
+def test_cli_publish_over_a_format_1_bundle_numbers_above_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    private, public = generate_publisher_key(out_dir=tmp_path / "keys", name="office")
+    out = tmp_path / "central.bundle"
+    out.write_bytes(legacy_bundle(load_private_key(private), scope="central", serial=7))
+    policy = tmp_path / "central.cedar"
+    policy.write_text(ALLOW_REGISTER)
+    publish = ["policy", "publish", "--policy", str(policy), "--key", str(private),
+               "--out", str(out)]  # fmt: skip
+    # the numbering of the old file is kept: a rollback below it is refused, as for any bundle
+    assert main([*publish, "--scope", "central", "--serial", "7"]) == 3
+    assert "not above serial 7" in capsys.readouterr().err
+    # another scope: the serial must be chosen, as over any bundle of another scope
+    assert main([*publish, "--scope", "node"]) == 3
+    assert "for scope 'central' (serial 7)" in capsys.readouterr().err
+    assert main([*publish, "--scope", "central"]) == 0
+    assert "serial     8" in capsys.readouterr().out
+    bundle = verified(out.read_bytes(), load_trusted_keys([public]))
+    assert (bundle.scope, bundle.serial) == ("central", 8)
+    assert payload_of(out.read_bytes())["format"] == FORMAT

@@ -66,8 +66,9 @@ def test_the_tree_keeps_every_contract(tmp_path: Path) -> None:
         ("sdk/client.py", "import coordinator.service", "applications > sync job"),
         # the sync job uses the SDK, never a server's internals
         ("syncjob/job.py", "import province.store", "the sync job is a requester"),
-        # the SDK needs the base install alone
+        # the SDK needs the base install alone, the sync job its own extra
         ("sdk/keys.py", "import duckdb", "the SDK needs only the base install"),
+        ("syncjob/roster.py", "import cedarpy", "the sync job needs its own extra only"),
     ],
 )
 def test_a_planted_import_breaks_its_contract(

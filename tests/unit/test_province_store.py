@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from certs import PeerRole
-from osmanthus.core.bundle import generate_publisher_key, load_private_key
+from osmanthus.core import signing
 from osmanthus.core.errors import (
     ConfigError,
     FailedPrecondition,
@@ -286,9 +286,9 @@ def write_senders(directory: Path, text: str) -> Path:
 def test_the_registry_maps_keys_to_senders_and_certificates_to_what_they_deliver(
     tmp_path: Path,
 ) -> None:
-    private, _ = generate_publisher_key(out_dir=tmp_path / "keys", name="suzhou")
-    _, rotated = generate_publisher_key(out_dir=tmp_path / "keys", name="suzhou-next")
-    _, wuxi = generate_publisher_key(out_dir=tmp_path / "keys", name="wuxi")
+    private, _, _ = signing.write_key_pair(tmp_path / "keys", "suzhou", what="sender key")
+    _, rotated, _ = signing.write_key_pair(tmp_path / "keys", "suzhou-next", what="sender key")
+    _, wuxi, _ = signing.write_key_pair(tmp_path / "keys", "wuxi", what="sender key")
     path = write_senders(
         tmp_path,
         '[[sender]]\nid = "suzhou"\npublic_keys = ["keys/suzhou.pub", "keys/suzhou-next.pub"]\n'
@@ -296,7 +296,7 @@ def test_the_registry_maps_keys_to_senders_and_certificates_to_what_they_deliver
         f'[[sender]]\nid = "wuxi"\npublic_keys = ["{wuxi}"]\ncertificates = ["sync-2", "sync-1"]\n',
     )
     registry = load_senders(path)
-    key_id = sender_key_id(load_private_key(private).public_key())
+    key_id = sender_key_id(signing.load_private_key(private).public_key())
     found = registry.key(key_id)
     assert found is not None and found[0].id == "suzhou" and len(found[0].keys) == 2
     assert registry.key("A" * 43) is None
@@ -367,8 +367,8 @@ def test_the_registry_maps_keys_to_senders_and_certificates_to_what_they_deliver
 def test_a_bad_registry_is_refused_naming_the_problem(
     tmp_path: Path, text: str, problem: str, field: str
 ) -> None:
-    generate_publisher_key(out_dir=tmp_path, name="k")
-    generate_publisher_key(out_dir=tmp_path, name="k2")
+    signing.write_key_pair(tmp_path, "k", what="sender key")
+    signing.write_key_pair(tmp_path, "k2", what="sender key")
     path = write_senders(tmp_path, text)
     with pytest.raises(ConfigError) as info:
         load_senders(path)

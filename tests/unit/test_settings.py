@@ -11,7 +11,7 @@ import pytest
 from pydantic import Field
 
 from coordinator.config import NodeEndpoint, load_nodes, render_nodes
-from osmanthus.core.bundle import generate_publisher_key
+from osmanthus.core import signing
 from osmanthus.core.catalogue import Catalogue, load_catalogue
 from osmanthus.core.errors import ConfigError
 from osmanthus.core.settings import (
@@ -313,7 +313,7 @@ def test_nodes_a_missing_registry_is_named(tmp_path: Path, catalogue: Catalogue)
 
 
 def test_senders_an_unknown_key_in_a_sender_is_named_with_the_others(tmp_path: Path) -> None:
-    generate_publisher_key(out_dir=tmp_path / "keys", name="k")
+    signing.write_key_pair(tmp_path / "keys", "k", what="sender key")
     path = _write(
         tmp_path / "senders.toml",
         '[[sender]]\nid = "suzhou"\npublic_keys = ["keys/k.pub"]\ncertificates = ["sync-1"]\n'
@@ -333,7 +333,7 @@ def test_senders_an_unknown_key_in_a_sender_is_named_with_the_others(tmp_path: P
 def test_senders_key_files_are_relative_to_the_registry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    generate_publisher_key(out_dir=tmp_path / "etc" / "keys", name="k")
+    signing.write_key_pair(tmp_path / "etc" / "keys", "k", what="sender key")
     _write(
         tmp_path / "etc" / "senders.toml",
         '[[sender]]\nid = "suzhou"\npublic_keys = ["keys/k.pub"]\ncertificates = ["sync-1"]\n',
