@@ -66,11 +66,11 @@ from osmanthus.core.settings import (
     problem,
     toml_kind,
 )
-from osmanthus.core.syncbatch import STATISTIC_NAME_PATTERN
+from osmanthus.core.syncbatch_checks import STATISTIC_NAME_PATTERN
 from osmanthus.core.tls import TlsFiles
 from osmanthus.core.types import SubjectKind
 
-#: the sender ids a batch may carry (osmanthus.core.syncbatch checks the same)
+#: the sender ids a batch may carry (osmanthus.core.syncbatch_checks checks the same)
 _SENDER: Final = re.compile(r"[a-z0-9_-]{1,63}")
 
 

@@ -44,7 +44,6 @@ from osmanthus.core.errors import (
 )
 from osmanthus.core.lists import ListChange, ListChangeEvent, holds_resident_id
 from osmanthus.core.syncbatch import (
-    GRADE_PATTERN,
     MAX_RECORDS_BYTES,
     BatchKind,
     build_batch,
@@ -57,6 +56,7 @@ from osmanthus.core.syncbatch import (
     signed_in_current_format,
     statistic_record,
 )
+from osmanthus.core.syncbatch_checks import GRADE_PATTERN
 from osmanthus.core.types import Shape, SubjectKind
 from syncjob.config import StatisticSpec, SyncConfig
 from syncjob.roster import read_roster, shown_refusal

@@ -20,7 +20,8 @@ MAX_ISSUER_CHARS: Final = 200
 #: the revision of the code that draws a report. Bump it with any change that alters the bytes a
 #: signed report renders to (layout, wording, styles, markup, fonts, envelope): a verifier
 #: re-renders the report, and a file drawn by another revision must be told apart from an
-#: altered one. The golden digests in tests/unit/test_report.py catch such a change.
+#: altered one. The golden digests in tests/unit/report/test_report_rendering.py catch such a
+#: change.
 RENDERER_REVISION: Final = 3
 #: list windows are counted in days of China Standard Time (UTC+8)
 #: how far the day of the query may lie outside an entry's window: the coordinator lets a node

@@ -48,7 +48,7 @@ from tests.integration.test_scores_match_plaintext import (
     subjects,
     utc_today,
 )
-from tests.unit.test_report import ALTERED, bold_font, incremental_update, show_instead
+from tests.unit.report.conftest import ALTERED, bold_font, incremental_update, show_instead
 
 PURPOSE = "credit_report"
 ENTERPRISE = SubjectKind.ENTERPRISE

@@ -22,7 +22,7 @@ from pypdf.generic import ArrayObject, DictionaryObject, IndirectObject, PdfObje
 
 from sdk.report import PDF_ATTACHMENT, SignedReport, render_pdf
 from sdk.report.fonts import FACES, FONT_DIR, SANS, SANS_BOLD, face_for
-from tests.unit.test_report import _golden
+from tests.unit.report.conftest import _golden
 
 #: the resolution page 1 is rendered at, and points to pixels
 DPI = 150

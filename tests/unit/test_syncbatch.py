@@ -30,11 +30,8 @@ from osmanthus.core.signing import SYNC_BATCH_TYPE
 from osmanthus.core.syncbatch import (
     FORMAT,
     HEADER_RESERVE,
-    MAX_DEPARTMENTS,
-    MAX_INTEGER,
     MAX_PAYLOAD_BYTES,
     MAX_RECORDS_BYTES,
-    MIN_COHORT_SIZE,
     Batch,
     BatchKind,
     ListChange,
@@ -55,6 +52,7 @@ from osmanthus.core.syncbatch import (
     statistic_record,
     verify_signature,
 )
+from osmanthus.core.syncbatch_checks import MAX_DEPARTMENTS, MAX_INTEGER, MIN_COHORT_SIZE
 from osmanthus.core.types import DepartmentId, SubjectKind
 from tests.forge import loose_json
 
