@@ -78,8 +78,8 @@ _LEGACY_SIGNATURE_BYTES: Final = 64
 #: limit on a batch's size: the smallest record takes over 100 bytes, so it also bounds the count
 MAX_PAYLOAD_BYTES: Final = 512 * 1024
 #: bytes a batch's header takes at most (with syncbatch_checks.MAX_DEPARTMENTS missing
-#: departments): records
-#: whose record_size() + 1 sum to at most MAX_RECORDS_BYTES always fit in one batch
+#: departments): records whose record_size() + 1 sum to at most MAX_RECORDS_BYTES always fit
+#: in one batch
 HEADER_RESERVE: Final = 8 * 1024
 MAX_RECORDS_BYTES: Final = MAX_PAYLOAD_BYTES - HEADER_RESERVE
 
