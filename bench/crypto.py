@@ -22,11 +22,11 @@ from osmanthus.core.crypto import (
     ALLOWED_KEY_BITS,
     FAST_WINDOW_BITS,
     FastEncryptor,
-    ParallelDecryptor,
     generate_keypair,
     resolve_workers,
 )
 from osmanthus.core.errors import CryptoError
+from osmanthus.core.workers import ParallelDecryptor
 
 DEFAULT_SECONDS = 3.0
 QUICK_SECONDS = 0.5

@@ -64,7 +64,8 @@ def init_platform(
     """Create the platform CA and every peer certificate under `out_dir`.
 
     Issues the coordinator certificate, one node certificate per department, one per requester and
-    the operator certificate. The result is keyed by each peer's directory relative to `out_dir`:
+    the operator certificate, then the CA's first CRL (crl.pem, nothing revoked; see
+    certs.revocation). The result is keyed by each peer's directory relative to `out_dir`:
     "coordinator", "operator", "nodes/<department>", "requesters/<requester>".
     The coordinator's directory also gets its consent-receipt key pair (see create_consent_key)
     unless it already has one, which is kept (a missing consent.pub is written again from it).
@@ -108,6 +109,10 @@ def init_platform(
         issued[directory.relative_to(out_dir).as_posix()] = _issue(
             ca_cert, ca_key, ca_cert_path, role=role, name=name, out=directory, days=validity_days
         )
+    # imported here: certs.revocation builds on this module
+    from certs.revocation import start_revocations
+
+    start_revocations(out_dir)
     return issued
 
 

@@ -19,6 +19,8 @@ import duckdb
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.database import RegistryDatabase
+from coordinator.revocation_feed import FEED_SCHEMA, RevocationFeed
+from osmanthus.core.consent_feed import MAX_STAPLED_REVOCATIONS, Staple
 from osmanthus.core.errors import ConfigError, InvalidArgument, NotFound
 from osmanthus.core.ids import validate_any_subject, validate_subject
 from osmanthus.core.names import PEER_NAME_PATTERN, PURPOSE_PATTERN
@@ -67,6 +69,9 @@ CREATE TABLE IF NOT EXISTS consents (
 ALTER TABLE consents ADD COLUMN IF NOT EXISTS receipt VARCHAR;
 -- files made before enterprises could consent hold persons' consents only
 ALTER TABLE consents ADD COLUMN IF NOT EXISTS subject_kind VARCHAR DEFAULT 'person';
+-- the revocation feed the receipt is bound to (its revocation_feed claim); rows whose receipt
+-- names no feed or another one are signed again when the registry opens
+ALTER TABLE consents ADD COLUMN IF NOT EXISTS receipt_feed VARCHAR;
 """
 _COLUMNS = (
     "consent_id, subject_id, grantee, purpose, granted_at, expires_at, revoked_at, receipt, "
@@ -100,14 +105,17 @@ class ConsentRegistry(RegistryDatabase):
     same file in one process.
 
     Every consent carries a receipt signed with `receipt_key` as `receipt_issuer` when it is
-    granted. A file made before receipts existed is brought up to date when the registry opens,
-    before it serves anything: every unrevoked row without a receipt is signed, in one
-    transaction, with the times of the record. Reads never sign, so they never wait for the
-    key. Rows revoked by then get no receipt, and rows that today's checks refuse (a subject id
-    stored before a rule tightened) are left without one and named by consent id in a warning;
-    both read, list and revoke as before, with an empty receipt. Receipts stored under another
-    key than `receipt_key` (the key was replaced) are counted in a warning too: they verify only
-    against the old key's consent.pub.
+    granted, bound to this registry's revocation feed (receipts.REVOCATION_FEED_CLAIM: a node
+    judges the consent against that feed only). A file made before receipts existed, or before
+    they were bound to the feed, or whose feed was made anew, is brought up to date when the
+    registry opens, before it serves anything: every unrevoked row without a receipt bound to
+    the feed is signed, in one transaction, with the times of the record. Reads never sign, so
+    they never wait for the key. Rows revoked by then are not signed again, and rows that
+    today's checks refuse (a subject id stored before a rule tightened) keep what they had (no
+    receipt, or one that nodes refuse) and are named by consent id in a warning; both read,
+    list and revoke as before. Receipts stored under another key than `receipt_key` (the key
+    was replaced) are kept and counted in a warning: they verify only against the old key's
+    consent.pub.
     """
 
     def __init__(
@@ -128,12 +136,14 @@ class ConsentRegistry(RegistryDatabase):
             check_issuer(receipt_issuer, field="receipt_issuer")
         except InvalidArgument as exc:
             raise ConfigError(exc.message, field="receipt_issuer") from exc
-        super().__init__(path, schema=_SCHEMA, what="consent registry")
+        super().__init__(path, schema=_SCHEMA + FEED_SCHEMA, what="consent registry")
         self._receipt_key = receipt_key
         self._receipt_issuer = receipt_issuer
         self._cache: OrderedDict[str, Consent] = OrderedDict()
         self._cache_entries = cache_entries
         try:
+            # the feed first: every receipt signed names it
+            self._feed = self._open_feed()
             self._sign_unsigned_rows()
             self._warn_about_other_keys()
         except BaseException:
@@ -185,7 +195,8 @@ class ConsentRegistry(RegistryDatabase):
         consent = replace(consent, receipt=self._sign(consent))
         with self._lock:
             self._db.execute(
-                f"INSERT INTO consents ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+                f"INSERT INTO consents ({_COLUMNS}, receipt_feed) "
+                "VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)",
                 [
                     consent.consent_id,
                     consent.subject_id,
@@ -195,6 +206,7 @@ class ConsentRegistry(RegistryDatabase):
                     _naive(consent.expires_at),
                     consent.receipt,
                     consent.subject_kind.value,
+                    self._feed.feed_id,
                 ],
             )
         return consent
@@ -206,13 +218,66 @@ class ConsentRegistry(RegistryDatabase):
             consent = self._get_locked(consent_id)
             if consent.revoked_at is not None:
                 return consent
-            self._db.execute(
-                "UPDATE consents SET revoked_at = ? WHERE consent_id = ?",
-                [_naive(now), consent_id],
-            )
+            # the revocation and its feed entry are one transaction: nodes learn every
+            # revocation from the feed, so neither may exist without the other
+            with transaction(self._db):
+                self._db.execute(
+                    "UPDATE consents SET revoked_at = ? WHERE consent_id = ?",
+                    [_naive(now), consent_id],
+                )
+                entry = self._feed.append(
+                    consent.consent_id, revoked_at=now, expires_at=consent.expires_at
+                )
+            self._feed.appended(entry)
             # read back from the file, so the cache holds exactly what was stored
             self._cache.pop(consent_id, None)
             return self._get_locked(consent_id)
+
+    def revocation_staple(self, now: datetime, *, known: int) -> Staple:
+        """The feed's signed head (at most MAX_HEAD_AGE old) and the entries after `known`:
+        what a request under a consent carries to a node that has verified `known` entries.
+
+        A node that lacks more than MAX_STAPLED_REVOCATIONS entries gets the next page of them
+        under a signed checkpoint instead of the head (consent_feed): it keeps the page and asks
+        for the rest, so it never holds more than a page unverified."""
+        now = _utc(now, field="now")
+        known = max(0, known)
+        with self._lock:
+            size, root = self._feed.size, self._feed.root
+            entries = self._feed.after(known, MAX_STAPLED_REVOCATIONS) if known < size else ()
+            if size - known > MAX_STAPLED_REVOCATIONS:
+                page = known + MAX_STAPLED_REVOCATIONS
+                checkpoint = self._feed.checkpoint(now, size=page)
+                return Staple(head=checkpoint, revocations=entries, size=page)
+        return Staple(
+            head=self._feed.head(now, size=size, root=root), revocations=entries, size=size
+        )
+
+    @property
+    def feed_id(self) -> str:
+        """The id of this registry's revocation feed."""
+        return self._feed.feed_id
+
+    def _open_feed(self) -> RevocationFeed:
+        """The revocation feed, with an entry for every consent revoked before it existed."""
+        with self._lock:
+            try:
+                with transaction(self._db):
+                    feed = RevocationFeed(
+                        self._db, key=self._receipt_key, issuer=self._receipt_issuer
+                    )
+                    added = feed.backfill()
+            except duckdb.Error as exc:
+                raise ConfigError(f"{self.path}: cannot open the revocation feed: {exc}") from exc
+        if added:
+            _log.info(
+                "consent registry %s: %d consents revoked before the revocation feed existed "
+                "were appended to it (feed %s)",
+                self.path,
+                added,
+                feed.feed_id,
+            )
+        return feed
 
     def get(self, consent_id: str) -> Consent:
         with self._lock:
@@ -325,11 +390,16 @@ class ConsentRegistry(RegistryDatabase):
 
     def _sign(self, consent: Consent) -> str:
         return issue_receipt(
-            consent=consent, private_key=self._receipt_key, issuer=self._receipt_issuer
+            consent=consent,
+            private_key=self._receipt_key,
+            issuer=self._receipt_issuer,
+            revocation_feed=self._feed.feed_id,
         )
 
     def _sign_unsigned_rows(self) -> None:
-        """Sign every unrevoked row that has no receipt, in one transaction, before serving."""
+        """Sign every unrevoked row that has no receipt bound to this registry's revocation
+        feed, in one transaction, before serving; receipts signed with another key are left
+        as they are (`_warn_about_other_keys`)."""
         with self._lock:
             try:
                 with transaction(self._db):
@@ -342,9 +412,10 @@ class ConsentRegistry(RegistryDatabase):
         if signed:
             _log.info(
                 "consent registry %s: signed receipts for %d consents recorded before receipts "
-                "existed",
+                "existed or not yet bound to revocation feed %s",
                 self.path,
                 signed,
+                self._feed.feed_id,
             )
         if refused:
             shown = ", ".join(refused[:_UNSIGNED_SHOWN])
@@ -355,7 +426,9 @@ class ConsentRegistry(RegistryDatabase):
             )
             _log.warning(
                 "consent registry %s: %d consents recorded before receipts existed have no "
-                "receipt, because their stored record fails today's checks (the field is named): "
+                "receipt (or, if recorded before receipts named the revocation feed, none that "
+                "department nodes accept), because their stored record fails today's checks "
+                "(the field is named): "
                 "%s%s. They are still checked, listed and revocable; correct or revoke them and "
                 "re-grant to give the subject and grantee a receipt",
                 self.path,
@@ -369,13 +442,16 @@ class ConsentRegistry(RegistryDatabase):
         refused: builtins.list[str] = []
         signed = 0
         after = ""
+        feed = self._feed.feed_id
+        current = consent_key_id(self._receipt_key.public_key())
         while True:
-            # keyset pagination: rows that cannot be signed stay NULL and are not read
+            # keyset pagination: rows that cannot be signed stay as they are and are not read
             # again, and memory stays bounded however many rows a file holds
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM consents WHERE receipt IS NULL AND "
-                "revoked_at IS NULL AND consent_id > ? ORDER BY consent_id LIMIT ?",
-                [after, _SIGN_BATCH],
+                f"SELECT {_COLUMNS} FROM consents WHERE (receipt IS NULL OR receipt_feed IS "
+                "DISTINCT FROM ?) AND revoked_at IS NULL AND consent_id > ? "
+                "ORDER BY consent_id LIMIT ?",
+                [feed, after, _SIGN_BATCH],
             ).fetchall()
             if not rows:
                 return signed, refused
@@ -384,6 +460,8 @@ class ConsentRegistry(RegistryDatabase):
             receipts: builtins.list[str] = []
             for row in rows:
                 consent = _consent_from_row(row)
+                if consent.receipt and _kid_of(consent.receipt.split(".", 1)[0]) != current:
+                    continue  # another key's receipt: kept, and warned about
                 try:
                     receipts.append(self._sign(consent))
                 except InvalidArgument as exc:
@@ -393,10 +471,10 @@ class ConsentRegistry(RegistryDatabase):
                 ids.append(consent.consent_id)
             if ids:
                 self._db.execute(
-                    "UPDATE consents SET receipt = signed.receipt FROM (SELECT "
+                    "UPDATE consents SET receipt = signed.receipt, receipt_feed = ? FROM (SELECT "
                     "unnest(?::VARCHAR[]) AS consent_id, unnest(?::VARCHAR[]) AS receipt) "
                     "AS signed WHERE consents.consent_id = signed.consent_id",
-                    [ids, receipts],
+                    [feed, ids, receipts],
                 )
                 signed += len(ids)
 

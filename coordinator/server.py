@@ -25,8 +25,11 @@ from osmanthus.core.audit import AuditLog, load_or_create_salt
 from osmanthus.core.bundle import CENTRAL_SCOPE, DEFAULT_POLL_S
 from osmanthus.core.bundle_watch import load_policy
 from osmanthus.core.catalogue import Catalogue, load_catalogue
+from osmanthus.core.crl import REVOCATION_POLL_S, open_revocation
 from osmanthus.core.crypto import DEFAULT_TABLE_CACHE_BYTES, EncryptorCache
+from osmanthus.core.denylist import open_token_denial
 from osmanthus.core.errors import ConfigError, InvalidArgument
+from osmanthus.core.files import PRIVATE_FILE_MODE, narrow_umask, private_directory
 from osmanthus.core.peers import PeerRole
 from osmanthus.core.receipts import (
     CONSENT_KEY_FILE,
@@ -47,6 +50,11 @@ COORDINATOR_SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name[
 ].full_name
 DEFAULT_CENTRAL_POLICY = Path(str(files("policies") / "central.cedar"))
 CONSENTS_FILE = "consents.duckdb"
+#: what the state directory holds, for the log lines and errors about its modes
+STATE_WHAT = (
+    "the coordinator's state (consents with resident ids, the disclosure, ε and key "
+    "registries, the audit log and salt, the consent signing key)"
+)
 
 _log = logging.getLogger(__name__)
 
@@ -76,6 +84,12 @@ class CoordinatorConfig:
     consent_key: Path | None = None
     #: the `iss` of every receipt; verifiers pin it (sdk.verify_consent_receipt(issuer=...))
     consent_issuer: str = RECEIPT_ISSUER
+    #: the platform CA's CRL, followed without a restart: revoked requesters are refused, and so
+    #: are nodes that present a revoked certificate (None: no certificate is ever revoked)
+    crl: Path | None = None
+    #: the token issuer's signed deny list, followed without a restart (None: none)
+    token_deny_list: Path | None = None
+    revocation_poll_s: float = REVOCATION_POLL_S
 
 
 @dataclass
@@ -113,13 +127,26 @@ def start_coordinator(
         policy_file=config.policy, bundle=config.policy_bundle, trust=config.policy_trust,
         scope=CENTRAL_SCOPE, state_dir=config.state_dir, interval_s=config.policy_poll_s,
     )  # fmt: skip
+    revocation = open_revocation(
+        config.crl, ca_path=config.tls.ca, interval_s=config.revocation_poll_s
+    )
+    token_denial = open_token_denial(
+        config.token_deny_list,
+        public_key_path=config.issuer_public_key,
+        issuer=config.token_issuer,
+        interval_s=config.revocation_poll_s,
+    )
     verifier = TokenVerifier.from_file(
         config.issuer_public_key,
         issuer=config.token_issuer,
         audience=config.token_audience,
         replay_cache=ReplayCache(),
+        deny_list=token_denial,
     )
-    config.state_dir.mkdir(parents=True, exist_ok=True)
+    # for good, before anything is created: DuckDB makes the logs of the consents (resident
+    # ids) with the process umask, at the first write after every checkpoint
+    narrow_umask()
+    private_directory(config.state_dir, what=STATE_WHAT)
     salt_path = config.state_dir / "audit.salt"
     ledger_path = config.state_dir / "disclosures.sqlite"
     if ledger_path.exists() and not salt_path.exists():
@@ -133,8 +160,18 @@ def start_coordinator(
     consent_key = _consent_key(config)
     with ExitStack() as opened:
         # each resource is closed again if a later one fails to open
+        keys = opened.enter_context(closing(KeyRegistry(config.state_dir / "keys.duckdb")))
         pool = opened.enter_context(
-            closing(NodePool(endpoints, tls=config.tls, interceptors=node_interceptors))
+            closing(
+                NodePool(
+                    endpoints,
+                    tls=config.tls,
+                    interceptors=node_interceptors,
+                    revocation=revocation,
+                    # nodes verify each requester key's proof once: the pool sends it to them
+                    key_proofs=keys.modulus_proof,
+                )
+            )
         )
         service = CoordinatorService(
             catalogue=catalogue,
@@ -150,7 +187,7 @@ def start_coordinator(
                     )
                 )
             ),
-            keys=opened.enter_context(closing(KeyRegistry(config.state_dir / "keys.duckdb"))),
+            keys=keys,
             ledger=opened.enter_context(closing(DisclosureLedger(ledger_path))),
             epsilon_ledger=opened.enter_context(
                 closing(EpsilonLedger(config.state_dir / "epsilon.sqlite"))
@@ -170,6 +207,8 @@ def start_coordinator(
             listen=config.listen,
             tls=config.tls,
             interceptors=server_interceptors,
+            revocation=revocation,
+            token_denial=token_denial,
         )
         opened.pop_all()  # the running server owns them now
     server.on_stop.append(service.close)
@@ -201,7 +240,8 @@ def _consent_key(config: CoordinatorConfig) -> Ed25519PrivateKey:
                 "receipts already handed out verify only against the old consent.pub",
                 field="state_dir",
             )
-        key = load_or_create_consent_key(path, public)
+        # the copy in the state directory is private like the rest; hand out a copy of it
+        key = load_or_create_consent_key(path, public, public_mode=PRIVATE_FILE_MODE)
     _log.info(
         "consent receipts are signed as %r with key %s (%s)",
         config.consent_issuer,

@@ -22,7 +22,7 @@ from coordinator.stats import StatsAnswerer
 from osmanthus.core.audit import AuditLog
 from osmanthus.core.audited import AuditedRequest
 from osmanthus.core.catalogue import Catalogue, SubjectModel
-from osmanthus.core.crypto import Ciphertext, EncryptorCache, PublicKey, ZeroTestPool
+from osmanthus.core.crypto import Ciphertext, EncryptorCache, PublicKey
 from osmanthus.core.encoding import SlotLayout
 from osmanthus.core.errors import (
     CryptoError,
@@ -52,6 +52,7 @@ from osmanthus.core.types import (
     Shape,
     SubjectKind,
 )
+from osmanthus.core.wire.common import RequestLimits
 from osmanthus.core.wire.coordinator import (
     BatchHeader,
     BatchPlan,
@@ -71,6 +72,7 @@ from osmanthus.core.wire.node import (
     validate_measures,
     validate_query_fields,
 )
+from osmanthus.core.workers import ZeroTestPool
 
 _log = logging.getLogger(__name__)
 
@@ -134,6 +136,12 @@ class CoordinatorService:
         )
         self._lists = ListSearcher(self._ctx)
         self._list_changes = ListChangeFeed(self._ctx)
+        self._limits = RequestLimits.for_catalogue(catalogue)
+
+    @property
+    def request_limits(self) -> RequestLimits:
+        """The natural size of each repeated request field, which the servicer caps them at."""
+        return self._limits
 
     def close(self) -> None:
         self._zero_tests.close()
@@ -168,7 +176,12 @@ class CoordinatorService:
     # --- keys ----------------------------------------------------------------------------------
 
     def register_key(
-        self, public_key: bytes, *, caller: PeerIdentity, token: str | None
+        self,
+        public_key: bytes,
+        *,
+        modulus_proof: bytes,
+        caller: PeerIdentity,
+        token: str | None,
     ) -> KeyFingerprint:
         engine = self._ctx.policy.current()
         record = AuditedRequest(
@@ -185,7 +198,10 @@ class CoordinatorService:
                 )
             self._ctx.require(engine, claims, "RegisterKey", ("Registry", "keys"))
             fingerprint = self._keys.register(
-                requester=claims.requester, n=key.n, now=self._ctx.clock()
+                requester=claims.requester,
+                n=key.n,
+                modulus_proof=modulus_proof,
+                now=self._ctx.clock(),
             )
             record.allow("key registered")
         return fingerprint
@@ -295,17 +311,24 @@ class CoordinatorService:
             context["consent"] = state.value
             decision = self._ctx.decide(engine, claims, action, resource, context)
             self._raise_if_denied(claims, action, resource, context, decision, state, why, engine)
+            # the nodes check the consent themselves: its receipt goes with the request
+            receipt = (
+                self._consents.get(request.consent_id).receipt
+                if state is ConsentState.VALID
+                else ""
+            )
         else:
             context["consent"] = ConsentState.NOT_APPLICABLE.value
             decision = self._ctx.require(engine, claims, action, resource, context)
+            receipt = ""
         # a permit's @rate_limit: reserved now, given back if the query is refused after all
         with self._ctx.rate_limited(claims.requester, engine.rate_limits(decision)):
             if shape is Shape.FLAGS:
                 return self._flags(query_id, claims, token, seen, kind, subject, purpose, key,
-                                   measures, request.consent_id)  # fmt: skip
+                                   measures, request.consent_id, receipt)  # fmt: skip
             return self._answer(
                 query_id, request, claims, token, seen, engine, decision, kind, subject, shape,
-                purpose, key, model,
+                purpose, key, model, receipt,
             )  # fmt: skip
 
     def _answer(
@@ -323,6 +346,7 @@ class CoordinatorService:
         purpose: str,
         key: PublicKey,
         model: SubjectModel,
+        consent_receipt: str,
     ) -> QueryOutcome:
         """Fan out, check what may be released, and sum: everything after the policy allowed."""
         # ARCHITECTURE.md: fewer departments than this are refused unless each allows single-source
@@ -356,10 +380,14 @@ class CoordinatorService:
                 public_key=request.public_key,
                 slots=slots,
                 slot_widths=widths,
+                consent_receipt=consent_receipt,
             ),
-            # nodes verify the requester's token themselves (defence in depth)
+            # nodes verify the requester's token themselves (defence in depth), and the
+            # consent: its receipt, and the revocation feed the registry staples
             token=token,
             deadline_s=self._ctx.deadline_s,
+            staple=self._consents if consent_receipt else None,
+            clock=self._ctx.clock,
         )
         seen["ciphertexts_received"] = len(answers)
         seen["ciphertext_bytes_received"] = sum(len(a.ciphertext) for a in answers)
@@ -456,6 +484,7 @@ class CoordinatorService:
         key: PublicKey,
         measures: tuple[str, ...],
         consent_id: str,
+        consent_receipt: str,
     ) -> QueryOutcome:
         """FLAGS: per measure, the flag counts of every department holding a trigger, summed and
         blinded as E(r · count) with r uniform in [1, n) (ARCHITECTURE.md): 0 or a uniform value,
@@ -480,9 +509,12 @@ class CoordinatorService:
                 slots=(),
                 slot_widths=(),
                 measures=measures,
+                consent_receipt=consent_receipt,
             ),
             token=token,
             deadline_s=self._ctx.deadline_s,
+            staple=self._consents if consent_receipt else None,
+            clock=self._ctx.clock,
         )
         seen["ciphertexts_received"] = sum(len(a.flag_counts) for a in answers)
         refusals = [f for f in failures if isinstance(f.error, PermissionDenied)]
@@ -596,9 +628,15 @@ class CoordinatorService:
                 field="departments",
             )
         serving = {d.id for d in self._ctx.catalogue.departments_for(kind)}
-        twice = sorted({d for d in asked if asked.count(d) > 1})
-        if twice:
-            raise InvalidArgument(f"{twice[0]!r} is named twice", field="departments")
+        # one pass with a set: the wire capped `asked` at the catalogue's departments, and no
+        # check here is quadratic in it either
+        named: set[str] = set()
+        for department in asked:
+            if department in named:
+                raise InvalidArgument(
+                    f"{str(department)[:40]!r} is named twice", field="departments"
+                )
+            named.add(department)
         for department in asked:
             if department not in serving:
                 raise InvalidArgument(

@@ -26,6 +26,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         caller = current_caller()
         fingerprint = self._service.register_key(
             request.public_key.n,
+            modulus_proof=request.public_key.modulus_proof,
             caller=caller.peer,
             token=caller.token,
         )
@@ -37,7 +38,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     ) -> coordinator_pb2.QueryResponse:
         caller = current_caller()
         outcome = self._service.query(
-            wire.person_query_from_proto(request),
+            wire.person_query_from_proto(request, limits=self._service.request_limits),
             caller=caller.peer,
             token=caller.token,
         )
@@ -49,7 +50,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     ) -> coordinator_pb2.QueryResponse:
         caller = current_caller()
         outcome = self._service.query(
-            wire.enterprise_query_from_proto(request),
+            wire.enterprise_query_from_proto(request, limits=self._service.request_limits),
             caller=caller.peer,
             token=caller.token,
         )
@@ -61,7 +62,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     ) -> coordinator_pb2.StatsResponse:
         caller = current_caller()
         outcome = self._service.stats(
-            wire.stats_query_from_proto(request),
+            wire.stats_query_from_proto(request, limits=self._service.request_limits),
             caller=caller.peer,
             token=caller.token,
         )

@@ -109,12 +109,11 @@ class StatsAnswerer:
             policy_hash=engine.hash,
             shape=Shape.STATS.value,
             extra={"cohort": len(request.subject_ids)},
-            on_refusal=lambda r: self._name_refused_cohort(r, request),
         )
         with self._ctx.audited(record):
             claims = record.identify(authenticate())
             assert token is not None  # authenticate() refuses a missing token
-            outcome, cohort = self._answer(query_id, request, claims, token, engine, record.extra)
+            outcome, cohort = self._answer(query_id, request, claims, token, engine, record)
             record.subject_hash = self._ctx.audit.cohort_hash(cohort)
             record.allow("noisy sums forwarded")
         return outcome
@@ -133,8 +132,9 @@ class StatsAnswerer:
         claims: TokenClaims,
         token: str,
         engine: PolicyEngine,
-        seen: dict[str, int | str],
+        record: AuditedRequest,
     ) -> tuple[StatsOutcome, tuple[SubjectId, ...]]:
+        seen = record.extra
         kind = request.subject_kind
         if kind is None:
             raise InvalidArgument(
@@ -146,16 +146,26 @@ class StatsAnswerer:
         layout = SlotLayout.for_catalogue(self._ctx.catalogue, kind, Shape.BREAKDOWN)
         statistics = validate_statistics(layout, request.statistics)
         seen["statistics"] = ",".join(statistics)
-        cohort = validate_cohort(kind, request.subject_ids)
         claims.require_purpose(purpose)
+        size = len(request.subject_ids)
+        if not 0 < size <= MAX_COHORT:
+            raise InvalidArgument(
+                f"a cohort names 1..{MAX_COHORT} subjects, this one {size}", field="subject_ids"
+            )
         key = self._keys.registered_key(claims, request.public_key, field="public_key")
+        # the policy decides on the cohort's size before any id is read: validate_cohort
+        # refuses a cohort whose ids are not `size` distinct subjects, so the size is exact
         decision = self._ctx.require(
             engine,
             claims,
             "StatsQuery",
             ("Dataset", kind.value),
-            {"purpose": purpose, "cohort": len(cohort), "epsilon": epsilon},
+            {"purpose": purpose, "cohort": size, "epsilon": epsilon},
         )
+        # from here a refusal names the cohort (one hash of its ids, as far as they are ids):
+        # it costs a hash per id, which a request the policy refused does not get
+        record.on_refusal = lambda r: self._name_refused_cohort(r, request)
+        cohort = validate_cohort(kind, request.subject_ids)
         rules = ", ".join(decision.policy_ids)
         k = engine.min_cohort(decision)
         if len(cohort) < k:

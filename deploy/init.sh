@@ -9,8 +9,9 @@
 # the environment:
 #
 #   SECRETS_DIR       CA private key and token issuer private key (mounted only here)  /secrets
-#   CERTS_DIR         what every service mounts: CA certificate, node and operator      /certs
-#                     certificates and keys, issuer public key, and only the public
+#   CERTS_DIR         what every service mounts: CA certificate and CRL, node and        /certs
+#                     operator certificates and keys, issuer public key and token
+#                     deny list, and only the public
 #                     half of the coordinator: coordinator/cert.pem and consent.pub
 #                     (no CA key, no requester keys, no coordinator private key)
 #   COORDINATOR_KEYS_DIR  what only the coordinator mounts: its certificate, TLS key     /keys
@@ -110,6 +111,12 @@ elif [ ! -f "$ca/coordinator/consent.pub" ]; then
     osmanthus certs consent-key --ca-dir "$ca" --restore-public
 fi
 
+# The CA's CRL: 'certs init' writes the first (empty) one; a CA made before revocation gets it
+# here. An existing CRL is kept: 'osmanthus certs revoke' and 'certs crl' replace it.
+if [ ! -f "$ca/crl.pem" ]; then
+    osmanthus certs crl --ca-dir "$ca"
+fi
+
 # --- token issuer key pair ------------------------------------------------------------------------
 if [ -f "$SECRETS_DIR/issuer.pub" ]; then
     say "token issuer key in $SECRETS_DIR already exists: kept"
@@ -119,6 +126,42 @@ else
     osmanthus token keygen --overwrite \
         --private "$SECRETS_DIR/issuer.key" --public "$SECRETS_DIR/issuer.pub"
 fi
+# The issuer's deny list, empty at first; 'osmanthus token revoke' adds to it. An existing one is
+# kept, never deleted: the servers hold its sequence, and a new list at sequence 1 would be
+# ignored by all of them with every revocation in it. A list left from an earlier issuer key does
+# not verify and is refused by every server: it is signed again for the current key at its
+# sequence + 1 ('token deny-list --reset', which says so loudly and keeps its entries).
+deny="$SECRETS_DIR/token-deny.json"
+if [ -f "$deny" ] && ! python - "$deny" "$SECRETS_DIR/issuer.pub" <<'PY'
+import sys
+from pathlib import Path
+
+from osmanthus.core.denylist import open_deny_list
+from osmanthus.core.errors import OsmanthusError
+from osmanthus.core.signing import load_public_key
+from osmanthus.core.tokens import DEFAULT_ISSUER
+
+path, public = sys.argv[1:]
+try:
+    open_deny_list(Path(path).read_bytes(), public_key=load_public_key(Path(public)),
+                   issuer=DEFAULT_ISSUER, origin=path)
+except OsmanthusError as exc:
+    print(f"init: {exc}", file=sys.stderr)
+    sys.exit(1)
+PY
+then
+    say "WARNING: token deny list $deny does not verify against the issuer key: signing it again"
+    osmanthus token deny-list --reset --issuer-key "$SECRETS_DIR/issuer.key" --deny-list "$deny"
+fi
+if [ ! -f "$deny" ]; then
+    osmanthus token deny-list --issuer-key "$SECRETS_DIR/issuer.key" --deny-list "$deny"
+fi
+
+# Copied aside and moved in, so a server following the file never reads half of it.
+publish() {
+    cp "$1" "$2.tmp"
+    mv "$2.tmp" "$2"
+}
 
 # --- what the services mount ----------------------------------------------------------------------
 # Copied on every run, so a certificate re-issued into SECRETS_DIR reaches the services at their
@@ -141,7 +184,10 @@ for node in "$ca"/nodes/*; do
 done
 cp "$ca/coordinator/cert.pem" "$ca/coordinator/consent.pub" "$CERTS_DIR/coordinator/"
 cp "$SECRETS_DIR/issuer.pub" "$CERTS_DIR/issuer.pub"
-say "certificates, issuer public key and consent.pub in $CERTS_DIR"
+# what every server follows without a restart: run init again after a revocation to pass it on
+publish "$ca/crl.pem" "$CERTS_DIR/crl.pem"
+publish "$deny" "$CERTS_DIR/token-deny.json"
+say "certificates, CRL, issuer public key, token deny list and consent.pub in $CERTS_DIR"
 # only init and the coordinator mount this one
 mkdir -p "$COORDINATOR_KEYS_DIR"
 chmod 0700 "$COORDINATOR_KEYS_DIR"
@@ -367,6 +413,7 @@ chmod 0700 "$PROVINCE_DIR"
 cp "$ca/ca.pem" "$PROVINCE_DIR/tls/ca.pem"
 cp -R "$ca/nodes/province" "$PROVINCE_DIR/tls/nodes/"
 cp -R "$ca/operator" "$PROVINCE_DIR/tls/"
+publish "$ca/crl.pem" "$PROVINCE_DIR/tls/crl.pem"
 cp "$signing.pub" "$PROVINCE_DIR/senders/$SYNC_SENDER-sync.pub"
 cat >"$PROVINCE_DIR/senders.toml.tmp" <<TOML
 # Written by deploy/init.sh on every run: an edit here is lost (see docs/deployment.md).

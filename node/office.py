@@ -94,9 +94,12 @@ class ListOffice:
     def store(self) -> ListStore:
         return self._store
 
+    def _is_officer(self, caller: PeerIdentity) -> bool:
+        return caller.role is PeerRole.OPERATOR and caller.name == self._department.id
+
     def _require_officer(self, caller: PeerIdentity) -> None:
         dept = self._department.id
-        if caller.role is not PeerRole.OPERATOR or caller.name != dept:
+        if not self._is_officer(caller):
             raise PermissionDenied(
                 f"the list office of {dept} serves its list officer only: an operator "
                 f"certificate named {dept!r} (osmanthus certs issue --role operator --name "
@@ -104,10 +107,16 @@ class ListOffice:
             )
 
     def publish(self, drafts: Sequence[EntryDraft], *, caller: PeerIdentity) -> PublishResult:
-        subjects = [
-            canonical_subject(d.subject_kind, d.subject_id)
-            for d in drafts[:MAX_ENTRIES_PER_PUBLISH]
-        ]
+        # a caller who is not the list officer is refused before any entry is read, so its
+        # refusal names no subjects (nor costs a hash per entry)
+        subjects = (
+            [
+                canonical_subject(d.subject_kind, d.subject_id)
+                for d in drafts[:MAX_ENTRIES_PER_PUBLISH]
+            ]
+            if self._is_officer(caller)
+            else []
+        )
         with self._audited(
             caller, "list_publication", subjects=subjects, extra={"entries": len(drafts)}
         ) as record:

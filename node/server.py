@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
-import os
-import stat
 from dataclasses import dataclass
+from datetime import timedelta
 from importlib.resources import files
 from pathlib import Path
 from typing import Final
 
+from node.consent import (
+    REVOCATIONS_FILE,
+    ConsentCheck,
+    ReceiptConsentCheck,
+    UnsafeTrustCoordinatorConsent,
+)
 from node.lists import LISTS_FILE, ListStore
 from node.service import NodeService
 from node.servicer import ListOfficeServicer, NodeServicer
@@ -18,10 +23,15 @@ from osmanthus.core.audit import AuditLog, load_or_create_salt
 from osmanthus.core.bundle import DEFAULT_POLL_S, node_scope
 from osmanthus.core.bundle_watch import load_policy
 from osmanthus.core.catalogue import Catalogue, load_catalogue
+from osmanthus.core.consent_feed import DEFAULT_MAX_STALENESS, RevocationView
+from osmanthus.core.crl import REVOCATION_POLL_S, open_revocation
 from osmanthus.core.crypto import DEFAULT_TABLE_CACHE_BYTES, FAST_WINDOW_BITS, EncryptorCache
+from osmanthus.core.denylist import TokenDenial, open_token_denial
 from osmanthus.core.errors import ConfigError
+from osmanthus.core.files import PRIVATE_DIR_MODE, narrow_umask, private_directory
 from osmanthus.core.peers import PeerRole
 from osmanthus.core.policy import ReloadablePolicy
+from osmanthus.core.receipts import RECEIPT_ISSUER, load_consent_public_key
 from osmanthus.core.rules import load_default_rules, load_rules
 from osmanthus.core.server import RunningServer, start_server
 from osmanthus.core.tls import TlsFiles, check_files, identity_of_certificate
@@ -32,7 +42,12 @@ NODE_SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_nam
 LIST_OFFICE_SERVICE_NAME = lists_pb2.DESCRIPTOR.services_by_name["ListOfficeService"].full_name
 DEFAULT_NODE_POLICY = Path(str(files("policies") / "node.cedar"))
 #: the node's state directory is its user's alone: the list store and its WAL hold full ids
-STATE_DIR_MODE: Final = 0o700
+STATE_DIR_MODE: Final = PRIVATE_DIR_MODE
+#: what the state directory holds, for the log lines and errors about its modes
+STATE_WHAT: Final = (
+    "the node's state (the list store, with full resident ids of listed persons, and the "
+    "audit log and salt)"
+)
 
 _log = logging.getLogger(__name__)
 
@@ -59,30 +74,30 @@ class NodeConfig:
     #: public keys of the publishers whose bundles are trusted
     policy_trust: tuple[Path, ...] = ()
     policy_poll_s: float = DEFAULT_POLL_S
+    #: the consent registry's public key (the coordinator's consent.pub): the node verifies
+    #: every consent it answers under with it (node.consent). Required unless
+    #: `unsafe_trust_coordinator_consent`
+    consent_public_key: Path | None = None
+    #: the `iss` the registry signs receipts and revocation heads as
+    consent_issuer: str = RECEIPT_ISSUER
+    #: how old the newest verified revocation head may be when a consent is answered under
+    max_revocation_staleness: timedelta = DEFAULT_MAX_STALENESS
+    #: take the coordinator's word that a consent exists, as before receipts travelled
+    unsafe_trust_coordinator_consent: bool = False
+    #: the platform CA's CRL, followed without a restart: a caller (the coordinator, a list
+    #: officer) whose certificate it revokes is refused (None: none is ever revoked)
+    crl: Path | None = None
+    #: the token issuer's signed deny list, followed without a restart (None: none)
+    token_deny_list: Path | None = None
+    revocation_poll_s: float = REVOCATION_POLL_S
 
 
 def prepare_state_dir(path: Path) -> None:
-    """Create the node's state directory owner-only, or tighten one that others may open."""
-    path.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if not mode & 0o077:
-        return
-    try:
-        os.chmod(path, STATE_DIR_MODE)
-    except OSError as exc:
-        raise ConfigError(
-            f"{path} is open to other users (mode {mode:o}) and cannot be made owner-only "
-            f"({exc.strerror}); it holds the list store with full resident ids: give the node's "
-            "user a state directory of its own",
-            field="state_dir",
-        ) from None
-    _log.warning(
-        "state directory %s was open to other users (mode %o); made it owner-only (%o): it "
-        "holds the list store, with full resident ids of listed persons",
-        path,
-        mode,
-        STATE_DIR_MODE,
-    )
+    """Make this process create its files owner-only from now on (osmanthus.core.files.
+    narrow_umask), and create the node's state directory owner-only, or repair one that
+    others may open (0700, files in it 0600; each repair logged)."""
+    narrow_umask()
+    private_directory(path, what=STATE_WHAT)
 
 
 def build_service(
@@ -90,6 +105,7 @@ def build_service(
     *,
     catalogue: Catalogue | None = None,
     policy: ReloadablePolicy | None = None,
+    token_denial: TokenDenial | None = None,
 ) -> NodeService:
     """Load and cross-check everything a node needs; any mismatch is a ConfigError at start-up."""
     catalogue = catalogue or load_catalogue(config.catalogue)
@@ -122,9 +138,11 @@ def build_service(
         issuer=config.token_issuer,
         audience=config.token_audience,
         replay_cache=ReplayCache(),
+        deny_list=token_denial,
     )
     policy = ReloadablePolicy.from_file(config.policy) if policy is None else policy
     prepare_state_dir(config.state_dir)
+    consent = consent_check(config)
     salt = load_or_create_salt(config.state_dir / "audit.salt")
     # closed in reverse order if a later step fails; on success the service owns them all
     opened: list[RecordStore | ListStore | AuditLog] = []
@@ -150,11 +168,45 @@ def build_service(
                 max_bytes=config.table_cache_bytes, window_bits=config.table_window_bits
             ),
             lists=lists,
+            consent=consent,
         )
     except BaseException:
         for resource in reversed(opened):
             resource.close()
         raise
+
+
+def consent_check(config: NodeConfig) -> ConsentCheck:
+    """How the node verifies consents: the registry's receipts and revocation feed against
+    `consent_public_key`; ConfigError if there is none and the unsafe option is not named."""
+    if config.unsafe_trust_coordinator_consent:
+        if config.consent_public_key is not None:
+            raise ConfigError(
+                "give either a consent public key or --unsafe-trust-coordinator-consent, not both",
+                field="consent_public_key",
+            )
+        _log.warning(
+            "department %s: UNSAFE: this node answers every query the coordinator says has "
+            "consent without checking the consent itself (--unsafe-trust-coordinator-consent); "
+            "a compromised coordinator can make it answer about anyone",
+            config.department,
+        )
+        return UnsafeTrustCoordinatorConsent()
+    if config.consent_public_key is None:
+        raise ConfigError(
+            "no consent public key: give the coordinator's consent.pub (--consent-public-key; "
+            "with --certs-dir, CERTS_DIR/coordinator/consent.pub is used when present), so that "
+            "this node verifies every consent itself",
+            field="consent_public_key",
+        )
+    public_key = load_consent_public_key(config.consent_public_key)
+    view = RevocationView(
+        config.state_dir / REVOCATIONS_FILE,
+        public_key=public_key,
+        issuer=config.consent_issuer,
+        max_staleness=config.max_revocation_staleness,
+    )
+    return ReceiptConsentCheck(public_key=public_key, issuer=config.consent_issuer, view=view)
 
 
 def start_node(config: NodeConfig, *, catalogue: Catalogue | None = None) -> RunningServer:
@@ -163,7 +215,16 @@ def start_node(config: NodeConfig, *, catalogue: Catalogue | None = None) -> Run
         scope=node_scope(config.department), state_dir=config.state_dir,
         interval_s=config.policy_poll_s,
     )  # fmt: skip
-    service = build_service(config, catalogue=catalogue, policy=policy)
+    revocation = open_revocation(
+        config.crl, ca_path=config.tls.ca, interval_s=config.revocation_poll_s
+    )
+    token_denial = open_token_denial(
+        config.token_deny_list,
+        public_key_path=config.issuer_public_key,
+        issuer=config.token_issuer,
+        interval_s=config.revocation_poll_s,
+    )
+    service = build_service(config, catalogue=catalogue, policy=policy, token_denial=token_denial)
     servicer = NodeServicer(service)
     office = ListOfficeServicer(service.list_office())
     try:
@@ -175,6 +236,8 @@ def start_node(config: NodeConfig, *, catalogue: Catalogue | None = None) -> Run
             service_names=[NODE_SERVICE_NAME, LIST_OFFICE_SERVICE_NAME],
             listen=config.listen,
             tls=config.tls,
+            revocation=revocation,
+            token_denial=token_denial,
         )
     except BaseException:
         service.close()

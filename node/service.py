@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from datetime import date
 
+from node.consent import ConsentCheck, NoConsentCheck
 from node.lists import ListStore
 from node.office import ListOffice
 from node.store import RecordStore
@@ -15,16 +16,19 @@ from osmanthus.core.audit import AuditLog
 from osmanthus.core.audited import AuditedRequest, audited
 from osmanthus.core.catalogue import Catalogue, Department
 from osmanthus.core.clock import china_today
-from osmanthus.core.crypto import EncryptorCache, PublicKey
+from osmanthus.core.consent_feed import RevocationsBehind
+from osmanthus.core.crypto import EncryptorCache, PublicKey, fingerprint_of_bytes
 from osmanthus.core.encoding import SlotLayout
 from osmanthus.core.errors import (
     ConfigError,
     FailedPrecondition,
     InvalidArgument,
+    KeyProofRequired,
     PermissionDenied,
     Unauthenticated,
 )
 from osmanthus.core.ids import canonical_subject, validate_subject
+from osmanthus.core.keyproof import ProvenKeys
 from osmanthus.core.lists import ListChangesPage
 from osmanthus.core.names import validate_purpose, validate_query_id
 from osmanthus.core.peers import PeerRole
@@ -45,6 +49,7 @@ from osmanthus.core.types import (
     SubjectId,
     SubjectKind,
 )
+from osmanthus.core.wire.common import RequestLimits
 from osmanthus.core.wire.lists import ChangesQuery, PublicPage, PublicQuery
 from osmanthus.core.wire.node import (
     MAX_CHUNK_SUBJECTS,
@@ -81,9 +86,13 @@ class NodeService:
         encryptors: EncryptorCache,
         today: Callable[[], date] = china_today,
         lists: ListStore | None = None,
+        consent: ConsentCheck | None = None,
     ) -> None:
         """`lists`: the department's red and black lists (node.server always opens them); a
-        node without them sets no flag from a list and serves no list office."""
+        node without them sets no flag from a list and serves no list office. `consent`: how
+        this node verifies the consent a request rests on (node.consent); without one, no
+        request that needs a consent is answered."""
+        self._consent: ConsentCheck = consent if consent is not None else NoConsentCheck()
         self._department = department
         self._catalogue = catalogue
         self._store = store
@@ -92,6 +101,8 @@ class NodeService:
         self._verifier = verifier
         self._audit = audit
         self._encryptors = encryptors
+        # keys whose modulus proof this node verified: each proof is checked once per key
+        self._proven_keys = ProvenKeys()
         self._today = today
         self._flags = catalogue.flags_of(department.id)
         # a black list's entry in view sets its flag as a counting record does (ARCHITECTURE:
@@ -125,12 +136,18 @@ class NodeService:
             )
             for (kind, shape), layout in self._layouts.items()
         }
+        self._limits = RequestLimits.for_catalogue(catalogue)
         self._lists = lists
         self._office = (
             ListOffice(department=department, store=lists, audit=audit, today=today)
             if lists is not None
             else None
         )
+
+    @property
+    def request_limits(self) -> RequestLimits:
+        """The natural size of each repeated request field, which the servicer caps them at."""
+        return self._limits
 
     def close(self) -> None:
         self._encryptors.close()
@@ -200,17 +217,36 @@ class NodeService:
             record.extra["measures"] = ",".join(sorted(m[:40] for m in request.measures[:16]))
         with audited(self._audit, record):
             claims = record.identify(self._authenticate(caller, token))
-            result = self._decide_and_encrypt(request, claims, engine)
+            with self._asked_again_if_refused(claims):
+                result = self._decide_and_encrypt(request, claims, engine, record)
             record.allow(
                 "contribution encrypted under the requester's key",
                 single_source_allowed=int(result.single_source_allowed),
             )
         return result
 
+    @contextlib.contextmanager
+    def _asked_again_if_refused(self, claims: TokenClaims) -> Iterator[None]:
+        """The coordinator asks again, with the same token, after a refusal that says what was
+        missing (a key's modulus proof after this node restarted, revocations it lacks): a
+        single-use token that was refused so is still unanswered, and must pass once more."""
+        try:
+            yield
+        except (KeyProofRequired, RevocationsBehind):
+            self._verifier.release(claims)
+            raise
+
     def _checked_common(
-        self, *, kind: SubjectKind | None, purpose_raw: str, public_key: bytes, claims: TokenClaims
+        self,
+        *,
+        kind: SubjectKind | None,
+        purpose_raw: str,
+        public_key: bytes,
+        modulus_proof: bytes,
+        claims: TokenClaims,
     ) -> tuple[SubjectKind, Purpose, PublicKey]:
-        """Checks every request makes: subject kind served, purpose in the token, key bound."""
+        """Checks every request makes: subject kind served, purpose in the token, key bound,
+        well formed (`PublicKey.from_bytes`) and proven (its modulus proof, verified once)."""
         if kind is None:
             raise InvalidArgument(
                 "a subject kind (PERSON or ENTERPRISE) is required", field="subject_kind"
@@ -222,8 +258,12 @@ class NodeService:
             )
         purpose = validate_purpose(purpose_raw)
         claims.require_purpose(purpose)
+        # the token's key first: only then the costly tests of n
+        claims.require_key(fingerprint_of_bytes(public_key, field="public_key"))
         key = PublicKey.from_bytes(public_key, field="public_key")
-        claims.require_key(key.fingerprint)
+        # the coordinator verified the proof at RegisterKey, but a node decides for itself: a
+        # coordinator that forwarded a key of p·q·r would otherwise have it encrypted under
+        self._proven_keys.require(key, modulus_proof)
         return kind, purpose, key
 
     def _decide(
@@ -246,8 +286,57 @@ class NodeService:
     ) -> bool:
         return self._decide(engine, claims, action, context).allowed
 
+    def _require_consent(
+        self,
+        engine: PolicyEngine,
+        claims: TokenClaims,
+        request: ContributionRequest,
+        *,
+        kind: SubjectKind,
+        subject: SubjectId,
+        purpose: Purpose,
+        context: Mapping[str, object],
+        record: AuditedRequest,
+    ) -> None:
+        """A consent this node verified itself, or a purpose its own policy answers without one
+        (`ContributeWithoutConsent`: a statutory purpose); raises the reason otherwise.
+
+        The verdict goes to the audit log either way, with the consent id and key id the
+        receipt claims: a forged receipt is evidence, named there.
+        """
+        verdict = self._consent.verdict(
+            request, kind=kind, subject=subject, grantee=claims.requester, purpose=purpose
+        )
+        record.extra["consent"] = verdict.state
+        if verdict.receipt_id:
+            record.extra["receipt"] = verdict.receipt_id
+        if verdict.receipt_key:
+            record.extra["receipt_key"] = verdict.receipt_key
+        if verdict.state in ("untrusted", "malformed", "feed_refused"):
+            _log.warning(
+                "department %s: query %s from %s carried a consent the registry did not sign "
+                "or a revocation feed that does not verify (%s, receipt %s, key %s): %s",
+                self._department.id,
+                request.query_id[:64],
+                claims.requester,
+                verdict.state,
+                verdict.receipt_id or "-",
+                verdict.receipt_key or "-",
+                verdict.reason,
+            )
+        if verdict.error is None:
+            return
+        if self._allow(engine, claims, "ContributeWithoutConsent", context):
+            record.extra["consent_needed"] = 0
+            return
+        raise verdict.error
+
     def _decide_and_encrypt(
-        self, request: ContributionRequest, claims: TokenClaims, engine: PolicyEngine
+        self,
+        request: ContributionRequest,
+        claims: TokenClaims,
+        engine: PolicyEngine,
+        record: AuditedRequest,
     ) -> ContributionResult:
         _, _, shape = validate_query_fields(
             query_id=request.query_id, purpose=request.purpose, shape=request.shape
@@ -256,11 +345,14 @@ class NodeService:
             kind=request.subject_kind,
             purpose_raw=request.purpose,
             public_key=request.public_key,
+            modulus_proof=request.modulus_proof,
             claims=claims,
         )
         subject = validate_subject(kind, request.subject_id, field="subject_id")
         if shape is Shape.FLAGS:
-            return self._flag_counts(request, claims, engine, kind, subject, purpose, public_key)
+            return self._flag_counts(
+                request, claims, engine, kind, subject, purpose, public_key, record
+            )
         # a THRESHOLD is computed by the coordinator from the TOTAL parts
         layout = self._layouts[kind, Shape.BREAKDOWN if shape is Shape.BREAKDOWN else Shape.TOTAL]
         if shape is Shape.BREAKDOWN:
@@ -269,6 +361,8 @@ class NodeService:
         decision = self._decide(engine, claims, "Contribute", context)
         if not decision.allowed:
             raise PermissionDenied(f"department {self._department.id} policy: {decision.reason}")
+        self._require_consent(engine, claims, request, kind=kind, subject=subject,
+                              purpose=purpose, context=context, record=record)  # fmt: skip
         single = self._allow(engine, claims, "DiscloseSingleSource", context)
         records = self._store.records_for(kind, subject)
         contribution = self._rules.contribution(kind, records, as_of=self._today())
@@ -296,6 +390,7 @@ class NodeService:
         subject: SubjectId,
         purpose: Purpose,
         public_key: PublicKey,
+        record: AuditedRequest,
     ) -> ContributionResult:
         """FLAGS: per measure asked, how many of this department's flags that trigger it are set."""
         measures = validate_measures(self._catalogue, request.measures)
@@ -308,6 +403,8 @@ class NodeService:
         decision = self._decide(engine, claims, "Contribute", context)
         if not decision.allowed:
             raise PermissionDenied(f"department {self._department.id} policy: {decision.reason}")
+        self._require_consent(engine, claims, request, kind=kind, subject=subject,
+                              purpose=purpose, context=context, record=record)  # fmt: skip
         records = self._store.records_for(kind, subject)
         today = self._today()
         raised = self._rules.flags_set(kind, records, as_of=today)
@@ -351,11 +448,11 @@ class NodeService:
             policy_hash=engine.hash,
             shape=request.shape.value if request.shape else "",
             extra={"chunk": request.chunk, "subjects": len(request.subject_ids)},
-            on_refusal=lambda r: self._name_refused_chunk(r, request),
         )
         with audited(self._audit, record):
             claims = record.identify(self._authenticate(caller, token))
-            result, subjects = self._chunk(request, claims, engine)
+            with self._asked_again_if_refused(claims):
+                result, subjects = self._chunk(request, claims, engine, record)
             record.subject_hashes = tuple(self._audit.subject_hashes(subjects))
             record.allow(
                 f"batch chunk {request.chunk}: {len(subjects)} contributions encrypted under "
@@ -372,7 +469,11 @@ class NodeService:
         record.subject_hashes = tuple(self._audit.subject_hashes(named))
 
     def _chunk(
-        self, request: ChunkRequest, claims: TokenClaims, engine: PolicyEngine
+        self,
+        request: ChunkRequest,
+        claims: TokenClaims,
+        engine: PolicyEngine,
+        record: AuditedRequest,
     ) -> tuple[ChunkResult, tuple[SubjectId, ...]]:
         _, _, shape = validate_query_fields(
             query_id=request.query_id, purpose=request.purpose, shape=request.shape
@@ -381,6 +482,7 @@ class NodeService:
             kind=request.subject_kind,
             purpose_raw=request.purpose,
             public_key=request.public_key,
+            modulus_proof=request.modulus_proof,
             claims=claims,
         )
         count = len(request.subject_ids)
@@ -389,10 +491,6 @@ class NodeService:
                 f"a chunk carries 1..{MAX_CHUNK_SUBJECTS} subjects, this one {count}",
                 field="subject_ids",
             )
-        subjects = tuple(
-            validate_subject(kind, s, field=f"subject_ids[{i}]")
-            for i, s in enumerate(request.subject_ids)
-        )
         if shape not in PACKED_SHAPES:
             raise InvalidArgument(
                 f"a batch carries breakdowns or totals, not {shape.value}", field="shape"
@@ -417,6 +515,13 @@ class NodeService:
                 f"department {self._department.id} policy does not contribute to batches for "
                 f"purpose {purpose!r} ({shape.value}, {kind.value}s)"
             )
+        # read entry by entry only once the policy allowed the chunk; from here a refusal
+        # names the chunk's subjects too (a hash per id, which a refused caller does not get)
+        record.on_refusal = lambda r: self._name_refused_chunk(r, request)
+        subjects = tuple(
+            validate_subject(kind, s, field=f"subject_ids[{i}]")
+            for i, s in enumerate(request.subject_ids)
+        )
         records = self._store.records_for_many(kind, subjects)
         as_of = self._today()
         zero = self._zero_parts[kind, shape]
@@ -453,11 +558,11 @@ class NodeService:
             policy_hash=engine.hash,
             shape=Shape.STATS.value,
             extra={"cohort": len(request.subject_ids)},
-            on_refusal=lambda r: self._name_refused_cohort(r, request),
         )
         with audited(self._audit, record):
             claims = record.identify(self._authenticate(caller, token))
-            result, cohort = self._stats(request, claims, engine)
+            with self._asked_again_if_refused(claims):
+                result, cohort = self._stats(request, claims, engine, record)
             # a statistic discloses nothing attributable to one member (the noise sees to
             # that), so the entry names the cohort as a whole: its size and one salted hash
             record.subject_hash = self._audit.cohort_hash(cohort)
@@ -477,13 +582,18 @@ class NodeService:
         record.subject_hash = self._audit.cohort_hash(named)
 
     def _stats(
-        self, request: StatsRequest, claims: TokenClaims, engine: PolicyEngine
+        self,
+        request: StatsRequest,
+        claims: TokenClaims,
+        engine: PolicyEngine,
+        record: AuditedRequest,
     ) -> tuple[StatsResult, tuple[SubjectId, ...]]:
         validate_query_id(request.query_id)
         kind, purpose, key = self._checked_common(
             kind=request.subject_kind,
             purpose_raw=request.purpose,
             public_key=request.public_key,
+            modulus_proof=request.modulus_proof,
             claims=claims,
         )
         layout = self._layouts[kind, Shape.BREAKDOWN]
@@ -499,16 +609,26 @@ class NodeService:
                 field="slot_bounds",
             )
         statistics = validate_statistics(layout, request.statistics)
-        cohort = validate_cohort(kind, request.subject_ids)
+        size = len(request.subject_ids)
+        if not 0 < size <= MAX_COHORT:
+            raise InvalidArgument(
+                f"a cohort names 1..{MAX_COHORT} subjects, this one {size}", field="subject_ids"
+            )
+        # the policy decides on the cohort's size before any id is read: validate_cohort
+        # refuses a cohort whose ids are not `size` distinct subjects, so the size is exact
         context: dict[str, object] = {
             "purpose": purpose,
             "shape": Shape.STATS.value,
             "subject_kind": kind.value,
-            "cohort": len(cohort),
+            "cohort": size,
         }
         decision = self._decide(engine, claims, "Contribute", context)
         if not decision.allowed:
             raise PermissionDenied(f"department {self._department.id} policy: {decision.reason}")
+        # from here a refusal names the cohort (one hash of its ids, as far as they are ids):
+        # it costs a hash per id, which a caller the policy refused does not get
+        record.on_refusal = lambda r: self._name_refused_cohort(r, request)
+        cohort = validate_cohort(kind, request.subject_ids)
         positions = [layout.names.index(name) for name in statistics]
         sums = [0] * len(positions)
         as_of = self._today()

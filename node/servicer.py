@@ -28,7 +28,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     ) -> node_pb2.ContributeResponse:
         caller = current_caller()
         result = self._service.contribute(
-            node_wire.contribution_request_from_proto(request),
+            node_wire.contribution_request_from_proto(request, limits=self._service.request_limits),
             caller=caller.peer,
             token=caller.token,
         )
@@ -40,7 +40,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     ) -> node_pb2.ContributeChunkResponse:
         caller = current_caller()
         result = self._service.contribute_chunk(
-            node_wire.chunk_request_from_proto(request), caller=caller.peer, token=caller.token
+            node_wire.chunk_request_from_proto(request, limits=self._service.request_limits),
+            caller=caller.peer,
+            token=caller.token,
         )
         return node_wire.chunk_result_to_proto(result)
 
@@ -50,7 +52,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     ) -> node_pb2.ContributeStatsResponse:
         caller = current_caller()
         result = self._service.contribute_stats(
-            node_wire.stats_request_from_proto(request), caller=caller.peer, token=caller.token
+            node_wire.stats_request_from_proto(request, limits=self._service.request_limits),
+            caller=caller.peer,
+            token=caller.token,
         )
         return node_wire.stats_result_to_proto(result)
 

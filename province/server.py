@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from osmanthus.core.crl import REVOCATION_POLL_S, open_revocation
 from osmanthus.core.errors import ConfigError
+from osmanthus.core.files import PRIVATE_DIR_MODE, narrow_umask, private_directory
 from osmanthus.core.peers import DEFAULT_RECEIVER_NAME, PeerRole, validate_name
 from osmanthus.core.server import RunningServer, start_server
 from osmanthus.core.tls import TlsFiles, check_files, identity_of_certificate
@@ -21,7 +21,9 @@ from province.store import STORE_FILE, BatchStore
 
 PROVINCE_SERVICE_NAME: Final = province_pb2.DESCRIPTOR.services_by_name["ProvinceService"].full_name
 DEFAULT_OPERATORS: Final = ("operator",)
-STATE_DIR_MODE: Final = 0o700
+STATE_DIR_MODE: Final = PRIVATE_DIR_MODE
+#: what the state directory holds, for the log lines and errors about its modes
+STATE_WHAT: Final = "the provincial receiver's state (the batches received, and rejections)"
 
 _log = logging.getLogger(__name__)
 
@@ -36,20 +38,18 @@ class ProvinceConfig:
     name: str = DEFAULT_RECEIVER_NAME
     #: operator certificates that may list every batch and rejection
     operators: tuple[str, ...] = DEFAULT_OPERATORS
+    #: the platform CA's CRL, followed without a restart: a sender whose certificate it revokes
+    #: is refused (None: none is ever revoked)
+    crl: Path | None = None
+    revocation_poll_s: float = REVOCATION_POLL_S
 
 
 def prepare_state_dir(path: Path) -> None:
-    """Create the state directory owner-only, or tighten one that others may open."""
-    try:
-        path.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            os.chmod(path, STATE_DIR_MODE)
-            _log.warning("state directory %s was open to other users; made it owner-only", path)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot prepare the state directory {path}: {exc.strerror}", field="state_dir"
-        ) from None
+    """Make this process create its files owner-only from now on (osmanthus.core.files.
+    narrow_umask), and create the state directory owner-only, or repair one that others may
+    open (0700, files in it 0600; each repair logged)."""
+    narrow_umask()
+    private_directory(path, what=STATE_WHAT)
 
 
 def build_service(config: ProvinceConfig) -> ProvinceService:
@@ -74,6 +74,9 @@ def build_service(config: ProvinceConfig) -> ProvinceService:
 
 def start_province(config: ProvinceConfig) -> RunningServer:
     """Serve ProvinceService (and health) over mutual TLS until stopped."""
+    revocation = open_revocation(
+        config.crl, ca_path=config.tls.ca, interval_s=config.revocation_poll_s
+    )
     service = build_service(config)
     servicer = ProvinceServicer(service)
     try:
@@ -84,6 +87,7 @@ def start_province(config: ProvinceConfig) -> RunningServer:
             service_names=[PROVINCE_SERVICE_NAME],
             listen=config.listen,
             tls=config.tls,
+            revocation=revocation,
         )
     except BaseException:
         service.close()

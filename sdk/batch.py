@@ -7,12 +7,12 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 
 from osmanthus.core.catalogue import SubjectModel
-from osmanthus.core.crypto import ParallelDecryptor
 from osmanthus.core.encoding import SlotLayout
 from osmanthus.core.errors import CryptoError, InvalidArgument
 from osmanthus.core.score import Breakdown, grade, score
 from osmanthus.core.types import Shape
 from osmanthus.core.wire import coordinator as wire
+from osmanthus.core.workers import ParallelDecryptor
 from osmanthus.v1 import coordinator_pb2
 from sdk.keys import RequesterKeys
 from sdk.results import BatchScore

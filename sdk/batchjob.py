@@ -1,8 +1,10 @@
 """A resumable batch-scoring job: subject ids from a CSV in, one Parquet file of scores out.
 
-Work is saved after every few chunks as a Parquet part plus a checkpoint, each written to a
-temporary name and renamed into place, so an interrupted job (a crash, Ctrl-C, a department
-down) resumes from its checkpoint with no duplicate and no missing row. The finished file is
+Work is saved as a Parquet part plus a checkpoint, each written to a temporary name and renamed
+into place, every `rows_per_part` rows or every `checkpoint_s` seconds, whichever comes first (at
+the end of a chunk), so an interrupted job (a crash, Ctrl-C, `kill -9`, a department down)
+resumes from its last checkpoint with no duplicate and no missing row, and loses at most about
+`checkpoint_s` seconds of work. The finished file is
 assembled from the parts in input order, then the parts and the checkpoint are removed.
 """
 
@@ -11,8 +13,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +25,13 @@ from typing import Any
 import duckdb
 
 from osmanthus.core.catalogue import SubjectModel
-from osmanthus.core.errors import ConfigError, ImportRejected, OsmanthusError
-from osmanthus.core.files import sync_directory, write_atomically
+from osmanthus.core.errors import ConfigError, ImportRejected, InvalidArgument, OsmanthusError
+from osmanthus.core.files import (
+    PRIVATE_FILE_MODE,
+    private_directory,
+    sync_directory,
+    write_atomically,
+)
 from osmanthus.core.types import Shape
 from sdk.results import BatchScore
 
@@ -30,7 +39,13 @@ from sdk.results import BatchScore
 ID_COLUMN = "subject_id"
 #: rows kept in memory before a part is written and the checkpoint advanced
 DEFAULT_ROWS_PER_PART = 50_000
+#: seconds after which the rows received are saved even if fewer than rows_per_part: a job killed
+#: outright (`kill -9`, out of memory) loses at most this much work, whatever its size; a save
+#: (a Parquet part and an fsync'd checkpoint) costs milliseconds, so 30 s costs nothing to speak of
+DEFAULT_CHECKPOINT_S = 30.0
 CHECKPOINT_VERSION = 1
+#: what OUT.parts holds, for the log lines and errors about its modes
+PARTS_WHAT = "the batch job's checkpoint and parts (subject ids with their scores)"
 
 Scorer = Callable[[Iterator[str]], Iterator[BatchScore]]
 
@@ -100,7 +115,21 @@ class BatchJob:
         purpose: str,
         chunk_size: int,
         rows_per_part: int = DEFAULT_ROWS_PER_PART,
+        checkpoint_s: float = DEFAULT_CHECKPOINT_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`checkpoint_s`: save at the end of the first chunk this long after the last save
+        (0: after every chunk), besides every `rows_per_part` rows; `clock` measures it."""
+        if (
+            isinstance(checkpoint_s, bool)
+            or not isinstance(checkpoint_s, int | float)
+            or not math.isfinite(checkpoint_s)
+            or checkpoint_s < 0
+        ):
+            raise InvalidArgument(
+                f"checkpoint seconds must be a finite number >= 0, got {checkpoint_s!r}",
+                field="checkpoint_seconds",
+            )
         self.source = source
         self.output = output
         self.model = model
@@ -109,6 +138,8 @@ class BatchJob:
         self.chunk_size = chunk_size
         # a part ends on a chunk boundary: the rows of one chunk are all saved or none are
         self.rows_per_part = max(chunk_size, rows_per_part // chunk_size * chunk_size)
+        self.checkpoint_s = float(checkpoint_s)
+        self._clock = clock
         self.parts_dir = output.with_name(output.name + ".parts")
         self.checkpoint_path = self.parts_dir / "checkpoint.json"
 
@@ -129,8 +160,10 @@ class BatchJob:
         if not self.checkpoint_path.exists():
             if self.parts_dir.exists():
                 shutil.rmtree(self.parts_dir)
-            self.parts_dir.mkdir(parents=True)
+            private_directory(self.parts_dir, what=PARTS_WHAT, field="out")
             return 0, 0, 0, 0
+        # a directory an earlier version left open to others is repaired, each repair logged
+        private_directory(self.parts_dir, what=PARTS_WHAT, field="out")
         try:
             saved = json.loads(self.checkpoint_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -157,7 +190,11 @@ class BatchJob:
         self, identity: dict[str, Any], *, rows: int, parts: int, scored: int, refused: int
     ) -> None:
         state = {**identity, "rows": rows, "parts": parts, "scored": scored, "refused": refused}
-        write_atomically(self.checkpoint_path, json.dumps(state, indent=2, sort_keys=True).encode())
+        write_atomically(
+            self.checkpoint_path,
+            json.dumps(state, indent=2, sort_keys=True).encode(),
+            mode=PRIVATE_FILE_MODE,
+        )
 
     # --- output ----------------------------------------------------------------------------
 
@@ -200,13 +237,17 @@ class BatchJob:
                 [values[name] for name, _ in columns],
             )
         with tmp.open("rb") as f:
+            # DuckDB made it with the umask; the directory kept others out meanwhile
+            os.fchmod(f.fileno(), PRIVATE_FILE_MODE)
             os.fsync(f.fileno())
         os.replace(tmp, path)
         sync_directory(self.parts_dir)
 
     def _assemble(self, parts: int) -> None:
         files = [str(self.parts_dir / f"part-{i:06d}.parquet") for i in range(parts)]
-        tmp = self.output.with_name(self.output.name + ".tmp")
+        # made in the private parts directory and owner-only before it is renamed into place:
+        # it holds every subject's score, as the parts do
+        tmp = self.parts_dir / (self.output.name + ".tmp")
         with duckdb.connect() as con:
             if files:
                 con.execute(
@@ -217,6 +258,9 @@ class BatchJob:
             else:
                 columns = ", ".join(f'NULL::{t} AS "{n}"' for n, t in self._columns())
                 con.execute(f"COPY (SELECT {columns} LIMIT 0) TO {_sql_path(tmp)} (FORMAT parquet)")
+        with tmp.open("rb") as f:
+            os.fchmod(f.fileno(), PRIVATE_FILE_MODE)
+            os.fsync(f.fileno())
         os.replace(tmp, self.output)
         sync_directory(self.output.parent, written=self.output)
         # the checkpoint goes first: parts without a checkpoint are simply started afresh
@@ -237,9 +281,10 @@ class BatchJob:
         if progress and done:
             progress(done)
         buffer: list[BatchScore] = []
+        saved_at = self._clock()
 
         def flush() -> None:
-            nonlocal done, parts, scored, refused
+            nonlocal done, parts, scored, refused, saved_at
             # the rows leave the buffer before anything can fail: an interruption inside this
             # function must not save them a second time (the checkpoint decides what counts)
             rows = buffer[:]
@@ -250,13 +295,18 @@ class BatchJob:
             scored += sum(1 for r in rows if r.refused is None)
             refused += sum(1 for r in rows if r.refused is not None)
             self._save_checkpoint(identity, rows=done, parts=parts, scored=scored, refused=refused)
+            saved_at = self._clock()
             if progress:
                 progress(len(rows))
 
         try:
             for row in scorer(read_ids(self.source, skip=done)):
                 buffer.append(row)
-                if len(buffer) >= self.rows_per_part:
+                if len(buffer) >= self.rows_per_part or (
+                    # by time only at the end of a chunk: a part holds whole chunks
+                    len(buffer) % self.chunk_size == 0
+                    and self._clock() - saved_at >= self.checkpoint_s
+                ):
                     flush()
         except BaseException as exc:
             # rows of whole chunks already received are kept: a part ends on a chunk boundary

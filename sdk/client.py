@@ -13,7 +13,7 @@ import grpc
 import jwt
 
 from osmanthus.core.catalogue import Catalogue, SubjectModel, load_catalogue
-from osmanthus.core.crypto import Ciphertext, ParallelDecryptor
+from osmanthus.core.crypto import Ciphertext
 from osmanthus.core.dp import parse_epsilon
 from osmanthus.core.encoding import SlotLayout
 from osmanthus.core.errors import ConfigError, CryptoError, InvalidArgument
@@ -48,6 +48,7 @@ from osmanthus.core.wire.node import (
     validate_measures,
     validate_statistics,
 )
+from osmanthus.core.workers import ParallelDecryptor
 from osmanthus.v1 import coordinator_pb2_grpc
 from sdk.batch import DEFAULT_CIPHERTEXTS_PER_CHUNK, BatchDecoder, Outbox, batch_requests
 from sdk.keys import RequesterKeys, load_or_create_keys
@@ -261,9 +262,10 @@ class Client:
 
     def register_key(self) -> KeyFingerprint:
         """Register this client's public key with the coordinator (idempotent; automatic)."""
-        response = self._call(
-            self._stub.RegisterKey, wire.register_key_to_proto(self._keys.public.to_bytes())
+        request = wire.register_key_to_proto(
+            self._keys.public.to_bytes(), modulus_proof=self._keys.modulus_proof
         )
+        response = self._call(self._stub.RegisterKey, request)
         with self._lock:
             self._registered = True
         return KeyFingerprint(response.key_fingerprint)

@@ -19,7 +19,6 @@ sent twice: what was committed is resent as the same signed bytes, what was not 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 import re
@@ -49,7 +48,6 @@ from osmanthus.core.syncbatch import (
     build_batch,
     grade_record,
     list_change_record,
-    read_batch,
     record_size,
     sender_key_id,
     sign_batch,
@@ -58,17 +56,11 @@ from osmanthus.core.syncbatch import (
 )
 from osmanthus.core.syncbatch_checks import GRADE_PATTERN
 from osmanthus.core.types import Shape, SubjectKind
+from syncjob import recovery
 from syncjob.config import StatisticSpec, SyncConfig
 from syncjob.roster import read_roster, shown_refusal
-from syncjob.state import (
-    ORIGIN,
-    OpenEntry,
-    OutboxBatch,
-    Run,
-    StagedGrade,
-    StreamPosition,
-    SyncState,
-)
+from syncjob.state import OpenEntry, OutboxBatch, Run, StagedGrade, SyncState
+from syncjob.verify import Quarantined, check_and_read, check_stored, held_back, remember_key
 
 if TYPE_CHECKING:
     from osmanthus.core.wire.province import BatchSummary
@@ -187,6 +179,8 @@ class SyncJob:
         self._province = province
         self._key = signing_key
         self._key_id = sender_key_id(signing_key.public_key())
+        #: every key the job has signed with: a waiting batch is verified against its own
+        self._keyring = remember_key(state, signing_key.public_key(), at=clock())
         self._catalogue = catalogue
         self._metrics = metrics
         self._stop = stop or threading.Event()
@@ -258,6 +252,7 @@ class SyncJob:
                 streams=self._state.streams(),
                 last_ok_run=self._state.last_ok_run(),
                 finished=finished,
+                quarantined=len(self._state.quarantined()),
             )
         return summary
 
@@ -632,6 +627,11 @@ class SyncJob:
             # retry_for per batch or per pass
             self._give_up = time.monotonic() + self._config.delivery.retry_for.total_seconds()
         blocked = set(self._blocked)
+        for held in self._state.quarantined():
+            if held.kind not in blocked:
+                # a stream is ordered: nothing behind a quarantined batch goes before it
+                blocked.add(held.kind)
+                self._alarm(summary, f"deliver {held.kind.value}", held_back(held))
         for kind, batch_id in self._state.outbox_ids():
             if kind in blocked:
                 continue
@@ -640,19 +640,26 @@ class SyncJob:
             if batch is None:
                 continue
             work = f"deliver {batch.kind.value} #{batch.sequence}"
+            now = self._clock()
             try:
+                # what is sent or signed anew is first checked against the key that signed it
+                state, ring, sender = self._state, self._keyring, self._config.sender
                 if batch.signed.key_id != self._key_id or not signed_in_current_format(
                     batch.signed
                 ):
                     # signed before the job's key was changed, or in the earlier signature
                     # format: the same payload, signed anew, so the province needs only the
                     # current key and envelope (the id and content are kept)
-                    batch = self._state.resign(
-                        batch, sign_batch(read_batch(batch.signed.payload), private_key=self._key)
-                    )
+                    made = check_and_read(state, batch, keyring=ring, sender=sender, at=now)
+                    batch = self._state.resign(batch, sign_batch(made, private_key=self._key))
+                else:
+                    check_stored(state, batch, keyring=ring, sender=sender, at=now)
                 self._send(batch, summary, give_up=self._give_up)
             except Stopped:
                 raise
+            except Quarantined as exc:
+                blocked.add(batch.kind)
+                self._alarm(summary, work, exc)
             except Unavailable as exc:
                 # retried until retry_for: the receiver is down; the outbox waits for next run
                 self._receiver_down = True
@@ -728,71 +735,30 @@ class SyncJob:
 
     # --- operations ------------------------------------------------------------------------------
 
-    def rebase(self, kind: BatchKind) -> tuple[list[OutboxBatch], BatchSummary | None]:
-        """Renumber `kind`'s waiting batches to continue the receiver's stream where it stands:
-        the way out of a gap or an overlap (a state restored from an old backup, a receiver
-        reset). Records and their order are kept; each batch gets the next sequence, starts at
-        the previous batch's end and is signed anew (so its id changes). Returns the batches
-        and the receiver's last batch they follow."""
-        pending = self._state.outbox(kind)
-        if not pending:
-            raise FailedPrecondition(f"no {kind.value} batch waits in the outbox", field="kind")
-        last = self._province.last_batch(sender=self._config.sender, kind=kind)
-        if last is not None and last.watermark_to in {b.watermark_to for b in pending}:
-            # the receiver's stream ends where a waiting batch ends: it holds that range (its
-            # answer was lost), and those records would be stored again under new ids
-            raise FailedPrecondition(
-                f"the receiver's {kind.value} stream ends at {last.watermark_to}, where a "
-                "waiting batch ends: it already holds records the job thinks unsent. Send "
-                "normally (the receiver acknowledges what it holds), or settle with the "
-                "province which records it has",
-                field="kind",
-            )
-        sequence, start = (last.sequence + 1, last.watermark_to) if last else (1, ORIGIN)
-        rebuilt: list[OutboxBatch] = []
-        for waiting in pending:
-            old = read_batch(waiting.signed.payload)
-            if old.watermark_to == start:
-                raise FailedPrecondition(
-                    f"the receiver's stream already ends at {start}, where waiting batch "
-                    f"#{waiting.sequence} ends: it holds that range; ask the province which "
-                    "records it has before sending them again",
-                    field="kind",
-                )
-            batch = build_batch(
-                sender=self._config.sender,
-                kind=kind,
-                sequence=sequence,
-                watermark_from=start,
-                watermark_to=old.watermark_to,
-                records=list(old.records),
-                created_at=old.created_at,
-                missing_departments=old.missing_departments,
-            )
-            rebuilt.append(
-                dataclasses.replace(
-                    waiting,
-                    sequence=sequence,
-                    batch_id=batch.batch_id,
-                    watermark_from=start,
-                    signed=sign_batch(batch, private_key=self._key),
-                    attempts=0,
-                )
-            )
-            sequence, start = sequence + 1, old.watermark_to
-        position = (
-            StreamPosition(
-                kind=kind,
-                sequence=last.sequence,
-                watermark=last.watermark_to,
-                batch_id=last.batch_id,
-                acked_at=last.received_at,
-            )
-            if last
-            else None
+    def _alarm(self, summary: RunSummary, work: str, exc: Quarantined) -> None:
+        # a quarantined batch is an alarm: its exit code is the run's, whatever came before
+        self._error(summary, work, exc)
+        summary.exit_code = exc.exit_code
+
+    def _stream(self, kind: BatchKind) -> recovery.Stream:
+        return recovery.Stream(
+            state=self._state,
+            province=self._province,
+            sender=self._config.sender,
+            kind=kind,
+            key=self._key,
+            keyring=self._keyring,
+            now=self._clock(),
         )
-        self._state.replace_outbox(kind, rebuilt, stream=position)
-        return rebuilt, last
+
+    def rebase(self, kind: BatchKind) -> tuple[list[OutboxBatch], BatchSummary | None]:
+        """`sync rebase`: renumber `kind`'s waiting batches, once verified, to follow the
+        receiver's stream (syncjob.recovery.rebase)."""
+        return recovery.rebase(self._stream(kind))
+
+    def settle_quarantine(self, kind: BatchKind, *, rebuild: bool) -> recovery.Settled:
+        """`sync quarantine drop|rebuild` for `kind` (syncjob.recovery.settle)."""
+        return recovery.settle(self._stream(kind), regather=rebuild)
 
 
 def is_due(last: datetime | None, every: timedelta, now: datetime) -> bool:

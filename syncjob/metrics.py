@@ -13,9 +13,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
-from prometheus_client import write_to_textfile as _write_textfile
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, start_http_server
+from prometheus_client.openmetrics.exposition import ALLOWUTF8
 
+from osmanthus.core.files import write_atomically
 from osmanthus.core.syncbatch import BatchKind
 
 if TYPE_CHECKING:
@@ -70,6 +71,12 @@ class SyncMetrics:
         self._outbox_records = Gauge(
             f"{PREFIX}_outbox_records", "Records in batches waiting for the receiver", registry=r
         )
+        self._quarantined = Gauge(
+            f"{PREFIX}_quarantined_batches",
+            "Waiting batches that failed verification against the job's keys; each holds its "
+            "stream until the operator drops or rebuilds it (alert on any)",
+            registry=r,
+        )
         self._last_success = Gauge(
             f"{PREFIX}_last_delivery_timestamp_seconds",
             "When the receiver last acknowledged a batch of the stream (Unix time)",
@@ -119,6 +126,7 @@ class SyncMetrics:
         streams: Mapping[BatchKind, StreamPosition],
         last_ok_run: datetime | None,
         finished: bool,
+        quarantined: int = 0,
     ) -> None:
         """After a run: its outcome, the backlog, and the times read back from the state, so a
         process that has just started (cron, a restart) reports them too."""
@@ -126,6 +134,7 @@ class SyncMetrics:
         self._runs.labels(outcome=outcome).inc()
         self._outbox_batches.set(outbox.batches)
         self._outbox_records.set(outbox.records)
+        self._quarantined.set(quarantined)
         self._duration.set(summary.duration_s)
         self._last_run.set_to_current_time()
         for kind, position in streams.items():
@@ -138,6 +147,8 @@ class SyncMetrics:
         return int(server.server_port)
 
     def write_textfile(self, path: Path) -> None:
-        """Write the metrics for node-exporter's textfile collector, atomically."""
+        """Write the metrics for node-exporter's textfile collector, atomically, readable by
+        all (0644): the collector runs as another user, and the job's umask is 077."""
         with self._lock:
-            _write_textfile(str(path), self.registry)
+            data = generate_latest(self.registry, escaping=ALLOWUTF8)
+        write_atomically(path, data, mode=0o644, field="metrics-file")

@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -20,11 +20,12 @@ from typing import Any
 from osmanthus.core import signing
 from osmanthus.core.catalogue import Catalogue, load_catalogue
 from osmanthus.core.errors import ConfigError, InvalidArgument, OsmanthusError
-from osmanthus.core.syncbatch import BatchKind, sender_key_id
+from osmanthus.core.syncbatch import BatchKind, sender_key_id, shown_key_id
 from syncjob.config import SyncConfig
 from syncjob.job import SCHEDULE_SLACK, SyncJob, is_due
 from syncjob.metrics import SyncMetrics
-from syncjob.state import SyncState, exclusive, running_job
+from syncjob.state import QuarantinedBatch, SyncState, exclusive, running_job
+from syncjob.verify import Quarantined, keyring, verify_stored
 
 _log = logging.getLogger(__name__)
 
@@ -163,9 +164,9 @@ def run(
 def _write_metrics(metrics: SyncMetrics, path: Path) -> None:
     try:
         metrics.write_textfile(path)
-    except OSError as exc:
+    except ConfigError as exc:
         # the metrics are a view of the run, not the run: report, do not fail it
-        _log.error("cannot write the metrics to %s: %s", path, exc.strerror)
+        _log.error("cannot write the metrics: %s", exc.message)
 
 
 def _one_run(
@@ -249,6 +250,16 @@ def status(config: SyncConfig) -> dict[str, Any]:
             "state": str(state.path),
             "sender": config.sender,
             "running": running_job(config.state_dir),
+            # first: a batch that failed verification holds its stream until the operator acts
+            "quarantine": [_quarantined(q) for q in state.quarantined()],
+            "signing_keys": [
+                {
+                    "key_id": k.key_id,
+                    "first_used": _stamp(k.first_used),
+                    "last_used": _stamp(k.last_used),
+                }
+                for k in state.signing_keys()
+            ],
             "streams": {
                 kind.value: (
                     {
@@ -292,6 +303,24 @@ def status(config: SyncConfig) -> dict[str, Any]:
         state.close()
 
 
+def _quarantined(held: QuarantinedBatch) -> dict[str, Any]:
+    return {
+        "kind": held.kind.value,
+        "sequence": held.sequence,
+        "batch_id": held.batch_id,
+        # as the outbox row named it, unverified: repeated only if it reads as a key id
+        "key_id": shown_key_id(held.key_id),
+        "payload_sha256": held.payload_sha256,
+        "reason": held.reason,
+        "quarantined_at": _stamp(held.quarantined_at),
+        **(
+            {"resolved_at": _stamp(held.resolved_at), "resolution": held.resolution}
+            if held.resolved_at
+            else {}
+        ),
+    }
+
+
 def _next(last: datetime | None, every: timedelta, now: datetime) -> str:
     if is_due(last, every, now):
         return "now"
@@ -306,6 +335,12 @@ def _stamp(value: datetime) -> str:
 def print_status(report: dict[str, Any]) -> None:
     running = f", job running (process {report['running']})" if report["running"] else ""
     print(f"sync state {report['state']} (sender {report['sender']}{running})")
+    for held in report["quarantine"]:
+        print(
+            f"QUARANTINED: {held['kind']} batch #{held['sequence']} ({held['batch_id']}) since "
+            f"{held['quarantined_at']}: {held['reason']}; the {held['kind']} stream waits "
+            "behind it (osmanthus sync quarantine show|drop|rebuild, docs/province.md)"
+        )
     print("streams (last batch the receiver acknowledged):")
     for kind, position in report["streams"].items():
         if position is None:
@@ -315,6 +350,8 @@ def print_status(report: dict[str, Any]) -> None:
                 f"  {kind:<13} #{position['sequence']} to watermark {position['watermark']} "
                 f"at {position['acknowledged_at']}"
             )
+    keys = ", ".join(k["key_id"] for k in report["signing_keys"]) or "none recorded yet"
+    print(f"signing keys (current and earlier; each verifies what it signed): {keys}")
     print(f"last delivery: {report['last_delivery'] or 'never'}")
     print(f"last run without error: {report['last_ok_run'] or 'never'}")
     backlog = report["backlog"]
@@ -349,13 +386,7 @@ def print_status(report: dict[str, Any]) -> None:
 
 def rebase(config: SyncConfig, kind: BatchKind) -> str:
     """`sync rebase`: renumber `kind`'s waiting batches to follow the receiver's stream."""
-    with open_job(
-        config,
-        stop=threading.Event(),
-        metrics=None,
-        progress=lambda _: None,
-        grade_progress=lambda done, total: None,
-    ) as job:
+    with _with_job(config) as job:
         batches, last = job.rebase(kind)
     after = (
         f"the receiver's #{last.sequence} (watermark {last.watermark_to})"
@@ -366,3 +397,106 @@ def rebase(config: SyncConfig, kind: BatchKind) -> str:
         f"{kind.value}: {len(batches)} waiting batches renumbered #{batches[0].sequence} to "
         f"#{batches[-1].sequence}, following {after}; the next run sends them"
     )
+
+
+def _with_job(config: SyncConfig) -> AbstractContextManager[SyncJob]:
+    return open_job(
+        config,
+        stop=threading.Event(),
+        metrics=None,
+        progress=lambda _: None,
+        grade_progress=lambda done, total: None,
+    )
+
+
+def quarantine_report(config: SyncConfig) -> dict[str, Any]:
+    """`sync quarantine show`: the quarantined batches, and every waiting batch checked now
+    against the job's keys (read only: a batch failing here is quarantined by the next run,
+    rebase, drop or rebuild, which hold the state's lock)."""
+    state = SyncState(config.state_dir, sender=config.sender, key_id=None)
+    try:
+        keys = keyring(state)
+        failing: list[dict[str, Any]] = []
+        checked = 0
+        for batch in state.outbox():
+            checked += 1
+            try:
+                verify_stored(batch, keyring=keys, sender=config.sender)
+            except Quarantined as exc:
+                failing.append(
+                    {
+                        "kind": batch.kind.value,
+                        "sequence": batch.sequence,
+                        "batch_id": batch.batch_id,
+                        "reason": str(exc),
+                    }
+                )
+        return {
+            "state": str(state.path),
+            "quarantine": [_quarantined(q) for q in state.quarantined()],
+            "failing_now": failing,
+            "waiting_checked": checked,
+            "resolved": [_quarantined(q) for q in state.quarantined(resolved=True)][-20:],
+            "signing_keys": sorted(keys),
+        }
+    finally:
+        state.close()
+
+
+def print_quarantine(report: dict[str, Any]) -> None:
+    print(f"sync state {report['state']}; the job's keys: {', '.join(report['signing_keys'])}")
+    if not report["quarantine"]:
+        print("quarantine: empty")
+    for held in report["quarantine"]:
+        print(
+            f"QUARANTINED {held['kind']} #{held['sequence']} {held['batch_id']} (key "
+            f"{held['key_id']}, payload sha256 {held['payload_sha256']}) since "
+            f"{held['quarantined_at']}: {held['reason']}"
+        )
+    known = {q["batch_id"] for q in report["quarantine"]}
+    for bad in report["failing_now"]:
+        if bad["batch_id"] not in known:
+            print(
+                f"fails verification, not yet quarantined: {bad['kind']} #{bad['sequence']} "
+                f"{bad['batch_id']}: {bad['reason']}"
+            )
+    print(f"{report['waiting_checked']} waiting batches checked, {len(report['failing_now'])} fail")
+    for done in report["resolved"]:
+        print(
+            f"resolved {done['resolved_at']}: {done['kind']} #{done['sequence']} "
+            f"{done['batch_id']}: {done['resolution']}"
+        )
+
+
+def quarantine_settle(config: SyncConfig, kind: BatchKind, *, rebuild: bool) -> str:
+    """`sync quarantine drop|rebuild`: take `kind`'s quarantined batches out of its stream."""
+    with _with_job(config) as job:
+        done = job.settle_quarantine(kind, rebuild=rebuild)
+    parts: list[str] = []
+    if done.dropped:
+        listed = ", ".join(f"#{s} {b}" for s, b in done.dropped)
+        parts.append(f"dropped {listed}")
+    if done.held:
+        parts.append(
+            f"#{done.held[0]} {done.held[1]} is held by the province as it was signed: "
+            "acknowledged, nothing lost"
+        )
+    after = (
+        f"the receiver's #{done.follows.sequence} (watermark {done.follows.watermark_to})"
+        if done.follows
+        else "the start of the receiver's stream"
+    )
+    parts.append(f"{len(done.waiting)} waiting batches follow {after}")
+    if done.regather:
+        parts.append(
+            {
+                BatchKind.LIST_CHANGES: "the next run reads every department's list feed again "
+                "from its first event (the province hears again of entries it holds)",
+                BatchKind.GRADES: "the next run sends every enterprise's grade again",
+                BatchKind.STATISTICS: "the next run asks every statistic again (spending its "
+                "ε again)",
+            }[kind]
+        )
+    elif done.dropped:
+        parts.append("what the dropped batches held is not reported again")
+    return f"{kind.value}: " + "; ".join(parts)

@@ -27,11 +27,16 @@ from pathlib import Path
 from typing import Any, Final
 
 from osmanthus.core.errors import ConfigError, FailedPrecondition
+from osmanthus.core.files import narrow_umask, private_directory
 from osmanthus.core.storefile import sqlite_transaction
 from osmanthus.core.syncbatch import BatchKind, SignedBatch
 
 STATE_FILE: Final = "sync.sqlite"
 LOCK_FILE: Final = "sync.lock"
+#: what the state directory holds, for the log lines and errors about its modes
+STATE_WHAT: Final = (
+    "the sync job's state (the outbox of signed batches, staged grades, where each stream stands)"
+)
 SCHEMA_VERSION: Final = 1
 #: where a stream starts: the watermark_from of its first batch
 ORIGIN: Final = "origin"
@@ -120,6 +125,32 @@ CREATE TABLE stat_staging (
 );
 CREATE TABLE errors (at TEXT NOT NULL, work TEXT NOT NULL, message TEXT NOT NULL);
 """
+#: tables added since schema version 1 was released: created where missing, so that a state an
+#: earlier release made opens as it is (and an earlier release passes them over)
+_ADDED_TABLES: Final = """
+-- every Ed25519 public key the job has signed batches with (the current one and the earlier
+-- ones): a waiting batch is verified against the key that signed it before it is signed anew
+-- or sent (syncjob.verify)
+CREATE TABLE IF NOT EXISTS signing_keys (
+    key_id TEXT PRIMARY KEY,
+    public_key BLOB NOT NULL,
+    first_used TEXT NOT NULL,
+    last_used TEXT NOT NULL
+);
+-- waiting batches that failed that check: never signed anew or sent, their stream waiting
+-- behind them until `sync quarantine drop|rebuild`; a resolved row is kept as the record
+CREATE TABLE IF NOT EXISTS quarantine (
+    batch_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    key_id TEXT NOT NULL,
+    payload_sha256 TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    quarantined_at TEXT NOT NULL,
+    resolved_at TEXT,
+    resolution TEXT
+)
+"""
 #: errors kept for `sync status`; older ones are dropped
 _ERRORS_KEPT: Final = 200
 
@@ -172,6 +203,32 @@ class StreamPosition:
 
 
 @dataclass(frozen=True)
+class QuarantinedBatch:
+    """A waiting batch that failed verification (syncjob.verify), as the state records it."""
+
+    batch_id: str
+    kind: BatchKind
+    sequence: int
+    #: as the outbox row named it: unverified, so shown only through shown_key_id
+    key_id: str
+    payload_sha256: str
+    reason: str
+    quarantined_at: datetime
+    resolved_at: datetime | None
+    resolution: str | None
+
+
+@dataclass(frozen=True)
+class SigningKeyRecord:
+    """A public key the job signed with: raw Ed25519 bytes, and when it was first and last used."""
+
+    key_id: str
+    public_key: bytes
+    first_used: datetime
+    last_used: datetime
+
+
+@dataclass(frozen=True)
 class StagedGrade:
     position: int
     credit_code: str
@@ -197,8 +254,11 @@ def exclusive(directory: Path) -> Iterator[None]:
     would number the same stream's batches twice. The kernel drops the lock if the job dies."""
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"{directory} is not a directory", field="state_dir")
+    # the job's files are its user's alone from here on (SQLite makes its -wal and -shm with
+    # the state file's mode; the umask covers anything else the job creates)
+    narrow_umask()
+    private_directory(directory, what=STATE_WHAT)
     try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise ConfigError(f"cannot use {directory}: {exc.strerror}", field="state_dir") from None
@@ -323,6 +383,9 @@ class SyncState:
                     ],
                 )
             meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+            for statement in _ADDED_TABLES.split(";\n"):
+                if statement.strip():
+                    self._db.execute(statement)
         if meta.get("schema_version") != str(SCHEMA_VERSION):
             raise ConfigError(
                 f"{self.path} has schema version {meta.get('schema_version')}; this version of "
@@ -673,20 +736,154 @@ class SyncState:
         """Put `batches` in place of `kind`'s outbox and move the stream's checkpoint to
         `stream` (the receiver's position), in one transaction: `sync rebase`."""
         with self.transaction() as db:
-            db.execute("DELETE FROM outbox WHERE kind = ?", [kind.value])
-            self._enqueue(db, batches)
-            db.execute("DELETE FROM streams WHERE kind = ?", [kind.value])
-            if stream is not None:
+            self._replace_outbox(db, kind, batches, stream=stream)
+
+    @classmethod
+    def _replace_outbox(
+        cls,
+        db: sqlite3.Connection,
+        kind: BatchKind,
+        batches: Sequence[OutboxBatch],
+        *,
+        stream: StreamPosition | None,
+    ) -> None:
+        db.execute("DELETE FROM outbox WHERE kind = ?", [kind.value])
+        cls._enqueue(db, batches)
+        db.execute("DELETE FROM streams WHERE kind = ?", [kind.value])
+        if stream is not None:
+            db.execute(
+                "INSERT INTO streams VALUES (?, ?, ?, ?, ?)",
+                [
+                    kind.value,
+                    stream.sequence,
+                    stream.watermark,
+                    stream.batch_id,
+                    _text(stream.acked_at),
+                ],
+            )
+
+    # --- signing keys and quarantine (syncjob.verify) --------------------------------------------
+
+    def remember_key(self, key_id: str, public_key: bytes, *, at: datetime) -> bool:
+        """Record `public_key` (raw Ed25519) as a key the job signs with; whether it is new."""
+        with self.transaction() as db:
+            updated = db.execute(
+                "UPDATE signing_keys SET last_used = ? WHERE key_id = ? AND public_key = ?",
+                [_text(at), key_id, public_key],
+            ).rowcount
+            if not updated:
+                # a row of this id with another key is no key of ours: replaced by the real one
                 db.execute(
-                    "INSERT INTO streams VALUES (?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO signing_keys VALUES (?, ?, ?, ?)",
+                    [key_id, public_key, _text(at), _text(at)],
+                )
+        return not updated
+
+    def signing_keys(self) -> list[SigningKeyRecord]:
+        return [
+            SigningKeyRecord(
+                key_id=r[0], public_key=bytes(r[1]), first_used=_time(r[2]), last_used=_time(r[3])
+            )
+            for r in self._db.execute(
+                "SELECT key_id, public_key, first_used, last_used FROM signing_keys "
+                "ORDER BY first_used, key_id"
+            )
+        ]
+
+    def quarantine(
+        self, batch: OutboxBatch, *, payload_sha256: str, reason: str, at: datetime
+    ) -> bool:
+        """Record `batch` as quarantined (once: a batch already held is left as it is); whether
+        it was recorded now."""
+        with self.transaction() as db:
+            held = db.execute(
+                "SELECT 1 FROM quarantine WHERE batch_id = ? AND resolved_at IS NULL",
+                [batch.batch_id],
+            ).fetchone()
+            if held is None:
+                db.execute(
+                    "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
                     [
-                        kind.value,
-                        stream.sequence,
-                        stream.watermark,
-                        stream.batch_id,
-                        _text(stream.acked_at),
+                        batch.batch_id,
+                        batch.kind.value,
+                        batch.sequence,
+                        str(batch.signed.key_id)[:100],
+                        payload_sha256,
+                        reason[:2000],
+                        _text(at),
                     ],
                 )
+        return held is None
+
+    def quarantined(
+        self, kind: BatchKind | None = None, *, resolved: bool = False
+    ) -> list[QuarantinedBatch]:
+        """The batches held in quarantine (or, `resolved`, those released), by kind and sequence."""
+        where = "resolved_at IS NOT NULL" if resolved else "resolved_at IS NULL"
+        parameters: list[str] = []
+        if kind is not None:
+            where += " AND kind = ?"
+            parameters.append(kind.value)
+        return [
+            QuarantinedBatch(
+                batch_id=r[0],
+                kind=BatchKind(r[1]),
+                sequence=r[2],
+                key_id=r[3],
+                payload_sha256=r[4],
+                reason=r[5],
+                quarantined_at=_time(r[6]),
+                resolved_at=_time(r[7]) if r[7] else None,
+                resolution=r[8],
+            )
+            for r in self._db.execute(
+                "SELECT batch_id, kind, sequence, key_id, payload_sha256, reason, "
+                f"quarantined_at, resolved_at, resolution FROM quarantine WHERE {where} "
+                "ORDER BY kind, sequence, rowid",
+                parameters,
+            )
+        ]
+
+    def settle_quarantine(
+        self,
+        kind: BatchKind,
+        *,
+        batches: Sequence[OutboxBatch],
+        stream: StreamPosition | None,
+        resolutions: Mapping[str, str],
+        regather: bool,
+        at: datetime,
+    ) -> None:
+        """`sync quarantine drop|rebuild`, in one transaction: `batches` in place of `kind`'s
+        outbox, the stream's checkpoint at `stream`, each quarantined batch of `kind` released
+        with its resolution (by batch id), and, `regather`, the kind's source read again from
+        its start at the next run, so that what a dropped batch held comes from the nodes."""
+        with self.transaction() as db:
+            self._replace_outbox(db, kind, batches, stream=stream)
+            for row, batch_id in db.execute(
+                "SELECT rowid, batch_id FROM quarantine WHERE kind = ? AND resolved_at IS NULL",
+                [kind.value],
+            ).fetchall():
+                db.execute(
+                    "UPDATE quarantine SET resolved_at = ?, resolution = ? WHERE rowid = ?",
+                    [_text(at), resolutions.get(batch_id, "no longer in the outbox"), row],
+                )
+            if regather:
+                self._regather(db, kind)
+
+    @staticmethod
+    def _regather(db: sqlite3.Connection, kind: BatchKind) -> None:
+        if kind is BatchKind.LIST_CHANGES:
+            # every feed from its first event: the province hears again of what it holds
+            db.execute("DELETE FROM list_cursors")
+            db.execute("DELETE FROM done WHERE work = 'lists'")
+        elif kind is BatchKind.GRADES:
+            # every enterprise's grade goes up again, as on the first run
+            db.execute("DELETE FROM grades_sent")
+            db.execute("DELETE FROM done WHERE work = 'grades'")
+        else:
+            # every statistic is asked again (its ε is spent again)
+            db.execute("DELETE FROM done WHERE work LIKE 'statistic:%'")
 
     def count_attempt(self, batch: OutboxBatch) -> None:
         self._db.execute(

@@ -9,9 +9,19 @@ from osmanthus.cli.exit_codes import ExitCode
 from osmanthus.cli.options import Subcommands, command, command_group
 from osmanthus.core.errors import InvalidArgument
 
+#: the reasons certs.revocation.REASONS accepts, here so that building the parser imports no crypto
+_REASONS = (
+    "unspecified",
+    "key_compromise",
+    "affiliation_changed",
+    "superseded",
+    "cessation_of_operation",
+    "privilege_withdrawn",
+)
+
 
 def register(subcommands: Subcommands) -> None:
-    """Add `certs init|issue|consent-key`."""
+    """Add `certs init|issue|revoke|crl|consent-key`."""
     certs = command_group(
         subcommands, "certs", "platform CA and mutual-TLS certificates", "Manage the platform CA."
     )
@@ -46,6 +56,55 @@ def register(subcommands: Subcommands) -> None:
     )
     p.add_argument("--name", required=True, help="department id, requester id or operator name")
     p.add_argument("--days", type=int, default=365, help="validity in days")
+
+    p = command(
+        certs,
+        "revoke",
+        "revoke a certificate and publish a fresh CRL",
+        "Record the certificate (--cert FILE, which must be this CA's, or --serial as "
+        "'openssl x509 -serial' prints it) as revoked in CA_DIR/revocations.json (mode 0600) "
+        "and write CA_DIR/crl.pem, signed by the CA key with the next CRL number. Servers given "
+        "the CRL (--crl) refuse the certificate within seconds, without a restart: copy "
+        "crl.pem to every coordinator, node and receiver host. Revoking is final: issue the "
+        "peer a new certificate with 'certs issue'.",
+        _cmd_certs_revoke,
+    )
+    p.add_argument("--ca-dir", type=Path, required=True, help="the directory 'certs init' made")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--cert", type=Path, help="the certificate file to revoke")
+    which.add_argument(
+        "--serial",
+        help="the serial to revoke, in hex as 'openssl x509 -noout -serial' prints it "
+        "(serial=3F2A…, 3F:2A…; 0x optional), or in decimal with --decimal; it must be the "
+        "serial of a certificate in --ca-dir unless --force is given",
+    )
+    p.add_argument("--decimal", action="store_true", help="--serial is in decimal, not hex")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="revoke --serial even though no certificate in --ca-dir has it (one issued "
+        "elsewhere: the CA keeps no register of every serial it issued)",
+    )
+    p.add_argument(
+        "--reason",
+        default="unspecified",
+        choices=sorted(_REASONS),
+        help="why (RFC 5280 reason code): key_compromise for a lost or stolen key",
+    )
+    p.add_argument("--days", type=int, default=30, help="days until the CRL's nextUpdate")
+
+    p = command(
+        certs,
+        "crl",
+        "sign the CRL again with a later nextUpdate",
+        "Write CA_DIR/crl.pem again from the CA's record of revocations, with the next CRL "
+        "number and a nextUpdate --days ahead. Servers warn once the CRL in force is past its "
+        "nextUpdate (it still revokes what it lists): run this from cron well within --days, "
+        "and distribute crl.pem as after a revocation.",
+        _cmd_certs_crl,
+    )
+    p.add_argument("--ca-dir", type=Path, required=True, help="the directory 'certs init' made")
+    p.add_argument("--days", type=int, default=30, help="days until the CRL's nextUpdate")
 
     p = command(
         certs,
@@ -98,6 +157,43 @@ def _cmd_certs_issue(args: argparse.Namespace) -> int:
         args.ca_dir, role=PeerRole(args.role), name=args.name, validity_days=args.days
     )
     print(f"issued {args.role} certificate for {args.name!r}: {paths.cert}")
+    return ExitCode.SUCCESS
+
+
+def _cmd_certs_revoke(args: argparse.Namespace) -> int:
+    from certs.revocation import parse_serial, revoke_certificate
+    from osmanthus.core.crl import serial_text
+
+    if args.decimal and args.serial is None:
+        raise InvalidArgument("--decimal goes with --serial", field="--decimal")
+
+    entry, crl = revoke_certificate(
+        args.ca_dir,
+        serial=(
+            parse_serial(args.serial, decimal=args.decimal) if args.serial is not None else None
+        ),
+        cert=args.cert,
+        reason=args.reason,
+        days=args.days,
+        force=args.force,
+    )
+    named = f" ({entry.subject})" if entry.subject else ""
+    print(f"revoked serial {serial_text(entry.serial)}{named}, reason {entry.reason}")
+    print(
+        f"{crl.path}: CRL number {crl.number}, {crl.revoked} revoked, next update "
+        f"{crl.next_update.isoformat()}; copy it to every server host"
+    )
+    return ExitCode.SUCCESS
+
+
+def _cmd_certs_crl(args: argparse.Namespace) -> int:
+    from certs.revocation import publish_crl
+
+    crl = publish_crl(args.ca_dir, days=args.days)
+    print(
+        f"{crl.path}: CRL number {crl.number}, {crl.revoked} revoked, next update "
+        f"{crl.next_update.isoformat()}; copy it to every server host"
+    )
     return ExitCode.SUCCESS
 
 

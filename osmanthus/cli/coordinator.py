@@ -17,8 +17,10 @@ from osmanthus.cli.options import (
     check_bundle_on_sighup,
     command,
     command_group,
+    crl_file,
     policy_bundle,
     policy_bundle_options,
+    revocation_options,
     server_options,
     tls_files,
     tls_options,
@@ -64,6 +66,7 @@ def _register_coordinator(subcommands: Subcommands) -> None:
             server_options(listen="127.0.0.1:50050", state_dir="consents, keys and audit log"),
             policy_bundle_options(scope="'central'"),
             tls_options(role_hint="coordinator"),
+            revocation_options(tokens=True),
         ],
         extra="coordinator",
     )
@@ -154,6 +157,8 @@ def _cmd_coordinator_serve(args: argparse.Namespace) -> int:
         policy_poll_s=args.policy_poll,
         consent_key=_consent_key(args),
         consent_issuer=args.consent_issuer,
+        crl=crl_file(args),
+        token_deny_list=args.token_deny_list,
     )
     # before the server starts: until the handler is in place SIGHUP would end the process
     check_bundle_on_sighup(args)

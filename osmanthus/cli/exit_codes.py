@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     REFUSED = 4
     UNAVAILABLE = 5
     POLICY_CASES_FAILED = 6
+    QUARANTINED = 7
     INTERRUPTED = 130
 
 
@@ -31,6 +32,8 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
     ExitCode.REFUSED: "refused: authentication, permission, consent or policy",
     ExitCode.UNAVAILABLE: "a server was unavailable or did not answer in time",
     ExitCode.POLICY_CASES_FAILED: "policy test cases failed (each failure is listed)",
+    ExitCode.QUARANTINED: "stored data failed its signature check and was set aside: a sync "
+    "batch in quarantine holds its stream ('osmanthus sync quarantine show')",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
 

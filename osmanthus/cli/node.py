@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from datetime import timedelta
 from pathlib import Path
 
 from osmanthus.cli.env import read_environment
@@ -15,8 +16,11 @@ from osmanthus.cli.options import (
     check_bundle_on_sighup,
     command,
     command_group,
+    crl_file,
+    duration,
     policy_bundle,
     policy_bundle_options,
+    revocation_options,
     server_options,
     tls_files,
     tls_options,
@@ -35,8 +39,10 @@ def register(subcommands: Subcommands) -> None:
         "serve",
         "serve a department's contributions over mutual TLS",
         "Serve the department's records to the platform coordinator. Every request is checked: "
-        "the coordinator's certificate, the requester's token and key binding, and this "
-        "department's own Cedar policy (deny by default). Every decision is written to "
+        "the coordinator's certificate, the requester's token and key binding, this "
+        "department's own Cedar policy (deny by default) and, for a request about one subject, "
+        "the subject's consent (the registry's signed receipt and revocation feed, verified "
+        "with --consent-public-key). Every decision is written to "
         "STATE_DIR/audit.jsonl without raw personal data. Stops cleanly on SIGTERM.",
         _cmd_node_serve,
         parents=[
@@ -44,6 +50,7 @@ def register(subcommands: Subcommands) -> None:
             server_options(listen="127.0.0.1:50051", state_dir="audit log and salt directory"),
             policy_bundle_options(scope="'node' or 'node:<department id>'"),
             tls_options(role_hint="node"),
+            revocation_options(tokens=True),
         ],
         extra="node",
     )
@@ -52,6 +59,31 @@ def register(subcommands: Subcommands) -> None:
     p.add_argument("--rules", type=Path, help="rule file (default: the embedded default rules)")
     p.add_argument("--policy", type=Path, help="Cedar policy (default: policies/node.cedar)")
     p.add_argument("--issuer-public-key", type=Path, required=True, help="token issuer public key")
+    p.add_argument(
+        "--consent-public-key",
+        type=Path,
+        help="the consent registry's public key (the coordinator's consent.pub): this node "
+        "verifies every consent receipt and revocation head with it before it answers under a "
+        "consent (default with --certs-dir: CERTS_DIR/coordinator/consent.pub)",
+    )
+    p.add_argument(
+        "--consent-issuer",
+        default="osmanthus-consent-registry",
+        help="the issuer name the coordinator signs receipts as (its --consent-issuer)",
+    )
+    p.add_argument(
+        "--max-revocation-staleness",
+        type=duration,
+        default=timedelta(seconds=60),
+        help="refuse queries under a consent when the newest revocation head verified is "
+        "older than this (5s to 1h): a coordinator withholding revocations is refused after it",
+    )
+    p.add_argument(
+        "--unsafe-trust-coordinator-consent",
+        action="store_true",
+        help="UNSAFE: do not verify consents; answer whenever the coordinator says a consent "
+        "exists (only to run with a coordinator from before receipts travelled)",
+    )
     p.add_argument(
         "--table-cache-mb",
         type=int,
@@ -95,6 +127,12 @@ def _cmd_node_serve(args: argparse.Namespace) -> int:
         policy_bundle=policy_bundle(args),
         policy_trust=tuple(args.policy_trust),
         policy_poll_s=args.policy_poll,
+        consent_public_key=_consent_public_key(args),
+        consent_issuer=args.consent_issuer,
+        max_revocation_staleness=args.max_revocation_staleness,
+        unsafe_trust_coordinator_consent=args.unsafe_trust_coordinator_consent,
+        crl=crl_file(args),
+        token_deny_list=args.token_deny_list,
     )
     # before the server starts: until the handler is in place SIGHUP would end the process
     check_bundle_on_sighup(args)
@@ -104,11 +142,26 @@ def _cmd_node_serve(args: argparse.Namespace) -> int:
     return ExitCode.SUCCESS
 
 
+def _consent_public_key(args: argparse.Namespace) -> Path | None:
+    """--consent-public-key, or the coordinator's consent.pub in --certs-dir if it is there."""
+    if args.consent_public_key is not None or args.unsafe_trust_coordinator_consent:
+        return args.consent_public_key  # type: ignore[no-any-return]
+    if args.certs_dir:
+        published = Path(args.certs_dir) / "coordinator" / "consent.pub"
+        if published.exists():
+            return published
+    return None
+
+
 def _cmd_node_import(args: argparse.Namespace) -> int:
     from node.store import RecordStore
     from osmanthus.core.catalogue import load_catalogue
+    from osmanthus.core.files import narrow_umask
     from osmanthus.core.rules import load_default_rules, load_rules
 
+    # the records hold resident ids: a database this creates, and DuckDB's log of it, are the
+    # importing user's only (an existing file keeps the mode its operator gave it)
+    narrow_umask()
     catalogue = load_catalogue()
     dept = catalogue.department(args.department)
     rules = (

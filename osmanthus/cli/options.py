@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, TypeAlias
 from osmanthus.cli.env import ENV_ATTR
 from osmanthus.cli.exit_codes import ExitCode, exit_codes_epilog
 from osmanthus.core.durations import parse_duration
-from osmanthus.core.errors import InvalidArgument
+from osmanthus.core.errors import ConfigError, InvalidArgument
 
 if TYPE_CHECKING:
     from osmanthus.core.catalogue import Catalogue
@@ -30,6 +30,8 @@ _SAYS_DEFAULT = re.compile(r"\bdefault\b")
 _ENV_MARK = "[env: "
 _ENV_MARK_UNBROKEN = "[env:\0"
 #: the name of a key pair's files (NAME.key, NAME.pub)
+#: osmanthus.core.crl.CRL_FILE, here so that building the parser imports no crypto
+_CRL_FILE = "crl.pem"
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -197,6 +199,62 @@ def policy_bundle_options(*, scope: str) -> argparse.ArgumentParser:
         help="bundle check interval, from 0.05 to 3600",
     )
     return parent
+
+
+def revocation_options(*, tokens: bool) -> argparse.ArgumentParser:
+    """--crl, and with `tokens` --token-deny-list: the revocations a server follows."""
+    parent = _parent()
+    group = parent.add_argument_group(
+        "revocation",
+        "checked at start (a file that fails stops the start, exit 3), then every few seconds: "
+        "a newer list signed by the same authority is put in force without a restart; a list "
+        "with a bad signature or a lower number is logged as a WARNING and changes nothing",
+    )
+    crl = group.add_mutually_exclusive_group()
+    crl.add_argument(
+        "--crl",
+        type=Path,
+        help="the platform CA's certificate revocation list ('osmanthus certs revoke' and "
+        "'certs crl' write it): a caller whose certificate it revokes is refused (default: "
+        f"{_CRL_FILE} in --certs-dir, which must then be there)",
+    )
+    crl.add_argument(
+        "--no-crl",
+        action="store_true",
+        help="run without a CRL even with --certs-dir: no certificate is ever revoked (logged "
+        "as a WARNING at start)",
+    )
+    if tokens:
+        group.add_argument(
+            "--token-deny-list",
+            type=Path,
+            help="the token issuer's signed deny list ('osmanthus token revoke' writes it): a "
+            "token it withdraws is refused (without one, a token is good until it expires)",
+        )
+    return parent
+
+
+def crl_file(args: argparse.Namespace) -> Path | None:
+    """--crl, or the CRL 'certs init' put in --certs-dir; None with --no-crl or without either.
+
+    A --certs-dir without its CRL is refused (ConfigError, exit 3) rather than run without
+    one: a CRL lost in a copy would otherwise re-admit every revoked certificate in silence.
+    """
+    if args.crl is not None:
+        return Path(args.crl)
+    if getattr(args, "no_crl", False):
+        return None
+    if getattr(args, "certs_dir", None):
+        candidate = Path(args.certs_dir) / _CRL_FILE
+        if not candidate.is_file():
+            raise ConfigError(
+                f"{candidate} does not exist: --certs-dir holds no CRL, so revoked certificates "
+                "would be accepted. Copy the platform CA's crl.pem there ('osmanthus certs crl' "
+                "writes one), give --crl, or run without one with --no-crl",
+                field="crl",
+            )
+        return candidate
+    return None
 
 
 def requester_options(*, keys_help: str) -> argparse.ArgumentParser:

@@ -12,6 +12,8 @@ from osmanthus.cli.options import (
     Subcommands,
     command,
     command_group,
+    crl_file,
+    revocation_options,
     server_options,
     signing_key_options,
     tls_files,
@@ -48,6 +50,7 @@ def register(subcommands: Subcommands) -> None:
         parents=[
             server_options(listen="127.0.0.1:50060", state_dir="where the batch store lives"),
             tls_options(role_hint="receiver's node"),
+            revocation_options(tokens=False),
         ],
         extra="province",
     )
@@ -116,6 +119,7 @@ def _cmd_province_serve(args: argparse.Namespace) -> int:
         listen=args.listen,
         name=args.name,
         operators=tuple(args.operator or ["operator"]),
+        crl=crl_file(args),
     )
     running = start_province(config)
     _log.info("provincial receiver serving on port %d", running.port)

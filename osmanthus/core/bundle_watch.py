@@ -43,7 +43,7 @@ from osmanthus.core.bundle import (
     verify_bundle,
 )
 from osmanthus.core.errors import ConfigError
-from osmanthus.core.files import write_atomically
+from osmanthus.core.files import PRIVATE_FILE_MODE, write_atomically
 from osmanthus.core.policy import ReloadablePolicy
 
 _log = logging.getLogger(__name__)
@@ -235,7 +235,8 @@ def _write_record(path: Path, bundle: VerifiedBundle) -> None:
             "created_at": bundle.created_at.isoformat(),
         }
     )
-    write_atomically(path, (data + "\n").encode(), mode=0o644, field="state_dir")
+    # in the server's state directory, private like everything else there
+    write_atomically(path, (data + "\n").encode(), mode=PRIVATE_FILE_MODE, field="state_dir")
 
 
 # every started watcher, for SIGHUP

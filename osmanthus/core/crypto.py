@@ -5,7 +5,8 @@ and `raw_decrypt`: no floats and no exponents ever reach the wire. Every ciphert
 from outside goes through `PublicKey.ciphertext_from_bytes`, which enforces 0 < c < n²,
 gcd(c, n) = 1 and the exact byte length. Plaintexts are integers in [0, n); signed values use
 the usual encoding (negative v as n + v) through `encrypt_signed` / `decrypt_signed`. Long lists
-of ciphertexts are decrypted on every core by `ParallelDecryptor` (or `PrivateKey.decrypt_many`).
+of ciphertexts are decrypted on every core by `osmanthus.core.workers.ParallelDecryptor` (or
+`PrivateKey.decrypt_many`).
 """
 
 from __future__ import annotations
@@ -14,33 +15,43 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import os
 import secrets
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import gmpy2
 
-from osmanthus.core.errors import CryptoError, FailedPrecondition, InvalidArgument
+from osmanthus.core.errors import CryptoError, InvalidArgument
 from osmanthus.core.types import KeyFingerprint
 
 #: key sizes a requester may use (ARCHITECTURE.md: 2048 default, 3072 allowed)
 DEFAULT_KEY_BITS = 2048
 MIN_KEY_BITS = 2048
 ALLOWED_KEY_BITS = (2048, 3072)
+#: longer keys are refused before any check: every node pays for them on each encryption, and
+#: the primality test that refuses a prime modulus grows with the cube of its length
+MAX_KEY_BITS = max(ALLOWED_KEY_BITS)
 #: a signed plaintext must lie in (-n/3, n/3) so that sums of a few values cannot wrap around
 SIGNED_FRACTION = 3
 #: Miller-Rabin rounds on top of gmpy2's primality test when generating p and q
 PRIME_TEST_ROUNDS = 50
+#: ARCHITECTURE.md: a requester's modulus has no prime factor below 2^20. A factor s below the
+#: largest |T - v| of a THRESHOLD zero test (or the largest FLAGS count) would let the requester
+#: read r_v·(T - v) mod s = 0 exactly when s divides T - v; every such value is far below 2^20
+#: (docs/caveats.md works the numbers out from the catalogue), so no residue mod s shows anything
+SMALL_FACTOR_BOUND = 1 << 20
+#: Miller-Rabin rounds that refuse a probable-prime modulus (a prime n lets anyone decrypt with
+#: λ = n − 1); a composite survives one round with probability below 1/4
+COMPOSITE_TEST_ROUNDS = 32
+#: moduli whose well-formedness verdict is remembered (least recently used forgotten first):
+#: nodes check the key of every request, and the checks cost a few milliseconds
+MODULUS_VERDICT_CACHE = 4096
 #: fixed-base window width: 10-bit windows need ~103 multiplications per encryption at 2048 bits
 #: (about 15x fewer than r^n) for a 54 MB table; 8 bits would be 17 MB but ~15 % slower
 FAST_WINDOW_BITS = 10
@@ -90,13 +101,26 @@ class PublicKey:
 
     @classmethod
     def checked(cls, n: int, *, field: str = "public_key") -> PublicKey:
-        """Accept a key from outside: refuses moduli shorter than MIN_KEY_BITS."""
-        if n.bit_length() < MIN_KEY_BITS:
+        """Accept a key from outside: at least MIN_KEY_BITS, and well formed.
+
+        Refuses moduli shorter than MIN_KEY_BITS or longer than MAX_KEY_BITS, even ones, and
+        every modulus `check_modulus` refuses (a prime factor below 2^20, a perfect power, a
+        probable prime).
+        """
+        if not isinstance(n, int) or n.bit_length() < MIN_KEY_BITS:
+            bits = n.bit_length() if isinstance(n, int) else 0
             raise InvalidArgument(
-                f"Paillier key has {n.bit_length()} bits; at least {MIN_KEY_BITS} are required",
+                f"Paillier key has {bits} bits; at least {MIN_KEY_BITS} are required",
                 field=field,
             )
-        return cls(n=n)
+        if n.bit_length() > MAX_KEY_BITS:
+            raise InvalidArgument(
+                f"Paillier key has {n.bit_length()} bits; at most {MAX_KEY_BITS} are allowed",
+                field=field,
+            )
+        key = cls(n=n)
+        check_modulus(n, field=field)
+        return key
 
     @property
     def bits(self) -> int:
@@ -116,9 +140,8 @@ class PublicKey:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, field: str = "public_key") -> PublicKey:
-        if not data:
-            raise InvalidArgument("public key is empty", field=field)
-        return cls.checked(int.from_bytes(data, "big"), field=field)
+        """A key from the wire: minimal big-endian bytes of n, then every `checked` test."""
+        return cls.checked(int.from_bytes(_minimal_bytes(data, field=field), "big"), field=field)
 
     def encrypt(self, plaintext: int) -> Ciphertext:
         if not 0 <= plaintext < self.n:
@@ -282,6 +305,10 @@ class PrivateKey:
     def __repr__(self) -> str:
         return f"PrivateKey(fingerprint={self.public_key.fingerprint[:16]}…)"
 
+    def factors(self) -> tuple[int, int]:
+        """(p, q) with p < q, for proofs about the modulus (`keyproof`); never send them."""
+        return int(self._p), int(self._q)
+
     def decrypt(self, ciphertext: Ciphertext) -> int:
         if ciphertext.n != self.public_key.n:
             raise CryptoError("ciphertext was made under another key", field="ciphertext")
@@ -328,8 +355,11 @@ class PrivateKey:
 
         Starts worker processes for this call only, and only for lists long enough to pay for
         them (ONE_SHOT_MIN_PER_WORKER per worker); to decrypt list after list, keep one
-        `ParallelDecryptor` instead.
+        `ParallelDecryptor` (osmanthus.core.workers) instead.
         """
+        # imported here: the pool module builds on this one
+        from osmanthus.core.workers import ParallelDecryptor
+
         count = resolve_workers(workers)
         if count == 1 or len(ciphertexts) < ONE_SHOT_MIN_PER_WORKER * count:
             return [self._decrypt_value(v) for v in self._values_of(ciphertexts)]
@@ -368,17 +398,119 @@ class PrivateKey:
         return cls(public_key=PublicKey.checked(n, field="private_key"), p=p, q=q)
 
 
+class _ModulusVerdicts:
+    """Bounded memory of `check_modulus` verdicts by fingerprint: None (well formed) or why not."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._verdicts: OrderedDict[KeyFingerprint, str | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, fingerprint: KeyFingerprint) -> tuple[bool, str | None]:
+        with self._lock:
+            if fingerprint not in self._verdicts:
+                return False, None
+            self._verdicts.move_to_end(fingerprint)
+            return True, self._verdicts[fingerprint]
+
+    def put(self, fingerprint: KeyFingerprint, verdict: str | None) -> None:
+        with self._lock:
+            self._verdicts[fingerprint] = verdict
+            self._verdicts.move_to_end(fingerprint)
+            while len(self._verdicts) > self._capacity:
+                self._verdicts.popitem(last=False)
+
+
+_verdicts = _ModulusVerdicts(MODULUS_VERDICT_CACHE)
+_small_primes_product: Any = None
+_small_primes_lock = threading.Lock()
+
+
+def _product_of_small_primes() -> Any:
+    """∏ of every prime below SMALL_FACTOR_BOUND (~1.5 M bits), computed once per process."""
+    global _small_primes_product
+    with _small_primes_lock:
+        if _small_primes_product is None:
+            # primorial(x) is the product of the primes ≤ x; the bound itself is no prime
+            _small_primes_product = gmpy2.primorial(SMALL_FACTOR_BOUND - 1)
+        return _small_primes_product
+
+
+def _modulus_defect(n: int) -> str | None:
+    """Why n is not a usable Paillier modulus (beyond its size), or None."""
+    m = gmpy2.mpz(n)
+    # one gcd with the product of the small primes finds any small factor at once; reducing
+    # the ~1.5 M-bit product mod n first makes the gcd one of two numbers of n's size
+    if gmpy2.gcd(_product_of_small_primes() % m, m) != 1:
+        return f"has a prime factor below 2^{SMALL_FACTOR_BOUND.bit_length() - 1}"
+    # p² (or any p^k, (pq)^k) is not square-free: gcd(n, φ(n)) ≠ 1, no Paillier modulus
+    if gmpy2.is_power(m):
+        return "is a perfect power"
+    # a prime n lets anyone decrypt: λ = n − 1 (issue 14)
+    if gmpy2.is_prime(m, COMPOSITE_TEST_ROUNDS):
+        return "is a probable prime"
+    return None
+
+
+def check_modulus(n: int, *, field: str = "public_key") -> None:
+    """Refuse a modulus that is not a product of large primes, whatever its size.
+
+    The checks ARCHITECTURE.md requires of every party that uses a requester's key: no prime
+    factor below SMALL_FACTOR_BOUND (2^20), not a perfect power, not a probable prime. They
+    cannot tell p·q from p·q·r with all factors large; the modulus proof
+    (`osmanthus.core.keyproof`) does. Verdicts are remembered per fingerprint (bounded), so a
+    node that sees the same key on every request pays for the checks once.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 3 or n % 2 == 0:
+        raise InvalidArgument("the Paillier modulus n must be an odd integer > 3", field=field)
+    fingerprint = fingerprint_of_modulus(n)
+    known, verdict = _verdicts.get(fingerprint)
+    if not known:
+        verdict = _modulus_defect(n)
+        _verdicts.put(fingerprint, verdict)
+    if verdict is not None:
+        raise InvalidArgument(f"the Paillier modulus n {verdict}", field=field)
+
+
 def fingerprint_of_modulus(n: int) -> KeyFingerprint:
     """SHA-256 of n's minimal big-endian bytes, lower-case hex (ARCHITECTURE.md)."""
     return KeyFingerprint(hashlib.sha256(_modulus_bytes(n)).hexdigest())
 
 
+def fingerprint_of_bytes(data: bytes, *, field: str = "public_key") -> KeyFingerprint:
+    """The fingerprint of a key as it arrives, before any costly check of n.
+
+    A server compares it with the token's key first, so that a caller cannot make it test
+    moduli its token does not name (each test of a prime n costs tens of milliseconds).
+    """
+    return KeyFingerprint(hashlib.sha256(_minimal_bytes(data, field=field)).hexdigest())
+
+
+def _minimal_bytes(data: bytes, *, field: str) -> bytes:
+    # one key, one encoding: b"\0" + n would otherwise be the same key under other bytes
+    if not data:
+        raise InvalidArgument("public key is empty", field=field)
+    if data[0] == 0:
+        raise InvalidArgument("public key has a leading zero byte: send n minimally", field=field)
+    if len(data) * 8 > MAX_KEY_BITS:
+        raise InvalidArgument(
+            f"Paillier key has {len(data) * 8} bits; at most {MAX_KEY_BITS} are allowed",
+            field=field,
+        )
+    return bytes(data)
+
+
 def _random_prime(bits: int) -> Any:
+    """A random prime p ≡ 3 (mod 4) of exactly `bits` bits.
+
+    p ≡ 3 (mod 4) for both factors makes n a Blum integer, which the modulus proof needs
+    (CGGMP21 Π^mod proves n is a Paillier–Blum modulus; `osmanthus.core.keyproof`).
+    """
     while True:
         # top two bits set so that p·q has exactly 2·bits bits
         candidate = gmpy2.mpz(secrets.randbits(bits) | (3 << (bits - 2)) | 1)
         p = gmpy2.next_prime(candidate)
-        if p.bit_length() == bits and gmpy2.is_prime(p, PRIME_TEST_ROUNDS):
+        if p % 4 == 3 and p.bit_length() == bits and gmpy2.is_prime(p, PRIME_TEST_ROUNDS):
             return p
 
 
@@ -589,280 +721,6 @@ def resolve_workers(workers: int | None) -> int:
             f"workers must be a whole number >= 1, got {workers!r}", field="workers"
         )
     return workers
-
-
-_R = TypeVar("_R")
-
-#: zero tests below this many are made in the calling process: a pool trip costs more
-ZERO_TEST_MIN_PARALLEL = 24
-
-#: the private key of a decryption worker process, set once by its pool's initializer
-_worker_key: PrivateKey | None = None
-
-
-def _init_worker(n: int, p: int, q: int) -> None:
-    global _worker_key
-    _worker_key = PrivateKey(public_key=PublicKey(n=n), p=p, q=q)
-
-
-def _decrypt_in_worker(values: list[int]) -> list[int]:
-    key = _worker_key
-    if key is None:
-        raise CryptoError("this decryption worker never received its key", field="workers")
-    return [key._decrypt_value(value) for value in values]
-
-
-def _is_zero_in_worker(values: list[int]) -> list[bool]:
-    key = _worker_key
-    if key is None:
-        raise CryptoError("this decryption worker never received its key", field="workers")
-    return [key._is_zero_value(value) for value in values]
-
-
-#: a zero-test worker's fast encryptors, by modulus, for the fresh E(0) of each test
-_worker_blinders: OrderedDict[int, FastEncryptor] = OrderedDict()
-#: requester keys a zero-test worker keeps a table for (~54 MB each at 2048 bits)
-_WORKER_BLINDER_KEYS = 2
-
-
-def _zero_tests_in_worker(n: int, base: int, exponents: list[int]) -> list[int]:
-    """base^e · E(0) for each e: the power and its fresh randomness, on this worker's core."""
-    modulus = gmpy2.mpz(n) * n
-    blinder = _worker_blinders.get(n)
-    if blinder is None:
-        # its own secret r0 and table, built once per key in this worker
-        blinder = FastEncryptor(public_key=PublicKey(n=n))
-        _worker_blinders[n] = blinder
-        while len(_worker_blinders) > _WORKER_BLINDER_KEYS:
-            _worker_blinders.popitem(last=False)
-    _worker_blinders.move_to_end(n)
-    return [
-        int(c * blinder.encrypt(0).value % modulus)
-        for c in _fixed_base_powers(gmpy2.mpz(base), exponents, modulus)
-    ]
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    # not "fork": the requester's process runs gRPC threads, and forking a threaded process can
-    # deadlock the child; a fork server is a fresh interpreter, and workers forked from it start
-    # in ~10 ms each
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("forkserver")
-    return multiprocessing.get_context("spawn")
-
-
-def _slices(values: list[int], count: int) -> list[list[int]]:
-    """`values` cut into `count` contiguous slices whose lengths differ by at most one."""
-    size, extra = divmod(len(values), count)
-    slices, start = [], 0
-    for index in range(count):
-        end = start + size + (1 if index < extra else 0)
-        slices.append(values[start:end])
-        start = end
-    return slices
-
-
-class ParallelDecryptor:
-    """Decrypts list after list of ciphertexts on several cores with one pool of processes.
-
-    Each worker process receives the private key once, from the pool's initializer when it
-    starts; a task carries ciphertext values only and its result plaintexts only. A list
-    shorter than PARALLEL_MIN_PER_WORKER × workers is decrypted in the calling process, as is
-    every list when workers is 1 (no process is started then). Worker processes start with the
-    first long list. Close the decryptor (or use it as a context manager) to stop them.
-
-    Worker processes are started by a fork server (spawned where there is none), so a program
-    that uses this from its main script needs the usual `if __name__ == "__main__":` guard.
-    """
-
-    def __init__(self, private_key: PrivateKey, *, workers: int | None = None) -> None:
-        self._key = private_key
-        self.workers = resolve_workers(workers)
-        self._lock = threading.Lock()
-        self._closed = False
-        self._pool: ProcessPoolExecutor | None = None
-        if self.workers > 1:
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=_pool_context(),
-                initializer=_init_worker,
-                initargs=private_key._worker_args(),
-            )
-            # a decryptor dropped without close() must not leave processes holding the key
-            self._finalizer = weakref.finalize(
-                self, self._pool.shutdown, wait=False, cancel_futures=True
-            )
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"ParallelDecryptor({self._key!r}, workers={self.workers}, {state})"
-
-    def decrypt(self, ciphertexts: Sequence[Ciphertext]) -> list[int]:
-        """Plaintexts in [0, n) of `ciphertexts`, in their order."""
-        return self._map(ciphertexts, _decrypt_in_worker, self._key._decrypt_value)
-
-    def zero_flags(self, ciphertexts: Sequence[Ciphertext]) -> list[bool]:
-        """Whether each ciphertext decrypts to 0 (see `PrivateKey.is_zero`), in order."""
-        return self._map(ciphertexts, _is_zero_in_worker, self._key._is_zero_value)
-
-    def _map(
-        self,
-        ciphertexts: Sequence[Ciphertext],
-        in_worker: Callable[[list[int]], list[_R]],
-        in_process: Callable[[int], _R],
-    ) -> list[_R]:
-        with self._lock:
-            if self._closed:
-                raise FailedPrecondition(
-                    "the parallel decryptor is closed; create a new one", field="decryptor"
-                )
-            values = self._key._values_of(ciphertexts)
-            pool = self._pool
-            if pool is None or len(values) < PARALLEL_MIN_PER_WORKER * self.workers:
-                parts = None
-            else:
-                # one slice per worker: finer slices would balance a worker slowed by other
-                # load, but each task's trip through the pool's queues and threads cost more
-                # than that gained when measured (24 ciphertexts, 2 workers: 1 slice each
-                # ~5-15 % faster than 2 to 12)
-                try:
-                    # submitted under the lock so that close() cannot stop the pool in between
-                    parts = pool.map(in_worker, _slices(values, self.workers))
-                except BrokenProcessPool as exc:
-                    raise _broken(exc) from exc
-        if parts is None:
-            return [in_process(value) for value in values]
-        try:
-            return [result for part in parts for result in part]
-        except BrokenProcessPool as exc:
-            raise _broken(exc) from exc
-
-    def decrypt_signed(self, ciphertexts: Sequence[Ciphertext]) -> list[int]:
-        """Signed plaintexts (see `PrivateKey.decrypt_signed`) of `ciphertexts`, in order."""
-        return [
-            self._key._signed(m, field=f"ciphertexts[{i}]")
-            for i, m in enumerate(self.decrypt(ciphertexts))
-        ]
-
-    def close(self) -> None:
-        """Stop the worker processes after the calls in progress; later calls are refused."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        if self._pool is not None:
-            self._finalizer.detach()
-            self._pool.shutdown(wait=True)
-
-    def __enter__(self) -> ParallelDecryptor:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class ZeroTestPool:
-    """Makes re-randomised zero tests (`PublicKey.zero_tests` × a fresh E(0)) on several cores.
-
-    The random multipliers are drawn in the calling process; each worker raises the one base
-    to its share of them and multiplies each by a fresh E(0) of its own fixed-base table (built
-    once per key per worker). Lists shorter than ZERO_TEST_MIN_PARALLEL stay in the caller,
-    which re-randomises them with `fresh_zero`.
-    """
-
-    def __init__(self, *, workers: int | None = None) -> None:
-        self.workers = resolve_workers(workers)
-        self._lock = threading.Lock()
-        self._closed = False
-        self._pool: ProcessPoolExecutor | None = None
-        if self.workers > 1:
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_pool_context())
-            self._finalizer = weakref.finalize(
-                self, self._pool.shutdown, wait=False, cancel_futures=True
-            )
-
-    def blinded_zero_tests(
-        self,
-        public_key: PublicKey,
-        ciphertext: Ciphertext,
-        values: Sequence[int],
-        *,
-        fresh_zero: Callable[[], Ciphertext],
-    ) -> list[Ciphertext]:
-        """E(m) → [E(r_v · (m − v)) · E(0)]: zero tests safe to hand to the key's holder."""
-        with self._lock:
-            if self._closed:
-                raise FailedPrecondition("the zero-test pool is closed", field="zero_tests")
-            pool = self._pool
-        if pool is None or len(values) < ZERO_TEST_MIN_PARALLEL:
-            return [
-                public_key.add(test, fresh_zero())
-                for test in public_key.zero_tests(ciphertext, values)
-            ]
-
-        def in_process(base: int, exponents: list[int]) -> list[Any]:
-            n2 = public_key._nsquare
-            return [
-                c * fresh_zero().value % n2
-                for c in _fixed_base_powers(gmpy2.mpz(base), exponents, n2)
-            ]
-
-        def powers(base: int, exponents: list[int]) -> list[Any]:
-            try:
-                parts = pool.map(
-                    _zero_tests_in_worker,
-                    [public_key.n] * self.workers,
-                    [base] * self.workers,
-                    _slices(exponents, self.workers),
-                )
-                return [power for part in parts for power in part]
-            except (BrokenProcessPool, RuntimeError):
-                # a worker died (or the pool is closing): answer this query here, and start a
-                # fresh pool for the next one rather than fail every THRESHOLD until a restart
-                _log.warning("zero-test workers failed; continuing in process", exc_info=True)
-                self._replace(pool)
-                return in_process(base, exponents)
-
-        return public_key._zero_tests_with(ciphertext, values, powers)
-
-    def _replace(self, broken: ProcessPoolExecutor) -> None:
-        with self._lock:
-            if self._closed or self._pool is not broken:
-                return
-            self._finalizer.detach()
-            broken.shutdown(wait=False, cancel_futures=True)
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_pool_context())
-            self._finalizer = weakref.finalize(
-                self, self._pool.shutdown, wait=False, cancel_futures=True
-            )
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        if self._pool is not None:
-            self._finalizer.detach()
-            self._pool.shutdown(wait=True)
-
-    def __enter__(self) -> ZeroTestPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _broken(exc: BrokenProcessPool) -> CryptoError:
-    return CryptoError(
-        "a decryption worker process stopped unexpectedly (killed, or out of memory); "
-        f"close this decryptor and create a new one ({exc})",
-        field="workers",
-    )
 
 
 class UnsafeShortKeys:

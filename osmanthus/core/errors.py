@@ -71,6 +71,14 @@ class FailedPrecondition(OsmanthusError):
     exit_code = 4
 
 
+class KeyProofRequired(FailedPrecondition):
+    """A node has not yet verified this key's modulus proof and none came with the request.
+
+    The coordinator answers it by sending the request again with the registered proof attached
+    (ErrorInfo reason KEY_PROOF_REQUIRED).
+    """
+
+
 class Unavailable(OsmanthusError):
     """A server could not be reached or is shutting down."""
 

@@ -1,18 +1,26 @@
-"""Durable file writes: a reader sees a file whole, old or new, and a crash loses neither.
+"""Durable file writes, and state directories that only their service's user may open.
 
 Every file Osmanthus writes for others to read (keys, bundles, reports, checkpoints, the port a
 server bound) goes through `write_atomically`, so that no copy of the temp-file-and-rename dance
-differs from another in its mode, its fsync or its handling of an existing file.
+differs from another in its mode, its fsync or its handling of an existing file. Every service
+keeps its state in a `private_directory` (0700, files 0600) and narrows its umask at start
+(`narrow_umask`), so that what DuckDB and SQLite create there by themselves is private too.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import pwd
 import secrets
+import stat
 from pathlib import Path
+from typing import Final
 
 from osmanthus.core.errors import ConfigError
+
+_log = logging.getLogger(__name__)
 
 
 def write_atomically(
@@ -88,3 +96,146 @@ def sync_directory(directory: Path, *, written: Path | None = None, field: str =
             ) from exc
     finally:
         os.close(dir_fd)
+
+
+# --- private state -----------------------------------------------------------------------------
+
+#: a service's state directory, and every directory in it: its user's alone
+PRIVATE_DIR_MODE: Final = 0o700
+#: every file in a state directory
+PRIVATE_FILE_MODE: Final = 0o600
+#: the permission bits no state file or directory may give: any for the group and for others
+_OTHERS: Final = 0o077
+
+
+def narrow_umask() -> int:
+    """Narrow this process's umask so that nothing it creates from now on is open to other
+    users (group and other bits masked; a stricter umask stays as strict); the previous umask.
+
+    A service calls this once at start, for the rest of the process's life. It is the only
+    way to make the files that DuckDB and SQLite create themselves private: DuckDB creates a
+    database's write-ahead log at the first write after every checkpoint (and deletes it at
+    the checkpoint), with mode 0666 less the umask, and the log holds what the database does
+    (resident ids, in the coordinator's consent registry and a node's list store). A chmod
+    after opening, or a narrower umask around some calls only, misses the logs created later
+    by other threads. Files that others must read (a public key handed out, the metrics file
+    node-exporter reads) are written with an explicit mode (`write_atomically`), which the
+    umask does not narrow.
+    """
+    previous = os.umask(_OTHERS)
+    if previous & ~_OTHERS:
+        # a stricter umask stays as strict
+        os.umask(previous | _OTHERS)
+    return previous
+
+
+def private_directory(path: Path, *, what: str, field: str = "state_dir") -> tuple[Path, ...]:
+    """Create `path` owner-only (0700), or make an existing one and everything in it so.
+
+    `what` says what the directory holds, for the log lines and errors. In an existing
+    directory, every directory that gives the group or others any permission loses those bits
+    (0755 becomes 0700) and so does every file (0644 becomes 0600), each with a WARNING naming
+    the path and its old mode; the paths repaired are returned. Symbolic links inside are
+    neither followed nor changed (the directory itself may be one: the operator chose it).
+    A directory owned by another user is refused (ConfigError): a service keeping its state
+    in someone else's directory would depend on that user for its secrets.
+    """
+    try:
+        path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+        top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"{path} is not a directory; {what} needs one", field=field) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot make {path} a private directory for {what}: {exc.strerror}", field=field
+        ) from None
+    try:
+        info = os.fstat(top)
+        if info.st_uid != os.geteuid():
+            raise ConfigError(
+                f"{path} belongs to {_user(info.st_uid)}, not to {_user(os.geteuid())} who runs "
+                f"this; {what} needs a directory of its own user's: give it one, or chown the "
+                "directory to this user",
+                field=field,
+            )
+        repaired: list[Path] = []
+        if _repair(top, path, info, what=what, field=field):
+            repaired.append(path)
+        # walked from the descriptor: the directory itself, even if `path` names it by a link
+        for directory, dirnames, filenames, dir_fd in os.fwalk(
+            ".", dir_fd=top, follow_symlinks=False
+        ):
+            for name in (*dirnames, *filenames):
+                entry = Path(path, directory, name)
+                if _repair_entry(dir_fd, entry, name, what=what, field=field):
+                    repaired.append(entry)
+    finally:
+        os.close(top)
+    return tuple(repaired)
+
+
+def _repair_entry(dir_fd: int, path: Path, name: str, *, what: str, field: str) -> bool:
+    """Take the group's and others' bits from one directory or regular file (never through a
+    symbolic link: the entry is opened without following one, then changed by its descriptor,
+    so that a link put in its place meanwhile changes nothing)."""
+    try:
+        info = os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False  # gone meanwhile (a temporary file)
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+        return False
+    if not stat.S_IMODE(info.st_mode) & _OTHERS:
+        return False
+    try:
+        fd = os.open(
+            name,
+            os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+            dir_fd=dir_fd,
+        )
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise ConfigError(
+            f"{path} in {what} is open to other users (mode {stat.S_IMODE(info.st_mode):o}) "
+            f"and cannot be opened to make it owner-only ({exc.strerror}); run: chmod go-rwx "
+            f"{path}",
+            field=field,
+        ) from None
+    try:
+        opened = os.fstat(fd)
+        if not (stat.S_ISREG(opened.st_mode) or stat.S_ISDIR(opened.st_mode)):
+            return False
+        return _repair(fd, path, opened, what=what, field=field)
+    finally:
+        os.close(fd)
+
+
+def _repair(fd: int, path: Path, info: os.stat_result, *, what: str, field: str) -> bool:
+    mode = stat.S_IMODE(info.st_mode)
+    if not mode & _OTHERS:
+        return False
+    try:
+        os.fchmod(fd, mode & ~_OTHERS)
+    except OSError as exc:
+        raise ConfigError(
+            f"{path} in {what} is open to other users (mode {mode:o}) and cannot be made "
+            f"owner-only ({exc.strerror}); it belongs to {_user(info.st_uid)}: give the "
+            "service's user a state directory of its own",
+            field=field,
+        ) from None
+    _log.warning(
+        "%s was open to other users (mode %o); made it owner-only (%o). It is part of %s: "
+        "whoever could read it before may have copied it",
+        path,
+        mode,
+        mode & ~_OTHERS,
+        what,
+    )
+    return True
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name!r} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"

@@ -51,6 +51,8 @@ _TO_STATUS: tuple[tuple[type[errors.OsmanthusError], grpc.StatusCode], ...] = (
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    # before FailedPrecondition: the first match names the class a client rebuilds
+    (errors.KeyProofRequired, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
@@ -104,6 +106,12 @@ def rich_status(error: errors.OsmanthusError) -> status_pb2.Status:
         info.metadata["field"] = error.field
     if error.departments:
         info.metadata["departments"] = ",".join(error.departments)
+    # facts an error class adds for the caller to act on (e.g. RevocationsBehind's sequence)
+    extra = getattr(error, "info_metadata", None)
+    if isinstance(extra, dict):
+        for key, value in extra.items():
+            if isinstance(key, str) and isinstance(value, str):
+                info.metadata[key] = value
     details = [info]
     if code is grpc.StatusCode.INVALID_ARGUMENT and error.field:
         details.append(
@@ -159,6 +167,18 @@ def _abort_for(context: grpc.ServicerContext, name: str, exc: Exception) -> NoRe
         )
     if isinstance(exc, errors.OsmanthusError):
         abort(context, exc)
+    if isinstance(exc, grpc.RpcError) and not context.is_active():
+        # grpc's request iterator raises this when the call has ended under the handler: the
+        # client cancelled it or went away, its deadline passed, or grpc refused one of its
+        # messages (over the receive limit: the client reads RESOURCE_EXHAUSTED). Nothing is
+        # wrong with this server, and grpc ends the call itself
+        _log.info(
+            "%s ended by the client or the transport (CANCELLED): the client cancelled or "
+            "went away, its deadline passed, or a message of it was refused (one over the "
+            "receive limit is RESOURCE_EXHAUSTED to the client)",
+            name,
+        )
+        raise exc
     if context.code() is not None:  # context.abort already chose a status
         raise exc
     _log.error("internal error in %s", name, exc_info=exc)
@@ -186,6 +206,16 @@ def stream_servicer_method(method: F) -> F:
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
             yield from method(self, request, context)
+        except GeneratorExit:
+            # grpc closes the stream's generator when a response can no longer be sent: the
+            # client cancelled or went away while the server was answering. Not an error
+            if not context.is_active():
+                _log.info(
+                    "%s ended by the client or the transport (CANCELLED) while a response "
+                    "was being sent",
+                    method.__name__,
+                )
+            raise
         except Exception as exc:
             _abort_for(context, method.__name__, exc)
 
@@ -232,6 +262,25 @@ def error_from_rpc(exc: grpc.RpcError) -> errors.OsmanthusError:
             message, field=field, departments=departments, retry_after_s=retry_after_s
         )
     return cls(message, field=field, departments=departments)
+
+
+def error_info(exc: grpc.RpcError) -> tuple[str, dict[str, str]]:
+    """The ErrorInfo reason and metadata a failed call carries ("" and {} if none)."""
+    if not isinstance(exc, grpc.Call):
+        return "", {}
+    try:
+        status = rpc_status.from_call(exc)
+    except ValueError:
+        return "", {}
+    if status is None:
+        return "", {}
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            if info.domain == ERROR_DOMAIN:
+                return info.reason, dict(info.metadata)
+    return "", {}
 
 
 #: classes by their ErrorInfo reason, as error_from_rpc reads them

@@ -54,7 +54,7 @@ action RegisterKey, ManageConsent appliesTo {
   resource: [Registry],
   context: { hour?: Long }
 };
-action Contribute, DiscloseSingleSource appliesTo {
+action Contribute, DiscloseSingleSource, ContributeWithoutConsent appliesTo {
   principal: [Requester],
   resource: [Department],
   context: {

@@ -63,6 +63,12 @@ MAX_LEEWAY: Final = datetime.timedelta(minutes=5)
 REQUIRED_CLAIMS: Final = ("iss", "jti", "sub", "aud", "purpose", "iat", "nbf", "exp")
 #: the claim that says an enterprise gave the consent; a person's receipt does not carry it
 SUBJECT_KIND_CLAIM: Final = "sub_kind"
+#: the claim that binds a receipt to the registry's revocation feed (osmanthus.core.consent_feed):
+#: a node checks revocations for the consent in that feed, never in another one the consent key
+#: also signed (a registry started afresh, a staging copy)
+REVOCATION_FEED_CLAIM: Final = "revocation_feed"
+#: a feed id as the registry makes them: "rvf_" and 22 base64url characters (128 random bits)
+FEED_ID_PATTERN: Final = re.compile(r"rvf_[A-Za-z0-9_-]{22}")
 
 # the signature may be empty here so that alg "none" is refused by name below
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
@@ -136,6 +142,9 @@ class ConsentReceipt:
     key_id: str
     #: the receipt's `sub_kind` claim; receipts without it (every person's) are persons'
     subject_kind: SubjectKind = SubjectKind.PERSON
+    #: the revocation feed the receipt is bound to (its `revocation_feed` claim); None in
+    #: receipts signed before receipts were bound to a feed
+    revocation_feed: str | None = None
 
     @property
     def masked_subject(self) -> str:
@@ -150,9 +159,15 @@ def consent_key_id(public_key: Ed25519PublicKey) -> str:
 
 
 def issue_receipt(
-    *, consent: ConsentFacts, private_key: Ed25519PrivateKey, issuer: str = RECEIPT_ISSUER
+    *,
+    consent: ConsentFacts,
+    private_key: Ed25519PrivateKey,
+    issuer: str = RECEIPT_ISSUER,
+    revocation_feed: str | None = None,
 ) -> str:
-    """A compact JWS signed with `private_key` attesting `consent` (see ConsentReceipt).
+    """A compact JWS signed with `private_key` attesting `consent` (see ConsentReceipt), bound
+    to the registry's revocation feed `revocation_feed` when given (the registry always gives
+    it; a department node refuses a receipt that is not bound to the feed it is shown).
 
     Times are whole seconds rounded down, so a receipt never claims a consent for longer than
     it was granted. The payload is signed, not encrypted: it shows the subject's id to whoever
@@ -175,6 +190,12 @@ def issue_receipt(
         raise InvalidArgument(f"{consent.grantee!r} is not a requester id", field="consent.grantee")
     if not isinstance(consent.purpose, str) or not PURPOSE_PATTERN.fullmatch(consent.purpose):
         raise InvalidArgument(f"{consent.purpose!r} is not a purpose", field="consent.purpose")
+    if revocation_feed is not None and (
+        not isinstance(revocation_feed, str) or not FEED_ID_PATTERN.fullmatch(revocation_feed)
+    ):
+        raise InvalidArgument(
+            f"{str(revocation_feed)[:40]!r} is not a revocation feed id", field="revocation_feed"
+        )
     granted = _seconds(consent.granted_at, field="consent.granted_at")
     expires = _seconds(consent.expires_at, field="consent.expires_at")
     if expires < granted:
@@ -196,6 +217,8 @@ def issue_receipt(
         # absent for persons, so that receipts issued before enterprises could consent and
         # those issued since read the same
         payload[SUBJECT_KIND_CLAIM] = consent.subject_kind.value
+    if revocation_feed is not None:
+        payload[REVOCATION_FEED_CLAIM] = revocation_feed
     typ = RECEIPT_TYPE if consent.subject_kind is SubjectKind.PERSON else ENTERPRISE_RECEIPT_TYPE
     headers = {"typ": typ, "kid": consent_key_id(private_key.public_key())}
     return jwt.encode(payload, private_key, algorithm=RECEIPT_ALGORITHM, headers=headers)
@@ -312,6 +335,14 @@ def verify_receipt(
     purpose = _claim_str(payload, "purpose")
     if not PURPOSE_PATTERN.fullmatch(purpose):
         raise MalformedReceipt(f"receipt claim 'purpose' is {purpose[:70]!r}: not a purpose")
+    revocation_feed = payload.get(REVOCATION_FEED_CLAIM)
+    if revocation_feed is not None and (
+        not isinstance(revocation_feed, str) or not FEED_ID_PATTERN.fullmatch(revocation_feed)
+    ):
+        raise MalformedReceipt(
+            f"receipt claim {REVOCATION_FEED_CLAIM!r} is {str(revocation_feed)[:40]!r}: not a "
+            "revocation feed id"
+        )
     granted_at = _claim_time(payload, "nbf")
     issued_at = _claim_time(payload, "iat")
     expires_at = _claim_time(payload, "exp")
@@ -359,6 +390,7 @@ def verify_receipt(
         issuer=receipt_issuer,
         key_id=key_id,
         subject_kind=subject_kind,
+        revocation_feed=revocation_feed,
     )
 
 
@@ -366,7 +398,7 @@ def verify_receipt(
 
 
 def generate_consent_keypair(
-    private_path: Path, public_path: Path, *, overwrite: bool = False
+    private_path: Path, public_path: Path, *, overwrite: bool = False, public_mode: int = 0o644
 ) -> Ed25519PrivateKey:
     """Write a new Ed25519 receipt-signing key pair as PEM (private key mode 0600) and return it.
 
@@ -401,7 +433,7 @@ def generate_consent_keypair(
     public_pem = signing.public_pem(key.public_key())
     try:
         write_atomically(
-            public_path, public_pem, mode=0o644, overwrite=overwrite, field="consent_key"
+            public_path, public_pem, mode=public_mode, overwrite=overwrite, field="consent_key"
         )
     except ConfigError:
         if not overwrite and not _holds(public_path, public_pem):
@@ -477,7 +509,9 @@ def load_consent_key_pair(private_path: Path, public_path: Path) -> Ed25519Priva
     return key
 
 
-def restore_consent_public_key(private_path: Path, public_path: Path) -> Ed25519PrivateKey:
+def restore_consent_public_key(
+    private_path: Path, public_path: Path, *, public_mode: int = 0o644
+) -> Ed25519PrivateKey:
     """The key in `private_path`, with its public half written to `public_path` if missing.
 
     Never makes a new key. An existing `public_path` is kept if it is the key's half and
@@ -492,7 +526,7 @@ def restore_consent_public_key(private_path: Path, public_path: Path) -> Ed25519
         write_atomically(
             public_path,
             signing.public_pem(key.public_key()),
-            mode=0o644,
+            mode=public_mode,
             overwrite=False,
             field="consent_key",
         )
@@ -504,8 +538,11 @@ def restore_consent_public_key(private_path: Path, public_path: Path) -> Ed25519
     return key
 
 
-def load_or_create_consent_key(private_path: Path, public_path: Path) -> Ed25519PrivateKey:
-    """The key in `private_path`, or a new pair written there and to `public_path`.
+def load_or_create_consent_key(
+    private_path: Path, public_path: Path, *, public_mode: int = 0o644
+) -> Ed25519PrivateKey:
+    """The key in `private_path`, or a new pair written there and to `public_path` (with
+    `public_mode`: a copy in a private state directory is private like the rest of it).
 
     A missing public half (a crash between the two writes) is written again from the private
     key; a public key that is not the private key's half is refused. A public key without its
@@ -521,8 +558,8 @@ def load_or_create_consent_key(private_path: Path, public_path: Path) -> Ed25519
                 f"pair knowingly, delete {public_path} first",
                 field="consent_key",
             )
-        return generate_consent_keypair(private_path, public_path)
-    return restore_consent_public_key(private_path, public_path)
+        return generate_consent_keypair(private_path, public_path, public_mode=public_mode)
+    return restore_consent_public_key(private_path, public_path, public_mode=public_mode)
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -551,7 +588,10 @@ def _verified_payload(
         )
     extra = sorted(set(header) - _ALLOWED_HEADER_PARAMETERS)
     if extra:
-        raise MalformedReceipt(f"unsupported header parameter(s) {', '.join(extra)}")
+        # quoted and cut: the names are unverified and end up in the verifier's logs
+        raise MalformedReceipt(
+            f"unsupported header parameter(s) {', '.join(repr(name[:40]) for name in extra[:5])}"
+        )
     typ = header.get("typ")
     if typ not in _KIND_OF_TYPE:
         raise MalformedReceipt(

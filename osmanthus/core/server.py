@@ -4,8 +4,12 @@ Every Osmanthus server (nodes, coordinator, provincial receiver) starts here. It
 server interceptor, CallerInterceptor, which reads the caller once per call, before any
 handler: the platform peer its verified client certificate names and the bearer token it sent.
 A call to one of the server's own services without a certificate naming a peer is refused
-UNAUTHENTICATED right there; handlers read the caller with `current_caller()`. Deny by default:
+UNAUTHENTICATED right there; handlers read the caller with `current_caller()`. A server given the
+platform CA's CRL passes each call next through RevocationInterceptor, which refuses a revoked
+client certificate (UNAUTHENTICATED) before any handler runs. Deny by default:
 a handler run without the interceptor has no caller, and `current_caller()` refuses it.
+CallerInterceptor also decodes each request once the caller is known, so that bytes that are not
+the message are INVALID_ARGUMENT (grpc's own decoding answers INTERNAL and logs a traceback).
 """
 
 from __future__ import annotations
@@ -18,17 +22,28 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
+from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from osmanthus.core.errors import ConfigError, OsmanthusError
+from osmanthus.core.errors import ConfigError, InvalidArgument, OsmanthusError, Unauthenticated
 from osmanthus.core.files import write_atomically
 from osmanthus.core.grpc_errors import abort
-from osmanthus.core.tls import PeerIdentity, TlsFiles, peer_identity, server_credentials
+from osmanthus.core.tls import (
+    PeerIdentity,
+    TlsFiles,
+    peer_certificate_pem,
+    peer_identity,
+    server_credentials,
+)
 from osmanthus.core.tokens import bearer_token
-from osmanthus.core.wire import MAX_RECEIVE_BYTES
+from osmanthus.core.wire import MAX_RECEIVE_BYTES, decoded
+
+if TYPE_CHECKING:
+    from osmanthus.core.crl import PeerRevocation
+    from osmanthus.core.denylist import TokenDenial
 
 _log = logging.getLogger(__name__)
 
@@ -84,27 +99,28 @@ class CallerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         handler = continuation(handler_call_details)
         if handler is None or _service_of(handler_call_details.method) not in self._services:
             return handler
+        # grpc gets no deserializer: it hands over the request's bytes, and the handler decodes
+        # them once the caller is known. grpc's own decoding answers bytes that are not the
+        # message INTERNAL "Exception deserializing request!" and logs a traceback; ours
+        # answers INVALID_ARGUMENT (osmanthus.core.wire.decoded)
+        decode = handler.request_deserializer
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                _unary(handler.unary_unary, _one(decode)),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _streaming(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                _streaming(handler.unary_stream, _one(decode)),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _unary(handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
+                _unary(handler.stream_unary, _each(decode)),
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            _streaming(handler.stream_stream),
-            request_deserializer=handler.request_deserializer,
+            _streaming(handler.stream_stream, _each(decode)),
             response_serializer=handler.response_serializer,
         )
 
@@ -117,11 +133,39 @@ def _caller_of(context: grpc.ServicerContext) -> Caller:
     return Caller(peer=peer, token=bearer_token(context.invocation_metadata()))
 
 
-def _unary(behaviour: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
+#: turns what grpc hands a handler (a request's bytes, or an iterator of them) into messages
+_Reader = Callable[[Any, grpc.ServicerContext], Any]
+
+
+def _one(deserialize: Callable[[bytes], Any] | None) -> _Reader:
+    """Reads a unary request: undecodable bytes end the call INVALID_ARGUMENT right here."""
+
+    def read(raw: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return decoded(raw, deserialize)
+        except InvalidArgument as exc:
+            abort(context, exc)
+
+    return read
+
+
+def _each(deserialize: Callable[[bytes], Any] | None) -> _Reader:
+    """Reads a request stream lazily: a message that does not decode raises InvalidArgument
+    where the servicer reads it, and its servicer_method answers INVALID_ARGUMENT."""
+
+    def read(raws: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        return (decoded(raw, deserialize) for raw in raws)
+
+    return read
+
+
+def _unary(
+    behaviour: Callable[[Any, grpc.ServicerContext], Any], read: _Reader
+) -> Callable[..., Any]:
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
         token = _CALLER.set(_caller_of(context))
         try:
-            return behaviour(request, context)
+            return behaviour(read(request, context), context)
         finally:
             _CALLER.reset(token)
 
@@ -129,13 +173,13 @@ def _unary(behaviour: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..
 
 
 def _streaming(
-    behaviour: Callable[[Any, grpc.ServicerContext], Iterator[Any]],
+    behaviour: Callable[[Any, grpc.ServicerContext], Iterator[Any]], read: _Reader
 ) -> Callable[..., Iterator[Any]]:
     def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         caller = _caller_of(context)
         # grpc pulls the responses after this function returns, on the same thread: the
         # caller is set around each step of the stream, not only around its creation
-        responses = iter(behaviour(request, context))
+        responses = iter(behaviour(read(request, context), context))
         while True:
             token = _CALLER.set(caller)
             try:
@@ -149,6 +193,116 @@ def _streaming(
     return handle
 
 
+class RevocationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Refuses, UNAUTHENTICATED, a call whose client certificate the platform CA's CRL revokes.
+
+    gRPC Python's TLS handshake cannot take a CRL, so the certificate the handshake verified is
+    compared here, on every call to the server's own services, with the CRL in force (which
+    `revocation` follows from its file: a revocation needs no restart).
+    """
+
+    def __init__(self, services: Sequence[str], revocation: PeerRevocation) -> None:
+        self._services = frozenset(services)
+        self._revocation = revocation
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or _service_of(handler_call_details.method) not in self._services:
+            return handler
+        behaviour, make = (
+            (handler.unary_unary, grpc.unary_unary_rpc_method_handler)
+            if handler.unary_unary
+            else (handler.unary_stream, grpc.unary_stream_rpc_method_handler)
+            if handler.unary_stream
+            else (handler.stream_unary, grpc.stream_unary_rpc_method_handler)
+            if handler.stream_unary
+            else (handler.stream_stream, grpc.stream_stream_rpc_method_handler)
+        )
+        check = self._check
+        requests_stream, responses_stream = handler.request_streaming, handler.response_streaming
+        streaming = requests_stream or responses_stream
+
+        def handle(request: Any, context: grpc.ServicerContext) -> Any:
+            # a stream's responses come from the iterator returned: refused before the first
+            watch = check(context, streaming=streaming)
+            if watch is not None and requests_stream:
+                request = watch.requests(request)
+            answer = behaviour(request, context)
+            if watch is not None and responses_stream:
+                return watch.responses(answer)
+            return answer
+
+        return make(
+            handle,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _check(self, context: grpc.ServicerContext, *, streaming: bool) -> _StreamWatch | None:
+        """Aborts UNAUTHENTICATED when the caller's certificate is revoked now; for a stream,
+        the watch that checks it again at every message (a stream may outlive a revocation)."""
+        if not streaming and not self._revocation.lists_any:
+            return None  # no certificate to parse
+        pem = peer_certificate_pem(context)
+        if pem is None:
+            # CallerInterceptor refuses a call without a certificate before this one runs
+            return None
+        try:
+            identity = peer_identity(context)
+            whose = f"the client certificate of {identity.role.value} {identity.name!r}"
+        except OsmanthusError:
+            whose = "the client certificate"
+        try:
+            serial = x509.load_pem_x509_certificate(pem).serial_number
+        except ValueError as exc:
+            _refuse(context, Unauthenticated(f"{whose} cannot be parsed: {exc}"))
+        watch = _StreamWatch(self._revocation, serial=serial, whose=whose, context=context)
+        watch.check()
+        return watch if streaming else None
+
+
+@dataclass(frozen=True)
+class _StreamWatch:
+    """One stream's caller, checked against the CRL in force at each message read and each
+    response sent: a dictionary lookup, so a revocation ends an open stream at its next
+    message rather than when the client hangs up."""
+
+    revocation: PeerRevocation
+    serial: int
+    whose: str
+    context: grpc.ServicerContext
+
+    def check(self) -> None:
+        problem = self.revocation.refusal(self.serial, whose=self.whose)
+        if problem is not None:
+            _refuse(self.context, Unauthenticated(problem))
+
+    def requests(self, requests: Iterator[Any]) -> Iterator[Any]:
+        for request in requests:
+            self.check()
+            yield request
+
+    def responses(self, responses: Iterator[Any]) -> Iterator[Any]:
+        try:
+            for response in responses:
+                self.check()
+                yield response
+        finally:
+            # refused mid-stream: the servicer's generator ends here, not when collected
+            close = getattr(responses, "close", None)
+            if close is not None:
+                close()
+
+
+def _refuse(context: grpc.ServicerContext, error: Unauthenticated) -> NoReturn:
+    _log.warning("call from %s refused: %s", context.peer(), error.message)
+    abort(context, error)
+
+
 @dataclass
 class RunningServer:
     server: grpc.Server
@@ -158,6 +312,10 @@ class RunningServer:
     #: run after the server has drained: close databases, logs, client channels
     on_stop: list[Callable[[], None]] = field(default_factory=list)
     _stopped: threading.Event = field(default_factory=threading.Event)
+    #: the platform CA's CRL this server follows (None: it was given none)
+    revocation: PeerRevocation | None = None
+    #: the token issuer's deny list this server follows (None: none, or it verifies no tokens)
+    token_denial: TokenDenial | None = None
 
     def stop(self, grace: float = GRACE_SECONDS) -> None:
         if self._stopped.is_set():
@@ -181,13 +339,22 @@ def start_server(
     tls: TlsFiles,
     max_workers: int = 16,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
+    revocation: PeerRevocation | None = None,
+    token_denial: TokenDenial | None = None,
 ) -> RunningServer:
-    """Bind `listen` (host:port, port 0 = any free port) with mutual TLS only and start serving."""
+    """Bind `listen` (host:port, port 0 = any free port) with mutual TLS only and start serving.
+
+    `revocation` (the CA's CRL) refuses revoked client certificates; it and `token_denial` (the
+    deny list the server's token verifier asks) start following their files once the server
+    serves, and stop with it.
+    """
+    # revoked certificates are refused right after the caller is read, before anything else
+    checks = [RevocationInterceptor(service_names, revocation)] if revocation is not None else []
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="osmanthus-rpc"),
         options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)],
         # the caller is read first, so that other interceptors and every handler see it
-        interceptors=[CallerInterceptor(service_names), *interceptors],
+        interceptors=[CallerInterceptor(service_names), *checks, *interceptors],
     )
     for add in register:
         add(server)
@@ -202,7 +369,19 @@ def start_server(
     server.start()
     for name in (*service_names, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, tuple(service_names))
+    running = RunningServer(
+        server,
+        port,
+        health_servicer,
+        tuple(service_names),
+        revocation=revocation,
+        token_denial=token_denial,
+    )
+    for watched in (revocation, token_denial):
+        if watched is not None:
+            watched.start()
+            running.on_stop.append(watched.close)
+    return running
 
 
 def serve_until_signalled(running: RunningServer, *, ready_file: Path | None) -> None:

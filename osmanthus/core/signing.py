@@ -49,7 +49,19 @@ from osmanthus.core.strictjson import unique_keys
 POLICY_BUNDLE_TYPE: Final = "osmanthus-policy-bundle+jws"
 SYNC_BATCH_TYPE: Final = "osmanthus-sync-batch+jws"
 CREDIT_REPORT_TYPE: Final = "osmanthus-credit-report+jws"
-PAYLOAD_TYPES: Final = frozenset({POLICY_BUNDLE_TYPE, SYNC_BATCH_TYPE, CREDIT_REPORT_TYPE})
+#: the head of the consent registry's revocation feed (osmanthus.core.revocations)
+CONSENT_REVOCATIONS_TYPE: Final = "osmanthus-consent-revocations+jws"
+#: the token issuer's deny list (osmanthus.core.denylist)
+TOKEN_DENY_LIST_TYPE: Final = "osmanthus-token-deny-list+jws"
+PAYLOAD_TYPES: Final = frozenset(
+    {
+        POLICY_BUNDLE_TYPE,
+        SYNC_BATCH_TYPE,
+        CREDIT_REPORT_TYPE,
+        CONSENT_REVOCATIONS_TYPE,
+        TOKEN_DENY_LIST_TYPE,
+    }
+)
 
 #: the one signature algorithm: Ed25519 (RFC 8037); anything else is refused by name
 ALGORITHM: Final = "EdDSA"

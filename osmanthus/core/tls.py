@@ -114,6 +114,13 @@ def peer_identity(context: grpc.ServicerContext) -> PeerIdentity:
     return identity
 
 
+def peer_certificate_pem(context: grpc.ServicerContext) -> bytes | None:
+    """The PEM of the client certificate the TLS handshake verified, None if there is none."""
+    auth = context.auth_context()
+    pems = auth.get(_AUTH_PEM_CERT) if auth else None
+    return bytes(pems[0]) if pems else None
+
+
 def identity_of_certificate(cert_path: Path) -> PeerIdentity:
     """The identity a certificate file names; ConfigError if it names none."""
     cert = _load_cert(cert_path, what="certificate")

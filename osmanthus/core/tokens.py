@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -42,7 +42,9 @@ VERIFIED_CACHE_ENTRIES = 1024
 _REQUESTER_RE = PEER_NAME_PATTERN
 _PURPOSE_RE = PURPOSE_PATTERN
 _FINGERPRINT_RE = re.compile(r"[0-9a-f]{64}")
-_JTI_RE = re.compile(r"[A-Za-z0-9_-]{16,128}")
+#: a token id (`jti`) as the issuer makes them, and as a deny list may name them
+JTI_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{16,128}")
+_JTI_RE = JTI_PATTERN
 _ALLOWED_HEADER_PARAMETERS = frozenset({"alg", "typ", "kid"})
 _ROLES = {role.value: role for role in Role}
 
@@ -214,6 +216,13 @@ class ReplayCache:
             self._expiry[jti] = expires_at
             heapq.heappush(self._queue, (expires_at, jti))
 
+    def release(self, jti: str) -> None:
+        """Forget `jti`: the request it came with was refused before anything was answered, in
+        a way that invites the caller to ask again (a missing modulus proof, a revocation feed
+        behind). Single use means answered at most once, and nothing was."""
+        with self._lock:
+            self._expiry.pop(jti, None)  # its heap entry goes when it expires
+
     def __len__(self) -> int:
         with self._lock:
             self._forget_expired(self._clock())
@@ -222,11 +231,21 @@ class ReplayCache:
     def _forget_expired(self, now: datetime.datetime) -> None:
         while self._queue and self._queue[0][0] < now:
             _, jti = heapq.heappop(self._queue)
-            del self._expiry[jti]
+            # a released jti left its heap entry behind, and one remembered again has two
+            self._expiry.pop(jti, None)
+
+
+class TokenDenyCheck(Protocol):
+    """What a verifier asks of the issuer's deny list (osmanthus.core.denylist.TokenDenial)."""
+
+    def refusal(self, claims: TokenClaims) -> str | None:
+        """Why the token with `claims` is withdrawn, or None when it is not."""
+        ...
 
 
 class TokenVerifier:
-    """Checks a token's signature, algorithm, issuer, audience, times, claims and replay."""
+    """Checks a token's signature, algorithm, issuer, audience, times, claims, the issuer's
+    deny list and replay."""
 
     def __init__(
         self,
@@ -237,7 +256,10 @@ class TokenVerifier:
         replay_cache: ReplayCache,
         leeway: datetime.timedelta = datetime.timedelta(seconds=5),
         clock: Clock = _utc_now,
+        deny_list: TokenDenyCheck | None = None,
     ) -> None:
+        """`deny_list`: the issuer's withdrawn tokens, asked on every verification (None: a
+        token is good until it expires)."""
         if not isinstance(public_key, Ed25519PublicKey):
             raise ConfigError(
                 f"the issuer key must be an Ed25519 public key, not {type(public_key).__name__}",
@@ -261,6 +283,7 @@ class TokenVerifier:
         self._replay_cache = replay_cache
         self._leeway = leeway
         self._clock = clock
+        self._deny_list = deny_list
         self._jws = jwt.PyJWS()
         # signature checks are most of a verification and the same token arrives with every
         # query of its requester: remember verified payloads (never claims: the times, the
@@ -278,6 +301,12 @@ class TokenVerifier:
             raise ConfigError(f"{path} holds a {type(key).__name__}, not an Ed25519 public key")
         return cls(public_key=key, **kw)
 
+    def release(self, claims: TokenClaims) -> None:
+        """A single-use token's request was refused before anything was answered, with an
+        invitation to ask again (ReplayCache.release): the same token may come back once more."""
+        if claims.single_use:
+            self._replay_cache.release(claims.jti)
+
     def verify(self, token: str) -> TokenClaims:
         """The token's claims if it is valid now; Unauthenticated naming the cause otherwise."""
         with self._verified_lock:
@@ -291,6 +320,11 @@ class TokenVerifier:
                 if len(self._verified) > VERIFIED_CACHE_ENTRIES:
                     self._verified.popitem(last=False)
         claims = self._claims(payload)
+        if self._deny_list is not None:
+            # on every call, not cached with the payload: a withdrawal is in force at once
+            refusal = self._deny_list.refusal(claims)
+            if refusal is not None:
+                raise Unauthenticated(refusal)
         if claims.single_use:
             # Remember past expiry plus leeway: that is how long the token would still be accepted.
             self._replay_cache.check_and_remember(claims.jti, claims.expires_at + self._leeway)

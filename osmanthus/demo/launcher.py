@@ -213,6 +213,16 @@ class LocalFederation:
     progress: Callable[[str], None] | None = report_to_stderr
     nodes: dict[str, Process] = field(default_factory=dict)
     coordinator: Process | None = None
+    #: the token issuer's deny list every server follows (None: none)
+    token_deny_list: Path | None = None
+
+    def _revocation_args(self) -> list[str]:
+        """--crl (the CRL 'certs init' wrote; a server refuses to start without it) and
+        --token-deny-list."""
+        args = ["--crl", str(self.certs_dir / "crl.pem")]
+        if self.token_deny_list is not None:
+            args += ["--token-deny-list", str(self.token_deny_list)]
+        return args
 
     def start(self) -> int:
         """Start every node, then the coordinator; returns the coordinator's port.
@@ -230,6 +240,7 @@ class LocalFederation:
                     "--state-dir", str(self.run_dir / "state" / dept),
                     "--certs-dir", str(self.certs_dir),
                     "--listen", "127.0.0.1:0",
+                    *self._revocation_args(),
                 ),
                 run_dir=self.run_dir,
             )  # fmt: skip
@@ -250,6 +261,7 @@ class LocalFederation:
                 "--certs-dir", str(self.certs_dir),
                 "--listen", "127.0.0.1:0",
                 "--deadline", str(self.deadline_s),
+                *self._revocation_args(),
             ),
             run_dir=self.run_dir,
         )  # fmt: skip

@@ -17,12 +17,15 @@ from osmanthus.core import signing
 from osmanthus.core.audit import AuditEntry
 from osmanthus.core.catalogue import Catalogue, load_catalogue
 from osmanthus.core.clock import china_today
+from osmanthus.core.denylist import write_deny_list
 from osmanthus.core.errors import OsmanthusError
+from osmanthus.core.files import private_directory
 from osmanthus.core.ids import mask_subject
 from osmanthus.core.lists import EntryId, NewEntry, WithdrawReason
 from osmanthus.core.rules import load_default_rules
+from osmanthus.core.signing import load_private_key
 from osmanthus.core.tls import TlsFiles
-from osmanthus.core.tokens import TokenIssuer, generate_issuer_keypair
+from osmanthus.core.tokens import DEFAULT_ISSUER, TokenIssuer, generate_issuer_keypair
 from osmanthus.core.types import Role, Shape, SubjectId, SubjectKind
 from osmanthus.demo.launcher import LocalFederation, Process, osmanthus_command, spawn
 from osmanthus.demo.seed import seed
@@ -367,7 +370,7 @@ def _sync_demo(
         osmanthus_command(
             "province", "serve", "--senders", str(senders),
             "--state-dir", str(workdir / "province" / "state"), "--certs-dir", str(certs),
-            "--listen", "127.0.0.1:0",
+            "--listen", "127.0.0.1:0", "--crl", str(certs / "crl.pem"),
         ),
         run_dir=workdir / "run",
     )  # fmt: skip
@@ -404,7 +407,9 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
         if not (workdir / _MARKER).exists():
             raise OsmanthusError(f"{workdir} exists and is not a demo directory; choose another")
         shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+    # owner-only like every service's state: it holds the data, the keys, tokens and state of
+    # the whole federation (files in it keep the umask's modes; the directory keeps others out)
+    private_directory(workdir, what="the demo's federation (data, keys, tokens, state)")
     (workdir / _MARKER).write_text("created by 'osmanthus demo'; safe to delete\n")
     catalogue = load_catalogue()
     departments = [d.id for d in catalogue.departments]
@@ -426,6 +431,12 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
     issuer_dir = workdir / "issuer"
     generate_issuer_keypair(issuer_dir / "issuer.key", issuer_dir / "issuer.pub")
     issuer = TokenIssuer.from_file(issuer_dir / "issuer.key")
+    # empty: 'osmanthus token revoke --deny-list' adds to it while the federation runs
+    write_deny_list(
+        issuer_dir / "deny.json",
+        private_key=load_private_key(issuer_dir / "issuer.key", what="token issuer key"),
+        issuer=DEFAULT_ISSUER,
+    )
 
     _step(t0, "Generating 2048-bit Paillier keys for the credit agency, the consent registrar, "
           "the library, the rescoring service, the statistics bureau and a bank")  # fmt: skip
@@ -493,6 +504,7 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
         issuer_public_key=issuer_dir / "issuer.pub",
         run_dir=workdir / "run",
         departments=departments,
+        token_deny_list=issuer_dir / "deny.json",
         # a start that takes a while (a busy machine) says what it is waiting for
         progress=lambda text: _say(f"  {text}"),
     )

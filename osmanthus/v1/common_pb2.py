@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19osmanthus/v1/common.proto\x12\x0cosmanthus.v1\"\x1e\n\x11PaillierPublicKey\x12\t\n\x01n\x18\x01 \x01(\x0c\"\x1b\n\nCiphertext\x12\r\n\x05value\x18\x01 \x01(\x0c*a\n\x0bSubjectKind\x12\x1c\n\x18SUBJECT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13SUBJECT_KIND_PERSON\x10\x01\x12\x1b\n\x17SUBJECT_KIND_ENTERPRISE\x10\x02*j\n\x05Shape\x12\x15\n\x11SHAPE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSHAPE_BREAKDOWN\x10\x01\x12\x0f\n\x0bSHAPE_TOTAL\x10\x02\x12\x13\n\x0fSHAPE_THRESHOLD\x10\x03\x12\x0f\n\x0bSHAPE_FLAGS\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19osmanthus/v1/common.proto\x12\x0cosmanthus.v1\"5\n\x11PaillierPublicKey\x12\t\n\x01n\x18\x01 \x01(\x0c\x12\x15\n\rmodulus_proof\x18\x02 \x01(\x0c\"\x1b\n\nCiphertext\x12\r\n\x05value\x18\x01 \x01(\x0c*a\n\x0bSubjectKind\x12\x1c\n\x18SUBJECT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13SUBJECT_KIND_PERSON\x10\x01\x12\x1b\n\x17SUBJECT_KIND_ENTERPRISE\x10\x02*j\n\x05Shape\x12\x15\n\x11SHAPE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSHAPE_BREAKDOWN\x10\x01\x12\x0f\n\x0bSHAPE_TOTAL\x10\x02\x12\x13\n\x0fSHAPE_THRESHOLD\x10\x03\x12\x0f\n\x0bSHAPE_FLAGS\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'osmanthus.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBJECTKIND']._serialized_start=104
-  _globals['_SUBJECTKIND']._serialized_end=201
-  _globals['_SHAPE']._serialized_start=203
-  _globals['_SHAPE']._serialized_end=309
+  _globals['_SUBJECTKIND']._serialized_start=127
+  _globals['_SUBJECTKIND']._serialized_end=224
+  _globals['_SHAPE']._serialized_start=226
+  _globals['_SHAPE']._serialized_end=332
   _globals['_PAILLIERPUBLICKEY']._serialized_start=43
-  _globals['_PAILLIERPUBLICKEY']._serialized_end=73
-  _globals['_CIPHERTEXT']._serialized_start=75
-  _globals['_CIPHERTEXT']._serialized_end=102
+  _globals['_PAILLIERPUBLICKEY']._serialized_end=96
+  _globals['_CIPHERTEXT']._serialized_start=98
+  _globals['_CIPHERTEXT']._serialized_end=125
 # @@protoc_insertion_point(module_scope)

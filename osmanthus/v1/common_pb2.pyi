@@ -28,10 +28,12 @@ SHAPE_THRESHOLD: Shape
 SHAPE_FLAGS: Shape
 
 class PaillierPublicKey(_message.Message):
-    __slots__ = ("n",)
+    __slots__ = ("n", "modulus_proof")
     N_FIELD_NUMBER: _ClassVar[int]
+    MODULUS_PROOF_FIELD_NUMBER: _ClassVar[int]
     n: bytes
-    def __init__(self, n: _Optional[bytes] = ...) -> None: ...
+    modulus_proof: bytes
+    def __init__(self, n: _Optional[bytes] = ..., modulus_proof: _Optional[bytes] = ...) -> None: ...
 
 class Ciphertext(_message.Message):
     __slots__ = ("value",)

@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ContributeRequest(_message.Message):
-    __slots__ = ("query_id", "subject_kind", "subject_id", "shape", "purpose", "consent_id", "public_key", "slots", "slot_widths", "measures")
+    __slots__ = ("query_id", "subject_kind", "subject_id", "shape", "purpose", "consent_id", "public_key", "slots", "slot_widths", "measures", "consent_receipt", "revocation_head", "revocations")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,9 @@ class ContributeRequest(_message.Message):
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     SLOT_WIDTHS_FIELD_NUMBER: _ClassVar[int]
     MEASURES_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    REVOCATION_HEAD_FIELD_NUMBER: _ClassVar[int]
+    REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     subject_kind: _common_pb2.SubjectKind
     subject_id: str
@@ -30,7 +33,30 @@ class ContributeRequest(_message.Message):
     slots: _containers.RepeatedScalarFieldContainer[str]
     slot_widths: _containers.RepeatedScalarFieldContainer[int]
     measures: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, query_id: _Optional[str] = ..., subject_kind: _Optional[_Union[_common_pb2.SubjectKind, str]] = ..., subject_id: _Optional[str] = ..., shape: _Optional[_Union[_common_pb2.Shape, str]] = ..., purpose: _Optional[str] = ..., consent_id: _Optional[str] = ..., public_key: _Optional[_Union[_common_pb2.PaillierPublicKey, _Mapping]] = ..., slots: _Optional[_Iterable[str]] = ..., slot_widths: _Optional[_Iterable[int]] = ..., measures: _Optional[_Iterable[str]] = ...) -> None: ...
+    consent_receipt: str
+    revocation_head: ConsentRevocationHead
+    revocations: _containers.RepeatedCompositeFieldContainer[ConsentRevocation]
+    def __init__(self, query_id: _Optional[str] = ..., subject_kind: _Optional[_Union[_common_pb2.SubjectKind, str]] = ..., subject_id: _Optional[str] = ..., shape: _Optional[_Union[_common_pb2.Shape, str]] = ..., purpose: _Optional[str] = ..., consent_id: _Optional[str] = ..., public_key: _Optional[_Union[_common_pb2.PaillierPublicKey, _Mapping]] = ..., slots: _Optional[_Iterable[str]] = ..., slot_widths: _Optional[_Iterable[int]] = ..., measures: _Optional[_Iterable[str]] = ..., consent_receipt: _Optional[str] = ..., revocation_head: _Optional[_Union[ConsentRevocationHead, _Mapping]] = ..., revocations: _Optional[_Iterable[_Union[ConsentRevocation, _Mapping]]] = ...) -> None: ...
+
+class ConsentRevocationHead(_message.Message):
+    __slots__ = ("payload", "signature")
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    signature: str
+    def __init__(self, payload: _Optional[bytes] = ..., signature: _Optional[str] = ...) -> None: ...
+
+class ConsentRevocation(_message.Message):
+    __slots__ = ("sequence", "consent_id", "revoked_at", "expires_at")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    consent_id: str
+    revoked_at: int
+    expires_at: int
+    def __init__(self, sequence: _Optional[int] = ..., consent_id: _Optional[str] = ..., revoked_at: _Optional[int] = ..., expires_at: _Optional[int] = ...) -> None: ...
 
 class ContributeResponse(_message.Message):
     __slots__ = ("department", "ciphertext", "single_source_allowed", "rules_version", "policy_hash", "flag_counts")

@@ -21,6 +21,8 @@ from coordinator.server import (
 from node.server import DEFAULT_NODE_POLICY, NodeConfig, start_node
 from osmanthus.core.bundle import DEFAULT_POLL_S
 from osmanthus.core.catalogue import Catalogue, default_catalogue_path, load_catalogue
+from osmanthus.core.crl import REVOCATION_POLL_S
+from osmanthus.core.receipts import CONSENT_KEY_FILE, CONSENT_PUBLIC_KEY_FILE
 from osmanthus.core.server import RunningServer
 from osmanthus.core.tls import TlsFiles
 from osmanthus.core.tokens import TokenIssuer
@@ -141,7 +143,11 @@ def start_federation(
     node_policy_bundles: Mapping[str, Path] | None = None,
     policy_trust: Sequence[Path] = (),
     policy_poll_s: float = DEFAULT_POLL_S,
+    crl: Path | None = None,
+    token_deny_list: Path | None = None,
+    revocation_poll_s: float = REVOCATION_POLL_S,
 ) -> Federation:
+    """`crl` and `token_deny_list` go to every node and the coordinator."""
     nodes: dict[str, RunningServer] = {}
     configs: dict[str, NodeConfig] = {}
     for dept in departments:
@@ -158,6 +164,11 @@ def start_federation(
             policy_bundle=(node_policy_bundles or {}).get(dept),
             policy_trust=tuple(policy_trust),
             policy_poll_s=policy_poll_s,
+            crl=crl,
+            token_deny_list=token_deny_list,
+            revocation_poll_s=revocation_poll_s,
+            # every node verifies consents with the consent.pub 'certs init' made
+            consent_public_key=certs / "coordinator" / CONSENT_PUBLIC_KEY_FILE,
         )
         configs[dept] = config
         nodes[dept] = start_node(config, catalogue=catalogue)
@@ -177,6 +188,11 @@ def start_federation(
             policy_bundle=central_policy_bundle,
             policy_trust=tuple(policy_trust),
             policy_poll_s=policy_poll_s,
+            crl=crl,
+            token_deny_list=token_deny_list,
+            revocation_poll_s=revocation_poll_s,
+            # the key whose consent.pub the nodes were given
+            consent_key=certs / "coordinator" / CONSENT_KEY_FILE,
         ),
         catalogue=catalogue,
     )

@@ -5,12 +5,12 @@ Run as a program by tests/integration/test_curious_coordinator.py:
     python curious_coordinator_main.py CONFIG.json
 
 CONFIG.json names the node registry, the coordinator's TLS files, the token issuer's public key,
-the state directory, the departments of the test federation, the requester's Paillier modulus n
-(never its factors) and two output files: `ready` (the bound port, written once serving) and
-`report`. The coordinator is started with gRPC interceptors that record every Contribute answer
-it receives from a node and every response it sends to a requester. On SIGUSR1 the process scans
-its own heap for anything that is or holds a Paillier private key, and writes a JSON report of the
-scan and of everything recorded. SIGTERM stops it.
+the consent signing key, the state directory, the departments of the test federation, the
+requester's Paillier modulus n (never its factors) and two output files: `ready` (the bound
+port, written once serving) and `report`. The coordinator is started with gRPC interceptors
+that record every Contribute answer it receives from a node and every response it sends to a
+requester. On SIGUSR1 the process scans its own heap for anything that is or holds a Paillier
+private key, and writes a JSON report of the scan and of everything recorded. SIGTERM stops it.
 
 `scan_heap` is importable so that a test can run it where a private key does live (a positive
 control: a scan that cannot find a key where there is one proves nothing where there is none).
@@ -234,6 +234,8 @@ def main(argv: list[str]) -> int:
             issuer_public_key=Path(config["issuer_public_key"]),
             state_dir=Path(config["state_dir"]),
             deadline_s=float(config["deadline_s"]),
+            # the platform's consent key: the nodes verify this coordinator's receipts with it
+            consent_key=Path(config["consent_key"]),
         ),
         node_interceptors=[NodeCapture(capture)],
         server_interceptors=[ResponseCapture(capture)],

@@ -1,14 +1,19 @@
 """`osmanthus batch score`: ids CSV in, Parquet out, and a resume after an interruption.
 
 The interruption is a real one for the job: Ctrl-C (KeyboardInterrupt) arrives while rows are
-streaming in. The resumed run must produce exactly the rows of an uninterrupted run, in input
-order, with no duplicate and no missing line.
+streaming in, or `kill -9` hits the command's process after its first timed checkpoint. The
+resumed run must produce exactly the rows of an uninterrupted run, in input order, with no
+duplicate and no missing line; after the kill, none of the command's processes may remain.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime
 import json
+import os
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,12 +22,25 @@ import pytest
 
 from osmanthus.cli import main
 from osmanthus.core.catalogue import load_catalogue
+from osmanthus.core.crypto import PARALLEL_MIN_PER_WORKER
+from osmanthus.core.encoding import SlotLayout
+from osmanthus.core.ids import make_resident_id
 from osmanthus.core.types import Role, Shape, SubjectKind
+from osmanthus.demo.launcher import osmanthus_command
 from sdk import Client, load_or_create_keys
 from sdk.batchjob import BatchJob
 from sdk.results import BatchScore
 from tests.integration.conftest import Federation, restricted_catalogue_toml
 from tests.integration.test_scores_match_plaintext import subjects
+from tests.processes import (
+    HAVE_PROC,
+    ProcessId,
+    command_line,
+    descendants,
+    kill_running,
+    running,
+)
+from tests.waiting import wait_until
 
 SYNC = "sync-1"
 PURPOSE = "credit_rescoring"
@@ -191,3 +209,87 @@ def test_a_bad_line_anywhere_is_named_before_anything_is_sent(
     # the whole input is read once before the batch starts: nothing is sent, nothing written
     assert not out.with_name(out.name + ".parts").exists()
     assert not out.exists()
+
+
+#: the killed job's chunks: many more than the few before its first timed checkpoint
+KILLED_JOB_CHUNKS = 12
+DECRYPT_WORKERS = 2
+#: small: the first save comes at the end of the first chunk this long after the start, long
+#: before the last chunk; the 50,000 rows of a part by count are never reached
+CHECKPOINT_SECONDS = "0.2"
+
+
+def _many_ids(federation: Federation, path: Path, count: int) -> list[str]:
+    """The federation's persons, then valid resident ids no department has records on."""
+    synthetic = (
+        make_resident_id(
+            region="320505",
+            birth=datetime.date(1980, 1, 1) + datetime.timedelta(days=i // 1000),
+            sequence=i % 1000,
+        )
+        for i in range(count)
+    )
+    ids = [*subjects(federation, "person"), *synthetic][:count]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["subject_id"])
+        writer.writerows([i] for i in ids)
+    return ids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_PROC, reason="reads the process tree from /proc")
+def test_a_job_killed_after_a_timed_checkpoint_resumes_there_and_leaves_no_key_holder(
+    federation: Federation, job_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # chunks of as many ciphertexts as the two decryption processes take in parallel
+    keys = load_or_create_keys(job_files["keys"])
+    layout = SlotLayout.for_catalogue(federation.catalogue, SubjectKind.PERSON, Shape.TOTAL)
+    chunk = PARALLEL_MIN_PER_WORKER * DECRYPT_WORKERS * layout.capacity(keys.public.bits)
+    source = job_files["work"] / "many.csv"
+    ids = _many_ids(federation, source, KILLED_JOB_CHUNKS * chunk)
+    out = job_files["work"] / "killed.parquet"
+    checkpoint = out.with_name(out.name + ".parts") / "checkpoint.json"
+    argv = _argv(federation, {**job_files, "ids": source}, out)
+    argv[argv.index("--chunk-size") + 1] = str(chunk)
+    argv += ["--decrypt-workers", str(DECRYPT_WORKERS), "--checkpoint-seconds", CHECKPOINT_SECONDS]
+    job = subprocess.Popen(
+        osmanthus_command(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    family: set[ProcessId] = set()
+    try:
+        wait_until(lambda: checkpoint.exists() or job.poll() is not None, what="a checkpoint")
+        # the decryption processes started with the first chunk: they run now, with the key
+        family = descendants(job.pid)
+        lines = [command_line(p) for p in family]
+        os.kill(job.pid, signal.SIGKILL)
+        _, err = job.communicate()
+        assert job.returncode == -signal.SIGKILL, f"the job ended before its kill: {err}"
+        # the fork server and the workers it forked (a pool starts its second worker only when
+        # work arrives while the first is busy: one or two), and the resource tracker
+        assert 2 <= sum("multiprocessing.forkserver" in c for c in lines) <= 1 + DECRYPT_WORKERS
+        assert sum("multiprocessing.resource_tracker" in c for c in lines) == 1
+        wait_until(
+            lambda: not any(running(p) for p in family),
+            what=lambda: (
+                "the killed job's processes still run: "
+                + "; ".join(f"{p.pid} {command_line(p)[:80]}" for p in family if running(p))
+            ),
+        )
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.communicate()
+        kill_running(family)
+    saved = json.loads(checkpoint.read_text())["rows"]
+    # a timed save: far fewer rows than a part by count holds, and not the whole input
+    assert 0 < saved < len(ids)
+
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert f"{len(ids)} rows (resumed after {saved})" in capsys.readouterr().out
+    with duckdb.connect() as con:
+        rows = con.execute(
+            "SELECT line, subject_id FROM read_parquet(?) ORDER BY line", [str(out)]
+        ).fetchall()
+    assert rows == [(n + 1, subject) for n, subject in enumerate(ids)]

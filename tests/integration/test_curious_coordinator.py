@@ -128,6 +128,7 @@ def observations(
                 "cert": str(tls.cert),
                 "key": str(tls.key),
                 "issuer_public_key": str(federation.issuer_keys.public),
+                "consent_key": str(federation.certs / "coordinator" / "consent.key"),
                 "state_dir": str(state_dir),
                 "deadline_s": 10.0,
                 "departments": [d.id for d in federation.catalogue.departments],

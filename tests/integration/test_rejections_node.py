@@ -6,19 +6,36 @@ import csv
 import json
 import secrets
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from certs import PeerRole, cert_paths
+from osmanthus.core.consent_feed import genesis, new_feed_id, sign_head
 from osmanthus.core.crypto import UnsafeShortKeys
 from osmanthus.core.encoding import SlotLayout
+from osmanthus.core.errors import InvalidArgument
 from osmanthus.core.grpc_errors import FIELD_METADATA_KEY
+from osmanthus.core.receipts import (
+    CONSENT_KEY_FILE,
+    RECEIPT_ISSUER,
+    issue_receipt,
+    load_consent_private_key,
+)
 from osmanthus.core.tls import TlsFiles, node_server_name, secure_channel
 from osmanthus.core.tokens import TokenIssuer
-from osmanthus.core.types import Role, Shape, SubjectKind
+from osmanthus.core.types import (
+    ConsentId,
+    Purpose,
+    RequesterId,
+    Role,
+    Shape,
+    SubjectId,
+    SubjectKind,
+)
+from osmanthus.core.wire.coordinator import Consent
 from osmanthus.v1 import common_pb2, node_pb2, node_pb2_grpc
 from tests.integration.conftest import Federation
 
@@ -68,12 +85,53 @@ def _request(federation: Federation, **overrides: object) -> node_pb2.Contribute
         "shape": common_pb2.SHAPE_BREAKDOWN,
         "purpose": "loan_underwriting",
         "consent_id": "",
-        "public_key": common_pb2.PaillierPublicKey(n=federation.keys[AGENCY].public.to_bytes()),
+        "public_key": _proven_key(federation, AGENCY),
         "slots": list(model.slot_names()),
         "slot_widths": list(_layout(federation).widths),
     }
+    fields.update(_consented(federation, str(fields["subject_id"]), str(fields["purpose"])))
     fields.update(overrides)
     return node_pb2.ContributeRequest(**fields)  # type: ignore[arg-type]
+
+
+def _consented(federation: Federation, subject: str, purpose: str) -> dict[str, object]:
+    """A consent the node verifies: the agency's receipt for `subject` and `purpose`, signed
+    with the platform's consent key as the registry signs it, and a fresh revocation head."""
+    key = load_consent_private_key(federation.certs / "coordinator" / CONSENT_KEY_FILE)
+    now = datetime.now(UTC)
+    try:
+        consent = Consent(
+            consent_id=ConsentId("cns_" + secrets.token_urlsafe(16)),
+            subject_id=SubjectId(subject),
+            grantee=RequesterId(AGENCY),
+            purpose=Purpose(purpose),
+            granted_at=now - timedelta(minutes=1),
+            expires_at=now + timedelta(days=1),
+            revoked_at=None,
+            receipt="",
+        )
+        feed = new_feed_id()
+        receipt = issue_receipt(consent=consent, private_key=key, revocation_feed=feed)
+    except InvalidArgument:
+        return {}  # a request whose subject or purpose is itself the refusal tested
+    head = sign_head(
+        feed=feed, issuer=RECEIPT_ISSUER, size=0, root=genesis(feed), issued_at=now,
+        private_key=key,
+    )  # fmt: skip
+    return {
+        "consent_id": consent.consent_id,
+        "consent_receipt": receipt,
+        "revocation_head": node_pb2.ConsentRevocationHead(
+            payload=head.payload, signature=head.signature
+        ),
+    }
+
+
+def _proven_key(federation: Federation, requester: str) -> common_pb2.PaillierPublicKey:
+    """The requester's key with its modulus proof, as the coordinator sends it to a node that
+    has not verified it yet (every test here may be the first to send it)."""
+    keys = federation.keys[requester]
+    return common_pb2.PaillierPublicKey(n=keys.public.to_bytes(), modulus_proof=keys.modulus_proof)
 
 
 def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
@@ -346,7 +404,7 @@ def _chunk_request(federation: Federation, **overrides: object) -> node_pb2.Cont
         "subject_ids": [_person(federation)] * 3,
         "shape": common_pb2.SHAPE_TOTAL,
         "purpose": "credit_rescoring",
-        "public_key": common_pb2.PaillierPublicKey(n=federation.keys[SYNC].public.to_bytes()),
+        "public_key": _proven_key(federation, SYNC),
         "slots": list(layout.names),
         "slot_widths": list(layout.widths),
         "subjects_per_ciphertext": layout.capacity(2048),
@@ -423,7 +481,7 @@ def test_a_chunk_for_a_purpose_the_department_does_not_batch_is_refused(
     request = _chunk_request(
         federation,
         purpose="loan_underwriting",
-        public_key=common_pb2.PaillierPublicKey(n=federation.keys[AGENCY].public.to_bytes()),
+        public_key=_proven_key(federation, AGENCY),
     )
     error = _chunk_refused(as_coordinator, request, agency_token, grpc.StatusCode.PERMISSION_DENIED)
     assert "does not contribute to batches" in (error.details() or "")

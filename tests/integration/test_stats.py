@@ -173,7 +173,11 @@ def _node_request(
         subject_kind=common_pb2.SUBJECT_KIND_PERSON,
         subject_ids=cohort,
         purpose=PURPOSE,
-        public_key=common_pb2.PaillierPublicKey(n=fed.keys[requester].public.to_bytes()),
+        public_key=common_pb2.PaillierPublicKey(
+            n=fed.keys[requester].public.to_bytes(),
+            # the node verifies the key's proof once: this may be its first request
+            modulus_proof=fed.keys[requester].modulus_proof,
+        ),
         slots=list(layout.names),
         slot_widths=list(layout.widths),
         slot_bounds=[slot.sum_bound for slot in layout.slots],

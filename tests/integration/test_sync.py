@@ -208,7 +208,8 @@ def rig(
     receiver_certs = root / "receiver-certs"
     issue_certificate(platform_certs, role=PeerRole.NODE, name="province",
                       out_dir=receiver_certs / "nodes" / "province")  # fmt: skip
-    for part in ("ca.pem", "operator"):
+    # the CRL too: a server refuses to start on a --certs-dir without one
+    for part in ("ca.pem", "crl.pem", "operator"):
         source = platform_certs / part
         target = receiver_certs / part
         if source.is_dir():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import duckdb
 import pytest
 
 from osmanthus.core.catalogue import load_catalogue
-from osmanthus.core.errors import ConfigError, Unavailable
+from osmanthus.core.errors import ConfigError, InvalidArgument, Unavailable
 from osmanthus.core.types import Shape, SubjectKind
 from sdk.batchjob import BatchJob
 from sdk.results import BatchScore
@@ -147,3 +148,100 @@ def test_a_changed_input_is_not_resumed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="belongs to another job") as caught:
         _job(tmp_path).run(scorer)
     assert caught.value.field == "input_sha256"
+
+
+class Clock:
+    """The job's clock, moved on by the scorer: one second per row scored."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _saved_rows(tmp_path: Path) -> int:
+    """The rows a `kill -9` at this moment would leave saved (the checkpoint on disk)."""
+    checkpoint = tmp_path / "out.parquet.parts" / "checkpoint.json"
+    return int(json.loads(checkpoint.read_text())["rows"]) if checkpoint.exists() else 0
+
+
+@pytest.mark.parametrize(
+    ("checkpoint_s", "killed_at", "saved"),
+    [
+        (10.0, 23, 20),  # saved at 10 s (row 10, a chunk's end) and 20 s; not 25 yet
+        (12.0, 23, 15),  # 12 s have passed mid-chunk: saved at that chunk's end, row 15
+        (0.0, 23, 20),  # after every chunk
+        (10.0, 9, 0),  # too early for any save
+        (1e9, 39, 0),  # the control: by rows only (every 1,000 here), nothing before the end
+    ],
+)
+def test_rows_are_saved_by_time_as_well_as_by_count(
+    tmp_path: Path, checkpoint_s: float, killed_at: int, saved: int
+) -> None:
+    clock = Clock()
+    seen: list[int] = []
+
+    def killed(ids: Iterator[str]) -> Iterator[BatchScore]:
+        for n, row in enumerate(scorer(ids)):
+            if n == killed_at:
+                seen.append(_saved_rows(tmp_path))  # what a kill -9 now would leave
+                raise Interrupt
+            clock.now += 1.0
+            yield row
+
+    job = _job(tmp_path)
+    job = BatchJob(
+        source=job.source,
+        output=job.output,
+        model=MODEL,
+        shape=Shape.TOTAL,
+        purpose="credit_rescoring",
+        chunk_size=5,
+        rows_per_part=1000,
+        checkpoint_s=checkpoint_s,
+        clock=clock,
+    )
+    with pytest.raises(Interrupt):
+        job.run(killed)
+    assert seen == [saved]
+    # and the job resumes from there to the same output as an uninterrupted run
+    assert _job(tmp_path).run(scorer).resumed_from >= saved
+    assert _output(tmp_path / "out.parquet") == _expected()
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), True, "30"])
+def test_a_bad_checkpoint_interval_is_refused(tmp_path: Path, bad: object) -> None:
+    job = _job(tmp_path)
+    with pytest.raises(InvalidArgument, match="checkpoint seconds must be a finite number") as e:
+        BatchJob(
+            source=job.source,
+            output=job.output,
+            model=MODEL,
+            shape=Shape.TOTAL,
+            purpose="credit_rescoring",
+            chunk_size=5,
+            checkpoint_s=bad,  # type: ignore[arg-type]
+        )
+    assert e.value.field == "checkpoint_seconds"
+
+
+def test_the_command_saves_by_time_by_default_as_the_job_does(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from osmanthus.cli.app import build_parser
+    from osmanthus.cli.batch import DEFAULT_CHECKPOINT_SECONDS
+    from sdk.batchjob import DEFAULT_CHECKPOINT_S
+
+    assert DEFAULT_CHECKPOINT_SECONDS == DEFAULT_CHECKPOINT_S
+    argv = ["batch", "score", "--in", "i.csv", "--out", "o.parquet", "--keys", "k"]
+    argv += ["--coordinator", "c:1", "--requester", "sync-1"]
+    assert build_parser().parse_args(argv).checkpoint_seconds == DEFAULT_CHECKPOINT_S
+    assert (
+        build_parser().parse_args([*argv, "--checkpoint-seconds", "0.5"]).checkpoint_seconds == 0.5
+    )
+    for bad in ("-1", "nan", "inf", "soon"):
+        with pytest.raises(SystemExit) as exited:
+            build_parser().parse_args([*argv, "--checkpoint-seconds", bad])
+        assert exited.value.code == 2
+        assert f"argument --checkpoint-seconds: '{bad}'" in capsys.readouterr().err

@@ -12,15 +12,14 @@ from osmanthus.core.crypto import (
     PARALLEL_MIN_PER_WORKER,
     SIGNED_FRACTION,
     Ciphertext,
-    ParallelDecryptor,
     PrivateKey,
     PublicKey,
     UnsafeShortKeys,
-    ZeroTestPool,
     generate_keypair,
     resolve_workers,
 )
 from osmanthus.core.errors import CryptoError, FailedPrecondition, InvalidArgument
+from osmanthus.core.workers import ParallelDecryptor, ZeroTestPool
 
 KeyPair = tuple[PublicKey, PrivateKey]
 WORKERS = 2
@@ -174,7 +173,7 @@ def test_zero_tests_survive_a_killed_worker_and_the_pool_is_renewed() -> None:
         assert sum(private.is_zero(c) for c in tests()) == 1
         inner = pool._pool
         assert inner is not None
-        for pid in list(inner._processes):  # an out-of-memory kill, say
+        for pid in pool.worker_pids():  # an out-of-memory kill, say
             os.kill(pid, signal.SIGKILL)
         # answered in process this time
         assert [private.is_zero(c) for c in tests()].count(True) == 1

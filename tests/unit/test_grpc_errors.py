@@ -39,6 +39,8 @@ EXPECTED: dict[type[errors.OsmanthusError], tuple[grpc.StatusCode, type[errors.O
     errors.PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, errors.PermissionDenied),
     errors.NotFound: (grpc.StatusCode.NOT_FOUND, errors.NotFound),
     errors.FailedPrecondition: (grpc.StatusCode.FAILED_PRECONDITION, errors.FailedPrecondition),
+    # shares FAILED_PRECONDITION; the coordinator resends with the key's proof on this one
+    errors.KeyProofRequired: (grpc.StatusCode.FAILED_PRECONDITION, errors.KeyProofRequired),
     errors.Unavailable: (grpc.StatusCode.UNAVAILABLE, errors.Unavailable),
     errors.DeadlineExceeded: (grpc.StatusCode.DEADLINE_EXCEEDED, errors.DeadlineExceeded),
     errors.RateLimited: (grpc.StatusCode.RESOURCE_EXHAUSTED, errors.RateLimited),

@@ -619,13 +619,15 @@ def test_the_state_directory_is_the_node_users_only(
         prepare_state_dir(made)
         assert _mode(made) == STATE_DIR_MODE == 0o700
         opened = tmp_path / "old"
-        opened.mkdir(mode=0o755)
-        with caplog.at_level(logging.WARNING, logger="node.server"):
+        opened.mkdir()
+        # explicitly: preparing a state directory narrowed this process's umask
+        os.chmod(opened, 0o755)
+        with caplog.at_level(logging.WARNING, logger="osmanthus.core.files"):
             prepare_state_dir(opened)
         assert _mode(opened) == 0o700
         assert "was open to other users (mode 755)" in caplog.text
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="node.server"):
+        with caplog.at_level(logging.WARNING, logger="osmanthus.core.files"):
             prepare_state_dir(opened)
         assert caplog.text == ""
     finally:

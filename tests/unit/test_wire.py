@@ -6,6 +6,7 @@ bytes is a value both ends agree on; a field added to a message on one side only
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from google.protobuf.message import Message
 
-from osmanthus.core.catalogue import ListColour
+from osmanthus.core.catalogue import ListColour, load_catalogue
 from osmanthus.core.errors import InvalidArgument
 from osmanthus.core.lists import (
     EntryId,
@@ -38,10 +39,13 @@ from osmanthus.core.types import (
     SubjectKind,
 )
 from osmanthus.core.wire import coordinator as coord
-from osmanthus.core.wire import lists, node, province
+from osmanthus.core.wire import decoded, lists, node, province
+from osmanthus.core.wire.common import RequestLimits
 from osmanthus.v1 import coordinator_pb2
 
 AT = datetime(2026, 12, 7, 8, 30, 15, tzinfo=UTC)
+#: the shipped catalogue's natural sizes, which a server caps repeated request fields at
+LIMITS = RequestLimits.for_catalogue(load_catalogue())
 KEY = (2**2047 + 12345).to_bytes(256, "big")
 ENTRY = PublicEntry(
     entry_id=EntryId("2026-su05-zhi-0123"),
@@ -95,7 +99,7 @@ ROUND_TRIPS: list[tuple[str, Any, Callable[[Any], Message], Callable[[Any], Any]
             measures=("bank_loan",),
         ),
         node.contribution_request_to_proto,
-        node.contribution_request_from_proto,
+        functools.partial(node.contribution_request_from_proto, limits=LIMITS),
     ),
     (
         "contribution result",
@@ -125,7 +129,7 @@ ROUND_TRIPS: list[tuple[str, Any, Callable[[Any], Message], Callable[[Any], Any]
             subjects_per_ciphertext=136,
         ),
         node.chunk_request_to_proto,
-        node.chunk_request_from_proto,
+        functools.partial(node.chunk_request_from_proto, limits=LIMITS),
     ),
     (
         "stats request",
@@ -141,7 +145,7 @@ ROUND_TRIPS: list[tuple[str, Any, Callable[[Any], Message], Callable[[Any], Any]
             slot_bounds=(300,),
         ),
         node.stats_request_to_proto,
-        node.stats_request_from_proto,
+        functools.partial(node.stats_request_from_proto, limits=LIMITS),
     ),
     (
         "public query",
@@ -196,7 +200,7 @@ ROUND_TRIPS: list[tuple[str, Any, Callable[[Any], Message], Callable[[Any], Any]
             threshold=110,
         ),
         coord.person_query_to_proto,
-        coord.person_query_from_proto,
+        functools.partial(coord.person_query_from_proto, limits=LIMITS),
     ),
     (
         "enterprise query",
@@ -209,7 +213,7 @@ ROUND_TRIPS: list[tuple[str, Any, Callable[[Any], Message], Callable[[Any], Any]
             departments=("tax",),
         ),
         coord.enterprise_query_to_proto,
-        coord.enterprise_query_from_proto,
+        functools.partial(coord.enterprise_query_from_proto, limits=LIMITS),
     ),
     (
         "query outcome",
@@ -237,7 +241,7 @@ ROUND_TRIPS: list[tuple[str, Any, Callable[[Any], Message], Callable[[Any], Any]
             public_key=KEY,
         ),
         coord.stats_query_to_proto,
-        coord.stats_query_from_proto,
+        functools.partial(coord.stats_query_from_proto, limits=LIMITS),
     ),
     (
         "stats outcome",
@@ -395,3 +399,36 @@ def test_a_person_query_cannot_name_departments() -> None:
     with pytest.raises(InvalidArgument) as caught:
         coord.person_query_to_proto(request)
     assert caught.value.field == "departments"
+
+
+def test_a_repeated_field_past_its_natural_size_is_refused_naming_it_and_the_cap() -> None:
+    # one more than the catalogue has: refused before any entry is read
+    departments = [f"d{i}" for i in range(LIMITS.departments + 1)]
+    message = coordinator_pb2.EnterpriseQueryRequest(departments=departments)
+    with pytest.raises(InvalidArgument) as caught:
+        coord.enterprise_query_from_proto(message, limits=LIMITS)
+    assert caught.value.field == "departments"
+    assert f"at most {LIMITS.departments}" in caught.value.message
+    chunk = coordinator_pb2.BatchQueryRequest(
+        chunk=coordinator_pb2.SubjectChunk(
+            chunk=0, subject_ids=["x"] * (node.MAX_CHUNK_SUBJECTS + 1)
+        )
+    )
+    with pytest.raises(InvalidArgument) as caught:
+        list(coord.subject_chunks_from_proto([chunk]))
+    assert caught.value.field == "subject_ids"
+    assert f"at most {node.MAX_CHUNK_SUBJECTS}" in caught.value.message
+    # at the cap, it reads
+    at_cap = coordinator_pb2.EnterpriseQueryRequest(departments=departments[:-1])
+    assert len(coord.enterprise_query_from_proto(at_cap, limits=LIMITS).departments) == len(
+        departments[:-1]
+    )
+
+
+def test_bytes_that_are_not_the_message_are_an_invalid_argument_naming_the_type() -> None:
+    # field 1 (resident_id, a string) announced 100 bytes long, with 2 sent
+    with pytest.raises(InvalidArgument) as caught:
+        decoded(b"\x0a\x64ab", coordinator_pb2.PersonQueryRequest.FromString)
+    assert caught.value.field == "request"
+    assert "osmanthus.v1.PersonQueryRequest" in caught.value.message
+    assert decoded(b"", None) == b""

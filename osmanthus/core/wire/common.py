@@ -8,11 +8,13 @@ style pairs that both ends of a call use (after flwr's serde).
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 from google.protobuf import timestamp_pb2
 
+from osmanthus.core.catalogue import Catalogue
 from osmanthus.core.errors import InvalidArgument
 from osmanthus.core.types import DepartmentId, DepartmentStatus, Shape, SubjectKind
 from osmanthus.v1 import common_pb2
@@ -39,6 +41,46 @@ SHAPE_TO_PB: dict[Shape, common_pb2.Shape] = {
     Shape.THRESHOLD: common_pb2.SHAPE_THRESHOLD,
     Shape.FLAGS: common_pb2.SHAPE_FLAGS,
 }
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestLimits:
+    """The most entries each catalogue-sized repeated request field may hold: its natural size.
+
+    A 1 MiB message holds ~170,000 short strings; a server refuses a repeated field longer than
+    anything an honest peer sends (`capped`) before it reads one entry, authenticates or
+    decides, so that no check ever meets more entries than the catalogue has. Both ends derive
+    the limits from the catalogue they share.
+    """
+
+    #: departments a query may name: the catalogue's departments
+    departments: int
+    #: joint-punishment measures a FLAGS query may ask: the catalogue's measures
+    measures: int
+    #: slot names, widths or bounds of a layout, and statistics of a STATS query: the most
+    #: BREAKDOWN slots of any subject kind
+    slots: int
+
+    @classmethod
+    def for_catalogue(cls, catalogue: Catalogue) -> RequestLimits:
+        return cls(
+            departments=len(catalogue.departments),
+            measures=len(catalogue.measures),
+            slots=max((len(m.slot_names()) for m in catalogue.models.values()), default=0),
+        )
+
+
+def capped(values: Sequence[T], *, limit: int, field: str, natural: str) -> tuple[T, ...]:
+    """`values` as a tuple; InvalidArgument naming `field` and the cap, before reading any entry,
+    if there are more than `limit` (`natural` says what the cap is, e.g. "the catalogue's
+    measures")."""
+    # len() of a repeated field is O(1): the refusal costs nothing however long the field is
+    if len(values) > limit:
+        raise InvalidArgument(
+            f"{len(values)} entries; at most {limit} ({natural})",
+            field=field,
+        )
+    return tuple(values)
 
 
 def kind_from_pb(value: int) -> SubjectKind | None:

@@ -9,7 +9,7 @@ the requester's (INVALID_ARGUMENT).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -30,6 +30,8 @@ from osmanthus.core.types import (
 from osmanthus.core.wire.common import (
     KIND_TO_PB,
     SHAPE_TO_PB,
+    RequestLimits,
+    capped,
     consent_kind_from_pb,
     kind_from_pb,
     kind_to_pb,
@@ -40,6 +42,7 @@ from osmanthus.core.wire.common import (
     timestamp_to_proto,
 )
 from osmanthus.core.wire.lists import public_entry_from_proto, public_entry_to_proto
+from osmanthus.core.wire.node import MAX_CHUNK_SUBJECTS, MAX_COHORT
 from osmanthus.v1 import common_pb2, coordinator_pb2, lists_pb2
 
 # --- common ---------------------------------------------------------------------------------
@@ -62,8 +65,13 @@ def _statuses_to_proto(
     ]
 
 
-def register_key_to_proto(n_bytes: bytes) -> coordinator_pb2.RegisterKeyRequest:
-    return coordinator_pb2.RegisterKeyRequest(public_key=_key(n_bytes))
+def register_key_to_proto(
+    n_bytes: bytes, *, modulus_proof: bytes
+) -> coordinator_pb2.RegisterKeyRequest:
+    """RegisterKey: the key with its modulus proof (osmanthus.core.keyproof), which is required."""
+    return coordinator_pb2.RegisterKeyRequest(
+        public_key=common_pb2.PaillierPublicKey(n=n_bytes, modulus_proof=modulus_proof)
+    )
 
 
 # --- one subject: PersonQuery and EnterpriseQuery --------------------------------------------
@@ -128,7 +136,16 @@ def person_query_to_proto(request: QueryRequest) -> coordinator_pb2.PersonQueryR
     )
 
 
-def person_query_from_proto(message: coordinator_pb2.PersonQueryRequest) -> QueryRequest:
+def _measures(values: Sequence[str], limits: RequestLimits) -> tuple[str, ...]:
+    return capped(
+        values, limit=limits.measures, field="measures", natural="the catalogue's measures"
+    )
+
+
+def person_query_from_proto(
+    message: coordinator_pb2.PersonQueryRequest, *, limits: RequestLimits
+) -> QueryRequest:
+    """The question, each repeated field refused past its natural size before it is read."""
     return QueryRequest(
         subject_kind=SubjectKind.PERSON,
         subject_id=message.resident_id,
@@ -137,7 +154,7 @@ def person_query_from_proto(message: coordinator_pb2.PersonQueryRequest) -> Quer
         consent_id=message.consent_id,
         public_key=message.public_key.n,
         threshold=message.threshold,
-        measures=tuple(message.measures),
+        measures=_measures(message.measures, limits),
     )
 
 
@@ -154,7 +171,10 @@ def enterprise_query_to_proto(request: QueryRequest) -> coordinator_pb2.Enterpri
     )
 
 
-def enterprise_query_from_proto(message: coordinator_pb2.EnterpriseQueryRequest) -> QueryRequest:
+def enterprise_query_from_proto(
+    message: coordinator_pb2.EnterpriseQueryRequest, *, limits: RequestLimits
+) -> QueryRequest:
+    """The question, each repeated field refused past its natural size before it is read."""
     return QueryRequest(
         subject_kind=SubjectKind.ENTERPRISE,
         subject_id=message.credit_code,
@@ -163,8 +183,13 @@ def enterprise_query_from_proto(message: coordinator_pb2.EnterpriseQueryRequest)
         consent_id=message.consent_id,
         public_key=message.public_key.n,
         threshold=message.threshold,
-        measures=tuple(message.measures),
-        departments=tuple(message.departments),
+        measures=_measures(message.measures, limits),
+        departments=capped(
+            message.departments,
+            limit=limits.departments,
+            field="departments",
+            natural="the catalogue's departments",
+        ),
     )
 
 
@@ -246,13 +271,26 @@ def stats_query_to_proto(query: StatsQuery) -> coordinator_pb2.StatsQueryRequest
     )
 
 
-def stats_query_from_proto(message: coordinator_pb2.StatsQueryRequest) -> StatsQuery:
+def stats_query_from_proto(
+    message: coordinator_pb2.StatsQueryRequest, *, limits: RequestLimits
+) -> StatsQuery:
+    """The question, each repeated field refused past its natural size before it is read."""
     return StatsQuery(
         subject_kind=kind_from_pb(message.subject_kind),
-        subject_ids=tuple(message.subject_ids),
+        subject_ids=capped(
+            message.subject_ids,
+            limit=MAX_COHORT,
+            field="subject_ids",
+            natural="the subjects of one STATS cohort",
+        ),
         purpose=message.purpose,
         epsilon=message.epsilon,
-        statistics=tuple(message.statistics),
+        statistics=capped(
+            message.statistics,
+            limit=limits.slots,
+            field="statistics",
+            natural="a breakdown's slots in this catalogue",
+        ),
         public_key=message.public_key.n,
     )
 
@@ -491,7 +529,15 @@ def subject_chunks_from_proto(
     for message in messages:
         if message.WhichOneof("item") != "chunk":
             raise InvalidArgument("only the first message of a batch is a header", field="chunk")
-        yield SubjectChunk(chunk=message.chunk.chunk, subject_ids=tuple(message.chunk.subject_ids))
+        yield SubjectChunk(
+            chunk=message.chunk.chunk,
+            subject_ids=capped(
+                message.chunk.subject_ids,
+                limit=MAX_CHUNK_SUBJECTS,
+                field="subject_ids",
+                natural=f"the subjects of one chunk; chunk {message.chunk.chunk}",
+            ),
+        )
 
 
 def batch_plan_to_proto(plan: BatchPlan) -> coordinator_pb2.BatchQueryResponse:

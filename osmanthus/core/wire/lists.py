@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from osmanthus.core.catalogue import ListColour
 from osmanthus.core.errors import InvalidArgument
 from osmanthus.core.lists import (
+    MAX_ENTRIES_PER_PUBLISH,
     EntryId,
     EntryStatus,
     ListChange,
@@ -29,6 +30,7 @@ from osmanthus.core.lists import (
 from osmanthus.core.types import DepartmentId, SubjectKind
 from osmanthus.core.wire.common import (
     KIND_TO_PB,
+    capped,
     kind_from_pb,
     kind_to_pb,
     required,
@@ -136,6 +138,13 @@ def withdraw_reason_from_pb(value: int) -> WithdrawReason | None:
 
 
 def entry_drafts_from_proto(message: lists_pb2.PublishEntriesRequest) -> tuple[EntryDraft, ...]:
+    """The drafts, refused past MAX_ENTRIES_PER_PUBLISH before one is read."""
+    entries = capped(
+        message.entries,
+        limit=MAX_ENTRIES_PER_PUBLISH,
+        field="entries",
+        natural="the entries of one publication; send the rest in another",
+    )
     return tuple(
         EntryDraft(
             entry_id=e.entry_id,
@@ -148,7 +157,7 @@ def entry_drafts_from_proto(message: lists_pb2.PublishEntriesRequest) -> tuple[E
             window_start=e.window_start,
             window_end=e.window_end,
         )
-        for e in message.entries
+        for e in entries
     )
 
 

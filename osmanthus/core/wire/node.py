@@ -11,14 +11,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from osmanthus.core.catalogue import Catalogue, Department
+from osmanthus.core.consent_feed import MAX_STAPLED_REVOCATIONS, Revocation, SignedHead
 from osmanthus.core.encoding import SlotLayout
 from osmanthus.core.errors import InvalidArgument
 from osmanthus.core.ids import validate_subject
 from osmanthus.core.names import validate_purpose, validate_query_id
-from osmanthus.core.types import DepartmentId, Purpose, QueryId, Shape, SubjectId, SubjectKind
+from osmanthus.core.types import (
+    ConsentId,
+    DepartmentId,
+    Purpose,
+    QueryId,
+    Shape,
+    SubjectId,
+    SubjectKind,
+)
 from osmanthus.core.wire.common import (
     KIND_TO_PB,
     SHAPE_TO_PB,
+    RequestLimits,
+    capped,
     kind_from_pb,
     kind_to_pb,
     shape_from_pb,
@@ -31,6 +42,8 @@ MAX_CHUNK_SUBJECTS = 10_000
 #: the most subjects one STATS cohort may name: their ids (~20 bytes each on the wire) must fit
 #: one message under the servers' 1 MiB receive limit (osmanthus.core.wire.MAX_RECEIVE_BYTES)
 MAX_COHORT = 50_000
+
+_SLOTS = "a layout's slots in this catalogue"
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,13 @@ class ContributionRequest:
     slot_widths: tuple[int, ...]
     #: FLAGS: the joint-punishment measures asked, in order
     measures: tuple[str, ...] = ()
+    #: a query under a consent: the registry's signed receipt for `consent_id`, its current
+    #: revocation head and the feed entries the node has not acknowledged (consent_feed)
+    consent_receipt: str = ""
+    revocation_head: SignedHead | None = None
+    revocations: tuple[Revocation, ...] = ()
+    #: the key's modulus proof (osmanthus.core.keyproof), sent until the node has verified it
+    modulus_proof: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -62,6 +82,8 @@ class ChunkRequest:
     slots: tuple[str, ...]
     slot_widths: tuple[int, ...]
     subjects_per_ciphertext: int
+    #: the key's modulus proof (osmanthus.core.keyproof), sent until the node has verified it
+    modulus_proof: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -78,6 +100,8 @@ class StatsRequest:
     slot_widths: tuple[int, ...]
     #: one subject's largest value of each slot, which the coordinator calibrates noise to
     slot_bounds: tuple[int, ...]
+    #: the key's modulus proof (osmanthus.core.keyproof), sent until the node has verified it
+    modulus_proof: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -98,8 +122,10 @@ def validate_measures(catalogue: Catalogue, measures: Sequence[str]) -> tuple[st
             field="measures",
         )
     known = [m.id for m in catalogue.measures]
+    # a set: one lookup per measure asked, whatever the catalogue's size
+    known_set = frozenset(known)
     for name in measures:
-        if name not in known:
+        if name not in known_set:
             raise InvalidArgument(
                 f"{name[:40]!r} is not a joint-punishment measure; known: {', '.join(known)}",
                 field="measures",
@@ -136,7 +162,8 @@ def validate_statistics(layout: SlotLayout, names: Sequence[str]) -> tuple[str, 
     """The statistics asked, all slot names of `layout`, none twice; empty means all."""
     if not names:
         return layout.names
-    unknown = [n for n in names if n not in layout.names]
+    known = frozenset(layout.names)
+    unknown = [n for n in names if n not in known]
     if unknown:
         raise InvalidArgument(
             f"unknown statistic {unknown[0][:40]!r}; choose from {', '.join(layout.names)}",
@@ -191,7 +218,10 @@ def validate_query_fields(
 # --- conversions ---------------------------------------------------------------------------
 
 
-def contribution_request_from_proto(message: node_pb2.ContributeRequest) -> ContributionRequest:
+def contribution_request_from_proto(
+    message: node_pb2.ContributeRequest, *, limits: RequestLimits
+) -> ContributionRequest:
+    """The request, each repeated field refused past its natural size before it is read."""
     return ContributionRequest(
         query_id=message.query_id,
         subject_kind=kind_from_pb(message.subject_kind),
@@ -200,9 +230,40 @@ def contribution_request_from_proto(message: node_pb2.ContributeRequest) -> Cont
         purpose=message.purpose,
         consent_id=message.consent_id,
         public_key=message.public_key.n,
-        slots=tuple(message.slots),
-        slot_widths=tuple(message.slot_widths),
-        measures=tuple(message.measures),
+        modulus_proof=message.public_key.modulus_proof,
+        slots=capped(message.slots, limit=limits.slots, field="slots", natural=_SLOTS),
+        slot_widths=capped(
+            message.slot_widths, limit=limits.slots, field="slot_widths", natural=_SLOTS
+        ),
+        measures=capped(
+            message.measures,
+            limit=limits.measures,
+            field="measures",
+            natural="the catalogue's measures",
+        ),
+        consent_receipt=message.consent_receipt,
+        revocation_head=(
+            SignedHead(
+                payload=message.revocation_head.payload,
+                signature=message.revocation_head.signature,
+            )
+            if message.HasField("revocation_head")
+            else None
+        ),
+        revocations=tuple(
+            Revocation(
+                sequence=r.sequence,
+                consent_id=ConsentId(r.consent_id),
+                revoked_at=r.revoked_at,
+                expires_at=r.expires_at,
+            )
+            for r in capped(
+                message.revocations,
+                limit=MAX_STAPLED_REVOCATIONS,
+                field="revocations",
+                natural="the revocations one request carries",
+            )
+        ),
     )
 
 
@@ -218,10 +279,30 @@ def contribution_request_to_proto(request: ContributionRequest) -> node_pb2.Cont
         shape=SHAPE_TO_PB[request.shape] if request.shape else common_pb2.SHAPE_UNSPECIFIED,
         purpose=request.purpose,
         consent_id=request.consent_id,
-        public_key=common_pb2.PaillierPublicKey(n=request.public_key),
+        public_key=common_pb2.PaillierPublicKey(
+            n=request.public_key, modulus_proof=request.modulus_proof
+        ),
         slots=list(request.slots),
         slot_widths=list(request.slot_widths),
         measures=list(request.measures),
+        consent_receipt=request.consent_receipt,
+        revocation_head=(
+            node_pb2.ConsentRevocationHead(
+                payload=request.revocation_head.payload,
+                signature=request.revocation_head.signature,
+            )
+            if request.revocation_head is not None
+            else None
+        ),
+        revocations=[
+            node_pb2.ConsentRevocation(
+                sequence=r.sequence,
+                consent_id=r.consent_id,
+                revoked_at=r.revoked_at,
+                expires_at=r.expires_at,
+            )
+            for r in request.revocations
+        ],
     )
 
 
@@ -247,17 +328,28 @@ def contribution_result_from_proto(message: node_pb2.ContributeResponse) -> Cont
     )
 
 
-def chunk_request_from_proto(message: node_pb2.ContributeChunkRequest) -> ChunkRequest:
+def chunk_request_from_proto(
+    message: node_pb2.ContributeChunkRequest, *, limits: RequestLimits
+) -> ChunkRequest:
+    """The request, each repeated field refused past its natural size before it is read."""
     return ChunkRequest(
         query_id=message.query_id,
         chunk=message.chunk,
         subject_kind=kind_from_pb(message.subject_kind),
-        subject_ids=tuple(message.subject_ids),
+        subject_ids=capped(
+            message.subject_ids,
+            limit=MAX_CHUNK_SUBJECTS,
+            field="subject_ids",
+            natural="the subjects of one batch chunk",
+        ),
         shape=shape_from_pb(message.shape),
         purpose=message.purpose,
         public_key=message.public_key.n,
-        slots=tuple(message.slots),
-        slot_widths=tuple(message.slot_widths),
+        modulus_proof=message.public_key.modulus_proof,
+        slots=capped(message.slots, limit=limits.slots, field="slots", natural=_SLOTS),
+        slot_widths=capped(
+            message.slot_widths, limit=limits.slots, field="slot_widths", natural=_SLOTS
+        ),
         subjects_per_ciphertext=message.subjects_per_ciphertext,
     )
 
@@ -270,7 +362,9 @@ def chunk_request_to_proto(request: ChunkRequest) -> node_pb2.ContributeChunkReq
         subject_ids=list(request.subject_ids),
         shape=shape_to_pb(request.shape),
         purpose=request.purpose,
-        public_key=common_pb2.PaillierPublicKey(n=request.public_key),
+        public_key=common_pb2.PaillierPublicKey(
+            n=request.public_key, modulus_proof=request.modulus_proof
+        ),
         slots=list(request.slots),
         slot_widths=list(request.slot_widths),
         subjects_per_ciphertext=request.subjects_per_ciphertext,
@@ -297,17 +391,32 @@ def chunk_result_from_proto(message: node_pb2.ContributeChunkResponse) -> ChunkR
     )
 
 
-def stats_request_from_proto(message: node_pb2.ContributeStatsRequest) -> StatsRequest:
+def stats_request_from_proto(
+    message: node_pb2.ContributeStatsRequest, *, limits: RequestLimits
+) -> StatsRequest:
+    """The request, each repeated field refused past its natural size before it is read."""
     return StatsRequest(
         query_id=message.query_id,
         subject_kind=kind_from_pb(message.subject_kind),
-        subject_ids=tuple(message.subject_ids),
+        subject_ids=capped(
+            message.subject_ids,
+            limit=MAX_COHORT,
+            field="subject_ids",
+            natural="the subjects of one STATS cohort",
+        ),
         purpose=message.purpose,
         public_key=message.public_key.n,
-        statistics=tuple(message.statistics),
-        slots=tuple(message.slots),
-        slot_widths=tuple(message.slot_widths),
-        slot_bounds=tuple(message.slot_bounds),
+        modulus_proof=message.public_key.modulus_proof,
+        statistics=capped(
+            message.statistics, limit=limits.slots, field="statistics", natural=_SLOTS
+        ),
+        slots=capped(message.slots, limit=limits.slots, field="slots", natural=_SLOTS),
+        slot_widths=capped(
+            message.slot_widths, limit=limits.slots, field="slot_widths", natural=_SLOTS
+        ),
+        slot_bounds=capped(
+            message.slot_bounds, limit=limits.slots, field="slot_bounds", natural=_SLOTS
+        ),
     )
 
 
@@ -317,7 +426,9 @@ def stats_request_to_proto(request: StatsRequest) -> node_pb2.ContributeStatsReq
         subject_kind=kind_to_pb(request.subject_kind),
         subject_ids=list(request.subject_ids),
         purpose=request.purpose,
-        public_key=common_pb2.PaillierPublicKey(n=request.public_key),
+        public_key=common_pb2.PaillierPublicKey(
+            n=request.public_key, modulus_proof=request.modulus_proof
+        ),
         statistics=list(request.statistics),
         slots=list(request.slots),
         slot_widths=list(request.slot_widths),

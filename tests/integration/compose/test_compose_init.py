@@ -10,6 +10,7 @@ provincial receiver's key in one only init and the receiver mount.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import stat
 import time
@@ -23,8 +24,10 @@ import pytest
 from certs import DEFAULT_OPERATOR_NAME, PeerRole, cert_paths
 from osmanthus.core import signing
 from osmanthus.core.catalogue import Catalogue
+from osmanthus.core.crl import load_ca_certificate, verify_crl
+from osmanthus.core.denylist import open_deny_list
 from osmanthus.core.syncbatch import sender_key_id
-from osmanthus.core.tokens import ReplayCache, TokenIssuer, TokenVerifier
+from osmanthus.core.tokens import DEFAULT_ISSUER, ReplayCache, TokenIssuer, TokenVerifier
 from osmanthus.core.types import Role, SubjectKind
 from province.senders import load_senders
 from sdk.batchjob import read_ids
@@ -237,12 +240,23 @@ def test_init_renews_a_young_sync_token_the_current_issuer_key_does_not_verify(
     # the secrets volume made anew (a new issuer key) while sync-config, and its token, survive
     config = _host_sync_config(compose, initialised)
     before = config.token_file.read_bytes()
+    deny = initialised.volume("secrets") / "token-deny.json"
+    old_sequence = json.loads(deny.read_bytes())["payload"]["sequence"]
     for name in ("issuer.key", "issuer.pub"):
         (initialised.volume("secrets") / name).unlink()
     done = _run_init(compose, initialised)
     assert done.returncode == 0, done.stdout + done.stderr
     assert config.token_file.read_bytes() != before
     assert "does not verify" in done.stdout
+    # the deny list is signed again above the sequence the servers hold, never started at 1
+    resigned = open_deny_list(
+        deny.read_bytes(),
+        public_key=signing.load_public_key(initialised.volume("secrets") / "issuer.pub"),
+        issuer="osmanthus-platform",
+        origin=str(deny),
+    )
+    assert resigned.sequence == old_sequence + 1
+    assert "READ WITHOUT VERIFICATION" in done.stdout + done.stderr
     days = int(compose.init.spec["environment"]["SYNC_TOKEN_DAYS"])
     _check_fresh_token(initialised, config, days=days)  # against the new issuer.pub
     issued = initialised.volume("secrets") / "issuer.pub"
@@ -391,3 +405,36 @@ def test_init_refuses_to_seed_over_department_data_it_did_not_make(
     assert "SEED_SYNTHETIC=0" in done.stderr
     assert foreign.read_bytes() == b"records imported by the department"
     assert not (host.volume("data") / "court.duckdb").exists()
+
+
+def test_every_server_follows_the_crl_and_deny_list_init_publishes_and_a_second_run_keeps(
+    compose: Compose, tmp_path: Path
+) -> None:
+    host = _host(tmp_path)
+    done = _run_init(compose, host, SEED_SYNTHETIC="0")
+    assert done.returncode == 0, done.stdout + done.stderr
+    servers = [*compose.nodes.values(), compose.coordinator, compose.province]
+    followed: dict[str, bytes] = {}
+    for server in servers:
+        mounted = host.mounted(server)
+        flags = ("--crl",) if server is compose.province else ("--crl", "--token-deny-list")
+        for flag in flags:
+            path = Path(mounted.map(server.option(flag)))
+            followed[f"{server.name} {flag}"] = path.read_bytes()
+            if flag == "--crl":
+                ca = load_ca_certificate(path.with_name("ca.pem"))
+                assert verify_crl(path.read_bytes(), ca=ca, origin=str(path)).revoked == {}
+            else:
+                public = signing.load_public_key(path.with_name("issuer.pub"))
+                deny = open_deny_list(
+                    path.read_bytes(), public_key=public, issuer=DEFAULT_ISSUER, origin=str(path)
+                )
+                assert not deny.requesters and not deny.tokens
+    again = _run_init(compose, host, SEED_SYNTHETIC="0")
+    assert again.returncode == 0, again.stdout + again.stderr
+    for server in servers:
+        mounted = host.mounted(server)
+        for name, data in followed.items():
+            if name.startswith(server.name + " "):
+                flag = name.split(" ", 1)[1]
+                assert Path(mounted.map(server.option(flag))).read_bytes() == data
