@@ -15,6 +15,7 @@ COPY certs/ certs/
 COPY policies/ policies/
 COPY province/ province/
 COPY syncjob/ syncjob/
+COPY portal/ portal/
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim

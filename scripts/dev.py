@@ -26,6 +26,7 @@ TYPED_PACKAGES = (
     "certs",
     "province",
     "syncjob",
+    "portal",
     "bench",
 )
 USAGE = "usage: python3 scripts/dev.py demo [demo options] | test [pytest options]"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("osmanthus", "sdk", "node", "coordinator", "province", "syncjob", "certs")
+PACKAGES = ("osmanthus", "sdk", "node", "coordinator", "province", "syncjob", "portal", "certs")
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 
@@ -66,6 +66,9 @@ def test_the_tree_keeps_every_contract(tmp_path: Path) -> None:
         ("sdk/client.py", "import coordinator.service", "applications > sync job"),
         # the sync job uses the SDK, never a server's internals
         ("syncjob/job.py", "import province.store", "the sync job is a requester"),
+        # the portal likewise, and it never reaches into the sync job either
+        ("portal/oidc.py", "import node.store", "the portal is a requester"),
+        ("portal/oidc.py", "import syncjob.job", "applications > sync job"),
         # the SDK needs the base install alone, the sync job its own extra
         ("sdk/keys.py", "import duckdb", "the SDK needs only the base install"),
         ("syncjob/roster.py", "import cedarpy", "the sync job needs its own extra only"),

@@ -1,0 +1,1 @@
+"""The subjects' portal: kiosk and online self-service (issue 15)."""
