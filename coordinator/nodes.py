@@ -45,14 +45,18 @@ from osmanthus.core.wire.node import (
     ChunkResult,
     ContributionRequest,
     ContributionResult,
+    SealedPart,
     StatsRequest,
     StatsResult,
+    SubjectFileQuery,
     chunk_request_to_proto,
     chunk_result_from_proto,
     contribution_request_to_proto,
     contribution_result_from_proto,
+    sealed_part_from_proto,
     stats_request_to_proto,
     stats_result_from_proto,
+    subject_file_query_to_proto,
 )
 from osmanthus.v1 import lists_pb2, node_pb2_grpc
 
@@ -116,6 +120,16 @@ class ListChangesAnswer:
     #: the department the node answered as
     department: DepartmentId
     message: lists_pb2.ListChangesResponse
+
+
+@dataclass(frozen=True)
+class SubjectFileAnswer:
+    """One department's sealed part of a subject's file, as its node sent it (unopened: the
+    coordinator has no key to open it with)."""
+
+    #: the department the node answered as (the part's source)
+    department: DepartmentId
+    part: SealedPart
 
 
 class NodeRevoked(Unauthenticated):
@@ -369,6 +383,29 @@ class NodePool:
                 token=token,
                 deadline_s=deadline_s,
             ),
+        )
+
+    def subject_files_all(
+        self,
+        departments: Sequence[DepartmentId],
+        query: SubjectFileQuery,
+        *,
+        token: str,
+        deadline_s: float,
+    ) -> tuple[list[SubjectFileAnswer], list[NodeFailure]]:
+        """A subject's file from every department at once, each part sealed by its node to the
+        key in `query`. The requester's token goes along: each node verifies it, and that the
+        key is the one its seal_fp claim names, itself."""
+        message = subject_file_query_to_proto(query)
+        return self._fan_out_each(
+            self._callers,
+            [(dept, message) for dept in departments],
+            "SubjectFile",
+            lambda _, message: SubjectFileAnswer(
+                department=DepartmentId(message.source), part=sealed_part_from_proto(message)
+            ),
+            token=token,
+            deadline_s=deadline_s,
         )
 
     def public_entries_each(

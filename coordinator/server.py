@@ -41,6 +41,7 @@ from osmanthus.core.receipts import (
     load_or_create_consent_key,
 )
 from osmanthus.core.server import RunningServer, start_server
+from osmanthus.core.subjectpart import PartSigner
 from osmanthus.core.tls import TlsFiles, check_files, identity_of_certificate
 from osmanthus.core.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, ReplayCache, TokenVerifier
 from osmanthus.v1 import coordinator_pb2, coordinator_pb2_grpc
@@ -158,6 +159,8 @@ def start_coordinator(
         )
     salt = load_or_create_salt(salt_path)
     consent_key = _consent_key(config)
+    # signs the coordinator's own part of a subject's file, as each node signs its part
+    part_signer = PartSigner.from_tls_files(config.tls)
     with ExitStack() as opened:
         # each resource is closed again if a later one fails to open
         keys = opened.enter_context(closing(KeyRegistry(config.state_dir / "keys.duckdb")))
@@ -197,6 +200,7 @@ def start_coordinator(
             ),
             deadline_s=config.deadline_s,
             encryptors=EncryptorCache(max_bytes=config.table_cache_bytes),
+            part_signer=part_signer,
         )
         servicer = CoordinatorServicer(service)
         server = start_server(

@@ -19,6 +19,7 @@ from coordinator.lists import ListSearcher
 from coordinator.nodes import NodeFailure, NodePool
 from coordinator.ratelimit import RateLimiter
 from coordinator.stats import StatsAnswerer
+from coordinator.subject_file import SubjectFileGatherer
 from osmanthus.core.audit import AuditLog
 from osmanthus.core.audited import AuditedRequest
 from osmanthus.core.catalogue import Catalogue, SubjectModel
@@ -41,9 +42,11 @@ from osmanthus.core.policy import (
     PolicyEngine,
     ReloadablePolicy,
 )
+from osmanthus.core.subjectpart import PartSigner
 from osmanthus.core.tls import PeerIdentity
 from osmanthus.core.tokens import TokenClaims, TokenVerifier
 from osmanthus.core.types import (
+    SUBJECT_DEVICE_ROLES,
     ConsentId,
     DepartmentStatus,
     KeyFingerprint,
@@ -65,6 +68,8 @@ from osmanthus.core.wire.coordinator import (
     StatsOutcome,
     StatsQuery,
     SubjectChunk,
+    SubjectFileOutcome,
+    SubjectFileRequest,
 )
 from osmanthus.core.wire.node import (
     ContributionRequest,
@@ -112,7 +117,10 @@ class CoordinatorService:
         encryptors: EncryptorCache,
         deadline_s: float = DEFAULT_DEADLINE_S,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        part_signer: PartSigner | None = None,
     ) -> None:
+        """`part_signer`: the coordinator certificate's key that signs its part of a subject's
+        file (osmanthus.core.subjectpart); without one, SubjectFile is refused."""
         self._ctx = CoordinatorContext(
             catalogue=catalogue,
             nodes=nodes,
@@ -136,6 +144,7 @@ class CoordinatorService:
         )
         self._lists = ListSearcher(self._ctx)
         self._list_changes = ListChangeFeed(self._ctx)
+        self._subject_files = SubjectFileGatherer(self._ctx, signer=part_signer)
         self._limits = RequestLimits.for_catalogue(catalogue)
 
     @property
@@ -246,8 +255,7 @@ class CoordinatorService:
             query_id=query_id, purpose=request.purpose, shape=request.shape
         )
         kind = request.subject_kind
-        field = "resident_id" if kind is SubjectKind.PERSON else "credit_code"
-        subject = validate_subject(kind, request.subject_id, field=field)
+        subject = validate_subject(kind, request.subject_id, field=kind.id_field)
         model = self._ctx.catalogue.model(kind)
         if shape is Shape.THRESHOLD and not model.floor < request.threshold <= model.ceiling:
             raise InvalidArgument(
@@ -746,6 +754,19 @@ class CoordinatorService:
             new_query_id(), request, authenticate=lambda: self.authenticate(caller, token)
         )
 
+    # --- a subject's own file ------------------------------------------------------------------
+
+    def subject_file(
+        self, request: SubjectFileRequest, *, caller: PeerIdentity, token: str | None
+    ) -> SubjectFileOutcome:
+        """Every department's part of a subject's file, sealed (see coordinator/subject_file.py)."""
+        return self._subject_files.gather(
+            new_query_id(),
+            request,
+            authenticate=lambda: self.authenticate(caller, token),
+            token=token,
+        )
+
     # --- statistics ----------------------------------------------------------------------------
 
     def stats(
@@ -823,7 +844,13 @@ class CoordinatorService:
         )
         with self._ctx.audited(record):
             claims = record.identify(self.authenticate(caller, token))
-            self._ctx.require(engine, claims, "ManageConsent", ("Registry", "consent"))
+            self._ctx.require(
+                engine,
+                claims,
+                "ManageConsent",
+                ("Registry", "consent"),
+                {"operation": "grant", "subject_bound": True},
+            )
             subject = validate_subject(subject_kind, subject_id, field="subject_id")
             consent = self._consents.grant(
                 subject_id=subject,
@@ -838,18 +865,49 @@ class CoordinatorService:
         return consent
 
     def revoke_consent(
-        self, consent_id: str, *, caller: PeerIdentity, token: str | None
+        self,
+        consent_id: str,
+        *,
+        caller: PeerIdentity,
+        token: str | None,
+        subject_id: str = "",
     ) -> Consent:
+        """Revoke a consent; with `subject_id`, only if it is that subject's (a subjects' portal
+        device must name the subject: it revokes for the one signed in and nobody else)."""
         engine = self._ctx.policy.current()
         record = AuditedRequest(
             query_id=new_query_id(),
             consent_id=consent_id,
             policy_hash=engine.hash,
             shape=CONSENT_REVOCATION,
+            subject_hash=self._ctx.audit.subject_hash(_canonical_any(subject_id))
+            if subject_id
+            else "",
         )
         with self._ctx.audited(record):
             claims = record.identify(self.authenticate(caller, token))
-            self._ctx.require(engine, claims, "ManageConsent", ("Registry", "consent"))
+            if claims.role in SUBJECT_DEVICE_ROLES and not subject_id:
+                raise PermissionDenied(
+                    "a subjects' portal device revokes a consent only for the subject it names "
+                    "(subject_id)",
+                    field="subject_id",
+                )
+            self._ctx.require(
+                engine,
+                claims,
+                "ManageConsent",
+                ("Registry", "consent"),
+                {"operation": "revoke", "subject_bound": bool(subject_id)},
+            )
+            if subject_id:
+                subject = validate_any_subject(subject_id, field="subject_id")
+                if self._consents.get(ConsentId(consent_id)).subject_id != subject:
+                    # the same refusal whoever's it is: nothing about the other subject is told
+                    raise PermissionDenied(
+                        f"consent {consent_id} is not the named subject's: a subject revokes "
+                        "only their own consents",
+                        field="consent_id",
+                    )
             consent = self._consents.revoke(ConsentId(consent_id), now=self._ctx.clock())
             record.subject_hash = self._ctx.audit.subject_hash(consent.subject_id)
             record.allow("consent revoked")
@@ -869,7 +927,19 @@ class CoordinatorService:
         )
         with self._ctx.audited(record):
             claims = record.identify(self.authenticate(caller, token))
-            manager = self._ctx.decide(engine, claims, "ManageConsent", ("Registry", "consent"))
+            if claims.role in SUBJECT_DEVICE_ROLES and not subject_id:
+                raise PermissionDenied(
+                    "a subjects' portal device lists the consents of the subject it names "
+                    "(subject_id) only",
+                    field="subject_id",
+                )
+            manager = self._ctx.decide(
+                engine,
+                claims,
+                "ManageConsent",
+                ("Registry", "consent"),
+                {"operation": "list", "subject_bound": bool(subject_id)},
+            )
             if not manager.allowed:
                 # a requester may always see the consents granted to itself, and nothing else
                 if grantee and grantee != claims.requester:

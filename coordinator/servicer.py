@@ -146,6 +146,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             request.consent_id,
             caller=caller.peer,
             token=caller.token,
+            subject_id=request.subject_id,
         )
         return wire.consent_to_proto(consent)
 
@@ -161,3 +162,15 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             token=caller.token,
         )
         return wire.consents_to_proto(consents)
+
+    @servicer_method
+    def SubjectFile(  # noqa: N802 - gRPC method name
+        self, request: coordinator_pb2.SubjectFileRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.SubjectFileResponse:
+        caller = current_caller()
+        outcome = self._service.subject_file(
+            wire.subject_file_request_from_proto(request),
+            caller=caller.peer,
+            token=caller.token,
+        )
+        return wire.subject_file_outcome_to_proto(outcome)

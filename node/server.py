@@ -34,6 +34,7 @@ from osmanthus.core.policy import ReloadablePolicy
 from osmanthus.core.receipts import RECEIPT_ISSUER, load_consent_public_key
 from osmanthus.core.rules import load_default_rules, load_rules
 from osmanthus.core.server import RunningServer, start_server
+from osmanthus.core.subjectpart import PartSigner
 from osmanthus.core.tls import TlsFiles, check_files, identity_of_certificate
 from osmanthus.core.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, ReplayCache, TokenVerifier
 from osmanthus.v1 import lists_pb2, lists_pb2_grpc, node_pb2, node_pb2_grpc
@@ -143,6 +144,8 @@ def build_service(
     policy = ReloadablePolicy.from_file(config.policy) if policy is None else policy
     prepare_state_dir(config.state_dir)
     consent = consent_check(config)
+    # signs each part of a subject's file: the portal checks it was made by this node
+    part_signer = PartSigner.from_tls_files(config.tls)
     salt = load_or_create_salt(config.state_dir / "audit.salt")
     # closed in reverse order if a later step fails; on success the service owns them all
     opened: list[RecordStore | ListStore | AuditLog] = []
@@ -169,6 +172,7 @@ def build_service(
             ),
             lists=lists,
             consent=consent,
+            part_signer=part_signer,
         )
     except BaseException:
         for resource in reversed(opened):

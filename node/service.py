@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from datetime import date
+from datetime import UTC, date, datetime
 
 from node.consent import ConsentCheck, NoConsentCheck
 from node.lists import ListStore
 from node.office import ListOffice
 from node.store import RecordStore
+from node.subject import build as build_subject_file
 from osmanthus import __version__
 from osmanthus.core.audit import AuditLog
 from osmanthus.core.audited import AuditedRequest, audited
@@ -40,10 +41,15 @@ from osmanthus.core.policy import (
     time_facts,
 )
 from osmanthus.core.rules import RuleSet
+from osmanthus.core.subjectfile import AUDIT_SHAPE as SUBJECT_FILE_SHAPE
+from osmanthus.core.subjectpart import PartSigner, seal_part
+from osmanthus.core.subjectseal import check_nonce, seal_fingerprint
 from osmanthus.core.tls import PeerIdentity
 from osmanthus.core.tokens import TokenClaims, TokenVerifier
 from osmanthus.core.types import (
     PACKED_SHAPES,
+    SELF_QUERY,
+    SUBJECT_DEVICE_ROLES,
     Purpose,
     Shape,
     SubjectId,
@@ -59,8 +65,10 @@ from osmanthus.core.wire.node import (
     ContributionRequest,
     ContributionResult,
     NodeDescription,
+    SealedPart,
     StatsRequest,
     StatsResult,
+    SubjectFileQuery,
     validate_cohort,
     validate_measures,
     validate_query_fields,
@@ -87,11 +95,15 @@ class NodeService:
         today: Callable[[], date] = china_today,
         lists: ListStore | None = None,
         consent: ConsentCheck | None = None,
+        part_signer: PartSigner | None = None,
     ) -> None:
         """`lists`: the department's red and black lists (node.server always opens them); a
         node without them sets no flag from a list and serves no list office. `consent`: how
         this node verifies the consent a request rests on (node.consent); without one, no
-        request that needs a consent is answered."""
+        request that needs a consent is answered. `part_signer`: the node certificate's key
+        that signs each part of a subject's file (osmanthus.core.subjectpart); without one, no
+        subject's file is served."""
+        self._part_signer = part_signer
         self._consent: ConsentCheck = consent if consent is not None else NoConsentCheck()
         self._department = department
         self._catalogue = catalogue
@@ -434,6 +446,103 @@ class NodeService:
                 f"department {self._department.id}: a contribution does not fit the encoding "
                 f"({exc}); the rules and the catalogue disagree"
             ) from exc
+
+    # --- the subject's own file (the subjects' portal) -----------------------------------------
+
+    def subject_file(
+        self, query: SubjectFileQuery, *, caller: PeerIdentity, token: str | None
+    ) -> SealedPart:
+        """NodeService.SubjectFile: decide and audit, then build the subject's file here and
+        seal it to the portal's key (node.subject, osmanthus.core.subjectseal)."""
+        engine = self._policy.current()
+        subject_hash = self._audit.subject_hash(
+            canonical_subject(query.subject_kind, query.subject_id)
+        )
+        record = AuditedRequest(
+            query_id=query.query_id,
+            purpose=query.purpose,
+            policy_hash=engine.hash,
+            shape=SUBJECT_FILE_SHAPE,
+            subject_hash=subject_hash,
+        )
+        with audited(self._audit, record):
+            claims = record.identify(self._authenticate(caller, token))
+            kind, subject_id = self._subject_file_allowed(query, claims, engine)
+            record.allow(
+                "subject's file sealed to the portal's key",
+                seal_key=(claims.seal_fingerprint or "")[:16],
+            )
+        # built once the decision is on disk, so that the file lists this request too (a fault
+        # from here on leaves that "allow" standing: the decision was made, the answer failed,
+        # and the server's log says why)
+        as_of = self._today()
+        built = build_subject_file(
+            department=self._department.id,
+            query_id=query.query_id,
+            kind=kind,
+            subject=subject_id,
+            rules=self._rules,
+            records=self._store.records_for(kind, subject_id),
+            lists=self._lists.history(kind, subject_id, today=as_of) if self._lists else (),
+            audit=self._audit.entries_about(subject_hash),
+            as_of=as_of,
+            now=datetime.now(UTC),
+        )
+        assert self._part_signer is not None  # _subject_file_allowed refuses without one
+        return seal_part(
+            subject_file=built,
+            recipient_key=query.recipient_key,
+            nonce=query.nonce,
+            signer=self._part_signer,
+            rules_version=self._rules.version,
+            policy_hash=engine.hash,
+        )
+
+    def _subject_file_allowed(
+        self, query: SubjectFileQuery, claims: TokenClaims, engine: PolicyEngine
+    ) -> tuple[SubjectKind, SubjectId]:
+        """The checks a subject's file needs: a portal device's token for self_query bound to
+        the very key the file is sealed to, the kind served, a valid id and this node's policy."""
+        if claims.role not in SUBJECT_DEVICE_ROLES:
+            raise PermissionDenied(
+                "a subject's file is sealed only to the subjects' portal devices (role "
+                f"{' or '.join(sorted(r.value for r in SUBJECT_DEVICE_ROLES))}); the token's "
+                f"role is {claims.role.value}"
+            )
+        if self._part_signer is None:
+            raise FailedPrecondition(
+                f"department {self._department.id} has no key to sign a subject's file with "
+                "(its node certificate's): it serves none"
+            )
+        validate_query_id(query.query_id)
+        # the portal's, for this call only: bound into the seal and the signature
+        check_nonce(query.nonce)
+        purpose = validate_purpose(query.purpose)
+        if purpose != SELF_QUERY:
+            raise PermissionDenied(
+                f"a subject's file is asked for purpose {SELF_QUERY!r} only, not {purpose!r}",
+                field="purpose",
+            )
+        claims.require_purpose(purpose)
+        kind = query.subject_kind
+        if kind is None:
+            raise InvalidArgument(
+                "a subject kind (PERSON or ENTERPRISE) is required", field="subject_kind"
+            )
+        if not self._department.serves(kind):
+            raise InvalidArgument(
+                f"department {self._department.id} holds no {kind.value} records",
+                field="subject_kind",
+            )
+        # the key the token binds, not one the coordinator chose: a coordinator that put its
+        # own key in could read what it forwards
+        claims.require_seal_key(seal_fingerprint(query.recipient_key))
+        subject_id = validate_subject(kind, query.subject_id, field="subject_id")
+        context = {"purpose": purpose, "subject_kind": kind.value}
+        decision = self._decide(engine, claims, "SubjectFile", context)
+        if not decision.allowed:
+            raise PermissionDenied(f"department {self._department.id} policy: {decision.reason}")
+        return kind, subject_id
 
     # --- batches -------------------------------------------------------------------------------
 

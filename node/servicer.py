@@ -59,6 +59,16 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         return node_wire.stats_result_to_proto(result)
 
     @servicer_method
+    def SubjectFile(  # noqa: N802 - gRPC method name
+        self, request: node_pb2.NodeSubjectFileRequest, context: grpc.ServicerContext
+    ) -> node_pb2.SealedSubjectFile:
+        caller = current_caller()
+        part = self._service.subject_file(
+            node_wire.subject_file_query_from_proto(request), caller=caller.peer, token=caller.token
+        )
+        return node_wire.sealed_part_to_proto(part)
+
+    @servicer_method
     def PublicEntries(  # noqa: N802 - gRPC method name
         self, request: lists_pb2.PublicEntriesRequest, context: grpc.ServicerContext
     ) -> lists_pb2.PublicEntriesResponse:

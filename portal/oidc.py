@@ -31,13 +31,17 @@ from osmanthus.core.types import SubjectId
 __all__ = [
     "DEFAULT_ALGORITHMS",
     "DISCOVERY_PATH",
+    "LOOPBACK_NAMES",
     "IdTokenRefused",
     "IdTokenVerifier",
     "IdentityProviderUnavailable",
     "JwksSource",
+    "NoRedirect",
     "PortalIdentity",
     "ProviderKeys",
     "check_provider_url",
+    "fetch_json",
+    "is_loopback",
 ]
 
 #: asymmetric algorithms only (Core §3.1.3.7 items 6-8); "none" and HMAC are never accepted
@@ -61,7 +65,8 @@ MIN_REFRESH_INTERVAL_S = 60.0
 MAX_KEYS_AGE_S = 3600.0
 #: Core §2: sub is at most 255 ASCII characters
 MAX_SUB_LENGTH = 255
-_LOOPBACK_HOSTS = frozenset({"localhost"})
+#: host names that are loopback besides the addresses themselves (RFC 6761 §6.3)
+LOOPBACK_NAMES = frozenset({"localhost"})
 
 
 class IdTokenRefused(Unauthenticated):
@@ -97,8 +102,11 @@ class JwksSource(Protocol):
         ...
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_HOSTS:
+def is_loopback(host: str | None) -> bool:
+    """Whether `host` (a name, or an IPv4/IPv6 address without brackets) is this machine."""
+    if host is None:
+        return False
+    if host.lower() in LOOPBACK_NAMES:
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -117,7 +125,7 @@ def check_provider_url(url: str, *, allow_loopback_http: bool, field: str) -> st
         raise ConfigError(f"{url!r} is not a usable provider URL", field=field)
     if parts.scheme == "https":
         return url
-    if parts.scheme == "http" and _is_loopback(parts.hostname):
+    if parts.scheme == "http" and is_loopback(parts.hostname):
         if allow_loopback_http:
             return url
         raise ConfigError(
@@ -127,17 +135,21 @@ def check_provider_url(url: str, *, allow_loopback_http: bool, field: str) -> st
     raise ConfigError(f"{url!r} must use https", field=field)
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A urllib handler that follows no redirect."""
+
     # a redirect could lead from https to http or to another host; the provider's URLs are
     # configured exactly, so any redirect is refused
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None
 
 
-def _fetch_json(url: str, *, timeout_s: float, what: str) -> dict[str, Any]:
+def fetch_json(url: str, *, timeout_s: float, what: str) -> dict[str, Any]:
+    """GET a JSON object from the provider (no redirects, no proxy for loopback, size-capped);
+    IdentityProviderUnavailable naming `what` otherwise."""
     host = urllib.parse.urlsplit(url).hostname or ""
-    handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
-    if _is_loopback(host):
+    handlers: list[urllib.request.BaseHandler] = [NoRedirect()]
+    if is_loopback(host):
         # an environment proxy must not see (or answer for) a loopback provider
         handlers.append(urllib.request.ProxyHandler({}))
     opener = urllib.request.build_opener(*handlers)
@@ -228,7 +240,7 @@ class ProviderKeys:
     def _discover(self) -> str:
         # Discovery 1.0 §4: strip a trailing "/" from the issuer, then append the path
         url = self.issuer.rstrip("/") + DISCOVERY_PATH
-        document = _fetch_json(url, timeout_s=self._timeout_s, what="the provider configuration")
+        document = fetch_json(url, timeout_s=self._timeout_s, what="the provider configuration")
         # Discovery 1.0 §4.3: the issuer in the document MUST be exactly the one configured
         if document.get("issuer") != self.issuer:
             raise ConfigError(
@@ -249,7 +261,7 @@ class ProviderKeys:
         self._failed = True
         if self._jwks_uri is None:
             self._jwks_uri = self._discover()
-        document = _fetch_json(self._jwks_uri, timeout_s=self._timeout_s, what="the JWKS")
+        document = fetch_json(self._jwks_uri, timeout_s=self._timeout_s, what="the JWKS")
         self._keys = _parse_jwks(document)
         self._failed = False
 

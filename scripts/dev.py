@@ -57,6 +57,18 @@ def run(*argv: str) -> int:
     return subprocess.run(argv, cwd=ROOT).returncode
 
 
+def run_to_the_end(*argv: str) -> int:
+    """Like `run`, but a Ctrl-C does not cut the command short: it reaches the command too (one
+    process group) and the demo then stops every process it started; this waits for that."""
+    print("$", " ".join(argv), flush=True)
+    process = subprocess.Popen(argv, cwd=ROOT)
+    while True:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            continue
+
+
 def check_generated() -> int:
     """Regenerate the protobuf modules and fail if that changed anything committed."""
     gen = ROOT / "osmanthus" / "v1"
@@ -80,7 +92,7 @@ def main(argv: list[str]) -> int:
     env_bin = str(VENV / "bin")
     os.environ["PATH"] = env_bin + os.pathsep + os.environ.get("PATH", "")
     if argv[0] == "demo":
-        return run(str(VENV / "bin" / "osmanthus"), "demo", *argv[1:])
+        return run_to_the_end(str(VENV / "bin" / "osmanthus"), "demo", *argv[1:])
     steps = [
         check_generated,
         lambda: run(str(PY), "-m", "ruff", "check", "."),

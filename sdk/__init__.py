@@ -56,6 +56,7 @@ from sdk.results import (
     TaxLoanCheck,
     ThresholdResult,
 )
+from sdk.subject import SubjectFileResult
 
 if TYPE_CHECKING:
     from sdk.report import (
@@ -116,6 +117,7 @@ __all__ = [
     "Shape",
     "SignedReport",
     "StatsResult",
+    "SubjectFileResult",
     "SubjectKind",
     "TamperedReport",
     "TaxLoanCheck",

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import grpc
 import jwt
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from osmanthus.core.catalogue import Catalogue, SubjectModel, load_catalogue
 from osmanthus.core.crypto import Ciphertext
@@ -36,6 +37,7 @@ from osmanthus.core.lists import (
 )
 from osmanthus.core.lists import page_size as lists_page_size
 from osmanthus.core.score import Breakdown, grade, score
+from osmanthus.core.subjectpart import load_trusted_cas
 from osmanthus.core.tls import COORDINATOR_SERVER_NAME, TlsFiles, secure_channel
 from osmanthus.core.tokens import bearer_metadata
 from osmanthus.core.types import DepartmentId, KeyFingerprint, Shape, SubjectKind
@@ -64,6 +66,7 @@ from sdk.results import (
     TaxLoanCheck,
     ThresholdResult,
 )
+from sdk.subject import SubjectFileResult, file_request, max_response_bytes, open_parts
 
 DEFAULT_TIMEOUT_S = 30.0
 #: the purpose, department and measure of a tax-bank loan check (policies/central.cedar)
@@ -201,7 +204,15 @@ class Client:
         self._token = token
         self._timeout_s = timeout_s
         self._catalogue = catalogue or load_catalogue()
-        self._channel = secure_channel(target, tls, server_name=server_name)
+        # the platform CA: a subject file's parts must be signed by certificates it issued
+        self._ca_path = tls.ca
+        self._channel = secure_channel(
+            target,
+            tls,
+            server_name=server_name,
+            # a subject's file is one sealed part per department: more than gRPC's default 4 MiB
+            options=[("grpc.max_receive_message_length", max_response_bytes(self._catalogue))],
+        )
         self._stub = coordinator_pb2_grpc.CoordinatorServiceStub(self._channel)
         self._registered = False
         self._lock = threading.Lock()
@@ -945,8 +956,13 @@ class Client:
         )
         return _from_coordinator(wire.consent_from_proto, message)
 
-    def revoke_consent(self, consent_id: str) -> ConsentRecord:
-        message = self._call(self._stub.RevokeConsent, wire.revoke_consent_to_proto(consent_id))
+    def revoke_consent(self, consent_id: str, *, subject_id: str = "") -> ConsentRecord:
+        """Revoke a consent; with `subject_id` only if it is that subject's (how a subjects'
+        portal revokes for the subject signed in: it must name them)."""
+        message = self._call(
+            self._stub.RevokeConsent,
+            wire.revoke_consent_to_proto(consent_id, subject_id=subject_id),
+        )
         return _from_coordinator(wire.consent_from_proto, message)
 
     def list_consents(self, *, subject_id: str = "", grantee: str = "") -> list[ConsentRecord]:
@@ -955,3 +971,23 @@ class Client:
             wire.list_consents_to_proto(subject_id=subject_id, grantee=grantee),
         )
         return _from_coordinator(wire.consents_from_proto, response)
+
+    # --- a subject's own file (subjects' portal devices) ---------------------------------------
+
+    def subject_file(
+        self, *, subject_kind: SubjectKind, subject_id: str, sealing_key: X25519PrivateKey
+    ) -> SubjectFileResult:
+        """The subject's own file, every part opened with `sealing_key` (its public key's
+        SHA-256 must be the token's seal_fp); see sdk/subject.py for what is checked."""
+        request = file_request(
+            subject_kind=subject_kind, subject_id=subject_id, sealing_key=sealing_key
+        )
+        message = self._call(self._stub.SubjectFile, wire.subject_file_request_to_proto(request))
+        outcome = _from_coordinator(wire.subject_file_outcome_from_proto, message)
+        return open_parts(
+            outcome,
+            request=request,
+            sealing_key=sealing_key,
+            catalogue=self._catalogue,
+            trusted_cas=load_trusted_cas(self._ca_path),
+        )

@@ -23,7 +23,16 @@ PLATFORM_DEPARTMENTS = (
     "customs",
     "eco",
 )
-PLATFORM_REQUESTERS = ("agency-1", "bank-1", "registrar", "sync-1", "library-1")
+#: kiosk-1 and portal-1 are the subjects' portal devices (issue 15): role kiosk and role portal
+PLATFORM_REQUESTERS = (
+    "agency-1",
+    "bank-1",
+    "registrar",
+    "sync-1",
+    "library-1",
+    "kiosk-1",
+    "portal-1",
+)
 
 
 class IssuerKeyPaths(NamedTuple):

@@ -18,6 +18,7 @@ from osmanthus.cli import (
     lists,
     node,
     policy,
+    portal,
     province,
     report,
     sync,
@@ -43,6 +44,7 @@ _GROUPS = (
     report,
     province,
     sync,
+    portal,
     health,
 )
 #: problems of a rejected import printed before the rest is summed up

@@ -19,7 +19,11 @@ def register(subcommands: Subcommands) -> None:
         "run the local federation demo end to end",
         "Seed synthetic data, create certificates and tokens, start every department node and the "
         "coordinator on 127.0.0.1, query persons and enterprises through the SDK, print score "
-        "cards and what the coordinator saw, then shut everything down.",
+        "cards and what the coordinator saw, show a citizen reading her score at the service "
+        "hall's kiosk (the subjects' portal), then shut everything down. With --keep-running, "
+        "everything stays up until Ctrl-C: the demo prints the kiosk's URL, the online "
+        "self-service URL with its demo sign-in, an SDK snippet and CLI commands with the demo's "
+        "certificate, token and key paths.",
         _cmd_demo,
         # every server and the SDK in one process tree
         extra="all",
@@ -29,6 +33,12 @@ def register(subcommands: Subcommands) -> None:
     )
     p.add_argument("--persons", type=int, default=2000, help="synthetic persons to seed")
     p.add_argument("--enterprises", type=int, default=300, help="synthetic enterprises to seed")
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after the scenes, leave the federation, the kiosk, the online portal and the "
+        "demo's identity provider up until Ctrl-C, and print how to reach each",
+    )
 
     p = command(
         subcommands,
@@ -51,7 +61,12 @@ def register(subcommands: Subcommands) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from osmanthus.demo.run import run_demo
 
-    return run_demo(workdir=args.workdir, persons=args.persons, enterprises=args.enterprises)
+    return run_demo(
+        workdir=args.workdir,
+        persons=args.persons,
+        enterprises=args.enterprises,
+        keep_running=args.keep_running,
+    )
 
 
 def _cmd_seed(args: argparse.Namespace) -> int:

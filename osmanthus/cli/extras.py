@@ -11,11 +11,22 @@ EXTRA_MODULES: dict[str, frozenset[str]] = {
     "batch": frozenset({"duckdb", "tqdm"}),
     "policy": frozenset({"cedarpy"}),
     "reports": frozenset({"reportlab", "pypdf"}),
+    "portal": frozenset({"starlette", "jinja2", "uvicorn"}),
 }
 EXTRA_MODULES["all"] = frozenset().union(*EXTRA_MODULES.values())
 
 #: for a command that declares no extra (or whose extra lacks the module): the smallest first
-_FALLBACK_ORDER = ("policy", "reports", "batch", "province", "coordinator", "sync", "node", "all")
+_FALLBACK_ORDER = (
+    "policy",
+    "reports",
+    "portal",
+    "batch",
+    "province",
+    "coordinator",
+    "sync",
+    "node",
+    "all",
+)
 
 
 def extra_for(module: str, *, command_extra: str | None) -> str | None:

@@ -79,6 +79,12 @@ def _register_token(subcommands: Subcommands) -> None:
         "--ttl", type=duration, default=timedelta(hours=1), help="lifetime, e.g. 15m, 12h"
     )
     p.add_argument("--single-use", action="store_true", help="the token may be used for one call")
+    p.add_argument(
+        "--seal-key",
+        type=Path,
+        help="a subjects' portal device's X25519 public sealing key (raw 32 bytes or PEM): the "
+        "token's seal_fp claim, the only key nodes seal the subject's file to",
+    )
     p.add_argument("--iss", default="osmanthus-platform", help="issuer claim")
     p.add_argument("--aud", default="osmanthus", help="audience claim")
 
@@ -239,10 +245,14 @@ def _cmd_token_deny_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_token_issue(args: argparse.Namespace) -> int:
+    from osmanthus.core.subjectseal import read_public_key_file, seal_fingerprint
     from osmanthus.core.tokens import TokenIssuer
     from osmanthus.core.types import Role
 
     issuer = TokenIssuer.from_file(args.issuer_key, issuer=args.iss, audience=args.aud)
+    seal_fp = (
+        None if args.seal_key is None else seal_fingerprint(read_public_key_file(args.seal_key))
+    )
     token = issuer.issue(
         requester=args.requester,
         role=Role(args.role),
@@ -250,6 +260,7 @@ def _cmd_token_issue(args: argparse.Namespace) -> int:
         key_fingerprint=args.key_fingerprint,
         ttl=args.ttl,
         single_use=args.single_use,
+        seal_fingerprint=seal_fp,
     )
     print(token)
     return ExitCode.SUCCESS

@@ -43,10 +43,10 @@ def register(subcommands: Subcommands) -> None:
         "test",
         "check a policy against the decisions the privacy office expects",
         "Run every case of the case files (TOML: one [[case]] per request, with the decision "
-        "expected and, optionally, the rules that must decide it and the minimum number of "
-        "departments) against the policy file, and list each case as PASS or FAIL with what "
-        "differs. policies/cases/ holds the cases of the default policies. Exit 6 if any case "
-        "fails.",
+        "expected and, optionally, the rules that must decide it, the minimum number of "
+        "departments and the rate limits) against the policy file, and list each case as PASS "
+        "or FAIL with what differs. policies/cases/ holds the cases of the default policies. "
+        "Exit 6 if any case fails.",
         _cmd_policy_test,
         extra="policy",
     )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
@@ -42,6 +43,8 @@ MIN_SALT_BYTES: Final = 16
 DECISIONS: Final = frozenset({"allow", "deny"})
 _SUBJECT_HASH = re.compile(r"[0-9a-f]{64}")
 _FILE_MODE: Final = 0o600
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -286,6 +289,45 @@ class AuditLog:
                         f"{self.path}, line {number}: not a valid audit entry ({exc}); "
                         "a torn line is what a crash during a write leaves"
                     ) from exc
+
+    def entries_about(self, subject_hash: str) -> Iterator[tuple[AuditEntry, bool]]:
+        """Every entry naming `subject_hash` (AuditLog.subject_hash of one subject), in order,
+        with True for a batch entry that names it among its `subject_hashes`.
+
+        A line is parsed only when it holds the hash at all: batch entries carry thousands of
+        hashes each, and a subject is in few of them. A line that holds it but is not a valid
+        entry (the torn last line a crash leaves, never acknowledged) is skipped with a
+        warning, so one crash does not keep a subject from their entries for good; a STATS
+        entry names its cohort by one hash of the whole set and is not found this way.
+        """
+        if not _SUBJECT_HASH.fullmatch(subject_hash):
+            raise InvalidArgument(
+                "subject_hash must be AuditLog.subject_hash(subject), 64 lower-case hex digits",
+                field="subject_hash",
+            )
+        needle = subject_hash.encode("ascii")
+        with self._lock:
+            end = self._durable_size if self._writing else self.path.stat().st_size
+        with self.path.open("rb") as handle:
+            offset = 0
+            for number, raw in enumerate(handle, start=1):
+                offset += len(raw)
+                if offset > end:
+                    return
+                if needle not in raw:
+                    continue
+                try:
+                    entry = AuditEntry.from_json(raw.decode("ascii"))
+                except (ValueError, KeyError, TypeError, InvalidArgument) as exc:
+                    _log.warning(
+                        "%s, line %d: not a valid audit entry (%s); skipped", self.path, number,
+                        type(exc).__name__,
+                    )  # fmt: skip
+                    continue
+                if entry.subject_hash == subject_hash:
+                    yield entry, False
+                elif subject_hash in entry.subject_hashes:
+                    yield entry, True
 
     def close(self) -> None:
         """Close the file once any write in progress is done; waiting appends then fail."""

@@ -203,40 +203,41 @@ def _check_length(value: str, what: str, field: str) -> None:
 
 
 def _check_province(region: str, what: str, field: str, *, extra: frozenset[str]) -> None:
-    """`region` is six ASCII digits already; refuse it unless its province prefix is real."""
+    """`region` is six ASCII digits already; refuse it unless its province prefix is real.
+
+    Like every message here, the refusal names the rule and never quotes the value: it may be
+    a person's resident id, and error messages reach logs and screens."""
     if region in extra:
         return
     if region[:2] not in PROVINCE_CODES:
         raise InvalidArgument(
-            f"{what} {region} does not start with a province-level code "
-            f"('{region[:2]}' is not one of {', '.join(sorted(PROVINCE_CODES))})",
+            f"{what} does not start with a province-level code (its first two digits must be "
+            f"one of {', '.join(sorted(PROVINCE_CODES))})",
             field=field,
         )
 
 
 def _check_birth_date(
-    text: str, *, field: str, context: str = f" in a {_RESIDENT}"
+    text: str, *, field: str, context: str = f" in a {_RESIDENT} (positions 7-14)"
 ) -> datetime.date:
     try:
         birth = datetime.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
     except ValueError:
         raise InvalidArgument(
-            f"birth date {text}{context} is not a valid calendar date", field=field
+            f"the birth date{context} is not a valid calendar date", field=field
         ) from None
-    _check_birth_range(birth, text, field=field, context=context)
+    _check_birth_range(birth, field=field, context=context)
     return birth
 
 
-def _check_birth_range(birth: datetime.date, text: str, *, field: str, context: str) -> None:
+def _check_birth_range(birth: datetime.date, *, field: str, context: str) -> None:
     if birth < _EARLIEST_BIRTH:
         raise InvalidArgument(
-            f"birth date {text}{context} is before {_EARLIEST_BIRTH.isoformat()}", field=field
+            f"the birth date{context} is before {_EARLIEST_BIRTH.isoformat()}", field=field
         )
-    today = _china_today()
-    if birth > today:
+    if birth > _china_today():
         raise InvalidArgument(
-            f"birth date {text}{context} is in the future (today is {today:%Y%m%d} in China)",
-            field=field,
+            f"the birth date{context} is in the future (in China today)", field=field
         )
 
 
@@ -302,7 +303,7 @@ def validate_resident_id(value: str, *, field: str = "subject_id") -> SubjectId:
     for position, ch in enumerate(value[:17], start=1):
         if ch not in _DIGITS:
             raise InvalidArgument(
-                f"{_RESIDENT} contains {ch!r} at position {position}; "
+                f"{_RESIDENT} has a character other than a digit at position {position}; "
                 "positions 1-17 must be the digits 0-9",
                 field=field,
             )
@@ -311,7 +312,7 @@ def validate_resident_id(value: str, *, field: str = "subject_id") -> SubjectId:
         check = "X"
     if check not in _DIGITS and check != "X":
         raise InvalidArgument(
-            f"{_RESIDENT} ends in {check!r}; the check character must be a digit 0-9 or 'X'",
+            f"{_RESIDENT} does not end in a check character: it must be a digit 0-9 or 'X'",
             field=field,
         )
     _check_province(
@@ -324,7 +325,8 @@ def validate_resident_id(value: str, *, field: str = "subject_id") -> SubjectId:
     expected = resident_id_check_char(value[:17])
     if check != expected:
         raise InvalidArgument(
-            f"{_RESIDENT} check character is {check!r} but ISO 7064 MOD 11-2 gives {expected!r}",
+            f"{_RESIDENT} check character (position 18) does not match the ISO 7064 MOD 11-2 "
+            "check of positions 1-17: a character is mistyped",
             field=field,
         )
     return SubjectId(value[:17] + check)
@@ -342,7 +344,7 @@ def validate_uscc(value: str, *, field: str = "subject_id") -> SubjectId:
         if ch not in _USCC_VALUE:
             hint = " (letters must be upper case)" if ch.upper() in _USCC_VALUE else ""
             raise InvalidArgument(
-                f"{_USCC} contains {ch!r} at position {position}, which is not in the "
+                f"{_USCC} has a character at position {position} that is not in the "
                 f"GB 32100-2015 character set{hint}",
                 field=field,
             )
@@ -350,23 +352,22 @@ def validate_uscc(value: str, *, field: str = "subject_id") -> SubjectId:
     entry = AUTHORITY_CATEGORIES.get(authority)
     if entry is None:
         raise InvalidArgument(
-            f"{_USCC} starts with registration authority code {authority!r}, which GB 32100-2015 "
-            f"does not assign (assigned: {', '.join(AUTHORITY_CATEGORIES)})",
+            f"{_USCC} starts with a registration authority code that GB 32100-2015 does not "
+            f"assign (assigned: {', '.join(AUTHORITY_CATEGORIES)})",
             field=field,
         )
     authority_name, categories = entry
     if category not in categories:
         raise InvalidArgument(
-            f"{_USCC} has organisation category code {category!r} at position 2, which "
-            f"registration authority {authority!r} ({authority_name}) does not assign under "
-            f"GB 32100-2015 (assigned: {', '.join(categories)})",
+            f"{_USCC} has an organisation category code at position 2 that its registration "
+            f"authority ({authority_name}) does not assign under GB 32100-2015 (assigned: "
+            f"{', '.join(categories)})",
             field=field,
         )
     region = value[2:8]
     if not set(region) <= _DIGITS:
         raise InvalidArgument(
-            f"{_USCC} has administrative division code {region} at positions 3-8; "
-            "it must be six digits",
+            f"{_USCC} has an administrative division code at positions 3-8 that is not six digits",
             field=field,
         )
     _check_province(
@@ -378,8 +379,8 @@ def validate_uscc(value: str, *, field: str = "subject_id") -> SubjectId:
     expected = uscc_check_char(value[:17])
     if value[17] != expected:
         raise InvalidArgument(
-            f"{_USCC} check character is {value[17]!r} but the GB 32100-2015 mod-31 check "
-            f"gives {expected!r}",
+            f"{_USCC} check character (position 18) does not match the GB 32100-2015 mod-31 "
+            "check of positions 1-17: a character is mistyped",
             field=field,
         )
     return SubjectId(value)
@@ -428,7 +429,7 @@ def make_resident_id(*, region: str, birth: datetime.date, sequence: int) -> Sub
         raise InvalidArgument(
             f"birth must be a datetime.date, got {type(birth).__name__}", field="birth"
         )
-    _check_birth_range(birth, f"{birth:%Y%m%d}", field="birth", context="")
+    _check_birth_range(birth, field="birth", context="")
     if isinstance(sequence, bool) or not isinstance(sequence, int):
         raise InvalidArgument(
             f"sequence must be an integer, got {type(sequence).__name__}", field="sequence"
@@ -502,13 +503,14 @@ def validate_any_subject(value: str, *, field: str = "subject_id") -> SubjectId:
     for filters and checks that take either kind of subject."""
     try:
         return validate_resident_id(value, field=field)
-    except InvalidArgument:
-        pass
+    except InvalidArgument as exc:
+        as_person = exc.message
     try:
         return validate_uscc(value, field=field)
-    except InvalidArgument:
+    except InvalidArgument as exc:
+        # the rules that failed, never the value (it may be a person's id)
         raise InvalidArgument(
-            f"{str(value)[:40]!r} is neither a resident id nor a unified social credit code",
+            f"neither a resident id nor a unified social credit code: {as_person}; {exc.message}",
             field=field,
         ) from None
 

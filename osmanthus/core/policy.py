@@ -49,10 +49,15 @@ action AcceptPartial appliesTo {
   resource: [Dataset],
   context: { purpose: String, shape: String, answered: Long, expected: Long, hour?: Long }
 };
-action RegisterKey, ManageConsent appliesTo {
+action RegisterKey appliesTo {
   principal: [Requester],
   resource: [Registry],
   context: { hour?: Long }
+};
+action ManageConsent appliesTo {
+  principal: [Requester],
+  resource: [Registry],
+  context: { operation?: String, subject_bound?: Bool, hour?: Long }
 };
 action Contribute, DiscloseSingleSource, ContributeWithoutConsent appliesTo {
   principal: [Requester],
@@ -90,6 +95,11 @@ action ReadListChanges appliesTo {
   principal: [Requester],
   resource: [Department],
   context: { hour?: Long }
+};
+action SubjectFile appliesTo {
+  principal: [Requester],
+  resource: [Dataset, Department],
+  context: { purpose: String, subject_kind: String, hour?: Long }
 };
 """
 

@@ -12,6 +12,7 @@ A case file is TOML: each `[[case]]` states one request and the decision the off
     expect = "allow"
     by = ["central-loan-underwriting"]   # optional: exactly these rules decide
     min_departments = 3                  # optional: the sum's minimum under this permit
+    rate_limits = ["600/hour"]           # optional: the @rate_limit of every allowing rule
 
 so that a change to a policy is tested against what the office meant before it is published.
 """
@@ -32,7 +33,7 @@ from osmanthus.core.types import Role, Shape, SubjectKind
 
 _CASE_KEYS = frozenset(
     {"name", "requester", "role", "action", "resource", "context", "expect", "by",
-     "min_departments"}
+     "min_departments", "rate_limits"}
 )  # fmt: skip
 _REQUIRED_KEYS = ("name", "requester", "role", "action", "resource", "expect")
 _RESOURCE = re.compile(r"([A-Z][A-Za-z]*)::\"?([^\"]+)\"?")
@@ -98,6 +99,9 @@ class PolicyCase:
     #: the deciding rules' @id the officer expects, or None to accept any
     by: tuple[str, ...] | None
     min_departments: int | None
+    #: the @rate_limit texts of the allowing rules the officer expects ("30/minute"), or None
+    #: to accept any
+    rate_limits: tuple[str, ...] | None
     #: where the case is written, for messages: "file, case 3"
     origin: str
 
@@ -278,6 +282,11 @@ def _case(path: Path, index: int, entry: Any) -> PolicyCase:
     minimum = entry.get("min_departments")
     if minimum is not None and (not isinstance(minimum, int) or isinstance(minimum, bool)):
         raise fail("min_departments", "must be a whole number")
+    limits = entry.get("rate_limits")
+    if limits is not None and (
+        not isinstance(limits, list) or not all(isinstance(v, str) for v in limits)
+    ):
+        raise fail("rate_limits", 'must be a list of limits, e.g. rate_limits = ["30/minute"]')
     try:
         resource = parse_resource(entry["resource"])
         request = make_request(
@@ -295,6 +304,7 @@ def _case(path: Path, index: int, entry: Any) -> PolicyCase:
         expect=entry["expect"],
         by=tuple(by) if by is not None else None,
         min_departments=minimum,
+        rate_limits=tuple(limits) if limits is not None else None,
         origin=origin,
     )
 
@@ -313,6 +323,13 @@ def run_case(engine: PolicyEngine, case: PolicyCase) -> CaseResult:
     minimum = engine.min_departments(decision) if decision.allowed else None
     if case.min_departments is not None and minimum != case.min_departments:
         problems.append(f"expected a minimum of {case.min_departments} departments, got {minimum}")
+    if case.rate_limits is not None:
+        limits = sorted(limit.text for limit in engine.rate_limits(decision))
+        if limits != sorted(case.rate_limits):
+            problems.append(
+                f"expected the rate limits {', '.join(sorted(case.rate_limits)) or 'none'}, "
+                f"got {', '.join(limits) or 'none'}"
+            )
     if decision.errors:
         problems.append("the policy could not be evaluated: " + "; ".join(decision.errors))
     return CaseResult(case, decision, tuple(problems), minimum)

@@ -8,7 +8,7 @@ import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -117,6 +117,16 @@ class Validity:
             return event_end is None or event_end > as_of
         anchor = event_end if event_end is not None else event_start
         return as_of < _add_years(anchor, self.years)
+
+    def last_day(self, event_start: date, event_end: date | None) -> date | None:
+        """The last day `counts` is true for (the day before the window closes), or None when
+        the window has no end yet (permanent, or while listed with no end date)."""
+        if self.mode == "permanent":
+            return None
+        if self.mode == "while_listed":
+            return event_end - timedelta(days=1) if event_end is not None else None
+        anchor = event_end if event_end is not None else event_start
+        return _add_years(anchor, self.years) - timedelta(days=1)
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,14 @@ def identity_of_certificate(cert_path: Path) -> PeerIdentity:
     return identity
 
 
+def certificate_identity(cert: x509.Certificate) -> PeerIdentity:
+    """The platform peer a parsed certificate names; Unauthenticated saying what is wrong."""
+    identity, problem = _identity(cert)
+    if identity is None:
+        raise Unauthenticated(f"the certificate {problem}")
+    return identity
+
+
 def check_files(files: TlsFiles) -> None:
     """Raise ConfigError, naming the file, unless the files make a usable mutual-TLS identity."""
     _read_checked(files)

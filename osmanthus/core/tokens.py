@@ -22,7 +22,14 @@ from osmanthus.core import signing
 from osmanthus.core.errors import ConfigError, InvalidArgument, PermissionDenied, Unauthenticated
 from osmanthus.core.names import PEER_NAME_PATTERN, PURPOSE_PATTERN
 from osmanthus.core.strictjson import unique_keys
-from osmanthus.core.types import KeyFingerprint, Purpose, RequesterId, Role
+from osmanthus.core.types import (
+    SELF_QUERY,
+    SUBJECT_DEVICE_ROLES,
+    KeyFingerprint,
+    Purpose,
+    RequesterId,
+    Role,
+)
 
 TOKEN_ALGORITHM = "EdDSA"
 #: the gRPC metadata key and scheme that carry a requester's token on every call (RFC 6750)
@@ -33,6 +40,10 @@ DEFAULT_AUDIENCE = "osmanthus"
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "exp", "iat", "nbf", "jti", "purposes", "key_fp", "role")
 #: optional claim; absent means the token may be used until it expires
 SINGLE_USE_CLAIM = "single_use"
+#: optional claim: SHA-256 (lower-case hex) of the raw X25519 public key a subjects' portal device
+#: opens sealed subject files with (osmanthus.core.subjectseal.seal_fingerprint); nodes seal a
+#: subject's file only to a key with this fingerprint, so nobody on the way can substitute theirs
+SEAL_FINGERPRINT_CLAIM: Final = "seal_fp"
 #: anything longer is refused before parsing; real tokens are well under 1 KiB
 MAX_TOKEN_BYTES = 8192
 MAX_LEEWAY = datetime.timedelta(minutes=5)
@@ -70,6 +81,8 @@ class TokenClaims:
     single_use: bool
     issuer: str
     audience: str
+    #: the `seal_fp` claim, or None when the token names no sealing key
+    seal_fingerprint: str | None = None
 
     def require_purpose(self, purpose: str) -> None:
         """Refuse a purpose the platform did not grant this requester in the token."""
@@ -85,6 +98,21 @@ class TokenClaims:
             raise PermissionDenied(
                 f"public key {fingerprint[:16]}… is not the key bound to the token "
                 f"({self.key_fingerprint[:16]}…)"
+            )
+
+    def require_seal_key(self, fingerprint: str) -> None:
+        """Refuse a sealing key other than the one the token names in `seal_fp` (and any sealing
+        key at all when the token names none)."""
+        if self.seal_fingerprint is None:
+            raise PermissionDenied(
+                "the token names no sealing key (claim 'seal_fp'): subject files are sealed only"
+                " to a key the platform bound to the requester's token"
+            )
+        if fingerprint != self.seal_fingerprint:
+            raise PermissionDenied(
+                f"sealing key {fingerprint[:16]}… is not the key bound to the token "
+                f"({self.seal_fingerprint[:16]}…)",
+                field="recipient_key",
             )
 
 
@@ -147,8 +175,10 @@ class TokenIssuer:
         ttl: datetime.timedelta,
         single_use: bool = False,
         not_before: datetime.datetime | None = None,
+        seal_fingerprint: str | None = None,
     ) -> str:
-        """A signed token for `requester`, valid from `not_before` (default now) for `ttl`."""
+        """A signed token for `requester`, valid from `not_before` (default now) for `ttl`;
+        `seal_fingerprint` (the `seal_fp` claim) binds the token to a portal's sealing key."""
         if not isinstance(requester, str) or not _REQUESTER_RE.fullmatch(requester):
             raise InvalidArgument(
                 f"{requester!r} is not a requester id: use 1 to 63 lower-case letters, digits,"
@@ -172,6 +202,18 @@ class TokenIssuer:
             raise InvalidArgument(f"{ttl!r} is shorter than one second", field="ttl")
         if not isinstance(single_use, bool):
             raise InvalidArgument(f"{single_use!r} is not true or false", field="single_use")
+        if seal_fingerprint is not None and (
+            not isinstance(seal_fingerprint, str) or not _FINGERPRINT_RE.fullmatch(seal_fingerprint)
+        ):
+            raise InvalidArgument(
+                f"{seal_fingerprint!r} is not a sealing key fingerprint: expected 64 lower-case"
+                " hex digits (SHA-256 of the raw X25519 public key)",
+                field="seal_fingerprint",
+            )
+        device_problem = _subject_device_problem(role, purposes, seal_fingerprint)
+        if device_problem:
+            problem, field = device_problem
+            raise InvalidArgument(problem, field=field)
         now = self._clock()
         if not_before is None:
             not_before = now
@@ -192,6 +234,8 @@ class TokenIssuer:
             "role": role.value,
             SINGLE_USE_CLAIM: single_use,
         }
+        if seal_fingerprint is not None:
+            payload[SEAL_FINGERPRINT_CLAIM] = seal_fingerprint
         return jwt.encode(payload, self._key, algorithm=TOKEN_ALGORITHM, headers={"typ": "JWT"})
 
 
@@ -412,6 +456,19 @@ class TokenVerifier:
         single_use = payload.get(SINGLE_USE_CLAIM, False)
         if not isinstance(single_use, bool):
             raise Unauthenticated(f"token claim 'single_use' is {single_use!r}: expected a boolean")
+        seal_fp = payload.get(SEAL_FINGERPRINT_CLAIM)
+        if seal_fp is not None and (
+            not isinstance(seal_fp, str) or not _FINGERPRINT_RE.fullmatch(seal_fp)
+        ):
+            raise Unauthenticated(
+                f"token claim {SEAL_FINGERPRINT_CLAIM!r} is {seal_fp!r}: expected 64 lower-case hex"
+                " digits (SHA-256 of the raw X25519 sealing key)"
+            )
+        device_problem = _subject_device_problem(role, payload["purposes"], seal_fp)
+        if device_problem:
+            problem, field = device_problem
+            claim = SEAL_FINGERPRINT_CLAIM if field == "seal_fingerprint" else field
+            raise Unauthenticated(f"token claim {claim!r}: {problem}")
 
         issued_at = _claim_time(payload, "iat")
         not_before = _claim_time(payload, "nbf")
@@ -444,6 +501,7 @@ class TokenVerifier:
             single_use=single_use,
             issuer=iss,
             audience=self._audience,
+            seal_fingerprint=seal_fp,
         )
 
 
@@ -464,6 +522,33 @@ def _purposes_problem(purposes: object) -> str:
             return f"{purpose!r} is listed twice"
         seen.add(purpose)
     return ""
+
+
+def _subject_device_problem(
+    role: Role, purposes: Sequence[str], seal_fingerprint: str | None
+) -> tuple[str, str] | None:
+    """What makes a token for a subjects' portal device (role kiosk or portal) one the platform
+    must not sign or accept, with the field at fault; None when nothing does (or the role is
+    another). Such a device asks only about the subject of its session, with no consent, so its
+    token carries purpose self_query alone (a kiosk token good for loan_underwriting would let
+    whoever holds the kiosk underwrite loans on anyone who walks past) and the sealing key that
+    subject files are sealed to."""
+    if role not in SUBJECT_DEVICE_ROLES:
+        return None
+    if list(purposes) != [SELF_QUERY]:
+        return (
+            f"role {role.value!r} is a subjects' portal device: its purposes must be exactly"
+            f" [{SELF_QUERY!r}], not {list(purposes)!r}",
+            "purposes",
+        )
+    if seal_fingerprint is None:
+        return (
+            f"role {role.value!r} is a subjects' portal device: its token must name the"
+            f" device's sealing key ({SEAL_FINGERPRINT_CLAIM!r}, SHA-256 of the raw X25519"
+            " public key)",
+            "seal_fingerprint",
+        )
+    return None
 
 
 def _claim_str(payload: dict[str, Any], name: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import NewType
+from typing import Final, NewType
 
 DepartmentId = NewType("DepartmentId", str)
 RequesterId = NewType("RequesterId", str)
@@ -20,6 +20,11 @@ KeyFingerprint = NewType("KeyFingerprint", str)
 class SubjectKind(enum.Enum):
     PERSON = "person"
     ENTERPRISE = "enterprise"
+
+    @property
+    def id_field(self) -> str:
+        """The name of the field that carries this kind's identifier in requests and errors."""
+        return "resident_id" if self is SubjectKind.PERSON else "credit_code"
 
 
 class Shape(enum.Enum):
@@ -50,6 +55,17 @@ class Role(enum.Enum):
     DATA_SUBJECT = "data_subject"
     #: a statistics bureau or research body: noisy statistics only, never a subject's record
     STATISTICS_OFFICE = "statistics_office"
+    #: a self-service machine in the service hall: self_query for the person whose card it read
+    KIOSK = "kiosk"
+    #: the online self-service site: self_query for the subject signed in at the city's provider
+    PORTAL = "portal"
+
+
+#: the purpose of a subject asking about themselves through a subjects' portal device
+SELF_QUERY: Final = Purpose("self_query")
+#: the subjects' portal devices: tokens for these roles carry purpose SELF_QUERY only and name a
+#: sealing key (osmanthus.core.tokens refuses any other at issue and at verification)
+SUBJECT_DEVICE_ROLES: Final = frozenset({Role.KIOSK, Role.PORTAL})
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordinator.config import NodeEndpoint, render_nodes
-from osmanthus.core.errors import Unavailable
+from osmanthus.core.errors import FailedPrecondition, Unavailable
 from osmanthus.core.types import DepartmentId
 
 #: start-up fails when a process exits, or when one not yet ready has used no CPU time for this
@@ -181,8 +181,14 @@ def osmanthus_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "osmanthus.cli", "--log-level", "WARNING", *args]
 
 
-def spawn(name: str, argv: Sequence[str], *, run_dir: Path) -> Process:
-    """Start `argv` with --ready-file appended; its output goes to RUN_DIR/<name>.log."""
+def spawn(name: str, argv: Sequence[str], *, run_dir: Path, own_session: bool = False) -> Process:
+    """Start `argv` with --ready-file appended; its output goes to RUN_DIR/<name>.log.
+
+    With `own_session` the process gets a session (and process group) of its own, so a Ctrl-C
+    at the terminal reaches only the parent, which stops it with the one SIGTERM `stop` sends:
+    a SIGINT from the terminal and a SIGTERM from the parent could otherwise both reach it, the
+    second during its interpreter's shutdown, and end it by signal instead of cleanly.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     ready = run_dir / f"{name}.port"
     ready.unlink(missing_ok=True)
@@ -194,6 +200,7 @@ def spawn(name: str, argv: Sequence[str], *, run_dir: Path) -> Process:
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=own_session,
     )
     log.close()
     return Process(name, popen, ready, log_path)
@@ -215,6 +222,8 @@ class LocalFederation:
     coordinator: Process | None = None
     #: the token issuer's deny list every server follows (None: none)
     token_deny_list: Path | None = None
+    #: each process in a session of its own (see spawn): the caller alone stops them
+    own_session: bool = False
 
     def _revocation_args(self) -> list[str]:
         """--crl (the CRL 'certs init' wrote; a server refuses to start without it) and
@@ -230,20 +239,7 @@ class LocalFederation:
         Waits as long as the processes make progress (wait_all_ready), so a busy machine only
         makes the start slower; raises Unavailable when one exits or hangs."""
         for dept in self.departments:
-            self.nodes[dept] = spawn(
-                f"node-{dept}",
-                osmanthus_command(
-                    "node", "serve",
-                    "--department", dept,
-                    "--db", str(self.data_dir / f"{dept}.duckdb"),
-                    "--issuer-public-key", str(self.issuer_public_key),
-                    "--state-dir", str(self.run_dir / "state" / dept),
-                    "--certs-dir", str(self.certs_dir),
-                    "--listen", "127.0.0.1:0",
-                    *self._revocation_args(),
-                ),
-                run_dir=self.run_dir,
-            )  # fmt: skip
+            self.nodes[dept] = self._spawn_node(dept, port=0)
         ports = wait_all_ready(self.nodes.values(), report=self.progress)
         endpoints = [
             NodeEndpoint(DepartmentId(d), f"127.0.0.1:{ports[p.name]}")
@@ -264,8 +260,39 @@ class LocalFederation:
                 *self._revocation_args(),
             ),
             run_dir=self.run_dir,
+            own_session=self.own_session,
         )  # fmt: skip
         return self.coordinator.wait_ready(report=self.progress)
+
+    def _spawn_node(self, dept: str, *, port: int) -> Process:
+        return spawn(
+            f"node-{dept}",
+            osmanthus_command(
+                "node", "serve",
+                "--department", dept,
+                "--db", str(self.data_dir / f"{dept}.duckdb"),
+                "--issuer-public-key", str(self.issuer_public_key),
+                "--state-dir", str(self.run_dir / "state" / dept),
+                "--certs-dir", str(self.certs_dir),
+                "--listen", f"127.0.0.1:{port}",
+                *self._revocation_args(),
+            ),
+            run_dir=self.run_dir,
+            own_session=self.own_session,
+        )  # fmt: skip
+
+    def restart_node(self, dept: str) -> int:
+        """Start a node that has exited again, on the port the coordinator knows it by (its
+        state directory and records are where they were); returns the port once it serves."""
+        old = self.nodes[dept]
+        if old.popen.poll() is None:
+            raise FailedPrecondition(f"node {dept} is still running", field="department")
+        # the log of the first run stays beside the new one
+        if old.log_path.exists():
+            old.log_path.replace(old.log_path.with_suffix(".log.1"))
+        process = self._spawn_node(dept, port=old.port)
+        self.nodes[dept] = process
+        return process.wait_ready(report=self.progress)
 
     def stop(self) -> dict[str, int | None]:
         """SIGTERM everything (coordinator first) and return each exit code."""

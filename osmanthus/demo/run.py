@@ -19,7 +19,7 @@ from osmanthus.core.catalogue import Catalogue, load_catalogue
 from osmanthus.core.clock import china_today
 from osmanthus.core.denylist import write_deny_list
 from osmanthus.core.errors import OsmanthusError
-from osmanthus.core.files import private_directory
+from osmanthus.core.files import private_directory, write_atomically
 from osmanthus.core.ids import mask_subject
 from osmanthus.core.lists import EntryId, NewEntry, WithdrawReason
 from osmanthus.core.rules import load_default_rules
@@ -28,7 +28,23 @@ from osmanthus.core.tls import TlsFiles
 from osmanthus.core.tokens import DEFAULT_ISSUER, TokenIssuer, generate_issuer_keypair
 from osmanthus.core.types import Role, Shape, SubjectId, SubjectKind
 from osmanthus.demo.launcher import LocalFederation, Process, osmanthus_command, spawn
-from osmanthus.demo.seed import seed
+from osmanthus.demo.portal_scene import (
+    KIOSK,
+    ONLINE,
+    Device,
+    KioskScene,
+    TryIt,
+    demo_identities,
+    how_to_try,
+    issue_device,
+    kiosk_scene,
+    register_device_key,
+    start_online,
+    start_portal,
+    wait_until_interrupted,
+)
+from osmanthus.demo.seed import DEMO_CITIZEN, SCENE_SUBJECTS, seed
+from portal.devidp import DevIdentityProvider
 from sdk import (
     Client,
     ConsentRecord,
@@ -92,8 +108,13 @@ def _records_by_subject(
 def _showcase(data_dir: Path, catalogue: Catalogue) -> tuple[list[str], list[str]]:
     """Persons and enterprises whose records make instructive score cards."""
     chosen: list[list[str]] = []
+    scene = {s.subject_id for s in SCENE_SUBJECTS}
     for kind in (SubjectKind.PERSON, SubjectKind.ENTERPRISE):
-        subjects = _records_by_subject(data_dir, catalogue, kind)
+        # the scene's subjects have scenes of their own
+        subjects = {
+            s: held for s, held in _records_by_subject(data_dir, catalogue, kind).items()
+            if s not in scene
+        }  # fmt: skip
         # most bonus categories with fewest other records; then the most-recorded others
         rich = max(subjects, key=lambda s: (len(subjects[s][1]), -len(subjects[s][0]), s))
         court = [s for s in subjects if "court" in subjects[s][0] and s != rich]
@@ -373,6 +394,7 @@ def _sync_demo(
             "--listen", "127.0.0.1:0", "--crl", str(certs / "crl.pem"),
         ),
         run_dir=workdir / "run",
+        own_session=True,
     )  # fmt: skip
     port = receiver.wait_ready(report=lambda text: _say(f"  {text}"))
     config.write_text(
@@ -401,7 +423,11 @@ def _sync_demo(
     return receiver
 
 
-def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> int:
+def run_demo(
+    *, workdir: Path, persons: int = 2000, enterprises: int = 300, keep_running: bool = False
+) -> int:
+    """Run the demo's scenes; with `keep_running`, leave the federation, the kiosk, the online
+    site and the demo's identity provider up until Ctrl-C (or SIGTERM), then stop them all."""
     t0 = time.monotonic()
     if workdir.exists():
         if not (workdir / _MARKER).exists():
@@ -489,6 +515,15 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
         ttl=timedelta(hours=1),
     )
     senders, sync_config = _sync_setup(workdir, certs, issuer)
+    _step(t0, f"Issuing the service hall's kiosk {KIOSK} and the online site {ONLINE}: each a "
+          "requester certificate, a Paillier key, an X25519 sealing key and a token for purpose "
+          "self_query bound to both keys")  # fmt: skip
+    kiosk_device = issue_device(
+        workdir=workdir, certs=certs, issuer=issuer, name=KIOSK, role=Role.KIOSK
+    )
+    online_device = issue_device(
+        workdir=workdir, certs=certs, issuer=issuer, name=ONLINE, role=Role.PORTAL
+    )
     people, firms = _showcase(data, catalogue)
     with (data / "subjects.csv").open() as f:
         quiet_person = next(
@@ -505,10 +540,18 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
         run_dir=workdir / "run",
         departments=departments,
         token_deny_list=issuer_dir / "deny.json",
+        # the first question opens 26 TLS connections at once: on a busy machine that takes
+        # longer than the 5 s a coordinator gives its nodes by default (a node that is down is
+        # refused at once, so the partial scene does not wait for it)
+        deadline_s=15.0,
+        # a Ctrl-C reaches the demo alone, which stops every process in order
+        own_session=True,
         # a start that takes a while (a busy machine) says what it is waiting for
         progress=lambda text: _say(f"  {text}"),
     )
     receiver: Process | None = None
+    portals: dict[str, Process] = {}
+    provider: DevIdentityProvider | None = None
     try:
         port = federation.start()
         target = f"127.0.0.1:{port}"
@@ -660,6 +703,26 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
                 coordinator=target,
             )  # fmt: skip
 
+            _step(t0, "At the service hall: a citizen places her identity card on the kiosk "
+                  "(a requester device of its own: role kiosk, purpose self_query). Earlier, "
+                  "with her consent, agency-1 checked her credit for a loan")  # fmt: skip
+            hers = reg.grant_consent(
+                subject_id=DEMO_CITIZEN.subject_id,
+                grantee=AGENCY,
+                purpose="loan_underwriting",
+                expires_at=expires,
+            )
+            checked = agency.person_score(
+                hers.subject_id, purpose="loan_underwriting", consent_id=hers.consent_id
+            )
+            _say(f"  agency-1 (consent {hers.consent_id}): score {checked.score}")
+            register_device_key(kiosk_device, target=target)
+            portals["kiosk"] = start_portal(kiosk_device, target=target, run_dir=workdir / "run")
+            portals["kiosk"].wait_ready(report=lambda text: _say(f"  {text}"))
+            scene = kiosk_scene(
+                kiosk=portals["kiosk"], device=kiosk_device, citizen=DEMO_CITIZEN, say=_say
+            )
+
             _step(t0, "The volunteers' node goes down; a first answer about a newly consenting "
                   "citizen is explicitly partial")  # fmt: skip
             federation.nodes["volunteer"].popen.kill()
@@ -684,14 +747,75 @@ def run_demo(*, workdir: Path, persons: int = 2000, enterprises: int = 300) -> i
                 )
             except OsmanthusError as exc:
                 _say(f"  refused ({type(exc).__name__}): {exc}")
+            if keep_running:
+                provider = DevIdentityProvider(identities=demo_identities())
+                _keep_running(
+                    t0, federation=federation, workdir=workdir, certs=certs, issuer=issuer,
+                    target=target, device=online_device, scene=scene, consent_id=hers.consent_id,
+                    portals=portals, provider=provider,
+                )  # fmt: skip
     finally:
-        codes = federation.stop()
+        codes = {f"portal-{name}": p.stop() for name, p in portals.items()}
+        if provider is not None:
+            provider.stop()
+        codes.update(federation.stop())
         if receiver is not None:
             codes["province"] = receiver.stop()
     _say()
     _say(_coordinator_view(federation.coordinator_audit))
     clean = sum(1 for code in codes.values() if code == 0)
     unclean = {name: code for name, code in codes.items() if code != 0}
+    killed = "; the volunteers' node was killed on purpose" if "volunteer" in unclean else ""
     _step(t0, f"Shut down: {clean} of {len(codes)} processes exited cleanly "
-          f"(not cleanly: {unclean}; the volunteers' node was killed on purpose)")  # fmt: skip
+          f"(not cleanly: {unclean}{killed})")  # fmt: skip
     return 0
+
+
+def _keep_running(
+    t0: float,
+    *,
+    federation: LocalFederation,
+    workdir: Path,
+    certs: Path,
+    issuer: TokenIssuer,
+    target: str,
+    device: Device,
+    scene: KioskScene,
+    consent_id: str,
+    portals: dict[str, Process],
+    provider: DevIdentityProvider,
+) -> None:
+    """Bring the volunteers' node back, start the demo's identity provider and the online
+    site, print how to try everything, and wait for Ctrl-C (the caller stops everything)."""
+    _step(t0, "Keeping the demo up: the volunteers' node comes back on its port, the demo's "
+          "identity provider and the online self-service site start")  # fmt: skip
+    federation.restart_node("volunteer")
+    provider.start()
+    register_device_key(device, target=target)
+    portals["online"], online_url = start_online(
+        device, target=target, run_dir=workdir / "run", provider=provider
+    )
+    # a token that outlives the hour the scenes' tokens were good for, and a report signing key
+    keys_file = workdir / "keys" / f"{AGENCY}.key"
+    token_file = workdir / "keys" / f"{AGENCY}.jwt"
+    token = issuer.issue(
+        requester=AGENCY,
+        role=Role.CREDIT_AGENCY,
+        purposes=["loan_underwriting", "credit_report"],
+        key_fingerprint=load_or_create_keys(keys_file).fingerprint,
+        ttl=timedelta(hours=12),
+    )
+    write_atomically(token_file, f"{token}\n".encode(), mode=0o600, field="token")
+    signing_key, _, _ = signing.write_key_pair(
+        workdir / "keys", f"{AGENCY}-reports", what="report signing key"
+    )
+    _say()
+    _say(how_to_try(TryIt(
+        workdir=workdir.resolve(), certs=certs.resolve(), target=target, kiosk=scene,
+        online_url=online_url, provider=provider, consent_id=consent_id, requester=AGENCY,
+        token_file=token_file.resolve(), keys_file=keys_file.resolve(),
+        signing_key=signing_key.resolve(),
+    )))  # fmt: skip
+    wait_until_interrupted()
+    _say()
+    _step(t0, "Ctrl-C: stopping the portals, the identity provider and the federation")

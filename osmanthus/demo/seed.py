@@ -231,6 +231,101 @@ _EDGE_PERSONAS: Mapping[SubjectKind, tuple[_Edge, ...]] = MappingProxyType(
     }
 )
 
+
+@dataclass(frozen=True)
+class SceneRecord:
+    """One record of a scene subject, dated relative to the day the data is seeded for."""
+
+    department: str
+    kind: str
+    quantity: int
+    #: the event began this many days before as_of
+    days_ago: int
+    #: it ended this many days after it began (None: no end date, e.g. a title or a donation)
+    lasted_days: int | None
+
+
+@dataclass(frozen=True)
+class ScenePerson:
+    """Someone who signs in at the demo's identity provider (a scene subject's face online)."""
+
+    resident_id: SubjectId
+    name: str
+
+
+@dataclass(frozen=True)
+class SceneSubject:
+    """A named subject the demo's scenes show: fixed id, fixed records, no random draws."""
+
+    kind: SubjectKind
+    subject_id: SubjectId
+    name: str
+    records: tuple[SceneRecord, ...]
+    #: an enterprise's legal representative, who signs in for it online (None for a person)
+    representative: ScenePerson | None = None
+
+
+def _scene_record(
+    dept: str, kind: str, *, days_ago: int, lasted_days: int | None = None, quantity: int = 1
+) -> SceneRecord:
+    return SceneRecord(dept, kind, quantity, days_ago, lasted_days)
+
+
+# The article's first scene: a citizen reads "桂花分 106" at the service hall's kiosk, with a
+# record in each of the four bonus categories. Her records give, with the default rules:
+#   base 100 − deductions (fare evasion 5 + rental-market violation 10)
+#   + bonuses (vocational certificate 5 + district honour 10 + one donation 5 + 16 hours 1) = 106,
+# and one record that no longer counts: an urban-management penalty whose 5 years have passed.
+# Every date sits well inside (or, for the expired one, well outside) its validity window, so
+# the score is the same whichever of UTC's and China's dates is "today".
+DEMO_CITIZEN = SceneSubject(
+    kind=SubjectKind.PERSON,
+    # Gusu district 姑苏区, born 1988-10-06, sequence 128 (an even digit: a woman, GB 11643)
+    subject_id=make_resident_id(region="320508", birth=datetime.date(1988, 10, 6), sequence=128),
+    name="沈桂芳 Shen Guifang",
+    records=(
+        _scene_record("hrss", "vocational_certificate", days_ago=400),
+        _scene_record("civility", "district_honour", days_ago=200),
+        _scene_record("blood", "blood_donation", days_ago=90),
+        _scene_record("volunteer", "volunteer_hours", days_ago=60, quantity=16),
+        _scene_record("transport", "fare_evasion", days_ago=150, lasted_days=0),
+        _scene_record("housing", "rental_market_violation", days_ago=300, lasted_days=20),
+        # about 7 years ago: past the 5 years a negative record counts
+        _scene_record("urban", "urban_management_penalty", days_ago=2600, lasted_days=10),
+    ),
+)
+#: what the demo citizen's records give on the day they are seeded for (the kiosk shows it)
+DEMO_CITIZEN_SCORE = 106
+
+# The online face for an enterprise: its legal representative signs in and sees its credit.
+# Customs certification 15 + contract-honouring title 10 − a road-transport penalty 5: 120, A.
+DEMO_ENTERPRISE = SceneSubject(
+    kind=SubjectKind.ENTERPRISE,
+    subject_id=make_uscc(
+        authority="9",
+        category="1",
+        region="320508",
+        # letters in the organisation code (as in codes issued since 2015, "MA…"): no random
+        # enterprise (eight digits) can have the same code
+        organisation="MA1GH202" + organisation_code_check_char("MA1GH202"),
+    ),
+    name="苏州桂园织造有限公司 Suzhou Guiyuan Weaving Co., Ltd.",
+    records=(
+        _scene_record("customs", "general_certified_enterprise", days_ago=500),
+        _scene_record("samr", "contract_honouring_enterprise", days_ago=250),
+        _scene_record("transport", "road_transport_violation", days_ago=120, lasted_days=5),
+    ),
+    representative=ScenePerson(
+        # Wuzhong district 吴中区, born 1979-03-15, sequence 517
+        resident_id=make_resident_id(
+            region="320506", birth=datetime.date(1979, 3, 15), sequence=517
+        ),
+        name="顾建华 Gu Jianhua",
+    ),
+)
+#: the scene's subjects, appended to the synthetic ones (the kiosk's citizen first)
+SCENE_SUBJECTS: tuple[SceneSubject, ...] = (DEMO_CITIZEN, DEMO_ENTERPRISE)
+
 PROFILES: Mapping[SubjectKind, _Profile] = MappingProxyType(
     {SubjectKind.PERSON: _PERSON, SubjectKind.ENTERPRISE: _ENTERPRISE}
 )
@@ -269,11 +364,15 @@ def seed(
     catalogue: Catalogue | None = None,
     progress: Callable[[str], None] | None = None,
     overwrite: bool = False,
+    scene: bool = True,
 ) -> SeedReport:
     """Write `<out_dir>/<dept>.duckdb` for every department and `<out_dir>/subjects.csv`.
 
     The same seed and as_of always give the same subjects and records, ids included. Existing
     department files are refused unless `overwrite` is set, so real data is never replaced.
+    With `scene`, the demo's named subjects (SCENE_SUBJECTS) of each kind seeded (a count above
+    zero) are added after the synthetic ones, with their fixed records: they draw nothing from
+    the random generator, so the synthetic subjects and records stay the same.
     """
     for name, value in (("persons", persons), ("enterprises", enterprises)):
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000_000:
@@ -301,6 +400,12 @@ def seed(
     enterprise_ids = generator.enterprises(enterprises)
     generator.edge_personas(SubjectKind.PERSON, person_ids)
     generator.edge_personas(SubjectKind.ENTERPRISE, enterprise_ids)
+    if scene:
+        for subject in SCENE_SUBJECTS:
+            ids = person_ids if subject.kind is SubjectKind.PERSON else enterprise_ids
+            if ids:
+                generator.scene_subject(subject)
+                ids.append(subject.subject_id)
 
     subjects_file = out_dir / SUBJECTS_FILE
     with subjects_file.open("w", newline="", encoding="utf-8") as f:
@@ -335,7 +440,10 @@ class _Generator:
 
     def persons(self, n: int) -> list[SubjectId]:
         span = (_LATEST_BIRTH - _EARLIEST_BIRTH).days + 1
-        seen: set[tuple[str, int, int]] = set()
+        # the scene's persons are never drawn (a draw of one is drawn again)
+        seen: set[tuple[str, int, int]] = {
+            (p[:6], (_birth_of(p) - _EARLIEST_BIRTH).days, int(p[14:17])) for p in _SCENE_PERSONS
+        }
         ids: list[SubjectId] = []
         while len(ids) < n:
             region = self.rng.choice(SUZHOU_DISTRICTS)
@@ -395,6 +503,26 @@ class _Generator:
                             status=ACTIVE,
                         )
                     )
+
+    def scene_subject(self, subject: SceneSubject) -> None:
+        """The fixed records of a scene subject (those of departments the catalogue has)."""
+        for r in subject.records:
+            if not self.served(_k(r.department, r.kind, "once"), subject.kind):
+                continue
+            start = self.as_of - datetime.timedelta(days=r.days_ago)
+            end = None if r.lasted_days is None else start + datetime.timedelta(days=r.lasted_days)
+            self.records.setdefault(r.department, []).append(
+                Record(
+                    record_id=self.record_id(r.department),
+                    subject_kind=subject.kind,
+                    subject_id=subject.subject_id,
+                    kind=r.kind,
+                    quantity=r.quantity,
+                    event_start=start,
+                    event_end=end,
+                    status=ACTIVE,
+                )
+            )
 
     def subject_records(self, kind: SubjectKind, subject: SubjectId) -> None:
         profile = PROFILES[kind]
@@ -478,6 +606,16 @@ class _Generator:
         n = self._next_id.get(department, 0) + 1
         self._next_id[department] = n
         return f"{department.upper()}-{n:08d}"
+
+
+def _birth_of(resident_id: str) -> datetime.date:
+    return datetime.date(int(resident_id[6:10]), int(resident_id[10:12]), int(resident_id[12:14]))
+
+
+#: every person id the scene uses (subjects and representatives)
+_SCENE_PERSONS: tuple[SubjectId, ...] = tuple(
+    s.subject_id for s in SCENE_SUBJECTS if s.kind is SubjectKind.PERSON
+) + tuple(s.representative.resident_id for s in SCENE_SUBJECTS if s.representative)
 
 
 def _weighted(rng: random.Random, choices: Sequence[tuple[_T, int]]) -> _T:

@@ -3,6 +3,7 @@ import datetime
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from osmanthus.v1 import common_pb2 as _common_pb2
 from osmanthus.v1 import lists_pb2 as _lists_pb2
+from osmanthus.v1 import node_pb2 as _node_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -276,10 +277,12 @@ class GrantConsentRequest(_message.Message):
     def __init__(self, subject_id: _Optional[str] = ..., grantee: _Optional[str] = ..., purpose: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subject_kind: _Optional[_Union[_common_pb2.SubjectKind, str]] = ...) -> None: ...
 
 class RevokeConsentRequest(_message.Message):
-    __slots__ = ("consent_id",)
+    __slots__ = ("consent_id", "subject_id")
     CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     consent_id: str
-    def __init__(self, consent_id: _Optional[str] = ...) -> None: ...
+    subject_id: str
+    def __init__(self, consent_id: _Optional[str] = ..., subject_id: _Optional[str] = ...) -> None: ...
 
 class ListConsentsRequest(_message.Message):
     __slots__ = ("subject_id", "grantee")
@@ -294,3 +297,29 @@ class ListConsentsResponse(_message.Message):
     CONSENTS_FIELD_NUMBER: _ClassVar[int]
     consents: _containers.RepeatedCompositeFieldContainer[Consent]
     def __init__(self, consents: _Optional[_Iterable[_Union[Consent, _Mapping]]] = ...) -> None: ...
+
+class SubjectFileRequest(_message.Message):
+    __slots__ = ("subject_kind", "subject_id", "purpose", "recipient_key", "nonce")
+    SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    subject_kind: _common_pb2.SubjectKind
+    subject_id: str
+    purpose: str
+    recipient_key: bytes
+    nonce: bytes
+    def __init__(self, subject_kind: _Optional[_Union[_common_pb2.SubjectKind, str]] = ..., subject_id: _Optional[str] = ..., purpose: _Optional[str] = ..., recipient_key: _Optional[bytes] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+
+class SubjectFileResponse(_message.Message):
+    __slots__ = ("query_id", "files", "missing", "partial")
+    QUERY_ID_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    query_id: str
+    files: _containers.RepeatedCompositeFieldContainer[_node_pb2.SealedSubjectFile]
+    missing: _containers.RepeatedCompositeFieldContainer[DepartmentStatus]
+    partial: bool
+    def __init__(self, query_id: _Optional[str] = ..., files: _Optional[_Iterable[_Union[_node_pb2.SealedSubjectFile, _Mapping]]] = ..., missing: _Optional[_Iterable[_Union[DepartmentStatus, _Mapping]]] = ..., partial: _Optional[bool] = ...) -> None: ...

@@ -87,6 +87,11 @@ class CoordinatorServiceStub:
                 request_serializer=osmanthus_dot_v1_dot_coordinator__pb2.ListConsentsRequest.SerializeToString,
                 response_deserializer=osmanthus_dot_v1_dot_coordinator__pb2.ListConsentsResponse.FromString,
                 _registered_method=True)
+        self.SubjectFile = channel.unary_unary(
+                '/osmanthus.v1.CoordinatorService/SubjectFile',
+                request_serializer=osmanthus_dot_v1_dot_coordinator__pb2.SubjectFileRequest.SerializeToString,
+                response_deserializer=osmanthus_dot_v1_dot_coordinator__pb2.SubjectFileResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -168,6 +173,16 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubjectFile(self, request, context):
+        """A subject's own file from every department serving the subject kind, each part sealed by
+        its node to the portal's key (the coordinator cannot read them), and the coordinator's own
+        audit entries about the subject, sealed the same way. Purpose self_query only, for a
+        requester with role kiosk or portal (central policy action SubjectFile).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -220,6 +235,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.ListConsents,
                     request_deserializer=osmanthus_dot_v1_dot_coordinator__pb2.ListConsentsRequest.FromString,
                     response_serializer=osmanthus_dot_v1_dot_coordinator__pb2.ListConsentsResponse.SerializeToString,
+            ),
+            'SubjectFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubjectFile,
+                    request_deserializer=osmanthus_dot_v1_dot_coordinator__pb2.SubjectFileRequest.FromString,
+                    response_serializer=osmanthus_dot_v1_dot_coordinator__pb2.SubjectFileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -494,6 +514,33 @@ class CoordinatorService:
             '/osmanthus.v1.CoordinatorService/ListConsents',
             osmanthus_dot_v1_dot_coordinator__pb2.ListConsentsRequest.SerializeToString,
             osmanthus_dot_v1_dot_coordinator__pb2.ListConsentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubjectFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/osmanthus.v1.CoordinatorService/SubjectFile',
+            osmanthus_dot_v1_dot_coordinator__pb2.SubjectFileRequest.SerializeToString,
+            osmanthus_dot_v1_dot_coordinator__pb2.SubjectFileResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -177,3 +177,35 @@ class NodeInfo(_message.Message):
     owned_categories: _containers.RepeatedScalarFieldContainer[str]
     software_version: str
     def __init__(self, department: _Optional[str] = ..., name: _Optional[str] = ..., subject_kinds: _Optional[_Iterable[_Union[_common_pb2.SubjectKind, str]]] = ..., rules_version: _Optional[str] = ..., rules_digest: _Optional[str] = ..., policy_hash: _Optional[str] = ..., owned_categories: _Optional[_Iterable[str]] = ..., software_version: _Optional[str] = ...) -> None: ...
+
+class NodeSubjectFileRequest(_message.Message):
+    __slots__ = ("query_id", "subject_kind", "subject_id", "purpose", "recipient_key", "nonce")
+    QUERY_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_KIND_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    query_id: str
+    subject_kind: _common_pb2.SubjectKind
+    subject_id: str
+    purpose: str
+    recipient_key: bytes
+    nonce: bytes
+    def __init__(self, query_id: _Optional[str] = ..., subject_kind: _Optional[_Union[_common_pb2.SubjectKind, str]] = ..., subject_id: _Optional[str] = ..., purpose: _Optional[str] = ..., recipient_key: _Optional[bytes] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+
+class SealedSubjectFile(_message.Message):
+    __slots__ = ("source", "sealed", "rules_version", "policy_hash", "signature", "certificate")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    RULES_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_HASH_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    sealed: bytes
+    rules_version: str
+    policy_hash: str
+    signature: str
+    certificate: bytes
+    def __init__(self, source: _Optional[str] = ..., sealed: _Optional[bytes] = ..., rules_version: _Optional[str] = ..., policy_hash: _Optional[str] = ..., signature: _Optional[str] = ..., certificate: _Optional[bytes] = ...) -> None: ...

@@ -67,6 +67,11 @@ class NodeServiceStub:
                 request_serializer=osmanthus_dot_v1_dot_node__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=osmanthus_dot_v1_dot_node__pb2.NodeInfo.FromString,
                 _registered_method=True)
+        self.SubjectFile = channel.unary_unary(
+                '/osmanthus.v1.NodeService/SubjectFile',
+                request_serializer=osmanthus_dot_v1_dot_node__pb2.NodeSubjectFileRequest.SerializeToString,
+                response_deserializer=osmanthus_dot_v1_dot_node__pb2.SealedSubjectFile.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -121,6 +126,17 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubjectFile(self, request, context):
+        """A subject's own file at this department (records that count and those that do not, list
+        entries in force, this node's audit entries about the subject), sealed to the portal's
+        X25519 key with HPKE (RFC 9180) so that the coordinator forwards it without reading it.
+        Only the coordinator may ask, for a requester whose token has role kiosk or portal, the
+        purpose self_query and the sealing key's fingerprint (osmanthus/core/subjectseal.py).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +169,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=osmanthus_dot_v1_dot_node__pb2.GetInfoRequest.FromString,
                     response_serializer=osmanthus_dot_v1_dot_node__pb2.NodeInfo.SerializeToString,
+            ),
+            'SubjectFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubjectFile,
+                    request_deserializer=osmanthus_dot_v1_dot_node__pb2.NodeSubjectFileRequest.FromString,
+                    response_serializer=osmanthus_dot_v1_dot_node__pb2.SealedSubjectFile.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -319,6 +340,33 @@ class NodeService:
             '/osmanthus.v1.NodeService/GetInfo',
             osmanthus_dot_v1_dot_node__pb2.GetInfoRequest.SerializeToString,
             osmanthus_dot_v1_dot_node__pb2.NodeInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubjectFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/osmanthus.v1.NodeService/SubjectFile',
+            osmanthus_dot_v1_dot_node__pb2.NodeSubjectFileRequest.SerializeToString,
+            osmanthus_dot_v1_dot_node__pb2.SealedSubjectFile.FromString,
             options,
             channel_credentials,
             insecure,

@@ -30,7 +30,7 @@ from osmanthus.core.types import DepartmentId, Role
 from osmanthus.demo.seed import SeedReport, seed
 from sdk import Client, RequesterKeys
 from sdk.keys import load_or_create_keys
-from tests.conftest import PLATFORM_DEPARTMENTS, IssuerKeyPaths
+from tests.conftest import PLATFORM_DEPARTMENTS, PLATFORM_REQUESTERS, IssuerKeyPaths
 
 #: the federation's seed size: big enough for 200 random persons, small enough to seed in ~1 s
 PERSONS = 400
@@ -90,6 +90,7 @@ class Federation:
         keys: RequesterKeys | None = None,
         ttl: timedelta = timedelta(minutes=30),
         single_use: bool = False,
+        seal_fingerprint: str | None = None,
     ) -> str:
         keys = keys or self.keys[requester]
         return self.issuer.issue(
@@ -99,6 +100,7 @@ class Federation:
             key_fingerprint=keys.fingerprint,
             ttl=ttl,
             single_use=single_use,
+            seal_fingerprint=seal_fingerprint,
         )
 
     def client(
@@ -108,9 +110,16 @@ class Federation:
         role: Role,
         purposes: Sequence[str],
         single_use: bool = False,
+        seal_fingerprint: str | None = None,
     ) -> Client:
         keys = self.keys[requester]
-        token = self.token(requester, role=role, purposes=purposes, single_use=single_use)
+        token = self.token(
+            requester,
+            role=role,
+            purposes=purposes,
+            single_use=single_use,
+            seal_fingerprint=seal_fingerprint,
+        )
         return Client(
             self.target, tls=self.tls(requester), token=token, keys=keys, catalogue=self.catalogue
         )
@@ -120,10 +129,7 @@ class Federation:
 def requester_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RequesterKeys]:
     """Real 2048-bit Paillier keys for each test requester, generated once per session."""
     directory = tmp_path_factory.mktemp("requester-keys")
-    return {
-        name: load_or_create_keys(directory / f"{name}.key")
-        for name in ("agency-1", "bank-1", "registrar", "sync-1", "library-1")
-    }
+    return {name: load_or_create_keys(directory / f"{name}.key") for name in PLATFORM_REQUESTERS}
 
 
 def start_federation(

@@ -141,7 +141,7 @@ BAD_RESIDENT_IDS: list[tuple[str, Callable[[str], str], str]] = [
     (
         "check-character",
         lambda v: v[:17] + ("0" if v[17] != "0" else "1"),
-        "check character is",
+        "check character (position 18) does not match",
     ),
     ("birth-date", lambda v: _resident_with_birth(v, "19990231"), "not a valid calendar date"),
     ("future-birth", lambda v: _resident_with_birth(v, "29990101"), "is in the future"),
@@ -181,7 +181,7 @@ BAD_CREDIT_CODES: list[tuple[str, Callable[[str], str], str]] = [
     (
         "check-character",
         lambda v: v[:17] + ("0" if v[17] != "0" else "1"),
-        "mod-31 check gives",
+        "does not match the GB 32100-2015 mod-31 check",
     ),
     # 'I' is excluded from the GB 32100-2015 set so it cannot be misread as '1'
     ("character-set", lambda v: v[:10] + "I" + v[11:], "not in the GB 32100-2015 character set"),

@@ -361,7 +361,7 @@ def test_slot_widths_other_than_the_catalogues_are_refused(
     [
         (lambda s: s[:17], "must be 18 characters, got 17"),
         (lambda s: s[:17] + ("0" if s[17] != "0" else "1"), "check character"),
-        (lambda s: s[:4] + "A" + s[5:], "contains 'A' at position 5"),
+        (lambda s: s[:4] + "A" + s[5:], "other than a digit at position 5"),
     ],
     ids=["length", "check-character", "character-set"],
 )

@@ -64,6 +64,7 @@ def test_the_extra_is_the_commands_own_else_the_smallest_that_has_the_module() -
 _IMPORT_NAME = {
     "grpcio-health-checking": "grpc_health",
     "prometheus-client": "prometheus_client",
+    "python-multipart": "python_multipart",
 }
 
 

@@ -145,45 +145,71 @@ def test_hong_kong_macao_taiwan_codes_are_accepted(region: str) -> None:
         ("", "must be 18 characters, got 0"),
         (" " + GB11643_EXAMPLE, "leading or trailing whitespace"),
         (GB11643_EXAMPLE + "\n", "leading or trailing whitespace"),
-        ("1101051949123100 X", r"contains ' ' at position 17; positions 1-17 must be the digits"),
-        ("11010A19491231002X", r"contains 'A' at position 6; positions 1-17"),
+        (
+            "1101051949123100 X",
+            "has a character other than a digit at position 17; positions 1-17 must be the digits",
+        ),
+        ("11010A19491231002X", r"other than a digit at position 6; positions 1-17"),
         # a full-width digit is a digit to str.isdigit() but not to the standard
-        ("１1010519491231002X", r"contains '１' at position 1"),
-        ("110105194912310025"[:17] + "Y", r"ends in 'Y'; the check character must be a digit"),
-        (_resident("00010519491231002"), r"address code in a resident identity number 000105 "),
-        (_resident("19010519491231002"), r"does not start with a province-level code \('19'"),
-        (_resident("83010119800101123"), r"830101 does not start with a province-level code"),
+        ("１1010519491231002X", r"other than a digit at position 1;"),
+        (
+            "110105194912310025"[:17] + "Y",
+            r"does not end in a check character: it must be a digit 0-9 or 'X'",
+        ),
+        (
+            _resident("00010519491231002"),
+            r"subject_id: address code in a resident identity number does not start with a "
+            r"province-level code \(its first two digits must be one of 11, 12, ",
+        ),
+        (_resident("19010519491231002"), r"does not start with a province-level code"),
+        (_resident("83010119800101123"), r"does not start with a province-level code"),
         (
             _resident("11010519991332002"),
-            "birth date 19991332 in a resident identity number is not a valid calendar date",
+            r"subject_id: the birth date in a resident identity number \(positions 7-14\) is not "
+            r"a valid calendar date$",
         ),
-        (_resident("11010519000229002"), "birth date 19000229 .* not a valid calendar date"),
-        (_resident("11010520230229002"), "birth date 20230229 .* not a valid calendar date"),
-        (_resident("11010519490000002"), "birth date 19490000 .* not a valid calendar date"),
-        (_resident("11010500000101002"), "birth date 00000101 .* not a valid calendar date"),
+        (_resident("11010519000229002"), "birth date .* not a valid calendar date"),
+        (_resident("11010520230229002"), "birth date .* not a valid calendar date"),
+        (_resident("11010519490000002"), "birth date .* not a valid calendar date"),
+        (_resident("11010500000101002"), "birth date .* not a valid calendar date"),
         (
             _resident("11010518991231002"),
-            "birth date 18991231 in a resident identity number is before 1900-01-01",
+            "the birth date in a resident identity number \\(positions 7-14\\) is before "
+            "1900-01-01",
         ),
-        (GB11643_EXAMPLE_1880, "birth date 18800101 .* before 1900-01-01"),
+        (GB11643_EXAMPLE_1880, "birth date .* before 1900-01-01"),
         (
             GB11643_EXAMPLE[:17] + "5",
-            "resident identity number check character is '5' but ISO 7064 MOD 11-2 gives 'X'",
+            "resident identity number check character \\(position 18\\) does not match the "
+            "ISO 7064 MOD 11-2 check of positions 1-17",
         ),
-        ("110105194912310020", "check character is '0' but ISO 7064 MOD 11-2 gives 'X'"),
+        ("110105194912310020", "check character .* does not match the ISO 7064 MOD 11-2 check"),
     ],
 )
 def test_resident_id_rejections(value: str, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message) as info:
         ids.validate_resident_id(value)
     assert info.value.field == "subject_id"
+    _assert_no_piece_of(value, info.value)
+
+
+def _assert_no_piece_of(value: str, error: InvalidArgument) -> None:
+    """No run of 5 or more characters of the refused value is in the message (a birth date,
+    an address code, a check character and its neighbours; 4 would find '100-' of a code in
+    the name of the standard, GB 32100-2015)."""
+    text = str(error)
+    for start in range(len(value) - 4):
+        piece = value[start : start + 5]
+        assert piece not in text, (piece, text)
 
 
 def test_birth_date_in_the_future_is_rejected() -> None:
     # Two days ahead is in the future in China whatever this machine's own time zone is.
     soon = _today_in_china() + datetime.timedelta(days=2)
-    with pytest.raises(InvalidArgument, match=f"birth date {soon:%Y%m%d} .* is in the future"):
-        ids.validate_resident_id(_resident(f"110105{soon:%Y%m%d}002"))
+    value = _resident(f"110105{soon:%Y%m%d}002")
+    with pytest.raises(InvalidArgument, match=r"birth date .* is in the future") as info:
+        ids.validate_resident_id(value)
+    assert f"{soon:%Y%m%d}" not in str(info.value) and f"{soon:%Y}" not in str(info.value)
 
 
 @pytest.mark.parametrize("value", [None, 11010519491231002, b"11010519491231002X"])
@@ -243,37 +269,43 @@ def test_organisation_code_check_digit_is_not_enforced_by_validation() -> None:
         (GB32100_EXAMPLE + " ", "leading or trailing whitespace"),
         (
             "91350100O000100Y43",
-            "unified social credit code contains 'O' at position 9, which is not in the "
-            "GB 32100-2015 character set$",
+            "enterprise_id: unified social credit code has a character at position 9 that is not "
+            "in the GB 32100-2015 character set$",
         ),
-        ("91350100M000100I43", "contains 'I' at position 16"),
-        ("91350100M000100S43", "contains 'S' at position 16"),
-        ("91350100M000100V43", "contains 'V' at position 16"),
-        ("91350100M000100Z43", "contains 'Z' at position 16"),
-        ("91350100m000100Y43", r"contains 'm' at position 9, .*\(letters must be upper case\)"),
-        ("91350100M000100-43", "contains '-' at position 16"),
-        (_uscc("B1350100M000100Y4"), r"registration authority code 'B', which GB 32100-2015"),
-        (_uscc("01350100M000100Y4"), r"registration authority code '0'"),
+        ("91350100M000100I43", "character at position 16 that is not in"),
+        ("91350100M000100S43", "character at position 16 that is not in"),
+        ("91350100M000100V43", "character at position 16 that is not in"),
+        ("91350100M000100Z43", "character at position 16 that is not in"),
+        ("91350100m000100Y43", r"at position 9 that .*\(letters must be upper case\)"),
+        ("91350100M000100-43", "character at position 16 that is not in"),
+        (
+            _uscc("B1350100M000100Y4"),
+            r"starts with a registration authority code that GB 32100-2015 does not assign",
+        ),
+        (_uscc("01350100M000100Y4"), r"registration authority code that GB 32100-2015"),
         (
             _uscc("94350100M000100Y4"),
-            r"organisation category code '4' at position 2, which registration authority '9' "
+            r"organisation category code at position 2 that its registration authority "
             r"\(market regulation",
         ),
-        (_uscc("99350100M000100Y4"), r"category code '9' .* authority '9'"),
-        (_uscc("Y2350100M000100Y4"), r"category code '2' .* authority 'Y'"),
-        (_uscc("1A350100M000100Y4"), r"category code 'A' .* authority '1'"),
-        (_uscc("5135010AM000100Y4"), "administrative division code 35010A at positions 3-8; "),
+        (_uscc("99350100M000100Y4"), r"category code at position 2 .* \(market regulation"),
+        (_uscc("Y2350100M000100Y4"), r"category code at position 2 .* \(other"),
+        (_uscc("1A350100M000100Y4"), r"category code at position 2 .* \(institutional staffing"),
+        (
+            _uscc("5135010AM000100Y4"),
+            "administrative division code at positions 3-8 that is not six digits",
+        ),
         (
             _uscc("91990100M000100Y4"),
             r"administrative division code at positions 3-8 of a unified social credit code "
-            r"990100 does not start with a province-level code",
+            r"does not start with a province-level code",
         ),
-        (_uscc("91000000M000100Y4"), r"000000 does not start with a province-level code"),
-        (_uscc("91100100M000100Y4"), r"100100 does not start with a province-level code"),
+        (_uscc("91000000M000100Y4"), r"does not start with a province-level code"),
+        (_uscc("91100100M000100Y4"), r"does not start with a province-level code"),
         (
             GB32100_EXAMPLE[:17] + "4",
-            "unified social credit code check character is '4' but the GB 32100-2015 mod-31 "
-            "check gives '3'",
+            "unified social credit code check character \\(position 18\\) does not match the "
+            "GB 32100-2015 mod-31 check of positions 1-17",
         ),
     ],
 )
@@ -281,6 +313,7 @@ def test_uscc_rejections(value: str, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message) as info:
         ids.validate_uscc(value, field="enterprise_id")
     assert info.value.field == "enterprise_id"
+    _assert_no_piece_of(value, info.value)
 
 
 def test_uscc_must_be_a_string() -> None:
@@ -314,8 +347,9 @@ def test_resident_id_given_as_enterprise_names_the_rule_and_the_likely_kind() ->
     # 11010519491231002X fails GB 32100 at its region code: 010519 has province prefix 01.
     with pytest.raises(
         InvalidArgument,
-        match=r"010519 does not start with a province-level code.*valid resident identity "
-        r"number, so the subject kind is probably 'person', not 'enterprise'",
+        match=r"positions 3-8 of a unified social credit code does not start with a "
+        r"province-level code.*valid resident identity number, so the subject kind is probably "
+        r"'person', not 'enterprise'",
     ) as info:
         ids.validate_subject(SubjectKind.ENTERPRISE, GB11643_EXAMPLE, field="subject")
     assert info.value.field == "subject"
@@ -324,8 +358,9 @@ def test_resident_id_given_as_enterprise_names_the_rule_and_the_likely_kind() ->
 def test_uscc_given_as_person_names_the_rule_and_the_likely_kind() -> None:
     with pytest.raises(
         InvalidArgument,
-        match=r"contains 'M' at position 9; positions 1-17 must be the digits 0-9; the value "
-        r"is a valid unified social credit code, so the subject kind is probably 'enterprise'",
+        match=r"other than a digit at position 9; positions 1-17 must be the digits 0-9; the "
+        r"value is a valid unified social credit code, so the subject kind is probably "
+        r"'enterprise'",
     ) as info:
         ids.validate_subject(SubjectKind.PERSON, GB32100_EXAMPLE)
     assert info.value.field == "subject_id"
@@ -336,7 +371,7 @@ def test_all_digit_uscc_given_as_person_fails_on_a_named_rule() -> None:
     # its address code: 914403 has province prefix 91.
     with pytest.raises(
         InvalidArgument,
-        match=r"address code in a resident identity number 914403 does not start with a "
+        match=r"address code in a resident identity number does not start with a "
         r"province-level code.*probably 'enterprise', not 'person'",
     ):
         ids.validate_subject(SubjectKind.PERSON, "914403001922038216")
@@ -382,7 +417,7 @@ def test_suzhou_districts_are_the_nine_current_ones() -> None:
     [
         ({"region": "32050"}, "region", "region must be six digits, got '32050'"),
         ({"region": "32050A"}, "region", "six digits"),
-        ({"region": "990508"}, "region", r"region 990508 does not start with a province-level"),
+        ({"region": "990508"}, "region", r"region does not start with a province-level"),
         (
             {"birth": datetime.datetime(1990, 1, 1)},
             "birth",
@@ -392,7 +427,7 @@ def test_suzhou_districts_are_the_nine_current_ones() -> None:
         (
             {"birth": datetime.date(1899, 12, 31)},
             "birth",
-            "birth date 18991231 is before 1900-01-01",
+            "the birth date is before 1900-01-01",
         ),
         ({"sequence": -1}, "sequence", r"sequence must be in 0\.\.999, got -1"),
         ({"sequence": 1000}, "sequence", r"sequence must be in 0\.\.999, got 1000"),
@@ -559,3 +594,32 @@ def test_resident_round_trip_through_validate_subject(valid: str) -> None:
 @given(valid=_valid_usccs())
 def test_uscc_round_trip_through_validate_subject(valid: str) -> None:
     assert ids.validate_subject(SubjectKind.ENTERPRISE, valid) == valid
+
+
+# --- validate_any_subject -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        GB11643_EXAMPLE[:17] + "5",  # a person's id with one character mistyped
+        _resident("11010519991332002")[:-1] + "0",
+        "1101051949123100 X",
+        GB32100_EXAMPLE[:17] + "4",
+        "张三 110105194912310",
+    ],
+)
+def test_validate_any_subject_names_both_rules_never_the_value(value: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        ids.validate_any_subject(value, field="subject_id")
+    assert info.value.field == "subject_id"
+    message = info.value.message
+    assert message.startswith("neither a resident id nor a unified social credit code: ")
+    assert "resident identity number" in message and "unified social credit code" in message
+    assert "张三" not in message
+    _assert_no_piece_of(value, info.value)
+
+
+def test_validate_any_subject_accepts_either_kind() -> None:
+    assert ids.validate_any_subject(GB11643_EXAMPLE.lower()) == GB11643_EXAMPLE
+    assert ids.validate_any_subject(GB32100_EXAMPLE) == GB32100_EXAMPLE

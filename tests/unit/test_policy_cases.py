@@ -83,12 +83,33 @@ def test_expected_deciding_rules_and_minimum_are_checked(tmp_path: Path) -> None
     assert any("minimum of 5 departments, got 3" in p for p in result.problems)
 
 
+def test_expected_rate_limits_are_checked(tmp_path: Path) -> None:
+    # a kiosk's self-query is held to 30 a minute; a case expecting the online site's 3000
+    # (or none at all) fails, naming what the rules say
+    kiosk = CASE.format(name="k", consent="missing", expect="allow").replace(
+        'role = "bank"', 'role = "kiosk"'
+    ).replace('purpose = "loan_underwriting", shape = "total"', 'purpose = "self_query", '
+              'shape = "breakdown"')  # fmt: skip
+    cases = tmp_path / "cases.toml"
+    cases.write_text(
+        kiosk + 'rate_limits = ["30/minute"]\n'
+        + kiosk + 'rate_limits = ["3000/minute"]\n'
+        + CASE.format(name="loan", consent="valid", expect="allow") + 'rate_limits = ["1/day"]\n'
+    )  # fmt: skip
+    engine = PolicyEngine.from_file(POLICIES / "central.cedar")
+    passed, wrong, unlimited = run_cases(engine, load_cases(cases))
+    assert passed.passed, passed.problems
+    assert wrong.problems == ("expected the rate limits 3000/minute, got 30/minute",)
+    assert unlimited.problems == ("expected the rate limits 1/day, got none",)
+
+
 @pytest.mark.parametrize(
     ("extra", "key", "words"),
     [
         ('colour = "red"\n', "colour", "unknown key"),
         ('by = "central-self-query"\n', "by", "list of rule ids"),
         ("min_departments = true\n", "min_departments", "whole number"),
+        ('rate_limits = "30/minute"\n', "rate_limits", "list of limits"),
     ],
 )
 def test_a_malformed_case_names_file_case_and_key(

@@ -100,3 +100,72 @@ def test_a_refund_gives_the_place_back() -> None:
     with pytest.raises(RateLimited):
         limiter.charge("r", [limit])
     limiter.refund("r", [limit], None)  # nothing reserved, nothing given back
+
+
+def _device_request(role: str, action: str, kind: str = "person") -> dict[str, object]:
+    context: dict[str, object] = {"purpose": "self_query"}
+    if action == "SubjectFile":
+        context["subject_kind"] = kind
+    else:
+        context.update(
+            shape="breakdown", consent="missing" if kind == "person" else "not_applicable"
+        )
+    return {
+        "requester": f"{role}-1",
+        "role": role,
+        "action": action,
+        "resource": ("Dataset", kind),
+        "context": context,
+    }
+
+
+@pytest.mark.parametrize(
+    ("role", "action", "kind", "limit"),
+    [
+        ("kiosk", "PersonQuery", "person", "30/minute"),
+        ("kiosk", "SubjectFile", "person", "30/minute"),
+        ("portal", "PersonQuery", "person", "3000/minute"),
+        ("portal", "EnterpriseQuery", "enterprise", "3000/minute"),
+        ("portal", "SubjectFile", "person", "3000/minute"),
+        ("portal", "SubjectFile", "enterprise", "3000/minute"),
+    ],
+)
+def test_every_subject_device_permit_carries_a_limit(
+    role: str, action: str, kind: str, limit: str
+) -> None:
+    engine = PolicyEngine.from_file(POLICIES / "central.cedar")
+    decision = engine.decide(make_request(**_device_request(role, action, kind)))  # type: ignore[arg-type]
+    assert decision.allowed, decision.reason
+    assert [rate.text for rate in engine.rate_limits(decision)] == [limit]
+
+
+def test_a_kiosk_made_to_look_up_people_is_held_to_thirty_a_minute() -> None:
+    # a kiosk serves one person at a time: the 31st score in a minute is refused, whichever
+    # subject it names; another kiosk, and the online site, keep their own windows
+    engine = PolicyEngine.from_file(POLICIES / "central.cedar")
+    clock = Clock()
+    limiter = RateLimiter(clock=clock)
+
+    def limits(role: str, action: str) -> tuple[RateLimit, ...]:
+        decision = engine.decide(make_request(**_device_request(role, action)))  # type: ignore[arg-type]
+        return engine.rate_limits(decision)
+
+    kiosk_scores, kiosk_files = limits("kiosk", "PersonQuery"), limits("kiosk", "SubjectFile")
+    for _ in range(30):
+        limiter.charge("kiosk-1", kiosk_scores)
+        clock.now += 1
+    with pytest.raises(RateLimited, match="kiosk-1 may be granted 30/minute under rule "
+                       "'central-kiosk-self-query'"):  # fmt: skip
+        limiter.charge("kiosk-1", kiosk_scores)
+    for _ in range(30):
+        limiter.charge("kiosk-1", kiosk_files)
+    with pytest.raises(RateLimited, match="'central-kiosk-subject-file'"):
+        limiter.charge("kiosk-1", kiosk_files)
+    limiter.charge("kiosk-2", kiosk_scores)
+    portal_scores = limits("portal", "PersonQuery")
+    for _ in range(3000):
+        limiter.charge("portal-1", portal_scores)
+    with pytest.raises(RateLimited, match="'central-portal-self-query'"):
+        limiter.charge("portal-1", portal_scores)
+    clock.now += 60  # a minute on, the kiosk serves the next person
+    limiter.charge("kiosk-1", kiosk_scores)

@@ -20,8 +20,17 @@ from osmanthus.core.catalogue import Catalogue, default_rules_dir, load_catalogu
 from osmanthus.core.errors import FailedPrecondition, InvalidArgument
 from osmanthus.core.ids import validate_subject
 from osmanthus.core.rules import Record, RuleSet, load_rules_dir
+from osmanthus.core.score import Breakdown, grade, score
 from osmanthus.core.types import DepartmentId, SubjectKind
-from osmanthus.demo.seed import PROFILES, SeedReport, seed
+from osmanthus.demo.seed import (
+    DEMO_CITIZEN,
+    DEMO_CITIZEN_SCORE,
+    DEMO_ENTERPRISE,
+    PROFILES,
+    SCENE_SUBJECTS,
+    SeedReport,
+    seed,
+)
 
 AS_OF = date(2026, 11, 26)
 REPO = Path(__file__).resolve().parents[2]
@@ -82,14 +91,18 @@ def test_demo_seed_is_fast_and_complete(demo: Demo) -> None:
     assert seconds < 10, f"seeding took {seconds:.1f} s"
     assert set(report.databases) == {d.id for d in CATALOGUE.departments}
     assert all(p.exists() for p in report.databases.values())
-    assert report.subjects == {SubjectKind.PERSON: 2000, SubjectKind.ENTERPRISE: 300}
+    # the synthetic subjects and, after them, the scene's citizen and enterprise
+    assert report.subjects == {SubjectKind.PERSON: 2001, SubjectKind.ENTERPRISE: 301}
     assert {d: len(r) for d, r in stored.items()} == dict(report.records)
     assert report.total_records == sum(len(r) for r in stored.values())
     with report.subjects_file.open(newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["subject_kind", "subject_id"]
     subjects = {(k, s) for k, s in rows[1:]}
-    assert len(subjects) == len(rows) - 1 == 2300  # no duplicates
+    assert len(subjects) == len(rows) - 1 == 2302  # no duplicates
+    for scene_subject in SCENE_SUBJECTS:  # each the last of its kind
+        last = [r for r in rows if r[0] == scene_subject.kind.value][-1]
+        assert last == [scene_subject.kind.value, scene_subject.subject_id]
     for kind, subject in rows[1:]:
         assert validate_subject(SubjectKind(kind), subject) == subject
     for records in stored.values():
@@ -229,3 +242,81 @@ def test_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
     assert messages[1] == f"psb: {first.records[DepartmentId('psb')]} records"
     with pytest.raises(InvalidArgument, match="persons: must be a whole number"):
         seed(tmp_path / "x", persons=-1, as_of=AS_OF)
+
+
+def _plaintext(
+    stored: dict[str, list[Record]], kind: SubjectKind, subject: str, as_of: date
+) -> tuple[Breakdown, int]:
+    """The score model in plaintext over every department's seeded records of one subject."""
+    model = CATALOGUE.model(kind)
+    deductions = 0
+    bonuses: dict[str, int | None] = {c.name: 0 for c in model.categories}
+    for dept, records in stored.items():
+        mine = [r for r in records if r.subject_kind is kind and r.subject_id == subject]
+        part = RULES[dept].contribution(kind, mine, as_of=as_of)
+        deductions += part.deductions
+        for name, value in part.bonuses.items():
+            bonuses[name] = (bonuses[name] or 0) + value
+    breakdown = Breakdown(deductions=deductions, bonuses=bonuses)
+    return breakdown, score(model, breakdown)
+
+
+def test_the_kiosk_citizen_scores_106_with_all_four_bonus_categories(demo: Demo) -> None:
+    subject = DEMO_CITIZEN.subject_id
+    assert validate_subject(SubjectKind.PERSON, subject) == subject
+    assert int(subject[16]) % 2 == 0  # a woman (GB 11643: the 17th digit is even)
+    breakdown, total = _plaintext(demo.stored, SubjectKind.PERSON, subject, AS_OF)
+    assert total == DEMO_CITIZEN_SCORE == 106
+    assert breakdown.deductions == 15
+    assert breakdown.bonuses == {
+        "qualifications": 5,  # 资质状况
+        "honours": 10,  # 荣誉表彰
+        "blood_donation": 5,  # 献血记录
+        "volunteer_service": 1,  # 志愿者服务
+    }
+    # one record that no longer counts: it is stored, and expired on the day
+    hers = [(dept, r) for dept, rs in demo.stored.items() for r in rs if r.subject_id == subject]
+    assert len(hers) == len(DEMO_CITIZEN.records) == 7
+    rules = [(RULES[dept].rule(r.subject_kind, r.kind), r) for dept, r in hers]
+    expired = [
+        r for rule, r in rules if not rule.validity.counts(r.event_start, r.event_end, AS_OF)
+    ]
+    assert [r.kind for r in expired] == ["urban_management_penalty"]
+    # the same on the day before and after (UTC's and China's "today" differ by up to a day)
+    for day in (date(2026, 11, 25), date(2026, 11, 27)):
+        assert _plaintext(demo.stored, SubjectKind.PERSON, subject, day)[1] == 106
+
+
+def test_the_kiosk_citizen_scores_106_whatever_the_seeding_day(tmp_path: Path) -> None:
+    for as_of in (date(2025, 1, 1), date(2028, 2, 29)):
+        report = seed(tmp_path / as_of.isoformat(), persons=5, enterprises=2, as_of=as_of)
+        _, total = _plaintext(load_all(report), SubjectKind.PERSON, DEMO_CITIZEN.subject_id, as_of)
+        assert total == 106
+
+
+def test_the_scene_enterprise_and_its_representative(demo: Demo) -> None:
+    code = DEMO_ENTERPRISE.subject_id
+    assert validate_subject(SubjectKind.ENTERPRISE, code) == code
+    assert DEMO_ENTERPRISE.representative is not None
+    representative = DEMO_ENTERPRISE.representative.resident_id
+    assert validate_subject(SubjectKind.PERSON, representative) == representative
+    _, total = _plaintext(demo.stored, SubjectKind.ENTERPRISE, code, AS_OF)
+    assert total == 120
+    assert grade(CATALOGUE.model(SubjectKind.ENTERPRISE), total) == "A"
+
+
+def test_scene_subjects_are_left_out_on_request_and_for_kinds_not_seeded(tmp_path: Path) -> None:
+    without = seed(tmp_path / "without", persons=20, enterprises=5, as_of=AS_OF, scene=False)
+    assert without.subjects == {SubjectKind.PERSON: 20, SubjectKind.ENTERPRISE: 5}
+    no_firms = seed(tmp_path / "no-firms", persons=20, enterprises=0, as_of=AS_OF)
+    assert no_firms.subjects == {SubjectKind.PERSON: 21, SubjectKind.ENTERPRISE: 0}
+    stored = load_all(no_firms)
+    assert not any(r.subject_id == DEMO_ENTERPRISE.subject_id for rs in stored.values() for r in rs)
+    # the synthetic records are the same with the scene or without it
+    scene = {s.subject_id for s in SCENE_SUBJECTS}
+    with_scene = seed(tmp_path / "with", persons=20, enterprises=5, as_of=AS_OF)
+    synthetic = {
+        dept: [r for r in rs if r.subject_id not in scene]
+        for dept, rs in load_all(with_scene).items()
+    }
+    assert synthetic == load_all(without)

@@ -340,6 +340,38 @@ ROUND_TRIPS: list[tuple[str, Any, Callable[[Any], Message], Callable[[Any], Any]
         coord.consent_from_proto,
     ),
     (
+        "subject file request",
+        coord.SubjectFileRequest(
+            subject_kind=SubjectKind.PERSON,
+            subject_id="11010519491231002X",
+            purpose="self_query",
+            recipient_key=b"\x09" * 32,
+            nonce=b"\x0a" * 32,
+        ),
+        coord.subject_file_request_to_proto,
+        coord.subject_file_request_from_proto,
+    ),
+    (
+        "subject file outcome",
+        coord.SubjectFileOutcome(
+            query_id=QueryId("q_abcdefgh"),
+            parts=(
+                node.SealedPart(
+                    source="tax",
+                    sealed=b"\x01" * 64,
+                    rules_version="2026.1",
+                    signature="eyJ..sig",
+                    certificate=b"-----BEGIN CERTIFICATE-----",
+                ),
+                node.SealedPart(source="coordinator", sealed=b"\x02" * 64, policy_hash="ab" * 32),
+            ),
+            missing=(DepartmentStatus(DepartmentId("psb"), "no answer within the 5 s deadline"),),
+            partial=True,
+        ),
+        coord.subject_file_outcome_to_proto,
+        coord.subject_file_outcome_from_proto,
+    ),
+    (
         "delivery",
         province.Delivery(
             batch_id="sb-" + "0" * 32,
@@ -385,6 +417,23 @@ def test_an_answer_no_honest_coordinator_sends_is_refused_naming_the_field() -> 
     with pytest.raises(InvalidArgument) as caught:
         coord.batch_answer_from_proto(coordinator_pb2.BatchQueryResponse())
     assert caught.value.field == "item"
+
+
+def test_a_subject_file_answer_names_each_source_once() -> None:
+    twice = coordinator_pb2.SubjectFileResponse(query_id="q_abcdefgh")
+    twice.files.add(source="tax", sealed=b"x")
+    twice.files.add(source="tax", sealed=b"y")
+    with pytest.raises(InvalidArgument) as caught:
+        coord.subject_file_outcome_from_proto(twice)
+    assert caught.value.field == "files[1].source"
+    nameless = coordinator_pb2.SubjectFileResponse(query_id="q_abcdefgh")
+    nameless.files.add(source="", sealed=b"x")
+    with pytest.raises(InvalidArgument) as caught:
+        coord.subject_file_outcome_from_proto(nameless)
+    assert caught.value.field == "files[0].source"
+    with pytest.raises(InvalidArgument) as caught:
+        coord.subject_file_outcome_from_proto(coordinator_pb2.SubjectFileResponse())
+    assert caught.value.field == "query_id"
 
 
 def test_a_person_query_cannot_name_departments() -> None:

@@ -42,7 +42,13 @@ from osmanthus.core.wire.common import (
     timestamp_to_proto,
 )
 from osmanthus.core.wire.lists import public_entry_from_proto, public_entry_to_proto
-from osmanthus.core.wire.node import MAX_CHUNK_SUBJECTS, MAX_COHORT
+from osmanthus.core.wire.node import (
+    MAX_CHUNK_SUBJECTS,
+    MAX_COHORT,
+    SealedPart,
+    sealed_part_from_proto,
+    sealed_part_to_proto,
+)
 from osmanthus.v1 import common_pb2, coordinator_pb2, lists_pb2
 
 # --- common ---------------------------------------------------------------------------------
@@ -693,8 +699,11 @@ def consent_from_proto(message: coordinator_pb2.Consent, *, field: str = "consen
     )
 
 
-def revoke_consent_to_proto(consent_id: str) -> coordinator_pb2.RevokeConsentRequest:
-    return coordinator_pb2.RevokeConsentRequest(consent_id=consent_id)
+def revoke_consent_to_proto(
+    consent_id: str, *, subject_id: str = ""
+) -> coordinator_pb2.RevokeConsentRequest:
+    """RevokeConsent; with `subject_id` the consent must be that subject's (the portal's way)."""
+    return coordinator_pb2.RevokeConsentRequest(consent_id=consent_id, subject_id=subject_id)
 
 
 def list_consents_to_proto(*, subject_id: str, grantee: str) -> coordinator_pb2.ListConsentsRequest:
@@ -707,3 +716,90 @@ def consents_to_proto(consents: Iterable[Consent]) -> coordinator_pb2.ListConsen
 
 def consents_from_proto(message: coordinator_pb2.ListConsentsResponse) -> list[Consent]:
     return [consent_from_proto(c, field=f"consents[{i}]") for i, c in enumerate(message.consents)]
+
+
+# --- a subject's own file: SubjectFile -------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubjectFileRequest:
+    """SubjectFile as asked by a subjects' portal device: whose file, and the key to seal it to."""
+
+    subject_kind: SubjectKind | None
+    subject_id: str
+    purpose: str
+    #: the device's raw X25519 public key; its SHA-256 must be the token's seal_fp claim
+    recipient_key: bytes
+    #: random bytes the device chose for this call (16 to 64), forwarded to every node and
+    #: bound into each part's seal and signature: a part from an earlier call does not fit
+    nonce: bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubjectFileOutcome:
+    """Every part of the file, sealed: the answering departments' in order, then the
+    coordinator's own (source "coordinator"); the departments that sent none, and why."""
+
+    query_id: QueryId
+    parts: tuple[SealedPart, ...]
+    missing: tuple[DepartmentStatus, ...]
+    partial: bool
+
+
+def subject_file_request_to_proto(
+    request: SubjectFileRequest,
+) -> coordinator_pb2.SubjectFileRequest:
+    return coordinator_pb2.SubjectFileRequest(
+        subject_kind=kind_to_pb(request.subject_kind),
+        subject_id=request.subject_id,
+        purpose=request.purpose,
+        recipient_key=request.recipient_key,
+        nonce=request.nonce,
+    )
+
+
+def subject_file_request_from_proto(
+    message: coordinator_pb2.SubjectFileRequest,
+) -> SubjectFileRequest:
+    return SubjectFileRequest(
+        subject_kind=kind_from_pb(message.subject_kind),
+        subject_id=message.subject_id,
+        purpose=message.purpose,
+        recipient_key=message.recipient_key,
+        nonce=message.nonce,
+    )
+
+
+def subject_file_outcome_to_proto(
+    outcome: SubjectFileOutcome,
+) -> coordinator_pb2.SubjectFileResponse:
+    return coordinator_pb2.SubjectFileResponse(
+        query_id=outcome.query_id,
+        files=[sealed_part_to_proto(part) for part in outcome.parts],
+        missing=_statuses_to_proto(outcome.missing, with_rules=False),
+        partial=outcome.partial,
+    )
+
+
+def subject_file_outcome_from_proto(
+    message: coordinator_pb2.SubjectFileResponse,
+) -> SubjectFileOutcome:
+    """The parts as sent (still sealed), each source named once; opening them is the SDK's."""
+    if not message.query_id:
+        raise InvalidArgument("the answer names no query id", field="query_id")
+    parts = tuple(sealed_part_from_proto(item) for item in message.files)
+    seen: set[str] = set()
+    for index, part in enumerate(parts):
+        if not part.source:
+            raise InvalidArgument(f"part {index} names no source", field=f"files[{index}].source")
+        if part.source in seen:
+            raise InvalidArgument(
+                f"two parts come from {part.source[:40]!r}", field=f"files[{index}].source"
+            )
+        seen.add(part.source)
+    return SubjectFileOutcome(
+        query_id=QueryId(message.query_id),
+        parts=parts,
+        missing=statuses_from_proto(message.missing),
+        partial=message.partial,
+    )

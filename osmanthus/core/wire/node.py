@@ -43,6 +43,11 @@ MAX_CHUNK_SUBJECTS = 10_000
 #: one message under the servers' 1 MiB receive limit (osmanthus.core.wire.MAX_RECEIVE_BYTES)
 MAX_COHORT = 50_000
 
+#: the largest sealed part of a subject's file one node sends (NodeService.SubjectFile): the
+#: coordinator forwards every department's part in one answer, so each is bounded; a node
+#: leaves out its oldest audit entries (then its records that count least) to stay under it
+MAX_SEALED_PART_BYTES = 256 * 1024
+
 _SLOTS = "a layout's slots in this catalogue"
 
 
@@ -202,6 +207,39 @@ class NodeDescription:
     policy_hash: str
     owned_categories: tuple[str, ...]
     software_version: str
+
+
+@dataclass(frozen=True)
+class SubjectFileQuery:
+    """NodeService.SubjectFile: the portal's question about its subject, as the coordinator
+    forwards it (the node checks every field; nothing here is trusted)."""
+
+    query_id: str
+    subject_kind: SubjectKind | None
+    subject_id: str
+    purpose: str
+    #: the portal's raw X25519 public key; its SHA-256 must be the token's seal_fp claim
+    recipient_key: bytes
+    #: the portal's random nonce for this call (16 to 64 bytes), forwarded unchanged: bound
+    #: into the seal and the part's signature so that no part answers another call
+    nonce: bytes
+
+
+@dataclass(frozen=True)
+class SealedPart:
+    """One party's part of a subject's file, sealed to the portal's key (subjectseal)."""
+
+    #: the department id, or subjectfile.COORDINATOR_SOURCE
+    source: str
+    #: enc || AEAD ciphertext of the RFC 8785 JSON file
+    sealed: bytes
+    rules_version: str = ""
+    policy_hash: str = ""
+    #: the maker's detached ES256 JWS over the seal context and the sealed bytes' SHA-256
+    #: (osmanthus.core.subjectpart)
+    signature: str = ""
+    #: the maker's PEM certificate (its node's, or the coordinator's), from the platform CA
+    certificate: bytes = b""
 
 
 def validate_query_fields(
@@ -465,4 +503,52 @@ def node_description_to_proto(description: NodeDescription) -> node_pb2.NodeInfo
         policy_hash=description.policy_hash,
         owned_categories=list(description.owned_categories),
         software_version=description.software_version,
+    )
+
+
+def subject_file_query_from_proto(message: node_pb2.NodeSubjectFileRequest) -> SubjectFileQuery:
+    return SubjectFileQuery(
+        query_id=message.query_id,
+        subject_kind=kind_from_pb(message.subject_kind),
+        subject_id=message.subject_id,
+        purpose=message.purpose,
+        recipient_key=message.recipient_key,
+        nonce=message.nonce,
+    )
+
+
+def subject_file_query_to_proto(query: SubjectFileQuery) -> node_pb2.NodeSubjectFileRequest:
+    return node_pb2.NodeSubjectFileRequest(
+        query_id=query.query_id,
+        subject_kind=(
+            KIND_TO_PB[query.subject_kind]
+            if query.subject_kind
+            else common_pb2.SUBJECT_KIND_UNSPECIFIED
+        ),
+        subject_id=query.subject_id,
+        purpose=query.purpose,
+        recipient_key=query.recipient_key,
+        nonce=query.nonce,
+    )
+
+
+def sealed_part_to_proto(part: SealedPart) -> node_pb2.SealedSubjectFile:
+    return node_pb2.SealedSubjectFile(
+        source=part.source,
+        sealed=part.sealed,
+        rules_version=part.rules_version,
+        policy_hash=part.policy_hash,
+        signature=part.signature,
+        certificate=part.certificate,
+    )
+
+
+def sealed_part_from_proto(message: node_pb2.SealedSubjectFile) -> SealedPart:
+    return SealedPart(
+        source=message.source,
+        sealed=message.sealed,
+        rules_version=message.rules_version,
+        policy_hash=message.policy_hash,
+        signature=message.signature,
+        certificate=message.certificate,
     )

@@ -1,0 +1,154 @@
+"""A subject's own file at this department: every record and why it counts or not, the list
+entries about them, and this node's audit entries about them (PIPL arts. 44–47: access and
+copy), built for the subjects' portal and bounded in size.
+
+Pure functions on typed values: NodeService.subject_file reads the stores, decides, audits and
+seals (osmanthus.core.subjectseal); this module only says what the file holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+from typing import Final
+
+from osmanthus.core.audit import AuditEntry
+from osmanthus.core.lists import EntryStatus, ListEntry
+from osmanthus.core.rules import ACTIVE, Record, RuleSet
+from osmanthus.core.subjectfile import (
+    MAX_ITEMS,
+    KindTotal,
+    ListLine,
+    RecordLine,
+    SubjectFile,
+    audit_lines,
+    least_useful_first,
+    rfc3339,
+)
+from osmanthus.core.types import DepartmentId, SubjectKind
+
+#: why a record does or does not count today (osmanthus.core.subjectfile.RECORD_STATES)
+COUNTS: Final = "counts"
+EXPIRED: Final = "expired"
+DISPUTED: Final = "disputed"
+NOT_YET_IN_FORCE: Final = "not_yet_in_force"
+#: the list entries a subject is shown: those in public view and those scheduled to be
+_SHOWN_LIST_STATUSES: Final = frozenset({EntryStatus.IN_VIEW, EntryStatus.SCHEDULED})
+
+
+def record_state(record: Record, rules: RuleSet, *, as_of: date) -> str:
+    """Whether `record` counts on `as_of`, or why not, by the same tests RuleSet.contribution
+    makes: a record not active is disputed, one whose event lies ahead is not yet in force,
+    one whose validity window closed has expired."""
+    rule = rules.rule(record.subject_kind, record.kind)
+    if record.status != ACTIVE:
+        return DISPUTED
+    if as_of < record.event_start:
+        return NOT_YET_IN_FORCE
+    if not rule.validity.counts(record.event_start, record.event_end, as_of):
+        return EXPIRED
+    return COUNTS
+
+
+def record_lines(records: Sequence[Record], rules: RuleSet, *, as_of: date) -> list[RecordLine]:
+    """One line per record, in the order given, with its rule and its state on `as_of`."""
+    lines: list[RecordLine] = []
+    for record in records:
+        rule = rules.rule(record.subject_kind, record.kind)
+        last = rule.validity.last_day(record.event_start, record.event_end)
+        lines.append(
+            RecordLine(
+                record_id=record.record_id,
+                kind=record.kind,
+                description=rule.description,
+                category=rule.category,
+                quantity=record.quantity,
+                event_start=record.event_start.isoformat(),
+                event_end=record.event_end.isoformat() if record.event_end else None,
+                status=record.status,
+                state=record_state(record, rules, as_of=as_of),
+                validity=str(rule.validity),
+                points=rule.points,
+                per_quantity=rule.per_quantity,
+                counts_until=last.isoformat() if last is not None else None,
+            )
+        )
+    return lines
+
+
+def kind_totals(
+    kind: SubjectKind, records: Iterable[Record], rules: RuleSet, *, as_of: date
+) -> tuple[KindTotal, ...]:
+    """Per record kind with records that count, the points it gives after the kind's cap (a
+    magnitude; the category gives the sign). A bonus category's cap applies to the sum of its
+    kinds afterwards (SubjectFile.bonuses)."""
+    quantities: dict[str, int] = {}
+    for record in records:
+        if record_state(record, rules, as_of=as_of) == COUNTS:
+            quantities[record.kind] = quantities.get(record.kind, 0) + record.quantity
+    totals = []
+    for name in sorted(quantities):
+        rule = rules.rule(kind, name)
+        totals.append(
+            KindTotal(kind=name, category=rule.category, points=rule.magnitude(quantities[name]))
+        )
+    return tuple(totals)
+
+
+def list_lines(entries: Iterable[ListEntry]) -> tuple[ListLine, ...]:
+    """The entries in view or scheduled, with their windows (at most MAX_ITEMS)."""
+    lines = [
+        ListLine(
+            entry_id=found.entry.entry_id,
+            list=found.entry.list,
+            colour=found.entry.colour.value,
+            status=found.status.value,
+            legal_basis=found.entry.legal_basis,
+            reason=found.entry.reason,
+            window_start=found.entry.window_start.isoformat(),
+            window_end=found.entry.window_end.isoformat(),
+        )
+        for found in entries
+        if found.status in _SHOWN_LIST_STATUSES
+    ]
+    return tuple(lines[:MAX_ITEMS])
+
+
+def build(
+    *,
+    department: DepartmentId,
+    query_id: str,
+    kind: SubjectKind,
+    subject: str,
+    rules: RuleSet,
+    records: Sequence[Record],
+    lists: Iterable[ListEntry],
+    audit: Iterable[tuple[AuditEntry, bool]],
+    as_of: date,
+    now: datetime,
+) -> SubjectFile:
+    """The department's part of the subject's file on `as_of` (China Standard Time)."""
+    contribution = rules.contribution(kind, records, as_of=as_of)
+    lines = record_lines(records, rules, as_of=as_of)
+    records_truncated = len(lines) > MAX_ITEMS
+    if records_truncated:
+        keep = least_useful_first(lines)[len(lines) - MAX_ITEMS :]
+        lines = [lines[i] for i in sorted(keep)]
+    audit_found, audit_truncated = audit_lines(audit)
+    return SubjectFile(
+        source=department,
+        query_id=query_id,
+        subject_kind=kind.value,
+        subject_id=subject,
+        as_of=as_of.isoformat(),
+        generated_at=rfc3339(now),
+        rules_version=rules.version,
+        records=tuple(lines),
+        kind_totals=kind_totals(kind, records, rules, as_of=as_of),
+        deductions=contribution.deductions,
+        bonuses=dict(contribution.bonuses),
+        list_entries=list_lines(lists),
+        audit=audit_found,
+        audit_truncated=audit_truncated,
+        records_truncated=records_truncated,
+    )

@@ -1,0 +1,136 @@
+"""The README's demo, `osmanthus demo --keep-running`, end to end: the kiosk scene prints
+"桂花分 106" with the four bonus categories, the citizen's records (one expired) and who asked
+about her; then everything stays up: the online site signs her in at the demo's identity
+provider and shows 106, the printed SDK snippet runs, and Ctrl-C stops every process cleanly."""
+
+from __future__ import annotations
+
+import html
+import http.cookiejar
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from osmanthus.demo.portal_scene import screen_text
+from osmanthus.demo.seed import DEMO_CITIZEN
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+#: the whole demo (29 processes) on a busy 2-core machine
+DEMO_TIMEOUT_S = 600.0
+
+
+class Output:
+    """A process's stdout, read as it comes."""
+
+    def __init__(self, popen: subprocess.Popen[str]) -> None:
+        self.text = ""
+        self._lock = threading.Lock()
+        assert popen.stdout is not None
+        self._thread = threading.Thread(target=self._read, args=(popen.stdout,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: object) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            with self._lock:
+                self.text += line
+
+    def now(self) -> str:
+        with self._lock:
+            return self.text
+
+    def rest(self) -> str:
+        self._thread.join(timeout=60)
+        return self.now()
+
+
+def sign_in_online(url: str, *, label: str) -> str:
+    """Sign in at the online site through the demo identity provider's page; the score page."""
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+    )
+    with opener.open(url + "/login", timeout=120) as response:
+        page, at = response.read().decode(), response.geturl()
+    # the provider's sign-in page: one form per demo identity
+    forms = re.findall(r'<form[^>]*action="([^"]+)"[^>]*>(.*?)</form>', page, re.S)
+    action, body = next((a, b) for a, b in forms if html.escape(label) in b or label in b)
+    fields = {k: html.unescape(v) for k, v in re.findall(r'name="([^"]+)" value="([^"]*)"', body)}
+    target = urllib.parse.urljoin(at, html.unescape(action))
+    with opener.open(target, data=urllib.parse.urlencode(fields).encode(), timeout=120) as done:
+        done.read()
+    with opener.open(url + "/me", timeout=120) as response:
+        return str(response.read().decode())
+
+
+def test_the_demo_shows_the_kiosk_scene_stays_up_and_stops_cleanly(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OSMANTHUS_")}
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "osmanthus.cli", "demo", "--workdir", str(tmp_path / "demo"),
+         "--persons", "200", "--enterprises", "40", "--keep-running"],
+        cwd=REPO, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    output = Output(popen)
+    try:
+        wait_until(
+            lambda: "stay up until Ctrl-C" in output.now() or popen.poll() is not None,
+            what=lambda: f"the demo to come up:\n{output.now()[-3000:]}",
+            timeout_s=DEMO_TIMEOUT_S,
+            poll_s=0.5,
+        )
+        wait_until(
+            lambda: "--server-name" in output.now() or popen.poll() is not None,
+            what="the demo's instructions",
+            poll_s=0.2,
+        )
+        text = output.now()
+        assert popen.poll() is None, text[-3000:]
+        screen = text.split("桂花分 kiosk screen", 1)[1].split("└", 1)[0]
+        assert "桂花分 Osmanthus score 106" in screen
+        for category, points in (
+            ("资质状况 Qualifications", 5),
+            ("荣誉表彰 Honours", 10),
+            ("献血记录 Blood donation", 5),
+            ("志愿者服务 Volunteer service", 1),
+        ):
+            assert f"{category} +{points}" in screen, category
+        records = text.split("┌─ 我的记录 My records", 1)[1].split("└", 1)[0]
+        assert "已过有效期 Expired" in records and "urban_management_penalty" in records
+        asked = text.split("┌─ 谁查询了我 Who asked about me", 1)[1].split("└", 1)[0]
+        assert "agency-1" in asked and "kiosk-hall-1" in asked and "rescoring" in asked
+        assert "nothing of hers is left" in text
+        assert "check character" in text.split("a card whose check digit is wrong", 1)[1]
+        # the online site, through the demo's identity provider
+        online = re.search(r"Online self-service.*\n  (http://127\.0\.0\.1:\d+)/", text)
+        assert online is not None, text[-3000:]
+        page = sign_in_online(online.group(1), label="Shen Guifang")
+        assert "桂花分 Osmanthus score 106" in screen_text(page)
+        # the printed SDK snippet runs as printed
+        snippet = text.split("The SDK, as agency-1", 1)[1].split("\n", 1)[1]
+        snippet = snippet.split("\n\nThe command line", 1)[0]
+        code = "\n".join(line[2:] for line in snippet.splitlines())
+        ran = subprocess.run(
+            [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+        )
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout.splitlines()[0].startswith("106 15 "), ran.stdout
+        assert ran.stdout.splitlines()[1] == "120 A", ran.stdout
+    finally:
+        if popen.poll() is None:
+            popen.send_signal(signal.SIGINT)  # Ctrl-C
+    assert popen.wait(timeout=DEMO_TIMEOUT_S) == 0
+    rest = output.rest()
+    shut = re.search(r"Shut down: (\d+) of (\d+) processes exited cleanly", rest)
+    assert shut is not None and shut.group(1) == shut.group(2), rest[-2000:]
+    assert DEMO_CITIZEN.subject_id not in (
+        tmp_path / "demo" / "run" / "state" / "coordinator" / "audit.jsonl"
+    ).read_text(encoding="utf-8")
