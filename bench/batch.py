@@ -179,6 +179,7 @@ def run_benchmark(
                 "--enterprises", "0",
                 "--seed", str(rng_seed),
                 "--quiet",
+                "--no-scene",
             ),
             check=True,
             stdout=subprocess.DEVNULL,

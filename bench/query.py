@@ -312,6 +312,7 @@ def run_benchmark(
             enterprises=0,
             as_of=datetime.now(UTC).date(),
             catalogue=catalogue,
+            scene=False,  # the synthetic population only: the counts reported are exact
         )
         progress("creating the platform CA, certificates, issuer key and a 2048-bit Paillier key")
         certs = work_dir / "certs"

@@ -541,6 +541,7 @@ def run_benchmark(
                 "--enterprises", str(enterprises),
                 "--seed", str(rng_seed),
                 "--quiet",
+                "--no-scene",
             ),
             check=True,
             stdout=subprocess.DEVNULL,

@@ -56,6 +56,12 @@ def register(subcommands: Subcommands) -> None:
     p.add_argument("--seed", type=int, default=20261126, help="random seed")
     p.add_argument("--as-of", type=iso_date, help="reference date for record ages (default today)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-scene",
+        action="store_true",
+        help="synthetic subjects only: leave out the demo's named subjects (the kiosk's citizen "
+        "with 106, the demo enterprise), e.g. for benchmarks that count subjects",
+    )
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -79,6 +85,7 @@ def _cmd_seed(args: argparse.Namespace) -> int:
         seed=args.seed,
         as_of=args.as_of or datetime.now(UTC).date(),
         progress=None if args.quiet else _progress_printer(),
+        scene=not args.no_scene,
     )
     print(f"wrote {len(report.databases)} department databases to {args.out}")
     return ExitCode.SUCCESS

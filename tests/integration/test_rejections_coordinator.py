@@ -246,7 +246,8 @@ def test_the_sdk_refuses_bad_identifiers_before_any_call(
         with pytest.raises(sdk.InvalidArgument) as caught:
             client.person_score(person[:17] + "Y", purpose="loan_underwriting")
         assert caught.value.field == "resident_id"
-        assert "check character must be a digit 0-9 or 'X'" in caught.value.message
+        assert "it must be a digit 0-9 or 'X'" in caught.value.message
+        assert person[:17] not in caught.value.message  # the rule is named, never the number
         with pytest.raises(sdk.InvalidArgument) as caught:
             firm = _firm(federation)
             client.enterprise_score(firm[:10] + "a" + firm[11:], purpose="credit_report")
