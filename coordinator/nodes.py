@@ -183,6 +183,7 @@ class NodePool:
         self._proven_lock = threading.Lock()
         self._stubs: dict[DepartmentId, node_pb2_grpc.NodeServiceStub] = {}
         self._channels: list[grpc.Channel] = []
+        self._warming: list[grpc.Future[None]] = []
         self._revocation = revocation
         # per department: its channel before interceptors, and the certificates it connected to
         self._watched: dict[DepartmentId, tuple[grpc.Channel, ChannelCertificates]] = {}
@@ -209,6 +210,9 @@ class NodePool:
                         made.close()
                     raise
                 self._watched[endpoint.department] = (channel, certificates)
+            # connect now rather than on the first request: the TLS handshakes with every node
+            # happen while the coordinator is idle, not inside the first requester's deadline
+            self._warming.append(grpc.channel_ready_future(channel))
             if interceptors:
                 channel = grpc.intercept_channel(channel, *interceptors)
             self._channels.append(channel)
@@ -651,6 +655,8 @@ class NodePool:
     def close(self) -> None:
         self._callers.shutdown(wait=False, cancel_futures=True)
         self._chunk_callers.shutdown(wait=False, cancel_futures=True)
+        for warming in self._warming:
+            warming.cancel()
         for channel in self._channels:
             channel.close()
 

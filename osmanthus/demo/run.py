@@ -540,10 +540,11 @@ def run_demo(
         run_dir=workdir / "run",
         departments=departments,
         token_deny_list=issuer_dir / "deny.json",
-        # the first question opens 26 TLS connections at once: on a busy machine that takes
-        # longer than the 5 s a coordinator gives its nodes by default (a node that is down is
-        # refused at once, so the partial scene does not wait for it)
-        deadline_s=15.0,
+        # just after start-up 26 fresh processes share the machine's cores: on a busy machine a
+        # node's first answer (TLS handshake, then its encryption table for a new key) takes
+        # longer than the 5 s a coordinator gives its nodes by default. A node that is down is
+        # refused at once, so the partial scene does not wait for this deadline
+        deadline_s=60.0,
         # a Ctrl-C reaches the demo alone, which stops every process in order
         own_session=True,
         # a start that takes a while (a busy machine) says what it is waiting for
