@@ -34,6 +34,7 @@ from osmanthus.core.grpc_errors import error_from_rpc, error_info, error_reason
 from osmanthus.core.tls import TlsFiles, node_server_name, secure_channel
 from osmanthus.core.tokens import bearer_metadata
 from osmanthus.core.types import DepartmentId, KeyFingerprint
+from osmanthus.core.wire.cases import FileCaseRequest, node_file_case_to_proto
 from osmanthus.core.wire.lists import (
     ChangesQuery,
     PublicQuery,
@@ -58,7 +59,7 @@ from osmanthus.core.wire.node import (
     stats_result_from_proto,
     subject_file_query_to_proto,
 )
-from osmanthus.v1 import lists_pb2, node_pb2_grpc
+from osmanthus.v1 import cases_pb2, lists_pb2, node_pb2_grpc
 
 _log = logging.getLogger(__name__)
 
@@ -130,6 +131,15 @@ class SubjectFileAnswer:
     #: the department the node answered as (the part's source)
     department: DepartmentId
     part: SealedPart
+
+
+@dataclass(frozen=True)
+class FileCaseAnswer:
+    """A department's receipt for a case filed at its node, as the node sent it (unchecked)."""
+
+    #: the department the node answered as
+    department: DepartmentId
+    message: cases_pb2.CaseReceipt
 
 
 class NodeRevoked(Unauthenticated):
@@ -456,6 +466,32 @@ class NodePool:
                 department=DepartmentId(message.department), message=message
             ),
             token=None,
+            deadline_s=deadline_s,
+        )
+        return answers[0] if answers else failures[0]
+
+    def file_case(
+        self,
+        department: DepartmentId,
+        request: FileCaseRequest,
+        *,
+        token: str,
+        deadline_s: float,
+    ) -> FileCaseAnswer | NodeFailure:
+        """A subject's sealed case to `department`'s node alone, or why it was not taken.
+
+        The requester's token goes along: the node verifies it (role portal, purpose
+        self_query) itself. The node's certificate is checked as for every call (server name,
+        and the CRL in force); a refusal comes back as the node's own error in the failure.
+        """
+        answers, failures = self._fan_out_each(
+            self._callers,
+            [(department, node_file_case_to_proto(request))],
+            "FileCase",
+            lambda _, message: FileCaseAnswer(
+                department=DepartmentId(message.department), message=message
+            ),
+            token=token,
             deadline_s=deadline_s,
         )
         return answers[0] if answers else failures[0]

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from coordinator.batch import BatchRun, BatchScorer
+from coordinator.cases import CaseForwarder
 from coordinator.consent import ConsentRegistry, ConsentState
 from coordinator.context import DEFAULT_DEADLINE_S, CoordinatorContext
 from coordinator.disclosure import DisclosureLedger
@@ -22,6 +23,7 @@ from coordinator.stats import StatsAnswerer
 from coordinator.subject_file import SubjectFileGatherer
 from osmanthus.core.audit import AuditLog
 from osmanthus.core.audited import AuditedRequest
+from osmanthus.core.cases import CaseReceipt
 from osmanthus.core.catalogue import Catalogue, SubjectModel
 from osmanthus.core.crypto import Ciphertext, EncryptorCache, PublicKey
 from osmanthus.core.encoding import SlotLayout
@@ -55,6 +57,7 @@ from osmanthus.core.types import (
     Shape,
     SubjectKind,
 )
+from osmanthus.core.wire.cases import FileCaseRequest
 from osmanthus.core.wire.common import RequestLimits
 from osmanthus.core.wire.coordinator import (
     BatchHeader,
@@ -145,6 +148,7 @@ class CoordinatorService:
         self._lists = ListSearcher(self._ctx)
         self._list_changes = ListChangeFeed(self._ctx)
         self._subject_files = SubjectFileGatherer(self._ctx, signer=part_signer)
+        self._cases = CaseForwarder(self._ctx)
         self._limits = RequestLimits.for_catalogue(catalogue)
 
     @property
@@ -761,6 +765,17 @@ class CoordinatorService:
     ) -> SubjectFileOutcome:
         """Every department's part of a subject's file, sealed (see coordinator/subject_file.py)."""
         return self._subject_files.gather(
+            new_query_id(),
+            request,
+            authenticate=lambda: self.authenticate(caller, token),
+            token=token,
+        )
+
+    def file_case(
+        self, request: FileCaseRequest, *, caller: PeerIdentity, token: str | None
+    ) -> CaseReceipt:
+        """A subject's sealed case, forwarded to its department's node (coordinator/cases.py)."""
+        return self._cases.file(
             new_query_id(),
             request,
             authenticate=lambda: self.authenticate(caller, token),

@@ -11,8 +11,9 @@ from coordinator.service import CoordinatorService
 from osmanthus.core.grpc_errors import servicer_method, stream_servicer_method
 from osmanthus.core.server import current_caller
 from osmanthus.core.wire import coordinator as wire
+from osmanthus.core.wire.cases import file_case_request_from_proto, receipt_to_proto
 from osmanthus.core.wire.lists import list_changes_page_to_proto
-from osmanthus.v1 import coordinator_pb2, coordinator_pb2_grpc, lists_pb2
+from osmanthus.v1 import cases_pb2, coordinator_pb2, coordinator_pb2_grpc, lists_pb2
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
@@ -174,3 +175,15 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             token=caller.token,
         )
         return wire.subject_file_outcome_to_proto(outcome)
+
+    @servicer_method
+    def FileCase(  # noqa: N802 - gRPC method name
+        self, request: cases_pb2.FileCaseRequest, context: grpc.ServicerContext
+    ) -> cases_pb2.CaseReceipt:
+        caller = current_caller()
+        receipt = self._service.file_case(
+            file_case_request_from_proto(request),
+            caller=caller.peer,
+            token=caller.token,
+        )
+        return receipt_to_proto(receipt)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
 from importlib.resources import files
 from pathlib import Path
 from typing import Final
 
+from node.casekeys import case_seal_key
+from node.cases import CaseStore
 from node.consent import (
     REVOCATIONS_FILE,
     ConsentCheck,
@@ -17,12 +20,13 @@ from node.consent import (
 )
 from node.lists import LISTS_FILE, ListStore
 from node.service import NodeService
-from node.servicer import ListOfficeServicer, NodeServicer
+from node.servicer import CaseOfficeServicer, ListOfficeServicer, NodeServicer
 from node.store import RecordStore
 from osmanthus.core.audit import AuditLog, load_or_create_salt
 from osmanthus.core.bundle import DEFAULT_POLL_S, node_scope
 from osmanthus.core.bundle_watch import load_policy
 from osmanthus.core.catalogue import Catalogue, load_catalogue
+from osmanthus.core.clock import china_today
 from osmanthus.core.consent_feed import DEFAULT_MAX_STALENESS, RevocationView
 from osmanthus.core.crl import REVOCATION_POLL_S, open_revocation
 from osmanthus.core.crypto import DEFAULT_TABLE_CACHE_BYTES, FAST_WINDOW_BITS, EncryptorCache
@@ -37,17 +41,26 @@ from osmanthus.core.server import RunningServer, start_server
 from osmanthus.core.subjectpart import PartSigner
 from osmanthus.core.tls import TlsFiles, check_files, identity_of_certificate
 from osmanthus.core.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, ReplayCache, TokenVerifier
-from osmanthus.v1 import lists_pb2, lists_pb2_grpc, node_pb2, node_pb2_grpc
+from osmanthus.core.workdays import CaseSettings
+from osmanthus.v1 import (
+    cases_pb2,
+    cases_pb2_grpc,
+    lists_pb2,
+    lists_pb2_grpc,
+    node_pb2,
+    node_pb2_grpc,
+)
 
 NODE_SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
 LIST_OFFICE_SERVICE_NAME = lists_pb2.DESCRIPTOR.services_by_name["ListOfficeService"].full_name
+CASE_OFFICE_SERVICE_NAME = cases_pb2.DESCRIPTOR.services_by_name["CaseOfficeService"].full_name
 DEFAULT_NODE_POLICY = Path(str(files("policies") / "node.cedar"))
 #: the node's state directory is its user's alone: the list store and its WAL hold full ids
 STATE_DIR_MODE: Final = PRIVATE_DIR_MODE
 #: what the state directory holds, for the log lines and errors about its modes
 STATE_WHAT: Final = (
-    "the node's state (the list store, with full resident ids of listed persons, and the "
-    "audit log and salt)"
+    "the node's state (the list store, with full resident ids of listed persons, the case "
+    "store and its keys, and the audit log and salt)"
 )
 
 _log = logging.getLogger(__name__)
@@ -91,6 +104,9 @@ class NodeConfig:
     #: the token issuer's signed deny list, followed without a restart (None: none)
     token_deny_list: Path | None = None
     revocation_poll_s: float = REVOCATION_POLL_S
+    #: the case settings file (osmanthus.core.workdays.CaseSettings.load: deadlines in working
+    #: days, retention, per-subject limits, the calendar); None: the defaults
+    case_settings: Path | None = None
 
 
 def prepare_state_dir(path: Path) -> None:
@@ -107,8 +123,12 @@ def build_service(
     catalogue: Catalogue | None = None,
     policy: ReloadablePolicy | None = None,
     token_denial: TokenDenial | None = None,
+    today: Callable[[], date] = china_today,
 ) -> NodeService:
-    """Load and cross-check everything a node needs; any mismatch is a ConfigError at start-up."""
+    """Load and cross-check everything a node needs; any mismatch is a ConfigError at start-up.
+
+    `today`: the node's calendar (China Standard Time), which record validity, list windows
+    and case deadlines count on; tests that need a case to fall overdue pass their own."""
     catalogue = catalogue or load_catalogue(config.catalogue)
     department = catalogue.department(config.department)
     check_files(config.tls)
@@ -134,6 +154,7 @@ def build_service(
             f"database {config.db} does not exist (run 'osmanthus seed' or import)", field="db"
         )
     # everything that can fail without holding a resource comes first
+    settings = CaseSettings.load(config.case_settings) if config.case_settings else CaseSettings()
     verifier = TokenVerifier.from_file(
         config.issuer_public_key,
         issuer=config.token_issuer,
@@ -148,7 +169,7 @@ def build_service(
     part_signer = PartSigner.from_tls_files(config.tls)
     salt = load_or_create_salt(config.state_dir / "audit.salt")
     # closed in reverse order if a later step fails; on success the service owns them all
-    opened: list[RecordStore | ListStore | AuditLog] = []
+    opened: list[RecordStore | ListStore | CaseStore | AuditLog] = []
     try:
         store = RecordStore(config.db, department=department.id, read_only=True)
         opened.append(store)
@@ -157,6 +178,15 @@ def build_service(
             config.state_dir / LISTS_FILE, department=department.id, catalogue=catalogue
         )
         opened.append(lists)
+        # objections and credit repair: the cases, their attachments (encrypted under
+        # cases.key) and the record history; the case key the portal seals cases to
+        cases = CaseStore.open(
+            config.state_dir, department=department.id, settings=settings, today=today
+        )
+        opened.append(cases)
+        seal_key = case_seal_key(config.state_dir)
+        # the retention period is checked at start, and on every call to the case office
+        cases.purge()
         audit = AuditLog(path=config.state_dir / "audit.jsonl", salt=salt)
         opened.append(audit)
         return NodeService(
@@ -173,6 +203,9 @@ def build_service(
             lists=lists,
             consent=consent,
             part_signer=part_signer,
+            cases=cases,
+            case_seal_key=seal_key,
+            today=today,
         )
     except BaseException:
         for resource in reversed(opened):
@@ -213,7 +246,12 @@ def consent_check(config: NodeConfig) -> ConsentCheck:
     return ReceiptConsentCheck(public_key=public_key, issuer=config.consent_issuer, view=view)
 
 
-def start_node(config: NodeConfig, *, catalogue: Catalogue | None = None) -> RunningServer:
+def start_node(
+    config: NodeConfig,
+    *,
+    catalogue: Catalogue | None = None,
+    today: Callable[[], date] = china_today,
+) -> RunningServer:
     policy, watcher = load_policy(
         policy_file=config.policy, bundle=config.policy_bundle, trust=config.policy_trust,
         scope=node_scope(config.department), state_dir=config.state_dir,
@@ -228,16 +266,20 @@ def start_node(config: NodeConfig, *, catalogue: Catalogue | None = None) -> Run
         issuer=config.token_issuer,
         interval_s=config.revocation_poll_s,
     )
-    service = build_service(config, catalogue=catalogue, policy=policy, token_denial=token_denial)
+    service = build_service(
+        config, catalogue=catalogue, policy=policy, token_denial=token_denial, today=today
+    )
     servicer = NodeServicer(service)
     office = ListOfficeServicer(service.list_office())
+    case_office = CaseOfficeServicer(service.case_office())
     try:
         running = start_server(
             register=[
                 lambda s: node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, s),
                 lambda s: lists_pb2_grpc.add_ListOfficeServiceServicer_to_server(office, s),
+                lambda s: cases_pb2_grpc.add_CaseOfficeServiceServicer_to_server(case_office, s),
             ],
-            service_names=[NODE_SERVICE_NAME, LIST_OFFICE_SERVICE_NAME],
+            service_names=[NODE_SERVICE_NAME, LIST_OFFICE_SERVICE_NAME, CASE_OFFICE_SERVICE_NAME],
             listen=config.listen,
             tls=config.tls,
             revocation=revocation,

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from node.casefiling import CaseFiling, TargetFinder
+from node.casekeys import case_key_text
+from node.caseoffice import CaseOffice
+from node.caseoverlay import EMPTY_OVERLAY, RecordOverlay
+from node.cases import CaseStore
 from node.consent import ConsentCheck, NoConsentCheck
 from node.lists import ListStore
 from node.office import ListOffice
-from node.store import RecordStore
+from node.store import RecordStore, record_problems
 from node.subject import build as build_subject_file
 from osmanthus import __version__
 from osmanthus.core.audit import AuditLog
 from osmanthus.core.audited import AuditedRequest, audited
+from osmanthus.core.cases import CaseReceipt
 from osmanthus.core.catalogue import Catalogue, Department
 from osmanthus.core.clock import china_today
 from osmanthus.core.consent_feed import RevocationsBehind
@@ -40,7 +48,7 @@ from osmanthus.core.policy import (
     ReloadablePolicy,
     time_facts,
 )
-from osmanthus.core.rules import RuleSet
+from osmanthus.core.rules import Record, RuleSet
 from osmanthus.core.subjectfile import AUDIT_SHAPE as SUBJECT_FILE_SHAPE
 from osmanthus.core.subjectpart import PartSigner, seal_part
 from osmanthus.core.subjectseal import check_nonce, seal_fingerprint
@@ -50,11 +58,13 @@ from osmanthus.core.types import (
     PACKED_SHAPES,
     SELF_QUERY,
     SUBJECT_DEVICE_ROLES,
+    DepartmentId,
     Purpose,
     Shape,
     SubjectId,
     SubjectKind,
 )
+from osmanthus.core.wire.cases import FileCaseRequest
 from osmanthus.core.wire.common import RequestLimits
 from osmanthus.core.wire.lists import ChangesQuery, PublicPage, PublicQuery
 from osmanthus.core.wire.node import (
@@ -96,13 +106,17 @@ class NodeService:
         lists: ListStore | None = None,
         consent: ConsentCheck | None = None,
         part_signer: PartSigner | None = None,
+        cases: CaseStore | None = None,
+        case_seal_key: X25519PrivateKey | None = None,
     ) -> None:
         """`lists`: the department's red and black lists (node.server always opens them); a
         node without them sets no flag from a list and serves no list office. `consent`: how
         this node verifies the consent a request rests on (node.consent); without one, no
         request that needs a consent is answered. `part_signer`: the node certificate's key
         that signs each part of a subject's file (osmanthus.core.subjectpart); without one, no
-        subject's file is served."""
+        subject's file is served. `cases` and `case_seal_key`: the department's case store and
+        X25519 case key (node.cases); without them no case is filed or decided here, and the
+        records read as stored."""
         self._part_signer = part_signer
         self._consent: ConsentCheck = consent if consent is not None else NoConsentCheck()
         self._department = department
@@ -155,6 +169,28 @@ class NodeService:
             if lists is not None
             else None
         )
+        self._cases = cases
+        self._case_seal_key = case_seal_key
+        self._case_filing: CaseFiling | None = None
+        self._case_office: CaseOffice | None = None
+        if cases is not None and case_seal_key is not None:
+            targets = TargetFinder(
+                department=department, records=store, cases=cases, lists=lists, rules=rules,
+                today=today,
+            )  # fmt: skip
+            self._case_filing = CaseFiling(
+                department=department, cases=cases, targets=targets, audit=audit, policy=policy,
+                seal_key=case_seal_key, authenticate=self._authenticate, decide=self._decide,
+            )  # fmt: skip
+            served = department.subject_kinds
+
+            def check_record(record: Record) -> list[tuple[str, str]]:
+                return record_problems(record, rules=rules, served=served, today=today())
+
+            self._case_office = CaseOffice(
+                department=department, cases=cases, targets=targets, lists=lists, audit=audit,
+                today=today, check_record=check_record,
+            )  # fmt: skip
 
     @property
     def request_limits(self) -> RequestLimits:
@@ -166,6 +202,8 @@ class NodeService:
         self._store.close()
         if self._lists is not None:
             self._lists.close()
+        if self._cases is not None:
+            self._cases.close()
         self._audit.close()
 
     def list_office(self) -> ListOffice:
@@ -176,6 +214,38 @@ class NodeService:
             )
         return self._office
 
+    def case_office(self) -> CaseOffice:
+        """The department's case office (CaseOfficeService), sharing this node's stores."""
+        if self._case_office is None:
+            raise FailedPrecondition(
+                f"department {self._department.id}: this node runs without its case store"
+            )
+        return self._case_office
+
+    def file_case(
+        self, request: FileCaseRequest, *, caller: PeerIdentity, token: str | None
+    ) -> CaseReceipt:
+        """NodeService.FileCase (node.casefiling): coordinator only, for the portal's token."""
+        if self._case_filing is None:
+            raise FailedPrecondition(
+                f"department {self._department.id}: this node runs without its case store"
+            )
+        return self._case_filing.file_case(request, caller=caller, token=token)
+
+    @property
+    def _overlay(self) -> RecordOverlay:
+        # what the department's cases do to its records (node.caseoverlay): empty, and free,
+        # when no case is open and none changed a record
+        return self._cases.overlay if self._cases is not None else EMPTY_OVERLAY
+
+    def _records_for(self, kind: SubjectKind, subject: SubjectId) -> list[Record]:
+        return self._overlay.records(self._store.records_for(kind, subject))
+
+    def _records_for_many(
+        self, kind: SubjectKind, subjects: Sequence[SubjectId]
+    ) -> dict[SubjectId, list[Record]]:
+        return self._overlay.records_many(self._store.records_for_many(kind, subjects))
+
     def public_entries(self, query: PublicQuery, *, caller: PeerIdentity) -> PublicPage:
         """NodeService.PublicEntries: the entries in public view today (coordinator only)."""
         return self.list_office().public_entries(query, caller=caller)
@@ -183,6 +253,10 @@ class NodeService:
     def list_changes(self, query: ChangesQuery, *, caller: PeerIdentity) -> ListChangesPage:
         """NodeService.ListChanges: the department's list change feed (coordinator only)."""
         return self.list_office().list_changes(query, caller=caller)
+
+    @property
+    def department_id(self) -> DepartmentId:
+        return self._department.id
 
     def describe(self) -> NodeDescription:
         owned = tuple(
@@ -376,7 +450,7 @@ class NodeService:
         self._require_consent(engine, claims, request, kind=kind, subject=subject,
                               purpose=purpose, context=context, record=record)  # fmt: skip
         single = self._allow(engine, claims, "DiscloseSingleSource", context)
-        records = self._store.records_for(kind, subject)
+        records = self._records_for(kind, subject)
         contribution = self._rules.contribution(kind, records, as_of=self._today())
         with self._encoding_guard():
             if shape is Shape.BREAKDOWN:
@@ -417,7 +491,7 @@ class NodeService:
             raise PermissionDenied(f"department {self._department.id} policy: {decision.reason}")
         self._require_consent(engine, claims, request, kind=kind, subject=subject,
                               purpose=purpose, context=context, record=record)  # fmt: skip
-        records = self._store.records_for(kind, subject)
+        records = self._records_for(kind, subject)
         today = self._today()
         raised = self._rules.flags_set(kind, records, as_of=today)
         if self._lists is not None:
@@ -482,11 +556,15 @@ class NodeService:
             kind=kind,
             subject=subject_id,
             rules=self._rules,
-            records=self._store.records_for(kind, subject_id),
+            records=self._records_for(kind, subject_id),
             lists=self._lists.history(kind, subject_id, today=as_of) if self._lists else (),
             audit=self._audit.entries_about(subject_hash),
             as_of=as_of,
             now=datetime.now(UTC),
+            cases=self._cases.cases_of(kind, subject_id) if self._cases is not None else (),
+            case_key=(
+                case_key_text(self._case_seal_key) if self._case_seal_key is not None else ""
+            ),
         )
         assert self._part_signer is not None  # _subject_file_allowed refuses without one
         return seal_part(
@@ -631,7 +709,7 @@ class NodeService:
             validate_subject(kind, s, field=f"subject_ids[{i}]")
             for i, s in enumerate(request.subject_ids)
         )
-        records = self._store.records_for_many(kind, subjects)
+        records = self._records_for_many(kind, subjects)
         as_of = self._today()
         zero = self._zero_parts[kind, shape]
         rows: list[tuple[int, ...]] = []
@@ -746,7 +824,7 @@ class NodeService:
         with self._encoding_guard():
             for start in range(0, len(cohort), MAX_CHUNK_SUBJECTS):
                 part_of = cohort[start : start + MAX_CHUNK_SUBJECTS]
-                records = self._store.records_for_many(kind, part_of)
+                records = self._records_for_many(kind, part_of)
                 for subject in part_of:
                     found = records.get(subject)
                     part = (

@@ -1,4 +1,5 @@
-"""The node's gRPC servicers (NodeService, ListOfficeService): unpack, hand over, pack.
+"""The node's gRPC servicers (NodeService, ListOfficeService, CaseOfficeService): unpack, hand
+over, pack.
 
 Each RPC converts its request with the wire contract, hands it to the service with the caller
 CallerInterceptor read, and converts the answer back; every decision is the service's.
@@ -8,14 +9,23 @@ from __future__ import annotations
 
 import grpc
 
+from node.caseoffice import CaseOffice
 from node.office import ListOffice
 from node.service import NodeService
 from osmanthus.core.grpc_errors import servicer_method
 from osmanthus.core.server import current_caller
+from osmanthus.core.wire import cases as cases_wire
 from osmanthus.core.wire import common as wire_common
 from osmanthus.core.wire import lists as lists_wire
 from osmanthus.core.wire import node as node_wire
-from osmanthus.v1 import lists_pb2, lists_pb2_grpc, node_pb2, node_pb2_grpc
+from osmanthus.v1 import (
+    cases_pb2,
+    cases_pb2_grpc,
+    lists_pb2,
+    lists_pb2_grpc,
+    node_pb2,
+    node_pb2_grpc,
+)
 
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
@@ -67,6 +77,18 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             node_wire.subject_file_query_from_proto(request), caller=caller.peer, token=caller.token
         )
         return node_wire.sealed_part_to_proto(part)
+
+    @servicer_method
+    def FileCase(  # noqa: N802 - gRPC method name
+        self, request: cases_pb2.NodeFileCaseRequest, context: grpc.ServicerContext
+    ) -> cases_pb2.CaseReceipt:
+        caller = current_caller()
+        receipt = self._service.file_case(
+            cases_wire.node_file_case_from_proto(request, department=self._service.department_id),
+            caller=caller.peer,
+            token=caller.token,
+        )
+        return cases_wire.receipt_to_proto(receipt)
 
     @servicer_method
     def PublicEntries(  # noqa: N802 - gRPC method name
@@ -131,3 +153,45 @@ class ListOfficeServicer(lists_pb2_grpc.ListOfficeServiceServicer):
             caller=current_caller().peer,
         )
         return lists_wire.history_to_proto(entries)
+
+
+class CaseOfficeServicer(cases_pb2_grpc.CaseOfficeServiceServicer):
+    """The department's case officer lists, reads and decides the subjects' cases here."""
+
+    def __init__(self, office: CaseOffice) -> None:
+        self._office = office
+
+    @servicer_method
+    def ListCases(  # noqa: N802 - gRPC method name
+        self, request: cases_pb2.ListCasesRequest, context: grpc.ServicerContext
+    ) -> cases_pb2.ListCasesResponse:
+        # read inside the office's audited call: a refused caller's bad query is a refusal
+        page = self._office.list_cases(
+            lambda: cases_wire.case_query_from_proto(request), caller=current_caller().peer
+        )
+        return cases_wire.case_page_to_proto(page)
+
+    @servicer_method
+    def GetCase(  # noqa: N802 - gRPC method name
+        self, request: cases_pb2.GetCaseRequest, context: grpc.ServicerContext
+    ) -> cases_pb2.Case:
+        case = self._office.get_case(request.case_id, caller=current_caller().peer)
+        return cases_wire.case_to_proto(case)
+
+    @servicer_method
+    def GetAttachment(  # noqa: N802 - gRPC method name
+        self, request: cases_pb2.GetAttachmentRequest, context: grpc.ServicerContext
+    ) -> cases_pb2.Attachment:
+        info, content = self._office.attachment(
+            request.case_id, request.index, caller=current_caller().peer
+        )
+        return cases_pb2.Attachment(info=cases_wire.attachment_info_to_proto(info), content=content)
+
+    @servicer_method
+    def DecideCase(  # noqa: N802 - gRPC method name
+        self, request: cases_pb2.DecideCaseRequest, context: grpc.ServicerContext
+    ) -> cases_pb2.Case:
+        case = self._office.decide(
+            lambda: cases_wire.decision_from_proto(request), caller=current_caller().peer
+        )
+        return cases_wire.case_to_proto(case)

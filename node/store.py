@@ -575,6 +575,25 @@ def _read_parquet(
         conn.close()
 
 
+def record_problems(
+    record: Record, *, rules: RuleSet, served: frozenset[SubjectKind], today: datetime.date
+) -> list[tuple[str, str]]:
+    """The (field, problem) pairs an import would find in `record`, none when it is valid: a
+    record corrected by an upheld objection (node.caseoffice) is checked as an imported one."""
+    values = {
+        "record_id": record.record_id,
+        "subject_kind": record.subject_kind.value,
+        "subject_id": record.subject_id,
+        "kind": record.kind,
+        "quantity": str(record.quantity),
+        "event_start": record.event_start.isoformat(),
+        "event_end": record.event_end.isoformat() if record.event_end is not None else "",
+        "status": record.status,
+    }
+    validator = _RowValidator(rules=rules, served=served, today=today, unit="record")
+    return validator.row(values)[1]
+
+
 class _RowValidator:
     """Checks rows of an import file against the rules and the store's department."""
 

@@ -13,10 +13,13 @@ from datetime import date, datetime
 from typing import Final
 
 from osmanthus.core.audit import AuditEntry
+from osmanthus.core.cases import Case, CaseStatus
 from osmanthus.core.lists import EntryStatus, ListEntry
 from osmanthus.core.rules import ACTIVE, Record, RuleSet
 from osmanthus.core.subjectfile import (
     MAX_ITEMS,
+    CaseLine,
+    CaseStepLine,
     KindTotal,
     ListLine,
     RecordLine,
@@ -34,6 +37,11 @@ DISPUTED: Final = "disputed"
 NOT_YET_IN_FORCE: Final = "not_yet_in_force"
 #: the list entries a subject is shown: those in public view and those scheduled to be
 _SHOWN_LIST_STATUSES: Final = frozenset({EntryStatus.IN_VIEW, EntryStatus.SCHEDULED})
+#: the actor of the steps the subject took (node.cases.SUBJECT_ACTOR)
+SUBJECT_ACTOR: Final = "subject"
+#: the steps that decide a case: their detail is the decision's reason, which the case line
+#: carries once (CaseLine.decision_reason), not twice
+_DECISION_EVENTS: Final = frozenset({CaseStatus.UPHELD.value, CaseStatus.REJECTED.value})
 
 
 def record_state(record: Record, rules: RuleSet, *, as_of: date) -> str:
@@ -114,6 +122,42 @@ def list_lines(entries: Iterable[ListEntry]) -> tuple[ListLine, ...]:
     return tuple(lines[:MAX_ITEMS])
 
 
+def case_lines(cases: Iterable[Case], *, department: DepartmentId) -> tuple[CaseLine, ...]:
+    """The subject's cases at this department (newest first, as given), each with every step
+    (oldest first); an officer's steps name the department, not the officer, and the decision's
+    step leaves its reason to `decision_reason`."""
+    lines = [
+        CaseLine(
+            case_id=case.case_id,
+            kind=case.kind.value,
+            ground=case.ground.value,
+            target=case.target.value,
+            target_id=case.target_id,
+            statement=case.statement,
+            status=case.status.value,
+            filed_at=rfc3339(case.filed_at),
+            decide_by=case.decide_by.isoformat(),
+            reply_by=case.reply_by.isoformat(),
+            overdue=case.overdue,
+            decided_at=rfc3339(case.decided_at) if case.decided_at is not None else None,
+            decision_reason=case.decision_reason,
+            remedy=case.remedy.value if case.remedy is not None else "",
+            attachments=len(case.attachments),
+            steps=tuple(
+                CaseStepLine(
+                    at=rfc3339(step.at),
+                    event=step.event,
+                    actor=step.actor if step.actor == SUBJECT_ACTOR else department,
+                    detail="" if step.event in _DECISION_EVENTS else step.detail,
+                )
+                for step in case.events
+            ),
+        )
+        for case in cases
+    ]
+    return tuple(lines[:MAX_ITEMS])
+
+
 def build(
     *,
     department: DepartmentId,
@@ -126,6 +170,8 @@ def build(
     audit: Iterable[tuple[AuditEntry, bool]],
     as_of: date,
     now: datetime,
+    cases: Iterable[Case] = (),
+    case_key: str = "",
 ) -> SubjectFile:
     """The department's part of the subject's file on `as_of` (China Standard Time)."""
     contribution = rules.contribution(kind, records, as_of=as_of)
@@ -151,4 +197,6 @@ def build(
         audit=audit_found,
         audit_truncated=audit_truncated,
         records_truncated=records_truncated,
+        cases=case_lines(cases, department=department),
+        case_key=case_key,
     )

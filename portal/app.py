@@ -45,6 +45,7 @@ from portal.auditlog import PortalAudit
 from portal.backend import PortalBackend
 from portal.cardreader import CardReader, CardRefused, SimulatedCardReader
 from portal.cardreader import check_placement as check_card
+from portal.cases import SubjectCases, page_actions
 from portal.oidc import IdentityProviderUnavailable, IdTokenRefused, PortalIdentity, is_loopback
 from portal.session import (
     CSRF_FIELD,
@@ -111,6 +112,7 @@ class _Portal:
         self.reader = card_reader
         self.oidc = OidcClient(identity) if identity is not None else None
         self.now = now
+        self.clock = clock
         self.cookies = CookiePolicy(secure=settings.secure_cookies)
         self.audit = PortalAudit(state_dir=settings.state_dir, device_id=settings.device_id)
         self.sessions = SessionStore(idle_s=settings.idle_s, clock=clock, on_expire=self._expired)
@@ -696,6 +698,7 @@ class _Portal:
                 request,
                 "records.html",
                 departments=records_view(catalogue, subject.kind, file.parts),
+                **page_actions(self, file.parts),
                 **common,
             )
         if name == "queries":
@@ -707,7 +710,11 @@ class _Portal:
                 **common,
             )
         return self.render(
-            request, "lists.html", entries=lists_view(catalogue, file.parts), **common
+            request,
+            "lists.html",
+            entries=lists_view(catalogue, file.parts),
+            **page_actions(self, file.parts),
+            **common,
         )
 
     async def about_subject(self, request: Request) -> Response:
@@ -794,7 +801,7 @@ class _Portal:
         session, form = checked
         session.forget()
         back = form.get("next", "/me")
-        if back not in ("/me", *(f"/me/{p}" for p in PAGES[1:])):
+        if back not in ("/me", "/me/cases", *(f"/me/{p}" for p in PAGES[1:])):
             back = "/me"
         return RedirectResponse(back, status_code=303)
 
@@ -848,6 +855,10 @@ def create_app(
         raise InvalidArgument(
             "online mode needs the identity provider's settings", field="identity"
         )
+    if settings.mode is PortalMode.DEPARTMENT:
+        raise InvalidArgument(
+            "the department face is portal.department.create_department_app", field="mode"
+        )
     portal = _Portal(
         settings=settings,
         backend=backend,
@@ -862,6 +873,8 @@ def create_app(
         # browsers ask for it on every page; there is none, and a 404 would be logged each time
         Route("/favicon.ico", lambda request: Response(status_code=204)),
         Route("/me", portal.page),
+        # before /me/{page}, which would take /me/cases
+        *SubjectCases(portal).routes(),
         Route("/me/{page}", portal.page),
         Route("/subjects/{subject_id}/{page}", portal.about_subject),
         Route("/me/consents/{consent_id}/revoke", portal.revoke, methods=["POST"]),

@@ -17,15 +17,24 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from osmanthus.core.cases import CaseDraft, CaseReceipt
 from osmanthus.core.catalogue import Catalogue, load_catalogue
 from osmanthus.core.errors import ConfigError, PermissionDenied
 from osmanthus.core.files import write_atomically
 from osmanthus.core.subjectseal import public_bytes, seal_fingerprint
 from osmanthus.core.tls import COORDINATOR_SERVER_NAME, TlsFiles
 from osmanthus.core.tokens import SEAL_FINGERPRINT_CLAIM
-from osmanthus.core.types import SELF_QUERY, SUBJECT_DEVICE_ROLES, Role, Shape, SubjectKind
+from osmanthus.core.types import (
+    SELF_QUERY,
+    SUBJECT_DEVICE_ROLES,
+    DepartmentId,
+    Role,
+    Shape,
+    SubjectKind,
+)
 from portal.session import Subject
 from sdk import Client
+from sdk.cases import file_case
 from sdk.keys import RequesterKeys, load_or_create_keys
 from sdk.results import ConsentRecord, EnterpriseScore, PersonScore
 from sdk.subject import SubjectFileResult
@@ -75,6 +84,20 @@ class PortalBackend(Protocol):
         """Revoke one of the subject's consents."""
         ...
 
+    def file_case(
+        self,
+        subject: Subject,
+        *,
+        department: str,
+        draft: CaseDraft,
+        case_key: bytes,
+        nonce: bytes | None = None,
+    ) -> CaseReceipt:
+        """File an objection or a credit-repair application at `department`, sealed to its
+        `case_key` (the raw X25519 key from that department's verified part of the subject's
+        file); `nonce` makes a resubmitted form the same filing (the node answers it again)."""
+        ...
+
 
 class SubjectBackend:
     """The federation, as a kiosk or portal device asks it about one subject at a time."""
@@ -122,6 +145,35 @@ class SubjectBackend:
         if record.subject_id != subject.id:
             raise PermissionDenied("the consent is not this subject's", field="consent_id")
         return record
+
+    def file_case(
+        self,
+        subject: Subject,
+        *,
+        department: str,
+        draft: CaseDraft,
+        case_key: bytes,
+        nonce: bytes | None = None,
+    ) -> CaseReceipt:
+        receipt = file_case(
+            self._client,
+            subject_kind=subject.kind,
+            subject_id=subject.id,
+            department=DepartmentId(department),
+            draft=draft,
+            case_key=case_key,
+            # the device's sealing key (the token's seal_fp): the node files only what the
+            # portal proves it sealed, not a case the coordinator made with the portal's token
+            sender_key=self._sealing_key,
+            nonce=nonce,
+        )
+        # the node names the department it filed at; another one is a fault on the way
+        if receipt.department != department:
+            raise PermissionDenied(
+                f"the receipt names department {receipt.department!r}, not {department!r}",
+                field="department",
+            )
+        return receipt
 
     def close(self) -> None:
         """Close the channel to the coordinator."""

@@ -29,7 +29,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from portal.oidc import DISCOVERY_PATH
+from portal.oidc import DEPARTMENT_CLAIM, DISCOVERY_PATH
 
 __all__ = [
     "AUTHORIZE_PATH",
@@ -97,6 +97,9 @@ class DemoIdentity:
     resident_id: str
     name: str | None = None
     credit_code: str | None = None
+    #: an officer of this department (the ID token carries it in DEPARTMENT_CLAIM), for the
+    #: portal's department face; None for a citizen or a legal representative
+    department: str | None = None
 
 
 @dataclass(frozen=True)
@@ -400,6 +403,8 @@ class DevIdentityProvider:
             "name": identity.name,
             "nonce": grant.nonce,
         }
+        if identity.department is not None:
+            claims["extra"] = {DEPARTMENT_CLAIM: identity.department}
         hook = self.unsafe_id_token
         id_token = hook(claims) if hook is not None else self.mint_id_token(**claims)
         return 200, {

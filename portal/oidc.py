@@ -30,6 +30,7 @@ from osmanthus.core.types import SubjectId
 
 __all__ = [
     "DEFAULT_ALGORITHMS",
+    "DEPARTMENT_CLAIM",
     "DISCOVERY_PATH",
     "LOOPBACK_NAMES",
     "IdTokenRefused",
@@ -67,6 +68,11 @@ MAX_KEYS_AGE_S = 3600.0
 MAX_SUB_LENGTH = 255
 #: host names that are loopback besides the addresses themselves (RFC 6761 §6.3)
 LOOPBACK_NAMES = frozenset({"localhost"})
+#: the claim naming the department a signed-in officer works for (the portal's department
+#: face admits only officers of its own department; a subject's token has no such claim)
+DEPARTMENT_CLAIM = "osmanthus_department"
+#: a department id is a short name (osmanthus.core.peers.validate_name allows 64 characters)
+MAX_DEPARTMENT_CLAIM_CHARS = 64
 
 
 class IdTokenRefused(Unauthenticated):
@@ -92,6 +98,8 @@ class PortalIdentity:
     name: str | None
     auth_time: datetime.datetime | None
     expires_at: datetime.datetime
+    #: the department of an officer (claim DEPARTMENT_CLAIM), None for anyone else
+    department: str | None = None
 
 
 class JwksSource(Protocol):
@@ -460,6 +468,16 @@ class IdTokenVerifier:
         credit_code = self._identifier(claims, self._credit_claim, validate_uscc, False)
         name = claims.get("name")
         auth_time = claims.get("auth_time")
+        department = claims.get(DEPARTMENT_CLAIM)
+        if department is not None and (
+            not isinstance(department, str)
+            or not department
+            or len(department) > MAX_DEPARTMENT_CLAIM_CHARS
+        ):
+            raise IdTokenRefused(
+                f"must be a department id of 1 to {MAX_DEPARTMENT_CLAIM_CHARS} characters",
+                field=DEPARTMENT_CLAIM,
+            )
         return PortalIdentity(
             issuer=self.issuer,
             sub=sub,
@@ -468,6 +486,7 @@ class IdTokenVerifier:
             name=name if isinstance(name, str) else None,
             auth_time=_utc(float(auth_time)) if isinstance(auth_time, int | float) else None,
             expires_at=_utc(exp),
+            department=department,
         )
 
     @staticmethod

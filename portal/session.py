@@ -68,6 +68,10 @@ SECURITY_HEADERS: Final = {
     "cross-origin-opener-policy": "same-origin",
     "permissions-policy": "camera=(), microphone=(), geolocation=(), payment=()",
 }
+#: the CSP of a download (Content-Disposition: attachment) instead of the site's: a file a
+#: subject uploaded (a PDF that is also HTML, say) that a browser renders anyway runs no
+#: script, loads nothing and counts as another origin (CSP Level 3 `sandbox` with no tokens)
+DOWNLOAD_CSP: Final = "sandbox; default-src 'none'"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,6 +81,16 @@ class Subject:
     kind: SubjectKind
     #: kept out of the repr so a logged session never shows a resident id
     id: str = field(repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Officer:
+    """A department officer signed in to the portal's department face (portal.department)."""
+
+    #: the provider's stable identifier of the officer (ID token `sub`), for the audit log
+    sub: str
+    department: str
+    name: str | None = None
 
 
 @dataclass
@@ -100,6 +114,8 @@ class Session:
     card_sequence: int | None = None
     #: what the federation answered in this session (score, file), dropped with the session
     cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: the officer of a department-face session (never set together with `subject`)
+    officer: Officer | None = None
     #: the consent this session just revoked, shown once on the consents page (kept here
     #: rather than in the redirect's URL, which anyone could craft)
     flash_revoked: str | None = field(default=None, repr=False)
@@ -196,6 +212,7 @@ class SessionStore:
         session.forget()
         session.subject = None
         session.allowed = ()
+        session.officer = None
 
     def sweep(self) -> int:
         """Remove every expired session; how many there were."""
@@ -221,6 +238,7 @@ class SessionStore:
             session.forget()
             session.subject = None
             session.allowed = ()
+            session.officer = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -309,6 +327,8 @@ class SecurityHeadersMiddleware:
                 headers = MutableHeaders(scope=message)
                 for name, value in SECURITY_HEADERS.items():
                     headers[name] = value
+                if headers.get("content-disposition", "").lower().startswith("attachment"):
+                    headers["content-security-policy"] = DOWNLOAD_CSP
             await send(message)
 
         try:

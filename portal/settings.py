@@ -37,6 +37,9 @@ class PortalMode(enum.Enum):
     KIOSK = "kiosk"
     #: the online self-service site: the city's identity provider says who signed in
     ONLINE = "online"
+    #: a department's officers deciding objections and credit repair (portal.department):
+    #: the identity provider says who signed in, and its token names their department
+    DEPARTMENT = "department"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,7 +69,10 @@ class PortalSettings:
 
     def __post_init__(self) -> None:
         if not isinstance(self.mode, PortalMode):
-            raise InvalidArgument("must be PortalMode.KIOSK or PortalMode.ONLINE", field="mode")
+            raise InvalidArgument(
+                "must be PortalMode.KIOSK, PortalMode.ONLINE or PortalMode.DEPARTMENT",
+                field="mode",
+            )
         validate_name(self.device_id, field="device_id")
         if self.idle_timeout_s is not None and not (
             MIN_IDLE_S <= self.idle_timeout_s <= MAX_IDLE_S
@@ -87,10 +93,10 @@ class PortalSettings:
             raise InvalidArgument(
                 "a card simulator exists in kiosk mode only", field="simulator_secret"
             )
-        if self.mode is PortalMode.ONLINE and self.public_url is None:
+        if self.mode is not PortalMode.KIOSK and self.public_url is None:
             raise InvalidArgument(
-                "the online site needs its public base URL (the OIDC redirect_uri is built "
-                "from it)",
+                f"the {self.mode.value} site needs its public base URL (the OIDC redirect_uri "
+                "is built from it)",
                 field="public_url",
             )
         if self.public_url is not None:

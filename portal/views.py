@@ -303,6 +303,8 @@ def queries_view(catalogue: Catalogue, parts: Sequence[SubjectFile]) -> tuple[Qu
 @dataclass(frozen=True)
 class ListView:
     source: Bilingual
+    #: the department's id (the part's source), which a case about the entry is filed at
+    department: str
     entry_id: str
     list: str
     colour: str
@@ -318,6 +320,7 @@ def lists_view(catalogue: Catalogue, parts: Sequence[SubjectFile]) -> tuple[List
     rows = [
         ListView(
             source=department_label(catalogue, part.source),
+            department=part.source,
             entry_id=line.entry_id,
             list=line.list,
             colour=line.colour,

@@ -9,6 +9,25 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from osmanthus.core.cases import (
+    AttachmentFile,
+    AttachmentInfo,
+    Case,
+    CaseCorrection,
+    CaseDraft,
+    CaseEvent,
+    CaseGround,
+    CaseKind,
+    CasePage,
+    CaseQuery,
+    CaseReceipt,
+    CaseRemedy,
+    CaseStatus,
+    CaseTarget,
+    Decision,
+    check_attachment,
+    commitment_letter,
+)
 from osmanthus.core.catalogue import ListColour
 from osmanthus.core.errors import (
     BudgetExhausted,
@@ -41,6 +60,8 @@ from osmanthus.core.receipts import (
 )
 from osmanthus.core.tls import TlsFiles
 from osmanthus.core.types import DepartmentStatus, Shape, SubjectKind
+from sdk.caseoffice import CaseOffice
+from sdk.cases import case_key_bytes, file_case
 from sdk.client import Client
 from sdk.keys import RequesterKeys, load_or_create_keys
 from sdk.receipts import verify_consent_receipt
@@ -78,14 +99,30 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "AttachmentFile",
+    "AttachmentInfo",
     "BatchScore",
     "BudgetExhausted",
+    "Case",
+    "CaseCorrection",
+    "CaseDraft",
+    "CaseEvent",
+    "CaseGround",
+    "CaseKind",
+    "CaseOffice",
+    "CasePage",
+    "CaseQuery",
+    "CaseReceipt",
+    "CaseRemedy",
+    "CaseStatus",
+    "CaseTarget",
     "Client",
     "ConfigError",
     "ConsentReceipt",
     "ConsentRecord",
     "CryptoError",
     "DeadlineExceeded",
+    "Decision",
     "DepartmentStatus",
     "EnterpriseReport",
     "EnterpriseScore",
@@ -128,6 +165,10 @@ __all__ = [
     "UntrustedReceipt",
     "WithdrawReason",
     "build_enterprise_report",
+    "case_key_bytes",
+    "check_attachment",
+    "commitment_letter",
+    "file_case",
     "load_or_create_keys",
     "render_html",
     "render_pdf",

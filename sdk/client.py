@@ -245,6 +245,11 @@ class Client:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
 
+    def call_coordinator(self, method: str, request: Any) -> Any:
+        """CoordinatorService `method` with this client's token, deadline and error mapping
+        (for the SDK's modules that add calls, e.g. sdk.cases.file_case)."""
+        return self._call(getattr(self._stub, method), request)
+
     def _query(self, request: wire.QueryRequest) -> wire.QueryOutcome:
         if request.subject_kind is SubjectKind.PERSON:
             message = self._call(self._stub.PersonQuery, wire.person_query_to_proto(request))

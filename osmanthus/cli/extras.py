@@ -11,7 +11,7 @@ EXTRA_MODULES: dict[str, frozenset[str]] = {
     "batch": frozenset({"duckdb", "tqdm"}),
     "policy": frozenset({"cedarpy"}),
     "reports": frozenset({"reportlab", "pypdf"}),
-    "portal": frozenset({"starlette", "jinja2", "uvicorn"}),
+    "portal": frozenset({"starlette", "jinja2", "uvicorn", "python_multipart"}),
 }
 EXTRA_MODULES["all"] = frozenset().union(*EXTRA_MODULES.values())
 

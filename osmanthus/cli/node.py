@@ -47,7 +47,10 @@ def register(subcommands: Subcommands) -> None:
         _cmd_node_serve,
         parents=[
             catalogue_options(),
-            server_options(listen="127.0.0.1:50051", state_dir="audit log and salt directory"),
+            server_options(
+                listen="127.0.0.1:50051",
+                state_dir="the node's state: audit log and salt, list and case stores, case keys",
+            ),
             policy_bundle_options(scope="'node' or 'node:<department id>'"),
             tls_options(role_hint="node"),
             revocation_options(tokens=True),
@@ -83,6 +86,18 @@ def register(subcommands: Subcommands) -> None:
         action="store_true",
         help="UNSAFE: do not verify consents; answer whenever the coordinator says a consent "
         "exists (only to run with a coordinator from before receipts travelled)",
+    )
+    p.add_argument(
+        "--case-settings",
+        type=Path,
+        metavar="FILE",
+        help="objections and credit repair (docs/cases.md): a TOML file with the deadlines in "
+        "working days ([deadlines] reply_working_days, decide_working_days), how long a "
+        "decided case's attachments are kept ([retention] days), the per-subject limits "
+        "([limits] filings_per_subject_per_day, open_cases_per_subject) and the year's "
+        "calendar ([calendar] holidays, working_weekend_days: lists of YYYY-MM-DD). Read at "
+        "start; an unknown key or a bad value stops the node naming it. Default: 10 and 3 "
+        "working days, 1095 days, 5 filings a day and 10 open cases, Monday to Friday",
     )
     p.add_argument(
         "--table-cache-mb",
@@ -133,6 +148,7 @@ def _cmd_node_serve(args: argparse.Namespace) -> int:
         unsafe_trust_coordinator_consent=args.unsafe_trust_coordinator_consent,
         crl=crl_file(args),
         token_deny_list=args.token_deny_list,
+        case_settings=args.case_settings,
     )
     # before the server starts: until the handler is in place SIGHUP would end the process
     check_bundle_on_sighup(args)

@@ -53,6 +53,14 @@ with the secret in --simulator-secret-file (made on first start, mode 0600):
 (--issuer, --client-id); register --public-url/auth/callback there as the redirect URI. Serve
 it behind a TLS-terminating proxy and give the https --public-url: cookies are then Secure.
 
+--mode department: a department's desk for objections and credit repair (docs/cases.md). Its
+officers sign in at the OpenID Connect provider (--issuer, --client-id, as online), and the ID
+token must carry the claim osmanthus_department equal to --department (anyone else is refused,
+and the refusal audited). It talks to the department's own node (--node) with the department's
+operator certificate ('osmanthus certs issue --role operator --name DEPARTMENT': --certs-dir, or
+--ca, --cert and --key), exactly as 'osmanthus lists' and 'osmanthus disputes' do; it needs no
+--coordinator and no --credentials. --state-dir is required.
+
 The portal prints its URL once it serves, keeps what it learns about a subject in memory for
 the session only, writes its own audit log (salted subject hashes) to STATE_DIR and stops
 cleanly on SIGTERM or Ctrl-C.
@@ -64,6 +72,10 @@ examples:
       --credentials /etc/osmanthus/portal --listen 127.0.0.1:8081 \\
       --public-url https://credit.suzhou.example.gov.cn \\
       --issuer https://idp.suzhou.example.gov.cn/realms/citizens --client-id osmanthus-portal
+  osmanthus portal serve --mode department --department hrss --node 10.0.0.5:50051 \\
+      --certs-dir /etc/osmanthus/certs --state-dir /var/lib/osmanthus/hrss-desk \\
+      --listen 127.0.0.1:8082 --public-url https://hrss-desk.suzhou.example.gov.cn \\
+      --issuer https://idp.suzhou.example.gov.cn/realms/staff --client-id osmanthus-desk
 """
 
 
@@ -88,16 +100,20 @@ def register(subcommands: Subcommands) -> None:
         extra="portal",
     )
     p.add_argument(
-        "--mode", required=True, choices=["kiosk", "online"], help="which face of the portal"
+        "--mode",
+        required=True,
+        choices=["kiosk", "online", "department"],
+        help="which face of the portal",
     )
-    p.add_argument("--coordinator", required=True, help="the coordinator's host:port")
+    p.add_argument(
+        "--coordinator", help="the coordinator's host:port (kiosk and online; required there)"
+    )
     p.add_argument(
         "--credentials",
         type=Path,
-        required=True,
         metavar="DIR",
         help="the device's directory: cert.pem, key.pem, token.jwt, paillier.key, sealing.key "
-        "and ca.pem",
+        "and ca.pem (kiosk and online; required there)",
     )
     p.add_argument("--ca", type=Path, help="platform CA certificate (default: DIR/ca.pem)")
     p.add_argument(
@@ -136,7 +152,20 @@ def register(subcommands: Subcommands) -> None:
         help="the simulated reader's secret: read if the file exists, else made (mode 0600) "
         f"(default: STATE_DIR/{SIMULATOR_SECRET_FILE})",
     )
-    online = p.add_argument_group("online sign-in (--mode online)")
+    desk = p.add_argument_group(
+        "department desk (--mode department)",
+        "the department's operator certificate: --certs-dir, or --ca with --cert and --key",
+    )
+    desk.add_argument("--department", help="the department's id, e.g. hrss")
+    desk.add_argument("--node", metavar="HOST:PORT", help="the department's node")
+    desk.add_argument("--certs-dir", type=Path, help="platform certificate directory")
+    desk.add_argument("--cert", type=Path, help="the operator certificate (PEM)")
+    desk.add_argument("--key", type=Path, help="the operator certificate's private key (PEM)")
+    desk.add_argument(
+        "--operator",
+        help="name of the operator certificate in --certs-dir (default: the department id)",
+    )
+    online = p.add_argument_group("online sign-in (--mode online and --mode department)")
     online.add_argument("--issuer", help="the OpenID Connect provider's issuer URL (https)")
     online.add_argument("--client-id", help="the portal's client id at the provider")
     online.add_argument(
@@ -224,7 +253,8 @@ def _identity(args: argparse.Namespace, *, public_url: str) -> OidcSettings:
     for option in ("issuer", "client_id"):
         if not getattr(args, option):
             raise InvalidArgument(
-                f"--mode online needs --{option.replace('_', '-')} (the OpenID Connect provider)",
+                f"--mode {args.mode} needs --{option.replace('_', '-')} (the OpenID Connect "
+                "provider)",
                 field=option,
             )
     keys = ProviderKeys(issuer=args.issuer, allow_loopback_http=args.allow_loopback_http)
@@ -247,6 +277,16 @@ def _cmd_portal_serve(args: argparse.Namespace) -> int:
     from portal.settings import PortalMode, PortalSettings
 
     mode = PortalMode(args.mode)
+    if mode is PortalMode.DEPARTMENT:
+        return _serve_department(args)
+    for option in ("coordinator", "credentials"):
+        if not getattr(args, option):
+            raise InvalidArgument(f"--mode {mode.value} needs --{option}", field=option)
+    if args.department or args.node:
+        raise InvalidArgument(
+            f"--department and --node are for --mode department, not {mode.value}",
+            field="department",
+        )
     if mode is PortalMode.KIOSK and (args.issuer or args.client_id):
         raise InvalidArgument("a kiosk signs people in by card: drop --issuer and --client-id")
     host, port = parse_listen(args.listen)
@@ -299,6 +339,68 @@ def _cmd_portal_serve(args: argparse.Namespace) -> int:
             serve(app, sock, on_started=started)
         finally:
             backend.close()
+    finally:
+        sock.close()
+    return ExitCode.SUCCESS
+
+
+def _serve_department(args: argparse.Namespace) -> int:
+    """--mode department: the department desk, on the department's node's case office."""
+    from osmanthus.cli.options import tls_files
+    from osmanthus.core.files import write_atomically
+    from osmanthus.core.peers import validate_name
+    from osmanthus.core.types import DepartmentId
+    from portal.department import create_department_app
+    from portal.settings import PortalMode, PortalSettings
+    from sdk.caseoffice import CaseOffice
+
+    for option in ("department", "node", "state_dir"):
+        if not getattr(args, option):
+            raise InvalidArgument(
+                f"--mode department needs --{option.replace('_', '-')}", field=option
+            )
+    if args.coordinator or args.credentials:
+        raise InvalidArgument(
+            "the department desk talks to the department's node, not the coordinator: drop "
+            "--coordinator and --credentials",
+            field="coordinator",
+        )
+    department = validate_name(args.department, field="department")
+    catalogue = catalogue_of(args)
+    catalogue.department(department)  # an unknown department is refused here, by name
+    tls = tls_files(args, role="operator", name=args.operator or department)
+    host, port = parse_listen(args.listen)
+    sock = bind(host, port)
+    try:
+        bound_host, bound_port = sock.getsockname()[:2]
+        url = url_of(bound_host, bound_port)
+        public_url = args.public_url or url
+        settings = PortalSettings(
+            mode=PortalMode.DEPARTMENT,
+            device_id=f"{department}-desk",
+            state_dir=args.state_dir,
+            idle_timeout_s=args.idle_timeout,
+            secure_cookies=public_url.startswith("https://"),
+            public_url=public_url,
+        )
+        identity = _identity(args, public_url=public_url)
+        with CaseOffice(args.node, tls=tls, department=DepartmentId(department)) as office:
+            app = create_department_app(
+                settings=settings,
+                office=office,
+                department=department,
+                identity=identity,
+                catalogue=catalogue,
+            )
+
+            def started() -> None:
+                print(f"portal (department desk of {department}) serving at {url}/", flush=True)
+                if args.ready_file is not None:
+                    write_atomically(
+                        args.ready_file, f"{bound_port}\n".encode(), field="ready_file"
+                    )
+
+            serve(app, sock, on_started=started)
     finally:
         sock.close()
     return ExitCode.SUCCESS

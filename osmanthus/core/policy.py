@@ -101,6 +101,11 @@ action SubjectFile appliesTo {
   resource: [Dataset, Department],
   context: { purpose: String, subject_kind: String, hour?: Long }
 };
+action FileCase appliesTo {
+  principal: [Requester],
+  resource: [Department],
+  context: { purpose: String, subject_kind: String, hour?: Long }
+};
 """
 
 #: the time zone of the `hour` fact: the platform's, China Standard Time (UTC+8, no DST)

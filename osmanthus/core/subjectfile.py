@@ -26,7 +26,8 @@ from osmanthus.core.errors import InvalidArgument
 from osmanthus.core.strictjson import unique_keys
 from osmanthus.core.subjectseal import nonce_text
 
-SCHEMA_VERSION: Final = 1
+#: 2 adds the department's cases and its case key
+SCHEMA_VERSION: Final = 2
 #: the source name of the coordinator's part
 COORDINATOR_SOURCE: Final = "coordinator"
 #: the disclosure shape an audit entry names for a request for a subject's file (nodes and
@@ -105,6 +106,40 @@ class AuditLine:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CaseStepLine:
+    """One step of a case, as the subject sees it (every step the node audited)."""
+
+    at: str  # RFC 3339, UTC
+    event: str  # "filed", "upheld", "rejected", "attachments_deleted"
+    actor: str  # "subject" or the department
+    detail: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaseLine:
+    """An objection or credit-repair case the subject filed at this department
+    (osmanthus.core.cases), with its deadlines and every step."""
+
+    case_id: str
+    kind: str  # "objection" or "repair"
+    ground: str  # osmanthus.core.cases.CaseGround values
+    target: str  # "record" or "list_entry"
+    target_id: str
+    statement: str
+    status: str  # "open", "upheld", "rejected"
+    filed_at: str  # RFC 3339, UTC
+    decide_by: str  # ISO date
+    reply_by: str  # ISO date
+    #: open past decide_by on the node's today
+    overdue: bool
+    decided_at: str | None
+    decision_reason: str
+    remedy: str  # "withdraw", "correct" or ""
+    attachments: int
+    steps: tuple[CaseStepLine, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
 class SubjectFile:
     """One party's part of a subject's file."""
 
@@ -130,12 +165,22 @@ class SubjectFile:
     #: True when the records did not all fit one part (osmanthus.core.wire.node.
     #: MAX_SEALED_PART_BYTES): those that count are here first, then the newest of the rest
     records_truncated: bool = False
+    #: the subject's cases at this department, newest first
+    cases: tuple[CaseLine, ...] = ()
+    #: True when the cases did not all fit one part whole: the statements and decisions'
+    #: reasons of the oldest decided cases are left out (empty), then those cases; open cases
+    #: are always here whole
+    cases_truncated: bool = False
+    #: the department's X25519 case key (raw, base64url without padding) the portal seals a
+    #: new case to (osmanthus.core.cases.seal_case); covered by the part's signature. Empty
+    #: from the coordinator
+    case_key: str = ""
     version: int = SCHEMA_VERSION
 
 
 def encode(subject_file: SubjectFile) -> bytes:
     """RFC 8785 canonical JSON of `subject_file` (what a node seals)."""
-    for name in ("records", "kind_totals", "list_entries", "audit"):
+    for name in ("records", "kind_totals", "list_entries", "audit", "cases"):
         if len(getattr(subject_file, name)) > MAX_ITEMS:
             raise InvalidArgument(f"a subject file holds at most {MAX_ITEMS} {name}", field=name)
     record = asdict(subject_file)
@@ -197,6 +242,9 @@ def decode(
         audit=tuple(AuditLine(**item) for item in _list(top["audit"], "audit", AuditLine)),
         audit_truncated=top["audit_truncated"],
         records_truncated=top["records_truncated"],
+        cases=tuple(_parse_case(item) for item in _list(top["cases"], "cases", CaseLine)),
+        cases_truncated=top["cases_truncated"],
+        case_key=top["case_key"],
         version=top["version"],
     )
 
@@ -248,8 +296,9 @@ def rfc3339(moment: datetime.datetime) -> str:
 
 def fit(subject_file: SubjectFile, *, max_bytes: int) -> tuple[SubjectFile, bytes]:
     """`subject_file` and its encoding, made to fit `max_bytes`: the oldest audit lines go
-    first (audit_truncated), then records, those that count kept longest (records_truncated).
-    ValueError if the file does not fit even so."""
+    first (audit_truncated), then the texts of the oldest decided cases and then those cases
+    (cases_truncated; open cases stay whole), then records, those that count kept longest
+    (records_truncated). ValueError if the file does not fit even so."""
     data = encode(subject_file)
     if len(data) <= max_bytes:
         return subject_file, data
@@ -265,6 +314,9 @@ def fit(subject_file: SubjectFile, *, max_bytes: int) -> tuple[SubjectFile, byte
     )
     if len(data) <= max_bytes:
         return subject_file, data
+    subject_file, data = _fit_cases(subject_file, data, max_bytes=max_bytes)
+    if len(data) <= max_bytes:
+        return subject_file, data
     records = subject_file.records
     subject_file, data = _trim(
         data,
@@ -278,9 +330,63 @@ def fit(subject_file: SubjectFile, *, max_bytes: int) -> tuple[SubjectFile, byte
     if len(data) <= max_bytes:
         return subject_file, data
     raise ValueError(
-        f"a subject's file without records or audit lines is {len(data)} bytes, more than "
-        f"the {max_bytes} allowed"
+        f"a subject's file without records, audit lines or decided cases is {len(data)} bytes, "
+        f"more than the {max_bytes} allowed"
     )
+
+
+def _fit_cases(
+    subject_file: SubjectFile, data: bytes, *, max_bytes: int
+) -> tuple[SubjectFile, bytes]:
+    """Make room among the cases: the statements and reasons of decided cases, the oldest
+    decision first, then those cases themselves in the same order. Open cases are never
+    touched: the department has still to decide them, and the subject to see them."""
+    cases = subject_file.cases
+    decided = sorted(
+        (i for i, case in enumerate(cases) if case.status != "open"),
+        key=lambda i: (cases[i].decided_at or "", cases[i].filed_at, i),
+    )
+    if not decided:
+        return subject_file, data
+    bare = {i: dataclasses.replace(cases[i], statement="", decision_reason="") for i in decided}
+
+    def without_texts(cut: int) -> SubjectFile:
+        stripped = set(decided[:cut])
+        return dataclasses.replace(
+            subject_file,
+            cases=tuple(bare[i] if i in stripped else c for i, c in enumerate(cases)),
+            cases_truncated=subject_file.cases_truncated or cut > 0,
+        )
+
+    subject_file, data = _shrink(
+        data,
+        sizes=[_size(cases[i]) - _size(bare[i]) for i in decided],
+        rebuild=without_texts,
+        max_bytes=max_bytes,
+    )
+    if len(data) <= max_bytes:
+        return subject_file, data
+    stripped_cases = subject_file.cases
+
+    def without_cases(cut: int) -> SubjectFile:
+        dropped = set(decided[:cut])
+        return dataclasses.replace(
+            subject_file,
+            cases=tuple(c for i, c in enumerate(stripped_cases) if i not in dropped),
+            cases_truncated=True,
+        )
+
+    return _shrink(
+        data,
+        sizes=[_size(stripped_cases[i]) + 1 for i in decided],
+        rebuild=without_cases,
+        max_bytes=max_bytes,
+    )
+
+
+def _size(item: AuditLine | RecordLine | CaseLine) -> int:
+    """Bytes of `item`'s canonical JSON (in a list, one more for the comma after it)."""
+    return len(rfc8785.dumps(dataclasses.asdict(item)))
 
 
 def least_useful_first(records: Sequence[RecordLine]) -> list[int]:
@@ -307,12 +413,28 @@ def _trim(
     """Drop `items` in `order` until the file `rebuild` makes of the rest fits, or none is
     left; `rebuild` takes the positions kept, in their original order."""
     # each item's share of the encoding is its canonical JSON and the comma after it
-    sizes = [len(rfc8785.dumps(dataclasses.asdict(items[i]))) + 1 for i in order]
+    return _shrink(
+        data,
+        sizes=[_size(items[i]) + 1 for i in order],
+        rebuild=lambda cut: rebuild(sorted(order[cut:])),
+        max_bytes=max_bytes,
+    )
+
+
+def _shrink(
+    data: bytes,
+    *,
+    sizes: Sequence[int],
+    rebuild: Callable[[int], SubjectFile],
+    max_bytes: int,
+) -> tuple[SubjectFile, bytes]:
+    """Take the steps that free `sizes` bytes each, in order, as few as make the file that
+    `rebuild(steps taken)` builds fit, or all of them."""
     cut = _how_many(sizes, len(data) - max_bytes + _SLACK)
     while True:
-        candidate = rebuild(sorted(order[cut:]))
+        candidate = rebuild(cut)
         data = encode(candidate)
-        if len(data) <= max_bytes or cut >= len(order):
+        if len(data) <= max_bytes or cut >= len(sizes):
             return candidate, data
         cut += 1
 
@@ -336,6 +458,11 @@ def _parse_record(item: dict[str, Any]) -> RecordLine:
             field="records.state",
         )
     return line
+
+
+def _parse_case(item: dict[str, Any]) -> CaseLine:
+    steps = _list(item["steps"], f"cases[{item['case_id']!r}].steps", CaseStepLine)
+    return CaseLine(**{**item, "steps": tuple(CaseStepLine(**step) for step in steps)})
 
 
 def _is_int(value: object) -> bool:
@@ -397,5 +524,6 @@ _SUBJECT_FILE_FIELDS: Final = {
     "kind_totals": (list,),
     "list_entries": (list,),
     "audit": (list,),
+    "cases": (list,),
     "bonuses": (dict,),
 }

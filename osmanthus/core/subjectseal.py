@@ -74,6 +74,9 @@ class SealContext:
     subject_kind: str
     subject_id: str
     nonce: bytes
+    #: what is sealed: a subject's file part (SEAL_DOMAIN) or a case the portal files
+    #: (osmanthus.core.cases.CASE_SEAL_DOMAIN); a seal made for one never opens as the other
+    domain: str = SEAL_DOMAIN
 
     def fields(self) -> dict[str, str]:
         """The context as JSON members (the HPKE info; the part's signature covers them too)."""
@@ -81,7 +84,7 @@ class SealContext:
             if not getattr(self, name):
                 raise InvalidArgument(f"a seal context needs a {name}", field=name)
         return {
-            "domain": SEAL_DOMAIN,
+            "domain": self.domain,
             "query_id": self.query_id,
             "source": self.source,
             "subject_kind": self.subject_kind,

@@ -477,6 +477,8 @@ class TryIt:
     token_file: Path
     keys_file: Path
     signing_key: Path
+    #: how to try a department's desk (objections and credit repair), if one runs
+    desk: str = ""
 
 
 def how_to_try(t: TryIt) -> str:
@@ -489,6 +491,12 @@ def how_to_try(t: TryIt) -> str:
     report = t.workdir / "report.pdf"
     secret = t.kiosk.simulator_secret_file
     program = osmanthus_program()
+    desk = f"\n{t.desk}" if t.desk else ""
+    faces = (
+        "the kiosk, the online self-service site and a department's desk"
+        if t.desk
+        else "the kiosk and the online self-service site"
+    )
     connection = (
         f"--coordinator {t.target} --requester {t.requester} --certs-dir {t.certs} \\\n"
         f"      --token-file {t.token_file} --keys {t.keys_file}"
@@ -498,7 +506,7 @@ def how_to_try(t: TryIt) -> str:
         f"      -d action=place -d resident_id={citizen.subject_id} {t.kiosk.url}/_simulator/card"
     )
     return f"""\
-The federation, the kiosk and the online self-service site stay up until Ctrl-C.
+The federation, {faces} stay up until Ctrl-C.
 
 Kiosk (the service hall's self-service machine; it answers this machine only):
   {t.kiosk.url}/
@@ -510,7 +518,8 @@ Online self-service (诚信苏州), signing in at the demo's identity provider (
   click 登录 Sign in, then choose {citizen.name} (the citizen) or {firm.representative.name}
   (legal representative of {firm.name}: the enterprise's credit and his own).
   Under 我的授权 My consents she can revoke the consent agency-1 holds ({t.consent_id}).
-
+  Under 我的记录 My records she can object to a record (异议); he can apply for credit repair.
+{desk}
 The SDK, as agency-1 (run with {sys.executable}):
   from pathlib import Path
   from sdk import Client, TlsFiles, load_or_create_keys
@@ -523,7 +532,7 @@ The SDK, as agency-1 (run with {sys.executable}):
   )
   card = client.person_score("{citizen.subject_id}", purpose="loan_underwriting",
                              consent_id="{t.consent_id}")
-  print(card.score, card.deductions, dict(card.bonuses))  # 106 15 ...
+  print(card.score, card.deductions, dict(card.bonuses))  # 116 5 ... (objection upheld)
   report = client.enterprise_score("{firm.subject_id}", purpose="credit_report")
   print(report.score, report.grade)
 

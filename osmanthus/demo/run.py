@@ -21,12 +21,25 @@ from osmanthus.core.denylist import write_deny_list
 from osmanthus.core.errors import OsmanthusError
 from osmanthus.core.files import private_directory, write_atomically
 from osmanthus.core.ids import mask_subject
-from osmanthus.core.lists import EntryId, NewEntry, WithdrawReason
+from osmanthus.core.lists import EntryId, NewEntry
 from osmanthus.core.rules import load_default_rules
 from osmanthus.core.signing import load_private_key
 from osmanthus.core.tls import TlsFiles
 from osmanthus.core.tokens import DEFAULT_ISSUER, TokenIssuer, generate_issuer_keypair
 from osmanthus.core.types import Role, Shape, SubjectId, SubjectKind
+from osmanthus.demo.cases_scene import (
+    CASE_OFFICERS,
+    HOUSING,
+    HOUSING_OFFICER,
+    REPAIR_ENTRY,
+    REPAIR_LIST,
+    CasesContext,
+    CasesScene,
+    cases_scenes,
+    desk_how_to,
+    issue_case_officers,
+    start_desk,
+)
 from osmanthus.demo.launcher import LocalFederation, Process, osmanthus_command, spawn
 from osmanthus.demo.portal_scene import (
     KIOSK,
@@ -43,7 +56,7 @@ from osmanthus.demo.portal_scene import (
     start_portal,
     wait_until_interrupted,
 )
-from osmanthus.demo.seed import DEMO_CITIZEN, SCENE_SUBJECTS, seed
+from osmanthus.demo.seed import DEMO_CITIZEN, DEMO_ENTERPRISE, SCENE_SUBJECTS, seed
 from portal.devidp import DevIdentityProvider
 from sdk import (
     Client,
@@ -262,19 +275,9 @@ def _lists_demo(
 ) -> None:
     today = china_today()
     certified = firms[1]
-    with (workdir / "data" / "subjects.csv").open() as f:
-        others = [
-            r["subject_id"] for r in csv.DictReader(f)
-            if r["subject_kind"] == "enterprise" and r["subject_id"] not in firms
-        ]  # fmt: skip
-    # a firm no record flags, so that what changes below is the list entry's doing
-    defaulter = next(
-        code
-        for code in others
-        if not agency.check_restrictions(
-            code, measures=ENTERPRISE_MEASURES, purpose="credit_report"
-        ).any
-    )
+    # the scene enterprise: no record of it sets a flag, so the restriction below is the list
+    # entry's doing; it applies for credit repair of the entry later (cases_scene)
+    defaulter = DEMO_ENTERPRISE.subject_id
 
     def officer(department: str) -> ListOfficer:
         files = issue_certificate(
@@ -304,8 +307,7 @@ def _lists_demo(
         )
 
     with officer("court") as court, officer("customs") as customs:
-        court.publish([entry("2026-su05-zhi-0123", "judgement_defaulters", defaulter,
-                             "Suzhou Example Trading Co., Ltd.",
+        court.publish([entry(REPAIR_ENTRY, REPAIR_LIST, defaulter, DEMO_ENTERPRISE.name,
                              "failed to perform an effective judgement", 730)])  # fmt: skip
         customs.publish([entry("aeo-2026-0456", "customs_advanced_certified", certified,
                                "Suzhou Example Electronics Co., Ltd.",
@@ -319,22 +321,7 @@ def _lists_demo(
         _say(_restrictions(agency.check_restrictions(
             defaulter, measures=ENTERPRISE_MEASURES, purpose="credit_report"
         )))  # fmt: skip
-        court.withdraw(
-            EntryId("2026-su05-zhi-0123"),
-            reason=WithdrawReason.REPAIRED,
-            reference="credit repair decision 2026-0789",
-        )
-        left = agency.search_lists(kind=SubjectKind.ENTERPRISE, subject=defaulter).entries
-        _say(f"  after credit repair the court's entry leaves public view: {len(left)} in view,")
-        _say("  and the measures its flag triggered no longer apply:")
-        _say(_restrictions(agency.check_restrictions(
-            defaulter, measures=ENTERPRISE_MEASURES, purpose="credit_report"
-        )))  # fmt: skip
-        history = court.history(SubjectKind.ENTERPRISE, defaulter)
-        for kept in history:
-            events = ", ".join(f"{e.event} {e.at:%Y-%m-%d %H:%M} UTC" for e in kept.events)
-            _say(f"  the court's history keeps {kept.entry.entry_id}: {events}; "
-                 f"now {kept.status.value}")  # fmt: skip
+        _say("  (the enterprise applies for credit repair of the court's entry further on)")
 
 
 def _sync_setup(workdir: Path, certs: Path, issuer: TokenIssuer) -> tuple[Path, Path]:
@@ -454,6 +441,8 @@ def run_demo(
         departments=departments,
         requesters=[AGENCY, REGISTRAR, RESCORING, LIBRARY, BUREAU, BANK, SYNC],
     )
+    # the case officers of the housing bureau and the court ('osmanthus disputes' finds them)
+    issue_case_officers(certs)
     issuer_dir = workdir / "issuer"
     generate_issuer_keypair(issuer_dir / "issuer.key", issuer_dir / "issuer.pub")
     issuer = TokenIssuer.from_file(issuer_dir / "issuer.key")
@@ -620,10 +609,10 @@ def run_demo(
                     code, measures=ENTERPRISE_MEASURES, purpose="credit_report"
                 )))  # fmt: skip
 
-            _step(t0, "Red and black lists: the court lists a judgement defaulter and customs "
-                  "an AA-class enterprise, each through its own node; anyone may search what "
-                  "is in view (published fields only); a black-list entry restricts "
-                  "loans")  # fmt: skip
+            _step(t0, "Red and black lists: the court lists the demo enterprise as a judgement "
+                  "defaulter and customs an AA-class enterprise, each through its own node; "
+                  "anyone may search what is in view (published fields only); a black-list "
+                  "entry restricts loans")  # fmt: skip
             _lists_demo(federation, certs, workdir, agency, firms)
 
             _step(t0, "Tax-bank loans (税银贷): with each small business's consent, a bank asks "
@@ -723,6 +712,17 @@ def run_demo(
             scene = kiosk_scene(
                 kiosk=portals["kiosk"], device=kiosk_device, citizen=DEMO_CITIZEN, say=_say
             )
+            assert receiver is not None
+            cases = cases_scenes(
+                CasesContext(
+                    certs=certs, target=target, online=online_device,
+                    kiosk=scene, agency=agency, sync_config=sync_config, receiver=receiver,
+                    province_state=workdir / "province" / "state",
+                    nodes={d: f"127.0.0.1:{federation.nodes[d].port}" for d in CASE_OFFICERS},
+                ),
+                step=lambda text: _step(t0, text),
+                say=_say,
+            )  # fmt: skip
 
             _step(t0, "The volunteers' node goes down; a first answer about a newly consenting "
                   "citizen is explicitly partial")  # fmt: skip
@@ -749,11 +749,11 @@ def run_demo(
             except OsmanthusError as exc:
                 _say(f"  refused ({type(exc).__name__}): {exc}")
             if keep_running:
-                provider = DevIdentityProvider(identities=demo_identities())
+                provider = DevIdentityProvider(identities=[*demo_identities(), HOUSING_OFFICER])
                 _keep_running(
                     t0, federation=federation, workdir=workdir, certs=certs, issuer=issuer,
                     target=target, device=online_device, scene=scene, consent_id=hers.consent_id,
-                    portals=portals, provider=provider,
+                    portals=portals, provider=provider, cases=cases,
                 )  # fmt: skip
     finally:
         codes = {f"portal-{name}": p.stop() for name, p in portals.items()}
@@ -785,17 +785,25 @@ def _keep_running(
     consent_id: str,
     portals: dict[str, Process],
     provider: DevIdentityProvider,
+    cases: CasesScene,
 ) -> None:
-    """Bring the volunteers' node back, start the demo's identity provider and the online
-    site, print how to try everything, and wait for Ctrl-C (the caller stops everything)."""
+    """Bring the volunteers' node back, start the demo's identity provider, the online site
+    and the housing bureau's desk, print how to try everything, and wait for Ctrl-C (the
+    caller stops everything)."""
     _step(t0, "Keeping the demo up: the volunteers' node comes back on its port, the demo's "
-          "identity provider and the online self-service site start")  # fmt: skip
+          "identity provider, the online self-service site and the housing bureau's desk "
+          "start")  # fmt: skip
     federation.restart_node("volunteer")
     provider.start()
     register_device_key(device, target=target)
     portals["online"], online_url = start_online(
         device, target=target, run_dir=workdir / "run", provider=provider
     )
+    housing_node = f"127.0.0.1:{federation.nodes[HOUSING].port}"
+    portals["housing-desk"], desk_url = start_desk(
+        department=HOUSING, certs=certs, node=housing_node, state_dir=workdir / "desks" / HOUSING,
+        run_dir=workdir / "run", provider=provider,
+    )  # fmt: skip
     # a token that outlives the hour the scenes' tokens were good for, and a report signing key
     keys_file = workdir / "keys" / f"{AGENCY}.key"
     token_file = workdir / "keys" / f"{AGENCY}.jwt"
@@ -816,6 +824,9 @@ def _keep_running(
         online_url=online_url, provider=provider, consent_id=consent_id, requester=AGENCY,
         token_file=token_file.resolve(), keys_file=keys_file.resolve(),
         signing_key=signing_key.resolve(),
+        desk=desk_how_to(
+            url=desk_url, certs=certs.resolve(), node=housing_node, case_id=cases.objection_case
+        ),
     )))  # fmt: skip
     wait_until_interrupted()
     _say()

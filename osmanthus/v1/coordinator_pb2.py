@@ -23,66 +23,67 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from osmanthus.v1 import cases_pb2 as osmanthus_dot_v1_dot_cases__pb2
 from osmanthus.v1 import common_pb2 as osmanthus_dot_v1_dot_common__pb2
 from osmanthus.v1 import lists_pb2 as osmanthus_dot_v1_dot_lists__pb2
 from osmanthus.v1 import node_pb2 as osmanthus_dot_v1_dot_node__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eosmanthus/v1/coordinator.proto\x12\x0cosmanthus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19osmanthus/v1/common.proto\x1a\x18osmanthus/v1/lists.proto\x1a\x17osmanthus/v1/node.proto\"I\n\x12RegisterKeyRequest\x12\x33\n\npublic_key\x18\x01 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\".\n\x13RegisterKeyResponse\x12\x17\n\x0fkey_fingerprint\x18\x01 \x01(\t\"\xcc\x01\n\x12PersonQueryRequest\x12\x13\n\x0bresident_id\x18\x01 \x01(\t\x12\"\n\x05shape\x18\x02 \x01(\x0e\x32\x13.osmanthus.v1.Shape\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x12\n\nconsent_id\x18\x04 \x01(\t\x12\x33\n\npublic_key\x18\x05 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\x12\x11\n\tthreshold\x18\x06 \x01(\r\x12\x10\n\x08measures\x18\x07 \x03(\t\"\xe5\x01\n\x16\x45nterpriseQueryRequest\x12\x13\n\x0b\x63redit_code\x18\x01 \x01(\t\x12\"\n\x05shape\x18\x02 \x01(\x0e\x32\x13.osmanthus.v1.Shape\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x33\n\npublic_key\x18\x04 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\x12\x11\n\tthreshold\x18\x05 \x01(\r\x12\x10\n\x08measures\x18\x06 \x03(\t\x12\x12\n\nconsent_id\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65partments\x18\x08 \x03(\t\"M\n\x10\x44\x65partmentStatus\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x15\n\rrules_version\x18\x03 \x01(\t\"\x9b\x03\n\rQueryResponse\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\"\n\x05shape\x18\x02 \x01(\x0e\x32\x13.osmanthus.v1.Shape\x12,\n\nciphertext\x18\x03 \x01(\x0b\x32\x18.osmanthus.v1.Ciphertext\x12\r\n\x05slots\x18\x04 \x03(\t\x12\x13\n\x0bslot_widths\x18\n \x03(\r\x12\x0c\n\x04\x62\x61se\x18\x06 \x01(\x05\x12\x30\n\x08\x61nswered\x18\x07 \x03(\x0b\x32\x1e.osmanthus.v1.DepartmentStatus\x12/\n\x07missing\x18\x08 \x03(\x0b\x32\x1e.osmanthus.v1.DepartmentStatus\x12\x0f\n\x07partial\x18\t \x01(\x08\x12,\n\ncandidates\x18\x0b \x03(\x0b\x32\x18.osmanthus.v1.Ciphertext\x12\x11\n\tthreshold\x18\x0c \x01(\r\x12\x10\n\x08measures\x18\r \x03(\t\x12\'\n\x05\x66lags\x18\x0e \x03(\x0b\x32\x18.osmanthus.v1.CiphertextJ\x04\x08\x05\x10\x06\"\xa8\x01\n\x0b\x42\x61tchHeader\x12/\n\x0csubject_kind\x18\x01 \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\x12\"\n\x05shape\x18\x02 \x01(\x0e\x32\x13.osmanthus.v1.Shape\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x33\n\npublic_key\x18\x04 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\"2\n\x0cSubjectChunk\x12\r\n\x05\x63hunk\x18\x01 \x01(\x04\x12\x13\n\x0bsubject_ids\x18\x02 \x03(\t\"u\n\x11\x42\x61tchQueryRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.osmanthus.v1.BatchHeaderH\x00\x12+\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1a.osmanthus.v1.SubjectChunkH\x00\x42\x06\n\x04item\"\xdb\x01\n\x0b\x42\x61tchLayout\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\"\n\x05shape\x18\x02 \x01(\x0e\x32\x13.osmanthus.v1.Shape\x12\r\n\x05slots\x18\x03 \x03(\t\x12\x13\n\x0bslot_widths\x18\x04 \x03(\r\x12\x1f\n\x17subjects_per_ciphertext\x18\x05 \x01(\r\x12\x0c\n\x04\x62\x61se\x18\x06 \x01(\x05\x12\x0e\n\x06offset\x18\x07 \x01(\r\x12\x33\n\x0b\x64\x65partments\x18\x08 \x03(\x0b\x32\x1e.osmanthus.v1.DepartmentStatus\"4\n\x0eRefusedSubject\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x8f\x01\n\x0b\x43hunkResult\x12\r\n\x05\x63hunk\x18\x01 \x01(\x04\x12\x13\n\x0bsubject_ids\x18\x02 \x03(\t\x12-\n\x0b\x63iphertexts\x18\x03 \x03(\x0b\x32\x18.osmanthus.v1.Ciphertext\x12-\n\x07refused\x18\x04 \x03(\x0b\x32\x1c.osmanthus.v1.RefusedSubject\"u\n\x12\x42\x61tchQueryResponse\x12+\n\x06layout\x18\x01 \x01(\x0b\x32\x19.osmanthus.v1.BatchLayoutH\x00\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.osmanthus.v1.ChunkResultH\x00\x42\x06\n\x04item\"\xc4\x01\n\x11StatsQueryRequest\x12/\n\x0csubject_kind\x18\x01 \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\x12\x13\n\x0bsubject_ids\x18\x02 \x03(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x04 \x01(\t\x12\x12\n\nstatistics\x18\x05 \x03(\t\x12\x33\n\npublic_key\x18\x06 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\"\xf1\x01\n\rStatsResponse\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x12\n\nstatistics\x18\x02 \x03(\t\x12-\n\x0b\x63iphertexts\x18\x03 \x03(\x0b\x32\x18.osmanthus.v1.Ciphertext\x12\x14\n\x0cnoise_scales\x18\x04 \x03(\t\x12\x0e\n\x06\x63ohort\x18\x05 \x01(\r\x12\x0f\n\x07\x65psilon\x18\x06 \x01(\t\x12\x14\n\x0c\x65psilon_left\x18\x07 \x01(\t\x12\x0c\n\x04\x62\x61se\x18\x08 \x01(\x05\x12\x30\n\x08\x61nswered\x18\t \x03(\x0b\x32\x1e.osmanthus.v1.DepartmentStatus\"\x8e\x01\n\x12SearchListsRequest\x12/\n\x0csubject_kind\x18\x01 \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x0c\n\x04list\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"\x8b\x01\n\x13SearchListsResponse\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.osmanthus.v1.PublicEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12/\n\x07missing\x18\x03 \x03(\x0b\x32\x1e.osmanthus.v1.DepartmentStatus\"\xa5\x02\n\x07\x43onsent\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x0f\n\x07grantee\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12.\n\ngranted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07receipt\x18\x08 \x01(\t\x12/\n\x0csubject_kind\x18\t \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\"\xac\x01\n\x13GrantConsentRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0f\n\x07grantee\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0csubject_kind\x18\x05 \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\">\n\x14RevokeConsentRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x12\n\nsubject_id\x18\x02 \x01(\t\":\n\x13ListConsentsRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0f\n\x07grantee\x18\x02 \x01(\t\"?\n\x14ListConsentsResponse\x12\'\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x15.osmanthus.v1.Consent\"\x90\x01\n\x12SubjectFileRequest\x12/\n\x0csubject_kind\x18\x01 \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x15\n\rrecipient_key\x18\x04 \x01(\x0c\x12\r\n\x05nonce\x18\x05 \x01(\x0c\"\x99\x01\n\x13SubjectFileResponse\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12.\n\x05\x66iles\x18\x02 \x03(\x0b\x32\x1f.osmanthus.v1.SealedSubjectFile\x12/\n\x07missing\x18\x03 \x03(\x0b\x32\x1e.osmanthus.v1.DepartmentStatus\x12\x0f\n\x07partial\x18\x04 \x01(\x08\x32\x96\x07\n\x12\x43oordinatorService\x12R\n\x0bRegisterKey\x12 .osmanthus.v1.RegisterKeyRequest\x1a!.osmanthus.v1.RegisterKeyResponse\x12L\n\x0bPersonQuery\x12 .osmanthus.v1.PersonQueryRequest\x1a\x1b.osmanthus.v1.QueryResponse\x12T\n\x0f\x45nterpriseQuery\x12$.osmanthus.v1.EnterpriseQueryRequest\x1a\x1b.osmanthus.v1.QueryResponse\x12S\n\nBatchQuery\x12\x1f.osmanthus.v1.BatchQueryRequest\x1a .osmanthus.v1.BatchQueryResponse(\x01\x30\x01\x12J\n\nStatsQuery\x12\x1f.osmanthus.v1.StatsQueryRequest\x1a\x1b.osmanthus.v1.StatsResponse\x12R\n\x0bSearchLists\x12 .osmanthus.v1.SearchListsRequest\x1a!.osmanthus.v1.SearchListsResponse\x12R\n\x0bListChanges\x12 .osmanthus.v1.ListChangesRequest\x1a!.osmanthus.v1.ListChangesResponse\x12H\n\x0cGrantConsent\x12!.osmanthus.v1.GrantConsentRequest\x1a\x15.osmanthus.v1.Consent\x12J\n\rRevokeConsent\x12\".osmanthus.v1.RevokeConsentRequest\x1a\x15.osmanthus.v1.Consent\x12U\n\x0cListConsents\x12!.osmanthus.v1.ListConsentsRequest\x1a\".osmanthus.v1.ListConsentsResponse\x12R\n\x0bSubjectFile\x12 .osmanthus.v1.SubjectFileRequest\x1a!.osmanthus.v1.SubjectFileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eosmanthus/v1/coordinator.proto\x12\x0cosmanthus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18osmanthus/v1/cases.proto\x1a\x19osmanthus/v1/common.proto\x1a\x18osmanthus/v1/lists.proto\x1a\x17osmanthus/v1/node.proto\"I\n\x12RegisterKeyRequest\x12\x33\n\npublic_key\x18\x01 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\".\n\x13RegisterKeyResponse\x12\x17\n\x0fkey_fingerprint\x18\x01 \x01(\t\"\xcc\x01\n\x12PersonQueryRequest\x12\x13\n\x0bresident_id\x18\x01 \x01(\t\x12\"\n\x05shape\x18\x02 \x01(\x0e\x32\x13.osmanthus.v1.Shape\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x12\n\nconsent_id\x18\x04 \x01(\t\x12\x33\n\npublic_key\x18\x05 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\x12\x11\n\tthreshold\x18\x06 \x01(\r\x12\x10\n\x08measures\x18\x07 \x03(\t\"\xe5\x01\n\x16\x45nterpriseQueryRequest\x12\x13\n\x0b\x63redit_code\x18\x01 \x01(\t\x12\"\n\x05shape\x18\x02 \x01(\x0e\x32\x13.osmanthus.v1.Shape\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x33\n\npublic_key\x18\x04 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\x12\x11\n\tthreshold\x18\x05 \x01(\r\x12\x10\n\x08measures\x18\x06 \x03(\t\x12\x12\n\nconsent_id\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65partments\x18\x08 \x03(\t\"M\n\x10\x44\x65partmentStatus\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x15\n\rrules_version\x18\x03 \x01(\t\"\x9b\x03\n\rQueryResponse\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\"\n\x05shape\x18\x02 \x01(\x0e\x32\x13.osmanthus.v1.Shape\x12,\n\nciphertext\x18\x03 \x01(\x0b\x32\x18.osmanthus.v1.Ciphertext\x12\r\n\x05slots\x18\x04 \x03(\t\x12\x13\n\x0bslot_widths\x18\n \x03(\r\x12\x0c\n\x04\x62\x61se\x18\x06 \x01(\x05\x12\x30\n\x08\x61nswered\x18\x07 \x03(\x0b\x32\x1e.osmanthus.v1.DepartmentStatus\x12/\n\x07missing\x18\x08 \x03(\x0b\x32\x1e.osmanthus.v1.DepartmentStatus\x12\x0f\n\x07partial\x18\t \x01(\x08\x12,\n\ncandidates\x18\x0b \x03(\x0b\x32\x18.osmanthus.v1.Ciphertext\x12\x11\n\tthreshold\x18\x0c \x01(\r\x12\x10\n\x08measures\x18\r \x03(\t\x12\'\n\x05\x66lags\x18\x0e \x03(\x0b\x32\x18.osmanthus.v1.CiphertextJ\x04\x08\x05\x10\x06\"\xa8\x01\n\x0b\x42\x61tchHeader\x12/\n\x0csubject_kind\x18\x01 \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\x12\"\n\x05shape\x18\x02 \x01(\x0e\x32\x13.osmanthus.v1.Shape\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x33\n\npublic_key\x18\x04 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\"2\n\x0cSubjectChunk\x12\r\n\x05\x63hunk\x18\x01 \x01(\x04\x12\x13\n\x0bsubject_ids\x18\x02 \x03(\t\"u\n\x11\x42\x61tchQueryRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.osmanthus.v1.BatchHeaderH\x00\x12+\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1a.osmanthus.v1.SubjectChunkH\x00\x42\x06\n\x04item\"\xdb\x01\n\x0b\x42\x61tchLayout\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\"\n\x05shape\x18\x02 \x01(\x0e\x32\x13.osmanthus.v1.Shape\x12\r\n\x05slots\x18\x03 \x03(\t\x12\x13\n\x0bslot_widths\x18\x04 \x03(\r\x12\x1f\n\x17subjects_per_ciphertext\x18\x05 \x01(\r\x12\x0c\n\x04\x62\x61se\x18\x06 \x01(\x05\x12\x0e\n\x06offset\x18\x07 \x01(\r\x12\x33\n\x0b\x64\x65partments\x18\x08 \x03(\x0b\x32\x1e.osmanthus.v1.DepartmentStatus\"4\n\x0eRefusedSubject\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x8f\x01\n\x0b\x43hunkResult\x12\r\n\x05\x63hunk\x18\x01 \x01(\x04\x12\x13\n\x0bsubject_ids\x18\x02 \x03(\t\x12-\n\x0b\x63iphertexts\x18\x03 \x03(\x0b\x32\x18.osmanthus.v1.Ciphertext\x12-\n\x07refused\x18\x04 \x03(\x0b\x32\x1c.osmanthus.v1.RefusedSubject\"u\n\x12\x42\x61tchQueryResponse\x12+\n\x06layout\x18\x01 \x01(\x0b\x32\x19.osmanthus.v1.BatchLayoutH\x00\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.osmanthus.v1.ChunkResultH\x00\x42\x06\n\x04item\"\xc4\x01\n\x11StatsQueryRequest\x12/\n\x0csubject_kind\x18\x01 \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\x12\x13\n\x0bsubject_ids\x18\x02 \x03(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x04 \x01(\t\x12\x12\n\nstatistics\x18\x05 \x03(\t\x12\x33\n\npublic_key\x18\x06 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\"\xf1\x01\n\rStatsResponse\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x12\n\nstatistics\x18\x02 \x03(\t\x12-\n\x0b\x63iphertexts\x18\x03 \x03(\x0b\x32\x18.osmanthus.v1.Ciphertext\x12\x14\n\x0cnoise_scales\x18\x04 \x03(\t\x12\x0e\n\x06\x63ohort\x18\x05 \x01(\r\x12\x0f\n\x07\x65psilon\x18\x06 \x01(\t\x12\x14\n\x0c\x65psilon_left\x18\x07 \x01(\t\x12\x0c\n\x04\x62\x61se\x18\x08 \x01(\x05\x12\x30\n\x08\x61nswered\x18\t \x03(\x0b\x32\x1e.osmanthus.v1.DepartmentStatus\"\x8e\x01\n\x12SearchListsRequest\x12/\n\x0csubject_kind\x18\x01 \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x0c\n\x04list\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"\x8b\x01\n\x13SearchListsResponse\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.osmanthus.v1.PublicEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12/\n\x07missing\x18\x03 \x03(\x0b\x32\x1e.osmanthus.v1.DepartmentStatus\"\xa5\x02\n\x07\x43onsent\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x0f\n\x07grantee\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12.\n\ngranted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07receipt\x18\x08 \x01(\t\x12/\n\x0csubject_kind\x18\t \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\"\xac\x01\n\x13GrantConsentRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0f\n\x07grantee\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0csubject_kind\x18\x05 \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\">\n\x14RevokeConsentRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x12\n\nsubject_id\x18\x02 \x01(\t\":\n\x13ListConsentsRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0f\n\x07grantee\x18\x02 \x01(\t\"?\n\x14ListConsentsResponse\x12\'\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x15.osmanthus.v1.Consent\"\x90\x01\n\x12SubjectFileRequest\x12/\n\x0csubject_kind\x18\x01 \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x15\n\rrecipient_key\x18\x04 \x01(\x0c\x12\r\n\x05nonce\x18\x05 \x01(\x0c\"\x99\x01\n\x13SubjectFileResponse\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12.\n\x05\x66iles\x18\x02 \x03(\x0b\x32\x1f.osmanthus.v1.SealedSubjectFile\x12/\n\x07missing\x18\x03 \x03(\x0b\x32\x1e.osmanthus.v1.DepartmentStatus\x12\x0f\n\x07partial\x18\x04 \x01(\x08\x32\xdc\x07\n\x12\x43oordinatorService\x12R\n\x0bRegisterKey\x12 .osmanthus.v1.RegisterKeyRequest\x1a!.osmanthus.v1.RegisterKeyResponse\x12L\n\x0bPersonQuery\x12 .osmanthus.v1.PersonQueryRequest\x1a\x1b.osmanthus.v1.QueryResponse\x12T\n\x0f\x45nterpriseQuery\x12$.osmanthus.v1.EnterpriseQueryRequest\x1a\x1b.osmanthus.v1.QueryResponse\x12S\n\nBatchQuery\x12\x1f.osmanthus.v1.BatchQueryRequest\x1a .osmanthus.v1.BatchQueryResponse(\x01\x30\x01\x12J\n\nStatsQuery\x12\x1f.osmanthus.v1.StatsQueryRequest\x1a\x1b.osmanthus.v1.StatsResponse\x12R\n\x0bSearchLists\x12 .osmanthus.v1.SearchListsRequest\x1a!.osmanthus.v1.SearchListsResponse\x12R\n\x0bListChanges\x12 .osmanthus.v1.ListChangesRequest\x1a!.osmanthus.v1.ListChangesResponse\x12H\n\x0cGrantConsent\x12!.osmanthus.v1.GrantConsentRequest\x1a\x15.osmanthus.v1.Consent\x12J\n\rRevokeConsent\x12\".osmanthus.v1.RevokeConsentRequest\x1a\x15.osmanthus.v1.Consent\x12U\n\x0cListConsents\x12!.osmanthus.v1.ListConsentsRequest\x1a\".osmanthus.v1.ListConsentsResponse\x12R\n\x0bSubjectFile\x12 .osmanthus.v1.SubjectFileRequest\x1a!.osmanthus.v1.SubjectFileResponse\x12\x44\n\x08\x46ileCase\x12\x1d.osmanthus.v1.FileCaseRequest\x1a\x19.osmanthus.v1.CaseReceiptb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'osmanthus.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REGISTERKEYREQUEST']._serialized_start=159
-  _globals['_REGISTERKEYREQUEST']._serialized_end=232
-  _globals['_REGISTERKEYRESPONSE']._serialized_start=234
-  _globals['_REGISTERKEYRESPONSE']._serialized_end=280
-  _globals['_PERSONQUERYREQUEST']._serialized_start=283
-  _globals['_PERSONQUERYREQUEST']._serialized_end=487
-  _globals['_ENTERPRISEQUERYREQUEST']._serialized_start=490
-  _globals['_ENTERPRISEQUERYREQUEST']._serialized_end=719
-  _globals['_DEPARTMENTSTATUS']._serialized_start=721
-  _globals['_DEPARTMENTSTATUS']._serialized_end=798
-  _globals['_QUERYRESPONSE']._serialized_start=801
-  _globals['_QUERYRESPONSE']._serialized_end=1212
-  _globals['_BATCHHEADER']._serialized_start=1215
-  _globals['_BATCHHEADER']._serialized_end=1383
-  _globals['_SUBJECTCHUNK']._serialized_start=1385
-  _globals['_SUBJECTCHUNK']._serialized_end=1435
-  _globals['_BATCHQUERYREQUEST']._serialized_start=1437
-  _globals['_BATCHQUERYREQUEST']._serialized_end=1554
-  _globals['_BATCHLAYOUT']._serialized_start=1557
-  _globals['_BATCHLAYOUT']._serialized_end=1776
-  _globals['_REFUSEDSUBJECT']._serialized_start=1778
-  _globals['_REFUSEDSUBJECT']._serialized_end=1830
-  _globals['_CHUNKRESULT']._serialized_start=1833
-  _globals['_CHUNKRESULT']._serialized_end=1976
-  _globals['_BATCHQUERYRESPONSE']._serialized_start=1978
-  _globals['_BATCHQUERYRESPONSE']._serialized_end=2095
-  _globals['_STATSQUERYREQUEST']._serialized_start=2098
-  _globals['_STATSQUERYREQUEST']._serialized_end=2294
-  _globals['_STATSRESPONSE']._serialized_start=2297
-  _globals['_STATSRESPONSE']._serialized_end=2538
-  _globals['_SEARCHLISTSREQUEST']._serialized_start=2541
-  _globals['_SEARCHLISTSREQUEST']._serialized_end=2683
-  _globals['_SEARCHLISTSRESPONSE']._serialized_start=2686
-  _globals['_SEARCHLISTSRESPONSE']._serialized_end=2825
-  _globals['_CONSENT']._serialized_start=2828
-  _globals['_CONSENT']._serialized_end=3121
-  _globals['_GRANTCONSENTREQUEST']._serialized_start=3124
-  _globals['_GRANTCONSENTREQUEST']._serialized_end=3296
-  _globals['_REVOKECONSENTREQUEST']._serialized_start=3298
-  _globals['_REVOKECONSENTREQUEST']._serialized_end=3360
-  _globals['_LISTCONSENTSREQUEST']._serialized_start=3362
-  _globals['_LISTCONSENTSREQUEST']._serialized_end=3420
-  _globals['_LISTCONSENTSRESPONSE']._serialized_start=3422
-  _globals['_LISTCONSENTSRESPONSE']._serialized_end=3485
-  _globals['_SUBJECTFILEREQUEST']._serialized_start=3488
-  _globals['_SUBJECTFILEREQUEST']._serialized_end=3632
-  _globals['_SUBJECTFILERESPONSE']._serialized_start=3635
-  _globals['_SUBJECTFILERESPONSE']._serialized_end=3788
-  _globals['_COORDINATORSERVICE']._serialized_start=3791
-  _globals['_COORDINATORSERVICE']._serialized_end=4709
+  _globals['_REGISTERKEYREQUEST']._serialized_start=185
+  _globals['_REGISTERKEYREQUEST']._serialized_end=258
+  _globals['_REGISTERKEYRESPONSE']._serialized_start=260
+  _globals['_REGISTERKEYRESPONSE']._serialized_end=306
+  _globals['_PERSONQUERYREQUEST']._serialized_start=309
+  _globals['_PERSONQUERYREQUEST']._serialized_end=513
+  _globals['_ENTERPRISEQUERYREQUEST']._serialized_start=516
+  _globals['_ENTERPRISEQUERYREQUEST']._serialized_end=745
+  _globals['_DEPARTMENTSTATUS']._serialized_start=747
+  _globals['_DEPARTMENTSTATUS']._serialized_end=824
+  _globals['_QUERYRESPONSE']._serialized_start=827
+  _globals['_QUERYRESPONSE']._serialized_end=1238
+  _globals['_BATCHHEADER']._serialized_start=1241
+  _globals['_BATCHHEADER']._serialized_end=1409
+  _globals['_SUBJECTCHUNK']._serialized_start=1411
+  _globals['_SUBJECTCHUNK']._serialized_end=1461
+  _globals['_BATCHQUERYREQUEST']._serialized_start=1463
+  _globals['_BATCHQUERYREQUEST']._serialized_end=1580
+  _globals['_BATCHLAYOUT']._serialized_start=1583
+  _globals['_BATCHLAYOUT']._serialized_end=1802
+  _globals['_REFUSEDSUBJECT']._serialized_start=1804
+  _globals['_REFUSEDSUBJECT']._serialized_end=1856
+  _globals['_CHUNKRESULT']._serialized_start=1859
+  _globals['_CHUNKRESULT']._serialized_end=2002
+  _globals['_BATCHQUERYRESPONSE']._serialized_start=2004
+  _globals['_BATCHQUERYRESPONSE']._serialized_end=2121
+  _globals['_STATSQUERYREQUEST']._serialized_start=2124
+  _globals['_STATSQUERYREQUEST']._serialized_end=2320
+  _globals['_STATSRESPONSE']._serialized_start=2323
+  _globals['_STATSRESPONSE']._serialized_end=2564
+  _globals['_SEARCHLISTSREQUEST']._serialized_start=2567
+  _globals['_SEARCHLISTSREQUEST']._serialized_end=2709
+  _globals['_SEARCHLISTSRESPONSE']._serialized_start=2712
+  _globals['_SEARCHLISTSRESPONSE']._serialized_end=2851
+  _globals['_CONSENT']._serialized_start=2854
+  _globals['_CONSENT']._serialized_end=3147
+  _globals['_GRANTCONSENTREQUEST']._serialized_start=3150
+  _globals['_GRANTCONSENTREQUEST']._serialized_end=3322
+  _globals['_REVOKECONSENTREQUEST']._serialized_start=3324
+  _globals['_REVOKECONSENTREQUEST']._serialized_end=3386
+  _globals['_LISTCONSENTSREQUEST']._serialized_start=3388
+  _globals['_LISTCONSENTSREQUEST']._serialized_end=3446
+  _globals['_LISTCONSENTSRESPONSE']._serialized_start=3448
+  _globals['_LISTCONSENTSRESPONSE']._serialized_end=3511
+  _globals['_SUBJECTFILEREQUEST']._serialized_start=3514
+  _globals['_SUBJECTFILEREQUEST']._serialized_end=3658
+  _globals['_SUBJECTFILERESPONSE']._serialized_start=3661
+  _globals['_SUBJECTFILERESPONSE']._serialized_end=3814
+  _globals['_COORDINATORSERVICE']._serialized_start=3817
+  _globals['_COORDINATORSERVICE']._serialized_end=4805
 # @@protoc_insertion_point(module_scope)

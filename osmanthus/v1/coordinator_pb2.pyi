@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from osmanthus.v1 import cases_pb2 as _cases_pb2
 from osmanthus.v1 import common_pb2 as _common_pb2
 from osmanthus.v1 import lists_pb2 as _lists_pb2
 from osmanthus.v1 import node_pb2 as _node_pb2

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from osmanthus.v1 import cases_pb2 as osmanthus_dot_v1_dot_cases__pb2
 from osmanthus.v1 import coordinator_pb2 as osmanthus_dot_v1_dot_coordinator__pb2
 from osmanthus.v1 import lists_pb2 as osmanthus_dot_v1_dot_lists__pb2
 
@@ -91,6 +92,11 @@ class CoordinatorServiceStub:
                 '/osmanthus.v1.CoordinatorService/SubjectFile',
                 request_serializer=osmanthus_dot_v1_dot_coordinator__pb2.SubjectFileRequest.SerializeToString,
                 response_deserializer=osmanthus_dot_v1_dot_coordinator__pb2.SubjectFileResponse.FromString,
+                _registered_method=True)
+        self.FileCase = channel.unary_unary(
+                '/osmanthus.v1.CoordinatorService/FileCase',
+                request_serializer=osmanthus_dot_v1_dot_cases__pb2.FileCaseRequest.SerializeToString,
+                response_deserializer=osmanthus_dot_v1_dot_cases__pb2.CaseReceipt.FromString,
                 _registered_method=True)
 
 
@@ -183,6 +189,16 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FileCase(self, request, context):
+        """A subject's objection or credit-repair application, sealed by the portal to the owning
+        department's case key, forwarded to that department's node unread. Purpose self_query
+        only, for a requester with role portal (central policy action FileCase on
+        Department::"<id>"); rate-limited per requester here and per subject at the node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -240,6 +256,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.SubjectFile,
                     request_deserializer=osmanthus_dot_v1_dot_coordinator__pb2.SubjectFileRequest.FromString,
                     response_serializer=osmanthus_dot_v1_dot_coordinator__pb2.SubjectFileResponse.SerializeToString,
+            ),
+            'FileCase': grpc.unary_unary_rpc_method_handler(
+                    servicer.FileCase,
+                    request_deserializer=osmanthus_dot_v1_dot_cases__pb2.FileCaseRequest.FromString,
+                    response_serializer=osmanthus_dot_v1_dot_cases__pb2.CaseReceipt.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -541,6 +562,33 @@ class CoordinatorService:
             '/osmanthus.v1.CoordinatorService/SubjectFile',
             osmanthus_dot_v1_dot_coordinator__pb2.SubjectFileRequest.SerializeToString,
             osmanthus_dot_v1_dot_coordinator__pb2.SubjectFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FileCase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/osmanthus.v1.CoordinatorService/FileCase',
+            osmanthus_dot_v1_dot_cases__pb2.FileCaseRequest.SerializeToString,
+            osmanthus_dot_v1_dot_cases__pb2.CaseReceipt.FromString,
             options,
             channel_credentials,
             insecure,

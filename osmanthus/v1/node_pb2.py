@@ -22,43 +22,44 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from osmanthus.v1 import cases_pb2 as osmanthus_dot_v1_dot_cases__pb2
 from osmanthus.v1 import common_pb2 as osmanthus_dot_v1_dot_common__pb2
 from osmanthus.v1 import lists_pb2 as osmanthus_dot_v1_dot_lists__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17osmanthus/v1/node.proto\x12\x0cosmanthus.v1\x1a\x19osmanthus/v1/common.proto\x1a\x18osmanthus/v1/lists.proto\"\xab\x03\n\x11\x43ontributeRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12/\n\x0csubject_kind\x18\x02 \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\x12\x12\n\nsubject_id\x18\x03 \x01(\t\x12\"\n\x05shape\x18\x04 \x01(\x0e\x32\x13.osmanthus.v1.Shape\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x12\n\nconsent_id\x18\x06 \x01(\t\x12\x33\n\npublic_key\x18\x07 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\x12\r\n\x05slots\x18\x08 \x03(\t\x12\x13\n\x0bslot_widths\x18\t \x03(\r\x12\x10\n\x08measures\x18\n \x03(\t\x12\x17\n\x0f\x63onsent_receipt\x18\x0b \x01(\t\x12<\n\x0frevocation_head\x18\x0c \x01(\x0b\x32#.osmanthus.v1.ConsentRevocationHead\x12\x34\n\x0brevocations\x18\r \x03(\x0b\x32\x1f.osmanthus.v1.ConsentRevocation\";\n\x15\x43onsentRevocationHead\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\t\"a\n\x11\x43onsentRevocation\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x12\n\nconsent_id\x18\x02 \x01(\t\x12\x12\n\nrevoked_at\x18\x03 \x01(\x03\x12\x12\n\nexpires_at\x18\x04 \x01(\x03\"\xd0\x01\n\x12\x43ontributeResponse\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12,\n\nciphertext\x18\x02 \x01(\x0b\x32\x18.osmanthus.v1.Ciphertext\x12\x1d\n\x15single_source_allowed\x18\x03 \x01(\x08\x12\x15\n\rrules_version\x18\x04 \x01(\t\x12\x13\n\x0bpolicy_hash\x18\x05 \x01(\t\x12-\n\x0b\x66lag_counts\x18\x06 \x03(\x0b\x32\x18.osmanthus.v1.Ciphertext\"\xae\x02\n\x16\x43ontributeChunkRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\r\n\x05\x63hunk\x18\x02 \x01(\x04\x12/\n\x0csubject_kind\x18\x03 \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\x12\x13\n\x0bsubject_ids\x18\x04 \x03(\t\x12\"\n\x05shape\x18\x05 \x01(\x0e\x32\x13.osmanthus.v1.Shape\x12\x0f\n\x07purpose\x18\x06 \x01(\t\x12\x33\n\npublic_key\x18\x07 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\x12\r\n\x05slots\x18\x08 \x03(\t\x12\x13\n\x0bslot_widths\x18\t \x03(\r\x12\x1f\n\x17subjects_per_ciphertext\x18\n \x01(\r\"\x97\x01\n\x17\x43ontributeChunkResponse\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12\r\n\x05\x63hunk\x18\x02 \x01(\x04\x12-\n\x0b\x63iphertexts\x18\x03 \x03(\x0b\x32\x18.osmanthus.v1.Ciphertext\x12\x15\n\rrules_version\x18\x04 \x01(\t\x12\x13\n\x0bpolicy_hash\x18\x05 \x01(\t\"\x83\x02\n\x16\x43ontributeStatsRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12/\n\x0csubject_kind\x18\x02 \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\x12\x13\n\x0bsubject_ids\x18\x03 \x03(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x33\n\npublic_key\x18\x05 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\x12\x12\n\nstatistics\x18\x06 \x03(\t\x12\r\n\x05slots\x18\x07 \x03(\t\x12\x13\n\x0bslot_widths\x18\x08 \x03(\r\x12\x13\n\x0bslot_bounds\x18\t \x03(\x04\"\x88\x01\n\x17\x43ontributeStatsResponse\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12-\n\x0b\x63iphertexts\x18\x02 \x03(\x0b\x32\x18.osmanthus.v1.Ciphertext\x12\x15\n\rrules_version\x18\x03 \x01(\t\x12\x13\n\x0bpolicy_hash\x18\x04 \x01(\t\"^\n\x16NodeListChangesRequest\x12\x31\n\x07request\x18\x01 \x01(\x0b\x32 .osmanthus.v1.ListChangesRequest\x12\x11\n\trequester\x18\x02 \x01(\t\"\x10\n\x0eGetInfoRequest\"\xd4\x01\n\x08NodeInfo\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x30\n\rsubject_kinds\x18\x03 \x03(\x0e\x32\x19.osmanthus.v1.SubjectKind\x12\x15\n\rrules_version\x18\x04 \x01(\t\x12\x14\n\x0crules_digest\x18\x05 \x01(\t\x12\x13\n\x0bpolicy_hash\x18\x06 \x01(\t\x12\x18\n\x10owned_categories\x18\x07 \x03(\t\x12\x18\n\x10software_version\x18\x08 \x01(\t\"\xa6\x01\n\x16NodeSubjectFileRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12/\n\x0csubject_kind\x18\x02 \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\x12\x12\n\nsubject_id\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x15\n\rrecipient_key\x18\x05 \x01(\x0c\x12\r\n\x05nonce\x18\x06 \x01(\x0c\"\x87\x01\n\x11SealedSubjectFile\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06sealed\x18\x02 \x01(\x0c\x12\x15\n\rrules_version\x18\x03 \x01(\t\x12\x13\n\x0bpolicy_hash\x18\x04 \x01(\t\x12\x11\n\tsignature\x18\x05 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x06 \x01(\x0c\x32\xe7\x04\n\x0bNodeService\x12O\n\nContribute\x12\x1f.osmanthus.v1.ContributeRequest\x1a .osmanthus.v1.ContributeResponse\x12^\n\x0f\x43ontributeChunk\x12$.osmanthus.v1.ContributeChunkRequest\x1a%.osmanthus.v1.ContributeChunkResponse\x12^\n\x0f\x43ontributeStats\x12$.osmanthus.v1.ContributeStatsRequest\x1a%.osmanthus.v1.ContributeStatsResponse\x12X\n\rPublicEntries\x12\".osmanthus.v1.PublicEntriesRequest\x1a#.osmanthus.v1.PublicEntriesResponse\x12V\n\x0bListChanges\x12$.osmanthus.v1.NodeListChangesRequest\x1a!.osmanthus.v1.ListChangesResponse\x12?\n\x07GetInfo\x12\x1c.osmanthus.v1.GetInfoRequest\x1a\x16.osmanthus.v1.NodeInfo\x12T\n\x0bSubjectFile\x12$.osmanthus.v1.NodeSubjectFileRequest\x1a\x1f.osmanthus.v1.SealedSubjectFileb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17osmanthus/v1/node.proto\x12\x0cosmanthus.v1\x1a\x18osmanthus/v1/cases.proto\x1a\x19osmanthus/v1/common.proto\x1a\x18osmanthus/v1/lists.proto\"\xab\x03\n\x11\x43ontributeRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12/\n\x0csubject_kind\x18\x02 \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\x12\x12\n\nsubject_id\x18\x03 \x01(\t\x12\"\n\x05shape\x18\x04 \x01(\x0e\x32\x13.osmanthus.v1.Shape\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x12\n\nconsent_id\x18\x06 \x01(\t\x12\x33\n\npublic_key\x18\x07 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\x12\r\n\x05slots\x18\x08 \x03(\t\x12\x13\n\x0bslot_widths\x18\t \x03(\r\x12\x10\n\x08measures\x18\n \x03(\t\x12\x17\n\x0f\x63onsent_receipt\x18\x0b \x01(\t\x12<\n\x0frevocation_head\x18\x0c \x01(\x0b\x32#.osmanthus.v1.ConsentRevocationHead\x12\x34\n\x0brevocations\x18\r \x03(\x0b\x32\x1f.osmanthus.v1.ConsentRevocation\";\n\x15\x43onsentRevocationHead\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\t\"a\n\x11\x43onsentRevocation\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x12\n\nconsent_id\x18\x02 \x01(\t\x12\x12\n\nrevoked_at\x18\x03 \x01(\x03\x12\x12\n\nexpires_at\x18\x04 \x01(\x03\"\xd0\x01\n\x12\x43ontributeResponse\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12,\n\nciphertext\x18\x02 \x01(\x0b\x32\x18.osmanthus.v1.Ciphertext\x12\x1d\n\x15single_source_allowed\x18\x03 \x01(\x08\x12\x15\n\rrules_version\x18\x04 \x01(\t\x12\x13\n\x0bpolicy_hash\x18\x05 \x01(\t\x12-\n\x0b\x66lag_counts\x18\x06 \x03(\x0b\x32\x18.osmanthus.v1.Ciphertext\"\xae\x02\n\x16\x43ontributeChunkRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\r\n\x05\x63hunk\x18\x02 \x01(\x04\x12/\n\x0csubject_kind\x18\x03 \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\x12\x13\n\x0bsubject_ids\x18\x04 \x03(\t\x12\"\n\x05shape\x18\x05 \x01(\x0e\x32\x13.osmanthus.v1.Shape\x12\x0f\n\x07purpose\x18\x06 \x01(\t\x12\x33\n\npublic_key\x18\x07 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\x12\r\n\x05slots\x18\x08 \x03(\t\x12\x13\n\x0bslot_widths\x18\t \x03(\r\x12\x1f\n\x17subjects_per_ciphertext\x18\n \x01(\r\"\x97\x01\n\x17\x43ontributeChunkResponse\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12\r\n\x05\x63hunk\x18\x02 \x01(\x04\x12-\n\x0b\x63iphertexts\x18\x03 \x03(\x0b\x32\x18.osmanthus.v1.Ciphertext\x12\x15\n\rrules_version\x18\x04 \x01(\t\x12\x13\n\x0bpolicy_hash\x18\x05 \x01(\t\"\x83\x02\n\x16\x43ontributeStatsRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12/\n\x0csubject_kind\x18\x02 \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\x12\x13\n\x0bsubject_ids\x18\x03 \x03(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x33\n\npublic_key\x18\x05 \x01(\x0b\x32\x1f.osmanthus.v1.PaillierPublicKey\x12\x12\n\nstatistics\x18\x06 \x03(\t\x12\r\n\x05slots\x18\x07 \x03(\t\x12\x13\n\x0bslot_widths\x18\x08 \x03(\r\x12\x13\n\x0bslot_bounds\x18\t \x03(\x04\"\x88\x01\n\x17\x43ontributeStatsResponse\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12-\n\x0b\x63iphertexts\x18\x02 \x03(\x0b\x32\x18.osmanthus.v1.Ciphertext\x12\x15\n\rrules_version\x18\x03 \x01(\t\x12\x13\n\x0bpolicy_hash\x18\x04 \x01(\t\"^\n\x16NodeListChangesRequest\x12\x31\n\x07request\x18\x01 \x01(\x0b\x32 .osmanthus.v1.ListChangesRequest\x12\x11\n\trequester\x18\x02 \x01(\t\"\x10\n\x0eGetInfoRequest\"\xd4\x01\n\x08NodeInfo\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x30\n\rsubject_kinds\x18\x03 \x03(\x0e\x32\x19.osmanthus.v1.SubjectKind\x12\x15\n\rrules_version\x18\x04 \x01(\t\x12\x14\n\x0crules_digest\x18\x05 \x01(\t\x12\x13\n\x0bpolicy_hash\x18\x06 \x01(\t\x12\x18\n\x10owned_categories\x18\x07 \x03(\t\x12\x18\n\x10software_version\x18\x08 \x01(\t\"\xa6\x01\n\x16NodeSubjectFileRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12/\n\x0csubject_kind\x18\x02 \x01(\x0e\x32\x19.osmanthus.v1.SubjectKind\x12\x12\n\nsubject_id\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x15\n\rrecipient_key\x18\x05 \x01(\x0c\x12\r\n\x05nonce\x18\x06 \x01(\x0c\"\x87\x01\n\x11SealedSubjectFile\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06sealed\x18\x02 \x01(\x0c\x12\x15\n\rrules_version\x18\x03 \x01(\t\x12\x13\n\x0bpolicy_hash\x18\x04 \x01(\t\x12\x11\n\tsignature\x18\x05 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x06 \x01(\x0c\x32\xb1\x05\n\x0bNodeService\x12O\n\nContribute\x12\x1f.osmanthus.v1.ContributeRequest\x1a .osmanthus.v1.ContributeResponse\x12^\n\x0f\x43ontributeChunk\x12$.osmanthus.v1.ContributeChunkRequest\x1a%.osmanthus.v1.ContributeChunkResponse\x12^\n\x0f\x43ontributeStats\x12$.osmanthus.v1.ContributeStatsRequest\x1a%.osmanthus.v1.ContributeStatsResponse\x12X\n\rPublicEntries\x12\".osmanthus.v1.PublicEntriesRequest\x1a#.osmanthus.v1.PublicEntriesResponse\x12V\n\x0bListChanges\x12$.osmanthus.v1.NodeListChangesRequest\x1a!.osmanthus.v1.ListChangesResponse\x12?\n\x07GetInfo\x12\x1c.osmanthus.v1.GetInfoRequest\x1a\x16.osmanthus.v1.NodeInfo\x12T\n\x0bSubjectFile\x12$.osmanthus.v1.NodeSubjectFileRequest\x1a\x1f.osmanthus.v1.SealedSubjectFile\x12H\n\x08\x46ileCase\x12!.osmanthus.v1.NodeFileCaseRequest\x1a\x19.osmanthus.v1.CaseReceiptb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'osmanthus.v1.node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONTRIBUTEREQUEST']._serialized_start=95
-  _globals['_CONTRIBUTEREQUEST']._serialized_end=522
-  _globals['_CONSENTREVOCATIONHEAD']._serialized_start=524
-  _globals['_CONSENTREVOCATIONHEAD']._serialized_end=583
-  _globals['_CONSENTREVOCATION']._serialized_start=585
-  _globals['_CONSENTREVOCATION']._serialized_end=682
-  _globals['_CONTRIBUTERESPONSE']._serialized_start=685
-  _globals['_CONTRIBUTERESPONSE']._serialized_end=893
-  _globals['_CONTRIBUTECHUNKREQUEST']._serialized_start=896
-  _globals['_CONTRIBUTECHUNKREQUEST']._serialized_end=1198
-  _globals['_CONTRIBUTECHUNKRESPONSE']._serialized_start=1201
-  _globals['_CONTRIBUTECHUNKRESPONSE']._serialized_end=1352
-  _globals['_CONTRIBUTESTATSREQUEST']._serialized_start=1355
-  _globals['_CONTRIBUTESTATSREQUEST']._serialized_end=1614
-  _globals['_CONTRIBUTESTATSRESPONSE']._serialized_start=1617
-  _globals['_CONTRIBUTESTATSRESPONSE']._serialized_end=1753
-  _globals['_NODELISTCHANGESREQUEST']._serialized_start=1755
-  _globals['_NODELISTCHANGESREQUEST']._serialized_end=1849
-  _globals['_GETINFOREQUEST']._serialized_start=1851
-  _globals['_GETINFOREQUEST']._serialized_end=1867
-  _globals['_NODEINFO']._serialized_start=1870
-  _globals['_NODEINFO']._serialized_end=2082
-  _globals['_NODESUBJECTFILEREQUEST']._serialized_start=2085
-  _globals['_NODESUBJECTFILEREQUEST']._serialized_end=2251
-  _globals['_SEALEDSUBJECTFILE']._serialized_start=2254
-  _globals['_SEALEDSUBJECTFILE']._serialized_end=2389
-  _globals['_NODESERVICE']._serialized_start=2392
-  _globals['_NODESERVICE']._serialized_end=3007
+  _globals['_CONTRIBUTEREQUEST']._serialized_start=121
+  _globals['_CONTRIBUTEREQUEST']._serialized_end=548
+  _globals['_CONSENTREVOCATIONHEAD']._serialized_start=550
+  _globals['_CONSENTREVOCATIONHEAD']._serialized_end=609
+  _globals['_CONSENTREVOCATION']._serialized_start=611
+  _globals['_CONSENTREVOCATION']._serialized_end=708
+  _globals['_CONTRIBUTERESPONSE']._serialized_start=711
+  _globals['_CONTRIBUTERESPONSE']._serialized_end=919
+  _globals['_CONTRIBUTECHUNKREQUEST']._serialized_start=922
+  _globals['_CONTRIBUTECHUNKREQUEST']._serialized_end=1224
+  _globals['_CONTRIBUTECHUNKRESPONSE']._serialized_start=1227
+  _globals['_CONTRIBUTECHUNKRESPONSE']._serialized_end=1378
+  _globals['_CONTRIBUTESTATSREQUEST']._serialized_start=1381
+  _globals['_CONTRIBUTESTATSREQUEST']._serialized_end=1640
+  _globals['_CONTRIBUTESTATSRESPONSE']._serialized_start=1643
+  _globals['_CONTRIBUTESTATSRESPONSE']._serialized_end=1779
+  _globals['_NODELISTCHANGESREQUEST']._serialized_start=1781
+  _globals['_NODELISTCHANGESREQUEST']._serialized_end=1875
+  _globals['_GETINFOREQUEST']._serialized_start=1877
+  _globals['_GETINFOREQUEST']._serialized_end=1893
+  _globals['_NODEINFO']._serialized_start=1896
+  _globals['_NODEINFO']._serialized_end=2108
+  _globals['_NODESUBJECTFILEREQUEST']._serialized_start=2111
+  _globals['_NODESUBJECTFILEREQUEST']._serialized_end=2277
+  _globals['_SEALEDSUBJECTFILE']._serialized_start=2280
+  _globals['_SEALEDSUBJECTFILE']._serialized_end=2415
+  _globals['_NODESERVICE']._serialized_start=2418
+  _globals['_NODESERVICE']._serialized_end=3107
 # @@protoc_insertion_point(module_scope)

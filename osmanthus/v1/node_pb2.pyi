@@ -1,3 +1,4 @@
+from osmanthus.v1 import cases_pb2 as _cases_pb2
 from osmanthus.v1 import common_pb2 as _common_pb2
 from osmanthus.v1 import lists_pb2 as _lists_pb2
 from google.protobuf.internal import containers as _containers

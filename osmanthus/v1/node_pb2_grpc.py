@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from osmanthus.v1 import cases_pb2 as osmanthus_dot_v1_dot_cases__pb2
 from osmanthus.v1 import lists_pb2 as osmanthus_dot_v1_dot_lists__pb2
 from osmanthus.v1 import node_pb2 as osmanthus_dot_v1_dot_node__pb2
 
@@ -72,6 +73,11 @@ class NodeServiceStub:
                 request_serializer=osmanthus_dot_v1_dot_node__pb2.NodeSubjectFileRequest.SerializeToString,
                 response_deserializer=osmanthus_dot_v1_dot_node__pb2.SealedSubjectFile.FromString,
                 _registered_method=True)
+        self.FileCase = channel.unary_unary(
+                '/osmanthus.v1.NodeService/FileCase',
+                request_serializer=osmanthus_dot_v1_dot_cases__pb2.NodeFileCaseRequest.SerializeToString,
+                response_deserializer=osmanthus_dot_v1_dot_cases__pb2.CaseReceipt.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -137,6 +143,16 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FileCase(self, request, context):
+        """File a subject's objection or credit-repair application (osmanthus/v1/cases.proto), sealed
+        to this node's case key. Only the coordinator may call, for a requester whose token has
+        role portal and purpose self_query; the node opens the case, checks that its target is the
+        subject's, marks a contested record disputed at once and queues the case, all or nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -174,6 +190,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.SubjectFile,
                     request_deserializer=osmanthus_dot_v1_dot_node__pb2.NodeSubjectFileRequest.FromString,
                     response_serializer=osmanthus_dot_v1_dot_node__pb2.SealedSubjectFile.SerializeToString,
+            ),
+            'FileCase': grpc.unary_unary_rpc_method_handler(
+                    servicer.FileCase,
+                    request_deserializer=osmanthus_dot_v1_dot_cases__pb2.NodeFileCaseRequest.FromString,
+                    response_serializer=osmanthus_dot_v1_dot_cases__pb2.CaseReceipt.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -367,6 +388,33 @@ class NodeService:
             '/osmanthus.v1.NodeService/SubjectFile',
             osmanthus_dot_v1_dot_node__pb2.NodeSubjectFileRequest.SerializeToString,
             osmanthus_dot_v1_dot_node__pb2.SealedSubjectFile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FileCase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/osmanthus.v1.NodeService/FileCase',
+            osmanthus_dot_v1_dot_cases__pb2.NodeFileCaseRequest.SerializeToString,
+            osmanthus_dot_v1_dot_cases__pb2.CaseReceipt.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from coordinator.server import (
 from node.server import DEFAULT_NODE_POLICY, NodeConfig, start_node
 from osmanthus.core.bundle import DEFAULT_POLL_S
 from osmanthus.core.catalogue import Catalogue, default_catalogue_path, load_catalogue
+from osmanthus.core.clock import china_today
 from osmanthus.core.crl import REVOCATION_POLL_S
 from osmanthus.core.receipts import CONSENT_KEY_FILE, CONSENT_PUBLIC_KEY_FILE
 from osmanthus.core.server import RunningServer
@@ -152,8 +153,10 @@ def start_federation(
     crl: Path | None = None,
     token_deny_list: Path | None = None,
     revocation_poll_s: float = REVOCATION_POLL_S,
+    today: Callable[[], date] = china_today,
 ) -> Federation:
-    """`crl` and `token_deny_list` go to every node and the coordinator."""
+    """`crl` and `token_deny_list` go to every node and the coordinator; `today` is every
+    node's calendar (a test clock makes a case fall overdue)."""
     nodes: dict[str, RunningServer] = {}
     configs: dict[str, NodeConfig] = {}
     for dept in departments:
@@ -177,7 +180,7 @@ def start_federation(
             consent_public_key=certs / "coordinator" / CONSENT_PUBLIC_KEY_FILE,
         )
         configs[dept] = config
-        nodes[dept] = start_node(config, catalogue=catalogue)
+        nodes[dept] = start_node(config, catalogue=catalogue, today=today)
     endpoints = [NodeEndpoint(DepartmentId(d), f"127.0.0.1:{s.port}") for d, s in nodes.items()]
     nodes_toml = base / "nodes.toml"
     nodes_toml.write_text(render_nodes([*endpoints, *extra_endpoints]))

@@ -1,7 +1,11 @@
 """The README's demo, `osmanthus demo --keep-running`, end to end: the kiosk scene prints
 "桂花分 106" with the four bonus categories, the citizen's records (one expired) and who asked
-about her; then everything stays up: the online site signs her in at the demo's identity
-provider and shows 106, the printed SDK snippet runs, and Ctrl-C stops every process cleanly."""
+about her; she objects online to her housing record, the housing bureau's officer upholds it
+with `osmanthus disputes` and her score is 116; the scene enterprise's credit repair of its
+black-list entry is approved, the entry leaves public view and the province receives the
+withdrawal (reason repaired). Then everything stays up: the online site signs her in at the
+demo's identity provider and shows 116, the printed SDK snippet runs, and Ctrl-C stops every
+process cleanly; the housing bureau's desk signs its officer in and lists her case."""
 
 from __future__ import annotations
 
@@ -53,8 +57,9 @@ class Output:
         return self.now()
 
 
-def sign_in_online(url: str, *, label: str) -> str:
-    """Sign in at the online site through the demo identity provider's page; the score page."""
+def sign_in_online(url: str, *, label: str, path: str = "/me") -> str:
+    """Sign in at the online site (or a department desk) through the demo identity provider's
+    page; then the page at `path` (the score page by default)."""
     opener = urllib.request.build_opener(
         urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
     )
@@ -67,7 +72,7 @@ def sign_in_online(url: str, *, label: str) -> str:
     target = urllib.parse.urljoin(at, html.unescape(action))
     with opener.open(target, data=urllib.parse.urlencode(fields).encode(), timeout=120) as done:
         done.read()
-    with opener.open(url + "/me", timeout=120) as response:
+    with opener.open(url + path, timeout=120) as response:
         return str(response.read().decode())
 
 
@@ -109,11 +114,42 @@ def test_the_demo_shows_the_kiosk_scene_stays_up_and_stops_cleanly(tmp_path: Pat
         assert "agency-1" in asked and "kiosk-hall-1" in asked and "rescoring" in asked
         assert "nothing of hers is left" in text
         assert "check character" in text.split("a card whose check digit is wrong", 1)[1]
+        # her objection, filed online and upheld by the housing bureau's officer
+        objection = text.split("objects to one of her records", 1)[1].split("Credit repair", 1)[0]
+        filed = re.search(
+            r"receipt: case (case-[A-Za-z0-9_-]{22}), filed .* at the housing", objection
+        )
+        assert filed is not None, objection
+        case_id = filed.group(1)
+        assert "status disputed · disputed" in objection
+        assert "her score: 106 → 116" in objection
+        decided = objection.split("disputes decide " + case_id, 1)[1]
+        assert "upheld" in decided.split("$", 1)[0]
+        assert "the kiosk's screen: 桂花分 Osmanthus score 116" in objection
+        mine = objection.split("┌─ 我的异议与修复 My cases", 1)[1].split("└", 1)[0]
+        assert case_id in mine and "Upheld" in mine, mine
+        # the enterprise's credit repair: approved, out of public view, reported upward
+        repair = text.split("Credit repair", 1)[1].split("The volunteers' node goes down", 1)[0]
+        applied = re.search(
+            r"receipt: case (case-[A-Za-z0-9_-]{22}), filed .* at the court", repair
+        )
+        assert applied is not None, repair
+        assert "finds 0 entries in view" in repair
+        assert re.search(
+            r"the province received: list_changes #\d+: 2026-su05-zhi-0123 withdrawn .*, reason "
+            r"repaired",
+            repair,
+        ), repair
         # the online site, through the demo's identity provider
         online = re.search(r"Online self-service.*\n  (http://127\.0\.0\.1:\d+)/", text)
         assert online is not None, text[-3000:]
         page = sign_in_online(online.group(1), label="Shen Guifang")
-        assert "桂花分 Osmanthus score 106" in screen_text(page)
+        assert "桂花分 Osmanthus score 116" in screen_text(page)
+        # the housing bureau's desk (the portal's department face), through the same provider
+        desk = re.search(r"department face\):\n  (http://127\.0\.0\.1:\d+)/", text)
+        assert desk is not None, text[-3000:]
+        queue = sign_in_online(desk.group(1), label="Li Min", path="/dept/cases?show=all")
+        assert case_id in queue, screen_text(queue)
         # the printed SDK snippet runs as printed
         snippet = text.split("The SDK, as agency-1", 1)[1].split("\n", 1)[1]
         snippet = snippet.split("\n\nThe command line", 1)[0]
@@ -122,7 +158,7 @@ def test_the_demo_shows_the_kiosk_scene_stays_up_and_stops_cleanly(tmp_path: Pat
             [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
         )
         assert ran.returncode == 0, ran.stderr
-        assert ran.stdout.splitlines()[0].startswith("106 15 "), ran.stdout
+        assert ran.stdout.splitlines()[0].startswith("116 5 "), ran.stdout
         assert ran.stdout.splitlines()[1] == "120 A", ran.stdout
     finally:
         if popen.poll() is None:

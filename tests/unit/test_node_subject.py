@@ -20,13 +20,31 @@ from node.subject import (
     record_state,
 )
 from osmanthus.core.audit import AuditEntry, AuditLog
+from osmanthus.core.cases import (
+    MAX_DECISION_REASON_CHARS,
+    MAX_STATEMENT_CHARS,
+    Case,
+    CaseEvent,
+    CaseGround,
+    CaseKind,
+    CaseStatus,
+    CaseTarget,
+)
 from osmanthus.core.catalogue import load_catalogue
 from osmanthus.core.errors import ConfigError, InvalidArgument
 from osmanthus.core.ids import make_resident_id
 from osmanthus.core.rules import Record, RuleSet, Validity, load_default_rules
-from osmanthus.core.subjectfile import MAX_ITEMS, SubjectFile, audit_lines, decode, fit
-from osmanthus.core.subjectseal import nonce_text
+from osmanthus.core.subjectfile import (
+    MAX_ITEMS,
+    SubjectFile,
+    audit_lines,
+    decode,
+    encode,
+    fit,
+)
+from osmanthus.core.subjectseal import SEAL_OVERHEAD, nonce_text
 from osmanthus.core.types import DepartmentId, SubjectId, SubjectKind
+from osmanthus.core.wire.node import MAX_SEALED_PART_BYTES
 
 AS_OF = date(2026, 3, 1)
 PERSON = SubjectKind.PERSON
@@ -182,6 +200,108 @@ def test_a_file_that_fits_is_left_as_it_is(psb: RuleSet) -> None:
     built = _file(psb, [_record(1, "drunk_driving")], audit=3)
     fitted, _ = fit(built, max_bytes=64 * 1024)
     assert fitted is built
+
+
+# --- cases in the file ---------------------------------------------------------------------------
+
+
+def _case(n: int, *, decided: bool) -> Case:
+    """Case n, filed n hours after the first, with a statement and (decided) a reason of the
+    longest length allowed, in Chinese: 3 bytes a character in the part's UTF-8 JSON."""
+    filed = NOW - timedelta(days=400) + timedelta(hours=n)
+    filed_step = CaseEvent(
+        at=filed, event="filed", actor="subject", detail="objection about a record"
+    )
+    events = [filed_step]
+    reason = ""
+    if decided:
+        reason = f"{n:04d}" + "驳" * (MAX_DECISION_REASON_CHARS - 4)
+        events.append(CaseEvent(at=filed + timedelta(days=2), event="rejected", actor="officer-7",
+                                detail=reason))  # fmt: skip
+    return Case(
+        case_id=f"case-{n:022d}", department=DepartmentId("psb"), kind=CaseKind.OBJECTION,
+        ground=CaseGround.RECORD, target=CaseTarget.RECORD, target_id=f"r{n:05d}",
+        subject_kind=PERSON, subject_id=ALICE,
+        statement=f"{n:04d}" + "异" * (MAX_STATEMENT_CHARS - 4), commitment_letter="",
+        letter_sha256="", filed_at=filed, decide_by=filed.date() + timedelta(days=5),
+        reply_by=filed.date() + timedelta(days=14), overdue=False,
+        status=CaseStatus.REJECTED if decided else CaseStatus.OPEN,
+        decided_at=filed + timedelta(days=2) if decided else None, decision_reason=reason,
+        attachments=(), events=tuple(events),
+    )  # fmt: skip
+
+
+def test_the_decisions_reason_is_in_the_case_line_once_not_in_its_step(psb: RuleSet) -> None:
+    built = build(
+        department=DepartmentId("psb"), query_id="sf-1", kind=PERSON, subject=ALICE, rules=psb,
+        records=[], lists=(), audit=(), as_of=AS_OF, now=NOW, cases=[_case(1, decided=True)],
+    )  # fmt: skip
+    (line,) = built.cases
+    assert line.decision_reason.startswith("0001驳")
+    assert [(s.event, s.actor, s.detail) for s in line.steps] == [
+        ("filed", "subject", "objection about a record"),
+        ("rejected", "psb", ""),
+    ]
+
+
+def _fitted_cases(psb: RuleSet, cases: list[Case]) -> tuple[SubjectFile, SubjectFile]:
+    """The file with `cases` (given oldest first) and a few records and audit lines, as built
+    and as fitted to one sealed part; checks that it fits and that the portal reads it."""
+    records = [_record(n, "drunk_driving") for n in range(5)]
+    built = dataclasses.replace(
+        build(
+            department=DepartmentId("psb"), query_id="sf-1", kind=PERSON, subject=ALICE,
+            rules=psb, records=records, lists=(),
+            audit=((_entry(n, subject_hash="a" * 64), False) for n in range(200)),
+            as_of=AS_OF, now=NOW, cases=cases[::-1],
+        ),
+        nonce=nonce_text(NONCE),
+    )  # fmt: skip
+    budget = MAX_SEALED_PART_BYTES - SEAL_OVERHEAD
+    fitted, data = fit(built, max_bytes=budget)
+    assert len(data) <= budget
+    assert fitted.cases_truncated and fitted.audit_truncated and not fitted.records_truncated
+    assert len(fitted.records) == 5
+    # still newest first, and the portal reads it back
+    assert [line.case_id for line in fitted.cases] == sorted(
+        (line.case_id for line in fitted.cases), reverse=True
+    )
+    opened = decode(
+        data, source="psb", query_id="sf-1", subject_kind="person", subject_id=ALICE, nonce=NONCE
+    )
+    assert opened == fitted
+    return built, fitted
+
+
+def test_long_cases_lose_the_oldest_decided_texts_first_and_open_cases_stay_whole(
+    psb: RuleSet,
+) -> None:
+    # 40 cases of the longest statements and reasons: about 12 KB each, near twice a part;
+    # the newest 10 are open (the default limit of open cases per subject)
+    cases = [_case(n, decided=n < 30) for n in range(40)]
+    built, fitted = _fitted_cases(psb, cases)
+    assert len(encode(built)) > 1.8 * (MAX_SEALED_PART_BYTES - SEAL_OVERHEAD)
+    by_id = {line.case_id: line for line in fitted.cases}
+    assert len(by_id) == 40  # blanking the texts was enough: no case dropped
+    for case in cases[30:]:
+        assert by_id[case.case_id].statement == case.statement
+    blanked = [c.case_id for c in cases if by_id[c.case_id].statement == ""]
+    assert blanked and blanked == [c.case_id for c in cases[: len(blanked)]]
+    assert all(by_id[c].decision_reason == "" for c in blanked)
+    # the newest decided case kept its texts: only what had to go went
+    assert by_id[cases[29].case_id].decision_reason == cases[29].decision_reason
+
+
+def test_then_the_oldest_decided_cases_go_and_open_cases_stay_whole(psb: RuleSet) -> None:
+    # years of decided cases: even without their texts they do not all fit beside 10 open
+    cases = [_case(n, decided=n < 500) for n in range(510)]
+    _, fitted = _fitted_cases(psb, cases)
+    by_id = {line.case_id: line for line in fitted.cases}
+    for case in cases[500:]:
+        assert by_id[case.case_id].statement == case.statement
+    dropped = [c.case_id for c in cases if c.case_id not in by_id]
+    assert dropped and dropped == [c.case_id for c in cases[: len(dropped)]]
+    assert all(by_id[c.case_id].statement == "" for c in cases[len(dropped) : 500])
 
 
 # --- AuditLog.entries_about -----------------------------------------------------------------------

@@ -45,7 +45,7 @@ def test_help_tells_an_operator_what_to_give(capsys: pytest.CaptureFixture[str])
     assert exited.value.code == 0
     out = capsys.readouterr().out
     for needed in (
-        "--mode {kiosk,online}",
+        "--mode {kiosk,online,department}",
         "--coordinator",
         "--credentials DIR",
         "--listen",
@@ -222,3 +222,28 @@ def test_who_asked_counts_one_question_once_however_many_parties_recorded_it() -
         # the same question asked again earlier is a question of its own
         "10:00 kiosk-1 · Self-query · Breakdown · no consent · Allowed · recorded by Coordinator",
     ]
+
+
+def test_the_department_desk_refuses_what_it_does_not_use_and_needs_what_it_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    desk = ["portal", "serve", "--mode", "department", "--listen", "127.0.0.1:0"]
+    state = ["--state-dir", str(tmp_path / "state")]
+    cases = [
+        (desk + state + ["--node", "n:1"], "--mode department needs --department"),
+        (desk + state + ["--department", "hrss"], "--mode department needs --node"),
+        ([*desk, "--department", "hrss", "--node", "n:1"], "needs --state-dir"),
+        (desk + state + ["--department", "hrss", "--node", "n:1", "--coordinator", "c:1"],
+         "drop --coordinator and --credentials"),
+        (desk + state + ["--department", "nope", "--node", "n:1"], "'nope'"),
+        # no operator certificate given
+        (desk + state + ["--department", "hrss", "--node", "n:1"], "--certs-dir"),
+        # the desk's options are not the kiosk's
+        (_serve("--mode", "kiosk", "--credentials", str(tmp_path), "--department", "hrss"),
+         "are for --mode department"),
+        (["portal", "serve", "--mode", "online", "--listen", "127.0.0.1:0"],
+         "--mode online needs --coordinator"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert main(argv) == 3, argv
+        assert message in capsys.readouterr().err, argv

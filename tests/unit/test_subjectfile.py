@@ -10,6 +10,8 @@ import pytest
 from osmanthus.core.errors import InvalidArgument
 from osmanthus.core.subjectfile import (
     AuditLine,
+    CaseLine,
+    CaseStepLine,
     KindTotal,
     ListLine,
     RecordLine,
@@ -76,6 +78,32 @@ def sample() -> SubjectFile:
                 reason="central-loan-underwriting",
             ),
         ),
+        cases=(
+            CaseLine(
+                case_id="case-AAAAAAAAAAAAAAAAAAAAAA",
+                kind="objection",
+                ground="record",
+                target="record",
+                target_id="r1",
+                statement="这笔欠税已在2024年缴清 paid in 2024",
+                status="open",
+                filed_at="2026-12-07T09:30:00Z",
+                decide_by="2026-12-10",
+                reply_by="2026-12-21",
+                overdue=False,
+                decided_at=None,
+                decision_reason="",
+                remedy="",
+                attachments=1,
+                steps=(
+                    CaseStepLine(
+                        at="2026-12-07T09:30:00Z", event="filed", actor="subject", detail=""
+                    ),
+                ),
+            ),
+        ),
+        cases_truncated=True,
+        case_key="x" * 43,
     )
 
 
@@ -98,7 +126,16 @@ def test_round_trip_is_canonical() -> None:
         (lambda d: d.update(bonuses={"a": "1"}), "bonuses"),
         (lambda d: d.update(subject_id="other"), "subject_id"),
         (lambda d: d.update(source="court"), "source"),
-        (lambda d: d.update(version=2), "version"),
+        (lambda d: d.update(version=1), "version"),
+        (lambda d: d.update(cases=[{"case_id": "case-x"}]), "cases[0]"),
+        (
+            lambda d: d["cases"][0]["steps"][0].update(actor=None),
+            "cases['case-AAAAAAAAAAAAAAAAAAAAAA'].steps[0].actor",
+        ),
+        (lambda d: d["cases"][0].update(overdue="no"), "cases[0].overdue"),
+        (lambda d: d.update(case_key=7), "file.case_key"),
+        (lambda d: d.update(cases_truncated="yes"), "file.cases_truncated"),
+        (lambda d: d.pop("cases_truncated"), "file"),
         (lambda d: d.update(nonce="replayed"), "nonce"),
     ],
 )
