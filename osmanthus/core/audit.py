@@ -14,6 +14,22 @@ writes every line queued so far with one write and one fsync, while the others w
 append still returns only once its own line is on disk. A failed write or fsync closes the log for
 good: after fsync fails, the kernel may have dropped the data while a retry reports success, so
 a retry would be a false promise of durability.
+
+The log keeps the RFC 6962 / RFC 9162 Merkle tree of its lines beside it (`merkle.HashStore`,
+files `<log name>.tree.<level>`, mode 0600): leaf i is `merkle.leaf_hash` of line i + 1 as
+written, without its newline. Every line is a leaf, a torn one included once reopening has
+ended it with a newline, so that leaf i is always line i + 1 and the tree commits to the file's
+bytes with no parsing: a verifier replays the file, not our reading of it. (A torn line was never
+acknowledged; it stays in the tree as it stays in the file, as evidence of the crash.)
+The tree is derived data and is not fsynced: the log is the source of truth, and opening the log
+repairs the tree from it. A tree behind the log (a crash after the log's fsync) catches up by
+hashing the missing lines only; a torn or out-of-step tree, or none, is rebuilt from the whole
+log with a warning; a tree holding more leaves than the log has lines means the log was
+truncated, and is refused rather than rebuilt over. A clean restart reads the log once to count
+its lines (no parsing, no hashing) and hashes one line: the tree's last leaf must be the hash of
+the log's corresponding line, so an edited last line is caught at once; checking every line is
+`audit verify`'s job. Without signed checkpoints the tree proves nothing against whoever holds
+the log: they can rebuild it over an edited log (docs/caveats.md).
 """
 
 from __future__ import annotations
@@ -27,13 +43,16 @@ import re
 import secrets
 import stat
 import threading
+from bisect import bisect_right
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+from osmanthus.core import merkle
 from osmanthus.core.errors import ConfigError, InvalidArgument, OsmanthusError
 from osmanthus.core.files import sync_directory
 
@@ -43,6 +62,10 @@ MIN_SALT_BYTES: Final = 16
 DECISIONS: Final = frozenset({"allow", "deny"})
 _SUBJECT_HASH = re.compile(r"[0-9a-f]{64}")
 _FILE_MODE: Final = 0o600
+#: the Merkle tree of `audit.jsonl` is in `audit.jsonl.tree.0`, `audit.jsonl.tree.1`, ...
+TREE_SUFFIX: Final = ".tree"
+#: the log is read in chunks of this size to count its lines on opening
+_SCAN_BYTES: Final = 1 << 20
 
 _log = logging.getLogger(__name__)
 
@@ -158,9 +181,13 @@ class AuditEntry:
 
 
 class AuditLog:
-    """Thread-safe append-only log; every append reaches the disk before it returns."""
+    """Thread-safe append-only log; every append reaches the disk before it returns.
 
-    def __init__(self, *, path: Path, salt: bytes) -> None:
+    With `tree` (the default) the log keeps its Merkle tree beside it (see the module docstring);
+    `tree=False` keeps none and is the log as it was before the tree (benchmarks compare both).
+    """
+
+    def __init__(self, *, path: Path, salt: bytes, tree: bool = True) -> None:
         if len(salt) < MIN_SALT_BYTES:
             raise InvalidArgument(
                 f"the audit salt has {len(salt)} bytes; at least {MIN_SALT_BYTES} are required "
@@ -174,6 +201,8 @@ class AuditLog:
         self._changed = threading.Condition(self._lock)
         # group commit state, guarded by _lock: lines are numbered in the order they are queued
         self._pending: list[bytes] = []
+        #: the leaf hash of each pending line, in the same order (with a tree only)
+        self._pending_leaves: list[bytes] = []
         self._queued = 0
         self._durable = 0
         self._writing = False
@@ -190,6 +219,20 @@ class AuditLog:
             raise ConfigError(f"{path}: cannot use the audit log: {exc.strerror}") from exc
         #: bytes of the file known to hold only whole, durable lines
         self._durable_size = size
+        self._tree: merkle.HashStore | None = None
+        #: leaves of the tree readers may ask about, guarded by _lock
+        self._tree_size = 0
+        #: why the tree stopped following the log (it is repaired when the log is reopened)
+        self._tree_failure: str | None = None
+        #: threads reading the tree's files outside the lock; close waits for them
+        self._tree_readers = 0
+        if tree:
+            try:
+                self._tree = _open_tree(path, size)
+            except BaseException:
+                os.close(self._fd)
+                raise
+            self._tree_size = self._tree.size
 
     def subject_hash(self, subject_id: str) -> str:
         mac = self._hmac.copy()
@@ -219,10 +262,14 @@ class AuditLog:
 
     def append(self, entry: AuditEntry) -> None:
         """Write `entry` durably; returns once its line is on disk (fsynced)."""
-        line = (entry.to_json() + "\n").encode("ascii")
+        text = entry.to_json().encode("ascii")
+        line = text + b"\n"
+        # hashed here, outside the lock, rather than by the thread that writes the batch
+        leaf = merkle.leaf_hash(text) if self._tree is not None else b""
         with self._changed:
             self._check_usable()
             self._pending.append(line)
+            self._pending_leaves.append(leaf)
             self._queued += 1
             mine = self._queued
             while self._writing:
@@ -232,20 +279,29 @@ class AuditLog:
                 self._check_usable()
             # no write in progress: this thread writes everything queued, its own line included
             batch, self._pending = self._pending, []
+            leaves, self._pending_leaves = self._pending_leaves, []
             last = self._queued
             self._writing = True
             fd = self._fd
         failure: OSError | None = None
         size = -1
+        tree_size: int | None = None
+        tree_failure: str | None = None
         try:
             _write_durably(fd, b"".join(batch))
             size = os.fstat(fd).st_size
+            # only once the lines are durable: the tree never holds a line the log may lose
+            tree_size, tree_failure = self._extend_tree(leaves)
         except OSError as exc:
             failure = exc
         finally:
             # also on an exception that is not an OSError: waiters must never wait for ever
             with self._changed:
                 self._writing = False
+                if tree_failure is not None and self._tree_failure is None:
+                    self._tree_failure = tree_failure
+                elif tree_size is not None:
+                    self._tree_size = tree_size
                 if size >= 0:
                     self._durable = last
                     self._durable_size = size
@@ -260,6 +316,31 @@ class AuditLog:
         if failure is not None:
             raise ConfigError(self._failure or str(failure)) from failure
 
+    def _extend_tree(self, leaves: list[bytes]) -> tuple[int | None, str | None]:
+        """Append a durable batch's leaves to the tree, unsynced: (the tree's new size, None),
+        (None, why the tree stopped following the log), or (None, None) with no tree to extend.
+
+        Only the thread writing the batch calls this, so appends to the tree keep the log's
+        order. A failure stops the tree, not the log: the entries are durable, and reopening the
+        log catches the tree up from it.
+        """
+        tree = self._tree
+        if tree is None or self._tree_failure is not None:
+            return None, None
+        try:
+            for leaf in leaves:
+                tree.append(leaf, sync=False)
+        except (OSError, OsmanthusError) as exc:
+            problem = exc.strerror if isinstance(exc, OSError) else str(exc)
+            message = (
+                f"{self.path}: extending the audit log's Merkle tree failed ({problem}) at "
+                f"{tree.size} leaves; entries are still recorded, but roots and proofs are "
+                "refused until the service restarts and the tree catches up from the log"
+            )
+            _log.error("%s", message)
+            return None, message
+        return tree.size, None
+
     def _check_usable(self) -> None:
         if self._failure is not None:
             raise ConfigError(self._failure)
@@ -271,24 +352,35 @@ class AuditLog:
 
         Entries appended while the caller iterates are not included.
         """
+        for _, entry in self.indexed_entries():
+            yield entry
+
+    def indexed_entries(self) -> Iterator[tuple[int, AuditEntry]]:
+        """(leaf index, entry) of every entry in order, as `entries()`: the index is the line's
+        number less one, its leaf in the Merkle tree (`inclusion_proof(index, size)`)."""
+        for index, raw in self._lines():
+            if not raw.strip():
+                continue
+            try:
+                yield index, AuditEntry.from_json(raw.decode("ascii"))
+            except (ValueError, KeyError, TypeError, InvalidArgument) as exc:
+                raise ConfigError(
+                    f"{self.path}, line {index + 1}: not a valid audit entry ({exc}); "
+                    "a torn line is what a crash during a write leaves"
+                ) from exc
+
+    def _lines(self) -> Iterator[tuple[int, bytes]]:
+        """(index, raw line) of every whole, durable line when the call is made."""
         with self._lock:
             # a group write in flight is neither whole nor durable yet: stop short of it
             end = self._durable_size if self._writing else self.path.stat().st_size
         with self.path.open("rb") as handle:
             offset = 0
-            for number, raw in enumerate(handle, start=1):
+            for index, raw in enumerate(handle):
                 offset += len(raw)
                 if offset > end:
                     return
-                if not raw.strip():
-                    continue
-                try:
-                    yield AuditEntry.from_json(raw.decode("ascii"))
-                except (ValueError, KeyError, TypeError, InvalidArgument) as exc:
-                    raise ConfigError(
-                        f"{self.path}, line {number}: not a valid audit entry ({exc}); "
-                        "a torn line is what a crash during a write leaves"
-                    ) from exc
+                yield index, raw
 
     def entries_about(self, subject_hash: str) -> Iterator[tuple[AuditEntry, bool]]:
         """Every entry naming `subject_hash` (AuditLog.subject_hash of one subject), in order,
@@ -300,44 +392,106 @@ class AuditLog:
         warning, so one crash does not keep a subject from their entries for good; a STATS
         entry names its cohort by one hash of the whole set and is not found this way.
         """
+        for _, entry, in_batch in self.indexed_entries_about(subject_hash):
+            yield entry, in_batch
+
+    def indexed_entries_about(self, subject_hash: str) -> Iterator[tuple[int, AuditEntry, bool]]:
+        """(leaf index, entry, in a batch) of every entry `entries_about` yields."""
         if not _SUBJECT_HASH.fullmatch(subject_hash):
             raise InvalidArgument(
                 "subject_hash must be AuditLog.subject_hash(subject), 64 lower-case hex digits",
                 field="subject_hash",
             )
         needle = subject_hash.encode("ascii")
+        for index, raw in self._lines():
+            if needle not in raw:
+                continue
+            try:
+                entry = AuditEntry.from_json(raw.decode("ascii"))
+            except (ValueError, KeyError, TypeError, InvalidArgument) as exc:
+                _log.warning(
+                    "%s, line %d: not a valid audit entry (%s); skipped", self.path, index + 1,
+                    type(exc).__name__,
+                )  # fmt: skip
+                continue
+            if entry.subject_hash == subject_hash:
+                yield index, entry, False
+            elif subject_hash in entry.subject_hashes:
+                yield index, entry, True
+
+    # -- the Merkle tree ---------------------------------------------------------------------------
+
+    @property
+    def tree_size(self) -> int:
+        """Leaves in the tree: every line of the log up to the last completed append."""
         with self._lock:
-            end = self._durable_size if self._writing else self.path.stat().st_size
-        with self.path.open("rb") as handle:
-            offset = 0
-            for number, raw in enumerate(handle, start=1):
-                offset += len(raw)
-                if offset > end:
-                    return
-                if needle not in raw:
-                    continue
-                try:
-                    entry = AuditEntry.from_json(raw.decode("ascii"))
-                except (ValueError, KeyError, TypeError, InvalidArgument) as exc:
-                    _log.warning(
-                        "%s, line %d: not a valid audit entry (%s); skipped", self.path, number,
-                        type(exc).__name__,
-                    )  # fmt: skip
-                    continue
-                if entry.subject_hash == subject_hash:
-                    yield entry, False
-                elif subject_hash in entry.subject_hashes:
-                    yield entry, True
+            self._usable_tree()
+            return self._tree_size
+
+    def root(self, size: int | None = None) -> bytes:
+        """MTH of the first `size` lines (all of them by default), RFC 9162 §2.1.1."""
+        with self._reading_tree() as (tree, tree_size):
+            n = tree_size if size is None else _tree_size_arg(size, tree_size, "size")
+            return tree.root(n)
+
+    def leaf(self, index: int) -> bytes:
+        """The stored leaf hash of line `index` + 1."""
+        with self._reading_tree() as (tree, tree_size):
+            if not 0 <= index < tree_size:
+                raise InvalidArgument(
+                    f"leaf {index} is not in a tree of {tree_size}", field="index"
+                )
+            return tree.leaf(index)
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        """PATH(index, D[size]) (RFC 9162 §2.1.3.1); `size` defaults to the tree's size."""
+        with self._reading_tree() as (tree, tree_size):
+            n = tree_size if size is None else _tree_size_arg(size, tree_size, "size")
+            return merkle.inclusion_proof(tree, index, n)
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
+        """PROOF(old_size, D[new_size]) (RFC 9162 §2.1.4.1); `new_size` defaults to the tree's."""
+        with self._reading_tree() as (tree, tree_size):
+            n = tree_size if new_size is None else _tree_size_arg(new_size, tree_size, "new_size")
+            return merkle.consistency_proof(tree, old_size, n)
+
+    def _usable_tree(self) -> merkle.HashStore:
+        """The tree, or ConfigError saying why it cannot be read; called under _lock."""
+        if self._tree is None:
+            raise ConfigError(f"{self.path}: this audit log was opened without its Merkle tree")
+        if self._tree_failure is not None:
+            raise ConfigError(self._tree_failure)
+        if self._fd < 0:
+            raise ConfigError(f"{self.path}: the audit log is closed")
+        return self._tree
+
+    @contextmanager
+    def _reading_tree(self) -> Iterator[tuple[merkle.HashStore, int]]:
+        """The tree and its published size; close() waits until the reader is done, so that
+        no read lands on a file descriptor the close has freed (and the system reused)."""
+        with self._lock:
+            tree = self._usable_tree()
+            size = self._tree_size
+            self._tree_readers += 1
+        try:
+            yield tree, size
+        finally:
+            with self._changed:
+                self._tree_readers -= 1
+                self._changed.notify_all()
 
     def close(self) -> None:
         """Close the file once any write in progress is done; waiting appends then fail."""
         with self._changed:
-            while self._writing:
+            while self._writing or self._tree_readers:
                 self._changed.wait()
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+                if self._tree is not None:
+                    self._tree.close()
             self._pending.clear()
+            self._pending_leaves.clear()
             self._changed.notify_all()
 
     def __enter__(self) -> AuditLog:
@@ -400,6 +554,159 @@ def _open_private(path: Path, flags: int) -> int:
     if not existed:
         sync_directory(path.parent, written=path, field="audit_log")
     return fd
+
+
+def _tree_size_arg(size: int, tree_size: int, field: str) -> int:
+    if not 0 <= size <= tree_size:
+        raise InvalidArgument(
+            f"the audit log's Merkle tree has {tree_size} leaves; {size} is not a size of it",
+            field=field,
+        )
+    return size
+
+
+def _open_tree(path: Path, log_size: int) -> merkle.HashStore:
+    """The Merkle tree of the log's first `log_size` bytes (whole lines), repaired as the module
+    docstring says; ConfigError if the log is shorter than its tree or its last line changed."""
+    directory, prefix = path.parent, path.name + TREE_SUFFIX
+    files = _tree_files(directory, prefix)
+    lines, marks = _count_lines(path, log_size)
+    leaves = files[0][1] // merkle.HASH_BYTES if 0 in files else 0
+    if leaves > lines:
+        raise ConfigError(
+            f"{path}: the log has {lines} complete lines but its Merkle tree "
+            f"({prefix}.0) holds {leaves} leaves: the log was truncated or replaced by a shorter "
+            "one after those entries were recorded. Restore it from a backup; the tree is kept "
+            "as evidence and never rebuilt over a log shorter than it"
+        )
+    problem = _tree_problem(prefix, files, leaves)
+    if problem is None and not files and lines:
+        problem = "there is none (a log from before the tree, or its files were deleted)"
+    store: merkle.HashStore | None = None
+    if problem is None:
+        try:
+            store = merkle.HashStore(directory, prefix=prefix)
+        except ConfigError as exc:
+            problem = str(exc)
+    if store is not None and leaves:
+        try:
+            stored = store.leaf(leaves - 1)
+            line = next(_read_lines(path, marks, leaves - 1, leaves))
+        except BaseException:
+            store.close()
+            raise
+        if stored != merkle.leaf_hash(line[:-1]):
+            store.close()
+            store = None
+            if stored != bytes(merkle.HASH_BYTES):
+                raise ConfigError(
+                    f"{path}, line {leaves}: the line does not hash to leaf {leaves - 1} of the "
+                    f"log's Merkle tree ({prefix}.0): the line was changed after it was "
+                    "recorded, or the tree was. Compare the log with a backup; if the log is "
+                    f"right, delete {path}{TREE_SUFFIX}.* to rebuild the tree from it"
+                )
+            # zeros: the size of an unsynced write reached the disk, its data did not
+            problem = f"its last leaf ({prefix}.0, leaf {leaves - 1}) is zeros"
+    start = 0
+    if store is None:
+        _log.warning(
+            "%s: rebuilding the audit log's Merkle tree from its %d lines: %s",
+            path, lines, problem,
+        )  # fmt: skip
+        for level_path, _ in files.values():
+            level_path.unlink()
+        store = merkle.HashStore(directory, prefix=prefix)
+    else:
+        start = store.size
+        if lines > start:
+            _log.warning(
+                "%s: the audit log's Merkle tree lacks the last %d line(s) of the log (a stop "
+                "after the log's write); hashing them",
+                path, lines - start,
+            )  # fmt: skip
+    try:
+        for raw in _read_lines(path, marks, start, lines):
+            store.append(merkle.leaf_hash(raw[:-1]), sync=False)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _tree_files(directory: Path, prefix: str) -> dict[int, tuple[Path, int]]:
+    """level -> (path, size) of the tree files there are; ConfigError for one others can read."""
+    files: dict[int, tuple[Path, int]] = {}
+    with os.scandir(directory) as found:
+        for item in found:
+            level = item.name[len(prefix) + 1 :]
+            if not item.name.startswith(prefix + ".") or not level.isdigit():
+                continue
+            info = item.stat(follow_symlinks=False)
+            mode = stat.S_IMODE(info.st_mode)
+            if mode & 0o077:
+                raise ConfigError(
+                    f"{item.path}: mode {mode:04o} lets other users read it; it must be 0600 "
+                    f"(run: chmod 600 {item.path})"
+                )
+            files[int(level)] = (Path(item.path), info.st_size)
+    return files
+
+
+def _tree_problem(prefix: str, files: Mapping[int, tuple[Path, int]], leaves: int) -> str | None:
+    """What makes the tree files unusable as they are (torn, out of step), or None."""
+    for level, (_, size) in sorted(files.items()):
+        if size % merkle.HASH_BYTES:
+            return (
+                f"{prefix}.{level} holds {size} bytes, not a whole number of "
+                f"{merkle.HASH_BYTES}-byte hashes (a write torn by a stop)"
+            )
+    top = max([leaves.bit_length() - 1, *files])
+    for level in range(top + 1):
+        if level not in files:
+            return f"{prefix}.{level} is missing"
+        have, want = files[level][1] // merkle.HASH_BYTES, leaves >> level
+        if have != want:
+            return (
+                f"{prefix}.{level} holds {have} hashes where {leaves} leaves make {want}: the "
+                "tree's files are out of step"
+            )
+    return None
+
+
+def _count_lines(path: Path, end: int) -> tuple[int, list[tuple[int, int]]]:
+    """Newlines in the first `end` bytes, and (offset, index) of a line start about every
+    _SCAN_BYTES bytes, from which `_read_lines` finds a line without counting again."""
+    lines = offset = 0
+    marks = [(0, 0)]
+    with path.open("rb", buffering=0) as handle:
+        while offset < end:
+            chunk = handle.read(min(_SCAN_BYTES, end - offset))
+            if not chunk:
+                break
+            found = chunk.count(b"\n")
+            if found:
+                lines += found
+                marks.append((offset + chunk.rindex(b"\n") + 1, lines))
+            offset += len(chunk)
+    return lines, marks
+
+
+def _read_lines(path: Path, marks: list[tuple[int, int]], start: int, stop: int) -> Iterator[bytes]:
+    """Lines start..stop-1 (0-based) with their newlines, found from `_count_lines`' marks."""
+    if start >= stop:
+        return
+    offset, index = marks[bisect_right(marks, start, key=lambda mark: mark[1]) - 1]
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        for raw in handle:
+            if index >= start:
+                if not raw.endswith(b"\n"):
+                    raise ConfigError(f"{path}: line {index + 1} changed while being read")
+                yield raw
+                if index + 1 == stop:
+                    return
+            index += 1
+    raise ConfigError(f"{path}: the log has fewer than {stop} lines; it changed while being read")
 
 
 def _write_durably(fd: int, data: bytes) -> None:
