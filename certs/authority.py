@@ -69,6 +69,9 @@ def init_platform(
     "coordinator", "operator", "nodes/<department>", "requesters/<requester>".
     The coordinator's directory also gets its consent-receipt key pair (see create_consent_key)
     unless it already has one, which is kept (a missing consent.pub is written again from it).
+    The coordinator and every department node get their transparency log key (log.key and
+    log.pub), the coordinator its witness key (witness.key, witness.pub), each kept if it
+    exists, and `logs.toml` at the root lists their public keys (certs.logkeys).
     A consent.pub without its consent.key is refused (ConfigError) before anything is written:
     receipts handed out verify only against that key, which must be restored from backup.
     An existing CA is kept (ConfigError) unless `overwrite` is true, because replacing it makes
@@ -109,10 +112,12 @@ def init_platform(
         issued[directory.relative_to(out_dir).as_posix()] = _issue(
             ca_cert, ca_key, ca_cert_path, role=role, name=name, out=directory, days=validity_days
         )
-    # imported here: certs.revocation builds on this module
+    # imported here: certs.revocation and certs.logkeys build on this module's layout
+    from certs.logkeys import init_log_keys
     from certs.revocation import start_revocations
 
     start_revocations(out_dir)
+    init_log_keys(out_dir, departments=departments)
     return issued
 
 

@@ -19,6 +19,7 @@ from coordinator.nodes import NodePool
 from coordinator.ratelimit import RateLimiter
 from osmanthus.core.audit import AuditLog, redacted_reason
 from osmanthus.core.audited import AuditedRequest, audited
+from osmanthus.core.auditproofs import CheckpointSource
 from osmanthus.core.catalogue import Catalogue
 from osmanthus.core.errors import OsmanthusError, PermissionDenied
 from osmanthus.core.policy import (
@@ -47,6 +48,9 @@ class CoordinatorContext:
     clock: Callable[[], datetime]
     #: per node call of a single query, a list page or a statistic
     deadline_s: float = DEFAULT_DEADLINE_S
+    #: the audit log's checkpointer (osmanthus.core.checkpoints): with it, the coordinator's
+    #: part of a subject's file proves its audit lines to a signed checkpoint
+    transparency: CheckpointSource | None = None
 
     def decide(
         self,

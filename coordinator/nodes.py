@@ -59,7 +59,8 @@ from osmanthus.core.wire.node import (
     stats_result_from_proto,
     subject_file_query_to_proto,
 )
-from osmanthus.v1 import cases_pb2, lists_pb2, node_pb2_grpc
+from osmanthus.core.wire.transparency import TRANSPARENCY_RECEIVE_BYTES
+from osmanthus.v1 import cases_pb2, lists_pb2, node_pb2_grpc, transparency_pb2_grpc
 
 _log = logging.getLogger(__name__)
 
@@ -97,11 +98,14 @@ MAX_CATCH_UP_ROUNDS: Final = 20
 #: forward one entry at a time is not served page after page
 MAX_SLOW_CATCH_UP_ROUNDS: Final = 2
 
-# reconnect quickly after a node restarts, instead of grpc's default backoff of up to 2 minutes
+# reconnect quickly after a node restarts, instead of grpc's default backoff of up to 2 minutes;
+# the channel also relays the nodes' transparency logs, so it receives what the SDK's
+# TransparencyClient does (a page of entries can exceed grpc's default 4 MiB)
 _CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.max_receive_message_length", TRANSPARENCY_RECEIVE_BYTES),
 )
 
 
@@ -192,6 +196,8 @@ class NodePool:
         self._proven: dict[DepartmentId, OrderedDict[KeyFingerprint, None]] = {}
         self._proven_lock = threading.Lock()
         self._stubs: dict[DepartmentId, node_pb2_grpc.NodeServiceStub] = {}
+        #: each node's TransparencyService, on the same channel (relayed audit log reads)
+        self._logs: dict[DepartmentId, transparency_pb2_grpc.TransparencyServiceStub] = {}
         self._channels: list[grpc.Channel] = []
         self._warming: list[grpc.Future[None]] = []
         self._revocation = revocation
@@ -227,6 +233,7 @@ class NodePool:
                 channel = grpc.intercept_channel(channel, *interceptors)
             self._channels.append(channel)
             self._stubs[endpoint.department] = node_pb2_grpc.NodeServiceStub(channel)
+            self._logs[endpoint.department] = transparency_pb2_grpc.TransparencyServiceStub(channel)
         # Blocking calls from a pool: grpc's .future() starts a polling thread per channel for
         # each burst of calls, which cost more than the calls themselves with 22 nodes
         self._callers = ThreadPoolExecutor(
@@ -495,6 +502,27 @@ class NodePool:
             deadline_s=deadline_s,
         )
         return answers[0] if answers else failures[0]
+
+    def transparency_call(
+        self, department: DepartmentId, method: str, request: Any, *, deadline_s: float
+    ) -> Any:
+        """One TransparencyService call (`method`, a request message) to `department`'s node,
+        with the coordinator's certificate and no token; the node's refusal comes back as its
+        own error (Unavailable when it cannot be reached), the node's certificate checked as
+        for every call."""
+        stub = self._logs.get(department)
+        if stub is None:
+            raise ConfigError(f"no node is configured for department {department!r}")
+        try:
+            return self._checked_call(
+                department,
+                lambda: getattr(stub, method)(request, timeout=deadline_s),
+                deadline_s,
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+        except NodeRevoked as exc:
+            raise Unavailable(f"department {department!r}: {exc.message}") from None
 
     def _proven_fan_out(
         self,

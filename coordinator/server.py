@@ -12,15 +12,17 @@ from pathlib import Path
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coordinator.config import load_nodes
+from coordinator.config import NodeEndpoint, load_nodes
 from coordinator.consent import ConsentRegistry
 from coordinator.context import DEFAULT_DEADLINE_S
 from coordinator.disclosure import DisclosureLedger
 from coordinator.epsilon import EpsilonLedger
 from coordinator.keys import KeyRegistry
 from coordinator.nodes import NodePool
-from coordinator.service import CoordinatorService
+from coordinator.service import CoordinatorService, new_query_id
 from coordinator.servicer import CoordinatorServicer
+from coordinator.transparency import AuditLogReaders
+from coordinator.witnessing import DEFAULT_WITNESS_INTERVAL_S, NodeWitnessing
 from osmanthus.core.audit import AuditLog, load_or_create_salt
 from osmanthus.core.bundle import CENTRAL_SCOPE, DEFAULT_POLL_S
 from osmanthus.core.bundle_watch import load_policy
@@ -30,7 +32,16 @@ from osmanthus.core.crypto import DEFAULT_TABLE_CACHE_BYTES, EncryptorCache
 from osmanthus.core.denylist import open_token_denial
 from osmanthus.core.errors import ConfigError, InvalidArgument
 from osmanthus.core.files import PRIVATE_FILE_MODE, narrow_umask, private_directory
-from osmanthus.core.peers import PeerRole
+from osmanthus.core.logkeyfiles import read_signer
+from osmanthus.core.logkeys import LogRoster, log_origin, witness_name
+from osmanthus.core.logserver import (
+    DEFAULT_CHECKPOINT_EVERY,
+    DEFAULT_CHECKPOINT_INTERVAL_S,
+    TRANSPARENCY_SERVICE_NAME,
+    TransparencyServicer,
+    open_local_log,
+)
+from osmanthus.core.peers import COORDINATOR_NAME, PeerRole
 from osmanthus.core.receipts import (
     CONSENT_KEY_FILE,
     CONSENT_PUBLIC_KEY_FILE,
@@ -41,16 +52,21 @@ from osmanthus.core.receipts import (
     load_or_create_consent_key,
 )
 from osmanthus.core.server import RunningServer, start_server
+from osmanthus.core.signednote import CosignatureSigner, NoteSigner
 from osmanthus.core.subjectpart import PartSigner
 from osmanthus.core.tls import TlsFiles, check_files, identity_of_certificate
 from osmanthus.core.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, ReplayCache, TokenVerifier
-from osmanthus.v1 import coordinator_pb2, coordinator_pb2_grpc
+from osmanthus.core.witness import FileAlarmSink, Witness
+from osmanthus.v1 import coordinator_pb2, coordinator_pb2_grpc, transparency_pb2_grpc
 
 COORDINATOR_SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name[
     "CoordinatorService"
 ].full_name
 DEFAULT_CENTRAL_POLICY = Path(str(files("policies") / "central.cedar"))
 CONSENTS_FILE = "consents.duckdb"
+#: what the coordinator's witness last cosigned for each node's log, and the alarms it raised
+WITNESS_STATE_FILE = "witness.json"
+WITNESS_ALARMS_FILE = "witness-alarms.jsonl"
 #: what the state directory holds, for the log lines and errors about its modes
 STATE_WHAT = (
     "the coordinator's state (consents with resident ids, the disclosure, ε and key "
@@ -91,12 +107,28 @@ class CoordinatorConfig:
     #: the token issuer's signed deny list, followed without a restart (None: none)
     token_deny_list: Path | None = None
     revocation_poll_s: float = REVOCATION_POLL_S
+    #: the key that signs the audit log's checkpoints (log.key, named
+    #: "coordinator.osmanthus/audit"); None: no checkpoints of its own log (nodes' logs are
+    #: still relayed)
+    log_key: Path | None = None
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
+    checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S
+    #: the coordinator's witness key (witness.key, named coordinator.osmanthus/witness); with
+    #: `logs`, it witnesses every node log the roster lists (coordinator.witnessing)
+    witness_key: Path | None = None
+    #: the roster of logs and witnesses (logs.toml at the root of the certs directory); also
+    #: the witness keys whose cosignatures the coordinator's own log keeps, and the node keys a
+    #: relayed checkpoint must be signed with
+    logs: Path | None = None
+    witness_interval_s: float = DEFAULT_WITNESS_INTERVAL_S
 
 
 @dataclass
 class RunningCoordinator:
     server: RunningServer
     service: CoordinatorService
+    #: the witness of the nodes' logs (None: not configured)
+    witnessing: NodeWitnessing | None = None
 
     @property
     def port(self) -> int:
@@ -159,10 +191,20 @@ def start_coordinator(
         )
     salt = load_or_create_salt(salt_path)
     consent_key = _consent_key(config)
+    log_signer = (
+        read_signer(NoteSigner, config.log_key, expected_name=None, field="log_key")
+        if config.log_key is not None
+        else None
+    )
+    roster = LogRoster.load(config.logs) if config.logs is not None else None
     # signs the coordinator's own part of a subject's file, as each node signs its part
     part_signer = PartSigner.from_tls_files(config.tls)
+    # before anything is served: a witness key or roster that cannot be used stops the start
+    witnessing = _node_witnessing(config, endpoints)
     with ExitStack() as opened:
         # each resource is closed again if a later one fails to open
+        if witnessing is not None:
+            opened.callback(witnessing.close)
         keys = opened.enter_context(closing(KeyRegistry(config.state_dir / "keys.duckdb")))
         pool = opened.enter_context(
             closing(
@@ -175,6 +217,22 @@ def start_coordinator(
                     key_proofs=keys.modulus_proof,
                 )
             )
+        )
+        audit = opened.enter_context(
+            closing(AuditLog(path=config.state_dir / "audit.jsonl", salt=salt))
+        )
+        own_origin = log_origin(PeerRole.COORDINATOR, COORDINATOR_NAME)
+        local = (
+            open_local_log(
+                log=audit,
+                signer=log_signer,
+                origin=own_origin,
+                roster=roster,
+                every_entries=config.checkpoint_every,
+                every_s=config.checkpoint_interval_s,
+            )
+            if log_signer is not None
+            else None
         )
         service = CoordinatorService(
             catalogue=catalogue,
@@ -195,19 +253,34 @@ def start_coordinator(
             epsilon_ledger=opened.enter_context(
                 closing(EpsilonLedger(config.state_dir / "epsilon.sqlite"))
             ),
-            audit=opened.enter_context(
-                closing(AuditLog(path=config.state_dir / "audit.jsonl", salt=salt))
-            ),
+            audit=audit,
             deadline_s=config.deadline_s,
             encryptors=EncryptorCache(max_bytes=config.table_cache_bytes),
             part_signer=part_signer,
+            # the coordinator's part of a subject's file proves its lines to this log's checkpoints
+            transparency=local,
         )
         servicer = CoordinatorServicer(service)
+        readers = AuditLogReaders(
+            context=service.context,
+            authenticate=service.authenticate,
+            new_query_id=new_query_id,
+            departments=pool.departments,
+            own_origin=own_origin,
+        )
+        transparency = TransparencyServicer(
+            local=local, authorize=readers.authorize, relay=readers.relay, roster=roster
+        )
         server = start_server(
             register=[
-                lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s)
+                lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(
+                    servicer, s
+                ),
+                lambda s: transparency_pb2_grpc.add_TransparencyServiceServicer_to_server(
+                    transparency, s
+                ),
             ],
-            service_names=[COORDINATOR_SERVICE_NAME],
+            service_names=[COORDINATOR_SERVICE_NAME, TRANSPARENCY_SERVICE_NAME],
             listen=config.listen,
             tls=config.tls,
             interceptors=server_interceptors,
@@ -215,11 +288,48 @@ def start_coordinator(
             token_denial=token_denial,
         )
         opened.pop_all()  # the running server owns them now
+    if local is not None:
+        local.start()
+        # stopped before the service closes the audit log its checkpointer reads
+        server.on_stop.append(local.close)
     server.on_stop.append(service.close)
     if watcher is not None:
         server.on_stop.append(watcher.close)
         watcher.start()
-    return RunningCoordinator(server, service)
+    if witnessing is not None:
+        # stopped first: a round in flight ends before the channels it uses close
+        server.on_stop.insert(0, witnessing.close)
+        witnessing.start()
+    return RunningCoordinator(server, service, witnessing)
+
+
+def _node_witnessing(
+    config: CoordinatorConfig, endpoints: Sequence[NodeEndpoint]
+) -> NodeWitnessing | None:
+    """The witness of the nodes' logs, if the coordinator has a witness key and the roster."""
+    if config.witness_key is None or config.logs is None:
+        _log.warning(
+            "no witness key and roster of logs (--witness-key, --logs): the nodes' audit logs "
+            "are not witnessed by the coordinator"
+        )
+        return None
+    witness = Witness(
+        signer=read_signer(
+            CosignatureSigner,
+            config.witness_key,
+            expected_name=witness_name(PeerRole.COORDINATOR, COORDINATOR_NAME),
+            field="witness_key",
+        ),
+        roster=LogRoster.load(config.logs),
+        state_path=config.state_dir / WITNESS_STATE_FILE,
+        alarms=FileAlarmSink(config.state_dir / WITNESS_ALARMS_FILE),
+    )
+    return NodeWitnessing(
+        witness=witness,
+        endpoints=endpoints,
+        tls=config.tls,
+        interval_s=config.witness_interval_s,
+    )
 
 
 def _consent_key(config: CoordinatorConfig) -> Ed25519PrivateKey:

@@ -23,6 +23,7 @@ from coordinator.stats import StatsAnswerer
 from coordinator.subject_file import SubjectFileGatherer
 from osmanthus.core.audit import AuditLog
 from osmanthus.core.audited import AuditedRequest
+from osmanthus.core.auditproofs import CheckpointSource
 from osmanthus.core.cases import CaseReceipt
 from osmanthus.core.catalogue import Catalogue, SubjectModel
 from osmanthus.core.crypto import Ciphertext, EncryptorCache, PublicKey
@@ -121,9 +122,11 @@ class CoordinatorService:
         deadline_s: float = DEFAULT_DEADLINE_S,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         part_signer: PartSigner | None = None,
+        transparency: CheckpointSource | None = None,
     ) -> None:
         """`part_signer`: the coordinator certificate's key that signs its part of a subject's
-        file (osmanthus.core.subjectpart); without one, SubjectFile is refused."""
+        file (osmanthus.core.subjectpart); without one, SubjectFile is refused. `transparency`:
+        the audit log's checkpointer, which the part's audit lines are proven against."""
         self._ctx = CoordinatorContext(
             catalogue=catalogue,
             nodes=nodes,
@@ -132,6 +135,7 @@ class CoordinatorService:
             rate_limiter=RateLimiter(),
             clock=clock,
             deadline_s=deadline_s,
+            transparency=transparency,
         )
         self._verifier = verifier
         self._consents = consents
@@ -155,6 +159,11 @@ class CoordinatorService:
     def request_limits(self) -> RequestLimits:
         """The natural size of each repeated request field, which the servicer caps them at."""
         return self._limits
+
+    @property
+    def context(self) -> CoordinatorContext:
+        """What the coordinator decides with (TransparencyService decides with it too)."""
+        return self._ctx
 
     def close(self) -> None:
         self._zero_tests.close()

@@ -25,6 +25,7 @@ from typing import Final
 from coordinator.context import CoordinatorContext
 from coordinator.nodes import NodeFailure, SubjectFileAnswer
 from osmanthus.core.audited import AuditedRequest
+from osmanthus.core.auditproofs import proven_audit
 from osmanthus.core.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -39,7 +40,6 @@ from osmanthus.core.subjectfile import (
     MAX_ITEMS,
     AuditLine,
     SubjectFile,
-    audit_lines,
     rfc3339,
     today_cst,
 )
@@ -225,8 +225,16 @@ class SubjectFileGatherer:
         """The coordinator's audit entries about the subject, sealed to the device's key and
         signed with the coordinator's."""
         now = self._ctx.clock()
-        found = self._ctx.audit.entries_about(self._ctx.audit.subject_hash(subject))
-        # this request's own entry is written once it is answered: the subject sees it now
+        # each line with its logged line and inclusion proof to the log's newest witnessed
+        # checkpoint (none is signed for this request)
+        proven = proven_audit(
+            self._ctx.audit,
+            self._ctx.audit.subject_hash(subject),
+            checkpoints=self._ctx.transparency,
+            keep=MAX_ITEMS - 1,
+        )
+        # this request's own entry is written once it is answered: the subject sees it now,
+        # unproven (pending) until a later file shows it in a checkpoint
         this = AuditLine(
             time=rfc3339(now),
             query_id=query_id,
@@ -237,7 +245,6 @@ class SubjectFileGatherer:
             decision="allow",
             reason=THIS_REQUEST_REASON,
         )
-        lines, truncated = audit_lines(found, keep=MAX_ITEMS - 1)
         own = SubjectFile(
             source=COORDINATOR_SOURCE,
             query_id=query_id,
@@ -245,8 +252,10 @@ class SubjectFileGatherer:
             subject_id=subject,
             as_of=today_cst(now).isoformat(),
             generated_at=rfc3339(now),
-            audit=(*lines, this),
-            audit_truncated=truncated,
+            audit=(*proven.lines, this),
+            audit_truncated=proven.truncated,
+            checkpoint=proven.checkpoint,
+            subject_hash=proven.subject_hash,
         )
         assert self._signer is not None  # _checked refuses without one
         # fitted to the budget every node's part keeps to: the oldest audit lines go first

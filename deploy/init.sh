@@ -1,27 +1,32 @@
 #!/bin/sh
 # Prepares the compose volumes: platform CA and certificates, token issuer key, consent-receipt
-# key, synthetic records, and what the provincial sync job and the reference provincial receiver
-# need.
+# key, transparency log and witness keys with their roster (logs.toml), synthetic records, and
+# what the provincial sync job and the reference provincial receiver need.
 #
 # Run by the `init` service before any node or the coordinator starts. Every step keeps what an
 # earlier run completed, so `docker compose up` may run it any number of times; it never replaces
-# the CA, the issuer key, the consent-receipt key or department data. Paths and sizes come from
-# the environment:
+# the CA, the issuer key, the consent-receipt key, a log or witness key or department data. Paths
+# and sizes come from the environment:
 #
 #   SECRETS_DIR       CA private key and token issuer private key (mounted only here)  /secrets
 #   CERTS_DIR         what every service mounts: CA certificate and CRL, node and        /certs
-#                     operator certificates and keys, issuer public key and token
-#                     deny list, and only the public
+#                     operator certificates and keys (each node's log.key beside its
+#                     key.pem), issuer public key and token deny list, logs.toml (the
+#                     public roster of logs and witnesses), and only the public
 #                     half of the coordinator: coordinator/cert.pem and consent.pub
 #                     (no CA key, no requester keys, no coordinator private key)
 #   COORDINATOR_KEYS_DIR  what only the coordinator mounts: its certificate, TLS key     /keys
-#                     (key.pem) and consent-receipt key pair (consent.key, consent.pub)
+#                     (key.pem), consent-receipt key pair (consent.key, consent.pub),
+#                     log signing key pair (log.key, log.pub) and witness key pair
+#                     (witness.key, witness.pub)
 #   DATA_DIR          department DuckDB files                                            /data
 #   SYNC_DIR          what only the sync job mounts: its requester certificate and key,  /sync
-#                     token, Paillier key, signing key pair, sync.toml, rosters
+#                     token, Paillier key, signing key pair, sync.toml, rosters,
+#                     logs.toml (the logs whose checkpoints it carries to the witness)
 #   PROVINCE_DIR      what only the provincial receiver mounts: its node certificate     /province
-#                     and key, the operator certificate for probes, senders.toml and
-#                     the sync job's public signing key
+#                     and key, its witness key pair, the operator certificate for
+#                     probes, senders.toml, logs.toml and the sync job's public
+#                     signing key
 #   REQUESTERS        space-separated requester ids to certify                          (none)
 #   SYNC_REQUESTER    the sync job's requester id (certified whatever REQUESTERS says)   sync-1
 #   SYNC_SENDER       the city's sender id in its batches and in senders.toml            suzhou
@@ -111,6 +116,42 @@ elif [ ! -f "$ca/coordinator/consent.pub" ]; then
     osmanthus certs consent-key --ca-dir "$ca" --restore-public
 fi
 
+# Each peer's transparency log key, the coordinator's witness key and the provincial receiver's
+# ('certs init' makes all but the receiver's; a CA made before transparency logs, or a department
+# certified later, lacks them), and logs.toml listing their public halves. An existing key is
+# never replaced: the checkpoints and cosignatures it signed verify only against it. 'certs
+# log-key' refuses (exit 3) a .pub without its key (restore the key from backup) and a roster
+# that lists another key for the peer. It is run only for a key that is missing or that the
+# roster does not list, so a complete CA costs no process per peer.
+# usage: log_key ROLE NAME [--witness]
+log_key() {
+    if [ "$1" = coordinator ]; then
+        key_dir="$ca/coordinator"
+    else
+        key_dir="$ca/nodes/$2"
+    fi
+    if [ "${3:-}" = --witness ]; then
+        key_file=witness
+    else
+        key_file=log
+    fi
+    if [ -f "$key_dir/$key_file.key" ] && [ -f "$key_dir/$key_file.pub" ] &&
+        [ -f "$ca/logs.toml" ] &&
+        grep -qxF "key = \"$(cat "$key_dir/$key_file.pub")\"" "$ca/logs.toml"; then
+        return 0
+    fi
+    osmanthus certs log-key --ca-dir "$ca" --role "$1" --name "$2" ${3:+"$3"}
+}
+for node in "$ca"/nodes/*; do
+    if [ "${node##*/}" != province ]; then
+        log_key node "${node##*/}"
+    fi
+done
+log_key coordinator coordinator
+log_key coordinator coordinator --witness
+# the reference provincial receiver witnesses every log: the sync job carries it the checkpoints
+log_key node province --witness
+
 # The CA's CRL: 'certs init' writes the first (empty) one; a CA made before revocation gets it
 # here. An existing CRL is kept: 'osmanthus certs revoke' and 'certs crl' replace it.
 if [ ! -f "$ca/crl.pem" ]; then
@@ -167,11 +208,13 @@ publish() {
 # Copied on every run, so a certificate re-issued into SECRETS_DIR reaches the services at their
 # next restart. The CA key and the requesters' keys stay in SECRETS_DIR.
 # Every node mounts CERTS_DIR, so the coordinator's private keys never go there: with them a node
-# could forge consent receipts and pose as the coordinator. Nor does the provincial receiver's key:
-# with it a node could pose as the province to the sync job. Volumes filled by earlier versions of
+# could forge consent receipts, sign checkpoints and cosignatures as the coordinator and pose as
+# it. Nor do the provincial receiver's keys: with them a node could pose as the province to the
+# sync job, or cosign checkpoints as the province's witness. Volumes filled by earlier versions of
 # this script may hold them (the receiver's when its certificate was issued by hand into the CA
 # directory, which used to be copied whole); they are removed first.
-rm -f "$CERTS_DIR/coordinator/key.pem" "$CERTS_DIR/coordinator/consent.key"
+rm -f "$CERTS_DIR/coordinator/key.pem" "$CERTS_DIR/coordinator/consent.key" \
+    "$CERTS_DIR/coordinator/log.key" "$CERTS_DIR/coordinator/witness.key"
 rm -rf "$CERTS_DIR/nodes/province"
 mkdir -p "$CERTS_DIR/coordinator" "$CERTS_DIR/nodes"
 for part in ca.pem operator; do
@@ -187,14 +230,21 @@ cp "$SECRETS_DIR/issuer.pub" "$CERTS_DIR/issuer.pub"
 # what every server follows without a restart: run init again after a revocation to pass it on
 publish "$ca/crl.pem" "$CERTS_DIR/crl.pem"
 publish "$deny" "$CERTS_DIR/token-deny.json"
-say "certificates, CRL, issuer public key, token deny list and consent.pub in $CERTS_DIR"
+# public: the nodes keep the cosignatures of the witnesses it lists, the coordinator witnesses the
+# logs it lists
+publish "$ca/logs.toml" "$CERTS_DIR/logs.toml"
+say "certificates, CRL, issuer public key, token deny list, consent.pub and logs.toml in $CERTS_DIR"
 # only init and the coordinator mount this one
 mkdir -p "$COORDINATOR_KEYS_DIR"
 chmod 0700 "$COORDINATOR_KEYS_DIR"
-for part in cert.pem key.pem consent.key consent.pub; do
+for part in cert.pem key.pem consent.key consent.pub log.key log.pub witness.key witness.pub; do
     cp "$ca/coordinator/$part" "$COORDINATOR_KEYS_DIR/$part"
 done
-say "coordinator certificate, TLS key and consent-receipt key pair in $COORDINATOR_KEYS_DIR"
+# owner-only whatever mode an earlier copy left: the coordinator refuses a key others may read
+chmod 0600 "$COORDINATOR_KEYS_DIR/key.pem" "$COORDINATOR_KEYS_DIR/consent.key" \
+    "$COORDINATOR_KEYS_DIR/log.key" "$COORDINATOR_KEYS_DIR/witness.key"
+say "coordinator certificate, TLS key, consent-receipt, log and witness key pairs in" \
+    "$COORDINATOR_KEYS_DIR"
 
 # --- synthetic department records -----------------------------------------------------------------
 mkdir -p "$DATA_DIR"
@@ -230,6 +280,7 @@ mkdir -p "$SYNC_DIR/tls/requesters" "$SYNC_DIR/keys" "$SYNC_DIR/rosters"
 chmod 0700 "$SYNC_DIR"
 cp "$ca/ca.pem" "$SYNC_DIR/tls/ca.pem"
 cp -R "$ca/requesters/$SYNC_REQUESTER" "$SYNC_DIR/tls/requesters/"
+publish "$ca/logs.toml" "$SYNC_DIR/logs.toml"
 
 paillier="$SYNC_DIR/$SYNC_REQUESTER.paillier"
 token="$SYNC_DIR/$SYNC_REQUESTER.jwt"
@@ -379,6 +430,10 @@ target = "province:50060"
 
 [lists]
 every = "0s"
+
+# every run, each log's latest checkpoint (read through the coordinator) to the receiver's witness
+[checkpoints]
+logs = "/sync/logs.toml"
 TOML
     if [ -f "$roster" ]; then
         cat <<TOML
@@ -398,7 +453,8 @@ statistics = ["deductions"]
 every = "1d"
 TOML
     else
-        say "no enterprise roster in $SYNC_DIR/rosters: the sync job reports list changes only"
+        # to stderr: stdout is the file
+        say "no enterprise roster in $SYNC_DIR/rosters: the sync job reports list changes only" >&2
     fi
 } >"$SYNC_DIR/sync.toml.tmp"
 mv "$SYNC_DIR/sync.toml.tmp" "$SYNC_DIR/sync.toml"
@@ -406,14 +462,16 @@ say "sync job's certificate, keys, token and sync.toml in $SYNC_DIR"
 
 # --- the reference provincial receiver ------------------------------------------------------------
 # PROVINCE_DIR belongs to the receiver: only init and the province service mount it. It holds the
-# receiver's certificate and key, the operator certificate for its health check and for
-# 'province batches', and senders.toml; of the sync job only the public signing key.
+# receiver's certificate and key, its witness key (beside them), the operator certificate for its
+# health check and for 'province batches', senders.toml and logs.toml (the logs it witnesses); of
+# the sync job only the public signing key.
 mkdir -p "$PROVINCE_DIR/tls/nodes" "$PROVINCE_DIR/senders"
 chmod 0700 "$PROVINCE_DIR"
 cp "$ca/ca.pem" "$PROVINCE_DIR/tls/ca.pem"
 cp -R "$ca/nodes/province" "$PROVINCE_DIR/tls/nodes/"
 cp -R "$ca/operator" "$PROVINCE_DIR/tls/"
 publish "$ca/crl.pem" "$PROVINCE_DIR/tls/crl.pem"
+publish "$ca/logs.toml" "$PROVINCE_DIR/logs.toml"
 cp "$signing.pub" "$PROVINCE_DIR/senders/$SYNC_SENDER-sync.pub"
 cat >"$PROVINCE_DIR/senders.toml.tmp" <<TOML
 # Written by deploy/init.sh on every run: an edit here is lost (see docs/deployment.md).
@@ -423,5 +481,6 @@ public_keys = ["senders/$SYNC_SENDER-sync.pub"]
 certificates = ["$SYNC_REQUESTER"]
 TOML
 mv "$PROVINCE_DIR/senders.toml.tmp" "$PROVINCE_DIR/senders.toml"
-say "provincial receiver's certificate, senders.toml and the city's public key in $PROVINCE_DIR"
+say "provincial receiver's certificate, witness key, senders.toml, logs.toml and the city's" \
+    "public key in $PROVINCE_DIR"
 say "done"

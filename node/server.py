@@ -10,6 +10,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Final
 
+import grpc
+
 from node.casekeys import case_seal_key
 from node.cases import CaseStore
 from node.consent import (
@@ -22,6 +24,7 @@ from node.lists import LISTS_FILE, ListStore
 from node.service import NodeService
 from node.servicer import CaseOfficeServicer, ListOfficeServicer, NodeServicer
 from node.store import RecordStore
+from node.transparency import node_log_readers
 from osmanthus.core.audit import AuditLog, load_or_create_salt
 from osmanthus.core.bundle import DEFAULT_POLL_S, node_scope
 from osmanthus.core.bundle_watch import load_policy
@@ -33,11 +36,22 @@ from osmanthus.core.crypto import DEFAULT_TABLE_CACHE_BYTES, FAST_WINDOW_BITS, E
 from osmanthus.core.denylist import TokenDenial, open_token_denial
 from osmanthus.core.errors import ConfigError
 from osmanthus.core.files import PRIVATE_DIR_MODE, narrow_umask, private_directory
+from osmanthus.core.logkeyfiles import read_signer
+from osmanthus.core.logkeys import LogRoster, log_origin
+from osmanthus.core.logserver import (
+    DEFAULT_CHECKPOINT_EVERY,
+    DEFAULT_CHECKPOINT_INTERVAL_S,
+    TRANSPARENCY_SERVICE_NAME,
+    LocalLog,
+    TransparencyServicer,
+    open_local_log,
+)
 from osmanthus.core.peers import PeerRole
 from osmanthus.core.policy import ReloadablePolicy
 from osmanthus.core.receipts import RECEIPT_ISSUER, load_consent_public_key
 from osmanthus.core.rules import load_default_rules, load_rules
 from osmanthus.core.server import RunningServer, start_server
+from osmanthus.core.signednote import NoteSigner
 from osmanthus.core.subjectpart import PartSigner
 from osmanthus.core.tls import TlsFiles, check_files, identity_of_certificate
 from osmanthus.core.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, ReplayCache, TokenVerifier
@@ -49,6 +63,7 @@ from osmanthus.v1 import (
     lists_pb2_grpc,
     node_pb2,
     node_pb2_grpc,
+    transparency_pb2_grpc,
 )
 
 NODE_SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
@@ -107,6 +122,16 @@ class NodeConfig:
     #: the case settings file (osmanthus.core.workdays.CaseSettings.load: deadlines in working
     #: days, retention, per-subject limits, the calendar); None: the defaults
     case_settings: Path | None = None
+    #: the key that signs the audit log's checkpoints (log.key, named after the log's origin
+    #: `<department>.node.osmanthus/audit`); None: no checkpoints, no TransparencyService
+    log_key: Path | None = None
+    #: the roster of logs and witnesses (logs.toml): the witness keys whose cosignatures the
+    #: log keeps; None: none are kept
+    log_roster: Path | None = None
+    #: a checkpoint every this many new entries, or every `checkpoint_interval_s` seconds
+    #: when the log grew
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
+    checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S
 
 
 def prepare_state_dir(path: Path) -> None:
@@ -129,6 +154,21 @@ def build_service(
 
     `today`: the node's calendar (China Standard Time), which record validity, list windows
     and case deadlines count on; tests that need a case to fall overdue pass their own."""
+    return _build(
+        config, catalogue=catalogue, policy=policy, token_denial=token_denial, today=today
+    )[0]
+
+
+def _build(
+    config: NodeConfig,
+    *,
+    catalogue: Catalogue | None,
+    policy: ReloadablePolicy | None,
+    token_denial: TokenDenial | None,
+    today: Callable[[], date],
+) -> tuple[NodeService, LocalLog | None]:
+    """build_service, and the audit log as a transparency log when the node has a log key
+    (its checkpointer not started yet: start_node starts it once the server serves)."""
     catalogue = catalogue or load_catalogue(config.catalogue)
     department = catalogue.department(config.department)
     check_files(config.tls)
@@ -167,6 +207,12 @@ def build_service(
     consent = consent_check(config)
     # signs each part of a subject's file: the portal checks it was made by this node
     part_signer = PartSigner.from_tls_files(config.tls)
+    log_signer = (
+        read_signer(NoteSigner, config.log_key, expected_name=None, field="log_key")
+        if config.log_key is not None
+        else None
+    )
+    roster = LogRoster.load(config.log_roster) if config.log_roster is not None else None
     salt = load_or_create_salt(config.state_dir / "audit.salt")
     # closed in reverse order if a later step fails; on success the service owns them all
     opened: list[RecordStore | ListStore | CaseStore | AuditLog] = []
@@ -189,7 +235,19 @@ def build_service(
         cases.purge()
         audit = AuditLog(path=config.state_dir / "audit.jsonl", salt=salt)
         opened.append(audit)
-        return NodeService(
+        local = (
+            open_local_log(
+                log=audit,
+                signer=log_signer,
+                origin=log_origin(PeerRole.NODE, department.id),
+                roster=roster,
+                every_entries=config.checkpoint_every,
+                every_s=config.checkpoint_interval_s,
+            )
+            if log_signer is not None
+            else None
+        )
+        service = NodeService(
             department=department,
             catalogue=catalogue,
             store=store,
@@ -206,7 +264,9 @@ def build_service(
             cases=cases,
             case_seal_key=seal_key,
             today=today,
+            transparency=local,
         )
+        return service, local
     except BaseException:
         for resource in reversed(opened):
             resource.close()
@@ -266,20 +326,33 @@ def start_node(
         issuer=config.token_issuer,
         interval_s=config.revocation_poll_s,
     )
-    service = build_service(
+    service, local = _build(
         config, catalogue=catalogue, policy=policy, token_denial=token_denial, today=today
     )
     servicer = NodeServicer(service)
     office = ListOfficeServicer(service.list_office())
     case_office = CaseOfficeServicer(service.case_office())
+    register: list[Callable[[grpc.Server], None]] = [
+        lambda s: node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, s),
+        lambda s: lists_pb2_grpc.add_ListOfficeServiceServicer_to_server(office, s),
+        lambda s: cases_pb2_grpc.add_CaseOfficeServiceServicer_to_server(case_office, s),
+    ]
+    names = [NODE_SERVICE_NAME, LIST_OFFICE_SERVICE_NAME, CASE_OFFICE_SERVICE_NAME]
+    if local is not None:
+        transparency = TransparencyServicer(
+            local=local,
+            authorize=node_log_readers(department=service.department_id, audit=local.log),
+        )
+        register.append(
+            lambda s: transparency_pb2_grpc.add_TransparencyServiceServicer_to_server(
+                transparency, s
+            )
+        )
+        names.append(TRANSPARENCY_SERVICE_NAME)
     try:
         running = start_server(
-            register=[
-                lambda s: node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, s),
-                lambda s: lists_pb2_grpc.add_ListOfficeServiceServicer_to_server(office, s),
-                lambda s: cases_pb2_grpc.add_CaseOfficeServiceServicer_to_server(case_office, s),
-            ],
-            service_names=[NODE_SERVICE_NAME, LIST_OFFICE_SERVICE_NAME, CASE_OFFICE_SERVICE_NAME],
+            register=register,
+            service_names=names,
             listen=config.listen,
             tls=config.tls,
             revocation=revocation,
@@ -288,6 +361,10 @@ def start_node(
     except BaseException:
         service.close()
         raise
+    if local is not None:
+        local.start()
+        # stopped before the service closes the audit log its checkpointer reads
+        running.on_stop.append(local.close)
     running.on_stop.append(service.close)
     if watcher is not None:
         running.on_stop.append(watcher.close)

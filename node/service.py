@@ -22,6 +22,7 @@ from node.subject import build as build_subject_file
 from osmanthus import __version__
 from osmanthus.core.audit import AuditLog
 from osmanthus.core.audited import AuditedRequest, audited
+from osmanthus.core.auditproofs import CheckpointSource, proven_audit
 from osmanthus.core.cases import CaseReceipt
 from osmanthus.core.catalogue import Catalogue, Department
 from osmanthus.core.clock import china_today
@@ -108,6 +109,7 @@ class NodeService:
         part_signer: PartSigner | None = None,
         cases: CaseStore | None = None,
         case_seal_key: X25519PrivateKey | None = None,
+        transparency: CheckpointSource | None = None,
     ) -> None:
         """`lists`: the department's red and black lists (node.server always opens them); a
         node without them sets no flag from a list and serves no list office. `consent`: how
@@ -116,7 +118,11 @@ class NodeService:
         that signs each part of a subject's file (osmanthus.core.subjectpart); without one, no
         subject's file is served. `cases` and `case_seal_key`: the department's case store and
         X25519 case key (node.cases); without them no case is filed or decided here, and the
-        records read as stored."""
+        records read as stored. `transparency`: the audit log as a transparency log
+        (osmanthus.core.logserver.LocalLog); with it, the audit lines of a subject's file carry
+        inclusion proofs to its newest witnessed checkpoint (the latest when none is witnessed;
+        none is signed on request), without it they go unproven."""
+        self._transparency = transparency
         self._part_signer = part_signer
         self._consent: ConsentCheck = consent if consent is not None else NoConsentCheck()
         self._department = department
@@ -558,7 +564,7 @@ class NodeService:
             rules=self._rules,
             records=self._records_for(kind, subject_id),
             lists=self._lists.history(kind, subject_id, today=as_of) if self._lists else (),
-            audit=self._audit.entries_about(subject_hash),
+            audit=proven_audit(self._audit, subject_hash, checkpoints=self._transparency),
             as_of=as_of,
             now=datetime.now(UTC),
             cases=self._cases.cases_of(kind, subject_id) if self._cases is not None else (),

@@ -13,6 +13,7 @@ from datetime import date, datetime
 from typing import Final
 
 from osmanthus.core.audit import AuditEntry
+from osmanthus.core.auditproofs import ProvenAudit
 from osmanthus.core.cases import Case, CaseStatus
 from osmanthus.core.lists import EntryStatus, ListEntry
 from osmanthus.core.rules import ACTIVE, Record, RuleSet
@@ -167,20 +168,28 @@ def build(
     rules: RuleSet,
     records: Sequence[Record],
     lists: Iterable[ListEntry],
-    audit: Iterable[tuple[AuditEntry, bool]],
+    audit: Iterable[tuple[AuditEntry, bool]] | ProvenAudit,
     as_of: date,
     now: datetime,
     cases: Iterable[Case] = (),
     case_key: str = "",
 ) -> SubjectFile:
-    """The department's part of the subject's file on `as_of` (China Standard Time)."""
+    """The department's part of the subject's file on `as_of` (China Standard Time). `audit`:
+    the log's entries about the subject, or those lines already proven to the log's checkpoint
+    (osmanthus.core.auditproofs.proven_audit), which the part then carries with the subject's
+    hash they must name."""
     contribution = rules.contribution(kind, records, as_of=as_of)
     lines = record_lines(records, rules, as_of=as_of)
     records_truncated = len(lines) > MAX_ITEMS
     if records_truncated:
         keep = least_useful_first(lines)[len(lines) - MAX_ITEMS :]
         lines = [lines[i] for i in sorted(keep)]
-    audit_found, audit_truncated = audit_lines(audit)
+    subject_hash = ""
+    if isinstance(audit, ProvenAudit):
+        audit_found, audit_truncated, checkpoint = audit.lines, audit.truncated, audit.checkpoint
+        subject_hash = audit.subject_hash
+    else:
+        (audit_found, audit_truncated), checkpoint = audit_lines(audit), ""
     return SubjectFile(
         source=department,
         query_id=query_id,
@@ -199,4 +208,6 @@ def build(
         records_truncated=records_truncated,
         cases=case_lines(cases, department=department),
         case_key=case_key,
+        checkpoint=checkpoint,
+        subject_hash=subject_hash,
     )

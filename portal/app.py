@@ -30,6 +30,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from osmanthus.core.auditproofs import PartCheck
 from osmanthus.core.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -62,11 +63,14 @@ from portal.signin import CALLBACK_PATH, OidcClient, OidcSettings, PendingLogin,
 from portal.views import (
     consents_view,
     lists_view,
+    log_problems_view,
     missing_view,
     queries_view,
     records_view,
     score_view,
 )
+from portal.whoasked import check_parts
+from sdk.subject import SubjectFileResult
 
 __all__ = ["create_app"]
 
@@ -79,7 +83,11 @@ SIMULATOR_HEADER: Final = "x-simulator-secret"
 KIOSK_POLL_MS: Final = 1000
 #: the most a form body may hold (a revoke or sign-out form is well under 1 KiB)
 MAX_FORM_BYTES: Final = 16 * 1024
+#: how often expired sessions are swept away when no request comes (seconds)
+SWEEP_S: Final = 5.0
 T = TypeVar("T")
+#: the session's cache key of the last file's "who asked" check, with the file it checked
+_LOG_CHECKS_KEY: Final = "log_checks"
 
 
 def _environment() -> jinja2.Environment:
@@ -635,6 +643,22 @@ class _Portal:
         value: T = session.cache[key]
         return value
 
+    async def _log_checks(self, session: Session, file: SubjectFileResult) -> tuple[PartCheck, ...]:
+        """The check of `file`'s audit lines (portal.whoasked), made once per file fetched: a
+        log that fails is logged once, not on every view of the page."""
+        cached = session.cache.get(_LOG_CHECKS_KEY)
+        if cached is not None and cached[0] is file:
+            checks: tuple[PartCheck, ...] = cached[1]
+            return checks
+        settings = self.settings
+        checks = await self.call(
+            lambda: check_parts(
+                file.parts, roster=settings.log_roster, min_witnesses=settings.min_witnesses
+            )
+        )
+        session.cache[_LOG_CHECKS_KEY] = (file, checks)
+        return checks
+
     async def page(self, request: Request) -> Response:
         name = request.path_params.get("page", "score")
         if name not in PAGES:
@@ -702,10 +726,13 @@ class _Portal:
                 **common,
             )
         if name == "queries":
+            checks = await self._log_checks(session, file)
             return self.render(
                 request,
                 "queries.html",
-                queries=queries_view(catalogue, file.parts),
+                queries=queries_view(catalogue, file.parts, checks),
+                log_problems=log_problems_view(catalogue, checks),
+                verifying=self.settings.log_roster is not None,
                 truncated=[p.source for p in file.parts if p.audit_truncated],
                 **common,
             )
@@ -906,14 +933,32 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        portal.audit.close()
+        # sessions also expire on the next request; the sweeper ends an abandoned one on time
+        # on a quiet site, so its score and records leave memory (and the expiry is audited)
+        # within SWEEP_S of its time-out, not whenever somebody next visits
+        stop = threading.Event()
+        sweeper = threading.Thread(
+            target=_sweep_until, args=(portal, stop), name="portal-session-sweeper", daemon=True
+        )
+        sweeper.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            sweeper.join()
+            portal.audit.close()
 
     app = Starlette(
         routes=routes, middleware=middleware, lifespan=lifespan, max_body_size=MAX_FORM_BYTES
     )
     app.state.portal = portal
     return app
+
+
+def _sweep_until(portal: _Portal, stop: threading.Event) -> None:
+    while not stop.wait(SWEEP_S):
+        portal.sessions.sweep()
+        portal.logins.sweep()
 
 
 class _LoopbackOnly:

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from osmanthus.core.auditproofs import DEFAULT_MIN_WITNESSES
 from osmanthus.core.errors import InvalidArgument
+from osmanthus.core.logkeys import LogRoster
 from osmanthus.core.peers import validate_name
 from portal.oidc import is_loopback
 
@@ -66,6 +68,14 @@ class PortalSettings:
     #: forged Host cannot reach it); None: the loopback names at a kiosk, the public_url's host
     #: and the loopback names online
     allowed_hosts: tuple[str, ...] | None = None
+    #: the pinned keys of the platform's logs and witnesses (`logs.toml`,
+    #: osmanthus.core.logkeys.LogRoster) that "who asked about me" is verified with; None shows
+    #: every entry as not verified, with a note saying why
+    log_roster: LogRoster | None = field(default=None, repr=False)
+    #: rostered witnesses' cosignatures each part's checkpoint must carry for its entries to
+    #: be marked verified; 0 (the default) counts as 1. Entries proven to a checkpoint with
+    #: fewer are shown, marked as signed by the department only (auditproofs.required_witnesses)
+    min_witnesses: int = DEFAULT_MIN_WITNESSES
 
     def __post_init__(self) -> None:
         if not isinstance(self.mode, PortalMode):
@@ -101,6 +111,18 @@ class PortalSettings:
             )
         if self.public_url is not None:
             self._check_public_url(self.public_url)
+        if isinstance(self.min_witnesses, bool) or not isinstance(self.min_witnesses, int):
+            raise InvalidArgument("must be a whole number", field="min_witnesses")
+        if self.min_witnesses < 0:
+            raise InvalidArgument("must be 0 or more", field="min_witnesses")
+        if self.min_witnesses:
+            known = len(self.log_roster.witnesses) if self.log_roster is not None else 0
+            if known < self.min_witnesses:
+                raise InvalidArgument(
+                    f"requires {self.min_witnesses} witnesses' cosignatures but the log roster "
+                    f"lists {known} witness(es): no entry could ever be verified",
+                    field="min_witnesses",
+                )
         if self.allowed_hosts is not None:
             if isinstance(self.allowed_hosts, str) or not self.allowed_hosts:
                 raise InvalidArgument(

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from osmanthus.core.auditproofs import EntryStatus, PartCheck
 from osmanthus.core.catalogue import Catalogue
 from osmanthus.core.errors import OsmanthusError
 from osmanthus.core.subjectfile import COORDINATOR_SOURCE, AuditLine, RecordLine, SubjectFile
@@ -58,6 +59,23 @@ PURPOSES: Final = {
 LIST_STATUS: Final = {"in_view": ("公示中", "In public view"), "scheduled": ("待公示", "Scheduled")}
 COLOURS: Final = {"red": ("红名单", "Red list"), "black": ("黑名单", "Black list")}
 COORDINATOR_LABEL: Final = ("协调中心", "Coordinator")
+#: what the portal established about an audit line (osmanthus.core.auditproofs.EntryStatus),
+#: said in words: the mark is text, never a colour alone
+ENTRY_STATUSES: Final = {
+    EntryStatus.VERIFIED.value: ("已核验", "Verified"),
+    # proven, but to a checkpoint no (or too few) witnesses cosigned: the holder's word only
+    EntryStatus.SIGNED.value: (
+        "已签名 · 仅由该部门签名，未经见证",
+        "Signed by the department only · not yet witnessed",
+    ),
+    EntryStatus.PENDING.value: ("未核验", "Pending"),
+    EntryStatus.UNVERIFIED.value: ("未核验", "Not verified"),
+}
+#: the signed-only mark of the coordinator's own lines (its log is not a department's)
+COORDINATOR_SIGNED: Final = (
+    "已签名 · 仅由协调中心签名，未经见证",
+    "Signed by the coordinator only · not yet witnessed",
+)
 _LABEL = re.compile(r"^(?P<en>.*?)\s+(?P<zh>[\u3400-\u9fff].*)$")
 
 
@@ -262,6 +280,19 @@ class QueryView:
     decision_label: Bilingual
     reason: str
     in_batch: bool
+    #: EntryStatus value: "verified", "signed", "pending" or "unverified" (failed lines are
+    #: not shown)
+    status: str = EntryStatus.UNVERIFIED.value
+    status_label: Bilingual = Bilingual(*ENTRY_STATUSES[EntryStatus.UNVERIFIED.value])
+
+
+@dataclass(frozen=True)
+class LogProblemView:
+    """A party whose log could not be verified: its entries that failed are not shown."""
+
+    source: Bilingual
+    #: how many of its entries are left out
+    hidden: int
 
 
 def _sort_key(line: AuditLine) -> str:
@@ -274,8 +305,19 @@ def _sort_key(line: AuditLine) -> str:
     return moment.astimezone(datetime.UTC).isoformat()
 
 
-def queries_view(catalogue: Catalogue, parts: Sequence[SubjectFile]) -> tuple[QueryView, ...]:
-    """Every party's audit lines about the subject merged by time, newest first."""
+def queries_view(
+    catalogue: Catalogue,
+    parts: Sequence[SubjectFile],
+    checks: Sequence[PartCheck] | None = None,
+) -> tuple[QueryView, ...]:
+    """Every party's audit lines about the subject merged by time, newest first, each with what
+    `checks` (one per part, osmanthus.core.auditproofs.verify_part) established; a line whose
+    check failed is left out: it is not shown as a fact (log_problems_view says so)."""
+    statuses = (
+        [c.statuses for c in checks]
+        if checks is not None
+        else [(EntryStatus.UNVERIFIED,) * len(p.audit) for p in parts]
+    )
     rows = [
         QueryView(
             time=local_time(line.time),
@@ -289,12 +331,32 @@ def queries_view(catalogue: Catalogue, parts: Sequence[SubjectFile]) -> tuple[Qu
             decision_label=_pair(DECISIONS, line.decision),
             reason=line.reason,
             in_batch=line.in_batch,
+            status=status.value,
+            status_label=_status_label(status, part.source),
         )
-        for part in parts
-        for line in part.audit
+        for part, part_statuses in zip(parts, statuses, strict=True)
+        for line, status in zip(part.audit, part_statuses, strict=True)
+        if status is not EntryStatus.FAILED
     ]
     rows.sort(key=lambda r: r.sort_key, reverse=True)
     return tuple(rows)
+
+
+def _status_label(status: EntryStatus, source: str) -> Bilingual:
+    if status is EntryStatus.SIGNED and source == COORDINATOR_SOURCE:
+        return Bilingual(*COORDINATOR_SIGNED)
+    return Bilingual(*ENTRY_STATUSES[status.value])
+
+
+def log_problems_view(
+    catalogue: Catalogue, checks: Sequence[PartCheck]
+) -> tuple[LogProblemView, ...]:
+    """The parties whose log could not be verified, and how many of their entries are hidden."""
+    return tuple(
+        LogProblemView(source=department_label(catalogue, c.source), hidden=c.failed)
+        for c in checks
+        if c.problem is not None
+    )
 
 
 # --- lists --------------------------------------------------------------------------------

@@ -10,14 +10,22 @@ from typing import Final
 from osmanthus.core.crl import REVOCATION_POLL_S, open_revocation
 from osmanthus.core.errors import ConfigError
 from osmanthus.core.files import PRIVATE_DIR_MODE, narrow_umask, private_directory
+from osmanthus.core.logkeys import witness_name
 from osmanthus.core.peers import DEFAULT_RECEIVER_NAME, PeerRole, validate_name
 from osmanthus.core.server import RunningServer, start_server
 from osmanthus.core.tls import TlsFiles, check_files, identity_of_certificate
-from osmanthus.v1 import province_pb2, province_pb2_grpc
+from osmanthus.v1 import province_pb2, province_pb2_grpc, transparency_pb2_grpc
 from province.senders import load_senders
 from province.service import ProvinceService
 from province.servicer import ProvinceServicer
 from province.store import STORE_FILE, BatchStore
+from province.witness import (
+    WITNESS_SERVICE_NAME,
+    WitnessHost,
+    WitnessMetrics,
+    WitnessServicer,
+    load_witness,
+)
 
 PROVINCE_SERVICE_NAME: Final = province_pb2.DESCRIPTOR.services_by_name["ProvinceService"].full_name
 DEFAULT_OPERATORS: Final = ("operator",)
@@ -42,6 +50,13 @@ class ProvinceConfig:
     #: is refused (None: none is ever revoked)
     crl: Path | None = None
     revocation_poll_s: float = REVOCATION_POLL_S
+    #: the receiver's witness key (CosignatureSigner key text, named
+    #: "<name>.node.osmanthus/witness"); with `logs`, the receiver also serves WitnessService
+    witness_key: Path | None = None
+    #: the roster of logs and witnesses (logs.toml): the logs the witness cosigns
+    logs: Path | None = None
+    #: HOST:PORT to serve the witness's Prometheus metrics on (None: not served)
+    metrics_listen: str | None = None
 
 
 def prepare_state_dir(path: Path) -> None:
@@ -72,25 +87,79 @@ def build_service(config: ProvinceConfig) -> ProvinceService:
     return ProvinceService(registry=registry, store=store, operators=frozenset(config.operators))
 
 
-def start_province(config: ProvinceConfig) -> RunningServer:
-    """Serve ProvinceService (and health) over mutual TLS until stopped."""
+def build_witness(config: ProvinceConfig, service: ProvinceService) -> WitnessHost | None:
+    """The receiver's witness, if it is given a key and a roster (both, or neither)."""
+    if config.witness_key is None and config.logs is None:
+        return None
+    if config.witness_key is None or config.logs is None:
+        missing = "witness_key" if config.witness_key is None else "logs"
+        raise ConfigError(
+            "the receiver witnesses logs with both a witness key and the roster of logs "
+            f"(logs.toml); {missing} is missing",
+            field=missing,
+        )
+    witness = load_witness(
+        key=config.witness_key,
+        roster=config.logs,
+        state_dir=config.state_dir,
+        expected_name=witness_name(PeerRole.NODE, config.name),
+    )
+    return WitnessHost(
+        witness=witness, registry=service.registry, operators=frozenset(config.operators)
+    )
+
+
+def start_province(
+    config: ProvinceConfig, *, metrics: WitnessMetrics | None = None
+) -> RunningServer:
+    """Serve ProvinceService (and health), and WitnessService if configured, over mutual TLS
+    until stopped. `metrics`: the registry the witness's metrics go to (made here when
+    `config.metrics_listen` asks for them and none is given)."""
     revocation = open_revocation(
         config.crl, ca_path=config.tls.ca, interval_s=config.revocation_poll_s
     )
     service = build_service(config)
     servicer = ProvinceServicer(service)
     try:
+        witness = build_witness(config, service)
+        register = [lambda s: province_pb2_grpc.add_ProvinceServiceServicer_to_server(servicer, s)]
+        names = [PROVINCE_SERVICE_NAME]
+        if witness is not None:
+            witness_servicer = WitnessServicer(witness)
+            register.append(
+                lambda s: transparency_pb2_grpc.add_WitnessServiceServicer_to_server(
+                    witness_servicer, s
+                )
+            )
+            names.append(WITNESS_SERVICE_NAME)
+            if metrics is None and config.metrics_listen is not None:
+                metrics = WitnessMetrics()
+            if metrics is not None:
+                metrics.watch(witness.witness)
+        elif config.metrics_listen is not None:
+            raise ConfigError(
+                "the receiver's metrics are its witness's: give --witness-key and --logs too",
+                field="metrics_listen",
+            )
+        if metrics is not None and config.metrics_listen is not None:
+            metrics.serve(config.metrics_listen)
         running = start_server(
-            register=[
-                lambda s: province_pb2_grpc.add_ProvinceServiceServicer_to_server(servicer, s)
-            ],
-            service_names=[PROVINCE_SERVICE_NAME],
+            register=register,
+            service_names=names,
             listen=config.listen,
             tls=config.tls,
             revocation=revocation,
         )
     except BaseException:
+        if metrics is not None:
+            metrics.close()
         service.close()
         raise
     running.on_stop.append(service.close)
+    if metrics is not None:
+        running.on_stop.append(metrics.close)
+    if witness is not None:
+        _log.info(
+            "witnessing %d logs as %s", len(witness.witness.origins()), witness.witness.signer.name
+        )
     return running

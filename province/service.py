@@ -71,6 +71,11 @@ class ProvinceService:
         self._operators = operators
         self._clock = clock
 
+    @property
+    def registry(self) -> SenderRegistry:
+        """Who may deliver for whom (the witness admits the same certificates)."""
+        return self._registry
+
     def deliver(self, signed: SignedBatch, *, caller: PeerIdentity) -> Delivery:
         """Store the batch once, or acknowledge it again; every refusal is recorded."""
         allowed = self._registry.senders_for(caller)

@@ -34,6 +34,9 @@
     backoff_initial = "1s"
     backoff_max = "60s"
 
+    [checkpoints]                            # carry the logs' checkpoints to the province's
+    logs = "certs/logs.toml"                 # witness: every log this roster lists, each run
+
 Paths are relative to the file. Unknown keys are refused, so a misspelt setting is never silently
 ignored; a problem is named by its path in the file, e.g. statistics[1].epsilon. The TLS files
 are `certs_dir` (the platform layout) or all of `ca`, `cert` and `key`, not both; `[province]`
@@ -120,6 +123,9 @@ class SyncConfig:
     grades_every: timedelta
     statistics: tuple[StatisticSpec, ...]
     delivery: Delivery = field(default_factory=Delivery)
+    #: the roster of transparency logs whose checkpoints go to the provincial witness each run
+    #: (None: none are carried)
+    logs: Path | None = None
 
 
 def load_config(path: Path) -> SyncConfig:
@@ -175,6 +181,7 @@ def load_config(path: Path) -> SyncConfig:
             backoff_initial=delivery.backoff_initial,
             backoff_max=delivery.backoff_max,
         ),
+        logs=document.checkpoints.logs if document.checkpoints is not None else None,
     )
 
 
@@ -316,6 +323,10 @@ class _Delivery(Settings):
         return self
 
 
+class _Checkpoints(Settings):
+    logs: RelativePath = Field(description="logs.toml: the logs whose checkpoints are carried")
+
+
 class _SyncFile(Settings):
     sender: Annotated[str, AfterValidator(_sender)] = Field(
         description="the sender id senders.toml registers at the province"
@@ -329,6 +340,7 @@ class _SyncFile(Settings):
     grades: _Grades = Field(default_factory=_Grades)
     statistics: list[_Statistic] = Field(default_factory=list)
     delivery: _Delivery = Field(default_factory=_Delivery)
+    checkpoints: _Checkpoints | None = None
 
     @model_validator(mode="after")
     def _statistics_named_once(self) -> Self:

@@ -57,6 +57,7 @@ from osmanthus.core.syncbatch import (
 from osmanthus.core.syncbatch_checks import GRADE_PATTERN
 from osmanthus.core.types import Shape, SubjectKind
 from syncjob import recovery
+from syncjob.checkpoints import CheckpointCarrier
 from syncjob.config import StatisticSpec, SyncConfig
 from syncjob.roster import read_roster, shown_refusal
 from syncjob.state import OpenEntry, OutboxBatch, Run, StagedGrade, SyncState
@@ -108,6 +109,10 @@ class RunSummary:
     #: records or subjects left out, and why
     skipped: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: transparency logs whose checkpoint the provincial witness cosigned: origin -> size
+    checkpoints: dict[str, int] = field(default_factory=dict)
+    #: the witness's refusals ("origin: reason: message"), each also in `errors`
+    alarms: list[str] = field(default_factory=list)
     exit_code: int = 0
     duration_s: float = 0.0
 
@@ -128,6 +133,8 @@ class RunSummary:
             "partial": self.partial,
             "skipped": self.skipped[:50],
             "errors": self.errors,
+            "checkpoints": self.checkpoints,
+            "alarms": self.alarms,
             "exit_code": self.exit_code,
             "duration_s": round(self.duration_s, 3),
         }
@@ -145,6 +152,10 @@ class RunSummary:
             text += f"; partial: {'; '.join(self.partial)}"
         if self.skipped:
             text += f"; {len(self.skipped)} left out (first: {self.skipped[0]})"
+        if self.checkpoints:
+            text += f"; {len(self.checkpoints)} checkpoints cosigned"
+        if self.alarms:
+            text += f"; {len(self.alarms)} WITNESS ALARMS (first: {self.alarms[0]})"
         if self.errors:
             text += f"; {len(self.errors)} errors (first: {self.errors[0]})"
         return text
@@ -167,6 +178,7 @@ class SyncJob:
         signing_key: Ed25519PrivateKey,
         catalogue: Catalogue,
         metrics: SyncMetrics | None = None,
+        checkpoints: CheckpointCarrier | None = None,
         stop: threading.Event | None = None,
         progress: Callable[[str], None] = lambda _: None,
         grade_progress: Callable[[int, int], None] = lambda done, total: None,
@@ -183,6 +195,7 @@ class SyncJob:
         self._keyring = remember_key(state, signing_key.public_key(), at=clock())
         self._catalogue = catalogue
         self._metrics = metrics
+        self._checkpoints = checkpoints
         self._stop = stop or threading.Event()
         self._say = progress
         self._grade_progress = grade_progress
@@ -215,6 +228,7 @@ class SyncJob:
                 ("lists", self._gather_lists),
                 ("grades", self._gather_grades),
                 ("statistics", self._gather_statistics),
+                ("checkpoints", self._carry_checkpoints),
             ):
                 self._check_stop()
                 try:
@@ -272,6 +286,30 @@ class SyncJob:
 
     def _china_date(self, *, margin: timedelta = timedelta(0)) -> date:
         return china_date(self._clock() - margin)
+
+    # --- checkpoints (syncjob.checkpoints) --------------------------------------------------------
+
+    def _carry_checkpoints(self, run: Run, summary: RunSummary) -> None:
+        if self._checkpoints is None:
+            return
+        report = self._checkpoints.carry_all(stop=self._stop.is_set)
+        summary.checkpoints.update(report.cosigned)
+        for origin in report.cosigned:
+            if self._metrics is not None:
+                self._metrics.checkpoint_cosigned(origin)
+        for origin, (reason, exc) in report.alarms.items():
+            # never skipped in silence: the run's errors, its exit code, the metrics
+            summary.alarms.append(f"{origin}: {reason}: {exc.message}")
+            if self._metrics is not None:
+                self._metrics.checkpoint_alarm(origin, reason)
+            self._error(summary, f"checkpoint {origin}", exc)
+        for origin, exc in report.failed.items():
+            summary.partial.append(f"checkpoints: {origin} not carried ({exc.message})")
+            self._state.record_error(f"checkpoint {origin}", str(exc), at=self._clock())
+        self._say(
+            f"checkpoints: {len(report.cosigned)} cosigned, {len(report.unchanged)} unchanged, "
+            f"{len(report.alarms)} refused, {len(report.failed)} not reached"
+        )
 
     # --- lists -----------------------------------------------------------------------------------
 

@@ -96,6 +96,19 @@ class SyncMetrics:
             "When the last run that met no error ended (Unix time; 0 before the first)",
             registry=r,
         )
+        self._checkpoints = Counter(
+            f"{PREFIX}_checkpoints_cosigned",
+            "Checkpoints of a transparency log the provincial witness cosigned",
+            ["origin"],
+            registry=r,
+        )
+        self._checkpoint_alarms = Counter(
+            f"{PREFIX}_checkpoint_alarms",
+            "Checkpoints the provincial witness refused (a log rolled back, forked or "
+            "rewritten, a wrong key, or a witness that does not know the log): alert on any",
+            ["origin", "reason"],
+            registry=r,
+        )
         for kind in BatchKind:
             for labelled in (self._batches, self._records, self._duplicates, self._partial):
                 labelled.labels(kind=kind.value)
@@ -110,6 +123,12 @@ class SyncMetrics:
         if batch.partial:
             self._partial.labels(kind=kind).inc()
         self._last_success.labels(kind=kind).set_to_current_time()
+
+    def checkpoint_cosigned(self, origin: str) -> None:
+        self._checkpoints.labels(origin=origin).inc()
+
+    def checkpoint_alarm(self, origin: str, reason: str) -> None:
+        self._checkpoint_alarms.labels(origin=origin, reason=reason).inc()
 
     def retry(self) -> None:
         self._retries.inc()

@@ -21,6 +21,7 @@ from osmanthus.core import signing
 from osmanthus.core.catalogue import Catalogue, load_catalogue
 from osmanthus.core.errors import ConfigError, InvalidArgument, OsmanthusError
 from osmanthus.core.syncbatch import BatchKind, sender_key_id, shown_key_id
+from syncjob.checkpoints import CheckpointCarrier, with_token
 from syncjob.config import SyncConfig
 from syncjob.job import SCHEDULE_SLACK, SyncJob, is_due
 from syncjob.metrics import SyncMetrics
@@ -92,6 +93,7 @@ def open_job(
                     tls=config.province.tls,
                     server_name=config.province.server_name,
                 ) as province,
+                _carrier(config, token) as checkpoints,
             ):
                 yield SyncJob(
                     config=config,
@@ -101,12 +103,48 @@ def open_job(
                     signing_key=key,
                     catalogue=catalogue,
                     metrics=metrics,
+                    checkpoints=checkpoints,
                     stop=stop,
                     progress=progress,
                     grade_progress=grade_progress,
                 )
         finally:
             state.close()
+
+
+@contextmanager
+def _carrier(config: SyncConfig, token: str) -> Iterator[CheckpointCarrier | None]:
+    """The carrier of the logs' checkpoints to the provincial witness, if configured."""
+    if config.logs is None:
+        yield None
+        return
+    from osmanthus.core.logkeys import WITNESS_SUFFIX, LogRoster
+    from osmanthus.core.tls import secure_channel
+    from sdk.transparency import TransparencyClient, WitnessClient
+
+    try:
+        roster = LogRoster.load(config.logs)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, field="checkpoints.logs") from None
+    channel = secure_channel(
+        config.coordinator.target,
+        config.coordinator.tls,
+        server_name=config.coordinator.server_name,
+    )
+    with (
+        TransparencyClient(channel=with_token(channel, token), owns_channel=True) as logs,
+        WitnessClient.connect(
+            config.province.target,
+            tls=config.province.tls,
+            server_name=config.province.server_name,
+        ) as witness,
+    ):
+        yield CheckpointCarrier(
+            roster=roster,
+            logs=logs,
+            witness=witness,
+            witness_name=config.province.server_name + WITNESS_SUFFIX,
+        )
 
 
 def run(

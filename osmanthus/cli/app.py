@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from osmanthus import __version__
 from osmanthus.cli import (
+    audit,
     batch,
     certs,
     coordinator,
@@ -47,6 +48,7 @@ _GROUPS = (
     province,
     sync,
     portal,
+    audit,
     health,
 )
 #: problems of a rejected import printed before the rest is summed up

@@ -21,7 +21,7 @@ _REASONS = (
 
 
 def register(subcommands: Subcommands) -> None:
-    """Add `certs init|issue|revoke|crl|consent-key`."""
+    """Add `certs init|issue|revoke|crl|consent-key|log-key`."""
     certs = command_group(
         subcommands, "certs", "platform CA and mutual-TLS certificates", "Manage the platform CA."
     )
@@ -31,7 +31,9 @@ def register(subcommands: Subcommands) -> None:
         "create the platform CA and every certificate",
         "Create OUT/ca.pem and ca.key, the coordinator certificate, one node certificate per "
         "department (the department is named in the certificate), one per requester and an "
-        "operator certificate for health probes. Private keys are written mode 0600.",
+        "operator certificate for health probes, each department's and the coordinator's "
+        "transparency log key (log.key) and the coordinator's witness key (witness.key), and "
+        "OUT/logs.toml listing their public keys. Private keys are written mode 0600.",
         _cmd_certs_init,
     )
     p.add_argument("--out", type=Path, required=True, help="certificate directory to create")
@@ -131,6 +133,43 @@ def register(subcommands: Subcommands) -> None:
         "(refused if an existing consent.pub is not its half)",
     )
 
+    p = command(
+        certs,
+        "log-key",
+        "create a transparency log key (or witness key) for a peer added later",
+        "Create the Ed25519 key with which a department node or the coordinator signs its audit "
+        "log's checkpoints: CA_DIR/nodes/NAME/log.key (mode 0600, the node's --log-key; "
+        "CA_DIR/coordinator/log.key for the coordinator) and log.pub, named after the log's "
+        "origin (NAME.node.osmanthus/audit). With --witness, "
+        "create a witness cosigning key instead: witness.key and witness.pub, named "
+        "NAME.node.osmanthus/witness (the provincial receiver: --role node --name province "
+        "--witness). The public key is added to CA_DIR/logs.toml, the roster of logs and "
+        "witnesses that witnesses, the portal and auditors trust: copy the updated logs.toml "
+        "to every host that has one. 'certs init' makes the coordinator's log and witness keys "
+        "and every department's log key; use this for a department added later or for a CA "
+        "made before transparency logs. An existing key is kept (checkpoints it signed verify "
+        "only against it); a .pub without its key is refused: restore the key from backup.",
+        _cmd_certs_log_key,
+    )
+    p.add_argument("--ca-dir", type=Path, required=True, help="the directory 'certs init' made")
+    p.add_argument(
+        "--role",
+        required=True,
+        choices=["node", "coordinator"],
+        help="whose log (or witness) the key is: a department node's or the coordinator's",
+    )
+    p.add_argument(
+        "--name",
+        required=True,
+        help="the department id (e.g. housing, or province for the receiver); 'coordinator' "
+        "for the coordinator",
+    )
+    p.add_argument(
+        "--witness",
+        action="store_true",
+        help="make the peer's witness key (witness.key, witness.pub) instead of its log key",
+    )
+
 
 def _cmd_certs_init(args: argparse.Namespace) -> int:
     from certs import init_platform
@@ -147,6 +186,10 @@ def _cmd_certs_init(args: argparse.Namespace) -> int:
     print(f"platform CA and {len(made)} certificates written to {args.out}")
     for name in sorted(made):
         print(f"  {name}")
+    print(
+        f"transparency log keys (log.key, log.pub; the coordinator's witness.key) and "
+        f"{args.out / 'logs.toml'}, the roster of their public keys"
+    )
     return ExitCode.SUCCESS
 
 
@@ -214,5 +257,22 @@ def _cmd_certs_consent_key(args: argparse.Namespace) -> int:
     print(
         f"consent-receipt key pair written: {paths.private} (the coordinator's --consent-key), "
         f"{paths.public} (give to banks and citizens who verify receipts)"
+    )
+    return ExitCode.SUCCESS
+
+
+def _cmd_certs_log_key(args: argparse.Namespace) -> int:
+    from certs import PeerRole
+    from certs.logkeys import create_log_key, roster_path
+
+    paths = create_log_key(
+        args.ca_dir, role=PeerRole(args.role), name=args.name, witness=args.witness
+    )
+    kind = "witness key" if args.witness else "log signing key"
+    state = "written" if paths.created else "kept (it already existed)"
+    print(f"{kind} {paths.name!r} {state}: {paths.private} (secret), {paths.public}")
+    print(
+        f"{roster_path(args.ca_dir)} lists it; copy logs.toml to the witnesses, the portal and "
+        "every auditor"
     )
     return ExitCode.SUCCESS

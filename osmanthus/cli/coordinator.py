@@ -18,12 +18,14 @@ from osmanthus.cli.options import (
     command,
     command_group,
     crl_file,
+    log_key_file,
     policy_bundle,
     policy_bundle_options,
     revocation_options,
     server_options,
     tls_files,
     tls_options,
+    transparency_log_options,
 )
 from osmanthus.core.errors import ConfigError, InvalidArgument
 from osmanthus.core.types import SubjectKind
@@ -59,7 +61,10 @@ def _register_coordinator(subcommands: Subcommands) -> None:
         "Serve requester queries: verify the token against the client certificate, evaluate the "
         "central Cedar policy, check consent, ask every relevant node at once within --deadline, "
         "validate and add the ciphertexts, and answer with the sum and its coverage. The "
-        "coordinator never holds a decryption key.",
+        "coordinator never holds a decryption key. With a log key it signs its audit log's "
+        "checkpoints, and TransparencyService serves its log to operator certificates and "
+        "every log (its own, and each node's relayed) to requesters the central policy grants "
+        "ReadAuditLog for the call (auditors read; the sync job carries checkpoints).",
         _cmd_coordinator_serve,
         parents=[
             catalogue_options(),
@@ -67,6 +72,7 @@ def _register_coordinator(subcommands: Subcommands) -> None:
             policy_bundle_options(scope="'central'"),
             tls_options(role_hint="coordinator"),
             revocation_options(tokens=True),
+            transparency_log_options(key_hint="coordinator/log.key", roster=False),
         ],
         extra="coordinator",
     )
@@ -96,6 +102,27 @@ def _register_coordinator(subcommands: Subcommands) -> None:
         default=_DEFAULT_RECEIPT_ISSUER,
         help="the issuer name every consent receipt carries; verifiers pin it with "
         "'consent verify --issuer' or sdk.verify_consent_receipt(issuer=...)",
+    )
+    p.add_argument(
+        "--witness-key",
+        type=Path,
+        help="the coordinator's witness key, with which it cosigns the nodes' checkpoints "
+        "(default: coordinator/witness.key in --certs-dir, where 'certs init' puts it)",
+    )
+    p.add_argument(
+        "--logs",
+        type=Path,
+        help="logs.toml, the roster of the logs and witnesses and their public keys (default: "
+        "logs.toml in --certs-dir). With a witness key, the coordinator witnesses every node "
+        "log it lists (docs/transparency.md)",
+    )
+    p.add_argument(
+        "--witness-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how often every node's latest checkpoint is fetched, checked and cosigned "
+        "(0: never; the first round runs at start)",
     )
     read_environment(p)
 
@@ -159,6 +186,12 @@ def _cmd_coordinator_serve(args: argparse.Namespace) -> int:
         consent_issuer=args.consent_issuer,
         crl=crl_file(args),
         token_deny_list=args.token_deny_list,
+        witness_key=_in_certs_dir(args, args.witness_key, "coordinator", "witness.key"),
+        logs=_in_certs_dir(args, args.logs, "", "logs.toml"),
+        witness_interval_s=args.witness_interval,
+        log_key=log_key_file(args, role="coordinator", name="coordinator"),
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_interval_s=args.checkpoint_interval,
     )
     # before the server starts: until the handler is in place SIGHUP would end the process
     check_bundle_on_sighup(args)
@@ -169,6 +202,19 @@ def _cmd_coordinator_serve(args: argparse.Namespace) -> int:
     finally:
         running.stop()
     return ExitCode.SUCCESS
+
+
+def _in_certs_dir(
+    args: argparse.Namespace, given: Path | None, directory: str, name: str
+) -> Path | None:
+    """An option's file, or the one 'certs init' put in --certs-dir (None if not there)."""
+    if given is not None:
+        return Path(given)
+    if args.certs_dir:
+        candidate = Path(args.certs_dir) / directory / name
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def _consent_key(args: argparse.Namespace) -> Path | None:

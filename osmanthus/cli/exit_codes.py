@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     UNAVAILABLE = 5
     POLICY_CASES_FAILED = 6
     QUARANTINED = 7
+    LOG_FAILED_VERIFICATION = 8
     INTERRUPTED = 130
 
 
@@ -34,6 +35,8 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
     ExitCode.POLICY_CASES_FAILED: "policy test cases failed (each failure is listed)",
     ExitCode.QUARANTINED: "stored data failed its signature check and was set aside: a sync "
     "batch in quarantine holds its stream ('osmanthus sync quarantine show')",
+    ExitCode.LOG_FAILED_VERIFICATION: "an audit log failed verification: an entry, checkpoint, "
+    "cosignature or proof does not match what was signed ('osmanthus audit' names which)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 EXTRA_MODULES: dict[str, frozenset[str]] = {
     "node": frozenset({"duckdb", "cedarpy", "grpc_health", "tqdm"}),
     "coordinator": frozenset({"duckdb", "cedarpy", "grpc_health", "pydantic"}),
-    "province": frozenset({"duckdb", "grpc_health", "pydantic"}),
+    "province": frozenset({"duckdb", "grpc_health", "pydantic", "prometheus_client"}),
     "sync": frozenset({"duckdb", "prometheus_client", "tqdm", "pydantic"}),
     "batch": frozenset({"duckdb", "tqdm"}),
     "policy": frozenset({"cedarpy"}),

@@ -18,12 +18,15 @@ from osmanthus.cli.options import (
     command_group,
     crl_file,
     duration,
+    log_key_file,
+    log_roster_file,
     policy_bundle,
     policy_bundle_options,
     revocation_options,
     server_options,
     tls_files,
     tls_options,
+    transparency_log_options,
 )
 
 _log = logging.getLogger("osmanthus")
@@ -43,7 +46,9 @@ def register(subcommands: Subcommands) -> None:
         "department's own Cedar policy (deny by default) and, for a request about one subject, "
         "the subject's consent (the registry's signed receipt and revocation feed, verified "
         "with --consent-public-key). Every decision is written to "
-        "STATE_DIR/audit.jsonl without raw personal data. Stops cleanly on SIGTERM.",
+        "STATE_DIR/audit.jsonl without raw personal data; with a log key, the log's signed "
+        "checkpoints, proofs and entries are served to the coordinator and the department's "
+        "operator certificate (TransparencyService). Stops cleanly on SIGTERM.",
         _cmd_node_serve,
         parents=[
             catalogue_options(),
@@ -54,6 +59,7 @@ def register(subcommands: Subcommands) -> None:
             policy_bundle_options(scope="'node' or 'node:<department id>'"),
             tls_options(role_hint="node"),
             revocation_options(tokens=True),
+            transparency_log_options(key_hint="nodes/DEPARTMENT/log.key"),
         ],
         extra="node",
     )
@@ -149,6 +155,10 @@ def _cmd_node_serve(args: argparse.Namespace) -> int:
         crl=crl_file(args),
         token_deny_list=args.token_deny_list,
         case_settings=args.case_settings,
+        log_key=log_key_file(args, role="node", name=args.department),
+        log_roster=log_roster_file(args),
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_interval_s=args.checkpoint_interval,
     )
     # before the server starts: until the handler is in place SIGHUP would end the process
     check_bundle_on_sighup(args)

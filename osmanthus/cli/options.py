@@ -257,6 +257,77 @@ def crl_file(args: argparse.Namespace) -> Path | None:
     return None
 
 
+def transparency_log_options(*, key_hint: str, roster: bool = True) -> argparse.ArgumentParser:
+    """--log-key, --checkpoint-every, --checkpoint-interval and (with `roster`) --logs: the audit
+    log as a transparency log (signed checkpoints, TransparencyService; docs/transparency.md)."""
+    parent = _parent()
+    group = parent.add_argument_group(
+        "transparency log",
+        "with a log key, the audit log's Merkle tree head is signed as a checkpoint at start, "
+        "then every --checkpoint-every entries or every --checkpoint-interval seconds once the "
+        "log grew, and TransparencyService serves checkpoints, proofs and entries. A log that "
+        "does not extend its last checkpoint (an entry changed, the log truncated or replaced) "
+        "stops the start (exit 3)",
+    )
+    group.add_argument(
+        "--log-key",
+        type=Path,
+        help=f"the key that signs checkpoints ('osmanthus certs init' or 'certs log-key' "
+        f"writes it; default: {key_hint} in --certs-dir if there; without one no checkpoint is "
+        "signed and the service is not offered)",
+    )
+    if roster:
+        group.add_argument(
+            "--logs",
+            type=Path,
+            help="logs.toml, the roster of log and witness keys: witness cosignatures that "
+            "verify against it are kept and served with the checkpoints (default: logs.toml in "
+            "--certs-dir if there; without one no cosignature is kept)",
+        )
+    group.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="sign a checkpoint once the log grew by N entries",
+    )
+    group.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="sign a checkpoint once this long passed and the log grew at all",
+    )
+    return parent
+
+
+def log_key_file(args: argparse.Namespace, *, role: str, name: str) -> Path | None:
+    """--log-key, or the peer's log.key in --certs-dir if 'certs init' put one there."""
+    from osmanthus.core.logkeys import LOG_KEY_FILE
+    from osmanthus.core.peers import PeerRole, peer_dir
+
+    if args.log_key is not None:
+        return Path(args.log_key)
+    if getattr(args, "certs_dir", None):
+        candidate = peer_dir(Path(args.certs_dir), role=PeerRole(role), name=name) / LOG_KEY_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def log_roster_file(args: argparse.Namespace) -> Path | None:
+    """--logs, or logs.toml in --certs-dir if it is there."""
+    from osmanthus.core.logkeys import ROSTER_FILE
+
+    if args.logs is not None:
+        return Path(args.logs)
+    if getattr(args, "certs_dir", None):
+        candidate = Path(args.certs_dir) / ROSTER_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def requester_options(*, keys_help: str) -> argparse.ArgumentParser:
     """--coordinator, --requester, --token or --token-file, --keys: querying as a requester."""
     parent = _parent()

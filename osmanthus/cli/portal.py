@@ -19,6 +19,7 @@ from osmanthus.cli.options import Subcommands, catalogue_of, catalogue_options, 
 from osmanthus.core.errors import ConfigError, InvalidArgument
 
 if TYPE_CHECKING:
+    from osmanthus.core.logkeys import LogRoster
     from portal.signin import OidcSettings
 
 _log = logging.getLogger("osmanthus")
@@ -139,6 +140,26 @@ def register(subcommands: Subcommands) -> None:
         "the URL it serves on); an https URL makes the session cookies Secure",
     )
     p.add_argument("--ready-file", type=Path, help="write the bound port here once serving")
+    logs = p.add_argument_group(
+        "who asked about me (kiosk and online)",
+        "each entry's inclusion proof is checked against the pinned keys of the log that holds "
+        "it before the entry is shown as verified (docs/portal.md)",
+    )
+    logs.add_argument(
+        "--logs",
+        type=Path,
+        metavar="PATH",
+        help="the roster of log and witness keys, logs.toml (default: CERTS_DIR/logs.toml with "
+        "--certs-dir; without a roster every entry is shown as not verified)",
+    )
+    logs.add_argument(
+        "--min-witnesses",
+        type=int,
+        default=0,
+        metavar="N",
+        help="witness cosignatures a log's checkpoint must carry for its entries to count as "
+        "verified (default 0, until every log's checkpoints are cosigned)",
+    )
     kiosk = p.add_argument_group("kiosk (--mode kiosk)")
     kiosk.add_argument(
         "--card-reader",
@@ -246,6 +267,23 @@ def simulator_secret(path: Path) -> str:
     return secret
 
 
+def log_roster(args: argparse.Namespace) -> LogRoster | None:
+    """The roster of log keys --logs names (or CERTS_DIR/logs.toml with --certs-dir); None,
+    with a warning, when neither is given: "who asked" is then shown unverified."""
+    from osmanthus.core.logkeys import ROSTER_FILE, LogRoster
+
+    path: Path | None = args.logs
+    if path is None and args.certs_dir is not None:
+        path = args.certs_dir / ROSTER_FILE
+    if path is None:
+        _log.warning(
+            "no log roster (--logs): 'who asked about me' is shown without verifying any "
+            "entry's inclusion proof"
+        )
+        return None
+    return LogRoster.load(path)
+
+
 def _identity(args: argparse.Namespace, *, public_url: str) -> OidcSettings:
     from portal.oidc import IdTokenVerifier, ProviderKeys
     from portal.signin import CALLBACK_PATH, OidcSettings
@@ -300,6 +338,7 @@ def _cmd_portal_serve(args: argparse.Namespace) -> int:
         )
     state_dir: Path = args.state_dir or args.credentials / _DEFAULT_STATE
     catalogue = catalogue_of(args)
+    roster = log_roster(args)
     sock = bind(host, port)
     try:
         bound_host, bound_port = sock.getsockname()[:2]
@@ -319,6 +358,8 @@ def _cmd_portal_serve(args: argparse.Namespace) -> int:
             secure_cookies=public_url.startswith("https://"),
             public_url=public_url,
             simulator_secret=secret,
+            log_roster=roster,
+            min_witnesses=args.min_witnesses,
         )
         identity = _identity(args, public_url=public_url) if mode is PortalMode.ONLINE else None
         backend = credentials.backend(target=args.coordinator, catalogue=catalogue)

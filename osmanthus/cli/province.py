@@ -45,7 +45,11 @@ def register(subcommands: Subcommands) -> None:
         "STATE_DIR/province.duckdb in one transaction; a batch delivered again is acknowledged "
         "and not stored twice. Every refusal is recorded and listed by 'province batches'. "
         "Serves with the node certificate named --name ('osmanthus certs issue --role node "
-        "--name province'). Stops cleanly on SIGTERM.",
+        "--name province'). With --witness-key and --logs it is also a witness of the "
+        "platform's transparency logs (osmanthus.v1.WitnessService, docs/transparency.md): "
+        "it cosigns a log's checkpoint only after checking its consistency with the last one "
+        "it cosigned, keeps that in STATE_DIR/witness.json, and logs every refusal that shows "
+        "a log misbehaving at ERROR. Stops cleanly on SIGTERM.",
         _cmd_province_serve,
         parents=[
             server_options(listen="127.0.0.1:50060", state_dir="where the batch store lives"),
@@ -66,6 +70,22 @@ def register(subcommands: Subcommands) -> None:
         action="append",
         metavar="NAME",
         help="operator certificate that may list everything (repeatable; default: operator)",
+    )
+    p.add_argument(
+        "--witness-key",
+        type=Path,
+        help="the receiver's witness key (witness.key from 'osmanthus certs log-key --role "
+        "node --name province --witness'); with --logs, serve WitnessService",
+    )
+    p.add_argument(
+        "--logs",
+        type=Path,
+        help="logs.toml, the roster of the logs to witness and their keys (certs init writes it)",
+    )
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve the witness's Prometheus metrics on /metrics there (e.g. 127.0.0.1:9465)",
     )
     read_environment(p)
     p = command(
@@ -120,6 +140,9 @@ def _cmd_province_serve(args: argparse.Namespace) -> int:
         name=args.name,
         operators=tuple(args.operator or ["operator"]),
         crl=crl_file(args),
+        witness_key=args.witness_key,
+        logs=args.logs,
+        metrics_listen=args.metrics_listen,
     )
     running = start_province(config)
     _log.info("provincial receiver serving on port %d", running.port)

@@ -397,6 +397,15 @@ class AuditLog:
 
     def indexed_entries_about(self, subject_hash: str) -> Iterator[tuple[int, AuditEntry, bool]]:
         """(leaf index, entry, in a batch) of every entry `entries_about` yields."""
+        for index, _, entry, in_batch in self.indexed_lines_about(subject_hash):
+            yield index, entry, in_batch
+
+    def indexed_lines_about(
+        self, subject_hash: str
+    ) -> Iterator[tuple[int, bytes, AuditEntry, bool]]:
+        """(leaf index, the line as the log holds it without its newline, entry, in a batch) of
+        every entry `entries_about` yields: the line is the leaf's input (merkle.leaf_hash), so
+        that whoever is shown the entry can check its inclusion proof against it."""
         if not _SUBJECT_HASH.fullmatch(subject_hash):
             raise InvalidArgument(
                 "subject_hash must be AuditLog.subject_hash(subject), 64 lower-case hex digits",
@@ -414,10 +423,11 @@ class AuditLog:
                     type(exc).__name__,
                 )  # fmt: skip
                 continue
+            line = raw[:-1] if raw.endswith(b"\n") else raw
             if entry.subject_hash == subject_hash:
-                yield index, entry, False
+                yield index, line, entry, False
             elif subject_hash in entry.subject_hashes:
-                yield index, entry, True
+                yield index, line, entry, True
 
     # -- the Merkle tree ---------------------------------------------------------------------------
 

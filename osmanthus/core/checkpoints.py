@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,7 +36,7 @@ from typing import Final
 from osmanthus.core import merkle
 from osmanthus.core.audit import AuditLog
 from osmanthus.core.errors import ConfigError, InvalidArgument, Unauthenticated
-from osmanthus.core.files import sync_directory, write_atomically
+from osmanthus.core.files import append_durably, write_atomically
 from osmanthus.core.signednote import (
     Checkpoint,
     NoteSigner,
@@ -54,6 +52,8 @@ HISTORY_SUFFIX: Final = ".checkpoints"
 _FILE_MODE: Final = 0o600
 #: how often the background thread looks at the log's size (at most), in seconds
 DEFAULT_POLL_S: Final = 1.0
+#: verify_log tells its progress callback of the bytes replayed about this often
+_PROGRESS_BYTES: Final = 1 << 20
 
 _log = logging.getLogger(__name__)
 
@@ -234,7 +234,9 @@ class Checkpointer:
         checkpoint = Checkpoint(origin=self.origin, size=size, root_hash=root)
         signed = SignedCheckpoint(checkpoint=checkpoint, note=self.signer.sign(checkpoint.body()))
         # the history first: a crash before the rename leaves the latest file behind, not ahead
-        _append_durably(self.history_path, (signed.record() + "\n").encode("ascii"))
+        append_durably(
+            self.history_path, (signed.record() + "\n").encode("ascii"), field="checkpoint"
+        )
         write_atomically(self.latest_path, signed.note, mode=_FILE_MODE, field="checkpoint")
         self._last = signed
         self._last_time = self._now()
@@ -302,35 +304,6 @@ class Checkpointer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _append_durably(path: Path, data: bytes) -> None:
-    """Append `data` to `path` (created 0600) and fsync; a torn last line is ended first."""
-    existed = path.exists()
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot open: {exc.strerror}", field="checkpoint") from exc
-    try:
-        mode = stat.S_IMODE(os.fstat(fd).st_mode)
-        if mode & 0o077:
-            raise ConfigError(
-                f"{path}: mode {mode:04o}; it must be 0600 (run: chmod 600 {path})",
-                field="checkpoint",
-            )
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            data = b"\n" + data
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot append: {exc.strerror}", field="checkpoint") from exc
-    finally:
-        os.close(fd)
-    if not existed:
-        sync_directory(path.parent, written=path, field="checkpoint")
 
 
 def _history_lines(path: Path) -> Iterator[tuple[int, str, bool]]:
@@ -409,12 +382,17 @@ class _CompactRange:
 
 
 def verify_log(
-    log_path: Path, verifiers: Sequence[NoteVerifier], *, origin: str | None = None
+    log_path: Path,
+    verifiers: Sequence[NoteVerifier],
+    *,
+    origin: str | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> VerifyReport:
     """Replay `log_path` against `<log>.checkpoints` (and `<log>.checkpoint`), trusting only
     `verifiers`: every note must be signed by one of them, all for one origin (`origin` if
     given), sizes never decrease, and each root must be the root of the log's first `size`
-    lines. The report's `problem` is the first thing wrong, naming the lines or sizes."""
+    lines. The report's `problem` is the first thing wrong, naming the lines or sizes.
+    `progress(n)` is told of every n bytes of the log replayed (for a progress bar)."""
     history = history_path(log_path)
     latest = latest_path(log_path)
     warnings: list[str] = []
@@ -448,7 +426,7 @@ def verify_log(
         signed.append(found)
     if problem is None:
         problem = _check_latest(latest, history, signed, verifiers, expected_origin, warnings)
-    entries, mismatch = _check_roots(log_path, signed, warnings)
+    entries, mismatch = _check_roots(log_path, signed, warnings, progress)
     # the first problem in the history's order: a root mismatch before a bad record comes first
     problem = mismatch or problem
     return VerifyReport(
@@ -535,7 +513,10 @@ def _check_latest(
 
 
 def _check_roots(
-    log_path: Path, signed: list[_Signed], warnings: list[str]
+    log_path: Path,
+    signed: list[_Signed],
+    warnings: list[str],
+    progress: Callable[[int], object] | None = None,
 ) -> tuple[int, str | None]:
     """(lines in the log, the first checkpoint whose root is not the log's) in one pass."""
     tree = _CompactRange()
@@ -563,7 +544,13 @@ def _check_roots(
             if (mismatch := check(target)) is not None:
                 return 0, mismatch
             target = next(pending, None)
+        unreported = 0
         for raw in handle:
+            if progress is not None:
+                unreported += len(raw)
+                if unreported >= _PROGRESS_BYTES:
+                    progress(unreported)
+                    unreported = 0
             if not raw.endswith(b"\n"):
                 warnings.append(
                     f"line {tree.size + 1} is torn (no newline): a crash while writing; it "
@@ -576,6 +563,8 @@ def _check_roots(
                     # count the rest of the lines for the report, without hashing them
                     return tree.size + sum(1 for _ in handle), mismatch
                 target = next(pending, None)
+    if progress is not None and unreported:
+        progress(unreported)
     if target is not None:
         size = target.checkpoint.size
         removed = f" (or an entry among lines {good + 1}..{size} was deleted)" if good else ""

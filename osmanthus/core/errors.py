@@ -79,6 +79,32 @@ class KeyProofRequired(FailedPrecondition):
     """
 
 
+class WitnessConflict(FailedPrecondition):
+    """A witness refused a checkpoint: the request's old size is not the size the witness last
+    cosigned for the log, or the checkpoint contradicts what it cosigned (C2SP tlog-witness
+    409 Conflict). `latest_size` is the size the witness holds (ErrorInfo metadata
+    latest_size): a submitter that was merely behind asks the log for a proof from there.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        departments: tuple[str, ...] = (),
+        latest_size: int | None = None,
+    ) -> None:
+        self.latest_size = latest_size
+        self.info_metadata = {} if latest_size is None else {"latest_size": str(latest_size)}
+        super().__init__(message, field=field, departments=departments)
+
+
+class WitnessInconsistent(FailedPrecondition):
+    """A witness refused a checkpoint whose consistency proof from the last checkpoint it
+    cosigned does not verify: the log does not extend what it signed before (C2SP tlog-witness
+    422 Unprocessable Entity)."""
+
+
 class Unavailable(OsmanthusError):
     """A server could not be reached or is shutting down."""
 

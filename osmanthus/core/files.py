@@ -108,6 +108,36 @@ PRIVATE_FILE_MODE: Final = 0o600
 _OTHERS: Final = 0o077
 
 
+def append_durably(path: Path, data: bytes, *, field: str) -> None:
+    """Append `data` (whole lines) to `path`, created 0600, and fsync it; a torn last line left
+    by a crash is ended first, so the new line starts on a line of its own. A file readable by
+    others is refused (ConfigError naming `field`): these files are private state."""
+    existed = path.exists()
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot open: {exc.strerror}", field=field) from exc
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o077:
+            raise ConfigError(
+                f"{path}: mode {mode:04o}; it must be 0600 (run: chmod 600 {path})", field=field
+            )
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot append: {exc.strerror}", field=field) from exc
+    finally:
+        os.close(fd)
+    if not existed:
+        sync_directory(path.parent, written=path, field=field)
+
+
 def narrow_umask() -> int:
     """Narrow this process's umask so that nothing it creates from now on is open to other
     users (group and other bits masked; a stricter umask stays as strict); the previous umask.

@@ -53,6 +53,8 @@ _TO_STATUS: tuple[tuple[type[errors.OsmanthusError], grpc.StatusCode], ...] = (
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
     # before FailedPrecondition: the first match names the class a client rebuilds
     (errors.KeyProofRequired, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.WitnessConflict, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.WitnessInconsistent, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
@@ -260,6 +262,14 @@ def error_from_rpc(exc: grpc.RpcError) -> errors.OsmanthusError:
     if cls is errors.RateLimited:
         return errors.RateLimited(
             message, field=field, departments=departments, retry_after_s=retry_after_s
+        )
+    if cls is errors.WitnessConflict:
+        latest = error_info(exc)[1].get("latest_size", "")
+        return errors.WitnessConflict(
+            message,
+            field=field,
+            departments=departments,
+            latest_size=int(latest) if latest.isdigit() and len(latest) <= 20 else None,
         )
     return cls(message, field=field, departments=departments)
 

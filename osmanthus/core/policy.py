@@ -29,7 +29,7 @@ _log = logging.getLogger(__name__)
 #: the caller never supplies, or compares values of the wrong type is rejected at load time.
 SCHEMA: Final[str] = """
 entity Requester = { role: String };
-entity Dataset, Registry, Department;
+entity Dataset, Registry, Department, AuditLog;
 
 action PersonQuery, EnterpriseQuery appliesTo {
   principal: [Requester],
@@ -101,12 +101,27 @@ action SubjectFile appliesTo {
   resource: [Dataset, Department],
   context: { purpose: String, subject_kind: String, hour?: Long }
 };
+action ReadAuditLog appliesTo {
+  principal: [Requester],
+  resource: [AuditLog],
+  context: { method: String, hour?: Long }
+};
 action FileCase appliesTo {
   principal: [Requester],
   resource: [Department],
   context: { purpose: String, subject_kind: String, hour?: Long }
 };
 """
+
+#: the values of ReadAuditLog's `context.method`: the TransparencyService method called
+#: (osmanthus.core.logserver.METHODS; a test keeps them equal)
+AUDIT_LOG_METHODS: Final = (
+    "GetCheckpoint",
+    "GetInclusionProof",
+    "GetConsistencyProof",
+    "GetEntries",
+    "AddCosignatures",
+)
 
 #: the time zone of the `hour` fact: the platform's, China Standard Time (UTC+8, no DST)
 POLICY_TIME_ZONE: Final = CHINA_STANDARD_TIME

@@ -83,6 +83,8 @@ _RESOURCE_IDS: dict[str, frozenset[str] | None] = {
     "Dataset": frozenset(k.value for k in SubjectKind),
     "Registry": frozenset({"keys", "consent"}),
     "Department": None,
+    #: a transparency log by its origin, e.g. "tax.node.osmanthus/audit"
+    "AuditLog": None,
 }
 _FACT_VALUES: dict[str, frozenset[str]] = {
     "shape": frozenset(s.value for s in Shape),

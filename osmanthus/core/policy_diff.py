@@ -25,6 +25,7 @@ import cedarpy
 
 from osmanthus.core.catalogue import load_catalogue
 from osmanthus.core.policy import (
+    AUDIT_LOG_METHODS,
     Decision,
     PolicyEngine,
     PolicyRequest,
@@ -64,6 +65,10 @@ _RESOURCES = {
     "SearchLists": (("Dataset", "person"), ("Dataset", "enterprise")),
     "RegisterKey": (("Registry", "keys"),),
     "ManageConsent": (("Registry", "consent"),),
+    "ReadAuditLog": (
+        ("AuditLog", "coordinator.osmanthus/audit"),
+        ("AuditLog", "tax.node.osmanthus/audit"),
+    ),
 }
 _LITERAL = re.compile(r'"([a-z][a-z0-9_]{0,63})"')
 _ENTITY = re.compile(r'(Requester|Department)::"([^"]+)"')
@@ -208,6 +213,7 @@ def _matrix(sources: Sequence[str]) -> Iterator[_Case]:
             "subject_kind": SUBJECT_KINDS,
             "subjects": CHUNK_SIZES,
             "epsilon": _epsilons(sources),
+            "method": AUDIT_LOG_METHODS,
         }
         if "cohort" not in OPTIONAL_FACTS[action]:
             domains["cohort"] = cohorts

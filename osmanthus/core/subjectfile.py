@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,8 +27,10 @@ from osmanthus.core.errors import InvalidArgument
 from osmanthus.core.strictjson import unique_keys
 from osmanthus.core.subjectseal import nonce_text
 
-#: 2 adds the department's cases and its case key
-SCHEMA_VERSION: Final = 2
+#: 2 adds the department's cases and its case key; 3 each audit entry's logged line, leaf index
+#: and inclusion proof, and the part's signed checkpoint (osmanthus.core.auditproofs); 4 the
+#: subject's hash as the party's log names it, which every proven line must name
+SCHEMA_VERSION: Final = 4
 #: the source name of the coordinator's part
 COORDINATOR_SOURCE: Final = "coordinator"
 #: the disclosure shape an audit entry names for a request for a subject's file (nodes and
@@ -37,6 +40,15 @@ AUDIT_SHAPE: Final = "subject_file"
 RECORD_STATES: Final = frozenset({"counts", "expired", "disputed", "not_yet_in_force"})
 #: at most this many entries of each kind in one part: a bound on what the portal renders
 MAX_ITEMS: Final = 10_000
+#: an audit line longer than this is sent without its logged line (and so unproven): a batch
+#: chunk's line names up to 10,000 subjects' hashes, more than a whole part may hold
+MAX_LEAF_CHARS: Final = 8 * 1024
+#: hashes in one inclusion proof: a tree of 2^64 leaves needs 64 (merkle.MAX_PROOF_HASHES)
+MAX_PROOF_HASHES: Final = 64
+#: a signed checkpoint note with its cosignatures (signednote.MAX_NOTE_BYTES)
+MAX_CHECKPOINT_CHARS: Final = 64 * 1024
+#: AuditLog.subject_hash: an HMAC-SHA-256 in lower-case hex
+_SUBJECT_HASH: Final = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,6 +115,17 @@ class AuditLine:
     reason: str
     #: True when the entry is about a batch or cohort the subject was part of
     in_batch: bool = False
+    #: the entry's line exactly as the log holds it, without its newline: the input of its
+    #: RFC 9162 leaf hash. The fields above must be what this line says (the portal checks).
+    #: "" when the line is not sent: an entry not in the log yet (the coordinator's answer to
+    #: this very request), or a line over MAX_LEAF_CHARS
+    leaf: str = ""
+    #: the line's leaf index in the log's tree (its line number less one); None without a leaf
+    leaf_index: int | None = None
+    #: the RFC 9162 §2.1.3 inclusion proof of the leaf in the tree of the part's checkpoint
+    #: (standard base64 hashes, leaf to root); None when the checkpoint does not cover the
+    #: entry (pending until the next one) or the part has no checkpoint
+    proof: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,6 +198,15 @@ class SubjectFile:
     #: new case to (osmanthus.core.cases.seal_case); covered by the part's signature. Empty
     #: from the coordinator
     case_key: str = ""
+    #: the log's latest signed checkpoint (a C2SP signed note: the log's signature and any
+    #: witnesses' cosignatures) to whose size every audit line's proof leads; "" when the
+    #: party issues no checkpoints
+    checkpoint: str = ""
+    #: the subject's salted hash as the party's audit log names them (AuditLog.subject_hash
+    #: under the party's own salt; 64 lower-case hex digits), covered by the part's signature:
+    #: every logged line in `audit` must name it (the portal checks), so that a party cannot
+    #: show verifiable entries about other subjects. "" in a part without logged lines
+    subject_hash: str = ""
     version: int = SCHEMA_VERSION
 
 
@@ -239,12 +271,16 @@ def decode(
         list_entries=tuple(
             ListLine(**item) for item in _list(top["list_entries"], "list_entries", ListLine)
         ),
-        audit=tuple(AuditLine(**item) for item in _list(top["audit"], "audit", AuditLine)),
+        audit=tuple(
+            _parse_audit(item, i) for i, item in enumerate(_list(top["audit"], "audit", AuditLine))
+        ),
         audit_truncated=top["audit_truncated"],
         records_truncated=top["records_truncated"],
         cases=tuple(_parse_case(item) for item in _list(top["cases"], "cases", CaseLine)),
         cases_truncated=top["cases_truncated"],
         case_key=top["case_key"],
+        checkpoint=_checkpoint_text(top["checkpoint"]),
+        subject_hash=_subject_hash_text(top["subject_hash"]),
         version=top["version"],
     )
 
@@ -272,21 +308,34 @@ def audit_lines(
     for item in found:
         newest.append(item)
         seen += 1
-    lines = tuple(
-        AuditLine(
-            time=rfc3339(entry.time),
-            query_id=entry.query_id,
-            requester=entry.requester,
-            purpose=entry.purpose,
-            shape=entry.shape,
-            consent_id=entry.consent_id,
-            decision=entry.decision,
-            reason=entry.reason,
-            in_batch=in_batch,
-        )
-        for entry, in_batch in newest
-    )
+    lines = tuple(audit_line(entry, in_batch=in_batch) for entry, in_batch in newest)
     return lines, seen > len(lines)
+
+
+def audit_line(
+    entry: AuditEntry,
+    *,
+    in_batch: bool,
+    leaf: str = "",
+    leaf_index: int | None = None,
+    proof: tuple[str, ...] | None = None,
+) -> AuditLine:
+    """What the subject is shown of `entry`: the one mapping from a log's entry to a line, used
+    by the parties that build a part and by the portal that checks a line against its leaf."""
+    return AuditLine(
+        time=rfc3339(entry.time),
+        query_id=entry.query_id,
+        requester=entry.requester,
+        purpose=entry.purpose,
+        shape=entry.shape,
+        consent_id=entry.consent_id,
+        decision=entry.decision,
+        reason=entry.reason,
+        in_batch=in_batch,
+        leaf=leaf,
+        leaf_index=leaf_index,
+        proof=proof,
+    )
 
 
 def rfc3339(moment: datetime.datetime) -> str:
@@ -460,6 +509,52 @@ def _parse_record(item: dict[str, Any]) -> RecordLine:
     return line
 
 
+def _parse_audit(item: dict[str, Any], position: int) -> AuditLine:
+    where = f"audit[{position}]"
+    leaf, index, proof = item["leaf"], item["leaf_index"], item["proof"]
+    if len(leaf) > MAX_LEAF_CHARS:
+        raise InvalidArgument(
+            f"{where}.leaf is over {MAX_LEAF_CHARS} characters", field=f"{where}.leaf"
+        )
+    if (index is None) != (leaf == ""):
+        raise InvalidArgument(
+            f"{where} must carry both its logged line and its leaf index, or neither",
+            field=f"{where}.leaf_index",
+        )
+    if index is not None and index < 0:
+        raise InvalidArgument(
+            f"{where}.leaf_index must not be negative", field=f"{where}.leaf_index"
+        )
+    if proof is not None:
+        if index is None:
+            raise InvalidArgument(
+                f"{where} carries a proof but no logged line", field=f"{where}.proof"
+            )
+        if len(proof) > MAX_PROOF_HASHES or not all(isinstance(h, str) for h in proof):
+            raise InvalidArgument(
+                f"{where}.proof must be a list of at most {MAX_PROOF_HASHES} base64 hashes",
+                field=f"{where}.proof",
+            )
+        proof = tuple(proof)
+    return AuditLine(**{**item, "proof": proof})
+
+
+def _checkpoint_text(text: str) -> str:
+    if len(text) > MAX_CHECKPOINT_CHARS:
+        raise InvalidArgument(
+            f"checkpoint is over {MAX_CHECKPOINT_CHARS} characters", field="checkpoint"
+        )
+    return text
+
+
+def _subject_hash_text(text: str) -> str:
+    if text and not _SUBJECT_HASH.fullmatch(text):
+        raise InvalidArgument(
+            "subject_hash must be 64 lower-case hex digits (or empty)", field="subject_hash"
+        )
+    return text
+
+
 def _parse_case(item: dict[str, Any]) -> CaseLine:
     steps = _list(item["steps"], f"cases[{item['case_id']!r}].steps", CaseStepLine)
     return CaseLine(**{**item, "steps": tuple(CaseStepLine(**step) for step in steps)})
@@ -475,6 +570,8 @@ def _schema(cls: type) -> dict[str, tuple[type, ...]]:
         "int": (int,),
         "bool": (bool,),
         "str | None": (str, type(None)),
+        "int | None": (int, type(None)),
+        "tuple[str, ...] | None": (list, type(None)),
     }
     out: dict[str, tuple[type, ...]] = {}
     for name, annotation in cls.__annotations__.items():

@@ -59,6 +59,8 @@ class Role(enum.Enum):
     KIOSK = "kiosk"
     #: the online self-service site: self_query for the subject signed in at the city's provider
     PORTAL = "portal"
+    #: a privacy officer or auditor: reads the transparency logs (checkpoints, proofs, entries)
+    AUDITOR = "auditor"
 
 
 #: the purpose of a subject asking about themselves through a subjects' portal device

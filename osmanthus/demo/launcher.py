@@ -224,6 +224,17 @@ class LocalFederation:
     token_deny_list: Path | None = None
     #: each process in a session of its own (see spawn): the caller alone stops them
     own_session: bool = False
+    #: how often (seconds) every audit log signs a checkpoint once it grew, and the coordinator
+    #: witnesses the nodes' logs (None: the servers' defaults, 60 s)
+    checkpoint_interval_s: float | None = None
+
+    def _transparency_args(self, *, coordinator: bool) -> list[str]:
+        if self.checkpoint_interval_s is None:
+            return []
+        args = ["--checkpoint-interval", str(self.checkpoint_interval_s)]
+        if coordinator:
+            args += ["--witness-interval", str(self.checkpoint_interval_s)]
+        return args
 
     def _revocation_args(self) -> list[str]:
         """--crl (the CRL 'certs init' wrote; a server refuses to start without it) and
@@ -258,6 +269,7 @@ class LocalFederation:
                 "--listen", "127.0.0.1:0",
                 "--deadline", str(self.deadline_s),
                 *self._revocation_args(),
+                *self._transparency_args(coordinator=True),
             ),
             run_dir=self.run_dir,
             own_session=self.own_session,
@@ -276,6 +288,7 @@ class LocalFederation:
                 "--certs-dir", str(self.certs_dir),
                 "--listen", f"127.0.0.1:{port}",
                 *self._revocation_args(),
+                *self._transparency_args(coordinator=False),
             ),
             run_dir=self.run_dir,
             own_session=self.own_session,

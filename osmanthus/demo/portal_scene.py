@@ -114,15 +114,22 @@ def register_device_key(device: Device, *, target: str) -> None:
 
 
 def start_portal(
-    device: Device, *, target: str, run_dir: Path, extra: Sequence[str] = ()
+    device: Device,
+    *,
+    target: str,
+    run_dir: Path,
+    logs: Path | None = None,
+    extra: Sequence[str] = (),
 ) -> Process:
-    """`osmanthus portal serve` for `device` on a free loopback port, as its own process."""
+    """`osmanthus portal serve` for `device` on a free loopback port, as its own process;
+    `logs`: the roster of log keys (CERTS_DIR/logs.toml) "who asked" is verified with."""
     mode = "kiosk" if device.role is Role.KIOSK else "online"
+    roster = ("--logs", str(logs)) if logs is not None else ()
     return spawn(
         f"portal-{mode}",
         osmanthus_command(
             "portal", "serve", "--mode", mode, "--coordinator", target,
-            "--credentials", str(device.directory), "--listen", "127.0.0.1:0", *extra,
+            "--credentials", str(device.directory), "--listen", "127.0.0.1:0", *roster, *extra,
         ),
         run_dir=run_dir,
         own_session=True,
@@ -262,7 +269,8 @@ def records_text(page: str) -> list[str]:
 def queries_text(page: str) -> list[str]:
     """Who asked, one line per question, newest first: the coordinator and each department it
     asked record the same question in their own audit logs (rows next to each other with the
-    same requester, purpose, disclosure, consent and decision), so those rows are counted."""
+    same requester, purpose, disclosure, consent and decision), so those rows are counted, with
+    how many of them the portal verified against their log's signed checkpoint."""
     blocks = page_blocks(
         page,
         lambda _tag, attributes: attributes.get("id") == "queries-table",
@@ -270,22 +278,34 @@ def queries_text(page: str) -> list[str]:
     )
     if not blocks:
         return screen_text(page)
-    groups: list[tuple[list[str], int]] = []
+    groups: list[tuple[list[str], list[str]]] = []
     for row in blocks[0].rows:
-        if groups and len(row) == 7 and groups[-1][0][2:] == row[2:]:
-            groups[-1] = (groups[-1][0], groups[-1][1] + 1)
+        if groups and len(row) == 8 and groups[-1][0][2:7] == row[2:7]:
+            groups[-1][1].append(row[7])
         else:
-            groups.append((row, 1))
+            groups.append((row, [row[7]] if len(row) == 8 else []))
     lines = []
-    for row, parties in groups:
-        if len(row) != 7:
+    for row, proofs in groups:
+        if len(row) != 8:
             lines.append(" · ".join(row))
             continue
-        time_, source, requester, purpose, shape, consent, decision = row
+        time_, source, requester, purpose, shape, consent, decision, _ = row
         consent = f"consent {consent}" if consent not in ("—", "") else "no consent"
-        by = f"{parties} parties recorded it" if parties > 1 else f"recorded by {source}"
-        lines.append(f"{time_} {requester} · {purpose} · {shape} · {consent} · {decision} · {by}")
+        by = f"{len(proofs)} parties recorded it" if len(proofs) > 1 else f"recorded by {source}"
+        lines.append(
+            f"{time_} {requester} · {purpose} · {shape} · {consent} · {decision} · {by} · "
+            f"{_proof_summary(proofs)}"
+        )
     return lines
+
+
+def _proof_summary(proofs: Sequence[str]) -> str:
+    """The proof marks of one question's rows: "✔ 已核验 Verified" when all are, else counts."""
+    others = [p for p in proofs if "Verified" not in p]
+    if not others or len(proofs) == 1:
+        return proofs[0]
+    verified = len(proofs) - len(others)
+    return f"{verified} of {len(proofs)} 已核验 verified (the rest: {others[0]})"
 
 
 def framed(title: str, lines: Sequence[str], *, width: int = SCREEN_WIDTH) -> str:
@@ -419,13 +439,19 @@ def demo_identities() -> list[DemoIdentity]:
 
 
 def start_online(
-    device: Device, *, target: str, run_dir: Path, provider: DevIdentityProvider
+    device: Device,
+    *,
+    target: str,
+    run_dir: Path,
+    provider: DevIdentityProvider,
+    logs: Path | None = None,
 ) -> tuple[Process, str]:
     """The online self-service site, signing people in at `provider`; (process, its URL)."""
     process = start_portal(
         device,
         target=target,
         run_dir=run_dir,
+        logs=logs,
         extra=(
             "--issuer", provider.issuer, "--client-id", provider.client_id,
             "--allow-loopback-http",

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import subprocess
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
 
 from certs import PeerRole, cert_paths, init_platform, issue_certificate
+from certs.logkeys import create_log_key
 from node.officer import ListOfficer
 from osmanthus.core import signing
 from osmanthus.core.audit import AuditEntry
@@ -22,6 +25,9 @@ from osmanthus.core.errors import OsmanthusError
 from osmanthus.core.files import private_directory, write_atomically
 from osmanthus.core.ids import mask_subject
 from osmanthus.core.lists import EntryId, NewEntry
+from osmanthus.core.logkeys import ROSTER_FILE, WITNESS_KEY_FILE
+from osmanthus.core.logserver import cosignatures_path
+from osmanthus.core.peers import peer_dir
 from osmanthus.core.rules import load_default_rules
 from osmanthus.core.signing import load_private_key
 from osmanthus.core.tls import TlsFiles
@@ -330,6 +336,9 @@ def _sync_setup(workdir: Path, certs: Path, issuer: TokenIssuer) -> tuple[Path, 
     # the files name each other by absolute path: each is read relative to its own directory
     workdir, certs = workdir.resolve(), certs.resolve()
     issue_certificate(certs, role=PeerRole.NODE, name="province")
+    # the receiver witnesses every log: its cosigning key joins logs.toml before any node
+    # starts, so that the nodes keep the cosignatures the sync job brings back
+    create_log_key(certs, role=PeerRole.NODE, name="province", witness=True)
     keys = load_or_create_keys(workdir / "keys" / f"{SYNC}.key")
     token = workdir / "keys" / f"{SYNC}.jwt"
     token.write_text(
@@ -360,6 +369,7 @@ def _sync_setup(workdir: Path, certs: Path, issuer: TokenIssuer) -> tuple[Path, 
         f'[coordinator]\ntarget = "{{coordinator}}"\nrequester = "{SYNC}"\n'
         f'token_file = "{token}"\npaillier_keys = "{workdir / "keys" / f"{SYNC}.key"}"\n'
         f'certs_dir = "{certs}"\n\n[province]\ntarget = "{{province}}"\n\n'
+        f'[checkpoints]\nlogs = "{certs / ROSTER_FILE}"\n\n'
         f'[grades]\nenterprises = "{roster}"\nevery = "0s"\n\n'
         f'[[statistics]]\nname = "enterprises.all"\nsubject_kind = "enterprise"\n'
         f'subjects = "{roster}"\nepsilon = "0.05"\nstatistics = ["deductions"]\n'
@@ -373,12 +383,14 @@ def _sync_demo(
     """Start the reference receiver, run the sync job twice and show what the province holds."""
     from sdk.province import ProvinceClient
 
+    witness_key = peer_dir(certs, role=PeerRole.NODE, name="province") / WITNESS_KEY_FILE
     receiver = spawn(
         "province",
         osmanthus_command(
             "province", "serve", "--senders", str(senders),
             "--state-dir", str(workdir / "province" / "state"), "--certs-dir", str(certs),
             "--listen", "127.0.0.1:0", "--crl", str(certs / "crl.pem"),
+            "--witness-key", str(witness_key), "--logs", str(certs / ROSTER_FILE),
         ),
         run_dir=workdir / "run",
         own_session=True,
@@ -407,7 +419,98 @@ def _sync_demo(
         records = f"{batch.records} record{'' if batch.records == 1 else 's'}"
         _say(f"    {batch.kind.value} #{batch.sequence}: {records}, watermarks "
              f"{batch.watermark_from} to {batch.watermark_to}{partial}")  # fmt: skip
+    _audit_scene(workdir=workdir, certs=certs)
     return receiver
+
+
+#: how long the kiosk scene waits for the nodes' logs to be witnessed (it takes about 4 s)
+WITNESS_WAIT_S = 120.0
+
+
+def _await_witnessed(state: Path, departments: list[str]) -> None:
+    """Wait until every node holds a witness's cosignature on a checkpoint covering all its
+    log holds now (its `<log>.cosignatures`), or say which are not after WITNESS_WAIT_S."""
+    logs = {dept: state / dept / "audit.jsonl" for dept in departments}
+    sizes = {dept: _lines(path) for dept, path in logs.items()}
+    deadline = time.monotonic() + WITNESS_WAIT_S
+    waiting = sorted(logs)
+    while waiting and time.monotonic() < deadline:
+        waiting = [d for d in waiting if _cosigned_size(logs[d]) < sizes[d]]
+        if waiting:
+            time.sleep(0.2)  # a poll: each node's file grows when the witness hands back
+    if waiting:
+        _say(f"  (not yet witnessed after {WITNESS_WAIT_S:g} s: {', '.join(waiting)})")
+    else:
+        _say(f"  every department's log is witnessed up to this query ({len(logs)} logs)")
+
+
+def _lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def _cosigned_size(log: Path) -> int:
+    """The largest checkpoint of `log` a witness cosigned (0 for none)."""
+    try:
+        records = cosignatures_path(log).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return 0
+    sizes = []
+    for record in records:
+        try:
+            sizes.append(int(json.loads(record)["size"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line while the node appends
+    return max(sizes, default=0)
+
+
+def _audit_scene(*, workdir: Path, certs: Path) -> None:
+    """Replay every audit log against its signed checkpoints and witness cosignatures, as an
+    auditor would, then show that one edited entry in a copy of a log is caught."""
+    roster = str(certs / ROSTER_FILE)
+    state = workdir / "run" / "state"
+    done = subprocess.run(
+        osmanthus_command("audit", "verify", str(state), "--logs", roster, "--json", "--quiet"),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    reports = json.loads(done.stdout)["logs"] if done.stdout.strip() else []
+    good = sum(1 for r in reports if r["ok"])
+    entries = sum(int(r["entries"]) for r in reports)
+    witnessed = Counter(name for r in reports for name in r["cosigned"])
+    _say(f"  osmanthus audit verify (exit {done.returncode}): {good} of {len(reports)} audit logs "
+         f"replay against their signed checkpoints ({entries} entries)")  # fmt: skip
+    for name, logs in sorted(witnessed.items()):
+        _say(f"    cosigned by the witness {name}: {logs} log(s)")
+    # an auditor's copy of the housing node's log, one decision rewritten after it was signed
+    source = state / "housing"
+    copy = workdir / "audit-copy"
+    copy.mkdir(exist_ok=True)
+    for name in ("audit.jsonl", "audit.jsonl.checkpoints"):
+        shutil.copy2(source / name, copy / name)
+    signed = max(
+        int(json.loads(line)["size"])
+        for line in (copy / "audit.jsonl.checkpoints").read_text().splitlines()
+    )
+    lines = (copy / "audit.jsonl").read_bytes().split(b"\n")
+    edited = next(
+        (i for i, line in enumerate(lines[:signed]) if b'"decision":"allow"' in line), None
+    )
+    if edited is None:
+        _say("  (housing's log has no signed allowed entry yet: the tampering example is skipped)")
+        return
+    lines[edited] = lines[edited].replace(b'"decision":"allow"', b'"decision":"deny"', 1)
+    (copy / "audit.jsonl").write_bytes(b"\n".join(lines))
+    done = subprocess.run(
+        osmanthus_command(
+            "audit", "verify", str(copy / "audit.jsonl"), "--logs", roster, "--json", "--quiet"
+        ),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    [report] = json.loads(done.stdout)["logs"]
+    _say(f"  line {edited + 1} of a copy of housing's log changed from allow to deny: "
+         f"audit verify exits {done.returncode}: {report['problem']}")  # fmt: skip
 
 
 def run_demo(
@@ -534,6 +637,10 @@ def run_demo(
         # longer than the 5 s a coordinator gives its nodes by default. A node that is down is
         # refused at once, so the partial scene does not wait for this deadline
         deadline_s=60.0,
+        # a demo lasts a minute: checkpoints (and the coordinator's witnessing of the nodes)
+        # every 2 s rather than every minute, so that the auditor's replay below has signed
+        # checkpoints over nearly every entry
+        checkpoint_interval_s=2.0,
         # a Ctrl-C reaches the demo alone, which stops every process in order
         own_session=True,
         # a start that takes a while (a busy machine) says what it is waiting for
@@ -706,8 +813,14 @@ def run_demo(
                 hers.subject_id, purpose="loan_underwriting", consent_id=hers.consent_id
             )
             _say(f"  agency-1 (consent {hers.consent_id}): score {checked.score}")
+            # the kiosk marks an entry verified only once a witness cosigned a checkpoint over
+            # it: the nodes sign one within 2 s, the coordinator witnesses them every 2 s
+            _await_witnessed(workdir / "run" / "state", sorted(federation.nodes))
             register_device_key(kiosk_device, target=target)
-            portals["kiosk"] = start_portal(kiosk_device, target=target, run_dir=workdir / "run")
+            # the kiosk checks every "who asked" entry against the logs' pinned keys
+            portals["kiosk"] = start_portal(
+                kiosk_device, target=target, run_dir=workdir / "run", logs=certs / ROSTER_FILE
+            )
             portals["kiosk"].wait_ready(report=lambda text: _say(f"  {text}"))
             scene = kiosk_scene(
                 kiosk=portals["kiosk"], device=kiosk_device, citizen=DEMO_CITIZEN, say=_say
@@ -797,7 +910,11 @@ def _keep_running(
     provider.start()
     register_device_key(device, target=target)
     portals["online"], online_url = start_online(
-        device, target=target, run_dir=workdir / "run", provider=provider
+        device,
+        target=target,
+        run_dir=workdir / "run",
+        provider=provider,
+        logs=certs / ROSTER_FILE,
     )
     housing_node = f"127.0.0.1:{federation.nodes[HOUSING].port}"
     portals["housing-desk"], desk_url = start_desk(

@@ -64,6 +64,12 @@ def start_portal_federation(base: Path, *, issuer_keys: IssuerKeyPaths) -> Feder
         issuer_keys=issuer_keys,
         keys=keys,
         departments=DEPARTMENTS,
+        # "who asked about me" is proven: every log signs checkpoints with its certs-init key
+        # (a second after each new entry), and the coordinator witnesses the nodes' logs in the
+        # rounds a test drives (witness_node_logs)
+        transparency=True,
+        checkpoint_every=1,
+        witness=True,
     )
 
 

@@ -34,6 +34,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, Response
 
 from osmanthus.core.audit import load_or_create_salt
 from osmanthus.core.ids import make_resident_id, mask_subject
+from osmanthus.core.logkeys import ROSTER_FILE, LogRoster
 from osmanthus.core.types import Role, Shape, SubjectKind
 from osmanthus.demo.seed import DEMO_CITIZEN, DEMO_CITIZEN_SCORE
 from portal.app import SIMULATOR_HEADER, create_app
@@ -59,7 +60,12 @@ from tests.browser.portal_fixtures import (
     tab_to,
 )
 from tests.conftest import IssuerKeyPaths
-from tests.integration.conftest import Federation, consent_for, stop_federation
+from tests.integration.conftest import (
+    Federation,
+    consent_for,
+    stop_federation,
+    witness_node_logs,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -167,6 +173,9 @@ def earlier_query(federation: Federation, registrar: Client) -> EarlierQuery:
         card = agency.person_score(CITIZEN, purpose="loan_underwriting", consent_id=consent)
     finally:
         agency.close()
+    # the departments' checkpoints over it are cosigned by the coordinator's witness before she
+    # looks; the coordinator's own log has no witness here
+    witness_node_logs(federation)
     return EarlierQuery(consent_id=consent, query_id=card.query_id)
 
 
@@ -234,6 +243,7 @@ def kiosk(federation: Federation, tmp_path_factory: pytest.TempPathFactory) -> I
             device_id="kiosk-1",
             state_dir=state_dir,
             simulator_secret=secret,
+            log_roster=LogRoster.load(federation.certs / ROSTER_FILE),
         ),
         backend=backend,
         card_reader=reader,
@@ -422,6 +432,7 @@ def online(federation: Federation, tmp_path_factory: pytest.TempPathFactory) -> 
                     device_id="portal-1",
                     state_dir=state_dir,
                     public_url=site,
+                    log_roster=LogRoster.load(federation.certs / ROSTER_FILE),
                 ),
                 backend=backend,
                 card_reader=None,
@@ -510,6 +521,20 @@ def test_online_sign_in_pages_revoke_a_consent_and_sign_out(
     assert asked.count() >= 1
     assert earlier_query.consent_id in page.locator("#queries-table").inner_text()
     assert page.locator("tr.query[data-requester=portal-1]").count() >= 1
+    # every department proved the agency's query to its log's checkpoint, cosigned by the
+    # coordinator's witness; the coordinator's own line is proven to a checkpoint nobody
+    # witnessed: shown, in words that say whose word it is; and its line for this very visit
+    # waits for a witnessed checkpoint
+    verified = page.locator("tr.query[data-requester=agency-1][data-proof=verified]")
+    signed = page.locator("tr.query[data-requester=agency-1][data-proof=signed]")
+    assert verified.count() == asked.count() - 1 >= 1 and signed.count() == 1
+    assert "已核验" in verified.first.inner_text() and "Verified" in verified.first.inner_text()
+    mark = signed.first.locator("td.proof").inner_text()
+    assert "Signed by the coordinator only" in mark and "not yet witnessed" in mark
+    assert "未经见证" in mark and "Verified" not in mark and "已核验" not in mark
+    assert page.locator("tr.query[data-proof=pending]").count() >= 1
+    assert page.locator(".log-problem").count() == 0
+    assert page.locator("#queries-proof-note").count() == 1
     screenshot(page, "queries.png")
 
     page.click("#nav-consents")

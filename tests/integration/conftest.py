@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,8 +23,12 @@ from coordinator.server import (
 from node.server import DEFAULT_NODE_POLICY, NodeConfig, start_node
 from osmanthus.core.bundle import DEFAULT_POLL_S
 from osmanthus.core.catalogue import Catalogue, default_catalogue_path, load_catalogue
+from osmanthus.core.checkpoints import latest_path
 from osmanthus.core.clock import china_today
 from osmanthus.core.crl import REVOCATION_POLL_S
+from osmanthus.core.logkeys import LOG_KEY_FILE, ROSTER_FILE, WITNESS_KEY_FILE
+from osmanthus.core.logserver import cosignatures_path
+from osmanthus.core.peers import peer_dir
 from osmanthus.core.receipts import CONSENT_KEY_FILE, CONSENT_PUBLIC_KEY_FILE
 from osmanthus.core.server import RunningServer
 from osmanthus.core.tls import TlsFiles
@@ -32,6 +38,7 @@ from osmanthus.demo.seed import SeedReport, seed
 from sdk import Client, RequesterKeys
 from sdk.keys import load_or_create_keys
 from tests.conftest import PLATFORM_DEPARTMENTS, PLATFORM_REQUESTERS, IssuerKeyPaths
+from tests.waiting import wait_until
 
 #: the federation's seed size: big enough for 200 random persons, small enough to seed in ~1 s
 PERSONS = 400
@@ -154,9 +161,16 @@ def start_federation(
     token_deny_list: Path | None = None,
     revocation_poll_s: float = REVOCATION_POLL_S,
     today: Callable[[], date] = china_today,
+    transparency: bool = False,
+    checkpoint_every: int = 1000,
+    witness: bool = False,
 ) -> Federation:
     """`crl` and `token_deny_list` go to every node and the coordinator; `today` is every
-    node's calendar (a test clock makes a case fall overdue)."""
+    node's calendar (a test clock makes a case fall overdue). With `transparency`, every node
+    and the coordinator sign their audit log's checkpoints with the log.key `certs init` made
+    (the roster is `certs`/logs.toml), one every `checkpoint_every` entries. With `witness`
+    too, the coordinator witnesses the nodes' logs with its witness.key, in the rounds the
+    test drives (`witness_node_logs`)."""
     nodes: dict[str, RunningServer] = {}
     configs: dict[str, NodeConfig] = {}
     for dept in departments:
@@ -178,6 +192,7 @@ def start_federation(
             revocation_poll_s=revocation_poll_s,
             # every node verifies consents with the consent.pub 'certs init' made
             consent_public_key=certs / "coordinator" / CONSENT_PUBLIC_KEY_FILE,
+            **_log_keys(certs, PeerRole.NODE, dept, on=transparency, every=checkpoint_every),
         )
         configs[dept] = config
         nodes[dept] = start_node(config, catalogue=catalogue, today=today)
@@ -202,6 +217,15 @@ def start_federation(
             revocation_poll_s=revocation_poll_s,
             # the key whose consent.pub the nodes were given
             consent_key=certs / "coordinator" / CONSENT_KEY_FILE,
+            **_log_keys(
+                certs, PeerRole.COORDINATOR, "coordinator", on=transparency, every=checkpoint_every
+            ),
+            **(
+                # no background rounds: the tests drive every round (witness_node_logs)
+                {"witness_key": certs / "coordinator" / WITNESS_KEY_FILE, "witness_interval_s": 0}
+                if transparency and witness
+                else {}
+            ),
         ),
         catalogue=catalogue,
     )
@@ -217,6 +241,65 @@ def start_federation(
         state_dir=base / "state",
         keys=keys,
     )
+
+
+def _log_keys(certs: Path, role: PeerRole, name: str, *, on: bool, every: int) -> dict[str, Any]:
+    """A peer's log key and the roster, as its config takes them (nothing when not `on`)."""
+    if not on:
+        return {}
+    # the coordinator's config names the roster `logs` (it also witnesses with it, given a
+    # witness key; none is given here)
+    roster = "logs" if role is PeerRole.COORDINATOR else "log_roster"
+    return {
+        "log_key": peer_dir(certs, role=role, name=name) / LOG_KEY_FILE,
+        roster: certs / ROSTER_FILE,
+        "checkpoint_every": every,
+    }
+
+
+def _signed_size(path: Path) -> int:
+    """The size of the latest checkpoint beside the log at `path` (0 without one)."""
+    try:
+        note = latest_path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return 0
+    return int(note.split("\n")[1])
+
+
+def _cosigned_size(path: Path) -> int:
+    """The largest checkpoint size the log at `path` holds a witness cosignature for."""
+    try:
+        records = cosignatures_path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return 0
+    return max((int(json.loads(r)["size"]) for r in records if r.strip()), default=0)
+
+
+def witness_node_logs(federation: Federation) -> None:
+    """Once every node and the coordinator signed a checkpoint of what their logs hold now
+    (their checkpointers run in the background: `checkpoint_every=1`), run the coordinator's
+    witness rounds until every node holds a cosignature covering it (a federation started with
+    `transparency` and `witness`)."""
+    witnessing = federation.coordinator.witnessing
+    assert witnessing is not None, "start_federation(transparency=True, witness=True)"
+    logs = {name: federation.state_dir / name / "audit.jsonl" for name in federation.nodes}
+    coordinator_log = federation.state_dir / "coordinator" / "audit.jsonl"
+    sizes = {name: len(path.read_bytes().splitlines()) for name, path in logs.items()}
+    coordinator_size = len(coordinator_log.read_bytes().splitlines())
+    wait_until(
+        lambda: (
+            all(_signed_size(logs[n]) >= sizes[n] for n in logs)
+            and _signed_size(coordinator_log) >= coordinator_size
+        ),
+        what="every log's checkpointer to sign what its log holds",
+        poll_s=0.1,
+    )
+
+    def cosigned() -> bool:
+        witnessing.witness_once()
+        return all(_cosigned_size(logs[n]) >= sizes[n] for n in logs)
+
+    wait_until(cosigned, what="the coordinator to cosign every node's checkpoint", poll_s=0.1)
 
 
 def stop_federation(federation: Federation) -> None:

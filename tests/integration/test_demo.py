@@ -112,7 +112,28 @@ def test_the_demo_shows_the_kiosk_scene_stays_up_and_stops_cleanly(tmp_path: Pat
         assert "已过有效期 Expired" in records and "urban_management_penalty" in records
         asked = text.split("┌─ 谁查询了我 Who asked about me", 1)[1].split("└", 1)[0]
         assert "agency-1" in asked and "kiosk-hall-1" in asked and "rescoring" in asked
+        # the kiosk verified the agency's query against every department's checkpoint, which
+        # the demo waited for the coordinator's witness to cosign. The coordinator's own line
+        # may be pending: its log is witnessed by the province when the sync job runs, which
+        # was before this query, so every row but the coordinator's must be verified
+        assert "every department's log is witnessed up to this query" in text, text[-3000:]
+        flat = " ".join(line.removeprefix("│").strip() for line in asked.splitlines())
+        marks = re.findall(
+            r"agency-1 · .*?(✔ 已核验 Verified|(\d+) of (\d+) 已核验 verified)", flat
+        )
+        assert any(
+            mark == "✔ 已核验 Verified" or int(shown) + 1 == int(total)
+            for mark, shown, total in marks
+        ), asked
         assert "nothing of hers is left" in text
+        # every audit log replays against its checkpoints, cosigned by both witnesses, and an
+        # entry edited in a copy of a log is caught
+        replay = re.search(r"audit verify \(exit 0\): (\d+) of (\d+) audit logs replay", text)
+        assert replay is not None and replay.group(1) == replay.group(2), text[-3000:]
+        assert "cosigned by the witness province.node.osmanthus/witness" in text
+        assert "cosigned by the witness coordinator.osmanthus/witness" in text
+        edited = text.split("changed from allow to deny: audit verify exits ", 1)[1]
+        assert edited.startswith("8: ") and "differs from what checkpoint" in edited.split("\n")[0]
         assert "check character" in text.split("a card whose check digit is wrong", 1)[1]
         # her objection, filed online and upheld by the housing bureau's officer
         objection = text.split("objects to one of her records", 1)[1].split("Credit repair", 1)[0]

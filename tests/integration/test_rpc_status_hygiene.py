@@ -227,26 +227,41 @@ def test_a_client_cancelling_a_batch_mid_stream_is_logged_at_info_without_a_trac
     _no_errors(caplog)
 
 
-def test_a_chunk_over_the_receive_limit_is_refused_and_logged_at_info(
+def test_a_chunk_over_the_receive_limit_is_refused_without_an_error_on_the_server(
     federation: Federation, sync_token: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
     # 20-byte ids until the chunk is past 1 MiB
     oversized = _chunk(0, ["x" * 18] * (MAX_RECEIVE_BYTES // 20 + 1))
     assert oversized.ByteSize() > MAX_RECEIVE_BYTES
+    metadata = (("authorization", f"Bearer {sync_token}"),)
     channel = secure_channel(
         federation.target, federation.tls(SYNC), server_name=COORDINATOR_SERVER_NAME
     )
     with channel, pytest.raises(grpc.RpcError) as caught:
         list(
             coordinator_pb2_grpc.CoordinatorServiceStub(channel).BatchQuery(
-                iter([_header(federation), oversized]),
-                metadata=(("authorization", f"Bearer {sync_token}"),),
-                timeout=TIMEOUT_S,
+                iter([_header(federation), oversized]), metadata=metadata, timeout=TIMEOUT_S
             )
         )
     error = caught.value
     assert isinstance(error, grpc.Call)
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (error.code(), error.details())
-    wait_until(lambda: _ended_at_info(caplog), what="the coordinator's INFO line")
+    # grpc refuses the message itself; whether the handler still sees the call end (and logs
+    # it at INFO) depends on when the refusal lands, so the test does not wait for that line.
+    # It checks instead that the server is unharmed: a batch right after is answered in full
+    # (the refused batch's place was freed), and nothing was logged as an error.
+    with secure_channel(
+        federation.target, federation.tls(SYNC), server_name=COORDINATOR_SERVER_NAME
+    ) as again:
+        answers = list(
+            coordinator_pb2_grpc.CoordinatorServiceStub(again).BatchQuery(
+                iter([_header(federation), _chunk(0, persons(federation, 2))]),
+                metadata=metadata,
+                timeout=TIMEOUT_S,
+            )
+        )
+    assert answers[0].WhichOneof("item") == "layout"
+    assert len(answers) >= 2, answers
     _no_errors(caplog)
+    assert all("CANCELLED" in line for line in _ended_at_info(caplog))

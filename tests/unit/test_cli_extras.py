@@ -55,7 +55,9 @@ def test_the_extra_is_the_commands_own_else_the_smallest_that_has_the_module() -
     # the command's extra does not supply the module: the smallest extra that does
     assert extra_for("cedarpy", command_extra="reports") == "policy"
     assert extra_for("reportlab", command_extra=None) == "reports"
-    assert extra_for("prometheus_client", command_extra=None) == "sync"
+    # the receiver's witness metrics and the sync job's: the first of the fallback order
+    assert extra_for("prometheus_client", command_extra=None) == "province"
+    assert extra_for("prometheus_client", command_extra="sync") == "sync"
     # not an optional dependency: a bug, reported as an internal error
     assert extra_for("yaml", command_extra="node") is None
 

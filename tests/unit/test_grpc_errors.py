@@ -41,6 +41,12 @@ EXPECTED: dict[type[errors.OsmanthusError], tuple[grpc.StatusCode, type[errors.O
     errors.FailedPrecondition: (grpc.StatusCode.FAILED_PRECONDITION, errors.FailedPrecondition),
     # shares FAILED_PRECONDITION; the coordinator resends with the key's proof on this one
     errors.KeyProofRequired: (grpc.StatusCode.FAILED_PRECONDITION, errors.KeyProofRequired),
+    # a witness's 409 and 422 (C2SP tlog-witness): the submitter retries only the first
+    errors.WitnessConflict: (grpc.StatusCode.FAILED_PRECONDITION, errors.WitnessConflict),
+    errors.WitnessInconsistent: (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        errors.WitnessInconsistent,
+    ),
     errors.Unavailable: (grpc.StatusCode.UNAVAILABLE, errors.Unavailable),
     errors.DeadlineExceeded: (grpc.StatusCode.DEADLINE_EXCEEDED, errors.DeadlineExceeded),
     errors.RateLimited: (grpc.StatusCode.RESOURCE_EXHAUSTED, errors.RateLimited),
@@ -71,6 +77,8 @@ def make_error(name: str, message: str, field: str | None) -> Exception:
     cls = getattr(errors, name, None)
     if cls is errors.ImportRejected:
         return errors.ImportRejected(message, problems=[(3, "subject_id", "not a resident id")])
+    if cls is errors.WitnessConflict:
+        return errors.WitnessConflict(message, field=field, latest_size=41)
     if isinstance(cls, type) and issubclass(cls, errors.OsmanthusError):
         return cls(message, field=field)
     return RuntimeError(message)
@@ -153,6 +161,12 @@ def test_error_crosses_the_wire_with_status_class_message_and_field(
     assert rebuilt.field == field
     assert rebuilt.message == message
     assert str(rebuilt) == str(cls(message, field=field))
+
+
+def test_a_witness_conflict_carries_the_witness_size(stub: grpc.UnaryUnaryMultiCallable) -> None:
+    rebuilt = error_from_rpc(call(stub, "WitnessConflict", "old size 3 is not 41", "body"))
+    assert isinstance(rebuilt, errors.WitnessConflict)
+    assert rebuilt.latest_size == 41
 
 
 def test_config_error_text_stays_in_the_server_log(

@@ -198,13 +198,15 @@ _RECORDS_PAGE = """<main id="main">
 
 _QUERIES_PAGE = """<table id="queries-table"><thead><tr><th>Time</th></tr></thead><tbody>
 <tr><td>10:02</td><td>Coordinator</td><td>kiosk-1</td><td>Self-query</td><td>Breakdown</td>
-<td>—</td><td>Allowed<br><span class="reason">coordinator's words</span></td></tr>
+<td>—</td><td>Allowed<br><span class="reason">coordinator's words</span></td>
+<td>未核验 Pending</td></tr>
 <tr><td>10:02</td><td>Blood</td><td>kiosk-1</td><td>Self-query</td><td>Breakdown</td>
-<td>—</td><td>Allowed<br><span class="reason">node's words</span></td></tr>
+<td>—</td><td>Allowed<br><span class="reason">node's words</span></td>
+<td>✔ 已核验 Verified</td></tr>
 <tr><td>10:01</td><td>Coordinator</td><td>agency-1</td><td>Loan</td><td>Breakdown</td>
-<td>cns_1</td><td>Refused</td></tr>
+<td>cns_1</td><td>Refused</td><td>✔ 已核验 Verified</td></tr>
 <tr><td>10:00</td><td>Coordinator</td><td>kiosk-1</td><td>Self-query</td><td>Breakdown</td>
-<td>—</td><td>Allowed</td></tr>
+<td>—</td><td>Allowed</td><td>✔ 已核验 Verified</td></tr>
 </tbody></table>"""
 
 
@@ -217,10 +219,13 @@ def test_records_show_only_departments_holding_some() -> None:
 
 def test_who_asked_counts_one_question_once_however_many_parties_recorded_it() -> None:
     assert queries_text(_QUERIES_PAGE) == [
-        "10:02 kiosk-1 · Self-query · Breakdown · no consent · Allowed · 2 parties recorded it",
-        "10:01 agency-1 · Loan · Breakdown · consent cns_1 · Refused · recorded by Coordinator",
+        "10:02 kiosk-1 · Self-query · Breakdown · no consent · Allowed · 2 parties recorded it · "
+        "1 of 2 已核验 verified (the rest: 未核验 Pending)",
+        "10:01 agency-1 · Loan · Breakdown · consent cns_1 · Refused · recorded by Coordinator · "
+        "✔ 已核验 Verified",
         # the same question asked again earlier is a question of its own
-        "10:00 kiosk-1 · Self-query · Breakdown · no consent · Allowed · recorded by Coordinator",
+        "10:00 kiosk-1 · Self-query · Breakdown · no consent · Allowed · recorded by Coordinator "
+        "· ✔ 已核验 Verified",
     ]
 
 

@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 from osmanthus.core.errors import InvalidArgument
 from osmanthus.core.ids import make_resident_id
 from osmanthus.core.types import SubjectKind
+from portal import app as portal_app
 from portal.auditlog import AUDIT_FILE
 from portal.session import (
     PLAIN_SESSION_COOKIE,
@@ -25,6 +26,7 @@ from portal.session import (
 )
 from portal.settings import PortalMode, PortalSettings
 from tests.portal_stub import ALICE, BOB, KIOSK_URL, FakeClock, kiosk_app
+from tests.waiting import wait_until
 
 LOOPBACK = ("127.0.0.1", 50000)
 
@@ -214,6 +216,29 @@ def test_idle_expiry_signs_out_on_the_server(tmp_path: Path) -> None:
     assert response.status_code == 303 and response.headers["location"] == "/"
     assert len(backend.asked) == asked_before
     assert "expired" in [line["extra"]["event"] for line in audit_lines(tmp_path)]
+
+
+def test_an_abandoned_session_is_swept_away_without_any_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(portal_app, "SWEEP_S", 0.05)
+    clock = FakeClock()
+    client, _, _, _ = signed_in(tmp_path, clock=clock)
+    portal = client.app.state.portal  # type: ignore[attr-defined]
+    with client:  # runs the app's lifespan, and with it the sweeper
+        [session] = list(portal.sessions._sessions.values())
+        assert session.subject is not None
+        clock.advance(61)
+        # no request reaches the portal: the sweeper alone ends the session and forgets her
+        wait_until(
+            lambda: not portal.sessions._sessions and session.subject is None,
+            what="the sweeper to end the session and forget the subject",
+        )
+        assert not session.cache
+        wait_until(
+            lambda: "expired" in [line["extra"]["event"] for line in audit_lines(tmp_path)],
+            what="the expiry in the portal's audit log",
+        )
 
 
 def test_the_status_poll_does_not_keep_a_session_alive(tmp_path: Path) -> None:

@@ -1,10 +1,12 @@
 """compose's init job, run here: the certificates, keys, token and data it makes, each private key
 in volumes only init and its own service mount, and what a second run keeps, renews or refuses.
 
-The coordinator's private keys (TLS key.pem, consent.key) live in a volume that only init and the
-coordinator mount; every node mounts the shared `certs` volume, which holds only their public half.
-Likewise the sync job's keys and token are in a volume only init and the sync job mount, and the
-provincial receiver's key in one only init and the receiver mount.
+The coordinator's private keys (TLS key.pem, consent.key, log.key, witness.key) live in a volume
+that only init and the coordinator mount; every node mounts the shared `certs` volume, which holds
+only their public half. Likewise the sync job's keys and token are in a volume only init and the
+sync job mount, and the provincial receiver's TLS and witness keys in one only init and the
+receiver mount. The roster of logs and witnesses (logs.toml) is public and in every volume that
+a service needing it mounts.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from osmanthus.core import signing
 from osmanthus.core.catalogue import Catalogue
 from osmanthus.core.crl import load_ca_certificate, verify_crl
 from osmanthus.core.denylist import open_deny_list
+from osmanthus.core.logkeys import LogRoster, log_origin, witness_name
+from osmanthus.core.peers import COORDINATOR_NAME
+from osmanthus.core.signednote import CosignatureSigner, NoteSigner
 from osmanthus.core.syncbatch import sender_key_id
 from osmanthus.core.tokens import DEFAULT_ISSUER, ReplayCache, TokenIssuer, TokenVerifier
 from osmanthus.core.types import Role, SubjectKind
@@ -53,8 +58,19 @@ def _coordinator_files(host: Host) -> dict[str, bytes]:
     return {name: (made / name).read_bytes() for name in _COORDINATOR_FILES}
 
 
-_COORDINATOR_FILES = ("cert.pem", "key.pem", "consent.key", "consent.pub")
-_COORDINATOR_PRIVATE = ("key.pem", "consent.key")
+_COORDINATOR_FILES = (
+    "cert.pem",
+    "key.pem",
+    "consent.key",
+    "consent.pub",
+    "log.key",
+    "log.pub",
+    "witness.key",
+    "witness.pub",
+)
+_COORDINATOR_PRIVATE = ("key.pem", "consent.key", "log.key", "witness.key")
+#: the reference provincial receiver's certificate and witness key name
+PROVINCE = "province"
 
 
 def _host_sync_config(compose: Compose, host: Host) -> SyncConfig:
@@ -101,11 +117,136 @@ def test_init_makes_certificates_issuer_key_and_data_and_a_second_run_keeps_them
     assert sync.enterprises is not None
     kept += [sync.paillier_keys, sync.token_file, sync.signing_key, sync.enterprises]
     kept += [sync.signing_key.with_suffix(".pub"), sync.coordinator.tls.key]
+    # every log and witness key where the services read it, and the roster listing them
+    kept += [certs / "nodes" / d.id / "log.key" for d in catalogue.departments]
+    kept += [certs / "logs.toml", _province_file(compose, initialised, "witness.key")]
     before = {p: p.read_bytes() for p in kept}
     again = _run_init(compose, initialised)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "already exists: kept" in again.stdout
     assert {p: p.read_bytes() for p in kept} == before
+
+
+def _province_file(compose: Compose, host: Host, name: str) -> Path:
+    """A file of the receiver's node directory, as its service mounts it."""
+    province = compose.province
+    certs_dir = Path(host.mounted(province).map(province.option("--certs-dir")))
+    return certs_dir / "nodes" / PROVINCE / name
+
+
+def _expected_roster(catalogue: Catalogue) -> tuple[set[str], set[str]]:
+    """The origins of every log and the names of both witnesses the compose roster must list."""
+    origins = {log_origin(PeerRole.NODE, d.id) for d in catalogue.departments}
+    origins.add(log_origin(PeerRole.COORDINATOR, COORDINATOR_NAME))
+    witnesses = {
+        witness_name(PeerRole.COORDINATOR, COORDINATOR_NAME),
+        witness_name(PeerRole.NODE, PROVINCE),
+    }
+    return origins, witnesses
+
+
+def _check_log_keys(compose: Compose, host: Host, catalogue: Catalogue) -> LogRoster:
+    """Every roster copy a service reads is the same and lists every department's log, the
+    coordinator's and both witnesses, each with the key its peer signs with; every private key
+    owner-only. Returns the roster."""
+    province, coordinator = compose.province, compose.coordinator
+    copies = [
+        Path(host.mounted(coordinator).map(coordinator.option("--logs"))),
+        Path(host.mounted(province).map(province.option("--logs"))),
+        *(Path(host.mounted(n).map(n.option("--logs"))) for n in compose.nodes.values()),
+    ]
+    sync_config = _host_sync_config(compose, host)
+    assert sync_config.logs is not None, "sync.toml carries no checkpoints"
+    copies.append(sync_config.logs)
+    made = host.volume("secrets") / "ca" / "logs.toml"
+    for copy in copies:
+        assert copy.read_bytes() == made.read_bytes(), copy
+    roster = LogRoster.load(made)
+    origins, witnesses = _expected_roster(catalogue)
+    assert set(roster.origins()) == origins
+    assert {w.name for w in roster.witness_verifiers()} == witnesses
+
+    keys: list[tuple[str, Path]] = []
+    for dept, node in compose.nodes.items():
+        keys.append(
+            (log_origin(PeerRole.NODE, dept), Path(host.mapper(node).map(node.option("--log-key"))))
+        )
+    keys.append(
+        (
+            log_origin(PeerRole.COORDINATOR, COORDINATOR_NAME),
+            Path(host.mapper(coordinator).map(coordinator.option("--log-key"))),
+        )
+    )
+    for origin, path in keys:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        signer = NoteSigner.from_key_text(path.read_text(encoding="ascii").strip())
+        assert signer.name == origin
+        assert roster.log_verifier(origin).verifier_key == signer.verifier_key, origin
+    witness_keys = {
+        witness_name(PeerRole.COORDINATOR, COORDINATOR_NAME): Path(
+            host.mapper(coordinator).map(coordinator.option("--witness-key"))
+        ),
+        witness_name(PeerRole.NODE, PROVINCE): Path(
+            host.mapper(province).map(province.option("--witness-key"))
+        ),
+    }
+    listed = {w.name: w.verifier_key for w in roster.witness_verifiers()}
+    for name, path in witness_keys.items():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        cosigner = CosignatureSigner.from_key_text(path.read_text(encoding="ascii").strip())
+        assert cosigner.name == name
+        assert listed[name] == cosigner.verifier_key, name
+    return roster
+
+
+def test_init_makes_every_log_and_witness_key_and_the_roster_every_service_reads(
+    compose: Compose, initialised: Host, catalogue: Catalogue
+) -> None:
+    _check_log_keys(compose, initialised, catalogue)
+    # the coordinator's private log and witness keys never reach the shared volume
+    shared = initialised.volume("certs") / "coordinator"
+    assert not (shared / "log.key").exists() and not (shared / "witness.key").exists()
+
+
+def test_init_gives_a_ca_made_before_transparency_logs_every_key_and_keeps_them(
+    compose: Compose, tmp_path: Path, catalogue: Catalogue
+) -> None:
+    host = _host(tmp_path)
+    first = _run_init(compose, host, SEED_SYNTHETIC="0")
+    assert first.returncode == 0, first.stdout + first.stderr
+    # a CA from before transparency logs: no log or witness key anywhere, no roster
+    ca = host.volume("secrets") / "ca"
+    for pattern in ("log.key", "log.pub", "witness.key", "witness.pub", "logs.toml"):
+        for path in ca.rglob(pattern):
+            path.unlink()
+    upgraded = _run_init(compose, host, SEED_SYNTHETIC="0")
+    assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
+    roster = _check_log_keys(compose, host, catalogue)
+    made = {p: p.read_bytes() for p in ca.rglob("*.key") if p.name in ("log.key", "witness.key")}
+    assert len(made) == len(catalogue.departments) + 3  # the coordinator's two, the province's
+
+    # run again: every key and the roster kept, and no key made or written again
+    again = _run_init(compose, host, SEED_SYNTHETIC="0")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert {p: p.read_bytes() for p in made} == made
+    assert _check_log_keys(compose, host, catalogue).dumps() == roster.dumps()
+    # ('certs log-key' says this whether it made a key or kept one)
+    assert "logs.toml lists it" not in again.stdout
+
+    # a lost roster is written again from the keys, which are kept
+    (ca / "logs.toml").unlink()
+    rebuilt = _run_init(compose, host, SEED_SYNTHETIC="0")
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    assert {p: p.read_bytes() for p in made} == made
+    assert _check_log_keys(compose, host, catalogue).dumps() == roster.dumps()
+
+    # a lost log key is never replaced by a new one: the checkpoints it signed would not verify
+    lost = ca / "nodes" / catalogue.departments[0].id / "log.key"
+    lost.unlink()
+    refused = _run_init(compose, host, SEED_SYNTHETIC="0")
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "restore" in refused.stderr
+    assert not lost.exists()
 
 
 def test_init_prepares_the_sync_job_and_the_receiver_each_in_a_volume_of_its_own(
@@ -301,6 +442,18 @@ def test_each_private_key_is_only_in_volumes_that_init_and_its_own_service_mount
         "the token issuer key": (initialised.volume("secrets") / "issuer.key", {init}),
         "the coordinator's TLS key": (ca / "coordinator" / "key.pem", {init, coordinator}),
         "the consent-receipt key": (ca / "coordinator" / "consent.key", {init, coordinator}),
+        "the coordinator's log key": (ca / "coordinator" / "log.key", {init, coordinator}),
+        "the coordinator's witness key": (ca / "coordinator" / "witness.key", {init, coordinator}),
+        "the receiver's witness key": (
+            ca / "nodes" / PROVINCE / "witness.key",
+            {init, province.name},
+        ),
+        # Caveat (docs/caveats.md): the nodes' keys, TLS as log keys, share the certs volume
+        # that every node and the coordinator mount
+        "a node's log key": (
+            ca / "nodes" / next(iter(compose.nodes)) / "log.key",
+            {init, coordinator, *(n.name for n in compose.nodes.values())},
+        ),
         "the sync job's TLS key": (config.coordinator.tls.key, {init, sync.name}),
         "the sync job's Paillier key": (config.paillier_keys, {init, sync.name}),
         "the sync job's token": (config.token_file, {init, sync.name}),

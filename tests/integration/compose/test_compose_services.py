@@ -27,6 +27,7 @@ from coordinator.config import NodeEndpoint, load_nodes, render_nodes
 from osmanthus.core import signing
 from osmanthus.core.catalogue import Catalogue, load_catalogue
 from osmanthus.core.lists import holds_resident_id
+from osmanthus.core.logkeys import LogRoster
 from osmanthus.core.syncbatch import BatchKind, sender_key_id
 from osmanthus.core.tls import TlsFiles
 from osmanthus.core.tokens import TokenIssuer
@@ -62,6 +63,8 @@ class Running:
     compose: Compose
     host: Host
     processes: dict[str, Process]
+    #: the loopback port of the receiver's witness metrics (its --metrics-listen)
+    province_metrics_port: int
 
     @property
     def coordinator_target(self) -> str:
@@ -71,22 +74,28 @@ class Running:
         return f"127.0.0.1:{self.processes[service].port}"
 
 
-def _start(service: Service, host: Host) -> Process:
+def _start(service: Service, host: Host, *, metrics_port: int | None = None) -> Process:
     argv = host.mapper(service).argv(service.argv)
     assert argv[0] == "osmanthus", f"{service.name} must run the osmanthus entrypoint"
     at = argv.index("--listen") + 1
     argv[at] = "127.0.0.1:0"
+    if "--metrics-listen" in argv:
+        assert metrics_port is not None, f"{service.name} serves metrics: give it a port"
+        argv[argv.index("--metrics-listen") + 1] = f"127.0.0.1:{metrics_port}"
     return spawn(service.name, osmanthus_command(*argv[1:]), run_dir=host.root / "run")
 
 
 @pytest.fixture(scope="module")
 def running(compose: Compose, initialised: Host) -> Iterator[Running]:
     processes: dict[str, Process] = {}
+    province_metrics = _free_port()
     try:
         for node in compose.nodes.values():
             processes[node.name] = _start(node, initialised)
         # the receiver needs nothing else running; the sync job starts in its own fixtures
-        processes[compose.province.name] = _start(compose.province, initialised)
+        processes[compose.province.name] = _start(
+            compose.province, initialised, metrics_port=province_metrics
+        )
         ports = wait_all_ready(processes.values())
         compose_registry = (
             REPO / compose.coordinator.mounts()[compose.coordinator.option("--nodes")]
@@ -100,7 +109,7 @@ def running(compose: Compose, initialised: Host) -> Iterator[Running]:
         coordinator = compose.coordinator
         processes[coordinator.name] = _start(coordinator, initialised)
         processes[coordinator.name].wait_ready()
-        yield Running(compose, initialised, processes)
+        yield Running(compose, initialised, processes, province_metrics)
     finally:
         for process in processes.values():
             process.stop()
@@ -178,6 +187,27 @@ def test_the_sync_job_delivers_grades_and_statistics_to_the_receiver(
     assert report["last_error"] is None
     for kind, batches in by_kind.items():
         assert report["streams"][kind.value]["sequence"] == max(b.sequence for b in batches)
+
+
+_COSIGNED = re.compile(r'^osmanthus_witness_cosigned_total\{origin="([^"]+)"\} ([0-9.e+]+)$', re.M)
+_ALARMS = re.compile(r"^osmanthus_witness_alarms_total\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
+
+
+@pytest.mark.slow
+def test_the_sync_job_carries_every_logs_checkpoint_to_the_receivers_witness(
+    running: Running, synced: subprocess.CompletedProcess[str]
+) -> None:
+    # every node signed a checkpoint at start with the log key init made, the coordinator too;
+    # the job read each through the coordinator and the receiver cosigned it
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    config = load_config(running.host.sync_config)
+    assert config.logs is not None
+    origins = set(LogRoster.load(config.logs).origins())
+    assert len(origins) == len(running.compose.nodes) + 1
+    metrics = _metrics(running.province_metrics_port)
+    cosigned = {origin for origin, n in _COSIGNED.findall(metrics) if float(n) >= 1}
+    assert cosigned == origins, metrics
+    assert all(float(n) == 0 for n in _ALARMS.findall(metrics)), metrics
 
 
 def _free_port() -> int:

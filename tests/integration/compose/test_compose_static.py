@@ -3,10 +3,15 @@ mounts, health check and dependencies, and which services may reach which."""
 
 from __future__ import annotations
 
+import argparse
+import os
 import tomllib
 from datetime import timedelta
 
+import pytest
+
 from coordinator.config import load_nodes
+from osmanthus.cli import build_parser
 from osmanthus.core.catalogue import Catalogue
 from osmanthus.core.durations import parse_duration
 from tests.integration.compose.conftest import (
@@ -39,6 +44,59 @@ def _metrics_health_port(service: Service) -> int:
     assert test[:2] == ["python", "-c"] and len(test) == 3, f"{service.name}: python -c CODE"
     [port] = _METRICS_URL.findall(test[2])
     return int(port)
+
+
+def _parsed(service: Service, argv: list[str]) -> argparse.Namespace:
+    """`argv` (after the `osmanthus` entrypoint) as the CLI itself parses it: an unknown flag, a
+    misspelt one or a missing required one fails here as it would fail the container."""
+    assert argv[0] == "osmanthus", f"{service.name}: runs the osmanthus entrypoint"
+    try:
+        return build_parser().parse_args(argv[1:])
+    except SystemExit as exc:  # argparse's usage error
+        pytest.fail(f"{service.name}: the CLI refuses {argv[1:]} (exit {exc.code})")
+
+
+def test_every_server_command_and_health_check_parses_with_the_cli_parser(
+    compose: Compose, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the parser reads OSMANTHUS_* settings: none of the test environment's may fill a gap
+    for name in [n for n in os.environ if n.startswith("OSMANTHUS_")]:
+        monkeypatch.delenv(name)
+    for service in compose.services.values():
+        if service is compose.init:
+            continue
+        _parsed(service, service.argv)
+        if service.health_test[0] == "osmanthus":
+            _parsed(service, service.health_test)
+
+
+def test_every_log_signs_its_checkpoints_and_every_witness_has_its_key_and_roster(
+    compose: Compose,
+) -> None:
+    # nodes: each its own log key beside its TLS key in the shared certs volume (the known
+    # caveat), and the roster that decides whose cosignatures it keeps
+    for dept, node in compose.nodes.items():
+        args = _parsed(node, node.argv)
+        assert str(args.log_key) == f"/certs/nodes/{dept}/log.key"
+        assert str(args.logs) == "/certs/logs.toml"
+        assert node.mount_of(str(args.log_key)) == node.mount_of(str(args.logs)) == "/certs"
+    # the coordinator: log and witness keys from the volume only it mounts, the roster public
+    coordinator = compose.coordinator
+    args = _parsed(coordinator, coordinator.argv)
+    keys = coordinator.mount_of(coordinator.option("--key"))
+    assert coordinator.mount_of(str(args.log_key)) == keys
+    assert coordinator.mount_of(str(args.witness_key)) == keys
+    assert coordinator.mounts()[coordinator.mount_of(str(args.logs))] == "certs"
+    assert args.witness_interval > 0, "the coordinator must witness the nodes' logs"
+    # the receiver: its witness key and roster in its own volume, metrics on its network
+    province = compose.province
+    args = _parsed(province, province.argv)
+    config = province.mount_of(province.option("--senders"))
+    assert province.mount_of(str(args.witness_key)) == config
+    assert province.mount_of(str(args.logs)) == config
+    host, port = args.metrics_listen.rsplit(":", 1)
+    assert host == "0.0.0.0", "the witness's metrics must be reachable from its network"
+    assert int(port) != _listen_port(province)
 
 
 def test_image_is_one_non_root_python_311_image_with_the_cli_entrypoint(image: Image) -> None:
@@ -165,7 +223,7 @@ def test_the_coordinators_private_keys_come_from_a_volume_only_it_and_init_mount
     coordinator = compose.coordinator
     mounts = coordinator.mounts()
     volumes = set()
-    for flag in ("--key", "--consent-key"):
+    for flag in ("--key", "--consent-key", "--log-key", "--witness-key"):
         path = coordinator.option(flag)
         target = max((t for t in mounts if path.startswith(t + "/")), key=len)
         volumes.add(mounts[target])

@@ -1,0 +1,181 @@
+"""Transparency log and witness keys: each peer's Ed25519 note keys, and the roster (logs.toml).
+
+Every department node and the coordinator sign their audit log's checkpoints with a key of
+their own, `log.key` (mode 0600) beside their certificate, named after the log's origin
+(osmanthus.core.logkeys.log_origin). A witness cosigns with `witness.key`, named
+`<peer DNS name>/witness`. The public halves (`log.pub`, `witness.pub`) go into the roster,
+`logs.toml` at the root of the certificates directory, which witnesses, the portal and auditors
+read: it is public, and whoever trusts a checkpoint trusts the keys it lists.
+
+Keys are kept when they exist, as the consent key is: a checkpoint or cosignature already handed
+out verifies only against the key that made it. A .pub without its key is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from osmanthus.core.errors import ConfigError, InvalidArgument
+from osmanthus.core.logkeyfiles import load_or_create_signer
+from osmanthus.core.logkeys import (
+    LOG_KEY_FILE,
+    LOG_PUBLIC_KEY_FILE,
+    ROSTER_FILE,
+    WITNESS_KEY_FILE,
+    WITNESS_PUBLIC_KEY_FILE,
+    LogRoster,
+    log_origin,
+    witness_name,
+)
+from osmanthus.core.peers import COORDINATOR_NAME, PeerRole, peer_dir
+from osmanthus.core.signednote import (
+    CosignatureSigner,
+    CosignatureVerifier,
+    NoteSigner,
+    NoteVerifier,
+)
+
+#: the roles whose peers keep an audit log or witness
+LOG_ROLES = (PeerRole.NODE, PeerRole.COORDINATOR)
+
+
+@dataclass(frozen=True)
+class LogKeyPaths:
+    """One peer's key pair (log or witness) and the name the key signs as."""
+
+    name: str
+    private: Path
+    public: Path
+    #: whether the key was made by this call (False: an existing key was kept)
+    created: bool
+
+
+def roster_path(certs_dir: Path) -> Path:
+    return certs_dir / ROSTER_FILE
+
+
+def _check_role(role: PeerRole) -> None:
+    if role not in LOG_ROLES:
+        raise InvalidArgument(
+            f"only the coordinator and department nodes have log or witness keys, not a "
+            f"{role.value}",
+            field="role",
+        )
+
+
+def _load_roster(certs_dir: Path) -> LogRoster:
+    path = roster_path(certs_dir)
+    return LogRoster.load(path) if path.exists() else LogRoster()
+
+
+def _log_key(certs_dir: Path, role: PeerRole, name: str) -> tuple[LogKeyPaths, NoteVerifier]:
+    _check_role(role)
+    directory = peer_dir(certs_dir, role=role, name=name)
+    origin = log_origin(role, name)
+    signer, created = load_or_create_signer(
+        NoteSigner,
+        directory / LOG_KEY_FILE,
+        directory / LOG_PUBLIC_KEY_FILE,
+        name=origin,
+        field="log_key",
+    )
+    paths = LogKeyPaths(
+        name=origin,
+        private=directory / LOG_KEY_FILE,
+        public=directory / LOG_PUBLIC_KEY_FILE,
+        created=created,
+    )
+    return paths, NoteVerifier(name=signer.name, public_key=signer.public_key)
+
+
+def _witness_key(
+    certs_dir: Path, role: PeerRole, name: str
+) -> tuple[LogKeyPaths, CosignatureSigner]:
+    _check_role(role)
+    directory = peer_dir(certs_dir, role=role, name=name)
+    signer, created = load_or_create_signer(
+        CosignatureSigner,
+        directory / WITNESS_KEY_FILE,
+        directory / WITNESS_PUBLIC_KEY_FILE,
+        name=witness_name(role, name),
+        field="witness_key",
+    )
+    paths = LogKeyPaths(
+        name=signer.name,
+        private=directory / WITNESS_KEY_FILE,
+        public=directory / WITNESS_PUBLIC_KEY_FILE,
+        created=created,
+    )
+    return paths, signer
+
+
+def _with_checked_log(roster: LogRoster, verifier: NoteVerifier, certs_dir: Path) -> LogRoster:
+    listed = roster.logs.get(verifier.name)
+    if listed is not None and listed.verifier_key != verifier.verifier_key:
+        # the roster is what witnesses and auditors trust: a silent change of key would make
+        # every checkpoint already cosigned look forged, or a forged log look genuine
+        raise ConfigError(
+            f"{roster_path(certs_dir)} lists another key for log {verifier.name!r} than its "
+            "log.pub: restore the peer's log.key from backup, or edit the roster knowingly",
+            field="log_key",
+        )
+    return roster.with_log(verifier)
+
+
+def _with_checked_witness(
+    roster: LogRoster, signer: CosignatureSigner, certs_dir: Path
+) -> LogRoster:
+    listed = roster.witnesses.get(signer.name)
+    if listed is not None and listed.verifier_key != signer.verifier_key:
+        raise ConfigError(
+            f"{roster_path(certs_dir)} lists another key for witness {signer.name!r} than its "
+            "witness.pub: restore the peer's witness.key from backup, or edit the roster "
+            "knowingly",
+            field="witness_key",
+        )
+    return roster.with_witness(CosignatureVerifier(name=signer.name, public_key=signer.public_key))
+
+
+def init_log_keys(certs_dir: Path, *, departments: Sequence[str]) -> dict[str, LogKeyPaths]:
+    """The coordinator's log and witness keys and each department node's log key (each kept if
+    it exists), and `logs.toml` listing them with whatever the roster already listed.
+
+    The result is keyed by the key's name (a log's origin, or a witness's name).
+    """
+    roster = _load_roster(certs_dir)
+    made: dict[str, LogKeyPaths] = {}
+    peers = [(PeerRole.COORDINATOR, COORDINATOR_NAME)]
+    peers += [(PeerRole.NODE, d) for d in departments]
+    for role, name in peers:
+        paths, verifier = _log_key(certs_dir, role, name)
+        roster = _with_checked_log(roster, verifier, certs_dir)
+        made[paths.name] = paths
+    paths, signer = _witness_key(certs_dir, PeerRole.COORDINATOR, COORDINATOR_NAME)
+    roster = _with_checked_witness(roster, signer, certs_dir)
+    made[paths.name] = paths
+    roster.dump(roster_path(certs_dir))
+    return made
+
+
+def create_log_key(
+    certs_dir: Path, *, role: PeerRole, name: str, witness: bool = False
+) -> LogKeyPaths:
+    """One peer's log key (or, with `witness`, its witness key), kept if it exists, and its
+    public key added to `logs.toml` (created if missing).
+
+    For a peer added after `certs init`: a new department's node, or a witness such as the
+    provincial receiver (`--role node --name province --witness`).
+    """
+    if not isinstance(role, PeerRole):
+        raise InvalidArgument(f"{role!r} is not a PeerRole", field="role")
+    roster = _load_roster(certs_dir)
+    if witness:
+        paths, signer = _witness_key(certs_dir, role, name)
+        roster = _with_checked_witness(roster, signer, certs_dir)
+    else:
+        paths, verifier = _log_key(certs_dir, role, name)
+        roster = _with_checked_log(roster, verifier, certs_dir)
+    roster.dump(roster_path(certs_dir))
+    return paths
