@@ -126,16 +126,7 @@ class ConsentRegistry(RegistryDatabase):
         receipt_issuer: str = RECEIPT_ISSUER,
         cache_entries: int = CACHE_ENTRIES,
     ) -> None:
-        if not isinstance(receipt_key, Ed25519PrivateKey):
-            raise ConfigError(
-                "the consent receipt key must be an Ed25519 private key, not "
-                f"{type(receipt_key).__name__}",
-                field="receipt_key",
-            )
-        try:
-            check_issuer(receipt_issuer, field="receipt_issuer")
-        except InvalidArgument as exc:
-            raise ConfigError(exc.message, field="receipt_issuer") from exc
+        check_receipt_signer(receipt_key, receipt_issuer)
         super().__init__(path, schema=_SCHEMA + FEED_SCHEMA, what="consent registry")
         self._receipt_key = receipt_key
         self._receipt_issuer = receipt_issuer
@@ -193,6 +184,11 @@ class ConsentRegistry(RegistryDatabase):
             subject_kind=subject_kind,
         )
         consent = replace(consent, receipt=self._sign(consent))
+        self._store_new(consent)
+        return consent
+
+    def _store_new(self, consent: Consent) -> None:
+        """Record a consent just granted (the storage step of `grant`)."""
         with self._lock:
             self._db.execute(
                 f"INSERT INTO consents ({_COLUMNS}, receipt_feed) "
@@ -209,7 +205,6 @@ class ConsentRegistry(RegistryDatabase):
                     self._feed.feed_id,
                 ],
             )
-        return consent
 
     def revoke(self, consent_id: str, *, now: datetime) -> Consent:
         """Revoke a consent from `now` on; revoking it again changes nothing and returns it."""
@@ -503,6 +498,20 @@ class ConsentRegistry(RegistryDatabase):
                 current,
                 ", ".join(f"key {kid}: {count}" for kid, count in sorted(others.items())),
             )
+
+
+def check_receipt_signer(receipt_key: object, receipt_issuer: str) -> None:
+    """ConfigError unless `receipt_key` is an Ed25519 private key and `receipt_issuer` an issuer."""
+    if not isinstance(receipt_key, Ed25519PrivateKey):
+        raise ConfigError(
+            "the consent receipt key must be an Ed25519 private key, not "
+            f"{type(receipt_key).__name__}",
+            field="receipt_key",
+        )
+    try:
+        check_issuer(receipt_issuer, field="receipt_issuer")
+    except InvalidArgument as exc:
+        raise ConfigError(exc.message, field="receipt_issuer") from exc
 
 
 def _kid_of(header: str) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 from coordinator.nodes import NodePool
 from coordinator.ratelimit import RateLimiter
+from osmanthus.core import metrics
 from osmanthus.core.audit import AuditLog, redacted_reason
 from osmanthus.core.audited import AuditedRequest, audited
 from osmanthus.core.auditproofs import CheckpointSource
@@ -111,5 +112,22 @@ class CoordinatorContext:
         *,
         redact: Callable[[OsmanthusError], str] = redacted_reason,
     ) -> AbstractContextManager[AuditedRequest]:
-        """The request's steps, with its one audit entry in the coordinator's log."""
-        return audited(self.audit, record, clock=self.clock, redact=redact)
+        """The request's steps, with its one audit entry in the coordinator's log, counted by
+        shape, purpose and decision (osmanthus.core.metrics)."""
+        return _counted(audited(self.audit, record, clock=self.clock, redact=redact), record)
+
+
+@contextmanager
+def _counted(
+    steps: AbstractContextManager[AuditedRequest], record: AuditedRequest
+) -> Iterator[AuditedRequest]:
+    """`steps` (audited), with its decision counted once it is recorded: an allow when the
+    steps end, a deny when they raise (a refusal, a fault, or an entry that could not be
+    written: nothing left without its entry)."""
+    try:
+        with steps as steps_record:
+            yield steps_record
+    except BaseException:
+        metrics.query_decided(record.shape, record.purpose, "deny")
+        raise
+    metrics.query_decided(record.shape, record.purpose, "allow")

@@ -108,33 +108,51 @@ class EpsilonLedger(LedgerDatabase):
         return int(row[0])
 
     def _check_room(self, requester: str, units: int, budget: EpsilonBudget, now: float) -> None:
-        limit = epsilon_units(budget.epsilon)
         since = now - budget.period_s
-        spent = self._spent_units(requester, since)
-        if spent + units <= limit:
-            return
-        left = max(limit - spent, 0)
-        prefix = (
-            f"privacy budget exhausted: {requester} may spend ε {budget.text} under rule "
-            f"'{budget.policy_id}', has spent {from_units(spent)} in that period, and this "
-            f"query asks {from_units(units)} ({from_units(left)} left)"
+        check_room(
+            requester=requester,
+            units=units,
+            budget=budget,
+            spent=self._spent_units(requester, since),
+            charges=lambda: self._db.execute(
+                "SELECT units, charged_at FROM charges WHERE requester = ? AND charged_at > ? "
+                "ORDER BY charged_at",
+                (requester, since),
+            ).fetchall(),
         )
-        if units > limit:
-            raise BudgetExhausted(f"{prefix}; one query may never spend more than the budget")
-        # room comes back as the oldest charges leave the window
-        remaining = spent
-        rows = self._db.execute(
-            "SELECT units, charged_at FROM charges WHERE requester = ? AND charged_at > ? "
-            "ORDER BY charged_at",
-            (requester, since),
-        ).fetchall()
-        for charge_units, charged_at in rows:
-            remaining -= int(charge_units)
-            if remaining + units <= limit:
-                # rounded up: at the second named the room is there, not a moment later
-                back = datetime.fromtimestamp(math.ceil(charged_at + budget.period_s), UTC)
-                raise BudgetExhausted(
-                    f"{prefix}; room for it comes back at "
-                    f"{back.isoformat(timespec='seconds').replace('+00:00', 'Z')}"
-                )
-        raise BudgetExhausted(prefix)  # pragma: no cover - the last charge always frees room
+
+
+def check_room(
+    *,
+    requester: str,
+    units: int,
+    budget: EpsilonBudget,
+    spent: int,
+    charges: Callable[[], Sequence[tuple[int, float]]],
+) -> None:
+    """Raise BudgetExhausted unless `units` more fit under `budget` beside the `spent` units
+    charged in its period; `charges` lists those charges (units, Unix time), oldest first,
+    to say when room comes back. Both ledger backends decide with this."""
+    limit = epsilon_units(budget.epsilon)
+    if spent + units <= limit:
+        return
+    left = max(limit - spent, 0)
+    prefix = (
+        f"privacy budget exhausted: {requester} may spend ε {budget.text} under rule "
+        f"'{budget.policy_id}', has spent {from_units(spent)} in that period, and this "
+        f"query asks {from_units(units)} ({from_units(left)} left)"
+    )
+    if units > limit:
+        raise BudgetExhausted(f"{prefix}; one query may never spend more than the budget")
+    # room comes back as the oldest charges leave the window
+    remaining = spent
+    for charge_units, charged_at in charges():
+        remaining -= int(charge_units)
+        if remaining + units <= limit:
+            # rounded up: at the second named the room is there, not a moment later
+            back = datetime.fromtimestamp(math.ceil(charged_at + budget.period_s), UTC)
+            raise BudgetExhausted(
+                f"{prefix}; room for it comes back at "
+                f"{back.isoformat(timespec='seconds').replace('+00:00', 'Z')}"
+            )
+    raise BudgetExhausted(prefix)  # pragma: no cover - the last charge always frees room

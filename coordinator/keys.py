@@ -102,6 +102,19 @@ class KeyRegistry(RegistryDatabase):
             return fingerprint
         # deny by default: every registration proves n = p·q
         verify_modulus_proof(key, modulus_proof, field=PROOF_FIELD)
+        self._store(requester, fingerprint, n=n, modulus_proof=modulus_proof, now=now)
+        return fingerprint
+
+    def _store(
+        self,
+        requester: RequesterId,
+        fingerprint: KeyFingerprint,
+        *,
+        n: int,
+        modulus_proof: bytes,
+        now: datetime,
+    ) -> None:
+        """Record a verified key (the storage step of `register`): one key, one requester."""
         with self._lock:
             owners = self._db.execute(
                 "SELECT requester FROM requester_keys WHERE fingerprint = ?", [fingerprint]
@@ -135,7 +148,6 @@ class KeyRegistry(RegistryDatabase):
                     [bytes(modulus_proof), requester, fingerprint],
                 )
             self._registered.add((requester, fingerprint))
-        return fingerprint
 
     def is_registered(self, requester: RequesterId, fingerprint: KeyFingerprint) -> bool:
         if (requester, fingerprint) in self._registered:

@@ -13,16 +13,15 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.config import NodeEndpoint, load_nodes
-from coordinator.consent import ConsentRegistry
 from coordinator.context import DEFAULT_DEADLINE_S
-from coordinator.disclosure import DisclosureLedger
-from coordinator.epsilon import EpsilonLedger
-from coordinator.keys import KeyRegistry
 from coordinator.nodes import NodePool
 from coordinator.service import CoordinatorService, new_query_id
 from coordinator.servicer import CoordinatorServicer
+from coordinator.status import STATUS_SERVICE_NAME, CoordinatorStatus, StatusServicer
+from coordinator.storage import CONSENTS_FILE, DISCLOSURES_FILE, close_stores, open_backend
 from coordinator.transparency import AuditLogReaders
 from coordinator.witnessing import DEFAULT_WITNESS_INTERVAL_S, NodeWitnessing
+from osmanthus.core import metrics
 from osmanthus.core.audit import AuditLog, load_or_create_salt
 from osmanthus.core.bundle import CENTRAL_SCOPE, DEFAULT_POLL_S
 from osmanthus.core.bundle_watch import load_policy
@@ -55,15 +54,19 @@ from osmanthus.core.server import RunningServer, start_server
 from osmanthus.core.signednote import CosignatureSigner, NoteSigner
 from osmanthus.core.subjectpart import PartSigner
 from osmanthus.core.tls import TlsFiles, check_files, identity_of_certificate
-from osmanthus.core.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, ReplayCache, TokenVerifier
+from osmanthus.core.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, TokenVerifier
 from osmanthus.core.witness import FileAlarmSink, Witness
-from osmanthus.v1 import coordinator_pb2, coordinator_pb2_grpc, transparency_pb2_grpc
+from osmanthus.v1 import (
+    coordinator_pb2,
+    coordinator_pb2_grpc,
+    status_pb2_grpc,
+    transparency_pb2_grpc,
+)
 
 COORDINATOR_SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name[
     "CoordinatorService"
 ].full_name
 DEFAULT_CENTRAL_POLICY = Path(str(files("policies") / "central.cedar"))
-CONSENTS_FILE = "consents.duckdb"
 #: what the coordinator's witness last cosigned for each node's log, and the alarms it raised
 WITNESS_STATE_FILE = "witness.json"
 WITNESS_ALARMS_FILE = "witness-alarms.jsonl"
@@ -121,6 +124,11 @@ class CoordinatorConfig:
     #: relayed checkpoint must be signed with
     logs: Path | None = None
     witness_interval_s: float = DEFAULT_WITNESS_INTERVAL_S
+    #: HOST:PORT to serve the coordinator's Prometheus metrics on (None: not served)
+    metrics_listen: str | None = None
+    #: where the registries and ledgers live: None for files in `state_dir`, or a
+    #: postgresql:// URL that several replicas share (coordinator.storage)
+    state_url: str | None = None
 
 
 @dataclass
@@ -160,6 +168,8 @@ def start_coordinator(
         policy_file=config.policy, bundle=config.policy_bundle, trust=config.policy_trust,
         scope=CENTRAL_SCOPE, state_dir=config.state_dir, interval_s=config.policy_poll_s,
     )  # fmt: skip
+    # purposes are metric labels only as far as the policy in force names them
+    metrics.bind_purposes(lambda: policy.current().source)
     revocation = open_revocation(
         config.crl, ca_path=config.tls.ca, interval_s=config.revocation_poll_s
     )
@@ -169,19 +179,12 @@ def start_coordinator(
         issuer=config.token_issuer,
         interval_s=config.revocation_poll_s,
     )
-    verifier = TokenVerifier.from_file(
-        config.issuer_public_key,
-        issuer=config.token_issuer,
-        audience=config.token_audience,
-        replay_cache=ReplayCache(),
-        deny_list=token_denial,
-    )
     # for good, before anything is created: DuckDB makes the logs of the consents (resident
     # ids) with the process umask, at the first write after every checkpoint
     narrow_umask()
     private_directory(config.state_dir, what=STATE_WHAT)
     salt_path = config.state_dir / "audit.salt"
-    ledger_path = config.state_dir / "disclosures.sqlite"
+    ledger_path = config.state_dir / DISCLOSURES_FILE
     if ledger_path.exists() and not salt_path.exists():
         # a new salt would silently unpin every subject in the ledger
         raise ConfigError(
@@ -189,8 +192,24 @@ def start_coordinator(
             "a new one would make every pinned disclosure set unreachable",
             field="state_dir",
         )
-    salt = load_or_create_salt(salt_path)
-    consent_key = _consent_key(config)
+    backend = open_backend(config.state_url)
+    try:
+        # replicas on one database hash subjects with one salt and sign with one key
+        backend.adopt_salt(salt_path)
+        salt = backend.share_salt(load_or_create_salt(salt_path))
+        consent_key = _consent_key(config)
+        backend.check_consent_key(consent_key)
+        verifier = TokenVerifier.from_file(
+            config.issuer_public_key,
+            issuer=config.token_issuer,
+            audience=config.token_audience,
+            # with replicas, in the shared database: a single-use token is answered once
+            replay_cache=backend.replay_cache(),
+            deny_list=token_denial,
+        )
+    except BaseException:
+        backend.close()
+        raise
     log_signer = (
         read_signer(NoteSigner, config.log_key, expected_name=None, field="log_key")
         if config.log_key is not None
@@ -203,9 +222,14 @@ def start_coordinator(
     witnessing = _node_witnessing(config, endpoints)
     with ExitStack() as opened:
         # each resource is closed again if a later one fails to open
+        opened.callback(backend.close)
         if witnessing is not None:
             opened.callback(witnessing.close)
-        keys = opened.enter_context(closing(KeyRegistry(config.state_dir / "keys.duckdb")))
+        stores = backend.open(
+            config.state_dir, receipt_key=consent_key, receipt_issuer=config.consent_issuer
+        )
+        opened.callback(close_stores, stores)
+        keys = stores.keys
         pool = opened.enter_context(
             closing(
                 NodePool(
@@ -219,7 +243,11 @@ def start_coordinator(
             )
         )
         audit = opened.enter_context(
-            closing(AuditLog(path=config.state_dir / "audit.jsonl", salt=salt))
+            closing(
+                AuditLog(
+                    path=config.state_dir / "audit.jsonl", salt=salt, service="the coordinator"
+                )
+            )
         )
         own_origin = log_origin(PeerRole.COORDINATOR, COORDINATOR_NAME)
         local = (
@@ -239,20 +267,11 @@ def start_coordinator(
             nodes=pool,
             policy=policy,
             verifier=verifier,
-            consents=opened.enter_context(
-                closing(
-                    ConsentRegistry(
-                        config.state_dir / CONSENTS_FILE,
-                        receipt_key=consent_key,
-                        receipt_issuer=config.consent_issuer,
-                    )
-                )
-            ),
+            consents=stores.consents,
             keys=keys,
-            ledger=opened.enter_context(closing(DisclosureLedger(ledger_path))),
-            epsilon_ledger=opened.enter_context(
-                closing(EpsilonLedger(config.state_dir / "epsilon.sqlite"))
-            ),
+            ledger=stores.disclosures,
+            epsilon_ledger=stores.epsilon,
+            rate_limiter=stores.rate_limiter,
             audit=audit,
             deadline_s=config.deadline_s,
             encryptors=EncryptorCache(max_bytes=config.table_cache_bytes),
@@ -271,6 +290,10 @@ def start_coordinator(
         transparency = TransparencyServicer(
             local=local, authorize=readers.authorize, relay=readers.relay, roster=roster
         )
+        # the operator's `osmanthus status`
+        status = StatusServicer(
+            CoordinatorStatus(context=service.context, endpoints=endpoints, witnessing=witnessing)
+        )
         server = start_server(
             register=[
                 lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(
@@ -279,15 +302,23 @@ def start_coordinator(
                 lambda s: transparency_pb2_grpc.add_TransparencyServiceServicer_to_server(
                     transparency, s
                 ),
+                lambda s: status_pb2_grpc.add_StatusServiceServicer_to_server(status, s),
             ],
-            service_names=[COORDINATOR_SERVICE_NAME, TRANSPARENCY_SERVICE_NAME],
+            service_names=[
+                COORDINATOR_SERVICE_NAME,
+                TRANSPARENCY_SERVICE_NAME,
+                STATUS_SERVICE_NAME,
+            ],
             listen=config.listen,
             tls=config.tls,
             interceptors=server_interceptors,
             revocation=revocation,
             token_denial=token_denial,
+            metrics_listen=config.metrics_listen,
         )
         opened.pop_all()  # the running server owns them now
+    # a coordinator that cannot write its audit log refuses every query: its health says so
+    server.follow_audit(audit)
     if local is not None:
         local.start()
         # stopped before the service closes the audit log its checkpointer reads

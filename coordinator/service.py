@@ -21,6 +21,7 @@ from coordinator.nodes import NodeFailure, NodePool
 from coordinator.ratelimit import RateLimiter
 from coordinator.stats import StatsAnswerer
 from coordinator.subject_file import SubjectFileGatherer
+from osmanthus.core import metrics
 from osmanthus.core.audit import AuditLog
 from osmanthus.core.audited import AuditedRequest
 from osmanthus.core.auditproofs import CheckpointSource
@@ -123,6 +124,7 @@ class CoordinatorService:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         part_signer: PartSigner | None = None,
         transparency: CheckpointSource | None = None,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         """`part_signer`: the coordinator certificate's key that signs its part of a subject's
         file (osmanthus.core.subjectpart); without one, SubjectFile is refused. `transparency`:
@@ -132,7 +134,8 @@ class CoordinatorService:
             nodes=nodes,
             policy=policy,
             audit=audit,
-            rate_limiter=RateLimiter(),
+            # None: windows in this process's memory (coordinator.storage shares them)
+            rate_limiter=rate_limiter if rate_limiter is not None else RateLimiter(),
             clock=clock,
             deadline_s=deadline_s,
             transparency=transparency,
@@ -719,6 +722,7 @@ class CoordinatorService:
         minimum: int,
         engine: PolicyEngine,
     ) -> None:
+        metrics.departments_missing(m.department for m in missing)
         if not answers:
             raise Unavailable(
                 "no department answered: "
@@ -748,6 +752,7 @@ class CoordinatorService:
                     + ", ".join(f"{m.department} ({m.detail})" for m in missing)
                     + f") and the central policy refuses partial answers here: {decision.reason}"
                 )
+            metrics.partial_answer(shape=shape.value)
 
     # --- red and black lists -------------------------------------------------------------------
 

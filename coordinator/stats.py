@@ -23,6 +23,7 @@ from coordinator.context import CoordinatorContext
 from coordinator.epsilon import EpsilonLedger
 from coordinator.keys import KeyRegistry
 from coordinator.nodes import NodeFailure
+from osmanthus.core import metrics
 from osmanthus.core.audited import AuditedRequest
 from osmanthus.core.crypto import Ciphertext, EncryptorCache, PublicKey
 from osmanthus.core.dp import laplace_scale, parse_epsilon, sample_discrete_laplace
@@ -218,8 +219,10 @@ class StatsAnswerer:
             # a failure that may depend on the records (a node failing on one member) stays
             # charged: refunded, a failing query would be a free, repeatable membership test
             self._ledger.commit(reservation)
+            metrics.epsilon_spent(float(epsilon), purpose=purpose)
             raise
         self._ledger.commit(reservation)
+        metrics.epsilon_spent(float(epsilon), purpose=purpose)
         left = min(
             budget.epsilon - self._ledger.spent(claims.requester, period_s=budget.period_s)
             for budget in budgets

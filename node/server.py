@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -20,9 +21,10 @@ from node.consent import (
     ReceiptConsentCheck,
     UnsafeTrustCoordinatorConsent,
 )
+from node.ingest import DEFAULT_INBOX_POLL_S, SPOOL_DIR, Inbox
 from node.lists import LISTS_FILE, ListStore
 from node.service import NodeService
-from node.servicer import CaseOfficeServicer, ListOfficeServicer, NodeServicer
+from node.servicer import CaseOfficeServicer, IngestServicer, ListOfficeServicer, NodeServicer
 from node.store import RecordStore
 from node.transparency import node_log_readers
 from osmanthus.core.audit import AuditLog, load_or_create_salt
@@ -59,6 +61,8 @@ from osmanthus.core.workdays import CaseSettings
 from osmanthus.v1 import (
     cases_pb2,
     cases_pb2_grpc,
+    ingest_pb2,
+    ingest_pb2_grpc,
     lists_pb2,
     lists_pb2_grpc,
     node_pb2,
@@ -69,6 +73,7 @@ from osmanthus.v1 import (
 NODE_SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
 LIST_OFFICE_SERVICE_NAME = lists_pb2.DESCRIPTOR.services_by_name["ListOfficeService"].full_name
 CASE_OFFICE_SERVICE_NAME = cases_pb2.DESCRIPTOR.services_by_name["CaseOfficeService"].full_name
+INGEST_SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 DEFAULT_NODE_POLICY = Path(str(files("policies") / "node.cedar"))
 #: the node's state directory is its user's alone: the list store and its WAL hold full ids
 STATE_DIR_MODE: Final = PRIVATE_DIR_MODE
@@ -132,6 +137,39 @@ class NodeConfig:
     #: when the log grew
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
     checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S
+    #: a folder the node watches for import files (node.ingest.Inbox); None: no inbox
+    inbox: Path | None = None
+    inbox_poll_s: float = DEFAULT_INBOX_POLL_S
+    #: HOST:PORT to serve the node's Prometheus metrics on (None: not served)
+    metrics_listen: str | None = None
+
+
+def store_unwritable(db: Path) -> str | None:
+    """Why the node cannot open its record store `db` read-write, None when it can: the file or
+    its directory (DuckDB writes its write-ahead log beside the file) is on a read-only file
+    system or not writable by this process."""
+    for path, what in ((db, "the file"), (db.parent, "its directory")):
+        if not path.exists():
+            continue
+        try:
+            read_only_mount = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only_mount = False
+        if read_only_mount:
+            return f"{what} {path} is on a read-only file system (a read-only mount?)"
+        if not os.access(path, os.W_OK):
+            return f"{what} {path} is not writable by the node's user (uid {os.geteuid()})"
+    return None
+
+
+def prepare_spool(path: Path) -> Path:
+    """The node's private folder for uploads and import staging files, emptied of what a
+    killed node left (its files hold rows of personal data)."""
+    path.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
+    for leftover in path.iterdir():
+        if leftover.is_file() or leftover.is_symlink():
+            leftover.unlink(missing_ok=True)
+    return path
 
 
 def prepare_state_dir(path: Path) -> None:
@@ -217,9 +255,31 @@ def _build(
     # closed in reverse order if a later step fails; on success the service owns them all
     opened: list[RecordStore | ListStore | CaseStore | AuditLog] = []
     try:
-        store = RecordStore(config.db, department=department.id, read_only=True)
+        # the node owns the record store's one read-write connection: imports run inside it
+        # while queries read committed snapshots (node.store, node.ingest). A store it cannot
+        # write (a read-only mount, another owner) is served read-only, without live imports.
+        if not config.db.exists():
+            # opening read-write would create an empty store, and a mistyped --db would serve
+            # every subject as having no records: refuse, as before live imports
+            raise ConfigError(
+                f"{config.db}: no record store there; create it with an offline import first "
+                "(osmanthus node import --db FILE ...)",
+                field="db",
+            )
+        unwritable = store_unwritable(config.db)
+        if unwritable is not None:
+            _log.warning(
+                "record store %s opened read-only (%s): live imports (osmanthus node import "
+                "--node, the inbox) are refused; make the file and its directory writable by "
+                "the node and restart it to take them",
+                config.db, unwritable,
+            )  # fmt: skip
+        staging = prepare_spool(config.state_dir / SPOOL_DIR)
+        store = RecordStore(
+            config.db, department=department.id, read_only=unwritable is not None,
+            read_only_reason=unwritable, staging_dir=staging,
+        )  # fmt: skip
         opened.append(store)
-        # the record store is read-only while the node runs: lists need a file of their own
         lists = ListStore(
             config.state_dir / LISTS_FILE, department=department.id, catalogue=catalogue
         )
@@ -233,7 +293,8 @@ def _build(
         seal_key = case_seal_key(config.state_dir)
         # the retention period is checked at start, and on every call to the case office
         cases.purge()
-        audit = AuditLog(path=config.state_dir / "audit.jsonl", salt=salt)
+        # a request it cannot audit is refused: "the node cannot write its audit log"
+        audit = AuditLog(path=config.state_dir / "audit.jsonl", salt=salt, service="the node")
         opened.append(audit)
         local = (
             open_local_log(
@@ -332,12 +393,29 @@ def start_node(
     servicer = NodeServicer(service)
     office = ListOfficeServicer(service.list_office())
     case_office = CaseOfficeServicer(service.case_office())
+    ingest_office = service.ingest_office(spool_dir=config.state_dir / SPOOL_DIR)
+    ingest = IngestServicer(ingest_office)
+    try:
+        inbox = (
+            Inbox(config.inbox, office=ingest_office, poll_s=config.inbox_poll_s)
+            if config.inbox is not None
+            else None
+        )
+    except OSError as exc:
+        service.close()
+        raise ConfigError(f"inbox {config.inbox}: {exc.strerror}", field="inbox") from None
     register: list[Callable[[grpc.Server], None]] = [
         lambda s: node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, s),
         lambda s: lists_pb2_grpc.add_ListOfficeServiceServicer_to_server(office, s),
         lambda s: cases_pb2_grpc.add_CaseOfficeServiceServicer_to_server(case_office, s),
+        lambda s: ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, s),
     ]
-    names = [NODE_SERVICE_NAME, LIST_OFFICE_SERVICE_NAME, CASE_OFFICE_SERVICE_NAME]
+    names = [
+        NODE_SERVICE_NAME,
+        LIST_OFFICE_SERVICE_NAME,
+        CASE_OFFICE_SERVICE_NAME,
+        INGEST_SERVICE_NAME,
+    ]
     if local is not None:
         transparency = TransparencyServicer(
             local=local,
@@ -357,14 +435,21 @@ def start_node(
             tls=config.tls,
             revocation=revocation,
             token_denial=token_denial,
+            metrics_listen=config.metrics_listen,
         )
     except BaseException:
         service.close()
         raise
+    # a node that cannot write its audit log refuses every query: its health says so
+    running.follow_audit(service.audit_log)
     if local is not None:
         local.start()
         # stopped before the service closes the audit log its checkpointer reads
         running.on_stop.append(local.close)
+    if inbox is not None:
+        inbox.start()
+        # stopped (its import finished) before the service closes the store it writes
+        running.on_stop.append(inbox.close)
     running.on_stop.append(service.close)
     if watcher is not None:
         running.on_stop.append(watcher.close)

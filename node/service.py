@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -15,6 +17,7 @@ from node.caseoffice import CaseOffice
 from node.caseoverlay import EMPTY_OVERLAY, RecordOverlay
 from node.cases import CaseStore
 from node.consent import ConsentCheck, NoConsentCheck
+from node.ingest import IngestOffice
 from node.lists import ListStore
 from node.office import ListOffice
 from node.store import RecordStore, record_problems
@@ -40,6 +43,7 @@ from osmanthus.core.errors import (
 from osmanthus.core.ids import canonical_subject, validate_subject
 from osmanthus.core.keyproof import ProvenKeys
 from osmanthus.core.lists import ListChangesPage
+from osmanthus.core.logserver import LocalLog
 from osmanthus.core.names import validate_purpose, validate_query_id
 from osmanthus.core.peers import PeerRole
 from osmanthus.core.policy import (
@@ -50,6 +54,14 @@ from osmanthus.core.policy import (
     time_facts,
 )
 from osmanthus.core.rules import Record, RuleSet
+from osmanthus.core.status import (
+    FILE_TIME,
+    LIVE_INGEST,
+    OFFLINE_INGEST,
+    audit_standing,
+    catalogue_digest,
+    modified_at,
+)
 from osmanthus.core.subjectfile import AUDIT_SHAPE as SUBJECT_FILE_SHAPE
 from osmanthus.core.subjectpart import PartSigner, seal_part
 from osmanthus.core.subjectseal import check_nonce, seal_fingerprint
@@ -87,6 +99,10 @@ from osmanthus.core.wire.node import (
 )
 
 _log = logging.getLogger(__name__)
+
+
+#: the callers GetInfo tells the node's standing (records held, last ingest, audit log)
+_STANDING_READERS = frozenset({PeerRole.OPERATOR, PeerRole.COORDINATOR})
 
 
 class NodeService:
@@ -220,6 +236,16 @@ class NodeService:
             )
         return self._office
 
+    def ingest_office(self, *, spool_dir: Path) -> IngestOffice:
+        """The department's IngestService and inbox (node.ingest), over this node's record
+        store, case store (a record a case is about is not changed by an import), rules and
+        audit log; uploads are spooled in `spool_dir`."""
+        return IngestOffice(
+            department=self._department, catalogue=self._catalogue, store=self._store,
+            rules=self._rules, audit=self._audit, spool_dir=spool_dir, cases=self._cases,
+            today=self._today,
+        )  # fmt: skip
+
     def case_office(self) -> CaseOffice:
         """The department's case office (CaseOfficeService), sharing this node's stores."""
         if self._case_office is None:
@@ -264,20 +290,55 @@ class NodeService:
     def department_id(self) -> DepartmentId:
         return self._department.id
 
-    def describe(self) -> NodeDescription:
+    @property
+    def audit_log(self) -> AuditLog:
+        """The node's audit log (its server's health follows whether it can be written)."""
+        return self._audit
+
+    def describe(self, *, caller: PeerIdentity) -> NodeDescription:
+        """What the node is, for any platform certificate; with its standing (records held,
+        last ingest, audit log) for operators and the coordinator only: a requester could
+        otherwise watch the department's query volume and ingest rhythm."""
         owned = tuple(
             c.name
             for kind in sorted(self._department.subject_kinds, key=lambda k: k.value)
             for c in self._catalogue.model(kind).categories_owned_by(self._department.id)
         )
-        return NodeDescription(
+        description = NodeDescription(
             department=self._department,
             rules_version=self._rules.version,
             rules_digest=self._rules.digest,
             policy_hash=self._policy.current().hash,
             owned_categories=owned,
             software_version=__version__,
+            catalogue_digest=catalogue_digest(self._catalogue),
         )
+        if caller.role not in _STANDING_READERS:
+            return description
+        at, source, actor = self._last_ingest()
+        return dataclasses.replace(
+            description,
+            records_held=self._store.count(),
+            last_ingest_at=at,
+            last_ingest_source=source,
+            last_ingest_actor=actor,
+            audit=audit_standing(
+                self._audit,
+                self._transparency if isinstance(self._transparency, LocalLog) else None,
+            ),
+        )
+
+    def _last_ingest(self) -> tuple[float | None, str, str]:
+        """(when, "live"/"offline", who) of the newest import the store records; without one
+        (a store built before import history was kept), the store file's last change."""
+        report = self._store.last_import()
+        if report is None or report.at is None:
+            return modified_at(self._store.path), FILE_TIME, ""
+        # `osmanthus node import` with the node stopped records "offline:<user>" (or the
+        # store's default, "offline import"); imports into the running node name the operator
+        # or "inbox:<owner>"
+        offline = report.actor == "offline import" or report.actor.startswith("offline:")
+        return report.at.timestamp(), OFFLINE_INGEST if offline else LIVE_INGEST, report.actor
 
     def _authenticate(self, caller: PeerIdentity, token: str | None) -> TokenClaims:
         """Only the coordinator may ask, and only with a requester's valid token."""
@@ -826,8 +887,9 @@ class NodeService:
         sums = [0] * len(positions)
         as_of = self._today()
         zero = self._zero_parts[kind, Shape.BREAKDOWN]
-        # one lookup per MAX_CHUNK_SUBJECTS bounds the records held in memory at once
-        with self._encoding_guard():
+        # one lookup per MAX_CHUNK_SUBJECTS bounds the records held in memory at once; all of
+        # them read one snapshot, so an import committing meanwhile is in all parts or none
+        with self._encoding_guard(), self._store.snapshot():
             for start in range(0, len(cohort), MAX_CHUNK_SUBJECTS):
                 part_of = cohort[start : start + MAX_CHUNK_SUBJECTS]
                 records = self._records_for_many(kind, part_of)

@@ -1,5 +1,5 @@
-"""The node's gRPC servicers (NodeService, ListOfficeService, CaseOfficeService): unpack, hand
-over, pack.
+"""The node's gRPC servicers (NodeService, ListOfficeService, CaseOfficeService,
+IngestService): unpack, hand over, pack.
 
 Each RPC converts its request with the wire contract, hands it to the service with the caller
 CallerInterceptor read, and converts the answer back; every decision is the service's.
@@ -7,20 +7,26 @@ CallerInterceptor read, and converts the answer back; every decision is the serv
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 
 from node.caseoffice import CaseOffice
+from node.ingest import IngestOffice
 from node.office import ListOffice
 from node.service import NodeService
 from osmanthus.core.grpc_errors import servicer_method
 from osmanthus.core.server import current_caller
 from osmanthus.core.wire import cases as cases_wire
 from osmanthus.core.wire import common as wire_common
+from osmanthus.core.wire import ingest as ingest_wire
 from osmanthus.core.wire import lists as lists_wire
 from osmanthus.core.wire import node as node_wire
 from osmanthus.v1 import (
     cases_pb2,
     cases_pb2_grpc,
+    ingest_pb2,
+    ingest_pb2_grpc,
     lists_pb2,
     lists_pb2_grpc,
     node_pb2,
@@ -112,8 +118,11 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     def GetInfo(  # noqa: N802 - gRPC method name
         self, request: node_pb2.GetInfoRequest, context: grpc.ServicerContext
     ) -> node_pb2.NodeInfo:
-        # any platform certificate may ask (CallerInterceptor admitted it); no anonymous peers
-        return node_wire.node_description_to_proto(self._service.describe())
+        # any platform certificate may ask (CallerInterceptor admitted it); no anonymous peers.
+        # The node's standing is for operators and the coordinator only (describe decides)
+        return node_wire.node_description_to_proto(
+            self._service.describe(caller=current_caller().peer)
+        )
 
 
 class ListOfficeServicer(lists_pb2_grpc.ListOfficeServiceServicer):
@@ -195,3 +204,17 @@ class CaseOfficeServicer(cases_pb2_grpc.CaseOfficeServiceServicer):
             lambda: cases_wire.decision_from_proto(request), caller=current_caller().peer
         )
         return cases_wire.case_to_proto(case)
+
+
+class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
+    def __init__(self, office: IngestOffice) -> None:
+        self._office = office
+
+    @servicer_method
+    def ImportRecords(  # noqa: N802 - gRPC method name
+        self, request_iterator: Iterator[ingest_pb2.ImportChunk], context: grpc.ServicerContext
+    ) -> ingest_pb2.ImportRecordsResponse:
+        caller = current_caller()
+        header, data = ingest_wire.upload_from_proto(request_iterator)
+        outcome = self._office.upload(header, data, caller=caller.peer)
+        return ingest_wire.outcome_to_proto(outcome)

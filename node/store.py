@@ -1,64 +1,74 @@
-"""A department's record store: one DuckDB file, all-or-nothing validated imports, lookups."""
+"""A department's record store: one DuckDB file, all-or-nothing validated imports, lookups.
+
+The running node owns the file's one read-write connection: imports (`osmanthus node import
+--node`, the inbox) run inside it as one transaction per file, on a writer cursor of their own,
+while every lookup reads a committed snapshot through a cursor of its own (DuckDB's MVCC), so
+a query during an import sees the records before it or after it, never a mix. A file may add
+records, and correct or withdraw stored ones by record id; each correction and withdrawal is
+kept in `record_history` (who, when, why, before and after), each file in `imports` (by its
+SHA-256, so the same file is never applied twice).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
 import datetime
+import hashlib
+import json
 import os
-import re
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import duckdb
 
+# the import file's rows and checks live in node.importrows; the names other modules import
+# from here stay importable from here
+from node.importrows import (
+    ACTIONS,
+    ADD,
+    COLUMNS,
+    CORRECT,
+    FILE_COLUMNS,
+    MAX_QUANTITY,
+    MAX_RECORD_ID_LENGTH,
+    REQUIRED_COLUMNS,
+    STAGED_COLUMNS,
+    WITHDRAW,
+    ProblemList,
+    Row,
+    RowValidator,
+    read_table,
+    record_problems,
+    rows_rejected,
+)
 from osmanthus.core.catalogue import Catalogue
 from osmanthus.core.clock import china_today
 from osmanthus.core.errors import (
     ConfigError,
     FailedPrecondition,
-    ImportRejected,
     InvalidArgument,
 )
-from osmanthus.core.ids import validate_subject
-from osmanthus.core.rules import STATUSES, Record, RuleSet
-from osmanthus.core.storefile import create_or_read_meta, transaction
+from osmanthus.core.rules import Record, RuleSet
+from osmanthus.core.storefile import create_or_read_meta, rollback_quietly, transaction
 from osmanthus.core.types import DepartmentId, SubjectId, SubjectKind
 
 SCHEMA_VERSION = 1
-
-COLUMNS = (
-    "record_id",
-    "subject_kind",
-    "subject_id",
-    "kind",
-    "quantity",
-    "event_start",
-    "event_end",
-    "status",
-)
-REQUIRED_COLUMNS = frozenset({"record_id", "subject_kind", "subject_id", "kind", "event_start"})
-#: largest quantity a single record may carry (hours, donations, ...); bounds the slot sums
-MAX_QUANTITY = 1_000_000
-MAX_RECORD_ID_LENGTH = 64
-#: how many problems the ImportRejected message spells out; `problems` always has them all
-_MESSAGE_PROBLEMS = 5
-
-# [0-9], not \d: \d also matches other scripts' digits, which int() and dates would accept
-_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_DIGITS = re.compile(r"[0-9]{1,9}")
-#: the earliest event date accepted; anything older is a typo
-EARLIEST_EVENT = datetime.date(1900, 1, 1)
-_RECORD_ID = re.compile(r"[^\s\x00-\x1f\x7f]+")
+#: how often (rows read) an import reports its progress
+_PROGRESS_EVERY = 10_000
 
 # record_id and subject_id are stored uncompressed: a batch lookup scans every row of both, and
 # decompressing DuckDB's default FSST encoding of these unique strings costs more than the scan
 # and the join together (5,000 subjects at a million records: ~90 ms of CPU with it, ~55 without).
 # Stores created before this keep their compression; they answer the same, only slower.
-_SCHEMA = f"""
+_SCHEMA = (
+    f"""
 CREATE TABLE IF NOT EXISTS meta (
     department VARCHAR NOT NULL,
     schema_version INTEGER NOT NULL
@@ -75,6 +85,33 @@ CREATE TABLE IF NOT EXISTS records (
 );
 CREATE INDEX IF NOT EXISTS records_subject ON records (subject_id);
 """
+    + """
+CREATE TABLE IF NOT EXISTS record_history (
+    seq BIGINT PRIMARY KEY,
+    record_id VARCHAR NOT NULL,
+    subject_kind VARCHAR NOT NULL,
+    subject_id VARCHAR NOT NULL,
+    import_sha256 VARCHAR NOT NULL,
+    "at" TIMESTAMP NOT NULL,
+    actor VARCHAR NOT NULL,
+    action VARCHAR NOT NULL CHECK (action IN ('correct', 'withdraw')),
+    reason VARCHAR NOT NULL,
+    before VARCHAR NOT NULL,
+    after VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS imports (
+    sha256 VARCHAR PRIMARY KEY,
+    "at" TIMESTAMP NOT NULL,
+    actor VARCHAR NOT NULL,
+    source VARCHAR NOT NULL,
+    added BIGINT NOT NULL,
+    corrected BIGINT NOT NULL,
+    withdrawn BIGINT NOT NULL
+);
+"""
+)
+#: the tables a store created before live imports lacks; created when it is opened writable
+_HISTORY_TABLES = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS record_history") :]
 
 _SELECT_ONE = (
     "SELECT record_id, kind, quantity, event_start, event_end, status, subject_kind FROM records "
@@ -102,24 +139,97 @@ _READ_STAGED = (
     "'event_end': 'DATE', 'status': 'VARCHAR'})"
 )
 
+# an import's staged rows (node.importrows.STAGED_COLUMNS), read into a temporary table of the
+# writer's transaction: duplicate ids, stored ids and the records changes name are found there
+_READ_STAGED_ROWS = (
+    "read_csv(?, header = true, auto_detect = false, delim = ',', quote = '\"', escape = '\"', "
+    "nullstr = '', columns = {'line': 'BIGINT', 'action': 'VARCHAR', 'ok': 'BOOLEAN', "
+    "'record_id': 'VARCHAR', 'subject_kind': 'VARCHAR', 'subject_id': 'VARCHAR', "
+    "'kind': 'VARCHAR', 'quantity': 'INTEGER', 'event_start': 'DATE', 'event_end': 'DATE', "
+    "'status': 'VARCHAR', 'reason': 'VARCHAR'})"
+)
+_STAGED = "temp.import_rows"
+# a record's fields as record_history keeps them (keys sorted, as json.dumps(sort_keys) wrote)
+_RECORD_JSON = (
+    "json_object('event_end', {t}.event_end, 'event_start', {t}.event_start, 'kind', {t}.kind, "
+    "'quantity', {t}.quantity, 'status', {t}.status)::VARCHAR"
+)
+#: what an import calls, inside its transaction just before the commit, with what it did: the
+#: node appends the import's audit entry there, so that an entry it cannot write rolls it back
+BeforeCommit = Callable[["ImportReport"], None]
+
 
 @dataclass(frozen=True)
 class ImportReport:
+    """What one import file did: `rows` records added, `corrected`, `withdrawn`; `duplicate`
+    when a file with the same SHA-256 was applied before (nothing was done this time, and the
+    counts and `at`/`actor` are the first application's)."""
+
     path: Path
     rows: int
+    corrected: int = 0
+    withdrawn: int = 0
+    sha256: str = ""
+    duplicate: bool = False
+    at: datetime.datetime | None = None
+    actor: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistoryLine:
+    """One correction or withdrawal of a stored record, as `record_history` keeps it."""
+
+    seq: int
+    record_id: str
+    import_sha256: str
+    at: datetime.datetime
+    actor: str
+    action: str
+    reason: str
+    before: dict[str, object] = field(default_factory=dict)
+    after: dict[str, object] = field(default_factory=dict)
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes (an import file's identity: the same file is applied once)."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    except FileNotFoundError:
+        raise InvalidArgument(f"{path}: file does not exist", field="path") from None
+    return digest.hexdigest()
 
 
 class RecordStore:
     """One department's records in one DuckDB file.
 
-    Lookups may run from many threads at once (each uses its own cursor); writes are serialised.
+    Lookups may run from many threads at once (each uses its own cursor, reading the last
+    committed state); writes are serialised on a writer cursor of their own, so a long import
+    never holds up a lookup (only the creation of a cursor takes `_lock`).
     """
 
-    def __init__(self, path: Path, *, department: DepartmentId, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        department: DepartmentId,
+        read_only: bool = False,
+        read_only_reason: str | None = None,
+        staging_dir: Path | None = None,
+    ) -> None:
         self.path = Path(path)
         self.department = department
         self.read_only = read_only
+        #: why the store is open read-only (its file cannot be written, say), if known
+        self.read_only_reason = read_only_reason
+        # where imports stage their rows: a running node's state directory (node.server), so
+        # that the database's directory need not take other files; offline, beside the file
+        self._staging_dir = Path(staging_dir) if staging_dir is not None else self.path.parent
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._pinned = threading.local()
         if read_only and not self.path.exists():
             raise ConfigError(f"{self.path}: record store does not exist")
         try:
@@ -130,6 +240,10 @@ class RecordStore:
             ) from None
         try:
             self._check_or_create_schema()
+            if not read_only:
+                with transaction(self._conn):
+                    self._conn.execute(_HISTORY_TABLES)
+            self._writer = self._conn.cursor()
         except BaseException:
             self._conn.close()
             raise
@@ -159,17 +273,41 @@ class RecordStore:
 
     # -- reading --------------------------------------------------------------------------------
 
-    def records_for(self, subject_kind: SubjectKind, subject_id: SubjectId) -> list[Record]:
-        """Every stored record about one subject, in record_id order."""
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every lookup this thread makes inside the block reads one snapshot: an answer built
+        from several lookups (a cohort read part by part) sees an import whole or not at all."""
+        if getattr(self._pinned, "cursor", None) is not None:
+            yield
+            return
         with self._lock:
             cursor = self._conn.cursor()
         try:
-            # subject_id alone: DuckDB uses the ART index only when the indexed column is the
-            # whole filter; adding "AND subject_kind = ?" turns the lookup into a table scan
-            # (~13 ms instead of ~0.7 ms at a million records)
-            rows = cursor.execute(_SELECT_ONE, [subject_id]).fetchall()
+            cursor.begin()
+            self._pinned.cursor = cursor
+            yield
+        finally:
+            self._pinned.cursor = None
+            rollback_quietly(cursor)
+            cursor.close()
+
+    def _read(self, sql: str, parameters: Sequence[object]) -> list[tuple[Any, ...]]:
+        pinned = getattr(self._pinned, "cursor", None)
+        if pinned is not None:
+            return pinned.execute(sql, parameters).fetchall()  # type: ignore[no-any-return]
+        with self._lock:
+            cursor = self._conn.cursor()
+        try:
+            return cursor.execute(sql, parameters).fetchall()
         finally:
             cursor.close()
+
+    def records_for(self, subject_kind: SubjectKind, subject_id: SubjectId) -> list[Record]:
+        """Every stored record about one subject, in record_id order."""
+        # subject_id alone: DuckDB uses the ART index only when the indexed column is the
+        # whole filter; adding "AND subject_kind = ?" turns the lookup into a table scan
+        # (~13 ms instead of ~0.7 ms at a million records)
+        rows = self._read(_SELECT_ONE, [subject_id])
         kind_value = subject_kind.value
         return [
             Record(
@@ -205,12 +343,7 @@ class RecordStore:
             query, parameters = f"{_SELECT_MANY_COLUMNS}({marks}){_SELECT_MANY_ORDER}", [*wanted]
         else:
             query, parameters = _SELECT_MANY, [wanted]
-        with self._lock:
-            cursor = self._conn.cursor()
-        try:
-            rows = cursor.execute(query, parameters).fetchall()
-        finally:
-            cursor.close()
+        rows = self._read(query, parameters)
         kind_value = subject_kind.value
         found: dict[SubjectId, list[Record]] = {}
         current: list[Record] = []
@@ -261,34 +394,67 @@ class RecordStore:
             cursor.close()
 
     def count(self) -> int:
-        with self._lock:
-            cursor = self._conn.cursor()
-        try:
-            row = cursor.execute("SELECT count(*) FROM records").fetchone()
-        finally:
-            cursor.close()
-        assert row is not None
-        return int(row[0])
+        return int(self._read("SELECT count(*) FROM records", [])[0][0])
+
+    def _has_history(self) -> bool:
+        # a store created before live imports, opened read-only, has no history tables
+        return bool(
+            self._read(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = 'main' AND "
+                "table_name = 'imports'",
+                [],
+            )
+        )
+
+    def last_import(self) -> ImportReport | None:
+        """The newest file applied (by either import path), or None."""
+        if not self._has_history():
+            return None
+        rows = self._read(
+            'SELECT sha256, "at", actor, source, added, corrected, withdrawn FROM imports '
+            'ORDER BY "at" DESC LIMIT 1',
+            [],
+        )
+        return _import_report(rows[0]) if rows else None
+
+    def history(self, record_id: str) -> tuple[HistoryLine, ...]:
+        """The corrections and withdrawals of one record, oldest first."""
+        if not self._has_history():
+            return ()
+        rows = self._read(
+            'SELECT seq, record_id, import_sha256, "at", actor, action, reason, before, after '
+            "FROM record_history WHERE record_id = ? ORDER BY seq",
+            [record_id],
+        )
+        return tuple(
+            HistoryLine(
+                seq=int(r[0]), record_id=str(r[1]), import_sha256=str(r[2]),
+                at=_aware(r[3]), actor=str(r[4]), action=str(r[5]), reason=str(r[6]),
+                before=json.loads(str(r[7])), after=json.loads(str(r[8])),
+            )
+            for r in rows
+        )  # fmt: skip
 
     # -- writing --------------------------------------------------------------------------------
 
     def _require_writable(self) -> None:
         if self.read_only:
             raise FailedPrecondition(
-                f"{self.path}: the record store is open read-only; stop the node or open it "
-                "writable to import"
+                f"{self.path}: the record store is open read-only"
+                + (f" ({self.read_only_reason})" if self.read_only_reason else "")
+                + "; stop the node or open it writable to import"
             )
 
     def insert_records(self, records: Iterable[Record]) -> int:
         """Insert trusted, already-valid records in one transaction; returns how many."""
         self._require_writable()
-        with _Staging(self.path.parent) as staging:
+        with _Staging(self._staging_dir) as staging:
             for r in records:
                 staging.add(r)
             staging.finish()
-            with self._lock:
+            with self._write_lock:
                 try:
-                    with transaction(self._conn):
+                    with transaction(self._writer):
                         self._insert_staged(staging)
                 except duckdb.ConstraintException as e:
                     raise InvalidArgument(
@@ -304,12 +470,28 @@ class RecordStore:
         rules: RuleSet,
         catalogue: Catalogue,
         today: datetime.date | None = None,
+        actor: str = "offline import",
+        sha256: str | None = None,
+        source: str | None = None,
+        check_change: Callable[[str], str | None] | None = None,
+        progress: Callable[[int], None] | None = None,
+        before_commit: BeforeCommit | None = None,
     ) -> ImportReport:
-        """Validate every row of a CSV or Parquet file, then insert all of them or none.
+        """Validate every row of a CSV or Parquet file, then apply all of them or none.
 
-        Raises ImportRejected listing (line, field, problem) for every bad row; nothing is
-        written then. `today` (default: today in China) is the date "not in the future" means.
-        Rows stream through a staging file, so memory holds only the record ids.
+        A row adds a record (action empty or `add`), or corrects (`correct`: the whole record
+        again, same subject) or withdraws (`withdraw`: record_id and reason) a stored one by
+        its record id. Raises ImportRejected listing (line, field, problem) for the bad rows
+        (the first thousand; `problem_count` says how many in all); nothing is written then.
+        `today` (default: today in China) is the date "not in the future" means. Rows stream
+        through a staging file into a temporary table of the transaction, where duplicate ids,
+        stored ids and the records the changes name are checked in SQL: Python's memory holds
+        no record id. A file whose SHA-256 (`sha256`, default: read from the file) was applied
+        before is not applied again: the report says `duplicate`. `actor` is who imports, kept
+        with the file and in the history of each record it changes; `check_change(record_id)`
+        names why a record may not be changed (an open case about it), None when it may;
+        `progress(rows)` hears of the rows read so far; `before_commit(report)` runs inside the
+        transaction just before its commit (an exception from it rolls the import back).
         """
         self._require_writable()
         path = Path(path)
@@ -318,51 +500,93 @@ class RecordStore:
                 f"rules are for department {rules.department!r}, this store is {self.department!r}",
                 field="rules",
             )
+        rows, unit = read_table(path, columns=FILE_COLUMNS, required=REQUIRED_COLUMNS)
+        digest = sha256 if sha256 is not None else file_sha256(path)
+        before = self.applied(digest)
+        if before is not None:
+            return before
         served = catalogue.department(self.department).subject_kinds
-        rows, unit = read_table(path, columns=COLUMNS, required=REQUIRED_COLUMNS)
-        validator = _RowValidator(
+        if progress is not None:
+            rows = _counted(rows, progress)
+        validator = RowValidator(
             rules=rules,
             served=served,
             today=today if today is not None else china_today(),
             unit=unit,
         )
-        problems: _Problems = []
-        with _Staging(self.path.parent) as staging:
-            lines = validator.validate(rows, problems, staging.add)
+        problems = ProblemList()
+        with _Staging(self._staging_dir, STAGED_COLUMNS) as staging:
+            validator.validate(rows, problems, staging.add_row)
             staging.finish()
-            with self._lock, transaction(self._conn):
-                for rid in self._stored_ids(staging):
-                    problems.append(
-                        (
-                            lines[rid],
-                            "record_id",
-                            f"record {rid!r} is already stored; record ids must be new",
-                        )
-                    )
+            with self._write_lock, transaction(self._writer) as conn:
+                # checked again inside the transaction: two uploads of one file race here
+                before = self.applied(digest, conn)
+                if before is not None:
+                    return before
+                conn.execute(
+                    "CREATE OR REPLACE TEMP TABLE import_rows AS SELECT * FROM "
+                    + _READ_STAGED_ROWS,
+                    [str(staging.path)],
+                )
+                _check_staged(conn, problems, unit=unit, check_change=check_change)
                 if problems:
                     raise rows_rejected(path, unit, problems)
-                self._insert_staged(staging)
-        return ImportReport(path=path, rows=staging.count)
+                now = datetime.datetime.now(datetime.UTC)
+                added, corrected, withdrawn = _apply_staged(conn, digest=digest, actor=actor,
+                                                            now=now)  # fmt: skip
+                conn.execute(
+                    'INSERT INTO imports (sha256, "at", actor, source, added, corrected, '
+                    "withdrawn) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        digest,
+                        now.replace(tzinfo=None),
+                        actor,
+                        (source if source is not None else path.name)[:200],
+                        added,
+                        corrected,
+                        withdrawn,
+                    ],
+                )
+                # gone with the transaction either way; dropped here so that none outlives it
+                conn.execute(f"DROP TABLE {_STAGED}")
+                report = ImportReport(
+                    path=path, rows=added, corrected=corrected, withdrawn=withdrawn,
+                    sha256=digest, at=now, actor=actor,
+                )  # fmt: skip
+                if before_commit is not None:
+                    before_commit(report)
+        return report
 
-    def _stored_ids(self, staging: _Staging) -> list[str]:
-        if staging.count == 0:
-            return []
-        rows = self._conn.execute(
-            f"SELECT s.record_id FROM {_READ_STAGED} s JOIN records r USING (record_id)",
-            [str(staging.path)],
-        ).fetchall()
-        return [r[0] for r in rows]
+    def applied(
+        self, digest: str, conn: duckdb.DuckDBPyConnection | None = None
+    ) -> ImportReport | None:
+        """The file with this SHA-256 as first applied (`duplicate` set), None if never."""
+        sql = (
+            'SELECT sha256, "at", actor, source, added, corrected, withdrawn FROM imports '
+            "WHERE sha256 = ?"
+        )
+        rows = (
+            conn.execute(sql, [digest]).fetchall()
+            if conn is not None
+            else self._read(sql, [digest])
+        )
+        if not rows:
+            return None
+        return dataclasses.replace(_import_report(rows[0]), duplicate=True)
 
-    def _insert_staged(self, staging: _Staging) -> None:
+    def _insert_staged(
+        self, staging: _Staging, conn: duckdb.DuckDBPyConnection | None = None
+    ) -> None:
         if staging.count:
-            self._conn.execute(
+            (conn or self._writer).execute(
                 f"INSERT INTO records SELECT * FROM {_READ_STAGED}", [str(staging.path)]
             )
 
     # -- lifetime -------------------------------------------------------------------------------
 
     def close(self) -> None:
-        with self._lock:
+        with self._write_lock, self._lock:
+            self._writer.close()
             self._conn.close()
 
     def __enter__(self) -> RecordStore:
@@ -377,43 +601,165 @@ class RecordStore:
         self.close()
 
 
-def rows_rejected(
-    path: Path, unit: str, problems: list[tuple[int, str, str]], *, outcome: str = "imported"
-) -> ImportRejected:
-    """ImportRejected listing `problems` by line; "nothing was <outcome>"."""
-    problems.sort(key=lambda p: p[0])
-    bad_rows = len({p[0] for p in problems})
-    shown = "; ".join(
-        f"{unit} {line}, {field}: {problem}" if line else f"{field}: {problem}"
-        for line, field, problem in problems[:_MESSAGE_PROBLEMS]
+def _aware(stored: object) -> datetime.datetime:
+    assert isinstance(stored, datetime.datetime)
+    return stored.replace(tzinfo=datetime.UTC)
+
+
+def _import_report(row: Sequence[Any]) -> ImportReport:
+    sha256, at, actor, source, added, corrected, withdrawn = row
+    return ImportReport(
+        path=Path(str(source)),
+        rows=int(added),
+        corrected=int(corrected),
+        withdrawn=int(withdrawn),
+        sha256=str(sha256),
+        at=_aware(at),
+        actor=str(actor),
     )
-    more = len(problems) - _MESSAGE_PROBLEMS
-    tail = f"; and {more} more" if more > 0 else ""
-    return ImportRejected(
-        f"{path}: {len(problems)} problem(s) in {bad_rows} {unit}(s); nothing was {outcome}. "
-        f"{shown}{tail}",
-        problems=problems,
+
+
+def _record_json(record: Record) -> str:
+    return json.dumps(
+        {
+            "kind": record.kind,
+            "quantity": record.quantity,
+            "event_start": record.event_start.isoformat(),
+            "event_end": record.event_end.isoformat() if record.event_end else None,
+            "status": record.status,
+        },
+        sort_keys=True,
     )
+
+
+def _check_staged(
+    conn: duckdb.DuckDBPyConnection,
+    problems: ProblemList,
+    *,
+    unit: str,
+    check_change: Callable[[str], str | None] | None,
+) -> None:
+    """The problems of the staged rows that need the whole file or the stored records: an id
+    twice in the file, a new record whose id is stored, a change of no stored record or of
+    another subject's, a change a case forbids. Rows stream from DuckDB in batches."""
+    duplicates = conn.execute(
+        f"SELECT line, record_id, first FROM (SELECT line, record_id, min(line) OVER "
+        f"(PARTITION BY record_id) AS first FROM {_STAGED}) WHERE line > first ORDER BY line"
+    )
+    for line, rid, first in _batches(duplicates):
+        problems.append(
+            (line, "record_id", f"duplicate record id {rid!r} (first on {unit} {first})")
+        )
+    stored = conn.execute(
+        f"SELECT s.line, s.record_id FROM {_STAGED} s JOIN records r USING (record_id) "
+        f"WHERE s.action = '{ADD}' AND s.ok ORDER BY s.line"
+    )
+    for line, rid in _batches(stored):
+        problems.append(
+            (line, "record_id", f"record {rid!r} is already stored; record ids must be new")
+        )
+    changes = conn.execute(
+        f"SELECT s.line, s.action, s.record_id, s.subject_kind, s.subject_id, r.subject_kind, "
+        f"r.subject_id FROM {_STAGED} s LEFT JOIN records r USING (record_id) "
+        f"WHERE s.action <> '{ADD}' AND s.ok ORDER BY s.line"
+    )
+    for line, action, rid, kind, subject, old_kind, old_subject in _batches(changes):
+        if old_subject is None:
+            problems.append((line, "record_id", f"no stored record {rid!r} to {action}"))
+        elif action == CORRECT and (kind, subject) != (old_kind, old_subject):
+            problems.append(
+                (
+                    line,
+                    "subject_id",
+                    f"record {rid!r} is about another subject; a correction keeps the subject "
+                    "(withdraw it and add a new record instead)",
+                )
+            )
+        elif action == WITHDRAW and subject and subject != old_subject:
+            problems.append((line, "subject_id", f"record {rid!r} is about another subject"))
+        elif check_change is not None and (why := check_change(rid)):
+            problems.append((line, "record_id", why))
+
+
+def _apply_staged(
+    conn: duckdb.DuckDBPyConnection, *, digest: str, actor: str, now: datetime.datetime
+) -> tuple[int, int, int]:
+    """Apply checked staged rows: add the new records, keep each change's history (before and
+    after), correct and withdraw. Returns how many were added, corrected and withdrawn."""
+    row = conn.execute(
+        f"SELECT count(*) FILTER (WHERE action = '{ADD}'), "
+        f"count(*) FILTER (WHERE action = '{CORRECT}'), "
+        f"count(*) FILTER (WHERE action = '{WITHDRAW}') FROM {_STAGED}"
+    ).fetchone()
+    assert row is not None
+    added, corrected, withdrawn = (int(n) for n in row)
+    if added:
+        conn.execute(
+            "INSERT INTO records SELECT record_id, subject_kind, subject_id, kind, quantity, "
+            f"event_start, event_end, status FROM {_STAGED} WHERE action = '{ADD}'"
+        )
+    if corrected or withdrawn:
+        last = conn.execute("SELECT coalesce(max(seq), 0) FROM record_history").fetchone()
+        first = int(last[0]) + 1 if last else 1
+        # the history first, while the records still hold what the changes replace
+        conn.execute(
+            "INSERT INTO record_history (seq, record_id, subject_kind, subject_id, "
+            'import_sha256, "at", actor, action, reason, before, after) '
+            "SELECT ? - 1 + row_number() OVER (ORDER BY s.line), s.record_id, r.subject_kind, "
+            "r.subject_id, ?, ?, ?, s.action, s.reason, "
+            f"{_RECORD_JSON.format(t='r')}, CASE WHEN s.action = '{CORRECT}' THEN "
+            f"{_RECORD_JSON.format(t='s')} ELSE '{{}}' END "
+            f"FROM {_STAGED} s JOIN records r USING (record_id) WHERE s.action <> '{ADD}'",
+            [first, digest, now.replace(tzinfo=None), actor],
+        )
+    if corrected:
+        conn.execute(
+            "UPDATE records SET kind = s.kind, quantity = s.quantity, event_start = s.event_start, "
+            f"event_end = s.event_end, status = s.status FROM {_STAGED} s "
+            f"WHERE records.record_id = s.record_id AND s.action = '{CORRECT}'"
+        )
+    if withdrawn:
+        conn.execute(
+            "DELETE FROM records WHERE record_id IN "
+            f"(SELECT record_id FROM {_STAGED} WHERE action = '{WITHDRAW}')"
+        )
+    return added, corrected, withdrawn
+
+
+def _batches(cursor: duckdb.DuckDBPyConnection) -> Iterator[tuple[Any, ...]]:
+    while batch := cursor.fetchmany(10_000):
+        yield from batch
+
+
+def _counted(rows: Iterator[Row], progress: Callable[[int], None]) -> Iterator[Row]:
+    count = 0
+    for row in rows:
+        count += 1
+        if count % _PROGRESS_EVERY == 0:
+            progress(count)
+        yield row
+    progress(count)
 
 
 class _Staging:
-    """A temporary CSV of validated records that DuckDB reads back in one statement.
+    """A temporary CSV of checked rows that DuckDB reads back in one statement.
 
     Reading a CSV is an order of magnitude faster than binding parameters row by row. The file
-    lives next to the database (mode 0600, from mkstemp) so personal data does not spread to a
-    shared temp directory, and it is removed whatever happens.
+    lives in the node's state directory (or, offline, next to the database), mode 0600 from
+    mkstemp, so personal data does not spread to a shared temp directory; it is removed
+    whatever happens.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, columns: Sequence[str] = COLUMNS) -> None:
         fd, name = tempfile.mkstemp(prefix=".import-", suffix=".csv", dir=directory)
         self.path = Path(name)
         self.count = 0
         self._file = os.fdopen(fd, "w", newline="", encoding="utf-8")
         self._writer = csv.writer(self._file, lineterminator="\n")
-        self._writer.writerow(COLUMNS)
+        self._writer.writerow(columns)
 
     def add(self, r: Record) -> None:
-        self._writer.writerow(
+        self.add_row(
             (
                 r.record_id,
                 r.subject_kind.value,
@@ -425,6 +771,9 @@ class _Staging:
                 r.status,
             )
         )
+
+    def add_row(self, values: Sequence[object]) -> None:
+        self._writer.writerow(values)
         self.count += 1
 
     def finish(self) -> None:
@@ -443,317 +792,21 @@ class _Staging:
         self.path.unlink(missing_ok=True)
 
 
-# -- reading import files ---------------------------------------------------------------------
-
-# A reader yields (line or row number, {column: text}), or (line, problem) for a row that cannot
-# be split into columns. A header problem is raised at once, since every row would repeat it.
-_Row = tuple[int, dict[str, str] | str]
-_Problems = list[tuple[int, str, str]]
-
-
-def read_table(
-    path: Path, *, columns: Sequence[str], required: frozenset[str], outcome: str = "imported"
-) -> tuple[Iterator[_Row], str]:
-    """The rows of a CSV or Parquet file with these columns, and what a row is called there.
-
-    Each row comes as (line or row number, {column: text}), or (line, problem) for a CSV line
-    that cannot be split into columns. A bad header is raised as ImportRejected at once.
-    `outcome` completes the rejection's "nothing was ..." (imported, published).
-    """
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return _read_csv(path, columns=columns, required=required, outcome=outcome), "line"
-    if suffix == ".parquet":
-        return _read_parquet(path, columns=columns, required=required, outcome=outcome), "row"
-    raise InvalidArgument(
-        f"{path}: cannot tell the format from the extension {path.suffix!r}; use .csv or .parquet",
-        field="path",
-    )
-
-
-def _check_header(
-    path: Path,
-    header: list[str],
-    line: int,
-    unit: str,
-    *,
-    columns: Sequence[str],
-    required: frozenset[str],
-    outcome: str,
-) -> None:
-    problems: _Problems = []
-    seen: set[str] = set()
-    for name in header:
-        if name in seen:
-            problems.append((line, name, "column appears twice in the header"))
-        seen.add(name)
-        if name not in columns:
-            problems.append(
-                (line, name or "(empty)", f"unknown column; expected columns: {', '.join(columns)}")
-            )
-    for name in columns:
-        if name in required and name not in seen:
-            problems.append((line, name, "required column is missing"))
-    if problems:
-        raise rows_rejected(path, unit, problems, outcome=outcome)
-
-
-def _read_csv(
-    path: Path, *, columns: Sequence[str], required: frozenset[str], outcome: str
-) -> Iterator[_Row]:
-    try:
-        # utf-8-sig: spreadsheet exports often start with a byte-order mark
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                raise ImportRejected(
-                    f"{path}: the file is empty; expected a header line",
-                    problems=[(1, "header", "file is empty")],
-                )
-            header = [h.strip() for h in header]
-            _check_header(
-                path,
-                header,
-                1,
-                "line",
-                columns=columns,
-                required=required,
-                outcome=outcome,
-            )
-            last_line = reader.line_num
-            for values in reader:
-                # a quoted field may span lines: a row starts on the line after the last one
-                line = last_line + 1
-                last_line = reader.line_num
-                if not values or all(not v.strip() for v in values):
-                    continue
-                if len(values) != len(header):
-                    yield line, f"has {len(values)} fields, the header has {len(header)}"
-                    continue
-                yield line, {h: v.strip() for h, v in zip(header, values, strict=True)}
-    except FileNotFoundError:
-        raise InvalidArgument(f"{path}: file does not exist", field="path") from None
-    except UnicodeDecodeError as e:
-        raise InvalidArgument(
-            f"{path}: not UTF-8 text (byte {e.start}); save the CSV as UTF-8", field="path"
-        ) from None
-    except csv.Error as e:
-        raise InvalidArgument(f"{path}: malformed CSV: {e}", field="path") from None
-
-
-def _cell_text(value: object) -> str:
-    if value is None:
-        return ""
-    # a timestamp where a date belongs keeps its time, so validation names the problem
-    if isinstance(value, datetime.date):
-        return value.isoformat()
-    return str(value).strip()
-
-
-def _read_parquet(
-    path: Path, *, columns: Sequence[str], required: frozenset[str], outcome: str
-) -> Iterator[_Row]:
-    if not path.exists():
-        raise InvalidArgument(f"{path}: file does not exist", field="path")
-    conn = duckdb.connect()
-    try:
-        try:
-            cursor = conn.execute("SELECT * FROM read_parquet(?)", [str(path)])
-        except duckdb.Error as e:
-            raise InvalidArgument(
-                f"{path}: not a readable Parquet file: {e}", field="path"
-            ) from None
-        header = [d[0] for d in cursor.description or []]
-        _check_header(path, header, 0, "row", columns=columns, required=required, outcome=outcome)
-        row_number = 0
-        while batch := cursor.fetchmany(10_000):
-            for values in batch:
-                row_number += 1
-                yield row_number, {h: _cell_text(v) for h, v in zip(header, values, strict=True)}
-    finally:
-        conn.close()
-
-
-def record_problems(
-    record: Record, *, rules: RuleSet, served: frozenset[SubjectKind], today: datetime.date
-) -> list[tuple[str, str]]:
-    """The (field, problem) pairs an import would find in `record`, none when it is valid: a
-    record corrected by an upheld objection (node.caseoffice) is checked as an imported one."""
-    values = {
-        "record_id": record.record_id,
-        "subject_kind": record.subject_kind.value,
-        "subject_id": record.subject_id,
-        "kind": record.kind,
-        "quantity": str(record.quantity),
-        "event_start": record.event_start.isoformat(),
-        "event_end": record.event_end.isoformat() if record.event_end is not None else "",
-        "status": record.status,
-    }
-    validator = _RowValidator(rules=rules, served=served, today=today, unit="record")
-    return validator.row(values)[1]
-
-
-class _RowValidator:
-    """Checks rows of an import file against the rules and the store's department."""
-
-    def __init__(
-        self,
-        *,
-        rules: RuleSet,
-        served: frozenset[SubjectKind],
-        today: datetime.date,
-        unit: str,
-    ) -> None:
-        self.unit = unit
-        self.rules = rules
-        self.served = served
-        self.today = today
-        self.kinds = {kind: rules.kinds(kind) for kind in SubjectKind}
-
-    def validate(
-        self, rows: Iterable[_Row], problems: _Problems, accept: Callable[[Record], None]
-    ) -> dict[str, int]:
-        """Pass each valid record to `accept` and append every problem found to `problems`.
-
-        Returns the line of each record id, to place problems found later (ids already stored).
-        """
-        first_line: dict[str, int] = {}
-        for line, values in rows:
-            if isinstance(values, str):
-                problems.append((line, "row", values))
-                continue
-            record, row_problems = self.row(values)
-            problems.extend((line, field, problem) for field, problem in row_problems)
-            rid = values.get("record_id", "")
-            if rid in first_line:
-                problems.append(
-                    (
-                        line,
-                        "record_id",
-                        f"duplicate record id {rid!r} (first on {self.unit} {first_line[rid]})",
-                    )
-                )
-            elif rid:
-                first_line[rid] = line
-                if record is not None:
-                    accept(record)
-        return first_line
-
-    def row(self, values: Mapping[str, str]) -> tuple[Record | None, list[tuple[str, str]]]:
-        problems: list[tuple[str, str]] = []
-        rid = values.get("record_id", "")
-        if not rid:
-            problems.append(("record_id", "is empty"))
-        elif len(rid) > MAX_RECORD_ID_LENGTH or not _RECORD_ID.fullmatch(rid):
-            problems.append(
-                (
-                    "record_id",
-                    f"must be 1-{MAX_RECORD_ID_LENGTH} characters without spaces or control "
-                    "characters",
-                )
-            )
-        subject_kind: SubjectKind | None = None
-        skind_text = values.get("subject_kind", "")
-        try:
-            subject_kind = SubjectKind(skind_text)
-        except ValueError:
-            problems.append(("subject_kind", f"{skind_text!r} is not 'person' or 'enterprise'"))
-        if subject_kind is not None and subject_kind not in self.served:
-            problems.append(
-                (
-                    "subject_kind",
-                    f"department {self.rules.department!r} does not hold {subject_kind.value} "
-                    "records (see the catalogue)",
-                )
-            )
-            subject_kind = None
-        subject_id: SubjectId | None = None
-        if subject_kind is not None:
-            try:
-                subject_id = validate_subject(
-                    subject_kind, values.get("subject_id", ""), field="subject_id"
-                )
-            except InvalidArgument as e:
-                problems.append(("subject_id", e.message))
-        kind = values.get("kind", "")
-        rule = None
-        if subject_kind is not None:
-            if kind not in self.kinds[subject_kind]:
-                known = ", ".join(sorted(self.kinds[subject_kind])) or "none"
-                problems.append(
-                    (
-                        "kind",
-                        f"{kind!r} is not a {subject_kind.value} record kind of department "
-                        f"{self.rules.department!r} (known: {known})",
-                    )
-                )
-            else:
-                rule = self.rules.rule(subject_kind, kind)
-        quantity_text = values.get("quantity", "") or "1"
-        quantity: int | None = None
-        if not _DIGITS.fullmatch(quantity_text) or not 1 <= int(quantity_text) <= MAX_QUANTITY:
-            problems.append(
-                ("quantity", f"{quantity_text!r} is not a whole number from 1 to {MAX_QUANTITY}")
-            )
-        else:
-            quantity = int(quantity_text)
-        start = self.date(values.get("event_start", ""), "event_start", problems, required=True)
-        end = self.date(values.get("event_end", ""), "event_end", problems, required=False)
-        if start is not None and start > self.today:
-            problems.append(("event_start", f"{start} is in the future (today is {self.today})"))
-        if start is not None and end is not None and end < start:
-            problems.append(("event_end", f"{end} is before event_start {start}"))
-        if (
-            end is not None
-            and end > self.today
-            and not (rule is not None and rule.validity.mode == "while_listed")
-        ):
-            problems.append(
-                (
-                    "event_end",
-                    f"{end} is in the future (today is {self.today}); only listings that "
-                    "count while listed may carry a planned end date",
-                )
-            )
-        status = values.get("status", "") or "active"
-        if status not in STATUSES:
-            problems.append(("status", f"{status!r} is not one of {', '.join(STATUSES)}"))
-        if problems:
-            return None, problems
-        assert subject_kind is not None and subject_id is not None
-        assert quantity is not None and start is not None
-        return (
-            Record(
-                record_id=rid,
-                subject_kind=subject_kind,
-                subject_id=subject_id,
-                kind=kind,
-                quantity=quantity,
-                event_start=start,
-                event_end=end,
-                status=status,
-            ),
-            [],
-        )
-
-    @staticmethod
-    def date(
-        text: str, field: str, problems: list[tuple[str, str]], *, required: bool
-    ) -> datetime.date | None:
-        if not text:
-            if required:
-                problems.append((field, "is empty; give the date as YYYY-MM-DD"))
-            return None
-        if not _ISO_DATE.fullmatch(text):
-            problems.append((field, f"{text!r} is not a date in the form YYYY-MM-DD"))
-            return None
-        try:
-            value = datetime.date.fromisoformat(text)
-        except ValueError:
-            problems.append((field, f"{text!r} is not a real calendar date"))
-            return None
-        if value < EARLIEST_EVENT:
-            problems.append((field, f"{value} is before {EARLIEST_EVENT}; check the year"))
-            return None
-        return value
+__all__ = [
+    "ACTIONS",
+    "ADD",
+    "COLUMNS",
+    "CORRECT",
+    "FILE_COLUMNS",
+    "MAX_QUANTITY",
+    "MAX_RECORD_ID_LENGTH",
+    "REQUIRED_COLUMNS",
+    "WITHDRAW",
+    "HistoryLine",
+    "ImportReport",
+    "RecordStore",
+    "file_sha256",
+    "read_table",
+    "record_problems",
+    "rows_rejected",
+]

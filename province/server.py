@@ -55,7 +55,8 @@ class ProvinceConfig:
     witness_key: Path | None = None
     #: the roster of logs and witnesses (logs.toml): the logs the witness cosigns
     logs: Path | None = None
-    #: HOST:PORT to serve the witness's Prometheus metrics on (None: not served)
+    #: HOST:PORT to serve the receiver's Prometheus metrics on, its witness's with its RPCs'
+    #: (None: not served)
     metrics_listen: str | None = None
 
 
@@ -114,7 +115,8 @@ def start_province(
 ) -> RunningServer:
     """Serve ProvinceService (and health), and WitnessService if configured, over mutual TLS
     until stopped. `metrics`: the registry the witness's metrics go to (made here when
-    `config.metrics_listen` asks for them and none is given)."""
+    `config.metrics_listen` asks for them and none is given); the process's one endpoint
+    (osmanthus.core.metrics) serves it with the RPCs' metrics."""
     revocation = open_revocation(
         config.crl, ca_path=config.tls.ca, interval_s=config.revocation_poll_s
     )
@@ -136,28 +138,21 @@ def start_province(
                 metrics = WitnessMetrics()
             if metrics is not None:
                 metrics.watch(witness.witness)
-        elif config.metrics_listen is not None:
-            raise ConfigError(
-                "the receiver's metrics are its witness's: give --witness-key and --logs too",
-                field="metrics_listen",
-            )
-        if metrics is not None and config.metrics_listen is not None:
-            metrics.serve(config.metrics_listen)
         running = start_server(
             register=register,
             service_names=names,
             listen=config.listen,
             tls=config.tls,
             revocation=revocation,
+            metrics_listen=config.metrics_listen,
+            metrics_collectors=(metrics.registry,) if metrics is not None else (),
         )
     except BaseException:
-        if metrics is not None:
-            metrics.close()
         service.close()
         raise
     running.on_stop.append(service.close)
-    if metrics is not None:
-        running.on_stop.append(metrics.close)
+    if metrics is not None and running.metrics is not None:
+        metrics.port = running.metrics.port
     if witness is not None:
         _log.info(
             "witnessing %d logs as %s", len(witness.witness.origins()), witness.witness.signer.name

@@ -24,10 +24,9 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
-from wsgiref.simple_server import WSGIServer
 
 import grpc
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -208,34 +207,13 @@ class WitnessCollector(Collector):
 
 
 class WitnessMetrics:
-    """A registry holding the witness's metrics, served over HTTP on demand."""
+    """A registry holding the witness's metrics; the receiver's metrics endpoint (osmanthus.core.
+    metrics, one per process) serves it beside the process's own."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        #: the port /metrics is served on, once `serve` ran
+        #: the port /metrics is served on, once the receiver serves
         self.port: int | None = None
-        self._servers: list[WSGIServer] = []
 
     def watch(self, witness: Witness) -> None:
         self.registry.register(WitnessCollector(witness))
-
-    def serve(self, listen: str) -> None:
-        """Serve /metrics on HOST:PORT (port 0: any free one; `port` tells which)."""
-        host, sep, port_text = listen.rpartition(":")
-        if not sep or not host or not port_text.isdigit():
-            raise ConfigError(f"{listen!r} is not HOST:PORT", field="metrics_listen")
-        try:
-            server, _ = start_http_server(int(port_text), addr=host, registry=self.registry)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot serve metrics on {listen}: {exc.strerror}", field="metrics_listen"
-            ) from None
-        self.port = int(server.server_port)
-        self._servers.append(server)
-        _log.info("witness metrics on http://%s:%d/metrics", host, self.port)
-
-    def close(self) -> None:
-        for server in self._servers:
-            server.shutdown()
-            server.server_close()
-        self._servers.clear()

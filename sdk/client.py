@@ -53,6 +53,7 @@ from osmanthus.core.wire.node import (
 from osmanthus.core.workers import ParallelDecryptor
 from osmanthus.v1 import coordinator_pb2_grpc
 from sdk.batch import DEFAULT_CIPHERTEXTS_PER_CHUNK, BatchDecoder, Outbox, batch_requests
+from sdk.failover import coordinator_target
 from sdk.keys import RequesterKeys, load_or_create_keys
 from sdk.results import (
     BatchScore,
@@ -188,7 +189,7 @@ class Client:
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         *,
         tls: TlsFiles,
         token: str,
@@ -206,12 +207,17 @@ class Client:
         self._catalogue = catalogue or load_catalogue()
         # the platform CA: a subject file's parts must be signed by certificates it issued
         self._ca_path = tls.ca
+        # several addresses: the coordinator's replicas, balanced and failed over by gRPC
+        channel_target, balancing = coordinator_target(target)
         self._channel = secure_channel(
-            target,
+            channel_target,
             tls,
             server_name=server_name,
             # a subject's file is one sealed part per department: more than gRPC's default 4 MiB
-            options=[("grpc.max_receive_message_length", max_response_bytes(self._catalogue))],
+            options=[
+                ("grpc.max_receive_message_length", max_response_bytes(self._catalogue)),
+                *balancing,
+            ],
         )
         self._stub = coordinator_pb2_grpc.CoordinatorServiceStub(self._channel)
         self._registered = False

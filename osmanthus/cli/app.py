@@ -23,6 +23,7 @@ from osmanthus.cli import (
     portal,
     province,
     report,
+    status,
     sync,
 )
 from osmanthus.cli.env import Parser, read_environment
@@ -50,6 +51,7 @@ _GROUPS = (
     portal,
     audit,
     health,
+    status,
 )
 #: problems of a rejected import printed before the rest is summed up
 _PROBLEMS_SHOWN = 200
@@ -103,8 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         for line, field, problem in exc.problems[:_PROBLEMS_SHOWN]:
             print(f"  line {line}: {field}: {problem}", file=sys.stderr)
-        if len(exc.problems) > _PROBLEMS_SHOWN:
-            print(f"  … and {len(exc.problems) - _PROBLEMS_SHOWN} more", file=sys.stderr)
+        if exc.problem_count > _PROBLEMS_SHOWN:
+            print(f"  … and {exc.problem_count - _PROBLEMS_SHOWN} more", file=sys.stderr)
         return exc.exit_code
     except OsmanthusError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -124,6 +124,14 @@ def _register_coordinator(subcommands: Subcommands) -> None:
         help="how often every node's latest checkpoint is fetched, checked and cosigned "
         "(0: never; the first round runs at start)",
     )
+    p.add_argument(
+        "--state-url",
+        metavar="URL",
+        help="keep the consents, keys, disclosure pins, ε ledger and rate limits in this "
+        "PostgreSQL database (postgresql://USER@HOST:PORT/DB; a password is best given as "
+        "OSMANTHUS_STATE_URL or in ~/.pgpass) instead of files in --state-dir: every replica "
+        "given the same URL serves the same federation (docs/deployment.md)",
+    )
     read_environment(p)
 
 
@@ -176,6 +184,7 @@ def _cmd_coordinator_serve(args: argparse.Namespace) -> int:
         issuer_public_key=args.issuer_public_key,
         state_dir=args.state_dir,
         listen=args.listen,
+        metrics_listen=args.metrics_listen,
         policy=args.policy or DEFAULT_CENTRAL_POLICY,
         deadline_s=args.deadline,
         table_cache_bytes=args.table_cache_mb * 2**20,
@@ -189,6 +198,7 @@ def _cmd_coordinator_serve(args: argparse.Namespace) -> int:
         witness_key=_in_certs_dir(args, args.witness_key, "coordinator", "witness.key"),
         logs=_in_certs_dir(args, args.logs, "", "logs.toml"),
         witness_interval_s=args.witness_interval,
+        state_url=args.state_url,
         log_key=log_key_file(args, role="coordinator", name="coordinator"),
         checkpoint_every=args.checkpoint_every,
         checkpoint_interval_s=args.checkpoint_interval,

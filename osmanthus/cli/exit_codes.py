@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     POLICY_CASES_FAILED = 6
     QUARANTINED = 7
     LOG_FAILED_VERIFICATION = 8
+    UNHEALTHY = 9
     INTERRUPTED = 130
 
 
@@ -37,6 +38,9 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
     "batch in quarantine holds its stream ('osmanthus sync quarantine show')",
     ExitCode.LOG_FAILED_VERIFICATION: "an audit log failed verification: an entry, checkpoint, "
     "cosignature or proof does not match what was signed ('osmanthus audit' names which)",
+    ExitCode.UNHEALTHY: "'osmanthus status' found something wrong other than a server down: a "
+    "stale audit checkpoint, a witness alarm, another catalogue, a failed or late sync job "
+    "(each problem is listed)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
 

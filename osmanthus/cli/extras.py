@@ -4,14 +4,31 @@ from __future__ import annotations
 
 #: the modules each extra of pyproject.toml installs that the base install lacks (import names)
 EXTRA_MODULES: dict[str, frozenset[str]] = {
-    "node": frozenset({"duckdb", "cedarpy", "grpc_health", "tqdm"}),
-    "coordinator": frozenset({"duckdb", "cedarpy", "grpc_health", "pydantic"}),
-    "province": frozenset({"duckdb", "grpc_health", "pydantic", "prometheus_client"}),
+    "node": frozenset(
+        {"duckdb", "cedarpy", "grpc_health", "grpc_reflection", "prometheus_client", "tqdm"}
+    ),
+    # psycopg: the PostgreSQL state of coordinator replicas (--state-url)
+    "coordinator": frozenset(
+        {
+            "duckdb",
+            "cedarpy",
+            "grpc_health",
+            "grpc_reflection",
+            "prometheus_client",
+            "pydantic",
+            "psycopg",
+        }
+    ),
+    "province": frozenset(
+        {"duckdb", "grpc_health", "grpc_reflection", "pydantic", "prometheus_client"}
+    ),
     "sync": frozenset({"duckdb", "prometheus_client", "tqdm", "pydantic"}),
     "batch": frozenset({"duckdb", "tqdm"}),
     "policy": frozenset({"cedarpy"}),
     "reports": frozenset({"reportlab", "pypdf"}),
-    "portal": frozenset({"starlette", "jinja2", "uvicorn", "python_multipart"}),
+    "portal": frozenset(
+        {"starlette", "jinja2", "uvicorn", "python_multipart", "prometheus_client"}
+    ),
 }
 EXTRA_MODULES["all"] = frozenset().union(*EXTRA_MODULES.values())
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from osmanthus.cli.env import read_environment
 from osmanthus.cli.exit_codes import ExitCode
@@ -106,6 +111,16 @@ def register(subcommands: Subcommands) -> None:
         "working days, 1095 days, 5 filings a day and 10 open cases, Monday to Friday",
     )
     p.add_argument(
+        "--inbox",
+        type=Path,
+        metavar="DIR",
+        help="a folder this node watches for import files (.csv or .parquet, moved in whole: "
+        "write them elsewhere or as NAME.tmp and rename them in). Each is applied in name "
+        "order, every row or none, then moved to DIR/done/, or to DIR/rejected/ beside "
+        "NAME.reason.txt naming every bad row; a file the node stopped in the middle of is "
+        "applied whole at the next start, or was applied already and is only moved",
+    )
+    p.add_argument(
         "--table-cache-mb",
         type=int,
         default=256,
@@ -119,15 +134,31 @@ def register(subcommands: Subcommands) -> None:
         "import",
         "load records from CSV or Parquet (all rows or none)",
         "Validate every row of FILE (columns record_id, subject_kind, subject_id, kind, quantity, "
-        "event_start, event_end, status) and insert all of them in one transaction. If any row is "
-        "bad nothing is written and every bad row is reported by line and field. Stop the node "
-        "first: DuckDB allows one writer.",
+        "event_start, event_end, status, and optionally action and reason) and apply all of "
+        "them in one transaction. A row adds a record (action empty or 'add'), corrects a "
+        "stored one ('correct': the whole record again, same subject) or withdraws one "
+        "('withdraw': record_id and reason); corrections and withdrawals keep the record's "
+        "history (who, when, why). If any row is bad nothing is written and every bad row is "
+        "reported by line and field. A file applied before (same SHA-256) is not applied "
+        "again. With --node, FILE is uploaded to the running node (the department's operator "
+        "certificate); with --db, the node must be stopped (DuckDB allows one writer).",
         _cmd_node_import,
+        parents=[tls_options(role_hint="operator")],
         extra="node",
     )
     p.add_argument("--department", required=True, help="department id")
-    p.add_argument("--db", type=Path, required=True, help="the department's DuckDB file")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--node", metavar="HOST:PORT", help="upload to the department's running node"
+    )
+    where.add_argument("--db", type=Path, help="the department's DuckDB file (node stopped)")
     p.add_argument("--rules", type=Path, help="rule file (default: embedded default rules)")
+    p.add_argument(
+        "--operator",
+        help="with --node: name of your operator certificate in --certs-dir (default: the "
+        "department id)",
+    )
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
     p.add_argument("file", type=Path, help="CSV or Parquet file")
 
 
@@ -142,6 +173,7 @@ def _cmd_node_serve(args: argparse.Namespace) -> int:
         issuer_public_key=args.issuer_public_key,
         state_dir=args.state_dir,
         listen=args.listen,
+        metrics_listen=args.metrics_listen,
         rules=args.rules,
         policy=args.policy or DEFAULT_NODE_POLICY,
         table_cache_bytes=args.table_cache_mb * 2**20,
@@ -159,6 +191,7 @@ def _cmd_node_serve(args: argparse.Namespace) -> int:
         log_roster=log_roster_file(args),
         checkpoint_every=args.checkpoint_every,
         checkpoint_interval_s=args.checkpoint_interval,
+        inbox=args.inbox,
     )
     # before the server starts: until the handler is in place SIGHUP would end the process
     check_bundle_on_sighup(args)
@@ -180,6 +213,10 @@ def _consent_public_key(args: argparse.Namespace) -> Path | None:
 
 
 def _cmd_node_import(args: argparse.Namespace) -> int:
+    if args.node:
+        return _import_live(args)
+    import getpass
+
     from node.store import RecordStore
     from osmanthus.core.catalogue import load_catalogue
     from osmanthus.core.files import narrow_umask
@@ -196,6 +233,94 @@ def _cmd_node_import(args: argparse.Namespace) -> int:
         else load_default_rules(dept.id, catalogue=catalogue)
     )
     with RecordStore(args.db, department=dept.id) as store:
-        report = store.import_file(args.file, rules=rules, catalogue=catalogue)
-    print(f"imported {report.rows} records from {args.file} into {args.db}")
+        report = store.import_file(
+            args.file, rules=rules, catalogue=catalogue, actor=f"offline:{getpass.getuser()}"
+        )
+    _print_import(
+        args,
+        where=str(args.db),
+        added=report.rows,
+        corrected=report.corrected,
+        withdrawn=report.withdrawn,
+        sha256=report.sha256,
+        duplicate=report.duplicate,
+        applied_by=report.actor,
+    )
     return ExitCode.SUCCESS
+
+
+def _import_live(args: argparse.Namespace) -> int:
+    """`node import --node`: upload FILE to the running node, with a progress bar."""
+    from node.importer import RecordImporter
+
+    tls = tls_files(args, role="operator", name=args.operator or args.department)
+    size = args.file.stat().st_size if args.file.is_file() else 0
+    with (
+        RecordImporter(args.node, department=args.department, tls=tls) as importer,
+        _upload_bar(args, total=size) as bar,
+    ):
+        outcome = importer.upload(args.file, progress=bar.update if bar is not None else None)
+    _print_import(
+        args,
+        where=f"the node of {args.department} at {args.node}",
+        added=outcome.added,
+        corrected=outcome.corrected,
+        withdrawn=outcome.withdrawn,
+        sha256=outcome.sha256,
+        duplicate=outcome.duplicate,
+        applied_by=outcome.applied_by,
+    )
+    return ExitCode.SUCCESS
+
+
+@contextmanager
+def _upload_bar(args: argparse.Namespace, *, total: int) -> Iterator[Any]:
+    """A tqdm bar of the bytes sent, on a terminal's stderr only (and not with --json)."""
+    if args.json or not sys.stderr.isatty():
+        yield None
+        return
+    try:
+        from tqdm import tqdm
+    except ModuleNotFoundError:  # the base install has no tqdm: no bar, nothing lost
+        yield None
+        return
+    with tqdm(total=total, unit="B", unit_scale=True, desc="upload", leave=False) as bar:
+        yield bar
+
+
+def _print_import(
+    args: argparse.Namespace,
+    *,
+    where: str,
+    added: int,
+    corrected: int,
+    withdrawn: int,
+    sha256: str,
+    duplicate: bool,
+    applied_by: str,
+) -> None:
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "file": str(args.file),
+                    "sha256": sha256,
+                    "duplicate": duplicate,
+                    "added": added,
+                    "corrected": corrected,
+                    "withdrawn": withdrawn,
+                    "applied_by": applied_by,
+                },
+                sort_keys=True,
+            )
+        )
+    elif duplicate:
+        print(
+            f"{args.file} was applied before (SHA-256 {sha256[:16]}..., by {applied_by}): "
+            f"nothing done; it had added {added}, corrected {corrected}, withdrawn {withdrawn}"
+        )
+    else:
+        print(
+            f"imported {added} records from {args.file} into {where}"
+            + (f"; corrected {corrected}, withdrew {withdrawn}" if corrected or withdrawn else "")
+        )

@@ -167,6 +167,12 @@ def server_options(*, listen: str, state_dir: str) -> argparse.ArgumentParser:
     group.add_argument("--state-dir", type=Path, required=True, help=state_dir)
     group.add_argument("--listen", default=listen, help="host:port (port 0 = any free port)")
     group.add_argument("--ready-file", type=Path, help="write the bound port here once serving")
+    group.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (off by default; plain HTTP: "
+        "bind a loopback or monitoring-only address, e.g. 127.0.0.1:9464)",
+    )
     return parent
 
 

@@ -140,6 +140,12 @@ def register(subcommands: Subcommands) -> None:
         "the URL it serves on); an https URL makes the session cookies Secure",
     )
     p.add_argument("--ready-file", type=Path, help="write the bound port here once serving")
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics (requests by route and status) on "
+        "http://HOST:PORT/metrics (off by default; bind a loopback or monitoring-only address)",
+    )
     logs = p.add_argument_group(
         "who asked about me (kiosk and online)",
         "each entry's inclusion proof is checked against the pinned keys of the log that holds "
@@ -377,7 +383,7 @@ def _cmd_portal_serve(args: argparse.Namespace) -> int:
                         args.ready_file, f"{bound_port}\n".encode(), field="ready_file"
                     )
 
-            serve(app, sock, on_started=started)
+            serve(app, sock, on_started=started, metrics_listen=args.metrics_listen)
         finally:
             backend.close()
     finally:
@@ -441,16 +447,31 @@ def _serve_department(args: argparse.Namespace) -> int:
                         args.ready_file, f"{bound_port}\n".encode(), field="ready_file"
                     )
 
-            serve(app, sock, on_started=started)
+            serve(app, sock, on_started=started, metrics_listen=args.metrics_listen)
     finally:
         sock.close()
     return ExitCode.SUCCESS
 
 
-def serve(app: Any, sock: socket.socket, *, on_started: Callable[[], None]) -> None:
+def serve(
+    app: Any,
+    sock: socket.socket,
+    *,
+    on_started: Callable[[], None],
+    metrics_listen: str | None = None,
+) -> None:
     """Serve `app` with uvicorn on the listening `sock` until SIGTERM or SIGINT (in a thread
-    other than the main one: until the server's `should_exit` is set)."""
+    other than the main one: until the server's `should_exit` is set). `metrics_listen`
+    (HOST:PORT): count requests by route template and status, and serve Prometheus metrics
+    there (osmanthus.core.metrics)."""
     import uvicorn
+
+    endpoint = None
+    if metrics_listen is not None:
+        from osmanthus.core import metrics
+
+        endpoint = metrics.serve(metrics_listen)
+        app = metrics.HttpMetricsMiddleware(app)
 
     class Server(uvicorn.Server):
         """Reports when it serves, and ends on a signal without raising it again (uvicorn
@@ -490,4 +511,8 @@ def serve(app: Any, sock: socket.socket, *, on_started: Callable[[], None]) -> N
         server_header=False,
         lifespan="on",
     )
-    Server(config).run(sockets=[sock])
+    try:
+        Server(config).run(sockets=[sock])
+    finally:
+        if endpoint is not None:
+            endpoint.close()

@@ -82,11 +82,7 @@ def register(subcommands: Subcommands) -> None:
         type=Path,
         help="logs.toml, the roster of the logs to witness and their keys (certs init writes it)",
     )
-    p.add_argument(
-        "--metrics-listen",
-        metavar="HOST:PORT",
-        help="serve the witness's Prometheus metrics on /metrics there (e.g. 127.0.0.1:9465)",
-    )
+    # --metrics-listen comes with the server options: its RPCs' metrics, and its witness's
     read_environment(p)
     p = command(
         province,

@@ -10,10 +10,16 @@ A crash in the middle of a write can leave a torn last line. The log is never tr
 it; the next append starts on a fresh line and `entries()` reports the torn line by number.
 
 Appends from many threads share fsyncs (group commit): the thread that finds no write in progress
-writes every line queued so far with one write and one fsync, while the others wait for it. Each
-append still returns only once its own line is on disk. A failed write or fsync closes the log for
-good: after fsync fails, the kernel may have dropped the data while a retry reports success, so
-a retry would be a false promise of durability.
+writes every line queued so far (a batch) with one write and one fsync, while the others wait for
+it. Each append still returns only once its own line is on disk, and learns the outcome of its
+own batch only: a later batch that was written says nothing about an earlier one that failed.
+No answer may leave without its entry, so an append that cannot write (a full disk, a file
+system turned read-only, an I/O error) raises `Unavailable` (naming no path; the server log has
+it) and the caller answers nothing. The bytes a failed write left were never acknowledged: they
+are cut off (truncated back to the last durable line) before anything else is written, so that a
+retry never counts on data a failed fsync may have dropped, and the log and its tree keep the
+same lines. The next append simply tries again:
+the log recovers by itself once the disk takes writes, with no restart.
 
 The log keeps the RFC 6962 / RFC 9162 Merkle tree of its lines beside it (`merkle.HashStore`,
 files `<log name>.tree.<level>`, mode 0600): leaf i is `merkle.leaf_hash` of line i + 1 as
@@ -22,14 +28,16 @@ ended it with a newline, so that leaf i is always line i + 1 and the tree commit
 bytes with no parsing: a verifier replays the file, not our reading of it. (A torn line was never
 acknowledged; it stays in the tree as it stays in the file, as evidence of the crash.)
 The tree is derived data and is not fsynced: the log is the source of truth, and opening the log
-repairs the tree from it. A tree behind the log (a crash after the log's fsync) catches up by
-hashing the missing lines only; a torn or out-of-step tree, or none, is rebuilt from the whole
-log with a warning; a tree holding more leaves than the log has lines means the log was
-truncated, and is refused rather than rebuilt over. A clean restart reads the log once to count
-its lines (no parsing, no hashing) and hashes one line: the tree's last leaf must be the hash of
-the log's corresponding line, so an edited last line is caught at once; checking every line is
-`audit verify`'s job. Without signed checkpoints the tree proves nothing against whoever holds
-the log: they can rebuild it over an edited log (docs/caveats.md).
+repairs the tree from it. A tree that cannot be written while the log can (its files on a disk
+that just filled up) falls behind, and roots and proofs are refused until the next entry written
+catches it up from the leaves kept in memory. A tree behind the log (a crash after the log's
+fsync) catches up by hashing the missing lines only; a torn or out-of-step tree, or none, is
+rebuilt from the whole log with a warning; a tree holding more leaves than the log has lines
+means the log was truncated, and is refused rather than rebuilt over. A clean restart reads the
+log once to count its lines (no parsing, no hashing) and hashes one line: the tree's last leaf
+must be the hash of the log's corresponding line, so an edited last line is caught at once;
+checking every line is `audit verify`'s job. Without signed checkpoints the tree proves nothing
+against whoever holds the log: they can rebuild it over an edited log (docs/caveats.md).
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ import secrets
 import stat
 import threading
 from bisect import bisect_right
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,8 +60,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from osmanthus.core import merkle
-from osmanthus.core.errors import ConfigError, InvalidArgument, OsmanthusError
+from osmanthus.core import merkle, probes
+from osmanthus.core.errors import ConfigError, InvalidArgument, OsmanthusError, Unavailable
 from osmanthus.core.files import sync_directory
 
 SALT_BYTES: Final = 32
@@ -66,6 +74,9 @@ _FILE_MODE: Final = 0o600
 TREE_SUFFIX: Final = ".tree"
 #: the log is read in chunks of this size to count its lines on opening
 _SCAN_BYTES: Final = 1 << 20
+#: leaf hashes kept in memory (32 bytes each) for a tree that cannot be written while the log
+#: can; beyond this many the tree waits for a restart to catch up from the log
+MAX_TREE_BACKLOG: Final = 1 << 20
 
 _log = logging.getLogger(__name__)
 
@@ -180,6 +191,21 @@ class AuditEntry:
         )
 
 
+class _Batch:
+    """Lines written together by one write and one fsync, and how that went (under the lock)."""
+
+    __slots__ = ("done", "failure", "leaves", "lines")
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        #: the leaf hash of each line, in the same order (with a tree only)
+        self.leaves: list[bytes] = []
+        #: set by the thread that wrote the batch, before it lets another write
+        self.done = False
+        #: why the write failed (no path); None when the lines are durable
+        self.failure: str | None = None
+
+
 class AuditLog:
     """Thread-safe append-only log; every append reaches the disk before it returns.
 
@@ -187,7 +213,9 @@ class AuditLog:
     `tree=False` keeps none and is the log as it was before the tree (benchmarks compare both).
     """
 
-    def __init__(self, *, path: Path, salt: bytes, tree: bool = True) -> None:
+    def __init__(
+        self, *, path: Path, salt: bytes, tree: bool = True, service: str = "this server"
+    ) -> None:
         if len(salt) < MIN_SALT_BYTES:
             raise InvalidArgument(
                 f"the audit salt has {len(salt)} bytes; at least {MIN_SALT_BYTES} are required "
@@ -195,18 +223,22 @@ class AuditLog:
                 field="salt",
             )
         self.path = path
+        #: how a refusal names the service to its caller ("the node", "the coordinator")
+        self.service = service
         # keyed once; each hash copies it instead of deriving the padded keys again
         self._hmac = hmac.new(salt, digestmod=hashlib.sha256)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        # group commit state, guarded by _lock: lines are numbered in the order they are queued
-        self._pending: list[bytes] = []
-        #: the leaf hash of each pending line, in the same order (with a tree only)
-        self._pending_leaves: list[bytes] = []
-        self._queued = 0
-        self._durable = 0
+        # group commit state, guarded by _lock: the batch lines join until a thread writes it
+        self._batch = _Batch()
         self._writing = False
+        #: why the last write failed (its cause, no path); None once a write succeeds
         self._failure: str | None = None
+        #: told the failure (None: the log takes writes again) whenever it changes
+        self._watchers: list[Callable[[str | None], None]] = []
+        #: a failed write may have left bytes after the last durable line (cut off before the
+        #: next write: they were never acknowledged)
+        self._torn = False
         self._fd = _open_private(path, os.O_RDWR | os.O_APPEND)
         try:
             size = os.fstat(self._fd).st_size
@@ -222,8 +254,13 @@ class AuditLog:
         self._tree: merkle.HashStore | None = None
         #: leaves of the tree readers may ask about, guarded by _lock
         self._tree_size = 0
-        #: why the tree stopped following the log (it is repaired when the log is reopened)
+        #: why the tree stopped following the log (the next batch written tries to catch up)
         self._tree_failure: str | None = None
+        #: leaves of durable lines the tree lacks, written by the next batch; only the thread
+        #: writing a batch touches it
+        self._tree_backlog: list[bytes] = []
+        #: set when the backlog overflowed: the tree catches up only when the log is reopened
+        self._tree_lost: str | None = None
         #: threads reading the tree's files outside the lock; close waits for them
         self._tree_readers = 0
         if tree:
@@ -261,89 +298,182 @@ class AuditLog:
         return digest.hexdigest()
 
     def append(self, entry: AuditEntry) -> None:
-        """Write `entry` durably; returns once its line is on disk (fsynced)."""
+        """Write `entry` durably; returns once its line is on disk (fsynced).
+
+        When the line cannot be written (a full disk, a read-only file system, an I/O error),
+        raises `Unavailable` naming no path (the server log has the path and the cause): the
+        caller must not answer. The next append tries again, so the log recovers by itself
+        once the disk takes writes again.
+        """
         text = entry.to_json().encode("ascii")
         line = text + b"\n"
         # hashed here, outside the lock, rather than by the thread that writes the batch
         leaf = merkle.leaf_hash(text) if self._tree is not None else b""
         with self._changed:
-            self._check_usable()
-            self._pending.append(line)
-            self._pending_leaves.append(leaf)
-            self._queued += 1
-            mine = self._queued
+            self._check_open()
+            batch = self._batch
+            batch.lines.append(line)
+            batch.leaves.append(leaf)
             while self._writing:
                 self._changed.wait()
-                if self._durable >= mine:
-                    return
-                self._check_usable()
-            # no write in progress: this thread writes everything queued, its own line included
-            batch, self._pending = self._pending, []
-            leaves, self._pending_leaves = self._pending_leaves, []
-            last = self._queued
+                # the outcome of this line's own batch, never another's: a later batch that
+                # was written says nothing about this one, which may have failed
+                if batch.done:
+                    if batch.failure is None:
+                        return
+                    raise self._unavailable(batch.failure)
+                self._check_open()
+            # no write in progress, so nobody took this batch (a batch is done before its
+            # writer clears _writing): this thread writes it, its own line and the queued ones
+            self._batch = _Batch()
             self._writing = True
             fd = self._fd
+            durable_size = self._durable_size
+            torn = self._torn
         failure: OSError | None = None
         size = -1
         tree_size: int | None = None
         tree_failure: str | None = None
         try:
-            _write_durably(fd, b"".join(batch))
+            if torn:
+                # bytes of a failed write, never acknowledged: cut them off before writing on
+                os.ftruncate(fd, durable_size)
+                torn = False
+            _write_durably(fd, b"".join(batch.lines))
             size = os.fstat(fd).st_size
             # only once the lines are durable: the tree never holds a line the log may lose
-            tree_size, tree_failure = self._extend_tree(leaves)
+            tree_size, tree_failure = self._extend_tree(batch.leaves)
         except OSError as exc:
             failure = exc
         finally:
+            if size < 0:
+                torn = _cut_back(fd, durable_size)
             # also on an exception that is not an OSError: waiters must never wait for ever
             with self._changed:
                 self._writing = False
-                if tree_failure is not None and self._tree_failure is None:
+                self._torn = torn
+                if tree_failure is not None:
                     self._tree_failure = tree_failure
                 elif tree_size is not None:
+                    if self._tree_failure is not None:
+                        _log.warning(
+                            "%s: the audit log's Merkle tree caught up with the log (%d "
+                            "leaves); roots and proofs are served again", self.path, tree_size,
+                        )  # fmt: skip
+                    self._tree_failure = None
                     self._tree_size = tree_size
+                batch.done = True
                 if size >= 0:
-                    self._durable = last
                     self._durable_size = size
+                    if self._failure is not None:
+                        _log.warning(
+                            "%s: the audit log takes writes again; requests are answered",
+                            self.path,
+                        )
+                        self._failure = None
+                        self._tell_watchers()
                 else:
-                    problem = failure.strerror if failure is not None else "interrupted"
-                    self._failure = (
-                        f"{self.path}: writing the audit log failed ({problem}); no further "
-                        "entries are accepted. Fix the disk, then restart the service: reopening "
-                        "the log starts a fresh line after any torn one"
-                    )
+                    problem = (failure.strerror if failure is not None else None) or "interrupted"
+                    batch.failure = problem
+                    if self._failure != problem:
+                        # once per distinct cause: a full disk would otherwise flood the log
+                        _log.error(
+                            "%s: writing the audit log failed (%s); every request is refused "
+                            "(UNAVAILABLE) until an entry can be written again: free space or "
+                            "make the file system writable; nothing needs a restart",
+                            self.path, problem,
+                        )  # fmt: skip
+                        self._failure = problem
+                        self._tell_watchers()
                 self._changed.notify_all()
-        if failure is not None:
-            raise ConfigError(self._failure or str(failure)) from failure
+        if batch.failure is not None:
+            raise self._unavailable(batch.failure) from failure
+        # the batch's entries (this thread's and those that waited for it) are durable now
+        probes.audit_appended(self.path.name, len(batch.lines))
+
+    def _unavailable(self, cause: str) -> Unavailable:
+        """The refusal a caller gets when its entry's batch was not written: no path in it."""
+        return Unavailable(
+            f"{self.service} cannot write its audit log: {cause}; it answers nothing until it can"
+        )
+
+    @property
+    def failure(self) -> str | None:
+        """Why the last write failed (the cause, no path), or None when the log takes writes."""
+        with self._lock:
+            return self._failure
+
+    def watch(self, watcher: Callable[[str | None], None]) -> None:
+        """Tell `watcher` the failure now, then each time it changes: the cause when a write
+        fails, None when the log takes writes again (a server's health status follows it).
+
+        The watcher is called with the log's lock held, so that calls keep the order of the
+        changes: it must be quick and must not use the log.
+        """
+        with self._lock:
+            self._watchers.append(watcher)
+            self._call(watcher)
+
+    def _tell_watchers(self) -> None:
+        for watcher in self._watchers:
+            self._call(watcher)
+
+    def _call(self, watcher: Callable[[str | None], None]) -> None:
+        try:
+            watcher(self._failure)
+        except Exception:  # a watcher's fault never fails an append
+            _log.exception("%s: a watcher of the audit log failed", self.path)
 
     def _extend_tree(self, leaves: list[bytes]) -> tuple[int | None, str | None]:
         """Append a durable batch's leaves to the tree, unsynced: (the tree's new size, None),
         (None, why the tree stopped following the log), or (None, None) with no tree to extend.
 
         Only the thread writing the batch calls this, so appends to the tree keep the log's
-        order. A failure stops the tree, not the log: the entries are durable, and reopening the
-        log catches the tree up from it.
+        order. A failure stops the tree, not the log: the entries are durable. The leaves the
+        tree lacks are kept (up to MAX_TREE_BACKLOG) and appended by the next batch, after the
+        tree's files are cut back to its last complete append; beyond that, reopening the log
+        catches the tree up from it.
         """
         tree = self._tree
-        if tree is None or self._tree_failure is not None:
+        if tree is None:
             return None, None
+        if self._tree_lost is not None:
+            return None, self._tree_lost
+        backlog = self._tree_backlog
+        backlog.extend(leaves)
+        done = 0
         try:
-            for leaf in leaves:
+            if self._tree_failure is not None:
+                tree.discard_partial()
+            for leaf in backlog:
                 tree.append(leaf, sync=False)
+                done += 1
         except (OSError, OsmanthusError) as exc:
+            del backlog[:done]
             problem = exc.strerror if isinstance(exc, OSError) else str(exc)
+            if len(backlog) > MAX_TREE_BACKLOG:
+                backlog.clear()
+                self._tree_lost = (
+                    f"{self.path}: extending the audit log's Merkle tree failed ({problem}) at "
+                    f"{tree.size} leaves, and more than {MAX_TREE_BACKLOG} entries since; "
+                    "entries are still recorded, but roots and proofs are refused until the "
+                    "service restarts and the tree catches up from the log"
+                )
+                _log.error("%s", self._tree_lost)
+                return None, self._tree_lost
             message = (
                 f"{self.path}: extending the audit log's Merkle tree failed ({problem}) at "
-                f"{tree.size} leaves; entries are still recorded, but roots and proofs are "
-                "refused until the service restarts and the tree catches up from the log"
+                f"{tree.size} leaves; entries are still recorded, and the tree catches up at "
+                "the next entry written once the disk takes writes; until then roots and proofs "
+                "are refused"
             )
-            _log.error("%s", message)
+            if self._tree_failure is None:
+                _log.error("%s", message)
             return None, message
+        backlog.clear()
         return tree.size, None
 
-    def _check_usable(self) -> None:
-        if self._failure is not None:
-            raise ConfigError(self._failure)
+    def _check_open(self) -> None:
         if self._fd < 0:
             raise ConfigError(f"{self.path}: the audit log is closed")
 
@@ -372,8 +502,9 @@ class AuditLog:
     def _lines(self) -> Iterator[tuple[int, bytes]]:
         """(index, raw line) of every whole, durable line when the call is made."""
         with self._lock:
-            # a group write in flight is neither whole nor durable yet: stop short of it
-            end = self._durable_size if self._writing else self.path.stat().st_size
+            # a group write in flight is neither whole nor durable yet, nor are the bytes a
+            # failed one left: stop short of them
+            end = self._durable_size if self._writing or self._torn else self.path.stat().st_size
         with self.path.open("rb") as handle:
             offset = 0
             for index, raw in enumerate(handle):
@@ -438,6 +569,14 @@ class AuditLog:
             self._usable_tree()
             return self._tree_size
 
+    @property
+    def tree_size_known(self) -> int:
+        """`tree_size`, without refusing while the tree is behind the log (a full disk): then
+        the leaves it had, fewer than the log's lines. For status reports, which must still
+        answer when the disk is full."""
+        with self._lock:
+            return self._tree_size
+
     def root(self, size: int | None = None) -> bytes:
         """MTH of the first `size` lines (all of them by default), RFC 9162 §2.1.1."""
         with self._reading_tree() as (tree, tree_size):
@@ -500,8 +639,8 @@ class AuditLog:
                 self._fd = -1
                 if self._tree is not None:
                     self._tree.close()
-            self._pending.clear()
-            self._pending_leaves.clear()
+            # appends waiting in the open batch wake, find the log closed and fail
+            self._batch = _Batch()
             self._changed.notify_all()
 
     def __enter__(self) -> AuditLog:
@@ -717,6 +856,16 @@ def _read_lines(path: Path, marks: list[tuple[int, int]], start: int, stop: int)
                     return
             index += 1
     raise ConfigError(f"{path}: the log has fewer than {stop} lines; it changed while being read")
+
+
+def _cut_back(fd: int, size: int) -> bool:
+    """Truncate to `size` what a failed write left after the last durable line; whether bytes
+    may remain (the truncation failed too: the next write tries again)."""
+    try:
+        os.ftruncate(fd, size)
+    except OSError:
+        return True
+    return False
 
 
 def _write_durably(fd: int, data: bytes) -> None:

@@ -109,7 +109,9 @@ def audited(
     An OsmanthusError is a refusal: "deny" with `redact(error)` as the reason. Any other
     exception is a fault: "deny", "internal error". A block that ends without `record.allow`
     is a fault too (a handler must say why it answered), recorded as a denial and raised.
-    The entry is on disk (AuditLog appends durably) before the answer or the error leaves.
+    The entry is on disk (AuditLog appends durably) before the answer or the error leaves;
+    an entry that cannot be written raises the log's `Unavailable` in place of either, so that
+    nothing leaves unaudited.
     """
     try:
         yield record

@@ -27,6 +27,7 @@ from typing import Any
 
 import gmpy2
 
+from osmanthus.core import probes
 from osmanthus.core.errors import CryptoError, InvalidArgument
 from osmanthus.core.types import KeyFingerprint
 
@@ -661,8 +662,10 @@ class EncryptorCache:
         return free >= needed
 
     def _build(self, public_key: PublicKey) -> FastEncryptor:
+        started = time.perf_counter()
         try:
             encryptor = FastEncryptor(public_key=public_key, window_bits=self._window_bits)
+            probes.table_built(time.perf_counter() - started)
         except Exception:
             _log.exception("building a fixed-base table failed; the plain path stays in use")
             with self._lock:

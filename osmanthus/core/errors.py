@@ -33,11 +33,19 @@ class InvalidArgument(OsmanthusError):
 
 
 class ImportRejected(InvalidArgument):
-    """A bulk import was refused; nothing was written. `problems` lists every bad row."""
+    """A bulk import was refused; nothing was written. `problems` lists the bad rows (an import
+    keeps the first thousand found); `problem_count` is how many problems there were in all."""
 
-    def __init__(self, message: str, *, problems: list[tuple[int, str, str]]) -> None:
-        # (line number, field, problem) for each bad row
+    def __init__(
+        self,
+        message: str,
+        *,
+        problems: list[tuple[int, str, str]],
+        problem_count: int | None = None,
+    ) -> None:
+        # (line number, field, problem) for each bad row listed
         self.problems = problems
+        self.problem_count = len(problems) if problem_count is None else problem_count
         super().__init__(message)
 
 

@@ -9,6 +9,7 @@ keeps its state in a `private_directory` (0700, files 0600) and narrows its umas
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -127,9 +128,16 @@ def append_durably(path: Path, data: bytes, *, field: str) -> None:
         if size and os.pread(fd, 1, size - 1) != b"\n":
             data = b"\n" + data
         view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError:
+            # the lines were never acknowledged: cut off what was written of them (a full
+            # disk), or a later append would follow a line torn in the middle of the file
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
     except OSError as exc:
         raise ConfigError(f"{path}: cannot append: {exc.strerror}", field=field) from exc
     finally:

@@ -34,6 +34,7 @@ from typing import Any, Final, TypeVar
 
 import grpc
 
+from osmanthus.core import probes
 from osmanthus.core.audit import AuditLog
 from osmanthus.core.checkpoints import Checkpointer, SignedCheckpoint, history_path
 from osmanthus.core.errors import (
@@ -146,6 +147,8 @@ class LocalLog:
         self._newest_cosigned: SignedCheckpoint | None = None
         self._index = _LineIndex(log)
         self._load()
+        # its checkpoint age is a metric (osmanthus.core.metrics) while it is open
+        probes.log_opened(self)
 
     # -- checkpoints and cosignatures ------------------------------------------------------------
 
@@ -406,6 +409,7 @@ class LocalLog:
         return self._index.lines(start, end, max_bytes=max_bytes), tree_size
 
     def close(self) -> None:
+        probes.log_closed(self)
         self.checkpointer.close()
 
 

@@ -349,6 +349,14 @@ class HashStore:
             self._size = index + 1
             return index
 
+    def discard_partial(self) -> None:
+        """Cut every level's file back to what the last completed append wrote: an append that
+        failed (a full disk) may have written part of its hashes, which the next append would
+        otherwise follow with its own, out of step."""
+        with self._lock:
+            for level, fd in enumerate(self._files):
+                os.ftruncate(fd, (self._size >> level) * HASH_BYTES)
+
     def _read(self, level: int, position: int) -> bytes:
         data = os.pread(self._files[level], HASH_BYTES, position * HASH_BYTES)
         if len(data) != HASH_BYTES:

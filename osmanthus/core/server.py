@@ -27,10 +27,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client.registry import Collector
 
 from osmanthus.core.errors import ConfigError, InvalidArgument, OsmanthusError, Unauthenticated
 from osmanthus.core.files import write_atomically
 from osmanthus.core.grpc_errors import abort
+from osmanthus.core.metrics import MetricsEndpoint, MetricsInterceptor
+from osmanthus.core.metrics import serve as serve_metrics
 from osmanthus.core.tls import (
     PeerIdentity,
     TlsFiles,
@@ -42,6 +46,7 @@ from osmanthus.core.tokens import bearer_token
 from osmanthus.core.wire import MAX_RECEIVE_BYTES, decoded
 
 if TYPE_CHECKING:
+    from osmanthus.core.audit import AuditLog
     from osmanthus.core.crl import PeerRevocation
     from osmanthus.core.denylist import TokenDenial
 
@@ -316,6 +321,8 @@ class RunningServer:
     revocation: PeerRevocation | None = None
     #: the token issuer's deny list this server follows (None: none, or it verifies no tokens)
     token_denial: TokenDenial | None = None
+    #: the process's Prometheus endpoint this server started (None: metrics not served)
+    metrics: MetricsEndpoint | None = None
 
     def stop(self, grace: float = GRACE_SECONDS) -> None:
         if self._stopped.is_set():
@@ -330,6 +337,25 @@ class RunningServer:
     def wait(self) -> None:
         self.server.wait_for_termination()
 
+    def follow_audit(self, log: AuditLog) -> None:
+        """Say NOT_SERVING on the health service while `log` cannot be written (the server
+        refuses every query then, rather than answer without its entry), SERVING again once an
+        entry is written: load balancers and `osmanthus status` see what callers get."""
+
+        def changed(failure: str | None) -> None:
+            # after stop() the health service keeps saying NOT_SERVING (grpc ignores set too)
+            if self._stopped.is_set():
+                return
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if failure is None
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in (*self.service_names, ""):
+                self.health.set(name, status)
+
+        log.watch(changed)
+
 
 def start_server(
     *,
@@ -341,8 +367,14 @@ def start_server(
     interceptors: Sequence[grpc.ServerInterceptor] = (),
     revocation: PeerRevocation | None = None,
     token_denial: TokenDenial | None = None,
+    metrics_listen: str | None = None,
+    metrics_collectors: Sequence[Collector] = (),
 ) -> RunningServer:
     """Bind `listen` (host:port, port 0 = any free port) with mutual TLS only and start serving.
+
+    Every server answers the standard health and reflection services (grpcurl lists its
+    services). `metrics_listen` (HOST:PORT): count every RPC (osmanthus.core.metrics) and serve
+    the process's Prometheus metrics there, with `metrics_collectors` (the server's own).
 
     `revocation` (the CA's CRL) refuses revoked client certificates; it and `token_denial` (the
     deny list the server's token verifier asks) start following their files once the server
@@ -350,23 +382,36 @@ def start_server(
     """
     # revoked certificates are refused right after the caller is read, before anything else
     checks = [RevocationInterceptor(service_names, revocation)] if revocation is not None else []
+    # outermost: refusals by the interceptors below count too
+    counting = [MetricsInterceptor()] if metrics_listen is not None else []
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="osmanthus-rpc"),
         options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)],
         # the caller is read first, so that other interceptors and every handler see it
-        interceptors=[CallerInterceptor(service_names), *checks, *interceptors],
+        interceptors=[*counting, CallerInterceptor(service_names), *checks, *interceptors],
     )
     for add in register:
         add(server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     try:
         port = server.add_secure_port(listen, server_credentials(tls))
     except RuntimeError as exc:
         raise ConfigError(f"cannot listen on {listen}: {exc}", field="listen") from exc
     if port == 0:
         raise ConfigError(f"cannot listen on {listen}: address in use or invalid", field="listen")
-    server.start()
+    endpoint = None
+    if metrics_listen is not None:
+        endpoint = serve_metrics(metrics_listen, collectors=metrics_collectors)
+    try:
+        server.start()
+    except BaseException:
+        if endpoint is not None:
+            endpoint.close()
+        raise
     for name in (*service_names, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = RunningServer(
@@ -376,7 +421,10 @@ def start_server(
         tuple(service_names),
         revocation=revocation,
         token_denial=token_denial,
+        metrics=endpoint,
     )
+    if endpoint is not None:
+        running.on_stop.append(endpoint.close)
     for watched in (revocation, token_denial):
         if watched is not None:
             watched.start()

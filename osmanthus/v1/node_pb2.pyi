@@ -160,7 +160,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("department", "name", "subject_kinds", "rules_version", "rules_digest", "policy_hash", "owned_categories", "software_version")
+    __slots__ = ("department", "name", "subject_kinds", "rules_version", "rules_digest", "policy_hash", "owned_categories", "software_version", "catalogue_digest", "records_held", "last_ingest_at", "last_ingest_source", "audit_entries", "audit_checkpoints", "checkpoint_size", "checkpoint_age_s", "audit_failure", "last_ingest_actor")
     DEPARTMENT_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_KINDS_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +169,16 @@ class NodeInfo(_message.Message):
     POLICY_HASH_FIELD_NUMBER: _ClassVar[int]
     OWNED_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CATALOGUE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_HELD_FIELD_NUMBER: _ClassVar[int]
+    LAST_INGEST_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_INGEST_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    LAST_INGEST_ACTOR_FIELD_NUMBER: _ClassVar[int]
     department: str
     name: str
     subject_kinds: _containers.RepeatedScalarFieldContainer[_common_pb2.SubjectKind]
@@ -177,7 +187,17 @@ class NodeInfo(_message.Message):
     policy_hash: str
     owned_categories: _containers.RepeatedScalarFieldContainer[str]
     software_version: str
-    def __init__(self, department: _Optional[str] = ..., name: _Optional[str] = ..., subject_kinds: _Optional[_Iterable[_Union[_common_pb2.SubjectKind, str]]] = ..., rules_version: _Optional[str] = ..., rules_digest: _Optional[str] = ..., policy_hash: _Optional[str] = ..., owned_categories: _Optional[_Iterable[str]] = ..., software_version: _Optional[str] = ...) -> None: ...
+    catalogue_digest: str
+    records_held: int
+    last_ingest_at: int
+    last_ingest_source: str
+    audit_entries: int
+    audit_checkpoints: bool
+    checkpoint_size: int
+    checkpoint_age_s: float
+    audit_failure: str
+    last_ingest_actor: str
+    def __init__(self, department: _Optional[str] = ..., name: _Optional[str] = ..., subject_kinds: _Optional[_Iterable[_Union[_common_pb2.SubjectKind, str]]] = ..., rules_version: _Optional[str] = ..., rules_digest: _Optional[str] = ..., policy_hash: _Optional[str] = ..., owned_categories: _Optional[_Iterable[str]] = ..., software_version: _Optional[str] = ..., catalogue_digest: _Optional[str] = ..., records_held: _Optional[int] = ..., last_ingest_at: _Optional[int] = ..., last_ingest_source: _Optional[str] = ..., audit_entries: _Optional[int] = ..., audit_checkpoints: _Optional[bool] = ..., checkpoint_size: _Optional[int] = ..., checkpoint_age_s: _Optional[float] = ..., audit_failure: _Optional[str] = ..., last_ingest_actor: _Optional[str] = ...) -> None: ...
 
 class NodeSubjectFileRequest(_message.Message):
     __slots__ = ("query_id", "subject_kind", "subject_id", "purpose", "recipient_key", "nonce")

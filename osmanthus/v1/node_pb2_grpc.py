@@ -126,7 +126,9 @@ class NodeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetInfo(self, request, context):
-        """What this node serves: department, subject kinds, rules and policy versions.
+        """What this node serves (department, subject kinds, rules and policy versions) and how it
+        stands (records held, last ingest, audit log and checkpoint): any platform certificate,
+        the operator's for `osmanthus status` among them. Counts and times only, no records.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

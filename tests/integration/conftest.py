@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -164,6 +165,7 @@ def start_federation(
     transparency: bool = False,
     checkpoint_every: int = 1000,
     witness: bool = False,
+    metrics_listen: str | None = None,
 ) -> Federation:
     """`crl` and `token_deny_list` go to every node and the coordinator; `today` is every
     node's calendar (a test clock makes a case fall overdue). With `transparency`, every node
@@ -171,6 +173,16 @@ def start_federation(
     (the roster is `certs`/logs.toml), one every `checkpoint_every` entries. With `witness`
     too, the coordinator witnesses the nodes' logs with its witness.key, in the rounds the
     test drives (`witness_node_logs`)."""
+    # every federation serves copies of the seeded files: a running node holds its database
+    # (DuckDB's one writer, for live imports), and other tests start node processes on the
+    # session's seed; tests that change records reach the served copy through federation.data
+    copies = base / "data"
+    copies.mkdir(parents=True, exist_ok=True)
+    databases = dict(data.databases)
+    for dept in departments:
+        source = data.databases[DepartmentId(dept)]
+        databases[DepartmentId(dept)] = Path(shutil.copy2(source, copies / source.name))
+    data = dataclasses.replace(data, databases=databases)
     nodes: dict[str, RunningServer] = {}
     configs: dict[str, NodeConfig] = {}
     for dept in departments:
@@ -193,6 +205,7 @@ def start_federation(
             # every node verifies consents with the consent.pub 'certs init' made
             consent_public_key=certs / "coordinator" / CONSENT_PUBLIC_KEY_FILE,
             **_log_keys(certs, PeerRole.NODE, dept, on=transparency, every=checkpoint_every),
+            metrics_listen=metrics_listen,
         )
         configs[dept] = config
         nodes[dept] = start_node(config, catalogue=catalogue, today=today)
@@ -217,6 +230,7 @@ def start_federation(
             revocation_poll_s=revocation_poll_s,
             # the key whose consent.pub the nodes were given
             consent_key=certs / "coordinator" / CONSENT_KEY_FILE,
+            metrics_listen=metrics_listen,
             **_log_keys(
                 certs, PeerRole.COORDINATOR, "coordinator", on=transparency, every=checkpoint_every
             ),

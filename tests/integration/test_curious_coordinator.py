@@ -79,7 +79,7 @@ def subjects_by_department_count(federation: Federation, kind: SubjectKind) -> l
     """Subjects with records in the most federation departments (most interesting sums)."""
     spread: Counter[str] = Counter()
     for dept in federation.catalogue.departments_for(kind):
-        with duckdb.connect(str(federation.data.databases[dept.id]), read_only=True) as conn:
+        with duckdb.connect(str(federation.data.databases[dept.id])) as conn:
             rows = conn.execute(
                 "SELECT DISTINCT subject_id FROM records WHERE subject_kind = ? "
                 "AND status = 'active'",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import signal
 import threading
 import time
@@ -94,7 +95,9 @@ def split_federation(
     requester_keys: dict[str, RequesterKeys],
 ) -> Iterator[SplitFederation]:
     """Six enterprise departments: five in this process, customs as a real `node serve`."""
-    db = federation.data.databases[DepartmentId(SUBPROCESS_DEPARTMENT)]
+    # its own copy: the session's federation serves (and holds) its own
+    served = federation.data.databases[DepartmentId(SUBPROCESS_DEPARTMENT)]
+    db = Path(shutil.copy2(served, tmp_path / served.name))
     departments = (*IN_PROCESS_DEPARTMENTS, SUBPROCESS_DEPARTMENT, *PERSON_CATEGORY_OWNERS)
     catalogue_file = tmp_path / "catalogue.toml"
     catalogue_file.write_text(restricted_catalogue_toml(departments))

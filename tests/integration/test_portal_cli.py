@@ -39,9 +39,8 @@ def plaintext_score(federation: Federation, subject: str) -> int:
     deductions = 0
     bonuses: dict[str, int | None] = {c.name: 0 for c in model.categories}
     for dept in catalogue.departments_for(SubjectKind.PERSON):
-        with RecordStore(
-            federation.data.databases[dept.id], department=dept.id, read_only=True
-        ) as store:
+        # the running node holds its store read-write: this process shares its connection
+        with RecordStore(federation.data.databases[dept.id], department=dept.id) as store:
             mine = [r for r in store.all_records() if r.subject_id == subject]
         part = load_default_rules(dept.id, catalogue=catalogue).contribution(
             SubjectKind.PERSON, mine, as_of=today_cst()

@@ -124,7 +124,7 @@ class Reference:
         # (kind, subject) → [(department, record kind, quantity, start, end, status)]
         self.records: dict[tuple[str, str], list[tuple[Any, ...]]] = defaultdict(list)
         for dept, kinds in departments.items():
-            with duckdb.connect(str(databases[dept]), read_only=True) as conn:
+            with duckdb.connect(str(databases[dept])) as conn:
                 rows = conn.execute(
                     "SELECT subject_kind, subject_id, kind, quantity, event_start, event_end, "
                     "status FROM records"

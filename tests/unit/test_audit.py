@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from osmanthus.core.audit import SALT_BYTES, AuditEntry, AuditLog, load_or_create_salt
-from osmanthus.core.errors import ConfigError, InvalidArgument
+from osmanthus.core.errors import ConfigError, InvalidArgument, Unavailable
 from tests.waiting import EVENT_TIMEOUT_S
 
 SUBJECT = "320505199001010018"
@@ -394,21 +394,26 @@ def test_concurrent_appends_share_fsyncs_and_each_returns_durable(
     assert [e.query_id for e in log.entries()] == ids
 
 
-def test_a_failed_fsync_closes_the_log(log: AuditLog, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_fsync_refuses_the_entry_and_the_next_append_recovers(
+    log: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
     log.append(entry(log, query_id="q_1"))
 
     def failing_fsync(fd: int) -> None:
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "fsync", failing_fsync)
-    with pytest.raises(ConfigError, match=r"writing the audit log failed \(Input/output error\)"):
+    with pytest.raises(Unavailable, match="cannot write its audit log: Input/output error") as e:
         log.append(entry(log, query_id="q_2"))
+    assert str(log.path) not in str(e.value)  # the caller learns no path
+    assert log.failure == "Input/output error"
     monkeypatch.undo()
-    # fsync may have lost the line while a retry would report success: refuse rather than retry
-    with pytest.raises(ConfigError, match="no further entries are accepted"):
-        log.append(entry(log, query_id="q_3"))
-    # q_2 was written but never confirmed durable (its append failed); q_3 was never written
-    assert [e.query_id for e in log.entries()] == ["q_1", "q_2"]
+    # q_2 was written but never confirmed durable: it is cut off, never counted on after a
+    # failed fsync; the next append writes after the last durable line
+    log.append(entry(log, query_id="q_3"))
+    assert log.failure is None
+    assert [e.query_id for e in log.entries()] == ["q_1", "q_3"]
+    assert log.path.read_bytes().count(b"\n") == 2
 
 
 def test_close_waits_for_the_write_in_flight(

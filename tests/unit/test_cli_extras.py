@@ -55,8 +55,8 @@ def test_the_extra_is_the_commands_own_else_the_smallest_that_has_the_module() -
     # the command's extra does not supply the module: the smallest extra that does
     assert extra_for("cedarpy", command_extra="reports") == "policy"
     assert extra_for("reportlab", command_extra=None) == "reports"
-    # the receiver's witness metrics and the sync job's: the first of the fallback order
-    assert extra_for("prometheus_client", command_extra=None) == "province"
+    # every server's metrics and the sync job's: the first of the fallback order
+    assert extra_for("prometheus_client", command_extra=None) == "portal"
     assert extra_for("prometheus_client", command_extra="sync") == "sync"
     # not an optional dependency: a bug, reported as an internal error
     assert extra_for("yaml", command_extra="node") is None
@@ -65,6 +65,7 @@ def test_the_extra_is_the_commands_own_else_the_smallest_that_has_the_module() -
 #: the import name of each distribution an extra names in pyproject.toml
 _IMPORT_NAME = {
     "grpcio-health-checking": "grpc_health",
+    "grpcio-reflection": "grpc_reflection",
     "prometheus-client": "prometheus_client",
     "python-multipart": "python_multipart",
 }

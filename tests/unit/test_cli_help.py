@@ -88,7 +88,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_exit_codes_are_one_registry_printed_under_every_help(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 130]
+    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 130]
     assert set(EXIT_CODE_HELP) == set(ExitCode)
     epilog = exit_codes_epilog()
     assert epilog.startswith("exit codes:\n")

@@ -27,6 +27,7 @@ from osmanthus.core.catalogue import (
 )
 from osmanthus.core.crypto import EncryptorCache
 from osmanthus.core.errors import ConfigError, InvalidArgument, NotFound
+from osmanthus.core.peers import PeerRole
 from osmanthus.core.policy import (
     Decision,
     PolicyEngine,
@@ -35,6 +36,7 @@ from osmanthus.core.policy import (
     time_facts,
 )
 from osmanthus.core.rules import Record, RuleSet, load_default_rules, load_rules, load_rules_dir
+from osmanthus.core.tls import PeerIdentity
 from osmanthus.core.tokens import ReplayCache, TokenVerifier
 from osmanthus.core.types import DepartmentId, Role, SubjectId, SubjectKind
 from osmanthus.core.wire.node import validate_measures
@@ -42,6 +44,7 @@ from osmanthus.core.wire.node import validate_measures
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "joint-punishment.md"
 PERSON = SubjectKind.PERSON
+COORDINATOR = PeerIdentity(role=PeerRole.COORDINATOR, name="coordinator")
 ENTERPRISE = SubjectKind.ENTERPRISE
 AS_OF = date(2026, 6, 1)
 _record_numbers = itertools.count(1)
@@ -608,7 +611,7 @@ def river_dumping_catalogue(tmp_path: Path) -> Catalogue:
 
 def test_a_node_starts_when_its_rules_set_exactly_its_flags(node_parts: NodeParts) -> None:
     service = start_eco_node(load_catalogue(), node_parts)
-    assert service.describe().department.id == "eco"
+    assert service.describe(caller=COORDINATOR).department.id == "eco"
 
 
 def test_a_node_starts_with_a_second_flag_its_rules_set(
@@ -619,7 +622,7 @@ def test_a_node_starts_with_a_second_flag_its_rules_set(
         write_rules(tmp_path, "eco", ECO_PENALTY_RULE, ECO_PENALTY_FLAGGED), catalogue=catalogue
     )
     service = start_eco_node(catalogue, node_parts, rules)
-    assert service.describe().department.id == "eco"
+    assert service.describe(caller=COORDINATOR).department.id == "eco"
 
 
 def test_a_node_refuses_a_flag_of_its_catalogue_no_rule_sets(

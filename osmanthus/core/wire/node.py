@@ -8,7 +8,8 @@ pool writes requests and reads results.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from osmanthus.core.catalogue import Catalogue, Department
 from osmanthus.core.consent_feed import MAX_STAPLED_REVOCATIONS, Revocation, SignedHead
@@ -16,6 +17,7 @@ from osmanthus.core.encoding import SlotLayout
 from osmanthus.core.errors import InvalidArgument
 from osmanthus.core.ids import validate_subject
 from osmanthus.core.names import validate_purpose, validate_query_id
+from osmanthus.core.status import NO_CHECKPOINT_AGE, AuditStanding
 from osmanthus.core.types import (
     ConsentId,
     DepartmentId,
@@ -35,7 +37,7 @@ from osmanthus.core.wire.common import (
     shape_from_pb,
     shape_to_pb,
 )
-from osmanthus.v1 import common_pb2, node_pb2
+from osmanthus.v1 import common_pb2, node_pb2, status_pb2
 
 #: the most subjects one batch chunk may carry: bounds a node's memory and work per call
 MAX_CHUNK_SUBJECTS = 10_000
@@ -207,6 +209,17 @@ class NodeDescription:
     policy_hash: str
     owned_categories: tuple[str, ...]
     software_version: str
+    #: for `osmanthus status` (osmanthus.core.status): the catalogue's fingerprint
+    catalogue_digest: str = ""
+    # the fields below are for operators and the coordinator only (NodeService.describe)
+    records_held: int = 0
+    #: when records last came in (seconds since the epoch; None: unknown), how, and by whom
+    last_ingest_at: float | None = None
+    last_ingest_source: str = ""
+    last_ingest_actor: str = ""
+    audit: AuditStanding = field(
+        default_factory=lambda: AuditStanding(entries=0, checkpoints=False)
+    )
 
 
 @dataclass(frozen=True)
@@ -503,6 +516,73 @@ def node_description_to_proto(description: NodeDescription) -> node_pb2.NodeInfo
         policy_hash=description.policy_hash,
         owned_categories=list(description.owned_categories),
         software_version=description.software_version,
+        catalogue_digest=description.catalogue_digest,
+        records_held=description.records_held,
+        last_ingest_at=round(description.last_ingest_at or 0),
+        last_ingest_source=description.last_ingest_source,
+        last_ingest_actor=description.last_ingest_actor,
+        **audit_standing_fields(description.audit),
+    )
+
+
+def audit_standing_fields(audit: AuditStanding) -> dict[str, Any]:
+    """The audit fields NodeInfo and CoordinatorStatus share, by name."""
+    return {
+        "audit_entries": audit.entries,
+        "audit_checkpoints": audit.checkpoints,
+        "checkpoint_size": audit.checkpoint_size,
+        "checkpoint_age_s": (
+            audit.checkpoint_age_s if audit.checkpoint_age_s is not None else NO_CHECKPOINT_AGE
+        ),
+        "audit_failure": audit.failure or "",
+    }
+
+
+def audit_standing_from_proto(
+    message: node_pb2.NodeInfo | status_pb2.CoordinatorStatus,
+) -> AuditStanding:
+    return AuditStanding(
+        entries=message.audit_entries,
+        checkpoints=message.audit_checkpoints,
+        checkpoint_size=message.checkpoint_size,
+        checkpoint_age_s=message.checkpoint_age_s if message.checkpoint_age_s >= 0 else None,
+        failure=message.audit_failure or None,
+    )
+
+
+@dataclass(frozen=True)
+class NodeInfoView:
+    """A node's GetInfo answer as `osmanthus status` reads it (the catalogue's Department is
+    not rebuilt: the reader may hold another catalogue)."""
+
+    department: str
+    name: str
+    rules_version: str
+    rules_digest: str
+    policy_hash: str
+    software_version: str
+    catalogue_digest: str
+    records_held: int
+    last_ingest_at: float | None
+    last_ingest_source: str
+    audit: AuditStanding
+    last_ingest_actor: str = ""
+
+
+def node_info_from_proto(message: node_pb2.NodeInfo) -> NodeInfoView:
+    return NodeInfoView(
+        department=message.department,
+        name=message.name,
+        rules_version=message.rules_version,
+        rules_digest=message.rules_digest,
+        policy_hash=message.policy_hash,
+        software_version=message.software_version,
+        catalogue_digest=message.catalogue_digest,
+        records_held=message.records_held,
+        last_ingest_at=float(message.last_ingest_at) if message.last_ingest_at > 0 else None,
+        last_ingest_source=message.last_ingest_source,
+        audit=audit_standing_from_proto(message),
+        last_ingest_actor=message.last_ingest_actor,
     )
 
 

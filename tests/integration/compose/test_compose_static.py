@@ -172,8 +172,8 @@ def test_each_node_service_has_its_files_health_check_and_dependencies(
         mounts = node.mounts()
         for target in ("/data", "/certs", "/state"):
             assert target in mounts, f"{node.name} does not mount {target}"
-        # a node only reads its database and certificates
-        assert "data:/data:ro" in node.spec["volumes"]
+        # a node writes its database (live imports) and only reads its certificates
+        assert "data:/data" in node.spec["volumes"] and not node.read_only("/data")
         assert "certs:/certs:ro" in node.spec["volumes"]
         assert node.spec["depends_on"]["init"]["condition"] == "service_completed_successfully"
         assert _health_option(node, "--server-name") == f"{dept}.node.osmanthus"
