@@ -19,7 +19,8 @@ def test_the_sdk_takes_withheld_events_and_refuses_one_carrying_its_entry(
     honest: lists_pb2.ListChangesResponse,
 ) -> None:
     from osmanthus.core.wire.lists import list_changes_page_from_proto
-    from sdk.client import _check_changes, _from_coordinator
+    from sdk.client import _from_coordinator
+    from sdk.listfeed import check_changes_page as _check_changes
 
     sdk_page = functools.partial(_from_coordinator, list_changes_page_from_proto)
 

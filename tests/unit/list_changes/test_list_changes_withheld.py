@@ -274,7 +274,8 @@ def test_a_withheld_withdrawal_names_its_entry_and_reason_at_every_hop(
     tmp_path: Path, coordinator_audit: AuditLog
 ) -> None:
     from osmanthus.core.wire.lists import list_changes_page_from_proto
-    from sdk.client import _check_changes, _from_coordinator
+    from sdk.client import _from_coordinator
+    from sdk.listfeed import check_changes_page as _check_changes
 
     sdk_page = functools.partial(_from_coordinator, list_changes_page_from_proto)
 
