@@ -42,10 +42,13 @@ COPY policies/node.cedar policies/central.cedar /etc/osmanthus/policies/
 # Mount points owned by the service user: Docker copies this ownership into a named volume the
 # first time it is mounted there, so the non-root services can write certificates, data and state.
 # /secrets (CA and issuer keys), /keys (the coordinator's private keys), /sync (the sync job's
-# keys and token) and /province (the provincial receiver's key) are owner-only.
-RUN mkdir -p /certs /data /state /secrets /keys /sync /province \
+# keys and token) and /province (the provincial receiver's key) are owner-only. init writes a
+# coordinator replica's keys into /replica-keys/NAME (docker-compose.replicas.yml): add a
+# further replica's NAME here.
+RUN mkdir -p /certs /data /state /secrets /keys /sync /province /replica-keys/coordinator-2 \
  && chown osmanthus:osmanthus /certs /data /state /secrets /keys /sync /province \
- && chmod 0700 /secrets /keys /sync /province
+    /replica-keys /replica-keys/coordinator-2 \
+ && chmod 0700 /secrets /keys /sync /province /replica-keys /replica-keys/coordinator-2
 
 USER osmanthus:osmanthus
 ENTRYPOINT ["osmanthus"]

@@ -7,6 +7,10 @@ their own, `log.key` (mode 0600) beside their certificate, named after the log's
 `logs.toml` at the root of the certificates directory, which witnesses, the portal and auditors
 read: it is public, and whoever trusts a checkpoint trusts the keys it lists.
 
+A coordinator replica (several coordinators on one PostgreSQL state database) has keys of its
+own in `coordinator/replicas/NAME/`: `log.key` named `NAME.coordinator.osmanthus/audit` and,
+if made, `witness.key` named `NAME.coordinator.osmanthus/witness`.
+
 Keys are kept when they exist, as the consent key is: a checkpoint or cosignature already handed
 out verifies only against the key that made it. A .pub without its key is refused.
 """
@@ -22,14 +26,18 @@ from osmanthus.core.logkeyfiles import load_or_create_signer
 from osmanthus.core.logkeys import (
     LOG_KEY_FILE,
     LOG_PUBLIC_KEY_FILE,
+    REPLICAS_DIR,
     ROSTER_FILE,
     WITNESS_KEY_FILE,
     WITNESS_PUBLIC_KEY_FILE,
+    WITNESSING_REPLICA,
     LogRoster,
+    coordinator_log_origin,
+    coordinator_witness_name,
     log_origin,
     witness_name,
 )
-from osmanthus.core.peers import COORDINATOR_NAME, PeerRole, peer_dir
+from osmanthus.core.peers import COORDINATOR_NAME, PeerRole, peer_dir, validate_name
 from osmanthus.core.signednote import (
     CosignatureSigner,
     CosignatureVerifier,
@@ -70,10 +78,35 @@ def _load_roster(certs_dir: Path) -> LogRoster:
     return LogRoster.load(path) if path.exists() else LogRoster()
 
 
-def _log_key(certs_dir: Path, role: PeerRole, name: str) -> tuple[LogKeyPaths, NoteVerifier]:
+def replica_dir(certs_dir: Path, replica: str) -> Path:
+    """Where a coordinator replica's own keys live: `coordinator/replicas/NAME`."""
+    coordinator = peer_dir(certs_dir, role=PeerRole.COORDINATOR, name=COORDINATOR_NAME)
+    return coordinator / REPLICAS_DIR / validate_name(replica, field="replica")
+
+
+def _key_place(
+    certs_dir: Path, role: PeerRole, name: str, replica: str | None
+) -> tuple[Path, str, str]:
+    """The directory of a peer's (or replica's) keys, its log origin and its witness name."""
     _check_role(role)
-    directory = peer_dir(certs_dir, role=role, name=name)
-    origin = log_origin(role, name)
+    if replica is None:
+        directory = peer_dir(certs_dir, role=role, name=name)
+        return directory, log_origin(role, name), witness_name(role, name)
+    if role is not PeerRole.COORDINATOR:
+        raise InvalidArgument(
+            f"only the coordinator has replicas, not a {role.value}", field="replica"
+        )
+    peer_dir(certs_dir, role=role, name=name)  # the coordinator's name, checked
+    directory = replica_dir(certs_dir, replica)
+    return directory, coordinator_log_origin(replica), coordinator_witness_name(replica)
+
+
+def _log_key(
+    certs_dir: Path, role: PeerRole, name: str, replica: str | None = None
+) -> tuple[LogKeyPaths, NoteVerifier]:
+    directory, origin, _ = _key_place(certs_dir, role, name, replica)
+    if replica is not None:
+        directory.mkdir(parents=True, exist_ok=True)
     signer, created = load_or_create_signer(
         NoteSigner,
         directory / LOG_KEY_FILE,
@@ -91,15 +124,16 @@ def _log_key(certs_dir: Path, role: PeerRole, name: str) -> tuple[LogKeyPaths, N
 
 
 def _witness_key(
-    certs_dir: Path, role: PeerRole, name: str
+    certs_dir: Path, role: PeerRole, name: str, replica: str | None = None
 ) -> tuple[LogKeyPaths, CosignatureSigner]:
-    _check_role(role)
-    directory = peer_dir(certs_dir, role=role, name=name)
+    directory, _, witness = _key_place(certs_dir, role, name, replica)
+    if replica is not None:
+        directory.mkdir(parents=True, exist_ok=True)
     signer, created = load_or_create_signer(
         CosignatureSigner,
         directory / WITNESS_KEY_FILE,
         directory / WITNESS_PUBLIC_KEY_FILE,
-        name=witness_name(role, name),
+        name=witness,
         field="witness_key",
     )
     paths = LogKeyPaths(
@@ -119,6 +153,15 @@ def _with_checked_log(roster: LogRoster, verifier: NoteVerifier, certs_dir: Path
         raise ConfigError(
             f"{roster_path(certs_dir)} lists another key for log {verifier.name!r} than its "
             "log.pub: restore the peer's log.key from backup, or edit the roster knowingly",
+            field="log_key",
+        )
+    others = [o for o in roster.origins_with_key(verifier) if o != verifier.name]
+    if others:
+        # a key copied from another peer's directory: it would sign for two logs
+        raise ConfigError(
+            f"{roster_path(certs_dir)} lists the public key of {verifier.name!r} for "
+            f"{', '.join(others)} already: every log needs a key of its own. Remove the copied "
+            "log.key and log.pub and run this again to make one",
             field="log_key",
         )
     return roster.with_log(verifier)
@@ -160,22 +203,30 @@ def init_log_keys(certs_dir: Path, *, departments: Sequence[str]) -> dict[str, L
 
 
 def create_log_key(
-    certs_dir: Path, *, role: PeerRole, name: str, witness: bool = False
+    certs_dir: Path,
+    *,
+    role: PeerRole,
+    name: str,
+    witness: bool = False,
+    replica: str | None = None,
 ) -> LogKeyPaths:
     """One peer's log key (or, with `witness`, its witness key), kept if it exists, and its
     public key added to `logs.toml` (created if missing).
 
-    For a peer added after `certs init`: a new department's node, or a witness such as the
-    provincial receiver (`--role node --name province --witness`).
+    For a peer added after `certs init`: a new department's node, a witness such as the
+    provincial receiver (`--role node --name province --witness`), or a coordinator replica
+    (`--role coordinator --replica NAME`: a log identity of its own).
     """
     if not isinstance(role, PeerRole):
         raise InvalidArgument(f"{role!r} is not a PeerRole", field="role")
+    if witness and replica is not None:
+        raise InvalidArgument(WITNESSING_REPLICA, field="replica")
     roster = _load_roster(certs_dir)
     if witness:
-        paths, signer = _witness_key(certs_dir, role, name)
+        paths, signer = _witness_key(certs_dir, role, name, replica)
         roster = _with_checked_witness(roster, signer, certs_dir)
     else:
-        paths, verifier = _log_key(certs_dir, role, name)
+        paths, verifier = _log_key(certs_dir, role, name, replica)
         roster = _with_checked_log(roster, verifier, certs_dir)
     roster.dump(roster_path(certs_dir))
     return paths

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from coordinator.database import RegistryDatabase
 from coordinator.revocation_feed import FEED_SCHEMA, RevocationFeed
 from osmanthus.core.consent_feed import MAX_STAPLED_REVOCATIONS, Staple
-from osmanthus.core.errors import ConfigError, InvalidArgument, NotFound
+from osmanthus.core.errors import ConfigError, InvalidArgument, NotFound, PermissionDenied
 from osmanthus.core.ids import validate_any_subject, validate_subject
 from osmanthus.core.names import PEER_NAME_PATTERN, PURPOSE_PATTERN
 from osmanthus.core.receipts import (
@@ -297,6 +297,27 @@ class ConsentRegistry(RegistryDatabase):
                 parameters,
             ).fetchall()
             return [_consent_from_row(row) for row in rows]
+
+    def require_still_valid(
+        self,
+        consent_id: str,
+        *,
+        subject_id: str,
+        grantee: str,
+        purpose: str,
+        now: datetime,
+        subject_kind: SubjectKind,
+    ) -> None:
+        """PermissionDenied unless the consent still holds, as `check` decides: asked again just
+        before an answer under it is released, so that a revocation that committed while the
+        departments answered refuses the answer rather than follows it."""
+        state, why = self.check(consent_id, subject_id=subject_id, grantee=grantee,
+                                purpose=purpose, now=now, subject_kind=subject_kind)  # fmt: skip
+        if state is not ConsentState.VALID:
+            raise PermissionDenied(
+                f"the consent no longer holds ({why}); the answer was not released",
+                field="consent_id",
+            )
 
     def check(
         self,

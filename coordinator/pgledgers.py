@@ -3,11 +3,13 @@ coordinator replica.
 
 Each check and the write it allows run in one transaction that first takes an advisory lock
 on what they concern (a requester, or a requester's subject): replicas racing on the same
-requester queue at the lock, and each sees what the one before it committed (READ COMMITTED
-takes a new snapshot per statement; PostgreSQL docs 13.2.1 and 13.3.5). So no budget and no
-rate limit can be overshot by racing replicas, and two first answers about one subject cannot
-pin two department sets. Times are the replicas' wall clocks (time.time): keep them in step
-(NTP), as a window or a period measured on two clocks is only as exact as their agreement.
+requester queue at the lock (a replica's own requests queue in the replica first, so that
+the lock timeout meets only a stalled holder: PgState.run_locked), and each sees what the one
+before it committed (READ COMMITTED takes a new snapshot per statement; PostgreSQL docs
+13.2.1 and 13.3.5). So no budget and no rate limit can be overshot by racing replicas, and
+two first answers about one subject cannot pin two department sets. Times are the replicas'
+wall clocks (time.time): keep them in step (NTP), as a window or a period measured on two
+clocks is only as exact as their agreement.
 """
 
 from __future__ import annotations
@@ -99,9 +101,6 @@ class PgDisclosureLedger(DisclosureLedger):
             return pinned
 
         def body(cur: Cursor) -> tuple[frozenset[str], tuple[str, int] | None]:
-            # the subject's lock, which settle_batch takes too: check and pin are one step
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", [_pin_lock(requester, subject_kind,
-                                                                        subject_hash)])  # fmt: skip
             row = _pinned(cur, where)
             if row is not None:
                 return pinned_rule(cur, row), None
@@ -120,7 +119,9 @@ class PgDisclosureLedger(DisclosureLedger):
                 return pinned_rule(cur, row), None
             return answered, (text, set_id)
 
-        chosen, made = self._state.run(body)
+        # the subject's lock, which settle_batch takes too: check and pin are one step
+        chosen, made = self._state.run_locked(_pin_lock(requester, subject_kind, subject_hash),
+                                              body)  # fmt: skip
         if made is not None:
             self._remember(*made)
         return chosen
@@ -211,8 +212,6 @@ class PgEpsilonLedger(EpsilonLedger):
             raise BudgetExhausted(f"no privacy budget applies to {requester}; nothing may be spent")
 
         def body(cur: Cursor) -> None:
-            # every replica's reservations for this requester queue here
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", [advisory_key("epsilon", requester)])
             # the clock read under the lock: charges of one requester are stamped in order
             now = self._clock()
             for budget in budgets:
@@ -230,7 +229,8 @@ class PgEpsilonLedger(EpsilonLedger):
                 [query_id, requester, units, now],
             )
 
-        self._state.run(body)
+        # every replica's reservations for this requester queue at its lock
+        self._state.run_locked(advisory_key("epsilon", requester), body)
         return Reservation(query_id=query_id, requester=requester, epsilon=epsilon)
 
     def commit(self, reservation: Reservation) -> None:
@@ -287,7 +287,6 @@ class PgRateLimiter(RateLimiter):
             return None
 
         def body(cur: Cursor) -> float:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", [advisory_key("rate", requester)])
             now = self._clock()
             for limit in limits:
                 since = now - limit.period_s
@@ -319,7 +318,7 @@ class PgRateLimiter(RateLimiter):
                 )
             return now
 
-        return self._state.run(body)
+        return self._state.run_locked(advisory_key("rate", requester), body)
 
     def refund(self, requester: str, limits: Sequence[RateLimit], stamp: float | None) -> None:
         if stamp is None:

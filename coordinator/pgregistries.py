@@ -276,8 +276,6 @@ class PgKeyRegistry(KeyRegistry):
     ) -> None:
 
         def body(cur: Cursor) -> None:
-            # one key, one requester: two replicas registering one key at once queue here
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", [advisory_key("key", str(fingerprint))])
             cur.execute(
                 "SELECT requester FROM osm_requester_keys WHERE fingerprint = %s", [fingerprint]
             )
@@ -296,7 +294,8 @@ class PgKeyRegistry(KeyRegistry):
                      bytes(modulus_proof)],
                 )  # fmt: skip
 
-        self._state.run(body)
+        # one key, one requester: two replicas registering one key at once queue at its lock
+        self._state.run_locked(advisory_key("key", str(fingerprint)), body)
         with self._lock:
             self._registered.add((requester, fingerprint))
 

@@ -23,6 +23,16 @@ UNAVAILABLE with a retry hint, rather than queueing past their deadlines on work
 Those refusals, and deadlocks and serialization failures (retried first, up to MAX_ATTEMPTS,
 where the whole transaction can run again), leave the connection and the idle ones in use:
 only a lost connection empties the pool.
+
+The lock timeout is meant for a stalled holder, not for a queue: a burst of one requester's
+requests at one replica (as many as its worker threads) would otherwise queue at PostgreSQL
+all together, and the last of them wait for every one before it, past LOCK_TIMEOUT_S, to be
+refused UNAVAILABLE although nothing stalled (seen with 32 racing STATS queries through two
+replicas: tests/integration/test_replica_races.py). So a replica's own callers for one lock
+queue in the replica first (`run_locked`: a thread lock per lock key in use), and only one
+of them at a time waits at PostgreSQL, behind at most one holder per other replica. The wait
+in the replica is bounded too (LOCAL_QUEUE_TIMEOUT_S), so that a stalled database cannot tie
+up every worker thread.
 """
 
 from __future__ import annotations
@@ -71,6 +81,10 @@ CONSENT_KEY_ID_KEY: Final = "consent_key_id"
 _LOCK_NOT_AVAILABLE: Final = "55P03"
 _QUERY_CANCELED: Final = "57014"
 _TRANSACTION_ROLLBACK: Final = "40"
+#: how long a request waits in its replica behind the replica's other requests for the same
+#: lock (run_locked) before it is refused UNAVAILABLE: each of those waits at most
+#: LOCK_TIMEOUT_S at PostgreSQL, so a queue this long means the database or its holders stall
+LOCAL_QUEUE_TIMEOUT_S: Final = 10
 #: the advisory lock that serialises replicas ensuring the schema at the same time
 _SCHEMA_LOCK: Final = 0x05_6D_61_6E_74_68_75_73  # "osmanthus", shortened
 
@@ -197,6 +211,9 @@ class PgState:
         self._idle: list[psycopg.Connection[tuple[Any, ...]]] = []
         self._lock = threading.Lock()
         self._closed = False
+        # a thread lock per advisory lock key in use (run_locked), dropped when no caller holds
+        # or waits for it: one requester's burst never queues behind another's keys
+        self._local_locks: dict[int, tuple[threading.Lock, int]] = {}
         try:
             with self.transaction() as cur:
                 cur.execute(f"SET LOCAL lock_timeout = '{SCHEMA_LOCK_TIMEOUT_S}s'")
@@ -267,6 +284,49 @@ class PgState:
                     raise
                 _log.info("state database conflict, attempt %d of %d", attempt, MAX_ATTEMPTS)
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def run_locked(self, key: int, body: Callable[[Cursor], T]) -> T:
+        """`body(cursor)` as `run` does, in a transaction that first takes the advisory lock
+        `key` (advisory_key), after this replica's earlier callers for the same key (the
+        module's docstring): at PostgreSQL it waits only for other replicas' holders."""
+        local = self._local_lock(key)
+        if not local.acquire(timeout=LOCAL_QUEUE_TIMEOUT_S):
+            self._drop_local_lock(key)
+            _log.warning(
+                "requests for one advisory lock queued in this replica for over %d s",
+                LOCAL_QUEUE_TIMEOUT_S,
+            )
+            raise Unavailable(
+                "the coordinator's state database has been slow to serve this replica's "
+                f"requests for what this request needs (a requester's ε or rate-limit ledger, "
+                f"a subject's pin) for over {LOCAL_QUEUE_TIMEOUT_S} s; the request was not "
+                "answered, retry shortly"
+            )
+        try:
+
+            def locked(cur: Cursor) -> T:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", [key])
+                return body(cur)
+
+            return self.run(locked)
+        finally:
+            local.release()
+            self._drop_local_lock(key)
+
+    def _local_lock(self, key: int) -> threading.Lock:
+        """The thread lock of `key`, counted as wanted by one more caller."""
+        with self._lock:
+            local, users = self._local_locks.get(key) or (threading.Lock(), 0)
+            self._local_locks[key] = (local, users + 1)
+            return local
+
+    def _drop_local_lock(self, key: int) -> None:
+        with self._lock:
+            local, users = self._local_locks[key]
+            if users > 1:
+                self._local_locks[key] = (local, users - 1)
+            else:
+                del self._local_locks[key]
 
     def read(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
         """All rows of one statement, in a transaction of its own."""

@@ -32,7 +32,12 @@ from osmanthus.core.denylist import open_token_denial
 from osmanthus.core.errors import ConfigError, InvalidArgument
 from osmanthus.core.files import PRIVATE_FILE_MODE, narrow_umask, private_directory
 from osmanthus.core.logkeyfiles import read_signer
-from osmanthus.core.logkeys import LogRoster, log_origin, witness_name
+from osmanthus.core.logkeys import (
+    WITNESSING_REPLICA,
+    LogRoster,
+    coordinator_log_origin,
+    coordinator_witness_name,
+)
 from osmanthus.core.logserver import (
     DEFAULT_CHECKPOINT_EVERY,
     DEFAULT_CHECKPOINT_INTERVAL_S,
@@ -40,7 +45,7 @@ from osmanthus.core.logserver import (
     TransparencyServicer,
     open_local_log,
 )
-from osmanthus.core.peers import COORDINATOR_NAME, PeerRole
+from osmanthus.core.peers import PeerRole, validate_name
 from osmanthus.core.receipts import (
     CONSENT_KEY_FILE,
     CONSENT_PUBLIC_KEY_FILE,
@@ -110,13 +115,19 @@ class CoordinatorConfig:
     #: the token issuer's signed deny list, followed without a restart (None: none)
     token_deny_list: Path | None = None
     revocation_poll_s: float = REVOCATION_POLL_S
-    #: the key that signs the audit log's checkpoints (log.key, named
-    #: "coordinator.osmanthus/audit"); None: no checkpoints of its own log (nodes' logs are
-    #: still relayed)
+    #: the key that signs the audit log's checkpoints (log.key, named after the log's origin,
+    #: "coordinator.osmanthus/audit" or a replica's); None: no checkpoints of its own log
+    #: (nodes' logs are still relayed)
     log_key: Path | None = None
+    #: this replica's name when several coordinators share `state_url`: each replica writes a
+    #: log of its own, so each signs it as an origin of its own ("NAME.coordinator.osmanthus/
+    #: audit", osmanthus.core.logkeys) with a key of its own; None: "coordinator.osmanthus/audit"
+    replica: str | None = None
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
     checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S
-    #: the coordinator's witness key (witness.key, named coordinator.osmanthus/witness); with
+    #: the coordinator's witness key (witness.key, named coordinator.osmanthus/witness, or a
+    #: replica's own, NAME.coordinator.osmanthus/witness: never the one another replica with
+    #: a witness state of its own cosigns with, or a split view could be cosigned twice); with
     #: `logs`, it witnesses every node log the roster lists (coordinator.witnessing)
     witness_key: Path | None = None
     #: the roster of logs and witnesses (logs.toml at the root of the certs directory); also
@@ -163,6 +174,20 @@ def start_coordinator(
         )
     if config.deadline_s <= 0:
         raise ConfigError("the node deadline must be positive", field="deadline")
+    if config.replica is not None:
+        try:
+            validate_name(config.replica, field="replica")
+        except InvalidArgument as exc:
+            raise ConfigError(exc.message, field="replica") from None
+        if config.witness_key is not None:
+            raise ConfigError(WITNESSING_REPLICA, field="witness_key")
+    own_origin = coordinator_log_origin(config.replica)
+    # read before the state is opened: a replica given another log's key stops here
+    log_signer = (
+        read_signer(NoteSigner, config.log_key, expected_name=own_origin, field="log_key")
+        if config.log_key is not None
+        else None
+    )
     endpoints = load_nodes(config.nodes, catalogue=catalogue)
     policy, watcher = load_policy(
         policy_file=config.policy, bundle=config.policy_bundle, trust=config.policy_trust,
@@ -210,11 +235,6 @@ def start_coordinator(
     except BaseException:
         backend.close()
         raise
-    log_signer = (
-        read_signer(NoteSigner, config.log_key, expected_name=None, field="log_key")
-        if config.log_key is not None
-        else None
-    )
     roster = LogRoster.load(config.logs) if config.logs is not None else None
     # signs the coordinator's own part of a subject's file, as each node signs its part
     part_signer = PartSigner.from_tls_files(config.tls)
@@ -249,7 +269,6 @@ def start_coordinator(
                 )
             )
         )
-        own_origin = log_origin(PeerRole.COORDINATOR, COORDINATOR_NAME)
         local = (
             open_local_log(
                 log=audit,
@@ -348,7 +367,7 @@ def _node_witnessing(
         signer=read_signer(
             CosignatureSigner,
             config.witness_key,
-            expected_name=witness_name(PeerRole.COORDINATOR, COORDINATOR_NAME),
+            expected_name=coordinator_witness_name(config.replica),
             field="witness_key",
         ),
         roster=LogRoster.load(config.logs),

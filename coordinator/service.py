@@ -347,13 +347,17 @@ class CoordinatorService:
             receipt = ""
         # a permit's @rate_limit: reserved now, given back if the query is refused after all
         with self._ctx.rate_limited(claims.requester, engine.rate_limits(decision)):
-            if shape is Shape.FLAGS:
-                return self._flags(query_id, claims, token, seen, kind, subject, purpose, key,
-                                   measures, request.consent_id, receipt)  # fmt: skip
-            return self._answer(
-                query_id, request, claims, token, seen, engine, decision, kind, subject, shape,
-                purpose, key, model, receipt,
+            outcome = (
+                self._flags(query_id, claims, token, seen, kind, subject, purpose, key, measures,
+                            request.consent_id, receipt) if shape is Shape.FLAGS
+                else self._answer(query_id, request, claims, token, seen, engine, decision, kind,
+                                  subject, shape, purpose, key, model, receipt)
             )  # fmt: skip
+            if receipt:  # a revocation that committed while the departments answered
+                self._consents.require_still_valid(request.consent_id, subject_id=subject,
+                    grantee=claims.requester, purpose=purpose, now=self._ctx.clock(),
+                    subject_kind=kind)  # fmt: skip
+            return outcome
 
     def _answer(
         self,

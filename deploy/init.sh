@@ -20,6 +20,11 @@
 #                     log signing key pair (log.key, log.pub) and witness key pair
 #                     (witness.key, witness.pub)
 #   DATA_DIR          department DuckDB files                                            /data
+#   REPLICA_KEYS_DIR  coordinator replicas (docker-compose.replicas.yml): for each NAME    /replica-keys
+#                     of COORDINATOR_REPLICAS, NAME/ holds what only that replica
+#                     mounts: the coordinator's certificate, TLS key and consent-receipt
+#                     key pair, and the replica's own log key pair (log.key, log.pub,
+#                     named NAME.coordinator.osmanthus/audit); not the witness key
 #   SYNC_DIR          what only the sync job mounts: its requester certificate and key,  /sync
 #                     token, Paillier key, signing key pair, sync.toml, rosters,
 #                     logs.toml (the logs whose checkpoints it carries to the witness)
@@ -28,6 +33,8 @@
 #                     probes, senders.toml, logs.toml and the sync job's public
 #                     signing key
 #   REQUESTERS        space-separated requester ids to certify                          (none)
+#   COORDINATOR_REPLICAS  space-separated names of the coordinator replicas besides      (none)
+#                     `coordinator` (each is also its compose service name and host)
 #   SYNC_REQUESTER    the sync job's requester id (certified whatever REQUESTERS says)   sync-1
 #   SYNC_SENDER       the city's sender id in its batches and in senders.toml            suzhou
 #   SYNC_TOKEN_DAYS   lifetime of the sync job's token in days (1 to 365); init issues   30
@@ -44,7 +51,9 @@ COORDINATOR_KEYS_DIR="${COORDINATOR_KEYS_DIR:-/keys}"
 DATA_DIR="${DATA_DIR:-/data}"
 SYNC_DIR="${SYNC_DIR:-/sync}"
 PROVINCE_DIR="${PROVINCE_DIR:-/province}"
+REPLICA_KEYS_DIR="${REPLICA_KEYS_DIR:-/replica-keys}"
 REQUESTERS="${REQUESTERS:-}"
+COORDINATOR_REPLICAS="${COORDINATOR_REPLICAS:-}"
 SYNC_REQUESTER="${SYNC_REQUESTER:-sync-1}"
 SYNC_SENDER="${SYNC_SENDER:-suzhou}"
 SYNC_TOKEN_DAYS="${SYNC_TOKEN_DAYS:-30}"
@@ -80,6 +89,9 @@ check_name() {
 }
 check_name SYNC_SENDER "$SYNC_SENDER"
 check_name SYNC_REQUESTER "$SYNC_REQUESTER"
+for replica in $COORDINATOR_REPLICAS; do
+    check_name COORDINATOR_REPLICAS "$replica"
+done
 
 ca="$SECRETS_DIR/ca"
 
@@ -149,6 +161,19 @@ for node in "$ca"/nodes/*; do
 done
 log_key coordinator coordinator
 log_key coordinator coordinator --witness
+# Each coordinator replica writes an audit log of its own, so it signs it with a key and an
+# origin of its own (NAME.coordinator.osmanthus/audit): two logs under one origin and key look
+# like a fork to every witness. No witness key: a replica with the coordinator's witness key
+# and a witness state of its own could cosign a node's split view twice.
+for replica in $COORDINATOR_REPLICAS; do
+    key_dir="$ca/coordinator/replicas/$replica"
+    if [ -f "$key_dir/log.key" ] && [ -f "$key_dir/log.pub" ] && [ -f "$ca/logs.toml" ] &&
+        grep -qxF "key = \"$(cat "$key_dir/log.pub")\"" "$ca/logs.toml"; then
+        continue
+    fi
+    osmanthus certs log-key --ca-dir "$ca" --role coordinator --name coordinator \
+        --replica "$replica"
+done
 # the reference provincial receiver witnesses every log: the sync job carries it the checkpoints
 log_key node province --witness
 
@@ -215,7 +240,7 @@ publish() {
 # directory, which used to be copied whole); they are removed first.
 rm -f "$CERTS_DIR/coordinator/key.pem" "$CERTS_DIR/coordinator/consent.key" \
     "$CERTS_DIR/coordinator/log.key" "$CERTS_DIR/coordinator/witness.key"
-rm -rf "$CERTS_DIR/nodes/province"
+rm -rf "$CERTS_DIR/nodes/province" "$CERTS_DIR/coordinator/replicas"
 mkdir -p "$CERTS_DIR/coordinator" "$CERTS_DIR/nodes"
 for part in ca.pem operator; do
     cp -R "$ca/$part" "$CERTS_DIR/"
@@ -245,6 +270,23 @@ chmod 0600 "$COORDINATOR_KEYS_DIR/key.pem" "$COORDINATOR_KEYS_DIR/consent.key" \
     "$COORDINATOR_KEYS_DIR/log.key" "$COORDINATOR_KEYS_DIR/witness.key"
 say "coordinator certificate, TLS key, consent-receipt, log and witness key pairs in" \
     "$COORDINATOR_KEYS_DIR"
+# Each replica's directory (its own volume in docker-compose.replicas.yml): the coordinator's
+# certificate, TLS and consent keys, which the replicas share, and its own log key; never the
+# first coordinator's log key or the witness key, and no replica's key in another's volume.
+for replica in $COORDINATOR_REPLICAS; do
+    replica_keys="$REPLICA_KEYS_DIR/$replica"
+    mkdir -p "$replica_keys"
+    chmod 0700 "$replica_keys"
+    rm -f "$replica_keys/witness.key" "$replica_keys/witness.pub"
+    for part in cert.pem key.pem consent.key consent.pub; do
+        cp "$ca/coordinator/$part" "$replica_keys/$part"
+    done
+    cp "$ca/coordinator/replicas/$replica/log.key" "$ca/coordinator/replicas/$replica/log.pub" \
+        "$replica_keys/"
+    chmod 0600 "$replica_keys/key.pem" "$replica_keys/consent.key" "$replica_keys/log.key"
+    say "coordinator replica $replica: certificate, TLS key, consent-receipt key pair and its" \
+        "own log key pair in $replica_keys"
+done
 
 # --- synthetic department records -----------------------------------------------------------------
 mkdir -p "$DATA_DIR"
@@ -435,6 +477,12 @@ every = "0s"
 [checkpoints]
 logs = "/sync/logs.toml"
 TOML
+    if [ -n "$COORDINATOR_REPLICAS" ]; then
+        printf '\n# each coordinator replica serves its own log: read there\n[checkpoints.replicas]\n'
+        for replica in $COORDINATOR_REPLICAS; do
+            printf '%s = "%s:50050"\n' "$replica" "$replica"
+        done
+    fi
     if [ -f "$roster" ]; then
         cat <<TOML
 

@@ -11,6 +11,7 @@ import csv
 import datetime
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -272,22 +273,49 @@ def record_problems(
     return validator.row(values)[1]
 
 
+@dataclass(frozen=True)
+class RowRules:
+    """What checking a row needs of a department's rules, in a form a worker process can be
+    sent (a RuleSet holds mapping proxies, which do not pickle)."""
+
+    department: str
+    #: the record kinds of each subject kind
+    kinds: tuple[tuple[SubjectKind, frozenset[str]], ...]
+    #: the (subject kind, record kind) pairs that count while listed: they may carry a planned
+    #: end date
+    while_listed: frozenset[tuple[SubjectKind, str]]
+
+    @classmethod
+    def of(cls, rules: RuleSet) -> RowRules:
+        kinds = tuple((kind, frozenset(rules.kinds(kind))) for kind in SubjectKind)
+        return cls(
+            department=rules.department,
+            kinds=kinds,
+            while_listed=frozenset(
+                (subject_kind, kind)
+                for subject_kind, names in kinds
+                for kind in names
+                if rules.rule(subject_kind, kind).validity.mode == "while_listed"
+            ),
+        )
+
+
 class RowValidator:
     """Checks rows of an import file against the rules and the store's department."""
 
     def __init__(
         self,
         *,
-        rules: RuleSet,
+        rules: RuleSet | RowRules,
         served: frozenset[SubjectKind],
         today: datetime.date,
         unit: str,
     ) -> None:
         self.unit = unit
-        self.rules = rules
+        self.rules = rules if isinstance(rules, RowRules) else RowRules.of(rules)
         self.served = served
         self.today = today
-        self.kinds = {kind: rules.kinds(kind) for kind in SubjectKind}
+        self.kinds = dict(self.rules.kinds)
 
     def validate(
         self,
@@ -396,7 +424,7 @@ class RowValidator:
             except InvalidArgument as e:
                 problems.append(("subject_id", e.message))
         kind = values.get("kind", "")
-        rule = None
+        while_listed = False
         if subject_kind is not None:
             if kind not in self.kinds[subject_kind]:
                 known = ", ".join(sorted(self.kinds[subject_kind])) or "none"
@@ -408,7 +436,7 @@ class RowValidator:
                     )
                 )
             else:
-                rule = self.rules.rule(subject_kind, kind)
+                while_listed = (subject_kind, kind) in self.rules.while_listed
         quantity_text = values.get("quantity", "") or "1"
         quantity: int | None = None
         if not _DIGITS.fullmatch(quantity_text) or not 1 <= int(quantity_text) <= MAX_QUANTITY:
@@ -423,11 +451,7 @@ class RowValidator:
             problems.append(("event_start", f"{start} is in the future (today is {self.today})"))
         if start is not None and end is not None and end < start:
             problems.append(("event_end", f"{end} is before event_start {start}"))
-        if (
-            end is not None
-            and end > self.today
-            and not (rule is not None and rule.validity.mode == "while_listed")
-        ):
+        if end is not None and end > self.today and not while_listed:
             problems.append(
                 (
                     "event_end",

@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import Final
 
 from node.cases import CaseStore
+from node.importworker import StagingWorker
 from node.store import ImportReport, RecordStore
 from osmanthus.core import metrics
 from osmanthus.core.audit import AuditLog, redacted_reason
@@ -110,10 +111,17 @@ class IngestOffice:
         self._refused = refused
         if refused is None and store.read_only:
             self._refused = store.read_only_reason or "its record store is open read-only"
+        # the rows are read and checked in a worker process of lower priority, started on
+        # the first import: the node's own threads keep answering queries meanwhile
+        self._worker = StagingWorker()
 
     @property
     def store(self) -> RecordStore:
         return self._store
+
+    def close(self) -> None:
+        """Stop the import worker (after the import it runs, if any)."""
+        self._worker.close()
 
     @property
     def refused(self) -> str | None:
@@ -188,7 +196,7 @@ class IngestOffice:
             report = self._store.import_file(
                 path, rules=self._rules, catalogue=self._catalogue, today=self._today(),
                 actor=actor, sha256=sha256, source=source, check_change=self._case_about,
-                progress=self._progress, before_commit=audit.before_commit,
+                progress=self._progress, before_commit=audit.before_commit, worker=self._worker,
             )  # fmt: skip
             loaded = not report.duplicate
         finally:

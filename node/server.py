@@ -450,6 +450,8 @@ def start_node(
         inbox.start()
         # stopped (its import finished) before the service closes the store it writes
         running.on_stop.append(inbox.close)
+    # after the inbox (whose import it may run), before the service closes the store
+    running.on_stop.append(ingest_office.close)
     running.on_stop.append(service.close)
     if watcher is not None:
         running.on_stop.append(watcher.close)

@@ -42,12 +42,12 @@ from node.importrows import (
     STAGED_COLUMNS,
     WITHDRAW,
     ProblemList,
-    Row,
-    RowValidator,
+    RowRules,
     read_table,
     record_problems,
     rows_rejected,
 )
+from node.importworker import StageJob, StagingWorker, stage_file
 from osmanthus.core.catalogue import Catalogue
 from osmanthus.core.clock import china_today
 from osmanthus.core.errors import (
@@ -60,8 +60,6 @@ from osmanthus.core.storefile import create_or_read_meta, rollback_quietly, tran
 from osmanthus.core.types import DepartmentId, SubjectId, SubjectKind
 
 SCHEMA_VERSION = 1
-#: how often (rows read) an import reports its progress
-_PROGRESS_EVERY = 10_000
 
 # record_id and subject_id are stored uncompressed: a batch lookup scans every row of both, and
 # decompressing DuckDB's default FSST encoding of these unique strings costs more than the scan
@@ -154,6 +152,21 @@ _RECORD_JSON = (
     "json_object('event_end', {t}.event_end, 'event_start', {t}.event_start, 'kind', {t}.kind, "
     "'quantity', {t}.quantity, 'status', {t}.status)::VARCHAR"
 )
+# DuckDB holds its transaction lock for the whole of a commit, and a statement that starts a
+# transaction waits for it: a million-row import's commit (appending to both indexes) stalled
+# every lookup that arrived meanwhile for as long (~0.5 s per 500,000 rows). So just before a
+# write commits, the store opens a few read transactions of its own (a snapshot of the state
+# before the commit) and lookups arriving during the commit read those instead of starting
+# one: they see the records before the import, as they would have a moment earlier.
+#: how many pre-commit snapshots a commit leaves for the lookups that arrive while it runs
+FROZEN_READERS = 4
+#: a write that leaves the WAL this large is followed by a checkpoint (DuckDB's own default
+#: threshold, 16 MiB): see RecordStore._checkpoint_if_due
+CHECKPOINT_WAL_BYTES = 16 * 1024 * 1024
+# DuckDB begins a transaction lazily, at its first statement that reads the database: this
+# one takes the snapshot without reading anything
+_TAKE_SNAPSHOT = "SELECT 1 FROM meta LIMIT 0"
+
 #: what an import calls, inside its transaction just before the commit, with what it did: the
 #: node appends the import's audit entry there, so that an entry it cannot write rolls it back
 BeforeCommit = Callable[["ImportReport"], None]
@@ -205,9 +218,11 @@ def file_sha256(path: Path) -> str:
 class RecordStore:
     """One department's records in one DuckDB file.
 
-    Lookups may run from many threads at once (each uses its own cursor, reading the last
-    committed state); writes are serialised on a writer cursor of their own, so a long import
-    never holds up a lookup (only the creation of a cursor takes `_lock`).
+    Lookups may run from many threads at once (each in a read transaction of its own, reading
+    the last committed state); writes are serialised on a writer cursor of their own, so a
+    long import never holds up a lookup, nor does its commit (lookups during a commit read a
+    snapshot taken just before it: FROZEN_READERS). `_lock` is held while a lookup starts its
+    transaction (a statement on `meta`), not while it reads.
     """
 
     def __init__(
@@ -218,8 +233,10 @@ class RecordStore:
         read_only: bool = False,
         read_only_reason: str | None = None,
         staging_dir: Path | None = None,
+        checkpoint_wal_bytes: int = CHECKPOINT_WAL_BYTES,
     ) -> None:
         self.path = Path(path)
+        self._checkpoint_wal_bytes = checkpoint_wal_bytes
         self.department = department
         self.read_only = read_only
         #: why the store is open read-only (its file cannot be written, say), if known
@@ -230,6 +247,10 @@ class RecordStore:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._pinned = threading.local()
+        # while a write commits: read transactions begun just before it, for lookups to share
+        self._frozen: _Frozen | None = None
+        # notified when a frozen snapshot is handed back, and when a commit ends
+        self._returned = threading.Condition(self._lock)
         if read_only and not self.path.exists():
             raise ConfigError(f"{self.path}: record store does not exist")
         try:
@@ -280,27 +301,127 @@ class RecordStore:
         if getattr(self._pinned, "cursor", None) is not None:
             yield
             return
-        with self._lock:
-            cursor = self._conn.cursor()
+        cursor, frozen = self._open_reader()
+        ok = False
         try:
-            cursor.begin()
             self._pinned.cursor = cursor
             yield
+            ok = True
         finally:
             self._pinned.cursor = None
-            rollback_quietly(cursor)
-            cursor.close()
+            self._close_reader(cursor, frozen, reuse=ok)
 
     def _read(self, sql: str, parameters: Sequence[object]) -> list[tuple[Any, ...]]:
         pinned = getattr(self._pinned, "cursor", None)
         if pinned is not None:
             return pinned.execute(sql, parameters).fetchall()  # type: ignore[no-any-return]
-        with self._lock:
-            cursor = self._conn.cursor()
+        cursor, frozen = self._open_reader()
+        ok = False
         try:
-            return cursor.execute(sql, parameters).fetchall()
+            rows = cursor.execute(sql, parameters).fetchall()
+            ok = True
+            return rows
         finally:
-            cursor.close()
+            self._close_reader(cursor, frozen, reuse=ok)
+
+    def _open_reader(self) -> tuple[duckdb.DuckDBPyConnection, _Frozen | None]:
+        """A cursor in a read transaction of its own, and the frozen set it came from (None for
+        a fresh one): while a write commits, one of the snapshots taken just before it."""
+        with self._lock:
+            while (frozen := self._frozen) is not None and not frozen.free and frozen.out:
+                # every snapshot is in use: wait for one back, or for the commit to end
+                self._returned.wait()
+            if frozen is not None and frozen.free:
+                frozen.out += 1
+                return frozen.free.pop(), frozen
+            # taken under the lock: a writer freezing the readers waits for it, so this snapshot
+            # is taken before its commit starts and never waits for it (but if every frozen
+            # snapshot was given up after a failed lookup, it waits for the commit to end)
+            cursor = self._conn.cursor()
+            try:
+                cursor.begin()
+                cursor.execute(_TAKE_SNAPSHOT)
+            except BaseException:
+                cursor.close()
+                raise
+            return cursor, None
+
+    def _close_reader(
+        self, cursor: duckdb.DuckDBPyConnection, frozen: _Frozen | None, *, reuse: bool
+    ) -> None:
+        """Done with a reader; a frozen one goes back for the next lookup if `reuse` (its
+        statements succeeded: a failed one may have aborted its transaction)."""
+        if frozen is not None:
+            with self._lock:
+                if self._frozen is frozen:
+                    frozen.out -= 1
+                    if reuse:
+                        # the commit still runs: the next lookup reads the same snapshot
+                        frozen.free.append(cursor)
+                        self._returned.notify()
+                        return
+                    # one snapshot fewer: a lookup waiting for one may start its own now
+                    self._returned.notify_all()
+        rollback_quietly(cursor)
+        cursor.close()
+
+    @contextlib.contextmanager
+    def _readers_frozen(self) -> Iterator[None]:
+        """While the block runs (a commit), lookups read snapshots taken as it starts."""
+        frozen = _Frozen()
+        with self._lock:
+            try:
+                for _ in range(FROZEN_READERS):
+                    cursor = self._conn.cursor()
+                    frozen.free.append(cursor)
+                    cursor.begin()
+                    cursor.execute(_TAKE_SNAPSHOT)
+            except BaseException:
+                _close_all(frozen.free)
+                raise
+            self._frozen = frozen
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._frozen = None
+                free, frozen.free = frozen.free, []
+                # lookups waiting for a snapshot start transactions of their own now
+                self._returned.notify_all()
+            # the snapshots in use are closed by their lookups (_close_reader)
+            _close_all(free)
+
+    @contextlib.contextmanager
+    def _write_transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One write transaction on the writer cursor, committed (or rolled back) with the
+        lookups frozen on the state before it (see FROZEN_READERS)."""
+        with self._write_lock:
+            self._writer.begin()
+            try:
+                yield self._writer
+                with self._readers_frozen():
+                    self._writer.commit()
+            except BaseException:
+                with contextlib.ExitStack() as stack:
+                    # frozen if it can be; rolled back whatever happens
+                    with contextlib.suppress(Exception):
+                        stack.enter_context(self._readers_frozen())
+                    rollback_quietly(self._writer)
+                raise
+            self._checkpoint_if_due()
+
+    def _checkpoint_if_due(self) -> None:
+        """Checkpoint once the WAL is past `checkpoint_wal_bytes`: DuckDB skips its own
+        checkpoint at a commit that changed rows while other transactions were open, which
+        the frozen readers always are, so the WAL (replayed at every start) would grow."""
+        try:
+            size = self.path.with_name(self.path.name + ".wal").stat().st_size
+        except FileNotFoundError:
+            return
+        if size >= self._checkpoint_wal_bytes:
+            # refused while another transaction writes; the next write tries again
+            with contextlib.suppress(duckdb.Error):
+                self._writer.execute("CHECKPOINT")
 
     def records_for(self, subject_kind: SubjectKind, subject_id: SubjectId) -> list[Record]:
         """Every stored record about one subject, in record_id order."""
@@ -452,15 +573,14 @@ class RecordStore:
             for r in records:
                 staging.add(r)
             staging.finish()
-            with self._write_lock:
-                try:
-                    with transaction(self._writer):
-                        self._insert_staged(staging)
-                except duckdb.ConstraintException as e:
-                    raise InvalidArgument(
-                        f"records were refused by the store and none were written: {e}",
-                        field="record_id",
-                    ) from None
+            try:
+                with self._write_transaction():
+                    self._insert_staged(staging)
+            except duckdb.ConstraintException as e:
+                raise InvalidArgument(
+                    f"records were refused by the store and none were written: {e}",
+                    field="record_id",
+                ) from None
             return staging.count
 
     def import_file(
@@ -476,6 +596,7 @@ class RecordStore:
         check_change: Callable[[str], str | None] | None = None,
         progress: Callable[[int], None] | None = None,
         before_commit: BeforeCommit | None = None,
+        worker: StagingWorker | None = None,
     ) -> ImportReport:
         """Validate every row of a CSV or Parquet file, then apply all of them or none.
 
@@ -492,6 +613,8 @@ class RecordStore:
         names why a record may not be changed (an open case about it), None when it may;
         `progress(rows)` hears of the rows read so far; `before_commit(report)` runs inside the
         transaction just before its commit (an exception from it rolls the import back).
+        `worker` reads and checks the rows in a process of its own (node.importworker; a
+        running node's imports), else this process does.
         """
         self._require_writable()
         path = Path(path)
@@ -500,25 +623,26 @@ class RecordStore:
                 f"rules are for department {rules.department!r}, this store is {self.department!r}",
                 field="rules",
             )
-        rows, unit = read_table(path, columns=FILE_COLUMNS, required=REQUIRED_COLUMNS)
+        # the format is checked before anything is read
+        read_table(path, columns=FILE_COLUMNS, required=REQUIRED_COLUMNS)
         digest = sha256 if sha256 is not None else file_sha256(path)
         before = self.applied(digest)
         if before is not None:
             return before
-        served = catalogue.department(self.department).subject_kinds
-        if progress is not None:
-            rows = _counted(rows, progress)
-        validator = RowValidator(
-            rules=rules,
-            served=served,
-            today=today if today is not None else china_today(),
-            unit=unit,
-        )
-        problems = ProblemList()
         with _Staging(self._staging_dir, STAGED_COLUMNS) as staging:
-            validator.validate(rows, problems, staging.add_row)
             staging.finish()
-            with self._write_lock, transaction(self._writer) as conn:
+            job = StageJob(
+                path=path,
+                staging=staging.path,
+                rules=RowRules.of(rules),
+                served=catalogue.department(self.department).subject_kinds,
+                today=today if today is not None else china_today(),
+            )
+            staged = (
+                worker.stage(job, progress) if worker is not None else stage_file(job, progress)
+            )
+            problems, unit = staged.problem_list(), staged.unit
+            with self._write_transaction() as conn, _one_thread(conn):
                 # checked again inside the transaction: two uploads of one file race here
                 before = self.applied(digest, conn)
                 if before is not None:
@@ -599,6 +723,41 @@ class RecordStore:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class _Frozen:
+    """The snapshots taken just before one commit that are free for a lookup to read."""
+
+    def __init__(self) -> None:
+        self.free: list[duckdb.DuckDBPyConnection] = []
+        #: how many are being read now (they come back to `free`, or are given up)
+        self.out = 0
+
+
+@contextlib.contextmanager
+def _one_thread(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """DuckDB on one thread while the block runs (an import's statements), as set before after.
+
+    The staged rows' read, the checks and the insert into both indexes otherwise take every
+    core for a few seconds, and the queries answered meanwhile wait for one: with one thread
+    the import leaves a core to them (bench/ingest.py: query p99 during a million-row import
+    went from 2.2x its value before to about 1x, the import's time unchanged). The setting is
+    the database's, so lookups during the import run on one thread too; they use an index.
+    """
+    row = conn.execute("SELECT current_setting('threads')").fetchone()
+    threads = int(row[0]) if row is not None else None
+    conn.execute("SET threads = 1")
+    try:
+        yield
+    finally:
+        if threads is not None:
+            conn.execute(f"SET threads = {threads}")
+
+
+def _close_all(cursors: list[duckdb.DuckDBPyConnection]) -> None:
+    for cursor in cursors:
+        rollback_quietly(cursor)
+        cursor.close()
 
 
 def _aware(stored: object) -> datetime.datetime:
@@ -729,16 +888,6 @@ def _apply_staged(
 def _batches(cursor: duckdb.DuckDBPyConnection) -> Iterator[tuple[Any, ...]]:
     while batch := cursor.fetchmany(10_000):
         yield from batch
-
-
-def _counted(rows: Iterator[Row], progress: Callable[[int], None]) -> Iterator[Row]:
-    count = 0
-    for row in rows:
-        count += 1
-        if count % _PROGRESS_EVERY == 0:
-            progress(count)
-        yield row
-    progress(count)
 
 
 class _Staging:

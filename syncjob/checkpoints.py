@@ -11,6 +11,10 @@ relayed by the coordinator's TransparencyService), the job:
 3. hands the witness's cosignature back to the log (AddCosignatures with the origin), which
    serves it with the checkpoint from then on.
 
+A coordinator replica's own log (`NAME.coordinator.osmanthus/audit`) is served by that replica
+only: it is read there (sync.toml's `[checkpoints.replicas]`), every other log through the
+coordinator the job queries.
+
 The witness holds the truth, so the job keeps no state of its own here. A refusal by the
 witness is an alarm: it goes into the run's summary (and so its exit code and the state's
 last error) and the metrics, never a silent skip; the other logs and the rest of the run go on.
@@ -20,7 +24,7 @@ A coordinator or node that cannot be reached only makes the log's carrying parti
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -28,6 +32,7 @@ import grpc
 
 from osmanthus.core.carrier import Witnessed, WrongOrigin, carry, peek_checkpoint
 from osmanthus.core.errors import (
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     OsmanthusError,
@@ -35,7 +40,7 @@ from osmanthus.core.errors import (
     WitnessConflict,
     WitnessInconsistent,
 )
-from osmanthus.core.logkeys import LogRoster
+from osmanthus.core.logkeys import LogRoster, replica_of
 from osmanthus.core.tokens import bearer_metadata
 from sdk.transparency import TransparencyClient, WitnessClient
 
@@ -108,9 +113,12 @@ class CheckpointCarrier:
         logs: TransparencyClient,
         witness: WitnessClient,
         witness_name: str,
+        replica_logs: Mapping[str, TransparencyClient] | None = None,
     ) -> None:
         self.roster = roster
         self._logs = logs
+        #: replica name -> a client of that replica, which alone serves its own log
+        self._replica_logs = dict(replica_logs or {})
         self._witness = witness
         self.witness_name = witness_name
 
@@ -136,6 +144,19 @@ class CheckpointCarrier:
         checkpoint = peek_checkpoint(note)
         return Witnessed(size=checkpoint.size, root=checkpoint.root_hash)
 
+    def _logs_of(self, origin: str) -> TransparencyClient:
+        replica = replica_of(origin)
+        if replica is None:
+            return self._logs
+        try:
+            return self._replica_logs[replica]
+        except KeyError:
+            raise FailedPrecondition(
+                f"no address for coordinator replica {replica!r}, whose log {origin!r} only it "
+                "serves: add it to [checkpoints.replicas]",
+                field="checkpoints.replicas",
+            ) from None
+
     def carry_one(self, origin: str, report: CarriedReport) -> None:
         refusal: list[OsmanthusError] = []
 
@@ -147,14 +168,15 @@ class CheckpointCarrier:
                 raise
 
         try:
+            logs = self._logs_of(origin)
             witnessed = self._witnessed(origin)
-            note = self._logs.get_checkpoint_note(origin)
+            note = logs.get_checkpoint_note(origin)
             carried = carry(
                 origin=origin,
                 note=note,
                 witnessed=witnessed,
                 witness_name=self.witness_name,
-                proof=lambda old, new: self._logs.raw_consistency_proof(origin, old, new).hashes,
+                proof=lambda old, new: logs.raw_consistency_proof(origin, old, new).hashes,
                 submit=submit,
             )
         except OsmanthusError as exc:
@@ -173,7 +195,7 @@ class CheckpointCarrier:
             return
         report.cosigned[origin] = carried.checkpoint.size
         try:
-            self._logs.add_cosignatures(carried.cosigned_note, origin=origin)
+            logs.add_cosignatures(carried.cosigned_note, origin=origin)
         except OsmanthusError as exc:
             # cosigned all the same; the next run hands the log a fresh cosignature
             report.failed[origin] = exc

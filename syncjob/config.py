@@ -37,6 +37,9 @@
     [checkpoints]                            # carry the logs' checkpoints to the province's
     logs = "certs/logs.toml"                 # witness: every log this roster lists, each run
 
+    [checkpoints.replicas]                   # coordinator replicas' own logs (each replica's
+    coordinator-2 = "10.0.0.3:50050"         # log is read at that replica): name -> address
+
 Paths are relative to the file. Unknown keys are refused, so a misspelt setting is never silently
 ignored; a problem is named by its path in the file, e.g. statistics[1].epsilon. The TLS files
 are `certs_dir` (the platform layout) or all of `ca`, `cert` and `key`, not both; `[province]`
@@ -46,6 +49,7 @@ without any of them uses the coordinator's.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -126,6 +130,9 @@ class SyncConfig:
     #: the roster of transparency logs whose checkpoints go to the provincial witness each run
     #: (None: none are carried)
     logs: Path | None = None
+    #: coordinator replica name -> the address of that replica, whose own log
+    #: (NAME.coordinator.osmanthus/audit) only it serves; the other logs are read at `coordinator`
+    replicas: Mapping[str, str] = field(default_factory=dict)
 
 
 def load_config(path: Path) -> SyncConfig:
@@ -182,6 +189,7 @@ def load_config(path: Path) -> SyncConfig:
             backoff_max=delivery.backoff_max,
         ),
         logs=document.checkpoints.logs if document.checkpoints is not None else None,
+        replicas=dict(document.checkpoints.replicas) if document.checkpoints is not None else {},
     )
 
 
@@ -325,6 +333,10 @@ class _Delivery(Settings):
 
 class _Checkpoints(Settings):
     logs: RelativePath = Field(description="logs.toml: the logs whose checkpoints are carried")
+    #: a coordinator replica's log is served by that replica only
+    replicas: dict[Annotated[str, AfterValidator(_certificate_name)], Text] = Field(
+        default_factory=dict
+    )
 
 
 class _SyncFile(Settings):

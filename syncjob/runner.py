@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -118,7 +118,7 @@ def _carrier(config: SyncConfig, token: str) -> Iterator[CheckpointCarrier | Non
     if config.logs is None:
         yield None
         return
-    from osmanthus.core.logkeys import WITNESS_SUFFIX, LogRoster
+    from osmanthus.core.logkeys import WITNESS_SUFFIX, LogRoster, replica_of
     from osmanthus.core.tls import secure_channel
     from sdk.transparency import TransparencyClient, WitnessClient
 
@@ -126,22 +126,43 @@ def _carrier(config: SyncConfig, token: str) -> Iterator[CheckpointCarrier | Non
         roster = LogRoster.load(config.logs)
     except ConfigError as exc:
         raise ConfigError(exc.message, field="checkpoints.logs") from None
-    channel = secure_channel(
-        config.coordinator.target,
-        config.coordinator.tls,
-        server_name=config.coordinator.server_name,
+    # a replica's log is served by that replica alone: one whose address is not known would
+    # go uncarried run after run, so the run does not start
+    unknown = sorted(
+        origin
+        for origin in roster.origins()
+        if (name := replica_of(origin)) is not None and name not in config.replicas
     )
-    with (
-        TransparencyClient(channel=with_token(channel, token), owns_channel=True) as logs,
-        WitnessClient.connect(
-            config.province.target,
-            tls=config.province.tls,
-            server_name=config.province.server_name,
-        ) as witness,
-    ):
+    if unknown:
+        raise ConfigError(
+            f"{config.logs} lists the coordinator replica log(s) {', '.join(unknown)}: give each "
+            'replica\'s address in [checkpoints.replicas] (NAME = "HOST:PORT")',
+            field="checkpoints.replicas",
+        )
+
+    def logs_at(target: str) -> TransparencyClient:
+        channel = secure_channel(
+            target, config.coordinator.tls, server_name=config.coordinator.server_name
+        )
+        return TransparencyClient(channel=with_token(channel, token), owns_channel=True)
+
+    with ExitStack() as opened:
+        logs = opened.enter_context(logs_at(config.coordinator.target))
+        replicas = {
+            name: opened.enter_context(logs_at(target))
+            for name, target in sorted(config.replicas.items())
+        }
+        witness = opened.enter_context(
+            WitnessClient.connect(
+                config.province.target,
+                tls=config.province.tls,
+                server_name=config.province.server_name,
+            )
+        )
         yield CheckpointCarrier(
             roster=roster,
             logs=logs,
+            replica_logs=replicas,
             witness=witness,
             witness_name=config.province.server_name + WITNESS_SUFFIX,
         )

@@ -346,7 +346,10 @@ def _live_client(args: argparse.Namespace) -> Iterator[Any]:
             "--live needs --origin, the log's origin (e.g. housing.node.osmanthus/audit)",
             field="origin",
         )
-    server_name = args.server_name or args.origin.rsplit("/", 1)[0]
+    from osmanthus.core.logkeys import party_host
+
+    # a coordinator replica's log is served under the coordinator's certificate
+    server_name = args.server_name or party_host(args.origin)
     tls = tls_files(args, role="operator", name=args.operator)
     with TransparencyClient.connect(args.live, tls=tls, server_name=server_name) as client:
         yield client

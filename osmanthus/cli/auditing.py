@@ -27,7 +27,7 @@ from osmanthus.core.errors import (
     OsmanthusError,
     Unauthenticated,
 )
-from osmanthus.core.logkeys import LogRoster
+from osmanthus.core.logkeys import LogRoster, party_host
 from osmanthus.core.logserver import cosignatures_path
 from osmanthus.core.signednote import (
     Checkpoint,
@@ -398,7 +398,9 @@ def _check_cosignatures(
     """Each witness cosignature kept beside the log must verify, for a checkpoint of the
     (verified) history; a cosignature of another root is a fork the witness was shown."""
     signed = {record.size: record.root for record in records}
-    counts: dict[int, int] = {}
+    # the parties (not keys) that cosigned each size: coordinator replicas are one party, and
+    # a witness of the log's own party is no witness of it
+    parties: dict[int, set[str]] = {}
     found, unreadable = cosignature_records(path)
     if unreadable is not None:
         report.problem = unreadable
@@ -422,15 +424,16 @@ def _check_cosignatures(
             sizes = report.cosigned.setdefault(name, [])
             if record.size not in sizes:
                 sizes.append(record.size)
-                counts[record.size] = counts.get(record.size, 0) + 1
+            if party_host(name) != party_host(report.origin or ""):
+                parties.setdefault(record.size, set()).add(party_host(name))
     for sizes in report.cosigned.values():
         sizes.sort()
-    enough = [size for size, count in counts.items() if count >= max(quorum, 1)]
+    enough = [size for size, named in parties.items() if len(named) >= max(quorum, 1)]
     report.witnessed_size = max(enough) if enough else None
     if quorum and report.witnessed_size is None:
         report.problem = (
-            f"no checkpoint is cosigned by {quorum} of the trusted witnesses "
-            f"({len(witnesses)} known): the log's history is not witnessed"
+            f"no checkpoint is cosigned by witnesses of {quorum} parties other than the log's "
+            f"({len(witnesses)} witness keys known): the log's history is not witnessed"
         )
 
 
@@ -510,12 +513,17 @@ def verify_live(
     report.latest_size = report.checkpoints = checkpoint.size
     report.checkpoints = 1
     report.cosigned = {name: [checkpoint.size] for name in checkpoint.cosigned_at}
-    if len(checkpoint.cosigned_at) >= max(quorum, 1):
+    independent = {
+        party_host(name)
+        for name in checkpoint.cosigned_at
+        if party_host(name) != party_host(checkpoint.origin)
+    }
+    if len(independent) >= max(quorum, 1):
         report.witnessed_size = checkpoint.size
     elif quorum:
         failure = failure or (
-            f"checkpoint {checkpoint.size} is cosigned by {len(checkpoint.cosigned_at)} trusted "
-            f"witness(es), fewer than --quorum {quorum}"
+            f"checkpoint {checkpoint.size} is cosigned by witnesses of {len(independent)} "
+            f"parties other than the log's, fewer than --quorum {quorum}"
         )
     if previous is not None:
         failure = failure or _check_previous(client, previous, checkpoint, verifiers, origin)

@@ -147,8 +147,13 @@ def register(subcommands: Subcommands) -> None:
         "witnesses that witnesses, the portal and auditors trust: copy the updated logs.toml "
         "to every host that has one. 'certs init' makes the coordinator's log and witness keys "
         "and every department's log key; use this for a department added later or for a CA "
-        "made before transparency logs. An existing key is kept (checkpoints it signed verify "
-        "only against it); a .pub without its key is refused: restore the key from backup.",
+        "made before transparency logs. A coordinator replica (several coordinators on one "
+        "--state-url) needs a log of its own: --role coordinator --name coordinator --replica "
+        "NAME writes CA_DIR/coordinator/replicas/NAME/log.key, named "
+        "NAME.coordinator.osmanthus/audit (its --replica NAME). An existing key is kept "
+        "(checkpoints it signed verify only against it); a .pub without its key is refused: "
+        "restore the key from backup. A key whose public half the roster lists for another log "
+        "is refused.",
         _cmd_certs_log_key,
     )
     p.add_argument("--ca-dir", type=Path, required=True, help="the directory 'certs init' made")
@@ -168,6 +173,12 @@ def register(subcommands: Subcommands) -> None:
         "--witness",
         action="store_true",
         help="make the peer's witness key (witness.key, witness.pub) instead of its log key",
+    )
+    p.add_argument(
+        "--replica",
+        metavar="NAME",
+        help="with --role coordinator: the key of the coordinator replica NAME (its "
+        "'coordinator serve --replica NAME'), in CA_DIR/coordinator/replicas/NAME",
     )
 
 
@@ -266,7 +277,11 @@ def _cmd_certs_log_key(args: argparse.Namespace) -> int:
     from certs.logkeys import create_log_key, roster_path
 
     paths = create_log_key(
-        args.ca_dir, role=PeerRole(args.role), name=args.name, witness=args.witness
+        args.ca_dir,
+        role=PeerRole(args.role),
+        name=args.name,
+        witness=args.witness,
+        replica=args.replica,
     )
     kind = "witness key" if args.witness else "log signing key"
     state = "written" if paths.created else "kept (it already existed)"

@@ -107,7 +107,9 @@ def _register_coordinator(subcommands: Subcommands) -> None:
         "--witness-key",
         type=Path,
         help="the coordinator's witness key, with which it cosigns the nodes' checkpoints "
-        "(default: coordinator/witness.key in --certs-dir, where 'certs init' puts it)",
+        "(default: coordinator/witness.key in --certs-dir, where 'certs init' puts it; with "
+        "--replica, coordinator/replicas/NAME/witness.key if there: a replica never cosigns "
+        "with another replica's witness key)",
     )
     p.add_argument(
         "--logs",
@@ -131,6 +133,15 @@ def _register_coordinator(subcommands: Subcommands) -> None:
         "PostgreSQL database (postgresql://USER@HOST:PORT/DB; a password is best given as "
         "OSMANTHUS_STATE_URL or in ~/.pgpass) instead of files in --state-dir: every replica "
         "given the same URL serves the same federation (docs/deployment.md)",
+    )
+    p.add_argument(
+        "--replica",
+        metavar="NAME",
+        help="this replica's name, when several coordinators share --state-url: its audit log "
+        "is its own, signed as NAME.coordinator.osmanthus/audit with its own key (default "
+        "--log-key: coordinator/replicas/NAME/log.key in --certs-dir, made by 'certs log-key "
+        "--role coordinator --replica NAME', which lists it in logs.toml). Without it the log "
+        "is coordinator.osmanthus/audit: give every other replica a name",
     )
     read_environment(p)
 
@@ -195,11 +206,12 @@ def _cmd_coordinator_serve(args: argparse.Namespace) -> int:
         consent_issuer=args.consent_issuer,
         crl=crl_file(args),
         token_deny_list=args.token_deny_list,
-        witness_key=_in_certs_dir(args, args.witness_key, "coordinator", "witness.key"),
+        witness_key=_in_certs_dir(args, args.witness_key, _own_keys(args), "witness.key"),
         logs=_in_certs_dir(args, args.logs, "", "logs.toml"),
         witness_interval_s=args.witness_interval,
         state_url=args.state_url,
-        log_key=log_key_file(args, role="coordinator", name="coordinator"),
+        log_key=_log_key(args),
+        replica=args.replica,
         checkpoint_every=args.checkpoint_every,
         checkpoint_interval_s=args.checkpoint_interval,
     )
@@ -212,6 +224,23 @@ def _cmd_coordinator_serve(args: argparse.Namespace) -> int:
     finally:
         running.stop()
     return ExitCode.SUCCESS
+
+
+def _own_keys(args: argparse.Namespace) -> str:
+    """The directory, under --certs-dir, of this coordinator's (or replica's) log keys."""
+    if args.replica is None:
+        return "coordinator"
+    from osmanthus.core.logkeys import REPLICAS_DIR
+    from osmanthus.core.peers import validate_name
+
+    return f"coordinator/{REPLICAS_DIR}/{validate_name(args.replica, field='--replica')}"
+
+
+def _log_key(args: argparse.Namespace) -> Path | None:
+    """--log-key, or this coordinator's (or replica's) log.key in --certs-dir if there."""
+    if args.replica is None:
+        return log_key_file(args, role="coordinator", name="coordinator")
+    return _in_certs_dir(args, args.log_key, _own_keys(args), "log.key")
 
 
 def _in_certs_dir(

@@ -19,7 +19,10 @@ it) and the caller answers nothing. The bytes a failed write left were never ack
 are cut off (truncated back to the last durable line) before anything else is written, so that a
 retry never counts on data a failed fsync may have dropped, and the log and its tree keep the
 same lines. The next append simply tries again:
-the log recovers by itself once the disk takes writes, with no restart.
+the log recovers by itself once the disk takes writes, with no restart. `probe` tries without
+an entry (a scratch file beside the log): a server saying NOT_SERVING is sent no requests by
+its load balancer, so no append would come to try, and its background probe says SERVING again
+once the disk takes writes.
 
 The log keeps the RFC 6962 / RFC 9162 Merkle tree of its lines beside it (`merkle.HashStore`,
 files `<log name>.tree.<level>`, mode 0600): leaf i is `merkle.leaf_hash` of line i + 1 as
@@ -53,7 +56,7 @@ import stat
 import threading
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,6 +80,10 @@ _SCAN_BYTES: Final = 1 << 20
 #: leaf hashes kept in memory (32 bytes each) for a tree that cannot be written while the log
 #: can; beyond this many the tree waits for a restart to catch up from the log
 MAX_TREE_BACKLOG: Final = 1 << 20
+#: the scratch file beside the log that AuditLog.probe writes (`audit.jsonl.probe`), and how
+#: much: a page, more than an entry about one subject needs
+PROBE_SUFFIX: Final = ".probe"
+PROBE_BYTES: Final = 4096
 
 _log = logging.getLogger(__name__)
 
@@ -423,6 +430,52 @@ class AuditLog:
             watcher(self._failure)
         except Exception:  # a watcher's fault never fails an append
             _log.exception("%s: a watcher of the audit log failed", self.path)
+
+    def probe(self) -> bool:
+        """Whether the log takes writes again, tried without writing an entry; True tells the
+        watchers (a server's health says SERVING again) with no request needed.
+
+        Called while the last write failed (a server's background probe,
+        RunningServer.follow_audit). Two checks, both fsynced: PROBE_BYTES written to a scratch
+        file beside the log (`<log name>.probe`, removed again: the file system has room and
+        takes writes), and the log itself cut back to its last durable line (what the next
+        append does first: the file still takes changes, unlike one turned immutable or a file
+        system remounted read-only). Room for a page is not room for every entry: a larger
+        batch may fail again, and the probing resumes then.
+        """
+        with self._lock:
+            self._check_open()
+            if self._failure is None:
+                return True
+            if self._writing:
+                return False  # the write in progress says how it went
+        scratch = self.path.with_name(self.path.name + PROBE_SUFFIX)
+        try:
+            _probe_write(scratch)
+        except OSError as exc:
+            _log.debug("%s: audit log probe: %s", self.path, exc.strerror)
+            return False
+        with self._changed:
+            self._check_open()
+            if self._failure is None:
+                return True
+            if self._writing:
+                return False
+            try:
+                # only the lines acknowledged stay: bytes of a failed write are cut off now
+                os.ftruncate(self._fd, self._durable_size)
+                os.fsync(self._fd)
+            except OSError as exc:
+                _log.debug("%s: audit log probe: %s", self.path, exc.strerror)
+                return False
+            self._torn = False
+            _log.warning(
+                "%s: the audit log takes writes again (probed); requests are answered",
+                self.path,
+            )
+            self._failure = None
+            self._tell_watchers()
+        return True
 
     def _extend_tree(self, leaves: list[bytes]) -> tuple[int | None, str | None]:
         """Append a durable batch's leaves to the tree, unsynced: (the tree's new size, None),
@@ -866,6 +919,18 @@ def _cut_back(fd: int, size: int) -> bool:
     except OSError:
         return True
     return False
+
+
+def _probe_write(path: Path) -> None:
+    """PROBE_BYTES written to `path` and fsynced, then the file removed (AuditLog.probe)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, _FILE_MODE)
+    try:
+        _write_durably(fd, b"\0" * PROBE_BYTES)
+    finally:
+        os.close(fd)
+        # also after a failed write: a scratch file never stays to take the room it tested
+        with suppress(FileNotFoundError):
+            path.unlink()
 
 
 def _write_durably(fd: int, data: bytes) -> None:

@@ -14,6 +14,15 @@ and auditors trust the same keys and nothing a log serves about itself:
     [[witness]]
     name = "coordinator.osmanthus/witness"
     key = "coordinator.osmanthus/witness+5e6f7a8b+BA..."
+
+Coordinator replicas (several coordinators on one PostgreSQL state database) each write an
+audit log of their own, so each needs a log identity of its own: two different logs under one
+origin and key are exactly what a witness refuses as a fork. A replica started with a name
+(`coordinator serve --replica NAME`) signs as `NAME.coordinator.osmanthus/audit` with a key of
+its own (`coordinator/replicas/NAME/log.key` in the CA directory); the coordinator without a
+replica name keeps `coordinator.osmanthus/audit`. The replicas are one party: they serve the
+coordinator's certificate (`coordinator.osmanthus`), and a witness of the coordinator is not
+counted as a witness of a replica's log.
 """
 
 from __future__ import annotations
@@ -47,6 +56,9 @@ WITNESS_PUBLIC_KEY_FILE: Final = "witness.pub"
 #: the path segment after a peer's DNS name in a log's origin and a witness's key name
 LOG_SUFFIX: Final = "/audit"
 WITNESS_SUFFIX: Final = "/witness"
+#: where a coordinator replica's own keys live under the coordinator's directory of a CA
+#: directory: `coordinator/replicas/NAME/log.key`
+REPLICAS_DIR: Final = "replicas"
 
 _V = TypeVar("_V", NoteVerifier, CosignatureVerifier)
 
@@ -74,6 +86,63 @@ def log_origin(role: PeerRole, name: str) -> str:
 def witness_name(role: PeerRole, name: str) -> str:
     """The key name of a peer's witness, e.g. "province.node.osmanthus/witness"."""
     return _dns_name(role, name) + WITNESS_SUFFIX
+
+
+def replica_host(replica: str | None) -> str:
+    """The host part of a coordinator replica's log origin and witness name
+    ("coordinator-2.coordinator.osmanthus"); None: the coordinator's ("coordinator.osmanthus")."""
+    if replica is None:
+        return COORDINATOR_DNS_NAME
+    return f"{validate_name(replica, field='replica')}.{COORDINATOR_DNS_NAME}"
+
+
+def coordinator_log_origin(replica: str | None) -> str:
+    """The origin of a coordinator's audit log: "coordinator-2.coordinator.osmanthus/audit" for
+    the replica `coordinator-2`, "coordinator.osmanthus/audit" without a replica name."""
+    return replica_host(replica) + LOG_SUFFIX
+
+
+#: why a coordinator replica has no witness key: each replica would keep a witness state of its
+#: own, so a department could show each replica another history and have both cosigned as the
+#: coordinator's; the coordinator without a replica name witnesses the nodes' logs
+WITNESSING_REPLICA = (
+    "a coordinator replica does not witness: each replica would keep a witness state of its "
+    "own, and a department could show each another history and have both cosigned; the "
+    "coordinator without --replica witnesses the nodes' logs"
+)
+
+
+def coordinator_witness_name(replica: str | None) -> str:
+    """The key name of a coordinator's witness ("coordinator-2.coordinator.osmanthus/witness")."""
+    return replica_host(replica) + WITNESS_SUFFIX
+
+
+def replica_of(origin: str) -> str | None:
+    """The replica name in a coordinator replica's log origin; None for any other origin
+    (a node's, the coordinator's without a replica name, or no origin the platform makes)."""
+    host, slash, rest = origin.partition("/")
+    name, dot, parent = host.partition(".")
+    if slash + rest != LOG_SUFFIX or dot != "." or parent != COORDINATOR_DNS_NAME:
+        return None
+    try:
+        return validate_name(name, field="replica")
+    except InvalidArgument:
+        return None
+
+
+def party_host(name: str) -> str:
+    """The host of the party that runs the log or witness `name` (an origin or a witness key
+    name): a coordinator replica's is the coordinator's, since the replicas are one party
+    under one certificate; anyone else's is the name's own host."""
+    host = name.partition("/")[0]
+    if host.endswith("." + COORDINATOR_DNS_NAME):
+        return COORDINATOR_DNS_NAME
+    return host
+
+
+def is_coordinator_origin(origin: str) -> bool:
+    """Whether `origin` is the coordinator's log or a coordinator replica's."""
+    return origin == coordinator_log_origin(None) or replica_of(origin) is not None
 
 
 @dataclass(frozen=True)
@@ -106,6 +175,16 @@ class LogRoster:
             return self.logs[origin]
         except KeyError:
             raise NotFound(f"no log {origin!r} in the roster", field="origin") from None
+
+    def origins_with_key(self, verifier: NoteVerifier) -> list[str]:
+        """The origins whose listed key has the public key of `verifier`, whatever its name:
+        one Ed25519 key must sign for one log only, or two logs could pass for each other."""
+        mine = verifier.public_key.public_bytes_raw()
+        return sorted(
+            origin
+            for origin, listed in self.logs.items()
+            if listed.public_key.public_bytes_raw() == mine
+        )
 
     def witness_verifiers(self) -> list[CosignatureVerifier]:
         return [self.witnesses[name] for name in sorted(self.witnesses)]

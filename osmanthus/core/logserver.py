@@ -58,6 +58,7 @@ from osmanthus.core.signednote import (
     Checkpoint,
     CosignatureVerifier,
     NoteSigner,
+    NoteVerifier,
     open_note,
     parse_checkpoint,
 )
@@ -439,6 +440,18 @@ def open_local_log(
                 f"the roster lists another key for {origin!r} than this log key: witnesses and "
                 "auditors would refuse every checkpoint it signs. Use the log.key whose log.pub "
                 "the roster lists",
+                field="log_key",
+            )
+        mine = NoteVerifier(name=signer.name, public_key=signer.public_key)
+        others = [o for o in roster.origins_with_key(mine) if o != origin]
+        if others:
+            # one key signing two logs lets either pass for the other (a coordinator replica
+            # given the coordinator's log.key, renamed): witnesses would see a fork, or none
+            raise ConfigError(
+                f"the roster lists this log key's public key for {', '.join(others)}, not for "
+                f"{origin!r}: every log signs with a key of its own. Give this log its own key "
+                "(osmanthus certs log-key; a coordinator replica's: --role coordinator "
+                "--replica NAME)",
                 field="log_key",
             )
     checkpointer = Checkpointer(

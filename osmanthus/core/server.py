@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import grpc
 from cryptography import x509
@@ -55,6 +55,9 @@ _log = logging.getLogger(__name__)
 #: seconds in-flight calls get to finish on shutdown: longer than the coordinator's default
 #: node deadline (5 s), so a query waiting on a slow node still completes
 GRACE_SECONDS = 10.0
+#: how often a server whose audit log cannot be written checks whether it can again
+#: (RunningServer.follow_audit): how long, at most, it says NOT_SERVING after the disk has room
+AUDIT_PROBE_INTERVAL_S: Final = 1.0
 
 
 @dataclass(frozen=True)
@@ -339,10 +342,22 @@ class RunningServer:
 
     def follow_audit(self, log: AuditLog) -> None:
         """Say NOT_SERVING on the health service while `log` cannot be written (the server
-        refuses every query then, rather than answer without its entry), SERVING again once an
-        entry is written: load balancers and `osmanthus status` see what callers get."""
+        refuses every query then, rather than answer without its entry), SERVING again once
+        it can: load balancers and `osmanthus status` see what callers get.
+
+        A load balancer sends a server saying NOT_SERVING nothing, so no entry would come to
+        show that the disk takes writes again: while the log is failing, a background thread
+        probes it (AuditLog.probe, no entry written) every AUDIT_PROBE_INTERVAL_S, and its
+        success says SERVING again, with no request and no restart.
+        """
+        failing = threading.Event()
 
         def changed(failure: str | None) -> None:
+            # told under the log's lock, in the order of the changes: quick, and no log use
+            if failure is None:
+                failing.clear()
+            else:
+                failing.set()
             # after stop() the health service keeps saying NOT_SERVING (grpc ignores set too)
             if self._stopped.is_set():
                 return
@@ -354,7 +369,33 @@ class RunningServer:
             for name in (*self.service_names, ""):
                 self.health.set(name, status)
 
+        def probe_while_failing() -> None:
+            while True:
+                failing.wait()
+                # the interval first: the failure has just been seen by a write
+                if self._stopped.wait(AUDIT_PROBE_INTERVAL_S):
+                    return
+                if not failing.is_set():
+                    continue  # an entry was written meanwhile
+                try:
+                    log.probe()  # on success the log tells `changed`, which clears `failing`
+                except OsmanthusError:
+                    return  # the log was closed: the server is stopping
+                except Exception:  # a fault of the probe must not end the probing
+                    _log.exception("%s: probing the audit log failed", log.path)
+
+        prober = threading.Thread(
+            target=probe_while_failing, name="osmanthus-audit-probe", daemon=True
+        )
+
+        def stop_probing() -> None:
+            failing.set()  # wakes the prober, which finds the server stopped
+            prober.join()
+
         log.watch(changed)
+        prober.start()
+        # first of the closing steps: the prober ends before the log closes
+        self.on_stop.insert(0, stop_probing)
 
 
 def start_server(

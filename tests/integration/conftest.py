@@ -21,6 +21,7 @@ from coordinator.server import (
     RunningCoordinator,
     start_coordinator,
 )
+from coordinator.witnessing import DEFAULT_WITNESS_INTERVAL_S
 from node.server import DEFAULT_NODE_POLICY, NodeConfig, start_node
 from osmanthus.core.bundle import DEFAULT_POLL_S
 from osmanthus.core.catalogue import Catalogue, default_catalogue_path, load_catalogue
@@ -234,12 +235,11 @@ def start_federation(
             **_log_keys(
                 certs, PeerRole.COORDINATOR, "coordinator", on=transparency, every=checkpoint_every
             ),
-            **(
-                # no background rounds: the tests drive every round (witness_node_logs)
-                {"witness_key": certs / "coordinator" / WITNESS_KEY_FILE, "witness_interval_s": 0}
-                if transparency and witness
-                else {}
+            # no background rounds: the tests drive every round (witness_node_logs)
+            witness_key=(
+                certs / "coordinator" / WITNESS_KEY_FILE if transparency and witness else None
             ),
+            witness_interval_s=0 if transparency and witness else DEFAULT_WITNESS_INTERVAL_S,
         ),
         catalogue=catalogue,
     )

@@ -11,6 +11,7 @@ and a node killed in the middle of a file applies it whole at its next start.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -342,9 +343,17 @@ def test_a_node_killed_mid_file_applies_it_whole_at_its_next_start(
             what="the node to start importing",
         )
         assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        # the rows are read in the node's import worker, a process of its own
+        wait_until(lambda: _children(process.pid), what="the node's import worker to start")
+        workers = _children(process.pid)
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait()
+    # no worker reads on for a node that is gone
+    wait_until(
+        lambda: all(_ended(pid) for pid in workers),
+        what=lambda: f"the import worker to end: {_describe(workers)}",
+    )
     assert (inbox / "big.csv").exists()
     assert not list(tmp_path.glob(".import-*"))
     # a killed process cannot remove its staging file: the node empties its spool at start
@@ -358,6 +367,33 @@ def test_a_node_killed_mid_file_applies_it_whole_at_its_next_start(
         assert store.count() == rows + 1
         last = store.last_import()
     assert last is not None and last.rows == rows
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(FileNotFoundError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _describe(pids: list[int]) -> str:
+    described = []
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().split()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")[:200]
+        except FileNotFoundError:
+            continue
+        described.append(f"{pid} state {stat[2]} parent {stat[3]}: {cmdline}")
+    return "; ".join(described) or "none left"
+
+
+def _ended(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 def test_a_file_applied_just_before_the_node_died_is_only_moved(

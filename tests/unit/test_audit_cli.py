@@ -75,7 +75,13 @@ def _entry(log: AuditLog, n: int, tag: str = "q") -> AuditEntry:
 WITNESS_KEY = CosignatureVerifier(name=WITNESS.name, public_key=WITNESS.public_key)
 
 
-def _build(directory: Path, entries: int = ENTRIES, *, signer: NoteSigner = SIGNER) -> Path:
+def _build(
+    directory: Path,
+    entries: int = ENTRIES,
+    *,
+    signer: NoteSigner = SIGNER,
+    witness: CosignatureSigner = WITNESS,
+) -> Path:
     """A log of `entries` with a checkpoint every EVERY, the last cosigned by the witness and
     the cosignature kept beside the log by the log's own LocalLog."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -89,8 +95,9 @@ def _build(directory: Path, entries: int = ENTRIES, *, signer: NoteSigner = SIGN
             log.append(_entry(log, n))
             cp.issue_if_due()
         signed = cp.last if cp.last is not None and cp.last.size == entries else cp.issue()
-        local = LocalLog(log=log, checkpointer=cp, witnesses=[WITNESS_KEY])
-        local.add_cosignatures(WITNESS.countersign(signed.note, timestamp=1_790_000_000))
+        key = CosignatureVerifier(name=witness.name, public_key=witness.public_key)
+        local = LocalLog(log=log, checkpointer=cp, witnesses=[key])
+        local.add_cosignatures(witness.countersign(signed.note, timestamp=1_790_000_000))
     return path
 
 
@@ -239,7 +246,7 @@ def test_a_forged_cosignature_fails_and_a_missing_quorum_fails(
     log: Path, roster: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, text, _ = _verify(capsys, str(log), "--logs", str(roster), "--quorum", "2")
-    assert code == FAILED and "cosigned by 2 of the trusted witnesses" in text
+    assert code == FAILED and "cosigned by witnesses of 2 parties other than the log's" in text
     cosignatures = log.with_name(log.name + COSIGNATURES_SUFFIX)
     record = json.loads(cosignatures.read_text())
     # another key's signature under the witness's name and key ID: a forged cosignature
@@ -255,6 +262,23 @@ def test_a_forged_cosignature_fails_and_a_missing_quorum_fails(
     assert code == FAILED
     assert f"the cosignature of {WITNESS.name} on checkpoint 300 does not verify" in text
     assert "does not verify" in _problem(document)
+
+
+def test_a_witness_of_the_logs_own_party_does_not_count_for_the_quorum(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    own = CosignatureSigner(
+        name="housing.node.osmanthus/witness", private_key=Ed25519PrivateKey.generate()
+    )
+    log = _build(tmp_path / "housing", witness=own)
+    roster = tmp_path / "logs.toml"
+    LogRoster(
+        logs={ORIGIN: NoteVerifier(name=ORIGIN, public_key=SIGNER.public_key)},
+        witnesses={own.name: CosignatureVerifier(name=own.name, public_key=own.public_key)},
+    ).dump(roster)
+    code, _text, document = _verify(capsys, str(log), "--logs", str(roster), "--quorum", "1")
+    assert code == FAILED
+    assert "witnesses of 1 parties other than the log's" in _problem(document)
 
 
 def test_a_cosignature_of_another_root_is_a_fork_shown_to_the_witness(

@@ -52,14 +52,17 @@ def test_a_silent_client_is_closed_after_the_idle_time() -> None:
 
 
 def test_a_consumer_that_stops_early_stops_the_reader_thread() -> None:
-    before = threading.active_count()
+    # the threads this test starts, by identity: other tests' threads may end meanwhile
+    before = set(threading.enumerate())
     reader = _read_ahead(_chunks(10_000), 2, idle_s=5)
     next(reader)
+    started = set(threading.enumerate()) - before
+    assert started
     reader.close()
     deadline = time.monotonic() + EVENT_TIMEOUT_S
-    while threading.active_count() > before and time.monotonic() < deadline:
+    while any(t.is_alive() for t in started) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert threading.active_count() == before
+    assert not any(t.is_alive() for t in started)
 
 
 def test_the_send_watchdog_cancels_a_client_that_takes_nothing() -> None:

@@ -13,8 +13,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.consent import ConsentRegistry, ConsentState
-from osmanthus.core.errors import InvalidArgument, NotFound
+from osmanthus.core.errors import InvalidArgument, NotFound, PermissionDenied
 from osmanthus.core.ids import make_resident_id
+from osmanthus.core.types import SubjectKind
 from osmanthus.core.wire.coordinator import Consent
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -106,6 +107,31 @@ def test_revoked_consent(registry: ConsentRegistry) -> None:
     state, why = check(registry, consent.consent_id)
     assert state is ConsentState.REVOKED
     assert why == f"consent {consent.consent_id} was revoked at 2026-11-26T12:00:00Z"
+
+
+def test_an_answer_is_released_only_while_its_consent_still_holds(
+    registry: ConsentRegistry,
+) -> None:
+    consent = grant(registry)
+
+    def still_valid(consent_id: str, now: datetime) -> None:
+        registry.require_still_valid(consent_id, subject_id=ALICE, grantee="bank-a",
+                                     purpose="loan_underwriting", now=now,
+                                     subject_kind=SubjectKind.PERSON)  # fmt: skip
+
+    # checked again just before the sum is released: still valid, nothing to say
+    still_valid(consent.consent_id, NOW + timedelta(hours=1))
+    # revoked while the departments answered: the answer is refused, naming the revocation
+    registry.revoke(consent.consent_id, now=NOW + timedelta(hours=2))
+    with pytest.raises(
+        PermissionDenied, match=r"was revoked at .*the answer was not released"
+    ) as e:
+        still_valid(consent.consent_id, NOW + timedelta(hours=3))
+    assert e.value.field == "consent_id"
+    # and one that expired meanwhile
+    short = grant(registry, days=1)
+    with pytest.raises(PermissionDenied, match="expired"):
+        still_valid(short.consent_id, NOW + timedelta(days=2))
 
 
 def test_revocation_is_final_even_for_an_earlier_clock(registry: ConsentRegistry) -> None:
