@@ -232,14 +232,14 @@ def start_coordinator(
             replay_cache=backend.replay_cache(),
             deny_list=token_denial,
         )
+        roster = LogRoster.load(config.logs) if config.logs is not None else None
+        # signs the coordinator's own part of a subject's file, as each node signs its part
+        part_signer = PartSigner.from_tls_files(config.tls)
+        # before anything is served: a witness key or roster that cannot be used stops the start
+        witnessing = _node_witnessing(config, endpoints)
     except BaseException:
         backend.close()
         raise
-    roster = LogRoster.load(config.logs) if config.logs is not None else None
-    # signs the coordinator's own part of a subject's file, as each node signs its part
-    part_signer = PartSigner.from_tls_files(config.tls)
-    # before anything is served: a witness key or roster that cannot be used stops the start
-    witnessing = _node_witnessing(config, endpoints)
     with ExitStack() as opened:
         # each resource is closed again if a later one fails to open
         opened.callback(backend.close)

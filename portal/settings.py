@@ -12,7 +12,7 @@ from typing import Final
 
 from osmanthus.core.auditproofs import DEFAULT_MIN_WITNESSES
 from osmanthus.core.errors import InvalidArgument
-from osmanthus.core.logkeys import LogRoster
+from osmanthus.core.logkeys import LogRoster, party_host
 from osmanthus.core.peers import validate_name
 from portal.oidc import is_loopback
 
@@ -116,11 +116,16 @@ class PortalSettings:
         if self.min_witnesses < 0:
             raise InvalidArgument("must be 0 or more", field="min_witnesses")
         if self.min_witnesses:
-            known = len(self.log_roster.witnesses) if self.log_roster is not None else 0
+            # counted by party, as verify_part counts them: the coordinator's replicas are one
+            known = (
+                len({party_host(name) for name in self.log_roster.witnesses})
+                if self.log_roster is not None
+                else 0
+            )
             if known < self.min_witnesses:
                 raise InvalidArgument(
                     f"requires {self.min_witnesses} witnesses' cosignatures but the log roster "
-                    f"lists {known} witness(es): no entry could ever be verified",
+                    f"lists witnesses of {known} part(ies): no entry could ever be verified",
                     field="min_witnesses",
                 )
         if self.allowed_hosts is not None:

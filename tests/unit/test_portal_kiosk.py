@@ -9,8 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.testclient import TestClient
 
+from osmanthus.core.errors import InvalidArgument
+from osmanthus.core.logkeys import LogRoster
+from osmanthus.core.signednote import CosignatureVerifier
 from portal.app import SIMULATOR_HEADER, create_app
 from portal.auditlog import AUDIT_FILE
 from portal.cardreader import CardPlacement, CardRefused, SimulatedCardReader, check_placement
@@ -274,3 +278,30 @@ def test_two_simultaneous_polls_open_one_session(tmp_path: Path) -> None:
     assert sorted(states) == ["signed_in", "waiting"]
     sign_ins = [line for line in audit_lines(tmp_path) if line["extra"]["event"] == "sign_in"]
     assert len(sign_ins) == 1
+
+
+def test_witnesses_the_portal_requires_are_counted_by_party(tmp_path: Path) -> None:
+    """Two coordinator replicas' witness keys are one party's: a portal requiring the
+    cosignatures of two witnesses needs two parties in the roster, not two keys."""
+    replicas = {
+        name: CosignatureVerifier(name=name, public_key=Ed25519PrivateKey.generate().public_key())
+        for name in ("coordinator.osmanthus/witness", "east.coordinator.osmanthus/witness")
+    }
+    with pytest.raises(InvalidArgument, match=r"witnesses of 1 part\(ies\)") as raised:
+        PortalSettings(
+            mode=PortalMode.KIOSK, device_id="kiosk-1", state_dir=tmp_path,
+            log_roster=LogRoster(witnesses=replicas), min_witnesses=2,
+        )  # fmt: skip
+    assert raised.value.field == "min_witnesses"
+    province = "province.node.osmanthus/witness"
+    witnesses = {
+        **replicas,
+        province: CosignatureVerifier(
+            name=province, public_key=Ed25519PrivateKey.generate().public_key()
+        ),
+    }
+    settings = PortalSettings(
+        mode=PortalMode.KIOSK, device_id="kiosk-1", state_dir=tmp_path,
+        log_roster=LogRoster(witnesses=witnesses), min_witnesses=2,
+    )  # fmt: skip
+    assert settings.min_witnesses == 2
